@@ -1,0 +1,1 @@
+"""The `toolkit` command line: thin typer commands over the stage functions."""

@@ -1,0 +1,70 @@
+"""The `toolkit` app: one module per command, joined here.
+
+`main()` runs the app in non-standalone mode so that usage errors (an unknown
+option, a missing argument) come out as one line on stderr with exit code 2,
+like every other bad input, instead of click's multi-line block.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from . import env, train
+
+app = typer.Typer(
+    name="toolkit",
+    help="Train, compress, explain and report on small neural network classifiers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("train")(train.train_command)
+app.command("env")(env.env_command)
+
+
+def _register_optional() -> None:
+    """Commands whose modules exist are added; each lives in its own cli/<name>.py."""
+    import importlib
+
+    for name in ("compress", "explain", "report", "pipeline"):
+        try:
+            module = importlib.import_module(f"cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cli.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of `toolkit`."""
+    try:
+        code = app(args=argv, prog_name="toolkit", standalone_mode=False)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message(), err=True)
+            return 2
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        return 1
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def run() -> None:
+    """Console-script wrapper: exit with main()'s code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

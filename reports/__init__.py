@@ -1,0 +1,1 @@
+"""Reports: render what the stages wrote (result.json + figures) into one HTML file."""

@@ -1,0 +1,42 @@
+"""Ground floor of the toolkit: data, model families, the training loop and the artifact format.
+
+Public API::
+
+    from trainers import load_data, train, TrainConfig, load_model, save_model, predict, list_models
+
+    data = load_data("digits")
+    result = train(data, "cnn", TrainConfig(epochs=30), out="runs/cnn")
+    model = load_model("runs/cnn")
+    logits = predict(model, data.x_test)
+
+Names are imported lazily (PEP 562), so `import trainers.errors` and the CLI's
+`--help` do not pay for importing torch.
+"""
+
+from importlib import import_module
+
+from .errors import ArtifactError, DataError, ToolkitError
+
+_EXPORTS = {
+    "artifact": ("LoadedModel", "ModelSpec", "accuracy", "load_model", "predict", "save_model", "write_artifact"),
+    "data": ("BUILTIN_DATASETS", "DataBundle", "check_inputs", "load_data"),
+    "fit": ("TrainConfig", "TrainResult", "evaluate", "resolve_device", "seed_everything", "train"),
+    "models": ("build_model", "count_parameters", "get_family", "list_models", "make_config", "register_family"),
+    "rundir": ("RunDir", "default_run_dir"),
+    "env": ("environment", "package_versions"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = ["ArtifactError", "DataError", "ToolkitError", *_WHERE]
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trainers' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

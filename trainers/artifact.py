@@ -1,0 +1,286 @@
+"""The model artifact: a directory with `model.json`, `model.safetensors` and `metrics.json`.
+
+Nothing here unpickles: metadata is JSON, weights are safetensors, and every
+file is checked (presence, checksum, names and shapes) before a model is handed
+back. Writes are atomic (see `fileio`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .codecs import CODECS
+from .errors import ArtifactError, ToolkitError
+from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, read_json
+from .models import build_model, count_parameters
+
+FORMAT_VERSION = 1
+MODEL_JSON, WEIGHTS, METRICS = "model.json", "model.safetensors", "metrics.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelSpec:
+    """Everything in `model.json`: enough to rebuild the module and to trust it."""
+
+    family: str
+    config: dict
+    input_shape: list[int]
+    layout: str
+    class_names: list[str]
+    feature_names: list[str] | None = None
+    preprocessing: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=lambda: {"parent": None, "recipe": None})
+    runtime: str = "torch"
+    dtype: str = "float32"
+    weights: dict = field(default_factory=lambda: {"file": WEIGHTS, "codec": "dense"})
+    onnx: dict | None = None
+    extra: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "model.json") -> "ModelSpec":
+        known = set(cls.__dataclass_fields__)
+        missing = [k for k in ("family", "config", "input_shape", "layout", "class_names") if k not in raw]
+        if missing:
+            raise ArtifactError(f"{where}: missing field(s) {', '.join(missing)}")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{where}: unsupported format_version {raw.get('format_version')!r} (expected {FORMAT_VERSION})")
+        try:
+            spec = cls(**{k: v for k, v in raw.items() if k in known})
+            spec.input_shape = [int(d) for d in spec.input_shape]
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"{where}: malformed field: {exc}") from None
+        if spec.dtype not in DTYPES:
+            raise ArtifactError(f"{where}: unknown dtype {spec.dtype!r}")
+        if not isinstance(spec.config, dict) or not isinstance(spec.class_names, list) or not spec.class_names:
+            raise ArtifactError(f"{where}: 'config' must be an object and 'class_names' a non-empty list")
+        return spec
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference: the PyTorch module, its spec, where it came from.
+
+    For `runtime == "onnxruntime"` artifacts, `predict` runs the ONNX file and
+    `module` is the PyTorch twin (if the artifact has one) for gradient methods.
+    """
+
+    module: nn.Module | None
+    spec: ModelSpec
+    path: Path | None = None
+    metrics: dict = field(default_factory=dict)
+    _session: Any = field(default=None, repr=False)
+
+    @property
+    def runtime(self) -> str:
+        return self.spec.runtime
+
+    def onnx_session(self, threads: int | None = None):
+        """An ONNX Runtime session on the artifact's ONNX file (created once)."""
+        if self._session is None or threads is not None:
+            import onnxruntime as ort
+
+            if self.path is None or not self.spec.onnx:
+                raise ArtifactError("this model has no ONNX file")
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            onnx_path = self.path / self.spec.onnx["file"]
+            try:
+                session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ORT raises its own exception types for bad files
+                raise ArtifactError(f"cannot load ONNX model {onnx_path}: {exc}") from None
+            if threads is not None:
+                return session
+            self._session = session
+        return self._session
+
+    def predict(self, x, batch_size: int = 1024) -> np.ndarray:
+        return predict(self, x, batch_size=batch_size)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_artifact(directory: str | Path, module: nn.Module | None, spec: ModelSpec, metrics: dict | None = None,
+                   *, onnx_bytes: bytes | None = None) -> ModelSpec:
+    """Write the artifact files into an existing directory, each atomically, `model.json` last.
+
+    Returns the spec as written (with checksums and sizes filled in).
+    """
+    from safetensors.torch import save as safetensors_save
+
+    directory = Path(directory)
+    spec = ModelSpec.from_dict(spec.to_dict())  # a copy we may fill in
+    if module is not None:
+        codec = CODECS[spec.weights.get("codec", "dense")]
+        tensors = codec.encode({k: v.detach().cpu() for k, v in module.state_dict().items()})
+        atomic_write_bytes(directory / WEIGHTS, safetensors_save(tensors, metadata={"format": "pt"}))
+        spec.weights = {**spec.weights, "file": WEIGHTS, "sha256": sha256_file(directory / WEIGHTS)}
+    else:
+        spec.weights = {}
+    if onnx_bytes is not None:
+        atomic_write_bytes(directory / "model.onnx", onnx_bytes)
+        spec.onnx = {**(spec.onnx or {}), "file": "model.onnx", "sha256": sha256_file(directory / "model.onnx")}
+    metrics = dict(metrics or {})
+    metrics["size_bytes"] = artifact_size(directory, spec)
+    if module is not None:
+        metrics["parameters"] = count_parameters(module)
+    atomic_write_json(directory / METRICS, metrics)
+    atomic_write_json(directory / MODEL_JSON, spec.to_dict())
+    return spec
+
+
+def artifact_size(directory: Path, spec: ModelSpec) -> int:
+    """Bytes on disk of what inference needs: the runtime's model file."""
+    if spec.runtime == "onnxruntime" and spec.onnx:
+        return (Path(directory) / spec.onnx["file"]).stat().st_size
+    return (Path(directory) / WEIGHTS).stat().st_size
+
+
+def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = None,
+               overwrite: bool = False, onnx_bytes: bytes | None = None) -> Path:
+    """Save a model as a new artifact directory, atomically."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ToolkitError(f"output directory {out} already exists; pass overwrite=True to replace it")
+    staging = out.with_name(out.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        write_artifact(staging, model.module, model.spec, metrics, onnx_bytes=onnx_bytes)
+        commit_directory(staging, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> LoadedModel:
+    """Rebuild a model from an artifact directory, checking every file first.
+
+    Raises:
+        ArtifactError: the directory is not an artifact, or a file is missing,
+            truncated, modified or inconsistent with `model.json`.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"not a model directory: {path}" if path.exists() else f"model directory not found: {path}")
+    if not (path / MODEL_JSON).is_file():
+        raise ArtifactError(f"{path} is not a model artifact: no {MODEL_JSON}")
+    spec = ModelSpec.from_dict(read_json(path / MODEL_JSON, "model.json"), str(path / MODEL_JSON))
+    metrics = read_json(path / METRICS, "metrics.json") if (path / METRICS).is_file() else {}
+    module = None
+    if spec.weights.get("file"):
+        module = _load_module(path, spec, device)
+    elif spec.runtime != "onnxruntime":
+        raise ArtifactError(f"{path / MODEL_JSON}: no weights file listed")
+    if spec.onnx:
+        _check_file(path / spec.onnx["file"], spec.onnx.get("sha256"))
+    return LoadedModel(module=module, spec=spec, path=path, metrics=metrics)
+
+
+def _check_file(file: Path, expected_sha: str | None) -> None:
+    if not file.is_file():
+        raise ArtifactError(f"missing file: {file}")
+    if expected_sha and sha256_file(file) != expected_sha:
+        raise ArtifactError(f"{file} does not match model.json (checksum differs): it was modified, truncated or corrupted")
+
+
+def _load_module(path: Path, spec: ModelSpec, device: str) -> nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = path / spec.weights["file"]
+    _check_file(weights, spec.weights.get("sha256"))
+    codec_name = spec.weights.get("codec", "dense")
+    if codec_name not in CODECS:
+        raise ArtifactError(f"{weights}: unknown weight codec {codec_name!r}")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {weights} (truncated or not safetensors): {exc}") from None
+    try:
+        state = CODECS[codec_name].decode(tensors)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ArtifactError(f"{weights}: cannot decode {codec_name} weights: {exc}") from None
+    pre = spec.preprocessing
+    module = build_model(spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"), pre.get("std"))
+    _check_state(module, state, weights)
+    module.load_state_dict(state, strict=True)
+    return module.to(device=device, dtype=DTYPES[spec.dtype]).eval()
+
+
+def _check_state(module: nn.Module, state: dict, weights: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ArtifactError(f"{weights} does not match model.json: {detail}")
+    for key, shape in expected.items():
+        if found[key] != shape:
+            raise ArtifactError(f"{weights} does not match model.json: {key} has shape {found[key]}, the architecture needs {shape}")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ArtifactError(f"{weights}: tensor {key} contains NaN or infinite values")
+
+
+def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.ndarray:
+    """Logits for a batch of raw inputs, computed in batches without gradients.
+
+    Args:
+        model: a `LoadedModel` (PyTorch or ONNX Runtime) or a plain `nn.Module`.
+        x: array of shape (N, *input_shape).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if isinstance(model, LoadedModel) and model.runtime == "onnxruntime":
+        session = model.onnx_session()
+        name = session.get_inputs()[0].name
+        outs = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, model.spec.num_classes), np.float32)
+    module = model.module if isinstance(model, LoadedModel) else model
+    param = next(iter(module.parameters()), None)
+    if param is None:
+        param = next(iter(module.buffers()))
+    device = device or param.device
+    was_training = module.training
+    module.eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            batch = torch.from_numpy(x[i:i + batch_size]).to(device=device, dtype=param.dtype)
+            outs.append(module(batch).float().cpu().numpy())
+    module.train(was_training)
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def accuracy(model, x, y, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    if len(y) == 0:
+        return float("nan")
+    return float((predict(model, x, batch_size).argmax(axis=1) == np.asarray(y)).mean())

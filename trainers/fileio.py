@@ -1,0 +1,100 @@
+"""Atomic writes: a file or a whole directory appears complete or not at all.
+
+Every stage writes through these helpers, so an interrupted run (Ctrl-C,
+SIGKILL, a full disk) never leaves a half-written artifact where a finished one
+is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ToolkitError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts follow the umask
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | Path, what: str = "file") -> dict:
+    """Read a JSON object, turning every failure into one clear ToolkitError."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ToolkitError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ToolkitError(f"{what} is a directory, expected a file: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ToolkitError(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ToolkitError(f"{what} {path} does not hold a JSON object")
+    return obj
+
+
+def commit_directory(staging: Path, final: Path) -> None:
+    """Move a finished staging directory to `final`, replacing what was there.
+
+    The old directory is renamed aside first and removed only after the new one
+    is in place, so at every instant one complete version exists on disk.
+    """
+    staging, final = Path(staging), Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def ensure_writable_parent(path: Path) -> None:
+    """Create the parent of an output path, or fail with one clear line."""
+    parent = Path(path).resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f"cannot create output location {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise ToolkitError(f"output location is not writable: {parent}")

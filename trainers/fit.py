@@ -1,0 +1,322 @@
+"""The training loop: AdamW, LR on plateau, early stopping on validation loss, best weights kept.
+
+Readable top to bottom: `train()` validates, prepares the run directory, then
+loops over epochs; each epoch is `_train_epoch` + `evaluate`. The data lives on
+the training device as tensors (moved once), batches are index slices, and on
+CUDA the forward pass runs under autocast (bf16 where supported, else fp16
+with a gradient scaler).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import LoadedModel, ModelSpec, write_artifact
+from .data import DataBundle, load_data
+from .env import environment, package_versions
+from .errors import ToolkitError
+from .fileio import atomic_write_bytes
+from .models import build_model, config_dict, get_family, make_config
+from .rundir import RunDir
+
+
+@dataclass
+class TrainConfig:
+    """Training options; saved as `config.json` beside the results."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 15
+    lr_patience: int = 5
+    device: str = "auto"
+    seed: int = 0
+    amp: bool = True
+    model: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ToolkitError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ToolkitError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise ToolkitError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or self.patience < 1 or self.lr_patience < 1:
+            raise ToolkitError("weight_decay must be >= 0 and patience values >= 1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ToolkitError(f"--device must be auto, cpu or cuda, got '{self.device}'")
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns and writes as `result.json`."""
+
+    model: LoadedModel
+    metrics: dict
+    history: list[dict]
+    device: str
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    interrupted: bool = False
+    out: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": "train",
+            "family": self.model.spec.family,
+            "data": self.model.spec.data,
+            "metrics": self.metrics,
+            "device": self.device,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+            "history": self.history,
+            "artifact": str(self.out) if self.out else None,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ToolkitError("--device cuda was requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
+          overwrite: bool = False, resume: bool = False, progress: bool | None = None,
+          target: str | None = None) -> TrainResult:
+    """Train a classifier of `family` on `data`; write an artifact to `out` if given.
+
+    Args:
+        data: a DataBundle, or a data spec for `load_data` (built-in name or path).
+        family: a registered model family (`list_models()`).
+        config: training options (defaults are tuned to give a good model).
+        out: run directory; the artifact and `result.json` are committed there at the end.
+        resume: continue an interrupted run in `out` from its last checkpoint.
+        progress: show a progress bar on stderr (default: when stderr is a terminal).
+    """
+    config = config or TrainConfig()
+    config.validate()
+    get_family(family)
+    arch = make_config(family, config.model)
+    device = resolve_device(config.device)
+    if not isinstance(data, DataBundle):
+        data = load_data(data, target=target, seed=config.seed)
+    seed_everything(config.seed)
+    module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
+    spec = _spec(family, arch, data, config)
+    run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None else None
+    with (run or _NoRun()):
+        if run is not None:
+            run.write_json("config.json", {"stage": "train", "family": family, "data": data.source, "target": target,
+                                           **asdict(config)})
+            run.write_json("env.json", environment())
+        result = _fit(module, spec, data, config, device, run, progress)
+        if run is not None:
+            result.model.spec = write_artifact(run.path, result.model.module, spec, result.metrics)
+            run.write_json("result.json", result.to_dict())
+            if not result.interrupted:
+                (run.path / "checkpoint.pt").unlink(missing_ok=True)
+            result.out = run.commit()
+            result.model.path = result.out
+    return result
+
+
+class _NoRun:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
+    return ModelSpec(
+        family=family, config=config_dict(arch), input_shape=list(data.input_shape), layout=data.layout,
+        class_names=data.class_names, feature_names=data.feature_names,
+        preprocessing={"kind": "standardize", "axis": "feature" if data.layout == "features" else "channel",
+                       "mean": data.mean.tolist(), "std": data.std.tolist()},
+        training=asdict(config), data=data.summary(), versions=package_versions(),
+    )
+
+
+def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConfig, device: torch.device,
+         run: RunDir | None, progress: bool | None) -> TrainResult:
+    started = time.perf_counter()
+    tensors = _to_device(data, device)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=config.lr_patience)
+    amp_dtype = _amp_dtype(device, config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
+             "best_state": _cpu_state(module)}
+    if run is not None and run.resumed:
+        state = _load_checkpoint(run.path, module, optimizer, scheduler, scaler, spec)
+    interrupted = False
+    bar = _progress(progress)
+    task = bar.add_task("training", total=config.epochs, completed=state["epoch"]) if bar else None
+    try:
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            tick = time.perf_counter()
+            train_loss, train_acc = _train_epoch(module, optimizer, scaler, tensors, config, epoch, amp_dtype)
+            val_loss, val_acc = evaluate(module, tensors["x_val"], tensors["y_val"], amp_dtype)
+            scheduler.step(val_loss)
+            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                   "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": round(time.perf_counter() - tick, 4)}
+            state["history"].append(row)
+            state["epoch"] = epoch
+            if val_loss < state["best_val_loss"] - 1e-4:
+                state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0, best_state=_cpu_state(module))
+            else:
+                state["bad_epochs"] += 1
+            if run is not None:
+                _save_checkpoint(run, row, module, optimizer, scheduler, scaler, spec, state)
+            if bar:
+                bar.update(task, advance=1, description=f"epoch {epoch} val_acc {val_acc:.3f}")
+            if state["bad_epochs"] >= config.patience:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted: keeping the best model so far (epoch {state['best_epoch']})", file=sys.stderr)
+    finally:
+        if bar:
+            bar.stop()
+    module.load_state_dict(state["best_state"])
+    module.eval()
+    metrics = _final_metrics(module, tensors, amp_dtype)
+    return TrainResult(model=LoadedModel(module=module, spec=spec, metrics=metrics), metrics=metrics,
+                       history=state["history"], device=str(device), epochs_run=state["epoch"],
+                       best_epoch=state["best_epoch"], seconds=time.perf_counter() - started, interrupted=interrupted)
+
+
+def _train_epoch(module, optimizer, scaler, tensors, config, epoch, amp_dtype) -> tuple[float, float]:
+    module.train()
+    x, y = tensors["x_train"], tensors["y_train"]
+    # Seeded per epoch, so a resumed run shuffles and drops out exactly as an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    torch.manual_seed(config.seed * 100_003 + epoch)
+    order = torch.randperm(len(y), generator=generator).to(x.device)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for start in range(0, len(y), config.batch_size):
+        index = order[start:start + config.batch_size]
+        xb, yb = x[index], y[index]
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = module(xb)
+            loss = nn.functional.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach() * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
+    # One device-to-host sync per epoch, not per batch.
+    return loss_sum.item() / len(y), correct.item() / len(y)
+
+
+@torch.inference_mode()
+def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None, batch_size: int = 2048):
+    """Mean cross-entropy and accuracy of `module` on tensors already on its device."""
+    was_training = module.training
+    module.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = module(xb).float()
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    module.train(was_training)
+    return loss_sum / max(len(y), 1), correct / max(len(y), 1)
+
+
+def _final_metrics(module, tensors, amp_dtype) -> dict:
+    metrics = {}
+    for split in ("train", "val", "test"):
+        loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
+        metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
+    return metrics
+
+
+def _to_device(data: DataBundle, device: torch.device) -> dict[str, torch.Tensor]:
+    """All splits as tensors on `device`, moved once (small data sets fit easily)."""
+    out = {}
+    for split in ("train", "val", "test"):
+        out[f"x_{split}"] = torch.from_numpy(getattr(data, f"x_{split}")).to(device)
+        out[f"y_{split}"] = torch.from_numpy(getattr(data, f"y_{split}")).to(device)
+    return out
+
+
+def _amp_dtype(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _cpu_state(module: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _save_checkpoint(run, row, module, optimizer, scheduler, scaler, spec, state) -> None:
+    with open(run.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    buffer = io.BytesIO()
+    torch.save({**state, "model": _cpu_state(module), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "family": spec.family, "fingerprint": spec.data["fingerprint"]}, buffer)
+    atomic_write_bytes(run.path / "checkpoint.pt", buffer.getvalue())
+    run.keep_on_error = True
+
+
+def _load_checkpoint(directory: Path, module, optimizer, scheduler, scaler, spec) -> dict:
+    path = directory / "checkpoint.pt"
+    if not path.is_file():
+        raise ToolkitError(f"nothing to resume: {directory} has no checkpoint yet")
+    try:
+        # weights_only=True: the toolkit's own resume state, still loaded without unpickling code.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise ToolkitError(f"cannot resume from {path}: {exc}".splitlines()[0]) from None
+    if ckpt.get("family") != spec.family or ckpt.get("fingerprint") != spec.data["fingerprint"]:
+        raise ToolkitError(f"cannot resume from {path}: it was made with another model family or data set")
+    module.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    keys = ("epoch", "best_val_loss", "best_epoch", "bad_epochs", "history", "best_state")
+    return {k: ckpt[k] for k in keys}
+
+
+def _progress(enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+    bar.start()
+    return bar

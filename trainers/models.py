@@ -1,0 +1,238 @@
+"""The model families: MLP, CNN and LSTM classifiers, and their registry.
+
+Each family is a typed config (every width listed per layer, so a pruned or
+distilled model with other widths rebuilds exactly) and an `nn.Module` built
+from it. All modules start with `Standardize`, which holds the training-split
+statistics as buffers: models take raw inputs everywhere (training, ONNX,
+explanations).
+
+Modules use layer objects (`nn.ReLU`, `nn.MaxPool*d`), never their functional
+forms, so hook-based explainers such as DeepLift/DeepExplainer see every
+non-linearity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ArtifactError, ToolkitError
+
+
+@dataclass
+class Family:
+    """A registered model family: its config type and the module builder."""
+
+    name: str
+    config_cls: type
+    build: Callable[..., nn.Module]
+    description: str
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(name: str, config_cls: type, description: str):
+    """Class decorator: register an `nn.Module` as model family `name`."""
+
+    def decorator(module_cls):
+        _FAMILIES[name] = Family(name, config_cls, module_cls, description)
+        return module_cls
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of the registered model families."""
+    return list(_FAMILIES)
+
+
+def get_family(name: str) -> Family:
+    if name not in _FAMILIES:
+        raise ToolkitError(f"unknown model family '{name}'; choose from {', '.join(_FAMILIES)}")
+    return _FAMILIES[name]
+
+
+def make_config(family: str, values: dict | None = None):
+    """Build a family's config from a dict, rejecting unknown keys by name."""
+    cls = get_family(family).config_cls
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ToolkitError(f"unknown {family} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def build_model(family: str, config, input_shape, num_classes: int, mean=None, std=None) -> nn.Module:
+    """Build a family's module; `config` is its dataclass or a plain dict."""
+    fam = get_family(family)
+    if isinstance(config, dict):
+        config = make_config(family, config)
+    input_shape = tuple(int(d) for d in input_shape)
+    if mean is None:
+        mean, std = _unit_stats(input_shape)
+    try:
+        return fam.build(config, input_shape, num_classes, np.asarray(mean), np.asarray(std))
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ArtifactError(f"cannot build a {family} model for inputs {input_shape}: {exc}") from None
+
+
+def config_dict(config) -> dict:
+    return asdict(config)
+
+
+def _unit_stats(input_shape):
+    shape = input_shape if len(input_shape) == 1 else (input_shape[0],) + (1,) * (len(input_shape) - 1)
+    return np.zeros(shape, np.float32), np.ones(shape, np.float32)
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with the training-split statistics stored as buffers."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, np.float32)))
+        self.register_buffer("std", torch.as_tensor(np.asarray(std, np.float32)))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def _dense_stack(widths: list[int], dropout: float) -> tuple[nn.Sequential, int]:
+    """Linear-ReLU-Dropout blocks for consecutive widths; returns (stack, last width)."""
+    layers: list[nn.Module] = []
+    for w_in, w_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(w_in, w_out), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers), widths[-1]
+
+
+@dataclass
+class MLPConfig:
+    """hidden: width of each hidden layer (empty: a linear model)."""
+
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    dropout: float = 0.1
+
+
+@register_family("mlp", MLPConfig, "multi-layer perceptron on the flattened input")
+class MLP(nn.Module):
+    def __init__(self, config: MLPConfig, input_shape, num_classes, mean, std):
+        super().__init__()
+        self.config, self.input_shape = config, tuple(input_shape)
+        self.standardize = Standardize(mean, std)
+        self.flatten = nn.Flatten()
+        self.features, width = _dense_stack([int(np.prod(input_shape))] + list(config.hidden), config.dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(self.flatten(self.standardize(x))))
+
+
+@dataclass
+class CNNConfig:
+    """channels: output channels of each conv block (conv, ReLU, 2x max-pool);
+    hidden: widths of the dense layers after flattening."""
+
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 3
+    hidden: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.2
+
+
+@register_family("cnn", CNNConfig, "convolutional net: Conv1d for (F,) and (C, L), Conv2d for (C, H, W)")
+class CNN(nn.Module):
+    def __init__(self, config: CNNConfig, input_shape, num_classes, mean, std):
+        super().__init__()
+        self.config, self.input_shape = config, tuple(input_shape)
+        self.standardize = Standardize(mean, std)
+        spatial = (input_shape[0],) if len(input_shape) == 1 else input_shape[1:]
+        in_channels = 1 if len(input_shape) == 1 else input_shape[0]
+        conv = nn.Conv1d if len(spatial) == 1 else nn.Conv2d
+        pool = nn.MaxPool1d if len(spatial) == 1 else nn.MaxPool2d
+        layers: list[nn.Module] = []
+        size = list(spatial)
+        for out_channels in config.channels:
+            layers += [conv(in_channels, out_channels, config.kernel_size, padding=config.kernel_size // 2), nn.ReLU()]
+            if min(size) >= 2:  # pool only while there is something to pool
+                layers.append(pool(2))
+                size = [s // 2 for s in size]
+            in_channels = out_channels
+        self.unsqueeze = len(input_shape) == 1
+        self.features = nn.Sequential(*layers)
+        self.flatten = nn.Flatten()
+        flat = in_channels * int(np.prod(size))
+        self.classifier, width = _dense_stack([flat] + list(config.hidden), config.dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.standardize(x)
+        if self.unsqueeze:
+            x = x.unsqueeze(1)
+        return self.head(self.classifier(self.flatten(self.features(x))))
+
+
+@dataclass
+class LSTMConfig:
+    """hidden: hidden units of each stacked LSTM layer (layers may differ in width,
+    so structured pruning can shrink each one); bidirectional applies to all."""
+
+    hidden: list[int] = field(default_factory=lambda: [128])
+    bidirectional: bool = False
+    dropout: float = 0.1
+
+
+@register_family("lstm", LSTMConfig, "stacked LSTM reading along the last spatial axis")
+class LSTMClassifier(nn.Module):
+    def __init__(self, config: LSTMConfig, input_shape, num_classes, mean, std):
+        super().__init__()
+        if not config.hidden:
+            raise ValueError("an LSTM needs at least one layer")
+        self.config, self.input_shape = config, tuple(input_shape)
+        self.standardize = Standardize(mean, std)
+        directions = 2 if config.bidirectional else 1
+        width = sequence_features(input_shape)
+        # Single-layer nn.LSTMs stacked by hand: nn.LSTM(num_layers=k) forces one width for all layers.
+        self.layers = nn.ModuleList()
+        for hidden in config.hidden:
+            self.layers.append(nn.LSTM(width, hidden, batch_first=True, bidirectional=config.bidirectional))
+            width = hidden * directions
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = to_sequence(self.standardize(x))
+        for i, layer in enumerate(self.layers):
+            x, (h, _) = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.dropout(x)
+        last = torch.cat([h[0], h[1]], dim=1) if self.config.bidirectional else h[0]
+        return self.head(self.dropout(last))
+
+
+def sequence_features(input_shape) -> int:
+    """Features per time step when reading along the last spatial axis."""
+    if len(input_shape) == 1:
+        return 1
+    if len(input_shape) == 2:
+        return int(input_shape[0])
+    return int(input_shape[0] * input_shape[2])
+
+
+def to_sequence(x: torch.Tensor) -> torch.Tensor:
+    """(N, F) -> F steps of 1; (N, C, L) -> L steps of C; (N, C, H, W) -> H steps of C*W."""
+    if x.dim() == 2:
+        return x.unsqueeze(-1)
+    if x.dim() == 3:
+        return x.transpose(1, 2)
+    return x.permute(0, 2, 1, 3).flatten(2)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
