@@ -204,7 +204,7 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
             bar.stop()
     module.load_state_dict(state["best_state"])
     module.eval()
-    metrics = _final_metrics(module, tensors, amp_dtype)
+    metrics = _final_metrics(module, tensors, amp_dtype, spec.class_names)
     return TrainResult(model=LoadedModel(module=module, spec=spec, metrics=metrics), metrics=metrics,
                        history=state["history"], device=str(device), epochs_run=state["epoch"],
                        best_epoch=state["best_epoch"], seconds=time.perf_counter() - started, interrupted=interrupted)
@@ -251,11 +251,24 @@ def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None
     return loss_sum / max(len(y), 1), correct / max(len(y), 1)
 
 
-def _final_metrics(module, tensors, amp_dtype) -> dict:
+def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     metrics = {}
     for split in ("train", "val", "test"):
         loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
+    with torch.inference_mode(), torch.autocast(tensors["x_test"].device.type, dtype=amp_dtype,
+                                                enabled=amp_dtype is not None):
+        predicted = module(tensors["x_test"]).argmax(1).cpu().numpy()
+    truth = tensors["y_test"].cpu().numpy()
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
+    metrics["test_confusion_matrix"] = confusion_matrix(truth, predicted, labels=labels).tolist()
+    metrics["test_per_class"] = [
+        {"class": name, "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+         "support": int(n)} for name, p, r, f, n in zip(class_names, precision, recall, f1, support)
+    ]
     return metrics
 
 
