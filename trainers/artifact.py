@@ -192,8 +192,12 @@ def load_model(path: str | Path, *, device: str = "cpu") -> LoadedModel:
         raise ArtifactError(f"not a model directory: {path}" if path.exists() else f"model directory not found: {path}")
     if not (path / MODEL_JSON).is_file():
         raise ArtifactError(f"{path} is not a model artifact: no {MODEL_JSON}")
-    spec = ModelSpec.from_dict(read_json(path / MODEL_JSON, "model.json"), str(path / MODEL_JSON))
-    metrics = read_json(path / METRICS, "metrics.json") if (path / METRICS).is_file() else {}
+    try:
+        raw = read_json(path / MODEL_JSON, "model.json")
+        metrics = read_json(path / METRICS, "metrics.json") if (path / METRICS).is_file() else {}
+    except ToolkitError as exc:
+        raise ArtifactError(str(exc)) from None
+    spec = ModelSpec.from_dict(raw, str(path / MODEL_JSON))
     module = None
     if spec.weights.get("file"):
         module = _load_module(path, spec, device)

@@ -127,6 +127,9 @@ def _load_builtin(name: str, seed: int) -> DataBundle:
 
 
 def _load_npz(path: Path, seed: int) -> DataBundle:
+    if not zipfile.is_zipfile(path):
+        # np.load would try other formats (even pickle detection) on a non-zip file.
+        raise DataError(f"cannot read {path} as a .npz file: not a zip archive (truncated or another format)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}

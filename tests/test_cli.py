@@ -1,0 +1,141 @@
+"""`toolkit train` and `toolkit env` through the real entry point, and every bad input of issue 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cli.common import FAMILIES
+from cli.main import main
+from trainers import list_models, load_model
+
+TOOLKIT = [sys.executable, "-m", "cli.main"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([*TOOLKIT, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+
+
+def test_cli_family_choices_match_the_registry():
+    assert set(FAMILIES) == set(list_models())
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from cli.main import app; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "ok", out.stderr
+    result = run_cli("--help")
+    assert result.returncode == 0 and "train" in result.stdout and "env" in result.stdout
+
+
+def test_train_subprocess_writes_artifact_and_json(tmp_path):
+    result = run_cli("train", "iris", "--model", "mlp", "--epochs", "3", "--out", tmp_path / "run", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["stage"] == "train" and payload["family"] == "mlp" and payload["epochs_run"] == 3
+    assert 0.0 <= payload["metrics"]["test_accuracy"] <= 1.0
+    assert load_model(tmp_path / "run").spec.family == "mlp"
+
+
+def test_train_human_output_prints_artifact_path(tmp_path, capsys):
+    assert main(["train", "wine", "--model", "cnn", "--epochs", "2", "--out", str(tmp_path / "r")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(tmp_path / "r")
+    assert "test accuracy" in captured.err
+
+
+def test_existing_output_needs_overwrite(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "1", "--out", out]) == 0
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "1", "--out", out, "--seed", "5"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "1", "--out", out, "--seed", "5", "--overwrite"]) == 0
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() != before
+
+
+def test_env_json():
+    result = run_cli("env", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["device"] in ("cpu", "cuda")
+    for name in ("onnxruntime", "shap", "captum"):
+        assert name in info["versions"]
+
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _csv(tmp_path, text):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    return str(path)
+
+
+X, Y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
+GOOD_CSV = "a,b,t\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(30))
+
+BAD_INPUTS = {
+    "missing file": (lambda p: [str(p / "nope.npz"), "--model", "mlp"], "not found"),
+    "unknown builtin": (lambda p: ["mnist", "--model", "mlp"], "unknown data"),
+    "npz without x/y": (lambda p: [_npz(p, a=X), "--model", "mlp"], "missing array"),
+    "x/y lengths": (lambda p: [_npz(p, x=X, y=Y[:10]), "--model", "mlp"], "samples but y has"),
+    "nan in x": (lambda p: [_npz(p, x=np.full_like(X, np.nan), y=Y), "--model", "mlp"], "NaN"),
+    "inf in x": (lambda p: [_npz(p, x=np.full_like(X, np.inf), y=Y), "--model", "mlp"], "infinite"),
+    "float labels": (lambda p: [_npz(p, x=X, y=Y * 0.3), "--model", "mlp"], "integer class labels"),
+    "one class": (lambda p: [_npz(p, x=X, y=np.ones(30, int)), "--model", "mlp"], "only one class"),
+    "csv target": (lambda p: [_csv(p, GOOD_CSV), "--model", "mlp", "--target", "zz"], "target column 'zz'"),
+    "csv text": (lambda p: [_csv(p, "a,b,t\n" + "x,1,0\n" * 20), "--model", "mlp"], "not numeric"),
+    "unknown model": (lambda p: ["iris", "--model", "transformer"], "unknown --model"),
+    "epochs 0": (lambda p: ["iris", "--model", "mlp", "--epochs", "0"], "--epochs"),
+    "negative lr": (lambda p: ["iris", "--model", "mlp", "--lr", "-0.1"], "--lr"),
+    "bad device": (lambda p: ["iris", "--model", "mlp", "--device", "tpu"], "--device"),
+    "bad arch json": (lambda p: ["iris", "--model", "mlp", "--arch", "{oops"], "--arch"),
+    "unknown arch key": (lambda p: ["iris", "--model", "mlp", "--arch", '{"width": 3}'], "unknown mlp option"),
+    "unknown option": (lambda p: ["iris", "--model", "mlp", "--frobnicate"], "No such option"),
+    "resume nothing": (lambda p: ["iris", "--model", "mlp", "--resume", "--out", str(p / "fresh")], "nothing to resume"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make, expected = BAD_INPUTS[case]
+    args = make(tmp_path)
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert expected in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_gpu(tmp_path, capsys):
+    assert main(["train", "iris", "--model", "mlp", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_input_in_a_real_subprocess_has_no_traceback(tmp_path):
+    result = run_cli("train", tmp_path / "missing.csv", "--model", "lstm")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: data file not found: {tmp_path / 'missing.csv'}"]

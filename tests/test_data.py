@@ -1,0 +1,170 @@
+"""The data contract: built-in sets, .npz and .csv files, splits, normalisation, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainers import BUILTIN_DATASETS, DataError, check_inputs, load_data
+
+
+@pytest.mark.parametrize("name,shape,classes", [
+    ("digits", (1, 8, 8), 10), ("iris", (4,), 3), ("wine", (13,), 3), ("breast_cancer", (30,), 2),
+])
+def test_builtin_sets(name, shape, classes):
+    data = load_data(name)
+    assert name in BUILTIN_DATASETS
+    assert data.input_shape == shape
+    assert data.num_classes == classes
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    n = len(data.y_train) + len(data.y_val) + len(data.y_test)
+    assert len(data.y_test) == pytest.approx(0.2 * n, abs=2)
+    if len(shape) == 1:
+        assert len(data.feature_names) == shape[0]
+
+
+def test_split_is_stratified_seeded_and_disjoint():
+    a, b, c = load_data("digits", seed=0), load_data("digits", seed=0), load_data("digits", seed=1)
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    assert not np.array_equal(a.x_test, c.x_test)
+    # Stratified: class proportions in the test split follow the whole set within one sample.
+    counts = np.bincount(a.y_test, minlength=10)
+    total = np.bincount(np.concatenate([a.y_train, a.y_val, a.y_test]), minlength=10)
+    assert np.all(np.abs(counts - total * len(a.y_test) / total.sum()) <= 1.01)
+    train_rows = {r.tobytes() for r in a.x_train}
+    assert sum(r.tobytes() in train_rows for r in a.x_test) < 5  # digits has a few exact duplicates
+
+
+def test_normalisation_from_training_split_only():
+    data = load_data("wine")
+    np.testing.assert_allclose(data.mean, data.x_train.mean(axis=0), rtol=1e-5)
+    assert not np.allclose(data.mean, np.concatenate([data.x_train, data.x_test]).mean(axis=0), rtol=1e-7)
+    image = load_data("digits")
+    assert image.mean.shape == (1, 1, 1)  # per channel for images
+    assert np.all(image.std > 0)
+
+
+def test_fingerprint_changes_with_the_data(tmp_path):
+    x = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    y = np.arange(40) % 2
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    x2 = x.copy()
+    x2[0, 0] += 1
+    np.savez(tmp_path / "b.npz", x=x2, y=y)
+    fa, fb = load_data(str(tmp_path / "a.npz")).fingerprint, load_data(str(tmp_path / "b.npz")).fingerprint
+    assert len(fa) == 64 and fa != fb
+    assert load_data(str(tmp_path / "a.npz")).fingerprint == fa
+
+
+@pytest.mark.parametrize("shape,layout", [((6,), "features"), ((2, 10), "signal"), ((3, 4, 5), "image")])
+def test_npz_shapes_and_names(tmp_path, shape, layout):
+    x = np.random.default_rng(0).normal(size=(50, *shape))
+    y = np.arange(50) % 2
+    extra = {"feature_names": np.array([f"f{i}" for i in range(6)])} if len(shape) == 1 else {}
+    np.savez(tmp_path / "d.npz", x=x, y=y, class_names=np.array(["neg", "pos"]), **extra)
+    data = load_data(str(tmp_path / "d.npz"))
+    assert data.input_shape == shape and data.layout == layout
+    assert data.class_names == ["neg", "pos"]
+    if extra:
+        assert data.feature_names == [f"f{i}" for i in range(6)]
+
+
+def test_npz_with_given_test_split(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), np.arange(60) % 3
+    xt, yt = rng.normal(size=(15, 4)), np.arange(15) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=xt, y_test=yt)
+    data = load_data(str(tmp_path / "d.npz"))
+    np.testing.assert_allclose(data.x_test, xt.astype(np.float32))
+    assert len(data.y_train) + len(data.y_val) == 60
+    assert data.split["test_given"] is True
+
+
+def test_csv_with_target_and_text_labels(tmp_path):
+    rows = ["a,b,label,c"] + [f"{i},{i % 3}.5,{'yes' if i % 2 else 'no'},{-i}" for i in range(30)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    data = load_data(str(tmp_path / "d.csv"), target="label")
+    assert data.feature_names == ["a", "b", "c"]
+    assert data.class_names == ["no", "yes"]
+    assert data.input_shape == (3,)
+    with pytest.raises(DataError, match="column 'label' is not numeric"):
+        load_data(str(tmp_path / "d.csv"), target="c")  # now the text column is a feature
+
+
+def test_csv_default_target_is_last_column_with_integer_labels(tmp_path):
+    rows = ["x1,x2,y"] + [f"{i},{2 * i},{(i % 3) * 10}" for i in range(30)]
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    data = load_data(str(tmp_path / "d.csv"))
+    assert data.class_names == ["0", "10", "20"]
+    assert data.feature_names == ["x1", "x2"]
+    assert set(np.unique(data.y_train)) == {0, 1, 2}
+
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _write(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+X, Y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: str(p / "missing.npz"), "not found"),
+    (lambda p: "no_such_builtin", "unknown data"),
+    (lambda p: (p / "dir.npz").mkdir() or str(p / "dir.npz"), "directory"),
+    (lambda p: _write(p / "x.npz", b"garbage"), "cannot read"),
+    (lambda p: _write(p / "x.txt", b"1,2"), "unsupported"),
+    (lambda p: _npz(p, x=X), "missing array"),
+    (lambda p: _npz(p, x=X, y=Y[:-1]), "30 samples but y has 29"),
+    (lambda p: _npz(p, x=np.where(np.eye(30, 4) > 0, np.nan, X), y=Y), "NaN or infinite"),
+    (lambda p: _npz(p, x=np.where(np.eye(30, 4) > 0, np.inf, X), y=Y), "NaN or infinite"),
+    (lambda p: _npz(p, x=X, y=Y + 0.5), "integer class labels"),
+    (lambda p: _npz(p, x=X, y=np.array(["a"] * 30)), "integer class labels"),
+    (lambda p: _npz(p, x=X, y=np.zeros(30, int)), "only one class"),
+    (lambda p: _npz(p, x=X, y=Y - 1), "non-negative"),
+    (lambda p: _npz(p, x=X, y=Y * 5, class_names=np.array(["a", "b"])), "out of range"),
+    (lambda p: _npz(p, x=X[:, 0], y=Y), "must have shape"),
+    (lambda p: _npz(p, x=np.array(["s"] * 30), y=Y), "numeric"),
+    (lambda p: _npz(p, x=X[:5], y=Y[:5]), "at least 10"),
+    (lambda p: _npz(p, x=X, y=Y, x_test=X[:, :3], y_test=Y), "x_test samples have shape"),
+    (lambda p: _npz(p, x=X, y=Y, x_test=X), "given together"),
+])
+def test_bad_npz_and_paths(tmp_path, make, match):
+    with pytest.raises(DataError, match=match):
+        load_data(make(tmp_path))
+
+
+def test_npz_with_pickled_objects_is_refused_without_unpickling(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, x=np.array([object()] * 30, dtype=object), y=Y)
+    with pytest.raises(DataError, match="unpickling"):
+        load_data(str(path))
+
+
+@pytest.mark.parametrize("text,target,match", [
+    ("a,b\n1,0\n2,1\n", "nope", "target column 'nope' not found"),
+    ("a,b,t\n1,x,0\n" + "1,2,1\n" * 12, None, "column 'b' is not numeric"),
+    ("a,b,t\n1,,0\n" + "1,2,1\n" * 12, None, "missing value in column 'b'"),
+    ("a,b,t\n1,2\n", None, "has 2 fields"),
+    ("a,b,t\n", None, "at least one data row"),
+    ("t\n1\n0\n", None, "no feature columns"),
+])
+def test_bad_csv(tmp_path, text, target, match):
+    (tmp_path / "d.csv").write_text(text)
+    with pytest.raises(DataError, match=match):
+        load_data(str(tmp_path / "d.csv"), target=target)
+
+
+def test_check_inputs_rejects_wrong_shape_and_nan():
+    good = np.zeros((3, 1, 8, 8), np.float32)
+    assert check_inputs(good, (1, 8, 8)).shape == (3, 1, 8, 8)
+    with pytest.raises(DataError, match="expects"):
+        check_inputs(np.zeros((3, 64), np.float32), (1, 8, 8))
+    with pytest.raises(DataError, match="NaN"):
+        check_inputs(np.full((3, 1, 8, 8), np.nan, np.float32), (1, 8, 8))
