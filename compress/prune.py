@@ -1,0 +1,370 @@
+"""Pruning: structured (physically smaller layers), unstructured (sparse storage) and a sensitivity scan.
+
+Structured pruning removes whole hidden neurons (MLP), conv channels and dense
+units (CNN) and LSTM hidden units (every stacked layer, both directions) and
+writes the new widths into the spec's config, so `trainers.load_model`
+rebuilds the smaller architecture exactly. `torch.nn.utils.prune` only
+*masks* weights (same shapes, same size, same speed), and the well-known
+library that removes channels physically (Torch-Pruning) is not a dependency
+and does not handle our hand-stacked, per-layer-width LSTMs; so the removal
+below is written by hand: it slices the state dict and rebuilds the module.
+
+Unstructured pruning uses `torch.nn.utils.prune.global_unstructured` for the
+global magnitude mask and the fine-tune (the mask stays fixed through the
+re-parametrisation), then stores the weights with the `sparse` or
+`sparse-int8` codec (`trainers.codecs`) so the file really shrinks.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from trainers.artifact import LoadedModel, ModelSpec, accuracy
+from trainers.codecs import quantize_int8
+from trainers.data import DataBundle
+from trainers.errors import ToolkitError
+from trainers.models import build_model
+
+from .base import Variant, register_method
+
+CRITERIA = ("l1", "l2")
+
+
+# ---------------------------------------------------------------- option checks
+
+def check_ratio(ratio) -> float:
+    """A pruning ratio must be a number strictly between 0 and 1."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise ToolkitError(f"pruning ratio must be a number in (0, 1), got {ratio!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ToolkitError(f"pruning ratio must be in (0, 1), got {ratio!r}")
+    return value
+
+
+def check_options(method: str, unknown: dict) -> None:
+    if unknown:
+        raise ToolkitError(f"unknown option(s) for {method}: {', '.join(sorted(unknown))}")
+
+
+def check_family(model: LoadedModel, method: str) -> None:
+    if model.module is None:
+        raise ToolkitError(f"{method} needs a PyTorch model; this artifact has no PyTorch weights")
+    if model.spec.family not in _LAYOUTS:
+        raise ToolkitError(f"{method} cannot handle a {model.spec.family} model (it supports {', '.join(_LAYOUTS)})")
+
+
+def _check_epochs(epochs) -> int:
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
+        raise ToolkitError(f"finetune_epochs must be a whole number >= 0, got {epochs!r}")
+    return int(epochs)
+
+
+# ---------------------------------------------------------------- prunable layers per family
+# A "layer" is a prunable width: its name in the state dict, the keys of the
+# next consumer of its outputs, and the config entry that records its width.
+
+def _linear_names(seq: nn.Sequential, prefix: str, kind) -> list[str]:
+    return [f"{prefix}.{name}" for name, m in seq.named_children() if isinstance(m, kind)]
+
+
+def _mlp_layers(module) -> list[dict]:
+    names = _linear_names(module.features, "features", nn.Linear) + ["head"]
+    return [{"name": n, "kind": "dense", "next": names[i + 1], "config": ("hidden", i)} for i, n in enumerate(names[:-1])]
+
+
+def _cnn_layers(module) -> list[dict]:
+    convs = _linear_names(module.features, "features", (nn.Conv1d, nn.Conv2d))
+    dense = _linear_names(module.classifier, "classifier", nn.Linear) + ["head"]
+    layers = [{"name": n, "kind": "conv", "next": (convs + dense[:1])[i + 1], "config": ("channels", i),
+               "flatten_next": i == len(convs) - 1} for i, n in enumerate(convs)]
+    layers += [{"name": n, "kind": "dense", "next": dense[i + 1], "config": ("hidden", i)} for i, n in enumerate(dense[:-1])]
+    return layers
+
+
+def _lstm_layers(module) -> list[dict]:
+    count = len(module.layers)
+    names = [f"layers.{i}" for i in range(count)] + ["head"]
+    return [{"name": names[i], "kind": "lstm", "next": names[i + 1], "config": ("hidden", i)} for i in range(count)]
+
+
+_LAYOUTS = {"mlp": _mlp_layers, "cnn": _cnn_layers, "lstm": _lstm_layers}
+
+
+def prunable_layers(module: nn.Module, family: str) -> list[dict]:
+    """The layers whose width structured pruning can shrink, input to output."""
+    return _LAYOUTS[family](module)
+
+
+def _directions(state: dict, name: str) -> list[str]:
+    return [s for s in ("", "_reverse") if f"{name}.weight_ih_l0{s}" in state]
+
+
+def unit_scores(module: nn.Module, family: str, criterion: str = "l1") -> dict[str, torch.Tensor]:
+    """Importance of every unit of every prunable layer: the L1 or L2 norm of its incoming weights.
+
+    (Li et al. 2017, "Pruning filters for efficient ConvNets", for channels; for an
+    LSTM unit, the norm over its rows in all four gates of W_ih and W_hh, both directions.)
+    """
+    p = 1 if criterion == "l1" else 2
+    state = module.state_dict()
+    scores = {}
+    for layer in prunable_layers(module, family):
+        name = layer["name"]
+        if layer["kind"] == "lstm":
+            hidden = state[f"{name}.weight_hh_l0"].shape[1]
+            rows = [state[f"{name}.{w}_l0{s}"].reshape(4, hidden, -1).permute(1, 0, 2).reshape(hidden, -1)
+                    for s in _directions(state, name) for w in ("weight_ih", "weight_hh")]
+            weight = torch.cat(rows, dim=1)
+        else:
+            weight = state[f"{name}.weight"].flatten(1)
+        scores[name] = weight.float().norm(p=p, dim=1)
+    return scores
+
+
+def select_units(module: nn.Module, family: str, ratio: float, criterion: str = "l1",
+                 layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Indices of the units to keep (sorted), per layer: the top (1 - ratio) by importance."""
+    scores = unit_scores(module, family, criterion)
+    keep = {}
+    for name, score in scores.items():
+        if layers is not None and name not in layers:
+            continue
+        count = max(1, int(round(len(score) * (1.0 - ratio))))
+        keep[name] = torch.sort(torch.topk(score, count).indices).values
+    return keep
+
+
+# ---------------------------------------------------------------- physical removal (hand-written, see module doc)
+
+def _lstm_rows(idx: torch.Tensor, hidden: int) -> torch.Tensor:
+    """Rows of unit `idx` in the four stacked gates (i, f, g, o) of an LSTM weight."""
+    return torch.cat([idx + gate * hidden for gate in range(4)])
+
+
+def _input_columns(state: dict, layer: dict, idx: torch.Tensor, old_width: int, bidirectional: bool) -> torch.Tensor:
+    """Columns of the next layer that read the kept units."""
+    if layer["kind"] == "lstm" and bidirectional:  # outputs are [forward units, backward units]
+        return torch.cat([idx, idx + old_width])
+    if layer.get("flatten_next"):  # conv channels flattened channel-major into the first dense layer
+        next_in = state[f"{layer['next']}.weight"].shape[1]
+        per_channel = next_in // old_width
+        return (idx[:, None] * per_channel + torch.arange(per_channel)[None, :]).flatten()
+    return idx
+
+
+def _slice_columns(state: dict, next_name: str, cols: torch.Tensor) -> None:
+    for key in [k for k in state if k.startswith(next_name + ".") and ("weight_ih" in k or k == f"{next_name}.weight")]:
+        state[key] = state[key][:, cols].clone()
+
+
+def remove_units(model: LoadedModel, keep: dict[str, torch.Tensor]) -> LoadedModel:
+    """A new, physically smaller model keeping only the units `keep[layer]` of each listed layer.
+
+    The new widths go into the spec's config, so the model rebuilds exactly from model.json.
+    """
+    module, spec = model.module, model.spec
+    family = spec.family
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    config = copy.deepcopy(spec.config)
+    bidirectional = bool(config.get("bidirectional", False))
+    for layer in prunable_layers(module, family):
+        name = layer["name"]
+        if name not in keep:
+            continue
+        idx = torch.as_tensor(keep[name], dtype=torch.long)
+        key, position = layer["config"]
+        old_width = config[key][position]
+        if len(idx) == 0 or idx.max() >= old_width or idx.min() < 0:
+            raise ToolkitError(f"cannot keep units {idx.tolist()[:5]}... of layer {name} with {old_width} units")
+        if layer["kind"] == "lstm":
+            rows = _lstm_rows(idx, old_width)
+            for s in _directions(state, name):
+                for w in ("weight_ih", "bias_ih", "bias_hh"):
+                    state[f"{name}.{w}_l0{s}"] = state[f"{name}.{w}_l0{s}"][rows].clone()
+                state[f"{name}.weight_hh_l0{s}"] = state[f"{name}.weight_hh_l0{s}"][rows][:, idx].clone()
+        else:
+            state[f"{name}.weight"] = state[f"{name}.weight"][idx].clone()
+            state[f"{name}.bias"] = state[f"{name}.bias"][idx].clone()
+        _slice_columns(state, layer["next"], _input_columns(state, layer, idx, old_width, bidirectional))
+        config[key][position] = int(len(idx))
+    pre = spec.preprocessing
+    new_module = build_model(family, config, spec.input_shape, spec.num_classes, pre.get("mean"), pre.get("std"))
+    new_module.load_state_dict(state, strict=True)
+    new_spec = ModelSpec.from_dict({**spec.to_dict(), "config": config})
+    return LoadedModel(module=new_module.eval(), spec=new_spec, path=None, metrics={})
+
+
+def mask_units(module: nn.Module, family: str, keep: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of `module` whose pruned units output exactly zero (same shapes): the reference for tests.
+
+    Dense/conv units: zero their weights and bias (ReLU(0) = 0). LSTM units: zero the
+    cell-candidate gate g (weights and biases), so c stays 0 and h = o * tanh(0) = 0.
+    """
+    masked = copy.deepcopy(module)
+    state = masked.state_dict()
+    for layer in prunable_layers(masked, family):
+        name = layer["name"]
+        if name not in keep:
+            continue
+        if layer["kind"] == "lstm":
+            hidden = state[f"{name}.weight_hh_l0"].shape[1]
+            drop = torch.tensor(sorted(set(range(hidden)) - set(keep[name].tolist())), dtype=torch.long)
+            for s in _directions(state, name):
+                for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    state[f"{name}.{w}_l0{s}"][drop + 2 * hidden] = 0.0
+        else:
+            width = state[f"{name}.weight"].shape[0]
+            drop = torch.tensor(sorted(set(range(width)) - set(keep[name].tolist())), dtype=torch.long)
+            state[f"{name}.weight"][drop] = 0.0
+            state[f"{name}.bias"][drop] = 0.0
+    return masked
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def finetune(module: nn.Module, data: DataBundle, epochs: int, *, lr: float = 1e-3, batch_size: int = 64,
+             seed: int = 0, after_step=None) -> tuple[nn.Module, dict]:
+    """Short AdamW fine-tune on the training split; keeps the best weights on validation (epoch 0 included)."""
+    torch.manual_seed(seed)
+    x, y = torch.as_tensor(data.x_train, dtype=torch.float32), torch.as_tensor(data.y_train, dtype=torch.long)
+    history = {"val_accuracy": [accuracy(module, data.x_val, data.y_val)]}
+    best_state, best = copy.deepcopy(module.state_dict()), history["val_accuracy"][0]
+    if epochs == 0:
+        return module.eval(), {**history, "best_epoch": 0}
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    loss_fn, best_epoch = nn.CrossEntropyLoss(), 0
+    for epoch in range(1, epochs + 1):
+        module.train()
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), batch_size):
+            batch = order[start:start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(module(x[batch]), y[batch]).backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step(module)
+        val = accuracy(module, data.x_val, data.y_val)
+        history["val_accuracy"].append(val)
+        if val > best:
+            best, best_epoch, best_state = val, epoch, copy.deepcopy(module.state_dict())
+    module.load_state_dict(best_state)
+    return module.eval(), {**history, "best_epoch": best_epoch}
+
+
+def _parent(model: LoadedModel) -> str:
+    return str(model.path) if model.path is not None else f"<in-memory {model.spec.family}>"
+
+
+def _with_lineage(model: LoadedModel, parent: LoadedModel, recipe: dict, **spec_changes) -> LoadedModel:
+    raw = {**model.spec.to_dict(), **spec_changes, "lineage": {"parent": _parent(parent), "recipe": recipe}}
+    model.spec = ModelSpec.from_dict(raw)
+    return model
+
+
+# ---------------------------------------------------------------- methods
+
+@register_method("prune-structured", ("mlp", "cnn", "lstm"))
+def structured_prune(model: LoadedModel, data: DataBundle, ratio: float = 0.5, finetune_epochs: int = 10,
+                     criterion: str = "l1", lr: float = 1e-3, seed: int = 0, **unknown) -> list[Variant]:
+    """Structured pruning: physically remove the least important units of every layer, then fine-tune.
+
+    Options:
+        ratio: fraction of units removed from every prunable layer, in (0, 1).
+        finetune_epochs: AdamW epochs after pruning (best on validation kept; 0 = none).
+        criterion: "l1" or "l2" norm of each unit's incoming weights.
+    """
+    check_options("prune-structured", unknown)
+    check_family(model, "prune-structured")
+    ratio, epochs = check_ratio(ratio), _check_epochs(finetune_epochs)
+    if criterion not in CRITERIA:
+        raise ToolkitError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    keep = select_units(model.module, model.spec.family, ratio, criterion)
+    pruned = remove_units(model, keep)
+    before = accuracy(pruned.module, data.x_val, data.y_val)
+    pruned.module, history = finetune(pruned.module, data, epochs, lr=lr, seed=seed)
+    recipe = {"method": "prune-structured", "ratio": ratio, "finetune_epochs": epochs, "criterion": criterion,
+              "lr": lr, "seed": seed, "widths_before": _widths(model.spec.config), "widths_after": _widths(pruned.spec.config)}
+    _with_lineage(pruned, model, recipe)
+    notes = [f"validation accuracy {before:.4f} right after pruning, {max(history['val_accuracy']):.4f} after fine-tuning"]
+    return [Variant(name=f"prune-structured-{round(ratio * 100)}", model=pruned, recipe=recipe, notes=notes)]
+
+
+def _widths(config: dict) -> dict:
+    return {k: list(config[k]) for k in ("channels", "hidden") if k in config}
+
+
+def _prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
+    params = []
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            params.append((m, "weight"))
+        elif isinstance(m, nn.LSTM):
+            params += [(m, n) for n, _ in m.named_parameters() if n.startswith("weight_")]
+    return params
+
+
+@register_method("prune-unstructured", ("mlp", "cnn", "lstm"))
+def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: float = 0.9, finetune_epochs: int = 10,
+                       int8: bool = False, lr: float = 1e-3, seed: int = 0, **unknown) -> list[Variant]:
+    """Global unstructured magnitude pruning with a fixed mask, fine-tuned, stored sparse.
+
+    Options:
+        ratio: fraction of all weights (Linear, Conv, LSTM matrices) set to zero, in (0, 1).
+        finetune_epochs: AdamW epochs with the mask kept fixed.
+        int8: also quantize the surviving weights to int8 (per-tensor scale) and store them
+            with the `sparse-int8` codec (Deep Compression style); default: `sparse` (fp32 values).
+    """
+    check_options("prune-unstructured", unknown)
+    check_family(model, "prune-unstructured")
+    ratio, epochs = check_ratio(ratio), _check_epochs(finetune_epochs)
+    module = copy.deepcopy(model.module)
+    params = _prunable_weights(module)
+    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=ratio)
+    module, history = finetune(module, data, epochs, lr=lr, seed=seed)
+    for m, name in params:
+        torch_prune.remove(m, name)
+    codec = "sparse-int8" if int8 else "sparse"
+    if int8:  # the in-memory module holds exactly what the file will decode to
+        with torch.no_grad():
+            for m, name in params:
+                q, scale = quantize_int8(getattr(m, name).detach())
+                getattr(m, name).copy_(q.float() * scale)
+    total = sum(getattr(m, n).numel() for m, n in params)
+    zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in params)
+    recipe = {"method": "prune-unstructured", "ratio": ratio, "finetune_epochs": epochs, "int8": bool(int8),
+              "codec": codec, "lr": lr, "seed": seed, "sparsity": round(zeros / total, 4)}
+    pruned = LoadedModel(module=module.eval(), spec=ModelSpec.from_dict(model.spec.to_dict()))
+    _with_lineage(pruned, model, recipe, weights={**model.spec.weights, "codec": codec})
+    name = f"prune-unstructured-{round(ratio * 100)}" + ("-int8" if int8 else "")
+    notes = [f"{zeros}/{total} weights are zero; best validation accuracy {max(history['val_accuracy']):.4f}"]
+    return [Variant(name=name, model=pruned, recipe=recipe, notes=notes)]
+
+
+def sensitivity_scan(model: LoadedModel, data: DataBundle, ratios=(0.25, 0.5, 0.75), criterion: str = "l1",
+                     split: str = "val") -> list[dict]:
+    """Accuracy after structurally pruning each layer alone at each ratio, without fine-tuning.
+
+    Returns plain rows for the report: {"layer", "width", "ratio", "kept", "accuracy", "baseline_accuracy", "split"}.
+    """
+    check_family(model, "sensitivity_scan")
+    ratios = [check_ratio(r) for r in ratios]
+    if split not in ("val", "test"):
+        raise ToolkitError(f"split must be 'val' or 'test', got {split!r}")
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    baseline = accuracy(model.module, x, y)
+    scores = unit_scores(model.module, model.spec.family, criterion)
+    rows = []
+    for layer, score in scores.items():
+        for ratio in ratios:
+            keep = select_units(model.module, model.spec.family, ratio, criterion, layers=[layer])
+            pruned = remove_units(model, keep)
+            rows.append({"layer": layer, "width": int(len(score)), "ratio": ratio, "kept": int(len(keep[layer])),
+                         "accuracy": accuracy(pruned.module, x, y), "baseline_accuracy": baseline, "split": split})
+    return rows
