@@ -1,0 +1,131 @@
+"""Model card (Mitchell et al., 2019) built from the run's numbers, as HTML blocks and as Markdown.
+
+A card is a list of sections `(title, blocks)`; a block is `("p", text)`,
+`("ul", [text, ...])` or `("table", columns, rows)`. The HTML template and
+`to_markdown` render the same blocks, so MODEL_CARD.md and the report agree.
+"""
+
+from __future__ import annotations
+
+from .collect import dig, number
+
+
+def _pct(value) -> str:
+    value = number(value)
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _kib(value) -> str:
+    value = number(value)
+    return "n/a" if value is None else f"{value / 1024:.1f} KiB"
+
+
+def build(run, overview: dict, training: dict | None, compression: dict | None, explanation: dict | None) -> list:
+    model = run.model_json
+    data = dig(run.results, "train", "data") or model.get("data") or {}
+    family = dig(run.results, "train", "family") or model.get("family") or run.pipeline_config.get("family") or "?"
+    name = (data.get("name") if isinstance(data, dict) else None) or "?"
+    sections = []
+
+    details = [f"A {family.upper()} classifier trained by the toolkit on the '{name}' data set."]
+    facts = []
+    if model.get("config"):
+        facts.append(f"architecture: {model['config']}")
+    if training and training.get("parameters"):
+        facts.append(f"parameters: {training['parameters']}")
+    if training and training.get("size_bytes"):
+        facts.append(f"weights on disk: {_kib(training['size_bytes'])}")
+    if model.get("class_names"):
+        facts.append(f"classes: {', '.join(map(str, model['class_names']))}")
+    if dig(model, "training"):
+        t = model["training"]
+        facts.append("training: AdamW, " + ", ".join(f"{k} {t[k]}" for k in ("epochs", "batch_size", "lr", "seed")
+                                                     if k in t))
+    versions = dict(overview.get("versions") or [])
+    if versions:
+        facts.append("software: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if compression and compression.get("chosen"):
+        facts.append(f"compressed variant chosen for deployment: {compression['chosen'].get('name')}")
+    sections.append(("Model details", [("p", " ".join(details)), ("ul", facts)]))
+
+    sections.append(("Intended use", [
+        ("p", f"Classifying inputs shaped like the '{name}' data set "
+              f"({' x '.join(map(str, data.get('input_shape', []))) or 'see model.json'}) into the classes above. "
+              "Trained as an example or baseline model; it has not been validated for decisions about people, "
+              "safety-critical uses, or data from a different source than its training data."),
+    ]))
+
+    if isinstance(data, dict) and data:
+        split = data.get("split") or {}
+        text = (f"Source: {data.get('source', name)}. Training / validation / test samples: "
+                f"{data.get('n_train', '?')} / {data.get('n_val', '?')} / {data.get('n_test', '?')}")
+        if split:
+            text += (", split stratified with seed " + str(split.get("seed")) if split.get("stratified")
+                     else ", held-out test set supplied by the user" if split.get("test_given") else "")
+        text += ". Inputs are standardised with statistics of the training split, stored with the model."
+        sections.append(("Training and evaluation data", [("p", text)]))
+
+    metric_blocks = [("p", "Accuracy and cross-entropy loss on each split; per-class precision and recall on the "
+                           "test split; for compressed variants, test accuracy, file size and CPU latency.")]
+    sections.append(("Metrics", metric_blocks))
+
+    quant = []
+    if training and training.get("scores"):
+        quant.append(("table", ["split", "accuracy", "loss"],
+                      [[s["split"], _pct(s["accuracy"]), f"{s['loss']:.4f}" if s["loss"] is not None else "n/a"]
+                       for s in training["scores"]]))
+    if training and training.get("per_class"):
+        worst = sorted((r for r in training["per_class"] if r["recall"] is not None), key=lambda r: r["recall"])[:3]
+        if worst:
+            quant.append(("p", "Lowest test recall: " + ", ".join(f"class {r['class']} {_pct(r['recall'])}"
+                                                                   for r in worst) + "."))
+    if compression and compression.get("variants"):
+        quant.append(("p", "Compression deltas against the fp32 model (accuracy drop in percentage points; "
+                           "a negative drop is a gain):"))
+        quant.append(("table", ["variant", "test accuracy", "drop (points)", "size", "size ratio", "speedup (batch 1)"],
+                      [[r["name"] + (" (chosen)" if r.get("chosen") else ""), _pct(r["accuracy"]),
+                        "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", _kib(r["disk"]),
+                        "n/a" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x",
+                        "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"] for r in compression["variants"]]))
+    if explanation and explanation.get("flags"):
+        quant.append(("ul", ["explanation drift: " + f for f in explanation["flags"]]))
+    sections.append(("Quantitative analyses", quant or [("p", "No evaluation results were recorded.")]))
+
+    caveats = [
+        "Measured on one held-out split of one data set; accuracy on other data can be lower.",
+        "Latency figures come from the machine that ran the pipeline and change with hardware and threads.",
+    ]
+    if training and training.get("interrupted"):
+        caveats.append("Training was interrupted; the best model so far was kept.")
+    if explanation and explanation.get("quality"):
+        caveats.append("Attributions explain this model's behaviour, not causes in the data; see the quality "
+                       "verdicts in the report before trusting a method.")
+    errors = [e for e in (run.pipeline.get("errors") or []) if isinstance(e, dict)]
+    for e in errors:
+        caveats.append(f"the {e.get('stage', '?')} stage failed: {e.get('message', '')}")
+    sections.append(("Caveats and recommendations", [("ul", caveats)]))
+    return sections
+
+
+def _md_escape(text) -> str:
+    """Keep user-supplied names as text in Markdown viewers (no raw HTML, no table breaks)."""
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+            .replace("\n", " "))
+
+
+def to_markdown(title: str, sections: list) -> str:
+    lines = [f"# {_md_escape(title)}", ""]
+    for heading, blocks in sections:
+        lines += [f"## {heading}", ""]
+        for block in blocks:
+            if block[0] == "p":
+                lines += [_md_escape(block[1]), ""]
+            elif block[0] == "ul":
+                lines += [f"- {_md_escape(item)}" for item in block[1]] + [""]
+            elif block[0] == "table":
+                columns, rows = block[1], block[2]
+                lines.append("| " + " | ".join(map(_md_escape, columns)) + " |")
+                lines.append("|" + "---|" * len(columns))
+                lines += ["| " + " | ".join(map(_md_escape, row)) + " |" for row in rows]
+                lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,156 @@
+"""`render_report`: one self-contained report.html (plus report.json and MODEL_CARD.md) for a run directory.
+
+The HTML goes through a Jinja2 template with autoescaping, so names from user
+data (features, classes, files) always show as text. Figures are PNG bytes
+inlined as base64 `data:` URIs; the page loads nothing from anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from . import card, sections
+from .collect import ReportError, Run, load_run, number
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(fixed=_fixed, pct=_pct, num=_num, kib=_kib, ms=_ms, ratio=_ratio, value=_value)
+    return env
+
+
+def _pct(v, digits=2):
+    v = number(v)
+    return "–" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def _fixed(v, digits=3):
+    v = number(v)
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _num(v, digits=4):
+    v = number(v)
+    return "–" if v is None else f"{v:.{digits}g}" if abs(v) < 1e-3 and v else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def _kib(v):
+    v = number(v)
+    return "–" if v is None else f"{v / 1024:,.1f} KiB" if v < 1024 ** 2 else f"{v / 1024 ** 2:,.2f} MiB"
+
+
+def _ms(v):
+    v = number(v)
+    return "–" if v is None else f"{v:.3f}" if v < 1 else f"{v:.2f}"
+
+
+def _ratio(v):
+    v = number(v)
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def _value(v):
+    """Any JSON scalar for a generic table cell."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return _num(v)
+    return str(v)
+
+
+def _uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figures(section: dict | None) -> None:
+    """Replace PNG bytes by data URIs (drop empty figures) in place."""
+    if not section:
+        return
+    for key in ("_figures", "_stage_figures"):
+        section[key[1:]] = [{"caption": c, "src": _uri(png)} for c, png in (section.pop(key, None) or {}).items() if png]
+
+
+def _public(section):
+    """The section without figures: the numbers that go into report.json."""
+    if not isinstance(section, dict):
+        return section
+    return {k: v for k, v in section.items() if k not in ("figures", "stage_figures")}
+
+
+def build_context(run: Run) -> dict:
+    ov = sections.overview(run)
+    tr = sections.training(run)
+    co = sections.compression(run)
+    ex = sections.explanation(run)
+    model_card = card.build(run, ov, tr, co, ex)
+    for section in (tr, co, ex):
+        _figures(section)
+    errors = [e for e in (run.pipeline.get("errors") or []) if isinstance(e, dict)]
+    toc = [("overview", "Overview")]
+    toc += [(k, t) for k, t, s in (("training", "Training", tr), ("compression", "Compression", co),
+                                   ("explanation", "Explanation", ex)) if s]
+    toc.append(("model-card", "Model card"))
+    family = dict(ov["rows"]).get("model family")
+    dataset = dict(ov["rows"]).get("data set")
+    title = " · ".join(str(x) for x in (dataset, family) if x) or run.root.name
+    return {"title": title, "run_name": run.root.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "kind": "pipeline" if run.is_pipeline else next(iter(run.results), "run"),
+            "toc": toc, "errors": errors, "overview": ov, "training": tr, "compression": co, "explanation": ex,
+            "model_card": model_card}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Render the run directory `run_dir` (one stage or a pipeline) into one HTML file.
+
+    Also writes `report.json` (the same numbers, without figures) beside the HTML,
+    and `MODEL_CARD.md` beside the HTML and in the trained model's directory.
+
+    Returns:
+        The path of the HTML report (default `<run_dir>/report.html`).
+
+    Raises:
+        ReportError: the directory is missing or holds no results.
+    """
+    run = load_run(run_dir)
+    out = Path(out) if out is not None else run.root / "report.html"
+    if out.is_dir():
+        raise ReportError(f"--out must be a file path, not a directory: {out}")
+    context = build_context(run)
+    html = _environment().get_template("report.html.j2").render(**context)
+    _atomic_write(out, html)
+    numbers = {k: _public(v) for k, v in context.items() if k != "model_card"}
+    numbers["model_card"] = [{"title": t, "blocks": [list(b) for b in blocks]} for t, blocks in context["model_card"]]
+    _atomic_write(out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json"),
+                  json.dumps(numbers, indent=2, default=str) + "\n")
+    markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"])
+    targets = {out.parent.resolve()}
+    if "train" in run.dirs:
+        targets.add(run.dirs["train"].resolve())
+    for directory in targets:
+        _atomic_write(directory / "MODEL_CARD.md", markdown)
+    return out
