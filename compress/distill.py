@@ -1,0 +1,167 @@
+"""Knowledge distillation (Hinton et al. 2015) from a trained artifact into a smaller student.
+
+The student is trained twice from the same initial weights, with the same
+seed, epochs and batches: once alone on the labels, once with the teacher's
+softened outputs. Both are measured on the test split, so the report can say
+how much of the teacher-student gap distillation closed:
+`gap_closed = (distilled - alone) / (teacher - alone)`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainers.artifact import LoadedModel, ModelSpec, accuracy, predict
+from trainers.data import DataBundle
+from trainers.errors import ToolkitError
+from trainers.models import build_model, config_dict, get_family, make_config
+
+from .base import Variant, register_method
+
+FAMILIES = ("mlp", "cnn", "lstm")
+
+
+def default_student_config(family: str, teacher: ModelSpec, width_factor: float) -> dict:
+    """A narrower net: the teacher's widths times `width_factor` when the family matches, else the family
+    default's widths times it."""
+    base = dict(teacher.config) if family == teacher.family else config_dict(make_config(family, {}))
+    for key in ("hidden", "channels"):
+        if key in base:
+            base[key] = [max(2, int(round(w * width_factor))) for w in base[key]]
+    return base
+
+
+def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)."""
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean")
+    return alpha * temperature ** 2 * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def train_student(module: nn.Module, data: DataBundle, epochs: int, *, teacher: nn.Module | None = None,
+                  temperature: float = 4.0, alpha: float = 0.9, lr: float = 3e-3, batch_size: int = 64,
+                  seed: int = 0, mixup: float = 0.0) -> tuple[nn.Module, dict]:
+    """AdamW training with cosine LR, keeping the best weights on validation; with a teacher, the loss is `kd_loss`.
+
+    `mixup` > 0 (teacher only) also feeds the student convex mixes of training inputs labelled by the
+    teacher alone, a larger transfer set as in Hinton et al.; the run without a teacher ignores it.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.as_tensor(data.x_train, dtype=torch.float32), torch.as_tensor(data.y_train, dtype=torch.long)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+    if teacher is not None:
+        teacher.eval()
+    best, best_state, best_epoch, history = -1.0, None, 0, []
+    for epoch in range(1, epochs + 1):
+        module.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = order[start:start + batch_size]
+            xb, yb = x[batch], y[batch]
+            lam = None
+            if teacher is not None and mixup > 0:
+                lam = torch.distributions.Beta(mixup, mixup).sample((len(xb),)).to(xb.dtype)
+                perm = torch.randperm(len(xb), generator=generator)
+                shape = (len(xb),) + (1,) * (xb.dim() - 1)
+                xb = torch.cat([xb, lam.view(shape) * xb + (1 - lam.view(shape)) * xb[perm]])
+            optimizer.zero_grad(set_to_none=True)
+            logits = module(xb)
+            if teacher is None:
+                loss = F.cross_entropy(logits, yb)
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(xb)
+                n = len(yb)
+                loss = kd_loss(logits[:n], t_logits[:n], yb, temperature, alpha)
+                if lam is not None:  # mixed inputs: soft targets only
+                    loss = loss + alpha * temperature ** 2 * F.kl_div(
+                        F.log_softmax(logits[n:] / temperature, dim=1), F.softmax(t_logits[n:] / temperature, dim=1),
+                        reduction="batchmean")
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        val = accuracy(module, data.x_val, data.y_val)
+        history.append(val)
+        if val > best:
+            best, best_epoch, best_state = val, epoch, copy.deepcopy(module.state_dict())
+    module.load_state_dict(best_state)
+    return module.eval(), {"val_accuracy": history, "best_epoch": best_epoch}
+
+
+def _check(name: str, value, low: float, high: float, *, include_low: bool = False, include_high: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ToolkitError(f"{name} must be a number, got {value!r}") from None
+    ok_low = v >= low if include_low else v > low
+    ok_high = v <= high if include_high else v < high
+    if not (ok_low and ok_high and np.isfinite(v)):
+        raise ToolkitError(f"{name} must be in {'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}, got {value!r}")
+    return v
+
+
+@register_method("distill", FAMILIES)
+def distill(model: LoadedModel, data: DataBundle, student: str | None = None, student_config: dict | None = None,
+            width_factor: float = 0.125, epochs: int = 60, temperature: float = 4.0, alpha: float = 0.9,
+            lr: float = 3e-3, batch_size: int = 64, mixup: float = 0.0, seed: int = 0, **unknown) -> list[Variant]:
+    """Hinton knowledge distillation into a smaller student, reported beside the student trained alone.
+
+    Options:
+        student: the student's family (default: the teacher's).
+        student_config: the student's architecture (e.g. {"hidden": [32]}); default: the teacher's widths
+            times `width_factor`.
+        epochs, lr, batch_size, seed: student training (identical for the distilled and the alone run).
+        temperature: softmax temperature T (> 0); alpha: weight of the soft loss, in [0, 1].
+        mixup: Beta(mixup, mixup) input mixing for extra teacher-labelled samples (0 = off).
+    """
+    if unknown:
+        raise ToolkitError(f"unknown option(s) for distill: {', '.join(sorted(unknown))}")
+    if model.module is None:
+        raise ToolkitError("distill needs a PyTorch teacher; this artifact has no PyTorch weights")
+    if model.spec.family not in FAMILIES:
+        raise ToolkitError(f"distill cannot handle a {model.spec.family} teacher (it supports {', '.join(FAMILIES)})")
+    family = student or model.spec.family
+    get_family(family)
+    if family not in FAMILIES:
+        raise ToolkitError(f"distill cannot train a {family} student (it supports {', '.join(FAMILIES)})")
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
+        raise ToolkitError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    temperature = _check("temperature", temperature, 0.0, 100.0, include_high=True)
+    alpha = _check("alpha", alpha, 0.0, 1.0, include_low=True, include_high=True)
+    width_factor = _check("width_factor", width_factor, 0.0, 1.0, include_high=True)
+    mixup = _check("mixup", mixup, 0.0, 10.0, include_low=True, include_high=True)
+    arch = config_dict(make_config(family, student_config if student_config is not None
+                                   else default_student_config(family, model.spec, width_factor)))
+    pre = model.spec.preprocessing
+    torch.manual_seed(seed)
+    initial = build_model(family, arch, model.spec.input_shape, model.spec.num_classes, pre.get("mean"), pre.get("std"))
+    options = dict(lr=lr, batch_size=batch_size, seed=seed, temperature=temperature, alpha=alpha)
+    alone, _ = train_student(copy.deepcopy(initial), data, epochs, **options)
+    distilled, history = train_student(copy.deepcopy(initial), data, epochs, teacher=model.module, mixup=mixup, **options)
+
+    teacher_acc = accuracy(model.module, data.x_test, data.y_test)
+    alone_acc = accuracy(alone, data.x_test, data.y_test)
+    distilled_acc = accuracy(distilled, data.x_test, data.y_test)
+    gap = teacher_acc - alone_acc
+    gap_closed = (distilled_acc - alone_acc) / gap if gap > 0 else None
+    agreement = float((predict(distilled, data.x_test).argmax(1) == predict(model.module, data.x_test).argmax(1)).mean())
+    recipe = {"method": "distill", "student": family, "student_config": arch, "epochs": int(epochs),
+              "temperature": temperature, "alpha": alpha, "lr": lr, "batch_size": batch_size, "mixup": mixup,
+              "seed": seed, "teacher_accuracy": teacher_acc, "student_alone_accuracy": alone_acc,
+              "distilled_accuracy": distilled_acc, "gap_closed": gap_closed, "teacher_agreement": agreement}
+    spec_raw = {**model.spec.to_dict(), "family": family, "config": arch, "weights": {"file": "model.safetensors", "codec": "dense"},
+                "runtime": "torch", "dtype": "float32", "onnx": None,
+                "lineage": {"parent": str(model.path) if model.path else f"<in-memory {model.spec.family}>", "recipe": recipe}}
+    variant_model = LoadedModel(module=distilled, spec=ModelSpec.from_dict(spec_raw))
+    notes = [f"student alone {alone_acc:.4f}, distilled {distilled_acc:.4f}, teacher {teacher_acc:.4f} (test)"
+             + (f": {gap_closed:.0%} of the gap closed" if gap_closed is not None else ": the student alone is not worse than the teacher")]
+    measurements = {k: recipe[k] for k in ("teacher_accuracy", "student_alone_accuracy", "distilled_accuracy", "gap_closed")}
+    name = f"distill-{family}-" + "-".join(str(w) for w in arch.get("channels", []) + arch.get("hidden", []))
+    return [Variant(name=name, model=variant_model, recipe=recipe, measurements=measurements, notes=notes)]

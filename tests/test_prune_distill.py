@@ -1,0 +1,272 @@
+"""Pruning and distillation: table-driven over the model families (small models, few epochs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import compress.distill  # noqa: F401  (registers "distill")
+import compress.prune  # noqa: F401  (registers "prune-structured", "prune-unstructured")
+from compress.base import METHODS, Variant, get_method
+from compress.distill import distill, kd_loss
+from compress.prune import (mask_units, remove_units, select_units, sensitivity_scan, structured_prune,
+                            unstructured_prune)
+from trainers import ArtifactError, LoadedModel, ModelSpec, ToolkitError, TrainConfig, load_data, load_model, predict, train
+from trainers.artifact import sha256_file, write_artifact
+from trainers.codecs import CODECS
+from trainers.models import count_parameters
+
+SMALL = {
+    "mlp": {"hidden": [32, 16]},
+    "cnn": {"channels": [8, 8], "hidden": [16]},
+    "lstm": {"hidden": [12, 10]},
+}
+EXACTNESS = {  # architectures for the removal == masking check
+    "mlp-2": ("mlp", {"hidden": [24, 12, 8]}),
+    "cnn-dense": ("cnn", {"channels": [6, 8], "hidden": [12]}),
+    "cnn-no-dense": ("cnn", {"channels": [6, 8], "hidden": []}),
+    "lstm-2": ("lstm", {"hidden": [10, 8]}),
+    "lstm-bi-2": ("lstm", {"hidden": [10, 8], "bidirectional": True}),
+    "lstm-bi-1": ("lstm", {"hidden": [9], "bidirectional": True}),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def _train(data, family, arch, epochs=3):
+    return train(data, family, TrainConfig(epochs=epochs, model=arch, device="cpu"), progress=False).model
+
+
+@pytest.fixture(scope="module")
+def models(digits):
+    return {family: _train(digits, family, arch) for family, arch in SMALL.items()}
+
+
+def _save_load(tmp_path, model: LoadedModel) -> LoadedModel:
+    write_artifact(tmp_path, model.module, model.spec)
+    return load_model(tmp_path)
+
+
+def test_methods_are_registered():
+    for name in ("prune-structured", "prune-unstructured", "distill"):
+        assert set(METHODS[name].families) == {"mlp", "cnn", "lstm"}
+        assert get_method(name, "lstm").func is not None
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+def test_structured_prune_shrinks_and_rebuilds_exactly(family, models, digits, tmp_path):
+    model = models[family]
+    [variant] = structured_prune(model, digits, ratio=0.5, finetune_epochs=1)
+    assert isinstance(variant, Variant) and variant.name == "prune-structured-50"
+    before, after = model.spec.config, variant.model.spec.config
+    for key in ("channels", "hidden"):
+        if key in before:
+            assert after[key] == [max(1, round(w * 0.5)) for w in before[key]]
+    assert count_parameters(variant.model.module) < 0.6 * count_parameters(model.module)
+    lineage = variant.model.spec.lineage
+    assert lineage["recipe"]["method"] == "prune-structured" and lineage["recipe"]["ratio"] == 0.5
+    assert lineage["parent"]
+    loaded = _save_load(tmp_path, variant.model)
+    assert loaded.spec.config == after and loaded.spec.lineage["recipe"]["widths_after"] == variant.recipe["widths_after"]
+    np.testing.assert_array_equal(predict(loaded, digits.x_test), predict(variant.model, digits.x_test))
+    assert 0.0 <= float((predict(loaded, digits.x_test).argmax(1) == digits.y_test).mean()) <= 1.0
+
+
+@pytest.mark.parametrize("case", list(EXACTNESS))
+def test_removing_units_equals_masking_them(case, digits):
+    family, arch = EXACTNESS[case]
+    model = _train(digits, family, arch, epochs=1)
+    keep = select_units(model.module, family, 0.4)
+    pruned = remove_units(model, keep)
+    masked = mask_units(model.module, family, keep)
+    # masking really changes the original (so the check is not vacuous) ...
+    assert np.abs(predict(masked, digits.x_test) - predict(model, digits.x_test)).max() > 1e-4
+    # ... and the physically smaller model computes exactly the masked function
+    np.testing.assert_allclose(predict(pruned, digits.x_test), predict(masked, digits.x_test), atol=1e-5, rtol=0)
+    widths = pruned.spec.config.get("channels", []) + pruned.spec.config["hidden"]
+    original = arch.get("channels", []) + arch["hidden"]
+    assert widths == [max(1, round(w * 0.6)) for w in original]
+
+
+def test_pruning_one_layer_keeps_the_others(models, digits):
+    model = models["lstm"]
+    keep = select_units(model.module, "lstm", 0.5, layers=["layers.1"])
+    pruned = remove_units(model, keep)
+    assert pruned.spec.config["hidden"] == [12, 5]
+
+
+def test_sensitivity_scan_rows(models, digits):
+    rows = sensitivity_scan(models["cnn"], digits, ratios=(0.25, 0.75))
+    assert len(rows) == 3 * 2  # two conv layers and one dense layer, two ratios each
+    assert {r["layer"] for r in rows} == {"features.0", "features.3", "classifier.0"}
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["kept"] < row["width"]
+        assert set(row) >= {"layer", "width", "ratio", "kept", "accuracy", "baseline_accuracy", "split"}
+    json.dumps(rows)  # plain data for the report
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+def test_unstructured_sparse_round_trip_is_exact_and_smaller(family, models, digits, tmp_path):
+    model = models[family]
+    [variant] = unstructured_prune(model, digits, ratio=0.8, finetune_epochs=1)
+    assert variant.model.spec.weights["codec"] == "sparse" and variant.recipe["sparsity"] >= 0.79
+    (tmp_path / "sparse").mkdir()
+    (tmp_path / "dense").mkdir()
+    loaded = _save_load(tmp_path / "sparse", variant.model)
+    for key, value in variant.model.module.state_dict().items():
+        assert torch.equal(loaded.module.state_dict()[key], value), key
+    write_artifact(tmp_path / "dense", model.module, model.spec)
+    sparse_size = (tmp_path / "sparse" / "model.safetensors").stat().st_size
+    dense_size = (tmp_path / "dense" / "model.safetensors").stat().st_size
+    assert sparse_size < 0.5 * dense_size
+    np.testing.assert_array_equal(predict(loaded, digits.x_test), predict(variant.model, digits.x_test))
+
+
+def test_unstructured_int8_is_smaller_still_and_loads(models, digits, tmp_path):
+    model = models["mlp"]
+    [fp32] = unstructured_prune(model, digits, ratio=0.8, finetune_epochs=0)
+    [int8] = unstructured_prune(model, digits, ratio=0.8, finetune_epochs=0, int8=True)
+    assert int8.name == "prune-unstructured-80-int8" and int8.model.spec.weights["codec"] == "sparse-int8"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _save_load(tmp_path / "a", fp32.model)
+    loaded = _save_load(tmp_path / "b", int8.model)
+    assert (tmp_path / "b" / "model.safetensors").stat().st_size < (tmp_path / "a" / "model.safetensors").stat().st_size
+    np.testing.assert_allclose(predict(loaded, digits.x_test), predict(int8.model, digits.x_test), atol=1e-4)
+
+
+@pytest.mark.parametrize("codec", ["sparse", "sparse-int8"])
+def test_codec_handles_long_gaps_empty_and_dense_tensors(codec):
+    sparse = torch.zeros(40, 50)
+    sparse.view(-1)[[0, 1, 700, 1999]] = torch.tensor([0.5, -1.0, 0.25, 2.0])
+    state = {"a.weight": sparse, "b.weight": torch.zeros(3, 4), "c.bias": torch.randn(7), "d.weight": torch.randn(5, 5)}
+    encoded = CODECS[codec].encode(state)
+    assert "a.weight" not in encoded and "c.bias" in encoded and "d.weight" in encoded
+    decoded = CODECS[codec].decode(encoded)
+    assert set(decoded) == set(state)
+    for key, value in state.items():
+        tolerance = 0.0 if codec == "sparse" or key in ("c.bias", "d.weight") else 2.0 / 127
+        assert decoded[key].shape == value.shape and decoded[key].dtype == value.dtype
+        assert float((decoded[key] - value).abs().max()) <= tolerance, key
+
+
+def _corrupt(directory, change):
+    """Rewrite the weights with `change(tensors)` and re-sign them, so only the decoder can object."""
+    file = directory / "model.safetensors"
+    tensors = load_file(str(file))
+    change(tensors)
+    save_file(tensors, str(file))
+    spec = json.loads((directory / "model.json").read_text())
+    spec["weights"]["sha256"] = sha256_file(file)
+    (directory / "model.json").write_text(json.dumps(spec))
+
+
+def _set(key, value):
+    return lambda t: t.__setitem__(key, value)
+
+
+CORRUPTIONS = {
+    "gaps-run-past-the-end": lambda t: t.__setitem__("__sparse__.gaps", torch.full_like(t["__sparse__.gaps"], 255)),
+    "missing-values": lambda t: t.pop("__sparse__.values"),
+    "values-truncated": lambda t: t.__setitem__("__sparse__.values", t["__sparse__.values"][:-3].clone()),
+    "index-not-json": _set("__sparse__.index", torch.tensor([1, 2, 250], dtype=torch.uint8)),
+    "index-wrong-shape": lambda t: t.__setitem__("__sparse__.index", torch.frombuffer(bytearray(
+        json.dumps([{"name": "features.0.weight", "shape": [-1], "dtype": "float32", "count": 1}]).encode()), dtype=torch.uint8)),
+    "values-wrong-dtype": lambda t: t.__setitem__("__sparse__.values", t["__sparse__.values"].double()),
+    "gaps-wrong-dtype": lambda t: t.__setitem__("__sparse__.gaps", t["__sparse__.gaps"].to(torch.int32)),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupted_sparse_weights_are_refused(corruption, models, digits, tmp_path):
+    [variant] = unstructured_prune(models["mlp"], digits, ratio=0.8, finetune_epochs=0)
+    write_artifact(tmp_path, variant.model.module, variant.model.spec)
+    _corrupt(tmp_path, CORRUPTIONS[corruption])
+    with pytest.raises(ArtifactError):
+        load_model(tmp_path)
+
+
+def test_corrupted_int8_scale_is_refused(models, digits, tmp_path):
+    [variant] = unstructured_prune(models["mlp"], digits, ratio=0.8, finetune_epochs=0, int8=True)
+    write_artifact(tmp_path, variant.model.module, variant.model.spec)
+
+    def bad_scale(tensors):
+        index = json.loads(tensors["__sparse__.index"].numpy().tobytes())
+        index[0]["scale"] = -1.0
+        tensors["__sparse__.index"] = torch.frombuffer(bytearray(json.dumps(index).encode()), dtype=torch.uint8)
+
+    _corrupt(tmp_path, bad_scale)
+    with pytest.raises(ArtifactError, match="scale"):
+        load_model(tmp_path)
+
+
+def test_kd_loss_is_zero_soft_term_for_identical_logits():
+    logits = torch.randn(5, 3)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    assert float(kd_loss(logits, logits, labels, 4.0, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_loss(logits, logits, labels, 4.0, 0.0)) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
+
+
+@pytest.mark.parametrize("teacher, student, config", [("mlp", None, None), ("cnn", "mlp", {"hidden": [8]})])
+def test_distill_reports_gap_closed(teacher, student, config, models, digits, tmp_path):
+    [variant] = distill(models[teacher], digits, student=student, student_config=config, epochs=2)
+    recipe = variant.recipe
+    for key in ("teacher_accuracy", "student_alone_accuracy", "distilled_accuracy"):
+        assert 0.0 <= recipe[key] <= 1.0
+    gap = recipe["teacher_accuracy"] - recipe["student_alone_accuracy"]
+    if gap > 0:
+        assert recipe["gap_closed"] == pytest.approx((recipe["distilled_accuracy"] - recipe["student_alone_accuracy"]) / gap)
+    else:
+        assert recipe["gap_closed"] is None
+    assert variant.model.spec.family == (student or teacher)
+    assert count_parameters(variant.model.module) < count_parameters(models[teacher].module)
+    assert variant.model.spec.lineage["recipe"]["method"] == "distill"
+    loaded = _save_load(tmp_path, variant.model)
+    np.testing.assert_array_equal(predict(loaded, digits.x_test), predict(variant.model, digits.x_test))
+
+
+BAD = [
+    ("prune-structured", {"ratio": 0}),
+    ("prune-structured", {"ratio": 1.0}),
+    ("prune-structured", {"ratio": -0.2}),
+    ("prune-structured", {"ratio": "half"}),
+    ("prune-structured", {"ratio": 0.5, "finetune_epochs": -1}),
+    ("prune-structured", {"ratio": 0.5, "criterion": "random"}),
+    ("prune-structured", {"ratio": 0.5, "speed": "max"}),
+    ("prune-unstructured", {"ratio": 1.5}),
+    ("prune-unstructured", {"ratio": float("nan")}),
+    ("prune-unstructured", {"ratio": 0.5, "sparse": True}),
+    ("distill", {"student": "transformer"}),
+    ("distill", {"temperature": 0}),
+    ("distill", {"alpha": 1.5}),
+    ("distill", {"epochs": 0}),
+    ("distill", {"student_config": {"hidden": [4], "heads": 2}}),
+    ("distill", {"teacher": "other"}),
+]
+
+
+@pytest.mark.parametrize("method, options", BAD, ids=[f"{m}-{'-'.join(map(str, o))}" for m, o in BAD])
+def test_bad_options_are_refused_with_one_line(method, options, models, digits):
+    with pytest.raises(ToolkitError) as info:
+        METHODS[method].func(models["mlp"], digits, **options)
+    assert "\n" not in str(info.value) and str(info.value)
+
+
+def test_sensitivity_scan_refuses_bad_ratios(models, digits):
+    with pytest.raises(ToolkitError, match=r"\(0, 1\)"):
+        sensitivity_scan(models["mlp"], digits, ratios=(0.5, 1.0))
+
+
+@pytest.mark.parametrize("method", ["prune-structured", "prune-unstructured", "distill"])
+def test_unsupported_family_is_refused(method, models, digits):
+    mlp = models["mlp"]
+    odd = LoadedModel(module=mlp.module, spec=ModelSpec.from_dict({**mlp.spec.to_dict(), "family": "forest"}))
+    with pytest.raises(ToolkitError, match="forest"):
+        METHODS[method].func(odd, digits)
