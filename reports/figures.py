@@ -91,35 +91,47 @@ def confusion_matrix(matrix: list[list], class_names: list[str]) -> bytes | None
 
 
 def pareto(points: list[dict], chosen: str | None = None) -> bytes | None:
-    """Latency (x) against accuracy (y); marker area grows with file size; the Pareto front joined."""
-    pts = [p for p in points if number(p.get("latency")) is not None and number(p.get("accuracy")) is not None]
-    if not pts:
+    """Accuracy (y) against p50 latency (x) at batch 1 and batch 256; marker area grows with file size.
+
+    `points`: {"name", "accuracy", "size", "lat1", "lat256"}; the Pareto front (faster and at least as
+    accurate) is joined by a dashed line.
+    """
+    panels = [(key, label) for key, label in (("lat1", "batch 1"), ("lat256", "batch 256"))
+              if any(number(p.get(key)) is not None and number(p.get("accuracy")) is not None for p in points)]
+    if not panels:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.6, 3.8))
-    sizes = [number(p.get("size")) or 0.0 for p in pts]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels) + 0.6, 3.8), squeeze=False)
+    sizes = [number(p.get("size")) or 0.0 for p in points]
     biggest = max(sizes) or 1.0
-    for i, p in enumerate(pts):
-        area = 40 + 560 * (sizes[i] / biggest)
-        is_chosen = p.get("name") == chosen
-        ax.scatter(p["latency"], p["accuracy"], s=area, alpha=0.55, color=PALETTE[i % len(PALETTE)],
-                   edgecolors="black" if is_chosen else "none", linewidths=2 if is_chosen else 0)
-        ax.annotate(_short(p.get("name", "?"), 24) + (" (chosen)" if is_chosen else ""), (p["latency"], p["accuracy"]),
-                    textcoords="offset points", xytext=(6, 6), fontsize=8)
-    front, best = [], -1.0
-    for p in sorted(pts, key=lambda q: (q["latency"], -q["accuracy"])):
-        if p["accuracy"] > best:
-            front.append(p)
-            best = p["accuracy"]
-    if len(front) > 1:
-        ax.plot([p["latency"] for p in front], [p["accuracy"] for p in front], "--", color="#888", lw=1,
-                label="Pareto front")
-        ax.legend(frameon=False, loc="lower right")
-    ax.set_xlabel("latency p50 at batch 1 (ms)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy against latency (marker area = file size)")
-    ax.margins(0.15)
-    fig.tight_layout()
+    for ax, (key, label) in zip(axes[0], panels):
+        pts = [(i, p) for i, p in enumerate(points) if number(p.get(key)) is not None and number(p.get("accuracy"))
+               is not None]
+        for i, p in pts:
+            is_chosen = p.get("name") == chosen
+            ax.scatter(p[key], p["accuracy"], s=40 + 560 * (sizes[i] / biggest), alpha=0.55,
+                       color=PALETTE[i % len(PALETTE)], edgecolors="black" if is_chosen else "none",
+                       linewidths=2 if is_chosen else 0, label=_short(p.get("name", "?"), 26))
+        front, best = [], -1.0
+        for _, p in sorted(pts, key=lambda ip: (ip[1][key], -ip[1]["accuracy"])):
+            if p["accuracy"] > best:
+                front.append(p)
+                best = p["accuracy"]
+        if len(front) > 1:
+            ax.plot([p[key] for p in front], [p["accuracy"] for p in front], "--", color="#888", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"latency p50 at {label} (ms, log scale)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(label)
+        ax.margins(0.2)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for h in handles:
+        h.set_sizes([60])
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False, fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.045 * ((len(labels) - 1) // 4)))
+    fig.suptitle("accuracy against latency (marker area = file size; black ring = chosen; dashed = Pareto front)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.08 + 0.045 * ((len(labels) - 1) // 4), 1, 1))
     return _png(fig)
 
 

@@ -128,7 +128,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Render the run directory `run_dir` (one stage or a pipeline) into one HTML file.
 
     Also writes `report.json` (the same numbers, without figures) beside the HTML,
-    and `MODEL_CARD.md` beside the HTML and in the trained model's directory.
+    and `MODEL_CARD.md` in the run directory and in the trained model's directory.
 
     Returns:
         The path of the HTML report (default `<run_dir>/report.html`).
@@ -148,7 +148,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     _atomic_write(out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json"),
                   json.dumps(numbers, indent=2, default=str) + "\n")
     markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"])
-    targets = {out.parent.resolve()}
+    targets = {run.root.resolve()}
     if "train" in run.dirs:
         targets.add(run.dirs["train"].resolve())
     for directory in targets:

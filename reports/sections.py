@@ -153,30 +153,56 @@ def _latency(flat: dict, batch: int, pct: int) -> float | None:
     return None
 
 
+BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "uint8": 8, "int4": 4}
+
+
+def _timing(merged: dict, flat: dict, batch: int, pct: int, threads: str = "t1") -> float | None:
+    """Latency in ms: `latency_ms.b{batch}_{threads}.p{pct}` (docs/results.md), else any key that looks like it."""
+    value = number(dig(merged, "latency_ms", f"b{batch}_{threads}", f"p{pct}"))
+    return value if value is not None else _latency(flat, batch, pct) if threads == "t1" else None
+
+
 def _variant_row(raw: dict) -> dict:
     m = raw.get("measurements") if isinstance(raw.get("measurements"), dict) else {}
     merged = {**raw, **m}
     flat = _flatten(merged)
-    parity = first(merged, "parity", "agreement", "prediction_agreement", "top1_agreement")
+    parity = first(merged, "parity", "agreement", "prediction_agreement")
     if isinstance(parity, dict):
-        parity = first(parity, "agreement", "top1_agreement", "match", "max_abs_diff", "max_abs_error")
-    return {
+        parts = []
+        if number(parity.get("top1_agreement")) is not None:
+            parts.append(f"{100 * parity['top1_agreement']:.1f}% agree")
+        if number(parity.get("max_abs_diff")) is not None:
+            parts.append(f"max |Δ| {parity['max_abs_diff']:.1e}")
+        parity = ", ".join(parts) or None
+    speedup = merged.get("speedup")
+    params, bits = number(merged.get("parameters")), BITS.get(str(merged.get("dtype")))
+    nominal = number(first(merged, "nominal_bytes", "size.nominal_bytes", "nominal_size_bytes"))
+    if nominal is None and params is not None and bits:
+        nominal = params * bits / 8
+    row = {
         "name": str(raw.get("name", "?")),
         "method": first(merged, "method", "recipe.method"),
-        "accuracy": number(first(merged, "accuracy", "test_accuracy", "accuracy.test")),
-        "drop": number(first(merged, "accuracy_drop", "drop", "accuracy_drop_points", "drop_points")),
-        "disk": number(first(merged, "size_bytes", "disk_bytes", "file_bytes", "bytes_on_disk", "size.disk_bytes",
-                             "size.disk", "on_disk_bytes")),
-        "nominal": number(first(merged, "nominal_bytes", "size.nominal_bytes", "size.nominal", "nominal_size_bytes")),
-        "lat1_p50": _latency(flat, 1, 50), "lat1_p95": _latency(flat, 1, 95),
-        "lat256_p50": _latency(flat, 256, 50), "lat256_p95": _latency(flat, 256, 95),
-        "speedup": number(first(merged, "speedup", "speedup_b1", "speedup.1", "speedup.b1", "speedup_batch1")),
-        "size_ratio": number(first(merged, "size_ratio", "compression_ratio", "size_ratio_vs_fp32")),
+        "runtime": merged.get("runtime"), "dtype": merged.get("dtype"),
+        "accuracy": number(first(merged, "accuracy", "test_accuracy")),
+        "drop": number(first(merged, "accuracy_drop", "drop", "accuracy_drop_points")),
+        "disk": number(first(merged, "size_bytes", "disk_bytes", "file_bytes", "bytes_on_disk", "on_disk_bytes")),
+        "nominal": nominal, "parameters": params,
+        "speedup": number(dig(speedup, "b1_t1")) if isinstance(speedup, dict) else number(speedup),
+        "speedup256": number(dig(speedup, "b256_t1")) if isinstance(speedup, dict) else None,
+        "size_ratio": number(first(merged, "size_ratio", "compression_ratio")),
         "parity": parity if isinstance(parity, (int, float, str)) and not isinstance(parity, bool) else None,
-        "passes": raw.get("passes", raw.get("within_budget", m.get("within_budget"))),
+        "passes": merged.get("within_budget"),
+        "slower": merged.get("slower_than_fp32") is True,
+        "pareto": merged.get("pareto") is True,
+        "path": raw.get("path"),
         "notes": [str(n) for n in (raw.get("notes") or []) if n] if isinstance(raw.get("notes"), list) else [],
         "error": raw.get("error"),
     }
+    for batch in (1, 256):
+        for pct in (50, 95):
+            row[f"lat{batch}_p{pct}"] = _timing(merged, flat, batch, pct)
+            row[f"lat{batch}_p{pct}_all"] = _timing(merged, flat, batch, pct, "tall")
+    return row
 
 
 def _variants(result: dict) -> list[dict]:
@@ -188,13 +214,14 @@ def _variants(result: dict) -> list[dict]:
 
 def _derive(rows: list[dict]) -> None:
     """Fill speedup and size ratio against the fp32 baseline where the stage did not write them."""
-    base = next((r for r in rows if r["name"] in ("fp32", "original", "baseline") or r["method"] in ("fp32",
-                                                                                                    "baseline")), None)
+    base = next((r for r in rows if r["method"] in ("baseline", "fp32") or r["name"] in ("fp32-torch", "fp32")), None)
     if base is None:
         return
     for r in rows:
         if r["speedup"] is None and base["lat1_p50"] and r["lat1_p50"]:
             r["speedup"] = base["lat1_p50"] / r["lat1_p50"]
+        if r["speedup256"] is None and base["lat256_p50"] and r["lat256_p50"]:
+            r["speedup256"] = base["lat256_p50"] / r["lat256_p50"]
         if r["size_ratio"] is None and base["disk"] and r["disk"]:
             r["size_ratio"] = base["disk"] / r["disk"]
         if r["drop"] is None and base["accuracy"] is not None and r["accuracy"] is not None:
@@ -249,15 +276,18 @@ def compression(run: Run) -> dict | None:
     for r in rows:
         r["chosen"] = r["name"] == chosen_name
     curves, ylabel = _sensitivity_curves(first(result, "sensitivity", "pruning_sensitivity"))
-    pareto_points = [{"name": r["name"], "latency": r["lat1_p50"], "accuracy": r["accuracy"], "size": r["disk"]}
-                     for r in rows]
+    pareto_points = [{"name": r["name"], "lat1": r["lat1_p50"], "lat256": r["lat256_p50"], "accuracy": r["accuracy"],
+                      "size": r["disk"]} for r in rows]
     return {
         "variants": rows,
         "chosen": {"name": chosen_name, "reason": chosen.get("reason"), "path": chosen.get("path")} if chosen else None,
         "max_drop": number(first(result, "max_drop", "options.max_drop", "config.max_drop")),
         "methods": first(result, "methods", "methods_run"),
         "notes": [str(n) for n in result.get("notes", []) if n] if isinstance(result.get("notes"), list) else [],
-        "errors": result.get("errors") if isinstance(result.get("errors"), (list, dict)) else None,
+        "skipped": [{"method": str(s.get("method", "?")), "reason": str(s.get("reason", ""))}
+                    for s in result.get("skipped") or [] if isinstance(s, dict)]
+                   if isinstance(result.get("skipped"), list) else [],
+        "threads": result.get("threads") if isinstance(result.get("threads"), dict) else {},
         "sensitivity": curves,
         "_figures": {
             "accuracy against latency (Pareto)": figures.pareto(pareto_points, chosen_name),
