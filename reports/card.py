@@ -22,9 +22,11 @@ def _kib(value) -> str:
 
 def build(run, overview: dict, training: dict | None, compression: dict | None, explanation: dict | None) -> list:
     model = run.model_json
-    data = dig(run.results, "train", "data") or model.get("data") or {}
-    family = dig(run.results, "train", "family") or model.get("family") or run.pipeline_config.get("family") or "?"
-    name = (data.get("name") if isinstance(data, dict) else None) or "?"
+    data = dig(run.results, "train", "data")
+    data = data if isinstance(data, dict) else model.get("data") if isinstance(model.get("data"), dict) else {}
+    shape = data.get("input_shape") if isinstance(data.get("input_shape"), list) else []
+    family = str(dig(run.results, "train", "family") or model.get("family") or run.pipeline_config.get("family") or "?")
+    name = str(data.get("name") or "?")
     sections = []
 
     details = [f"A {family.upper()} classifier trained by the toolkit on the '{name}' data set."]
@@ -50,13 +52,13 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
 
     sections.append(("Intended use", [
         ("p", f"Classifying inputs shaped like the '{name}' data set "
-              f"({' x '.join(map(str, data.get('input_shape', []))) or 'see model.json'}) into the classes above. "
+              f"({' x '.join(map(str, shape)) or 'see model.json'}) into the classes above. "
               "Trained as an example or baseline model; it has not been validated for decisions about people, "
               "safety-critical uses, or data from a different source than its training data."),
     ]))
 
-    if isinstance(data, dict) and data:
-        split = data.get("split") or {}
+    if data:
+        split = data.get("split") if isinstance(data.get("split"), dict) else {}
         text = (f"Source: {data.get('source', name)}. Training / validation / test samples: "
                 f"{data.get('n_train', '?')} / {data.get('n_val', '?')} / {data.get('n_test', '?')}")
         if split:

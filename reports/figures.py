@@ -119,8 +119,7 @@ def pareto(points: list[dict], chosen: str | None = None) -> bytes | None:
                 best = p["accuracy"]
         if len(front) > 1:
             ax.plot([p[key] for p in front], [p["accuracy"] for p in front], "--", color="#888", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"latency p50 at {label} (ms, log scale)")
+        ax.set_xlabel(f"latency p50 at {label} (ms)")
         ax.set_ylabel("test accuracy")
         ax.set_title(label)
         ax.margins(0.2)
@@ -170,7 +169,8 @@ def size_bars(rows: list[dict]) -> bytes | None:
     ax.invert_yaxis()
     ax.set_xlabel("KiB")
     ax.set_title("nominal against on-disk size")
-    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (0.9 + 0.42 * len(rows)) - 0.25),
+              ncol=2)
     fig.tight_layout()
     return _png(fig)
 

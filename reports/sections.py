@@ -59,7 +59,8 @@ def reproduce_command(run: Run) -> str | None:
 
 def overview(run: Run) -> dict:
     train = run.results.get("train", {})
-    data = train.get("data") if isinstance(train.get("data"), dict) else dig(run.model_json, "data") or {}
+    data = train.get("data") if isinstance(train.get("data"), dict) else dig(run.model_json, "data")
+    data = data if isinstance(data, dict) else {}
     seconds = {s: number(r.get("seconds")) for s, r in run.results.items()}
     stage_status = run.pipeline.get("stages") if isinstance(run.pipeline.get("stages"), list) else []
     for row in stage_status:
@@ -334,8 +335,8 @@ def stage_figures(run: Run, stage: str) -> dict[str, bytes]:
 
 
 def _caption(text: str) -> str:
-    text = re.sub(r"\.png$", "", str(text))
-    return text.replace("figures/", "")
+    text = re.sub(r"\.png$", "", str(text)).replace("figures/", "")
+    return text.replace("_", " ") if " " not in text else text
 
 
 def _table(value) -> dict | None:

@@ -1,0 +1,156 @@
+"""`render_report` and `toolkit report`: sections only when their data exists, escaping, no URLs, bad inputs."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports import ReportError, render_report
+from test_reports_helpers import HOSTILE, make_run, write_compress, write_explain, write_train
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {"train": 'id="training"', "compress": 'id="compression"', "explain": 'id="explanation"'}
+ALL_SUBSETS = [c for n in range(1, 4) for c in itertools.combinations(("train", "compress", "explain"), n)]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+
+
+def images(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+
+
+@pytest.mark.parametrize("stages", ALL_SUBSETS, ids="+".join)
+def test_each_section_appears_only_when_its_stage_ran(tmp_path, stages):
+    run = make_run(tmp_path / "run", stages)
+    html = render_report(run).read_text(encoding="utf-8")
+    for stage, marker in SECTIONS.items():
+        assert (marker in html) == (stage in stages), stage
+        assert (f'href="#{marker[4:-1]}"' in html) == (stage in stages), f"table of contents entry for {stage}"
+    assert 'id="overview"' in html and 'id="model-card"' in html
+    for png in images(html):
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_full_report_has_every_figure_and_number(tmp_path):
+    run = make_run(tmp_path / "run")
+    html = render_report(run).read_text(encoding="utf-8")
+    for caption in ("learning curves", "confusion matrix", "Pareto", "pruning sensitivity", "on-disk size",
+                    "global importance", "sample attributions"):
+        assert caption in html, caption
+    assert "not a png" not in html.lower().replace("_", " ")  # the fake GIF named .png is not inlined
+    assert len(images(html)) == 7
+    # variants table: accuracy, size, latency at both batch sizes, speedup, size ratio, parity
+    assert "int8-static-onnx" in html and "99.0% agree" in html and "fastest at batch 256" in html
+    assert "89.70%" in html and "1.2 KiB" in html and "3.41×" in html
+    assert "faithful: removing the top inputs" in html and "relies on different inputs" in html
+    assert "rank_correlation" in html
+    numbers = json.loads((run / "report.json").read_text())
+    assert numbers["training"]["scores"][2] == {"split": "test", "accuracy": 0.9, "loss": 0.3}
+    assert [v["name"] for v in numbers["compression"]["variants"]] == ["fp32-torch", "int8-static-onnx",
+                                                                        "prune-structured-50"]
+    assert numbers["compression"]["chosen"]["name"] == "int8-static-onnx"
+    assert numbers["compression"]["variants"][1]["nominal"] == 1000  # 1000 int8 parameters
+    card = (run / "MODEL_CARD.md").read_text()
+    for heading in ("Model details", "Intended use", "Training and evaluation data", "Metrics",
+                    "Quantitative analyses", "Caveats and recommendations"):
+        assert f"## {heading}" in card
+    assert "int8-static-onnx (chosen)" in card and (run / "train" / "MODEL_CARD.md").is_file()
+
+
+def test_single_stage_run_dir_and_reproduce_command(tmp_path):
+    write_train(tmp_path / "t")
+    html = render_report(tmp_path / "t").read_text()
+    assert "toolkit train toy.csv --model mlp --epochs 5" in html
+    assert 'id="training"' in html and 'id="compression"' not in html
+
+
+def test_hostile_names_are_escaped(tmp_path):
+    run = make_run(tmp_path / "run", class_names=(HOSTILE, "b&b", '"q"'), feature_names=[HOSTILE, "x", "y", "z"])
+    html = render_report(run).read_text(encoding="utf-8")
+    assert HOSTILE not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html.lower()
+    card = (run / "MODEL_CARD.md").read_text()
+    assert HOSTILE not in card and "&lt;script&gt;" in card
+
+
+def test_no_url_to_load_and_one_file(tmp_path):
+    html = render_report(make_run(tmp_path / "run")).read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r'(src|href)="(?!data:|#)', html), "every src/href is inline data or an anchor"
+    assert "@import" not in html and "url(" not in html
+
+
+@pytest.mark.parametrize("broken", [
+    {"stage": "train"},
+    {"stage": "train", "metrics": None, "history": "nope", "data": 3},
+    {"stage": "compress", "variants": [{"name": "x", "latency_ms": "fast"}, 5], "chosen": "x"},
+    {"stage": "compress", "variants": {"a": {"accuracy": "high"}}, "sensitivity": {"l": {"0.5": 0.9}}},
+    {"stage": "explain", "quality": [{"method": "m", "verdict": "ok"}], "drift": [{"a": 1}], "figures": {"x": 3}},
+    {"stage": "explain", "global_importance": {"m": [{"feature": "f", "importance": float("nan")}]}},
+], ids=range(6))
+def test_missing_or_odd_keys_never_crash(tmp_path, broken):
+    (tmp_path / "result.json").write_text(json.dumps(broken))
+    html = render_report(tmp_path).read_text()
+    assert 'id="overview"' in html
+
+
+def test_report_out_option_and_report_json_beside_it(tmp_path):
+    run = make_run(tmp_path / "run", ("train",))
+    result = run_cli("report", run, "--out", tmp_path / "elsewhere" / "r.html")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "elsewhere" / "r.html")
+    assert (tmp_path / "elsewhere" / "r.json").is_file()
+    assert not (tmp_path / "elsewhere" / "MODEL_CARD.md").exists()
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: p.mkdir(), "no results in"),
+    (lambda p: None, "run directory not found"),
+    (lambda p: p.write_text("x"), "not a run directory"),
+    (lambda p: (p.mkdir(), (p / "result.json").write_text("{broken")), "cannot read result file"),
+    (lambda p: (p.mkdir(), (p / "train").mkdir(), (p / "train" / "result.json").write_text("[1, 2]")),
+     "does not hold a JSON object"),
+], ids=["empty-dir", "missing", "a-file", "corrupt-json", "json-array"])
+def test_bad_run_dirs_exit_2_with_one_line(tmp_path, setup, message):
+    target = tmp_path / "run"
+    setup(target)
+    result = run_cli("report", target)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    with pytest.raises(ReportError):
+        render_report(target)
+
+
+def test_failed_pipeline_stage_is_shown(tmp_path):
+    run = make_run(tmp_path / "run", ("train",))
+    (run / "pipeline.json").write_text(json.dumps({
+        "stage": "pipeline", "stages": [{"name": "train", "status": "done", "seconds": 1.0},
+                                        {"name": "compress", "status": "failed", "reason": "boom <b>"},
+                                        {"name": "explain", "status": "not run", "reason": "compress failed"}],
+        "errors": [{"stage": "compress", "message": "boom <b>", "code": 2}], "seconds": 2.0}))
+    html = render_report(run).read_text()
+    assert "Stages that failed" in html and "boom &lt;b&gt;" in html and "(exit code 2)" in html
+    assert "not run" in html and 'id="compression"' not in html
+
+
+def test_pipeline_dir_with_only_a_failure_still_renders(tmp_path):
+    (tmp_path / "pipeline.json").write_text(json.dumps({"errors": [{"stage": "train", "message": "bad data"}]}))
+    assert "bad data" in render_report(tmp_path).read_text()
+
+
+def test_report_stays_small(tmp_path):
+    path = render_report(make_run(tmp_path / "run", class_names=[str(i) for i in range(10)]))
+    assert path.stat().st_size < 1_000_000
