@@ -4,7 +4,9 @@ Readable top to bottom: `train()` validates, prepares the run directory, then
 loops over epochs; each epoch is `_train_epoch` + `evaluate`. The data lives on
 the training device as tensors (moved once), batches are index slices, and on
 CUDA the forward pass runs under autocast (bf16 where supported, else fp16
-with a gradient scaler).
+with a gradient scaler). Under torchrun the same loop runs in every process
+(DistributedDataParallel, sharded batches, metrics summed over ranks; only
+rank 0 writes files): the helpers are in `distributed.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .artifact import LoadedModel, ModelSpec, write_artifact
 from .data import DataBundle, load_data
 from .env import environment, package_versions
@@ -71,6 +74,7 @@ class TrainResult:
     seconds: float
     interrupted: bool = False
     out: Path | None = None
+    processes: int = 1
 
     def to_dict(self) -> dict:
         return {
@@ -83,6 +87,7 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
+            "processes": self.processes,
             "history": self.history,
             "artifact": str(self.out) if self.out else None,
         }
@@ -114,31 +119,39 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         out: run directory; the artifact and `result.json` are committed there at the end.
         resume: continue an interrupted run in `out` from its last checkpoint.
         progress: show a progress bar on stderr (default: when stderr is a terminal).
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; `batch_size` stays the
+    global batch per optimizer step, and only rank 0 writes `out`.
     """
     config = config or TrainConfig()
     config.validate()
     get_family(family)
     arch = make_config(family, config.model)
-    device = resolve_device(config.device)
-    if not isinstance(data, DataBundle):
-        data = load_data(data, target=target, seed=config.seed)
-    seed_everything(config.seed)
-    module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
-    spec = _spec(family, arch, data, config)
-    run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None else None
-    with (run or _NoRun()):
-        if run is not None:
-            run.write_json("config.json", {"stage": "train", "family": family, "data": data.source, "target": target,
-                                           **asdict(config)})
-            run.write_json("env.json", environment())
-        result = _fit(module, spec, data, config, device, run, progress)
-        if run is not None:
-            result.model.spec = write_artifact(run.path, result.model.module, spec, result.metrics)
-            run.write_json("result.json", result.to_dict())
-            if not result.interrupted:
-                (run.path / "checkpoint.pt").unlink(missing_ok=True)
-            result.out = run.commit()
-            result.model.path = result.out
+    ctx, device = distributed.context(resolve_device(config.device))
+    try:
+        distributed.per_rank_batch(config.batch_size, ctx)
+        if not isinstance(data, DataBundle):
+            data = load_data(data, target=target, seed=config.seed)
+        seed_everything(config.seed)  # the same initial weights on every rank
+        module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
+        spec = _spec(family, arch, data, config)
+        run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None and ctx.is_main else None
+        resume_from = distributed.resume_dir(out, resume, run, ctx)
+        with (run or _NoRun()):
+            if run is not None:
+                run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
+                                               "target": target, "processes": ctx.world_size, **asdict(config)})
+                run.write_json("env.json", environment())
+            result = _fit(module, spec, data, config, device, run, progress, ctx, resume_from)
+            if run is not None:
+                result.model.spec = write_artifact(run.path, result.model.module, spec, result.metrics)
+                run.write_json("result.json", result.to_dict())
+                if not result.interrupted:
+                    (run.path / "checkpoint.pt").unlink(missing_ok=True)
+                result.out = run.commit()
+                result.model.path = result.out
+    finally:
+        distributed.shutdown(ctx)
     return result
 
 
@@ -161,25 +174,27 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
 
 
 def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConfig, device: torch.device,
-         run: RunDir | None, progress: bool | None) -> TrainResult:
+         run: RunDir | None, progress: bool | None, ctx: distributed.DistContext = distributed.DistContext(),
+         resume_from: Path | None = None) -> TrainResult:
     started = time.perf_counter()
     tensors = _to_device(data, device)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model = distributed.wrap(module, ctx, device)  # DDP with several processes, else `module` itself
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=config.lr_patience)
     amp_dtype = _amp_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
              "best_state": _cpu_state(module)}
-    if run is not None and run.resumed:
-        state = _load_checkpoint(run.path, module, optimizer, scheduler, scaler, spec)
+    if resume_from is not None:
+        state = _load_checkpoint(resume_from, module, optimizer, scheduler, scaler, spec)
     interrupted = False
-    bar = _progress(progress)
+    bar = _progress(progress) if ctx.is_main else None
     task = bar.add_task("training", total=config.epochs, completed=state["epoch"]) if bar else None
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             tick = time.perf_counter()
-            train_loss, train_acc = _train_epoch(module, optimizer, scaler, tensors, config, epoch, amp_dtype)
-            val_loss, val_acc = evaluate(module, tensors["x_val"], tensors["y_val"], amp_dtype)
+            train_loss, train_acc = _train_epoch(model, optimizer, scaler, tensors, config, epoch, amp_dtype, ctx)
+            val_loss, val_acc = _evaluate_ranks(module, tensors["x_val"], tensors["y_val"], amp_dtype, ctx)
             scheduler.step(val_loss)
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                    "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
@@ -204,26 +219,30 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
             bar.stop()
     module.load_state_dict(state["best_state"])
     module.eval()
+    distributed.record_replica_hash(module, ctx)
     metrics = _final_metrics(module, tensors, amp_dtype, spec.class_names)
     return TrainResult(model=LoadedModel(module=module, spec=spec, metrics=metrics), metrics=metrics,
                        history=state["history"], device=str(device), epochs_run=state["epoch"],
-                       best_epoch=state["best_epoch"], seconds=time.perf_counter() - started, interrupted=interrupted)
+                       best_epoch=state["best_epoch"], seconds=time.perf_counter() - started, interrupted=interrupted,
+                       processes=ctx.world_size)
 
 
-def _train_epoch(module, optimizer, scaler, tensors, config, epoch, amp_dtype) -> tuple[float, float]:
-    module.train()
+def _train_epoch(model, optimizer, scaler, tensors, config, epoch, amp_dtype,
+                 ctx: distributed.DistContext = distributed.DistContext()) -> tuple[float, float]:
+    model.train()
     x, y = tensors["x_train"], tensors["y_train"]
-    # Seeded per epoch, so a resumed run shuffles and drops out exactly as an uninterrupted one.
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    torch.manual_seed(config.seed * 100_003 + epoch)
-    order = torch.randperm(len(y), generator=generator).to(x.device)
+    # Seeded per epoch, so a resumed run shuffles and drops out exactly as an uninterrupted one; the
+    # shuffle is shared by all ranks (each takes its shard), dropout differs per rank.
+    order = distributed.epoch_indices(len(y), config.seed * 100_003, epoch, ctx).to(x.device)
+    torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * ctx.rank)
+    batch_size = distributed.per_rank_batch(config.batch_size, ctx)
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for start in range(0, len(y), config.batch_size):
-        index = order[start:start + config.batch_size]
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
         xb, yb = x[index], y[index]
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = module(xb)
+            logits = model(xb)
             loss = nn.functional.cross_entropy(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -231,8 +250,19 @@ def _train_epoch(module, optimizer, scaler, tensors, config, epoch, amp_dtype) -
         scaler.update()
         loss_sum += loss.detach() * len(yb)
         correct += (logits.argmax(1) == yb).sum()
-    # One device-to-host sync per epoch, not per batch.
-    return loss_sum.item() / len(y), correct.item() / len(y)
+    # One device-to-host sync (and one all-reduce) per epoch, not per batch.
+    total_loss, total_correct, count = distributed.all_sum([loss_sum.item(), correct.item(), len(order)], ctx, x.device)
+    return total_loss / count, total_correct / count
+
+
+def _evaluate_ranks(module, x, y, amp_dtype, ctx: distributed.DistContext) -> tuple[float, float]:
+    """`evaluate` on this rank's share of the split, summed over ranks: the same figures on every rank."""
+    if not ctx.enabled:
+        return evaluate(module, x, y, amp_dtype)
+    x, y = distributed.shard(x, ctx), distributed.shard(y, ctx)
+    loss, acc = evaluate(module, x, y, amp_dtype)
+    loss_sum, correct, count = distributed.all_sum([loss * len(y), acc * len(y), len(y)], ctx, x.device)
+    return loss_sum / max(count, 1), correct / max(count, 1)
 
 
 @torch.inference_mode()

@@ -1,0 +1,230 @@
+"""Training on several processes with torch.distributed: detection, sharding, reductions, launching.
+
+The training loop in `fit.py` stays one readable loop; what changes with more
+than one process lives here:
+
+- `context()` reads the torchrun environment (WORLD_SIZE, RANK, LOCAL_RANK) and
+  joins the process group (`nccl` on CUDA, `gloo` on CPU). Without that
+  environment it answers a single-process context and nothing else changes.
+- `epoch_indices()` shards the per-epoch seeded shuffle with
+  `DistributedSampler` (`set_epoch` semantics); with one process it gives
+  exactly the permutation the single-process loop always used.
+- `all_sum()` adds metric sums and counts over the ranks, so every rank sees the
+  same losses and takes the same early-stopping decision.
+- `launch()` starts N processes per machine through torchrun's own elastic
+  launcher (`torch.distributed.run`), running the plain `toolkit train`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ToolkitError
+
+# Test and diagnostic hook: when set, every rank writes the SHA-256 of its final weights to
+# `<dir>/rank<r>.sha256`, so a test can check that the replicas ended identical.
+REPLICA_HASH_ENV = "TOOLKIT_REPLICA_HASH_DIR"
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in a (possibly one-process) job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_context() -> DistContext:
+    """The context described by torchrun's environment variables (one process when absent)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    except ValueError as exc:
+        raise ToolkitError(f"malformed torch.distributed environment: {exc}") from None
+    return DistContext(rank, max(world, 1), local_rank, max(local_world, 1))
+
+
+def context(device: torch.device) -> tuple[DistContext, torch.device]:
+    """Join the process group when launched by torchrun; return the context and this rank's device.
+
+    On CUDA each process takes the GPU numbered by its LOCAL_RANK and uses
+    `nccl`; on CPU `gloo`, with the machine's cores split between the local processes.
+    """
+    ctx = env_context()
+    if not ctx.enabled:
+        return ctx, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise ToolkitError(f"LOCAL_RANK {ctx.local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world_size))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return ctx, device
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Leave the process group (after a last barrier, so no rank exits while others still talk)."""
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def wrap(module: torch.nn.Module, ctx: DistContext, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around `module` (identity with one process).
+
+    DDP broadcasts rank 0's initial weights, then averages gradients over the ranks each step.
+    """
+    if not ctx.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
+    """`--batch-size` is the global batch (samples per optimizer step); each rank takes its share."""
+    if batch_size < ctx.world_size:
+        raise ToolkitError(f"--batch-size {batch_size} is smaller than the number of processes ({ctx.world_size})")
+    return -(-batch_size // ctx.world_size)
+
+
+def epoch_indices(n: int, seed: int, epoch: int, ctx: DistContext) -> torch.Tensor:
+    """This rank's shuffled sample indices for `epoch`.
+
+    `DistributedSampler` with `set_epoch`: one permutation seeded by `seed + epoch`
+    shared by all ranks, padded to a multiple of the world size and dealt out
+    round-robin, so every rank runs the same number of batches. With one process
+    this is `torch.randperm(n)` from a generator seeded with `seed + epoch`.
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def shard(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every world_size-th row starting at this rank (an evaluation split divided between ranks)."""
+    return tensor[ctx.rank::ctx.world_size] if ctx.enabled else tensor
+
+
+def all_sum(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
+    """Sum `values` over all ranks (float64), identical on every rank afterwards."""
+    if not ctx.enabled:
+        return values
+    import torch.distributed as dist
+
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.tolist()
+
+
+def resume_dir(out, resume: bool, run, ctx: DistContext) -> Path | None:
+    """The directory whose checkpoint a resumed run loads, on every rank (None when not resuming).
+
+    Rank 0 prepares the staging directory (`RunDir`); the other ranks wait for it, then
+    read the same checkpoint (several machines need `out` on a shared filesystem).
+    """
+    if not resume or out is None:
+        return None
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return run.path if run is not None else Path(out).with_name(Path(out).name + ".partial")
+
+
+def record_replica_hash(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Write this rank's weight hash when REPLICA_HASH_ENV names a directory (see above)."""
+    directory = os.environ.get(REPLICA_HASH_ENV)
+    if not directory:
+        return
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().to("cpu").contiguous().numpy().tobytes())
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / f"rank{ctx.rank}.sha256").write_text(digest.hexdigest())
+
+
+@dataclass
+class LaunchOptions:
+    """Where the processes run: `nproc_per_node` per machine on `nnodes` machines."""
+
+    nproc_per_node: int
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    def validate(self) -> None:
+        if self.nproc_per_node < 1 or self.nnodes < 1:
+            raise ToolkitError("--nproc-per-node and --nnodes must be at least 1")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ToolkitError(f"--node-rank must be between 0 and {self.nnodes - 1}, got {self.node_rank}")
+        if self.nnodes > 1 and not self.master_addr:
+            raise ToolkitError("--nnodes > 1 needs --master-addr (the address of the node with --node-rank 0)")
+        if self.master_port is not None and not 0 <= self.master_port < 65536:
+            raise ToolkitError(f"--master-port must be a port number, got {self.master_port}")
+
+    def torchrun_args(self) -> list[str]:
+        """torchrun options for this launch (what `toolkit train --nproc-per-node` runs)."""
+        args = [f"--nproc-per-node={self.nproc_per_node}"]
+        if self.nnodes == 1 and self.master_addr is None and not self.master_port:
+            # One machine: c10d rendezvous on a free port picked by the OS (no fixed port).
+            return ["--standalone", *args]
+        args += [f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}",
+                 f"--master-addr={self.master_addr or '127.0.0.1'}", f"--master-port={self.master_port or 29500}"]
+        return args
+
+
+def launch(options: LaunchOptions, train_argv: list[str]) -> int:
+    """Run `toolkit train <train_argv>` in `nproc_per_node` processes through torchrun's launcher.
+
+    Returns the exit code: 0 when every worker succeeded, else the first failed worker's code.
+    """
+    options.validate()
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    argv = [*options.torchrun_args(), "--module", "cli.main", "train", *train_argv]
+    print("launching: torchrun " + " ".join(argv), file=sys.stderr)
+    if options.nnodes == 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Split the cores between the local processes (torchrun alone would give each one thread).
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // options.nproc_per_node))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        codes = [failure.exitcode for _, failure in sorted(exc.failures.items())]
+        return next((code for code in codes if code and code > 0), 1)
+    return 0
