@@ -1,0 +1,147 @@
+"""Issue 7: training in several processes through torch.distributed (torchrun), checked on CPU with gloo.
+
+The launch tests start real processes (`toolkit train --nproc-per-node 2` and an external
+`torchrun`), rendezvous on a free port chosen by the OS, and look at what they leave behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cli.main import main
+from trainers import TrainConfig, load_model, predict, train
+from trainers.distributed import (REPLICA_HASH_ENV, DistContext, LaunchOptions, all_sum, epoch_indices,
+                                  per_rank_batch, shard)
+from trainers.errors import ToolkitError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        environment.pop(name, None)
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=environment, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _artifacts(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("model.safetensors"))
+
+
+# --- sharding and reductions (in process) -------------------------------------------------------
+
+def test_one_process_shuffle_is_the_single_process_permutation():
+    """With one process the sampler gives exactly the permutation the loop always used."""
+    generator = torch.Generator().manual_seed(7 * 100_003 + 4)
+    expected = torch.randperm(101, generator=generator)
+    assert torch.equal(epoch_indices(101, 7 * 100_003, 4, DistContext()), expected)
+
+
+def test_ranks_share_one_permutation_and_run_the_same_number_of_batches():
+    shards = [epoch_indices(101, 3, 2, DistContext(rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 51  # padded to an even split
+    assert set(torch.cat(shards).tolist()) == set(range(101))
+    single = epoch_indices(101, 3, 2, DistContext())
+    interleaved = torch.stack([shards[0][:50], shards[1][:50]], 1).flatten()
+    assert torch.equal(interleaved, single[:100])  # rank r takes every other sample of the shared shuffle
+    assert not torch.equal(epoch_indices(101, 3, 3, DistContext(rank=0, world_size=2)), shards[0])  # set_epoch
+
+
+def test_global_batch_is_split_between_ranks():
+    assert per_rank_batch(64, DistContext()) == 64
+    assert per_rank_batch(64, DistContext(rank=1, world_size=2)) == 32
+    assert per_rank_batch(65, DistContext(rank=0, world_size=2)) == 33
+    with pytest.raises(ToolkitError, match="smaller than the number of processes"):
+        per_rank_batch(2, DistContext(world_size=4))
+
+
+def test_single_process_helpers_are_identities():
+    x = torch.arange(10)
+    assert torch.equal(shard(x, DistContext()), x)
+    assert torch.equal(shard(x, DistContext(rank=1, world_size=3)), torch.tensor([1, 4, 7]))
+    assert all_sum([1.5, 2.0], DistContext(), torch.device("cpu")) == [1.5, 2.0]
+
+
+def test_launch_options_match_torchrun_command_lines():
+    assert LaunchOptions(2).torchrun_args() == ["--standalone", "--nproc-per-node=2"]
+    assert LaunchOptions(4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29400).torchrun_args() == [
+        "--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29400"]
+    for bad, message in ((LaunchOptions(0), "at least 1"), (LaunchOptions(2, nnodes=2), "--master-addr"),
+                         (LaunchOptions(2, nnodes=2, node_rank=2, master_addr="h"), "--node-rank")):
+        with pytest.raises(ToolkitError, match=message):
+            bad.validate()
+
+
+@pytest.mark.parametrize("args", [["--nproc-per-node", "0"], ["--nproc-per-node", "2", "--nnodes", "2"],
+                                  ["--nproc-per-node", "2", "--epochs", "0"]])
+def test_bad_launch_options_exit_2_before_starting_processes(args, tmp_path, capsys):
+    code = main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "r"), "--device", "cpu", *args])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "r").exists()
+
+
+# --- real launches (2 processes, gloo, free port) -------------------------------------------------
+
+def test_two_processes_end_with_identical_replicas_and_write_one_artifact(tmp_path):
+    hashes = tmp_path / "hashes"
+    done = _run(["-m", "cli.main", "train", "digits", "--model", "mlp", "--epochs", "2", "--device", "cpu",
+                 "--nproc-per-node", "2", "--out", "run", "--json"], tmp_path, **{REPLICA_HASH_ENV: str(hashes)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torchrun --standalone --nproc-per-node=2" in done.stderr
+    digests = {p.name: p.read_text() for p in hashes.iterdir()}
+    assert sorted(digests) == ["rank0.sha256", "rank1.sha256"]
+    assert digests["rank0.sha256"] == digests["rank1.sha256"]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stdout  # one result, from rank 0
+    result = json.loads(lines[0])
+    assert result["processes"] == 2 and result["epochs_run"] == 2 and len(result["history"]) == 2
+    assert _artifacts(tmp_path) == [tmp_path / "run"]
+    assert not list(tmp_path.glob("*.partial"))
+    model = load_model(tmp_path / "run")
+    from trainers import load_data
+
+    data = load_data("digits")
+    accuracy = float(np.mean(predict(model, data.x_test).argmax(1) == data.y_test))
+    assert accuracy == pytest.approx(result["metrics"]["test_accuracy"], abs=1e-6)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
+
+
+def test_plain_command_under_external_torchrun(tmp_path):
+    done = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "train",
+                 "iris", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", "run", "--json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["processes"] == 2
+    assert _artifacts(tmp_path) == [tmp_path / "run"]
+    assert load_model(tmp_path / "run").spec.family == "mlp"
+
+
+def test_bad_input_in_the_workers_exits_2(tmp_path):
+    done = _run(["-m", "cli.main", "train", "no_such_data", "--model", "mlp", "--device", "cpu",
+                 "--nproc-per-node", "2", "--out", "run"], tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "error: " in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_reach_the_single_process_accuracy_on_digits(tmp_path):
+    """Default settings, `--batch-size` the global batch: 2 processes land within 1 point of 1 process."""
+    single = train("digits", "mlp", TrainConfig(device="cpu"), progress=False)
+    done = _run(["-m", "cli.main", "train", "digits", "--model", "mlp", "--device", "cpu", "--nproc-per-node", "2",
+                 "--out", "run", "--json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    double = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"test accuracy: 1 process {single.metrics['test_accuracy']:.4f}, "
+          f"2 processes {double['metrics']['test_accuracy']:.4f}")
+    assert abs(single.metrics["test_accuracy"] - double["metrics"]["test_accuracy"]) <= 0.01
