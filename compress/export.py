@@ -1,0 +1,222 @@
+"""ONNX export of every model family, with a parity check against PyTorch.
+
+`export_onnx` tries the default exporter first (`torch.onnx.export(dynamo=True)`,
+via `torch.export`) and falls back to the legacy TorchScript exporter where the
+default one fails; both keep the batch axis dynamic. `onnx_parity` compares the
+exported graph, run in ONNX Runtime, with the PyTorch module on held-out data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainers.artifact import LoadedModel, ModelSpec
+from trainers.data import DataBundle
+from trainers.errors import ToolkitError
+
+from .base import Variant, register_method
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+EXPORTERS = ("auto", "dynamo", "legacy")
+# The default exporter takes seconds per model; several variants of one model (fp32, int8 dynamic/static)
+# share one export. Keyed by module identity, checked against a weight fingerprint.
+_CACHE: dict = {}
+
+
+@dataclass
+class ExportInfo:
+    """How an export went: which exporter produced the file and how long it took."""
+
+    exporter: str
+    seconds: float
+    fallback_reason: str | None = None
+
+
+def _fp32_module(model) -> nn.Module:
+    module = model.module if isinstance(model, LoadedModel) else model
+    if module is None:
+        raise ToolkitError("ONNX export needs a PyTorch model; this artifact has no PyTorch weights")
+    return copy.deepcopy(module).cpu().float().eval()
+
+
+def _sample_input(model, data: DataBundle | None) -> torch.Tensor:
+    if data is not None and len(data.x_test) >= 2:
+        return torch.from_numpy(np.ascontiguousarray(data.x_test[:2], dtype=np.float32))
+    shape = model.spec.input_shape if isinstance(model, LoadedModel) else model.input_shape
+    return torch.zeros((2, *shape), dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warnings; keep stderr for our own messages."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export_dynamo(module: nn.Module, sample: torch.Tensor, opset: int | None) -> bytes:
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    kwargs = {"opset_version": opset} if opset else {}
+    program = torch.onnx.export(module, (sample,), None, dynamo=True, input_names=[INPUT_NAME],
+                                output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False, **kwargs)
+    return program.model_proto.SerializeToString()
+
+
+def _export_legacy(module: nn.Module, sample: torch.Tensor, opset: int | None) -> bytes:
+    buffer = io.BytesIO()
+    torch.onnx.export(module, (sample,), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset or 17)
+    return buffer.getvalue()
+
+
+def export_with_info(model, data: DataBundle | None = None, *, exporter: str = "auto",
+                     opset: int | None = None) -> tuple[bytes, ExportInfo]:
+    """Export to ONNX bytes and say how (see `export_onnx`)."""
+    if exporter not in EXPORTERS:
+        raise ToolkitError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    source = model.module if isinstance(model, LoadedModel) else model
+    key = (id(source), exporter, opset)
+    cached = _CACHE.get(key)
+    if cached is not None and cached[0] is source and cached[1] == _fingerprint(source):
+        return cached[2], cached[3]
+    onnx_bytes, info = _export(model, data, exporter, opset)
+    _CACHE[key] = (source, _fingerprint(source), onnx_bytes, info)
+    while len(_CACHE) > 8:
+        _CACHE.pop(next(iter(_CACHE)))
+    return onnx_bytes, info
+
+
+def _fingerprint(module) -> tuple:
+    """Cheap identity of a module's weights, so a cached export is never stale."""
+    if module is None:
+        return ()
+    return tuple((k, float(v.float().sum())) for k, v in module.state_dict().items())
+
+
+def _export(model, data, exporter, opset) -> tuple[bytes, ExportInfo]:
+    module, sample = _fp32_module(model), _sample_input(model, data)
+    start, reason = time.perf_counter(), None
+    if exporter in ("auto", "dynamo"):
+        try:
+            with _quiet():
+                onnx_bytes = _export_dynamo(module, sample, opset)
+            _check_batch_axis(onnx_bytes, sample)
+            return onnx_bytes, ExportInfo("dynamo", time.perf_counter() - start)
+        except Exception as exc:  # any exporter failure: the legacy exporter gets its chance
+            if exporter == "dynamo":
+                raise ToolkitError(f"ONNX export (dynamo) failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    try:
+        with _quiet():
+            onnx_bytes = _export_legacy(module, sample, opset)
+        _check_batch_axis(onnx_bytes, sample)
+    except Exception as exc:
+        raise ToolkitError(f"ONNX export failed with both exporters: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return onnx_bytes, ExportInfo("legacy", time.perf_counter() - start, reason)
+
+
+def export_onnx(model, data: DataBundle | None = None, *, exporter: str = "auto", opset: int | None = None) -> bytes:
+    """Export a model (LoadedModel or nn.Module, any family) to ONNX with a dynamic batch axis.
+
+    Args:
+        model: the fp32 model; a copy is exported, the original is left alone.
+        data: supplies a real sample input (else zeros of the model's input shape).
+        exporter: "auto" (default exporter, legacy fallback), "dynamo" or "legacy".
+        opset: ONNX opset (default: the exporter's).
+
+    Returns:
+        The serialized ONNX model; input "input" (N, *input_shape), output "logits" (N, classes).
+    """
+    return export_with_info(model, data, exporter=exporter, opset=opset)[0]
+
+
+def _check_batch_axis(onnx_bytes: bytes, sample: torch.Tensor) -> None:
+    """Run the graph at batch 1 and batch 3: a frozen batch axis fails here, not later."""
+    session = ort_session(onnx_bytes)
+    for n in (1, 3):
+        x = np.repeat(sample[:1].numpy(), n, axis=0)
+        out = session.run(None, {session.get_inputs()[0].name: x})[0]
+        if out.shape[0] != n:
+            raise RuntimeError(f"exported graph returned batch {out.shape[0]} for batch {n}")
+
+
+def ort_session(onnx_bytes: bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session on in-memory bytes; `threads` sets intra-op threads (None: ORT default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session_or_bytes, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    session = ort_session(session_or_bytes) if isinstance(session_or_bytes, bytes) else session_or_bytes
+    name = session.get_inputs()[0].name
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+
+
+def onnx_parity(onnx_bytes: bytes, model, x: np.ndarray) -> dict:
+    """Compare ONNX Runtime's logits with PyTorch's on `x` (held-out data).
+
+    Returns:
+        {"max_abs_diff": float, "top1_agreement": float in [0, 1], "n": samples}.
+    """
+    from trainers.artifact import predict
+
+    module = model.module if isinstance(model, LoadedModel) else model
+    reference = predict(module, x)
+    got = run_onnx(onnx_bytes, x)
+    return {"max_abs_diff": float(np.abs(got.astype(np.float64) - reference).max()),
+            "top1_agreement": float((got.argmax(1) == reference.argmax(1)).mean()), "n": int(len(x))}
+
+
+def parent_name(model: LoadedModel) -> str:
+    return str(model.path) if model.path is not None else f"<in-memory {model.spec.family}>"
+
+
+def onnx_variant_model(model: LoadedModel, twin: nn.Module, recipe: dict, dtype: str = "float32") -> LoadedModel:
+    """A LoadedModel for an ONNX Runtime variant: spec with runtime/onnx/lineage set, `twin` as PyTorch module."""
+    raw = {**model.spec.to_dict(), "runtime": "onnxruntime", "dtype": "float32",
+           "weights": {"file": "model.safetensors", "codec": "dense"},
+           "onnx": {"file": "model.onnx", "precision": dtype, "opset": None},
+           "lineage": {"parent": parent_name(model), "recipe": recipe}}
+    return LoadedModel(module=twin, spec=ModelSpec.from_dict(raw))
+
+
+@register_method("onnx-fp32", ("mlp", "cnn", "lstm"))
+def onnx_fp32(model: LoadedModel, data: DataBundle, exporter: str = "auto", **unknown) -> list[Variant]:
+    """fp32 ONNX export, run in ONNX Runtime (parity with PyTorch measured on the test split)."""
+    if unknown:
+        raise ToolkitError(f"unknown option(s) for onnx-fp32: {', '.join(sorted(unknown))}")
+    onnx_bytes, info = export_with_info(model, data, exporter=exporter)
+    parity = onnx_parity(onnx_bytes, model, data.x_test)
+    recipe = {"method": "onnx-fp32", "exporter": info.exporter}
+    variant_model = onnx_variant_model(model, _fp32_module(model), recipe)
+    notes = [f"exported with the {info.exporter} exporter in {info.seconds:.1f}s"]
+    if info.fallback_reason:
+        notes.append(f"default exporter failed ({info.fallback_reason}); used the legacy one")
+    return [Variant(name="onnx-fp32", model=variant_model, recipe=recipe, onnx_bytes=onnx_bytes,
+                    measurements={"parity": parity}, notes=notes)]

@@ -1,0 +1,219 @@
+"""The compress stage: load, validate, make the requested variants, measure, choose, save.
+
+`compress_model` is what `toolkit compress` calls; with `out` it writes a run
+directory (see docs/results.md) through `trainers.RunDir`, so a failed run
+leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainers.artifact import LoadedModel, load_model, write_artifact
+from trainers.data import DataBundle, check_inputs, load_data
+from trainers.errors import ToolkitError
+
+from .auto import baseline_variant, build_candidates, check_max_drop, choose, plan
+from .base import Variant, get_method
+from .measure import LatencyConfig, measure_all
+
+ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
+            "slower_than_fp32", "within_budget", "pareto")
+
+
+@dataclass
+class CompressResult:
+    """What the compress stage returns (and writes as result.json)."""
+
+    parent: str
+    family: str
+    data: dict
+    methods: list[str]
+    max_drop: float
+    baseline: Variant
+    variants: list[Variant]
+    chosen: Variant
+    reason: str
+    skipped: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    threads: dict = field(default_factory=dict)
+    out: Path | None = None
+    paths: dict = field(default_factory=dict)  # variant name -> path relative to the run dir
+
+    def row(self, v: Variant) -> dict:
+        m = v.measurements
+        row = {"name": v.name, "method": v.recipe.get("method"), "recipe": v.recipe,
+               "path": self.parent if v is self.baseline else self.paths.get(v.name),
+               "runtime": m.get("runtime"), "dtype": _dtype(v)}
+        row.update({k: m.get(k) for k in ROW_KEYS})
+        row["parity"] = m.get("parity")
+        if "twin_agreement" in m:
+            row["twin_agreement"] = m["twin_agreement"]
+        row["notes"] = list(v.notes)
+        return row
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": "compress", "parent": self.parent, "family": self.family, "data": self.data,
+            "methods": self.methods, "max_drop": self.max_drop, "threads": self.threads,
+            "baseline": self.row(self.baseline),
+            "variants": [self.row(v) for v in [self.baseline, *self.variants]],
+            "chosen": {"name": self.chosen.name,
+                       "path": self.parent if self.chosen is self.baseline else self.paths.get(self.chosen.name),
+                       "reason": self.reason},
+            "skipped": self.skipped, "seconds": round(self.seconds, 2),
+        }
+
+
+def _dtype(v: Variant) -> str:
+    if v.model.spec.runtime == "onnxruntime":
+        return (v.model.spec.onnx or {}).get("precision", "float32")
+    return v.model.spec.dtype
+
+
+def _check_ratio(ratio) -> float:
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise ToolkitError(f"--ratio must be a number in (0, 1), got {ratio!r}") from None
+    if not 0.0 < value < 1.0 or math.isnan(value):
+        raise ToolkitError(f"--ratio must be in (0, 1), got {ratio!r}")
+    return value
+
+
+def _load(model, data, target) -> tuple[LoadedModel, DataBundle]:
+    if not isinstance(model, LoadedModel):
+        model = load_model(model)
+    if model.module is None or model.spec.runtime != "torch" or model.spec.dtype != "float32":
+        raise ToolkitError("compress needs an fp32 PyTorch model artifact (a trained model, not a compressed variant)")
+    if not isinstance(data, DataBundle):
+        data = load_data(data, target=target)
+    check_inputs(data.x_test, tuple(model.spec.input_shape), f"data '{data.name}'")
+    if data.num_classes != model.spec.num_classes:
+        raise ToolkitError(f"data '{data.name}' has {data.num_classes} classes, the model predicts {model.spec.num_classes}")
+    return model, data
+
+
+def _method_options(name: str, options: dict, ratio: float | None) -> dict:
+    opts = dict(options.get(name, {}))
+    if ratio is not None and name.startswith("prune"):
+        opts.setdefault("ratio", ratio)
+    return opts
+
+
+def compress_model(model, data, *, methods=("auto",), max_drop: float = 0.5, out=None, overwrite: bool = False,
+                   options: dict | None = None, ratio: float | None = None, target: str | None = None,
+                   progress=None) -> CompressResult:
+    """Compress a trained artifact into measured variants and choose one.
+
+    Args:
+        model: an artifact directory or a LoadedModel (fp32 PyTorch).
+        data: a data spec (`digits`, a .npz/.csv path) or a DataBundle; its test split is used for measuring.
+        methods: registered method names (`compress.list_methods()`); "auto" tries the candidates for the family.
+        max_drop: accuracy budget, in percentage points below the original.
+        out: run directory; with it, variants/<name>/ artifacts, config.json, env.json and result.json are written.
+        options: per-method options, e.g. {"prune-structured": {"finetune_epochs": 5}, "auto": {"distill_epochs": 0}}.
+        ratio: pruning ratio for the prune methods (and auto's structured pruning).
+        progress: callable taking a message (e.g. print to stderr).
+    """
+    from . import load_methods
+
+    load_methods()
+    start = time.perf_counter()
+    methods = list(methods) or ["auto"]
+    options = dict(options or {})
+    max_drop = check_max_drop(max_drop)
+    ratio = _check_ratio(ratio) if ratio is not None else None
+    unknown = sorted(set(options) - set(methods))
+    if unknown:
+        raise ToolkitError(f"options given for method(s) not requested: {', '.join(unknown)}")
+    model, data = _load(model, data, target)
+    family = model.spec.family
+    for name in methods:
+        get_method(name, family)  # unknown method or unsupported family: one clear line, before any work
+
+    run = None
+    if out is not None:
+        from trainers.rundir import RunDir
+
+        run = RunDir(out, overwrite=overwrite)
+    try:
+        result = _compress(model, data, methods, max_drop, options, ratio, progress)
+        result.seconds = time.perf_counter() - start
+        if run is not None:
+            _write(run, result, model, data, methods, max_drop, options, ratio)
+    except BaseException:
+        if run is not None:
+            run.discard()
+        raise
+    return result
+
+
+def _compress(model, data, methods, max_drop, options, ratio, progress) -> CompressResult:
+    variants: list[Variant] = []
+    skipped: list[dict] = []
+    for name in methods:
+        if name == "auto":
+            auto_opts = dict(options.get("auto", {}))
+            if ratio is not None:
+                auto_opts.setdefault("prune_ratios", [ratio])
+            auto_opts.pop("latency_budget_s", None)
+            steps = plan(model.spec.family, **{k: (tuple(v) if k == "prune_ratios" else v) for k, v in auto_opts.items()
+                                               if k in ("prune_ratios", "finetune_epochs", "distill_epochs", "unstructured_ratio")})
+            unknown = sorted(set(auto_opts) - {"prune_ratios", "finetune_epochs", "distill_epochs", "unstructured_ratio"})
+            if unknown:
+                raise ToolkitError(f"unknown option(s) for auto: {', '.join(unknown)}")
+            made, missed = build_candidates(model, data, steps, progress)
+            variants += made
+            skipped += missed
+        else:
+            if progress:
+                progress(f"{name}")
+            variants += get_method(name, model.spec.family).func(model, data, **_method_options(name, options, ratio))
+    variants = _unique(variants)
+    baseline = baseline_variant(model)
+    budget = float(options.get("auto", {}).get("latency_budget_s", 0.25))
+    measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=budget), progress)
+    chosen, reason = choose(baseline, variants, max_drop)
+    for v in [baseline, *variants]:
+        v.measurements["chosen"] = v is chosen
+    return CompressResult(parent=str(model.path) if model.path else f"<in-memory {model.spec.family}>",
+                          family=model.spec.family, data=data.summary(), methods=list(methods), max_drop=max_drop,
+                          baseline=baseline, variants=variants, chosen=chosen, reason=reason, skipped=skipped,
+                          threads=baseline.measurements["threads"])
+
+
+def _unique(variants: list[Variant]) -> list[Variant]:
+    """Keep names unique (the same method requested twice, or by auto and by name)."""
+    seen: dict[str, int] = {}
+    for v in variants:
+        if v.name in seen:
+            seen[v.name] += 1
+            v.name = f"{v.name}-{seen[v.name]}"
+        else:
+            seen[v.name] = 1
+    return variants
+
+
+def _write(run, result: CompressResult, model, data, methods, max_drop, options, ratio) -> None:
+    from trainers.env import environment
+
+    run.write_json("config.json", {"stage": "compress", "model": result.parent, "data": data.source or data.name,
+                                   "methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options})
+    run.write_json("env.json", environment())
+    for v in result.variants:
+        rel = f"variants/{v.name}"
+        directory = run.path / rel
+        directory.mkdir(parents=True)
+        m = v.measurements
+        metrics = {"test_accuracy": m.get("accuracy"), "latency_ms": m.get("latency_ms"), "parity": m.get("parity"),
+                   "recipe": v.recipe}
+        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=v.onnx_bytes)
+        result.paths[v.name] = rel
+    run.write_json("result.json", result.to_dict())
+    result.out = run.commit()
+    for v in result.variants:
+        v.model.path = result.out / result.paths[v.name]
