@@ -1,0 +1,64 @@
+"""`toolkit compress`: make measured variants of a trained model and choose the best one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import emit_json, handle_errors, info, parse_json_option
+
+
+@handle_errors
+def compress_command(
+    model_dir: Path = typer.Argument(..., help="A trained model artifact directory (from `toolkit train`)."),
+    data: str = typer.Option(..., "--data", "-d", help="The data the model was trained on (built-in name or .npz/.csv)."),
+    method: Optional[List[str]] = typer.Option(None, "--method", "-m",
+                                               help="Method (repeatable): auto (default), onnx-fp32, int8-dynamic, "
+                                                    "int8-static, fp16, bf16, prune-structured, prune-unstructured, distill."),
+    max_drop: float = typer.Option(0.5, "--max-drop", help="Accuracy budget in percentage points below the original."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Pruning ratio in (0, 1) for the prune methods and auto."),
+    options: Optional[str] = typer.Option(None, "--options", help='Per-method options as JSON, e.g. \'{"distill": {"epochs": 20}}\'.'),
+    target: Optional[str] = typer.Option(None, help="Label column of a CSV file (default: last column)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-compress-<family>)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Compress a trained model into measured variants (quantized, pruned, distilled, ONNX) and pick one.
+
+    Example: toolkit compress runs/cnn --data digits --method auto --max-drop 0.5 --out runs/cnn-compressed
+    """
+    from compress import compress_model
+    from trainers import default_run_dir, load_model
+
+    model = load_model(model_dir)
+    out = out or default_run_dir("compress", model.spec.family)
+    result = compress_model(model, data, methods=method or ["auto"], max_drop=max_drop, out=out, overwrite=overwrite,
+                            options=parse_json_option(options, "--options"), ratio=ratio, target=target, progress=info)
+    summary = result.to_dict()
+    info(format_table(summary))
+    info(f"chosen: {summary['chosen']['name']}: {summary['chosen']['reason']}")
+    if as_json:
+        emit_json(summary)
+    else:
+        typer.echo(str(result.out))
+
+
+def format_table(summary: dict) -> str:
+    """The variants as a plain-text table (for humans, on stderr)."""
+    header = ("variant", "runtime", "acc", "drop", "size KB", "smaller", "b256/t1 ms", "faster", "b1/t1 ms", "flags")
+    rows = [header]
+    for v in summary["variants"]:
+        flags = [f for f, on in (("chosen", v["name"] == summary["chosen"]["name"]), ("pareto", v["pareto"]),
+                                 ("SLOWER", v["slower_than_fp32"]), ("over-budget", not v["within_budget"])) if on]
+        lat = v["latency_ms"]
+        rows.append((v["name"], v["runtime"], f"{v['accuracy']:.4f}", f"{v['accuracy_drop']:+.2f}",
+                     f"{v['size_bytes'] / 1024:.1f}", f"{v['size_ratio']:.2f}x", f"{lat['b256_t1']['p50']:.3f}",
+                     f"{v['speedup']['b256_t1']:.2f}x", f"{lat['b1_t1']['p50']:.3f}", " ".join(flags)))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compress")(compress_command)
