@@ -1,0 +1,89 @@
+"""CUDA checks (issue 2 and issue 7): run with `pytest -m gpu` on a machine with a GPU; they skip without one.
+
+Skipping is done by tests/conftest.py for every `gpu`-marked test when torch.cuda is unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from trainers import TrainConfig, load_data, load_model, predict, train
+from trainers import fit
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cuda_training_uses_mixed_precision_and_keeps_the_data_on_the_device(monkeypatch, tmp_path):
+    moved = {}
+    original = fit._to_device
+
+    def spy(data, device):
+        moved.update(original(data, device))
+        return moved
+
+    monkeypatch.setattr(fit, "_to_device", spy)
+    amp_dtype = fit._amp_dtype(torch.device("cuda"), True)
+    assert amp_dtype in (torch.bfloat16, torch.float16)
+    result = train("digits", "cnn", TrainConfig(epochs=5, device="cuda"), out=tmp_path / "run", progress=False)
+    assert result.device.startswith("cuda")
+    assert moved and all(t.is_cuda for t in moved.values())  # every split moved to the GPU once
+    assert result.metrics["test_accuracy"] >= 0.85, result.metrics
+    # The artifact is float32 whatever the autocast dtype was, and loads on the CPU.
+    model = load_model(tmp_path / "run")
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.module.parameters())
+    data = load_data("digits")
+    cpu_accuracy = float(np.mean(predict(model, data.x_test).argmax(1) == data.y_test))
+    assert abs(cpu_accuracy - result.metrics["test_accuracy"]) <= 0.02
+
+
+def _toolkit(args, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    return subprocess.run([sys.executable, "-m", "cli.main", "train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_one_gpu_torchrun_launch(tmp_path):
+    done = _toolkit(["digits", "--model", "mlp", "--epochs", "3", "--device", "cuda", "--nproc-per-node", "1",
+                     "--out", "run", "--json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torchrun --standalone --nproc-per-node=1" in done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["device"].startswith("cuda") and result["epochs_run"] == 3
+    assert load_model(tmp_path / "run").spec.family == "mlp"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs for an nccl run")
+def test_two_gpus_nccl_replicas_identical(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cli.main", "train", "digits", "--model", "cnn", "--epochs", "2",
+                           "--device", "cuda", "--nproc-per-node", "2", "--out", "run", "--json"], cwd=tmp_path,
+                          env={**os.environ, "TOOLKIT_REPLICA_HASH_DIR": str(tmp_path / "h")}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hashes = {p.read_text() for p in (tmp_path / "h").iterdir()}
+    assert len(list((tmp_path / "h").iterdir())) == 2 and len(hashes) == 1
+    assert json.loads(done.stdout.strip().splitlines()[-1])["processes"] == 2
+
+
+def test_cuda_lstm_explained_by_captum_integrated_gradients():
+    """cuDNN's RNN backward refuses eval mode; attributions run with cuDNN off for the backward pass."""
+    from captum.attr import IntegratedGradients
+
+    result = train("digits", "lstm", TrainConfig(epochs=3, device="cuda"), progress=False)
+    module = result.model.module.to("cuda").eval()
+    data = load_data("digits")
+    x = torch.from_numpy(data.x_test[:16]).to("cuda")
+    target = torch.from_numpy(data.y_test[:16]).to("cuda")
+    with torch.backends.cudnn.flags(enabled=False):
+        attributions, delta = IntegratedGradients(module).attribute(
+            x, baselines=torch.zeros_like(x), target=target, n_steps=32, return_convergence_delta=True)
+    assert attributions.shape == x.shape and attributions.device.type == "cuda"
+    assert torch.isfinite(attributions).all() and attributions.abs().sum() > 0
+    # Completeness: attributions add up to f(x) - f(baseline), up to the integral's error.
+    assert delta.abs().max().item() < 0.1, delta
