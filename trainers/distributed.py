@@ -218,7 +218,7 @@ def launch(options: LaunchOptions, train_argv: list[str]) -> int:
 
     argv = [*options.torchrun_args(), "--module", "cli.main", "train", *train_argv]
     print("launching: torchrun " + " ".join(argv), file=sys.stderr)
-    if options.nnodes == 1 and "OMP_NUM_THREADS" not in os.environ:
+    if "OMP_NUM_THREADS" not in os.environ:
         # Split the cores between the local processes (torchrun alone would give each one thread).
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // options.nproc_per_node))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
