@@ -116,13 +116,29 @@ def test_two_processes_end_with_identical_replicas_and_write_one_artifact(tmp_pa
     assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
 
 
-def test_plain_command_under_external_torchrun(tmp_path):
+def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    """An interrupted one-process run, continued by the plain `toolkit train --resume` under torchrun."""
+    from trainers import fit
+
+    original = fit._train_epoch
+
+    def interrupt_at_epoch_3(*args, **kwargs):
+        if args[5] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_train_epoch", interrupt_at_epoch_3)
+    first = train("iris", "mlp", TrainConfig(epochs=4, device="cpu"), out=tmp_path / "run", progress=False)
+    assert first.interrupted and (tmp_path / "run" / "checkpoint.pt").is_file()
     done = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "train",
-                 "iris", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", "run", "--json"], tmp_path)
+                 "iris", "--model", "mlp", "--epochs", "4", "--device", "cpu", "--out", "run", "--resume", "--json"],
+                tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["processes"] == 2
+    assert result["processes"] == 2 and not result["interrupted"]
+    assert [row["epoch"] for row in result["history"]] == [1, 2, 3, 4]  # epochs 1-2 from the checkpoint
     assert _artifacts(tmp_path) == [tmp_path / "run"]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
     assert load_model(tmp_path / "run").spec.family == "mlp"
 
 
