@@ -397,7 +397,7 @@ def explanation(run: Run) -> dict | None:
                     verdicts = [verdicts]
                 scores = {k: v for k, v in q.items() if k not in ("verdict", "verdicts") and
                           isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-                quality_rows.append({"method": str(method), "scores": scores,
+                quality_rows.append({"method": str(method), "scores": scores, "flagged": q.get("flagged") is True,
                                      "verdicts": [str(v) for v in verdicts or []]})
     elif isinstance(quality, list):
         for q in quality:
@@ -412,15 +412,53 @@ def explanation(run: Run) -> dict | None:
     drift_rows = drift.get("rows", drift.get("table")) if isinstance(drift, dict) and (
         "rows" in drift or "table" in drift) else drift
     flags = first(result, "flags", "drift_flags") or (drift.get("flags") if isinstance(drift, dict) else None)
+    curated = _drift_rows(drift_rows)
     return {
         "methods": [str(m) for m in methods] if isinstance(methods, list) else [],
         "samples": first(result, "samples", "n_samples"),
         "importance": importance_tables,
         "quality": quality_rows,
-        "drift": _table(drift_rows),
+        "drift_rows": curated,
+        "drift": None if curated else _table(drift_rows),
+        "runs": _runs(result.get("runs")),
         "flags": [str(f) if not isinstance(f, dict) else "; ".join(f"{k}: {v}" for k, v in f.items())
                   for f in (flags if isinstance(flags, list) else [])],
-        "compared": first(result, "compare", "compared", "variants"),
+        "compared": [k for k in result["runtimes"] if k != "original"] if isinstance(result.get("runtimes"), dict)
+        else first(result, "compare", "compared"),
         "_figures": {k: v for k, v in importance_figs.items() if v},
         "_stage_figures": stage_figures(run, "explain"),
     }
+
+
+def _interval(row: dict, key: str) -> dict | None:
+    value = number(row.get(key))
+    if value is None:
+        return None
+    return {"value": value, "lo": number(row.get(f"{key}_lo")), "hi": number(row.get(f"{key}_hi"))}
+
+
+def _drift_rows(rows) -> list[dict]:
+    """Drift rows of docs/results.md (original against variant) with their confidence intervals."""
+    if not isinstance(rows, list) or not any(isinstance(r, dict) and "topk_overlap" in r for r in rows):
+        return []
+    out = []
+    for r in rows:
+        if not isinstance(r, dict):
+            continue
+        out.append({"variant": str(r.get("variant", "?")), "method": str(r.get("method", "?")),
+                    "ran": r.get("ran") if r.get("ran") != r.get("method") else None, "runtime": r.get("runtime"),
+                    "accuracy": number(r.get("accuracy")), "drop": number(r.get("accuracy_drop")),
+                    "topk": r.get("topk"), "overlap": _interval(r, "topk_overlap"), "cosine": _interval(r, "cosine"),
+                    "spearman": _interval(r, "spearman"), "sign": _interval(r, "sign_agreement"),
+                    "noise_floor": number(r.get("noise_floor_topk")), "random_floor": number(r.get("random_floor_topk")),
+                    "flag": r.get("flag") is True, "verdict": r.get("verdict")})
+    return out
+
+
+def _runs(rows) -> list[dict]:
+    if not isinstance(rows, list):
+        return []
+    return [{"model": str(r.get("model", "?")), "method": str(r.get("method", "?")), "ran": r.get("ran"),
+             "runtime": r.get("runtime"), "routed": r.get("routed"), "baseline": r.get("baseline"),
+             "seconds": number(r.get("seconds")), "ms_per_sample": number(r.get("ms_per_sample"))}
+            for r in rows if isinstance(r, dict)]

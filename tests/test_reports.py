@@ -54,7 +54,7 @@ def test_full_report_has_every_figure_and_number(tmp_path):
     assert "int8-static-onnx" in html and "99.0% agree" in html and "fastest at batch 256" in html
     assert "89.70%" in html and "1.2 KiB" in html and "3.41×" in html
     assert "faithful: removing the top inputs" in html and "relies on different inputs" in html
-    assert "rank_correlation" in html
+    assert "agrees with the original" in html and "[0.88, 0.94]" in html and "training mean" in html
     numbers = json.loads((run / "report.json").read_text())
     assert numbers["training"]["scores"][2] == {"split": "test", "accuracy": 0.9, "loss": 0.3}
     assert [v["name"] for v in numbers["compression"]["variants"]] == ["fp32-torch", "int8-static-onnx",
@@ -98,8 +98,10 @@ def test_no_url_to_load_and_one_file(tmp_path):
     {"stage": "compress", "variants": [{"name": "x", "latency_ms": "fast"}, 5], "chosen": "x"},
     {"stage": "compress", "variants": {"a": {"accuracy": "high"}}, "sensitivity": {"l": {"0.5": 0.9}}},
     {"stage": "explain", "quality": [{"method": "m", "verdict": "ok"}], "drift": [{"a": 1}], "figures": {"x": 3}},
+    {"stage": "explain", "drift": {"rows": [{"topk_overlap": "x", "cosine": None}, 7]}, "runs": [3, {"model": 1}],
+     "quality": {"m": {"verdicts": {"a": "b"}, "flagged": "yes"}}, "runtimes": {"original": 1}},
     {"stage": "explain", "global_importance": {"m": [{"feature": "f", "importance": float("nan")}]}},
-], ids=range(6))
+], ids=range(7))
 def test_missing_or_odd_keys_never_crash(tmp_path, broken):
     (tmp_path / "result.json").write_text(json.dumps(broken))
     html = render_report(tmp_path).read_text()

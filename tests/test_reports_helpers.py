@@ -95,15 +95,28 @@ def write_explain(d: Path, feature_names=("f0", "f1", "f2", "f3")) -> None:
     (d / "figures" / "global_importance.png").write_bytes(png_bytes())
     (d / "figures" / "sample_attributions.png").write_bytes(png_bytes(60, 30))
     (d / "figures" / "not_a_png.png").write_bytes(b"GIF89a fake")
+    row = {"variant": "int8-static-onnx", "method": "integrated_gradients", "ran": "integrated_gradients",
+           "runtime": "onnx", "accuracy": 0.897, "accuracy_drop": 0.3, "topk": 2, "topk_overlap": 0.91,
+           "topk_overlap_lo": 0.88, "topk_overlap_hi": 0.94, "cosine": 0.97, "cosine_lo": 0.95, "cosine_hi": 0.99,
+           "spearman": 0.93, "sign_agreement": 0.95, "noise_floor_topk": 1.0, "random_floor_topk": 0.16,
+           "flag": False, "verdict": "agrees with the original (within the noise floor)"}
     result = {
-        "stage": "explain", "methods": ["integrated_gradients", "shap"], "samples": 16,
+        "stage": "explain", "model": "../train", "family": "mlp", "layout": "features", "samples": 16, "seed": 0,
+        "methods": ["integrated_gradients", "shapley_sampling"],
+        "runtimes": {"original": "torch", "int8-static-onnx": "onnxruntime"},
+        "runs": [{"model": "original", "method": "integrated_gradients", "ran": "integrated_gradients",
+                  "runtime": "torch", "routed": None, "baseline": "training mean", "seconds": 0.41,
+                  "ms_per_sample": 6.4}],
         "global_importance": {"integrated_gradients": {f: 0.1 * (i + 1) for i, f in enumerate(feature_names)}},
-        "quality": {"integrated_gradients": {"deletion_auc": 0.21, "completeness_gap": 0.001,
-                                             "verdict": "faithful: removing the top inputs drops the score fast"}},
-        "drift": {"rows": [{"variant": "int8-static-onnx", "method": "integrated_gradients", "rank_correlation": 0.97,
-                            "top_k_overlap": 0.9, "flag": False}],
+        "quality": {"integrated_gradients": {"completeness_error": 0.003, "axiom_holds": True, "deletion_auc": 0.21,
+                                             "verdicts": ["faithful: removing the top inputs drops the score fast"],
+                                             "flagged": False}},
+        "drift": {"rows": [row, {**row, "variant": "prune-structured-50", "topk_overlap": 0.5, "flag": True,
+                                 "verdict": "relies on other inputs"}],
                   "flags": ["prune-structured-50 relies on different inputs than the original"]},
-        "figures": ["global_importance.png", "sample_attributions.png"],
+        "flags": ["prune-structured-50 relies on different inputs than the original"],
+        "figures": {"global importance (integrated_gradients)": "figures/global_importance.png",
+                    "sample attributions": "figures/sample_attributions.png"},
         "seconds": 3.0,
     }
     _write(d / "result.json", result)
