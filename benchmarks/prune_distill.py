@@ -1,0 +1,138 @@
+"""Measure pruning and distillation on digits against the issue-3 targets.
+
+    python benchmarks/prune_distill.py [--work DIR] [--families mlp cnn lstm] [--out result.json]
+
+For each family (a default-trained model, cached under --work):
+  * structured pruning at 50% + fine-tune: latency at batch 256 with one thread
+    (PyTorch), file size ratio, test accuracy delta (targets: >= 1.8x faster,
+    >= 3x smaller, <= 1 point lost);
+  * distillation into a small student: gap closed (target >= 60%).
+For the MLP: structured pruning + global unstructured pruning + int8 + sparse
+storage, size ratio against the fp32 dense file (target >= 20x, <= 0.5 points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compress.distill import distill  # noqa: E402
+from compress.prune import structured_prune, unstructured_prune  # noqa: E402
+from trainers import accuracy, load_data, load_model, train, write_artifact  # noqa: E402
+
+DISTILL_OPTIONS = {
+    "mlp": {},
+    "cnn": {},
+    "lstm": {},
+}
+
+
+def latency_ms(modules, x: np.ndarray, rounds: int = 9, repeats: int = 15) -> list[float]:
+    """Forward-pass time over `x` (ms) for each module, one thread, after warm-up.
+
+    The modules are timed in interleaved rounds and each gets the best of its
+    per-round medians, so a busy machine slows every module alike.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    batch = torch.from_numpy(x)
+    best = [float("inf")] * len(modules)
+    with torch.inference_mode():
+        for module in modules:
+            module.eval()
+            for _ in range(10):
+                module(batch)
+        for _ in range(rounds):
+            for i, module in enumerate(modules):
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    module(batch)
+                    times.append(time.perf_counter() - start)
+                best[i] = min(best[i], float(np.median(times)))
+    torch.set_num_threads(threads)
+    return [1000 * t for t in best]
+
+
+def file_size(model) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        write_artifact(tmp, model.module, model.spec)
+        return (Path(tmp) / "model.safetensors").stat().st_size
+
+
+def teacher(data, family: str, work: Path):
+    path = work / family
+    if not (path / "model.json").is_file():
+        train(data, family, out=path, progress=False)
+    return load_model(path)
+
+
+def bench_structured(model, data, x256, ratio=0.5, epochs=10) -> dict:
+    [variant] = structured_prune(model, data, ratio=ratio, finetune_epochs=epochs)
+    base_ms, pruned_ms = latency_ms([model.module, variant.model.module], x256)
+    base_acc, pruned_acc = accuracy(model, data.x_test, data.y_test), accuracy(variant.model, data.x_test, data.y_test)
+    return {"widths": variant.recipe["widths_after"], "latency_ms_b256_1t": [round(base_ms, 3), round(pruned_ms, 3)],
+            "speedup": round(base_ms / pruned_ms, 2), "size_ratio": round(file_size(model) / file_size(variant.model), 2),
+            "accuracy": [base_acc, pruned_acc], "accuracy_drop_points": round(100 * (base_acc - pruned_acc), 2)}
+
+
+def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30) -> dict:
+    [small] = structured_prune(model, data, ratio=structured, finetune_epochs=epochs)
+    [variant] = unstructured_prune(small.model, data, ratio=sparsity, finetune_epochs=epochs, int8=True)
+    base_acc, acc = accuracy(model, data.x_test, data.y_test), accuracy(variant.model, data.x_test, data.y_test)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_artifact(tmp, variant.model.module, variant.model.spec)
+        size = (Path(tmp) / "model.safetensors").stat().st_size
+        reloaded = accuracy(load_model(tmp), data.x_test, data.y_test)
+    dense = file_size(model)
+    return {"structured_ratio": structured, "sparsity": variant.recipe["sparsity"], "codec": "sparse-int8",
+            "bytes": [dense, size], "size_ratio": round(dense / size, 1), "accuracy": [base_acc, acc, reloaded],
+            "accuracy_drop_points": round(100 * (base_acc - reloaded), 2)}
+
+
+def bench_distill(model, data, options) -> dict:
+    [variant] = distill(model, data, **options)
+    keys = ("student", "student_config", "temperature", "alpha", "epochs", "mixup", "teacher_accuracy",
+            "student_alone_accuracy", "distilled_accuracy", "gap_closed")
+    return {k: variant.recipe[k] for k in keys}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "prune_distill_teachers")
+    parser.add_argument("--families", nargs="+", default=["mlp", "cnn", "lstm"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["structured", "deep", "distill"])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    data = load_data("digits")
+    x256 = np.ascontiguousarray(np.resize(data.x_test, (256, *data.input_shape)).astype(np.float32))
+    results = {}
+    for family in args.families:
+        model = teacher(data, family, args.work)
+        row = {}
+        if "structured" not in args.skip:
+            row["structured_50"] = bench_structured(model, data, x256)
+        if family == "mlp" and "deep" not in args.skip:
+            row["prune_int8_sparse"] = bench_deep_compression(model, data)
+        if "distill" not in args.skip:
+            row["distill"] = bench_distill(model, data, DISTILL_OPTIONS[family])
+        results[family] = row
+        print(json.dumps({family: row}), file=sys.stderr)
+    text = json.dumps(results, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
