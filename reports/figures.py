@@ -35,6 +35,15 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _colors(n: int) -> list:
+    if n <= len(PALETTE):
+        return list(PALETTE[:n])
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
+
+
 def _short(text, limit: int = 18) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -104,14 +113,15 @@ def pareto(points: list[dict], chosen: str | None = None) -> bytes | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels) + 0.6, 3.8), squeeze=False)
     sizes = [number(p.get("size")) or 0.0 for p in points]
     biggest = max(sizes) or 1.0
+    colors = _colors(len(points))
     for ax, (key, label) in zip(axes[0], panels):
         pts = [(i, p) for i, p in enumerate(points) if number(p.get(key)) is not None and number(p.get("accuracy"))
                is not None]
         for i, p in pts:
             is_chosen = p.get("name") == chosen
-            ax.scatter(p[key], p["accuracy"], s=40 + 560 * (sizes[i] / biggest), alpha=0.55,
-                       color=PALETTE[i % len(PALETTE)], edgecolors="black" if is_chosen else "none",
-                       linewidths=2 if is_chosen else 0, label=_short(p.get("name", "?"), 26))
+            ax.scatter(p[key], p["accuracy"], s=40 + 560 * (sizes[i] / biggest), alpha=0.6,
+                       color=colors[i], edgecolors="black" if is_chosen else "none",
+                       linewidths=2 if is_chosen else 0, label=_short(p.get("name", "?"), 40))
         front, best = [], -1.0
         for _, p in sorted(pts, key=lambda ip: (ip[1][key], -ip[1]["accuracy"])):
             if p["accuracy"] > best:
@@ -119,6 +129,14 @@ def pareto(points: list[dict], chosen: str | None = None) -> bytes | None:
                 best = p["accuracy"]
         if len(front) > 1:
             ax.plot([p[key] for p in front], [p["accuracy"] for p in front], "--", color="#888", lw=1)
+        values = [p[key] for _, p in pts]
+        if min(values) > 0 and max(values) / min(values) > 20:  # one slow variant would squash the others
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            label += ", log scale"
         ax.set_xlabel(f"latency p50 at {label} (ms)")
         ax.set_ylabel("test accuracy")
         ax.set_title(label)
@@ -126,11 +144,13 @@ def pareto(points: list[dict], chosen: str | None = None) -> bytes | None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     for h in handles:
         h.set_sizes([60])
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False, fontsize=8,
-               bbox_to_anchor=(0.5, -0.02 - 0.045 * ((len(labels) - 1) // 4)))
+    rows = (len(labels) + 2) // 3
+    fig.legend(handles, labels, loc="upper center", ncol=min(3, len(labels)), frameon=False, fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
     fig.suptitle("accuracy against latency (marker area = file size; black ring = chosen; dashed = Pareto front)",
                  fontsize=9)
-    fig.tight_layout(rect=(0, 0.08 + 0.045 * ((len(labels) - 1) // 4), 1, 1))
+    fig.tight_layout()
+    fig.subplots_adjust(bottom=0.16 + 0.0 * rows)
     return _png(fig)
 
 
@@ -165,12 +185,10 @@ def size_bars(rows: list[dict]) -> bytes | None:
             color=PALETTE[0], label="nominal (parameters x bit width)")
     ax.barh([y - 0.2 for y in ys], [(number(r.get("disk")) or 0) / 1024 for r in rows], height=0.4,
             color=PALETTE[1], label="on disk")
-    ax.set_yticks(list(ys), [_short(r.get("name", "?"), 26) for r in rows])
+    ax.set_yticks(list(ys), [_short(r.get("name", "?"), 40) for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel("KiB")
-    ax.set_title("nominal against on-disk size")
-    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (0.9 + 0.42 * len(rows)) - 0.25),
-              ncol=2)
+    ax.legend(frameon=False, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
     fig.tight_layout()
     return _png(fig)
 
