@@ -150,7 +150,10 @@ def test_report_path_from_config_stays_inside_run_dir(tmp_path, monkeypatch):
 
 def test_pipeline_digits_end_to_end(tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text("train:\n  epochs: 50\n  patience: 3\nexplain:\n  samples: 8\n")
+    config.write_text("train:\n  epochs: 50\n  patience: 3\n"
+                      "compress:\n  options:\n    auto: {distill_epochs: 0, finetune_epochs: 1, unstructured_ratio: 0,"
+                      " latency_budget_s: 0.02}\n"
+                      "explain:\n  samples: 8\n  methods: [saliency]\n")
     out = tmp_path / "run"
     result = run_cli("pipeline", "digits", "--model", "mlp", "--config", config, "--epochs", "2", "--out", out,
                      "--json")
