@@ -246,8 +246,8 @@ def run_pipeline(data: str | Path, family: str, *, config: str | Path | dict | N
     status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [], "seconds": None,
               "report": cfg["report"]["out"]}
     steps = [("train", lambda: _train(bundle, family, train_cfg, out)),
-             ("compress", lambda: _compress(bundle, out, cfg["compress"])),
-             ("explain", lambda: _explain(bundle, out, cfg["explain"]))]
+             ("compress", lambda: _compress(bundle, out, cfg["compress"], say)),
+             ("explain", lambda: _explain(bundle, out, cfg["explain"], say))]
     failure = None
     for index, (name, step) in enumerate(steps, 1):
         if failure is not None:
@@ -306,12 +306,24 @@ def _train(bundle, family, train_cfg, out: Path) -> dict:
     return {"status": "done", "reason": f"test accuracy {m['test_accuracy']:.4f} after {result.epochs_run} epochs"}
 
 
-def _compress(bundle, out: Path, section: dict) -> dict:
+def _with_progress(func, kwargs: dict, say) -> dict:
+    """Pass the pipeline's progress printer to a stage function that takes one."""
+    import inspect
+
+    try:
+        accepts = "progress" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return {**kwargs, "progress": lambda message: say(f"      {message}")} if accepts else kwargs
+
+
+def _compress(bundle, out: Path, section: dict, say=print) -> dict:
     compress_model = _stage_function("compress", "compress_model")
     if compress_model is None:
         return {"status": "skipped", "reason": "compress.compress_model is not available in this version"}
-    compress_model(str(out / "train"), bundle, methods=tuple(section["methods"]), max_drop=section["max_drop"],
-                   out=out / "compress", options=dict(section["options"]) or None)
+    kwargs = {"methods": tuple(section["methods"]), "max_drop": section["max_drop"], "out": out / "compress",
+              "options": dict(section["options"]) or None}
+    compress_model(str(out / "train"), bundle, **_with_progress(compress_model, kwargs, say))
     chosen = _chosen(out)
     return {"status": "done", "reason": f"chosen variant {chosen[0]}" if chosen else None}
 
@@ -331,7 +343,7 @@ def _chosen(out: Path) -> tuple[str, Path | None] | None:
     return name, directory if (directory / "model.json").is_file() else None
 
 
-def _explain(bundle, out: Path, section: dict) -> dict:
+def _explain(bundle, out: Path, section: dict, say=print) -> dict:
     explain_model = _stage_function("explain", "explain_model")
     if explain_model is None:
         return {"status": "skipped", "reason": "explain.explain_model is not available in this version"}
@@ -340,7 +352,7 @@ def _explain(bundle, out: Path, section: dict) -> dict:
     kwargs = {"compare": compare, "samples": section["samples"], "out": out / "explain", "seed": section["seed"]}
     if section["methods"]:
         kwargs["methods"] = tuple(section["methods"])
-    explain_model(str(out / "train"), bundle, **kwargs)
+    explain_model(str(out / "train"), bundle, **_with_progress(explain_model, kwargs, say))
     return {"status": "done", "reason": f"drift against {chosen[0]}" if compare else "no compressed variant to compare"}
 
 

@@ -151,6 +151,11 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     targets = {run.root.resolve()}
     if "train" in run.dirs:
         targets.add(run.dirs["train"].resolve())
+    chosen = (context["compression"] or {}).get("chosen") or {}
+    if isinstance(chosen.get("path"), str) and "compress" in run.dirs:
+        variant = (run.dirs["compress"] / chosen["path"]).resolve()
+        if variant.is_relative_to(run.root.resolve()) and (variant / "model.json").is_file():
+            targets.add(variant)  # the artifact to deploy carries its card
     for directory in targets:
         _atomic_write(directory / "MODEL_CARD.md", markdown)
     return out

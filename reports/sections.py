@@ -38,8 +38,14 @@ def reproduce_command(run: Run) -> str | None:
     for stage in ("train", "compress", "explain"):
         if isinstance(run.configs.get(stage, {}).get("command"), str):
             return run.configs[stage]["command"]
+    if run.is_pipeline:
+        return None
+    if "compress" in run.configs and run.configs["compress"]:
+        return _stage_command(run, "compress")
+    if "explain" in run.configs and run.configs["explain"]:
+        return _stage_command(run, "explain")
     cfg = run.configs.get("train")
-    if not cfg or run.is_pipeline:
+    if not cfg:
         return None
     data = _cli_data(cfg.get("data")) or _data_name(run)
     if not data or not cfg.get("family"):
@@ -53,6 +59,27 @@ def reproduce_command(run: Run) -> str | None:
         import json
 
         parts += ["--arch", json.dumps(cfg["model"], separators=(",", ":"))]
+    parts += ["--out", str(run.root)]
+    return shlex.join(parts)
+
+
+def _stage_command(run: Run, stage: str) -> str | None:
+    """`toolkit compress|explain MODEL --data DATA ...` from that stage's config.json (docs/results.md)."""
+    cfg = run.configs[stage]
+    data = cfg.get("data")
+    data = _cli_data(data.get("source") if isinstance(data, dict) else data) or _data_name(run)
+    if not isinstance(cfg.get("model"), str) or not data:
+        return None
+    parts = ["toolkit", stage, cfg["model"], "--data", str(data)]
+    for method in cfg.get("methods") or [] if isinstance(cfg.get("methods"), list) else []:
+        parts += ["--method", str(method)]
+    if stage == "compress" and number(cfg.get("max_drop")) is not None:
+        parts += ["--max-drop", f"{cfg['max_drop']:g}"]
+    if stage == "explain":
+        for variant in cfg.get("compare") or [] if isinstance(cfg.get("compare"), list) else []:
+            parts += ["--compare", str(variant)]
+        if cfg.get("samples") is not None:
+            parts += ["--samples", str(cfg["samples"])]
     parts += ["--out", str(run.root)]
     return shlex.join(parts)
 
@@ -75,7 +102,8 @@ def overview(run: Run) -> dict:
         ("classes", data.get("num_classes")),
         ("samples (train / validation / test)",
          " / ".join(str(data.get(k, "?")) for k in ("n_train", "n_val", "n_test")) if data.get("n_train") else None),
-        ("model family", first(train, "family") or run.model_json.get("family") or run.pipeline_config.get("family")),
+        ("model family", first(train, "family") or run.model_json.get("family") or run.pipeline_config.get("family")
+         or next((r["family"] for r in run.results.values() if isinstance(r.get("family"), str)), None)),
         ("device", first(train, "device") or run.env.get("device")),
         ("platform", run.env.get("platform")),
         ("python", run.env.get("python")),

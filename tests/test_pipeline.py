@@ -101,8 +101,8 @@ def _quiet(line):
 
 
 def test_existing_run_dir_needs_overwrite(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "_compress", lambda *a: {"status": "skipped", "reason": "test"})
-    monkeypatch.setattr(pipeline_module, "_explain", lambda *a: {"status": "skipped", "reason": "test"})
+    monkeypatch.setattr(pipeline_module, "_compress", lambda *a, **k: {"status": "skipped", "reason": "test"})
+    monkeypatch.setattr(pipeline_module, "_explain", lambda *a, **k: {"status": "skipped", "reason": "test"})
     out = tmp_path / "run"
     run_pipeline("iris", "mlp", out=out, epochs=2, progress=_quiet)
     with pytest.raises(ToolkitError, match="--overwrite"):
@@ -115,7 +115,7 @@ def test_existing_run_dir_needs_overwrite(tmp_path, monkeypatch):
 @pytest.mark.parametrize("error, code", [(ToolkitError("no method handles this model"), 2),
                                          (RuntimeError("segfault-ish"), 1)], ids=["bad-input", "unexpected"])
 def test_stage_failure_still_writes_the_report(tmp_path, monkeypatch, capsys, error, code):
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(pipeline_module, "_compress", broken)
@@ -137,8 +137,8 @@ def test_stage_failure_still_writes_the_report(tmp_path, monkeypatch, capsys, er
 
 
 def test_report_path_from_config_stays_inside_run_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "_compress", lambda *a: {"status": "skipped", "reason": "test"})
-    monkeypatch.setattr(pipeline_module, "_explain", lambda *a: {"status": "skipped", "reason": "test"})
+    monkeypatch.setattr(pipeline_module, "_compress", lambda *a, **k: {"status": "skipped", "reason": "test"})
+    monkeypatch.setattr(pipeline_module, "_explain", lambda *a, **k: {"status": "skipped", "reason": "test"})
     config = tmp_path / "c.toml"
     config.write_text('[report]\nout = "html/summary.html"\n[train]\nepochs = 2\n')
     report = run_pipeline("iris", "mlp", config=config, out=tmp_path / "run", progress=_quiet)

@@ -156,3 +156,16 @@ def test_pipeline_dir_with_only_a_failure_still_renders(tmp_path):
 def test_report_stays_small(tmp_path):
     path = render_report(make_run(tmp_path / "run", class_names=[str(i) for i in range(10)]))
     assert path.stat().st_size < 1_000_000
+
+
+def test_single_compress_run_dir_command_and_card_in_chosen_variant(tmp_path):
+    write_compress(tmp_path / "c")
+    html = render_report(tmp_path / "c").read_text()
+    assert "toolkit compress ../train --data toy.csv --method auto --max-drop 0.5" in html
+    assert 'id="compression"' in html and 'id="training"' not in html and "mlp" in html
+    run = make_run(tmp_path / "run")
+    variant = run / "compress" / "variants" / "int8-static-onnx"
+    variant.mkdir(parents=True)
+    (variant / "model.json").write_text("{}")
+    render_report(run)
+    assert "int8-static-onnx (chosen)" in (variant / "MODEL_CARD.md").read_text()
