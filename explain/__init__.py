@@ -1,1 +1,36 @@
-"""Explain stage: attributions, their quality, and drift after compression (see issue 4)."""
+"""Explain stage: attributions, their quality, and drift after compression (see issue 4).
+
+Public API::
+
+    import explain
+    attr = explain.attribute(model, x, target, method="integrated_gradients")   # one verb, any method
+    explain.list_methods("lstm")                                               # the registry
+    result = explain.explain_model("runs/cnn", "digits", compare=["runs/cnn-int8"], out="runs/cnn-explain")
+
+Names are imported lazily so `import explain` does not import torch, captum or shap.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "methods": ("Attribution", "Method", "attribute", "get_method", "list_methods", "register_method", "resolve"),
+    "stage": ("ExplainResult", "default_methods", "explain_model"),
+    "compare": ("attribution_agreement", "check_comparable"),
+    "quality": ("assess", "completeness_error"),
+    "shapley": ("shapley_permutation",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'explain' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,262 @@
+"""One verb, many explainers: `attribute(model, inputs, target, method=...)` and the method registry.
+
+Every method answers the same call and returns an `Attribution` shaped like the
+inputs. Each declares the model families and runtimes it supports:
+
+- ``torch``: the PyTorch module (fp32, or a float copy of an fp16/bf16 model);
+- ``fake-quant``: the PyTorch fake-quant twin carried by an int8 ONNX artifact;
+- ``onnx``: the ONNX Runtime session as a black box (no gradients).
+
+`resolve` decides what actually runs: a gradient method on an int8 ONNX
+artifact runs on its fake-quant twin when there is one, otherwise it is routed
+to the black-box `shapley` estimator; combinations that make no sense (Grad-CAM
+without convolutions, DeepLift through LSTM gates) are refused with a ToolkitError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trainers.errors import ToolkitError
+
+FAMILIES = ("mlp", "cnn", "lstm")
+RUNTIMES = ("torch", "fake-quant", "onnx")
+ROUTE_BLACK_BOX = "shapley"
+
+
+@dataclass
+class Method:
+    """A registered explainer and what it supports."""
+
+    name: str
+    fn: Callable
+    families: tuple[str, ...]
+    runtimes: tuple[str, ...]
+    library: str
+    sampled: bool = False          # stochastic: has a noise floor between seeds
+    axiom: tuple[str, ...] = ()    # families where completeness should hold (sum of attributions = f(x) - f(baseline))
+    description: str = ""
+    refusal: dict = field(default_factory=dict)   # family -> why it is refused
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, families=FAMILIES, runtimes=("torch", "fake-quant"), library: str,
+                    sampled: bool = False, axiom=False, description: str = "", refusal: dict | None = None):
+    """Decorator: register `fn(ctx, x, target, **options) -> (values, reference_output, delta)` as method `name`."""
+
+    def decorator(fn):
+        holds = tuple(families) if axiom is True else tuple(axiom or ())
+        _METHODS[name] = Method(name, fn, tuple(families), tuple(runtimes), library, sampled, holds, description,
+                                dict(refusal or {}))
+        return fn
+
+    return decorator
+
+
+def list_methods(family: str | None = None) -> list[str]:
+    """Registered method names (those supporting `family` if given)."""
+    return [m.name for m in _METHODS.values() if family is None or family in m.families]
+
+
+def get_method(name: str) -> Method:
+    if name not in _METHODS:
+        raise ToolkitError(f"unknown explain method '{name}'; choose from {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+@dataclass
+class Attribution:
+    """Attributions shaped like the inputs, and what produced them.
+
+    Attributes:
+        values: (N, *input_shape) attributions of the target logit.
+        method: the method that actually ran; `requested` the one asked for.
+        runtime: torch | fake-quant | onnx.
+        baseline: (*input_shape) reference input (the training mean), or the mean of the background set.
+        reference_output: (N,) target logit at the baseline (expected over the background for background methods).
+        delta: (N,) convergence delta where the method reports one, else None.
+        routed: why another method or runtime ran, or None.
+    """
+
+    values: np.ndarray
+    method: str
+    requested: str
+    runtime: str
+    baseline: np.ndarray
+    targets: np.ndarray
+    reference_output: np.ndarray
+    delta: np.ndarray | None = None
+    routed: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        n = max(len(self.values), 1)
+        return {"method": self.requested, "ran": self.method, "runtime": self.runtime, "routed": self.routed,
+                "seconds": round(self.seconds, 4), "ms_per_sample": round(1000 * self.seconds / n, 3)}
+
+
+# ---------------------------------------------------------------- runtime and forward
+
+
+def model_runtime(model) -> str:
+    """The runtime gradient methods would use: torch, fake-quant (ONNX with a twin) or onnx (black box only)."""
+    if model.spec.runtime == "onnxruntime":
+        return "fake-quant" if model.module is not None else "onnx"
+    return "torch"
+
+
+def resolve(method: str, model) -> tuple[str, str, str | None]:
+    """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused."""
+    m = get_method(method)
+    family = model.spec.family
+    if family not in m.families:
+        why = m.refusal.get(family, f"it supports {', '.join(m.families)}")
+        raise ToolkitError(f"method '{method}' cannot explain a {family} model: {why}")
+    is_onnx = model.spec.runtime == "onnxruntime"
+    if is_onnx and "onnx" in m.runtimes:
+        return method, "onnx", None
+    runtime = model_runtime(model)
+    if runtime in m.runtimes:
+        note = f"{method} needs gradients; ran on the artifact's fake-quant PyTorch twin" if runtime == "fake-quant" else None
+        return method, runtime, note
+    fallback = get_method(ROUTE_BLACK_BOX)
+    if runtime == "onnx" and family in fallback.families:
+        return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this int8 ONNX model has none (no fake-quant "
+                                         f"twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
+    raise ToolkitError(f"method '{method}' cannot run on runtime '{runtime}' (it supports {', '.join(m.runtimes)})")
+
+
+class Context:
+    """What a method needs: the forward function, the module (if any), baseline, background, device, seed."""
+
+    def __init__(self, model, runtime: str, baseline: np.ndarray, background: np.ndarray | None, seed: int,
+                 batch_size: int = 512):
+        self.model, self.runtime, self.seed, self.batch_size = model, runtime, seed, batch_size
+        self.spec = model.spec
+        self.module = None
+        if runtime != "onnx":
+            module = model.module
+            param = next(iter(module.parameters()))
+            if param.dtype != torch.float32:  # fp16/bf16 model: attribute a float copy
+                module = copy.deepcopy(module).float()
+            self.module = module.eval()
+            self.device = next(iter(module.parameters())).device
+        else:
+            self.device = torch.device("cpu")
+            self.session = model.onnx_session()
+            self.input_name = self.session.get_inputs()[0].name
+        self.baseline_np = np.asarray(baseline, np.float32)
+        self.baseline = torch.as_tensor(self.baseline_np, device=self.device).unsqueeze(0)
+        self.background_np = background
+        self.background = None if background is None else torch.as_tensor(background, device=self.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits; differentiable for the torch runtimes."""
+        if self.module is not None:
+            return self.module(x)
+        out = self.forward_numpy(x.detach().cpu().numpy())
+        return torch.as_tensor(out, device=x.device)
+
+    def forward_numpy(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        outs = []
+        for i in range(0, len(x), 4096):
+            if self.module is not None:
+                with torch.no_grad():
+                    outs.append(self.module(torch.as_tensor(x[i:i + 4096], device=self.device)).float().cpu().numpy())
+            else:
+                outs.append(self.session.run(None, {self.input_name: x[i:i + 4096]})[0])
+        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, self.spec.num_classes), np.float32)
+
+    def grad_context(self):
+        """cuDNN's LSTM has no backward in eval mode: disable cuDNN while attributing an LSTM on CUDA."""
+        if self.spec.family == "lstm" and self.device.type == "cuda":
+            return torch.backends.cudnn.flags(enabled=False)
+        return contextlib.nullcontext()
+
+    def target_at(self, x_np: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        out = self.forward_numpy(x_np)
+        return out[np.arange(len(targets)), targets] if len(out) == len(targets) else out[:, targets].mean(0)
+
+    def reference_at_baseline(self, targets: np.ndarray) -> np.ndarray:
+        return self.forward_numpy(self.baseline_np[None])[0, targets]
+
+    def reference_over_background(self, targets: np.ndarray) -> np.ndarray:
+        return self.forward_numpy(self.background_np).mean(0)[targets]
+
+
+def default_baseline(spec) -> np.ndarray:
+    """The training-split mean broadcast to one input (what the model's Standardize layer maps to 0)."""
+    mean = spec.preprocessing.get("mean") if spec.preprocessing else None
+    shape = tuple(spec.input_shape)
+    if mean is None:
+        return np.zeros(shape, np.float32)
+    return np.broadcast_to(np.asarray(mean, np.float32), shape).copy()
+
+
+def attribute(model, inputs, target=None, method: str = "integrated_gradients", *, baseline=None, background=None,
+              seed: int = 0, batch_size: int = 64, **options) -> Attribution:
+    """Attribute the target logit of `model` on `inputs` with a registered method.
+
+    Args:
+        model: a `trainers.LoadedModel` (or an artifact path).
+        inputs: raw inputs (N, *input_shape) as the model takes them.
+        target: class index, or one per sample; None: the predicted class.
+        method: a name from `list_methods()`; routed or refused per `resolve`.
+        baseline: reference input (default: the training mean).
+        background: reference samples for background methods (default: `baseline` alone).
+        seed: seed of sampled methods.
+        batch_size: samples attributed per call of the underlying explainer.
+        **options: method options (e.g. n_steps, n_permutations, nsamples).
+    """
+    from trainers import load_model
+
+    if not hasattr(model, "spec"):
+        model = load_model(model)
+    ran, runtime, note = resolve(method, model)
+    x = np.asarray(inputs, dtype=np.float32)
+    if x.ndim == len(model.spec.input_shape):
+        x = x[None]
+    if tuple(x.shape[1:]) != tuple(model.spec.input_shape):
+        raise ToolkitError(f"inputs have shape {tuple(x.shape[1:])} per sample, the model takes {tuple(model.spec.input_shape)}")
+    if len(x) == 0:
+        raise ToolkitError("no inputs to explain")
+    base = default_baseline(model.spec) if baseline is None else np.asarray(baseline, np.float32).reshape(model.spec.input_shape)
+    bg = base[None] if background is None else np.asarray(background, np.float32)
+    ctx = Context(model, runtime, base, bg, seed, batch_size)
+    if target is None:
+        targets = ctx.forward_numpy(x).argmax(1)
+    else:
+        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
+    if targets.min() < 0 or targets.max() >= model.spec.num_classes:
+        raise ToolkitError(f"target out of range: the model has {model.spec.num_classes} classes")
+    fn = get_method(ran).fn
+    start = time.perf_counter()
+    values, deltas, reference = [], [], None
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    with ctx.grad_context():
+        for i in range(0, len(x), batch_size):
+            v, ref, d = fn(ctx, x[i:i + batch_size], targets[i:i + batch_size], **options)
+            values.append(np.asarray(v, np.float32).reshape((-1, *model.spec.input_shape)))
+            reference = ref if reference is None else np.concatenate([reference, ref])
+            if d is not None:
+                deltas.append(np.asarray(d, np.float64).reshape(-1))
+    seconds = time.perf_counter() - start
+    return Attribution(np.concatenate(values), ran, method, runtime, ctx.background_np.mean(0) if ran in BACKGROUND_METHODS else base,
+                       targets, np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None,
+                       note, seconds)
+
+
+BACKGROUND_METHODS = {"gradient_shap", "shap_gradient"}
+
+from . import library  # noqa: E402,F401  (registers the methods)

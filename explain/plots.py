@@ -1,0 +1,159 @@
+"""Views of attributions as PNG files (matplotlib, Agg backend), one kind per data layout.
+
+- features: global importance bars and a per-sample beeswarm (colour = feature value);
+- image: heat-map overlays for a few samples per class;
+- signal (and sequences): attribution over time steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def element_names(spec) -> list[str]:
+    """A name per input element, as used in result.json's global importance."""
+    shape = tuple(spec.input_shape)
+    if len(shape) == 1:
+        return list(spec.feature_names) if spec.feature_names and len(spec.feature_names) == shape[0] else \
+            [f"x{i}" for i in range(shape[0])]
+    if len(shape) == 2:
+        return [f"t={t}" for t in range(shape[1])]
+    return [f"r{r}c{c}" for r in range(shape[1]) for c in range(shape[2])]
+
+
+def global_importance(spec, values: np.ndarray) -> dict[str, float]:
+    """Mean |attribution| per feature (tabular), per time step (signals) or per pixel (images), over channels."""
+    a = np.abs(values)
+    if a.ndim == 3:          # (N, C, L): sum over channels
+        a = a.sum(1)
+    elif a.ndim == 4:        # (N, C, H, W)
+        a = a.sum(1).reshape(len(a), -1)
+    return {name: float(v) for name, v in zip(element_names(spec), a.mean(0))}
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return path.name
+
+
+def importance_bars(importance: dict[str, float], title: str, path: Path, top: int = 20) -> str:
+    plt = _plt()
+    items = sorted(importance.items(), key=lambda kv: -kv[1])[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
+    ax.set_xlabel("mean |attribution|")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def beeswarm(spec, x: np.ndarray, values: np.ndarray, title: str, path: Path, top: int = 15) -> str:
+    """Per-sample attributions of the most important features, coloured by the feature's value."""
+    plt = _plt()
+    flat_a, flat_x = values.reshape(len(values), -1), x.reshape(len(x), -1)
+    names = element_names(spec) if len(spec.input_shape) == 1 else [f"x{i}" for i in range(flat_a.shape[1])]
+    order = np.argsort(-np.abs(flat_a).mean(0))[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1.2))
+    rng = np.random.default_rng(0)
+    for row, j in enumerate(order):
+        v = flat_x[:, j]
+        colour = (v - v.min()) / (np.ptp(v) or 1.0)
+        ax.scatter(flat_a[:, j], row + rng.uniform(-0.25, 0.25, len(v)), c=colour, cmap="coolwarm", s=10)
+    ax.set_yticks(range(len(order)), [names[j] for j in order])
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("attribution (colour: feature value, blue low, red high)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def image_overlays(x: np.ndarray, values: np.ndarray, labels: np.ndarray, class_names, title: str, path: Path,
+                   per_class: int = 1, max_classes: int = 10) -> str:
+    """Each chosen sample in grey with its attribution (summed over channels) as a red/blue overlay."""
+    plt = _plt()
+    picks = []
+    for c in np.unique(labels)[:max_classes]:
+        picks += list(np.flatnonzero(labels == c)[:per_class])
+    cols = min(5, len(picks))
+    rows = int(np.ceil(len(picks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.1 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), picks):
+        img = x[i].mean(0)
+        heat = values[i].sum(0)
+        lim = np.abs(heat).max() or 1.0
+        ax.imshow(img, cmap="gray_r")
+        ax.imshow(heat, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.6)
+        ax.set_title(str(class_names[labels[i]]), fontsize=9)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def over_time(values: np.ndarray, title: str, path: Path, samples: int = 5) -> str:
+    """Mean |attribution| per time step (channels summed), with a few samples' signed curves."""
+    plt = _plt()
+    a = values if values.ndim == 3 else values[:, None, :]
+    signed = a.sum(1)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for s in signed[:samples]:
+        ax.plot(s, lw=0.8, alpha=0.5)
+    ax.plot(np.abs(a).sum(1).mean(0), color="black", lw=2, label="mean |attribution|")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("attribution")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def drift_chart(rows: list[dict], path: Path) -> str:
+    """Top-k overlap of each variant (95% interval) against the noise and randomisation floors."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(rows) + 1.5))
+    labels = [f"{r['variant']} / {r['ran']}" for r in rows]
+    y = np.arange(len(rows))
+    mid = np.array([r["topk_overlap"] for r in rows])
+    err = np.array([[m - r["topk_overlap_lo"], r["topk_overlap_hi"] - m] for m, r in zip(mid, rows)]).T
+    ax.errorbar(mid, y, xerr=err, fmt="o", color="#4c72b0", label="top-k overlap (95% CI)")
+    for i, r in enumerate(rows):
+        ax.plot([r["noise_floor_topk"]], [i], "g|", ms=14, label="noise floor" if i == 0 else None)
+        if r.get("random_floor_topk") is not None:
+            ax.plot([r["random_floor_topk"]], [i], "r|", ms=14, label="randomisation floor" if i == 0 else None)
+    ax.axvline(0.7, color="grey", ls="--", lw=0.8)
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("top-k overlap with the original")
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def views(spec, x: np.ndarray, labels: np.ndarray, values: np.ndarray, method: str, directory: Path) -> dict[str, str]:
+    """The figures for one method's attributions: {caption: 'figures/<file>.png'}."""
+    out = {}
+    imp = global_importance(spec, values)
+    out[f"global importance ({method})"] = importance_bars(imp, f"global importance: {method}",
+                                                           directory / f"importance_{method}.png")
+    if spec.layout == "image" and len(spec.input_shape) == 3:
+        out[f"attribution overlays ({method})"] = image_overlays(x, values, labels, spec.class_names,
+                                                                 f"{method} (red: for the class)",
+                                                                 directory / f"overlays_{method}.png")
+    elif len(spec.input_shape) == 2 or spec.family == "lstm":
+        out[f"attribution over time ({method})"] = over_time(values.reshape(len(values), *spec.input_shape)
+                                                             if len(spec.input_shape) == 2 else values.reshape(len(values), -1),
+                                                             f"{method}: attribution over time steps",
+                                                             directory / f"time_{method}.png")
+    if len(spec.input_shape) == 1:
+        out[f"per-sample attributions ({method})"] = beeswarm(spec, x, values, f"per-sample {method}",
+                                                              directory / f"beeswarm_{method}.png")
+    return {k: f"figures/{v}" for k, v in out.items()}

@@ -1,0 +1,172 @@
+"""How far to trust an explanation: completeness, deletion/insertion, infidelity, sanity, noise floor.
+
+All functions take an `Attribution` (from `explain.attribute`) and the model it
+explains, and return plain numbers; `assess` gathers them with verdicts.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from .methods import Attribution, Context, attribute, get_method
+
+COMPLETENESS_TOLERANCE = 0.01
+SANITY_MAX_SPEARMAN = 0.5
+
+
+def _forward(model, attr: Attribution) -> Context:
+    return Context(model, attr.runtime, attr.baseline, None, 0)
+
+
+def completeness_error(model, x: np.ndarray, attr: Attribution) -> float:
+    """Median over samples of |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|."""
+    ctx = _forward(model, attr)
+    fx = ctx.forward_numpy(x)[np.arange(len(x)), attr.targets].astype(np.float64)
+    gap = fx - attr.reference_output
+    total = attr.values.reshape(len(x), -1).sum(1).astype(np.float64)
+    keep = np.abs(gap) > 1e-6
+    if not keep.any():
+        return 0.0
+    return float(np.median(np.abs(total[keep] - gap[keep]) / np.abs(gap[keep])))
+
+
+def _curve(ctx, x, attr: Attribution, insert: bool, steps: int = 10) -> float:
+    n = len(x)
+    flat_x, flat_b = x.reshape(n, -1), np.broadcast_to(ctx.baseline_np.reshape(-1), (n, x[0].size))
+    order = np.argsort(-attr.values.reshape(n, -1), axis=1)   # most positive evidence first
+    d = flat_x.shape[1]
+    probs = []
+    for k in np.linspace(0, d, steps + 1).round().astype(int):
+        mask = np.zeros((n, d), bool)
+        np.put_along_axis(mask, order[:, :k], True, axis=1)
+        rows = np.where(mask, flat_x, flat_b) if insert else np.where(mask, flat_b, flat_x)
+        logits = ctx.forward_numpy(rows.reshape(x.shape)).astype(np.float64)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        probs.append(p[np.arange(n), attr.targets])
+    curve = np.mean(probs, axis=1)
+    return float(np.trapezoid(curve, dx=1.0 / steps) if hasattr(np, "trapezoid") else np.trapz(curve, dx=1.0 / steps))
+
+
+def deletion_insertion_auc(model, x: np.ndarray, attr: Attribution, steps: int = 10) -> tuple[float, float]:
+    """Area under the target-class probability while deleting (insert=False) or inserting the top features."""
+    ctx = _forward(model, attr)
+    return _curve(ctx, x, attr, False, steps), _curve(ctx, x, attr, True, steps)
+
+
+def infidelity(model, x: np.ndarray, attr: Attribution, n_perturb: int = 8, seed: int = 0) -> float:
+    """Captum infidelity with Gaussian perturbations of a tenth of each input's spread (mean over samples)."""
+    from captum.metrics import infidelity as captum_infidelity
+
+    ctx = _forward(model, attr)
+    scale = 0.1 * float(np.std(x)) or 0.1
+    generator = torch.Generator().manual_seed(seed)
+
+    def perturb(inputs):
+        noise = torch.randn(inputs.shape, generator=generator).to(inputs.device) * scale
+        return noise, inputs - noise
+
+    xt = torch.as_tensor(x, device=ctx.device)
+    at = torch.as_tensor(attr.values, device=ctx.device)
+    with torch.no_grad():
+        values = captum_infidelity(ctx.forward, perturb, xt, at, target=torch.as_tensor(attr.targets, device=ctx.device),
+                                   n_perturb_samples=n_perturb, normalize=True)
+    return float(values.float().mean().cpu())
+
+
+def randomized_copy(model, seed: int = 0):
+    """The model with every learned parameter re-initialised (input statistics kept): the sanity-check control."""
+    from trainers.artifact import LoadedModel, ModelSpec
+
+    module = copy.deepcopy(model.module).float()
+    torch.manual_seed(seed + 12345)
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters") and layer is not module:
+            layer.reset_parameters()
+    spec = ModelSpec.from_dict({**model.spec.to_dict(), "runtime": "torch", "dtype": "float32", "onnx": None})
+    return LoadedModel(module=module.eval(), spec=spec, path=None)
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation per sample between two attribution sets (N, ...)."""
+    from scipy.stats import rankdata
+
+    ra = rankdata(a.reshape(len(a), -1), axis=1)
+    rb = rankdata(b.reshape(len(b), -1), axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), 0.0)
+
+
+def topk_overlap_rows(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Fraction of the k largest |attributions| of `a` that are also among the k largest of `b`, per sample."""
+    fa, fb = np.abs(a.reshape(len(a), -1)), np.abs(b.reshape(len(b), -1))
+    ta, tb = np.argsort(-fa, axis=1)[:, :k], np.argsort(-fb, axis=1)[:, :k]
+    return np.array([len(set(r) & set(s)) / k for r, s in zip(ta, tb)])
+
+
+def topk(d: int) -> int:
+    """Features counted by top-k overlap: a sixth of the inputs, between 1 and 10."""
+    return int(min(10, max(1, round(d / 6))))
+
+
+def sanity_check(model, x: np.ndarray, attr: Attribution, seed: int = 0, **options) -> dict | None:
+    """Trained vs re-initialised model (Adebayo et al.): median Spearman of |attributions| and top-k overlap.
+
+    None when the model has no PyTorch module (a black-box ONNX artifact).
+    """
+    if model.module is None:
+        return None
+    random_model = randomized_copy(model, seed)
+    other = attribute(random_model, x, attr.targets, attr.method, seed=seed, **options)
+    return {"spearman": float(np.median(spearman_rows(np.abs(attr.values), np.abs(other.values)))),
+            "topk_overlap": float(topk_overlap_rows(attr.values, other.values, topk(x[0].size)).mean())}
+
+
+def noise_floor(model, x: np.ndarray, attr: Attribution, seed: int = 0, **options) -> dict | None:
+    """Agreement of a sampled method with itself under another seed (None for deterministic methods)."""
+    if not get_method(attr.method).sampled:
+        return None
+    again = attribute(model, x, attr.targets, attr.method, seed=seed + 1, **options)
+    k = topk(x[0].size)
+    return {"topk_overlap": float(topk_overlap_rows(attr.values, again.values, k).mean()),
+            "spearman": float(np.median(spearman_rows(attr.values, again.values)))}
+
+
+def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bool = True,
+           fidelity: bool = True, **options) -> dict:
+    """Every quality figure of one attribution, with verdicts and a flag (see docs/results.md)."""
+    family = model.spec.family
+    holds = family in get_method(attr.method).axiom
+    out: dict = {"completeness_error": completeness_error(model, x, attr), "axiom_holds": holds}
+    verdicts = []
+    flagged = False
+    if holds:
+        ok = out["completeness_error"] <= COMPLETENESS_TOLERANCE
+        flagged |= not ok
+        verdicts.append(f"completeness {'ok' if ok else 'FAILS'} ({100 * out['completeness_error']:.2f}% "
+                        f"{'<=' if ok else '>'} {100 * COMPLETENESS_TOLERANCE:.0f}%)")
+    else:
+        verdicts.append("completeness not expected for this method")
+    if fidelity:
+        out["deletion_auc"], out["insertion_auc"] = deletion_insertion_auc(model, x, attr)
+        out["infidelity"] = infidelity(model, x, attr, seed=seed)
+    check = sanity_check(model, x, attr, seed, **options) if sanity else None
+    out["randomization_spearman"] = check["spearman"] if check else None
+    out["randomization_topk"] = check["topk_overlap"] if check else None
+    if out["randomization_spearman"] is not None:
+        ok = out["randomization_spearman"] < SANITY_MAX_SPEARMAN
+        flagged |= not ok
+        verdicts.append(f"sanity check {'passed' if ok else 'FAILED'} (spearman with a re-initialised model "
+                        f"{out['randomization_spearman']:.2f} {'<' if ok else '>='} {SANITY_MAX_SPEARMAN})")
+    floor = noise_floor(model, x, attr, seed, **options)
+    out["noise_floor_topk"] = floor["topk_overlap"] if floor else None
+    out["noise_floor_spearman"] = floor["spearman"] if floor else None
+    if floor:
+        verdicts.append(f"noise floor: top-{topk(x[0].size)} overlap {floor['topk_overlap']:.2f} between two seeds")
+    out["verdicts"], out["flagged"] = verdicts, bool(flagged)
+    return out

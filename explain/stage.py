@@ -1,0 +1,223 @@
+"""`explain_model`: the explain stage, from a model (and variants) to result.json and figures."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trainers.errors import ToolkitError
+
+from .methods import get_method, list_methods, resolve
+
+DEFAULT_METHODS = {"mlp": ("integrated_gradients", "deeplift", "shapley"),
+                   "cnn": ("integrated_gradients", "layer_gradcam", "shapley"),
+                   "lstm": ("integrated_gradients", "shapley")}
+QUALITY_SAMPLES = 16      # sanity check and noise floor re-run the method on this many samples
+BACKGROUND_SAMPLES = 32   # training samples for background methods (gradient_shap, shap_gradient)
+
+
+def default_methods(family: str) -> tuple[str, ...]:
+    """A fast, sensible set per family (gradient, family-specific, and a Shapley estimate)."""
+    return DEFAULT_METHODS.get(family, ("integrated_gradients", "shapley"))
+
+
+@dataclass
+class ExplainResult:
+    """What `explain_model` returns and writes as `result.json` (schema in docs/results.md)."""
+
+    summary: dict
+    attributions: dict = field(default_factory=dict)   # {(model name, method): Attribution}
+    out: Path | None = None
+
+    def to_dict(self) -> dict:
+        return self.summary
+
+
+def _pick_samples(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n test indices, seeded, interleaving classes so that every class appears early."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    rank = np.zeros(len(y), int)
+    seen: dict = {}
+    for i in order:
+        rank[i] = seen.get(y[i], 0)
+        seen[y[i]] = rank[i] + 1
+    chosen = sorted(order, key=lambda i: rank[i])[:n]
+    return np.asarray(chosen, int)
+
+
+def _load(item, name: str):
+    from trainers import load_model
+
+    return item if hasattr(item, "spec") else load_model(item)
+
+
+def _name(item, fallback: str) -> str:
+    if hasattr(item, "spec"):
+        return Path(item.path).name if getattr(item, "path", None) else fallback
+    return Path(str(item)).name or fallback
+
+
+def explain_model(model, data, *, methods=None, compare=(), samples: int = 64, out=None, overwrite: bool = False,
+                  seed: int = 0, progress=None) -> ExplainResult:
+    """Explain `model` on `samples` test samples with `methods`, assess the explanations, and compare variants.
+
+    Args:
+        model: an artifact path or a `LoadedModel`.
+        data: a data spec (built-in name or file) or a `DataBundle`.
+        methods: registered method names (default: `default_methods(family)`).
+        compare: compressed variants (paths or `LoadedModel`s) to compare with the original.
+        samples: number of test samples to explain (at least 1).
+        out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
+
+    Raises:
+        ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
+    """
+    from trainers import DataBundle, RunDir, accuracy, environment, load_data
+
+    start = time.perf_counter()
+    say = progress or (lambda message: None)
+    if int(samples) < 1:
+        raise ToolkitError(f"--samples must be at least 1, got {samples}")
+    original = _load(model, "original")
+    family = original.spec.family
+    methods = list(methods or default_methods(family))
+    for method in methods:
+        resolve(method, original)                       # unknown or unsupported: refuse before any work
+    variants = []
+    for i, item in enumerate(compare or ()):
+        variant = _load(item, f"variant{i}")
+        name = _name(item, f"variant{i}")
+        from .compare import check_comparable
+
+        check_comparable(original, variant, name)
+        for method in methods:
+            resolve(method, variant)
+        variants.append((name, variant))
+    bundle = data if isinstance(data, DataBundle) else load_data(data, seed=seed)
+    if list(bundle.input_shape) != list(original.spec.input_shape):
+        raise ToolkitError(f"data inputs {tuple(bundle.input_shape)} do not match the model's "
+                           f"{tuple(original.spec.input_shape)}")
+    run = RunDir(out, overwrite=overwrite) if out is not None else None
+    try:
+        result = _run(original, variants, bundle, methods, int(samples), seed, say, run, accuracy)
+        result.summary["seconds"] = round(time.perf_counter() - start, 2)
+        if run is not None:
+            run.write_json("config.json", {"stage": "explain", "model": _describe(model, family), "data": bundle.name,
+                                           "methods": methods, "compare": [n for n, _ in variants],
+                                           "samples": int(samples), "seed": seed})
+            run.write_json("env.json", environment())
+            run.write_json("result.json", result.summary)
+            result.out = run.commit()
+    except BaseException:
+        if run is not None:
+            run.discard()
+        raise
+    return result
+
+
+def _describe(model, family: str) -> str:
+    if hasattr(model, "spec"):
+        return str(model.path) if getattr(model, "path", None) else f"<in-memory {family}>"
+    return str(model)
+
+
+def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy) -> ExplainResult:
+    from . import plots
+    from .compare import drift_row
+    from .methods import attribute
+    from .quality import assess
+
+    spec = original.spec
+    idx = _pick_samples(bundle.y_test, min(samples, len(bundle.y_test)), seed)
+    x, y = bundle.x_test[idx], bundle.y_test[idx]
+    rng = np.random.default_rng(seed)
+    background = bundle.x_train[rng.choice(len(bundle.x_train), min(BACKGROUND_SAMPLES, len(bundle.x_train)), replace=False)]
+    fig_dir = run.path / "figures" if run is not None else None
+    summary: dict = {"stage": "explain", "model": _describe(original, spec.family), "family": spec.family,
+                     "layout": spec.layout, "input_shape": list(spec.input_shape), "data": bundle.summary(),
+                     "samples": int(len(idx)), "seed": seed, "methods": methods,
+                     "runtimes": {"original": spec.runtime, **{n: v.spec.runtime for n, v in variants}},
+                     "runs": [], "global_importance": {}, "quality": {}, "drift": {"rows": [], "flags": []},
+                     "flags": [], "figures": {}}
+    attributions: dict = {}
+    q_x = x[:QUALITY_SAMPLES]
+
+    def original_attr(method):
+        if ("original", method) not in attributions:
+            say(f"explain: {method} on the original ({len(x)} samples)")
+            attributions[("original", method)] = attribute(original, x, None, method, background=background, seed=seed)
+        return attributions[("original", method)]
+
+    for method in methods:
+        attr = original_attr(method)
+        summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr.method)})
+        summary["global_importance"][method] = plots.global_importance(spec, attr.values)
+        say(f"explain: quality of {method}")
+        q_attr = attribute(original, q_x, attr.targets[:QUALITY_SAMPLES], attr.method, background=background, seed=seed)
+        quality = assess(original, q_x, q_attr, seed=seed, background=background)
+        quality["completeness_error"] = _completeness_all(original, x, attr)
+        summary["quality"][method] = quality
+        if quality["flagged"]:
+            summary["flags"].append(f"{method}: " + "; ".join(v for v in quality["verdicts"] if "FAIL" in v))
+        if fig_dir is not None:
+            summary["figures"].update(plots.views(spec, x, y, attr.values, method, fig_dir))
+
+    acc_original = accuracy(original, bundle.x_test, bundle.y_test)
+    for name, variant in variants:
+        acc = accuracy(variant, bundle.x_test, bundle.y_test)
+        for method in methods:
+            say(f"explain: {method} on {name}")
+            ref = summary["quality"].get(method, {})
+            var_attr = attribute(variant, x, attributions[("original", method)].targets, method, background=background,
+                                 seed=seed)
+            summary["runs"].append({"model": name, **var_attr.summary(), "baseline": _baseline_name(var_attr.method)})
+            if any(r["variant"] == name and r["ran"] == var_attr.method for r in summary["drift"]["rows"]):
+                continue                                # several requests routed to the same method: one row
+            base = original_attr(var_attr.method)
+            if var_attr.method != method:
+                ref = {}
+            row = drift_row(name, base, var_attr, accuracy=acc, original_accuracy=acc_original,
+                            noise_floor_topk=ref.get("noise_floor_topk"), random_floor_topk=ref.get("randomization_topk"),
+                            seed=seed)
+            summary["drift"]["rows"].append(row)
+            if row["flag"]:
+                summary["drift"]["flags"].append(f"{name} ({row['ran']}): {row['verdict']}")
+    summary["flags"] += summary["drift"]["flags"]
+    if fig_dir is not None and summary["drift"]["rows"]:
+        summary["figures"]["drift: top-k overlap vs floors"] = "figures/" + plots.drift_chart(summary["drift"]["rows"],
+                                                                                           fig_dir / "drift.png")
+    return ExplainResult(_clean(summary), attributions)
+
+
+def _completeness_all(model, x, attr) -> float:
+    from .quality import completeness_error
+
+    return completeness_error(model, x, attr)
+
+
+def _baseline_name(method: str) -> str:
+    from .methods import BACKGROUND_METHODS
+
+    return f"{BACKGROUND_SAMPLES} training samples" if method in BACKGROUND_METHODS else "training mean"
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python numbers, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return round(value, 6) if np.isfinite(value) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+__all__ = ["DEFAULT_METHODS", "ExplainResult", "default_methods", "explain_model", "list_methods", "get_method"]
