@@ -39,8 +39,9 @@ DISTILL_OPTIONS = {
 def latency_ms(modules, x: np.ndarray, rounds: int = 9, repeats: int = 15) -> list[float]:
     """Forward-pass time over `x` (ms) for each module, one thread, after warm-up.
 
-    The modules are timed in interleaved rounds and each gets the best of its
-    per-round medians, so a busy machine slows every module alike.
+    The modules are timed in interleaved rounds and each gets its fastest run:
+    on a shared, busy machine the minimum is the estimate least disturbed by
+    other processes, and interleaving treats every module alike.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -58,7 +59,7 @@ def latency_ms(modules, x: np.ndarray, rounds: int = 9, repeats: int = 15) -> li
                     start = time.perf_counter()
                     module(batch)
                     times.append(time.perf_counter() - start)
-                best[i] = min(best[i], float(np.median(times)))
+                best[i] = min(best[i], min(times))
     torch.set_num_threads(threads)
     return [1000 * t for t in best]
 

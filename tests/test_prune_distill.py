@@ -179,6 +179,9 @@ CORRUPTIONS = {
     "index-not-json": _set("__sparse__.index", torch.tensor([1, 2, 250], dtype=torch.uint8)),
     "index-wrong-shape": lambda t: t.__setitem__("__sparse__.index", torch.frombuffer(bytearray(
         json.dumps([{"name": "features.0.weight", "shape": [-1], "dtype": "float32", "count": 1}]).encode()), dtype=torch.uint8)),
+    "index-huge-shape": lambda t: t.__setitem__("__sparse__.index", torch.frombuffer(bytearray(json.dumps(
+        [{"name": "features.0.weight", "shape": [1 << 40, 1 << 20], "dtype": "float32", "count": len(t["__sparse__.values"])}]
+    ).encode()), dtype=torch.uint8)),
     "values-wrong-dtype": lambda t: t.__setitem__("__sparse__.values", t["__sparse__.values"].double()),
     "gaps-wrong-dtype": lambda t: t.__setitem__("__sparse__.gaps", t["__sparse__.gaps"].to(torch.int32)),
 }

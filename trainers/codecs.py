@@ -1,16 +1,19 @@
 """How weights are laid out inside `model.safetensors`.
 
 A codec turns a state dict into the flat tensors stored in the file and back.
-`dense` stores the state dict as it is. Compression methods that store
+`dense` stores the state dict as it is; `sparse` and `sparse-int8` store
+mostly-zero matrices as non-zero values plus compact positions. Compression methods that store
 weights differently (sparse, int8) register a codec here, in the ground floor,
 so `trainers.load_model` can read every artifact without importing `compress`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 StateDict = dict[str, torch.Tensor]
@@ -46,12 +49,9 @@ register_codec("dense", _identity, _identity)
 # `__sparse__.gaps`, which keeps the safetensors header small. Other tensors
 # (biases, normalisation buffers, dense matrices) are stored as they are.
 
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-
 SPARSE_PREFIX = "__sparse__."
 MAX_GAP = 256
+MAX_SPARSE_ELEMENTS = 1 << 28  # a corrupted shape must not allocate without bound
 _MAX_DENSITY = 0.5  # denser matrices are smaller stored dense
 _FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -140,7 +140,9 @@ def _decode_sparse(tensors: StateDict, int8: bool) -> StateDict:
         name, shape, dtype, count = _entry_fields(entry, int8)
         if name in out:
             raise ValueError(f"sparse tensor {name!r} is stored twice")
-        numel = int(np.prod(shape)) if shape else 1
+        numel = int(np.prod(shape, dtype=np.float64)) if shape else 1
+        if numel > MAX_SPARSE_ELEMENTS:
+            raise ValueError(f"sparse tensor {name!r}: shape {shape} is implausibly large")
         chunk = slice(offset, offset + count)
         base = all_positions[offset - 1] if offset else 0
         positions = all_positions[chunk] - base - 1
