@@ -150,6 +150,17 @@ def test_bad_input_in_the_workers_exits_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_failure_on_rank_0_alone_ends_the_job_without_hanging(tmp_path):
+    """Only rank 0 finds `--out` occupied; the other rank must not wait for it forever."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("previous results")
+    done = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "train",
+                 "iris", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", "run"], tmp_path)
+    assert done.returncode != 0
+    assert "already exists" in done.stderr
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["keep.txt"]
+
+
 @pytest.mark.slow
 def test_two_processes_reach_the_single_process_accuracy_on_digits(tmp_path):
     """Default settings, `--batch-size` the global batch: 2 processes land within 1 point of 1 process."""

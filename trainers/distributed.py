@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
+    owns_group: bool = False  # this module joined the process group, so it also leaves it
 
     @property
     def enabled(self) -> bool:
@@ -80,19 +81,26 @@ def context(device: torch.device) -> tuple[DistContext, torch.device]:
         torch.cuda.set_device(device)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world_size))
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    return ctx, device
+    if dist.is_initialized():  # the caller's own process group: use it, leave it to the caller
+        return ctx, device
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return replace(ctx, owns_group=True), device
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (after a last barrier, so no rank exits while others still talk)."""
-    if ctx.enabled:
+def shutdown(ctx: DistContext, failed: bool = False) -> None:
+    """Leave the process group this module joined.
+
+    After success, a last barrier first, so no rank exits while rank 0 still writes. After a
+    failure no barrier (the other ranks may never reach it): the process exits and the
+    launcher stops the rest of the job.
+    """
+    if ctx.owns_group:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            dist.barrier()
+            if not failed:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -150,8 +150,10 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
                     (run.path / "checkpoint.pt").unlink(missing_ok=True)
                 result.out = run.commit()
                 result.model.path = result.out
-    finally:
-        distributed.shutdown(ctx)
+    except BaseException:
+        distributed.shutdown(ctx, failed=True)
+        raise
+    distributed.shutdown(ctx)
     return result
 
 

@@ -1,0 +1,109 @@
+"""Training-loop overhead: `trainers.train` against a minimal hand-written PyTorch loop.
+
+    python benchmarks/train_overhead.py [auto|cpu|cuda] [--family mlp] [--data digits] [--epochs 20] [--reps 5] [--threads N]
+
+Both sides get the same data (loaded once, outside the timings), the same model (built with
+`trainers.build_model` from the same seed), the same AdamW settings, batch size, device and
+number of epochs (early stopping disabled: patience larger than the epoch count). Each side is
+timed as one whole call: building the model, moving the data to the device, every epoch, and
+what the side does at the end. Repetitions alternate between the sides; medians are reported.
+
+What is counted: samples/second = epochs x training samples / wall seconds of the whole call.
+The toolkit does more work than a bare loop, and the figures say which:
+- `toolkit`: per-epoch validation pass (early stopping and the LR schedule need it), training
+  loss/accuracy bookkeeping, best-weights copy, and final metrics on train/val/test with a
+  confusion matrix.
+- `bare loop`: forward, loss, backward, optimizer step; nothing else.
+- `loop + validation`: the bare loop plus one validation pass per epoch and a final test
+  evaluation, i.e. the work any loop with early stopping has to do. The headline ratio is
+  toolkit / (loop + validation), the same work; toolkit / bare loop is printed as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from trainers import TrainConfig, build_model, load_data, make_config, resolve_device, seed_everything, train
+
+
+def hand_loop(data, family, config, device, validate: bool) -> float:
+    """A minimal PyTorch training loop; returns wall seconds of the whole call."""
+    start = time.perf_counter()
+    seed_everything(config.seed)
+    model = build_model(family, make_config(family, config.model), data.input_shape, data.num_classes,
+                        data.mean, data.std).to(device)
+    x, y = torch.from_numpy(data.x_train).to(device), torch.from_numpy(data.y_train).to(device)
+    x_val, y_val = torch.from_numpy(data.x_val).to(device), torch.from_numpy(data.y_val).to(device)
+    x_test, y_test = torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(y), device=device)
+        for i in range(0, len(y), config.batch_size):
+            index = order[i:i + config.batch_size]
+            loss = nn.functional.cross_entropy(model(x[index]), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if validate:
+            model.eval()
+            with torch.inference_mode():
+                nn.functional.cross_entropy(model(x_val), y_val).item()
+    if validate:
+        model.eval()
+        with torch.inference_mode():
+            (model(x_test).argmax(1) == y_test).float().mean().item()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def toolkit(data, family, config) -> float:
+    start = time.perf_counter()
+    result = train(data, family, config, out=None, progress=False)
+    assert result.epochs_run == config.epochs, "early stopping must stay off in this benchmark"
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("device", nargs="?", default="auto")
+    parser.add_argument("--family", default="mlp")
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = load_data(args.data)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=str(device), patience=10**6)
+    sides = {"toolkit": lambda: toolkit(data, args.family, config),
+             "bare loop": lambda: hand_loop(data, args.family, config, device, validate=False),
+             "loop + validation": lambda: hand_loop(data, args.family, config, device, validate=True)}
+    for run in sides.values():  # warm-up: imports, allocator, kernels
+        run()
+    seconds = {name: [] for name in sides}
+    for _ in range(args.reps):
+        for name, run in sides.items():
+            seconds[name].append(run())
+    samples = args.epochs * len(data.y_train)
+    rate = {name: samples / statistics.median(values) for name, values in seconds.items()}
+    print(f"{args.family} on {args.data}, device {device}, batch {args.batch_size}, {args.epochs} epochs x "
+          f"{len(data.y_train)} training samples, median of {args.reps} alternating repetitions, torch threads "
+          f"{torch.get_num_threads()}")
+    for name, value in rate.items():
+        print(f"  {name:<18} {value:>12,.0f} samples/s   (median {statistics.median(seconds[name]):.3f} s)")
+    print(f"ratio toolkit / (loop + validation) = {rate['toolkit'] / rate['loop + validation']:.3f}  (same work; target >= 0.95)")
+    print(f"ratio toolkit / bare loop          = {rate['toolkit'] / rate['bare loop']:.3f}  (bare loop skips validation)")
+
+
+if __name__ == "__main__":
+    main()
