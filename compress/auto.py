@@ -38,7 +38,7 @@ def _runtime_children(family: str) -> list[str]:
     return ["onnx-fp32", *_int8_methods(family)]
 
 
-def plan(family: str, prune_ratios=(0.5,), finetune_epochs: int = 8, distill_epochs: int = 15,
+def plan(family: str, prune_ratios=(0.3, 0.5), finetune_epochs: int = 8, distill_epochs: int = 15,
          unstructured_ratio: float = 0.9) -> list[tuple[str, dict, list[str]]]:
     """The candidate list: (method, options, methods stacked on its output)."""
     steps: list[tuple[str, dict, list[str]]] = [
@@ -50,7 +50,8 @@ def plan(family: str, prune_ratios=(0.5,), finetune_epochs: int = 8, distill_epo
     for ratio in prune_ratios:
         steps.append(("prune-structured", {"ratio": ratio, "finetune_epochs": finetune_epochs}, _runtime_children(family)))
     if unstructured_ratio:
-        steps.append(("prune-unstructured", {"ratio": unstructured_ratio, "finetune_epochs": finetune_epochs, "int8": True}, []))
+        steps.append(("prune-unstructured", {"ratio": unstructured_ratio, "finetune_epochs": max(1, finetune_epochs // 2),
+                                             "int8": True}, []))
     if distill_epochs:
         steps.append(("distill", {"epochs": distill_epochs}, _runtime_children(family)))
     return steps
@@ -119,7 +120,7 @@ def baseline_variant(model: LoadedModel) -> Variant:
 
 
 @register_method("auto", ("mlp", "cnn", "lstm"))
-def auto(model: LoadedModel, data: DataBundle, max_drop: float = 0.5, prune_ratios=(0.5,), finetune_epochs: int = 8,
+def auto(model: LoadedModel, data: DataBundle, max_drop: float = 0.5, prune_ratios=(0.3, 0.5), finetune_epochs: int = 8,
          distill_epochs: int = 15, unstructured_ratio: float = 0.9, latency_budget_s: float = 0.25,
          progress=None, **unknown) -> list[Variant]:
     """Try the candidates that fit the family, measure them, pick the fastest within --max-drop.

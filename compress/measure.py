@@ -75,7 +75,8 @@ class Runner:
             self.input_name = self.session.get_inputs()[0].name
         else:
             self.module = variant.model.module.eval()
-            self.dtype = next(iter(self.module.parameters())).dtype
+            param = next(iter(self.module.parameters()), None)  # packed int8 modules may have none
+            self.dtype = param.dtype if param is not None else torch.float32
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.runtime == "onnxruntime":
@@ -137,7 +138,7 @@ def measure_variant(variant: Variant, data, config: LatencyConfig | None = None)
     m.update({
         "runtime": runners["t1"].runtime,
         "accuracy": float((logits.argmax(1) == data.y_test).mean()),
-        "size_bytes": size_on_disk(variant),
+        "size_bytes": m.get("size_bytes") or size_on_disk(variant),  # preset for formats we do not write
         "parameters": count_parameters(module) if module is not None else None,
         "latency_ms": latency,
         "threads": {"single": 1, "all": config.all_threads},
