@@ -11,8 +11,7 @@ rank 0 writes files): the helpers are in `distributed.py`.
 
 from __future__ import annotations
 
-import io
-import json
+import contextlib
 import random
 import sys
 import time
@@ -25,10 +24,10 @@ from torch import nn
 
 from . import distributed
 from .artifact import LoadedModel, ModelSpec, write_artifact
+from .checkpoint import cpu_state, load_checkpoint, save_checkpoint
 from .data import DataBundle, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
-from .fileio import atomic_write_bytes
 from .models import build_model, config_dict, get_family, make_config
 from .rundir import RunDir
 
@@ -137,7 +136,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         spec = _spec(family, arch, data, config)
         run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None and ctx.is_main else None
         resume_from = distributed.resume_dir(out, resume, run, ctx)
-        with (run or _NoRun()):
+        with (run or contextlib.nullcontext()):
             if run is not None:
                 run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
                                                "target": target, "processes": ctx.world_size, **asdict(config)})
@@ -155,14 +154,6 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         raise
     distributed.shutdown(ctx)
     return result
-
-
-class _NoRun:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
@@ -186,9 +177,9 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     amp_dtype = _amp_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
-             "best_state": _cpu_state(module)}
+             "best_state": cpu_state(module)}
     if resume_from is not None:
-        state = _load_checkpoint(resume_from, module, optimizer, scheduler, scaler, spec)
+        state = load_checkpoint(resume_from, module, optimizer, scheduler, scaler, spec)
     interrupted = False
     bar = _progress(progress) if ctx.is_main else None
     task = bar.add_task("training", total=config.epochs, completed=state["epoch"]) if bar else None
@@ -204,11 +195,11 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
             state["history"].append(row)
             state["epoch"] = epoch
             if val_loss < state["best_val_loss"] - 1e-4:
-                state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0, best_state=_cpu_state(module))
+                state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0, best_state=cpu_state(module))
             else:
                 state["bad_epochs"] += 1
             if run is not None:
-                _save_checkpoint(run, row, module, optimizer, scheduler, scaler, spec, state)
+                save_checkpoint(run, row, module, optimizer, scheduler, scaler, spec, state)
             if bar:
                 bar.update(task, advance=1, description=f"epoch {epoch} val_acc {val_acc:.3f}")
             if state["bad_epochs"] >= config.patience:
@@ -317,40 +308,6 @@ def _amp_dtype(device: torch.device, enabled: bool):
     if device.type != "cuda" or not enabled:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _cpu_state(module: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def _save_checkpoint(run, row, module, optimizer, scheduler, scaler, spec, state) -> None:
-    with open(run.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-    buffer = io.BytesIO()
-    torch.save({**state, "model": _cpu_state(module), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "family": spec.family, "fingerprint": spec.data["fingerprint"]}, buffer)
-    atomic_write_bytes(run.path / "checkpoint.pt", buffer.getvalue())
-    run.keep_on_error = True
-
-
-def _load_checkpoint(directory: Path, module, optimizer, scheduler, scaler, spec) -> dict:
-    path = directory / "checkpoint.pt"
-    if not path.is_file():
-        raise ToolkitError(f"nothing to resume: {directory} has no checkpoint yet")
-    try:
-        # weights_only=True: the toolkit's own resume state, still loaded without unpickling code.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise ToolkitError(f"cannot resume from {path}: {exc}".splitlines()[0]) from None
-    if ckpt.get("family") != spec.family or ckpt.get("fingerprint") != spec.data["fingerprint"]:
-        raise ToolkitError(f"cannot resume from {path}: it was made with another model family or data set")
-    module.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    keys = ("epoch", "best_val_loss", "best_epoch", "bad_epochs", "history", "best_state")
-    return {k: ckpt[k] for k in keys}
 
 
 def _progress(enabled: bool | None):
