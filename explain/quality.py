@@ -137,9 +137,22 @@ def noise_floor(model, x: np.ndarray, attr: Attribution, seed: int = 0, **option
             "spearman": float(np.median(spearman_rows(attr.values, again.values)))}
 
 
+def head(attr: Attribution, n: int) -> Attribution:
+    """The first n samples of an attribution."""
+    import dataclasses
+
+    delta = None if attr.delta is None else attr.delta[:n]
+    return dataclasses.replace(attr, values=attr.values[:n], targets=attr.targets[:n],
+                               reference_output=attr.reference_output[:n], delta=delta)
+
+
 def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bool = True,
-           fidelity: bool = True, **options) -> dict:
-    """Every quality figure of one attribution, with verdicts and a flag (see docs/results.md)."""
+           fidelity: bool = True, repeat_samples: int | None = None, **options) -> dict:
+    """Every quality figure of one attribution, with verdicts and a flag (see docs/results.md).
+
+    The checks that re-run the method (sanity check, noise floor) use the first
+    `repeat_samples` samples (all by default).
+    """
     family = model.spec.family
     holds = family in get_method(attr.method).axiom
     out: dict = {"completeness_error": completeness_error(model, x, attr), "axiom_holds": holds}
@@ -155,7 +168,9 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
     if fidelity:
         out["deletion_auc"], out["insertion_auc"] = deletion_insertion_auc(model, x, attr)
         out["infidelity"] = infidelity(model, x, attr, seed=seed)
-    check = sanity_check(model, x, attr, seed, **options) if sanity else None
+    n = len(x) if repeat_samples is None else min(len(x), repeat_samples)
+    x_r, attr_r = x[:n], head(attr, n)
+    check = sanity_check(model, x_r, attr_r, seed, **options) if sanity else None
     out["randomization_spearman"] = check["spearman"] if check else None
     out["randomization_topk"] = check["topk_overlap"] if check else None
     if out["randomization_spearman"] is not None:
@@ -163,7 +178,7 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
         flagged |= not ok
         verdicts.append(f"sanity check {'passed' if ok else 'FAILED'} (spearman with a re-initialised model "
                         f"{out['randomization_spearman']:.2f} {'<' if ok else '>='} {SANITY_MAX_SPEARMAN})")
-    floor = noise_floor(model, x, attr, seed, **options)
+    floor = noise_floor(model, x_r, attr_r, seed, **options)
     out["noise_floor_topk"] = floor["topk_overlap"] if floor else None
     out["noise_floor_spearman"] = floor["spearman"] if floor else None
     if floor:

@@ -143,7 +143,6 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
                      "runs": [], "global_importance": {}, "quality": {}, "drift": {"rows": [], "flags": []},
                      "flags": [], "figures": {}}
     attributions: dict = {}
-    q_x = x[:QUALITY_SAMPLES]
 
     def original_attr(method):
         if ("original", method) not in attributions:
@@ -156,9 +155,7 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
         summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr.method)})
         summary["global_importance"][method] = plots.global_importance(spec, attr.values)
         say(f"explain: quality of {method}")
-        q_attr = attribute(original, q_x, attr.targets[:QUALITY_SAMPLES], attr.method, background=background, seed=seed)
-        quality = assess(original, q_x, q_attr, seed=seed, background=background)
-        quality["completeness_error"] = _completeness_all(original, x, attr)
+        quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background)
         summary["quality"][method] = quality
         if quality["flagged"]:
             summary["flags"].append(f"{method}: " + "; ".join(v for v in quality["verdicts"] if "FAIL" in v))
@@ -170,15 +167,13 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
         acc = accuracy(variant, bundle.x_test, bundle.y_test)
         for method in methods:
             say(f"explain: {method} on {name}")
-            ref = summary["quality"].get(method, {})
             var_attr = attribute(variant, x, attributions[("original", method)].targets, method, background=background,
                                  seed=seed)
             summary["runs"].append({"model": name, **var_attr.summary(), "baseline": _baseline_name(var_attr.method)})
             if any(r["variant"] == name and r["ran"] == var_attr.method for r in summary["drift"]["rows"]):
                 continue                                # several requests routed to the same method: one row
             base = original_attr(var_attr.method)
-            if var_attr.method != method:
-                ref = {}
+            ref = summary["quality"].get(var_attr.method, {})
             row = drift_row(name, base, var_attr, accuracy=acc, original_accuracy=acc_original,
                             noise_floor_topk=ref.get("noise_floor_topk"), random_floor_topk=ref.get("randomization_topk"),
                             seed=seed)
@@ -190,12 +185,6 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
         summary["figures"]["drift: top-k overlap vs floors"] = "figures/" + plots.drift_chart(summary["drift"]["rows"],
                                                                                            fig_dir / "drift.png")
     return ExplainResult(_clean(summary), attributions)
-
-
-def _completeness_all(model, x, attr) -> float:
-    from .quality import completeness_error
-
-    return completeness_error(model, x, attr)
 
 
 def _baseline_name(method: str) -> str:

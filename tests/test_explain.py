@@ -1,0 +1,314 @@
+"""Explain stage: the method registry x the three families, axioms, exact Shapley on a linear model,
+the sanity check, int8 ONNX through black-box methods with drift, the stage's files, CLI and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import explain
+from explain.compare import attribution_agreement, check_comparable
+from explain.methods import get_method, list_methods
+from explain.quality import assess, completeness_error, sanity_check
+from trainers import build_model, load_data, load_model, save_model, write_artifact
+from trainers.artifact import LoadedModel, ModelSpec
+from trainers.errors import ToolkitError
+
+FAMILY_ARCH = {"mlp": {"hidden": [32], "dropout": 0.0},
+               "cnn": {"channels": [8, 16], "hidden": [32], "dropout": 0.0},
+               "lstm": {"hidden": [24], "dropout": 0.0}}
+FAST_OPTIONS = {"shap_gradient": {"nsamples": 4}, "shap_kernel": {"nsamples": 400}, "shapley_sampling": {"n_samples": 4},
+                "integrated_gradients": {"n_steps": 128}, "gradient_shap": {"n_samples": 8}}
+
+
+def quick_fit(bundle, family: str, arch: dict, steps: int = 150, seed: int = 0) -> LoadedModel:
+    """A small model trained in a few seconds (Adam on mini-batches), wrapped as an artifact-ready model."""
+    torch.manual_seed(seed)
+    module = build_model(family, arch, bundle.input_shape, bundle.num_classes, bundle.mean, bundle.std)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    x, y = torch.as_tensor(bundle.x_train), torch.as_tensor(bundle.y_train)
+    gen = torch.Generator().manual_seed(seed)
+    module.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (128,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(module(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+    spec = ModelSpec(family=family, config=arch, input_shape=list(bundle.input_shape), layout=bundle.layout,
+                     class_names=bundle.class_names, feature_names=bundle.feature_names,
+                     preprocessing={"mean": bundle.mean.tolist(), "std": bundle.std.tolist()})
+    return LoadedModel(module=module, spec=spec)
+
+
+def make_int8_onnx(model: LoadedModel, out: Path, twin: bool = False) -> Path:
+    """An int8 ONNX artifact (ONNX Runtime dynamic quantization), optionally carrying a PyTorch twin."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    buf = io.BytesIO()
+    torch.onnx.export(model.module, torch.zeros(2, *model.spec.input_shape), buf, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(buf.getvalue())
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        onnx_bytes = dst.read_bytes()
+    spec = ModelSpec.from_dict({**model.spec.to_dict(), "runtime": "onnxruntime", "onnx": {"file": "model.onnx"}})
+    out.mkdir(parents=True)
+    write_artifact(out, model.module if twin else None, spec, onnx_bytes=onnx_bytes)
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def models(digits):
+    return {family: quick_fit(digits, family, arch) for family, arch in FAMILY_ARCH.items()}
+
+
+@pytest.fixture(scope="module")
+def artifacts(models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain-models")
+    paths = {family: save_model(model, root / family) for family, model in models.items()}
+    paths["mlp-int8"] = make_int8_onnx(load_model(paths["mlp"]), root / "mlp-int8")
+    paths["mlp-int8-twin"] = make_int8_onnx(load_model(paths["mlp"]), root / "mlp-int8-twin", twin=True)
+    iris = load_data("iris")
+    paths["iris"] = save_model(quick_fit(iris, "mlp", {"hidden": [8]}, steps=20), root / "iris")
+    return paths
+
+
+# ---------------------------------------------------------------- the registry x the families
+
+
+def test_registry_lists_the_methods_of_issue_4():
+    expected = {"integrated_gradients", "saliency", "deeplift", "gradient_shap", "occlusion", "feature_ablation",
+                "shapley_sampling", "layer_gradcam", "shap_deep", "shap_gradient", "shap_kernel", "shapley"}
+    assert expected <= set(list_methods())
+    assert "layer_gradcam" in list_methods("cnn") and "layer_gradcam" not in list_methods("mlp")
+    assert "shap_deep" not in list_methods("lstm") and "deeplift" not in list_methods("lstm")
+
+
+@pytest.mark.parametrize("family", list(FAMILY_ARCH))
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_runs_or_is_refused_as_declared(models, digits, family, method):
+    model, declared = models[family], get_method(method)
+    x = digits.x_test[:3]
+    if family not in declared.families:
+        with pytest.raises(ToolkitError, match=f"cannot explain a {family} model"):
+            explain.attribute(model, x, None, method)
+        return
+    attr = explain.attribute(model, x, None, method, background=digits.x_train[:8], **FAST_OPTIONS.get(method, {}))
+    assert attr.values.shape == x.shape and np.isfinite(attr.values).all()
+    assert attr.method == method and attr.runtime == "torch" and attr.routed is None
+    assert np.abs(attr.values).sum() > 0
+    if family in declared.axiom:   # completeness where the axiom holds: IG (enough steps), DeepLift, Shapley, DeepExplainer
+        assert completeness_error(model, x, attr) < 0.01, (method, family)
+
+
+def test_integrated_gradients_completeness_and_delta(models, digits):
+    x = digits.x_test[:16]
+    for family, model in models.items():
+        attr = explain.attribute(model, x, None, "integrated_gradients", n_steps=128)
+        assert completeness_error(model, x, attr) < 0.01, family
+        assert attr.delta is not None and attr.delta.shape == (16,)
+
+
+def test_shapley_is_exact_on_a_linear_model(digits):
+    linear = quick_fit(digits, "mlp", {"hidden": []}, steps=100)
+    x = digits.x_test[:8]
+    targets = np.arange(8) % 10
+    std = np.broadcast_to(np.asarray(linear.spec.preprocessing["std"], np.float32), x.shape[1:]).reshape(-1)
+    baseline = explain.methods.default_baseline(linear.spec).reshape(-1)
+    weights = linear.module.head.weight.detach().numpy()
+    exact = weights[targets] / std * (x.reshape(8, -1) - baseline)
+    for method, options in (("shapley", {}), ("shapley_sampling", {"n_samples": 2}), ("shap_kernel", {"nsamples": 300})):
+        attr = explain.attribute(linear, x, targets, method, **options)
+        error = np.linalg.norm(attr.values.reshape(8, -1) - exact) / np.linalg.norm(exact)
+        assert error < 1e-3, (method, error)
+
+
+def test_sanity_check_separates_trained_from_reinitialised_on_all_families(models, digits):
+    x = digits.x_test[:8]
+    for family, model in models.items():
+        attr = explain.attribute(model, x, None, "integrated_gradients")
+        check = sanity_check(model, x, attr)
+        assert check["spearman"] < 0.5, (family, check)
+        again = sanity_check(model, x, attr, seed=1)
+        assert abs(again["spearman"]) < 0.5
+
+
+def test_quality_report_of_a_sampled_method(models, digits):
+    x = digits.x_test[:12]
+    model = models["mlp"]
+    attr = explain.attribute(model, x, None, "shapley", n_permutations=16)
+    q = assess(model, x, attr, n_permutations=16)
+    assert q["axiom_holds"] and not q["flagged"] and q["completeness_error"] < 1e-4
+    assert q["deletion_auc"] < q["insertion_auc"]
+    assert q["infidelity"] >= 0 and 0.5 < q["noise_floor_topk"] <= 1.0
+    assert any("noise floor" in v for v in q["verdicts"])
+    saliency = assess(model, x, explain.attribute(model, x, None, "saliency"), sanity=False)
+    assert not saliency["axiom_holds"] and saliency["noise_floor_topk"] is None
+
+
+def test_agreement_metrics_and_intervals():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20, 1, 8, 8))
+    same = attribution_agreement(a, a.copy())
+    assert same["topk_overlap"] == same["cosine"] == pytest.approx(1.0)
+    assert same["spearman"] == pytest.approx(1.0) and same["sign_agreement"] == 1.0
+    other = attribution_agreement(a, rng.normal(size=a.shape))
+    assert other["topk_overlap"] < 0.5 and other["cosine_lo"] <= other["cosine"] <= other["cosine_hi"]
+    flipped = attribution_agreement(a, -a)
+    assert flipped["cosine"] == pytest.approx(-1.0) and flipped["sign_agreement"] == 0.0
+
+
+# ---------------------------------------------------------------- int8 ONNX: black box, twin, drift
+
+
+def test_int8_onnx_gradient_methods_route_to_black_box(artifacts, digits):
+    int8 = load_model(artifacts["mlp-int8"])
+    x = digits.x_test[:4]
+    attr = explain.attribute(int8, x, None, "integrated_gradients")
+    assert attr.method == "shapley" and attr.runtime == "onnx" and "routed" in attr.routed
+    black_box = explain.attribute(int8, x, None, "feature_ablation")
+    assert black_box.method == "feature_ablation" and black_box.runtime == "onnx" and black_box.routed is None
+    # ORT dynamic quantization scales activations per batch, so f(x) moves slightly with the batch it runs in
+    assert completeness_error(int8, x, attr) < 0.01
+    twin = load_model(artifacts["mlp-int8-twin"])
+    on_twin = explain.attribute(twin, x, None, "integrated_gradients")
+    assert on_twin.method == "integrated_gradients" and on_twin.runtime == "fake-quant" and "twin" in on_twin.routed
+    assert explain.attribute(twin, x, None, "shapley").runtime == "onnx"
+
+
+def test_explain_model_reports_drift_of_an_int8_variant(artifacts, digits, tmp_path):
+    out = tmp_path / "run"
+    result = explain.explain_model(artifacts["mlp"], digits, methods=["shapley", "integrated_gradients"],
+                                   compare=[artifacts["mlp-int8"]], samples=16, out=out)
+    summary = json.loads((out / "result.json").read_text())
+    assert summary == json.loads(json.dumps(result.to_dict()))
+    assert summary["stage"] == "explain" and summary["runtimes"] == {"original": "torch", "mlp-int8": "onnxruntime"}
+    rows = summary["drift"]["rows"]
+    assert [(r["variant"], r["ran"], r["runtime"]) for r in rows] == [("mlp-int8", "shapley", "onnx")]
+    row = rows[0]
+    for metric in ("topk_overlap", "cosine", "spearman", "sign_agreement"):
+        assert row[f"{metric}_lo"] <= row[metric] <= row[f"{metric}_hi"]
+    assert row["topk_overlap"] > 0.7 and row["flag"] is False and row["noise_floor_topk"] <= 1.0
+    assert set(summary["quality"]) == {"shapley", "integrated_gradients"}
+    assert set(summary["global_importance"]["shapley"]) == {f"r{r}c{c}" for r in range(8) for c in range(8)}
+    for name in summary["figures"].values():
+        assert (out / name).is_file() and (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert {"config.json", "env.json", "result.json"} <= {p.name for p in out.iterdir()}
+    assert not out.with_name("run.partial").exists()
+
+
+def test_drift_flag_when_accuracy_holds_but_explanations_move():
+    from explain.compare import drift_row
+    from explain.methods import Attribution
+
+    rng = np.random.default_rng(1)
+
+    def attr(values):
+        return Attribution(values, "shapley", "shapley", "torch", np.zeros(values.shape[1:]), np.zeros(len(values), int),
+                           np.zeros(len(values)))
+
+    a = rng.normal(size=(16, 64))
+    row = drift_row("v", attr(a), attr(rng.normal(size=a.shape)), accuracy=0.95, original_accuracy=0.96,
+                    noise_floor_topk=0.95, random_floor_topk=0.2)
+    assert row["flag"] and "moved" in row["verdict"]
+    worse = drift_row("v", attr(a), attr(rng.normal(size=a.shape)), accuracy=0.80, original_accuracy=0.96,
+                      noise_floor_topk=0.95, random_floor_topk=0.2)
+    assert not worse["flag"]
+
+
+def test_explain_model_on_cnn_and_lstm_defaults(artifacts, digits, tmp_path):
+    for family in ("cnn", "lstm"):
+        result = explain.explain_model(artifacts[family], digits, samples=8, out=tmp_path / family).to_dict()
+        assert result["methods"] == list(explain.default_methods(family))
+        for name, q in result["quality"].items():
+            assert not q["flagged"], (family, name, q["verdicts"])
+        assert all((tmp_path / family / f).is_file() for f in result["figures"].values())
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_refusals_and_bad_input(artifacts, digits, tmp_path):
+    model = load_model(artifacts["mlp"])
+    with pytest.raises(ToolkitError, match="unknown explain method 'nope'"):
+        explain.attribute(model, digits.x_test[:2], None, "nope")
+    with pytest.raises(ToolkitError, match="cannot explain a mlp model"):
+        explain.explain_model(model, digits, methods=["layer_gradcam"], out=tmp_path / "a")
+    with pytest.raises(ToolkitError, match="at least 1"):
+        explain.explain_model(model, digits, samples=0, out=tmp_path / "b")
+    with pytest.raises(ToolkitError, match="input shape"):
+        check_comparable(model, load_model(artifacts["iris"]))
+    with pytest.raises(ToolkitError, match="input shape"):
+        explain.explain_model(model, digits, compare=[artifacts["iris"]], out=tmp_path / "c")
+    other_classes = LoadedModel(model.module, ModelSpec.from_dict({**model.spec.to_dict(),
+                                                                   "class_names": list("abcdefghij")}))
+    with pytest.raises(ToolkitError, match="classes"):
+        check_comparable(model, other_classes)
+    with pytest.raises(ToolkitError, match="shape"):
+        explain.attribute(model, np.zeros((2, 5), np.float32), None, "saliency")
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def run_cli(*args):
+    from cli.main import main
+
+    return main([str(a) for a in args])
+
+
+def test_cli_explain_writes_run_dir_and_json(artifacts, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = run_cli("explain", artifacts["mlp"], "--data", "digits", "--method", "shapley", "--method", "deeplift",
+                   "--compare", artifacts["mlp-int8"], "--samples", "8", "--out", out, "--json")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["methods"] == ["shapley", "deeplift"] and summary["samples"] == 8
+    assert json.loads((out / "result.json").read_text())["drift"]["rows"][0]["variant"] == "mlp-int8"
+    assert "drift mlp-int8" in captured.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope"], "unknown explain method"),
+    (["--method", "layer_gradcam"], "cannot explain a mlp model"),
+    (["--samples", "0"], "at least 1"),
+    (["--compare", "IRIS"], "input shape"),
+])
+def test_cli_bad_input_exits_2_with_one_line_and_nothing_written(artifacts, tmp_path, capsys, args, message):
+    out = tmp_path / "bad"
+    args = [artifacts["iris"] if a == "IRIS" else a for a in args]
+    code = run_cli("explain", artifacts["mlp"], "--data", "digits", *args, "--out", out)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists() and not out.with_name("bad.partial").exists()
+
+
+def test_views_for_tabular_and_signal_layouts(tmp_path):
+    from explain import plots
+
+    rng = np.random.default_rng(0)
+    tab = ModelSpec(family="mlp", config={}, input_shape=[5], layout="features", class_names=["a", "b"],
+                    feature_names=list("vwxyz"))
+    figs = plots.views(tab, rng.normal(size=(10, 5)), np.arange(10) % 2, rng.normal(size=(10, 5)), "m", tmp_path)
+    assert {"global importance (m)", "per-sample attributions (m)"} == set(figs)
+    assert set(plots.global_importance(tab, rng.normal(size=(3, 5)))) == set("vwxyz")
+    sig = ModelSpec(family="cnn", config={}, input_shape=[2, 30], layout="signal", class_names=["a", "b"])
+    figs = plots.views(sig, rng.normal(size=(4, 2, 30)), np.arange(4) % 2, rng.normal(size=(4, 2, 30)), "m", tmp_path)
+    assert "attribution over time (m)" in figs
+    assert all((tmp_path / Path(f).name).is_file() for f in figs.values())
