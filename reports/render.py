@@ -79,7 +79,13 @@ def _figures(section: dict | None) -> None:
     if not section:
         return
     for key in ("_figures", "_stage_figures"):
-        section[key[1:]] = [{"caption": c, "src": _uri(png)} for c, png in (section.pop(key, None) or {}).items() if png]
+        section[key[1:]] = [{"caption": c, "src": _uri(png), "width": _png_width(png)}
+                            for c, png in (section.pop(key, None) or {}).items() if png]
+
+
+def _png_width(png: bytes) -> int:
+    """Pixel width from the PNG header (IHDR), so wide figures can span the page."""
+    return int.from_bytes(png[16:20], "big") if len(png) >= 24 else 0
 
 
 def _public(section):
