@@ -12,6 +12,7 @@ rank 0 writes files): the helpers are in `distributed.py`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import sys
 import time
@@ -162,7 +163,7 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
         class_names=data.class_names, feature_names=data.feature_names,
         preprocessing={"kind": "standardize", "axis": "feature" if data.layout == "features" else "channel",
                        "mean": data.mean.tolist(), "std": data.std.tolist()},
-        training=asdict(config), data=data.summary(), versions=package_versions(),
+        training=asdict(config), data=data.summary(), versions=_package_versions(),
     )
 
 
@@ -234,7 +235,7 @@ def _train_epoch(model, optimizer, scaler, tensors, config, epoch, amp_dtype,
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         xb, yb = x[index], y[index]
-        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with _autocast(x.device, amp_dtype):
             logits = model(xb)
             loss = nn.functional.cross_entropy(logits, yb)
         optimizer.zero_grad(set_to_none=True)
@@ -266,7 +267,7 @@ def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with _autocast(x.device, amp_dtype):
             logits = module(xb).float()
         loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
@@ -274,20 +275,29 @@ def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None
     return loss_sum / max(len(y), 1), correct / max(len(y), 1)
 
 
-def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+@functools.cache
+def _package_versions() -> dict:
+    """Library versions for model.json, looked up once per process (importlib.metadata is slow)."""
+    return package_versions()
 
+
+def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
     metrics = {}
     for split in ("train", "val", "test"):
         loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
-    with torch.inference_mode(), torch.autocast(tensors["x_test"].device.type, dtype=amp_dtype,
-                                                enabled=amp_dtype is not None):
+    with torch.inference_mode(), _autocast(tensors["x_test"].device, amp_dtype):
         predicted = module(tensors["x_test"]).argmax(1).cpu().numpy()
     truth = tensors["y_test"].cpu().numpy()
-    labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
-    metrics["test_confusion_matrix"] = confusion_matrix(truth, predicted, labels=labels).tolist()
+    k = len(class_names)
+    # scikit-learn's confusion_matrix and precision_recall_fscore_support(zero_division=0), without their overhead.
+    confusion = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
+    hits, support, predicted_count = np.diag(confusion), confusion.sum(1), confusion.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.nan_to_num(hits / predicted_count)
+        recall = np.nan_to_num(hits / support)
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    metrics["test_confusion_matrix"] = confusion.tolist()
     metrics["test_per_class"] = [
         {"class": name, "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
          "support": int(n)} for name, p, r, f, n in zip(class_names, precision, recall, f1, support)
@@ -302,6 +312,11 @@ def _to_device(data: DataBundle, device: torch.device) -> dict[str, torch.Tensor
         out[f"x_{split}"] = torch.from_numpy(getattr(data, f"x_{split}")).to(device)
         out[f"y_{split}"] = torch.from_numpy(getattr(data, f"y_{split}")).to(device)
     return out
+
+
+def _autocast(device: torch.device, amp_dtype):
+    """Autocast to `amp_dtype`, or no context at all when mixed precision is off (cheaper per batch)."""
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
 
 def _amp_dtype(device: torch.device, enabled: bool):
