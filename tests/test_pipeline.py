@@ -175,3 +175,21 @@ def test_pipeline_digits_end_to_end(tmp_path):
     assert "http://" not in html and "https://" not in html
     assert (out / "report.html").stat().st_size < 5_000_000
     assert (out / "MODEL_CARD.md").is_file() and (out / "train" / "MODEL_CARD.md").is_file()
+
+
+def test_hostile_csv_names_show_as_text_in_the_pipeline_report(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(pipeline_module, "_compress", lambda *a, **k: {"status": "skipped", "reason": "test"})
+    hostile = "<script>alert(1)</script>"
+    rng = np.random.default_rng(0)
+    rows = [f'{a:.3f},{b:.3f},{"<b>yes</b>" if a + b > 0 else "$no$"}' for a, b in rng.normal(size=(120, 2))]
+    csv = tmp_path / "hostile.csv"
+    csv.write_text(f"{hostile},plain,label\n" + "\n".join(rows) + "\n")
+    report = run_pipeline(csv, "mlp", out=tmp_path / "run", epochs=2, samples=4, explain_methods=["saliency"],
+                          progress=_quiet)
+    html = report.read_text()
+    assert hostile not in html and "<b>yes</b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;yes&lt;/b&gt;" in html
+    card = (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    assert hostile not in card and "<b>" not in card
