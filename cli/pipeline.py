@@ -378,7 +378,7 @@ def _write_yaml(path: Path, cfg: dict) -> None:
 def pipeline_command(
     data: str = typer.Argument(..., help="Built-in data set (digits, iris, wine, breast_cancer) or a .npz/.csv file."),
     model: str = typer.Option(..., "--model", "-m", help=f"Model family: {', '.join(FAMILIES)}."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML or YAML file: [train], [compress], [explain], [report] options."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML or YAML file with sections train, compress, explain and report (keys as the options below)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-pipeline-<model>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     epochs: Optional[int] = typer.Option(None, help="train: maximum epochs."),
