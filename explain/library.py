@@ -198,8 +198,8 @@ def shap_kernel(ctx, x, targets, nsamples: int | None = None, l1_reg=False):
 
 
 @register_method(ROUTE_BLACK_BOX, runtimes=ALL_RUNTIMES, library="toolkit", sampled=True, axiom=True,
-                 description="antithetic permutation Shapley estimate, batched (exact for linear models), 32 permutations")
-def shapley(ctx, x, targets, n_permutations: int = 32):
+                 description="antithetic permutation Shapley estimate, batched (exact for linear models), 16 permutations")
+def shapley(ctx, x, targets, n_permutations: int = 16):
     values = shapley_permutation(ctx.forward_numpy, x, targets, ctx.baseline_np, n_permutations=n_permutations,
                                  seed=ctx.seed)
     return values, ctx.reference_at_baseline(targets), None

@@ -22,12 +22,12 @@ from trainers.errors import ToolkitError
 
 FAMILY_ARCH = {"mlp": {"hidden": [32], "dropout": 0.0},
                "cnn": {"channels": [8, 16], "hidden": [32], "dropout": 0.0},
-               "lstm": {"hidden": [24], "dropout": 0.0}}
+               "lstm": {"hidden": [16], "dropout": 0.0}}
 FAST_OPTIONS = {"shap_gradient": {"nsamples": 4}, "shap_kernel": {"nsamples": 400}, "shapley_sampling": {"n_samples": 4},
                 "integrated_gradients": {"n_steps": 128}, "gradient_shap": {"n_samples": 8}}
 
 
-def quick_fit(bundle, family: str, arch: dict, steps: int = 150, seed: int = 0) -> LoadedModel:
+def quick_fit(bundle, family: str, arch: dict, steps: int = 100, seed: int = 0) -> LoadedModel:
     """A small model trained in a few seconds (Adam on mini-batches), wrapped as an artifact-ready model."""
     torch.manual_seed(seed)
     module = build_model(family, arch, bundle.input_shape, bundle.num_classes, bundle.mean, bundle.std)
@@ -232,7 +232,7 @@ def test_drift_flag_when_accuracy_holds_but_explanations_move():
 
 def test_explain_model_on_cnn_and_lstm_defaults(artifacts, digits, tmp_path):
     for family in ("cnn", "lstm"):
-        result = explain.explain_model(artifacts[family], digits, samples=8, out=tmp_path / family).to_dict()
+        result = explain.explain_model(artifacts[family], digits, samples=6, out=tmp_path / family).to_dict()
         assert result["methods"] == list(explain.default_methods(family))
         for name, q in result["quality"].items():
             assert not q["flagged"], (family, name, q["verdicts"])
