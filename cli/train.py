@@ -56,6 +56,8 @@ def train_command(
     out = out or default_run_dir("train", model)
     if nproc_per_node is not None:
         raise typer.Exit(_launch(locals()))
+    if nnodes != 1 or node_rank or master_addr or master_port is not None:
+        raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
     result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, target=target)
     if result.processes > 1:
         from trainers.distributed import env_context

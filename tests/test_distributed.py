@@ -82,7 +82,7 @@ def test_launch_options_match_torchrun_command_lines():
 
 
 @pytest.mark.parametrize("args", [["--nproc-per-node", "0"], ["--nproc-per-node", "2", "--nnodes", "2"],
-                                  ["--nproc-per-node", "2", "--epochs", "0"]])
+                                  ["--nproc-per-node", "2", "--epochs", "0"], ["--nnodes", "2"]])
 def test_bad_launch_options_exit_2_before_starting_processes(args, tmp_path, capsys):
     code = main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "r"), "--device", "cpu", *args])
     assert code == 2
