@@ -42,6 +42,11 @@ def global_importance(spec, values: np.ndarray) -> dict[str, float]:
     return {name: float(v) for name, v in zip(element_names(spec), a.mean(0))}
 
 
+def _label(text) -> str:
+    """Plain text for matplotlib: a `$` in a user's feature or class name must not start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _save(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, bbox_inches="tight")
@@ -53,7 +58,7 @@ def importance_bars(importance: dict[str, float], title: str, path: Path, top: i
     plt = _plt()
     items = sorted(importance.items(), key=lambda kv: -kv[1])[:top][::-1]
     fig, ax = plt.subplots(figsize=(6, 0.25 * len(items) + 1.2))
-    ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
+    ax.barh([_label(k) for k, _ in items], [v for _, v in items], color="#4c72b0")
     ax.set_xlabel("mean |attribution|")
     ax.set_title(title)
     return _save(fig, path)
@@ -71,7 +76,7 @@ def beeswarm(spec, x: np.ndarray, values: np.ndarray, title: str, path: Path, to
         v = flat_x[:, j]
         colour = (v - v.min()) / (np.ptp(v) or 1.0)
         ax.scatter(flat_a[:, j], row + rng.uniform(-0.25, 0.25, len(v)), c=colour, cmap="coolwarm", s=10)
-    ax.set_yticks(range(len(order)), [names[j] for j in order])
+    ax.set_yticks(range(len(order)), [_label(names[j]) for j in order])
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel("attribution (colour: feature value, blue low, red high)")
     ax.set_title(title)
@@ -96,7 +101,7 @@ def image_overlays(x: np.ndarray, values: np.ndarray, labels: np.ndarray, class_
         lim = np.abs(heat).max() or 1.0
         ax.imshow(img, cmap="gray_r")
         ax.imshow(heat, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.6)
-        ax.set_title(str(class_names[labels[i]]), fontsize=9)
+        ax.set_title(_label(class_names[labels[i]]), fontsize=9)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -121,7 +126,7 @@ def drift_chart(rows: list[dict], path: Path) -> str:
     """Top-k overlap of each variant (95% interval) against the noise and randomisation floors."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(rows) + 1.5))
-    labels = [f"{r['variant']} / {r['ran']}" for r in rows]
+    labels = [_label(f"{r['variant']} / {r['ran']}") for r in rows]
     y = np.arange(len(rows))
     mid = np.array([r["topk_overlap"] for r in rows])
     err = np.array([[m - r["topk_overlap_lo"], r["topk_overlap_hi"] - m] for m, r in zip(mid, rows)]).T

@@ -312,3 +312,21 @@ def test_views_for_tabular_and_signal_layouts(tmp_path):
     figs = plots.views(sig, rng.normal(size=(4, 2, 30)), np.arange(4) % 2, rng.normal(size=(4, 2, 30)), "m", tmp_path)
     assert "attribution over time (m)" in figs
     assert all((tmp_path / Path(f).name).is_file() for f in figs.values())
+    odd = ModelSpec(family="mlp", config={}, input_shape=[2], layout="features", class_names=["$no$", "<b>"],
+                    feature_names=["$x^$", "<script>"])   # user text must not reach matplotlib's mathtext
+    assert len(plots.views(odd, rng.normal(size=(4, 2)), np.arange(4) % 2, rng.normal(size=(4, 2)), "odd", tmp_path)) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["lstm", "cnn"])
+def test_attribution_runs_on_the_models_cuda_device(models, digits, family):
+    import copy
+
+    model = copy.copy(models[family])
+    model.module = copy.deepcopy(models[family].module).cuda()
+    x = digits.x_test[:8]
+    for method in ("integrated_gradients", "shapley", "gradient_shap"):
+        attr = explain.attribute(model, x, None, method, background=digits.x_train[:8])   # LSTM: cuDNN off for backward
+        assert attr.values.shape == x.shape and np.isfinite(attr.values).all()
+        if method != "gradient_shap":
+            assert completeness_error(model, x, attr) < 0.01
