@@ -235,6 +235,7 @@ def run_pipeline(data: str | Path, family: str, *, config: str | Path | dict | N
     cfg = resolve_config(config, **overrides)
     train_cfg = _train_config(cfg["train"])
     train_cfg.validate()
+    _preflight(cfg, family)
     bundle = load_data(data, target=cfg["train"]["target"], seed=cfg["train"]["seed"])  # bad data: exit 2, no dir
     out = Path(out) if out is not None else default_run_dir("pipeline", family)
     aside = _prepare(out, overwrite)
@@ -287,6 +288,19 @@ def run_pipeline(data: str | Path, family: str, *, config: str | Path | dict | N
         name, message, code, exc = failure
         raise StageFailed(name, message, code, report, out) from exc
     return report
+
+
+def _preflight(cfg: dict, family: str) -> None:
+    """Check the compress and explain options before anything runs: a typo must not cost a training run."""
+    from compress import check_request
+    from explain import check_family
+
+    check_request(cfg["compress"]["methods"] or ["auto"], family, cfg["compress"]["max_drop"],
+                  cfg["compress"]["options"])
+    if cfg["explain"]["samples"] < 1:
+        raise ToolkitError(f"--samples must be at least 1, got {cfg['explain']['samples']}")
+    for method in cfg["explain"]["methods"] or ():
+        check_family(method, family)
 
 
 def _train_config(section: dict):

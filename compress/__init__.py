@@ -21,7 +21,7 @@ from .base import METHODS, Method, Variant, register_method
 
 METHOD_MODULES = ("export", "quantize", "prune", "distill", "auto")
 _EXPORTS = {
-    "run": ("CompressResult", "compress_model"),
+    "run": ("CompressResult", "check_request", "compress_model"),
     "export": ("export_onnx", "onnx_parity"),
     "measure": ("measure_variant", "measure_all", "pareto_front"),
     "auto": ("choose",),

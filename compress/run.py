@@ -104,6 +104,29 @@ def _method_options(name: str, options: dict, ratio: float | None) -> dict:
     return opts
 
 
+AUTO_OPTIONS = ("prune_ratios", "finetune_epochs", "distill_epochs", "unstructured_ratio", "latency_budget_s")
+
+
+def check_request(methods, family: str | None, max_drop, options: dict | None = None, ratio=None):
+    """Refuse a bad request before any work: unknown method, one the family cannot take, a bad budget or ratio,
+    options for a method not requested. `family=None` skips the family check. Returns (max_drop, ratio)."""
+    from . import load_methods
+
+    load_methods()
+    max_drop = check_max_drop(max_drop)
+    ratio = _check_ratio(ratio) if ratio is not None else None
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(methods))
+    if unknown:
+        raise ToolkitError(f"options given for method(s) not requested: {', '.join(unknown)}")
+    for name in methods:
+        get_method(name, family)  # unknown method or unsupported family: one clear line
+    unknown = sorted(set(options.get("auto", {})) - set(AUTO_OPTIONS))
+    if unknown:
+        raise ToolkitError(f"unknown option(s) for auto: {', '.join(unknown)}")
+    return max_drop, ratio
+
+
 def compress_model(model, data, *, methods=("auto",), max_drop: float = 0.5, out=None, overwrite: bool = False,
                    options: dict | None = None, ratio: float | None = None, target: str | None = None,
                    progress=None) -> CompressResult:
@@ -121,19 +144,12 @@ def compress_model(model, data, *, methods=("auto",), max_drop: float = 0.5, out
     """
     from . import load_methods
 
-    load_methods()
     start = time.perf_counter()
     methods = list(methods) or ["auto"]
     options = dict(options or {})
-    max_drop = check_max_drop(max_drop)
-    ratio = _check_ratio(ratio) if ratio is not None else None
-    unknown = sorted(set(options) - set(methods))
-    if unknown:
-        raise ToolkitError(f"options given for method(s) not requested: {', '.join(unknown)}")
+    max_drop, ratio = check_request(methods, None, max_drop, options, ratio)
     model, data = _load(model, data, target)
-    family = model.spec.family
-    for name in methods:
-        get_method(name, family)  # unknown method or unsupported family: one clear line, before any work
+    check_request(methods, model.spec.family, max_drop, options, ratio)
 
     run = None
     if out is not None:
@@ -161,11 +177,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress) -> Compr
             if ratio is not None:
                 auto_opts.setdefault("prune_ratios", [ratio])
             auto_opts.pop("latency_budget_s", None)
-            steps = plan(model.spec.family, **{k: (tuple(v) if k == "prune_ratios" else v) for k, v in auto_opts.items()
-                                               if k in ("prune_ratios", "finetune_epochs", "distill_epochs", "unstructured_ratio")})
-            unknown = sorted(set(auto_opts) - {"prune_ratios", "finetune_epochs", "distill_epochs", "unstructured_ratio"})
-            if unknown:
-                raise ToolkitError(f"unknown option(s) for auto: {', '.join(unknown)}")
+            steps = plan(model.spec.family, **{k: (tuple(v) if k == "prune_ratios" else v) for k, v in auto_opts.items()})
             made, missed = build_candidates(model, data, steps, progress)
             variants += made
             skipped += missed

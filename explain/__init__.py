@@ -13,7 +13,7 @@ Names are imported lazily so `import explain` does not import torch, captum or s
 from importlib import import_module
 
 _EXPORTS = {
-    "methods": ("Attribution", "Method", "attribute", "get_method", "list_methods", "register_method", "resolve"),
+    "methods": ("Attribution", "Method", "attribute", "check_family", "get_method", "list_methods", "register_method", "resolve"),
     "stage": ("ExplainResult", "default_methods", "explain_model"),
     "compare": ("attribution_agreement", "check_comparable"),
     "quality": ("assess", "completeness_error"),

@@ -114,13 +114,19 @@ def model_runtime(model) -> str:
     return "torch"
 
 
-def resolve(method: str, model) -> tuple[str, str, str | None]:
-    """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused."""
+def check_family(method: str, family: str) -> Method:
+    """The registered method `method`; ToolkitError when unknown or when it cannot explain a `family` model."""
     m = get_method(method)
-    family = model.spec.family
     if family not in m.families:
         why = m.refusal.get(family, f"it supports {', '.join(m.families)}")
         raise ToolkitError(f"method '{method}' cannot explain a {family} model: {why}")
+    return m
+
+
+def resolve(method: str, model) -> tuple[str, str, str | None]:
+    """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused."""
+    m = check_family(method, model.spec.family)
+    family = model.spec.family
     is_onnx = model.spec.runtime == "onnxruntime"
     if is_onnx and "onnx" in m.runtimes:
         return method, "onnx", None

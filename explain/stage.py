@@ -100,6 +100,9 @@ def explain_model(model, data, *, methods=None, compare=(), samples: int = 64, o
     if list(bundle.input_shape) != list(original.spec.input_shape):
         raise ToolkitError(f"data inputs {tuple(bundle.input_shape)} do not match the model's "
                            f"{tuple(original.spec.input_shape)}")
+    if bundle.num_classes != original.spec.num_classes:
+        raise ToolkitError(f"data '{bundle.name}' has {bundle.num_classes} classes, "
+                           f"the model predicts {original.spec.num_classes}")
     run = RunDir(out, overwrite=overwrite) if out is not None else None
     try:
         result = _run(original, variants, bundle, methods, int(samples), seed, say, run, accuracy)

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainers.fileio import ensure_writable_parent
+
 from . import card, sections
 from .collect import ReportError, Run, load_run, number
 
@@ -146,6 +148,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else run.root / "report.html"
     if out.is_dir():
         raise ReportError(f"--out must be a file path, not a directory: {out}")
+    ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     context = build_context(run)
     html = _environment().get_template("report.html.j2").render(**context)
     _atomic_write(out, html)

@@ -204,8 +204,15 @@ def load_model(path: str | Path, *, device: str = "cpu") -> LoadedModel:
     elif spec.runtime != "onnxruntime":
         raise ArtifactError(f"{path / MODEL_JSON}: no weights file listed")
     if spec.onnx:
-        _check_file(path / spec.onnx["file"], spec.onnx.get("sha256"))
+        _check_file(_member(path, spec.onnx.get("file")), spec.onnx.get("sha256"))
     return LoadedModel(module=module, spec=spec, path=path, metrics=metrics)
+
+
+def _member(path: Path, name) -> Path:
+    """A file named in model.json: a plain file name inside the artifact directory, never a path elsewhere."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ArtifactError(f"{path / MODEL_JSON}: file {name!r} must be a plain file name inside the model directory")
+    return path / name
 
 
 def _check_file(file: Path, expected_sha: str | None) -> None:
@@ -219,7 +226,7 @@ def _load_module(path: Path, spec: ModelSpec, device: str) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights = path / spec.weights["file"]
+    weights = _member(path, spec.weights["file"])
     _check_file(weights, spec.weights.get("sha256"))
     codec_name = spec.weights.get("codec", "dense")
     if codec_name not in CODECS:
@@ -233,7 +240,13 @@ def _load_module(path: Path, spec: ModelSpec, device: str) -> nn.Module:
     except (KeyError, RuntimeError, ValueError) as exc:
         raise ArtifactError(f"{weights}: cannot decode {codec_name} weights: {exc}") from None
     pre = spec.preprocessing
-    module = build_model(spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"), pre.get("std"))
+    try:
+        module = build_model(spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"),
+                             pre.get("std"))
+    except ToolkitError as exc:  # unknown family or architecture option: the artifact is at fault
+        raise ArtifactError(f"{path / MODEL_JSON}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"{path / MODEL_JSON}: cannot rebuild the {spec.family} model: {exc}") from None
     _check_state(module, state, weights)
     module.load_state_dict(state, strict=True)
     return module.to(device=device, dtype=DTYPES[spec.dtype]).eval()

@@ -92,6 +92,9 @@ def commit_directory(staging: Path, final: Path) -> None:
 def ensure_writable_parent(path: Path) -> None:
     """Create the parent of an output path, or fail with one clear line."""
     parent = Path(path).resolve().parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ToolkitError(f"cannot create output location {parent}: {blocker} is a file, not a directory")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -43,9 +43,15 @@ class RunDir:
         elif occupied and not overwrite:
             raise ToolkitError(f"output directory {self.final} already exists; pass --overwrite to replace it")
         else:
+            if self.staging.exists() and not self.staging.is_dir():
+                raise ToolkitError(f"{self.staging} is in the way of the run's staging directory: "
+                                   "move or remove that file")
             if self.staging.exists():
                 shutil.rmtree(self.staging)
-            self.staging.mkdir(parents=True)
+            try:
+                self.staging.mkdir(parents=True)
+            except OSError as exc:
+                raise ToolkitError(f"cannot create output directory {self.staging}: {exc.strerror}") from None
 
     def _prepare_resume(self) -> None:
         if self.staging.is_dir():
