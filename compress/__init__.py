@@ -17,6 +17,8 @@ optional: a missing one is skipped). Names are imported lazily, so
 
 from importlib import import_module
 
+from trainers.lazy import lazy_exports
+
 from .base import METHODS, Method, Variant, register_method
 
 METHOD_MODULES = ("export", "quantize", "prune", "distill", "auto")
@@ -26,10 +28,10 @@ _EXPORTS = {
     "measure": ("measure_variant", "measure_all", "pareto_front"),
     "auto": ("choose",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _loaded = False
 
-__all__ = ["METHODS", "Method", "Variant", "register_method", "list_methods", "get_method", "load_methods", *_WHERE]
+__all__ = ["METHODS", "Method", "Variant", "register_method", "list_methods", "get_method", "load_methods",
+           *(name for names in _EXPORTS.values() for name in names)]
 
 
 def load_methods() -> list[str]:
@@ -51,28 +53,20 @@ def list_methods(family: str | None = None) -> list[str]:
     """Registered method names (all method modules loaded), optionally only those that handle `family`."""
     from .base import list_methods as _list
 
-    if not _loaded:
-        load_methods()
+    _ensure_loaded()
     return _list(family)
 
 
 def get_method(name: str, family: str | None = None) -> Method:
     from .base import get_method as _get
 
-    if not _loaded:
-        load_methods()
+    _ensure_loaded()
     return _get(name, family)
 
 
-def __getattr__(name):
-    if name in _WHERE:
-        if not _loaded:
-            load_methods()
-        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'compress' has no attribute {name!r}")
+def _ensure_loaded() -> None:
+    if not _loaded:
+        load_methods()
 
 
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__, _LAZY = lazy_exports(__name__, globals(), _EXPORTS, before=_ensure_loaded)

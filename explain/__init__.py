@@ -10,7 +10,7 @@ Public API::
 Names are imported lazily so `import explain` does not import torch, captum or shap.
 """
 
-from importlib import import_module
+from trainers.lazy import lazy_exports
 
 _EXPORTS = {
     "methods": ("Attribution", "Method", "attribute", "check_family", "get_method", "list_methods", "register_method", "resolve"),
@@ -19,18 +19,4 @@ _EXPORTS = {
     "quality": ("assess", "completeness_error"),
     "shapley": ("shapley_permutation",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = list(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'explain' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -193,3 +193,18 @@ def test_hostile_csv_names_show_as_text_in_the_pipeline_report(tmp_path, monkeyp
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;yes&lt;/b&gt;" in html
     card = (tmp_path / "run" / "MODEL_CARD.md").read_text()
     assert hostile not in card and "<b>" not in card
+
+
+def test_readme_config_example_resolves(tmp_path):
+    """The TOML example in the README is a valid pipeline config, and its values arrive where it says."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README has no TOML config example"
+    path = tmp_path / "pipeline.toml"
+    path.write_text(blocks[0], encoding="utf-8")
+    cfg = resolve_config(path, epochs=3)
+    assert cfg["train"]["epochs"] == 3 and cfg["train"]["arch"] == {"channels": [16, 32]}
+    assert cfg["compress"]["max_drop"] == 1.0 and cfg["explain"]["samples"] == 32
+    assert cfg["explain"]["methods"] == ["integrated_gradients", "shapley"]

@@ -13,9 +13,8 @@ Names are imported lazily (PEP 562), so `import trainers.errors` and the CLI's
 `--help` do not pay for importing torch.
 """
 
-from importlib import import_module
-
 from .errors import ArtifactError, DataError, ToolkitError
+from .lazy import lazy_exports
 
 _EXPORTS = {
     "artifact": ("LoadedModel", "ModelSpec", "accuracy", "load_model", "predict", "save_model", "write_artifact"),
@@ -25,18 +24,5 @@ _EXPORTS = {
     "rundir": ("RunDir", "default_run_dir"),
     "env": ("environment", "package_versions"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = ["ArtifactError", "DataError", "ToolkitError", *_WHERE]
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trainers' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__, _LAZY = lazy_exports(__name__, globals(), _EXPORTS)
+__all__ = ["ArtifactError", "DataError", "ToolkitError", *_LAZY]
