@@ -204,3 +204,26 @@ def test_failure_mid_run_leaves_nothing(models, digits, tmp_path):
     with pytest.raises(ToolkitError):
         compress_model(models["mlp"], digits, methods=["onnx-fp32"], out=out, options={"onnx-fp32": {"exporter": "bogus"}})
     assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+def _fake(name, p50, size, within=True, slower=False):
+    from compress.base import Variant
+
+    return Variant(name, None, {"method": name}, measurements={
+        "within_budget": within, "slower_than_fp32": slower, "size_bytes": size, "accuracy": 0.9, "accuracy_drop": 0.1,
+        "size_ratio": 1000 / size, "speedup": {"b256_t1": 10 / p50}, "latency_ms": {"b256_t1": {"p50": p50}}})
+
+
+@pytest.mark.parametrize("rows,expected", [
+    ([("a", 1.0, 500), ("b", 2.0, 100)], "a"),                      # clearly faster wins over smaller
+    ([("a", 1.0, 500), ("b", 1.05, 100)], "b"),                     # within 10%: a tie, the smaller file wins
+    ([("a", 1.0, 500, False), ("b", 3.0, 400)], "b"),               # outside the budget: never chosen
+    ([("a", 1.0, 100, True, True), ("b", 3.0, 400)], "b"),          # slower than fp32: never chosen
+    ([("a", 1.0, 100, False), ("b", 3.0, 400, True, True)], "fp32-torch"),  # nothing qualifies: the original
+])
+def test_choose_rule(rows, expected):
+    from compress.auto import baseline_variant, choose
+
+    baseline = baseline_variant(None)
+    chosen, reason = choose(baseline, [_fake(*r) for r in rows], 0.5)
+    assert chosen.name == expected and reason
