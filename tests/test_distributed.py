@@ -161,7 +161,6 @@ def test_a_failure_on_rank_0_alone_ends_the_job_without_hanging(tmp_path):
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.slow
 def test_two_processes_reach_the_single_process_accuracy_on_digits(tmp_path):
     """Default settings, `--batch-size` the global batch: 2 processes land within 1 point of 1 process."""
     single = train("digits", "mlp", TrainConfig(device="cpu"), progress=False)
