@@ -293,12 +293,11 @@ def run_pipeline(data: str | Path, family: str, *, config: str | Path | dict | N
 def _preflight(cfg: dict, family: str) -> None:
     """Check the compress and explain options before anything runs: a typo must not cost a training run."""
     from compress import check_request
-    from explain import check_family
+    from explain import check_family, check_samples
 
     check_request(cfg["compress"]["methods"] or ["auto"], family, cfg["compress"]["max_drop"],
                   cfg["compress"]["options"])
-    if cfg["explain"]["samples"] < 1:
-        raise ToolkitError(f"--samples must be at least 1, got {cfg['explain']['samples']}")
+    check_samples(cfg["explain"]["samples"])
     for method in cfg["explain"]["methods"] or ():
         check_family(method, family)
 

@@ -142,8 +142,6 @@ def compress_model(model, data, *, methods=("auto",), max_drop: float = 0.5, out
         ratio: pruning ratio for the prune methods (and auto's structured pruning).
         progress: callable taking a message (e.g. print to stderr).
     """
-    from . import load_methods
-
     start = time.perf_counter()
     methods = list(methods) or ["auto"]
     options = dict(options or {})

@@ -14,7 +14,7 @@ from trainers.lazy import lazy_exports
 
 _EXPORTS = {
     "methods": ("Attribution", "Method", "attribute", "check_family", "get_method", "list_methods", "register_method", "resolve"),
-    "stage": ("ExplainResult", "default_methods", "explain_model"),
+    "stage": ("ExplainResult", "check_samples", "default_methods", "explain_model"),
     "compare": ("attribution_agreement", "check_comparable"),
     "quality": ("assess", "completeness_error"),
     "shapley": ("shapley_permutation",),

@@ -125,8 +125,8 @@ def check_family(method: str, family: str) -> Method:
 
 def resolve(method: str, model) -> tuple[str, str, str | None]:
     """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused."""
-    m = check_family(method, model.spec.family)
     family = model.spec.family
+    m = check_family(method, family)
     is_onnx = model.spec.runtime == "onnxruntime"
     if is_onnx and "onnx" in m.runtimes:
         return method, "onnx", None

@@ -60,6 +60,13 @@ def _name(item, fallback: str) -> str:
     return Path(str(item)).name or fallback
 
 
+def check_samples(samples) -> int:
+    """The number of samples to explain; ToolkitError below 1."""
+    if int(samples) < 1:
+        raise ToolkitError(f"--samples must be at least 1, got {samples}")
+    return int(samples)
+
+
 def explain_model(model, data, *, methods=None, compare=(), samples: int = 64, out=None, overwrite: bool = False,
                   seed: int = 0, progress=None) -> ExplainResult:
     """Explain `model` on `samples` test samples with `methods`, assess the explanations, and compare variants.
@@ -79,8 +86,7 @@ def explain_model(model, data, *, methods=None, compare=(), samples: int = 64, o
 
     start = time.perf_counter()
     say = progress or (lambda message: None)
-    if int(samples) < 1:
-        raise ToolkitError(f"--samples must be at least 1, got {samples}")
+    check_samples(samples)
     original = _load(model, "original")
     family = original.spec.family
     methods = list(methods or default_methods(family))
