@@ -18,6 +18,7 @@ from trainers.errors import ToolkitError
 
 from .base import METHODS, Variant, register_method
 from .measure import DECISIVE, LatencyConfig, measure_all
+from .prune import DEFAULT_ALLOCATION
 
 
 def check_max_drop(max_drop) -> float:
@@ -50,13 +51,21 @@ def plan(family: str, prune_ratios=(0.3, 0.5), finetune_epochs: int = 5, distill
         ("fp16", {}, []),
         ("bf16", {}, []),
     ]
+    # the family's default split of the pruned units, and uniform halving as well where that default differs
+    # (an MLP: the global split is smaller, the uniform one sometimes keeps more accuracy; measure both)
+    allocations = sorted({DEFAULT_ALLOCATION[family], "uniform"})
     for ratio in prune_ratios:
-        steps.append(("prune-structured", {"ratio": ratio, "finetune_epochs": finetune_epochs}, _runtime_children(family)))
+        for allocation in allocations:
+            steps.append(("prune-structured", {"ratio": ratio, "finetune_epochs": finetune_epochs, "allocation": allocation},
+                          _runtime_children(family)))
     if unstructured_ratio:
         steps.append(("prune-unstructured", {"ratio": unstructured_ratio, "finetune_epochs": max(1, finetune_epochs // 2),
                                              "int8": True}, []))
     if distill_epochs:
-        steps.append(("distill", {"epochs": distill_epochs}, _runtime_children(family)))
+        # auto wants the smallest quick student: 1/8 width, a short plain Hinton run (the patient default
+        # recipe takes 150 epochs on twice the samples)
+        steps.append(("distill", {"epochs": distill_epochs, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0,
+                                  "alpha": 0.9}, _runtime_children(family)))
     return steps
 
 
