@@ -52,6 +52,8 @@ class CompressResult:
         row["parity"] = m.get("parity")
         if "twin_agreement" in m:
             row["twin_agreement"] = m["twin_agreement"]
+        if "agreement_check" in m:
+            row["agreement_check"] = m["agreement_check"]
         row["notes"] = list(v.notes)
         return row
 

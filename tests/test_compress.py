@@ -3,10 +3,13 @@ loading each variant back, auto's choice, the CLI and every bad input of issue 3
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
+import onnx
 import pytest
+import torch
 
 from cli.main import main
 from compress import compress_model, get_method, list_methods
@@ -104,6 +107,52 @@ def test_int8_top1_agreement(family, method, bound, models, digits):
     (variant,) = get_method(method, family).func(models[family], digits)
     assert variant.measurements["parity"]["top1_agreement"] >= bound
     assert variant.model.spec.runtime == "onnxruntime" and variant.model.spec.onnx["precision"] == "int8"
+
+
+def _fragile(model):
+    """A copy whose classes 0 and 1 are nearly tied: the head row of class 1 is class 0's plus a tiny
+    perturbation, so int8 noise flips many of those predictions."""
+    from trainers.artifact import LoadedModel
+
+    module = copy.deepcopy(model.module)
+    with torch.no_grad():
+        module.head.weight[1] = module.head.weight[0] + 1e-3 * torch.randn_like(module.head.weight[0])
+        module.head.bias[1] = module.head.bias[0]
+        module.head.weight[0] *= 5.0
+        module.head.weight[1] *= 5.0
+        module.head.bias[:2] += 50.0
+    return LoadedModel(module=module, spec=model.spec, path=model.path)
+
+
+@pytest.mark.parametrize("method", ["int8-static", "int8-dynamic"])
+def test_int8_keeps_layers_fp32_until_it_agrees(method, models, digits):
+    torch.manual_seed(0)
+    fragile = _fragile(models["mlp"])
+    func = get_method(method, "mlp").func
+    (plain,) = func(fragile, digits, min_agreement=0.0)
+    (tuned,) = func(fragile, digits, min_agreement=0.99)
+    first = plain.measurements["agreement_check"]
+    check = tuned.measurements["agreement_check"]
+    assert first["fp32_nodes"] == [] and first["agreement"] < 0.99  # the fragile model does flip under int8
+    assert check["steps"][0]["agreement"] == first["agreement"]
+    assert check["fp32_nodes"] and check["agreement"] > first["agreement"]
+    assert [s["agreement"] for s in check["steps"]] == sorted(s["agreement"] for s in check["steps"])
+    assert len(check["fp32_nodes"]) < 3  # one layer at least stays int8
+    assert tuned.recipe["fp32_nodes"] == check["fp32_nodes"] and check["target"] == 0.99
+    assert check["samples"] > len(digits.x_val)  # validation + unused training samples, never the test split
+    # the excluded layers really run in fp32 in the graph, and the twin keeps their fp32 weights
+    ops = [n.op_type for n in onnx.load_from_string(tuned.onnx_bytes).graph.node]
+    assert "Gemm" in ops or "MatMul" in ops
+    for name in check["fp32_modules"]:
+        assert torch.equal(tuned.model.module.get_submodule(name).weight, fragile.module.get_submodule(name).weight)
+    assert tuned.measurements["parity"]["top1_agreement"] > plain.measurements["parity"]["top1_agreement"]
+    assert any("fp32" in note for note in tuned.notes)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "all"])
+def test_min_agreement_out_of_range_is_refused(value, models, digits):
+    with pytest.raises(ToolkitError, match="min_agreement"):
+        get_method("int8-dynamic", "mlp").func(models["mlp"], digits, min_agreement=value)
 
 
 @pytest.fixture(scope="module")
