@@ -13,8 +13,8 @@ import compress.distill  # noqa: F401  (registers "distill")
 import compress.prune  # noqa: F401  (registers "prune-structured", "prune-unstructured")
 from compress.base import METHODS, Variant, get_method
 from compress.distill import distill, kd_loss
-from compress.prune import (mask_units, remove_units, select_units, sensitivity_scan, structured_prune,
-                            unstructured_prune)
+from compress.prune import (DEFAULT_ALLOCATION, MIN_KEEP, mask_units, remove_units, select_units,
+                            sensitivity_scan, structured_prune, unit_costs, unstructured_prune)
 from trainers import ArtifactError, LoadedModel, ModelSpec, ToolkitError, TrainConfig, load_data, load_model, predict, train
 from trainers.artifact import sha256_file, write_artifact
 from trainers.codecs import CODECS
@@ -66,9 +66,11 @@ def test_structured_prune_shrinks_and_rebuilds_exactly(family, models, digits, t
     [variant] = structured_prune(model, digits, ratio=0.5, finetune_epochs=1)
     assert isinstance(variant, Variant) and variant.name == "prune-structured-50"
     before, after = model.spec.config, variant.model.spec.config
-    for key in ("channels", "hidden"):
-        if key in before:
-            assert after[key] == [max(1, round(w * 0.5)) for w in before[key]]
+    widths = lambda c: c.get("channels", []) + c["hidden"]  # noqa: E731
+    assert sum(widths(after)) == round(0.5 * sum(widths(before)))  # half of all the units go, however split
+    if variant.recipe["allocation"] == "uniform":
+        assert widths(after) == [max(1, round(w * 0.5)) for w in widths(before)]
+    assert variant.recipe["allocation"] == DEFAULT_ALLOCATION[family]
     assert count_parameters(variant.model.module) < 0.6 * count_parameters(model.module)
     lineage = variant.model.spec.lineage
     assert lineage["recipe"]["method"] == "prune-structured" and lineage["recipe"]["ratio"] == 0.5
@@ -93,6 +95,52 @@ def test_removing_units_equals_masking_them(case, digits):
     widths = pruned.spec.config.get("channels", []) + pruned.spec.config["hidden"]
     original = arch.get("channels", []) + arch["hidden"]
     assert widths == [max(1, round(w * 0.6)) for w in original]
+
+
+def test_unit_costs_count_the_parameters_a_unit_frees(models):
+    # MLP 64 -> 32 -> 16 -> 10: a first-layer unit has 64 weights + 1 bias in and 16 weights out;
+    # a second-layer unit 32 + 1 in and 10 out.
+    assert unit_costs(models["mlp"]) == {"features.0": 64 + 1 + 16, "features.3": 32 + 1 + 10}
+
+
+def test_global_allocation_removes_the_cheapest_importance_per_parameter(digits):
+    model = _train(digits, "mlp", {"hidden": [96, 64]}, epochs=2)
+    costs = unit_costs(model)
+    keep = select_units(model.module, "mlp", 0.5, allocation="global", costs=costs)
+    uniform = select_units(model.module, "mlp", 0.5, allocation="uniform")
+    kept = {name: len(idx) for name, idx in keep.items()}
+    assert sum(kept.values()) == 80  # half of 160 units, as with uniform
+    assert costs == {"features.0": 64 + 1 + 64, "features.3": 96 + 1 + 10}
+    assert kept["features.3"] >= int(np.ceil(MIN_KEEP * 64)) and kept["features.0"] >= int(np.ceil(MIN_KEEP * 96))
+    small, even = remove_units(model, keep), remove_units(model, uniform)
+    assert kept != {name: len(idx) for name, idx in uniform.items()}
+    assert count_parameters(small.module) != count_parameters(even.module)
+    # within a layer the kept units are still the most important ones
+    scores = compress.prune.unit_scores(model.module, "mlp")
+    for name, idx in keep.items():
+        dropped = sorted(set(range(len(scores[name]))) - set(idx.tolist()))
+        if dropped:
+            assert scores[name][idx].min() >= scores[name][dropped].max()
+
+
+def test_global_allocation_frees_more_parameters_on_an_mlp(models, digits):
+    """The default for MLPs: at 50% the default architecture (64-256-128-10) ends smaller than halving every
+    layer would make it (the 2.95x limit of uniform pruning)."""
+    model = _train(digits, "mlp", {"hidden": [256, 128]}, epochs=2)
+    [glob] = structured_prune(model, digits, ratio=0.5, finetune_epochs=0)
+    [even] = structured_prune(model, digits, ratio=0.5, finetune_epochs=0, allocation="uniform")
+    assert glob.recipe["allocation"] == "global" and even.recipe["widths_after"] == {"hidden": [128, 64]}
+    assert (glob.name, even.name) == ("prune-structured-50", "prune-structured-50-uniform")  # unique in auto's table
+    assert count_parameters(glob.model.module) < count_parameters(even.model.module)
+
+
+def test_auto_measures_both_splits_where_the_default_is_not_uniform():
+    from compress.auto import plan
+
+    splits = {f: [(o["ratio"], o["allocation"]) for m, o, _ in plan(f, prune_ratios=(0.3, 0.5)) if m == "prune-structured"]
+              for f in ("mlp", "cnn", "lstm")}
+    assert splits["mlp"] == [(0.3, "global"), (0.3, "uniform"), (0.5, "global"), (0.5, "uniform")]
+    assert splits["cnn"] == splits["lstm"] == [(0.3, "uniform"), (0.5, "uniform")]
 
 
 def test_pruning_one_layer_keeps_the_others(models, digits):
@@ -235,6 +283,43 @@ def test_distill_reports_gap_closed(teacher, student, config, models, digits, tm
     np.testing.assert_array_equal(predict(loaded, digits.x_test), predict(variant.model, digits.x_test))
 
 
+def _student(digits, seed=0):
+    torch.manual_seed(seed)
+    from trainers.models import build_model
+
+    return build_model("mlp", {"hidden": [16]}, digits.input_shape, 10, None, None)
+
+
+def test_the_teacher_is_the_only_difference_between_the_two_runs(models, digits):
+    """With alpha = 0 the teacher's targets carry no weight: the distilled run must then be the run alone,
+    weight for weight (same initial weights, batches, dropout masks)."""
+    import copy
+
+    from compress.distill import train_student
+
+    initial = _student(digits)
+    alone, _ = train_student(copy.deepcopy(initial), digits, 2, seed=3)
+    taught, _ = train_student(copy.deepcopy(initial), digits, 2, seed=3, teacher=models["mlp"].module, alpha=0.0)
+    for (name, a), (_, b) in zip(alone.state_dict().items(), taught.state_dict().items()):
+        assert torch.equal(a, b), name
+    with_teacher, _ = train_student(copy.deepcopy(initial), digits, 2, seed=3, teacher=models["mlp"].module, alpha=0.9)
+    assert not torch.equal(with_teacher.head.weight, alone.head.weight)
+
+
+def test_mixup_reaches_the_student_alone_too(digits):
+    """The student trained alone sees the same mixed inputs (with mixed hard labels) as the distilled one."""
+    import copy
+
+    from compress.distill import train_student
+
+    initial = _student(digits)
+    plain, _ = train_student(copy.deepcopy(initial), digits, 2, seed=1)
+    mixed, _ = train_student(copy.deepcopy(initial), digits, 2, seed=1, mixup=1.0)
+    again, _ = train_student(copy.deepcopy(initial), digits, 2, seed=1, mixup=1.0)
+    assert not torch.equal(plain.head.weight, mixed.head.weight)
+    assert torch.equal(mixed.head.weight, again.head.weight)  # seeded: reproducible
+
+
 BAD = [
     ("prune-structured", {"ratio": 0}),
     ("prune-structured", {"ratio": 1.0}),
@@ -242,6 +327,7 @@ BAD = [
     ("prune-structured", {"ratio": "half"}),
     ("prune-structured", {"ratio": 0.5, "finetune_epochs": -1}),
     ("prune-structured", {"ratio": 0.5, "criterion": "random"}),
+    ("prune-structured", {"ratio": 0.5, "allocation": "random"}),
     ("prune-structured", {"ratio": 0.5, "speed": "max"}),
     ("prune-unstructured", {"ratio": 1.5}),
     ("prune-unstructured", {"ratio": float("nan")}),
