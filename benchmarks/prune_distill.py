@@ -1,6 +1,7 @@
 """Measure pruning and distillation on digits against the issue-3 targets.
 
-    python benchmarks/prune_distill.py [--work DIR] [--families mlp cnn lstm] [--out result.json]
+    python benchmarks/prune_distill.py [--work DIR] [--data digits] [--families mlp cnn lstm] [--seeds 0 1 2]
+                                       [--skip structured deep distill] [--out result.json]
 
 For each family (a default-trained model, cached under --work):
   * structured pruning at 50% + fine-tune: latency at batch 256 with one thread
@@ -73,7 +74,7 @@ def file_size(model) -> int:
 
 
 def teacher(data, family: str, work: Path):
-    path = work / family
+    path = work / (family if data.name == "digits" else f"{Path(data.name).stem}-{family}")
     if not (path / "model.json").is_file():
         train(data, family, out=path, progress=False)
     return load_model(path)
@@ -123,11 +124,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "prune_distill_teachers")
     parser.add_argument("--families", nargs="+", default=["mlp", "cnn", "lstm"])
+    parser.add_argument("--data", default="digits", help="digits (default), or an .npz such as the signals of "
+                        "benchmarks/compress_vs_peers.py")
     parser.add_argument("--skip", nargs="*", default=[], choices=["structured", "deep", "distill"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="distillation seeds")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    data = load_data("digits")
+    data = load_data(args.data)
     x256 = np.ascontiguousarray(np.resize(data.x_test, (256, *data.input_shape)).astype(np.float32))
     results = {}
     for family in args.families:
