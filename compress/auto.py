@@ -42,7 +42,7 @@ def _runtime_children(family: str) -> list[str]:
     return ["onnx-fp32", *_int8_methods(family)]
 
 
-def plan(family: str, prune_ratios=(0.3, 0.5), finetune_epochs: int = 5, distill_epochs: int = 30,
+def plan(family: str, prune_ratios=(0.3, 0.5), finetune_epochs: int = 10, distill_epochs: int = 30,
          unstructured_ratio: float = 0.9) -> list[tuple[str, dict, list[str]]]:
     """The candidate list: (method, options, methods stacked on its output)."""
     steps: list[tuple[str, dict, list[str]]] = [
@@ -143,7 +143,7 @@ def baseline_variant(model: LoadedModel) -> Variant:
 
 
 @register_method("auto", ("mlp", "cnn", "lstm"))
-def auto(model: LoadedModel, data: DataBundle, max_drop: float = 0.5, prune_ratios=(0.3, 0.5), finetune_epochs: int = 5,
+def auto(model: LoadedModel, data: DataBundle, max_drop: float = 0.5, prune_ratios=(0.3, 0.5), finetune_epochs: int = 10,
          distill_epochs: int = 30, unstructured_ratio: float = 0.9, latency_budget_s: float = 0.25,
          progress=None, **unknown) -> list[Variant]:
     """Try the candidates that fit the family, measure them, pick the fastest within --max-drop.
