@@ -22,6 +22,7 @@ from .base import Variant
 from .export import ort_session
 
 SETTINGS = ("b1_t1", "b1_tall", "b256_t1", "b256_tall")
+INT8_AGREEMENT = 0.99  # an int8 variant agreeing with fp32 on fewer test predictions is flagged, never chosen
 DECISIVE = "b256_t1"  # the setting auto ranks by and `slower_than_fp32` refers to
 
 
@@ -154,6 +155,11 @@ def compare_to_baseline(variant: Variant, baseline: Variant, max_drop: float) ->
     m["speedup"] = {s: b["latency_ms"][s]["p50"] / m["latency_ms"][s]["p50"] for s in SETTINGS}
     m["slower_than_fp32"] = variant is not baseline and m["latency_ms"][DECISIVE]["p50"] > b["latency_ms"][DECISIVE]["p50"]
     m["within_budget"] = m["accuracy_drop"] <= max_drop + 1e-9
+    agreement = (m.get("parity") or {}).get("top1_agreement")
+    m["flips"] = "agreement_check" in m and agreement is not None and agreement < INT8_AGREEMENT
+    if m["flips"]:
+        variant.notes.append(f"int8 changes {1 - agreement:.1%} of the fp32 model's test predictions "
+                             f"(more than {1 - INT8_AGREEMENT:.0%}): never chosen")
     if variant is not baseline:
         slower = [s for s in SETTINGS if m["speedup"][s] < 1.0]
         if slower:

@@ -173,13 +173,15 @@ def _quantize_to_agreement(onnx_bytes: bytes, mode: str, calibration_x: np.ndarr
             exclude, agreement, best = exclude + [name], score, candidate
             tried.append({"fp32_nodes": list(exclude), "agreement": agreement})
         weights = {i for n in nodes if n.name in exclude for i in n.input if i.endswith(".weight")}
-    check = {"samples": int(len(check_x)), "agreement": agreement, "target": min_agreement, "fp32_nodes": exclude,
+    check = {"samples": int(len(check_x)), "agreement": agreement, "target": min_agreement,
+             "reached": agreement >= min_agreement, "fp32_nodes": exclude,
              "fp32_modules": sorted(w[: -len(".weight")] for w in weights), "steps": tried}
     if exclude:
         notes.append(f"kept {len(exclude)} of {len(nodes)} layers in fp32 ({', '.join(exclude)}) to reach "
                      f"{agreement:.1%} top-1 agreement with fp32 on {len(check_x)} held-out samples")
     if agreement < min_agreement:
-        notes.append(f"int8 agrees with fp32 on only {agreement:.1%} of held-out samples (target {min_agreement:.0%})")
+        notes.append(f"int8 agrees with fp32 on only {agreement:.1%} of held-out samples (target {min_agreement:.1%}) "
+                     "with all but one layer in fp32: auto never chooses it")
     return best, check, notes
 
 

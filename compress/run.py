@@ -21,7 +21,7 @@ from .base import Variant, get_method
 from .measure import LatencyConfig, measure_all
 
 ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
-            "slower_than_fp32", "within_budget", "pareto")
+            "slower_than_fp32", "flips", "within_budget", "pareto")
 
 
 @dataclass

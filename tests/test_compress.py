@@ -13,6 +13,7 @@ import torch
 
 from cli.main import main
 from compress import compress_model, get_method, list_methods
+from compress.auto import LATENCY_TIE
 from compress.export import export_with_info, onnx_parity
 from trainers import TrainConfig, load_data, load_model, predict, save_model, train
 from trainers.errors import ToolkitError
@@ -139,6 +140,7 @@ def test_int8_keeps_layers_fp32_until_it_agrees(method, models, digits):
     assert [s["agreement"] for s in check["steps"]] == sorted(s["agreement"] for s in check["steps"])
     assert len(check["fp32_nodes"]) < 3  # one layer at least stays int8
     assert tuned.recipe["fp32_nodes"] == check["fp32_nodes"] and check["target"] == 0.99
+    assert check["reached"] == (check["agreement"] >= 0.99) and first["reached"]  # target 0: always reached
     assert check["samples"] == max(len(digits.x_val), 200)  # the validation split, never the test split
     # the excluded layers really run in fp32 in the graph, and the twin keeps their fp32 weights
     ops = [n.op_type for n in onnx.load_from_string(tuned.onnx_bytes).graph.node]
@@ -173,8 +175,11 @@ def test_auto_writes_run_dir_and_never_chooses_slower(auto_run):
     assert not chosen["slower_than_fp32"] and chosen["within_budget"] and result["chosen"]["reason"]
     for v in result["variants"][1:]:
         assert v["slower_than_fp32"] == (v["latency_ms"]["b256_t1"]["p50"] > result["baseline"]["latency_ms"]["b256_t1"]["p50"])
-        if v["name"] != chosen["name"] and v["within_budget"] and not v["slower_than_fp32"]:
-            assert v["latency_ms"]["b256_t1"]["p50"] >= chosen["latency_ms"]["b256_t1"]["p50"]
+        eligible = (v["within_budget"] and not v["slower_than_fp32"] and not v["flips"]
+                    and (v.get("agreement_check") or {}).get("reached", True))
+        if v["name"] != chosen["name"] and eligible:  # none clearly faster (within LATENCY_TIE is a tie)
+            assert v["latency_ms"]["b256_t1"]["p50"] * (1 + LATENCY_TIE) >= chosen["latency_ms"]["b256_t1"]["p50"]
+        assert v["flips"] == ("agreement_check" in v and v["parity"]["top1_agreement"] < 0.99)
         for key in ("b1_t1", "b1_tall", "b256_t1", "b256_tall"):
             assert v["latency_ms"][key]["p95"] >= v["latency_ms"][key]["p50"] > 0
         loaded = load_model(out / v["path"])
@@ -255,12 +260,13 @@ def test_failure_mid_run_leaves_nothing(models, digits, tmp_path):
     assert not out.exists() and not out.with_name("run.partial").exists()
 
 
-def _fake(name, p50, size, within=True, slower=False):
+def _fake(name, p50, size, within=True, slower=False, agrees=None, flips=False):
     from compress.base import Variant
 
+    extra = ({} if agrees is None else {"agreement_check": {"reached": agrees}}) | {"flips": flips}
     return Variant(name, None, {"method": name}, measurements={
         "within_budget": within, "slower_than_fp32": slower, "size_bytes": size, "accuracy": 0.9, "accuracy_drop": 0.1,
-        "size_ratio": 1000 / size, "speedup": {"b256_t1": 10 / p50}, "latency_ms": {"b256_t1": {"p50": p50}}})
+        "size_ratio": 1000 / size, "speedup": {"b256_t1": 10 / p50}, "latency_ms": {"b256_t1": {"p50": p50}}, **extra})
 
 
 @pytest.mark.parametrize("rows,expected", [
@@ -269,6 +275,8 @@ def _fake(name, p50, size, within=True, slower=False):
     ([("a", 1.0, 500, False), ("b", 3.0, 400)], "b"),               # outside the budget: never chosen
     ([("a", 1.0, 100, True, True), ("b", 3.0, 400)], "b"),          # slower than fp32: never chosen
     ([("a", 1.0, 100, False), ("b", 3.0, 400, True, True)], "fp32-torch"),  # nothing qualifies: the original
+    ([("a", 1.0, 100, True, False, False), ("b", 3.0, 400, True, False, True)], "b"),  # int8 below its agreement target
+    ([("a", 1.0, 100, True, False, True, True), ("b", 3.0, 400)], "b"),  # int8 flipping over 1% of test predictions
 ])
 def test_choose_rule(rows, expected):
     from compress.auto import baseline_variant, choose
@@ -276,3 +284,19 @@ def test_choose_rule(rows, expected):
     baseline = baseline_variant(None)
     chosen, reason = choose(baseline, [_fake(*r) for r in rows], 0.5)
     assert chosen.name == expected and reason
+
+
+@pytest.mark.parametrize("agreement,int8,flips", [(0.98, True, True), (0.99, True, False), (0.98, False, False)])
+def test_int8_flipping_over_one_percent_is_flagged(agreement, int8, flips):
+    from compress.base import Variant
+    from compress.measure import compare_to_baseline
+
+    lat = {s: {"p50": 1.0} for s in ("b1_t1", "b1_tall", "b256_t1", "b256_tall")}
+    base = Variant("fp32-torch", None, {}, measurements={"accuracy": 0.9, "size_bytes": 100, "latency_ms": lat})
+    m = {"accuracy": 0.9, "size_bytes": 50, "latency_ms": lat, "parity": {"top1_agreement": agreement}}
+    if int8:
+        m["agreement_check"] = {"reached": True}
+    variant = Variant("v", None, {}, measurements=m)
+    compare_to_baseline(variant, base, 0.5)
+    assert variant.measurements["flips"] is flips
+    assert any("never chosen" in n for n in variant.notes) is flips

@@ -169,3 +169,16 @@ def test_single_compress_run_dir_command_and_card_in_chosen_variant(tmp_path):
     (variant / "model.json").write_text("{}")
     render_report(run)
     assert "int8-static-onnx (chosen)" in (variant / "MODEL_CARD.md").read_text()
+
+
+def test_int8_variant_that_flips_predictions_is_marked(tmp_path):
+    run = make_run(tmp_path / "run")
+    result = json.loads((run / "compress" / "result.json").read_text())
+    flipping = {**result["variants"][1], "name": "int8-dynamic-onnx", "method": "int8-dynamic", "flips": True,
+                "parity": {"max_abs_diff": 0.3, "top1_agreement": 0.981}}
+    result["variants"].append(flipping)
+    (run / "compress" / "result.json").write_text(json.dumps(result))
+    html = render_report(run).read_text(encoding="utf-8")
+    assert html.count("int8 flips predictions") == 1
+    row = html[html.index("<strong>int8-dynamic-onnx</strong>"):]
+    assert row.index("int8 flips predictions") < row.index("</tr>")
