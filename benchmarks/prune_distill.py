@@ -101,7 +101,8 @@ def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30)
         size = (Path(tmp) / "model.safetensors").stat().st_size
         reloaded = accuracy(load_model(tmp), data.x_test, data.y_test)
     dense = file_size(model)
-    return {"structured_ratio": structured, "structured_widths": small.recipe["widths_after"], "sparsity": variant.recipe["sparsity"], "codec": "sparse-int8",
+    return {"structured_ratio": structured, "structured_widths": small.recipe["widths_after"],
+            "sparsity": variant.recipe["sparsity"], "codec": "sparse-int8",
             "bytes": [dense, size], "size_ratio": round(dense / size, 1), "accuracy": [base_acc, acc, reloaded],
             "accuracy_drop_points": round(100 * (base_acc - reloaded), 2)}
 

@@ -52,8 +52,7 @@ def format_table(summary: dict) -> str:
     for v in summary["variants"]:
         flags = [f for f, on in (("chosen", v["name"] == summary["chosen"]["name"]), ("pareto", v["pareto"]),
                                  ("SLOWER", v["slower_than_fp32"]), ("over-budget", not v["within_budget"]),
-                                 ("FLIPS", v.get("flips") or (v.get("agreement_check") or {}).get("reached") is False))
-                 if on]
+                                 ("FLIPS", v.get("flips"))) if on]
         lat = v["latency_ms"]
         rows.append((v["name"], v["runtime"], f"{v['accuracy']:.4f}", f"{v['accuracy_drop']:+.2f}",
                      f"{v['size_bytes'] / 1024:.1f}", f"{v['size_ratio']:.2f}x", f"{lat['b256_t1']['p50']:.3f}",

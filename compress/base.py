@@ -12,6 +12,7 @@ table-driven tests all read the registry.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -72,3 +73,16 @@ def get_method(name: str, family: str | None = None) -> Method:
     if family is not None and family not in method.families:
         raise ToolkitError(f"method '{name}' cannot handle a {family} model (it supports {', '.join(method.families)})")
     return method
+
+
+def check_range(name: str, value, low: float, high: float, *, include_low: bool = False, include_high: bool = False) -> float:
+    """`value` as a finite float within (low, high), each end open unless included; else one clear error."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ToolkitError(f"{name} must be a number, got {value!r}") from None
+    ok_low = v >= low if include_low else v > low
+    ok_high = v <= high if include_high else v < high
+    if not (ok_low and ok_high and math.isfinite(v)):
+        raise ToolkitError(f"{name} must be in {'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}, got {value!r}")
+    return v

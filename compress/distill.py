@@ -22,7 +22,7 @@ from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 from trainers.models import build_model, config_dict, get_family, make_config
 
-from .base import Variant, register_method
+from .base import Variant, check_range, register_method
 
 FAMILIES = ("mlp", "cnn", "lstm")
 
@@ -103,18 +103,6 @@ def train_student(module: nn.Module, data: DataBundle, epochs: int, *, teacher: 
     return module.eval(), {"val_accuracy": history, "best_epoch": best_epoch}
 
 
-def _check(name: str, value, low: float, high: float, *, include_low: bool = False, include_high: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ToolkitError(f"{name} must be a number, got {value!r}") from None
-    ok_low = v >= low if include_low else v > low
-    ok_high = v <= high if include_high else v < high
-    if not (ok_low and ok_high and np.isfinite(v)):
-        raise ToolkitError(f"{name} must be in {'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}, got {value!r}")
-    return v
-
-
 @register_method("distill", FAMILIES)
 def distill(model: LoadedModel, data: DataBundle, student: str | None = None, student_config: dict | None = None,
             width_factor: float = 0.25, epochs: int = 150, temperature: float = 2.0, alpha: float = 0.7,
@@ -149,10 +137,10 @@ def distill(model: LoadedModel, data: DataBundle, student: str | None = None, st
         raise ToolkitError(f"distill cannot train a {family} student (it supports {', '.join(FAMILIES)})")
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
         raise ToolkitError(f"epochs must be a whole number >= 1, got {epochs!r}")
-    temperature = _check("temperature", temperature, 0.0, 100.0, include_high=True)
-    alpha = _check("alpha", alpha, 0.0, 1.0, include_low=True, include_high=True)
-    width_factor = _check("width_factor", width_factor, 0.0, 1.0, include_high=True)
-    mixup = _check("mixup", mixup, 0.0, 10.0, include_low=True, include_high=True)
+    temperature = check_range("temperature", temperature, 0.0, 100.0, include_high=True)
+    alpha = check_range("alpha", alpha, 0.0, 1.0, include_low=True, include_high=True)
+    width_factor = check_range("width_factor", width_factor, 0.0, 1.0, include_high=True)
+    mixup = check_range("mixup", mixup, 0.0, 10.0, include_low=True, include_high=True)
     arch = config_dict(make_config(family, student_config if student_config is not None
                                    else default_student_config(family, model.spec, width_factor)))
     pre = model.spec.preprocessing

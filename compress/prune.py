@@ -345,8 +345,6 @@ def structured_prune(model: LoadedModel, data: DataBundle, ratio: float = 0.5, f
     if criterion not in CRITERIA:
         raise ToolkitError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     allocation = DEFAULT_ALLOCATION[model.spec.family] if allocation is None else allocation
-    if allocation not in ALLOCATIONS:
-        raise ToolkitError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     costs = unit_costs(model) if allocation == "global" else None
     keep = select_units(model.module, model.spec.family, ratio, criterion, allocation=allocation, costs=costs)
     pruned = remove_units(model, keep)

@@ -27,7 +27,7 @@ from trainers.artifact import LoadedModel, ModelSpec, predict
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 
-from .base import Variant, register_method
+from .base import Variant, check_range, register_method
 from .export import export_with_info, onnx_parity, onnx_variant_model, parent_name, run_onnx
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
@@ -72,8 +72,8 @@ def fake_quant_twin(module: nn.Module, kinds: tuple[type, ...], per_channel: boo
         for name, layer in twin.named_modules():
             if not isinstance(layer, kinds) or name in skip:
                 continue
-            for name, param in layer.named_parameters(recurse=False):
-                if name.startswith("weight"):
+            for pname, param in layer.named_parameters(recurse=False):
+                if pname.startswith("weight"):
                     param.copy_(fake_quantize_weight(param, per_channel))
     return twin
 
@@ -181,7 +181,7 @@ def _quantize_to_agreement(onnx_bytes: bytes, mode: str, calibration_x: np.ndarr
                      f"{agreement:.1%} top-1 agreement with fp32 on {len(check_x)} held-out samples")
     if agreement < min_agreement:
         notes.append(f"int8 agrees with fp32 on only {agreement:.1%} of held-out samples (target {min_agreement:.1%}) "
-                     "with all but one layer in fp32: auto never chooses it")
+                     f"even with {len(exclude)} of {len(nodes)} layers in fp32: auto never chooses it")
     return best, check, notes
 
 
@@ -233,16 +233,6 @@ def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibr
                    notes=notes)
 
 
-def _check_min_agreement(value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ToolkitError(f"min_agreement must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise ToolkitError(f"min_agreement must be in [0, 1], got {value!r}")
-    return v
-
-
 @register_method("int8-dynamic", ("mlp", "cnn", "lstm"))
 def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: str = "auto", min_agreement: float = MIN_AGREEMENT,
                  **unknown) -> list[Variant]:
@@ -254,7 +244,7 @@ def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: str = "auto", m
     _check_unknown("int8-dynamic", unknown)
     _need_module(model, "int8-dynamic")
     return [_int8_variant(model, data, "dynamic", (nn.Linear, nn.LSTM), 0, 0, exporter,
-                          _check_min_agreement(min_agreement))]
+                          check_range("min_agreement", min_agreement, 0.0, 1.0, include_low=True, include_high=True))]
 
 
 @register_method("int8-static", ("mlp", "cnn"))
@@ -271,7 +261,7 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: int =
     if not isinstance(calibration_samples, (int, np.integer)) or isinstance(calibration_samples, bool) or calibration_samples < 1:
         raise ToolkitError(f"calibration_samples must be a whole number >= 1, got {calibration_samples!r}")
     return [_int8_variant(model, data, "static", (nn.Linear, nn.Conv1d, nn.Conv2d), int(calibration_samples), seed,
-                          exporter, _check_min_agreement(min_agreement))]
+                          exporter, check_range("min_agreement", min_agreement, 0.0, 1.0, include_low=True, include_high=True))]
 
 
 # ---------------------------------------------------------------- fp16 / bf16 PyTorch

@@ -222,7 +222,7 @@ def _variant_row(raw: dict) -> dict:
         "parity": parity if isinstance(parity, (int, float, str)) and not isinstance(parity, bool) else None,
         "passes": merged.get("within_budget"),
         "slower": merged.get("slower_than_fp32") is True,
-        "flips": merged.get("flips") is True or (merged.get("agreement_check") or {}).get("reached") is False,
+        "flips": merged.get("flips") is True,
         "pareto": merged.get("pareto") is True,
         "path": raw.get("path"),
         "notes": [str(n) for n in (raw.get("notes") or []) if n] if isinstance(raw.get("notes"), list) else [],
