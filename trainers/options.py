@@ -1,0 +1,110 @@
+"""One way to declare and check options: types and bounds in the signature, checked by pydantic.
+
+Every default and every bound lives in one place, next to the option:
+
+- stage options are dataclasses (`TrainConfig`, `CompressOptions`, ...) whose fields are annotated with the
+  types below (`epochs: Annotated[Int, Field(ge=1)] = 100`); `parse(cls, values, where)` builds one from a
+  dict (a config-file section, keyword arguments) and `check(obj)` re-validates one built directly;
+- registered functions (compression methods, explainers) annotate their keyword options the same way, and
+  `validated(func, where)` checks every call against the signature (unknown names, types, bounds).
+
+Either way a bad value becomes one `ToolkitError` line that names the option, the rule and the value, never
+pydantic's multi-line report. pydantic is used rather than hand-written checks: it reads the annotations
+(nested dataclasses, lists, optionals) that a hand-written checker would have to re-implement.
+
+`Int`, `Float`, `Bool` and `Str` are strict (a `True` is no integer, `"3"` no number); an integer is a
+valid `Float`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Annotated, Any, Callable, TypeVar
+
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, validate_call
+
+from .errors import ToolkitError
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]   # [0, 1]
+Ratio = Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]      # (0, 1), e.g. a pruning ratio
+
+# Dataclasses checked by `parse` refuse keys they do not declare; set on each options dataclass.
+FORBID_EXTRA = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+_CALL_CONFIG = ConfigDict(arbitrary_types_allowed=True)
+
+T = TypeVar("T")
+
+
+def one_line(exc: ValidationError, where: str = "") -> str:
+    """pydantic's first error as one line: `where option: rule, got value`."""
+    error = exc.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in error.get("loc", ()))
+    message = error.get("msg", "invalid value")
+    if error.get("type") in ("extra_forbidden", "unexpected_keyword_argument"):
+        message = "unknown option"
+    elif message:
+        message = message[0].lower() + message[1:]
+    prefix = " ".join(part for part in (where, loc) if part)
+    value = error.get("input")
+    quiet = error.get("type") in ("missing", "missing_argument", "extra_forbidden", "unexpected_keyword_argument")
+    shown = "" if quiet or isinstance(value, dict) else f", got {_short(value)}"
+    return f"{prefix}: {message}{shown}" if prefix else f"{message}{shown}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def parse(cls: type[T], values: dict | None = None, where: str = "") -> T:
+    """Build dataclass `cls` from `values`; unknown keys, wrong types and out-of-range values are refused."""
+    if values is not None and not isinstance(values, dict):
+        raise ToolkitError(f"{where or cls.__name__} must be a table of options, got {_short(values)}")
+    try:
+        return _adapter(cls).validate_python(dict(values or {}))
+    except ValidationError as exc:
+        raise ToolkitError(one_line(exc, where)) from None
+
+
+def check(obj: T, where: str = "") -> T:
+    """Re-validate a dataclass instance built directly (its constructor checks nothing)."""
+    return parse(type(obj), as_dict(obj), where)
+
+
+def as_dict(obj) -> dict:
+    """A dataclass's fields as plain data (nested dataclasses too)."""
+    return dataclasses.asdict(obj)
+
+
+def defaults(cls: type) -> dict:
+    """The default values of a dataclass's fields."""
+    return as_dict(cls())
+
+
+def validated(func: Callable, where: str) -> Callable:
+    """`func` with every call checked against its annotated signature; a bad option is one ToolkitError line."""
+    checked = validate_call(config=_CALL_CONFIG)(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return checked(*args, **kwargs)
+        except ValidationError as exc:
+            if exc.title not in (func.__name__, func.__qualname__):  # raised inside the body: not ours
+                raise
+            raise ToolkitError(one_line(exc, where)) from None
+
+    return wrapper

@@ -1,0 +1,139 @@
+"""One registry form for model families, compression methods and explainers.
+
+Each kind of plug-in has one `Registry`. An entry is registered once, with a
+decorator on the function (or module class) that implements it, and its
+capabilities are fields of the entry's dataclass (which families it handles,
+whether it is sampled, which runtimes it runs on...), never name lists kept
+elsewhere. The CLI choices, `auto`, the reports and the contract tests read the
+registry.
+
+The registry imports no plug-in code (as timm's): plug-in modules import their
+registry, and each package imports its plug-in modules explicitly, so there is
+no import cycle and nothing depends on line order.
+
+Options are the keyword parameters of the registered function after its
+`positional` leading ones (model and data for a compression method, the
+context, inputs and targets for an explainer). `check_options` refuses unknown
+option names from the signature itself, so methods carry no opening checks of
+their own.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, fields
+from typing import Callable, Generic, TypeVar
+
+from .errors import ToolkitError
+from .options import validated
+
+
+@dataclass
+class Entry:
+    """What every registered plug-in has: a name, the function (or class) that implements it, a description.
+
+    Subclasses add capability fields. `families` is the model families it handles (empty: all of them);
+    `refusal` maps a family it does not handle to the reason, for the error message.
+    """
+
+    name: str
+    func: Callable
+    description: str = ""
+    families: tuple[str, ...] = ()
+    refusal: dict = field(default_factory=dict)
+
+    def supports(self, family: str | None) -> bool:
+        return family is None or not self.families or family in self.families
+
+    def capabilities(self) -> dict:
+        """The entry's capability fields as plain data (for docs, reports and `--help`)."""
+        skip = {"name", "func", "description"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip and not callable(getattr(self, f.name))}
+
+
+E = TypeVar("E", bound=Entry)
+
+
+class Registry(Generic[E]):
+    """Named entries of one kind.
+
+    Args:
+        kind: what an entry is, for messages ("compression method").
+        entry_cls: the `Entry` subclass holding this kind's capabilities.
+        positional: leading parameters of the registered function that the caller fills (not options).
+        validate: check every call of a registered function against its annotated signature
+            (`trainers.options.validated`); the decorator then returns the checking wrapper.
+    """
+
+    def __init__(self, kind: str, entry_cls: type[E], positional: int = 0, validate: bool = True):
+        self.kind, self.entry_cls, self.positional, self.validate = kind, entry_cls, positional, validate
+        self._entries: dict[str, E] = {}
+
+    def register(self, name: str, **capabilities) -> Callable:
+        """Decorator: register the decorated function or class as `name` with the given capability fields.
+
+        The description defaults to the first line of its docstring. Registering a name again replaces the
+        entry (a user's own method may take the place of a built-in one).
+        """
+        if not isinstance(name, str) or not name or any(c.isspace() or c in "/\\" for c in name):
+            raise ValueError(f"{self.kind} name must be a non-empty word without spaces or slashes, got {name!r}")
+        known = {f.name for f in fields(self.entry_cls)} - {"name", "func"}
+        unknown = sorted(set(capabilities) - known)
+        if unknown:
+            raise TypeError(f"unknown capability field(s) for a {self.kind}: {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(known))}")
+
+        def decorator(func):
+            description = capabilities.get("description") or (inspect.getdoc(func) or "").split("\n")[0]
+            values = {**capabilities, "description": description}
+            if "families" in values:
+                values["families"] = tuple(values["families"])
+            if self.validate:
+                func = validated(func, f"{self.kind} '{name}':")
+            self._entries[name] = self.entry_cls(name=name, func=func, **values)
+            return func
+
+        return decorator
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def names(self, family: str | None = None) -> list[str]:
+        """Registered names, in registration order; only those that handle `family` when given."""
+        return [e.name for e in self._entries.values() if e.supports(family)]
+
+    def entries(self, family: str | None = None) -> list[E]:
+        return [e for e in self._entries.values() if e.supports(family)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, family: str | None = None) -> E:
+        """The entry `name`; one clear ToolkitError when unknown or when it cannot handle a `family` model."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ToolkitError(f"unknown {self.kind} '{name}'; choose from {', '.join(self._entries) or 'none'}")
+        if not entry.supports(family):
+            why = entry.refusal.get(family) or f"it supports {', '.join(entry.families)}"
+            raise ToolkitError(f"{self.kind} '{name}' cannot handle a {family} model: {why}")
+        return entry
+
+    def options(self, name: str) -> dict[str, object]:
+        """The options `name` takes and their defaults (`inspect.Parameter.empty` when required)."""
+        params = list(inspect.signature(self.get(name).func).parameters.values())[self.positional:]
+        return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def check_options(self, name: str, options: dict | None) -> dict:
+        """`options` if every name is an option of `name`; else one clear ToolkitError naming the unknown ones."""
+        options = dict(options or {})
+        known = self.options(name)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ToolkitError(f"unknown option(s) for {self.kind} '{name}': {', '.join(unknown)}; "
+                               f"it takes {', '.join(known) or 'no options'}")
+        return options
+
+    def call(self, name: str, *args, family: str | None = None, **options):
+        """Check `options` against the signature, then call the entry with `args` and them."""
+        entry = self.get(name, family)
+        return entry.func(*args, **self.check_options(name, options))
