@@ -6,7 +6,7 @@ Per family (MLP, CNN, LSTM) on digits and on a generated 1-D signal set:
 - `torch.ao.quantization.quantize_dynamic` (Linear + LSTM, qint8; deprecated, here only as the thing compared against),
 - `onnxruntime.quantization.quantize_dynamic` with its defaults on the fp32 ONNX export.
 All four are re-measured together (`compress.measure`) so latencies are comparable.
-Also records the other acceptance figures of issue 3 from auto's candidate table
+Also records the other compression figures from auto's candidate table
 (structured pruning at 50%, prune + int8 + sparse storage, distillation gap closed, ONNX parity).
 
 Usage: python benchmarks/compress_vs_peers.py [--out benchmarks/results] [--epochs 100] [--families mlp cnn lstm]

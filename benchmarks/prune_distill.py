@@ -1,4 +1,4 @@
-"""Measure pruning and distillation on digits against the issue-3 targets.
+"""Measure pruning and distillation on digits against their targets.
 
     python benchmarks/prune_distill.py [--work DIR] [--data digits] [--families mlp cnn lstm] [--seeds 0 1 2]
                                        [--skip structured deep distill] [--out result.json]

@@ -1,4 +1,4 @@
-"""Every command and `trainers.load_model` against broken inputs (issue 6), in one table.
+"""Every command and `trainers.load_model` against broken inputs, in one table.
 
 Each case builds its broken input in the test's own directory, runs the real
 entry point `cli.main.main([...])` in-process, and asserts the contract for bad

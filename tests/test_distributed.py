@@ -1,4 +1,4 @@
-"""Issue 7: training in several processes through torch.distributed (torchrun), checked on CPU with gloo.
+"""Training in several processes through torch.distributed (torchrun), checked on CPU with gloo.
 
 The launch tests start real processes (`toolkit train --nproc-per-node 2` and an external
 `torchrun`), rendezvous on a free port chosen by the OS, and look at what they leave behind.

@@ -1,4 +1,4 @@
-"""CUDA checks (issue 2 and issue 7): run with `pytest -m gpu` on a machine with a GPU; they skip without one.
+"""CUDA checks (training on the GPU, several GPUs through DDP, attribution on the GPU): run with `pytest -m gpu` on a machine with a GPU; they skip without one.
 
 Skipping is done by tests/conftest.py for every `gpu`-marked test when torch.cuda is unavailable.
 """

@@ -1,4 +1,4 @@
-"""SIGKILL in the middle of `toolkit compress` (issue 6): the previous run directory stays intact and loadable,
+"""SIGKILL in the middle of `toolkit compress`: the previous run directory stays intact and loadable,
 and the same command afterwards replaces the stale staging directory and finishes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 2 acceptance: default settings give well-trained models on real data (CPU)."""
+"""Training quality: the default settings give well-trained models on real data (CPU)."""
 
 from __future__ import annotations
 

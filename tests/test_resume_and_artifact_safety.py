@@ -1,4 +1,4 @@
-"""Interruption, resume, unsafe files and random corruption at the ground floor (issue 6)."""
+"""Interruption, resume, unsafe files and random corruption of artifacts at the ground floor (trainers)."""
 
 from __future__ import annotations
 
