@@ -1,4 +1,4 @@
-"""Explain stage: attributions, their quality, and drift after compression (see issue 4).
+"""Explain stage: attributions, their quality, and drift after compression.
 
 Public API::
 
@@ -7,16 +7,35 @@ Public API::
     explain.list_methods("lstm")                                               # the registry
     result = explain.explain_model("runs/cnn", "digits", compare=["runs/cnn-int8"], out="runs/cnn-explain")
 
+Methods register with `@explain.register_method` (see `explain.registry`) when their module is imported;
+`load_methods()` imports the built-in method modules, on first use of the registry or of any name here.
 Names are imported lazily so `import explain` does not import torch, captum or shap.
 """
 
+from importlib import import_module
+
 from trainers.lazy import lazy_exports
 
+METHOD_MODULES = ("library",)
 _EXPORTS = {
-    "methods": ("Attribution", "Method", "attribute", "check_family", "get_method", "list_methods", "register_method", "resolve"),
-    "stage": ("ExplainResult", "check_samples", "default_methods", "explain_model"),
+    "registry": ("Explainer", "check_family", "default_methods", "get_method", "list_methods", "register_method"),
+    "methods": ("Attribution", "attribute", "resolve"),
+    "stage": ("ExplainResult", "check_samples", "explain_model"),
     "compare": ("attribution_agreement", "check_comparable"),
     "quality": ("assess", "completeness_error"),
     "shapley": ("shapley_permutation",),
 }
-__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)
+_loaded = False
+
+
+def load_methods() -> None:
+    """Import the built-in method modules, so that their methods are registered (once)."""
+    global _loaded
+    if not _loaded:
+        for name in METHOD_MODULES:
+            import_module(f".{name}", __name__)
+        _loaded = True
+
+
+__getattr__, __dir__, _LAZY = lazy_exports(__name__, globals(), _EXPORTS, before=load_methods)
+__all__ = ["load_methods", *_LAZY]

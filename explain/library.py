@@ -2,20 +2,27 @@
 
 Each function takes a `methods.Context`, a batch of raw inputs (numpy) and the
 target class per sample, and returns (attributions, reference output, delta).
+Options are keyword parameters annotated with `trainers.options` types: the
+registry checks every call against them.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from .methods import ROUTE_BLACK_BOX, register_method
+from trainers.options import Bool, Float, PositiveInt, Str
+
+from .methods import ROUTE_BLACK_BOX
+from .registry import RUNTIMES, register_method
 from .shapley import shapley_permutation
 
-ALL_RUNTIMES = ("torch", "fake-quant", "onnx")
+NonNegativeFloat = Annotated[Float, Field(ge=0)]
 LSTM_HOOKS = "LSTM gates (sigmoid/tanh inside nn.LSTM) are invisible to its rescale hooks, so completeness fails"
 
 
@@ -30,9 +37,9 @@ def _np(t) -> np.ndarray:
 # ---------------------------------------------------------------- Captum, gradient based
 
 
-@register_method("integrated_gradients", library="captum", axiom=True,
+@register_method("integrated_gradients", library="captum", axiom=True, default=True,
                  description="Captum IntegratedGradients from the training mean (Gauss-Legendre, n_steps=64)")
-def integrated_gradients(ctx, x, targets, n_steps: int = 64):
+def integrated_gradients(ctx, x, targets, n_steps: PositiveInt = 64):
     from captum.attr import IntegratedGradients
 
     xt, tt = _tensors(ctx, x, targets)
@@ -51,7 +58,7 @@ def saliency(ctx, x, targets):
 
 
 # Captum's max-pool rule does not conserve the total exactly, so completeness is only claimed for MLPs.
-@register_method("deeplift", families=("mlp", "cnn"), library="captum", axiom=("mlp",),
+@register_method("deeplift", families=("mlp", "cnn"), library="captum", axiom=("mlp",), default=("mlp",),
                  refusal={"lstm": LSTM_HOOKS}, description="Captum DeepLift (rescale) from the training mean")
 def deeplift(ctx, x, targets):
     from captum.attr import DeepLift
@@ -64,9 +71,9 @@ def deeplift(ctx, x, targets):
     return _np(attr), ctx.reference_at_baseline(targets), _np(delta)
 
 
-@register_method("gradient_shap", library="captum", sampled=True,
+@register_method("gradient_shap", library="captum", sampled=True, needs_background=True,
                  description="Captum GradientShap over a background of training samples (n_samples=32)")
-def gradient_shap(ctx, x, targets, n_samples: int = 32, stdevs: float = 0.0):
+def gradient_shap(ctx, x, targets, n_samples: PositiveInt = 32, stdevs: NonNegativeFloat = 0.0):
     from captum.attr import GradientShap
 
     xt, tt = _tensors(ctx, x, targets)
@@ -75,7 +82,7 @@ def gradient_shap(ctx, x, targets, n_samples: int = 32, stdevs: float = 0.0):
     return _np(attr), ctx.reference_over_background(targets), None
 
 
-@register_method("layer_gradcam", families=("cnn",), library="captum",
+@register_method("layer_gradcam", families=("cnn",), library="captum", default=True,
                  refusal={"mlp": "Grad-CAM needs a convolutional layer", "lstm": "Grad-CAM needs a convolutional layer"},
                  description="Captum LayerGradCam on the last convolution, upsampled to the input")
 def layer_gradcam(ctx, x, targets):
@@ -102,7 +109,7 @@ def _occlusion_window(shape):
     return (1,)
 
 
-@register_method("occlusion", runtimes=ALL_RUNTIMES, library="captum",
+@register_method("occlusion", runtimes=RUNTIMES, library="captum",
                  description="Captum Occlusion: image patches / signal windows replaced by the training mean")
 def occlusion(ctx, x, targets):
     from captum.attr import Occlusion
@@ -115,7 +122,7 @@ def occlusion(ctx, x, targets):
     return _np(attr), ctx.reference_at_baseline(targets), None
 
 
-@register_method("feature_ablation", runtimes=ALL_RUNTIMES, library="captum",
+@register_method("feature_ablation", runtimes=RUNTIMES, library="captum",
                  description="Captum FeatureAblation: each input element replaced by the training mean")
 def feature_ablation(ctx, x, targets):
     from captum.attr import FeatureAblation
@@ -126,9 +133,9 @@ def feature_ablation(ctx, x, targets):
     return _np(attr), ctx.reference_at_baseline(targets), None
 
 
-@register_method("shapley_sampling", runtimes=ALL_RUNTIMES, library="captum", sampled=True, axiom=True,
+@register_method("shapley_sampling", runtimes=RUNTIMES, library="captum", sampled=True, axiom=True,
                  description="Captum ShapleyValueSampling (n_samples=16 permutations) from the training mean")
-def shapley_sampling(ctx, x, targets, n_samples: int = 16):
+def shapley_sampling(ctx, x, targets, n_samples: PositiveInt = 16):
     from captum.attr import ShapleyValueSampling
 
     xt, tt = _tensors(ctx, x, targets)
@@ -165,9 +172,9 @@ def shap_deep(ctx, x, targets):
     return _select(values, targets, len(x)), ctx.reference_at_baseline(targets), None
 
 
-@register_method("shap_gradient", library="shap", sampled=True,
+@register_method("shap_gradient", library="shap", sampled=True, needs_background=True,
                  description="shap GradientExplainer (expected gradients) over a background of training samples")
-def shap_gradient(ctx, x, targets, nsamples: int = 32):
+def shap_gradient(ctx, x, targets, nsamples: PositiveInt = 32):
     import shap
 
     explainer = shap.GradientExplainer(ctx.module, ctx.background)
@@ -176,9 +183,9 @@ def shap_gradient(ctx, x, targets, nsamples: int = 32):
     return _select(values, targets, len(x)), ctx.reference_over_background(targets), None
 
 
-@register_method("shap_kernel", runtimes=ALL_RUNTIMES, library="shap", sampled=True, axiom=True,
+@register_method("shap_kernel", runtimes=RUNTIMES, library="shap", sampled=True, axiom=True,
                  description="shap KernelExplainer against the training mean, l1_reg=False, nsamples=2*D+2048")
-def shap_kernel(ctx, x, targets, nsamples: int | None = None, l1_reg=False):
+def shap_kernel(ctx, x, targets, nsamples: PositiveInt | None = None, l1_reg: Bool | Str = False):
     import shap
 
     shape = tuple(ctx.spec.input_shape)
@@ -197,9 +204,9 @@ def shap_kernel(ctx, x, targets, nsamples: int | None = None, l1_reg=False):
 # ---------------------------------------------------------------- the toolkit's own
 
 
-@register_method(ROUTE_BLACK_BOX, runtimes=ALL_RUNTIMES, library="toolkit", sampled=True, axiom=True,
+@register_method(ROUTE_BLACK_BOX, runtimes=RUNTIMES, library="toolkit", sampled=True, axiom=True, default=True,
                  description="antithetic permutation Shapley estimate, batched (exact for linear models), 16 permutations")
-def shapley(ctx, x, targets, n_permutations: int = 16):
+def shapley(ctx, x, targets, n_permutations: PositiveInt = 16):
     values = shapley_permutation(ctx.forward_numpy, x, targets, ctx.baseline_np, n_permutations=n_permutations,
                                  seed=ctx.seed)
     return values, ctx.reference_at_baseline(targets), None

@@ -1,7 +1,8 @@
-"""One verb, many explainers: `attribute(model, inputs, target, method=...)` and the method registry.
+"""One verb, many explainers: `attribute(model, inputs, target, method=...)`.
 
-Every method answers the same call and returns an `Attribution` shaped like the
-inputs. Each declares the model families and runtimes it supports:
+Every method (registered in `explain.registry`) answers the same call and returns
+an `Attribution` shaped like the inputs. Each declares the model families and
+runtimes it supports:
 
 - ``torch``: the PyTorch module (fp32, or a float copy of an fp16/bf16 model);
 - ``fake-quant``: the PyTorch fake-quant twin carried by an int8 ONNX artifact;
@@ -18,59 +19,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from trainers.errors import ToolkitError
 
-FAMILIES = ("mlp", "cnn", "lstm")
-RUNTIMES = ("torch", "fake-quant", "onnx")
+from .registry import METHODS, get_method
+
 ROUTE_BLACK_BOX = "shapley"
-
-
-@dataclass
-class Method:
-    """A registered explainer and what it supports."""
-
-    name: str
-    fn: Callable
-    families: tuple[str, ...]
-    runtimes: tuple[str, ...]
-    library: str
-    sampled: bool = False          # stochastic: has a noise floor between seeds
-    axiom: tuple[str, ...] = ()    # families where completeness should hold (sum of attributions = f(x) - f(baseline))
-    description: str = ""
-    refusal: dict = field(default_factory=dict)   # family -> why it is refused
-
-
-_METHODS: dict[str, Method] = {}
-
-
-def register_method(name: str, *, families=FAMILIES, runtimes=("torch", "fake-quant"), library: str,
-                    sampled: bool = False, axiom=False, description: str = "", refusal: dict | None = None):
-    """Decorator: register `fn(ctx, x, target, **options) -> (values, reference_output, delta)` as method `name`."""
-
-    def decorator(fn):
-        holds = tuple(families) if axiom is True else tuple(axiom or ())
-        _METHODS[name] = Method(name, fn, tuple(families), tuple(runtimes), library, sampled, holds, description,
-                                dict(refusal or {}))
-        return fn
-
-    return decorator
-
-
-def list_methods(family: str | None = None) -> list[str]:
-    """Registered method names (those supporting `family` if given)."""
-    return [m.name for m in _METHODS.values() if family is None or family in m.families]
-
-
-def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise ToolkitError(f"unknown explain method '{name}'; choose from {', '.join(_METHODS)}")
-    return _METHODS[name]
 
 
 @dataclass
@@ -114,19 +72,10 @@ def model_runtime(model) -> str:
     return "torch"
 
 
-def check_family(method: str, family: str) -> Method:
-    """The registered method `method`; ToolkitError when unknown or when it cannot explain a `family` model."""
-    m = get_method(method)
-    if family not in m.families:
-        why = m.refusal.get(family, f"it supports {', '.join(m.families)}")
-        raise ToolkitError(f"method '{method}' cannot explain a {family} model: {why}")
-    return m
-
-
 def resolve(method: str, model) -> tuple[str, str, str | None]:
     """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused."""
     family = model.spec.family
-    m = check_family(method, family)
+    m = get_method(method, family)
     is_onnx = model.spec.runtime == "onnxruntime"
     if is_onnx and "onnx" in m.runtimes:
         return method, "onnx", None
@@ -134,8 +83,7 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
     if runtime in m.runtimes:
         note = f"{method} needs gradients; ran on the artifact's fake-quant PyTorch twin" if runtime == "fake-quant" else None
         return method, runtime, note
-    fallback = get_method(ROUTE_BLACK_BOX)
-    if runtime == "onnx" and family in fallback.families:
+    if runtime == "onnx" and ROUTE_BLACK_BOX in METHODS.names(family):
         return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this int8 ONNX model has none (no fake-quant "
                                          f"twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
     raise ToolkitError(f"method '{method}' cannot run on runtime '{runtime}' (it supports {', '.join(m.runtimes)})")
@@ -184,8 +132,9 @@ class Context:
         return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, self.spec.num_classes), np.float32)
 
     def grad_context(self):
-        """cuDNN's LSTM has no backward in eval mode: disable cuDNN while attributing an LSTM on CUDA."""
-        if self.spec.family == "lstm" and self.device.type == "cuda":
+        """cuDNN's RNNs (LSTM, GRU) have no backward in eval mode: disable cuDNN while attributing one on CUDA."""
+        recurrent = self.module is not None and any(isinstance(m, torch.nn.RNNBase) for m in self.module.modules())
+        if recurrent and self.device.type == "cuda":
             return torch.backends.cudnn.flags(enabled=False)
         return contextlib.nullcontext()
 
@@ -222,13 +171,15 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
         background: reference samples for background methods (default: `baseline` alone).
         seed: seed of sampled methods.
         batch_size: samples attributed per call of the underlying explainer.
-        **options: method options (e.g. n_steps, n_permutations, nsamples).
+        **options: options of `method` (e.g. n_steps, n_permutations, nsamples), checked against its
+            signature; not passed on when the request is routed to another method.
     """
     from trainers import load_model
 
     if not hasattr(model, "spec"):
         model = load_model(model)
     ran, runtime, note = resolve(method, model)
+    options = METHODS.check_options(method, options) if ran == method else {}
     x = np.asarray(inputs, dtype=np.float32)
     if x.ndim == len(model.spec.input_shape):
         x = x[None]
@@ -245,24 +196,20 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
         targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
     if targets.min() < 0 or targets.max() >= model.spec.num_classes:
         raise ToolkitError(f"target out of range: the model has {model.spec.num_classes} classes")
-    fn = get_method(ran).fn
+    entry = get_method(ran)
     start = time.perf_counter()
     values, deltas, reference = [], [], None
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     with ctx.grad_context():
         for i in range(0, len(x), batch_size):
-            v, ref, d = fn(ctx, x[i:i + batch_size], targets[i:i + batch_size], **options)
+            v, ref, d = entry.func(ctx, x[i:i + batch_size], targets[i:i + batch_size], **options)
             values.append(np.asarray(v, np.float32).reshape((-1, *model.spec.input_shape)))
             reference = ref if reference is None else np.concatenate([reference, ref])
             if d is not None:
                 deltas.append(np.asarray(d, np.float64).reshape(-1))
     seconds = time.perf_counter() - start
-    return Attribution(np.concatenate(values), ran, method, runtime, ctx.background_np.mean(0) if ran in BACKGROUND_METHODS else base,
-                       targets, np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None,
-                       note, seconds)
+    reference_input = ctx.background_np.mean(0) if entry.needs_background else base
+    return Attribution(np.concatenate(values), ran, method, runtime, reference_input, targets,
+                       np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None, note, seconds)
 
-
-BACKGROUND_METHODS = {"gradient_shap", "shap_gradient"}
-
-from . import library  # noqa: E402,F401  (registers the methods)

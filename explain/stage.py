@@ -10,18 +10,11 @@ import numpy as np
 
 from trainers.errors import ToolkitError
 
-from .methods import get_method, list_methods, resolve
+from .methods import resolve
+from .registry import default_methods, get_method
 
-DEFAULT_METHODS = {"mlp": ("integrated_gradients", "deeplift", "shapley"),
-                   "cnn": ("integrated_gradients", "layer_gradcam", "shapley"),
-                   "lstm": ("integrated_gradients", "shapley")}
 QUALITY_SAMPLES = 16      # sanity check and noise floor re-run the method on this many samples
-BACKGROUND_SAMPLES = 32   # training samples for background methods (gradient_shap, shap_gradient)
-
-
-def default_methods(family: str) -> tuple[str, ...]:
-    """A fast, sensible set per family (gradient, family-specific, and a Shapley estimate)."""
-    return DEFAULT_METHODS.get(family, ("integrated_gradients", "shapley"))
+BACKGROUND_SAMPLES = 32   # training samples for the methods that declare needs_background
 
 
 @dataclass
@@ -197,9 +190,7 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
 
 
 def _baseline_name(method: str) -> str:
-    from .methods import BACKGROUND_METHODS
-
-    return f"{BACKGROUND_SAMPLES} training samples" if method in BACKGROUND_METHODS else "training mean"
+    return f"{BACKGROUND_SAMPLES} training samples" if get_method(method).needs_background else "training mean"
 
 
 def _clean(obj):
@@ -218,4 +209,4 @@ def _clean(obj):
     return obj
 
 
-__all__ = ["DEFAULT_METHODS", "ExplainResult", "default_methods", "explain_model", "list_methods", "get_method"]
+__all__ = ["ExplainResult", "check_samples", "explain_model"]

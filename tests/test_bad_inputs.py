@@ -345,7 +345,7 @@ CASES: dict[str, dict[str, Case]] = {
         "NaN weights": Case(_bad_model(_nan_weights), "NaN"),
         "unknown method": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "lime"], "lime"),
         "method not for this family": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "layer_gradcam"],
-                                           "cannot explain a mlp"),
+                                           "cannot handle a mlp"),
         "--samples 0": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--samples", "0"], "--samples"),
         "--samples negative": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--samples", "-5"], "--samples"),
         "data of another shape": Case(lambda c: [str(c.art.mlp), "--data", "iris", "--method", "saliency"], "match"),

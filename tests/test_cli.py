@@ -106,7 +106,7 @@ BAD_INPUTS = {
     "negative lr": (lambda p: ["iris", "--model", "mlp", "--lr", "-0.1"], "--lr"),
     "bad device": (lambda p: ["iris", "--model", "mlp", "--device", "tpu"], "--device"),
     "bad arch json": (lambda p: ["iris", "--model", "mlp", "--arch", "{oops"], "--arch"),
-    "unknown arch key": (lambda p: ["iris", "--model", "mlp", "--arch", '{"width": 3}'], "unknown mlp option"),
+    "unknown arch key": (lambda p: ["iris", "--model", "mlp", "--arch", '{"width": 3}'], "mlp config width: unknown option"),
     "unknown option": (lambda p: ["iris", "--model", "mlp", "--frobnicate"], "No such option"),
     "resume nothing": (lambda p: ["iris", "--model", "mlp", "--resume", "--out", str(p / "fresh")], "nothing to resume"),
 }

@@ -1,5 +1,7 @@
-"""Explain stage: the method registry x the three families, axioms, exact Shapley on a linear model,
-the sanity check, int8 ONNX through black-box methods with drift, the stage's files, CLI and bad input."""
+"""Explain stage: the method registry and its capabilities, checked options, axioms on trained models, exact
+Shapley on a linear model, the sanity check, int8 ONNX through black-box methods with drift, the stage's files,
+CLI and bad input. The per-method contract (shapes, refusals, determinism, completeness) is in
+test_explain_contract.py."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import torch
 
 import explain
 from explain.compare import attribution_agreement, check_comparable
-from explain.methods import get_method, list_methods
 from explain.quality import assess, completeness_error, sanity_check
+from explain.registry import default_methods, get_method, list_methods
 from trainers import build_model, load_data, load_model, save_model, write_artifact
 from trainers.artifact import LoadedModel, ModelSpec
 from trainers.errors import ToolkitError
@@ -23,8 +25,6 @@ from trainers.errors import ToolkitError
 FAMILY_ARCH = {"mlp": {"hidden": [32], "dropout": 0.0},
                "cnn": {"channels": [8, 16], "hidden": [32], "dropout": 0.0},
                "lstm": {"hidden": [16], "dropout": 0.0}}
-FAST_OPTIONS = {"shap_gradient": {"nsamples": 4}, "shap_kernel": {"nsamples": 400}, "shapley_sampling": {"n_samples": 4},
-                "integrated_gradients": {"n_steps": 128}, "gradient_shap": {"n_samples": 8}}
 
 
 def quick_fit(bundle, family: str, arch: dict, steps: int = 100, seed: int = 0) -> LoadedModel:
@@ -90,29 +90,46 @@ def artifacts(models, tmp_path_factory):
 # ---------------------------------------------------------------- the registry x the families
 
 
-def test_registry_lists_the_methods_of_issue_4():
+def test_registry_lists_the_builtin_methods():
     expected = {"integrated_gradients", "saliency", "deeplift", "gradient_shap", "occlusion", "feature_ablation",
                 "shapley_sampling", "layer_gradcam", "shap_deep", "shap_gradient", "shap_kernel", "shapley"}
     assert expected <= set(list_methods())
     assert "layer_gradcam" in list_methods("cnn") and "layer_gradcam" not in list_methods("mlp")
     assert "shap_deep" not in list_methods("lstm") and "deeplift" not in list_methods("lstm")
+    assert get_method("deeplift", "cnn").name == "deeplift"
+    with pytest.raises(ToolkitError, match="cannot handle a lstm model: LSTM gates"):
+        get_method("deeplift", "lstm")
 
 
-@pytest.mark.parametrize("family", list(FAMILY_ARCH))
-@pytest.mark.parametrize("method", list_methods())
-def test_every_method_runs_or_is_refused_as_declared(models, digits, family, method):
-    model, declared = models[family], get_method(method)
-    x = digits.x_test[:3]
-    if family not in declared.families:
-        with pytest.raises(ToolkitError, match=f"cannot explain a {family} model"):
-            explain.attribute(model, x, None, method)
-        return
-    attr = explain.attribute(model, x, None, method, background=digits.x_train[:8], **FAST_OPTIONS.get(method, {}))
-    assert attr.values.shape == x.shape and np.isfinite(attr.values).all()
-    assert attr.method == method and attr.runtime == "torch" and attr.routed is None
-    assert np.abs(attr.values).sum() > 0
-    if family in declared.axiom:   # completeness where the axiom holds: IG (enough steps), DeepLift, Shapley, DeepExplainer
-        assert completeness_error(model, x, attr) < 0.01, (method, family)
+def test_capabilities_drive_defaults_background_and_axioms():
+    assert default_methods("mlp") == ("integrated_gradients", "deeplift", "shapley")
+    assert default_methods("cnn") == ("integrated_gradients", "layer_gradcam", "shapley")
+    assert default_methods("lstm") == ("integrated_gradients", "shapley")
+    assert default_methods("another") == ("integrated_gradients", "shapley")   # a family registered later
+    assert [m for m in list_methods() if get_method(m).needs_background] == ["gradient_shap", "shap_gradient"]
+    deeplift = get_method("deeplift")
+    assert deeplift.holds_axiom("mlp") and not deeplift.holds_axiom("cnn") and not deeplift.holds_axiom("lstm")
+    assert get_method("shapley").holds_axiom("lstm") and not get_method("saliency").holds_axiom("mlp")
+    assert get_method("shapley").capabilities()["runtimes"] == ("torch", "fake-quant", "onnx")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"n_steps": 0}, "n_steps: input should be greater than or equal to 1, got 0"),
+    ({"n_steps": "many"}, "n_steps: input should be a valid integer"),
+    ({"steps": 8}, "unknown option(s) for explain method 'integrated_gradients': steps; it takes n_steps"),
+])
+def test_options_are_checked_in_one_line(models, digits, options, message):
+    with pytest.raises(ToolkitError) as caught:
+        explain.attribute(models["mlp"], digits.x_test[:2], None, "integrated_gradients", **options)
+    message = message if message.startswith("unknown") else f"explain method 'integrated_gradients': {message}"
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_background_methods_report_the_background_mean(models, digits):
+    background = digits.x_train[:8]
+    attr = explain.attribute(models["mlp"], digits.x_test[:2], None, "gradient_shap", background=background,
+                             n_samples=4)
+    np.testing.assert_allclose(attr.baseline, background.mean(0))
 
 
 def test_integrated_gradients_completeness_and_delta(models, digits):
@@ -178,7 +195,7 @@ def test_agreement_metrics_and_intervals():
 def test_int8_onnx_gradient_methods_route_to_black_box(artifacts, digits):
     int8 = load_model(artifacts["mlp-int8"])
     x = digits.x_test[:4]
-    attr = explain.attribute(int8, x, None, "integrated_gradients")
+    attr = explain.attribute(int8, x, None, "integrated_gradients", n_steps=32)   # options of the request not passed on
     assert attr.method == "shapley" and attr.runtime == "onnx" and "routed" in attr.routed
     black_box = explain.attribute(int8, x, None, "feature_ablation")
     assert black_box.method == "feature_ablation" and black_box.runtime == "onnx" and black_box.routed is None
@@ -246,7 +263,7 @@ def test_refusals_and_bad_input(artifacts, digits, tmp_path):
     model = load_model(artifacts["mlp"])
     with pytest.raises(ToolkitError, match="unknown explain method 'nope'"):
         explain.attribute(model, digits.x_test[:2], None, "nope")
-    with pytest.raises(ToolkitError, match="cannot explain a mlp model"):
+    with pytest.raises(ToolkitError, match="cannot handle a mlp model"):
         explain.explain_model(model, digits, methods=["layer_gradcam"], out=tmp_path / "a")
     with pytest.raises(ToolkitError, match="at least 1"):
         explain.explain_model(model, digits, samples=0, out=tmp_path / "b")
@@ -286,7 +303,7 @@ def test_cli_explain_writes_run_dir_and_json(artifacts, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--method", "nope"], "unknown explain method"),
-    (["--method", "layer_gradcam"], "cannot explain a mlp model"),
+    (["--method", "layer_gradcam"], "cannot handle a mlp model"),
     (["--samples", "0"], "at least 1"),
     (["--compare", "IRIS"], "input shape"),
 ])

@@ -1,4 +1,5 @@
-"""The common contract, run for every registered model family and every input layout.
+"""Every registered model family against the common contract (trainers.checks), trained end to end on every
+input layout, and its config checked.
 
 A new family added with `@register_family` joins these tables automatically.
 """
@@ -12,8 +13,10 @@ import pytest
 import torch
 
 from trainers import (
-    ArtifactError, TrainConfig, build_model, list_models, load_data, load_model, predict, train,
+    ArtifactError, TrainConfig, ToolkitError, build_model, get_family, list_models, load_data, load_model,
+    make_config, predict, train,
 )
+from trainers.checks import parametrize_with_checks
 from trainers.models import to_sequence
 
 FAMILIES = list_models()
@@ -28,17 +31,36 @@ def synthetic(shape, n=120, classes=3, seed=0):
     return x, y
 
 
-def test_registry_lists_the_three_families():
+def test_registry_lists_the_builtin_families():
     assert {"mlp", "cnn", "lstm"} <= set(FAMILIES)
+    assert get_family("cnn").config.__name__ == "CNNConfig" and "Conv2d" in get_family("cnn").description
+    with pytest.raises(ToolkitError, match="unknown model family 'gru'; choose from mlp, cnn, lstm"):
+        get_family("gru")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("layout", list(SHAPES))
-def test_build_forward_shapes(family, layout):
-    model = build_model(family, {}, SHAPES[layout], num_classes=4)
-    out = model(torch.randn(5, *SHAPES[layout]))
-    assert out.shape == (5, 4)
-    assert torch.isfinite(out).all()
+@parametrize_with_checks(FAMILIES)
+def test_family_contract(family, check):
+    check(family)
+
+
+@pytest.mark.parametrize("family, values, message", [
+    ("mlp", {"hidden": [16, 0]}, "mlp config hidden.1: input should be greater than or equal to 1, got 0"),
+    ("mlp", {"dropout": 1.0}, "mlp config dropout: input should be less than 1, got 1.0"),
+    ("mlp", {"hidden": [8], "width": 3}, "mlp config width: unknown option"),
+    ("cnn", {"kernel_size": 4}, "cnn config kernel_size: value error, must be odd"),
+    ("cnn", {"channels": "16"}, "cnn config channels: input should be a valid list"),
+    ("lstm", {"hidden": []}, "lstm config hidden: list should have at least 1 item"),
+    ("lstm", {"bidirectional": "yes"}, "lstm config bidirectional: input should be a valid boolean"),
+])
+def test_config_values_are_checked_in_one_line(family, values, message):
+    with pytest.raises(ToolkitError) as caught:
+        make_config(family, values)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_config_defaults_and_integer_dropout():
+    assert make_config("mlp", {"dropout": 0}).dropout == 0.0
+    assert make_config("cnn", {}).kernel_size == 3
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -13,71 +13,77 @@ non-linearity.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, Field
 from torch import nn
 
-from .errors import ArtifactError, ToolkitError
+from .errors import ArtifactError
+from .options import FORBID_EXTRA, Bool, Float, PositiveInt, check, parse
+from .registry import Entry, Registry
+
+Dropout = Annotated[Float, Field(ge=0, lt=1)]
+
+
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError("must be odd (a same-size convolution pads kernel_size // 2 on each side)")
+    return value
+
+
+OddKernel = Annotated[PositiveInt, AfterValidator(_odd)]
 
 
 @dataclass
-class Family:
-    """A registered model family: its config type and the module builder."""
+class Family(Entry):
+    """A registered model family.
 
-    name: str
-    config_cls: type
-    build: Callable[..., nn.Module]
-    description: str
+    `func` is its `nn.Module` class, built as func(config, input_shape, num_classes, mean, std); `config` is its
+    config dataclass.
+    """
 
-
-_FAMILIES: dict[str, Family] = {}
+    config: type | None = None
 
 
-def register_family(name: str, config_cls: type, description: str):
-    """Class decorator: register an `nn.Module` as model family `name`."""
+FAMILIES: Registry[Family] = Registry("model family", Family, validate=False)
 
-    def decorator(module_cls):
-        _FAMILIES[name] = Family(name, config_cls, module_cls, description)
-        return module_cls
 
-    return decorator
+def register_family(name: str, config: type, description: str = ""):
+    """Class decorator: register an `nn.Module` built from the dataclass `config` as model family `name`.
+
+    `config` lists every architecture number with its type and bounds (trainers.options types) and sets
+    `__pydantic_config__ = FORBID_EXTRA`, so `make_config` refuses unknown keys and bad values.
+    """
+    return FAMILIES.register(name, config=config, description=description)
 
 
 def list_models() -> list[str]:
     """Names of the registered model families."""
-    return list(_FAMILIES)
+    return FAMILIES.names()
 
 
 def get_family(name: str) -> Family:
-    if name not in _FAMILIES:
-        raise ToolkitError(f"unknown model family '{name}'; choose from {', '.join(_FAMILIES)}")
-    return _FAMILIES[name]
+    """The registered family `name`; one ToolkitError line when unknown."""
+    return FAMILIES.get(name)
 
 
 def make_config(family: str, values: dict | None = None):
-    """Build a family's config from a dict, rejecting unknown keys by name."""
-    cls = get_family(family).config_cls
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ToolkitError(f"unknown {family} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**values)
+    """Build a family's config from a dict: unknown keys, wrong types and out-of-range values are refused."""
+    return parse(get_family(family).config, values, f"{family} config")
 
 
 def build_model(family: str, config, input_shape, num_classes: int, mean=None, std=None) -> nn.Module:
     """Build a family's module; `config` is its dataclass or a plain dict."""
     fam = get_family(family)
-    if isinstance(config, dict):
-        config = make_config(family, config)
+    config = make_config(family, config) if isinstance(config, dict) else check(config, f"{family} config")
     input_shape = tuple(int(d) for d in input_shape)
     if mean is None:
         mean, std = _unit_stats(input_shape)
     try:
-        return fam.build(config, input_shape, num_classes, np.asarray(mean), np.asarray(std))
+        return fam.func(config, input_shape, num_classes, np.asarray(mean), np.asarray(std))
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ArtifactError(f"cannot build a {family} model for inputs {input_shape}: {exc}") from None
 
@@ -117,8 +123,9 @@ def _dense_stack(widths: list[int], dropout: float) -> tuple[nn.Sequential, int]
 class MLPConfig:
     """hidden: width of each hidden layer (empty: a linear model)."""
 
-    hidden: list[int] = field(default_factory=lambda: [256, 128])
-    dropout: float = 0.1
+    __pydantic_config__ = FORBID_EXTRA
+    hidden: list[PositiveInt] = field(default_factory=lambda: [256, 128])
+    dropout: Dropout = 0.1
 
 
 @register_family("mlp", MLPConfig, "multi-layer perceptron on the flattened input")
@@ -140,10 +147,11 @@ class CNNConfig:
     """channels: output channels of each conv block (conv, ReLU, 2x max-pool);
     hidden: widths of the dense layers after flattening."""
 
-    channels: list[int] = field(default_factory=lambda: [32, 64])
-    kernel_size: int = 3
-    hidden: list[int] = field(default_factory=lambda: [128])
-    dropout: float = 0.2
+    __pydantic_config__ = FORBID_EXTRA
+    channels: list[PositiveInt] = field(default_factory=lambda: [32, 64])
+    kernel_size: OddKernel = 3
+    hidden: list[PositiveInt] = field(default_factory=lambda: [128])
+    dropout: Dropout = 0.2
 
 
 @register_family("cnn", CNNConfig, "convolutional net: Conv1d for (F,) and (C, L), Conv2d for (C, H, W)")
@@ -183,17 +191,16 @@ class LSTMConfig:
     """hidden: hidden units of each stacked LSTM layer (layers may differ in width,
     so structured pruning can shrink each one); bidirectional applies to all."""
 
-    hidden: list[int] = field(default_factory=lambda: [128])
-    bidirectional: bool = False
-    dropout: float = 0.1
+    __pydantic_config__ = FORBID_EXTRA
+    hidden: Annotated[list[PositiveInt], Field(min_length=1)] = field(default_factory=lambda: [128])
+    bidirectional: Bool = False
+    dropout: Dropout = 0.1
 
 
 @register_family("lstm", LSTMConfig, "stacked LSTM reading along the last spatial axis")
 class LSTMClassifier(nn.Module):
     def __init__(self, config: LSTMConfig, input_shape, num_classes, mean, std):
         super().__init__()
-        if not config.hidden:
-            raise ValueError("an LSTM needs at least one layer")
         self.config, self.input_shape = config, tuple(input_shape)
         self.standardize = Standardize(mean, std)
         directions = 2 if config.bidirectional else 1
