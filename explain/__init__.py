@@ -12,11 +12,8 @@ Methods register with `@explain.register_method` (see `explain.registry`) when t
 Names are imported lazily so `import explain` does not import torch, captum or shap.
 """
 
-from importlib import import_module
-
 from trainers.lazy import lazy_exports
 
-METHOD_MODULES = ("library",)
 _EXPORTS = {
     "registry": ("Explainer", "check_family", "default_methods", "get_method", "list_methods", "register_method"),
     "methods": ("Attribution", "attribute", "resolve"),
@@ -25,16 +22,11 @@ _EXPORTS = {
     "quality": ("assess", "completeness_error"),
     "shapley": ("shapley_permutation",),
 }
-_loaded = False
 
 
 def load_methods() -> None:
-    """Import the built-in method modules, so that their methods are registered (once)."""
-    global _loaded
-    if not _loaded:
-        for name in METHOD_MODULES:
-            import_module(f".{name}", __name__)
-        _loaded = True
+    """Import the built-in method modules: each registers its methods when imported (Python imports it once)."""
+    from . import library  # noqa: F401
 
 
 __getattr__, __dir__, _LAZY = lazy_exports(__name__, globals(), _EXPORTS, before=load_methods)
