@@ -1,4 +1,4 @@
-"""What every command shares: error handling, JSON output, messages on stderr."""
+"""What every command shares: error handling, JSON output, messages on stderr, help filled from the registries."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import json
 import os
 import sys
 
+from typing import Callable
+
 import typer
+from typer.core import TyperCommand
 
 from trainers.errors import ToolkitError
-
-# The model families, listed here so `--help` needs no torch import;
-# tests/test_cli.py checks this against trainers.list_models().
-FAMILIES = ("mlp", "cnn", "lstm")
 
 
 def handle_errors(func):
@@ -66,3 +65,49 @@ def parse_json_option(text: str | None, option: str) -> dict:
     if not isinstance(value, dict):
         raise ToolkitError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [64]}}'")
     return value
+
+
+def with_help_from(choices: dict[str, Callable[[], list]] | None = None,
+                   defaults: Callable[[], dict] | None = None) -> type[TyperCommand]:
+    """A command class whose `--help` lists each option's registered names and library default.
+
+    `choices` maps an option's parameter name to a function returning the names (a registry's list);
+    `defaults` returns parameter name -> default (an options dataclass's fields). Both run only when
+    that command's own help is rendered: `toolkit --help` and parsing import no registry, hence no torch.
+    """
+
+    class HelpFromLibrary(TyperCommand):
+        def format_help(self, ctx, formatter):
+            given = defaults() if defaults else {}
+            for param in self.params:
+                if not hasattr(param, "base_help"):  # help rendered twice in one process must not grow
+                    param.base_help = param.help or ""
+                base, extra = param.base_help, []
+                if param.name in (choices or {}):
+                    extra.append(f"Choices: {', '.join(map(str, choices[param.name]()))}.")
+                default = given.get(param.name)
+                if default not in (None, {}, []):
+                    shown = ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+                    extra.append(f"Default: {shown}.")
+                param.help = " ".join([base, *extra]).strip() or None
+            return super().format_help(ctx, formatter)
+
+    return HelpFromLibrary
+
+
+def model_families() -> list[str]:
+    from trainers import list_models
+
+    return list_models()
+
+
+def compression_methods() -> list[str]:
+    from compress import list_methods
+
+    return list_methods()
+
+
+def explanation_methods() -> list[str]:
+    from explain import list_methods
+
+    return list_methods()

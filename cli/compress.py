@@ -7,17 +7,17 @@ from typing import List, Optional
 
 import typer
 
-from .common import emit_json, handle_errors, info, parse_json_option
+from .common import compression_methods, emit_json, handle_errors, info, parse_json_option, with_help_from
 
 
 @handle_errors
 def compress_command(
     model_dir: Path = typer.Argument(..., help="A trained model artifact directory (from `toolkit train`)."),
     data: str = typer.Option(..., "--data", "-d", help="The data the model was trained on (built-in name or .npz/.csv)."),
-    method: Optional[List[str]] = typer.Option(None, "--method", "-m",
-                                               help="Method (repeatable): auto (default), onnx-fp32, int8-dynamic, "
-                                                    "int8-static, fp16, bf16, prune-structured, prune-unstructured, distill."),
-    max_drop: float = typer.Option(0.5, "--max-drop", help="Accuracy budget in percentage points below the original."),
+    method: Optional[List[str]] = typer.Option(None, "--method", "-m", help="Method (repeatable); auto tries the "
+                                                                            "candidates for the model's family."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy budget in percentage points below "
+                                                                      "the original."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Pruning ratio in (0, 1) for the prune methods and auto."),
     options: Optional[str] = typer.Option(None, "--options", help='Per-method options as JSON, e.g. \'{"distill": {"epochs": 20}}\'.'),
     target: Optional[str] = typer.Option(None, help="Label column of a CSV file (default: last column)."),
@@ -34,8 +34,10 @@ def compress_command(
 
     model = load_model(model_dir)
     out = out or default_run_dir("compress", model.spec.family)
-    result = compress_model(model, data, methods=method or ["auto"], max_drop=max_drop, out=out, overwrite=overwrite,
-                            options=parse_json_option(options, "--options"), ratio=ratio, target=target, progress=info)
+    given = {"methods": method or None, "max_drop": max_drop, "ratio": ratio,
+             "options": parse_json_option(options, "--options") if options is not None else None}
+    result = compress_model(model, data, **{key: value for key, value in given.items() if value is not None}, out=out,
+                            overwrite=overwrite, target=target, progress=info)
     summary = result.to_dict()
     info(format_table(summary))
     info(f"chosen: {summary['chosen']['name']}: {summary['chosen']['reason']}")
@@ -61,5 +63,13 @@ def format_table(summary: dict) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _defaults() -> dict:
+    from compress.options import CompressOptions
+    from trainers.options import defaults
+
+    return {("method" if key == "methods" else key): value for key, value in defaults(CompressOptions).items()}
+
+
 def register(app: typer.Typer) -> None:
-    app.command("compress")(compress_command)
+    cls = with_help_from({"method": compression_methods}, _defaults)
+    app.command("compress", cls=cls)(compress_command)

@@ -22,3 +22,7 @@ def env_command(as_json: bool = typer.Option(False, "--json", help="Print as JSO
                 typer.echo(f"{name:>14}: {version or 'not installed'}")
         else:
             typer.echo(f"{key:>14}: {value}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("env")(env_command)

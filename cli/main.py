@@ -1,5 +1,8 @@
 """The `toolkit` app: one module per command, joined here.
 
+Each command module imports only typer at import time; its stage (and torch) is imported when the command
+runs or when its own `--help` lists the registered names, so `toolkit --help` stays fast.
+
 `main()` runs the app in non-standalone mode so that usage errors (an unknown
 option, a missing argument) come out as one line on stderr with exit code 2,
 like every other bad input, instead of click's multi-line block.
@@ -11,7 +14,7 @@ import sys
 
 import typer
 
-from . import env, train
+from . import compress, env, explain, pipeline, report, train
 
 app = typer.Typer(
     name="toolkit",
@@ -21,25 +24,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("train")(train.train_command)
-app.command("env")(env.env_command)
-
-
-def _register_optional() -> None:
-    """Commands whose modules exist are added; each lives in its own cli/<name>.py."""
-    import importlib
-
-    for name in ("compress", "explain", "report", "pipeline"):
-        try:
-            module = importlib.import_module(f"cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cli.{name}":
-                raise
-            continue
-        module.register(app)
-
-
-_register_optional()
+for command in (train, compress, explain, report, pipeline, env):
+    command.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`toolkit train`: train an MLP, CNN or LSTM classifier and write a model artifact."""
+"""`toolkit train`: train a classifier of a registered family and write a model artifact."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ from typing import Optional
 
 import typer
 
-from .common import FAMILIES, emit_json, handle_errors, info, parse_json_option
+from .common import emit_json, handle_errors, info, model_families, parse_json_option, with_help_from
+
+GROUP = "Several GPUs or machines"
 
 
 @handle_errors
 def train_command(
     data: str = typer.Argument(..., help="Built-in data set (digits, iris, wine, breast_cancer) or a .npz/.csv file."),
-    model: str = typer.Option(..., "--model", "-m", help=f"Model family: {', '.join(FAMILIES)}."),
+    model: str = typer.Option(..., "--model", "-m", help="Model family."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-train-<model>)."),
-    epochs: int = typer.Option(100, help="Maximum epochs (early stopping on validation loss)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Samples per step."),
-    lr: float = typer.Option(3e-3, help="AdamW learning rate."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
-    seed: int = typer.Option(0, help="Seed for the split, the initialisation and the shuffling."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping on validation loss)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate."),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the split, the initialisation and the shuffling."),
     target: Optional[str] = typer.Option(None, help="Label column of a CSV file (default: last column)."),
     arch: Optional[str] = typer.Option(None, help='Architecture as JSON, e.g. \'{"hidden": [64, 32]}\'.'),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
@@ -27,16 +29,15 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     nproc_per_node: Optional[int] = typer.Option(
         None, "--nproc-per-node", help="Train in N processes on this machine (one per GPU; gloo on CPU) via torchrun.",
-        rich_help_panel="Several GPUs or machines"),
+        rich_help_panel=GROUP),
     nnodes: int = typer.Option(1, "--nnodes", help="Number of machines (run the same command on each).",
-                               rich_help_panel="Several GPUs or machines"),
-    node_rank: int = typer.Option(0, "--node-rank", help="This machine's number, 0 to nnodes-1.",
-                                  rich_help_panel="Several GPUs or machines"),
+                               rich_help_panel=GROUP),
+    node_rank: int = typer.Option(0, "--node-rank", help="This machine's number, 0 to nnodes-1.", rich_help_panel=GROUP),
     master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of the machine with --node-rank 0.",
-                                              rich_help_panel="Several GPUs or machines"),
+                                              rich_help_panel=GROUP),
     master_port: Optional[int] = typer.Option(None, "--master-port", help="Free port on that machine (default 29500 "
                                               "with several machines; one machine picks a free port).",
-                                              rich_help_panel="Several GPUs or machines"),
+                                              rich_help_panel=GROUP),
 ):
     """Train a classifier and save it as a model artifact.
 
@@ -46,16 +47,20 @@ def train_command(
     """
     from trainers import TrainConfig, default_run_dir, train
     from trainers.errors import ToolkitError
+    from trainers.options import parse
 
-    if model not in FAMILIES:
-        raise ToolkitError(f"unknown --model '{model}'; choose from {', '.join(FAMILIES)}")
     if resume and out is None:
         raise ToolkitError("--resume needs --out, the directory of the interrupted run")
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                         model=parse_json_option(arch, "--arch"))
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
+             "model": parse_json_option(arch, "--arch") if arch is not None else None}
+    config = parse(TrainConfig, {key: value for key, value in given.items() if value is not None})
     out = out or default_run_dir("train", model)
     if nproc_per_node is not None:
-        raise typer.Exit(_launch(locals()))
+        from trainers.distributed import LaunchOptions, launch_training
+
+        where = LaunchOptions(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        raise typer.Exit(launch_training(data, model, config, where, out=out, target=target, overwrite=overwrite,
+                                         resume=resume, json_output=as_json))
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
     result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, target=target)
@@ -74,32 +79,13 @@ def train_command(
         typer.echo(str(result.out))
 
 
-def _launch(options: dict) -> int:
-    """Re-run this command in `--nproc-per-node` processes per machine under torchrun's launcher."""
-    from trainers.distributed import LaunchOptions, launch
-    from trainers.errors import ToolkitError
+def _defaults() -> dict:
+    from trainers import TrainConfig
+    from trainers.options import defaults
 
-    config, out = options["config"], options["out"]
-    config.validate()
-    launch_options = LaunchOptions(options["nproc_per_node"], options["nnodes"], options["node_rank"],
-                                   options["master_addr"], options["master_port"])
-    launch_options.validate()
-    if options["device"] != "cpu":
-        import torch
+    return defaults(TrainConfig)
 
-        gpus = torch.cuda.device_count()
-        if options["device"].startswith("cuda") and gpus == 0:
-            raise ToolkitError("--device cuda was requested but no CUDA GPU is available")
-        if gpus and launch_options.nproc_per_node > gpus:
-            raise ToolkitError(f"--nproc-per-node {launch_options.nproc_per_node} but this machine has {gpus} GPU(s)")
-    if out.is_dir() and any(out.iterdir()) and not (options["overwrite"] or options["resume"]):
-        raise ToolkitError(f"output directory {out} already exists; pass --overwrite to replace it")
-    argv = [options["data"], "--model", options["model"], "--out", str(out), "--epochs", str(config.epochs),
-            "--batch-size", str(config.batch_size), "--lr", repr(config.lr), "--device", options["device"],
-            "--seed", str(config.seed)]
-    for flag, value in (("--target", options["target"]), ("--arch", options["arch"])):
-        if value is not None:
-            argv += [flag, value]
-    argv += [flag for flag, on in (("--overwrite", options["overwrite"]), ("--resume", options["resume"]),
-                                   ("--json", options["as_json"])) if on]
-    return launch(launch_options, argv)
+
+def register(app: typer.Typer) -> None:
+    cls = with_help_from({"model": model_families}, _defaults)
+    app.command("train", cls=cls)(train_command)

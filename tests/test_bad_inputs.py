@@ -288,8 +288,8 @@ CASES: dict[str, dict[str, Case]] = {
                                 "samples"),
         "csv with missing values": Case(lambda c: [c.file("d.csv", "a,b,t\n" + "1,,0\n2,3,1\n" * 10), "--model", "mlp"],
                                         "missing value"),
-        "--batch-size 0": Case(lambda c: ["iris", "--model", "mlp", "--batch-size", "0"], "--batch-size"),
-        "--lr nan": Case(lambda c: ["iris", "--model", "mlp", "--lr", "nan"], "--lr"),
+        "--batch-size 0": Case(lambda c: ["iris", "--model", "mlp", "--batch-size", "0"], "batch_size: "),
+        "--lr nan": Case(lambda c: ["iris", "--model", "mlp", "--lr", "nan"], "lr: input should be a finite number"),
         "--arch not an object": Case(lambda c: ["iris", "--model", "mlp", "--arch", "[64]"], "--arch"),
         "--epochs not a number": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "many"], "--epochs"),
         "out exists": Case(lambda c: (c.existing_out(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "--overwrite"),
@@ -388,12 +388,13 @@ CASES: dict[str, dict[str, Case]] = {
                                  out_flag=False),
     },
     "pipeline": {
-        "unknown model": Case(lambda c: ["iris", "--model", "gpt"], "unknown --model"),
+        "unknown model": Case(lambda c: ["iris", "--model", "gpt"], "unknown model family 'gpt'"),
         "data missing": Case(lambda c: [str(c.tmp / "d.csv"), "--model", "mlp"], "not found"),
         "data with one class": Case(
             lambda c: [npz(c.tmp / "d.npz", x=np.zeros((40, 4)), y=np.zeros(40, int)), "--model", "mlp"], "one class"),
         "config with an unknown key": Case(lambda c: ["iris", "--model", "mlp", "--config",
-                                                      c.file("c.toml", "[train]\nepoch = 3\n")], "train.epoch"),
+                                                      c.file("c.toml", "[train]\nepoch = 3\n")],
+                                           "config train.epoch: unknown option"),
         "config with an unknown section": Case(lambda c: ["iris", "--model", "mlp", "--config",
                                                           c.file("c.toml", "[trian]\nepochs = 3\n")], "trian"),
         "config with a wrong type": Case(lambda c: ["iris", "--model", "mlp", "--config",
@@ -410,11 +411,12 @@ CASES: dict[str, dict[str, Case]] = {
         "report path escaping the run dir": Case(
             lambda c: ["iris", "--model", "mlp", "--config", c.file("c.toml", '[report]\nout = "../../r.html"\n')],
             "report.out"),
-        "--epochs 0": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "0"], "--epochs"),
+        "--epochs 0": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "0"], "config train.epochs"),
         # Options of later stages are checked before training starts: nothing runs, nothing is written.
-        "--samples 0": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--samples", "0"], "samples"),
+        "--samples 0": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--samples", "0"],
+                            "config explain.samples"),
         "negative --max-drop": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--max-drop", "-1"],
-                                    "max-drop"),
+                                    "config compress.max_drop"),
         "unknown compress method": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--method", "zip"],
                                         "zip"),
         "unknown explain method": Case(

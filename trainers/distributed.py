@@ -18,6 +18,7 @@ than one process lives here:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -236,3 +237,43 @@ def launch(options: LaunchOptions, train_argv: list[str]) -> int:
         codes = [failure.exitcode for _, failure in sorted(exc.failures.items())]
         return next((code for code in codes if code and code > 0), 1)
     return 0
+
+
+# TrainConfig fields that `toolkit train` takes as options, with their flags: what the launched processes receive.
+_TRAIN_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "device": "--device", "seed": "--seed"}
+
+
+def launch_training(data, family: str, config, options: LaunchOptions, *, out: Path, target: str | None = None,
+                    overwrite: bool = False, resume: bool = False, json_output: bool = False) -> int:
+    """`train(data, family, config, out=...)` in `options.nproc_per_node` processes per machine, via `launch`.
+
+    What would make every process fail (a bad option, too few GPUs, an occupied `out`) is refused here first,
+    in one ToolkitError line. Returns the launcher's exit code.
+    """
+    from .models import get_family
+
+    config.validate()
+    options.validate()
+    get_family(family)
+    unsent = [name for name, value in vars(config).items()
+              if name not in (*_TRAIN_FLAGS, "model") and value != getattr(type(config)(), name)]
+    if unsent:
+        raise ToolkitError(f"{', '.join(unsent)} cannot be passed to the launched processes: keep the defaults")
+    if config.device != "cpu":
+        gpus = torch.cuda.device_count()
+        if config.device.startswith("cuda") and gpus == 0:
+            raise ToolkitError("--device cuda was requested but no CUDA GPU is available")
+        if gpus and options.nproc_per_node > gpus:
+            raise ToolkitError(f"--nproc-per-node {options.nproc_per_node} but this machine has {gpus} GPU(s)")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise ToolkitError(f"output directory {out} already exists; pass --overwrite to replace it")
+    argv = [str(data), "--model", family, "--out", str(out)]
+    for name, flag in _TRAIN_FLAGS.items():
+        argv += [flag, repr(getattr(config, name)) if name == "lr" else str(getattr(config, name))]
+    if config.model:
+        argv += ["--arch", json.dumps(config.model)]
+    if target is not None:
+        argv += ["--target", target]
+    argv += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--json", json_output)) if on]
+    return launch(options, argv)

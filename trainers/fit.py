@@ -18,9 +18,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, AliasChoices, Field, Strict
 from torch import nn
 
 from . import distributed
@@ -30,35 +32,40 @@ from .data import DataBundle, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
 from .models import build_model, config_dict, get_family, make_config
+from .options import FORBID_EXTRA, Bool, NonNegativeInt, PositiveFloat, PositiveInt, check
 from .rundir import RunDir
+
+
+def _device_name(value: str) -> str:
+    if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+    return value
 
 
 @dataclass
 class TrainConfig:
-    """Training options; saved as `config.json` beside the results."""
+    """Training options, each default and bound declared once; saved as `config.json` beside the results.
 
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    patience: int = 15
-    lr_patience: int = 5
-    device: str = "auto"
-    seed: int = 0
-    amp: bool = True
-    model: dict = field(default_factory=dict)
+    `model` holds the architecture options of the family (`arch` in config files and on the command line).
+    """
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 3e-3
+    weight_decay: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] = 1e-4
+    patience: PositiveInt = 15
+    lr_patience: PositiveInt = 5
+    device: Annotated[str, Strict(), AfterValidator(_device_name)] = "auto"
+    seed: NonNegativeInt = 0
+    amp: Bool = True
+    model: Annotated[dict, Field(validation_alias=AliasChoices("arch", "model"), serialization_alias="arch")] = field(
+        default_factory=dict)
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ToolkitError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ToolkitError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and np.isfinite(self.lr)):
-            raise ToolkitError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0 or self.patience < 1 or self.lr_patience < 1:
-            raise ToolkitError("weight_decay must be >= 0 and patience values >= 1")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ToolkitError(f"--device must be auto, cpu or cuda, got '{self.device}'")
+        """One ToolkitError line naming the first bad option (`trainers.options.check`)."""
+        check(self)
 
 
 @dataclass

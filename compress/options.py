@@ -1,0 +1,36 @@
+"""`CompressOptions`: the options of `compress_model`, each default and bound declared once.
+
+The pipeline's `compress` section is this dataclass; `toolkit compress --help` shows its defaults.
+Which method names exist, and which families they handle, is the registry's to say (`check_request`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from pydantic import Field, Strict
+
+from trainers.options import FORBID_EXTRA, Ratio, Str
+
+# Accuracy points below the original (0.5 = half a percentage point).
+Points = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+
+
+@dataclass
+class CompressOptions:
+    """Keyword options of `compress_model`: `compress_model(model, data, **as_dict(options))`.
+
+    Attributes:
+        methods: registered method names (`compress.list_methods()`); "auto" tries the candidates for the family.
+        max_drop: accuracy budget, in percentage points below the original.
+        ratio: pruning ratio in (0, 1) for the prune methods and auto's structured pruning.
+        options: per-method options, e.g. {"auto": {"distill_epochs": 0}}.
+    """
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    methods: Annotated[list[Str], Field(min_length=1)] = field(default_factory=lambda: ["auto"])
+    max_drop: Points = 0.5
+    ratio: Ratio | None = None
+    options: dict[Str, dict] = field(default_factory=dict)

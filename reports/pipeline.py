@@ -1,0 +1,211 @@
+"""`run_pipeline`: train, compress, explain (the original and the chosen variant) and report, in one run directory.
+
+The stages are called as library functions and each one's result is handed to the next: the trained model to
+compress, the chosen variant of the returned `CompressResult` to explain. The run directory is built in
+`<out>.partial` (`trainers.RunDir`) and committed once every stage has finished or failed, then the report is
+rendered from it; it holds `train/`, `compress/`, `explain/`, `config.json` and `config.yaml` (the resolved
+configuration, loadable again with `--config`), `pipeline.json` (stage statuses, times, errors) and the report.
+
+The stages are imported inside functions and `reports` exports this module lazily, so `import reports` (and
+rendering a report) stays free of torch.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from trainers.errors import ToolkitError
+from trainers.options import as_dict
+
+from .config import PipelineConfig, resolve_config, save_config
+
+STAGES = ("train", "compress", "explain", "report")
+
+
+@dataclass
+class PipelineResult:
+    """What `run_pipeline` returns: the run directory, its report and `pipeline.json` (stage statuses)."""
+
+    run_dir: Path
+    report: Path | None
+    status: dict
+
+    def to_dict(self) -> dict:
+        return {**self.status, "run_dir": str(self.run_dir), "report": str(self.report) if self.report else None}
+
+
+class StageFailed(Exception):
+    """A stage failed after the pipeline started; the report of what finished was still written.
+
+    Attributes: stage, code (2 bad input, 1 unexpected), result (a PipelineResult); `__cause__` is the error.
+    """
+
+    def __init__(self, stage: str, message: str, code: int, result: PipelineResult):
+        super().__init__(f"{stage} stage failed: {message}")
+        self.stage, self.code, self.result = stage, code, result
+
+    @property
+    def report(self) -> Path | None:
+        return self.result.report
+
+
+def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict | None = None, *,
+                 overrides: dict | None = None, out: str | Path | None = None, overwrite: bool = False,
+                 progress: Callable[[str], None] | None = None) -> PipelineResult:
+    """Train, compress, explain (original and chosen variant, with drift) and report in one run directory.
+
+    Args:
+        data: a built-in data set name or a .npz/.csv path.
+        family: a registered model family (`trainers.list_models()`).
+        config: a TOML/YAML/JSON file, a dict of sections or a PipelineConfig (see `resolve_config`).
+        overrides: dotted keys that win over `config`, e.g. {"train.epochs": 3}.
+        out: the run directory (default runs/<time>-pipeline-<family>).
+        overwrite: replace an existing run directory (once the new one is complete).
+        progress: callable taking one line of progress (default: print on stderr).
+
+    Raises:
+        ToolkitError: bad input found before anything ran (nothing is written).
+        StageFailed: a stage failed; the run directory and the report of what finished are written.
+    """
+    from trainers import RunDir, default_run_dir, load_data
+
+    say = progress or _to_stderr
+    cfg = resolve_config(config, overrides)
+    _preflight(cfg, family)
+    bundle = load_data(data, target=cfg.target, seed=cfg.train.seed)  # bad data: nothing written
+    run = RunDir(out if out is not None else default_run_dir("pipeline", family), overwrite=overwrite)
+    started = time.perf_counter()
+    status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [],
+              "seconds": None, "report": cfg.report.out}
+    results: dict = {}  # stage name -> its result, handed to the next stages
+    steps = {"train": lambda: _train(bundle, family, cfg, run),
+             "compress": lambda: _compress(results["train"], bundle, cfg, run, say),
+             "explain": lambda: _explain(results["train"], results["compress"], bundle, cfg, run, say)}
+    with run:  # an interrupt or a crash outside the stages leaves nothing behind
+        save_config(run.path, cfg, data=str(data), family=family, command=_command(data, family, run.final))
+        failure = None
+        for index, (name, step) in enumerate(steps.items(), 1):
+            if failure is not None:
+                status["stages"].append({"name": name, "status": "not run", "reason": f"{failure[0]} failed"})
+                continue
+            failure = _run_stage(index, name, step, results, status, say)
+            run.write_json("pipeline.json", status)
+        say(f"[{len(STAGES)}/{len(STAGES)}] report ...")
+        status["stages"].append({"name": "report", "status": "done"})
+        status["seconds"] = round(time.perf_counter() - started, 3)
+        run.write_json("pipeline.json", status)
+        run_dir = run.commit()
+    result = PipelineResult(run_dir, None, status)
+    result.report = _report(result, cfg.report.out)
+    say(f"pipeline finished in {time.perf_counter() - started:.1f}s" + (" with a failed stage" if failure else ""))
+    if failure is not None:
+        name, message, code, exc = failure
+        raise StageFailed(name, message, code, result) from exc
+    return result
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _preflight(cfg: PipelineConfig, family: str) -> None:
+    """Check the family and the later stages' methods first: a typo must not cost a training run."""
+    from compress import check_request
+    from explain import check_family
+    from trainers import get_family
+
+    get_family(family)
+    options = cfg.compress
+    check_request(options.methods, family, options.max_drop, options.options, options.ratio)
+    for method in cfg.explain.methods or ():
+        check_family(method, family)
+
+
+def _command(data, family: str, run_dir: Path) -> str:
+    return shlex.join(["toolkit", "pipeline", str(data), "--model", family, "--config", str(run_dir / "config.yaml")])
+
+
+def _run_stage(index: int, name: str, step, results: dict, status: dict, say):
+    """Run one stage, record its status; returns (name, message, code, error) when it failed, else None."""
+    say(f"[{index}/{len(STAGES)}] {name} ...")
+    tick = time.perf_counter()
+    try:
+        results[name], reason = step()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded and reported; run_pipeline raises StageFailed at the end
+        message, code = _described(exc)
+        status["stages"].append({"name": name, "status": "failed", "seconds": round(time.perf_counter() - tick, 3),
+                                 "reason": message})
+        status["errors"].append({"stage": name, "message": message, "code": code})
+        say(f"[{index}/{len(STAGES)}] {name} failed: {message}")
+        return name, message, code, exc
+    seconds = round(time.perf_counter() - tick, 3)
+    status["stages"].append({"name": name, "status": "done", "seconds": seconds, "reason": reason})
+    say(f"[{index}/{len(STAGES)}] {name} done in {seconds:.1f}s: {reason}")
+    return None
+
+
+def _described(exc: Exception) -> tuple[str, int]:
+    """A failed stage's one-line message and exit code: 2 for bad input, 1 (with the error's type) otherwise."""
+    from .collect import ReportError
+
+    message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, (ToolkitError, ReportError)):
+        return message, 2
+    return f"{type(exc).__name__}: {message}", 1
+
+
+def _train(bundle, family: str, cfg: PipelineConfig, run):
+    from trainers import load_model, train
+
+    result = train(bundle, family, cfg.train, out=run.path / "train")
+    # Later stages take the saved artifact (CPU, as a user would load it). The paths they record (lineage,
+    # result.json) name where it lives once the run directory is committed.
+    result.model = load_model(result.out)
+    result.model.path = run.final / "train"
+    m = result.metrics
+    return result, f"test accuracy {m['test_accuracy']:.4f} after {result.epochs_run} epochs"
+
+
+def _compress(trained, bundle, cfg: PipelineConfig, run, say):
+    from compress import compress_model
+
+    result = compress_model(trained.model, bundle, **as_dict(cfg.compress), out=run.path / "compress",
+                            progress=_indented(say))
+    return result, f"chosen variant {result.chosen.name}"
+
+
+def _explain(trained, compressed, bundle, cfg: PipelineConfig, run, say):
+    from explain import explain_model
+
+    chosen = compressed.chosen
+    compare = [] if chosen is compressed.baseline else [chosen.model]
+    result = explain_model(trained.model, bundle, **as_dict(cfg.explain), compare=compare, out=run.path / "explain",
+                           progress=_indented(say))
+    return result, f"drift against {chosen.name}" if compare else "the original was chosen: no variant to compare"
+
+
+def _indented(say):
+    return lambda message: say(f"      {message}")
+
+
+def _report(result: PipelineResult, name: str) -> Path:
+    """Render the committed run directory; a failure is recorded in pipeline.json and raised as StageFailed."""
+    from trainers.fileio import atomic_write_json
+
+    from .render import render_report
+
+    try:
+        return render_report(result.run_dir, result.run_dir / name)
+    except Exception as exc:
+        message, code = _described(exc)
+        result.status["stages"][-1].update(status="failed", reason=message)
+        result.status["errors"].append({"stage": "report", "message": message, "code": code})
+        atomic_write_json(result.run_dir / "pipeline.json", result.status)
+        raise StageFailed("report", message, code, result) from exc
