@@ -5,8 +5,9 @@ Public API::
     from reports import render_report
     path = render_report("runs/my-pipeline")          # -> runs/my-pipeline/report.html
 
-`reports` imports no stage: it reads JSON and PNG files only, so it renders any
-run directory, including one whose stage failed half-way.
+`reports` imports no stage: it reads JSON and PNG files only, each result through
+its typed, versioned definition in `trainers.schema`, so it renders any run
+directory, including one whose stage failed half-way.
 """
 
 from .collect import ReportError, load_run
