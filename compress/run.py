@@ -43,31 +43,30 @@ class CompressResult:
     out: Path | None = None
     paths: dict = field(default_factory=dict)  # variant name -> path relative to the run dir
 
-    def row(self, v: Variant) -> dict:
+    def row(self, v: Variant):
+        """One variant's row of result.json, a `trainers.schema.VariantRow`."""
+        from trainers.schema import VariantRow
+
         m = v.measurements
-        row = {"name": v.name, "method": v.recipe.get("method"), "recipe": v.recipe,
-               "path": self.parent if v is self.baseline else self.paths.get(v.name),
-               "runtime": m.get("runtime"), "dtype": _dtype(v)}
-        row.update({k: m.get(k) for k in ROW_KEYS})
-        row["parity"] = m.get("parity")
-        if "twin_agreement" in m:
-            row["twin_agreement"] = m["twin_agreement"]
-        if "agreement_check" in m:
-            row["agreement_check"] = m["agreement_check"]
-        row["notes"] = list(v.notes)
-        return row
+        return VariantRow(
+            name=v.name, method=v.recipe.get("method"), recipe=v.recipe,
+            path=self.parent if v is self.baseline else self.paths.get(v.name),
+            runtime=m.get("runtime"), dtype=_dtype(v), **{k: m.get(k) for k in ROW_KEYS},
+            parity=m.get("parity"), twin_agreement=m.get("twin_agreement"),
+            agreement_check=m.get("agreement_check"), notes=list(v.notes))
 
     def to_dict(self) -> dict:
-        return {
-            "stage": "compress", "parent": self.parent, "family": self.family, "data": self.data,
-            "methods": self.methods, "max_drop": self.max_drop, "threads": self.threads,
-            "baseline": self.row(self.baseline),
-            "variants": [self.row(v) for v in [self.baseline, *self.variants]],
-            "chosen": {"name": self.chosen.name,
-                       "path": self.parent if self.chosen is self.baseline else self.paths.get(self.chosen.name),
-                       "reason": self.reason},
-            "skipped": self.skipped, "seconds": round(self.seconds, 2),
-        }
+        """The `result.json` object, built through its schema (trainers.schema.CompressResultFile)."""
+        from trainers.schema import Chosen, CompressResultFile
+
+        chosen_path = self.parent if self.chosen is self.baseline else self.paths.get(self.chosen.name)
+        return CompressResultFile(
+            parent=self.parent, family=self.family, data=self.data, methods=self.methods, max_drop=self.max_drop,
+            threads=self.threads, baseline=self.row(self.baseline),
+            variants=[self.row(v) for v in [self.baseline, *self.variants]],
+            chosen=Chosen(name=self.chosen.name, path=chosen_path, reason=self.reason),
+            skipped=self.skipped, seconds=round(self.seconds, 2),
+        ).dump()
 
 
 def _dtype(v: Variant) -> str:

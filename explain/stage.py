@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trainers.errors import ToolkitError
+from trainers.schema import ExplainResultFile
 
 from .methods import resolve
 from .registry import default_methods, get_method
@@ -19,7 +20,7 @@ BACKGROUND_SAMPLES = 32   # training samples for the methods that declare needs_
 
 @dataclass
 class ExplainResult:
-    """What `explain_model` returns and writes as `result.json` (schema in docs/results.md)."""
+    """What `explain_model` returns; `summary` is what it writes as `result.json` (trainers.schema.ExplainResultFile)."""
 
     summary: dict
     attributions: dict = field(default_factory=dict)   # {(model name, method): Attribution}
@@ -105,7 +106,8 @@ def explain_model(model, data, *, methods=None, compare=(), samples: int = 64, o
     run = RunDir(out, overwrite=overwrite) if out is not None else None
     try:
         result = _run(original, variants, bundle, methods, int(samples), seed, say, run, accuracy)
-        result.summary["seconds"] = round(time.perf_counter() - start, 2)
+        result.summary = ExplainResultFile.model_validate(
+            {**result.summary, "seconds": round(time.perf_counter() - start, 2)}).dump()
         if run is not None:
             run.write_json("config.json", {"stage": "explain", "model": _describe(model, family), "data": bundle.name,
                                            "methods": methods, "compare": [n for n, _ in variants],
@@ -138,7 +140,7 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
     rng = np.random.default_rng(seed)
     background = bundle.x_train[rng.choice(len(bundle.x_train), min(BACKGROUND_SAMPLES, len(bundle.x_train)), replace=False)]
     fig_dir = run.path / "figures" if run is not None else None
-    summary: dict = {"stage": "explain", "model": _describe(original, spec.family), "family": spec.family,
+    summary: dict = {"model": _describe(original, spec.family), "family": spec.family,
                      "layout": spec.layout, "input_shape": list(spec.input_shape), "data": bundle.summary(),
                      "samples": int(len(idx)), "seed": seed, "methods": methods,
                      "runtimes": {"original": spec.runtime, **{n: v.spec.runtime for n, v in variants}},

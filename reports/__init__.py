@@ -6,10 +6,10 @@ Public API::
     path = render_report("runs/my-pipeline")          # -> runs/my-pipeline/report.html
     result = run_pipeline("digits", "cnn", "pipeline.toml", overrides={"train.epochs": 30}, out="runs/digits-cnn")
 
-The renderers import no stage: they read JSON and PNG files only, so they render any
-run directory, including one whose stage failed half-way. `reports.pipeline`, the top
-floor, runs the stages and then renders; it and its configuration are imported lazily,
-so `import reports` does not import torch.
+The renderers import no stage: they read JSON and PNG files only, each result through its
+typed, versioned definition in `trainers.schema`, so they render any run directory, including
+one whose stage failed half-way. `reports.pipeline`, the top floor, runs the stages and then
+renders; it and its configuration are imported lazily, so `import reports` does not import torch.
 """
 
 from trainers.lazy import lazy_exports

@@ -7,12 +7,17 @@ A card is a list of sections `(title, blocks)`; a block is `("p", text)`,
 
 from __future__ import annotations
 
-from .collect import dig, number
+from .collect import number
 
 
 def _pct(value) -> str:
     value = number(value)
     return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _fixed(value, digits: int = 4) -> str:
+    value = number(value)
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _kib(value) -> str:
@@ -22,11 +27,10 @@ def _kib(value) -> str:
 
 def build(run, overview: dict, training: dict | None, compression: dict | None, explanation: dict | None) -> list:
     model = run.model_json
-    data = dig(run.results, "train", "data")
-    data = data if isinstance(data, dict) else model.get("data") if isinstance(model.get("data"), dict) else {}
-    shape = data.get("input_shape") if isinstance(data.get("input_shape"), list) else []
-    family = str(dig(run.results, "train", "family") or model.get("family") or run.pipeline_config.get("family") or "?")
-    name = str(data.get("name") or "?")
+    data = run.data
+    shape = data.input_shape if data else []
+    family = str(run.family or model.get("family") or run.pipeline_config.get("family") or "?")
+    name = data.name if data else "?"
     sections = []
 
     details = [f"A {family.upper()} classifier trained by the toolkit on the '{name}' data set."]
@@ -39,7 +43,7 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
         facts.append(f"weights on disk: {_kib(training['size_bytes'])}")
     if model.get("class_names"):
         facts.append(f"classes: {', '.join(map(str, model['class_names']))}")
-    if dig(model, "training"):
+    if isinstance(model.get("training"), dict):
         t = model["training"]
         facts.append("training: AdamW, " + ", ".join(f"{k} {t[k]}" for k in ("epochs", "batch_size", "lr", "seed")
                                                      if k in t))
@@ -58,12 +62,11 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     ]))
 
     if data:
-        split = data.get("split") if isinstance(data.get("split"), dict) else {}
-        text = (f"Source: {data.get('source', name)}. Training / validation / test samples: "
-                f"{data.get('n_train', '?')} / {data.get('n_val', '?')} / {data.get('n_test', '?')}")
-        if split:
-            text += (", split stratified with seed " + str(split.get("seed")) if split.get("stratified")
-                     else ", held-out test set supplied by the user" if split.get("test_given") else "")
+        split = data.split
+        text = (f"Source: {data.source or name}. Training / validation / test samples: "
+                f"{data.n_train} / {data.n_val} / {data.n_test}")
+        text += (", held-out test set supplied by the user" if split.test_given
+                 else f", split stratified with seed {split.seed}" if split.stratified else "")
         text += ". Inputs are standardised with statistics of the training split, stored with the model."
         sections.append(("Training and evaluation data", [("p", text)]))
 
@@ -74,7 +77,7 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     quant = []
     if training and training.get("scores"):
         quant.append(("table", ["split", "accuracy", "loss"],
-                      [[s["split"], _pct(s["accuracy"]), f"{s['loss']:.4f}" if s["loss"] is not None else "n/a"]
+                      [[s["split"], _pct(s["accuracy"]), _fixed(s["loss"])]
                        for s in training["scores"]]))
     if training and training.get("per_class"):
         worst = sorted((r for r in training["per_class"] if r["recall"] is not None), key=lambda r: r["recall"])[:3]
@@ -102,9 +105,8 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     if explanation and explanation.get("quality"):
         caveats.append("Attributions explain this model's behaviour, not causes in the data; see the quality "
                        "verdicts in the report before trusting a method.")
-    errors = [e for e in (run.pipeline.get("errors") or []) if isinstance(e, dict)]
-    for e in errors:
-        caveats.append(f"the {e.get('stage', '?')} stage failed: {e.get('message', '')}")
+    for e in run.pipeline.errors if run.pipeline else []:
+        caveats.append(f"the {e.stage} stage failed: {e.message}")
     sections.append(("Caveats and recommendations", [("ul", caveats)]))
     return sections
 

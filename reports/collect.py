@@ -1,8 +1,9 @@
 """Find and read what the stages wrote in a run directory (JSON and figure files only).
 
-A run directory is either one stage's output (`result.json` with a `stage` key)
-or a pipeline directory with `train/`, `compress/`, `explain/` subdirectories and
-an optional `pipeline.json` (stage statuses and errors, written by `toolkit pipeline`).
+A run directory is either one stage's output (`result.json`) or a pipeline directory with `train/`,
+`compress/`, `explain/` subdirectories and an optional `pipeline.json` (stage statuses and errors, written
+by `toolkit pipeline`). Results are read through `trainers.schema`, so every section reads typed fields;
+a result of an unknown schema version, or one that does not match its schema, is refused.
 """
 
 from __future__ import annotations
@@ -12,38 +13,57 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainers.errors import ToolkitError
+from trainers.schema import (CompressResultFile, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
+                             TrainResultFile, read_result)
+
 STAGES = ("train", "compress", "explain")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-class ReportError(Exception):
-    """The run directory cannot be reported on (missing or unreadable results). Bad input: exit code 2."""
+class ReportError(ToolkitError):
+    """The run directory cannot be reported on (missing, unreadable or invalid results). Bad input: exit code 2."""
 
 
 @dataclass
 class Run:
-    """Everything read from a run directory, as plain data."""
+    """Everything read from a run directory: typed results, and the other JSON files as plain data."""
 
     root: Path
-    results: dict[str, dict] = field(default_factory=dict)  # stage -> result.json
+    train: TrainResultFile | None = None
+    compress: CompressResultFile | None = None
+    explain: ExplainResultFile | None = None
+    pipeline: PipelineFile | None = None
     dirs: dict[str, Path] = field(default_factory=dict)  # stage -> its directory
     configs: dict[str, dict] = field(default_factory=dict)  # stage -> config.json
     env: dict = field(default_factory=dict)
     model_json: dict = field(default_factory=dict)  # the trained model's model.json
     model_metrics: dict = field(default_factory=dict)  # the trained model's metrics.json
-    pipeline: dict = field(default_factory=dict)  # pipeline.json, when a pipeline wrote it
     pipeline_config: dict = field(default_factory=dict)  # the pipeline's resolved config.json
 
     @property
+    def results(self) -> dict[str, ResultFile]:
+        """The stage results present, in stage order."""
+        return {s: getattr(self, s) for s in STAGES if getattr(self, s) is not None}
+
+    @property
     def is_pipeline(self) -> bool:
-        return bool(self.pipeline) or any(self.dirs.get(s) != self.root for s in self.dirs)
+        return self.pipeline is not None or any(d != self.root for d in self.dirs.values())
+
+    @property
+    def data(self) -> DataSummary | None:
+        """The data the stages ran on (every stage result records it)."""
+        return next((r.data for r in self.results.values()), None)
+
+    @property
+    def family(self) -> str | None:
+        first = next(iter(self.results.values()), None)
+        return first.family if first else self.pipeline.family if self.pipeline else None
 
 
-def read_json(path: Path, what: str, required: bool = False) -> dict:
-    """A JSON object from `path`; `{}` when absent and not required; ReportError when unreadable."""
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from a file other than a result (config, env, model); `{}` when absent."""
     if not path.is_file():
-        if required:
-            raise ReportError(f"{what} not found: {path}")
         return {}
     try:
         obj = json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda name: None)
@@ -54,11 +74,22 @@ def read_json(path: Path, what: str, required: bool = False) -> dict:
     return obj
 
 
+def _result(path: Path, stage: str | None = None) -> ResultFile:
+    try:
+        result = read_result(path, stage)
+    except ToolkitError as exc:
+        raise ReportError(str(exc)) from None
+    if result.stage not in STAGES and stage is None:
+        raise ReportError(f"{path} holds a {result.stage} status, not a stage result")
+    return result
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read a single-stage or pipeline run directory.
 
     Raises:
-        ReportError: the directory does not exist or holds no stage results.
+        ReportError: the directory does not exist, holds no stage results, or a result is unreadable,
+            of an unknown schema version, or does not match its schema.
     """
     root = Path(run_dir)
     if not root.exists():
@@ -66,24 +97,25 @@ def load_run(run_dir: str | Path) -> Run:
     if not root.is_dir():
         raise ReportError(f"not a run directory (expected a directory): {root}")
     run = Run(root=root)
-    own = read_json(root / "result.json", "result file")
-    if own:
-        stage = str(own.get("stage") or "train")
-        run.results[stage], run.dirs[stage] = own, root
-        run.configs[stage] = read_json(root / "config.json", "config file")
+    if (root / "result.json").is_file():
+        result = _result(root / "result.json")
+        setattr(run, result.stage, result)
+        run.dirs[result.stage] = root
+        run.configs[result.stage] = read_json(root / "config.json", "config file")
     else:
-        run.pipeline = read_json(root / "pipeline.json", "pipeline status file")
+        if (root / "pipeline.json").is_file():
+            run.pipeline = _result(root / "pipeline.json", "pipeline")
         run.pipeline_config = read_json(root / "config.json", "config file")
         for stage in STAGES:
             sub = root / stage
-            result = read_json(sub / "result.json", f"{stage} result file")
-            if result:
-                run.results[stage], run.dirs[stage] = result, sub
+            if (sub / "result.json").is_file():
+                setattr(run, stage, _result(sub / "result.json", stage))
+                run.dirs[stage] = sub
                 run.configs[stage] = read_json(sub / "config.json", f"{stage} config file")
-        if not run.results and not run.pipeline:
+        if not run.results and run.pipeline is None:
             raise ReportError(f"no results in {root}: expected result.json, or train/, compress/ or explain/ "
                               "subdirectories holding one (is this a run directory?)")
-    for stage, directory in run.dirs.items():
+    for directory in run.dirs.values():
         if not run.env:
             run.env = read_json(directory / "env.json", "environment file")
     if "train" in run.dirs:
@@ -94,47 +126,23 @@ def load_run(run_dir: str | Path) -> Run:
 
 def image_file(directory: Path, name: str) -> bytes | None:
     """The bytes of a PNG figure named by a stage, or None when missing, not a PNG, or outside `directory`."""
-    if not isinstance(name, str) or not name:
+    if not name:
         return None
     base = directory.resolve()
-    for candidate in (directory / name, directory / "figures" / name):
-        try:
-            path = candidate.resolve()
-            path.relative_to(base)
-        except (OSError, ValueError):
-            continue
-        if path.is_file():
-            data = path.read_bytes()
-            return data if data.startswith(PNG_MAGIC) else None
-    return None
+    try:
+        path = (directory / name).resolve()
+        path.relative_to(base)
+    except (OSError, ValueError):
+        return None
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    return data if data.startswith(PNG_MAGIC) else None
 
 
 def number(value) -> float | None:
-    """A finite float, or None for anything else (missing keys, strings, NaN)."""
+    """A finite float, or None for anything else (missing values, NaN, infinity)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def dig(obj, *keys, default=None):
-    """obj[k1][k2]... tolerating missing keys and wrong types at every level."""
-    for key in keys:
-        if isinstance(obj, dict) and key in obj:
-            obj = obj[key]
-        elif isinstance(obj, list) and isinstance(key, int) and -len(obj) <= key < len(obj):
-            obj = obj[key]
-        else:
-            return default
-    return obj
-
-
-def first(obj: dict, *names, default=None):
-    """The first of several candidate keys present in `obj` (schemas name things differently)."""
-    if not isinstance(obj, dict):
-        return default
-    for name in names:
-        value = dig(obj, *name.split(".")) if "." in name else obj.get(name)
-        if value is not None:
-            return value
-    return default

@@ -154,25 +154,6 @@ def pareto(points: list[dict], chosen: str | None = None) -> bytes | None:
     return _png(fig)
 
 
-def sensitivity(curves: dict[str, list[tuple[float, float]]], ylabel: str = "accuracy") -> bytes | None:
-    """Per-layer pruning sensitivity: one line per layer, pruning amount (x) against accuracy or drop (y)."""
-    curves = {k: v for k, v in (curves or {}).items() if v}
-    if not curves:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.6, 3.4))
-    for i, (layer, points) in enumerate(curves.items()):
-        points = sorted(points)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
-                color=PALETTE[i % len(PALETTE)], label=_short(layer, 28))
-    ax.set_xlabel("fraction pruned in this layer alone")
-    ax.set_ylabel(ylabel)
-    ax.set_title("per-layer pruning sensitivity")
-    ax.legend(frameon=False, fontsize=7, loc="best")
-    fig.tight_layout()
-    return _png(fig)
-
-
 def size_bars(rows: list[dict]) -> bytes | None:
     """Nominal size (parameters x bits) against bytes on disk, per variant."""
     rows = [r for r in rows if number(r.get("nominal")) is not None or number(r.get("disk")) is not None]

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
-from trainers.fileio import ensure_writable_parent
+from trainers.fileio import atomic_write_text, ensure_writable_parent
 
 from . import card, sections
 from .collect import ReportError, Run, load_run, number
@@ -105,7 +103,7 @@ def build_context(run: Run) -> dict:
     model_card = card.build(run, ov, tr, co, ex)
     for section in (tr, co, ex):
         _figures(section)
-    errors = [e for e in (run.pipeline.get("errors") or []) if isinstance(e, dict)]
+    errors = [e.dump() for e in run.pipeline.errors] if run.pipeline else []
     toc = [("overview", "Overview")]
     toc += [(k, t) for k, t, s in (("training", "Training", tr), ("compression", "Compression", co),
                                    ("explanation", "Explanation", ex)) if s]
@@ -119,19 +117,6 @@ def build_context(run: Run) -> dict:
             "model_card": model_card}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Render the run directory `run_dir` (one stage or a pipeline) into one HTML file.
 
@@ -142,7 +127,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         The path of the HTML report (default `<run_dir>/report.html`).
 
     Raises:
-        ReportError: the directory is missing or holds no results.
+        ReportError: the directory is missing, holds no results, or a result is unreadable, of an unknown
+            schema version, or does not match its schema.
     """
     run = load_run(run_dir)
     out = Path(out) if out is not None else run.root / "report.html"
@@ -151,20 +137,20 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     context = build_context(run)
     html = _environment().get_template("report.html.j2").render(**context)
-    _atomic_write(out, html)
+    atomic_write_text(out, html)
     numbers = {k: _public(v) for k, v in context.items() if k != "model_card"}
     numbers["model_card"] = [{"title": t, "blocks": [list(b) for b in blocks]} for t, blocks in context["model_card"]]
-    _atomic_write(out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json"),
-                  json.dumps(numbers, indent=2, default=str) + "\n")
+    atomic_write_text(out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json"),
+                      json.dumps(numbers, indent=2, default=str) + "\n")
     markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"])
     targets = {run.root.resolve()}
     if "train" in run.dirs:
         targets.add(run.dirs["train"].resolve())
-    chosen = (context["compression"] or {}).get("chosen") or {}
-    if isinstance(chosen.get("path"), str) and "compress" in run.dirs:
-        variant = (run.dirs["compress"] / chosen["path"]).resolve()
+    chosen = run.compress.chosen.path if run.compress else None
+    if chosen:
+        variant = (run.dirs["compress"] / chosen).resolve()
         if variant.is_relative_to(run.root.resolve()) and (variant / "model.json").is_file():
             targets.add(variant)  # the artifact to deploy carries its card
     for directory in targets:
-        _atomic_write(directory / "MODEL_CARD.md", markdown)
+        atomic_write_text(directory / "MODEL_CARD.md", markdown)
     return out

@@ -1,4 +1,5 @@
-"""`render_report` and `toolkit report`: sections only when their data exists, escaping, no URLs, bad inputs."""
+"""`render_report` and `toolkit report`: sections only when their data exists, escaping, no URLs, bad inputs,
+results read through their versioned schema."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from fake_runs import (HOSTILE, make_run, train_result, variant_row, write_compress, write_pipeline, write_result,
+                       write_train)
 from reports import ReportError, render_report
-from test_reports_helpers import HOSTILE, make_run, write_compress, write_explain, write_train
+from trainers.errors import ToolkitError
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"train": 'id="training"', "compress": 'id="compression"', "explain": 'id="explanation"'}
@@ -45,11 +48,11 @@ def test_each_section_appears_only_when_its_stage_ran(tmp_path, stages):
 def test_full_report_has_every_figure_and_number(tmp_path):
     run = make_run(tmp_path / "run")
     html = render_report(run).read_text(encoding="utf-8")
-    for caption in ("learning curves", "confusion matrix", "Pareto", "pruning sensitivity", "on-disk size",
-                    "global importance", "sample attributions"):
+    for caption in ("learning curves", "confusion matrix", "Pareto", "on-disk size", "global importance",
+                    "sample attributions"):
         assert caption in html, caption
-    assert "not a png" not in html.lower().replace("_", " ")  # the fake GIF named .png is not inlined
-    assert len(images(html)) == 7
+    assert "not a PNG" not in html  # listed by the stage, but a GIF named .png: not inlined
+    assert len(images(html)) == 6
     # variants table: accuracy, size, latency at both batch sizes, speedup, size ratio, parity
     assert "int8-static-onnx" in html and "99.0% agree" in html and "fastest at batch 256" in html
     assert "89.70%" in html and "1.2 KiB" in html and "3.41×" in html
@@ -92,20 +95,65 @@ def test_no_url_to_load_and_one_file(tmp_path):
     assert "@import" not in html and "url(" not in html
 
 
-@pytest.mark.parametrize("broken", [
-    {"stage": "train"},
-    {"stage": "train", "metrics": None, "history": "nope", "data": 3},
-    {"stage": "compress", "variants": [{"name": "x", "latency_ms": "fast"}, 5], "chosen": "x"},
-    {"stage": "compress", "variants": {"a": {"accuracy": "high"}}, "sensitivity": {"l": {"0.5": 0.9}}},
-    {"stage": "explain", "quality": [{"method": "m", "verdict": "ok"}], "drift": [{"a": 1}], "figures": {"x": 3}},
-    {"stage": "explain", "drift": {"rows": [{"topk_overlap": "x", "cosine": None}, 7]}, "runs": [3, {"model": 1}],
-     "quality": {"m": {"verdicts": {"a": "b"}, "flagged": "yes"}}, "runtimes": {"original": 1}},
-    {"stage": "explain", "global_importance": {"m": [{"feature": "f", "importance": float("nan")}]}},
-], ids=range(7))
-def test_missing_or_odd_keys_never_crash(tmp_path, broken):
-    (tmp_path / "result.json").write_text(json.dumps(broken))
-    html = render_report(tmp_path).read_text()
-    assert 'id="overview"' in html
+def _edit(path: Path, change) -> None:
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.mark.parametrize("where, change, message", [
+    ("train", lambda r: r.update(schema_version=99), "has train schema_version 99; this toolkit reads version 1"),
+    ("compress", lambda r: r.pop("schema_version"), "has no schema_version"),
+    ("explain", lambda r: r.update(schema_version="1"), "has explain schema_version '1'"),
+    ("pipeline.json", lambda r: r.update(schema_version=2), "has pipeline schema_version 2"),
+], ids=["newer", "missing", "a-string", "pipeline"])
+def test_unknown_schema_version_is_refused_with_one_line(tmp_path, where, change, message):
+    run = make_run(tmp_path / "run")
+    write_pipeline(run)
+    path = run / where if where.endswith(".json") else run / where / "result.json"
+    _edit(path, change)
+    with pytest.raises(ReportError, match=message) as info:
+        render_report(run)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    result = run_cli("report", run)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and str(path) in lines[0], result.stderr
+    assert not (run / "report.html").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["metrics"].update(test_accuracy="high"), "metrics.test_accuracy: input should be a valid number"),
+    (lambda r: r.pop("history"), "history: field required"),
+    (lambda r: r.update(test_acc=0.9), "test_acc: unknown field, not in train results of version 1"),
+    (lambda r: r["history"][0].update(epoch=True), "history.0.epoch: input should be a valid integer"),
+    (lambda r: r.update(stage="deploy"), "'stage' is 'deploy'; expected one of train, compress, explain"),
+], ids=["wrong-type", "missing", "unknown-field", "bool-for-int", "unknown-stage"])
+def test_result_that_breaks_its_schema_is_refused(tmp_path, change, message):
+    write_train(tmp_path)
+    _edit(tmp_path / "result.json", change)
+    with pytest.raises(ReportError, match=message):
+        render_report(tmp_path)
+
+
+def test_result_in_the_wrong_stage_directory_is_refused(tmp_path):
+    run = make_run(tmp_path / "run", ("train", "compress"))
+    (run / "compress" / "result.json").write_text((run / "train" / "result.json").read_text())
+    with pytest.raises(ReportError, match="holds a train result, expected compress"):
+        render_report(run)
+
+
+def test_diverged_loss_shows_as_a_dash(tmp_path):
+    """NaN is a valid number in a result (a diverged loss); the report shows it as a dash, not 'nan'."""
+    write_train(tmp_path)
+    metrics = train_result().metrics.model_copy(update={"test_loss": float("nan")})
+    write_result(tmp_path / "result.json", train_result(seconds=float("nan"), metrics=metrics))
+    render_report(tmp_path)
+    numbers = json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda c: c)
+    assert numbers["training"]["scores"][2]["loss"] == "NaN"
+    html = (tmp_path / "report.html").read_text()
+    assert re.search(r'<td>test</td><td class="num">90.00%</td><td class="num">–</td>', html)
+    assert "| test | 90.00% | n/a |" in (tmp_path / "MODEL_CARD.md").read_text()
 
 
 def test_report_out_option_and_report_json_beside_it(tmp_path):
@@ -132,25 +180,23 @@ def test_bad_run_dirs_exit_2_with_one_line(tmp_path, setup, message):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
-    with pytest.raises(ReportError):
+    with pytest.raises(ToolkitError):  # a ReportError
         render_report(target)
 
 
 def test_failed_pipeline_stage_is_shown(tmp_path):
     run = make_run(tmp_path / "run", ("train",))
-    (run / "pipeline.json").write_text(json.dumps({
-        "stage": "pipeline", "stages": [{"name": "train", "status": "done", "seconds": 1.0},
-                                        {"name": "compress", "status": "failed", "reason": "boom <b>"},
-                                        {"name": "explain", "status": "not run", "reason": "compress failed"}],
-        "errors": [{"stage": "compress", "message": "boom <b>", "code": 2}], "seconds": 2.0}))
+    write_pipeline(run, failed="compress", message="boom <b>")
     html = render_report(run).read_text()
     assert "Stages that failed" in html and "boom &lt;b&gt;" in html and "(exit code 2)" in html
     assert "not run" in html and 'id="compression"' not in html
+    assert "the compress stage failed: boom" in (run / "MODEL_CARD.md").read_text()
 
 
 def test_pipeline_dir_with_only_a_failure_still_renders(tmp_path):
-    (tmp_path / "pipeline.json").write_text(json.dumps({"errors": [{"stage": "train", "message": "bad data"}]}))
-    assert "bad data" in render_report(tmp_path).read_text()
+    write_pipeline(tmp_path, failed="train", message="bad data")
+    html = render_report(tmp_path).read_text()
+    assert "bad data" in html and 'id="training"' not in html
 
 
 def test_report_stays_small(tmp_path):
@@ -173,12 +219,12 @@ def test_single_compress_run_dir_command_and_card_in_chosen_variant(tmp_path):
 
 def test_int8_variant_that_flips_predictions_is_marked(tmp_path):
     run = make_run(tmp_path / "run")
-    result = json.loads((run / "compress" / "result.json").read_text())
-    flipping = {**result["variants"][1], "name": "int8-dynamic-onnx", "method": "int8-dynamic", "flips": True,
-                "parity": {"max_abs_diff": 0.3, "top1_agreement": 0.981}}
-    result["variants"].append(flipping)
-    (run / "compress" / "result.json").write_text(json.dumps(result))
+    flipping = variant_row("int8-dynamic-onnx", "int8-dynamic", 0.89, 1.0, 1100, 0.03, 0.7, dtype="int8",
+                           runtime="onnxruntime", flips=True,
+                           parity={"max_abs_diff": 0.3, "top1_agreement": 0.981, "n": 30})
+    write_compress(run / "compress", flipping)
     html = render_report(run).read_text(encoding="utf-8")
+    assert "98.1% agree" in html
     assert html.count("int8 flips predictions") == 1
     row = html[html.index("<strong>int8-dynamic-onnx</strong>"):]
     assert row.index("int8 flips predictions") < row.index("</tr>")

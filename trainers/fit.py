@@ -84,20 +84,22 @@ class TrainResult:
     processes: int = 1
 
     def to_dict(self) -> dict:
-        return {
-            "stage": "train",
-            "family": self.model.spec.family,
-            "data": self.model.spec.data,
-            "metrics": self.metrics,
-            "device": self.device,
-            "epochs_run": self.epochs_run,
-            "best_epoch": self.best_epoch,
-            "seconds": round(self.seconds, 3),
-            "interrupted": self.interrupted,
-            "processes": self.processes,
-            "history": self.history,
-            "artifact": str(self.out) if self.out else None,
-        }
+        """The `result.json` object, built through its schema (trainers.schema.TrainResultFile)."""
+        from .schema import TrainResultFile
+
+        return TrainResultFile(
+            family=self.model.spec.family,
+            data=self.model.spec.data,
+            metrics=self.metrics,
+            device=self.device,
+            epochs_run=self.epochs_run,
+            best_epoch=self.best_epoch,
+            seconds=round(self.seconds, 3),
+            interrupted=self.interrupted,
+            processes=self.processes,
+            history=self.history,
+            artifact=str(self.out) if self.out else None,
+        ).dump()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,381 @@
+"""What each stage writes as `result.json` (and a pipeline as `pipeline.json`): typed, versioned, shared.
+
+The writers build these models and write `model.dump()` (`TrainResult.to_dict`, `CompressResult.to_dict`,
+the explain summary); the reports read every file through `read_result`. One definition serves both sides,
+so a field cannot be renamed on one side only. docs/results.md describes each field.
+
+Version policy: every file carries `stage` and `schema_version`, one integer per stage (`VERSIONS`). Any
+change to a stage's fields (added, removed, renamed, or a new meaning) bumps its version; `read_result`
+reads the versions it knows and refuses any other, or none, with one line naming the file. Numbers may be
+NaN or infinite where a run produced them (a diverged loss); explain writes those as null.
+
+Torch-free: the reports import this module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ToolkitError
+from .options import one_line
+
+
+class Record(BaseModel):
+    """A part of a result file: every field declared, nothing else accepted."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def dump(self) -> dict:
+        """Plain data for json.dumps, keys in declaration order (NaN stays a float)."""
+        return self.model_dump(by_alias=True)
+
+
+# ---------------------------------------------------------------- shared
+
+
+class Split(Record):
+    seed: int
+    test_given: bool
+    test_fraction: float | None  # None when the user supplied the test split
+    val_fraction: float
+    stratified: bool
+
+
+class DataSummary(Record):
+    """`DataBundle.summary()`: the data a stage ran on."""
+
+    name: str
+    source: str
+    fingerprint: str
+    input_shape: list[int]
+    layout: Literal["features", "signal", "image"]
+    num_classes: int
+    n_train: int
+    n_val: int
+    n_test: int
+    split: Split
+
+
+# ---------------------------------------------------------------- train
+
+
+class Epoch(Record):
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+class ClassScores(Record):
+    class_name: str = Field(alias="class")
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class TrainMetrics(Record):
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    test_confusion_matrix: list[list[int]]  # true class in rows
+    test_per_class: list[ClassScores]
+
+
+class TrainResultFile(Record):
+    schema_version: Literal[1] = 1
+    stage: Literal["train"] = "train"
+    family: str
+    data: DataSummary
+    metrics: TrainMetrics
+    device: str
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    interrupted: bool
+    processes: int
+    history: list[Epoch]
+    artifact: str | None
+
+
+# ---------------------------------------------------------------- compress
+
+
+class Timing(Record):
+    p50: float
+    p95: float
+    reps: int
+
+
+class Latency(Record):
+    """Milliseconds per call: b = batch size, t1 = one thread, tall = all threads."""
+
+    b1_t1: Timing
+    b1_tall: Timing
+    b256_t1: Timing
+    b256_tall: Timing
+
+
+class Speedup(Record):
+    b1_t1: float
+    b1_tall: float
+    b256_t1: float
+    b256_tall: float
+
+
+class Parity(Record):
+    max_abs_diff: float
+    top1_agreement: float
+    n: int
+
+
+class AgreementStep(Record):
+    fp32_nodes: list[str]
+    agreement: float
+
+
+class AgreementCheck(Record):
+    samples: int
+    agreement: float
+    target: float
+    reached: bool
+    fp32_nodes: list[str]
+    fp32_modules: list[str]
+    steps: list[AgreementStep]
+
+
+class Recipe(BaseModel):
+    """How a variant was made: `method` plus that method's own options (open: each method has its own)."""
+
+    model_config = ConfigDict(extra="allow")
+    method: str
+
+
+class VariantRow(Record):
+    name: str
+    method: str
+    recipe: Recipe
+    path: str | None
+    runtime: Literal["torch", "onnxruntime"]
+    dtype: str
+    accuracy: float
+    accuracy_drop: float
+    size_bytes: int
+    size_ratio: float
+    parameters: int | None
+    latency_ms: Latency
+    speedup: Speedup
+    slower_than_fp32: bool
+    flips: bool
+    within_budget: bool
+    pareto: bool
+    parity: Parity | None
+    twin_agreement: float | None = None  # int8 variants only
+    agreement_check: AgreementCheck | None = None  # int8 variants only
+    notes: list[str]
+
+
+class Threads(Record):
+    single: int
+    all: int
+
+
+class Chosen(Record):
+    name: str
+    path: str | None
+    reason: str
+
+
+class Skipped(Record):
+    method: str
+    options: dict[str, Any] | None = None
+    reason: str
+
+
+class CompressResultFile(Record):
+    schema_version: Literal[1] = 1
+    stage: Literal["compress"] = "compress"
+    parent: str
+    family: str
+    data: DataSummary
+    methods: list[str]
+    max_drop: float
+    threads: Threads
+    baseline: VariantRow
+    variants: list[VariantRow]  # the baseline first
+    chosen: Chosen
+    skipped: list[Skipped]
+    seconds: float
+
+
+# ---------------------------------------------------------------- explain
+
+
+class AttributionRun(Record):
+    model: str
+    method: str
+    ran: str
+    runtime: Literal["torch", "fake-quant", "onnx"]
+    routed: str | None
+    seconds: float
+    ms_per_sample: float
+    baseline: str
+
+
+class Quality(Record):
+    completeness_error: float | None
+    axiom_holds: bool
+    deletion_auc: float | None
+    insertion_auc: float | None
+    infidelity: float | None
+    randomization_spearman: float | None
+    randomization_topk: float | None
+    noise_floor_topk: float | None
+    noise_floor_spearman: float | None
+    verdicts: list[str]
+    flagged: bool
+
+
+class DriftRow(Record):
+    variant: str
+    method: str
+    ran: str
+    runtime: Literal["torch", "fake-quant", "onnx"]
+    routed: str | None
+    accuracy: float
+    accuracy_drop: float
+    topk: int
+    topk_overlap: float | None
+    topk_overlap_lo: float | None
+    topk_overlap_hi: float | None
+    cosine: float | None
+    cosine_lo: float | None
+    cosine_hi: float | None
+    spearman: float | None
+    spearman_lo: float | None
+    spearman_hi: float | None
+    sign_agreement: float | None
+    sign_agreement_lo: float | None
+    sign_agreement_hi: float | None
+    noise_floor_topk: float | None
+    random_floor_topk: float | None
+    flag: bool
+    verdict: str
+
+
+class Drift(Record):
+    rows: list[DriftRow]
+    flags: list[str]
+
+
+class ExplainResultFile(Record):
+    schema_version: Literal[1] = 1
+    stage: Literal["explain"] = "explain"
+    model: str
+    family: str
+    layout: Literal["features", "signal", "image"]
+    input_shape: list[int]
+    data: DataSummary
+    samples: int
+    seed: int
+    methods: list[str]
+    runtimes: dict[str, str]  # "original" and each compared variant -> its runtime
+    runs: list[AttributionRun]
+    global_importance: dict[str, dict[str, float | None]]  # method -> input name -> mean |attribution|
+    quality: dict[str, Quality]
+    drift: Drift
+    flags: list[str]
+    figures: dict[str, str]  # caption -> path relative to the run directory
+    seconds: float
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+class StageStatus(Record):
+    name: Literal["train", "compress", "explain", "report"]
+    status: Literal["done", "skipped", "failed", "not run"]
+    seconds: float | None = None
+    reason: str | None = None
+
+
+class StageError(Record):
+    stage: str
+    message: str
+    code: int  # the exit code: 2 bad input, 1 unexpected
+
+
+class PipelineFile(Record):
+    schema_version: Literal[1] = 1
+    stage: Literal["pipeline"] = "pipeline"
+    data: str
+    family: str
+    stages: list[StageStatus]
+    errors: list[StageError]
+    seconds: float | None  # None until the last stage has run
+    report: str
+
+
+# ---------------------------------------------------------------- reading
+
+ResultFile = TrainResultFile | CompressResultFile | ExplainResultFile | PipelineFile
+# stage -> schema_version -> the model that reads it
+VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
+    "train": {1: TrainResultFile},
+    "compress": {1: CompressResultFile},
+    "explain": {1: ExplainResultFile},
+    "pipeline": {1: PipelineFile},
+}
+
+
+def parse_result(obj: Any, where: str = "result", stage: str | None = None) -> ResultFile:
+    """Validate a decoded result object; `stage` is the stage expected (any when None).
+
+    Raises:
+        ToolkitError: one line naming `where`: not a result, an unknown stage or version, a wrong field.
+    """
+    if not isinstance(obj, dict):
+        raise ToolkitError(f"{where} does not hold a JSON object")
+    found = obj.get("stage")
+    if found not in VERSIONS:
+        raise ToolkitError(f"{where}: 'stage' is {found!r}; expected one of {', '.join(VERSIONS)}")
+    if stage is not None and found != stage:
+        raise ToolkitError(f"{where} holds a {found} result, expected {stage}")
+    known = VERSIONS[found]
+    understood = ", ".join(map(str, known))
+    version = obj.get("schema_version")
+    if "schema_version" not in obj:
+        raise ToolkitError(f"{where} has no schema_version (written before results were versioned?); "
+                           f"this toolkit reads {found} results of version {understood}")
+    if isinstance(version, bool) or version not in known:
+        raise ToolkitError(f"{where} has {found} schema_version {version!r}; this toolkit reads version {understood}")
+    try:
+        return known[version].model_validate(obj, strict=True)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        if error["type"] == "extra_forbidden":
+            field = ".".join(map(str, error["loc"]))
+            raise ToolkitError(f"{where} {field}: unknown field, not in {found} results of version {version}") from None
+        raise ToolkitError(one_line(exc, where)) from None
+
+
+def read_result(path: str | Path, stage: str | None = None) -> ResultFile:
+    """Read and validate a `result.json` or `pipeline.json`; ToolkitError (one line naming the file) if wrong."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ToolkitError(f"result file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ToolkitError(f"cannot read result file {path}: {exc}") from None
+    return parse_result(obj, str(path), stage)
