@@ -94,11 +94,11 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
                 status["stages"].append({"name": name, "status": "not run", "reason": f"{failure[0]} failed"})
                 continue
             failure = _run_stage(index, name, step, results, status, say)
-            run.write_json("pipeline.json", status)
+            _write_status(run.path, status)
         say(f"[{len(STAGES)}/{len(STAGES)}] report ...")
         status["stages"].append({"name": "report", "status": "done"})
         status["seconds"] = round(time.perf_counter() - started, 3)
-        run.write_json("pipeline.json", status)
+        _write_status(run.path, status)
         run_dir = run.commit()
     result = PipelineResult(run_dir, None, status)
     result.report = _report(result, cfg.report.out)
@@ -195,10 +195,16 @@ def _indented(say):
     return lambda message: say(f"      {message}")
 
 
+def _write_status(directory: Path, status: dict) -> None:
+    """`pipeline.json`, through its typed definition (`trainers.schema.PipelineFile`)."""
+    from trainers.fileio import atomic_write_json
+    from trainers.schema import PipelineFile
+
+    atomic_write_json(directory / "pipeline.json", PipelineFile.model_validate(status).dump())
+
+
 def _report(result: PipelineResult, name: str) -> Path:
     """Render the committed run directory; a failure is recorded in pipeline.json and raised as StageFailed."""
-    from trainers.fileio import atomic_write_json
-
     from .render import render_report
 
     try:
@@ -207,5 +213,5 @@ def _report(result: PipelineResult, name: str) -> Path:
         message, code = _described(exc)
         result.status["stages"][-1].update(status="failed", reason=message)
         result.status["errors"].append({"stage": "report", "message": message, "code": code})
-        atomic_write_json(result.run_dir / "pipeline.json", result.status)
+        _write_status(result.run_dir, result.status)
         raise StageFailed("report", message, code, result) from exc
