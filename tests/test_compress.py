@@ -301,3 +301,39 @@ def test_int8_flipping_over_one_percent_is_flagged(agreement, int8, reached, fli
     compare_to_baseline(variant, base, 0.5)
     assert variant.measurements["flips"] is flips
     assert any("never chosen" in n for n in variant.notes) is (agreement < 0.99 and int8)
+
+
+# ---------------------------------------------------------------- what auto tries
+
+_STACK = ["onnx-fp32", "int8-dynamic", "int8-static"]
+_RUNTIME = [("onnx-fp32", {}, []), ("int8-dynamic", {}, []), ("int8-static", {}, []), ("fp16", {}, []), ("bf16", {}, [])]
+_UNSTRUCTURED = ("prune-unstructured", {"ratio": 0.9, "finetune_epochs": 5, "int8": True}, [])
+_DISTILL = {"epochs": 30, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0, "alpha": 0.9}
+PLANNED = {
+    "mlp": [*_RUNTIME,
+            *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": a}, _STACK)
+              for r in (0.3, 0.5) for a in ("global", "uniform")],
+            _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
+    "cnn": [*_RUNTIME,
+            *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _STACK) for r in (0.3, 0.5)],
+            _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
+    "lstm": [*[s for s in _RUNTIME if s[0] != "int8-static"],
+             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _STACK[:2])
+               for r in (0.3, 0.5)],
+             _UNSTRUCTURED, ("distill", _DISTILL, _STACK[:2])],
+}
+
+
+@pytest.mark.parametrize("family", list(PLANNED))
+def test_auto_plans_the_same_candidates_per_family(family):
+    from compress.auto import plan
+
+    assert plan(family) == PLANNED[family]
+
+
+def test_auto_plan_settings_switch_candidates_off():
+    from compress.auto import plan
+
+    steps = plan("mlp", prune_ratios=(0.5,), finetune_epochs=1, distill_epochs=0, unstructured_ratio=0)
+    assert steps == [*_RUNTIME, *[("prune-structured", {"ratio": 0.5, "finetune_epochs": 1, "allocation": a}, _STACK)
+                                  for a in ("global", "uniform")]]
