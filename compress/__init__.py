@@ -1,4 +1,4 @@
-"""Compression stage: quantize, prune, distill and export trained artifacts (see issue 3).
+"""Compression stage: quantize, prune, distill and export trained artifacts.
 
 Public API::
 
@@ -9,64 +9,55 @@ Public API::
 
     variants = get_method("int8-static").func(model, data)   # any registered method, one call shape
 
-Every method is registered in `compress.base` when its module is imported;
-`load_methods()` imports them all (the pruning and distillation modules are
-optional: a missing one is skipped). Names are imported lazily, so
+Each method module registers its methods in `compress.base.METHODS` when it is imported;
+`register_builtin_methods()` imports them, on first use of the registry or of a lazily imported name, so
 `import compress` does not pay for torch.
 """
 
-from importlib import import_module
-
 from trainers.lazy import lazy_exports
 
-from .base import METHODS, Method, Variant, register_method
+from .base import METHODS, Method, Variant, check_source, derive_model, register_method
 
-METHOD_MODULES = ("export", "quantize", "prune", "distill", "auto")
 _EXPORTS = {
     "run": ("CompressResult", "check_request", "compress_model"),
     "export": ("export_onnx", "onnx_parity"),
     "measure": ("measure_variant", "measure_all", "pareto_front"),
-    "auto": ("choose",),
+    "auto": ("choose", "plan"),
+    "checks": ("Check", "method_checks"),
 }
-_loaded = False
 
-__all__ = ["METHODS", "Method", "Variant", "register_method", "list_methods", "get_method", "load_methods",
+__all__ = ["METHODS", "Method", "Variant", "check_source", "derive_model", "register_method", "list_methods",
+           "get_method", "describe_methods", "register_builtin_methods",
            *(name for names in _EXPORTS.values() for name in names)]
 
 
-def load_methods() -> list[str]:
-    """Import every method module so its methods register; returns the names of modules not available."""
-    global _loaded
-    missing = []
-    for name in METHOD_MODULES:
-        try:
-            import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            missing.append(name)
-    _loaded = True
-    return missing
+def register_builtin_methods() -> None:
+    """Import the built-in method modules, each of which registers its methods (again: nothing happens).
+
+    In this order: the registry keeps it, and auto tries the methods and lists the variants in it.
+    """
+    from . import export, quantize, prune, distill, auto  # noqa: F401
 
 
 def list_methods(family: str | None = None) -> list[str]:
-    """Registered method names (all method modules loaded), optionally only those that handle `family`."""
+    """Registered method names, in registration order; only those that handle `family` when given."""
     from .base import list_methods as _list
 
-    _ensure_loaded()
+    register_builtin_methods()
     return _list(family)
 
 
 def get_method(name: str, family: str | None = None) -> Method:
+    """The method `name`; one clear ToolkitError when unknown or when it cannot handle a `family` model."""
     from .base import get_method as _get
 
-    _ensure_loaded()
+    register_builtin_methods()
     return _get(name, family)
 
 
-def _ensure_loaded() -> None:
-    if not _loaded:
-        load_methods()
+def describe_methods(family: str | None = None) -> dict[str, str]:
+    """{name: one-line description} of the registered methods (for `--help` and reports)."""
+    return {name: get_method(name).description for name in list_methods(family)}
 
 
-__getattr__, __dir__, _LAZY = lazy_exports(__name__, globals(), _EXPORTS, before=_ensure_loaded)
+__getattr__, __dir__, _LAZY = lazy_exports(__name__, globals(), _EXPORTS, before=register_builtin_methods)

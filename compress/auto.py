@@ -1,9 +1,10 @@
 """`auto`: try the compressions that fit the family, measure them all, pick the fastest within budget.
 
-Candidates (each skipped with a note when its method is not registered):
-fp32 ONNX, int8 ONNX Runtime (dynamic; static QDQ for MLP/CNN), fp16/bf16
-PyTorch, structured pruning (and pruned -> ONNX fp32 / int8), unstructured
-pruning with sparse int8 storage, distillation (and student -> ONNX fp32 / int8).
+The candidates come from the registry: every method with an `auto` capability that handles the family, with
+each option set it returns for auto's settings (today: fp32 ONNX, int8 ONNX Runtime dynamic and static, fp16/bf16
+PyTorch, structured pruning, unstructured pruning with sparse int8 storage, distillation), and the chains of
+transforms and runtime methods that declare `chain` (pruned or distilled -> ONNX fp32 / int8). A new method
+joins auto by its registration alone.
 Every candidate is measured in one process (`measure.measure_all`); the choice
 is the lowest batch-256 single-thread latency among variants within
 `max_drop` accuracy points that are not slower than the fp32 original, the
@@ -12,70 +13,50 @@ smallest file winning among latencies within 10% of the fastest.
 
 from __future__ import annotations
 
+from typing import Annotated, Callable
+
+from pydantic import Field
+
 from trainers.artifact import LoadedModel, ModelSpec
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
+from trainers.options import Float, NonNegativeInt, PositiveFloat, Ratio
 
-from .base import METHODS, Variant, register_method
+from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
 from .measure import DECISIVE, LatencyConfig, measure_all
-from .prune import DEFAULT_ALLOCATION
+
+AccuracyPoints = Annotated[Float, Field(ge=0)]  # percentage points of test accuracy
+OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
 
 
-def check_max_drop(max_drop) -> float:
-    try:
-        value = float(max_drop)
-    except (TypeError, ValueError):
-        raise ToolkitError(f"--max-drop must be a number of accuracy points >= 0, got {max_drop!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise ToolkitError(f"--max-drop must be a number of accuracy points >= 0, got {max_drop!r}")
-    return value
+def plan(family: str, **settings) -> list[tuple[str, dict, list[str]]]:
+    """The candidate list for a `family` model: (method, options, methods chained on its output).
 
+    `settings` are auto's options (the defaults of its signature where not given). Each registered method
+    that handles the family and has an `auto` capability contributes one step per option set that capability
+    returns: runtime methods first, then transforms, each in registration order (the built-ins in the order
+    `register_builtin_methods` imports them). A transform with `chain` gets every runtime method with `chain`
+    stacked on its output.
+    """
+    from . import register_builtin_methods
 
-def _int8_methods(family: str) -> list[str]:
-    """Int8 backends stacked on a pruned or distilled model. For CNNs dynamic int8 quantizes the dense layers only
-    (convolutions stay fp32, ConvInteger is slow): most of the weights, at fp32 convolution speed."""
-    return ["int8-dynamic", "int8-static"] if family in ("mlp", "cnn") else ["int8-dynamic"]
-
-
-def _runtime_children(family: str) -> list[str]:
-    """What to stack on a smaller fp32 PyTorch model (pruned, distilled): ONNX fp32 and int8."""
-    return ["onnx-fp32", *_int8_methods(family)]
-
-
-def plan(family: str, prune_ratios=(0.3, 0.5), finetune_epochs: int = 10, distill_epochs: int = 30,
-         unstructured_ratio: float = 0.9) -> list[tuple[str, dict, list[str]]]:
-    """The candidate list: (method, options, methods stacked on its output)."""
-    steps: list[tuple[str, dict, list[str]]] = [
-        ("onnx-fp32", {}, []),
-        *[(m, {}, []) for m in (["int8-dynamic", "int8-static"] if family in ("mlp", "cnn") else ["int8-dynamic"])],
-        ("fp16", {}, []),
-        ("bf16", {}, []),
-    ]
-    # the family's default split of the pruned units, and uniform halving as well where that default differs
-    # (an MLP: the global split is smaller, the uniform one sometimes keeps more accuracy; measure both)
-    allocations = sorted({DEFAULT_ALLOCATION[family], "uniform"})
-    for ratio in prune_ratios:
-        for allocation in allocations:
-            steps.append(("prune-structured", {"ratio": ratio, "finetune_epochs": finetune_epochs, "allocation": allocation},
-                          _runtime_children(family)))
-    if unstructured_ratio:
-        steps.append(("prune-unstructured", {"ratio": unstructured_ratio, "finetune_epochs": max(1, finetune_epochs // 2),
-                                             "int8": True}, []))
-    if distill_epochs:
-        # auto wants the smallest quick student: 1/8 width, a short plain Hinton run (the patient default
-        # recipe takes 150 epochs on twice the samples)
-        steps.append(("distill", {"epochs": distill_epochs, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0,
-                                  "alpha": 0.9}, _runtime_children(family)))
+    register_builtin_methods()
+    settings = {**METHODS.options("auto"), **check_method_options("auto", settings)}
+    methods = sorted(METHODS.entries(family), key=lambda m: m.role != "runtime")  # stable: registration order kept
+    chained = [m.name for m in methods if m.role == "runtime" and m.chain]
+    steps = []
+    for method in methods:
+        if method.auto is None:
+            continue
+        children = chained if method.role == "transform" and method.chain else []
+        steps += [(method.name, options, list(children)) for options in method.auto(family, settings)]
     return steps
 
 
 def _chain(first: Variant, second: Variant, original: LoadedModel) -> Variant:
     """`second` was made from `first`'s model: one variant whose lineage lists both steps from the original."""
     recipe = {"method": "chain", "steps": [first.recipe, second.recipe]}
-    raw = {**second.model.spec.to_dict(),
-           "lineage": {"parent": str(original.path) if original.path else f"<in-memory {original.spec.family}>",
-                       "recipe": recipe}}
-    second.model.spec = ModelSpec.from_dict(raw)
+    second.model.spec = ModelSpec.from_dict({**second.model.spec.to_dict(), "lineage": lineage(original, recipe)})
     return Variant(name=f"{first.name}+{second.name}", model=second.model, recipe=recipe, onnx_bytes=second.onnx_bytes,
                    measurements=dict(second.measurements), notes=[*first.notes, *second.notes])
 
@@ -86,11 +67,8 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None)
     variants, skipped = [], []
 
     def run(name: str, source: LoadedModel, options: dict) -> list[Variant]:
-        method = METHODS.get(name)
-        if method is None:
-            skipped.append({"method": name, "reason": f"method '{name}' is not registered (not installed yet)"})
-            return []
-        if source.spec.family not in method.families:
+        method = get_method(name)
+        if not method.supports(source.spec.family):
             skipped.append({"method": name, "reason": f"'{name}' does not handle {source.spec.family} models"})
             return []
         if progress:
@@ -145,21 +123,26 @@ def baseline_variant(model: LoadedModel) -> Variant:
                    notes=["the fp32 PyTorch original every ratio is taken against"])
 
 
-@register_method("auto", ("mlp", "cnn", "lstm"))
-def auto(model: LoadedModel, data: DataBundle, max_drop: float = 0.5, prune_ratios=(0.3, 0.5), finetune_epochs: int = 10,
-         distill_epochs: int = 30, unstructured_ratio: float = 0.9, latency_budget_s: float = 0.25,
-         progress=None, **unknown) -> list[Variant]:
+@register_method("auto", role="search")
+def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
+         prune_ratios: tuple[Ratio, ...] = (0.3, 0.5), finetune_epochs: NonNegativeInt = 10,
+         distill_epochs: NonNegativeInt = 30, unstructured_ratio: OptionalRatio = 0.9,
+         latency_budget_s: PositiveFloat = 0.25, progress: Callable[[str], object] | None = None) -> list[Variant]:
     """Try the candidates that fit the family, measure them, pick the fastest within --max-drop.
+
+    Options:
+        max_drop: accuracy budget, in percentage points below the original.
+        prune_ratios: the structured pruning ratios tried; finetune_epochs: fine-tuning after pruning.
+        distill_epochs: the quick student's training (0: no distillation).
+        unstructured_ratio: the share of weights unstructured pruning zeroes (0: none).
+        latency_budget_s: time spent timing each variant in each setting.
 
     Returns every candidate, measured; the chosen one has `measurements["chosen"] = True` and the
     reason in `measurements["reason"]` (when no candidate qualifies, none is marked).
     """
-    if unknown:
-        raise ToolkitError(f"unknown option(s) for auto: {', '.join(sorted(unknown))}")
-    max_drop = check_max_drop(max_drop)
-    if model.module is None or model.spec.runtime != "torch":
-        raise ToolkitError("auto needs an fp32 PyTorch model artifact")
-    steps = plan(model.spec.family, tuple(prune_ratios), finetune_epochs, distill_epochs, unstructured_ratio)
+    steps = plan(model.spec.family, max_drop=max_drop, prune_ratios=prune_ratios, finetune_epochs=finetune_epochs,
+                 distill_epochs=distill_epochs, unstructured_ratio=unstructured_ratio,
+                 latency_budget_s=latency_budget_s, progress=progress)
     variants, skipped = build_candidates(model, data, steps, progress)
     baseline = baseline_variant(model)
     measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=latency_budget_s), progress)

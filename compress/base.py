@@ -1,22 +1,30 @@
-"""What every compression method shares: the `Variant` result and the method registry.
+"""What every compression method shares: the `Variant` result, the method registry and the source checks.
 
 Every method answers the same call::
 
     variants = method(model, data, **options)   # -> list[Variant]
 
 where `model` is a `trainers.LoadedModel` and `data` a `trainers.DataBundle`.
-A method is registered once with `@register_method`, which also declares the
-families it can handle; the CLI choices, `auto`, the reports and the
-table-driven tests all read the registry.
+A method is registered once with `@register_method`, which declares its
+capabilities (`Method`); the CLI choices, `auto`, the reports and the contract
+suite (`compress.checks`) read the registry. Options are the method's keyword
+parameters, annotated with `trainers.options` types: every call is checked
+against them, and so is the model it starts from (`check_source`).
+
+This module imports no torch, so `import compress` stays light.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
 from trainers.errors import ToolkitError
+from trainers.options import check_arguments
+from trainers.registry import Entry, Registry
+
+ROLES = ("runtime", "transform", "search")
 
 
 @dataclass
@@ -41,48 +49,94 @@ class Variant:
 
 
 @dataclass
-class Method:
-    name: str
-    func: Callable
-    families: tuple[str, ...]
-    description: str
+class Method(Entry):
+    """A registered compression method and what `auto` needs to know about it.
+
+    Attributes:
+        role: "runtime" converts or quantizes the model it is given (ONNX, int8, fp16); "transform" makes a
+            smaller fp32 PyTorch model (pruning, distillation); "search" tries other methods (auto).
+        auto: `(family, settings) -> list[dict]`, the option sets auto tries on a `family` model (`settings`:
+            auto's options); None: auto does not try the method.
+        chain: auto chains it with the other side: a runtime method with `chain` also runs on the output of
+            every transform with `chain` (pruned -> int8 ONNX).
+    """
+
+    role: str = "runtime"
+    auto: Callable[[str, dict], list[dict]] | None = None
+    chain: bool = False
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"compression method role must be one of {', '.join(ROLES)}, got {self.role!r}")
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("compression method", Method, positional=2)
 
 
-def register_method(name: str, families: tuple[str, ...] = ("mlp", "cnn", "lstm"), description: str = ""):
-    """Decorator: register a compression method under `name` for `families`."""
+def register_method(name: str, **capabilities):
+    """Decorator: register a compression method `name` with its capability fields (see `Method`).
+
+    The registered function refuses, before any work, options its signature does not allow and a model it
+    cannot start from (`check_source`, then the families it declares).
+    """
 
     def decorator(func):
-        METHODS[name] = Method(name, func, tuple(families), description or (func.__doc__ or "").strip().split("\n")[0])
-        return func
+        @functools.wraps(func)
+        def method(model, data, *args, **options):
+            check_source(model, f"compression method '{name}'")
+            METHODS.get(name, model.spec.family)
+            return func(model, data, *args, **options)
+
+        return METHODS.register(name, **capabilities)(method)
 
     return decorator
 
 
 def list_methods(family: str | None = None) -> list[str]:
     """Registered method names, optionally only those that handle `family`."""
-    return [m.name for m in METHODS.values() if family is None or family in m.families]
+    return METHODS.names(family)
 
 
 def get_method(name: str, family: str | None = None) -> Method:
-    if name not in METHODS:
-        raise ToolkitError(f"unknown compression method '{name}'; choose from {', '.join(METHODS)}")
-    method = METHODS[name]
-    if family is not None and family not in method.families:
-        raise ToolkitError(f"method '{name}' cannot handle a {family} model (it supports {', '.join(method.families)})")
-    return method
+    """The method `name`; one clear ToolkitError when unknown or when it cannot handle a `family` model."""
+    return METHODS.get(name, family)
 
 
-def check_range(name: str, value, low: float, high: float, *, include_low: bool = False, include_high: bool = False) -> float:
-    """`value` as a finite float within (low, high), each end open unless included; else one clear error."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ToolkitError(f"{name} must be a number, got {value!r}") from None
-    ok_low = v >= low if include_low else v > low
-    ok_high = v <= high if include_high else v < high
-    if not (ok_low and ok_high and math.isfinite(v)):
-        raise ToolkitError(f"{name} must be in {'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}, got {value!r}")
-    return v
+def check_method_options(name: str, options: dict | None) -> dict:
+    """`options` checked against method `name`'s signature without running it; returns them converted."""
+    options = METHODS.check_options(name, options)
+    return check_arguments(METHODS.get(name).func, options, f"{METHODS.kind} '{name}':", METHODS.positional)
+
+
+def default_options(family: str, settings: dict) -> list[dict]:
+    """An `auto` capability: try the method once, with its default options."""
+    return [{}]
+
+
+def check_source(model, who: str) -> None:
+    """Refuse, in one line, a model compression cannot start from: it needs fp32 PyTorch weights of a known family."""
+    from trainers.artifact import LoadedModel
+    from trainers.models import list_models
+
+    if not isinstance(model, LoadedModel):
+        raise ToolkitError(f"{who} needs a trainers.LoadedModel, got {type(model).__name__}")
+    if model.module is None:
+        raise ToolkitError(f"{who} needs a PyTorch model; this artifact has no PyTorch weights")
+    if model.spec.runtime != "torch" or model.spec.dtype != "float32":
+        raise ToolkitError(f"{who} needs an fp32 PyTorch model (a trained model, not a compressed variant); "
+                           f"this one is {model.spec.dtype} in {model.spec.runtime}")
+    if model.spec.family not in list_models():
+        raise ToolkitError(f"{who} cannot handle a {model.spec.family} model: no such model family is registered")
+
+
+def lineage(parent, recipe: dict) -> dict:
+    """The `lineage` of a model made from `parent` (a LoadedModel) by `recipe`."""
+    return {"parent": parent.source, "recipe": recipe}
+
+
+def derive_model(parent, module, recipe: dict, **spec_changes):
+    """A LoadedModel for `module`, made from `parent` by `recipe`: the parent's spec with `spec_changes` and lineage."""
+    from trainers.artifact import LoadedModel, ModelSpec
+
+    raw = {**parent.spec.to_dict(), **spec_changes, "lineage": lineage(parent, recipe)}
+    return LoadedModel(module=module, spec=ModelSpec.from_dict(raw))

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Annotated
 
-import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
 from trainers.artifact import LoadedModel, ModelSpec, accuracy, predict
 from trainers.data import DataBundle
-from trainers.errors import ToolkitError
 from trainers.models import build_model, config_dict, get_family, make_config
+from trainers.options import Float, Fraction, Int, PositiveFloat, PositiveInt, Str
 
-from .base import Variant, check_range, register_method
+from .base import Variant, derive_model, register_method
 
-FAMILIES = ("mlp", "cnn", "lstm")
+WidthFactor = Annotated[Float, Field(gt=0, le=1)]
+Temperature = Annotated[Float, Field(gt=0, le=100)]
+Mixup = Annotated[Float, Field(ge=0, le=10)]
 
 
 def default_student_config(family: str, teacher: ModelSpec, width_factor: float) -> dict:
@@ -103,10 +106,20 @@ def train_student(module: nn.Module, data: DataBundle, epochs: int, *, teacher: 
     return module.eval(), {"val_accuracy": history, "best_epoch": best_epoch}
 
 
-@register_method("distill", FAMILIES)
-def distill(model: LoadedModel, data: DataBundle, student: str | None = None, student_config: dict | None = None,
-            width_factor: float = 0.25, epochs: int = 150, temperature: float = 2.0, alpha: float = 0.7,
-            lr: float = 3e-3, batch_size: int = 64, mixup: float = 1.0, seed: int = 0, **unknown) -> list[Variant]:
+def _auto_distill(family: str, settings: dict) -> list[dict]:
+    """What auto tries: the smallest quick student, 1/8 width, a short plain Hinton run of its `distill_epochs`
+    (0: none); the patient default recipe takes 150 epochs on twice the samples."""
+    if not settings["distill_epochs"]:
+        return []
+    return [{"epochs": settings["distill_epochs"], "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0,
+             "alpha": 0.9}]
+
+
+@register_method("distill", role="transform", auto=_auto_distill, chain=True)
+def distill(model: LoadedModel, data: DataBundle, student: Str | None = None, student_config: dict | None = None,
+            width_factor: WidthFactor = 0.25, epochs: PositiveInt = 150, temperature: Temperature = 2.0,
+            alpha: Fraction = 0.7, lr: PositiveFloat = 3e-3, batch_size: PositiveInt = 64, mixup: Mixup = 1.0,
+            seed: Int = 0) -> list[Variant]:
     """Hinton knowledge distillation into a smaller student, reported beside the student trained alone.
 
     Options:
@@ -125,22 +138,8 @@ def distill(model: LoadedModel, data: DataBundle, student: str | None = None, st
     distillation only pulls it towards the teacher's mistakes. Hinton's T=4, alpha=0.9 over 60 epochs
     without mixup lowered the accuracy of small digits CNN and LSTM students in our runs.
     """
-    if unknown:
-        raise ToolkitError(f"unknown option(s) for distill: {', '.join(sorted(unknown))}")
-    if model.module is None:
-        raise ToolkitError("distill needs a PyTorch teacher; this artifact has no PyTorch weights")
-    if model.spec.family not in FAMILIES:
-        raise ToolkitError(f"distill cannot handle a {model.spec.family} teacher (it supports {', '.join(FAMILIES)})")
     family = student or model.spec.family
-    get_family(family)
-    if family not in FAMILIES:
-        raise ToolkitError(f"distill cannot train a {family} student (it supports {', '.join(FAMILIES)})")
-    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
-        raise ToolkitError(f"epochs must be a whole number >= 1, got {epochs!r}")
-    temperature = check_range("temperature", temperature, 0.0, 100.0, include_high=True)
-    alpha = check_range("alpha", alpha, 0.0, 1.0, include_low=True, include_high=True)
-    width_factor = check_range("width_factor", width_factor, 0.0, 1.0, include_high=True)
-    mixup = check_range("mixup", mixup, 0.0, 10.0, include_low=True, include_high=True)
+    get_family(family)  # an unknown student family: one clear line
     arch = config_dict(make_config(family, student_config if student_config is not None
                                    else default_student_config(family, model.spec, width_factor)))
     pre = model.spec.preprocessing
@@ -156,14 +155,12 @@ def distill(model: LoadedModel, data: DataBundle, student: str | None = None, st
     gap = teacher_acc - alone_acc
     gap_closed = (distilled_acc - alone_acc) / gap if gap > 0 else None
     agreement = float((predict(distilled, data.x_test).argmax(1) == predict(model.module, data.x_test).argmax(1)).mean())
-    recipe = {"method": "distill", "student": family, "student_config": arch, "epochs": int(epochs),
+    recipe = {"method": "distill", "student": family, "student_config": arch, "epochs": epochs,
               "temperature": temperature, "alpha": alpha, "lr": lr, "batch_size": batch_size, "mixup": mixup,
               "seed": seed, "teacher_accuracy": teacher_acc, "student_alone_accuracy": alone_acc,
               "distilled_accuracy": distilled_acc, "gap_closed": gap_closed, "teacher_agreement": agreement}
-    spec_raw = {**model.spec.to_dict(), "family": family, "config": arch, "weights": {"file": "model.safetensors", "codec": "dense"},
-                "runtime": "torch", "dtype": "float32", "onnx": None,
-                "lineage": {"parent": str(model.path) if model.path else f"<in-memory {model.spec.family}>", "recipe": recipe}}
-    variant_model = LoadedModel(module=distilled, spec=ModelSpec.from_dict(spec_raw))
+    variant_model = derive_model(model, distilled, recipe, family=family, config=arch, runtime="torch", dtype="float32",
+                                 weights={"file": "model.safetensors", "codec": "dense"}, onnx=None)
     notes = [f"student alone {alone_acc:.4f}, distilled {distilled_acc:.4f}, teacher {teacher_acc:.4f} (test)"
              + (f": {gap_closed:.0%} of the gap closed" if gap_closed is not None else ": the student alone is not worse than the teacher")]
     if alone_acc > distilled_acc:

@@ -15,19 +15,21 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainers.artifact import LoadedModel, ModelSpec
+from trainers.artifact import LoadedModel
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 
-from .base import Variant, register_method
+from .base import Variant, default_options, derive_model, register_method
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-EXPORTERS = ("auto", "dynamo", "legacy")
+Exporter = Literal["auto", "dynamo", "legacy"]
+EXPORTERS = get_args(Exporter)
 # The default exporter takes seconds per model; several variants of one model (fp32, int8 dynamic/static)
 # share one export. Keyed by module identity, checked against a weight fingerprint.
 _CACHE: dict = {}
@@ -193,24 +195,16 @@ def onnx_parity(onnx_bytes: bytes, model, x: np.ndarray) -> dict:
             "top1_agreement": float((got.argmax(1) == reference.argmax(1)).mean()), "n": int(len(x))}
 
 
-def parent_name(model: LoadedModel) -> str:
-    return str(model.path) if model.path is not None else f"<in-memory {model.spec.family}>"
-
-
 def onnx_variant_model(model: LoadedModel, twin: nn.Module, recipe: dict, dtype: str = "float32") -> LoadedModel:
     """A LoadedModel for an ONNX Runtime variant: spec with runtime/onnx/lineage set, `twin` as PyTorch module."""
-    raw = {**model.spec.to_dict(), "runtime": "onnxruntime", "dtype": "float32",
-           "weights": {"file": "model.safetensors", "codec": "dense"},
-           "onnx": {"file": "model.onnx", "precision": dtype, "opset": None},
-           "lineage": {"parent": parent_name(model), "recipe": recipe}}
-    return LoadedModel(module=twin, spec=ModelSpec.from_dict(raw))
+    return derive_model(model, twin, recipe, runtime="onnxruntime", dtype="float32",
+                        weights={"file": "model.safetensors", "codec": "dense"},
+                        onnx={"file": "model.onnx", "precision": dtype, "opset": None})
 
 
-@register_method("onnx-fp32", ("mlp", "cnn", "lstm"))
-def onnx_fp32(model: LoadedModel, data: DataBundle, exporter: str = "auto", **unknown) -> list[Variant]:
+@register_method("onnx-fp32", role="runtime", auto=default_options, chain=True)
+def onnx_fp32(model: LoadedModel, data: DataBundle, exporter: Exporter = "auto") -> list[Variant]:
     """fp32 ONNX export, run in ONNX Runtime (parity with PyTorch measured on the test split)."""
-    if unknown:
-        raise ToolkitError(f"unknown option(s) for onnx-fp32: {', '.join(sorted(unknown))}")
     onnx_bytes, info = export_with_info(model, data, exporter=exporter)
     parity = onnx_parity(onnx_bytes, model, data.x_test)
     recipe = {"method": "onnx-fp32", "exporter": info.exporter}

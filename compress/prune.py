@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Literal, get_args
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -30,11 +30,13 @@ from trainers.codecs import quantize_int8
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 from trainers.models import build_model, count_parameters
+from trainers.options import Bool, Int, NonNegativeInt, PositiveFloat, Ratio, validated
 
-from .base import Variant, register_method
+from .base import Variant, check_source, derive_model, register_method
 
-CRITERIA = ("l1", "l2")
-ALLOCATIONS = ("global", "uniform")
+Criterion = Literal["l1", "l2"]
+Allocation = Literal["global", "uniform"]
+CRITERIA, ALLOCATIONS = get_args(Criterion), get_args(Allocation)
 MIN_KEEP = 0.25  # the smallest fraction of a layer that global allocation keeps
 # Measured on digits at 50% (benchmarks/prune_distill.py): for an MLP, global allocation gets past the
 # 2.95x size limit of halving every layer (64-256-128-10 -> 160-32: 3.2x smaller, 2.1x faster, 0.6 points);
@@ -42,37 +44,6 @@ MIN_KEEP = 0.25  # the smallest fraction of a layer that global allocation keeps
 # parameters, to the floor and costs 1.4 points, while uniform is 3.8x smaller at no loss. A one-layer
 # LSTM is the same either way; stacked LSTMs keep the proven uniform split.
 DEFAULT_ALLOCATION = {"mlp": "global", "cnn": "uniform", "lstm": "uniform"}
-
-
-# ---------------------------------------------------------------- option checks
-
-def check_ratio(ratio) -> float:
-    """A pruning ratio must be a number strictly between 0 and 1."""
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError):
-        raise ToolkitError(f"pruning ratio must be a number in (0, 1), got {ratio!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ToolkitError(f"pruning ratio must be in (0, 1), got {ratio!r}")
-    return value
-
-
-def check_options(method: str, unknown: dict) -> None:
-    if unknown:
-        raise ToolkitError(f"unknown option(s) for {method}: {', '.join(sorted(unknown))}")
-
-
-def check_family(model: LoadedModel, method: str) -> None:
-    if model.module is None:
-        raise ToolkitError(f"{method} needs a PyTorch model; this artifact has no PyTorch weights")
-    if model.spec.family not in _LAYOUTS:
-        raise ToolkitError(f"{method} cannot handle a {model.spec.family} model (it supports {', '.join(_LAYOUTS)})")
-
-
-def _check_epochs(epochs) -> int:
-    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
-        raise ToolkitError(f"finetune_epochs must be a whole number >= 0, got {epochs!r}")
-    return int(epochs)
 
 
 # ---------------------------------------------------------------- prunable layers per family
@@ -313,22 +284,29 @@ def finetune(module: nn.Module, data: DataBundle, epochs: int, *, lr: float = 1e
     return module.eval(), {**history, "best_epoch": best_epoch}
 
 
-def _parent(model: LoadedModel) -> str:
-    return str(model.path) if model.path is not None else f"<in-memory {model.spec.family}>"
-
-
-def _with_lineage(model: LoadedModel, parent: LoadedModel, recipe: dict, **spec_changes) -> LoadedModel:
-    raw = {**model.spec.to_dict(), **spec_changes, "lineage": {"parent": _parent(parent), "recipe": recipe}}
-    model.spec = ModelSpec.from_dict(raw)
-    return model
-
-
 # ---------------------------------------------------------------- methods
 
-@register_method("prune-structured", ("mlp", "cnn", "lstm"))
-def structured_prune(model: LoadedModel, data: DataBundle, ratio: float = 0.5, finetune_epochs: int = 10,
-                     criterion: str = "l1", allocation: str | None = None, lr: float = 1e-3, seed: int = 0,
-                     **unknown) -> list[Variant]:
+def _auto_structured(family: str, settings: dict) -> list[dict]:
+    """What auto tries: each of its `prune_ratios` with the family's default split of the pruned units, and the
+    uniform split as well where the default differs (an MLP: the global split is smaller, the uniform one
+    sometimes keeps more accuracy; measure both)."""
+    allocations = sorted({DEFAULT_ALLOCATION[family], "uniform"})
+    return [{"ratio": ratio, "finetune_epochs": settings["finetune_epochs"], "allocation": allocation}
+            for ratio in settings["prune_ratios"] for allocation in allocations]
+
+
+def _auto_unstructured(family: str, settings: dict) -> list[dict]:
+    """What auto tries: its `unstructured_ratio` (0: none), stored sparse int8, half its fine-tune epochs."""
+    if not settings["unstructured_ratio"]:
+        return []
+    return [{"ratio": settings["unstructured_ratio"], "finetune_epochs": max(1, settings["finetune_epochs"] // 2),
+             "int8": True}]
+
+
+@register_method("prune-structured", role="transform", auto=_auto_structured, chain=True, families=tuple(_LAYOUTS))
+def structured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.5, finetune_epochs: NonNegativeInt = 10,
+                     criterion: Criterion = "l1", allocation: Allocation | None = None, lr: PositiveFloat = 1e-3,
+                     seed: Int = 0) -> list[Variant]:
     """Structured pruning: physically remove the least important units, then fine-tune.
 
     Options:
@@ -339,20 +317,16 @@ def structured_prune(model: LoadedModel, data: DataBundle, ratio: float = 0.5, f
         finetune_epochs: AdamW epochs after pruning (best on validation kept; 0 = none).
         criterion: "l1" or "l2" norm of each unit's incoming weights.
     """
-    check_options("prune-structured", unknown)
-    check_family(model, "prune-structured")
-    ratio, epochs = check_ratio(ratio), _check_epochs(finetune_epochs)
-    if criterion not in CRITERIA:
-        raise ToolkitError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     allocation = DEFAULT_ALLOCATION[model.spec.family] if allocation is None else allocation
     costs = unit_costs(model) if allocation == "global" else None
     keep = select_units(model.module, model.spec.family, ratio, criterion, allocation=allocation, costs=costs)
     pruned = remove_units(model, keep)
     before = accuracy(pruned.module, data.x_val, data.y_val)
-    pruned.module, history = finetune(pruned.module, data, epochs, lr=lr, seed=seed)
-    recipe = {"method": "prune-structured", "ratio": ratio, "finetune_epochs": epochs, "criterion": criterion,
-              "allocation": allocation, "lr": lr, "seed": seed, "widths_before": _widths(model.spec.config), "widths_after": _widths(pruned.spec.config)}
-    _with_lineage(pruned, model, recipe)
+    module, history = finetune(pruned.module, data, finetune_epochs, lr=lr, seed=seed)
+    recipe = {"method": "prune-structured", "ratio": ratio, "finetune_epochs": finetune_epochs, "criterion": criterion,
+              "allocation": allocation, "lr": lr, "seed": seed, "widths_before": _widths(model.spec.config),
+              "widths_after": _widths(pruned.spec.config)}
+    pruned = derive_model(model, module, recipe, config=pruned.spec.config)
     notes = [f"validation accuracy {before:.4f} right after pruning, {max(history['val_accuracy']):.4f} after fine-tuning"]
     name = f"prune-structured-{round(ratio * 100)}"
     if allocation != DEFAULT_ALLOCATION[model.spec.family]:
@@ -374,9 +348,9 @@ def _prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
     return params
 
 
-@register_method("prune-unstructured", ("mlp", "cnn", "lstm"))
-def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: float = 0.9, finetune_epochs: int = 10,
-                       int8: bool = False, lr: float = 1e-3, seed: int = 0, **unknown) -> list[Variant]:
+@register_method("prune-unstructured", role="transform", auto=_auto_unstructured)
+def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9, finetune_epochs: NonNegativeInt = 10,
+                       int8: Bool = False, lr: PositiveFloat = 1e-3, seed: Int = 0) -> list[Variant]:
     """Global unstructured magnitude pruning with a fixed mask, fine-tuned, stored sparse.
 
     Options:
@@ -385,13 +359,10 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: float = 0.9,
         int8: also quantize the surviving weights to int8 (per-tensor scale) and store them
             with the `sparse-int8` codec (Deep Compression style); default: `sparse` (fp32 values).
     """
-    check_options("prune-unstructured", unknown)
-    check_family(model, "prune-unstructured")
-    ratio, epochs = check_ratio(ratio), _check_epochs(finetune_epochs)
     module = copy.deepcopy(model.module)
     params = _prunable_weights(module)
     torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=ratio)
-    module, history = finetune(module, data, epochs, lr=lr, seed=seed)
+    module, history = finetune(module, data, finetune_epochs, lr=lr, seed=seed)
     for m, name in params:
         torch_prune.remove(m, name)
     codec = "sparse-int8" if int8 else "sparse"
@@ -402,25 +373,24 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: float = 0.9,
                 getattr(m, name).copy_(q.float() * scale)
     total = sum(getattr(m, n).numel() for m, n in params)
     zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in params)
-    recipe = {"method": "prune-unstructured", "ratio": ratio, "finetune_epochs": epochs, "int8": bool(int8),
+    recipe = {"method": "prune-unstructured", "ratio": ratio, "finetune_epochs": finetune_epochs, "int8": int8,
               "codec": codec, "lr": lr, "seed": seed, "sparsity": round(zeros / total, 4)}
-    pruned = LoadedModel(module=module.eval(), spec=ModelSpec.from_dict(model.spec.to_dict()))
-    _with_lineage(pruned, model, recipe, weights={**model.spec.weights, "codec": codec})
+    pruned = derive_model(model, module.eval(), recipe, weights={**model.spec.weights, "codec": codec})
     name = f"prune-unstructured-{round(ratio * 100)}" + ("-int8" if int8 else "")
     notes = [f"{zeros}/{total} weights are zero; best validation accuracy {max(history['val_accuracy']):.4f}"]
     return [Variant(name=name, model=pruned, recipe=recipe, notes=notes)]
 
 
-def sensitivity_scan(model: LoadedModel, data: DataBundle, ratios=(0.25, 0.5, 0.75), criterion: str = "l1",
-                     split: str = "val") -> list[dict]:
+def _sensitivity_scan(model: LoadedModel, data: DataBundle, ratios: tuple[Ratio, ...] = (0.25, 0.5, 0.75),
+                      criterion: Criterion = "l1", split: Literal["val", "test"] = "val") -> list[dict]:
     """Accuracy after structurally pruning each layer alone at each ratio, without fine-tuning.
 
     Returns plain rows for the report: {"layer", "width", "ratio", "kept", "accuracy", "baseline_accuracy", "split"}.
     """
-    check_family(model, "sensitivity_scan")
-    ratios = [check_ratio(r) for r in ratios]
-    if split not in ("val", "test"):
-        raise ToolkitError(f"split must be 'val' or 'test', got {split!r}")
+    check_source(model, "sensitivity_scan")
+    if model.spec.family not in _LAYOUTS:
+        raise ToolkitError(f"sensitivity_scan cannot handle a {model.spec.family} model: "
+                           f"it supports {', '.join(_LAYOUTS)}")
     x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
     baseline = accuracy(model.module, x, y)
     scores = unit_scores(model.module, model.spec.family, criterion)
@@ -432,3 +402,6 @@ def sensitivity_scan(model: LoadedModel, data: DataBundle, ratios=(0.25, 0.5, 0.
             rows.append({"layer": layer, "width": int(len(score)), "ratio": ratio, "kept": int(len(keep[layer])),
                          "accuracy": accuracy(pruned.module, x, y), "baseline_accuracy": baseline, "split": split})
     return rows
+
+
+sensitivity_scan = validated(_sensitivity_scan, "sensitivity_scan:")

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainers.artifact import LoadedModel, ModelSpec, predict
+from trainers.artifact import LoadedModel, predict
 from trainers.data import DataBundle
-from trainers.errors import ToolkitError
+from trainers.options import Fraction, Int, PositiveInt
 
-from .base import Variant, check_range, register_method
-from .export import export_with_info, onnx_parity, onnx_variant_model, parent_name, run_onnx
+from .base import Variant, default_options, derive_model, register_method
+from .export import Exporter, export_with_info, onnx_parity, onnx_variant_model, run_onnx
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
 # int8 must agree with fp32 on 99% of test predictions; the check runs on the validation split (a few
@@ -36,18 +36,6 @@ DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
 MIN_AGREEMENT = 0.995
 CHECK_MIN = 200  # fewest samples the agreement check runs on
 STATIC_OPS = None  # every op ORT can quantize: Relu/MaxPool stay int8 between Conv/Gemm (faster than only Conv/Gemm)
-
-
-def _check_unknown(method: str, unknown: dict) -> None:
-    if unknown:
-        raise ToolkitError(f"unknown option(s) for {method}: {', '.join(sorted(unknown))}")
-
-
-def _need_module(model: LoadedModel, method: str) -> None:
-    if model.module is None:
-        raise ToolkitError(f"{method} needs a PyTorch model; this artifact has no PyTorch weights")
-    if model.spec.runtime != "torch":
-        raise ToolkitError(f"{method} needs an fp32 PyTorch model; this artifact runs in {model.spec.runtime}")
 
 
 # ---------------------------------------------------------------- fake-quant twin
@@ -225,7 +213,7 @@ def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibr
         twin_logits = twin(torch.from_numpy(np.ascontiguousarray(data.x_test, np.float32))).numpy()
     twin_agreement = float((twin_logits.argmax(1) == int8_logits.argmax(1)).mean())
     notes.append(f"fake-quant PyTorch twin agrees with the int8 graph on {twin_agreement:.1%} of test samples")
-    if mode == "dynamic" and model.spec.family == "cnn":
+    if mode == "dynamic" and any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.module.modules()):
         notes.append("convolutions stay fp32 (ORT's dynamic ConvInteger is slower than fp32)")
     parity = onnx_parity(int8_bytes, model, data.x_test)  # int8 graph vs the fp32 PyTorch source
     return Variant(name=f"int8-{mode}-onnx", model=variant_model, recipe=recipe, onnx_bytes=int8_bytes,
@@ -233,35 +221,27 @@ def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibr
                    notes=notes)
 
 
-@register_method("int8-dynamic", ("mlp", "cnn", "lstm"))
-def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: str = "auto", min_agreement: float = MIN_AGREEMENT,
-                 **unknown) -> list[Variant]:
+@register_method("int8-dynamic", role="runtime", auto=default_options, chain=True)
+def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: Exporter = "auto",
+                 min_agreement: Fraction = MIN_AGREEMENT) -> list[Variant]:
     """int8 weights, activations quantized on the fly, ONNX Runtime (MatMul/Gemm/LSTM; Conv stays fp32).
 
     min_agreement: layers go back to fp32, the most helpful first, until int8 and fp32 agree on this share of
         held-out predictions (default MIN_AGREEMENT; 0 = never).
     """
-    _check_unknown("int8-dynamic", unknown)
-    _need_module(model, "int8-dynamic")
-    return [_int8_variant(model, data, "dynamic", (nn.Linear, nn.LSTM), 0, 0, exporter,
-                          check_range("min_agreement", min_agreement, 0.0, 1.0, include_low=True, include_high=True))]
+    return [_int8_variant(model, data, "dynamic", (nn.Linear, nn.LSTM), 0, 0, exporter, min_agreement)]
 
 
-@register_method("int8-static", ("mlp", "cnn"))
-def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: int = 512, seed: int = 0,
-                exporter: str = "auto", min_agreement: float = MIN_AGREEMENT, **unknown) -> list[Variant]:
+@register_method("int8-static", role="runtime", auto=default_options, chain=True, families=("mlp", "cnn"),
+                 refusal={"lstm": "ONNX Runtime's static QDQ leaves LSTM layers in fp32 (use int8-dynamic)"})
+def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: PositiveInt = 512, seed: Int = 0,
+                exporter: Exporter = "auto", min_agreement: Fraction = MIN_AGREEMENT) -> list[Variant]:
     """int8 weights and activations (static QDQ, per-channel, calibrated on training samples), ONNX Runtime.
 
     min_agreement: as for int8-dynamic.
     """
-    _check_unknown("int8-static", unknown)
-    _need_module(model, "int8-static")
-    if model.spec.family not in ("mlp", "cnn"):
-        raise ToolkitError(f"int8-static cannot handle a {model.spec.family} model (it supports mlp, cnn)")
-    if not isinstance(calibration_samples, (int, np.integer)) or isinstance(calibration_samples, bool) or calibration_samples < 1:
-        raise ToolkitError(f"calibration_samples must be a whole number >= 1, got {calibration_samples!r}")
-    return [_int8_variant(model, data, "static", (nn.Linear, nn.Conv1d, nn.Conv2d), int(calibration_samples), seed,
-                          exporter, check_range("min_agreement", min_agreement, 0.0, 1.0, include_low=True, include_high=True))]
+    return [_int8_variant(model, data, "static", (nn.Linear, nn.Conv1d, nn.Conv2d), calibration_samples, seed,
+                          exporter, min_agreement)]
 
 
 # ---------------------------------------------------------------- fp16 / bf16 PyTorch
@@ -270,25 +250,19 @@ def _half_variant(model: LoadedModel, dtype: str) -> Variant:
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     module = copy.deepcopy(model.module).cpu().to(torch_dtype).eval()
     recipe = {"method": "fp16" if dtype == "float16" else "bf16", "runtime": "torch", "dtype": dtype}
-    raw = {**model.spec.to_dict(), "dtype": dtype, "runtime": "torch", "onnx": None,
-           "weights": {"file": "model.safetensors", "codec": "dense"},
-           "lineage": {"parent": parent_name(model), "recipe": recipe}}
+    variant_model = derive_model(model, module, recipe, dtype=dtype, runtime="torch", onnx=None,
+                                 weights={"file": "model.safetensors", "codec": "dense"})
     notes = ["PyTorch on CPU has few half-precision kernels: expect it to be slower than fp32 there"]
-    return Variant(name=recipe["method"] + "-torch", model=LoadedModel(module=module, spec=ModelSpec.from_dict(raw)),
-                   recipe=recipe, notes=notes)
+    return Variant(name=recipe["method"] + "-torch", model=variant_model, recipe=recipe, notes=notes)
 
 
-@register_method("fp16", ("mlp", "cnn", "lstm"))
-def fp16(model: LoadedModel, data: DataBundle, **unknown) -> list[Variant]:
+@register_method("fp16", role="runtime", auto=default_options)
+def fp16(model: LoadedModel, data: DataBundle) -> list[Variant]:
     """Half-precision (float16) PyTorch weights: half the file size."""
-    _check_unknown("fp16", unknown)
-    _need_module(model, "fp16")
     return [_half_variant(model, "float16")]
 
 
-@register_method("bf16", ("mlp", "cnn", "lstm"))
-def bf16(model: LoadedModel, data: DataBundle, **unknown) -> list[Variant]:
+@register_method("bf16", role="runtime", auto=default_options)
+def bf16(model: LoadedModel, data: DataBundle) -> list[Variant]:
     """bfloat16 PyTorch weights: half the file size, fp32's range."""
-    _check_unknown("bf16", unknown)
-    _need_module(model, "bf16")
     return [_half_variant(model, "bfloat16")]

@@ -7,7 +7,6 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +14,10 @@ from pathlib import Path
 from trainers.artifact import LoadedModel, load_model, write_artifact
 from trainers.data import DataBundle, check_inputs, load_data
 from trainers.errors import ToolkitError
+from trainers.options import Ratio, check_value
 
-from .auto import baseline_variant, build_candidates, check_max_drop, choose, plan
-from .base import Variant, get_method
+from .auto import AccuracyPoints, baseline_variant, build_candidates, choose, plan
+from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .measure import LatencyConfig, measure_all
 
 ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
@@ -75,21 +75,10 @@ def _dtype(v: Variant) -> str:
     return v.model.spec.dtype
 
 
-def _check_ratio(ratio) -> float:
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError):
-        raise ToolkitError(f"--ratio must be a number in (0, 1), got {ratio!r}") from None
-    if not 0.0 < value < 1.0 or math.isnan(value):
-        raise ToolkitError(f"--ratio must be in (0, 1), got {ratio!r}")
-    return value
-
-
 def _load(model, data, target) -> tuple[LoadedModel, DataBundle]:
     if not isinstance(model, LoadedModel):
         model = load_model(model)
-    if model.module is None or model.spec.runtime != "torch" or model.spec.dtype != "float32":
-        raise ToolkitError("compress needs an fp32 PyTorch model artifact (a trained model, not a compressed variant)")
+    check_source(model, "compress")
     if not isinstance(data, DataBundle):
         data = load_data(data, target=target)
     check_inputs(data.x_test, tuple(model.spec.input_shape), f"data '{data.name}'")
@@ -98,33 +87,44 @@ def _load(model, data, target) -> tuple[LoadedModel, DataBundle]:
     return model, data
 
 
+# Options of a method that compress_model sets itself, from its own arguments.
+_SET_BY_COMPRESS = {"max_drop": "max_drop (--max-drop)", "progress": "progress"}
+
+
 def _method_options(name: str, options: dict, ratio: float | None) -> dict:
+    """The options `name` runs with: those given for it, and the pruning `ratio` where it takes one."""
     opts = dict(options.get(name, {}))
-    if ratio is not None and name.startswith("prune"):
+    takes = METHODS.options(name)
+    if ratio is not None and "ratio" in takes:
         opts.setdefault("ratio", ratio)
+    elif ratio is not None and "prune_ratios" in takes:
+        opts.setdefault("prune_ratios", [ratio])
     return opts
 
 
-AUTO_OPTIONS = ("prune_ratios", "finetune_epochs", "distill_epochs", "unstructured_ratio", "latency_budget_s")
-
-
 def check_request(methods, family: str | None, max_drop, options: dict | None = None, ratio=None):
-    """Refuse a bad request before any work: unknown method, one the family cannot take, a bad budget or ratio,
-    options for a method not requested. `family=None` skips the family check. Returns (max_drop, ratio)."""
-    from . import load_methods
+    """Refuse a bad request before any work: a bad budget or ratio, an unknown method, one the family cannot take,
+    options for a method not requested, and every method's options against its signature (names, types, ranges).
+    `family=None` skips the family check. Returns (max_drop, ratio)."""
+    from . import register_builtin_methods
 
-    load_methods()
-    max_drop = check_max_drop(max_drop)
-    ratio = _check_ratio(ratio) if ratio is not None else None
+    register_builtin_methods()
+    max_drop = check_value(AccuracyPoints, max_drop, "--max-drop")
+    ratio = None if ratio is None else check_value(Ratio, ratio, "--ratio")
+    if not isinstance(options, (dict, type(None))):
+        raise ToolkitError(f"options must be a table of {{method: {{option: value}}}}, got {type(options).__name__}")
     options = dict(options or {})
     unknown = sorted(set(options) - set(methods))
     if unknown:
         raise ToolkitError(f"options given for method(s) not requested: {', '.join(unknown)}")
     for name in methods:
         get_method(name, family)  # unknown method or unsupported family: one clear line
-    unknown = sorted(set(options.get("auto", {})) - set(AUTO_OPTIONS))
-    if unknown:
-        raise ToolkitError(f"unknown option(s) for auto: {', '.join(unknown)}")
+        if not isinstance(options.get(name, {}), dict):
+            raise ToolkitError(f"options for {name} must be a table of option values, got {options[name]!r}")
+        own = sorted(set(options.get(name, {})) & set(_SET_BY_COMPRESS))
+        if own:
+            raise ToolkitError(f"option {own[0]} of {name} is compress's own: give it as {_SET_BY_COMPRESS[own[0]]}")
+        check_method_options(name, _method_options(name, options, ratio))
     return max_drop, ratio
 
 
@@ -171,12 +171,8 @@ def _compress(model, data, methods, max_drop, options, ratio, progress) -> Compr
     variants: list[Variant] = []
     skipped: list[dict] = []
     for name in methods:
-        if name == "auto":
-            auto_opts = dict(options.get("auto", {}))
-            if ratio is not None:
-                auto_opts.setdefault("prune_ratios", [ratio])
-            auto_opts.pop("latency_budget_s", None)
-            steps = plan(model.spec.family, **{k: (tuple(v) if k == "prune_ratios" else v) for k, v in auto_opts.items()})
+        if name == "auto":  # its candidates are measured below, with the other methods' variants
+            steps = plan(model.spec.family, **_method_options(name, options, ratio))
             made, missed = build_candidates(model, data, steps, progress)
             variants += made
             skipped += missed
@@ -186,12 +182,12 @@ def _compress(model, data, methods, max_drop, options, ratio, progress) -> Compr
             variants += get_method(name, model.spec.family).func(model, data, **_method_options(name, options, ratio))
     variants = _unique(variants)
     baseline = baseline_variant(model)
-    budget = float(options.get("auto", {}).get("latency_budget_s", 0.25))
+    budget = options.get("auto", {}).get("latency_budget_s", METHODS.options("auto")["latency_budget_s"])
     measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=budget), progress)
     chosen, reason = choose(baseline, variants, max_drop)
     for v in [baseline, *variants]:
         v.measurements["chosen"] = v is chosen
-    return CompressResult(parent=str(model.path) if model.path else f"<in-memory {model.spec.family}>",
+    return CompressResult(parent=model.source,
                           family=model.spec.family, data=data.summary(), methods=list(methods), max_drop=max_drop,
                           baseline=baseline, variants=variants, chosen=chosen, reason=reason, skipped=skipped,
                           threads=baseline.measurements["threads"])

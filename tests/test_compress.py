@@ -1,10 +1,13 @@
 """The compress stage: every registered method on every family (table-driven), ONNX parity, lineage,
-loading each variant back, auto's choice, the CLI and every bad input of issue 3."""
+loading each variant back, auto's plan and choice, the request checks, the CLI and bad input."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -12,7 +15,7 @@ import pytest
 import torch
 
 from cli.main import main
-from compress import compress_model, get_method, list_methods
+from compress import METHODS, check_request, compress_model, describe_methods, get_method, list_methods, register_method
 from compress.auto import LATENCY_TIE
 from compress.export import export_with_info, onnx_parity
 from trainers import TrainConfig, load_data, load_model, predict, save_model, train
@@ -56,7 +59,7 @@ def _cases():
 def test_every_method_on_every_family(name, family, models, digits, tmp_path):
     method = get_method(name)
     model = models[family]
-    if family not in method.families:
+    if not method.supports(family):
         with pytest.raises(ToolkitError, match=family):
             get_method(name, family)
         with pytest.raises(ToolkitError):
@@ -104,7 +107,7 @@ def test_onnx_fp32_parity(family, models, digits):
                                                  ("mlp", "int8-static", 0.98), ("cnn", "int8-static", 0.98)])
 def test_int8_top1_agreement(family, method, bound, models, digits):
     """int8 vs fp32 top-1 agreement on the test split: >= 98% on these small, briefly trained models
-    (the issue's 99% is for well-trained ones: benchmarks/compress_vs_peers.py records it there)."""
+    (the 99% target is for well-trained ones: benchmarks/compress_vs_peers.py records it there)."""
     (variant,) = get_method(method, family).func(models[family], digits)
     assert variant.measurements["parity"]["top1_agreement"] >= bound
     assert variant.model.spec.runtime == "onnxruntime" and variant.model.spec.onnx["precision"] == "int8"
@@ -153,8 +156,21 @@ def test_int8_keeps_layers_fp32_until_it_agrees(method, models, digits):
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, "all"])
 def test_min_agreement_out_of_range_is_refused(value, models, digits):
-    with pytest.raises(ToolkitError, match="min_agreement"):
+    with pytest.raises(ToolkitError, match="^compression method 'int8-dynamic': min_agreement: input should be"):
         get_method("int8-dynamic", "mlp").func(models["mlp"], digits, min_agreement=value)
+
+
+@pytest.mark.parametrize("model", ["fp16", "onnx", "none"])
+def test_a_method_refuses_a_model_it_cannot_start_from(model, models, digits):
+    """Every registered method needs fp32 PyTorch weights: the check is shared, not repeated in each method."""
+    from trainers.artifact import LoadedModel, ModelSpec
+
+    mlp = models["mlp"]
+    changes = {"fp16": {"dtype": "float16"}, "onnx": {"runtime": "onnxruntime"}, "none": {}}[model]
+    odd = LoadedModel(None if model == "none" else mlp.module, ModelSpec.from_dict({**mlp.spec.to_dict(), **changes}))
+    for name in list_methods():
+        with pytest.raises(ToolkitError, match=f"compression method '{name}' needs a(n fp32)? PyTorch model"):
+            get_method(name).func(odd, digits)
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +206,7 @@ def test_auto_writes_run_dir_and_never_chooses_slower(auto_run):
 
 def test_chained_variant_lineage_lists_both_steps(auto_run):
     chained = [v for v in auto_run.to_dict()["variants"] if v["recipe"]["method"] == "chain"]
-    if not chained:
-        pytest.skip("pruning/distillation methods are not registered")
+    assert chained
     for v in chained:
         steps = v["recipe"]["steps"]
         assert len(steps) == 2 and steps[1]["method"] in ("onnx-fp32", "int8-static", "int8-dynamic")
@@ -227,9 +242,9 @@ def test_cli_compress_json(models, tmp_path, capsys):
 @pytest.mark.parametrize("args,expect", [
     (["--method", "zip"], "unknown compression method"),
     (["--method", "int8-static"], "cannot handle a lstm"),
-    (["--ratio", "1.5"], "ratio"),
-    (["--ratio", "0"], "ratio"),
-    (["--max-drop=-1"], "max-drop"),
+    (["--ratio", "1.5"], "--ratio: input should be less than 1"),
+    (["--ratio", "0"], "--ratio: input should be greater than 0"),
+    (["--max-drop=-1"], "--max-drop: input should be greater than or equal to 0"),
     (["--options", "[1]"], "--options"),
 ])
 def test_cli_bad_options(args, expect, models, tmp_path, capsys):
@@ -253,11 +268,48 @@ def test_cli_data_shape_mismatch(models, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_failure_mid_run_leaves_nothing(models, digits, tmp_path):
+def test_failure_mid_run_leaves_nothing(models, digits, tmp_path, monkeypatch):
+    import compress.run
+
+    def broken(*args, **kwargs):
+        raise ToolkitError("measuring failed")
+
+    monkeypatch.setattr(compress.run, "measure_all", broken)
     out = tmp_path / "run"
-    with pytest.raises(ToolkitError):
-        compress_model(models["mlp"], digits, methods=["onnx-fp32"], out=out, options={"onnx-fp32": {"exporter": "bogus"}})
+    with pytest.raises(ToolkitError, match="measuring failed"):
+        compress_model(models["mlp"], digits, methods=["fp16"], out=out)
     assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+@pytest.mark.parametrize("methods,options,ratio,says", [
+    (["onnx-fp32"], {"onnx-fp32": {"exporter": "bogus"}}, None,
+     "compression method 'onnx-fp32': exporter: input should be 'auto', 'dynamo' or 'legacy', got 'bogus'"),
+    (["auto"], {"auto": {"prune_ratio": 0.5}}, None, "unknown option(s) for compression method 'auto': prune_ratio"),
+    (["auto"], {"auto": {"prune_ratios": [0.5, 1.5]}}, None, "auto': prune_ratios.1: input should be less than 1"),
+    (["auto"], {"auto": {"max_drop": 1.0}}, None, "option max_drop of auto is compress's own: give it as max_drop"),
+    (["fp16"], {"fp16": {"ratio": 0.5}}, None, "unknown option(s) for compression method 'fp16': ratio"),
+    (["fp16"], {"fp16": [1]}, None, "options for fp16 must be a table"),
+    (["fp16"], {"distill": {}}, None, "options given for method(s) not requested: distill"),
+    (["fp16"], None, 1.5, "--ratio: input should be less than 1, got 1.5"),
+    (["prune-structured"], {"prune-structured": {"criterion": "l3"}}, 0.5, "criterion: input should be 'l1' or 'l2'"),
+])
+def test_request_is_checked_against_every_signature_before_any_work(methods, options, ratio, says, tmp_path):
+    with pytest.raises(ToolkitError) as caught:
+        check_request(methods, "mlp", 0.5, options, ratio)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+    out = tmp_path / "run"
+    with pytest.raises(ToolkitError, match=re.escape(says)):
+        compress_model("no/such/model", "no-such-data", methods=methods, options=options, ratio=ratio, out=out)
+    assert not out.exists()
+
+
+def test_ratio_reaches_the_methods_that_take_one():
+    from compress.run import _method_options
+
+    assert _method_options("prune-structured", {}, 0.4) == {"ratio": 0.4}
+    assert _method_options("auto", {"auto": {"prune_ratios": [0.2]}}, 0.4) == {"prune_ratios": [0.2]}
+    assert _method_options("auto", {}, 0.4) == {"prune_ratios": [0.4]}
+    assert _method_options("fp16", {}, 0.4) == {}
 
 
 def _fake(name, p50, size, within=True, slower=False, flips=False):
@@ -301,3 +353,69 @@ def test_int8_flipping_over_one_percent_is_flagged(agreement, int8, reached, fli
     compare_to_baseline(variant, base, 0.5)
     assert variant.measurements["flips"] is flips
     assert any("never chosen" in n for n in variant.notes) is (agreement < 0.99 and int8)
+
+
+# ---------------------------------------------------------------- what auto tries
+
+_STACK = ["onnx-fp32", "int8-dynamic", "int8-static"]
+_RUNTIME = [("onnx-fp32", {}, []), ("int8-dynamic", {}, []), ("int8-static", {}, []), ("fp16", {}, []), ("bf16", {}, [])]
+_UNSTRUCTURED = ("prune-unstructured", {"ratio": 0.9, "finetune_epochs": 5, "int8": True}, [])
+_DISTILL = {"epochs": 30, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0, "alpha": 0.9}
+PLANNED = {
+    "mlp": [*_RUNTIME,
+            *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": a}, _STACK)
+              for r in (0.3, 0.5) for a in ("global", "uniform")],
+            _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
+    "cnn": [*_RUNTIME,
+            *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _STACK) for r in (0.3, 0.5)],
+            _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
+    "lstm": [*[s for s in _RUNTIME if s[0] != "int8-static"],
+             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _STACK[:2])
+               for r in (0.3, 0.5)],
+             _UNSTRUCTURED, ("distill", _DISTILL, _STACK[:2])],
+}
+
+
+@pytest.mark.parametrize("family", list(PLANNED))
+def test_auto_plans_the_same_candidates_per_family(family):
+    from compress.auto import plan
+
+    assert plan(family) == PLANNED[family]
+
+
+def test_auto_plan_settings_switch_candidates_off():
+    from compress.auto import plan
+
+    steps = plan("mlp", prune_ratios=(0.5,), finetune_epochs=1, distill_epochs=0, unstructured_ratio=0)
+    assert steps == [*_RUNTIME, *[("prune-structured", {"ratio": 0.5, "finetune_epochs": 1, "allocation": a}, _STACK)
+                                  for a in ("global", "uniform")]]
+
+
+def test_a_registered_method_joins_auto_by_its_registration_alone():
+    from compress.auto import plan
+
+    before = plan("cnn", finetune_epochs=3)
+
+    @register_method("test-shrink", role="transform", chain=True, families=("cnn",),
+                     auto=lambda family, settings: [{"epochs": settings["finetune_epochs"]}])
+    def shrink(model, data, epochs: int = 1):
+        """A stand-in transform."""
+        return []
+
+    try:
+        assert plan("cnn", finetune_epochs=3) == [*before, ("test-shrink", {"epochs": 3}, _STACK)]
+        assert plan("mlp") == PLANNED["mlp"]
+    finally:
+        METHODS.unregister("test-shrink")
+    assert plan("cnn") == PLANNED["cnn"]
+
+
+def test_every_method_has_a_description_for_the_help():
+    described = describe_methods()
+    assert list(described) == list_methods() and all(described.values())
+    assert "int8-static" not in describe_methods("lstm")
+
+
+def test_import_compress_does_not_import_torch():
+    code = "import sys, compress; compress.register_method; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

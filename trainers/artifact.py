@@ -93,6 +93,11 @@ class LoadedModel:
     def runtime(self) -> str:
         return self.spec.runtime
 
+    @property
+    def source(self) -> str:
+        """Where the model came from, as lineage and results record it: its directory, or `<in-memory FAMILY>`."""
+        return str(self.path) if self.path is not None else f"<in-memory {self.spec.family}>"
+
     def onnx_session(self, threads: int | None = None):
         """An ONNX Runtime session on the artifact's ONNX file (created once)."""
         if self._session is None or threads is not None:

@@ -6,7 +6,9 @@ Every default and every bound lives in one place, next to the option:
   types below (`epochs: Annotated[Int, Field(ge=1)] = 100`); `parse(cls, values, where)` builds one from a
   dict (a config-file section, keyword arguments) and `check(obj)` re-validates one built directly;
 - registered functions (compression methods, explainers) annotate their keyword options the same way, and
-  `validated(func, where)` checks every call against the signature (unknown names, types, bounds).
+  `validated(func, where)` checks every call against the signature (unknown names, types, bounds), and
+  `check_arguments(func, values, where)` checks options the same way before the call (a whole request
+  refused before any work).
 
 Either way a bad value becomes one `ToolkitError` line that names the option, the rule and the value, never
 pydantic's multi-line report. pydantic is used rather than hand-written checks: it reads the annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import typing
 from typing import Annotated, Any, Callable, TypeVar
 
-from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, validate_call
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, create_model, validate_call
 
 from .errors import ToolkitError
 
@@ -108,3 +112,34 @@ def validated(func: Callable, where: str) -> Callable:
             raise ToolkitError(one_line(exc, where)) from None
 
     return wrapper
+
+
+def check_value(annotation, value, where: str):
+    """`value` checked against a type such as `Ratio` (the converted value); else one ToolkitError line."""
+    try:
+        return _adapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        raise ToolkitError(one_line(exc, where)) from None
+
+
+def check_arguments(func: Callable, values: dict, where: str, skip: int = 0) -> dict:
+    """`values` checked against `func`'s annotated parameters after its first `skip`, without calling it.
+
+    Unknown names, types and bounds are refused as a call would refuse them, so a caller can check every
+    option of a request before any work. Returns the given values, converted (a list becomes a tuple...).
+    """
+    try:
+        checked = _arguments_model(func, skip).model_validate(values)
+    except ValidationError as exc:
+        raise ToolkitError(one_line(exc, where)) from None
+    return {name: getattr(checked, name) for name in values}
+
+
+@functools.cache
+def _arguments_model(func: Callable, skip: int):
+    hints = typing.get_type_hints(func, include_extras=True)
+    params = list(inspect.signature(func).parameters.values())[skip:]
+    fields = {p.name: (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
+              for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+    return create_model(f"{func.__name__}_options", __config__=config, **fields)
