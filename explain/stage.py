@@ -109,7 +109,7 @@ def explain_model(model, data, *, methods=None, compare=(), samples: int = 64, o
         result.summary = ExplainResultFile.model_validate(
             {**result.summary, "seconds": round(time.perf_counter() - start, 2)}).dump()
         if run is not None:
-            run.write_json("config.json", {"stage": "explain", "model": _describe(model, family), "data": bundle.name,
+            run.write_json("config.json", {"stage": "explain", "model": _describe(model), "data": bundle.name,
                                            "methods": methods, "compare": [n for n, _ in variants],
                                            "samples": int(samples), "seed": seed})
             run.write_json("env.json", environment())
@@ -122,10 +122,9 @@ def explain_model(model, data, *, methods=None, compare=(), samples: int = 64, o
     return result
 
 
-def _describe(model, family: str) -> str:
-    if hasattr(model, "spec"):
-        return str(model.path) if getattr(model, "path", None) else f"<in-memory {family}>"
-    return str(model)
+def _describe(model) -> str:
+    """The model's source as lineage records it (`LoadedModel.source`), or the path it was given as."""
+    return model.source if hasattr(model, "source") else str(model)
 
 
 def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy) -> ExplainResult:
@@ -140,7 +139,7 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
     rng = np.random.default_rng(seed)
     background = bundle.x_train[rng.choice(len(bundle.x_train), min(BACKGROUND_SAMPLES, len(bundle.x_train)), replace=False)]
     fig_dir = run.path / "figures" if run is not None else None
-    summary: dict = {"model": _describe(original, spec.family), "family": spec.family,
+    summary: dict = {"model": _describe(original), "family": spec.family,
                      "layout": spec.layout, "input_shape": list(spec.input_shape), "data": bundle.summary(),
                      "samples": int(len(idx)), "seed": seed, "methods": methods,
                      "runtimes": {"original": spec.runtime, **{n: v.spec.runtime for n, v in variants}},
