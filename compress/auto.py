@@ -24,8 +24,8 @@ from trainers.options import Float, NonNegativeInt, PositiveFloat, Ratio
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
 from .measure import DECISIVE, LatencyConfig, measure_all
+from .options import AccuracyPoints
 
-AccuracyPoints = Annotated[Float, Field(ge=0)]  # percentage points of test accuracy
 OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
 
 

@@ -14,7 +14,7 @@ from pydantic import Field, Strict
 from trainers.options import FORBID_EXTRA, Ratio, Str
 
 # Accuracy points below the original (0.5 = half a percentage point).
-Points = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+AccuracyPoints = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 
 
 @dataclass
@@ -31,6 +31,6 @@ class CompressOptions:
     __pydantic_config__ = FORBID_EXTRA
 
     methods: Annotated[list[Str], Field(min_length=1)] = field(default_factory=lambda: ["auto"])
-    max_drop: Points = 0.5
+    max_drop: AccuracyPoints = 0.5
     ratio: Ratio | None = None
     options: dict[Str, dict] = field(default_factory=dict)

@@ -16,8 +16,9 @@ from trainers.data import DataBundle, check_inputs, load_data
 from trainers.errors import ToolkitError
 from trainers.options import Ratio, check_value
 
-from .auto import AccuracyPoints, baseline_variant, build_candidates, choose, plan
+from .auto import baseline_variant, build_candidates, choose, plan
 from .base import METHODS, Variant, check_method_options, check_source, get_method
+from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig, measure_all
 
 ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
@@ -128,10 +129,12 @@ def check_request(methods, family: str | None, max_drop, options: dict | None = 
     return max_drop, ratio
 
 
-def compress_model(model, data, *, methods=("auto",), max_drop: float = 0.5, out=None, overwrite: bool = False,
-                   options: dict | None = None, ratio: float | None = None, target: str | None = None,
-                   progress=None) -> CompressResult:
+def compress_model(model, data, *, methods=None, max_drop: float = CompressOptions.max_drop, out=None,
+                   overwrite: bool = False, options: dict | None = None, ratio: float | None = CompressOptions.ratio,
+                   target: str | None = None, progress=None) -> CompressResult:
     """Compress a trained artifact into measured variants and choose one.
+
+    `methods`, `max_drop`, `ratio` and `options` are the fields of `CompressOptions`, whose defaults apply.
 
     Args:
         model: an artifact directory or a LoadedModel (fp32 PyTorch).
@@ -144,7 +147,7 @@ def compress_model(model, data, *, methods=("auto",), max_drop: float = 0.5, out
         progress: callable taking a message (e.g. print to stderr).
     """
     start = time.perf_counter()
-    methods = list(methods) or ["auto"]
+    methods = list(methods or CompressOptions().methods)
     options = dict(options or {})
     max_drop, ratio = check_request(methods, None, max_drop, options, ratio)
     model, data = _load(model, data, target)

@@ -1,7 +1,7 @@
 """`ExplainOptions`: the options of `explain_model`, each default and bound declared once.
 
 The pipeline's `explain` section is this dataclass; `toolkit explain --help` shows its defaults.
-Which method names exist, and which families they explain, is the registry's to say (`check_family`).
+Which method names exist, and which families they explain, is the registry's to say (`get_method(name, family)`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from trainers.options import FORBID_EXTRA, NonNegativeInt, Str
 
 # Each sample costs every method a full attribution (Shapley estimates: hundreds of forward passes).
 MAX_SAMPLES = 100_000
+Samples = Annotated[int, Strict(), Field(ge=1, le=MAX_SAMPLES)]
 
 
 @dataclass
@@ -30,5 +31,5 @@ class ExplainOptions:
     __pydantic_config__ = FORBID_EXTRA
 
     methods: list[Str] | None = None
-    samples: Annotated[int, Strict(), Field(ge=1, le=MAX_SAMPLES)] = 64
+    samples: Samples = 64
     seed: NonNegativeInt = 0

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from trainers.errors import ToolkitError
+from trainers.options import check_value
 from trainers.schema import ExplainResultFile
 
 from .methods import resolve
+from .options import ExplainOptions, Samples
 from .registry import default_methods, get_method
 
 QUALITY_SAMPLES = 16      # sanity check and noise floor re-run the method on this many samples
@@ -55,15 +57,15 @@ def _name(item, fallback: str) -> str:
 
 
 def check_samples(samples) -> int:
-    """The number of samples to explain; ToolkitError below 1."""
-    if int(samples) < 1:
-        raise ToolkitError(f"--samples must be at least 1, got {samples}")
-    return int(samples)
+    """The number of samples to explain, within `ExplainOptions`' bounds; else one ToolkitError line."""
+    return check_value(Samples, samples, "--samples")
 
 
-def explain_model(model, data, *, methods=None, compare=(), samples: int = 64, out=None, overwrite: bool = False,
-                  seed: int = 0, progress=None) -> ExplainResult:
+def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), samples: int = ExplainOptions.samples,
+                  out=None, overwrite: bool = False, seed: int = ExplainOptions.seed, progress=None) -> ExplainResult:
     """Explain `model` on `samples` test samples with `methods`, assess the explanations, and compare variants.
+
+    `methods`, `samples` and `seed` are the fields of `ExplainOptions`, whose defaults apply.
 
     Args:
         model: an artifact path or a `LoadedModel`.
