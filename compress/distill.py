@@ -10,6 +10,7 @@ how much of the teacher-student gap distillation closed:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from torch.nn import functional as F
 
 from trainers.artifact import LoadedModel, ModelSpec, accuracy, predict
 from trainers.data import DataBundle
+from trainers.loop import Batch, LoopOptions, split_tensors, training_loop
 from trainers.models import build_model, config_dict, get_family, make_config
 from trainers.options import Float, Fraction, Int, PositiveFloat, PositiveInt, Str
 
@@ -55,55 +57,56 @@ def train_student(module: nn.Module, data: DataBundle, epochs: int, *, teacher: 
     `mixup` > 0 also feeds the student convex mixes of pairs of training inputs, Beta(mixup, mixup) weights:
     with a teacher they are labelled by the teacher's soft outputs alone (a larger transfer set, as in
     Hinton et al.); without one, by the same mix of the two hard labels (Zhang et al. 2018), so a student
-    trained alone sees exactly the same inputs and only the teacher's targets differ.
+    trained alone sees exactly the same inputs and only the teacher's targets differ. The teacher draws no
+    random numbers, so both runs get the same batches, dropout masks and mixes.
     """
-    torch.manual_seed(seed)  # the same dropout masks and mixing weights for the runs with and without a teacher
-    generator = torch.Generator().manual_seed(seed)
-    x, y = torch.as_tensor(data.x_train, dtype=torch.float32), torch.as_tensor(data.y_train, dtype=torch.long)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
-    beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
     if teacher is not None:
         teacher.eval()
-    best, best_state, best_epoch, history = -1.0, None, 0, []
-    for epoch in range(1, epochs + 1):
-        module.train()
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            batch = order[start:start + batch_size]
-            xb, yb = x[batch], y[batch]
-            n = len(yb)
-            if beta is not None:
-                lam = beta.sample((n,)).to(xb.dtype)
-                perm = torch.randperm(n, generator=generator)
-                shape = (n,) + (1,) * (xb.dim() - 1)
-                xb = torch.cat([xb, lam.view(shape) * xb + (1 - lam.view(shape)) * xb[perm]])
-            optimizer.zero_grad(set_to_none=True)
-            logits = module(xb)
-            if teacher is None:
-                loss = F.cross_entropy(logits[:n], yb)
-                if beta is not None:  # mixed inputs: the mixed hard labels
-                    mixed = logits[n:]
-                    loss = loss + (lam * F.cross_entropy(mixed, yb, reduction="none")
-                                   + (1 - lam) * F.cross_entropy(mixed, yb[perm], reduction="none")).mean()
-            else:
-                with torch.no_grad():
-                    t_logits = teacher(xb)
-                loss = kd_loss(logits[:n], t_logits[:n], yb, temperature, alpha)
-                if beta is not None:  # mixed inputs: soft targets only
-                    loss = loss + alpha * temperature ** 2 * F.kl_div(
-                        F.log_softmax(logits[n:] / temperature, dim=1), F.softmax(t_logits[n:] / temperature, dim=1),
-                        reduction="batchmean")
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        val = accuracy(module, data.x_val, data.y_val)
-        history.append(val)
-        if val > best:
-            best, best_epoch, best_state = val, epoch, copy.deepcopy(module.state_dict())
-    module.load_state_dict(best_state)
-    return module.eval(), {"val_accuracy": history, "best_epoch": best_epoch}
+    tensors = split_tensors(data, next(module.parameters()).device, splits=("train", "val"))
+    options = LoopOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, schedule="cosine",
+                          select="val_accuracy")
+    loss = _hard_label_loss if teacher is None else functools.partial(_teacher_loss, teacher, temperature, alpha)
+    state = training_loop(module, tensors, options, loss=loss, transform=_mixup(mixup) if mixup > 0 else None)
+    return module, {"val_accuracy": [row["val_accuracy"] for row in state.history], "best_epoch": state.best_epoch}
+
+
+def _mixup(concentration: float):
+    """A batch transform appending, after the batch, mixes of its inputs in pairs with Beta weights."""
+    beta = torch.distributions.Beta(concentration, concentration)
+
+    def transform(batch: Batch) -> Batch:
+        n = len(batch.y)
+        lam = beta.sample((n,)).to(batch.x.device, batch.x.dtype)
+        perm = torch.randperm(n, device=batch.x.device)
+        weight = lam.view((n,) + (1,) * (batch.x.dim() - 1))
+        mixed = weight * batch.x + (1 - weight) * batch.x[perm]
+        return Batch(torch.cat([batch.x, mixed]), batch.y, {"lam": lam, "perm": perm})
+
+    return transform
+
+
+def _hard_label_loss(logits, batch: Batch):
+    """Cross-entropy on the batch; on mixed inputs (if any), the same mix of the two hard labels."""
+    n = len(batch.y)
+    loss = F.cross_entropy(logits[:n], batch.y)
+    if "lam" in batch.extra:
+        lam, mixed = batch.extra["lam"], logits[n:]
+        loss = loss + (lam * F.cross_entropy(mixed, batch.y, reduction="none")
+                       + (1 - lam) * F.cross_entropy(mixed, batch.y[batch.extra["perm"]], reduction="none")).mean()
+    return loss
+
+
+def _teacher_loss(teacher, temperature: float, alpha: float, logits, batch: Batch):
+    """`kd_loss` on the batch; on mixed inputs (if any), the teacher's soft targets only."""
+    n = len(batch.y)
+    with torch.no_grad():
+        t_logits = teacher(batch.x)
+    loss = kd_loss(logits[:n], t_logits[:n], batch.y, temperature, alpha)
+    if "lam" in batch.extra:
+        loss = loss + alpha * temperature ** 2 * F.kl_div(
+            F.log_softmax(logits[n:] / temperature, dim=1), F.softmax(t_logits[n:] / temperature, dim=1),
+            reduction="batchmean")
+    return loss
 
 
 def _auto_distill(family: str, settings: dict) -> list[dict]:

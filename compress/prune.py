@@ -29,6 +29,7 @@ from trainers.artifact import LoadedModel, ModelSpec, accuracy
 from trainers.codecs import quantize_int8
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
+from trainers.loop import LoopOptions, split_tensors, training_loop
 from trainers.models import build_model, count_parameters
 from trainers.options import Bool, Int, NonNegativeInt, PositiveFloat, Ratio, validated
 
@@ -256,32 +257,14 @@ def mask_units(module: nn.Module, family: str, keep: dict[str, torch.Tensor]) ->
 # ---------------------------------------------------------------- fine-tuning
 
 def finetune(module: nn.Module, data: DataBundle, epochs: int, *, lr: float = 1e-3, batch_size: int = 64,
-             seed: int = 0, after_step=None) -> tuple[nn.Module, dict]:
-    """Short AdamW fine-tune on the training split; keeps the best weights on validation (epoch 0 included)."""
-    torch.manual_seed(seed)
-    x, y = torch.as_tensor(data.x_train, dtype=torch.float32), torch.as_tensor(data.y_train, dtype=torch.long)
-    history = {"val_accuracy": [accuracy(module, data.x_val, data.y_val)]}
-    best_state, best = copy.deepcopy(module.state_dict()), history["val_accuracy"][0]
-    if epochs == 0:
-        return module.eval(), {**history, "best_epoch": 0}
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
-    loss_fn, best_epoch = nn.CrossEntropyLoss(), 0
-    for epoch in range(1, epochs + 1):
-        module.train()
-        order = torch.randperm(len(x))
-        for start in range(0, len(x), batch_size):
-            batch = order[start:start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(module(x[batch]), y[batch]).backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step(module)
-        val = accuracy(module, data.x_val, data.y_val)
-        history["val_accuracy"].append(val)
-        if val > best:
-            best, best_epoch, best_state = val, epoch, copy.deepcopy(module.state_dict())
-    module.load_state_dict(best_state)
-    return module.eval(), {**history, "best_epoch": best_epoch}
+             seed: int = 0) -> tuple[nn.Module, dict]:
+    """Short AdamW fine-tune on the training split; keeps the best weights on validation accuracy, the
+    starting weights (epoch 0) included, so fine-tuning never returns a worse model than it was given."""
+    tensors = split_tensors(data, next(module.parameters()).device, splits=("train", "val"))
+    options = LoopOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, select="val_accuracy",
+                          score_start=True)
+    state = training_loop(module, tensors, options)
+    return module, {"val_accuracy": [row["val_accuracy"] for row in state.history], "best_epoch": state.best_epoch}
 
 
 # ---------------------------------------------------------------- methods

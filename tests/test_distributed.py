@@ -118,16 +118,18 @@ def test_two_processes_end_with_identical_replicas_and_write_one_artifact(tmp_pa
 
 def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_path, monkeypatch):
     """An interrupted one-process run, continued by the plain `toolkit train --resume` under torchrun."""
-    from trainers import fit
+    from trainers import loop
 
-    original = fit._train_epoch
+    original = loop.train_epoch
+    calls = []
 
     def interrupt_at_epoch_3(*args, **kwargs):
-        if args[5] == 3:
+        calls.append(1)
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(fit, "_train_epoch", interrupt_at_epoch_3)
+    monkeypatch.setattr(loop, "train_epoch", interrupt_at_epoch_3)
     first = train("iris", "mlp", TrainConfig(epochs=4, device="cpu"), out=tmp_path / "run", progress=False)
     assert first.interrupted and (tmp_path / "run" / "checkpoint.pt").is_file()
     done = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "train",

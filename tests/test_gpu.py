@@ -15,21 +15,21 @@ import pytest
 import torch
 
 from trainers import TrainConfig, load_data, load_model, predict, train
-from trainers import fit
+from trainers import fit, loop
 
 pytestmark = pytest.mark.gpu
 
 
 def test_cuda_training_uses_mixed_precision_and_keeps_the_data_on_the_device(monkeypatch, tmp_path):
     moved = {}
-    original = fit._to_device
+    original = fit.split_tensors
 
     def spy(data, device):
         moved.update(original(data, device))
         return moved
 
-    monkeypatch.setattr(fit, "_to_device", spy)
-    amp_dtype = fit._amp_dtype(torch.device("cuda"), True)
+    monkeypatch.setattr(fit, "split_tensors", spy)
+    amp_dtype = loop.amp_dtype(torch.device("cuda"), True)
     assert amp_dtype in (torch.bfloat16, torch.float16)
     result = train("digits", "cnn", TrainConfig(epochs=5, device="cuda"), out=tmp_path / "run", progress=False)
     assert result.device.startswith("cuda")

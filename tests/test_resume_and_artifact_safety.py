@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import trainers.fit as fit
+import trainers.loop as loop
 from trainers import ArtifactError, DataError, TrainConfig, load_data, load_model, predict, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,18 +74,20 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     data = load_data("iris")
     config = dict(epochs=6, seed=1, patience=100)
     reference = train(data, "mlp", TrainConfig(**config), progress=False)
-    original = fit._train_epoch
+    original = loop.train_epoch
+    calls = []
 
-    def interrupt_at_four(module, optimizer, scaler, tensors, cfg, epoch, *rest):
-        if epoch == 4:
+    def interrupt_at_four(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # Ctrl-C during the fourth epoch
             raise KeyboardInterrupt
-        return original(module, optimizer, scaler, tensors, cfg, epoch, *rest)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(fit, "_train_epoch", interrupt_at_four)
+    monkeypatch.setattr(loop, "train_epoch", interrupt_at_four)
     stopped = train(data, "mlp", TrainConfig(**config), out=tmp_path / "r", progress=False)
     assert stopped.interrupted and stopped.epochs_run == 3
     assert load_model(tmp_path / "r").spec.family == "mlp"  # the best-so-far model was saved
-    monkeypatch.setattr(fit, "_train_epoch", original)
+    monkeypatch.setattr(loop, "train_epoch", original)
     resumed = train(data, "mlp", TrainConfig(**config), out=tmp_path / "r", resume=True, progress=False)
     assert not resumed.interrupted and resumed.epochs_run == 6
     assert resumed.metrics == reference.metrics

@@ -22,20 +22,21 @@ def cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(run, row, module, optimizer, scheduler, scaler, spec, state) -> None:
-    """Append the epoch's `row` to `metrics.jsonl` and replace `checkpoint.pt` with the full loop state."""
+def save_checkpoint(run, row, module, state, spec) -> None:
+    """Append the epoch's `row` to `metrics.jsonl` and replace `checkpoint.pt` with the loop's whole state."""
     with open(run.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
+    scheduler = state.scheduler.state_dict() if state.scheduler is not None else None
     buffer = io.BytesIO()
-    torch.save({**state, "model": cpu_state(module), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+    torch.save({**state.bookkeeping(), "model": cpu_state(module), "optimizer": state.optimizer.state_dict(),
+                "scheduler": scheduler, "scaler": state.scaler.state_dict(),
                 "family": spec.family, "fingerprint": spec.data["fingerprint"]}, buffer)
     atomic_write_bytes(run.path / "checkpoint.pt", buffer.getvalue())
     run.keep_on_error = True
 
 
-def load_checkpoint(directory: Path, module, optimizer, scheduler, scaler, spec) -> dict:
-    """Restore module, optimizer, scheduler and scaler from `directory`; return the loop's bookkeeping."""
+def load_checkpoint(directory: Path, module, state, spec) -> None:
+    """Restore the module and the loop's state (`trainers.loop.LoopState`) from `directory`."""
     path = directory / "checkpoint.pt"
     if not path.is_file():
         raise ToolkitError(f"nothing to resume: {directory} has no checkpoint yet")
@@ -46,9 +47,12 @@ def load_checkpoint(directory: Path, module, optimizer, scheduler, scaler, spec)
         raise ToolkitError(f"cannot resume from {path}: {exc}".splitlines()[0]) from None
     if ckpt.get("family") != spec.family or ckpt.get("fingerprint") != spec.data["fingerprint"]:
         raise ToolkitError(f"cannot resume from {path}: it was made with another model family or data set")
+    if any(name not in ckpt for name in state.BOOKKEEPING):
+        raise ToolkitError(f"cannot resume from {path}: it was written by another version of the toolkit")
     module.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    keys = ("epoch", "best_val_loss", "best_epoch", "bad_epochs", "history", "best_state")
-    return {k: ckpt[k] for k in keys}
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if state.scheduler is not None:
+        state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.scaler.load_state_dict(ckpt["scaler"])
+    for name in state.BOOKKEEPING:
+        setattr(state, name, ckpt[name])

@@ -1,12 +1,10 @@
-"""The training loop: AdamW, LR on plateau, early stopping on validation loss, best weights kept.
+"""Training a classifier: `train()` validates, prepares the run directory and runs the training loop.
 
-Readable top to bottom: `train()` validates, prepares the run directory, then
-loops over epochs; each epoch is `_train_epoch` + `evaluate`. The data lives on
-the training device as tensors (moved once), batches are index slices, and on
-CUDA the forward pass runs under autocast (bf16 where supported, else fp16
-with a gradient scaler). Under torchrun the same loop runs in every process
-(DistributedDataParallel, sharded batches, metrics summed over ranks; only
-rank 0 writes files): the helpers are in `distributed.py`.
+Readable top to bottom: `train()` checks the options, loads the data, builds the model and writes the
+run directory; `_fit` runs the one training loop of `loop.py` with this stage's choices (AdamW, LR on
+plateau, early stopping and best weights on validation loss, mixed precision on CUDA, a checkpoint
+after every epoch, Ctrl-C keeps the best model so far), then measures the final metrics. Under
+torchrun the same code runs in every process (only rank 0 writes files): see `distributed.py`.
 """
 
 from __future__ import annotations
@@ -27,10 +25,11 @@ from torch import nn
 
 from . import distributed
 from .artifact import LoadedModel, ModelSpec, write_artifact
-from .checkpoint import cpu_state, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataBundle, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
+from .loop import LoopOptions, amp_dtype, autocast, evaluate, split_tensors, training_loop
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, NonNegativeInt, PositiveFloat, PositiveInt, check
 from .rundir import RunDir
@@ -180,108 +179,40 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
          run: RunDir | None, progress: bool | None, ctx: distributed.DistContext = distributed.DistContext(),
          resume_from: Path | None = None) -> TrainResult:
     started = time.perf_counter()
-    tensors = _to_device(data, device)
-    model = distributed.wrap(module, ctx, device)  # DDP with several processes, else `module` itself
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=config.lr_patience)
-    amp_dtype = _amp_dtype(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
-             "best_state": cpu_state(module)}
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, module, optimizer, scheduler, scaler, spec)
-    interrupted = False
+    tensors = split_tensors(data, device)
+    options = LoopOptions(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                          weight_decay=config.weight_decay, seed=config.seed, schedule="plateau",
+                          lr_patience=config.lr_patience, select="val_loss", patience=config.patience,
+                          amp=config.amp, interruptible=True)
     bar = _progress(progress) if ctx.is_main else None
-    task = bar.add_task("training", total=config.epochs, completed=state["epoch"]) if bar else None
-    try:
-        for epoch in range(state["epoch"] + 1, config.epochs + 1):
-            tick = time.perf_counter()
-            train_loss, train_acc = _train_epoch(model, optimizer, scaler, tensors, config, epoch, amp_dtype, ctx)
-            val_loss, val_acc = _evaluate_ranks(module, tensors["x_val"], tensors["y_val"], amp_dtype, ctx)
-            scheduler.step(val_loss)
-            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                   "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": round(time.perf_counter() - tick, 4)}
-            state["history"].append(row)
-            state["epoch"] = epoch
-            if val_loss < state["best_val_loss"] - 1e-4:
-                state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0, best_state=cpu_state(module))
-            else:
-                state["bad_epochs"] += 1
-            if run is not None:
-                save_checkpoint(run, row, module, optimizer, scheduler, scaler, spec, state)
+    task = bar.add_task("training", total=config.epochs) if bar else None
+
+    def after_epoch(state, row):
+        if run is not None:
+            save_checkpoint(run, row, module, state, spec)
+        if bar:
+            bar.update(task, completed=row["epoch"],
+                       description=f"epoch {row['epoch']} val_acc {row['val_accuracy']:.3f}")
+
+    def restore(state):
+        if resume_from is not None:
+            load_checkpoint(resume_from, module, state, spec)
             if bar:
-                bar.update(task, advance=1, description=f"epoch {epoch} val_acc {val_acc:.3f}")
-            if state["bad_epochs"] >= config.patience:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        print(f"interrupted: keeping the best model so far (epoch {state['best_epoch']})", file=sys.stderr)
+                bar.update(task, completed=state.epoch)
+
+    try:
+        state = training_loop(module, tensors, options, ctx=ctx, restore=restore, after_epoch=after_epoch)
     finally:
         if bar:
             bar.stop()
-    module.load_state_dict(state["best_state"])
-    module.eval()
+    if state.interrupted:
+        print(f"interrupted: keeping the best model so far (epoch {state.best_epoch})", file=sys.stderr)
     distributed.record_replica_hash(module, ctx)
-    metrics = _final_metrics(module, tensors, amp_dtype, spec.class_names)
+    metrics = _final_metrics(module, tensors, amp_dtype(device, config.amp), spec.class_names)
     return TrainResult(model=LoadedModel(module=module, spec=spec, metrics=metrics), metrics=metrics,
-                       history=state["history"], device=str(device), epochs_run=state["epoch"],
-                       best_epoch=state["best_epoch"], seconds=time.perf_counter() - started, interrupted=interrupted,
-                       processes=ctx.world_size)
-
-
-def _train_epoch(model, optimizer, scaler, tensors, config, epoch, amp_dtype,
-                 ctx: distributed.DistContext = distributed.DistContext()) -> tuple[float, float]:
-    model.train()
-    x, y = tensors["x_train"], tensors["y_train"]
-    # Seeded per epoch, so a resumed run shuffles and drops out exactly as an uninterrupted one; the
-    # shuffle is shared by all ranks (each takes its shard), dropout differs per rank.
-    order = distributed.epoch_indices(len(y), config.seed * 100_003, epoch, ctx).to(x.device)
-    torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * ctx.rank)
-    batch_size = distributed.per_rank_batch(config.batch_size, ctx)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        xb, yb = x[index], y[index]
-        with _autocast(x.device, amp_dtype):
-            logits = model(xb)
-            loss = nn.functional.cross_entropy(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach() * len(yb)
-        correct += (logits.argmax(1) == yb).sum()
-    # One device-to-host sync (and one all-reduce) per epoch, not per batch.
-    total_loss, total_correct, count = distributed.all_sum([loss_sum.item(), correct.item(), len(order)], ctx, x.device)
-    return total_loss / count, total_correct / count
-
-
-def _evaluate_ranks(module, x, y, amp_dtype, ctx: distributed.DistContext) -> tuple[float, float]:
-    """`evaluate` on this rank's share of the split, summed over ranks: the same figures on every rank."""
-    if not ctx.enabled:
-        return evaluate(module, x, y, amp_dtype)
-    x, y = distributed.shard(x, ctx), distributed.shard(y, ctx)
-    loss, acc = evaluate(module, x, y, amp_dtype)
-    loss_sum, correct, count = distributed.all_sum([loss * len(y), acc * len(y), len(y)], ctx, x.device)
-    return loss_sum / max(count, 1), correct / max(count, 1)
-
-
-@torch.inference_mode()
-def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None, batch_size: int = 2048):
-    """Mean cross-entropy and accuracy of `module` on tensors already on its device."""
-    was_training = module.training
-    module.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with _autocast(x.device, amp_dtype):
-            logits = module(xb).float()
-        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-    module.train(was_training)
-    return loss_sum / max(len(y), 1), correct / max(len(y), 1)
+                       history=state.history, device=str(device), epochs_run=state.epoch,
+                       best_epoch=state.best_epoch, seconds=time.perf_counter() - started,
+                       interrupted=state.interrupted, processes=ctx.world_size)
 
 
 @functools.cache
@@ -295,7 +226,7 @@ def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
     for split in ("train", "val", "test"):
         loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
-    with torch.inference_mode(), _autocast(tensors["x_test"].device, amp_dtype):
+    with torch.inference_mode(), autocast(tensors["x_test"].device, amp_dtype):
         predicted = module(tensors["x_test"]).argmax(1).cpu().numpy()
     truth = tensors["y_test"].cpu().numpy()
     k = len(class_names)
@@ -312,26 +243,6 @@ def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
          "support": int(n)} for name, p, r, f, n in zip(class_names, precision, recall, f1, support)
     ]
     return metrics
-
-
-def _to_device(data: DataBundle, device: torch.device) -> dict[str, torch.Tensor]:
-    """All splits as tensors on `device`, moved once (small data sets fit easily)."""
-    out = {}
-    for split in ("train", "val", "test"):
-        out[f"x_{split}"] = torch.from_numpy(getattr(data, f"x_{split}")).to(device)
-        out[f"y_{split}"] = torch.from_numpy(getattr(data, f"y_{split}")).to(device)
-    return out
-
-
-def _autocast(device: torch.device, amp_dtype):
-    """Autocast to `amp_dtype`, or no context at all when mixed precision is off (cheaper per batch)."""
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-
-
-def _amp_dtype(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _progress(enabled: bool | None):

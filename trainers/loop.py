@@ -1,0 +1,269 @@
+"""The one training loop: `train`, the fine-tune after pruning and distillation all run it.
+
+Readable top to bottom: `training_loop()` makes the optimizer (AdamW), the LR schedule and the
+gradient scaler, then runs epochs; each epoch is `train_epoch` + `evaluate` on the validation split,
+the selection of the best weights, early stopping and the caller's `after_epoch`. What differs between
+the callers is data, not code: `LoopOptions` (schedule, selection criterion, patience, mixed precision)
+and two small hooks, `loss(logits, batch)` (knowledge distillation) and `transform(batch)` (mixup).
+
+Randomness is seeded per epoch from `options.seed` (the shuffle, dropout, whatever a transform draws),
+so a resumed run continues exactly like an uninterrupted one, and two runs that differ only in their
+loss consume the same random numbers. The data are tensors already on the training device (moved
+once), batches are index slices. On CUDA the forward pass may run under autocast (bf16 where
+supported, else fp16 with a gradient scaler). Under torchrun every process runs the loop
+(DistributedDataParallel, sharded batches, metrics summed over ranks): see `distributed.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from . import distributed
+from .checkpoint import cpu_state
+from .errors import ToolkitError
+
+SCHEDULES = ("plateau", "cosine", "none")
+SELECTIONS = ("val_loss", "val_accuracy")
+
+
+@dataclass
+class LoopOptions:
+    """How to train: optimizer settings, LR schedule, which weights to keep, when to stop.
+
+    schedule: "plateau" multiplies the LR by 0.3 after `lr_patience` epochs without a lower validation
+        loss; "cosine" anneals it to 0 over all the steps, stepping per batch; "none" keeps it.
+    select: keep the weights of the lowest "val_loss" (by more than 1e-4) or the highest "val_accuracy".
+    score_start: the starting weights compete as epoch 0 (a fine-tune then never returns a worse model).
+    patience: stop after this many epochs without a better selection score (None: never).
+    interruptible: Ctrl-C ends the loop with the best weights so far instead of propagating.
+    """
+
+    epochs: int
+    lr: float
+    batch_size: int = 64  # the global batch per optimizer step, shared between ranks
+    weight_decay: float = 1e-4
+    seed: int = 0
+    schedule: str = "none"
+    lr_patience: int = 5
+    select: str = "val_loss"
+    score_start: bool = False
+    patience: int | None = None
+    amp: bool = False
+    interruptible: bool = False
+
+
+@dataclass
+class Batch:
+    """A training batch. A transform may append rows to `x` after the `len(y)` original ones (the
+    accuracy counts those first rows only) and leave what its loss needs in `extra`."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from epoch to epoch; a checkpoint saves it and a resumed run restores it."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    scaler: torch.amp.GradScaler
+    best_weights: dict
+    best_score: float
+    epoch: int = 0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+    BOOKKEEPING: ClassVar[tuple[str, ...]] = ("epoch", "best_score", "best_epoch", "bad_epochs", "history", "best_weights")
+
+    def bookkeeping(self) -> dict:
+        return {name: getattr(self, name) for name in self.BOOKKEEPING}
+
+
+Loss = Callable[[torch.Tensor, Batch], torch.Tensor]
+Transform = Callable[[Batch], Batch]
+
+
+def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: LoopOptions, *,
+                  loss: Loss | None = None, transform: Transform | None = None,
+                  ctx: distributed.DistContext = distributed.DistContext(),
+                  restore: Callable[[LoopState], None] | None = None,
+                  after_epoch: Callable[[LoopState, dict], None] | None = None) -> LoopState:
+    """Train `module` in place; it ends holding the selected weights, in eval mode.
+
+    Args:
+        module: the model, on the tensors' device.
+        tensors: "x_train", "y_train", "x_val", "y_val" on the training device (`split_tensors`).
+        options: see `LoopOptions`.
+        loss: `loss(logits, batch)` to minimise; default: cross-entropy against `batch.y`.
+        transform: applied to every training batch before the forward pass (e.g. mixup).
+        ctx: this process's place in a torchrun job (one process by default).
+        restore: called once with the fresh state, to load a checkpoint into it (resume).
+        after_epoch: called with the state and the epoch's history row (checkpoint, progress).
+
+    Returns the final state: history rows, best epoch, whether Ctrl-C ended the loop.
+    """
+    if options.schedule not in SCHEDULES:
+        raise ToolkitError(f"schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}")
+    if options.select not in SELECTIONS:
+        raise ToolkitError(f"select must be one of {', '.join(SELECTIONS)}, got {options.select!r}")
+    device = tensors["x_train"].device
+    amp = amp_dtype(device, options.amp)
+    model = distributed.wrap(module, ctx, device)  # DDP with several processes, else `module` itself
+    state = _start(model, module, tensors, options, amp, ctx)
+    if restore is not None:
+        restore(state)
+    try:
+        for epoch in range(state.epoch + 1, options.epochs + 1):
+            tick = time.perf_counter()
+            train_loss, train_acc = train_epoch(model, state, tensors, options, epoch, loss or _cross_entropy,
+                                                transform, amp, ctx)
+            val_loss, val_acc = evaluate_ranks(module, tensors["x_val"], tensors["y_val"], amp, ctx)
+            if options.schedule == "plateau":
+                state.scheduler.step(val_loss)
+            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                   "val_accuracy": val_acc, "lr": state.optimizer.param_groups[0]["lr"],
+                   "seconds": round(time.perf_counter() - tick, 4)}
+            state.history.append(row)
+            state.epoch = epoch
+            _select(state, module, options, row)
+            if after_epoch is not None:
+                after_epoch(state, row)
+            if options.patience is not None and state.bad_epochs >= options.patience:
+                break
+    except KeyboardInterrupt:
+        if not options.interruptible:
+            raise
+        state.interrupted = True
+    module.load_state_dict(state.best_weights)
+    module.eval()
+    return state
+
+
+def _start(model, module, tensors, options: LoopOptions, amp, ctx) -> LoopState:
+    """A fresh state: optimizer, schedule, scaler; the starting weights scored as epoch 0 if asked."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    scheduler = None
+    if options.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=options.lr_patience)
+    elif options.schedule == "cosine":
+        steps = options.epochs * _steps_per_epoch(len(tensors["y_train"]), options.batch_size, ctx)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    worst = float("inf") if options.select == "val_loss" else float("-inf")
+    state = LoopState(optimizer, scheduler, scaler, best_weights=cpu_state(module), best_score=worst)
+    if options.score_start:
+        val_loss, val_acc = evaluate_ranks(module, tensors["x_val"], tensors["y_val"], amp, ctx)
+        state.history.append({"epoch": 0, "val_loss": val_loss, "val_accuracy": val_acc})
+        state.best_score = state.history[0][options.select]
+    return state
+
+
+def _select(state: LoopState, module: nn.Module, options: LoopOptions, row: dict) -> None:
+    """Keep a copy of the weights when the epoch beats the best score so far; count the epochs that do not."""
+    score = row[options.select]
+    better = score < state.best_score - 1e-4 if options.select == "val_loss" else score > state.best_score
+    if better:
+        state.best_score, state.best_epoch, state.bad_epochs = score, row["epoch"], 0
+        state.best_weights = cpu_state(module)
+    else:
+        state.bad_epochs += 1
+
+
+def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: int, loss: Loss,
+                transform: Transform | None, amp, ctx: distributed.DistContext) -> tuple[float, float]:
+    """One pass over this rank's shard of the training split; the mean loss and accuracy over all ranks."""
+    model.train()
+    x, y = tensors["x_train"], tensors["y_train"]
+    # Seeded per epoch, so a resumed run shuffles and drops out exactly as an uninterrupted one; the
+    # shuffle is shared by all ranks (each takes its shard), dropout differs per rank.
+    order = distributed.epoch_indices(len(y), options.seed * 100_003, epoch, ctx).to(x.device)
+    torch.manual_seed(options.seed * 100_003 + epoch + 1_000_003 * ctx.rank)
+    batch_size = distributed.per_rank_batch(options.batch_size, ctx)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = Batch(x[index], y[index])
+        if transform is not None:
+            batch = transform(batch)
+        with autocast(x.device, amp):
+            logits = model(batch.x)
+            value = loss(logits, batch)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(value).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        if options.schedule == "cosine":
+            state.scheduler.step()
+        n = len(batch.y)
+        loss_sum += value.detach() * n
+        correct += (logits[:n].argmax(1) == batch.y).sum()
+    # One device-to-host sync (and one all-reduce) per epoch, not per batch.
+    total_loss, total_correct, count = distributed.all_sum([loss_sum.item(), correct.item(), len(order)], ctx, x.device)
+    return total_loss / count, total_correct / count
+
+
+def _cross_entropy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, batch.y)
+
+
+def _steps_per_epoch(samples: int, batch_size: int, ctx: distributed.DistContext) -> int:
+    per_rank = -(-samples // ctx.world_size)  # DistributedSampler pads every shard to this
+    return -(-per_rank // distributed.per_rank_batch(batch_size, ctx))
+
+
+def evaluate_ranks(module, x, y, amp, ctx: distributed.DistContext) -> tuple[float, float]:
+    """`evaluate` on this rank's share of the split, summed over ranks: the same figures on every rank."""
+    if not ctx.enabled:
+        return evaluate(module, x, y, amp)
+    x, y = distributed.shard(x, ctx), distributed.shard(y, ctx)
+    loss, acc = evaluate(module, x, y, amp)
+    loss_sum, correct, count = distributed.all_sum([loss * len(y), acc * len(y), len(y)], ctx, x.device)
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+@torch.inference_mode()
+def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None, batch_size: int = 2048):
+    """Mean cross-entropy and accuracy of `module` on tensors already on its device."""
+    was_training = module.training
+    module.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        with autocast(x.device, amp_dtype):
+            logits = module(xb).float()
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    module.train(was_training)
+    return loss_sum / max(len(y), 1), correct / max(len(y), 1)
+
+
+def split_tensors(data, device: torch.device, splits=("train", "val", "test")) -> dict[str, torch.Tensor]:
+    """The splits of a `DataBundle` as tensors on `device`, moved once (small data sets fit easily)."""
+    out = {}
+    for split in splits:
+        out[f"x_{split}"] = torch.from_numpy(getattr(data, f"x_{split}")).to(device)
+        out[f"y_{split}"] = torch.from_numpy(getattr(data, f"y_{split}")).to(device)
+    return out
+
+
+def autocast(device: torch.device, amp_dtype):
+    """Autocast to `amp_dtype`, or no context at all when mixed precision is off (cheaper per batch)."""
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+
+def amp_dtype(device: torch.device, enabled: bool):
+    """bf16 on CUDA where supported, else fp16; None (full precision) off CUDA or when disabled."""
+    if device.type != "cuda" or not enabled:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
