@@ -47,6 +47,10 @@ class Family(Entry):
 
     config: type | None = None
 
+    def options(self, positional: int = 0) -> dict[str, object]:
+        """A family's options are its config's fields (`make_config`), with their defaults."""
+        return config_dict(self.config()) if self.config is not None else {}
+
 
 FAMILIES: Registry[Family] = Registry("model family", Family, validate=False)
 

@@ -45,6 +45,11 @@ class Entry:
     def supports(self, family: str | None) -> bool:
         return family is None or not self.families or family in self.families
 
+    def options(self, positional: int) -> dict[str, object]:
+        """Keyword options and their defaults: the parameters of `func` after its `positional` leading ones."""
+        params = list(inspect.signature(self.func).parameters.values())[positional:]
+        return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
     def capabilities(self) -> dict:
         """The entry's capability fields as plain data (for docs, reports and `--help`)."""
         skip = {"name", "func", "description"}
@@ -118,10 +123,25 @@ class Registry(Generic[E]):
             raise ToolkitError(f"{self.kind} '{name}' cannot handle a {family} model: {why}")
         return entry
 
+    def table(self, skip: tuple[str, ...] = ("refusal",)) -> str:
+        """The entries as a Markdown table: name, each capability field (but `skip`), options, description.
+
+        docs/results.md holds these tables; a test checks they match the registry, so the docs cannot drift.
+        """
+        entries = self.entries()
+        columns = [c for c in (entries[0].capabilities() if entries else {}) if c not in skip]
+        header = ["name", *(c.replace("_", " ") for c in columns), "options", "description"]
+        lines = ["| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
+        for entry in entries:
+            caps = entry.capabilities()
+            cells = [f"`{entry.name}`", *(_cell(c, caps.get(c)) for c in columns),
+                     ", ".join(f"`{o}`" for o in self.options(entry.name)) or "–", entry.description.replace("|", "\\|")]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
     def options(self, name: str) -> dict[str, object]:
         """The options `name` takes and their defaults (`inspect.Parameter.empty` when required)."""
-        params = list(inspect.signature(self.get(name).func).parameters.values())[self.positional:]
-        return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return self.get(name).options(self.positional)
 
     def check_options(self, name: str, options: dict | None) -> dict:
         """`options` if every name is an option of `name`; else one clear ToolkitError naming the unknown ones."""
@@ -137,3 +157,14 @@ class Registry(Generic[E]):
         """Check `options` against the signature, then call the entry with `args` and them."""
         entry = self.get(name, family)
         return entry.func(*args, **self.check_options(name, options))
+
+
+def _cell(column: str, value) -> str:
+    """A capability value as a table cell: empty `families` means all of them."""
+    if column == "families" and not value:
+        return "all"
+    if isinstance(value, bool):
+        return "all" if value and column in ("axiom", "default") else ("yes" if value else "–")
+    if isinstance(value, (tuple, list)):
+        return ", ".join(map(str, value)) or "–"
+    return "–" if value is None else str(value)
