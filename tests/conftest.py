@@ -1,4 +1,4 @@
-"""Shared test configuration: `gpu`-marked tests skip cleanly on machines without CUDA."""
+"""Shared test configuration: data fixtures every test module uses, and the skip of `gpu` tests without CUDA."""
 
 from __future__ import annotations
 
@@ -16,3 +16,19 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The built-in digits set (1x8x8 images, 10 classes), loaded once for the whole run."""
+    from trainers import load_data
+
+    return load_data("digits")
+
+
+@pytest.fixture(scope="session")
+def iris():
+    """The built-in iris set (4 features, 3 classes), loaded once for the whole run."""
+    from trainers import load_data
+
+    return load_data("iris")

@@ -18,7 +18,7 @@ from cli.main import main
 from compress import METHODS, check_request, compress_model, describe_methods, get_method, list_methods, register_method
 from compress.auto import LATENCY_TIE
 from compress.export import export_with_info, onnx_parity
-from trainers import TrainConfig, load_data, load_model, predict, save_model, train
+from trainers import TrainConfig, load_model, predict, save_model, train
 from trainers.errors import ToolkitError
 
 FAMILIES = ("mlp", "cnn", "lstm")
@@ -27,11 +27,6 @@ SMALL = {"mlp": {"hidden": [64, 32]}, "cnn": {"channels": [8, 16], "hidden": [32
 FAST = {"prune-structured": {"ratio": 0.5, "finetune_epochs": 1}, "prune-unstructured": {"ratio": 0.8, "finetune_epochs": 1},
         "distill": {"epochs": 4, "width_factor": 0.5}}
 LOSSLESS = ("onnx-fp32", "int8-dynamic", "int8-static", "fp16", "bf16")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.fixture(scope="module")

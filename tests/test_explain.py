@@ -67,11 +67,6 @@ def make_int8_onnx(model: LoadedModel, out: Path, twin: bool = False) -> Path:
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
-
-
-@pytest.fixture(scope="module")
 def models(digits):
     return {family: quick_fit(digits, family, arch) for family, arch in FAMILY_ARCH.items()}
 

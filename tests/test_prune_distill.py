@@ -14,7 +14,7 @@ from compress import Variant, get_method, list_methods
 from compress.distill import distill, kd_loss
 from compress.prune import (DEFAULT_ALLOCATION, MIN_KEEP, mask_units, remove_units, select_units,
                             sensitivity_scan, structured_prune, unit_costs, unstructured_prune)
-from trainers import ArtifactError, LoadedModel, ModelSpec, ToolkitError, TrainConfig, load_data, load_model, predict, train
+from trainers import ArtifactError, LoadedModel, ModelSpec, ToolkitError, TrainConfig, load_model, predict, train
 from trainers.artifact import sha256_file, write_artifact
 from trainers.codecs import CODECS
 from trainers.models import count_parameters
@@ -32,11 +32,6 @@ EXACTNESS = {  # architectures for the removal == masking check
     "lstm-bi-2": ("lstm", {"hidden": [10, 8], "bidirectional": True}),
     "lstm-bi-1": ("lstm", {"hidden": [9], "bidirectional": True}),
 }
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 def _train(data, family, arch, epochs=3):

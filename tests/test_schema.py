@@ -12,17 +12,12 @@ from pydantic import BaseModel, ValidationError
 from compress import compress_model
 from explain import explain_model
 from reports import render_report
-from trainers import TrainConfig, load_data, train
+from trainers import TrainConfig, train
 from trainers.schema import (CompressResultFile, DataSummary, ExplainResultFile, PipelineFile, TrainResultFile,
                              parse_result, read_result)
 
 KINDS = {"train": TrainResultFile, "compress": CompressResultFile, "explain": ExplainResultFile}
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
-
-
-@pytest.fixture(scope="module")
-def iris():
-    return load_data("iris")
 
 
 @pytest.fixture(scope="module")
