@@ -13,6 +13,7 @@ non-linearity.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
 
@@ -21,11 +22,16 @@ import torch
 from pydantic import AfterValidator, Field
 from torch import nn
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ToolkitError
 from .options import FORBID_EXTRA, Bool, Float, PositiveInt, check, parse
 from .registry import Entry, Registry
 
 Dropout = Annotated[Float, Field(ge=0, lt=1)]
+
+# 100 M float32 parameters are 400 MB of weights, 1.2 GB with Adam's state; the default families at their
+# default sizes stay under 1 M. A larger model is a typo or a hostile model.json; TOOLKIT_MAX_PARAMETERS allows it.
+MAX_PARAMETERS = 100_000_000
+MAX_PARAMETERS_ENV = "TOOLKIT_MAX_PARAMETERS"
 
 
 def _odd(value: int) -> int:
@@ -83,9 +89,34 @@ def build_model(family: str, config, input_shape, num_classes: int, mean=None, s
     if mean is None:
         mean, std = _unit_stats(input_shape)
     try:
+        with torch.device("meta"):  # count first, allocate nothing
+            size = count_parameters(fam.func(config, input_shape, num_classes, np.asarray(mean), np.asarray(std)))
+        check_parameter_count(size, f"a {family} model for inputs {input_shape} with {num_classes} classes")
         return fam.func(config, input_shape, num_classes, np.asarray(mean), np.asarray(std))
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ArtifactError(f"cannot build a {family} model for inputs {input_shape}: {exc}") from None
+
+
+def parameter_limit() -> int:
+    """The largest model `build_model` builds: MAX_PARAMETERS, or TOOLKIT_MAX_PARAMETERS when set."""
+    raw = os.environ.get(MAX_PARAMETERS_ENV, "").strip()
+    if not raw:
+        return MAX_PARAMETERS
+    try:
+        limit = int(float(raw))
+    except (ValueError, OverflowError):
+        raise ToolkitError(f"{MAX_PARAMETERS_ENV} must be a number of parameters, got {raw!r}") from None
+    if limit < 1:
+        raise ToolkitError(f"{MAX_PARAMETERS_ENV} must be positive, got {raw!r}")
+    return limit
+
+
+def check_parameter_count(size: int, what: str) -> None:
+    """Refuse a model of more than `parameter_limit()` parameters, before any memory is allocated."""
+    limit = parameter_limit()
+    if size > limit:
+        raise ToolkitError(f"{what} would have {size:,} parameters, more than the limit of {limit:,} "
+                           f"(set {MAX_PARAMETERS_ENV} to allow it)")
 
 
 def config_dict(config) -> dict:
