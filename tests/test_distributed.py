@@ -72,9 +72,10 @@ def test_single_process_helpers_are_identities():
 
 
 def test_launch_options_match_torchrun_command_lines():
-    assert LaunchOptions(2).torchrun_args() == ["--standalone", "--nproc-per-node=2"]
+    timeouts = "--rdzv-conf=join_timeout=600,timeout=600"
+    assert LaunchOptions(2).torchrun_args() == ["--standalone", "--nproc-per-node=2", timeouts]
     assert LaunchOptions(4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29400).torchrun_args() == [
-        "--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29400"]
+        "--nproc-per-node=4", timeouts, "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29400"]
     for bad, message in ((LaunchOptions(0), "at least 1"), (LaunchOptions(2, nnodes=2), "--master-addr"),
                          (LaunchOptions(2, nnodes=2, node_rank=2, master_addr="h"), "--node-rank")):
         with pytest.raises(ToolkitError, match=message):

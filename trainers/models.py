@@ -88,13 +88,26 @@ def build_model(family: str, config, input_shape, num_classes: int, mean=None, s
     input_shape = tuple(int(d) for d in input_shape)
     if mean is None:
         mean, std = _unit_stats(input_shape)
+    check_model_size(family, config, input_shape, num_classes)
     try:
-        with torch.device("meta"):  # count first, allocate nothing
-            size = count_parameters(fam.func(config, input_shape, num_classes, np.asarray(mean), np.asarray(std)))
-        check_parameter_count(size, f"a {family} model for inputs {input_shape} with {num_classes} classes")
         return fam.func(config, input_shape, num_classes, np.asarray(mean), np.asarray(std))
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ArtifactError(f"cannot build a {family} model for inputs {input_shape}: {exc}") from None
+
+
+def check_model_size(family: str, config, input_shape, num_classes: int) -> int:
+    """The model's parameter count, built on PyTorch's meta device (nothing allocated); ToolkitError above
+    `parameter_limit()`. `build_model` calls it; a pipeline calls it before any stage runs."""
+    config = make_config(family, config) if isinstance(config, dict) else config
+    input_shape = tuple(int(d) for d in input_shape)
+    try:
+        with torch.device("meta"):
+            mean, std = _unit_stats(input_shape)
+            size = count_parameters(get_family(family).func(config, input_shape, num_classes, mean, std))
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ArtifactError(f"cannot build a {family} model for inputs {input_shape}: {exc}") from None
+    check_parameter_count(size, f"a {family} model for inputs {input_shape} with {num_classes} classes")
+    return size
 
 
 def parameter_limit() -> int:
