@@ -174,3 +174,52 @@ def test_two_processes_reach_the_single_process_accuracy_on_digits(tmp_path):
     print(f"test accuracy: 1 process {single.metrics['test_accuracy']:.4f}, "
           f"2 processes {double['metrics']['test_accuracy']:.4f}")
     assert abs(single.metrics["test_accuracy"] - double["metrics"]["test_accuracy"]) <= 0.01
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of `pid` (Linux /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += sorted(kids - found)
+            found |= kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
+def test_workers_end_when_their_launcher_is_killed(tmp_path):
+    """SIGKILL the launcher in the middle of training: its worker processes exit within seconds, not never."""
+    import signal
+    import time
+
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    launcher = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "digits", "--model", "mlp", "--device",
+                                 "cpu", "--nproc-per-node", "2", "--epochs", "500", "--out", "run"], cwd=tmp_path,
+                                env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run.partial" / "metrics.jsonl").is_file():  # both workers are training
+            assert launcher.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.5)
+        workers = _children(launcher.pid)
+        assert len(workers) >= 2
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(pid) for pid in workers), "orphaned workers still running"
+    finally:
+        launcher.kill()

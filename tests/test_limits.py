@@ -184,11 +184,18 @@ CASES: dict[str, Case] = {
                                            "parameters", rss=True),
     "--nproc-per-node beyond the cores": Case(
         _train(lambda c: "iris", "--device", "cpu", "--nproc-per-node", str((os.cpu_count() or 1) + 22)), "core"),
+    "30,000 one-unit layers": Case(_train(lambda c: "iris", "--arch", json.dumps({"hidden": [1] * 30_000})),
+                                               "layers", rss=True),
     # model artifacts
     "sparse codec entries beyond the architecture": Case(_compress(sparse_bomb), "shape", rss=True),
     "model.json with hidden [45000, 45000]": Case(
         _compress(lambda m: edit_json(m / "model.json", lambda d: d["config"].update(hidden=[45000, 45000]))),
         "parameters", rss=True),
+    "model.json with 5,000 class names": Case(
+        _compress(lambda m: edit_json(m / "model.json", lambda d: d.update(class_names=[str(i) for i in range(5000)]))),
+        "classes"),
+    "model.json with an input of 10**12 features": Case(
+        _compress(lambda m: edit_json(m / "model.json", lambda d: d.update(input_shape=[10**12]))), "inputs of shape"),
     "preprocessing std of zeros": Case(
         _compress(lambda m: edit_json(m / "model.json", lambda d: d["preprocessing"].update(std=[0.0] * 4))),
         "preprocessing.std"),

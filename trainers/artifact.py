@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .codecs import CODECS
+from .data import MAX_CLASSES
 from .errors import ArtifactError, ToolkitError
 from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, read_json
 from .models import build_model, count_parameters
@@ -68,7 +69,10 @@ class ModelSpec:
             raise ArtifactError(f"{where}: unknown dtype {spec.dtype!r}")
         if not isinstance(spec.config, dict) or not isinstance(spec.class_names, list) or not spec.class_names:
             raise ArtifactError(f"{where}: 'config' must be an object and 'class_names' a non-empty list")
-        if not all(isinstance(n, str) for n in [*spec.class_names, *(spec.feature_names or [])]):
+        if len(spec.class_names) > MAX_CLASSES:
+            raise ArtifactError(f"{where}: {len(spec.class_names):,} classes, more than the limit of {MAX_CLASSES:,}")
+        features = [] if spec.feature_names is None else spec.feature_names
+        if not isinstance(features, list) or not all(isinstance(n, str) for n in [*spec.class_names, *features]):
             raise ArtifactError(f"{where}: 'class_names' and 'feature_names' must be lists of strings")
         if not isinstance(spec.weights, dict) or not isinstance(spec.preprocessing, dict):
             raise ArtifactError(f"{where}: 'weights' and 'preprocessing' must be objects")

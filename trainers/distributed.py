@@ -60,6 +60,8 @@ def exit_with_parent(interval_s: float = 1.0) -> None:
     `os._exit` because the main thread may be blocked inside a collective.
     """
     parent = os.getppid()
+    if parent == 1:  # orphaned already, before the watchdog started
+        os._exit(1)
 
     def watch():
         while os.getppid() == parent:

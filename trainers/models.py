@@ -32,6 +32,7 @@ Dropout = Annotated[Float, Field(ge=0, lt=1)]
 # default sizes stay under 1 M. A larger model is a typo or a hostile model.json; TOOLKIT_MAX_PARAMETERS allows it.
 MAX_PARAMETERS = 100_000_000
 MAX_PARAMETERS_ENV = "TOOLKIT_MAX_PARAMETERS"
+MAX_LAYERS = 256  # per list of widths: a million one-unit layers are few parameters but a million modules
 
 
 def _odd(value: int) -> int:
@@ -100,11 +101,17 @@ def check_model_size(family: str, config, input_shape, num_classes: int) -> int:
     `parameter_limit()`. `build_model` calls it; a pipeline calls it before any stage runs."""
     config = make_config(family, config) if isinstance(config, dict) else config
     input_shape = tuple(int(d) for d in input_shape)
+    values = float(np.prod(input_shape, dtype=np.float64))
+    if values > parameter_limit() or min(input_shape, default=1) < 1:
+        raise ToolkitError(f"a {family} model cannot take inputs of shape {input_shape} ({values:.3g} values each)")
+    for key, value in asdict(config).items():
+        if isinstance(value, list) and len(value) > MAX_LAYERS:
+            raise ToolkitError(f"{family} config {key}: {len(value):,} layers, more than the limit of {MAX_LAYERS}")
     try:
         with torch.device("meta"):
             mean, std = _unit_stats(input_shape)
             size = count_parameters(get_family(family).func(config, input_shape, num_classes, mean, std))
-    except (ValueError, RuntimeError, TypeError) as exc:
+    except (ValueError, RuntimeError, TypeError, OverflowError) as exc:
         raise ArtifactError(f"cannot build a {family} model for inputs {input_shape}: {exc}") from None
     check_parameter_count(size, f"a {family} model for inputs {input_shape} with {num_classes} classes")
     return size
