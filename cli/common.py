@@ -6,43 +6,50 @@ import functools
 import json
 import os
 import sys
-
+import warnings
 from typing import Callable
 
 import typer
 from typer.core import TyperCommand
 
-from trainers.errors import ToolkitError
+from trainers.errors import ToolkitError, describe
 
 
 def handle_errors(func):
-    """Turn a ToolkitError into one line on stderr and exit code 2, any other error into exit code 1.
-
-    Set TOOLKIT_DEBUG=1 to see the traceback of an unexpected error.
-    """
+    """Any error becomes one line on stderr and its exit code (`trainers.errors.describe`); warnings (numpy,
+    torch) show only on success, so a failure prints its line alone. TOOLKIT_DEBUG=1 shows tracebacks."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ToolkitError as exc:
-            fail(str(exc), 2)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
-        except (typer.Exit, typer.Abort, typer.TyperException):
-            raise
-        except Exception as exc:  # the last line of defence: never a traceback for users
-            if os.environ.get("TOOLKIT_DEBUG"):
+        debug = bool(os.environ.get("TOOLKIT_DEBUG"))
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                result = func(*args, **kwargs)
+            except KeyboardInterrupt:
+                fail("interrupted", 130)
+            except (typer.Exit, typer.Abort, typer.TyperException) as exc:
+                _show(caught if debug or getattr(exc, "exit_code", 1) == 0 else [])
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            fail(f"unexpected error ({type(exc).__name__}): {first} (set TOOLKIT_DEBUG=1 for the traceback)", 1)
+            except Exception as exc:  # the last line of defence: never a traceback for users
+                _show(caught if debug else [])
+                message, code = describe(exc)
+                if debug and code == 1:
+                    raise
+                fail(message + (" (set TOOLKIT_DEBUG=1 for the traceback)" if code == 1 else ""), code)
+        _show(caught)
+        return result
 
     return wrapper
 
 
+def _show(caught) -> None:
+    [warnings.showwarning(w.message, w.category, w.filename, w.lineno) for w in caught]
+
+
 def fail(message: str, code: int = 2):
-    """Print one line on stderr and exit."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one line on stderr and exit. In a torchrun job every rank meets the same bad input: rank 0 says it."""
+    if code != 2 or os.environ.get("RANK", "0") == "0":
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -59,11 +61,13 @@ def pipeline_command(
     overrides = {KEYS[name]: value for name, value in given.items() if value is not None}
     try:
         result = run_pipeline(data, model, config, overrides=overrides, out=out, overwrite=overwrite, progress=info)
-    except StageFailed as failed:
-        typer.echo(f"error: {failed}", err=True)
-        if failed.report is not None:
-            info(f"report of what finished: {failed.report}")
-            _print(failed.result, as_json)
+    except StageFailed as failed:  # one line: the stage, the cause, the report of what finished
+        if os.environ.get("TOOLKIT_DEBUG"):
+            traceback.print_exception(failed.__cause__)
+        where = f" (report of what finished: {failed.report})" if failed.report is not None else ""
+        typer.echo(f"error: {failed}{where}", err=True)
+        if failed.report is not None:  # stdout: the data, as on success
+            emit_json(failed.result.to_dict()) if as_json else typer.echo(str(failed.report))
         raise typer.Exit(failed.code)
     _print(result, as_json)
 

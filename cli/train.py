@@ -38,6 +38,8 @@ def train_command(
     master_port: Optional[int] = typer.Option(None, "--master-port", help="Free port on that machine (default 29500 "
                                               "with several machines; one machine picks a free port).",
                                               rich_help_panel=GROUP),
+    oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more processes than CPU cores.",
+                                       rich_help_panel=GROUP),
 ):
     """Train a classifier and save it as a model artifact.
 
@@ -58,7 +60,7 @@ def train_command(
     if nproc_per_node is not None:
         from trainers.distributed import LaunchOptions, launch_training
 
-        where = LaunchOptions(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        where = LaunchOptions(nproc_per_node, nnodes, node_rank, master_addr, master_port, oversubscribe)
         raise typer.Exit(launch_training(data, model, config, where, out=out, target=target, overwrite=overwrite,
                                          resume=resume, json_output=as_json))
     if nnodes != 1 or node_rank or master_addr or master_port is not None:

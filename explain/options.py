@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field, Strict
 
-from trainers.options import FORBID_EXTRA, NonNegativeInt, Str
+from trainers.options import FORBID_EXTRA, Seed, Str
 
 # Each sample costs every method a full attribution (Shapley estimates: hundreds of forward passes).
 MAX_SAMPLES = 100_000
@@ -32,4 +32,4 @@ class ExplainOptions:
 
     methods: list[Str] | None = None
     samples: Samples = 64
-    seed: NonNegativeInt = 0
+    seed: Seed = 0

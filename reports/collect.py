@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.errors import ToolkitError
+from trainers.errors import ToolkitError, parse_failure
 from trainers.schema import (CompressResultFile, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
                              TrainResultFile, read_result)
 
@@ -67,8 +67,10 @@ def read_json(path: Path, what: str) -> dict:
         return {}
     try:
         obj = json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda name: None)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ReportError(f"cannot read {what} {path}: {exc}") from None
+    except (RecursionError, MemoryError) as exc:  # nesting or sizes a JSON file has no business with
+        raise ReportError(f"cannot read {what} {path}: " + parse_failure(exc)) from None
     if not isinstance(obj, dict):
         raise ReportError(f"{what} {path} does not hold a JSON object")
     return obj

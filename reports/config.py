@@ -97,10 +97,18 @@ def _parse_text(text: str, suffix: str):
             import tomli as tomllib
         return tomllib.loads(text)
     if suffix == ".json":
-        return json.loads(text)
-    import yaml
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    from trainers import yamlsafe
 
-    return yaml.safe_load(text)
+    return yamlsafe.load(text)
+
+
+def _unique_keys(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate key {duplicates[0]!r}")
+    return dict(pairs)
 
 
 def resolve_config(config: PipelineConfig | str | Path | dict | None = None,

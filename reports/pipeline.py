@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from trainers.errors import ToolkitError
 from trainers.options import as_dict
 
 from .config import PipelineConfig, resolve_config, save_config
@@ -73,11 +72,13 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
         StageFailed: a stage failed; the run directory and the report of what finished are written.
     """
     from trainers import RunDir, default_run_dir, load_data
+    from trainers.models import check_model_size
 
     say = progress or _to_stderr
     cfg = resolve_config(config, overrides)
     _preflight(cfg, family)
     bundle = load_data(data, target=cfg.target, seed=cfg.train.seed)  # bad data: nothing written
+    check_model_size(family, cfg.train.model, bundle.input_shape, bundle.num_classes)  # allocates nothing
     run = RunDir(out if out is not None else default_run_dir("pipeline", family), overwrite=overwrite)
     started = time.perf_counter()
     status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [],
@@ -102,8 +103,9 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
         run_dir = run.commit()
     result = PipelineResult(run_dir, None, status)
     result.report = _report(result, cfg.report.out)
-    say(f"pipeline finished in {time.perf_counter() - started:.1f}s" + (" with a failed stage" if failure else ""))
-    if failure is not None:
+    if failure is None:
+        say(f"pipeline finished in {time.perf_counter() - started:.1f}s")
+    else:
         name, message, code, exc = failure
         raise StageFailed(name, message, code, result) from exc
     return result
@@ -118,8 +120,10 @@ def _preflight(cfg: PipelineConfig, family: str) -> None:
     from compress import check_request
     from explain import check_family
     from trainers import get_family
+    from trainers.models import make_config
 
     get_family(family)
+    make_config(family, cfg.train.model)  # a typo in [train.arch] must not wait for the data
     options = cfg.compress
     check_request(options.methods, family, options.max_drop, options.options, options.ratio)
     for method in cfg.explain.methods or ():
@@ -143,8 +147,7 @@ def _run_stage(index: int, name: str, step, results: dict, status: dict, say):
         status["stages"].append({"name": name, "status": "failed", "seconds": round(time.perf_counter() - tick, 3),
                                  "reason": message})
         status["errors"].append({"stage": name, "message": message, "code": code})
-        say(f"[{index}/{len(STAGES)}] {name} failed: {message}")
-        return name, message, code, exc
+        return name, message, code, exc  # the caller's one error line says it
     seconds = round(time.perf_counter() - tick, 3)
     status["stages"].append({"name": name, "status": "done", "seconds": seconds, "reason": reason})
     say(f"[{index}/{len(STAGES)}] {name} done in {seconds:.1f}s: {reason}")
@@ -153,12 +156,9 @@ def _run_stage(index: int, name: str, step, results: dict, status: dict, say):
 
 def _described(exc: Exception) -> tuple[str, int]:
     """A failed stage's one-line message and exit code: 2 for bad input, 1 (with the error's type) otherwise."""
-    from .collect import ReportError
+    from trainers.errors import describe
 
-    message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if isinstance(exc, (ToolkitError, ReportError)):
-        return message, 2
-    return f"{type(exc).__name__}: {message}", 1
+    return describe(exc)
 
 
 def _train(bundle, family: str, cfg: PipelineConfig, run):

@@ -72,9 +72,10 @@ def test_single_process_helpers_are_identities():
 
 
 def test_launch_options_match_torchrun_command_lines():
-    assert LaunchOptions(2).torchrun_args() == ["--standalone", "--nproc-per-node=2"]
+    timeouts = "--rdzv-conf=join_timeout=600,timeout=600"
+    assert LaunchOptions(2).torchrun_args() == ["--standalone", "--nproc-per-node=2", timeouts]
     assert LaunchOptions(4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29400).torchrun_args() == [
-        "--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29400"]
+        "--nproc-per-node=4", timeouts, "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29400"]
     for bad, message in ((LaunchOptions(0), "at least 1"), (LaunchOptions(2, nnodes=2), "--master-addr"),
                          (LaunchOptions(2, nnodes=2, node_rank=2, master_addr="h"), "--node-rank")):
         with pytest.raises(ToolkitError, match=message):
@@ -173,3 +174,58 @@ def test_two_processes_reach_the_single_process_accuracy_on_digits(tmp_path):
     print(f"test accuracy: 1 process {single.metrics['test_accuracy']:.4f}, "
           f"2 processes {double['metrics']['test_accuracy']:.4f}")
     assert abs(single.metrics["test_accuracy"] - double["metrics"]["test_accuracy"]) <= 0.01
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of `pid` (Linux /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += sorted(kids - found)
+            found |= kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"cli.main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
+def test_workers_end_when_their_launcher_is_killed(tmp_path):
+    """SIGKILL the launcher once its workers run: they exit (watchdog, or the orphan check on joining the job)."""
+    import signal
+    import time
+
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    launcher = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "digits", "--model", "mlp", "--device",
+                                 "cpu", "--nproc-per-node", "2", "--epochs", "500", "--out", "run"], cwd=tmp_path,
+                                env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while len(workers := [p for p in _children(launcher.pid) if _is_worker(p)]) < 2:  # both workers started
+            assert launcher.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.5)
+        time.sleep(5)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 180  # a worker still importing torch meets the check when it joins the job
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(pid) for pid in workers), "orphaned workers still running"
+    finally:
+        launcher.kill()

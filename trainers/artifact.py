@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .codecs import CODECS
+from .data import MAX_CLASSES
 from .errors import ArtifactError, ToolkitError
 from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, read_json
 from .models import build_model, count_parameters
@@ -68,11 +69,33 @@ class ModelSpec:
             raise ArtifactError(f"{where}: unknown dtype {spec.dtype!r}")
         if not isinstance(spec.config, dict) or not isinstance(spec.class_names, list) or not spec.class_names:
             raise ArtifactError(f"{where}: 'config' must be an object and 'class_names' a non-empty list")
+        if len(spec.class_names) > MAX_CLASSES:
+            raise ArtifactError(f"{where}: {len(spec.class_names):,} classes, more than the limit of {MAX_CLASSES:,}")
+        features = [] if spec.feature_names is None else spec.feature_names
+        if not isinstance(features, list) or not all(isinstance(n, str) for n in [*spec.class_names, *features]):
+            raise ArtifactError(f"{where}: 'class_names' and 'feature_names' must be lists of strings")
+        if not isinstance(spec.weights, dict) or not isinstance(spec.preprocessing, dict):
+            raise ArtifactError(f"{where}: 'weights' and 'preprocessing' must be objects")
+        _check_statistics(spec.preprocessing, where)
         return spec
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+def _check_statistics(pre: dict, where: str) -> None:
+    """Standardisation statistics must be finite, with every std positive: else every prediction is NaN."""
+    for key in ("mean", "std"):
+        if pre.get(key) is None:
+            continue
+        try:
+            values = np.asarray(pre[key], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise ArtifactError(f"{where}: preprocessing.{key} must be an array of numbers") from None
+        if values.dtype.kind != "f" or not np.isfinite(values).all() or (key == "std" and (values <= 0).any()):
+            rule = "finite and positive" if key == "std" else "finite"
+            raise ArtifactError(f"{where}: preprocessing.{key} must be {rule}")
 
 
 @dataclass
@@ -221,6 +244,8 @@ def _member(path: Path, name) -> Path:
 
 
 def _check_file(file: Path, expected_sha: str | None) -> None:
+    if file.is_symlink():  # a link may point anywhere: the artifact holds its own files
+        raise ArtifactError(f"{file} is a symbolic link; an artifact's files must be regular files inside it")
     if not file.is_file():
         raise ArtifactError(f"missing file: {file}")
     if expected_sha and sha256_file(file) != expected_sha:
@@ -236,23 +261,25 @@ def _load_module(path: Path, spec: ModelSpec, device: str) -> nn.Module:
     codec_name = spec.weights.get("codec", "dense")
     if codec_name not in CODECS:
         raise ArtifactError(f"{weights}: unknown weight codec {codec_name!r}")
+    pre = spec.preprocessing
+    try:  # built first (its size checked before allocating), so the weights are read against its shapes
+        module = build_model(spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"),
+                             pre.get("std"))
+    except ToolkitError as exc:  # unknown family, architecture option or size: the artifact is at fault
+        raise ArtifactError(f"{path / MODEL_JSON}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ArtifactError(f"{path / MODEL_JSON}: cannot rebuild the {spec.family} model: {exc}") from None
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read {weights} (truncated or not safetensors): {exc}") from None
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     try:
-        state = CODECS[codec_name].decode(tensors)
-    except (KeyError, RuntimeError, ValueError) as exc:
+        state = CODECS[codec_name].decode(tensors, shapes)
+    except (KeyError, RuntimeError, ValueError, TypeError, RecursionError) as exc:
         raise ArtifactError(f"{weights}: cannot decode {codec_name} weights: {exc}") from None
-    pre = spec.preprocessing
-    try:
-        module = build_model(spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"),
-                             pre.get("std"))
-    except ToolkitError as exc:  # unknown family or architecture option: the artifact is at fault
-        raise ArtifactError(f"{path / MODEL_JSON}: {exc}") from None
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path / MODEL_JSON}: cannot rebuild the {spec.family} model: {exc}") from None
     _check_state(module, state, weights)
+    _check_dtypes(state, spec, weights)
     module.load_state_dict(state, strict=True)
     return module.to(device=device, dtype=DTYPES[spec.dtype]).eval()
 
@@ -270,6 +297,14 @@ def _check_state(module: nn.Module, state: dict, weights: Path) -> None:
     for key, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ArtifactError(f"{weights}: tensor {key} contains NaN or infinite values")
+
+
+def _check_dtypes(state: dict, spec: ModelSpec, weights: Path) -> None:
+    """Weights are stored in the dtype model.json names: an int8 or bool tensor is never cast silently."""
+    for key, tensor in state.items():
+        if not tensor.is_floating_point() or (spec.runtime == "torch" and tensor.dtype != DTYPES[spec.dtype]):
+            stored = str(tensor.dtype).replace("torch.", "")
+            raise ArtifactError(f"{weights}: tensor {key} is stored as {stored}, model.json says {spec.dtype}")
 
 
 def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.ndarray:

@@ -44,7 +44,12 @@ def load_checkpoint(directory: Path, module, state, spec) -> None:
         # weights_only=True: the toolkit's own resume state, still loaded without unpickling code.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise ToolkitError(f"cannot resume from {path}: {exc}".splitlines()[0]) from None
+        # Never torch's own message: it advises loading the file unsafely, i.e. running its code.
+        unsafe = "weights only load failed" in str(exc).lower() or type(exc).__name__ == "UnpicklingError"
+        why = "it holds objects that only unpickling could load; refused" if unsafe else "corrupt or not a checkpoint"
+        raise ToolkitError(f"cannot resume from {path}: {why} ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), dict) for k in ("model", "optimizer")):
+        raise ToolkitError(f"cannot resume from {path}: not a checkpoint written by the toolkit")
     if ckpt.get("family") != spec.family or ckpt.get("fingerprint") != spec.data["fingerprint"]:
         raise ToolkitError(f"cannot resume from {path}: it was made with another model family or data set")
     if any(name not in ckpt for name in state.BOOKKEEPING):

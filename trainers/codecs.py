@@ -21,9 +21,12 @@ StateDict = dict[str, torch.Tensor]
 
 @dataclass
 class Codec:
+    """`decode(tensors, shapes)` rebuilds the state dict; `shapes` (name -> shape the architecture needs),
+    when given, bounds every stored size before anything is allocated."""
+
     name: str
     encode: Callable[[StateDict], StateDict]
-    decode: Callable[[StateDict], StateDict]
+    decode: Callable[..., StateDict]
 
 
 CODECS: dict[str, Codec] = {}
@@ -33,7 +36,7 @@ def register_codec(name: str, encode, decode) -> None:
     CODECS[name] = Codec(name, encode, decode)
 
 
-def _identity(tensors: StateDict) -> StateDict:
+def _identity(tensors: StateDict, shapes: dict | None = None) -> StateDict:
     return {k: v.contiguous() for k, v in tensors.items()}
 
 
@@ -118,7 +121,7 @@ def _encode_sparse(tensors: StateDict, int8: bool) -> StateDict:
     return out
 
 
-def _decode_sparse(tensors: StateDict, int8: bool) -> StateDict:
+def _decode_sparse(tensors: StateDict, int8: bool, shapes: dict | None = None) -> StateDict:
     out = {k: v for k, v in tensors.items() if not k.startswith(SPARSE_PREFIX)}
     present = [k for k in tensors if k.startswith(SPARSE_PREFIX)]
     if not present:
@@ -140,9 +143,12 @@ def _decode_sparse(tensors: StateDict, int8: bool) -> StateDict:
         name, shape, dtype, count = _entry_fields(entry, int8)
         if name in out:
             raise ValueError(f"sparse tensor {name!r} is stored twice")
+        if shapes is not None and tuple(shapes.get(name, ())) != tuple(shape):
+            needed = "no such tensor" if name not in shapes else f"the architecture needs {tuple(shapes[name])}"
+            raise ValueError(f"sparse tensor {name!r} has shape {tuple(shape)}: {needed}")
         numel = int(np.prod(shape, dtype=np.float64)) if shape else 1
-        if numel > MAX_SPARSE_ELEMENTS:
-            raise ValueError(f"sparse tensor {name!r}: shape {shape} is implausibly large")
+        if numel > MAX_SPARSE_ELEMENTS or count > numel:
+            raise ValueError(f"sparse tensor {name!r}: shape {shape} with {count} stored values is implausible")
         chunk = slice(offset, offset + count)
         base = all_positions[offset - 1] if offset else 0
         positions = all_positions[chunk] - base - 1
@@ -175,5 +181,7 @@ def _entry_fields(entry: dict, int8: bool):
     return name, shape, dtype, entry["count"]
 
 
-register_codec("sparse", lambda t: _encode_sparse(t, int8=False), lambda t: _decode_sparse(t, int8=False))
-register_codec("sparse-int8", lambda t: _encode_sparse(t, int8=True), lambda t: _decode_sparse(t, int8=True))
+register_codec("sparse", lambda t: _encode_sparse(t, int8=False),
+               lambda t, shapes=None: _decode_sparse(t, int8=False, shapes=shapes))
+register_codec("sparse-int8", lambda t: _encode_sparse(t, int8=True),
+               lambda t, shapes=None: _decode_sparse(t, int8=True, shapes=shapes))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,12 @@ BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 LAYOUTS = {1: "features", 2: "signal", 3: "image"}
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.15
+# What a data file may inflate to (checked from the zip directory before reading): a small file must not
+# exhaust memory. TOOLKIT_MAX_DATA_BYTES raises it for genuinely large data.
+MAX_DATA_BYTES = 4 << 30
+MAX_DATA_BYTES_ENV = "TOOLKIT_MAX_DATA_BYTES"
+# The confusion matrix and the per-class reports are k x k and k-long.
+MAX_CLASSES = 1000
 
 
 @dataclass
@@ -130,13 +138,13 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
     if not zipfile.is_zipfile(path):
         # np.load would try other formats (even pickle detection) on a non-zip file.
         raise DataError(f"cannot read {path} as a .npz file: not a zip archive (truncated or another format)")
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except ValueError as exc:
-        # np.load refuses object arrays without allow_pickle: never unpickle user files.
-        raise DataError(f"{path}: contains object arrays, which would need unpickling; refused ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise DataError(f"cannot read {path} as a .npz file (truncated or malformed): {exc}") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error) as exc:
         raise DataError(f"cannot read {path} as a .npz file: {exc}") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
@@ -154,6 +162,50 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
         path.stem, str(path), arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"),
         names.get("class_names"), names.get("feature_names"), seed,
     )
+
+
+def data_budget() -> int:
+    """Bytes a data file may inflate to: MAX_DATA_BYTES, or TOOLKIT_MAX_DATA_BYTES when set."""
+    raw = os.environ.get(MAX_DATA_BYTES_ENV, "").strip()
+    try:
+        return int(float(raw)) if raw else MAX_DATA_BYTES
+    except (ValueError, OverflowError):
+        raise DataError(f"{MAX_DATA_BYTES_ENV} must be a number of bytes, got {raw!r}") from None
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Read every member's size and .npy header from the zip directory, before inflating anything.
+
+    A zip bomb, a header that claims more rows than its bytes hold, a truncated member or an object array is
+    refused here with one line, instead of exhausting memory or failing inside `np.load`.
+    """
+    budget, total = data_budget(), 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                total += member.file_size
+                if total > budget:
+                    raise DataError(f"{path}: its arrays inflate to more than {budget:,} bytes "
+                                    f"(set {MAX_DATA_BYTES_ENV} to allow more)")
+                if member.filename.endswith(".npy"):
+                    with archive.open(member) as handle:
+                        _check_npy_header(path, member, handle)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as exc:
+        raise DataError(f"cannot read {path} as a .npz file (truncated or malformed): {exc}") from None
+
+
+def _check_npy_header(path: Path, member: zipfile.ZipInfo, handle) -> None:
+    name = member.filename[:-4]
+    version = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(handle, max_header_size=10_000)
+    if dtype.hasobject:  # np.load would need to unpickle it: never for user files
+        raise DataError(f"{path}: array '{name}' holds Python objects, which would need unpickling; refused")
+    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    available = member.file_size - handle.tell()
+    if declared > available:
+        raise DataError(f"{path}: array '{name}' declares shape {tuple(shape)} ({declared:,} bytes) but holds "
+                        f"{max(available, 0):,} bytes (truncated or malformed)")
 
 
 def _load_csv(path: Path, target: str | None, seed: int) -> DataBundle:
@@ -198,15 +250,18 @@ def _load_csv(path: Path, target: str | None, seed: int) -> DataBundle:
 
 
 def _encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    """CSV labels: integer strings keep their order, anything else is sorted by name."""
+    """CSV labels: numbers keep their numeric order ('1' and '1.0' are one class), anything else is sorted by name."""
     try:
-        ints = np.array([int(v) for v in labels], dtype=np.int64)
-    except ValueError:
+        numbers = np.array([float(v) for v in labels], dtype=np.float64)
+    except (ValueError, OverflowError):
+        numbers = None
+    if numbers is None or not np.isfinite(numbers).all():
         names = sorted(set(labels))
         index = {n: i for i, n in enumerate(names)}
         return np.array([index[v] for v in labels], dtype=np.int64), names
-    values = np.unique(ints)
-    return np.searchsorted(values, ints).astype(np.int64), [str(v) for v in values]
+    values = np.unique(numbers)
+    shown = [str(int(v)) if v == int(v) else str(v) for v in values]
+    return np.searchsorted(values, numbers).astype(np.int64), shown
 
 
 def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
@@ -254,6 +309,11 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     all_labels = y if y_test is None else np.concatenate([y, y_test])
     if all_labels.min() < 0:
         raise DataError("labels must be non-negative class indices")
+    if class_names is None and int(all_labels.max()) >= len(all_labels):
+        # Labels such as 10**9 are values, not indices: a class per value seen, never a class per integer below it.
+        values, inverse = np.unique(all_labels, return_inverse=True)
+        y, y_test = inverse[:len(y)], (None if y_test is None else inverse[len(y):])
+        class_names, all_labels = [str(v) for v in values], inverse
     num_classes = int(all_labels.max()) + 1
     if class_names is not None:
         if len(class_names) < num_classes:
@@ -261,6 +321,9 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         num_classes = len(class_names)
     else:
         class_names = [str(i) for i in range(num_classes)]
+    if num_classes > min(MAX_CLASSES, len(all_labels)):
+        raise DataError(f"{num_classes:,} classes for {len(all_labels):,} samples: at most "
+                        f"{min(MAX_CLASSES, len(all_labels)):,} (one per sample, and {MAX_CLASSES:,} in all)")
     if len(np.unique(y)) < 2:
         raise DataError("the training data has only one class; a classifier needs at least two")
     input_shape = tuple(int(d) for d in x.shape[1:])
@@ -303,14 +366,21 @@ def _split(x, y, x_test, y_test, seed):
 
 
 def _normalisation(x_train: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature statistics for feature vectors, per-channel for signals and images."""
+    """Per-feature statistics for feature vectors, per-channel for signals and images.
+
+    Computed in float64; statistics that do not fit float32 (values near its limit) are refused, since the
+    model would compute NaN or a constant. A constant feature gets std 1 (it is centred, not scaled).
+    """
     if rank == 1:
-        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+        mean, std = x_train.mean(axis=0, dtype=np.float64), x_train.std(axis=0, dtype=np.float64)
     else:
         axes = tuple(i for i in range(x_train.ndim) if i != 1)
         shape = (-1,) + (1,) * (rank - 1)
-        mean = x_train.mean(axis=axes).reshape(shape)
-        std = x_train.std(axis=axes).reshape(shape)
+        mean = x_train.mean(axis=axes, dtype=np.float64).reshape(shape)
+        std = x_train.std(axis=axes, dtype=np.float64).reshape(shape)
+    limit = float(np.finfo(np.float32).max) / 16  # headroom for (x - mean) / std inside the model
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()) or max(np.abs(mean).max(), std.max()) > limit:
+        raise DataError(f"the inputs hold values too large for float32 statistics (above {limit:.1e}); rescale them")
     std = np.where(std < 1e-6, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)
 

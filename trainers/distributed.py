@@ -17,10 +17,13 @@ than one process lives here:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +34,41 @@ from .errors import ToolkitError
 # Test and diagnostic hook: when set, every rank writes the SHA-256 of its final weights to
 # `<dir>/rank<r>.sha256`, so a test can check that the replicas ended identical.
 REPLICA_HASH_ENV = "TOOLKIT_REPLICA_HASH_DIR"
+# Seconds a rank waits for the others (joining the job, then in any collective) before it fails: a dead
+# peer or launcher must end the job, not leave processes waiting forever. TOOLKIT_DIST_TIMEOUT overrides it.
+TIMEOUT_S = 600
+TIMEOUT_ENV = "TOOLKIT_DIST_TIMEOUT"
+
+
+def timeout_s() -> int:
+    """The rendezvous and collective timeout in seconds (TIMEOUT_S, or TOOLKIT_DIST_TIMEOUT)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = int(float(raw)) if raw else TIMEOUT_S
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise ToolkitError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def exit_with_parent(interval_s: float = 1.0) -> None:
+    """End this worker when the process that launched it dies (a watchdog thread polling the parent's id).
+
+    A thread rather than prctl(PR_SET_PDEATHSIG): that signal follows the parent *thread* that forked the
+    child, which in torchrun's agent need not live as long as the agent; the watchdog also works off Linux.
+    `os._exit` because the main thread may be blocked inside a collective.
+    """
+    parent = os.getppid()
+    if parent == 1:  # orphaned already, before the watchdog started
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="toolkit-parent-watchdog", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -75,6 +113,8 @@ def context(device: torch.device) -> tuple[DistContext, torch.device]:
         return ctx, device
     import torch.distributed as dist
 
+    exit_with_parent()
+
     if device.type == "cuda":
         if ctx.local_rank >= torch.cuda.device_count():
             raise ToolkitError(f"LOCAL_RANK {ctx.local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
@@ -85,7 +125,8 @@ def context(device: torch.device) -> tuple[DistContext, torch.device]:
     if dist.is_initialized():  # the caller's own process group: use it, leave it to the caller
         return ctx, device
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
+                            timeout=datetime.timedelta(seconds=timeout_s()))
     return replace(ctx, owns_group=True), device
 
 
@@ -192,10 +233,20 @@ class LaunchOptions:
     node_rank: int = 0
     master_addr: str | None = None
     master_port: int | None = None
+    oversubscribe: bool = False  # allow more processes than this machine's cores (CPU) or GPUs
 
-    def validate(self) -> None:
+    def validate(self, device: str = "cpu") -> None:
+        """Refuse a launch that could not run; `device` is the training device (auto, cpu, cuda...)."""
         if self.nproc_per_node < 1 or self.nnodes < 1:
             raise ToolkitError("--nproc-per-node and --nnodes must be at least 1")
+        gpus = torch.cuda.device_count() if device != "cpu" else 0
+        if gpus and self.nproc_per_node > gpus:  # one GPU per process: never shared, whatever the flag
+            raise ToolkitError(f"--nproc-per-node {self.nproc_per_node} but this machine has {gpus} GPU(s)")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if not gpus and self.nproc_per_node > cores and not self.oversubscribe:
+            # Each process holds a copy of the data and the model: more processes than cores only adds memory.
+            raise ToolkitError(f"--nproc-per-node {self.nproc_per_node} but this machine has {cores} core(s) "
+                               "available; pass --oversubscribe to start more processes than cores")
         if not 0 <= self.node_rank < self.nnodes:
             raise ToolkitError(f"--node-rank must be between 0 and {self.nnodes - 1}, got {self.node_rank}")
         if self.nnodes > 1 and not self.master_addr:
@@ -205,7 +256,8 @@ class LaunchOptions:
 
     def torchrun_args(self) -> list[str]:
         """torchrun options for this launch (what `toolkit train --nproc-per-node` runs)."""
-        args = [f"--nproc-per-node={self.nproc_per_node}"]
+        wait = timeout_s()  # dynamic rendezvous (one machine) reads join_timeout, static (several) timeout
+        args = [f"--nproc-per-node={self.nproc_per_node}", f"--rdzv-conf=join_timeout={wait},timeout={wait}"]
         if self.nnodes == 1 and self.master_addr is None and not self.master_port:
             # One machine: c10d rendezvous on a free port picked by the OS (no fixed port).
             return ["--standalone", *args]
@@ -214,12 +266,12 @@ class LaunchOptions:
         return args
 
 
-def launch(options: LaunchOptions, train_argv: list[str]) -> int:
+def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto") -> int:
     """Run `toolkit train <train_argv>` in `nproc_per_node` processes through torchrun's launcher.
 
     Returns the exit code: 0 when every worker succeeded, else the first failed worker's code.
     """
-    options.validate()
+    options.validate(device)
     import logging
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -253,18 +305,14 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
     from .models import get_family
 
     config.validate()
-    options.validate()
+    options.validate(config.device)
     get_family(family)
     unsent = [name for name, value in vars(config).items()
               if name not in (*_TRAIN_FLAGS, "model") and value != getattr(type(config)(), name)]
     if unsent:
         raise ToolkitError(f"{', '.join(unsent)} cannot be passed to the launched processes: keep the defaults")
-    if config.device != "cpu":
-        gpus = torch.cuda.device_count()
-        if config.device.startswith("cuda") and gpus == 0:
-            raise ToolkitError("--device cuda was requested but no CUDA GPU is available")
-        if gpus and options.nproc_per_node > gpus:
-            raise ToolkitError(f"--nproc-per-node {options.nproc_per_node} but this machine has {gpus} GPU(s)")
+    if config.device.startswith("cuda") and torch.cuda.device_count() == 0:
+        raise ToolkitError("--device cuda was requested but no CUDA GPU is available")
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
         raise ToolkitError(f"output directory {out} already exists; pass --overwrite to replace it")
@@ -276,4 +324,4 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
     if target is not None:
         argv += ["--target", target]
     argv += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--json", json_output)) if on]
-    return launch(options, argv)
+    return launch(options, argv, config.device)

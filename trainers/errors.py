@@ -17,3 +17,24 @@ class DataError(ToolkitError):
 
 class ArtifactError(ToolkitError):
     """A model directory is missing, truncated, corrupted or inconsistent."""
+
+
+def parse_failure(exc: BaseException) -> str:
+    """The cause of a failure to parse a user's file, in words: for errors that carry no useful message."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, MemoryError):
+        return "too large to read into memory"
+    if isinstance(exc, OverflowError):
+        return "a number too large"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """An error as (one line, exit code): 2 for bad input, including inputs too large or too deeply nested
+    (MemoryError, RecursionError, OverflowError), 1 with the error's type for anything else (a bug)."""
+    if isinstance(exc, ToolkitError):
+        return parse_failure(exc), 2
+    if isinstance(exc, (MemoryError, RecursionError, OverflowError)):
+        return f"an input is too large or nested too deeply: {parse_failure(exc)} ({type(exc).__name__})", 2
+    return f"unexpected error ({type(exc).__name__}): {parse_failure(exc)}", 1

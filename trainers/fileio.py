@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ToolkitError
+from .errors import ToolkitError, parse_failure
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -64,8 +64,10 @@ def read_json(path: str | Path, what: str = "file") -> dict:
         raise ToolkitError(f"{what} not found: {path}") from None
     except IsADirectoryError:
         raise ToolkitError(f"{what} is a directory, expected a file: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ToolkitError(f"cannot read {what} {path}: {exc}") from None
+    except (RecursionError, MemoryError) as exc:  # nesting or sizes a JSON file has no business with
+        raise ToolkitError(f"cannot read {what} {path}: " + parse_failure(exc)) from None
     if not isinstance(obj, dict):
         raise ToolkitError(f"{what} {path} does not hold a JSON object")
     return obj

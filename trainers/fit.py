@@ -31,7 +31,7 @@ from .env import environment, package_versions
 from .errors import ToolkitError
 from .loop import LoopOptions, amp_dtype, autocast, evaluate, split_tensors, training_loop
 from .models import build_model, config_dict, get_family, make_config
-from .options import FORBID_EXTRA, Bool, NonNegativeInt, PositiveFloat, PositiveInt, check
+from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
 from .rundir import RunDir
 
 
@@ -52,12 +52,12 @@ class TrainConfig:
 
     epochs: PositiveInt = 100
     batch_size: PositiveInt = 64
-    lr: PositiveFloat = 3e-3
+    lr: Annotated[float, Strict(), Field(gt=0, le=10, allow_inf_nan=False)] = 3e-3  # above 10 AdamW only diverges
     weight_decay: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] = 1e-4
     patience: PositiveInt = 15
     lr_patience: PositiveInt = 5
     device: Annotated[str, Strict(), AfterValidator(_device_name)] = "auto"
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
     amp: Bool = True
     model: Annotated[dict, Field(validation_alias=AliasChoices("arch", "model"), serialization_alias="arch")] = field(
         default_factory=dict)

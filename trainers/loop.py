@@ -17,6 +17,7 @@ supported, else fp16 with a gradient scaler). Under torchrun every process runs 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -133,6 +134,7 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                    "val_accuracy": val_acc, "lr": state.optimizer.param_groups[0]["lr"],
                    "seconds": round(time.perf_counter() - tick, 4)}
+            _check_finite(row, options)
             state.history.append(row)
             state.epoch = epoch
             _select(state, module, options, row)
@@ -147,6 +149,14 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
     module.load_state_dict(state.best_weights)
     module.eval()
     return state
+
+
+def _check_finite(row: dict, options: LoopOptions) -> None:
+    """A NaN or infinite loss means training diverged: a failure, never a model silently kept from epoch 0."""
+    for key in ("train_loss", "val_loss"):
+        if not math.isfinite(row[key]):
+            raise ToolkitError(f"training diverged at epoch {row['epoch']}: the {key.replace('_', ' ')} is "
+                               f"{row[key]}; lower the learning rate (lr {options.lr:g})")
 
 
 def _start(model, module, tensors, options: LoopOptions, amp, ctx) -> LoopState:

@@ -13,6 +13,7 @@ non-linearity.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
 
@@ -21,11 +22,17 @@ import torch
 from pydantic import AfterValidator, Field
 from torch import nn
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ToolkitError
 from .options import FORBID_EXTRA, Bool, Float, PositiveInt, check, parse
 from .registry import Entry, Registry
 
 Dropout = Annotated[Float, Field(ge=0, lt=1)]
+
+# 100 M float32 parameters are 400 MB of weights, 1.2 GB with Adam's state; the default families at their
+# default sizes stay under 1 M. A larger model is a typo or a hostile model.json; TOOLKIT_MAX_PARAMETERS allows it.
+MAX_PARAMETERS = 100_000_000
+MAX_PARAMETERS_ENV = "TOOLKIT_MAX_PARAMETERS"
+MAX_LAYERS = 256  # per list of widths: a million one-unit layers are few parameters but a million modules
 
 
 def _odd(value: int) -> int:
@@ -86,10 +93,54 @@ def build_model(family: str, config, input_shape, num_classes: int, mean=None, s
     input_shape = tuple(int(d) for d in input_shape)
     if mean is None:
         mean, std = _unit_stats(input_shape)
+    check_model_size(family, config, input_shape, num_classes)
     try:
         return fam.func(config, input_shape, num_classes, np.asarray(mean), np.asarray(std))
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ArtifactError(f"cannot build a {family} model for inputs {input_shape}: {exc}") from None
+
+
+def check_model_size(family: str, config, input_shape, num_classes: int) -> int:
+    """The model's parameter count, built on PyTorch's meta device (nothing allocated); ToolkitError above
+    `parameter_limit()`. `build_model` calls it; a pipeline calls it before any stage runs."""
+    config = make_config(family, config) if isinstance(config, dict) else config
+    input_shape = tuple(int(d) for d in input_shape)
+    values = float(np.prod(input_shape, dtype=np.float64))
+    if values > parameter_limit() or min(input_shape, default=1) < 1:
+        raise ToolkitError(f"a {family} model cannot take inputs of shape {input_shape} ({values:.3g} values each)")
+    for key, value in asdict(config).items():
+        if isinstance(value, list) and len(value) > MAX_LAYERS:
+            raise ToolkitError(f"{family} config {key}: {len(value):,} layers, more than the limit of {MAX_LAYERS}")
+    try:
+        with torch.device("meta"):
+            mean, std = _unit_stats(input_shape)
+            size = count_parameters(get_family(family).func(config, input_shape, num_classes, mean, std))
+    except (ValueError, RuntimeError, TypeError, OverflowError) as exc:
+        raise ArtifactError(f"cannot build a {family} model for inputs {input_shape}: {exc}") from None
+    check_parameter_count(size, f"a {family} model for inputs {input_shape} with {num_classes} classes")
+    return size
+
+
+def parameter_limit() -> int:
+    """The largest model `build_model` builds: MAX_PARAMETERS, or TOOLKIT_MAX_PARAMETERS when set."""
+    raw = os.environ.get(MAX_PARAMETERS_ENV, "").strip()
+    if not raw:
+        return MAX_PARAMETERS
+    try:
+        limit = int(float(raw))
+    except (ValueError, OverflowError):
+        raise ToolkitError(f"{MAX_PARAMETERS_ENV} must be a number of parameters, got {raw!r}") from None
+    if limit < 1:
+        raise ToolkitError(f"{MAX_PARAMETERS_ENV} must be positive, got {raw!r}")
+    return limit
+
+
+def check_parameter_count(size: int, what: str) -> None:
+    """Refuse a model of more than `parameter_limit()` parameters, before any memory is allocated."""
+    limit = parameter_limit()
+    if size > limit:
+        raise ToolkitError(f"{what} would have {size:,} parameters, more than the limit of {limit:,} "
+                           f"(set {MAX_PARAMETERS_ENV} to allow it)")
 
 
 def config_dict(config) -> dict:

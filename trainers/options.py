@@ -36,6 +36,7 @@ Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]  # numpy and scikit-learn take 32-bit seeds
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]   # [0, 1]
 Ratio = Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]      # (0, 1), e.g. a pruning ratio

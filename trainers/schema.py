@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ToolkitError
+from .errors import ToolkitError, parse_failure
 from .options import one_line
 
 
@@ -376,6 +376,8 @@ def read_result(path: str | Path, stage: str | None = None) -> ResultFile:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ToolkitError(f"result file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ToolkitError(f"cannot read result file {path}: {exc}") from None
+    except (RecursionError, MemoryError) as exc:  # nesting or sizes a JSON file has no business with
+        raise ToolkitError(f"cannot read result file {path}: " + parse_failure(exc)) from None
     return parse_result(obj, str(path), stage)
