@@ -211,7 +211,7 @@ def _track_outputs(tracker, result: PipelineResult, compressed) -> None:
     """The report, the model card, the resolved config and the chosen variant (its ONNX file where it has one)."""
     for name in (result.report.name, "MODEL_CARD.md", "report.json", "config.yaml"):
         tracker.log_artifact(result.run_dir / name)
-    if compressed is not None:
+    if compressed is not None and compressed.chosen is not None:
         chosen = compressed.paths.get(compressed.chosen.name)  # none when the original stayed the best
         directory = result.run_dir / "compress" / chosen if chosen else result.run_dir / "train"
         tracker.log_artifact(directory, f"chosen/{compressed.chosen.name}")
