@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from .common import compression_methods, emit_json, handle_errors, info, parse_json_option, with_help_from
+from .tracking import MLFLOW, TENSORBOARD, tracker
 
 
 @handle_errors
@@ -24,6 +25,8 @@ def compress_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-compress-<family>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    mlflow: Optional[str] = MLFLOW,
+    tensorboard: Optional[str] = TENSORBOARD,
 ):
     """Compress a trained model into measured variants (quantized, pruned, distilled, ONNX) and pick one.
 
@@ -36,8 +39,9 @@ def compress_command(
     out = out or default_run_dir("compress", model.spec.family)
     given = {"methods": method or None, "max_drop": max_drop, "ratio": ratio,
              "options": parse_json_option(options, "--options") if options is not None else None}
-    result = compress_model(model, data, **{key: value for key, value in given.items() if value is not None}, out=out,
-                            overwrite=overwrite, target=target, progress=info)
+    with tracker("compress", mlflow, tensorboard) as track:
+        result = compress_model(model, data, **{key: value for key, value in given.items() if value is not None},
+                                out=out, overwrite=overwrite, target=target, progress=info, tracker=track)
     summary = result.to_dict()
     info(format_table(summary))
     info(f"chosen: {summary['chosen']['name']}: {summary['chosen']['reason']}")

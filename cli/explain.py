@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from .common import emit_json, explanation_methods, handle_errors, info, with_help_from
+from .tracking import MLFLOW, TENSORBOARD, tracker
 
 
 @handle_errors
@@ -23,6 +24,8 @@ def explain_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-explain-<family>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    mlflow: Optional[str] = MLFLOW,
+    tensorboard: Optional[str] = TENSORBOARD,
 ):
     """Explain a model's predictions, check the explanations, and compare them with compressed variants.
 
@@ -35,8 +38,9 @@ def explain_command(
     variants = [load_model(p) for p in compare or ()]
     out = out or default_run_dir("explain", model.spec.family)
     given = {"methods": method or None, "samples": samples, "seed": seed}
-    result = explain_model(model, data, **{key: value for key, value in given.items() if value is not None},
-                           compare=variants, out=out, overwrite=overwrite, progress=info)
+    with tracker("explain", mlflow, tensorboard) as track:
+        result = explain_model(model, data, **{key: value for key, value in given.items() if value is not None},
+                               compare=variants, out=out, overwrite=overwrite, progress=info, tracker=track)
     summary = result.to_dict()
     for name, q in summary["quality"].items():
         info(f"{name}: " + "; ".join(q["verdicts"]))

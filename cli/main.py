@@ -14,7 +14,11 @@ import sys
 
 import typer
 
-from . import compress, env, explain, pipeline, report, train
+from .guard import check_own_packages
+
+check_own_packages()  # before the commands import the stages: a same-named folder must not give a traceback
+
+from . import compress, env, explain, pipeline, report, train  # noqa: E402
 
 app = typer.Typer(
     name="toolkit",

@@ -12,12 +12,14 @@ import typer
 
 from .common import (compression_methods, emit_json, explanation_methods, handle_errors, info, model_families,
                      parse_json_option, with_help_from)
+from .tracking import MLFLOW, TENSORBOARD
 
 # The config key each override option sets (its help starts with that key).
 KEYS = {"target": "target", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
         "seed": "train.seed", "device": "train.device", "arch": "train.arch", "method": "compress.methods",
         "max_drop": "compress.max_drop", "ratio": "compress.ratio", "options": "compress.options",
-        "explain_method": "explain.methods", "samples": "explain.samples"}
+        "explain_method": "explain.methods", "samples": "explain.samples", "mlflow": "tracking.mlflow",
+        "tensorboard": "tracking.tensorboard"}
 
 
 @handle_errors
@@ -44,6 +46,8 @@ def pipeline_command(
                                                        "default: a fast set for the family."),
     samples: Optional[int] = typer.Option(None, help="explain.samples: test samples to explain."),
     as_json: bool = typer.Option(False, "--json", help="Print pipeline.json (stages, times, report path) on stdout."),
+    mlflow: Optional[str] = MLFLOW,
+    tensorboard: Optional[str] = TENSORBOARD,
 ):
     """Train, compress, explain and report in one run directory; prints the report's path.
 
@@ -57,7 +61,7 @@ def pipeline_command(
              "arch": parse_json_option(arch, "--arch") if arch is not None else None, "method": method or None,
              "max_drop": max_drop, "ratio": ratio,
              "options": parse_json_option(options, "--options") if options is not None else None,
-             "explain_method": explain_method or None, "samples": samples}
+             "explain_method": explain_method or None, "samples": samples, "mlflow": mlflow, "tensorboard": tensorboard}
     overrides = {KEYS[name]: value for name, value in given.items() if value is not None}
     try:
         result = run_pipeline(data, model, config, overrides=overrides, out=out, overwrite=overwrite, progress=info)

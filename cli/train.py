@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .common import emit_json, handle_errors, info, model_families, parse_json_option, with_help_from
+from .tracking import MLFLOW, TENSORBOARD, tracker, tracking_args
 
 GROUP = "Several GPUs or machines"
 
@@ -27,6 +28,8 @@ def train_command(
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    mlflow: Optional[str] = MLFLOW,
+    tensorboard: Optional[str] = TENSORBOARD,
     nproc_per_node: Optional[int] = typer.Option(
         None, "--nproc-per-node", help="Train in N processes on this machine (one per GPU; gloo on CPU) via torchrun.",
         rich_help_panel=GROUP),
@@ -62,10 +65,12 @@ def train_command(
 
         where = LaunchOptions(nproc_per_node, nnodes, node_rank, master_addr, master_port, oversubscribe)
         raise typer.Exit(launch_training(data, model, config, where, out=out, target=target, overwrite=overwrite,
-                                         resume=resume, json_output=as_json))
+                                         resume=resume, json_output=as_json,
+                                         extra_args=tracking_args(mlflow, tensorboard)))
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
-    result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, target=target)
+    with tracker("train", mlflow, tensorboard) as track:
+        result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, target=target, tracker=track)
     if result.processes > 1:
         from trainers.distributed import env_context
 

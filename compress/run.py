@@ -131,7 +131,7 @@ def check_request(methods, family: str | None, max_drop, options: dict | None = 
 
 def compress_model(model, data, *, methods=None, max_drop: float = CompressOptions.max_drop, out=None,
                    overwrite: bool = False, options: dict | None = None, ratio: float | None = CompressOptions.ratio,
-                   target: str | None = None, progress=None) -> CompressResult:
+                   target: str | None = None, progress=None, tracker=None) -> CompressResult:
     """Compress a trained artifact into measured variants and choose one.
 
     `methods`, `max_drop`, `ratio` and `options` are the fields of `CompressOptions`, whose defaults apply.
@@ -145,6 +145,8 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         options: per-method options, e.g. {"prune-structured": {"finetune_epochs": 5}, "auto": {"distill_epochs": 0}}.
         ratio: pruning ratio for the prune methods (and auto's structured pruning).
         progress: callable taking a message (e.g. print to stderr).
+        tracker: records the request, each variant's measurements and the chosen variant
+            (`trainers.tracking.open_tracker`).
     """
     start = time.perf_counter()
     methods = list(methods or CompressOptions().methods)
@@ -167,7 +169,22 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         if run is not None:
             run.discard()
         raise
+    if tracker is not None:
+        _track(tracker, result, {"methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options})
     return result
+
+
+def _track(tracker, result: CompressResult, request: dict) -> None:
+    """The request, each variant's measurements, the chosen variant's name and its files (ONNX or weights)."""
+    from trainers.tracking import compress_metrics
+
+    tracker.log_params({"family": result.family, "data": result.data["name"], **request,
+                        "chosen": result.chosen.name})
+    tracker.log_metrics(compress_metrics(result.to_dict()))
+    if result.out is not None:
+        tracker.log_artifact(result.out / "result.json")
+        chosen = result.paths.get(result.chosen.name)  # none when the original stayed the best
+        tracker.log_artifact(result.out / chosen if chosen else Path(result.parent), f"chosen/{result.chosen.name}")
 
 
 def _compress(model, data, methods, max_drop, options, ratio, progress) -> CompressResult:

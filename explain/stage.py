@@ -62,7 +62,8 @@ def check_samples(samples) -> int:
 
 
 def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), samples: int = ExplainOptions.samples,
-                  out=None, overwrite: bool = False, seed: int = ExplainOptions.seed, progress=None) -> ExplainResult:
+                  out=None, overwrite: bool = False, seed: int = ExplainOptions.seed, progress=None,
+                  tracker=None) -> ExplainResult:
     """Explain `model` on `samples` test samples with `methods`, assess the explanations, and compare variants.
 
     `methods`, `samples` and `seed` are the fields of `ExplainOptions`, whose defaults apply.
@@ -74,6 +75,7 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         compare: compressed variants (paths or `LoadedModel`s) to compare with the original.
         samples: number of test samples to explain (at least 1).
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
+        tracker: records the request, each method's quality figures and drift (`trainers.tracking.open_tracker`).
 
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
@@ -121,7 +123,20 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         if run is not None:
             run.discard()
         raise
+    if tracker is not None:
+        _track(tracker, result, {"methods": methods, "compare": [n for n, _ in variants], "samples": int(samples),
+                                 "seed": seed})
     return result
+
+
+def _track(tracker, result: ExplainResult, request: dict) -> None:
+    from trainers.tracking import explain_metrics
+
+    tracker.log_params({"family": result.summary["family"], "data": result.summary["data"]["name"], **request})
+    tracker.log_metrics(explain_metrics(result.summary))
+    if result.out is not None:
+        tracker.log_artifact(result.out / "result.json")
+        tracker.log_artifact(result.out / "figures", "figures")
 
 
 def _describe(model) -> str:

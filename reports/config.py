@@ -22,6 +22,7 @@ from trainers.errors import ToolkitError
 from trainers.fileio import atomic_write_json, atomic_write_text
 from trainers.fit import TrainConfig
 from trainers.options import FORBID_EXTRA, Str, parse
+from trainers.tracking import TrackingOptions
 
 # Keys of a saved config.json that describe the run rather than configure it; dropped when it is loaded again.
 RUN_KEYS = ("stage", "data", "family", "command")
@@ -58,6 +59,7 @@ class PipelineConfig:
     compress: CompressOptions = field(default_factory=CompressOptions)
     explain: ExplainOptions = field(default_factory=ExplainOptions)
     report: ReportOptions = field(default_factory=ReportOptions)
+    tracking: TrackingOptions = field(default_factory=TrackingOptions)
 
     def to_dict(self) -> dict:
         """Plain data, with the names a config file uses (`train.arch`): loadable again by `resolve_config`."""

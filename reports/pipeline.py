@@ -71,22 +71,32 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
         ToolkitError: bad input found before anything ran (nothing is written).
         StageFailed: a stage failed; the run directory and the report of what finished are written.
     """
-    from trainers import RunDir, default_run_dir, load_data
+    from trainers import load_data
     from trainers.models import check_model_size
+    from trainers.tracking import open_tracker
 
     say = progress or _to_stderr
     cfg = resolve_config(config, overrides)
     _preflight(cfg, family)
     bundle = load_data(data, target=cfg.target, seed=cfg.train.seed)  # bad data: nothing written
     check_model_size(family, cfg.train.model, bundle.input_shape, bundle.num_classes)  # allocates nothing
+    tracker = open_tracker(cfg.tracking, "pipeline")
+    tracker.log_params({"data": str(data), "family": family, **_tracked_options(cfg)})  # a bad URI: nothing written
+    with tracker:
+        return _run(bundle, data, family, cfg, out, overwrite, say, tracker)
+
+
+def _run(bundle, data, family: str, cfg: PipelineConfig, out, overwrite: bool, say, tracker) -> PipelineResult:
+    from trainers import RunDir, default_run_dir
+
     run = RunDir(out if out is not None else default_run_dir("pipeline", family), overwrite=overwrite)
     started = time.perf_counter()
     status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [],
               "seconds": None, "report": cfg.report.out}
     results: dict = {}  # stage name -> its result, handed to the next stages
-    steps = {"train": lambda: _train(bundle, family, cfg, run),
-             "compress": lambda: _compress(results["train"], bundle, cfg, run, say),
-             "explain": lambda: _explain(results["train"], results["compress"], bundle, cfg, run, say)}
+    steps = {"train": lambda t: _train(bundle, family, cfg, run, t),
+             "compress": lambda t: _compress(results["train"], bundle, cfg, run, say, t),
+             "explain": lambda t: _explain(results["train"], results["compress"], bundle, cfg, run, say, t)}
     with run:  # an interrupt or a crash outside the stages leaves nothing behind
         save_config(run.path, cfg, data=str(data), family=family, command=_command(data, family, run.final))
         failure = None
@@ -94,7 +104,7 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
             if failure is not None:
                 status["stages"].append({"name": name, "status": "not run", "reason": f"{failure[0]} failed"})
                 continue
-            failure = _run_stage(index, name, step, results, status, say)
+            failure = _run_stage(index, name, step, results, status, say, tracker)
             _write_status(run.path, status)
         say(f"[{len(STAGES)}/{len(STAGES)}] report ...")
         status["stages"].append({"name": "report", "status": "done"})
@@ -103,6 +113,7 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
         run_dir = run.commit()
     result = PipelineResult(run_dir, None, status)
     result.report = _report(result, cfg.report.out)
+    _track_outputs(tracker, result, results.get("compress"))
     if failure is None:
         say(f"pipeline finished in {time.perf_counter() - started:.1f}s")
     else:
@@ -134,12 +145,13 @@ def _command(data, family: str, run_dir: Path) -> str:
     return shlex.join(["toolkit", "pipeline", str(data), "--model", family, "--config", str(run_dir / "config.yaml")])
 
 
-def _run_stage(index: int, name: str, step, results: dict, status: dict, say):
+def _run_stage(index: int, name: str, step, results: dict, status: dict, say, tracker):
     """Run one stage, record its status; returns (name, message, code, error) when it failed, else None."""
     say(f"[{index}/{len(STAGES)}] {name} ...")
     tick = time.perf_counter()
     try:
-        results[name], reason = step()
+        with tracker.child(name) as stage_tracker:  # one run per stage, nested under the pipeline's
+            results[name], reason = step(stage_tracker)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded and reported; run_pipeline raises StageFailed at the end
@@ -161,10 +173,10 @@ def _described(exc: Exception) -> tuple[str, int]:
     return describe(exc)
 
 
-def _train(bundle, family: str, cfg: PipelineConfig, run):
+def _train(bundle, family: str, cfg: PipelineConfig, run, tracker):
     from trainers import load_model, train
 
-    result = train(bundle, family, cfg.train, out=run.path / "train")
+    result = train(bundle, family, cfg.train, out=run.path / "train", tracker=tracker)
     # Later stages take the saved artifact (CPU, as a user would load it). The paths they record (lineage,
     # result.json) name where it lives once the run directory is committed.
     result.model = load_model(result.out)
@@ -173,22 +185,36 @@ def _train(bundle, family: str, cfg: PipelineConfig, run):
     return result, f"test accuracy {m['test_accuracy']:.4f} after {result.epochs_run} epochs"
 
 
-def _compress(trained, bundle, cfg: PipelineConfig, run, say):
+def _compress(trained, bundle, cfg: PipelineConfig, run, say, tracker):
     from compress import compress_model
 
     result = compress_model(trained.model, bundle, **as_dict(cfg.compress), out=run.path / "compress",
-                            progress=_indented(say))
+                            progress=_indented(say), tracker=tracker)
     return result, f"chosen variant {result.chosen.name}"
 
 
-def _explain(trained, compressed, bundle, cfg: PipelineConfig, run, say):
+def _explain(trained, compressed, bundle, cfg: PipelineConfig, run, say, tracker):
     from explain import explain_model
 
     chosen = compressed.chosen
     compare = [] if chosen is compressed.baseline else [chosen.model]
     result = explain_model(trained.model, bundle, **as_dict(cfg.explain), compare=compare, out=run.path / "explain",
-                           progress=_indented(say))
+                           progress=_indented(say), tracker=tracker)
     return result, f"drift against {chosen.name}" if compare else "the original was chosen: no variant to compare"
+
+
+def _tracked_options(cfg: PipelineConfig) -> dict:
+    return {key: value for key, value in cfg.to_dict().items() if key != "tracking"}
+
+
+def _track_outputs(tracker, result: PipelineResult, compressed) -> None:
+    """The report, the model card, the resolved config and the chosen variant (its ONNX file where it has one)."""
+    for name in (result.report.name, "MODEL_CARD.md", "report.json", "config.yaml"):
+        tracker.log_artifact(result.run_dir / name)
+    if compressed is not None and compressed.chosen is not None:
+        chosen = compressed.paths.get(compressed.chosen.name)  # none when the original stayed the best
+        directory = result.run_dir / "compress" / chosen if chosen else result.run_dir / "train"
+        tracker.log_artifact(directory, f"chosen/{compressed.chosen.name}")
 
 
 def _indented(say):

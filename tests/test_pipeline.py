@@ -157,9 +157,9 @@ def _quiet(line):
     pass
 
 
-def _original_kept(trained, bundle, cfg, run, say):
+def _original_kept(trained, bundle, cfg, run, say, tracker=None):
     """A compress stage that keeps the original: explain then has no variant to compare."""
-    return SimpleNamespace(chosen=None, baseline=None), "skipped by the test"
+    return SimpleNamespace(chosen=None, baseline=None, paths={}), "skipped by the test"
 
 
 @pytest.fixture
@@ -256,7 +256,8 @@ def test_pipeline_digits_end_to_end(tmp_path):
     assert saved["command"].startswith("toolkit pipeline digits --model mlp --config ")
     assert resolve_config(out / "config.yaml") == resolve_config(out / "config.json")
     assert resolve_config(out / "config.yaml").to_dict() == {k: v for k, v in saved.items() if k in
-                                                            ("target", "train", "compress", "explain", "report")}
+                                                            ("target", "train", "compress", "explain", "report",
+                                                                                 "tracking")}
 
     # explain compared the variant that compress chose, and every recorded path names the committed run
     chosen = json.loads((out / "compress" / "result.json").read_text())["chosen"]["name"]

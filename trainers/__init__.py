@@ -24,6 +24,7 @@ _EXPORTS = {
     "models": ("build_model", "count_parameters", "get_family", "list_models", "make_config", "register_family"),
     "rundir": ("RunDir", "default_run_dir"),
     "env": ("environment", "package_versions"),
+    "tracking": ("TrackingOptions", "open_tracker"),
 }
 __getattr__, __dir__, _LAZY = lazy_exports(__name__, globals(), _EXPORTS)
 __all__ = ["ArtifactError", "DataError", "ToolkitError", *_LAZY]

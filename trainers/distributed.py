@@ -296,11 +296,13 @@ _TRAIN_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr"
 
 
 def launch_training(data, family: str, config, options: LaunchOptions, *, out: Path, target: str | None = None,
-                    overwrite: bool = False, resume: bool = False, json_output: bool = False) -> int:
+                    overwrite: bool = False, resume: bool = False, json_output: bool = False,
+                    extra_args: tuple[str, ...] = ()) -> int:
     """`train(data, family, config, out=...)` in `options.nproc_per_node` processes per machine, via `launch`.
 
     What would make every process fail (a bad option, too few GPUs, an occupied `out`) is refused here first,
-    in one ToolkitError line. Returns the launcher's exit code.
+    in one ToolkitError line. `extra_args` go to every process's `toolkit train` as they are (tracking
+    options). Returns the launcher's exit code.
     """
     from .models import get_family
 
@@ -324,4 +326,4 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
     if target is not None:
         argv += ["--target", target]
     argv += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--json", json_output)) if on]
-    return launch(options, argv, config.device)
+    return launch(options, [*argv, *extra_args], config.device)

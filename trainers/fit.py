@@ -33,6 +33,7 @@ from .loop import LoopOptions, amp_dtype, autocast, evaluate, split_tensors, tra
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
 from .rundir import RunDir
+from .tracking import NullTracker, Tracker, epoch_metrics, train_metrics
 
 
 def _device_name(value: str) -> str:
@@ -117,7 +118,7 @@ def seed_everything(seed: int) -> None:
 
 def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
           overwrite: bool = False, resume: bool = False, progress: bool | None = None,
-          target: str | None = None) -> TrainResult:
+          target: str | None = None, tracker: Tracker | None = None) -> TrainResult:
     """Train a classifier of `family` on `data`; write an artifact to `out` if given.
 
     Args:
@@ -127,6 +128,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         out: run directory; the artifact and `result.json` are committed there at the end.
         resume: continue an interrupted run in `out` from its last checkpoint.
         progress: show a progress bar on stderr (default: when stderr is a terminal).
+        tracker: records the options, every epoch's metrics and the result (`trainers.tracking.open_tracker`).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; `batch_size` stays the
     global batch per optimizer step, and only rank 0 writes `out`.
@@ -136,6 +138,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
     get_family(family)
     arch = make_config(family, config.model)
     ctx, device = distributed.context(resolve_device(config.device))
+    tracker = tracker if tracker is not None and ctx.is_main else NullTracker()  # rank 0 speaks for the job
     try:
         distributed.per_rank_batch(config.batch_size, ctx)
         if not isinstance(data, DataBundle):
@@ -150,7 +153,9 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
                 run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
                                                "target": target, "processes": ctx.world_size, **asdict(config)})
                 run.write_json("env.json", environment())
-            result = _fit(module, spec, data, config, device, run, progress, ctx, resume_from)
+            tracker.log_params({"family": family, "data": data.name, "processes": ctx.world_size, **asdict(config)})
+            result = _fit(module, spec, data, config, device, run, progress, ctx, resume_from, tracker)
+            tracker.log_metrics(train_metrics(result.to_dict()))
             if run is not None:
                 result.model.spec = write_artifact(run.path, result.model.module, spec, result.metrics)
                 run.write_json("result.json", result.to_dict())
@@ -158,6 +163,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
                     (run.path / "checkpoint.pt").unlink(missing_ok=True)
                 result.out = run.commit()
                 result.model.path = result.out
+                tracker.log_artifact(result.out / "result.json")
     except BaseException:
         distributed.shutdown(ctx, failed=True)
         raise
@@ -177,7 +183,7 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
 
 def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConfig, device: torch.device,
          run: RunDir | None, progress: bool | None, ctx: distributed.DistContext = distributed.DistContext(),
-         resume_from: Path | None = None) -> TrainResult:
+         resume_from: Path | None = None, tracker: Tracker | None = None) -> TrainResult:
     started = time.perf_counter()
     tensors = split_tensors(data, device)
     options = LoopOptions(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
@@ -188,6 +194,8 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     task = bar.add_task("training", total=config.epochs) if bar else None
 
     def after_epoch(state, row):
+        if tracker is not None:
+            tracker.log_metrics(epoch_metrics(row), step=row["epoch"])
         if run is not None:
             save_checkpoint(run, row, module, state, spec)
         if bar:

@@ -1,0 +1,149 @@
+"""Experiment tracking: a pipeline read back from a real MLflow file store and a real TensorBoard event file,
+the CLI options and the environment variable, run status on failure, and no backend imported unless asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from reports import run_pipeline
+from trainers.errors import ToolkitError
+from trainers.tracking import NullTracker, TrackingOptions, open_tracker
+
+mlflow = pytest.importorskip("mlflow")
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"train.epochs": 3, "compress.methods": ["int8-dynamic"], "explain.methods": ["saliency"],
+        "explain.samples": 4}
+
+
+@pytest.fixture
+def file_store(tmp_path, monkeypatch):
+    """A local MLflow file store (MLflow 3 asks for an explicit opt-in to the file backend)."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return (tmp_path / "mlruns").as_uri()
+
+
+def runs(uri: str, experiment: str = "toolkit") -> list:
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              order_by=["attributes.start_time ASC"])
+
+
+def by_name(found) -> dict:
+    return {run.info.run_name: run for run in found}
+
+
+def scalars(directory: Path) -> dict:
+    accumulator = event_accumulator.EventAccumulator(str(directory))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_pipeline_round_trip_mlflow_and_tensorboard(tmp_path, file_store):
+    board = tmp_path / "tb"
+    config = {"tracking": {"mlflow": file_store, "tensorboard": str(board), "experiment": "iris-runs"}}
+    result = run_pipeline("iris", "mlp", config, overrides=FAST, out=tmp_path / "run", progress=lambda _: None)
+
+    found = by_name(runs(file_store, "iris-runs"))
+    assert sorted(found) == ["compress", "explain", "pipeline", "train"]
+    parent = found["pipeline"].info.run_id
+    for stage in ("train", "compress", "explain"):
+        assert found[stage].data.tags["mlflow.parentRunId"] == parent
+    assert all(run.info.status == "FINISHED" for run in found.values())
+    assert found["pipeline"].data.params["train.epochs"] == "3"
+    assert found["train"].data.params["family"] == "mlp"
+
+    client = mlflow.tracking.MlflowClient(file_store)
+    history = client.get_metric_history(found["train"].info.run_id, "val_loss")
+    train_result = json.loads((result.run_dir / "train" / "result.json").read_text())
+    assert [(m.step, round(m.value, 6)) for m in history] == [
+        (row["epoch"], round(row["val_loss"], 6)) for row in train_result["history"]]
+    assert found["train"].data.metrics["final.test_accuracy"] == train_result["metrics"]["test_accuracy"]
+
+    compressed = json.loads((result.run_dir / "compress" / "result.json").read_text())
+    metrics = found["compress"].data.metrics
+    for row in compressed["variants"]:
+        assert metrics[f"{row['name']}.accuracy"] == pytest.approx(row["accuracy"])
+        assert metrics[f"{row['name']}.latency_ms.b256_t1.p50"] == pytest.approx(row["latency_ms"]["b256_t1"]["p50"])
+    chosen = compressed["chosen"]["name"]
+    assert found["compress"].data.params["chosen"] == chosen
+    explained = json.loads((result.run_dir / "explain" / "result.json").read_text())
+    assert "quality.saliency.deletion_auc" in found["explain"].data.metrics or \
+        explained["quality"]["saliency"]["deletion_auc"] is None
+
+    top = {f.path for f in client.list_artifacts(parent)}
+    assert {"report.html", "MODEL_CARD.md", "config.yaml", "chosen"} <= top
+    chosen_files = {Path(f.path).name for f in client.list_artifacts(parent, f"chosen/{chosen}")}
+    assert "model.json" in chosen_files and ("model.onnx" in chosen_files or "model.safetensors" in chosen_files)
+    local = client.download_artifacts(parent, "report.html", str(tmp_path / "download"))
+    assert Path(local).read_bytes() == result.report.read_bytes()
+
+    [pipeline_dir] = board.iterdir()
+    train_scalars = scalars(pipeline_dir / "train")
+    assert [step for step, _ in train_scalars["val_loss"]] == [row["epoch"] for row in train_result["history"]]
+    assert train_scalars["val_loss"][-1][1] == pytest.approx(train_result["history"][-1]["val_loss"], rel=1e-6)
+    assert scalars(pipeline_dir / "compress")[f"{chosen}.accuracy"][0][1] == pytest.approx(
+        next(r["accuracy"] for r in compressed["variants"] if r["name"] == chosen), rel=1e-6)
+
+
+def test_cli_flag_and_environment_variable(tmp_path, file_store, monkeypatch, capsys):
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(tmp_path / "a"),
+                 "--mlflow", file_store, "--tensorboard", str(tmp_path / "tb")]) == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", file_store)
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(tmp_path / "b")]) == 0
+    found = runs(file_store)
+    assert [run.info.run_name for run in found] == ["train", "train"]
+    assert [len(mlflow.tracking.MlflowClient(file_store).get_metric_history(run.info.run_id, "val_accuracy"))
+            for run in found] == [2, 2]
+    [board] = (tmp_path / "tb").iterdir()
+    assert board.name.endswith("-train") and len(scalars(board)["train_loss"]) == 2
+
+
+def test_a_failed_block_ends_its_run_as_failed(file_store):
+    with pytest.raises(ValueError):
+        with open_tracker(TrackingOptions(mlflow=file_store), "train") as tracker:
+            tracker.log_metrics({"val_loss": 1.0, "note": "text is left out", "bad": float("nan")}, step=1)
+            raise ValueError("boom")
+    [run] = runs(file_store)
+    assert run.info.status == "FAILED" and run.data.metrics == {"val_loss": 1.0}
+
+
+def test_a_refused_tracking_uri_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # MLflow 3 refuses the file store without it
+    out = tmp_path / "run"
+    code = main(["pipeline", "iris", "--model", "mlp", "--epochs", "2", "--out", str(out),
+                 "--mlflow", (tmp_path / "mlruns").as_uri()])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: mlflow tracking at file://")
+    assert not out.exists()
+
+
+def test_no_tracking_asked_for_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert isinstance(open_tracker(TrackingOptions(), "train"), NullTracker)
+    assert isinstance(open_tracker(None, "train"), NullTracker)
+
+
+def test_neither_backend_is_imported_unless_asked_for(tmp_path):
+    script = f"""
+import sys
+from cli.main import main
+code = main(["pipeline", "iris", "--model", "mlp", "--epochs", "2", "--method", "int8-dynamic",
+             "--explain-method", "saliency", "--samples", "4", "--out", {str(tmp_path / 'run')!r}])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "tensorboard")
+                or m == "torch.utils.tensorboard")
+print(code, loaded)
+"""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stderr[-2000:]

@@ -1,0 +1,292 @@
+"""Experiment tracking: one small `Tracker` interface, with MLflow and TensorBoard behind it, no-op by default.
+
+The stages call `tracker.log_params`, `log_metrics` (per epoch, per variant) and `log_artifact`; which
+backends listen is decided once, by `open_tracker(TrackingOptions(...), name)`:
+
+- MLflow when `TrackingOptions.mlflow` names a tracking URI, or else the `MLFLOW_TRACKING_URI` environment
+  variable is set (MLflow's own convention); a stage run is nested under its pipeline run (`child`);
+- TensorBoard scalars when `TrackingOptions.tensorboard` names a directory: one event-file folder per run,
+  `DIR/<time>-<name>` and, for a pipeline, its stages beside each other under it.
+
+Neither library is imported unless asked for, and a run is created at its first record, so a process that
+never logs (a torchrun rank other than 0) leaves no empty run behind. A tracker is a context manager: leaving
+it ends the run as finished, failed (an error) or killed (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .errors import ToolkitError
+from .options import FORBID_EXTRA, Str
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+_PARAM_LIMIT = 6000  # MLflow's longest parameter value
+
+
+@dataclass
+class TrackingOptions:
+    """Where runs are tracked (the `[tracking]` section of a pipeline config, `--mlflow`, `--tensorboard`).
+
+    Attributes:
+        mlflow: an MLflow tracking URI (`sqlite:///mlflow.db`, `http://host:5000`, `file:///path/mlruns`);
+            default: the MLFLOW_TRACKING_URI environment variable, if set.
+        experiment: the MLflow experiment the runs go into (created when missing).
+        tensorboard: a directory for TensorBoard event files.
+    """
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    mlflow: Str | None = None
+    experiment: Str = "toolkit"
+    tensorboard: Str | None = None
+
+
+class Tracker(Protocol):
+    """What a stage may record; every backend (and the no-op default) answers the same calls."""
+
+    def log_params(self, params: dict) -> None: ...
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
+
+    def child(self, name: str) -> "Tracker": ...
+
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class _Run:
+    """Context-manager behaviour shared by the trackers: the run ends with the block's outcome."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        self.finish("FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+        return False
+
+
+class NullTracker(_Run):
+    """Records nothing: what the stages get when no tracking was asked for."""
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        pass
+
+    def child(self, name: str) -> "NullTracker":
+        return self
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def open_tracker(options: TrackingOptions | None, name: str) -> Tracker:
+    """The tracker `options` ask for (MLflow, TensorBoard, both, or none), for a run called `name`."""
+    options = options or TrackingOptions()
+    uri = options.mlflow or os.environ.get(ENV_URI) or None
+    backends: list = []
+    if uri:
+        backends.append(MLflowTracker(uri, options.experiment, name))
+    if options.tensorboard:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backends.append(TensorBoardTracker(Path(options.tensorboard).expanduser() / f"{stamp}-{name}"))
+    if not backends:
+        return NullTracker()
+    return backends[0] if len(backends) == 1 else _Both(backends)
+
+
+class _Both(_Run):
+    def __init__(self, backends: list):
+        self.backends = backends
+
+    def log_params(self, params: dict) -> None:
+        for b in self.backends:
+            b.log_params(params)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        for b in self.backends:
+            b.log_metrics(metrics, step)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        for b in self.backends:
+            b.log_artifact(path, folder)
+
+    def child(self, name: str) -> "_Both":
+        return _Both([b.child(name) for b in self.backends])
+
+    def finish(self, status: str = "FINISHED") -> None:
+        for b in self.backends:
+            b.finish(status)
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """Nested options as `section.key` pairs (lists and other leaves kept as they are)."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def numbers(values: dict) -> dict:
+    """The finite numbers among `values` (booleans as 0/1); text, lists and None are left out."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def _param_text(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:_PARAM_LIMIT]
+
+
+class MLflowTracker(_Run):
+    """One MLflow run, created at its first record through `MlflowClient` (no global active run is touched)."""
+
+    def __init__(self, uri: str, experiment: str, name: str, parent: "MLflowTracker | None" = None):
+        self.uri, self.experiment, self.name, self.parent = uri, experiment, name, parent
+        self._client = parent._client if parent else None
+        self.run_id: str | None = None
+
+    def _start(self) -> str:
+        if self.run_id is not None:
+            return self.run_id
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ToolkitError("MLflow tracking needs the mlflow package: pip install 'toolkit[tracking]'") from None
+        tags = {"mlflow.runName": self.name}
+        try:
+            if self.parent is not None:
+                tags["mlflow.parentRunId"] = self.parent._start()
+                experiment_id = self.parent.experiment_id
+            else:
+                self._client = MlflowClient(tracking_uri=self.uri)
+                found = self._client.get_experiment_by_name(self.experiment)
+                experiment_id = found.experiment_id if found else self._client.create_experiment(self.experiment)
+            self.experiment_id = experiment_id
+            self.run_id = self._client.create_run(experiment_id, tags=tags, run_name=self.name).info.run_id
+        except Exception as exc:  # MlflowException, a refused URI, an unreachable server
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ToolkitError(f"mlflow tracking at {self.uri}: {first}") from None
+        return self.run_id
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        run_id = self._start()
+        flat = [Param(key, _param_text(value)) for key, value in flatten(params).items()]
+        for i in range(0, len(flat), 100):  # MLflow takes at most 100 parameters per batch
+            self._client.log_batch(run_id, params=flat[i:i + 100])
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self._start()
+        stamp = int(time.time() * 1000)
+        rows = [Metric(key, value, stamp, step or 0) for key, value in numbers(metrics).items()]
+        for i in range(0, len(rows), 1000):
+            self._client.log_batch(run_id, metrics=rows[i:i + 1000])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        path = Path(path)
+        if path.exists():
+            run_id = self._start()
+            log = self._client.log_artifacts if path.is_dir() else self._client.log_artifact
+            log(run_id, str(path), folder)
+
+    def child(self, name: str) -> "MLflowTracker":
+        return MLflowTracker(self.uri, self.experiment, name, parent=self)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self._client.set_terminated(self.run_id, status)
+
+
+class TensorBoardTracker(_Run):
+    """Scalars in a TensorBoard event file under `directory` (a stage's run in a sub-folder)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._writer = None
+
+    def _open(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ToolkitError("TensorBoard logging needs the tensorboard package: "
+                                   "pip install 'toolkit[tracking]'") from None
+            self._writer = SummaryWriter(log_dir=str(self.directory))
+        return self._writer
+
+    def log_params(self, params: dict) -> None:
+        rows = "\n".join(f"| {key} | {_param_text(value)} |" for key, value in flatten(params).items())
+        self._open().add_text("params", "| option | value |\n| --- | --- |\n" + rows)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        writer = self._open()
+        for key, value in numbers(metrics).items():
+            writer.add_scalar(key, value, step or 0)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        pass  # TensorBoard keeps scalars; the files stay in the run directory
+
+    def child(self, name: str) -> "TensorBoardTracker":
+        return TensorBoardTracker(self.directory / name)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+# What each stage records, read from its result file's object (trainers.schema), so a stage needs one call.
+_VARIANT_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
+                 "slower_than_fp32", "within_budget", "twin_agreement")
+_DRIFT_KEYS = ("accuracy_drop", "topk_overlap", "cosine", "spearman", "sign_agreement", "flag")
+
+
+def epoch_metrics(row: dict) -> dict:
+    """One history row of the training loop, without its epoch number (the step)."""
+    return {key: value for key, value in row.items() if key != "epoch"}
+
+
+def train_metrics(result: dict) -> dict:
+    """A train result's final numbers: the kept weights' losses and accuracies per split as `final.<split>_<name>`
+    (apart from the per-epoch curves of the same names), epochs run, best epoch, seconds."""
+    final = {f"final.{key}": value for key, value in result["metrics"].items()}
+    return numbers({**final, "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
+                    "seconds": result["seconds"]})
+
+
+def compress_metrics(result: dict) -> dict:
+    """Each variant's measurements as `<variant>.<measure>` (latency as `<variant>.latency_ms.b256_t1.p50`)."""
+    rows = {row["name"]: {key: row.get(key) for key in _VARIANT_KEYS} for row in result["variants"]}
+    return numbers(flatten(rows))
+
+
+def explain_metrics(result: dict) -> dict:
+    """Each method's quality figures (`quality.<method>.<figure>`) and drift (`drift.<variant>.<method>.<figure>`)."""
+    drift = {f"{row['variant']}.{row['method']}": {key: row.get(key) for key in _DRIFT_KEYS}
+             for row in result["drift"]["rows"]}
+    return numbers(flatten({"quality": result["quality"], "drift": drift}))
