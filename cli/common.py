@@ -15,6 +15,13 @@ from typer.core import TyperCommand
 from trainers.errors import ToolkitError
 
 
+# Options of every command that reads a table (compress, explain: default to what training recorded).
+TARGET = typer.Option(None, "--target", help="Label column of a table (default: last; after training: recorded).")
+KEEP = typer.Option(None, "--keep", help="Keep a column that would be dropped as ID-like or constant (repeatable).")
+DROP = typer.Option(None, "--drop", help="Drop a column from the features (repeatable).")
+SEP = typer.Option(None, "--sep", help="CSV separator (default: sniffed from the file).")
+
+
 def handle_errors(func):
     """Turn a ToolkitError into one line on stderr and exit code 2, any other error into exit code 1.
 

@@ -62,7 +62,8 @@ def check_samples(samples) -> int:
 
 
 def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), samples: int = ExplainOptions.samples,
-                  out=None, overwrite: bool = False, seed: int = ExplainOptions.seed, progress=None) -> ExplainResult:
+                  out=None, overwrite: bool = False, seed: int = ExplainOptions.seed, progress=None,
+                  table=None) -> ExplainResult:
     """Explain `model` on `samples` test samples with `methods`, assess the explanations, and compare variants.
 
     `methods`, `samples` and `seed` are the fields of `ExplainOptions`, whose defaults apply.
@@ -74,11 +75,13 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         compare: compressed variants (paths or `LoadedModel`s) to compare with the original.
         samples: number of test samples to explain (at least 1).
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
+        table: `trainers.tables.TableOptions` for a table; by default the target and columns recorded at training.
 
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
     """
-    from trainers import DataBundle, RunDir, accuracy, environment, load_data
+    from trainers import RunDir, accuracy, environment
+    from trainers.tables import load_for_model
 
     start = time.perf_counter()
     say = progress or (lambda message: None)
@@ -98,7 +101,7 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         for method in methods:
             resolve(method, variant)
         variants.append((name, variant))
-    bundle = data if isinstance(data, DataBundle) else load_data(data, seed=seed)
+    bundle = load_for_model(data, original.spec, table=table, seed=seed)
     if list(bundle.input_shape) != list(original.spec.input_shape):
         raise ToolkitError(f"data inputs {tuple(bundle.input_shape)} do not match the model's "
                            f"{tuple(original.spec.input_shape)}")

@@ -73,11 +73,13 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
         StageFailed: a stage failed; the run directory and the report of what finished are written.
     """
     from trainers import RunDir, default_run_dir, load_data
+    from trainers.tables import TableOptions
 
     say = progress or _to_stderr
     cfg = resolve_config(config, overrides)
     _preflight(cfg, family)
-    bundle = load_data(data, target=cfg.target, seed=cfg.train.seed)  # bad data: nothing written
+    table = TableOptions(cfg.target, tuple(cfg.keep), tuple(cfg.drop), cfg.sep)
+    bundle = load_data(data, seed=cfg.train.seed, table=table)  # bad data: nothing written
     run = RunDir(out if out is not None else default_run_dir("pipeline", family), overwrite=overwrite)
     started = time.perf_counter()
     status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [],

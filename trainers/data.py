@@ -1,4 +1,5 @@
-"""Load data per the data contract: built-in sets, `.npz` and `.csv` files.
+"""Load data per the data contract: built-in sets, `.npz`, tables (`.csv`, `.parquet`, DataFrames, see
+`tables.py`), images (`images.py`) and arrays from Python.
 
 Every loader ends in `_finish`, which validates the arrays once, splits them
 (stratified, seeded) and computes the training-split normalisation and the
@@ -8,7 +9,6 @@ model, whose first layer applies them.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import zipfile
 from dataclasses import dataclass, field
@@ -54,6 +54,13 @@ class DataBundle:
     fingerprint: str
     source: str = ""
     split: dict = field(default_factory=dict)
+    table: dict | None = None  # the fitted preprocessing of a table (preprocess.py), None for arrays
+
+    @classmethod
+    def from_arrays(cls, x, y, *, x_test=None, y_test=None, class_names=None, feature_names=None,
+                    name: str = "arrays", seed: int = 0) -> "DataBundle":
+        """A bundle from NumPy arrays (or anything `np.asarray` takes): x (N, ...) and integer labels y (N,)."""
+        return _finish(name, f"arrays:{name}", x, y, x_test, y_test, class_names, feature_names, seed)
 
     @property
     def num_classes(self) -> int:
@@ -75,36 +82,62 @@ class DataBundle:
         }
 
 
-def load_data(spec: str | Path, *, target: str | None = None, seed: int = 0) -> DataBundle:
-    """Load a data set from a built-in name, a `.npz` file or a `.csv` file.
+def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fitted: dict | None = None) -> DataBundle:
+    """Load a data set from a built-in name, a file, a folder of images, arrays or a DataFrame.
 
     Args:
-        spec: `digits`, `iris`, `wine`, `breast_cancer`, or a path.
-        target: label column of a CSV file (default: the last column).
+        spec: `digits`, `iris`, `wine`, `breast_cancer`; a `.npz`, `.npy`, `.csv` or `.parquet` path; a
+            folder with one sub-folder of images per class; an `(x, y)` pair of arrays; a pandas DataFrame.
+        target: label column of a table (default: the last column).
         seed: seed of the stratified train/validation/test split.
+        table: `tables.TableOptions` (target, columns to keep or drop, CSV separator); `target` overrides
+            its target.
+        fitted: a trained model's table preprocessing, applied instead of fitting one (`tables.load_for_model`).
 
     Raises:
         DataError: with a one-line message for anything unusable.
     """
+    from .tables import TableOptions, read_table, table_bundle
+
+    options = table or TableOptions()
+    if target is not None:
+        options = TableOptions(target, options.keep, options.drop, options.sep)
+    if isinstance(spec, tuple):
+        if len(spec) != 2:
+            raise DataError(f"data as a tuple must be (x, y), got {len(spec)} items")
+        return DataBundle.from_arrays(spec[0], spec[1], seed=seed)
+    if type(spec).__name__ == "DataFrame":
+        return table_bundle(spec, options, name="dataframe", source="dataframe", seed=seed, fitted=fitted)
+    if not isinstance(spec, (str, Path)):
+        raise DataError(f"cannot load data from a {type(spec).__name__}: give a name, a path, (x, y) or a DataFrame")
     text = str(spec)
     if text in BUILTIN_DATASETS:
         return _load_builtin(text, seed)
     path = Path(text)
     suffix = path.suffix.lower()
-    if suffix not in (".npz", ".csv"):
+    if path.is_dir() and suffix in (".npz", ".csv", ".parquet", ".npy"):
+        raise DataError(f"data path is a directory, expected a file: {text}")
+    if path.is_dir():
+        from .images import load_image_folder
+
+        return load_image_folder(path, seed)
+    if suffix not in (".npz", ".csv", ".parquet", ".npy"):
         if not path.exists():
             raise DataError(
                 f"unknown data '{text}': not a built-in set ({', '.join(BUILTIN_DATASETS)}) "
-                "and not an existing .npz or .csv file"
+                "and not an existing .npz, .npy, .csv or .parquet file or image folder"
             )
-        raise DataError(f"unsupported data file '{text}': expected a .npz or .csv file")
+        raise DataError(f"unsupported data file '{text}': expected a .npz, .npy, .csv or .parquet file")
     if not path.exists():
         raise DataError(f"data file not found: {text}")
-    if path.is_dir():
-        raise DataError(f"data path is a directory, expected a file: {text}")
     if suffix == ".npz":
         return _load_npz(path, seed)
-    return _load_csv(path, target, seed)
+    if suffix == ".npy":
+        from .images import load_npy_pair
+
+        return load_npy_pair(path, seed)
+    return table_bundle(read_table(path, options.sep), options, name=path.stem, source=str(path), seed=seed,
+                        fitted=fitted)
 
 
 def _load_builtin(name: str, seed: int) -> DataBundle:
@@ -156,47 +189,6 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
     )
 
 
-def _load_csv(path: Path, target: str | None, seed: int) -> DataBundle:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read {path} as CSV: {exc}") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise DataError(f"{path}: needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    column = target if target is not None else header[-1]
-    if column not in header:
-        raise DataError(f"{path}: target column '{column}' not found; columns are {', '.join(header)}")
-    t = header.index(column)
-    body = rows[1:]
-    for i, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {i} has {len(row)} fields, the header has {len(header)}")
-    features = [j for j in range(len(header)) if j != t]
-    if not features:
-        raise DataError(f"{path}: no feature columns besides the target '{column}'")
-    x = np.empty((len(body), len(features)), dtype=np.float32)
-    for col, j in enumerate(features):
-        for i, row in enumerate(body):
-            cell = row[j].strip()
-            if cell == "":
-                raise DataError(f"{path}: missing value in column '{header[j]}' at line {i + 2}; fill or drop it first")
-            try:
-                x[i, col] = float(cell)
-            except ValueError:
-                raise DataError(
-                    f"{path}: column '{header[j]}' is not numeric (line {i + 2}: {cell!r}); "
-                    "encode text columns as numbers or drop them"
-                ) from None
-    labels = [row[t].strip() for row in body]
-    if any(v == "" for v in labels):
-        raise DataError(f"{path}: missing label in target column '{column}'")
-    y, class_names = _encode_labels(labels)
-    return _finish(path.stem, str(path), x, y, None, None, class_names, [header[j] for j in features], seed)
-
-
 def _encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
     """CSV labels: integer strings keep their order, anything else is sorted by name."""
     try:
@@ -234,7 +226,7 @@ def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
         )
     if 0 in x.shape:
         raise DataError(f"{what} is empty (shape {tuple(x.shape)})")
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=False)  # a float32 (or memory-mapped) array is not copied
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
         raise DataError(f"{what} contains {bad} NaN or infinite value(s)")
@@ -276,6 +268,12 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         input_shape=input_shape, layout=LAYOUTS[len(input_shape)],
         mean=mean, std=std, fingerprint=_fingerprint(x, y, x_test, y_test), split=split_info,
     )
+
+
+def split_indices(y: np.ndarray, seed: int) -> np.ndarray:
+    """Row indices of the training split `_finish` will make of data with labels `y` and this seed."""
+    rows = np.arange(len(y)).reshape(-1, 1)
+    return _split(rows, y, None, None, seed)[0][0].reshape(-1)
 
 
 def _split(x, y, x_test, y_test, seed):
@@ -323,7 +321,7 @@ def _fingerprint(*arrays) -> str:
             continue
         a = np.ascontiguousarray(a)
         digest.update(str((a.shape, a.dtype.str)).encode())
-        digest.update(a.tobytes())
+        digest.update(memoryview(a.reshape(-1)).cast("B"))  # no bytes copy of a large array
     return digest.hexdigest()
 
 

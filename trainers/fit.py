@@ -117,7 +117,7 @@ def seed_everything(seed: int) -> None:
 
 def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
           overwrite: bool = False, resume: bool = False, progress: bool | None = None,
-          target: str | None = None) -> TrainResult:
+          target: str | None = None, table=None) -> TrainResult:
     """Train a classifier of `family` on `data`; write an artifact to `out` if given.
 
     Args:
@@ -127,6 +127,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         out: run directory; the artifact and `result.json` are committed there at the end.
         resume: continue an interrupted run in `out` from its last checkpoint.
         progress: show a progress bar on stderr (default: when stderr is a terminal).
+        target, table: the label column and `tables.TableOptions` of a table file (see `load_data`).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; `batch_size` stays the
     global batch per optimizer step, and only rank 0 writes `out`.
@@ -139,7 +140,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
     try:
         distributed.per_rank_batch(config.batch_size, ctx)
         if not isinstance(data, DataBundle):
-            data = load_data(data, target=target, seed=config.seed)
+            data = load_data(data, target=target, seed=config.seed, table=table)
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
@@ -148,7 +149,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         with (run or contextlib.nullcontext()):
             if run is not None:
                 run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
-                                               "target": target, "processes": ctx.world_size, **asdict(config)})
+                                               "target": data.table["read"]["target"] if data.table else target, "processes": ctx.world_size, **asdict(config)})
                 run.write_json("env.json", environment())
             result = _fit(module, spec, data, config, device, run, progress, ctx, resume_from)
             if run is not None:
@@ -170,7 +171,8 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
         family=family, config=config_dict(arch), input_shape=list(data.input_shape), layout=data.layout,
         class_names=data.class_names, feature_names=data.feature_names,
         preprocessing={"kind": "standardize", "axis": "feature" if data.layout == "features" else "channel",
-                       "mean": data.mean.tolist(), "std": data.std.tolist()},
+                       "mean": data.mean.tolist(), "std": data.std.tolist(),
+                       **({"table": data.table} if data.table else {})},
         training=asdict(config), data=data.summary(), versions=_package_versions(),
     )
 
