@@ -166,3 +166,30 @@ def test_many_levels_are_ordinal_and_the_target_is_recorded(tmp_path):
     step = [s for s in data.table["steps"] if s["column"] == "city"][0]
     assert step["kind"] == "ordinal" and len(step["levels"]) == 15
     assert data.table["read"]["target"] == "label"
+
+
+def test_onnx_with_the_preprocessing_inside_agrees_with_predict_on_raw_rows():
+    from compress import export_onnx_raw_rows
+    from compress.export import run_onnx
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"id": rng.permutation(200), "a": rng.normal(size=200), "b": rng.normal(size=200),
+                          "c": rng.normal(size=200)})
+    frame.loc[rng.choice(200, 30, replace=False), "a"] = np.nan
+    frame["label"] = (frame.a.fillna(0) + frame.b > 0).astype(int) + (frame.c > 1)
+    result = train(frame, "mlp", TrainConfig(epochs=3), target="label", progress=False)
+    assert result.model.spec.preprocessing["table"]["outputs"] == ["a", "a_missing", "b", "c"]
+    rows = frame.drop(columns=["label"])
+    got = run_onnx(export_onnx_raw_rows(result.model), rows.to_numpy(np.float32))
+    expected = predict(result.model, rows)
+    assert (got.argmax(1) == expected.argmax(1)).mean() == 1.0
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_onnx_of_raw_rows_refuses_text_columns():
+    from compress import export_onnx_raw_rows
+    from trainers import ToolkitError
+
+    result = train(base_frame(), "mlp", TrainConfig(epochs=1, model={"hidden": [8]}), target="label", progress=False)
+    with pytest.raises(ToolkitError, match="colour are text"):
+        export_onnx_raw_rows(result.model)
