@@ -148,7 +148,7 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
                      "layout": spec.layout, "input_shape": list(spec.input_shape), "data": bundle.summary(),
                      "samples": int(len(idx)), "seed": seed, "methods": methods,
                      "runtimes": {"original": spec.runtime, **{n: v.spec.runtime for n, v in variants}},
-                     "runs": [], "global_importance": {}, "quality": {}, "drift": {"rows": [], "flags": []},
+                     "runs": [], "global_importance": {}, "global_importance_encoded": None, "quality": {}, "drift": {"rows": [], "flags": []},
                      "flags": [], "figures": {}}
     attributions: dict = {}
 
@@ -162,6 +162,10 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
         attr = original_attr(method)
         summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr.method)})
         summary["global_importance"][method] = plots.global_importance(spec, attr.values)
+        if spec.preprocessing.get("table"):  # the view of the encoded inputs stays available
+            encoded = summary["global_importance_encoded"] or {}
+            encoded[method] = plots.global_importance(spec, attr.values, grouped=False)
+            summary["global_importance_encoded"] = encoded
         say(f"explain: quality of {method}")
         quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background)
         summary["quality"][method] = quality

@@ -193,3 +193,35 @@ def test_onnx_of_raw_rows_refuses_text_columns():
     result = train(base_frame(), "mlp", TrainConfig(epochs=1, model={"hidden": [8]}), target="label", progress=False)
     with pytest.raises(ToolkitError, match="colour are text"):
         export_onnx_raw_rows(result.model)
+
+
+def test_explanations_group_a_text_column_back_to_the_users_column(tmp_path):
+    from explain import explain_model
+    from explain.plots import global_importance
+    from reports import render_report
+    from trainers.schema import read_result
+
+    frame = base_frame()
+    frame["a"] = frame["a"].astype(object)
+    frame.loc[[4, 8, 12, 16, 20], "a"] = None
+    train(frame, "mlp", TrainConfig(epochs=2, model={"hidden": [16]}), target="label", out=tmp_path / "train",
+          progress=False)
+    model = load_model(tmp_path / "train")
+    explain_model(model, frame, methods=["saliency"], samples=8, out=tmp_path / "explain")
+    result = read_result(tmp_path / "explain" / "result.json", "explain")
+    assert result.schema_version == 2
+    assert list(result.global_importance["saliency"]) == ["a", "b", "colour"]
+    encoded = result.global_importance_encoded["saliency"]
+    assert list(encoded) == model.spec.feature_names == ["a", "a_missing", "b", "colour=blue", "colour=green",
+                                                         "colour=red"]
+    # The grouped value is the size of the per-sample sum of the column's encoded attributions.
+    values = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    grouped = global_importance(model.spec, values)
+    assert list(grouped) == ["a", "b", "colour"]
+    assert np.isclose(grouped["colour"], np.abs(values[:, 3:6].sum(1)).mean())
+    assert np.isclose(grouped["a"], np.abs(values[:, 0:2].sum(1)).mean())
+    assert np.isclose(grouped["b"], np.abs(values[:, 2]).mean())
+    html = render_report(tmp_path / "explain").read_text(encoding="utf-8")
+    assert "colour=red" in html and "encoded inputs" in html
+    html = render_report(tmp_path / "train").read_text(encoding="utf-8")
+    assert "<h3>Columns</h3>" in html and "one-hot" in html and "median/mode + indicator" in html
