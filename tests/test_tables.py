@@ -225,3 +225,24 @@ def test_explanations_group_a_text_column_back_to_the_users_column(tmp_path):
     assert "colour=red" in html and "encoded inputs" in html
     html = render_report(tmp_path / "train").read_text(encoding="utf-8")
     assert "<h3>Columns</h3>" in html and "one-hot" in html and "median/mode + indicator" in html
+
+
+def test_memory_mapped_npy_trains_batch_by_batch(tmp_path):
+    from trainers.loop import split_tensors
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    np.save(tmp_path / "big.npy", x)
+    np.save(tmp_path / "big.labels.npy", y)
+    data = load_data(str(tmp_path / "big.npy"))
+    assert isinstance(data.x_train, np.memmap) and isinstance(data.x_test, np.memmap)  # views of the file
+    assert data.split["contiguous"] and len(data.x_test) == 80
+    tensors = split_tensors(data, __import__("torch").device("cpu"))
+    assert isinstance(tensors["x_train"], np.memmap)
+    result = train(data, "mlp", TrainConfig(epochs=20, model={"hidden": [16]}), progress=False)
+    assert result.metrics["test_accuracy"] > 0.7  # learnt from batches read off the file (chance: 0.5)
+    np.save(tmp_path / "sorted.npy", x[np.argsort(y)])
+    np.save(tmp_path / "sorted.labels.npy", np.sort(y))
+    with pytest.raises(Exception, match="save them shuffled"):
+        load_data(str(tmp_path / "sorted.npy"))

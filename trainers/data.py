@@ -136,7 +136,7 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
         from .images import load_npy_pair
 
         return load_npy_pair(path, seed)
-    return table_bundle(read_table(path, options.sep), options, name=path.stem, source=str(path), seed=seed,
+    return table_bundle(lambda: read_table(path, options.sep), options, name=path.stem, source=str(path), seed=seed,
                         fitted=fitted)
 
 
@@ -217,7 +217,7 @@ def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
 
 
 def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(x)
+    x = np.asanyarray(x)  # a memory-mapped array stays one
     if x.dtype.kind not in "biuf":
         raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
     if x.ndim < 2 or x.ndim > 4:
@@ -233,7 +233,8 @@ def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed) -> DataBundle:
+def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed, presplit=None) -> DataBundle:
+    """Validate, split (or slice rows already in train/val/test order, `presplit` = their counts), normalise."""
     x, y = _as_inputs(x, "x"), _as_labels(y, "y")
     if len(x) != len(y):
         raise DataError(f"x has {len(x)} samples but y has {len(y)} labels")
@@ -258,7 +259,12 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     input_shape = tuple(int(d) for d in x.shape[1:])
     if feature_names is not None and (len(input_shape) != 1 or len(feature_names) != input_shape[0]):
         raise DataError(f"{len(feature_names)} feature names for samples of shape {input_shape}")
-    splits, split_info = _split(x, y, x_test, y_test, seed)
+    if presplit is not None:  # views, no copy of a large table
+        a, b = presplit[0], presplit[0] + presplit[1]
+        splits = (x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:])
+        split_info = _split_info(seed, False)
+    else:
+        splits, split_info = _split(x, y, x_test, y_test, seed)
     mean, std = _normalisation(splits[0], len(input_shape))
     return DataBundle(
         name=name, source=source,
@@ -270,10 +276,11 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     )
 
 
-def split_indices(y: np.ndarray, seed: int) -> np.ndarray:
-    """Row indices of the training split `_finish` will make of data with labels `y` and this seed."""
+def split_indices(y: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Row indices of the train, validation and test splits `_finish` makes of labels `y` with this seed."""
     rows = np.arange(len(y)).reshape(-1, 1)
-    return _split(rows, y, None, None, seed)[0][0].reshape(-1)
+    splits = _split(rows, y, None, None, seed)[0]
+    return [splits[0].reshape(-1), splits[2].reshape(-1), splits[4].reshape(-1)]
 
 
 def _split(x, y, x_test, y_test, seed):
@@ -295,15 +302,18 @@ def _split(x, y, x_test, y_test, seed):
     else:
         x_rest, y_rest, given = x, y, True
     x_train, x_val, y_train, y_val = split(x_rest, y_rest, VAL_FRACTION)
-    info = {"seed": seed, "test_given": given, "test_fraction": None if given else TEST_FRACTION,
+    return (x_train, y_train, x_val, y_val, x_test, y_test), _split_info(seed, given)
+
+
+def _split_info(seed: int, given: bool) -> dict:
+    return {"seed": seed, "test_given": given, "test_fraction": None if given else TEST_FRACTION,
             "val_fraction": VAL_FRACTION, "stratified": True}
-    return (x_train, y_train, x_val, y_val, x_test, y_test), info
 
 
 def _normalisation(x_train: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature statistics for feature vectors, per-channel for signals and images."""
     if rank == 1:
-        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+        mean, std = _feature_stats(x_train)
     else:
         axes = tuple(i for i in range(x_train.ndim) if i != 1)
         shape = (-1,) + (1,) * (rank - 1)
@@ -311,6 +321,19 @@ def _normalisation(x_train: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarr
         std = x_train.std(axis=axes).reshape(shape)
     std = np.where(std < 1e-6, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _feature_stats(x: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std in float64, a block of rows at a time (x.std would copy all of x)."""
+    total = np.zeros(x.shape[1]) if len(x) else np.zeros(x.shape[1:])
+    squares = np.zeros_like(total)
+    for start in range(0, len(x), rows):
+        block = x[start:start + rows].astype(np.float64)
+        total += block.sum(0)
+        squares += np.square(block).sum(0)
+    n = max(len(x), 1)
+    mean = total / n
+    return mean, np.sqrt(np.maximum(squares / n - mean**2, 0.0))
 
 
 def _fingerprint(*arrays) -> str:

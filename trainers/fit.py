@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataBundle, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
-from .loop import LoopOptions, amp_dtype, autocast, evaluate, split_tensors, training_loop
+from .loop import LoopOptions, amp_dtype, autocast, evaluate, rows, split_tensors, training_loop
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, NonNegativeInt, PositiveFloat, PositiveInt, check
 from .rundir import RunDir
@@ -228,8 +228,9 @@ def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
     for split in ("train", "val", "test"):
         loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
-    with torch.inference_mode(), autocast(tensors["x_test"].device, amp_dtype):
-        predicted = module(tensors["x_test"]).argmax(1).cpu().numpy()
+    device = tensors["y_test"].device
+    with torch.inference_mode(), autocast(device, amp_dtype):
+        predicted = module(rows(tensors["x_test"], slice(None), device)).argmax(1).cpu().numpy()
     truth = tensors["y_test"].cpu().numpy()
     k = len(class_names)
     # scikit-learn's confusion_matrix and precision_recall_fscore_support(zero_division=0), without their overhead.

@@ -2,7 +2,9 @@
 
 An image folder is read with Pillow and scaled to [0, 1]; its images must share one size, or are all
 resized to `size` x `size` when one is given (the `TOOLKIT_IMAGE_SIZE` environment variable for the CLI). A `.npy` file `NAME.npy` (inputs) comes with its labels
-in `NAME.labels.npy`; the inputs are memory-mapped, never read whole into memory by the loader.
+in `NAME.labels.npy`; the inputs are memory-mapped and never read whole into memory: the splits are
+contiguous row ranges of the file (test: the last 20%, validation: the 15% before), so the rows must be
+saved in random order, and the training loop reads them batch by batch.
 """
 
 from __future__ import annotations
@@ -79,4 +81,19 @@ def load_npy_pair(path: Path, seed: int):
         raise DataError(f"{path}: cannot read without unpickling or malformed ({exc}); refused") from None
     except OSError as exc:
         raise DataError(f"cannot read {path} as a .npy file: {exc}") from None
-    return _finish(path.stem, str(path), x, y, None, None, None, None, seed)
+    from .data import TEST_FRACTION, VAL_FRACTION
+
+    n = len(x)
+    n_test = int(round(n * TEST_FRACTION))
+    n_val = int(round((n - n_test) * VAL_FRACTION))
+    counts = [n - n_test - n_val, n_val, n_test]
+    y = np.asarray(y)
+    if y.ndim == 1 and len(y) == n and y.dtype.kind in "iu" and n >= 10:
+        seen = set(np.unique(y[:counts[0]]).tolist())
+        for name, part in (("validation", y[counts[0]:n - n_test]), ("test", y[n - n_test:])):
+            if not set(np.unique(part).tolist()) <= seen:
+                raise DataError(f"{path}: the {name} rows (a contiguous range) hold classes the training rows do not; "
+                                "the rows look ordered by class: save them shuffled")
+    bundle = _finish(path.stem, str(path), x, y, None, None, None, None, seed, presplit=counts)
+    bundle.split.update(stratified=False, contiguous=True)
+    return bundle

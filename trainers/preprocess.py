@@ -31,7 +31,7 @@ def drop_reasons(frame: pd.DataFrame, labels: np.ndarray) -> dict[str, str]:
             reasons[name] = "unnamed pandas index column"
         elif distinct <= 1:
             reasons[name] = "constant"
-        elif n >= 10 and _equals_label(column, labels):
+        elif n >= 10 and distinct == len(np.unique(labels)) and _equals_label(column, labels):
             reasons[name] = "equal to the label"
         elif n >= 10 and _is_range(column):
             reasons[name] = "monotonic index (unique per row, increasing)"
@@ -55,8 +55,8 @@ def _is_range(column: pd.Series) -> bool:
 
 
 def _equals_label(column: pd.Series, labels: np.ndarray) -> bool:
-    codes = pd.factorize(column)[0]
-    pairs = len(set(zip(codes.tolist(), labels.tolist())))
+    codes = pd.factorize(column, use_na_sentinel=False)[0].astype(np.int64)
+    pairs = len(np.unique(codes * (int(labels.max()) + 1) + labels))
     return pairs == len(np.unique(codes)) == len(np.unique(labels))
 
 
@@ -98,16 +98,21 @@ def _is_text(column: pd.Series) -> bool:
     return not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column))
 
 
-def transform(table: dict, frame: pd.DataFrame, where: str = "rows") -> np.ndarray:
-    """Raw rows (a DataFrame with the training columns) -> the float32 matrix the model takes."""
+def transform(table: dict, frame: pd.DataFrame, where: str = "rows", order: np.ndarray | None = None) -> np.ndarray:
+    """Raw rows (a DataFrame with the training columns) -> the float32 matrix the model takes.
+
+    `order` picks and orders the rows, column by column (no copy of the whole frame).
+    """
     missing = [s["column"] for s in table["steps"] if s["column"] not in frame.columns]
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}; the model was trained on "
                         f"{', '.join(s['column'] for s in table['steps'])}")
-    out = np.empty((len(frame), len(table["outputs"])), dtype=np.float32)
+    out = np.empty((len(frame) if order is None else len(order), len(table["outputs"])), dtype=np.float32)
     j = 0
     for step in table["steps"]:
         column = frame[step["column"]]
+        if order is not None:
+            column = column.iloc[order]
         absent = column.isna().to_numpy()
         block = _encode(step, column, absent, where)
         out[:, j:j + block.shape[1]] = block

@@ -21,7 +21,7 @@ from .preprocess import drop_reasons, fit_table, transform
 
 MISSING_TOKENS = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?", ""]
 SEPARATORS = ",;\t|"
-CHUNK_ROWS = 200_000
+CHUNK_ROWS = 32_768  # the parser holds a chunk as text and float64: keep it small against the frame
 
 
 @dataclass(frozen=True)
@@ -157,12 +157,19 @@ def load_for_model(data, spec, *, table: TableOptions | None = None, seed: int =
     return load_data(data, seed=seed, table=options, fitted=fitted)
 
 
-def table_bundle(frame: pd.DataFrame, options: TableOptions, *, name: str, source: str, seed: int,
-                 fitted: dict | None = None):
+def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: int, fitted: dict | None = None):
     """A DataBundle from a raw table: target, dropped columns, preprocessing fitted on the training split
-    (or the `fitted` preprocessing of a trained model, applied as it is)."""
+    (or the `fitted` preprocessing of a trained model, applied as it is).
+
+    `frame` is a DataFrame, or a function that reads one: then the frame is freed once encoded, and the
+    encoded rows are written in split order, so the splits are views (peak: the frame plus the matrix).
+    """
     from . import data
 
+    if callable(frame):
+        frame = frame()
+    else:
+        frame = frame.copy(deep=False)  # the target is popped below; the user's frame stays as it is
     where = source or "table"
     if len(frame) == 0:
         raise DataError(f"{where}: needs a header row and at least one data row")
@@ -175,7 +182,7 @@ def table_bundle(frame: pd.DataFrame, options: TableOptions, *, name: str, sourc
     for col in (*options.keep, *options.drop):
         if col not in frame.columns or col == target:
             raise DataError(f"{where}: column '{col}' given to --keep/--drop is not a feature column")
-    labels = frame[target]
+    labels = frame.pop(target)
     if labels.isna().any():
         line = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 2
         raise DataError(f"{where}: missing label in target column '{target}' (line {line}); drop those rows")
@@ -183,11 +190,15 @@ def table_bundle(frame: pd.DataFrame, options: TableOptions, *, name: str, sourc
     if len(class_names) < 2 or len(class_names) > len(y) / 2:
         raise DataError(f"{where}: target column '{target}' has {len(class_names)} classes in {len(y)} rows; "
                         "a classifier needs 2 or more classes and at most rows/2 (wrong --target?)")
-    features = frame.drop(columns=[target])
+    features = frame
     del frame, labels
+    split = data.split_indices(y, seed)
+    order = np.concatenate(split)
     if fitted is not None:
-        x = transform(fitted, features, where)
-        bundle = data._finish(name, source, x, y, None, None, class_names, fitted["outputs"], seed)
+        x = transform(fitted, features, where, order)
+        del features
+        bundle = data._finish(name, source, x, y[order], None, None, class_names, fitted["outputs"], seed,
+                              presplit=[len(s) for s in split])
         bundle.table = fitted
         return bundle
     dropped = {k: v for k, v in drop_reasons(features, y).items() if k not in options.keep}
@@ -195,11 +206,11 @@ def table_bundle(frame: pd.DataFrame, options: TableOptions, *, name: str, sourc
     if len(dropped) == features.shape[1]:
         raise DataError(f"{where}: no feature columns left after dropping {', '.join(map(str, dropped))} "
                         "(ID-like or constant); keep one with --keep COL")
-    train_rows = data.split_indices(y, seed)
-    table = fit_table(features, train_rows, dropped)
-    x = transform(table, features, where)
+    table = fit_table(features, split[0], dropped)
+    x = transform(table, features, where, order)
     del features
     table["read"] = {**options.to_dict(), "target": target}
-    bundle = data._finish(name, source, x, y, None, None, class_names, table["outputs"], seed)
+    bundle = data._finish(name, source, x, y[order], None, None, class_names, table["outputs"], seed,
+                          presplit=[len(s) for s in split])
     bundle.table = table
     return bundle
