@@ -91,9 +91,10 @@ def load_npy_pair(path: Path, seed: int):
     if y.ndim == 1 and len(y) == n and y.dtype.kind in "iu" and n >= 10:
         seen = set(np.unique(y[:counts[0]]).tolist())
         for name, part in (("validation", y[counts[0]:n - n_test]), ("test", y[n - n_test:])):
-            if not set(np.unique(part).tolist()) <= seen:
-                raise DataError(f"{path}: the {name} rows (a contiguous range) hold classes the training rows do not; "
-                                "the rows look ordered by class: save them shuffled")
+            found = set(np.unique(part).tolist())
+            if not found <= seen or (len(found) == 1 and len(seen) > 1):
+                raise DataError(f"{path}: the {name} rows (a contiguous range at the end) hold other classes than the "
+                                "training rows: the rows look ordered by class; save them shuffled")
     bundle = _finish(path.stem, str(path), x, y, None, None, None, None, seed, presplit=counts)
     bundle.split.update(stratified=False, contiguous=True)
     return bundle
