@@ -15,6 +15,13 @@ from typer.core import TyperCommand
 from trainers.errors import ToolkitError, describe
 
 
+# Options of every command that reads a table (compress, explain: default to what training recorded).
+TARGET = typer.Option(None, "--target", help="Label column of a table (default: last; after training: recorded).")
+KEEP = typer.Option(None, "--keep", help="Keep a column that would be dropped as ID-like or constant (repeatable).")
+DROP = typer.Option(None, "--drop", help="Drop a column from the features (repeatable).")
+SEP = typer.Option(None, "--sep", help="CSV separator (default: sniffed from the file).")
+
+
 def handle_errors(func):
     """Any error becomes one line on stderr and its exit code (`trainers.errors.describe`); warnings (numpy,
     torch) show only on success, so a failure prints its line alone. TOOLKIT_DEBUG=1 shows tracebacks."""

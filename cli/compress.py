@@ -7,21 +7,23 @@ from typing import List, Optional
 
 import typer
 
-from .common import compression_methods, emit_json, handle_errors, info, parse_json_option, with_help_from
+from .common import (DROP, KEEP, SEP, TARGET, compression_methods, emit_json, handle_errors, info, parse_json_option,
+                     with_help_from)
 from .tracking import MLFLOW, TENSORBOARD, tracker
 
 
 @handle_errors
 def compress_command(
     model_dir: Path = typer.Argument(..., help="A trained model artifact directory (from `toolkit train`)."),
-    data: str = typer.Option(..., "--data", "-d", help="The data the model was trained on (built-in name or .npz/.csv)."),
+    data: str = typer.Option(..., "--data", "-d", help="The data the model was trained on (built-in name, file or image folder)."),
     method: Optional[List[str]] = typer.Option(None, "--method", "-m", help="Method (repeatable); auto tries the "
                                                                             "candidates for the model's family."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy budget in percentage points below "
                                                                       "the original."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Pruning ratio in (0, 1) for the prune methods and auto."),
     options: Optional[str] = typer.Option(None, "--options", help='Per-method options as JSON, e.g. \'{"distill": {"epochs": 20}}\'.'),
-    target: Optional[str] = typer.Option(None, help="Label column of a CSV file (default: last column)."),
+    target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
+    sep: Optional[str] = SEP,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-compress-<family>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -34,6 +36,7 @@ def compress_command(
     """
     from compress import compress_model
     from trainers import default_run_dir, load_model
+    from trainers.tables import TableOptions
 
     model = load_model(model_dir)
     out = out or default_run_dir("compress", model.spec.family)
@@ -41,7 +44,8 @@ def compress_command(
              "options": parse_json_option(options, "--options") if options is not None else None}
     with tracker("compress", mlflow, tensorboard) as track:
         result = compress_model(model, data, **{key: value for key, value in given.items() if value is not None},
-                                out=out, overwrite=overwrite, target=target, progress=info, tracker=track)
+                                out=out, overwrite=overwrite, table=TableOptions.of(target, keep, drop, sep),
+                                progress=info, tracker=track)
     summary = result.to_dict()
     info(format_table(summary))
     info(f"chosen: {summary['chosen']['name']}: {summary['chosen']['reason']}")

@@ -7,20 +7,22 @@ from typing import List, Optional
 
 import typer
 
-from .common import emit_json, explanation_methods, handle_errors, info, with_help_from
+from .common import DROP, KEEP, SEP, TARGET, emit_json, explanation_methods, handle_errors, info, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker
 
 
 @handle_errors
 def explain_command(
     model_dir: Path = typer.Argument(..., help="A trained model artifact directory (from `toolkit train`)."),
-    data: str = typer.Option(..., "--data", "-d", help="The data the model was trained on (built-in name or .npz/.csv)."),
+    data: str = typer.Option(..., "--data", "-d", help="The data the model was trained on (built-in name, file or image folder)."),
     method: Optional[List[str]] = typer.Option(None, "--method", "-m",
                                                help="Method (repeatable); default: a fast set for the family."),
     compare: Optional[List[Path]] = typer.Option(None, "--compare", "-c",
                                                  help="A compressed variant artifact to compare with (repeatable)."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Test samples to explain."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sample draw and of sampled methods."),
+    target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
+    sep: Optional[str] = SEP,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-explain-<family>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -33,6 +35,7 @@ def explain_command(
     """
     from explain import explain_model
     from trainers import default_run_dir, load_model
+    from trainers.tables import TableOptions
 
     model = load_model(model_dir)
     variants = [load_model(p) for p in compare or ()]
@@ -40,7 +43,8 @@ def explain_command(
     given = {"methods": method or None, "samples": samples, "seed": seed}
     with tracker("explain", mlflow, tensorboard) as track:
         result = explain_model(model, data, **{key: value for key, value in given.items() if value is not None},
-                               compare=variants, out=out, overwrite=overwrite, progress=info, tracker=track)
+                               compare=variants, out=out, overwrite=overwrite, progress=info, tracker=track,
+                               table=TableOptions.of(target, keep, drop, sep))
     summary = result.to_dict()
     for name, q in summary["quality"].items():
         info(f"{name}: " + "; ".join(q["verdicts"]))

@@ -15,7 +15,7 @@ from .common import (compression_methods, emit_json, explanation_methods, handle
 from .tracking import MLFLOW, TENSORBOARD
 
 # The config key each override option sets (its help starts with that key).
-KEYS = {"target": "target", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+KEYS = {"target": "target", "keep": "keep", "drop": "drop", "sep": "sep", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
         "seed": "train.seed", "device": "train.device", "arch": "train.arch", "method": "compress.methods",
         "max_drop": "compress.max_drop", "ratio": "compress.ratio", "options": "compress.options",
         "explain_method": "explain.methods", "samples": "explain.samples", "mlflow": "tracking.mlflow",
@@ -24,13 +24,16 @@ KEYS = {"target": "target", "epochs": "train.epochs", "batch_size": "train.batch
 
 @handle_errors
 def pipeline_command(
-    data: str = typer.Argument(..., help="Built-in data set (digits, iris, wine, breast_cancer) or a .npz/.csv file."),
+    data: str = typer.Argument(..., help="Built-in data set (digits, iris, wine, breast_cancer), a table, .npz/.npy file or image folder."),
     model: str = typer.Option(..., "--model", "-m", help="Model family."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML, YAML or JSON file with sections train, "
                                           "compress, explain and report (a run's config.yaml or config.json too)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-pipeline-<model>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
-    target: Optional[str] = typer.Option(None, help="target: label column of a CSV file (default: the last one)."),
+    target: Optional[str] = typer.Option(None, help="target: label column of a table (default: the last one)."),
+    keep: Optional[List[str]] = typer.Option(None, help="keep: a column not to drop as ID-like/constant (repeatable)."),
+    drop: Optional[List[str]] = typer.Option(None, help="drop: a column to drop from the features (repeatable)."),
+    sep: Optional[str] = typer.Option(None, help="sep: CSV separator (default: sniffed)."),
     epochs: Optional[int] = typer.Option(None, help="train.epochs: maximum epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="train.batch_size: samples per step."),
     lr: Optional[float] = typer.Option(None, help="train.lr: AdamW learning rate."),
@@ -57,7 +60,7 @@ def pipeline_command(
     """
     from reports.pipeline import StageFailed, run_pipeline
 
-    given = {"target": target, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+    given = {"target": target, "keep": keep or None, "drop": drop or None, "sep": sep, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
              "arch": parse_json_option(arch, "--arch") if arch is not None else None, "method": method or None,
              "max_drop": max_drop, "ratio": ratio,
              "options": parse_json_option(options, "--options") if options is not None else None,

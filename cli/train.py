@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from .common import emit_json, handle_errors, info, model_families, parse_json_option, with_help_from
+from .common import (DROP, KEEP, SEP, TARGET, emit_json, handle_errors, info, model_families, parse_json_option,
+                     with_help_from)
 from .tracking import MLFLOW, TENSORBOARD, tracker, tracking_args
 
 GROUP = "Several GPUs or machines"
@@ -15,7 +16,7 @@ GROUP = "Several GPUs or machines"
 
 @handle_errors
 def train_command(
-    data: str = typer.Argument(..., help="Built-in data set (digits, iris, wine, breast_cancer) or a .npz/.csv file."),
+    data: str = typer.Argument(..., help="Built-in data set (digits, iris, wine, breast_cancer), a .csv/.parquet/.npz/.npy file or an image folder."),
     model: str = typer.Option(..., "--model", "-m", help="Model family."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-train-<model>)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping on validation loss)."),
@@ -23,7 +24,8 @@ def train_command(
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),
     seed: Optional[int] = typer.Option(None, help="Seed for the split, the initialisation and the shuffling."),
-    target: Optional[str] = typer.Option(None, help="Label column of a CSV file (default: last column)."),
+    target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
+    sep: Optional[str] = SEP,
     arch: Optional[str] = typer.Option(None, help='Architecture as JSON, e.g. \'{"hidden": [64, 32]}\'.'),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint."),
@@ -53,6 +55,7 @@ def train_command(
     from trainers import TrainConfig, default_run_dir, train
     from trainers.errors import ToolkitError
     from trainers.options import parse
+    from trainers.tables import TableOptions
 
     if resume and out is None:
         raise ToolkitError("--resume needs --out, the directory of the interrupted run")
@@ -70,7 +73,8 @@ def train_command(
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
     with tracker("train", mlflow, tensorboard) as track:
-        result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, target=target, tracker=track)
+        result = train(data, model, config, out=out, overwrite=overwrite, resume=resume,
+                       table=TableOptions.of(target, keep, drop, sep), tracker=track)
     if result.processes > 1:
         from trainers.distributed import env_context
 

@@ -20,7 +20,7 @@ from .base import METHODS, Method, Variant, check_source, derive_model, register
 
 _EXPORTS = {
     "run": ("CompressResult", "check_request", "compress_model"),
-    "export": ("export_onnx", "onnx_parity"),
+    "export": ("export_onnx", "export_onnx_raw_rows", "onnx_parity"),
     "measure": ("measure_variant", "measure_all", "pareto_front"),
     "auto": ("choose", "plan"),
     "checks": ("Check", "method_checks"),

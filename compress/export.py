@@ -150,6 +150,66 @@ def export_onnx(model, data: DataBundle | None = None, *, exporter: str = "auto"
     return export_with_info(model, data, exporter=exporter, opset=opset)[0]
 
 
+def export_onnx_raw_rows(model: LoadedModel, data: DataBundle | None = None, *, exporter: str = "auto") -> bytes:
+    """Export a model trained on a numeric table to ONNX that takes raw rows: input "rows" (N, columns) in
+    the table's column order (dropped columns included, missing cells as NaN), the recorded preprocessing
+    (column selection, imputation, missing indicators) inside the graph, output "logits".
+
+    Raises:
+        ToolkitError: the model was not trained on a table, or the table has text columns (their encoding
+            needs strings, which this graph does not take; export the encoded model with `export_onnx`).
+    """
+    from trainers.preprocess import numeric_only
+
+    table = model.spec.preprocessing.get("table") if isinstance(model, LoadedModel) else None
+    if table is None:
+        raise ToolkitError("ONNX export of raw rows needs a model trained on a table (CSV, Parquet, DataFrame)")
+    if not numeric_only(table):
+        text = [s["column"] for s in table["steps"] if s["kind"] != "numeric"]
+        raise ToolkitError(f"columns {', '.join(text)} are text: their encoding cannot run inside the ONNX graph; "
+                           "export the encoded model (export_onnx) and encode them before it")
+    return prepend_table_steps(export_onnx(model, data, exporter=exporter), table)
+
+
+def prepend_table_steps(onnx_bytes: bytes, table: dict) -> bytes:
+    """The numeric steps of a fitted table (select, impute, indicate missing) as ONNX nodes before the model."""
+    import onnx
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    steps = table["steps"]
+    picked = np.array([table["columns"].index(s["column"]) for s in steps], dtype=np.int64)
+    fills = np.array([s["fill"] for s in steps], dtype=np.float32)
+    flagged = np.array([i for i, s in enumerate(steps) if s["indicator"]], dtype=np.int64)
+    order, k = [], len(steps)  # encoded order: each value, then its indicator
+    for i, s in enumerate(steps):
+        order.append(i)
+        if s["indicator"]:
+            order.append(k + int(np.flatnonzero(flagged == i)[0]))
+    consts = [numpy_helper.from_array(picked, "pre_columns"), numpy_helper.from_array(fills, "pre_fills"),
+              numpy_helper.from_array(flagged, "pre_flagged"),
+              numpy_helper.from_array(np.array(order, dtype=np.int64), "pre_order")]
+    nodes = [helper.make_node("Gather", ["rows", "pre_columns"], ["pre_picked"], axis=1),
+             helper.make_node("IsNaN", ["pre_picked"], ["pre_nan"]),
+             helper.make_node("Where", ["pre_nan", "pre_fills", "pre_picked"], ["pre_filled"])]
+    parts = ["pre_filled"]
+    if len(flagged):
+        nodes += [helper.make_node("Cast", ["pre_nan"], ["pre_nanf"], to=TensorProto.FLOAT),
+                  helper.make_node("Gather", ["pre_nanf", "pre_flagged"], ["pre_flags"], axis=1)]
+        parts.append("pre_flags")
+    nodes += [helper.make_node("Concat", parts, ["pre_cat"], axis=1),
+              helper.make_node("Gather", ["pre_cat", "pre_order"], ["encoded"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "table_preprocessing",
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", len(table["columns"])])],
+        [helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["batch", len(table["outputs"])])], consts)
+    pre = helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+    pre.ir_version = model.ir_version
+    merged = compose.merge_models(pre, model, io_map=[("encoded", model.graph.input[0].name)])
+    onnx.checker.check_model(merged)
+    return merged.SerializeToString()
+
+
 def _check_batch_axis(onnx_bytes: bytes, sample: torch.Tensor) -> None:
     """Run the graph at batch 1 and batch 3: a frozen batch axis fails here, not later."""
     session = ort_session(onnx_bytes)

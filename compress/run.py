@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers.artifact import LoadedModel, load_model, write_artifact
-from trainers.data import DataBundle, check_inputs, load_data
+from trainers.data import DataBundle, check_inputs
+from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError
 from trainers.options import Ratio, check_value
 
@@ -76,12 +77,14 @@ def _dtype(v: Variant) -> str:
     return v.model.spec.dtype
 
 
-def _load(model, data, target) -> tuple[LoadedModel, DataBundle]:
+def _load(model, data, target, table) -> tuple[LoadedModel, DataBundle]:
     if not isinstance(model, LoadedModel):
         model = load_model(model)
     check_source(model, "compress")
     if not isinstance(data, DataBundle):
-        data = load_data(data, target=target)
+        table = table or TableOptions()
+        data = load_for_model(data, model.spec, table=TableOptions(target or table.target, table.keep, table.drop,
+                                                                   table.sep))
     check_inputs(data.x_test, tuple(model.spec.input_shape), f"data '{data.name}'")
     if data.num_classes != model.spec.num_classes:
         raise ToolkitError(f"data '{data.name}' has {data.num_classes} classes, the model predicts {model.spec.num_classes}")
@@ -131,7 +134,7 @@ def check_request(methods, family: str | None, max_drop, options: dict | None = 
 
 def compress_model(model, data, *, methods=None, max_drop: float = CompressOptions.max_drop, out=None,
                    overwrite: bool = False, options: dict | None = None, ratio: float | None = CompressOptions.ratio,
-                   target: str | None = None, progress=None, tracker=None) -> CompressResult:
+                   target: str | None = None, table=None, progress=None, tracker=None) -> CompressResult:
     """Compress a trained artifact into measured variants and choose one.
 
     `methods`, `max_drop`, `ratio` and `options` are the fields of `CompressOptions`, whose defaults apply.
@@ -144,6 +147,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         out: run directory; with it, variants/<name>/ artifacts, config.json, env.json and result.json are written.
         options: per-method options, e.g. {"prune-structured": {"finetune_epochs": 5}, "auto": {"distill_epochs": 0}}.
         ratio: pruning ratio for the prune methods (and auto's structured pruning).
+        target, table: label column and `TableOptions` of a table; by default those recorded at training.
         progress: callable taking a message (e.g. print to stderr).
         tracker: records the request, each variant's measurements and the chosen variant
             (`trainers.tracking.open_tracker`).
@@ -152,7 +156,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
     methods = list(methods or CompressOptions().methods)
     options = dict(options or {})
     max_drop, ratio = check_request(methods, None, max_drop, options, ratio)
-    model, data = _load(model, data, target)
+    model, data = _load(model, data, target, table)
     check_request(methods, model.spec.family, max_drop, options, ratio)
 
     run = None

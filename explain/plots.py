@@ -32,14 +32,30 @@ def element_names(spec) -> list[str]:
     return [f"r{r}c{c}" for r in range(shape[1]) for c in range(shape[2])]
 
 
-def global_importance(spec, values: np.ndarray) -> dict[str, float]:
-    """Mean |attribution| per feature (tabular), per time step (signals) or per pixel (images), over channels."""
+def global_importance(spec, values: np.ndarray, grouped: bool = True) -> dict[str, float]:
+    """Mean |attribution| per feature (tabular), per time step (signals) or per pixel (images), over channels.
+
+    For a model trained on a table, `grouped` gives the user's columns: the attributions of a column's
+    encoded inputs (one-hot levels, missing indicator) are summed per sample first, then averaged in size.
+    """
+    table = (getattr(spec, "preprocessing", None) or {}).get("table")
+    if grouped and table and spec.layout == "features":
+        return _grouped(table["groups"], element_names(spec), values.reshape(len(values), -1))
     a = np.abs(values)
     if a.ndim == 3:          # (N, C, L): sum over channels
         a = a.sum(1)
     elif a.ndim == 4:        # (N, C, H, W)
         a = a.sum(1).reshape(len(a), -1)
     return {name: float(v) for name, v in zip(element_names(spec), a.mean(0))}
+
+
+def _grouped(groups: dict[str, str], names: list[str], values: np.ndarray) -> dict[str, float]:
+    columns = list(dict.fromkeys(groups.get(n, n) for n in names))
+    out = {}
+    for column in columns:
+        index = [i for i, n in enumerate(names) if groups.get(n, n) == column]
+        out[column] = float(np.abs(values[:, index].sum(1)).mean())
+    return out
 
 
 def _label(text) -> str:

@@ -63,7 +63,7 @@ def check_samples(samples) -> int:
 
 def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), samples: int = ExplainOptions.samples,
                   out=None, overwrite: bool = False, seed: int = ExplainOptions.seed, progress=None,
-                  tracker=None) -> ExplainResult:
+                  table=None, tracker=None) -> ExplainResult:
     """Explain `model` on `samples` test samples with `methods`, assess the explanations, and compare variants.
 
     `methods`, `samples` and `seed` are the fields of `ExplainOptions`, whose defaults apply.
@@ -75,12 +75,14 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         compare: compressed variants (paths or `LoadedModel`s) to compare with the original.
         samples: number of test samples to explain (at least 1).
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
+        table: `trainers.tables.TableOptions` for a table; by default the target and columns recorded at training.
         tracker: records the request, each method's quality figures and drift (`trainers.tracking.open_tracker`).
 
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
     """
-    from trainers import DataBundle, RunDir, accuracy, environment, load_data
+    from trainers import RunDir, accuracy, environment
+    from trainers.tables import load_for_model
 
     start = time.perf_counter()
     say = progress or (lambda message: None)
@@ -100,7 +102,7 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         for method in methods:
             resolve(method, variant)
         variants.append((name, variant))
-    bundle = data if isinstance(data, DataBundle) else load_data(data, seed=seed)
+    bundle = load_for_model(data, original.spec, table=table, seed=seed)
     if list(bundle.input_shape) != list(original.spec.input_shape):
         raise ToolkitError(f"data inputs {tuple(bundle.input_shape)} do not match the model's "
                            f"{tuple(original.spec.input_shape)}")
@@ -160,7 +162,7 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
                      "layout": spec.layout, "input_shape": list(spec.input_shape), "data": bundle.summary(),
                      "samples": int(len(idx)), "seed": seed, "methods": methods,
                      "runtimes": {"original": spec.runtime, **{n: v.spec.runtime for n, v in variants}},
-                     "runs": [], "global_importance": {}, "quality": {}, "drift": {"rows": [], "flags": []},
+                     "runs": [], "global_importance": {}, "global_importance_encoded": None, "quality": {}, "drift": {"rows": [], "flags": []},
                      "flags": [], "figures": {}}
     attributions: dict = {}
 
@@ -174,6 +176,10 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
         attr = original_attr(method)
         summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr.method)})
         summary["global_importance"][method] = plots.global_importance(spec, attr.values)
+        if spec.preprocessing.get("table"):  # the view of the encoded inputs stays available
+            encoded = summary["global_importance_encoded"] or {}
+            encoded[method] = plots.global_importance(spec, attr.values, grouped=False)
+            summary["global_importance_encoded"] = encoded
         say(f"explain: quality of {method}")
         quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background)
         summary["quality"][method] = quality

@@ -49,12 +49,16 @@ class PipelineConfig:
     """Everything `run_pipeline` takes besides the data and the model family.
 
     Attributes:
-        target: label column of a CSV file (default: the last column).
+        target: label column of a table (default: the last column).
+        keep, drop: columns to keep although ID-like or constant, columns to drop; sep: the CSV separator.
     """
 
     __pydantic_config__ = FORBID_EXTRA
 
     target: Str | None = None
+    keep: list[Str] = field(default_factory=list)
+    drop: list[Str] = field(default_factory=list)
+    sep: Str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     compress: CompressOptions = field(default_factory=CompressOptions)
     explain: ExplainOptions = field(default_factory=ExplainOptions)

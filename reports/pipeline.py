@@ -73,12 +73,14 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
     """
     from trainers import load_data
     from trainers.models import check_model_size
+    from trainers.tables import TableOptions
     from trainers.tracking import open_tracker
 
     say = progress or _to_stderr
     cfg = resolve_config(config, overrides)
     _preflight(cfg, family)
-    bundle = load_data(data, target=cfg.target, seed=cfg.train.seed)  # bad data: nothing written
+    table = TableOptions(cfg.target, tuple(cfg.keep), tuple(cfg.drop), cfg.sep)
+    bundle = load_data(data, seed=cfg.train.seed, table=table)  # bad data: nothing written
     check_model_size(family, cfg.train.model, bundle.input_shape, bundle.num_classes)  # allocates nothing
     tracker = open_tracker(cfg.tracking, "pipeline")
     tracker.log_params({"data": str(data), "family": family, **_tracked_options(cfg)})  # a bad URI: nothing written

@@ -128,11 +128,23 @@ def training(run: Run) -> dict | None:
         "size_bytes": number(run.model_metrics.get("size_bytes")),  # metrics.json of the artifact
         "parameters": run.model_metrics.get("parameters"),
         "architecture": run.model_json.get("config"),
+        "columns": _columns((run.model_json.get("preprocessing") or {}).get("table")),
         "_figures": {
             "learning curves (loss and accuracy per epoch)": figures.learning_curves([e.dump() for e in result.history]),
             "confusion matrix on the test split": figures.confusion_matrix(m.test_confusion_matrix, class_names),
         },
     }
+
+
+def _columns(table: dict | None) -> dict | None:
+    """A table's target, the columns dropped (with why) and how each kept column was encoded."""
+    if not table:
+        return None
+    kinds = {"numeric": "number", "onehot": "one-hot", "ordinal": "ordinal codes"}
+    return {"target": (table.get("read") or {}).get("target"),
+            "dropped": [{"column": c, "reason": r} for c, r in table.get("dropped", {}).items()],
+            "kept": [{"column": s["column"], "encoding": kinds.get(s["kind"], s["kind"]), "levels": len(s.get("levels", [])),
+                      "missing": "median/mode + indicator" if s.get("indicator") else ""} for s in table.get("steps", [])]}
 
 
 # ---------------------------------------------------------------- compression
@@ -236,10 +248,13 @@ def explanation(run: Run) -> dict | None:
     quality = [{"method": method, "flagged": q.flagged, "verdicts": q.verdicts,
                 "scores": {k: getattr(q, k) for k in QUALITY_SCORES if getattr(q, k) is not None}}
                for method, q in result.quality.items()]
+    encoded = [{"method": m, "top": _top_inputs(v)[:10]}
+               for m, v in (getattr(result, "global_importance_encoded", None) or {}).items()]
     return {
         "methods": result.methods,
         "samples": result.samples,
         "importance": importance,
+        "importance_encoded": encoded,
         "quality": quality,
         "drift_rows": [_drift_row(r) for r in result.drift.rows],
         "runs": [r.dump() for r in result.runs],

@@ -254,6 +254,41 @@ def _bad_model(change):
 
 COMPRESS_ONE = ["--method", "int8-dynamic"]
 
+
+def _table_csv(c: Ctx, numeric_colour: bool = False) -> str:
+    """40 rows: a float feature `f` (unique), a text column `colour`, a label `t`."""
+    colours = ["1", "2", "3"] if numeric_colour else ["red", "green", "blue"]
+    rows = "".join(f"{i * 0.37:.2f},{colours[i % 3]},{i % 2}\n" for i in range(40))
+    return c.file("numbers.csv" if numeric_colour else "table.csv", "f,colour,t\n" + rows)
+
+
+def _table_model(c: Ctx) -> str:
+    train(_table_csv(c), "mlp", TrainConfig(epochs=1, model=TINY), out=c.tmp / "table-model", progress=False)
+    return str(c.tmp / "table-model")
+
+
+def _nested_parquet(c: Ctx) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = c.tmp / "d.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0], "tags": [[1, 2], [3]], "t": [0, 1]}), path)
+    return str(path)
+
+
+def _images(c: Ctx, broken: bool = False, odd_size: bool = False) -> str:
+    from PIL import Image
+
+    for k, name in enumerate(("a", "b")):
+        (c.tmp / "img" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (40 * k, 10 * i, 0)).save(c.tmp / "img" / name / f"{name}{i}.png")
+    if broken:
+        (c.tmp / "img" / "b" / "b2.png").write_bytes(b"not an image")
+    if odd_size:
+        Image.new("RGB", (9, 9)).save(c.tmp / "img" / "b" / "b2.png")
+    return str(c.tmp / "img")
+
 CASES: dict[str, dict[str, Case]] = {
     "train": {
         "empty npz": Case(lambda c: [c.file("d.npz"), "--model", "mlp"], "not a zip"),
@@ -261,7 +296,26 @@ CASES: dict[str, dict[str, Case]] = {
         "csv text in an npz": Case(lambda c: [c.file("d.npz", "a,b\n1,2\n"), "--model", "mlp"], "not a zip"),
         "binary junk in a csv": Case(lambda c: [c.file("d.csv", bytes(range(256)) * 4), "--model", "mlp"], "d.csv"),
         "empty csv": Case(lambda c: [c.file("d.csv"), "--model", "mlp"], "header"),
-        "unsupported extension": Case(lambda c: [c.file("d.parquet", "x"), "--model", "mlp"], "unsupported data file"),
+        "unsupported extension": Case(lambda c: [c.file("d.xlsx", "x"), "--model", "mlp"], "unsupported data file"),
+        "parquet that is not parquet": Case(lambda c: [c.file("d.parquet", "x"), "--model", "mlp"], "as Parquet"),
+        "parquet with a nested column": Case(lambda c: [_nested_parquet(c), "--model", "mlp"], "column 'tags'"),
+        "target column missing": Case(lambda c: [_table_csv(c), "--model", "mlp", "--target", "nope"],
+                                      "target column 'nope' not found"),
+        "target with one class": Case(lambda c: [c.file("d.csv", "a,t\n" + "".join(f"{i * 0.5},1\n" for i in range(30))),
+                                                 "--model", "mlp"], "1 classes"),
+        "target with more classes than rows/2": Case(lambda c: [_table_csv(c), "--model", "mlp", "--target", "f"],
+                                                     "classes in 40 rows"),
+        "csv with a ragged line": Case(lambda c: [c.file("d.csv", "a,b,t\n" + "1.5,2,0\n2.5,3,1\n" * 3 + "1,0\n"),
+                                                  "--model", "mlp"], "line 8 has 2 fields"),
+        "csv with a line too long": Case(lambda c: [c.file("d.csv", "a,b,t\n" + "1.5,2,0\n2.5,3,1\n" * 3 + "1,2,0,5\n"),
+                                                    "--model", "mlp"], "line 8"),
+        "nothing left after dropping ID columns": Case(
+            lambda c: [c.file("d.csv", "id,code,t\n" + "".join(f"{i},c{i},{i % 2}\n" for i in range(30))),
+                       "--model", "mlp"], "no feature columns left after dropping id, code"),
+        "--keep a column that does not exist": Case(lambda c: [_table_csv(c), "--model", "mlp", "--keep", "zz"], "'zz'"),
+        "image folder with an unreadable file": Case(lambda c: [_images(c, broken=True), "--model", "cnn"], "b2.png"),
+        "image folder with differently-sized files": Case(lambda c: [_images(c, odd_size=True), "--model", "cnn"],
+                                                          "b2.png: 9x9 pixels"),
         "data path is a directory": Case(lambda c: [(c.tmp / "d.npz").mkdir() or str(c.tmp / "d.npz"), "--model", "mlp"],
                                          "directory"),
         "x is one-dimensional": Case(lambda c: [npz(c.tmp / "d.npz", x=np.zeros(40), y=np.arange(40) % 2), "--model", "mlp"],
@@ -286,8 +340,8 @@ CASES: dict[str, dict[str, Case]] = {
                            y_test=np.arange(10) % 2), "--model", "mlp"], "x_test"),
         "too few samples": Case(lambda c: [npz(c.tmp / "d.npz", x=np.zeros((4, 4)), y=np.arange(4) % 2), "--model", "mlp"],
                                 "samples"),
-        "csv with missing values": Case(lambda c: [c.file("d.csv", "a,b,t\n" + "1,,0\n2,3,1\n" * 10), "--model", "mlp"],
-                                        "missing value"),
+        "csv with a missing label": Case(lambda c: [c.file("d.csv", "a,b,t\n" + "1.5,2,0\n2.5,3,1\n" * 10 + "1,2,\n"),
+                                                   "--model", "mlp"], "missing label in target column 't' (line 22)"),
         "--batch-size 0": Case(lambda c: ["iris", "--model", "mlp", "--batch-size", "0"], "batch_size: "),
         "--lr nan": Case(lambda c: ["iris", "--model", "mlp", "--lr", "nan"], "lr: input should be a finite number"),
         "--arch not an object": Case(lambda c: ["iris", "--model", "mlp", "--arch", "[64]"], "--arch"),
@@ -320,6 +374,9 @@ CASES: dict[str, dict[str, Case]] = {
             lambda c: [str(c.art.mlp), "--data", npz(c.tmp / "d.npz", x=np.full((60, 1, 8, 8), np.inf), y=np.arange(60) % 10)],
             "infinite"),
         "unknown method": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "zip"], "unknown compression method"),
+        "a text column that holds numbers here": Case(
+            lambda c: [_table_model(c), "--data", _table_csv(c, numeric_colour=True), *COMPRESS_ONE],
+            "column 'colour' was text at training but holds numbers here"),
         "ratio 0": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "prune-structured", "--ratio", "0"],
                         "--ratio"),
         "ratio above 1": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "prune-structured", "--ratio", "1.5"],

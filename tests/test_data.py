@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trainers.tables import TableOptions
 from trainers import BUILTIN_DATASETS, DataError, check_inputs, load_data
 
 
@@ -83,16 +84,18 @@ def test_npz_with_given_test_split(tmp_path):
 def test_csv_with_target_and_text_labels(tmp_path):
     rows = ["a,b,label,c"] + [f"{i},{i % 3}.5,{'yes' if i % 2 else 'no'},{-i}" for i in range(30)]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
-    data = load_data(str(tmp_path / "d.csv"), target="label")
+    data = load_data(str(tmp_path / "d.csv"), target="label", table=TableOptions(keep=("a", "c")))
     assert data.feature_names == ["a", "b", "c"]
     assert data.class_names == ["no", "yes"]
     assert data.input_shape == (3,)
-    with pytest.raises(DataError, match="column 'label' is not numeric"):
-        load_data(str(tmp_path / "d.csv"), target="c")  # now the text column is a feature
+    dropped = load_data(str(tmp_path / "d.csv"), target="label").table["dropped"]
+    assert dropped == {"a": "monotonic index (unique per row, increasing)", "c": "ID-like (unique per row)"}
+    with pytest.raises(DataError, match="target column 'c' has 30 classes in 30 rows"):
+        load_data(str(tmp_path / "d.csv"), target="c")
 
 
 def test_csv_default_target_is_last_column_with_integer_labels(tmp_path):
-    rows = ["x1,x2,y"] + [f"{i},{2 * i},{(i % 3) * 10}" for i in range(30)]
+    rows = ["x1,x2,y"] + [f"{i % 7},{i * 0.37:.2f},{(i % 3) * 10}" for i in range(30)]
     (tmp_path / "d.csv").write_text("\n".join(rows))
     data = load_data(str(tmp_path / "d.csv"))
     assert data.class_names == ["0", "10", "20"]
@@ -149,11 +152,10 @@ def test_npz_with_pickled_objects_is_refused_without_unpickling(tmp_path):
 
 @pytest.mark.parametrize("text,target,match", [
     ("a,b\n1,0\n2,1\n", "nope", "target column 'nope' not found"),
-    ("a,b,t\n1,x,0\n" + "1,2,1\n" * 12, None, "column 'b' is not numeric"),
-    ("a,b,t\n1,,0\n" + "1,2,1\n" * 12, None, "missing value in column 'b'"),
+    ("a,b,t\n1,2,0\n" + "1,2,1\n" * 12, None, "no feature columns left after dropping a, b"),
     ("a,b,t\n1,2\n", None, "has 2 fields"),
     ("a,b,t\n", None, "at least one data row"),
-    ("t\n1\n0\n", None, "no feature columns"),
+    ("t\n1\n0\n", None, "at least one feature column"),
 ])
 def test_bad_csv(tmp_path, text, target, match):
     (tmp_path / "d.csv").write_text(text)

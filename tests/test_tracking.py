@@ -13,7 +13,6 @@ import pytest
 
 from cli.main import main
 from reports import run_pipeline
-from trainers.errors import ToolkitError
 from trainers.tracking import NullTracker, TrackingOptions, open_tracker
 
 mlflow = pytest.importorskip("mlflow")

@@ -312,9 +312,10 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
 
     Args:
         model: a `LoadedModel` (PyTorch or ONNX Runtime) or a plain `nn.Module`.
-        x: array of shape (N, *input_shape).
+        x: array of shape (N, *input_shape); for a model trained on a table also raw rows (a DataFrame,
+            a list of dicts, or an array in the table's column order), preprocessed as at training.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = raw_rows_to_inputs(model, x)
     if isinstance(model, LoadedModel) and model.runtime == "onnxruntime":
         session = model.onnx_session()
         name = session.get_inputs()[0].name
@@ -334,6 +335,24 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
             outs.append(module(batch).float().cpu().numpy())
     module.train(was_training)
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def raw_rows_to_inputs(model, x) -> np.ndarray:
+    """The model's input array: raw table rows go through the preprocessing recorded at training."""
+    table = model.spec.preprocessing.get("table") if isinstance(model, LoadedModel) else None
+    if table is not None and _is_raw(table, x):
+        from .preprocess import as_frame, transform
+
+        return transform(table, as_frame(table, x), "raw rows")
+    return np.asarray(x, dtype=np.float32)
+
+
+def _is_raw(table: dict, x) -> bool:
+    if type(x).__name__ == "DataFrame" or (isinstance(x, (list, tuple)) and x and isinstance(x[0], dict)):
+        return True
+    shape = np.shape(x)
+    return len(shape) == 2 and shape[1] == len(table["columns"]) and (
+        shape[1] != len(table["outputs"]) or np.asarray(x).dtype.kind not in "biuf")
 
 
 def accuracy(model, x, y, batch_size: int = 1024) -> float:

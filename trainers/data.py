@@ -1,4 +1,5 @@
-"""Load data per the data contract: built-in sets, `.npz` and `.csv` files.
+"""Load data per the data contract: built-in sets, `.npz`, tables (`.csv`, `.parquet`, DataFrames, see
+`tables.py`), images (`images.py`) and arrays from Python.
 
 Every loader ends in `_finish`, which validates the arrays once, splits them
 (stratified, seeded) and computes the training-split normalisation and the
@@ -8,7 +9,6 @@ model, whose first layer applies them.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import zipfile
@@ -62,6 +62,13 @@ class DataBundle:
     fingerprint: str
     source: str = ""
     split: dict = field(default_factory=dict)
+    table: dict | None = None  # the fitted preprocessing of a table (preprocess.py), None for arrays
+
+    @classmethod
+    def from_arrays(cls, x, y, *, x_test=None, y_test=None, class_names=None, feature_names=None,
+                    name: str = "arrays", seed: int = 0) -> "DataBundle":
+        """A bundle from NumPy arrays (or anything `np.asarray` takes): x (N, ...) and integer labels y (N,)."""
+        return _finish(name, f"arrays:{name}", x, y, x_test, y_test, class_names, feature_names, seed)
 
     @property
     def num_classes(self) -> int:
@@ -83,36 +90,62 @@ class DataBundle:
         }
 
 
-def load_data(spec: str | Path, *, target: str | None = None, seed: int = 0) -> DataBundle:
-    """Load a data set from a built-in name, a `.npz` file or a `.csv` file.
+def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fitted: dict | None = None) -> DataBundle:
+    """Load a data set from a built-in name, a file, a folder of images, arrays or a DataFrame.
 
     Args:
-        spec: `digits`, `iris`, `wine`, `breast_cancer`, or a path.
-        target: label column of a CSV file (default: the last column).
+        spec: `digits`, `iris`, `wine`, `breast_cancer`; a `.npz`, `.npy`, `.csv` or `.parquet` path; a
+            folder with one sub-folder of images per class; an `(x, y)` pair of arrays; a pandas DataFrame.
+        target: label column of a table (default: the last column).
         seed: seed of the stratified train/validation/test split.
+        table: `tables.TableOptions` (target, columns to keep or drop, CSV separator); `target` overrides
+            its target.
+        fitted: a trained model's table preprocessing, applied instead of fitting one (`tables.load_for_model`).
 
     Raises:
         DataError: with a one-line message for anything unusable.
     """
+    from .tables import TableOptions, read_table, table_bundle
+
+    options = table or TableOptions()
+    if target is not None:
+        options = TableOptions(target, options.keep, options.drop, options.sep)
+    if isinstance(spec, tuple):
+        if len(spec) != 2:
+            raise DataError(f"data as a tuple must be (x, y), got {len(spec)} items")
+        return DataBundle.from_arrays(spec[0], spec[1], seed=seed)
+    if type(spec).__name__ == "DataFrame":
+        return table_bundle(spec, options, name="dataframe", source="dataframe", seed=seed, fitted=fitted)
+    if not isinstance(spec, (str, Path)):
+        raise DataError(f"cannot load data from a {type(spec).__name__}: give a name, a path, (x, y) or a DataFrame")
     text = str(spec)
     if text in BUILTIN_DATASETS:
         return _load_builtin(text, seed)
     path = Path(text)
     suffix = path.suffix.lower()
-    if suffix not in (".npz", ".csv"):
+    if path.is_dir() and suffix in (".npz", ".csv", ".parquet", ".npy"):
+        raise DataError(f"data path is a directory, expected a file: {text}")
+    if path.is_dir():
+        from .images import load_image_folder
+
+        return load_image_folder(path, seed)
+    if suffix not in (".npz", ".csv", ".parquet", ".npy"):
         if not path.exists():
             raise DataError(
                 f"unknown data '{text}': not a built-in set ({', '.join(BUILTIN_DATASETS)}) "
-                "and not an existing .npz or .csv file"
+                "and not an existing .npz, .npy, .csv or .parquet file or image folder"
             )
-        raise DataError(f"unsupported data file '{text}': expected a .npz or .csv file")
+        raise DataError(f"unsupported data file '{text}': expected a .npz, .npy, .csv or .parquet file")
     if not path.exists():
         raise DataError(f"data file not found: {text}")
-    if path.is_dir():
-        raise DataError(f"data path is a directory, expected a file: {text}")
     if suffix == ".npz":
         return _load_npz(path, seed)
-    return _load_csv(path, target, seed)
+    if suffix == ".npy":
+        from .images import load_npy_pair
+
+        return load_npy_pair(path, seed)
+    return table_bundle(lambda: read_table(path, options.sep), options, name=path.stem, source=str(path), seed=seed,
+                        fitted=fitted)
 
 
 def _load_builtin(name: str, seed: int) -> DataBundle:
@@ -208,47 +241,6 @@ def _check_npy_header(path: Path, member: zipfile.ZipInfo, handle) -> None:
                         f"{max(available, 0):,} bytes (truncated or malformed)")
 
 
-def _load_csv(path: Path, target: str | None, seed: int) -> DataBundle:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read {path} as CSV: {exc}") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise DataError(f"{path}: needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    column = target if target is not None else header[-1]
-    if column not in header:
-        raise DataError(f"{path}: target column '{column}' not found; columns are {', '.join(header)}")
-    t = header.index(column)
-    body = rows[1:]
-    for i, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {i} has {len(row)} fields, the header has {len(header)}")
-    features = [j for j in range(len(header)) if j != t]
-    if not features:
-        raise DataError(f"{path}: no feature columns besides the target '{column}'")
-    x = np.empty((len(body), len(features)), dtype=np.float32)
-    for col, j in enumerate(features):
-        for i, row in enumerate(body):
-            cell = row[j].strip()
-            if cell == "":
-                raise DataError(f"{path}: missing value in column '{header[j]}' at line {i + 2}; fill or drop it first")
-            try:
-                x[i, col] = float(cell)
-            except ValueError:
-                raise DataError(
-                    f"{path}: column '{header[j]}' is not numeric (line {i + 2}: {cell!r}); "
-                    "encode text columns as numbers or drop them"
-                ) from None
-    labels = [row[t].strip() for row in body]
-    if any(v == "" for v in labels):
-        raise DataError(f"{path}: missing label in target column '{column}'")
-    y, class_names = _encode_labels(labels)
-    return _finish(path.stem, str(path), x, y, None, None, class_names, [header[j] for j in features], seed)
-
-
 def _encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
     """CSV labels: numbers keep their numeric order ('1' and '1.0' are one class), anything else is sorted by name."""
     try:
@@ -280,7 +272,7 @@ def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
 
 
 def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(x)
+    x = np.asanyarray(x)  # a memory-mapped array stays one
     if x.dtype.kind not in "biuf":
         raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
     if x.ndim < 2 or x.ndim > 4:
@@ -289,14 +281,15 @@ def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
         )
     if 0 in x.shape:
         raise DataError(f"{what} is empty (shape {tuple(x.shape)})")
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=False)  # a float32 (or memory-mapped) array is not copied
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
         raise DataError(f"{what} contains {bad} NaN or infinite value(s)")
     return x
 
 
-def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed) -> DataBundle:
+def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed, presplit=None) -> DataBundle:
+    """Validate, split (or slice rows already in train/val/test order, `presplit` = their counts), normalise."""
     x, y = _as_inputs(x, "x"), _as_labels(y, "y")
     if len(x) != len(y):
         raise DataError(f"x has {len(x)} samples but y has {len(y)} labels")
@@ -329,7 +322,12 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     input_shape = tuple(int(d) for d in x.shape[1:])
     if feature_names is not None and (len(input_shape) != 1 or len(feature_names) != input_shape[0]):
         raise DataError(f"{len(feature_names)} feature names for samples of shape {input_shape}")
-    splits, split_info = _split(x, y, x_test, y_test, seed)
+    if presplit is not None:  # views, no copy of a large table
+        a, b = presplit[0], presplit[0] + presplit[1]
+        splits = (x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:])
+        split_info = _split_info(seed, False)
+    else:
+        splits, split_info = _split(x, y, x_test, y_test, seed)
     mean, std = _normalisation(splits[0], len(input_shape))
     return DataBundle(
         name=name, source=source,
@@ -339,6 +337,13 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         input_shape=input_shape, layout=LAYOUTS[len(input_shape)],
         mean=mean, std=std, fingerprint=_fingerprint(x, y, x_test, y_test), split=split_info,
     )
+
+
+def split_indices(y: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Row indices of the train, validation and test splits `_finish` makes of labels `y` with this seed."""
+    rows = np.arange(len(y)).reshape(-1, 1)
+    splits = _split(rows, y, None, None, seed)[0]
+    return [splits[0].reshape(-1), splits[2].reshape(-1), splits[4].reshape(-1)]
 
 
 def _split(x, y, x_test, y_test, seed):
@@ -360,9 +365,12 @@ def _split(x, y, x_test, y_test, seed):
     else:
         x_rest, y_rest, given = x, y, True
     x_train, x_val, y_train, y_val = split(x_rest, y_rest, VAL_FRACTION)
-    info = {"seed": seed, "test_given": given, "test_fraction": None if given else TEST_FRACTION,
+    return (x_train, y_train, x_val, y_val, x_test, y_test), _split_info(seed, given)
+
+
+def _split_info(seed: int, given: bool) -> dict:
+    return {"seed": seed, "test_given": given, "test_fraction": None if given else TEST_FRACTION,
             "val_fraction": VAL_FRACTION, "stratified": True}
-    return (x_train, y_train, x_val, y_val, x_test, y_test), info
 
 
 def _normalisation(x_train: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -372,7 +380,7 @@ def _normalisation(x_train: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarr
     model would compute NaN or a constant. A constant feature gets std 1 (it is centred, not scaled).
     """
     if rank == 1:
-        mean, std = x_train.mean(axis=0, dtype=np.float64), x_train.std(axis=0, dtype=np.float64)
+        mean, std = _feature_stats(x_train)
     else:
         axes = tuple(i for i in range(x_train.ndim) if i != 1)
         shape = (-1,) + (1,) * (rank - 1)
@@ -385,6 +393,19 @@ def _normalisation(x_train: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarr
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def _feature_stats(x: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std in float64, a block of rows at a time (x.std would copy all of x)."""
+    total = np.zeros(x.shape[1]) if len(x) else np.zeros(x.shape[1:])
+    squares = np.zeros_like(total)
+    for start in range(0, len(x), rows):
+        block = x[start:start + rows].astype(np.float64)
+        total += block.sum(0)
+        squares += np.square(block).sum(0)
+    n = max(len(x), 1)
+    mean = total / n
+    return mean, np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+
+
 def _fingerprint(*arrays) -> str:
     digest = hashlib.sha256()
     for a in arrays:
@@ -393,7 +414,7 @@ def _fingerprint(*arrays) -> str:
             continue
         a = np.ascontiguousarray(a)
         digest.update(str((a.shape, a.dtype.str)).encode())
-        digest.update(a.tobytes())
+        digest.update(memoryview(a.reshape(-1)).cast("B"))  # no bytes copy of a large array
     return digest.hexdigest()
 
 

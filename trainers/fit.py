@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataBundle, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
-from .loop import LoopOptions, amp_dtype, autocast, evaluate, split_tensors, training_loop
+from .loop import LoopOptions, amp_dtype, autocast, evaluate, rows, split_tensors, training_loop
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
 from .rundir import RunDir
@@ -118,7 +118,7 @@ def seed_everything(seed: int) -> None:
 
 def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
           overwrite: bool = False, resume: bool = False, progress: bool | None = None,
-          target: str | None = None, tracker: Tracker | None = None) -> TrainResult:
+          target: str | None = None, table=None, tracker: Tracker | None = None) -> TrainResult:
     """Train a classifier of `family` on `data`; write an artifact to `out` if given.
 
     Args:
@@ -128,6 +128,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         out: run directory; the artifact and `result.json` are committed there at the end.
         resume: continue an interrupted run in `out` from its last checkpoint.
         progress: show a progress bar on stderr (default: when stderr is a terminal).
+        target, table: the label column and `tables.TableOptions` of a table file (see `load_data`).
         tracker: records the options, every epoch's metrics and the result (`trainers.tracking.open_tracker`).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; `batch_size` stays the
@@ -142,7 +143,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
     try:
         distributed.per_rank_batch(config.batch_size, ctx)
         if not isinstance(data, DataBundle):
-            data = load_data(data, target=target, seed=config.seed)
+            data = load_data(data, target=target, seed=config.seed, table=table)
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
@@ -151,7 +152,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         with (run or contextlib.nullcontext()):
             if run is not None:
                 run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
-                                               "target": target, "processes": ctx.world_size, **asdict(config)})
+                                               "target": data.table["read"]["target"] if data.table else target, "processes": ctx.world_size, **asdict(config)})
                 run.write_json("env.json", environment())
             tracker.log_params({"family": family, "data": data.name, "processes": ctx.world_size, **asdict(config)})
             result = _fit(module, spec, data, config, device, run, progress, ctx, resume_from, tracker)
@@ -176,7 +177,8 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
         family=family, config=config_dict(arch), input_shape=list(data.input_shape), layout=data.layout,
         class_names=data.class_names, feature_names=data.feature_names,
         preprocessing={"kind": "standardize", "axis": "feature" if data.layout == "features" else "channel",
-                       "mean": data.mean.tolist(), "std": data.std.tolist()},
+                       "mean": data.mean.tolist(), "std": data.std.tolist(),
+                       **({"table": data.table} if data.table else {})},
         training=asdict(config), data=data.summary(), versions=_package_versions(),
     )
 
@@ -234,8 +236,9 @@ def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
     for split in ("train", "val", "test"):
         loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
-    with torch.inference_mode(), autocast(tensors["x_test"].device, amp_dtype):
-        predicted = module(tensors["x_test"]).argmax(1).cpu().numpy()
+    device = tensors["y_test"].device
+    with torch.inference_mode(), autocast(device, amp_dtype):
+        predicted = module(rows(tensors["x_test"], slice(None), device)).argmax(1).cpu().numpy()
     truth = tensors["y_test"].cpu().numpy()
     k = len(class_names)
     # scikit-learn's confusion_matrix and precision_recall_fscore_support(zero_division=0), without their overhead.

@@ -9,7 +9,8 @@ and two small hooks, `loss(logits, batch)` (knowledge distillation) and `transfo
 Randomness is seeded per epoch from `options.seed` (the shuffle, dropout, whatever a transform draws),
 so a resumed run continues exactly like an uninterrupted one, and two runs that differ only in their
 loss consume the same random numbers. The data are tensors already on the training device (moved
-once), batches are index slices. On CUDA the forward pass may run under autocast (bf16 where
+once), batches are index slices; an input array that stays a NumPy array (memory-mapped, larger than
+memory) is read batch by batch instead (`rows`). On CUDA the forward pass may run under autocast (bf16 where
 supported, else fp16 with a gradient scaler). Under torchrun every process runs the loop
 (DistributedDataParallel, sharded batches, metrics summed over ranks): see `distributed.py`.
 """
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,7 +119,7 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
         raise ToolkitError(f"schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}")
     if options.select not in SELECTIONS:
         raise ToolkitError(f"select must be one of {', '.join(SELECTIONS)}, got {options.select!r}")
-    device = tensors["x_train"].device
+    device = tensors["y_train"].device
     amp = amp_dtype(device, options.amp)
     model = distributed.wrap(module, ctx, device)  # DDP with several processes, else `module` itself
     state = _start(model, module, tensors, options, amp, ctx)
@@ -194,19 +196,22 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
     """One pass over this rank's shard of the training split; the mean loss and accuracy over all ranks."""
     model.train()
     x, y = tensors["x_train"], tensors["y_train"]
+    device = y.device
     # Seeded per epoch, so a resumed run shuffles and drops out exactly as an uninterrupted one; the
     # shuffle is shared by all ranks (each takes its shard), dropout differs per rank.
-    order = distributed.epoch_indices(len(y), options.seed * 100_003, epoch, ctx).to(x.device)
+    order = distributed.epoch_indices(len(y), options.seed * 100_003, epoch, ctx).to(device)
     torch.manual_seed(options.seed * 100_003 + epoch + 1_000_003 * ctx.rank)
     batch_size = distributed.per_rank_batch(options.batch_size, ctx)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
-        batch = Batch(x[index], y[index])
+        if not isinstance(x, torch.Tensor):
+            index = index.sort().values  # the same batch, read from the file front to back
+        batch = Batch(rows(x, index, device), y[index])
         if transform is not None:
             batch = transform(batch)
-        with autocast(x.device, amp):
+        with autocast(device, amp):
             logits = model(batch.x)
             value = loss(logits, batch)
         state.optimizer.zero_grad(set_to_none=True)
@@ -219,8 +224,17 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
         loss_sum += value.detach() * n
         correct += (logits[:n].argmax(1) == batch.y).sum()
     # One device-to-host sync (and one all-reduce) per epoch, not per batch.
-    total_loss, total_correct, count = distributed.all_sum([loss_sum.item(), correct.item(), len(order)], ctx, x.device)
+    total_loss, total_correct, count = distributed.all_sum([loss_sum.item(), correct.item(), len(order)], ctx, device)
     return total_loss / count, total_correct / count
+
+
+def rows(x, index, device: torch.device) -> torch.Tensor:
+    """Rows `index` (or a slice) of a tensor, or of a NumPy array (memory-mapped) read into a tensor on `device`."""
+    if isinstance(x, torch.Tensor):
+        return x[index]
+    if isinstance(index, torch.Tensor):
+        index = index.cpu().numpy()
+    return torch.from_numpy(np.ascontiguousarray(x[index], dtype=np.float32)).to(device)
 
 
 def _cross_entropy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -249,8 +263,8 @@ def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None
     module.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with autocast(x.device, amp_dtype):
+        xb, yb = rows(x, slice(start, start + batch_size), y.device), y[start:start + batch_size]
+        with autocast(y.device, amp_dtype):
             logits = module(xb).float()
         loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
@@ -259,10 +273,12 @@ def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None
 
 
 def split_tensors(data, device: torch.device, splits=("train", "val", "test")) -> dict[str, torch.Tensor]:
-    """The splits of a `DataBundle` as tensors on `device`, moved once (small data sets fit easily)."""
+    """The splits of a `DataBundle` as tensors on `device`, moved once (small data sets fit easily); a
+    memory-mapped input array stays one, read batch by batch by the loop."""
     out = {}
     for split in splits:
-        out[f"x_{split}"] = torch.from_numpy(getattr(data, f"x_{split}")).to(device)
+        x = getattr(data, f"x_{split}")
+        out[f"x_{split}"] = x if isinstance(x, np.memmap) else torch.from_numpy(x).to(device)
         out[f"y_{split}"] = torch.from_numpy(getattr(data, f"y_{split}")).to(device)
     return out
 

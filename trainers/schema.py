@@ -278,7 +278,7 @@ class Drift(Record):
     flags: list[str]
 
 
-class ExplainResultFile(Record):
+class ExplainResultFileV1(Record):
     schema_version: Literal[1] = 1
     stage: Literal["explain"] = "explain"
     model: str
@@ -297,6 +297,15 @@ class ExplainResultFile(Record):
     flags: list[str]
     figures: dict[str, str]  # caption -> path relative to the run directory
     seconds: float
+
+
+class ExplainResultFile(ExplainResultFileV1):
+    """Version 2: `global_importance` of a model trained on a table names the user's columns (a text column's
+    one-hot inputs and a missing indicator summed per sample); `global_importance_encoded` keeps the view
+    of the model's encoded inputs (None for models not trained on a table)."""
+
+    schema_version: Literal[2] = 2
+    global_importance_encoded: dict[str, dict[str, float | None]] | None = None
 
 
 # ---------------------------------------------------------------- pipeline
@@ -328,12 +337,12 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = TrainResultFile | CompressResultFile | ExplainResultFile | PipelineFile
+ResultFile = TrainResultFile | CompressResultFile | ExplainResultFileV1 | ExplainResultFile | PipelineFile
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
     "compress": {1: CompressResultFile},
-    "explain": {1: ExplainResultFile},
+    "explain": {1: ExplainResultFileV1, 2: ExplainResultFile},
     "pipeline": {1: PipelineFile},
 }
 

@@ -1,0 +1,100 @@
+"""Images and large arrays: a folder of images (one sub-folder per class) and `.npy` files.
+
+An image folder is read with Pillow and scaled to [0, 1]; its images must share one size, or are all
+resized to `size` x `size` when one is given (the `TOOLKIT_IMAGE_SIZE` environment variable for the CLI). A `.npy` file `NAME.npy` (inputs) comes with its labels
+in `NAME.labels.npy`; the inputs are memory-mapped and never read whole into memory: the splits are
+contiguous row ranges of the file (test: the last 20%, validation: the 15% before), so the rows must be
+saved in random order, and the training loop reads them batch by batch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_size() -> int | None:
+    raw = os.environ.get("TOOLKIT_IMAGE_SIZE")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 4 <= int(raw) <= 1024:
+        raise DataError(f"TOOLKIT_IMAGE_SIZE must be a whole number of pixels from 4 to 1024, got {raw!r}")
+    return int(raw)
+
+
+def load_image_folder(path: Path, seed: int, size: int | None = None):
+    """A DataBundle from `path/<class>/<image>`: RGB (or grey when every image is grey), resized if `size`."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .data import _finish
+
+    size = size or image_size()
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{path}: an image folder needs one sub-folder per class, at least two; found {len(classes)}")
+    files, labels = [], []
+    for k, name in enumerate(classes):
+        found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [k] * len(found)
+    if not files:
+        raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the class folders")
+    images, modes, first_size = [], set(), None
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.load()
+                first_size = first_size or image.size
+                if size is None and image.size != first_size:
+                    raise DataError(f"{file}: {image.size[0]}x{image.size[1]} pixels, {files[0].name} has "
+                                    f"{first_size[0]}x{first_size[1]}; resize them all with TOOLKIT_IMAGE_SIZE=N")
+                modes.add("L" if image.mode in ("L", "1", "I;16") else "RGB")
+                rgb = image.convert("RGB")
+                images.append(rgb.resize((size, size), Image.BILINEAR) if size else rgb)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"{file}: unreadable image ({type(exc).__name__}); remove or replace it") from None
+    grey = modes == {"L"}
+    x = np.stack([np.asarray(im.convert("L") if grey else im, dtype=np.float32) / 255.0 for im in images])
+    x = x[:, None] if grey else x.transpose(0, 3, 1, 2)
+    bundle = _finish(path.name, str(path), np.ascontiguousarray(x), np.asarray(labels), None, None, classes, None, seed)
+    bundle.split["image_size"] = list(x.shape[2:])
+    return bundle
+
+
+def load_npy_pair(path: Path, seed: int):
+    """Inputs `NAME.npy` (memory-mapped) and labels `NAME.labels.npy`; neither is unpickled."""
+    from .data import _finish
+
+    labels_path = path.with_name(path.stem + ".labels.npy")
+    if not labels_path.is_file():
+        raise DataError(f"{path}: labels not found; put them in {labels_path.name} next to it")
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+        y = np.load(labels_path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot read without unpickling or malformed ({exc}); refused") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path} as a .npy file: {exc}") from None
+    from .data import TEST_FRACTION, VAL_FRACTION
+
+    n = len(x)
+    n_test = int(round(n * TEST_FRACTION))
+    n_val = int(round((n - n_test) * VAL_FRACTION))
+    counts = [n - n_test - n_val, n_val, n_test]
+    y = np.asarray(y)
+    if y.ndim == 1 and len(y) == n and y.dtype.kind in "iu" and n >= 10:
+        seen = set(np.unique(y[:counts[0]]).tolist())
+        for name, part in (("validation", y[counts[0]:n - n_test]), ("test", y[n - n_test:])):
+            found = set(np.unique(part).tolist())
+            if not found <= seen or (len(found) == 1 and len(seen) > 1):
+                raise DataError(f"{path}: the {name} rows (a contiguous range at the end) hold other classes than the "
+                                "training rows: the rows look ordered by class; save them shuffled")
+    bundle = _finish(path.stem, str(path), x, y, None, None, None, None, seed, presplit=counts)
+    bundle.split.update(stratified=False, contiguous=True)
+    return bundle

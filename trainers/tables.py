@@ -1,0 +1,216 @@
+"""Tables as people have them: CSV (any usual separator, BOM, quoted fields, CRLF, missing-value tokens),
+Parquet, and pandas DataFrames.
+
+`read_table` returns a DataFrame with typed columns: a CSV is read in chunks, numeric columns as
+float32, so the frame holds about the data's own size.
+`table_bundle` picks the target, drops the columns a model should not see, fits the preprocessing
+(`preprocess.py`) on the training split and hands the encoded matrix to `data._finish`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .preprocess import drop_reasons, fit_table, transform
+
+MISSING_TOKENS = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?", ""]
+SEPARATORS = ",;\t|"
+CHUNK_ROWS = 32_768  # the parser holds a chunk as text and float64: keep it small against the frame
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """How to read a table: the label column, columns to keep or drop, the CSV separator."""
+
+    target: str | None = None
+    keep: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+    sep: str | None = None
+
+    @classmethod
+    def of(cls, target=None, keep=None, drop=None, sep=None) -> "TableOptions":
+        """From the CLI's options (None for an option not given)."""
+        return cls(target, tuple(keep or ()), tuple(drop or ()), sep)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "keep": list(self.keep), "drop": list(self.drop), "sep": self.sep}
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> "TableOptions":
+        raw = raw or {}
+        return cls(raw.get("target"), tuple(raw.get("keep") or ()), tuple(raw.get("drop") or ()), raw.get("sep"))
+
+    def merged(self, given: "TableOptions") -> "TableOptions":
+        """These (recorded) options, overridden by what a user gave now."""
+        return TableOptions(given.target or self.target, given.keep or self.keep, given.drop or self.drop,
+                            given.sep or self.sep)
+
+
+def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
+    """Read a `.csv` or `.parquet` file into a DataFrame with typed columns."""
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(path)
+    sep = sep or _sniff(path)
+    _check_ragged(path, sep)
+    try:
+        chunks = pd.read_csv(path, sep=sep, encoding="utf-8-sig", na_values=MISSING_TOKENS, keep_default_na=True,
+                             skipinitialspace=True, chunksize=CHUNK_ROWS, low_memory=False)
+        frame = pd.concat([_compact(c) for c in chunks], ignore_index=True, copy=False)
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: {str(exc).splitlines()[-1].replace('C error: ', '')}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; it needs a header row and data rows") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path} as CSV: {exc}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _compact(chunk: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as float32 (half the bytes of pandas' float64), text stripped of surrounding spaces."""
+    for name in chunk.columns:
+        column = chunk[name]
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            if not (pd.api.types.is_integer_dtype(column) and column.abs().max() > 2**24):
+                chunk[name] = column.astype(np.float32)
+        elif column.dtype == object:
+            chunk[name] = column.str.strip() if hasattr(column, "str") else column
+    return chunk
+
+
+def _sniff(path: Path) -> str:
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            sample = handle.read(1 << 16)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path} as CSV: {exc}") from None
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _check_ragged(path: Path, sep: str) -> None:
+    """A line with fewer fields than the header would be filled with missing values silently: refuse it."""
+    if path.stat().st_size > 64 << 20:  # pandas still refuses lines with too many fields
+        return
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=sep)
+        width = None
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if width is None:
+                width = len(row)
+            elif len(row) != width:
+                raise DataError(f"{path}: line {reader.line_num} has {len(row)} fields, the header has {width} "
+                                f"(separator {sep!r}; force another with --sep)")
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read {path} as Parquet: {exc}") from None
+    for field in table.schema:
+        if pa.types.is_nested(field.type):
+            raise DataError(f"{path}: column '{field.name}' has nested type {field.type}; "
+                            "flatten it to plain columns first")
+    return table.to_pandas()
+
+
+def _label_text(labels: pd.Series) -> list[str]:
+    """Labels as text; whole numbers read as floats (1.0) are written as integers (1)."""
+    if pd.api.types.is_numeric_dtype(labels):
+        values = labels.to_numpy(dtype=np.float64)
+        if np.all(values == np.round(values)):
+            return [str(int(v)) for v in values]
+    return [str(v).strip() for v in labels.tolist()]
+
+
+def load_for_model(data, spec, *, table: TableOptions | None = None, seed: int = 0):
+    """`load_data` for a trained model: its recorded target, columns and fitted preprocessing reused.
+
+    Args:
+        data: what `load_data` takes.
+        spec: the model's `ModelSpec`; a model trained on a table recorded how the table was read.
+        table: options a user gave now; they override the recorded ones.
+    """
+    from .data import DataBundle, load_data
+
+    if isinstance(data, DataBundle):
+        return data
+    fitted = spec.preprocessing.get("table")
+    given = table or TableOptions()
+    if fitted is None:
+        return load_data(data, seed=seed, table=given)
+    options = TableOptions.from_dict(fitted.get("read")).merged(given)
+    return load_data(data, seed=seed, table=options, fitted=fitted)
+
+
+def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: int, fitted: dict | None = None):
+    """A DataBundle from a raw table: target, dropped columns, preprocessing fitted on the training split
+    (or the `fitted` preprocessing of a trained model, applied as it is).
+
+    `frame` is a DataFrame, or a function that reads one: then the frame is freed once encoded, and the
+    encoded rows are written in split order, so the splits are views (peak: the frame plus the matrix).
+    """
+    from . import data
+
+    if callable(frame):
+        frame = frame()
+    else:
+        frame = frame.copy(deep=False)  # the target is popped below; the user's frame stays as it is
+    where = source or "table"
+    if len(frame) == 0:
+        raise DataError(f"{where}: needs a header row and at least one data row")
+    if frame.shape[1] < 2:
+        raise DataError(f"{where}: needs a label column and at least one feature column, found "
+                        f"{frame.shape[1]} column(s) (wrong separator? force it with --sep)")
+    target = options.target if options.target is not None else str(frame.columns[-1])
+    if target not in frame.columns:
+        raise DataError(f"{where}: target column '{target}' not found; columns are {', '.join(map(str, frame.columns))}")
+    for col in (*options.keep, *options.drop):
+        if col not in frame.columns or col == target:
+            raise DataError(f"{where}: column '{col}' given to --keep/--drop is not a feature column")
+    labels = frame.pop(target)
+    if labels.isna().any():
+        line = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 2
+        raise DataError(f"{where}: missing label in target column '{target}' (line {line}); drop those rows")
+    y, class_names = data._encode_labels(_label_text(labels))
+    if len(class_names) < 2 or len(class_names) > len(y) / 2:
+        raise DataError(f"{where}: target column '{target}' has {len(class_names)} classes in {len(y)} rows; "
+                        "a classifier needs 2 or more classes and at most rows/2 (wrong --target?)")
+    features = frame
+    del frame, labels
+    split = data.split_indices(y, seed)
+    order = np.concatenate(split)
+    if fitted is not None:
+        x = transform(fitted, features, where, order)
+        del features
+        bundle = data._finish(name, source, x, y[order], None, None, class_names, fitted["outputs"], seed,
+                              presplit=[len(s) for s in split])
+        bundle.table = fitted
+        return bundle
+    dropped = {k: v for k, v in drop_reasons(features, y).items() if k not in options.keep}
+    dropped.update({c: "dropped with --drop" for c in options.drop})
+    if len(dropped) == features.shape[1]:
+        raise DataError(f"{where}: no feature columns left after dropping {', '.join(map(str, dropped))} "
+                        "(ID-like or constant); keep one with --keep COL")
+    table = fit_table(features, split[0], dropped)
+    x = transform(table, features, where, order)
+    del features
+    table["read"] = {**options.to_dict(), "target": target}
+    bundle = data._finish(name, source, x, y[order], None, None, class_names, table["outputs"], seed,
+                          presplit=[len(s) for s in split])
+    bundle.table = table
+    return bundle
