@@ -260,7 +260,7 @@ def test_refusals_and_bad_input(artifacts, digits, tmp_path):
         explain.attribute(model, digits.x_test[:2], None, "nope")
     with pytest.raises(ToolkitError, match="cannot handle a mlp model"):
         explain.explain_model(model, digits, methods=["layer_gradcam"], out=tmp_path / "a")
-    with pytest.raises(ToolkitError, match="at least 1"):
+    with pytest.raises(ToolkitError, match="--samples: input should be greater than or equal to 1"):
         explain.explain_model(model, digits, samples=0, out=tmp_path / "b")
     with pytest.raises(ToolkitError, match="input shape"):
         check_comparable(model, load_model(artifacts["iris"]))
@@ -299,7 +299,7 @@ def test_cli_explain_writes_run_dir_and_json(artifacts, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--method", "nope"], "unknown explain method"),
     (["--method", "layer_gradcam"], "cannot handle a mlp model"),
-    (["--samples", "0"], "at least 1"),
+    (["--samples", "0"], "greater than or equal to 1"),
     (["--compare", "IRIS"], "input shape"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_nothing_written(artifacts, tmp_path, capsys, args, message):
