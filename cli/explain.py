@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import emit_json, explanation_methods, handle_errors, info, with_help_from
+from .common import console_progress, emit_json, handle_errors, info
+from .help import explanation_methods, with_help_from
 
 
 @handle_errors
@@ -35,8 +36,9 @@ def explain_command(
     variants = [load_model(p) for p in compare or ()]
     out = out or default_run_dir("explain", model.spec.family)
     given = {"methods": method or None, "samples": samples, "seed": seed}
-    result = explain_model(model, data, **{key: value for key, value in given.items() if value is not None},
-                           compare=variants, out=out, overwrite=overwrite, progress=info)
+    with console_progress() as progress:
+        result = explain_model(model, data, **{key: value for key, value in given.items() if value is not None},
+                               compare=variants, out=out, overwrite=overwrite, progress=progress)
     summary = result.to_dict()
     for name, q in summary["quality"].items():
         info(f"{name}: " + "; ".join(q["verdicts"]))

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (compression_methods, emit_json, explanation_methods, handle_errors, info, model_families,
-                     parse_json_option, with_help_from)
+from .common import console_progress, emit_json, handle_errors, info, parse_json_option
+from .help import compression_methods, explanation_methods, model_families, with_help_from
 
 # The config key each override option sets (its help starts with that key).
 KEYS = {"target": "target", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
@@ -58,7 +58,9 @@ def pipeline_command(
              "explain_method": explain_method or None, "samples": samples}
     overrides = {KEYS[name]: value for name, value in given.items() if value is not None}
     try:
-        result = run_pipeline(data, model, config, overrides=overrides, out=out, overwrite=overwrite, progress=info)
+        with console_progress() as progress:
+            result = run_pipeline(data, model, config, overrides=overrides, out=out, overwrite=overwrite,
+                                  progress=progress)
     except StageFailed as failed:
         typer.echo(f"error: {failed}", err=True)
         if failed.report is not None:

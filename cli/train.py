@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import emit_json, handle_errors, info, model_families, parse_json_option, with_help_from
+from .common import console_progress, emit_json, handle_errors, info, parse_json_option
+from .help import model_families, with_help_from
 
 GROUP = "Several GPUs or machines"
 
@@ -63,7 +64,9 @@ def train_command(
                                          resume=resume, json_output=as_json))
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
-    result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, target=target)
+    with console_progress() as progress:
+        result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, target=target,
+                       progress=progress)
     if result.processes > 1:
         from trainers.distributed import env_context
 

@@ -66,7 +66,8 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
         overrides: dotted keys that win over `config`, e.g. {"train.epochs": 3}.
         out: the run directory (default runs/<time>-pipeline-<family>).
         overwrite: replace an existing run directory (once the new one is complete).
-        progress: callable taking one line of progress (default: print on stderr).
+        progress: callable taking one line of progress or a `trainers.progress.ProgressEvent` (default: print
+            on stderr).
 
     Raises:
         ToolkitError: bad input found before anything ran (nothing is written).
@@ -83,7 +84,7 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
     status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [],
               "seconds": None, "report": cfg.report.out}
     results: dict = {}  # stage name -> its result, handed to the next stages
-    steps = {"train": lambda: _train(bundle, family, cfg, run),
+    steps = {"train": lambda: _train(bundle, family, cfg, run, say),
              "compress": lambda: _compress(results["train"], bundle, cfg, run, say),
              "explain": lambda: _explain(results["train"], results["compress"], bundle, cfg, run, say)}
     with run:  # an interrupt or a crash outside the stages leaves nothing behind
@@ -161,10 +162,10 @@ def _described(exc: Exception) -> tuple[str, int]:
     return f"{type(exc).__name__}: {message}", 1
 
 
-def _train(bundle, family: str, cfg: PipelineConfig, run):
+def _train(bundle, family: str, cfg: PipelineConfig, run, say):
     from trainers import load_model, train
 
-    result = train(bundle, family, cfg.train, out=run.path / "train")
+    result = train(bundle, family, cfg.train, out=run.path / "train", progress=_indented(say))
     # Later stages take the saved artifact (CPU, as a user would load it). The paths they record (lineage,
     # result.json) name where it lives once the run directory is committed.
     result.model = load_model(result.out)
@@ -192,7 +193,10 @@ def _explain(trained, compressed, bundle, cfg: PipelineConfig, run, say):
 
 
 def _indented(say):
-    return lambda message: say(f"      {message}")
+    """Plain lines indented under their stage; progress events passed on as they are (a renderer may draw bars)."""
+    from trainers.progress import ProgressEvent
+
+    return lambda message: say(message if isinstance(message, ProgressEvent) else f"      {message}")
 
 
 def _write_status(directory: Path, status: dict) -> None:

@@ -24,7 +24,7 @@ TEST_FRACTION = 0.2
 VAL_FRACTION = 0.15
 
 
-@dataclass
+@dataclass(repr=False)
 class DataBundle:
     """Train/validation/test splits plus everything a model needs to know about them.
 
@@ -58,6 +58,13 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def __repr__(self) -> str:
+        from .display import short_repr
+
+        return short_repr("DataBundle", name=self.name, input_shape=tuple(self.input_shape), layout=self.layout,
+                          num_classes=self.num_classes, n_train=len(self.y_train), n_val=len(self.y_val),
+                          n_test=len(self.y_test))
 
     def summary(self) -> dict:
         """Plain-data description, as recorded in model.json and result.json."""
