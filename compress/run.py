@@ -18,6 +18,7 @@ from trainers.options import Ratio, check_value
 from trainers.progress import reporter
 
 from .auto import baseline_variant, build_candidates, choose, plan
+from .export import with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig, measure_all
@@ -250,7 +251,8 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
         m = v.measurements
         metrics = {"test_accuracy": m.get("accuracy"), "latency_ms": m.get("latency_ms"), "parity": m.get("parity"),
                    "recipe": v.recipe}
-        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=v.onnx_bytes)
+        onnx_bytes = with_metadata(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
+        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes)
         result.paths[v.name] = rel
     run.write_json("result.json", result.to_dict())
     result.out = run.commit()

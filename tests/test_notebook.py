@@ -1,4 +1,4 @@
-"""Used from a notebook: the user's matplotlib state is left alone, results show short reprs, HTML, figures and tables."""
+"""Used from a notebook: the user's matplotlib state is left alone; results show short reprs, HTML, figures, tables."""
 
 from __future__ import annotations
 

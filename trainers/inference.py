@@ -33,7 +33,8 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
             if (run / "variants" / variant / "model.json").is_file():
                 return run / "variants" / variant
         names = sorted(p.name for run in runs for p in (run / "variants").glob("*") if (p / "model.json").is_file())
-        raise ToolkitError(f"no variant '{variant}' under {path}" + (f"; variants: {', '.join(names)}" if names else ""))
+        listed = f"; variants: {', '.join(names)}" if names else ""
+        raise ToolkitError(f"no variant '{variant}' under {path}{listed}")
     for run in runs:
         chosen = (read_json(run / "result.json", "result.json").get("chosen") or {}).get("path") \
             if (run / "result.json").is_file() else None
