@@ -1,4 +1,4 @@
-"""What every command shares: error handling, JSON output, messages on stderr, help filled from the registries."""
+"""What every command shares: error handling, JSON output on stdout, messages and progress on stderr."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import json
 import os
 import sys
 import warnings
-from typing import Callable
 
 import typer
-from typer.core import TyperCommand
 
 from trainers.errors import ToolkitError, describe
 
@@ -60,8 +58,19 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+QUIET = {"on": False}  # set by `toolkit --quiet`, read by `info` and `console_progress`
+
+
 def info(message: str) -> None:
-    typer.echo(message, err=True)
+    if not QUIET["on"]:
+        typer.echo(message, err=True)
+
+
+def console_progress():
+    """The stages' progress on stderr: rich bars with an ETA on a terminal, plain lines when piped (`--quiet`: none)."""
+    from trainers.progress import ConsoleProgress
+
+    return ConsoleProgress(quiet=QUIET["on"])
 
 
 def emit_json(obj) -> None:
@@ -79,49 +88,3 @@ def parse_json_option(text: str | None, option: str) -> dict:
     if not isinstance(value, dict):
         raise ToolkitError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [64]}}'")
     return value
-
-
-def with_help_from(choices: dict[str, Callable[[], list]] | None = None,
-                   defaults: Callable[[], dict] | None = None) -> type[TyperCommand]:
-    """A command class whose `--help` lists each option's registered names and library default.
-
-    `choices` maps an option's parameter name to a function returning the names (a registry's list);
-    `defaults` returns parameter name -> default (an options dataclass's fields). Both run only when
-    that command's own help is rendered: `toolkit --help` and parsing import no registry, hence no torch.
-    """
-
-    class HelpFromLibrary(TyperCommand):
-        def format_help(self, ctx, formatter):
-            given = defaults() if defaults else {}
-            for param in self.params:
-                if not hasattr(param, "base_help"):  # help rendered twice in one process must not grow
-                    param.base_help = param.help or ""
-                base, extra = param.base_help, []
-                if param.name in (choices or {}):
-                    extra.append(f"Choices: {', '.join(map(str, choices[param.name]()))}.")
-                default = given.get(param.name)
-                if default not in (None, {}, []):
-                    shown = ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-                    extra.append(f"Default: {shown}.")
-                param.help = " ".join([base, *extra]).strip() or None
-            return super().format_help(ctx, formatter)
-
-    return HelpFromLibrary
-
-
-def model_families() -> list[str]:
-    from trainers import list_models
-
-    return list_models()
-
-
-def compression_methods() -> list[str]:
-    from compress import list_methods
-
-    return list_methods()
-
-
-def explanation_methods() -> list[str]:
-    from explain import list_methods
-
-    return list_methods()

@@ -7,8 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DROP, KEEP, SEP, TARGET, compression_methods, emit_json, handle_errors, info, parse_json_option,
-                     with_help_from)
+from .common import DROP, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info, parse_json_option
+from .help import compression_methods, with_help_from
+from .render import print_table, variants_table
 from .tracking import MLFLOW, TENSORBOARD, tracker
 
 
@@ -42,33 +43,17 @@ def compress_command(
     out = out or default_run_dir("compress", model.spec.family)
     given = {"methods": method or None, "max_drop": max_drop, "ratio": ratio,
              "options": parse_json_option(options, "--options") if options is not None else None}
-    with tracker("compress", mlflow, tensorboard) as track:
+    with tracker("compress", mlflow, tensorboard) as track, console_progress() as progress:
         result = compress_model(model, data, **{key: value for key, value in given.items() if value is not None},
                                 out=out, overwrite=overwrite, table=TableOptions.of(target, keep, drop, sep),
-                                progress=info, tracker=track)
+                                progress=progress, tracker=track)
     summary = result.to_dict()
-    info(format_table(summary))
+    print_table(variants_table(summary))
     info(f"chosen: {summary['chosen']['name']}: {summary['chosen']['reason']}")
     if as_json:
         emit_json(summary)
     else:
         typer.echo(str(result.out))
-
-
-def format_table(summary: dict) -> str:
-    """The variants as a plain-text table (for humans, on stderr)."""
-    header = ("variant", "runtime", "acc", "drop", "size KB", "smaller", "b256/t1 ms", "faster", "b1/t1 ms", "flags")
-    rows = [header]
-    for v in summary["variants"]:
-        flags = [f for f, on in (("chosen", v["name"] == summary["chosen"]["name"]), ("pareto", v["pareto"]),
-                                 ("SLOWER", v["slower_than_fp32"]), ("over-budget", not v["within_budget"]),
-                                 ("FLIPS", v.get("flips"))) if on]
-        lat = v["latency_ms"]
-        rows.append((v["name"], v["runtime"], f"{v['accuracy']:.4f}", f"{v['accuracy_drop']:+.2f}",
-                     f"{v['size_bytes'] / 1024:.1f}", f"{v['size_ratio']:.2f}x", f"{lat['b256_t1']['p50']:.3f}",
-                     f"{v['speedup']['b256_t1']:.2f}x", f"{lat['b1_t1']['p50']:.3f}", " ".join(flags)))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def _defaults() -> dict:

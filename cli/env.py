@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .common import emit_json, handle_errors
+from .help import Command
 
 
 @handle_errors
@@ -25,4 +26,4 @@ def env_command(as_json: bool = typer.Option(False, "--json", help="Print as JSO
 
 
 def register(app: typer.Typer) -> None:
-    app.command("env")(env_command)
+    app.command("env", cls=Command)(env_command)

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import DROP, KEEP, SEP, TARGET, emit_json, explanation_methods, handle_errors, info, with_help_from
+from .common import DROP, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info
+from .help import explanation_methods, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker
 
 
@@ -41,9 +42,9 @@ def explain_command(
     variants = [load_model(p) for p in compare or ()]
     out = out or default_run_dir("explain", model.spec.family)
     given = {"methods": method or None, "samples": samples, "seed": seed}
-    with tracker("explain", mlflow, tensorboard) as track:
+    with tracker("explain", mlflow, tensorboard) as track, console_progress() as progress:
         result = explain_model(model, data, **{key: value for key, value in given.items() if value is not None},
-                               compare=variants, out=out, overwrite=overwrite, progress=info, tracker=track,
+                               compare=variants, out=out, overwrite=overwrite, progress=progress, tracker=track,
                                table=TableOptions.of(target, keep, drop, sep))
     summary = result.to_dict()
     for name, q in summary["quality"].items():

@@ -18,17 +18,36 @@ from .guard import check_own_packages
 
 check_own_packages()  # before the commands import the stages: a same-named folder must not give a traceback
 
-from . import compress, env, explain, pipeline, report, train  # noqa: E402
+from . import common, compress, env, explain, pipeline, predict, report, train  # noqa: E402
+from .help import Group  # noqa: E402
 
 app = typer.Typer(
     name="toolkit",
     help="Train, compress, explain and report on small neural network classifiers.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    cls=Group,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (train, compress, explain, report, pipeline, env):
+
+
+def _version(value: bool) -> None:
+    if value:
+        from trainers.env import toolkit_version
+
+        typer.echo(f"toolkit {toolkit_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr (errors still)."),
+):
+    """Train, compress, explain and report on small neural network classifiers."""
+    common.QUIET["on"] = quiet
+for command in (train, compress, explain, report, pipeline, predict, env):
     command.register(app)
 
 

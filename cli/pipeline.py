@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (compression_methods, emit_json, explanation_methods, handle_errors, info, model_families,
-                     parse_json_option, with_help_from)
+from .common import console_progress, emit_json, handle_errors, info, parse_json_option
+from .help import compression_methods, explanation_methods, model_families, with_help_from
 from .tracking import MLFLOW, TENSORBOARD
 
 # The config key each override option sets (its help starts with that key).
@@ -67,7 +67,9 @@ def pipeline_command(
              "explain_method": explain_method or None, "samples": samples, "mlflow": mlflow, "tensorboard": tensorboard}
     overrides = {KEYS[name]: value for name, value in given.items() if value is not None}
     try:
-        result = run_pipeline(data, model, config, overrides=overrides, out=out, overwrite=overwrite, progress=info)
+        with console_progress() as progress:
+            result = run_pipeline(data, model, config, overrides=overrides, out=out, overwrite=overwrite,
+                                  progress=progress)
     except StageFailed as failed:  # one line: the stage, the cause, the report of what finished
         if os.environ.get("TOOLKIT_DEBUG"):
             traceback.print_exception(failed.__cause__)

@@ -7,13 +7,16 @@ from typing import Optional
 
 import typer
 
-from .common import handle_errors, info
+from .common import emit_json, handle_errors, info
+from .help import Command
 
 
 @handle_errors
 def report_command(
     run_dir: Path = typer.Argument(..., help="A run directory: one stage's output, or a pipeline's (train/, compress/, explain/)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN_DIR/report.html)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the paths written (report, its numbers, model card) "
+                                                       "as JSON on stdout."),
 ):
     """Render everything a run wrote into one HTML file (plus report.json and MODEL_CARD.md).
 
@@ -23,8 +26,13 @@ def report_command(
 
     path = render_report(run_dir, out)  # a ReportError is a ToolkitError: one line, exit code 2
     info(f"report written: {path} ({path.stat().st_size / 1024:.0f} KiB)")
-    typer.echo(str(path))
+    if as_json:
+        numbers = path.with_name(path.stem + ".json") if path.suffix == ".html" else path.with_name(path.name + ".json")
+        emit_json({"report": str(path), "numbers": str(numbers), "model_card": str(Path(run_dir) / "MODEL_CARD.md"),
+                   "bytes": path.stat().st_size})
+    else:
+        typer.echo(str(path))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(report_command)
+    app.command("report", cls=Command)(report_command)

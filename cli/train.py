@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DROP, KEEP, SEP, TARGET, emit_json, handle_errors, info, model_families, parse_json_option,
-                     with_help_from)
+from .common import DROP, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info, parse_json_option
+from .help import model_families, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker, tracking_args
 
 GROUP = "Several GPUs or machines"
@@ -72,9 +72,9 @@ def train_command(
                                          extra_args=tracking_args(mlflow, tensorboard)))
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
-    with tracker("train", mlflow, tensorboard) as track:
+    with tracker("train", mlflow, tensorboard) as track, console_progress() as progress:
         result = train(data, model, config, out=out, overwrite=overwrite, resume=resume,
-                       table=TableOptions.of(target, keep, drop, sep), tracker=track)
+                       table=TableOptions.of(target, keep, drop, sep), tracker=track, progress=progress)
     if result.processes > 1:
         from trainers.distributed import env_context
 

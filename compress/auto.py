@@ -21,6 +21,7 @@ from trainers.artifact import LoadedModel, ModelSpec
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 from trainers.options import Float, NonNegativeInt, PositiveFloat, Ratio
+from trainers.progress import ProgressEvent, reporter
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
 from .measure import DECISIVE, LatencyConfig, measure_all
@@ -65,14 +66,16 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None)
     """Run every planned step through the registry; returns (variants, skipped)."""
     family = model.spec.family
     variants, skipped = [], []
+    report = reporter(progress, "compress", len(steps) + sum(len(children) for _, _, children in steps))
+    done = [0]
 
     def run(name: str, source: LoadedModel, options: dict) -> list[Variant]:
         method = get_method(name)
         if not method.supports(source.spec.family):
             skipped.append({"method": name, "reason": f"'{name}' does not handle {source.spec.family} models"})
             return []
-        if progress:
-            progress(f"auto: {name} {options or ''}".rstrip())
+        done[0] += 1
+        report(done[0], f"auto: {name} {options or ''}".rstrip())
         try:
             return method.func(source, data, **options)
         except ToolkitError as exc:
@@ -127,7 +130,7 @@ def baseline_variant(model: LoadedModel) -> Variant:
 def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
          prune_ratios: tuple[Ratio, ...] = (0.3, 0.5), finetune_epochs: NonNegativeInt = 10,
          distill_epochs: NonNegativeInt = 30, unstructured_ratio: OptionalRatio = 0.9,
-         latency_budget_s: PositiveFloat = 0.25, progress: Callable[[str], object] | None = None) -> list[Variant]:
+         latency_budget_s: PositiveFloat = 0.25, progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
     """Try the candidates that fit the family, measure them, pick the fastest within --max-drop.
 
     Options:

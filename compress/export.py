@@ -274,3 +274,25 @@ def onnx_fp32(model: LoadedModel, data: DataBundle, exporter: Exporter = "auto")
         notes.append(f"default exporter failed ({info.fallback_reason}); used the legacy one")
     return [Variant(name="onnx-fp32", model=variant_model, recipe=recipe, onnx_bytes=onnx_bytes,
                     measurements={"parity": parity}, notes=notes)]
+
+
+def with_metadata(onnx_bytes: bytes, spec) -> bytes:
+    """The ONNX model with `metadata_props` a deployment needs: class and feature names, input shape and layout,
+    preprocessing (JSON), the recipe that made it and the toolkit version. Values are strings (the ONNX rule)."""
+    import json
+
+    import onnx
+
+    from trainers.env import toolkit_version
+
+    proto = onnx.load_from_string(onnx_bytes)
+    props = {"toolkit.version": toolkit_version(), "family": spec.family, "class_names": json.dumps(spec.class_names),
+             "feature_names": json.dumps(spec.feature_names), "input_shape": json.dumps(list(spec.input_shape)),
+             "layout": spec.layout, "preprocessing": json.dumps(spec.preprocessing),
+             "recipe": json.dumps((spec.lineage or {}).get("recipe"))}
+    kept = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()

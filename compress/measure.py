@@ -187,10 +187,12 @@ def pareto_front(variants: list[Variant]) -> list[Variant]:
 def measure_all(variants: list[Variant], baseline: Variant, data, max_drop: float,
                 config: LatencyConfig | None = None, progress=None) -> None:
     """Measure the baseline and every variant, then fill ratios, flags and the Pareto mark."""
+    from trainers.progress import reporter
+
     config = config or LatencyConfig()
-    for v in [baseline, *variants]:
-        if progress:
-            progress(f"measuring {v.name}")
+    report = reporter(progress, "measure", len(variants) + 1)
+    for step, v in enumerate([baseline, *variants], 1):
+        report(step, v.name)
         measure_variant(v, data, config)
     for v in [baseline, *variants]:
         compare_to_baseline(v, baseline, max_drop)

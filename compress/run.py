@@ -16,8 +16,10 @@ from trainers.data import DataBundle, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError
 from trainers.options import Ratio, check_value
+from trainers.progress import reporter
 
 from .auto import baseline_variant, build_candidates, choose, plan
+from .export import with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig, measure_all
@@ -26,7 +28,7 @@ ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters
             "slower_than_fp32", "flips", "within_budget", "pareto")
 
 
-@dataclass
+@dataclass(repr=False)
 class CompressResult:
     """What the compress stage returns (and writes as result.json)."""
 
@@ -56,6 +58,33 @@ class CompressResult:
             runtime=m.get("runtime"), dtype=_dtype(v), **{k: m.get(k) for k in ROW_KEYS},
             parity=m.get("parity"), twin_agreement=m.get("twin_agreement"),
             agreement_check=m.get("agreement_check"), notes=list(v.notes))
+
+    def __repr__(self) -> str:
+        from trainers.display import short_repr
+
+        return short_repr("CompressResult", family=self.family, methods=self.methods, variants=len(self.variants),
+                          chosen=self.chosen.name, max_drop=self.max_drop, out=str(self.out) if self.out else None)
+
+    def to_frame(self):
+        """The variants as a pandas DataFrame: one row per variant, the original first (len(variants) + 1 rows);
+        columns `compress.views.COLUMNS` (name, method, runtime, dtype, accuracy, accuracy_drop, size_bytes,
+        size_ratio, parameters, latency_b1_ms, latency_b256_ms, speedup_b1, speedup_b256, slower_than_fp32,
+        within_budget, pareto, chosen)."""
+        from . import views
+
+        return views.to_frame(self.to_dict())
+
+    @property
+    def figures(self) -> dict:
+        """{caption: matplotlib Figure}: accuracy against latency and nominal against on-disk size."""
+        from . import views
+
+        return views.figures(self.to_dict())
+
+    def _repr_html_(self) -> str:
+        from . import views
+
+        return views.html(repr(self), self.to_dict())
 
     def to_dict(self) -> dict:
         """The `result.json` object, built through its schema (trainers.schema.CompressResultFile)."""
@@ -148,7 +177,8 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         options: per-method options, e.g. {"prune-structured": {"finetune_epochs": 5}, "auto": {"distill_epochs": 0}}.
         ratio: pruning ratio for the prune methods (and auto's structured pruning).
         target, table: label column and `TableOptions` of a table; by default those recorded at training.
-        progress: callable taking a message (e.g. print to stderr).
+        progress: a callback receiving `trainers.progress.ProgressEvent`s: each method (each auto candidate)
+            and each variant measured.
         tracker: records the request, each variant's measurements and the chosen variant
             (`trainers.tracking.open_tracker`).
     """
@@ -194,15 +224,15 @@ def _track(tracker, result: CompressResult, request: dict) -> None:
 def _compress(model, data, methods, max_drop, options, ratio, progress) -> CompressResult:
     variants: list[Variant] = []
     skipped: list[dict] = []
-    for name in methods:
+    report = reporter(progress, "compress", len(methods))
+    for step, name in enumerate(methods, 1):
         if name == "auto":  # its candidates are measured below, with the other methods' variants
             steps = plan(model.spec.family, **_method_options(name, options, ratio))
             made, missed = build_candidates(model, data, steps, progress)
             variants += made
             skipped += missed
         else:
-            if progress:
-                progress(f"{name}")
+            report(step, name)
             variants += get_method(name, model.spec.family).func(model, data, **_method_options(name, options, ratio))
     variants = _unique(variants)
     baseline = baseline_variant(model)
@@ -242,7 +272,8 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
         m = v.measurements
         metrics = {"test_accuracy": m.get("accuracy"), "latency_ms": m.get("latency_ms"), "parity": m.get("parity"),
                    "recipe": v.recipe}
-        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=v.onnx_bytes)
+        onnx_bytes = with_metadata(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
+        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes)
         result.paths[v.name] = rel
     run.write_json("result.json", result.to_dict())
     result.out = run.commit()

@@ -1,4 +1,4 @@
-"""Views of attributions as PNG files (matplotlib, Agg backend), one kind per data layout.
+"""Views of attributions as `matplotlib.figure.Figure` objects (saved as PNG files by `views`), one kind per layout.
 
 - features: global importance bars and a per-sample beeswarm (colour = feature value);
 - image: heat-map overlays for a few samples per class;
@@ -11,14 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+from trainers.figures import new_figure
 
 
 def element_names(spec) -> list[str]:
@@ -63,30 +56,30 @@ def _label(text) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _save(fig, path: Path) -> str:
+def save(fig, path: Path) -> str:
+    """Write `fig` as a PNG file; returns the file name. Figures made here belong to no pyplot state."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    _plt().close(fig)
     return path.name
 
 
-def importance_bars(importance: dict[str, float], title: str, path: Path, top: int = 20) -> str:
-    plt = _plt()
+def importance_bars(importance: dict[str, float], title: str, top: int = 20):
     items = sorted(importance.items(), key=lambda kv: -kv[1])[:top][::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.25 * len(items) + 1.2))
+    fig = new_figure((6, 0.25 * len(items) + 1.2))
+    ax = fig.subplots()
     ax.barh([_label(k) for k, _ in items], [v for _, v in items], color="#4c72b0")
     ax.set_xlabel("mean |attribution|")
     ax.set_title(title)
-    return _save(fig, path)
+    return fig
 
 
-def beeswarm(spec, x: np.ndarray, values: np.ndarray, title: str, path: Path, top: int = 15) -> str:
+def beeswarm(spec, x: np.ndarray, values: np.ndarray, title: str, top: int = 15):
     """Per-sample attributions of the most important features, coloured by the feature's value."""
-    plt = _plt()
     flat_a, flat_x = values.reshape(len(values), -1), x.reshape(len(x), -1)
     names = element_names(spec) if len(spec.input_shape) == 1 else [f"x{i}" for i in range(flat_a.shape[1])]
     order = np.argsort(-np.abs(flat_a).mean(0))[:top][::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1.2))
+    fig = new_figure((6, 0.3 * len(order) + 1.2))
+    ax = fig.subplots()
     rng = np.random.default_rng(0)
     for row, j in enumerate(order):
         v = flat_x[:, j]
@@ -96,19 +89,19 @@ def beeswarm(spec, x: np.ndarray, values: np.ndarray, title: str, path: Path, to
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel("attribution (colour: feature value, blue low, red high)")
     ax.set_title(title)
-    return _save(fig, path)
+    return fig
 
 
-def image_overlays(x: np.ndarray, values: np.ndarray, labels: np.ndarray, class_names, title: str, path: Path,
-                   per_class: int = 1, max_classes: int = 10) -> str:
+def image_overlays(x: np.ndarray, values: np.ndarray, labels: np.ndarray, class_names, title: str,
+                   per_class: int = 1, max_classes: int = 10):
     """Each chosen sample in grey with its attribution (summed over channels) as a red/blue overlay."""
-    plt = _plt()
     picks = []
     for c in np.unique(labels)[:max_classes]:
         picks += list(np.flatnonzero(labels == c)[:per_class])
     cols = min(5, len(picks))
     rows = int(np.ceil(len(picks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.1 * rows), squeeze=False)
+    fig = new_figure((2 * cols, 2.1 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), picks):
@@ -119,15 +112,15 @@ def image_overlays(x: np.ndarray, values: np.ndarray, labels: np.ndarray, class_
         ax.imshow(heat, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.6)
         ax.set_title(_label(class_names[labels[i]]), fontsize=9)
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
-def over_time(values: np.ndarray, title: str, path: Path, samples: int = 5) -> str:
+def over_time(values: np.ndarray, title: str, samples: int = 5):
     """Mean |attribution| per time step (channels summed), with a few samples' signed curves."""
-    plt = _plt()
     a = values if values.ndim == 3 else values[:, None, :]
     signed = a.sum(1)
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = new_figure((7, 3))
+    ax = fig.subplots()
     for s in signed[:samples]:
         ax.plot(s, lw=0.8, alpha=0.5)
     ax.plot(np.abs(a).sum(1).mean(0), color="black", lw=2, label="mean |attribution|")
@@ -135,13 +128,13 @@ def over_time(values: np.ndarray, title: str, path: Path, samples: int = 5) -> s
     ax.set_ylabel("attribution")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title)
-    return _save(fig, path)
+    return fig
 
 
-def drift_chart(rows: list[dict], path: Path) -> str:
+def drift_chart(rows: list[dict]):
     """Top-k overlap of each variant (95% interval) against the noise and randomisation floors."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(rows) + 1.5))
+    fig = new_figure((6, 0.5 * len(rows) + 1.5))
+    ax = fig.subplots()
     labels = [_label(f"{r['variant']} / {r['ran']}") for r in rows]
     y = np.arange(len(rows))
     mid = np.array([r["topk_overlap"] for r in rows])
@@ -156,25 +149,25 @@ def drift_chart(rows: list[dict], path: Path) -> str:
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("top-k overlap with the original")
     ax.legend(fontsize=7, loc="lower left")
-    return _save(fig, path)
+    return fig
 
 
 def views(spec, x: np.ndarray, labels: np.ndarray, values: np.ndarray, method: str, directory: Path) -> dict[str, str]:
-    """The figures for one method's attributions: {caption: 'figures/<file>.png'}."""
+    """The figures for one method's attributions, saved in `directory`: {caption: 'figures/<file>.png'}."""
     out = {}
     imp = global_importance(spec, values)
-    out[f"global importance ({method})"] = importance_bars(imp, f"global importance: {method}",
-                                                           directory / f"importance_{method}.png")
+    out[f"global importance ({method})"] = save(importance_bars(imp, f"global importance: {method}"),
+                                                directory / f"importance_{method}.png")
     if spec.layout == "image" and len(spec.input_shape) == 3:
-        out[f"attribution overlays ({method})"] = image_overlays(x, values, labels, spec.class_names,
-                                                                 f"{method} (red: for the class)",
-                                                                 directory / f"overlays_{method}.png")
+        out[f"attribution overlays ({method})"] = save(
+            image_overlays(x, values, labels, spec.class_names, f"{method} (red: for the class)"),
+            directory / f"overlays_{method}.png")
     elif len(spec.input_shape) == 2 or spec.family == "lstm":
-        out[f"attribution over time ({method})"] = over_time(values.reshape(len(values), *spec.input_shape)
-                                                             if len(spec.input_shape) == 2 else values.reshape(len(values), -1),
-                                                             f"{method}: attribution over time steps",
-                                                             directory / f"time_{method}.png")
+        steps = values.reshape(len(values), *spec.input_shape) if len(spec.input_shape) == 2 else \
+            values.reshape(len(values), -1)
+        out[f"attribution over time ({method})"] = save(over_time(steps, f"{method}: attribution over time steps"),
+                                                        directory / f"time_{method}.png")
     if len(spec.input_shape) == 1:
-        out[f"per-sample attributions ({method})"] = beeswarm(spec, x, values, f"per-sample {method}",
-                                                              directory / f"beeswarm_{method}.png")
+        out[f"per-sample attributions ({method})"] = save(beeswarm(spec, x, values, f"per-sample {method}"),
+                                                          directory / f"beeswarm_{method}.png")
     return {k: f"figures/{v}" for k, v in out.items()}

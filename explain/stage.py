@@ -10,6 +10,7 @@ import numpy as np
 
 from trainers.errors import ToolkitError
 from trainers.options import check_value
+from trainers.progress import reporter
 from trainers.schema import ExplainResultFile
 
 from .methods import resolve
@@ -20,13 +21,41 @@ QUALITY_SAMPLES = 16      # sanity check and noise floor re-run the method on th
 BACKGROUND_SAMPLES = 32   # training samples for the methods that declare needs_background
 
 
-@dataclass
+@dataclass(repr=False)
 class ExplainResult:
     """What `explain_model` returns; `summary` is what it writes as `result.json` (trainers.schema.ExplainResultFile)."""
 
     summary: dict
     attributions: dict = field(default_factory=dict)   # {(model name, method): Attribution}
     out: Path | None = None
+
+    def __repr__(self) -> str:
+        from trainers.display import short_repr
+
+        s = self.summary
+        return short_repr("ExplainResult", family=s.get("family"), methods=s.get("methods"), samples=s.get("samples"),
+                          compared=len(s.get("runtimes", {})) - 1, flags=len(s.get("flags", [])),
+                          out=str(self.out) if self.out else None)
+
+    def to_frame(self, table: str = "importance"):
+        """A table as a pandas DataFrame. `importance`: one row per input element (feature, time step or pixel),
+        columns `element` and one per method; `drift`: one row per (variant, method), columns
+        `explain.views.DRIFT_COLUMNS`."""
+        from . import views
+
+        return views.to_frame(self.summary, table)
+
+    @property
+    def figures(self) -> dict:
+        """{caption: matplotlib Figure}: global importance per method and, with variants, the drift chart."""
+        from . import views
+
+        return views.figures(self.summary)
+
+    def _repr_html_(self) -> str:
+        from . import views
+
+        return views.html(repr(self), self.summary)
 
     def to_dict(self) -> dict:
         return self.summary
@@ -77,6 +106,7 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
         table: `trainers.tables.TableOptions` for a table; by default the target and columns recorded at training.
         tracker: records the request, each method's quality figures and drift (`trainers.tracking.open_tracker`).
+        progress: a callback receiving a `trainers.progress.ProgressEvent` per method on each model.
 
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
@@ -85,7 +115,6 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     from trainers.tables import load_for_model
 
     start = time.perf_counter()
-    say = progress or (lambda message: None)
     check_samples(samples)
     original = _load(model, "original")
     family = original.spec.family
@@ -111,7 +140,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
                            f"the model predicts {original.spec.num_classes}")
     run = RunDir(out, overwrite=overwrite) if out is not None else None
     try:
-        result = _run(original, variants, bundle, methods, int(samples), seed, say, run, accuracy)
+        report = reporter(progress, "explain", len(methods) * (1 + len(variants)))
+        result = _run(original, variants, bundle, methods, int(samples), seed, report, run, accuracy)
         result.summary = ExplainResultFile.model_validate(
             {**result.summary, "seconds": round(time.perf_counter() - start, 2)}).dump()
         if run is not None:
@@ -146,7 +176,7 @@ def _describe(model) -> str:
     return model.source if hasattr(model, "source") else str(model)
 
 
-def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy) -> ExplainResult:
+def _run(original, variants, bundle, methods, samples, seed, report, run, accuracy) -> ExplainResult:
     from . import plots
     from .compare import drift_row
     from .methods import attribute
@@ -168,11 +198,13 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
 
     def original_attr(method):
         if ("original", method) not in attributions:
-            say(f"explain: {method} on the original ({len(x)} samples)")
             attributions[("original", method)] = attribute(original, x, None, method, background=background, seed=seed)
         return attributions[("original", method)]
 
+    step = 0
     for method in methods:
+        step += 1
+        report(step, f"{method} on the original ({len(x)} samples, with quality checks)")
         attr = original_attr(method)
         summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr.method)})
         summary["global_importance"][method] = plots.global_importance(spec, attr.values)
@@ -180,7 +212,6 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
             encoded = summary["global_importance_encoded"] or {}
             encoded[method] = plots.global_importance(spec, attr.values, grouped=False)
             summary["global_importance_encoded"] = encoded
-        say(f"explain: quality of {method}")
         quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background)
         summary["quality"][method] = quality
         if quality["flagged"]:
@@ -192,7 +223,8 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
     for name, variant in variants:
         acc = accuracy(variant, bundle.x_test, bundle.y_test)
         for method in methods:
-            say(f"explain: {method} on {name}")
+            step += 1
+            report(step, f"{method} on {name}")
             var_attr = attribute(variant, x, attributions[("original", method)].targets, method, background=background,
                                  seed=seed)
             summary["runs"].append({"model": name, **var_attr.summary(), "baseline": _baseline_name(var_attr.method)})
@@ -208,8 +240,8 @@ def _run(original, variants, bundle, methods, samples, seed, say, run, accuracy)
                 summary["drift"]["flags"].append(f"{name} ({row['ran']}): {row['verdict']}")
     summary["flags"] += summary["drift"]["flags"]
     if fig_dir is not None and summary["drift"]["rows"]:
-        summary["figures"]["drift: top-k overlap vs floors"] = "figures/" + plots.drift_chart(summary["drift"]["rows"],
-                                                                                           fig_dir / "drift.png")
+        summary["figures"]["drift: top-k overlap vs floors"] = "figures/" + plots.save(
+            plots.drift_chart(summary["drift"]["rows"]), fig_dir / "drift.png")
     return ExplainResult(_clean(summary), attributions)
 
 

@@ -111,14 +111,50 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     return sections
 
 
+TASKS = {"features": "tabular-classification", "image": "image-classification"}
+
+
+def front_matter(run, training: dict | None, compression: dict | None) -> dict:
+    """The Hugging Face model-card metadata (YAML front matter): license, datasets, metrics and a model-index
+    entry per measured accuracy. The license is "unknown" until the model's owner sets one."""
+    model, data = run.model_json, run.data
+    name = str(data.name) if data else "unknown"
+    family = str(run.family or model.get("family") or "model")
+    task = TASKS.get(str(data.layout) if data else "", "other")
+    results = []
+    scores = {s["split"]: s["accuracy"] for s in (training or {}).get("scores", [])
+              if number(s.get("accuracy")) is not None}
+    metrics = [{"type": "accuracy", "value": round(float(scores[split]), 6), "name": f"{split} accuracy"}
+               for split in ("test",) if split in scores]
+    chosen = next((v for v in (compression or {}).get("variants", []) if v.get("chosen")), None)
+    if chosen and number(chosen.get("accuracy")) is not None:
+        metrics.append({"type": "accuracy", "value": round(float(chosen["accuracy"]), 6),
+                        "name": f"test accuracy of the {chosen['name']} variant"})
+    if metrics:
+        results.append({"task": {"type": task}, "dataset": {"name": name, "type": name, "split": "test"},
+                        "metrics": metrics})
+    onnx = ["onnx"] if chosen and chosen.get("runtime") == "onnxruntime" else []
+    return {"license": "unknown", "library_name": "pytorch", "tags": ["toolkit", family, task, *onnx],
+            "datasets": [name], "metrics": ["accuracy"], "pipeline_tag": task if task != "other" else None,
+            "model-index": [{"name": f"{name}-{family}", "results": results}]}
+
+
+def _yaml_block(metadata: dict) -> list[str]:
+    import yaml
+
+    clean = {k: v for k, v in metadata.items() if v is not None}
+    return ["---", yaml.safe_dump(clean, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+
+
 def _md_escape(text) -> str:
     """Keep user-supplied names as text in Markdown viewers (no raw HTML, no table breaks)."""
     return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
             .replace("\n", " "))
 
 
-def to_markdown(title: str, sections: list) -> str:
-    lines = [f"# {_md_escape(title)}", ""]
+def to_markdown(title: str, sections: list, metadata: dict | None = None) -> str:
+    """The card as Markdown; with `metadata`, preceded by it as YAML front matter (see `front_matter`)."""
+    lines = (_yaml_block(metadata) if metadata else []) + [f"# {_md_escape(title)}", ""]
     for heading, blocks in sections:
         lines += [f"## {heading}", ""]
         for block in blocks:

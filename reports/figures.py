@@ -1,189 +1,28 @@
-"""Figures drawn from the numbers in result.json, returned as PNG bytes (inlined by the renderer).
+"""The report's figures as PNG bytes (inlined by the renderer), drawn by `trainers.figures`.
 
-Each function takes plain data and returns None when there is nothing to draw,
-so a section without its numbers simply has no figure. Text from user data
-(class or feature names) is drawn as plain text: mathtext is off, so a name
-with `$` cannot break or change the drawing.
+Each function takes plain data from result.json and returns None when there is nothing to draw.
 """
 
 from __future__ import annotations
 
-import io
-
-from .collect import number
-
-PALETTE = ("#1f5fa8", "#d9822b", "#2a9d4b", "#b23a48", "#7a4eab", "#5b6770", "#c2a000", "#0f8b8d")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"text.parse_math": False, "text.usetex": False, "font.size": 9, "axes.titlesize": 10,
-                         "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100,
-                         "savefig.dpi": 110, "axes.grid": True, "grid.alpha": 0.3})
-    return plt
-
-
-def _png(fig) -> bytes:
-    plt = _pyplot()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _colors(n: int) -> list:
-    if n <= len(PALETTE):
-        return list(PALETTE[:n])
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab20"]
-    return [cmap(i % 20) for i in range(n)]
-
-
-def _short(text, limit: int = 18) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+from trainers import figures as _draw
 
 
 def learning_curves(history: list[dict]) -> bytes | None:
-    """Loss and accuracy per epoch, training and validation."""
-    rows = [r for r in history or [] if isinstance(r, dict) and number(r.get("epoch")) is not None]
-    if not rows:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0))
-    epochs = [r["epoch"] for r in rows]
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for split, color in (("train", PALETTE[0]), ("val", PALETTE[1])):
-            values = [number(r.get(f"{split}_{metric}")) for r in rows]
-            if any(v is not None for v in values):
-                ax.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", markersize=2.5,
-                        color=color, label="validation" if split == "val" else "training")
-        ax.set_title(metric)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.legend(frameon=False)
-    fig.tight_layout()
-    return _png(fig)
+    return _draw.to_png(_draw.learning_curves(history))
 
 
 def confusion_matrix(matrix: list[list], class_names: list[str]) -> bytes | None:
-    """Test-set confusion matrix with counts (true class in rows)."""
-    if not matrix or not all(isinstance(row, list) and len(row) == len(matrix) for row in matrix):
-        return None
-    n = len(matrix)
-    values = [[number(v) or 0.0 for v in row] for row in matrix]
-    names = [_short(c, 12) for c in (class_names if class_names and len(class_names) == n else range(n))]
-    plt = _pyplot()
-    side = min(2.0 + 0.3 * n, 7.0)
-    fig, ax = plt.subplots(figsize=(side + 0.8, side))
-    image = ax.imshow(values, cmap="Blues")
-    ax.grid(False)
-    ax.set_xticks(range(n), names, rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center")
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if n <= 25:
-        peak = max(max(row) for row in values) or 1.0
-        for i, row in enumerate(values):
-            for j, v in enumerate(row):
-                if v:
-                    ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=7 if n > 12 else 8,
-                            color="white" if v > 0.55 * peak else "#222")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    return _png(fig)
+    return _draw.to_png(_draw.confusion_matrix(matrix, class_names))
 
 
 def pareto(points: list[dict], chosen: str | None = None) -> bytes | None:
-    """Accuracy (y) against p50 latency (x) at batch 1 and batch 256; marker area grows with file size.
-
-    `points`: {"name", "accuracy", "size", "lat1", "lat256"}; the Pareto front (faster and at least as
-    accurate) is joined by a dashed line.
-    """
-    panels = [(key, label) for key, label in (("lat1", "batch 1"), ("lat256", "batch 256"))
-              if any(number(p.get(key)) is not None and number(p.get("accuracy")) is not None for p in points)]
-    if not panels:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels) + 0.6, 3.8), squeeze=False)
-    sizes = [number(p.get("size")) or 0.0 for p in points]
-    biggest = max(sizes) or 1.0
-    colors = _colors(len(points))
-    for ax, (key, label) in zip(axes[0], panels):
-        pts = [(i, p) for i, p in enumerate(points) if number(p.get(key)) is not None and number(p.get("accuracy"))
-               is not None]
-        for i, p in pts:
-            is_chosen = p.get("name") == chosen
-            ax.scatter(p[key], p["accuracy"], s=40 + 560 * (sizes[i] / biggest), alpha=0.6,
-                       color=colors[i], edgecolors="black" if is_chosen else "none",
-                       linewidths=2 if is_chosen else 0, label=_short(p.get("name", "?"), 40))
-        front, best = [], -1.0
-        for _, p in sorted(pts, key=lambda ip: (ip[1][key], -ip[1]["accuracy"])):
-            if p["accuracy"] > best:
-                front.append(p)
-                best = p["accuracy"]
-        if len(front) > 1:
-            ax.plot([p[key] for p in front], [p["accuracy"] for p in front], "--", color="#888", lw=1)
-        values = [p[key] for _, p in pts]
-        if min(values) > 0 and max(values) / min(values) > 20:  # one slow variant would squash the others
-            from matplotlib.ticker import FuncFormatter, NullFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            label += ", log scale"
-        ax.set_xlabel(f"latency p50 at {label} (ms)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(label)
-        ax.margins(0.2)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for h in handles:
-        h.set_sizes([60])
-    rows = (len(labels) + 2) // 3
-    fig.legend(handles, labels, loc="upper center", ncol=min(3, len(labels)), frameon=False, fontsize=8,
-               bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle("accuracy against latency (marker area = file size; black ring = chosen; dashed = Pareto front)",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.subplots_adjust(bottom=0.16 + 0.0 * rows)
-    return _png(fig)
+    return _draw.to_png(_draw.pareto(points, chosen))
 
 
 def size_bars(rows: list[dict]) -> bytes | None:
-    """Nominal size (parameters x bits) against bytes on disk, per variant."""
-    rows = [r for r in rows if number(r.get("nominal")) is not None or number(r.get("disk")) is not None]
-    if not rows:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.6, 0.9 + 0.42 * len(rows)))
-    ys = range(len(rows))
-    ax.barh([y + 0.2 for y in ys], [(number(r.get("nominal")) or 0) / 1024 for r in rows], height=0.4,
-            color=PALETTE[0], label="nominal (parameters x bit width)")
-    ax.barh([y - 0.2 for y in ys], [(number(r.get("disk")) or 0) / 1024 for r in rows], height=0.4,
-            color=PALETTE[1], label="on disk")
-    ax.set_yticks(list(ys), [_short(r.get("name", "?"), 40) for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel("KiB")
-    ax.legend(frameon=False, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
-    fig.tight_layout()
-    return _png(fig)
+    return _draw.to_png(_draw.size_bars(rows))
 
 
 def importance_bars(items: list[tuple[str, float]], title: str = "global importance") -> bytes | None:
-    """Horizontal bars of the most important features (when the stage gave numbers but no figure)."""
-    items = [(str(n), v) for n, v in items if number(v) is not None][:20]
-    if not items:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.0, 0.8 + 0.3 * len(items)))
-    ax.barh(range(len(items)), [v for _, v in items], color=PALETTE[0])
-    ax.set_yticks(range(len(items)), [_short(n, 30) for n, _ in items])
-    ax.invert_yaxis()
-    ax.set_title(title)
-    fig.tight_layout()
-    return _png(fig)
+    return _draw.to_png(_draw.importance_bars(items, title))

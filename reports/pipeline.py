@@ -65,7 +65,8 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
         overrides: dotted keys that win over `config`, e.g. {"train.epochs": 3}.
         out: the run directory (default runs/<time>-pipeline-<family>).
         overwrite: replace an existing run directory (once the new one is complete).
-        progress: callable taking one line of progress (default: print on stderr).
+        progress: callable taking one line of progress or a `trainers.progress.ProgressEvent` (default: print
+            on stderr).
 
     Raises:
         ToolkitError: bad input found before anything ran (nothing is written).
@@ -96,7 +97,7 @@ def _run(bundle, data, family: str, cfg: PipelineConfig, out, overwrite: bool, s
     status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [],
               "seconds": None, "report": cfg.report.out}
     results: dict = {}  # stage name -> its result, handed to the next stages
-    steps = {"train": lambda t: _train(bundle, family, cfg, run, t),
+    steps = {"train": lambda t: _train(bundle, family, cfg, run, say, t),
              "compress": lambda t: _compress(results["train"], bundle, cfg, run, say, t),
              "explain": lambda t: _explain(results["train"], results["compress"], bundle, cfg, run, say, t)}
     with run:  # an interrupt or a crash outside the stages leaves nothing behind
@@ -175,10 +176,10 @@ def _described(exc: Exception) -> tuple[str, int]:
     return describe(exc)
 
 
-def _train(bundle, family: str, cfg: PipelineConfig, run, tracker):
+def _train(bundle, family: str, cfg: PipelineConfig, run, say, tracker):
     from trainers import load_model, train
 
-    result = train(bundle, family, cfg.train, out=run.path / "train", tracker=tracker)
+    result = train(bundle, family, cfg.train, out=run.path / "train", progress=_indented(say), tracker=tracker)
     # Later stages take the saved artifact (CPU, as a user would load it). The paths they record (lineage,
     # result.json) name where it lives once the run directory is committed.
     result.model = load_model(result.out)
@@ -220,7 +221,10 @@ def _track_outputs(tracker, result: PipelineResult, compressed) -> None:
 
 
 def _indented(say):
-    return lambda message: say(f"      {message}")
+    """Plain lines indented under their stage; progress events passed on as they are (a renderer may draw bars)."""
+    from trainers.progress import ProgressEvent
+
+    return lambda message: say(message if isinstance(message, ProgressEvent) else f"      {message}")
 
 
 def _write_status(directory: Path, status: dict) -> None:

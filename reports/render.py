@@ -114,7 +114,7 @@ def build_context(run: Run) -> dict:
     return {"title": title, "run_name": run.root.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "kind": "pipeline" if run.is_pipeline else next(iter(run.results), "run"),
             "toc": toc, "errors": errors, "overview": ov, "training": tr, "compression": co, "explanation": ex,
-            "model_card": model_card}
+            "model_card": model_card, "card_metadata": card.front_matter(run, tr, co)}
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -142,7 +142,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     numbers["model_card"] = [{"title": t, "blocks": [list(b) for b in blocks]} for t, blocks in context["model_card"]]
     atomic_write_text(out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json"),
                       json.dumps(numbers, indent=2, default=str) + "\n")
-    markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"])
+    markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"], context["card_metadata"])
     targets = {run.root.resolve()}
     if "train" in run.dirs:
         targets.add(run.dirs["train"].resolve())

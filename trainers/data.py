@@ -32,7 +32,7 @@ MAX_DATA_BYTES_ENV = "TOOLKIT_MAX_DATA_BYTES"
 MAX_CLASSES = 1000
 
 
-@dataclass
+@dataclass(repr=False)
 class DataBundle:
     """Train/validation/test splits plus everything a model needs to know about them.
 
@@ -73,6 +73,13 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def __repr__(self) -> str:
+        from .display import short_repr
+
+        return short_repr("DataBundle", name=self.name, input_shape=tuple(self.input_shape), layout=self.layout,
+                          num_classes=self.num_classes, n_train=len(self.y_train), n_val=len(self.y_val),
+                          n_test=len(self.y_test))
 
     def summary(self) -> dict:
         """Plain-data description, as recorded in model.json and result.json."""

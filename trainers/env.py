@@ -21,6 +21,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def toolkit_version() -> str:
+    """This toolkit's installed version ("unknown" when run from a source tree that was never installed)."""
+    try:
+        return metadata.version("toolkit")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def environment() -> dict:
     """Python, platform, package versions and the device `--device auto` would pick."""
     import torch

@@ -23,7 +23,7 @@ import torch
 from pydantic import AfterValidator, AliasChoices, Field, Strict
 from torch import nn
 
-from . import distributed
+from . import display, distributed
 from .artifact import LoadedModel, ModelSpec, write_artifact
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataBundle, load_data
@@ -32,6 +32,7 @@ from .errors import ToolkitError
 from .loop import LoopOptions, amp_dtype, autocast, evaluate, rows, split_tensors, training_loop
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
+from .progress import ConsoleProgress, ProgressCallback, reporter
 from .rundir import RunDir
 from .tracking import NullTracker, Tracker, epoch_metrics, train_metrics
 
@@ -68,7 +69,7 @@ class TrainConfig:
         check(self)
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainResult:
     """What `train` returns and writes as `result.json`."""
 
@@ -82,6 +83,32 @@ class TrainResult:
     interrupted: bool = False
     out: Path | None = None
     processes: int = 1
+
+    def __repr__(self) -> str:
+        return display.short_repr("TrainResult", family=self.model.spec.family, data=self.model.spec.data.get("name"),
+                                  test_accuracy=self.metrics.get("test_accuracy"), epochs_run=self.epochs_run,
+                                  best_epoch=self.best_epoch, device=self.device,
+                                  out=str(self.out) if self.out else None)
+
+    def to_frame(self):
+        """The training history as a pandas DataFrame: one row per history entry (one per epoch run, plus an
+        epoch-0 row where the loop scored the start), columns `display.HISTORY_COLUMNS` (epoch, train_loss,
+        train_accuracy, val_loss, val_accuracy, lr, seconds)."""
+        return display.history_frame(self.history)
+
+    @property
+    def figures(self) -> dict:
+        """{caption: matplotlib Figure}: learning curves and the test confusion matrix (drawn on each access)."""
+        from .figures import confusion_matrix, learning_curves
+
+        drawn = {"learning curves": learning_curves(self.history),
+                 "confusion matrix": confusion_matrix(self.metrics.get("test_confusion_matrix"),
+                                                      self.model.spec.class_names)}
+        return {caption: fig for caption, fig in drawn.items() if fig is not None}
+
+    def _repr_html_(self) -> str:
+        return display.html_block(repr(self), display.metrics_frame(self.metrics),
+                                  ["interrupted: the best model so far was kept"] if self.interrupted else ())
 
     def to_dict(self) -> dict:
         """The `result.json` object, built through its schema (trainers.schema.TrainResultFile)."""
@@ -117,7 +144,7 @@ def seed_everything(seed: int) -> None:
 
 
 def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
-          overwrite: bool = False, resume: bool = False, progress: bool | None = None,
+          overwrite: bool = False, resume: bool = False, progress: ProgressCallback | bool | None = None,
           target: str | None = None, table=None, tracker: Tracker | None = None) -> TrainResult:
     """Train a classifier of `family` on `data`; write an artifact to `out` if given.
 
@@ -127,7 +154,8 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         config: training options (defaults are tuned to give a good model).
         out: run directory; the artifact and `result.json` are committed there at the end.
         resume: continue an interrupted run in `out` from its last checkpoint.
-        progress: show a progress bar on stderr (default: when stderr is a terminal).
+        progress: a callback receiving a `ProgressEvent` per epoch (`trainers.progress`); True renders them on
+            stderr (`ConsoleProgress`); None or False: quiet.
         target, table: the label column and `tables.TableOptions` of a table file (see `load_data`).
         tracker: records the options, every epoch's metrics and the result (`trainers.tracking.open_tracker`).
 
@@ -184,7 +212,7 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
 
 
 def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConfig, device: torch.device,
-         run: RunDir | None, progress: bool | None, ctx: distributed.DistContext = distributed.DistContext(),
+         run: RunDir | None, progress, ctx: distributed.DistContext = distributed.DistContext(),
          resume_from: Path | None = None, tracker: Tracker | None = None) -> TrainResult:
     started = time.perf_counter()
     tensors = split_tensors(data, device)
@@ -192,29 +220,26 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
                           weight_decay=config.weight_decay, seed=config.seed, schedule="plateau",
                           lr_patience=config.lr_patience, select="val_loss", patience=config.patience,
                           amp=config.amp, interruptible=True)
-    bar = _progress(progress) if ctx.is_main else None
-    task = bar.add_task("training", total=config.epochs) if bar else None
+    console = ConsoleProgress() if progress is True else None
+    report = reporter((console or progress) if ctx.is_main and progress is not False else None, "train", config.epochs)
 
     def after_epoch(state, row):
         if tracker is not None:
             tracker.log_metrics(epoch_metrics(row), step=row["epoch"])
         if run is not None:
             save_checkpoint(run, row, module, state, spec)
-        if bar:
-            bar.update(task, completed=row["epoch"],
-                       description=f"epoch {row['epoch']} val_acc {row['val_accuracy']:.3f}")
+        report(row["epoch"], f"val_acc {row['val_accuracy']:.3f}")
 
     def restore(state):
         if resume_from is not None:
             load_checkpoint(resume_from, module, state, spec)
-            if bar:
-                bar.update(task, completed=state.epoch)
+            report(state.epoch, "resumed")
 
     try:
         state = training_loop(module, tensors, options, ctx=ctx, restore=restore, after_epoch=after_epoch)
     finally:
-        if bar:
-            bar.stop()
+        if console is not None:
+            console.close()
     if state.interrupted:
         print(f"interrupted: keeping the best model so far (epoch {state.best_epoch})", file=sys.stderr)
     distributed.record_replica_hash(module, ctx)
@@ -254,17 +279,3 @@ def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
          "support": int(n)} for name, p, r, f, n in zip(class_names, precision, recall, f1, support)
     ]
     return metrics
-
-
-def _progress(enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-    bar.start()
-    return bar

@@ -1,0 +1,75 @@
+"""Help text and command classes: flags shown without a type, option help filled from the registries."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from typer.core import TyperCommand, TyperGroup
+
+
+def _flags_without_type(params: list) -> list:
+    """Flags take no value: show `--json`, not typer's `--json <bool>` (which reads as if `--json true` worked)."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """Every command's class: help without a type after its flags."""
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The app's class: help without a type after its flags."""
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+def with_help_from(choices: dict[str, Callable[[], list]] | None = None,
+                   defaults: Callable[[], dict] | None = None) -> type[TyperCommand]:
+    """A command class whose `--help` lists each option's registered names and library default.
+
+    `choices` maps an option's parameter name to a function returning the names (a registry's list);
+    `defaults` returns parameter name -> default (an options dataclass's fields). Both run only when
+    that command's own help is rendered: `toolkit --help` and parsing import no registry, hence no torch.
+    """
+
+    class HelpFromLibrary(Command):
+        def format_help(self, ctx, formatter):
+            given = defaults() if defaults else {}
+            for param in self.params:
+                if not hasattr(param, "base_help"):  # help rendered twice in one process must not grow
+                    param.base_help = param.help or ""
+                base, extra = param.base_help, []
+                if param.name in (choices or {}):
+                    extra.append(f"Choices: {', '.join(map(str, choices[param.name]()))}.")
+                default = given.get(param.name)
+                if default not in (None, {}, []):
+                    shown = ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+                    extra.append(f"Default: {shown}.")
+                param.help = " ".join([base, *extra]).strip() or None
+            return super().format_help(ctx, formatter)
+
+    return HelpFromLibrary
+
+
+def model_families() -> list[str]:
+    from trainers import list_models
+
+    return list_models()
+
+
+def compression_methods() -> list[str]:
+    from compress import list_methods
+
+    return list_methods()
+
+
+def explanation_methods() -> list[str]:
+    from explain import list_methods
+
+    return list_methods()

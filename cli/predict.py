@@ -1,0 +1,48 @@
+"""`toolkit predict`: class probabilities for raw rows, from a trained model or any of its compressed variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console_progress, emit_json, handle_errors, info
+from .help import Command
+
+
+@handle_errors
+def predict_command(
+    model_dir: Path = typer.Argument(..., help="A model artifact, or a compress/pipeline run (its chosen variant)."),
+    data: Path = typer.Argument(..., help="Rows to predict: a CSV with the feature columns, an .npz (array x) or .npy."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="A variant of the run by name (variants/NAME)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file to write (default: CSV on stdout)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Rows per batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print a summary (and the predictions without --out) as JSON."),
+):
+    """Predict the class and class probabilities of each row, with a PyTorch or ONNX model.
+
+    Example: toolkit predict runs/iris-mlp new_rows.csv --variant int8-dynamic-onnx --out preds.csv
+    """
+    from trainers.fileio import atomic_write_text, ensure_writable_parent
+    from trainers.inference import predict_file
+
+    if out is not None:
+        ensure_writable_parent(out)
+    with console_progress() as progress:
+        model, table = predict_file(model_dir, data, variant=variant, batch_size=batch_size, progress=progress)
+    info(f"{len(table)} rows predicted with {model.source} ({model.runtime})")
+    if out is not None:
+        atomic_write_text(out, table.to_csv(index=False))
+    if as_json:
+        summary = {"model": model.source, "runtime": model.runtime, "rows": len(table), "out": str(out) if out else None,
+                   "counts": table["predicted"].value_counts().to_dict()}
+        emit_json({**summary, **({} if out else {"predictions": table.to_dict(orient="records")})})
+    elif out is None:
+        typer.echo(table.to_csv(index=False), nl=False)
+    else:
+        typer.echo(str(out))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict", cls=Command)(predict_command)

@@ -1,0 +1,126 @@
+"""What the command line prints: `--version`, JSON on stdout for every command, progress on a terminal and in a pipe,
+and `toolkit predict` agreeing with `trainers.predict`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cli.main import app
+from trainers import load_data, load_model, predict
+from trainers.env import toolkit_version
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLKIT = [sys.executable, "-m", "cli.main"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+
+
+def run_cli(*args):
+    return subprocess.run([*TOOLKIT, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+
+
+def run_on_terminal(*args) -> str:
+    """Run with stderr (and stdout) on a pseudo-terminal; returns what the terminal showed."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([*TOOLKIT, *map(str, args)], stdout=follower, stderr=follower, cwd=ROOT, env=ENV)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=300) == 0
+    os.close(leader)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One run of each stage through the real command line, with --json."""
+    root = tmp_path_factory.mktemp("cli")
+    rows = root / "rows.csv"
+    data = load_data("iris")
+    pd.DataFrame(data.x_test, columns=data.feature_names).assign(target=data.y_test).to_csv(rows, index=False)
+    commands = {
+        "train": ("train", "iris", "--model", "mlp", "--epochs", "8", "--out", root / "train"),
+        "compress": ("compress", root / "train", "--data", "iris", "--method", "onnx-fp32", "--method",
+                     "int8-dynamic", "--out", root / "compress"),
+        "explain": ("explain", root / "train", "--data", "iris", "--method", "saliency", "--samples", "4",
+                    "--out", root / "explain"),
+        "report": ("report", root / "compress"),
+        "predict": ("predict", root / "compress", rows, "--variant", "onnx-fp32", "--out", root / "preds.csv"),
+        "env": ("env",),
+        "pipeline": ("pipeline", "iris", "--model", "mlp", "--epochs", "2", "--method", "fp16",
+                     "--explain-method", "saliency", "--samples", "4", "--out", root / "pipeline"),
+    }
+    return root, rows, {name: run_cli(*args, "--json") for name, args in commands.items()}
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"toolkit {toolkit_version()}"
+
+
+def test_every_command_has_a_json_flag_shown_without_a_type():
+    names = [c.name for c in app.registered_commands]
+    assert {"train", "compress", "explain", "report", "pipeline", "predict", "env"} <= set(names)
+    for name in names:
+        help_text = run_cli(name, "--help").stdout
+        assert "--json" in help_text and "<bool>" not in help_text, name
+
+
+def test_shell_completion_script_is_offered():
+    result = run_cli("--show-completion", "bash")
+    assert result.returncode == 0 and "_TOOLKIT_COMPLETE=complete_bash" in result.stdout
+
+
+def test_json_on_every_command_is_the_only_thing_on_stdout(runs):
+    _, _, results = runs
+    for name, result in results.items():
+        assert result.returncode == 0, f"{name}: {result.stderr[-800:]}"
+        assert isinstance(json.loads(result.stdout), dict), name        # one object and nothing else
+        assert result.stdout.count("\n") == 1, name
+    assert json.loads(results["report"].stdout)["report"].endswith("report.html")
+
+
+def test_predict_on_raw_csv_rows_agrees_with_trainers_predict(runs):
+    root, rows, results = runs
+    x = pd.read_csv(rows).drop(columns="target").to_numpy(np.float32)
+    expected = predict(load_model(root / "train"), x)
+    torch_preds = run_cli("predict", root / "train", rows)
+    assert torch_preds.returncode == 0, torch_preds.stderr
+    table = pd.read_csv(pd.io.common.StringIO(torch_preds.stdout))
+    names = load_model(root / "train").spec.class_names
+    assert list(table.columns) == ["predicted", "predicted_index", *[f"p_{n}" for n in names]]
+    assert (table["predicted_index"].to_numpy() == expected.argmax(1)).all()
+    assert table["predicted"].tolist() == [names[i] for i in expected.argmax(1)]
+    softmax = np.exp(expected - expected.max(1, keepdims=True))
+    np.testing.assert_allclose(table[[f"p_{n}" for n in names]].to_numpy(), softmax / softmax.sum(1, keepdims=True),
+                               atol=1e-5)
+    onnx = pd.read_csv(root / "preds.csv")
+    assert (onnx["predicted_index"].to_numpy() == expected.argmax(1)).all()
+    int8 = run_cli("predict", root / "compress", rows, "--variant", "int8-dynamic-onnx", "--json")
+    int8_index = np.array([row["predicted_index"] for row in json.loads(int8.stdout)["predictions"]])
+    assert (int8_index == expected.argmax(1)).mean() >= 0.9        # int8 agreement, as compress measures it
+
+
+def test_progress_is_bars_on_a_terminal_lines_in_a_pipe_and_nothing_when_quiet(tmp_path):
+    args = ("train", "iris", "--model", "mlp", "--epochs", "3")
+    shown = run_on_terminal(*args, "--out", tmp_path / "tty")
+    assert "\x1b[" in shown and "━" in shown and "eta" in shown and "train [1/3]" not in shown
+    piped = run_cli(*args, "--out", tmp_path / "pipe")
+    assert "train [1/3] val_acc" in piped.stderr and "train [3/3]" in piped.stderr and "\x1b[" not in piped.stderr
+    quiet = run_cli("--quiet", *args, "--out", tmp_path / "quiet")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip() == str(tmp_path / "quiet")

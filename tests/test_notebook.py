@@ -1,0 +1,68 @@
+"""Used from a notebook: the user's matplotlib state is left alone; results show short reprs, HTML, figures, tables."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+from matplotlib.figure import Figure
+
+from compress import compress_model
+from compress.views import COLUMNS
+from explain import explain_model
+from explain.views import DRIFT_COLUMNS
+from reports import render_report
+from trainers import TrainConfig, load_data, train
+from trainers.display import HISTORY_COLUMNS, MAX_REPR
+
+
+@pytest.fixture
+def user_matplotlib():
+    """A notebook user's own settings: a backend other than Agg and a changed font size, restored afterwards."""
+    backend, saved = matplotlib.get_backend(), matplotlib.rcParams.copy()
+    matplotlib.use("svg", force=True)
+    matplotlib.rcParams["font.size"] = 13.5
+    yield
+    matplotlib.rcParams.update(saved)
+    matplotlib.use(backend, force=True)
+
+
+def _state():
+    return matplotlib.get_backend(), dict(matplotlib.rcParams)
+
+
+def test_stages_and_report_leave_matplotlib_state_alone_and_results_show_themselves(tmp_path, user_matplotlib):
+    before = _state()
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=4), out=tmp_path / "train")
+    compressed = compress_model(trained.model, data, methods=["fp16", "onnx-fp32"], out=tmp_path / "compress")
+    chosen = compressed.variants[0].model
+    explained = explain_model(trained.model, data, methods=["integrated_gradients"], compare=[chosen], samples=8,
+                              out=tmp_path / "explain")
+    for stage in ("train", "compress", "explain"):
+        render_report(tmp_path / stage)
+    figures = {**trained.figures, **compressed.figures, **explained.figures}
+    assert _state() == before
+
+    assert len(figures) >= 5 and all(isinstance(fig, Figure) for fig in figures.values())
+    assert _state() == before                       # drawing the result figures touches nothing either
+
+    history = trained.to_frame()
+    assert list(history.columns) == list(HISTORY_COLUMNS) and len(history) == len(trained.history)
+    variants = compressed.to_frame()
+    assert list(variants.columns) == list(COLUMNS) and len(variants) == len(compressed.variants) + 1
+    assert variants["chosen"].sum() == 1 and variants["name"].iloc[0] == compressed.baseline.name
+    importance = explained.to_frame()
+    assert list(importance.columns) == ["element", "integrated_gradients"] and len(importance) == 4
+    drift = explained.to_frame("drift")
+    assert list(drift.columns) == list(DRIFT_COLUMNS) and len(drift) == 1
+
+    for result in (data, trained, compressed, explained):
+        assert len(repr(result)) < MAX_REPR and "\n" not in repr(result)
+    assert "<table" in compressed._repr_html_() and f"chosen: {compressed.chosen.name}" in compressed._repr_html_()
+    assert "<table" in trained._repr_html_() and "drift" in explained._repr_html_()
+
+
+def test_a_name_with_markup_is_escaped_in_the_html():
+    from trainers.display import html_block
+
+    assert "<script>" not in html_block("<script>x</script>", lines=["<b>flag</b>"])

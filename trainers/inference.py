@@ -1,0 +1,122 @@
+"""Predictions on raw rows for deployment: read the rows, run any model artifact (PyTorch or ONNX), tabulate.
+
+`predict_file` is what `toolkit predict` calls: it reads a CSV (columns matched to the model's feature names),
+an `.npz` (array `x`) or an `.npy` file, runs the model in batches and returns a table of predicted class,
+its index and one probability column per class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import LoadedModel, load_model, predict
+from .data import check_inputs
+from .errors import DataError, ToolkitError
+from .fileio import read_json
+from .progress import reporter
+
+
+def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
+    """The model directory to predict with: `path` itself, one of its variants by name, or its chosen variant.
+
+    `path` may be a model artifact, a compress run (`variants/NAME`) or a pipeline run (`compress/variants/NAME`);
+    without `variant`, a run directory gives the variant its compress stage chose.
+    """
+    path = Path(path)
+    if (path / "model.json").is_file() and variant is None:
+        return path
+    runs = [d for d in (path, path / "compress") if (d / "result.json").is_file() or (d / "variants").is_dir()]
+    if variant is not None:
+        for run in runs:
+            if (run / "variants" / variant / "model.json").is_file():
+                return run / "variants" / variant
+        names = sorted(p.name for run in runs for p in (run / "variants").glob("*") if (p / "model.json").is_file())
+        listed = f"; variants: {', '.join(names)}" if names else ""
+        raise ToolkitError(f"no variant '{variant}' under {path}{listed}")
+    for run in runs:
+        chosen = (read_json(run / "result.json", "result.json").get("chosen") or {}).get("path") \
+            if (run / "result.json").is_file() else None
+        if chosen and (run / chosen / "model.json").is_file():
+            return run / chosen
+        if chosen and (Path(chosen) / "model.json").is_file():
+            return Path(chosen)
+    raise ToolkitError(f"{path} is not a model artifact (no model.json) nor a run with a chosen variant")
+
+
+def read_rows(path: str | Path, model: LoadedModel) -> np.ndarray:
+    """Raw inputs for `model` from a CSV (a header; columns picked by the model's feature names, others ignored),
+    an `.npz` (array `x`) or an `.npy` file; checked against the model's input shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix.lower() == ".csv":
+        x = _csv_rows(path, model.spec.feature_names, tuple(model.spec.input_shape))
+    elif path.suffix.lower() in (".npz", ".npy"):
+        try:
+            loaded = np.load(path, allow_pickle=False)
+            x = loaded if path.suffix.lower() == ".npy" else loaded["x"]
+        except KeyError:
+            raise DataError(f"{path}: no array 'x' in the .npz file") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from None
+    else:
+        raise DataError(f"{path}: predict reads .csv, .npz or .npy files")
+    return check_inputs(x, tuple(model.spec.input_shape), f"rows of {path.name}")
+
+
+def _csv_rows(path: Path, feature_names, input_shape) -> np.ndarray:
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path} as CSV: {str(exc).splitlines()[0]}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    if feature_names:
+        missing = [name for name in feature_names if name not in table.columns]
+        if missing:
+            raise DataError(f"{path}: missing feature column(s) {', '.join(missing[:5])}")
+        table = table[list(feature_names)]
+    elif table.shape[1] != int(np.prod(input_shape)):
+        raise DataError(f"{path}: {table.shape[1]} columns, the model takes {int(np.prod(input_shape))} features")
+    bad = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise DataError(f"{path}: column '{bad[0]}' is not numeric")
+    if table.isna().any().any():
+        raise DataError(f"{path}: missing value in column '{table.columns[table.isna().any()][0]}'")
+    return table.to_numpy(np.float32).reshape(len(table), *input_shape)
+
+
+def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, progress=None):
+    """A DataFrame with one row per input: `predicted` (class name), `predicted_index`, and `p_<class>` per class.
+
+    Runs `trainers.predict` in batches, sending a `ProgressEvent` (stage "predict") after each batch.
+    """
+    import pandas as pd
+
+    total = max(1, -(-len(x) // batch_size))
+    report = reporter(progress, "predict", total)
+    logits = []
+    for step, start in enumerate(range(0, len(x), batch_size), 1):
+        logits.append(predict(model, x[start:start + batch_size], batch_size=batch_size))
+        report(step, f"{min(start + batch_size, len(x))} rows")
+    logits = np.concatenate(logits) if logits else np.zeros((0, model.spec.num_classes), np.float32)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    names = list(model.spec.class_names)
+    index = probabilities.argmax(axis=1)
+    table = pd.DataFrame({"predicted": [names[i] for i in index], "predicted_index": index})
+    for j, name in enumerate(names):
+        table[f"p_{name}"] = probabilities[:, j]
+    return table
+
+
+def predict_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = 256, progress=None):
+    """Load the model (see `resolve_artifact`), read `data` (see `read_rows`) and return (model, predict_table)."""
+    if not isinstance(model, LoadedModel):
+        model = load_model(resolve_artifact(model, variant))
+    if batch_size < 1:
+        raise ToolkitError("--batch-size must be at least 1")
+    return model, predict_table(model, read_rows(data, model), batch_size=batch_size, progress=progress)
