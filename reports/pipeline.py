@@ -78,7 +78,8 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
     cfg = resolve_config(config, overrides)
     _preflight(cfg, family)
     bundle = load_data(data, target=cfg.target, seed=cfg.train.seed)  # bad data: nothing written
-    run = RunDir(out if out is not None else default_run_dir("pipeline", family), overwrite=overwrite)
+    run = RunDir(out if out is not None else default_run_dir("pipeline", family), kind="pipeline",
+                 overwrite=overwrite, inputs=[data])
     started = time.perf_counter()
     status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [],
               "seconds": None, "report": cfg.report.out}

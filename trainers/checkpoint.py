@@ -30,7 +30,7 @@ def save_checkpoint(run, row, module, state, spec) -> None:
     buffer = io.BytesIO()
     torch.save({**state.bookkeeping(), "model": cpu_state(module), "optimizer": state.optimizer.state_dict(),
                 "scheduler": scheduler, "scaler": state.scaler.state_dict(),
-                "family": spec.family, "fingerprint": spec.data["fingerprint"]}, buffer)
+                **_identity(spec)}, buffer)
     atomic_write_bytes(run.path / "checkpoint.pt", buffer.getvalue())
     run.keep_on_error = True
 
@@ -45,9 +45,13 @@ def load_checkpoint(directory: Path, module, state, spec) -> None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
         raise ToolkitError(f"cannot resume from {path}: {exc}".splitlines()[0]) from None
-    if ckpt.get("family") != spec.family or ckpt.get("fingerprint") != spec.data["fingerprint"]:
-        raise ToolkitError(f"cannot resume from {path}: it was made with another model family or data set")
-    if any(name not in ckpt for name in state.BOOKKEEPING):
+    if not isinstance(ckpt, dict):
+        raise ToolkitError(f"cannot resume from {path}: it does not hold a training checkpoint")
+    for key, now in _identity(spec).items():
+        if key in ckpt and ckpt[key] != now:
+            raise ToolkitError(f"cannot resume from {path}: it was made with {_NAMES[key]} {_show(ckpt[key])}, "
+                               f"not {_show(now)}; pass the same options, or --overwrite to start anew")
+    if any(name not in ckpt for name in (*state.BOOKKEEPING, *_NAMES)):
         raise ToolkitError(f"cannot resume from {path}: it was written by another version of the toolkit")
     module.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
@@ -56,3 +60,17 @@ def load_checkpoint(directory: Path, module, state, spec) -> None:
     state.scaler.load_state_dict(ckpt["scaler"])
     for name in state.BOOKKEEPING:
         setattr(state, name, ckpt[name])
+
+
+_NAMES = {"family": "model family", "fingerprint": "data of fingerprint", "seed": "--seed",
+          "arch": "--arch"}
+
+
+def _identity(spec) -> dict:
+    """What a resumed run must share with the checkpoint: same model, same data, same split (the seed)."""
+    return {"family": spec.family, "fingerprint": spec.data["fingerprint"], "seed": spec.training["seed"],
+            "arch": json.dumps(spec.config, sort_keys=True)}
+
+
+def _show(value) -> str:
+    return str(value)[:16] if len(str(value)) == 64 else str(value)  # a sha256 fingerprint, shortened

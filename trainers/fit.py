@@ -143,7 +143,8 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
-        run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None and ctx.is_main else None
+        run = (RunDir(out, kind="train", overwrite=overwrite, resume=resume, inputs=[data.source])
+               if out is not None and ctx.is_main else None)
         resume_from = distributed.resume_dir(out, resume, run, ctx)
         with (run or contextlib.nullcontext()):
             if run is not None:
