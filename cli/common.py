@@ -27,8 +27,8 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except ToolkitError as exc:
             fail(str(exc), 2)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
+        except KeyboardInterrupt as exc:
+            fail(f"interrupted {exc}".strip(), 130)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Exception as exc:  # the last line of defence: never a traceback for users

@@ -35,8 +35,12 @@ def save_checkpoint(run, row, module, state, spec) -> None:
     run.keep_on_error = True
 
 
-def load_checkpoint(directory: Path, module, state, spec) -> None:
-    """Restore the module and the loop's state (`trainers.loop.LoopState`) from `directory`."""
+def read_checkpoint(directory: Path, spec, bookkeeping) -> dict:
+    """The checkpoint in `directory`, checked against this run (family, data, seed, architecture) before any write.
+
+    Raises:
+        ToolkitError: no checkpoint, an unreadable one, or one made with other options (one line naming them).
+    """
     path = directory / "checkpoint.pt"
     if not path.is_file():
         raise ToolkitError(f"nothing to resume: {directory} has no checkpoint yet")
@@ -51,8 +55,13 @@ def load_checkpoint(directory: Path, module, state, spec) -> None:
         if key in ckpt and ckpt[key] != now:
             raise ToolkitError(f"cannot resume from {path}: it was made with {_NAMES[key]} {_show(ckpt[key])}, "
                                f"not {_show(now)}; pass the same options, or --overwrite to start anew")
-    if any(name not in ckpt for name in (*state.BOOKKEEPING, *_NAMES)):
+    if any(name not in ckpt for name in (*bookkeeping, *_NAMES)):
         raise ToolkitError(f"cannot resume from {path}: it was written by another version of the toolkit")
+    return ckpt
+
+
+def load_checkpoint(ckpt: dict, module, state) -> None:
+    """Restore the module and the loop's state (`trainers.loop.LoopState`) from a `read_checkpoint` result."""
     module.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     if state.scheduler is not None:

@@ -25,11 +25,11 @@ from torch import nn
 
 from . import distributed
 from .artifact import LoadedModel, ModelSpec, write_artifact
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import DataBundle, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
-from .loop import LoopOptions, amp_dtype, autocast, evaluate, split_tensors, training_loop
+from .loop import LoopOptions, LoopState, amp_dtype, autocast, evaluate, split_tensors, training_loop
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, NonNegativeInt, PositiveFloat, PositiveInt, check
 from .rundir import RunDir
@@ -147,11 +147,12 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
                if out is not None and ctx.is_main else None)
         resume_from = distributed.resume_dir(out, resume, run, ctx)
         with (run or contextlib.nullcontext()):
+            checkpoint = read_checkpoint(resume_from, spec, LoopState.BOOKKEEPING) if resume_from else None
             if run is not None:
                 run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
                                                "target": target, "processes": ctx.world_size, **asdict(config)})
                 run.write_json("env.json", environment())
-            result = _fit(module, spec, data, config, device, run, progress, ctx, resume_from)
+            result = _fit(module, spec, data, config, device, run, progress, ctx, checkpoint)
             if run is not None:
                 result.model.spec = write_artifact(run.path, result.model.module, spec, result.metrics)
                 run.write_json("result.json", result.to_dict())
@@ -178,7 +179,7 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
 
 def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConfig, device: torch.device,
          run: RunDir | None, progress: bool | None, ctx: distributed.DistContext = distributed.DistContext(),
-         resume_from: Path | None = None) -> TrainResult:
+         checkpoint: dict | None = None) -> TrainResult:
     started = time.perf_counter()
     tensors = split_tensors(data, device)
     options = LoopOptions(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
@@ -196,8 +197,8 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
                        description=f"epoch {row['epoch']} val_acc {row['val_accuracy']:.3f}")
 
     def restore(state):
-        if resume_from is not None:
-            load_checkpoint(resume_from, module, state, spec)
+        if checkpoint is not None:
+            load_checkpoint(checkpoint, module, state)
             if bar:
                 bar.update(task, completed=state.epoch)
 

@@ -142,13 +142,12 @@ class RunDir:
         if self.staging.is_symlink():
             raise ToolkitError(f"{self.staging} is a symlink: remove it, the toolkit stages runs in a real directory")
         if self.staging.is_dir():
-            self.resumed = True
+            self.keep_on_error = True  # the only copy of the interrupted run
         elif (self.final / CHECKPOINT).is_file():
-            shutil.copytree(self.final, self.staging)
-            self.resumed = True
+            shutil.copytree(self.final, self.staging)  # a copy: a refused resume drops it, the run stays in final
         else:
             raise ToolkitError(f"nothing to resume: no interrupted run at {self.final}")
-        self.keep_on_error = True
+        self.resumed = True
 
     def _prepare_staging(self, overwrite: bool) -> None:
         staging = self.staging
