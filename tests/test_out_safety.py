@@ -23,9 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import compress.run as compress_run
 import trainers.loop as loop
 import trainers.rundir as rundir
 from cli.main import main
+from compress.measure import LatencyConfig
 from trainers import RunDir, TrainConfig, load_data, train
 from trainers.errors import ToolkitError
 from trainers.fileio import interrupts_deferred
@@ -274,7 +276,7 @@ COMPONENTS = ["user", "model", "models", "mlp", "new", "prev", "..", ".", "notes
               "sub"]
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
+@settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(parts=st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=3), overwrite=st.booleans(),
        absolute=st.booleans())
@@ -293,7 +295,9 @@ def test_no_file_outside_the_run_directory_ever_changes(shared, parts, overwrite
         cwd = os.getcwd()
         os.chdir(work)
         try:
-            code = main(argv + (["--overwrite"] if overwrite else []))
+            with pytest.MonkeyPatch.context() as patch:  # what is timed does not matter here: time it briefly
+                patch.setattr(compress_run, "LatencyConfig", lambda budget_s: LatencyConfig(1, 1, 2, 0.0))
+                code = main(argv + (["--overwrite"] if overwrite else []))
         finally:
             os.chdir(cwd)
         after = snapshot(root)
@@ -309,5 +313,7 @@ def test_no_file_outside_the_run_directory_ever_changes(shared, parts, overwrite
             where = Path(os.path.realpath(path.parent)) / path.name  # the link itself, not its target
             return not where.is_relative_to(final)
 
-        assert {k: v for k, v in before.items() if outside(k)} == {
-            k: v for k, v in after.items() if outside(k) and not (v == "<dir>" and final.is_relative_to(root / k))}
+        def kept(tree: dict) -> dict:  # the parents of a new --out may be created; nothing else outside it changes
+            return {k: v for k, v in tree.items() if outside(k) and not (v == "<dir>" and final.is_relative_to(root / k))}
+
+        assert kept(after) == kept(before)
