@@ -100,3 +100,23 @@ def test_a_killed_pipeline_leaves_a_record_that_the_report_shows_as_unfinished(t
     html = (tmp_path / "r.html").read_text()
     assert "unfinished: stopped during compress" in html and "the run stopped during this stage" in html
     assert "The pipeline did not finish" in (seen / "MODEL_CARD.md").read_text()
+
+
+def test_ctrl_c_during_compress_with_overwrite_keeps_the_previous_run_as_it_was(tmp_path, monkeypatch, capsys):
+    import compress.run as compress_run
+
+    model = tmp_path / "model"
+    train("iris", "mlp", TrainConfig(epochs=1, model={"hidden": [8]}), out=model, progress=False)
+    out = tmp_path / "compressed"
+    assert main(["compress", str(model), "--data", "iris", "--method", "fp16", "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress_run, "_compress", interrupted)
+    capsys.readouterr()
+    assert main(["compress", str(model), "--data", "iris", "--out", str(out), "--overwrite"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compressed", "model"]  # no .old, .partial or lock
