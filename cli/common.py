@@ -30,8 +30,8 @@ def handle_errors(func):
         with warnings.catch_warnings(record=True) as caught:
             try:
                 result = func(*args, **kwargs)
-            except KeyboardInterrupt:
-                fail("interrupted", 130)
+            except KeyboardInterrupt as exc:  # its message says what was kept (a pipeline's stages)
+                fail(f"interrupted {exc}".strip(), 130)
             except (typer.Exit, typer.Abort, typer.TyperException) as exc:
                 _show(caught if debug or getattr(exc, "exit_code", 1) == 0 else [])
                 raise

@@ -193,7 +193,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
     if out is not None:
         from trainers.rundir import RunDir
 
-        run = RunDir(out, overwrite=overwrite)
+        run = RunDir(out, kind="compress", overwrite=overwrite, inputs=[model.path, data.source])
     try:
         result = _compress(model, data, methods, max_drop, options, ratio, progress)
         result.seconds = time.perf_counter() - start

@@ -138,7 +138,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     if bundle.num_classes != original.spec.num_classes:
         raise ToolkitError(f"data '{bundle.name}' has {bundle.num_classes} classes, "
                            f"the model predicts {original.spec.num_classes}")
-    run = RunDir(out, overwrite=overwrite) if out is not None else None
+    inputs = [original.path, bundle.source, *(v.path for _, v in variants)]
+    run = RunDir(out, kind="explain", overwrite=overwrite, inputs=inputs) if out is not None else None
     try:
         report = reporter(progress, "explain", len(methods) * (1 + len(variants)))
         result = _run(original, variants, bundle, methods, int(samples), seed, report, run, accuracy)

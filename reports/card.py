@@ -105,6 +105,9 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     if explanation and explanation.get("quality"):
         caveats.append("Attributions explain this model's behaviour, not causes in the data; see the quality "
                        "verdicts in the report before trusting a method.")
+    if getattr(run.pipeline, "status", None) in ("running", "interrupted"):
+        caveats.append("The pipeline did not finish: stages marked unfinished, interrupted or not run have no "
+                       "results here.")
     for e in run.pipeline.errors if run.pipeline else []:
         caveats.append(f"the {e.stage} stage failed: {e.message}")
     sections.append(("Caveats and recommendations", [("ul", caveats)]))

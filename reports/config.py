@@ -28,10 +28,20 @@ from trainers.tracking import TrackingOptions
 RUN_KEYS = ("stage", "data", "family", "command")
 
 
+# What the pipeline itself writes in its run directory: the report may not take one of these names.
+PIPELINE_FILES = ("train", "compress", "explain", "pipeline.json", "config.json", "config.yaml", "env.json",
+                  "MODEL_CARD.md", ".toolkit-run.json")
+
+
 def _inside_run_dir(path: str) -> str:
     parts = PurePath(path).parts
     if not path or PurePath(path).is_absolute() or ".." in parts or path.startswith("~"):
         raise ValueError("must be a relative path inside the run directory")
+    numbers = PurePath(path).with_suffix(".json").name if path.endswith(".html") else PurePath(path).name + ".json"
+    taken = parts[0] if parts[0] in PIPELINE_FILES else numbers if len(parts) == 1 and numbers in PIPELINE_FILES \
+        else None
+    if taken is not None:
+        raise ValueError(f"must not name a file the pipeline writes ({taken}): choose e.g. report.html")
     return path
 
 

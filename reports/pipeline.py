@@ -38,6 +38,10 @@ class PipelineResult:
         return {**self.status, "run_dir": str(self.run_dir), "report": str(self.report) if self.report else None}
 
 
+class PipelineInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the pipeline; the message says which stages finished and where their record is kept."""
+
+
 class StageFailed(Exception):
     """A stage failed after the pipeline started; the report of what finished was still written.
 
@@ -92,26 +96,32 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
 def _run(bundle, data, family: str, cfg: PipelineConfig, out, overwrite: bool, say, tracker) -> PipelineResult:
     from trainers import RunDir, default_run_dir
 
-    run = RunDir(out if out is not None else default_run_dir("pipeline", family), overwrite=overwrite)
+    run = RunDir(out if out is not None else default_run_dir("pipeline", family), kind="pipeline",
+                 overwrite=overwrite, inputs=[data])
     started = time.perf_counter()
-    status = {"stage": "pipeline", "data": str(data), "family": family, "stages": [], "errors": [],
-              "seconds": None, "report": cfg.report.out}
+    status = {"stage": "pipeline", "status": "running", "data": str(data), "family": family, "stages": [],
+              "errors": [], "seconds": None, "report": cfg.report.out}
     results: dict = {}  # stage name -> its result, handed to the next stages
     steps = {"train": lambda t: _train(bundle, family, cfg, run, say, t),
              "compress": lambda t: _compress(results["train"], bundle, cfg, run, say, t),
              "explain": lambda t: _explain(results["train"], results["compress"], bundle, cfg, run, say, t)}
-    with run:  # an interrupt or a crash outside the stages leaves nothing behind
+    with run:  # a crash outside the stages leaves nothing behind; an interrupt keeps the record in <out>.partial
         save_config(run.path, cfg, data=str(data), family=family, command=_command(data, family, run.final))
         failure = None
-        for index, (name, step) in enumerate(steps.items(), 1):
-            if failure is not None:
-                status["stages"].append({"name": name, "status": "not run", "reason": f"{failure[0]} failed"})
-                continue
-            failure = _run_stage(index, name, step, results, status, say, tracker)
-            _write_status(run.path, status)
+        try:
+            for index, (name, step) in enumerate(steps.items(), 1):
+                if failure is not None:
+                    status["stages"].append({"name": name, "status": "not run", "reason": f"{failure[0]} failed"})
+                    continue
+                _write_status(run.path, _ahead(status, name))  # what a killed run leaves: this stage running
+                failure = _run_stage(index, name, step, results, status, say, tracker)
+                _write_status(run.path, status)
+        except KeyboardInterrupt:
+            raise _interrupted(run, status, started) from None
         say(f"[{len(STAGES)}/{len(STAGES)}] report ...")
         status["stages"].append({"name": "report", "status": "done"})
         status["seconds"] = round(time.perf_counter() - started, 3)
+        status["status"] = "failed" if failure else "done"
         _write_status(run.path, status)
         run_dir = run.commit()
     result = PipelineResult(run_dir, None, status)
@@ -148,6 +158,30 @@ def _command(data, family: str, run_dir: Path) -> str:
     return shlex.join(["toolkit", "pipeline", str(data), "--model", family, "--config", str(run_dir / "config.yaml")])
 
 
+def _ahead(status: dict, current: str) -> dict:
+    """The status as it stands while `current` runs: it running, the stages after it pending."""
+    names = [s["name"] for s in status["stages"]]
+    later = [n for n in STAGES if n not in names and n != current]
+    return {**status, "stages": [*status["stages"], {"name": current, "status": "running"},
+                                 *({"name": n, "status": "pending"} for n in later)]}
+
+
+def _interrupted(run, status: dict, started: float) -> PipelineInterrupted:
+    """Record the interrupt in `<out>.partial/pipeline.json` and keep that directory; the previous run stays."""
+    names = [s["name"] for s in status["stages"]]
+    current = next(n for n in STAGES if n not in names)
+    status["stages"].append({"name": current, "status": "interrupted", "reason": "Ctrl-C"})
+    status["stages"] += [{"name": n, "status": "not run", "reason": f"interrupted during {current}"}
+                         for n in STAGES if n not in names and n != current]
+    status.update(status="interrupted", seconds=round(time.perf_counter() - started, 3))
+    _write_status(run.path, status)
+    run.keep_on_error = True
+    finished = ", ".join(n for n in names if n != current) or "none"
+    kept = f"; the previous run in {run.final} is unchanged" if run.final.exists() else ""
+    return PipelineInterrupted(f"during the {current} stage (stages finished: {finished}); its record is kept in "
+                               f"{run.staging}{kept}")
+
+
 def _run_stage(index: int, name: str, step, results: dict, status: dict, say, tracker):
     """Run one stage, record its status; returns (name, message, code, error) when it failed, else None."""
     say(f"[{index}/{len(STAGES)}] {name} ...")
@@ -180,6 +214,8 @@ def _train(bundle, family: str, cfg: PipelineConfig, run, say, tracker):
     from trainers import load_model, train
 
     result = train(bundle, family, cfg.train, out=run.path / "train", progress=_indented(say), tracker=tracker)
+    if result.interrupted:  # train keeps its best model on Ctrl-C; the pipeline stops there
+        raise KeyboardInterrupt
     # Later stages take the saved artifact (CPU, as a user would load it). The paths they record (lineage,
     # result.json) name where it lives once the run directory is committed.
     result.model = load_model(result.out)
@@ -244,6 +280,7 @@ def _report(result: PipelineResult, name: str) -> Path:
     except Exception as exc:
         message, code = _described(exc)
         result.status["stages"][-1].update(status="failed", reason=message)
+        result.status["status"] = "failed"
         result.status["errors"].append({"stage": "report", "message": message, "code": code})
         _write_status(result.run_dir, result.status)
         raise StageFailed("report", message, code, result) from exc

@@ -74,7 +74,7 @@ def _stage_command(run: Run, stage: str) -> str | None:
 def overview(run: Run) -> dict:
     data = run.data
     seconds = {stage: r.seconds for stage, r in run.results.items()}
-    stages = [s.dump() for s in run.pipeline.stages] if run.pipeline else []
+    stages = [_unfinished(s.dump()) for s in run.pipeline.stages] if run.pipeline else []
     for s in stages:
         if s["seconds"] is not None:
             seconds.setdefault(s["name"], s["seconds"])
@@ -93,6 +93,7 @@ def overview(run: Run) -> dict:
         ("CPU cores", run.env.get("cpu_count")),
         ("GPUs", ", ".join(map(str, run.env["gpus"])) if run.env.get("gpus") else None),
         ("stages run", ", ".join(run.results) or "none"),
+        ("run status", _run_status(run)),
         ("time taken", f"{total:.1f} s" if number(total) else None),
     ]
     return {
@@ -102,6 +103,26 @@ def overview(run: Run) -> dict:
         "command": reproduce_command(run),
         "stages": stages,
     }
+
+
+def _unfinished(stage: dict) -> dict:
+    """A stage a stopped run left `running` or `pending` (pipeline.json is written before each stage)."""
+    if stage["status"] == "running":
+        return {**stage, "status": "unfinished", "reason": "the run stopped during this stage (or is still running)"}
+    if stage["status"] == "pending":
+        return {**stage, "status": "not run", "reason": "the run stopped before this stage"}
+    return stage
+
+
+def _run_status(run: Run) -> str | None:
+    """Only for a pipeline that did not finish: what happened, in words."""
+    state = getattr(run.pipeline, "status", None)
+    stopped = [s.name for s in run.pipeline.stages if s.status in ("running", "interrupted")] if run.pipeline else []
+    if state == "running":
+        return f"unfinished: stopped during {', '.join(stopped) or 'a stage'} (killed, or still running)"
+    if state == "interrupted":
+        return f"interrupted (Ctrl-C) during {', '.join(stopped) or 'a stage'}"
+    return None
 
 
 # ---------------------------------------------------------------- training

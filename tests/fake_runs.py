@@ -176,7 +176,8 @@ def write_pipeline(root: Path, failed: str | None = None, message: str = "boom",
         else:
             stages.append(StageStatus(name=name, status="done", seconds=1.0, reason=None))
     stages.append(StageStatus(name="report", status="done"))
-    result = PipelineFile(data="toy.csv", family="mlp", stages=stages, errors=errors, seconds=3.0,
+    result = PipelineFile(status="failed" if failed else "done", data="toy.csv", family="mlp", stages=stages,
+                          errors=errors, seconds=3.0,
                           report="report.html")
     write_result(root / "pipeline.json", result)
     return result

@@ -196,7 +196,11 @@ def test_interrupted_pipeline_leaves_the_previous_run_untouched(tmp_path, train_
     with pytest.raises(KeyboardInterrupt):
         run_pipeline("iris", "mlp", out=out, overwrite=True, progress=_quiet)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # The interrupted run's record stays beside it, in run.partial, saying where it stopped.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.partial"]
+    status = json.loads((tmp_path / "run.partial" / "pipeline.json").read_text())
+    assert status["status"] == "interrupted" and status["stages"][0] == {
+        "name": "train", "status": "interrupted", "seconds": None, "reason": "Ctrl-C"}
 
 
 @pytest.mark.parametrize("error, code", [(ToolkitError("no method handles this model"), 2),

@@ -30,13 +30,17 @@ def save_checkpoint(run, row, module, state, spec) -> None:
     buffer = io.BytesIO()
     torch.save({**state.bookkeeping(), "model": cpu_state(module), "optimizer": state.optimizer.state_dict(),
                 "scheduler": scheduler, "scaler": state.scaler.state_dict(),
-                "family": spec.family, "fingerprint": spec.data["fingerprint"]}, buffer)
+                **_identity(spec)}, buffer)
     atomic_write_bytes(run.path / "checkpoint.pt", buffer.getvalue())
     run.keep_on_error = True
 
 
-def load_checkpoint(directory: Path, module, state, spec) -> None:
-    """Restore the module and the loop's state (`trainers.loop.LoopState`) from `directory`."""
+def read_checkpoint(directory: Path, spec, bookkeeping) -> dict:
+    """The checkpoint in `directory`, checked against this run (family, data, seed, architecture) before any write.
+
+    Raises:
+        ToolkitError: no checkpoint, an unreadable one, or one made with other options (one line naming them).
+    """
     path = directory / "checkpoint.pt"
     if not path.is_file():
         raise ToolkitError(f"nothing to resume: {directory} has no checkpoint yet")
@@ -50,10 +54,17 @@ def load_checkpoint(directory: Path, module, state, spec) -> None:
         raise ToolkitError(f"cannot resume from {path}: {why} ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), dict) for k in ("model", "optimizer")):
         raise ToolkitError(f"cannot resume from {path}: not a checkpoint written by the toolkit")
-    if ckpt.get("family") != spec.family or ckpt.get("fingerprint") != spec.data["fingerprint"]:
-        raise ToolkitError(f"cannot resume from {path}: it was made with another model family or data set")
-    if any(name not in ckpt for name in state.BOOKKEEPING):
+    for key, now in _identity(spec).items():
+        if key in ckpt and ckpt[key] != now:
+            raise ToolkitError(f"cannot resume from {path}: it was made with {_NAMES[key]} {_show(ckpt[key])}, "
+                               f"not {_show(now)}; pass the same options, or --overwrite to start anew")
+    if any(name not in ckpt for name in (*bookkeeping, *_NAMES)):
         raise ToolkitError(f"cannot resume from {path}: it was written by another version of the toolkit")
+    return ckpt
+
+
+def load_checkpoint(ckpt: dict, module, state) -> None:
+    """Restore the module and the loop's state (`trainers.loop.LoopState`) from a `read_checkpoint` result."""
     module.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     if state.scheduler is not None:
@@ -61,3 +72,17 @@ def load_checkpoint(directory: Path, module, state, spec) -> None:
     state.scaler.load_state_dict(ckpt["scaler"])
     for name in state.BOOKKEEPING:
         setattr(state, name, ckpt[name])
+
+
+_NAMES = {"family": "model family", "fingerprint": "data of fingerprint", "seed": "--seed",
+          "arch": "--arch"}
+
+
+def _identity(spec) -> dict:
+    """What a resumed run must share with the checkpoint: same model, same data, same split (the seed)."""
+    return {"family": spec.family, "fingerprint": spec.data["fingerprint"], "seed": spec.training["seed"],
+            "arch": json.dumps(spec.config, sort_keys=True)}
+
+
+def _show(value) -> str:
+    return str(value)[:16] if len(str(value)) == 64 else str(value)  # a sha256 fingerprint, shortened

@@ -7,10 +7,13 @@ is expected.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import ToolkitError, parse_failure
@@ -77,7 +80,8 @@ def commit_directory(staging: Path, final: Path) -> None:
     """Move a finished staging directory to `final`, replacing what was there.
 
     The old directory is renamed aside first and removed only after the new one
-    is in place, so at every instant one complete version exists on disk.
+    is in place, so at every instant one complete version exists on disk; if the
+    second rename fails, the old one is put back.
     """
     staging, final = Path(staging), Path(final)
     old = None
@@ -86,9 +90,36 @@ def commit_directory(staging: Path, final: Path) -> None:
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
-    os.replace(staging, final)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT) and SIGTERM until the block is done, then deliver them.
+
+    A commit interrupted between its renames would hide the previous run; in a thread other than
+    the main one (where signal handlers cannot be set) the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda number, frame: caught.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    for number in dict.fromkeys(caught):
+        signal.raise_signal(number)
 
 
 def ensure_writable_parent(path: Path) -> None:

@@ -25,11 +25,11 @@ from torch import nn
 
 from . import display, distributed
 from .artifact import LoadedModel, ModelSpec, write_artifact
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import DataBundle, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
-from .loop import LoopOptions, amp_dtype, autocast, evaluate, rows, split_tensors, training_loop
+from .loop import LoopOptions, LoopState, amp_dtype, autocast, evaluate, rows, split_tensors, training_loop
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
 from .progress import ConsoleProgress, ProgressCallback, reporter
@@ -175,15 +175,17 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
-        run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None and ctx.is_main else None
+        run = (RunDir(out, kind="train", overwrite=overwrite, resume=resume, inputs=[data.source])
+               if out is not None and ctx.is_main else None)
         resume_from = distributed.resume_dir(out, resume, run, ctx)
         with (run or contextlib.nullcontext()):
+            checkpoint = read_checkpoint(resume_from, spec, LoopState.BOOKKEEPING) if resume_from else None
             if run is not None:
                 run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
                                                "target": data.table["read"]["target"] if data.table else target, "processes": ctx.world_size, **asdict(config)})
                 run.write_json("env.json", environment())
             tracker.log_params({"family": family, "data": data.name, "processes": ctx.world_size, **asdict(config)})
-            result = _fit(module, spec, data, config, device, run, progress, ctx, resume_from, tracker)
+            result = _fit(module, spec, data, config, device, run, progress, ctx, checkpoint, tracker)
             tracker.log_metrics(train_metrics(result.to_dict()))
             if run is not None:
                 result.model.spec = write_artifact(run.path, result.model.module, spec, result.metrics)
@@ -213,7 +215,7 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
 
 def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConfig, device: torch.device,
          run: RunDir | None, progress, ctx: distributed.DistContext = distributed.DistContext(),
-         resume_from: Path | None = None, tracker: Tracker | None = None) -> TrainResult:
+         checkpoint: dict | None = None, tracker: Tracker | None = None) -> TrainResult:
     started = time.perf_counter()
     tensors = split_tensors(data, device)
     options = LoopOptions(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
@@ -231,8 +233,8 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
         report(row["epoch"], f"val_acc {row['val_accuracy']:.3f}")
 
     def restore(state):
-        if resume_from is not None:
-            load_checkpoint(resume_from, module, state, spec)
+        if checkpoint is not None:
+            load_checkpoint(checkpoint, module, state)
             report(state.epoch, "resumed")
 
     try:

@@ -313,7 +313,8 @@ class ExplainResultFile(ExplainResultFileV1):
 
 class StageStatus(Record):
     name: Literal["train", "compress", "explain", "report"]
-    status: Literal["done", "skipped", "failed", "not run"]
+    # running: started, not finished (the process stopped there if the file stays so); pending: not started yet.
+    status: Literal["done", "skipped", "failed", "not run", "running", "pending", "interrupted"]
     seconds: float | None = None
     reason: str | None = None
 
@@ -324,9 +325,25 @@ class StageError(Record):
     code: int  # the exit code: 2 bad input, 1 unexpected
 
 
-class PipelineFile(Record):
+class PipelineFileV1(Record):
+    """`pipeline.json` before version 2: no overall status (written once a stage had finished)."""
+
     schema_version: Literal[1] = 1
     stage: Literal["pipeline"] = "pipeline"
+    data: str
+    family: str
+    stages: list[StageStatus]
+    errors: list[StageError]
+    seconds: float | None
+    report: str
+
+
+class PipelineFile(Record):
+    schema_version: Literal[2] = 2
+    stage: Literal["pipeline"] = "pipeline"
+    # running until the last stage has run (a file that stays so: the process was killed), then done, failed
+    # (a stage failed) or interrupted (Ctrl-C).
+    status: Literal["running", "done", "failed", "interrupted"] = "running"
     data: str
     family: str
     stages: list[StageStatus]
@@ -337,13 +354,14 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = TrainResultFile | CompressResultFile | ExplainResultFileV1 | ExplainResultFile | PipelineFile
+ResultFile = (TrainResultFile | CompressResultFile | ExplainResultFileV1 | ExplainResultFile | PipelineFileV1
+              | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
     "compress": {1: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFile},
-    "pipeline": {1: PipelineFile},
+    "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
 
 

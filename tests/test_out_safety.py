@@ -1,0 +1,319 @@
+"""`--out` never costs the user a file: one table of refusals, a property test over generated paths, and the
+run-directory guarantees (marker, lock, symlinks, resume honesty, interrupted commits).
+
+Each refusal runs the real entry point `cli.main.main([...])` in-process from a working directory holding the
+user's files, a model artifact and a data file, and asserts the bad-input contract: exit code 2, exactly one
+`error:` line on stderr, no traceback, and every file and link under the test's directory unchanged byte for
+byte (so nothing half-written, no stray `.partial` or lock file either).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import compress.run as compress_run
+import trainers.loop as loop
+import trainers.rundir as rundir
+from cli.main import main
+from compress.measure import LatencyConfig
+from trainers import RunDir, TrainConfig, load_data, train
+from trainers.errors import ToolkitError
+from trainers.fileio import interrupts_deferred
+from trainers.rundir import MARKER, is_run_dir
+
+TINY = {"hidden": [8]}
+
+
+@dataclass
+class Shared:
+    model: Path        # a finished train run (iris, mlp)
+    interrupted: Path  # a train run stopped by Ctrl-C after epoch 1: it keeps checkpoint.pt
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Shared:
+    root = tmp_path_factory.mktemp("shared")
+    train("iris", "mlp", TrainConfig(epochs=1, model=TINY), out=root / "model", progress=False)
+    original, calls = loop.train_epoch, []
+
+    def stop_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "train_epoch", stop_in_second_epoch)
+        train("iris", "mlp", TrainConfig(epochs=3, model=TINY), out=root / "interrupted", progress=False)
+    assert (root / "interrupted" / "checkpoint.pt").is_file()
+    return Shared(root / "model", root / "interrupted")
+
+
+def snapshot(root: Path) -> dict:
+    """Every file, directory and link under `root`: relative path -> bytes, '<dir>' or the link's target."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            found[key] = (f"<link {os.readlink(path)}>" if path.is_symlink() else "<dir>" if path.is_dir()
+                          else path.read_bytes())
+    return found
+
+
+def make_tree(work: Path, shared: Shared) -> None:
+    """The user's working directory: their own files, a model artifact (twice) and a data file."""
+    (work / "user" / "sub").mkdir(parents=True)
+    (work / "user" / "notes.txt").write_text("my notes\n")
+    (work / "user" / "sub" / "table.csv").write_text("a,b\n1,2\n")
+    (work / "user" / "page.html").write_text("<html>my page</html>\n")
+    (work / "user" / "page.json").write_text('{"mine": true}\n')
+    shutil.copytree(shared.model, work / "model")
+    shutil.copytree(shared.model, work / "models" / "mlp")
+    iris = load_data("iris")
+    np.savez(work / "data.npz", x=iris.x_train, y=iris.y_train)
+
+
+def assert_one_error_line(err: str, expected: str) -> None:
+    assert "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("error: "), f"not one 'error:' line: {err!r}"
+    assert expected.lower() in err.lower(), f"{expected!r} not in {err!r}"
+
+
+TRAIN = ["train", "iris", "--model", "mlp", "--epochs", "1", "--arch", json.dumps(TINY)]
+RESUME = ["train", "iris", "--model", "mlp", "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--resume"]
+
+
+def _link(work: Path, name: str, target: str) -> None:
+    (work / name).symlink_to(target)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst)
+
+
+# case name -> (setup(work, shared), argv, the part of the error line that says why)
+CASES: dict[str, tuple[Callable, list, str]] = {
+    "--overwrite on a directory of the user's": (
+        None, [*TRAIN, "--out", "user", "--overwrite"], "not written by the toolkit"),
+    "--out . --overwrite": (None, [*TRAIN, "--out", ".", "--overwrite"], "is the current directory"),
+    "--out ..": (None, [*TRAIN, "--out", ".."], "a parent of the current directory"),
+    "--out the working directory's absolute path": (None, [*TRAIN, "--out", "<cwd>", "--overwrite"],
+                                                     "is the current directory"),
+    "train --out a directory holding the data": (
+        None, ["train", "data.npz", "--model", "mlp", "--epochs", "1", "--out", ".", "--overwrite"], "current"),
+    "train --out holds the data file --overwrite": (
+        lambda w, s: shutil.copy(w / "data.npz", w / "user" / "d.npz"),
+        ["train", "user/d.npz", "--model", "mlp", "--epochs", "1", "--out", "user", "--overwrite"],
+        "holds the input"),
+    "compress --out the input itself --overwrite": (
+        None, ["compress", "model", "--data", "iris", "--out", "model", "--overwrite"], "is the input"),
+    "compress --out a parent of the input --overwrite": (
+        None, ["compress", "models/mlp", "--data", "iris", "--out", "models", "--overwrite"], "holds the input"),
+    "compress --out inside the input": (
+        None, ["compress", "model", "--data", "iris", "--out", "model/compressed"], "inside the input"),
+    "explain --out a compared variant --overwrite": (
+        None, ["explain", "model", "--data", "iris", "--compare", "models/mlp", "--out", "models/mlp", "--overwrite"],
+        "is the input"),
+    "report --out the artifact's model.json": (None, ["report", "model", "--out", "model/model.json"],
+                                               "did not write"),
+    "report --out the weights": (None, ["report", "model", "--out", "model/model.safetensors"], "did not write"),
+    "report --out beside a JSON of the user's": (None, ["report", "model", "--out", "user/page.html"],
+                                                 "did not write"),
+    "pipeline [report] out names the weights": (
+        lambda w, s: (w / "c.toml").write_text('[report]\nout = "train/model.safetensors"\n'),
+        ["pipeline", "iris", "--model", "mlp", "--config", "c.toml", "--out", "new"], "must not name a file"),
+    "pipeline [report] out names the run record": (
+        lambda w, s: (w / "c.toml").write_text('[report]\nout = "pipeline.json"\n'),
+        ["pipeline", "iris", "--model", "mlp", "--config", "c.toml", "--out", "new"], "must not name a file"),
+    "--out a dangling symlink": (lambda w, s: _link(w, "gone", "nowhere/run"), [*TRAIN, "--out", "gone"],
+                                 "symlink to a missing"),
+    "--out a symlink to the user's directory --overwrite": (
+        lambda w, s: _link(w, "link", "user"), [*TRAIN, "--out", "link", "--overwrite"], "not written by the toolkit"),
+    "a symlinked <out>.partial": (lambda w, s: _link(w, "new.partial", "user"), [*TRAIN, "--out", "new"],
+                                  "is a symlink"),
+    "a user's directory named <out>.partial": (lambda w, s: _copy(w / "user", w / "new.partial"),
+                                               [*TRAIN, "--out", "new"], "not written by the toolkit"),
+    "an interrupted run's checkpoint in <out>.partial": (
+        lambda w, s: _copy(s.interrupted, w / "run.partial"), [*TRAIN, "--out", "run"], "--resume"),
+    "an interrupted run in --out": (lambda w, s: _copy(s.interrupted, w / "run"), [*TRAIN, "--out", "run"],
+                                    "--resume"),
+    "--resume with another --seed": (lambda w, s: _copy(s.interrupted, w / "run"), [*RESUME, "--seed", "3"],
+                                     "--seed 0, not 3"),
+    "--resume of a killed run's <out>.partial with another --seed": (
+        lambda w, s: _copy(s.interrupted, w / "run.partial"), [*RESUME, "--seed", "3"], "--seed 0, not 3"),
+    "--resume with another --arch": (
+        lambda w, s: _copy(s.interrupted, w / "run"),
+        ["train", "iris", "--model", "mlp", "--epochs", "3", "--arch", '{"hidden": [16]}', "--out", "run", "--resume"],
+        "--arch"),
+    "--resume with other data": (
+        lambda w, s: _copy(s.interrupted, w / "run"),
+        ["train", "data.npz", "--model", "mlp", "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run",
+         "--resume"], "data of fingerprint"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_out_refusal(case, shared, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    make_tree(work, shared)
+    setup, argv, expected = CASES[case]
+    if setup is not None:
+        setup(work, shared)
+    monkeypatch.chdir(work)
+    argv = [str(work) if a == "<cwd>" else a for a in argv]
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, f"exit code {code}: {err}"
+    assert_one_error_line(err, expected)
+    assert snapshot(tmp_path) == before, "a file changed, appeared or vanished"
+
+
+def test_a_second_run_into_a_locked_directory_is_refused_at_once(shared, tmp_path, monkeypatch, capsys):
+    from filelock import FileLock
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(shared.model, tmp_path / "run")
+    with FileLock(tmp_path / ".run.lock"):
+        before = snapshot(tmp_path)
+        capsys.readouterr()
+        assert main([*TRAIN, "--out", "run", "--overwrite"]) == 2
+        assert_one_error_line(capsys.readouterr().err, "another toolkit run is writing")
+        assert snapshot(tmp_path) == before
+
+
+def test_symlinked_out_is_written_through_and_stays_a_link(shared, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(shared.model, tmp_path / "target")
+    (tmp_path / "link").symlink_to("target")
+    assert main([*TRAIN, "--out", "link", "--overwrite", "--seed", "4"]) == 0
+    assert (tmp_path / "link").is_symlink() and os.readlink(tmp_path / "link") == "target"
+    assert json.loads((tmp_path / "target" / "config.json").read_text())["seed"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]  # no .old, .partial or lock left
+
+
+def test_every_run_directory_carries_its_marker(shared):
+    for run, kind in ((shared.model, "train"), (shared.interrupted, "train")):
+        assert is_run_dir(run) and json.loads((run / MARKER).read_text())["kind"] == kind
+
+
+def test_report_rewrites_its_own_files_but_no_one_elses(shared, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(shared.model, run)
+    assert main(["report", str(run)]) == 0
+    assert main(["report", str(run)]) == 0  # its own report.html, report.json and MODEL_CARD.md: rewritten
+    (run / "report.html").write_text("<html>the user's page</html>")
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "did not write")
+    assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------- interrupts and killed commits
+
+
+def test_ctrl_c_during_the_commit_waits_until_the_new_run_is_in_place(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with RunDir(out, kind="test") as first:
+        (first.path / "a.txt").write_text("first")
+        first.commit()
+    real = rundir.commit_directory
+
+    def interrupted_commit(staging, final):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives between the renames: deferred until the commit is done
+        real(staging, final)
+
+    monkeypatch.setattr(rundir, "commit_directory", interrupted_commit)
+    second = RunDir(out, kind="test", overwrite=True)
+    (second.path / "a.txt").write_text("second")
+    with pytest.raises(KeyboardInterrupt):
+        second.commit()
+    assert (out / "a.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_interrupts_deferred_delivers_the_signal_after_the_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the block finished")
+    assert done == ["the block finished"]
+
+
+def test_a_commit_killed_between_its_renames_is_undone_by_the_next_run(tmp_path):
+    out = tmp_path / "run"
+    with RunDir(out, kind="test") as first:
+        (first.path / "a.txt").write_text("previous")
+        first.commit()
+    os.replace(out, tmp_path / ".run.old-12345")  # what a SIGKILL after the first rename leaves
+    with pytest.raises(ToolkitError, match="--overwrite"):
+        RunDir(out, kind="test")
+    assert (out / "a.txt").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# ---------------------------------------------------------------- property: nothing outside the run changes
+
+
+COMPONENTS = ["user", "model", "models", "mlp", "new", "prev", "..", ".", "notes.txt", "model.json", "link", "gone",
+              "sub"]
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(parts=st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=3), overwrite=st.booleans(),
+       absolute=st.booleans())
+def test_no_file_outside_the_run_directory_ever_changes(shared, parts, overwrite, absolute):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        work = root / "a" / "b" / "work"  # deep enough that '..' x 3 stays inside `root`
+        work.mkdir(parents=True)
+        make_tree(work, shared)
+        shutil.copytree(shared.model, work / "prev")  # an earlier run of the toolkit: --overwrite may replace it
+        (work / "link").symlink_to("user")
+        (work / "gone").symlink_to("missing")
+        out = os.path.join(*parts)
+        argv = ["compress", "model", "--data", "iris", "--method", "fp16", "--out", str(work / out) if absolute else out]
+        before = snapshot(root)
+        cwd = os.getcwd()
+        os.chdir(work)
+        try:
+            with pytest.MonkeyPatch.context() as patch:  # what is timed does not matter here: time it briefly
+                patch.setattr(compress_run, "LatencyConfig", lambda budget_s: LatencyConfig(1, 1, 2, 0.0))
+                code = main(argv + (["--overwrite"] if overwrite else []))
+        finally:
+            os.chdir(cwd)
+        after = snapshot(root)
+        assert code in (0, 2), code
+        if code == 2:
+            assert after == before
+            return
+        final = (work / out).resolve()
+        assert is_run_dir(final)
+
+        def outside(key: str) -> bool:
+            path = root / key
+            where = Path(os.path.realpath(path.parent)) / path.name  # the link itself, not its target
+            return not where.is_relative_to(final)
+
+        def kept(tree: dict) -> dict:  # the parents of a new --out may be created; nothing else outside it changes
+            return {k: v for k, v in tree.items() if outside(k) and not (v == "<dir>" and final.is_relative_to(root / k))}
+
+        assert kept(after) == kept(before)

@@ -1,0 +1,122 @@
+"""Runs that meet each other or get stopped: two `toolkit compress` into one `--out`, Ctrl-C during a
+pipeline's training, and the record a killed pipeline leaves for `toolkit report`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import reports.pipeline as pipeline_module
+from cli.main import main
+from reports import render_report
+from reports.pipeline import run_pipeline
+from trainers import TrainConfig, load_model, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _start(*args, cwd=ROOT) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"never saw {what}")
+
+
+def test_two_compress_runs_into_one_out_one_completes_the_other_is_refused_at_once(tmp_path):
+    model = tmp_path / "model"
+    train("digits", "mlp", TrainConfig(epochs=2, model={"hidden": [64]}), out=model, progress=False)
+    out = tmp_path / "compressed"
+    first = _start("compress", model, "--data", "digits", "--method", "auto", "--out", out)
+    _wait_for(lambda: (tmp_path / ".compressed.lock").exists(), first, "the first run's lock")
+    second = _start("compress", model, "--data", "digits", "--method", "int8-dynamic", "--out", out, "--overwrite")
+    stdout, stderr = second.communicate(timeout=300)
+    assert first.poll() is None, "the second run waited for the first instead of being refused at once"
+    assert second.returncode == 2 and stdout == ""
+    assert stderr.count("\n") == 1 and stderr.startswith("error: another toolkit run is writing"), stderr
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["methods"] == ["auto"]  # the first run's own result, not a mixture
+    assert all(load_model(out / v["path"]) for v in result["variants"][1:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compressed", "model"]  # no .partial, no lock left
+
+
+def test_ctrl_c_during_the_pipelines_training_stops_the_pipeline_and_records_the_stages(tmp_path):
+    (tmp_path / "c.toml").write_text("[train]\npatience = 1000\n")
+    out = tmp_path / "run"
+    proc = _start("pipeline", "digits", "--model", "lstm", "--epochs", "400", "--arch", '{"hidden": [256, 256]}',
+                  "--config", tmp_path / "c.toml", "--out", out)
+    metrics = tmp_path / "run.partial" / "train.partial" / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc, "a trained epoch")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted during the train stage") and "run.partial" in last, last
+    assert "[2/4] compress" not in stderr and not out.exists()
+    status = json.loads((tmp_path / "run.partial" / "pipeline.json").read_text())
+    assert status["status"] == "interrupted"
+    assert [(s["name"], s["status"]) for s in status["stages"]] == [
+        ("train", "interrupted"), ("compress", "not run"), ("explain", "not run"), ("report", "not run")]
+    html = render_report(tmp_path / "run.partial", tmp_path / "report.html").read_text()
+    assert "interrupted (Ctrl-C) during train" in html
+
+
+def test_a_killed_pipeline_leaves_a_record_that_the_report_shows_as_unfinished(tmp_path, monkeypatch):
+    """What a SIGKILL during compress leaves on disk is what the run directory holds while compress runs."""
+    seen = tmp_path / "as-killed"
+
+    def killed_here(trained, bundle, cfg, run, say):
+        shutil.copytree(run.path, seen)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline_module, "_compress", killed_here)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline("iris", "mlp", overrides={"train.epochs": 2}, out=tmp_path / "run", progress=lambda line: None)
+    status = json.loads((seen / "pipeline.json").read_text())
+    assert status["status"] == "running"
+    assert [(s["name"], s["status"]) for s in status["stages"]] == [
+        ("train", "done"), ("compress", "running"), ("explain", "pending"), ("report", "pending")]
+    assert main(["report", str(seen), "--out", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "unfinished: stopped during compress" in html and "the run stopped during this stage" in html
+    assert "The pipeline did not finish" in (seen / "MODEL_CARD.md").read_text()
+
+
+def test_ctrl_c_during_compress_with_overwrite_keeps_the_previous_run_as_it_was(tmp_path, monkeypatch, capsys):
+    import compress.run as compress_run
+
+    model = tmp_path / "model"
+    train("iris", "mlp", TrainConfig(epochs=1, model={"hidden": [8]}), out=model, progress=False)
+    out = tmp_path / "compressed"
+    assert main(["compress", str(model), "--data", "iris", "--method", "fp16", "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress_run, "_compress", interrupted)
+    capsys.readouterr()
+    assert main(["compress", str(model), "--data", "iris", "--out", str(out), "--overwrite"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compressed", "model"]  # no .old, .partial or lock
