@@ -73,6 +73,14 @@ def console_progress():
     return ConsoleProgress(quiet=QUIET["on"])
 
 
+def finish(summary: dict, out, as_json: bool) -> None:
+    """A command's result on stdout: the whole summary as JSON with --json, else the path it wrote."""
+    if as_json:
+        emit_json(summary)
+    else:
+        typer.echo(str(out))
+
+
 def emit_json(obj) -> None:
     """The result on stdout as one JSON object (data only; logs go to stderr)."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")

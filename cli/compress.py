@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DROP, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info, parse_json_option
+from .common import DROP, KEEP, SEP, TARGET, console_progress, finish, handle_errors, info, parse_json_option
 from .help import compression_methods, with_help_from
 from .render import print_table, variants_table
 from .tracking import MLFLOW, TENSORBOARD, tracker
@@ -50,10 +50,7 @@ def compress_command(
     summary = result.to_dict()
     print_table(variants_table(summary))
     info(f"chosen: {summary['chosen']['name']}: {summary['chosen']['reason']}")
-    if as_json:
-        emit_json(summary)
-    else:
-        typer.echo(str(result.out))
+    finish(summary, result.out, as_json)
 
 
 def _defaults() -> dict:

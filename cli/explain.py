@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DROP, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info
+from .common import DROP, KEEP, SEP, TARGET, console_progress, finish, handle_errors, info
 from .help import explanation_methods, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker
 
@@ -55,10 +55,7 @@ def explain_command(
              f"{row['verdict']}")
     for flag in summary["flags"]:
         info(f"FLAG: {flag}")
-    if as_json:
-        emit_json(summary)
-    else:
-        typer.echo(str(result.out))
+    finish(summary, result.out, as_json)
 
 
 def _defaults() -> dict:

@@ -8,12 +8,12 @@ a result of an unknown schema version, or one that does not match its schema, is
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.errors import ToolkitError, parse_failure
+from trainers import fileio
+from trainers.errors import ToolkitError
 from trainers.schema import (CompressResultFile, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
                              TrainResultFile, read_result)
 
@@ -66,14 +66,9 @@ def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         return {}
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda name: None)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ReportError(f"cannot read {what} {path}: {exc}") from None
-    except (RecursionError, MemoryError) as exc:  # nesting or sizes a JSON file has no business with
-        raise ReportError(f"cannot read {what} {path}: " + parse_failure(exc)) from None
-    if not isinstance(obj, dict):
-        raise ReportError(f"{what} {path} does not hold a JSON object")
-    return obj
+        return fileio.read_json(path, what, constants_as_none=True)
+    except ToolkitError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _result(path: Path, stage: str | None = None) -> ResultFile:

@@ -130,7 +130,7 @@ BAD_INPUTS = {
     "float labels": (lambda p: [_npz(p, x=X, y=Y * 0.3), "--model", "mlp"], "integer class labels"),
     "one class": (lambda p: [_npz(p, x=X, y=np.ones(30, int)), "--model", "mlp"], "only one class"),
     "csv target": (lambda p: [_csv(p, GOOD_CSV), "--model", "mlp", "--target", "zz"], "target column 'zz'"),
-    "csv text": (lambda p: [_csv(p, "a,b,t\n" + "x,1,0\n" * 20), "--model", "mlp"], "not numeric"),
+    "csv one class": (lambda p: [_csv(p, "a,b,t\n" + "x,1,0\n" * 20), "--model", "mlp"], "has 1 classes in 20 rows"),
     "unknown model": (lambda p: ["iris", "--model", "transformer"], "unknown model family 'transformer'"),
     "epochs 0": (lambda p: ["iris", "--model", "mlp", "--epochs", "0"], "epochs: input should be greater than"),
     "negative lr": (lambda p: ["iris", "--model", "mlp", "--lr", "-0.1"], "lr: input should be greater than 0"),

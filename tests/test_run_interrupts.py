@@ -85,7 +85,7 @@ def test_a_killed_pipeline_leaves_a_record_that_the_report_shows_as_unfinished(t
     """What a SIGKILL during compress leaves on disk is what the run directory holds while compress runs."""
     seen = tmp_path / "as-killed"
 
-    def killed_here(trained, bundle, cfg, run, say):
+    def killed_here(trained, bundle, cfg, run, say, tracker):
         shutil.copytree(run.path, seen)
         raise KeyboardInterrupt
 

@@ -237,7 +237,7 @@ def test_memory_mapped_npy_trains_batch_by_batch(tmp_path):
     np.save(tmp_path / "big.labels.npy", y)
     data = load_data(str(tmp_path / "big.npy"))
     assert isinstance(data.x_train, np.memmap) and isinstance(data.x_test, np.memmap)  # views of the file
-    assert data.split["contiguous"] and len(data.x_test) == 80
+    assert not data.split["stratified"] and len(data.x_test) == 80
     tensors = split_tensors(data, __import__("torch").device("cpu"))
     assert isinstance(tensors["x_train"], np.memmap)
     result = train(data, "mlp", TrainConfig(epochs=20, model={"hidden": [16]}), progress=False)

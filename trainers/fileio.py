@@ -58,11 +58,20 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_json(path: str | Path, what: str = "file") -> dict:
-    """Read a JSON object, turning every failure into one clear ToolkitError."""
+def read_json(path: str | Path, what: str = "file", *, constants_as_none: bool = False) -> dict:
+    """Read a JSON object, turning every failure into one clear ToolkitError (NaN/Infinity as None if asked)."""
+    obj = load_json(path, what, constants_as_none=constants_as_none)
+    if not isinstance(obj, dict):
+        raise ToolkitError(f"{what} {path} does not hold a JSON object")
+    return obj
+
+
+def load_json(path: str | Path, what: str = "file", *, constants_as_none: bool = False):
+    """Decode a JSON file: not found, a directory, unreadable, or too deeply nested are each one ToolkitError."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"),
+                          parse_constant=(lambda name: None) if constants_as_none else None)
     except FileNotFoundError:
         raise ToolkitError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -71,9 +80,6 @@ def read_json(path: str | Path, what: str = "file") -> dict:
         raise ToolkitError(f"cannot read {what} {path}: {exc}") from None
     except (RecursionError, MemoryError) as exc:  # nesting or sizes a JSON file has no business with
         raise ToolkitError(f"cannot read {what} {path}: " + parse_failure(exc)) from None
-    if not isinstance(obj, dict):
-        raise ToolkitError(f"{what} {path} does not hold a JSON object")
-    return obj
 
 
 def commit_directory(staging: Path, final: Path) -> None:

@@ -96,5 +96,5 @@ def load_npy_pair(path: Path, seed: int):
                 raise DataError(f"{path}: the {name} rows (a contiguous range at the end) hold other classes than the "
                                 "training rows: the rows look ordered by class; save them shuffled")
     bundle = _finish(path.stem, str(path), x, y, None, None, None, None, seed, presplit=counts)
-    bundle.split.update(stratified=False, contiguous=True)
+    bundle.split.update(stratified=False)  # contiguous row ranges (module docstring)
     return bundle

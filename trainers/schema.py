@@ -14,13 +14,12 @@ Torch-free: the reports import this module.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ToolkitError, parse_failure
+from .errors import ToolkitError
 from .options import one_line
 
 
@@ -398,13 +397,6 @@ def parse_result(obj: Any, where: str = "result", stage: str | None = None) -> R
 
 def read_result(path: str | Path, stage: str | None = None) -> ResultFile:
     """Read and validate a `result.json` or `pipeline.json`; ToolkitError (one line naming the file) if wrong."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ToolkitError(f"result file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ToolkitError(f"cannot read result file {path}: {exc}") from None
-    except (RecursionError, MemoryError) as exc:  # nesting or sizes a JSON file has no business with
-        raise ToolkitError(f"cannot read result file {path}: " + parse_failure(exc)) from None
-    return parse_result(obj, str(path), stage)
+    from .fileio import load_json
+
+    return parse_result(load_json(path, "result file"), str(Path(path)), stage)
