@@ -124,3 +124,32 @@ def test_progress_is_bars_on_a_terminal_lines_in_a_pipe_and_nothing_when_quiet(t
     assert "train [1/3] val_acc" in piped.stderr and "train [3/3]" in piped.stderr and "\x1b[" not in piped.stderr
     quiet = run_cli("--quiet", *args, "--out", tmp_path / "quiet")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip() == str(tmp_path / "quiet")
+
+
+def test_predict_on_a_folder_of_images_agrees_with_trainers_predict(tmp_path):
+    """Images are read as in training (grey, [0, 1]) and resized to the model's input; sub-folders are read too."""
+    from PIL import Image
+
+    from trainers import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("dark", "light")):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(rng.normal(60 + 120 * k, 30, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(tmp_path / "photos" / name / f"{i:02d}.png")
+    train(str(tmp_path / "photos"), "cnn", TrainConfig(epochs=2, device="cpu", model={"channels": [4], "hidden": [8]}),
+          out=tmp_path / "model")
+    (tmp_path / "new").mkdir()
+    files = sorted((tmp_path / "photos").rglob("*.png"))[::3]
+    for i, file in enumerate(files):  # 16x16 copies: predict resizes them to the model's 8x8
+        Image.open(file).resize((16, 16), Image.BILINEAR).save(tmp_path / "new" / f"{i:02d}.png")
+    x = np.stack([np.asarray(Image.open(tmp_path / "new" / f"{i:02d}.png").resize((8, 8), Image.BILINEAR),
+                             np.float32)[None] / 255.0 for i in range(len(files))])
+    expected = predict(load_model(tmp_path / "model"), x).argmax(1)
+    done = run_cli("predict", tmp_path / "model", tmp_path / "new")
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(pd.io.common.StringIO(done.stdout))
+    assert len(table) == len(files) and (table["predicted_index"].to_numpy() == expected).all()
+    refused = run_cli("predict", tmp_path / "model", tmp_path / "photos" / "dark" / "00.png")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1

@@ -63,8 +63,30 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
     x = np.stack([np.asarray(im.convert("L") if grey else im, dtype=np.float32) / 255.0 for im in images])
     x = x[:, None] if grey else x.transpose(0, 3, 1, 2)
     bundle = _finish(path.name, str(path), np.ascontiguousarray(x), np.asarray(labels), None, None, classes, None, seed)
-    bundle.split["image_size"] = list(x.shape[2:])
-    return bundle
+    return bundle  # the (resized) image size is the input shape
+
+
+def read_image_files(path: Path, input_shape) -> tuple[np.ndarray, list[str]]:
+    """Every image under `path` (sub-folders too, sorted by path) as a model's (C, H, W) inputs: grey for one
+    channel, RGB for three, resized to (H, W), scaled to [0, 1] as in training. Returns (x, relative names)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise DataError(f"{path}: this model takes inputs of shape {tuple(input_shape)}, not images (C, H, W)")
+    channels, height, width = input_shape
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                picture = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"{file}: unreadable image ({type(exc).__name__}); remove or replace it") from None
+        pixels = np.asarray(picture, dtype=np.float32) / 255.0
+        images.append(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))
+    return np.stack(images), [str(f.relative_to(path)) for f in files]
 
 
 def load_npy_pair(path: Path, seed: int):

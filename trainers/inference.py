@@ -47,8 +47,13 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
 
 def read_rows(path: str | Path, model: LoadedModel) -> np.ndarray:
     """Raw inputs for `model` from a CSV (a header; columns picked by the model's feature names, others ignored),
-    an `.npz` (array `x`) or an `.npy` file; checked against the model's input shape."""
+    an `.npz` (array `x`), an `.npy` file or a folder of images (sorted by path, sub-folders too); checked
+    against the model's input shape."""
     path = Path(path)
+    if path.is_dir():  # a folder of images, read as the model's (C, H, W) inputs
+        from .images import read_image_files
+
+        return read_image_files(path, tuple(model.spec.input_shape))[0]
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix.lower() == ".csv":
