@@ -15,7 +15,7 @@ Names are imported lazily so `import explain` does not import torch, captum or s
 from trainers.lazy import lazy_exports
 
 _EXPORTS = {
-    "registry": ("Explainer", "check_family", "default_methods", "get_method", "list_methods", "register_method"),
+    "registry": ("Explainer", "default_methods", "get_method", "list_methods", "register_method"),
     "methods": ("Attribution", "attribute", "resolve"),
     "stage": ("ExplainResult", "check_samples", "explain_model"),
     "compare": ("attribution_agreement", "check_comparable"),

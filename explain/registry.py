@@ -73,8 +73,3 @@ def get_method(name: str, family: str | None = None) -> Explainer:
 def default_methods(family: str) -> tuple[str, ...]:
     """The methods run when none are asked for: those declaring `default` for `family`, in registration order."""
     return tuple(e.name for e in loaded().entries(family) if e.is_default(family))
-
-
-def check_family(method: str, family: str) -> Explainer:
-    """`get_method(method, family)` under the name `cli/pipeline.py` still calls."""
-    return get_method(method, family)

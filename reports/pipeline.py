@@ -142,7 +142,7 @@ def _to_stderr(line: str) -> None:
 def _preflight(cfg: PipelineConfig, family: str) -> None:
     """Check the family and the later stages' methods first: a typo must not cost a training run."""
     from compress import check_request
-    from explain import check_family
+    from explain import get_method
     from trainers import get_family
     from trainers.models import make_config
 
@@ -151,7 +151,7 @@ def _preflight(cfg: PipelineConfig, family: str) -> None:
     options = cfg.compress
     check_request(options.methods, family, options.max_drop, options.options, options.ratio)
     for method in cfg.explain.methods or ():
-        check_family(method, family)
+        get_method(method, family)  # unknown, or refused for the family: one line
 
 
 def _command(data, family: str, run_dir: Path) -> str:
