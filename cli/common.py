@@ -18,6 +18,8 @@ TARGET = typer.Option(None, "--target", help="Label column of a table (default: 
 KEEP = typer.Option(None, "--keep", help="Keep a column that would be dropped as ID-like or constant (repeatable).")
 DROP = typer.Option(None, "--drop", help="Drop a column from the features (repeatable).")
 SEP = typer.Option(None, "--sep", help="CSV separator (default: sniffed from the file).")
+IMAGE_SIZE = typer.Option(None, "--image-size", help="Resize a folder's images to N x N pixels (default: they must "
+                          "share one size; TOOLKIT_IMAGE_SIZE when set).")
 
 
 def handle_errors(func):

@@ -85,7 +85,7 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
     cfg = resolve_config(config, overrides)
     _preflight(cfg, family)
     table = TableOptions(cfg.target, tuple(cfg.keep), tuple(cfg.drop), cfg.sep)
-    bundle = load_data(data, seed=cfg.train.seed, table=table)  # bad data: nothing written
+    bundle = load_data(data, seed=cfg.train.seed, table=table, image_size=cfg.image_size)  # bad data: nothing written
     check_model_size(family, cfg.train.model, bundle.input_shape, bundle.num_classes)  # allocates nothing
     tracker = open_tracker(cfg.tracking, "pipeline")
     tracker.log_params({"data": str(data), "family": family, **_tracked_options(cfg)})  # a bad URI: nothing written

@@ -1,7 +1,8 @@
 """Images and large arrays: a folder of images (one sub-folder per class) and `.npy` files.
 
 An image folder is read with Pillow and scaled to [0, 1]; its images must share one size, or are all
-resized to `size` x `size` when one is given (the `TOOLKIT_IMAGE_SIZE` environment variable for the CLI). A `.npy` file `NAME.npy` (inputs) comes with its labels
+resized to `size` x `size` when one is given (`--image-size`; the `TOOLKIT_IMAGE_SIZE` environment variable
+when none is). A `.npy` file `NAME.npy` (inputs) comes with its labels
 in `NAME.labels.npy`; the inputs are memory-mapped and never read whole into memory: the splits are
 contiguous row ranges of the file (test: the last 20%, validation: the 15% before), so the rows must be
 saved in random order, and the training loop reads them batch by batch.
@@ -19,13 +20,24 @@ from .errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def image_size() -> int | None:
-    raw = os.environ.get("TOOLKIT_IMAGE_SIZE")
-    if raw is None:
-        return None
-    if not raw.isdigit() or not 4 <= int(raw) <= 1024:
-        raise DataError(f"TOOLKIT_IMAGE_SIZE must be a whole number of pixels from 4 to 1024, got {raw!r}")
-    return int(raw)
+IMAGE_SIZE_ENV = "TOOLKIT_IMAGE_SIZE"
+IMAGE_SIZE_RANGE = (4, 1024)
+
+
+def image_size(given: int | None = None, where: str = "--image-size") -> int | None:
+    """The side in pixels to resize a folder's images to: `given`, else TOOLKIT_IMAGE_SIZE, else None (no
+    resizing); a value outside IMAGE_SIZE_RANGE is one DataError line."""
+    low, high = IMAGE_SIZE_RANGE
+    if given is None:
+        raw = os.environ.get(IMAGE_SIZE_ENV)
+        if raw is None or raw == "":
+            return None
+        if not raw.strip().isdigit() or not low <= int(raw) <= high:
+            raise DataError(f"{IMAGE_SIZE_ENV} must be a whole number of pixels from {low} to {high}, got {raw!r}")
+        return int(raw)
+    if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or not low <= given <= high:
+        raise DataError(f"{where} must be a whole number of pixels from {low} to {high}, got {given!r}")
+    return int(given)
 
 
 def load_image_folder(path: Path, seed: int, size: int | None = None):
@@ -34,7 +46,7 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
 
     from .data import _finish
 
-    size = size or image_size()
+    size = image_size(size)
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"{path}: an image folder needs one sub-folder per class, at least two; found {len(classes)}")
@@ -53,7 +65,7 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
                 first_size = first_size or image.size
                 if size is None and image.size != first_size:
                     raise DataError(f"{file}: {image.size[0]}x{image.size[1]} pixels, {files[0].name} has "
-                                    f"{first_size[0]}x{first_size[1]}; resize them all with TOOLKIT_IMAGE_SIZE=N")
+                                    f"{first_size[0]}x{first_size[1]}; resize them all with --image-size N")
                 modes.add("L" if image.mode in ("L", "1", "I;16") else "RGB")
                 rgb = image.convert("RGB")
                 images.append(rgb.resize((size, size), Image.BILINEAR) if size else rgb)
