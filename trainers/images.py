@@ -3,9 +3,9 @@
 An image folder is read with Pillow and scaled to [0, 1]; its images must share one size, or are all
 resized to `size` x `size` when one is given (`--image-size`; the `TOOLKIT_IMAGE_SIZE` environment variable
 when none is). A `.npy` file `NAME.npy` (inputs) comes with its labels
-in `NAME.labels.npy`; the inputs are memory-mapped and never read whole into memory: the splits are
-contiguous row ranges of the file (test: the last 20%, validation: the 15% before), so the rows must be
-saved in random order, and the training loop reads them batch by batch.
+in `NAME.labels.npy`; the inputs are memory-mapped and never read whole into memory: the split is stratified by
+label like any other (computed on the labels alone), each split a `RowView` of the file's rows, which the training
+loop reads batch by batch.
 """
 
 from __future__ import annotations
@@ -115,20 +115,54 @@ def load_npy_pair(path: Path, seed: int):
         raise DataError(f"{path}: cannot read without unpickling or malformed ({exc}); refused") from None
     except OSError as exc:
         raise DataError(f"cannot read {path} as a .npy file: {exc}") from None
-    from .data import TEST_FRACTION, VAL_FRACTION
+    from .data import split_indices
 
-    n = len(x)
-    n_test = int(round(n * TEST_FRACTION))
-    n_val = int(round((n - n_test) * VAL_FRACTION))
-    counts = [n - n_test - n_val, n_val, n_test]
     y = np.asarray(y)
-    if y.ndim == 1 and len(y) == n and y.dtype.kind in "iu" and n >= 10:
-        seen = set(np.unique(y[:counts[0]]).tolist())
-        for name, part in (("validation", y[counts[0]:n - n_test]), ("test", y[n - n_test:])):
-            found = set(np.unique(part).tolist())
-            if not found <= seen or (len(found) == 1 and len(seen) > 1):
-                raise DataError(f"{path}: the {name} rows (a contiguous range at the end) hold other classes than the "
-                                "training rows: the rows look ordered by class; save them shuffled")
-    bundle = _finish(path.stem, str(path), x, y, None, None, None, None, seed, presplit=counts)
-    bundle.split.update(stratified=False)  # contiguous row ranges (module docstring)
-    return bundle
+    rows = None
+    if y.ndim == 1 and x.ndim >= 2 and len(y) == len(x) >= 10 and y.dtype.kind in "biuf":
+        # The stratified split of the labels alone (label values as class codes, so 10**9 costs nothing), then
+        # views of the file's rows, each in file order; anything else is refused by _finish before a split.
+        codes = np.unique(y, return_inverse=True)[1].reshape(-1)
+        rows = [np.sort(part) for part in split_indices(codes, seed)]
+    return _finish(path.stem, str(path), x, y, None, None, None, None, seed, rows=rows)
+
+
+class RowView:
+    """Rows `index` of a memory-mapped array, read from the file only when indexed (a split of a `.npy` file).
+
+    Indexing with a number, a list or array of row numbers, or a boolean mask reads those rows into a NumPy array;
+    a slice gives a smaller view; `np.asarray(view)` reads them all. `shape`, `dtype`, `ndim` and `len` are those
+    of the rows. NumPy has no view for a non-contiguous set of rows, hence this small class.
+    """
+
+    def __init__(self, base: np.ndarray, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return RowView(self.base, self.index[key])
+        if isinstance(key, tuple):  # rows first, then the per-sample axes
+            return np.asarray(self[key[0]])[(slice(None), *key[1:])]
+        return np.asarray(self.base[self.index[key]])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = np.asarray(self.base[self.index])
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"RowView({len(self.index)} rows of {type(self.base).__name__} {tuple(self.base.shape)})"
