@@ -102,21 +102,29 @@ def test_a_constant_image_channel_is_centred_not_refused():
 
 # A failing pipeline with stderr piped.
 
+LATE_FAILURE = ["pipeline", "iris", "--model", "mlp", "--epochs", "1", "--method", "distill", "--options",
+                '{"distill": {"student_config": {"hidden": [0]}, "epochs": 1}}', "--explain-method", "saliency"]
+
+
 def test_a_failing_pipeline_prints_one_line_when_stderr_is_piped(tmp_path):
     """The compress stage fails after training (a student width of 0 is found when distillation starts): with
-    stderr piped the default progress prints nothing, so stderr is the error line alone; `--progress lines`
-    shows the steps before it."""
-    late = ["pipeline", "iris", "--model", "mlp", "--epochs", "1", "--method", "distill",
-            "--options", '{"distill": {"student_config": {"hidden": [0]}, "epochs": 1}}', "--explain-method", "saliency"]
-    quiet = toolkit(*late, "--out", tmp_path / "piped")
-    lines = toolkit("--progress", "lines", *late, "--out", tmp_path / "lines")
-    stdout, stderr = quiet.communicate(timeout=600)
-    assert quiet.returncode == 2, stderr
+    stderr piped the default progress prints nothing, so stderr is the error line alone."""
+    proc = toolkit(*LATE_FAILURE, "--out", tmp_path / "run")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2, stderr
     one_error_line(stderr, "error: compress stage failed: ")
-    assert stdout.strip() == str(tmp_path / "piped" / "report.html")  # the report of what finished, on stdout
-    _, logged = lines.communicate(timeout=600)
-    assert lines.returncode == 2 and logged.count("\n") > 3 and "train [1/1]" in logged, logged
-    assert logged.splitlines()[-1] == stderr.strip()
+    assert stdout.strip() == str(tmp_path / "run" / "report.html")  # the report of what finished, on stdout
+
+
+@pytest.mark.parametrize("mode", ["lines", "none"])
+def test_progress_lines_show_the_steps_before_the_error_line_and_none_shows_none(mode, tmp_path, capsys):
+    assert main(["--progress", mode, *LATE_FAILURE, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("error: compress stage failed: ")
+    if mode == "lines":
+        assert err.count("\n") > 3 and "train [1/1]" in err and "[2/4] compress ..." in err, err
+    else:
+        one_error_line(err, "compress stage failed")
 
 
 def test_a_pipeline_on_a_corrupt_data_file_prints_one_line_and_writes_nothing(tmp_path):
