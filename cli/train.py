@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import DROP, IMAGE_SIZE, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info, parse_json_option
+from .common import (DROP, IMAGE_SIZE, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info,
+                     parse_json_option)
 from .help import model_families, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker, tracking_args
 

@@ -38,7 +38,8 @@ class DataBundle:
 
     Attributes:
         name: the built-in name or the file name the data came from.
-        x_*/y_*: float32 inputs of shape (N, *input_shape) and int64 labels.
+        x_*/y_*: float32 inputs of shape (N, *input_shape) and int64 labels; the inputs of a `.npy` file are
+            `images.RowView`s of its memory map, read when indexed (`np.asarray` reads a whole split).
         input_shape: per-sample shape, channels first.
         layout: "features" (F,), "signal" (C, L) or "image" (C, H, W).
         mean, std: per-feature (layout features) or per-channel statistics of

@@ -326,7 +326,9 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
         argv += ["--arch", json.dumps(config.model)]
     argv += _table_args(table, target)
     if image_size is not None:
-        argv += ["--image-size", str(image_size)]
+        from .images import image_size as checked_size
+
+        argv += ["--image-size", str(checked_size(image_size))]
     argv += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--json", json_output)) if on]
     return launch(options, [*argv, *extra_args], config.device)
 
