@@ -318,7 +318,7 @@ def _load_module(path: Path, spec: ModelSpec, device: str, given: nn.Module | No
     except (KeyError, RuntimeError, ValueError, TypeError, RecursionError) as exc:
         raise ArtifactError(f"{weights}: cannot decode {codec_name} weights: {exc}") from None
     _check_state(module, state, weights)
-    _check_dtypes(state, spec, weights)
+    _check_dtypes(state, spec, weights, module)
     module.load_state_dict(state, strict=True)
     return module.to(device=device, dtype=DTYPES[spec.dtype]).eval()
 
@@ -338,9 +338,14 @@ def _check_state(module: nn.Module, state: dict, weights: Path) -> None:
             raise ArtifactError(f"{weights}: tensor {key} contains NaN or infinite values")
 
 
-def _check_dtypes(state: dict, spec: ModelSpec, weights: Path) -> None:
-    """Weights are stored in the dtype model.json names: an int8 or bool tensor is never cast silently."""
+def _check_dtypes(state: dict, spec: ModelSpec, weights: Path, module: nn.Module) -> None:
+    """Weights are stored in the dtype model.json names: an int8 or bool tensor is never cast silently.
+
+    Integer buffers the architecture itself holds (BatchNorm's `num_batches_tracked`) stay integers."""
+    integers = {k for k, v in module.state_dict().items() if not v.is_floating_point()}
     for key, tensor in state.items():
+        if key in integers and not tensor.is_floating_point():
+            continue
         if not tensor.is_floating_point() or (spec.runtime == "torch" and tensor.dtype != DTYPES[spec.dtype]):
             stored = str(tensor.dtype).replace("torch.", "")
             raise ArtifactError(f"{weights}: tensor {key} is stored as {stored}, model.json says {spec.dtype}")
