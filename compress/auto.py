@@ -126,7 +126,7 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple
 
 
 def baseline_variant(model: LoadedModel) -> Variant:
-    if model.module is None:  # a user's ONNX graph
+    if model is not None and model.module is None:  # a user's ONNX graph
         return Variant(name="fp32-onnx", model=model, recipe={"method": "baseline"},
                        onnx_bytes=model.onnx_model_bytes(),
                        notes=["the fp32 ONNX original (ONNX Runtime) every ratio is taken against"])

@@ -74,9 +74,12 @@ def register_family(name: str, config: type, description: str = "", tags: tuple[
     return FAMILIES.register(name, config=config, description=description, tags=tuple(sorted({"torch", *tags})))
 
 
-def family_tags(name: str) -> frozenset | None:
-    """The capability tags a registered family declares; None for a name that is not a registered family."""
-    return frozenset(FAMILIES.get(name).tags) if name in FAMILIES else None
+def family_tags(name: str) -> frozenset:
+    """The capability tags a registered family declares. Any other name is taken for a PyTorch module whose
+    layers are not known yet (a family registered later, a user's "custom" module), and "onnx" for a graph."""
+    if name in FAMILIES:
+        return frozenset(FAMILIES.get(name).tags)
+    return frozenset({"onnx"} if name == "onnx" else {"torch"})
 
 
 # Layer types behind each capability tag. Captured by type, so a user's subclass of nn.Conv2d counts too.

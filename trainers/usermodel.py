@@ -53,18 +53,14 @@ def as_model(model, data=None, *, class_names=None, module: nn.Module | None = N
     if isinstance(model, (str, Path)):
         path = Path(model)
         suffix = path.suffix.lower()
-        if path.is_dir():
-            return load_model(path, module=module)
-        if suffix in PICKLE_SUFFIXES:
+        if suffix in PICKLE_SUFFIXES and not path.is_dir():
             what = "a torch.export program, which torch.export.load unpickles" if suffix == ".pt2" else "a pickle"
             raise ToolkitError(f"{path.name} is {what}; the toolkit never loads pickles (they run code): {PYTHON_ROUTE}")
         if suffix == ".onnx":
             if not path.is_file():
                 raise ToolkitError(f"ONNX file not found: {path}")
             return from_onnx(path.read_bytes(), data, class_names=class_names, origin=str(path))
-        if not path.exists():
-            raise ToolkitError(f"model not found: {path}")
-        raise ToolkitError(f"{path} is neither a model directory nor an .onnx file")
+        return load_model(path, module=module)  # an artifact directory (its own one-line refusals otherwise)
     raise ToolkitError(f"a model is an artifact directory, a torch.nn.Module, or an .onnx file or its bytes; "
                        f"got {type(model).__name__}")
 
