@@ -156,7 +156,11 @@ def test_refusals_name_the_capability(zoo, name):
     assert set(ZOO[name][3]).isdisjoint(compress.list_methods(model) + explain.list_methods(model))
 
 
-@pytest.mark.parametrize("name", ZOO)
+# The GRU's ONNX export by the default (dynamo) exporter takes most of a minute: its case is slow.
+MODULE_CASES = [pytest.param(name, marks=pytest.mark.slow) if name == "gru" else name for name in ZOO]
+
+
+@pytest.mark.parametrize("name", MODULE_CASES)
 def test_python_pipeline_on_the_module(zoo, name, tmp_path):
     """compress auto, explain with the default methods and the report, from Python on the module itself."""
     import explain
