@@ -4,7 +4,9 @@ Every method answers the same call::
 
     variants = method(model, data, **options)   # -> list[Variant]
 
-where `model` is a `trainers.LoadedModel` and `data` a `trainers.DataBundle`.
+where `model` is a `trainers.LoadedModel` (a toolkit family, a user's module or ONNX graph: `trainers.as_model`)
+and `data` a `trainers.DataBundle`. What a method can take is declared as capability fields (`families`,
+`needs`, `excludes`) and checked against the model itself.
 A method is registered once with `@register_method`, which declares its
 capabilities (`Method`); the CLI choices, `auto`, the reports and the contract
 suite (`compress.checks`) read the registry. Options are the method's keyword
@@ -92,12 +94,12 @@ def register_method(name: str, **capabilities):
     return decorator
 
 
-def list_methods(family: str | None = None) -> list[str]:
-    """Registered method names, optionally only those that handle `family`."""
+def list_methods(family=None) -> list[str]:
+    """Registered method names, optionally only those that handle `family` (a family name, a model or tags)."""
     return METHODS.names(family)
 
 
-def get_method(name: str, family: str | None = None) -> Method:
+def get_method(name: str, family=None) -> Method:
     """The method `name`; one clear ToolkitError when unknown or when it cannot handle a `family` model."""
     return METHODS.get(name, family)
 
