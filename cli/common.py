@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import typer
 
@@ -104,3 +105,15 @@ def parse_json_option(text: str | None, option: str) -> dict:
     if not isinstance(value, dict):
         raise ToolkitError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [64]}}'")
     return value
+
+
+def open_model(path: Path):
+    """(what the stage takes, family for the default run directory) for a MODEL argument: an artifact directory
+    is loaded here; an `.onnx` file is handed to the stage, which loads it with the data (its example input);
+    anything else (a pickle, a missing path) is refused in one line by `trainers.as_model`."""
+    from trainers.usermodel import as_model
+
+    if Path(path).suffix.lower() == ".onnx" and Path(path).is_file():
+        return Path(path), "onnx"
+    model = as_model(Path(path))
+    return model, model.spec.family

@@ -25,7 +25,8 @@ KEYS = {"target": "target", "keep": "keep", "drop": "drop", "sep": "sep", "image
 @handle_errors
 def pipeline_command(
     data: str = typer.Argument(..., help="Built-in data set (digits, iris, wine, breast_cancer), a table, .npz/.npy file or image folder."),
-    model: str = typer.Option(..., "--model", "-m", help="Model family."),
+    model: str = typer.Option(..., "--model", "-m", help="Model family to train, or your own model (.onnx file or model "
+                                                         "directory): then it is not trained."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML, YAML or JSON file with sections train, "
                                           "compress, explain and report (a run's config.yaml or config.json too)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-pipeline-<model>)."),

@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from trainers.errors import ToolkitError
 from trainers.options import Bool, Float, PositiveInt, Str
 
 from .methods import ROUTE_BLACK_BOX
@@ -24,6 +25,8 @@ from .shapley import shapley_permutation
 
 NonNegativeFloat = Annotated[Float, Field(ge=0)]
 LSTM_HOOKS = "LSTM gates (sigmoid/tanh inside nn.LSTM) are invisible to its rescale hooks, so completeness fails"
+RECURRENT_HOOKS = ("the gates of recurrent layers (sigmoid/tanh inside nn.LSTM, nn.GRU) are invisible to its rescale "
+                   "hooks, so completeness fails")
 
 
 def _tensors(ctx, x, targets):
@@ -37,7 +40,7 @@ def _np(t) -> np.ndarray:
 # ---------------------------------------------------------------- Captum, gradient based
 
 
-@register_method("integrated_gradients", library="captum", axiom=True, default=True,
+@register_method("integrated_gradients", library="captum", needs=("torch",), axiom=True, default=True,
                  description="Captum IntegratedGradients from the training mean (Gauss-Legendre, n_steps=64)")
 def integrated_gradients(ctx, x, targets, n_steps: PositiveInt = 64):
     from captum.attr import IntegratedGradients
@@ -49,7 +52,7 @@ def integrated_gradients(ctx, x, targets, n_steps: PositiveInt = 64):
     return _np(attr), ctx.reference_at_baseline(targets), _np(delta)
 
 
-@register_method("saliency", library="captum", description="Captum Saliency: |d logit / d input|")
+@register_method("saliency", library="captum", needs=("torch",), description="Captum Saliency: |d logit / d input|")
 def saliency(ctx, x, targets):
     from captum.attr import Saliency
 
@@ -58,8 +61,8 @@ def saliency(ctx, x, targets):
 
 
 # Captum's max-pool rule does not conserve the total exactly, so completeness is only claimed for MLPs.
-@register_method("deeplift", families=("mlp", "cnn"), library="captum", axiom=("mlp",), default=("mlp",),
-                 refusal={"lstm": LSTM_HOOKS}, description="Captum DeepLift (rescale) from the training mean")
+@register_method("deeplift", needs=("torch",), excludes=("recurrent",), library="captum", axiom=("mlp",),
+                 default=("mlp",), refusal={"lstm": LSTM_HOOKS, "recurrent": RECURRENT_HOOKS}, description="Captum DeepLift (rescale) from the training mean")
 def deeplift(ctx, x, targets):
     from captum.attr import DeepLift
 
@@ -71,7 +74,7 @@ def deeplift(ctx, x, targets):
     return _np(attr), ctx.reference_at_baseline(targets), _np(delta)
 
 
-@register_method("gradient_shap", library="captum", sampled=True, needs_background=True,
+@register_method("gradient_shap", library="captum", needs=("torch",), sampled=True, needs_background=True,
                  description="Captum GradientShap over a background of training samples (n_samples=32)")
 def gradient_shap(ctx, x, targets, n_samples: PositiveInt = 32, stdevs: NonNegativeFloat = 0.0):
     from captum.attr import GradientShap
@@ -82,19 +85,31 @@ def gradient_shap(ctx, x, targets, n_samples: PositiveInt = 32, stdevs: NonNegat
     return _np(attr), ctx.reference_over_background(targets), None
 
 
-@register_method("layer_gradcam", families=("cnn",), library="captum", default=True,
-                 refusal={"mlp": "Grad-CAM needs a convolutional layer", "lstm": "Grad-CAM needs a convolutional layer"},
-                 description="Captum LayerGradCam on the last convolution, upsampled to the input")
-def layer_gradcam(ctx, x, targets):
+@register_method("layer_gradcam", needs=("torch", "conv"), library="captum", default=True,
+                 refusal={"conv": "Grad-CAM needs a convolutional layer"},
+                 description="Captum LayerGradCam on the last convolution (or `layer`), upsampled to the input")
+def layer_gradcam(ctx, x, targets, layer: Str | None = None):
+    """layer: the name of the convolution to attribute (`module.named_modules()`); default: the last one."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    conv = [m for m in ctx.module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))][-1]
+    conv = _conv_layer(ctx.module, layer)
     xt, tt = _tensors(ctx, x, targets)
     cam = LayerGradCam(ctx.forward, conv).attribute(xt, target=tt, relu_attributions=True)
     spatial = tuple(ctx.spec.input_shape[1:]) if len(ctx.spec.input_shape) > 1 else tuple(ctx.spec.input_shape)
     up = LayerAttribution.interpolate(cam, spatial, interpolate_mode="bilinear" if len(spatial) == 2 else "linear")
     up = up.reshape(len(x), *([1] * (len(ctx.spec.input_shape) - len(spatial))), *spatial)
     return _np(up.expand(len(x), *ctx.spec.input_shape)), ctx.reference_at_baseline(targets), None
+
+
+def _conv_layer(module: nn.Module, name: str | None) -> nn.Module:
+    """The convolution named `name`, or the last one in the module; one ToolkitError line when there is none."""
+    convs = {n: m for n, m in module.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))}
+    if name is None:
+        return list(convs.values())[-1]
+    if name not in convs:
+        raise ToolkitError(f"layer_gradcam: no convolution named '{name}' in the module; its convolutions are "
+                           f"{', '.join(convs) or 'none'}")
+    return convs[name]
 
 
 # ---------------------------------------------------------------- Captum, perturbation based (black box)
@@ -157,9 +172,11 @@ def _select(values, targets, n):
     return np.stack([values[i, ..., targets[i]] for i in range(n)])
 
 
-@register_method("shap_deep", families=("mlp", "cnn"), library="shap", axiom=True,
+@register_method("shap_deep", needs=("torch",), excludes=("recurrent",), library="shap", axiom=True,
                  refusal={"lstm": "shap DeepExplainer fails its additivity check on PyTorch LSTMs ("
-                                  + LSTM_HOOKS + "); use shap_gradient or integrated_gradients"},
+                                  + LSTM_HOOKS + "); use shap_gradient or integrated_gradients",
+                          "recurrent": "shap DeepExplainer fails its additivity check on recurrent layers ("
+                                       + RECURRENT_HOOKS + "); use shap_gradient or integrated_gradients"},
                  description="shap DeepExplainer against the training mean (additivity checked)")
 def shap_deep(ctx, x, targets):
     import shap
@@ -172,7 +189,7 @@ def shap_deep(ctx, x, targets):
     return _select(values, targets, len(x)), ctx.reference_at_baseline(targets), None
 
 
-@register_method("shap_gradient", library="shap", sampled=True, needs_background=True,
+@register_method("shap_gradient", library="shap", needs=("torch",), sampled=True, needs_background=True,
                  description="shap GradientExplainer (expected gradients) over a background of training samples")
 def shap_gradient(ctx, x, targets, nsamples: PositiveInt = 32):
     import shap

@@ -73,9 +73,21 @@ def model_runtime(model) -> str:
 
 
 def resolve(method: str, model) -> tuple[str, str, str | None]:
-    """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused."""
-    family = model.spec.family
-    m = get_method(method, family)
+    """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused.
+
+    What a method needs is read from the model (`trainers.models.capabilities`), not from its family name: a
+    gradient method on a model without a PyTorch module (a user's ONNX graph, an int8 artifact without a twin)
+    is routed to the black-box estimator; any other mismatch is refused in one line.
+    """
+    from trainers.models import capabilities
+
+    m = get_method(method)
+    if m.why_not(model) is not None:
+        if ("torch" in m.needs and "torch" not in capabilities(model)
+                and get_method(ROUTE_BLACK_BOX).why_not(model) is None):
+            return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this ONNX model has no PyTorch module "
+                                             f"(no fake-quant twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
+        get_method(method, model)  # raises the one-line refusal
     is_onnx = model.spec.runtime == "onnxruntime"
     if is_onnx and "onnx" in m.runtimes:
         return method, "onnx", None
@@ -83,7 +95,7 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
     if runtime in m.runtimes:
         note = f"{method} needs gradients; ran on the artifact's fake-quant PyTorch twin" if runtime == "fake-quant" else None
         return method, runtime, note
-    if runtime == "onnx" and ROUTE_BLACK_BOX in METHODS.names(family):
+    if runtime == "onnx" and ROUTE_BLACK_BOX in METHODS.names(model):
         return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this int8 ONNX model has none (no fake-quant "
                                          f"twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
     raise ToolkitError(f"method '{method}' cannot run on runtime '{runtime}' (it supports {', '.join(m.runtimes)})")
@@ -163,7 +175,8 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
     """Attribute the target logit of `model` on `inputs` with a registered method.
 
     Args:
-        model: a `trainers.LoadedModel` (or an artifact path).
+        model: a `trainers.LoadedModel`, an artifact path, a `torch.nn.Module` or an `.onnx` file or its bytes
+            (`trainers.as_model`; a module's example input is taken from `inputs`).
         inputs: raw inputs (N, *input_shape) as the model takes them.
         target: class index, or one per sample; None: the predicted class.
         method: a name from `list_methods()`; routed or refused per `resolve`.
@@ -174,10 +187,11 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
         **options: options of `method` (e.g. n_steps, n_permutations, nsamples), checked against its
             signature; not passed on when the request is routed to another method.
     """
-    from trainers import load_model
+    from trainers.usermodel import as_model
 
     if not hasattr(model, "spec"):
-        model = load_model(model)
+        x = np.asarray(inputs, dtype=np.float32)
+        model = as_model(model, x if x.ndim > 1 else x[None])
     ran, runtime, note = resolve(method, model)
     options = METHODS.check_options(method, options) if ran == method else {}
     x = np.asarray(inputs, dtype=np.float32)

@@ -155,7 +155,7 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
     `repeat_samples` samples (all by default).
     """
     family = model.spec.family
-    holds = get_method(attr.method).holds_axiom(family)
+    holds = get_method(attr.method).holds_axiom(model)
     out: dict = {"completeness_error": completeness_error(model, x, attr), "axiom_holds": holds}
     verdicts = []
     flagged = False
