@@ -70,7 +70,8 @@ class Attribution:
     def summary(self) -> dict:
         n = max(len(self.values), 1)
         return {"method": self.requested, "ran": self.method, "runtime": self.runtime, "routed": self.routed,
-                "seconds": round(self.seconds, 4), "ms_per_sample": round(1000 * self.seconds / n, 3)}
+                "seconds": round(self.seconds, 4), "ms_per_sample": round(1000 * self.seconds / n, 3),
+                "steps_mean": None if self.steps is None else round(float(np.mean(self.steps)), 2)}
 
 
 # ---------------------------------------------------------------- runtime and forward
