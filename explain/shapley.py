@@ -71,7 +71,7 @@ def relative_error_bound(values: np.ndarray, standard_error: np.ndarray, confide
 def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline: np.ndarray, *,
                      tolerance: float | None = 0.1, max_evaluations: int | None = None,
                      n_permutations: int | None = None, seed: int = 0, groups: np.ndarray | None = None,
-                     max_rows: int = ROWS_PER_PASS) -> ShapleyEstimate:
+                     max_rows: int = ROWS_PER_PASS, antithetic: bool = True) -> ShapleyEstimate:
     """Shapley values of the target output for each sample of `x` (N, *shape) against one baseline, with error bars.
 
     Args:
@@ -84,6 +84,8 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
         n_permutations: a fixed number of permutations instead (rounded up to pairs); tolerance is then ignored.
         groups: optional (*shape) integer map of feature groups (values 0..G-1) attributed together.
         max_rows: rows per forward pass.
+        antithetic: pair each permutation with its reverse; False pairs two independent permutations
+            (plain Monte Carlo, for comparison).
     """
     x = np.asarray(x, np.float32)
     n, shape = len(x), x.shape[1:]
@@ -113,7 +115,7 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
     while len(active):
         # walk the requested pairs of every active sample, batched across samples
         pair_means = _walk(forward_numpy, flat_x[active], flat_b, targets[active], f_base[active], f_x[active],
-                           want[active], members, g, shape, rng, max_rows)
+                           want[active], members, g, shape, rng, max_rows, antithetic)
         for j, i in enumerate(active):
             total[i] += pair_means[j].sum(0)
             total_sq[i] += (pair_means[j] ** 2).sum(0)
@@ -133,13 +135,13 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
                            bound, 2 + pairs * rows_per_pair, permutations, converged)
 
 
-def _walk(forward_numpy, xs, flat_b, ts, f_base, f_x, n_pairs, members, g, shape, rng, max_rows):
-    """Per sample, `n_pairs[i]` antithetic pair means (pairs, G) of the marginal contributions."""
+def _walk(forward_numpy, xs, flat_b, ts, f_base, f_x, n_pairs, members, g, shape, rng, max_rows, antithetic):
+    """Per sample, `n_pairs[i]` pair means (pairs, G) of the marginal contributions."""
     jobs = []                       # (sample index, permutation)
     for i, k in enumerate(n_pairs):
         for _ in range(int(k)):
             p = rng.permutation(g)
-            jobs += [(i, p), (i, p[::-1])]
+            jobs += [(i, p), (i, p[::-1] if antithetic else rng.permutation(g))]
     contrib = np.zeros((len(jobs), g))
     steps = max(g - 1, 0)
     per_pass = max(1, max_rows // max(steps, 1))
