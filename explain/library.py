@@ -92,7 +92,7 @@ def _replicated(run, total: int, min_share: int = 1):
         return mean.astype(np.float32), {}
     se = draws.std(0, ddof=1) / np.sqrt(reps)          # shares differ by at most one sample
     return mean.astype(np.float32), {"standard_error": se.astype(np.float32),
-                                     "error_bound": relative_error_bound(mean, se)}
+                                     "error_bound": relative_error_bound(mean, se, variance_dof=reps - 1)}
 
 
 @register_method("saliency", library="captum", description="Captum Saliency: |d logit / d input|")

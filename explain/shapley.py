@@ -15,7 +15,8 @@ standard error of each value is the spread of the pair means over sqrt(pairs).
 The relative error bound of a sample is the 95% quantile of ||estimate - exact||
 / ||estimate|| under that normal approximation: the squared error norm is a
 weighted sum of chi-square(1) terms, approximated (Satterthwaite) by a scaled
-chi-square with (sum s^2)^2 / sum s^4 degrees of freedom.
+chi-square with (sum s^2)^2 / sum s^4 degrees of freedom, and since the variances are
+themselves estimated from the pairs, its ratio to their estimate by an F distribution.
 
 Adaptive stopping: every sample starts with `MIN_PAIRS` pairs; samples whose
 bound is above `tolerance` get as many pairs again (doubling) until the bound is
@@ -55,15 +56,25 @@ class ShapleyEstimate:
     converged: np.ndarray
 
 
-def relative_error_bound(values: np.ndarray, standard_error: np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray:
-    """(N,) bound on ||estimate - exact|| / ||estimate|| at `confidence`, from per-value standard errors (N, ...)."""
-    from scipy.stats import chi2
+def relative_error_bound(values: np.ndarray, standard_error: np.ndarray, confidence: float = CONFIDENCE,
+                         variance_dof=None) -> np.ndarray:
+    """(N,) bound on ||estimate - exact|| / ||estimate|| at `confidence`, from per-value standard errors (N, ...).
+
+    `variance_dof`: degrees of freedom of each sample's variance estimates (draws - 1), scalar or (N,); the
+    squared error over its estimate then follows an F distribution rather than a chi-square over its dof,
+    which widens the bound when few draws estimated the variance. None: variances taken as known.
+    """
+    from scipy.stats import chi2, f
 
     v = np.asarray(values, np.float64).reshape(len(values), -1)
     s2 = np.asarray(standard_error, np.float64).reshape(len(values), -1) ** 2
     total, fourth = s2.sum(1), (s2 ** 2).sum(1)
     dof = np.where(fourth > 0, total ** 2 / np.where(fourth > 0, fourth, 1.0), 1.0)
-    error = np.sqrt(total * chi2.ppf(confidence, dof) / dof)
+    if variance_dof is None:
+        quantile = chi2.ppf(confidence, dof) / dof
+    else:
+        quantile = f.ppf(confidence, dof, dof * np.maximum(np.asarray(variance_dof, np.float64), 1.0))
+    error = np.sqrt(total * quantile)
     norm = np.linalg.norm(v, axis=1)
     return np.where(norm > 0, error / np.where(norm > 0, norm, 1.0), np.where(error > 0, np.inf, 0.0))
 
@@ -122,7 +133,7 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
             pairs[i] += len(pair_means[j])
         values, se = _moments(total, total_sq, pairs)
         values, se = _spread(values, se, flat_x, flat_b, members, group_of, groups is not None)
-        bound = relative_error_bound(values, se)
+        bound = relative_error_bound(values, se, variance_dof=pairs - 1)
         if tolerance is None:
             still = pairs[active] < cap_pairs
         else:
