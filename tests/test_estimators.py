@@ -227,6 +227,23 @@ def test_explain_schema_3_round_trips_and_earlier_versions_are_read(tmp_path):
         parse_result(older, "v2")
 
 
+def test_explain_stage_writes_error_bars_and_convergence(iris_model, iris, tmp_path):
+    from trainers.schema import read_result
+
+    result = explain.explain_model(iris_model, iris, methods=["shapley", "integrated_gradients", "lime"], samples=6,
+                                   out=tmp_path / "run")
+    written = read_result(tmp_path / "run" / "result.json", "explain")
+    assert isinstance(written, ExplainResultFile) and written.schema_version == 3
+    shapley, ig, lime = (written.quality[m] for m in ("shapley", "integrated_gradients", "lime"))
+    assert shapley.estimated_error is not None and shapley.unconverged is not None and shapley.tolerance == 0.1
+    assert shapley.verdicts[0].startswith("estimated error")
+    assert ig.estimated_error is None and ig.unconverged is not None and ig.completeness_over_tolerance is not None
+    assert lime.estimated_error is not None and lime.unconverged is None
+    runs = {r.method: r for r in written.runs}
+    assert runs["integrated_gradients"].steps_mean >= 32 and runs["lime"].steps_mean is None
+    assert result.summary["quality"]["shapley"]["estimated_error"] == shapley.estimated_error
+
+
 # ---------------------------------------------------------------- fixtures
 
 
