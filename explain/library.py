@@ -65,12 +65,12 @@ def integrated_gradients(ctx, x, targets, n_steps: PositiveInt | None = None, to
     values = np.zeros(x.shape, np.float32)
     delta = np.zeros(len(x))
     steps = np.zeros(len(x), np.int64)
-    todo, current = np.arange(len(x)), min(IG_FIRST_STEPS, max_steps)
-    while len(todo):
-        attr, d = run(torch.as_tensor(todo), current)
-        values[todo], delta[todo], steps[todo] = attr, d, current
-        done = (np.abs(d) <= tolerance * gap[todo]) | (gap[todo] <= GAP_FLOOR)
-        todo = todo[~done]
+    pending, current = np.arange(len(x)), min(IG_FIRST_STEPS, max_steps)
+    while len(pending):
+        attr, d = run(torch.as_tensor(pending), current)
+        values[pending], delta[pending], steps[pending] = attr, d, current
+        done = (np.abs(d) <= tolerance * gap[pending]) | (gap[pending] <= GAP_FLOOR)
+        pending = pending[~done]
         if current >= max_steps:
             break
         current = min(2 * current, max_steps)
@@ -273,7 +273,7 @@ def shap_kernel(ctx, x, targets, nsamples: PositiveInt | None = None, l1_reg: Bo
                              "per sample until the relative error bound (95%) is within tolerance=0.1")
 def shapley(ctx, x, targets, tolerance: Tolerance = 0.1, max_evaluations: PositiveInt | None = None,
             n_permutations: PositiveInt | None = None):
-    """`tolerance`: relative error bound at 95% at which a sample stops; `max_evaluations`: model rows per
+    """`tolerance`: relative error bound at 95% a sample is done at; `max_evaluations`: model rows per
     sample at most (default: those of 128 permutations); `n_permutations`: a fixed count instead."""
     est = shapley_estimate(ctx.forward_numpy, x, targets, ctx.baseline_np, tolerance=tolerance,
                            max_evaluations=max_evaluations, n_permutations=n_permutations, seed=ctx.seed)

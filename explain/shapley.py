@@ -18,7 +18,7 @@ weighted sum of chi-square(1) terms, approximated (Satterthwaite) by a scaled
 chi-square with (sum s^2)^2 / sum s^4 degrees of freedom, and since the variances are
 themselves estimated from the pairs, its ratio to their estimate by an F distribution.
 
-Adaptive stopping: every sample starts with `MIN_PAIRS` pairs; samples whose
+Adaptive sampling: every sample starts with `MIN_PAIRS` pairs; samples whose
 bound is above `tolerance` get as many pairs again (doubling) until the bound is
 met or the next round would pass `max_evaluations` model rows.
 """
@@ -89,7 +89,7 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
         forward_numpy: maps (M, *shape) float32 to (M, classes) outputs.
         targets: (N,) class per sample.
         baseline: (*shape) reference input.
-        tolerance: relative error bound (at 95%) at which a sample stops; None: run to the cap.
+        tolerance: relative error bound (at 95%) a sample is done at; None: run to the cap.
         max_evaluations: model rows per sample at most (default: those of 128 permutations); the first
             round of 16 permutations always runs.
         n_permutations: a fixed number of permutations instead (rounded up to pairs); tolerance is then ignored.

@@ -1,4 +1,4 @@
-"""Estimators with error bars: Shapley standard errors and adaptive stopping, adaptive integrated gradients,
+"""Estimators with error bars: Shapley standard errors and adaptive sampling, adaptive integrated gradients,
 LIME's interpretable representations, and the explain result schema that carries them."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_antithetic_pairs_remove_the_variance_of_a_second_order_game():
     assert np.abs(paired.standard_error).max() < 1e-3 < np.abs(plain.standard_error).max()
 
 
-def test_adaptive_sampling_stops_at_its_tolerance_and_its_bound_covers_the_error():
+def test_adaptive_sampling_meets_its_tolerance_and_its_bound_covers_the_error():
     forward, x, base = interacting_game(), inputs(24), np.zeros(D, np.float32)
     targets = np.zeros(len(x), int)
     reference = shapley_estimate(forward, x, targets, base, n_permutations=4000, seed=99).values
