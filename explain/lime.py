@@ -17,11 +17,14 @@ spread evenly over its elements, so a patch's pixels sum to the patch's weight.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from trainers.options import PositiveInt
 
+from .library import REPLICATES, _replicated   # also registers the library's methods first (table order)
 from .registry import RUNTIMES, register_method
 
 SEGMENTS = 16        # time segments of a signal
@@ -60,8 +63,6 @@ def lime(ctx, x, targets, n_samples: PositiveInt | None = None):
     from captum._utils.models.linear_model import SkLearnRidge
     from captum.attr import Lime
 
-    from .library import REPLICATES, _replicated
-
     mask = interpretable_features(ctx.spec)
     g = int(mask.max()) + 1
     size = np.bincount(mask.reshape(-1), minlength=g)[mask].astype(np.float32)
@@ -72,7 +73,8 @@ def lime(ctx, x, targets, n_samples: PositiveInt | None = None):
     def run(replicate, k):
         torch.manual_seed(ctx.seed + 1000 * replicate)
         explainer = Lime(ctx.forward, interpretable_model=SkLearnRidge(alpha=1.0))
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # Captum notes that a batch fits one surrogate per sample: intended
             attr = explainer.attribute(xt, target=tt, baselines=ctx.baseline, feature_mask=feature_mask,
                                        n_samples=k, perturbations_per_eval=64)
         return attr.detach().float().cpu().numpy() / size     # a feature's weight spread evenly over its elements
