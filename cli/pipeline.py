@@ -15,7 +15,8 @@ from .help import compression_methods, explanation_methods, model_families, with
 from .tracking import MLFLOW, TENSORBOARD
 
 # The config key each override option sets (its help starts with that key).
-KEYS = {"target": "target", "keep": "keep", "drop": "drop", "sep": "sep", "image_size": "image_size", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+KEYS = {"target": "target", "keep": "keep", "drop": "drop", "sep": "sep", "image_size": "image_size",
+        "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
         "seed": "train.seed", "device": "train.device", "arch": "train.arch", "method": "compress.methods",
         "max_drop": "compress.max_drop", "ratio": "compress.ratio", "options": "compress.options",
         "explain_method": "explain.methods", "samples": "explain.samples", "mlflow": "tracking.mlflow",

@@ -122,7 +122,8 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
     if target is not None:
         options = TableOptions(target, options.keep, options.drop, options.sep)
     if image_size is not None and not isinstance(spec, (str, Path)):
-        raise DataError(f"image size {image_size} resizes the images of a folder; {type(spec).__name__} data is not one")
+        raise DataError(f"image size {image_size} resizes the images of a folder; "
+                        f"{type(spec).__name__} data is not one")
     if isinstance(spec, tuple):
         if len(spec) != 2:
             raise DataError(f"data as a tuple must be (x, y), got {len(spec)} items")
