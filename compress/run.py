@@ -260,9 +260,11 @@ def _unique(variants: list[Variant]) -> list[Variant]:
 
 
 def _write(run, result: CompressResult, model, data, methods, max_drop, options, ratio) -> None:
+    from trainers.data import absolute_source
     from trainers.env import environment
 
-    run.write_json("config.json", {"stage": "compress", "model": result.parent, "data": data.source or data.name,
+    run.write_json("config.json", {"stage": "compress", "model": absolute_source(result.parent),
+                                   "data": absolute_source(data.source) or data.name,
                                    "methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options})
     run.write_json("env.json", environment())
     for v in result.variants:

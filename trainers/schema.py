@@ -231,6 +231,34 @@ class AttributionRun(Record):
     baseline: str
 
 
+class CascadeStep(Record):
+    layers: str  # the layers re-initialised so far, top (output) layer first
+    spearman: float | None  # median Spearman of |maps| with the trained model's; None: only empty maps
+
+
+class SanityCheck(Record):
+    """Cascading model-parameter randomisation against its noise floor (explain.sanity)."""
+
+    verdict: Literal["separated", "input-only", "not separated", "uninformative"]
+    reason: str
+    cascade: list[CascadeStep]
+    seeds: list[float | None]  # trained vs fully re-initialised, one per seed
+    floor: list[float | None]  # between two fully re-initialised models, one per pair of seeds
+    input_only: float | None  # Spearman with |x - mean| / std
+    model_reference: float | None  # Spearman with the trained model's gradients (scaled by std)
+
+
+class FeatureRank(Record):
+    feature: str
+    rank: int  # in the original (1: most important by mean |attribution|)
+    variant_rank: int
+
+
+class Relation(Record):
+    relation: Literal["derived", "same data", "unrelated"]
+    reason: str
+
+
 class Quality(Record):
     completeness_error: float | None
     axiom_holds: bool
@@ -243,6 +271,9 @@ class Quality(Record):
     noise_floor_spearman: float | None
     verdicts: list[str]
     flagged: bool
+    # from version 3 (absent in older files)
+    empty_share: float | None = None  # share of maps that are all zero or constant
+    sanity: SanityCheck | None = None  # None: not run (no PyTorch module, or sanity off)
 
 
 class DriftRow(Record):
@@ -270,6 +301,12 @@ class DriftRow(Record):
     random_floor_topk: float | None
     flag: bool
     verdict: str
+    # from version 3 (absent in older files)
+    status: Literal["drifted", "uncertain", "kept", "uninformative"] | None = None
+    threshold: float | None = None  # top-k overlap below which a variant has drifted
+    empty_share: float | None = None  # the larger share of empty maps of the two models
+    top_features: list[FeatureRank] | None = None
+    relation: Literal["derived", "same data", "unrelated"] | None = None
 
 
 class Drift(Record):
@@ -298,13 +335,22 @@ class ExplainResultFileV1(Record):
     seconds: float
 
 
-class ExplainResultFile(ExplainResultFileV1):
+class ExplainResultFileV2(ExplainResultFileV1):
     """Version 2: `global_importance` of a model trained on a table names the user's columns (a text column's
     one-hot inputs and a missing indicator summed per sample); `global_importance_encoded` keeps the view
     of the model's encoded inputs (None for models not trained on a table)."""
 
     schema_version: Literal[2] = 2
     global_importance_encoded: dict[str, dict[str, float | None]] | None = None
+
+
+class ExplainResultFile(ExplainResultFileV2):
+    """Version 3: the sanity check's verdict and figures (`Quality.sanity`, `Quality.empty_share`), drift rows
+    with a status read from their interval, a threshold, the top inputs' rank changes and the variant's
+    relation to the original, and `relations` (variant -> how it relates to the original)."""
+
+    schema_version: Literal[3] = 3
+    relations: dict[str, Relation] = {}
 
 
 # ---------------------------------------------------------------- pipeline
@@ -353,13 +399,13 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFile | CompressResultFile | ExplainResultFileV1 | ExplainResultFile | PipelineFileV1
-              | PipelineFile)
+ResultFile = (TrainResultFile | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2 | ExplainResultFile
+              | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
     "compress": {1: CompressResultFile},
-    "explain": {1: ExplainResultFileV1, 2: ExplainResultFile},
+    "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
 
