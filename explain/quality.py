@@ -63,13 +63,13 @@ def infidelity(model, x: np.ndarray, attr: Attribution, n_perturb: int = 8, seed
     from .sanity import input_spread
 
     ctx = _forward(model, attr)
-    scale = torch.as_tensor(0.1 * input_spread(model.spec, x), dtype=torch.float32)
+    spread = torch.as_tensor(input_spread(model.spec, x), dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
 
     def perturb(inputs):
-        noise = torch.randn(inputs.shape, generator=generator) * scale
-        noise = noise.to(inputs.device)
-        return noise, inputs - noise
+        # perturbations measured in each input's spread, so the figure does not depend on the inputs' units
+        unit = torch.randn(inputs.shape, generator=generator) * 0.1
+        return unit.to(inputs.device), inputs - (unit * spread).to(inputs.device)
 
     xt = torch.as_tensor(x, device=ctx.device)
     at = torch.as_tensor(attr.values, device=ctx.device)
