@@ -145,3 +145,32 @@ def drift_row(variant_name: str, original_attr, variant_attr, *, accuracy: float
     else:
         row["verdict"] = f"agrees with the original: {interval} is above the {limit}{ranks_text}"
     return row
+
+
+GUARD_METHOD = "feature_ablation"   # deterministic (noise floor 1.0) and runs on every runtime, ONNX included
+
+
+def attribution_drift(original, variant, x: np.ndarray, *, method: str = GUARD_METHOD, max_drift: float | None = None,
+                      seed: int = 0) -> dict:
+    """How far `variant`'s attributions of `x` moved from `original`'s: the check compression runs per candidate.
+
+    The top-k overlap with its bootstrap interval is read against a threshold: `DRIFT_FRACTION` of the method's
+    noise floor (1.0 for a deterministic method), or the floor minus `max_drift` when given (the overlap a
+    variant may lose). Returns {method, samples, topk, topk_overlap, topk_overlap_lo, topk_overlap_hi,
+    noise_floor, threshold, status} with status drifted / uncertain / kept (see `drift_status`).
+    """
+    from .methods import attribute
+    from .registry import get_method
+
+    ours = attribute(original, x, None, method, seed=seed)
+    theirs = attribute(variant, x, ours.targets, method, seed=seed)
+    agree = attribution_agreement(ours.values, theirs.values, seed=seed)
+    floor = 1.0
+    if get_method(method).sampled:
+        again = attribute(original, x, ours.targets, method, seed=seed + 1)
+        floor = float(topk_overlap_rows(ours.values, again.values, agree["topk"]).mean())
+    threshold = DRIFT_FRACTION * floor if max_drift is None else floor - max_drift
+    return {"method": method, "samples": int(len(x)), "topk": agree["topk"], "topk_overlap": agree["topk_overlap"],
+            "topk_overlap_lo": agree["topk_overlap_lo"], "topk_overlap_hi": agree["topk_overlap_hi"],
+            "noise_floor": floor, "threshold": threshold,
+            "status": drift_status(agree["topk_overlap_lo"], agree["topk_overlap_hi"], threshold)}

@@ -230,3 +230,30 @@ def test_the_report_s_reproduce_command_runs_from_another_directory(tmp_path):
     assert again.returncode == 0, again.stderr
     assert (Path(parts[parts.index("--out") + 1]) / "result.json").is_file()
     assert (work / "run" / "result.json").is_file(), "the original run is left as it was"
+
+
+# ---------------------------------------------------------------- compression's drift guard
+
+
+def _candidate(name: str, model: LoadedModel, p50: float):
+    from compress.base import Variant
+
+    m = {"within_budget": True, "slower_than_fp32": False, "flips": False, "latency_ms": {"b256_t1": {"p50": p50}},
+         "size_bytes": 1000, "speedup": {"b256_t1": 2.0}, "size_ratio": 1.0, "accuracy": 0.99, "accuracy_drop": 0.0}
+    return Variant(name=name, model=model, recipe={"method": name}, measurements=m)
+
+
+def test_auto_never_chooses_a_candidate_whose_attributions_drifted(tmp_path):
+    from compress.auto import baseline_variant, choose, drift_guard
+
+    bundle = redundant_data(0)
+    original = fit_mlp(bundle, 0, COPIES)
+    moved = _candidate("moved", fit_mlp(bundle, 0, INFORMATIVE), p50=1.0)   # the fastest
+    same = _candidate("same", original, p50=1.5)
+    assert drift_guard(original, moved, bundle)["status"] == "drifted" and "drifted" in moved.notes[-1]
+    assert drift_guard(original, same, bundle)["status"] == "kept" and not same.notes
+    chosen, reason = choose(baseline_variant(original), [moved, same], 0.5)
+    assert chosen is same and "excluded: attributions drifted (moved)" in reason
+    allowed = _candidate("moved", moved.model, p50=1.0)
+    assert drift_guard(original, allowed, bundle, max_drift=1.0)["status"] == "kept"
+    assert choose(baseline_variant(original), [allowed, same], 0.5)[0] is allowed
