@@ -165,7 +165,7 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
                                                      "model_reference")}
         ok = check["verdict"] == "separated"
         flagged |= not ok
-        verdicts.append(f"sanity check: {check['verdict']} ({check['reason']})")
+        verdicts.append(f"sanity check {'passed' if ok else 'FAILED'}: {check['verdict']} ({check['reason']})")
     if out["empty_share"] > 0 and (check is None or check["verdict"] != "uninformative"):
         verdicts.append(f"{100 * out['empty_share']:.0f}% of the maps are empty or constant")
     floor = noise_floor(model, x_r, attr_r, seed, **options)

@@ -257,3 +257,13 @@ def test_auto_never_chooses_a_candidate_whose_attributions_drifted(tmp_path):
     allowed = _candidate("moved", moved.model, p50=1.0)
     assert drift_guard(original, allowed, bundle, max_drift=1.0)["status"] == "kept"
     assert choose(baseline_variant(original), [allowed, same], 0.5)[0] is allowed
+
+
+def test_a_failed_sanity_check_is_a_flag_with_its_reason(trained):
+    model, bundle = trained
+    result = explain.explain_model(model, bundle, methods=["saliency", "feature_ablation"], samples=8).to_dict()
+    for method, q in result["quality"].items():
+        failed = q["sanity"]["verdict"] != "separated"
+        assert q["flagged"] == failed
+        assert any(flag.startswith(f"{method}: sanity check FAILED: {q['sanity']['verdict']}")
+                   for flag in result["flags"]) == failed
