@@ -112,6 +112,16 @@ def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drif
     return drift
 
 
+def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBundle, settings: dict) -> None:
+    """`drift_guard` on every candidate within the accuracy budget (the others are never chosen), unless auto's
+    `drift_guard_on` is off; `settings` are auto's options as given."""
+    settings = {**METHODS.options("auto"), **settings}
+    if settings["drift_guard_on"]:
+        for v in variants:
+            if v.measurements["within_budget"]:
+                drift_guard(model, v, data, settings["max_drift"])
+
+
 def _drifted(v: Variant) -> bool:
     return (v.measurements.get("attribution_drift") or {}).get("status") == "drifted"
 
@@ -179,10 +189,7 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
     variants, skipped = build_candidates(model, data, steps, progress)
     baseline = baseline_variant(model)
     measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=latency_budget_s), progress)
-    if drift_guard_on:
-        for v in variants:
-            if v.measurements["within_budget"]:     # the others are never chosen: no need to measure them
-                drift_guard(model, v, data, max_drift)
+    guard_candidates(model, variants, data, {"max_drift": max_drift, "drift_guard_on": drift_guard_on})
     chosen, reason = choose(baseline, variants, max_drop)
     for v in variants:
         v.measurements["chosen"] = v is chosen

@@ -18,7 +18,7 @@ from trainers.errors import ToolkitError
 from trainers.options import Ratio, check_value
 from trainers.progress import reporter
 
-from .auto import baseline_variant, build_candidates, choose, plan
+from .auto import baseline_variant, build_candidates, choose, guard_candidates, plan
 from .export import with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .options import AccuracyPoints, CompressOptions
@@ -238,6 +238,8 @@ def _compress(model, data, methods, max_drop, options, ratio, progress) -> Compr
     baseline = baseline_variant(model)
     budget = options.get("auto", {}).get("latency_budget_s", METHODS.options("auto")["latency_budget_s"])
     measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=budget), progress)
+    if "auto" in methods:
+        guard_candidates(model, variants, data, options.get("auto", {}))
     chosen, reason = choose(baseline, variants, max_drop)
     for v in [baseline, *variants]:
         v.measurements["chosen"] = v is chosen
