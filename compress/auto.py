@@ -100,10 +100,17 @@ DRIFT_SAMPLES = 32  # held-out (validation) samples on which each candidate's at
 def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drift: float | None = None) -> dict:
     """Measure how far `variant`'s attributions moved from the original's (`explain.attribution_drift`, a fast
     deterministic method on held-out samples); a drifted candidate gets a note and is never chosen."""
+    import dataclasses
+
     from explain import attribution_drift
 
+    from .export import ort_session
+
+    candidate = variant.model
+    if variant.onnx_bytes is not None and candidate.path is None:   # not saved yet: its session from the bytes
+        candidate = dataclasses.replace(candidate, _session=ort_session(variant.onnx_bytes))
     x = data.x_val if len(data.x_val) else data.x_test
-    drift = attribution_drift(model, variant.model, x[:DRIFT_SAMPLES], max_drift=max_drift)
+    drift = attribution_drift(model, candidate, x[:DRIFT_SAMPLES], max_drift=max_drift)
     variant.measurements["attribution_drift"] = drift
     if drift["status"] == "drifted":
         variant.notes.append(f"attributions drifted ({drift['method']}, {drift['samples']} held-out samples): top-"

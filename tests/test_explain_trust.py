@@ -254,6 +254,10 @@ def test_auto_never_chooses_a_candidate_whose_attributions_drifted(tmp_path):
     assert drift_guard(original, same, bundle)["status"] == "kept" and not same.notes
     chosen, reason = choose(baseline_variant(original), [moved, same], 0.5)
     assert chosen is same and "excluded: attributions drifted (moved)" in reason
+    exported = onnx_fp32(original, tmp_path / "fp32")          # an ONNX candidate not saved yet: only its bytes
+    in_memory = _candidate("onnx-fp32", LoadedModel(module=None, spec=load_model(exported).spec), p50=1.2)
+    in_memory.onnx_bytes = (exported / "model.onnx").read_bytes()
+    assert drift_guard(original, in_memory, bundle)["status"] == "kept"
     allowed = _candidate("moved", moved.model, p50=1.0)
     assert drift_guard(original, allowed, bundle, max_drift=1.0)["status"] == "kept"
     assert choose(baseline_variant(original), [allowed, same], 0.5)[0] is allowed
