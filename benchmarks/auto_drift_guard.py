@@ -40,6 +40,8 @@ def main() -> None:
                 print(f"round {r} guard {'on ' if guard else 'off'}: chose {chosen.name} ({speed:.2f}x at batch 256, "
                       f"single thread) in {seconds:.0f} s", flush=True)
                 if guard:
+                    cost = sum(v.measurements.get("attribution_drift", {}).get("seconds", 0.0) for v in result.variants)
+                    print(f"    drift guard: {cost:.2f} s over the candidates", flush=True)
                     for v in result.variants:
                         d = v.measurements.get("attribution_drift")
                         if d:

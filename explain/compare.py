@@ -157,11 +157,14 @@ def attribution_drift(original, variant, x: np.ndarray, *, method: str = GUARD_M
     The top-k overlap with its bootstrap interval is read against a threshold: `DRIFT_FRACTION` of the method's
     noise floor (1.0 for a deterministic method), or the floor minus `max_drift` when given (the overlap a
     variant may lose). Returns {method, samples, topk, topk_overlap, topk_overlap_lo, topk_overlap_hi,
-    noise_floor, threshold, status} with status drifted / uncertain / kept (see `drift_status`).
+    noise_floor, threshold, status, seconds} with status drifted / uncertain / kept (see `drift_status`).
     """
+    import time
+
     from .methods import attribute
     from .registry import get_method
 
+    start = time.perf_counter()
     ours = attribute(original, x, None, method, seed=seed)
     theirs = attribute(variant, x, ours.targets, method, seed=seed)
     agree = attribution_agreement(ours.values, theirs.values, seed=seed)
@@ -173,4 +176,5 @@ def attribution_drift(original, variant, x: np.ndarray, *, method: str = GUARD_M
     return {"method": method, "samples": int(len(x)), "topk": agree["topk"], "topk_overlap": agree["topk_overlap"],
             "topk_overlap_lo": agree["topk_overlap_lo"], "topk_overlap_hi": agree["topk_overlap_hi"],
             "noise_floor": floor, "threshold": threshold,
-            "status": drift_status(agree["topk_overlap_lo"], agree["topk_overlap_hi"], threshold)}
+            "status": drift_status(agree["topk_overlap_lo"], agree["topk_overlap_hi"], threshold),
+            "seconds": time.perf_counter() - start}
