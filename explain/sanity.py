@@ -1,4 +1,4 @@
-"""Does an explanation depend on the model? Cascading randomisation against its noise floor, and an input-only reference.
+"""Does an explanation depend on the model? Cascading randomisation against its noise floor, and input-only maps.
 
 The model-parameter randomisation test (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018)
 re-initialises the layers from the top (output) layer down and watches the attributions change. A fixed
