@@ -20,7 +20,7 @@ from pydantic import Field
 from trainers.artifact import LoadedModel, ModelSpec
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
-from trainers.options import Float, NonNegativeInt, PositiveFloat, Ratio
+from trainers.options import Bool, Float, NonNegativeInt, PositiveFloat, Ratio
 from trainers.progress import ProgressEvent, reporter
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
@@ -28,6 +28,7 @@ from .measure import DECISIVE, LatencyConfig, measure_all
 from .options import AccuracyPoints
 
 OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
+OptionalDrift = Annotated[Float, Field(ge=0, le=1)] | None
 
 
 def plan(target, **settings) -> list[tuple[str, dict, list[str]]]:
@@ -97,6 +98,45 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None)
     return variants, skipped
 
 
+DRIFT_SAMPLES = 32  # held-out (validation) samples on which each candidate's attribution drift is measured
+
+
+def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drift: float | None = None) -> dict:
+    """Measure how far `variant`'s attributions moved from the original's (`explain.attribution_drift`, a fast
+    deterministic method on held-out samples); a drifted candidate gets a note and is never chosen."""
+    import dataclasses
+
+    from explain import attribution_drift
+
+    from .export import ort_session
+
+    candidate = variant.model
+    if variant.onnx_bytes is not None and candidate.path is None:   # not saved yet: its session from the bytes
+        candidate = dataclasses.replace(candidate, _session=ort_session(variant.onnx_bytes))
+    x = data.x_val if len(data.x_val) else data.x_test
+    drift = attribution_drift(model, candidate, x[:DRIFT_SAMPLES], max_drift=max_drift)
+    variant.measurements["attribution_drift"] = drift
+    if drift["status"] == "drifted":
+        variant.notes.append(f"attributions drifted ({drift['method']}, {drift['samples']} held-out samples): top-"
+                             f"{drift['topk']} overlap {drift['topk_overlap']:.2f} [{drift['topk_overlap_lo']:.2f}, "
+                             f"{drift['topk_overlap_hi']:.2f}] below {drift['threshold']:.2f}: not chosen")
+    return drift
+
+
+def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBundle, settings: dict) -> None:
+    """`drift_guard` on every candidate within the accuracy budget (the others are never chosen), unless auto's
+    `drift_guard_on` is off; `settings` are auto's options as given."""
+    settings = {**METHODS.options("auto"), **settings}
+    if settings["drift_guard_on"]:
+        for v in variants:
+            if v.measurements["within_budget"]:
+                drift_guard(model, v, data, settings["max_drift"])
+
+
+def _drifted(v: Variant) -> bool:
+    return (v.measurements.get("attribution_drift") or {}).get("status") == "drifted"
+
+
 LATENCY_TIE = 0.10  # latencies within 10% of the fastest are a tie (timing noise): the smaller file wins
 
 
@@ -110,9 +150,12 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple
     """
     eligible = [v for v in variants if v.measurements["within_budget"] and not v.measurements["slower_than_fp32"]
                 and not v.measurements.get("flips")]
+    drifted = [v for v in eligible if _drifted(v)]
+    eligible = [v for v in eligible if not _drifted(v)]
+    excluded = f"; {len(drifted)} excluded: attributions drifted ({', '.join(v.name for v in drifted)})" if drifted else ""
     if not eligible:
         return baseline, (f"no variant is both within {max_drop} accuracy points and faster than the fp32 original "
-                          f"at batch 256, single thread: the original is kept")
+                          f"at batch 256, single thread: the original is kept{excluded}")
     p50 = {id(v): v.measurements["latency_ms"][DECISIVE]["p50"] for v in eligible}
     fastest = min(p50.values())
     tied = [v for v in eligible if p50[id(v)] <= fastest * (1 + LATENCY_TIE)]
@@ -121,7 +164,7 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple
     how = "fastest" if p50[id(best)] == fastest else f"smallest of the {len(tied)} within 10% of the fastest"
     reason = (f"{how} of {len(eligible)} variants within {max_drop} accuracy points and not slower than fp32: "
               f"{m['speedup'][DECISIVE]:.2f}x faster at batch 256 single thread, {m['size_ratio']:.2f}x smaller, "
-              f"accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop)")
+              f"accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop){excluded}")
     return best, reason
 
 
@@ -138,7 +181,8 @@ def baseline_variant(model: LoadedModel) -> Variant:
 def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
          prune_ratios: tuple[Ratio, ...] = (0.3, 0.5), finetune_epochs: NonNegativeInt = 10,
          distill_epochs: NonNegativeInt = 30, unstructured_ratio: OptionalRatio = 0.9,
-         latency_budget_s: PositiveFloat = 0.25, progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
+         latency_budget_s: PositiveFloat = 0.25, max_drift: OptionalDrift = None, drift_guard_on: Bool = True,
+         progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
     """Try the candidates that fit the family, measure them, pick the fastest within --max-drop.
 
     Options:
@@ -147,6 +191,9 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
         distill_epochs: the quick student's training (0: no distillation).
         unstructured_ratio: the share of weights unstructured pruning zeroes (0: none).
         latency_budget_s: time spent timing each variant in each setting.
+        max_drift: the top-k attribution overlap a candidate may lose against the original (0-1); None: a
+            candidate whose overlap interval lies below 0.7 x the noise floor is never chosen.
+        drift_guard_on: measure each candidate's attribution drift (`drift_guard`); off: choose on speed alone.
 
     Returns every candidate, measured; the chosen one has `measurements["chosen"] = True` and the
     reason in `measurements["reason"]` (when no candidate qualifies, none is marked).
@@ -157,6 +204,7 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
     variants, skipped = build_candidates(model, data, steps, progress)
     baseline = baseline_variant(model)
     measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=latency_budget_s), progress)
+    guard_candidates(model, variants, data, {"max_drift": max_drift, "drift_guard_on": drift_guard_on})
     chosen, reason = choose(baseline, variants, max_drop)
     for v in variants:
         v.measurements["chosen"] = v is chosen

@@ -18,7 +18,7 @@ from trainers.errors import ToolkitError
 from trainers.options import Ratio, check_value
 from trainers.progress import reporter
 
-from .auto import baseline_variant, build_candidates, choose, plan
+from .auto import baseline_variant, build_candidates, choose, guard_candidates, plan
 from .export import with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .options import AccuracyPoints, CompressOptions
@@ -246,6 +246,8 @@ def _compress(model, data, methods, max_drop, options, ratio, progress) -> Compr
     baseline = baseline_variant(model)
     budget = options.get("auto", {}).get("latency_budget_s", METHODS.options("auto")["latency_budget_s"])
     measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=budget), progress)
+    if "auto" in methods:
+        guard_candidates(model, variants, data, options.get("auto", {}))
     chosen, reason = choose(baseline, variants, max_drop)
     for v in [baseline, *variants]:
         v.measurements["chosen"] = v is chosen
@@ -284,9 +286,11 @@ def _portable_copy(v: Variant, data) -> None:
 
 
 def _write(run, result: CompressResult, model, data, methods, max_drop, options, ratio) -> None:
+    from trainers.data import absolute_source
     from trainers.env import environment
 
-    run.write_json("config.json", {"stage": "compress", "model": result.parent, "data": data.source or data.name,
+    run.write_json("config.json", {"stage": "compress", "model": absolute_source(result.parent),
+                                   "data": absolute_source(data.source) or data.name,
                                    "methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options})
     run.write_json("env.json", environment())
     for v in result.variants:

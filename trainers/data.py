@@ -98,6 +98,14 @@ class DataBundle:
         }
 
 
+def absolute_source(source) -> str | None:
+    """A data source as a command line takes it again from any directory: a file path made absolute (a built-in
+    name, or a source that is no path, unchanged)."""
+    if not isinstance(source, str) or not source or source.startswith("builtin:") or not Path(source).exists():
+        return source
+    return str(Path(source).resolve())
+
+
 def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fitted: dict | None = None,
               image_size: int | None = None) -> DataBundle:
     """Load a data set from a built-in name, a file, a folder of images, arrays or a DataFrame.

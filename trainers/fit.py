@@ -26,7 +26,7 @@ from torch import nn
 from . import display, distributed
 from .artifact import LoadedModel, ModelSpec, write_artifact
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .data import DataBundle, load_data
+from .data import DataBundle, absolute_source, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
 from .loop import LoopOptions, LoopState, amp_dtype, autocast, evaluate, rows, split_tensors, training_loop
@@ -183,7 +183,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         with (run or contextlib.nullcontext()):
             checkpoint = read_checkpoint(resume_from, spec, LoopState.BOOKKEEPING) if resume_from else None
             if run is not None:
-                run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
+                run.write_json("config.json", {"stage": "train", "family": family, "data": absolute_source(data.source),
                                                "target": data.table["read"]["target"] if data.table else target, "processes": ctx.world_size, **asdict(config)})
                 run.write_json("env.json", environment())
             tracker.log_params({"family": family, "data": data.name, "processes": ctx.world_size, **asdict(config)})

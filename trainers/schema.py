@@ -233,6 +233,34 @@ class AttributionRunV2(Record):
     baseline: str
 
 
+class CascadeStep(Record):
+    layers: str  # the layers re-initialised so far, top (output) layer first
+    spearman: float | None  # median Spearman of |maps| with the trained model's; None: only empty maps
+
+
+class SanityCheck(Record):
+    """Cascading model-parameter randomisation against its noise floor (explain.sanity)."""
+
+    verdict: Literal["separated", "input-only", "not separated", "uninformative"]
+    reason: str
+    cascade: list[CascadeStep]
+    seeds: list[float | None]  # trained vs fully re-initialised, one per seed
+    floor: list[float | None]  # between two fully re-initialised models, one per pair of seeds
+    input_only: float | None  # Spearman with |x - mean| / std
+    model_reference: float | None  # Spearman with the trained model's gradients (scaled by std)
+
+
+class FeatureRank(Record):
+    feature: str
+    rank: int  # in the original (1: most important by mean |attribution|)
+    variant_rank: int
+
+
+class Relation(Record):
+    relation: Literal["derived", "same data", "unrelated"]
+    reason: str
+
+
 class AttributionRun(AttributionRunV2):
     """Version 3 adds `steps_mean`: the mean per-sample effort of an adaptive method (integration steps of
     integrated gradients, model rows of shapley), None for the others."""
@@ -263,7 +291,8 @@ class Quality(QualityV2):
     ||standard error|| / ||estimate||; `unconverged`, the samples that did not reach `tolerance` (the error
     bound of an adaptive sampled method, the completeness error of adaptive integrated gradients);
     `completeness_error_max` and `completeness_over_tolerance`, the largest completeness error and the share
-    of samples above the 1% tolerance, where completeness holds."""
+    of samples above the 1% tolerance, where completeness holds; `sanity`, the cascading randomisation check, and
+    `empty_share`, the share of all-zero or constant maps."""
 
     estimated_error: float | None = None
     estimated_error_max: float | None = None
@@ -272,6 +301,8 @@ class Quality(QualityV2):
     tolerance: float | None = None
     completeness_error_max: float | None = None
     completeness_over_tolerance: float | None = None
+    empty_share: float | None = None  # share of maps that are all zero or constant
+    sanity: SanityCheck | None = None  # None: not run (no PyTorch module, or sanity off)
 
 
 class DriftRow(Record):
@@ -299,6 +330,12 @@ class DriftRow(Record):
     random_floor_topk: float | None
     flag: bool
     verdict: str
+    # from version 3 (absent in older files)
+    status: Literal["drifted", "uncertain", "kept", "uninformative"] | None = None
+    threshold: float | None = None  # top-k overlap below which a variant has drifted
+    empty_share: float | None = None  # the larger share of empty maps of the two models
+    top_features: list[FeatureRank] | None = None
+    relation: Literal["derived", "same data", "unrelated"] | None = None
 
 
 class Drift(Record):
@@ -337,12 +374,16 @@ class ExplainResultFileV2(ExplainResultFileV1):
 
 
 class ExplainResultFile(ExplainResultFileV2):
-    """Version 3: optional error bars and convergence counts in `quality` (`Quality`) and the mean
-    per-sample effort in `runs` (`AttributionRun.steps_mean`)."""
+    """Version 3: optional error bars and convergence counts in `quality` (`Quality`), the mean per-sample
+    effort in `runs` (`AttributionRun.steps_mean`), the sanity check's verdict and figures (`Quality.sanity`,
+    `Quality.empty_share`), drift rows with a status read from their interval, a threshold, the top inputs' rank
+    changes and the variant's relation to the original, and `relations` (variant -> how it relates to the
+    original)."""
 
     schema_version: Literal[3] = 3
     runs: list[AttributionRun]
     quality: dict[str, Quality]
+    relations: dict[str, Relation] = {}
 
 
 # ---------------------------------------------------------------- pipeline
