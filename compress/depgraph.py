@@ -1,0 +1,340 @@
+"""Structured pruning of any PyTorch module on Torch-Pruning's dependency graph.
+
+`prune_module` removes the least important hidden units of a module in place and says what it did:
+Linear and Conv1d/Conv2d outputs with everything that must shrink with them (BatchNorm, LayerNorm, a
+custom layer's per-channel parameter, residual additions, concatenations, the flattened input of the next
+dense layer) are found by Torch-Pruning's DependencyGraph (DepGraph, Fang et al. 2023), the field's
+library for exactly this. The output layer is never pruned (the class count stays), and a layer whose
+pruning breaks the forward pass (a reshape to a fixed size that the graph cannot follow, for instance) is
+left as it is and named in `PruneReport.unpruned`, never a crash.
+
+Recurrent layers (nn.LSTM, nn.GRU, nn.RNN) are pruned here by hand: Torch-Pruning 1.6 treats GRU/RNN
+weights as loose parameters and slices their last dimension, and its LSTM pruner handles one layer only
+and slices the input weights along the wrong axis. `_RecurrentPruner` removes hidden units of every
+layer (both directions, multi-layer modules with one common width) and the matching input columns of the
+next layer and of the module's consumer; before keeping the result it checks that the pruned module
+computes exactly what the original computes with those units silenced (their outputs held at zero), so a
+consumer it cannot follow leaves the layer unpruned instead of silently wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainers.errors import ToolkitError
+
+RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, *RECURRENT)
+IMPORTANCES = ("l1", "l2")
+ALLOCATIONS = ("global", "uniform")
+MIN_KEEP = 0.25  # the smallest fraction of a layer that global allocation keeps
+
+
+@dataclass
+class PruneReport:
+    """What `prune_module` did: widths per prunable layer before and after, and the layers left alone and why."""
+
+    widths_before: dict[str, int]
+    widths_after: dict[str, int] = field(default_factory=dict)
+    unpruned: dict[str, str] = field(default_factory=dict)
+    parameters_before: int = 0
+    parameters_after: int = 0
+
+    def notes(self) -> list[str]:
+        """Plain-language notes: one line naming the layers left as they are, with their reasons."""
+        if not self.unpruned:
+            return []
+        return ["left unpruned: " + "; ".join(f"{name} ({why})" for name, why in self.unpruned.items())]
+
+
+def width(module: nn.Module) -> int:
+    """The number of output units of a prunable layer."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, RECURRENT):
+        return module.hidden_size
+    return module.out_channels
+
+
+def widths(module: nn.Module) -> dict[str, int]:
+    return {name: width(m) for name, m in module.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def prune_module(module: nn.Module, example: torch.Tensor, ratio: float, *, importance: str = "l2",
+                 allocation: str = "uniform", keep_layers: tuple[str, ...] = ()) -> PruneReport:
+    """Remove `ratio` of the hidden units of `module`, in place; the output shape stays the same.
+
+    Args:
+        module: any module whose forward takes one tensor (in eval mode for tracing; its mode is restored).
+        example: a small batch of real inputs (tracing, and the checks that the pruned module still runs).
+        ratio: the fraction of hidden units removed, in (0, 1).
+        importance: "l1" or "l2": the norm of each unit's weights over its whole dependency group
+            (Torch-Pruning's GroupMagnitudeImportance, normalised per group).
+        allocation: "uniform" removes `ratio` of every layer; "global" ranks units across layers, keeping at
+            least MIN_KEEP of each (recurrent layers always go uniform).
+        keep_layers: names of layers the caller wants left as they are.
+    """
+    if importance not in IMPORTANCES:
+        raise ToolkitError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
+    if allocation not in ALLOCATIONS:
+        raise ToolkitError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if not 0 < ratio < 1:
+        raise ToolkitError(f"ratio must be in (0, 1), got {ratio}")
+    was_training = module.training
+    module.eval()
+    try:
+        report = PruneReport(widths_before=widths(module), parameters_before=count_parameters(module))
+        with torch.no_grad():
+            reference = module(example)
+        order = _execution_order(module, example)
+        output_layers = _output_layers(module, order)
+        for name in output_layers:
+            report.unpruned[name] = "output layer: the class count stays"
+        for name in keep_layers:
+            report.unpruned.setdefault(name, "kept as asked")
+        recurrent = [n for n in order if isinstance(order[n], RECURRENT) and n not in report.unpruned]
+        for name in recurrent:
+            why = _RecurrentPruner(module, name, order, importance).prune(example, ratio)
+            if why:
+                report.unpruned[name] = why
+        _graph_prune(module, example, ratio, importance, allocation, report, order)
+        with torch.no_grad():
+            out = module(example)
+        if out.shape != reference.shape:  # the checks above make this unreachable; a wrong model must not pass
+            raise ToolkitError(f"pruning changed the output shape from {tuple(reference.shape)} to {tuple(out.shape)}")
+        report.widths_after = widths(module)
+        for name, w in report.widths_before.items():
+            if report.widths_after.get(name) == w and name not in report.unpruned:
+                report.unpruned[name] = "no unit of it can be removed without breaking a dependent layer"
+        report.parameters_after = count_parameters(module)
+        return report
+    finally:
+        module.train(was_training)
+
+
+def _execution_order(module: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+    """The prunable leaf layers in the order the forward pass runs them (each once, first call)."""
+    order: dict[str, nn.Module] = {}
+    def seen(name):
+        def hook(mod, inputs, output):
+            order.setdefault(name, mod)
+        return hook
+
+    hooks = [m.register_forward_hook(seen(name)) for name, m in module.named_modules() if isinstance(m, PRUNABLE)]
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def _output_layers(module: nn.Module, order: dict[str, nn.Module]) -> list[str]:
+    """The layer that produces the logits: the last prunable layer the forward pass runs."""
+    return list(order)[-1:]
+
+
+# ---------------------------------------------------------------- Torch-Pruning part
+
+def _graph_prune(module, example, ratio, importance, allocation, report: PruneReport, order) -> None:
+    """Prune Linear/Conv groups with Torch-Pruning; a group whose removal breaks the forward pass is
+    left out (the pass starts again without it), and so is every group of a graph that cannot be traced."""
+    import torch_pruning as tp
+
+    names = {m: n for n, m in module.named_modules()}
+    for _ in range(len(order) + 1):
+        ignored = [m for n, m in module.named_modules() if n in report.unpruned or isinstance(m, RECURRENT)]
+        ignored += [p for m in module.modules() if isinstance(m, RECURRENT) for p in m.parameters()]
+        trial = copy.deepcopy(module)
+        trial_names = {m: n for n, m in trial.named_modules()}
+        trial_ignored = [dict(trial.named_modules())[names[m]] for m in ignored if isinstance(m, nn.Module)]
+        trial_ignored += [p for m in trial.modules() if isinstance(m, RECURRENT) for p in m.parameters()]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pruner = tp.pruner.MetaPruner(
+                    trial, example, importance=tp.importance.GroupMagnitudeImportance(p=1 if importance == "l1" else 2),
+                    pruning_ratio=ratio, global_pruning=allocation == "global", max_pruning_ratio=1 - MIN_KEEP,
+                    ignored_layers=trial_ignored, round_to=None)
+                broken = None
+                for group in pruner.step(interactive=True):
+                    root = trial_names.get(group[0].dep.target.module, "?")
+                    group.prune()
+                    try:
+                        with torch.no_grad():
+                            trial(example)
+                    except Exception:  # any failure of the user's forward: this group is not safe
+                        broken = root
+                        break
+        except Exception as exc:  # Torch-Pruning cannot trace this graph at all
+            for n, m in order.items():
+                if not isinstance(m, RECURRENT):
+                    report.unpruned.setdefault(n, f"the dependency graph cannot be traced ({type(exc).__name__})")
+            return
+        if broken is None:
+            _adopt(module, trial)
+            return
+        report.unpruned[broken] = "pruning it breaks the forward pass (a reshape the graph cannot follow)"
+
+
+def _adopt(module: nn.Module, trial: nn.Module) -> None:
+    """Make `module` the pruned `trial`: same object, the trial's children and parameters."""
+    module.__dict__.update(trial.__dict__)
+
+
+# ---------------------------------------------------------------- recurrent layers (hand-written, see module doc)
+
+_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
+_SILENT_GATE = {nn.LSTM: 2, nn.GRU: 2, nn.RNN: 0}  # zeroing this gate's rows holds a unit's output at 0
+
+
+class _RecurrentPruner:
+    """Hidden-unit pruning of one nn.LSTM / nn.GRU / nn.RNN and of the layer that reads its output."""
+
+    def __init__(self, model: nn.Module, name: str, order: dict[str, nn.Module], importance: str):
+        self.model, self.name, self.p = model, name, 1 if importance == "l1" else 2
+        self.rnn = order[name]
+        names = list(order)
+        following = names[names.index(name) + 1:]
+        self.consumer = following[0] if following else None
+        self.gates = _GATES[type(self.rnn)]
+        self.directions = 2 if self.rnn.bidirectional else 1
+
+    def prune(self, example: torch.Tensor, ratio: float) -> str | None:
+        """Prune in place; None when done, else the reason the layer is left as it is."""
+        rnn, hidden = self.rnn, self.rnn.hidden_size
+        if getattr(rnn, "proj_size", 0):
+            return "an LSTM with a projection (proj_size) is not pruned"
+        if self.consumer is None:
+            return "its output is the model's output"
+        consumer = dict(self.model.named_modules())[self.consumer]
+        columns = _in_width(consumer)
+        if columns not in (hidden, hidden * self.directions):
+            return f"its output reaches {self.consumer} through a layout the recurrent pruner does not follow"
+        count = max(1, int(round(hidden * (1 - ratio))))
+        if count == hidden:
+            return "too narrow to prune at this ratio"
+        keep = [self._scores(layer).topk(count).indices.sort().values for layer in range(rnn.num_layers)]
+        silenced = self._silenced(keep)
+        original = (self.rnn, consumer)
+        pruned_rnn, pruned_consumer = copy.deepcopy(self.rnn), copy.deepcopy(consumer)
+        self._slice(pruned_rnn, keep)
+        _slice_inputs(pruned_consumer, self._columns(keep[-1], hidden, columns))
+        self._install(pruned_rnn, pruned_consumer)
+        try:
+            with torch.no_grad():
+                same = torch.allclose(self.model(example), silenced(example), rtol=1e-4, atol=1e-5)
+        except Exception:  # the consumer reads the output some other way
+            same = False
+        if not same:
+            self._install(*original)
+            return f"its output reaches {self.consumer} through a layout the recurrent pruner does not follow"
+        return None
+
+    def _scores(self, layer: int) -> torch.Tensor:
+        """Importance of each unit of `layer`: the norm of its rows in every gate of W_ih and W_hh, both directions."""
+        hidden, rows = self.rnn.hidden_size, []
+        for suffix in self._suffixes(layer):
+            for kind in ("weight_ih", "weight_hh"):
+                w = getattr(self.rnn, f"{kind}{suffix}").detach()
+                rows.append(w.reshape(self.gates, hidden, -1).permute(1, 0, 2).reshape(hidden, -1))
+        return torch.cat(rows, dim=1).float().norm(p=self.p, dim=1)
+
+    def _suffixes(self, layer: int) -> list[str]:
+        return [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self.directions == 2 else [])
+
+    def _rows(self, idx: torch.Tensor, hidden: int) -> torch.Tensor:
+        return torch.cat([idx + gate * hidden for gate in range(self.gates)])
+
+    def _slice(self, rnn, keep: list[torch.Tensor]) -> None:
+        hidden = rnn.hidden_size
+        with torch.no_grad():
+            for layer, idx in enumerate(keep):
+                rows = self._rows(idx, hidden)
+                inputs = None if layer == 0 else self._columns(keep[layer - 1], hidden, hidden * self.directions)
+                for suffix in self._suffixes(layer):
+                    w_ih = getattr(rnn, f"weight_ih{suffix}")[rows]
+                    setattr(rnn, f"weight_ih{suffix}", nn.Parameter(w_ih if inputs is None else w_ih[:, inputs]))
+                    setattr(rnn, f"weight_hh{suffix}", nn.Parameter(getattr(rnn, f"weight_hh{suffix}")[rows][:, idx]))
+                    if rnn.bias:
+                        for kind in ("bias_ih", "bias_hh"):
+                            setattr(rnn, f"{kind}{suffix}", nn.Parameter(getattr(rnn, f"{kind}{suffix}")[rows]))
+        rnn.hidden_size = len(keep[0])
+        rnn._init_flat_weights()
+
+    def _columns(self, idx: torch.Tensor, hidden: int, columns: int) -> torch.Tensor:
+        """Input columns of the next layer that read units `idx`: outputs are [forward units, backward units]."""
+        return torch.cat([idx, idx + hidden]) if columns == 2 * hidden and self.directions == 2 else idx
+
+    def _silenced(self, keep: list[torch.Tensor]):
+        """A copy of the model whose units outside `keep` output exactly zero (the reference for the check)."""
+        reference = copy.deepcopy(self.model)
+        rnn = dict(reference.named_modules())[self.name]
+        hidden, gate = rnn.hidden_size, _SILENT_GATE[type(rnn)]
+        with torch.no_grad():
+            for layer, idx in enumerate(keep):
+                drop = torch.tensor(sorted(set(range(hidden)) - set(idx.tolist())), dtype=torch.long)
+                rows = drop + gate * hidden if self.gates > 1 else drop
+                for suffix in self._suffixes(layer):
+                    for kind in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if rnn.bias else ()):
+                        getattr(rnn, f"{kind}{suffix}")[rows] = 0.0
+        return reference
+
+    def _install(self, rnn, consumer) -> None:
+        for name, module in ((self.name, rnn), (self.consumer, consumer)):
+            parent_name, _, attr = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, attr, module)
+        self.rnn = rnn
+
+
+def _in_width(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if isinstance(module, RECURRENT):
+        return module.input_size
+    return None
+
+
+def _slice_inputs(module: nn.Module, columns: torch.Tensor) -> None:
+    """Keep only the input `columns` of a Linear or of the first layer of a recurrent module."""
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            module.weight = nn.Parameter(module.weight[:, columns])
+            module.in_features = len(columns)
+            return
+        for suffix in ("_l0", "_l0_reverse") if module.bidirectional else ("_l0",):
+            setattr(module, f"weight_ih{suffix}", nn.Parameter(getattr(module, f"weight_ih{suffix}")[:, columns]))
+        module.input_size = len(columns)
+        module._init_flat_weights()
+
+
+def narrower_copy(module: nn.Module, example: torch.Tensor, width_factor: float, *, seed: int = 0
+                  ) -> tuple[nn.Module, PruneReport]:
+    """The same architecture with `width_factor` of its hidden units, freshly initialised (a distillation
+    student): pruned on the dependency graph (uniform, so every layer keeps the same share), then every
+    layer's own `reset_parameters` re-draws its weights with `seed`."""
+    student = copy.deepcopy(module)
+    report = prune_module(student, example, 1.0 - width_factor, allocation="uniform") if width_factor < 1 else \
+        PruneReport(widths_before=widths(student), widths_after=widths(student))
+    torch.manual_seed(seed)
+    for m in student.modules():
+        if hasattr(m, "reset_parameters") and m is not student:
+            m.reset_parameters()
+    return student, report
+
+
+def smallest_keep(units: int) -> int:
+    """The fewest units global allocation leaves in a layer of `units`."""
+    return min(units, max(1, math.ceil(MIN_KEEP * units)))
