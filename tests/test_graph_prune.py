@@ -250,7 +250,7 @@ def test_prune_structured_on_a_user_module_saves_onnx(name, trained, digits, use
     assert any("ONNX" in note for note in variant.notes)
     np.testing.assert_allclose(run_onnx(variant.onnx_bytes, digits.x_test[:32]),
                                predict(variant.model.module, digits.x_test[:32]), atol=1e-4, rtol=1e-4)
-    assert variant.recipe["teacher"] is True  # the default for a model that is not a built-in family
+    assert variant.recipe["teacher"] is False and variant.recipe["criterion"] == "l2"  # the measured defaults
 
 
 @pytest.mark.parametrize("family", list(SMALL_BUILT_IN))
