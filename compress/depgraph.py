@@ -94,8 +94,12 @@ def prune_module(module: nn.Module, example: torch.Tensor, ratio: float, *, impo
     module.eval()
     try:
         report = PruneReport(widths_before=widths(module), parameters_before=count_parameters(module))
-        with torch.no_grad():
-            reference = module(example)
+        try:
+            with torch.no_grad():
+                reference = module(example)
+        except Exception as exc:  # the user's forward: any failure means these inputs do not fit it
+            raise ToolkitError(f"the model cannot run on inputs of shape {tuple(example.shape[1:])}: "
+                               f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}") from None
         order = _execution_order(module, example)
         output_layers = _output_layers(module, order)
         for name in output_layers:

@@ -291,3 +291,11 @@ def test_a_student_module_of_the_wrong_shape_is_refused_in_one_line(trained, dig
     with pytest.raises(ToolkitError, match="cannot run on inputs of shape") as info:
         distill(model, digits, student=wrong_inputs, epochs=1)
     assert "\n" not in str(info.value)
+
+
+def test_a_module_that_cannot_run_on_the_data_is_refused_in_one_line(digits):
+    module = nn.Sequential(nn.Flatten(), nn.Linear(5, 10))
+    with pytest.raises(ToolkitError, match=r"^the model cannot run on inputs of shape \(1, 8, 8\): RuntimeError") as info:
+        depgraph.prune_module(module, _example(digits), 0.5)
+    assert "\n" not in str(info.value)
+    assert module[1].in_features == 5  # untouched
