@@ -69,7 +69,7 @@ def finetune(module: nn.Module, data: DataBundle, epochs: int, *, lr: float = 1e
     starting weights (epoch 0) included, so fine-tuning never returns a worse model than it was given.
 
     With a `teacher` (the unpruned model), the loss is the distillation loss against its outputs
-    (`compress.distill.kd_loss` with `temperature` and `alpha`) instead of the labels alone.
+    (`compress.losses.kd_loss` with `temperature` and `alpha`) instead of the labels alone.
     """
     tensors = split_tensors(data, next(module.parameters()).device, splits=("train", "val"))
     options = LoopOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, select="val_accuracy",
