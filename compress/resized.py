@@ -17,7 +17,6 @@ from trainers.errors import ToolkitError
 from trainers.models import build_model, get_family
 
 from .base import Variant, derive_model
-from .export import export_onnx, onnx_variant_model
 
 EXAMPLE_ROWS = 16  # training rows that trace the graph and check the pruned forward pass
 
@@ -71,6 +70,9 @@ def module_variant(model: LoadedModel, module: nn.Module, recipe: dict, name: st
     config = rebuilt_config(model.spec, module)
     if config is not None:
         return Variant(name=name, model=derive_model(model, module, recipe, config=config), recipe=recipe, notes=notes)
+    # imported here: importing `export` registers its methods, and the registry keeps registration order
+    from .export import export_onnx, onnx_variant_model
+
     onnx_bytes = export_onnx(module, data)
     notes = [*notes, "saved as ONNX (model.onnx): the layer widths changed, so the original model class "
                      "cannot rebuild these weights"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from compress import depgraph
-from compress.prune import finetune, structured_prune  # noqa: I001  (before distill: the registry keeps the built-in order)
+from compress.prune import finetune, structured_prune
 from compress.distill import distill
 from compress.export import run_onnx
 from trainers import LoadedModel, ModelSpec, ToolkitError, accuracy, load_model, predict, save_model

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compress import Variant, get_method, list_methods
-from compress.prune import DEFAULT_ALLOCATION, prune_model, sensitivity_scan, structured_prune, unstructured_prune  # noqa: I001  (before distill: the registry keeps the built-in order)
+from compress.prune import DEFAULT_ALLOCATION, prune_model, sensitivity_scan, structured_prune, unstructured_prune
 from compress.distill import distill, kd_loss
 from trainers import ArtifactError, LoadedModel, ModelSpec, ToolkitError, TrainConfig, load_model, predict, train
 from trainers.artifact import sha256_file, write_artifact
