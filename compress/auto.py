@@ -9,7 +9,8 @@ joins auto by its registration alone.
 The search is cheap first, thorough last (successive halving):
 1. each candidate, as soon as it is made, is evaluated on the test split against the fidelity rule
    (`measure.judge`: accuracy within `max_drop`, top-1 agreement with the fp32 original); one that fails is
-   rejected before any timing, and the runtime methods are not chained onto a transform that failed;
+   rejected before any timing, the runtime methods are not chained onto a transform that failed, and the
+   same transform at a larger ratio is not tried;
 2. the survivors get a short interleaved timing at the deciding setting (batch 256, one thread); one that is
    clearly slower than the original, or far behind the fastest, cannot be chosen and is rejected;
 3. the rest are timed fully (`measure.measure_all`): interleaved rounds in every setting.
@@ -187,9 +188,18 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
         skipped.append(_rejected(variant, reason, "before timing"))
         return False
 
+    failed: list[tuple[str, dict]] = []  # transforms with a `ratio` that failed the fidelity rule
     for name, options, children in steps:
+        weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
+        if weaker is not None:
+            skipped.append({"method": name, "options": options or None,
+                            "reason": f"not tried: {name} at ratio {weaker[1]['ratio']:g} already failed the fidelity "
+                                      f"rule, and ratio {options['ratio']:g} removes more"})
+            continue
         for made in run(name, model, options):
             if not keep(made) and screen is not None:
+                if "ratio" in options:
+                    failed.append((name, options))
                 skipped += [{"method": child, "reason": f"not chained onto {made.name}, which failed the fidelity rule"}
                             for child in children]
                 continue
@@ -197,6 +207,15 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                 for second in run(child, made.model, {}):
                     keep(_chain(made, second, model))
     return variants, skipped
+
+
+def _removes_more(name: str, options: dict, failed_name: str, failed_options: dict) -> bool:
+    """The step (`name`, `options`) differs from a failed one only by a larger `ratio`: it removes more of the
+    original and is not expected to keep more of its predictions, so it is not tried."""
+    if name != failed_name or "ratio" not in options:
+        return False
+    rest = {k: v for k, v in options.items() if k != "ratio"}
+    return rest == {k: v for k, v in failed_options.items() if k != "ratio"} and options["ratio"] > failed_options["ratio"]
 
 
 def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, config: LatencyConfig) -> list[dict]:
