@@ -196,3 +196,20 @@ def test_bad_agreement_or_budget_is_refused_before_any_work(given, option):
 
     with pytest.raises(ToolkitError, match=option):
         check_request(["auto"], None, 0.5, None, None, **given)
+
+
+def test_version_1_compress_results_are_still_read():
+    from fake_runs import compress_result
+    from trainers.schema import CompressResultFile, CompressResultFileV1, parse_result
+
+    current = compress_result().dump()
+    assert isinstance(parse_result(current, stage="compress"), CompressResultFile)
+    old = {k: v for k, v in current.items() if k not in ("min_agreement", "budget_seconds", "search_notes")}
+    new_row_fields = ("fidelity", "speedup_spread", "noisy", "rounds")
+    for row in [old["baseline"], *old["variants"]]:
+        for key in new_row_fields:
+            row.pop(key)
+    read = parse_result({**old, "schema_version": 1}, stage="compress")
+    assert type(read) is CompressResultFileV1 and read.variants[0].fidelity is None
+    with pytest.raises(ToolkitError, match="min_agreement"):
+        parse_result({**old, "schema_version": 2}, stage="compress")
