@@ -24,7 +24,7 @@ def compress_command(
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Pruning ratio in (0, 1) for the prune methods and auto."),
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Share of the original's top-1 test "
                                                   "predictions every variant must keep, less the sample's margin."),
-    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Auto stops trying candidates when "
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Auto tries no further candidates when "
                                                    "its search would run past this many seconds."),
     options: Optional[str] = typer.Option(None, "--options", help='Per-method options as JSON, e.g. \'{"distill": {"epochs": 20}}\'.'),
     target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,

@@ -16,7 +16,7 @@ The search is cheap first, thorough last (successive halving):
 3. the rest are timed fully (`measure.measure_all`): interleaved rounds in every setting.
 Rejected candidates are listed in `skipped` with their figures. Training inside the search (fine-tuning,
 distillation) uses the cores other processes leave free (`free_cores`), and ONNX Runtime sessions outside
-timing do not spin. `budget_seconds` stops making candidates when the search would overrun it.
+timing do not spin. `budget_seconds` ends the making of candidates when the search would overrun it.
 
 The choice is the lowest batch-256 single-thread latency among variants that pass the fidelity rule and are
 not slower than the fp32 original, the smallest file winning among latencies within 10% of the fastest.
@@ -312,7 +312,7 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
         unstructured_ratio: the share of weights unstructured pruning zeroes (0: none).
         latency_budget_s: time spent timing each variant in each setting.
         min_agreement: share of the original's top-1 test predictions a variant must keep (less its margin).
-        budget_seconds: stop making candidates when the search would run past this (None: no limit).
+        budget_seconds: make no further candidates when the search would run past this (None: no limit).
 
     Returns the candidates that passed the screening, measured; the chosen one has
     `measurements["chosen"] = True` and the reason in `measurements["reason"]` (when no candidate qualifies,

@@ -27,7 +27,7 @@ class CompressOptions:
         ratio: pruning ratio in (0, 1) for the prune methods and auto's structured pruning.
         min_agreement: share of the fp32 original's top-1 test predictions every variant must keep (less the
             one-sided 95% margin of the test split's size); with max_drop, the one fidelity rule.
-        budget_seconds: auto stops trying candidates when its search would run past this many seconds and
+        budget_seconds: auto tries no further candidates when its search would run past this many seconds and
             chooses among those made (None: no limit).
         options: per-method options, e.g. {"auto": {"distill_epochs": 0}}.
     """

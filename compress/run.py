@@ -191,7 +191,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         ratio: pruning ratio for the prune methods (and auto's structured pruning).
         min_agreement: share of the original's top-1 test predictions every variant must keep (less the
             one-sided 95% margin of the test split's size); with max_drop, the fidelity rule of every variant.
-        budget_seconds: auto stops making candidates when its search would run past this many seconds.
+        budget_seconds: auto makes no further candidates when its search would run past this many seconds.
         target, table: label column and `TableOptions` of a table; by default those recorded at training.
         progress: a callback receiving `trainers.progress.ProgressEvent`s: each method (each auto candidate)
             and each variant measured.
@@ -262,7 +262,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
     measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
     chosen, reason = choose(baseline, variants, max_drop)
     if any("search budget" in s["reason"] for s in skipped):
-        reason += f" (search stopped at --budget-seconds {budget_seconds:g}: the best of the candidates made)"
+        reason += f" (search ended at --budget-seconds {budget_seconds:g}: the best of the candidates made)"
     for v in [baseline, *variants]:
         v.measurements["chosen"] = v is chosen
     return CompressResult(parent=model.source,

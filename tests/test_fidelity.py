@@ -161,7 +161,7 @@ def test_a_noisy_setting_is_reported_instead_of_its_speedup():
 # ---------------------------------------------------------------- the search budget
 
 
-def test_budget_stops_the_search_before_the_step_that_would_overrun_it(digits):
+def test_budget_ends_the_search_before_the_step_that_would_overrun_it(digits):
     from compress import register_builtin_methods
     from compress.checks import tiny_model
 
