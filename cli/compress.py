@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DROP, KEEP, SEP, TARGET, console_progress, finish, handle_errors, info, parse_json_option
+from .common import DROP, KEEP, SEP, TARGET, console_progress, finish, handle_errors, info, open_model, parse_json_option
 from .help import compression_methods, with_help_from
 from .render import print_table, variants_table
 from .tracking import MLFLOW, TENSORBOARD, tracker
@@ -15,7 +15,8 @@ from .tracking import MLFLOW, TENSORBOARD, tracker
 
 @handle_errors
 def compress_command(
-    model_dir: Path = typer.Argument(..., help="A trained model artifact directory (from `toolkit train`)."),
+    model_dir: Path = typer.Argument(..., help="A trained model artifact directory (from `toolkit train`) or an "
+                                               "ONNX file (.onnx) of your own model."),
     data: str = typer.Option(..., "--data", "-d", help="The data the model was trained on (built-in name, file or image folder)."),
     method: Optional[List[str]] = typer.Option(None, "--method", "-m", help="Method (repeatable); auto tries the "
                                                                             "candidates for the model's family."),
@@ -43,8 +44,8 @@ def compress_command(
     from trainers import default_run_dir, load_model
     from trainers.tables import TableOptions
 
-    model = load_model(model_dir)
-    out = out or default_run_dir("compress", model.spec.family)
+    model, family = open_model(model_dir)
+    out = out or default_run_dir("compress", family)
     given = {"methods": method or None, "max_drop": max_drop, "ratio": ratio, "min_agreement": min_agreement,
              "budget_seconds": budget_seconds,
              "options": parse_json_option(options, "--options") if options is not None else None}

@@ -7,14 +7,15 @@ from typing import List, Optional
 
 import typer
 
-from .common import DROP, KEEP, SEP, TARGET, console_progress, finish, handle_errors, info
+from .common import DROP, KEEP, SEP, TARGET, console_progress, finish, handle_errors, info, open_model
 from .help import explanation_methods, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker
 
 
 @handle_errors
 def explain_command(
-    model_dir: Path = typer.Argument(..., help="A trained model artifact directory (from `toolkit train`)."),
+    model_dir: Path = typer.Argument(..., help="A trained model artifact directory (from `toolkit train`) or an "
+                                               "ONNX file (.onnx) of your own model."),
     data: str = typer.Option(..., "--data", "-d", help="The data the model was trained on (built-in name, file or image folder)."),
     method: Optional[List[str]] = typer.Option(None, "--method", "-m",
                                                help="Method (repeatable); default: a fast set for the family."),
@@ -38,9 +39,9 @@ def explain_command(
     from trainers import default_run_dir, load_model
     from trainers.tables import TableOptions
 
-    model = load_model(model_dir)
+    model, family = open_model(model_dir)
     variants = [load_model(p) for p in compare or ()]
-    out = out or default_run_dir("explain", model.spec.family)
+    out = out or default_run_dir("explain", family)
     given = {"methods": method or None, "samples": samples, "seed": seed}
     with tracker("explain", mlflow, tensorboard) as track, console_progress() as progress:
         result = explain_model(model, data, **{key: value for key, value in given.items() if value is not None},

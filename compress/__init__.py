@@ -40,16 +40,18 @@ def register_builtin_methods() -> None:
     from . import export, quantize, prune, distill, auto  # noqa: F401
 
 
-def list_methods(family: str | None = None) -> list[str]:
-    """Registered method names, in registration order; only those that handle `family` when given."""
+def list_methods(family=None) -> list[str]:
+    """Registered method names, in registration order; only those that handle `family` when given (a family
+    name, a model, whose capabilities are read from it, or a set of capability tags)."""
     from .base import list_methods as _list
 
     register_builtin_methods()
     return _list(family)
 
 
-def get_method(name: str, family: str | None = None) -> Method:
-    """The method `name`; one clear ToolkitError when unknown or when it cannot handle a `family` model."""
+def get_method(name: str, family=None) -> Method:
+    """The method `name`; one clear ToolkitError when unknown or when it cannot handle `family` (a family name,
+    a model or a set of capability tags)."""
     from .base import get_method as _get
 
     register_builtin_methods()

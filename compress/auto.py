@@ -51,12 +51,13 @@ SLOWER_CUT = 0.8  # a quick speed-up under this: slower than the original beyond
 BEHIND_CUT = 2.5  # a quick latency this many times the fastest one's: cannot become the fastest
 
 
-def plan(family: str, **settings) -> list[tuple[str, dict, list[str]]]:
-    """The candidate list for a `family` model: (method, options, methods chained on its output).
+def plan(target, **settings) -> list[tuple[str, dict, list[str]]]:
+    """The candidate list for a model: (method, options, methods chained on its output).
 
-    `settings` are auto's options (the defaults of its signature where not given). Each registered method
-    that handles the family and has an `auto` capability contributes one step per option set that capability
-    returns: runtime methods first, then transforms, each in registration order (the built-ins in the order
+    `target` is the model (a `LoadedModel`: its family and the capabilities read from it decide), or a family
+    name (its declared capabilities). `settings` are auto's options (the defaults of its signature where not
+    given). Each registered method that handles the target and has an `auto` capability contributes one step
+    per option set that capability returns (called with the family name): runtime methods first, then transforms, each in registration order (the built-ins in the order
     `register_builtin_methods` imports them). A transform with `chain` gets every runtime method with `chain`
     stacked on its output.
     """
@@ -64,7 +65,8 @@ def plan(family: str, **settings) -> list[tuple[str, dict, list[str]]]:
 
     register_builtin_methods()
     settings = {**METHODS.options("auto"), **check_method_options("auto", settings)}
-    methods = sorted(METHODS.entries(family), key=lambda m: m.role != "runtime")  # stable: registration order kept
+    family = target if isinstance(target, str) else target.spec.family
+    methods = sorted(METHODS.entries(target), key=lambda m: m.role != "runtime")  # stable: registration order kept
     chained = [m.name for m in methods if m.role == "runtime" and m.chain]
     steps = []
     for method in methods:
@@ -162,11 +164,13 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
     variants, skipped = [], []
     report = reporter(progress, "compress", len(steps) + sum(len(children) for _, _, children in steps))
     done = [0]
+    made_any = [False]
 
     def run(name: str, source: LoadedModel, options: dict) -> list[Variant]:
         method = get_method(name)
-        if not method.supports(source.spec.family):
-            skipped.append({"method": name, "reason": f"'{name}' does not handle {source.spec.family} models"})
+        why = method.why_not(source)
+        if why is not None:
+            skipped.append({"method": name, "reason": f"'{name}' does not handle this model: {why}"})
             return []
         done[0] += 1
         if budget is not None and budget.exhausted(len(variants)):
@@ -175,7 +179,9 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
             return []
         report(done[0], f"auto: {name} {options or ''}".rstrip())
         try:
-            return method.func(source, data, **options)
+            made = method.func(source, data, **options)
+            made_any[0] = made_any[0] or bool(made)
+            return made
         except ToolkitError as exc:
             skipped.append({"method": name, "options": options, "reason": str(exc)})
             return []
@@ -206,6 +212,9 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
             for child in children:
                 for second in run(child, made.model, {}):
                     keep(_chain(made, second, model))
+    if not made_any[0] and not any("search budget" in s["reason"] for s in skipped):
+        reasons = "; ".join(f"{s['method']}: {s['reason']}" for s in skipped[:3])
+        raise ToolkitError(f"auto found no compression method for a {family} model" + (f" ({reasons})" if reasons else ""))
     return variants, skipped
 
 
@@ -292,6 +301,10 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple
 
 
 def baseline_variant(model: LoadedModel) -> Variant:
+    if model is not None and model.module is None:  # a user's ONNX graph
+        return Variant(name="fp32-onnx", model=model, recipe={"method": "baseline"},
+                       onnx_bytes=model.onnx_model_bytes(),
+                       notes=["the fp32 ONNX original (ONNX Runtime) every ratio is taken against"])
     return Variant(name="fp32-torch", model=model, recipe={"method": "baseline"},
                    notes=["the fp32 PyTorch original every ratio is taken against"])
 
@@ -319,7 +332,7 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
     none is marked); every one carries the rejected candidates in `measurements["auto_skipped"]`.
     """
     start = time.perf_counter()
-    steps = plan(model.spec.family, max_drop=max_drop, prune_ratios=prune_ratios, finetune_epochs=finetune_epochs,
+    steps = plan(model, max_drop=max_drop, prune_ratios=prune_ratios, finetune_epochs=finetune_epochs,
                  distill_epochs=distill_epochs, unstructured_ratio=unstructured_ratio,
                  latency_budget_s=latency_budget_s, min_agreement=min_agreement, budget_seconds=budget_seconds,
                  progress=progress)

@@ -4,7 +4,9 @@ Every method answers the same call::
 
     variants = method(model, data, **options)   # -> list[Variant]
 
-where `model` is a `trainers.LoadedModel` and `data` a `trainers.DataBundle`.
+where `model` is a `trainers.LoadedModel` (a toolkit family, a user's module or ONNX graph: `trainers.as_model`)
+and `data` a `trainers.DataBundle`. What a method can take is declared as capability fields (`families`,
+`needs`, `excludes`) and checked against the model itself.
 A method is registered once with `@register_method`, which declares its
 capabilities (`Method`); the CLI choices, `auto`, the reports and the contract
 suite (`compress.checks`) read the registry. Options are the method's keyword
@@ -84,7 +86,7 @@ def register_method(name: str, **capabilities):
         @functools.wraps(func)
         def method(model, data, *args, **options):
             check_source(model, f"compression method '{name}'")
-            METHODS.get(name, model.spec.family)
+            METHODS.get(name, model)  # the model's family and the capabilities read from it
             return func(model, data, *args, **options)
 
         return METHODS.register(name, **capabilities)(method)
@@ -92,12 +94,12 @@ def register_method(name: str, **capabilities):
     return decorator
 
 
-def list_methods(family: str | None = None) -> list[str]:
-    """Registered method names, optionally only those that handle `family`."""
+def list_methods(family=None) -> list[str]:
+    """Registered method names, optionally only those that handle `family` (a family name, a model or tags)."""
     return METHODS.names(family)
 
 
-def get_method(name: str, family: str | None = None) -> Method:
+def get_method(name: str, family=None) -> Method:
     """The method `name`; one clear ToolkitError when unknown or when it cannot handle a `family` model."""
     return METHODS.get(name, family)
 
@@ -114,18 +116,23 @@ def default_options(family: str, settings: dict) -> list[dict]:
 
 
 def check_source(model, who: str) -> None:
-    """Refuse, in one line, a model compression cannot start from: it needs fp32 PyTorch weights of a known family."""
-    from trainers.artifact import LoadedModel
+    """Refuse, in one line, a model compression cannot start from: fp32 PyTorch weights of a registered family or
+    of a user's own module, or a user's own fp32 ONNX graph (`trainers.as_model`)."""
+    from trainers.artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel
     from trainers.models import list_models
 
     if not isinstance(model, LoadedModel):
         raise ToolkitError(f"{who} needs a trainers.LoadedModel, got {type(model).__name__}")
+    if model.spec.family == ONNX_FAMILY:
+        if model.onnx_model_bytes() is None:
+            raise ToolkitError(f"{who} needs the ONNX graph of an onnx model; this one has none")
+        return
     if model.module is None:
         raise ToolkitError(f"{who} needs a PyTorch model; this artifact has no PyTorch weights")
     if model.spec.runtime != "torch" or model.spec.dtype != "float32":
         raise ToolkitError(f"{who} needs an fp32 PyTorch model (a trained model, not a compressed variant); "
                            f"this one is {model.spec.dtype} in {model.spec.runtime}")
-    if model.spec.family not in list_models():
+    if model.spec.family not in list_models() and model.spec.family != CUSTOM_FAMILY:
         raise ToolkitError(f"{who} cannot handle a {model.spec.family} model: no such model family is registered")
 
 
@@ -139,4 +146,4 @@ def derive_model(parent, module, recipe: dict, **spec_changes):
     from trainers.artifact import LoadedModel, ModelSpec
 
     raw = {**parent.spec.to_dict(), **spec_changes, "lineage": lineage(parent, recipe)}
-    return LoadedModel(module=module, spec=ModelSpec.from_dict(raw))
+    return LoadedModel(module=module, spec=ModelSpec.from_dict(raw), origin=parent.origin)

@@ -118,7 +118,7 @@ def _auto_distill(family: str, settings: dict) -> list[dict]:
              "alpha": 0.9}]
 
 
-@register_method("distill", role="transform", auto=_auto_distill, chain=True)
+@register_method("distill", role="transform", auto=_auto_distill, chain=True, needs=("torch",))
 def distill(model: LoadedModel, data: DataBundle, student: Str | None = None, student_config: dict | None = None,
             width_factor: WidthFactor = 0.25, epochs: PositiveInt = 150, temperature: Temperature = 2.0,
             alpha: Fraction = 0.7, lr: PositiveFloat = 3e-3, batch_size: PositiveInt = 64, mixup: Mixup = 1.0,

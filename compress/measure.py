@@ -131,8 +131,8 @@ def size_on_disk(variant: Variant) -> int:
     if variant.onnx_bytes is not None:
         return len(variant.onnx_bytes)
     model = variant.model
-    if model.path is not None and model.spec.runtime == "onnxruntime":
-        return (model.path / model.spec.onnx["file"]).stat().st_size
+    if model.spec.runtime == "onnxruntime" and model.onnx_model_bytes() is not None:
+        return len(model.onnx_model_bytes())
     from safetensors.torch import save as safetensors_save
 
     codec = CODECS[model.spec.weights.get("codec", "dense")]
@@ -144,8 +144,8 @@ def _onnx_bytes(variant: Variant) -> bytes | None:
     if variant.onnx_bytes is not None:
         return variant.onnx_bytes
     model = variant.model
-    if model.spec.runtime == "onnxruntime" and model.path is not None:
-        return (model.path / model.spec.onnx["file"]).read_bytes()
+    if model.spec.runtime == "onnxruntime":
+        return model.onnx_model_bytes()
     return None
 
 

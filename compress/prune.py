@@ -286,7 +286,8 @@ def _auto_unstructured(family: str, settings: dict) -> list[dict]:
              "int8": True}]
 
 
-@register_method("prune-structured", role="transform", auto=_auto_structured, chain=True, families=tuple(_LAYOUTS))
+@register_method("prune-structured", role="transform", auto=_auto_structured, chain=True, families=tuple(_LAYOUTS),
+                 needs=("torch",))
 def structured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.5, finetune_epochs: NonNegativeInt = 10,
                      criterion: Criterion = "l1", allocation: Allocation | None = None, lr: PositiveFloat = 1e-3,
                      seed: Int = 0) -> list[Variant]:
@@ -331,7 +332,7 @@ def _prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
     return params
 
 
-@register_method("prune-unstructured", role="transform", auto=_auto_unstructured)
+@register_method("prune-unstructured", role="transform", auto=_auto_unstructured, needs=("torch",))
 def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9, finetune_epochs: NonNegativeInt = 10,
                        int8: Bool = False, lr: PositiveFloat = 1e-3, seed: Int = 0) -> list[Variant]:
     """Global unstructured magnitude pruning with a fixed mask, fine-tuned, stored sparse.

@@ -25,10 +25,11 @@ from torch import nn
 
 from trainers.artifact import LoadedModel, predict
 from trainers.data import DataBundle
+from trainers.models import capabilities
 from trainers.options import Fraction, Int, PositiveInt
 
 from .base import Variant, default_options, derive_model, register_method
-from .export import Exporter, export_with_info, onnx_parity, onnx_variant_model, run_onnx
+from .export import Exporter, ExportInfo, export_with_info, onnx_parity, onnx_variant_model, run_onnx
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
 # int8 must agree with fp32 on 99% of test predictions; the check runs on the validation split (a few
@@ -97,7 +98,7 @@ class _Calibration:
 
 
 def _quantize_onnx(src: Path, out: Path, mode: str, calibration_x: np.ndarray | None, per_channel: bool,
-                   exclude: list[str]) -> bytes:
+                   exclude: list[str], input_name: str = "input") -> bytes:
     """Quantize the (pre-processed) fp32 graph at `src` into `out`; the nodes named in `exclude` stay fp32."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
@@ -107,7 +108,7 @@ def _quantize_onnx(src: Path, out: Path, mode: str, calibration_x: np.ndarray | 
         quantize_dynamic(str(src), str(out), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)])
     else:
-        quantize_static(str(src), str(out), _Calibration(calibration_x, "input"), quant_format=QuantFormat.QDQ,
+        quantize_static(str(src), str(out), _Calibration(calibration_x, input_name), quant_format=QuantFormat.QDQ,
                         per_channel=True, op_types_to_quantize=STATIC_OPS, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=list(exclude),
@@ -115,11 +116,20 @@ def _quantize_onnx(src: Path, out: Path, mode: str, calibration_x: np.ndarray | 
     return out.read_bytes()
 
 
+def _input_name(onnx_bytes: bytes) -> str:
+    """The graph's one data input (a user's graph names it as it likes)."""
+    import onnx
+
+    graph = onnx.load_from_string(onnx_bytes).graph
+    initializers = {t.name for t in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in initializers)
+
+
 def _compute_nodes(path: Path) -> list:
     """The graph's weight-carrying nodes, input to output: the ones whose precision matters."""
     import onnx
 
-    return [n for n in onnx.load(str(path)).graph.node if n.op_type in ("Gemm", "MatMul", "Conv", "LSTM")]
+    return [n for n in onnx.load(str(path)).graph.node if n.op_type in ("Gemm", "MatMul", "Conv", "LSTM", "GRU")]
 
 
 def _agreement(onnx_bytes: bytes, x: np.ndarray, reference: np.ndarray) -> float:
@@ -145,9 +155,10 @@ def _quantize_to_agreement(onnx_bytes: bytes, mode: str, calibration_x: np.ndarr
         if note:
             notes.append(note)
         nodes = _compute_nodes(src)
+        input_name = _input_name(onnx_bytes)
 
         def attempt(exclude: list[str]) -> tuple[float, bytes]:
-            int8 = _quantize_onnx(src, tmp / "int8.onnx", mode, calibration_x, per_channel, exclude)
+            int8 = _quantize_onnx(src, tmp / "int8.onnx", mode, calibration_x, per_channel, exclude, input_name)
             return _agreement(int8, check_x, reference), int8
 
         exclude: list[str] = []
@@ -191,16 +202,20 @@ def _split_for_check(data: DataBundle, calibration_samples: int, seed: int, stat
 def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibration_samples: int, seed: int,
                   exporter: str, min_agreement: float) -> Variant:
     # ORT's per-channel LSTM weights lose accuracy (about 4% of digits predictions flip in our runs):
-    # models with an LSTM get one scale per tensor.
-    per_channel = not any(isinstance(m, nn.LSTM) for m in model.module.modules())
-    fp32_bytes, info = export_with_info(model, data, exporter=exporter)
+    # models with an LSTM (or another recurrent layer) get one scale per tensor.
+    per_channel = "recurrent" not in capabilities(model)
+    if model.module is not None:
+        fp32_bytes, info = export_with_info(model, data, exporter=exporter)
+    else:  # a user's ONNX graph: quantized as it is
+        fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
     calibration_x, check_x = _split_for_check(data, calibration_samples, seed, mode == "static")
-    reference = predict(model.module, check_x).argmax(1)
+    reference = predict(model, check_x).argmax(1)
     int8_bytes, check, notes = _quantize_to_agreement(fp32_bytes, mode, calibration_x, per_channel, check_x,
                                                       reference, min_agreement)
     if mode == "static":
         notes.append(f"static QDQ calibrated on {len(calibration_x)} training samples")
-    twin = fake_quant_twin(model.module, kinds, per_channel, skip=set(check["fp32_modules"]))
+    twin = None if model.module is None else fake_quant_twin(model.module, kinds, per_channel,
+                                                             skip=set(check["fp32_modules"]))
     recipe = {"method": f"int8-{mode}", "runtime": "onnxruntime", "exporter": info.exporter,
               "weight_type": "int8", "per_channel": per_channel,
               "quantized_ops": list(DYNAMIC_OPS) if mode == "dynamic" else "all supported",
@@ -208,12 +223,17 @@ def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibr
     if mode == "static":
         recipe.update(format="QDQ", activation_type="uint8", calibration_samples=calibration_samples, seed=seed)
     variant_model = onnx_variant_model(model, twin, recipe, dtype="int8")
-    int8_logits = run_onnx(int8_bytes, data.x_test)
-    with torch.inference_mode():
-        twin_logits = twin(torch.from_numpy(np.ascontiguousarray(data.x_test, np.float32))).numpy()
-    twin_agreement = float((twin_logits.argmax(1) == int8_logits.argmax(1)).mean())
-    notes.append(f"fake-quant PyTorch twin agrees with the int8 graph on {twin_agreement:.1%} of test samples")
-    if mode == "dynamic" and any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.module.modules()):
+    variant_model.onnx_bytes = int8_bytes
+    twin_agreement = None
+    if twin is not None:
+        int8_logits = run_onnx(int8_bytes, data.x_test)
+        with torch.inference_mode():
+            twin_logits = twin(torch.from_numpy(np.ascontiguousarray(data.x_test, np.float32))).numpy()
+        twin_agreement = float((twin_logits.argmax(1) == int8_logits.argmax(1)).mean())
+        notes.append(f"fake-quant PyTorch twin agrees with the int8 graph on {twin_agreement:.1%} of test samples")
+    else:
+        notes.append("no PyTorch module: the variant has no fake-quant twin, so it is explained as a black box")
+    if mode == "dynamic" and "conv" in capabilities(model):
         notes.append("convolutions stay fp32 (ORT's dynamic ConvInteger is slower than fp32)")
     parity = onnx_parity(int8_bytes, model, data.x_test)  # int8 graph vs the fp32 PyTorch source
     return Variant(name=f"int8-{mode}-onnx", model=variant_model, recipe=recipe, onnx_bytes=int8_bytes,
@@ -229,11 +249,12 @@ def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: Exporter = "aut
     min_agreement: layers go back to fp32, the most helpful first, until int8 and fp32 agree on this share of
         held-out predictions (default MIN_AGREEMENT; 0 = never).
     """
-    return [_int8_variant(model, data, "dynamic", (nn.Linear, nn.LSTM), 0, 0, exporter, min_agreement)]
+    return [_int8_variant(model, data, "dynamic", (nn.Linear, nn.LSTM, nn.GRU), 0, 0, exporter, min_agreement)]
 
 
-@register_method("int8-static", role="runtime", auto=default_options, chain=True, families=("mlp", "cnn"),
-                 refusal={"lstm": "ONNX Runtime's static QDQ leaves LSTM layers in fp32 (use int8-dynamic)"})
+@register_method("int8-static", role="runtime", auto=default_options, chain=True, excludes=("recurrent",),
+                 refusal={"recurrent": "ONNX Runtime's static QDQ leaves recurrent layers (LSTM, GRU) in fp32 "
+                                       "(use int8-dynamic)"})
 def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: PositiveInt = 512, seed: Int = 0,
                 exporter: Exporter = "auto", min_agreement: Fraction = MIN_AGREEMENT) -> list[Variant]:
     """int8 weights and activations (static QDQ, per-channel, calibrated on training samples), ONNX Runtime.
@@ -256,13 +277,13 @@ def _half_variant(model: LoadedModel, dtype: str) -> Variant:
     return Variant(name=recipe["method"] + "-torch", model=variant_model, recipe=recipe, notes=notes)
 
 
-@register_method("fp16", role="runtime", auto=default_options)
+@register_method("fp16", role="runtime", auto=default_options, needs=("torch",))
 def fp16(model: LoadedModel, data: DataBundle) -> list[Variant]:
     """Half-precision (float16) PyTorch weights: half the file size."""
     return [_half_variant(model, "float16")]
 
 
-@register_method("bf16", role="runtime", auto=default_options)
+@register_method("bf16", role="runtime", auto=default_options, needs=("torch",))
 def bf16(model: LoadedModel, data: DataBundle) -> list[Variant]:
     """bfloat16 PyTorch weights: half the file size, fp32's range."""
     return [_half_variant(model, "bfloat16")]

@@ -43,6 +43,12 @@ class Attribution:
         reference_output: (N,) target logit at the baseline (expected over the background for background methods).
         delta: (N,) convergence delta where the method reports one, else None.
         routed: why another method or runtime ran, or None.
+        standard_error: (N, *input_shape) standard error of each value, for sampled methods (None otherwise).
+        error_bound: (N,) relative error ||values - exact|| / ||values|| at 95% confidence, from `standard_error`.
+        converged: (N,) the sample reached the method's target (`tolerance`): the error bound of an adaptive
+            sampled method, the completeness error of adaptive integrated gradients; None when not adaptive.
+        steps: (N,) per-sample effort: model rows (shapley) or integration steps (integrated gradients).
+        tolerance: the target `converged` refers to.
     """
 
     values: np.ndarray
@@ -55,11 +61,17 @@ class Attribution:
     delta: np.ndarray | None = None
     routed: str | None = None
     seconds: float = 0.0
+    standard_error: np.ndarray | None = None
+    error_bound: np.ndarray | None = None
+    converged: np.ndarray | None = None
+    steps: np.ndarray | None = None
+    tolerance: float | None = None
 
     def summary(self) -> dict:
         n = max(len(self.values), 1)
         return {"method": self.requested, "ran": self.method, "runtime": self.runtime, "routed": self.routed,
-                "seconds": round(self.seconds, 4), "ms_per_sample": round(1000 * self.seconds / n, 3)}
+                "seconds": round(self.seconds, 4), "ms_per_sample": round(1000 * self.seconds / n, 3),
+                "steps_mean": None if self.steps is None else round(float(np.mean(self.steps)), 2)}
 
 
 # ---------------------------------------------------------------- runtime and forward
@@ -73,9 +85,21 @@ def model_runtime(model) -> str:
 
 
 def resolve(method: str, model) -> tuple[str, str, str | None]:
-    """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused."""
-    family = model.spec.family
-    m = get_method(method, family)
+    """(method that runs, runtime it runs on, note) for `method` on `model`; ToolkitError when refused.
+
+    What a method needs is read from the model (`trainers.models.capabilities`), not from its family name: a
+    gradient method on a model without a PyTorch module (a user's ONNX graph, an int8 artifact without a twin)
+    is routed to the black-box estimator; any other mismatch is refused in one line.
+    """
+    from trainers.models import capabilities
+
+    m = get_method(method)
+    if m.why_not(model) is not None:
+        if ("torch" in m.needs and "torch" not in capabilities(model)
+                and get_method(ROUTE_BLACK_BOX).why_not(model) is None):
+            return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this ONNX model has no PyTorch module "
+                                             f"(no fake-quant twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
+        get_method(method, model)  # raises the one-line refusal
     is_onnx = model.spec.runtime == "onnxruntime"
     if is_onnx and "onnx" in m.runtimes:
         return method, "onnx", None
@@ -83,7 +107,7 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
     if runtime in m.runtimes:
         note = f"{method} needs gradients; ran on the artifact's fake-quant PyTorch twin" if runtime == "fake-quant" else None
         return method, runtime, note
-    if runtime == "onnx" and ROUTE_BLACK_BOX in METHODS.names(family):
+    if runtime == "onnx" and ROUTE_BLACK_BOX in METHODS.names(model):
         return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this int8 ONNX model has none (no fake-quant "
                                          f"twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
     raise ToolkitError(f"method '{method}' cannot run on runtime '{runtime}' (it supports {', '.join(m.runtimes)})")
@@ -163,7 +187,8 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
     """Attribute the target logit of `model` on `inputs` with a registered method.
 
     Args:
-        model: a `trainers.LoadedModel` (or an artifact path).
+        model: a `trainers.LoadedModel`, an artifact path, a `torch.nn.Module` or an `.onnx` file or its bytes
+            (`trainers.as_model`; a module's example input is taken from `inputs`).
         inputs: raw inputs (N, *input_shape) as the model takes them.
         target: class index, or one per sample; None: the predicted class.
         method: a name from `list_methods()`; routed or refused per `resolve`.
@@ -174,10 +199,11 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
         **options: options of `method` (e.g. n_steps, n_permutations, nsamples), checked against its
             signature; not passed on when the request is routed to another method.
     """
-    from trainers import load_model
+    from trainers.usermodel import as_model
 
     if not hasattr(model, "spec"):
-        model = load_model(model)
+        x = np.asarray(inputs, dtype=np.float32)
+        model = as_model(model, x if x.ndim > 1 else x[None])
     ran, runtime, note = resolve(method, model)
     options = METHODS.check_options(method, options) if ran == method else {}
     x = np.asarray(inputs, dtype=np.float32)
@@ -198,18 +224,40 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
         raise ToolkitError(f"target out of range: the model has {model.spec.num_classes} classes")
     entry = get_method(ran)
     start = time.perf_counter()
-    values, deltas, reference = [], [], None
+    values, deltas, reference, extras = [], [], None, []
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     with ctx.grad_context():
         for i in range(0, len(x), batch_size):
-            v, ref, d = entry.func(ctx, x[i:i + batch_size], targets[i:i + batch_size], **options)
+            v, ref, d, *more = entry.func(ctx, x[i:i + batch_size], targets[i:i + batch_size], **options)
             values.append(np.asarray(v, np.float32).reshape((-1, *model.spec.input_shape)))
             reference = ref if reference is None else np.concatenate([reference, ref])
             if d is not None:
                 deltas.append(np.asarray(d, np.float64).reshape(-1))
+            extras.append(more[0] if more else {})
     seconds = time.perf_counter() - start
     reference_input = ctx.background_np.mean(0) if entry.needs_background else base
-    return Attribution(np.concatenate(values), ran, method, runtime, reference_input, targets,
+    attr = Attribution(np.concatenate(values), ran, method, runtime, reference_input, targets,
                        np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None, note, seconds)
+    return _with_estimate(attr, extras)
+
+
+ESTIMATE_FIELDS = ("standard_error", "error_bound", "converged", "steps")
+
+
+def _with_estimate(attr: Attribution, extras: list[dict]) -> Attribution:
+    """Gather the per-batch error bars a method returned (its optional fourth value) into `attr`."""
+    for name in ESTIMATE_FIELDS:
+        parts = [e.get(name) for e in extras]
+        if parts and all(p is not None for p in parts):
+            setattr(attr, name, np.concatenate([np.asarray(p) for p in parts]))
+    if attr.standard_error is not None:
+        attr.standard_error = attr.standard_error.reshape(attr.values.shape).astype(np.float32)
+        if attr.error_bound is None:
+            from .shapley import relative_error_bound
+
+            attr.error_bound = relative_error_bound(attr.values, attr.standard_error)
+    tolerances = {e.get("tolerance") for e in extras}
+    attr.tolerance = tolerances.pop() if len(tolerances) == 1 else None
+    return attr
 

@@ -22,16 +22,36 @@ def _forward(model, attr: Attribution) -> Context:
     return Context(model, attr.runtime, attr.baseline, None, 0)
 
 
-def completeness_error(model, x: np.ndarray, attr: Attribution) -> float:
-    """Median over samples of |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|."""
+def completeness_errors(model, x: np.ndarray, attr: Attribution) -> np.ndarray:
+    """Per sample |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|, for samples where the gap is not ~0."""
     ctx = _forward(model, attr)
     fx = ctx.forward_numpy(x)[np.arange(len(x)), attr.targets].astype(np.float64)
     gap = fx - attr.reference_output
     total = attr.values.reshape(len(x), -1).sum(1).astype(np.float64)
     keep = np.abs(gap) > 1e-6
-    if not keep.any():
-        return 0.0
-    return float(np.median(np.abs(total[keep] - gap[keep]) / np.abs(gap[keep])))
+    return np.abs(total[keep] - gap[keep]) / np.abs(gap[keep])
+
+
+def completeness_error(model, x: np.ndarray, attr: Attribution) -> float:
+    """Median over samples of |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|."""
+    errors = completeness_errors(model, x, attr)
+    return float(np.median(errors)) if len(errors) else 0.0
+
+
+def estimate_figures(attr: Attribution) -> dict:
+    """The error bars and convergence of an attribution (None where the method reports none)."""
+    out: dict = {"estimated_error": None, "estimated_error_max": None, "standard_error": None,
+                 "unconverged": None, "tolerance": attr.tolerance}
+    if attr.error_bound is not None:
+        bound = np.asarray(attr.error_bound, np.float64)
+        out["estimated_error"], out["estimated_error_max"] = float(np.median(bound)), float(bound.max())
+        flat = attr.values.reshape(len(attr.values), -1).astype(np.float64)
+        se = np.linalg.norm(attr.standard_error.reshape(len(flat), -1).astype(np.float64), axis=1)
+        norm = np.linalg.norm(flat, axis=1)
+        out["standard_error"] = float(np.mean(np.where(norm > 0, se / np.where(norm > 0, norm, 1), 0.0)))
+    if attr.converged is not None:
+        out["unconverged"] = int((~np.asarray(attr.converged, bool)).sum())
+    return out
 
 
 def _curve(ctx, x, attr: Attribution, insert: bool, steps: int = 10) -> float:
@@ -138,13 +158,33 @@ def noise_floor(model, x: np.ndarray, attr: Attribution, seed: int = 0, **option
             "spearman": float(np.median(spearman_rows(attr.values, again.values)))}
 
 
+def _estimate_verdict(out: dict, n: int) -> str:
+    text = (f"estimated error {100 * out['estimated_error']:.1f}% (95% bound, median over samples; "
+            f"largest {100 * out['estimated_error_max']:.1f}%)")
+    if out["unconverged"] is not None and out["tolerance"] is not None:
+        text += f"; {out['unconverged']} of {n} samples above the {100 * out['tolerance']:.0f}% tolerance"
+    return text
+
+
+def _unconverged_note(out: dict, attr: Attribution, n: int) -> str:
+    if out["unconverged"] is None:
+        return ""
+    steps = int(np.max(attr.steps)) if attr.steps is not None else None
+    return (f"; {out['unconverged']} of {n} samples above {100 * (out['tolerance'] or 0):.0f}%"
+            + (f" after {steps} steps" if steps else ""))
+
+
 def head(attr: Attribution, n: int) -> Attribution:
     """The first n samples of an attribution."""
     import dataclasses
 
-    delta = None if attr.delta is None else attr.delta[:n]
+    def cut(a):
+        return None if a is None else a[:n]
+
     return dataclasses.replace(attr, values=attr.values[:n], targets=attr.targets[:n],
-                               reference_output=attr.reference_output[:n], delta=delta)
+                               reference_output=attr.reference_output[:n], delta=cut(attr.delta),
+                               standard_error=cut(attr.standard_error), error_bound=cut(attr.error_bound),
+                               converged=cut(attr.converged), steps=cut(attr.steps))
 
 
 def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bool = True,
@@ -155,16 +195,24 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
     `repeat_samples` samples (all by default).
     """
     family = model.spec.family
-    holds = get_method(attr.method).holds_axiom(family)
-    out: dict = {"completeness_error": completeness_error(model, x, attr), "axiom_holds": holds}
+    holds = get_method(attr.method).holds_axiom(model)
+    errors = completeness_errors(model, x, attr)
+    out: dict = {"completeness_error": float(np.median(errors)) if len(errors) else 0.0, "axiom_holds": holds,
+                 **estimate_figures(attr), "completeness_error_max": None, "completeness_over_tolerance": None}
+    if holds:
+        out["completeness_error_max"] = float(errors.max()) if len(errors) else 0.0
+        out["completeness_over_tolerance"] = float((errors > COMPLETENESS_TOLERANCE).mean()) if len(errors) else 0.0
     verdicts = []
     flagged = False
-    if holds:
-        ok = out["completeness_error"] <= COMPLETENESS_TOLERANCE
+    ok = out["completeness_error"] <= COMPLETENESS_TOLERANCE
+    if out["estimated_error"] is not None:   # sampled: its estimated error says more than completeness
+        verdicts.append(_estimate_verdict(out, len(x)))
+    if holds and (out["estimated_error"] is None or not ok):
         flagged |= not ok
         verdicts.append(f"completeness {'ok' if ok else 'FAILS'} ({100 * out['completeness_error']:.2f}% "
-                        f"{'<=' if ok else '>'} {100 * COMPLETENESS_TOLERANCE:.0f}%)")
-    else:
+                        f"{'<=' if ok else '>'} {100 * COMPLETENESS_TOLERANCE:.0f}%)"
+                        + _unconverged_note(out, attr, len(x)))
+    elif not holds and out["estimated_error"] is None:
         verdicts.append("completeness not expected for this method")
     if fidelity:
         out["deletion_auc"], out["insertion_auc"] = deletion_insertion_auc(model, x, attr)

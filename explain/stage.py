@@ -73,10 +73,15 @@ def _pick_samples(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.asarray(chosen, int)
 
 
-def _load(item, name: str):
-    from trainers import load_model
+def _load(item, name: str, data=None):
+    from trainers.usermodel import as_model
 
-    return item if hasattr(item, "spec") else load_model(item)
+    return item if hasattr(item, "spec") else as_model(item, data)
+
+
+def _is_user_model(item) -> bool:
+    """A module or an ONNX graph (not a LoadedModel nor an artifact directory): its example input needs the data."""
+    return not hasattr(item, "spec") and not (isinstance(item, (str, Path)) and Path(item).is_dir())
 
 
 def _name(item, fallback: str) -> str:
@@ -98,7 +103,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     `methods`, `samples` and `seed` are the fields of `ExplainOptions`, whose defaults apply.
 
     Args:
-        model: an artifact path or a `LoadedModel`.
+        model: an artifact path, a `LoadedModel`, a `torch.nn.Module` or an `.onnx` file or its bytes
+            (`trainers.as_model`).
         data: a data spec (built-in name or file) or a `DataBundle`.
         methods: registered method names (default: `default_methods(family)`).
         compare: compressed variants (paths or `LoadedModel`s) to compare with the original.
@@ -116,14 +122,17 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
 
     start = time.perf_counter()
     check_samples(samples)
-    original = _load(model, "original")
-    family = original.spec.family
-    methods = list(methods or default_methods(family))
+    if _is_user_model(model) and not hasattr(data, "x_test"):
+        from trainers.data import load_data
+
+        data = load_data(data, seed=seed, **({"table": table} if table is not None else {}))
+    original = _load(model, "original", data if _is_user_model(model) else None)
+    methods = list(methods or default_methods(original))
     for method in methods:
         resolve(method, original)                       # unknown or unsupported: refuse before any work
     variants = []
     for i, item in enumerate(compare or ()):
-        variant = _load(item, f"variant{i}")
+        variant = _load(item, f"variant{i}", data if _is_user_model(item) else None)
         name = _name(item, f"variant{i}")
         from .compare import check_comparable
 
@@ -138,7 +147,7 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     if bundle.num_classes != original.spec.num_classes:
         raise ToolkitError(f"data '{bundle.name}' has {bundle.num_classes} classes, "
                            f"the model predicts {original.spec.num_classes}")
-    inputs = [original.path, bundle.source, *(v.path for _, v in variants)]
+    inputs = [original.path, original.origin, bundle.source, *(v.path for _, v in variants)]
     run = RunDir(out, kind="explain", overwrite=overwrite, inputs=inputs) if out is not None else None
     try:
         report = reporter(progress, "explain", len(methods) * (1 + len(variants)))

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 from trainers.options import as_dict
@@ -64,7 +65,9 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
 
     Args:
         data: a built-in data set name or a .npz/.csv path.
-        family: a registered model family (`trainers.list_models()`).
+        family: a registered model family (`trainers.list_models()`), or the user's own model (a `torch.nn.Module`,
+            an `.onnx` file or its bytes, an artifact directory, a `LoadedModel`: `trainers.as_model`); an own
+            model is not trained: the pipeline compresses, explains and reports it.
         config: a TOML/YAML/JSON file, a dict of sections or a PipelineConfig (see `resolve_config`).
         overrides: dotted keys that win over `config`, e.g. {"train.epochs": 3}.
         out: the run directory (default runs/<time>-pipeline-<family>).
@@ -76,37 +79,45 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
         ToolkitError: bad input found before anything ran (nothing is written).
         StageFailed: a stage failed; the run directory and the report of what finished are written.
     """
-    from trainers import load_data
+    from trainers import DataBundle, load_data
     from trainers.models import check_model_size
     from trainers.tables import TableOptions
     from trainers.tracking import open_tracker
 
     say = progress or _to_stderr
     cfg = resolve_config(config, overrides)
-    _preflight(cfg, family)
+    own = _own_model(family)
+    _preflight(cfg, None if own else family)
     table = TableOptions(cfg.target, tuple(cfg.keep), tuple(cfg.drop), cfg.sep)
-    bundle = load_data(data, seed=cfg.train.seed, table=table)  # bad data: nothing written
-    check_model_size(family, cfg.train.model, bundle.input_shape, bundle.num_classes)  # allocates nothing
+    bundle = data if isinstance(data, DataBundle) else load_data(
+        data, seed=cfg.train.seed, table=table, image_size=cfg.image_size)  # bad data: nothing written
+    if own:  # the user's model, checked against the data and the requested methods before anything is written
+        family = _open_own_model(family, bundle, cfg)
+    else:
+        check_model_size(family, cfg.train.model, bundle.input_shape, bundle.num_classes)  # allocates nothing
     tracker = open_tracker(cfg.tracking, "pipeline")
-    tracker.log_params({"data": str(data), "family": family, **_tracked_options(cfg)})  # a bad URI: nothing written
+    tracker.log_params({"data": _data_label(data), "family": _label(family), **_tracked_options(cfg)})  # a bad URI: nothing written
     with tracker:
         return _run(bundle, data, family, cfg, out, overwrite, say, tracker)
 
 
-def _run(bundle, data, family: str, cfg: PipelineConfig, out, overwrite: bool, say, tracker) -> PipelineResult:
+def _run(bundle, data, family, cfg: PipelineConfig, out, overwrite: bool, say, tracker) -> PipelineResult:
     from trainers import RunDir, default_run_dir
 
-    run = RunDir(out if out is not None else default_run_dir("pipeline", family), kind="pipeline",
-                 overwrite=overwrite, inputs=[data])
+    label = _label(family)
+    run = RunDir(out if out is not None else default_run_dir("pipeline", label), kind="pipeline",
+                 overwrite=overwrite, inputs=[data, getattr(family, "origin", None)])
     started = time.perf_counter()
-    status = {"stage": "pipeline", "status": "running", "data": str(data), "family": family, "stages": [],
+    status = {"stage": "pipeline", "status": "running", "data": _data_label(data), "family": label, "stages": [],
               "errors": [], "seconds": None, "report": cfg.report.out}
     results: dict = {}  # stage name -> its result, handed to the next stages
-    steps = {"train": lambda t: _train(bundle, family, cfg, run, say, t),
+    train = (lambda t: _train(bundle, family, cfg, run, say, t)) if isinstance(family, str) else (
+        lambda t: (SimpleNamespace(model=family), f"the user's own model ({family.source}): not trained"))
+    steps = {"train": train,
              "compress": lambda t: _compress(results["train"], bundle, cfg, run, say, t),
              "explain": lambda t: _explain(results["train"], results["compress"], bundle, cfg, run, say, t)}
     with run:  # a crash outside the stages leaves nothing behind; an interrupt keeps the record in <out>.partial
-        save_config(run.path, cfg, data=str(data), family=family, command=_command(data, family, run.final))
+        save_config(run.path, cfg, data=_data_label(data), family=label, command=_command(_data_label(data), label, run.final))
         failure = None
         try:
             for index, (name, step) in enumerate(steps.items(), 1):
@@ -139,13 +150,49 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _preflight(cfg: PipelineConfig, family: str) -> None:
-    """Check the family and the later stages' methods first: a typo must not cost a training run."""
+def _own_model(family) -> bool:
+    """The user's own model rather than a family name: anything but a string, or a path to a model."""
+    if not isinstance(family, str):
+        return True
+    return family.lower().endswith(".onnx") or Path(family).is_dir()
+
+
+def _open_own_model(model, bundle, cfg: PipelineConfig):
+    """The user's model as a LoadedModel, checked against the data and every requested method."""
+    from compress import check_request
+    from explain import get_method
+    from trainers.usermodel import as_model
+
+    model = as_model(model, bundle)
+    options = cfg.compress
+    check_request(options.methods, model, options.max_drop, options.options, options.ratio)
+    for method in cfg.explain.methods or ():
+        get_method(method)  # unknown: one line (a gradient method on an ONNX graph is routed, not refused)
+    return model
+
+
+def _data_label(data) -> str:
+    return data.source or data.name if hasattr(data, "x_test") else str(data)
+
+
+def _label(family) -> str:
+    """A family name, or the family a user's own model records (custom, onnx)."""
+    return family if isinstance(family, str) else family.spec.family
+
+
+def _preflight(cfg: PipelineConfig, family: str | None) -> None:
+    """Check the family and the later stages' methods first: a typo must not cost a training run.
+    `family` None (the user's own model) checks only what needs no model."""
     from compress import check_request
     from explain import get_method
     from trainers import get_family
     from trainers.models import make_config
 
+    if family is None:
+        check_request(cfg.compress.methods, None, cfg.compress.max_drop, cfg.compress.options, cfg.compress.ratio)
+        for method in cfg.explain.methods or ():
+            get_method(method)
+        return
     get_family(family)
     make_config(family, cfg.train.model)  # a typo in [train.arch] must not wait for the data
     options = cfg.compress

@@ -227,8 +227,17 @@ def compression(run: Run) -> dict | None:
 
 # ---------------------------------------------------------------- explanation
 
-QUALITY_SCORES = ("completeness_error", "deletion_auc", "insertion_auc", "infidelity", "randomization_spearman",
-                  "randomization_topk", "noise_floor_topk", "noise_floor_spearman")
+QUALITY_SCORES = ("completeness_error", "estimated_error", "estimated_error_max", "unconverged", "deletion_auc",
+                  "insertion_auc", "infidelity", "randomization_spearman", "randomization_topk", "noise_floor_topk",
+                  "noise_floor_spearman")
+
+
+def _scores(q) -> dict:
+    """The quality figures to show: a sampled method's estimated error in place of its completeness."""
+    shown = {k: getattr(q, k, None) for k in QUALITY_SCORES}
+    if shown["estimated_error"] is not None:
+        shown.pop("completeness_error")
+    return {k: v for k, v in shown.items() if v is not None}
 
 
 def stage_figures(run: Run, result: ExplainResultFile) -> dict[str, bytes]:
@@ -275,7 +284,7 @@ def explanation(run: Run) -> dict | None:
             if not listed:
                 drawn[f"global importance ({method})"] = figures.importance_bars(items, method)
     quality = [{"method": method, "flagged": q.flagged, "verdicts": q.verdicts,
-                "scores": {k: getattr(q, k) for k in QUALITY_SCORES if getattr(q, k) is not None}}
+                "scores": _scores(q)}
                for method, q in result.quality.items()]
     encoded = [{"method": m, "top": _top_inputs(v)[:10]}
                for m, v in (getattr(result, "global_importance_encoded", None) or {}).items()]

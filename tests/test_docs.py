@@ -18,7 +18,7 @@ def _tables() -> dict[str, str]:
 
     compress.list_methods()
     explain.list_methods()
-    return {"model families": FAMILIES.table(skip=("refusal", "families")),
+    return {"model families": FAMILIES.table(skip=("refusal", "families", "needs", "excludes")),
             "compression methods": COMPRESSION.table(),
             "explain methods": EXPLAINERS.table()}
 

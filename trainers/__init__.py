@@ -18,10 +18,11 @@ from .lazy import lazy_exports
 
 _EXPORTS = {
     "artifact": ("LoadedModel", "ModelSpec", "accuracy", "load_model", "predict", "save_model", "write_artifact"),
+    "usermodel": ("as_model",),
     "data": ("BUILTIN_DATASETS", "DataBundle", "check_inputs", "load_data"),
     "fit": ("TrainConfig", "TrainResult", "resolve_device", "seed_everything", "train"),
     "loop": ("evaluate",),
-    "models": ("build_model", "count_parameters", "get_family", "list_models", "make_config", "register_family"),
+    "models": ("build_model", "capabilities", "count_parameters", "get_family", "list_models", "make_config", "register_family"),
     "rundir": ("RunDir", "default_run_dir"),
     "env": ("environment", "package_versions"),
     "tracking": ("TrackingOptions", "open_tracker"),

@@ -23,6 +23,7 @@ from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, rea
 from .models import build_model, count_parameters
 
 FORMAT_VERSION = 1
+CUSTOM_FAMILY, ONNX_FAMILY = "custom", "onnx"  # a user's own torch.nn.Module; a user's own ONNX graph
 MODEL_JSON, WEIGHTS, METRICS = "model.json", "model.safetensors", "metrics.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -104,6 +105,10 @@ class LoadedModel:
 
     For `runtime == "onnxruntime"` artifacts, `predict` runs the ONNX file and
     `module` is the PyTorch twin (if the artifact has one) for gradient methods.
+
+    A user's own model (`trainers.as_model`) is one too: `origin` says what it was made from (an ONNX file,
+    a `torch.nn.Module`), `onnx_bytes` holds an ONNX graph kept in memory, and `notes` says what the toolkit
+    could not do with it (e.g. rebuild its PyTorch class).
     """
 
     module: nn.Module | None
@@ -111,6 +116,17 @@ class LoadedModel:
     path: Path | None = None
     metrics: dict = field(default_factory=dict)
     _session: Any = field(default=None, repr=False)
+    origin: str | None = None
+    onnx_bytes: bytes | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    def onnx_model_bytes(self) -> bytes | None:
+        """The ONNX graph this model runs (in memory, or the artifact's file), or None when it has none."""
+        if self.onnx_bytes is not None:
+            return self.onnx_bytes
+        if self.path is not None and self.spec.onnx and self.spec.onnx.get("file"):
+            return _member(self.path, self.spec.onnx["file"]).read_bytes()
+        return None
 
     @property
     def runtime(self) -> str:
@@ -118,24 +134,28 @@ class LoadedModel:
 
     @property
     def source(self) -> str:
-        """Where the model came from, as lineage and results record it: its directory, or `<in-memory FAMILY>`."""
-        return str(self.path) if self.path is not None else f"<in-memory {self.spec.family}>"
+        """Where the model came from, as lineage and results record it: its directory, the user's file, or
+        `<in-memory FAMILY>`."""
+        if self.path is not None:
+            return str(self.path)
+        return self.origin or f"<in-memory {self.spec.family}>"
 
     def onnx_session(self, threads: int | None = None):
         """An ONNX Runtime session on the artifact's ONNX file (created once)."""
         if self._session is None or threads is not None:
             import onnxruntime as ort
 
-            if self.path is None or not self.spec.onnx:
+            onnx_bytes = self.onnx_model_bytes()
+            if onnx_bytes is None:
                 raise ArtifactError("this model has no ONNX file")
             options = ort.SessionOptions()
+            options.log_severity_level = 3
             if threads:
                 options.intra_op_num_threads = threads
-            onnx_path = self.path / self.spec.onnx["file"]
             try:
-                session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # ORT raises its own exception types for bad files
-                raise ArtifactError(f"cannot load ONNX model {onnx_path}: {exc}") from None
+                raise ArtifactError(f"cannot load ONNX model {self.source}: {str(exc).splitlines()[0]}") from None
             if threads is not None:
                 return session
             self._session = session
@@ -208,8 +228,15 @@ def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = No
     return out
 
 
-def load_model(path: str | Path, *, device: str = "cpu") -> LoadedModel:
+def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | None = None) -> LoadedModel:
     """Rebuild a model from an artifact directory, checking every file first.
+
+    Args:
+        path: the artifact directory.
+        device: where the PyTorch module goes.
+        module: for an artifact of a user's own architecture (family "custom"), a fresh instance of its class
+            (`load_model(dir, module=MyNet())`): the saved weights are loaded into it, names and shapes checked.
+            Without it such an artifact loads as its ONNX graph, run by ONNX Runtime (no PyTorch module).
 
     Raises:
         ArtifactError: the directory is not an artifact, or a file is missing,
@@ -226,14 +253,26 @@ def load_model(path: str | Path, *, device: str = "cpu") -> LoadedModel:
     except ToolkitError as exc:
         raise ArtifactError(str(exc)) from None
     spec = ModelSpec.from_dict(raw, str(path / MODEL_JSON))
-    module = None
-    if spec.weights.get("file"):
-        module = _load_module(path, spec, device)
-    elif spec.runtime != "onnxruntime":
-        raise ArtifactError(f"{path / MODEL_JSON}: no weights file listed")
     if spec.onnx:
         _check_file(_member(path, spec.onnx.get("file")), spec.onnx.get("sha256"))
-    return LoadedModel(module=module, spec=spec, path=path, metrics=metrics)
+    notes = []
+    if spec.family == CUSTOM_FAMILY and module is None:
+        if not spec.onnx:
+            raise ArtifactError(f"{path}: the weights of a custom model need its class: "
+                                "trainers.load_model(path, module=MyNet())")
+        if spec.weights.get("file"):
+            notes.append(f"{path / WEIGHTS} holds PyTorch weights of the user's own class ({spec.config.get('class')}); "
+                         "trainers.load_model(path, module=MyNet()) loads them into a fresh instance")
+        spec.runtime = "onnxruntime"  # what runs without the user's class: the ONNX graph
+        return LoadedModel(module=None, spec=spec, path=path, metrics=metrics, notes=notes, origin=str(path))
+    if module is not None and spec.family != CUSTOM_FAMILY:
+        raise ArtifactError(f"{path} is a {spec.family} model: the toolkit rebuilds it itself, pass no module")
+    loaded = None
+    if spec.weights.get("file"):
+        loaded = _load_module(path, spec, device, module)
+    elif spec.runtime != "onnxruntime":
+        raise ArtifactError(f"{path / MODEL_JSON}: no weights file listed")
+    return LoadedModel(module=loaded, spec=spec, path=path, metrics=metrics)
 
 
 def _member(path: Path, name) -> Path:
@@ -252,7 +291,7 @@ def _check_file(file: Path, expected_sha: str | None) -> None:
         raise ArtifactError(f"{file} does not match model.json (checksum differs): it was modified, truncated or corrupted")
 
 
-def _load_module(path: Path, spec: ModelSpec, device: str) -> nn.Module:
+def _load_module(path: Path, spec: ModelSpec, device: str, given: nn.Module | None = None) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -263,8 +302,8 @@ def _load_module(path: Path, spec: ModelSpec, device: str) -> nn.Module:
         raise ArtifactError(f"{weights}: unknown weight codec {codec_name!r}")
     pre = spec.preprocessing
     try:  # built first (its size checked before allocating), so the weights are read against its shapes
-        module = build_model(spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"),
-                             pre.get("std"))
+        module = given if given is not None else build_model(
+            spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"), pre.get("std"))
     except ToolkitError as exc:  # unknown family, architecture option or size: the artifact is at fault
         raise ArtifactError(f"{path / MODEL_JSON}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
@@ -279,7 +318,7 @@ def _load_module(path: Path, spec: ModelSpec, device: str) -> nn.Module:
     except (KeyError, RuntimeError, ValueError, TypeError, RecursionError) as exc:
         raise ArtifactError(f"{weights}: cannot decode {codec_name} weights: {exc}") from None
     _check_state(module, state, weights)
-    _check_dtypes(state, spec, weights)
+    _check_dtypes(state, spec, weights, module)
     module.load_state_dict(state, strict=True)
     return module.to(device=device, dtype=DTYPES[spec.dtype]).eval()
 
@@ -299,9 +338,14 @@ def _check_state(module: nn.Module, state: dict, weights: Path) -> None:
             raise ArtifactError(f"{weights}: tensor {key} contains NaN or infinite values")
 
 
-def _check_dtypes(state: dict, spec: ModelSpec, weights: Path) -> None:
-    """Weights are stored in the dtype model.json names: an int8 or bool tensor is never cast silently."""
+def _check_dtypes(state: dict, spec: ModelSpec, weights: Path, module: nn.Module) -> None:
+    """Weights are stored in the dtype model.json names: an int8 or bool tensor is never cast silently.
+
+    Integer buffers the architecture itself holds (BatchNorm's `num_batches_tracked`) stay integers."""
+    integers = {k for k, v in module.state_dict().items() if not v.is_floating_point()}
     for key, tensor in state.items():
+        if key in integers and not tensor.is_floating_point():
+            continue
         if not tensor.is_floating_point() or (spec.runtime == "torch" and tensor.dtype != DTYPES[spec.dtype]):
             stored = str(tensor.dtype).replace("torch.", "")
             raise ArtifactError(f"{weights}: tensor {key} is stored as {stored}, model.json says {spec.dtype}")
@@ -311,10 +355,15 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
     """Logits for a batch of raw inputs, computed in batches without gradients.
 
     Args:
-        model: a `LoadedModel` (PyTorch or ONNX Runtime) or a plain `nn.Module`.
+        model: a `LoadedModel` (PyTorch or ONNX Runtime), a plain `nn.Module`, an artifact directory, or an
+            `.onnx` file or its bytes (`trainers.as_model`).
         x: array of shape (N, *input_shape); for a model trained on a table also raw rows (a DataFrame,
             a list of dicts, or an array in the table's column order), preprocessed as at training.
     """
+    if not isinstance(model, (LoadedModel, nn.Module)):  # an artifact directory, an .onnx file or ONNX bytes
+        from .usermodel import as_model
+
+        model = as_model(model)
     x = raw_rows_to_inputs(model, x)
     if isinstance(model, LoadedModel) and model.runtime == "onnxruntime":
         session = model.onnx_session()

@@ -145,7 +145,8 @@ def seed_everything(seed: int) -> None:
 
 def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
           overwrite: bool = False, resume: bool = False, progress: ProgressCallback | bool | None = None,
-          target: str | None = None, table=None, tracker: Tracker | None = None) -> TrainResult:
+          target: str | None = None, table=None, tracker: Tracker | None = None,
+          image_size: int | None = None) -> TrainResult:
     """Train a classifier of `family` on `data`; write an artifact to `out` if given.
 
     Args:
@@ -157,6 +158,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         progress: a callback receiving a `ProgressEvent` per epoch (`trainers.progress`); True renders them on
             stderr (`ConsoleProgress`); None or False: quiet.
         target, table: the label column and `tables.TableOptions` of a table file (see `load_data`).
+        image_size: resize an image folder's images to this many pixels square (see `load_data`).
         tracker: records the options, every epoch's metrics and the result (`trainers.tracking.open_tracker`).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; `batch_size` stays the
@@ -171,7 +173,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
     try:
         distributed.per_rank_batch(config.batch_size, ctx)
         if not isinstance(data, DataBundle):
-            data = load_data(data, target=target, seed=config.seed, table=table)
+            data = load_data(data, target=target, seed=config.seed, table=table, image_size=image_size)
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)

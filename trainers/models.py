@@ -49,10 +49,12 @@ class Family(Entry):
     """A registered model family.
 
     `func` is its `nn.Module` class, built as func(config, input_shape, num_classes, mean, std); `config` is its
-    config dataclass.
+    config dataclass; `tags` the capability tags every model of the family has (see `capabilities`), which
+    methods are checked against before a model exists (a pipeline's preflight, the CLI's choices).
     """
 
     config: type | None = None
+    tags: tuple[str, ...] = ("torch",)
 
     def options(self, positional: int = 0) -> dict[str, object]:
         """A family's options are its config's fields (`make_config`), with their defaults."""
@@ -62,13 +64,75 @@ class Family(Entry):
 FAMILIES: Registry[Family] = Registry("model family", Family, validate=False)
 
 
-def register_family(name: str, config: type, description: str = ""):
+def register_family(name: str, config: type, description: str = "", tags: tuple[str, ...] = ("torch",)):
     """Class decorator: register an `nn.Module` built from the dataclass `config` as model family `name`.
 
     `config` lists every architecture number with its type and bounds (trainers.options types) and sets
-    `__pydantic_config__ = FORBID_EXTRA`, so `make_config` refuses unknown keys and bad values.
+    `__pydantic_config__ = FORBID_EXTRA`, so `make_config` refuses unknown keys and bad values. `tags` are the
+    capability tags of its models (`capabilities`); "torch" is always among them.
     """
-    return FAMILIES.register(name, config=config, description=description)
+    return FAMILIES.register(name, config=config, description=description, tags=tuple(sorted({"torch", *tags})))
+
+
+def family_tags(name: str) -> frozenset:
+    """The capability tags a registered family declares. Any other name is taken for a PyTorch module whose
+    layers are not known yet (a family registered later, a user's "custom" module), and "onnx" for a graph."""
+    if name in FAMILIES:
+        return frozenset(FAMILIES.get(name).tags)
+    return frozenset({"onnx"} if name == "onnx" else {"torch"})
+
+
+# Layer types behind each capability tag. Captured by type, so a user's subclass of nn.Conv2d counts too.
+_TAG_LAYERS = {"conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d), "recurrent": (nn.RNNBase,), "dense": (nn.Linear,),
+               "norm": (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)}
+_TAG_OPS = {"conv": {"Conv", "ConvInteger", "QLinearConv"}, "recurrent": {"LSTM", "GRU", "RNN", "Scan", "Loop"},
+            "dense": {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"},
+            "norm": {"BatchNormalization", "LayerNormalization", "GroupNormalization", "InstanceNormalization"}}
+
+
+def capabilities(model) -> set[str]:
+    """What a model can do, read from the model itself, as tags: `torch` (a PyTorch module, so gradients),
+    `onnx` (an ONNX graph), `conv`, `recurrent`, `dense`, `norm` (the layer types it contains: module types
+    for a PyTorch module, op types for a graph without one).
+
+    `model` is a `LoadedModel` or an `nn.Module`. Methods declare the tags they need or exclude
+    (`trainers.registry.Entry`), and registries check models against them.
+    """
+    module = model if isinstance(model, nn.Module) else getattr(model, "module", None)
+    tags: set[str] = set()
+    if module is not None:
+        tags.add("torch")
+        for tag, kinds in _TAG_LAYERS.items():
+            if any(isinstance(m, kinds) for m in module.modules()):
+                tags.add(tag)
+    onnx_bytes = model.onnx_model_bytes() if hasattr(model, "onnx_model_bytes") else None
+    if onnx_bytes is not None:
+        tags.add("onnx")
+        if module is None:
+            ops = onnx_op_types(onnx_bytes)
+            tags.update(tag for tag, names in _TAG_OPS.items() if ops & names)
+    return tags
+
+
+_OPS_CACHE: dict = {}
+
+
+def onnx_op_types(onnx_bytes: bytes) -> frozenset:
+    """The op types of an ONNX graph (subgraphs included), cached by the bytes' digest."""
+    import hashlib
+
+    key = hashlib.sha1(onnx_bytes).hexdigest()
+    if key not in _OPS_CACHE:
+        import onnx
+
+        graph = onnx.load_from_string(onnx_bytes).graph
+        ops, stack = set(), [graph]
+        while stack:
+            for node in stack.pop().node:
+                ops.add(node.op_type)
+                stack += [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+        _OPS_CACHE[key] = frozenset(ops)
+    return _OPS_CACHE[key]
 
 
 def list_models() -> list[str]:
@@ -183,7 +247,7 @@ class MLPConfig:
     dropout: Dropout = 0.1
 
 
-@register_family("mlp", MLPConfig, "multi-layer perceptron on the flattened input")
+@register_family("mlp", MLPConfig, "multi-layer perceptron on the flattened input", tags=("dense",))
 class MLP(nn.Module):
     def __init__(self, config: MLPConfig, input_shape, num_classes, mean, std):
         super().__init__()
@@ -209,7 +273,8 @@ class CNNConfig:
     dropout: Dropout = 0.2
 
 
-@register_family("cnn", CNNConfig, "convolutional net: Conv1d for (F,) and (C, L), Conv2d for (C, H, W)")
+@register_family("cnn", CNNConfig, "convolutional net: Conv1d for (F,) and (C, L), Conv2d for (C, H, W)",
+                 tags=("conv", "dense"))
 class CNN(nn.Module):
     def __init__(self, config: CNNConfig, input_shape, num_classes, mean, std):
         super().__init__()
@@ -252,7 +317,7 @@ class LSTMConfig:
     dropout: Dropout = 0.1
 
 
-@register_family("lstm", LSTMConfig, "stacked LSTM reading along the last spatial axis")
+@register_family("lstm", LSTMConfig, "stacked LSTM reading along the last spatial axis", tags=("recurrent", "dense"))
 class LSTMClassifier(nn.Module):
     def __init__(self, config: LSTMConfig, input_shape, num_classes, mean, std):
         super().__init__()

@@ -32,18 +32,41 @@ from .options import validated
 class Entry:
     """What every registered plug-in has: a name, the function (or class) that implements it, a description.
 
-    Subclasses add capability fields. `families` is the model families it handles (empty: all of them);
-    `refusal` maps a family it does not handle to the reason, for the error message.
+    Subclasses add capability fields. `families` is the toolkit model families it handles (empty: every model,
+    a user's own included); `needs` and `excludes` are capability tags (`trainers.models.capabilities`: torch,
+    onnx, conv, recurrent, dense, norm) the model must have and must not have; `refusal` maps a family or a tag
+    to the reason it is refused, for the error message.
+
+    What an entry is asked about (`target`) is a family name (its declared tags), a model (`LoadedModel` or
+    `nn.Module`: the tags read from the model itself), a set of tags, or None (anything).
     """
 
     name: str
     func: Callable
     description: str = ""
     families: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
     refusal: dict = field(default_factory=dict)
 
-    def supports(self, family: str | None) -> bool:
-        return family is None or not self.families or family in self.families
+    def why_not(self, target=None) -> str | None:
+        """Why the entry cannot handle `target` (one phrase), or None when it can."""
+        family, tags = describe_target(target)
+        if family is not None and self.families and family not in self.families:
+            return self.refusal.get(family) or f"it supports {', '.join(self.families)} models"
+        if tags is None:
+            return None
+        for tag in self.needs:
+            if tag not in tags:
+                return self.refusal.get(family) or self.refusal.get(tag) or f"it needs {TAG_WORDS.get(tag, tag)}"
+        for tag in self.excludes:
+            if tag in tags:
+                return (self.refusal.get(family) or self.refusal.get(tag)
+                        or f"it does not handle {TAG_WORDS.get(tag, tag)}")
+        return None
+
+    def supports(self, target=None) -> bool:
+        return self.why_not(target) is None
 
     def options(self, positional: int) -> dict[str, object]:
         """Keyword options and their defaults: the parameters of `func` after its `positional` leading ones."""
@@ -57,6 +80,27 @@ class Entry:
 
 
 E = TypeVar("E", bound=Entry)
+
+# How a capability tag reads in a refusal ("it needs a PyTorch module").
+TAG_WORDS = {"torch": "a PyTorch module (gradients)", "onnx": "an ONNX graph", "conv": "a convolutional layer",
+             "recurrent": "recurrent layers (RNN, LSTM, GRU)", "dense": "a dense (linear) layer",
+             "norm": "normalisation layers"}
+
+
+def describe_target(target) -> tuple[str | None, frozenset | None]:
+    """(family name or None, capability tags or None when unknown) of what an entry is asked about."""
+    if target is None:
+        return None, None
+    if isinstance(target, tuple):  # already described: (family, tags)
+        return target
+    if isinstance(target, (set, frozenset)):
+        return None, frozenset(target)
+    from . import models  # the registry imports no plug-in code at import time; models imports this module
+
+    if isinstance(target, str):
+        return target, models.family_tags(target)
+    family = getattr(getattr(target, "spec", None), "family", None)
+    return family, frozenset(models.capabilities(target))
 
 
 class Registry(Generic[E]):
@@ -103,24 +147,30 @@ class Registry(Generic[E]):
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
 
-    def names(self, family: str | None = None) -> list[str]:
-        """Registered names, in registration order; only those that handle `family` when given."""
-        return [e.name for e in self._entries.values() if e.supports(family)]
+    def names(self, target=None) -> list[str]:
+        """Registered names, in registration order; only those that handle `target` (a family name, a model or
+        a set of capability tags) when given."""
+        return [e.name for e in self.entries(target)]
 
-    def entries(self, family: str | None = None) -> list[E]:
-        return [e for e in self._entries.values() if e.supports(family)]
+    def entries(self, target=None) -> list[E]:
+        if target is not None and not isinstance(target, (str, set, frozenset, tuple)):
+            target = describe_target(target)  # the model is read once, not once per entry
+        return [e for e in self._entries.values() if e.supports(target)]
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def get(self, name: str, family: str | None = None) -> E:
-        """The entry `name`; one clear ToolkitError when unknown or when it cannot handle a `family` model."""
+    def get(self, name: str, target=None) -> E:
+        """The entry `name`; one clear ToolkitError when unknown or when it cannot handle `target` (a family
+        name, a model or a set of capability tags)."""
         entry = self._entries.get(name)
         if entry is None:
             raise ToolkitError(f"unknown {self.kind} '{name}'; choose from {', '.join(self._entries) or 'none'}")
-        if not entry.supports(family):
-            why = entry.refusal.get(family) or f"it supports {', '.join(entry.families)}"
-            raise ToolkitError(f"{self.kind} '{name}' cannot handle a {family} model: {why}")
+        why = entry.why_not(target)
+        if why is not None:
+            family = describe_target(target)[0]
+            what = f"a{'n' if family[0] in 'aeiou' else ''} {family} model" if family else "this model"
+            raise ToolkitError(f"{self.kind} '{name}' cannot handle {what}: {why}")
         return entry
 
     def table(self, skip: tuple[str, ...] = ("refusal",)) -> str:
@@ -153,7 +203,7 @@ class Registry(Generic[E]):
                                f"it takes {', '.join(known) or 'no options'}")
         return options
 
-    def call(self, name: str, *args, family: str | None = None, **options):
+    def call(self, name: str, *args, family=None, **options):
         """Check `options` against the signature, then call the entry with `args` and them."""
         entry = self.get(name, family)
         return entry.func(*args, **self.check_options(name, options))

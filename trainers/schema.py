@@ -254,7 +254,9 @@ class CompressResultFile(CompressResultFileV1):
 # ---------------------------------------------------------------- explain
 
 
-class AttributionRun(Record):
+class AttributionRunV2(Record):
+    """A method's run in explain results of versions 1 and 2."""
+
     model: str
     method: str
     ran: str
@@ -265,7 +267,16 @@ class AttributionRun(Record):
     baseline: str
 
 
-class Quality(Record):
+class AttributionRun(AttributionRunV2):
+    """Version 3 adds `steps_mean`: the mean per-sample effort of an adaptive method (integration steps of
+    integrated gradients, model rows of shapley), None for the others."""
+
+    steps_mean: float | None = None
+
+
+class QualityV2(Record):
+    """A method's quality figures in explain results of versions 1 and 2."""
+
     completeness_error: float | None
     axiom_holds: bool
     deletion_auc: float | None
@@ -277,6 +288,24 @@ class Quality(Record):
     noise_floor_spearman: float | None
     verdicts: list[str]
     flagged: bool
+
+
+class Quality(QualityV2):
+    """Version 3 adds the error bars of sampled methods and the convergence of adaptive ones (None where
+    they do not apply): `estimated_error` / `estimated_error_max`, the median / largest over samples of the
+    relative error bound ||estimate - exact|| / ||estimate|| at 95%; `standard_error`, the mean over samples of
+    ||standard error|| / ||estimate||; `unconverged`, the samples that did not reach `tolerance` (the error
+    bound of an adaptive sampled method, the completeness error of adaptive integrated gradients);
+    `completeness_error_max` and `completeness_over_tolerance`, the largest completeness error and the share
+    of samples above the 1% tolerance, where completeness holds."""
+
+    estimated_error: float | None = None
+    estimated_error_max: float | None = None
+    standard_error: float | None = None
+    unconverged: int | None = None
+    tolerance: float | None = None
+    completeness_error_max: float | None = None
+    completeness_over_tolerance: float | None = None
 
 
 class DriftRow(Record):
@@ -323,22 +352,31 @@ class ExplainResultFileV1(Record):
     seed: int
     methods: list[str]
     runtimes: dict[str, str]  # "original" and each compared variant -> its runtime
-    runs: list[AttributionRun]
+    runs: list[AttributionRunV2]
     global_importance: dict[str, dict[str, float | None]]  # method -> input name -> mean |attribution|
-    quality: dict[str, Quality]
+    quality: dict[str, QualityV2]
     drift: Drift
     flags: list[str]
     figures: dict[str, str]  # caption -> path relative to the run directory
     seconds: float
 
 
-class ExplainResultFile(ExplainResultFileV1):
+class ExplainResultFileV2(ExplainResultFileV1):
     """Version 2: `global_importance` of a model trained on a table names the user's columns (a text column's
     one-hot inputs and a missing indicator summed per sample); `global_importance_encoded` keeps the view
     of the model's encoded inputs (None for models not trained on a table)."""
 
     schema_version: Literal[2] = 2
     global_importance_encoded: dict[str, dict[str, float | None]] | None = None
+
+
+class ExplainResultFile(ExplainResultFileV2):
+    """Version 3: optional error bars and convergence counts in `quality` (`Quality`) and the mean
+    per-sample effort in `runs` (`AttributionRun.steps_mean`)."""
+
+    schema_version: Literal[3] = 3
+    runs: list[AttributionRun]
+    quality: dict[str, Quality]
 
 
 # ---------------------------------------------------------------- pipeline
@@ -387,13 +425,13 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFile | ExplainResultFileV1 | ExplainResultFile | PipelineFileV1
-              | PipelineFile)
+ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+              | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
     "compress": {1: CompressResultFileV1, 2: CompressResultFile},
-    "explain": {1: ExplainResultFileV1, 2: ExplainResultFile},
+    "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
 

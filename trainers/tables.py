@@ -149,6 +149,12 @@ def load_for_model(data, spec, *, table: TableOptions | None = None, seed: int =
 
     if isinstance(data, DataBundle):
         return data
+    from .images import IMAGE_SIZE_RANGE
+
+    shape = tuple(spec.input_shape)
+    if (isinstance(data, (str, Path)) and Path(data).is_dir() and len(shape) == 3 and shape[1] == shape[2]
+            and IMAGE_SIZE_RANGE[0] <= shape[1] <= IMAGE_SIZE_RANGE[1]):
+        return load_data(data, seed=seed, image_size=shape[1])  # a folder of images, at the model's size
     fitted = spec.preprocessing.get("table")
     given = table or TableOptions()
     if fitted is None:
@@ -198,7 +204,7 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
         x = transform(fitted, features, where, order)
         del features
         bundle = data._finish(name, source, x, y[order], None, None, class_names, fitted["outputs"], seed,
-                              presplit=[len(s) for s in split])
+                              presplit=[len(s) for s in split], constant="centre")
         bundle.table = fitted
         return bundle
     dropped = {k: v for k, v in drop_reasons(features, y).items() if k not in options.keep}
@@ -211,6 +217,6 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     del features
     table["read"] = {**options.to_dict(), "target": target}
     bundle = data._finish(name, source, x, y[order], None, None, class_names, table["outputs"], seed,
-                          presplit=[len(s) for s in split])
+                          presplit=[len(s) for s in split], constant="centre")
     bundle.table = table
     return bundle

@@ -1,0 +1,247 @@
+"""A user's own model as a `LoadedModel`: an artifact directory, any `torch.nn.Module`, or an ONNX graph.
+
+`as_model` is what every stage calls on the model it is given, so `compress_model`, `explain.attribute`,
+`explain_model`, the reports and `trainers.predict` take the same three forms. Everything a stage relies on is
+checked here, once, with one ToolkitError line each: the forward pass on the data's inputs, logits of shape
+(batch, classes), one float input with a free batch axis, a graph ONNX Runtime can run.
+
+Pickled checkpoints are refused. `.pt`/`.pth`/`.pkl`/`.ckpt` files are pickles (loading one runs code), and so
+is a `torch.export` program: `torch.export.load` reads its weights and constants with
+`torch.load(weights_only=False)` and `pickle.loads` (torch 2.13, torch/export/pt2_archive/_package.py;
+tests/test_own_model.py checks this still holds). The Python route is to build the module in one's own code
+and pass it, or to export it to ONNX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model
+from .errors import ToolkitError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".pt2")
+PYTHON_ROUTE = ("build the module in your own Python code and pass it (compress.compress_model(MyNet(), data)), "
+                "or export it to ONNX (torch.onnx.export) and pass the .onnx file")
+EXAMPLE_SAMPLES = 3  # the forward check runs on this many samples (a batch above 1 catches a fixed batch axis)
+
+
+def as_model(model, data=None, *, class_names=None, module: nn.Module | None = None) -> LoadedModel:
+    """The model a stage works on, from what the user has.
+
+    Args:
+        model: a `LoadedModel` (returned as it is); a toolkit artifact directory; a `torch.nn.Module` (fp32,
+            taking a batch of the data's inputs and returning (batch, classes) logits); a path to an `.onnx`
+            file, or its bytes.
+        data: a `DataBundle`, a data spec (`trainers.load_data`) or an array of inputs: where a module's
+            example input, input shape and class names come from. An ONNX graph needs it only where its
+            input shape or class count is not fixed in the graph.
+        class_names: names of the classes when the data has none.
+        module: for an artifact of a user architecture, a fresh instance of its class (`load_model`).
+
+    Raises:
+        ToolkitError: one line saying what is wrong with the model, and what to do instead where there is a way.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        return _from_module(model, _bundle(data), class_names)
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return from_onnx(bytes(model), data, class_names=class_names, origin="<onnx bytes>")
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES and not path.is_dir():
+            what = "a torch.export program, which torch.export.load unpickles" if suffix == ".pt2" else "a pickle"
+            raise ToolkitError(f"{path.name} is {what}; the toolkit never loads pickles (they run code): {PYTHON_ROUTE}")
+        if suffix == ".onnx":
+            if not path.is_file():
+                raise ToolkitError(f"ONNX file not found: {path}")
+            return from_onnx(path.read_bytes(), data, class_names=class_names, origin=str(path))
+        return load_model(path, module=module)  # an artifact directory (its own one-line refusals otherwise)
+    raise ToolkitError(f"a model is an artifact directory, a torch.nn.Module, or an .onnx file or its bytes; "
+                       f"got {type(model).__name__}")
+
+
+def _bundle(data):
+    """The data as a DataBundle, an array of inputs as it is, or None."""
+    from .data import DataBundle, load_data
+
+    if data is None or isinstance(data, DataBundle):
+        return data
+    if isinstance(data, np.ndarray):
+        return data
+    return load_data(data)
+
+
+def _inputs_of(data) -> np.ndarray | None:
+    if data is None:
+        return None
+    x = data if isinstance(data, np.ndarray) else (data.x_test if len(data.x_test) else data.x_train)
+    return np.ascontiguousarray(np.asarray(x, np.float32)[:EXAMPLE_SAMPLES])
+
+
+def _names(data, class_names, width: int, where: str) -> list[str]:
+    names = list(class_names) if class_names is not None else getattr(data, "class_names", None)
+    if names is None:
+        names = [str(i) for i in range(width)]
+    names = [str(n) for n in names]
+    if len(names) != width:
+        raise ToolkitError(f"{where} returns {width} class scores, the data has {len(names)} classes")
+    return names
+
+
+def _spec(family: str, config: dict, x: np.ndarray, data, names: list[str], runtime: str, **extra) -> ModelSpec:
+    from .env import package_versions
+
+    return ModelSpec(family=family, config=config, input_shape=[int(d) for d in x.shape[1:]],
+                     layout=getattr(data, "layout", None) or _layout(x.shape[1:]), class_names=names,
+                     feature_names=getattr(data, "feature_names", None), preprocessing={"kind": "none"},
+                     data={"name": getattr(data, "name", None)}, versions=package_versions(), runtime=runtime,
+                     extra=extra)
+
+
+def _layout(shape) -> str:
+    return {1: "features", 2: "signal", 3: "image"}.get(len(shape), "tensor")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- a torch.nn.Module
+
+
+def _from_module(module: nn.Module, data, class_names) -> LoadedModel:
+    import torch
+
+    x = _inputs_of(data)
+    if x is None:
+        raise ToolkitError("a torch.nn.Module needs data (a DataBundle, a data spec or an array of inputs): "
+                           "the example input, input shape and classes come from it")
+    param = next(iter(module.parameters()), None)
+    if param is not None and param.dtype != torch.float32:
+        raise ToolkitError(f"the module's weights are {str(param.dtype).replace('torch.', '')}; the toolkit "
+                           "starts from an fp32 model (module.float())")
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.from_numpy(x).to(device))
+    except Exception as exc:  # the user's forward may raise anything: one line saying the shapes
+        raise ToolkitError(f"the model's forward fails on the data's inputs of shape {tuple(x.shape)} "
+                           f"({_first_line(exc)})") from None
+    finally:
+        module.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape is None or len(shape) != 2 or shape[0] != len(x) or shape[1] < 2:
+        got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
+        raise ToolkitError(f"the model returns {got} for inputs of shape {tuple(x.shape)}; the toolkit needs "
+                           f"logits of shape (batch, classes), one tensor")
+    names = _names(data, class_names, shape[1], "the model")
+    config = {"class": f"{type(module).__module__}.{type(module).__qualname__}"}
+    spec = _spec(CUSTOM_FAMILY, config, x, data if not isinstance(data, np.ndarray) else None, names, "torch",
+                 origin="torch.nn.Module")
+    return LoadedModel(module=module, spec=spec, origin=f"<{type(module).__name__} module>",
+                       notes=[f"a user's own {type(module).__name__}: saved as ONNX; its PyTorch weights need its "
+                              "class to be rebuilt (trainers.load_model(dir, module=...))"])
+
+
+# ---------------------------------------------------------------- an ONNX graph
+
+
+def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "<onnx bytes>") -> LoadedModel:
+    """A LoadedModel for an ONNX graph, run by ONNX Runtime (module None); see `as_model`."""
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(onnx_bytes)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ToolkitError(f"{origin} is not an ONNX model ({_first_line(exc)})") from None
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ToolkitError(f"{origin} has {len(inputs)} inputs ({', '.join(i.name for i in inputs) or 'none'}); "
+                           "the toolkit feeds a model one input tensor")
+    tensor = inputs[0].type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        raise ToolkitError(f"{origin}: input '{inputs[0].name}' is {onnx.TensorProto.DataType.Name(tensor.elem_type)}; "
+                           "the toolkit feeds float32 inputs")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    if not dims:
+        raise ToolkitError(f"{origin}: input '{inputs[0].name}' has no declared shape; export it with one")
+    if dims[0] is not None:
+        raise ToolkitError(f"{origin}: the batch dimension of input '{inputs[0].name}' is fixed at {dims[0]} "
+                           f"(shape {dims}); export it with a dynamic batch axis (dynamic_axes or dynamic_shapes)")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    data = _bundle(data)
+    x = _inputs_of(data)
+    if x is None:
+        x = _example_from_graph(dims, meta, origin)
+    elif any(d is not None and d != s for d, s in zip(dims[1:], x.shape[1:])) or len(dims) != x.ndim:
+        raise ToolkitError(f"{origin} takes inputs of shape {['batch', *dims[1:]]}, the data's are "
+                           f"{list(x.shape[1:])} per sample")
+    session = _session(onnx_bytes, origin)
+    out = _run_checked(session, x, origin)
+    names = _names(data, class_names if class_names is not None else _meta_names(meta), out.shape[1], origin)
+    spec = _spec(ONNX_FAMILY, {"inputs": inputs[0].name, "opset": max((o.version for o in proto.opset_import
+                                                                         if o.domain in ("", "ai.onnx")), default=None)},
+                 x, data if not isinstance(data, np.ndarray) else None, names, "onnxruntime", origin="onnx")
+    spec.onnx = {"file": "model.onnx", "precision": "float32", "opset": spec.config["opset"]}
+    spec.weights = {}
+    model = LoadedModel(module=None, spec=spec, origin=origin, onnx_bytes=onnx_bytes,
+                        notes=["an ONNX graph: gradient methods and PyTorch transforms need a PyTorch module"])
+    model._session = session
+    return model
+
+
+def _example_from_graph(dims: list, meta: dict, origin: str) -> np.ndarray:
+    """Zeros of the graph's input shape (from the toolkit's metadata or the graph's own fixed dims)."""
+    import json
+
+    shape = json.loads(meta["input_shape"]) if "input_shape" in meta else dims[1:]
+    if any(d is None or d < 1 for d in shape):
+        raise ToolkitError(f"{origin} does not fix its input shape ({['batch', *dims[1:]]}): pass the data")
+    return np.zeros((EXAMPLE_SAMPLES, *shape), np.float32)
+
+
+def _meta_names(meta: dict):
+    import json
+
+    try:
+        names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    except ValueError:
+        return None
+    return names if isinstance(names, list) else None
+
+
+def _session(onnx_bytes: bytes, origin: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own exception types: an op it cannot run, an invalid graph
+        raise ToolkitError(f"ONNX Runtime cannot run {origin} ({_first_line(exc)})") from None
+
+
+def _run_checked(session, x: np.ndarray, origin: str) -> np.ndarray:
+    """Run at batch 1 and at batch len(x): a batch size frozen inside the graph fails here, not later."""
+    name = session.get_inputs()[0].name
+    out = None
+    for n in (1, len(x)):
+        try:
+            out = session.run(None, {name: x[:n]})[0]
+        except Exception as exc:  # ORT's own exception types
+            raise ToolkitError(f"{origin} fails at batch {n} on inputs of shape {tuple(x[:n].shape)}: a shape inside "
+                               f"the graph is fixed or does not fit ({_first_line(exc)})") from None
+        if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
+            raise ToolkitError(f"{origin} returns shape {tuple(out.shape)} for a batch of {n}; the toolkit needs "
+                               "logits of shape (batch, classes) as the first output")
+    return out
