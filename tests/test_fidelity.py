@@ -10,11 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from compress.auto import SearchBudget, baseline_variant, build_candidates, choose
-from compress.base import Variant
-from compress.measure import (NOISY_SPREAD, LatencyConfig, agreement_margin, compare_to_baseline, fidelity,
-                              interleaved_rounds, is_noisy, judge, measure_all, ratio_summary, wilson_interval)
+from compress import register_builtin_methods
 from trainers.errors import ToolkitError
+
+register_builtin_methods()  # the registry's order first: importing compress.auto alone would register it early
+
+from compress.auto import SearchBudget, build_candidates, choose  # noqa: E402
+from compress.base import Variant  # noqa: E402
+from compress.measure import (NOISY_SPREAD, LatencyConfig, agreement_margin, compare_to_baseline, fidelity,  # noqa: E402
+                              interleaved_rounds, is_noisy, judge, measure_all, ratio_summary, wilson_interval)
 
 FAST = LatencyConfig(warmup=1, min_reps=2, max_reps=6, budget_s=0.0, threads_all=1, rounds=2)
 
@@ -162,10 +166,8 @@ def test_a_noisy_setting_is_reported_instead_of_its_speedup():
 
 
 def test_budget_ends_the_search_before_the_step_that_would_overrun_it(digits):
-    from compress import register_builtin_methods
     from compress.checks import tiny_model
 
-    register_builtin_methods()
     model = tiny_model("mlp")
     steps = [("fp16", {}, []), ("bf16", {}, []), ("onnx-fp32", {}, [])]
     variants, skipped = build_candidates(model, digits, steps, budget=SearchBudget(seconds=30.0, measure_s=20.0))
