@@ -196,7 +196,8 @@ def _preflight(cfg: PipelineConfig, family: str | None) -> None:
     get_family(family)
     make_config(family, cfg.train.model)  # a typo in [train.arch] must not wait for the data
     options = cfg.compress
-    check_request(options.methods, family, options.max_drop, options.options, options.ratio)
+    check_request(options.methods, family, options.max_drop, options.options, options.ratio, options.min_agreement,
+                  options.budget_seconds)
     for method in cfg.explain.methods or ():
         get_method(method, family)  # unknown, or refused for the family: one line
 

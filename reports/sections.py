@@ -188,6 +188,12 @@ def _parity(v: VariantRow) -> str | None:
     return None if p is None else f"{100 * p.top1_agreement:.1f}% agree, max |Δ| {p.max_abs_diff:.1e}"
 
 
+def _agreement(v: VariantRow) -> str | None:
+    f = v.fidelity
+    return None if f is None else (f"{100 * f.agreement:.1f}% (95% CI {100 * f.wilson_low:.1f}-"
+                                   f"{100 * f.wilson_high:.1f}%, n={f.n})")
+
+
 def _variant_row(v: VariantRow, chosen: str) -> dict:
     bits = BITS.get(v.dtype)
     lat = v.latency_ms
@@ -196,7 +202,8 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "accuracy": v.accuracy, "drop": v.accuracy_drop, "disk": v.size_bytes,
         "nominal": v.parameters * bits / 8 if v.parameters is not None and bits else None,
         "parameters": v.parameters, "speedup": v.speedup.b1_t1, "speedup256": v.speedup.b256_t1,
-        "size_ratio": v.size_ratio, "parity": _parity(v), "passes": v.within_budget,
+        "size_ratio": v.size_ratio, "parity": _parity(v), "passes": v.within_budget, "agreement": _agreement(v),
+        "noisy": "b256_t1" in v.noisy or "b1_t1" in v.noisy,
         "slower": v.slower_than_fp32, "flips": v.flips, "pareto": v.pareto, "chosen": v.name == chosen,
         "path": v.path, "notes": v.notes,
         "lat1_p50": lat.b1_t1.p50, "lat1_p95": lat.b1_t1.p95, "lat256_p50": lat.b256_t1.p50,
@@ -217,6 +224,7 @@ def compression(run: Run) -> dict | None:
         "variants": rows,
         "chosen": chosen.dump(),
         "max_drop": result.max_drop,
+        "min_agreement": getattr(result, "min_agreement", None),
         "methods": result.methods,
         "skipped": [{"method": s.method, "reason": s.reason} for s in result.skipped],
         "threads": result.threads.dump(),

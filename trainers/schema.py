@@ -153,6 +153,19 @@ class AgreementCheck(Record):
     steps: list[AgreementStep]
 
 
+class Fidelity(Record):
+    """Top-1 agreement of a variant with the fp32 original on the test split (compress.measure.fidelity)."""
+
+    agreement: float
+    n: int
+    agreeing: int
+    margin: float  # one-sided 95%: 1.645 * sqrt(min_agreement * (1 - min_agreement) / n)
+    wilson_low: float  # two-sided 95% Wilson interval of the agreement
+    wilson_high: float
+    min_agreement: float
+    passes: bool  # agreement >= min_agreement - margin
+
+
 class Recipe(BaseModel):
     """How a variant was made: `method` plus that method's own options (open: each method has its own)."""
 
@@ -182,6 +195,11 @@ class VariantRow(Record):
     twin_agreement: float | None = None  # int8 variants only
     agreement_check: AgreementCheck | None = None  # int8 variants only
     notes: list[str]
+    # schema version 2 (absent from version 1 files):
+    fidelity: Fidelity | None = None  # agreement with the original; `flips` = it fails the rule
+    speedup_spread: Speedup | None = None  # IQR / median of the per-round speed-ups, per setting
+    noisy: list[str] = Field(default_factory=list)  # settings whose spread is too large for a speed-up
+    rounds: int | None = None  # interleaved timing rounds
 
 
 class Threads(Record):
@@ -199,9 +217,13 @@ class Skipped(Record):
     method: str
     options: dict[str, Any] | None = None
     reason: str
+    # schema version 2: a candidate auto made and rejected (its name and figures)
+    name: str | None = None
+    accuracy_drop: float | None = None
+    fidelity: Fidelity | None = None
 
 
-class CompressResultFile(Record):
+class CompressResultFileV1(Record):
     schema_version: Literal[1] = 1
     stage: Literal["compress"] = "compress"
     parent: str
@@ -215,6 +237,18 @@ class CompressResultFile(Record):
     chosen: Chosen
     skipped: list[Skipped]
     seconds: float
+
+
+class CompressResultFile(CompressResultFileV1):
+    """Version 2: one fidelity rule for every variant (`min_agreement`; each row's `fidelity`, and `flips`
+    meaning it fails that rule), interleaved timing (`speedup` = median of per-round ratios, with
+    `speedup_spread`, `noisy`, `rounds`), auto's rejected candidates in `skipped` with their figures,
+    `budget_seconds` and `search_notes`."""
+
+    schema_version: Literal[2] = 2
+    min_agreement: float
+    budget_seconds: float | None = None
+    search_notes: list[str] = Field(default_factory=list)
 
 
 # ---------------------------------------------------------------- explain
@@ -432,12 +466,12 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFile | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2 | ExplainResultFile
-              | PipelineFileV1 | PipelineFile)
+ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+              | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
-    "compress": {1: CompressResultFile},
+    "compress": {1: CompressResultFileV1, 2: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
