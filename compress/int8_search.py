@@ -136,12 +136,15 @@ def compute_nodes(path: Path) -> list[str]:
 
 
 def interleaved_latency(graphs: list[bytes], reference: bytes, x: np.ndarray, rounds: int = 5,
-                        reps: int = 3) -> list[float]:
-    """Median over `rounds` of each graph's per-round latency ratio to `reference` (one thread each).
+                        reps: int = 3) -> list[float | None]:
+    """Median over `rounds` of each graph's per-round latency ratio to `reference` (one thread each);
+    `rounds` 0: nothing is timed (every figure None).
 
     Each round times every graph `reps` times (the round's figure is the fastest, the least disturbed) in
     an order rotated from round to round, so a burst of load does not land on one candidate only.
     """
+    if rounds == 0:
+        return [None] * len(graphs)
     sessions = [ort_session(b, threads=1) for b in [reference, *graphs]]
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     for session, feed in zip(sessions, feeds):  # warm-up: first calls allocate
@@ -173,6 +176,8 @@ def pick(candidates: list[Candidate], target: float, tie_band: float = TIE_BAND)
     the highest agreement wins, then the earlier configuration of the grid, then fewer fp32 layers.
     When none reaches the target: the one with the highest agreement (then the fastest)."""
     reached = [c for c in candidates if c.agreement >= target]
+    if any(c.latency_ratio is None for c in reached or candidates):  # untimed: agreement, then the grid's order
+        return max(candidates, key=lambda c: (c.agreement >= target, c.agreement, -c.config.rank, -len(c.fp32_nodes)))
     if not reached:
         return max(candidates, key=lambda c: (c.agreement, -(c.latency_ratio or 0.0)))
     fastest = min(c.latency_ratio for c in reached)
@@ -198,8 +203,8 @@ def _fallback(start: Candidate, src: Path, calibration_x, check_x, reference, ta
                                                         x_lat, rounds)[:-1]):
             t.latency_ratio = ratio
         base = current.latency_ratio or 1.0
-        best = max(trials, key=lambda t: ((t.agreement - current.agreement) / max(t.latency_ratio - base, _COST_FLOOR),
-                                          t.agreement))
+        best = max(trials, key=lambda t: ((t.agreement - current.agreement)
+                                          / max((t.latency_ratio or base) - base, _COST_FLOOR), t.agreement))
         steps.append(best)
         current = best
     return current, steps
@@ -219,7 +224,8 @@ def search_int8(fp32_bytes: bytes, calibration_x: np.ndarray, check_x: np.ndarra
         target: the least agreement accepted.
         formats, calibrations, per_channel, optimize: the grid (each a tuple of allowed values).
         fallback_configs: how many of the fastest configurations that miss `target` get the fp32 fallback.
-        rounds: interleaved latency rounds.
+        rounds: interleaved latency rounds; 0: untimed, the choice then depends on the seed only (the most
+            faithful configuration, ties to the grid's order, and the greedy fallback by agreement alone).
         latency_x: the batch timed (default: check samples repeated to LATENCY_BATCH rows).
     """
     if latency_x is None:
@@ -240,7 +246,8 @@ def search_int8(fp32_bytes: bytes, calibration_x: np.ndarray, check_x: np.ndarra
         for c, ratio in zip(candidates, interleaved_latency([c.onnx_bytes for c in candidates], fp32_bytes, latency_x,
                                                             rounds)):
             c.latency_ratio = ratio
-        missed = sorted((c for c in candidates if c.agreement < target), key=lambda c: c.latency_ratio)
+        missed = sorted((c for c in candidates if c.agreement < target),
+                        key=lambda c: (c.latency_ratio is None, c.latency_ratio or 0.0, -c.agreement))
         finished, tried = list(candidates), list(candidates)
         for start in missed[:fallback_configs]:
             end, steps = _fallback(start, sources[start.config.optimize], calibration_x, check_x, reference, target,
@@ -259,6 +266,7 @@ def search_int8(fp32_bytes: bytes, calibration_x: np.ndarray, check_x: np.ndarra
     rows = [c.row(target) for c in tried]
     notes.insert(0, f"int8 search: {len(grid)} configuration(s), chose {best.config.label}"
                     + (f" with {len(best.fp32_nodes)} layer(s) in fp32" if best.fp32_nodes else "")
-                    + f": {best.agreement:.1%} agreement, {best.latency_ratio:.2f}x the fp32 ONNX latency at batch "
-                      f"{len(latency_x)}")
+                    + f": {best.agreement:.1%} agreement"
+                    + (f", {best.latency_ratio:.2f}x the fp32 ONNX latency at batch {len(latency_x)}"
+                       if best.latency_ratio is not None else " (untimed: the grid's order decided)"))
     return SearchResult(best=best, rows=rows, target=target, fp32_nodes_total=len(nodes), notes=notes)

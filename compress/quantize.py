@@ -224,7 +224,7 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
                 exporter: Exporter = "auto", min_agreement: Fraction = MIN_AGREEMENT,
                 formats: tuple[QuantFormatName, ...] = FORMATS, calibrations: tuple[CalibrationName, ...] = ("minmax", "percentile"),
                 per_channel: tuple[Bool, ...] = (True, False), optimize: tuple[Bool, ...] = (True,),
-                fallback_configs: NonNegativeInt = 2, latency_rounds: PositiveInt = 5) -> list[Variant]:
+                fallback_configs: NonNegativeInt = 2, latency_rounds: NonNegativeInt = 5) -> list[Variant]:
     """int8 weights and activations in ONNX Runtime, the fastest static configuration that keeps the agreement.
 
     Searches (`compress.int8_search`) the graph format, calibration method, per-channel or per-tensor scales
@@ -235,7 +235,10 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
     formats, calibrations, per_channel, optimize: the values searched (fewer values: a faster search;
         "entropy" calibration is the slowest to run).
     fallback_configs: how many of the fastest configurations that miss the target try fp32 layers.
-    latency_rounds: interleaved timing rounds per comparison.
+    latency_rounds: interleaved timing rounds per comparison. The quantized graph depends on `seed` alone;
+        the choice between configurations uses measured speed only where they differ by more than 15%, so
+        timing noise beyond that can change it; 0: untimed (most faithful, then the grid's order), fully
+        determined by the seed.
     """
     if not formats or not calibrations or not per_channel or not optimize:
         raise ToolkitError("int8-static: formats, calibrations, per_channel and optimize each need at least one value")

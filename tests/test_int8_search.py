@@ -108,6 +108,11 @@ def test_search_is_deterministic_for_a_seed(mlp, digits):
     first, second = (func(mlp, digits, seed=3, latency_rounds=2, **ONE)[0] for _ in range(2))
     assert first.onnx_bytes == second.onnx_bytes
     assert first.measurements["agreement_check"] == second.measurements["agreement_check"]
+    # untimed, over a grid: the same configuration every time
+    grid = {"formats": ("qdq", "qoperator"), "calibrations": ("minmax",), "per_channel": (True, False)}
+    untimed = [func(mlp, digits, seed=3, latency_rounds=0, **grid)[0] for _ in range(2)]
+    assert untimed[0].recipe == untimed[1].recipe and untimed[0].onnx_bytes == untimed[1].onnx_bytes
+    assert all(r["latency_ratio"] is None for r in untimed[0].measurements["int8_search"])
 
 
 def test_interleaved_latency_of_a_graph_against_itself_is_near_one(mlp, digits):
@@ -119,7 +124,7 @@ def test_interleaved_latency_of_a_graph_against_itself_is_near_one(mlp, digits):
 
 @pytest.mark.parametrize("options, match", [({"formats": ()}, "at least one value"),
                                             ({"calibrations": ("kmeans",)}, "calibrations"),
-                                            ({"latency_rounds": 0}, "latency_rounds")])
+                                            ({"latency_rounds": -1}, "latency_rounds")])
 def test_bad_search_options_are_refused_in_one_line(options, match, mlp, digits):
     with pytest.raises(ToolkitError, match=match) as error:
         get_method("int8-static", "mlp").func(mlp, digits, **options)
