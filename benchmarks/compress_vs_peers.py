@@ -260,14 +260,21 @@ def run_case(data_spec: str, family: str, root: Path, epochs: int, rounds: int, 
             "chosen": chosen.name, "rows": rows, "failed": failed, "verdict": verdict, "rounds": rounds}
 
 
+NOISY = 0.25  # an interquartile range over a quarter of the median speed-up: flagged, not a measured speed-up
+
+
+def _speed(cell: dict) -> str:
+    flag = " ⚠" if cell["iqr"] > NOISY * cell["speedup"] else ""
+    return f"{cell['speedup']:.2f}x ({cell['iqr']:.2f}){flag}"
+
+
 def markdown(cases: list[dict]) -> str:
     lines = ["| case | contender | accuracy | drop (pts) | agreement | smaller | faster b1 (IQR) | faster b256 (IQR) | eligible |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in cases:
         for name, r in c["rows"].items():
             lines.append(f"| {c['case']} | {name} | {r['accuracy']:.4f} | {r['drop_points']:+.2f} | {r['agreement']:.3f} | "
-                         f"{r['size_ratio']:.2f}x | {r['b1']['speedup']:.2f}x ({r['b1']['iqr']:.2f}) | "
-                         f"{r['b256']['speedup']:.2f}x ({r['b256']['iqr']:.2f}) | {'yes' if r['eligible'] else 'no'} |")
+                         f"{r['size_ratio']:.2f}x | {_speed(r['b1'])} | {_speed(r['b256'])} | {'yes' if r['eligible'] else 'no'} |")
         for peer, why in c["failed"].items():
             lines.append(f"| {c['case']} | {peer} | failed: {why} | | | | | | |")
     lines += ["", "| case | auto chose | auto s | best eligible peer b256 | auto / best peer b256 | best peer b1 | auto / best peer b1 |",
