@@ -60,7 +60,7 @@ class CompressResult:
             path=self.parent if v is self.baseline else self.paths.get(v.name),
             runtime=m.get("runtime"), dtype=_dtype(v), **{k: m.get(k) for k in ROW_KEYS},
             parity=m.get("parity"), twin_agreement=m.get("twin_agreement"),
-            agreement_check=m.get("agreement_check"), notes=list(v.notes))
+            agreement_check=m.get("agreement_check"), int8_search=m.get("int8_search"), notes=list(v.notes))
 
     def __repr__(self) -> str:
         from trainers.display import short_repr

@@ -166,6 +166,19 @@ class Fidelity(Record):
     passes: bool  # agreement >= min_agreement - margin
 
 
+class Int8SearchRow(Record):
+    """One configuration the static int8 search measured (`compress.int8_search`)."""
+
+    format: Literal["qdq", "qoperator"]
+    calibration: Literal["minmax", "percentile", "entropy"]
+    per_channel: bool
+    optimize: bool
+    fp32_nodes: list[str]
+    agreement: float
+    latency_ratio: float | None  # median per-round latency over the fp32 ONNX graph's, batch 256, one thread
+    reached: bool
+
+
 class Recipe(BaseModel):
     """How a variant was made: `method` plus that method's own options (open: each method has its own)."""
 
@@ -194,6 +207,7 @@ class VariantRow(Record):
     parity: Parity | None
     twin_agreement: float | None = None  # int8 variants only
     agreement_check: AgreementCheck | None = None  # int8 variants only
+    int8_search: list[Int8SearchRow] | None = None  # int8-static only: every configuration measured
     notes: list[str]
     # schema version 2 (absent from version 1 files):
     fidelity: Fidelity | None = None  # agreement with the original; `flips` = it fails the rule
