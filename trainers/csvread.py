@@ -1,12 +1,13 @@
-"""A CSV table read by pyarrow's multithreaded reader straight into typed columns.
+"""A CSV table read by pyarrow's streaming reader straight into typed columns.
 
 Numeric columns land in one preallocated float32 matrix (column-major, so each column is contiguous and
-pandas holds the matrix as one block without a copy); each arrow column is freed once copied, so the peak
-is about one float32 copy of the data plus the block being converted. Text, boolean and large-integer
-columns stay their own pandas columns, at their place in the file's column order.
+pandas holds the matrix as one block without a copy), filled a block of rows at a time; text, boolean and
+large-integer columns stay their own pandas columns, at their place in the file's column order.
 
-Measured on a 2.4M-row x 10-column CSV (docs/results.md): the pandas chunked reader peaks at about
-14x the file's float32 size because every cell of a chunk passes through Python objects.
+Why streaming and not `pyarrow.csv.read_csv`: on a 2.4M x 10 CSV (181 MB) `read_csv` peaked 270 MiB
+above its 101 MiB table (it keeps parsed blocks until the end), the streaming reader 77 MiB above the
+import baseline. The pandas chunked reader kept as the fallback peaks near 14 copies of the float32 data
+(docs/results.md), since every cell of a chunk passes through Python objects.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from .errors import DataError
 
 EXACT_FLOAT32 = 2**24  # integers beyond it lose digits in float32 (an ID column would stop being unique)
+BLOCK_BYTES = 1 << 20
 
 
 class ArrowUnreadable(Exception):
@@ -30,33 +32,33 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
 
     Raises:
         ArrowUnreadable: pyarrow refused the file (see `tables.read_table`).
-        DataError: a ragged line (pyarrow names its text, not its number: the file is too large for the
-            line-numbering pass in `tables._check_ragged`).
+        DataError: a ragged line (named by its text: pyarrow does not count lines, and the file is too large
+            for the line-numbering pass in `tables._check_ragged`), or a column name given twice.
     """
     import pyarrow as pa
-    from pyarrow import csv
 
     from pandas._libs.parsers import STR_NA_VALUES
 
     ragged = []
-
-    def on_ragged(row):
-        ragged.append(row)
-        return "error"
-
     nulls = sorted(set(missing) | set(STR_NA_VALUES))
-    parse = csv.ParseOptions(delimiter=sep, newlines_in_values=True, invalid_row_handler=on_ragged)
-    read = csv.ReadOptions(block_size=4 << 20)
-    pool = pa.system_memory_pool()  # malloc returns large freed buffers to the system at once
     try:
-        first = _first_block_types(path, read, parse, nulls, pool)
-        # Floats parse straight to float32 (half of arrow's default float64); dates and times stay the text
-        # they were, as with pandas, so they are encoded as categories or found ID-like.
-        types = {name: (pa.float32() if pa.types.is_floating(t) else pa.string())
-                 for name, t in first.items() if pa.types.is_floating(t) or _is_temporal(t)}
-        convert = csv.ConvertOptions(null_values=nulls, strings_can_be_null=True, quoted_strings_can_be_null=True,
-                                     column_types=types)
-        table = csv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert, memory_pool=pool)
+        first = _open(path, sep, nulls, {}, ragged)
+        inferred = list(zip(first.schema.names, first.schema.types))
+        first.close()
+        plan = [_plan(kind) for _, kind in inferred]
+        names = _names(path, [name for name, _ in inferred])
+        stream = _open(path, sep, nulls, {n: p[1] for (n, _), p in zip(inferred, plan) if p[1] is not None}, ragged)
+        with stream:
+            frame, wide = _fill(path, stream, names, plan)
+        if wide:  # rare: integers past float32's exact range, read again as exact numbers
+            exact = _open(path, sep, nulls, {inferred[i][0]: pa.float64() for i in wide}, ragged,
+                          include=[inferred[i][0] for i in wide])
+            with exact:
+                table = exact.read_all()
+            for i in wide:
+                values = table.column(inferred[i][0]).to_numpy()
+                integral = not np.isnan(values).any()
+                frame[names[i]] = values.astype(np.int64) if integral else values
     except pa.ArrowInvalid as exc:
         if ragged:
             row = ragged[0]
@@ -65,88 +67,94 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
         raise ArrowUnreadable(str(exc)) from None
     except (pa.ArrowException, OSError) as exc:
         raise ArrowUnreadable(str(exc)) from None
-    return _to_frame(path, table)
+    return frame
 
 
-def _first_block_types(path: Path, read, parse, nulls, pool) -> dict:
-    """Column types pyarrow infers from the file's first block."""
+def _open(path: Path, sep: str, nulls: list[str], types: dict, ragged: list, include=None):
+    import pyarrow as pa
     from pyarrow import csv
 
-    convert = csv.ConvertOptions(null_values=nulls, strings_can_be_null=True, quoted_strings_can_be_null=True)
-    with csv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert,
-                      memory_pool=pool) as stream:
-        return {field.name: field.type for field in stream.schema}
+    def on_ragged(row):
+        ragged.append(row)
+        return "error"
+
+    return csv.open_csv(
+        path, read_options=csv.ReadOptions(block_size=BLOCK_BYTES),
+        parse_options=csv.ParseOptions(delimiter=sep, newlines_in_values=True, invalid_row_handler=on_ragged),
+        convert_options=csv.ConvertOptions(null_values=nulls, strings_can_be_null=True,
+                                           quoted_strings_can_be_null=True, column_types=types,
+                                           include_columns=include or []),
+        memory_pool=pa.system_memory_pool())  # malloc hands large freed buffers back to the system at once
 
 
-def _is_temporal(kind) -> bool:
+def _plan(kind) -> tuple[str, object]:
+    """(where the column goes, the type to parse it as) from the type inferred on the first block.
+
+    Integers parse as float64 (a later block may hold decimals; the first block fixed the type), floats
+    straight as float32; dates and times stay the text they were, as with pandas, so they are encoded as
+    categories or found ID-like.
+    """
     import pyarrow as pa
 
-    return pa.types.is_temporal(kind) or pa.types.is_decimal(kind)
+    if pa.types.is_floating(kind):
+        return "matrix", pa.float32()
+    if pa.types.is_integer(kind) or pa.types.is_null(kind):
+        return "matrix", pa.float64()
+    if pa.types.is_boolean(kind):
+        return "other", None
+    return "other", pa.string()
 
 
-def _to_frame(path: Path, table) -> pd.DataFrame:
-    """Arrow table -> DataFrame: numeric columns copied into one float32 matrix, each freed once copied."""
-    names = [str(n).strip() or f"Unnamed: {i}" for i, n in enumerate(table.column_names)]
+def _names(path: Path, raw: list[str]) -> list[str]:
+    """Header names stripped; an empty one named as pandas does ("Unnamed: 0"); a name given twice refused."""
+    names = [str(n).strip() or f"Unnamed: {i}" for i, n in enumerate(raw)]
     seen = set()
     for name in names:
         if name in seen:
             raise DataError(f"{path}: column name '{name}' appears twice in the header; rename one")
         seen.add(name)
-    kinds = [_kind(table.column(i)) for i in range(table.num_columns)]
-    numeric = [i for i, k in enumerate(kinds) if k == "float32"]
-    matrix = np.empty((table.num_rows, len(numeric)), dtype=np.float32, order="F")
-    others = {}
+    return names
+
+
+def _line_bound(path: Path) -> int:
+    """At least the number of data rows: the file's line breaks (quoted line breaks make it larger)."""
+    count = 0
+    with path.open("rb") as handle:
+        while block := handle.read(16 << 20):
+            count += block.count(b"\n")
+    return count + 1
+
+
+def _fill(path: Path, stream, names: list[str], plan) -> tuple[pd.DataFrame, list[int]]:
+    """Batches into the float32 matrix (pages past the last row are never touched, so never resident)."""
+    numeric = [i for i, (where, _) in enumerate(plan) if where == "matrix"]
     slot = {i: j for j, i in enumerate(numeric)}
-    for i in range(len(names)):
-        column = table.column(0)
-        table = table.remove_column(0)  # the arrow column is freed when `column` goes
-        if i in slot:
-            _copy_into(column, matrix[:, slot[i]])
-        else:
-            others[i] = _other_column(column, kinds[i])
-        del column
-    frame = pd.DataFrame(matrix, columns=[names[i] for i in numeric], copy=False)
-    for i, values in sorted(others.items()):
-        frame.insert(i, names[i], values)
-    return frame
+    matrix = np.empty((_line_bound(path), len(numeric)), dtype=np.float32, order="F")
+    others = {i: [] for i in range(len(plan)) if i not in slot}
+    wide, n = set(), 0
+    for batch in stream:
+        rows = batch.num_rows
+        for i in range(batch.num_columns):
+            column = batch.column(i)
+            if i in slot:
+                values = column.to_numpy(zero_copy_only=False)  # missing cells arrive as NaN
+                if values.dtype == np.float64 and np.nanmax(np.abs(values), initial=0.0) > EXACT_FLOAT32:
+                    wide.add(i)
+                matrix[n:n + rows, slot[i]] = values
+            else:
+                others[i].append(column)
+        n += rows
+    frame = pd.DataFrame(matrix[:n], columns=[names[i] for i in numeric], copy=False)
+    for i, chunks in sorted(others.items()):
+        frame.insert(i, names[i], _other_column(chunks, plan[i][1]))
+    return frame, sorted(wide)
 
 
-def _kind(column) -> str:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    kind = column.type
-    if pa.types.is_floating(kind) or pa.types.is_null(kind):
-        return "float32"
-    if pa.types.is_integer(kind):
-        if column.null_count == len(column):
-            return "float32"
-        low, high = pc.min_max(column).values()
-        return "float32" if max(abs(low.as_py()), abs(high.as_py())) <= EXACT_FLOAT32 else "int"
-    if pa.types.is_boolean(kind):
-        return "bool"
-    return "text"
-
-
-def _copy_into(column, target: np.ndarray) -> None:
-    """An arrow column (float, integer or all-null) into a float32 slot; missing cells become NaN."""
+def _other_column(chunks: list, kind) -> pd.Series | np.ndarray:
+    """A text column stripped of surrounding spaces; a boolean one as it is."""
     import pyarrow as pa
 
-    start = 0
-    for chunk in column.chunks:
-        n = len(chunk)
-        if pa.types.is_null(chunk.type):
-            target[start:start + n] = np.nan
-        else:
-            target[start:start + n] = chunk.to_numpy(zero_copy_only=False)  # nulls arrive as NaN
-        start += n
-
-
-def _other_column(column, kind: str):
-    """A text column stripped of surrounding spaces; booleans and large integers as they are."""
-    if kind == "text":
-        values = column.cast("string").to_pandas()
-        return values.str.strip()
-    if kind == "int" and column.null_count == 0:
-        return column.to_numpy()
+    column = pa.chunked_array(chunks, type=pa.string() if kind is not None else (chunks[0].type if chunks else pa.bool_()))
+    if kind is not None:
+        return column.to_pandas().str.strip()
     return column.to_pandas()
