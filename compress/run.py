@@ -19,7 +19,7 @@ from trainers.options import Ratio, check_value
 from trainers.progress import reporter
 
 from .auto import baseline_variant, build_candidates, choose, plan
-from .export import with_metadata
+from .export import raw_rows_onnx, with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig, measure_all
@@ -273,7 +273,9 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
         metrics = {"test_accuracy": m.get("accuracy"), "latency_ms": m.get("latency_ms"), "parity": m.get("parity"),
                    "recipe": v.recipe}
         onnx_bytes = with_metadata(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
-        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes)
+        raw = raw_rows_onnx(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
+        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes,
+                                      raw_onnx_bytes=raw)
         result.paths[v.name] = rel
     run.write_json("result.json", result.to_dict())
     result.out = run.commit()
