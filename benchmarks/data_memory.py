@@ -86,12 +86,14 @@ def compare(args) -> None:
     big = args.csv.with_name(f"rows{args.rows // scale // 1000}k_cols{args.cols}.csv")
     cases = [("read", wide, 2_400_000 // scale, 10), ("load", wide, 2_400_000 // scale, 10),
              ("load+train", big, args.rows // scale, args.cols)]
-    for _, path, rows, cols in cases:
-        if not path.exists():
+    for mode, path, rows, cols in cases:
+        if not path.exists() and (not args.only or mode in args.only):
             write_csv(path, rows, cols)
     base = {name: run("baseline", wide, 1, tree)["peak_bytes"] for name, tree in trees.items()}
     print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; {args.rounds} round(s)")
     for mode, path, rows, cols in cases:
+        if args.only and mode not in args.only:
+            continue
         data_bytes = rows * cols * 4
         found = {name: [] for name in trees}
         for _ in range(args.rounds):
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--before-tree", type=Path, help="checkout of the code to compare against")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a tenth of the rows (compare mode)")
+    parser.add_argument("--only", nargs="*", choices=["read", "load", "load+train"], help="these cases only")
     args = parser.parse_args()
     if args.compare_reader:
         if args.before_tree is None:

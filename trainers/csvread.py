@@ -67,7 +67,27 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
         raise ArrowUnreadable(str(exc)) from None
     except (pa.ArrowException, OSError) as exc:
         raise ArrowUnreadable(str(exc)) from None
+    finally:
+        _release_freed_memory()
     return frame
+
+
+def _release_freed_memory() -> None:
+    """Hand the reader's freed blocks back to the system: glibc keeps small freed buffers in per-thread arenas
+    (about 80 MiB after a 2.4M-row file, measured), which later large allocations never reuse."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        trim = None
+    if trim is not None:
+        trim(0)
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def _open(path: Path, sep: str, nulls: list[str], types: dict, ragged: list, include=None):
