@@ -184,6 +184,20 @@ def export_onnx_raw_rows(model: LoadedModel, data: DataBundle | None = None, *, 
     return prepend_table_steps(export_onnx(model, data, exporter=exporter), table)
 
 
+def raw_rows_onnx(onnx_bytes: bytes, spec) -> bytes | None:
+    """The raw-row twin of an ONNX variant (`model.raw.onnx`): the numeric table steps prepended, so the graph
+    takes input "rows" (N, the table's columns, missing cells NaN) and gives the same "logits".
+
+    Returns None for a model not trained on a table, or with text columns (their encoding needs strings).
+    """
+    from trainers.preprocess import numeric_only
+
+    table = (spec.preprocessing or {}).get("table")
+    if table is None or not numeric_only(table):
+        return None
+    return with_metadata(prepend_table_steps(onnx_bytes, table), spec, takes="raw rows")
+
+
 def prepend_table_steps(onnx_bytes: bytes, table: dict) -> bytes:
     """The numeric steps of a fitted table (select, impute, indicate missing) as ONNX nodes before the model."""
     import onnx
@@ -322,7 +336,7 @@ def _optimized_variant(model: LoadedModel, data: DataBundle) -> Variant:
                                                            "graph optimisations saved in"])
 
 
-def with_metadata(onnx_bytes: bytes, spec) -> bytes:
+def with_metadata(onnx_bytes: bytes, spec, takes: str = "encoded inputs") -> bytes:
     """The ONNX model with `metadata_props` a deployment needs: class and feature names, input shape and layout,
     preprocessing (JSON), the recipe that made it and the toolkit version. Values are strings (the ONNX rule)."""
     import json
@@ -335,7 +349,7 @@ def with_metadata(onnx_bytes: bytes, spec) -> bytes:
     props = {"toolkit.version": toolkit_version(), "family": spec.family, "class_names": json.dumps(spec.class_names),
              "feature_names": json.dumps(spec.feature_names), "input_shape": json.dumps(list(spec.input_shape)),
              "layout": spec.layout, "preprocessing": json.dumps(spec.preprocessing),
-             "recipe": json.dumps((spec.lineage or {}).get("recipe"))}
+             "recipe": json.dumps((spec.lineage or {}).get("recipe")), "input": takes}
     kept = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)

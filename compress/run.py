@@ -19,7 +19,7 @@ from trainers.options import Fraction, PositiveFloat, Ratio, check_value
 from trainers.progress import reporter
 
 from .auto import baseline_variant, choose, guard_candidates, plan, search
-from .export import with_metadata
+from .export import raw_rows_onnx, with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig, measure_all
@@ -330,7 +330,9 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
         if v.onnx_bytes is None and v.model.spec.family == CUSTOM_FAMILY:
             _portable_copy(v, data)
         onnx_bytes = with_metadata(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
-        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes)
+        raw = raw_rows_onnx(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
+        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes,
+                                      raw_onnx_bytes=raw)
         result.paths[v.name] = rel
     run.write_json("result.json", result.to_dict())
     result.out = run.commit()

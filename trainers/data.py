@@ -306,7 +306,8 @@ def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
     if 0 in x.shape:
         raise DataError(f"{what} is empty (shape {tuple(x.shape)})")
     x = x.astype(np.float32, copy=False)  # a float32 (or memory-mapped) array is not copied
-    bad = int(np.count_nonzero(~np.isfinite(x)))
+    rows = max(1, (1 << 24) // max(1, x[0].size))  # a block of rows at a time: no full-size mask
+    bad = sum(int(np.count_nonzero(~np.isfinite(x[i:i + rows]))) for i in range(0, len(x), rows))
     if bad:
         raise DataError(f"{what} contains {bad} NaN or infinite value(s)")
     return x

@@ -265,9 +265,10 @@ def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
     for split in ("train", "val", "test"):
         loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
-    device = tensors["y_test"].device
-    with torch.inference_mode(), autocast(device, amp_dtype):
-        predicted = module(rows(tensors["x_test"], slice(None), device)).argmax(1).cpu().numpy()
+    device, x_test = tensors["y_test"].device, tensors["x_test"]
+    with torch.inference_mode(), autocast(device, amp_dtype):  # in batches: the activations of a large split add up
+        predicted = np.concatenate([module(rows(x_test, slice(i, i + 4096), device)).argmax(1).cpu().numpy()
+                                    for i in range(0, max(len(x_test), 1), 4096)])
     truth = tensors["y_test"].cpu().numpy()
     k = len(class_names)
     # scikit-learn's confusion_matrix and precision_recall_fscore_support(zero_division=0), without their overhead.
