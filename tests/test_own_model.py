@@ -356,3 +356,21 @@ def _cli(main, argv) -> int:
         return main(argv)
     except SystemExit as stop:
         return int(stop.code or 0)
+
+
+def test_saved_user_weights_need_the_class(tmp_path):
+    """Weights of a user architecture load only into an instance of its class, names and shapes checked."""
+    from trainers import ArtifactError
+
+    bundle = _bundle((12,))
+    torch.manual_seed(0)
+    model = trainers.as_model(mlp().eval(), bundle)
+    out = trainers.save_model(model, tmp_path / "mine")
+    with pytest.raises(ArtifactError, match=r"need its class: trainers.load_model\(path, module=MyNet\(\)\)"):
+        trainers.load_model(out)
+    again = trainers.load_model(out, module=mlp())
+    np.testing.assert_allclose(again.predict(bundle.x_test), model.predict(bundle.x_test), atol=1e-6)
+    wider = nn.Sequential(nn.Flatten(), nn.Linear(12, 30), nn.LayerNorm(30), nn.ReLU(), nn.Dropout(0.1),
+                          nn.Linear(30, CLASSES))
+    with pytest.raises(ArtifactError, match="does not match model.json: 1.weight has shape"):
+        trainers.load_model(out, module=wider)
