@@ -10,6 +10,8 @@ For each family (a default-trained model, cached under --work):
   * distillation into a small student: gap closed (target >= 60%).
 For the MLP: structured pruning + global unstructured pruning + int8 + sparse
 storage, size ratio against the fp32 dense file (target >= 20x, <= 0.5 points).
+`--storage-seeds 0 1 2`: only that, once per seed, with the survivors stored int8 and shared on 16 k-means
+centroids (`sparse-codebook`, target >= 50x at <= 0.5 points).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.distill import distill  # noqa: E402
 from compress.prune import structured_prune, unstructured_prune  # noqa: E402
-from trainers import accuracy, load_data, load_model, train, write_artifact  # noqa: E402
+from trainers import TrainConfig, accuracy, load_data, load_model, train, write_artifact  # noqa: E402
 
 DISTILL_OPTIONS = {
     "mlp": {},
@@ -90,11 +92,14 @@ def bench_structured(model, data, x256, ratio=0.5, epochs=10) -> dict:
             "accuracy": [base_acc, pruned_acc], "accuracy_drop_points": round(100 * (base_acc - pruned_acc), 2)}
 
 
-def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30) -> dict:
+def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30, share_weights=False,
+                           seed=0) -> dict:
     # uniform halving first: the global split (160-32) leaves too little to take 90% sparsity on top
     # (1.7 points lost against 0.3 with 128-64, both about 40x smaller)
-    [small] = structured_prune(model, data, ratio=structured, finetune_epochs=epochs, allocation="uniform")
-    [variant] = unstructured_prune(small.model, data, ratio=sparsity, finetune_epochs=epochs, int8=True)
+    [small] = structured_prune(model, data, ratio=structured, finetune_epochs=epochs, allocation="uniform", seed=seed)
+    # shared weights: 90% reached in three prune + fine-tune rounds (one round lost up to 1.9 points on a seed)
+    store = {"share_weights": True, "steps": 3} if share_weights else {"int8": True}
+    [variant] = unstructured_prune(small.model, data, ratio=sparsity, finetune_epochs=epochs, seed=seed, **store)
     base_acc, acc = accuracy(model, data.x_test, data.y_test), accuracy(variant.model, data.x_test, data.y_test)
     with tempfile.TemporaryDirectory() as tmp:
         write_artifact(tmp, variant.model.module, variant.model.spec)
@@ -102,9 +107,32 @@ def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30)
         reloaded = accuracy(load_model(tmp), data.x_test, data.y_test)
     dense = file_size(model)
     return {"structured_ratio": structured, "structured_widths": small.recipe["widths_after"],
-            "sparsity": variant.recipe["sparsity"], "codec": "sparse-int8",
+            "sparsity": variant.recipe["sparsity"], "codec": variant.recipe["codec"], "seed": seed,
+            "steps": variant.recipe.get("steps", 1),
             "bytes": [dense, size], "size_ratio": round(dense / size, 1), "accuracy": [base_acc, acc, reloaded],
             "accuracy_drop_points": round(100 * (base_acc - reloaded), 2)}
+
+
+def bench_storage(data, work: Path, seeds, sparsity=0.9) -> dict:
+    """The MLP's smallest file at <= 0.5 points: one teacher per seed (trained with that seed), pruned with
+    the same seed, its survivors stored int8 (`sparse-int8`) or shared on 16 centroids (`sparse-codebook`)."""
+    rows = []
+    for seed in seeds:
+        path = work / f"mlp-seed{seed}"
+        if not (path / "model.json").is_file():
+            train(data, "mlp", TrainConfig(seed=seed), out=path, progress=False)
+        model = load_model(path)
+        for share in (False, True):
+            rows.append(bench_deep_compression(model, data, sparsity=sparsity, share_weights=share, seed=seed))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    summary = {}
+    for codec in ("sparse-int8", "sparse-codebook"):
+        picked = [r for r in rows if r["codec"] == codec]
+        summary[codec] = {"size_ratio": [r["size_ratio"] for r in picked],
+                          "accuracy_drop_points": [r["accuracy_drop_points"] for r in picked],
+                          "median_size_ratio": float(np.median([r["size_ratio"] for r in picked])),
+                          "worst_drop_points": max(r["accuracy_drop_points"] for r in picked)}
+    return {"runs": rows, "summary": summary}
 
 
 def bench_distill(model, data, options, seeds=(0,)) -> dict:
@@ -128,10 +156,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", default="digits", help="digits (default), or an .npz such as the signals of "
                         "benchmarks/compress_vs_peers.py")
     parser.add_argument("--skip", nargs="*", default=[], choices=["structured", "deep", "distill"])
+    parser.add_argument("--storage-seeds", nargs="*", type=int, default=[],
+                        help="only the MLP storage benchmark: one teacher per seed, int8 vs shared weights")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="distillation seeds")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     data = load_data(args.data)
+    if args.storage_seeds:
+        results = bench_storage(data, args.work, args.storage_seeds)
+        text = json.dumps(results, indent=2)
+        if args.out:
+            args.out.write_text(text)
+        print(text)
+        return results
     x256 = np.ascontiguousarray(np.resize(data.x_test, (256, *data.input_shape)).astype(np.float32))
     results = {}
     for family in args.families:

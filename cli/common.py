@@ -19,6 +19,8 @@ TARGET = typer.Option(None, "--target", help="Label column of a table (default: 
 KEEP = typer.Option(None, "--keep", help="Keep a column that would be dropped as ID-like or constant (repeatable).")
 DROP = typer.Option(None, "--drop", help="Drop a column from the features (repeatable).")
 SEP = typer.Option(None, "--sep", help="CSV separator (default: sniffed from the file).")
+IMAGE_SIZE = typer.Option(None, "--image-size", help="Resize a folder's images to N x N pixels (default: they must "
+                          "share one size; TOOLKIT_IMAGE_SIZE when set).")
 
 
 def handle_errors(func):
@@ -60,6 +62,7 @@ def fail(message: str, code: int = 2):
 
 
 QUIET = {"on": False}  # set by `toolkit --quiet`, read by `info` and `console_progress`
+PROGRESS = {"mode": "auto"}  # set by `toolkit --progress`: auto, bars, lines or none
 
 
 def info(message: str) -> None:
@@ -68,10 +71,15 @@ def info(message: str) -> None:
 
 
 def console_progress():
-    """The stages' progress on stderr: rich bars with an ETA on a terminal, plain lines when piped (`--quiet`: none)."""
+    """The stages' progress on stderr, as `toolkit --progress` says: `bars` (rich, with an ETA), `lines` (one plain
+    line per step), `none`; `auto` (the default) draws bars on a terminal and prints nothing when stderr is a pipe
+    or a file, so that a log holds the result and, on failure, the one error line. `--quiet`: none."""
     from trainers.progress import ConsoleProgress
 
-    return ConsoleProgress(quiet=QUIET["on"])
+    mode = "none" if QUIET["on"] else PROGRESS["mode"]
+    if mode == "auto":
+        mode = "bars" if sys.stderr.isatty() else "none"
+    return ConsoleProgress(quiet=mode == "none", live=mode == "bars")
 
 
 def finish(summary: dict, out, as_json: bool) -> None:

@@ -23,6 +23,10 @@ def compress_command(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy budget in percentage points below "
                                                                       "the original."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Pruning ratio in (0, 1) for the prune methods and auto."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Share of the original's top-1 test "
+                                                  "predictions every variant must keep, less the sample's margin."),
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Auto tries no further candidates when "
+                                                   "its search would run past this many seconds."),
     options: Optional[str] = typer.Option(None, "--options", help='Per-method options as JSON, e.g. \'{"distill": {"epochs": 20}}\'.'),
     target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
     sep: Optional[str] = SEP,
@@ -42,7 +46,8 @@ def compress_command(
 
     model, family = open_model(model_dir)
     out = out or default_run_dir("compress", family)
-    given = {"methods": method or None, "max_drop": max_drop, "ratio": ratio,
+    given = {"methods": method or None, "max_drop": max_drop, "ratio": ratio, "min_agreement": min_agreement,
+             "budget_seconds": budget_seconds,
              "options": parse_json_option(options, "--options") if options is not None else None}
     with tracker("compress", mlflow, tensorboard) as track, console_progress() as progress:
         result = compress_model(model, data, **{key: value for key, value in given.items() if value is not None},

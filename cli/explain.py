@@ -51,8 +51,10 @@ def explain_command(
     summary = result.to_dict()
     for name, q in summary["quality"].items():
         info(f"{name}: " + "; ".join(q["verdicts"]))
+    for name, rel in summary.get("relations", {}).items():
+        info(f"compared {name}: {rel['relation']} ({rel['reason']})")
     for row in summary["drift"]["rows"]:
-        info(f"drift {row['variant']} / {row['ran']}: top-{row['topk']} overlap {row['topk_overlap']:.2f} "
+        info(f"drift {row['variant']} / {row['ran']}: {row.get('status') or 'n/a'}, top-{row['topk']} overlap {row['topk_overlap']:.2f} "
              f"[{row['topk_overlap_lo']:.2f}, {row['topk_overlap_hi']:.2f}], accuracy drop {row['accuracy_drop']:+.2f}: "
              f"{row['verdict']}")
     for flag in summary["flags"]:

@@ -11,6 +11,7 @@ like every other bad input, instead of click's multi-line block.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 
 import typer
 
@@ -31,6 +32,13 @@ app = typer.Typer(
 )
 
 
+class ProgressMode(str, Enum):
+    auto = "auto"
+    bars = "bars"
+    lines = "lines"
+    none = "none"
+
+
 def _version(value: bool) -> None:
     if value:
         from trainers.env import toolkit_version
@@ -44,9 +52,13 @@ def options(
     version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr (errors still)."),
+    progress: ProgressMode = typer.Option(ProgressMode.auto, "--progress", case_sensitive=False,
+                                          help="Progress on stderr: auto (bars on a terminal, nothing when piped), "
+                                               "bars, lines (one plain line per step, for a log) or none."),
 ):
     """Train, compress, explain and report on small neural network classifiers."""
     common.QUIET["on"] = quiet
+    common.PROGRESS["mode"] = progress.value
 for command in (train, compress, explain, report, pipeline, predict, env):
     command.register(app)
 

@@ -15,7 +15,8 @@ from .help import compression_methods, explanation_methods, model_families, with
 from .tracking import MLFLOW, TENSORBOARD
 
 # The config key each override option sets (its help starts with that key).
-KEYS = {"target": "target", "keep": "keep", "drop": "drop", "sep": "sep", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+KEYS = {"target": "target", "keep": "keep", "drop": "drop", "sep": "sep", "image_size": "image_size",
+        "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
         "seed": "train.seed", "device": "train.device", "arch": "train.arch", "method": "compress.methods",
         "max_drop": "compress.max_drop", "ratio": "compress.ratio", "options": "compress.options",
         "explain_method": "explain.methods", "samples": "explain.samples", "mlflow": "tracking.mlflow",
@@ -35,6 +36,8 @@ def pipeline_command(
     keep: Optional[List[str]] = typer.Option(None, help="keep: a column not to drop as ID-like/constant (repeatable)."),
     drop: Optional[List[str]] = typer.Option(None, help="drop: a column to drop from the features (repeatable)."),
     sep: Optional[str] = typer.Option(None, help="sep: CSV separator (default: sniffed)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="image_size: resize a folder's images to "
+                                             "N x N pixels (default: they must share one size)."),
     epochs: Optional[int] = typer.Option(None, help="train.epochs: maximum epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="train.batch_size: samples per step."),
     lr: Optional[float] = typer.Option(None, help="train.lr: AdamW learning rate."),
@@ -61,7 +64,8 @@ def pipeline_command(
     """
     from reports.pipeline import StageFailed, run_pipeline
 
-    given = {"target": target, "keep": keep or None, "drop": drop or None, "sep": sep, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+    given = {"target": target, "keep": keep or None, "drop": drop or None, "sep": sep, "image_size": image_size,
+             "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
              "arch": parse_json_option(arch, "--arch") if arch is not None else None, "method": method or None,
              "max_drop": max_drop, "ratio": ratio,
              "options": parse_json_option(options, "--options") if options is not None else None,

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import DROP, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info, parse_json_option
+from .common import (DROP, IMAGE_SIZE, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info,
+                     parse_json_option)
 from .help import model_families, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker, tracking_args
 
@@ -25,7 +26,7 @@ def train_command(
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),
     seed: Optional[int] = typer.Option(None, help="Seed for the split, the initialisation and the shuffling."),
     target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
-    sep: Optional[str] = SEP,
+    sep: Optional[str] = SEP, image_size: Optional[int] = IMAGE_SIZE,
     arch: Optional[str] = typer.Option(None, help='Architecture as JSON, e.g. \'{"hidden": [64, 32]}\'.'),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory (once the new run is complete)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint."),
@@ -67,14 +68,15 @@ def train_command(
         from trainers.distributed import LaunchOptions, launch_training
 
         where = LaunchOptions(nproc_per_node, nnodes, node_rank, master_addr, master_port, oversubscribe)
-        raise typer.Exit(launch_training(data, model, config, where, out=out, target=target, overwrite=overwrite,
-                                         resume=resume, json_output=as_json,
-                                         extra_args=tracking_args(mlflow, tensorboard)))
+        raise typer.Exit(launch_training(data, model, config, where, out=out, overwrite=overwrite, resume=resume,
+                                         json_output=as_json, extra_args=tracking_args(mlflow, tensorboard),
+                                         table=TableOptions.of(target, keep, drop, sep), image_size=image_size))
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
     with tracker("train", mlflow, tensorboard) as track, console_progress() as progress:
         result = train(data, model, config, out=out, overwrite=overwrite, resume=resume,
-                       table=TableOptions.of(target, keep, drop, sep), tracker=track, progress=progress)
+                       table=TableOptions.of(target, keep, drop, sep), tracker=track, progress=progress,
+                       image_size=image_size)
     if result.processes > 1:
         from trainers.distributed import env_context
 

@@ -21,7 +21,8 @@ from .base import METHODS, Method, Variant, check_source, derive_model, register
 _EXPORTS = {
     "run": ("CompressResult", "check_request", "compress_model"),
     "export": ("export_onnx", "export_onnx_raw_rows", "onnx_parity"),
-    "measure": ("measure_variant", "measure_all", "pareto_front"),
+    "measure": ("measure_variant", "measure_all", "pareto_front", "fidelity", "agreement_margin", "wilson_interval",
+                "judge"),
     "auto": ("choose", "plan"),
     "checks": ("Check", "method_checks"),
 }

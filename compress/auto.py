@@ -5,14 +5,30 @@ each option set it returns for auto's settings (today: fp32 ONNX, int8 ONNX Runt
 PyTorch, structured pruning, unstructured pruning with sparse int8 storage, distillation), and the chains of
 transforms and runtime methods that declare `chain` (pruned or distilled -> ONNX fp32 / int8). A new method
 joins auto by its registration alone.
-Every candidate is measured in one process (`measure.measure_all`); the choice
-is the lowest batch-256 single-thread latency among variants within
-`max_drop` accuracy points that are not slower than the fp32 original, the
-smallest file winning among latencies within 10% of the fastest.
+
+The search is cheap first, thorough last (successive halving):
+1. each candidate, as soon as it is made, is evaluated on the test split against the fidelity rule
+   (`measure.judge`: accuracy within `max_drop`, top-1 agreement with the fp32 original); one that fails is
+   rejected before any timing, the runtime methods are not chained onto a transform that failed, and the
+   same transform at a larger ratio is not tried;
+2. the survivors get a short interleaved timing at the deciding setting (batch 256, one thread); one that is
+   clearly slower than the original, or far behind the fastest, cannot be chosen and is rejected;
+3. the rest are timed fully (`measure.measure_all`): interleaved rounds in every setting.
+Rejected candidates are listed in `skipped` with their figures. Training inside the search (fine-tuning,
+distillation) uses the cores other processes leave free (`free_cores`), and ONNX Runtime sessions outside
+timing do not spin. `budget_seconds` ends the making of candidates when the search would overrun it.
+
+The choice is the lowest batch-256 single-thread latency among variants that pass the fidelity rule and are
+not slower than the fp32 original, the smallest file winning among latencies within 10% of the fastest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Callable
 
 from pydantic import Field
@@ -20,14 +36,20 @@ from pydantic import Field
 from trainers.artifact import LoadedModel, ModelSpec
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
-from trainers.options import Float, NonNegativeInt, PositiveFloat, Ratio
+from trainers.options import Bool, Float, Fraction, NonNegativeInt, PositiveFloat, Ratio
 from trainers.progress import ProgressEvent, reporter
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
-from .measure import DECISIVE, LatencyConfig, measure_all
+from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, LatencyConfig, describe_fidelity, evaluate, fidelity,
+                      interleaved_rounds, judge, measure_all, ratio_summary, torch_threads, _batch)
 from .options import AccuracyPoints
 
 OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
+OptionalDrift = Annotated[Float, Field(ge=0, le=1)] | None
+
+LATENCY_TIE = 0.10  # latencies within 10% of the fastest are a tie (timing noise): the smaller file wins
+SLOWER_CUT = 0.8  # a quick speed-up under this: slower than the original beyond timing noise, never chosen
+BEHIND_CUT = 2.5  # a quick latency this many times the fastest one's: cannot become the fastest
 
 
 def plan(target, **settings) -> list[tuple[str, dict, list[str]]]:
@@ -56,6 +78,67 @@ def plan(target, **settings) -> list[tuple[str, dict, list[str]]]:
     return steps
 
 
+def free_cores() -> int:
+    """The cores other processes leave free: the core count less the run queue beyond this process.
+
+    The one-minute load average lags a load that just started; the kernel's count of runnable tasks right
+    now (/proc/loadavg, Linux) does not: the larger of the two counts. At least one core.
+    """
+    cores = os.cpu_count() or 1
+    others = 0.0
+    with contextlib.suppress(OSError, AttributeError):
+        others = os.getloadavg()[0] - 1.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        others = max(others, running - 1.0)
+    return max(1, min(cores, round(cores - max(0.0, others))))
+
+
+@contextlib.contextmanager
+def search_threads():
+    """PyTorch's thread pool sized to the free cores while the search trains and exports: threads beyond
+    them wait on busy cores and slow every other thread of the pool."""
+    n = free_cores()
+    with torch_threads(n):
+        yield n
+
+
+@dataclass
+class SearchBudget:
+    """`seconds` for the whole search; each candidate made is expected to need `measure_s` more to time."""
+
+    seconds: float | None
+    measure_s: float
+    start: float = field(default_factory=time.perf_counter)
+
+    def exhausted(self, made: int) -> bool:
+        return self.seconds is not None and time.perf_counter() - self.start + (made + 1) * self.measure_s > self.seconds
+
+
+class Screen:
+    """The fidelity rule applied to each candidate as soon as it is made (`__call__`: None, or why it fails)."""
+
+    def __init__(self, baseline: Variant, data: DataBundle, max_drop: float, min_agreement: float,
+                 config: LatencyConfig):
+        self.data, self.max_drop, self.min_agreement, self.config = data, max_drop, min_agreement, config
+        self.logits = evaluate(baseline, data, config)
+        self.classes = baseline.measurements["_classes"] = self.logits.argmax(1)
+        self.accuracy = baseline.measurements["accuracy"]
+
+    def __call__(self, variant: Variant) -> str | None:
+        m = variant.measurements
+        m["_classes"] = evaluate(variant, self.data, self.config).argmax(1)
+        m["accuracy_drop"] = round((self.accuracy - m["accuracy"]) * 100, 4)
+        m["fidelity"] = fidelity(m["_classes"], self.classes, self.min_agreement)
+        if judge(m, self.max_drop):
+            return None
+        if not m["within_budget"]:
+            return f"accuracy {m['accuracy_drop']:+.2f} points below the original, over the {self.max_drop} budget"
+        f = m["fidelity"]
+        return (f"{describe_fidelity(f)}, under the {f['min_agreement']:.1%} required less its margin "
+                f"{f['margin']:.1%}")
+
+
 def _chain(first: Variant, second: Variant, original: LoadedModel) -> Variant:
     """`second` was made from `first`'s model: one variant whose lineage lists both steps from the original."""
     recipe = {"method": "chain", "steps": [first.recipe, second.recipe]}
@@ -64,12 +147,25 @@ def _chain(first: Variant, second: Variant, original: LoadedModel) -> Variant:
                    measurements=dict(second.measurements), notes=[*first.notes, *second.notes])
 
 
-def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None) -> tuple[list[Variant], list[dict]]:
-    """Run every planned step through the registry; returns (variants, skipped)."""
+def _rejected(variant: Variant, reason: str, when: str) -> dict:
+    m = variant.measurements
+    return {"method": variant.recipe.get("method", variant.name), "name": variant.name,
+            "reason": f"rejected {when}: {reason}", "accuracy_drop": m.get("accuracy_drop"),
+            "fidelity": m.get("fidelity")}
+
+
+def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None, screen: Screen | None = None,
+                     budget: SearchBudget | None = None) -> tuple[list[Variant], list[dict]]:
+    """Run every planned step through the registry; returns (variants, skipped).
+
+    With `screen`, a candidate failing the fidelity rule goes to `skipped` (its figures with it) and nothing
+    is chained onto it. With `budget`, steps that would overrun it are skipped, each with that reason.
+    """
     family = model.spec.family
     variants, skipped = [], []
     report = reporter(progress, "compress", len(steps) + sum(len(children) for _, _, children in steps))
     done = [0]
+    made_any = [False]
 
     def run(name: str, source: LoadedModel, options: dict) -> list[Variant]:
         method = get_method(name)
@@ -78,50 +174,173 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None)
             skipped.append({"method": name, "reason": f"'{name}' does not handle this model: {why}"})
             return []
         done[0] += 1
+        if budget is not None and budget.exhausted(len(variants)):
+            skipped.append({"method": name, "options": options or None,
+                            "reason": f"not tried: the search budget of {budget.seconds:g} s would be overrun"})
+            return []
         report(done[0], f"auto: {name} {options or ''}".rstrip())
         try:
-            return method.func(source, data, **options)
+            made = method.func(source, data, **options)
+            made_any[0] = made_any[0] or bool(made)
+            return made
         except ToolkitError as exc:
             skipped.append({"method": name, "options": options, "reason": str(exc)})
             return []
 
+    def keep(variant: Variant) -> bool:
+        reason = screen(variant) if screen is not None else None
+        if reason is None:
+            variants.append(variant)
+            return True
+        skipped.append(_rejected(variant, reason, "before timing"))
+        return False
+
+    failed: list[tuple[str, dict]] = []  # transforms with a `ratio` that failed the fidelity rule
     for name, options, children in steps:
+        weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
+        if weaker is not None:
+            skipped.append({"method": name, "options": options or None,
+                            "reason": f"not tried: {name} at ratio {weaker[1]['ratio']:g} already failed the fidelity "
+                                      f"rule, and ratio {options['ratio']:g} removes more"})
+            continue
         for made in run(name, model, options):
-            variants.append(made)
+            if not keep(made) and screen is not None:
+                if "ratio" in options:
+                    failed.append((name, options))
+                skipped += [{"method": child, "reason": f"not chained onto {made.name}, which failed the fidelity rule"}
+                            for child in children]
+                continue
             for child in children:
                 for second in run(child, made.model, {}):
-                    variants.append(_chain(made, second, model))
-    if not variants:
+                    keep(_chain(made, second, model))
+    if not made_any[0] and not any("search budget" in s["reason"] for s in skipped):
         reasons = "; ".join(f"{s['method']}: {s['reason']}" for s in skipped[:3])
         raise ToolkitError(f"auto found no compression method for a {family} model" + (f" ({reasons})" if reasons else ""))
     return variants, skipped
 
 
-LATENCY_TIE = 0.10  # latencies within 10% of the fastest are a tie (timing noise): the smaller file wins
+DRIFT_SAMPLES = 32  # held-out (validation) samples on which each candidate's attribution drift is measured
+
+
+def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drift: float | None = None) -> dict:
+    """Measure how far `variant`'s attributions moved from the original's (`explain.attribution_drift`, a fast
+    deterministic method on held-out samples); a drifted candidate gets a note and is never chosen."""
+    import dataclasses
+
+    from explain import attribution_drift
+
+    from .export import ort_session
+
+    candidate = variant.model
+    if variant.onnx_bytes is not None and candidate.path is None:   # not saved yet: its session from the bytes
+        candidate = dataclasses.replace(candidate, _session=ort_session(variant.onnx_bytes))
+    x = data.x_val if len(data.x_val) else data.x_test
+    drift = attribution_drift(model, candidate, x[:DRIFT_SAMPLES], max_drift=max_drift)
+    variant.measurements["attribution_drift"] = drift
+    if drift["status"] == "drifted":
+        variant.notes.append(f"attributions drifted ({drift['method']}, {drift['samples']} held-out samples): top-"
+                             f"{drift['topk']} overlap {drift['topk_overlap']:.2f} [{drift['topk_overlap_lo']:.2f}, "
+                             f"{drift['topk_overlap_hi']:.2f}] below {drift['threshold']:.2f}: not chosen")
+    return drift
+
+
+def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBundle, settings: dict) -> None:
+    """`drift_guard` on every candidate within the accuracy budget (the others are never chosen), unless auto's
+    `drift_guard_on` is off; `settings` are auto's options as given."""
+    settings = {**METHODS.options("auto"), **settings}
+    if settings["drift_guard_on"]:
+        for v in variants:
+            if v.measurements["within_budget"]:
+                drift_guard(model, v, data, settings["max_drift"])
+
+
+def _drifted(v: Variant) -> bool:
+    return (v.measurements.get("attribution_drift") or {}).get("status") == "drifted"
+
+
+
+def _removes_more(name: str, options: dict, failed_name: str, failed_options: dict) -> bool:
+    """The step (`name`, `options`) differs from a failed one only by a larger `ratio`: it removes more of the
+    original and is not expected to keep more of its predictions, so it is not tried."""
+    if name != failed_name or "ratio" not in options:
+        return False
+    rest = {k: v for k, v in options.items() if k != "ratio"}
+    return rest == {k: v for k, v in failed_options.items() if k != "ratio"} and options["ratio"] > failed_options["ratio"]
+
+
+def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, config: LatencyConfig) -> list[dict]:
+    """A short interleaved timing at the deciding setting; the variants that cannot be chosen leave `variants`
+    (in place) and are returned as `skipped` entries."""
+    if not variants:
+        return []
+    from .measure import Runner
+
+    quick = LatencyConfig(warmup=2, min_reps=3, max_reps=60, budget_s=min(0.06, config.budget_s / 3), rounds=3)
+    runners = [Runner(v, 1) for v in [baseline, *variants]]
+    with torch_threads(1):
+        timed = interleaved_rounds([r.raw_call() for r in runners], _batch(data.x_test, 256), quick, cpu_clock=True)
+    ratios = [ratio_summary(timed[0]["rounds"], t["rounds"])[0] for t in timed[1:]]
+    best, rejected = max(ratios), []
+    for v, ratio in zip(list(variants), ratios):
+        why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch 256, one thread): slower"
+               if ratio < SLOWER_CUT else
+               f"a quick timing puts it at {ratio:.2f}x the original's speed, over {BEHIND_CUT:g}x behind the "
+               f"fastest candidate ({best:.2f}x)" if ratio * BEHIND_CUT < best else None)
+        if why:
+            variants.remove(v)
+            rejected.append(_rejected(v, why, "after a quick timing"))
+    return rejected
+
+
+def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, max_drop: float,
+           min_agreement: float = MIN_AGREEMENT, budget_seconds: float | None = None,
+           config: LatencyConfig | None = None, progress=None, start: float | None = None):
+    """Make, screen and quickly time auto's candidates; returns (variants, skipped, notes). The survivors
+    are evaluated (accuracy, agreement) but not yet timed; `baseline` is evaluated too."""
+    config = config or LatencyConfig()
+    budget = SearchBudget(budget_seconds, measure_s=4 * config.budget_s + 0.1,
+                          start=start if start is not None else time.perf_counter())
+    with search_threads() as threads:
+        screen = Screen(baseline, data, max_drop, min_agreement, config)
+        variants, skipped = build_candidates(model, data, steps, progress, screen, budget)
+    skipped += quick_latency(variants, baseline, data, config)
+    notes = [f"candidates made with {threads} PyTorch thread(s), the cores free when the search began"]
+    over = [s for s in skipped if "search budget" in s["reason"]]
+    if over:
+        notes.append(f"the search budget of {budget_seconds:g} s ran out: {len(over)} candidate step(s) not tried; "
+                     f"the choice is the best of those made")
+    return variants, skipped, notes
 
 
 def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple[Variant, str]:
-    """The fastest variant within the accuracy budget that is not slower than fp32; else the baseline.
-
-    Nor is an int8 variant that changes too many predictions (`flips`: see `measure.compare_to_baseline`).
+    """The fastest variant passing the fidelity rule (`measure.judge`) that is not slower than fp32; else the
+    baseline.
 
     Variants whose batch-256 single-thread p50 is within `LATENCY_TIE` of the fastest count as equally fast, and
     the smallest file among them is chosen: a timing difference that small is noise, a size difference is not.
     """
     eligible = [v for v in variants if v.measurements["within_budget"] and not v.measurements["slower_than_fp32"]
                 and not v.measurements.get("flips")]
+    drifted = [v for v in eligible if _drifted(v)]
+    eligible = [v for v in eligible if not _drifted(v)]
+    excluded = f"; {len(drifted)} excluded: attributions drifted ({', '.join(v.name for v in drifted)})" if drifted else ""
     if not eligible:
-        return baseline, (f"no variant is both within {max_drop} accuracy points and faster than the fp32 original "
-                          f"at batch 256, single thread: the original is kept")
+        return baseline, (f"no variant is within {max_drop} accuracy points, agrees with the original as required and "
+                          f"is faster than the fp32 original at batch 256, single thread: the original is kept{excluded}")
     p50 = {id(v): v.measurements["latency_ms"][DECISIVE]["p50"] for v in eligible}
     fastest = min(p50.values())
     tied = [v for v in eligible if p50[id(v)] <= fastest * (1 + LATENCY_TIE)]
     best = min(tied, key=lambda v: (v.measurements["size_bytes"], p50[id(v)]))
     m = best.measurements
     how = "fastest" if p50[id(best)] == fastest else f"smallest of the {len(tied)} within 10% of the fastest"
-    reason = (f"{how} of {len(eligible)} variants within {max_drop} accuracy points and not slower than fp32: "
-              f"{m['speedup'][DECISIVE]:.2f}x faster at batch 256 single thread, {m['size_ratio']:.2f}x smaller, "
-              f"accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop)")
+    spread = (m.get("speedup_spread") or {}).get(DECISIVE, 0.0)
+    speed = (f"timing too noisy for a speed-up at batch 256 single thread (spread {spread:.2f} > {NOISY_SPREAD})"
+             if DECISIVE in (m.get("noisy") or []) else
+             f"{m['speedup'][DECISIVE]:.2f}x faster at batch 256 single thread (spread {spread:.2f})")
+    agreement = f", {describe_fidelity(m['fidelity'])}" if m.get("fidelity") else ""
+    reason = (f"{how} of {len(eligible)} variants passing the fidelity rule and not slower than fp32: {speed}, "
+              f"{m['size_ratio']:.2f}x smaller, accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop)"
+              f"{agreement}{excluded}")
     return best, reason
 
 
@@ -138,8 +357,10 @@ def baseline_variant(model: LoadedModel) -> Variant:
 def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
          prune_ratios: tuple[Ratio, ...] = (0.3, 0.5), finetune_epochs: NonNegativeInt = 10,
          distill_epochs: NonNegativeInt = 30, unstructured_ratio: OptionalRatio = 0.9,
-         latency_budget_s: PositiveFloat = 0.25, progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
-    """Try the candidates that fit the family, measure them, pick the fastest within --max-drop.
+         latency_budget_s: PositiveFloat = 0.25, min_agreement: Fraction = MIN_AGREEMENT,
+         budget_seconds: PositiveFloat | None = None, max_drift: OptionalDrift = None, drift_guard_on: Bool = True,
+         progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
+    """Try the candidates that fit the family, measure them, pick the fastest that keeps the fidelity rule.
 
     Options:
         max_drop: accuracy budget, in percentage points below the original.
@@ -147,16 +368,29 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
         distill_epochs: the quick student's training (0: no distillation).
         unstructured_ratio: the share of weights unstructured pruning zeroes (0: none).
         latency_budget_s: time spent timing each variant in each setting.
+        min_agreement: share of the original's top-1 test predictions a variant must keep (less its margin).
+        budget_seconds: make no further candidates when the search would run past this (None: no limit).
+        max_drift: the top-k attribution overlap a candidate may lose against the original (0-1); None: a
+            candidate whose overlap interval lies below 0.7 x the noise floor is never chosen.
+        drift_guard_on: measure each candidate's attribution drift (`drift_guard`); off: choose on speed alone.
 
-    Returns every candidate, measured; the chosen one has `measurements["chosen"] = True` and the
-    reason in `measurements["reason"]` (when no candidate qualifies, none is marked).
+    Returns the candidates that passed the screening, measured; the chosen one has
+    `measurements["chosen"] = True` and the reason in `measurements["reason"]` (when no candidate qualifies,
+    none is marked); every one carries the rejected candidates in `measurements["auto_skipped"]`.
     """
+    start = time.perf_counter()
     steps = plan(model, max_drop=max_drop, prune_ratios=prune_ratios, finetune_epochs=finetune_epochs,
                  distill_epochs=distill_epochs, unstructured_ratio=unstructured_ratio,
-                 latency_budget_s=latency_budget_s, progress=progress)
-    variants, skipped = build_candidates(model, data, steps, progress)
+                 latency_budget_s=latency_budget_s, min_agreement=min_agreement, budget_seconds=budget_seconds,
+                 progress=progress)
     baseline = baseline_variant(model)
-    measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=latency_budget_s), progress)
+    config = LatencyConfig(budget_s=latency_budget_s)
+    variants, skipped, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
+                                      budget_seconds=budget_seconds, config=config, progress=progress, start=start)
+    if not variants and not skipped:
+        raise ToolkitError(f"auto found no compression method for a {model.spec.family} model")
+    measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
+    guard_candidates(model, variants, data, {"max_drift": max_drift, "drift_guard_on": drift_guard_on})
     chosen, reason = choose(baseline, variants, max_drop)
     for v in variants:
         v.measurements["chosen"] = v is chosen
@@ -164,4 +398,5 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
     for v in [baseline, *variants]:
         v.measurements["reason"] = reason if v is chosen else None
         v.measurements["auto_skipped"] = skipped
+        v.measurements["search_notes"] = notes
     return variants

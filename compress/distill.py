@@ -22,10 +22,14 @@ from torch.nn import functional as F
 from trainers.artifact import LoadedModel, ModelSpec, accuracy, predict
 from trainers.data import DataBundle
 from trainers.loop import Batch, LoopOptions, split_tensors, training_loop
-from trainers.models import build_model, config_dict, get_family, make_config
+from trainers.errors import ToolkitError
+from trainers.models import build_model, config_dict, count_parameters, get_family, list_models, make_config
 from trainers.options import Float, Fraction, Int, PositiveFloat, PositiveInt, Str
 
+from . import depgraph
 from .base import Variant, derive_model, register_method
+from .losses import kd_loss, teacher_loss  # noqa: F401  (kd_loss: part of this module's API)
+from .resized import example_rows, module_variant
 
 WidthFactor = Annotated[Float, Field(gt=0, le=1)]
 Temperature = Annotated[Float, Field(gt=0, le=100)]
@@ -40,13 +44,6 @@ def default_student_config(family: str, teacher: ModelSpec, width_factor: float)
         if key in base:
             base[key] = [max(2, int(round(w * width_factor))) for w in base[key]]
     return base
-
-
-def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)."""
-    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
-                    reduction="batchmean")
-    return alpha * temperature ** 2 * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
 
 
 def train_student(module: nn.Module, data: DataBundle, epochs: int, *, teacher: nn.Module | None = None,
@@ -65,7 +62,7 @@ def train_student(module: nn.Module, data: DataBundle, epochs: int, *, teacher: 
     tensors = split_tensors(data, next(module.parameters()).device, splits=("train", "val"))
     options = LoopOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, schedule="cosine",
                           select="val_accuracy")
-    loss = _hard_label_loss if teacher is None else functools.partial(_teacher_loss, teacher, temperature, alpha)
+    loss = _hard_label_loss if teacher is None else functools.partial(teacher_loss, teacher, temperature, alpha)
     state = training_loop(module, tensors, options, loss=loss, transform=_mixup(mixup) if mixup > 0 else None)
     return module, {"val_accuracy": [row["val_accuracy"] for row in state.history], "best_epoch": state.best_epoch}
 
@@ -96,19 +93,6 @@ def _hard_label_loss(logits, batch: Batch):
     return loss
 
 
-def _teacher_loss(teacher, temperature: float, alpha: float, logits, batch: Batch):
-    """`kd_loss` on the batch; on mixed inputs (if any), the teacher's soft targets only."""
-    n = len(batch.y)
-    with torch.no_grad():
-        t_logits = teacher(batch.x)
-    loss = kd_loss(logits[:n], t_logits[:n], batch.y, temperature, alpha)
-    if "lam" in batch.extra:
-        loss = loss + alpha * temperature ** 2 * F.kl_div(
-            F.log_softmax(logits[n:] / temperature, dim=1), F.softmax(t_logits[n:] / temperature, dim=1),
-            reduction="batchmean")
-    return loss
-
-
 def _auto_distill(family: str, settings: dict) -> list[dict]:
     """What auto tries: the smallest quick student, 1/8 width, a short plain Hinton run of its `distill_epochs`
     (0: none); the patient default recipe takes 150 epochs on twice the samples."""
@@ -119,16 +103,19 @@ def _auto_distill(family: str, settings: dict) -> list[dict]:
 
 
 @register_method("distill", role="transform", auto=_auto_distill, chain=True, needs=("torch",))
-def distill(model: LoadedModel, data: DataBundle, student: Str | None = None, student_config: dict | None = None,
-            width_factor: WidthFactor = 0.25, epochs: PositiveInt = 150, temperature: Temperature = 2.0,
-            alpha: Fraction = 0.7, lr: PositiveFloat = 3e-3, batch_size: PositiveInt = 64, mixup: Mixup = 1.0,
-            seed: Int = 0) -> list[Variant]:
+def distill(model: LoadedModel, data: DataBundle, student: Str | nn.Module | None = None,
+            student_config: dict | None = None, width_factor: WidthFactor = 0.25, epochs: PositiveInt = 150,
+            temperature: Temperature = 2.0, alpha: Fraction = 0.7, lr: PositiveFloat = 3e-3,
+            batch_size: PositiveInt = 64, mixup: Mixup = 1.0, seed: Int = 0) -> list[Variant]:
     """Hinton knowledge distillation into a smaller student, reported beside the student trained alone.
 
     Options:
-        student: the student's family (default: the teacher's).
-        student_config: the student's architecture (e.g. {"hidden": [32]}); default: the teacher's widths
-            times `width_factor`.
+        student: the student: a model family name, or an `nn.Module` of your own (it must take the teacher's
+            inputs and give its output shape); default: the teacher's own architecture made narrower
+            (a built-in family: its widths times `width_factor`; any other module: `depgraph.narrower_copy`,
+            its hidden units pruned to `width_factor` on the dependency graph and re-initialised).
+        student_config: the student family's architecture (e.g. {"hidden": [32]}); default: the teacher's
+            widths times `width_factor`.
         epochs, lr, batch_size, seed: student training (identical for the distilled and the alone run).
         temperature: softmax temperature T (> 0); alpha: weight of the soft loss, in [0, 1].
         mixup: Beta(mixup, mixup) input mixing for extra teacher-labelled samples (0 = off).
@@ -141,13 +128,7 @@ def distill(model: LoadedModel, data: DataBundle, student: Str | None = None, st
     distillation only pulls it towards the teacher's mistakes. Hinton's T=4, alpha=0.9 over 60 epochs
     without mixup lowered the accuracy of small digits CNN and LSTM students in our runs.
     """
-    family = student or model.spec.family
-    get_family(family)  # an unknown student family: one clear line
-    arch = config_dict(make_config(family, student_config if student_config is not None
-                                   else default_student_config(family, model.spec, width_factor)))
-    pre = model.spec.preprocessing
-    torch.manual_seed(seed)
-    initial = build_model(family, arch, model.spec.input_shape, model.spec.num_classes, pre.get("mean"), pre.get("std"))
+    initial, family, arch, notes = _student(model, data, student, student_config, width_factor, seed)
     options = dict(lr=lr, batch_size=batch_size, seed=seed, temperature=temperature, alpha=alpha)
     alone, _ = train_student(copy.deepcopy(initial), data, epochs, mixup=mixup, **options)
     distilled, history = train_student(copy.deepcopy(initial), data, epochs, teacher=model.module, mixup=mixup, **options)
@@ -162,13 +143,63 @@ def distill(model: LoadedModel, data: DataBundle, student: Str | None = None, st
               "temperature": temperature, "alpha": alpha, "lr": lr, "batch_size": batch_size, "mixup": mixup,
               "seed": seed, "teacher_accuracy": teacher_acc, "student_alone_accuracy": alone_acc,
               "distilled_accuracy": distilled_acc, "gap_closed": gap_closed, "teacher_agreement": agreement}
-    variant_model = derive_model(model, distilled, recipe, family=family, config=arch, runtime="torch", dtype="float32",
-                                 weights={"file": "model.safetensors", "codec": "dense"}, onnx=None)
     notes = [f"student alone {alone_acc:.4f}, distilled {distilled_acc:.4f}, teacher {teacher_acc:.4f} (test)"
-             + (f": {gap_closed:.0%} of the gap closed" if gap_closed is not None else ": the student alone is not worse than the teacher")]
-    if alone_acc > distilled_acc:
-        notes.append("the student trained alone is more accurate than the distilled one: the teacher did not help here "
-                     f"(`toolkit train --model {family} --arch '{json.dumps(arch)}'` trains that student)")
+             + (f": {gap_closed:.0%} of the gap closed" if gap_closed is not None else ": the student alone is not worse than the teacher"),
+             *notes]
     measurements = {k: recipe[k] for k in ("teacher_accuracy", "student_alone_accuracy", "distilled_accuracy", "gap_closed")}
-    name = f"distill-{family}-" + "-".join(str(w) for w in arch.get("channels", []) + arch.get("hidden", []))
-    return [Variant(name=name, model=variant_model, recipe=recipe, measurements=measurements, notes=notes)]
+    if family in list_models():
+        if alone_acc > distilled_acc:
+            notes.append("the student trained alone is more accurate than the distilled one: the teacher did not help "
+                         f"here (`toolkit train --model {family} --arch '{json.dumps(arch)}'` trains that student)")
+        variant_model = derive_model(model, distilled, recipe, family=family, config=arch, runtime="torch",
+                                     dtype="float32", weights={"file": "model.safetensors", "codec": "dense"}, onnx=None)
+        name = f"distill-{family}-" + "-".join(str(w) for w in arch.get("channels", []) + arch.get("hidden", []))
+        return [Variant(name=name, model=variant_model, recipe=recipe, measurements=measurements, notes=notes)]
+    if alone_acc > distilled_acc:
+        notes.append("the student trained alone is more accurate than the distilled one: the teacher did not help here")
+    variant = module_variant(model, distilled, recipe, f"distill-{family}-{count_parameters(distilled)}", notes, data)
+    variant.measurements = measurements
+    return [variant]
+
+
+def _student(model: LoadedModel, data: DataBundle, student, student_config, width_factor: float, seed: int):
+    """The untrained student, its family (a registered one, "narrower" or "module") and its architecture (a
+    family config; for a module, its layer widths), and notes."""
+    if isinstance(student, nn.Module):
+        _check_student(model, student, data)
+        return copy.deepcopy(student), "module", {"widths": depgraph.widths(student)}, []
+    family = student or model.spec.family
+    if family in list_models() and (student is not None or family in _BUILT_IN_STUDENTS):
+        arch = config_dict(make_config(family, student_config if student_config is not None
+                                       else default_student_config(family, model.spec, width_factor)))
+        pre = model.spec.preprocessing
+        torch.manual_seed(seed)
+        initial = build_model(family, arch, model.spec.input_shape, model.spec.num_classes, pre.get("mean"), pre.get("std"))
+        return initial, family, arch, []
+    if student is not None:
+        get_family(family)  # an unknown student family: one clear line
+    if student_config is not None:
+        raise ToolkitError("student_config describes a model family's student; this model is not one: pass "
+                           "student=<your nn.Module> or width_factor")
+    device = next(model.module.parameters()).device
+    initial, report = depgraph.narrower_copy(model.module, example_rows(data, device), width_factor, seed=seed)
+    return initial, "narrower", {"widths": report.widths_after or depgraph.widths(initial)}, report.notes()
+
+
+_BUILT_IN_STUDENTS = ("mlp", "cnn", "lstm")  # families whose config lists every width (default_student_config)
+
+
+def _check_student(model: LoadedModel, student: nn.Module, data: DataBundle) -> None:
+    """A student module must take the teacher's inputs and give its output shape: else one line."""
+    x = example_rows(data, next(model.module.parameters()).device)[:2]
+    with torch.no_grad():
+        expected = tuple(model.module.eval()(x).shape)
+        try:
+            was = student.training
+            got = tuple(student.eval().to(x.device)(x).shape)
+            student.train(was)
+        except Exception as exc:  # the user's forward: any failure is a bad student
+            raise ToolkitError(f"the student module cannot run on inputs of shape {tuple(x.shape[1:])}: "
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if got != expected:
+        raise ToolkitError(f"the student module gives outputs of shape {got[1:]} per sample, the teacher {expected[1:]}")

@@ -1,13 +1,23 @@
 """Measure every variant the same way, in one process, so ratios are comparable.
 
-For each variant: test accuracy, size on disk of the file its runtime loads,
-parameter count, and latency p50/p95 at batch 1 and batch 256 in its own
-runtime (PyTorch or ONNX Runtime), with one thread and with all threads, after
-warm-up. Ratios are taken against the fp32 PyTorch original (the baseline).
+For each variant: test accuracy, top-1 agreement with the fp32 original (the fidelity rule: `judge`), size on
+disk of the file its runtime loads, parameter count, and latency p50/p95 at batch 1 and batch 256 in its own
+runtime (PyTorch or ONNX Runtime), with one thread and with all threads, after warm-up. Ratios are taken
+against the fp32 PyTorch original (the baseline).
+
+Timing on a shared machine: the variants of one setting are timed in interleaved rounds (each variant once
+per round, the order rotated every round), so a burst of load from another process hits every variant, not
+the one that happened to be timed then. A speed-up is the median of the per-round ratios against the
+original, with its spread (interquartile range / median of those ratios); a spread over `NOISY_SPREAD`
+marks the setting `noisy`. One-thread settings are timed as the calling thread's CPU time: with one
+thread, PyTorch and ONNX Runtime compute on the calling thread, and its CPU time leaves out the time the
+scheduler gave to other processes, which wall-clock time counts. All-thread settings are timed wall-clock
+(the work spans threads).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -16,29 +26,104 @@ import numpy as np
 import torch
 
 from trainers.codecs import CODECS
+from trainers.errors import ToolkitError
 from trainers.models import count_parameters
 
 from .base import Variant
 from .export import ort_session
+from .options import CompressOptions
 
 SETTINGS = ("b1_t1", "b1_tall", "b256_t1", "b256_tall")
-INT8_AGREEMENT = 0.99  # an int8 variant agreeing with fp32 on fewer test predictions is flagged, never chosen
 DECISIVE = "b256_t1"  # the setting auto ranks by and `slower_than_fp32` refers to
+MIN_AGREEMENT = CompressOptions.min_agreement  # share of the original's test predictions a variant must keep
+Z_ONE_SIDED = 1.645  # one-sided 95%: the margin of the agreement rule
+WILSON_CONFIDENCE = 0.95
+NOISY_SPREAD = 0.25  # IQR / median of the per-round speed-ups above which a speed-up is not reported
+EVAL_BATCH = 256  # accuracy and agreement are computed at this batch size (dynamic int8 depends on the batch)
+BATCH_CHECK = 256  # test samples predicted one at a time too, to count how many change with the batch size
+
+
+# ---------------------------------------------------------------- fidelity
+
+
+def agreement_margin(p: float, n: int, z: float = Z_ONE_SIDED) -> float:
+    """Sampling margin of an agreement rate measured on `n` samples: z * sqrt(p (1 - p) / n).
+
+    With `p` the required rate and z = 1.645, an agreement under p - margin is below p at one-sided 95%
+    confidence (the normal approximation of the binomial test).
+    """
+    if n <= 0:
+        raise ToolkitError("the agreement margin needs at least one sample")
+    if not 0.0 <= p <= 1.0:
+        raise ToolkitError(f"an agreement rate is in [0, 1], got {p}")
+    return z * math.sqrt(p * (1.0 - p) / n)
+
+
+def wilson_interval(agreeing: int, n: int, confidence: float = WILSON_CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval (two-sided) of an agreement rate: `agreeing` of `n` samples (SciPy's binomtest)."""
+    from scipy.stats import binomtest
+
+    if n <= 0 or not 0 <= agreeing <= n:
+        raise ToolkitError(f"a Wilson interval needs 0 <= agreeing <= n and n >= 1, got {agreeing} of {n}")
+    ci = binomtest(int(agreeing), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def fidelity(predicted: np.ndarray, original: np.ndarray, min_agreement: float = MIN_AGREEMENT) -> dict:
+    """Top-1 agreement of a variant's predicted classes with the fp32 original's on the same samples.
+
+    Returns {"agreement", "n", "agreeing", "margin", "wilson_low", "wilson_high", "min_agreement", "passes"}:
+    `passes` when agreement >= min_agreement - margin (`agreement_margin(min_agreement, n)`).
+    """
+    predicted, original = np.asarray(predicted), np.asarray(original)
+    if predicted.shape != original.shape or predicted.ndim != 1 or not len(predicted):
+        raise ToolkitError(f"fidelity compares two equal-length lists of classes, got shapes "
+                           f"{predicted.shape} and {original.shape}")
+    n, agreeing = len(predicted), int((predicted == original).sum())
+    margin = agreement_margin(min_agreement, n)
+    low, high = wilson_interval(agreeing, n)
+    return {"agreement": agreeing / n, "n": n, "agreeing": agreeing, "margin": margin, "wilson_low": low,
+            "wilson_high": high, "min_agreement": float(min_agreement),
+            "passes": agreeing / n >= min_agreement - margin - 1e-12}
+
+
+def judge(measurements: dict, max_drop: float) -> bool:
+    """The one fidelity rule, for every kind of variant: accuracy within `max_drop` points of the original AND
+    top-1 agreement with the original (`measurements["fidelity"]`) passing. Sets `within_budget` and `flips`
+    (fails the agreement rule); returns whether both hold."""
+    measurements["within_budget"] = measurements["accuracy_drop"] <= max_drop + 1e-9
+    measurements["flips"] = not measurements["fidelity"]["passes"]
+    return measurements["within_budget"] and not measurements["flips"]
+
+
+def describe_fidelity(f: dict) -> str:
+    """'agrees with the original on 97.9% (95% CI 96.6-98.7%, n=800)'."""
+    return (f"agrees with the original on {f['agreement']:.1%} (95% CI {f['wilson_low']:.1%}-{f['wilson_high']:.1%}, "
+            f"n={f['n']})")
+
+
+# ---------------------------------------------------------------- running and timing
 
 
 @dataclass
 class LatencyConfig:
-    """How long to time each (batch, threads) setting: warm-up calls, then repeats until `budget_s` or `max_reps`."""
+    """How long to time each (batch, threads) setting: per variant, warm-up calls, then `rounds` interleaved
+    rounds sharing `budget_s` seconds, `min_reps` to `max_reps` calls in all (fewer rounds when max_reps is)."""
 
     warmup: int = 5
     min_reps: int = 10
     max_reps: int = 300
     budget_s: float = 0.4
     threads_all: int = 0  # 0: every core (os.cpu_count())
+    rounds: int = 7
 
     @property
     def all_threads(self) -> int:
         return self.threads_all or os.cpu_count() or 1
+
+    @property
+    def round_count(self) -> int:
+        return max(1, min(self.rounds, self.max_reps))
 
 
 def size_on_disk(variant: Variant) -> int:
@@ -65,14 +150,18 @@ def _onnx_bytes(variant: Variant) -> bytes | None:
 
 
 class Runner:
-    """Calls a variant in its runtime with a fixed thread count."""
+    """Calls a variant in its runtime with a fixed thread count.
 
-    def __init__(self, variant: Variant, threads: int):
+    `spin`: ONNX Runtime's worker threads may busy-wait for work (fastest while timing an all-thread setting);
+    off, they sleep, which leaves the cores to other processes (and to the search's own training).
+    """
+
+    def __init__(self, variant: Variant, threads: int, spin: bool = False):
         self.threads = threads
         onnx_bytes = _onnx_bytes(variant)
         self.runtime = "onnxruntime" if onnx_bytes is not None else "torch"
         if self.runtime == "onnxruntime":
-            self.session = ort_session(onnx_bytes, threads)
+            self.session = ort_session(onnx_bytes, threads, spin=spin)
             self.input_name = self.session.get_inputs()[0].name
         else:
             self.module = variant.model.module.eval()
@@ -82,32 +171,15 @@ class Runner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.runtime == "onnxruntime":
             return self.session.run(None, {self.input_name: x})[0]
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                return self.module(torch.from_numpy(x).to(self.dtype)).float().numpy()
-        finally:
-            torch.set_num_threads(previous)
+        with torch_threads(self.threads), torch.inference_mode():
+            return self.module(torch.from_numpy(x).to(self.dtype)).float().numpy()
 
-    def timed(self, x: np.ndarray, config: LatencyConfig) -> dict:
-        """p50/p95 milliseconds per call, thread count held for the whole loop."""
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            run = self._raw_call()
-            for _ in range(config.warmup):
-                run(x)
-            times, start = [], time.perf_counter()
-            while len(times) < config.max_reps and (len(times) < config.min_reps or time.perf_counter() - start < config.budget_s):
-                t0 = time.perf_counter()
-                run(x)
-                times.append((time.perf_counter() - t0) * 1000)
-        finally:
-            torch.set_num_threads(previous)
-        return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95)), "reps": len(times)}
+    def predict(self, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+        """Logits for `x` in batches of `batch` (the last one shorter)."""
+        return np.concatenate([self(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])
 
-    def _raw_call(self):
+    def raw_call(self):
+        """One call without conversions (for timing; the caller holds the thread count)."""
         if self.runtime == "onnxruntime":
             return lambda x: self.session.run(None, {self.input_name: x})
 
@@ -118,55 +190,166 @@ class Runner:
         return call
 
 
+class torch_threads:
+    """Context: PyTorch's intra-op thread count set to `n`, restored after."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.previous = torch.get_num_threads()
+        if self.n != self.previous:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.previous:
+            torch.set_num_threads(self.previous)
+
+
 def _batch(x: np.ndarray, n: int) -> np.ndarray:
     reps = int(np.ceil(n / len(x)))
     return np.ascontiguousarray(np.concatenate([x] * reps)[:n], dtype=np.float32)
 
 
-def measure_variant(variant: Variant, data, config: LatencyConfig | None = None) -> dict:
-    """Accuracy, size, parameters and latency of one variant; stored in (and returned from) `variant.measurements`."""
+def interleaved_rounds(calls: list, x: np.ndarray, config: LatencyConfig, cpu_clock: bool) -> list[dict]:
+    """Time each of `calls` on `x` in interleaved rounds; per call {"rounds": [median ms per round], "times": [ms]}.
+
+    Each round times every call in turn, starting one further along the list every round, so a slow spell of
+    the machine falls on all of them alike. The calls per round of each callable are sized from its warm-up
+    so that all rounds together take about `config.budget_s`.
+    """
+    clock = time.thread_time_ns if cpu_clock else time.perf_counter_ns
+    rounds = config.round_count
+    per_round = []
+    for call in calls:
+        for _ in range(max(1, config.warmup)):
+            t0 = time.perf_counter_ns()  # sized by wall time: the budget is the caller's waiting time
+            call(x)
+            once = max(time.perf_counter_ns() - t0, 1) / 1e9
+        wanted = int(config.budget_s / rounds / once)
+        per_round.append(max(math.ceil(config.min_reps / rounds), 1, min(wanted, max(1, config.max_reps // rounds))))
+    out = [{"rounds": [], "times": []} for _ in calls]
+    for r in range(rounds):
+        for i in [(r + j) % len(calls) for j in range(len(calls))]:
+            times = []
+            for _ in range(per_round[i]):
+                t0 = clock()
+                calls[i](x)
+                times.append((clock() - t0) / 1e6)
+            out[i]["rounds"].append(float(np.median(times)))
+            out[i]["times"] += times
+    return out
+
+
+def ratio_summary(baseline_rounds: list[float], variant_rounds: list[float]) -> tuple[float, float]:
+    """(speed-up, spread): the median of the per-round ratios baseline / variant, and the interquartile range
+    of those ratios over their median."""
+    ratios = np.asarray(baseline_rounds, float) / np.maximum(np.asarray(variant_rounds, float), 1e-12)
+    median = float(np.median(ratios))
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return median, float((q3 - q1) / median) if median > 0 else float("inf")
+
+
+def is_noisy(spread: float) -> bool:
+    return not spread <= NOISY_SPREAD
+
+
+def _dynamic_int8(recipe: dict) -> bool:
+    return recipe.get("method") == "int8-dynamic" or any(_dynamic_int8(s) for s in recipe.get("steps", []))
+
+
+def evaluate(variant: Variant, data, config: LatencyConfig | None = None) -> np.ndarray:
+    """Accuracy, size, parameters and runtime of one variant (into `variant.measurements`); returns its test
+    logits, computed at batch EVAL_BATCH with every thread, its worker threads not spinning."""
     config = config or LatencyConfig()
     x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
-    runners = {"t1": Runner(variant, 1), "tall": Runner(variant, config.all_threads)}
-    logits = np.concatenate([runners["tall"](x_test[i:i + 1024]) for i in range(0, len(x_test), 1024)])
-    latency = {}
-    for batch in (1, 256):
-        xb = _batch(x_test, batch)
-        for threads, runner in runners.items():
-            latency[f"b{batch}_{threads}"] = runner.timed(xb, config)
+    runner = Runner(variant, config.all_threads)
+    logits = runner.predict(x_test)
     module = variant.model.module
     m = variant.measurements
     m.update({
-        "runtime": runners["t1"].runtime,
+        "runtime": runner.runtime,
         "accuracy": float((logits.argmax(1) == data.y_test).mean()),
         "size_bytes": m.get("size_bytes") or size_on_disk(variant),  # preset for formats we do not write
         "parameters": count_parameters(module) if module is not None else None,
-        "latency_ms": latency,
         "threads": {"single": 1, "all": config.all_threads},
     })
-    return m
+    if _dynamic_int8(variant.recipe):
+        n = min(BATCH_CHECK, len(x_test))
+        one = runner.predict(x_test[:n], batch=1).argmax(1)
+        changed = int((one != logits[:n].argmax(1)).sum())
+        variant.notes.append(f"dynamic int8 scales activations per batch, so a prediction can depend on the other "
+                             f"samples of its batch: accuracy and agreement are measured at batch {EVAL_BATCH}; "
+                             f"{changed} of the first {n} test predictions change at batch 1")
+    return logits
 
 
-def compare_to_baseline(variant: Variant, baseline: Variant, max_drop: float) -> None:
-    """Ratios against the fp32 PyTorch original and the flags auto decides on."""
+def time_all(variants: list[Variant], data, config: LatencyConfig | None = None) -> None:
+    """Latency of every variant in every setting (`SETTINGS`), interleaved within each setting; fills
+    `latency_ms` and the per-round medians (`rounds_ms`) of each variant's measurements."""
+    config = config or LatencyConfig()
+    x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
+    for threads_key, threads in (("t1", 1), ("tall", config.all_threads)):
+        runners = [Runner(v, threads, spin=True) for v in variants]
+        with torch_threads(threads):
+            for batch in (1, 256):
+                setting = f"b{batch}_{threads_key}"
+                timed = interleaved_rounds([r.raw_call() for r in runners], _batch(x_test, batch), config,
+                                           cpu_clock=threads == 1)
+                for v, t in zip(variants, timed):
+                    v.measurements.setdefault("latency_ms", {})[setting] = {
+                        "p50": float(np.percentile(t["times"], 50)), "p95": float(np.percentile(t["times"], 95)),
+                        "reps": len(t["times"])}
+                    v.measurements.setdefault("rounds_ms", {})[setting] = t["rounds"]
+        del runners
+
+
+def measure_variant(variant: Variant, data, config: LatencyConfig | None = None) -> dict:
+    """Accuracy, size, parameters and latency of one variant on its own; stored in (and returned from)
+    `variant.measurements`. Several variants to compare: `measure_all`, which interleaves their timings."""
+    evaluate(variant, data, config)
+    time_all([variant], data, config)
+    return variant.measurements
+
+
+def compare_to_baseline(variant: Variant, baseline: Variant, max_drop: float, min_agreement: float = MIN_AGREEMENT,
+                        original_classes: np.ndarray | None = None, predicted_classes: np.ndarray | None = None) -> None:
+    """Ratios against the fp32 PyTorch original, the fidelity figures and the flags auto decides on.
+
+    `original_classes`/`predicted_classes`: top-1 test predictions of the original and of the variant (where
+    given, `fidelity` is computed from them; else a `fidelity` already in the measurements is judged).
+    """
     m, b = variant.measurements, baseline.measurements
     m["accuracy_drop"] = round((b["accuracy"] - m["accuracy"]) * 100, 4)
     m["size_ratio"] = b["size_bytes"] / m["size_bytes"]
-    m["speedup"] = {s: b["latency_ms"][s]["p50"] / m["latency_ms"][s]["p50"] for s in SETTINGS}
-    m["slower_than_fp32"] = variant is not baseline and m["latency_ms"][DECISIVE]["p50"] > b["latency_ms"][DECISIVE]["p50"]
-    m["within_budget"] = m["accuracy_drop"] <= max_drop + 1e-9
-    # int8 that changes too many predictions: under INT8_AGREEMENT on the test split, or its fp32 fallback
-    # missed its target on the validation split (quantize notes that case itself)
-    agreement = (m.get("parity") or {}).get("top1_agreement")
-    over = "agreement_check" in m and agreement is not None and agreement < INT8_AGREEMENT
-    m["flips"] = over or m.get("agreement_check", {}).get("reached") is False
-    if over:
-        variant.notes.append(f"int8 changes {1 - agreement:.1%} of the fp32 model's test predictions "
-                             f"(more than {1 - INT8_AGREEMENT:.0%}): never chosen")
-    if variant is not baseline:
-        slower = [s for s in SETTINGS if m["speedup"][s] < 1.0]
-        if slower:
-            variant.notes.append(f"slower than fp32 PyTorch at {', '.join(slower)}")
+    m["speedup"], m["speedup_spread"], m["noisy"] = {}, {}, []
+    for s in SETTINGS:
+        base_rounds, rounds = b.get("rounds_ms", {}).get(s), m.get("rounds_ms", {}).get(s)
+        if base_rounds and rounds and len(base_rounds) == len(rounds):
+            m["speedup"][s], m["speedup_spread"][s] = ratio_summary(base_rounds, rounds)
+        else:  # not timed together: the ratio of the p50s, no spread
+            m["speedup"][s], m["speedup_spread"][s] = b["latency_ms"][s]["p50"] / m["latency_ms"][s]["p50"], 0.0
+        if variant is not baseline and is_noisy(m["speedup_spread"][s]):
+            m["noisy"].append(s)
+    m["rounds"] = len((m.get("rounds_ms") or {}).get(DECISIVE) or []) or None
+    m["slower_than_fp32"] = variant is not baseline and m["speedup"][DECISIVE] < 1.0
+    if original_classes is not None and predicted_classes is not None:
+        m["fidelity"] = fidelity(predicted_classes, original_classes, min_agreement)
+    if "fidelity" not in m:
+        raise ToolkitError(f"variant {variant.name} has no agreement with the original measured")
+    judge(m, max_drop)
+    if variant is baseline:
+        return
+    f = m["fidelity"]
+    if m["flips"]:
+        variant.notes.append(f"{describe_fidelity(f)}: under the {f['min_agreement']:.1%} required "
+                             f"(less its margin {f['margin']:.1%} for n={f['n']}): never chosen")
+    if m["noisy"]:
+        variant.notes.append(f"timing too noisy for a speed-up at {', '.join(m['noisy'])} (spread of the per-round "
+                             f"ratios over {NOISY_SPREAD:.0%})")
+    slower = [s for s in SETTINGS if m["speedup"][s] < 1.0]
+    if slower:
+        variant.notes.append(f"slower than fp32 PyTorch at {', '.join(slower)}")
 
 
 def pareto_front(variants: list[Variant]) -> list[Variant]:
@@ -185,17 +368,28 @@ def pareto_front(variants: list[Variant]) -> list[Variant]:
 
 
 def measure_all(variants: list[Variant], baseline: Variant, data, max_drop: float,
-                config: LatencyConfig | None = None, progress=None) -> None:
-    """Measure the baseline and every variant, then fill ratios, flags and the Pareto mark."""
+                config: LatencyConfig | None = None, progress=None, min_agreement: float = MIN_AGREEMENT) -> None:
+    """Measure the baseline and every variant, then fill ratios, fidelity, flags and the Pareto mark.
+
+    Accuracy and agreement first (variants already evaluated, e.g. by auto's screening, keep their figures:
+    `measurements["_classes"]` holds their top-1 test predictions);
+    then every variant is timed, interleaved with the others and the baseline.
+    """
     from trainers.progress import reporter
 
     config = config or LatencyConfig()
-    report = reporter(progress, "measure", len(variants) + 1)
+    report = reporter(progress, "measure", len(variants) + 2)
+    classes = {}
     for step, v in enumerate([baseline, *variants], 1):
         report(step, v.name)
-        measure_variant(v, data, config)
+        if "accuracy" in v.measurements and "_classes" in v.measurements:
+            classes[id(v)] = v.measurements["_classes"]
+        else:
+            classes[id(v)] = evaluate(v, data, config).argmax(1)
+    report(len(variants) + 2, f"timing {len(variants) + 1} models, {config.round_count} interleaved rounds")
+    time_all([baseline, *variants], data, config)
     for v in [baseline, *variants]:
-        compare_to_baseline(v, baseline, max_drop)
+        compare_to_baseline(v, baseline, max_drop, min_agreement, classes[id(baseline)], classes[id(v)])
     front = pareto_front([baseline, *variants])
     for v in [baseline, *variants]:
         v.measurements["pareto"] = any(v is f for f in front)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field, Strict
 
-from trainers.options import FORBID_EXTRA, Ratio, Str
+from trainers.options import FORBID_EXTRA, Fraction, PositiveFloat, Ratio, Str
 
 # Accuracy points below the original (0.5 = half a percentage point).
 AccuracyPoints = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
@@ -25,6 +25,10 @@ class CompressOptions:
         methods: registered method names (`compress.list_methods()`); "auto" tries the candidates for the family.
         max_drop: accuracy budget, in percentage points below the original.
         ratio: pruning ratio in (0, 1) for the prune methods and auto's structured pruning.
+        min_agreement: share of the fp32 original's top-1 test predictions every variant must keep (less the
+            one-sided 95% margin of the test split's size); with max_drop, the one fidelity rule.
+        budget_seconds: auto tries no further candidates when its search would run past this many seconds and
+            chooses among those made (None: no limit).
         options: per-method options, e.g. {"auto": {"distill_epochs": 0}}.
     """
 
@@ -33,4 +37,6 @@ class CompressOptions:
     methods: Annotated[list[Str], Field(min_length=1)] = field(default_factory=lambda: ["auto"])
     max_drop: AccuracyPoints = 0.5
     ratio: Ratio | None = None
+    min_agreement: Fraction = 0.97
+    budget_seconds: PositiveFloat | None = None
     options: dict[Str, dict] = field(default_factory=dict)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,18 +26,21 @@ from torch import nn
 
 from trainers.artifact import LoadedModel, predict
 from trainers.data import DataBundle
+from trainers.errors import ToolkitError
 from trainers.models import capabilities
-from trainers.options import Fraction, Int, PositiveInt
+from trainers.options import Bool, Fraction, Int, NonNegativeInt, PositiveInt
 
 from .base import Variant, default_options, derive_model, register_method
 from .export import Exporter, ExportInfo, export_with_info, onnx_parity, onnx_variant_model, run_onnx
+from .int8_search import FORMATS, search_int8
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
+QuantFormatName = Literal["qdq", "qoperator"]
+CalibrationName = Literal["minmax", "percentile", "entropy"]
 # int8 must agree with fp32 on 99% of test predictions; the check runs on the validation split (a few
 # hundred samples): the target carries a margin, one flip in 200.
 MIN_AGREEMENT = 0.995
 CHECK_MIN = 200  # fewest samples the agreement check runs on
-STATIC_OPS = None  # every op ORT can quantize: Relu/MaxPool stay int8 between Conv/Gemm (faster than only Conv/Gemm)
 
 
 # ---------------------------------------------------------------- fake-quant twin
@@ -80,39 +84,14 @@ def _preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
         return src, f"ORT pre-processing skipped ({type(exc).__name__})"
 
 
-class _Calibration:
-    """Feeds training samples to ORT's static calibration, a batch at a time."""
-
-    def __init__(self, x: np.ndarray, input_name: str, batch: int = 64):
-        self.batches = [{input_name: np.ascontiguousarray(x[i:i + batch], np.float32)} for i in range(0, len(x), batch)]
-        self.position = 0
-
-    def get_next(self):
-        if self.position >= len(self.batches):
-            return None
-        self.position += 1
-        return self.batches[self.position - 1]
-
-    def rewind(self):
-        self.position = 0
-
-
 def _quantize_onnx(src: Path, out: Path, mode: str, calibration_x: np.ndarray | None, per_channel: bool,
                    exclude: list[str], input_name: str = "input") -> bytes:
     """Quantize the (pre-processed) fp32 graph at `src` into `out`; the nodes named in `exclude` stay fp32."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if mode == "dynamic":
-        # dynamic quantization first rewrites Gemm as MatMul + Add, named "<gemm>_MatMul": exclude that name too
-        quantize_dynamic(str(src), str(out), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)])
-    else:
-        quantize_static(str(src), str(out), _Calibration(calibration_x, input_name), quant_format=QuantFormat.QDQ,
-                        per_channel=True, op_types_to_quantize=STATIC_OPS, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=list(exclude),
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    # dynamic quantization first rewrites Gemm as MatMul + Add, named "<gemm>_MatMul": exclude that name too
+    quantize_dynamic(str(src), str(out), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
+                     weight_type=QuantType.QInt8, nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)])
     return out.read_bytes()
 
 
@@ -222,6 +201,12 @@ def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibr
               "min_agreement": min_agreement, "fp32_nodes": check["fp32_nodes"]}
     if mode == "static":
         recipe.update(format="QDQ", activation_type="uint8", calibration_samples=calibration_samples, seed=seed)
+    return _finish_int8(model, data, mode, twin, recipe, int8_bytes, check, notes)
+
+
+def _finish_int8(model: LoadedModel, data: DataBundle, mode: str, twin: nn.Module, recipe: dict, int8_bytes: bytes,
+                 check: dict, notes: list[str], extra: dict | None = None) -> Variant:
+    """The int8 Variant: its twin's agreement with the graph, parity with fp32 on the test split, the notes."""
     variant_model = onnx_variant_model(model, twin, recipe, dtype="int8")
     variant_model.onnx_bytes = int8_bytes
     twin_agreement = None
@@ -237,7 +222,8 @@ def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibr
         notes.append("convolutions stay fp32 (ORT's dynamic ConvInteger is slower than fp32)")
     parity = onnx_parity(int8_bytes, model, data.x_test)  # int8 graph vs the fp32 PyTorch source
     return Variant(name=f"int8-{mode}-onnx", model=variant_model, recipe=recipe, onnx_bytes=int8_bytes,
-                   measurements={"parity": parity, "twin_agreement": twin_agreement, "agreement_check": check},
+                   measurements={"parity": parity, "twin_agreement": twin_agreement, "agreement_check": check,
+                                 **(extra or {})},
                    notes=notes)
 
 
@@ -256,13 +242,67 @@ def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: Exporter = "aut
                  refusal={"recurrent": "ONNX Runtime's static QDQ leaves recurrent layers (LSTM, GRU) in fp32 "
                                        "(use int8-dynamic)"})
 def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: PositiveInt = 512, seed: Int = 0,
-                exporter: Exporter = "auto", min_agreement: Fraction = MIN_AGREEMENT) -> list[Variant]:
-    """int8 weights and activations (static QDQ, per-channel, calibrated on training samples), ONNX Runtime.
+                exporter: Exporter = "auto", min_agreement: Fraction = MIN_AGREEMENT,
+                formats: tuple[QuantFormatName, ...] = FORMATS, calibrations: tuple[CalibrationName, ...] = ("minmax", "percentile"),
+                per_channel: tuple[Bool, ...] = (True, False), optimize: tuple[Bool, ...] = (True,),
+                fallback_configs: NonNegativeInt = 2, latency_rounds: NonNegativeInt = 5) -> list[Variant]:
+    """int8 weights and activations in ONNX Runtime, the fastest static configuration that keeps the agreement.
 
-    min_agreement: as for int8-dynamic.
+    Searches (`compress.int8_search`) the graph format, calibration method, per-channel or per-tensor scales
+    and ORT's graph optimisation before quantization, then which layers stay fp32, by measured latency per
+    agreement gained; calibrated on `calibration_samples` training samples drawn with `seed`.
+
+    min_agreement: the least top-1 agreement with fp32 on held-out samples (default MIN_AGREEMENT; 0 = any).
+    formats, calibrations, per_channel, optimize: the values searched (fewer values: a faster search;
+        "entropy" calibration is the slowest to run).
+    fallback_configs: how many of the fastest configurations that miss the target try fp32 layers.
+    latency_rounds: interleaved timing rounds per comparison. The quantized graph depends on `seed` alone;
+        the choice between configurations uses measured speed only where they differ by more than 15%, so
+        timing noise beyond that can change it; 0: untimed (most faithful, then the grid's order), fully
+        determined by the seed.
     """
-    return [_int8_variant(model, data, "static", (nn.Linear, nn.Conv1d, nn.Conv2d), calibration_samples, seed,
-                          exporter, min_agreement)]
+    if not formats or not calibrations or not per_channel or not optimize:
+        raise ToolkitError("int8-static: formats, calibrations, per_channel and optimize each need at least one value")
+    if model.module is not None:
+        fp32_bytes, info = export_with_info(model, data, exporter=exporter)
+    else:  # a user's ONNX graph: quantized as it is
+        fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
+    calibration_x, check_x = _split_for_check(data, calibration_samples, seed, True)
+    reference = predict(model, check_x).argmax(1)
+    found = search_int8(fp32_bytes, calibration_x, check_x, reference, min_agreement, formats=formats,
+                        calibrations=calibrations, per_channel=per_channel, optimize=optimize,
+                        fallback_configs=fallback_configs, rounds=latency_rounds)
+    best, config = found.best, found.best.config
+    notes = list(found.notes)
+    notes.append(f"static {config.format.upper()} calibrated ({config.calibration}) on {len(calibration_x)} training samples")
+    weights = set(_node_weights(fp32_bytes, best.fp32_nodes))
+    check = {"samples": int(len(check_x)), "agreement": best.agreement, "target": min_agreement,
+             "reached": best.agreement >= min_agreement, "fp32_nodes": list(best.fp32_nodes),
+             "fp32_modules": sorted(weights), "steps": [{"fp32_nodes": r["fp32_nodes"], "agreement": r["agreement"]}
+                                                        for r in found.rows if r["format"] == config.format
+                                                        and r["calibration"] == config.calibration
+                                                        and r["per_channel"] == config.per_channel
+                                                        and r["optimize"] == config.optimize]}
+    if not check["reached"]:
+        notes.append(f"int8 agrees with fp32 on only {best.agreement:.1%} of held-out samples (target "
+                     f"{min_agreement:.1%}) in every configuration searched: auto never chooses it")
+    twin = None if model.module is None else fake_quant_twin(model.module, (nn.Linear, nn.Conv1d, nn.Conv2d),
+                                                             config.per_channel, skip=weights)
+    recipe = {"method": "int8-static", "runtime": "onnxruntime", "exporter": info.exporter, "weight_type": "int8",
+              "per_channel": config.per_channel, "quantized_ops": "all supported", "min_agreement": min_agreement,
+              "fp32_nodes": list(best.fp32_nodes), "format": "QDQ" if config.format == "qdq" else "QOperator",
+              "activation_type": "uint8", "calibration": config.calibration, "graph_optimization": config.optimize,
+              "calibration_samples": calibration_samples, "seed": seed}
+    return [_finish_int8(model, data, "static", twin, recipe, best.onnx_bytes, check, notes,
+                         extra={"int8_search": found.rows})]
+
+
+def _node_weights(onnx_bytes: bytes, names: list[str]) -> list[str]:
+    """The PyTorch modules behind the graph nodes `names` (from their ".weight" initializer names)."""
+    import onnx
+
+    nodes = [n for n in onnx.load_from_string(onnx_bytes).graph.node if n.name in names]
+    return [i[: -len(".weight")] for n in nodes for i in n.input if i.endswith(".weight")]
 
 
 # ---------------------------------------------------------------- fp16 / bf16 PyTorch

@@ -15,17 +15,17 @@ from trainers.artifact import CUSTOM_FAMILY, LoadedModel, load_model, write_arti
 from trainers.data import DataBundle, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError
-from trainers.options import Ratio, check_value
+from trainers.options import Fraction, PositiveFloat, Ratio, check_value
 from trainers.progress import reporter
 
-from .auto import baseline_variant, build_candidates, choose, plan
-from .export import with_metadata
+from .auto import baseline_variant, choose, guard_candidates, plan, search
+from .export import raw_rows_onnx, with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig, measure_all
 
 ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
-            "slower_than_fp32", "flips", "within_budget", "pareto")
+            "slower_than_fp32", "flips", "within_budget", "pareto", "fidelity", "speedup_spread", "noisy", "rounds")
 
 
 @dataclass(repr=False)
@@ -43,6 +43,9 @@ class CompressResult:
     reason: str
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    min_agreement: float = CompressOptions.min_agreement
+    budget_seconds: float | None = None
+    search_notes: list[str] = field(default_factory=list)
     threads: dict = field(default_factory=dict)
     out: Path | None = None
     paths: dict = field(default_factory=dict)  # variant name -> path relative to the run dir
@@ -57,7 +60,7 @@ class CompressResult:
             path=self.parent if v is self.baseline else self.paths.get(v.name),
             runtime=m.get("runtime"), dtype=_dtype(v), **{k: m.get(k) for k in ROW_KEYS},
             parity=m.get("parity"), twin_agreement=m.get("twin_agreement"),
-            agreement_check=m.get("agreement_check"), notes=list(v.notes))
+            agreement_check=m.get("agreement_check"), int8_search=m.get("int8_search"), notes=list(v.notes))
 
     def __repr__(self) -> str:
         from trainers.display import short_repr
@@ -96,7 +99,8 @@ class CompressResult:
             threads=self.threads, baseline=self.row(self.baseline),
             variants=[self.row(v) for v in [self.baseline, *self.variants]],
             chosen=Chosen(name=self.chosen.name, path=chosen_path, reason=self.reason),
-            skipped=self.skipped, seconds=round(self.seconds, 2),
+            skipped=self.skipped, seconds=round(self.seconds, 2), min_agreement=self.min_agreement,
+            budget_seconds=self.budget_seconds, search_notes=self.search_notes,
         ).dump()
 
 
@@ -129,7 +133,9 @@ def _load(model, data, target, table) -> tuple[LoadedModel, DataBundle]:
 
 
 # Options of a method that compress_model sets itself, from its own arguments.
-_SET_BY_COMPRESS = {"max_drop": "max_drop (--max-drop)", "progress": "progress"}
+_SET_BY_COMPRESS = {"max_drop": "max_drop (--max-drop)", "progress": "progress",
+                    "min_agreement": "min_agreement (--min-agreement)",
+                    "budget_seconds": "budget_seconds (--budget-seconds)"}
 
 
 def _method_options(name: str, options: dict, ratio: float | None) -> dict:
@@ -143,14 +149,19 @@ def _method_options(name: str, options: dict, ratio: float | None) -> dict:
     return opts
 
 
-def check_request(methods, family, max_drop, options: dict | None = None, ratio=None):
-    """Refuse a bad request before any work: a bad budget or ratio, an unknown method, one the model cannot take,
-    options for a method not requested, and every method's options against its signature (names, types, ranges).
-    `family` is a family name, a model (its capabilities decide) or None (no model check). Returns (max_drop, ratio)."""
+def check_request(methods, family, max_drop, options: dict | None = None, ratio=None,
+                  min_agreement=CompressOptions.min_agreement, budget_seconds=None):
+    """Refuse a bad request before any work: a bad budget, agreement or ratio, an unknown method, one the model
+    cannot take, options for a method not requested, and every method's options against its signature (names,
+    types, ranges). `family` is a family name, a model (its capabilities decide) or None (no model check).
+    Returns (max_drop, ratio)."""
     from . import register_builtin_methods
 
     register_builtin_methods()
     max_drop = check_value(AccuracyPoints, max_drop, "--max-drop")
+    check_value(Fraction, min_agreement, "--min-agreement")
+    if budget_seconds is not None:
+        check_value(PositiveFloat, budget_seconds, "--budget-seconds")
     ratio = None if ratio is None else check_value(Ratio, ratio, "--ratio")
     if not isinstance(options, (dict, type(None))):
         raise ToolkitError(f"options must be a table of {{method: {{option: value}}}}, got {type(options).__name__}")
@@ -171,10 +182,13 @@ def check_request(methods, family, max_drop, options: dict | None = None, ratio=
 
 def compress_model(model, data, *, methods=None, max_drop: float = CompressOptions.max_drop, out=None,
                    overwrite: bool = False, options: dict | None = None, ratio: float | None = CompressOptions.ratio,
-                   target: str | None = None, table=None, progress=None, tracker=None) -> CompressResult:
+                   target: str | None = None, table=None, progress=None, tracker=None,
+                   min_agreement: float = CompressOptions.min_agreement,
+                   budget_seconds: float | None = CompressOptions.budget_seconds) -> CompressResult:
     """Compress a trained artifact into measured variants and choose one.
 
-    `methods`, `max_drop`, `ratio` and `options` are the fields of `CompressOptions`, whose defaults apply.
+    `methods`, `max_drop`, `ratio`, `options`, `min_agreement` and `budget_seconds` are the fields of
+    `CompressOptions`, whose defaults apply.
 
     Args:
         model: an artifact directory or a LoadedModel (fp32 PyTorch).
@@ -184,6 +198,9 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         out: run directory; with it, variants/<name>/ artifacts, config.json, env.json and result.json are written.
         options: per-method options, e.g. {"prune-structured": {"finetune_epochs": 5}, "auto": {"distill_epochs": 0}}.
         ratio: pruning ratio for the prune methods (and auto's structured pruning).
+        min_agreement: share of the original's top-1 test predictions every variant must keep (less the
+            one-sided 95% margin of the test split's size); with max_drop, the fidelity rule of every variant.
+        budget_seconds: auto makes no further candidates when its search would run past this many seconds.
         target, table: label column and `TableOptions` of a table; by default those recorded at training.
         progress: a callback receiving `trainers.progress.ProgressEvent`s: each method (each auto candidate)
             and each variant measured.
@@ -193,9 +210,10 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
     start = time.perf_counter()
     methods = list(methods or CompressOptions().methods)
     options = dict(options or {})
-    max_drop, ratio = check_request(methods, None, max_drop, options, ratio)
+    max_drop, ratio = check_request(methods, None, max_drop, options, ratio, min_agreement, budget_seconds)
     model, data = _load(model, data, target, table)
-    check_request(methods, model, max_drop, options, ratio)
+    check_request(methods, model, max_drop, options, ratio, min_agreement, budget_seconds)
+    fidelity = {"min_agreement": min_agreement, "budget_seconds": budget_seconds, "start": start}
 
     run = None
     if out is not None:
@@ -203,7 +221,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
 
         run = RunDir(out, kind="compress", overwrite=overwrite, inputs=[model.path, model.origin, data.source])
     try:
-        result = _compress(model, data, methods, max_drop, options, ratio, progress)
+        result = _compress(model, data, methods, max_drop, options, ratio, progress, **fidelity)
         result.seconds = time.perf_counter() - start
         if run is not None:
             _write(run, result, model, data, methods, max_drop, options, ratio)
@@ -212,7 +230,8 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
             run.discard()
         raise
     if tracker is not None:
-        _track(tracker, result, {"methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options})
+        _track(tracker, result, {"methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options,
+                                 "min_agreement": min_agreement, "budget_seconds": budget_seconds})
     return result
 
 
@@ -229,30 +248,39 @@ def _track(tracker, result: CompressResult, request: dict) -> None:
         tracker.log_artifact(result.out / chosen if chosen else Path(result.parent), f"chosen/{result.chosen.name}")
 
 
-def _compress(model, data, methods, max_drop, options, ratio, progress) -> CompressResult:
+def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_agreement, budget_seconds,
+              start) -> CompressResult:
     variants: list[Variant] = []
     skipped: list[dict] = []
+    notes: list[str] = []
     report = reporter(progress, "compress", len(methods))
+    baseline = baseline_variant(model)
+    budget = options.get("auto", {}).get("latency_budget_s", METHODS.options("auto")["latency_budget_s"])
+    config = LatencyConfig(budget_s=budget)
     for step, name in enumerate(methods, 1):
-        if name == "auto":  # its candidates are measured below, with the other methods' variants
+        if name == "auto":  # its candidates are screened here, then measured with the other methods' variants
             steps = plan(model, **_method_options(name, options, ratio))
-            made, missed = build_candidates(model, data, steps, progress)
+            made, missed, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
+                                         budget_seconds=budget_seconds, config=config, progress=progress, start=start)
             variants += made
             skipped += missed
         else:
             report(step, name)
             variants += get_method(name, model).func(model, data, **_method_options(name, options, ratio))
     variants = _unique(variants)
-    baseline = baseline_variant(model)
-    budget = options.get("auto", {}).get("latency_budget_s", METHODS.options("auto")["latency_budget_s"])
-    measure_all(variants, baseline, data, max_drop, LatencyConfig(budget_s=budget), progress)
+    measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
+    if "auto" in methods:
+        guard_candidates(model, variants, data, options.get("auto", {}))
     chosen, reason = choose(baseline, variants, max_drop)
+    if any("search budget" in s["reason"] for s in skipped):
+        reason += f" (search ended at --budget-seconds {budget_seconds:g}: the best of the candidates made)"
     for v in [baseline, *variants]:
         v.measurements["chosen"] = v is chosen
     return CompressResult(parent=model.source,
                           family=model.spec.family, data=data.summary(), methods=list(methods), max_drop=max_drop,
                           baseline=baseline, variants=variants, chosen=chosen, reason=reason, skipped=skipped,
-                          threads=baseline.measurements["threads"])
+                          threads=baseline.measurements["threads"], min_agreement=min_agreement,
+                          budget_seconds=budget_seconds, search_notes=notes)
 
 
 def _unique(variants: list[Variant]) -> list[Variant]:
@@ -284,10 +312,13 @@ def _portable_copy(v: Variant, data) -> None:
 
 
 def _write(run, result: CompressResult, model, data, methods, max_drop, options, ratio) -> None:
+    from trainers.data import absolute_source
     from trainers.env import environment
 
-    run.write_json("config.json", {"stage": "compress", "model": result.parent, "data": data.source or data.name,
-                                   "methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options})
+    run.write_json("config.json", {"stage": "compress", "model": absolute_source(result.parent),
+                                   "data": absolute_source(data.source) or data.name,
+                                   "methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options,
+                                   "min_agreement": result.min_agreement, "budget_seconds": result.budget_seconds})
     run.write_json("env.json", environment())
     for v in result.variants:
         rel = f"variants/{v.name}"
@@ -299,7 +330,9 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
         if v.onnx_bytes is None and v.model.spec.family == CUSTOM_FAMILY:
             _portable_copy(v, data)
         onnx_bytes = with_metadata(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
-        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes)
+        raw = raw_rows_onnx(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
+        v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes,
+                                      raw_onnx_bytes=raw)
         result.paths[v.name] = rel
     run.write_json("result.json", result.to_dict())
     result.out = run.commit()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from trainers import display
 
-COLUMNS = ("name", "method", "runtime", "dtype", "accuracy", "accuracy_drop", "size_bytes", "size_ratio",
-           "parameters", "latency_b1_ms", "latency_b256_ms", "speedup_b1", "speedup_b256", "slower_than_fp32",
-           "within_budget", "pareto", "chosen")
+COLUMNS = ("name", "method", "runtime", "dtype", "accuracy", "accuracy_drop", "agreement", "agreement_low",
+           "agreement_high", "agrees", "size_bytes", "size_ratio", "parameters", "latency_b1_ms", "latency_b256_ms",
+           "speedup_b1", "speedup_b256", "noisy", "slower_than_fp32", "within_budget", "pareto", "chosen")
 
 
 def _p50(row: dict, key: str):
@@ -14,11 +14,21 @@ def _p50(row: dict, key: str):
 
 
 def rows(summary: dict) -> list[dict]:
-    """One flat row per variant of a `result.json` object (the original first), keys `COLUMNS`."""
+    """One flat row per variant of a `result.json` object (the original first), keys `COLUMNS`.
+
+    `agreement` (with its 95% Wilson interval `agreement_low`/`agreement_high`) is the top-1 agreement with the
+    fp32 original, `agrees` whether it passes the fidelity rule (None in files before schema version 2);
+    `noisy` lists the settings whose speed-up the timing spread makes unreliable."""
     chosen = summary["chosen"]["name"]
-    return [{**{k: v.get(k) for k in COLUMNS}, "latency_b1_ms": _p50(v, "b1_t1"), "latency_b256_ms": _p50(v, "b256_t1"),
-             "speedup_b1": (v.get("speedup") or {}).get("b1_t1"), "speedup_b256": (v.get("speedup") or {}).get("b256_t1"),
-             "chosen": v["name"] == chosen} for v in summary["variants"]]
+    out = []
+    for v in summary["variants"]:
+        f = v.get("fidelity") or {}
+        out.append({**{k: v.get(k) for k in COLUMNS}, "latency_b1_ms": _p50(v, "b1_t1"),
+                    "latency_b256_ms": _p50(v, "b256_t1"), "speedup_b1": (v.get("speedup") or {}).get("b1_t1"),
+                    "speedup_b256": (v.get("speedup") or {}).get("b256_t1"), "agreement": f.get("agreement"),
+                    "agreement_low": f.get("wilson_low"), "agreement_high": f.get("wilson_high"),
+                    "agrees": f.get("passes"), "noisy": list(v.get("noisy") or []), "chosen": v["name"] == chosen})
+    return out
 
 
 def to_frame(summary: dict):
@@ -50,6 +60,10 @@ def flags(summary: dict) -> list[str]:
             out.append(f"{r['name']}: slower than the fp32 original")
         if r["within_budget"] is False:
             out.append(f"{r['name']}: over the accuracy budget")
+        if r["agrees"] is False:
+            out.append(f"{r['name']}: agrees with the original on {r['agreement']:.1%}, under the required share")
+        if "b256_t1" in r["noisy"]:
+            out.append(f"{r['name']}: timing too noisy for a batch-256 speed-up")
     return out
 
 

@@ -18,15 +18,15 @@ _EXPORTS = {
     "registry": ("Explainer", "default_methods", "get_method", "list_methods", "register_method"),
     "methods": ("Attribution", "attribute", "resolve"),
     "stage": ("ExplainResult", "check_samples", "explain_model"),
-    "compare": ("attribution_agreement", "check_comparable"),
+    "compare": ("attribution_agreement", "attribution_drift", "check_comparable"),
     "quality": ("assess", "completeness_error"),
-    "shapley": ("shapley_permutation",),
+    "shapley": ("ShapleyEstimate", "shapley_estimate", "shapley_permutation"),
 }
 
 
 def load_methods() -> None:
     """Import the built-in method modules: each registers its methods when imported (Python imports it once)."""
-    from . import library  # noqa: F401
+    from . import library, lime  # noqa: F401
 
 
 __getattr__, __dir__, _LAZY = lazy_exports(__name__, globals(), _EXPORTS, before=load_methods)

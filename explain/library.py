@@ -21,9 +21,13 @@ from trainers.options import Bool, Float, PositiveInt, Str
 
 from .methods import ROUTE_BLACK_BOX
 from .registry import RUNTIMES, register_method
-from .shapley import shapley_permutation
+from .shapley import relative_error_bound, shapley_estimate
 
 NonNegativeFloat = Annotated[Float, Field(ge=0)]
+Tolerance = Annotated[Float, Field(gt=0, le=1)]
+REPLICATES = 4            # independent replicates of a library's sampled estimator give its standard error
+IG_FIRST_STEPS = 32
+GAP_FLOOR = 1e-6         # |f(x) - f(baseline)| below this: completeness is not measured (as in quality)
 LSTM_HOOKS = "LSTM gates (sigmoid/tanh inside nn.LSTM) are invisible to its rescale hooks, so completeness fails"
 RECURRENT_HOOKS = ("the gates of recurrent layers (sigmoid/tanh inside nn.LSTM, nn.GRU) are invisible to its rescale "
                    "hooks, so completeness fails")
@@ -41,15 +45,57 @@ def _np(t) -> np.ndarray:
 
 
 @register_method("integrated_gradients", library="captum", needs=("torch",), axiom=True, default=True,
-                 description="Captum IntegratedGradients from the training mean (Gauss-Legendre, n_steps=64)")
-def integrated_gradients(ctx, x, targets, n_steps: PositiveInt = 64):
+                 description="Captum IntegratedGradients from the training mean (Gauss-Legendre), steps doubled "
+                             "per sample from 32 until completeness < 1% (at most 512)")
+def integrated_gradients(ctx, x, targets, n_steps: PositiveInt | None = None, tolerance: Tolerance = 0.01,
+                         max_steps: PositiveInt = 512):
+    """`n_steps` fixes the steps; by default each sample doubles them until its completeness error is below
+    `tolerance` or `max_steps` is reached."""
     from captum.attr import IntegratedGradients
 
     xt, tt = _tensors(ctx, x, targets)
-    attr, delta = IntegratedGradients(ctx.forward).attribute(
-        xt, baselines=ctx.baseline, target=tt, n_steps=n_steps, internal_batch_size=max(ctx.batch_size, 256),
-        return_convergence_delta=True)
-    return _np(attr), ctx.reference_at_baseline(targets), _np(delta)
+    ig = IntegratedGradients(ctx.forward)
+
+    def run(rows, steps):
+        attr, delta = ig.attribute(xt[rows], baselines=ctx.baseline, target=tt[rows], n_steps=steps,
+                                   internal_batch_size=max(ctx.batch_size, 256), return_convergence_delta=True)
+        return _np(attr), _np(delta).astype(np.float64)
+
+    if n_steps is not None:
+        attr, delta = run(slice(None), n_steps)
+        return attr, ctx.reference_at_baseline(targets), delta
+    gap = np.abs(ctx.target_at(x, targets).astype(np.float64) - ctx.reference_at_baseline(targets))
+    values = np.zeros(x.shape, np.float32)
+    delta = np.zeros(len(x))
+    steps = np.zeros(len(x), np.int64)
+    pending, current = np.arange(len(x)), min(IG_FIRST_STEPS, max_steps)
+    while len(pending):
+        attr, d = run(torch.as_tensor(pending), current)
+        values[pending], delta[pending], steps[pending] = attr, d, current
+        done = (np.abs(d) <= tolerance * gap[pending]) | (gap[pending] <= GAP_FLOOR)
+        pending = pending[~done]
+        if current >= max_steps:
+            break
+        current = min(2 * current, max_steps)
+    converged = (np.abs(delta) <= tolerance * gap) | (gap <= GAP_FLOOR)
+    return values, ctx.reference_at_baseline(targets), delta, {"converged": converged, "steps": steps,
+                                                               "tolerance": tolerance}
+
+
+def _replicated(run, total: int, min_share: int = 1):
+    """Run a library's sampled estimator as `REPLICATES` independent replicates sharing `total` samples
+    (the library reports no error of its own): their mean is the estimate, their spread its standard error.
+    Each replicate gets at least `min_share` samples; with fewer than two replicates there is no error bar."""
+    reps = max(1, min(REPLICATES, total // max(min_share, 1)))
+    shares = [total // reps + (r < total % reps) for r in range(reps)]
+    draws = np.stack([np.asarray(run(r, k), np.float64) for r, k in enumerate(shares)])   # (R, N, ...)
+    weights = np.asarray(shares, np.float64).reshape(-1, *([1] * (draws.ndim - 1))) / total
+    mean = (weights * draws).sum(0)
+    if reps < 2:
+        return mean.astype(np.float32), {}
+    se = draws.std(0, ddof=1) / np.sqrt(reps)          # shares differ by at most one sample
+    return mean.astype(np.float32), {"standard_error": se.astype(np.float32),
+                                     "error_bound": relative_error_bound(mean, se, variance_dof=reps - 1)}
 
 
 @register_method("saliency", library="captum", needs=("torch",), description="Captum Saliency: |d logit / d input|")
@@ -80,9 +126,14 @@ def gradient_shap(ctx, x, targets, n_samples: PositiveInt = 32, stdevs: NonNegat
     from captum.attr import GradientShap
 
     xt, tt = _tensors(ctx, x, targets)
-    attr = GradientShap(ctx.forward).attribute(xt, baselines=ctx.background, target=tt, n_samples=n_samples,
-                                               stdevs=stdevs)
-    return _np(attr), ctx.reference_over_background(targets), None
+
+    def run(replicate, k):
+        torch.manual_seed(ctx.seed + 1000 * replicate)
+        return _np(GradientShap(ctx.forward).attribute(xt, baselines=ctx.background, target=tt, n_samples=k,
+                                                       stdevs=stdevs))
+
+    values, estimate = _replicated(run, n_samples)
+    return values, ctx.reference_over_background(targets), None, estimate
 
 
 @register_method("layer_gradcam", needs=("torch", "conv"), library="captum", default=True,
@@ -154,11 +205,15 @@ def shapley_sampling(ctx, x, targets, n_samples: PositiveInt = 16):
     from captum.attr import ShapleyValueSampling
 
     xt, tt = _tensors(ctx, x, targets)
-    torch.manual_seed(ctx.seed)
-    with torch.no_grad():
-        attr = ShapleyValueSampling(ctx.forward).attribute(xt, baselines=ctx.baseline, target=tt, n_samples=n_samples,
-                                                           perturbations_per_eval=64)
-    return _np(attr), ctx.reference_at_baseline(targets), None
+
+    def run(replicate, k):
+        torch.manual_seed(ctx.seed + 1000 * replicate)
+        with torch.no_grad():
+            return _np(ShapleyValueSampling(ctx.forward).attribute(xt, baselines=ctx.baseline, target=tt,
+                                                                   n_samples=k, perturbations_per_eval=64))
+
+    values, estimate = _replicated(run, n_samples)
+    return values, ctx.reference_at_baseline(targets), None, estimate
 
 
 # ---------------------------------------------------------------- SHAP
@@ -196,8 +251,12 @@ def shap_gradient(ctx, x, targets, nsamples: PositiveInt = 32):
 
     explainer = shap.GradientExplainer(ctx.module, ctx.background)
     xt = torch.as_tensor(x, device=ctx.device)
-    values = explainer.shap_values(xt, nsamples=nsamples, rseed=ctx.seed)
-    return _select(values, targets, len(x)), ctx.reference_over_background(targets), None
+
+    def run(replicate, k):
+        return _select(explainer.shap_values(xt, nsamples=k, rseed=ctx.seed + 1000 * replicate), targets, len(x))
+
+    values, estimate = _replicated(run, nsamples)
+    return values, ctx.reference_over_background(targets), None, estimate
 
 
 @register_method("shap_kernel", runtimes=RUNTIMES, library="shap", sampled=True, axiom=True,
@@ -211,19 +270,31 @@ def shap_kernel(ctx, x, targets, nsamples: PositiveInt | None = None, l1_reg: Bo
     def f(flat):
         return ctx.forward_numpy(np.asarray(flat, np.float32).reshape(-1, *shape))
 
-    np.random.seed(ctx.seed)
     explainer = shap.KernelExplainer(f, ctx.baseline_np.reshape(1, -1))
-    values = explainer.shap_values(x.reshape(len(x), -1), nsamples=nsamples or 2 * d + 2048, l1_reg=l1_reg,
-                                   silent=True)
-    return _select(values, targets, len(x)).reshape(len(x), *shape), ctx.reference_at_baseline(targets), None
+
+    def run(replicate, k):
+        np.random.seed(ctx.seed + 1000 * replicate)
+        values = explainer.shap_values(x.reshape(len(x), -1), nsamples=k, l1_reg=l1_reg, silent=True)
+        return _select(values, targets, len(x)).reshape(len(x), *shape)
+
+    # a kernel regression needs more coalitions than features: replicates only when each gets 2D + 2
+    values, estimate = _replicated(run, nsamples or 2 * d + 2048, min_share=2 * d + 2)
+    return values, ctx.reference_at_baseline(targets), None, estimate
 
 
 # ---------------------------------------------------------------- the toolkit's own
 
 
 @register_method(ROUTE_BLACK_BOX, runtimes=RUNTIMES, library="toolkit", sampled=True, axiom=True, default=True,
-                 description="antithetic permutation Shapley estimate, batched (exact for linear models), 16 permutations")
-def shapley(ctx, x, targets, n_permutations: PositiveInt = 16):
-    values = shapley_permutation(ctx.forward_numpy, x, targets, ctx.baseline_np, n_permutations=n_permutations,
-                                 seed=ctx.seed)
-    return values, ctx.reference_at_baseline(targets), None
+                 description="antithetic permutation Shapley estimate, batched, with error bars: adds permutations "
+                             "per sample until the relative error bound (95%) is within tolerance=0.1")
+def shapley(ctx, x, targets, tolerance: Tolerance = 0.1, max_evaluations: PositiveInt | None = None,
+            n_permutations: PositiveInt | None = None):
+    """`tolerance`: relative error bound at 95% a sample is done at; `max_evaluations`: model rows per
+    sample at most (default: those of 128 permutations); `n_permutations`: a fixed count instead."""
+    est = shapley_estimate(ctx.forward_numpy, x, targets, ctx.baseline_np, tolerance=tolerance,
+                           max_evaluations=max_evaluations, n_permutations=n_permutations, seed=ctx.seed)
+    estimate = {"standard_error": est.standard_error, "error_bound": est.error_bound, "steps": est.evaluations}
+    if n_permutations is None:
+        estimate.update(converged=est.converged, tolerance=tolerance)
+    return est.values, ctx.reference_at_baseline(targets), None, estimate

@@ -43,6 +43,12 @@ class Attribution:
         reference_output: (N,) target logit at the baseline (expected over the background for background methods).
         delta: (N,) convergence delta where the method reports one, else None.
         routed: why another method or runtime ran, or None.
+        standard_error: (N, *input_shape) standard error of each value, for sampled methods (None otherwise).
+        error_bound: (N,) relative error ||values - exact|| / ||values|| at 95% confidence, from `standard_error`.
+        converged: (N,) the sample reached the method's target (`tolerance`): the error bound of an adaptive
+            sampled method, the completeness error of adaptive integrated gradients; None when not adaptive.
+        steps: (N,) per-sample effort: model rows (shapley) or integration steps (integrated gradients).
+        tolerance: the target `converged` refers to.
     """
 
     values: np.ndarray
@@ -55,11 +61,17 @@ class Attribution:
     delta: np.ndarray | None = None
     routed: str | None = None
     seconds: float = 0.0
+    standard_error: np.ndarray | None = None
+    error_bound: np.ndarray | None = None
+    converged: np.ndarray | None = None
+    steps: np.ndarray | None = None
+    tolerance: float | None = None
 
     def summary(self) -> dict:
         n = max(len(self.values), 1)
         return {"method": self.requested, "ran": self.method, "runtime": self.runtime, "routed": self.routed,
-                "seconds": round(self.seconds, 4), "ms_per_sample": round(1000 * self.seconds / n, 3)}
+                "seconds": round(self.seconds, 4), "ms_per_sample": round(1000 * self.seconds / n, 3),
+                "steps_mean": None if self.steps is None else round(float(np.mean(self.steps)), 2)}
 
 
 # ---------------------------------------------------------------- runtime and forward
@@ -212,18 +224,40 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
         raise ToolkitError(f"target out of range: the model has {model.spec.num_classes} classes")
     entry = get_method(ran)
     start = time.perf_counter()
-    values, deltas, reference = [], [], None
+    values, deltas, reference, extras = [], [], None, []
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     with ctx.grad_context():
         for i in range(0, len(x), batch_size):
-            v, ref, d = entry.func(ctx, x[i:i + batch_size], targets[i:i + batch_size], **options)
+            v, ref, d, *more = entry.func(ctx, x[i:i + batch_size], targets[i:i + batch_size], **options)
             values.append(np.asarray(v, np.float32).reshape((-1, *model.spec.input_shape)))
             reference = ref if reference is None else np.concatenate([reference, ref])
             if d is not None:
                 deltas.append(np.asarray(d, np.float64).reshape(-1))
+            extras.append(more[0] if more else {})
     seconds = time.perf_counter() - start
     reference_input = ctx.background_np.mean(0) if entry.needs_background else base
-    return Attribution(np.concatenate(values), ran, method, runtime, reference_input, targets,
+    attr = Attribution(np.concatenate(values), ran, method, runtime, reference_input, targets,
                        np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None, note, seconds)
+    return _with_estimate(attr, extras)
+
+
+ESTIMATE_FIELDS = ("standard_error", "error_bound", "converged", "steps")
+
+
+def _with_estimate(attr: Attribution, extras: list[dict]) -> Attribution:
+    """Gather the per-batch error bars a method returned (its optional fourth value) into `attr`."""
+    for name in ESTIMATE_FIELDS:
+        parts = [e.get(name) for e in extras]
+        if parts and all(p is not None for p in parts):
+            setattr(attr, name, np.concatenate([np.asarray(p) for p in parts]))
+    if attr.standard_error is not None:
+        attr.standard_error = attr.standard_error.reshape(attr.values.shape).astype(np.float32)
+        if attr.error_bound is None:
+            from .shapley import relative_error_bound
+
+            attr.error_bound = relative_error_bound(attr.values, attr.standard_error)
+    tolerances = {e.get("tolerance") for e in extras}
+    attr.tolerance = tolerances.pop() if len(tolerances) == 1 else None
+    return attr
 

@@ -6,32 +6,50 @@ explains, and return plain numbers; `assess` gathers them with verdicts.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
 from .methods import Attribution, Context, attribute
 from .registry import get_method
+from .sanity import empty_rows
 
 COMPLETENESS_TOLERANCE = 0.01
-SANITY_MAX_SPEARMAN = 0.5
 
 
 def _forward(model, attr: Attribution) -> Context:
     return Context(model, attr.runtime, attr.baseline, None, 0)
 
 
-def completeness_error(model, x: np.ndarray, attr: Attribution) -> float:
-    """Median over samples of |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|."""
+def completeness_errors(model, x: np.ndarray, attr: Attribution) -> np.ndarray:
+    """Per sample |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|, for samples where the gap is not ~0."""
     ctx = _forward(model, attr)
     fx = ctx.forward_numpy(x)[np.arange(len(x)), attr.targets].astype(np.float64)
     gap = fx - attr.reference_output
     total = attr.values.reshape(len(x), -1).sum(1).astype(np.float64)
     keep = np.abs(gap) > 1e-6
-    if not keep.any():
-        return 0.0
-    return float(np.median(np.abs(total[keep] - gap[keep]) / np.abs(gap[keep])))
+    return np.abs(total[keep] - gap[keep]) / np.abs(gap[keep])
+
+
+def completeness_error(model, x: np.ndarray, attr: Attribution) -> float:
+    """Median over samples of |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)|."""
+    errors = completeness_errors(model, x, attr)
+    return float(np.median(errors)) if len(errors) else 0.0
+
+
+def estimate_figures(attr: Attribution) -> dict:
+    """The error bars and convergence of an attribution (None where the method reports none)."""
+    out: dict = {"estimated_error": None, "estimated_error_max": None, "standard_error": None,
+                 "unconverged": None, "tolerance": attr.tolerance}
+    if attr.error_bound is not None:
+        bound = np.asarray(attr.error_bound, np.float64)
+        out["estimated_error"], out["estimated_error_max"] = float(np.median(bound)), float(bound.max())
+        flat = attr.values.reshape(len(attr.values), -1).astype(np.float64)
+        se = np.linalg.norm(attr.standard_error.reshape(len(flat), -1).astype(np.float64), axis=1)
+        norm = np.linalg.norm(flat, axis=1)
+        out["standard_error"] = float(np.mean(np.where(norm > 0, se / np.where(norm > 0, norm, 1), 0.0)))
+    if attr.converged is not None:
+        out["unconverged"] = int((~np.asarray(attr.converged, bool)).sum())
+    return out
 
 
 def _curve(ctx, x, attr: Attribution, insert: bool, steps: int = 10) -> float:
@@ -62,13 +80,16 @@ def infidelity(model, x: np.ndarray, attr: Attribution, n_perturb: int = 8, seed
     """Captum infidelity with Gaussian perturbations of a tenth of each input's spread (mean over samples)."""
     from captum.metrics import infidelity as captum_infidelity
 
+    from .sanity import input_spread
+
     ctx = _forward(model, attr)
-    scale = 0.1 * float(np.std(x)) or 0.1
+    spread = torch.as_tensor(input_spread(model.spec, x), dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
 
     def perturb(inputs):
-        noise = torch.randn(inputs.shape, generator=generator).to(inputs.device) * scale
-        return noise, inputs - noise
+        # perturbations measured in each input's spread, so the figure does not depend on the inputs' units
+        unit = torch.randn(inputs.shape, generator=generator) * 0.1
+        return unit.to(inputs.device), inputs - (unit * spread).to(inputs.device)
 
     xt = torch.as_tensor(x, device=ctx.device)
     at = torch.as_tensor(attr.values, device=ctx.device)
@@ -76,19 +97,6 @@ def infidelity(model, x: np.ndarray, attr: Attribution, n_perturb: int = 8, seed
         values = captum_infidelity(ctx.forward, perturb, xt, at, target=torch.as_tensor(attr.targets, device=ctx.device),
                                    n_perturb_samples=n_perturb, normalize=True)
     return float(values.float().mean().cpu())
-
-
-def randomized_copy(model, seed: int = 0):
-    """The model with every learned parameter re-initialised (input statistics kept): the sanity-check control."""
-    from trainers.artifact import LoadedModel, ModelSpec
-
-    module = copy.deepcopy(model.module).float()
-    torch.manual_seed(seed + 12345)
-    for layer in module.modules():
-        if hasattr(layer, "reset_parameters") and layer is not module:
-            layer.reset_parameters()
-    spec = ModelSpec.from_dict({**model.spec.to_dict(), "runtime": "torch", "dtype": "float32", "onnx": None})
-    return LoadedModel(module=module.eval(), spec=spec, path=None)
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -116,16 +124,13 @@ def topk(d: int) -> int:
 
 
 def sanity_check(model, x: np.ndarray, attr: Attribution, seed: int = 0, **options) -> dict | None:
-    """Trained vs re-initialised model (Adebayo et al.): median Spearman of |attributions| and top-k overlap.
+    """Cascading randomisation against its noise floor: `explain.sanity.cascading_randomization`.
 
     None when the model has no PyTorch module (a black-box ONNX artifact).
     """
-    if model.module is None:
-        return None
-    random_model = randomized_copy(model, seed)
-    other = attribute(random_model, x, attr.targets, attr.method, seed=seed, **options)
-    return {"spearman": float(np.median(spearman_rows(np.abs(attr.values), np.abs(other.values)))),
-            "topk_overlap": float(topk_overlap_rows(attr.values, other.values, topk(x[0].size)).mean())}
+    from .sanity import cascading_randomization
+
+    return cascading_randomization(model, x, attr, seed, **options)
 
 
 def noise_floor(model, x: np.ndarray, attr: Attribution, seed: int = 0, **options) -> dict | None:
@@ -138,13 +143,33 @@ def noise_floor(model, x: np.ndarray, attr: Attribution, seed: int = 0, **option
             "spearman": float(np.median(spearman_rows(attr.values, again.values)))}
 
 
+def _estimate_verdict(out: dict, n: int) -> str:
+    text = (f"estimated error {100 * out['estimated_error']:.1f}% (95% bound, median over samples; "
+            f"largest {100 * out['estimated_error_max']:.1f}%)")
+    if out["unconverged"] is not None and out["tolerance"] is not None:
+        text += f"; {out['unconverged']} of {n} samples above the {100 * out['tolerance']:.0f}% tolerance"
+    return text
+
+
+def _unconverged_note(out: dict, attr: Attribution, n: int) -> str:
+    if out["unconverged"] is None:
+        return ""
+    steps = int(np.max(attr.steps)) if attr.steps is not None else None
+    return (f"; {out['unconverged']} of {n} samples above {100 * (out['tolerance'] or 0):.0f}%"
+            + (f" after {steps} steps" if steps else ""))
+
+
 def head(attr: Attribution, n: int) -> Attribution:
     """The first n samples of an attribution."""
     import dataclasses
 
-    delta = None if attr.delta is None else attr.delta[:n]
+    def cut(a):
+        return None if a is None else a[:n]
+
     return dataclasses.replace(attr, values=attr.values[:n], targets=attr.targets[:n],
-                               reference_output=attr.reference_output[:n], delta=delta)
+                               reference_output=attr.reference_output[:n], delta=cut(attr.delta),
+                               standard_error=cut(attr.standard_error), error_bound=cut(attr.error_bound),
+                               converged=cut(attr.converged), steps=cut(attr.steps))
 
 
 def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bool = True,
@@ -156,15 +181,23 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
     """
     family = model.spec.family
     holds = get_method(attr.method).holds_axiom(model)
-    out: dict = {"completeness_error": completeness_error(model, x, attr), "axiom_holds": holds}
+    errors = completeness_errors(model, x, attr)
+    out: dict = {"completeness_error": float(np.median(errors)) if len(errors) else 0.0, "axiom_holds": holds,
+                 **estimate_figures(attr), "completeness_error_max": None, "completeness_over_tolerance": None}
+    if holds:
+        out["completeness_error_max"] = float(errors.max()) if len(errors) else 0.0
+        out["completeness_over_tolerance"] = float((errors > COMPLETENESS_TOLERANCE).mean()) if len(errors) else 0.0
     verdicts = []
     flagged = False
-    if holds:
-        ok = out["completeness_error"] <= COMPLETENESS_TOLERANCE
+    ok = out["completeness_error"] <= COMPLETENESS_TOLERANCE
+    if out["estimated_error"] is not None:   # sampled: its estimated error says more than completeness
+        verdicts.append(_estimate_verdict(out, len(x)))
+    if holds and (out["estimated_error"] is None or not ok):
         flagged |= not ok
         verdicts.append(f"completeness {'ok' if ok else 'FAILS'} ({100 * out['completeness_error']:.2f}% "
-                        f"{'<=' if ok else '>'} {100 * COMPLETENESS_TOLERANCE:.0f}%)")
-    else:
+                        f"{'<=' if ok else '>'} {100 * COMPLETENESS_TOLERANCE:.0f}%)"
+                        + _unconverged_note(out, attr, len(x)))
+    elif not holds and out["estimated_error"] is None:
         verdicts.append("completeness not expected for this method")
     if fidelity:
         out["deletion_auc"], out["insertion_auc"] = deletion_insertion_auc(model, x, attr)
@@ -174,11 +207,15 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
     check = sanity_check(model, x_r, attr_r, seed, **options) if sanity else None
     out["randomization_spearman"] = check["spearman"] if check else None
     out["randomization_topk"] = check["topk_overlap"] if check else None
-    if out["randomization_spearman"] is not None:
-        ok = out["randomization_spearman"] < SANITY_MAX_SPEARMAN
+    out["empty_share"] = float(empty_rows(attr.values).mean())
+    if check is not None:
+        out["sanity"] = {key: check[key] for key in ("verdict", "reason", "cascade", "seeds", "floor", "input_only",
+                                                     "model_reference")}
+        ok = check["verdict"] == "separated"
         flagged |= not ok
-        verdicts.append(f"sanity check {'passed' if ok else 'FAILED'} (spearman with a re-initialised model "
-                        f"{out['randomization_spearman']:.2f} {'<' if ok else '>='} {SANITY_MAX_SPEARMAN})")
+        verdicts.append(f"sanity check {'passed' if ok else 'FAILED'}: {check['verdict']} ({check['reason']})")
+    if out["empty_share"] > 0 and (check is None or check["verdict"] != "uninformative"):
+        verdicts.append(f"{100 * out['empty_share']:.0f}% of the maps are empty or constant")
     floor = noise_floor(model, x_r, attr_r, seed, **options)
     out["noise_floor_topk"] = floor["topk_overlap"] if floor else None
     out["noise_floor_spearman"] = floor["spearman"] if floor else None

@@ -1,6 +1,7 @@
 """The explain method registry: `register_method`, `list_methods`, `get_method`, and what a method declares.
 
-A method is a function `fn(ctx, x, targets, **options) -> (values, reference_output, delta)` registered with
+A method is a function `fn(ctx, x, targets, **options) -> (values, reference_output, delta[, estimate])`
+(`estimate`: an optional dict of per-sample error bars, keys as `methods.ESTIMATE_FIELDS` plus `tolerance`) registered with
 `@register_method(name, ...capabilities)`; its keyword options are annotated with `trainers.options` types
 and every call is checked against them. This module imports no method module: method modules import
 `register_method`, and `explain.load_methods()` imports the built-in ones on first use.

@@ -155,8 +155,12 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         result.summary = ExplainResultFile.model_validate(
             {**result.summary, "seconds": round(time.perf_counter() - start, 2)}).dump()
         if run is not None:
-            run.write_json("config.json", {"stage": "explain", "model": _describe(model), "data": bundle.name,
-                                           "methods": methods, "compare": [n for n, _ in variants],
+            from trainers.data import absolute_source
+
+            run.write_json("config.json", {"stage": "explain", "model": absolute_source(_describe(model)),
+                                           "data": absolute_source(bundle.source) or bundle.name, "methods": methods,
+                                           "compare": [absolute_source(str(v.path)) if v.path is not None else n
+                                                       for n, v in variants],
                                            "samples": int(samples), "seed": seed})
             run.write_json("env.json", environment())
             run.write_json("result.json", result.summary)
@@ -188,7 +192,7 @@ def _describe(model) -> str:
 
 def _run(original, variants, bundle, methods, samples, seed, report, run, accuracy) -> ExplainResult:
     from . import plots
-    from .compare import drift_row
+    from .compare import drift_row, relation
     from .methods import attribute
     from .quality import assess
 
@@ -203,7 +207,7 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
                      "samples": int(len(idx)), "seed": seed, "methods": methods,
                      "runtimes": {"original": spec.runtime, **{n: v.spec.runtime for n, v in variants}},
                      "runs": [], "global_importance": {}, "global_importance_encoded": None, "quality": {}, "drift": {"rows": [], "flags": []},
-                     "flags": [], "figures": {}}
+                     "flags": [], "figures": {}, "relations": {}}
     attributions: dict = {}
 
     def original_attr(method):
@@ -231,6 +235,11 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
 
     acc_original = accuracy(original, bundle.x_test, bundle.y_test)
     for name, variant in variants:
+        kind, why = relation(original, variant)
+        summary["relations"][name] = {"relation": kind, "reason": why}
+        if kind == "unrelated":
+            summary["drift"]["flags"].append(f"{name}: an unrelated model ({why}); its drift compares two "
+                                             "separately trained models, not a compression")
         acc = accuracy(variant, bundle.x_test, bundle.y_test)
         for method in methods:
             step += 1
@@ -244,7 +253,8 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
             ref = summary["quality"].get(var_attr.method, {})
             row = drift_row(name, base, var_attr, accuracy=acc, original_accuracy=acc_original,
                             noise_floor_topk=ref.get("noise_floor_topk"), random_floor_topk=ref.get("randomization_topk"),
-                            seed=seed)
+                            seed=seed, feature_names=plots.element_names(spec))
+            row["relation"] = summary["relations"][name]["relation"]
             summary["drift"]["rows"].append(row)
             if row["flag"]:
                 summary["drift"]["flags"].append(f"{name} ({row['ran']}): {row['verdict']}")

@@ -7,7 +7,7 @@ from trainers.errors import ToolkitError
 
 DRIFT_COLUMNS = ("variant", "method", "ran", "runtime", "accuracy_drop", "topk", "topk_overlap", "topk_overlap_lo",
                  "topk_overlap_hi", "cosine", "spearman", "sign_agreement", "noise_floor_topk", "random_floor_topk",
-                 "flag", "verdict")
+                 "threshold", "status", "relation", "flag", "verdict")
 TABLES = ("importance", "drift")
 
 

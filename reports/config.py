@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Annotated
 
-from pydantic import AfterValidator, Strict, TypeAdapter
+from pydantic import AfterValidator, Field, Strict, TypeAdapter
 
 from compress.options import CompressOptions
 from explain.options import ExplainOptions
 from trainers.errors import ToolkitError
 from trainers.fileio import atomic_write_json, atomic_write_text
 from trainers.fit import TrainConfig
+from trainers.images import IMAGE_SIZE_RANGE
 from trainers.options import FORBID_EXTRA, Str, parse
 from trainers.tracking import TrackingOptions
 
@@ -61,6 +62,7 @@ class PipelineConfig:
     Attributes:
         target: label column of a table (default: the last column).
         keep, drop: columns to keep although ID-like or constant, columns to drop; sep: the CSV separator.
+        image_size: the side in pixels to resize a folder's images to (default: they share one size).
     """
 
     __pydantic_config__ = FORBID_EXTRA
@@ -69,6 +71,7 @@ class PipelineConfig:
     keep: list[Str] = field(default_factory=list)
     drop: list[Str] = field(default_factory=list)
     sep: Str | None = None
+    image_size: Annotated[int, Strict(), Field(ge=IMAGE_SIZE_RANGE[0], le=IMAGE_SIZE_RANGE[1])] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     compress: CompressOptions = field(default_factory=CompressOptions)
     explain: ExplainOptions = field(default_factory=ExplainOptions)

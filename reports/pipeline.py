@@ -89,7 +89,8 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
     own = _own_model(family)
     _preflight(cfg, None if own else family)
     table = TableOptions(cfg.target, tuple(cfg.keep), tuple(cfg.drop), cfg.sep)
-    bundle = data if isinstance(data, DataBundle) else load_data(data, seed=cfg.train.seed, table=table)  # bad: nothing written
+    bundle = data if isinstance(data, DataBundle) else load_data(
+        data, seed=cfg.train.seed, table=table, image_size=cfg.image_size)  # bad data: nothing written
     if own:  # the user's model, checked against the data and the requested methods before anything is written
         family = _open_own_model(family, bundle, cfg)
     else:
@@ -195,7 +196,8 @@ def _preflight(cfg: PipelineConfig, family: str | None) -> None:
     get_family(family)
     make_config(family, cfg.train.model)  # a typo in [train.arch] must not wait for the data
     options = cfg.compress
-    check_request(options.methods, family, options.max_drop, options.options, options.ratio)
+    check_request(options.methods, family, options.max_drop, options.options, options.ratio, options.min_agreement,
+                  options.budget_seconds)
     for method in cfg.explain.methods or ():
         get_method(method, family)  # unknown, or refused for the family: one line
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 from trainers.schema import DriftRow, ExplainResultFile, VariantRow
 
@@ -25,8 +26,15 @@ def _cli_data(source) -> str | None:
     return source.split(":", 1)[1] if source.startswith("builtin:") else source
 
 
+def _rerun_dir(run: Run) -> str:
+    """A new folder beside the run (absolute), so the command runs again without touching this one."""
+    root = Path(run.root).resolve()
+    return str(root.with_name(root.name + "-rerun"))
+
+
 def reproduce_command(run: Run) -> str | None:
-    """The command line that reproduces the run, built from the saved config.json."""
+    """The command line that reproduces the run, built from the saved config.json: absolute paths (as the
+    stage recorded them) and a new output folder beside this one, so it runs from any directory."""
     if isinstance(run.pipeline_config.get("command"), str):
         return run.pipeline_config["command"]
     if run.is_pipeline:
@@ -47,7 +55,7 @@ def reproduce_command(run: Run) -> str | None:
             parts += [flag, str(cfg[key])]
     if cfg.get("model"):
         parts += ["--arch", json.dumps(cfg["model"], separators=(",", ":"))]
-    parts += ["--out", str(run.root)]
+    parts += ["--out", _rerun_dir(run)]
     return shlex.join(parts)
 
 
@@ -67,7 +75,9 @@ def _stage_command(run: Run, stage: str) -> str | None:
             parts += ["--compare", str(variant)]
         if cfg.get("samples") is not None:
             parts += ["--samples", str(cfg["samples"])]
-    parts += ["--out", str(run.root)]
+        if cfg.get("seed") is not None:
+            parts += ["--seed", str(cfg["seed"])]
+    parts += ["--out", _rerun_dir(run)]
     return shlex.join(parts)
 
 
@@ -178,6 +188,12 @@ def _parity(v: VariantRow) -> str | None:
     return None if p is None else f"{100 * p.top1_agreement:.1f}% agree, max |Δ| {p.max_abs_diff:.1e}"
 
 
+def _agreement(v: VariantRow) -> str | None:
+    f = v.fidelity
+    return None if f is None else (f"{100 * f.agreement:.1f}% (95% CI {100 * f.wilson_low:.1f}-"
+                                   f"{100 * f.wilson_high:.1f}%, n={f.n})")
+
+
 def _variant_row(v: VariantRow, chosen: str) -> dict:
     bits = BITS.get(v.dtype)
     lat = v.latency_ms
@@ -186,7 +202,8 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "accuracy": v.accuracy, "drop": v.accuracy_drop, "disk": v.size_bytes,
         "nominal": v.parameters * bits / 8 if v.parameters is not None and bits else None,
         "parameters": v.parameters, "speedup": v.speedup.b1_t1, "speedup256": v.speedup.b256_t1,
-        "size_ratio": v.size_ratio, "parity": _parity(v), "passes": v.within_budget,
+        "size_ratio": v.size_ratio, "parity": _parity(v), "passes": v.within_budget, "agreement": _agreement(v),
+        "noisy": "b256_t1" in v.noisy or "b1_t1" in v.noisy,
         "slower": v.slower_than_fp32, "flips": v.flips, "pareto": v.pareto, "chosen": v.name == chosen,
         "path": v.path, "notes": v.notes,
         "lat1_p50": lat.b1_t1.p50, "lat1_p95": lat.b1_t1.p95, "lat256_p50": lat.b256_t1.p50,
@@ -207,6 +224,7 @@ def compression(run: Run) -> dict | None:
         "variants": rows,
         "chosen": chosen.dump(),
         "max_drop": result.max_drop,
+        "min_agreement": getattr(result, "min_agreement", None),
         "methods": result.methods,
         "skipped": [{"method": s.method, "reason": s.reason} for s in result.skipped],
         "threads": result.threads.dump(),
@@ -219,8 +237,17 @@ def compression(run: Run) -> dict | None:
 
 # ---------------------------------------------------------------- explanation
 
-QUALITY_SCORES = ("completeness_error", "deletion_auc", "insertion_auc", "infidelity", "randomization_spearman",
-                  "randomization_topk", "noise_floor_topk", "noise_floor_spearman")
+QUALITY_SCORES = ("completeness_error", "estimated_error", "estimated_error_max", "unconverged", "deletion_auc",
+                  "insertion_auc", "infidelity", "randomization_spearman", "randomization_topk", "noise_floor_topk",
+                  "noise_floor_spearman", "empty_share")
+
+
+def _scores(q) -> dict:
+    """The quality figures to show: a sampled method's estimated error in place of its completeness."""
+    shown = {k: getattr(q, k, None) for k in QUALITY_SCORES}
+    if shown["estimated_error"] is not None:
+        shown.pop("completeness_error")
+    return {k: v for k, v in shown.items() if v is not None}
 
 
 def stage_figures(run: Run, result: ExplainResultFile) -> dict[str, bytes]:
@@ -251,7 +278,8 @@ def _drift_row(r: DriftRow) -> dict:
             "overlap": _interval(r, "topk_overlap"), "cosine": _interval(r, "cosine"),
             "spearman": _interval(r, "spearman"), "sign": _interval(r, "sign_agreement"),
             "noise_floor": r.noise_floor_topk, "random_floor": r.random_floor_topk, "flag": r.flag,
-            "verdict": r.verdict}
+            "verdict": r.verdict, "status": r.status, "threshold": r.threshold, "relation": r.relation,
+            "top_features": [f.dump() for f in r.top_features or []]}
 
 
 def explanation(run: Run) -> dict | None:
@@ -267,7 +295,8 @@ def explanation(run: Run) -> dict | None:
             if not listed:
                 drawn[f"global importance ({method})"] = figures.importance_bars(items, method)
     quality = [{"method": method, "flagged": q.flagged, "verdicts": q.verdicts,
-                "scores": {k: getattr(q, k) for k in QUALITY_SCORES if getattr(q, k) is not None}}
+                "scores": _scores(q),
+                "sanity": q.sanity.verdict if getattr(q, "sanity", None) else None}
                for method, q in result.quality.items()]
     encoded = [{"method": m, "top": _top_inputs(v)[:10]}
                for m, v in (getattr(result, "global_importance_encoded", None) or {}).items()]
@@ -281,6 +310,7 @@ def explanation(run: Run) -> dict | None:
         "runs": [r.dump() for r in result.runs],
         "flags": result.flags,
         "compared": [name for name in result.runtimes if name != "original"],
+        "relations": {name: r.dump() for name, r in (getattr(result, "relations", None) or {}).items()},
         "_figures": {k: v for k, v in drawn.items() if v},
         "_stage_figures": listed,
     }

@@ -5,6 +5,14 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_sessionstart(session):
+    """Register the built-in compression methods in their package's order before a test module imports one of
+    their modules directly: the registry keeps registration order, and auto's plan and the docs tables follow it."""
+    import compress
+
+    compress.register_builtin_methods()
+
+
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:

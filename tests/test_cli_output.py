@@ -119,12 +119,14 @@ def test_predict_on_raw_csv_rows_agrees_with_trainers_predict(runs):
     assert (int8_index == expected.argmax(1)).mean() >= 0.9        # int8 agreement, as compress measures it
 
 
-def test_progress_is_bars_on_a_terminal_lines_in_a_pipe_and_nothing_when_quiet(tmp_path):
+def test_progress_is_bars_on_a_terminal_nothing_in_a_pipe_lines_when_asked_and_nothing_when_quiet(tmp_path):
     args = ("train", "iris", "--model", "mlp", "--epochs", "3")
     shown = run_on_terminal(*args, "--out", tmp_path / "tty")
     assert "\x1b[" in shown and "━" in shown and "eta" in shown and "train [1/3]" not in shown
     piped = run_cli(*args, "--out", tmp_path / "pipe")
-    assert "train [1/3] val_acc" in piped.stderr and "train [3/3]" in piped.stderr and "\x1b[" not in piped.stderr
+    assert piped.returncode == 0 and "train [" not in piped.stderr and "\x1b[" not in piped.stderr
+    lines = run_cli("--progress", "lines", *args, "--out", tmp_path / "lines")
+    assert "train [1/3] val_acc" in lines.stderr and "train [3/3]" in lines.stderr and "\x1b[" not in lines.stderr
     quiet = run_cli("--quiet", *args, "--out", tmp_path / "quiet")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip() == str(tmp_path / "quiet")
 

@@ -10,6 +10,7 @@ from compress import list_methods, method_checks
 FAST = {
     "prune-structured": {"finetune_epochs": 1},
     "prune-unstructured": {"finetune_epochs": 1},
+    "int8-static": {"latency_rounds": 0},  # untimed: the choice depends on the seed alone
     "distill": {"epochs": 1, "mixup": 0.0, "batch_size": 256},
 }
 # auto measures latencies of a dozen candidates: test_compress.py runs it end to end

@@ -164,7 +164,9 @@ def test_quality_report_of_a_sampled_method(models, digits):
     model = models["mlp"]
     attr = explain.attribute(model, x, None, "shapley", n_permutations=16)
     q = assess(model, x, attr, n_permutations=16)
-    assert q["axiom_holds"] and not q["flagged"] and q["completeness_error"] < 1e-4
+    assert q["axiom_holds"] and q["completeness_error"] < 1e-4
+    assert q["flagged"] == (q["sanity"]["verdict"] != "separated") and q["sanity"]["reason"]
+    assert len(q["sanity"]["seeds"]) == 3 and len(q["sanity"]["floor"]) == 3 and q["empty_share"] == 0.0
     assert q["deletion_auc"] < q["insertion_auc"]
     assert q["infidelity"] >= 0 and 0.5 < q["noise_floor_topk"] <= 1.0
     assert any("noise floor" in v for v in q["verdicts"])
@@ -247,7 +249,9 @@ def test_explain_model_on_cnn_and_lstm_defaults(artifacts, digits, tmp_path):
         result = explain.explain_model(artifacts[family], digits, samples=6, out=tmp_path / family).to_dict()
         assert result["methods"] == list(explain.default_methods(family))
         for name, q in result["quality"].items():
-            assert not q["flagged"], (family, name, q["verdicts"])
+            assert "completeness FAILS" not in " ".join(q["verdicts"]), (family, name, q["verdicts"])
+            assert q["flagged"] == (q["sanity"]["verdict"] != "separated"), (family, name, q["verdicts"])
+            assert q["sanity"]["cascade"][-1]["spearman"] == pytest.approx(q["sanity"]["seeds"][0], abs=1e-6)
         assert all((tmp_path / family / f).is_file() for f in result["figures"].values())
 
 

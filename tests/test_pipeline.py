@@ -245,8 +245,8 @@ def test_pipeline_digits_end_to_end(tmp_path):
                       " latency_budget_s: 0.02}\n"
                       "explain:\n  samples: 8\n  methods: [saliency]\n")
     out = tmp_path / "run"
-    result = run_cli("pipeline", "digits", "--model", "mlp", "--config", config, "--epochs", "2", "--out", out,
-                     "--json")
+    result = run_cli("--progress", "lines", "pipeline", "digits", "--model", "mlp", "--config", config, "--epochs", "2",
+                     "--out", out, "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["report"] == str(out / "report.html") and payload["run_dir"] == str(out)

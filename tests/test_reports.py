@@ -217,14 +217,17 @@ def test_single_compress_run_dir_command_and_card_in_chosen_variant(tmp_path):
     assert "int8-static-onnx (chosen)" in (variant / "MODEL_CARD.md").read_text()
 
 
-def test_int8_variant_that_flips_predictions_is_marked(tmp_path):
+def test_variant_that_disagrees_with_the_original_is_marked(tmp_path):
+    from trainers.schema import Fidelity
+
     run = make_run(tmp_path / "run")
-    flipping = variant_row("int8-dynamic-onnx", "int8-dynamic", 0.89, 1.0, 1100, 0.03, 0.7, dtype="int8",
-                           runtime="onnxruntime", flips=True,
-                           parity={"max_abs_diff": 0.3, "top1_agreement": 0.981, "n": 30})
+    agreement = Fidelity(agreement=0.9, n=300, agreeing=270, margin=0.016, wilson_low=0.861, wilson_high=0.929,
+                         min_agreement=0.97, passes=False)
+    flipping = variant_row("prune-structured-50", "prune-structured", 0.89, 0.2, 1100, 0.03, 0.7, flips=True,
+                           fidelity=agreement)
     write_compress(run / "compress", flipping)
     html = render_report(run).read_text(encoding="utf-8")
-    assert "98.1% agree" in html
-    assert html.count("int8 flips predictions") == 1
-    row = html[html.index("<strong>int8-dynamic-onnx</strong>"):]
-    assert row.index("int8 flips predictions") < row.index("</tr>")
+    assert "90.0% (95% CI 86.1-92.9%, n=300)" in html and "disagrees with fp32" in html
+    assert html.count("disagrees with fp32") == 1
+    row = html[html.index("<strong>prune-structured-50</strong>"):]
+    assert row.index("disagrees with fp32") < row.index("</tr>")

@@ -25,6 +25,7 @@ from .models import build_model, count_parameters
 FORMAT_VERSION = 1
 CUSTOM_FAMILY, ONNX_FAMILY = "custom", "onnx"  # a user's own torch.nn.Module; a user's own ONNX graph
 MODEL_JSON, WEIGHTS, METRICS = "model.json", "model.safetensors", "metrics.json"
+RAW_ONNX = "model.raw.onnx"  # an ONNX variant that takes raw table rows (numeric preprocessing inside)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -127,6 +128,7 @@ class LoadedModel:
         if self.path is not None and self.spec.onnx and self.spec.onnx.get("file"):
             return _member(self.path, self.spec.onnx["file"]).read_bytes()
         return None
+    _raw_session: Any = field(default=None, repr=False)
 
     @property
     def runtime(self) -> str:
@@ -161,6 +163,18 @@ class LoadedModel:
             self._session = session
         return self._session
 
+    def raw_onnx_session(self):
+        """An ONNX Runtime session on the artifact's raw-row ONNX file (the table's numeric preprocessing inside)."""
+        if self._raw_session is None:
+            import onnxruntime as ort
+
+            raw_path = self.path / self.spec.onnx["raw_file"]
+            try:
+                self._raw_session = ort.InferenceSession(str(raw_path), providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ORT raises its own exception types for bad files
+                raise ArtifactError(f"cannot load ONNX model {raw_path}: {exc}") from None
+        return self._raw_session
+
     def predict(self, x, batch_size: int = 1024) -> np.ndarray:
         return predict(self, x, batch_size=batch_size)
 
@@ -174,8 +188,11 @@ def sha256_file(path: Path) -> str:
 
 
 def write_artifact(directory: str | Path, module: nn.Module | None, spec: ModelSpec, metrics: dict | None = None,
-                   *, onnx_bytes: bytes | None = None) -> ModelSpec:
+                   *, onnx_bytes: bytes | None = None, raw_onnx_bytes: bytes | None = None) -> ModelSpec:
     """Write the artifact files into an existing directory, each atomically, `model.json` last.
+
+    `raw_onnx_bytes`, the ONNX graph that takes raw table rows (`compress.export.raw_rows_onnx`), is written
+    as `model.raw.onnx` beside `model.onnx`.
 
     Returns the spec as written (with checksums and sizes filled in).
     """
@@ -193,6 +210,9 @@ def write_artifact(directory: str | Path, module: nn.Module | None, spec: ModelS
     if onnx_bytes is not None:
         atomic_write_bytes(directory / "model.onnx", onnx_bytes)
         spec.onnx = {**(spec.onnx or {}), "file": "model.onnx", "sha256": sha256_file(directory / "model.onnx")}
+    if raw_onnx_bytes is not None:
+        atomic_write_bytes(directory / RAW_ONNX, raw_onnx_bytes)
+        spec.onnx = {**(spec.onnx or {}), "raw_file": RAW_ONNX, "raw_sha256": sha256_file(directory / RAW_ONNX)}
     metrics = dict(metrics or {})
     metrics["size_bytes"] = artifact_size(directory, spec)
     if module is not None:
@@ -255,6 +275,8 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
     spec = ModelSpec.from_dict(raw, str(path / MODEL_JSON))
     if spec.onnx:
         _check_file(_member(path, spec.onnx.get("file")), spec.onnx.get("sha256"))
+        if "raw_file" in spec.onnx:
+            _check_file(_member(path, spec.onnx.get("raw_file")), spec.onnx.get("raw_sha256"))
     notes = []
     if spec.family == CUSTOM_FAMILY and module is None:
         if not spec.onnx:
@@ -364,9 +386,10 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
         from .usermodel import as_model
 
         model = as_model(model)
-    x = raw_rows_to_inputs(model, x)
+    raw = raw_numeric_rows(model, x)
+    x = raw if raw is not None else raw_rows_to_inputs(model, x)
     if isinstance(model, LoadedModel) and model.runtime == "onnxruntime":
-        session = model.onnx_session()
+        session = model.raw_onnx_session() if raw is not None else model.onnx_session()
         name = session.get_inputs()[0].name
         outs = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
         return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, model.spec.num_classes), np.float32)
@@ -394,6 +417,36 @@ def raw_rows_to_inputs(model, x) -> np.ndarray:
 
         return transform(table, as_frame(table, x), "raw rows")
     return np.asarray(x, dtype=np.float32)
+
+
+def raw_numeric_rows(model, x) -> np.ndarray | None:
+    """Raw numeric rows as the float32 matrix an ONNX variant's `model.raw.onnx` takes (the table's columns in
+    order, missing cells NaN), or None where that file does not apply: no such file, rows already encoded,
+    or cells the Python preprocessing must judge (text, infinities), so its error message is the one given."""
+    spec = model.spec if isinstance(model, LoadedModel) else None
+    if spec is None or spec.runtime != "onnxruntime" or not (spec.onnx or {}).get("raw_file"):
+        return None
+    table = spec.preprocessing.get("table")
+    if table is None or not _is_raw(table, x):
+        return None
+    import pandas as pd
+
+    from .preprocess import as_frame
+
+    frame = as_frame(table, x, "raw rows")
+    used = {s["column"] for s in table["steps"]}
+    out = np.full((len(frame), len(table["columns"])), np.nan, dtype=np.float32)
+    for j, name in enumerate(table["columns"]):
+        if name not in frame.columns:
+            if name in used:
+                return None
+            continue  # a dropped column the graph never reads
+        column = frame[name]
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isinf(values).any() or (name in used and (np.isnan(values) != column.isna().to_numpy()).any()):
+            return None
+        out[:, j] = values
+    return out
 
 
 def _is_raw(table: dict, x) -> bool:

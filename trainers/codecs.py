@@ -185,3 +185,155 @@ register_codec("sparse", lambda t: _encode_sparse(t, int8=False),
                lambda t, shapes=None: _decode_sparse(t, int8=False, shapes=shapes))
 register_codec("sparse-int8", lambda t: _encode_sparse(t, int8=True),
                lambda t, shapes=None: _decode_sparse(t, int8=True, shapes=shapes))
+
+
+# ---------------------------------------------------------------- sparse codebook storage
+# Weight sharing as in Deep Compression (Han et al. 2016): a tensor with at most CODEBOOK_SIZE distinct
+# values (a compression method clusters them, e.g. k-means) is stored as its codebook (float32) plus one
+# 4-bit index per stored value. A mostly-zero tensor stores only its non-zeros; their positions are 4-bit
+# gaps (g in 0..14: the next value is g + 1 elements on; 15: move 15 on, no value), as Deep Compression's
+# relative indices. Nibbles are packed two to a byte, low nibble first. The codec is exact: it stores the
+# values it is given and refuses nothing (other tensors are stored as they are). Four entries hold every
+# encoded tensor: `__codebook__.index` (JSON as uint8: name, shape, dtype, count, gaps, k), `.codebooks`,
+# `.indices` and `.gaps`. No library packs nibbles or writes this layout into safetensors, hence by hand.
+
+CODEBOOK_PREFIX = "__codebook__."
+CODEBOOK_SIZE = 16
+_NIBBLE_ESCAPE = 15
+_MIN_CODEBOOK_ELEMENTS = 2 * CODEBOOK_SIZE  # smaller tensors: the codebook would not pay for itself
+
+
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.uint8)
+    if len(values) % 2:
+        values = np.concatenate([values, np.zeros(1, np.uint8)])
+    return (values[0::2] | (values[1::2] << 4)).astype(np.uint8)
+
+
+def _unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
+    out = np.empty(2 * len(packed), np.uint8)
+    out[0::2], out[1::2] = packed & 0x0F, packed >> 4
+    return out[:count]
+
+
+def _gap_symbols(positions: np.ndarray) -> np.ndarray:
+    """Positions (sorted) as 4-bit gap symbols with escapes for long gaps."""
+    steps = np.diff(np.concatenate([[-1], positions])) - 1  # elements skipped before each value
+    escapes = steps // _NIBBLE_ESCAPE
+    symbols = np.empty(len(steps) + int(escapes.sum()), np.uint8)
+    ends = np.cumsum(escapes + 1) - 1  # where each value's own symbol goes
+    symbols[:] = _NIBBLE_ESCAPE
+    symbols[ends] = steps - escapes * _NIBBLE_ESCAPE
+    return symbols
+
+
+def _positions_from_gaps(symbols: np.ndarray) -> np.ndarray:
+    escape = symbols == _NIBBLE_ESCAPE
+    advance = np.where(escape, _NIBBLE_ESCAPE, symbols.astype(np.int64) + 1)
+    return np.cumsum(advance)[~escape] - 1
+
+
+def _codebook_candidate(tensor: torch.Tensor) -> tuple[np.ndarray, bool] | None:
+    """(the distinct stored values, sparse?) when `tensor` fits a codebook, else None."""
+    if not tensor.is_floating_point() or tensor.numel() < _MIN_CODEBOOK_ELEMENTS:
+        return None
+    flat = tensor.detach().float().flatten()
+    sparse = float((flat == 0).float().mean()) >= 0.5
+    stored = flat[flat != 0] if sparse else flat
+    book = torch.unique(stored).numpy()
+    return (book, sparse) if 0 < len(book) <= CODEBOOK_SIZE else None
+
+
+def _encode_codebook(tensors: StateDict) -> StateDict:
+    out: StateDict = {}
+    index, books, indices, gaps = [], [], [], []
+    for name, tensor in tensors.items():
+        if name.startswith(CODEBOOK_PREFIX):
+            raise ValueError(f"tensor name {name!r} is reserved by the codebook codec")
+        found = _codebook_candidate(tensor)
+        if found is None:
+            out[name] = tensor.contiguous()
+            continue
+        book, sparse = found
+        flat = tensor.detach().float().flatten().numpy()
+        positions = np.flatnonzero(flat) if sparse else np.arange(len(flat))
+        symbols = _gap_symbols(positions) if sparse else np.zeros(0, np.uint8)
+        indices.append(np.searchsorted(book, flat[positions]).astype(np.uint8))
+        books.append(book.astype(np.float32))
+        gaps.append(symbols)
+        index.append({"name": name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", ""),
+                      "count": int(len(positions)), "gaps": int(len(symbols)), "k": int(len(book))})
+    if index:
+        out[CODEBOOK_PREFIX + "index"] = torch.frombuffer(bytearray(json.dumps(index).encode()), dtype=torch.uint8)
+        out[CODEBOOK_PREFIX + "codebooks"] = torch.from_numpy(np.concatenate(books))
+        out[CODEBOOK_PREFIX + "indices"] = torch.from_numpy(_pack_nibbles(np.concatenate(indices)))
+        out[CODEBOOK_PREFIX + "gaps"] = torch.from_numpy(_pack_nibbles(np.concatenate(gaps)))
+    return out
+
+
+def _codebook_entry(entry, shapes: dict | None) -> tuple[str, list, str, int, int, int]:
+    """One index entry, checked: well formed, the shape the architecture needs, sizes that fit it."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), int) and entry[k] >= 0
+                                              for k in ("count", "gaps", "k")):
+        raise ValueError(f"malformed codebook index entry: {str(entry)[:80]}")
+    name, shape, dtype = entry.get("name"), entry.get("shape"), entry.get("dtype")
+    if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"malformed codebook index entry: {str(entry)[:80]}")
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"codebook tensor {name!r}: unknown dtype {dtype!r}")
+    if shapes is not None and tuple(shapes.get(name, ())) != tuple(shape):
+        needed = "no such tensor" if name not in shapes else f"the architecture needs {tuple(shapes[name])}"
+        raise ValueError(f"codebook tensor {name!r} has shape {tuple(shape)}: {needed}")
+    numel = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    count, n_gaps, k = entry["count"], entry["gaps"], entry["k"]
+    if numel > MAX_SPARSE_ELEMENTS or count > numel or not 0 < k <= CODEBOOK_SIZE:
+        raise ValueError(f"codebook tensor {name!r}: shape {shape} with {count} values and {k} codes is implausible")
+    if (n_gaps == 0 and count != numel) or (n_gaps and (n_gaps < count or n_gaps > count + numel // _NIBBLE_ESCAPE + 1)):
+        raise ValueError(f"codebook tensor {name!r}: {n_gaps} gap symbols cannot place {count} of {numel} values")
+    return name, shape, dtype, count, n_gaps, k
+
+
+def _decode_codebook(tensors: StateDict, shapes: dict | None = None) -> StateDict:
+    out = {k: v for k, v in tensors.items() if not k.startswith(CODEBOOK_PREFIX)}
+    if not any(k.startswith(CODEBOOK_PREFIX) for k in tensors):
+        return out
+    index_raw, books, packed_indices, packed_gaps = (tensors[CODEBOOK_PREFIX + k]  # KeyError if missing
+                                                     for k in ("index", "codebooks", "indices", "gaps"))
+    if any(t.dtype != torch.uint8 or t.dim() != 1 for t in (index_raw, packed_indices, packed_gaps)):
+        raise ValueError("codebook index, indices and gaps must be 1-D uint8 tensors")
+    if books.dtype != torch.float32 or books.dim() != 1:
+        raise ValueError(f"codebooks must be a 1-D float32 tensor, found {books.dtype} {tuple(books.shape)}")
+    index = json.loads(bytes(index_raw.numpy().tobytes()).decode("utf-8"))
+    if not isinstance(index, list):
+        raise ValueError("codebook index is not a list")
+    entries = [_codebook_entry(e, shapes) for e in index]
+    n_values, n_gaps = sum(e[3] for e in entries), sum(e[4] for e in entries)
+    if (sum(e[5] for e in entries) != len(books) or len(packed_indices) != (n_values + 1) // 2
+            or len(packed_gaps) != (n_gaps + 1) // 2):
+        raise ValueError(f"codebook streams disagree with the index: {len(books)} codes, {len(packed_indices)} index "
+                         f"bytes for {n_values} values, {len(packed_gaps)} gap bytes for {n_gaps} symbols")
+    codes = _unpack_nibbles(packed_indices.numpy(), n_values)
+    symbols = _unpack_nibbles(packed_gaps.numpy(), n_gaps)
+    book_at = value_at = gap_at = 0
+    for name, shape, dtype, count, gaps, k in entries:
+        if name in out:
+            raise ValueError(f"codebook tensor {name!r} is stored twice")
+        numel = int(np.prod(shape, dtype=np.float64)) if shape else 1
+        chunk = codes[value_at:value_at + count]
+        if count and int(chunk.max()) >= k:
+            raise ValueError(f"codebook tensor {name!r}: an index points past its {k} codes")
+        values = books[book_at:book_at + k].numpy()[chunk]
+        dense = np.zeros(numel, np.float32)
+        if gaps:
+            positions = _positions_from_gaps(symbols[gap_at:gap_at + gaps])
+            if len(positions) != count or (count and positions[-1] >= numel):
+                raise ValueError(f"codebook tensor {name!r}: positions do not fit its {numel} elements")
+            dense[positions] = values
+        else:
+            dense[:] = values
+        out[name] = torch.from_numpy(dense).reshape(shape).to(_FLOAT_DTYPES[dtype])
+        book_at, value_at, gap_at = book_at + k, value_at + count, gap_at + gaps
+    return out
+
+
+register_codec("sparse-codebook", _encode_codebook, _decode_codebook)

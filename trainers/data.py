@@ -38,7 +38,8 @@ class DataBundle:
 
     Attributes:
         name: the built-in name or the file name the data came from.
-        x_*/y_*: float32 inputs of shape (N, *input_shape) and int64 labels.
+        x_*/y_*: float32 inputs of shape (N, *input_shape) and int64 labels; the inputs of a `.npy` file are
+            `images.RowView`s of its memory map, read when indexed (`np.asarray` reads a whole split).
         input_shape: per-sample shape, channels first.
         layout: "features" (F,), "signal" (C, L) or "image" (C, H, W).
         mean, std: per-feature (layout features) or per-channel statistics of
@@ -97,7 +98,16 @@ class DataBundle:
         }
 
 
-def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fitted: dict | None = None) -> DataBundle:
+def absolute_source(source) -> str | None:
+    """A data source as a command line takes it again from any directory: a file path made absolute (a built-in
+    name, or a source that is no path, unchanged)."""
+    if not isinstance(source, str) or not source or source.startswith("builtin:") or not Path(source).exists():
+        return source
+    return str(Path(source).resolve())
+
+
+def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fitted: dict | None = None,
+              image_size: int | None = None) -> DataBundle:
     """Load a data set from a built-in name, a file, a folder of images, arrays or a DataFrame.
 
     Args:
@@ -108,6 +118,8 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
         table: `tables.TableOptions` (target, columns to keep or drop, CSV separator); `target` overrides
             its target.
         fitted: a trained model's table preprocessing, applied instead of fitting one (`tables.load_for_model`).
+        image_size: resize a folder's images to this many pixels square (default: TOOLKIT_IMAGE_SIZE when set,
+            else the images must share one size); refused for data that is not an image folder.
 
     Raises:
         DataError: with a one-line message for anything unusable.
@@ -117,6 +129,9 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
     options = table or TableOptions()
     if target is not None:
         options = TableOptions(target, options.keep, options.drop, options.sep)
+    if image_size is not None and not isinstance(spec, (str, Path)):
+        raise DataError(f"image size {image_size} resizes the images of a folder; "
+                        f"{type(spec).__name__} data is not one")
     if isinstance(spec, tuple):
         if len(spec) != 2:
             raise DataError(f"data as a tuple must be (x, y), got {len(spec)} items")
@@ -126,7 +141,7 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
     if not isinstance(spec, (str, Path)):
         raise DataError(f"cannot load data from a {type(spec).__name__}: give a name, a path, (x, y) or a DataFrame")
     text = str(spec)
-    if text in BUILTIN_DATASETS:
+    if text in BUILTIN_DATASETS and image_size is None:
         return _load_builtin(text, seed)
     path = Path(text)
     suffix = path.suffix.lower()
@@ -135,7 +150,9 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
     if path.is_dir():
         from .images import load_image_folder
 
-        return load_image_folder(path, seed)
+        return load_image_folder(path, seed, image_size)
+    if image_size is not None:
+        raise DataError(f"image size {image_size} resizes the images of a folder; '{text}' is not a folder")
     if suffix not in (".npz", ".csv", ".parquet", ".npy"):
         if not path.exists():
             raise DataError(
@@ -289,14 +306,21 @@ def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
     if 0 in x.shape:
         raise DataError(f"{what} is empty (shape {tuple(x.shape)})")
     x = x.astype(np.float32, copy=False)  # a float32 (or memory-mapped) array is not copied
-    bad = int(np.count_nonzero(~np.isfinite(x)))
+    rows = max(1, (1 << 24) // max(1, x[0].size))  # a block of rows at a time: no full-size mask
+    bad = sum(int(np.count_nonzero(~np.isfinite(x[i:i + rows]))) for i in range(0, len(x), rows))
     if bad:
         raise DataError(f"{what} contains {bad} NaN or infinite value(s)")
     return x
 
 
-def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed, presplit=None) -> DataBundle:
-    """Validate, split (or slice rows already in train/val/test order, `presplit` = their counts), normalise."""
+def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed, presplit=None, *,
+            rows=None, constant: str = "refuse") -> DataBundle:
+    """Validate, split (or slice rows already in train/val/test order, `presplit` = their counts, or take the
+    rows `rows` = three index arrays of a memory-mapped `x`), normalise.
+
+    `constant`: what a feature that is constant in the training split gets: "refuse" (arrays: one line naming
+    the columns) or "centre" (tables, whose constant columns were dropped before: std 1).
+    """
     x, y = _as_inputs(x, "x"), _as_labels(y, "y")
     if len(x) != len(y):
         raise DataError(f"x has {len(x)} samples but y has {len(y)} labels")
@@ -333,9 +357,14 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         a, b = presplit[0], presplit[0] + presplit[1]
         splits = (x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:])
         split_info = _split_info(seed, False)
+    elif rows is not None:  # row views of a memory-mapped file: nothing read yet
+        from .images import RowView
+
+        splits = sum(((RowView(x, part), y[part]) for part in rows), ())
+        split_info = _split_info(seed, False)
     else:
         splits, split_info = _split(x, y, x_test, y_test, seed)
-    mean, std = _normalisation(splits[0], len(input_shape))
+    mean, std = _normalisation(splits[0], len(input_shape), feature_names, refuse_constant=constant == "refuse")
     return DataBundle(
         name=name, source=source,
         x_train=splits[0], y_train=splits[1], x_val=splits[2], y_val=splits[3],
@@ -380,37 +409,66 @@ def _split_info(seed: int, given: bool) -> dict:
             "val_fraction": VAL_FRACTION, "stratified": True}
 
 
-def _normalisation(x_train: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+def _normalisation(x_train, rank: int, feature_names=None, refuse_constant: bool = True):
     """Per-feature statistics for feature vectors, per-channel for signals and images.
 
     Computed in float64; statistics that do not fit float32 (values near its limit) are refused, since the
-    model would compute NaN or a constant. A constant feature gets std 1 (it is centred, not scaled).
+    model would compute NaN or a constant. A feature that is constant in the training split carries no
+    information and would be divided by a std of 0: refused with the column indices (`refuse_constant`), or
+    else centred and not scaled (std 1), as a constant channel of an image always is.
     """
-    if rank == 1:
-        mean, std = _feature_stats(x_train)
+    if rank == 1 or not isinstance(x_train, np.ndarray):  # a row view is read a block at a time
+        mean, std, constant = _feature_stats(x_train)
+        shape = (-1,) + (1,) * (rank - 1)
+        mean, std = mean.reshape(shape), std.reshape(shape)
     else:
         axes = tuple(i for i in range(x_train.ndim) if i != 1)
         shape = (-1,) + (1,) * (rank - 1)
         mean = x_train.mean(axis=axes, dtype=np.float64).reshape(shape)
         std = x_train.std(axis=axes, dtype=np.float64).reshape(shape)
+        constant = np.zeros(0, dtype=np.int64)
     limit = float(np.finfo(np.float32).max) / 16  # headroom for (x - mean) / std inside the model
     if not (np.isfinite(mean).all() and np.isfinite(std).all()) or max(np.abs(mean).max(), std.max()) > limit:
         raise DataError(f"the inputs hold values too large for float32 statistics (above {limit:.1e}); rescale them")
+    if rank == 1 and refuse_constant and len(constant):
+        raise DataError(_constant_message(constant, feature_names))
     std = np.where(std < 1e-6, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _feature_stats(x: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std in float64, a block of rows at a time (x.std would copy all of x)."""
-    total = np.zeros(x.shape[1]) if len(x) else np.zeros(x.shape[1:])
-    squares = np.zeros_like(total)
+def _constant_message(constant: np.ndarray, feature_names) -> str:
+    many = len(constant) > 1
+    shown = [f"{i} ({feature_names[i]!r})" if feature_names else str(i) for i in constant[:10].tolist()]
+    more = f" and {len(constant) - 10} more" if len(constant) > 10 else ""
+    return (f"feature column{'s' if many else ''} {', '.join(shown)}{more} of x {'are' if many else 'is'} constant "
+            f"in the training split (zero variance, nothing to learn from): drop {'them' if many else 'it'} "
+            f"(np.delete(x, {constant.tolist() if len(constant) <= 10 else '[...]'}, axis=1)), or pass the data as a "
+            "table (.csv, DataFrame), which drops constant columns with a note")
+
+
+def _feature_stats(x, rows: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std in float64 along axis 1 (per feature of (N, F), per channel of (N, C, ...)), a block of
+    rows at a time (x.std would copy all of x), and the indices along axis 1 whose every value is the same.
+
+    Constancy is checked on the values (min == max), not on the std: the one-pass std of a constant column
+    far from zero is rounding noise, not zero.
+    """
+    axes = tuple(i for i in range(len(x.shape)) if i != 1)
+    width = x.shape[1]
+    total, squares, count = np.zeros(width), np.zeros(width), 0
+    low, high = np.full(width, np.inf), np.full(width, -np.inf)
     for start in range(0, len(x), rows):
-        block = x[start:start + rows].astype(np.float64)
-        total += block.sum(0)
-        squares += np.square(block).sum(0)
-    n = max(len(x), 1)
+        block = np.asarray(x[start:start + rows], dtype=np.float64)
+        total += block.sum(axes)
+        squares += np.square(block).sum(axes)
+        low, high = np.minimum(low, block.min(axes)), np.maximum(high, block.max(axes))
+        count += block.size // width
+    n = max(count, 1)
     mean = total / n
-    return mean, np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+    constant = np.flatnonzero(high == low) if count else np.zeros(0, dtype=np.int64)
+    std = np.where(high == low, 0.0, std)
+    return mean, std, constant
 
 
 def _fingerprint(*arrays) -> str:

@@ -297,12 +297,13 @@ _TRAIN_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr"
 
 def launch_training(data, family: str, config, options: LaunchOptions, *, out: Path, target: str | None = None,
                     overwrite: bool = False, resume: bool = False, json_output: bool = False,
-                    extra_args: tuple[str, ...] = ()) -> int:
+                    extra_args: tuple[str, ...] = (), table=None, image_size: int | None = None) -> int:
     """`train(data, family, config, out=...)` in `options.nproc_per_node` processes per machine, via `launch`.
 
     What would make every process fail (a bad option, too few GPUs, an occupied `out`) is refused here first,
-    in one ToolkitError line. `extra_args` go to every process's `toolkit train` as they are (tracking
-    options). Returns the launcher's exit code.
+    in one ToolkitError line. `table` (`tables.TableOptions`: target, kept and dropped columns, separator) and
+    `image_size` reach every process as the same options; `target` overrides the table's target. `extra_args`
+    go to every process's `toolkit train` as they are (tracking options). Returns the launcher's exit code.
     """
     from .models import get_family
 
@@ -323,7 +324,23 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
         argv += [flag, repr(getattr(config, name)) if name == "lr" else str(getattr(config, name))]
     if config.model:
         argv += ["--arch", json.dumps(config.model)]
-    if target is not None:
-        argv += ["--target", target]
+    argv += _table_args(table, target)
+    if image_size is not None:
+        from .images import image_size as checked_size
+
+        argv += ["--image-size", str(checked_size(image_size))]
     argv += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--json", json_output)) if on]
     return launch(options, [*argv, *extra_args], config.device)
+
+
+def _table_args(table, target: str | None) -> list[str]:
+    """The `toolkit train` options that read a table as `table` (a `tables.TableOptions` or None) says."""
+    args = []
+    target = target if target is not None else getattr(table, "target", None)
+    if target is not None:
+        args.append(f"--target={target}")  # FLAG=VALUE: a column name may start with '-'
+    for flag, names in (("--keep", getattr(table, "keep", ())), ("--drop", getattr(table, "drop", ()))):
+        args += [f"{flag}={name}" for name in names]
+    if getattr(table, "sep", None) is not None:
+        args.append(f"--sep={table.sep}")
+    return args

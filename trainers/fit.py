@@ -26,7 +26,7 @@ from torch import nn
 from . import display, distributed
 from .artifact import LoadedModel, ModelSpec, write_artifact
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .data import DataBundle, load_data
+from .data import DataBundle, absolute_source, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
 from .loop import LoopOptions, LoopState, amp_dtype, autocast, evaluate, rows, split_tensors, training_loop
@@ -145,7 +145,8 @@ def seed_everything(seed: int) -> None:
 
 def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
           overwrite: bool = False, resume: bool = False, progress: ProgressCallback | bool | None = None,
-          target: str | None = None, table=None, tracker: Tracker | None = None) -> TrainResult:
+          target: str | None = None, table=None, tracker: Tracker | None = None,
+          image_size: int | None = None) -> TrainResult:
     """Train a classifier of `family` on `data`; write an artifact to `out` if given.
 
     Args:
@@ -157,6 +158,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         progress: a callback receiving a `ProgressEvent` per epoch (`trainers.progress`); True renders them on
             stderr (`ConsoleProgress`); None or False: quiet.
         target, table: the label column and `tables.TableOptions` of a table file (see `load_data`).
+        image_size: resize an image folder's images to this many pixels square (see `load_data`).
         tracker: records the options, every epoch's metrics and the result (`trainers.tracking.open_tracker`).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; `batch_size` stays the
@@ -171,7 +173,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
     try:
         distributed.per_rank_batch(config.batch_size, ctx)
         if not isinstance(data, DataBundle):
-            data = load_data(data, target=target, seed=config.seed, table=table)
+            data = load_data(data, target=target, seed=config.seed, table=table, image_size=image_size)
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
@@ -181,7 +183,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         with (run or contextlib.nullcontext()):
             checkpoint = read_checkpoint(resume_from, spec, LoopState.BOOKKEEPING) if resume_from else None
             if run is not None:
-                run.write_json("config.json", {"stage": "train", "family": family, "data": data.source,
+                run.write_json("config.json", {"stage": "train", "family": family, "data": absolute_source(data.source),
                                                "target": data.table["read"]["target"] if data.table else target, "processes": ctx.world_size, **asdict(config)})
                 run.write_json("env.json", environment())
             tracker.log_params({"family": family, "data": data.name, "processes": ctx.world_size, **asdict(config)})
@@ -263,9 +265,10 @@ def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
     for split in ("train", "val", "test"):
         loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
-    device = tensors["y_test"].device
-    with torch.inference_mode(), autocast(device, amp_dtype):
-        predicted = module(rows(tensors["x_test"], slice(None), device)).argmax(1).cpu().numpy()
+    device, x_test = tensors["y_test"].device, tensors["x_test"]
+    with torch.inference_mode(), autocast(device, amp_dtype):  # in batches: the activations of a large split add up
+        predicted = np.concatenate([module(rows(x_test, slice(i, i + 4096), device)).argmax(1).cpu().numpy()
+                                    for i in range(0, max(len(x_test), 1), 4096)])
     truth = tensors["y_test"].cpu().numpy()
     k = len(class_names)
     # scikit-learn's confusion_matrix and precision_recall_fscore_support(zero_division=0), without their overhead.

@@ -1,10 +1,11 @@
 """Images and large arrays: a folder of images (one sub-folder per class) and `.npy` files.
 
 An image folder is read with Pillow and scaled to [0, 1]; its images must share one size, or are all
-resized to `size` x `size` when one is given (the `TOOLKIT_IMAGE_SIZE` environment variable for the CLI). A `.npy` file `NAME.npy` (inputs) comes with its labels
-in `NAME.labels.npy`; the inputs are memory-mapped and never read whole into memory: the splits are
-contiguous row ranges of the file (test: the last 20%, validation: the 15% before), so the rows must be
-saved in random order, and the training loop reads them batch by batch.
+resized to `size` x `size` when one is given (`--image-size`; the `TOOLKIT_IMAGE_SIZE` environment variable
+when none is). A `.npy` file `NAME.npy` (inputs) comes with its labels
+in `NAME.labels.npy`; the inputs are memory-mapped and never read whole into memory: the split is stratified by
+label like any other (computed on the labels alone), each split a `RowView` of the file's rows, which the training
+loop reads batch by batch.
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ from .errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def image_size() -> int | None:
-    raw = os.environ.get("TOOLKIT_IMAGE_SIZE")
-    if raw is None:
-        return None
-    if not raw.isdigit() or not 4 <= int(raw) <= 1024:
-        raise DataError(f"TOOLKIT_IMAGE_SIZE must be a whole number of pixels from 4 to 1024, got {raw!r}")
-    return int(raw)
+IMAGE_SIZE_ENV = "TOOLKIT_IMAGE_SIZE"
+IMAGE_SIZE_RANGE = (4, 1024)
+
+
+def image_size(given: int | None = None, where: str = "--image-size") -> int | None:
+    """The side in pixels to resize a folder's images to: `given`, else TOOLKIT_IMAGE_SIZE, else None (no
+    resizing); a value outside IMAGE_SIZE_RANGE is one DataError line."""
+    low, high = IMAGE_SIZE_RANGE
+    if given is None:
+        raw = os.environ.get(IMAGE_SIZE_ENV)
+        if raw is None or raw == "":
+            return None
+        if not raw.strip().isdigit() or not low <= int(raw) <= high:
+            raise DataError(f"{IMAGE_SIZE_ENV} must be a whole number of pixels from {low} to {high}, got {raw!r}")
+        return int(raw)
+    if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or not low <= given <= high:
+        raise DataError(f"{where} must be a whole number of pixels from {low} to {high}, got {given!r}")
+    return int(given)
 
 
 def load_image_folder(path: Path, seed: int, size: int | None = None):
@@ -34,7 +46,7 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
 
     from .data import _finish
 
-    size = size or image_size()
+    size = image_size(size)
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"{path}: an image folder needs one sub-folder per class, at least two; found {len(classes)}")
@@ -53,7 +65,7 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
                 first_size = first_size or image.size
                 if size is None and image.size != first_size:
                     raise DataError(f"{file}: {image.size[0]}x{image.size[1]} pixels, {files[0].name} has "
-                                    f"{first_size[0]}x{first_size[1]}; resize them all with TOOLKIT_IMAGE_SIZE=N")
+                                    f"{first_size[0]}x{first_size[1]}; resize them all with --image-size N")
                 modes.add("L" if image.mode in ("L", "1", "I;16") else "RGB")
                 rgb = image.convert("RGB")
                 images.append(rgb.resize((size, size), Image.BILINEAR) if size else rgb)
@@ -103,20 +115,54 @@ def load_npy_pair(path: Path, seed: int):
         raise DataError(f"{path}: cannot read without unpickling or malformed ({exc}); refused") from None
     except OSError as exc:
         raise DataError(f"cannot read {path} as a .npy file: {exc}") from None
-    from .data import TEST_FRACTION, VAL_FRACTION
+    from .data import split_indices
 
-    n = len(x)
-    n_test = int(round(n * TEST_FRACTION))
-    n_val = int(round((n - n_test) * VAL_FRACTION))
-    counts = [n - n_test - n_val, n_val, n_test]
     y = np.asarray(y)
-    if y.ndim == 1 and len(y) == n and y.dtype.kind in "iu" and n >= 10:
-        seen = set(np.unique(y[:counts[0]]).tolist())
-        for name, part in (("validation", y[counts[0]:n - n_test]), ("test", y[n - n_test:])):
-            found = set(np.unique(part).tolist())
-            if not found <= seen or (len(found) == 1 and len(seen) > 1):
-                raise DataError(f"{path}: the {name} rows (a contiguous range at the end) hold other classes than the "
-                                "training rows: the rows look ordered by class; save them shuffled")
-    bundle = _finish(path.stem, str(path), x, y, None, None, None, None, seed, presplit=counts)
-    bundle.split.update(stratified=False)  # contiguous row ranges (module docstring)
-    return bundle
+    rows = None
+    if y.ndim == 1 and x.ndim >= 2 and len(y) == len(x) >= 10 and y.dtype.kind in "biuf":
+        # The stratified split of the labels alone (label values as class codes, so 10**9 costs nothing), then
+        # views of the file's rows, each in file order; anything else is refused by _finish before a split.
+        codes = np.unique(y, return_inverse=True)[1].reshape(-1)
+        rows = [np.sort(part) for part in split_indices(codes, seed)]
+    return _finish(path.stem, str(path), x, y, None, None, None, None, seed, rows=rows)
+
+
+class RowView:
+    """Rows `index` of a memory-mapped array, read from the file only when indexed (a split of a `.npy` file).
+
+    Indexing with a number, a list or array of row numbers, or a boolean mask reads those rows into a NumPy array;
+    a slice gives a smaller view; `np.asarray(view)` reads them all. `shape`, `dtype`, `ndim` and `len` are those
+    of the rows. NumPy has no view for a non-contiguous set of rows, hence this small class.
+    """
+
+    def __init__(self, base: np.ndarray, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return RowView(self.base, self.index[key])
+        if isinstance(key, tuple):  # rows first, then the per-sample axes
+            return np.asarray(self[key[0]])[(slice(None), *key[1:])]
+        return np.asarray(self.base[self.index[key]])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = np.asarray(self.base[self.index])
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"RowView({len(self.index)} rows of {type(self.base).__name__} {tuple(self.base.shape)})"

@@ -46,7 +46,8 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
 
 
 def read_rows(path: str | Path, model: LoadedModel) -> np.ndarray:
-    """Raw inputs for `model` from a CSV (a header; columns picked by the model's feature names, others ignored),
+    """Raw inputs for `model` from a CSV (a header; columns picked by the model's feature names, others ignored;
+    for a model trained on a table, its raw rows as a DataFrame, from a CSV or Parquet file),
     an `.npz` (array `x`), an `.npy` file or a folder of images (sorted by path, sub-folders too); checked
     against the model's input shape."""
     path = Path(path)
@@ -56,6 +57,12 @@ def read_rows(path: str | Path, model: LoadedModel) -> np.ndarray:
         return read_image_files(path, tuple(model.spec.input_shape))[0]
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    table = model.spec.preprocessing.get("table")
+    if table is not None and path.suffix.lower() in (".csv", ".parquet"):
+        # Raw rows of a table, preprocessed by `predict` (in Python, or inside the variant's model.raw.onnx).
+        from .tables import read_table
+
+        return read_table(path, (table.get("read") or {}).get("sep"))
     if path.suffix.lower() == ".csv":
         x = _csv_rows(path, model.spec.feature_names, tuple(model.spec.input_shape))
     elif path.suffix.lower() in (".npz", ".npy"):
@@ -105,7 +112,8 @@ def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, p
     report = reporter(progress, "predict", total)
     logits = []
     for step, start in enumerate(range(0, len(x), batch_size), 1):
-        logits.append(predict(model, x[start:start + batch_size], batch_size=batch_size))
+        rows = x.iloc[start:start + batch_size] if hasattr(x, "iloc") else x[start:start + batch_size]
+        logits.append(predict(model, rows, batch_size=batch_size))
         report(step, f"{min(start + batch_size, len(x))} rows")
     logits = np.concatenate(logits) if logits else np.zeros((0, model.spec.num_classes), np.float32)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))

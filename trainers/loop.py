@@ -274,11 +274,13 @@ def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None
 
 def split_tensors(data, device: torch.device, splits=("train", "val", "test")) -> dict[str, torch.Tensor]:
     """The splits of a `DataBundle` as tensors on `device`, moved once (small data sets fit easily); a
-    memory-mapped input array stays one, read batch by batch by the loop."""
+    memory-mapped input array (or a `RowView` of one) stays one, read batch by batch by the loop."""
+    from .images import RowView
+
     out = {}
     for split in splits:
         x = getattr(data, f"x_{split}")
-        out[f"x_{split}"] = x if isinstance(x, np.memmap) else torch.from_numpy(x).to(device)
+        out[f"x_{split}"] = x if isinstance(x, (np.memmap, RowView)) else torch.from_numpy(x).to(device)
         out[f"y_{split}"] = torch.from_numpy(getattr(data, f"y_{split}")).to(device)
     return out
 

@@ -67,11 +67,10 @@ def fit_table(frame: pd.DataFrame, train_rows: np.ndarray, dropped: dict[str, st
     and `groups` (encoded name -> user's column).
     """
     steps = []
-    train = frame.iloc[train_rows]
     for name in frame.columns:
         if name in dropped:
             continue
-        column = train[name]
+        column = frame[name].iloc[train_rows]  # one column of the training rows at a time, never the whole split
         missing = bool(column.isna().any())
         if _is_text(column):
             counts = column.dropna().astype(str).value_counts()

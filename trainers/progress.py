@@ -55,7 +55,9 @@ class ConsoleProgress:
     def __enter__(self) -> "ConsoleProgress":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self._bars is not None:
+            self._bars.live.transient = True  # a failure: erase the bars, its error line stands alone
         self.close()
 
     def close(self) -> None:

@@ -153,6 +153,32 @@ class AgreementCheck(Record):
     steps: list[AgreementStep]
 
 
+class Fidelity(Record):
+    """Top-1 agreement of a variant with the fp32 original on the test split (compress.measure.fidelity)."""
+
+    agreement: float
+    n: int
+    agreeing: int
+    margin: float  # one-sided 95%: 1.645 * sqrt(min_agreement * (1 - min_agreement) / n)
+    wilson_low: float  # two-sided 95% Wilson interval of the agreement
+    wilson_high: float
+    min_agreement: float
+    passes: bool  # agreement >= min_agreement - margin
+
+
+class Int8SearchRow(Record):
+    """One configuration the static int8 search measured (`compress.int8_search`)."""
+
+    format: Literal["qdq", "qoperator"]
+    calibration: Literal["minmax", "percentile", "entropy"]
+    per_channel: bool
+    optimize: bool
+    fp32_nodes: list[str]
+    agreement: float
+    latency_ratio: float | None  # median per-round latency over the fp32 ONNX graph's, batch 256, one thread
+    reached: bool
+
+
 class Recipe(BaseModel):
     """How a variant was made: `method` plus that method's own options (open: each method has its own)."""
 
@@ -181,7 +207,13 @@ class VariantRow(Record):
     parity: Parity | None
     twin_agreement: float | None = None  # int8 variants only
     agreement_check: AgreementCheck | None = None  # int8 variants only
+    int8_search: list[Int8SearchRow] | None = None  # int8-static only: every configuration measured
     notes: list[str]
+    # schema version 2 (absent from version 1 files):
+    fidelity: Fidelity | None = None  # agreement with the original; `flips` = it fails the rule
+    speedup_spread: Speedup | None = None  # IQR / median of the per-round speed-ups, per setting
+    noisy: list[str] = Field(default_factory=list)  # settings whose spread is too large for a speed-up
+    rounds: int | None = None  # interleaved timing rounds
 
 
 class Threads(Record):
@@ -199,9 +231,13 @@ class Skipped(Record):
     method: str
     options: dict[str, Any] | None = None
     reason: str
+    # schema version 2: a candidate auto made and rejected (its name and figures)
+    name: str | None = None
+    accuracy_drop: float | None = None
+    fidelity: Fidelity | None = None
 
 
-class CompressResultFile(Record):
+class CompressResultFileV1(Record):
     schema_version: Literal[1] = 1
     stage: Literal["compress"] = "compress"
     parent: str
@@ -217,10 +253,24 @@ class CompressResultFile(Record):
     seconds: float
 
 
+class CompressResultFile(CompressResultFileV1):
+    """Version 2: one fidelity rule for every variant (`min_agreement`; each row's `fidelity`, and `flips`
+    meaning it fails that rule), interleaved timing (`speedup` = median of per-round ratios, with
+    `speedup_spread`, `noisy`, `rounds`), auto's rejected candidates in `skipped` with their figures,
+    `budget_seconds` and `search_notes`."""
+
+    schema_version: Literal[2] = 2
+    min_agreement: float
+    budget_seconds: float | None = None
+    search_notes: list[str] = Field(default_factory=list)
+
+
 # ---------------------------------------------------------------- explain
 
 
-class AttributionRun(Record):
+class AttributionRunV2(Record):
+    """A method's run in explain results of versions 1 and 2."""
+
     model: str
     method: str
     ran: str
@@ -231,7 +281,44 @@ class AttributionRun(Record):
     baseline: str
 
 
-class Quality(Record):
+class CascadeStep(Record):
+    layers: str  # the layers re-initialised so far, top (output) layer first
+    spearman: float | None  # median Spearman of |maps| with the trained model's; None: only empty maps
+
+
+class SanityCheck(Record):
+    """Cascading model-parameter randomisation against its noise floor (explain.sanity)."""
+
+    verdict: Literal["separated", "input-only", "not separated", "uninformative"]
+    reason: str
+    cascade: list[CascadeStep]
+    seeds: list[float | None]  # trained vs fully re-initialised, one per seed
+    floor: list[float | None]  # between two fully re-initialised models, one per pair of seeds
+    input_only: float | None  # Spearman with |x - mean| / std
+    model_reference: float | None  # Spearman with the trained model's gradients (scaled by std)
+
+
+class FeatureRank(Record):
+    feature: str
+    rank: int  # in the original (1: most important by mean |attribution|)
+    variant_rank: int
+
+
+class Relation(Record):
+    relation: Literal["derived", "same data", "unrelated"]
+    reason: str
+
+
+class AttributionRun(AttributionRunV2):
+    """Version 3 adds `steps_mean`: the mean per-sample effort of an adaptive method (integration steps of
+    integrated gradients, model rows of shapley), None for the others."""
+
+    steps_mean: float | None = None
+
+
+class QualityV2(Record):
+    """A method's quality figures in explain results of versions 1 and 2."""
+
     completeness_error: float | None
     axiom_holds: bool
     deletion_auc: float | None
@@ -243,6 +330,27 @@ class Quality(Record):
     noise_floor_spearman: float | None
     verdicts: list[str]
     flagged: bool
+
+
+class Quality(QualityV2):
+    """Version 3 adds the error bars of sampled methods and the convergence of adaptive ones (None where
+    they do not apply): `estimated_error` / `estimated_error_max`, the median / largest over samples of the
+    relative error bound ||estimate - exact|| / ||estimate|| at 95%; `standard_error`, the mean over samples of
+    ||standard error|| / ||estimate||; `unconverged`, the samples that did not reach `tolerance` (the error
+    bound of an adaptive sampled method, the completeness error of adaptive integrated gradients);
+    `completeness_error_max` and `completeness_over_tolerance`, the largest completeness error and the share
+    of samples above the 1% tolerance, where completeness holds; `sanity`, the cascading randomisation check, and
+    `empty_share`, the share of all-zero or constant maps."""
+
+    estimated_error: float | None = None
+    estimated_error_max: float | None = None
+    standard_error: float | None = None
+    unconverged: int | None = None
+    tolerance: float | None = None
+    completeness_error_max: float | None = None
+    completeness_over_tolerance: float | None = None
+    empty_share: float | None = None  # share of maps that are all zero or constant
+    sanity: SanityCheck | None = None  # None: not run (no PyTorch module, or sanity off)
 
 
 class DriftRow(Record):
@@ -270,6 +378,12 @@ class DriftRow(Record):
     random_floor_topk: float | None
     flag: bool
     verdict: str
+    # from version 3 (absent in older files)
+    status: Literal["drifted", "uncertain", "kept", "uninformative"] | None = None
+    threshold: float | None = None  # top-k overlap below which a variant has drifted
+    empty_share: float | None = None  # the larger share of empty maps of the two models
+    top_features: list[FeatureRank] | None = None
+    relation: Literal["derived", "same data", "unrelated"] | None = None
 
 
 class Drift(Record):
@@ -289,22 +403,35 @@ class ExplainResultFileV1(Record):
     seed: int
     methods: list[str]
     runtimes: dict[str, str]  # "original" and each compared variant -> its runtime
-    runs: list[AttributionRun]
+    runs: list[AttributionRunV2]
     global_importance: dict[str, dict[str, float | None]]  # method -> input name -> mean |attribution|
-    quality: dict[str, Quality]
+    quality: dict[str, QualityV2]
     drift: Drift
     flags: list[str]
     figures: dict[str, str]  # caption -> path relative to the run directory
     seconds: float
 
 
-class ExplainResultFile(ExplainResultFileV1):
+class ExplainResultFileV2(ExplainResultFileV1):
     """Version 2: `global_importance` of a model trained on a table names the user's columns (a text column's
     one-hot inputs and a missing indicator summed per sample); `global_importance_encoded` keeps the view
     of the model's encoded inputs (None for models not trained on a table)."""
 
     schema_version: Literal[2] = 2
     global_importance_encoded: dict[str, dict[str, float | None]] | None = None
+
+
+class ExplainResultFile(ExplainResultFileV2):
+    """Version 3: optional error bars and convergence counts in `quality` (`Quality`), the mean per-sample
+    effort in `runs` (`AttributionRun.steps_mean`), the sanity check's verdict and figures (`Quality.sanity`,
+    `Quality.empty_share`), drift rows with a status read from their interval, a threshold, the top inputs' rank
+    changes and the variant's relation to the original, and `relations` (variant -> how it relates to the
+    original)."""
+
+    schema_version: Literal[3] = 3
+    runs: list[AttributionRun]
+    quality: dict[str, Quality]
+    relations: dict[str, Relation] = {}
 
 
 # ---------------------------------------------------------------- pipeline
@@ -353,13 +480,13 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFile | CompressResultFile | ExplainResultFileV1 | ExplainResultFile | PipelineFileV1
-              | PipelineFile)
+ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+              | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
-    "compress": {1: CompressResultFile},
-    "explain": {1: ExplainResultFileV1, 2: ExplainResultFile},
+    "compress": {1: CompressResultFileV1, 2: CompressResultFile},
+    "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
 

@@ -53,11 +53,23 @@ class TableOptions:
 
 
 def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
-    """Read a `.csv` or `.parquet` file into a DataFrame with typed columns."""
+    """Read a `.csv` or `.parquet` file into a DataFrame with typed columns (numbers as float32)."""
     if path.suffix.lower() == ".parquet":
         return _read_parquet(path)
     sep = sep or _sniff(path)
     _check_ragged(path, sep)
+    from .csvread import ArrowUnreadable, read_csv_arrow
+
+    try:
+        return read_csv_arrow(path, sep, MISSING_TOKENS)
+    except ArrowUnreadable:
+        # pyarrow refuses what pandas reads or reports better: bytes that are not UTF-8, a column that is
+        # numeric in the first block and text later, an empty file. pandas gives the established messages.
+        return _read_csv_pandas(path, sep)
+
+
+def _read_csv_pandas(path: Path, sep: str) -> pd.DataFrame:
+    """The slower reader (rows pass through Python objects in each chunk), for files pyarrow cannot read."""
     try:
         chunks = pd.read_csv(path, sep=sep, encoding="utf-8-sig", na_values=MISSING_TOKENS, keep_default_na=True,
                              skipinitialspace=True, chunksize=CHUNK_ROWS, low_memory=False)
@@ -128,6 +140,19 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
+def _numeric_labels(labels: pd.Series):
+    """Class indices and names of a numeric label column, without a Python object per row (None: not numeric).
+
+    The same classes as `data._encode_labels` on the text ('1' and '1.0' are one class, numeric order)."""
+    if not pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
+        return None
+    numbers = labels.to_numpy(dtype=np.float64)
+    if not np.isfinite(numbers).all():
+        return None
+    values, y = np.unique(numbers, return_inverse=True)
+    return y.astype(np.int64), [str(int(v)) if v == int(v) else str(v) for v in values]
+
+
 def _label_text(labels: pd.Series) -> list[str]:
     """Labels as text; whole numbers read as floats (1.0) are written as integers (1)."""
     if pd.api.types.is_numeric_dtype(labels):
@@ -149,6 +174,12 @@ def load_for_model(data, spec, *, table: TableOptions | None = None, seed: int =
 
     if isinstance(data, DataBundle):
         return data
+    from .images import IMAGE_SIZE_RANGE
+
+    shape = tuple(spec.input_shape)
+    if (isinstance(data, (str, Path)) and Path(data).is_dir() and len(shape) == 3 and shape[1] == shape[2]
+            and IMAGE_SIZE_RANGE[0] <= shape[1] <= IMAGE_SIZE_RANGE[1]):
+        return load_data(data, seed=seed, image_size=shape[1])  # a folder of images, at the model's size
     fitted = spec.preprocessing.get("table")
     given = table or TableOptions()
     if fitted is None:
@@ -186,7 +217,7 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     if labels.isna().any():
         line = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 2
         raise DataError(f"{where}: missing label in target column '{target}' (line {line}); drop those rows")
-    y, class_names = data._encode_labels(_label_text(labels))
+    y, class_names = _numeric_labels(labels) or data._encode_labels(_label_text(labels))
     if len(class_names) < 2 or len(class_names) > len(y) / 2:
         raise DataError(f"{where}: target column '{target}' has {len(class_names)} classes in {len(y)} rows; "
                         "a classifier needs 2 or more classes and at most rows/2 (wrong --target?)")
@@ -198,7 +229,7 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
         x = transform(fitted, features, where, order)
         del features
         bundle = data._finish(name, source, x, y[order], None, None, class_names, fitted["outputs"], seed,
-                              presplit=[len(s) for s in split])
+                              presplit=[len(s) for s in split], constant="centre")
         bundle.table = fitted
         return bundle
     dropped = {k: v for k, v in drop_reasons(features, y).items() if k not in options.keep}
@@ -211,6 +242,6 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     del features
     table["read"] = {**options.to_dict(), "target": target}
     bundle = data._finish(name, source, x, y[order], None, None, class_names, table["outputs"], seed,
-                          presplit=[len(s) for s in split])
+                          presplit=[len(s) for s in split], constant="centre")
     bundle.table = table
     return bundle

@@ -1,0 +1,281 @@
+"""A static int8 search that knows what speed costs.
+
+ONNX Runtime's `quantize_static` takes many settings whose effect on speed and on predictions depends on
+the model and the CPU: the graph format (QDQ pairs that ORT fuses at load time, or QOperator's fused
+QLinear ops), the calibration method (MinMax, Percentile, Entropy), one weight scale per output channel or
+one per tensor, and whether ORT's graph optimisations run on the fp32 graph before quantization
+(`quant_pre_process`). ORT offers each setting but no search over them; this module is that search.
+
+1. Every configuration of the grid is quantized with all compute layers in int8; its top-1 agreement with
+   the fp32 model on held-out samples and its latency are measured.
+2. The fastest configurations that miss the agreement target get a greedy fp32 fallback: while agreement is
+   under the target, the still-int8 layer with the best agreement gained per latency added moves to fp32.
+3. Among the configurations that reach the target, the fastest wins; any within TIE_BAND of it with a higher
+   agreement wins instead (latency differences that small are within what a busy machine moves).
+
+Latency is measured interleaved: every round times each candidate and the fp32 ONNX graph in turn (batch
+LATENCY_BATCH, one thread) and the figure kept is the median over rounds of the per-round ratio to fp32, so
+load that comes and goes hits every candidate alike. Calibration samples and the agreement split are drawn
+with `seed`; the quantized graphs and agreements are then exact functions of the seed, and latency changes
+the choice only where two configurations differ by more than TIE_BAND.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .export import ort_session, run_onnx
+
+FORMATS = ("qdq", "qoperator")
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+TIE_BAND = 0.15  # configurations within 15% of the fastest count as equally fast: the higher agreement wins
+LATENCY_BATCH = 256
+COMPUTE_OPS = ("Gemm", "MatMul", "Conv", "LSTM")
+_COST_FLOOR = 0.01  # a layer whose fp32 copy costs under 1% of fp32 latency counts as costing 1%
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """One point of the search grid (`format`: qdq | qoperator; `calibration`: minmax | percentile | entropy;
+    `optimize`: ORT's graph optimisation on the fp32 graph before quantization)."""
+
+    format: str = "qdq"
+    calibration: str = "minmax"
+    per_channel: bool = True
+    optimize: bool = True
+    rank: int = field(default=0, compare=False)  # position in the grid searched: the last tie-breaker
+
+    @property
+    def label(self) -> str:
+        return (f"{self.format}/{self.calibration}/{'per-channel' if self.per_channel else 'per-tensor'}/"
+                f"{'optimized' if self.optimize else 'plain'}")
+
+
+@dataclass
+class Candidate:
+    config: Int8Config
+    fp32_nodes: list[str]
+    onnx_bytes: bytes = field(repr=False)
+    agreement: float
+    latency_ratio: float | None = None  # median per-round latency / fp32 ONNX latency
+
+    def row(self, target: float) -> dict:
+        config = {k: v for k, v in asdict(self.config).items() if k != "rank"}
+        return {**config, "fp32_nodes": list(self.fp32_nodes), "agreement": self.agreement,
+                "latency_ratio": self.latency_ratio, "reached": self.agreement >= target}
+
+
+@dataclass
+class SearchResult:
+    """What `search_int8` chose, and every configuration it measured (`rows`, for the variant's record)."""
+
+    best: Candidate
+    rows: list[dict]
+    target: float
+    fp32_nodes_total: int
+    notes: list[str]
+
+
+class _Calibration:
+    """Feeds calibration samples to ORT, a batch at a time (ORT's CalibrationDataReader protocol)."""
+
+    def __init__(self, x: np.ndarray, input_name: str = "input", batch: int = 64):
+        self.batches = [{input_name: np.ascontiguousarray(x[i:i + batch], np.float32)} for i in range(0, len(x), batch)]
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return self.batches[self.position - 1]
+
+    def rewind(self):
+        self.position = 0
+
+
+def _prepared(fp32: Path, optimize: bool, tmp: Path) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = tmp / f"prep-{int(optimize)}.onnx"
+    if not out.exists():
+        try:
+            quant_pre_process(str(fp32), str(out), skip_optimization=not optimize, skip_symbolic_shape=False)
+        except Exception:  # pre-processing is an optimisation: a graph it cannot handle is quantized as exported
+            return fp32
+    return out
+
+
+def _input_name(path: Path) -> str:
+    """The graph's one input (a user's ONNX graph need not call it "input")."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in initializers)
+
+
+def _quantize(src: Path, config: Int8Config, calibration_x: np.ndarray, exclude: list[str], tmp: Path) -> bytes:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    out = tmp / "int8.onnx"
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[config.calibration]
+    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress on stdout
+        quantize_static(str(src), str(out), _Calibration(calibration_x, _input_name(src)),
+                        quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
+                        per_channel=config.per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    return out.read_bytes()
+
+
+def compute_nodes(path: Path) -> list[str]:
+    """Names of the graph's weight-carrying nodes, input to output: the ones whose precision matters."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in COMPUTE_OPS]
+
+
+def interleaved_latency(graphs: list[bytes], reference: bytes, x: np.ndarray, rounds: int = 5,
+                        reps: int = 3) -> list[float | None]:
+    """Median over `rounds` of each graph's per-round latency ratio to `reference` (one thread each);
+    `rounds` 0: nothing is timed (every figure None).
+
+    Each round times every graph `reps` times (the round's figure is the fastest, the least disturbed) in
+    an order rotated from round to round, so a burst of load does not land on one candidate only.
+    """
+    if rounds == 0:
+        return [None] * len(graphs)
+    sessions = [ort_session(b, threads=1) for b in [reference, *graphs]]
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    for session, feed in zip(sessions, feeds):  # warm-up: first calls allocate
+        session.run(None, feed)
+        session.run(None, feed)
+    ratios = [[] for _ in graphs]
+    for r in range(rounds):
+        order = list(range(len(sessions)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        times = [0.0] * len(sessions)
+        for i in order:
+            best = float("inf")
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                sessions[i].run(None, feeds[i])
+                best = min(best, time.perf_counter() - t0)
+            times[i] = best
+        for j in range(len(graphs)):
+            ratios[j].append(times[j + 1] / times[0])
+    return [float(np.median(r)) for r in ratios]
+
+
+def _agreement(onnx_bytes: bytes, check_x: np.ndarray, reference: np.ndarray) -> float:
+    return float((run_onnx(onnx_bytes, check_x).argmax(1) == reference).mean())
+
+
+def pick(candidates: list[Candidate], target: float, tie_band: float = TIE_BAND) -> Candidate:
+    """Among the candidates reaching `target`, those within `tie_band` of the fastest count as equally fast:
+    the highest agreement wins, then the earlier configuration of the grid, then fewer fp32 layers.
+    When none reaches the target: the one with the highest agreement (then the fastest)."""
+    reached = [c for c in candidates if c.agreement >= target]
+    if any(c.latency_ratio is None for c in reached or candidates):  # untimed: agreement, then the grid's order
+        return max(candidates, key=lambda c: (c.agreement >= target, c.agreement, -c.config.rank, -len(c.fp32_nodes)))
+    if not reached:
+        return max(candidates, key=lambda c: (c.agreement, -(c.latency_ratio or 0.0)))
+    fastest = min(c.latency_ratio for c in reached)
+    close = [c for c in reached if c.latency_ratio <= fastest * (1 + tie_band)]
+    # equally fast and equally faithful: the grid's order decides (not timing noise), fewer fp32 layers first
+    return max(close, key=lambda c: (c.agreement, -c.config.rank, -len(c.fp32_nodes)))
+
+
+def _fallback(start: Candidate, src: Path, calibration_x, check_x, reference, target, nodes, fp32, x_lat, rounds,
+              tmp) -> tuple[Candidate, list[Candidate]]:
+    """Greedy: move to fp32 the layer with the best agreement gained per latency added, until `target` holds."""
+    current, steps = start, []
+    while current.agreement < target and len(current.fp32_nodes) < len(nodes) - 1:
+        trials = []
+        for name in (n for n in nodes if n not in current.fp32_nodes):
+            exclude = [*current.fp32_nodes, name]
+            graph = _quantize(src, current.config, calibration_x, exclude, tmp)
+            trials.append(Candidate(current.config, exclude, graph, _agreement(graph, check_x, reference)))
+        trials = [t for t in trials if t.agreement > current.agreement]
+        if not trials:
+            break
+        for t, ratio in zip(trials, interleaved_latency([t.onnx_bytes for t in trials] + [current.onnx_bytes], fp32,
+                                                        x_lat, rounds)[:-1]):
+            t.latency_ratio = ratio
+        base = current.latency_ratio or 1.0
+        best = max(trials, key=lambda t: ((t.agreement - current.agreement)
+                                          / max((t.latency_ratio or base) - base, _COST_FLOOR), t.agreement))
+        steps.append(best)
+        current = best
+    return current, steps
+
+
+def search_int8(fp32_bytes: bytes, calibration_x: np.ndarray, check_x: np.ndarray, reference: np.ndarray,
+                target: float, *, formats=FORMATS, calibrations=CALIBRATIONS, per_channel=(True, False),
+                optimize=(True, False), fallback_configs: int = 2, rounds: int = 5,
+                latency_x: np.ndarray | None = None) -> SearchResult:
+    """Search static int8 configurations and fp32 fallback layers for the fastest graph that keeps `target`
+    top-1 agreement with fp32 (`reference`: the fp32 model's predicted classes on `check_x`).
+
+    Args:
+        fp32_bytes: the fp32 ONNX graph (input "input").
+        calibration_x: samples for activation ranges (training split).
+        check_x, reference: held-out samples and the fp32 model's classes on them.
+        target: the least agreement accepted.
+        formats, calibrations, per_channel, optimize: the grid (each a tuple of allowed values).
+        fallback_configs: how many of the fastest configurations that miss `target` get the fp32 fallback.
+        rounds: interleaved latency rounds; 0: untimed, the choice then depends on the seed only (the most
+            faithful configuration, ties to the grid's order, and the greedy fallback by agreement alone).
+        latency_x: the batch timed (default: check samples repeated to LATENCY_BATCH rows).
+    """
+    if latency_x is None:
+        latency_x = np.resize(np.ascontiguousarray(check_x, np.float32), (LATENCY_BATCH, *check_x.shape[1:]))
+    latency_x = np.ascontiguousarray(latency_x, np.float32)
+    grid = [Int8Config(f, c, p, o, rank=i)
+            for i, (f, c, p, o) in enumerate(itertools.product(formats, calibrations, per_channel, optimize))]
+    notes, rows = [], []
+    with tempfile.TemporaryDirectory(prefix="toolkit-int8-search-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "fp32.onnx").write_bytes(fp32_bytes)
+        sources = {o: _prepared(tmp / "fp32.onnx", o, tmp) for o in sorted({c.optimize for c in grid})}
+        nodes = compute_nodes(sources[grid[0].optimize])
+        candidates = []
+        for config in grid:
+            graph = _quantize(sources[config.optimize], config, calibration_x, [], tmp)
+            candidates.append(Candidate(config, [], graph, _agreement(graph, check_x, reference)))
+        for c, ratio in zip(candidates, interleaved_latency([c.onnx_bytes for c in candidates], fp32_bytes, latency_x,
+                                                            rounds)):
+            c.latency_ratio = ratio
+        missed = sorted((c for c in candidates if c.agreement < target),
+                        key=lambda c: (c.latency_ratio is None, c.latency_ratio or 0.0, -c.agreement))
+        finished, tried = list(candidates), list(candidates)
+        for start in missed[:fallback_configs]:
+            end, steps = _fallback(start, sources[start.config.optimize], calibration_x, check_x, reference, target,
+                                   compute_nodes(sources[start.config.optimize]), fp32_bytes, latency_x, rounds, tmp)
+            tried += steps
+            if end is not start:
+                finished.append(end)
+                notes.append(f"{start.config.label}: {len(end.fp32_nodes)} layer(s) back in fp32 "
+                             f"({', '.join(end.fp32_nodes)}) for {end.agreement:.1%} agreement")
+    # the finalists race once more, together, so the last comparison is like for like
+    finalists = [c for c in finished if c.agreement >= target] or finished
+    for c, ratio in zip(finalists, interleaved_latency([c.onnx_bytes for c in finalists], fp32_bytes, latency_x,
+                                                       rounds)):
+        c.latency_ratio = ratio
+    best = pick(finalists, target)
+    rows = [c.row(target) for c in tried]
+    notes.insert(0, f"int8 search: {len(grid)} configuration(s), chose {best.config.label}"
+                    + (f" with {len(best.fp32_nodes)} layer(s) in fp32" if best.fp32_nodes else "")
+                    + f": {best.agreement:.1%} agreement"
+                    + (f", {best.latency_ratio:.2f}x the fp32 ONNX latency at batch {len(latency_x)}"
+                       if best.latency_ratio is not None else " (untimed: the grid's order decided)"))
+    return SearchResult(best=best, rows=rows, target=target, fp32_nodes_total=len(nodes), notes=notes)

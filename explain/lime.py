@@ -1,0 +1,83 @@
+"""LIME: a local linear surrogate fitted on interpretable features switched on and off (Captum `Lime`).
+
+Interpretable representation (`interpretable_features`): the features of a
+feature vector, a table's one-hot levels and missing indicator of one column
+taken together as one feature; about 16 time segments of a signal (all channels
+together); a grid of at most 8 x 8 patches of an image (superpixels, all
+channels together). A feature switched off takes the training mean.
+
+Captum's `Lime` is used rather than the `lime` package: it takes a feature mask
+for any input shape (the `lime` package segments RGB images only, and perturbs
+tables by sampling training statistics rather than with a reference input), runs
+on the model's own tensors in batches, and is already a dependency. The surrogate
+is a ridge regression with alpha 1, the `lime` package's default (Captum's own
+default, a lasso, zeroes most features of a small sample). A feature's weight is
+spread evenly over its elements, so a patch's pixels sum to the patch's weight.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from trainers.options import PositiveInt
+
+from .library import REPLICATES, _replicated   # also registers the library's methods first (table order)
+from .registry import RUNTIMES, register_method
+
+SEGMENTS = 16        # time segments of a signal
+GRID = 8             # patches per image side
+
+
+def interpretable_features(spec) -> np.ndarray:
+    """(*input_shape) integer map of interpretable features, numbered 0..G-1."""
+    shape = tuple(spec.input_shape)
+    if len(shape) == 1:
+        table = (getattr(spec, "preprocessing", None) or {}).get("table")
+        if not table:
+            return np.arange(shape[0])
+        from .plots import element_names
+
+        columns = [table["groups"].get(n, n) for n in element_names(spec)]
+        ids = {c: i for i, c in enumerate(dict.fromkeys(columns))}
+        return np.array([ids[c] for c in columns])
+    if len(shape) == 2:                       # (channels, length): segments of the time axis
+        length = shape[1]
+        segment = np.arange(length) * min(SEGMENTS, length) // length
+        return np.broadcast_to(segment, shape).copy()
+    if len(shape) == 3:                       # (channels, height, width): a grid of patches
+        rows = np.arange(shape[1]) * min(GRID, shape[1]) // shape[1]
+        cols = np.arange(shape[2]) * min(GRID, shape[2]) // shape[2]
+        patch = rows[:, None] * min(GRID, shape[2]) + cols[None, :]
+        return np.broadcast_to(patch, shape).copy()
+    return np.arange(int(np.prod(shape))).reshape(shape)
+
+
+@register_method("lime", runtimes=RUNTIMES, library="captum", sampled=True,
+                 description="Captum Lime (ridge surrogate) on features, table columns, 16 time segments or "
+                             "8x8 image patches switched to the training mean")
+def lime(ctx, x, targets, n_samples: PositiveInt | None = None):
+    """`n_samples`: perturbed inputs per sample (default: 4 replicates of max(64, 2G + 2) for G features)."""
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import Lime
+
+    mask = interpretable_features(ctx.spec)
+    g = int(mask.max()) + 1
+    size = np.bincount(mask.reshape(-1), minlength=g)[mask].astype(np.float32)
+    feature_mask = torch.as_tensor(mask[None], device=ctx.device, dtype=torch.long)
+    xt = torch.as_tensor(x, device=ctx.device)
+    tt = torch.as_tensor(targets, device=ctx.device)
+
+    def run(replicate, k):
+        torch.manual_seed(ctx.seed + 1000 * replicate)
+        explainer = Lime(ctx.forward, interpretable_model=SkLearnRidge(alpha=1.0))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # Captum notes that a batch fits one surrogate per sample: intended
+            attr = explainer.attribute(xt, target=tt, baselines=ctx.baseline, feature_mask=feature_mask,
+                                       n_samples=k, perturbations_per_eval=64)
+        return attr.detach().float().cpu().numpy() / size     # a feature's weight spread evenly over its elements
+
+    values, estimate = _replicated(run, n_samples or REPLICATES * max(64, 2 * g + 2), min_share=g + 2)
+    return values, ctx.reference_at_baseline(targets), None, estimate

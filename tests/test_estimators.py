@@ -1,0 +1,274 @@
+"""Estimators with error bars: Shapley standard errors and adaptive sampling, adaptive integrated gradients,
+LIME's interpretable representations, and the explain result schema that carries them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import explain
+from explain.lime import interpretable_features
+from explain.quality import completeness_errors
+from explain.shapley import shapley_estimate
+from trainers.artifact import LoadedModel, ModelSpec
+from trainers.errors import ToolkitError
+from trainers.schema import ExplainResultFile, ExplainResultFileV2, parse_result
+
+D = 12
+
+
+def quadratic_game(seed: int = 0):
+    """f(x) = (w . x)^2 against a zero baseline: the Shapley value of feature i is exactly a_i * sum(a), a = w * x."""
+    w = np.random.default_rng(seed).normal(size=D)
+
+    def forward(rows):
+        s = rows.reshape(len(rows), -1) @ w
+        return np.stack([s ** 2, np.zeros_like(s)], 1).astype(np.float32)
+
+    def exact(x):
+        a = x * w
+        return a * a.sum(1, keepdims=True)
+
+    return forward, exact
+
+
+def interacting_game(seed: int = 0):
+    """A game with interactions of every order (tanh of a linear map plus products): no closed form."""
+    rng = np.random.default_rng(seed)
+    w, v = rng.normal(size=(3, D)), rng.normal(size=D)
+
+    def forward(rows):
+        r = rows.reshape(len(rows), -1).astype(np.float64)
+        return (np.tanh(r @ w.T) + (r[:, :4].prod(1) + np.sin(r @ v))[:, None]).astype(np.float32)
+
+    return forward
+
+
+def inputs(n=16, seed=1):
+    return np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
+
+
+def relative_error(values, reference):
+    return np.linalg.norm(values - reference, axis=1) / np.linalg.norm(reference, axis=1)
+
+
+# ---------------------------------------------------------------- shapley
+
+
+def test_standard_error_shrinks_with_more_permutations():
+    forward, x, base = interacting_game(), inputs(), np.zeros(D, np.float32)
+    targets = np.zeros(len(x), int)
+    few = shapley_estimate(forward, x, targets, base, n_permutations=16, seed=0)
+    many = shapley_estimate(forward, x, targets, base, n_permutations=256, seed=0)
+    ratio = np.linalg.norm(few.standard_error, axis=1) / np.linalg.norm(many.standard_error, axis=1)
+    assert 2.5 < np.median(ratio) < 6.5          # 1/sqrt(permutations): 4x fewer errors with 16x more
+    assert (many.error_bound < few.error_bound).mean() > 0.8
+    assert np.allclose(many.values.sum(1), forward(x)[:, 0] - forward(base[None])[0, 0], atol=1e-4)
+
+
+def test_antithetic_pairs_remove_the_variance_of_a_second_order_game():
+    forward, exact = quadratic_game()
+    x, base = inputs(), np.zeros(D, np.float32)
+    targets = np.zeros(len(x), int)
+    truth = exact(x)
+    paired = shapley_estimate(forward, x, targets, base, n_permutations=16, seed=3)
+    plain = shapley_estimate(forward, x, targets, base, n_permutations=16, seed=3, antithetic=False)
+    assert relative_error(paired.values, truth).max() < 1e-4       # a permutation and its reverse average to phi
+    assert relative_error(plain.values, truth).mean() > 0.02
+    assert np.abs(paired.standard_error).max() < 1e-3 < np.abs(plain.standard_error).max()
+
+
+def test_adaptive_sampling_meets_its_tolerance_and_its_bound_covers_the_error():
+    forward, x, base = interacting_game(), inputs(24), np.zeros(D, np.float32)
+    targets = np.zeros(len(x), int)
+    reference = shapley_estimate(forward, x, targets, base, n_permutations=4000, seed=99).values
+    loose = shapley_estimate(forward, x, targets, base, tolerance=0.3, seed=0)
+    tight = shapley_estimate(forward, x, targets, base, tolerance=0.1, seed=0)
+    for est, tolerance in ((loose, 0.3), (tight, 0.1)):
+        assert (est.error_bound[est.converged] <= tolerance).all()
+        assert (est.converged == (est.error_bound <= tolerance)).all()
+        covered = relative_error(est.values, reference) <= est.error_bound
+        assert covered.mean() >= 0.8, covered.mean()
+    assert tight.evaluations.sum() > 1.5 * loose.evaluations.sum() and loose.converged.mean() > 0.8
+    assert relative_error(tight.values, reference).mean() < relative_error(loose.values, reference).mean()
+    capped = shapley_estimate(forward, x, targets, base, tolerance=0.001, max_evaluations=40 * (D - 1), seed=0)
+    assert (capped.evaluations <= 2 + 40 * (D - 1)).all() and not capped.converged.any()
+
+
+def test_shapley_method_reports_error_bars_and_unconverged_samples(iris_model):
+    x = iris_model_inputs()
+    attr = explain.attribute(iris_model, x, None, "shapley", tolerance=0.001, max_evaluations=100)
+    assert attr.standard_error.shape == x.shape and attr.error_bound.shape == (len(x),)
+    assert attr.tolerance == 0.001 and attr.converged is not None and attr.steps.max() <= 100
+    quality = explain.assess(iris_model, x, attr, sanity=False, fidelity=False)
+    assert quality["estimated_error"] == pytest.approx(float(np.median(attr.error_bound)))
+    assert quality["unconverged"] == int((~attr.converged).sum()) > 0
+    assert any(v.startswith("estimated error") for v in quality["verdicts"])
+    assert not any(v.startswith("completeness") for v in quality["verdicts"])
+
+
+@pytest.mark.parametrize("method, options", [("gradient_shap", {}), ("shapley_sampling", {"n_samples": 8}),
+                                             ("shap_gradient", {"nsamples": 8})])
+def test_sampled_library_methods_report_a_standard_error(iris_model, method, options):
+    x = iris_model_inputs()
+    attr = explain.attribute(iris_model, x, None, method, background=x, **options)
+    assert attr.standard_error.shape == x.shape and np.isfinite(attr.error_bound).all()
+    assert (attr.standard_error > 0).any()
+
+
+# ---------------------------------------------------------------- integrated gradients
+
+
+class Steep(nn.Module):
+    """A logit that rises sharply along the path from 0 to x: the integral needs many steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        s = self.scale * x.sum(1, keepdim=True)
+        return torch.cat([8 * torch.sigmoid(40 * (s - 1.3)) + s, torch.zeros_like(s)], 1)
+
+
+def steep_model() -> LoadedModel:
+    spec = ModelSpec(family="mlp", config={"hidden": []}, input_shape=[4], layout="features",
+                     class_names=["a", "b"], preprocessing={"mean": [0.0] * 4, "std": [1.0] * 4})
+    return LoadedModel(module=Steep().eval(), spec=spec)
+
+
+def test_adaptive_integrated_gradients_converge_where_32_steps_do_not():
+    model = steep_model()
+    x = np.linspace(0.36, 0.42, 12, dtype=np.float32)[:, None].repeat(4, 1) + 0.01 * np.arange(4, dtype=np.float32)
+    fixed = explain.attribute(model, x, 0, "integrated_gradients", n_steps=32)
+    assert (completeness_errors(model, x, fixed) > 0.01).any()
+    adaptive = explain.attribute(model, x, 0, "integrated_gradients")
+    assert adaptive.converged.all() and adaptive.steps.max() > 32 and adaptive.tolerance == 0.01
+    assert (completeness_errors(model, x, adaptive) <= 0.01).all()
+    few = explain.attribute(model, x, 0, "integrated_gradients", max_steps=32)
+    quality = explain.assess(model, x, few, sanity=False, fidelity=False)
+    assert quality["unconverged"] == int((~few.converged).sum()) > 0
+    assert "after 32 steps" in " ".join(quality["verdicts"])
+    assert adaptive.summary()["steps_mean"] > 32
+
+
+# ---------------------------------------------------------------- LIME
+
+
+def spec_of(shape, table=None, names=None):
+    pre = {"mean": [0.0], "std": [1.0]}
+    if table:
+        pre["table"] = table
+    layout = {1: "features", 2: "signal", 3: "image"}[len(shape)]
+    return ModelSpec(family="cnn" if len(shape) > 1 else "mlp", config={}, input_shape=list(shape), layout=layout,
+                     class_names=["a", "b"], feature_names=names, preprocessing=pre)
+
+
+def test_lime_interpretable_features_per_layout():
+    assert (interpretable_features(spec_of((5,))) == np.arange(5)).all()
+    names = ["age", "colour=red", "colour=blue", "colour_missing", "size"]
+    table = {"groups": {"colour=red": "colour", "colour=blue": "colour", "colour_missing": "colour"}}
+    assert interpretable_features(spec_of((5,), table, names)).tolist() == [0, 1, 1, 1, 2]
+    signal = interpretable_features(spec_of((3, 40)))
+    assert signal.shape == (3, 40) and len(np.unique(signal)) == 16 and (signal[0] == signal[2]).all()
+    assert (np.diff(signal[0]) >= 0).all()                       # contiguous segments along time
+    image = interpretable_features(spec_of((3, 28, 28)))
+    assert len(np.unique(image)) == 64 and np.bincount(image[0].ravel()).min() >= 9
+    assert len(np.unique(interpretable_features(spec_of((1, 8, 8))))) == 64
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 32), (1, 16, 16)])
+def test_lime_attributes_each_interpretable_feature(shape):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), 3)).eval()
+    spec = spec_of(shape)
+    spec = ModelSpec.from_dict({**spec.to_dict(), "class_names": ["a", "b", "c"]})
+    model = LoadedModel(module=module, spec=spec)
+    x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    attr = explain.attribute(model, x, None, "lime")
+    assert attr.values.shape == x.shape and attr.standard_error.shape == x.shape
+    mask = interpretable_features(spec)
+    for sample in attr.values:                                  # one value per interpretable feature
+        for feature in np.unique(mask):
+            assert np.ptp(sample[mask == feature]) < 1e-6
+    assert explain.get_method("lime").sampled and "lime" in explain.list_methods("lstm")
+
+
+# ---------------------------------------------------------------- schema
+
+
+def test_explain_schema_3_round_trips_and_earlier_versions_are_read(tmp_path):
+    from fake_runs import write_explain
+
+    write_explain(tmp_path)
+    written = json.loads((tmp_path / "result.json").read_text())
+    assert written["schema_version"] == 3
+    q = next(iter(written["quality"].values()))
+    q.update(estimated_error=0.04, estimated_error_max=0.09, standard_error=0.02, unconverged=3, tolerance=0.1,
+             completeness_error_max=0.0, completeness_over_tolerance=0.0)
+    written["runs"][0]["steps_mean"] = 410.5
+    result = parse_result(written, "v3")
+    assert isinstance(result, ExplainResultFile) and result.dump() == written
+    older = json.loads(json.dumps(written))
+    older["schema_version"] = 2
+    for q in older["quality"].values():
+        for key in ("estimated_error", "estimated_error_max", "standard_error", "unconverged", "tolerance",
+                    "completeness_error_max", "completeness_over_tolerance"):
+            q.pop(key)
+    for run in older["runs"]:
+        run.pop("steps_mean")
+    assert isinstance(parse_result(older, "v2"), ExplainResultFileV2)
+    older["runs"][0]["steps_mean"] = 1.0
+    with pytest.raises(ToolkitError, match="steps_mean: unknown field"):
+        parse_result(older, "v2")
+
+
+def test_explain_stage_writes_error_bars_and_convergence(iris_model, iris, tmp_path):
+    from trainers.schema import read_result
+
+    result = explain.explain_model(iris_model, iris, methods=["shapley", "integrated_gradients", "lime"], samples=6,
+                                   out=tmp_path / "run")
+    written = read_result(tmp_path / "run" / "result.json", "explain")
+    assert isinstance(written, ExplainResultFile) and written.schema_version == 3
+    shapley, ig, lime = (written.quality[m] for m in ("shapley", "integrated_gradients", "lime"))
+    assert shapley.estimated_error is not None and shapley.unconverged is not None and shapley.tolerance == 0.1
+    assert shapley.verdicts[0].startswith("estimated error")
+    assert ig.estimated_error is None and ig.unconverged is not None and ig.completeness_over_tolerance is not None
+    assert lime.estimated_error is not None and lime.unconverged is None
+    runs = {r.method: r for r in written.runs}
+    assert runs["integrated_gradients"].steps_mean >= 32 and runs["lime"].steps_mean is None
+    assert result.summary["quality"]["shapley"]["estimated_error"] == shapley.estimated_error
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def iris_model_inputs():
+    from trainers.data import load_data
+
+    return load_data("iris", seed=0).x_test[:6]
+
+
+@pytest.fixture(scope="module")
+def iris_model():
+    from trainers import build_model
+    from trainers.data import load_data
+
+    bundle = load_data("iris", seed=0)
+    torch.manual_seed(0)
+    module = build_model("mlp", {"hidden": [16]}, bundle.input_shape, bundle.num_classes, bundle.mean, bundle.std)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    xt, yt = torch.as_tensor(bundle.x_train), torch.as_tensor(bundle.y_train)
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(module(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    spec = ModelSpec(family="mlp", config={"hidden": [16]}, input_shape=list(bundle.input_shape), layout="features",
+                     class_names=bundle.class_names, preprocessing={"mean": bundle.mean.tolist(),
+                                                                    "std": bundle.std.tolist()})
+    return LoadedModel(module=module.eval(), spec=spec)

@@ -1,0 +1,289 @@
+"""How far explanations can be trusted: the sanity check's verdicts, drift decided with its interval and the
+compared model's relation, infidelity with each input's spread, and a report's reproduce command run again.
+
+The drift acceptance: on data where three informative features have exact copies in other columns, a model
+trained with the copies shuffled relies on the originals, a variant trained with the originals shuffled relies
+on the copies; both keep their accuracy on the untouched test data. The variant must be flagged drifted (its
+top-k overlap interval below the threshold), a lossless ONNX fp32 export of the original must not, on three seeds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import explain
+from explain.compare import drift_row, drift_status, relation
+from explain.methods import Attribution
+from explain.quality import infidelity
+from explain.sanity import cascading_randomization, input_only_map, sanity_verdict
+from trainers import build_model, load_data, load_model, save_model
+from trainers.artifact import LoadedModel, ModelSpec, write_artifact
+
+ROOT = Path(__file__).resolve().parents[1]
+INFORMATIVE, COPIES = [0, 1, 2], [9, 10, 11]
+
+
+def redundant_data(seed: int, n: int = 600):
+    """12 features, 3 classes decided by features 0-2; features 9-11 are exact copies of 0-2."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 12)).astype(np.float32)
+    x[np.arange(n), y] += 4.0
+    x[:, COPIES] = x[:, INFORMATIVE]
+    return load_data((x, y), seed=seed)
+
+
+def fit_mlp(bundle, seed: int, shuffled: list[int], steps: int = 150) -> LoadedModel:
+    """A small MLP trained with the `shuffled` columns permuted across rows (so it cannot use them)."""
+    rng = np.random.default_rng(seed + 100)
+    x = bundle.x_train.copy()
+    for j in shuffled:
+        x[:, j] = x[rng.permutation(len(x)), j]
+    torch.manual_seed(seed)
+    module = build_model("mlp", {"hidden": [16], "dropout": 0.0}, bundle.input_shape, bundle.num_classes,
+                         bundle.mean, bundle.std)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(bundle.y_train)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(module(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    spec = ModelSpec(family="mlp", config={"hidden": [16], "dropout": 0.0}, input_shape=list(bundle.input_shape),
+                     layout=bundle.layout, class_names=bundle.class_names,
+                     preprocessing={"mean": bundle.mean.tolist(), "std": bundle.std.tolist()},
+                     data={"fingerprint": bundle.fingerprint})
+    return LoadedModel(module=module.eval(), spec=spec)
+
+
+def onnx_fp32(model: LoadedModel, out: Path) -> Path:
+    """A lossless variant: the model exported to ONNX fp32, its lineage naming the original."""
+    buf = io.BytesIO()
+    torch.onnx.export(model.module, torch.zeros(2, *model.spec.input_shape), buf, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    spec = ModelSpec.from_dict({**model.spec.to_dict(), "runtime": "onnxruntime", "onnx": {"file": "model.onnx"},
+                                "lineage": {"parent": model.source, "recipe": {"method": "onnx-fp32"}}})
+    out.mkdir(parents=True)
+    write_artifact(out, None, spec, onnx_bytes=buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_variant_relying_on_other_features_is_drifted_and_a_lossless_one_is_not(tmp_path, seed):
+    bundle = redundant_data(seed)
+    original = save_model(fit_mlp(bundle, seed, shuffled=COPIES), tmp_path / "original")
+    moved = save_model(fit_mlp(bundle, seed, shuffled=INFORMATIVE), tmp_path / "moved")
+    lossless = onnx_fp32(load_model(original), tmp_path / "onnx-fp32")
+    result = explain.explain_model(original, bundle, methods=["feature_ablation"], compare=[moved, lossless],
+                                   samples=32, seed=seed).to_dict()
+    rows = {r["variant"]: r for r in result["drift"]["rows"]}
+    drifted, kept = rows["moved"], rows["onnx-fp32"]
+    assert drifted["accuracy_drop"] <= 2.0, "the variant keeps its accuracy"
+    assert drifted["status"] == "drifted" and drifted["flag"]
+    assert drifted["topk_overlap_hi"] < drifted["threshold"]
+    assert {f["feature"] for f in drifted["top_features"][:2]} <= {f"x{j}" for j in INFORMATIVE}
+    assert any(f["variant_rank"] > 3 for f in drifted["top_features"]) and "ranks moved" in drifted["verdict"]
+    assert kept["status"] == "kept" and not kept["flag"] and kept["topk_overlap_lo"] >= kept["threshold"]
+    assert result["relations"]["moved"]["relation"] == "same data"
+    assert result["relations"]["onnx-fp32"]["relation"] == "derived"
+    assert not any("unrelated" in flag for flag in result["flags"])
+
+
+def test_an_unrelated_model_is_said_so(tmp_path):
+    a, b = redundant_data(0), redundant_data(5)
+    original = fit_mlp(a, 0, COPIES, steps=5)
+    other = fit_mlp(b, 0, COPIES, steps=5)
+    assert relation(original, other)[0] == "unrelated" and "other data" in relation(original, other)[1]
+    result = explain.explain_model(original, a, methods=["saliency"], compare=[other], samples=4).to_dict()
+    assert result["relations"]["variant0"]["relation"] == "unrelated"
+    assert any("unrelated model" in flag for flag in result["flags"])
+    assert result["drift"]["rows"][0]["relation"] == "unrelated"
+
+
+def test_drift_status_reads_the_interval_and_names_a_swapped_top_feature():
+    assert [drift_status(lo, hi, 0.7) for lo, hi in ((0.2, 0.6), (0.6, 0.8), (0.75, 0.9))] == \
+        ["drifted", "uncertain", "kept"]
+    rng = np.random.default_rng(0)
+    a = np.abs(rng.normal(size=(40, 20))) * 0.1
+    a[:, 0] += 5.0                                  # x0 the top input of the original
+    b = a.copy()
+    b[:, [0, 7]] = b[:, [7, 0]]                     # the variant swaps it with a minor input
+
+    def attr(values):
+        return Attribution(values, "saliency", "saliency", "torch", np.zeros(20), np.zeros(40, int), np.zeros(40))
+
+    row = drift_row("v", attr(a), attr(b), accuracy=0.9, original_accuracy=0.9, noise_floor_topk=None,
+                    random_floor_topk=None, feature_names=[f"f{i}" for i in range(20)])
+    assert row["top_features"][0] == {"feature": "f0", "rank": 1, "variant_rank": row["top_features"][0]["variant_rank"]}
+    assert row["top_features"][0]["variant_rank"] > 3 and "f0 1 -> " in row["verdict"]
+    empty = drift_row("v", attr(np.zeros_like(a)), attr(b), accuracy=0.9, original_accuracy=0.9,
+                      noise_floor_topk=None, random_floor_topk=None)
+    assert empty["status"] == "uninformative" and not empty["flag"]
+
+
+# ---------------------------------------------------------------- sanity check
+
+
+@pytest.fixture(scope="module")
+def trained():
+    bundle = redundant_data(0)
+    return fit_mlp(bundle, 0, COPIES), bundle
+
+
+def _attr(model, x, values, method="saliency"):
+    base = explain.attribute(model, x, None, method)
+    return Attribution(values.astype(np.float32), method, method, "torch", base.baseline, base.targets,
+                       base.reference_output)
+
+
+def test_empty_maps_are_uninformative_never_a_pass(trained):
+    model, bundle = trained
+    x = bundle.x_test[:8]
+    check = cascading_randomization(model, x, _attr(model, x, np.zeros_like(x)))
+    assert check["verdict"] == "uninformative" and check["empty_share"] == 1.0 and "empty" in check["reason"]
+    half = np.where(np.arange(8)[:, None] < 4, 0.0, explain.attribute(model, x, None, "saliency").values)
+    assert cascading_randomization(model, x, _attr(model, x, half))["empty_share"] == 0.5
+
+
+def test_a_map_that_echoes_the_input_is_input_only(trained):
+    model, bundle = trained
+    x = bundle.x_test[:8]
+    check = cascading_randomization(model, x, _attr(model, x, input_only_map(model.spec, x)))
+    assert check["input_only"] == pytest.approx(1.0) and check["verdict"] == "input-only"
+
+
+def test_cascade_floor_and_verdict_of_gradients_of_a_trained_model(trained):
+    model, bundle = trained
+    x = bundle.x_test[:16]
+    check = cascading_randomization(model, x, explain.attribute(model, x, None, "saliency"))
+    assert [step["layers"].count(",") for step in check["cascade"]] == [0, 1]   # top layer, then both
+    assert len(check["seeds"]) == 3 and len(check["floor"]) == 3
+    assert check["model_reference"] > 0.9 and check["verdict"] != "input-only"
+    assert check["verdict"] in ("separated", "not separated") and check["reason"]
+
+
+def test_sanity_verdict_against_the_noise_floor():
+    base = {"empty_share": 0.0, "input_only": 0.3, "model_reference": 0.6}
+    assert sanity_verdict({**base, "seeds": [0.1, 0.15, 0.12], "floor": [0.1, 0.1, 0.1]})[0] == "separated"
+    assert sanity_verdict({**base, "seeds": [0.4, 0.45, 0.42], "floor": [0.7, 0.75, 0.72]})[0] == "separated"
+    assert sanity_verdict({**base, "seeds": [0.4, 0.45, 0.42], "floor": [0.45, 0.4, 0.5]})[0] == "not separated"
+    assert sanity_verdict({**base, "seeds": [None] * 3, "floor": [None] * 3})[0] == "uninformative"
+
+
+# ---------------------------------------------------------------- infidelity
+
+
+def test_infidelity_does_not_depend_on_a_feature_s_units(trained):
+    """Rescaling one raw feature (and the model's statistics with it) leaves the model, its attributions and so
+    its infidelity unchanged when the perturbations follow each input's spread (not one global std)."""
+    model, bundle = trained
+    x = bundle.x_test[:16]
+    scale = np.ones(12, np.float32)
+    scale[4] = 1e6
+    mean, std = bundle.mean * scale, bundle.std * scale
+    module = build_model("mlp", {"hidden": [16], "dropout": 0.0}, (12,), 3, mean, std)
+    state = {k: v for k, v in model.module.state_dict().items() if "mean" not in k and "std" not in k}
+    module.load_state_dict(state, strict=False)
+    scaled = LoadedModel(module=module.eval(), spec=ModelSpec.from_dict(
+        {**model.spec.to_dict(), "preprocessing": {"mean": mean.tolist(), "std": std.tolist()}}))
+    a = explain.attribute(model, x, None, "integrated_gradients")
+    b = explain.attribute(scaled, x * scale, None, "integrated_gradients")
+    assert np.allclose(a.values, b.values, atol=1e-3)
+    assert infidelity(scaled, x * scale, b) == pytest.approx(infidelity(model, x, a), rel=0.05)
+
+
+# ---------------------------------------------------------------- reproduce command
+
+
+@pytest.mark.slow
+def test_the_report_s_reproduce_command_runs_from_another_directory(tmp_path):
+    """Two toolkit processes (train, then the report's command from elsewhere): about a minute on a busy CPU."""
+    from reports.collect import load_run
+    from reports.sections import reproduce_command
+
+    work = tmp_path / "work"
+    work.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["a,b,c,label"] + [f"{rng.normal():.3f},{rng.normal():.3f},{rng.normal():.3f},{i % 2}" for i in range(60)]
+    (work / "toy.csv").write_text("\n".join(rows) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([sys.executable, "-m", "cli.main", "train", "toy.csv", "--model", "mlp", "--epochs", "1",
+                            "--out", "run"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    command = reproduce_command(load_run(work / "run"))
+    parts = shlex.split(command)
+    assert parts[:3] == ["toolkit", "train", str((work / "toy.csv").resolve())]
+    assert Path(parts[parts.index("--out") + 1]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = subprocess.run([sys.executable, "-m", "cli.main", *parts[1:]], cwd=elsewhere, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (Path(parts[parts.index("--out") + 1]) / "result.json").is_file()
+    assert (work / "run" / "result.json").is_file(), "the original run is left as it was"
+
+
+# ---------------------------------------------------------------- compression's drift guard
+
+
+def _candidate(name: str, model: LoadedModel, p50: float):
+    from compress.base import Variant
+
+    m = {"within_budget": True, "slower_than_fp32": False, "flips": False, "latency_ms": {"b256_t1": {"p50": p50}},
+         "size_bytes": 1000, "speedup": {"b256_t1": 2.0}, "size_ratio": 1.0, "accuracy": 0.99, "accuracy_drop": 0.0}
+    return Variant(name=name, model=model, recipe={"method": name}, measurements=m)
+
+
+def test_auto_never_chooses_a_candidate_whose_attributions_drifted(tmp_path):
+    from compress.auto import baseline_variant, choose, drift_guard
+
+    bundle = redundant_data(0)
+    original = fit_mlp(bundle, 0, COPIES)
+    moved = _candidate("moved", fit_mlp(bundle, 0, INFORMATIVE), p50=1.0)   # the fastest
+    same = _candidate("same", original, p50=1.5)
+    assert drift_guard(original, moved, bundle)["status"] == "drifted" and "drifted" in moved.notes[-1]
+    assert drift_guard(original, same, bundle)["status"] == "kept" and not same.notes
+    chosen, reason = choose(baseline_variant(original), [moved, same], 0.5)
+    assert chosen is same and "excluded: attributions drifted (moved)" in reason
+    exported = onnx_fp32(original, tmp_path / "fp32")          # an ONNX candidate not saved yet: only its bytes
+    in_memory = _candidate("onnx-fp32", LoadedModel(module=None, spec=load_model(exported).spec), p50=1.2)
+    in_memory.onnx_bytes = (exported / "model.onnx").read_bytes()
+    assert drift_guard(original, in_memory, bundle)["status"] == "kept"
+    allowed = _candidate("moved", moved.model, p50=1.0)
+    assert drift_guard(original, allowed, bundle, max_drift=1.0)["status"] == "kept"
+    assert choose(baseline_variant(original), [allowed, same], 0.5)[0] is allowed
+
+
+def test_a_failed_sanity_check_is_a_flag_with_its_reason(trained):
+    model, bundle = trained
+    result = explain.explain_model(model, bundle, methods=["saliency", "feature_ablation"], samples=8).to_dict()
+    for method, q in result["quality"].items():
+        failed = q["sanity"]["verdict"] != "separated"
+        assert q["flagged"] == failed
+        assert any(flag.startswith(f"{method}: sanity check FAILED: {q['sanity']['verdict']}")
+                   for flag in result["flags"]) == failed
+
+
+def test_explain_results_of_versions_2_and_3_are_read(trained):
+    from trainers.errors import ToolkitError
+    from trainers.schema import ExplainResultFile, ExplainResultFileV2, parse_result
+
+    model, bundle = trained
+    current = explain.explain_model(model, bundle, methods=["saliency"], samples=4).to_dict()
+    assert isinstance(parse_result(current, "r", "explain"), ExplainResultFile) and current["schema_version"] == 3
+    older = {k: v for k, v in current.items() if k != "relations"}
+    older["schema_version"] = 2
+    older["quality"] = {m: {k: v for k, v in q.items() if k not in ("sanity", "empty_share")}
+                        for m, q in current["quality"].items()}
+    assert isinstance(parse_result(older, "r", "explain"), ExplainResultFileV2)
+    with pytest.raises(ToolkitError, match="relations: unknown field"):
+        parse_result({**older, "relations": {}}, "r", "explain")

@@ -1,0 +1,217 @@
+"""The fidelity rule every variant is judged by, the interleaved timing's spread figure, and auto's search budget."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compress import register_builtin_methods
+from trainers.errors import ToolkitError
+
+register_builtin_methods()  # the registry's order first: importing compress.auto alone would register it early
+
+from compress.auto import SearchBudget, build_candidates, choose  # noqa: E402
+from compress.base import Variant  # noqa: E402
+from compress.measure import (NOISY_SPREAD, LatencyConfig, agreement_margin, compare_to_baseline, fidelity,  # noqa: E402
+                              interleaved_rounds, is_noisy, judge, measure_all, ratio_summary, wilson_interval)
+
+FAST = LatencyConfig(warmup=1, min_reps=2, max_reps=6, budget_s=0.0, threads_all=1, rounds=2)
+
+
+# ---------------------------------------------------------------- the margin and the interval
+
+
+@pytest.mark.parametrize("p,n", [(0.97, 800), (0.97, 100), (0.5, 30), (0.99, 5000)])
+def test_margin_is_the_one_sided_95_normal_margin(p, n):
+    assert agreement_margin(p, n) == pytest.approx(1.645 * math.sqrt(p * (1 - p) / n))
+    assert agreement_margin(p, 4 * n) == pytest.approx(agreement_margin(p, n) / 2)  # shrinks as 1/sqrt(n)
+
+
+def test_margin_refuses_no_samples_and_rates_outside_0_1():
+    with pytest.raises(ToolkitError, match="at least one sample"):
+        agreement_margin(0.97, 0)
+    with pytest.raises(ToolkitError, match=r"\[0, 1\]"):
+        agreement_margin(1.2, 10)
+
+
+@pytest.mark.parametrize("k,n", [(97, 100), (800, 800), (0, 50), (745, 800)])
+def test_wilson_interval_matches_the_closed_form(k, n):
+    z, p = 1.959964, k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = wilson_interval(k, n)
+    assert low == pytest.approx(max(0.0, centre - half), abs=1e-6)
+    assert high == pytest.approx(min(1.0, centre + half), abs=1e-6)
+    assert low <= p <= high
+
+
+@pytest.mark.parametrize("short,passes", [(0.9, True), (1.1, False)])
+def test_a_variant_passes_down_to_the_required_share_less_the_margin(short, passes):
+    n, required = 2000, 0.97
+    agreeing = math.floor(n * (required - short * agreement_margin(required, n)))
+    original = np.zeros(n, dtype=int)
+    predicted = np.where(np.arange(n) < agreeing, 0, 1)
+    f = fidelity(predicted, original, required)
+    assert f["agreeing"] == agreeing and f["n"] == n and f["agreement"] == agreeing / n
+    assert f["wilson_low"] <= f["agreement"] <= f["wilson_high"]
+    assert f["passes"] is passes
+    m = {"accuracy_drop": 0.0, "fidelity": f}
+    assert judge(m, 0.5) is passes and m["flips"] is (not passes) and m["within_budget"]
+
+
+# ---------------------------------------------------------------- variants judged against the original
+
+
+class _Fixed(nn.Module):
+    """Predicts class `mapping[argmax(x)]`: a stand-in for a model with known predictions."""
+
+    def __init__(self, mapping):
+        super().__init__()
+        self.register_buffer("mapping", torch.tensor(mapping))
+
+    def forward(self, x):
+        return nn.functional.one_hot(self.mapping[x.argmax(1)], len(self.mapping)).float()
+
+
+def _variant(name, mapping, recipe):
+    model = SimpleNamespace(module=_Fixed(mapping).eval(), spec=SimpleNamespace(runtime="torch"), path=None)
+    return Variant(name, model, recipe, measurements={"size_bytes": 100})
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4)).astype(np.float32)
+    return SimpleNamespace(x_test=x, y_test=x.argmax(1))  # the original is right on every sample
+
+
+def test_a_chained_variant_is_judged_against_the_original_not_its_intermediate(data):
+    """The pruned intermediate maps class 0 to 1; int8 of it agrees with it everywhere, and so its parity (against
+    the intermediate) is perfect; against the original, it disagrees on every class-0 sample and is flagged."""
+    baseline = _variant("fp32-torch", (0, 1, 2, 3), {"method": "baseline"})
+    steps = [{"method": "prune-structured", "ratio": 0.5}, {"method": "int8-dynamic"}]
+    chained = _variant("prune-structured-50+int8-dynamic-onnx", (1, 1, 2, 3), {"method": "chain", "steps": steps})
+    chained.measurements["parity"] = {"max_abs_diff": 0.0, "top1_agreement": 1.0, "n": 400}  # against the intermediate
+    measure_all([chained], baseline, data, max_drop=100.0, config=FAST)
+    f = chained.measurements["fidelity"]
+    assert f["agreement"] == pytest.approx(1 - (data.x_test.argmax(1) == 0).mean())
+    assert chained.measurements["flips"] and not f["passes"]
+    assert chained.measurements["parity"]["top1_agreement"] == 1.0
+    assert choose(baseline, [chained], 100.0)[0] is baseline
+
+
+def test_a_pruned_variant_that_flips_predictions_is_flagged_within_its_accuracy_budget(data):
+    """Accuracy alone would pass it (budget 100 points); agreement with the original does not."""
+    baseline = _variant("fp32-torch", (0, 1, 2, 3), {"method": "baseline"})
+    pruned = _variant("prune-structured-30", (0, 1, 3, 3), {"method": "prune-structured", "ratio": 0.3})
+    same = _variant("prune-structured-10", (0, 1, 2, 3), {"method": "prune-structured", "ratio": 0.1})
+    measure_all([pruned, same], baseline, data, max_drop=100.0, config=FAST)
+    assert pruned.measurements["within_budget"] and pruned.measurements["flips"]
+    assert any("never chosen" in note for note in pruned.notes)
+    assert not same.measurements["flips"] and same.measurements["fidelity"]["agreement"] == 1.0
+    assert baseline.measurements["fidelity"]["agreement"] == 1.0 and not baseline.measurements["flips"]
+
+
+# ---------------------------------------------------------------- timing: rounds, ratios, spread
+
+
+def test_rounds_interleave_every_call_in_a_rotating_order():
+    order = []
+    calls = [lambda x, i=i: order.append(i) for i in range(3)]
+    config = LatencyConfig(warmup=1, min_reps=3, max_reps=3, budget_s=0.0, rounds=3)
+    timed = interleaved_rounds(calls, np.zeros(1), config, cpu_clock=True)
+    assert order[:3] == [0, 1, 2]  # warm-up
+    assert order[3:] == [0, 1, 2, 1, 2, 0, 2, 0, 1]  # one call each per round, each round one further along
+    assert all(len(t["rounds"]) == 3 and len(t["times"]) == 3 for t in timed)
+
+
+def test_speedup_is_the_median_of_per_round_ratios_and_spread_flags_noise():
+    steady, spread = ratio_summary([10.0] * 7, [5.0] * 7)
+    assert steady == pytest.approx(2.0) and spread == 0.0 and not is_noisy(spread)
+    # one slow spell in the baseline's round 3 moves the median of ratios not at all
+    robust, _ = ratio_summary([10, 10, 10, 40, 10, 10, 10], [5.0] * 7)
+    assert robust == pytest.approx(2.0)
+    noisy_median, noisy = ratio_summary([10.0] * 7, [5, 9, 3, 5, 8, 2.5, 6])
+    assert noisy > NOISY_SPREAD and is_noisy(noisy)
+    assert is_noisy(float("inf")) and is_noisy(float("nan"))
+
+
+def test_a_noisy_setting_is_reported_instead_of_its_speedup():
+    settings = ("b1_t1", "b1_tall", "b256_t1", "b256_tall")
+    steady, jumpy = [2.0] * 7, [1.0, 1.9, 0.6, 1.0, 1.7, 0.5, 1.2]
+    lat = {s: {"p50": 1.0, "p95": 1.0, "reps": 7} for s in settings}
+    f = fidelity(np.zeros(50, int), np.zeros(50, int))
+    base = Variant("fp32-torch", None, {}, measurements={
+        "accuracy": 0.9, "size_bytes": 100, "latency_ms": lat, "rounds_ms": {s: steady for s in settings}, "fidelity": f})
+    variant = Variant("v", None, {}, measurements={
+        "accuracy": 0.9, "size_bytes": 50, "latency_ms": lat, "fidelity": f,
+        "rounds_ms": {**{s: [1.0] * 7 for s in settings}, "b256_t1": jumpy}})
+    for v in (base, variant):
+        compare_to_baseline(v, base, 0.5)
+    m = variant.measurements
+    assert m["noisy"] == ["b256_t1"] and m["speedup_spread"]["b256_t1"] > NOISY_SPREAD
+    assert m["speedup"]["b1_t1"] == pytest.approx(2.0) and m["speedup_spread"]["b1_t1"] == 0.0
+    assert any("too noisy" in n for n in variant.notes)
+    m["pareto"] = True
+    chosen, reason = choose(base, [variant], 0.5)
+    assert chosen is variant and "too noisy for a speed-up" in reason and "x faster" not in reason
+
+
+# ---------------------------------------------------------------- the search budget
+
+
+def test_budget_ends_the_search_before_the_step_that_would_overrun_it(digits):
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    steps = [("fp16", {}, []), ("bf16", {}, []), ("onnx-fp32", {}, [])]
+    variants, skipped = build_candidates(model, digits, steps, budget=SearchBudget(seconds=30.0, measure_s=20.0))
+    assert [v.name for v in variants] == ["fp16-torch"]
+    assert [s["method"] for s in skipped] == ["bf16", "onnx-fp32"]
+    assert all("search budget of 30 s" in s["reason"] for s in skipped)
+    unlimited, none_skipped = build_candidates(model, digits, steps[:2], budget=SearchBudget(None, measure_s=20.0))
+    assert len(unlimited) == 2 and not none_skipped
+
+
+def test_auto_out_of_budget_keeps_the_original_and_says_why(digits):
+    from compress import compress_model
+    from compress.checks import tiny_model
+
+    result = compress_model(tiny_model("mlp"), digits, methods=["auto"], budget_seconds=0.01,
+                            options={"auto": {"latency_budget_s": 0.01}})
+    summary = result.to_dict()
+    assert summary["schema_version"] == 2 and summary["budget_seconds"] == 0.01
+    assert result.chosen is result.baseline and "--budget-seconds 0.01" in result.reason
+    assert summary["skipped"] and all("search budget" in s["reason"] for s in summary["skipped"])
+
+
+@pytest.mark.parametrize("given,option", [({"min_agreement": 1.5}, "--min-agreement"),
+                                          ({"budget_seconds": 0}, "--budget-seconds"),
+                                          ({"budget_seconds": "soon"}, "--budget-seconds")])
+def test_bad_agreement_or_budget_is_refused_before_any_work(given, option):
+    from compress import check_request
+
+    with pytest.raises(ToolkitError, match=option):
+        check_request(["auto"], None, 0.5, None, None, **given)
+
+
+def test_version_1_compress_results_are_still_read():
+    from fake_runs import compress_result
+    from trainers.schema import CompressResultFile, CompressResultFileV1, parse_result
+
+    current = compress_result().dump()
+    assert isinstance(parse_result(current, stage="compress"), CompressResultFile)
+    old = {k: v for k, v in current.items() if k not in ("min_agreement", "budget_seconds", "search_notes")}
+    new_row_fields = ("fidelity", "speedup_spread", "noisy", "rounds")
+    for row in [old["baseline"], *old["variants"]]:
+        for key in new_row_fields:
+            row.pop(key)
+    read = parse_result({**old, "schema_version": 1}, stage="compress")
+    assert type(read) is CompressResultFileV1 and read.variants[0].fidelity is None
+    with pytest.raises(ToolkitError, match="min_agreement"):
+        parse_result({**old, "schema_version": 2}, stage="compress")

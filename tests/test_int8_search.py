@@ -1,0 +1,131 @@
+"""The static int8 search: configurations, the fp32 fallback by latency per agreement, the tie rule, the record."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from compress import get_method
+from compress.export import export_onnx
+from compress.int8_search import TIE_BAND, Candidate, Int8Config, interleaved_latency, pick, search_int8
+from trainers import LoadedModel, TrainConfig, predict, train
+from trainers.errors import ToolkitError
+from trainers.schema import Int8SearchRow
+
+ONE = {"formats": ("qdq",), "calibrations": ("minmax",), "per_channel": (True,), "optimize": (True,)}
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    return train(digits, "mlp", TrainConfig(epochs=3, model={"hidden": [32, 16]}, device="cpu"), progress=False).model
+
+
+def _fragile(model) -> LoadedModel:
+    """Classes 0 and 1 nearly tied (class 1's head row is class 0's plus a tiny perturbation, both scaled up):
+    int8 noise flips many of those predictions."""
+    module = copy.deepcopy(model.module)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        module.head.weight[1] = module.head.weight[0] + 1e-3 * torch.randn_like(module.head.weight[0])
+        module.head.bias[1] = module.head.bias[0]
+        module.head.weight[:2] *= 5.0
+        module.head.bias[:2] += 50.0
+    return LoadedModel(module=module, spec=model.spec, path=model.path)
+
+
+def _inputs(model, digits):
+    fp32 = export_onnx(model, digits)
+    check_x = np.ascontiguousarray(digits.x_val, np.float32)
+    return fp32, np.ascontiguousarray(digits.x_train[:256], np.float32), check_x, predict(model.module, check_x).argmax(1)
+
+
+def _candidate(agreement, latency, rank=0, fp32_nodes=()):
+    return Candidate(Int8Config(rank=rank), list(fp32_nodes), b"", agreement, latency)
+
+
+def test_pick_prefers_agreement_within_the_tie_band_and_speed_beyond_it():
+    fast, close = _candidate(0.995, 0.40, rank=0), _candidate(0.999, 0.40 * (1 + TIE_BAND) * 0.99, rank=1)
+    assert pick([fast, close], 0.99) is close  # within 15%: higher agreement wins
+    far = _candidate(0.999, 0.40 * (1 + TIE_BAND) * 1.05, rank=1)
+    assert pick([fast, far], 0.99) is fast  # beyond 15%: the faster one
+    missed = _candidate(0.9, 0.10, rank=2)
+    assert pick([fast, close, _candidate(0.98, 0.05)], 0.99) is close  # under the target never wins on speed
+    assert pick([_candidate(0.95, 0.3), _candidate(0.97, 0.9)], 0.99).agreement == 0.97  # none reaches: most faithful
+    # equal agreement and speed within the band: the grid's order decides, not timing noise
+    assert pick([_candidate(1.0, 0.41, rank=3), _candidate(1.0, 0.40, rank=1), missed], 0.99).config.rank == 1
+
+
+def test_search_meets_the_target_and_records_every_configuration(mlp, digits):
+    fp32, calibration, check_x, reference = _inputs(mlp, digits)
+    found = search_int8(fp32, calibration, check_x, reference, 0.99, formats=("qdq", "qoperator"),
+                        calibrations=("minmax",), per_channel=(True, False), optimize=(True,), rounds=3)
+    assert len(found.rows) >= 4 and {(r["format"], r["per_channel"]) for r in found.rows} == {
+        ("qdq", True), ("qdq", False), ("qoperator", True), ("qoperator", False)}
+    best = found.best
+    assert best.agreement >= 0.99 and best.latency_ratio > 0
+    got = (predict_onnx(best.onnx_bytes, check_x) == reference).mean()
+    assert got == pytest.approx(best.agreement)  # the figure recorded is the graph's
+    for row in found.rows:
+        Int8SearchRow.model_validate(row)  # the variant's record accepts every row
+        assert row["reached"] == (row["agreement"] >= 0.99)
+
+
+def predict_onnx(onnx_bytes, x):
+    from compress.export import run_onnx
+
+    return run_onnx(onnx_bytes, x).argmax(1)
+
+
+def test_fp32_fallback_layers_reduce_disagreement(mlp, digits):
+    fragile = _fragile(mlp)
+    fp32, calibration, check_x, reference = _inputs(fragile, digits)
+    found = search_int8(fp32, calibration, check_x, reference, 1.0, rounds=2, **ONE)
+    start = next(r for r in found.rows if not r["fp32_nodes"])
+    assert start["agreement"] < 1.0  # the fragile model does flip under int8
+    fallback = [r for r in found.rows if r["fp32_nodes"]]
+    assert fallback, "no layer was moved to fp32"
+    assert all(r["agreement"] > start["agreement"] for r in fallback)
+    assert found.best.agreement > start["agreement"] and len(found.best.fp32_nodes) < found.fp32_nodes_total
+    chain = [r["agreement"] for r in fallback]
+    assert chain == sorted(chain)  # every greedy step raised agreement
+
+
+def test_int8_static_records_the_chosen_configuration(mlp, digits):
+    (variant,) = get_method("int8-static", "mlp").func(mlp, digits, calibrations=("minmax",), per_channel=(True, False),
+                                                      formats=("qdq",), latency_rounds=2)
+    recipe, rows = variant.recipe, variant.measurements["int8_search"]
+    assert recipe["format"] == "QDQ" and recipe["calibration"] == "minmax" and recipe["graph_optimization"] is True
+    chosen = [r for r in rows if r["per_channel"] == recipe["per_channel"] and r["fp32_nodes"] == recipe["fp32_nodes"]]
+    assert chosen and variant.measurements["agreement_check"]["agreement"] == chosen[-1]["agreement"]
+    assert any(note.startswith("int8 search: 2 configuration(s)") for note in variant.notes)
+
+
+def test_search_is_deterministic_for_a_seed(mlp, digits):
+    func = get_method("int8-static", "mlp").func
+    first, second = (func(mlp, digits, seed=3, latency_rounds=2, **ONE)[0] for _ in range(2))
+    assert first.onnx_bytes == second.onnx_bytes
+    assert first.measurements["agreement_check"] == second.measurements["agreement_check"]
+    # untimed, over a grid: the same configuration every time
+    grid = {"formats": ("qdq", "qoperator"), "calibrations": ("minmax",), "per_channel": (True, False)}
+    untimed = [func(mlp, digits, seed=3, latency_rounds=0, **grid)[0] for _ in range(2)]
+    assert untimed[0].recipe == untimed[1].recipe and untimed[0].onnx_bytes == untimed[1].onnx_bytes
+    assert all(r["latency_ratio"] is None for r in untimed[0].measurements["int8_search"])
+
+
+def test_interleaved_latency_of_a_graph_against_itself_is_near_one(mlp, digits):
+    fp32 = export_onnx(mlp, digits)
+    x = np.ascontiguousarray(np.resize(digits.x_val, (64, *digits.x_val.shape[1:])), np.float32)
+    [ratio] = interleaved_latency([fp32], fp32, x, rounds=5)
+    assert 0.5 < ratio < 2.0
+
+
+@pytest.mark.parametrize("options, match", [({"formats": ()}, "at least one value"),
+                                            ({"calibrations": ("kmeans",)}, "calibrations"),
+                                            ({"latency_rounds": -1}, "latency_rounds")])
+def test_bad_search_options_are_refused_in_one_line(options, match, mlp, digits):
+    with pytest.raises(ToolkitError, match=match) as error:
+        get_method("int8-static", "mlp").func(mlp, digits, **options)
+    assert "\n" not in str(error.value)

@@ -1,0 +1,121 @@
+"""ONNX variants of a model trained on a numeric table also come as `model.raw.onnx`, which takes raw rows.
+
+One small numeric table (an ID column that is dropped, missing cells that get an indicator) is trained once
+and compressed to the ONNX variants; each raw-row graph must agree with `trainers.predict` on the same raw
+rows, and `toolkit predict` must run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from compress import compress_model
+from compress.export import ort_session, run_onnx
+from trainers import TrainConfig, load_model, predict, train
+from trainers.inference import predict_file
+
+ONNX_METHODS = ["onnx-fp32", "int8-dynamic", "int8-static"]
+
+
+def _frame(n: int = 240) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"id": rng.permutation(n) + 500, "a": rng.normal(size=n).round(4),
+                          "b": rng.normal(size=n).round(4), "c": rng.normal(size=n).round(4)})
+    frame.loc[rng.choice(n, 40, replace=False), "a"] = np.nan
+    frame["label"] = (frame.a.fillna(0) + frame.b > 0).astype(int) + (frame.c > 1)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    frame = _frame()
+    frame.to_csv(root / "d.csv", index=False, na_rep="NA")
+    trained = train(str(root / "d.csv"), "mlp", TrainConfig(epochs=3, model={"hidden": [16]}), target="label",
+                    out=root / "model", progress=False)
+    result = compress_model(root / "model", str(root / "d.csv"), methods=ONNX_METHODS, out=root / "c")
+    rows = frame.drop(columns=["label"])
+    rows.to_csv(root / "rows.csv", index=False, na_rep="NA")
+    return root, trained.model, result, rows
+
+
+def test_every_onnx_variant_has_a_raw_row_twin_that_agrees_with_predict(run):
+    root, model, result, rows = run
+    expected = predict(model, rows)  # PyTorch, preprocessing in Python
+    onnx_variants = [v for v in result.variants if v.model.spec.onnx]
+    assert len(onnx_variants) == len(ONNX_METHODS)
+    raw = rows.to_numpy(np.float32)  # the table's columns in order, missing cells NaN, the ID column included
+    assert np.isnan(raw).any()
+    for v in onnx_variants:
+        path = v.model.path / "model.raw.onnx"
+        assert v.model.spec.onnx["raw_file"] == "model.raw.onnx" and path.is_file()
+        got = run_onnx(ort_session(path.read_bytes()), raw)
+        encoded = run_onnx(ort_session((v.model.path / "model.onnx").read_bytes()), predict_inputs(model, rows))
+        # The same graph behind the preprocessing: the raw-row file gives the encoded file's logits.
+        assert np.abs(got - encoded).max() <= 1e-5, v.name
+        if v.name == "onnx-fp32":
+            assert (got.argmax(1) == expected.argmax(1)).mean() == 1.0
+            assert np.abs(got - expected).max() <= 1e-4
+
+
+def predict_inputs(model, rows):
+    from trainers.artifact import raw_rows_to_inputs
+
+    return raw_rows_to_inputs(model, rows)
+
+
+def test_predict_on_an_onnx_variant_runs_the_raw_row_graph(run):
+    root, model, result, rows = run
+    variant = load_model(root / "c" / "variants" / "onnx-fp32")
+    logits = predict(variant, rows)
+    assert variant._raw_session is not None and variant._session is None  # the encoded graph was not needed
+    assert np.abs(logits - predict(model, rows)).max() <= 1e-4
+    loaded, table = predict_file(root / "c", root / "rows.csv", variant="onnx-fp32")
+    assert loaded._raw_session is not None
+    assert (table["predicted_index"].to_numpy() == predict(model, rows).argmax(1)).all()
+
+
+def test_toolkit_predict_reads_raw_csv_rows_for_an_onnx_variant(run):
+    root, model, result, rows = run
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-m", "cli.main", "predict", str(root / "c"), str(root / "rows.csv"),
+                          "--variant", "int8-dynamic-onnx", "--json"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    predictions = json.loads(out.stdout)["predictions"]
+    encoded = run_onnx(ort_session((root / "c" / "variants" / "int8-dynamic-onnx" / "model.onnx").read_bytes()),
+                       predict_inputs(model, rows))
+    assert [p["predicted_index"] for p in predictions] == encoded.argmax(1).tolist()
+
+
+def test_text_in_a_numeric_column_gets_the_preprocessing_message_not_an_onnx_error(run):
+    root, model, result, rows = run
+    variant = load_model(root / "c" / "variants" / "onnx-fp32")
+    bad = rows.astype({"b": object})
+    bad.loc[0, "b"] = "seven"
+    from trainers import ToolkitError
+
+    with pytest.raises(ToolkitError, match="column 'b' was numeric at training but holds text"):
+        predict(variant, bad)
+
+
+def test_a_table_with_text_columns_gets_no_raw_row_graph(tmp_path):
+    frame = _frame(120)
+    frame["colour"] = np.array(["red", "green", "blue"])[np.arange(120) % 3]
+    trained = train(frame, "mlp", TrainConfig(epochs=1, model={"hidden": [8]}), target="label", progress=False)
+    result = compress_model(trained.model, trained_data(frame), methods=["onnx-fp32"], out=tmp_path / "c")
+    v = result.variants[-1]
+    assert v.model.spec.onnx and "raw_file" not in v.model.spec.onnx
+    assert not (v.model.path / "model.raw.onnx").exists()
+
+
+def trained_data(frame):
+    from trainers import load_data
+
+    return load_data(frame, target="label")
