@@ -41,7 +41,7 @@ def compress_command(
     Example: toolkit compress runs/cnn --data digits --method auto --max-drop 0.5 --out runs/cnn-compressed
     """
     from compress import compress_model
-    from trainers import default_run_dir, load_model
+    from trainers import default_run_dir
     from trainers.tables import TableOptions
 
     model, family = open_model(model_dir)

@@ -20,7 +20,8 @@ def explain_command(
     method: Optional[List[str]] = typer.Option(None, "--method", "-m",
                                                help="Method (repeatable); default: a fast set for the family."),
     compare: Optional[List[Path]] = typer.Option(None, "--compare", "-c",
-                                                 help="A compressed variant artifact to compare with (repeatable)."),
+                                                 help="A compressed variant (artifact directory or .onnx file) to "
+                                                      "compare with (repeatable)."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Test samples to explain."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sample draw and of sampled methods."),
     target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
@@ -36,11 +37,11 @@ def explain_command(
     Example: toolkit explain runs/cnn --data digits --method integrated_gradients --compare runs/cnn-c/variants/int8-dynamic-onnx --out runs/cnn-explain
     """
     from explain import explain_model
-    from trainers import default_run_dir, load_model
+    from trainers import default_run_dir
     from trainers.tables import TableOptions
 
     model, family = open_model(model_dir)
-    variants = [load_model(p) for p in compare or ()]
+    variants = [open_model(p)[0] for p in compare or ()]
     out = out or default_run_dir("explain", family)
     given = {"methods": method or None, "samples": samples, "seed": seed}
     with tracker("explain", mlflow, tensorboard) as track, console_progress() as progress:

@@ -88,7 +88,11 @@ class _Calibration:
     """Feeds calibration samples to ORT, a batch at a time (ORT's CalibrationDataReader protocol)."""
 
     def __init__(self, x: np.ndarray, input_name: str = "input", batch: int = 64):
-        self.batches = [{input_name: np.ascontiguousarray(x[i:i + batch], np.float32)} for i in range(0, len(x), batch)]
+        # Batches of one size: ORT's histogram calibrators (Percentile, Entropy) stack the batches' outputs into
+        # one array and fail on a shorter last batch. The ragged tail is left out (none with the default 512
+        # samples; a set under 64 samples is one batch).
+        usable = len(x) if len(x) <= batch else len(x) // batch * batch
+        self.batches = [{input_name: np.ascontiguousarray(x[i:i + batch], np.float32)} for i in range(0, usable, batch)]
         self.position = 0
 
     def get_next(self):

@@ -6,8 +6,8 @@ checked here, once, with one ToolkitError line each: the forward pass on the dat
 (batch, classes), one float input with a free batch axis, a graph ONNX Runtime can run.
 
 Pickled checkpoints are refused. `.pt`/`.pth`/`.pkl`/`.ckpt` files are pickles (loading one runs code), and so
-is a `torch.export` program: `torch.export.load` reads its weights and constants with
-`torch.load(weights_only=False)` and `pickle.loads` (torch 2.13, torch/export/pt2_archive/_package.py;
+is a `torch.export` program: `torch.export.load` reads its weights and constants with torch's full unpickler
+(weights_only switched off) and the pickle module (torch 2.13, torch/export/pt2_archive/_package.py;
 tests/test_own_model.py checks this still holds). The Python route is to build the module in one's own code
 and pass it, or to export it to ONNX.
 """
