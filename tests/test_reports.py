@@ -223,11 +223,11 @@ def test_variant_that_disagrees_with_the_original_is_marked(tmp_path):
     run = make_run(tmp_path / "run")
     agreement = Fidelity(agreement=0.9, n=300, agreeing=270, margin=0.016, wilson_low=0.861, wilson_high=0.929,
                          min_agreement=0.97, passes=False)
-    flipping = variant_row("prune-structured-50", "prune-structured", 0.89, 0.2, 1100, 0.03, 0.7, flips=True,
+    flipping = variant_row("prune-structured-30", "prune-structured", 0.89, 0.2, 1100, 0.03, 0.7, flips=True,
                            fidelity=agreement)
     write_compress(run / "compress", flipping)
     html = render_report(run).read_text(encoding="utf-8")
     assert "90.0% (95% CI 86.1-92.9%, n=300)" in html and "disagrees with fp32" in html
     assert html.count("disagrees with fp32") == 1
-    row = html[html.index("<strong>prune-structured-50</strong>"):]
+    row = html[html.index("<strong>prune-structured-30</strong>"):]
     assert row.index("disagrees with fp32") < row.index("</tr>")
