@@ -1,4 +1,4 @@
-"""Quantization: int8 through ONNX Runtime (dynamic and static QDQ), fp16 and bf16 in PyTorch.
+"""Quantization: int8 through ONNX Runtime (dynamic; static, searched by `compress.int8_search`), fp16 and bf16 in PyTorch.
 
 The int8 variants run in ONNX Runtime (`torch.ao.quantization` is deprecated and
 its int8 LSTMs do not export). Each carries a *fake-quant PyTorch twin*: the
