@@ -400,7 +400,7 @@ CASES: dict[str, dict[str, Case]] = {
     "explain": {
         "model dir missing": Case(lambda c: [str(c.tmp / "nope"), "--data", "digits"], "not found"),
         "NaN weights": Case(_bad_model(_nan_weights), "NaN"),
-        "unknown method": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "lime"], "lime"),
+        "unknown method": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "lime_v9"], "lime_v9"),
         "method not for this family": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "layer_gradcam"],
                                            "cannot handle a mlp"),
         "--samples 0": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--samples", "0"], "--samples"),
@@ -477,7 +477,7 @@ CASES: dict[str, dict[str, Case]] = {
         "unknown compress method": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--method", "zip"],
                                         "zip"),
         "unknown explain method": Case(
-            lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--explain-method", "lime"], "lime"),
+            lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--explain-method", "lime_v9"], "lime_v9"),
         "explain method not for this family": Case(
             lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--explain-method", "layer_gradcam"], "layer_gradcam"),
         "compress options for a method not requested": Case(

@@ -275,15 +275,16 @@ def test_a_failed_sanity_check_is_a_flag_with_its_reason(trained):
 
 def test_explain_results_of_versions_2_and_3_are_read(trained):
     from trainers.errors import ToolkitError
-    from trainers.schema import ExplainResultFile, ExplainResultFileV2, parse_result
+    from trainers.schema import AttributionRunV2, ExplainResultFile, ExplainResultFileV2, QualityV2, parse_result
 
     model, bundle = trained
     current = explain.explain_model(model, bundle, methods=["saliency"], samples=4).to_dict()
     assert isinstance(parse_result(current, "r", "explain"), ExplainResultFile) and current["schema_version"] == 3
     older = {k: v for k, v in current.items() if k != "relations"}
     older["schema_version"] = 2
-    older["quality"] = {m: {k: v for k, v in q.items() if k not in ("sanity", "empty_share")}
+    older["quality"] = {m: {k: v for k, v in q.items() if k in QualityV2.model_fields}  # version-3 fields go
                         for m, q in current["quality"].items()}
+    older["runs"] = [{k: v for k, v in r.items() if k in AttributionRunV2.model_fields} for r in current["runs"]]
     assert isinstance(parse_result(older, "r", "explain"), ExplainResultFileV2)
     with pytest.raises(ToolkitError, match="relations: unknown field"):
         parse_result({**older, "relations": {}}, "r", "explain")
