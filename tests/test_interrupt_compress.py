@@ -60,7 +60,8 @@ def test_sigkill_during_compress_keeps_the_previous_run_and_a_rerun_finishes(tmp
     before = _files(out)
 
     # A longer run into the same directory, killed in the middle (after its first candidates are made).
-    proc = _start("compress", model, "--data", "digits", "--method", "auto", "--out", out, "--overwrite")
+    proc = _start("--progress", "lines", "compress", model, "--data", "digits", "--method", "auto", "--out", out,
+                  "--overwrite")
     _kill_when(proc, "auto: prune-structured")
     assert proc.returncode == -signal.SIGKILL
     assert _files(out) == before, "the previous run directory changed"

@@ -111,7 +111,7 @@ def test_ctrl_c_during_compress_with_overwrite_keeps_the_previous_run_as_it_was(
     assert main(["compress", str(model), "--data", "iris", "--method", "fp16", "--out", str(out)]) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(compress_run, "_compress", interrupted)
