@@ -13,7 +13,6 @@ import typer
 
 from trainers.errors import ToolkitError, describe
 
-
 # Options of every command that reads a table (compress, explain: default to what training recorded).
 TARGET = typer.Option(None, "--target", help="Label column of a table (default: last; after training: recorded).")
 KEEP = typer.Option(None, "--keep", help="Keep a column that would be dropped as ID-like or constant (repeatable).")
@@ -71,15 +70,18 @@ def info(message: str) -> None:
 
 
 def console_progress():
-    """The stages' progress on stderr, as `toolkit --progress` says: `bars` (rich, with an ETA), `lines` (one plain
-    line per step), `none`; `auto` (the default) draws bars on a terminal and prints nothing when stderr is a pipe
-    or a file, so that a log holds the result and, on failure, the one error line. `--quiet`: none."""
+    """The stages' progress on stderr as `progress_mode()` says: rich bars with an ETA, plain lines, or none."""
     from trainers.progress import ConsoleProgress
 
-    mode = "none" if QUIET["on"] else PROGRESS["mode"]
-    if mode == "auto":
-        mode = "bars" if sys.stderr.isatty() else "none"
+    mode = progress_mode()
     return ConsoleProgress(quiet=mode == "none", live=mode == "bars")
+
+
+def progress_mode() -> str:
+    """`toolkit --progress` resolved to bars, lines or none: `auto` (the default) draws bars on a terminal and
+    prints nothing to a pipe or a file, so a log holds the result and, on failure, the one error line."""
+    mode = "none" if QUIET["on"] else PROGRESS["mode"]
+    return ("bars" if sys.stderr.isatty() else "none") if mode == "auto" else mode
 
 
 def finish(summary: dict, out, as_json: bool) -> None:
@@ -108,9 +110,8 @@ def parse_json_option(text: str | None, option: str) -> dict:
 
 
 def open_model(path: Path):
-    """(what the stage takes, family for the default run directory) for a MODEL argument: an artifact directory
-    is loaded here; an `.onnx` file is handed to the stage, which loads it with the data (its example input);
-    anything else (a pickle, a missing path) is refused in one line by `trainers.as_model`."""
+    """(what the stage takes, family for the run directory's name): an `.onnx` file goes to the stage (loaded
+    with the data); anything else is loaded (or refused in one line) by `trainers.as_model`."""
     from trainers.usermodel import as_model
 
     if Path(path).suffix.lower() == ".onnx" and Path(path).is_file():

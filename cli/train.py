@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from .common import (DROP, IMAGE_SIZE, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info,
-                     parse_json_option)
+                     parse_json_option, progress_mode)
 from .help import model_families, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker, tracking_args
 
@@ -70,7 +70,8 @@ def train_command(
         where = LaunchOptions(nproc_per_node, nnodes, node_rank, master_addr, master_port, oversubscribe)
         raise typer.Exit(launch_training(data, model, config, where, out=out, overwrite=overwrite, resume=resume,
                                          json_output=as_json, extra_args=tracking_args(mlflow, tensorboard),
-                                         table=TableOptions.of(target, keep, drop, sep), image_size=image_size))
+                                         table=TableOptions.of(target, keep, drop, sep), image_size=image_size,
+                                         announce=progress_mode() != "none"))
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
     with tracker("train", mlflow, tensorboard) as track, console_progress() as progress:

@@ -332,3 +332,17 @@ def test_image_size_in_the_pipeline_config():
     assert resolve_config(None, {"image_size": 24}).to_dict()["image_size"] == 24
     with pytest.raises(ToolkitError, match="image_size"):
         resolve_config(None, {"image_size": 2})
+
+
+def test_the_launcher_names_its_torchrun_command_only_when_progress_is_shown(monkeypatch, capsys):
+    import torch.distributed.run as torchrun
+
+    from trainers.distributed import LaunchOptions, launch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    started = []
+    monkeypatch.setattr(torchrun, "run", started.append)
+    assert launch(LaunchOptions(1), ["iris"], "cpu", announce=False) == 0
+    assert capsys.readouterr().err == ""
+    assert launch(LaunchOptions(1), ["iris"], "cpu") == 0
+    assert "launching: torchrun" in capsys.readouterr().err and len(started) == 2

@@ -266,8 +266,9 @@ class LaunchOptions:
         return args
 
 
-def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto") -> int:
-    """Run `toolkit train <train_argv>` in `nproc_per_node` processes through torchrun's launcher.
+def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", announce: bool = True) -> int:
+    """Run `toolkit train <train_argv>` in `nproc_per_node` processes through torchrun's launcher; `announce`
+    prints the torchrun command line on stderr first.
 
     Returns the exit code: 0 when every worker succeeded, else the first failed worker's code.
     """
@@ -278,7 +279,8 @@ def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto") 
     from torch.distributed.run import parse_args, run
 
     argv = [*options.torchrun_args(), "--module", "cli.main", "train", *train_argv]
-    print("launching: torchrun " + " ".join(argv), file=sys.stderr)
+    if announce:
+        print("launching: torchrun " + " ".join(argv), file=sys.stderr)
     if "OMP_NUM_THREADS" not in os.environ:
         # Split the cores between the local processes (torchrun alone would give each one thread).
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // options.nproc_per_node))
@@ -297,7 +299,8 @@ _TRAIN_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr"
 
 def launch_training(data, family: str, config, options: LaunchOptions, *, out: Path, target: str | None = None,
                     overwrite: bool = False, resume: bool = False, json_output: bool = False,
-                    extra_args: tuple[str, ...] = (), table=None, image_size: int | None = None) -> int:
+                    extra_args: tuple[str, ...] = (), table=None, image_size: int | None = None,
+                    announce: bool = True) -> int:
     """`train(data, family, config, out=...)` in `options.nproc_per_node` processes per machine, via `launch`.
 
     What would make every process fail (a bad option, too few GPUs, an occupied `out`) is refused here first,
@@ -330,7 +333,7 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
 
         argv += ["--image-size", str(checked_size(image_size))]
     argv += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--json", json_output)) if on]
-    return launch(options, [*argv, *extra_args], config.device)
+    return launch(options, [*argv, *extra_args], config.device, announce)
 
 
 def _table_args(table, target: str | None) -> list[str]:
