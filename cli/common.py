@@ -92,8 +92,7 @@ def finish(summary: dict, out, as_json: bool) -> None:
         typer.echo(str(out))
 
 
-def emit_json(obj) -> None:
-    """The result on stdout as one JSON object (data only; logs go to stderr)."""
+def emit_json(obj) -> None:  # the result on stdout as one JSON object (data only; logs go to stderr)
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 

@@ -184,8 +184,9 @@ def tiny_model(family: str, seed: int = 0):
     from trainers import TrainConfig, load_model, train
 
     out = Path(_scratch().name) / f"{family}-{seed}"
-    config = TrainConfig(epochs=3, device="cpu", seed=seed, model=tiny_config(family))
-    train(digits(), family, config, out=out, progress=False)
+    if not out.exists():  # made by an earlier call (the cache can be cleared; the scratch folder stays)
+        config = TrainConfig(epochs=3, device="cpu", seed=seed, model=tiny_config(family))
+        train(digits(), family, config, out=out, progress=False)
     return load_model(out)
 
 

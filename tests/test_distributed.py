@@ -95,8 +95,9 @@ def test_bad_launch_options_exit_2_before_starting_processes(args, tmp_path, cap
 
 def test_two_processes_end_with_identical_replicas_and_write_one_artifact(tmp_path):
     hashes = tmp_path / "hashes"
-    done = _run(["-m", "cli.main", "train", "digits", "--model", "mlp", "--epochs", "2", "--device", "cpu",
-                 "--nproc-per-node", "2", "--out", "run", "--json"], tmp_path, **{REPLICA_HASH_ENV: str(hashes)})
+    done = _run(["-m", "cli.main", "--progress", "lines", "train", "digits", "--model", "mlp", "--epochs", "2",
+                 "--device", "cpu", "--nproc-per-node", "2", "--out", "run", "--json"], tmp_path,
+                **{REPLICA_HASH_ENV: str(hashes)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "torchrun --standalone --nproc-per-node=2" in done.stderr
     digests = {p.name: p.read_text() for p in hashes.iterdir()}
