@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from typing import Annotated, Literal, get_args
 
 import torch
@@ -25,7 +24,7 @@ from torch.nn.utils import prune as torch_prune
 
 from pydantic import Field, Strict
 
-from trainers.artifact import LoadedModel, ModelSpec, accuracy
+from trainers.artifact import LoadedModel, accuracy
 from trainers.codecs import CODEBOOK_SIZE, quantize_int8
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.artifact import CUSTOM_FAMILY, LoadedModel, load_model, write_artifact
+from trainers.artifact import CUSTOM_FAMILY, LoadedModel, write_artifact
 from trainers.data import DataBundle, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError

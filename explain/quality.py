@@ -179,7 +179,6 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
     The checks that re-run the method (sanity check, noise floor) use the first
     `repeat_samples` samples (all by default).
     """
-    family = model.spec.family
     holds = get_method(attr.method).holds_axiom(model)
     errors = completeness_errors(model, x, attr)
     out: dict = {"completeness_error": float(np.median(errors)) if len(errors) else 0.0, "axiom_holds": holds,
