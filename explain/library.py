@@ -103,6 +103,7 @@ def saliency(ctx, x, targets):
     from captum.attr import Saliency
 
     xt, tt = _tensors(ctx, x, targets)
+    xt = xt.clone().requires_grad_(True)  # Captum warns when it has to switch gradients on itself
     return _np(Saliency(ctx.forward).attribute(xt, target=tt, abs=True)), ctx.reference_at_baseline(targets), None
 
 

@@ -346,3 +346,12 @@ def test_attribution_runs_on_the_models_cuda_device(models, digits, family):
         assert attr.values.shape == x.shape and np.isfinite(attr.values).all()
         if method != "gradient_shap":
             assert completeness_error(model, x, attr) < 0.01
+
+
+def test_saliency_switches_gradients_on_itself_so_captum_does_not_warn(models, digits):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # Captum's "did not already require gradients" would raise
+        result = explain.attribute(models["mlp"], digits.x_test[:4], method="saliency")
+    assert np.isfinite(result.values).all() and result.values.shape == (4, *digits.x_test.shape[1:])
