@@ -87,3 +87,16 @@ def test_bad_weights_are_refused_in_one_line(method, value, says, teacher, digit
         get_method(method).func(teacher, digits, attribution_weight=value)
     message = str(info.value)
     assert "\n" not in message and "attribution_weight" in message and says in message
+
+
+def test_cli_refuses_a_bad_weight_in_one_line(digits, tmp_path, capsys):
+    from cli.main import main
+
+    train(digits, "mlp", TrainConfig(epochs=1, model={"hidden": [8]}, device="cpu"), out=tmp_path / "mlp", progress=False)
+    out = tmp_path / "run"
+    code = main(["compress", str(tmp_path / "mlp"), "--data", "digits", "--method", "prune-structured",
+                 "--options", '{"prune-structured": {"attribution_weight": -1}}', "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1 and "attribution_weight" in captured.err
+    assert not out.exists()
