@@ -2,7 +2,7 @@
 
     python benchmarks/attribution_kd.py [--data digits signals] [--families mlp cnn] [--seeds 0 1 2]
                                         [--weights 0 1] [--epochs 30] [--distill-epochs 30]
-                                        [--finetune-epochs 10] [--samples 200] [--quick] [--out FILE]
+                                        [--finetune-epochs 10] [--samples 200] [--kd-peer] [--quick] [--out FILE]
 
 Per data set and family a model is trained once (seed 0, --epochs). For every seed and `attribution_weight`
 in --weights, it is compressed two ways: `distill` (default student, --distill-epochs, mixup off to keep it
@@ -10,7 +10,9 @@ short) and `prune-structured` at 50% (--finetune-epochs). Each row holds the var
 agreement with the original's predictions, and the attribution drift against the original on --samples test
 samples (`explain.attribution_drift`, feature ablation: the top-k overlap of the two models' attributions,
 1.0 = the same top features), plus the wall time of the compression. The summary pairs weight 0 with each
-other weight on the same seed: the median over seeds of the overlap and accuracy differences.
+other weight on the same seed: the median over seeds of the overlap and accuracy differences. --kd-peer adds
+the output-matching peer, prune-50 fine-tuned with the unpruned model as teacher (`teacher=True`), at each weight:
+does matching the outputs alone already keep the attributions?
 "signals" is the 1-D set of benchmarks/compress_vs_peers.py (1 x 64, four waveform classes).
 --quick: digits MLP, seeds 0 1 2, weights 0 and 1, 20 distill / 10 fine-tune epochs, 150 samples.
 """
@@ -61,7 +63,14 @@ def run(data_name, data, family, args, log) -> list[dict]:
                                    attribution_weight=weight)
             rows.append({"data": data_name, "family": family, "seed": seed, "weight": weight, "original_accuracy": base,
                          **measure("prune-50", original, p.model, data, args.samples, time.perf_counter() - tick)})
-            for row in rows[-2:]:
+            if args.kd_peer:  # the output-matching peer: the unpruned model as teacher of the outputs too
+                tick = time.perf_counter()
+                [k] = structured_prune(original, data, ratio=0.5, finetune_epochs=args.finetune_epochs, seed=seed,
+                                       teacher=True, attribution_weight=weight)
+                rows.append({"data": data_name, "family": family, "seed": seed, "weight": weight,
+                             "original_accuracy": base,
+                             **measure("prune-50 kd", original, k.model, data, args.samples, time.perf_counter() - tick)})
+            for row in rows[-3 if args.kd_peer else -2:]:
                 log(json.dumps(row))
     return rows
 
@@ -96,6 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--distill-epochs", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--kd-peer", action="store_true", help="also prune-50 fine-tuned with teacher=True")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
