@@ -43,7 +43,8 @@ def input_gradients(module, x, y, *, create_graph: bool = False):
     loss on it can train them; without, it is detached (a teacher's fixed target).
     """
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
+    # cuDNN's recurrent kernels have no second derivative; PyTorch's own RNN code has (only this forward pays)
+    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=not create_graph):
         picked = module(x).gather(1, y.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(picked, x, create_graph=create_graph)
     return grad if create_graph else grad.detach()
