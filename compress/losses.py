@@ -3,6 +3,7 @@ teacher's outputs (`kd_loss`) and, optionally, its input gradients (`attribution
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import torch
@@ -44,7 +45,8 @@ def input_gradients(module, x, y, *, create_graph: bool = False):
     """
     x = x.detach().requires_grad_(True)
     # cuDNN's recurrent kernels have no second derivative; PyTorch's own RNN code has (only this forward pays)
-    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=not create_graph):
+    no_cudnn = torch.backends.cudnn.flags(enabled=False, deterministic=torch.backends.cudnn.deterministic)
+    with torch.enable_grad(), no_cudnn if create_graph else contextlib.nullcontext():
         picked = module(x).gather(1, y.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(picked, x, create_graph=create_graph)
     return grad if create_graph else grad.detach()
