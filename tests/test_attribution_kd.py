@@ -62,6 +62,14 @@ def test_weight_zero_is_the_plain_run_weight_for_weight(teacher, digits):
         assert torch.equal(a, b), name
 
 
+def test_pruning_with_weight_zero_is_the_plain_fine_tune(teacher, digits):
+    [plain] = structured_prune(teacher, digits, ratio=0.5, finetune_epochs=1, seed=4)
+    [zero] = structured_prune(teacher, digits, ratio=0.5, finetune_epochs=1, seed=4, attribution_weight=0.0)
+    for (name, a), (_, b) in zip(plain.model.module.state_dict().items(), zero.model.module.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert plain.recipe == zero.recipe
+
+
 def test_pruned_gradients_end_closer_to_the_unpruned_models(teacher, digits):
     options = dict(ratio=0.5, finetune_epochs=3, seed=0)
     [plain] = structured_prune(teacher, digits, **options)
