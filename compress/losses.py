@@ -1,11 +1,20 @@
-"""Knowledge-distillation losses, shared by distillation and by the fine-tune after pruning."""
+"""Knowledge-distillation losses, shared by distillation and by the fine-tune after pruning: matching the
+teacher's outputs (`kd_loss`) and, optionally, its input gradients (`attribution_loss`)."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch.nn import functional as F
 
 from trainers.loop import Batch
+from trainers.options import Float
+
+# The weight of the input-gradient matching term (`attribution_loss`): 0 is off, the loss unchanged.
+AttributionWeight = Annotated[Float, Field(ge=0, le=100)]
 
 
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
@@ -26,3 +35,52 @@ def teacher_loss(teacher, temperature: float, alpha: float, logits, batch: Batch
             F.log_softmax(logits[n:] / temperature, dim=1), F.softmax(t_logits[n:] / temperature, dim=1),
             reduction="batchmean")
     return loss
+
+
+def input_gradients(module, x, y, *, create_graph: bool = False):
+    """d logit[y] / d x per sample: the gradient of each sample's true-class logit with respect to its input.
+
+    With `create_graph` the result stays differentiable in the module's weights (double backpropagation), so a
+    loss on it can train them; without, it is detached (a teacher's fixed target).
+    """
+    x = x.detach().requires_grad_(True)
+    # cuDNN's recurrent kernels have no second derivative; PyTorch's own RNN code has (only this forward pays)
+    no_cudnn = torch.backends.cudnn.flags(enabled=False, deterministic=torch.backends.cudnn.deterministic)
+    with torch.enable_grad(), no_cudnn if create_graph else contextlib.nullcontext():
+        picked = module(x).gather(1, y.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(picked, x, create_graph=create_graph)
+    return grad if create_graph else grad.detach()
+
+
+def attribution_loss(student, teacher, x, y):
+    """Mean over samples of 1 - cos(student's input gradient, teacher's), both of the true-class logit.
+
+    Jacobian matching (Srinivas & Fleuret, "Knowledge Transfer with Jacobian Matching", ICML 2018): the
+    student is asked to respond to its input as the teacher does, not only to give its outputs, which is
+    what an attribution method reads. Cosine rather than a squared distance, so the term ignores the scale of
+    the gradients (a narrower or pruned student's logits need not have the teacher's scale) and lies in [0, 2].
+    Zero when the student is the teacher. The teacher should be in eval mode; it draws no random numbers.
+    """
+    target = input_gradients(teacher, x, y).flatten(1)
+    ours = input_gradients(student, x, y, create_graph=True).flatten(1)
+    return (1.0 - F.cosine_similarity(ours, target, dim=1, eps=1e-12)).mean()
+
+
+def with_attribution(loss, student, teacher, weight: float):
+    """`loss(logits, batch)` plus `weight` times `attribution_loss` on the batch's original rows.
+
+    The term needs a second forward pass of the student (the loop's logits carry no graph to the inputs) and
+    a backward pass through that one twice: about three times the cost of a plain step.
+    """
+    teacher.eval()
+
+    def combined(logits, batch: Batch):
+        n = len(batch.y)
+        return loss(logits, batch) + weight * attribution_loss(student, teacher, batch.x[:n], batch.y)
+
+    return combined
+
+
+def hard_label_loss(logits, batch: Batch):
+    """Cross-entropy against the labels (the loop's default loss), for wrapping with `with_attribution`."""
+    return F.cross_entropy(logits, batch.y)
