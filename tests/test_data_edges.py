@@ -205,7 +205,7 @@ def test_launch_training_passes_the_table_options_and_image_size_to_every_proces
     from trainers.tables import TableOptions
 
     seen = {}
-    monkeypatch.setattr(distributed, "launch", lambda options, argv, device: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(distributed, "launch", lambda options, argv, *rest: seen.setdefault("argv", argv) and 0)
     table = TableOptions("label", ("id",), ("noise", "-odd"), ";")
     code = distributed.launch_training(_table(tmp_path), "mlp", TrainConfig(epochs=2), distributed.LaunchOptions(2),
                                        out=tmp_path / "run", table=table, image_size=16)
