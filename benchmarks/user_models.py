@@ -33,8 +33,19 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compress_vs_peers import (MAX_DROP, MIN_AGREEMENT, Contender, _ort, _predict, _speed, _torch,  # noqa: E402
-                               interleaved, make_signals, peer_ort_dynamic, peer_ort_static)
+from compress_vs_peers import (
+    MAX_DROP,
+    MIN_AGREEMENT,
+    Contender,
+    _ort,
+    _predict,
+    _speed,
+    _torch,
+    interleaved,
+    make_signals,
+    peer_ort_dynamic,
+    peer_ort_static,
+)
 
 TARGETS = {"b256": 2.0, "size": 3.5, "b1": 1.0}
 
@@ -140,7 +151,7 @@ def run_model(key: str, data, epochs: int, rounds: int, log) -> dict:
     for peer, make in makers:
         try:
             contenders.append(make())
-        except Exception as exc:  # a peer that cannot handle the model is a finding, not a crash
+        except Exception as exc:  # noqa: BLE001 -- a peer that cannot handle the model is a finding, not a crash
             failed[peer] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             log(f"{key}: {peer} failed: {failed[peer]}")
 
@@ -166,15 +177,15 @@ def run_model(key: str, data, epochs: int, rounds: int, log) -> dict:
                    "size_ratio": v.measurements.get("size_ratio"), "speedup": v.measurements.get("speedup"),
                    "within_budget": v.measurements.get("within_budget")} for v in result.variants]
     return {"model": key, "class": type(module).__name__, "parameters": sum(p.numel() for p in module.parameters()),
-            "epochs": epochs, "n_test": int(len(data.y_test)), "fp32_accuracy": base_acc,
+            "epochs": epochs, "n_test": len(data.y_test), "fp32_accuracy": base_acc,
             "auto_seconds": round(auto_seconds, 1), "chosen": chosen.name, "reason": result.reason,
             "candidates": candidates, "skipped": skipped, "search_notes": result.search_notes,
             "rows": rows, "failed": failed, "targets": targets, "rounds": rounds}
 
 
 def markdown(cases: list[dict]) -> str:
-    lines = ["| model | contender | accuracy | drop (pts) | agreement | smaller | faster b1 (IQR) | faster b256 (IQR) "
-             "| eligible |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [("| model | contender | accuracy | drop (pts) | agreement | smaller | faster b1 (IQR) | faster b256 (IQR) "
+              "| eligible |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in cases:
         for name, r in c["rows"].items():
             lines.append(f"| {c['class']} | {name} | {r['accuracy']:.4f} | {r['drop_points']:+.2f} | "
@@ -207,7 +218,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     data = load_data(str(make_signals(args.out / "signals.npz")))
     cases = []
     load = {"loadavg_start": os.getloadavg()}
