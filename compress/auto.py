@@ -19,7 +19,8 @@ distillation) uses the cores other processes leave free (`free_cores`), and ONNX
 timing do not spin. `budget_seconds` ends the making of candidates when the search would overrun it.
 
 The choice is the lowest batch-256 single-thread latency among variants that pass the fidelity rule and are
-not slower than the fp32 original, the smallest file winning among latencies within 10% of the fastest.
+not slower than the fp32 original at batch 256 or batch 1 (one thread), the smallest file winning among
+latencies within 10% of the fastest.
 """
 
 from __future__ import annotations
@@ -211,12 +212,24 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                             for child in children]
                 continue
             for child in children:
-                for second in run(child, made.model, {}):
+                for second in run(child, _chain_source(made.model), {}):
                     keep(_chain(made, second, model))
     if not made_any[0] and not any("search budget" in s["reason"] for s in skipped):
         reasons = "; ".join(f"{s['method']}: {s['reason']}" for s in skipped[:3])
         raise ToolkitError(f"auto found no compression method for a {family} model" + (f" ({reasons})" if reasons else ""))
     return variants, skipped
+
+
+def _chain_source(model: LoadedModel) -> LoadedModel:
+    """What a chained method starts from: a transformed user module is saved as ONNX (its widths changed, the
+    toolkit cannot rebuild its class) but its PyTorch module is in memory: the chained runtime method gets that
+    module as an fp32 PyTorch model, as it gets a built-in family's."""
+    import dataclasses
+
+    if model.spec.runtime != "onnxruntime" or model.module is None:
+        return model
+    spec = dataclasses.replace(model.spec, runtime="torch", onnx=None)
+    return dataclasses.replace(model, spec=spec, onnx_bytes=None, _session=None, _raw_session=None)
 
 
 DRIFT_SAMPLES = 32  # held-out (validation) samples on which each candidate's attribution drift is measured
@@ -326,7 +339,7 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple
     excluded = f"; {len(drifted)} excluded: attributions drifted ({', '.join(v.name for v in drifted)})" if drifted else ""
     if not eligible:
         return baseline, (f"no variant is within {max_drop} accuracy points, agrees with the original as required and "
-                          f"is faster than the fp32 original at batch 256, single thread: the original is kept{excluded}")
+                          f"is faster than the fp32 original at batch 256 and batch 1, single thread: the original is kept{excluded}")
     p50 = {id(v): v.measurements["latency_ms"][DECISIVE]["p50"] for v in eligible}
     fastest = min(p50.values())
     tied = [v for v in eligible if p50[id(v)] <= fastest * (1 + LATENCY_TIE)]

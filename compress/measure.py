@@ -34,7 +34,8 @@ from .export import ort_session
 from .options import CompressOptions
 
 SETTINGS = ("b1_t1", "b1_tall", "b256_t1", "b256_tall")
-DECISIVE = "b256_t1"  # the setting auto ranks by and `slower_than_fp32` refers to
+DECISIVE = "b256_t1"  # the setting auto ranks by
+NEVER_SLOWER = ("b256_t1", "b1_t1")  # `slower_than_fp32`: a speed-up under 1 at either (one thread, batch 256 or 1)
 MIN_AGREEMENT = CompressOptions.min_agreement  # share of the original's test predictions a variant must keep
 Z_ONE_SIDED = 1.645  # one-sided 95%: the margin of the agreement rule
 WILSON_CONFIDENCE = 0.95
@@ -332,7 +333,7 @@ def compare_to_baseline(variant: Variant, baseline: Variant, max_drop: float, mi
         if variant is not baseline and is_noisy(m["speedup_spread"][s]):
             m["noisy"].append(s)
     m["rounds"] = len((m.get("rounds_ms") or {}).get(DECISIVE) or []) or None
-    m["slower_than_fp32"] = variant is not baseline and m["speedup"][DECISIVE] < 1.0
+    m["slower_than_fp32"] = variant is not baseline and any(m["speedup"][s] < 1.0 for s in NEVER_SLOWER)
     if original_classes is not None and predicted_classes is not None:
         m["fidelity"] = fidelity(predicted_classes, original_classes, min_agreement)
     if "fidelity" not in m:
