@@ -162,6 +162,40 @@ def test_a_noisy_setting_is_reported_instead_of_its_speedup():
     assert chosen is variant and "too noisy for a speed-up" in reason and "x faster" not in reason
 
 
+
+@pytest.mark.parametrize("slow_setting", ["b256_t1", "b1_t1"])
+def test_a_variant_slower_at_batch_256_or_at_batch_1_is_never_chosen(slow_setting):
+    settings = ("b1_t1", "b1_tall", "b256_t1", "b256_tall")
+    lat = {s: {"p50": 1.0, "p95": 1.0, "reps": 7} for s in settings}
+    f = fidelity(np.zeros(50, int), np.zeros(50, int))
+    base = Variant("fp32-torch", None, {}, measurements={
+        "accuracy": 0.9, "size_bytes": 100, "latency_ms": lat, "rounds_ms": {s: [2.0] * 7 for s in settings},
+        "fidelity": f})
+    variant = Variant("v", None, {}, measurements={
+        "accuracy": 0.9, "size_bytes": 50, "latency_ms": lat, "fidelity": f,
+        "rounds_ms": {**{s: [1.0] * 7 for s in settings}, slow_setting: [3.0] * 7}})  # 2x faster but at one
+    for v in (base, variant):
+        compare_to_baseline(v, base, 0.5)
+    assert variant.measurements["slower_than_fp32"]
+    chosen, reason = choose(base, [variant], 0.5)
+    assert chosen is base and "batch 256 and batch 1" in reason
+
+
+def test_a_pruned_user_module_is_handed_to_chained_methods_as_pytorch():
+    import dataclasses
+
+    from compress.auto import _chain_source
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    as_onnx = dataclasses.replace(model, spec=dataclasses.replace(model.spec, runtime="onnxruntime"),
+                                  onnx_bytes=b"graph")
+    source = _chain_source(as_onnx)
+    assert source.spec.runtime == "torch" and source.module is model.module and source.onnx_bytes is None
+    assert as_onnx.spec.runtime == "onnxruntime"  # the variant itself is left as it is
+    assert _chain_source(model) is model
+
+
 # ---------------------------------------------------------------- the search budget
 
 
