@@ -202,10 +202,11 @@ def test_cli_pipeline_on_the_onnx_file(zoo, name, tmp_path, capsys):
     compressed = json.loads((out / "compress" / "result.json").read_text())
     assert compressed["family"] == "onnx" and compressed["parent"] == str(onnx_path)
     names = {row["name"] for row in compressed["variants"]}
-    assert {"fp32-onnx", "onnx-fp32", "int8-dynamic-onnx"} <= names
-    # int8-static is tried on every graph without recurrent layers (kept, or named in `skipped` with the reason
-    # auto's screening gave), and never planned on one with them
+    assert {"fp32-onnx", "onnx-fp32"} <= names
+    # int8 is tried on every graph (kept, or named in `skipped` with the reason auto's screening gave, e.g. a
+    # quick timing slower than fp32); int8-static never on one with recurrent layers
     tried = {row["method"] for row in compressed["variants"]} | {s["method"] for s in compressed["skipped"]}
+    assert "int8-dynamic" in tried
     assert ("int8-static" in tried) == ("recurrent" not in ZOO[name][2])
     explained = json.loads((out / "explain" / "result.json").read_text())
     assert explained["methods"] == ["shapley"] and explained["family"] == "onnx"
