@@ -117,12 +117,12 @@ def _prepared(fp32: Path, optimize: bool, tmp: Path) -> Path:
     return out
 
 
-def _input_name(path: Path) -> str:
-    """The graph's one input (a user's ONNX graph need not call it "input")."""
+def graph_input_name(onnx_bytes: bytes) -> str:
+    """The graph's one data input (a user's graph names it as it likes, not necessarily "input")."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
+    graph = onnx.load_from_string(onnx_bytes).graph
+    initializers = {t.name for t in graph.initializer}
     return next(i.name for i in graph.input if i.name not in initializers)
 
 
@@ -133,7 +133,7 @@ def _quantize(src: Path, config: Int8Config, calibration_x: np.ndarray, exclude:
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[config.calibration]
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress on stdout
-        quantize_static(str(src), str(out), _Calibration(calibration_x, _input_name(src)),
+        quantize_static(str(src), str(out), _Calibration(calibration_x, graph_input_name(src.read_bytes())),
                         quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
                         per_channel=config.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),

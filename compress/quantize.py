@@ -84,24 +84,14 @@ def _preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
         return src, f"ORT pre-processing skipped ({type(exc).__name__})"
 
 
-def _quantize_onnx(src: Path, out: Path, mode: str, calibration_x: np.ndarray | None, per_channel: bool,
-                   exclude: list[str], input_name: str = "input") -> bytes:
-    """Quantize the (pre-processed) fp32 graph at `src` into `out`; the nodes named in `exclude` stay fp32."""
+def _quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude: list[str]) -> bytes:
+    """Quantize the (pre-processed) fp32 graph at `src` into `out` (dynamic int8); `exclude`d nodes stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # dynamic quantization first rewrites Gemm as MatMul + Add, named "<gemm>_MatMul": exclude that name too
     quantize_dynamic(str(src), str(out), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
                      weight_type=QuantType.QInt8, nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)])
     return out.read_bytes()
-
-
-def _input_name(onnx_bytes: bytes) -> str:
-    """The graph's one data input (a user's graph names it as it likes)."""
-    import onnx
-
-    graph = onnx.load_from_string(onnx_bytes).graph
-    initializers = {t.name for t in graph.initializer}
-    return next(i.name for i in graph.input if i.name not in initializers)
 
 
 def _compute_nodes(path: Path) -> list:
@@ -115,8 +105,8 @@ def _agreement(onnx_bytes: bytes, x: np.ndarray, reference: np.ndarray) -> float
     return float((run_onnx(onnx_bytes, x).argmax(1) == reference).mean())
 
 
-def _quantize_to_agreement(onnx_bytes: bytes, mode: str, calibration_x: np.ndarray | None, per_channel: bool,
-                           check_x: np.ndarray, reference: np.ndarray, min_agreement: float) -> tuple[bytes, dict, list[str]]:
+def _quantize_to_agreement(onnx_bytes: bytes, per_channel: bool, check_x: np.ndarray, reference: np.ndarray,
+                           min_agreement: float) -> tuple[bytes, dict, list[str]]:
     """Quantize, and where int8 changes too many predictions, keep layers in fp32 until it does not.
 
     Accuracy-driven fallback (what Intel Neural Compressor calls accuracy-aware tuning, TensorRT per-layer
@@ -134,10 +124,9 @@ def _quantize_to_agreement(onnx_bytes: bytes, mode: str, calibration_x: np.ndarr
         if note:
             notes.append(note)
         nodes = _compute_nodes(src)
-        input_name = _input_name(onnx_bytes)
 
         def attempt(exclude: list[str]) -> tuple[float, bytes]:
-            int8 = _quantize_onnx(src, tmp / "int8.onnx", mode, calibration_x, per_channel, exclude, input_name)
+            int8 = _quantize_dynamic(src, tmp / "int8.onnx", per_channel, exclude)
             return _agreement(int8, check_x, reference), int8
 
         exclude: list[str] = []
@@ -178,8 +167,7 @@ def _split_for_check(data: DataBundle, calibration_samples: int, seed: int, stat
     return (data.x_train[calibration] if static else None), np.ascontiguousarray(check_x, np.float32)
 
 
-def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibration_samples: int, seed: int,
-                  exporter: str, min_agreement: float) -> Variant:
+def _int8_dynamic_variant(model: LoadedModel, data: DataBundle, exporter: str, min_agreement: float) -> Variant:
     # ORT's per-channel LSTM weights lose accuracy (about 4% of digits predictions flip in our runs):
     # models with an LSTM (or another recurrent layer) get one scale per tensor.
     per_channel = "recurrent" not in capabilities(model)
@@ -187,21 +175,15 @@ def _int8_variant(model: LoadedModel, data: DataBundle, mode: str, kinds, calibr
         fp32_bytes, info = export_with_info(model, data, exporter=exporter)
     else:  # a user's ONNX graph: quantized as it is
         fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
-    calibration_x, check_x = _split_for_check(data, calibration_samples, seed, mode == "static")
+    _, check_x = _split_for_check(data, 0, 0, static=False)
     reference = predict(model, check_x).argmax(1)
-    int8_bytes, check, notes = _quantize_to_agreement(fp32_bytes, mode, calibration_x, per_channel, check_x,
-                                                      reference, min_agreement)
-    if mode == "static":
-        notes.append(f"static QDQ calibrated on {len(calibration_x)} training samples")
-    twin = None if model.module is None else fake_quant_twin(model.module, kinds, per_channel,
+    int8_bytes, check, notes = _quantize_to_agreement(fp32_bytes, per_channel, check_x, reference, min_agreement)
+    twin = None if model.module is None else fake_quant_twin(model.module, (nn.Linear, nn.LSTM, nn.GRU), per_channel,
                                                              skip=set(check["fp32_modules"]))
-    recipe = {"method": f"int8-{mode}", "runtime": "onnxruntime", "exporter": info.exporter,
-              "weight_type": "int8", "per_channel": per_channel,
-              "quantized_ops": list(DYNAMIC_OPS) if mode == "dynamic" else "all supported",
+    recipe = {"method": "int8-dynamic", "runtime": "onnxruntime", "exporter": info.exporter,
+              "weight_type": "int8", "per_channel": per_channel, "quantized_ops": list(DYNAMIC_OPS),
               "min_agreement": min_agreement, "fp32_nodes": check["fp32_nodes"]}
-    if mode == "static":
-        recipe.update(format="QDQ", activation_type="uint8", calibration_samples=calibration_samples, seed=seed)
-    return _finish_int8(model, data, mode, twin, recipe, int8_bytes, check, notes)
+    return _finish_int8(model, data, "dynamic", twin, recipe, int8_bytes, check, notes)
 
 
 def _finish_int8(model: LoadedModel, data: DataBundle, mode: str, twin: nn.Module, recipe: dict, int8_bytes: bytes,
@@ -235,7 +217,7 @@ def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: Exporter = "aut
     min_agreement: layers go back to fp32, the most helpful first, until int8 and fp32 agree on this share of
         held-out predictions (default MIN_AGREEMENT; 0 = never).
     """
-    return [_int8_variant(model, data, "dynamic", (nn.Linear, nn.LSTM, nn.GRU), 0, 0, exporter, min_agreement)]
+    return [_int8_dynamic_variant(model, data, exporter, min_agreement)]
 
 
 @register_method("int8-static", role="runtime", auto=default_options, chain=True, excludes=("recurrent",),
