@@ -22,22 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def make_waves(path: Path, n: int = 4000, length: int = 40, seed: int = 0) -> Path:
     """n noisy 1-D waveforms (1, length) in 4 classes (sine, square, sawtooth, chirp), random phase and frequency."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0, 1, length, dtype=np.float32)
-    x = np.empty((n, 1, length), np.float32)
-    y = rng.integers(0, 4, n)
-    for i, c in enumerate(y):
-        f, p = rng.uniform(1.5, 4), rng.uniform(0, 2 * np.pi)
-        base = [np.sin(2 * np.pi * f * t + p), np.sign(np.sin(2 * np.pi * f * t + p)),
-                2 * ((f * t + p / (2 * np.pi)) % 1) - 1, np.sin(2 * np.pi * (f + 3 * t) * t + p)][c]
-        x[i, 0] = base * rng.uniform(0.5, 2) + rng.normal(0, 0.8, length)
-    np.savez(path, x=x, y=y, class_names=np.array(["sine", "square", "sawtooth", "chirp"]))
-    return path
+    from compress_vs_peers import make_signals
+
+    return make_signals(path, n, length, seed, freq=(1.5, 4), sweep=3, noise=0.8)
 
 
 def _hog() -> None:

@@ -36,19 +36,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MAX_DROP, MIN_AGREEMENT, CALIBRATION = 0.5, 0.99, 200
 
 
-def make_signals(path: Path, n: int = 1600, length: int = 64, seed: int = 0) -> Path:
-    """1-D signals (1, 64): four classes of noisy waveforms (sine, square, sawtooth, chirp) with random phase/frequency."""
+def make_signals(path: Path, n: int = 1600, length: int = 64, seed: int = 0, *, freq=(2, 5), sweep: float = 4,
+                 noise: float = 0.6) -> Path:
+    """1-D signals (1, length): four classes of noisy waveforms (sine, square, sawtooth, chirp) with random phase
+    and a frequency drawn from `freq`; the chirp sweeps up by `sweep`; Gaussian noise of std `noise`."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, length, dtype=np.float32)
     x = np.empty((n, 1, length), np.float32)
     y = rng.integers(0, 4, n)
     for i, c in enumerate(y):
-        f, p = rng.uniform(2, 5), rng.uniform(0, 2 * np.pi)
+        f, p = rng.uniform(*freq), rng.uniform(0, 2 * np.pi)
         base = [np.sin(2 * np.pi * f * t + p), np.sign(np.sin(2 * np.pi * f * t + p)),
-                2 * ((f * t + p / (2 * np.pi)) % 1) - 1, np.sin(2 * np.pi * (f + 4 * t) * t + p)][c]
-        x[i, 0] = base * rng.uniform(0.5, 2) + rng.normal(0, 0.6, length)
+                2 * ((f * t + p / (2 * np.pi)) % 1) - 1, np.sin(2 * np.pi * (f + sweep * t) * t + p)][c]
+        x[i, 0] = base * rng.uniform(0.5, 2) + rng.normal(0, noise, length)
     np.savez(path, x=x, y=y, class_names=np.array(["sine", "square", "sawtooth", "chirp"]))
     return path
+
+
+def quick_fit(module, x, y, steps: int, batch: int = 128, seed: int = 0):
+    """A benchmark's stand-in training: `steps` Adam steps (lr 3e-3) on random batches drawn with `seed`; the
+    module is returned in eval mode. (The toolkit's own loop is measured in train_overhead.py, not here.)"""
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(seed)
+    module.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(xt), (batch,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return module.eval()
 
 
 def make_features40(path: Path, n: int = 4000, seed: int = 0) -> Path:

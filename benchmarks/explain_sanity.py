@@ -27,22 +27,13 @@ ARCH = {"mlp": {"hidden": [64, 32], "dropout": 0.0}, "cnn": {"channels": [8, 16]
 
 
 def fit(bundle, family: str, steps: int, seed: int = 0):
+    from compress_vs_peers import quick_fit
     from trainers import build_model
     from trainers.artifact import LoadedModel, ModelSpec
 
     torch.manual_seed(seed)
     module = build_model(family, ARCH[family], bundle.input_shape, bundle.num_classes, bundle.mean, bundle.std)
-    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
-    x, y = torch.as_tensor(bundle.x_train), torch.as_tensor(bundle.y_train)
-    gen = torch.Generator().manual_seed(seed)
-    module.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(module(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    module.eval()
+    quick_fit(module, bundle.x_train, bundle.y_train, steps, 64, seed)
     spec = ModelSpec(family=family, config=ARCH[family], input_shape=list(bundle.input_shape), layout=bundle.layout,
                      class_names=bundle.class_names, feature_names=bundle.feature_names,
                      preprocessing={"mean": bundle.mean.tolist(), "std": bundle.std.tolist()})

@@ -28,6 +28,7 @@ def trained_mlp(seed: int = 0):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    from compress_vs_peers import quick_fit
     from trainers import build_model
 
     raw = load_digits()
@@ -36,16 +37,7 @@ def trained_mlp(seed: int = 0):
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     torch.manual_seed(seed)
     module = build_model("mlp", {"hidden": [256, 128], "dropout": 0.0}, (64,), 10, mean, std)
-    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
-    xt, yt = torch.as_tensor(x_train), torch.as_tensor(y_train)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(400):
-        idx = torch.randint(0, len(xt), (128,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    module.eval()
+    quick_fit(module, x_train, y_train, 400, 128, seed)  # the module is built in train mode: as before
     with torch.no_grad():
         acc = float((module(torch.as_tensor(x_test)).argmax(1).numpy() == y_test).mean())
     return module, mean.astype(np.float32), x_test, acc

@@ -26,17 +26,9 @@ import torch
 
 
 def _fit(module, x, y, steps=300, seed=0):
-    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    gen = torch.Generator().manual_seed(seed)
-    module.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(xt), (128,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return module.eval()
+    from compress_vs_peers import quick_fit
+
+    return quick_fit(module, x, y, steps, 128, seed)
 
 
 def signals(n=2400, length=40, seed=0):

@@ -194,3 +194,24 @@ def make_run(root: Path, stages=("train", "compress", "explain"), **names) -> Pa
         write_explain(root / "explain", **({"feature_names": names["feature_names"]}
                                           if names.get("feature_names") else {}))
     return root
+
+
+def interrupted_train(out: Path, epochs: int, model: dict) -> None:
+    """A real `train` on iris stopped by Ctrl-C in its second epoch: `out` keeps its checkpoint.pt."""
+    import pytest
+
+    import trainers.loop as loop
+    from trainers import TrainConfig, train
+
+    original, calls = loop.train_epoch, []
+
+    def stop_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "train_epoch", stop_in_second_epoch)
+        train("iris", "mlp", TrainConfig(epochs=epochs, model=model), out=out, progress=False)
+    assert (out / "checkpoint.pt").is_file()

@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 
 import trainers.distributed as distributed
-import trainers.loop as loop
 from cli.main import main
 from trainers import DataBundle, TrainConfig, load_data, load_model, train
 from trainers.errors import DataError, ToolkitError
@@ -141,18 +140,9 @@ def test_a_pipeline_on_a_corrupt_data_file_prints_one_line_and_writes_nothing(tm
 
 def _interrupted_run(out: Path) -> None:
     """A train run stopped by Ctrl-C in its second epoch: it keeps checkpoint.pt."""
-    original, calls = loop.train_epoch, []
+    from fake_runs import interrupted_train
 
-    def stop_in_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "train_epoch", stop_in_second_epoch)
-        train("iris", "mlp", TrainConfig(epochs=40, model={"hidden": [8]}), out=out, progress=False)
-    assert (out / "checkpoint.pt").is_file()
+    interrupted_train(out, 40, {"hidden": [8]})
 
 
 def test_resume_through_a_symlinked_out_locks_the_target_and_refuses_a_second_run_at_once(tmp_path):

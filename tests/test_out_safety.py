@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import compress.run as compress_run
-import trainers.loop as loop
+from fake_runs import interrupted_train
 import trainers.rundir as rundir
 from cli.main import main
 from compress.measure import LatencyConfig
@@ -46,18 +46,7 @@ class Shared:
 def shared(tmp_path_factory) -> Shared:
     root = tmp_path_factory.mktemp("shared")
     train("iris", "mlp", TrainConfig(epochs=1, model=TINY), out=root / "model", progress=False)
-    original, calls = loop.train_epoch, []
-
-    def stop_in_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "train_epoch", stop_in_second_epoch)
-        train("iris", "mlp", TrainConfig(epochs=3, model=TINY), out=root / "interrupted", progress=False)
-    assert (root / "interrupted" / "checkpoint.pt").is_file()
+    interrupted_train(root / "interrupted", 3, TINY)
     return Shared(root / "model", root / "interrupted")
 
 
