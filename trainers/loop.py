@@ -202,12 +202,15 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
     order = distributed.epoch_indices(len(y), options.seed * 100_003, epoch, ctx).to(device)
     torch.manual_seed(options.seed * 100_003 + epoch + 1_000_003 * ctx.rank)
     batch_size = distributed.per_rank_batch(options.batch_size, ctx)
+    # Bookkeeping costs one op per batch for each figure (the loss summed in place, the predictions written into
+    # one buffer) and one comparison per epoch: per-batch `==`/`sum`/`+=` tensors were 5% of an MLP epoch on CPU.
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    predictions = torch.empty(len(order), device=device, dtype=torch.long)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         if not isinstance(x, torch.Tensor):
             index = index.sort().values  # the same batch, read from the file front to back
+            order[start:start + len(index)] = index  # ... and its predictions compared in that order
         batch = Batch(rows(x, index, device), y[index])
         if transform is not None:
             batch = transform(batch)
@@ -221,8 +224,9 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
         if options.schedule == "cosine":
             state.scheduler.step()
         n = len(batch.y)
-        loss_sum += value.detach() * n
-        correct += (logits[:n].argmax(1) == batch.y).sum()
+        loss_sum.add_(value.detach(), alpha=n)
+        torch.argmax(logits[:n].detach(), 1, out=predictions[start:start + n])
+    correct = (predictions == y[order]).sum()
     # One device-to-host sync (and one all-reduce) per epoch, not per batch.
     total_loss, total_correct, count = distributed.all_sum([loss_sum.item(), correct.item(), len(order)], ctx, device)
     return total_loss / count, total_correct / count
