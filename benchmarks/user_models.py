@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compress_vs_peers import (
     MAX_DROP,
-    MIN_AGREEMENT,
     Contender,
     _ort,
     _predict,
     _speed,
     _torch,
+    eligible,
     interleaved,
     make_signals,
     peer_ort_dynamic,
@@ -166,7 +166,7 @@ def run_model(key: str, data, epochs: int, rounds: int, log) -> dict:
         acc, agree = float((pred == data.y_test).mean()), float((pred == reference).mean())
         rows[c.name] = {"accuracy": acc, "drop_points": round(100 * (base_acc - acc), 2), "agreement": agree,
                         "size_ratio": baseline.size / c.size, **speed[c.name], "note": c.note,
-                        "eligible": 100 * (base_acc - acc) <= MAX_DROP + 1e-9 and agree >= MIN_AGREEMENT}
+                        "eligible": eligible(base_acc, acc, pred, reference)}
     auto = rows[f"auto: {chosen.name}"]
     targets = {"b256 >= 2x": auto["b256"]["speedup"] >= TARGETS["b256"],
                "size >= 3.5x": auto["size_ratio"] >= TARGETS["size"],
