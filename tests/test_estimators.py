@@ -118,6 +118,42 @@ def test_error_bound_from_correlated_draws_keeps_its_confidence_where_the_diagon
     assert (error <= diagonal).mean() < 0.85
 
 
+def test_black_box_passes_run_in_an_onnx_runtime_twin_that_matches_pytorch(iris_model):
+    from explain.methods import COMPILE_ROWS, Context, default_baseline
+
+    rows = np.random.default_rng(0).normal(size=(COMPILE_ROWS + 44, 4)).astype(np.float32)
+    ctx = Context(iris_model, "torch", default_baseline(iris_model.spec), None, 0)
+    small = ctx.forward_numpy(rows[:3])
+    assert ctx._session is None                                  # a small pass is not worth an export
+    out = ctx.forward_numpy(rows)
+    assert ctx._session is not None and ctx._session is not False
+    with torch.inference_mode():
+        want = iris_model.module(torch.as_tensor(rows)).numpy()
+    assert np.allclose(out, want, rtol=1e-4, atol=1e-5) and np.allclose(small, want[:3], rtol=1e-4, atol=1e-5)
+
+
+def test_a_module_whose_export_does_not_match_keeps_running_in_pytorch(iris_model):
+    from explain.methods import COMPILE_ROWS, Context, default_baseline
+
+    class ThroughNumpy(nn.Module):
+        """A forward that leaves torch (traced, its output would be a constant)."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(torch.as_tensor(x.detach().numpy() * 1.0))
+
+    model = LoadedModel(module=ThroughNumpy(iris_model.module).eval(), spec=iris_model.spec)
+    rows = np.random.default_rng(1).normal(size=(COMPILE_ROWS, 4)).astype(np.float32)
+    ctx = Context(model, "torch", default_baseline(model.spec), None, 0)
+    out = ctx.forward_numpy(rows)
+    assert ctx._session is False
+    with torch.inference_mode():
+        assert np.allclose(out, iris_model.module(torch.as_tensor(rows)).numpy(), atol=1e-6)
+
+
 def test_shapley_method_reports_error_bars_and_unconverged_samples(iris_model):
     x = iris_model_inputs()
     attr = explain.attribute(iris_model, x, None, "shapley", tolerance=0.001, max_evaluations=100)
