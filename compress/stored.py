@@ -119,12 +119,14 @@ def rounded_twin(module: nn.Module) -> nn.Module:
 
 @register_method("int8-weights", role="runtime", auto=default_options, chain=True)
 def int8_weights(model: LoadedModel, data: DataBundle, exporter: Exporter = "auto") -> list[Variant]:
-    """The fp32 ONNX Runtime graph with its weights stored as int8: about 4x smaller file, fp32 speed.
+    """The fp32 ONNX Runtime graph with its weight matrices stored as int8: a file up to 4x smaller, fp32 speed.
 
     Size only: ONNX Runtime restores the fp32 weights once, when it creates the session (constant folding),
     and computes in fp32, so latency stays the fp32 graph's; the rounding to int8 (one scale per output row)
-    is the only change to the predictions. Works on layers ONNX Runtime cannot run in int8 (GRU).
-    A session with graph optimisations switched off restores the weights on every call instead.
+    is the only change to the predictions. Works on layers ONNX Runtime cannot run in int8 (GRU). Biases,
+    scales and the graph itself stay as they are, so small models shrink less (measured on a 2-layer GRU:
+    3.2x at 38k parameters, 2.5x at 10k). A session with graph optimisations switched off restores the
+    weights on every call instead.
     """
     if model.module is not None:
         fp32_bytes, info = export_with_info(model, data, exporter=exporter)
