@@ -94,10 +94,19 @@ def finetune(module: nn.Module, data: DataBundle, epochs: int, *, lr: float = 1e
 def _auto_structured(family: str, settings: dict) -> list[dict]:
     """What auto tries: each of its `prune_ratios` with the family's default split of the pruned units, and the
     uniform split as well where the default differs (an MLP: the global split is smaller, the uniform one
-    sometimes keeps more accuracy; measure both)."""
+    sometimes keeps more accuracy; measure both).
+
+    A model outside the built-in families (whose teacher default was measured) gets each ratio fine-tuned both
+    on the labels and with the unpruned model as teacher: distillation trades a little accuracy for agreement
+    with the original, and auto's rule asks for both. Measured on a user's 2-layer GRU (signals, 50% of the
+    units, 10 epochs, 3 seeds): agreement 95.6-96.6% with the teacher, 94.7-95.3% without, accuracy 0.0 points
+    down with it, 0.3-0.9 without."""
     allocations = sorted({DEFAULT_ALLOCATION.get(family, "uniform"), "uniform"})
-    return [{"ratio": ratio, "finetune_epochs": settings["finetune_epochs"], "allocation": allocation}
-            for ratio in settings["prune_ratios"] for allocation in allocations]
+    steps = [{"ratio": ratio, "finetune_epochs": settings["finetune_epochs"], "allocation": allocation}
+             for ratio in settings["prune_ratios"] for allocation in allocations]
+    if family not in DEFAULT_TEACHER:
+        steps = [s for step in steps for s in (step, {**step, "teacher": True})]
+    return steps
 
 
 def _auto_unstructured(family: str, settings: dict) -> list[dict]:
@@ -150,6 +159,8 @@ def structured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.5, f
     name = f"prune-structured-{round(ratio * 100)}"
     if allocation != DEFAULT_ALLOCATION.get(family, "uniform"):
         name += f"-{allocation}"
+    if teacher != DEFAULT_TEACHER.get(family, False):
+        name += "-teacher" if teacher else "-labels"
     return [module_variant(model, module, recipe, name, notes, data)]
 
 

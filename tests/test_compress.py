@@ -26,7 +26,7 @@ SMALL = {"mlp": {"hidden": [64, 32]}, "cnn": {"channels": [8, 16], "hidden": [32
 # Fast options per method, so the whole table runs in a couple of minutes on 2 cores.
 FAST = {"prune-structured": {"ratio": 0.5, "finetune_epochs": 1}, "prune-unstructured": {"ratio": 0.8, "finetune_epochs": 1},
         "distill": {"epochs": 4, "width_factor": 0.5}}
-LOSSLESS = ("onnx-fp32", "int8-dynamic", "int8-static", "fp16", "bf16")
+LOSSLESS = ("onnx-fp32", "int8-dynamic", "int8-static", "fp16", "bf16", "int8-weights")
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_chained_variant_lineage_lists_both_steps(auto_run):
     assert chained
     for v in chained:
         steps = v["recipe"]["steps"]
-        assert len(steps) == 2 and steps[1]["method"] in ("onnx-fp32", "int8-static", "int8-dynamic")
+        assert len(steps) == 2 and steps[1]["method"] in _STACK
 
 
 def test_slower_variant_is_marked_and_not_chosen(models, digits):
@@ -340,8 +340,10 @@ def test_choose_rule(rows, expected):
 
 # ---------------------------------------------------------------- what auto tries
 
-_STACK = ["onnx-fp32", "int8-dynamic", "int8-static"]
-_RUNTIME = [("onnx-fp32", {}, []), ("int8-dynamic", {}, []), ("int8-static", {}, []), ("fp16", {}, []), ("bf16", {}, [])]
+_STACK = ["onnx-fp32", "int8-dynamic", "int8-static", "int8-weights"]
+_RUNTIME = [("onnx-fp32", {}, []), ("int8-dynamic", {}, []), ("int8-static", {}, []), ("fp16", {}, []), ("bf16", {}, []),
+            ("int8-weights", {}, [])]
+_RECURRENT_STACK = [m for m in _STACK if m != "int8-static"]
 _UNSTRUCTURED = ("prune-unstructured", {"ratio": 0.9, "finetune_epochs": 5, "int8": True}, [])
 _DISTILL = {"epochs": 30, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0, "alpha": 0.9}
 PLANNED = {
@@ -353,9 +355,9 @@ PLANNED = {
             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _STACK) for r in (0.3, 0.5)],
             _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
     "lstm": [*[s for s in _RUNTIME if s[0] != "int8-static"],
-             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _STACK[:2])
+             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _RECURRENT_STACK)
                for r in (0.3, 0.5)],
-             _UNSTRUCTURED, ("distill", _DISTILL, _STACK[:2])],
+             _UNSTRUCTURED, ("distill", _DISTILL, _RECURRENT_STACK)],
 }
 
 
@@ -372,6 +374,15 @@ def test_auto_plan_settings_switch_candidates_off():
     steps = plan("mlp", prune_ratios=(0.5,), finetune_epochs=1, distill_epochs=0, unstructured_ratio=0)
     assert steps == [*_RUNTIME, *[("prune-structured", {"ratio": 0.5, "finetune_epochs": 1, "allocation": a}, _STACK)
                                   for a in ("global", "uniform")]]
+
+
+def test_auto_fine_tunes_a_users_pruned_model_both_ways():
+    from compress.auto import plan
+    from trainers.artifact import CUSTOM_FAMILY
+
+    pruned = [o for m, o, _ in plan(CUSTOM_FAMILY, prune_ratios=(0.3, 0.5)) if m == "prune-structured"]
+    plain = {"finetune_epochs": 10, "allocation": "uniform"}
+    assert pruned == [{"ratio": r, **plain, **t} for r in (0.3, 0.5) for t in ({}, {"teacher": True})]
 
 
 def test_a_registered_method_joins_auto_by_its_registration_alone():
