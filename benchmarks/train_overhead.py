@@ -101,8 +101,12 @@ def main() -> None:
           f"{torch.get_num_threads()}")
     for name, value in rate.items():
         print(f"  {name:<18} {value:>12,.0f} samples/s   (median {statistics.median(seconds[name]):.3f} s)")
-    print(f"ratio toolkit / (loop + validation) = {rate['toolkit'] / rate['loop + validation']:.3f}  (same work; target >= 0.95)")
-    print(f"ratio toolkit / bare loop          = {rate['toolkit'] / rate['bare loop']:.3f}  (bare loop skips validation)")
+    # The ratios are medians of per-repetition ratios (the sides of one repetition ran back to back, so a load
+    # change on a shared machine hits both), with the interquartile range of those ratios.
+    for other, what in (("loop + validation", "same work; target >= 0.95"), ("bare loop", "bare loop skips validation")):
+        ratios = [o / t for t, o in zip(seconds["toolkit"], seconds[other])]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        print(f"ratio toolkit / {other:<17} = {statistics.median(ratios):.3f} (IQR {q3 - q1:.3f})  ({what})")
 
 
 if __name__ == "__main__":
