@@ -217,7 +217,15 @@ def test_report_rewrites_its_own_files_but_no_one_elses(shared, tmp_path, capsys
 # ---------------------------------------------------------------- interrupts and killed commits
 
 
-def test_ctrl_c_during_the_commit_waits_until_the_new_run_is_in_place(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler for the test, whatever an earlier test or library left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_the_commit_waits_until_the_new_run_is_in_place(tmp_path, monkeypatch, ctrl_c_raises):
     out = tmp_path / "run"
     with RunDir(out, kind="test") as first:
         (first.path / "a.txt").write_text("first")
@@ -225,7 +233,9 @@ def test_ctrl_c_during_the_commit_waits_until_the_new_run_is_in_place(tmp_path, 
     real = rundir.commit_directory
 
     def interrupted_commit(staging, final):
-        os.kill(os.getpid(), signal.SIGINT)  # arrives between the renames: deferred until the commit is done
+        # arrives between the renames: deferred until the commit is done. raise_signal delivers it to this thread
+        # at once; os.kill may hand it to another of the process's threads, to reach Python at some later point
+        signal.raise_signal(signal.SIGINT)
         real(staging, final)
 
     monkeypatch.setattr(rundir, "commit_directory", interrupted_commit)
@@ -237,11 +247,11 @@ def test_ctrl_c_during_the_commit_waits_until_the_new_run_is_in_place(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_interrupts_deferred_delivers_the_signal_after_the_block():
+def test_interrupts_deferred_delivers_the_signal_after_the_block(ctrl_c_raises):
     done = []
     with pytest.raises(KeyboardInterrupt):
         with interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             done.append("the block finished")
     assert done == ["the block finished"]
 
