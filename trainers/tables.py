@@ -233,6 +233,7 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     if fitted is not None:
         x = transform(fitted, features, where, order, consume=owned)
         del features
+        hand_back_freed()
         bundle = data._finish(name, source, x, y[order], None, None, class_names, fitted["outputs"], seed,
                               presplit=[len(s) for s in split], constant="centre")
         bundle.table = fitted
@@ -245,6 +246,7 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     table = fit_table(features, split[0], dropped)
     x = transform(table, features, where, order, consume=owned)
     del features
+    hand_back_freed()  # what dropping, fitting and encoding freed (30 MiB at 1M x 50)
     table["read"] = {**options.to_dict(), "target": target}
     bundle = data._finish(name, source, x, y[order], None, None, class_names, table["outputs"], seed,
                           presplit=[len(s) for s in split], constant="centre")
