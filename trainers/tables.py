@@ -230,25 +230,21 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     split = data.split_indices(y, seed)
     order = np.concatenate(split)
     hand_back_freed()
-    if fitted is not None:
-        x = transform(fitted, features, where, order, consume=owned)
-        del features
-        hand_back_freed()
-        bundle = data._finish(name, source, x, y[order], None, None, class_names, fitted["outputs"], seed,
-                              presplit=[len(s) for s in split], constant="centre")
-        bundle.table = fitted
-        return bundle
-    dropped = {k: v for k, v in drop_reasons(features, y).items() if k not in options.keep}
-    dropped.update({c: "dropped with --drop" for c in options.drop})
-    if len(dropped) == features.shape[1]:
-        raise DataError(f"{where}: no feature columns left after dropping {', '.join(map(str, dropped))} "
-                        "(ID-like or constant); keep one with --keep COL")
-    table = fit_table(features, split[0], dropped)
+    if fitted is None:
+        dropped = {k: v for k, v in drop_reasons(features, y).items() if k not in options.keep}
+        dropped.update({c: "dropped with --drop" for c in options.drop})
+        if len(dropped) == features.shape[1]:
+            raise DataError(f"{where}: no feature columns left after dropping {', '.join(map(str, dropped))} "
+                            "(ID-like or constant); keep one with --keep COL")
+        table = fit_table(features, split[0], dropped)
+        table["read"] = {**options.to_dict(), "target": target}
+    else:
+        table = fitted
     x = transform(table, features, where, order, consume=owned)
     del features
     hand_back_freed()  # what dropping, fitting and encoding freed (30 MiB at 1M x 50)
-    table["read"] = {**options.to_dict(), "target": target}
     bundle = data._finish(name, source, x, y[order], None, None, class_names, table["outputs"], seed,
                           presplit=[len(s) for s in split], constant="centre")
     bundle.table = table
+    hand_back_freed()  # and the statistics' blocks: training starts from what the data holds
     return bundle
