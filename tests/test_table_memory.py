@@ -107,9 +107,10 @@ print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1
 
 
 @pytest.mark.slow
-def test_loading_a_csv_grows_by_well_under_two_float32_copies_per_row(tmp_path):
+def test_loading_a_csv_grows_by_about_one_float32_copy_per_row(tmp_path):
     """The marginal peak per row (two file sizes, so the constants cancel): the raw table and its encoding
-    never both whole (two copies), only the split's index arrays beside the raw table."""
+    are never both whole. Holding both measured 1.55 copies per added row here, handing the raw columns
+    back 0.98."""
     cols = 50
 
     def write(rows):
@@ -126,4 +127,4 @@ def test_loading_a_csv_grows_by_well_under_two_float32_copies_per_row(tmp_path):
     small, large = 100_000, 400_000
     grown = peak(write(large)) - peak(write(small))
     data_grown = (large - small) * cols * 4
-    assert grown < 1.7 * data_grown, f"{grown / data_grown:.2f} copies per added row"
+    assert grown < 1.3 * data_grown, f"{grown / data_grown:.2f} copies per added row"
