@@ -1,6 +1,6 @@
 """Peak memory and time of loading a large CSV and training an MLP on it.
 
-    python benchmarks/data_memory.py [--rows 1000000] [--cols 50] [--csv /tmp/big.csv] [--epochs 1]
+    python benchmarks/data_memory.py [--rows 1000000] [--cols 50] [--csv /tmp/big.csv] [--epochs 1] [--trace]
     python benchmarks/data_memory.py --compare-reader --before-tree /path/to/older/checkout [--quick]
 
 Writes (once, if the file does not exist) a CSV of `rows` x `cols` (cols - 1 float features, an integer
@@ -9,6 +9,10 @@ label), then runs, each in a fresh subprocess so the peak is its own: `load` (`t
 memory of each subprocess comes from `resource.getrusage(RUSAGE_SELF).ru_maxrss`; the baseline is the
 peak of a subprocess that only imports the toolkit (torch, pandas, pyarrow). "Copies" = (peak - baseline) /
 bytes of the data as float32 (rows x cols x 4).
+
+`--trace` instead runs `load+train` (`load` alone with `--epochs 0`) in one subprocess and prints the resident
+memory (VmRSS) and each step's peak (VmHWM, reset before every step) from /proc/self/status around the steps
+of loading and training, in MiB above the memory after the imports (Linux): where the peak comes from.
 
 `--compare-reader` measures two code trees side by side (this one and `--before-tree`, each put first on
 the subprocess's PYTHONPATH), in interleaved rounds: `read` (`tables.read_table` only) and `load` on a
@@ -51,6 +55,51 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"peak_bytes": peak, **seconds}))
 """
 
+TRACE = """
+import functools, sys, time
+import trainers, pandas, torch, pyarrow.csv
+from trainers import TrainConfig, data, fit, load_data, loop, tables, train
+
+def status():
+    return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in open("/proc/self/status"))
+            if k in ("VmRSS", "VmHWM")}
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+start = status()["VmRSS"]
+
+def traced(module, name):
+    inner = getattr(module, name)
+
+    @functools.wraps(inner)
+    def step(*args, **kwargs):
+        before = status()["VmRSS"]
+        reset_peak()
+        tick = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            now = status()
+            print(f"{name:<16} before {(before - start) / 2**20:6.0f}  peak {(now['VmHWM'] - start) / 2**20:6.0f}  "
+                  f"after {(now['VmRSS'] - start) / 2**20:6.0f}  ({time.perf_counter() - tick:.1f}s)", flush=True)
+            reset_peak()
+    setattr(module, name, step)
+
+steps = [(tables, "read_table"), (tables, "_numeric_labels"), (data, "split_indices"), (tables, "drop_reasons"),
+         (tables, "fit_table"), (tables, "transform"), (data, "_normalisation"), (data, "_fingerprint"),
+         (loop, "train_epoch"), (fit, "_final_metrics")]
+for module, name in steps:
+    if hasattr(module, name):
+        traced(module, name)
+torch.set_num_threads(2)
+bundle = load_data(sys.argv[1])
+if int(sys.argv[2]):
+    train(bundle, "mlp", TrainConfig(epochs=int(sys.argv[2]), batch_size=512, device="cpu"), progress=False)
+print(f"held at the end {(status()['VmRSS'] - start) / 2**20:.0f} MiB above the imports")
+"""
+
 
 def write_csv(path: Path, rows: int, cols: int) -> None:
     import numpy as np
@@ -72,8 +121,9 @@ def run(mode: str, path: Path, epochs: int, tree: Path | None = None) -> dict:
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     tick = time.perf_counter()
+    # `python -c` puts its working directory first on sys.path, before PYTHONPATH: run in the tree measured.
     out = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), str(epochs)], check=True,
-                         capture_output=True, text=True, env=env)
+                         capture_output=True, text=True, env=env, cwd=tree)
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "wall": time.perf_counter() - tick}
 
 
@@ -120,6 +170,7 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=50)
     parser.add_argument("--csv", type=Path, default=Path("/tmp/data_memory.csv"))
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--trace", action="store_true", help="memory around each step of load+train, in-process")
     parser.add_argument("--compare-reader", action="store_true", help="this tree against --before-tree")
     parser.add_argument("--before-tree", type=Path, help="checkout of the code to compare against")
     parser.add_argument("--rounds", type=int, default=1)
@@ -133,6 +184,10 @@ def main() -> None:
         return
     if not args.csv.exists():
         write_csv(args.csv, args.rows, args.cols)
+    if args.trace:
+        print(f"MiB above the imports; one copy of the data is {args.rows * args.cols * 4 / 2**20:.0f} MiB")
+        subprocess.run([sys.executable, "-c", TRACE, str(args.csv), str(args.epochs)], check=True)
+        return
     data_bytes = args.rows * args.cols * 4
     base = run("baseline", args.csv, args.epochs)["peak_bytes"]
     print(f"{args.csv} ({args.csv.stat().st_size / 2**20:.0f} MiB on disk), {args.rows} x {args.cols}: "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
+from trainers import data as data_module
 from trainers.tables import TableOptions
 from trainers import BUILTIN_DATASETS, DataError, check_inputs, load_data
 
@@ -55,6 +58,23 @@ def test_fingerprint_changes_with_the_data(tmp_path):
     fa, fb = load_data(str(tmp_path / "a.npz")).fingerprint, load_data(str(tmp_path / "b.npz")).fingerprint
     assert len(fa) == 64 and fa != fb
     assert load_data(str(tmp_path / "a.npz")).fingerprint == fa
+
+
+def test_fingerprint_is_the_sha256_of_the_row_major_bytes_whatever_the_layout():
+    x = np.random.default_rng(0).normal(size=(300, 7)).astype(np.float32)
+    y = np.arange(300) % 3
+    expected = hashlib.sha256()
+    for a in (x, y):
+        expected.update(str((a.shape, a.dtype.str)).encode())
+        expected.update(a.tobytes())
+    expected.update(b"none")
+    expected.update(b"none")
+    assert data_module._fingerprint(x, y, None, None) == expected.hexdigest()
+    assert data_module._fingerprint(np.asfortranarray(x), y, None, None, block_bytes=100) == expected.hexdigest()
+    wide = np.random.default_rng(1).normal(size=(300, 14)).astype(np.float32)
+    view = wide[:, ::2]
+    assert (data_module._fingerprint(view, y, None, None, block_bytes=100)
+            == data_module._fingerprint(np.ascontiguousarray(view), y, None, None))
 
 
 @pytest.mark.parametrize("shape,layout", [((6,), "features"), ((2, 10), "signal"), ((3, 4, 5), "image")])

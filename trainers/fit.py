@@ -29,7 +29,8 @@ from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import DataBundle, absolute_source, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
-from .loop import LoopOptions, LoopState, amp_dtype, autocast, evaluate, rows, split_tensors, training_loop
+from .loop import (EVAL_BATCH, LoopOptions, LoopState, amp_dtype, autocast, evaluate, rows, split_tensors,
+                   training_loop)
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
 from .progress import ConsoleProgress, ProgressCallback, reporter
@@ -267,8 +268,8 @@ def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
     device, x_test = tensors["y_test"].device, tensors["x_test"]
     with torch.inference_mode(), autocast(device, amp_dtype):  # in batches: the activations of a large split add up
-        predicted = np.concatenate([module(rows(x_test, slice(i, i + 4096), device)).argmax(1).cpu().numpy()
-                                    for i in range(0, max(len(x_test), 1), 4096)])
+        predicted = np.concatenate([module(rows(x_test, slice(i, i + EVAL_BATCH), device)).argmax(1).cpu().numpy()
+                                    for i in range(0, max(len(x_test), 1), EVAL_BATCH)])
     truth = tensors["y_test"].cpu().numpy()
     k = len(class_names)
     # scikit-learn's confusion_matrix and precision_recall_fscore_support(zero_division=0), without their overhead.
