@@ -79,20 +79,38 @@ def plan(target, **settings) -> list[tuple[str, dict, list[str]]]:
     return steps
 
 
-def free_cores() -> int:
-    """The cores other processes leave free: the core count less the run queue beyond this process.
+def free_cores(window: float = 0.2) -> int:
+    """The cores other processes leave free, measured now: over `window` seconds, the CPU time the whole machine
+    spent busy (/proc/stat, Linux) less this process's own (threads still spinning after its last parallel
+    work), as cores. At least one.
 
-    The one-minute load average lags a load that just started; the kernel's count of runnable tasks right
-    now (/proc/loadavg, Linux) does not: the larger of the two counts. At least one core.
+    A load average lags: for a minute after a burst (the training just before a pipeline's compress stage, a
+    benchmark's background load) it reported a core busy that was idle, and auto ran on half the machine.
+    Without /proc/stat (not Linux): the one-minute load average.
     """
     cores = os.cpu_count() or 1
-    others = 0.0
-    with contextlib.suppress(OSError, AttributeError):
-        others = os.getloadavg()[0] - 1.0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        others = max(others, running - 1.0)
+    try:
+        before, own = _cpu_ticks(), time.process_time()
+        time.sleep(window)
+        after, own = _cpu_ticks(), time.process_time() - own
+        others = _busy_cores(before, after, cores) - own / window
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
+        others = 0.0
+        with contextlib.suppress(OSError, AttributeError):
+            others = os.getloadavg()[0] - 1.0
     return max(1, min(cores, round(cores - max(0.0, others))))
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(idle, total) clock ticks of all CPUs since boot: the first line of /proc/stat (idle = idle + iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def _busy_cores(before: tuple[int, int], after: tuple[int, int], cores: int) -> float:
+    """Cores busy on average between two `_cpu_ticks` readings."""
+    idle, total = after[0] - before[0], after[1] - before[1]
+    return cores * (1.0 - idle / total)
 
 
 @contextlib.contextmanager

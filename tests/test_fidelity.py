@@ -249,3 +249,43 @@ def test_version_1_compress_results_are_still_read():
     assert type(read) is CompressResultFileV1 and read.variants[0].fidelity is None
     with pytest.raises(ToolkitError, match="min_agreement"):
         parse_result({**old, "schema_version": 2}, stage="compress")
+
+
+# ---------------------------------------------------------------- free cores
+
+
+@pytest.mark.parametrize("idle_ticks, own_seconds, free", [
+    (40, 0.0, 2),     # nothing ran: both cores free
+    (20, 0.0, 1),     # another process kept one core busy
+    (20, 0.2, 2),     # the busy core was this process's own threads spinning down
+    (0, 0.0, 1),      # both cores busy elsewhere: still one
+])
+def test_free_cores_counts_what_other_processes_use_now(monkeypatch, idle_ticks, own_seconds, free):
+    import compress.auto as auto
+
+    readings = iter([(1000, 5000), (1000 + idle_ticks, 5040)])  # 2 cores x 0.2 s at 100 ticks per second
+    clock = iter([10.0, 10.0 + own_seconds])
+    monkeypatch.setattr(auto.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(auto, "_cpu_ticks", lambda: next(readings))
+    monkeypatch.setattr(auto.time, "process_time", lambda: next(clock))
+    monkeypatch.setattr(auto.time, "sleep", lambda seconds: None)
+    assert auto.free_cores(window=0.2) == free
+
+
+def test_free_cores_falls_back_to_the_load_average_without_proc_stat(monkeypatch):
+    import compress.auto as auto
+
+    def missing():
+        raise OSError("no /proc/stat")
+
+    monkeypatch.setattr(auto.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(auto, "_cpu_ticks", missing)
+    monkeypatch.setattr(auto.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    assert auto.free_cores() == 2
+
+
+def test_cpu_ticks_read_this_machine():
+    from compress.auto import _cpu_ticks
+
+    idle, total = _cpu_ticks()
+    assert 0 <= idle <= total and total > 0
