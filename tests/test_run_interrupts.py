@@ -24,9 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _start(*args, cwd=ROOT) -> subprocess.Popen:
+    # Ctrl-C at its default in the child, as a terminal gives it: a test run started in the background
+    # (`nohup pytest &`) ignores SIGINT, the child would inherit that and never see the test's Ctrl-C.
     return subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
