@@ -296,15 +296,21 @@ def _speed(cell: dict) -> str:
     return f"{cell['speedup']:.2f}x ({cell['iqr']:.2f}){flag}"
 
 
-def markdown(cases: list[dict]) -> str:
-    lines = ["| case | contender | accuracy | drop (pts) | agreement | smaller | faster b1 (IQR) | faster b256 (IQR) | eligible |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def contender_table(cases: list[dict], key: str = "case", header: str = "case") -> list[str]:
+    """One markdown row per contender of every case (`key`: the case's label field), peers that failed named."""
+    lines = [f"| {header} | contender | accuracy | drop (pts) | agreement | smaller | faster b1 (IQR) | faster b256 (IQR) | "
+             "eligible |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in cases:
         for name, r in c["rows"].items():
-            lines.append(f"| {c['case']} | {name} | {r['accuracy']:.4f} | {r['drop_points']:+.2f} | {r['agreement']:.3f} | "
+            lines.append(f"| {c[key]} | {name} | {r['accuracy']:.4f} | {r['drop_points']:+.2f} | {r['agreement']:.3f} | "
                          f"{r['size_ratio']:.2f}x | {_speed(r['b1'])} | {_speed(r['b256'])} | {'yes' if r['eligible'] else 'no'} |")
         for peer, why in c["failed"].items():
-            lines.append(f"| {c['case']} | {peer} | failed: {why} | | | | | | |")
+            lines.append(f"| {c[key]} | {peer} | failed: {why} | | | | | | |")
+    return lines
+
+
+def markdown(cases: list[dict]) -> str:
+    lines = contender_table(cases)
     lines += ["", "| case | auto chose | auto s | best eligible peer b256 | auto / best peer b256 | best peer b1 | auto / best peer b1 |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in cases:

@@ -38,8 +38,8 @@ from compress_vs_peers import (
     Contender,
     _ort,
     _predict,
-    _speed,
     _torch,
+    contender_table,
     eligible,
     interleaved,
     make_signals,
@@ -184,15 +184,7 @@ def run_model(key: str, data, epochs: int, rounds: int, log) -> dict:
 
 
 def markdown(cases: list[dict]) -> str:
-    lines = [("| model | contender | accuracy | drop (pts) | agreement | smaller | faster b1 (IQR) | faster b256 (IQR) "
-              "| eligible |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for c in cases:
-        for name, r in c["rows"].items():
-            lines.append(f"| {c['class']} | {name} | {r['accuracy']:.4f} | {r['drop_points']:+.2f} | "
-                         f"{r['agreement']:.3f} | {r['size_ratio']:.2f}x | {_speed(r['b1'])} | {_speed(r['b256'])} | "
-                         f"{'yes' if r['eligible'] else 'no'} |")
-        for peer, why in c["failed"].items():
-            lines.append(f"| {c['class']} | {peer} | failed: {why} | | | | | | |")
+    lines = contender_table(cases, "class", "model")
     lines += ["", "| model | auto chose | auto s | b256 >= 2x | size >= 3.5x | b1 not slower |",
               "| --- | --- | --- | --- | --- | --- |"]
     for c in cases:
