@@ -38,6 +38,7 @@ import numpy as np
 MIN_PAIRS = 8            # first round: 16 permutations, enough for a usable variance estimate
 DEFAULT_MAX_PERMUTATIONS = 128
 CONFIDENCE = 0.95
+STEP_SHARE = 4
 GROWTH = 1.1            # pairs granted over the 1/sqrt(pairs) estimate of what a sample still needs
 ROWS_PER_PASS = 1024     # rows per forward pass: small batches stay in cache (a 1-D CNN is 2-3x slower per row at 8k)
 
@@ -168,7 +169,7 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
             want[active] = cap_pairs - pairs[active]
         else:
             need = np.ceil(pairs[active] * (bound[active] / tolerance) ** 2 * GROWTH).astype(np.int64) - pairs[active]
-            want[active] = np.clip(need, np.maximum(pairs[active] // 4, 1), cap_pairs - pairs[active])
+            want[active] = np.clip(need, np.maximum(pairs[active] // STEP_SHARE, 1), cap_pairs - pairs[active])
     permutations = 2 * pairs
     converged = np.ones(n, bool) if tolerance is None else bound <= tolerance
     return ShapleyEstimate(values.reshape(n, *shape).astype(np.float32), se.reshape(n, *shape).astype(np.float32),

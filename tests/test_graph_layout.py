@@ -1,0 +1,120 @@
+"""The 1-D -> 2-D layout pass over ONNX graphs (`compress.layout.lift_1d`): same logits, no 1-D kernel left,
+the 4-D layout carried through rank-agnostic ops, graphs without 1-D layers left alone."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from compress.export import fast_layout, ort_session, run_onnx
+from compress.layout import lift_1d
+
+
+class Scale(nn.Module):
+    """A custom per-channel scale of shape (C, 1): broadcasting it against a 4-D tensor would be wrong."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, channels)[:, None])
+
+    def forward(self, x):
+        return x * self.weight
+
+
+class Residual1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv1d(2, 8, 5, padding=2), nn.BatchNorm1d(8), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv1d(8, 8, 3, padding=1, dilation=1), nn.BatchNorm1d(8), nn.ReLU(),
+                               nn.Conv1d(8, 8, 3, padding=2, dilation=2, groups=2))
+        self.scale = Scale(8)
+        self.down = nn.Conv1d(8, 16, 1, stride=2)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.relu(self.a(y) + y)
+        y = self.scale(y)
+        y = nn.functional.avg_pool1d(self.down(y), 2, ceil_mode=True)
+        return self.head(y.mean(-1))
+
+
+class Plain1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                                      nn.Conv1d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                                      nn.AdaptiveAvgPool1d(1))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def _export(module: nn.Module, shape, opset: int = 17) -> bytes:
+    buffer = io.BytesIO()
+    torch.onnx.export(module.eval(), torch.randn(2, *shape), buffer, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=opset, dynamo=False)
+    return buffer.getvalue()
+
+
+def _kernels(onnx_bytes: bytes) -> list[int]:
+    ranks = []
+    for node in onnx.load_from_string(onnx_bytes).graph.node:
+        for a in node.attribute:
+            if a.name == "kernel_shape":
+                ranks.append(len(a.ints))
+    return ranks
+
+
+@pytest.mark.parametrize("make, shape, opset", [(Plain1d, (1, 40), 17), (Residual1d, (2, 33), 17),
+                                                 (Plain1d, (1, 40), 11)])
+def test_lifted_graph_gives_the_same_logits_with_2d_kernels_only(make, shape, opset):
+    torch.manual_seed(0)
+    module = make().eval()
+    for m in module.modules():  # BatchNorm with statistics that are not the identity
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    graph = _export(module, shape, opset)
+    lifted = lift_1d(graph)
+    assert lifted is not None
+    assert _kernels(graph) and set(_kernels(graph)) == {1}
+    assert set(_kernels(lifted)) == {2}
+    onnx.checker.check_model(onnx.load_from_string(lifted))
+    x = np.random.default_rng(1).normal(size=(64, *shape)).astype(np.float32)
+    with torch.inference_mode():
+        want = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_onnx(lifted, x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_4d_layout_is_carried_through_activations_and_pools():
+    """conv-relu-pool-conv-relu-pool-global pool: one Unsqueeze at the input, one Squeeze before Flatten."""
+    lifted = lift_1d(_export(Plain1d(), (1, 40)))
+    ops = [n.op_type for n in onnx.load_from_string(lifted).graph.node]
+    assert ops.count("Unsqueeze") == 1 and ops.count("Squeeze") == 1
+    assert ops.index("Squeeze") > max(i for i, op in enumerate(ops) if op in ("Conv", "MaxPool", "GlobalAveragePool"))
+
+
+@pytest.mark.parametrize("module, shape", [(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2)), (1, 6, 6)),
+                                           (nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)), (5,))])
+def test_graphs_without_1d_layers_are_left_alone(module, shape):
+    module(torch.randn(1, *shape))  # materialise the lazy layer
+    graph = _export(module, shape)
+    assert lift_1d(graph) is None
+    rows = np.zeros((3, *shape), np.float32)
+    assert fast_layout(graph, rows) == (graph, [])
+
+
+def test_fast_layout_says_what_it_did_and_keeps_the_logits():
+    graph = _export(Plain1d(), (1, 40))
+    rows = np.random.default_rng(0).normal(size=(32, 1, 40)).astype(np.float32)
+    faster, notes = fast_layout(graph, rows)
+    assert faster != graph and "2-D" in notes[0]
+    np.testing.assert_allclose(run_onnx(faster, rows), run_onnx(graph, rows), rtol=1e-4, atol=1e-5)
+    assert ort_session(faster).get_inputs()[0].shape[1:] == [1, 40]  # the input the user feeds is unchanged
