@@ -193,9 +193,9 @@ class Context:
 
 
 # Black-box estimators (shapley, LIME, ablation) spend their time in forward passes of ~1,000 rows. ONNX Runtime
-# runs a 1-D CNN's rows 2.3x faster than eager PyTorch in isolation (9 against 21 us a row, one thread) and makes
-# `shapley` 1.2-1.6x faster on it (1.15x on an MLP), interleaved (docs/results.md); below this many rows a pass is
-# not worth the export (tens of ms, once).
+# runs a 1-D CNN's rows 2.3x faster than eager PyTorch in isolation (9 against 21 us a row, one thread), 4x with
+# its 1-D layers run as 2-D ones (5 us), and makes `shapley` 2-3x faster on it (1.15x on an MLP; docs/results.md);
+# below this many rows a pass is not worth the export (tens of ms, once).
 COMPILE_ROWS = 256
 
 
