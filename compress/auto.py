@@ -275,14 +275,20 @@ def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drif
     return drift
 
 
-def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBundle, settings: dict) -> None:
-    """`drift_guard` on every candidate within the accuracy budget (the others are never chosen), unless auto's
-    `drift_guard_on` is off; `settings` are auto's options as given."""
+def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBundle, settings: dict,
+                     baseline: Variant, max_drop: float) -> None:
+    """`drift_guard` on the variant `choose` would pick, then, while the pick drifted, on the next pick, until a
+    pick keeps its attributions or none is left; unless auto's `drift_guard_on` is off (`settings`: auto's
+    options as given). Only a pick is checked: each check is an attribution pass of the original and the
+    candidate, 2.5-4 s per candidate on an LSTM, 12 s for the four candidates that were then not chosen."""
     settings = {**METHODS.options("auto"), **settings}
-    if settings["drift_guard_on"]:
-        for v in variants:
-            if v.measurements["within_budget"]:
-                drift_guard(model, v, data, settings["max_drift"])
+    if not settings["drift_guard_on"]:
+        return
+    while True:
+        pick, _ = choose(baseline, variants, max_drop)
+        if pick is baseline or "attribution_drift" in pick.measurements:
+            return
+        drift_guard(model, pick, data, settings["max_drift"])
 
 
 def _drifted(v: Variant) -> bool:
@@ -321,6 +327,20 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
             variants.remove(v)
             rejected.append(_rejected(v, why, "after a quick timing"))
     return rejected
+
+
+def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
+    """The all-threads settings timed with the cores free now, not every core: a thread pool larger than the
+    free cores waits on busy ones (with one other process running, a batch-1 call on two threads took 50x its
+    one-thread time and one LSTM's timing 4x as long), which measures the other processes, not the variant."""
+    import dataclasses
+
+    cores, free = config.all_threads, free_cores()
+    if free >= cores:
+        return config
+    notes.append(f"the all-threads settings timed with {free} thread(s), the cores free when timing began "
+                 f"({cores} on this machine)")
+    return dataclasses.replace(config, threads_all=free)
 
 
 def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, max_drop: float,
@@ -403,7 +423,8 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
         budget_seconds: make no further candidates when the search would run past this (None: no limit).
         max_drift: the top-k attribution overlap a candidate may lose against the original (0-1); None: a
             candidate whose overlap interval lies below 0.7 x the noise floor is never chosen.
-        drift_guard_on: measure each candidate's attribution drift (`drift_guard`); off: choose on speed alone.
+        drift_guard_on: measure the attribution drift of the variant about to be chosen (`drift_guard`; a drifted
+            one is passed over for the next); off: choose on speed alone.
 
     Returns the candidates that passed the screening, measured; the chosen one has
     `measurements["chosen"] = True` and the reason in `measurements["reason"]` (when no candidate qualifies,
@@ -420,8 +441,10 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
                                       budget_seconds=budget_seconds, config=config, progress=progress, start=start)
     if not variants and not skipped:
         raise ToolkitError(f"auto found no compression method for a {model.spec.family} model")
+    config = _timing_threads(config, notes)
     measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
-    guard_candidates(model, variants, data, {"max_drift": max_drift, "drift_guard_on": drift_guard_on})
+    guard_candidates(model, variants, data, {"max_drift": max_drift, "drift_guard_on": drift_guard_on}, baseline,
+                     max_drop)
     chosen, reason = choose(baseline, variants, max_drop)
     for v in variants:
         v.measurements["chosen"] = v is chosen

@@ -106,6 +106,9 @@ def describe_fidelity(f: dict) -> str:
 # ---------------------------------------------------------------- running and timing
 
 
+OVERRUN = 2.0  # timing rounds this many times over their budget make proportionally fewer calls from then on
+
+
 @dataclass
 class LatencyConfig:
     """How long to time each (batch, threads) setting: per variant, warm-up calls, then `rounds` interleaved
@@ -217,10 +220,14 @@ def interleaved_rounds(calls: list, x: np.ndarray, config: LatencyConfig, cpu_cl
 
     Each round times every call in turn, starting one further along the list every round, so a slow spell of
     the machine falls on all of them alike. The calls per round of each callable are sized from its warm-up
-    so that all rounds together take about `config.budget_s`.
+    so that all rounds together take about `config.budget_s`; when the rounds run far over that (the machine got
+    busy after the warm-up: under contention a call with two threads took 50x its warm-up time, and one setting
+    of an LSTM's timing 19.5 s instead of 2), the later rounds make fewer calls, never fewer than the minimum,
+    so every call still gets every round.
     """
     clock = time.thread_time_ns if cpu_clock else time.perf_counter_ns
     rounds = config.round_count
+    fewest = max(math.ceil(config.min_reps / rounds), 1)
     per_round = []
     for call in calls:
         for _ in range(max(1, config.warmup)):
@@ -228,8 +235,10 @@ def interleaved_rounds(calls: list, x: np.ndarray, config: LatencyConfig, cpu_cl
             call(x)
             once = max(time.perf_counter_ns() - t0, 1) / 1e9
         wanted = int(config.budget_s / rounds / once)
-        per_round.append(max(math.ceil(config.min_reps / rounds), 1, min(wanted, max(1, config.max_reps // rounds))))
+        per_round.append(max(fewest, min(wanted, max(1, config.max_reps // rounds))))
     out = [{"rounds": [], "times": []} for _ in calls]
+    planned = config.budget_s * len(calls)
+    start = time.perf_counter()
     for r in range(rounds):
         for i in [(r + j) % len(calls) for j in range(len(calls))]:
             times = []
@@ -239,6 +248,9 @@ def interleaved_rounds(calls: list, x: np.ndarray, config: LatencyConfig, cpu_cl
                 times.append((clock() - t0) / 1e6)
             out[i]["rounds"].append(float(np.median(times)))
             out[i]["times"] += times
+        overrun = (time.perf_counter() - start) / (planned * (r + 1) / rounds) if planned > 0 else 0.0
+        if overrun > OVERRUN:
+            per_round = [max(fewest, int(n / overrun)) for n in per_round]
     return out
 
 

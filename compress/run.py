@@ -270,7 +270,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
     variants = _unique(variants)
     measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
     if "auto" in methods:
-        guard_candidates(model, variants, data, options.get("auto", {}))
+        guard_candidates(model, variants, data, options.get("auto", {}), baseline, max_drop)
     chosen, reason = choose(baseline, variants, max_drop)
     if any("search budget" in s["reason"] for s in skipped):
         reason += f" (search ended at --budget-seconds {budget_seconds:g}: the best of the candidates made)"

@@ -263,6 +263,25 @@ def test_auto_never_chooses_a_candidate_whose_attributions_drifted(tmp_path):
     assert choose(baseline_variant(original), [allowed, same], 0.5)[0] is allowed
 
 
+def test_the_guard_checks_the_pick_and_then_the_next_pick_only():
+    from compress.auto import baseline_variant, choose, guard_candidates
+
+    bundle = redundant_data(0)
+    original = fit_mlp(bundle, 0, COPIES)
+    moved = _candidate("moved", fit_mlp(bundle, 0, INFORMATIVE), p50=1.0)   # the fastest, drifted
+    same = _candidate("same", original, p50=1.5)
+    slowest = _candidate("slowest", original, p50=2.0)
+    baseline = baseline_variant(original)
+    guard_candidates(original, [moved, same, slowest], bundle, {}, baseline, 0.5)
+    assert moved.measurements["attribution_drift"]["status"] == "drifted"
+    assert same.measurements["attribution_drift"]["status"] == "kept"
+    assert "attribution_drift" not in slowest.measurements       # never the pick: never checked
+    assert choose(baseline, [moved, same, slowest], 0.5)[0] is same
+    off = _candidate("moved", moved.model, p50=1.0)
+    guard_candidates(original, [off], bundle, {"drift_guard_on": False}, baseline, 0.5)
+    assert "attribution_drift" not in off.measurements
+
+
 def test_a_failed_sanity_check_is_a_flag_with_its_reason(trained):
     model, bundle = trained
     result = explain.explain_model(model, bundle, methods=["saliency", "feature_ablation"], samples=8).to_dict()

@@ -130,6 +130,39 @@ def test_rounds_interleave_every_call_in_a_rotating_order():
     assert all(len(t["rounds"]) == 3 and len(t["times"]) == 3 for t in timed)
 
 
+def test_rounds_far_over_their_budget_make_fewer_calls_but_every_round_runs(monkeypatch):
+    import compress.measure as measure
+
+    now = [0.0]
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: now[0])
+    calls_made = [0, 0]
+
+    def slow(x, i):        # 1 s of (fake) wall time per call: the warm-up's clock does not see it
+        calls_made[i] += 1
+        now[0] += 1.0
+
+    config = LatencyConfig(warmup=1, min_reps=4, max_reps=400, budget_s=0.1, rounds=4)
+    calls = [lambda x: calls_made.__setitem__(0, calls_made[0] + 1), lambda x: slow(x, 1)]
+    timed = interleaved_rounds(calls, np.zeros(1), config, cpu_clock=True)
+    assert [len(t["rounds"]) for t in timed] == [4, 4]    # every call in every round ...
+    # ... the first round as sized from the (fast) warm-up, 100 calls each; 100 s instead of 0.05 s, so every
+    # later round makes each call its minimum (min_reps / rounds = 1) instead of 100 more
+    assert [len(t["times"]) for t in timed] == [100 + 3, 100 + 3]
+
+
+def test_all_threads_timing_uses_the_free_cores_and_says_so(monkeypatch):
+    import compress.auto as auto
+
+    monkeypatch.setattr(auto.os, "cpu_count", lambda: 4)
+    config = LatencyConfig(threads_all=0)
+    notes = []
+    monkeypatch.setattr(auto, "free_cores", lambda: 4)
+    assert auto._timing_threads(config, notes) is config and notes == []
+    monkeypatch.setattr(auto, "free_cores", lambda: 1)
+    busy = auto._timing_threads(config, notes)
+    assert busy.all_threads == 1 and "1 thread(s)" in notes[0]
+
+
 def test_speedup_is_the_median_of_per_round_ratios_and_spread_flags_noise():
     steady, spread = ratio_summary([10.0] * 7, [5.0] * 7)
     assert steady == pytest.approx(2.0) and spread == 0.0 and not is_noisy(spread)
