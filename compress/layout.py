@@ -11,7 +11,7 @@ attributes (kernel (1, k), pads (0, b, 0, e), ...). Its output stays 4-D through
 the rank (activations, BatchNormalization, sums of two such tensors, global pools) and is squeezed back only
 where an op needs the original rank (Flatten, ReduceMean, a graph output...): a Squeeze/Unsqueeze around every
 layer cost a third of the gain. The results are those of the original graph up to float rounding; callers check
-that with `compress.export.graph_matches` before they use the rewritten graph.
+that (`compress.export.graph_matches`, `compress.export.fast_layout`) before they use the rewritten graph.
 """
 
 from __future__ import annotations
