@@ -282,6 +282,39 @@ def test_the_guard_checks_the_pick_and_then_the_next_pick_only():
     assert "attribution_drift" not in off.measurements
 
 
+def test_the_quick_timing_measures_how_far_behind_against_a_leader_that_may_be_chosen(monkeypatch):
+    """A leader whose attributions drifted is never chosen, so it must not cut the candidates behind it."""
+    import compress.auto as auto
+
+    bundle = redundant_data(0)
+    original = fit_mlp(bundle, 0, COPIES)
+    baseline = auto.baseline_variant(original)
+    speed = {"fp32-torch": 1.0, "moved": 10.0, "same": 3.0, "slow": 1.5}   # x the original's speed, by name
+    order: list[str] = []
+
+    def timed(calls, x, config, cpu_clock):
+        return [{"rounds": [30.0 / speed[name]] * 3} for name in order]
+
+    monkeypatch.setattr(auto, "interleaved_rounds", timed)
+
+    def candidates():
+        made = [_candidate("moved", fit_mlp(bundle, 0, INFORMATIVE), 1.0), _candidate("same", original, 1.0),
+                _candidate("slow", original, 1.0)]
+        order[:] = ["fp32-torch", *(v.name for v in made)]
+        return made
+
+    unguarded = candidates()
+    cut = auto.quick_latency(unguarded, baseline, bundle, auto.LatencyConfig())
+    assert [v.name for v in unguarded] == ["moved"] and {c["name"] for c in cut} == {"same", "slow"}
+    guarded = candidates()
+    cut = auto.quick_latency(guarded, baseline, bundle, auto.LatencyConfig(),
+                             auto.drift_check(original, bundle, {}))
+    assert [v.name for v in guarded] == ["same", "slow"]
+    assert [c["name"] for c in cut] == ["moved"] and "attributions drifted" in cut[0]["reason"]
+    assert "attribution_drift" not in guarded[1].measurements       # only leaders are checked
+    assert auto.drift_check(original, bundle, {"drift_guard_on": False}) is None
+
+
 def test_a_failed_sanity_check_is_a_flag_with_its_reason(trained):
     model, bundle = trained
     result = explain.explain_model(model, bundle, methods=["saliency", "feature_ablation"], samples=8).to_dict()
