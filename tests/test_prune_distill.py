@@ -227,6 +227,16 @@ def test_distill_reports_gap_closed(teacher, student, config, models, digits, tm
     np.testing.assert_array_equal(predict(loaded, digits.x_test), predict(variant.model, digits.x_test))
 
 
+def test_distill_without_the_alone_run_gives_the_same_student(models, digits):
+    """auto's distillation skips the comparison run: the distilled student is the one `alone=True` makes."""
+    [full] = distill(models["mlp"], digits, epochs=2)
+    [quick] = distill(models["mlp"], digits, epochs=2, alone=False)
+    assert quick.recipe["student_alone_accuracy"] is None and quick.recipe["gap_closed"] is None
+    assert quick.recipe["distilled_accuracy"] == full.recipe["distilled_accuracy"]
+    np.testing.assert_array_equal(predict(quick.model, digits.x_test), predict(full.model, digits.x_test))
+    assert "not trained alone" in quick.notes[0] and "alone" in full.notes[0]
+
+
 def _student(digits, seed=0):
     torch.manual_seed(seed)
     from trainers.models import build_model
