@@ -345,7 +345,7 @@ _RUNTIME = [("onnx-fp32", {}, []), ("int8-dynamic", {}, []), ("int8-static", {},
             ("int8-weights", {}, [])]
 _RECURRENT_STACK = [m for m in _STACK if m != "int8-static"]
 _UNSTRUCTURED = ("prune-unstructured", {"ratio": 0.9, "finetune_epochs": 5, "int8": True}, [])
-_DISTILL = {"epochs": 30, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0, "alpha": 0.9, "alone": False}
+_DISTILL = {"epochs": 30, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0, "alpha": 0.9, "alone": False, "give_up": 10.5}
 PLANNED = {
     "mlp": [*_RUNTIME,
             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": a}, _STACK)

@@ -237,6 +237,15 @@ def test_distill_without_the_alone_run_gives_the_same_student(models, digits):
     assert "not trained alone" in quick.notes[0] and "alone" in full.notes[0]
 
 
+def test_distill_gives_up_halfway_when_the_student_is_far_behind(models, digits):
+    """auto's early rejection: a student far below the teacher on validation at half its epochs ends the run with
+    a ToolkitError naming the figures (auto lists it as rejected); one close enough trains to the end."""
+    with pytest.raises(ToolkitError, match=r"given up at epoch 2 of 4: .* points below the teacher's"):
+        distill(models["mlp"], digits, epochs=4, width_factor=0.05, alone=False, give_up=1.0)
+    [kept] = distill(models["mlp"], digits, epochs=4, width_factor=0.05, alone=False, give_up=100.0)
+    assert kept.recipe["epochs"] == 4 and 0.0 <= kept.recipe["distilled_accuracy"] <= 1.0
+
+
 def _student(digits, seed=0):
     torch.manual_seed(seed)
     from trainers.models import build_model
