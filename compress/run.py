@@ -259,7 +259,8 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
     config = LatencyConfig(budget_s=budget)
     for step, name in enumerate(methods, 1):
         if name == "auto":  # its candidates are screened here, then measured with the other methods' variants
-            steps = plan(model, **_method_options(name, options, ratio))
+            steps = plan(model, **{**_method_options(name, options, ratio), "max_drop": max_drop,
+                                   "min_agreement": min_agreement})
             made, missed, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
                                          budget_seconds=budget_seconds, config=config, progress=progress, start=start,
                                          guard=options.get("auto", {}))
