@@ -215,12 +215,18 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
         return False
 
     failed: list[tuple[str, dict]] = []  # transforms with a `ratio` that failed the fidelity rule
+    passed: dict[str, dict] = {}  # runtime methods whose earlier option set passed: their later sets are fallbacks
     for name, options, children in steps:
         weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
         if weaker is not None:
             skipped.append({"method": name, "options": options or None,
                             "reason": f"not tried: {name} at ratio {weaker[1]['ratio']:g} already failed the fidelity "
                                       f"rule, and ratio {options['ratio']:g} removes more"})
+            continue
+        if name in passed and screen is not None:
+            skipped.append({"method": name, "options": options or None,
+                            "reason": f"not tried: {name} with {passed[name] or 'its defaults'} passed the fidelity "
+                                      f"rule; these options are its fallback"})
             continue
         for made in run(name, model, options):
             if not keep(made) and screen is not None:
@@ -229,6 +235,8 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                 skipped += [{"method": child, "reason": f"not chained onto {made.name}, which failed the fidelity rule"}
                             for child in children]
                 continue
+            if get_method(name).role == "runtime":
+                passed[name] = options
             for child in children:
                 for second in run(child, _chain_source(made.model), {}):
                     keep(_chain(made, second, model))

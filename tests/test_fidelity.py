@@ -229,6 +229,34 @@ def test_a_pruned_user_module_is_handed_to_chained_methods_as_pytorch():
     assert _chain_source(model) is model
 
 
+def test_a_runtime_methods_later_option_sets_are_fallbacks(digits):
+    """auto's int8: its own agreement first, the stricter default only if that variant fails the rule."""
+    from compress.base import METHODS, Variant, register_method
+    from compress.checks import tiny_model
+
+    calls = []
+
+    @register_method("test-runtime", role="runtime")
+    def runtime(model, data, strict: bool = False):
+        """A stand-in runtime method."""
+        calls.append(strict)
+        return [Variant(f"runtime-{strict}", model, {"method": "test-runtime"})]
+
+    try:
+        model = tiny_model("mlp")
+        steps = [("test-runtime", {}, []), ("test-runtime", {"strict": True}, [])]
+        variants, skipped = build_candidates(model, digits, steps, screen=lambda v: None)
+        assert calls == [False] and [v.name for v in variants] == ["runtime-False"]
+        assert "passed the fidelity rule; these options are its fallback" in skipped[0]["reason"]
+        calls.clear()
+        variants, skipped = build_candidates(model, digits, steps,
+                                             screen=lambda v: "too loose" if v.name == "runtime-False" else None)
+        assert calls == [False, True] and [v.name for v in variants] == ["runtime-True"]
+        assert "too loose" in skipped[0]["reason"]
+    finally:
+        METHODS.unregister("test-runtime")
+
+
 # ---------------------------------------------------------------- the search budget
 
 
