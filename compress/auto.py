@@ -9,10 +9,13 @@ joins auto by its registration alone.
 The search is cheap first, thorough last (successive halving):
 1. each candidate, as soon as it is made, is evaluated on the test split against the fidelity rule
    (`measure.judge`: accuracy within `max_drop`, top-1 agreement with the fp32 original); one that fails is
-   rejected before any timing, the runtime methods are not chained onto a transform that failed, and the
-   same transform at a larger ratio is not tried;
+   rejected before any timing, the runtime methods are not chained onto a transform that failed, the
+   same transform at a larger ratio is not tried, and a runtime method's later option sets (int8 at 99.5%
+   agreement after int8 at auto's own) are its fallbacks, made only when its earlier variant failed; a
+   distillation far behind its teacher halfway through is given up;
 2. the survivors get a short interleaved timing at the deciding setting (batch 256, one thread); one that is
-   clearly slower than the original, or far behind the fastest, cannot be chosen and is rejected;
+   clearly slower than the original, or far behind the fastest that may be chosen (a leader whose
+   attributions drifted leaves first), cannot be chosen and is rejected;
 3. the rest are timed fully (`measure.measure_all`): interleaved rounds in every setting.
 Rejected candidates are listed in `skipped` with their figures. Training inside the search (fine-tuning,
 distillation) uses the cores other processes leave free (`free_cores`), and ONNX Runtime sessions outside
