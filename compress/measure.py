@@ -17,6 +17,7 @@ scheduler gave to other processes, which wall-clock time counts. All-thread sett
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -302,7 +303,11 @@ def time_all(variants: list[Variant], data, config: LatencyConfig | None = None)
     `latency_ms` and the per-round medians (`rounds_ms`) of each variant's measurements."""
     config = config or LatencyConfig()
     x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
-    for threads_key, threads in (("t1", 1), ("tall", config.all_threads)):
+    # With one thread for "all" (one free core, or a one-core machine) both settings are one configuration: timed
+    # once, the all-threads figures copied from it. Timing it twice was half of auto's timing under two
+    # background processes on 2 cores, where the second pass measured the other processes, not the variant.
+    pools = (("t1", 1), ("tall", config.all_threads)) if config.all_threads > 1 else (("t1", 1),)
+    for threads_key, threads in pools:
         runners = [Runner(v, threads, spin=True) for v in variants]
         with torch_threads(threads):
             for batch in (1, 256):
@@ -315,6 +320,11 @@ def time_all(variants: list[Variant], data, config: LatencyConfig | None = None)
                         "reps": len(t["times"])}
                     v.measurements.setdefault("rounds_ms", {})[setting] = t["rounds"]
         del runners
+    if len(pools) == 1:
+        for v in variants:
+            for batch in (1, 256):
+                for key in ("latency_ms", "rounds_ms"):
+                    v.measurements[key][f"b{batch}_tall"] = copy.deepcopy(v.measurements[key][f"b{batch}_t1"])
 
 
 def measure_variant(variant: Variant, data, config: LatencyConfig | None = None) -> dict:

@@ -163,6 +163,31 @@ def test_all_threads_timing_uses_the_free_cores_and_says_so(monkeypatch):
     assert busy.all_threads == 1 and "1 thread(s)" in notes[0]
 
 
+def test_with_one_thread_for_all_the_two_settings_are_timed_once(monkeypatch, digits):
+    import compress.measure as measure
+    from compress.auto import baseline_variant
+    from compress.checks import tiny_model
+
+    passes = []
+    real = measure.interleaved_rounds
+
+    def counted(calls, x, config, cpu_clock):
+        passes.append((len(x), cpu_clock))
+        return real(calls, x, config, cpu_clock=cpu_clock)
+
+    monkeypatch.setattr(measure, "interleaved_rounds", counted)
+    variant = baseline_variant(tiny_model("mlp"))
+    measure.time_all([variant], digits, LatencyConfig(budget_s=0.01, threads_all=1))
+    assert passes == [(1, True), (256, True)]
+    m = variant.measurements
+    assert m["latency_ms"]["b256_tall"] == m["latency_ms"]["b256_t1"] and m["rounds_ms"]["b1_tall"] == m["rounds_ms"]["b1_t1"]
+    m["rounds_ms"]["b1_tall"].append(0.0)
+    assert len(m["rounds_ms"]["b1_t1"]) != len(m["rounds_ms"]["b1_tall"])   # copies, not one shared list
+    passes.clear()
+    measure.time_all([variant], digits, LatencyConfig(budget_s=0.01, threads_all=2))
+    assert passes == [(1, True), (256, True), (1, False), (256, False)]
+
+
 def test_speedup_is_the_median_of_per_round_ratios_and_spread_flags_noise():
     steady, spread = ratio_summary([10.0] * 7, [5.0] * 7)
     assert steady == pytest.approx(2.0) and spread == 0.0 and not is_noisy(spread)
