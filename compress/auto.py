@@ -377,7 +377,8 @@ def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
     if free >= cores:
         return config
     notes.append(f"the all-threads settings timed with {free} thread(s), the cores free when timing began "
-                 f"({cores} on this machine)")
+                 f"({cores} on this machine)" + ("; with one, they are the one-thread settings, timed once"
+                                                  if free == 1 else ""))
     return dataclasses.replace(config, threads_all=free)
 
 
