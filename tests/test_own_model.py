@@ -182,8 +182,17 @@ def test_python_pipeline_on_the_module(zoo, name, tmp_path):
         if row["method"] in ("onnx-fp32", "fp16", "bf16"):
             agree = (variant.predict(bundle.x_test).argmax(1) == trainers.predict(module, bundle.x_test).argmax(1))
             assert agree.mean() >= 0.95
-    # and, given a fresh instance of the class, as PyTorch
-    fp32 = run / "compress" / next(r["path"] for r in compressed["variants"] if r["method"] == "onnx-fp32")
+    # and, given a fresh instance of the class, as PyTorch; auto's quick timing may drop the fp32 export on a
+    # busy runner (far behind the fastest candidate), so then it is made on its own
+    row = next((r for r in compressed["variants"] if r["method"] == "onnx-fp32"), None)
+    if row is None:
+        assert any(s["method"] == "onnx-fp32" and "quick timing" in s["reason"] for s in compressed["skipped"])
+        from compress import compress_model
+
+        alone = compress_model(module, bundle, methods=["onnx-fp32"], out=tmp_path / "fp32")
+        fp32 = next(v.model.path for v in alone.variants if v.name == "onnx-fp32")
+    else:
+        fp32 = run / "compress" / row["path"]
     rebuilt = trainers.load_model(fp32, module=ZOO[name][0]())
     np.testing.assert_allclose(trainers.predict(rebuilt.module, bundle.x_test), trainers.predict(module, bundle.x_test),
                                atol=1e-4)
@@ -202,10 +211,12 @@ def test_cli_pipeline_on_the_onnx_file(zoo, name, tmp_path, capsys):
     compressed = json.loads((out / "compress" / "result.json").read_text())
     assert compressed["family"] == "onnx" and compressed["parent"] == str(onnx_path)
     names = {row["name"] for row in compressed["variants"]}
-    assert {"fp32-onnx", "onnx-fp32"} <= names
-    # int8 is tried on every graph (kept, or named in `skipped` with the reason auto's screening gave, e.g. a
-    # quick timing slower than fp32); int8-static never on one with recurrent layers
+    assert "fp32-onnx" in names
+    # the ORT-optimised graph and int8 are tried on every graph (kept, or named in `skipped` with the reason
+    # auto's screening gave: a quick timing slower than fp32, or far behind the fastest, happens on a busy CI
+    # runner); int8-static never on one with recurrent layers
     tried = {row["method"] for row in compressed["variants"]} | {s["method"] for s in compressed["skipped"]}
+    assert "onnx-fp32" in tried
     assert "int8-dynamic" in tried
     assert ("int8-static" in tried) == ("recurrent" not in ZOO[name][2])
     explained = json.loads((out / "explain" / "result.json").read_text())
