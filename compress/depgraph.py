@@ -30,6 +30,7 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, *RECURRENT)
 IMPORTANCES = ("l1", "l2")
 ALLOCATIONS = ("global", "uniform")
 MIN_KEEP = 0.25  # the smallest fraction of a layer that global allocation keeps
+ALIGN = 8  # kept widths of Linear/conv layers: multiples of this (see `aligned`)
 
 
 @dataclass
@@ -67,7 +68,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def prune_module(module: nn.Module, example: torch.Tensor, ratio: float, *, importance: str = "l2",
-                 allocation: str = "uniform", keep_layers: tuple[str, ...] = ()) -> PruneReport:
+                 allocation: str = "uniform", keep_layers: tuple[str, ...] = (), align: int = ALIGN) -> PruneReport:
     """Remove `ratio` of the hidden units of `module`, in place; the output shape stays the same.
 
     Args:
@@ -79,6 +80,8 @@ def prune_module(module: nn.Module, example: torch.Tensor, ratio: float, *, impo
         allocation: "uniform" removes `ratio` of every layer; "global" ranks units across layers, keeping at
             least MIN_KEEP of each (recurrent layers always go uniform).
         keep_layers: names of layers the caller wants left as they are.
+        align: a Linear or convolution layer keeping 2 * `align` units or more keeps a multiple of `align`
+            (`aligned`: ONNX Runtime's kernels run ragged widths slower); 1 = exact ratios.
     """
     if importance not in IMPORTANCES:
         raise ToolkitError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
@@ -107,7 +110,7 @@ def prune_module(module: nn.Module, example: torch.Tensor, ratio: float, *, impo
             why = RecurrentPruner(module, name, order, importance).prune(example, ratio)
             if why:
                 report.unpruned[name] = why
-        _graph_prune(module, example, ratio, importance, allocation, report, order)
+        _graph_prune(module, example, ratio, importance, allocation, report, order, align)
         with torch.no_grad():
             out = module(example)
         if out.shape != reference.shape:  # the checks above make this unreachable; a wrong model must not pass
@@ -147,7 +150,8 @@ def _output_layers(module: nn.Module, order: dict[str, nn.Module]) -> list[str]:
 
 # ---------------------------------------------------------------- Torch-Pruning part
 
-def _graph_prune(module, example, ratio, importance, allocation, report: PruneReport, order) -> None:
+def _graph_prune(module, example, ratio, importance, allocation, report: PruneReport, order,
+                 align: int = 1) -> None:
     """Prune Linear/Conv groups with Torch-Pruning; a group whose removal breaks the forward pass is
     left out (the pass starts again without it), and so is every group of a graph that cannot be traced."""
     import torch_pruning as tp
@@ -164,7 +168,9 @@ def _graph_prune(module, example, ratio, importance, allocation, report: PruneRe
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 scorer = tp.importance.GroupMagnitudeImportance(p=1 if importance == "l1" else 2)
-                per_layer = _global_ratios(trial, example, trial_ignored, scorer, ratio) if allocation == "global" else {}
+                kept = _layer_kept(trial, example, trial_ignored, scorer, ratio, allocation, align)
+                # Torch-Pruning keeps int(units * (1 - ratio)): the half unit makes that exactly `k`
+                per_layer = {root: 1 - (k + 0.5) / units for root, (units, k) in kept.items()}
                 pruner = tp.pruner.MetaPruner(trial, example, importance=scorer, pruning_ratio=ratio,
                                               pruning_ratio_dict=per_layer, ignored_layers=trial_ignored)
                 broken = None
@@ -188,14 +194,15 @@ def _graph_prune(module, example, ratio, importance, allocation, report: PruneRe
         report.unpruned[broken] = "pruning it breaks the forward pass (a reshape the graph cannot follow)"
 
 
-def _global_ratios(model: nn.Module, example, ignored, scorer, ratio: float) -> dict:
-    """Per-layer pruning ratios for global allocation: `ratio` of all the units of the groups are removed,
-    ranked across groups by importance (normalised by the group's mean) per parameter a unit holds, each
-    group keeping at least MIN_KEEP of its units.
+def _layer_kept(model: nn.Module, example, ignored, scorer, ratio: float, allocation: str, align: int) -> dict:
+    """Per group root, the units it keeps: `ratio` of every group ("uniform", as Torch-Pruning counts:
+    the floor of what is left), or of all the units of the groups ("global": ranked across groups by importance,
+    normalised by the group's mean, per parameter a unit holds, each group keeping at least MIN_KEEP of its
+    units). Then each count of 2 * `align` or more goes to the nearest multiple of `align` (`aligned`).
 
-    Measured on digits at 50%: for an MLP 64-256-128-10 the second hidden layer then gives up three quarters
-    (160-32, 3.2x smaller) where halving every layer reaches 2.95x; Torch-Pruning's own global ranking, by
-    importance alone, does not look at what a unit costs.
+    Measured on digits at 50%, global: for an MLP 64-256-128-10 the second hidden layer then gives up three
+    quarters (160-32, 3.2x smaller) where halving every layer reaches 2.95x; Torch-Pruning's own global
+    ranking, by importance alone, does not look at what a unit costs.
     """
     import torch_pruning as tp
 
@@ -209,18 +216,36 @@ def _global_ratios(model: nn.Module, example, ignored, scorer, ratio: float) -> 
             continue
         root = group[0].dep.target.module
         units = len(scores)
-        cost = max(1.0, sum(_parameters_per_unit(item.dep) * len(item.idxs) for item in group) / units)
         roots[id(root)], sizes[id(root)] = root, units
-        ranked += [(float(score) / cost, id(root)) for score in scores]
-    counts = dict(sizes)
-    target, removed = int(round(ratio * sum(sizes.values()))), 0
-    for _, key in sorted(ranked):
-        if removed == target:
-            break
-        if counts[key] > max(1, math.ceil(MIN_KEEP * sizes[key])):
-            counts[key] -= 1
-            removed += 1
-    return {roots[k]: 1 - counts[k] / sizes[k] for k in sizes}
+        if allocation == "global":
+            cost = max(1.0, sum(_parameters_per_unit(item.dep) * len(item.idxs) for item in group) / units)
+            ranked += [(float(score) / cost, id(root)) for score in scores]
+    if allocation == "global":
+        counts = dict(sizes)
+        target, removed = int(round(ratio * sum(sizes.values()))), 0
+        for _, key in sorted(ranked):
+            if removed == target:
+                break
+            if counts[key] > max(1, math.ceil(MIN_KEEP * sizes[key])):
+                counts[key] -= 1
+                removed += 1
+    else:
+        counts = {k: max(1, int(n * (1 - ratio))) for k, n in sizes.items()}
+    return {roots[k]: (sizes[k], aligned(counts[k], sizes[k], align)) for k in sizes}
+
+
+def aligned(kept: int, units: int, align: int) -> int:
+    """`kept` units rounded to the nearest multiple of `align` (at most `units`), when it is 2 * `align` or more.
+
+    ONNX Runtime's CPU kernels work on blocks of channels and columns, and a ragged width pays for the
+    remainder: measured at batch 256, one thread, int8 static, a 1-D CNN pruned 30% to 22/44
+    channels ran 3.32x the fp32 original, to 24/48 channels (25%) 4.26x, to 25/51 (20%) 2.89x; the unpruned
+    one with ORT's quantize_static, 3.25x. An MLP 40-256-128: hidden 236/33 1.47x the unpruned int8 graph,
+    232/32 1.65x, 240/32 1.74x. Small layers stay exact: rounding 12 units to 8 or 16 changes the ratio too much.
+    """
+    if align <= 1 or kept < 2 * align:
+        return kept
+    return min(units, align * round(kept / align))
 
 
 def _parameters_per_unit(dep) -> float:
