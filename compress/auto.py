@@ -10,9 +10,10 @@ The search is cheap first, thorough last (successive halving):
 1. each candidate, as soon as it is made, is evaluated on the test split against the fidelity rule
    (`measure.judge`: accuracy within `max_drop`, top-1 agreement with the fp32 original); one that fails is
    rejected before any timing, the runtime methods are not chained onto a transform that failed, the
-   same transform at a larger ratio is not tried, and a runtime method's later option sets (int8 at 99.5%
-   agreement after int8 at auto's own) are its fallbacks, made only when its earlier variant failed; a
-   distillation far behind its teacher halfway through is given up;
+   same transform at a larger ratio is not tried, and a step that differs from an earlier one only in the
+   options its method declares as `fallback` (int8 at 99.5% agreement after int8 at auto's own; a pruned
+   model fine-tuned with the original as teacher after the one fine-tuned on the labels) is made only when
+   the earlier variant failed; a distillation far behind its teacher halfway through is given up;
 2. the survivors get a short interleaved timing at the deciding setting (batch 256, one thread); one that is
    clearly slower than the original, or far behind the fastest that may be chosen (a leader whose
    attributions drifted leaves first), cannot be chosen and is rejected;
@@ -218,7 +219,7 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
         return False
 
     failed: list[tuple[str, dict]] = []  # transforms with a `ratio` that failed the fidelity rule
-    passed: dict[str, dict] = {}  # runtime methods whose earlier option set passed: their later sets are fallbacks
+    passed: list[tuple[str, dict]] = []  # steps whose variant passed: the steps they are a fallback for are not made
     for name, options, children in steps:
         weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
         if weaker is not None:
@@ -226,9 +227,10 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                             "reason": f"not tried: {name} at ratio {weaker[1]['ratio']:g} already failed the fidelity "
                                       f"rule, and ratio {options['ratio']:g} removes more"})
             continue
-        if name in passed and screen is not None:
+        covered = next((p for p in passed if _fallback_of(name, options, *p)), None)
+        if covered is not None and screen is not None:
             skipped.append({"method": name, "options": options or None,
-                            "reason": f"not tried: {name} with {passed[name] or 'its defaults'} passed the fidelity "
+                            "reason": f"not tried: {name} with {covered[1] or 'its defaults'} passed the fidelity "
                                       f"rule; these options are its fallback"})
             continue
         for made in run(name, model, options):
@@ -238,8 +240,7 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                 skipped += [{"method": child, "reason": f"not chained onto {made.name}, which failed the fidelity rule"}
                             for child in children]
                 continue
-            if get_method(name).role == "runtime":
-                passed[name] = options
+            passed.append((name, options))
             for child in children:
                 for second in run(child, _chain_source(made.model), {}):
                     keep(_chain(made, second, model))
@@ -318,6 +319,16 @@ def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBund
 
 def _drifted(v: Variant) -> bool:
     return (v.measurements.get("attribution_drift") or {}).get("status") == "drifted"
+
+
+def _fallback_of(name: str, options: dict, passed_name: str, passed_options: dict) -> bool:
+    """The step (`name`, `options`) differs from one that passed only in options its method declares as
+    `fallback`: it is that step's fallback, not needed."""
+    keys = set(get_method(name).fallback)
+    if name != passed_name or not keys or options == passed_options:
+        return False
+    differ = {k for k in options.keys() | passed_options.keys() if options.get(k) != passed_options.get(k)}
+    return differ <= keys
 
 
 def _removes_more(name: str, options: dict, failed_name: str, failed_options: dict) -> bool:

@@ -61,11 +61,16 @@ class Method(Entry):
             auto's options); None: auto does not try the method.
         chain: auto chains it with the other side: a runtime method with `chain` also runs on the output of
             every transform with `chain` (pruned -> int8 ONNX).
+        fallback: option names whose values in a later auto step are a fallback: a step that differs from an
+            earlier step of the method only in these options is made only when the earlier one failed the
+            fidelity rule (int8 at the stricter default agreement after int8 at auto's own; a pruned model
+            fine-tuned with the original as teacher after the one fine-tuned on the labels).
     """
 
     role: str = "runtime"
     auto: Callable[[str, dict], list[dict]] | None = None
     chain: bool = False
+    fallback: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.role not in ROLES:

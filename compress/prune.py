@@ -96,17 +96,16 @@ def _auto_structured(family: str, settings: dict) -> list[dict]:
     uniform split as well where the default differs (an MLP: the global split is smaller, the uniform one
     sometimes keeps more accuracy; measure both).
 
-    A model outside the built-in families (whose teacher default was measured) gets each ratio fine-tuned both
-    on the labels and with the unpruned model as teacher: distillation trades a little accuracy for agreement
-    with the original, and auto's rule asks for both. Measured on a user's 2-layer GRU (signals, 50% of the
-    units, 10 epochs, 3 seeds): agreement 95.6-96.6% with the teacher, 94.7-95.3% without, accuracy 0.0 points
-    down with it, 0.3-0.9 without."""
+    Each step has a fallback (the method's `fallback` option `teacher`), made only when the step fails the
+    fidelity rule: the other fine-tune, with the unpruned model as teacher where the default is the labels.
+    Distillation trades a little accuracy for agreement with the original, and auto's rule asks for both.
+    Measured on a user's 2-layer GRU (signals, 50% of the units, 10 epochs, 3 seeds): agreement 95.6-96.6%
+    with the teacher, 94.7-95.3% without, accuracy 0.0 points down with it, 0.3-0.9 without; on the built-in
+    1-D CNN (signals, 30%): 95.3% on the labels, under the rule's 95.4%, 97.2% with the teacher."""
     allocations = sorted({DEFAULT_ALLOCATION.get(family, "uniform"), "uniform"})
     steps = [{"ratio": ratio, "finetune_epochs": settings["finetune_epochs"], "allocation": allocation}
              for ratio in settings["prune_ratios"] for allocation in allocations]
-    if family not in DEFAULT_TEACHER:
-        steps = [s for step in steps for s in (step, {**step, "teacher": True})]
-    return steps
+    return [s for step in steps for s in (step, {**step, "teacher": not DEFAULT_TEACHER.get(family, False)})]
 
 
 def _auto_unstructured(family: str, settings: dict) -> list[dict]:
@@ -117,7 +116,8 @@ def _auto_unstructured(family: str, settings: dict) -> list[dict]:
              "int8": True}]
 
 
-@register_method("prune-structured", role="transform", auto=_auto_structured, chain=True, needs=("torch",))
+@register_method("prune-structured", role="transform", auto=_auto_structured, chain=True, needs=("torch",),
+                 fallback=("teacher",))
 def structured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.5, finetune_epochs: NonNegativeInt = 10,
                      criterion: Criterion = DEFAULT_CRITERION, allocation: Allocation | None = None,
                      teacher: Bool | None = None, lr: PositiveFloat = 1e-3, seed: Int = 0,

@@ -221,7 +221,7 @@ def _auto_int8(family: str, settings: dict) -> list[dict]:
     return [{"min_agreement": settings["min_agreement"]}, {}]
 
 
-@register_method("int8-dynamic", role="runtime", auto=_auto_int8, chain=True)
+@register_method("int8-dynamic", role="runtime", auto=_auto_int8, chain=True, fallback=("min_agreement",))
 def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: Exporter = "auto",
                  min_agreement: Fraction = MIN_AGREEMENT) -> list[Variant]:
     """int8 weights, activations quantized on the fly, ONNX Runtime (MatMul/Gemm/LSTM; Conv stays fp32).
@@ -233,6 +233,7 @@ def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: Exporter = "aut
 
 
 @register_method("int8-static", role="runtime", auto=_auto_int8, chain=True, excludes=("recurrent",),
+                 fallback=("min_agreement",),
                  refusal={"recurrent": "ONNX Runtime's static QDQ leaves recurrent layers (LSTM, GRU) in fp32 "
                                        "(use int8-dynamic)"})
 def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: PositiveInt = 512, seed: Int = 0,

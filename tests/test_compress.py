@@ -347,17 +347,19 @@ _RUNTIME = [("onnx-fp32", {}, []), ("int8-dynamic", {"min_agreement": 0.97}, [])
 _RECURRENT_STACK = [m for m in _STACK if m != "int8-static"]
 _UNSTRUCTURED = ("prune-unstructured", {"ratio": 0.9, "finetune_epochs": 5, "int8": True}, [])
 _DISTILL = {"epochs": 30, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0, "alpha": 0.9, "alone": False, "give_up": 10.5}
+_TEACHER = ({}, {"teacher": True})  # each pruning step, then its fallback fine-tuned with the original as teacher
 PLANNED = {
     "mlp": [*_RUNTIME,
-            *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": a}, _STACK)
-              for r in (0.3, 0.5) for a in ("global", "uniform")],
+            *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": a, **t}, _STACK)
+              for r in (0.3, 0.5) for a in ("global", "uniform") for t in _TEACHER],
             _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
     "cnn": [*_RUNTIME,
-            *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _STACK) for r in (0.3, 0.5)],
+            *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform", **t}, _STACK)
+              for r in (0.3, 0.5) for t in _TEACHER],
             _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
     "lstm": [*[s for s in _RUNTIME if s[0] != "int8-static"],
-             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform"}, _RECURRENT_STACK)
-               for r in (0.3, 0.5)],
+             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform", **t}, _RECURRENT_STACK)
+               for r in (0.3, 0.5) for t in _TEACHER],
              _UNSTRUCTURED, ("distill", _DISTILL, _RECURRENT_STACK)],
 }
 
@@ -373,8 +375,8 @@ def test_auto_plan_settings_switch_candidates_off():
     from compress.auto import plan
 
     steps = plan("mlp", prune_ratios=(0.5,), finetune_epochs=1, distill_epochs=0, unstructured_ratio=0)
-    assert steps == [*_RUNTIME, *[("prune-structured", {"ratio": 0.5, "finetune_epochs": 1, "allocation": a}, _STACK)
-                                  for a in ("global", "uniform")]]
+    assert steps == [*_RUNTIME, *[("prune-structured", {"ratio": 0.5, "finetune_epochs": 1, "allocation": a, **t}, _STACK)
+                                  for a in ("global", "uniform") for t in _TEACHER]]
 
 
 def test_auto_plan_follows_the_one_rule_it_is_given():
@@ -387,13 +389,15 @@ def test_auto_plan_follows_the_one_rule_it_is_given():
     assert next(options for name, options, _ in steps if name == "distill")["give_up"] == 12.0
 
 
-def test_auto_fine_tunes_a_users_pruned_model_both_ways():
+def test_auto_fine_tunes_a_users_pruned_model_both_ways_the_teacher_as_fallback():
+    from compress import get_method
     from compress.auto import plan
     from trainers.artifact import CUSTOM_FAMILY
 
     pruned = [o for m, o, _ in plan(CUSTOM_FAMILY, prune_ratios=(0.3, 0.5)) if m == "prune-structured"]
     plain = {"finetune_epochs": 10, "allocation": "uniform"}
-    assert pruned == [{"ratio": r, **plain, **t} for r in (0.3, 0.5) for t in ({}, {"teacher": True})]
+    assert pruned == [{"ratio": r, **plain, **t} for r in (0.3, 0.5) for t in _TEACHER]
+    assert get_method("prune-structured").fallback == ("teacher",)
 
 
 def test_a_registered_method_joins_auto_by_its_registration_alone():

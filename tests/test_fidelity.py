@@ -254,32 +254,40 @@ def test_a_pruned_user_module_is_handed_to_chained_methods_as_pytorch():
     assert _chain_source(model) is model
 
 
-def test_a_runtime_methods_later_option_sets_are_fallbacks(digits):
-    """auto's int8: its own agreement first, the stricter default only if that variant fails the rule."""
+@pytest.mark.parametrize("role", ["runtime", "transform"])
+def test_a_step_differing_only_in_fallback_options_is_made_only_when_the_earlier_one_failed(digits, role):
+    """auto's int8: its own agreement first, the stricter default only if that variant fails the rule; a pruned
+    model fine-tuned with the teacher only if the one fine-tuned on the labels fails. A step that differs in any
+    other option is always made."""
     from compress.base import METHODS, Variant, register_method
     from compress.checks import tiny_model
 
     calls = []
 
-    @register_method("test-runtime", role="runtime")
-    def runtime(model, data, strict: bool = False):
-        """A stand-in runtime method."""
-        calls.append(strict)
-        return [Variant(f"runtime-{strict}", model, {"method": "test-runtime"})]
+    @register_method("test-fallback", role=role, fallback=("strict",))
+    def method(model, data, strict: bool = False, size: int = 1):
+        """A stand-in method."""
+        calls.append((strict, size))
+        return [Variant(f"made-{strict}-{size}", model, {"method": "test-fallback"})]
 
     try:
         model = tiny_model("mlp")
-        steps = [("test-runtime", {}, []), ("test-runtime", {"strict": True}, [])]
+        steps = [("test-fallback", {}, []), ("test-fallback", {"strict": True}, []),
+                 ("test-fallback", {"size": 2, "strict": True}, [])]
         variants, skipped = build_candidates(model, digits, steps, screen=lambda v: None)
-        assert calls == [False] and [v.name for v in variants] == ["runtime-False"]
+        assert calls == [(False, 1), (True, 2)] and [v.name for v in variants] == ["made-False-1", "made-True-2"]
+        assert len(skipped) == 1 and skipped[0]["options"] == {"strict": True}
         assert "passed the fidelity rule; these options are its fallback" in skipped[0]["reason"]
         calls.clear()
         variants, skipped = build_candidates(model, digits, steps,
-                                             screen=lambda v: "too loose" if v.name == "runtime-False" else None)
-        assert calls == [False, True] and [v.name for v in variants] == ["runtime-True"]
-        assert "too loose" in skipped[0]["reason"]
+                                             screen=lambda v: "too loose" if v.name == "made-False-1" else None)
+        assert calls == [(False, 1), (True, 1), (True, 2)]
+        assert [v.name for v in variants] == ["made-True-1", "made-True-2"] and "too loose" in skipped[0]["reason"]
+        calls.clear()
+        build_candidates(model, digits, steps)  # no screen: nothing is judged, every step is made
+        assert len(calls) == 3
     finally:
-        METHODS.unregister("test-runtime")
+        METHODS.unregister("test-fallback")
 
 
 # ---------------------------------------------------------------- the search budget
