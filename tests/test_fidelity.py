@@ -290,6 +290,45 @@ def test_a_step_differing_only_in_fallback_options_is_made_only_when_the_earlier
         METHODS.unregister("test-fallback")
 
 
+def test_no_fallback_after_a_far_miss_of_the_agreement_rule(digits):
+    """A fallback recovers a few points of agreement (FALLBACK_REACH), not more: after a miss by more, it is
+    not made, and the skipped entry says by how much the earlier step missed."""
+    from compress.auto import FALLBACK_REACH
+    from compress.base import METHODS, Variant, register_method
+    from compress.checks import tiny_model
+    from compress.measure import fidelity
+
+    calls = []
+
+    @register_method("test-reach", role="transform", fallback=("teacher",))
+    def method(model, data, teacher: bool = False):
+        """A stand-in transform."""
+        calls.append(teacher)
+        return [Variant(f"made-{teacher}", model, {"method": "test-reach"})]
+
+    def screen_at(agreeing):
+        def screen(variant):
+            original = np.zeros(100, int)
+            predicted = np.where(np.arange(100) < agreeing, 0, 1)
+            variant.measurements["fidelity"] = fidelity(predicted, original, 0.97)
+            return None if variant.measurements["fidelity"]["passes"] else "agreement"
+        return screen
+
+    try:
+        model = tiny_model("mlp")
+        steps = [("test-reach", {}, []), ("test-reach", {"teacher": True}, [])]
+        margin = fidelity(np.zeros(100, int), np.zeros(100, int), 0.97)["margin"]
+        near = int(np.ceil(100 * (0.97 - margin - FALLBACK_REACH)))  # a miss within the reach: the fallback runs
+        build_candidates(model, digits, steps, screen=screen_at(near))
+        assert calls == [False, True]
+        calls.clear()
+        variants, skipped = build_candidates(model, digits, steps, screen=screen_at(near - 3))
+        assert calls == [False] and not variants
+        assert "more than a fallback recovers" in skipped[-1]["reason"] and skipped[-1]["options"] == {"teacher": True}
+    finally:
+        METHODS.unregister("test-reach")
+
+
 # ---------------------------------------------------------------- the search budget
 
 
