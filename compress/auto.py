@@ -223,40 +223,31 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
         skipped.append(_rejected(variant, reason, "before timing"))
         return False
 
-    failed: list[tuple[str, dict]] = []  # transforms with a `ratio` that failed the fidelity rule
-    passed: list[tuple[str, dict]] = []  # steps whose variant passed: the steps they are a fallback for are not made
-    far: list[tuple[str, dict, float]] = []  # steps whose variant missed the agreement rule by more than FALLBACK_REACH
-    for name, options, children in steps:
+    failed: list[tuple[str, dict]] = []  # transforms with a `ratio` that failed the rule or were judged unable to pass
+    outcome: dict[int, float | None] = {}  # made steps: None passed, else how far it missed the agreement rule
+    for i, (name, options, children) in enumerate(steps):
         weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
         if weaker is not None:
             skipped.append({"method": name, "options": options or None,
                             "reason": f"not tried: {name} at ratio {weaker[1]['ratio']:g} already failed the fidelity "
                                       f"rule, and ratio {options['ratio']:g} removes more"})
+            failed.append((name, options))  # hopeless: so is the same step at a larger ratio still
             continue
-        covered = next((p for p in passed if _fallback_of(name, options, *p)), None)
-        if covered is not None and screen is not None:
-            skipped.append({"method": name, "options": options or None,
-                            "reason": f"not tried: {name} with {covered[1] or 'its defaults'} passed the fidelity "
-                                      f"rule; these options are its fallback"})
-            continue
-        beyond = next((f for f in far if _fallback_of(name, options, *f[:2])), None)
-        if beyond is not None:
-            skipped.append({"method": name, "options": options or None,
-                            "reason": f"not tried: {name} with {beyond[1] or 'its defaults'} missed the agreement "
-                                      f"rule by {beyond[2]:.1%}, more than a fallback recovers "
-                                      f"({FALLBACK_REACH:.0%})"})
+        why = _no_fallback(steps, i, outcome) if screen is not None else None
+        if why is not None:
+            skipped.append({"method": name, "options": options or None, "reason": f"not tried: {why}"})
+            if "missed the agreement rule" in why and "ratio" in options:
+                failed.append((name, options))
             continue
         for made in run(name, model, options):
             if not keep(made) and screen is not None:
-                miss = _agreement_miss(made)
-                if miss > FALLBACK_REACH:
-                    far.append((name, options, miss))
+                outcome[i] = _agreement_miss(made)
                 if "ratio" in options:
                     failed.append((name, options))
                 skipped += [{"method": child, "reason": f"not chained onto {made.name}, which failed the fidelity rule"}
                             for child in children]
                 continue
-            passed.append((name, options))
+            outcome[i] = None
             for child in children:
                 for second in run(child, _chain_source(made.model), {}):
                     keep(_chain(made, second, model))
@@ -335,6 +326,24 @@ def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBund
 
 def _drifted(v: Variant) -> bool:
     return (v.measurements.get("attribution_drift") or {}).get("status") == "drifted"
+
+
+def _no_fallback(steps, i: int, outcome: dict[int, float | None]) -> str | None:
+    """Why step `i`, a fallback of earlier steps (they differ from it only in its method's `fallback`
+    options), is not made: one of them passed, or missed the agreement rule by more than FALLBACK_REACH;
+    None when it is not a fallback or neither holds."""
+    name, options = steps[i][0], steps[i][1]
+    earlier = [j for j in range(i) if _fallback_of(name, options, steps[j][0], steps[j][1])]
+    if not earlier:
+        return None
+    label = lambda j: f"{name} with {steps[j][1] or 'its defaults'}"  # noqa: E731
+    for j in earlier:
+        if j in outcome and outcome[j] is None:
+            return f"{label(j)} passed the fidelity rule; these options are its fallback"
+        if outcome.get(j) and outcome[j] > FALLBACK_REACH:
+            return (f"{label(j)} missed the agreement rule by {outcome[j]:.1%}, more than a fallback recovers "
+                    f"({FALLBACK_REACH:.0%})")
+    return None
 
 
 def _agreement_miss(variant: Variant) -> float:

@@ -329,6 +329,44 @@ def test_no_fallback_after_a_far_miss_of_the_agreement_rule(digits):
         METHODS.unregister("test-reach")
 
 
+def test_pruning_fallbacks_follow_the_steps_they_stand_in_for(digits):
+    """Pruning's plan per ratio: labels, teacher, exact widths, both. A passing teacher step ends its ratio's
+    fallbacks; after the labels failed at 0.3, they are not tried at 0.5, but the teacher is (it passed at
+    0.3), and after it fails narrowly, so are the exact widths. After a far miss at 0.3 nothing more is made."""
+    from compress.base import METHODS, Variant, register_method
+    from compress.checks import tiny_model
+
+    calls = []
+
+    @register_method("test-prune", role="transform", fallback=("teacher", "align"))
+    def method(model, data, ratio: float = 0.5, teacher: bool = False, align: int = 8):
+        """A stand-in pruning."""
+        calls.append((ratio, teacher, align))
+        return [Variant(f"p-{ratio}-{teacher}-{align}", model, {"method": "test-prune"})]
+
+    passing = {"p-0.3-True-8", "p-0.5-True-1"}
+    try:
+        steps = [("test-prune", {"ratio": r, **extra}, []) for r in (0.3, 0.5)
+                 for extra in ({}, {"teacher": True}, {"align": 1}, {"align": 1, "teacher": True})]
+        variants, skipped = build_candidates(tiny_model("mlp"), digits, steps,
+                                             screen=lambda v: None if v.name in passing else "fails narrowly")
+        assert calls == [(0.3, False, 8), (0.3, True, 8), (0.5, True, 8), (0.5, False, 1), (0.5, True, 1)]
+        assert [v.name for v in variants] == ["p-0.3-True-8", "p-0.5-True-1"]
+        reasons = [s["reason"] for s in skipped if s["reason"].startswith("not tried")]
+        assert sum("passed the fidelity rule" in r for r in reasons) == 2  # 0.3 exact, 0.3 exact + teacher
+        assert sum("removes more" in r for r in reasons) == 1  # 0.5 on the labels
+        calls.clear()
+
+        def far(v):
+            v.measurements["fidelity"] = {"agreement": 0.5, "min_agreement": 0.97, "margin": 0.01}
+            return "far"
+
+        variants, skipped = build_candidates(tiny_model("mlp"), digits, steps, screen=far)
+        assert calls == [(0.3, False, 8)] and not variants and len(skipped) == len(steps)  # 1 rejected, 7 not tried
+    finally:
+        METHODS.unregister("test-prune")
+
+
 # ---------------------------------------------------------------- the search budget
 
 

@@ -83,7 +83,7 @@ def test_auto_measures_both_splits_where_the_default_is_not_uniform():
     from compress.auto import plan
 
     splits = {f: [(o["ratio"], o["allocation"]) for m, o, _ in plan(f, prune_ratios=(0.3, 0.5))
-                  if m == "prune-structured" and "teacher" not in o]  # the teacher steps are fallbacks
+                  if m == "prune-structured" and not {"teacher", "align"} & set(o)]  # those are fallbacks
               for f in ("mlp", "cnn", "lstm")}
     assert splits["mlp"] == [(0.3, "global"), (0.3, "uniform"), (0.5, "global"), (0.5, "uniform")]
     assert splits["cnn"] == splits["lstm"] == [(0.3, "uniform"), (0.5, "uniform")]
