@@ -368,16 +368,17 @@ def test_pruning_fallbacks_follow_the_steps_they_stand_in_for(digits):
 
 
 @pytest.mark.parametrize("drop,agreeing,larger_tried", [
-    (1.2, 96, True),     # the accuracy budget alone, missed by 0.7 points; 4 of 100 differ: noise up to 3.3 points
-    (4.0, 96, False),    # missed by 3.5 points, beyond that noise
-    (2.5, 99, False),    # 1 of 100 differs: noise up to 1.6 points, and 2.0 over the budget is beyond it
+    (1.2, 100, True),    # the accuracy budget alone, missed by 0.7 points: noise, the larger ratio is tried
+    (2.0, 100, False),   # missed by 1.5 points, more than ACCURACY_NOISE
     (0.0, 90, False),    # the agreement rule: it falls with the share pruned, the larger ratio is not tried
 ])
 def test_a_larger_ratio_is_tried_after_a_narrow_accuracy_miss_only(digits, drop, agreeing, larger_tried):
+    from compress.auto import ACCURACY_NOISE
     from compress.base import METHODS, Variant, register_method
     from compress.checks import tiny_model
     from compress.measure import fidelity, judge
 
+    assert 0.5 + ACCURACY_NOISE == 1.5
     calls = []
 
     @register_method("test-ratio", role="transform")
