@@ -10,8 +10,7 @@ The search is cheap first, thorough last (successive halving):
 1. each candidate, as soon as it is made, is evaluated on the test split against the fidelity rule
    (`measure.judge`: accuracy within `max_drop`, top-1 agreement with the fp32 original); one that fails is
    rejected before any timing, the runtime methods are not chained onto a transform that failed, the
-   same transform at a larger ratio is not tried (unless it missed only the accuracy budget, by no more than
-   ACCURACY_NOISE), and a step that differs from an earlier one only in the
+   same transform at a larger ratio is not tried, and a step that differs from an earlier one only in the
    options its method declares as `fallback` (int8 at 99.5% agreement after int8 at auto's own; a pruned
    model fine-tuned with the original as teacher after the one fine-tuned on the labels) is made only when
    the earlier variant failed; a distillation far behind its teacher halfway through is given up;
@@ -65,12 +64,6 @@ FALLBACK_REACH = 0.10
 # slower, 6% smaller) over int8-static on a 40-feature MLP, and ONNX Runtime's quantize_static defaults were
 # 1.14x faster than the choice; "only measured noise is a tie" chose a digits CNN's int8-dynamic chain (3-5%
 # faster at batch 256) over its int8-weights twin, 2x larger and 15% slower at batch 1.
-# A larger pruning ratio is not tried after a smaller one failed the rule (`_removes_more`), except after a
-# miss of the accuracy budget alone by at most this many points: agreement falls steadily with the share
-# pruned, but an accuracy difference on a few hundred test samples is mostly noise (320 samples, 10 that
-# disagree with the original: a standard deviation of about 1 point). On a user's residual 1-D CNN every 20%
-# step missed by 0.4-1.1 points, and the 30% step with the teacher and exact widths then kept the rule.
-ACCURACY_NOISE = 1.0
 LATENCY_TIE = 0.10
 SLOWER_CUT = 0.8  # a quick speed-up under this: slower than the original beyond timing noise, never chosen
 BEHIND_CUT = 2.5  # a quick latency this many times the fastest one's: cannot become the fastest
@@ -256,7 +249,7 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
         for made in run(name, model, options):
             if not keep(made) and screen is not None:
                 outcome[i] = _agreement_miss(made)
-                if "ratio" in options and not _within_accuracy_noise(made, getattr(screen, "max_drop", None)):
+                if "ratio" in options:
                     failed.append((name, options))
                 skipped += [{"method": child, "reason": f"not chained onto {made.name}, which failed the fidelity rule"}
                             for child in children]
@@ -358,16 +351,6 @@ def _no_fallback(steps, i: int, outcome: dict[int, float | None]) -> str | None:
             return (f"{label(j)} missed the agreement rule by {outcome[j]:.1%}, more than a fallback recovers "
                     f"({FALLBACK_REACH:.0%})")
     return None
-
-
-def _within_accuracy_noise(variant: Variant, max_drop: float | None) -> bool:
-    """The variant kept the agreement rule and missed only the accuracy budget, by at most ACCURACY_NOISE
-    points: a larger ratio of the same step may still pass, so it is tried."""
-    m = variant.measurements
-    f = m.get("fidelity")
-    if max_drop is None or not f or not f["passes"] or "accuracy_drop" not in m:
-        return False
-    return m["accuracy_drop"] <= max_drop + ACCURACY_NOISE
 
 
 def _agreement_miss(variant: Variant) -> float:

@@ -367,43 +367,6 @@ def test_pruning_fallbacks_follow_the_steps_they_stand_in_for(digits):
         METHODS.unregister("test-prune")
 
 
-@pytest.mark.parametrize("drop,agreeing,larger_tried", [
-    (1.2, 100, True),    # the accuracy budget alone, missed by 0.7 points: noise, the larger ratio is tried
-    (2.0, 100, False),   # missed by 1.5 points, more than ACCURACY_NOISE
-    (0.0, 90, False),    # the agreement rule: it falls with the share pruned, the larger ratio is not tried
-])
-def test_a_larger_ratio_is_tried_after_a_narrow_accuracy_miss_only(digits, drop, agreeing, larger_tried):
-    from compress.auto import ACCURACY_NOISE
-    from compress.base import METHODS, Variant, register_method
-    from compress.checks import tiny_model
-    from compress.measure import fidelity, judge
-
-    assert 0.5 + ACCURACY_NOISE == 1.5
-    calls = []
-
-    @register_method("test-ratio", role="transform")
-    def method(model, data, ratio: float = 0.5):
-        """A stand-in transform."""
-        calls.append(ratio)
-        return [Variant(f"r-{ratio}", model, {"method": "test-ratio"})]
-
-    class Screen:
-        max_drop = 0.5
-
-        def __call__(self, variant):
-            m = variant.measurements
-            m["accuracy_drop"] = drop
-            m["fidelity"] = fidelity(np.where(np.arange(100) < agreeing, 0, 1), np.zeros(100, int), 0.97)
-            return None if judge(m, self.max_drop) else "fails"
-
-    try:
-        steps = [("test-ratio", {"ratio": 0.3}, []), ("test-ratio", {"ratio": 0.5}, [])]
-        build_candidates(tiny_model("mlp"), digits, steps, screen=Screen())
-        assert calls == ([0.3, 0.5] if larger_tried else [0.3])
-    finally:
-        METHODS.unregister("test-ratio")
-
-
 # ---------------------------------------------------------------- the search budget
 
 
