@@ -10,7 +10,7 @@ The search is cheap first, thorough last (successive halving):
 1. each candidate, as soon as it is made, is evaluated on the test split against the fidelity rule
    (`measure.judge`: accuracy within `max_drop`, top-1 agreement with the fp32 original); one that fails is
    rejected before any timing, the runtime methods are not chained onto a transform that failed, the
-   same transform at a larger ratio is not tried, and a step that differs from an earlier one only in the
+   same transform at a larger ratio is not tried (nor at a smaller one after a larger one passed), and a step that differs from an earlier one only in the
    options its method declares as `fallback` (int8 at 99.5% agreement after int8 at auto's own; a pruned
    model fine-tuned with the original as teacher after the one fine-tuned on the labels) is made only when
    the earlier variant failed; a distillation far behind its teacher halfway through is given up;
@@ -232,6 +232,7 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
 
     failed: list[tuple[str, dict]] = []  # transforms with a `ratio` that failed the rule or were judged unable to pass
     outcome: dict[int, float | None] = {}  # made steps: None passed, else how far it missed the agreement rule
+    passed: list[tuple[str, dict]] = []  # steps whose variant passed the rule
     for i, (name, options, children) in enumerate(steps):
         weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
         if weaker is not None:
@@ -239,6 +240,12 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                             "reason": f"not tried: {name} at ratio {weaker[1]['ratio']:g} already failed the fidelity "
                                       f"rule, and ratio {options['ratio']:g} removes more"})
             failed.append((name, options))  # hopeless: so is the same step at a larger ratio still
+            continue
+        stronger = next((p for p in passed if _removes_less(name, options, *p)), None) if screen is not None else None
+        if stronger is not None:
+            skipped.append({"method": name, "options": options or None,
+                            "reason": f"not tried: {name} at ratio {stronger[1]['ratio']:g} passed the fidelity "
+                                      f"rule, and ratio {options['ratio']:g} removes less"})
             continue
         why = _no_fallback(steps, i, outcome) if screen is not None else None
         if why is not None:
@@ -255,6 +262,7 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                             for child in children]
                 continue
             outcome[i] = None
+            passed.append((name, options))
             for child in children:
                 for second in run(child, _chain_source(made.model), {}):
                     keep(_chain(made, second, model))
@@ -367,6 +375,17 @@ def _fallback_of(name: str, options: dict, passed_name: str, passed_options: dic
         return False
     differ = {k for k in options.keys() | passed_options.keys() if options.get(k) != passed_options.get(k)}
     return differ <= keys
+
+
+def _removes_less(name: str, options: dict, passed_name: str, passed_options: dict) -> bool:
+    """The step has a smaller `ratio` than one of its method that passed, and differs from it in nothing else
+    but the method's `fallback` options: it is smaller than what already passed, not worth making (a smaller
+    ratio in auto's list is the fallback for a larger one that failed)."""
+    if name != passed_name or "ratio" not in options or "ratio" not in passed_options:
+        return False
+    keys = set(get_method(name).fallback) | {"ratio"}
+    differ = {k for k in options.keys() | passed_options.keys() if options.get(k) != passed_options.get(k)}
+    return differ <= keys and options["ratio"] < passed_options["ratio"]
 
 
 def _removes_more(name: str, options: dict, failed_name: str, failed_options: dict) -> bool:
@@ -507,7 +526,7 @@ def baseline_variant(model: LoadedModel) -> Variant:
 
 @register_method("auto", role="search")
 def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
-         prune_ratios: tuple[Ratio, ...] = (0.2, 0.3, 0.5), finetune_epochs: NonNegativeInt = 10,
+         prune_ratios: tuple[Ratio, ...] = (0.3, 0.5, 0.2), finetune_epochs: NonNegativeInt = 10,
          distill_epochs: NonNegativeInt = 30, unstructured_ratio: OptionalRatio = 0.9,
          latency_budget_s: PositiveFloat = 0.25, min_agreement: Fraction = MIN_AGREEMENT,
          budget_seconds: PositiveFloat | None = None, max_drift: OptionalDrift = None, drift_guard_on: Bool = True,
@@ -516,7 +535,9 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
 
     Options:
         max_drop: accuracy budget, in percentage points below the original.
-        prune_ratios: the structured pruning ratios tried; finetune_epochs: fine-tuning after pruning.
+        prune_ratios: the structured pruning ratios, tried in this order: a ratio larger than one that failed
+            is not tried, nor one smaller than one that passed (the default tries 20% only where 30% failed).
+        finetune_epochs: fine-tuning after pruning.
         distill_epochs: the quick student's training (0: no distillation).
         unstructured_ratio: the share of weights unstructured pruning zeroes (0: none).
         latency_budget_s: time spent timing each variant in each setting.

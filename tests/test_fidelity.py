@@ -367,6 +367,34 @@ def test_pruning_fallbacks_follow_the_steps_they_stand_in_for(digits):
         METHODS.unregister("test-prune")
 
 
+@pytest.mark.parametrize("passing,made", [
+    ({"r-0.3"}, [0.3, 0.5]),            # 0.3 passed: 0.5 is tried, 0.2 (smaller than what passed) is not
+    (set(), [0.3, 0.2]),                # 0.3 failed: 0.5 removes more and is not tried, 0.2 is its fallback
+    ({"r-0.3", "r-0.5"}, [0.3, 0.5]),
+])
+def test_ratios_in_order_larger_after_a_pass_smaller_after_a_failure(digits, passing, made):
+    from compress.base import METHODS, Variant, register_method
+    from compress.checks import tiny_model
+
+    calls = []
+
+    @register_method("test-ratios", role="transform")
+    def method(model, data, ratio: float = 0.5):
+        """A stand-in transform."""
+        calls.append(ratio)
+        return [Variant(f"r-{ratio}", model, {"method": "test-ratios"})]
+
+    try:
+        steps = [("test-ratios", {"ratio": r}, []) for r in (0.3, 0.5, 0.2)]
+        variants, skipped = build_candidates(tiny_model("mlp"), digits, steps,
+                                             screen=lambda v: None if v.name in passing else "fails")
+        assert calls == made
+        assert all("removes less" in s["reason"] or "removes more" in s["reason"]
+                   for s in skipped if s["reason"].startswith("not tried"))
+    finally:
+        METHODS.unregister("test-ratios")
+
+
 # ---------------------------------------------------------------- the search budget
 
 
