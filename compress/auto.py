@@ -10,10 +10,11 @@ The search is cheap first, thorough last (successive halving):
 1. each candidate, as soon as it is made, is evaluated on the test split against the fidelity rule
    (`measure.judge`: accuracy within `max_drop`, top-1 agreement with the fp32 original); one that fails is
    rejected before any timing, the runtime methods are not chained onto a transform that failed, the
-   same transform at a larger ratio is not tried (nor at a smaller one after a larger one passed), and a step that differs from an earlier one only in the
-   options its method declares as `fallback` (int8 at 99.5% agreement after int8 at auto's own; a pruned
-   model fine-tuned with the original as teacher after the one fine-tuned on the labels) is made only when
-   the earlier variant failed; a distillation far behind its teacher halfway through is given up;
+   same transform at a larger ratio is not tried (nor at a smaller one after a larger one passed), and a
+   step that differs from an earlier one only in the options its method declares as `fallback` (int8 at
+   99.5% agreement after int8 at auto's own; a pruned model fine-tuned with the original as teacher after
+   the one fine-tuned on the labels) is made only when the earlier variant failed narrowly; a distillation
+   far behind its teacher halfway through is given up;
 2. the survivors get a short interleaved timing at the deciding setting (batch 256, one thread); one that is
    clearly slower than the original, or far behind the fastest that may be chosen (a leader whose
    attributions drifted leaves first), cannot be chosen and is rejected;
@@ -247,10 +248,10 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                             "reason": f"not tried: {name} at ratio {stronger[1]['ratio']:g} passed the fidelity "
                                       f"rule, and ratio {options['ratio']:g} removes less"})
             continue
-        why = _no_fallback(steps, i, outcome) if screen is not None else None
+        why, hopeless = _no_fallback(steps, i, outcome) if screen is not None else (None, False)
         if why is not None:
             skipped.append({"method": name, "options": options or None, "reason": f"not tried: {why}"})
-            if "missed the agreement rule" in why and "ratio" in options:
+            if hopeless and "ratio" in options:
                 failed.append((name, options))
             continue
         for made in run(name, model, options):
@@ -343,22 +344,21 @@ def _drifted(v: Variant) -> bool:
     return (v.measurements.get("attribution_drift") or {}).get("status") == "drifted"
 
 
-def _no_fallback(steps, i: int, outcome: dict[int, float | None]) -> str | None:
-    """Why step `i`, a fallback of earlier steps (they differ from it only in its method's `fallback`
-    options), is not made: one of them passed, or missed the agreement rule by more than FALLBACK_REACH;
-    None when it is not a fallback or neither holds."""
+def _no_fallback(steps, i: int, outcome: dict[int, float | None]) -> tuple[str | None, bool]:
+    """(why, hopeless): why step `i`, a fallback of earlier steps (they differ from it only in its method's
+    `fallback` options), is not made: one of them passed, or missed the agreement rule by more than
+    FALLBACK_REACH (then the step counts as failed: `hopeless`); (None, False) when it is not a fallback or
+    neither holds."""
     name, options = steps[i][0], steps[i][1]
     earlier = [j for j in range(i) if _fallback_of(name, options, steps[j][0], steps[j][1])]
-    if not earlier:
-        return None
     label = lambda j: f"{name} with {steps[j][1] or 'its defaults'}"  # noqa: E731
     for j in earlier:
         if j in outcome and outcome[j] is None:
-            return f"{label(j)} passed the fidelity rule; these options are its fallback"
+            return f"{label(j)} passed the fidelity rule; these options are its fallback", False
         if outcome.get(j) and outcome[j] > FALLBACK_REACH:
             return (f"{label(j)} missed the agreement rule by {outcome[j]:.1%}, more than a fallback recovers "
-                    f"({FALLBACK_REACH:.0%})")
-    return None
+                    f"({FALLBACK_REACH:.0%})"), True
+    return None, False
 
 
 def _agreement_miss(variant: Variant) -> float:
@@ -367,14 +367,18 @@ def _agreement_miss(variant: Variant) -> float:
     return max(0.0, f["min_agreement"] - f["margin"] - f["agreement"]) if f else 0.0
 
 
-def _fallback_of(name: str, options: dict, passed_name: str, passed_options: dict) -> bool:
-    """The step (`name`, `options`) differs from one that passed only in options its method declares as
-    `fallback`: it is that step's fallback, not needed."""
+def _differing(options: dict, other: dict) -> set[str]:
+    """The option names whose values differ between two steps' options (absent counts as a value)."""
+    return {k for k in options.keys() | other.keys() if options.get(k) != other.get(k)}
+
+
+def _fallback_of(name: str, options: dict, earlier_name: str, earlier_options: dict) -> bool:
+    """The step (`name`, `options`) differs from an earlier one only in options its method declares as
+    `fallback`: it is that step's fallback."""
     keys = set(get_method(name).fallback)
-    if name != passed_name or not keys or options == passed_options:
+    if name != earlier_name or not keys or options == earlier_options:
         return False
-    differ = {k for k in options.keys() | passed_options.keys() if options.get(k) != passed_options.get(k)}
-    return differ <= keys
+    return _differing(options, earlier_options) <= keys
 
 
 def _removes_less(name: str, options: dict, passed_name: str, passed_options: dict) -> bool:
@@ -384,17 +388,15 @@ def _removes_less(name: str, options: dict, passed_name: str, passed_options: di
     if name != passed_name or "ratio" not in options or "ratio" not in passed_options:
         return False
     keys = set(get_method(name).fallback) | {"ratio"}
-    differ = {k for k in options.keys() | passed_options.keys() if options.get(k) != passed_options.get(k)}
-    return differ <= keys and options["ratio"] < passed_options["ratio"]
+    return _differing(options, passed_options) <= keys and options["ratio"] < passed_options["ratio"]
 
 
 def _removes_more(name: str, options: dict, failed_name: str, failed_options: dict) -> bool:
     """The step (`name`, `options`) differs from a failed one only by a larger `ratio`: it removes more of the
     original and is not expected to keep more of its predictions, so it is not tried."""
-    if name != failed_name or "ratio" not in options:
+    if name != failed_name or "ratio" not in options or "ratio" not in failed_options:
         return False
-    rest = {k: v for k, v in options.items() if k != "ratio"}
-    return rest == {k: v for k, v in failed_options.items() if k != "ratio"} and options["ratio"] > failed_options["ratio"]
+    return _differing(options, failed_options) <= {"ratio"} and options["ratio"] > failed_options["ratio"]
 
 
 def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, config: LatencyConfig,
