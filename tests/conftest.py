@@ -1,4 +1,5 @@
-"""Shared test configuration: data fixtures every test module uses, and the skip of `gpu` tests without CUDA."""
+"""Shared test configuration: data fixtures every test module uses, a stand-in compression method registered
+for one test, and the skip of `gpu` tests without CUDA."""
 
 from __future__ import annotations
 
@@ -40,3 +41,20 @@ def iris():
     from trainers import load_data
 
     return load_data("iris")
+
+
+@pytest.fixture
+def stand_in():
+    """`stand_in(name, func=f, **capabilities)` registers `f` as compression method `name` (as
+    `compress.base.register_method` does); every one registered is unregistered after the test."""
+    from compress.base import METHODS, register_method
+
+    names = []
+
+    def register(name, func, **capabilities):
+        register_method(name, **capabilities)(func)
+        names.append(name)
+
+    yield register
+    for name in names:
+        METHODS.unregister(name)

@@ -255,52 +255,48 @@ def test_a_pruned_user_module_is_handed_to_chained_methods_as_pytorch():
 
 
 @pytest.mark.parametrize("role", ["runtime", "transform"])
-def test_a_step_differing_only_in_fallback_options_is_made_only_when_the_earlier_one_failed(digits, role):
+def test_a_step_differing_only_in_fallback_options_is_made_only_when_the_earlier_one_failed(digits, stand_in, role):
     """auto's int8: its own agreement first, the stricter default only if that variant fails the rule; a pruned
     model fine-tuned with the teacher only if the one fine-tuned on the labels fails. A step that differs in any
     other option is always made."""
-    from compress.base import METHODS, Variant, register_method
+    from compress.base import Variant
     from compress.checks import tiny_model
 
     calls = []
 
-    @register_method("test-fallback", role=role, fallback=("strict",))
     def method(model, data, strict: bool = False, size: int = 1):
         """A stand-in method."""
         calls.append((strict, size))
         return [Variant(f"made-{strict}-{size}", model, {"method": "test-fallback"})]
 
-    try:
-        model = tiny_model("mlp")
-        steps = [("test-fallback", {}, []), ("test-fallback", {"strict": True}, []),
-                 ("test-fallback", {"size": 2, "strict": True}, [])]
-        variants, skipped = build_candidates(model, digits, steps, screen=lambda v: None)
-        assert calls == [(False, 1), (True, 2)] and [v.name for v in variants] == ["made-False-1", "made-True-2"]
-        assert len(skipped) == 1 and skipped[0]["options"] == {"strict": True}
-        assert "passed the fidelity rule; these options are its fallback" in skipped[0]["reason"]
-        calls.clear()
-        variants, skipped = build_candidates(model, digits, steps,
-                                             screen=lambda v: "too loose" if v.name == "made-False-1" else None)
-        assert calls == [(False, 1), (True, 1), (True, 2)]
-        assert [v.name for v in variants] == ["made-True-1", "made-True-2"] and "too loose" in skipped[0]["reason"]
-        calls.clear()
-        build_candidates(model, digits, steps)  # no screen: nothing is judged, every step is made
-        assert len(calls) == 3
-    finally:
-        METHODS.unregister("test-fallback")
+    stand_in("test-fallback", role=role, fallback=("strict",), func=method)
+    model = tiny_model("mlp")
+    steps = [("test-fallback", {}, []), ("test-fallback", {"strict": True}, []),
+             ("test-fallback", {"size": 2, "strict": True}, [])]
+    variants, skipped = build_candidates(model, digits, steps, screen=lambda v: None)
+    assert calls == [(False, 1), (True, 2)] and [v.name for v in variants] == ["made-False-1", "made-True-2"]
+    assert len(skipped) == 1 and skipped[0]["options"] == {"strict": True}
+    assert "passed the fidelity rule; these options are its fallback" in skipped[0]["reason"]
+    calls.clear()
+    variants, skipped = build_candidates(model, digits, steps,
+                                         screen=lambda v: "too loose" if v.name == "made-False-1" else None)
+    assert calls == [(False, 1), (True, 1), (True, 2)]
+    assert [v.name for v in variants] == ["made-True-1", "made-True-2"] and "too loose" in skipped[0]["reason"]
+    calls.clear()
+    build_candidates(model, digits, steps)  # no screen: nothing is judged, every step is made
+    assert len(calls) == 3
 
 
-def test_no_fallback_after_a_far_miss_of_the_agreement_rule(digits):
+def test_no_fallback_after_a_far_miss_of_the_agreement_rule(digits, stand_in):
     """A fallback recovers a few points of agreement (FALLBACK_REACH), not more: after a miss by more, it is
     not made, and the skipped entry says by how much the earlier step missed."""
     from compress.auto import FALLBACK_REACH
-    from compress.base import METHODS, Variant, register_method
+    from compress.base import Variant
     from compress.checks import tiny_model
     from compress.measure import fidelity
 
     calls = []
 
-    @register_method("test-reach", role="transform", fallback=("teacher",))
     def method(model, data, teacher: bool = False):
         """A stand-in transform."""
         calls.append(teacher)
@@ -314,57 +310,52 @@ def test_no_fallback_after_a_far_miss_of_the_agreement_rule(digits):
             return None if variant.measurements["fidelity"]["passes"] else "agreement"
         return screen
 
-    try:
-        model = tiny_model("mlp")
-        steps = [("test-reach", {}, []), ("test-reach", {"teacher": True}, [])]
-        margin = fidelity(np.zeros(100, int), np.zeros(100, int), 0.97)["margin"]
-        near = int(np.ceil(100 * (0.97 - margin - FALLBACK_REACH)))  # a miss within the reach: the fallback runs
-        build_candidates(model, digits, steps, screen=screen_at(near))
-        assert calls == [False, True]
-        calls.clear()
-        variants, skipped = build_candidates(model, digits, steps, screen=screen_at(near - 3))
-        assert calls == [False] and not variants
-        assert "more than a fallback recovers" in skipped[-1]["reason"] and skipped[-1]["options"] == {"teacher": True}
-    finally:
-        METHODS.unregister("test-reach")
+    stand_in("test-reach", role="transform", fallback=("teacher",), func=method)
+    model = tiny_model("mlp")
+    steps = [("test-reach", {}, []), ("test-reach", {"teacher": True}, [])]
+    margin = fidelity(np.zeros(100, int), np.zeros(100, int), 0.97)["margin"]
+    near = int(np.ceil(100 * (0.97 - margin - FALLBACK_REACH)))  # a miss within the reach: the fallback runs
+    build_candidates(model, digits, steps, screen=screen_at(near))
+    assert calls == [False, True]
+    calls.clear()
+    variants, skipped = build_candidates(model, digits, steps, screen=screen_at(near - 3))
+    assert calls == [False] and not variants
+    assert "more than a fallback recovers" in skipped[-1]["reason"] and skipped[-1]["options"] == {"teacher": True}
 
 
-def test_pruning_fallbacks_follow_the_steps_they_stand_in_for(digits):
+def test_pruning_fallbacks_follow_the_steps_they_stand_in_for(digits, stand_in):
     """Pruning's plan per ratio: labels, teacher, exact widths, both. A passing teacher step ends its ratio's
     fallbacks; after the labels failed at 0.3, they are not tried at 0.5, but the teacher is (it passed at
     0.3), and after it fails narrowly, so are the exact widths. After a far miss at 0.3 nothing more is made."""
-    from compress.base import METHODS, Variant, register_method
+    from compress.base import Variant
     from compress.checks import tiny_model
 
     calls = []
 
-    @register_method("test-prune", role="transform", fallback=("teacher", "align"))
     def method(model, data, ratio: float = 0.5, teacher: bool = False, align: int = 8):
         """A stand-in pruning."""
         calls.append((ratio, teacher, align))
         return [Variant(f"p-{ratio}-{teacher}-{align}", model, {"method": "test-prune"})]
 
     passing = {"p-0.3-True-8", "p-0.5-True-1"}
-    try:
-        steps = [("test-prune", {"ratio": r, **extra}, []) for r in (0.3, 0.5)
-                 for extra in ({}, {"teacher": True}, {"align": 1}, {"align": 1, "teacher": True})]
-        variants, skipped = build_candidates(tiny_model("mlp"), digits, steps,
-                                             screen=lambda v: None if v.name in passing else "fails narrowly")
-        assert calls == [(0.3, False, 8), (0.3, True, 8), (0.5, True, 8), (0.5, False, 1), (0.5, True, 1)]
-        assert [v.name for v in variants] == ["p-0.3-True-8", "p-0.5-True-1"]
-        reasons = [s["reason"] for s in skipped if s["reason"].startswith("not tried")]
-        assert sum("passed the fidelity rule" in r for r in reasons) == 2  # 0.3 exact, 0.3 exact + teacher
-        assert sum("removes more" in r for r in reasons) == 1  # 0.5 on the labels
-        calls.clear()
+    stand_in("test-prune", role="transform", fallback=("teacher", "align"), func=method)
+    steps = [("test-prune", {"ratio": r, **extra}, []) for r in (0.3, 0.5)
+             for extra in ({}, {"teacher": True}, {"align": 1}, {"align": 1, "teacher": True})]
+    variants, skipped = build_candidates(tiny_model("mlp"), digits, steps,
+                                         screen=lambda v: None if v.name in passing else "fails narrowly")
+    assert calls == [(0.3, False, 8), (0.3, True, 8), (0.5, True, 8), (0.5, False, 1), (0.5, True, 1)]
+    assert [v.name for v in variants] == ["p-0.3-True-8", "p-0.5-True-1"]
+    reasons = [s["reason"] for s in skipped if s["reason"].startswith("not tried")]
+    assert sum("passed the fidelity rule" in r for r in reasons) == 2  # 0.3 exact, 0.3 exact + teacher
+    assert sum("removes more" in r for r in reasons) == 1  # 0.5 on the labels
+    calls.clear()
 
-        def far(v):
-            v.measurements["fidelity"] = {"agreement": 0.5, "min_agreement": 0.97, "margin": 0.01}
-            return "far"
+    def far(v):
+        v.measurements["fidelity"] = {"agreement": 0.5, "min_agreement": 0.97, "margin": 0.01}
+        return "far"
 
-        variants, skipped = build_candidates(tiny_model("mlp"), digits, steps, screen=far)
-        assert calls == [(0.3, False, 8)] and not variants and len(skipped) == len(steps)  # 1 rejected, 7 not tried
-    finally:
-        METHODS.unregister("test-prune")
+    variants, skipped = build_candidates(tiny_model("mlp"), digits, steps, screen=far)
+    assert calls == [(0.3, False, 8)] and not variants and len(skipped) == len(steps)  # 1 rejected, 7 not tried
 
 
 @pytest.mark.parametrize("passing,made", [
@@ -372,27 +363,24 @@ def test_pruning_fallbacks_follow_the_steps_they_stand_in_for(digits):
     (set(), [0.3, 0.2]),                # 0.3 failed: 0.5 removes more and is not tried, 0.2 is its fallback
     ({"r-0.3", "r-0.5"}, [0.3, 0.5]),
 ])
-def test_ratios_in_order_larger_after_a_pass_smaller_after_a_failure(digits, passing, made):
-    from compress.base import METHODS, Variant, register_method
+def test_ratios_in_order_larger_after_a_pass_smaller_after_a_failure(digits, stand_in, passing, made):
+    from compress.base import Variant
     from compress.checks import tiny_model
 
     calls = []
 
-    @register_method("test-ratios", role="transform")
     def method(model, data, ratio: float = 0.5):
         """A stand-in transform."""
         calls.append(ratio)
         return [Variant(f"r-{ratio}", model, {"method": "test-ratios"})]
 
-    try:
-        steps = [("test-ratios", {"ratio": r}, []) for r in (0.3, 0.5, 0.2)]
-        variants, skipped = build_candidates(tiny_model("mlp"), digits, steps,
-                                             screen=lambda v: None if v.name in passing else "fails")
-        assert calls == made
-        assert all("removes less" in s["reason"] or "removes more" in s["reason"]
-                   for s in skipped if s["reason"].startswith("not tried"))
-    finally:
-        METHODS.unregister("test-ratios")
+    stand_in("test-ratios", role="transform", func=method)
+    steps = [("test-ratios", {"ratio": r}, []) for r in (0.3, 0.5, 0.2)]
+    variants, skipped = build_candidates(tiny_model("mlp"), digits, steps,
+                                         screen=lambda v: None if v.name in passing else "fails")
+    assert calls == made
+    assert all("removes less" in s["reason"] or "removes more" in s["reason"]
+               for s in skipped if s["reason"].startswith("not tried"))
 
 
 # ---------------------------------------------------------------- the search budget
