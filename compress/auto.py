@@ -14,7 +14,8 @@ The search is cheap first, thorough last (successive halving):
    step that differs from an earlier one only in the options its method declares as `fallback` (int8 at
    99.5% agreement after int8 at auto's own; a pruned model fine-tuned with the original as teacher after
    the one fine-tuned on the labels) is made only when the earlier variant failed narrowly; a distillation
-   far behind its teacher halfway through is given up;
+   far behind its teacher halfway through is given up; steps beyond that core (a smaller ratio after a larger
+   one failed, a fallback after a wider miss) are made only where a step is cheap (`Exploration`);
 2. the survivors get a short interleaved timing at the deciding setting (batch 256, one thread); one that is
    clearly slower than the original, or far behind the fastest that may be chosen (a leader whose
    attributions drifted leaves first), cannot be chosen and is rejected;
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ from .options import AccuracyPoints
 
 OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
 OptionalDrift = Annotated[Float, Field(ge=0, le=1)] | None
+NonNegativeFloat = Annotated[Float, Field(ge=0)]
 
 # A step's fallback (`Method.fallback`) is not made after a miss of the agreement rule by more than this. The
 # teacher fine-tune of a pruned model, measured on the built-in models of signals and the 40-feature set (30%
@@ -60,6 +63,10 @@ OptionalDrift = Annotated[Float, Field(ge=0, le=1)] | None
 # misses of 5.4-16 points (MLPs, LSTMs), which cost up to 4.8 s each and took the 40-feature LSTM's auto over
 # 30 s. (At 20% it did pass after a miss of 5.3 points on a 40-feature MLP; auto does not try 20% by default.)
 FALLBACK_REACH = 0.05
+# Beyond FALLBACK_REACH, up to this miss, a fallback is exploration (`Exploration`): made only while the search
+# is cheap. At 20% the teacher fine-tune passed after a miss of 5.3 points on a 40-feature MLP (96.8% agreement,
+# 90.7% on the labels), whose fine-tunes take under a second.
+WIDE_REACH = 0.10
 # Latencies within 10% of the fastest at the deciding setting are a near-tie: there the best balance of speed
 # at batch 256 and batch 1 and file size wins (`_balance`). "The smallest file wins" chose int8-dynamic (8%
 # slower, 6% smaller) over int8-static on a 40-feature MLP, and ONNX Runtime's quantize_static defaults were
@@ -68,6 +75,14 @@ FALLBACK_REACH = 0.05
 LATENCY_TIE = 0.10
 SLOWER_CUT = 0.8  # a quick speed-up under this: slower than the original beyond timing noise, never chosen
 BEHIND_CUT = 2.5  # a quick latency this many times the fastest one's: cannot become the fastest
+# `Exploration`: steps beyond the core are made for steps under CHEAP_STEP_S CPU seconds, within EXPLORE_SECONDS
+# of the search's CPU time. Measured on the 40-feature set (one pruning step: a fine-tune of 10 epochs, 2 idle
+# cores): MLP 0.9-1.5 CPU seconds after a first one of 1.9-2.0 (a warm-up; the median of the steps made
+# decides), CNN 2.2-3.5, LSTM 6-12. The MLP's winning step (a retreat to 20% with the teacher) was made 13-15
+# CPU seconds into its search; the CNN's seven and the LSTM's two would have cost 10 s and 4 s of wall time, and
+# none passed.
+CHEAP_STEP_S = 1.6
+EXPLORE_SECONDS = 20.0
 
 
 def plan(target, **settings) -> list[tuple[str, dict, list[str]]]:
@@ -151,6 +166,35 @@ class SearchBudget:
         return self.seconds is not None and time.perf_counter() - self.start + (made + 1) * self.measure_s > self.seconds
 
 
+@dataclass
+class Exploration:
+    """Steps beyond the plan's core: a smaller pruning ratio after a larger one failed (a retreat), and a
+    fallback after an agreement miss between FALLBACK_REACH and `reach`. Each is made only for a cheap step
+    (its expected cost, the median CPU time of the steps of its method made so far, at most `step_seconds`)
+    and while the search's CPU time so far plus that cost stays within `cpu_seconds`.
+
+    CPU time of this process, not wall time: on a busy machine the same search takes about the same CPU time,
+    so other processes do not change what auto tries. The default (no limits, FALLBACK_REACH): retreats always
+    made, far fallbacks never."""
+
+    cpu_seconds: float = math.inf
+    reach: float = FALLBACK_REACH
+    step_seconds: float = math.inf
+    start: float = field(default_factory=time.process_time)
+
+    def used(self) -> float:
+        return time.process_time() - self.start
+
+    def refuses(self, expected: float) -> str | None:
+        """Why a step beyond the core expected to take `expected` CPU seconds is not made, or None."""
+        if expected > self.step_seconds:
+            return f"its method's steps take {expected:.1f} CPU seconds, over the {self.step_seconds:g} of a cheap step"
+        if self.used() + expected > self.cpu_seconds:
+            return (f"the search's {self.used():.1f} CPU seconds so far and this step's expected {expected:.1f} are "
+                    f"over the {self.cpu_seconds:g} it explores within")
+        return None
+
+
 class Screen:
     """The fidelity rule applied to each candidate as soon as it is made (`__call__`: None, or why it fails)."""
 
@@ -191,11 +235,13 @@ def _rejected(variant: Variant, reason: str, when: str) -> dict:
 
 
 def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None, screen: Screen | None = None,
-                     budget: SearchBudget | None = None) -> tuple[list[Variant], list[dict]]:
+                     budget: SearchBudget | None = None, explore: Exploration | None = None
+                     ) -> tuple[list[Variant], list[dict]]:
     """Run every planned step through the registry; returns (variants, skipped).
 
     With `screen`, a candidate failing the fidelity rule goes to `skipped` (its figures with it) and nothing
-    is chained onto it. With `budget`, steps that would overrun it are skipped, each with that reason.
+    is chained onto it. With `budget`, steps that would overrun it are skipped, each with that reason. With
+    `explore`, the steps beyond the plan's core are made only within its CPU seconds (`Exploration`).
     """
     family = model.spec.family
     variants, skipped = [], []
@@ -234,6 +280,8 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
     failed: list[tuple[str, dict]] = []  # transforms with a `ratio` that failed the rule or were judged unable to pass
     outcome: dict[int, float | None] = {}  # made steps: None passed, else how far it missed the agreement rule
     passed: list[tuple[str, dict]] = []  # steps whose variant passed the rule
+    cost: dict[int, float] = {}  # made steps: the CPU seconds making them took
+    explore = explore or Exploration()
     for i, (name, options, children) in enumerate(steps):
         weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
         if weaker is not None:
@@ -248,13 +296,21 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                             "reason": f"not tried: {name} at ratio {stronger[1]['ratio']:g} passed the fidelity "
                                       f"rule, and ratio {options['ratio']:g} removes less"})
             continue
-        why, hopeless = _no_fallback(steps, i, outcome) if screen is not None else (None, False)
+        why, hopeless = _no_fallback(steps, i, outcome, explore.reach) if screen is not None else (None, False)
+        extra, far = _exploring(steps, i, outcome, failed) if screen is not None and why is None else (None, False)
+        refused = explore.refuses(statistics.median([cost[j] for j in cost if steps[j][0] == name] or [0.0])
+                                  ) if extra is not None else None
+        if refused is not None:
+            why, hopeless = f"{extra}, and {refused}", far
         if why is not None:
             skipped.append({"method": name, "options": options or None, "reason": f"not tried: {why}"})
             if hopeless and "ratio" in options:
                 failed.append((name, options))
             continue
-        for made in run(name, model, options):
+        began = time.process_time()
+        made_now = run(name, model, options)
+        cost[i] = time.process_time() - began
+        for made in made_now:
             if not keep(made) and screen is not None:
                 outcome[i] = _agreement_miss(made)
                 if "ratio" in options:
@@ -344,20 +400,37 @@ def _drifted(v: Variant) -> bool:
     return (v.measurements.get("attribution_drift") or {}).get("status") == "drifted"
 
 
-def _no_fallback(steps, i: int, outcome: dict[int, float | None]) -> tuple[str | None, bool]:
+def _no_fallback(steps, i: int, outcome: dict[int, float | None], reach: float = FALLBACK_REACH
+                 ) -> tuple[str | None, bool]:
     """(why, hopeless): why step `i`, a fallback of earlier steps (they differ from it only in its method's
-    `fallback` options), is not made: one of them passed, or missed the agreement rule by more than
-    FALLBACK_REACH (then the step counts as failed: `hopeless`); (None, False) when it is not a fallback or
-    neither holds."""
+    `fallback` options), is not made: one of them passed, or missed the agreement rule by more than `reach`
+    (then the step counts as failed: `hopeless`); (None, False) when it is not a fallback or neither holds."""
     name, options = steps[i][0], steps[i][1]
     earlier = [j for j in range(i) if _fallback_of(name, options, steps[j][0], steps[j][1])]
     label = lambda j: f"{name} with {steps[j][1] or 'its defaults'}"  # noqa: E731
     for j in earlier:
         if j in outcome and outcome[j] is None:
             return f"{label(j)} passed the fidelity rule; these options are its fallback", False
-        if outcome.get(j) and outcome[j] > FALLBACK_REACH:
+        if outcome.get(j) and outcome[j] > reach:
             return (f"{label(j)} missed the agreement rule by {outcome[j]:.1%}, more than a fallback recovers "
-                    f"({FALLBACK_REACH:.0%})"), True
+                    f"({reach:.0%})"), True
+    return None, False
+
+
+def _exploring(steps, i: int, outcome: dict[int, float | None], failed: list[tuple[str, dict]]
+               ) -> tuple[str | None, bool]:
+    """(why, far): why step `i` is beyond the plan's core (`Exploration`), or None: a smaller ratio than one of
+    its method that failed (differing in nothing else but fallback options), or a fallback after an agreement
+    miss over FALLBACK_REACH (`far`: not made, it counts as failed, as a fallback past the reach does)."""
+    name, options = steps[i][0], steps[i][1]
+    larger = next((f for f in failed if f[0] == name and _removes_less(name, options, *f)), None)
+    if larger is not None:
+        return f"a retreat to ratio {options['ratio']:g} after ratio {larger[1]['ratio']:g} failed", False
+    far = [j for j in range(i) if _fallback_of(name, options, steps[j][0], steps[j][1])
+           and (outcome.get(j) or 0.0) > FALLBACK_REACH]
+    if far:
+        return (f"a fallback after a miss of the agreement rule by {outcome[far[0]]:.1%}, over {FALLBACK_REACH:.0%}",
+                True)
     return None, False
 
 
@@ -381,14 +454,14 @@ def _fallback_of(name: str, options: dict, earlier_name: str, earlier_options: d
     return _differing(options, earlier_options) <= keys
 
 
-def _removes_less(name: str, options: dict, passed_name: str, passed_options: dict) -> bool:
-    """The step has a smaller `ratio` than one of its method that passed, and differs from it in nothing else
-    but the method's `fallback` options: it is smaller than what already passed, not worth making (a smaller
-    ratio in auto's list is the fallback for a larger one that failed)."""
-    if name != passed_name or "ratio" not in options or "ratio" not in passed_options:
+def _removes_less(name: str, options: dict, other_name: str, other_options: dict) -> bool:
+    """The step has a smaller `ratio` than another of its method, and differs from it in nothing else but the
+    method's `fallback` options. After one that passed, it is not worth making; after one that failed, it is a
+    retreat (`_exploring`)."""
+    if name != other_name or "ratio" not in options or "ratio" not in other_options:
         return False
     keys = set(get_method(name).fallback) | {"ratio"}
-    return _differing(options, passed_options) <= keys and options["ratio"] < passed_options["ratio"]
+    return _differing(options, other_options) <= keys and options["ratio"] < other_options["ratio"]
 
 
 def _removes_more(name: str, options: dict, failed_name: str, failed_options: dict) -> bool:
@@ -455,16 +528,18 @@ def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
 def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, max_drop: float,
            min_agreement: float = MIN_AGREEMENT, budget_seconds: float | None = None,
            config: LatencyConfig | None = None, progress=None, start: float | None = None,
-           guard: dict | None = None):
+           guard: dict | None = None, explore_seconds: float = math.inf):
     """Make, screen and quickly time auto's candidates; returns (variants, skipped, notes). The survivors
     are evaluated (accuracy, agreement) but not yet timed; `baseline` is evaluated too. `guard`: auto's
-    drift options (`drift_check`), applied to the quick timing's leaders."""
+    drift options (`drift_check`), applied to the quick timing's leaders. `explore_seconds`: the CPU seconds
+    within which steps beyond the plan's core are made (`Exploration`)."""
     config = config or LatencyConfig()
     budget = SearchBudget(budget_seconds, measure_s=4 * config.budget_s + 0.1,
                           start=start if start is not None else time.perf_counter())
     with search_threads() as threads:
         screen = Screen(baseline, data, max_drop, min_agreement, config)
-        variants, skipped = build_candidates(model, data, steps, progress, screen, budget)
+        explore = Exploration(explore_seconds, WIDE_REACH, CHEAP_STEP_S)
+        variants, skipped = build_candidates(model, data, steps, progress, screen, budget, explore)
     skipped += quick_latency(variants, baseline, data, config, drift_check(model, data, guard))
     notes = [f"candidates made with {threads} PyTorch thread(s), the cores free when the search began"]
     over = [s for s in skipped if "search budget" in s["reason"]]
@@ -528,24 +603,29 @@ def baseline_variant(model: LoadedModel) -> Variant:
 
 @register_method("auto", role="search")
 def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
-         prune_ratios: tuple[Ratio, ...] = (0.3, 0.5), finetune_epochs: NonNegativeInt = 10,
+         prune_ratios: tuple[Ratio, ...] = (0.3, 0.5, 0.2), finetune_epochs: NonNegativeInt = 10,
          distill_epochs: NonNegativeInt = 30, unstructured_ratio: OptionalRatio = 0.9,
          latency_budget_s: PositiveFloat = 0.25, min_agreement: Fraction = MIN_AGREEMENT,
-         budget_seconds: PositiveFloat | None = None, max_drift: OptionalDrift = None, drift_guard_on: Bool = True,
+         budget_seconds: PositiveFloat | None = None, explore_seconds: NonNegativeFloat = EXPLORE_SECONDS,
+         max_drift: OptionalDrift = None, drift_guard_on: Bool = True,
          progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
     """Try the candidates that fit the family, measure them, pick the fastest that keeps the fidelity rule.
 
     Options:
         max_drop: accuracy budget, in percentage points below the original.
         prune_ratios: the structured pruning ratios, tried in this order: a ratio larger than one that failed
-            is not tried, nor one smaller than one that passed (`(0.3, 0.5, 0.2)` tries 20% where 30% failed:
-            on a 40-feature MLP 1.33x its best peer instead of a tie, but a 40-feature LSTM's auto took 38 s).
+            is not tried, nor one smaller than one that passed; a smaller one after a larger one failed (20%
+            after 30%) is exploration (`explore_seconds`): on a 40-feature MLP it gave 1.3x its best peer instead
+            of a tie; a 40-feature LSTM, whose steps are not cheap, does not try it.
         finetune_epochs: fine-tuning after pruning.
         distill_epochs: the quick student's training (0: no distillation).
         unstructured_ratio: the share of weights unstructured pruning zeroes (0: none).
         latency_budget_s: time spent timing each variant in each setting.
         min_agreement: share of the original's top-1 test predictions a variant must keep (less its margin).
         budget_seconds: make no further candidates when the search would run past this (None: no limit).
+        explore_seconds: the search's CPU seconds within which it makes steps beyond its core: a smaller
+            pruning ratio after a larger one failed, a fallback after an agreement miss of 5-10 points
+            (`Exploration`; 0: none).
         max_drift: the top-k attribution overlap a candidate may lose against the original (0-1); None: a
             candidate whose overlap interval lies below 0.7 x the noise floor is never chosen.
         drift_guard_on: measure the attribution drift of the variant about to be chosen (`drift_guard`; a drifted
@@ -559,12 +639,13 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
     steps = plan(model, max_drop=max_drop, prune_ratios=prune_ratios, finetune_epochs=finetune_epochs,
                  distill_epochs=distill_epochs, unstructured_ratio=unstructured_ratio,
                  latency_budget_s=latency_budget_s, min_agreement=min_agreement, budget_seconds=budget_seconds,
-                 progress=progress)
+                 explore_seconds=explore_seconds, progress=progress)
     baseline = baseline_variant(model)
     config = LatencyConfig(budget_s=latency_budget_s)
     variants, skipped, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
                                       budget_seconds=budget_seconds, config=config, progress=progress, start=start,
-                                      guard={"max_drift": max_drift, "drift_guard_on": drift_guard_on})
+                                      guard={"max_drift": max_drift, "drift_guard_on": drift_guard_on},
+                                      explore_seconds=explore_seconds)
     if not variants and not skipped:
         raise ToolkitError(f"auto found no compression method for a {model.spec.family} model")
     config = _timing_threads(config, notes)

@@ -354,15 +354,15 @@ _TEACHER = ({}, {"teacher": True}, {"align": 1}, {"align": 1, "teacher": True})
 PLANNED = {
     "mlp": [*_RUNTIME,
             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": a, **t}, _STACK)
-              for r in (0.3, 0.5) for a in ("global", "uniform") for t in _TEACHER],
+              for r in (0.3, 0.5, 0.2) for a in ("global", "uniform") for t in _TEACHER],
             _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
     "cnn": [*_RUNTIME,
             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform", **t}, _STACK)
-              for r in (0.3, 0.5) for t in _TEACHER],
+              for r in (0.3, 0.5, 0.2) for t in _TEACHER],
             _UNSTRUCTURED, ("distill", _DISTILL, _STACK)],
     "lstm": [*[s for s in _RUNTIME if s[0] != "int8-static"],
              *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform", **t}, _RECURRENT_STACK)
-               for r in (0.3, 0.5) for t in _TEACHER[:2]],
+               for r in (0.3, 0.5, 0.2) for t in _TEACHER[:2]],
              _UNSTRUCTURED, ("distill", _DISTILL, _RECURRENT_STACK)],
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -381,6 +382,74 @@ def test_ratios_in_order_larger_after_a_pass_smaller_after_a_failure(digits, sta
     assert calls == made
     assert all("removes less" in s["reason"] or "removes more" in s["reason"]
                for s in skipped if s["reason"].startswith("not tried"))
+
+
+def _burn(seconds: float) -> None:
+    """Spend `seconds` of this process's CPU time (a stand-in step's cost)."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+@pytest.mark.parametrize("step_seconds,made", [(math.inf, [0.3, 0.2]), (0.01, [0.3])])
+def test_a_retreat_to_a_smaller_ratio_is_made_only_for_a_cheap_step(digits, stand_in, step_seconds, made):
+    """After 0.3 failed, 0.2 is exploration: made when the method's steps are cheap, else skipped with why."""
+    from compress.auto import Exploration
+    from compress.base import Variant
+    from compress.checks import tiny_model
+
+    calls = []
+
+    def method(model, data, ratio: float = 0.5):
+        """A stand-in transform that costs 50 ms of CPU."""
+        calls.append(ratio)
+        _burn(0.05)
+        return [Variant(f"r-{ratio}", model, {"method": "test-explore"})]
+
+    stand_in("test-explore", role="transform", func=method)
+    steps = [("test-explore", {"ratio": r}, []) for r in (0.3, 0.2)]
+    variants, skipped = build_candidates(tiny_model("mlp"), digits, steps, screen=lambda v: "fails",
+                                         explore=Exploration(step_seconds=step_seconds))
+    assert calls == made
+    if len(made) == 1:
+        assert "a retreat to ratio 0.2 after ratio 0.3 failed" in skipped[-1]["reason"]
+        assert "over the 0.01 of a cheap step" in skipped[-1]["reason"]
+
+
+def test_a_far_fallback_is_exploration_within_the_wide_reach_and_the_cpu_budget(digits, stand_in):
+    """A miss between FALLBACK_REACH and the exploration's reach: the fallback is made while the search is within
+    its CPU seconds; over them it is not, and counts as failed (the larger ratio is not tried either)."""
+    from compress.auto import FALLBACK_REACH, WIDE_REACH, Exploration
+    from compress.base import Variant
+    from compress.checks import tiny_model
+
+    calls = []
+
+    def method(model, data, ratio: float = 0.3, teacher: bool = False):
+        """A stand-in pruning."""
+        calls.append((ratio, teacher))
+        _burn(0.02)
+        return [Variant(f"p-{ratio}-{teacher}", model, {"method": "test-far"})]
+
+    def far(v):  # a miss of 7 points: over FALLBACK_REACH, within WIDE_REACH
+        v.measurements["fidelity"] = {"agreement": 0.97 - 0.01 - 0.07, "min_agreement": 0.97, "margin": 0.01}
+        return "misses by 7 points"
+
+    assert FALLBACK_REACH < 0.07 < WIDE_REACH
+    stand_in("test-far", role="transform", fallback=("teacher",), func=method)
+    steps = [("test-far", {"ratio": r, **extra}, []) for r in (0.3, 0.5) for extra in ({}, {"teacher": True})]
+    build_candidates(tiny_model("mlp"), digits, steps, screen=far, explore=Exploration(reach=WIDE_REACH))
+    assert calls == [(0.3, False), (0.3, True)]
+    calls.clear()
+    variants, skipped = build_candidates(tiny_model("mlp"), digits, steps, screen=far,
+                                         explore=Exploration(cpu_seconds=0.0, reach=WIDE_REACH))
+    assert calls == [(0.3, False)] and not variants
+    reasons = [s["reason"] for s in skipped]
+    assert "a fallback after a miss of the agreement rule by 7.0%" in reasons[1] and "explores within" in reasons[1]
+    assert all("removes more" in r for r in reasons[2:])  # the refused fallback failed: 0.5 is not tried
+    calls.clear()
+    build_candidates(tiny_model("mlp"), digits, steps, screen=far)  # no exploration: the 5-point reach
+    assert calls == [(0.3, False)]
 
 
 # ---------------------------------------------------------------- the search budget
