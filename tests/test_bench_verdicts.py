@@ -1,0 +1,49 @@
+"""The peer benchmark's verdict column: "met", or why auto's choice is not ahead, read from the measurements."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from compress_vs_peers import pruning_outcome, why_short  # noqa: E402
+
+
+def _case(chosen: str, auto: tuple[float, float], peer: str, peer_speed: tuple[float, float], **extra) -> dict:
+    rows = {f"auto: {chosen}": {"b1": {"speedup": auto[0]}, "b256": {"speedup": auto[1]}},
+            peer: {"b1": {"speedup": peer_speed[0]}, "b256": {"speedup": peer_speed[1]}}}
+    verdict = {b: {"best_peer": peer, "auto_over_best_peer": rows[f"auto: {chosen}"][b]["speedup"] / rows[peer][b]["speedup"]}
+               for b in ("b1", "b256")}
+    return {"chosen": chosen, "rows": rows, "verdict": verdict, **extra}
+
+
+def test_met_needs_the_targets_of_each_batch_size():
+    case = _case("prune-structured-50+int8-static-onnx", (1.0, 2.3), "ORT fp32", (1.0, 2.0))
+    assert why_short(case, "b1") == "met"  # 1.0x: not slower at batch 1
+    assert why_short(case, "b256").startswith("ahead, under 1.2x (ORT fp32 2.00x, auto 2.30x)")  # 1.15x
+    case = _case("prune-structured-50+int8-static-onnx", (0.9, 2.4), "ORT fp32", (1.0, 2.0))
+    assert why_short(case, "b256") == "met" and why_short(case, "b1").startswith("peer wins")
+
+
+def test_a_tie_on_the_same_kernels_with_every_pruned_candidate_rejected_says_so():
+    skipped = [{"method": "prune-structured", "reason": "rejected before timing: agrees on 94%",
+                "fidelity": {"agreement": 0.94, "min_agreement": 0.97, "margin": 0.01}},
+               {"method": "prune-structured", "reason": "rejected before timing: accuracy +1.00 points below the "
+                                                        "original, over the 0.5 budget", "fidelity": None},
+               {"method": "prune-structured", "reason": "not tried: removes more"}]
+    pruned = pruning_outcome({"auto_skipped": skipped})
+    assert pruned == {"rejected": 2, "over_budget": 1, "best_agreement": 0.94, "required": 0.96}
+    case = _case("int8-static-onnx", (6.3, 3.28), "ORT quantize_static (defaults)", (6.4, 3.30), pruned=pruned)
+    why = why_short(case, "b256")
+    assert why.startswith("tie (ORT quantize_static (defaults) 3.30x, auto 3.28x)")
+    assert "the same ONNX Runtime int8 kernels" in why
+    assert "all 2 pruned candidates failed the rule (best agreement 94.0%, 96.0% required; 1 over the accuracy budget)" in why
+
+
+def test_a_peer_win_at_batch_1_names_the_deciding_batch_and_the_runtime():
+    case = _case("bf16-torch", (1.1, 1.6), "ORT quantize_dynamic (defaults)", (4.2, 1.2))
+    assert why_short(case, "b256") == "met"
+    why = why_short(case, "b1")
+    assert why.startswith("peer wins (ORT quantize_dynamic (defaults) 4.20x, auto 1.10x)")
+    assert "auto decides at batch 256, where its choice is 1.60x" in why and "PyTorch's per-call overhead" in why
