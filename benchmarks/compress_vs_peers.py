@@ -286,13 +286,14 @@ def run_case(data_spec: str, family: str, root: Path, epochs: int, rounds: int, 
                       auto_row[b]["speedup"] / peers[best][b]["speedup"] if best else None}
     return {"case": name, "n_test": int(len(data.y_test)), "fp32_accuracy": base_acc, "auto_seconds": round(auto_seconds, 1),
             "chosen": chosen.name, "rows": rows, "failed": failed, "verdict": verdict, "rounds": rounds,
-            "reason": chosen.measurements.get("reason"), "pruned": pruning_outcome(chosen.measurements)}
+            "reason": result.reason, "pruned": pruning_outcome(result.skipped)}
 
 
-def pruning_outcome(measurements: dict) -> dict:
-    """What auto's structured pruning came to: how many pruned candidates it made and rejected, and the best
-    agreement among those the agreement rule rejected (with what the rule required)."""
-    rejected = [s for s in measurements.get("auto_skipped", []) if s.get("method") == "prune-structured"
+def pruning_outcome(skipped: list[dict]) -> dict:
+    """What auto's structured pruning came to (`skipped`: auto's rejected and untried candidates): how many
+    pruned candidates it made and rejected, and the best agreement among those the agreement rule rejected
+    (with what the rule required)."""
+    rejected = [s for s in skipped if s.get("method") == "prune-structured"
                 and s["reason"].startswith("rejected")]
     judged = [s["fidelity"] for s in rejected if s.get("fidelity")]
     best = max(judged, key=lambda f: f["agreement"], default=None)
@@ -332,10 +333,11 @@ def why_short(case: dict, batch: str) -> str:
         why.append("the peer's pruned widths run as fast")
     pruned = case.get("pruned") or {}
     if "prune-structured" not in chosen and pruned.get("rejected"):
-        part = f"all {pruned['rejected']} pruned candidates failed the rule"
+        n = pruned["rejected"]
+        part = f"every pruned candidate made failed the rule ({n} made)"
         if pruned.get("best_agreement") is not None:
-            part += f" (best agreement {pruned['best_agreement']:.1%}, {pruned['required']:.1%} required"
-            part += f"; {pruned['over_budget']} over the accuracy budget)" if pruned["over_budget"] else ")"
+            part += f": best agreement {pruned['best_agreement']:.1%}, {pruned['required']:.1%} required"
+            part += f"; {pruned['over_budget']} over the accuracy budget" if pruned["over_budget"] else ""
         why.append(part)
     if (case.get("reason") or "").startswith("best balance"):
         why.append("auto took a near-tie for its batch-1 speed and size")
