@@ -315,7 +315,7 @@ def onnx_fp32(model: LoadedModel, data: DataBundle, exporter: Exporter = "auto")
     if model.module is None:
         return [_optimized_variant(model, data)]
     onnx_bytes, info = export_with_info(model, data, exporter=exporter)
-    onnx_bytes, layout = fast_layout(onnx_bytes, data.x_test)
+    onnx_bytes, layout = fast_graph(onnx_bytes, data.x_test)
     parity = onnx_parity(onnx_bytes, model, data.x_test)
     recipe = {"method": "onnx-fp32", "exporter": info.exporter}
     variant_model = onnx_variant_model(model, _fp32_module(model), recipe)
@@ -341,7 +341,7 @@ def _optimized_variant(model: LoadedModel, data: DataBundle) -> Variant:
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(model.onnx_model_bytes(), options, providers=["CPUExecutionProvider"])
         onnx_bytes = (Path(tmp) / "optimized.onnx").read_bytes()
-    onnx_bytes, layout = fast_layout(onnx_bytes, data.x_test)
+    onnx_bytes, layout = fast_graph(onnx_bytes, data.x_test)
     recipe = {"method": "onnx-fp32", "exporter": None, "optimization": "ORT basic"}
     variant_model = onnx_variant_model(model, None, recipe)
     variant_model.onnx_bytes = onnx_bytes
@@ -351,23 +351,44 @@ def _optimized_variant(model: LoadedModel, data: DataBundle) -> Variant:
                                                            "graph optimisations saved in", *layout])
 
 
-def fast_layout(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:
-    """The graph with its 1-D convolutions run as 2-D ones (`compress.layout`: ONNX Runtime's faster kernel), when
-    it has any and the rewritten graph gives the same logits on `x` (float32 rounding apart); else the graph as
-    it is. Returns (graph, notes)."""
+def fast_graph(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:
+    """The graph with the toolkit's two rewrites for ONNX Runtime's CPU kernels, each used only where the rewritten
+    graph gives the same logits on `x` (float32 rounding apart): the input's standardization as one node
+    (`input_fold`), and 1-D convolutions run as 2-D ones (`compress.layout.lift_1d`: the faster blocked-layout
+    kernels). Returns (graph, notes)."""
     from .layout import lift_1d
 
-    lifted = lift_1d(onnx_bytes)
-    if lifted is None:
+    onnx_bytes, notes = input_fold(onnx_bytes, x)
+    lifted, lift_notes = _checked_rewrite(onnx_bytes, lift_1d(onnx_bytes), x, "1-D convolutions kept as they are",
+                                          "1-D convolutions and pools run as 2-D ones (ONNX Runtime's blocked-layout "
+                                          "kernels)")
+    return lifted, notes + lift_notes
+
+
+def input_fold(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:
+    """The graph with its input standardization and Flatten as one BatchNormalization node
+    (`compress.layout.fold_input_scaling`) where that gives the same logits on `x`; for any graph, int8 ones
+    too (the rewrite is upstream of the first QuantizeLinear). Returns (graph, notes)."""
+    from .layout import fold_input_scaling
+
+    return _checked_rewrite(onnx_bytes, fold_input_scaling(onnx_bytes), x, "the input's standardization kept as it is",
+                            "the input's standardization and Flatten run as one BatchNormalization node")
+
+
+def _checked_rewrite(onnx_bytes: bytes, rewritten: bytes | None, x: np.ndarray, kept: str, used: str
+                     ) -> tuple[bytes, list[str]]:
+    """`rewritten` (a graph pass's output; None: the pass did not apply) where it gives the same logits as
+    `onnx_bytes` on the first 256 rows of `x`, else `onnx_bytes`, with a note saying which."""
+    if rewritten is None:
         return onnx_bytes, []
     rows = np.ascontiguousarray(x[:256], np.float32)
     try:
-        want, got = run_onnx(onnx_bytes, rows), run_onnx(lifted, rows)
+        want, got = run_onnx(onnx_bytes, rows), run_onnx(rewritten, rows)
     except Exception as exc:  # noqa: BLE001 -- a rewrite ONNX Runtime refuses is not used, never a failure
-        return onnx_bytes, [f"1-D convolutions kept as they are (the 2-D rewrite failed: {type(exc).__name__})"]
+        return onnx_bytes, [f"{kept} (the rewrite failed: {type(exc).__name__})"]
     if not same_logits(got, want):
-        return onnx_bytes, ["1-D convolutions kept as they are (the 2-D rewrite changed the logits)"]
-    return lifted, ["1-D convolutions and pools run as 2-D ones (ONNX Runtime's blocked-layout kernels)"]
+        return onnx_bytes, [f"{kept} (the rewrite changed the logits)"]
+    return rewritten, [used]
 
 
 def with_metadata(onnx_bytes: bytes, spec, takes: str = "encoded inputs") -> bytes:

@@ -31,7 +31,7 @@ from trainers.models import capabilities
 from trainers.options import Bool, Fraction, Int, NonNegativeInt, PositiveInt
 
 from .base import Variant, default_options, derive_model, register_method
-from .export import Exporter, ExportInfo, export_with_info, onnx_parity, onnx_variant_model, run_onnx
+from .export import Exporter, ExportInfo, export_with_info, input_fold, onnx_parity, onnx_variant_model, run_onnx
 from .int8_search import FORMATS, search_int8
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
@@ -189,6 +189,8 @@ def _int8_dynamic_variant(model: LoadedModel, data: DataBundle, exporter: str, m
 def _finish_int8(model: LoadedModel, data: DataBundle, mode: str, twin: nn.Module, recipe: dict, int8_bytes: bytes,
                  check: dict, notes: list[str], extra: dict | None = None) -> Variant:
     """The int8 Variant: its twin's agreement with the graph, parity with fp32 on the test split, the notes."""
+    int8_bytes, folded = input_fold(int8_bytes, data.x_test)
+    notes = [*notes, *folded]
     variant_model = onnx_variant_model(model, twin, recipe, dtype="int8")
     variant_model.onnx_bytes = int8_bytes
     twin_agreement = None

@@ -22,7 +22,7 @@ from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 
 from .base import Variant, default_options, register_method
-from .export import Exporter, ExportInfo, export_with_info, fast_layout, onnx_parity, onnx_variant_model, run_onnx
+from .export import Exporter, ExportInfo, export_with_info, fast_graph, onnx_parity, onnx_variant_model, run_onnx
 
 MIN_ELEMENTS = 64  # smaller tensors stay fp32: their scales would cost about what int8 saves
 SUFFIX_INT8, SUFFIX_SCALE = "__int8", "__scale"
@@ -132,7 +132,7 @@ def int8_weights(model: LoadedModel, data: DataBundle, exporter: Exporter = "aut
         fp32_bytes, info = export_with_info(model, data, exporter=exporter)
     else:  # a user's ONNX graph: stored as it is
         fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
-    fp32_bytes, layout = fast_layout(fp32_bytes, data.x_test)
+    fp32_bytes, layout = fast_graph(fp32_bytes, data.x_test)
     onnx_bytes, stored = store_weights_int8(fp32_bytes)
     recipe = {"method": "int8-weights", "runtime": "onnxruntime", "exporter": info.exporter, "weight_type": "int8",
               "compute": "float32", "scales": "per output row", "stored": stored}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.export import fast_layout, ort_session, run_onnx
+from compress.export import fast_graph, ort_session, run_onnx
 from compress.layout import lift_1d
 
 
@@ -108,13 +108,70 @@ def test_graphs_without_1d_layers_are_left_alone(module, shape):
     graph = _export(module, shape)
     assert lift_1d(graph) is None
     rows = np.zeros((3, *shape), np.float32)
-    assert fast_layout(graph, rows) == (graph, [])
+    assert fast_graph(graph, rows) == (graph, [])
 
 
-def test_fast_layout_says_what_it_did_and_keeps_the_logits():
+def test_fast_graph_says_what_it_did_and_keeps_the_logits():
     graph = _export(Plain1d(), (1, 40))
     rows = np.random.default_rng(0).normal(size=(32, 1, 40)).astype(np.float32)
-    faster, notes = fast_layout(graph, rows)
+    faster, notes = fast_graph(graph, rows)
     assert faster != graph and "2-D" in notes[0]
     np.testing.assert_allclose(run_onnx(faster, rows), run_onnx(graph, rows), rtol=1e-4, atol=1e-5)
     assert ort_session(faster).get_inputs()[0].shape[1:] == [1, 40]  # the input the user feeds is unchanged
+
+
+# ---------------------------------------------------------------- the input's standardization as one node
+
+def _toolkit_graph(family: str, shape: tuple[int, ...], seed: int = 0) -> tuple[bytes, np.ndarray]:
+    """A toolkit model's fp32 graph (its standardization inside) with a mean and std per input value, and rows."""
+    from compress.export import export_onnx
+    from trainers.models import build_model
+
+    rng = np.random.default_rng(seed)
+    mean, std = rng.normal(size=shape).astype(np.float32), rng.uniform(0.5, 3, size=shape).astype(np.float32)
+    torch.manual_seed(seed)
+    module = build_model(family, {}, shape, 3, mean, std).eval()
+    rows = (mean + std * rng.normal(size=(64, *shape))).astype(np.float32)
+    return export_onnx(module), rows
+
+
+def _ops(graph: bytes) -> list[str]:
+    return [n.op_type for n in onnx.load_from_string(graph).graph.node]
+
+
+@pytest.mark.parametrize("shape", [(40,), (1, 8, 8)])
+def test_an_mlps_input_standardization_becomes_one_node_with_the_same_logits(shape):
+    from compress.layout import fold_input_scaling
+
+    graph, rows = _toolkit_graph("mlp", shape)
+    assert {"Sub", "Div"} <= set(_ops(graph))
+    folded = fold_input_scaling(graph)
+    ops = _ops(folded)
+    assert "Sub" not in ops and "Div" not in ops and ops.count("BatchNormalization") == 1
+    assert ops.count("Flatten") == (0 if len(shape) == 1 else 1)  # a row per sample already: no Flatten left
+    np.testing.assert_allclose(run_onnx(folded, rows), run_onnx(graph, rows), rtol=1e-4, atol=1e-5)
+    assert len(folded) < len(graph) + 4 * 4 * int(np.prod(shape))  # mean and std replaced, not kept beside
+
+
+def test_graphs_whose_input_is_not_standardized_then_flattened_are_left_alone():
+    from compress.layout import fold_input_scaling
+
+    cnn, rows = _toolkit_graph("cnn", (1, 40))  # Sub and Div feed a convolution: no Flatten to fold into
+    assert fold_input_scaling(cnn) is None
+    plain = _export(nn.Sequential(nn.Flatten(), nn.Linear(40, 2)), (40,))
+    assert fold_input_scaling(plain) is None
+
+
+def test_int8_variants_of_an_mlp_run_the_folded_graph():
+    from compress import get_method
+    from compress.checks import tiny_model
+    from trainers.data import load_data
+
+    data = load_data("digits")
+    model = tiny_model("mlp")
+    for method in ("int8-dynamic", "int8-static"):
+        options = {"latency_rounds": 0, "calibrations": ("minmax",), "per_channel": (True,)} if method == "int8-static" else {}
+        variant = get_method(method).func(model, data, **options)[0]
+        ops = _ops(variant.onnx_bytes)
+        assert "BatchNormalization" in ops and "Sub" not in ops and "Div" not in ops, method
+        assert any("one BatchNormalization node" in n for n in variant.notes)
