@@ -10,9 +10,8 @@ one per tensor, and whether ORT's graph optimisations run on the fp32 graph befo
    the fp32 model on held-out samples and its latency are measured.
 2. The fastest configurations that miss the agreement target get a greedy fp32 fallback: while agreement is
    under the target, the still-int8 layer with the best agreement gained per latency added moves to fp32.
-3. Among the configurations that reach the target, the fastest wins; any within TIE_BAND of it with fewer fp32
-   layers, then with a higher agreement, wins instead (latency differences that small are within what a busy
-   machine moves; an fp32 layer is a larger file whatever the timing says).
+3. Among the configurations that reach the target, the fastest wins; any within TIE_BAND of it with a higher
+   agreement wins instead (latency differences that small are within what a busy machine moves).
 
 Latency is measured interleaved: every round times each candidate and the fp32 ONNX graph in turn (batch
 LATENCY_BATCH, one thread) and the figure kept is the median over rounds of the per-round ratio to fp32, so
@@ -187,12 +186,8 @@ def _agreement(onnx_bytes: bytes, check_x: np.ndarray, reference: np.ndarray) ->
 
 def pick(candidates: list[Candidate], target: float, tie_band: float = TIE_BAND) -> Candidate:
     """Among the candidates reaching `target`, those within `tie_band` of the fastest count as equally fast:
-    the fewest fp32 layers win (a smaller file), then the highest agreement, then the earlier configuration of
-    the grid. When none reaches the target: the one with the highest agreement (then the fastest).
-
-    Fewer fp32 layers first: on a user's residual 1-D CNN (30% pruned) two runs on the same trained model chose
-    an all-int8 graph (5.05x smaller than fp32) and, where timing put a configuration with an fp32 layer and more
-    agreement in the band, that one (3.43x smaller, under the 3.5x target), both at 4.5-4.7x at batch 256."""
+    the highest agreement wins, then the earlier configuration of the grid, then fewer fp32 layers.
+    When none reaches the target: the one with the highest agreement (then the fastest)."""
     reached = [c for c in candidates if c.agreement >= target]
     if any(c.latency_ratio is None for c in reached or candidates):  # untimed: agreement, then the grid's order
         return max(candidates, key=lambda c: (c.agreement >= target, c.agreement, -c.config.rank, -len(c.fp32_nodes)))
@@ -200,8 +195,8 @@ def pick(candidates: list[Candidate], target: float, tie_band: float = TIE_BAND)
         return max(candidates, key=lambda c: (c.agreement, -(c.latency_ratio or 0.0)))
     fastest = min(c.latency_ratio for c in reached)
     close = [c for c in reached if c.latency_ratio <= fastest * (1 + tie_band)]
-    # equally fast: fewer fp32 layers, then agreement, then the grid's order decides (not timing noise)
-    return max(close, key=lambda c: (-len(c.fp32_nodes), c.agreement, -c.config.rank))
+    # equally fast and equally faithful: the grid's order decides (not timing noise), fewer fp32 layers first
+    return max(close, key=lambda c: (c.agreement, -c.config.rank, -len(c.fp32_nodes)))
 
 
 def _fallback(start: Candidate, src: Path, calibration_x, check_x, reference, target, nodes, fp32, x_lat, rounds,
