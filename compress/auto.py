@@ -61,10 +61,10 @@ NonNegativeFloat = Annotated[Float, Field(ge=0)]
 # teacher fine-tune of a pruned model, measured on the built-in models of signals and the 40-feature set (30%
 # pruned): +1.9 to +9.9 points of agreement; it passed after a miss of 0.1 points (1-D CNN) and never after
 # misses of 5.4-16 points (MLPs, LSTMs), which cost up to 4.8 s each and took the 40-feature LSTM's auto over
-# 30 s. (At 20% it did pass after a miss of 5.3 points on a 40-feature MLP; auto does not try 20% by default.)
+# 30 s. (At 20% it did pass after a miss of 5.3 points on a 40-feature MLP: `Exploration`, up to WIDE_REACH.)
 FALLBACK_REACH = 0.05
-# Beyond FALLBACK_REACH, up to this miss, a fallback is exploration (`Exploration`): made only while the search
-# is cheap. At 20% the teacher fine-tune passed after a miss of 5.3 points on a 40-feature MLP (96.8% agreement,
+# Beyond FALLBACK_REACH, up to this miss, a fallback is exploration (`Exploration`): made only where the steps
+# are cheap. At 20% the teacher fine-tune passed after a miss of 5.3 points on a 40-feature MLP (96.8% agreement,
 # 90.7% on the labels), whose fine-tunes take under a second.
 WIDE_REACH = 0.10
 # Latencies within 10% of the fastest at the deciding setting are a near-tie: there the best balance of speed
