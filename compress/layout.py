@@ -40,10 +40,7 @@ def lift_1d(onnx_bytes: bytes) -> bytes | None:
         return None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     initializers = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     axes_name = "lift_1d_axes"
     nodes: list = []
     lifted: dict[str, str] = {}          # original tensor -> its 4-D twin
@@ -172,11 +169,7 @@ def fold_input_scaling(onnx_bytes: bytes) -> bytes | None:
     graph = model.graph
     inputs = {i.name: i for i in graph.input}
     initializers = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    found = _standardize_chain(graph, inputs, initializers, consumers)
+    found = _standardize_chain(graph, inputs, initializers, _consumers(graph))
     if found is None:
         return None
     sub, div, flatten, per_sample = found
@@ -230,6 +223,15 @@ def _standardize_chain(graph, inputs, initializers, consumers):
             continue
         return sub, div, flatten, tuple(d.dim_value for d in dims)
     return None
+
+
+def _consumers(graph) -> dict[str, list]:
+    """Each tensor name -> the nodes that read it."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
 
 
 def _only_consumer(consumers, name: str, op: str):
