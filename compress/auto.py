@@ -405,8 +405,8 @@ def _no_fallback(steps, i: int, outcome: dict[int, float | None], reach: float =
     """(why, hopeless): why step `i`, a fallback of earlier steps (they differ from it only in its method's
     `fallback` options), is not made: one of them passed, or missed the agreement rule by more than `reach`
     (then the step counts as failed: `hopeless`); (None, False) when it is not a fallback or neither holds."""
-    name, options = steps[i][0], steps[i][1]
-    earlier = [j for j in range(i) if _fallback_of(name, options, steps[j][0], steps[j][1])]
+    name = steps[i][0]
+    earlier = _fallback_sources(steps, i)
     label = lambda j: f"{name} with {steps[j][1] or 'its defaults'}"  # noqa: E731
     for j in earlier:
         if j in outcome and outcome[j] is None:
@@ -423,15 +423,20 @@ def _exploring(steps, i: int, outcome: dict[int, float | None], failed: list[tup
     its method that failed (differing in nothing else but fallback options), or a fallback after an agreement
     miss over FALLBACK_REACH (`far`: not made, it counts as failed, as a fallback past the reach does)."""
     name, options = steps[i][0], steps[i][1]
-    larger = next((f for f in failed if f[0] == name and _removes_less(name, options, *f)), None)
+    larger = next((f for f in failed if _removes_less(name, options, *f)), None)
     if larger is not None:
         return f"a retreat to ratio {options['ratio']:g} after ratio {larger[1]['ratio']:g} failed", False
-    far = [j for j in range(i) if _fallback_of(name, options, steps[j][0], steps[j][1])
-           and (outcome.get(j) or 0.0) > FALLBACK_REACH]
+    far = [j for j in _fallback_sources(steps, i) if (outcome.get(j) or 0.0) > FALLBACK_REACH]
     if far:
         return (f"a fallback after a miss of the agreement rule by {outcome[far[0]]:.1%}, over {FALLBACK_REACH:.0%}",
                 True)
     return None, False
+
+
+def _fallback_sources(steps, i: int) -> list[int]:
+    """The earlier steps that step `i` is a fallback of (`_fallback_of`)."""
+    name, options = steps[i][0], steps[i][1]
+    return [j for j in range(i) if _fallback_of(name, options, steps[j][0], steps[j][1])]
 
 
 def _agreement_miss(variant: Variant) -> float:
