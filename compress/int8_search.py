@@ -12,6 +12,11 @@ one per tensor, and whether ORT's graph optimisations run on the fp32 graph befo
    under the target, the still-int8 layer with the best agreement gained per latency added moves to fp32.
 3. Among the configurations that reach the target, the fastest wins; any within TIE_BAND of it with a higher
    agreement wins instead (latency differences that small are within what a busy machine moves).
+4. The same tie band's graph with the fewest fp32 layers, where that is fewer than the choice's, is kept too
+   (`SearchResult.lean`): the smaller file at the same speed. The search sees agreement, not accuracy, so it
+   cannot tell which of the two is safe; the caller offers both and its fidelity rule judges them (an all-int8
+   graph of a 40-feature CNN reached the agreement target and lost 0.75 points of test accuracy; a residual
+   CNN's all-int8 graph, 1.5x smaller than its choice, passed).
 
 Latency is measured interleaved: every round times each candidate and the fp32 ONNX graph in turn (batch
 LATENCY_BATCH, one thread) and the figure kept is the median over rounds of the per-round ratio to fp32, so
@@ -82,6 +87,7 @@ class SearchResult:
     target: float
     fp32_nodes_total: int
     notes: list[str]
+    lean: Candidate | None = None  # as fast as `best` (the tie band) with fewer fp32 layers, reaching the target
 
 
 class _Calibration:
@@ -188,15 +194,30 @@ def pick(candidates: list[Candidate], target: float, tie_band: float = TIE_BAND)
     """Among the candidates reaching `target`, those within `tie_band` of the fastest count as equally fast:
     the highest agreement wins, then the earlier configuration of the grid, then fewer fp32 layers.
     When none reaches the target: the one with the highest agreement (then the fastest)."""
-    reached = [c for c in candidates if c.agreement >= target]
-    if any(c.latency_ratio is None for c in reached or candidates):  # untimed: agreement, then the grid's order
+    close = _equally_fast(candidates, target, tie_band)
+    if close is not None:  # equally fast and equally faithful: the grid's order decides (not timing noise)
+        return max(close, key=lambda c: (c.agreement, -c.config.rank, -len(c.fp32_nodes)))
+    if any(c.latency_ratio is None for c in candidates):  # untimed: agreement, then the grid's order
         return max(candidates, key=lambda c: (c.agreement >= target, c.agreement, -c.config.rank, -len(c.fp32_nodes)))
-    if not reached:
-        return max(candidates, key=lambda c: (c.agreement, -(c.latency_ratio or 0.0)))
+    return max(candidates, key=lambda c: (c.agreement, -(c.latency_ratio or 0.0)))
+
+
+def lean(candidates: list[Candidate], best: Candidate, target: float, tie_band: float = TIE_BAND) -> Candidate | None:
+    """The candidate of `best`'s tie band with the fewest fp32 layers, where that is fewer than `best`'s (then
+    the higher agreement, then the grid's order); None when there is none or the search was untimed."""
+    close = _equally_fast(candidates, target, tie_band) or []
+    fewer = [c for c in close if len(c.fp32_nodes) < len(best.fp32_nodes)]
+    return max(fewer, key=lambda c: (-len(c.fp32_nodes), c.agreement, -c.config.rank)) if fewer else None
+
+
+def _equally_fast(candidates: list[Candidate], target: float, tie_band: float) -> list[Candidate] | None:
+    """The candidates reaching `target` within `tie_band` of the fastest of them; None when none reaches it or
+    any of them is untimed."""
+    reached = [c for c in candidates if c.agreement >= target]
+    if not reached or any(c.latency_ratio is None for c in reached):
+        return None
     fastest = min(c.latency_ratio for c in reached)
-    close = [c for c in reached if c.latency_ratio <= fastest * (1 + tie_band)]
-    # equally fast and equally faithful: the grid's order decides (not timing noise), fewer fp32 layers first
-    return max(close, key=lambda c: (c.agreement, -c.config.rank, -len(c.fp32_nodes)))
+    return [c for c in reached if c.latency_ratio <= fastest * (1 + tie_band)]
 
 
 def _fallback(start: Candidate, src: Path, calibration_x, check_x, reference, target, nodes, fp32, x_lat, rounds,
@@ -276,10 +297,14 @@ def search_int8(fp32_bytes: bytes, calibration_x: np.ndarray, check_x: np.ndarra
                                                        rounds)):
         c.latency_ratio = ratio
     best = pick(finalists, target)
+    leaner = lean(finalists, best, target)
     rows = [c.row(target) for c in tried]
     notes.insert(0, f"int8 search: {len(grid)} configuration(s), chose {best.config.label}"
                     + (f" with {len(best.fp32_nodes)} layer(s) in fp32" if best.fp32_nodes else "")
                     + f": {best.agreement:.1%} agreement"
                     + (f", {best.latency_ratio:.2f}x the fp32 ONNX latency at batch {len(latency_x)}"
                        if best.latency_ratio is not None else " (untimed: the grid's order decided)"))
-    return SearchResult(best=best, rows=rows, target=target, fp32_nodes_total=len(nodes), notes=notes)
+    if leaner is not None:
+        notes.append(f"as fast within {TIE_BAND:.0%} with {len(leaner.fp32_nodes)} layer(s) in fp32: "
+                     f"{leaner.config.label}, {leaner.agreement:.1%} agreement, {leaner.latency_ratio:.2f}x")
+    return SearchResult(best=best, rows=rows, target=target, fp32_nodes_total=len(nodes), notes=notes, lean=leaner)

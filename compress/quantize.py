@@ -32,7 +32,7 @@ from trainers.options import Bool, Fraction, Int, NonNegativeInt, PositiveInt
 
 from .base import Variant, default_options, derive_model, register_method
 from .export import Exporter, ExportInfo, export_with_info, input_fold, onnx_parity, onnx_variant_model, run_onnx
-from .int8_search import FORMATS, search_int8
+from .int8_search import FORMATS, Candidate, SearchResult, search_int8
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
 QuantFormatName = Literal["qdq", "qoperator"]
@@ -187,7 +187,7 @@ def _int8_dynamic_variant(model: LoadedModel, data: DataBundle, exporter: str, m
 
 
 def _finish_int8(model: LoadedModel, data: DataBundle, mode: str, twin: nn.Module, recipe: dict, int8_bytes: bytes,
-                 check: dict, notes: list[str], extra: dict | None = None) -> Variant:
+                 check: dict, notes: list[str], extra: dict | None = None, name: str | None = None) -> Variant:
     """The int8 Variant: its twin's agreement with the graph, parity with fp32 on the test split, the notes."""
     int8_bytes, folded = input_fold(int8_bytes, data.x_test)
     notes = [*notes, *folded]
@@ -205,7 +205,7 @@ def _finish_int8(model: LoadedModel, data: DataBundle, mode: str, twin: nn.Modul
     if mode == "dynamic" and "conv" in capabilities(model):
         notes.append("convolutions stay fp32 (ORT's dynamic ConvInteger is slower than fp32)")
     parity = onnx_parity(int8_bytes, model, data.x_test)  # int8 graph vs the fp32 PyTorch source
-    return Variant(name=f"int8-{mode}-onnx", model=variant_model, recipe=recipe, onnx_bytes=int8_bytes,
+    return Variant(name=f"{name or 'int8-' + mode}-onnx", model=variant_model, recipe=recipe, onnx_bytes=int8_bytes,
                    measurements={"parity": parity, "twin_agreement": twin_agreement, "agreement_check": check,
                                  **(extra or {})},
                    notes=notes)
@@ -242,7 +242,8 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
                 exporter: Exporter = "auto", min_agreement: Fraction = MIN_AGREEMENT,
                 formats: tuple[QuantFormatName, ...] = FORMATS, calibrations: tuple[CalibrationName, ...] = ("minmax", "percentile"),
                 per_channel: tuple[Bool, ...] = (True, False), optimize: tuple[Bool, ...] = (True,),
-                fallback_configs: NonNegativeInt = 2, latency_rounds: NonNegativeInt = 5) -> list[Variant]:
+                fallback_configs: NonNegativeInt = 2, latency_rounds: NonNegativeInt = 5,
+                lean: Bool = True) -> list[Variant]:
     """int8 weights and activations in ONNX Runtime, the fastest static configuration that keeps the agreement.
 
     Searches (`compress.int8_search`) the graph format, calibration method, per-channel or per-tensor scales
@@ -257,6 +258,9 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
         the choice between configurations uses measured speed only where they differ by more than 15%, so
         timing noise beyond that can change it; 0: untimed (most faithful, then the grid's order), fully
         determined by the seed.
+    lean: where the search's equally fast graphs include one with fewer layers in fp32 than its choice, offer
+        that one too, as `int8-static-lean-onnx` (a smaller file at the same speed; the search sees agreement on
+        validation, not accuracy, so the fidelity rule on the test split judges the two).
     """
     if not formats or not calibrations or not per_channel or not optimize:
         raise ToolkitError("int8-static: formats, calibrations, per_channel and optimize each need at least one value")
@@ -269,29 +273,46 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
     found = search_int8(fp32_bytes, calibration_x, check_x, reference, min_agreement, formats=formats,
                         calibrations=calibrations, per_channel=per_channel, optimize=optimize,
                         fallback_configs=fallback_configs, rounds=latency_rounds)
-    best, config = found.best, found.best.config
+    settings = {"exporter": info.exporter, "min_agreement": min_agreement, "calibration_samples": calibration_samples,
+                "seed": seed, "samples": len(calibration_x), "check_samples": len(check_x)}
+    variants = [_static_variant(model, data, fp32_bytes, found, found.best, settings)]
+    if lean and found.lean is not None:
+        variants.append(_static_variant(model, data, fp32_bytes, found, found.lean, settings, name="int8-static-lean"))
+    return variants
+
+
+def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, found: SearchResult, chosen: Candidate,
+                    settings: dict, name: str = "int8-static") -> Variant:
+    """The Variant of one of the int8 search's graphs (`chosen`: its best, or its lean twin)."""
+    config, min_agreement = chosen.config, settings["min_agreement"]
     notes = list(found.notes)
-    notes.append(f"static {config.format.upper()} calibrated ({config.calibration}) on {len(calibration_x)} training samples")
-    weights = set(_node_weights(fp32_bytes, best.fp32_nodes))
-    check = {"samples": int(len(check_x)), "agreement": best.agreement, "target": min_agreement,
-             "reached": best.agreement >= min_agreement, "fp32_nodes": list(best.fp32_nodes),
+    if chosen is not found.best:
+        notes.append(f"this graph: the search's lean choice, {len(chosen.fp32_nodes)} layer(s) in fp32 against "
+                     f"{len(found.best.fp32_nodes)}; the fidelity rule judges both")
+    notes.append(f"static {config.format.upper()} calibrated ({config.calibration}) on {settings['samples']} "
+                 "training samples")
+    weights = set(_node_weights(fp32_bytes, chosen.fp32_nodes))
+    check = {"samples": settings["check_samples"], "agreement": chosen.agreement, "target": min_agreement,
+             "reached": chosen.agreement >= min_agreement, "fp32_nodes": list(chosen.fp32_nodes),
              "fp32_modules": sorted(weights), "steps": [{"fp32_nodes": r["fp32_nodes"], "agreement": r["agreement"]}
                                                         for r in found.rows if r["format"] == config.format
                                                         and r["calibration"] == config.calibration
                                                         and r["per_channel"] == config.per_channel
                                                         and r["optimize"] == config.optimize]}
     if not check["reached"]:
-        notes.append(f"int8 agrees with fp32 on only {best.agreement:.1%} of held-out samples (target "
+        notes.append(f"int8 agrees with fp32 on only {chosen.agreement:.1%} of held-out samples (target "
                      f"{min_agreement:.1%}) in every configuration searched: auto never chooses it")
     twin = None if model.module is None else fake_quant_twin(model.module, (nn.Linear, nn.Conv1d, nn.Conv2d),
                                                              config.per_channel, skip=weights)
-    recipe = {"method": "int8-static", "runtime": "onnxruntime", "exporter": info.exporter, "weight_type": "int8",
-              "per_channel": config.per_channel, "quantized_ops": "all supported", "min_agreement": min_agreement,
-              "fp32_nodes": list(best.fp32_nodes), "format": "QDQ" if config.format == "qdq" else "QOperator",
-              "activation_type": "uint8", "calibration": config.calibration, "graph_optimization": config.optimize,
-              "calibration_samples": calibration_samples, "seed": seed}
-    return [_finish_int8(model, data, "static", twin, recipe, best.onnx_bytes, check, notes,
-                         extra={"int8_search": found.rows})]
+    recipe = {"method": "int8-static", "runtime": "onnxruntime", "exporter": settings["exporter"],
+              "weight_type": "int8", "per_channel": config.per_channel, "quantized_ops": "all supported",
+              "min_agreement": min_agreement, "fp32_nodes": list(chosen.fp32_nodes),
+              "format": "QDQ" if config.format == "qdq" else "QOperator", "activation_type": "uint8",
+              "calibration": config.calibration, "graph_optimization": config.optimize,
+              "calibration_samples": settings["calibration_samples"], "seed": settings["seed"],
+              **({"lean": True} if name != "int8-static" else {})}
+    return _finish_int8(model, data, "static", twin, recipe, chosen.onnx_bytes, check, notes,
+                        extra={"int8_search": found.rows}, name=name)
 
 
 def _node_weights(onnx_bytes: bytes, names: list[str]) -> list[str]:

@@ -288,6 +288,32 @@ def test_a_step_differing_only_in_fallback_options_is_made_only_when_the_earlier
     assert len(calls) == 3
 
 
+def test_a_step_passes_when_any_of_its_variants_passes(digits, stand_in):
+    """int8-static can offer two graphs (its choice and a lean twin): the step's fallback is made only when
+    neither passes, whatever order they come in."""
+    from compress.base import Variant
+    from compress.checks import tiny_model
+
+    calls = []
+
+    def method(model, data, strict: bool = False):
+        """A stand-in runtime method with two variants per call."""
+        calls.append(strict)
+        return [Variant(f"first-{strict}", model, {"method": "test-two"}),
+                Variant(f"lean-{strict}", model, {"method": "test-two"})]
+
+    stand_in("test-two", role="runtime", fallback=("strict",), func=method)
+    steps = [("test-two", {}, []), ("test-two", {"strict": True}, [])]
+    for failing in ("first-False", "lean-False"):
+        calls.clear()
+        variants, _ = build_candidates(tiny_model("mlp"), digits, steps,
+                                       screen=lambda v, failing=failing: "fails" if v.name == failing else None)
+        assert calls == [False] and len(variants) == 1
+    calls.clear()
+    build_candidates(tiny_model("mlp"), digits, steps, screen=lambda v: None if v.name.endswith("True") else "fails")
+    assert calls == [False, True]
+
+
 def test_no_fallback_after_a_far_miss_of_the_agreement_rule(digits, stand_in):
     """A fallback recovers a few points of agreement (FALLBACK_REACH), not more: after a miss by more, it is
     not made, and the skipped entry says by how much the earlier step missed."""

@@ -10,7 +10,7 @@ import torch
 
 from compress import get_method
 from compress.export import export_onnx
-from compress.int8_search import TIE_BAND, Candidate, Int8Config, interleaved_latency, pick, search_int8
+from compress.int8_search import TIE_BAND, Candidate, Int8Config, interleaved_latency, lean, pick, search_int8
 from trainers import LoadedModel, TrainConfig, predict, train
 from trainers.errors import ToolkitError
 from trainers.schema import Int8SearchRow
@@ -56,6 +56,43 @@ def test_pick_prefers_agreement_within_the_tie_band_and_speed_beyond_it():
     assert pick([_candidate(0.95, 0.3), _candidate(0.97, 0.9)], 0.99).agreement == 0.97  # none reaches: most faithful
     # equal agreement and speed within the band: the grid's order decides, not timing noise
     assert pick([_candidate(1.0, 0.41, rank=3), _candidate(1.0, 0.40, rank=1), missed], 0.99).config.rank == 1
+
+
+def test_lean_is_the_fewest_fp32_layers_within_the_tie_band():
+    chosen = _candidate(0.999, 0.40, rank=0, fp32_nodes=("a", "b"))
+    one = _candidate(0.995, 0.40 * (1 + TIE_BAND) * 0.99, rank=1, fp32_nodes=("a",))
+    none = _candidate(0.993, 0.41, rank=2)
+    assert lean([chosen, one, none], chosen, 0.99) is none  # all int8, within the band, reaching the target
+    slow = _candidate(0.995, 0.40 * (1 + TIE_BAND) * 1.05, rank=2)
+    assert lean([chosen, one, slow], chosen, 0.99) is one  # beyond the band: not as fast
+    assert lean([chosen, one, _candidate(0.98, 0.30)], chosen, 0.99) is one  # under the target: never
+    assert lean([chosen, _candidate(1.0, 0.40, rank=1, fp32_nodes=("c", "d"))], chosen, 0.99) is None  # not fewer
+    assert lean([_candidate(0.999, None, fp32_nodes=("a",)), _candidate(0.995, None)],
+                _candidate(0.999, None, fp32_nodes=("a",)), 0.99) is None  # untimed: no band, no lean twin
+
+
+def test_int8_static_offers_the_lean_graph_as_a_second_variant(mlp, digits, monkeypatch):
+    """Where the search has an equally fast graph with fewer fp32 layers, int8-static returns it as well, named
+    and recorded as such; `lean=False` returns the choice alone."""
+    import compress.quantize as quantize
+
+    real = quantize.search_int8
+
+    def with_lean(fp32, calibration_x, check_x, reference, target, **kw):
+        found = real(fp32, calibration_x, check_x, reference, 1.0, **kw)  # the fragile model: a layer back in fp32
+        found.lean = real(fp32, calibration_x, check_x, reference, 0.0, **kw).best  # all int8
+        return found
+
+    monkeypatch.setattr(quantize, "search_int8", with_lean)
+    fragile = _fragile(mlp)
+    first, second = get_method("int8-static", "mlp").func(fragile, digits, latency_rounds=1, **ONE)
+    assert (first.name, second.name) == ("int8-static-onnx", "int8-static-lean-onnx")
+    assert first.recipe["fp32_nodes"] and not second.recipe["fp32_nodes"] and second.recipe["lean"] is True
+    assert second.onnx_bytes != first.onnx_bytes and second.measurements["agreement_check"]["agreement"] < 1.0
+    assert second.measurements["agreement_check"]["fp32_nodes"] == []
+    assert any("lean choice" in note for note in second.notes)
+    assert [v.name for v in get_method("int8-static", "mlp").func(fragile, digits, latency_rounds=1, lean=False,
+                                                                  **ONE)] == ["int8-static-onnx"]
 
 
 def test_search_meets_the_target_and_records_every_configuration(mlp, digits):
