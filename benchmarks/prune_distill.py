@@ -11,7 +11,8 @@ For each family (a default-trained model, cached under --work):
 For the MLP: structured pruning + global unstructured pruning + int8 + sparse
 storage, size ratio against the fp32 dense file (target >= 20x, <= 0.5 points).
 `--storage-seeds 0 1 2`: only that, once per seed, with the survivors stored int8 and shared on 16 k-means
-centroids (`sparse-codebook`, target >= 50x at <= 0.5 points).
+centroids (`sparse-codebook`, target >= 50x at <= 0.5 points), the shared ones fine-tuned on the labels and,
+side by side, distilling from the model they start from (the structured-pruned one: `teacher=True`).
 """
 
 from __future__ import annotations
@@ -93,14 +94,15 @@ def bench_structured(model, data, x256, ratio=0.5, epochs=10) -> dict:
 
 
 def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30, share_weights=False,
-                           seed=0) -> dict:
+                           seed=0, teacher=False) -> dict:
     # uniform halving first: the global split (160-32) leaves too little to take 90% sparsity on top
     # (1.7 points lost against 0.3 with 128-64, both about 40x smaller)
     [small] = structured_prune(model, data, ratio=structured, finetune_epochs=epochs, allocation="uniform", seed=seed)
     # 90% reached in three prune + fine-tune rounds, as Deep Compression does: in one round the shared weights lost
     # up to 1.9 points on a seed and the int8 survivors 1.67 (three rounds: 0.28, -0.56, 0.00 on seeds 0-2)
     store = {"share_weights": True, "steps": 3} if share_weights else {"int8": True, "steps": 3}
-    [variant] = unstructured_prune(small.model, data, ratio=sparsity, finetune_epochs=epochs, seed=seed, **store)
+    [variant] = unstructured_prune(small.model, data, ratio=sparsity, finetune_epochs=epochs, seed=seed,
+                                   teacher=teacher, **store)
     base_acc, acc = accuracy(model, data.x_test, data.y_test), accuracy(variant.model, data.x_test, data.y_test)
     with tempfile.TemporaryDirectory() as tmp:
         write_artifact(tmp, variant.model.module, variant.model.spec)
@@ -109,7 +111,7 @@ def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30,
     dense = file_size(model)
     return {"structured_ratio": structured, "structured_widths": small.recipe["widths_after"],
             "sparsity": variant.recipe["sparsity"], "codec": variant.recipe["codec"], "seed": seed,
-            "steps": variant.recipe.get("steps", 1),
+            "steps": variant.recipe.get("steps", 1), "teacher": teacher,
             "bytes": [dense, size], "size_ratio": round(dense / size, 1), "accuracy": [base_acc, acc, reloaded],
             "accuracy_drop_points": round(100 * (base_acc - reloaded), 2)}
 
@@ -123,16 +125,18 @@ def bench_storage(data, work: Path, seeds, sparsity=0.9) -> dict:
         if not (path / "model.json").is_file():
             train(data, "mlp", TrainConfig(seed=seed), out=path, progress=False)
         model = load_model(path)
-        for share in (False, True):
-            rows.append(bench_deep_compression(model, data, sparsity=sparsity, share_weights=share, seed=seed))
+        for share, teacher in ((False, False), (True, False), (True, True)):
+            rows.append(bench_deep_compression(model, data, sparsity=sparsity, share_weights=share, seed=seed,
+                                               teacher=teacher))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     summary = {}
-    for codec in ("sparse-int8", "sparse-codebook"):
-        picked = [r for r in rows if r["codec"] == codec]
-        summary[codec] = {"size_ratio": [r["size_ratio"] for r in picked],
-                          "accuracy_drop_points": [r["accuracy_drop_points"] for r in picked],
-                          "median_size_ratio": float(np.median([r["size_ratio"] for r in picked])),
-                          "worst_drop_points": max(r["accuracy_drop_points"] for r in picked)}
+    for codec, teacher in (("sparse-int8", False), ("sparse-codebook", False), ("sparse-codebook", True)):
+        picked = [r for r in rows if r["codec"] == codec and r["teacher"] == teacher]
+        summary[codec + ("+teacher" if teacher else "")] = {
+            "size_ratio": [r["size_ratio"] for r in picked],
+            "accuracy_drop_points": [r["accuracy_drop_points"] for r in picked],
+            "median_size_ratio": float(np.median([r["size_ratio"] for r in picked])),
+            "worst_drop_points": max(r["accuracy_drop_points"] for r in picked)}
     return {"runs": rows, "summary": summary}
 
 

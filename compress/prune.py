@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from typing import Annotated, Literal, get_args
 
 import torch
@@ -191,7 +192,7 @@ def _prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
 def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9, finetune_epochs: NonNegativeInt = 10,
                        int8: Bool = False, share_weights: Bool = False, steps: Annotated[int, Strict(), Field(ge=1, le=10)] = 1,
                        clusters: Annotated[int, Strict(), Field(ge=2, le=CODEBOOK_SIZE)] = CODEBOOK_SIZE,
-                       lr: PositiveFloat = 1e-3, seed: Int = 0) -> list[Variant]:
+                       teacher: Bool = False, lr: PositiveFloat = 1e-3, seed: Int = 0) -> list[Variant]:
     """Global unstructured magnitude pruning with a fixed mask, fine-tuned, stored sparse.
 
     Options:
@@ -206,6 +207,8 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9,
         steps: reach `ratio` in this many prune + fine-tune rounds, the surviving share shrinking by the same
             factor each round (0.9 in 3: 0.54, 0.78, 0.9), as Deep Compression's iterative pruning. On the digits
             MLP (3 seeds) one step lost up to 1.9 points at 90%, three steps at most 0.3.
+        teacher: every fine-tune (each round's and the centroids') distils from the model given, instead of
+            learning from the labels alone.
     """
     if int8 and share_weights:
         raise ToolkitError("compression method 'prune-unstructured': int8 and share_weights are two ways to store "
@@ -213,11 +216,13 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9,
     module = copy.deepcopy(model.module)
     params = _prunable_weights(module)
     history = {"val_accuracy": []}
+    tune = functools.partial(finetune, lr=lr, seed=seed,
+                             teacher=copy.deepcopy(model.module).eval() if teacher else None)
     for step in range(1, steps + 1):
         # the zeros of earlier rounds are the smallest magnitudes, so each round's global mask keeps them
         target = 1.0 - (1.0 - ratio) ** (step / steps)
         torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=target)
-        module, round_history = finetune(module, data, finetune_epochs, lr=lr, seed=seed)
+        module, round_history = tune(module, data, finetune_epochs)
         history["val_accuracy"] += round_history["val_accuracy"]
         for m, name in params:
             torch_prune.remove(m, name)
@@ -228,18 +233,20 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9,
                 q, scale = quantize_int8(getattr(m, name).detach())
                 getattr(m, name).copy_(q.float() * scale)
     if share_weights:
-        shared_history = _share_and_finetune(module, model.spec.family, params, data, clusters, finetune_epochs, lr, seed)
+        shared_history = _share_and_finetune(module, model.spec.family, params, data, clusters, finetune_epochs, tune,
+                                             seed)
         history["val_accuracy"] += shared_history
     total = sum(getattr(m, n).numel() for m, n in params)
     zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in params)
     recipe = {"method": "prune-unstructured", "ratio": ratio, "finetune_epochs": finetune_epochs, "int8": int8,
-              "codec": codec, "lr": lr, "seed": seed, "sparsity": round(zeros / total, 4)}
+              "codec": codec, "lr": lr, "seed": seed, "sparsity": round(zeros / total, 4), "teacher": teacher}
     if share_weights:
         recipe.update(share_weights=True, clusters=clusters)
     if steps > 1:
         recipe.update(steps=steps)
     pruned = derive_model(model, module.eval(), recipe, weights={**model.spec.weights, "codec": codec})
     name = f"prune-unstructured-{round(ratio * 100)}" + ("-int8" if int8 else "") + ("-shared" if share_weights else "")
+    name += "-teacher" if teacher else ""
     notes = [f"{zeros}/{total} weights are zero; best validation accuracy {max(history['val_accuracy']):.4f}"]
     if share_weights:
         notes.append(f"weights and biases share at most {clusters} values per tensor (4-bit indices)")
@@ -247,7 +254,7 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9,
 
 
 def _share_and_finetune(module: nn.Module, family: str, params, data: DataBundle, clusters: int, epochs: int,
-                        lr: float, seed: int) -> list[float]:
+                        tune: Callable, seed: int) -> list[float]:
     """Cluster the pruned weights and the biases, fine-tune the centroids (not for LSTMs: their fused weights
     cannot be parametrized), and leave plain parameters holding the shared values."""
     from .share import share, unshare
@@ -261,7 +268,7 @@ def _share_and_finetune(module: nn.Module, family: str, params, data: DataBundle
         return []
     share(targets, clusters, seed)
     try:
-        module, history = finetune(module, data, epochs, lr=lr, seed=seed)
+        module, history = tune(module, data, epochs)
     finally:
         unshare(targets)
     return history["val_accuracy"]

@@ -136,6 +136,33 @@ def test_a_corrupted_shared_artifact_is_refused_in_one_line(shared, tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_unstructured_fine_tunes_can_distil_from_the_model_given(shared, digits, monkeypatch):
+    """With `teacher`, every fine-tune (each round's and the centroids') learns from the model given, a frozen
+    copy of it: the given model is left as it was."""
+    import compress.prune as prune
+
+    model = shared[0]
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    teachers = []
+    real = prune.teacher_loss
+
+    def spy(teacher, *args, **kwargs):
+        teachers.append(teacher)
+        return real(teacher, *args, **kwargs)
+
+    monkeypatch.setattr(prune, "teacher_loss", spy)
+    [plain] = unstructured_prune(model, digits, ratio=0.9, finetune_epochs=1, share_weights=True)
+    assert not teachers and plain.recipe["teacher"] is False
+    [variant] = unstructured_prune(model, digits, ratio=0.9, finetune_epochs=1, share_weights=True, steps=2,
+                                   teacher=True)
+    assert variant.name == "prune-unstructured-90-shared-teacher" and variant.recipe["teacher"] is True
+    assert len({id(t) for t in teachers}) == 1 and teachers[0] is not model.module
+    batches = -(-len(digits.x_train) // 64)
+    assert len(teachers) > 3 * (batches - 1)  # two pruning rounds and the centroids' fine-tune, one epoch each
+    np.testing.assert_array_equal(predict(teachers[0], digits.x_test), predict(model.module, digits.x_test))
+    assert all(torch.equal(before[k], v) for k, v in model.module.state_dict().items())
+
+
 def test_int8_and_shared_weights_together_are_refused(shared, digits):
     model, _, _ = shared
     with pytest.raises(ToolkitError, match="choose one"):
