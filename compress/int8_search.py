@@ -12,9 +12,10 @@ one per tensor, and whether ORT's graph optimisations run on the fp32 graph befo
    under the target, the still-int8 layer with the best agreement gained per latency added moves to fp32.
 3. Among the configurations that reach the target, the fastest wins; any within TIE_BAND of it with a higher
    agreement wins instead (latency differences that small are within what a busy machine moves).
-4. The same tie band's graph with the fewest fp32 layers, where that is fewer than the choice's, is kept too
-   (`SearchResult.lean`): the smaller file at the same speed. The search sees agreement, not accuracy, so it
-   cannot tell which of the two is safe; the caller offers both and its fidelity rule judges them (an all-int8
+4. The same tie band's smallest graph, where it is at least LEAN_SAVING smaller than the choice, is kept too
+   (`SearchResult.lean`): the smaller file (usually fewer fp32 layers) at the same speed. The search sees
+   agreement, not accuracy, so it cannot tell which of the two is safe; the caller offers both and its
+   fidelity rule judges them (an all-int8
    graph of a 40-feature CNN reached the agreement target and lost 0.75 points of test accuracy; a residual
    CNN's all-int8 graph, 1.5x smaller than its choice, passed).
 
@@ -44,6 +45,7 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 TIE_BAND = 0.15  # configurations within 15% of the fastest count as equally fast: the higher agreement wins
 LATENCY_BATCH = 256
 COMPUTE_OPS = ("Gemm", "MatMul", "Conv", "LSTM")
+LEAN_SAVING = 0.10  # the lean twin (`lean`) is offered when its file is at least 10% smaller than the choice's
 _COST_FLOOR = 0.01  # a layer whose fp32 copy costs under 1% of fp32 latency counts as costing 1%
 
 
@@ -87,7 +89,7 @@ class SearchResult:
     target: float
     fp32_nodes_total: int
     notes: list[str]
-    lean: Candidate | None = None  # as fast as `best` (the tie band) with fewer fp32 layers, reaching the target
+    lean: Candidate | None = None  # as fast as `best` (the tie band), a smaller file, reaching the target
 
 
 class _Calibration:
@@ -203,11 +205,13 @@ def pick(candidates: list[Candidate], target: float, tie_band: float = TIE_BAND)
 
 
 def lean(candidates: list[Candidate], best: Candidate, target: float, tie_band: float = TIE_BAND) -> Candidate | None:
-    """The candidate of `best`'s tie band with the fewest fp32 layers, where that is fewer than `best`'s (then
-    the higher agreement, then the grid's order); None when there is none or the search was untimed."""
+    """The smallest graph of `best`'s tie band, where it is at least LEAN_SAVING smaller than `best`'s (then
+    the higher agreement, then the grid's order); None when there is none or the search was untimed. Fewer
+    fp32 layers is what usually makes it smaller, but not always: on a digits MLP an all-int8 QOperator graph
+    was 10% larger than a QDQ graph with its last layer in fp32 (scales and zero points per node)."""
     close = _equally_fast(candidates, target, tie_band) or []
-    fewer = [c for c in close if len(c.fp32_nodes) < len(best.fp32_nodes)]
-    return max(fewer, key=lambda c: (-len(c.fp32_nodes), c.agreement, -c.config.rank)) if fewer else None
+    smaller = [c for c in close if len(c.onnx_bytes) <= (1 - LEAN_SAVING) * len(best.onnx_bytes)]
+    return min(smaller, key=lambda c: (len(c.onnx_bytes), -c.agreement, c.config.rank)) if smaller else None
 
 
 def _equally_fast(candidates: list[Candidate], target: float, tie_band: float) -> list[Candidate] | None:
@@ -305,6 +309,7 @@ def search_int8(fp32_bytes: bytes, calibration_x: np.ndarray, check_x: np.ndarra
                     + (f", {best.latency_ratio:.2f}x the fp32 ONNX latency at batch {len(latency_x)}"
                        if best.latency_ratio is not None else " (untimed: the grid's order decided)"))
     if leaner is not None:
-        notes.append(f"as fast within {TIE_BAND:.0%} with {len(leaner.fp32_nodes)} layer(s) in fp32: "
-                     f"{leaner.config.label}, {leaner.agreement:.1%} agreement, {leaner.latency_ratio:.2f}x")
+        notes.append(f"as fast within {TIE_BAND:.0%} and {1 - len(leaner.onnx_bytes) / len(best.onnx_bytes):.0%} "
+                     f"smaller: {leaner.config.label} with {len(leaner.fp32_nodes)} layer(s) in fp32, "
+                     f"{leaner.agreement:.1%} agreement, {leaner.latency_ratio:.2f}x")
     return SearchResult(best=best, rows=rows, target=target, fp32_nodes_total=len(nodes), notes=notes, lean=leaner)

@@ -258,9 +258,9 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
         the choice between configurations uses measured speed only where they differ by more than 15%, so
         timing noise beyond that can change it; 0: untimed (most faithful, then the grid's order), fully
         determined by the seed.
-    lean: where the search's equally fast graphs include one with fewer layers in fp32 than its choice, offer
-        that one too, as `int8-static-lean-onnx` (a smaller file at the same speed; the search sees agreement on
-        validation, not accuracy, so the fidelity rule on the test split judges the two).
+    lean: where the search's equally fast graphs include one at least 10% smaller than its choice (usually
+        fewer layers in fp32), offer that one too, as `int8-static-lean-onnx`; the search sees agreement on
+        validation, not accuracy, so the fidelity rule on the test split judges the two.
     """
     if not formats or not calibrations or not per_channel or not optimize:
         raise ToolkitError("int8-static: formats, calibrations, per_channel and optimize each need at least one value")
@@ -287,7 +287,8 @@ def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, fou
     config, min_agreement = chosen.config, settings["min_agreement"]
     notes = list(found.notes)
     if chosen is not found.best:
-        notes.append(f"this graph: the search's lean choice, {len(chosen.fp32_nodes)} layer(s) in fp32 against "
+        notes.append(f"this graph: the search's lean choice, {len(chosen.onnx_bytes):,} bytes and "
+                     f"{len(chosen.fp32_nodes)} layer(s) in fp32, against {len(found.best.onnx_bytes):,} and "
                      f"{len(found.best.fp32_nodes)}; the fidelity rule judges both")
     notes.append(f"static {config.format.upper()} calibrated ({config.calibration}) on {settings['samples']} "
                  "training samples")

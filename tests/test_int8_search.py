@@ -42,8 +42,8 @@ def _inputs(model, digits):
     return fp32, np.ascontiguousarray(digits.x_train[:256], np.float32), check_x, predict(model.module, check_x).argmax(1)
 
 
-def _candidate(agreement, latency, rank=0, fp32_nodes=()):
-    return Candidate(Int8Config(rank=rank), list(fp32_nodes), b"", agreement, latency)
+def _candidate(agreement, latency, rank=0, fp32_nodes=(), size=0):
+    return Candidate(Int8Config(rank=rank), list(fp32_nodes), b"x" * size, agreement, latency)
 
 
 def test_pick_prefers_agreement_within_the_tie_band_and_speed_beyond_it():
@@ -58,22 +58,23 @@ def test_pick_prefers_agreement_within_the_tie_band_and_speed_beyond_it():
     assert pick([_candidate(1.0, 0.41, rank=3), _candidate(1.0, 0.40, rank=1), missed], 0.99).config.rank == 1
 
 
-def test_lean_is_the_fewest_fp32_layers_within_the_tie_band():
-    chosen = _candidate(0.999, 0.40, rank=0, fp32_nodes=("a", "b"))
-    one = _candidate(0.995, 0.40 * (1 + TIE_BAND) * 0.99, rank=1, fp32_nodes=("a",))
-    none = _candidate(0.993, 0.41, rank=2)
-    assert lean([chosen, one, none], chosen, 0.99) is none  # all int8, within the band, reaching the target
-    slow = _candidate(0.995, 0.40 * (1 + TIE_BAND) * 1.05, rank=2)
+def test_lean_is_the_smallest_graph_within_the_tie_band():
+    chosen = _candidate(0.999, 0.40, rank=0, fp32_nodes=("a", "b"), size=1000)
+    one = _candidate(0.995, 0.40 * (1 + TIE_BAND) * 0.99, rank=1, fp32_nodes=("a",), size=700)
+    none = _candidate(0.993, 0.41, rank=2, size=400)
+    assert lean([chosen, one, none], chosen, 0.99) is none  # the smallest, within the band, reaching the target
+    slow = _candidate(0.995, 0.40 * (1 + TIE_BAND) * 1.05, rank=2, size=400)
     assert lean([chosen, one, slow], chosen, 0.99) is one  # beyond the band: not as fast
-    assert lean([chosen, one, _candidate(0.98, 0.30)], chosen, 0.99) is one  # under the target: never
-    assert lean([chosen, _candidate(1.0, 0.40, rank=1, fp32_nodes=("c", "d"))], chosen, 0.99) is None  # not fewer
-    assert lean([_candidate(0.999, None, fp32_nodes=("a",)), _candidate(0.995, None)],
-                _candidate(0.999, None, fp32_nodes=("a",)), 0.99) is None  # untimed: no band, no lean twin
+    assert lean([chosen, one, _candidate(0.98, 0.30, size=400)], chosen, 0.99) is one  # under the target: never
+    assert lean([chosen, _candidate(1.0, 0.40, rank=1, size=950)], chosen, 0.99) is None  # under 10% smaller
+    assert lean([chosen, _candidate(1.0, 0.40, rank=1, size=1200)], chosen, 0.99) is None  # fewer fp32, larger
+    untimed = _candidate(0.999, None, fp32_nodes=("a",), size=1000)
+    assert lean([untimed, _candidate(0.995, None, size=400)], untimed, 0.99) is None  # untimed: no band
 
 
 def test_int8_static_offers_the_lean_graph_as_a_second_variant(mlp, digits, monkeypatch):
-    """Where the search has an equally fast graph with fewer fp32 layers, int8-static returns it as well, named
-    and recorded as such; `lean=False` returns the choice alone."""
+    """Where the search has an equally fast, smaller graph, int8-static returns it as well, named and recorded
+    as such; `lean=False` returns the choice alone."""
     import compress.quantize as quantize
 
     real = quantize.search_int8
