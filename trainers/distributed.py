@@ -324,7 +324,8 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
         raise ToolkitError(f"output directory {out} already exists; pass --overwrite to replace it")
     argv = [str(data), "--model", family, "--out", str(out)]
     for name, flag in _TRAIN_FLAGS.items():
-        argv += [flag, repr(getattr(config, name)) if name == "lr" else str(getattr(config, name))]
+        if getattr(config, name) is not None:  # unset (epochs): each process fills it in for the data
+            argv += [flag, repr(getattr(config, name)) if name == "lr" else str(getattr(config, name))]
     if config.model:
         argv += ["--arch", json.dumps(config.model)]
     argv += _table_args(table, target)
