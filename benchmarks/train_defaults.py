@@ -27,7 +27,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SETS = ("GunPoint", "ItalyPowerDemand", "ArrowHead", "ACSF1", "OSULeaf")
-FIXED = {"epochs": 100, "patience": 15, "lr_patience": 5}  # the defaults before the schedule counted steps
 
 
 def aeon_dir() -> Path | None:
@@ -74,6 +73,9 @@ def published(root: Path | None) -> dict[str, float]:
 
 def main(argv=None) -> dict:
     from trainers import TrainConfig, load_data, train
+    from trainers.fit import EPOCHS, LR_PATIENCE, PATIENCE
+
+    fixed = {"epochs": EPOCHS, "patience": PATIENCE, "lr_patience": LR_PATIENCE}  # in epochs, whatever the data
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS))
@@ -96,7 +98,7 @@ def main(argv=None) -> dict:
             for family in args.families:
                 row = {"set": name, "family": family, "train_rows": int(len(data.y_train)),
                        "published_inceptiontime": reference.get(name)}
-                for label, options in (("epochs only", FIXED), ("default", {})):
+                for label, options in (("epochs only", fixed), ("default", {})):
                     started, runs = time.perf_counter(), []
                     for seed in args.seeds:
                         result = train(data, family, TrainConfig(device="cpu", seed=seed, **options), progress=False)

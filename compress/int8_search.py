@@ -15,9 +15,8 @@ one per tensor, and whether ORT's graph optimisations run on the fp32 graph befo
 4. The same tie band's smallest graph, where it is at least LEAN_SAVING smaller than the choice, is kept too
    (`SearchResult.lean`): the smaller file (usually fewer fp32 layers) at the same speed. The search sees
    agreement, not accuracy, so it cannot tell which of the two is safe; the caller offers both and its
-   fidelity rule judges them (an all-int8
-   graph of a 40-feature CNN reached the agreement target and lost 0.75 points of test accuracy; a residual
-   CNN's all-int8 graph, 1.5x smaller than its choice, passed).
+   fidelity rule judges them (an all-int8 graph of a 40-feature CNN reached the agreement target and lost
+   0.75 points of test accuracy; a residual CNN's all-int8 graph, 1.5x smaller than its choice, passed).
 
 Latency is measured interleaved: every round times each candidate and the fp32 ONNX graph in turn (batch
 LATENCY_BATCH, one thread) and the figure kept is the median over rounds of the per-round ratio to fp32, so
