@@ -277,16 +277,17 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
                 "seed": seed, "samples": len(calibration_x), "check_samples": len(check_x)}
     variants = [_static_variant(model, data, fp32_bytes, found, found.best, settings)]
     if lean and found.lean is not None:
-        variants.append(_static_variant(model, data, fp32_bytes, found, found.lean, settings, name="int8-static-lean"))
+        variants.append(_static_variant(model, data, fp32_bytes, found, found.lean, settings))
     return variants
 
 
 def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, found: SearchResult, chosen: Candidate,
-                    settings: dict, name: str = "int8-static") -> Variant:
+                    settings: dict) -> Variant:
     """The Variant of one of the int8 search's graphs (`chosen`: its best, or its lean twin)."""
     config, min_agreement = chosen.config, settings["min_agreement"]
     notes = list(found.notes)
-    if chosen is not found.best:
+    is_lean = chosen is not found.best
+    if is_lean:
         notes.append(f"this graph: the search's lean choice, {len(chosen.onnx_bytes):,} bytes and "
                      f"{len(chosen.fp32_nodes)} layer(s) in fp32, against {len(found.best.onnx_bytes):,} and "
                      f"{len(found.best.fp32_nodes)}; the fidelity rule judges both")
@@ -311,9 +312,9 @@ def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, fou
               "format": "QDQ" if config.format == "qdq" else "QOperator", "activation_type": "uint8",
               "calibration": config.calibration, "graph_optimization": config.optimize,
               "calibration_samples": settings["calibration_samples"], "seed": settings["seed"],
-              **({"lean": True} if name != "int8-static" else {})}
+              **({"lean": True} if is_lean else {})}
     return _finish_int8(model, data, "static", twin, recipe, chosen.onnx_bytes, check, notes,
-                        extra={"int8_search": found.rows}, name=name)
+                        extra={"int8_search": found.rows}, name="int8-static-lean" if is_lean else None)
 
 
 def _node_weights(onnx_bytes: bytes, names: list[str]) -> list[str]:
