@@ -15,10 +15,13 @@ The search is cheap first, thorough last (successive halving):
    99.5% agreement after int8 at auto's own; a pruned model fine-tuned with the original as teacher after
    the one fine-tuned on the labels) is made only when the earlier variant failed narrowly; a distillation
    far behind its teacher halfway through is given up; steps beyond that core (a smaller ratio after a larger
-   one failed, a fallback after a wider miss) are made only where a step is cheap (`Exploration`);
+   one failed, a fallback after a wider miss) are made only where a step is cheap (`Exploration`); a step that
+   keeps the original's speed (unstructured pruning) is not made once a candidate made before it is clearly
+   faster (`OUTPACED`);
 2. the survivors get a short interleaved timing at the deciding setting (batch 256, one thread); one that is
-   clearly slower than the original, or far behind the fastest that may be chosen (a leader whose
-   attributions drifted leaves first), cannot be chosen and is rejected;
+   clearly slower than the original, or further behind the fastest that may be chosen than a quick timing can
+   misread plus the 10% near-tie (a leader whose attributions drifted, or that is slower than the original at
+   batch 1, leaves first: `Pace`), cannot be chosen and is rejected;
 3. the rest are timed fully (`measure.measure_all`): interleaved rounds in every setting.
 Rejected candidates are listed in `skipped` with their figures. Training inside the search (fine-tuning,
 distillation) uses the cores other processes leave free (`free_cores`), and ONNX Runtime sessions outside
@@ -74,7 +77,13 @@ WIDE_REACH = 0.10
 # faster at batch 256) over its int8-weights twin, 2x larger and 15% slower at batch 1.
 LATENCY_TIE = 0.10
 SLOWER_CUT = 0.8  # a quick speed-up under this: slower than the original beyond timing noise, never chosen
-BEHIND_CUT = 2.5  # a quick latency this many times the fastest one's: cannot become the fastest
+# A quick timing (3 short interleaved rounds) may misread a ratio of speeds by this factor. Only a candidate within
+# LATENCY_TIE of the fastest can be chosen, so one that a quick timing puts further behind than both together
+# cannot be (BEHIND_CUT); and a step whose method `keeps_speed` (unstructured pruning: the original's speed) is
+# not made once a candidate that may be chosen reads OUTPACED times the original's speed.
+QUICK_ERROR = 1.3
+OUTPACED = (1 + LATENCY_TIE) * QUICK_ERROR
+BEHIND_CUT = (1 + LATENCY_TIE) * QUICK_ERROR  # a quick latency this many times the fastest one's: never chosen
 # `Exploration`: steps beyond the core are made for steps under CHEAP_STEP_S CPU seconds, within EXPLORE_SECONDS
 # of the search's CPU time. Measured on the 40-feature set (one pruning step: a fine-tune of 10 epochs, 2 idle
 # cores): MLP 0.9-1.5 CPU seconds after a first one of 1.9-2.0 (a warm-up; the median of the steps made
@@ -235,13 +244,16 @@ def _rejected(variant: Variant, reason: str, when: str) -> dict:
 
 
 def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None, screen: Screen | None = None,
-                     budget: SearchBudget | None = None, explore: Exploration | None = None
+                     budget: SearchBudget | None = None, explore: Exploration | None = None,
+                     pace: Callable[[list[Variant]], tuple[Variant, float] | None] | None = None
                      ) -> tuple[list[Variant], list[dict]]:
     """Run every planned step through the registry; returns (variants, skipped).
 
     With `screen`, a candidate failing the fidelity rule goes to `skipped` (its figures with it) and nothing
     is chained onto it. With `budget`, steps that would overrun it are skipped, each with that reason. With
-    `explore`, the steps beyond the plan's core are made only within its CPU seconds (`Exploration`).
+    `explore`, the steps beyond the plan's core are made only within its CPU seconds (`Exploration`). With
+    `pace` (the fastest of the candidates made so far that may be chosen and its quick speed-up, `Pace`), a
+    step whose method `keeps_speed` is not made once that speed-up reaches OUTPACED: it could not be chosen.
     """
     family = model.spec.family
     variants, skipped = [], []
@@ -306,6 +318,13 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
             skipped.append({"method": name, "options": options or None, "reason": f"not tried: {why}"})
             if hopeless and "ratio" in options:
                 failed.append((name, options))
+            continue
+        lead = pace(variants) if pace is not None and variants and get_method(name).keeps_speed else None
+        if lead is not None and lead[1] >= OUTPACED:
+            skipped.append({"method": name, "options": options or None,
+                            "reason": f"not tried: it runs at the original's speed, and a quick timing puts "
+                                      f"{lead[0].name} at {lead[1]:.2f}x that (batch 256, one thread); only a "
+                                      f"candidate within {LATENCY_TIE:.0%} of the fastest can be chosen"})
             continue
         began = time.process_time()
         made_now = run(name, model, options)
@@ -490,30 +509,76 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
     """
     if not variants:
         return []
-    from .measure import Runner
-
-    quick = LatencyConfig(warmup=2, min_reps=3, max_reps=60, budget_s=min(0.06, config.budget_s / 3), rounds=3)
-    runners = [Runner(v, 1) for v in [baseline, *variants]]
-    with torch_threads(1):
-        timed = interleaved_rounds([r.raw_call() for r in runners], _batch(data.x_test, 256), quick, cpu_clock=True)
-    ratios = dict(zip(map(id, variants), (ratio_summary(timed[0]["rounds"], t["rounds"])[0] for t in timed[1:])))
+    ratios = quick_ratios(variants, baseline, data, config)
     rejected = []
-    for v in sorted(variants, key=lambda v: -ratios[id(v)]):
-        if drifted is None or ratios[id(v)] < SLOWER_CUT or not drifted(v):
-            break
-        variants.remove(v)
-        rejected.append(_rejected(v, v.notes[-1], "after a quick timing"))
-    best = max((ratios[id(v)] for v in variants), default=0.0)
+    lead = Pace(baseline, data, config, drifted).leader(variants, ratios, drop=rejected)
+    best = lead[1] if lead is not None else 0.0
     for v in list(variants):
         ratio = ratios[id(v)]
         why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch 256, one thread): slower"
                if ratio < SLOWER_CUT else
-               f"a quick timing puts it at {ratio:.2f}x the original's speed, over {BEHIND_CUT:g}x behind the "
+               f"a quick timing puts it at {ratio:.2f}x the original's speed, over {BEHIND_CUT:.2f}x behind the "
                f"fastest candidate that may be chosen ({best:.2f}x)" if ratio * BEHIND_CUT < best else None)
         if why:
             variants.remove(v)
             rejected.append(_rejected(v, why, "after a quick timing"))
     return rejected
+
+
+def quick_ratios(variants: list[Variant], baseline: Variant, data: DataBundle, config: LatencyConfig,
+                 batch: int = 256) -> dict[int, float]:
+    """A short interleaved timing (one thread, CPU clock, a third of `config`'s budget up to 60 ms a round) of
+    `variants` against `baseline` at `batch`: each one's speed-up over it (the median of per-round ratios), by
+    `id`."""
+    from .measure import Runner
+
+    quick = LatencyConfig(warmup=2, min_reps=3, max_reps=60, budget_s=min(0.06, config.budget_s / 3), rounds=3)
+    runners = [Runner(v, 1) for v in [baseline, *variants]]
+    with torch_threads(1):
+        timed = interleaved_rounds([r.raw_call() for r in runners], _batch(data.x_test, batch), quick, cpu_clock=True)
+    return dict(zip(map(id, variants), (ratio_summary(timed[0]["rounds"], t["rounds"])[0] for t in timed[1:])))
+
+
+@dataclass
+class Pace:
+    """The fastest candidate that may be chosen, by a quick timing: the yardstick of "far behind" and of a step
+    that `keeps_speed`.
+
+    A leader is passed over (and, with `drop`, leaves the candidates) when its attributions drifted (`drifted`,
+    the drift guard as a test: checked on leaders only, each an attribution pass) or when a quick timing at
+    batch 1 puts it clearly slower than the original there (it is never chosen). Otherwise a fast variant
+    excluded later cuts the ones that would have won (a residual 1-D CNN: the 50%-pruned chain led, drifted,
+    and took prune-30 + int8-static, 4.3x smaller and 5.1x faster, with it).
+    """
+
+    baseline: Variant
+    data: DataBundle
+    config: LatencyConfig
+    drifted: Callable[[Variant], bool] | None = None
+
+    def __call__(self, variants: list[Variant]) -> tuple[Variant, float] | None:
+        return self.leader(variants, quick_ratios(variants, self.baseline, self.data, self.config))
+
+    def leader(self, variants: list[Variant], ratios: dict[int, float], drop: list[dict] | None = None
+               ) -> tuple[Variant, float] | None:
+        for v in sorted(variants, key=lambda v: -ratios[id(v)]):
+            if ratios[id(v)] < SLOWER_CUT:
+                return None
+            why = (v.notes[-1] if self.drifted is not None and self.drifted(v) else
+                   f"a quick timing puts it at {b1:.2f}x the original's speed at batch 1 (one thread): slower"
+                   if (b1 := self.batch1(v)) < SLOWER_CUT else None)
+            if why is None:
+                return v, ratios[id(v)]
+            if drop is not None:
+                variants.remove(v)
+                drop.append(_rejected(v, why, "after a quick timing"))
+        return None
+
+    def batch1(self, variant: Variant) -> float:
+        if "_quick_b1" not in variant.measurements:
+            ratio = quick_ratios([variant], self.baseline, self.data, self.config, batch=1)[id(variant)]
+            variant.measurements["_quick_b1"] = ratio
+        return variant.measurements["_quick_b1"]
 
 
 def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
@@ -542,11 +607,13 @@ def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, ma
     config = config or LatencyConfig()
     budget = SearchBudget(budget_seconds, measure_s=4 * config.budget_s + 0.1,
                           start=start if start is not None else time.perf_counter())
+    drifted = drift_check(model, data, guard)
     with search_threads() as threads:
         screen = Screen(baseline, data, max_drop, min_agreement, config)
         explore = Exploration(explore_seconds, WIDE_REACH, CHEAP_STEP_S)
-        variants, skipped = build_candidates(model, data, steps, progress, screen, budget, explore)
-    skipped += quick_latency(variants, baseline, data, config, drift_check(model, data, guard))
+        variants, skipped = build_candidates(model, data, steps, progress, screen, budget, explore,
+                                             Pace(baseline, data, config, drifted))
+    skipped += quick_latency(variants, baseline, data, config, drifted)
     notes = [f"candidates made with {threads} PyTorch thread(s), the cores free when the search began"]
     over = [s for s in skipped if "search budget" in s["reason"]]
     if over:

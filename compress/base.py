@@ -65,12 +65,16 @@ class Method(Entry):
             earlier step of the method only in these options is made only when the earlier one failed the
             fidelity rule (int8 at the stricter default agreement after int8 at auto's own; a pruned model
             fine-tuned with the original as teacher after the one fine-tuned on the labels).
+        keeps_speed: its variant computes what the model given computes, at that model's speed: only what is
+            stored changes (unstructured pruning's zeros are stored sparse but multiplied dense). Auto does not
+            make it once a candidate made before it is clearly faster than the original (`auto.OUTPACED`).
     """
 
     role: str = "runtime"
     auto: Callable[[str, dict], list[dict]] | None = None
     chain: bool = False
     fallback: tuple[str, ...] = ()
+    keeps_speed: bool = False
 
     def __post_init__(self):
         if self.role not in ROLES:

@@ -188,7 +188,7 @@ def _prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
     return params
 
 
-@register_method("prune-unstructured", role="transform", auto=_auto_unstructured, needs=("torch",))
+@register_method("prune-unstructured", role="transform", auto=_auto_unstructured, needs=("torch",), keeps_speed=True)
 def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9, finetune_epochs: NonNegativeInt = 10,
                        int8: Bool = False, share_weights: Bool = False, steps: Annotated[int, Strict(), Field(ge=1, le=10)] = 1,
                        clusters: Annotated[int, Strict(), Field(ge=2, le=CODEBOOK_SIZE)] = CODEBOOK_SIZE,

@@ -571,3 +571,71 @@ def test_cpu_ticks_read_this_machine():
 
     idle, total = _cpu_ticks()
     assert 0 <= idle <= total and total > 0
+
+
+def test_a_step_that_keeps_the_original_speed_is_not_made_once_a_candidate_is_clearly_faster(digits, stand_in):
+    """Unstructured pruning multiplies its zeros dense: it runs at the original's speed, and only a candidate
+    within 10% of the fastest can be chosen. Once a candidate made before it is OUTPACED times faster in a quick
+    timing, it is not made; below that, or with nothing made yet, it is."""
+    from compress.auto import OUTPACED
+    from compress.checks import tiny_model
+
+    calls, asked = [], []
+
+    def runtime(model, data):
+        """A stand-in runtime method."""
+        calls.append("runtime")
+        return [Variant("fast", model, {"method": "test-fast"})]
+
+    def storage(model, data):
+        """A stand-in method that changes only what is stored."""
+        calls.append("storage")
+        return [Variant("sparse", model, {"method": "test-sparse"})]
+
+    stand_in("test-fast", role="runtime", func=runtime)
+    stand_in("test-sparse", role="transform", keeps_speed=True, func=storage)
+    steps = [("test-fast", {}, []), ("test-sparse", {}, [])]
+    for speed, made in ((OUTPACED * 1.01, False), (OUTPACED * 0.99, True)):
+        calls.clear()
+
+        def pace(variants, speed=speed):
+            asked.append([v.name for v in variants])
+            return variants[0], speed
+        variants, skipped = build_candidates(tiny_model("mlp"), digits, steps, screen=lambda v: None, pace=pace)
+        assert calls == (["runtime", "storage"] if made else ["runtime"]) and asked[-1] == ["fast"]
+        assert ("sparse" in [v.name for v in variants]) is made
+        if not made:
+            assert "runs at the original's speed" in skipped[-1]["reason"] and "fast" in skipped[-1]["reason"]
+    asked.clear()
+    build_candidates(tiny_model("mlp"), digits, steps[1:], screen=lambda v: None, pace=lambda v: asked.append(v))
+    build_candidates(tiny_model("mlp"), digits, steps[:1], screen=lambda v: None, pace=lambda v: asked.append(v))
+    assert asked == []  # nothing made before it, or no step that keeps the speed: no timing
+
+
+def test_the_pace_passes_over_a_leader_slower_than_the_original_at_batch_1(digits, monkeypatch):
+    """A candidate slower than the original at batch 1 is never chosen: it is no yardstick, for a step that keeps
+    the speed or for the quick timing's cut, and the quick timing drops it."""
+    import compress.auto as auto
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    baseline = auto.baseline_variant(model)
+    speeds = {256: {"slow-at-1": 5.0, "steady": 2.0, "behind": 1.5},    # x the original's speed, by batch size
+              1: {"slow-at-1": 0.5, "steady": 1.5, "behind": 1.0}}
+
+    def quick(variants, base, data, config, batch=256):
+        return {id(v): speeds[batch][v.name] for v in variants}
+
+    monkeypatch.setattr(auto, "quick_ratios", quick)
+    made = [Variant(name, model, {"method": "test"}) for name in ("slow-at-1", "steady", "behind")]
+    pace = auto.Pace(baseline, digits, auto.LatencyConfig())
+    leader, speed = pace(made)
+    assert leader.name == "steady" and speed == 2.0 and len(made) == 3   # asking does not drop anything
+    cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
+    assert [v.name for v in made] == ["steady", "behind"]   # 1.5 x 1.43 is within reach of 2.0
+    assert [c["name"] for c in cut] == ["slow-at-1"] and "at batch 1" in cut[0]["reason"]
+    speeds[256]["behind"] = 1.3 / auto.BEHIND_CUT
+    made = [Variant(name, model, {"method": "test"}) for name in ("steady", "behind")]
+    cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
+    assert [v.name for v in made] == ["steady"]
+    assert "behind the fastest candidate that may be chosen (2.00x)" in cut[0]["reason"]
