@@ -18,18 +18,20 @@ The search is cheap first, thorough last (successive halving):
    one failed, a fallback after a wider miss) are made only where a step is cheap (`Exploration`); a step that
    keeps the original's speed (unstructured pruning) is not made once a candidate made before it is clearly
    faster (`OUTPACED`);
-2. the survivors get a short interleaved timing at the deciding setting (batch 256, one thread); one that is
+2. the survivors get a short interleaved timing at the deciding setting (`serving_batch`, 256 unless told,
+   one thread); one that is
    clearly slower than the original, or further behind the fastest that may be chosen than a quick timing can
    misread plus the 10% near-tie (a leader whose attributions drifted, or that is slower than the original at
-   batch 1, leaves first: `Pace`), cannot be chosen and is rejected;
+   the other batch size, leaves first: `Pace`), cannot be chosen and is rejected;
 3. the rest are timed fully (`measure.measure_all`): interleaved rounds in every setting.
 Rejected candidates are listed in `skipped` with their figures. Training inside the search (fine-tuning,
 distillation) uses the cores other processes leave free (`free_cores`), and ONNX Runtime sessions outside
 timing do not spin. `budget_seconds` ends the making of candidates when the search would overrun it.
 
-The choice is the lowest batch-256 single-thread latency among variants that pass the fidelity rule and are
-not slower than the fp32 original at batch 256 or batch 1 (one thread); among latencies within 10% of the
-fastest, the best product of the speed-ups at batch 256 and batch 1 and the size ratio wins.
+The choice is the lowest single-thread latency at the serving batch size (256 unless `serving_batch` is 1)
+among variants that pass the fidelity rule and are not slower than the fp32 original at batch 256 or batch 1
+(one thread); among latencies within 10% of the fastest, the best product of the speed-ups at batch 256 and
+batch 1 and the size ratio wins.
 """
 
 from __future__ import annotations
@@ -43,12 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from trainers.artifact import LoadedModel, ModelSpec
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
-from trainers.options import Bool, Float, Fraction, NonNegativeInt, PositiveFloat, Ratio
+from trainers.options import Bool, Float, Fraction, Int, NonNegativeInt, PositiveFloat, Ratio
 from trainers.progress import ProgressEvent, reporter
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
@@ -59,6 +61,15 @@ from .options import AccuracyPoints
 OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
 OptionalDrift = Annotated[Float, Field(ge=0, le=1)] | None
 NonNegativeFloat = Annotated[Float, Field(ge=0)]
+
+
+def _timed_batch(n: int) -> int:
+    if n not in (1, 256):
+        raise ValueError("it must be 1 or 256, the batch sizes every variant is timed at")
+    return n
+
+
+ServingBatch = Annotated[Int, AfterValidator(_timed_batch)]
 
 # A step's fallback (`Method.fallback`) is not made after a miss of the agreement rule by more than this. The
 # teacher fine-tune of a pruned model, measured on the built-in models of signals and the 40-feature set (30%
@@ -323,8 +334,9 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
         if lead is not None and lead[1] >= OUTPACED:
             skipped.append({"method": name, "options": options or None,
                             "reason": f"not tried: it runs at the original's speed, and a quick timing puts "
-                                      f"{lead[0].name} at {lead[1]:.2f}x that (batch 256, one thread); only a "
-                                      f"candidate within {LATENCY_TIE:.0%} of the fastest can be chosen"})
+                                      f"{lead[0].name} at {lead[1]:.2f}x that (the serving batch size, one "
+                                      f"thread); only a candidate within {LATENCY_TIE:.0%} of the fastest can be "
+                                      f"chosen"})
             continue
         began = time.process_time()
         made_now = run(name, model, options)
@@ -401,7 +413,7 @@ def drift_check(model: LoadedModel, data: DataBundle, settings: dict | None) -> 
 
 
 def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBundle, settings: dict,
-                     baseline: Variant, max_drop: float) -> None:
+                     baseline: Variant, max_drop: float, batch: int = 256) -> None:
     """`drift_guard` on the variant `choose` would pick, then, while the pick drifted, on the next pick, until a
     pick keeps its attributions or none is left; unless auto's `drift_guard_on` is off (`settings`: auto's
     options as given). Only a pick is checked: each check is an attribution pass of the original and the
@@ -410,7 +422,7 @@ def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBund
     if drifted is None:
         return
     while True:
-        pick, _ = choose(baseline, variants, max_drop)
+        pick, _ = choose(baseline, variants, max_drop, batch)
         if pick is baseline or "attribution_drift" in pick.measurements:
             return
         drifted(pick)
@@ -498,24 +510,23 @@ def _removes_more(name: str, options: dict, failed_name: str, failed_options: di
 
 
 def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, config: LatencyConfig,
-                  drifted: Callable[[Variant], bool] | None = None) -> list[dict]:
-    """A short interleaved timing at the deciding setting; the variants that cannot be chosen leave `variants`
-    (in place) and are returned as `skipped` entries.
+                  drifted: Callable[[Variant], bool] | None = None, batch: int = 256) -> list[dict]:
+    """A short interleaved timing at the deciding setting (`batch`, one thread); the variants that cannot be
+    chosen leave `variants` (in place) and are returned as `skipped` entries.
 
-    The yardstick for "too far behind" is the fastest candidate that can be chosen: with `drifted` (the drift
-    guard as a test), each leader is checked first, and one whose attributions drifted leaves too. Otherwise a
-    fast variant that is excluded later cut the ones that would have won (a residual 1-D CNN: the 50%-pruned
-    chain led, drifted, and took prune-30 + int8-static, 4.3x smaller and 5.1x faster, with it).
+    The yardstick for "too far behind" is the fastest candidate that can be chosen (`Pace`): a leader whose
+    attributions drifted (with `drifted`, the drift guard as a test) or that is slower than the original at the
+    other batch size leaves first.
     """
     if not variants:
         return []
-    ratios = quick_ratios(variants, baseline, data, config)
+    ratios = quick_ratios(variants, baseline, data, config, batch)
     rejected = []
-    lead = Pace(baseline, data, config, drifted).leader(variants, ratios, drop=rejected)
+    lead = Pace(baseline, data, config, drifted, batch).leader(variants, ratios, drop=rejected)
     best = lead[1] if lead is not None else 0.0
     for v in list(variants):
         ratio = ratios[id(v)]
-        why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch 256, one thread): slower"
+        why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch {batch}, one thread): slower"
                if ratio < SLOWER_CUT else
                f"a quick timing puts it at {ratio:.2f}x the original's speed, over {BEHIND_CUT:.2f}x behind the "
                f"fastest candidate that may be chosen ({best:.2f}x)" if ratio * BEHIND_CUT < best else None)
@@ -544,20 +555,26 @@ class Pace:
     """The fastest candidate that may be chosen, by a quick timing: the yardstick of "far behind" and of a step
     that `keeps_speed`.
 
-    A leader is passed over (and, with `drop`, leaves the candidates) when its attributions drifted (`drifted`,
-    the drift guard as a test: checked on leaders only, each an attribution pass) or when a quick timing at
-    batch 1 puts it clearly slower than the original there (it is never chosen). Otherwise a fast variant
-    excluded later cuts the ones that would have won (a residual 1-D CNN: the 50%-pruned chain led, drifted,
-    and took prune-30 + int8-static, 4.3x smaller and 5.1x faster, with it).
+    Speeds are read at `batch` (the serving batch size, one thread). A leader is passed over (and, with `drop`,
+    leaves the candidates) when its attributions drifted (`drifted`, the drift guard as a test: checked on
+    leaders only, each an attribution pass) or when a quick timing at the other batch size (1 or 256) puts it
+    clearly slower than the original there (it is never chosen). Otherwise a fast variant excluded later cuts
+    the ones that would have won (a residual 1-D CNN: the 50%-pruned chain led, drifted, and took prune-30 +
+    int8-static, 4.3x smaller and 5.1x faster, with it).
     """
 
     baseline: Variant
     data: DataBundle
     config: LatencyConfig
     drifted: Callable[[Variant], bool] | None = None
+    batch: int = 256
+
+    @property
+    def other(self) -> int:
+        return 256 if self.batch == 1 else 1
 
     def __call__(self, variants: list[Variant]) -> tuple[Variant, float] | None:
-        return self.leader(variants, quick_ratios(variants, self.baseline, self.data, self.config))
+        return self.leader(variants, quick_ratios(variants, self.baseline, self.data, self.config, self.batch))
 
     def leader(self, variants: list[Variant], ratios: dict[int, float], drop: list[dict] | None = None
                ) -> tuple[Variant, float] | None:
@@ -565,8 +582,8 @@ class Pace:
             if ratios[id(v)] < SLOWER_CUT:
                 return None
             why = (v.notes[-1] if self.drifted is not None and self.drifted(v) else
-                   f"a quick timing puts it at {b1:.2f}x the original's speed at batch 1 (one thread): slower"
-                   if (b1 := self.batch1(v)) < SLOWER_CUT else None)
+                   f"a quick timing puts it at {other:.2f}x the original's speed at batch {self.other} (one thread): "
+                   f"slower" if (other := self.at_other(v)) < SLOWER_CUT else None)
             if why is None:
                 return v, ratios[id(v)]
             if drop is not None:
@@ -574,11 +591,13 @@ class Pace:
                 drop.append(_rejected(v, why, "after a quick timing"))
         return None
 
-    def batch1(self, variant: Variant) -> float:
-        if "_quick_b1" not in variant.measurements:
-            ratio = quick_ratios([variant], self.baseline, self.data, self.config, batch=1)[id(variant)]
-            variant.measurements["_quick_b1"] = ratio
-        return variant.measurements["_quick_b1"]
+    def at_other(self, variant: Variant) -> float:
+        """The variant's quick speed-up at the other batch size (timed once)."""
+        key = f"_quick_b{self.other}"
+        if key not in variant.measurements:
+            variant.measurements[key] = quick_ratios([variant], self.baseline, self.data, self.config,
+                                                     self.other)[id(variant)]
+        return variant.measurements[key]
 
 
 def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
@@ -599,11 +618,12 @@ def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
 def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, max_drop: float,
            min_agreement: float = MIN_AGREEMENT, budget_seconds: float | None = None,
            config: LatencyConfig | None = None, progress=None, start: float | None = None,
-           guard: dict | None = None, explore_seconds: float = math.inf):
+           guard: dict | None = None, explore_seconds: float = math.inf, batch: int = 256):
     """Make, screen and quickly time auto's candidates; returns (variants, skipped, notes). The survivors
     are evaluated (accuracy, agreement) but not yet timed; `baseline` is evaluated too. `guard`: auto's
     drift options (`drift_check`), applied to the quick timing's leaders. `explore_seconds`: the CPU seconds
-    within which steps beyond the plan's core are made (`Exploration`)."""
+    within which steps beyond the plan's core are made (`Exploration`). `batch`: the serving batch size, where
+    the quick timings read speed."""
     config = config or LatencyConfig()
     budget = SearchBudget(budget_seconds, measure_s=4 * config.budget_s + 0.1,
                           start=start if start is not None else time.perf_counter())
@@ -612,8 +632,8 @@ def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, ma
         screen = Screen(baseline, data, max_drop, min_agreement, config)
         explore = Exploration(explore_seconds, WIDE_REACH, CHEAP_STEP_S)
         variants, skipped = build_candidates(model, data, steps, progress, screen, budget, explore,
-                                             Pace(baseline, data, config, drifted))
-    skipped += quick_latency(variants, baseline, data, config, drifted)
+                                             Pace(baseline, data, config, drifted, batch))
+    skipped += quick_latency(variants, baseline, data, config, drifted, batch)
     notes = [f"candidates made with {threads} PyTorch thread(s), the cores free when the search began"]
     over = [s for s in skipped if "search budget" in s["reason"]]
     if over:
@@ -622,14 +642,15 @@ def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, ma
     return variants, skipped, notes
 
 
-def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple[Variant, str]:
-    """The fastest variant passing the fidelity rule (`measure.judge`) that is not slower than fp32; else the
-    baseline.
+def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: int = 256) -> tuple[Variant, str]:
+    """The fastest variant at `batch` (one thread) passing the fidelity rule (`measure.judge`) that is not
+    slower than fp32; else the baseline.
 
-    Among the variants whose batch-256 single-thread p50 is within `LATENCY_TIE` of the fastest, the best
+    Among the variants whose single-thread p50 at `batch` is within `LATENCY_TIE` of the fastest, the best
     balance of speed at batch 256 and batch 1 and size wins (`_balance`): a difference that small at batch 256
     is worth less than a file half the size or a batch-1 call 15% faster.
     """
+    setting = f"b{batch}_t1"
     eligible = [v for v in variants if v.measurements["within_budget"] and not v.measurements["slower_than_fp32"]
                 and not v.measurements.get("flips")]
     drifted = [v for v in eligible if _drifted(v)]
@@ -638,7 +659,7 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple
     if not eligible:
         return baseline, (f"no variant is within {max_drop} accuracy points, agrees with the original as required and "
                           f"is faster than the fp32 original at batch 256 and batch 1, single thread: the original is kept{excluded}")
-    p50 = {id(v): v.measurements["latency_ms"][DECISIVE]["p50"] for v in eligible}
+    p50 = {id(v): v.measurements["latency_ms"][setting]["p50"] for v in eligible}
     leader = min(eligible, key=lambda v: p50[id(v)])
     tied = [v for v in eligible if p50[id(v)] <= p50[id(leader)] * (1 + LATENCY_TIE)]
     best = max(tied, key=lambda v: (_balance(v), -p50[id(v)]))
@@ -646,10 +667,10 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float) -> tuple
     how = ("fastest" if best is leader else
            f"best balance of speed at batch 256 and 1 and size of the {len(tied)} within 10% of the fastest "
            f"({leader.name})")
-    spread = (m.get("speedup_spread") or {}).get(DECISIVE, 0.0)
-    speed = (f"timing too noisy for a speed-up at batch 256 single thread (spread {spread:.2f} > {NOISY_SPREAD})"
-             if DECISIVE in (m.get("noisy") or []) else
-             f"{m['speedup'][DECISIVE]:.2f}x faster at batch 256 single thread (spread {spread:.2f})")
+    spread = (m.get("speedup_spread") or {}).get(setting, 0.0)
+    speed = (f"timing too noisy for a speed-up at batch {batch} single thread (spread {spread:.2f} > {NOISY_SPREAD})"
+             if setting in (m.get("noisy") or []) else
+             f"{m['speedup'][setting]:.2f}x faster at batch {batch} single thread (spread {spread:.2f})")
     agreement = f", {describe_fidelity(m['fidelity'])}" if m.get("fidelity") else ""
     reason = (f"{how} of {len(eligible)} variants passing the fidelity rule and not slower than fp32: {speed}, "
               f"{m['size_ratio']:.2f}x smaller, accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop)"
@@ -680,7 +701,7 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
          distill_epochs: NonNegativeInt = 30, unstructured_ratio: OptionalRatio = 0.9,
          latency_budget_s: PositiveFloat = 0.25, min_agreement: Fraction = MIN_AGREEMENT,
          budget_seconds: PositiveFloat | None = None, explore_seconds: NonNegativeFloat = EXPLORE_SECONDS,
-         max_drift: OptionalDrift = None, drift_guard_on: Bool = True,
+         max_drift: OptionalDrift = None, drift_guard_on: Bool = True, serving_batch: ServingBatch = 256,
          progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
     """Try the candidates that fit the family, measure them, pick the fastest that keeps the fidelity rule.
 
@@ -703,6 +724,10 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
             candidate whose overlap interval lies below 0.7 x the noise floor is never chosen.
         drift_guard_on: measure the attribution drift of the variant about to be chosen (`drift_guard`; a drifted
             one is passed over for the next); off: choose on speed alone.
+        serving_batch: the batch size the model will be called with, 256 (throughput) or 1 (one request at a
+            time): the choice is the fastest there. Every variant is still timed at both, and none slower than the
+            original at either is chosen. An LSTM's fastest at 256 (bf16 PyTorch) can be 3x slower at 1 than
+            ONNX Runtime's int8: a service that answers one request at a time should say 1.
 
     Returns the candidates that passed the screening, measured; the chosen one has
     `measurements["chosen"] = True` and the reason in `measurements["reason"]` (when no candidate qualifies,
@@ -718,14 +743,14 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
     variants, skipped, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
                                       budget_seconds=budget_seconds, config=config, progress=progress, start=start,
                                       guard={"max_drift": max_drift, "drift_guard_on": drift_guard_on},
-                                      explore_seconds=explore_seconds)
+                                      explore_seconds=explore_seconds, batch=serving_batch)
     if not variants and not skipped:
         raise ToolkitError(f"auto found no compression method for a {model.spec.family} model")
     config = _timing_threads(config, notes)
     measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
     guard_candidates(model, variants, data, {"max_drift": max_drift, "drift_guard_on": drift_guard_on}, baseline,
-                     max_drop)
-    chosen, reason = choose(baseline, variants, max_drop)
+                     max_drop, serving_batch)
+    chosen, reason = choose(baseline, variants, max_drop, serving_batch)
     for v in variants:
         v.measurements["chosen"] = v is chosen
     baseline.measurements["chosen"] = chosen is baseline

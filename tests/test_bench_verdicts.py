@@ -48,3 +48,26 @@ def test_a_peer_win_at_batch_1_names_the_deciding_batch_and_the_runtime():
     why = why_short(case, "b1")
     assert why.startswith("peer wins (ORT quantize_dynamic (defaults) 4.20x, auto 1.10x)")
     assert "auto decides at batch 256, where its choice is 1.60x" in why and "PyTorch's per-call overhead" in why
+
+
+def test_the_serving_batch_1_choice_gets_its_own_verdict_at_batch_1():
+    """The second auto run (told `serving_batch=1`) is judged at batch 1 against the same best peer; a case
+    without that run has no such table."""
+    from compress_vs_peers import markdown
+
+    def row(b1: float, b256: float) -> dict:
+        return {"accuracy": 0.8, "drop_points": 0.0, "agreement": 0.99, "size_ratio": 3.6, "eligible": True,
+                "b1": {"speedup": b1, "iqr": 0.1}, "b256": {"speedup": b256, "iqr": 0.1}}
+
+    case = _case("bf16-torch", (1.1, 1.6), "ORT quantize_dynamic (defaults)", (4.0, 1.2), auto_seconds=15.0)
+    case["rows"] = {"auto: bf16-torch": row(1.1, 1.6), "auto, serving batch 1: int8-dynamic-onnx": row(4.1, 1.2),
+                    "ORT quantize_dynamic (defaults)": row(4.0, 1.2)}
+    case.update(case="signals-lstm", failed={})
+    plain = markdown([case])
+    assert "serving_batch=1" not in plain
+    case["verdict"]["b1_told"] = {"chosen": "int8-dynamic-onnx", "eligible": True,
+                                  "best_peer": "ORT quantize_dynamic (defaults)", "auto_over_best_peer": 4.1 / 4.0}
+    told = markdown([case]).split("serving_batch=1", 1)[1]
+    assert "| signals-lstm | int8-dynamic-onnx | yes | ORT quantize_dynamic (defaults) | 1.02x | met |" in told
+    case["verdict"]["b1_told"]["auto_over_best_peer"] = 0.97
+    assert "| 0.97x | tie |" in markdown([case])

@@ -240,6 +240,63 @@ def test_a_variant_slower_at_batch_256_or_at_batch_1_is_never_chosen(slow_settin
     assert chosen is base and "batch 256 and batch 1" in reason
 
 
+def _timed(name: str, rounds: dict, size: int = 50) -> Variant:
+    """A variant with its latency rounds (ms) by setting; p50 is their median."""
+    f = fidelity(np.zeros(50, int), np.zeros(50, int))
+    lat = {s: {"p50": float(np.median(r)), "p95": max(r), "reps": len(r)} for s, r in rounds.items()}
+    return Variant(name, None, {}, measurements={"accuracy": 0.9, "size_bytes": size, "latency_ms": lat,
+                                                 "rounds_ms": rounds, "fidelity": f})
+
+
+def test_the_choice_is_the_fastest_at_the_serving_batch_size():
+    """A recurrent model's fastest at batch 256 (bf16 PyTorch) can be 3x slower at batch 1 than ONNX Runtime's
+    int8: with serving_batch=1 the choice is the fastest at batch 1, and the reason says so."""
+    settings = ("b1_t1", "b1_tall", "b256_t1", "b256_tall")
+    base = _timed("fp32-torch", {s: [4.0] * 7 for s in settings}, size=100)
+    throughput = _timed("bf16", {"b1_t1": [3.5] * 7, "b1_tall": [3.5] * 7, "b256_t1": [2.0] * 7,
+                                 "b256_tall": [2.0] * 7})
+    requests = _timed("int8", {"b1_t1": [1.0] * 7, "b1_tall": [1.0] * 7, "b256_t1": [3.4] * 7,
+                               "b256_tall": [3.4] * 7})
+    for v in (base, throughput, requests):
+        compare_to_baseline(v, base, 0.5)
+    assert choose(base, [throughput, requests], 0.5)[0] is throughput
+    chosen, reason = choose(base, [throughput, requests], 0.5, batch=1)
+    assert chosen is requests and "4.00x faster at batch 1 single thread" in reason
+
+
+def test_auto_decides_at_the_serving_batch_size_it_is_told(digits, monkeypatch):
+    """The option reaches every place that reads speed: the quick timings, the drift guard's picks and the
+    choice; any other size is refused before any work."""
+    import compress.auto as auto
+    from compress.checks import tiny_model
+
+    seen = {"quick": set(), "choose": set()}
+    quick = auto.quick_ratios
+
+    def spy_quick(variants, baseline, data, config, batch=256):
+        seen["quick"].add(batch)
+        return quick(variants, baseline, data, config, batch)
+
+    def spy_choose(baseline, variants, max_drop, batch=256):
+        seen["choose"].add(batch)
+        return choose(baseline, variants, max_drop, batch)
+
+    monkeypatch.setattr(auto, "quick_ratios", spy_quick)
+    monkeypatch.setattr(auto, "choose", spy_choose)
+    model = tiny_model("mlp")
+    variants = auto.auto(model, digits, serving_batch=1, prune_ratios=(0.5,), finetune_epochs=1, distill_epochs=0,
+                         unstructured_ratio=0.0, latency_budget_s=0.02, drift_guard_on=False)
+    assert seen["choose"] == {1} and 1 in seen["quick"]
+    chosen = [v for v in variants if v.measurements["chosen"]]
+    if chosen:  # the fastest at batch 1 of the eligible ones
+        eligible = [v for v in variants if v.measurements["within_budget"] and not v.measurements["slower_than_fp32"]
+                    and not v.measurements.get("flips")]
+        fastest = min(v.measurements["latency_ms"]["b1_t1"]["p50"] for v in eligible)
+        assert chosen[0].measurements["latency_ms"]["b1_t1"]["p50"] <= fastest * (1 + auto.LATENCY_TIE)
+    with pytest.raises(ToolkitError, match="serving_batch: .*1 or 256"):
+        auto.auto(model, digits, serving_batch=64)
+
+
 def test_a_pruned_user_module_is_handed_to_chained_methods_as_pytorch():
     import dataclasses
 
