@@ -642,6 +642,19 @@ def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, ma
     return variants, skipped, notes
 
 
+def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseline: Variant, *, max_drop: float,
+           min_agreement: float, config: LatencyConfig, notes: list[str], progress=None, guard: dict | None = None,
+           batch: int = 256) -> tuple[Variant, str]:
+    """Time every candidate fully (the all-threads settings with the cores free now, `_timing_threads`), check
+    the attributions of the pick (`guard_candidates`; `guard`: auto's drift options, None: no check) and
+    choose at the serving `batch`; returns (chosen, reason). `auto` and `compress_model` both end here."""
+    config = _timing_threads(config, notes)
+    measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
+    if guard is not None:
+        guard_candidates(model, variants, data, guard, baseline, max_drop, batch)
+    return choose(baseline, variants, max_drop, batch)
+
+
 def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: int = 256) -> tuple[Variant, str]:
     """The fastest variant at `batch` (one thread) passing the fidelity rule (`measure.judge`) that is not
     slower than fp32; else the baseline.
@@ -746,11 +759,9 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
                                       explore_seconds=explore_seconds, batch=serving_batch)
     if not variants and not skipped:
         raise ToolkitError(f"auto found no compression method for a {model.spec.family} model")
-    config = _timing_threads(config, notes)
-    measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
-    guard_candidates(model, variants, data, {"max_drift": max_drift, "drift_guard_on": drift_guard_on}, baseline,
-                     max_drop, serving_batch)
-    chosen, reason = choose(baseline, variants, max_drop, serving_batch)
+    chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
+                            config=config, notes=notes, progress=progress,
+                            guard={"max_drift": max_drift, "drift_guard_on": drift_guard_on}, batch=serving_batch)
     for v in variants:
         v.measurements["chosen"] = v is chosen
     baseline.measurements["chosen"] = chosen is baseline

@@ -18,11 +18,11 @@ from trainers.errors import ToolkitError
 from trainers.options import Fraction, PositiveFloat, Ratio, check_value
 from trainers.progress import reporter
 
-from .auto import baseline_variant, choose, guard_candidates, plan, search
+from .auto import baseline_variant, plan, search, settle
 from .export import raw_rows_onnx, with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
 from .options import AccuracyPoints, CompressOptions
-from .measure import LatencyConfig, measure_all
+from .measure import LatencyConfig
 
 ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
             "slower_than_fp32", "flips", "within_budget", "pareto", "fidelity", "speedup_spread", "noisy", "rounds")
@@ -255,25 +255,26 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
     notes: list[str] = []
     report = reporter(progress, "compress", len(methods))
     baseline = baseline_variant(model)
-    budget = options.get("auto", {}).get("latency_budget_s", METHODS.options("auto")["latency_budget_s"])
-    config = LatencyConfig(budget_s=budget)
+    settings = {**METHODS.options("auto"), **_method_options("auto", options, ratio)}  # auto's, as `auto` reads them
+    config = LatencyConfig(budget_s=settings["latency_budget_s"])
     for step, name in enumerate(methods, 1):
         if name == "auto":  # its candidates are screened here, then measured with the other methods' variants
             steps = plan(model, **{**_method_options(name, options, ratio), "max_drop": max_drop,
                                    "min_agreement": min_agreement})
             made, missed, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
                                          budget_seconds=budget_seconds, config=config, progress=progress, start=start,
-                                         guard=options.get("auto", {}))
+                                         guard=options.get("auto", {}), explore_seconds=settings["explore_seconds"],
+                                         batch=settings["serving_batch"])
             variants += made
             skipped += missed
         else:
             report(step, name)
             variants += get_method(name, model).func(model, data, **_method_options(name, options, ratio))
     variants = _unique(variants)
-    measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
-    if "auto" in methods:
-        guard_candidates(model, variants, data, options.get("auto", {}), baseline, max_drop)
-    chosen, reason = choose(baseline, variants, max_drop)
+    chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
+                            config=config, notes=notes, progress=progress,
+                            guard=options.get("auto", {}) if "auto" in methods else None,
+                            batch=settings["serving_batch"] if "auto" in methods else 256)
     if any("search budget" in s["reason"] for s in skipped):
         reason += f" (search ended at --budget-seconds {budget_seconds:g}: the best of the candidates made)"
     for v in [baseline, *variants]:

@@ -297,6 +297,37 @@ def test_auto_decides_at_the_serving_batch_size_it_is_told(digits, monkeypatch):
         auto.auto(model, digits, serving_batch=64)
 
 
+def test_compress_model_runs_auto_with_every_setting_auto_itself_reads(digits, monkeypatch):
+    """`compress_model` (the CLI's path) screens and settles auto's candidates itself: the serving batch size,
+    the exploration budget and the timing with the cores free now must reach it as they reach `auto`."""
+    import compress.auto as auto
+    from compress import compress_model
+    from compress.checks import tiny_model
+
+    seen = {}
+    search, choose_, timing = auto.search, auto.choose, auto._timing_threads
+
+    def spy_search(*args, **kwargs):
+        seen["search"] = {k: kwargs.get(k) for k in ("batch", "explore_seconds")}
+        return search(*args, **kwargs)
+
+    def spy_choose(baseline, variants, max_drop, batch=256):
+        seen["choose"] = batch
+        return choose_(baseline, variants, max_drop, batch)
+
+    def spy_timing(config, notes):
+        seen["timing"] = True
+        return timing(config, notes)
+
+    monkeypatch.setattr("compress.run.search", spy_search)
+    monkeypatch.setattr(auto, "choose", spy_choose)
+    monkeypatch.setattr(auto, "_timing_threads", spy_timing)
+    options = {"auto": {"serving_batch": 1, "explore_seconds": 3.0, "prune_ratios": [0.5], "finetune_epochs": 1,
+                        "distill_epochs": 0, "unstructured_ratio": 0.0, "latency_budget_s": 0.02}}
+    compress_model(tiny_model("mlp"), digits, methods=["auto"], options=options)
+    assert seen == {"search": {"batch": 1, "explore_seconds": 3.0}, "choose": 1, "timing": True}
+
+
 def test_a_pruned_user_module_is_handed_to_chained_methods_as_pytorch():
     import dataclasses
 
