@@ -722,7 +722,7 @@ def test_the_pace_passes_over_a_leader_slower_than_the_original_at_batch_1(digit
     cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
     assert [v.name for v in made] == ["steady", "behind"]   # 1.5 x 1.43 is within reach of 2.0
     assert [c["name"] for c in cut] == ["slow-at-1"] and "at batch 1" in cut[0]["reason"]
-    speeds[256]["behind"] = 1.3 / auto.BEHIND_CUT
+    speeds[256]["behind"] = 1.3 / auto.OUTPACED
     made = [Variant(name, model, {"method": "test"}) for name in ("steady", "behind")]
     cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
     assert [v.name for v in made] == ["steady"]
