@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import DROP, KEEP, SEP, TARGET, console_progress, finish, handle_errors, info, open_model, parse_json_option
+from .common import (DROP, KEEP, SEP, TARGET, console_progress, fail, finish, handle_errors, info, open_model,
+                     parse_json_option)
 from .help import compression_methods, with_help_from
 from .render import print_table, variants_table
 from .tracking import MLFLOW, TENSORBOARD, tracker
@@ -27,6 +28,8 @@ def compress_command(
                                                   "predictions every variant must keep, less the sample's margin."),
     budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Auto tries no further candidates when "
                                                    "its search would run past this many seconds."),
+    serving_batch: Optional[int] = typer.Option(None, "--serving-batch", help="Auto chooses the fastest at this batch "
+                                                "size: 256 (throughput, the default) or 1 (one request at a time)."),
     options: Optional[str] = typer.Option(None, "--options", help='Per-method options as JSON, e.g. \'{"distill": {"epochs": 20}}\'.'),
     target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
     sep: Optional[str] = SEP,
@@ -49,6 +52,8 @@ def compress_command(
     given = {"methods": method or None, "max_drop": max_drop, "ratio": ratio, "min_agreement": min_agreement,
              "budget_seconds": budget_seconds,
              "options": parse_json_option(options, "--options") if options is not None else None}
+    if serving_batch is not None:  # an option of auto's, given as a flag: compress_model checks it with the others
+        given["options"] = _with_auto_option(given["options"] or {}, "serving_batch", serving_batch, method)
     with tracker("compress", mlflow, tensorboard) as track, console_progress() as progress:
         result = compress_model(model, data, **{key: value for key, value in given.items() if value is not None},
                                 out=out, overwrite=overwrite, table=TableOptions.of(target, keep, drop, sep),
@@ -57,6 +62,17 @@ def compress_command(
     print_table(variants_table(summary))
     info(f"chosen: {summary['chosen']['name']}: {summary['chosen']['reason']}")
     finish(summary, result.out, as_json)
+
+
+def _with_auto_option(options: dict, name: str, value, methods) -> dict:
+    """`options` with auto's option `name` set to `value` (from a flag); refused when auto is not run or the
+    --options JSON sets it too."""
+    if methods and "auto" not in methods:
+        fail(f"--{name.replace('_', '-')} is an option of auto, which this run does not use (--method {methods[0]})")
+    own = options.get("auto", {})
+    if isinstance(own, dict) and name in own and own[name] != value:
+        fail(f"--{name.replace('_', '-')} {value} and --options' auto.{name} {own[name]} disagree; give one")
+    return {**options, "auto": {**own, name: value} if isinstance(own, dict) else own}
 
 
 def _defaults() -> dict:

@@ -374,6 +374,13 @@ CASES: dict[str, dict[str, Case]] = {
             lambda c: [str(c.art.mlp), "--data", npz(c.tmp / "d.npz", x=np.full((60, 1, 8, 8), np.inf), y=np.arange(60) % 10)],
             "infinite"),
         "unknown method": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "zip"], "unknown compression method"),
+        "a serving batch size auto does not time": Case(
+            lambda c: [str(c.art.mlp), "--data", "digits", "--serving-batch", "64"], "serving_batch: value error, it must be 1 or 256"),
+        "a serving batch size without auto": Case(
+            lambda c: [str(c.art.mlp), "--data", "digits", *COMPRESS_ONE, "--serving-batch", "1"], "an option of auto"),
+        "a serving batch size twice, disagreeing": Case(
+            lambda c: [str(c.art.mlp), "--data", "digits", "--serving-batch", "1", "--options",
+                       '{"auto": {"serving_batch": 256}}'], "disagree"),
         "a text column that holds numbers here": Case(
             lambda c: [_table_model(c), "--data", _table_csv(c, numeric_colour=True), *COMPRESS_ONE],
             "column 'colour' was text at training but holds numbers here"),

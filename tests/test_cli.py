@@ -169,3 +169,22 @@ def test_bad_input_in_a_real_subprocess_has_no_traceback(tmp_path):
     result = run_cli("train", tmp_path / "missing.csv", "--model", "lstm")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: data file not found: {tmp_path / 'missing.csv'}"]
+
+
+def test_compress_serving_batch_flag_reaches_auto(tmp_path, monkeypatch):
+    """`--serving-batch 1` is auto's `serving_batch`: the choice is made at batch 1, and the run's config
+    records it with auto's other options (merged with --options, not replacing them)."""
+    import compress.auto as auto
+
+    batches = []
+    choose = auto.choose
+    monkeypatch.setattr(auto, "choose", lambda b, v, d, batch=256: batches.append(batch) or choose(b, v, d, batch))
+    assert main(["train", "digits", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "m"),
+                 "--arch", '{"hidden": [16]}']) == 0
+    options = ('{"auto": {"prune_ratios": [0.5], "finetune_epochs": 1, "distill_epochs": 0, "unstructured_ratio": 0.0,'
+               ' "latency_budget_s": 0.02}}')
+    assert main(["compress", str(tmp_path / "m"), "--data", "digits", "--serving-batch", "1", "--options", options,
+                 "--out", str(tmp_path / "c")]) == 0
+    assert batches and set(batches) == {1}
+    recorded = json.loads((tmp_path / "c" / "config.json").read_text())["options"]["auto"]
+    assert recorded["serving_batch"] == 1 and recorded["prune_ratios"] == [0.5]
