@@ -688,8 +688,25 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
     agreement = f", {describe_fidelity(m['fidelity'])}" if m.get("fidelity") else ""
     reason = (f"{how} of {len(eligible)} variants passing the fidelity rule and not slower than fp32: {speed}, "
               f"{m['size_ratio']:.2f}x smaller, accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop)"
-              f"{agreement}{excluded}")
+              f"{agreement}{excluded}{_other_batch_hint(best, eligible, batch)}")
     return best, reason
+
+
+OTHER_BATCH_HINT = 1.5  # another variant this many times faster at the other batch size is worth a line
+
+
+def _other_batch_hint(best: Variant, eligible: list[Variant], batch: int) -> str:
+    """A line for the reason when another eligible variant is much faster than the choice at the other batch
+    size (an LSTM's bf16 choice against ONNX Runtime's int8 at batch 1: 3x), and how to choose it."""
+    other = 1 if batch == 256 else 256
+    setting = f"b{other}_t1"
+    timed = [v for v in eligible if setting in v.measurements["latency_ms"]]  # as `_balance`: a setting may be absent
+    p50 = lambda v: v.measurements["latency_ms"][setting]["p50"]  # noqa: E731
+    fastest = min(timed, key=p50, default=best)
+    if all(v is not best for v in timed) or fastest is best or p50(best) < p50(fastest) * OTHER_BATCH_HINT:
+        return ""
+    return (f"; at batch {other} {fastest.name} is {p50(best) / p50(fastest):.1f}x faster than this choice "
+            f"(--serving-batch {other}, auto's serving_batch, chooses for that batch size)")
 
 
 def _balance(variant: Variant) -> float:

@@ -259,9 +259,15 @@ def test_the_choice_is_the_fastest_at_the_serving_batch_size():
                                "b256_tall": [3.4] * 7})
     for v in (base, throughput, requests):
         compare_to_baseline(v, base, 0.5)
-    assert choose(base, [throughput, requests], 0.5)[0] is throughput
+    chosen, reason = choose(base, [throughput, requests], 0.5)
+    assert chosen is throughput and "at batch 1 int8 is 3.5x faster than this choice (--serving-batch 1" in reason
     chosen, reason = choose(base, [throughput, requests], 0.5, batch=1)
     assert chosen is requests and "4.00x faster at batch 1 single thread" in reason
+    assert "at batch 256 bf16 is 1.7x faster than this choice (--serving-batch 256" in reason
+    close = _timed("int8-close", {"b1_t1": [2.5] * 7, "b1_tall": [2.5] * 7, "b256_t1": [3.4] * 7,
+                                  "b256_tall": [3.4] * 7})
+    compare_to_baseline(close, base, 0.5)
+    assert "--serving-batch" not in choose(base, [throughput, close], 0.5)[1]   # 1.4x at batch 1: no line
 
 
 def test_auto_decides_at_the_serving_batch_size_it_is_told(digits, monkeypatch):
