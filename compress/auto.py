@@ -96,6 +96,9 @@ SLOWER_CUT = 0.8  # a quick speed-up under this: slower than the original beyond
 # 0.88x against bf16's 1.62x, were timed fully and could never be chosen.)
 QUICK_ERROR = 1.3
 OUTPACED = (1 + LATENCY_TIE) * QUICK_ERROR
+# Another variant this many times faster than the choice at the other batch size (1 or 256) is worth a line in the
+# reason (`_other_batch_hint`), so the quick timing keeps the fastest there for the full timing.
+OTHER_BATCH_HINT = 1.5
 # `Exploration`: steps beyond the core are made for steps under CHEAP_STEP_S CPU seconds, within EXPLORE_SECONDS
 # of the search's CPU time. Measured on the 40-feature set (one pruning step: a fine-tune of 10 epochs, 2 idle
 # cores): MLP 0.9-1.5 CPU seconds after a first one of 1.9-2.0 (a warm-up; the median of the steps made
@@ -517,20 +520,25 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
 
     The yardstick for "too far behind" is the fastest candidate that can be chosen (`Pace`): a leader whose
     attributions drifted (with `drifted`, the drift guard as a test) or that is slower than the original at the
-    other batch size leaves first.
+    other batch size leaves first. The fastest at the other batch size stays when it is OTHER_BATCH_HINT times
+    the leader's speed there (`Pace.best_elsewhere`): it cannot be chosen at this one, but the reason names it
+    and the table shows it (an LSTM's int8 ONNX Runtime graph at batch 1, 3x its bf16 choice).
     """
     if not variants:
         return []
     ratios = quick_ratios(variants, baseline, data, config, batch)
     rejected = []
-    lead = Pace(baseline, data, config, drifted, batch).leader(variants, ratios, drop=rejected)
+    pace = Pace(baseline, data, config, drifted, batch)
+    lead = pace.leader(variants, ratios, drop=rejected)
     best = lead[1] if lead is not None else 0.0
+    spare = pace.best_elsewhere(variants, lead[0]) if lead is not None else None
     for v in list(variants):
         ratio = ratios[id(v)]
         why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch {batch}, one thread): slower"
                if ratio < SLOWER_CUT else
                f"a quick timing puts it at {ratio:.2f}x the original's speed, over {OUTPACED:.2f}x behind the "
-               f"fastest candidate that may be chosen ({best:.2f}x)" if ratio * OUTPACED < best else None)
+               f"fastest candidate that may be chosen ({best:.2f}x)" if ratio * OUTPACED < best and v is not spare
+               else None)
         if why:
             variants.remove(v)
             rejected.append(_rejected(v, why, "after a quick timing"))
@@ -594,11 +602,25 @@ class Pace:
 
     def at_other(self, variant: Variant) -> float:
         """The variant's quick speed-up at the other batch size (timed once)."""
+        self._time_other([variant])
+        return variant.measurements[f"_quick_b{self.other}"]
+
+    def best_elsewhere(self, variants: list[Variant], leader: Variant) -> Variant | None:
+        """The fastest of `variants` at the other batch size by a quick timing, when it is OTHER_BATCH_HINT times
+        `leader`'s speed there and not slower than the original; else None."""
+        self._time_other(variants)
+        speed = lambda v: v.measurements[f"_quick_b{self.other}"]  # noqa: E731
+        fastest = max(variants, key=speed)
+        return fastest if speed(fastest) >= max(1.0, OTHER_BATCH_HINT * speed(leader)) else None
+
+    def _time_other(self, variants: list[Variant]) -> None:
+        """Quick speed-ups at the other batch size, in one interleaved timing, of those not timed there yet."""
         key = f"_quick_b{self.other}"
-        if key not in variant.measurements:
-            variant.measurements[key] = quick_ratios([variant], self.baseline, self.data, self.config,
-                                                     self.other)[id(variant)]
-        return variant.measurements[key]
+        new = [v for v in variants if key not in v.measurements]
+        if new:
+            ratios = quick_ratios(new, self.baseline, self.data, self.config, self.other)
+            for v in new:
+                v.measurements[key] = ratios[id(v)]
 
 
 def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
@@ -691,8 +713,6 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
               f"{agreement}{excluded}{_other_batch_hint(best, eligible, batch)}")
     return best, reason
 
-
-OTHER_BATCH_HINT = 1.5  # another variant this many times faster at the other batch size is worth a line
 
 
 def _other_batch_hint(best: Variant, eligible: list[Variant], batch: int) -> str:

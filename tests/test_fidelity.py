@@ -733,3 +733,24 @@ def test_the_pace_passes_over_a_leader_slower_than_the_original_at_batch_1(digit
     cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
     assert [v.name for v in made] == ["steady"]
     assert "behind the fastest candidate that may be chosen (2.00x)" in cut[0]["reason"]
+
+
+def test_the_quick_timing_keeps_the_fastest_at_the_other_batch_size(digits, monkeypatch):
+    """An LSTM's int8 ONNX Runtime graph is 1.5x behind bf16 at batch 256 but 3x ahead at batch 1: it cannot be
+    chosen at 256, yet it stays for the full timing so that the reason can name it; one only a little faster at
+    batch 1 does not."""
+    import compress.auto as auto
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    baseline = auto.baseline_variant(model)
+    speeds = {256: {"bf16": 1.6, "int8": 1.0, "fp32-onnx": 0.9}, 1: {"bf16": 1.2, "int8": 4.0, "fp32-onnx": 1.7}}
+    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256:
+                        {id(v): speeds[batch][v.name] for v in variants})
+    made = [Variant(name, model, {"method": "test"}) for name in ("bf16", "int8", "fp32-onnx")]
+    cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
+    assert [v.name for v in made] == ["bf16", "int8"] and [c["name"] for c in cut] == ["fp32-onnx"]
+    speeds[1]["int8"] = 1.7   # under 1.5 x bf16's 1.2 at batch 1
+    made = [Variant(name, model, {"method": "test"}) for name in ("bf16", "int8", "fp32-onnx")]
+    auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
+    assert [v.name for v in made] == ["bf16"]
