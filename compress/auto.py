@@ -531,7 +531,9 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
     pace = Pace(baseline, data, config, drifted, batch)
     lead = pace.leader(variants, ratios, drop=rejected)
     best = lead[1] if lead is not None else 0.0
-    spare = pace.best_elsewhere(variants, lead[0]) if lead is not None else None
+    behind = lead is not None and any(SLOWER_CUT <= ratios[id(v)] and ratios[id(v)] * OUTPACED < best
+                                      for v in variants)
+    spare = pace.best_elsewhere(variants, lead[0]) if behind else None  # timed only when something is cut
     for v in list(variants):
         ratio = ratios[id(v)]
         why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch {batch}, one thread): slower"
@@ -580,7 +582,7 @@ class Pace:
 
     @property
     def other(self) -> int:
-        return 256 if self.batch == 1 else 1
+        return other_batch(self.batch)
 
     def __call__(self, variants: list[Variant]) -> tuple[Variant, float] | None:
         return self.leader(variants, quick_ratios(variants, self.baseline, self.data, self.config, self.batch))
@@ -621,6 +623,11 @@ class Pace:
             ratios = quick_ratios(new, self.baseline, self.data, self.config, self.other)
             for v in new:
                 v.measurements[key] = ratios[id(v)]
+
+
+def other_batch(batch: int) -> int:
+    """The other of the two batch sizes every variant is timed at (1 and 256)."""
+    return 256 if batch == 1 else 1
 
 
 def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
@@ -718,7 +725,7 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
 def _other_batch_hint(best: Variant, eligible: list[Variant], batch: int) -> str:
     """A line for the reason when another eligible variant is much faster than the choice at the other batch
     size (an LSTM's bf16 choice against ONNX Runtime's int8 at batch 1: 3x), and how to choose it."""
-    other = 1 if batch == 256 else 256
+    other = other_batch(batch)
     setting = f"b{other}_t1"
     timed = [v for v in eligible if setting in v.measurements["latency_ms"]]  # as `_balance`: a setting may be absent
     p50 = lambda v: v.measurements["latency_ms"][setting]["p50"]  # noqa: E731
