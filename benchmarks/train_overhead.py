@@ -25,6 +25,7 @@ The toolkit does more work than a bare loop, and the figures say which:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -32,11 +33,12 @@ import torch
 from torch import nn
 
 from trainers import TrainConfig, build_model, load_data, make_config, resolve_device, seed_everything, train
+from trainers.loop import amp_dtype, autocast
 
 
-def hand_loop(data, family, config, device, validate: bool, fused: bool = False) -> float:
+def hand_loop(data, family, config, device, validate: bool, fused: bool = False, amp=None) -> float:
     """A minimal PyTorch training loop; returns wall seconds of the whole call. `fused`: AdamW's fused kernel, as
-    the toolkit's loop uses, instead of PyTorch's default."""
+    the toolkit's loop uses, instead of PyTorch's default; `amp`: the autocast dtype (None: float32)."""
     start = time.perf_counter()
     seed_everything(config.seed)
     model = build_model(family, make_config(family, config.model), data.input_shape, data.num_classes,
@@ -51,17 +53,18 @@ def hand_loop(data, family, config, device, validate: bool, fused: bool = False)
         order = torch.randperm(len(y), device=device)
         for i in range(0, len(y), config.batch_size):
             index = order[i:i + config.batch_size]
-            loss = nn.functional.cross_entropy(model(x[index]), y[index])
+            with autocast(device, amp):
+                loss = nn.functional.cross_entropy(model(x[index]), y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         if validate:
             model.eval()
-            with torch.inference_mode():
-                nn.functional.cross_entropy(model(x_val), y_val).item()
+            with torch.inference_mode(), autocast(device, amp):
+                nn.functional.cross_entropy(model(x_val).float(), y_val).item()
     if validate:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, amp):
             (model(x_test).argmax(1) == y_test).float().mean().item()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -94,6 +97,13 @@ def main() -> None:
              "bare loop": lambda: hand_loop(data, args.family, config, device, validate=False),
              "loop + validation": lambda: hand_loop(data, args.family, config, device, validate=True),
              "same, fused AdamW": lambda: hand_loop(data, args.family, config, device, validate=True, fused=True)}
+    amp = amp_dtype(device, config.amp)
+    if amp is not None:
+        # On CUDA the toolkit trains in mixed precision by default: the hand loop with the same autocast, and the
+        # toolkit without it, separate the loop's overhead from what autocast costs or gains on this model.
+        sides["same, fused, autocast"] = lambda: hand_loop(data, args.family, config, device, validate=True,
+                                                           fused=True, amp=amp)
+        sides["toolkit, amp off"] = lambda: toolkit(data, args.family, dataclasses.replace(config, amp=False))
     for run in sides.values():  # warm-up: imports, allocator, kernels
         run()
     seconds = {name: [] for name in sides}
@@ -111,7 +121,11 @@ def main() -> None:
     # change on a shared machine hits both), with the interquartile range of those ratios.
     for other, what in (("loop + validation", "same work, PyTorch's default AdamW; target >= 0.95"),
                         ("same, fused AdamW", "same work and optimizer kernel: the loop's own overhead"),
-                        ("bare loop", "bare loop skips validation")):
+                        ("bare loop", "bare loop skips validation"),
+                        ("same, fused, autocast", "same work, kernel and autocast dtype"),
+                        ("toolkit, amp off", "mixed precision's own gain (> 1: it pays on this model)")):
+        if other not in seconds:
+            continue
         ratios = [o / t for t, o in zip(seconds["toolkit"], seconds[other])]
         q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
         print(f"ratio toolkit / {other:<17} = {statistics.median(ratios):.3f} (IQR {q3 - q1:.3f})  ({what})")
