@@ -230,3 +230,21 @@ def test_workers_end_when_their_launcher_is_killed(tmp_path):
         assert not any(_alive(pid) for pid in workers), "orphaned workers still running"
     finally:
         launcher.kill()
+
+
+def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp_path):
+    """`--amp` (mixed precision on CUDA, off by default) is a TrainConfig field the launched processes must get too."""
+    from trainers import distributed
+
+    sent = {}
+    monkeypatch.setattr(distributed, "launch", lambda options, argv, device, announce: sent.update(argv=argv) or 0)
+    assert main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "r"), "--device", "cpu", "--amp",
+                 "--nproc-per-node", "2", "--oversubscribe"]) == 0
+    assert "--amp" in sent["argv"]
+    assert main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "s"), "--device", "cpu",
+                 "--nproc-per-node", "2", "--oversubscribe"]) == 0
+    assert "--amp" not in sent["argv"]
+    # In one process: recorded in config.json (and ignored off CUDA: the CPU run trains in float32).
+    assert main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "t"), "--device", "cpu", "--amp",
+                 "--epochs", "2"]) == 0
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["amp"] is True

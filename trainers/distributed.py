@@ -314,7 +314,7 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
     options.validate(config.device)
     get_family(family)
     unsent = [name for name, value in vars(config).items()
-              if name not in (*_TRAIN_FLAGS, "model") and value != getattr(type(config)(), name)]
+              if name not in (*_TRAIN_FLAGS, "model", "amp") and value != getattr(type(config)(), name)]
     if unsent:
         raise ToolkitError(f"{', '.join(unsent)} cannot be passed to the launched processes: keep the defaults")
     if config.device.startswith("cuda") and torch.cuda.device_count() == 0:
@@ -333,7 +333,8 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
         from .images import image_size as checked_size
 
         argv += ["--image-size", str(checked_size(image_size))]
-    argv += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--json", json_output)) if on]
+    argv += [flag for flag, on in (("--amp", config.amp), ("--overwrite", overwrite), ("--resume", resume),
+                                   ("--json", json_output)) if on]
     return launch(options, [*argv, *extra_args], config.device, announce)
 
 

@@ -10,7 +10,7 @@ Randomness is seeded per epoch from `options.seed` (the shuffle, dropout, whatev
 so a resumed run continues exactly like an uninterrupted one, and two runs that differ only in their
 loss consume the same random numbers. The data are tensors already on the training device (moved
 once), batches are index slices; an input array that stays a NumPy array (memory-mapped, larger than
-memory) is read batch by batch instead (`rows`). On CUDA the forward pass may run under autocast (bf16 where
+memory) is read batch by batch instead (`rows`). On CUDA the forward pass may run under autocast (`amp`; bf16 where
 supported, else fp16 with a gradient scaler). Under torchrun every process runs the loop
 (DistributedDataParallel, sharded batches, metrics summed over ranks): see `distributed.py`.
 """
