@@ -12,7 +12,10 @@ For the MLP: structured pruning + global unstructured pruning + int8 + sparse
 storage, size ratio against the fp32 dense file (target >= 20x, <= 0.5 points).
 `--storage-seeds 0 1 2`: only that, once per seed, with the survivors stored int8 and shared on 16 k-means
 centroids (`sparse-codebook`, target >= 50x at <= 0.5 points), the shared ones fine-tuned on the labels and,
-side by side, distilling from the model they start from (the structured-pruned one: `teacher=True`).
+side by side, distilling from the model they start from (the structured-pruned one: `teacher=True`), at
+`--storage-sparsity` (default 0.87: 51.9x with shared weights, where 0.9 gives 58.6x and lost more accuracy:
+mean drop 0.0 against 0.5 points over 16 seeds, docs/results.md). The summary gives each recipe's mean,
+median and worst drop, the seeds within 0.5 points, and the teachers' own seed-to-seed spread of accuracy.
 """
 
 from __future__ import annotations
@@ -116,15 +119,16 @@ def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30,
             "accuracy_drop_points": round(100 * (base_acc - reloaded), 2)}
 
 
-def bench_storage(data, work: Path, seeds, sparsity=0.9) -> dict:
+def bench_storage(data, work: Path, seeds, sparsity=0.87) -> dict:
     """The MLP's smallest file at <= 0.5 points: one teacher per seed (trained with that seed), pruned with
     the same seed, its survivors stored int8 (`sparse-int8`) or shared on 16 centroids (`sparse-codebook`)."""
-    rows = []
+    rows, teachers = [], []
     for seed in seeds:
         path = work / f"mlp-seed{seed}"
         if not (path / "model.json").is_file():
             train(data, "mlp", TrainConfig(seed=seed), out=path, progress=False)
         model = load_model(path)
+        teachers.append(accuracy(model, data.x_test, data.y_test))
         for share, teacher in ((False, False), (True, False), (True, True)):
             rows.append(bench_deep_compression(model, data, sparsity=sparsity, share_weights=share, seed=seed,
                                                teacher=teacher))
@@ -136,8 +140,14 @@ def bench_storage(data, work: Path, seeds, sparsity=0.9) -> dict:
             "size_ratio": [r["size_ratio"] for r in picked],
             "accuracy_drop_points": [r["accuracy_drop_points"] for r in picked],
             "median_size_ratio": float(np.median([r["size_ratio"] for r in picked])),
-            "worst_drop_points": max(r["accuracy_drop_points"] for r in picked)}
-    return {"runs": rows, "summary": summary}
+            "mean_drop_points": round(float(np.mean([r["accuracy_drop_points"] for r in picked])), 2),
+            "median_drop_points": float(np.median([r["accuracy_drop_points"] for r in picked])),
+            "worst_drop_points": max(r["accuracy_drop_points"] for r in picked),
+            "seeds_within_half_point": sum(r["accuracy_drop_points"] <= 0.5 for r in picked)}
+    # The yardstick for a drop: how much the uncompressed model's own test accuracy moves from seed to seed.
+    spread = {"accuracy_points": [round(100 * a, 2) for a in teachers],
+              "std_points": round(100 * float(np.std(teachers, ddof=1)), 2) if len(teachers) > 1 else None}
+    return {"sparsity": sparsity, "runs": rows, "summary": summary, "teachers": spread}
 
 
 def bench_distill(model, data, options, seeds=(0,)) -> dict:
@@ -163,12 +173,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip", nargs="*", default=[], choices=["structured", "deep", "distill"])
     parser.add_argument("--storage-seeds", nargs="*", type=int, default=[],
                         help="only the MLP storage benchmark: one teacher per seed, int8 vs shared weights")
+    parser.add_argument("--storage-sparsity", type=float, default=0.87,
+                        help="the storage benchmark's global unstructured sparsity after the structured 50%%")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="distillation seeds")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     data = load_data(args.data)
     if args.storage_seeds:
-        results = bench_storage(data, args.work, args.storage_seeds)
+        results = bench_storage(data, args.work, args.storage_seeds, args.storage_sparsity)
         text = json.dumps(results, indent=2)
         if args.out:
             args.out.write_text(text)
