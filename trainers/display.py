@@ -7,6 +7,10 @@ repr stays one short line (under `MAX_REPR` characters) and the tables go into t
 from __future__ import annotations
 
 from html import escape
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: pandas is imported when a table is asked for
+    import pandas
 
 MAX_REPR = 300
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")

@@ -12,6 +12,10 @@ from __future__ import annotations
 import functools
 import io
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
 
 PALETTE = ("#1f5fa8", "#d9822b", "#2a9d4b", "#b23a48", "#7a4eab", "#5b6770", "#c2a000", "#0f8b8d")
 
