@@ -4,6 +4,7 @@ default (epochs and patience covering a least number of optimizer steps, `TrainC
     pip install aeon --no-deps      # only for its bundled UCR files; nothing of aeon is imported
     python benchmarks/train_defaults.py [--sets GunPoint ItalyPowerDemand ArrowHead ACSF1 OSULeaf]
                                         [--families mlp cnn] [--seeds 0 1 2] [--out result.json]
+                                        [--heads flatten gap]   # the CNN's two heads instead of the schedules
 
 Each set is the UCR archive's own train/test split, read from the `.ts` files that the aeon package ships
 (`--ts-dir` to give another copy). Every configuration is trained with each seed on the same data; the table
@@ -52,8 +53,10 @@ def read_ts(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def to_npz(name: str, ts_dir: Path, out: Path) -> Path:
-    x, y = read_ts(ts_dir / name / f"{name}_TRAIN.ts")
-    x_test, y_test = read_ts(ts_dir / name / f"{name}_TEST.ts")
+    """`name`'s split as an .npz; `NAME_eq` is the equal-length copy aeon keeps in NAME's folder."""
+    folder = ts_dir / name.removesuffix("_eq")
+    x, y = read_ts(folder / f"{name}_TRAIN.ts")
+    x_test, y_test = read_ts(folder / f"{name}_TEST.ts")
     classes = sorted(set(y) | set(y_test))
     index = {c: i for i, c in enumerate(classes)}
     path = out / f"{name}.npz"
@@ -83,8 +86,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--ts-dir", type=Path, help="a folder of <set>/<set>_TRAIN.ts and _TEST.ts files "
                                                      "(default: the installed aeon package's)")
+    parser.add_argument("--heads", nargs="+", choices=["flatten", "gap"],
+                        help="compare the CNN's heads (`arch.head`) on the default schedule instead of the schedules")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    arms = ({f"head {head}": {"model": {"head": head}} for head in args.heads} if args.heads
+            else {"epochs only": fixed, "default": {}})
     root = aeon_dir()
     ts_dir = args.ts_dir or (root / "datasets/data" if root else None)
     if ts_dir is None or not ts_dir.is_dir():
@@ -98,7 +105,7 @@ def main(argv=None) -> dict:
             for family in args.families:
                 row = {"set": name, "family": family, "train_rows": int(len(data.y_train)),
                        "published_inceptiontime": reference.get(name)}
-                for label, options in (("epochs only", fixed), ("default", {})):
+                for label, options in arms.items():
                     started, runs = time.perf_counter(), []
                     for seed in args.seeds:
                         result = train(data, family, TrainConfig(device="cpu", seed=seed, **options), progress=False)
@@ -108,16 +115,16 @@ def main(argv=None) -> dict:
                                   "seconds": round(time.perf_counter() - started, 1)}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    print("| set | family | train rows | epochs only: mean (per seed) | default: mean (per seed) | "
-          "InceptionTime (published) |")
-    print("| --- | --- | ---: | --- | --- | ---: |")
+    print("| set | family | train rows | " + " | ".join(f"{label}: mean (per seed)" for label in arms)
+          + " | InceptionTime (published) |")
+    print("| --- | --- | ---: | " + " | ".join("---" for _ in arms) + " | ---: |")
     for r in rows:
         cells = []
-        for label in ("epochs only", "default"):
+        for label in arms:
             seeds = ", ".join(f"{x['test_accuracy']:.3f}" for x in r[label]["runs"])
             cells.append(f"{r[label]['mean']:.3f} ({seeds})")
         ref = r["published_inceptiontime"]
-        print(f"| {r['set']} | {r['family']} | {r['train_rows']} | {cells[0]} | {cells[1]} | "
+        print(f"| {r['set']} | {r['family']} | {r['train_rows']} | {' | '.join(cells)} | "
               f"{'' if ref is None else f'{ref:.3f}'} |")
     results = {"rows": rows}
     if args.out:

@@ -49,6 +49,7 @@ def test_family_contract(family, check):
     ("mlp", {"hidden": [8], "width": 3}, "mlp config width: unknown option"),
     ("cnn", {"kernel_size": 4}, "cnn config kernel_size: value error, must be odd"),
     ("cnn", {"channels": "16"}, "cnn config channels: input should be a valid list"),
+    ("cnn", {"head": "max"}, "cnn config head: input should be 'flatten' or 'gap', got 'max'"),
     ("lstm", {"hidden": []}, "lstm config hidden: list should have at least 1 item"),
     ("lstm", {"bidirectional": "yes"}, "lstm config bidirectional: input should be a valid boolean"),
 ])
@@ -200,3 +201,32 @@ def test_load_rejects_non_artifacts(case, tmp_path):
             (target / "model.safetensors").unlink()
     with pytest.raises(ArtifactError):
         load_model(target)
+
+
+@pytest.mark.parametrize("layout", ["signal", "image"])
+def test_cnn_gap_head_pools_each_channel_and_survives_pruning_and_export(layout, tmp_path):
+    """`head: gap` feeds one value per channel to the dense layers (however long the input), and the pruned and
+    exported model still predicts what the PyTorch one does."""
+    import onnxruntime as ort
+
+    from compress import export_onnx
+    from compress.prune import structured_prune
+
+    x, y = synthetic(SHAPES[layout])
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    result = train(str(tmp_path / "d.npz"), "cnn", TrainConfig(epochs=3, model={"head": "gap", "channels": [8, 16]}),
+                   out=tmp_path / "run", progress=False)
+    module = result.model.module
+    assert module.classifier[0].in_features == 16   # the last block's channels, not channels x positions
+    longer = build_model("cnn", make_config("cnn", {"head": "gap", "channels": [8, 16]}),
+                         (SHAPES[layout][0], *[4 * s for s in SHAPES[layout][1:]]), 3, 0.0, 1.0)
+    assert longer.classifier[0].in_features == 16
+    loaded = load_model(tmp_path / "run")
+    assert loaded.spec.config["head"] == "gap"
+    data = load_data(str(tmp_path / "d.npz"))
+    np.testing.assert_array_equal(predict(result.model, data.x_test), predict(loaded, data.x_test))
+    [pruned] = structured_prune(loaded, data, ratio=0.5, finetune_epochs=1)
+    assert pruned.model.module.classifier[0].in_features == 8
+    session = ort.InferenceSession(export_onnx(pruned.model, data), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: data.x_test})[0]
+    np.testing.assert_allclose(onnx_out, predict(pruned.model, data.x_test), atol=1e-4)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -264,13 +264,17 @@ class MLP(nn.Module):
 @dataclass
 class CNNConfig:
     """channels: output channels of each conv block (conv, ReLU, 2x max-pool);
-    hidden: widths of the dense layers after flattening."""
+    hidden: widths of the dense layers after the last block;
+    head: how the last feature map reaches the dense layers: `flatten` (every position a separate input: keeps
+    where in the input a shape is; the default) or `gap` (global average pooling, one value per channel: for long
+    series, where the flattened map is thousands of inputs for few training rows; docs/results.md)."""
 
     __pydantic_config__ = FORBID_EXTRA
     channels: list[PositiveInt] = field(default_factory=lambda: [32, 64])
     kernel_size: OddKernel = 3
     hidden: list[PositiveInt] = field(default_factory=lambda: [128])
     dropout: Dropout = 0.2
+    head: Literal["flatten", "gap"] = "flatten"
 
 
 @register_family("cnn", CNNConfig, "convolutional net: Conv1d for (F,) and (C, L), Conv2d for (C, H, W)",
@@ -294,6 +298,11 @@ class CNN(nn.Module):
             in_channels = out_channels
         self.unsqueeze = len(input_shape) == 1
         self.features = nn.Sequential(*layers)
+        if config.head == "gap":
+            self.pool = (nn.AdaptiveAvgPool1d if len(spatial) == 1 else nn.AdaptiveAvgPool2d)(1)
+            size = [1] * len(size)
+        else:
+            self.pool = nn.Identity()
         self.flatten = nn.Flatten()
         flat = in_channels * int(np.prod(size))
         self.classifier, width = _dense_stack([flat] + list(config.hidden), config.dropout)
@@ -303,7 +312,7 @@ class CNN(nn.Module):
         x = self.standardize(x)
         if self.unsqueeze:
             x = x.unsqueeze(1)
-        return self.head(self.classifier(self.flatten(self.features(x))))
+        return self.head(self.classifier(self.flatten(self.pool(self.features(x)))))
 
 
 @dataclass
