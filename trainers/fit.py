@@ -69,8 +69,8 @@ class TrainConfig:
     seed: Seed = 0
     # Mixed precision (bf16 autocast) on CUDA: off by default. On an H200 the toolkit's models trained 1.28-1.33x
     # faster in float32 than under autocast (MLP, CNN, LSTM on digits, batch 64; docs/results.md, "On a GPU"): at
-    # these sizes the per-layer casts cost more than the smaller matrix products save. `amp: true` in a config
-    # file turns it on for a model large enough to gain from it.
+    # these sizes the per-layer casts cost more than the smaller matrix products save. `toolkit train --amp` (or
+    # `amp: true` in a pipeline config) turns it on for a model large enough to gain from it.
     amp: Bool = False
     model: Annotated[dict, Field(validation_alias=AliasChoices("arch", "model"), serialization_alias="arch")] = field(
         default_factory=dict)
