@@ -1,6 +1,7 @@
 """Training-loop overhead: `trainers.train` against a minimal hand-written PyTorch loop.
 
     python benchmarks/train_overhead.py [auto|cpu|cuda] [--family mlp] [--data digits] [--epochs 20] [--reps 5] [--threads N]
+                                        [--amp]
 
 Both sides get the same data (loaded once, outside the timings), the same model (built with
 `trainers.build_model` from the same seed), the same AdamW settings, batch size, device and
@@ -87,20 +88,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--amp", action="store_true", help="the toolkit in mixed precision (CUDA; off by default), "
+                        "timed beside the hand loop under the same autocast and the toolkit in float32")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load_data(args.data)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=str(device), patience=10**6)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=str(device), patience=10**6,
+                         amp=args.amp)
     sides = {"toolkit": lambda: toolkit(data, args.family, config),
              "bare loop": lambda: hand_loop(data, args.family, config, device, validate=False),
              "loop + validation": lambda: hand_loop(data, args.family, config, device, validate=True),
              "same, fused AdamW": lambda: hand_loop(data, args.family, config, device, validate=True, fused=True)}
     amp = amp_dtype(device, config.amp)
     if amp is not None:
-        # On CUDA the toolkit trains in mixed precision by default: the hand loop with the same autocast, and the
-        # toolkit without it, separate the loop's overhead from what autocast costs or gains on this model.
+        # With --amp on CUDA: the hand loop under the same autocast, and the toolkit without it, separate the
+        # loop's overhead from what autocast costs or gains on this model.
         sides["same, fused, autocast"] = lambda: hand_loop(data, args.family, config, device, validate=True,
                                                            fused=True, amp=amp)
         sides["toolkit, amp off"] = lambda: toolkit(data, args.family, dataclasses.replace(config, amp=False))
