@@ -71,3 +71,15 @@ def test_the_serving_batch_1_choice_gets_its_own_verdict_at_batch_1():
     assert "| signals-lstm | int8-dynamic-onnx | yes | ORT quantize_dynamic (defaults) | 1.02x | met |" in told
     case["verdict"]["b1_told"]["auto_over_best_peer"] = 0.97
     assert "| 0.97x | tie |" in markdown([case])
+
+
+def test_gpu_attribution_benchmark_refuses_without_a_gpu_in_one_line(capsys, monkeypatch):
+    """The GPU benchmark on a machine without CUDA: one line on stderr and exit code 2, before any training."""
+    import torch
+
+    import gpu_attribution
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_attribution.main(["--families", "mlp"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a CUDA GPU" in err
