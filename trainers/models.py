@@ -296,13 +296,11 @@ class CNN(nn.Module):
                 layers.append(pool(2))
                 size = [s // 2 for s in size]
             in_channels = out_channels
+        if config.head == "gap":  # the last block's map averaged to one value per channel
+            layers.append((nn.AdaptiveAvgPool1d if len(spatial) == 1 else nn.AdaptiveAvgPool2d)(1))
+            size = [1] * len(size)
         self.unsqueeze = len(input_shape) == 1
         self.features = nn.Sequential(*layers)
-        if config.head == "gap":
-            self.pool = (nn.AdaptiveAvgPool1d if len(spatial) == 1 else nn.AdaptiveAvgPool2d)(1)
-            size = [1] * len(size)
-        else:
-            self.pool = nn.Identity()
         self.flatten = nn.Flatten()
         flat = in_channels * int(np.prod(size))
         self.classifier, width = _dense_stack([flat] + list(config.hidden), config.dropout)
@@ -312,7 +310,7 @@ class CNN(nn.Module):
         x = self.standardize(x)
         if self.unsqueeze:
             x = x.unsqueeze(1)
-        return self.head(self.classifier(self.flatten(self.pool(self.features(x)))))
+        return self.head(self.classifier(self.flatten(self.features(x))))
 
 
 @dataclass
