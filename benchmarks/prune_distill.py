@@ -136,14 +136,11 @@ def bench_storage(data, work: Path, seeds, sparsity=0.87) -> dict:
     summary = {}
     for codec, teacher in (("sparse-int8", False), ("sparse-codebook", False), ("sparse-codebook", True)):
         picked = [r for r in rows if r["codec"] == codec and r["teacher"] == teacher]
+        sizes, drops = [r["size_ratio"] for r in picked], [r["accuracy_drop_points"] for r in picked]
         summary[codec + ("+teacher" if teacher else "")] = {
-            "size_ratio": [r["size_ratio"] for r in picked],
-            "accuracy_drop_points": [r["accuracy_drop_points"] for r in picked],
-            "median_size_ratio": float(np.median([r["size_ratio"] for r in picked])),
-            "mean_drop_points": round(float(np.mean([r["accuracy_drop_points"] for r in picked])), 2),
-            "median_drop_points": float(np.median([r["accuracy_drop_points"] for r in picked])),
-            "worst_drop_points": max(r["accuracy_drop_points"] for r in picked),
-            "seeds_within_half_point": sum(r["accuracy_drop_points"] <= 0.5 for r in picked)}
+            "size_ratio": sizes, "accuracy_drop_points": drops, "median_size_ratio": float(np.median(sizes)),
+            "mean_drop_points": round(float(np.mean(drops)), 2), "median_drop_points": float(np.median(drops)),
+            "worst_drop_points": max(drops), "seeds_within_half_point": sum(d <= 0.5 for d in drops)}
     # The yardstick for a drop: how much the uncompressed model's own test accuracy moves from seed to seed.
     spread = {"accuracy_points": [round(100 * a, 2) for a in teachers],
               "std_points": round(100 * float(np.std(teachers, ddof=1)), 2) if len(teachers) > 1 else None}
