@@ -30,6 +30,9 @@ def compress_command(
                                                    "its search would run past this many seconds."),
     serving_batch: Optional[int] = typer.Option(None, "--serving-batch", help="Auto chooses the fastest at this batch "
                                                 "size: 256 (throughput, the default) or 1 (one request at a time)."),
+    by_batch: Optional[bool] = typer.Option(None, "--by-batch/--one-model", help="Auto may choose two models in one "
+                                            "artifact, each serving the batch sizes it is faster at (the default), "
+                                            "or one model, the fastest at --serving-batch."),
     options: Optional[str] = typer.Option(None, "--options", help='Per-method options as JSON, e.g. \'{"distill": {"epochs": 20}}\'.'),
     target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
     sep: Optional[str] = SEP,
@@ -54,6 +57,8 @@ def compress_command(
              "options": parse_json_option(options, "--options") if options is not None else None}
     if serving_batch is not None:  # an option of auto's, given as a flag: compress_model checks it with the others
         given["options"] = _with_auto_option(given["options"] or {}, "serving_batch", serving_batch, method)
+    if by_batch is not None:
+        given["options"] = _with_auto_option(given["options"] or {}, "by_batch", by_batch, method)
     with tracker("compress", mlflow, tensorboard) as track, console_progress() as progress:
         result = compress_model(model, data, **{key: value for key, value in given.items() if value is not None},
                                 out=out, overwrite=overwrite, table=TableOptions.of(target, keep, drop, sep),
@@ -68,11 +73,17 @@ def _with_auto_option(options: dict, name: str, value, methods) -> dict:
     """`options` with auto's option `name` set to `value` (from a flag); refused when auto is not run or the
     --options JSON sets it too."""
     if methods and "auto" not in methods:
-        fail(f"--{name.replace('_', '-')} is an option of auto, which this run does not use (--method {methods[0]})")
+        fail(f"{_flag(name, value)} is an option of auto, which this run does not use (--method {methods[0]})")
     own = options.get("auto", {})
     if isinstance(own, dict) and name in own and own[name] != value:
-        fail(f"--{name.replace('_', '-')} {value} and --options' auto.{name} {own[name]} disagree; give one")
+        fail(f"{_flag(name, value)} and --options' auto.{name} {own[name]} disagree; give one")
     return {**options, "auto": {**own, name: value} if isinstance(own, dict) else own}
+
+
+def _flag(name: str, value) -> str:
+    if name == "by_batch":
+        return "--by-batch" if value else "--one-model"
+    return f"--{name.replace('_', '-')} {value}"
 
 
 def _defaults() -> dict:

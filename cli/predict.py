@@ -31,7 +31,9 @@ def predict_command(
         ensure_writable_parent(out)
     with console_progress() as progress:
         model, table = predict_file(model_dir, data, variant=variant, batch_size=batch_size, progress=progress)
-    info(f"{len(table)} rows predicted with {model.source} ({model.runtime})")
+    routed = (f"; calls under {model.spec.serve['below_batch']} rows: {model.small.runtime} ({model.spec.serve['dir']}/)"
+              if model.small is not None else "")
+    info(f"{len(table)} rows predicted with {model.source} ({model.runtime}{routed})")
     if out is not None:
         atomic_write_text(out, table.to_csv(index=False))
     if as_json:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable
 
+import numpy as np
 from pydantic import AfterValidator, Field
 
 from trainers.artifact import LoadedModel, ModelSpec
@@ -54,8 +55,9 @@ from trainers.options import Bool, Float, Fraction, Int, NonNegativeInt, Positiv
 from trainers.progress import ProgressEvent, reporter
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
-from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, LatencyConfig, describe_fidelity, evaluate, fidelity,
-                      interleaved_rounds, judge, measure_all, ratio_summary, torch_threads, _batch)
+from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, LatencyConfig, Runner, compare_to_baseline,
+                      describe_fidelity, evaluate, fidelity, interleaved_rounds, judge, measure_all, pareto_front, ratio_summary,
+                      torch_threads, _batch)
 from .options import AccuracyPoints
 
 OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
@@ -99,6 +101,13 @@ OUTPACED = (1 + LATENCY_TIE) * QUICK_ERROR
 # Another variant this many times faster than the choice at the other batch size (1 or 256) is worth a line in the
 # reason (`_other_batch_hint`), so the quick timing keeps the fastest there for the full timing.
 OTHER_BATCH_HINT = 1.5
+# With `by_batch` (auto's default), a variant that may be chosen and is this much faster than the choice at the
+# other batch size serves that side (`by_batch`): one artifact, each call run by the faster of the two for its
+# size. Past the near-tie: within it the choice's balance already weighed both sizes.
+BY_BATCH_GAIN = 1 + LATENCY_TIE
+# The batch sizes between 1 and 256 at which the two members of a routed variant are timed to find where the
+# large-batch member stops being slower (`crossover`).
+CUT_SIZES = (2, 4, 8, 16, 32, 64, 128)
 # `Exploration`: steps beyond the core are made for steps under CHEAP_STEP_S CPU seconds, within EXPLORE_SECONDS
 # of the search's CPU time. Measured on the 40-feature set (one pruning step: a fine-tune of 10 epochs, 2 idle
 # cores): MLP 0.9-1.5 CPU seconds after a first one of 1.9-2.0 (a warm-up; the median of the steps made
@@ -514,15 +523,17 @@ def _removes_more(name: str, options: dict, failed_name: str, failed_options: di
 
 
 def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, config: LatencyConfig,
-                  drifted: Callable[[Variant], bool] | None = None, batch: int = 256) -> list[dict]:
+                  drifted: Callable[[Variant], bool] | None = None, batch: int = 256,
+                  gain: float = OTHER_BATCH_HINT) -> list[dict]:
     """A short interleaved timing at the deciding setting (`batch`, one thread); the variants that cannot be
     chosen leave `variants` (in place) and are returned as `skipped` entries.
 
     The yardstick for "too far behind" is the fastest candidate that can be chosen (`Pace`): a leader whose
     attributions drifted (with `drifted`, the drift guard as a test) or that is slower than the original at the
-    other batch size leaves first. The fastest at the other batch size stays when it is OTHER_BATCH_HINT times
-    the leader's speed there (`Pace.best_elsewhere`): it cannot be chosen at this one, but the reason names it
-    and the table shows it (an LSTM's int8 ONNX Runtime graph at batch 1, 3x its bf16 choice).
+    other batch size leaves first. The fastest at the other batch size stays when it is `gain` times the
+    leader's speed there (`Pace.best_elsewhere`; OTHER_BATCH_HINT, or BY_BATCH_GAIN where auto routes by batch
+    size): it cannot be chosen at this one, but it may serve the other side of a routed variant (`by_batch`),
+    and the reason names it (an LSTM's int8 ONNX Runtime graph at batch 1, 3x its bf16 choice).
     """
     if not variants:
         return []
@@ -533,7 +544,7 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
     best = lead[1] if lead is not None else 0.0
     behind = lead is not None and any(SLOWER_CUT <= ratios[id(v)] and ratios[id(v)] * OUTPACED < best
                                       for v in variants)
-    spare = pace.best_elsewhere(variants, lead[0]) if behind else None  # timed only when something is cut
+    spare = pace.best_elsewhere(variants, lead[0], gain) if behind else None  # timed only when something is cut
     for v in list(variants):
         ratio = ratios[id(v)]
         why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch {batch}, one thread): slower"
@@ -607,13 +618,14 @@ class Pace:
         self._time_other([variant])
         return variant.measurements[f"_quick_b{self.other}"]
 
-    def best_elsewhere(self, variants: list[Variant], leader: Variant) -> Variant | None:
-        """The fastest of `variants` at the other batch size by a quick timing, when it is OTHER_BATCH_HINT times
+    def best_elsewhere(self, variants: list[Variant], leader: Variant, gain: float = OTHER_BATCH_HINT
+                       ) -> Variant | None:
+        """The fastest of `variants` at the other batch size by a quick timing, when it is `gain` times
         `leader`'s speed there and not slower than the original; else None."""
         self._time_other(variants)
         speed = lambda v: v.measurements[f"_quick_b{self.other}"]  # noqa: E731
         fastest = max(variants, key=speed)
-        return fastest if speed(fastest) >= max(1.0, OTHER_BATCH_HINT * speed(leader)) else None
+        return fastest if speed(fastest) >= max(1.0, gain * speed(leader)) else None
 
     def _time_other(self, variants: list[Variant]) -> None:
         """Quick speed-ups at the other batch size, in one interleaved timing, of those not timed there yet."""
@@ -648,12 +660,13 @@ def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
 def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, max_drop: float,
            min_agreement: float = MIN_AGREEMENT, budget_seconds: float | None = None,
            config: LatencyConfig | None = None, progress=None, start: float | None = None,
-           guard: dict | None = None, explore_seconds: float = math.inf, batch: int = 256):
+           guard: dict | None = None, explore_seconds: float = math.inf, batch: int = 256, by_batch: bool = False):
     """Make, screen and quickly time auto's candidates; returns (variants, skipped, notes). The survivors
     are evaluated (accuracy, agreement) but not yet timed; `baseline` is evaluated too. `guard`: auto's
     drift options (`drift_check`), applied to the quick timing's leaders. `explore_seconds`: the CPU seconds
     within which steps beyond the plan's core are made (`Exploration`). `batch`: the serving batch size, where
-    the quick timings read speed."""
+    the quick timings read speed. `by_batch`: the fastest at the other batch size stays for the full timing when
+    it is BY_BATCH_GAIN times the leader's speed there (it may serve that side: `by_batch`)."""
     config = config or LatencyConfig()
     budget = SearchBudget(budget_seconds, measure_s=4 * config.budget_s + 0.1,
                           start=start if start is not None else time.perf_counter())
@@ -663,7 +676,8 @@ def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, ma
         explore = Exploration(explore_seconds, WIDE_REACH, CHEAP_STEP_S)
         variants, skipped = build_candidates(model, data, steps, progress, screen, budget, explore,
                                              Pace(baseline, data, config, drifted, batch))
-    skipped += quick_latency(variants, baseline, data, config, drifted, batch)
+    skipped += quick_latency(variants, baseline, data, config, drifted, batch,
+                             BY_BATCH_GAIN if by_batch else OTHER_BATCH_HINT)
     notes = [f"candidates made with {threads} PyTorch thread(s), the cores free when the search began"]
     over = [s for s in skipped if "search budget" in s["reason"]]
     if over:
@@ -674,15 +688,28 @@ def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, ma
 
 def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseline: Variant, *, max_drop: float,
            min_agreement: float, config: LatencyConfig, notes: list[str], progress=None, guard: dict | None = None,
-           batch: int = 256) -> tuple[Variant, str]:
+           batch: int = 256, by_batch: bool = False) -> tuple[Variant, str]:
     """Time every candidate fully (the all-threads settings with the cores free now, `_timing_threads`), check
     the attributions of the pick (`guard_candidates`; `guard`: auto's drift options, None: no check) and
-    choose at the serving `batch`; returns (chosen, reason). `auto` and `compress_model` both end here."""
+    choose at the serving `batch`; returns (chosen, reason). `auto` and `compress_model` both end here.
+    `by_batch`: where another variant is BY_BATCH_GAIN times faster than the choice at the other batch size, the
+    choice is the two routed by batch size (`by_batch`), added to `variants`."""
     config = _timing_threads(config, notes)
     measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
     if guard is not None:
         guard_candidates(model, variants, data, guard, baseline, max_drop, batch)
-    return choose(baseline, variants, max_drop, batch)
+    chosen, reason = choose(baseline, variants, max_drop, batch)
+    if not by_batch or chosen is baseline:
+        return chosen, reason
+    routed = route_by_batch(model, data, chosen, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
+                            config=config, batch=batch, drifted=drift_check(model, data, guard) if guard else None)
+    if routed is None:
+        return chosen, reason
+    variants.append(routed)
+    front = pareto_front([baseline, *variants])
+    for v in [baseline, *variants]:
+        v.measurements["pareto"] = any(v is f for f in front)
+    return routed, routed.measurements.pop("_reason") + f"; {reason}"
 
 
 def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: int = 256) -> tuple[Variant, str]:
@@ -694,8 +721,7 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
     is worth less than a file half the size or a batch-1 call 15% faster.
     """
     setting = f"b{batch}_t1"
-    eligible = [v for v in variants if v.measurements["within_budget"] and not v.measurements["slower_than_fp32"]
-                and not v.measurements.get("flips")]
+    eligible = _eligible(variants)
     drifted = [v for v in eligible if _drifted(v)]
     eligible = [v for v in eligible if not _drifted(v)]
     excluded = f"; {len(drifted)} excluded: attributions drifted ({', '.join(v.name for v in drifted)})" if drifted else ""
@@ -720,6 +746,100 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
               f"{agreement}{excluded}{_other_batch_hint(best, eligible, batch)}")
     return best, reason
 
+
+
+def _eligible(variants: list[Variant]) -> list[Variant]:
+    """The variants the choice may take, drifted ones included: within budget, keeping the agreement rule, not
+    slower than fp32 at either batch size."""
+    return [v for v in variants if v.measurements["within_budget"] and not v.measurements["slower_than_fp32"]
+            and not v.measurements.get("flips")]
+
+
+def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, variants: list[Variant], baseline: Variant,
+                   *, max_drop: float, min_agreement: float, config: LatencyConfig, batch: int = 256,
+                   drifted: Callable[[Variant], bool] | None = None) -> Variant | None:
+    """`chosen` with the fastest eligible variant at the other batch size (1 or 256) serving that side, as one
+    routed variant (`Variant.small`, `ModelSpec.serve`), when that one is BY_BATCH_GAIN times faster there than
+    `chosen` and its attributions did not drift (with `drifted`); else None.
+
+    An LSTM's fastest at batch 256 is bf16 PyTorch, 3x slower at batch 1 than ONNX Runtime's dynamic int8; a
+    digits MLP's int8-static graph is 1.2x slower at batch 1 than its int8-weights twin. One file each made
+    auto choose by the serving batch size; routed, the artifact is the fastest at both, at the cost of holding
+    both models (its size ratio counts both files). The batch size where the two swap is timed (`crossover`).
+    The routed variant's timings at 1 and 256 are its members' from the full timing (a routed call is the
+    member's call after one length test); its accuracy and agreement are measured as it serves: the test
+    split at the evaluation batch size and one sample at a time, and the worse of the two is kept.
+    """
+    other = other_batch(batch)
+    setting = f"b{other}_t1"
+    p50 = lambda v: v.measurements["latency_ms"][setting]["p50"]  # noqa: E731
+    for fastest in sorted((v for v in _eligible(variants) if v is not chosen), key=p50):
+        if p50(chosen) < p50(fastest) * BY_BATCH_GAIN:
+            return None
+        if drifted is None or not drifted(fastest):
+            break
+    else:
+        return None
+    small, large = (fastest, chosen) if other == 1 else (chosen, fastest)
+    below = crossover(small, large, data)
+    routed = _routed(model, small, large, below)
+    m = routed.measurements
+    for key in ("latency_ms", "rounds_ms"):
+        m[key] = {s: (small if s.startswith("b1_") else large).measurements[key][s] for s in large.measurements[key]}
+    runner = Runner(routed, config.all_threads)
+    x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
+    original = baseline.measurements.get("_classes")
+    if original is None:
+        original = baseline.measurements["_classes"] = evaluate(baseline, data, config).argmax(1)
+    served = [runner.predict(x_test).argmax(1), runner.predict(x_test, batch=1).argmax(1)]
+    checks = [(fidelity(c, original, min_agreement), float((c == data.y_test).mean())) for c in served]
+    m["fidelity"], m["accuracy"] = min(checks, key=lambda c: (c[0]["agreement"], c[1]))
+    m.update({"runtime": large.measurements["runtime"], "size_bytes": large.measurements["size_bytes"] + small.measurements["size_bytes"],
+              "parameters": large.measurements.get("parameters"), "threads": dict(large.measurements["threads"])})
+    compare_to_baseline(routed, baseline, max_drop, min_agreement)
+    if not (m["within_budget"] and not m["flips"]):
+        chosen.notes.append(f"routed with {fastest.name} for batch {other} it would not keep the fidelity rule as it "
+                            f"serves ({describe_fidelity(m['fidelity'])}): not made")
+        return None
+    routed.notes.append(f"answers calls of fewer than {below} rows with {small.name} and the rest with {large.name}: "
+                        f"{p50(chosen) / p50(fastest):.2f}x faster at batch {other} than {chosen.name} alone, "
+                        f"{m['size_ratio']:.2f}x smaller than the original with both files")
+    m["_reason"] = (f"{large.name} for batches of {below} rows and more, {small.name} below: "
+                    f"{m['speedup']['b256_t1']:.2f}x faster than fp32 at batch 256 and {m['speedup']['b1_t1']:.2f}x "
+                    f"at batch 1 (single thread), {m['size_ratio']:.2f}x smaller with both files, "
+                    f"{describe_fidelity(m['fidelity'])} as it serves")
+    return routed
+
+
+def crossover(small: Variant, large: Variant, data: DataBundle) -> int:
+    """The first of CUT_SIZES at which `large` is not slower than `small` by a short interleaved timing (one
+    thread, the median of 3 rounds); 256 when `small` is faster at every one of them."""
+    quick = LatencyConfig(warmup=2, min_reps=3, max_reps=30, budget_s=0.03, rounds=3)
+    calls = [Runner(small, 1).raw_call(), Runner(large, 1).raw_call()]
+    with torch_threads(1):
+        for n in CUT_SIZES:
+            t_small, t_large = interleaved_rounds(calls, _batch(data.x_test, n), quick, cpu_clock=True)
+            if statistics.median(t_large["rounds"]) <= statistics.median(t_small["rounds"]):
+                return n
+    return 256
+
+
+def _routed(model: LoadedModel, small: Variant, large: Variant, below: int) -> Variant:
+    """One variant: `large` answering calls of `below` rows or more, `small` the rest."""
+    import dataclasses
+
+    from trainers.artifact import SMALL_BATCH_DIR
+
+    recipe = {"method": "by-batch", "below_batch": below, "large": large.recipe, "small": small.recipe}
+    spec = ModelSpec.from_dict({**large.model.spec.to_dict(), "lineage": lineage(model, recipe),
+                                "serve": {"below_batch": below, "dir": SMALL_BATCH_DIR, "sha256": ""}})
+    member = dataclasses.replace(small.model, onnx_bytes=small.onnx_bytes or small.model.onnx_bytes, small=None)
+    routed_model = dataclasses.replace(large.model, spec=spec, small=member, _session=None, _raw_session=None)
+    name = f"{large.name}+below-b{below}-{small.name}"
+    return Variant(name=name, model=routed_model, recipe=recipe, onnx_bytes=large.onnx_bytes,
+                   notes=[f"batch >= {below}: {n}" for n in large.notes] + [f"batch < {below}: {n}" for n in small.notes],
+                   small=Variant(name=small.name, model=member, recipe=small.recipe, onnx_bytes=small.onnx_bytes,
+                                 measurements=small.measurements))
 
 
 def _other_batch_hint(best: Variant, eligible: list[Variant], batch: int) -> str:
@@ -760,7 +880,7 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
          latency_budget_s: PositiveFloat = 0.25, min_agreement: Fraction = MIN_AGREEMENT,
          budget_seconds: PositiveFloat | None = None, explore_seconds: NonNegativeFloat = EXPLORE_SECONDS,
          max_drift: OptionalDrift = None, drift_guard_on: Bool = True, serving_batch: ServingBatch = 256,
-         progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
+         by_batch: Bool = True, progress: Callable[[ProgressEvent], object] | None = None) -> list[Variant]:
     """Try the candidates that fit the family, measure them, pick the fastest that keeps the fidelity rule.
 
     Options:
@@ -786,6 +906,9 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
             time): the choice is the fastest there. Every variant is still timed at both, and none slower than the
             original at either is chosen. An LSTM's fastest at 256 (bf16 PyTorch) can be 3x slower at 1 than
             ONNX Runtime's int8: a service that answers one request at a time should say 1.
+        by_batch: where another variant is over 10% faster than the choice at the other batch size, choose the
+            two as one routed artifact (`route_by_batch`): calls under a timed batch size run one, the rest the
+            other; its size counts both files. Off: one model, the fastest at `serving_batch`.
 
     Returns the candidates that passed the screening, measured; the chosen one has
     `measurements["chosen"] = True` and the reason in `measurements["reason"]` (when no candidate qualifies,
@@ -801,12 +924,13 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
     variants, skipped, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
                                       budget_seconds=budget_seconds, config=config, progress=progress, start=start,
                                       guard={"max_drift": max_drift, "drift_guard_on": drift_guard_on},
-                                      explore_seconds=explore_seconds, batch=serving_batch)
+                                      explore_seconds=explore_seconds, batch=serving_batch, by_batch=by_batch)
     if not variants and not skipped:
         raise ToolkitError(f"auto found no compression method for a {model.spec.family} model")
     chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
                             config=config, notes=notes, progress=progress,
-                            guard={"max_drift": max_drift, "drift_guard_on": drift_guard_on}, batch=serving_batch)
+                            guard={"max_drift": max_drift, "drift_guard_on": drift_guard_on}, batch=serving_batch,
+                            by_batch=by_batch)
     for v in variants:
         v.measurements["chosen"] = v is chosen
     baseline.measurements["chosen"] = chosen is baseline

@@ -40,6 +40,8 @@ class Variant:
         onnx_bytes: the ONNX file, for variants that run in ONNX Runtime.
         measurements: filled by `measure`: accuracy, size, latency, parity.
         notes: plain-language remarks (e.g. "slower than fp32 at batch 1").
+        small: the variant that answers calls on fewer than `model.spec.serve["below_batch"]` rows, where this
+            one routes calls by batch size (`compress.auto.by_batch`); None: this variant answers every call.
     """
 
     name: str
@@ -48,6 +50,7 @@ class Variant:
     onnx_bytes: bytes | None = None
     measurements: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    small: "Variant | None" = None
 
 
 @dataclass

@@ -132,7 +132,11 @@ class LatencyConfig:
 
 
 def size_on_disk(variant: Variant) -> int:
-    """Bytes of the file the variant's runtime loads (model.onnx, else model.safetensors as it will be written)."""
+    """Bytes of the file the variant's runtime loads (model.onnx, else model.safetensors as it will be written),
+    with its small-batch member's."""
+    if variant.small is not None:
+        return size_on_disk(Variant(variant.name, variant.model, variant.recipe, variant.onnx_bytes)) + \
+            size_on_disk(variant.small)
     if variant.onnx_bytes is not None:
         return len(variant.onnx_bytes)
     model = variant.model
@@ -159,10 +163,14 @@ class Runner:
 
     `spin`: ONNX Runtime's worker threads may busy-wait for work (fastest while timing an all-thread setting);
     off, they sleep, which leaves the cores to other processes (and to the search's own training).
+    A variant with a small-batch member (`Variant.small`) calls the member on fewer than `below_batch` rows, as
+    `trainers.predict` does: one length test per call, inside every timing.
     """
 
     def __init__(self, variant: Variant, threads: int, spin: bool = False):
         self.threads = threads
+        self.small = Runner(variant.small, threads, spin) if variant.small is not None else None
+        self.below = variant.model.spec.serve["below_batch"] if self.small is not None else 0
         onnx_bytes = _onnx_bytes(variant)
         self.runtime = "onnxruntime" if onnx_bytes is not None else "torch"
         if self.runtime == "onnxruntime":
@@ -174,6 +182,8 @@ class Runner:
             self.dtype = param.dtype if param is not None else torch.float32
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if len(x) < self.below:
+            return self.small(x)
         if self.runtime == "onnxruntime":
             return self.session.run(None, {self.input_name: x})[0]
         with torch_threads(self.threads), torch.inference_mode():
@@ -186,13 +196,15 @@ class Runner:
     def raw_call(self):
         """One call without conversions (for timing; the caller holds the thread count)."""
         if self.runtime == "onnxruntime":
-            return lambda x: self.session.run(None, {self.input_name: x})
-
-        def call(x):
-            with torch.inference_mode():
-                return self.module(torch.from_numpy(x).to(self.dtype))
-
-        return call
+            call = lambda x: self.session.run(None, {self.input_name: x})  # noqa: E731
+        else:
+            def call(x):
+                with torch.inference_mode():
+                    return self.module(torch.from_numpy(x).to(self.dtype))
+        if self.small is None:
+            return call
+        small, below = self.small.raw_call(), self.below
+        return lambda x: small(x) if len(x) < below else call(x)
 
 
 class torch_threads:
@@ -269,7 +281,8 @@ def is_noisy(spread: float) -> bool:
 
 
 def _dynamic_int8(recipe: dict) -> bool:
-    return recipe.get("method") == "int8-dynamic" or any(_dynamic_int8(s) for s in recipe.get("steps", []))
+    parts = [*recipe.get("steps", []), *(recipe[k] for k in ("large", "small") if isinstance(recipe.get(k), dict))]
+    return recipe.get("method") == "int8-dynamic" or any(_dynamic_int8(s) for s in parts)
 
 
 def evaluate(variant: Variant, data, config: LatencyConfig | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.artifact import CUSTOM_FAMILY, LoadedModel, write_artifact
+from trainers.artifact import CUSTOM_FAMILY, SMALL_BATCH_DIR, LoadedModel, ModelSpec, write_artifact, write_member
 from trainers.data import DataBundle, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError
@@ -60,7 +60,9 @@ class CompressResult:
             path=self.parent if v is self.baseline else self.paths.get(v.name),
             runtime=m.get("runtime"), dtype=_dtype(v), **{k: m.get(k) for k in ROW_KEYS},
             parity=m.get("parity"), twin_agreement=m.get("twin_agreement"),
-            agreement_check=m.get("agreement_check"), int8_search=m.get("int8_search"), notes=list(v.notes))
+            agreement_check=m.get("agreement_check"), int8_search=m.get("int8_search"), notes=list(v.notes),
+            serve=None if v.small is None else {"below_batch": v.model.spec.serve["below_batch"], "small": v.small.name,
+                                                 "small_runtime": v.small.measurements["runtime"]})
 
     def __repr__(self) -> str:
         from trainers.display import short_repr
@@ -264,7 +266,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
             made, missed, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
                                          budget_seconds=budget_seconds, config=config, progress=progress, start=start,
                                          guard=options.get("auto", {}), explore_seconds=settings["explore_seconds"],
-                                         batch=settings["serving_batch"])
+                                         batch=settings["serving_batch"], by_batch=settings["by_batch"])
             variants += made
             skipped += missed
         else:
@@ -274,7 +276,8 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
     chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
                             config=config, notes=notes, progress=progress,
                             guard=options.get("auto", {}) if "auto" in methods else None,
-                            batch=settings["serving_batch"] if "auto" in methods else 256)
+                            batch=settings["serving_batch"] if "auto" in methods else 256,
+                            by_batch="auto" in methods and settings["by_batch"])
     if any("search budget" in s["reason"] for s in skipped):
         reason += f" (search ended at --budget-seconds {budget_seconds:g}: the best of the candidates made)"
     for v in [baseline, *variants]:
@@ -330,6 +333,16 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
         m = v.measurements
         metrics = {"test_accuracy": m.get("accuracy"), "latency_ms": m.get("latency_ms"), "parity": m.get("parity"),
                    "recipe": v.recipe}
+        if v.small is not None:  # the small-batch member first: the routed model.json records its checksum
+            small = v.small
+            if small.onnx_bytes is None and small.model.spec.family == CUSTOM_FAMILY:
+                _portable_copy(small, data)
+                v.model.small = small.model
+            serve = write_member(directory, v.model.small, v.model.spec.serve["below_batch"],
+                                 onnx_bytes=with_metadata(small.onnx_bytes, small.model.spec) if small.onnx_bytes else None,
+                                 raw_onnx_bytes=raw_rows_onnx(small.onnx_bytes, small.model.spec) if small.onnx_bytes else None,
+                                 metrics={"recipe": small.recipe})
+            v.model.spec = ModelSpec.from_dict({**v.model.spec.to_dict(), "serve": serve})
         if v.onnx_bytes is None and v.model.spec.family == CUSTOM_FAMILY:
             _portable_copy(v, data)
         onnx_bytes = with_metadata(v.onnx_bytes, v.model.spec) if v.onnx_bytes else None
@@ -341,3 +354,5 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
     result.out = run.commit()
     for v in result.variants:
         v.model.path = result.out / result.paths[v.name]
+        if v.small is not None:
+            v.model.small.path = v.model.path / SMALL_BATCH_DIR

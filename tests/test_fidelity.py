@@ -595,7 +595,7 @@ def test_auto_out_of_budget_keeps_the_original_and_says_why(digits):
     result = compress_model(tiny_model("mlp"), digits, methods=["auto"], budget_seconds=0.01,
                             options={"auto": {"latency_budget_s": 0.01}})
     summary = result.to_dict()
-    assert summary["schema_version"] == 2 and summary["budget_seconds"] == 0.01
+    assert summary["schema_version"] == 3 and summary["budget_seconds"] == 0.01
     assert result.chosen is result.baseline and "--budget-seconds 0.01" in result.reason
     assert summary["skipped"] and all("search budget" in s["reason"] for s in summary["skipped"])
 
@@ -617,7 +617,7 @@ def test_version_1_compress_results_are_still_read():
     current = compress_result().dump()
     assert isinstance(parse_result(current, stage="compress"), CompressResultFile)
     old = {k: v for k, v in current.items() if k not in ("min_agreement", "budget_seconds", "search_notes")}
-    new_row_fields = ("fidelity", "speedup_spread", "noisy", "rounds")
+    new_row_fields = ("fidelity", "speedup_spread", "noisy", "rounds", "serve")
     for row in [old["baseline"], *old["variants"]]:
         for key in new_row_fields:
             row.pop(key)

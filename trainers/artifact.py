@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 CUSTOM_FAMILY, ONNX_FAMILY = "custom", "onnx"  # a user's own torch.nn.Module; a user's own ONNX graph
 MODEL_JSON, WEIGHTS, METRICS = "model.json", "model.safetensors", "metrics.json"
 RAW_ONNX = "model.raw.onnx"  # an ONNX variant that takes raw table rows (numeric preprocessing inside)
+SMALL_BATCH_DIR = "small-batch"  # the member artifact that serves small batches (`ModelSpec.serve`)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -49,6 +50,7 @@ class ModelSpec:
     weights: dict = field(default_factory=lambda: {"file": WEIGHTS, "codec": "dense"})
     onnx: dict | None = None
     extra: dict = field(default_factory=dict)
+    serve: dict | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
@@ -79,11 +81,25 @@ class ModelSpec:
         if not isinstance(spec.weights, dict) or not isinstance(spec.preprocessing, dict):
             raise ArtifactError(f"{where}: 'weights' and 'preprocessing' must be objects")
         _check_statistics(spec.preprocessing, where)
+        if spec.serve is not None:
+            _check_serve(spec.serve, where)
         return spec
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+def _check_serve(serve, where: str) -> None:
+    """`serve`: {"below_batch": n, "dir": name, "sha256": ...}: calls on fewer than n rows run the member artifact
+    in the subdirectory `dir` (a model made for one row at a time), the rest run this one."""
+    if not isinstance(serve, dict) or set(serve) != {"below_batch", "dir", "sha256"}:
+        raise ArtifactError(f"{where}: 'serve' must be an object with below_batch, dir and sha256")
+    below = serve["below_batch"]
+    if not isinstance(below, int) or isinstance(below, bool) or not 2 <= below <= 1 << 20:
+        raise ArtifactError(f"{where}: serve.below_batch must be a whole number from 2 to {1 << 20}, got {below!r}")
+    if not isinstance(serve["sha256"], str):
+        raise ArtifactError(f"{where}: serve.sha256 must be a string")
 
 
 def _check_statistics(pre: dict, where: str) -> None:
@@ -110,6 +126,10 @@ class LoadedModel:
     A user's own model (`trainers.as_model`) is one too: `origin` says what it was made from (an ONNX file,
     a `torch.nn.Module`), `onnx_bytes` holds an ONNX graph kept in memory, and `notes` says what the toolkit
     could not do with it (e.g. rebuild its PyTorch class).
+
+    `small`: where `spec.serve` is set, the model that answers calls on fewer than `spec.serve["below_batch"]`
+    rows (`predict` routes each call by its size); everything else (explanations, the model card) reads this
+    one, the model that serves the large batches.
     """
 
     module: nn.Module | None
@@ -120,6 +140,7 @@ class LoadedModel:
     origin: str | None = None
     onnx_bytes: bytes | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
+    small: "LoadedModel | None" = field(default=None, repr=False)
 
     def onnx_model_bytes(self) -> bytes | None:
         """The ONNX graph this model runs (in memory, or the artifact's file), or None when it has none."""
@@ -223,10 +244,28 @@ def write_artifact(directory: str | Path, module: nn.Module | None, spec: ModelS
 
 
 def artifact_size(directory: Path, spec: ModelSpec) -> int:
-    """Bytes on disk of what inference needs: the runtime's model file."""
+    """Bytes on disk of what inference needs: the runtime's model file (and its small-batch member's)."""
+    directory = Path(directory)
+    member = 0
+    if spec.serve:
+        member_dir = directory / spec.serve["dir"]
+        member = artifact_size(member_dir, ModelSpec.from_dict(read_json(member_dir / MODEL_JSON, "model.json")))
     if spec.runtime == "onnxruntime" and spec.onnx:
-        return (Path(directory) / spec.onnx["file"]).stat().st_size
-    return (Path(directory) / WEIGHTS).stat().st_size
+        return (directory / spec.onnx["file"]).stat().st_size + member
+    return (directory / WEIGHTS).stat().st_size + member
+
+
+def write_member(directory: str | Path, small: "LoadedModel", below_batch: int, *, onnx_bytes: bytes | None = None,
+                 raw_onnx_bytes: bytes | None = None, metrics: dict | None = None) -> dict:
+    """Write `small`, the model that serves calls on fewer than `below_batch` rows, as the member artifact of the
+    artifact being written in `directory` (before its `model.json`); returns the `serve` entry for that spec."""
+    if small.spec.serve or small.small is not None:
+        raise ToolkitError("a small-batch member cannot route calls itself")
+    member = Path(directory) / SMALL_BATCH_DIR
+    member.mkdir(exist_ok=True)
+    small.spec = write_artifact(member, small.module, small.spec, metrics, onnx_bytes=onnx_bytes,
+                                raw_onnx_bytes=raw_onnx_bytes)
+    return {"below_batch": int(below_batch), "dir": SMALL_BATCH_DIR, "sha256": sha256_file(member / MODEL_JSON)}
 
 
 def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = None,
@@ -238,7 +277,12 @@ def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = No
     staging = out.with_name(out.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        write_artifact(staging, model.module, model.spec, metrics, onnx_bytes=onnx_bytes)
+        spec = model.spec
+        if model.small is not None:
+            small_bytes = model.small.onnx_model_bytes() if model.small.spec.runtime == "onnxruntime" else None
+            serve = write_member(staging, model.small, spec.serve["below_batch"], onnx_bytes=small_bytes)
+            spec = ModelSpec.from_dict({**spec.to_dict(), "serve": serve})
+        write_artifact(staging, model.module, spec, metrics, onnx_bytes=onnx_bytes)
         commit_directory(staging, out)
     except BaseException:
         import shutil
@@ -294,7 +338,23 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
         loaded = _load_module(path, spec, device, module)
     elif spec.runtime != "onnxruntime":
         raise ArtifactError(f"{path / MODEL_JSON}: no weights file listed")
-    return LoadedModel(module=loaded, spec=spec, path=path, metrics=metrics)
+    small = _load_member(path, spec, device) if spec.serve else None
+    return LoadedModel(module=loaded, spec=spec, path=path, metrics=metrics, small=small)
+
+
+def _load_member(path: Path, spec: ModelSpec, device: str) -> LoadedModel:
+    """The small-batch member named by `spec.serve`, checked: its `model.json` as recorded, its files, and the same
+    classes and input shape as the model it stands in for."""
+    member = _member(path, spec.serve["dir"])
+    if member.is_symlink() or not member.is_dir():
+        raise ArtifactError(f"{path / MODEL_JSON}: serve.dir {spec.serve['dir']!r} is not a directory inside the model")
+    _check_file(member / MODEL_JSON, spec.serve["sha256"])
+    small = load_model(member, device=device)
+    if small.spec.serve:
+        raise ArtifactError(f"{member / MODEL_JSON}: a small-batch member cannot route calls itself")
+    if small.spec.class_names != spec.class_names or small.spec.input_shape != spec.input_shape:
+        raise ArtifactError(f"{member}: its classes or input shape differ from {path / MODEL_JSON}")
+    return small
 
 
 def _member(path: Path, name) -> Path:
@@ -381,32 +441,49 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
             `.onnx` file or its bytes (`trainers.as_model`).
         x: array of shape (N, *input_shape); for a model trained on a table also raw rows (a DataFrame,
             a list of dicts, or an array in the table's column order), preprocessed as at training.
+
+    A model with a small-batch member (`ModelSpec.serve`) answers each call of fewer than `below_batch` rows with
+    the member: `predict(model, one_row)` runs the member, `predict(model, rows, batch_size=1024)` runs the model.
     """
     if not isinstance(model, (LoadedModel, nn.Module)):  # an artifact directory, an .onnx file or ONNX bytes
         from .usermodel import as_model
 
         model = as_model(model)
-    raw = raw_numeric_rows(model, x)
+    small = model.small if isinstance(model, LoadedModel) else None
+    # A model with a small-batch member takes its rows through the Python preprocessing: the member has its own
+    # raw-row graph, or none (a PyTorch member), so the encoded rows are what both runtimes share.
+    raw = raw_numeric_rows(model, x) if small is None else None
     x = raw if raw is not None else raw_rows_to_inputs(model, x)
+    if len(x) == 0:
+        return np.zeros((0, model.spec.num_classes) if isinstance(model, LoadedModel) else (0,), np.float32)
+    run = _runner(model, raw is not None, device)
+    if small is not None:
+        large, run_small, below = run, _runner(small, False, device), model.spec.serve["below_batch"]
+        run = lambda chunk: run_small(chunk) if len(chunk) < below else large(chunk)  # noqa: E731
+    return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _runner(model, raw: bool, device: str | None):
+    """chunk -> float32 logits in the model's runtime (ONNX Runtime or PyTorch, without gradients)."""
     if isinstance(model, LoadedModel) and model.runtime == "onnxruntime":
-        session = model.raw_onnx_session() if raw is not None else model.onnx_session()
+        session = model.raw_onnx_session() if raw else model.onnx_session()
         name = session.get_inputs()[0].name
-        outs = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, model.spec.num_classes), np.float32)
+        return lambda chunk: session.run(None, {name: chunk})[0].astype(np.float32)
     module = model.module if isinstance(model, LoadedModel) else model
     param = next(iter(module.parameters()), None)
     if param is None:
         param = next(iter(module.buffers()))
     device = device or param.device
-    was_training = module.training
-    module.eval()
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            batch = torch.from_numpy(x[i:i + batch_size]).to(device=device, dtype=param.dtype)
-            outs.append(module(batch).float().cpu().numpy())
-    module.train(was_training)
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+    def run(chunk):
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.inference_mode():
+                return module(torch.from_numpy(chunk).to(device=device, dtype=param.dtype)).float().cpu().numpy()
+        finally:
+            module.train(was_training)
+    return run
 
 
 def raw_rows_to_inputs(model, x) -> np.ndarray:

@@ -186,7 +186,15 @@ class Recipe(BaseModel):
     method: str
 
 
-class VariantRow(Record):
+class Serve(Record):
+    """A routed variant's small-batch side: calls on fewer than `below_batch` rows run `small` (schema 3)."""
+
+    below_batch: int
+    small: str  # the member's variant name (also a row of its own)
+    small_runtime: Literal["torch", "onnxruntime"]
+
+
+class VariantRowV2(Record):
     name: str
     method: str
     recipe: Recipe
@@ -214,6 +222,12 @@ class VariantRow(Record):
     speedup_spread: Speedup | None = None  # IQR / median of the per-round speed-ups, per setting
     noisy: list[str] = Field(default_factory=list)  # settings whose spread is too large for a speed-up
     rounds: int | None = None  # interleaved timing rounds
+
+
+class VariantRow(VariantRowV2):
+    """A variant's row from schema version 3 on."""
+
+    serve: Serve | None = None  # a routed variant: the model that answers small batches
 
 
 class Threads(Record):
@@ -246,14 +260,14 @@ class CompressResultFileV1(Record):
     methods: list[str]
     max_drop: float
     threads: Threads
-    baseline: VariantRow
-    variants: list[VariantRow]  # the baseline first
+    baseline: VariantRowV2
+    variants: list[VariantRowV2]  # the baseline first
     chosen: Chosen
     skipped: list[Skipped]
     seconds: float
 
 
-class CompressResultFile(CompressResultFileV1):
+class CompressResultFileV2(CompressResultFileV1):
     """Version 2: one fidelity rule for every variant (`min_agreement`; each row's `fidelity`, and `flips`
     meaning it fails that rule), interleaved timing (`speedup` = median of per-round ratios, with
     `speedup_spread`, `noisy`, `rounds`), auto's rejected candidates in `skipped` with their figures,
@@ -263,6 +277,15 @@ class CompressResultFile(CompressResultFileV1):
     min_agreement: float
     budget_seconds: float | None = None
     search_notes: list[str] = Field(default_factory=list)
+
+
+class CompressResultFile(CompressResultFileV2):
+    """Version 3: a variant may route calls by batch size (auto's `by_batch`): its row's `serve` names the
+    model that answers small batches; its latency at batch 1 is that model's, its size counts both files."""
+
+    schema_version: Literal[3] = 3
+    baseline: VariantRow
+    variants: list[VariantRow]  # the baseline first
 
 
 # ---------------------------------------------------------------- explain
@@ -480,12 +503,12 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
               | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
-    "compress": {1: CompressResultFileV1, 2: CompressResultFile},
+    "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
