@@ -323,6 +323,9 @@ def pruning_outcome(skipped: list[dict]) -> dict:
 MET_B256, TIE = 1.2, 0.05  # the issue's target at batch 256; ratios within 5% of 1 are ties
 
 
+ROUTED = "+below-b"  # in a routed choice's name (`compress.auto.route_by_batch`): LARGE+below-bN-SMALL
+
+
 def why_short(case: dict, batch: str) -> str:
     """The verdict for one batch size: "met", or why auto's choice is not ahead of the best peer, read from the
     measurements (which kernels, what pruning came to, how auto decided)."""
@@ -337,6 +340,14 @@ def why_short(case: dict, batch: str) -> str:
     label = "tie" if abs(ratio - 1) <= TIE else "peer wins" if ratio < 1 else f"ahead, under {MET_B256:g}x"
     head = label + f" ({peer} {rows[peer][batch]['speedup']:.2f}x, auto {auto_row[batch]['speedup']:.2f}x)"
     why = []
+    if batch == "b1" and ROUTED in chosen:  # a routed choice: its member answers batch 1
+        small = chosen.split(ROUTED, 1)[1].split("-", 1)[1]
+        why.append(f"batch 1 runs its member {small}")
+        if peer.startswith("Torch-Pruning") and "prune-structured" in small:
+            why.append("the peer's pruned widths run as fast")
+        elif small.endswith("int8-dynamic-onnx") and peer.startswith("ORT quantize_dynamic"):
+            why.append("the peer's own ONNX Runtime graph")
+        return f"{head}: " + "; ".join(why)
     if batch == "b1":
         why.append(f"auto decides at batch 256, where its choice is {auto_row['b256']['speedup']:.2f}x")
         if chosen.startswith(("bf16", "fp16")):

@@ -50,6 +50,14 @@ def test_a_peer_win_at_batch_1_names_the_deciding_batch_and_the_runtime():
     assert "auto decides at batch 256, where its choice is 1.60x" in why and "PyTorch's per-call overhead" in why
 
 
+def test_a_routed_choice_is_judged_at_batch_1_by_its_member():
+    case = _case("bf16-torch+below-b16-int8-dynamic-onnx", (4.1, 1.6), "ORT quantize_dynamic (defaults)", (4.2, 1.2))
+    why = why_short(case, "b1")
+    assert why.startswith("tie (ORT quantize_dynamic (defaults) 4.20x, auto 4.10x)")
+    assert "batch 1 runs its member int8-dynamic-onnx; the peer's own ONNX Runtime graph" in why
+    assert "auto decides at batch 256" not in why
+
+
 def test_the_serving_batch_1_choice_gets_its_own_verdict_at_batch_1():
     """The second auto run (told `serving_batch=1`) is judged at batch 1 against the same best peer; a case
     without that run has no such table."""
