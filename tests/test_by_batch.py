@@ -204,3 +204,18 @@ def test_version_2_compress_results_are_still_read():
                                                                   "small_runtime": "onnxruntime"}}]}
     with pytest.raises(ToolkitError, match="serve"):
         parse_result(routed, stage="compress")
+
+
+def test_a_gain_the_full_timing_misread_is_not_routed(measured, digits):
+    """The full timing's p50s say bf16 PyTorch is 3x the ONNX graph's speed at batch 1; a timing of the two
+    alone says it is slower (PyTorch's per-call overhead): no routed variant, and the choice's notes say why."""
+    model, baseline, bf16, onnx = measured
+    for v in (bf16, onnx):
+        v.measurements.update(within_budget=True, slower_than_fp32=False, flips=False)
+    _set_p50(onnx, "b1_t1", 3.0)
+    _set_p50(bf16, "b1_t1", 1.0)
+    before = len(onnx.notes)
+    routed = route_by_batch(model, digits, onnx, [bf16, onnx], baseline, max_drop=5.0, min_agreement=0.9,
+                            config=LatencyConfig(budget_s=0.02))
+    assert routed is None
+    assert "in a longer one: not routed" in onnx.notes[before]
