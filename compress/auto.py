@@ -764,7 +764,8 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
                    drifted: Callable[[Variant], bool] | None = None) -> Variant | None:
     """`chosen` with the fastest eligible variant at the other batch size (1 or 256) serving that side, as one
     routed variant (`Variant.small`, `ModelSpec.serve`), when that one is BY_BATCH_GAIN times faster there than
-    `chosen` and its attributions did not drift (with `drifted`); else None.
+    `chosen` and its attributions did not drift (with `drifted`), and the two files together are smaller than
+    the original; else None.
 
     An LSTM's fastest at batch 256 is bf16 PyTorch, 3x slower at batch 1 than ONNX Runtime's dynamic int8; a
     digits MLP's int8-static graph is 1.2x slower at batch 1 than its int8-weights twin. One file each made
@@ -777,8 +778,13 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     other = other_batch(batch)
     setting = f"b{other}_t1"
     p50 = lambda v: v.measurements["latency_ms"][setting]["p50"]  # noqa: E731
-    ahead = [v for v in sorted(_eligible(variants), key=p50)
-             if v is not chosen and p50(chosen) >= p50(v) * BY_BATCH_GAIN][:CONFIRM_TRIES]
+    size = lambda v: v.measurements["size_bytes"]  # noqa: E731
+    faster = [v for v in sorted(_eligible(variants), key=p50)
+              if v is not chosen and p50(chosen) >= p50(v) * BY_BATCH_GAIN]
+    ahead = [v for v in faster if size(chosen) + size(v) < size(baseline)][:CONFIRM_TRIES]
+    if faster and not ahead:
+        chosen.notes.append(f"routed with {faster[0].name} for batch {other} its two files would be "
+                            f"{(size(chosen) + size(faster[0])) / size(baseline):.2f}x the original's size: not made")
     fastest = gain = None
     for candidate in ahead:
         if drifted is not None and drifted(candidate):

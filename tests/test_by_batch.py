@@ -16,15 +16,25 @@ from trainers.errors import ArtifactError
 
 
 @pytest.fixture(scope="module")
-def measured(digits):
-    """The tiny MLP's fp32 original, its bf16 PyTorch and fp32 ONNX variants, measured together."""
-    from compress.auto import baseline_variant
-    from compress.checks import tiny_model
+def mlp(digits, tmp_path_factory):
+    """A digits MLP wide enough that file headers do not dominate its sizes (hidden 256, 128; one epoch)."""
+    from trainers import TrainConfig, train
 
-    model = tiny_model("mlp")
+    out = tmp_path_factory.mktemp("mlp") / "model"
+    train(digits, "mlp", TrainConfig(epochs=1, device="cpu", model={"hidden": [256, 128]}), out=out, progress=False)
+    return load_model(out)
+
+
+@pytest.fixture(scope="module")
+def measured(digits, mlp):
+    """The MLP's fp32 original, its bf16 PyTorch and int8-weights ONNX variants, measured together (each
+    under half the original's size: routed, the two are still smaller)."""
+    from compress.auto import baseline_variant
+
+    model = mlp
     baseline = baseline_variant(model)
     bf16 = get_method("bf16", model).func(model, digits)[0]
-    onnx = get_method("onnx-fp32", model).func(model, digits)[0]
+    onnx = get_method("int8-weights", model).func(model, digits)[0]
     measure_all([bf16, onnx], baseline, digits, max_drop=5.0, config=LatencyConfig(budget_s=0.02))
     baseline.measurements["_classes"] = predict(model, digits.x_test).argmax(1)
     return model, baseline, bf16, onnx
@@ -142,7 +152,7 @@ def test_the_cli_writes_a_routed_choice_that_predict_report_and_explain_read(tmp
 
     monkeypatch.setattr(auto, "BY_BATCH_GAIN", 0.0)
     assert main(["train", "digits", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "m"),
-                 "--arch", '{"hidden": [16]}']) == 0
+                 "--arch", '{"hidden": [256, 128]}']) == 0
     options = ('{"auto": {"prune_ratios": [0.5], "finetune_epochs": 1, "distill_epochs": 0, "unstructured_ratio": 0.0,'
                ' "latency_budget_s": 0.02, "drift_guard_on": false}}')
     assert main(["compress", str(tmp_path / "m"), "--data", "digits", "--options", options,
@@ -219,3 +229,15 @@ def test_a_gain_the_full_timing_misread_is_not_routed(measured, digits):
                             config=LatencyConfig(budget_s=0.02))
     assert routed is None
     assert "in a longer one: not routed" in onnx.notes[before]
+
+
+def test_no_route_whose_two_files_outweigh_the_original(measured, digits):
+    model, baseline, bf16, onnx = measured
+    size = onnx.measurements["size_bytes"]
+    onnx.measurements["size_bytes"] = baseline.measurements["size_bytes"]  # as large as the original
+    try:
+        before = len(bf16.notes)
+        assert _route(measured, digits, b1_gain=3.0) is None
+        assert "the original's size: not made" in bf16.notes[before]
+    finally:
+        onnx.measurements["size_bytes"] = size
