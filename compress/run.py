@@ -334,14 +334,14 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
         metrics = {"test_accuracy": m.get("accuracy"), "latency_ms": m.get("latency_ms"), "parity": m.get("parity"),
                    "recipe": v.recipe}
         if v.small is not None:  # the small-batch member first: the routed model.json records its checksum
-            small = v.small
+            small = v.small  # its model is v.model.small (`auto._routed`)
             if small.onnx_bytes is None and small.model.spec.family == CUSTOM_FAMILY:
                 _portable_copy(small, data)
-                v.model.small = small.model
-            serve = write_member(directory, v.model.small, v.model.spec.serve["below_batch"],
-                                 onnx_bytes=with_metadata(small.onnx_bytes, small.model.spec) if small.onnx_bytes else None,
-                                 raw_onnx_bytes=raw_rows_onnx(small.onnx_bytes, small.model.spec) if small.onnx_bytes else None,
-                                 metrics={"recipe": small.recipe})
+            graph = small.onnx_bytes
+            serve, small.model.spec = write_member(
+                directory, small.model, v.model.spec.serve["below_batch"], metrics={"recipe": small.recipe},
+                onnx_bytes=with_metadata(graph, small.model.spec) if graph else None,
+                raw_onnx_bytes=raw_rows_onnx(graph, small.model.spec) if graph else None)
             v.model.spec = ModelSpec.from_dict({**v.model.spec.to_dict(), "serve": serve})
         if v.onnx_bytes is None and v.model.spec.family == CUSTOM_FAMILY:
             _portable_copy(v, data)

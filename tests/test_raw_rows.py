@@ -119,3 +119,38 @@ def trained_data(frame):
     from trainers import load_data
 
     return load_data(frame, target="label")
+
+
+def test_a_routed_model_takes_raw_rows_through_the_preprocessing_for_both_members(run, tmp_path):
+    """A routed artifact (compress's by-batch choice) of a table model: raw rows are encoded in Python once,
+    then one row goes to the small-batch member and a batch to the model itself."""
+    import dataclasses
+
+    from trainers.artifact import SMALL_BATCH_DIR, ModelSpec, save_model
+
+    root, model, result, rows = run
+    large = load_model(root / "c" / "variants" / "onnx-fp32")
+    small = load_model(root / "c" / "variants" / "int8-dynamic-onnx")
+    spec = ModelSpec.from_dict({**large.spec.to_dict(),
+                                "serve": {"below_batch": 4, "dir": SMALL_BATCH_DIR, "sha256": ""}})
+    routed = dataclasses.replace(large, spec=spec, small=small, path=None, _session=None, _raw_session=None,
+                                 onnx_bytes=large.onnx_model_bytes())
+    loaded = load_model(save_model(routed, tmp_path / "routed", onnx_bytes=large.onnx_model_bytes()))
+    encoded = predict_inputs(model, rows)
+    one = predict(loaded, rows.iloc[:1])
+    np.testing.assert_allclose(one, run_onnx(ort_session(small.onnx_model_bytes()), encoded[:1]), atol=1e-6)
+    many = predict(loaded, rows)
+    np.testing.assert_allclose(many, run_onnx(ort_session(large.onnx_model_bytes()), encoded), atol=1e-5)
+    assert loaded._raw_session is None  # the raw-row graph answers for one member only: not used
+
+
+def test_save_model_of_a_loaded_onnx_variant_keeps_its_raw_row_graph(run, tmp_path):
+    """`save_model` copies the raw-row graph its spec names (it once wrote model.json naming a file it did not
+    write, and the copy would not load)."""
+    from trainers.artifact import save_model
+
+    root, model, result, rows = run
+    variant = load_model(root / "c" / "variants" / "int8-static-onnx")
+    copy = load_model(save_model(variant, tmp_path / "copy", onnx_bytes=variant.onnx_model_bytes()))
+    assert (tmp_path / "copy" / "model.raw.onnx").is_file()
+    np.testing.assert_allclose(predict(copy, rows), predict(variant, rows), atol=1e-6)

@@ -7,6 +7,7 @@ back. Writes are atomic (see `fileio`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -256,16 +257,18 @@ def artifact_size(directory: Path, spec: ModelSpec) -> int:
 
 
 def write_member(directory: str | Path, small: "LoadedModel", below_batch: int, *, onnx_bytes: bytes | None = None,
-                 raw_onnx_bytes: bytes | None = None, metrics: dict | None = None) -> dict:
+                 raw_onnx_bytes: bytes | None = None, metrics: dict | None = None) -> tuple[dict, ModelSpec]:
     """Write `small`, the model that serves calls on fewer than `below_batch` rows, as the member artifact of the
-    artifact being written in `directory` (before its `model.json`); returns the `serve` entry for that spec."""
+    artifact being written in `directory` (before its `model.json`); returns the `serve` entry for that spec and
+    the member's spec as written."""
     if small.spec.serve or small.small is not None:
         raise ToolkitError("a small-batch member cannot route calls itself")
     member = Path(directory) / SMALL_BATCH_DIR
     member.mkdir(exist_ok=True)
-    small.spec = write_artifact(member, small.module, small.spec, metrics, onnx_bytes=onnx_bytes,
-                                raw_onnx_bytes=raw_onnx_bytes)
-    return {"below_batch": int(below_batch), "dir": SMALL_BATCH_DIR, "sha256": sha256_file(member / MODEL_JSON)}
+    written = write_artifact(member, small.module, small.spec, metrics, onnx_bytes=onnx_bytes,
+                             raw_onnx_bytes=raw_onnx_bytes)
+    serve = {"below_batch": int(below_batch), "dir": SMALL_BATCH_DIR, "sha256": sha256_file(member / MODEL_JSON)}
+    return serve, written
 
 
 def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = None,
@@ -277,12 +280,14 @@ def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = No
     staging = out.with_name(out.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        spec = model.spec
+        spec, raw = _raw_graph(model)
         if model.small is not None:
-            small_bytes = model.small.onnx_model_bytes() if model.small.spec.runtime == "onnxruntime" else None
-            serve = write_member(staging, model.small, spec.serve["below_batch"], onnx_bytes=small_bytes)
+            small_spec, small_raw = _raw_graph(model.small)
+            small_bytes = model.small.onnx_model_bytes() if small_spec.runtime == "onnxruntime" else None
+            serve, _ = write_member(staging, dataclasses.replace(model.small, spec=small_spec), spec.serve["below_batch"],
+                                    onnx_bytes=small_bytes, raw_onnx_bytes=small_raw)
             spec = ModelSpec.from_dict({**spec.to_dict(), "serve": serve})
-        write_artifact(staging, model.module, spec, metrics, onnx_bytes=onnx_bytes)
+        write_artifact(staging, model.module, spec, metrics, onnx_bytes=onnx_bytes, raw_onnx_bytes=raw)
         commit_directory(staging, out)
     except BaseException:
         import shutil
@@ -290,6 +295,18 @@ def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = No
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _raw_graph(model: LoadedModel) -> tuple[ModelSpec, bytes | None]:
+    """The spec to save `model` with and its raw-row ONNX graph: read from its artifact, or, where it has none to
+    read (a model in memory), the spec without the `raw_file` entry that would name a file not written."""
+    onnx = model.spec.onnx or {}
+    if not onnx.get("raw_file"):
+        return model.spec, None
+    if model.path is not None:
+        return model.spec, _member(model.path, onnx["raw_file"]).read_bytes()
+    kept = {k: v for k, v in onnx.items() if k not in ("raw_file", "raw_sha256")}
+    return dataclasses.replace(model.spec, onnx=kept), None
 
 
 def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | None = None) -> LoadedModel:
