@@ -567,12 +567,17 @@ def quick_ratios(variants: list[Variant], baseline: Variant, data: DataBundle, c
     """A short interleaved timing (one thread, CPU clock, a third of `config`'s budget up to 60 ms a round) of
     `variants` against `baseline` at `batch`: each one's speed-up over it (the median of per-round ratios), by
     `id`."""
-    from .measure import Runner
-
     quick = LatencyConfig(warmup=2, min_reps=3, max_reps=60, budget_s=min(0.06, config.budget_s / 3), rounds=3)
+    return _speedups(variants, baseline, data, batch, quick)
+
+
+def _speedups(variants: list[Variant], baseline: Variant, data: DataBundle, batch: int,
+              timing: LatencyConfig) -> dict[int, float]:
+    """Each of `variants`' speed-up over `baseline` at `batch` (one thread, CPU clock, interleaved rounds of
+    `timing`): the median of per-round ratios, by `id`."""
     runners = [Runner(v, 1) for v in [baseline, *variants]]
     with torch_threads(1):
-        timed = interleaved_rounds([r.raw_call() for r in runners], _batch(data.x_test, batch), quick, cpu_clock=True)
+        timed = interleaved_rounds([r.raw_call() for r in runners], _batch(data.x_test, batch), timing, cpu_clock=True)
     return dict(zip(map(id, variants), (ratio_summary(timed[0]["rounds"], t["rounds"])[0] for t in timed[1:])))
 
 
@@ -705,15 +710,16 @@ def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseli
     chosen, reason = choose(baseline, variants, max_drop, batch)
     if not by_batch or chosen is baseline:
         return chosen, reason
-    routed = route_by_batch(model, data, chosen, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
-                            config=config, batch=batch, drifted=drift_check(model, data, guard) if guard else None)
-    if routed is None:
+    found = route_by_batch(model, data, chosen, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
+                           config=config, batch=batch, drifted=drift_check(model, data, guard) if guard else None)
+    if found is None:
         return chosen, reason
+    routed, why = found
     variants.append(routed)
     front = pareto_front([baseline, *variants])
     for v in [baseline, *variants]:
         v.measurements["pareto"] = any(v is f for f in front)
-    return routed, routed.measurements.pop("_reason") + f"; {reason}"
+    return routed, f"{why}; {reason}"
 
 
 def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: int = 256) -> tuple[Variant, str]:
@@ -761,11 +767,11 @@ def _eligible(variants: list[Variant]) -> list[Variant]:
 
 def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, variants: list[Variant], baseline: Variant,
                    *, max_drop: float, min_agreement: float, config: LatencyConfig, batch: int = 256,
-                   drifted: Callable[[Variant], bool] | None = None) -> Variant | None:
+                   drifted: Callable[[Variant], bool] | None = None) -> tuple[Variant, str] | None:
     """`chosen` with the fastest eligible variant at the other batch size (1 or 256) serving that side, as one
     routed variant (`Variant.small`, `ModelSpec.serve`), when that one is BY_BATCH_GAIN times faster there than
     `chosen` and its attributions did not drift (with `drifted`), and the two files together are smaller than
-    the original; else None.
+    the original: (the routed variant, the reason to choose it); else None.
 
     An LSTM's fastest at batch 256 is bf16 PyTorch, 3x slower at batch 1 than ONNX Runtime's dynamic int8; a
     digits MLP's int8-static graph is 1.2x slower at batch 1 than its int8-weights twin. One file each made
@@ -821,11 +827,10 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     routed.notes.append(f"answers calls of fewer than {below} rows with {small.name} and the rest with {large.name}: "
                         f"{gain:.2f}x faster at batch {other} than {chosen.name} alone (a confirming timing), "
                         f"{m['size_ratio']:.2f}x smaller than the original with both files")
-    m["_reason"] = (f"{large.name} for batches of {below} rows and more, {small.name} below: "
+    return routed, (f"{large.name} for batches of {below} rows and more, {small.name} below: "
                     f"{m['speedup']['b256_t1']:.2f}x faster than fp32 at batch 256 and {m['speedup']['b1_t1']:.2f}x "
                     f"at batch 1 (single thread), {m['size_ratio']:.2f}x smaller with both files, "
                     f"{describe_fidelity(m['fidelity'])} as it serves")
-    return routed
 
 
 def confirmed_gain(chosen: Variant, candidate: Variant, data: DataBundle, batch: int, config: LatencyConfig) -> float:
@@ -835,10 +840,7 @@ def confirmed_gain(chosen: Variant, candidate: Variant, data: DataBundle, batch:
     int8 graph for batch 1 at 1.45x smaller, and measured 7% slower there than its choice."""
     timing = LatencyConfig(warmup=5, min_reps=CONFIRM_ROUNDS * 3, max_reps=CONFIRM_ROUNDS * 40,
                            budget_s=max(config.budget_s, 0.2), rounds=CONFIRM_ROUNDS)
-    calls = [Runner(chosen, 1).raw_call(), Runner(candidate, 1).raw_call()]
-    with torch_threads(1):
-        t_chosen, t_candidate = interleaved_rounds(calls, _batch(data.x_test, batch), timing, cpu_clock=True)
-    return ratio_summary(t_chosen["rounds"], t_candidate["rounds"])[0]
+    return _speedups([candidate], chosen, data, batch, timing)[id(candidate)]
 
 
 def crossover(small: Variant, large: Variant, data: DataBundle) -> int:

@@ -134,9 +134,10 @@ class LatencyConfig:
 def size_on_disk(variant: Variant) -> int:
     """Bytes of the file the variant's runtime loads (model.onnx, else model.safetensors as it will be written),
     with its small-batch member's."""
-    if variant.small is not None:
-        return size_on_disk(Variant(variant.name, variant.model, variant.recipe, variant.onnx_bytes)) + \
-            size_on_disk(variant.small)
+    return _file_size(variant) + (size_on_disk(variant.small) if variant.small is not None else 0)
+
+
+def _file_size(variant: Variant) -> int:
     if variant.onnx_bytes is not None:
         return len(variant.onnx_bytes)
     model = variant.model

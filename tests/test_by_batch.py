@@ -52,8 +52,15 @@ def _route(measured, digits, b1_gain: float):
     for v in (bf16, onnx):
         v.measurements.update(within_budget=True, slower_than_fp32=False, flips=False)
     variants = [bf16, onnx]
-    return route_by_batch(model, digits, bf16, variants, baseline, max_drop=5.0, min_agreement=0.9,
-                          config=LatencyConfig(budget_s=0.02))
+    found = route_by_batch(model, digits, bf16, variants, baseline, max_drop=5.0, min_agreement=0.9,
+                           config=LatencyConfig(budget_s=0.02))
+    return found[0] if found else None
+
+
+def _route_reason(measured, digits) -> str:
+    model, baseline, bf16, onnx = measured
+    return route_by_batch(model, digits, bf16, [bf16, onnx], baseline, max_drop=5.0, min_agreement=0.9,
+                          config=LatencyConfig(budget_s=0.02))[1]
 
 
 def test_a_variant_much_faster_at_batch_1_serves_the_small_batches(measured, digits):
@@ -70,7 +77,8 @@ def test_a_variant_much_faster_at_batch_1_serves_the_small_batches(measured, dig
     assert m["size_bytes"] == bf16.measurements["size_bytes"] + onnx.measurements["size_bytes"]
     assert m["size_ratio"] < min(bf16.measurements["size_ratio"], onnx.measurements["size_ratio"])
     assert m["fidelity"]["n"] == len(digits.y_test) and m["within_budget"] and not m["flips"]
-    assert "_reason" in m and "below: " in m["_reason"] and "with both files" in m["_reason"]
+    reason = _route_reason(measured, digits)
+    assert "below: " in reason and "with both files" in reason and "as it serves" in reason
     assert routed.recipe["large"] == bf16.recipe and routed.recipe["small"] == onnx.recipe
     # the runner routes: one row runs the ONNX member, many rows the bf16 model
     runner = Runner(routed, 1)
@@ -136,7 +144,7 @@ def test_the_choice_then_the_route_in_settle(measured, digits, monkeypatch):
     chosen, reason = auto.settle(model, digits, variants, baseline, max_drop=5.0, min_agreement=0.9,
                                  config=LatencyConfig(budget_s=0.02), notes=[], by_batch=True)
     assert chosen.small is not None and chosen in variants and reason.endswith("; fastest")
-    assert all("pareto" in v.measurements for v in variants) and "_reason" not in chosen.measurements
+    assert all("pareto" in v.measurements for v in variants) and " below: " in reason
     plain, _ = auto.settle(model, digits, [bf16, onnx], baseline, max_drop=5.0, min_agreement=0.9,
                            config=LatencyConfig(budget_s=0.02), notes=[], by_batch=False)
     assert plain is bf16
