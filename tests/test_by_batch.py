@@ -169,6 +169,11 @@ def test_the_cli_writes_a_routed_choice_that_predict_report_and_explain_read(tmp
     assert result.schema_version == 3
     row = next(v for v in result.variants if v.name == result.chosen.name)
     assert row.serve is not None and row.serve.small in {v.name for v in result.variants}
+    from compress.views import rows
+
+    flat = {r["name"]: r for r in rows(result.dump())}
+    assert flat[row.name]["small_batch"] == f"< {row.serve.below_batch} rows: {row.serve.small}"
+    assert flat[row.serve.small]["small_batch"] is None
     assert (tmp_path / "c" / result.chosen.path / SMALL_BATCH_DIR / "model.json").is_file()
     np.savez(tmp_path / "rows.npz", x=_digits_rows())
     capsys.readouterr()
