@@ -136,8 +136,7 @@ def front_matter(run, training: dict | None, compression: dict | None) -> dict:
     if metrics:
         results.append({"task": {"type": task}, "dataset": {"name": name, "type": name, "split": "test"},
                         "metrics": metrics})
-    # a routed variant's runtime cell names both of its runtimes
-    onnx = ["onnx"] if chosen and "onnxruntime" in str(chosen.get("runtime") or "") else []
+    onnx = ["onnx"] if chosen and "onnxruntime" in (chosen.get("runtime"), chosen.get("small_runtime")) else []
     return {"license": "unknown", "library_name": "pytorch", "tags": ["toolkit", family, task, *onnx],
             "datasets": [name], "metrics": ["accuracy"], "pipeline_tag": task if task != "other" else None,
             "model-index": [{"name": f"{name}-{family}", "results": results}]}

@@ -198,9 +198,10 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
     bits = BITS.get(v.dtype)
     lat = v.latency_ms
     return {
-        "name": v.name, "method": v.method, "dtype": v.dtype,
-        "runtime": v.runtime if getattr(v, "serve", None) is None else  # a routed variant (schema 3)
-        f"{v.runtime}; calls under {v.serve.below_batch} rows: {v.serve.small_runtime} ({v.serve.small})",
+        "name": v.name, "method": v.method, "runtime": v.runtime, "dtype": v.dtype,
+        # a routed variant (schema 3): its member's runtime, and the calls it answers
+        "small_runtime": serve.small_runtime if (serve := getattr(v, "serve", None)) else None,
+        "small_batch": f"calls under {serve.below_batch} rows: {serve.small_runtime} ({serve.small})" if serve else None,
         "accuracy": v.accuracy, "drop": v.accuracy_drop, "disk": v.size_bytes,
         "nominal": v.parameters * bits / 8 if v.parameters is not None and bits else None,
         "parameters": v.parameters, "speedup": v.speedup.b1_t1, "speedup256": v.speedup.b256_t1,
