@@ -56,7 +56,7 @@ from trainers.progress import ProgressEvent, reporter
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
 from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, LatencyConfig, Runner, compare_to_baseline,
-                      describe_fidelity, evaluate, fidelity, interleaved_rounds, judge, measure_all, pareto_front, ratio_summary,
+                      describe_fidelity, evaluate, fidelity, interleaved_rounds, judge, mark_pareto, measure_all, ratio_summary,
                       torch_threads, _batch)
 from .options import AccuracyPoints
 
@@ -716,9 +716,7 @@ def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseli
         return chosen, reason
     routed, why = found
     variants.append(routed)
-    front = pareto_front([baseline, *variants])
-    for v in [baseline, *variants]:
-        v.measurements["pareto"] = any(v is f for f in front)
+    mark_pareto([baseline, *variants])
     return routed, f"{why}; {reason}"
 
 

@@ -427,6 +427,11 @@ def measure_all(variants: list[Variant], baseline: Variant, data, max_drop: floa
     time_all([baseline, *variants], data, config)
     for v in [baseline, *variants]:
         compare_to_baseline(v, baseline, max_drop, min_agreement, classes[id(baseline)], classes[id(v)])
-    front = pareto_front([baseline, *variants])
-    for v in [baseline, *variants]:
+    mark_pareto([baseline, *variants])
+
+
+def mark_pareto(variants: list[Variant]) -> None:
+    """Set each variant's `pareto` measurement: on the front of `variants` (`pareto_front`) or not."""
+    front = pareto_front(variants)
+    for v in variants:
         v.measurements["pareto"] = any(v is f for f in front)
