@@ -24,6 +24,7 @@ from torch import nn
 from trainers.artifact import LoadedModel
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
+from trainers.ortsession import inference_session
 
 from .base import Variant, default_options, derive_model, register_method
 
@@ -277,7 +278,7 @@ def ort_session(onnx_bytes: bytes, threads: int | None = None, spin: bool = Fals
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return inference_session(onnx_bytes, options)
 
 
 def run_onnx(session_or_bytes, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -22,6 +22,7 @@ from .data import MAX_CLASSES
 from .errors import ArtifactError, ToolkitError
 from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, read_json
 from .models import build_model, count_parameters
+from .ortsession import inference_session
 
 FORMAT_VERSION = 1
 CUSTOM_FAMILY, ONNX_FAMILY = "custom", "onnx"  # a user's own torch.nn.Module; a user's own ONNX graph
@@ -177,7 +178,7 @@ class LoadedModel:
             if threads:
                 options.intra_op_num_threads = threads
             try:
-                session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+                session = inference_session(onnx_bytes, options)
             except Exception as exc:  # ORT raises its own exception types for bad files
                 raise ArtifactError(f"cannot load ONNX model {self.source}: {str(exc).splitlines()[0]}") from None
             if threads is not None:
@@ -188,11 +189,9 @@ class LoadedModel:
     def raw_onnx_session(self):
         """An ONNX Runtime session on the artifact's raw-row ONNX file (the table's numeric preprocessing inside)."""
         if self._raw_session is None:
-            import onnxruntime as ort
-
             raw_path = self.path / self.spec.onnx["raw_file"]
             try:
-                self._raw_session = ort.InferenceSession(str(raw_path), providers=["CPUExecutionProvider"])
+                self._raw_session = inference_session(str(raw_path))
             except Exception as exc:  # ORT raises its own exception types for bad files
                 raise ArtifactError(f"cannot load ONNX model {raw_path}: {exc}") from None
         return self._raw_session
@@ -273,10 +272,13 @@ def write_member(directory: str | Path, small: "LoadedModel", below_batch: int, 
 
 def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = None,
                overwrite: bool = False, onnx_bytes: bytes | None = None) -> Path:
-    """Save a model as a new artifact directory, atomically."""
+    """Save a model as a new artifact directory, atomically (`onnx_bytes`: the graph to write; by default an ONNX
+    variant's own)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ToolkitError(f"output directory {out} already exists; pass overwrite=True to replace it")
+    if onnx_bytes is None and model.spec.runtime == "onnxruntime":  # an ONNX variant saves the graph it runs
+        onnx_bytes = model.onnx_model_bytes()
     staging = out.with_name(out.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     try:

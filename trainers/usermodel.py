@@ -21,6 +21,7 @@ from torch import nn
 
 from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model
 from .errors import ToolkitError
+from .ortsession import inference_session
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".pt2")
 PYTHON_ROUTE = ("build the module in your own Python code and pass it (compress.compress_model(MyNet(), data)), "
@@ -226,7 +227,7 @@ def _session(onnx_bytes: bytes, origin: str):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        return inference_session(onnx_bytes, options)
     except Exception as exc:  # ORT's own exception types: an op it cannot run, an invalid graph
         raise ToolkitError(f"ONNX Runtime cannot run {origin} ({_first_line(exc)})") from None
 

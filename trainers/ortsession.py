@@ -1,0 +1,46 @@
+"""ONNX Runtime sessions that honour the graph's own session hint.
+
+A graph may carry, in its `metadata_props`, the ORT graph optimizers that make it slower
+(`toolkit.ort.disabled_optimizers`, a JSON list). The int8 search writes it when it measured the gain: ORT's
+QDQ propagation moves a QuantizeLinear above a MaxPool that follows an fp32 convolution, so the pooling runs
+on uint8 in ORT's generic NCHW kernel instead of its blocked fp32 one (on the digits CNN with its first
+convolution in fp32: the pooling alone 0.71 ms against 0.02 ms at batch 256, the graph 3.6x slower than
+without the move). The hint lives in the file, so every reader of the graph here (the artifact, `toolkit
+predict`, the timing) runs what was measured. ORT keeps no session setting in the file format, hence this
+small reader.
+
+Only optimizers named in ALLOWED are honoured; a file cannot switch off anything else.
+"""
+
+from __future__ import annotations
+
+import json
+
+DISABLED_OPTIMIZERS_KEY = "toolkit.ort.disabled_optimizers"
+ALLOWED = frozenset({"QDQPropagationTransformer"})
+
+
+def disabled_optimizers(metadata: dict) -> list[str]:
+    """The allowed optimizer names a graph's metadata map asks to disable (none for a malformed entry)."""
+    try:
+        names = json.loads(metadata.get(DISABLED_OPTIMIZERS_KEY, "[]"))
+    except ValueError:
+        return []
+    return sorted({n for n in names if n in ALLOWED}) if isinstance(names, list) else []
+
+
+def inference_session(model, options=None):
+    """A CPU `InferenceSession` on `model` (bytes or a path) with the graph's session hint applied.
+
+    The hint is read from the session ORT built (no second parse of the file); a graph that carries one is
+    loaded a second time with those optimizers disabled. Graphs without it, every user's file among them,
+    load once, as plain ORT does.
+    """
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(model, options, providers=providers)
+    names = disabled_optimizers(session.get_modelmeta().custom_metadata_map)
+    if names:
+        session = ort.InferenceSession(model, options, providers=providers, disabled_optimizers=names)
+    return session
