@@ -312,7 +312,8 @@ def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, fou
               "format": "QDQ" if config.format == "qdq" else "QOperator", "activation_type": "uint8",
               "calibration": config.calibration, "graph_optimization": config.optimize,
               "calibration_samples": settings["calibration_samples"], "seed": settings["seed"],
-              **({"lean": True} if is_lean else {})}
+              **({"lean": True} if is_lean else {}),
+              **({"ort_disabled_optimizers": list(chosen.hint)} if chosen.hint else {})}
     return _finish_int8(model, data, "static", twin, recipe, chosen.onnx_bytes, check, notes,
                         extra={"int8_search": found.rows}, name="int8-static-lean" if is_lean else None)
 

@@ -177,6 +177,7 @@ class Int8SearchRow(Record):
     agreement: float
     latency_ratio: float | None  # median per-round latency over the fp32 ONNX graph's, batch 256, one thread
     reached: bool
+    disabled_optimizers: list[str] | None = None  # the graph's ORT session hint (`trainers.ortsession`)
 
 
 class Recipe(BaseModel):

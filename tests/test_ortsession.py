@@ -1,0 +1,139 @@
+"""The graph's ORT session hint and the int8 search's layers in fp32 for speed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import compress.int8_search as search
+from compress.export import export_onnx
+from compress.int8_search import SESSION_HINT, search_int8, with_hint
+from trainers import TrainConfig, load_model, predict, save_model, train
+from trainers.ortsession import DISABLED_OPTIMIZERS_KEY, disabled_optimizers, inference_session
+
+ONE = {"formats": ("qdq",), "calibrations": ("minmax",), "per_channel": (True,), "optimize": (True,)}
+
+
+@pytest.fixture(scope="module")
+def cnn(digits):
+    return train(digits, "cnn", TrainConfig(epochs=2, device="cpu"), progress=False).model
+
+
+@pytest.fixture(scope="module")
+def inputs(cnn, digits):
+    fp32 = export_onnx(cnn, digits)
+    check_x = np.ascontiguousarray(digits.x_val, np.float32)
+    return fp32, np.ascontiguousarray(digits.x_train[:256], np.float32), check_x, predict(cnn.module, check_x).argmax(1)
+
+
+def _first_conv_in_fp32(fp32: bytes, calibration_x, tmp_path) -> bytes:
+    (tmp_path / "fp32.onnx").write_bytes(fp32)
+    first = search.compute_nodes(tmp_path / "fp32.onnx")[0]
+    return search._quantize(tmp_path / "fp32.onnx", search.Int8Config(), calibration_x, [first], tmp_path)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (json.dumps(["QDQPropagationTransformer"]), ["QDQPropagationTransformer"]),
+    (json.dumps(["QDQPropagationTransformer", "ConstantFolding"]), ["QDQPropagationTransformer"]),  # not allowed
+    ("not json", []), (json.dumps({"a": 1}), []), (json.dumps([3]), []),
+])
+def test_only_allowed_optimizers_are_read_from_a_hint(value, expected):
+    assert disabled_optimizers({DISABLED_OPTIMIZERS_KEY: value}) == expected
+    assert disabled_optimizers({}) == []
+
+
+def _pool_input_producer(session_bytes: bytes, tmp_path, hinted: bool) -> str:
+    """The op that feeds the first MaxPool of the graph ORT optimised (saved by ORT itself)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"optimized-{hinted}.onnx")
+    options.log_severity_level = 3
+    inference_session(session_bytes, options)
+    graph = onnx.load(options.optimized_model_filepath).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    pool = next(n for n in graph.node if "MaxPool" in n.op_type)
+    return producers.get(pool.input[0], "graph input")
+
+
+def test_a_hinted_graph_keeps_its_pooling_in_fp32(inputs, tmp_path):
+    """ORT's QDQ propagation moves the quantization of an fp32 convolution's output above the MaxPool (the
+    pooling then runs on uint8 in a slow generic kernel); the hint turns that move off, the predictions stay."""
+    fp32, calibration_x, check_x, _ = inputs
+    plain = _first_conv_in_fp32(fp32, calibration_x, tmp_path)
+    hinted = with_hint(plain, SESSION_HINT)
+    assert _pool_input_producer(plain, tmp_path, False) == "QuantizeLinear"
+    assert _pool_input_producer(hinted, tmp_path, True) != "QuantizeLinear"
+    got = [inference_session(g).run(None, {"input": check_x})[0] for g in (plain, hinted)]
+    np.testing.assert_allclose(got[0], got[1], atol=1e-4)
+    assert with_hint(hinted, ()) == plain or DISABLED_OPTIMIZERS_KEY not in {
+        p.key for p in onnx.load_from_string(with_hint(hinted, ())).metadata_props}
+
+
+def _fake_latency(slow_first: bool):
+    """Interleaved latency read from the graph: the first convolution costs 0.5 (fp32 ONNX = 1) in int8 and 0.1 in
+    fp32 when `slow_first`, else 0.1 either way; every other layer costs 0.1 in int8 and 0.3 in fp32."""
+
+    def latency(graphs, reference, x, rounds=5, reps=3):
+        out = []
+        for graph in graphs:
+            nodes = onnx.load_from_string(graph).graph.node
+            weights_fp32 = {n.name for n in nodes if n.op_type in ("Conv", "Gemm")
+                            and not any(i.endswith("DequantizeLinear_Output") for i in n.input[1:2])}
+            first = next(n.name for n in nodes if n.op_type in ("Conv", "QLinearConv"))
+            cost = 0.0
+            for n in nodes:
+                if n.op_type in ("Conv", "Gemm"):
+                    int8 = n.name not in weights_fp32
+                    cost += (0.5 if int8 and slow_first else 0.1) if n.name == first else (0.1 if int8 else 0.3)
+            out.append(cost)
+        return out if rounds else [None] * len(graphs)
+
+    return latency
+
+
+def test_the_search_moves_a_layer_to_fp32_where_that_is_faster(inputs, monkeypatch):
+    fp32, calibration_x, check_x, reference = inputs
+    monkeypatch.setattr(search, "interleaved_latency", _fake_latency(slow_first=True))
+    found = search_int8(fp32, calibration_x, check_x, reference, 0.0, **ONE)
+    assert found.best.fp32_nodes == ["/features/features.0/Conv"] and found.best.hint == SESSION_HINT
+    assert found.best.latency_ratio == pytest.approx(0.1 + 3 * 0.1)
+    assert any("for speed" in note for note in found.notes)
+    meta = {p.key: p.value for p in onnx.load_from_string(found.best.onnx_bytes).metadata_props}
+    assert disabled_optimizers(meta) == list(SESSION_HINT)
+    speed_rows = [r for r in found.rows if r.get("disabled_optimizers")]
+    assert len(speed_rows) >= 4  # every int8 layer was tried in fp32 once
+
+
+def test_no_layer_moves_to_fp32_without_a_gain(inputs, monkeypatch):
+    fp32, calibration_x, check_x, reference = inputs
+    monkeypatch.setattr(search, "interleaved_latency", _fake_latency(slow_first=False))
+    found = search_int8(fp32, calibration_x, check_x, reference, 0.0, **ONE)
+    assert found.best.fp32_nodes == [] and found.best.hint == ()
+    assert not any("for speed" in note for note in found.notes)
+
+
+def test_a_speed_move_must_keep_the_agreement_target(inputs, monkeypatch):
+    """A target no graph reaches: the speed step (which starts from a graph reaching it) never runs."""
+    fp32, calibration_x, check_x, reference = inputs
+    monkeypatch.setattr(search, "interleaved_latency", _fake_latency(slow_first=True))
+    monkeypatch.setattr(search, "_agreement", lambda graph, x, ref: 0.5)
+    found = search_int8(fp32, calibration_x, check_x, reference, 0.9, fallback_configs=0, **ONE)
+    assert found.best.fp32_nodes == [] and not any("for speed" in note for note in found.notes)
+
+
+def test_the_hint_travels_with_the_saved_variant(cnn, digits, monkeypatch, tmp_path):
+    """int8-static records the hint, and the saved artifact's session (what predict and the timing use) applies it."""
+    from compress import get_method
+
+    monkeypatch.setattr(search, "interleaved_latency", _fake_latency(slow_first=True))
+    [variant] = get_method("int8-static", "cnn").func(cnn, digits, lean=False, **ONE)
+    assert variant.recipe["ort_disabled_optimizers"] == list(SESSION_HINT)
+    save_model(variant.model, tmp_path / "v")
+    loaded = load_model(tmp_path / "v")
+    session = loaded.onnx_session()
+    assert disabled_optimizers(session.get_modelmeta().custom_metadata_map) == list(SESSION_HINT)
+    np.testing.assert_allclose(predict(loaded, digits.x_test[:64]), predict(variant.model, digits.x_test[:64]),
+                               atol=1e-5)
