@@ -166,8 +166,8 @@ class Fidelity(Record):
     passes: bool  # agreement >= min_agreement - margin
 
 
-class Int8SearchRow(Record):
-    """One configuration the static int8 search measured (`compress.int8_search`)."""
+class Int8SearchRowV3(Record):
+    """One configuration the static int8 search measured (`compress.int8_search`), schema versions 1-3."""
 
     format: Literal["qdq", "qoperator"]
     calibration: Literal["minmax", "percentile", "entropy"]
@@ -177,6 +177,11 @@ class Int8SearchRow(Record):
     agreement: float
     latency_ratio: float | None  # median per-round latency over the fp32 ONNX graph's, batch 256, one thread
     reached: bool
+
+
+class Int8SearchRow(Int8SearchRowV3):
+    """A row of the int8 search from schema version 4 on: a graph with layers in fp32 names its ORT session hint."""
+
     disabled_optimizers: list[str] | None = None  # the graph's ORT session hint (`trainers.ortsession`)
 
 
@@ -216,7 +221,7 @@ class VariantRowV2(Record):
     parity: Parity | None
     twin_agreement: float | None = None  # int8 variants only
     agreement_check: AgreementCheck | None = None  # int8 variants only
-    int8_search: list[Int8SearchRow] | None = None  # int8-static only: every configuration measured
+    int8_search: list[Int8SearchRowV3] | None = None  # int8-static only: every configuration measured
     notes: list[str]
     # schema version 2 (absent from version 1 files):
     fidelity: Fidelity | None = None  # agreement with the original; `flips` = it fails the rule
@@ -225,10 +230,16 @@ class VariantRowV2(Record):
     rounds: int | None = None  # interleaved timing rounds
 
 
-class VariantRow(VariantRowV2):
-    """A variant's row from schema version 3 on."""
+class VariantRowV3(VariantRowV2):
+    """A variant's row in schema version 3."""
 
     serve: Serve | None = None  # a routed variant: the model that answers small batches
+
+
+class VariantRow(VariantRowV3):
+    """A variant's row from schema version 4 on."""
+
+    int8_search: list[Int8SearchRow] | None = None  # int8-static only: every configuration measured
 
 
 class Threads(Record):
@@ -280,11 +291,19 @@ class CompressResultFileV2(CompressResultFileV1):
     search_notes: list[str] = Field(default_factory=list)
 
 
-class CompressResultFile(CompressResultFileV2):
+class CompressResultFileV3(CompressResultFileV2):
     """Version 3: a variant may route calls by batch size (auto's `by_batch`): its row's `serve` names the
     model that answers small batches; its latency at batch 1 is that model's, its size counts both files."""
 
     schema_version: Literal[3] = 3
+    baseline: VariantRowV3
+    variants: list[VariantRowV3]  # the baseline first
+
+
+class CompressResultFile(CompressResultFileV3):
+    """Version 4: a row of the int8 search names the graph's ORT session hint (`disabled_optimizers`)."""
+
+    schema_version: Literal[4] = 4
     baseline: VariantRow
     variants: list[VariantRow]  # the baseline first
 
@@ -504,12 +523,12 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
               | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
-    "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFile},
+    "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
