@@ -12,13 +12,14 @@ one per tensor, and whether ORT's graph optimisations run on the fp32 graph befo
    under the target, the still-int8 layer with the best agreement gained per latency added moves to fp32.
 3. The fastest configuration that reaches the target then gets a greedy speed fallback: while moving one
    more int8 layer to fp32 makes the graph at least SPEED_GAIN faster and keeps the target, the layer that
-   gains most moves (at most SPEED_STEPS layers; the gain confirmed in a second race of the two alone). int8 is not faster for every layer: on the digits CNN the
-   first convolution (one input channel, 3x3) takes 0.40 ms in ORT's QLinearConv against 0.07 ms in fp32 at
-   batch 256, 60% of the int8 graph's time; with it in fp32 the graph is 2.0x faster than fp32 where the
-   all-int8 one is 1.4x (and on the pruned CNN 1.6x where the all-int8 one is 0.75x). A graph with fp32
-   layers carries the session hint of `trainers.ortsession` (ORT's QDQ propagation off): without it ORT
-   moves the quantization above the next MaxPool, which then runs in a slow generic kernel, and the same
-   graph is 3.6x slower. Each finalist with fp32 layers races with and without the hint.
+   gains most moves (at most SPEED_STEPS layers; the gain confirmed in a second race of the two alone).
+   int8 is not faster for every layer: on the digits CNN the first convolution (one input channel, 3x3)
+   takes 0.40 ms in ORT's QLinearConv against 0.07 ms in fp32 at batch 256, 60% of the int8 graph's
+   time; with it in fp32 the graph is 2.0x faster than fp32 where the all-int8 one is 1.4x (and on the
+   pruned CNN 1.6x where the all-int8 one is 0.75x). A graph with fp32 layers carries the session hint of
+   `trainers.ortsession` (ORT's QDQ propagation off): without it ORT moves the quantization above the next
+   MaxPool, which then runs in a slow generic kernel, and the same graph is 3.6x slower. Each finalist with
+   fp32 layers races with and without the hint.
 4. Among the configurations that reach the target, the fastest wins; any within TIE_BAND of it with a higher
    agreement wins instead (latency differences that small are within what a busy machine moves).
 5. The same tie band's smallest graph, where it is at least LEAN_SAVING smaller than the choice, is kept too
@@ -261,16 +262,23 @@ def _equally_fast(candidates: list[Candidate], target: float, tie_band: float) -
     return [c for c in reached if c.latency_ratio <= fastest * (1 + tie_band)]
 
 
+def _one_more_in_fp32(current: Candidate, src: Path, calibration_x, check_x, reference, nodes,
+                      tmp) -> list[Candidate]:
+    """`current` with each of its int8 layers in turn moved to fp32 (agreement measured, latency not yet)."""
+    trials = []
+    for name in (n for n in nodes if n not in current.fp32_nodes):
+        exclude = [*current.fp32_nodes, name]
+        graph, hint = _quantize_hinted(src, current.config, calibration_x, exclude, tmp)
+        trials.append(Candidate(current.config, exclude, graph, _agreement(graph, check_x, reference), hint=hint))
+    return trials
+
+
 def _fallback(start: Candidate, src: Path, calibration_x, check_x, reference, target, nodes, fp32, x_lat, rounds,
               tmp) -> tuple[Candidate, list[Candidate]]:
     """Greedy: move to fp32 the layer with the best agreement gained per latency added, until `target` holds."""
     current, steps = start, []
     while current.agreement < target and len(current.fp32_nodes) < len(nodes) - 1:
-        trials = []
-        for name in (n for n in nodes if n not in current.fp32_nodes):
-            exclude = [*current.fp32_nodes, name]
-            graph, hint = _quantize_hinted(src, current.config, calibration_x, exclude, tmp)
-            trials.append(Candidate(current.config, exclude, graph, _agreement(graph, check_x, reference), hint=hint))
+        trials = _one_more_in_fp32(current, src, calibration_x, check_x, reference, nodes, tmp)
         trials = [t for t in trials if t.agreement > current.agreement]
         if not trials:
             break
@@ -294,11 +302,7 @@ def _speed_fallback(start: Candidate, src: Path, calibration_x, check_x, referen
     if rounds == 0:
         return current, steps
     while len(steps) < SPEED_STEPS and len(current.fp32_nodes) < len(nodes) - 1:
-        trials = []
-        for name in (n for n in nodes if n not in current.fp32_nodes):
-            exclude = [*current.fp32_nodes, name]
-            graph, hint = _quantize_hinted(src, current.config, calibration_x, exclude, tmp)
-            trials.append(Candidate(current.config, exclude, graph, _agreement(graph, check_x, reference), hint=hint))
+        trials = _one_more_in_fp32(current, src, calibration_x, check_x, reference, nodes, tmp)
         ratios = interleaved_latency([t.onnx_bytes for t in trials] + [current.onnx_bytes], fp32, x_lat, rounds)
         for t, ratio in zip(trials, ratios):
             t.latency_ratio = ratio
