@@ -357,13 +357,18 @@ def fast_graph(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:
     graph gives the same logits on `x` (float32 rounding apart): the input's standardization as one node
     (`input_fold`), and 1-D convolutions run as 2-D ones (`compress.layout.lift_1d`: the faster blocked-layout
     kernels). Returns (graph, notes)."""
+    onnx_bytes, notes = input_fold(onnx_bytes, x)
+    lifted, lift_notes = lift_checked(onnx_bytes, x)
+    return lifted, notes + lift_notes
+
+
+def lift_checked(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:
+    """The graph with its 1-D convolutions and pools as 2-D ones (`compress.layout.lift_1d`) where that gives the
+    same logits on `x`, else the graph as it is. Returns (graph, notes)."""
     from .layout import lift_1d
 
-    onnx_bytes, notes = input_fold(onnx_bytes, x)
-    lifted, lift_notes = _checked_rewrite(onnx_bytes, lift_1d(onnx_bytes), x, "1-D convolutions kept as they are",
-                                          "1-D convolutions and pools run as 2-D ones (ONNX Runtime's blocked-layout "
-                                          "kernels)")
-    return lifted, notes + lift_notes
+    return _checked_rewrite(onnx_bytes, lift_1d(onnx_bytes), x, "1-D convolutions kept as they are",
+                            "1-D convolutions and pools run as 2-D ones (ONNX Runtime's blocked-layout kernels)")
 
 
 def input_fold(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:

@@ -31,7 +31,8 @@ from trainers.models import capabilities
 from trainers.options import Bool, Fraction, Int, NonNegativeInt, PositiveInt
 
 from .base import Variant, default_options, derive_model, register_method
-from .export import Exporter, ExportInfo, export_with_info, input_fold, onnx_parity, onnx_variant_model, run_onnx
+from .export import (Exporter, ExportInfo, export_with_info, input_fold, lift_checked, onnx_parity, onnx_variant_model,
+                     run_onnx)
 from .int8_search import FORMATS, Candidate, SearchResult, search_int8
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
@@ -270,9 +271,11 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
         fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
     calibration_x, check_x = _split_for_check(data, calibration_samples, seed, True)
     reference = predict(model, check_x).argmax(1)
+    lifted, _ = lift_checked(fp32_bytes, check_x)
     found = search_int8(fp32_bytes, calibration_x, check_x, reference, min_agreement, formats=formats,
                         calibrations=calibrations, per_channel=per_channel, optimize=optimize,
-                        fallback_configs=fallback_configs, rounds=latency_rounds)
+                        fallback_configs=fallback_configs, rounds=latency_rounds,
+                        lifted=None if lifted is fp32_bytes else lifted)
     settings = {"exporter": info.exporter, "min_agreement": min_agreement, "calibration_samples": calibration_samples,
                 "seed": seed, "samples": len(calibration_x), "check_samples": len(check_x)}
     variants = [_static_variant(model, data, fp32_bytes, found, found.best, settings)]
@@ -313,7 +316,8 @@ def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, fou
               "calibration": config.calibration, "graph_optimization": config.optimize,
               "calibration_samples": settings["calibration_samples"], "seed": settings["seed"],
               **({"lean": True} if is_lean else {}),
-              **({"ort_disabled_optimizers": list(chosen.hint)} if chosen.hint else {})}
+              **({"ort_disabled_optimizers": list(chosen.hint)} if chosen.hint else {}),
+              **({"layout": "1-D convolutions and pools as 2-D ones"} if config.lift else {})}
     return _finish_int8(model, data, "static", twin, recipe, chosen.onnx_bytes, check, notes,
                         extra={"int8_search": found.rows}, name="int8-static-lean" if is_lean else None)
 

@@ -158,3 +158,44 @@ def test_version_3_compress_results_are_still_read():
     assert type(parse_result(old, stage="compress")) is CompressResultFileV3
     with pytest.raises(ToolkitError, match="disabled_optimizers"):
         parse_result({**old, "variants": current["variants"]}, stage="compress")
+
+
+def test_the_speed_step_also_tries_a_1d_cnn_as_2d(monkeypatch):
+    """A 1-D CNN's speed step tries each move on the graph with its 1-D convolutions as 2-D ones too (where an
+    fp32 convolution runs in ORT's blocked kernels), and keeps that form where it is the faster."""
+    import io
+
+    import torch
+    from torch import nn
+
+    from compress.layout import lift_1d
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(8, 16, 3, padding=1),
+                           nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(16 * 10, 4)).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(module, torch.randn(2, 1, 40), buffer, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    fp32 = buffer.getvalue()
+    x = np.random.default_rng(0).standard_normal((300, 1, 40)).astype(np.float32)
+    reference = inference_session(fp32).run(None, {"input": x[200:]})[0].argmax(1)
+
+    def latency(graphs, reference_graph, x, rounds=5, reps=3):
+        costs = []
+        for graph in graphs:
+            nodes = onnx.load_from_string(graph).graph.node
+            lifted = any("__lift" in o for n in nodes for o in n.output)
+            first = next(n for n in nodes if n.op_type in ("Conv", "QLinearConv"))
+            fp32_first = not any(i.endswith("DequantizeLinear_Output") for i in first.input[1:2])
+            costs.append((0.1 if lifted else 0.3) if fp32_first else 0.5)
+        return costs if rounds else [None] * len(graphs)
+
+    monkeypatch.setattr(search, "interleaved_latency", latency)
+    found = search_int8(fp32, x[:200], x[200:], reference, 0.0, lifted=lift_1d(fp32), **ONE)
+    first_conv = next(n.name for n in onnx.load_from_string(fp32).graph.node if n.op_type == "Conv")
+    assert found.best.config.lift and found.best.fp32_nodes == [first_conv] and found.best.hint == SESSION_HINT
+    assert any("as 2-D ones" in note for note in found.notes) and any(r["lift"] for r in found.rows)
+    got = inference_session(found.best.onnx_bytes).run(None, {"input": x[200:]})[0]
+    assert (got.argmax(1) == reference).mean() > 0.9
+    without = search_int8(fp32, x[:200], x[200:], reference, 0.0, **ONE)  # no 2-D form given: the 1-D graph
+    assert not without.best.config.lift and without.best.fp32_nodes

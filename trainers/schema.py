@@ -180,9 +180,11 @@ class Int8SearchRowV3(Record):
 
 
 class Int8SearchRow(Int8SearchRowV3):
-    """A row of the int8 search from schema version 4 on: a graph with layers in fp32 names its ORT session hint."""
+    """A row of the int8 search from schema version 4 on: a graph with layers in fp32 names its ORT session hint,
+    and a graph quantized from the 2-D form of a 1-D CNN says so."""
 
     disabled_optimizers: list[str] | None = None  # the graph's ORT session hint (`trainers.ortsession`)
+    lift: bool = False  # quantized from the graph with its 1-D convolutions and pools as 2-D ones
 
 
 class Recipe(BaseModel):
