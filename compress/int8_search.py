@@ -234,11 +234,14 @@ def _agreement(onnx_bytes: bytes, check_x: np.ndarray, reference: np.ndarray) ->
 
 def pick(candidates: list[Candidate], target: float, tie_band: float = TIE_BAND) -> Candidate:
     """Among the candidates reaching `target`, those within `tie_band` of the fastest count as equally fast:
-    the highest agreement wins, then the earlier configuration of the grid, then fewer fp32 layers.
+    the highest agreement wins, then the earlier configuration of the grid, then fewer fp32 layers, then the graph
+    without the session hint.
     When none reaches the target: the one with the highest agreement (then the fastest)."""
     close = _equally_fast(candidates, target, tie_band)
     if close is not None:  # equally fast and equally faithful: the grid's order decides (not timing noise)
-        return max(close, key=lambda c: (c.agreement, -c.config.rank, -len(c.fp32_nodes)))
+        # then ORT's own optimizers: the session hint only where it is faster beyond the tie band (a 40-feature
+        # CNN's graph with its head in fp32 ran as fast on one thread with the hint and 2.4x slower on two)
+        return max(close, key=lambda c: (c.agreement, -c.config.rank, -len(c.fp32_nodes), not c.hint))
     if any(c.latency_ratio is None for c in candidates):  # untimed: agreement, then the grid's order
         return max(candidates, key=lambda c: (c.agreement >= target, c.agreement, -c.config.rank, -len(c.fp32_nodes)))
     return max(candidates, key=lambda c: (c.agreement, -(c.latency_ratio or 0.0)))

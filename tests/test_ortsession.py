@@ -74,12 +74,15 @@ def test_a_hinted_graph_keeps_its_pooling_in_fp32(inputs, tmp_path):
 
 def _fake_latency(slow_first: bool):
     """Interleaved latency read from the graph: the first convolution costs 0.5 (fp32 ONNX = 1) in int8 and 0.1 in
-    fp32 when `slow_first`, else 0.1 either way; every other layer costs 0.1 in int8 and 0.3 in fp32."""
+    fp32 when `slow_first`, else 0.1 either way; every other layer costs 0.1 in int8 and 0.3 in fp32; a graph
+    with an fp32 layer and without the session hint costs 1 more (ORT's slow pooling)."""
 
     def latency(graphs, reference, x, rounds=5, reps=3):
         out = []
         for graph in graphs:
-            nodes = onnx.load_from_string(graph).graph.node
+            proto = onnx.load_from_string(graph)
+            nodes = proto.graph.node
+            hinted = bool(disabled_optimizers({p.key: p.value for p in proto.metadata_props}))
             weights_fp32 = {n.name for n in nodes if n.op_type in ("Conv", "Gemm")
                             and not any(i.endswith("DequantizeLinear_Output") for i in n.input[1:2])}
             first = next(n.name for n in nodes if n.op_type in ("Conv", "QLinearConv"))
@@ -88,7 +91,7 @@ def _fake_latency(slow_first: bool):
                 if n.op_type in ("Conv", "Gemm"):
                     int8 = n.name not in weights_fp32
                     cost += (0.5 if int8 and slow_first else 0.1) if n.name == first else (0.1 if int8 else 0.3)
-            out.append(cost)
+            out.append(cost + (1.0 if weights_fp32 and not hinted else 0.0))
         return out if rounds else [None] * len(graphs)
 
     return latency
@@ -183,11 +186,13 @@ def test_the_speed_step_also_tries_a_1d_cnn_as_2d(monkeypatch):
     def latency(graphs, reference_graph, x, rounds=5, reps=3):
         costs = []
         for graph in graphs:
-            nodes = onnx.load_from_string(graph).graph.node
+            proto = onnx.load_from_string(graph)
+            nodes = proto.graph.node
+            hinted = bool(disabled_optimizers({p.key: p.value for p in proto.metadata_props}))
             lifted = any("__lift" in o for n in nodes for o in n.output)
             first = next(n for n in nodes if n.op_type in ("Conv", "QLinearConv"))
             fp32_first = not any(i.endswith("DequantizeLinear_Output") for i in first.input[1:2])
-            costs.append((0.1 if lifted else 0.3) if fp32_first else 0.5)
+            costs.append(((0.1 if lifted else 0.3) + (0.0 if hinted else 1.0)) if fp32_first else 0.5)
         return costs if rounds else [None] * len(graphs)
 
     monkeypatch.setattr(search, "interleaved_latency", latency)
@@ -199,3 +204,15 @@ def test_the_speed_step_also_tries_a_1d_cnn_as_2d(monkeypatch):
     assert (got.argmax(1) == reference).mean() > 0.9
     without = search_int8(fp32, x[:200], x[200:], reference, 0.0, **ONE)  # no 2-D form given: the 1-D graph
     assert not without.best.config.lift and without.best.fp32_nodes
+
+
+def test_the_hint_is_kept_only_where_it_is_faster_beyond_the_tie_band():
+    from compress.int8_search import TIE_BAND, Candidate, Int8Config, pick
+
+    def graph(latency, hint):
+        return Candidate(Int8Config(), ["conv"], b"g", 1.0, latency, hint=SESSION_HINT if hint else ())
+
+    hinted, plain = graph(0.50, True), graph(0.50 * (1 + TIE_BAND / 2), False)
+    assert pick([hinted, plain], 0.99) is plain  # as fast within the band: ORT's defaults
+    hinted, plain = graph(0.50, True), graph(0.50 * (1 + 2 * TIE_BAND), False)
+    assert pick([hinted, plain], 0.99) is hinted
