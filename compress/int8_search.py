@@ -11,7 +11,7 @@ one per tensor, and whether ORT's graph optimisations run on the fp32 graph befo
 2. The fastest configurations that miss the agreement target get a greedy fp32 fallback: while agreement is
    under the target, the still-int8 layer with the best agreement gained per latency added moves to fp32.
 3. The fastest configuration that reaches the target then gets a greedy speed fallback: while moving one
-   more int8 layer to fp32 makes the graph at least SPEED_GAIN faster and keeps the target, the layer that
+   more int8 convolution to fp32 makes the graph at least SPEED_GAIN faster and keeps the target, the layer that
    gains most moves (at most SPEED_STEPS layers; the gain confirmed in a second race of the two alone).
    int8 is not faster for every layer: on the digits CNN the first convolution (one input channel, 3x3)
    takes 0.40 ms in ORT's QLinearConv against 0.07 ms in fp32 at batch 256, 60% of the int8 graph's
@@ -60,7 +60,8 @@ COMPUTE_OPS = ("Gemm", "MatMul", "Conv", "LSTM")
 LEAN_SAVING = 0.10  # the lean twin (`lean`) is offered when its file is at least 10% smaller than the choice's
 _COST_FLOOR = 0.01  # a layer whose fp32 copy costs under 1% of fp32 latency counts as costing 1%
 SPEED_GAIN = 0.10  # a layer moves to fp32 for speed when the graph gets at least 10% faster, twice timed
-SPEED_STEPS = 2  # at most this many layers move to fp32 for speed (each step times every int8 layer once)
+SPEED_STEPS = 2  # at most this many layers move to fp32 for speed (each step times every int8 convolution once)
+SPEED_OPS = ("Conv",)  # the layers the speed step tries: int8 Gemm/MatMul were faster in every graph measured
 SESSION_HINT = ("QDQPropagationTransformer",)  # written into graphs with fp32 layers (see the module's step 3)
 
 
@@ -189,11 +190,11 @@ def _quantize_hinted(src: Path, config: Int8Config, calibration_x: np.ndarray, e
     return (with_hint(graph, SESSION_HINT), SESSION_HINT) if exclude else (graph, ())
 
 
-def compute_nodes(path: Path) -> list[str]:
-    """Names of the graph's weight-carrying nodes, input to output: the ones whose precision matters."""
+def compute_nodes(path: Path, ops: tuple[str, ...] = COMPUTE_OPS) -> list[str]:
+    """Names of the graph's weight-carrying nodes (of `ops`), input to output: the ones whose precision matters."""
     import onnx
 
-    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in COMPUTE_OPS]
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ops]
 
 
 def interleaved_latency(graphs: list[bytes], reference: bytes, x: np.ndarray, rounds: int = 5,
@@ -310,9 +311,9 @@ def _speed_fallback(start: Candidate, source, calibration_x, check_x, reference,
     if rounds == 0:
         return current, steps
     while moves < SPEED_STEPS:
-        nodes = compute_nodes(source(current.config))
-        if len(current.fp32_nodes) >= len(nodes) - 1:
+        if len(current.fp32_nodes) >= len(compute_nodes(source(current.config))) - 1:
             break
+        nodes = compute_nodes(source(current.config), SPEED_OPS)
         trials = _one_more_in_fp32(current, source(current.config), calibration_x, check_x, reference, nodes, tmp)
         lifted = dataclasses.replace(current.config, lift=True)
         if not current.config.lift and source(lifted) is not None:
