@@ -311,14 +311,14 @@ def _speed_fallback(start: Candidate, source, calibration_x, check_x, reference,
     if rounds == 0:
         return current, steps
     while moves < SPEED_STEPS:
-        if len(current.fp32_nodes) >= len(compute_nodes(source(current.config))) - 1:
+        src = source(current.config)
+        if len(current.fp32_nodes) >= len(compute_nodes(src)) - 1:
             break
-        nodes = compute_nodes(source(current.config), SPEED_OPS)
-        trials = _one_more_in_fp32(current, source(current.config), calibration_x, check_x, reference, nodes, tmp)
+        trials = _one_more_in_fp32(current, src, calibration_x, check_x, reference, compute_nodes(src, SPEED_OPS), tmp)
         lifted = dataclasses.replace(current.config, lift=True)
-        if not current.config.lift and source(lifted) is not None:
+        if not current.config.lift and source(lifted) is not None:  # the 2-D form's own node names
             trials += _one_more_in_fp32(dataclasses.replace(current, config=lifted), source(lifted), calibration_x,
-                                        check_x, reference, nodes, tmp)
+                                        check_x, reference, compute_nodes(source(lifted), SPEED_OPS), tmp)
         ratios = interleaved_latency([t.onnx_bytes for t in trials] + [current.onnx_bytes], fp32, x_lat, rounds)
         for t, ratio in zip(trials, ratios):
             t.latency_ratio = ratio
