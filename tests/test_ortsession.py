@@ -68,8 +68,18 @@ def test_a_hinted_graph_keeps_its_pooling_in_fp32(inputs, tmp_path):
     assert _pool_input_producer(hinted, tmp_path, True) != "QuantizeLinear"
     got = [inference_session(g).run(None, {"input": check_x})[0] for g in (plain, hinted)]
     np.testing.assert_allclose(got[0], got[1], atol=1e-4)
-    assert with_hint(hinted, ()) == plain or DISABLED_OPTIMIZERS_KEY not in {
-        p.key for p in onnx.load_from_string(with_hint(hinted, ())).metadata_props}
+    assert not _read(with_hint(hinted, ()))[1] and _read(hinted)[1]
+
+
+def _read(graph: bytes):
+    """(the graph's nodes, whether it carries the session hint)."""
+    proto = onnx.load_from_string(graph)
+    return proto.graph.node, bool(disabled_optimizers({p.key: p.value for p in proto.metadata_props}))
+
+
+def _fp32_weights(node) -> bool:
+    """A Conv/Gemm left in fp32 by the quantizer: its weight is not a DequantizeLinear output."""
+    return not any(i.endswith("DequantizeLinear_Output") for i in node.input[1:2])
 
 
 def _fake_latency(slow_first: bool):
@@ -80,11 +90,8 @@ def _fake_latency(slow_first: bool):
     def latency(graphs, reference, x, rounds=5, reps=3):
         out = []
         for graph in graphs:
-            proto = onnx.load_from_string(graph)
-            nodes = proto.graph.node
-            hinted = bool(disabled_optimizers({p.key: p.value for p in proto.metadata_props}))
-            weights_fp32 = {n.name for n in nodes if n.op_type in ("Conv", "Gemm")
-                            and not any(i.endswith("DequantizeLinear_Output") for i in n.input[1:2])}
+            nodes, hinted = _read(graph)
+            weights_fp32 = {n.name for n in nodes if n.op_type in ("Conv", "Gemm") and _fp32_weights(n)}
             first = next(n.name for n in nodes if n.op_type in ("Conv", "QLinearConv"))
             cost = 0.0
             for n in nodes:
@@ -187,13 +194,10 @@ def test_the_speed_step_also_tries_a_1d_cnn_as_2d(monkeypatch):
     def latency(graphs, reference_graph, x, rounds=5, reps=3):
         costs = []
         for graph in graphs:
-            proto = onnx.load_from_string(graph)
-            nodes = proto.graph.node
-            hinted = bool(disabled_optimizers({p.key: p.value for p in proto.metadata_props}))
+            nodes, hinted = _read(graph)
             lifted = any("__lift" in o for n in nodes for o in n.output)
             first = next(n for n in nodes if n.op_type in ("Conv", "QLinearConv"))
-            fp32_first = not any(i.endswith("DequantizeLinear_Output") for i in first.input[1:2])
-            costs.append(((0.1 if lifted else 0.3) + (0.0 if hinted else 1.0)) if fp32_first else 0.5)
+            costs.append(((0.1 if lifted else 0.3) + (0.0 if hinted else 1.0)) if _fp32_weights(first) else 0.5)
         return costs if rounds else [None] * len(graphs)
 
     monkeypatch.setattr(search, "interleaved_latency", latency)
