@@ -40,6 +40,7 @@ def _first_conv_in_fp32(fp32: bytes, calibration_x, tmp_path) -> bytes:
     (json.dumps(["QDQPropagationTransformer"]), ["QDQPropagationTransformer"]),
     (json.dumps(["QDQPropagationTransformer", "ConstantFolding"]), ["QDQPropagationTransformer"]),  # not allowed
     ("not json", []), (json.dumps({"a": 1}), []), (json.dumps([3]), []),
+    (json.dumps([["QDQPropagationTransformer"], {"a": 1}]), []),  # unhashable entries: ignored, not a crash
 ])
 def test_only_allowed_optimizers_are_read_from_a_hint(value, expected):
     assert disabled_optimizers({DISABLED_OPTIMIZERS_KEY: value}) == expected

@@ -26,7 +26,7 @@ def disabled_optimizers(metadata: dict) -> list[str]:
         names = json.loads(metadata.get(DISABLED_OPTIMIZERS_KEY, "[]"))
     except ValueError:
         return []
-    return sorted({n for n in names if n in ALLOWED}) if isinstance(names, list) else []
+    return sorted({n for n in names if isinstance(n, str) and n in ALLOWED}) if isinstance(names, list) else []
 
 
 def inference_session(model, options=None):
