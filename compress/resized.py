@@ -14,7 +14,7 @@ from torch import nn
 from trainers.artifact import LoadedModel, ModelSpec
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
-from trainers.models import build_model, get_family
+from trainers.models import LowRank, build_model, get_family, low_ranks
 
 from .base import Variant, derive_model
 
@@ -29,13 +29,19 @@ def example_rows(data: DataBundle, device=None) -> torch.Tensor:
 
 # ---------------------------------------------------------------- widths of the built-in families
 
+def _layers(stack: nn.Module, kinds) -> list[nn.Module]:
+    """The layers of `kinds` in `stack`, a factorized one (`LowRank`) as its outer layer."""
+    return [m for m in (s.outer if isinstance(s, LowRank) else s for s in stack) if isinstance(m, kinds)]
+
+
 def _mlp_config(module, config: dict) -> dict:
-    return {**config, "hidden": [m.out_features for m in module.features if isinstance(m, nn.Linear)]}
+    return {**config, "hidden": [m.out_features for m in _layers(module.features, nn.Linear)],
+            "ranks": low_ranks(module)}
 
 
 def _cnn_config(module, config: dict) -> dict:
-    return {**config, "channels": [m.out_channels for m in module.features if isinstance(m, (nn.Conv1d, nn.Conv2d))],
-            "hidden": [m.out_features for m in module.classifier if isinstance(m, nn.Linear)]}
+    return {**config, "channels": [m.out_channels for m in _layers(module.features, (nn.Conv1d, nn.Conv2d))],
+            "hidden": [m.out_features for m in _layers(module.classifier, nn.Linear)], "ranks": low_ranks(module)}
 
 
 def _lstm_config(module, config: dict) -> dict:

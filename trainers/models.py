@@ -228,6 +228,51 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class LowRank(nn.Sequential):
+    """A Linear or convolution layer factorized through `rank` channels: the layer's own kind with `rank`
+    outputs and no bias, then a 1x1 one back to its width (`compress.lowrank` fits the weights)."""
+
+    def __init__(self, layer: nn.Module, rank: int):
+        if isinstance(layer, nn.Linear):
+            if not 1 <= rank <= min(layer.in_features, layer.out_features):
+                raise ValueError(f"rank {rank} does not factorize a {layer.in_features}->{layer.out_features} Linear")
+            first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features)
+        elif isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.groups == 1:
+            if not 1 <= rank <= layer.out_channels:
+                raise ValueError(f"rank {rank} does not factorize a convolution of {layer.out_channels} channels")
+            conv = type(layer)
+            first = conv(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                         bias=False)
+            second = conv(rank, layer.out_channels, 1)
+        else:
+            raise ValueError(f"cannot factorize a {type(layer).__name__}")
+        super().__init__(first, second)
+        self.rank = rank
+
+    @property
+    def outer(self) -> nn.Module:
+        """The layer that gives the pair's width (what a reader of the widths takes for the layer)."""
+        return self[1]
+
+
+def factor_layers(module: nn.Module, ranks: dict[str, int]) -> nn.Module:
+    """Replace each named layer of `module` by an (unfitted) `LowRank` of its rank; ValueError for a name that
+    is not a Linear or convolution of the module."""
+    for name, rank in ranks.items():
+        try:
+            layer = module.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"ranks: the model has no layer {name!r}") from None
+        parent, _, leaf = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, leaf, LowRank(layer, int(rank)))
+    return module
+
+
+def low_ranks(module: nn.Module) -> dict[str, int]:
+    """{layer name: rank} of the `LowRank` layers in `module`."""
+    return {name: m.rank for name, m in module.named_modules() if isinstance(m, LowRank)}
+
+
 def _dense_stack(widths: list[int], dropout: float) -> tuple[nn.Sequential, int]:
     """Linear-ReLU-Dropout blocks for consecutive widths; returns (stack, last width)."""
     layers: list[nn.Module] = []
@@ -240,11 +285,13 @@ def _dense_stack(widths: list[int], dropout: float) -> tuple[nn.Sequential, int]
 
 @dataclass
 class MLPConfig:
-    """hidden: width of each hidden layer (empty: a linear model)."""
+    """hidden: width of each hidden layer (empty: a linear model);
+    ranks: layers factorized through fewer channels ({"features.3": 16}, `compress.lowrank`)."""
 
     __pydantic_config__ = FORBID_EXTRA
     hidden: list[PositiveInt] = field(default_factory=lambda: [256, 128])
     dropout: Dropout = 0.1
+    ranks: dict[str, PositiveInt] = field(default_factory=dict)
 
 
 @register_family("mlp", MLPConfig, "multi-layer perceptron on the flattened input", tags=("dense",))
@@ -256,6 +303,7 @@ class MLP(nn.Module):
         self.flatten = nn.Flatten()
         self.features, width = _dense_stack([int(np.prod(input_shape))] + list(config.hidden), config.dropout)
         self.head = nn.Linear(width, num_classes)
+        factor_layers(self, config.ranks)
 
     def forward(self, x):
         return self.head(self.features(self.flatten(self.standardize(x))))
@@ -267,7 +315,8 @@ class CNNConfig:
     hidden: widths of the dense layers after the last block;
     head: how the last feature map reaches the dense layers: `flatten` (every position a separate input: keeps
     where in the input a shape is; the default) or `gap` (global average pooling, one value per channel: for long
-    series, where the flattened map is thousands of inputs for few training rows; docs/results.md)."""
+    series, where the flattened map is thousands of inputs for few training rows; docs/results.md);
+    ranks: layers factorized through fewer channels ({"classifier.0": 24}, `compress.lowrank`)."""
 
     __pydantic_config__ = FORBID_EXTRA
     channels: list[PositiveInt] = field(default_factory=lambda: [32, 64])
@@ -275,6 +324,7 @@ class CNNConfig:
     hidden: list[PositiveInt] = field(default_factory=lambda: [128])
     dropout: Dropout = 0.2
     head: Literal["flatten", "gap"] = "flatten"
+    ranks: dict[str, PositiveInt] = field(default_factory=dict)
 
 
 @register_family("cnn", CNNConfig, "convolutional net: Conv1d for (F,) and (C, L), Conv2d for (C, H, W)",
@@ -305,6 +355,7 @@ class CNN(nn.Module):
         flat = in_channels * int(np.prod(size))
         self.classifier, width = _dense_stack([flat] + list(config.hidden), config.dropout)
         self.head = nn.Linear(width, num_classes)
+        factor_layers(self, config.ranks)
 
     def forward(self, x):
         x = self.standardize(x)
