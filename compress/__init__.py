@@ -37,7 +37,7 @@ def register_builtin_methods() -> None:
 
     In this order: the registry keeps it, and auto tries the methods and lists the variants in it.
     """
-    from . import export, quantize, stored, prune, distill, auto  # noqa: F401
+    from . import export, quantize, stored, prune, lowrank, distill, auto  # noqa: F401
 
 
 def list_methods(family=None) -> list[str]:

@@ -12,6 +12,7 @@ FAST = {
     "prune-unstructured": {"finetune_epochs": 1},
     "int8-static": {"latency_rounds": 0},  # untimed: the choice depends on the seed alone
     "distill": {"epochs": 1, "mixup": 0.0, "batch_size": 256},
+    "lowrank": {"agreement": 0.8, "max_cost": 0.95, "align": 2},  # the tiny models' layers are 2-16 wide
 }
 # auto measures latencies of a dozen candidates: test_compress.py runs it end to end
 CHECKS = [check for name in list_methods() if name != "auto" for check in method_checks(name, FAST.get(name))]
