@@ -356,7 +356,8 @@ def why_short(case: dict, batch: str) -> str:
             why.append("at batch 1 quantizing the activations costs about what the int8 kernels save")
         return f"{head}: " + "; ".join(why)
     if "int8-static" in chosen and peer.startswith("ORT quantize_static"):
-        why.append("the same ONNX Runtime int8 kernels")
+        why.append("the same ONNX Runtime int8 kernels" + (", for fewer multiply-adds where a layer is factorized"
+                                                          if "lowrank" in chosen.split(ROUTED, 1)[0] else ""))
     if peer.startswith("Torch-Pruning") and "prune-structured" in chosen:
         why.append("the peer's pruned widths run as fast")
     pruned = case.get("pruned") or {}

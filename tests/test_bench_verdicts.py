@@ -40,6 +40,10 @@ def test_a_tie_on_the_same_kernels_with_every_pruned_candidate_rejected_says_so(
     assert "the same ONNX Runtime int8 kernels" in why
     assert ("every pruned candidate made failed the rule (2 made): best agreement 94.0%, 96.0% required; 1 over "
             "the accuracy budget") in why
+    factorized = why_short(_case("lowrank+int8-static-onnx", (6.3, 3.5), "ORT quantize_static (defaults)", (6.4, 3.3),
+                                 pruned=pruned), "b256")
+    assert "the same ONNX Runtime int8 kernels, for fewer multiply-adds where a layer is factorized" in factorized
+    assert "factorized" not in why
 
 
 def test_a_peer_win_at_batch_1_names_the_deciding_batch_and_the_runtime():
