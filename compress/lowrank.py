@@ -232,12 +232,15 @@ def factorize(module: nn.Module, data: DataBundle, agreement: float, max_cost: f
 
 def _auto_lowrank(family: str, settings: dict) -> list[dict]:
     """What auto tries: a validation agreement halfway between auto's `min_agreement` and 1, which leaves int8
-    the other half."""
-    return [{"agreement": round(1 - (1 - settings["min_agreement"]) / 2, 4)}]
+    the other half; only if that variant fails the rule, half as many flips again. Agreement is what the ranks
+    are chosen by, and the rule asks for accuracy too: on a 40-feature MLP (a data seed not tuned on) the first
+    kept 97.9% agreement and lost 0.75 points, over auto's 0.5; at 99% validation agreement it lost 0.12."""
+    room = 1 - settings["min_agreement"]
+    return [{"agreement": round(1 - room / 2, 4)}, {"agreement": round(1 - room / 4, 4)}]
 
 
 @register_method("lowrank", role="transform", auto=_auto_lowrank, chain=True, needs=("torch",),
-                 excludes=("recurrent",),
+                 excludes=("recurrent",), fallback=("agreement",),
                  refusal={"recurrent": "it factorizes Linear and convolution layers, and a recurrent model's time goes "
                                        "to its recurrent layers"})
 def lowrank(model: LoadedModel, data: DataBundle, agreement: Fraction = DEFAULT_AGREEMENT, max_cost: Ratio = 0.6,

@@ -350,7 +350,7 @@ _RUNTIME = [("onnx-fp32", {}, []), ("int8-dynamic", {"min_agreement": 0.97}, [])
             ("fp16", {}, []), ("bf16", {}, []), ("int8-weights", {}, [])]   # int8: auto's own agreement, then 99.5%
 _RECURRENT_STACK = [m for m in _STACK if m != "int8-static"]
 _UNSTRUCTURED = ("prune-unstructured", {"ratio": 0.9, "finetune_epochs": 5, "int8": True}, [])
-_LOWRANK = ("lowrank", {"agreement": 0.985}, _STACK)  # halfway between auto's 97% and 1
+_LOWRANK = [("lowrank", {"agreement": a}, _STACK) for a in (0.985, 0.9925)]  # halfway to 1, then a fallback
 _DISTILL = {"epochs": 30, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0, "alpha": 0.9, "alone": False, "give_up": 10.5}
 # each pruning step, then its fallbacks: fine-tuned with the original as teacher, exact widths (not the LSTM)
 _TEACHER = ({}, {"teacher": True}, {"align": 1}, {"align": 1, "teacher": True})
@@ -358,11 +358,11 @@ PLANNED = {
     "mlp": [*_RUNTIME,
             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": a, **t}, _STACK)
               for r in (0.3, 0.5, 0.2) for a in ("global", "uniform") for t in _TEACHER],
-            _UNSTRUCTURED, _LOWRANK, ("distill", _DISTILL, _STACK)],
+            _UNSTRUCTURED, *_LOWRANK, ("distill", _DISTILL, _STACK)],
     "cnn": [*_RUNTIME,
             *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform", **t}, _STACK)
               for r in (0.3, 0.5, 0.2) for t in _TEACHER],
-            _UNSTRUCTURED, _LOWRANK, ("distill", _DISTILL, _STACK)],
+            _UNSTRUCTURED, *_LOWRANK, ("distill", _DISTILL, _STACK)],
     "lstm": [*[s for s in _RUNTIME if s[0] != "int8-static"],
              *[("prune-structured", {"ratio": r, "finetune_epochs": 10, "allocation": "uniform", **t}, _RECURRENT_STACK)
                for r in (0.3, 0.5, 0.2) for t in _TEACHER[:2]],
@@ -382,7 +382,7 @@ def test_auto_plan_settings_switch_candidates_off():
 
     steps = plan("mlp", prune_ratios=(0.5,), finetune_epochs=1, distill_epochs=0, unstructured_ratio=0)
     assert steps == [*_RUNTIME, *[("prune-structured", {"ratio": 0.5, "finetune_epochs": 1, "allocation": a, **t}, _STACK)
-                                  for a in ("global", "uniform") for t in _TEACHER], _LOWRANK]
+                                  for a in ("global", "uniform") for t in _TEACHER], *_LOWRANK]
 
 
 def test_auto_plan_follows_the_one_rule_it_is_given():
@@ -393,7 +393,7 @@ def test_auto_plan_follows_the_one_rule_it_is_given():
     for method in ("int8-static", "int8-dynamic"):
         assert [options for name, options, _ in steps if name == method] == [{"min_agreement": 0.9}, {}]
     assert next(options for name, options, _ in steps if name == "distill")["give_up"] == 12.0
-    assert next(options for name, options, _ in steps if name == "lowrank") == {"agreement": 0.95}
+    assert [options for name, options, _ in steps if name == "lowrank"] == [{"agreement": 0.95}, {"agreement": 0.975}]
 
 
 def test_auto_fine_tunes_a_users_pruned_model_both_ways_the_teacher_as_fallback():
