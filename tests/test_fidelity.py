@@ -754,3 +754,26 @@ def test_the_quick_timing_keeps_the_fastest_at_the_other_batch_size(digits, monk
     made = [Variant(name, model, {"method": "test"}) for name in ("bf16", "int8", "fp32-onnx")]
     auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
     assert [v.name for v in made] == ["bf16"]
+
+
+def test_the_quick_timing_keeps_what_is_faster_at_the_other_batch_size_than_any_near_tie(digits, monkeypatch):
+    """Any candidate left in the race may be chosen (a near-tie goes to the best balance), so the fastest at batch
+    1 stays when it is faster there than the slowest of them, not only than the leader: routed with whichever
+    is chosen, it serves batch 1."""
+    import compress.auto as auto
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    baseline = auto.baseline_variant(model)
+    speeds = {256: {"leader": 3.0, "near-tie": 2.9, "fast-at-1": 1.5, "slow": 1.0},
+              1: {"leader": 4.0, "near-tie": 3.5, "fast-at-1": 4.2, "slow": 1.1}}
+    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256:
+                        {id(v): speeds[batch][v.name] for v in variants})
+    made = [Variant(name, model, {"method": "test"}) for name in speeds[256]]
+    cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    # 4.2 is 1.05x the leader's 4.0 at batch 1, but 1.2x the near-tie's 3.5
+    assert [v.name for v in made] == ["leader", "near-tie", "fast-at-1"] and [c["name"] for c in cut] == ["slow"]
+    speeds[1]["near-tie"] = 3.9   # now within 1.1x of every candidate in the race
+    made = [Variant(name, model, {"method": "test"}) for name in speeds[256]]
+    auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert [v.name for v in made] == ["leader", "near-tie"]
