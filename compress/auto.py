@@ -2,9 +2,10 @@
 
 The candidates come from the registry: every method with an `auto` capability that handles the family, with
 each option set it returns for auto's settings (today: fp32 ONNX, int8 ONNX Runtime dynamic and static, fp16/bf16
-PyTorch, structured pruning, unstructured pruning with sparse int8 storage, distillation), and the chains of
-transforms and runtime methods that declare `chain` (pruned or distilled -> ONNX fp32 / int8). A new method
-joins auto by its registration alone.
+PyTorch, structured pruning, unstructured pruning with sparse int8 storage, low-rank factorization,
+distillation), and the chains of transforms and runtime methods that declare `chain` (pruned, factorized or
+distilled -> ONNX fp32 / int8; a chained method aiming for agreement aims for the room the transform left,
+`Screen.chained`). A new method joins auto by its registration alone.
 
 The search is cheap first, thorough last (successive halving):
 1. each candidate, as soon as it is made, is evaluated on the test split against the fidelity rule
