@@ -554,9 +554,9 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
     The yardstick for "too far behind" is the fastest candidate that can be chosen (`Pace`): a leader whose
     attributions drifted (with `drifted`, the drift guard as a test) or that is slower than the original at the
     other batch size leaves first. The fastest at the other batch size stays when it is `gain` times the
-    speed there of the slowest candidate left in the race (`Pace.best_elsewhere`; OTHER_BATCH_HINT, or BY_BATCH_GAIN where auto routes by batch
-    size): it cannot be chosen at this one, but it may serve the other side of a routed variant (`by_batch`),
-    and the reason names it (an LSTM's int8 ONNX Runtime graph at batch 1, 3x its bf16 choice).
+    speed there of the slowest candidate left in the race (`Pace.best_elsewhere`; OTHER_BATCH_HINT, or
+    BY_BATCH_GAIN where auto routes by batch size): it cannot be chosen at this one, but it may serve the other
+    side of a routed variant (`by_batch`), and the reason names it (an LSTM's int8 ONNX Runtime graph at batch 1, 3x its bf16 choice).
     """
     if not variants:
         return []

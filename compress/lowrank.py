@@ -176,11 +176,6 @@ def _pair(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor, directions
     return pair.to(layer.weight.device)
 
 
-def _set(module: nn.Module, name: str, layer: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(module.get_submodule(parent) if parent else module, leaf, layer)
-
-
 def _agreement(module: nn.Module, x: np.ndarray, reference: np.ndarray) -> float:
     return float((predict(module, x).argmax(axis=1) == reference).mean())
 
@@ -211,7 +206,7 @@ def factorize(module: nn.Module, data: DataBundle, agreement: float, max_cost: f
         chosen, low, high = None, 0, len(ranks) - 1
         while low <= high:  # the smallest rank reaching the floor: agreement grows with the rank
             mid = (low + high) // 2
-            _set(current, name, _pair(layer, weight, bias, vectors[:, -ranks[mid]:], mean))
+            current.set_submodule(name, _pair(layer, weight, bias, vectors[:, -ranks[mid]:], mean))
             try:
                 got = _agreement(current, data.x_val, reference)
             except (RuntimeError, AttributeError, TypeError, ValueError):  # the module reads the layer's
@@ -221,9 +216,9 @@ def factorize(module: nn.Module, data: DataBundle, agreement: float, max_cost: f
             else:
                 low = mid + 1
         if chosen is None:
-            _set(current, name, layer)
+            current.set_submodule(name, layer)
             continue
-        _set(current, name, _pair(layer, weight, bias, vectors[:, -chosen[0]:], mean))
+        current.set_submodule(name, _pair(layer, weight, bias, vectors[:, -chosen[0]:], mean))
         agreed = chosen[1]
         done.append(Factorized(name, type(layer).__name__, _fan_in(layer), _fan_out(layer), chosen[0],
                                _cost(layer, chosen[0])))

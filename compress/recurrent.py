@@ -117,9 +117,7 @@ class RecurrentPruner:
 
     def _install(self, rnn, consumer) -> None:
         for name, module in ((self.name, rnn), (self.consumer, consumer)):
-            parent_name, _, attr = name.rpartition(".")
-            parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            setattr(parent, attr, module)
+            self.model.set_submodule(name, module)
         self.rnn = rnn
 
 

@@ -263,8 +263,7 @@ def factor_layers(module: nn.Module, ranks: dict[str, int]) -> nn.Module:
             layer = module.get_submodule(name)
         except AttributeError:
             raise ValueError(f"ranks: the model has no layer {name!r}") from None
-        parent, _, leaf = name.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, leaf, LowRank(layer, int(rank)))
+        module.set_submodule(name, LowRank(layer, int(rank)))
     return module
 
 
