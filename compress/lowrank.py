@@ -41,6 +41,9 @@ from .resized import module_variant
 
 CALIBRATION_BATCH = 256  # rows per forward pass while the statistics are gathered, at most
 PATCH_BUDGET = 1 << 24  # values of one batch's unfolded patches (64 MB in float32)
+# Layers with more inputs or outputs stay as they are: the fit holds a (fan-in + 1)^2 Gram matrix and a fan-out^2
+# covariance in float64, 134 MB each at 4,096 (a Linear reading a flattened 64 x 1,000 map would need 33 GB).
+MAX_FAN = 4096
 DEFAULT_AGREEMENT = 0.985  # halfway between auto's default min_agreement (0.97) and 1
 RIDGE = 1e-4  # the least-squares refit's ridge, relative to the mean diagonal of the input Gram matrix
 
@@ -61,11 +64,12 @@ class Factorized:
 
 
 def _candidate(layer: nn.Module) -> bool:
-    """A Linear, or a plain convolution (one group, zero padding given in numbers) in one or two dimensions."""
-    if isinstance(layer, nn.Linear):
-        return True
-    return (isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.groups == 1 and layer.padding_mode == "zeros"
-            and not isinstance(layer.padding, str))
+    """A Linear, or a plain convolution (one group, zero padding given in numbers) in one or two dimensions, of at
+    most MAX_FAN inputs (per output position) and outputs."""
+    plain = isinstance(layer, nn.Linear) or (
+        isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.groups == 1 and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str))
+    return plain and max(_fan_in(layer), _fan_out(layer)) <= MAX_FAN
 
 
 def _fan_in(layer: nn.Module) -> int:

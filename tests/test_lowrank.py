@@ -106,6 +106,17 @@ def test_lowrank_refuses_what_it_cannot_do(mlp, digits):
         get_method("lowrank").func(mlp, digits, agreement=1.5)
 
 
+def test_a_layer_too_wide_to_fit_in_memory_is_left_as_it_is(mlp, digits, monkeypatch):
+    """The fit's Gram matrix grows with the square of a layer's inputs: layers over MAX_FAN are not factorized."""
+    import compress.lowrank as lowrank
+
+    _, done, _ = factorize(mlp.module, digits, agreement=0.9, max_cost=0.9, align=8, calibration_samples=256)
+    assert {f.name for f in done} & {"features.0", "features.3"}  # 64->128 and 128->64 factorize
+    monkeypatch.setattr(lowrank, "MAX_FAN", 100)
+    _, done, _ = factorize(mlp.module, digits, agreement=0.9, max_cost=0.9, align=8, calibration_samples=256)
+    assert not {f.name for f in done} & {"features.0", "features.3"}  # each has 128 inputs or outputs
+
+
 class _Flip(nn.Module):
     """`base` with the predictions of the first `n` rows moved to another class."""
 
