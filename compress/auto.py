@@ -106,6 +106,9 @@ OTHER_BATCH_HINT = 1.5
 # other batch size serves that side (`by_batch`): one artifact, each call run by the faster of the two for its
 # size. Past the near-tie: within it the choice's balance already weighed both sizes.
 BY_BATCH_GAIN = 1 + LATENCY_TIE
+# Partners for the other batch size this close in speed are one speed, and the smaller file serves: the pruned
+# digits CNN's fp32 graph and its int8-weights twin (3.2x smaller) read 0.0124-0.0126 ms at batch 1 in three runs.
+SAME_SPEED = 0.05
 # The batch sizes between 1 and 256 at which the two members of a routed variant are timed to find where the
 # large-batch member stops being slower (`crossover`).
 CUT_SIZES = (2, 4, 8, 16, 32, 64, 128)
@@ -570,13 +573,14 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
     # any of those left in the race may be chosen (a near-tie goes to the best balance of speed and size), so the
     # fastest at the other batch size stays when it is `gain` times the slowest of them there
     racing = [v for v in variants if ratios[id(v)] >= SLOWER_CUT and ratios[id(v)] * OUTPACED >= best]
-    spare = pace.best_elsewhere(variants, racing, gain) if behind else None  # timed only when something is cut
+    spares = pace.best_elsewhere(variants, racing, gain) if behind else []  # timed only when something is cut
     for v in list(variants):
         ratio = ratios[id(v)]
         why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch {batch}, one thread): slower"
                if ratio < SLOWER_CUT else
                f"a quick timing puts it at {ratio:.2f}x the original's speed, over {OUTPACED:.2f}x behind the "
-               f"fastest candidate that may be chosen ({best:.2f}x)" if ratio * OUTPACED < best and v is not spare
+               f"fastest candidate that may be chosen ({best:.2f}x)" if ratio * OUTPACED < best
+               and not any(v is spare for spare in spares)
                else None)
         if why:
             variants.remove(v)
@@ -650,15 +654,23 @@ class Pace:
         return variant.measurements[f"_quick_b{self.other}"]
 
     def best_elsewhere(self, variants: list[Variant], racing: list[Variant], gain: float = OTHER_BATCH_HINT
-                       ) -> Variant | None:
+                       ) -> list[Variant]:
         """The fastest of `variants` at the other batch size by a quick timing, when it is `gain` times the
-        speed there of the slowest of `racing` (those that may still be chosen) and not slower than the original;
-        else None. Measured against the leader alone, a 40-feature CNN's factorized int8-weights graph (1.09x
-        the leader's speed at batch 1) left, and the near-tie then chose a graph 1.17x slower than it there."""
+        speed there of the slowest of `racing` (those that may still be chosen) and not slower than the original,
+        and with it the smallest file of those within LATENCY_TIE of it there; else [].
+
+        Measured against the leader alone, a 40-feature CNN's factorized int8-weights graph (1.09x the leader's
+        speed at batch 1) left, and the near-tie then chose a graph 1.17x slower than it there. With the fastest
+        alone, the pruned digits CNN's fp32 graph and its int8-weights twin (the same speed, 3.2x smaller) took
+        turns by noise, and the routed artifact was 2.78x smaller instead of 5.3-5.7x."""
         self._time_other(variants)
         speed = lambda v: v.measurements[f"_quick_b{self.other}"]  # noqa: E731
         fastest = max(variants, key=speed)
-        return fastest if speed(fastest) >= max(1.0, gain * min(map(speed, racing))) else None
+        if speed(fastest) < max(1.0, gain * min(map(speed, racing))):
+            return []
+        near = [v for v in variants if speed(v) * (1 + LATENCY_TIE) >= speed(fastest)]
+        smallest = min(near, key=lambda v: v.measurements.get("size_bytes", math.inf))
+        return [fastest] if smallest is fastest else [fastest, smallest]
 
     def _time_other(self, variants: list[Variant]) -> None:
         """Quick speed-ups at the other batch size, in one interleaved timing, of those not timed there yet."""
@@ -809,6 +821,9 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     size = lambda v: v.measurements["size_bytes"]  # noqa: E731
     faster = [v for v in sorted(_eligible(variants), key=p50)
               if v is not chosen and p50(chosen) >= p50(v) * BY_BATCH_GAIN]
+    if faster:  # among those as fast as the fastest there, the smallest file first
+        tie = p50(faster[0]) * (1 + SAME_SPEED)
+        faster = sorted((v for v in faster if p50(v) <= tie), key=size) + [v for v in faster if p50(v) > tie]
     ahead = [v for v in faster if size(chosen) + size(v) < size(baseline)][:CONFIRM_TRIES]
     if faster and not ahead:
         chosen.notes.append(f"routed with {faster[0].name} for batch {other} its two files would be "

@@ -257,3 +257,25 @@ def test_no_route_whose_two_files_outweigh_the_original(measured, digits):
         assert "the original's size: not made" in bf16.notes[before]
     finally:
         onnx.measurements["size_bytes"] = size
+
+
+def test_of_two_partners_as_fast_the_smaller_file_serves(measured, digits):
+    """An fp32 graph and its int8-weights twin run at the same speed: the smaller one serves batch 1. One
+    clearly faster (beyond SAME_SPEED) still wins over a smaller one."""
+    import copy
+
+    from compress.auto import SAME_SPEED
+
+    model, baseline, bf16, onnx = measured
+    twin = copy.copy(onnx)
+    twin.name, twin.measurements, twin.notes = "twin-fp32", copy.deepcopy(onnx.measurements), []
+    twin.measurements["size_bytes"] = int(onnx.measurements["size_bytes"] * 1.5)  # routed with bf16: under the original
+    for v in (bf16, onnx, twin):
+        v.measurements.update(within_budget=True, slower_than_fp32=False, flips=False)
+    _set_p50(bf16, "b1_t1", 3.0)
+    _set_p50(onnx, "b1_t1", 1.0)
+    for twin_ms, served in ((1.0 / (1 + SAME_SPEED / 2), onnx.name), (1.0 / (1 + 2 * SAME_SPEED), "twin-fp32")):
+        _set_p50(twin, "b1_t1", twin_ms)
+        found = route_by_batch(model, digits, bf16, [bf16, onnx, twin], baseline, max_drop=5.0, min_agreement=0.9,
+                               config=LatencyConfig(budget_s=0.02))
+        assert found is not None and found[0].small.name == served

@@ -777,3 +777,25 @@ def test_the_quick_timing_keeps_what_is_faster_at_the_other_batch_size_than_any_
     made = [Variant(name, model, {"method": "test"}) for name in speeds[256]]
     auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
     assert [v.name for v in made] == ["leader", "near-tie"]
+
+
+def test_the_quick_timing_keeps_the_smaller_of_two_partners_as_fast(digits, monkeypatch):
+    """The fastest at batch 1 and a smaller file within the near-tie of it there both stay: the route then takes
+    the smaller (`route_by_batch`), instead of whichever of the two the quick timing's noise put first."""
+    import compress.auto as auto
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    baseline = auto.baseline_variant(model)
+    speeds = {256: {"leader": 3.0, "fp32": 1.5, "twin": 1.5, "slow": 1.0},
+              1: {"leader": 2.0, "fp32": 4.2, "twin": 4.0, "slow": 1.1}}
+    sizes = {"leader": 10, "fp32": 300, "twin": 100, "slow": 50}
+    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256:
+                        {id(v): speeds[batch][v.name] for v in variants})
+    made = [Variant(name, model, {"method": "test"}, measurements={"size_bytes": sizes[name]}) for name in speeds[256]]
+    auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert [v.name for v in made] == ["leader", "fp32", "twin"]
+    speeds[1]["twin"] = 3.0  # no longer as fast
+    made = [Variant(name, model, {"method": "test"}, measurements={"size_bytes": sizes[name]}) for name in speeds[256]]
+    auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert [v.name for v in made] == ["leader", "fp32"]
