@@ -352,12 +352,14 @@ def _optimized_variant(model: LoadedModel, data: DataBundle) -> Variant:
                                                            "graph optimisations saved in", *layout])
 
 
-def fast_graph(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:
-    """The graph with the toolkit's two rewrites for ONNX Runtime's CPU kernels, each used only where the rewritten
-    graph gives the same logits on `x` (float32 rounding apart): the input's standardization as one node
-    (`input_fold`), and 1-D convolutions run as 2-D ones (`compress.layout.lift_1d`: the faster blocked-layout
-    kernels). Returns (graph, notes)."""
-    onnx_bytes, notes = input_fold(onnx_bytes, x)
+def fast_graph(onnx_bytes: bytes, x: np.ndarray, any_scale: bool = True) -> tuple[bytes, list[str]]:
+    """The graph with the toolkit's rewrites for ONNX Runtime's CPU kernels, each used only where the rewritten
+    graph gives the same logits on `x` (float32 rounding apart): the input's standardization folded into the first
+    layer or run as one node (`input_fold`), and 1-D convolutions run as 2-D ones (`compress.layout.lift_1d`: the
+    faster blocked-layout kernels). `any_scale` False: the standardization is folded into the first layer's
+    weights only where it is one mean and one std for every value (a graph whose weights are then rounded to
+    int8). Returns (graph, notes)."""
+    onnx_bytes, notes = input_fold(onnx_bytes, x, any_scale)
     lifted, lift_notes = lift_checked(onnx_bytes, x)
     return lifted, notes + lift_notes
 
@@ -371,14 +373,30 @@ def lift_checked(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:
                             "1-D convolutions and pools run as 2-D ones (ONNX Runtime's blocked-layout kernels)")
 
 
-def input_fold(onnx_bytes: bytes, x: np.ndarray) -> tuple[bytes, list[str]]:
-    """The graph with its input standardization and Flatten as one BatchNormalization node
-    (`compress.layout.fold_input_scaling`) where that gives the same logits on `x`; for any graph, int8 ones
-    too (the rewrite is upstream of the first QuantizeLinear). Returns (graph, notes)."""
+def input_fold(onnx_bytes: bytes, x: np.ndarray, any_scale: bool = False) -> tuple[bytes, list[str]]:
+    """The graph with its input standardization folded into the first layer's weights (`first_layer_fold`), or
+    else with the standardization and Flatten as one BatchNormalization node (`compress.layout.fold_input_scaling`),
+    each where that gives the same logits on `x`; for any graph, int8 ones too (the BatchNormalization rewrite is
+    upstream of the first QuantizeLinear). Returns (graph, notes)."""
     from .layout import fold_input_scaling
 
+    folded, notes = first_layer_fold(onnx_bytes, x, not any_scale)
+    if folded is not onnx_bytes:
+        return folded, notes
     return _checked_rewrite(onnx_bytes, fold_input_scaling(onnx_bytes), x, "the input's standardization kept as it is",
                             "the input's standardization and Flatten run as one BatchNormalization node")
+
+
+def first_layer_fold(onnx_bytes: bytes, x: np.ndarray, uniform_only: bool) -> tuple[bytes, list[str]]:
+    """The graph with its input standardization folded into the first Gemm's weights
+    (`compress.layout.fold_input_into_gemm`) where that gives the same logits on `x`, else the graph as it is.
+    `uniform_only`: only where one mean and one std hold for every value (a graph about to be quantized).
+    Returns (graph, notes)."""
+    from .layout import fold_input_into_gemm
+
+    return _checked_rewrite(onnx_bytes, fold_input_into_gemm(onnx_bytes, uniform_only), x,
+                            "the input's standardization kept as it is",
+                            "the input's standardization folded into the first layer's weights")
 
 
 def _checked_rewrite(onnx_bytes: bytes, rewritten: bytes | None, x: np.ndarray, kept: str, used: str

@@ -204,6 +204,83 @@ def fold_input_scaling(onnx_bytes: bytes) -> bytes | None:
     return model.SerializeToString()
 
 
+def fold_input_into_gemm(onnx_bytes: bytes, uniform_only: bool) -> bytes | None:
+    """The graph with its input standardization, `Gemm(Flatten((x - mean) / std))`, folded into the Gemm's
+    weights: `Gemm(Flatten(x))` with W' = W / std (per input column) and c' = c - W (mean / std); or None when the
+    graph does not start that way. `uniform_only`: only where one mean and one std hold for every input value.
+
+    The exact same function in real arithmetic, one node fewer than `fold_input_scaling`'s BatchNormalization:
+    on the signals MLP in static int8 (ONNX Runtime, one thread, batch 256) the graph without that node was 7%
+    faster (2.40x against 2.57x the fp32 graph's speed). A quantized graph needs `uniform_only`: its first
+    QuantizeLinear then sees raw values through one scale, which is the standardized values' scale up to an affine
+    map only where the standardization is the same for every value (values with their own mean and std, like a
+    table's columns, would share one scale across different ranges). ONNX Runtime's optimizer folds a
+    BatchNormalization into a Conv before it, not into a Gemm after it, hence this pass. Callers check the logits
+    (`compress.export.first_layer_fold`).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    inputs = {i.name: i for i in graph.input}
+    initializers = {t.name: t for t in graph.initializer}
+    consumers = _consumers(graph)
+    found = _standardize_chain(graph, inputs, initializers, consumers)
+    if found is None:
+        return None
+    sub, div, flatten, per_sample = found
+    gemm = _only_consumer(consumers, flatten.output[0], "Gemm")
+    if gemm is None or gemm.input[0] != flatten.output[0] or gemm.input[1] not in initializers:
+        return None
+    attributes = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
+        return None
+    has_bias = len(gemm.input) > 2 and gemm.input[2] != ""
+    if has_bias and gemm.input[2] not in initializers:
+        return None
+    if any(len(consumers.get(name, [])) != 1 for name in gemm.input[1:3] if name):  # weights shared elsewhere
+        return None
+    mean, std = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in (sub.input[1], div.input[1]))
+    try:
+        mean, std = (np.broadcast_to(a, (1, *per_sample)).reshape(-1) for a in (mean, std))
+    except ValueError:
+        return None
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std != 0).all()):
+        return None
+    if uniform_only and (np.ptp(mean) != 0 or np.ptp(std) != 0):
+        return None
+    weight = numpy_helper.to_array(initializers[gemm.input[1]]).astype(np.float64)
+    weight_in_rows = weight.T if attributes.get("transB", 0) else weight  # (inputs, outputs)
+    if weight_in_rows.shape[0] != mean.size:
+        return None
+    folded = weight_in_rows / std[:, None]
+    bias = numpy_helper.to_array(initializers[gemm.input[2]]).astype(np.float64) if has_bias else 0.0
+    bias = np.broadcast_to(bias, (folded.shape[1],)) - (mean / std) @ weight_in_rows
+    weight_name = gemm.input[1]
+    initializers[weight_name].CopyFrom(numpy_helper.from_array(
+        (folded.T if attributes.get("transB", 0) else folded).astype(np.float32), weight_name))
+    if has_bias:
+        initializers[gemm.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), gemm.input[2]))
+    else:
+        bias_name = f"{weight_name}_folded_bias"
+        graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), bias_name))
+        del gemm.input[2:]
+        gemm.input.append(bias_name)
+    source = sub.input[0]
+    graph.node.remove(sub)
+    graph.node.remove(div)
+    if len(per_sample) > 1:
+        flatten.input[0] = source
+    else:  # one row per sample already: no Flatten needed
+        gemm.input[0] = source
+        graph.node.remove(flatten)
+    used = {name for node in graph.node for name in node.input}
+    for name in {sub.input[1], div.input[1]} - used:
+        graph.initializer.remove(initializers[name])
+    return model.SerializeToString()
+
+
 def _standardize_chain(graph, inputs, initializers, consumers):
     """(Sub, Div, Flatten, per-sample input shape) when a graph input goes through exactly Sub(mean), Div(std)
     and Flatten(axis 1), each the only consumer of the one before, with mean and std stored in the graph."""

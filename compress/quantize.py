@@ -31,7 +31,7 @@ from trainers.models import capabilities
 from trainers.options import Bool, Fraction, Int, NonNegativeInt, PositiveInt
 
 from .base import Variant, default_options, derive_model, register_method
-from .export import (Exporter, ExportInfo, export_with_info, input_fold, lift_checked, onnx_parity, onnx_variant_model,
+from .export import (Exporter, ExportInfo, export_with_info, first_layer_fold, input_fold, lift_checked, onnx_parity, onnx_variant_model,
                      run_onnx)
 from .int8_search import FORMATS, Candidate, SearchResult, search_int8
 
@@ -178,7 +178,9 @@ def _int8_dynamic_variant(model: LoadedModel, data: DataBundle, exporter: str, m
         fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
     _, check_x = _split_for_check(data, 0, 0, static=False)
     reference = predict(model, check_x).argmax(1)
+    fp32_bytes, folded = first_layer_fold(fp32_bytes, check_x, uniform_only=True)
     int8_bytes, check, notes = _quantize_to_agreement(fp32_bytes, per_channel, check_x, reference, min_agreement)
+    notes = [*folded, *notes]
     twin = None if model.module is None else fake_quant_twin(model.module, (nn.Linear, nn.LSTM, nn.GRU), per_channel,
                                                              skip=set(check["fp32_modules"]))
     recipe = {"method": "int8-dynamic", "runtime": "onnxruntime", "exporter": info.exporter,
@@ -271,11 +273,13 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
         fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
     calibration_x, check_x = _split_for_check(data, calibration_samples, seed, True)
     reference = predict(model, check_x).argmax(1)
+    fp32_bytes, folded = first_layer_fold(fp32_bytes, check_x, uniform_only=True)
     lifted, _ = lift_checked(fp32_bytes, check_x)
     found = search_int8(fp32_bytes, calibration_x, check_x, reference, min_agreement, formats=formats,
                         calibrations=calibrations, per_channel=per_channel, optimize=optimize,
                         fallback_configs=fallback_configs, rounds=latency_rounds,
                         lifted=None if lifted is fp32_bytes else lifted)
+    found.notes.extend(folded)
     settings = {"exporter": info.exporter, "min_agreement": min_agreement, "calibration_samples": calibration_samples,
                 "seed": seed, "samples": len(calibration_x), "check_samples": len(check_x)}
     variants = [_static_variant(model, data, fp32_bytes, found, found.best, settings)]

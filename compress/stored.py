@@ -132,7 +132,8 @@ def int8_weights(model: LoadedModel, data: DataBundle, exporter: Exporter = "aut
         fp32_bytes, info = export_with_info(model, data, exporter=exporter)
     else:  # a user's ONNX graph: stored as it is
         fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
-    fp32_bytes, layout = fast_graph(fp32_bytes, data.x_test)
+    # the standardization folded into the weights only where it is one scale for all: rounding then keeps its grid
+    fp32_bytes, layout = fast_graph(fp32_bytes, data.x_test, any_scale=False)
     onnx_bytes, stored = store_weights_int8(fp32_bytes)
     recipe = {"method": "int8-weights", "runtime": "onnxruntime", "exporter": info.exporter, "weight_type": "int8",
               "compute": "float32", "scales": "per output row", "stored": stored}

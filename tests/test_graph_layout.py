@@ -163,15 +163,65 @@ def test_graphs_whose_input_is_not_standardized_then_flattened_are_left_alone():
 
 
 def test_int8_variants_of_an_mlp_run_the_folded_graph():
+    """digits has one mean and one std for every pixel: int8 graphs get them folded into the first layer."""
     from compress import get_method
     from compress.checks import tiny_model
     from trainers.data import load_data
 
     data = load_data("digits")
     model = tiny_model("mlp")
-    for method in ("int8-dynamic", "int8-static"):
+    for method in ("int8-dynamic", "int8-static", "int8-weights"):
         options = {"latency_rounds": 0, "calibrations": ("minmax",), "per_channel": (True,)} if method == "int8-static" else {}
         variant = get_method(method).func(model, data, **options)[0]
         ops = _ops(variant.onnx_bytes)
-        assert "BatchNormalization" in ops and "Sub" not in ops and "Div" not in ops, method
-        assert any("one BatchNormalization node" in n for n in variant.notes)
+        assert not {"BatchNormalization", "Sub", "Div"} & set(ops), method
+        assert any("folded into the first layer's weights" in n for n in variant.notes), method
+        logits = run_onnx(variant.onnx_bytes, data.x_test)
+        assert (logits.argmax(1) == model.module(torch.from_numpy(data.x_test)).argmax(1).numpy()).mean() > 0.9
+
+
+def _uniform(graph_shape, seed=1):
+    """A toolkit MLP graph whose standardization is one mean and one std for every value, and rows."""
+    from compress.export import export_onnx
+    from trainers.models import build_model
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    mean, std = np.full(graph_shape, 0.7, np.float32), np.full(graph_shape, 2.5, np.float32)
+    module = build_model("mlp", {}, graph_shape, 3, mean, std).eval()
+    return export_onnx(module), (0.7 + 2.5 * rng.normal(size=(64, *graph_shape))).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(40,), (1, 8, 8)])
+def test_the_standardization_folds_into_the_first_layer_with_the_same_logits(shape):
+    from compress.layout import fold_input_into_gemm
+
+    graph, rows = _toolkit_graph("mlp", shape)  # a mean and std per value: exact in fp32, refused for int8
+    assert fold_input_into_gemm(graph, uniform_only=True) is None
+    folded = fold_input_into_gemm(graph, uniform_only=False)
+    ops = _ops(folded)
+    assert not {"Sub", "Div", "BatchNormalization"} & set(ops)
+    assert ops.count("Flatten") == (0 if len(shape) == 1 else 1)
+    np.testing.assert_allclose(run_onnx(folded, rows), run_onnx(graph, rows), rtol=1e-4, atol=1e-4)
+    uniform, rows = _uniform(shape)
+    folded = fold_input_into_gemm(uniform, uniform_only=True)
+    assert folded is not None and "Sub" not in _ops(folded)
+    np.testing.assert_allclose(run_onnx(folded, rows), run_onnx(uniform, rows), rtol=1e-4, atol=1e-4)
+
+
+def test_the_fold_leaves_graphs_it_cannot_fold_exactly_alone():
+    from compress.export import input_fold
+    from compress.layout import fold_input_into_gemm
+
+    cnn, _ = _toolkit_graph("cnn", (1, 40))  # the standardization feeds a padded convolution
+    assert fold_input_into_gemm(cnn, uniform_only=False) is None
+    graph, rows = _toolkit_graph("mlp", (40,))
+    proto = onnx.load_from_string(graph)
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    gemm.attribute.append(onnx.helper.make_attribute("alpha", 2.0))  # a scaled Gemm: not the pattern folded
+    assert fold_input_into_gemm(proto.SerializeToString(), uniform_only=False) is None
+    # a table's columns, each with its own scale: an int8 graph keeps them in one BatchNormalization node
+    kept, notes = input_fold(graph, rows, any_scale=False)
+    assert "BatchNormalization" in _ops(kept) and "one BatchNormalization node" in notes[0]
+    folded, notes = input_fold(graph, rows, any_scale=True)
+    assert "BatchNormalization" not in _ops(folded) and "first layer's weights" in notes[0]
