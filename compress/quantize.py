@@ -246,7 +246,7 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
                 formats: tuple[QuantFormatName, ...] = FORMATS, calibrations: tuple[CalibrationName, ...] = ("minmax", "percentile"),
                 per_channel: tuple[Bool, ...] = (True, False), optimize: tuple[Bool, ...] = (True,),
                 fallback_configs: NonNegativeInt = 2, latency_rounds: NonNegativeInt = 5,
-                lean: Bool = True) -> list[Variant]:
+                lean: Bool = True, fast: Bool = True) -> list[Variant]:
     """int8 weights and activations in ONNX Runtime, the fastest static configuration that keeps the agreement.
 
     Searches (`compress.int8_search`) the graph format, calibration method, per-channel or per-tensor scales
@@ -264,6 +264,9 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
     lean: where the search's equally fast graphs include one at least 10% smaller than its choice (usually
         fewer layers in fp32), offer that one too, as `int8-static-lean-onnx`; the search sees agreement on
         validation, not accuracy, so the fidelity rule on the test split judges the two.
+    fast: where the search chose, inside its tie band, a graph at least 5% slower than its fastest one that
+        reaches `min_agreement` (the band prefers agreement), offer the fastest too, as `int8-static-fast-onnx`:
+        the search times briefly, and the caller's own timing (auto's) judges the two.
     """
     if not formats or not calibrations or not per_channel or not optimize:
         raise ToolkitError("int8-static: formats, calibrations, per_channel and optimize each need at least one value")
@@ -284,20 +287,26 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
                 "seed": seed, "samples": len(calibration_x), "check_samples": len(check_x)}
     variants = [_static_variant(model, data, fp32_bytes, found, found.best, settings)]
     if lean and found.lean is not None:
-        variants.append(_static_variant(model, data, fp32_bytes, found, found.lean, settings))
+        variants.append(_static_variant(model, data, fp32_bytes, found, found.lean, settings, "lean"))
+    if fast and found.fastest is not None:
+        variants.append(_static_variant(model, data, fp32_bytes, found, found.fastest, settings, "fast"))
     return variants
 
 
 def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, found: SearchResult, chosen: Candidate,
-                    settings: dict) -> Variant:
-    """The Variant of one of the int8 search's graphs (`chosen`: its best, or its lean twin)."""
+                    settings: dict, role: str = "") -> Variant:
+    """The Variant of one of the int8 search's graphs (`chosen`: its best; `role` "lean" or "fast": its lean or
+    its fastest twin)."""
     config, min_agreement = chosen.config, settings["min_agreement"]
     notes = list(found.notes)
-    is_lean = chosen is not found.best
-    if is_lean:
+    if role == "lean":
         notes.append(f"this graph: the search's lean choice, {len(chosen.onnx_bytes):,} bytes and "
                      f"{len(chosen.fp32_nodes)} layer(s) in fp32, against {len(found.best.onnx_bytes):,} and "
                      f"{len(found.best.fp32_nodes)}; the fidelity rule judges both")
+    elif role == "fast":
+        notes.append(f"this graph: the search's fastest, {chosen.latency_ratio:.2f}x the fp32 ONNX latency and "
+                     f"{chosen.agreement:.1%} agreement, against its choice's {found.best.latency_ratio:.2f}x and "
+                     f"{found.best.agreement:.1%}; the fidelity rule and the caller's timing judge both")
     notes.append(f"static {config.format.upper()} calibrated ({config.calibration}) on {settings['samples']} "
                  "training samples")
     weights = set(_node_weights(fp32_bytes, chosen.fp32_nodes))
@@ -319,11 +328,11 @@ def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, fou
               "format": "QDQ" if config.format == "qdq" else "QOperator", "activation_type": "uint8",
               "calibration": config.calibration, "graph_optimization": config.optimize,
               "calibration_samples": settings["calibration_samples"], "seed": settings["seed"],
-              **({"lean": True} if is_lean else {}),
+              **({role: True} if role else {}),
               **({"ort_disabled_optimizers": list(chosen.hint)} if chosen.hint else {}),
               **({"layout": "1-D convolutions and pools as 2-D ones"} if config.lift else {})}
     return _finish_int8(model, data, "static", twin, recipe, chosen.onnx_bytes, check, notes,
-                        extra={"int8_search": found.rows}, name="int8-static-lean" if is_lean else None)
+                        extra={"int8_search": found.rows}, name=f"int8-static-{role}" if role else None)
 
 
 def _node_weights(onnx_bytes: bytes, names: list[str]) -> list[str]:

@@ -10,7 +10,8 @@ import torch
 
 from compress import get_method
 from compress.export import export_onnx
-from compress.int8_search import TIE_BAND, Candidate, Int8Config, interleaved_latency, lean, pick, search_int8
+from compress.int8_search import (FAST_GAIN, TIE_BAND, Candidate, Int8Config, fastest, interleaved_latency, lean, pick,
+                                  search_int8)
 from trainers import LoadedModel, TrainConfig, predict, train
 from trainers.errors import ToolkitError
 from trainers.schema import Int8SearchRow
@@ -70,6 +71,42 @@ def test_lean_is_the_smallest_graph_within_the_tie_band():
     assert lean([chosen, _candidate(1.0, 0.40, rank=1, size=1200)], chosen, 0.99) is None  # fewer fp32, larger
     untimed = _candidate(0.999, None, fp32_nodes=("a",), size=1000)
     assert lean([untimed, _candidate(0.995, None, size=400)], untimed, 0.99) is None  # untimed: no band
+
+
+def test_fastest_is_offered_only_where_the_tie_band_chose_a_slower_graph():
+    chosen = _candidate(0.999, 0.40, rank=0, size=1000)
+    quick = _candidate(0.995, 0.40 * (1 - FAST_GAIN) * 0.98, rank=1, size=1100)
+    assert pick([chosen, quick], 0.99) is chosen  # the band prefers agreement...
+    assert fastest([chosen, quick], chosen, 0.99) is quick  # ...and the faster one is kept beside it
+    barely = _candidate(0.995, 0.40 * (1 - FAST_GAIN) * 1.01, rank=1)
+    assert fastest([chosen, barely], chosen, 0.99) is None  # under 5% faster: timing noise, not offered
+    assert fastest([chosen, _candidate(0.98, 0.20, rank=2)], chosen, 0.99) is None  # under the target: never
+    assert fastest([chosen, quick], quick, 0.99) is None  # the choice is the fastest already
+    assert fastest([chosen, quick], chosen, 0.99, leaner=quick) is None  # offered already as the lean twin
+    untimed = _candidate(0.999, None)
+    assert fastest([untimed, _candidate(0.995, None)], untimed, 0.99) is None
+
+
+def test_int8_static_offers_the_search_s_fastest_graph_as_another_variant(mlp, digits, monkeypatch):
+    import compress.quantize as quantize
+
+    real = quantize.search_int8
+
+    def with_fastest(fp32, calibration_x, check_x, reference, target, **kw):
+        found = real(fp32, calibration_x, check_x, reference, 1.0, **kw)  # the fragile model: a layer back in fp32
+        found.fastest = real(fp32, calibration_x, check_x, reference, 0.0, **kw).best  # all int8
+        found.fastest.latency_ratio = 0.5 * (found.best.latency_ratio or 1.0)
+        return found
+
+    monkeypatch.setattr(quantize, "search_int8", with_fastest)
+    fragile = _fragile(mlp)
+    variants = get_method("int8-static", "mlp").func(fragile, digits, latency_rounds=1, lean=False, **ONE)
+    assert [v.name for v in variants] == ["int8-static-onnx", "int8-static-fast-onnx"]
+    first, second = variants
+    assert second.recipe["fast"] is True and "fast" not in first.recipe and not second.recipe["fp32_nodes"]
+    assert second.onnx_bytes != first.onnx_bytes and any("the search's fastest" in n for n in second.notes)
+    assert [v.name for v in get_method("int8-static", "mlp").func(fragile, digits, latency_rounds=1, lean=False,
+                                                                  fast=False, **ONE)] == ["int8-static-onnx"]
 
 
 def test_int8_static_offers_the_lean_graph_as_a_second_variant(mlp, digits, monkeypatch):
