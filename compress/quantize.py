@@ -330,7 +330,8 @@ def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, fou
               "calibration_samples": settings["calibration_samples"], "seed": settings["seed"],
               **({role: True} if role else {}),
               **({"ort_disabled_optimizers": list(chosen.hint)} if chosen.hint else {}),
-              **({"layout": "1-D convolutions and pools as 2-D ones"} if config.lift else {})}
+              **({"layout": "1-D convolutions and pools as 2-D ones"} if config.lift else {}),
+              **({"logits": "float (the last layer's output not rounded to int8)"} if config.float_logits else {})}
     return _finish_int8(model, data, "static", twin, recipe, chosen.onnx_bytes, check, notes,
                         extra={"int8_search": found.rows}, name=f"int8-static-{role}" if role else None)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trainers import fileio
 from trainers.errors import ToolkitError
-from trainers.schema import (CompressResultFile, CompressResultFileV1, CompressResultFileV2, CompressResultFileV3, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
+from trainers.schema import (CompressResultFile, CompressResultFileV1, CompressResultFileV2, CompressResultFileV3, CompressResultFileV4, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
                              TrainResultFile, read_result)
 
 STAGES = ("train", "compress", "explain")
@@ -31,7 +31,7 @@ class Run:
 
     root: Path
     train: TrainResultFile | None = None
-    compress: CompressResultFile | CompressResultFileV3 | CompressResultFileV2 | CompressResultFileV1 | None = None
+    compress: CompressResultFile | CompressResultFileV4 | CompressResultFileV3 | CompressResultFileV2 | CompressResultFileV1 | None = None
     explain: ExplainResultFile | None = None
     pipeline: PipelineFile | None = None
     dirs: dict[str, Path] = field(default_factory=dict)  # stage -> its directory

@@ -204,3 +204,76 @@ def test_bad_search_options_are_refused_in_one_line(options, match, mlp, digits)
     with pytest.raises(ToolkitError, match=match) as error:
         get_method("int8-static", "mlp").func(mlp, digits, **options)
     assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------- the logits in float
+
+def _graph(model, digits, fmt: str) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from compress.int8_search import _quantize
+
+    fp32, calibration, _, _ = _inputs(model, digits)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "fp32.onnx").write_bytes(fp32)
+        return _quantize(Path(tmp) / "fp32.onnx", Int8Config(fmt), calibration, [], Path(tmp))
+
+
+def test_float_logits_runs_the_last_layer_in_int8_with_a_float_output(mlp, digits, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from compress.export import run_onnx
+    from compress.int8_search import float_logits
+
+    rounded = _graph(mlp, digits, "qdq")
+    graph = float_logits(rounded)
+    nodes = onnx.load_from_string(graph).graph.node
+    assert nodes[-1].op_type == "Gemm" and sum(n.op_type == "QuantizeLinear" for n in nodes) == sum(
+        n.op_type == "QuantizeLinear" for n in onnx.load_from_string(rounded).graph.node) - 1
+    x = np.ascontiguousarray(digits.x_test, np.float32)
+    want = predict(mlp.module, x)
+    # closer to fp32 than the rounded logits: the 256 levels of the output are gone
+    assert np.abs(run_onnx(graph, x) - want).max() < np.abs(run_onnx(rounded, x) - want).max()
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    fused = [n for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if n.op_type == "QGemm"]
+    assert len(fused) == len([n for n in nodes if n.op_type == "Gemm"])  # every layer in ORT's int8 kernel
+    assert len([i for i in fused[-1].input if i]) <= 7  # the last one without an output scale: float logits
+    assert float_logits(_graph(mlp, digits, "qoperator")) is None  # a QLinear node's output: not rewritten
+
+
+def test_a_float_logits_twin_reaching_the_target_needs_no_fp32_layer(mlp, digits):
+    fragile = _fragile(mlp)
+    fp32, calibration, check_x, reference = _inputs(fragile, digits)
+    probe = search_int8(fp32, calibration, check_x, reference, 1.0, rounds=0, **ONE)
+    rounded, twin = (next(r for r in probe.rows if r["float_logits"] is f and not r["fp32_nodes"]) for f in (False, True))
+    assert twin["agreement"] > rounded["agreement"]  # the fragile model's near-ties flip on rounded logits
+    target = (twin["agreement"] + rounded["agreement"]) / 2
+    (variant,) = get_method("int8-static", "mlp").func(fragile, digits, min_agreement=target, latency_rounds=1, lean=False,
+                                                      fast=False, **ONE)
+    assert variant.recipe["logits"].startswith("float") and variant.recipe["fp32_nodes"] == []
+    rows = variant.measurements["int8_search"]
+    assert not any(r["fp32_nodes"] for r in rows)  # no fallback was needed
+    for row in rows:
+        Int8SearchRow.model_validate(row)
+
+
+def test_version_4_compress_results_are_still_read():
+    """Version 5 added the int8 search rows' `float_logits`; a version 4 file reads as version 4, and a version
+    4 file that has the field is refused in one line."""
+    from fake_runs import compress_result
+
+    from trainers.schema import CompressResultFile, CompressResultFileV4, parse_result
+
+    row = {"format": "qdq", "calibration": "minmax", "per_channel": True, "optimize": True, "fp32_nodes": [],
+           "agreement": 1.0, "latency_ratio": 0.5, "reached": True, "disabled_optimizers": None, "lift": False}
+    current = compress_result().dump()
+    current["variants"][0]["int8_search"] = [{**row, "float_logits": True}]
+    assert type(parse_result(current, stage="compress")) is CompressResultFile
+    old = {**current, "schema_version": 4, "variants": [{**current["variants"][0], "int8_search": [row]}]}
+    assert type(parse_result(old, stage="compress")) is CompressResultFileV4
+    with pytest.raises(ToolkitError, match="float_logits"):
+        parse_result({**old, "variants": current["variants"]}, stage="compress")

@@ -162,7 +162,7 @@ def test_version_3_compress_results_are_still_read():
     row = {"format": "qdq", "calibration": "minmax", "per_channel": True, "optimize": True, "fp32_nodes": ["conv"],
            "agreement": 1.0, "latency_ratio": 0.5, "reached": True}
     current = compress_result().dump()
-    assert current["schema_version"] == 4
+    assert current["schema_version"] == 5
     current["variants"][0]["int8_search"] = [{**row, "disabled_optimizers": list(SESSION_HINT)}]
     assert parse_result(current, stage="compress").variants[0].int8_search[0].disabled_optimizers == list(SESSION_HINT)
     assert type(parse_result(current, stage="compress")) is CompressResultFile

@@ -179,12 +179,18 @@ class Int8SearchRowV3(Record):
     reached: bool
 
 
-class Int8SearchRow(Int8SearchRowV3):
-    """A row of the int8 search from schema version 4 on: a graph with layers in fp32 names its ORT session hint,
+class Int8SearchRowV4(Int8SearchRowV3):
+    """A row of the int8 search in schema version 4: a graph with layers in fp32 names its ORT session hint,
     and a graph quantized from the 2-D form of a 1-D CNN says so."""
 
     disabled_optimizers: list[str] | None = None  # the graph's ORT session hint (`trainers.ortsession`)
     lift: bool = False  # quantized from the graph with its 1-D convolutions and pools as 2-D ones
+
+
+class Int8SearchRow(Int8SearchRowV4):
+    """A row of the int8 search from schema version 5 on: a graph whose logits stay in float says so."""
+
+    float_logits: bool = False  # the last layer in int8 with a float output (`compress.int8_search.float_logits`)
 
 
 class Recipe(BaseModel):
@@ -238,8 +244,14 @@ class VariantRowV3(VariantRowV2):
     serve: Serve | None = None  # a routed variant: the model that answers small batches
 
 
-class VariantRow(VariantRowV3):
-    """A variant's row from schema version 4 on."""
+class VariantRowV4(VariantRowV3):
+    """A variant's row in schema version 4."""
+
+    int8_search: list[Int8SearchRowV4] | None = None  # int8-static only: every configuration measured
+
+
+class VariantRow(VariantRowV4):
+    """A variant's row from schema version 5 on."""
 
     int8_search: list[Int8SearchRow] | None = None  # int8-static only: every configuration measured
 
@@ -302,10 +314,18 @@ class CompressResultFileV3(CompressResultFileV2):
     variants: list[VariantRowV3]  # the baseline first
 
 
-class CompressResultFile(CompressResultFileV3):
+class CompressResultFileV4(CompressResultFileV3):
     """Version 4: a row of the int8 search names the graph's ORT session hint (`disabled_optimizers`)."""
 
     schema_version: Literal[4] = 4
+    baseline: VariantRowV4
+    variants: list[VariantRowV4]  # the baseline first
+
+
+class CompressResultFile(CompressResultFileV4):
+    """Version 5: a row of the int8 search says whether the graph's logits stay in float (`float_logits`)."""
+
+    schema_version: Literal[5] = 5
     baseline: VariantRow
     variants: list[VariantRow]  # the baseline first
 
@@ -525,12 +545,13 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
               | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFile},
-    "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFile},
+    "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFileV4,
+                 5: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
