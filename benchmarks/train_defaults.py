@@ -5,6 +5,8 @@ default (epochs and patience covering a least number of optimizer steps, `TrainC
     python benchmarks/train_defaults.py [--sets GunPoint ItalyPowerDemand ArrowHead ACSF1 OSULeaf]
                                         [--families mlp cnn] [--seeds 0 1 2] [--out result.json]
                                         [--heads flatten gap]   # the CNN's two heads instead of the schedules
+                                        [--selections val_loss val_accuracy_then_loss]  # or the epoch kept
+                                        [--npz digits my.npz]   # the toolkit's own sets beside the UCR ones
 
 Each set is the UCR archive's own train/test split, read from the `.ts` files that the aeon package ships
 (`--ts-dir` to give another copy). Every configuration is trained with each seed on the same data; the table
@@ -88,20 +90,30 @@ def main(argv=None) -> dict:
                                                      "(default: the installed aeon package's)")
     parser.add_argument("--heads", nargs="+", choices=["flatten", "gap"],
                         help="compare the CNN's heads (`arch.head`) on the default schedule instead of the schedules")
+    parser.add_argument("--selections", nargs="+", choices=["val_loss", "val_accuracy", "val_accuracy_then_loss"],
+                        help="compare the epoch kept (`select`) on the default schedule instead of the schedules")
+    parser.add_argument("--npz", nargs="+", default=[], help="data sets of the toolkit's own (.npz, or a built-in "
+                                                              "name such as digits), compared beside the UCR sets")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    arms = ({f"head {head}": {"model": {"head": head}} for head in args.heads} if args.heads
-            else {"epochs only": fixed, "default": {}})
+    if args.heads:
+        arms = {f"head {head}": {"model": {"head": head}} for head in args.heads}
+    elif args.selections:
+        arms = {f"select {name}": {"select": name} for name in args.selections}
+    else:
+        arms = {"epochs only": fixed, "default": {}}
     root = aeon_dir()
     ts_dir = args.ts_dir or (root / "datasets/data" if root else None)
-    if ts_dir is None or not ts_dir.is_dir():
+    if args.sets and (ts_dir is None or not ts_dir.is_dir()):
         print("no .ts files: pip install aeon --no-deps, or pass --ts-dir", file=sys.stderr)
         raise SystemExit(2)
     reference = published(root)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sets:
-            data = load_data(str(to_npz(name, ts_dir, Path(tmp))))
+        for name in [*args.sets, *args.npz]:
+            own = name in args.npz
+            data = load_data(name if own else str(to_npz(name, ts_dir, Path(tmp))))
+            name = Path(name).stem if own else name
             for family in args.families:
                 row = {"set": name, "family": family, "train_rows": int(len(data.y_train)),
                        "published_inceptiontime": reference.get(name)}

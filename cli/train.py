@@ -20,7 +20,10 @@ def train_command(
     data: str = typer.Argument(..., help="Built-in data set (digits, iris, wine, breast_cancer), a .csv/.parquet/.npz/.npy file or an image folder."),
     model: str = typer.Option(..., "--model", "-m", help="Model family."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-train-<model>)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping on validation loss)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping: see --select)."),
+    select: Optional[str] = typer.Option(None, "--select", help="The epoch kept, which early stopping waits for: "
+                                         "val_accuracy_then_loss (default: the highest validation accuracy, ties to "
+                                         "the lower loss), val_loss or val_accuracy."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),
@@ -62,7 +65,7 @@ def train_command(
 
     if resume and out is None:
         raise ToolkitError("--resume needs --out, the directory of the interrupted run")
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
+    given = {"epochs": epochs, "select": select, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
              "amp": amp or None, "model": parse_json_option(arch, "--arch") if arch is not None else None}
     config = parse(TrainConfig, {key: value for key, value in given.items() if value is not None})
     out = out or default_run_dir("train", model)

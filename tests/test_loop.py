@@ -41,6 +41,38 @@ def test_starting_weights_compete_as_epoch_0(iris):
     assert not module.training
 
 
+@pytest.mark.parametrize("select, kept", [("val_loss", 2), ("val_accuracy", 1), ("val_accuracy_then_loss", 3)])
+def test_each_criterion_keeps_its_epoch(select, kept):
+    """Validation accuracy 0.9, 0.8, 0.9, 0.9 and loss 0.50, 0.30, 0.40, 0.45 over epochs 1-4: the loss alone
+    keeps epoch 2, the accuracy alone the first 0.9 (epoch 1), the accuracy then the loss the 0.9 of lowest loss."""
+    from trainers.loop import LoopState, _select
+
+    rows = [{"epoch": 1, "val_accuracy": 0.9, "val_loss": 0.50}, {"epoch": 2, "val_accuracy": 0.8, "val_loss": 0.30},
+            {"epoch": 3, "val_accuracy": 0.9, "val_loss": 0.40}, {"epoch": 4, "val_accuracy": 0.9, "val_loss": 0.45}]
+    module = torch.nn.Linear(1, 1)
+    state = LoopState(None, None, None, best_weights={}, best_score=float("inf" if select == "val_loss" else "-inf"))
+    for row in rows:
+        state.history.append(row)
+        _select(state, module, LoopOptions(epochs=4, lr=1e-3, select=select), row)
+    assert state.best_epoch == kept
+    assert state.bad_epochs == 4 - kept  # the epochs after the kept one count towards patience
+
+
+def test_training_keeps_the_most_accurate_epoch_by_default(iris):
+    from trainers import TrainConfig, train
+
+    data, _ = iris
+    assert TrainConfig().select == "val_accuracy_then_loss"
+    result = train(data, "mlp", TrainConfig(epochs=15, device="cpu", patience=15), progress=False)
+    history = [row for row in result.history if "val_accuracy" in row and row["epoch"] > 0]
+    top = max(row["val_accuracy"] for row in history)
+    kept = next(row for row in history if row["epoch"] == result.best_epoch)
+    assert kept["val_accuracy"] == top
+    assert kept["val_loss"] <= min(row["val_loss"] for row in history if row["val_accuracy"] == top) + 1e-4
+    by_loss = train(data, "mlp", TrainConfig(epochs=15, device="cpu", patience=15, select="val_loss"), progress=False)
+    assert by_loss.best_epoch == min(history, key=lambda row: row["val_loss"])["epoch"]  # the same run, other epoch
+
+
 def test_patience_stops_and_plateau_lowers_the_lr(iris):
     data, tensors = iris
     # So small a step that the validation loss never improves by the required 1e-4 after epoch 1.

@@ -32,7 +32,7 @@ from .checkpoint import cpu_state
 from .errors import ToolkitError
 
 SCHEDULES = ("plateau", "cosine", "none")
-SELECTIONS = ("val_loss", "val_accuracy")
+SELECTIONS = ("val_loss", "val_accuracy", "val_accuracy_then_loss")
 
 
 @dataclass
@@ -41,7 +41,10 @@ class LoopOptions:
 
     schedule: "plateau" multiplies the LR by 0.3 after `lr_patience` epochs without a lower validation
         loss; "cosine" anneals it to 0 over all the steps, stepping per batch; "none" keeps it.
-    select: keep the weights of the lowest "val_loss" (by more than 1e-4) or the highest "val_accuracy".
+    select: keep the weights of the lowest "val_loss" (by more than 1e-4), the highest "val_accuracy" (the
+        first epoch that reached it), or "val_accuracy_then_loss": the highest validation accuracy, and of the
+        epochs that share it the lowest validation loss (a small validation split reaches its top accuracy
+        early and stays there while the loss still falls).
     score_start: the starting weights compete as epoch 0 (a fine-tune then never returns a worse model).
     patience: stop after this many epochs without a better selection score (None: never).
     interruptible: Ctrl-C ends the loop with the best weights so far instead of propagating.
@@ -177,7 +180,7 @@ def _start(model, module, tensors, options: LoopOptions, amp, ctx) -> LoopState:
     if options.score_start:
         val_loss, val_acc = evaluate_ranks(module, tensors["x_val"], tensors["y_val"], amp, ctx)
         state.history.append({"epoch": 0, "val_loss": val_loss, "val_accuracy": val_acc})
-        state.best_score = state.history[0][options.select]
+        state.best_score = state.history[0]["val_loss" if options.select == "val_loss" else "val_accuracy"]
     return state
 
 
@@ -192,8 +195,14 @@ def _fused(model: nn.Module) -> dict:
 
 def _select(state: LoopState, module: nn.Module, options: LoopOptions, row: dict) -> None:
     """Keep a copy of the weights when the epoch beats the best score so far; count the epochs that do not."""
-    score = row[options.select]
-    better = score < state.best_score - 1e-4 if options.select == "val_loss" else score > state.best_score
+    if options.select == "val_loss":
+        better = row["val_loss"] < state.best_score - 1e-4
+    else:
+        better = row["val_accuracy"] > state.best_score
+        if options.select == "val_accuracy_then_loss" and row["val_accuracy"] == state.best_score:
+            best = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+            better = best is not None and row["val_loss"] < best["val_loss"] - 1e-4
+    score = row["val_loss" if options.select == "val_loss" else "val_accuracy"]
     if better:
         state.best_score, state.best_epoch, state.bad_epochs = score, row["epoch"], 0
         state.best_weights = cpu_state(module)
