@@ -123,14 +123,14 @@ def test_int8_static_offers_the_lean_graph_as_a_second_variant(mlp, digits, monk
 
     monkeypatch.setattr(quantize, "search_int8", with_lean)
     fragile = _fragile(mlp)
-    first, second = get_method("int8-static", "mlp").func(fragile, digits, latency_rounds=1, **ONE)
+    first, second = get_method("int8-static", "mlp").func(fragile, digits, latency_rounds=1, fast=False, **ONE)
     assert (first.name, second.name) == ("int8-static-onnx", "int8-static-lean-onnx")
     assert first.recipe["fp32_nodes"] and not second.recipe["fp32_nodes"] and second.recipe["lean"] is True
     assert second.onnx_bytes != first.onnx_bytes and second.measurements["agreement_check"]["agreement"] < 1.0
     assert second.measurements["agreement_check"]["fp32_nodes"] == []
     assert any("lean choice" in note for note in second.notes)
     assert [v.name for v in get_method("int8-static", "mlp").func(fragile, digits, latency_rounds=1, lean=False,
-                                                                  **ONE)] == ["int8-static-onnx"]
+                                                                  fast=False, **ONE)] == ["int8-static-onnx"]
 
 
 def test_search_meets_the_target_and_records_every_configuration(mlp, digits):

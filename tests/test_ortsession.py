@@ -141,7 +141,7 @@ def test_the_hint_travels_with_the_saved_variant(cnn, digits, monkeypatch, tmp_p
     from compress import get_method
 
     monkeypatch.setattr(search, "interleaved_latency", _fake_latency(slow_first=True))
-    [variant] = get_method("int8-static", "cnn").func(cnn, digits, lean=False, **ONE)
+    [variant] = get_method("int8-static", "cnn").func(cnn, digits, lean=False, fast=False, **ONE)
     assert variant.recipe["ort_disabled_optimizers"] == list(SESSION_HINT)
     save_model(variant.model, tmp_path / "v")
     loaded = load_model(tmp_path / "v")

@@ -172,7 +172,9 @@ def test_python_pipeline_on_the_module(zoo, name, tmp_path):
     run = result.run_dir
     assert result.report is not None and result.report.is_file() and result.report.stat().st_size > 0
     compressed = json.loads((run / "compress" / "result.json").read_text())
-    assert compressed["family"] == "custom" and len(compressed["variants"]) > 2
+    made = len(compressed["variants"]) - 1 + sum(1 for s in compressed["skipped"] if s.get("name"))
+    assert compressed["family"] == "custom" and len(compressed["variants"]) >= 2  # the original and the choice
+    assert made > 2  # several candidates made, whether timed in full or ruled out by the quick timing
     explained = json.loads((run / "explain" / "result.json").read_text())
     assert explained["methods"] == list(explain.default_methods(trainers.as_model(module, bundle)))
     # every saved variant loads again without the user's class: as its ONNX graph, same predictions
