@@ -22,8 +22,9 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-train-<model>)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping: see --select)."),
     select: Optional[str] = typer.Option(None, "--select", help="The epoch kept, which early stopping waits for: "
-                                         "val_accuracy_then_loss (default: the highest validation accuracy, ties to "
-                                         "the lower loss), val_loss or val_accuracy."),
+                                         "val_accuracy_then_loss (the highest validation accuracy, ties to the "
+                                         "lower loss; the MLP's default), val_loss (the other families' default) "
+                                         "or val_accuracy."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),

@@ -58,11 +58,13 @@ def test_each_criterion_keeps_its_epoch(select, kept):
     assert state.bad_epochs == 4 - kept  # the epochs after the kept one count towards patience
 
 
-def test_training_keeps_the_most_accurate_epoch_by_default(iris):
+def test_an_mlp_keeps_its_most_accurate_epoch_by_default(iris):
     from trainers import TrainConfig, train
 
     data, _ = iris
-    assert TrainConfig().select == "val_accuracy_then_loss"
+    assert [TrainConfig().for_family(f).select for f in ("mlp", "cnn", "lstm")] == [
+        "val_accuracy_then_loss", "val_loss", "val_loss"]
+    assert TrainConfig(select="val_accuracy").for_family("mlp").select == "val_accuracy"  # what the user set stays
     result = train(data, "mlp", TrainConfig(epochs=15, device="cpu", patience=15), progress=False)
     history = [row for row in result.history if "val_accuracy" in row and row["epoch"] > 0]
     top = max(row["val_accuracy"] for row in history)

@@ -67,13 +67,8 @@ class TrainConfig:
     lr_patience: PositiveInt | None = None  # None: LR_PATIENCE epochs, or LR_PATIENCE_STEPS steps on small data
     device: Annotated[str, Strict(), AfterValidator(_device_name)] = "auto"
     seed: Seed = 0
-    # Which epoch's weights are kept (and what early stopping waits for): the highest validation accuracy, ties
-    # to the lower validation loss. Against the lowest validation loss alone (the default until 2026-12-05), 3
-    # seeds each: the same on the 6 UCR sets (their validation splits of 5-35 rows reach the top accuracy early,
-    # where the loss decides), +2.0 and +5.6 test points on the 40-feature and signals MLPs, whose validation loss
-    # turns up while accuracy still climbs. "val_accuracy" alone lost 2-8 points on the UCR sets
-    # (docs/results.md, "The epoch kept").
-    select: Literal["val_accuracy_then_loss", "val_loss", "val_accuracy"] = "val_accuracy_then_loss"
+    # Which epoch's weights are kept (and what early stopping waits for). None: per family (`for_family`).
+    select: Literal["val_accuracy_then_loss", "val_loss", "val_accuracy"] | None = None
     # Mixed precision (bf16 autocast) on CUDA: off by default. On an H200 the toolkit's models trained 1.28-1.33x
     # faster in float32 than under autocast (MLP, CNN, LSTM on digits, batch 64; docs/results.md, "On a GPU"): at
     # these sizes the per-layer casts cost more than the smaller matrix products save. `toolkit train --amp` (or
@@ -85,6 +80,23 @@ class TrainConfig:
     def validate(self) -> None:
         """One ToolkitError line naming the first bad option (`trainers.options.check`)."""
         check(self)
+
+    def for_family(self, family: str) -> TrainConfig:
+        """This config with `select` left unset (None) filled in for `family`: the MLP keeps its most accurate
+        epoch on the validation split, ties to the lower validation loss; the other families the epoch of lowest
+        validation loss.
+
+        Measured, 3 seeds each (docs/results.md, "The epoch kept"): the MLPs' validation loss is lowest at
+        epochs 4-5 on the signals and 40-feature sets while their accuracy climbs to epochs 7-14, and keeping
+        the most accurate epoch gained 0.7-5.6 test points on all seven of the toolkit's sets and seeds, and
+        equalled the loss on six UCR sets. CNNs moved by -0.5 to +2.4 points and LSTMs by -0.7 to +0.8, with no
+        consistent sign, and the issue that asked for it found the CNN at its published accuracy already; so
+        they keep the loss. Accuracy alone (the first epoch at the top) lost 2-8 points on the small UCR sets,
+        whose few validation rows reach their top accuracy early: hence the tie-break by the loss.
+        """
+        if self.select is not None:
+            return self
+        return dataclasses.replace(self, select="val_accuracy_then_loss" if family == "mlp" else "val_loss")
 
     def for_data(self, train_rows: int) -> TrainConfig:
         """This config with the schedule left unset (None) filled in for a training split of `train_rows`.
@@ -209,7 +221,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         distributed.per_rank_batch(config.batch_size, ctx)
         if not isinstance(data, DataBundle):
             data = load_data(data, target=target, seed=config.seed, table=table, image_size=image_size)
-        config = config.for_data(len(data.y_train))
+        config = config.for_data(len(data.y_train)).for_family(family)
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
