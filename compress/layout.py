@@ -173,13 +173,10 @@ def fold_input_scaling(onnx_bytes: bytes) -> bytes | None:
     if found is None:
         return None
     sub, div, flatten, per_sample = found
-    mean, std = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in (sub.input[1], div.input[1]))
-    try:
-        mean, std = (np.broadcast_to(a, (1, *per_sample)).reshape(-1) for a in (mean, std))
-    except ValueError:
+    stats = _mean_std(sub, div, per_sample, initializers)
+    if stats is None:
         return None
-    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std != 0).all()):
-        return None
+    mean, std = stats
     channels = mean.size
     names = {k: f"input_fold_{k}" for k in ("scale", "bias", "mean", "var", "flat")}
     graph.initializer.extend([numpy_helper.from_array(a.astype(np.float32), names[k]) for k, a in
@@ -241,13 +238,10 @@ def fold_input_into_gemm(onnx_bytes: bytes, uniform_only: bool) -> bytes | None:
         return None
     if any(len(consumers.get(name, [])) != 1 for name in gemm.input[1:3] if name):  # weights shared elsewhere
         return None
-    mean, std = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in (sub.input[1], div.input[1]))
-    try:
-        mean, std = (np.broadcast_to(a, (1, *per_sample)).reshape(-1) for a in (mean, std))
-    except ValueError:
+    stats = _mean_std(sub, div, per_sample, initializers)
+    if stats is None:
         return None
-    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std != 0).all()):
-        return None
+    mean, std = stats
     if uniform_only and (np.ptp(mean) != 0 or np.ptp(std) != 0):
         return None
     weight = numpy_helper.to_array(initializers[gemm.input[1]]).astype(np.float64)
@@ -279,6 +273,21 @@ def fold_input_into_gemm(onnx_bytes: bytes, uniform_only: bool) -> bytes | None:
     for name in {sub.input[1], div.input[1]} - used:
         graph.initializer.remove(initializers[name])
     return model.SerializeToString()
+
+
+def _mean_std(sub, div, per_sample: tuple[int, ...], initializers) -> tuple[np.ndarray, np.ndarray] | None:
+    """The standardization's mean and std, one value per input value (float64), or None where they do not
+    broadcast to the input or are not finite, or a std is 0."""
+    from onnx import numpy_helper
+
+    mean, std = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in (sub.input[1], div.input[1]))
+    try:
+        mean, std = (np.broadcast_to(a, (1, *per_sample)).reshape(-1) for a in (mean, std))
+    except ValueError:
+        return None
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std != 0).all()):
+        return None
+    return mean, std
 
 
 def _standardize_chain(graph, inputs, initializers, consumers):
