@@ -31,8 +31,8 @@ from trainers.models import capabilities
 from trainers.options import Bool, Fraction, Int, NonNegativeInt, PositiveInt
 
 from .base import Variant, default_options, derive_model, register_method
-from .export import (Exporter, ExportInfo, export_with_info, first_layer_fold, input_fold, lift_checked, onnx_parity, onnx_variant_model,
-                     run_onnx)
+from .export import (Exporter, ExportInfo, export_with_info, first_layer_fold, input_fold, lift_checked, onnx_parity,
+                     onnx_variant_model, run_onnx)
 from .int8_search import FORMATS, Candidate, SearchResult, search_int8
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")

@@ -180,7 +180,7 @@ def _start(model, module, tensors, options: LoopOptions, amp, ctx) -> LoopState:
     if options.score_start:
         val_loss, val_acc = evaluate_ranks(module, tensors["x_val"], tensors["y_val"], amp, ctx)
         state.history.append({"epoch": 0, "val_loss": val_loss, "val_accuracy": val_acc})
-        state.best_score = state.history[0]["val_loss" if options.select == "val_loss" else "val_accuracy"]
+        state.best_score = state.history[0][_scored(options.select)]
     return state
 
 
@@ -193,16 +193,21 @@ def _fused(model: nn.Module) -> dict:
     return {"fused": True} if ok else {}
 
 
+def _scored(select: str) -> str:
+    """The history column a selection criterion keeps as `LoopState.best_score`."""
+    return "val_loss" if select == "val_loss" else "val_accuracy"
+
+
 def _select(state: LoopState, module: nn.Module, options: LoopOptions, row: dict) -> None:
     """Keep a copy of the weights when the epoch beats the best score so far; count the epochs that do not."""
+    score = row[_scored(options.select)]
     if options.select == "val_loss":
-        better = row["val_loss"] < state.best_score - 1e-4
+        better = score < state.best_score - 1e-4
     else:
-        better = row["val_accuracy"] > state.best_score
-        if options.select == "val_accuracy_then_loss" and row["val_accuracy"] == state.best_score:
+        better = score > state.best_score
+        if options.select == "val_accuracy_then_loss" and score == state.best_score:
             best = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
             better = best is not None and row["val_loss"] < best["val_loss"] - 1e-4
-    score = row["val_loss" if options.select == "val_loss" else "val_accuracy"]
     if better:
         state.best_score, state.best_epoch, state.bad_epochs = score, row["epoch"], 0
         state.best_weights = cpu_state(module)
