@@ -559,7 +559,8 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
     other batch size leaves first. The fastest at the other batch size stays when it is `gain` times the
     speed there of the slowest candidate left in the race (`Pace.best_elsewhere`; OTHER_BATCH_HINT, or
     BY_BATCH_GAIN where auto routes by batch size): it cannot be chosen at this one, but it may serve the other
-    side of a routed variant (`by_batch`), and the reason names it (an LSTM's int8 ONNX Runtime graph at batch 1, 3x its bf16 choice).
+    side of a routed variant (`by_batch`), and the reason names it (an LSTM's int8 ONNX Runtime graph at
+    batch 1, 3x its bf16 choice).
     """
     if not variants:
         return []
@@ -568,19 +569,19 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
     pace = Pace(baseline, data, config, drifted, batch)
     lead = pace.leader(variants, ratios, drop=rejected)
     best = lead[1] if lead is not None else 0.0
-    behind = lead is not None and any(SLOWER_CUT <= ratios[id(v)] and ratios[id(v)] * OUTPACED < best
-                                      for v in variants)
+    slower = {id(v) for v in variants if ratios[id(v)] < SLOWER_CUT}
+    outpaced = {id(v) for v in variants if id(v) not in slower and ratios[id(v)] * OUTPACED < best}
     # any of those left in the race may be chosen (a near-tie goes to the best balance of speed and size), so the
     # fastest at the other batch size stays when it is `gain` times the slowest of them there
-    racing = [v for v in variants if ratios[id(v)] >= SLOWER_CUT and ratios[id(v)] * OUTPACED >= best]
-    spares = pace.best_elsewhere(variants, racing, gain) if behind else []  # timed only when something is cut
+    racing = [v for v in variants if id(v) not in slower | outpaced]
+    spares = pace.best_elsewhere(variants, racing, gain) if outpaced else []  # timed only when something is cut
+    kept = {id(v) for v in spares}
     for v in list(variants):
         ratio = ratios[id(v)]
         why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch {batch}, one thread): slower"
-               if ratio < SLOWER_CUT else
+               if id(v) in slower else
                f"a quick timing puts it at {ratio:.2f}x the original's speed, over {OUTPACED:.2f}x behind the "
-               f"fastest candidate that may be chosen ({best:.2f}x)" if ratio * OUTPACED < best
-               and not any(v is spare for spare in spares)
+               f"fastest candidate that may be chosen ({best:.2f}x)" if id(v) in outpaced - kept
                else None)
         if why:
             variants.remove(v)
