@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainers.data import load_data  # noqa: E402
-from trainers.ortsession import inference_session  # noqa: E402
+from trainers.ortsession import first_output, inference_session  # noqa: E402
 
 BATCHES = (1, 256)
 
@@ -39,9 +39,7 @@ def _ort(path: Path):
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    session = inference_session(str(path), options)
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
+    return first_output(inference_session(str(path), options))  # as the toolkit serves its graphs
 
 
 def _openvino(path: Path, static_shape=None):

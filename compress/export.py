@@ -24,7 +24,7 @@ from torch import nn
 from trainers.artifact import LoadedModel
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
-from trainers.ortsession import inference_session
+from trainers.ortsession import first_output, inference_session
 
 from .base import Variant, default_options, derive_model, register_method
 
@@ -283,9 +283,9 @@ def ort_session(onnx_bytes: bytes, threads: int | None = None, spin: bool = Fals
 
 def run_onnx(session_or_bytes, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     session = ort_session(session_or_bytes) if isinstance(session_or_bytes, bytes) else session_or_bytes
-    name = session.get_inputs()[0].name
+    run = first_output(session)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+    return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def onnx_parity(onnx_bytes: bytes, model, x: np.ndarray) -> dict:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers.ortsession import DISABLED_OPTIMIZERS_KEY
+from trainers.ortsession import DISABLED_OPTIMIZERS_KEY, first_output
 
 from .export import ort_session, run_onnx
 
@@ -253,21 +253,20 @@ def interleaved_latency(graphs: list[bytes], reference: bytes, x: np.ndarray, ro
     """
     if rounds == 0:
         return [None] * len(graphs)
-    sessions = [ort_session(b, threads=1) for b in [reference, *graphs]]
-    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for session, feed in zip(sessions, feeds):  # warm-up: first calls allocate
-        session.run(None, feed)
-        session.run(None, feed)
+    calls = [first_output(ort_session(b, threads=1)) for b in [reference, *graphs]]
+    for call in calls:  # warm-up: first calls allocate
+        call(x)
+        call(x)
     ratios = [[] for _ in graphs]
     for r in range(rounds):
-        order = list(range(len(sessions)))
+        order = list(range(len(calls)))
         order = order[r % len(order):] + order[:r % len(order)]
-        times = [0.0] * len(sessions)
+        times = [0.0] * len(calls)
         for i in order:
             best = float("inf")
             for _ in range(reps):
                 t0 = time.perf_counter()
-                sessions[i].run(None, feeds[i])
+                calls[i](x)
                 best = min(best, time.perf_counter() - t0)
             times[i] = best
         for j in range(len(graphs)):

@@ -29,6 +29,7 @@ import torch
 from trainers.codecs import CODECS
 from trainers.errors import ToolkitError
 from trainers.models import count_parameters
+from trainers.ortsession import first_output
 
 from .base import Variant
 from .export import ort_session
@@ -176,7 +177,7 @@ class Runner:
         self.runtime = "onnxruntime" if onnx_bytes is not None else "torch"
         if self.runtime == "onnxruntime":
             self.session = ort_session(onnx_bytes, threads, spin=spin)
-            self.input_name = self.session.get_inputs()[0].name
+            self.run = first_output(self.session)
         else:
             self.module = variant.model.module.eval()
             param = next(iter(self.module.parameters()), None)  # packed int8 modules may have none
@@ -186,7 +187,7 @@ class Runner:
         if len(x) < self.below:
             return self.small(x)
         if self.runtime == "onnxruntime":
-            return self.session.run(None, {self.input_name: x})[0]
+            return self.run(x)
         with torch_threads(self.threads), torch.inference_mode():
             return self.module(torch.from_numpy(x).to(self.dtype)).float().numpy()
 
@@ -197,7 +198,7 @@ class Runner:
     def raw_call(self):
         """One call without conversions (for timing; the caller holds the thread count)."""
         if self.runtime == "onnxruntime":
-            call = lambda x: self.session.run(None, {self.input_name: x})  # noqa: E731
+            call = self.run
         else:
             def call(x):
                 with torch.inference_mode():

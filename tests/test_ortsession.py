@@ -13,7 +13,7 @@ import compress.int8_search as search
 from compress.export import export_onnx
 from compress.int8_search import SESSION_HINT, search_int8, with_hint
 from trainers import TrainConfig, load_model, predict, save_model, train
-from trainers.ortsession import DISABLED_OPTIMIZERS_KEY, disabled_optimizers, inference_session
+from trainers.ortsession import DISABLED_OPTIMIZERS_KEY, disabled_optimizers, first_output, inference_session
 
 ONE = {"formats": ("qdq",), "calibrations": ("minmax",), "per_channel": (True,), "optimize": (True,)}
 
@@ -222,3 +222,34 @@ def test_the_hint_is_kept_only_where_it_is_faster_beyond_the_tie_band():
     assert pick([hinted, plain], 0.99) is plain  # as fast within the band: ORT's defaults
     hinted, plain = graph(0.50, True), graph(0.50 * (1 + 2 * TIE_BAND), False)
     assert pick([hinted, plain], 0.99) is hinted
+
+
+class _PublicOnly:
+    """A session that exposes only ORT's public API (no `_sess` binding), counting its calls."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, 0
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, names, feed):
+        self.calls += 1
+        return self.session.run(names, feed)
+
+
+def test_first_output_gives_the_public_calls_logits_by_either_path(inputs):
+    fp32, calibration_x, check_x, _ = inputs
+    session = inference_session(fp32)
+    expected = session.run(None, {session.get_inputs()[0].name: check_x})[0]
+    fast = first_output(session)
+    for rows in (check_x, check_x[:1]):  # a batch and one row: the dynamic batch axis either way
+        np.testing.assert_array_equal(fast(rows), expected[:len(rows)])
+    public = _PublicOnly(session)
+    np.testing.assert_array_equal(first_output(public)(check_x), expected)
+    assert public.calls == 1  # no binding exposed: the public call serves
+    with pytest.raises(Exception):  # the binding still refuses a wrong shape (ORT's own error)
+        fast(calibration_x[..., :3])

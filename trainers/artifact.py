@@ -22,7 +22,7 @@ from .data import MAX_CLASSES
 from .errors import ArtifactError, ToolkitError
 from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, read_json
 from .models import build_model, count_parameters
-from .ortsession import inference_session
+from .ortsession import first_output, inference_session
 
 FORMAT_VERSION = 1
 CUSTOM_FAMILY, ONNX_FAMILY = "custom", "onnx"  # a user's own torch.nn.Module; a user's own ONNX graph
@@ -485,9 +485,8 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
 def _runner(model, raw: bool, device: str | None):
     """chunk -> float32 logits in the model's runtime (ONNX Runtime or PyTorch, without gradients)."""
     if isinstance(model, LoadedModel) and model.runtime == "onnxruntime":
-        session = model.raw_onnx_session() if raw else model.onnx_session()
-        name = session.get_inputs()[0].name
-        return lambda chunk: session.run(None, {name: chunk})[0].astype(np.float32)
+        run = first_output(model.raw_onnx_session() if raw else model.onnx_session())
+        return lambda chunk: run(chunk).astype(np.float32, copy=False)
     module = model.module if isinstance(model, LoadedModel) else model
     param = next(iter(module.parameters()), None)
     if param is None:

@@ -44,3 +44,22 @@ def inference_session(model, options=None):
     if names:
         session = ort.InferenceSession(model, options, providers=providers, disabled_optimizers=names)
     return session
+
+
+def first_output(session):
+    """x -> the first output of `session` (a CPU session with one input, from `inference_session`).
+
+    Calls the compiled session that `InferenceSession.run` wraps. That wrapper checks, on every call, the feed's
+    names against the graph's inputs, the feed's OrtValues, graph capture, and lists the output names, each
+    through calls into the binding: 1.1-1.5 us of a 10-11 us call at batch 1 (the pruned digits CNN, one thread),
+    about 13%. Here the feed is built from the graph's one input name and holds a NumPy array on the CPU, so
+    every one of those checks holds by construction, and the output names are listed once. Falls back to the
+    public call where the binding is not exposed (another ONNX Runtime build).
+    """
+    name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()][:1]
+    bound = getattr(session, "_sess", None)
+    if bound is None or not hasattr(bound, "run"):
+        return lambda x: session.run(outputs, {name: x})[0]
+    run = bound.run
+    return lambda x: run(outputs, {name: x}, None)[0]
