@@ -293,6 +293,14 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
     return variants
 
 
+def _fallback_path(rows: list[dict], config) -> list[dict]:
+    """The search's rows of `config` (fp32 layers and agreement), its fp32 fallback's steps in order. A graph with
+    its logits in float is its own configuration: measured beside the plain one, it may start the fallback."""
+    keys = ("format", "calibration", "per_channel", "optimize", "lift", "float_logits")
+    return [{"fp32_nodes": r["fp32_nodes"], "agreement": r["agreement"]} for r in rows
+            if all(r.get(k) == getattr(config, k) for k in keys)]
+
+
 def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, found: SearchResult, chosen: Candidate,
                     settings: dict, role: str = "") -> Variant:
     """The Variant of one of the int8 search's graphs (`chosen`: its best; `role` "lean" or "fast": its lean or
@@ -312,11 +320,7 @@ def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, fou
     weights = set(_node_weights(fp32_bytes, chosen.fp32_nodes))
     check = {"samples": settings["check_samples"], "agreement": chosen.agreement, "target": min_agreement,
              "reached": chosen.agreement >= min_agreement, "fp32_nodes": list(chosen.fp32_nodes),
-             "fp32_modules": sorted(weights), "steps": [{"fp32_nodes": r["fp32_nodes"], "agreement": r["agreement"]}
-                                                        for r in found.rows if r["format"] == config.format
-                                                        and r["calibration"] == config.calibration
-                                                        and r["per_channel"] == config.per_channel
-                                                        and r["optimize"] == config.optimize]}
+             "fp32_modules": sorted(weights), "steps": _fallback_path(found.rows, config)}
     if not check["reached"]:
         notes.append(f"int8 agrees with fp32 on only {chosen.agreement:.1%} of held-out samples (target "
                      f"{min_agreement:.1%}) in every configuration searched: auto never chooses it")
