@@ -95,8 +95,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load_data(args.data)
+    # No refit: the loop's epochs are compared, not the number of them.
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=str(device), patience=10**6,
-                         amp=args.amp)
+                         amp=args.amp, refit=False)
     sides = {"toolkit": lambda: toolkit(data, args.family, config),
              "bare loop": lambda: hand_loop(data, args.family, config, device, validate=False),
              "loop + validation": lambda: hand_loop(data, args.family, config, device, validate=True),

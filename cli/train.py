@@ -25,6 +25,9 @@ def train_command(
                                          "val_accuracy_then_loss (the highest validation accuracy, ties to the "
                                          "lower loss; the MLP's default), val_loss (the other families' default) "
                                          "or val_accuracy."),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="After early stopping, train the same "
+                                         "initial weights again on the training and validation rows together for "
+                                         "the epochs kept (default: on from 100 validation rows)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu or cuda."),
@@ -66,7 +69,7 @@ def train_command(
 
     if resume and out is None:
         raise ToolkitError("--resume needs --out, the directory of the interrupted run")
-    given = {"epochs": epochs, "select": select, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
+    given = {"epochs": epochs, "select": select, "refit": refit, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
              "amp": amp or None, "model": parse_json_option(arch, "--arch") if arch is not None else None}
     config = parse(TrainConfig, {key: value for key, value in given.items() if value is not None})
     out = out or default_run_dir("train", model)

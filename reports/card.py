@@ -68,6 +68,10 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
         text += (", held-out test set supplied by the user" if split.test_given
                  else f", split stratified with seed {split.seed}" if split.stratified else "")
         text += ". Inputs are standardised with statistics of the training split, stored with the model."
+        if training and training.get("refit"):
+            text += (f" After early stopping the model was trained again on the training and validation samples "
+                     f"together ({training['refit']['epochs']} epochs); its validation figures are those of the "
+                     "first run, on samples held out from it.")
         sections.append(("Training and evaluation data", [("p", text)]))
 
     metric_blocks = [("p", "Accuracy and cross-entropy loss on each split; per-class precision and recall on the "

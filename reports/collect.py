@@ -15,7 +15,7 @@ from pathlib import Path
 from trainers import fileio
 from trainers.errors import ToolkitError
 from trainers.schema import (CompressResultFile, CompressResultFileV1, CompressResultFileV2, CompressResultFileV3, CompressResultFileV4, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
-                             TrainResultFile, read_result)
+                             TrainResultFile, TrainResultFileV1, read_result)
 
 STAGES = ("train", "compress", "explain")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +30,7 @@ class Run:
     """Everything read from a run directory: typed results, and the other JSON files as plain data."""
 
     root: Path
-    train: TrainResultFile | None = None
+    train: TrainResultFile | TrainResultFileV1 | None = None
     compress: CompressResultFile | CompressResultFileV4 | CompressResultFileV3 | CompressResultFileV2 | CompressResultFileV1 | None = None
     explain: ExplainResultFile | None = None
     pipeline: PipelineFile | None = None

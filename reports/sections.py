@@ -152,6 +152,8 @@ def training(run: Run) -> dict | None:
         "best_epoch": result.best_epoch,
         "seconds": result.seconds,
         "interrupted": result.interrupted,
+        "refit": ({"epochs": result.refit.epochs, "rows": result.refit.rows, "seconds": result.refit.seconds}
+                  if getattr(result, "refit", None) is not None else None),  # schema version 1 has none
         "per_class": [{"class": r.class_name, "precision": r.precision, "recall": r.recall, "f1": r.f1,
                        "support": r.support} for r in m.test_per_class],
         "confusion_matrix": m.test_confusion_matrix,

@@ -117,3 +117,26 @@ def test_unknown_schedule_or_criterion_is_refused(iris):
     for options in (LoopOptions(epochs=1, lr=1e-3, schedule="step"), LoopOptions(epochs=1, lr=1e-3, select="f1")):
         with pytest.raises(ToolkitError):
             training_loop(_model(data), tensors, options)
+
+
+def test_replay_runs_each_epoch_at_its_lr_and_last_keeps_the_final_weights(iris):
+    """A refit's loop: the LRs given, one per epoch, and the weights of the last epoch, whatever the validation
+    split says (the refit trains on it)."""
+    data, tensors = iris
+    lrs = (3e-2, 3e-2, 9e-3, 2.7e-3)
+    module = _model(data)
+    state = training_loop(module, tensors, LoopOptions(epochs=4, lr=1.0, schedule="replay", lrs=lrs, select="last"))
+    assert [row["lr"] for row in state.history] == list(lrs)
+    assert state.best_epoch == 4
+    # The same epochs at the first LR throughout take other steps: the replayed LRs were used, not recorded only.
+    flat = _model(data)
+    training_loop(flat, tensors, LoopOptions(epochs=4, lr=3e-2, select="last"))
+    assert not _same_weights(module, flat)
+    # The last epoch's weights, even where the validation loss says an earlier epoch was better.
+    diverging = _model(data)
+    state = training_loop(diverging, tensors, LoopOptions(epochs=3, lr=1.0, schedule="replay", lrs=(1e-2, 30.0, 30.0),
+                                                          select="last"))
+    losses = [row["val_loss"] for row in state.history]
+    assert min(losses) < losses[-1] and state.best_epoch == 3
+    with pytest.raises(ToolkitError, match="replay"):
+        training_loop(_model(data), tensors, LoopOptions(epochs=3, lr=1e-2, schedule="replay", lrs=(1e-2,)))

@@ -125,7 +125,7 @@ def test_unknown_schema_version_is_refused_with_one_line(tmp_path, where, change
 @pytest.mark.parametrize("change, message", [
     (lambda r: r["metrics"].update(test_accuracy="high"), "metrics.test_accuracy: input should be a valid number"),
     (lambda r: r.pop("history"), "history: field required"),
-    (lambda r: r.update(test_acc=0.9), "test_acc: unknown field, not in train results of version 1"),
+    (lambda r: r.update(test_acc=0.9), "test_acc: unknown field, not in train results of version 2"),
     (lambda r: r["history"][0].update(epoch=True), "history.0.epoch: input should be a valid integer"),
     (lambda r: r.update(stage="deploy"), "'stage' is 'deploy'; expected one of train, compress, explain"),
 ], ids=["wrong-type", "missing", "unknown-field", "bool-for-int", "unknown-stage"])
@@ -154,6 +154,25 @@ def test_diverged_loss_shows_as_a_dash(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert re.search(r'<td>test</td><td class="num">90.00%</td><td class="num">–</td>', html)
     assert "| test | 90.00% | n/a |" in (tmp_path / "MODEL_CARD.md").read_text()
+
+
+def test_a_refitted_model_is_reported_as_such_and_a_version_1_result_still_renders(tmp_path):
+    from trainers.schema import Refit, TrainResultFileV1
+
+    write_train(tmp_path)
+    history = train_result().history[:4]
+    write_result(tmp_path / "result.json", train_result(refit=Refit(epochs=4, rows=1437, seconds=0.25, history=history)))
+    render_report(tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["training"]["refit"] == {"epochs": 4, "rows": 1437,
+                                                                                      "seconds": 0.25}
+    assert "1437 rows, 4 epochs at the same learning rates" in (tmp_path / "report.html").read_text()
+    assert "trained again on the training and validation samples together (4 epochs)" in (
+        tmp_path / "MODEL_CARD.md").read_text()
+    old = TrainResultFileV1(**{k: v for k, v in train_result().dump().items() if k not in ("refit", "schema_version")})
+    write_result(tmp_path / "result.json", old)
+    render_report(tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["training"]["refit"] is None
+    assert "trained again" not in (tmp_path / "report.html").read_text()
 
 
 def test_report_out_option_and_report_json_beside_it(tmp_path):

@@ -294,7 +294,8 @@ def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", 
 
 
 # TrainConfig fields that `toolkit train` takes as options, with their flags: what the launched processes receive.
-_TRAIN_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "device": "--device", "seed": "--seed"}
+_TRAIN_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "device": "--device", "seed": "--seed",
+                "select": "--select"}
 
 
 def launch_training(data, family: str, config, options: LaunchOptions, *, out: Path, target: str | None = None,
@@ -314,7 +315,7 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
     options.validate(config.device)
     get_family(family)
     unsent = [name for name, value in vars(config).items()
-              if name not in (*_TRAIN_FLAGS, "model", "amp") and value != getattr(type(config)(), name)]
+              if name not in (*_TRAIN_FLAGS, "model", "amp", "refit") and value != getattr(type(config)(), name)]
     if unsent:
         raise ToolkitError(f"{', '.join(unsent)} cannot be passed to the launched processes: keep the defaults")
     if config.device.startswith("cuda") and torch.cuda.device_count() == 0:
@@ -326,6 +327,8 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
     for name, flag in _TRAIN_FLAGS.items():
         if getattr(config, name) is not None:  # unset (epochs): each process fills it in for the data
             argv += [flag, repr(getattr(config, name)) if name == "lr" else str(getattr(config, name))]
+    if config.refit is not None:
+        argv.append("--refit" if config.refit else "--no-refit")
     if config.model:
         argv += ["--arch", json.dumps(config.model)]
     argv += _table_args(table, target)

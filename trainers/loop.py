@@ -31,8 +31,8 @@ from . import distributed
 from .checkpoint import cpu_state
 from .errors import ToolkitError
 
-SCHEDULES = ("plateau", "cosine", "none")
-SELECTIONS = ("val_loss", "val_accuracy", "val_accuracy_then_loss")
+SCHEDULES = ("plateau", "cosine", "none", "replay")
+SELECTIONS = ("val_loss", "val_accuracy", "val_accuracy_then_loss", "last")
 
 
 @dataclass
@@ -40,11 +40,13 @@ class LoopOptions:
     """How to train: optimizer settings, LR schedule, which weights to keep, when to stop.
 
     schedule: "plateau" multiplies the LR by 0.3 after `lr_patience` epochs without a lower validation
-        loss; "cosine" anneals it to 0 over all the steps, stepping per batch; "none" keeps it.
+        loss; "cosine" anneals it to 0 over all the steps, stepping per batch; "none" keeps it; "replay" runs
+        epoch e at `lrs[e - 1]` (a refit replays the LRs its selection run used).
     select: keep the weights of the lowest "val_loss" (by more than 1e-4), the highest "val_accuracy" (the
         first epoch that reached it), or "val_accuracy_then_loss": the highest validation accuracy, and of the
         epochs that share it the lowest validation loss (a small validation split reaches its top accuracy
-        early and stays there while the loss still falls).
+        early and stays there while the loss still falls); "last": the final epoch's (a refit, whose validation
+        rows are in its training split, has nothing held out to choose by).
     score_start: the starting weights compete as epoch 0 (a fine-tune then never returns a worse model).
     patience: stop after this many epochs without a better selection score (None: never).
     interruptible: Ctrl-C ends the loop with the best weights so far instead of propagating.
@@ -56,6 +58,7 @@ class LoopOptions:
     weight_decay: float = 1e-4
     seed: int = 0
     schedule: str = "none"
+    lrs: tuple[float, ...] = ()  # the "replay" schedule's LR of each epoch
     lr_patience: int = 5
     select: str = "val_loss"
     score_start: bool = False
@@ -122,6 +125,8 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
         raise ToolkitError(f"schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}")
     if options.select not in SELECTIONS:
         raise ToolkitError(f"select must be one of {', '.join(SELECTIONS)}, got {options.select!r}")
+    if options.schedule == "replay" and len(options.lrs) < options.epochs:
+        raise ToolkitError(f"the replay schedule has {len(options.lrs)} LRs for {options.epochs} epochs")
     device = tensors["y_train"].device
     amp = amp_dtype(device, options.amp)
     model = distributed.wrap(module, ctx, device)  # DDP with several processes, else `module` itself
@@ -131,6 +136,9 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
     try:
         for epoch in range(state.epoch + 1, options.epochs + 1):
             tick = time.perf_counter()
+            if options.schedule == "replay":
+                for group in state.optimizer.param_groups:
+                    group["lr"] = options.lrs[epoch - 1]
             train_loss, train_acc = train_epoch(model, state, tensors, options, epoch, loss or _cross_entropy,
                                                 transform, amp, ctx)
             val_loss, val_acc = evaluate_ranks(module, tensors["x_val"], tensors["y_val"], amp, ctx)
@@ -201,7 +209,9 @@ def _scored(select: str) -> str:
 def _select(state: LoopState, module: nn.Module, options: LoopOptions, row: dict) -> None:
     """Keep a copy of the weights when the epoch beats the best score so far; count the epochs that do not."""
     score = row[_scored(options.select)]
-    if options.select == "val_loss":
+    if options.select == "last":
+        better = True
+    elif options.select == "val_loss":
         better = score < state.best_score - 1e-4
     else:
         better = score > state.best_score
@@ -307,6 +317,13 @@ def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype=None
         correct += (logits.argmax(1) == yb).sum().item()
     module.train(was_training)
     return loss_sum / max(len(y), 1), correct / max(len(y), 1)
+
+
+def in_memory(data, splits=("train", "val")) -> bool:
+    """Whether `split_tensors` makes tensors of these splits (not a memory-mapped array read batch by batch)."""
+    from .images import RowView
+
+    return not any(isinstance(getattr(data, f"x_{split}"), (np.memmap, RowView)) for split in splits)
 
 
 def split_tensors(data, device: torch.device, splits=("train", "val", "test")) -> dict[str, torch.Tensor]:

@@ -91,7 +91,7 @@ class TrainMetrics(Record):
     test_per_class: list[ClassScores]
 
 
-class TrainResultFile(Record):
+class TrainResultFileV1(Record):
     schema_version: Literal[1] = 1
     stage: Literal["train"] = "train"
     family: str
@@ -105,6 +105,23 @@ class TrainResultFile(Record):
     processes: int
     history: list[Epoch]
     artifact: str | None
+
+
+class Refit(Record):
+    """The model trained again on the training and validation rows (`trainers.fit._refit`)."""
+
+    epochs: int  # the selection run's best epoch count
+    rows: int  # training + validation rows
+    seconds: float
+    history: list[Epoch]  # its validation figures are on rows it trained on
+
+
+class TrainResultFile(TrainResultFileV1):
+    """Version 2: `refit`, where the model was trained again on the training and validation rows; the metrics'
+    validation figures are then the selection run's at its best epoch (held out), the others the refit model's."""
+
+    schema_version: Literal[2] = 2
+    refit: Refit | None = None
 
 
 # ---------------------------------------------------------------- compress
@@ -545,11 +562,11 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+ResultFile = (TrainResultFileV1 | TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
               | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
-    "train": {1: TrainResultFile},
+    "train": {1: TrainResultFileV1, 2: TrainResultFile},
     "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFileV4,
                  5: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
