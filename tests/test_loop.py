@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
 from trainers import load_data
 from trainers.errors import ToolkitError
-from trainers.loop import Batch, LoopOptions, split_tensors, training_loop
+from trainers.loop import SIGNAL_MARGIN, Batch, LoopOptions, chance_loss, split_tensors, training_loop
 from trainers.models import build_model
 
 
@@ -140,3 +143,38 @@ def test_replay_runs_each_epoch_at_its_lr_and_last_keeps_the_final_weights(iris)
     assert min(losses) < losses[-1] and state.best_epoch == 3
     with pytest.raises(ToolkitError, match="replay"):
         training_loop(_model(data), tensors, LoopOptions(epochs=3, lr=1e-2, schedule="replay", lrs=(1e-2,)))
+
+
+def test_a_model_at_chance_is_neither_stopped_nor_slowed_while_it_waits(iris):
+    """`wait_for_signal`: patience and the plateau schedule count from the first epoch whose validation loss is
+    clearly under chance. Labels shuffled: nothing to learn, the loss never gets there."""
+    data, tensors = iris
+    assert chance_loss(torch.tensor([0, 1, 2, 0, 1, 2])) == pytest.approx(math.log(3))
+    generator = torch.Generator().manual_seed(0)
+    noise = {"x_train": torch.randn(300, 4, generator=generator), "y_train": torch.randint(0, 3, (300,), generator=generator),
+             "x_val": torch.randn(300, 4, generator=generator), "y_val": torch.randint(0, 3, (300,), generator=generator)}
+    options = LoopOptions(epochs=12, lr=1e-2, schedule="plateau", lr_patience=1, patience=3)
+    hasty = training_loop(_model(data), noise, options)
+    assert hasty.epoch < 12  # stopped by the patience
+    waiting = training_loop(_model(data), noise, dataclasses.replace(options, wait_for_signal=True))
+    chance = chance_loss(noise["y_train"]) * SIGNAL_MARGIN
+    assert all(row["val_loss"] >= chance for row in waiting.history)
+    assert waiting.epoch == 12 and {row["lr"] for row in waiting.history} == {1e-2}
+    # A model that learns leaves chance at once: the same run with or without waiting.
+    learn = LoopOptions(epochs=40, lr=3e-2, schedule="plateau", lr_patience=2, patience=4)
+    runs = [training_loop(_model(data), tensors, dataclasses.replace(learn, wait_for_signal=w)).history
+            for w in (False, True)]
+    untimed = [[{k: v for k, v in row.items() if k != "seconds"} for row in h] for h in runs]
+    assert untimed[0] == untimed[1] and len(runs[0]) < 40
+
+
+def test_train_warns_when_the_model_never_left_chance(tmp_path, capsys):
+    from trainers import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "noise.npz", x=rng.normal(size=(400, 6)).astype(np.float32), y=rng.integers(0, 3, 400))
+    train(str(tmp_path / "noise.npz"), "mlp", TrainConfig(epochs=3, device="cpu"), progress=False)
+    err = capsys.readouterr().err
+    assert "never fell clearly under" in err and "predicting the class frequencies" in err
+    train("iris", "mlp", TrainConfig(epochs=30, device="cpu"), progress=False)  # learns: no warning
+    assert "never fell" not in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import random
 import sys
 import time
@@ -30,8 +31,8 @@ from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, save_checkp
 from .data import DataBundle, absolute_source, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
-from .loop import (EVAL_BATCH, LoopOptions, LoopState, amp_dtype, autocast, evaluate, in_memory, rows,
-                   split_tensors, training_loop)
+from .loop import (EVAL_BATCH, SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, autocast, chance_loss, evaluate,
+                   in_memory, rows, split_tensors, training_loop)
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
 from .progress import ConsoleProgress, ProgressCallback, reporter
@@ -302,7 +303,7 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     options = LoopOptions(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                           weight_decay=config.weight_decay, seed=config.seed, schedule="plateau",
                           lr_patience=config.lr_patience, select=config.select, patience=config.patience,
-                          amp=config.amp, interruptible=True)
+                          amp=config.amp, interruptible=True, wait_for_signal=True)
     console = ConsoleProgress() if progress is True else None
     report = reporter((console or progress) if ctx.is_main and progress is not False else None, "train", config.epochs)
 
@@ -325,6 +326,7 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
             console.close()
     if state.interrupted:
         print(f"interrupted: keeping the best model so far (epoch {state.best_epoch})", file=sys.stderr)
+    _warn_if_at_chance(state, tensors, ctx)
     refit, interrupted = None, state.interrupted
     if config.refit and not interrupted:
         target = (console or progress) if ctx.is_main and progress is not False else None
@@ -338,6 +340,16 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
                        history=state.history, device=str(device), epochs_run=state.epoch,
                        best_epoch=state.best_epoch, seconds=time.perf_counter() - started,
                        interrupted=interrupted, processes=ctx.world_size, refit=refit)
+
+
+def _warn_if_at_chance(state: LoopState, tensors: dict, ctx: distributed.DistContext) -> None:
+    """One line on stderr where no epoch's validation loss left chance (`LoopOptions.wait_for_signal`)."""
+    chance = chance_loss(tensors["y_train"])
+    best = min((row["val_loss"] for row in state.history if "val_loss" in row), default=math.inf)
+    if ctx.is_main and state.history and not best < chance * SIGNAL_MARGIN:
+        print(f"warning: in {state.epoch} epochs the validation loss never fell clearly under {chance:.4f}, the loss "
+              f"of predicting the class frequencies (best {best:.4f}): the model has learned little or nothing; try "
+              f"more --epochs, another --lr or another --model", file=sys.stderr)
 
 
 def _refit(module: nn.Module, initial: dict, tensors: dict, selection: LoopState, config: TrainConfig,
