@@ -53,7 +53,7 @@ MIN_STEPS, PATIENCE_STEPS, LR_PATIENCE_STEPS = 1000, 150, 50
 # to REFIT_MAX_TRAIN_ROWS training rows (`for_data`). Measured, mean test accuracy over 3 seeds, the refit
 # against the same run without it (docs/results.md, "Refit on the training and validation rows"): on the
 # toolkit's sets and four unseen ones (192-480 validation rows), MLPs gained on 7 of 7 (+0.5 to +4.7 points),
-# LSTMs on 6 of 7 (mean +0.5), CNNs on 3 of 7 (mean +0.05: no gain for the time). On six UCR sets (6-30
+# LSTMs on 6 of 7 (mean +0.9), CNNs on 3 of 7 (mean +0.05: no gain for the time). On seven UCR sets (6-30
 # validation rows) it lost as often as it gained: an epoch count chosen on so few rows is itself a guess. No
 # set between 30 and 192 validation rows was measured; 100 is in that gap, not tuned.
 REFIT_FAMILIES = ("mlp", "lstm")
