@@ -32,7 +32,7 @@ from .data import DataBundle, absolute_source, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
 from .loop import (EVAL_BATCH, SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, autocast, chance_loss, evaluate,
-                   in_memory, rows, split_tensors, training_loop)
+                   in_memory, left_chance, rows, split_tensors, training_loop)
 from .models import build_model, config_dict, get_family, make_config
 from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
 from .progress import ConsoleProgress, ProgressCallback, reporter
@@ -345,8 +345,8 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
 def _warn_if_at_chance(state: LoopState, tensors: dict, ctx: distributed.DistContext) -> None:
     """One line on stderr where no epoch's validation loss left chance (`LoopOptions.wait_for_signal`)."""
     chance = chance_loss(tensors["y_train"])
-    best = min((row["val_loss"] for row in state.history if "val_loss" in row), default=math.inf)
-    if ctx.is_main and state.history and not best < chance * SIGNAL_MARGIN:
+    if ctx.is_main and state.history and not left_chance(state.history, chance * SIGNAL_MARGIN):
+        best = min(row.get("val_loss", math.inf) for row in state.history)
         print(f"warning: in {state.epoch} epochs the validation loss never fell clearly under {chance:.4f}, the loss "
               f"of predicting the class frequencies (best {best:.4f}): the model has learned little or nothing; try "
               f"more --epochs, another --lr or another --model", file=sys.stderr)
