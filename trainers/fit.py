@@ -2,8 +2,10 @@
 
 Readable top to bottom: `train()` checks the options, loads the data, builds the model and writes the
 run directory; `_fit` runs the one training loop of `loop.py` with this stage's choices (AdamW, LR on
-plateau, early stopping and best weights on validation loss, mixed precision on CUDA if asked, a checkpoint
-after every epoch, Ctrl-C keeps the best model so far), then measures the final metrics. Under
+plateau, early stopping and best weights on the validation split, both waiting until the model leaves chance,
+mixed precision on CUDA if asked, a checkpoint after every epoch, Ctrl-C keeps the best model so far), refits
+on the training and validation rows where `TrainConfig.refit` says so (`_refit`), then measures the final
+metrics. Under
 torchrun the same code runs in every process (only rank 0 writes files): see `distributed.py`.
 """
 
