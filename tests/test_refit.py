@@ -111,3 +111,22 @@ def test_a_version_1_train_result_is_still_read(runs, tmp_path):
     (tmp_path / "result.json").write_text(json.dumps(old))
     with pytest.raises(ToolkitError):
         read_result(tmp_path / "result.json")
+
+
+def test_the_refit_has_its_own_progress_bar_and_every_bar_is_stopped(digits, monkeypatch):
+    import io
+
+    import trainers.fit as fit
+
+    stream, made = io.StringIO(), []
+    real = fit.ConsoleProgress
+
+    def console():
+        made.append(real(live=True, stream=stream))
+        return made[-1]
+
+    monkeypatch.setattr(fit, "ConsoleProgress", console)
+    result = train(digits, "mlp", TrainConfig(epochs=4, device="cpu"), progress=True)
+    assert result.refit is not None
+    assert "train" in stream.getvalue() and "refit" in stream.getvalue()
+    assert len(made) == 1 and made[0]._bars is None  # no live display left running

@@ -307,7 +307,8 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
                           lr_patience=config.lr_patience, select=config.select, patience=config.patience,
                           amp=config.amp, interruptible=True, wait_for_signal=True)
     console = ConsoleProgress() if progress is True else None
-    report = reporter((console or progress) if ctx.is_main and progress is not False else None, "train", config.epochs)
+    target = (console or progress) if ctx.is_main and progress is not False else None  # where progress goes
+    report = reporter(target, "train", config.epochs)
 
     def after_epoch(state, row):
         if tracker is not None:
@@ -331,8 +332,12 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     _warn_if_at_chance(state, tensors, ctx)
     refit, interrupted = None, state.interrupted
     if config.refit and not interrupted:
-        target = (console or progress) if ctx.is_main and progress is not False else None
-        refit, interrupted = _refit(module, initial, tensors, state, config, ctx, reporter(target, "refit", state.best_epoch))
+        try:
+            refit, interrupted = _refit(module, initial, tensors, state, config, ctx,
+                                        reporter(target, "refit", state.best_epoch))
+        finally:
+            if console is not None:
+                console.close()  # the refit's bar (the first run's were closed before its messages)
     distributed.record_replica_hash(module, ctx)
     metrics = _final_metrics(module, tensors, amp_dtype(device, config.amp), spec.class_names)
     if refit is not None:  # the validation rows were trained on: their figures are the selection run's
