@@ -70,9 +70,11 @@ def test_sigkill_keeps_previous_artifact_and_resume_finishes(tmp_path):
     assert not (tmp_path / "run.partial").exists()
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("refit", [False, True])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, refit):
+    """Also with the refit: the resumed run refits from the same initial weights as an uninterrupted one."""
     data = load_data("iris")
-    config = dict(epochs=6, seed=1, patience=100)
+    config = dict(epochs=6, seed=1, patience=100, refit=refit)
     reference = train(data, "mlp", TrainConfig(**config), progress=False)
     original = loop.train_epoch
     calls = []
@@ -90,6 +92,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "train_epoch", original)
     resumed = train(data, "mlp", TrainConfig(**config), out=tmp_path / "r", resume=True, progress=False)
     assert not resumed.interrupted and resumed.epochs_run == 6
+    assert (resumed.refit is not None) is refit and (reference.refit is not None) is refit
     assert resumed.metrics == reference.metrics
     np.testing.assert_array_equal(predict(load_model(tmp_path / "r"), data.x_test), predict(reference.model, data.x_test))
 
