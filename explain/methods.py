@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from trainers.errors import ToolkitError
+from trainers.ortsession import first_output
 
 from .registry import METHODS, get_method
 
@@ -130,9 +131,8 @@ class Context:
             self.device = next(iter(module.parameters())).device
         else:
             self.device = torch.device("cpu")
-            self.session = model.onnx_session()
-            self.input_name = self.session.get_inputs()[0].name
-        self._session = None  # ONNX Runtime twin of the module for gradient-free passes (`_compiled`)
+            self.run_onnx = first_output(model.onnx_session())
+        self._session = None  # x -> logits by the ONNX Runtime twin of the module, gradient-free passes (`_compiled`)
         self.baseline_np = np.asarray(baseline, np.float32)
         self.baseline = torch.as_tensor(self.baseline_np, device=self.device).unsqueeze(0)
         self.background_np = background
@@ -148,30 +148,29 @@ class Context:
     def forward_numpy(self, x: np.ndarray) -> np.ndarray:
         """Logits as NumPy, no gradients: what the black-box estimators spend their time in."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        session = self._compiled(x)
+        run = self._compiled(x) or (self.run_onnx if self.module is None else None)
         outs = []
         for i in range(0, len(x), 4096):
-            if session is not None:
-                outs.append(session.run(None, {session.get_inputs()[0].name: x[i:i + 4096]})[0])
-            elif self.module is not None:
+            if run is not None:
+                outs.append(run(x[i:i + 4096]))
+            else:
                 with torch.no_grad():
                     outs.append(self.module(torch.as_tensor(x[i:i + 4096], device=self.device)).float().cpu().numpy())
-            else:
-                outs.append(self.session.run(None, {self.input_name: x[i:i + 4096]})[0])
         return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, self.spec.num_classes), np.float32)
 
     def _compiled(self, x: np.ndarray):
         """For an fp32 PyTorch model on the CPU, an ONNX Runtime session of its export runs the gradient-free
-        passes (see COMPILE_ROWS); built once per context at the first pass of COMPILE_ROWS rows or more, and
-        used only where it matches PyTorch on that pass's first rows (else, or where the export fails, PyTorch
-        runs them)."""
+        passes (see COMPILE_ROWS), returned as its call x -> logits (`first_output`); built once per context at
+        the first pass of COMPILE_ROWS rows or more, and used only where it matches PyTorch on that pass's first
+        rows (else, or where the export fails, PyTorch runs them)."""
         if self._session is False or self.module is None:
             return None
         if self._session is None:
             if len(x) < COMPILE_ROWS or self.runtime != "torch" or self.device.type != "cpu" \
                     or self.module is not self.model.module:
                 return None
-            self._session = _ort_twin(self.model, x[:64]) or False
+            session = _ort_twin(self.model, x[:64])
+            self._session = first_output(session) if session is not None else False
         return self._session or None
 
     def grad_context(self):

@@ -57,7 +57,7 @@ def first_output(session):
     public call where the binding is not exposed (another ONNX Runtime build).
     """
     name = session.get_inputs()[0].name
-    outputs = [o.name for o in session.get_outputs()][:1]
+    outputs = [session.get_outputs()[0].name]
     bound = getattr(session, "_sess", None)
     if bound is None or not hasattr(bound, "run"):
         return lambda x: session.run(outputs, {name: x})[0]
