@@ -260,14 +260,14 @@ def run_case(data_spec: str, family: str, root: Path, epochs: int, rounds: int, 
     fp32_bytes = export_onnx(model, data)
     contenders = [_ort("ORT fp32", fp32_bytes)]
     runner = Runner(chosen, 1)
-    contenders.append(Contender(f"auto: {chosen.name}", runner, chosen.measurements["size_bytes"]))
+    contenders.append(Contender(f"auto: {chosen.name}", runner.call, chosen.measurements["size_bytes"]))
     told = None
     if serving_one:  # the same search told the model serves one request at a time
         t0 = time.perf_counter()
         told = compress_model(model, data, methods=["auto"], max_drop=MAX_DROP, out=root / name / "compress-b1",
                               overwrite=True, options={"auto": {**(auto_options or {}), "serving_batch": 1}}).chosen
         log(f"{name}: auto with serving_batch=1 in {time.perf_counter() - t0:.0f}s, chose {told.name}")
-        contenders.append(Contender(f"{SERVING_ONE}: {told.name}", Runner(told, 1), told.measurements["size_bytes"]))
+        contenders.append(Contender(f"{SERVING_ONE}: {told.name}", Runner(told, 1).call, told.measurements["size_bytes"]))
     makers = [("ORT quantize_static (defaults)", lambda: peer_ort_static(fp32_bytes, data)),
               ("ORT quantize_dynamic (defaults)", lambda: peer_ort_dynamic(fp32_bytes, data)),
               ("torch.ao quantize_dynamic", lambda: peer_torch_ao(model, data)),

@@ -143,7 +143,7 @@ def run_model(key: str, data, epochs: int, rounds: int, log) -> dict:
     fp32_bytes = export_onnx(module, data)
     baseline = _torch("fp32 PyTorch", module, result.baseline.measurements["size_bytes"])
     contenders = [_ort("ORT fp32", fp32_bytes),
-                  Contender(f"auto: {chosen.name}", Runner(chosen, 1), chosen.measurements["size_bytes"])]
+                  Contender(f"auto: {chosen.name}", Runner(chosen, 1).call, chosen.measurements["size_bytes"])]
     makers = [("ORT quantize_dynamic (defaults)", lambda: peer_ort_dynamic(fp32_bytes, data)),
               ("ORT quantize_static (defaults)", lambda: peer_ort_static(fp32_bytes, data)),
               ("Torch-Pruning 50% + ORT", lambda: peer_torch_pruning(module, data, max(3, epochs // 3)))]

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from compress.auto import BY_BATCH_GAIN, CUT_SIZES, route_by_batch
 from compress.base import get_method
@@ -85,6 +86,10 @@ def test_a_variant_much_faster_at_batch_1_serves_the_small_batches(measured, dig
     x = np.ascontiguousarray(digits.x_test[:300], dtype=np.float32)
     np.testing.assert_array_equal(runner(x[:1]), Runner(onnx, 1)(x[:1]))
     np.testing.assert_array_equal(runner(x[:below]), Runner(bf16, 1)(x[:below]))
+    # the timing's call routes at the same size, without conversions (bf16 stays a tensor)
+    raw = runner.raw_call()
+    np.testing.assert_array_equal(raw(x[:below - 1]), Runner(onnx, 1)(x[:below - 1]))
+    assert raw(x[:below]).dtype == torch.bfloat16
 
 
 def test_no_routing_inside_the_near_tie_or_for_the_original(measured, digits):
