@@ -126,6 +126,7 @@ def _export(model, data, exporter, opset) -> tuple[bytes, ExportInfo]:
         try:
             with _quiet():
                 onnx_bytes = (_export_legacy if name == "legacy" else _export_dynamo)(module, sample, opset)
+            onnx_bytes = _without_zero_states(onnx_bytes)
             _check_batch_axis(onnx_bytes, sample)
             if exporter == "auto":
                 _matches(onnx_bytes, module, sample)
@@ -137,6 +138,17 @@ def _export(model, data, exporter, opset) -> tuple[bytes, ExportInfo]:
     if len(order) == 1:
         raise ToolkitError(f"ONNX export ({order[0]}) failed: {reasons[0].split(': ', 2)[-1] or reasons[0]}")
     raise ToolkitError(f"ONNX export failed with both exporters: {reasons[-1]}")
+
+
+def _without_zero_states(onnx_bytes: bytes) -> bytes:
+    """The exported graph without its recurrent layers' zero initial states (`compress.layout.drop_zero_states`:
+    exact by ONNX's definition, 3-4% faster at batch 1); the graph as exported where the pass does not apply."""
+    from .layout import drop_zero_states
+
+    try:
+        return drop_zero_states(onnx_bytes) or onnx_bytes
+    except Exception:  # noqa: BLE001 -- a pass that cannot read the graph leaves it as it is
+        return onnx_bytes
 
 
 def _matches(onnx_bytes: bytes, module: nn.Module, sample: torch.Tensor) -> None:

@@ -323,3 +323,74 @@ def _consumers(graph) -> dict[str, list]:
 def _only_consumer(consumers, name: str, op: str):
     found = consumers.get(name, [])
     return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+
+# Recurrent ops and the input positions of their initial states (ONNX: a state left out starts at zeros).
+_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+# Ops whose output holds only values of their first input: zeros in, zeros out.
+_SAME_VALUES = {"Slice", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Identity", "Split"}
+
+
+def drop_zero_states(onnx_bytes: bytes) -> bytes | None:
+    """The graph with the zero initial states of its LSTM/GRU/RNN nodes left out, or None where it has none.
+
+    PyTorch's exporter writes `nn.LSTM`'s default zero state as a subgraph that builds zeros of the batch's size
+    on every call (Shape, Gather, Unsqueeze, Concat, ConstantOfShape). ONNX defines a missing initial state as
+    zeros, so the node computes the same without it, and the five small ops go: measured on the 40-feature LSTM's
+    int8 graph at batch 1 (one thread, 15 interleaved rounds), 3-4% faster, 68 us a call. No optimizer here does
+    it (ONNX Runtime's constant folding cannot: the zeros' shape depends on the batch). A state that is not
+    provably zero (a ConstantOfShape of another value, a graph input) stays.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(onnx_bytes)
+    graph = proto.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    constants = {i.name: i for i in graph.initializer}
+    changed = False
+    for node in graph.node:
+        inputs = list(node.input)
+        for i in _STATE_INPUTS.get(node.op_type, ()):
+            if i < len(inputs) and inputs[i] and _is_zero(inputs[i], producers, constants, numpy_helper):
+                inputs[i], changed = "", True
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        if inputs != list(node.input):
+            del node.input[:]
+            node.input.extend(inputs)
+    if not changed:
+        return None
+    _drop_dead(graph)
+    return proto.SerializeToString()
+
+
+def _is_zero(name: str, producers, constants, numpy_helper) -> bool:
+    """`name` is all zeros by construction: a ConstantOfShape of zero (its default), a zero constant, or a part
+    or reshaping of one (a stacked LSTM's exported state is a Slice per layer of one zero tensor)."""
+    node = producers.get(name)
+    if node is not None and node.op_type in _SAME_VALUES and node.input:
+        return _is_zero(node.input[0], producers, constants, numpy_helper)
+    if node is not None and node.op_type == "ConstantOfShape":
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        return value is None or not numpy_helper.to_array(value).any()
+    if node is not None and node.op_type == "Constant":
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        return value is not None and not numpy_helper.to_array(value).any()
+    return node is None and name in constants and not numpy_helper.to_array(constants[name]).any()
+
+
+def _drop_dead(graph) -> None:
+    """Remove the nodes and initializers nothing reads any more (a graph output is read)."""
+    wanted = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(list(graph.node)):
+        if any(o in wanted for o in node.output):
+            kept.append(node)
+            wanted.update(i for i in node.input if i)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [i for i in graph.initializer if i.name in wanted]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)

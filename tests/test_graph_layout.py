@@ -225,3 +225,56 @@ def test_the_fold_leaves_graphs_it_cannot_fold_exactly_alone():
     assert "BatchNormalization" in _ops(kept) and "one BatchNormalization node" in notes[0]
     folded, notes = input_fold(graph, rows, any_scale=True)
     assert "BatchNormalization" not in _ops(folded) and "first layer's weights" in notes[0]
+
+
+class Recurrent(nn.Module):
+    def __init__(self, kind: type[nn.Module]):
+        super().__init__()
+        self.rnn = kind(3, 8, batch_first=True, num_layers=2)
+        self.head = nn.Linear(8, 4)
+        self.input_shape = (7, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+def test_the_export_leaves_out_zero_initial_states(kind):
+    from compress.export import export_onnx
+
+    torch.manual_seed(0)
+    module = Recurrent(kind).eval()
+    x = torch.randn(5, 7, 3)
+    graph = onnx.load_from_string(export_onnx(module))
+    ops = [n.op_type for n in graph.graph.node]
+    recurrent = [n for n in graph.graph.node if n.op_type == kind.__name__]
+    assert len(recurrent) == 2 and "ConstantOfShape" not in ops and "Shape" not in ops
+    assert all(len(n.input) <= 5 for n in recurrent)  # X, W, R, B, (sequence_lens): no state inputs
+    with torch.inference_mode():
+        want = module(x).numpy()
+    np.testing.assert_allclose(run_onnx(graph.SerializeToString(), x.numpy()), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_state_that_is_not_zero_stays():
+    from onnx import TensorProto, helper
+
+    from compress.layout import drop_zero_states
+
+    def graph(value: float) -> bytes:
+        rng = np.random.default_rng(0)
+        inits = [onnx.numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+                 for n, s in (("W", (1, 2, 3)), ("R", (1, 2, 2)), ("B", (1, 4)))]
+        inits.append(onnx.numpy_helper.from_array(np.array([1, 1, 2], np.int64), "shape"))
+        nodes = [helper.make_node("ConstantOfShape", ["shape"], ["h0"],
+                                  value=helper.make_tensor("v", TensorProto.FLOAT, [1], [value])),
+                 helper.make_node("RNN", ["x", "W", "R", "B", "", "h0"], ["y", "h"], hidden_size=2, name="rnn")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, 3])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, None)], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    assert drop_zero_states(graph(0.5)) is None
+    dropped = onnx.load_from_string(drop_zero_states(graph(0.0)))
+    assert [n.op_type for n in dropped.graph.node] == ["RNN"] and list(dropped.graph.node[0].input) == ["x", "W", "R", "B"]
+    assert "shape" not in {i.name for i in dropped.graph.initializer}
+    x = np.random.default_rng(1).normal(size=(4, 1, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(dropped.SerializeToString(), x), run_onnx(graph(0.0), x), rtol=1e-6)
