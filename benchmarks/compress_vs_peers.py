@@ -94,6 +94,19 @@ def make_features40(path: Path, n: int = 4000, seed: int = 0) -> Path:
 
 # ---------------------------------------------------------------- contenders: name -> (callable, size bytes)
 
+def user_export(module, data) -> bytes:
+    """The fp32 ONNX graph a user exports alone, the peers' starting point: `torch.onnx.export` (TorchScript
+    exporter, opset 17, dynamic batch axis). Not the toolkit's `export_onnx`, whose graph passes (the recurrent
+    layers' zero initial states left out) are part of what is compared."""
+    module = getattr(module, "module", module)
+    buffer = io.BytesIO()
+    sample = torch.from_numpy(np.ascontiguousarray(data.x_test[:2], np.float32))
+    torch.onnx.export(module.cpu().float().eval(), (sample,), buffer, dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=17)
+    return buffer.getvalue()
+
+
 class Contender:
     def __init__(self, name, call, size, note=""):
         self.name, self.call, self.size, self.note = name, call, size, note
@@ -183,7 +196,6 @@ def peer_torch_pruning(model, data, epochs):
 
     import torch_pruning as tp
 
-    from compress.export import export_onnx
     from compress.prune import finetune
 
     module = copy.deepcopy(model.module).cpu().float().eval()
@@ -192,7 +204,7 @@ def peer_torch_pruning(model, data, epochs):
                                   pruning_ratio=0.5, ignored_layers=[module.head])
     pruner.step()
     module, _ = finetune(module, data, epochs)
-    onnx_bytes = export_onnx(module.eval(), data)
+    onnx_bytes = user_export(module, data)
     return _ort("Torch-Pruning 50% + ORT", onnx_bytes, note=f"{epochs} fine-tune epochs")
 
 
@@ -239,7 +251,6 @@ SERVING_ONE = "auto, serving batch 1"  # the row of auto told it serves one requ
 def run_case(data_spec: str, family: str, root: Path, epochs: int, rounds: int, log, auto_options=None,
              serving_one: bool = True) -> dict:
     from compress import compress_model
-    from compress.export import export_onnx
     from compress.measure import Runner
     from trainers import TrainConfig, load_data, load_model, train
 
@@ -257,7 +268,7 @@ def run_case(data_spec: str, family: str, root: Path, epochs: int, rounds: int, 
     chosen = result.chosen
     log(f"{name}: auto in {auto_seconds:.0f}s, chose {chosen.name}")
     baseline = _torch("fp32 PyTorch", model.module, result.baseline.measurements["size_bytes"])
-    fp32_bytes = export_onnx(model, data)
+    fp32_bytes = user_export(model, data)
     contenders = [_ort("ORT fp32", fp32_bytes)]
     runner = Runner(chosen, 1)
     contenders.append(Contender(f"auto: {chosen.name}", runner.call, chosen.measurements["size_bytes"]))

@@ -45,6 +45,7 @@ from compress_vs_peers import (
     make_signals,
     peer_ort_dynamic,
     peer_ort_static,
+    user_export,
 )
 
 TARGETS = {"b256": 2.0, "size": 3.5, "b1": 1.0}
@@ -102,7 +103,6 @@ def peer_torch_pruning(module: nn.Module, data, epochs: int) -> Contender:
 
     import torch_pruning as tp
 
-    from compress.export import export_onnx
     from compress.prune import finetune
 
     pruned = copy.deepcopy(module).cpu().float().eval()
@@ -114,7 +114,7 @@ def peer_torch_pruning(module: nn.Module, data, epochs: int) -> Contender:
         pruned(example)  # a graph Torch-Pruning could not keep consistent fails here, not in the export
     pruned, _ = finetune(pruned, data, epochs)
     kept = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in module.parameters())
-    return _ort("Torch-Pruning 50% + ORT", export_onnx(pruned.eval(), data),
+    return _ort("Torch-Pruning 50% + ORT", user_export(pruned, data),
                 note=f"{epochs} fine-tune epochs, {kept:.0%} of the parameters kept")
 
 
@@ -122,7 +122,6 @@ def peer_torch_pruning(module: nn.Module, data, epochs: int) -> Contender:
 
 def run_model(key: str, data, epochs: int, rounds: int, log) -> dict:
     from compress import compress_model
-    from compress.export import export_onnx
     from compress.measure import Runner
     from compress.prune import finetune
 
@@ -140,7 +139,7 @@ def run_model(key: str, data, epochs: int, rounds: int, log) -> dict:
     chosen = result.chosen
     log(f"{key}: auto in {auto_seconds:.0f}s, chose {chosen.name} ({result.reason})")
 
-    fp32_bytes = export_onnx(module, data)
+    fp32_bytes = user_export(module, data)
     baseline = _torch("fp32 PyTorch", module, result.baseline.measurements["size_bytes"])
     contenders = [_ort("ORT fp32", fp32_bytes),
                   Contender(f"auto: {chosen.name}", Runner(chosen, 1).call, chosen.measurements["size_bytes"])]
