@@ -2,7 +2,8 @@
 
 Per family (MLP, CNN, LSTM) and data set (digits; `signals`, 1-D waveforms (1, 64); `features40`, a 4,000 x 40
 tabular set made here), against the fp32 PyTorch model:
-- ORT fp32: the fp32 ONNX export in ONNX Runtime;
+- ORT fp32: the fp32 ONNX graph a user exports alone (`torch.onnx.export`, `user_export`) in ONNX Runtime; the
+  quantizers below start from that graph too;
 - ORT quantize_static with its defaults (QDQ, MinMax, per-tensor) calibrated on 200 training samples;
 - ORT quantize_dynamic with its defaults;
 - torch.ao quantize_dynamic (Linear + LSTM, qint8);
