@@ -347,7 +347,8 @@ def drop_zero_states(onnx_bytes: bytes) -> bytes | None:
     proto = onnx.load_from_string(onnx_bytes)
     graph = proto.graph
     producers = {o: n for n in graph.node for o in n.output}
-    constants = {i.name: i for i in graph.initializer}
+    fed = {i.name for i in graph.input}  # an initializer that is also an input may be fed another value
+    constants = {i.name: i for i in graph.initializer if i.name not in fed}
     changed = False
     for node in graph.node:
         inputs = list(node.input)

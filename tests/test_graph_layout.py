@@ -273,6 +273,12 @@ def test_a_state_that_is_not_zero_stays():
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
     assert drop_zero_states(graph(0.5)) is None
+    # a zero initializer the caller may feed (it is also a graph input) stays
+    fed = onnx.load_from_string(graph(0.0))
+    fed.graph.node.remove(fed.graph.node[0])
+    fed.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 1, 2), np.float32), "h0"))
+    fed.graph.input.append(onnx.helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, 2]))
+    assert drop_zero_states(fed.SerializeToString()) is None
     dropped = onnx.load_from_string(drop_zero_states(graph(0.0)))
     assert [n.op_type for n in dropped.graph.node] == ["RNN"] and list(dropped.graph.node[0].input) == ["x", "W", "R", "B"]
     assert "shape" not in {i.name for i in dropped.graph.initializer}
