@@ -576,12 +576,16 @@ def quick_latency(variants: list[Variant], baseline: Variant, data: DataBundle, 
     racing = [v for v in variants if id(v) not in slower | outpaced]
     spares = pace.best_elsewhere(variants, racing, gain) if outpaced else []  # timed only when something is cut
     kept = {id(v) for v in spares}
+    other = f"_quick_b{pace.other}"
     for v in list(variants):
         ratio = ratios[id(v)]
+        # where the other batch size was timed, its reading too: why this one did not stay to serve that side
+        there = (f"; {v.measurements[other]:.2f}x at batch {pace.other}, not kept for that side"
+                 if other in v.measurements else "")
         why = (f"a quick timing puts it at {ratio:.2f}x the original's speed (batch {batch}, one thread): slower"
                if id(v) in slower else
                f"a quick timing puts it at {ratio:.2f}x the original's speed, over {OUTPACED:.2f}x behind the "
-               f"fastest candidate that may be chosen ({best:.2f}x)" if id(v) in outpaced - kept
+               f"fastest candidate that may be chosen ({best:.2f}x){there}" if id(v) in outpaced - kept
                else None)
         if why:
             variants.remove(v)
