@@ -176,20 +176,14 @@ class Runner:
     """
 
     def __init__(self, variant: Variant, threads: int, spin: bool = False):
-        self.threads = threads
-        self.small = Runner(variant.small, threads, spin) if variant.small is not None else None
-        self.below = variant.model.spec.serve["below_batch"] if self.small is not None else 0
         onnx_bytes = _onnx_bytes(variant)
         self.runtime = "onnxruntime" if onnx_bytes is not None else "torch"
         if self.runtime == "onnxruntime":
-            self.session = ort_session(onnx_bytes, threads, spin=spin)
-            self.run = first_output(self.session)
-            own = raw = self.run
+            own = raw = first_output(ort_session(onnx_bytes, threads, spin=spin))
         else:
-            self.module = variant.model.module.eval()
-            param = next(iter(self.module.parameters()), None)  # packed int8 modules may have none
-            self.dtype = param.dtype if param is not None else torch.float32
-            module, dtype = self.module, self.dtype
+            module = variant.model.module.eval()
+            param = next(iter(module.parameters()), None)  # packed int8 modules may have none
+            dtype = param.dtype if param is not None else torch.float32
 
             def own(x):
                 with torch_threads(threads), torch.inference_mode():
@@ -198,8 +192,10 @@ class Runner:
             def raw(x):
                 with torch.inference_mode():
                     return module(torch.from_numpy(x).to(dtype))
-        self.call = by_size(own, self.small.call, self.below) if self.small is not None else own
-        self._raw = by_size(raw, self.small.raw_call(), self.below) if self.small is not None else raw
+        self.call, self._raw = own, raw
+        if variant.small is not None:  # the member answers calls of fewer than `below_batch` rows
+            small, below = Runner(variant.small, threads, spin), variant.model.spec.serve["below_batch"]
+            self.call, self._raw = by_size(own, small.call, below), by_size(raw, small.raw_call(), below)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.call(x)
