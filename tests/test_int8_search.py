@@ -170,7 +170,7 @@ def test_fp32_fallback_layers_reduce_disagreement(mlp, digits):
 
 def test_int8_static_records_the_chosen_configuration(mlp, digits):
     (variant,) = get_method("int8-static", "mlp").func(mlp, digits, calibrations=("minmax",), per_channel=(True, False),
-                                                      formats=("qdq",), latency_rounds=2)
+                                                      formats=("qdq",), latency_rounds=2, lean=False, fast=False)
     recipe, rows = variant.recipe, variant.measurements["int8_search"]
     assert recipe["format"] == "QDQ" and recipe["calibration"] == "minmax" and recipe["graph_optimization"] is True
     chosen = [r for r in rows if r["per_channel"] == recipe["per_channel"] and r["fp32_nodes"] == recipe["fp32_nodes"]]
