@@ -279,9 +279,9 @@ def test_auto_decides_at_the_serving_batch_size_it_is_told(digits, monkeypatch):
     seen = {"quick": set(), "choose": set()}
     quick = auto.quick_ratios
 
-    def spy_quick(variants, baseline, data, config, batch=256):
+    def spy_quick(variants, baseline, data, config, batch=256, **kw):
         seen["quick"].add(batch)
-        return quick(variants, baseline, data, config, batch)
+        return quick(variants, baseline, data, config, batch, **kw)
 
     def spy_choose(baseline, variants, max_drop, batch=256):
         seen["choose"].add(batch)
@@ -717,7 +717,7 @@ def test_the_pace_passes_over_a_leader_slower_than_the_original_at_batch_1(digit
     speeds = {256: {"slow-at-1": 5.0, "steady": 2.0, "behind": 1.5},    # x the original's speed, by batch size
               1: {"slow-at-1": 0.5, "steady": 1.5, "behind": 1.0}}
 
-    def quick(variants, base, data, config, batch=256):
+    def quick(variants, base, data, config, batch=256, **kw):
         return {id(v): speeds[batch][v.name] for v in variants}
 
     monkeypatch.setattr(auto, "quick_ratios", quick)
@@ -745,7 +745,7 @@ def test_the_quick_timing_keeps_the_fastest_at_the_other_batch_size(digits, monk
     model = tiny_model("mlp")
     baseline = auto.baseline_variant(model)
     speeds = {256: {"bf16": 1.6, "int8": 1.0, "fp32-onnx": 0.9}, 1: {"bf16": 1.2, "int8": 4.0, "fp32-onnx": 1.7}}
-    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256:
+    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256, **kw:
                         {id(v): speeds[batch][v.name] for v in variants})
     made = [Variant(name, model, {"method": "test"}) for name in ("bf16", "int8", "fp32-onnx")]
     cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
@@ -769,7 +769,7 @@ def test_the_quick_timing_keeps_what_is_faster_at_the_other_batch_size_than_any_
     baseline = auto.baseline_variant(model)
     speeds = {256: {"leader": 3.0, "near-tie": 2.9, "fast-at-1": 1.5, "slow": 1.0},
               1: {"leader": 4.0, "near-tie": 3.5, "fast-at-1": 4.2, "slow": 1.1}}
-    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256:
+    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256, **kw:
                         {id(v): speeds[batch][v.name] for v in variants})
     made = [Variant(name, model, {"method": "test"}) for name in speeds[256]]
     cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
@@ -792,7 +792,7 @@ def test_the_quick_timing_keeps_the_smaller_of_two_partners_as_fast(digits, monk
     speeds = {256: {"leader": 3.0, "fp32": 1.5, "twin": 1.5, "slow": 1.0},
               1: {"leader": 2.0, "fp32": 4.2, "twin": 4.0, "slow": 1.1}}
     sizes = {"leader": 10, "fp32": 300, "twin": 100, "slow": 50}
-    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256:
+    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256, **kw:
                         {id(v): speeds[batch][v.name] for v in variants})
     made = [Variant(name, model, {"method": "test"}, measurements={"size_bytes": sizes[name]}) for name in speeds[256]]
     auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
@@ -801,3 +801,42 @@ def test_the_quick_timing_keeps_the_smaller_of_two_partners_as_fast(digits, monk
     made = [Variant(name, model, {"method": "test"}, measurements={"size_bytes": sizes[name]}) for name in speeds[256]]
     auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
     assert [v.name for v in made] == ["leader", "fp32"]
+
+
+def test_the_quick_timing_times_again_what_it_cannot_tell_apart_at_the_other_batch_size(digits, monkeypatch):
+    """Three short rounds at batch 1 may put a candidate in the race ahead of a faster one out of it (a signals MLP's
+    unpruned int8 graph ahead of its factorized int8-weights graph): the candidates within QUICK_ERROR of the
+    fastest there are timed again together over CONFIRM_ROUNDS rounds, and the longer reading decides which
+    stays to serve batch 1."""
+    import compress.auto as auto
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    baseline = auto.baseline_variant(model)
+    speeds = {256: {"leader": 4.8, "unpruned": 3.5, "factorized": 2.5, "slow": 1.0},
+              1: {"leader": 5.7, "unpruned": 6.2, "factorized": 6.0, "slow": 1.1}}
+    longer = {"leader": 5.7, "unpruned": 6.2, "factorized": 6.9}   # the confirming timing's reading at batch 1
+    asked = []
+
+    def quick(variants, base, data, config, batch=256, rounds=3):
+        asked.append((batch, rounds, sorted(v.name for v in variants)))
+        table = longer if rounds == auto.CONFIRM_ROUNDS else speeds[batch]
+        return {id(v): table[v.name] for v in variants}
+
+    monkeypatch.setattr(auto, "quick_ratios", quick)
+    made = [Variant(name, model, {"method": "test"}) for name in speeds[256]]
+    cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert [v.name for v in made] == ["leader", "unpruned", "factorized"] and [c["name"] for c in cut] == ["slow"]
+    assert asked[-1] == (1, auto.CONFIRM_ROUNDS, ["factorized", "leader", "unpruned"])   # not the slow one
+    assert made[2].measurements["_quick_b1"] == 6.9
+    # with the first reading standing (the longer one agrees), 6.0 is under 1.1 x the leader's 5.7: it leaves
+    longer["factorized"] = 6.0
+    made = [Variant(name, model, {"method": "test"}) for name in speeds[256]]
+    auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert [v.name for v in made] == ["leader", "unpruned"]
+    # nothing out of the race near the fastest at batch 1: no second timing
+    asked.clear()
+    speeds[1]["factorized"] = 2.0
+    made = [Variant(name, model, {"method": "test"}) for name in speeds[256]]
+    auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert asked and all(rounds == 3 for _, rounds, _ in asked)
