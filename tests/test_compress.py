@@ -350,7 +350,8 @@ _RUNTIME = [("onnx-fp32", {}, []), ("int8-dynamic", {"min_agreement": 0.97}, [])
             ("fp16", {}, []), ("bf16", {}, []), ("int8-weights", {}, [])]   # int8: auto's own agreement, then 99.5%
 _RECURRENT_STACK = [m for m in _STACK if m != "int8-static"]
 _UNSTRUCTURED = ("prune-unstructured", {"ratio": 0.9, "finetune_epochs": 5, "int8": True}, [])
-_LOWRANK = [("lowrank", {"agreement": a}, _STACK) for a in (0.985, 0.9925)]  # halfway to 1, then a fallback
+_LOWRANK = [("lowrank", {"agreement": 0.985}, _STACK),  # halfway to 1, then a fallback a rung of rank higher
+            ("lowrank", {"agreement": 0.9925, "headroom": 1}, _STACK)]
 _DISTILL = {"epochs": 30, "width_factor": 0.125, "mixup": 0.0, "temperature": 4.0, "alpha": 0.9, "alone": False, "give_up": 10.5}
 # each pruning step, then its fallbacks: fine-tuned with the original as teacher, exact widths (not the LSTM)
 _TEACHER = ({}, {"teacher": True}, {"align": 1}, {"align": 1, "teacher": True})
@@ -393,7 +394,8 @@ def test_auto_plan_follows_the_one_rule_it_is_given():
     for method in ("int8-static", "int8-dynamic"):
         assert [options for name, options, _ in steps if name == method] == [{"min_agreement": 0.9}, {}]
     assert next(options for name, options, _ in steps if name == "distill")["give_up"] == 12.0
-    assert [options for name, options, _ in steps if name == "lowrank"] == [{"agreement": 0.95}, {"agreement": 0.975}]
+    assert [options for name, options, _ in steps if name == "lowrank"] == [{"agreement": 0.95},
+                                                                               {"agreement": 0.975, "headroom": 1}]
 
 
 def test_auto_fine_tunes_a_users_pruned_model_both_ways_the_teacher_as_fallback():

@@ -83,6 +83,24 @@ def test_a_stricter_target_keeps_more_rank(mlp, digits):
     assert ranks[0.9] <= ranks[0.995]
 
 
+def test_headroom_raises_a_layers_rank_a_rung_above_the_smallest_reaching_its_target(mlp, digits):
+    """A validation split the model was trained on (a refit) agrees at every rank; the fallback's headroom takes
+    the next rank of each layer's ladder, and the agreement it reports is the one measured at that rank."""
+    from compress.lowrank import _ranks
+
+    _, plain, _ = factorize(mlp.module, digits, agreement=0.98, max_cost=0.6, align=8, calibration_samples=512)
+    module, raised, agreed = factorize(mlp.module, digits, agreement=0.98, max_cost=0.6, align=8,
+                                       calibration_samples=512, headroom=1)
+    first = plain[0]
+    ladder = _ranks(mlp.module.get_submodule(first.name), 8, 0.6)
+    assert raised[0].name == first.name and raised[0].rank == ladder[min(ladder.index(first.rank) + 1, len(ladder) - 1)]
+    assert raised[0].rank > first.rank, "a 128-unit layer's ladder goes past the rank a digits MLP needs"
+    reference = predict(mlp.module, digits.x_val).argmax(1)
+    assert agreed == pytest.approx(float((predict(module, digits.x_val).argmax(1) == reference).mean()))
+    variant = get_method("lowrank").func(mlp, digits, agreement=0.98, headroom=1)[0]
+    assert variant.name == "lowrank-98-up1" and variant.recipe["headroom"] == 1
+
+
 def test_lowrank_variant_saves_loads_and_predicts_as_in_memory(cnn, digits, tmp_path):
     """A factorized CNN (Conv2d and Linear) goes through the method's one call shape; its ranks go into the
     family's config, so it is saved as PyTorch weights and rebuilt to the same predictions."""
@@ -104,6 +122,8 @@ def test_lowrank_refuses_what_it_cannot_do(mlp, digits):
         get_method("lowrank").func(mlp, digits, max_cost=0.01)
     with pytest.raises(ToolkitError):
         get_method("lowrank").func(mlp, digits, agreement=1.5)
+    with pytest.raises(ToolkitError):
+        get_method("lowrank").func(mlp, digits, headroom=-1)
 
 
 def test_a_layer_too_wide_to_fit_in_memory_is_left_as_it_is(mlp, digits, monkeypatch):
