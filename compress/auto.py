@@ -452,7 +452,7 @@ def drift_check(model: LoadedModel, data: DataBundle, settings: dict | None) -> 
 
 
 def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBundle, settings: dict,
-                     baseline: Variant, max_drop: float, batch: int = 256) -> None:
+                     baseline: Variant, max_drop: float, batch: int = 256, by_batch: bool = False) -> None:
     """`drift_guard` on the variant `choose` would pick, then, while the pick drifted, on the next pick, until a
     pick keeps its attributions or none is left; unless auto's `drift_guard_on` is off (`settings`: auto's
     options as given). Only a pick is checked: each check is an attribution pass of the original and the
@@ -461,7 +461,7 @@ def guard_candidates(model: LoadedModel, variants: list[Variant], data: DataBund
     if drifted is None:
         return
     while True:
-        pick, _ = choose(baseline, variants, max_drop, batch)
+        pick, _ = choose(baseline, variants, max_drop, batch, by_batch)
         if pick is baseline or "attribution_drift" in pick.measurements:
             return
         drifted(pick)
@@ -764,8 +764,8 @@ def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseli
     config = _timing_threads(config, notes)
     measure_all(variants, baseline, data, max_drop, config, progress, min_agreement)
     if guard is not None:
-        guard_candidates(model, variants, data, guard, baseline, max_drop, batch)
-    chosen, reason = choose(baseline, variants, max_drop, batch)
+        guard_candidates(model, variants, data, guard, baseline, max_drop, batch, by_batch)
+    chosen, reason = choose(baseline, variants, max_drop, batch, by_batch)
     if not by_batch or chosen is baseline:
         return chosen, reason
     found = route_by_batch(model, data, chosen, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
@@ -778,13 +778,18 @@ def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseli
     return routed, f"{why}; {reason}"
 
 
-def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: int = 256) -> tuple[Variant, str]:
+def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: int = 256,
+           by_batch: bool = False) -> tuple[Variant, str]:
     """The fastest variant at `batch` (one thread) passing the fidelity rule (`measure.judge`) that is not
     slower than fp32; else the baseline.
 
     Among the variants whose single-thread p50 at `batch` is within `LATENCY_TIE` of the fastest, the best
     balance of speed at batch 256 and batch 1 and size wins (`_balance`): a difference that small at batch 256
-    is worth less than a file half the size or a batch-1 call 15% faster.
+    is worth less than a file half the size or a batch-1 call 15% faster. With `by_batch` (the choice will be
+    routed by batch size where another variant is faster at the other one), a variant's speed at the other batch
+    size counts as at least the fastest eligible one's there: the route serves that side. Counted as its own,
+    a 40-feature CNN told it serves batch 1 chose its factorized int8 graph for its speed at batch 256, 7% slower
+    at batch 1 than its int8-weights twin, and read 0.94x ORT's quantize_static there.
     """
     setting = f"b{batch}_t1"
     eligible = _eligible(variants)
@@ -797,7 +802,9 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
     p50 = {id(v): v.measurements["latency_ms"][setting]["p50"] for v in eligible}
     leader = min(eligible, key=lambda v: p50[id(v)])
     tied = [v for v in eligible if p50[id(v)] <= p50[id(leader)] * (1 + LATENCY_TIE)]
-    best = max(tied, key=lambda v: (_balance(v), -p50[id(v)]))
+    there = f"b{other_batch(batch)}_t1"
+    reach = {there: max(v.measurements["speedup"].get(there, 0.0) for v in eligible)} if by_batch else {}
+    best = max(tied, key=lambda v: (_balance(v, reach), -p50[id(v)]))
     m = best.measurements
     how = ("fastest" if best is leader else
            f"best balance of speed at batch 256 and 1 and size of the {len(tied)} within 10% of the fastest "
@@ -947,12 +954,13 @@ def _other_batch_hint(best: Variant, eligible: list[Variant], batch: int) -> str
             f"(--serving-batch {other}, auto's serving_batch, chooses for that batch size)")
 
 
-def _balance(variant: Variant) -> float:
+def _balance(variant: Variant, reach: dict[str, float] | None = None) -> float:
     """The product of a variant's speed-ups at batch 256 and batch 1 (one thread) and its size ratio, in logs:
-    what decides among the variants within LATENCY_TIE of the fastest."""
-    m = variant.measurements
-    return sum(math.log(max(x, 1e-9)) for x in (m["speedup"][DECISIVE], m["speedup"].get("b1_t1", 1.0),
-                                                   m["size_ratio"]))
+    what decides among the variants within LATENCY_TIE of the fastest. `reach`: a speed-up a setting counts as at
+    least (the other batch size's fastest, where a route will serve it)."""
+    m, reach = variant.measurements, reach or {}
+    speed = {s: max(m["speedup"].get(s, 1.0), reach.get(s, 0.0)) for s in (DECISIVE, "b1_t1")}
+    return sum(math.log(max(x, 1e-9)) for x in (speed[DECISIVE], speed["b1_t1"], m["size_ratio"]))
 
 
 def baseline_variant(model: LoadedModel) -> Variant:

@@ -144,7 +144,7 @@ def test_the_choice_then_the_route_in_settle(measured, digits, monkeypatch):
     model, baseline, bf16, onnx = measured
     _route(measured, digits, b1_gain=3.0)  # sets the latencies and flags
     monkeypatch.setattr(auto, "measure_all", lambda *a, **k: None)
-    monkeypatch.setattr(auto, "choose", lambda baseline, variants, max_drop, batch=256: (bf16, "fastest"))
+    monkeypatch.setattr(auto, "choose", lambda baseline, variants, max_drop, batch=256, by_batch=False: (bf16, "fastest"))
     variants = [bf16, onnx]
     chosen, reason = auto.settle(model, digits, variants, baseline, max_drop=5.0, min_agreement=0.9,
                                  config=LatencyConfig(budget_s=0.02), notes=[], by_batch=True)

@@ -342,6 +342,19 @@ def test_choose_rule(rows, expected):
     assert chosen.name == expected and reason
 
 
+def test_choose_counts_the_other_batch_size_at_the_routes_speed_when_it_routes():
+    """Where the choice will be routed by batch size, a near-tie's speed at batch 1 counts as at least the fastest
+    eligible one's there (the route serves that side); without routing, its own speed there counts."""
+    from compress.auto import baseline_variant, choose
+
+    rows = [("a", 1.0, 500, True, False, False, 2.0), ("b", 1.05, 400, True, False, False, 1.0)]
+    baseline = baseline_variant(None)
+    assert choose(baseline, [_fake(*r) for r in rows], 0.5)[0].name == "a"
+    assert choose(baseline, [_fake(*r) for r in rows], 0.5, by_batch=True)[0].name == "b"
+    rows[1] = ("b", 1.05, 480, True, False, False, 1.0)   # smaller by less than it is slower: the speed decides
+    assert choose(baseline, [_fake(*r) for r in rows], 0.5, by_batch=True)[0].name == "a"
+
+
 # ---------------------------------------------------------------- what auto tries
 
 _STACK = ["onnx-fp32", "int8-dynamic", "int8-static", "int8-weights"]

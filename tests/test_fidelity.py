@@ -283,9 +283,9 @@ def test_auto_decides_at_the_serving_batch_size_it_is_told(digits, monkeypatch):
         seen["quick"].add(batch)
         return quick(variants, baseline, data, config, batch, **kw)
 
-    def spy_choose(baseline, variants, max_drop, batch=256):
+    def spy_choose(baseline, variants, max_drop, batch=256, by_batch=False):
         seen["choose"].add(batch)
-        return choose(baseline, variants, max_drop, batch)
+        return choose(baseline, variants, max_drop, batch, by_batch)
 
     monkeypatch.setattr(auto, "quick_ratios", spy_quick)
     monkeypatch.setattr(auto, "choose", spy_choose)
@@ -317,9 +317,9 @@ def test_compress_model_runs_auto_with_every_setting_auto_itself_reads(digits, m
         seen["search"] = {k: kwargs.get(k) for k in ("batch", "explore_seconds")}
         return search(*args, **kwargs)
 
-    def spy_choose(baseline, variants, max_drop, batch=256):
+    def spy_choose(baseline, variants, max_drop, batch=256, by_batch=False):
         seen["choose"] = batch
-        return choose_(baseline, variants, max_drop, batch)
+        return choose_(baseline, variants, max_drop, batch, by_batch)
 
     def spy_timing(config, notes):
         seen["timing"] = True
