@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import tempfile
 import time
@@ -381,8 +382,10 @@ def why_short(case: dict, batch: str) -> str:
             part += f": best agreement {pruned['best_agreement']:.1%}, {pruned['required']:.1%} required"
             part += f"; {pruned['over_budget']} over the accuracy budget" if pruned["over_budget"] else ""
         why.append(part)
-    if (case.get("reason") or "").startswith("best balance"):
-        why.append("auto took a near-tie for its batch-1 speed and size")
+    tie = re.search(r"best balance .* within 10% of the fastest \(([^)]+)\)", case.get("reason") or "")
+    if tie:  # a routed choice's reason starts with its route, then the choice's own reason
+        why.append(f"auto's near-tie rule took it, within 10% of its fastest ({tie.group(1)}), for its size and "
+                   f"its speed at batch 1")
     return f"{head}: " + ("; ".join(why) if why else "no faster candidate passed the rule")
 
 

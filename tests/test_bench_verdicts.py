@@ -95,3 +95,19 @@ def test_gpu_attribution_benchmark_refuses_without_a_gpu_in_one_line(capsys, mon
     assert gpu_attribution.main(["--families", "mlp"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs a CUDA GPU" in err
+
+
+def test_a_near_tie_taken_for_its_size_names_the_fastest_it_passed_over():
+    """A routed choice's reason starts with its route; the near-tie that chose its large-batch member is found
+    after it, and the verdict names the faster candidate auto passed over."""
+    reason = ("lowrank+int8-static-onnx for batches of 4 rows and more, lowrank+int8-weights-onnx below: 3.61x faster; "
+              "best balance of speed at batch 256 and 1 and size of the 2 within 10% of the fastest (int8-static-onnx) "
+              "of 4 variants passing the fidelity rule")
+    chosen = "lowrank+int8-static-onnx+below-b4-lowrank+int8-weights-onnx"
+    case = _case(chosen, (7.1, 3.6), "ORT quantize_static (defaults)", (6.8, 3.3), reason=reason)
+    why = why_short(case, "b256")
+    assert why.startswith("ahead, under 1.2x")
+    assert "auto's near-tie rule took it, within 10% of its fastest (int8-static-onnx), for its size" in why
+    assert "near-tie" not in why_short(_case(chosen, (7.1, 3.6), "ORT quantize_static (defaults)", (6.8, 3.3),
+                                             reason="lowrank+int8-static-onnx for batches of 4 rows and more; fastest "
+                                                    "of 4 variants"), "b256")
