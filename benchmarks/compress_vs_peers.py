@@ -384,8 +384,8 @@ def why_short(case: dict, batch: str) -> str:
         why.append(part)
     tie = re.search(r"best balance .* within 10% of the fastest \(([^)]+)\)", case.get("reason") or "")
     if tie:  # a routed choice's reason starts with its route, then the choice's own reason
-        why.append(f"auto's near-tie rule took it, within 10% of its fastest ({tie.group(1)}), for its size and "
-                   f"its speed at batch 1")
+        why.append(f"auto's near-tie rule took it, within 10% of its fastest ({tie.group(1)}), for a better "
+                   f"balance of size and speed")
     return f"{head}: " + ("; ".join(why) if why else "no faster candidate passed the rule")
 
 

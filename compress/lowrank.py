@@ -10,9 +10,10 @@ inputs the already factorized layers before it now give to the original layer's 
 
 The rank of each layer is the smallest multiple of `align` whose model agrees with the original's top-1 on
 `agreement` of the validation split, raised by `headroom` steps of `align`; a layer is factorized only where
-that rank costs at most `max_cost` of its multiply-adds. No fine-tune follows: measured on the 40-feature CNN (features40, ranks 16 and 24,
-5 epochs of distillation from the original), fine-tuning moved agreement on the test split from 96.1% to
-95.5%: it trains for validation accuracy, where the factorization was fitted to the original's responses.
+that rank costs at most `max_cost` of its multiply-adds. No fine-tune follows: measured on the 40-feature CNN
+(features40, ranks 16 and 24, 5 epochs of distillation from the original), fine-tuning moved agreement on the
+test split from 96.1% to 95.5%: it trains for validation accuracy, where the factorization was fitted to the
+original's responses.
 
 Written by hand: PyTorch has `torch.svd_lowrank` for a weight matrix, but no library here factorizes a trained
 network's layers on their responses with a stopping rule in agreement (Torch-Pruning removes units, ORT and
