@@ -228,9 +228,8 @@ def factorize(module: nn.Module, data: DataBundle, agreement: float, max_cost: f
         rung = min(chosen[0] + headroom, len(ranks) - 1)
         current.set_submodule(name, _pair(layer, weight, bias, vectors[:, -ranks[rung]:], mean))
         agreed = chosen[1] if rung == chosen[0] else _agreement(current, data.x_val, reference)
-        chosen = (ranks[rung], agreed)
-        done.append(Factorized(name, type(layer).__name__, _fan_in(layer), _fan_out(layer), chosen[0],
-                               _cost(layer, chosen[0])))
+        done.append(Factorized(name, type(layer).__name__, _fan_in(layer), _fan_out(layer), ranks[rung],
+                               _cost(layer, ranks[rung])))
     return current.eval(), done, agreed
 
 
