@@ -178,7 +178,8 @@ def test_compress_serving_batch_flag_reaches_auto(tmp_path, monkeypatch):
 
     batches = []
     choose = auto.choose
-    monkeypatch.setattr(auto, "choose", lambda b, v, d, batch=256: batches.append(batch) or choose(b, v, d, batch))
+    monkeypatch.setattr(auto, "choose", lambda b, v, d, batch=256, by_batch=False:
+                        batches.append(batch) or choose(b, v, d, batch, by_batch))
     assert main(["train", "digits", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "m"),
                  "--arch", '{"hidden": [16]}']) == 0
     options = ('{"auto": {"prune_ratios": [0.5], "finetune_epochs": 1, "distill_epochs": 0, "unstructured_ratio": 0.0,'
