@@ -38,6 +38,7 @@ batch 1 and the size ratio wins.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import statistics
@@ -126,15 +127,15 @@ CHEAP_STEP_S = 1.6
 EXPLORE_SECONDS = 20.0
 
 
-def plan(target, **settings) -> list[tuple[str, dict, list[str]]]:
-    """The candidate list for a model: (method, options, methods chained on its output).
+def plan(target, device: str = "cpu", **settings) -> list[tuple[str, dict, list[str]]]:
+    """The candidate list for a model served on `device`: (method, options, methods chained on its output).
 
     `target` is the model (a `LoadedModel`: its family and the capabilities read from it decide), or a family
     name (its declared capabilities). `settings` are auto's options (the defaults of its signature where not
     given). Each registered method that handles the target and has an `auto` capability contributes one step
     per option set that capability returns (called with the family name): runtime methods first, then transforms, each in registration order (the built-ins in the order
     `register_builtin_methods` imports them). A transform with `chain` gets every runtime method with `chain`
-    stacked on its output.
+    stacked on its output, where its `chain_devices` (if any) hold `device`'s type.
     """
     from . import register_builtin_methods
 
@@ -142,7 +143,8 @@ def plan(target, **settings) -> list[tuple[str, dict, list[str]]]:
     settings = {**METHODS.options("auto"), **check_method_options("auto", settings)}
     family = target if isinstance(target, str) else target.spec.family
     methods = sorted(METHODS.entries(target), key=lambda m: m.role != "runtime")  # stable: registration order kept
-    chained = [m.name for m in methods if m.role == "runtime" and m.chain]
+    kind = device.partition(":")[0]
+    chained = [m.name for m in methods if m.role == "runtime" and m.chain and kind in (m.chain_devices or (kind,))]
     steps = []
     for method in methods:
         if method.auto is None:
@@ -404,8 +406,6 @@ def _chain_source(model: LoadedModel) -> LoadedModel:
     """What a chained method starts from: a transformed user module is saved as ONNX (its widths changed, the
     toolkit cannot rebuild its class) but its PyTorch module is in memory: the chained runtime method gets that
     module as an fp32 PyTorch model, as it gets a built-in family's."""
-    import dataclasses
-
     if model.spec.runtime != "onnxruntime" or model.module is None:
         return model
     spec = dataclasses.replace(model.spec, runtime="torch", onnx=None)
@@ -418,8 +418,6 @@ DRIFT_SAMPLES = 32  # held-out (validation) samples on which each candidate's at
 def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drift: float | None = None) -> dict:
     """Measure how far `variant`'s attributions moved from the original's (`explain.attribution_drift`, a fast
     deterministic method on held-out samples); a drifted candidate gets a note and is never chosen."""
-    import dataclasses
-
     from explain import attribution_drift
 
     from .export import ort_session
@@ -598,18 +596,19 @@ def quick_ratios(variants: list[Variant], baseline: Variant, data: DataBundle, c
     """A short interleaved timing (one thread, CPU clock, `rounds` rounds of up to 20 ms and 20 calls each per
     variant, at most a third of `config`'s budget over 3 rounds) of `variants` against `baseline` at `batch`: each
     one's speed-up over it (the median of per-round ratios), by `id`."""
-    quick = LatencyConfig(warmup=2, min_reps=rounds, max_reps=20 * rounds,
-                          budget_s=min(0.02, config.budget_s / 9) * rounds, rounds=rounds)
+    quick = dataclasses.replace(config, warmup=2, min_reps=rounds, max_reps=20 * rounds,
+                                budget_s=min(0.02, config.budget_s / 9) * rounds, rounds=rounds)
     return _speedups(variants, baseline, data, batch, quick)
 
 
 def _speedups(variants: list[Variant], baseline: Variant, data: DataBundle, batch: int,
               timing: LatencyConfig) -> dict[int, float]:
-    """Each of `variants`' speed-up over `baseline` at `batch` (one thread, CPU clock, interleaved rounds of
-    `timing`): the median of per-round ratios, by `id`."""
-    runners = [Runner(v, 1) for v in [baseline, *variants]]
+    """Each of `variants`' speed-up over `baseline` at `batch` (one thread, CPU clock off a GPU, interleaved
+    rounds of `timing`): the median of per-round ratios, by `id`."""
+    runners = [Runner(v, 1, device=timing.device) for v in [baseline, *variants]]
     with torch_threads(1):
-        timed = interleaved_rounds([r.raw_call() for r in runners], _batch(data.x_test, batch), timing, cpu_clock=True)
+        timed = interleaved_rounds([r.raw_call() for r in runners], _batch(data.x_test, batch), timing,
+                                   cpu_clock=timing.cpu_clock)
     return dict(zip(map(id, variants), (ratio_summary(timed[0]["rounds"], t["rounds"])[0] for t in timed[1:])))
 
 
@@ -713,8 +712,6 @@ def _timing_threads(config: LatencyConfig, notes: list[str]) -> LatencyConfig:
     """The all-threads settings timed with the cores free now, not every core: a thread pool larger than the
     free cores waits on busy ones (with one other process running, a batch-1 call on two threads took 50x its
     one-thread time and one LSTM's timing 4x as long), which measures the other processes, not the variant."""
-    import dataclasses
-
     cores, free = config.all_threads, free_cores()
     if free >= cores:
         return config
@@ -870,12 +867,12 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     if fastest is None:
         return None
     small, large = (fastest, chosen) if other == 1 else (chosen, fastest)
-    below = crossover(small, large, data)
+    below = crossover(small, large, data, config.device)
     routed = _routed(model, small, large, below)
     m = routed.measurements
     for key in ("latency_ms", "rounds_ms"):
         m[key] = {s: (small if s.startswith("b1_") else large).measurements[key][s] for s in large.measurements[key]}
-    runner = Runner(routed, config.all_threads)
+    runner = Runner(routed, config.all_threads, device=config.device)
     x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
     original = baseline.measurements.get("_classes")
     if original is None:
@@ -884,7 +881,8 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     checks = [(fidelity(c, original, min_agreement), float((c == data.y_test).mean())) for c in served]
     m["fidelity"], m["accuracy"] = min(checks, key=lambda c: (c[0]["agreement"], c[1]))
     m.update({"runtime": large.measurements["runtime"], "size_bytes": large.measurements["size_bytes"] + small.measurements["size_bytes"],
-              "parameters": large.measurements.get("parameters"), "threads": dict(large.measurements["threads"])})
+              "parameters": large.measurements.get("parameters"), "threads": dict(large.measurements["threads"]),
+              "device": large.measurements.get("device"), "provider": large.measurements.get("provider")})
     compare_to_baseline(routed, baseline, max_drop, min_agreement)
     if not (m["within_budget"] and not m["flips"]):
         chosen.notes.append(f"routed with {fastest.name} for batch {other} it would not keep the fidelity rule as it "
@@ -904,19 +902,19 @@ def confirmed_gain(chosen: Variant, candidate: Variant, data: DataBundle, batch:
     an interleaved timing of the two alone, CONFIRM_ROUNDS rounds. The full timing's p50s of a dozen variants at
     batch 1 (tens of microseconds a call) misread a tie as a 10% gain: a 40-feature MLP was routed to an unpruned
     int8 graph for batch 1 at 1.45x smaller, and measured 7% slower there than its choice."""
-    timing = LatencyConfig(warmup=5, min_reps=CONFIRM_ROUNDS * 3, max_reps=CONFIRM_ROUNDS * 40,
-                           budget_s=max(config.budget_s, 0.2), rounds=CONFIRM_ROUNDS)
+    timing = dataclasses.replace(config, warmup=5, min_reps=CONFIRM_ROUNDS * 3, max_reps=CONFIRM_ROUNDS * 40,
+                                 budget_s=max(config.budget_s, 0.2), rounds=CONFIRM_ROUNDS)
     return _speedups([candidate], chosen, data, batch, timing)[id(candidate)]
 
 
-def crossover(small: Variant, large: Variant, data: DataBundle) -> int:
+def crossover(small: Variant, large: Variant, data: DataBundle, device: str = "cpu") -> int:
     """The first of CUT_SIZES at which `large` is not slower than `small` by a short interleaved timing (one
-    thread, the median of 3 rounds); 256 when `small` is faster at every one of them."""
-    quick = LatencyConfig(warmup=2, min_reps=3, max_reps=30, budget_s=0.03, rounds=3)
-    calls = [Runner(small, 1).raw_call(), Runner(large, 1).raw_call()]
+    thread, the median of 3 rounds, on `device`); 256 when `small` is faster at every one of them."""
+    quick = LatencyConfig(warmup=2, min_reps=3, max_reps=30, budget_s=0.03, rounds=3, device=device)
+    calls = [Runner(small, 1, device=device).raw_call(), Runner(large, 1, device=device).raw_call()]
     with torch_threads(1):
         for n in CUT_SIZES:
-            t_small, t_large = interleaved_rounds(calls, _batch(data.x_test, n), quick, cpu_clock=True)
+            t_small, t_large = interleaved_rounds(calls, _batch(data.x_test, n), quick, cpu_clock=quick.cpu_clock)
             if statistics.median(t_large["rounds"]) <= statistics.median(t_small["rounds"]):
                 return n
     return 256
@@ -924,8 +922,6 @@ def crossover(small: Variant, large: Variant, data: DataBundle) -> int:
 
 def _routed(model: LoadedModel, small: Variant, large: Variant, below: int) -> Variant:
     """One variant: `large` answering calls of `below` rows or more, `small` the rest."""
-    import dataclasses
-
     from trainers.artifact import SMALL_BATCH_DIR
 
     recipe = {"method": "by-batch", "below_batch": below, "large": large.recipe, "small": small.recipe}

@@ -64,6 +64,9 @@ class Method(Entry):
             auto's options); None: auto does not try the method.
         chain: auto chains it with the other side: a runtime method with `chain` also runs on the output of
             every transform with `chain` (pruned -> int8 ONNX).
+        chain_devices: where a runtime method's `chain` holds: the device types ("cpu", "cuda") auto must be
+            timing on for it to run on a transform's output; empty: every device. Half precision pays on a GPU
+            only (PyTorch on a CPU has few fp16 kernels), so there a pruned model is tried in fp16 too.
         fallback: option names whose values in a later auto step are a fallback: a step that differs from an
             earlier step of the method only in these options is made only when the earlier one failed the
             fidelity rule (int8 at the stricter default agreement after int8 at auto's own; a pruned model
@@ -76,6 +79,7 @@ class Method(Entry):
     role: str = "runtime"
     auto: Callable[[str, dict], list[dict]] | None = None
     chain: bool = False
+    chain_devices: tuple[str, ...] = ()
     fallback: tuple[str, ...] = ()
     keeps_speed: bool = False
 

@@ -273,8 +273,9 @@ def _check_batch_axis(onnx_bytes: bytes, sample: torch.Tensor) -> None:
             raise RuntimeError(f"exported graph returned batch {out.shape[0]} for batch {n}")
 
 
-def ort_session(onnx_bytes: bytes, threads: int | None = None, spin: bool = False):
-    """An ONNX Runtime CPU session on in-memory bytes; `threads` sets intra-op threads (None: ORT default).
+def ort_session(onnx_bytes: bytes, threads: int | None = None, spin: bool = False, device: str = "cpu"):
+    """An ONNX Runtime session on in-memory bytes; `threads` sets intra-op threads (None: ORT default); `device`:
+    where it serves (`trainers.ortsession.providers_for`: a GPU where this ONNX Runtime build has CUDA's provider).
 
     `spin`: let idle worker threads busy-wait for the next op. ORT spins by default, which is fastest on an
     idle machine and ruinous on a busy one (spinning threads take the cores the other processes, and our own
@@ -290,7 +291,7 @@ def ort_session(onnx_bytes: bytes, threads: int | None = None, spin: bool = Fals
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return inference_session(onnx_bytes, options)
+    return inference_session(onnx_bytes, options, device)
 
 
 def run_onnx(session_or_bytes, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -30,7 +30,7 @@ from trainers.artifact import by_size
 from trainers.codecs import CODECS
 from trainers.errors import ToolkitError
 from trainers.models import count_parameters
-from trainers.ortsession import first_output
+from trainers.ortsession import first_output, session_device
 
 from .base import Variant
 from .export import ort_session
@@ -115,7 +115,14 @@ OVERRUN = 2.0  # timing rounds this many times over their budget make proportion
 @dataclass
 class LatencyConfig:
     """How long to time each (batch, threads) setting: per variant, warm-up calls, then `rounds` interleaved
-    rounds sharing `budget_s` seconds, `min_reps` to `max_reps` calls in all (fewer rounds when max_reps is)."""
+    rounds sharing `budget_s` seconds, `min_reps` to `max_reps` calls in all (fewer rounds when max_reps is).
+
+    `device`: where the variants serve, "cpu" or a CUDA device ("cuda", "cuda:1"). On a GPU each call takes
+    host NumPy rows and returns host logits, as `trainers.predict` serves them, so the copies are timed with
+    the computation, by the wall clock (a CPU clock does not see the GPU working); `threads` are then the
+    host's, which still decide a variant that runs on the CPU there (an ONNX Runtime build without CUDA's
+    provider, an operator without a CUDA kernel).
+    """
 
     warmup: int = 5
     min_reps: int = 10
@@ -123,6 +130,7 @@ class LatencyConfig:
     budget_s: float = 0.4
     threads_all: int = 0  # 0: every core (os.cpu_count())
     rounds: int = 7
+    device: str = "cpu"
 
     @property
     def all_threads(self) -> int:
@@ -131,6 +139,11 @@ class LatencyConfig:
     @property
     def round_count(self) -> int:
         return max(1, min(self.rounds, self.max_reps))
+
+    @property
+    def cpu_clock(self) -> bool:
+        """Whether one-thread timings may read the thread's CPU time (unmoved by other processes): not on a GPU."""
+        return self.device == "cpu"
 
 
 def size_on_disk(variant: Variant) -> int:
@@ -166,6 +179,10 @@ class Runner:
 
     `spin`: ONNX Runtime's worker threads may busy-wait for work (fastest while timing an all-thread setting);
     off, they sleep, which leaves the cores to other processes (and to the search's own training).
+    `device`: where it computes (`LatencyConfig.device`): a PyTorch variant's module is copied there, an ONNX
+    Runtime session gets CUDA's provider where the build has it. `self.device` is where it does compute (the
+    CPU for a session without CUDA's provider, or a module that cannot move, as PyTorch's packed int8 kernels),
+    `self.provider` the session's first provider (None for PyTorch).
     A variant with a small-batch member (`Variant.small`) calls the member on fewer than `below_batch` rows, as
     `trainers.predict` does: one length test per call, inside every timing.
 
@@ -175,26 +192,39 @@ class Runner:
     interleaved against the bare session call, one thread), which a comparison of graphs must not count.
     """
 
-    def __init__(self, variant: Variant, threads: int, spin: bool = False):
+    def __init__(self, variant: Variant, threads: int, spin: bool = False, device: str = "cpu"):
         onnx_bytes = _onnx_bytes(variant)
         self.runtime = "onnxruntime" if onnx_bytes is not None else "torch"
+        self.provider = None
         if self.runtime == "onnxruntime":
-            own = raw = first_output(ort_session(onnx_bytes, threads, spin=spin))
+            session = ort_session(onnx_bytes, threads, spin=spin, device=device)
+            self.device, self.provider = session_device(session), session.get_providers()[0]
+            own = raw = first_output(session)
         else:
-            module = variant.model.module.eval()
+            module, self.device = _on_device(variant.model.module.eval(), device)
             param = next(iter(module.parameters()), None)  # packed int8 modules may have none
             dtype = param.dtype if param is not None else torch.float32
+            if self.device == "cpu":
+                def own(x):
+                    with torch_threads(threads), torch.inference_mode():
+                        return module(torch.from_numpy(x).to(dtype)).float().numpy()
 
-            def own(x):
-                with torch_threads(threads), torch.inference_mode():
-                    return module(torch.from_numpy(x).to(dtype)).float().numpy()
+                def raw(x):
+                    with torch.inference_mode():
+                        return module(torch.from_numpy(x).to(dtype))
+            else:
+                target = self.device
 
-            def raw(x):
-                with torch.inference_mode():
-                    return module(torch.from_numpy(x).to(dtype))
+                def own(x):
+                    with torch_threads(threads), torch.inference_mode():
+                        return module(torch.from_numpy(x).to(target, dtype)).float().cpu().numpy()
+
+                def raw(x):  # the copy back to the host waits for the GPU's work
+                    with torch.inference_mode():
+                        return module(torch.from_numpy(x).to(target, dtype)).cpu()
         self.call, self._raw = own, raw
         if variant.small is not None:  # the member answers calls of fewer than `below_batch` rows
-            small, below = Runner(variant.small, threads, spin), variant.model.spec.serve["below_batch"]
+            small, below = Runner(variant.small, threads, spin, device), variant.model.spec.serve["below_batch"]
             self.call, self._raw = by_size(own, small.call, below), by_size(raw, small.raw_call(), below)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -208,6 +238,21 @@ class Runner:
     def raw_call(self):
         """One call without conversions (for timing; the caller holds the thread count)."""
         return self._raw
+
+
+def _on_device(module: torch.nn.Module, device: str) -> tuple[torch.nn.Module, str]:
+    """(`module` where it computes, that device's name): a copy on `device` (the variant keeps its CPU module
+    for saving), or `module` itself on the CPU when `device` is the CPU or the module cannot move there."""
+    if device == "cpu":
+        return module, "cpu"
+    try:
+        moved = copy.deepcopy(module).to(device)
+    except (RuntimeError, NotImplementedError):  # PyTorch's packed int8 modules have CPU kernels only
+        return module, "cpu"
+    tensors = [*moved.parameters(), *moved.buffers()]
+    if tensors and any(t.device.type == "cpu" for t in tensors):
+        return module, "cpu"
+    return moved, device
 
 
 class torch_threads:
@@ -293,7 +338,7 @@ def evaluate(variant: Variant, data, config: LatencyConfig | None = None) -> np.
     logits, computed at batch EVAL_BATCH with every thread, its worker threads not spinning."""
     config = config or LatencyConfig()
     x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
-    runner = Runner(variant, config.all_threads)
+    runner = Runner(variant, config.all_threads, device=config.device)
     logits = runner.predict(x_test)
     module = variant.model.module
     m = variant.measurements
@@ -303,6 +348,8 @@ def evaluate(variant: Variant, data, config: LatencyConfig | None = None) -> np.
         "size_bytes": m.get("size_bytes") or size_on_disk(variant),  # preset for formats we do not write
         "parameters": count_parameters(module) if module is not None else None,
         "threads": {"single": 1, "all": config.all_threads},
+        "device": runner.device,
+        "provider": runner.provider,
     })
     if _dynamic_int8(variant.recipe):
         n = min(BATCH_CHECK, len(x_test))
@@ -324,12 +371,12 @@ def time_all(variants: list[Variant], data, config: LatencyConfig | None = None)
     # background processes on 2 cores, where the second pass measured the other processes, not the variant.
     pools = (("t1", 1), ("tall", config.all_threads)) if config.all_threads > 1 else (("t1", 1),)
     for threads_key, threads in pools:
-        runners = [Runner(v, threads, spin=True) for v in variants]
+        runners = [Runner(v, threads, spin=True, device=config.device) for v in variants]
         with torch_threads(threads):
             for batch in (1, 256):
                 setting = f"b{batch}_{threads_key}"
                 timed = interleaved_rounds([r.raw_call() for r in runners], _batch(x_test, batch), config,
-                                           cpu_clock=threads == 1)
+                                           cpu_clock=threads == 1 and config.cpu_clock)
                 for v, t in zip(variants, timed):
                     v.measurements.setdefault("latency_ms", {})[setting] = {
                         "p50": float(np.percentile(t["times"], 50)), "p95": float(np.percentile(t["times"], 95)),

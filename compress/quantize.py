@@ -360,13 +360,15 @@ def _half_variant(model: LoadedModel, dtype: str) -> Variant:
     return Variant(name=recipe["method"] + "-torch", model=variant_model, recipe=recipe, notes=notes)
 
 
-@register_method("fp16", role="runtime", auto=default_options, needs=("torch",))
+@register_method("fp16", role="runtime", auto=default_options, chain=True, chain_devices=("cuda",),
+                 needs=("torch",))
 def fp16(model: LoadedModel, data: DataBundle) -> list[Variant]:
     """Half-precision (float16) PyTorch weights: half the file size."""
     return [_half_variant(model, "float16")]
 
 
-@register_method("bf16", role="runtime", auto=default_options, needs=("torch",))
+@register_method("bf16", role="runtime", auto=default_options, chain=True, chain_devices=("cuda",),
+                 needs=("torch",))
 def bf16(model: LoadedModel, data: DataBundle) -> list[Variant]:
     """bfloat16 PyTorch weights: half the file size, fp32's range."""
     return [_half_variant(model, "bfloat16")]

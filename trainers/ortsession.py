@@ -18,6 +18,8 @@ import json
 
 DISABLED_OPTIMIZERS_KEY = "toolkit.ort.disabled_optimizers"
 ALLOWED = frozenset({"QDQPropagationTransformer"})
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
 
 
 def disabled_optimizers(metadata: dict) -> list[str]:
@@ -29,8 +31,32 @@ def disabled_optimizers(metadata: dict) -> list[str]:
     return sorted({n for n in names if isinstance(n, str) and n in ALLOWED}) if isinstance(names, list) else []
 
 
-def inference_session(model, options=None):
-    """A CPU `InferenceSession` on `model` (bytes or a path) with the graph's session hint applied.
+def providers_for(device: str, available) -> list[str]:
+    """ONNX Runtime's execution providers for a session serving on `device` ("cpu", "cuda" or "cuda:N"), given
+    the providers this build of ONNX Runtime has (`available`).
+
+    On a GPU: CUDA's provider first where the build has it (onnxruntime-gpu), with the CPU's after it for the
+    operators CUDA's lacks (ORT assigns each node to the first provider that has a kernel for it); a CPU-only
+    build runs the whole graph on the CPU, which the session's `get_providers()` then says. TensorRT's provider
+    is not asked for: it compiles an engine per session and input shape (seconds to minutes), and auto builds
+    dozens of sessions.
+    """
+    if device == "cpu":
+        return [CPU]
+    if CUDA not in available:
+        return [CPU]
+    index = device.partition(":")[2]
+    return [(CUDA, {"device_id": int(index)}) if index else CUDA, CPU]
+
+
+def session_device(session) -> str:
+    """Where a session computes: "cuda" when its first provider is CUDA's, else "cpu"."""
+    return "cuda" if session.get_providers()[0] == CUDA else "cpu"
+
+
+def inference_session(model, options=None, device: str = "cpu"):
+    """An `InferenceSession` on `model` (bytes or a path) serving on `device` (`providers_for`), with the
+    graph's session hint applied.
 
     The hint is read from the session ORT built (no second parse of the file); a graph that carries one is
     loaded a second time with those optimizers disabled. Graphs without it, every user's file among them,
@@ -38,7 +64,7 @@ def inference_session(model, options=None):
     """
     import onnxruntime as ort
 
-    providers = ["CPUExecutionProvider"]
+    providers = providers_for(device, ort.get_available_providers())
     session = ort.InferenceSession(model, options, providers=providers)
     names = disabled_optimizers(session.get_modelmeta().custom_metadata_map)
     if names:
@@ -47,12 +73,13 @@ def inference_session(model, options=None):
 
 
 def first_output(session):
-    """x -> the first output of `session` (a CPU session with one input, from `inference_session`).
+    """x -> the first output of `session` (a session with one input, from `inference_session`).
 
     Calls the compiled session that `InferenceSession.run` wraps. That wrapper checks, on every call, the feed's
     names against the graph's inputs, the feed's OrtValues, graph capture, and lists the output names, each
     through calls into the binding: 1.1-1.5 us of a 10-11 us call at batch 1 (the pruned digits CNN, one thread),
-    about 13%. Here the feed is built from the graph's one input name and holds a NumPy array on the CPU, so
+    about 13%. Here the feed is built from the graph's one input name and holds a NumPy array in host memory
+    (ORT copies it to a GPU provider's device and the output back), so
     every one of those checks holds by construction, and the output names are listed once. Falls back to the
     public call where the binding is not exposed (another ONNX Runtime build).
     """
