@@ -143,6 +143,7 @@ class LoadedModel:
     onnx_bytes: bytes | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
     small: "LoadedModel | None" = field(default=None, repr=False)
+    device: str = "cpu"  # where its ONNX Runtime sessions serve (`trainers.ortsession.providers_for`)
 
     def onnx_model_bytes(self) -> bytes | None:
         """The ONNX graph this model runs (in memory, or the artifact's file), or None when it has none."""
@@ -178,7 +179,7 @@ class LoadedModel:
             if threads:
                 options.intra_op_num_threads = threads
             try:
-                session = inference_session(onnx_bytes, options)
+                session = inference_session(onnx_bytes, options, self.device)
             except Exception as exc:  # ORT raises its own exception types for bad files
                 raise ArtifactError(f"cannot load ONNX model {self.source}: {str(exc).splitlines()[0]}") from None
             if threads is not None:
@@ -191,7 +192,7 @@ class LoadedModel:
         if self._raw_session is None:
             raw_path = self.path / self.spec.onnx["raw_file"]
             try:
-                self._raw_session = inference_session(str(raw_path))
+                self._raw_session = inference_session(str(raw_path), device=self.device)
             except Exception as exc:  # ORT raises its own exception types for bad files
                 raise ArtifactError(f"cannot load ONNX model {raw_path}: {exc}") from None
         return self._raw_session
@@ -316,7 +317,8 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
 
     Args:
         path: the artifact directory.
-        device: where the PyTorch module goes.
+        device: where the model serves: the PyTorch module goes there, and on a GPU an ONNX graph runs with ONNX
+            Runtime's CUDA provider where the installed build has it (onnxruntime-gpu), else on the CPU.
         module: for an artifact of a user's own architecture (family "custom"), a fresh instance of its class
             (`load_model(dir, module=MyNet())`): the saved weights are loaded into it, names and shapes checked.
             Without it such an artifact loads as its ONNX graph, run by ONNX Runtime (no PyTorch module).
@@ -349,7 +351,8 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
             notes.append(f"{path / WEIGHTS} holds PyTorch weights of the user's own class ({spec.config.get('class')}); "
                          "trainers.load_model(path, module=MyNet()) loads them into a fresh instance")
         spec.runtime = "onnxruntime"  # what runs without the user's class: the ONNX graph
-        return LoadedModel(module=None, spec=spec, path=path, metrics=metrics, notes=notes, origin=str(path))
+        return LoadedModel(module=None, spec=spec, path=path, metrics=metrics, notes=notes, origin=str(path),
+                           device=device)
     if module is not None and spec.family != CUSTOM_FAMILY:
         raise ArtifactError(f"{path} is a {spec.family} model: the toolkit rebuilds it itself, pass no module")
     loaded = None
@@ -358,7 +361,7 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
     elif spec.runtime != "onnxruntime":
         raise ArtifactError(f"{path / MODEL_JSON}: no weights file listed")
     small = _load_member(path, spec, device) if spec.serve else None
-    return LoadedModel(module=loaded, spec=spec, path=path, metrics=metrics, small=small)
+    return LoadedModel(module=loaded, spec=spec, path=path, metrics=metrics, small=small, device=device)
 
 
 def _load_member(path: Path, spec: ModelSpec, device: str) -> LoadedModel:
