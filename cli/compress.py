@@ -33,6 +33,8 @@ def compress_command(
     by_batch: Optional[bool] = typer.Option(None, "--by-batch/--one-model", help="Auto may choose two models in one "
                                             "artifact, each serving the batch sizes it is faster at (the default), "
                                             "or one model, the fastest at --serving-batch."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where the variants will serve, so where they are "
+                                         "timed: cpu (the default) or cuda (cuda:N)."),
     options: Optional[str] = typer.Option(None, "--options", help='Per-method options as JSON, e.g. \'{"distill": {"epochs": 20}}\'.'),
     target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
     sep: Optional[str] = SEP,
@@ -53,7 +55,7 @@ def compress_command(
     model, family = open_model(model_dir)
     out = out or default_run_dir("compress", family)
     given = {"methods": method or None, "max_drop": max_drop, "ratio": ratio, "min_agreement": min_agreement,
-             "budget_seconds": budget_seconds,
+             "budget_seconds": budget_seconds, "device": device,
              "options": parse_json_option(options, "--options") if options is not None else None}
     if serving_batch is not None:  # an option of auto's, given as a flag: compress_model checks it with the others
         given["options"] = _with_auto_option(given["options"] or {}, "serving_batch", serving_batch, method)

@@ -15,6 +15,9 @@ from trainers.options import FORBID_EXTRA, Fraction, PositiveFloat, Ratio, Str
 
 # Accuracy points below the original (0.5 = half a percentage point).
 AccuracyPoints = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+# Where the variants serve, so where they are timed: the CPU, or a CUDA GPU (its index after a colon).
+DEVICE_PATTERN = r"cpu|cuda(:[0-9]+)?"
+Device = Annotated[str, Strict(), Field(pattern=f"^({DEVICE_PATTERN})$")]
 
 
 @dataclass
@@ -30,6 +33,9 @@ class CompressOptions:
         budget_seconds: auto tries no further candidates when its search would run past this many seconds and
             chooses among those made (None: no limit).
         options: per-method options, e.g. {"auto": {"distill_epochs": 0}}.
+        device: where the variants will serve, so where they are timed and auto chooses: "cpu", or "cuda"
+            ("cuda:1") on a machine with a CUDA GPU (PyTorch variants moved there, ONNX Runtime's CUDA provider
+            where the installed build has it, half precision chained onto pruned models).
     """
 
     __pydantic_config__ = FORBID_EXTRA
@@ -40,3 +46,4 @@ class CompressOptions:
     min_agreement: Fraction = 0.97
     budget_seconds: PositiveFloat | None = None
     options: dict[Str, dict] = field(default_factory=dict)
+    device: Device = "cpu"

@@ -7,6 +7,7 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from trainers.progress import reporter
 from .auto import baseline_variant, plan, search, settle
 from .export import raw_rows_onnx, with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
-from .options import AccuracyPoints, CompressOptions
+from .options import DEVICE_PATTERN, AccuracyPoints, CompressOptions
 from .measure import LatencyConfig
 
 ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
@@ -47,6 +48,7 @@ class CompressResult:
     budget_seconds: float | None = None
     search_notes: list[str] = field(default_factory=list)
     threads: dict = field(default_factory=dict)
+    device: str = CompressOptions.device
     out: Path | None = None
     paths: dict = field(default_factory=dict)  # variant name -> path relative to the run dir
 
@@ -61,6 +63,7 @@ class CompressResult:
             runtime=m.get("runtime"), dtype=_dtype(v), **{k: m.get(k) for k in ROW_KEYS},
             parity=m.get("parity"), twin_agreement=m.get("twin_agreement"),
             agreement_check=m.get("agreement_check"), int8_search=m.get("int8_search"), notes=list(v.notes),
+            device=m.get("device", "cpu"), provider=m.get("provider"),
             serve=None if v.small is None else {"below_batch": v.model.spec.serve["below_batch"], "small": v.small.name,
                                                  "small_runtime": v.small.measurements["runtime"]})
 
@@ -102,7 +105,7 @@ class CompressResult:
             variants=[self.row(v) for v in [self.baseline, *self.variants]],
             chosen=Chosen(name=self.chosen.name, path=chosen_path, reason=self.reason),
             skipped=self.skipped, seconds=round(self.seconds, 2), min_agreement=self.min_agreement,
-            budget_seconds=self.budget_seconds, search_notes=self.search_notes,
+            budget_seconds=self.budget_seconds, search_notes=self.search_notes, device=self.device,
         ).dump()
 
 
@@ -134,6 +137,21 @@ def _load(model, data, target, table) -> tuple[LoadedModel, DataBundle]:
     return model, data
 
 
+def check_device(device) -> None:
+    """One clear ToolkitError for a device that is not "cpu" or "cuda[:N]", or a GPU this machine lacks."""
+    import torch
+
+    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
+        raise ToolkitError(f"--device must be cpu, cuda or cuda:N (a GPU's index), got {device!r}")
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ToolkitError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False)")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ToolkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
 # Options of a method that compress_model sets itself, from its own arguments.
 _SET_BY_COMPRESS = {"max_drop": "max_drop (--max-drop)", "progress": "progress",
                     "min_agreement": "min_agreement (--min-agreement)",
@@ -152,11 +170,11 @@ def _method_options(name: str, options: dict, ratio: float | None) -> dict:
 
 
 def check_request(methods, family, max_drop, options: dict | None = None, ratio=None,
-                  min_agreement=CompressOptions.min_agreement, budget_seconds=None):
-    """Refuse a bad request before any work: a bad budget, agreement or ratio, an unknown method, one the model
-    cannot take, options for a method not requested, and every method's options against its signature (names,
-    types, ranges). `family` is a family name, a model (its capabilities decide) or None (no model check).
-    Returns (max_drop, ratio)."""
+                  min_agreement=CompressOptions.min_agreement, budget_seconds=None, device=CompressOptions.device):
+    """Refuse a bad request before any work: a bad budget, agreement, ratio or device (a GPU this machine does
+    not have), an unknown method, one the model cannot take, options for a method not requested, and every
+    method's options against its signature (names, types, ranges). `family` is a family name, a model (its
+    capabilities decide) or None (no model check). Returns (max_drop, ratio)."""
     from . import register_builtin_methods
 
     register_builtin_methods()
@@ -165,6 +183,7 @@ def check_request(methods, family, max_drop, options: dict | None = None, ratio=
     if budget_seconds is not None:
         check_value(PositiveFloat, budget_seconds, "--budget-seconds")
     ratio = None if ratio is None else check_value(Ratio, ratio, "--ratio")
+    check_device(device)
     if not isinstance(options, (dict, type(None))):
         raise ToolkitError(f"options must be a table of {{method: {{option: value}}}}, got {type(options).__name__}")
     options = dict(options or {})
@@ -186,10 +205,11 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
                    overwrite: bool = False, options: dict | None = None, ratio: float | None = CompressOptions.ratio,
                    target: str | None = None, table=None, progress=None, tracker=None,
                    min_agreement: float = CompressOptions.min_agreement,
-                   budget_seconds: float | None = CompressOptions.budget_seconds) -> CompressResult:
+                   budget_seconds: float | None = CompressOptions.budget_seconds,
+                   device: str = CompressOptions.device) -> CompressResult:
     """Compress a trained artifact into measured variants and choose one.
 
-    `methods`, `max_drop`, `ratio`, `options`, `min_agreement` and `budget_seconds` are the fields of
+    `methods`, `max_drop`, `ratio`, `options`, `min_agreement`, `budget_seconds` and `device` are the fields of
     `CompressOptions`, whose defaults apply.
 
     Args:
@@ -203,6 +223,8 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         min_agreement: share of the original's top-1 test predictions every variant must keep (less the
             one-sided 95% margin of the test split's size); with max_drop, the fidelity rule of every variant.
         budget_seconds: auto makes no further candidates when its search would run past this many seconds.
+        device: where the variants will serve: "cpu", or "cuda" ("cuda:N"). Every variant is timed there and
+            auto chooses the fastest there; the artifacts themselves are the same files either way.
         target, table: label column and `TableOptions` of a table; by default those recorded at training.
         progress: a callback receiving `trainers.progress.ProgressEvent`s: each method (each auto candidate)
             and each variant measured.
@@ -212,10 +234,10 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
     start = time.perf_counter()
     methods = list(methods or CompressOptions().methods)
     options = dict(options or {})
-    max_drop, ratio = check_request(methods, None, max_drop, options, ratio, min_agreement, budget_seconds)
+    max_drop, ratio = check_request(methods, None, max_drop, options, ratio, min_agreement, budget_seconds, device)
     model, data = _load(model, data, target, table)
-    check_request(methods, model, max_drop, options, ratio, min_agreement, budget_seconds)
-    fidelity = {"min_agreement": min_agreement, "budget_seconds": budget_seconds, "start": start}
+    check_request(methods, model, max_drop, options, ratio, min_agreement, budget_seconds, device)
+    fidelity = {"min_agreement": min_agreement, "budget_seconds": budget_seconds, "start": start, "device": device}
 
     run = None
     if out is not None:
@@ -233,7 +255,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         raise
     if tracker is not None:
         _track(tracker, result, {"methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options,
-                                 "min_agreement": min_agreement, "budget_seconds": budget_seconds})
+                                 "min_agreement": min_agreement, "budget_seconds": budget_seconds, "device": device})
     return result
 
 
@@ -251,17 +273,17 @@ def _track(tracker, result: CompressResult, request: dict) -> None:
 
 
 def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_agreement, budget_seconds,
-              start) -> CompressResult:
+              start, device) -> CompressResult:
     variants: list[Variant] = []
     skipped: list[dict] = []
     notes: list[str] = []
     report = reporter(progress, "compress", len(methods))
     baseline = baseline_variant(model)
     settings = {**METHODS.options("auto"), **_method_options("auto", options, ratio)}  # auto's, as `auto` reads them
-    config = LatencyConfig(budget_s=settings["latency_budget_s"])
+    config = LatencyConfig(budget_s=settings["latency_budget_s"], device=device)
     for step, name in enumerate(methods, 1):
         if name == "auto":  # its candidates are screened here, then measured with the other methods' variants
-            steps = plan(model, **{**_method_options(name, options, ratio), "max_drop": max_drop,
+            steps = plan(model, device, **{**_method_options(name, options, ratio), "max_drop": max_drop,
                                    "min_agreement": min_agreement})
             made, missed, notes = search(model, data, steps, baseline, max_drop=max_drop, min_agreement=min_agreement,
                                          budget_seconds=budget_seconds, config=config, progress=progress, start=start,
@@ -285,7 +307,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
     return CompressResult(parent=model.source,
                           family=model.spec.family, data=data.summary(), methods=list(methods), max_drop=max_drop,
                           baseline=baseline, variants=variants, chosen=chosen, reason=reason, skipped=skipped,
-                          threads=baseline.measurements["threads"], min_agreement=min_agreement,
+                          threads=baseline.measurements["threads"], device=device, min_agreement=min_agreement,
                           budget_seconds=budget_seconds, search_notes=notes)
 
 
@@ -324,7 +346,8 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
     run.write_json("config.json", {"stage": "compress", "model": absolute_source(result.parent),
                                    "data": absolute_source(data.source) or data.name,
                                    "methods": methods, "max_drop": max_drop, "ratio": ratio, "options": options,
-                                   "min_agreement": result.min_agreement, "budget_seconds": result.budget_seconds})
+                                   "min_agreement": result.min_agreement, "budget_seconds": result.budget_seconds,
+                                   "device": result.device})
     run.write_json("env.json", environment())
     for v in result.variants:
         rel = f"variants/{v.name}"

@@ -211,6 +211,7 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "noisy": "b256_t1" in v.noisy or "b1_t1" in v.noisy,
         "slower": v.slower_than_fp32, "flips": v.flips, "pareto": v.pareto, "chosen": v.name == chosen,
         "path": v.path, "notes": v.notes,
+        "device": getattr(v, "device", "cpu"),  # schema 6: where it computed while timed
         "lat1_p50": lat.b1_t1.p50, "lat1_p95": lat.b1_t1.p95, "lat256_p50": lat.b256_t1.p50,
         "lat256_p95": lat.b256_t1.p95, "lat1_p50_all": lat.b1_tall.p50, "lat1_p95_all": lat.b1_tall.p95,
         "lat256_p50_all": lat.b256_tall.p50, "lat256_p95_all": lat.b256_tall.p95,
@@ -233,6 +234,7 @@ def compression(run: Run) -> dict | None:
         "methods": result.methods,
         "skipped": [{"method": s.method, "reason": s.reason} for s in result.skipped],
         "threads": result.threads.dump(),
+        "device": getattr(result, "device", "cpu"),  # schema 6: where the variants were timed
         "_figures": {
             "accuracy against latency (Pareto)": figures.pareto(pareto_points, chosen.name),
             "nominal against on-disk size": figures.size_bars(rows),

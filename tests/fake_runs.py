@@ -116,6 +116,13 @@ def compress_result(*extra: VariantRow) -> CompressResultFile:
         skipped=[Skipped(method="distill", reason="not registered")], seconds=12.0, min_agreement=0.97)
 
 
+def before_version_6(result: dict) -> dict:
+    """A current compress result.json as versions 1-5 wrote it: no `device`, no row's `device` or `provider`."""
+    row = lambda r: {k: v for k, v in r.items() if k not in ("device", "provider")}  # noqa: E731
+    return {**{k: v for k, v in result.items() if k != "device"}, "baseline": row(result["baseline"]),
+            "variants": [row(r) for r in result["variants"]]}
+
+
 def write_compress(d: Path, *extra: VariantRow) -> CompressResultFile:
     result = compress_result(*extra)
     write_result(d / "result.json", result)

@@ -109,3 +109,48 @@ def test_cuda_lstm_explained_by_captum_integrated_gradients():
     assert torch.isfinite(attributions).all() and attributions.abs().sum() > 0
     # Completeness: attributions add up to f(x) - f(baseline), up to the integral's error.
     assert delta.abs().max().item() < 0.1, delta
+
+
+def test_compress_on_the_gpu_times_every_variant_there_and_chains_half_precision(tmp_path):
+    """`compress --device cuda`: PyTorch variants computed on the GPU (rows say so), ONNX Runtime graphs wherever
+    the installed build runs them (rows name the provider), pruned models tried in fp16 and bf16, and the chosen
+    variant keeps the fidelity rule."""
+    import onnxruntime as ort
+
+    from compress import compress_model
+    from compress.checks import tiny_model
+    from trainers.schema import read_result
+
+    data = load_data("digits")
+    result = compress_model(tiny_model("cnn"), data, methods=["auto"], device="cuda", out=tmp_path / "c",
+                            options={"auto": {"prune_ratios": [0.3], "finetune_epochs": 1, "distill_epochs": 0,
+                                              "unstructured_ratio": 0.0, "drift_guard_on": False}})
+    written = read_result(tmp_path / "c" / "result.json", "compress")
+    assert written.device == "cuda"
+    rows = {row.name: row for row in written.variants}
+    assert all(row.device == "cuda" for row in rows.values() if row.runtime == "torch")
+    cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
+    for row in rows.values():
+        if row.runtime == "onnxruntime":
+            assert row.provider in ort.get_available_providers()
+            assert (row.device == "cuda") == (row.provider == "CUDAExecutionProvider") and (cuda_ep or row.device == "cpu")
+    made = {v.name for v in result.variants} | {s["name"] for s in result.to_dict()["skipped"] if s.get("name")}
+    assert any(name.endswith("+fp16-torch") or name.endswith("+bf16-torch") for name in made), sorted(made)
+    chosen = rows[written.chosen.name]
+    assert chosen.within_budget and not chosen.flips
+
+
+def test_a_runner_on_the_gpu_gives_the_cpu_logits():
+    from compress import get_method
+    from compress.checks import tiny_model
+    from compress.measure import Runner
+    from compress.auto import baseline_variant
+
+    model = tiny_model("mlp")
+    x = np.ascontiguousarray(load_data("digits").x_test[:64], dtype=np.float32)
+    fp32, (half,) = baseline_variant(model), get_method("fp16").func(model, load_data("digits"))
+    on_gpu = Runner(fp32, 1, device="cuda")
+    assert on_gpu.device == "cuda" and next(fp32.model.module.parameters()).device.type == "cpu"  # a copy moved
+    np.testing.assert_allclose(on_gpu(x), Runner(fp32, 1)(x), atol=1e-4)
+    assert Runner(half, 1, device="cuda").device == "cuda"
+    assert (Runner(half, 1, device="cuda")(x).argmax(1) == on_gpu(x).argmax(1)).mean() >= 0.95

@@ -264,15 +264,15 @@ def test_a_float_logits_twin_reaching_the_target_needs_no_fp32_layer(mlp, digits
 def test_version_4_compress_results_are_still_read():
     """Version 5 added the int8 search rows' `float_logits`; a version 4 file reads as version 4, and a version
     4 file that has the field is refused in one line."""
-    from fake_runs import compress_result
+    from fake_runs import before_version_6, compress_result
 
-    from trainers.schema import CompressResultFile, CompressResultFileV4, parse_result
+    from trainers.schema import CompressResultFileV4, CompressResultFileV5, parse_result
 
     row = {"format": "qdq", "calibration": "minmax", "per_channel": True, "optimize": True, "fp32_nodes": [],
            "agreement": 1.0, "latency_ratio": 0.5, "reached": True, "disabled_optimizers": None, "lift": False}
-    current = compress_result().dump()
+    current = before_version_6(compress_result().dump())
     current["variants"][0]["int8_search"] = [{**row, "float_logits": True}]
-    assert type(parse_result(current, stage="compress")) is CompressResultFile
+    assert type(parse_result({**current, "schema_version": 5}, stage="compress")) is CompressResultFileV5
     old = {**current, "schema_version": 4, "variants": [{**current["variants"][0], "int8_search": [row]}]}
     assert type(parse_result(old, stage="compress")) is CompressResultFileV4
     with pytest.raises(ToolkitError, match="float_logits"):

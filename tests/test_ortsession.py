@@ -154,18 +154,17 @@ def test_the_hint_travels_with_the_saved_variant(cnn, digits, monkeypatch, tmp_p
 def test_version_3_compress_results_are_still_read():
     """Version 4 added the int8 search rows' `disabled_optimizers`; a version 3 file reads as version 3, and a
     version 3 file that has the field is refused in one line."""
-    from fake_runs import compress_result
+    from fake_runs import before_version_6, compress_result
 
     from trainers.errors import ToolkitError
-    from trainers.schema import CompressResultFile, CompressResultFileV3, parse_result
+    from trainers.schema import CompressResultFileV3, CompressResultFileV5, parse_result
 
     row = {"format": "qdq", "calibration": "minmax", "per_channel": True, "optimize": True, "fp32_nodes": ["conv"],
            "agreement": 1.0, "latency_ratio": 0.5, "reached": True}
-    current = compress_result().dump()
-    assert current["schema_version"] == 5
+    current = {**before_version_6(compress_result().dump()), "schema_version": 5}
     current["variants"][0]["int8_search"] = [{**row, "disabled_optimizers": list(SESSION_HINT)}]
     assert parse_result(current, stage="compress").variants[0].int8_search[0].disabled_optimizers == list(SESSION_HINT)
-    assert type(parse_result(current, stage="compress")) is CompressResultFile
+    assert type(parse_result(current, stage="compress")) is CompressResultFileV5
     old = {**current, "schema_version": 3, "variants": [{**current["variants"][0], "int8_search": [row]}]}
     assert type(parse_result(old, stage="compress")) is CompressResultFileV3
     with pytest.raises(ToolkitError, match="disabled_optimizers"):

@@ -267,10 +267,17 @@ class VariantRowV4(VariantRowV3):
     int8_search: list[Int8SearchRowV4] | None = None  # int8-static only: every configuration measured
 
 
-class VariantRow(VariantRowV4):
-    """A variant's row from schema version 5 on."""
+class VariantRowV5(VariantRowV4):
+    """A variant's row in schema version 5."""
 
     int8_search: list[Int8SearchRow] | None = None  # int8-static only: every configuration measured
+
+
+class VariantRow(VariantRowV5):
+    """A variant's row from schema version 6 on: where it computed while timed."""
+
+    device: str = "cpu"  # "cpu" or the CUDA device ("cuda", "cuda:1")
+    provider: str | None = None  # ONNX Runtime's first execution provider in its session; None for PyTorch
 
 
 class Threads(Record):
@@ -339,10 +346,20 @@ class CompressResultFileV4(CompressResultFileV3):
     variants: list[VariantRowV4]  # the baseline first
 
 
-class CompressResultFile(CompressResultFileV4):
+class CompressResultFileV5(CompressResultFileV4):
     """Version 5: a row of the int8 search says whether the graph's logits stay in float (`float_logits`)."""
 
     schema_version: Literal[5] = 5
+    baseline: VariantRowV5
+    variants: list[VariantRowV5]  # the baseline first
+
+
+class CompressResultFile(CompressResultFileV5):
+    """Version 6: the device the variants were timed on (`device`: "cpu" or a CUDA GPU), and in each row where
+    that variant computed (`device`) and, for ONNX Runtime, its session's first provider (`provider`)."""
+
+    schema_version: Literal[6] = 6
+    device: str = "cpu"
     baseline: VariantRow
     variants: list[VariantRow]  # the baseline first
 
@@ -562,13 +579,13 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFileV1 | TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+ResultFile = (TrainResultFileV1 | TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFileV5 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
               | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFileV1, 2: TrainResultFile},
     "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFileV4,
-                 5: CompressResultFile},
+                 5: CompressResultFileV5, 6: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
