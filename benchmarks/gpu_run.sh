@@ -2,8 +2,9 @@
 # The GPU checks in one call, for a lent CUDA machine whose image has torch, onnxruntime and most of the toolkit's
 # needs, and no package registry: the rest travel as wheels in .whl/ (see docs/results.md, "On a GPU").
 #   bash benchmarks/gpu_run.sh OUTDIR
-# Runs: the `gpu` tests, the training-loop benchmark on CUDA for each family, attribution GPU against CPU, and the
-# README's pipeline. Each step has its own time limit, so a slow one does not take the others' time.
+# Runs: the `gpu` tests, the training-loop benchmark on CUDA for each family, attribution GPU against CPU, auto
+# choosing on the GPU against a GPU user's one-liners, and the README's pipeline. Each step has its own time
+# limit, so a slow one does not take the others' time.
 set -u
 out=${1:-${OUT:-/tmp/gpu-out}}
 mkdir -p "$out"
@@ -17,7 +18,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, onnxruntime as o, numpy, shap, captum, typer; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ort', o.__version__, o.get_available_providers(), 'numpy', numpy.__version__, 'cpu threads', torch.get_num_threads())"
 echo "== gpu tests"
-timeout 120 python3 -m pytest -m gpu -q --no-header -p no:randomly -rs tests/test_gpu.py tests/test_explain.py 2>&1 | tee "$out/gpu_tests.log"
+timeout 240 python3 -m pytest -m gpu -q --no-header -p no:randomly -rs tests/test_gpu.py tests/test_explain.py 2>&1 | tee "$out/gpu_tests.log"
 echo "== training loop against a hand loop, CUDA"
 for family in mlp cnn lstm; do
   timeout 80 python3 benchmarks/train_overhead.py cuda --family "$family" --epochs 10 --reps 3 2>&1 | tee -a "$out/train_overhead.log"
@@ -37,6 +38,9 @@ PY
 head -c 6000 "$out/train_profile.log" | tail -c 4500
 echo "== attribution, GPU against CPU"
 timeout 150 python3 benchmarks/gpu_attribution.py --rounds 3 --batch-sizes 64 360 --out "$out/gpu_attribution.json" 2>&1 | tee "$out/gpu_attribution.log"
+echo "== compress on the GPU: auto (--device cuda) against half(), bfloat16, ORT's CUDA provider, torch.compile"
+timeout 300 python3 benchmarks/gpu_compress.py --data digits --families mlp cnn --epochs 10 --rounds 7 --compile \
+  --out "$out/gpu_compress" 2>&1 | tee "$out/gpu_compress.log"
 [ "${GPU_RUN_PIPELINE:-1}" = 1 ] || exit 0
 echo "== the README's pipeline"
 ( cd /tmp && timeout 120 python3 -m cli.main pipeline digits --model cnn --out /tmp/gpu-pipeline --json ) > "$out/pipeline.log" 2>&1

@@ -611,12 +611,13 @@ def test_bad_agreement_or_budget_is_refused_before_any_work(given, option):
 
 
 def test_version_1_compress_results_are_still_read():
-    from fake_runs import compress_result
+    from fake_runs import before_version_6, compress_result
     from trainers.schema import CompressResultFile, CompressResultFileV1, parse_result
 
     current = compress_result().dump()
     assert isinstance(parse_result(current, stage="compress"), CompressResultFile)
-    old = {k: v for k, v in current.items() if k not in ("min_agreement", "budget_seconds", "search_notes")}
+    old = {k: v for k, v in before_version_6(current).items()
+           if k not in ("min_agreement", "budget_seconds", "search_notes")}
     new_row_fields = ("fidelity", "speedup_spread", "noisy", "rounds", "serve")
     for row in [old["baseline"], *old["variants"]]:
         for key in new_row_fields:

@@ -295,7 +295,7 @@ def test_no_file_outside_the_run_directory_ever_changes(shared, parts, overwrite
         os.chdir(work)
         try:
             with pytest.MonkeyPatch.context() as patch:  # what is timed does not matter here: time it briefly
-                patch.setattr(compress_run, "LatencyConfig", lambda budget_s: LatencyConfig(1, 1, 2, 0.0))
+                patch.setattr(compress_run, "LatencyConfig", lambda budget_s, device: LatencyConfig(1, 1, 2, 0.0, device=device))
                 code = main(argv + (["--overwrite"] if overwrite else []))
         finally:
             os.chdir(cwd)
