@@ -111,3 +111,29 @@ def test_a_near_tie_taken_for_its_size_names_the_fastest_it_passed_over():
     assert "near-tie" not in why_short(_case(chosen, (7.1, 3.6), "ORT quantize_static (defaults)", (6.8, 3.3),
                                              reason="lowrank+int8-static-onnx for batches of 4 rows and more; fastest "
                                                     "of 4 variants"), "b256")
+
+
+def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
+    """benchmarks/gpu_compress.py with --device cpu: the script a lent GPU runs, so it cannot rot unseen. Every
+    contender gets a row measured against fp32, auto's choice among them; ORT's CUDA provider is a named failure
+    where the build lacks it."""
+    import json
+
+    import onnxruntime as ort
+
+    from gpu_compress import main
+
+    assert main(["--device", "cpu", "--data", "digits", "--families", "mlp", "--epochs", "2", "--rounds", "1",
+                 "--out", str(tmp_path)]) == 0
+    (case,) = json.loads((tmp_path / "gpu_compress.json").read_text())["cases"]
+    rows = case["rows"]
+    assert {"fp32 PyTorch (cpu)", "module.half()", "module.to(bfloat16)", f"auto: {case['chosen']}"} <= set(rows)
+    assert rows["fp32 PyTorch (cpu)"]["b256"]["speedup"] == 1.0
+    assert all(r["b1"]["speedup"] > 0 and r["b256"]["speedup"] > 0 and 0 <= r["agreement"] <= 1 for r in rows.values())
+    assert rows["module.half()"]["size_ratio"] == 2.0
+    auto = rows[f"auto: {case['chosen']}"]
+    assert auto["note"] == "computes on cpu" or auto["note"].startswith("computes on cpu (")
+    assert set(case["vs_best_peer"]) == {"b1", "b256"}
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert case["failed"] == {"ORT fp32, CUDA provider": "this ONNX Runtime build has no CUDA provider"}
+    assert "| digits-mlp |" in (tmp_path / "gpu_compress.md").read_text()
