@@ -133,7 +133,8 @@ def plan(target, device: str = "cpu", **settings) -> list[tuple[str, dict, list[
     `target` is the model (a `LoadedModel`: its family and the capabilities read from it decide), or a family
     name (its declared capabilities). `settings` are auto's options (the defaults of its signature where not
     given). Each registered method that handles the target and has an `auto` capability contributes one step
-    per option set that capability returns (called with the family name): runtime methods first, then transforms, each in registration order (the built-ins in the order
+    per option set that capability returns (called with the family name and the settings, with `device` added):
+    runtime methods first, then transforms, each in registration order (the built-ins in the order
     `register_builtin_methods` imports them). A transform with `chain` gets every runtime method with `chain`
     stacked on its output, where its `chain_devices` (if any) hold `device`'s type.
     """
@@ -150,7 +151,8 @@ def plan(target, device: str = "cpu", **settings) -> list[tuple[str, dict, list[
         if method.auto is None:
             continue
         children = chained if method.role == "transform" and method.chain else []
-        steps += [(method.name, options, list(children)) for options in method.auto(family, settings)]
+        steps += [(method.name, options, list(children))
+                  for options in method.auto(family, {**settings, "device": device})]
     return steps
 
 

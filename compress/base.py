@@ -61,7 +61,7 @@ class Method(Entry):
         role: "runtime" converts or quantizes the model it is given (ONNX, int8, fp16); "transform" makes a
             smaller fp32 PyTorch model (pruning, distillation); "search" tries other methods (auto).
         auto: `(family, settings) -> list[dict]`, the option sets auto tries on a `family` model (`settings`:
-            auto's options); None: auto does not try the method.
+            auto's options, and `device`, where the variants serve); None: auto does not try the method.
         chain: auto chains it with the other side: a runtime method with `chain` also runs on the output of
             every transform with `chain` (pruned -> int8 ONNX).
         chain_devices: where a runtime method's `chain` holds: the device types ("cpu", "cuda") auto must be

@@ -26,15 +26,19 @@ def test_providers_follow_the_device_and_the_build(device, available, expected):
     assert providers_for(device, available) == expected
 
 
-def test_half_precision_is_chained_onto_transforms_only_on_a_gpu():
+def test_half_precision_is_tried_and_chained_onto_transforms_only_on_a_gpu():
     model = tiny_model("mlp")
     on_cpu, on_gpu = plan(model), plan(model, "cuda:0")
+    gpu_steps = [(m, o) for m, o, _ in on_gpu]
+    assert gpu_steps.count(("onnx-fp16", {})) == 1  # a GPU graph: on the GPU only
+    on_gpu = [step for step in on_gpu if step[0] != "onnx-fp16"]
     assert [(m, o) for m, o, _ in on_cpu] == [(m, o) for m, o, _ in on_gpu]  # the same steps, chained differently
     for (method, _, cpu_children), (_, _, gpu_children) in zip(on_cpu, on_gpu):
-        assert not {"fp16", "bf16"} & set(cpu_children)
-        if cpu_children:  # a transform that chains: the GPU adds both half precisions to the CPU's chain
-            assert [c for c in gpu_children if c not in ("fp16", "bf16")] == cpu_children, method
-            assert sorted(set(gpu_children) - set(cpu_children)) == ["bf16", "fp16"], method
+        half = ("fp16", "bf16", "onnx-fp16")
+        assert not set(half) & set(cpu_children)
+        if cpu_children:  # a transform that chains: the GPU adds the three half precisions to the CPU's chain
+            assert [c for c in gpu_children if c not in half] == cpu_children, method
+            assert sorted(set(gpu_children) - set(cpu_children)) == sorted(half), method
         else:
             assert gpu_children == []
     assert any(children for _, _, children in on_cpu)
@@ -59,13 +63,13 @@ def test_a_device_that_is_not_here_is_refused_before_any_work(monkeypatch, tmp_p
     assert not (tmp_path / "c").exists()
 
 
-def test_the_pipeline_config_checks_the_device(tmp_path):
-    from trainers.options import check_value
-    from compress.options import Device
+def test_the_pipeline_config_takes_and_checks_the_device():
+    from reports import resolve_config
 
-    assert check_value(Device, "cuda:3", "compress.device") == "cuda:3"
-    with pytest.raises(ToolkitError, match="compress.device"):
-        check_value(Device, "tpu", "compress.device")
+    assert resolve_config({"compress": {"device": "cuda:3"}}).compress.device == "cuda:3"
+    assert resolve_config({}).compress.device == "cpu"
+    with pytest.raises(ToolkitError, match="device"):
+        resolve_config({"compress": {"device": "tpu"}})
 
 
 def test_each_row_says_where_it_computed(digits, tmp_path):
@@ -106,6 +110,25 @@ class _StaysOnCpu(torch.nn.Linear):
 
     def _apply(self, fn, recurse=True):
         raise NotImplementedError("no kernel for this device")
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn", "lstm"])
+def test_the_fp16_onnx_graph_takes_and_returns_float32_and_keeps_the_predictions(digits, family):
+    import onnx
+
+    from compress import get_method
+
+    model = tiny_model(family)
+    (half,) = get_method("onnx-fp16").func(model, digits)
+    (full,) = get_method("onnx-fp32").func(model, digits)
+    graph = onnx.load_from_string(half.onnx_bytes)
+    io = [*graph.graph.input, *graph.graph.output]
+    assert {t.type.tensor_type.elem_type for t in io} == {onnx.TensorProto.FLOAT}
+    weights = [t for t in graph.graph.initializer if len(t.dims) >= 2]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert half.model.spec.onnx["precision"] == "float16" and half.recipe["method"] == "onnx-fp16"
+    assert len(half.onnx_bytes) < len(full.onnx_bytes)
+    assert half.measurements["parity"]["top1_agreement"] >= 0.99 and half.measurements["parity"]["max_abs_diff"] < 0.05
 
 
 def test_a_module_that_cannot_move_to_the_gpu_is_timed_where_it_is():

@@ -113,8 +113,8 @@ def test_cuda_lstm_explained_by_captum_integrated_gradients():
 
 def test_compress_on_the_gpu_times_every_variant_there_and_chains_half_precision(tmp_path):
     """`compress --device cuda`: PyTorch variants computed on the GPU (rows say so), ONNX Runtime graphs wherever
-    the installed build runs them (rows name the provider), pruned models tried in fp16 and bf16, and the chosen
-    variant keeps the fidelity rule."""
+    the installed build runs them (rows name the provider), the fp16 ONNX graph tried, pruned models tried in
+    half precision, and the chosen variant keeps the fidelity rule."""
     import onnxruntime as ort
 
     from compress import compress_model
@@ -135,7 +135,8 @@ def test_compress_on_the_gpu_times_every_variant_there_and_chains_half_precision
             assert row.provider in ort.get_available_providers()
             assert (row.device == "cuda") == (row.provider == "CUDAExecutionProvider") and (cuda_ep or row.device == "cpu")
     made = {v.name for v in result.variants} | {s["name"] for s in result.to_dict()["skipped"] if s.get("name")}
-    assert any(name.endswith("+fp16-torch") or name.endswith("+bf16-torch") for name in made), sorted(made)
+    assert "onnx-fp16" in made and any(name.endswith(("+fp16-torch", "+bf16-torch", "+onnx-fp16")) for name in made), \
+        sorted(made)
     chosen = rows[written.chosen.name]
     assert chosen.within_budget and not chosen.flips
 
