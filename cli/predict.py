@@ -18,6 +18,8 @@ def predict_command(
     variant: Optional[str] = typer.Option(None, "--variant", help="A variant of the run by name (variants/NAME)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file to write (default: CSV on stdout)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per batch."),
+    device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, or cuda (cuda:N) for a PyTorch "
+                                                    "model and, with onnxruntime-gpu, an ONNX one."),
     as_json: bool = typer.Option(False, "--json", help="Print a summary (and the predictions without --out) as JSON."),
 ):
     """Predict the class and class probabilities of each row, with a PyTorch or ONNX model.
@@ -30,7 +32,8 @@ def predict_command(
     if out is not None:
         ensure_writable_parent(out)
     with console_progress() as progress:
-        model, table = predict_file(model_dir, data, variant=variant, batch_size=batch_size, progress=progress)
+        model, table = predict_file(model_dir, data, variant=variant, batch_size=batch_size, progress=progress,
+                                    device=device)
     routed = (f"; calls under {model.spec.serve['below_batch']} rows: {model.small.runtime} ({model.spec.serve['dir']}/)"
               if model.small is not None else "")
     info(f"{len(table)} rows predicted with {model.source} ({model.runtime}{routed})")

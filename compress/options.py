@@ -11,13 +11,10 @@ from typing import Annotated
 
 from pydantic import Field, Strict
 
-from trainers.options import FORBID_EXTRA, Fraction, PositiveFloat, Ratio, Str
+from trainers.options import FORBID_EXTRA, Device, Fraction, PositiveFloat, Ratio, Str
 
 # Accuracy points below the original (0.5 = half a percentage point).
 AccuracyPoints = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
-# Where the variants serve, so where they are timed: the CPU, or a CUDA GPU (its index after a colon).
-DEVICE_PATTERN = r"cpu|cuda(:[0-9]+)?"
-Device = Annotated[str, Strict(), Field(pattern=f"^({DEVICE_PATTERN})$")]
 
 
 @dataclass

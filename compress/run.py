@@ -7,12 +7,12 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.artifact import CUSTOM_FAMILY, SMALL_BATCH_DIR, LoadedModel, ModelSpec, write_artifact, write_member
+from trainers.artifact import (CUSTOM_FAMILY, SMALL_BATCH_DIR, LoadedModel, ModelSpec, check_device, write_artifact,
+                               write_member)
 from trainers.data import DataBundle, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError
@@ -22,7 +22,7 @@ from trainers.progress import reporter
 from .auto import baseline_variant, plan, search, settle
 from .export import raw_rows_onnx, with_metadata
 from .base import METHODS, Variant, check_method_options, check_source, get_method
-from .options import DEVICE_PATTERN, AccuracyPoints, CompressOptions
+from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig
 
 ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
@@ -135,21 +135,6 @@ def _load(model, data, target, table) -> tuple[LoadedModel, DataBundle]:
     if data.num_classes != model.spec.num_classes:
         raise ToolkitError(f"data '{data.name}' has {data.num_classes} classes, the model predicts {model.spec.num_classes}")
     return model, data
-
-
-def check_device(device) -> None:
-    """One clear ToolkitError for a device that is not "cpu" or "cuda[:N]", or a GPU this machine lacks."""
-    import torch
-
-    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
-        raise ToolkitError(f"--device must be cpu, cuda or cuda:N (a GPU's index), got {device!r}")
-    if device == "cpu":
-        return
-    if not torch.cuda.is_available():
-        raise ToolkitError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False)")
-    index = int(device.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise ToolkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
 
 
 # Options of a method that compress_model sets itself, from its own arguments.

@@ -63,6 +63,25 @@ def test_a_device_that_is_not_here_is_refused_before_any_work(monkeypatch, tmp_p
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.parametrize("device, message", [("gpu", "--device must be cpu, cuda or cuda:N"),
+                                             ("cuda", "--device cuda: no CUDA GPU is available here")])
+def test_predict_refuses_a_device_that_is_not_here(monkeypatch, tmp_path, capsys, digits, device, message):
+    from cli.main import main
+    from trainers import load_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    np.savez(tmp_path / "rows.npz", x=digits.x_test[:3])
+    model = tiny_model("mlp").path
+    code = main(["predict", str(model), str(tmp_path / "rows.npz"), "--device", device, "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "p.csv").exists()
+    with pytest.raises(ToolkitError, match=message):
+        load_model(model, device=device)
+    assert main(["predict", str(model), str(tmp_path / "rows.npz"), "--device", "cpu", "--out", str(tmp_path / "p.csv")]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 4
+
+
 def test_the_pipeline_config_takes_and_checks_the_device():
     from reports import resolve_config
 

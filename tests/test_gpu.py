@@ -155,3 +155,20 @@ def test_a_runner_on_the_gpu_gives_the_cpu_logits():
     np.testing.assert_allclose(on_gpu(x), Runner(fp32, 1)(x), atol=1e-4)
     assert Runner(half, 1, device="cuda").device == "cuda"
     assert (Runner(half, 1, device="cuda")(x).argmax(1) == on_gpu(x).argmax(1)).mean() >= 0.95
+
+
+def test_predict_on_the_gpu_gives_the_cpu_predictions(tmp_path):
+    from cli.main import main
+    from compress.checks import tiny_model
+
+    np.savez(tmp_path / "rows.npz", x=load_data("digits").x_test[:50])
+    model = str(tiny_model("cnn").path)
+    for device in ("cpu", "cuda"):
+        assert main(["predict", model, str(tmp_path / "rows.npz"), "--device", device,
+                     "--out", str(tmp_path / f"{device}.csv")]) == 0
+    lines = [(tmp_path / f"{d}.csv").read_text().splitlines() for d in ("cpu", "cuda")]
+    column = lines[0][0].split(",").index("predicted")
+    same = [a.split(",")[column] == b.split(",")[column] for a, b in zip(lines[0][1:], lines[1][1:])]
+    assert len(same) == 50 and sum(same) >= 49
+    assert load_model(model, device="cuda").module is not None and \
+        next(load_model(model, device="cuda").module.parameters()).is_cuda

@@ -312,13 +312,32 @@ def _raw_graph(model: LoadedModel) -> tuple[ModelSpec, bytes | None]:
     return dataclasses.replace(model.spec, onnx=kept), None
 
 
+def check_device(device) -> str:
+    """`device` where a model can serve on this machine: "cpu", or "cuda" / "cuda:N" with that GPU present;
+    else one clear ToolkitError."""
+    import re
+
+    from .options import DEVICE_PATTERN
+
+    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
+        raise ToolkitError(f"--device must be cpu, cuda or cuda:N (a GPU's index), got {device!r}")
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise ToolkitError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False)")
+    if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
+        raise ToolkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
 def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | None = None) -> LoadedModel:
     """Rebuild a model from an artifact directory, checking every file first.
 
     Args:
         path: the artifact directory.
-        device: where the model serves: the PyTorch module goes there, and on a GPU an ONNX graph runs with ONNX
-            Runtime's CUDA provider where the installed build has it (onnxruntime-gpu), else on the CPU.
+        device: where the model serves (`check_device`): the PyTorch module goes there, and on a GPU an ONNX
+            graph runs with ONNX Runtime's CUDA provider where the installed build has it (onnxruntime-gpu), else
+            on the CPU.
         module: for an artifact of a user's own architecture (family "custom"), a fresh instance of its class
             (`load_model(dir, module=MyNet())`): the saved weights are loaded into it, names and shapes checked.
             Without it such an artifact loads as its ONNX graph, run by ONNX Runtime (no PyTorch module).
@@ -328,6 +347,7 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
             truncated, modified or inconsistent with `model.json`.
     """
     path = Path(path)
+    check_device(device)
     if not path.is_dir():
         raise ArtifactError(f"not a model directory: {path}" if path.exists() else f"model directory not found: {path}")
     if not (path / MODEL_JSON).is_file():

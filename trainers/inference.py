@@ -126,10 +126,12 @@ def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, p
     return table
 
 
-def predict_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = 256, progress=None):
-    """Load the model (see `resolve_artifact`), read `data` (see `read_rows`) and return (model, predict_table)."""
+def predict_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = 256, progress=None,
+                 device: str = "cpu"):
+    """Load the model (see `resolve_artifact`) to serve on `device` (`load_model`), read `data` (see `read_rows`)
+    and return (model, predict_table)."""
     if not isinstance(model, LoadedModel):
-        model = load_model(resolve_artifact(model, variant))
+        model = load_model(resolve_artifact(model, variant), device=device)
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
     return model, predict_table(model, read_rows(data, model), batch_size=batch_size, progress=progress)

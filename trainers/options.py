@@ -39,6 +39,9 @@ NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]  # numpy and scikit-learn take 32-bit seeds
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]   # [0, 1]
+# Where a model serves: the CPU, or a CUDA GPU (its index after a colon).
+DEVICE_PATTERN = r"cpu|cuda(:[0-9]+)?"
+Device = Annotated[str, Strict(), Field(pattern=f"^({DEVICE_PATTERN})$")]
 Ratio = Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]      # (0, 1), e.g. a pruning ratio
 
 # Dataclasses checked by `parse` refuse keys they do not declare; set on each options dataclass.
