@@ -247,6 +247,26 @@ def _predict(c: Contender, x):
     return np.concatenate([c.call(np.ascontiguousarray(x[i:i + 256], np.float32)) for i in range(0, len(x), 256)])
 
 
+def measured_rows(contenders: list[Contender], baseline: Contender, data, rounds: int,
+                  with_baseline: bool = False) -> dict:
+    """A row per contender against `baseline` (and the baseline's own first, `with_baseline`): test accuracy,
+    points below the baseline, top-1 agreement with it, size ratio, the speed-ups of `interleaved`, its note,
+    and whether it keeps auto's fidelity rule (`eligible`)."""
+    reference = _predict(baseline, data.x_test).argmax(1)
+    base_acc = float((reference == data.y_test).mean())
+    speed = interleaved(contenders, baseline, data.x_test, rounds)
+    rows = {baseline.name: {"accuracy": base_acc, "drop_points": 0.0, "agreement": 1.0, "size_ratio": 1.0,
+                            "b1": {"speedup": 1.0, "iqr": 0.0}, "b256": {"speedup": 1.0, "iqr": 0.0},
+                            "eligible": True, "note": ""}} if with_baseline else {}
+    for c in contenders:
+        pred = _predict(c, data.x_test).argmax(1)
+        acc, agree = float((pred == data.y_test).mean()), float((pred == reference).mean())
+        rows[c.name] = {"accuracy": acc, "drop_points": round(100 * (base_acc - acc), 2), "agreement": agree,
+                        "size_ratio": baseline.size / c.size, **speed[c.name], "note": c.note,
+                        "eligible": eligible(base_acc, acc, pred, reference)}
+    return rows
+
+
 SERVING_ONE = "auto, serving batch 1"  # the row of auto told it serves one request at a time (`serving_batch`)
 
 
@@ -293,16 +313,8 @@ def run_case(data_spec: str, family: str, root: Path, epochs: int, rounds: int, 
         except Exception as exc:  # a peer that cannot handle the model is a finding, not a crash
             failed[peer] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             log(f"{name}: {peer} failed: {failed[peer]}")
-    reference = _predict(baseline, data.x_test).argmax(1)
-    base_acc = float((reference == data.y_test).mean())
-    speed = interleaved(contenders, baseline, data.x_test, rounds)
-    rows = {}
-    for c in contenders:
-        pred = _predict(c, data.x_test).argmax(1)
-        acc, agree = float((pred == data.y_test).mean()), float((pred == reference).mean())
-        rows[c.name] = {"accuracy": acc, "drop_points": round(100 * (base_acc - acc), 2), "agreement": agree,
-                        "size_ratio": baseline.size / c.size, **speed[c.name],
-                        "eligible": eligible(base_acc, acc, pred, reference)}
+    rows = measured_rows(contenders, baseline, data, rounds, with_baseline=True)
+    base_acc = rows.pop(baseline.name)["accuracy"]  # the table lists the contenders against it
     peers = {k: v for k, v in rows.items() if not k.startswith("auto") and v["eligible"]}
     auto_row = rows[f"auto: {chosen.name}"]
     verdict = {}

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compress_vs_peers import MAX_DROP, Contender, _predict, contender_table, eligible, interleaved, make_signals
+from compress_vs_peers import MAX_DROP, Contender, contender_table, make_signals, measured_rows
 
 
 def _on_device(name: str, module, dtype, size: int, device: str) -> Contender:
@@ -109,18 +109,7 @@ def run_case(data_spec: str, family: str, epochs: int, rounds: int, compile_peer
     auto_name = f"auto: {chosen.name}"
     contenders.append(Contender(auto_name, runner.call, chosen.measurements["size_bytes"],
                                 f"computes on {runner.device}" + (f" ({runner.provider})" if runner.provider else "")))
-    reference = _predict(baseline, data.x_test).argmax(1)
-    base_acc = float((reference == data.y_test).mean())
-    speed = interleaved(contenders, baseline, data.x_test, rounds)
-    rows = {baseline.name: {"accuracy": base_acc, "drop_points": 0.0, "agreement": 1.0, "size_ratio": 1.0,
-                            "b1": {"speedup": 1.0, "iqr": 0.0}, "b256": {"speedup": 1.0, "iqr": 0.0},
-                            "eligible": True, "note": ""}}
-    for c in contenders:
-        pred = _predict(c, data.x_test).argmax(1)
-        acc = float((pred == data.y_test).mean())
-        rows[c.name] = {"accuracy": acc, "drop_points": round(100 * (base_acc - acc), 2),
-                        "agreement": float((pred == reference).mean()), "size_ratio": baseline.size / c.size,
-                        **speed[c.name], "note": c.note, "eligible": eligible(base_acc, acc, pred, reference)}
+    rows = measured_rows(contenders, baseline, data, rounds, with_baseline=True)
     peers = [r for name, r in rows.items() if name not in (baseline.name, auto_name) and r["eligible"]]
     best = {b: max([1.0, *(r[b]["speedup"] for r in peers)]) for b in ("b1", "b256")}
     auto = rows[auto_name]

@@ -37,12 +37,10 @@ from compress_vs_peers import (
     MAX_DROP,
     Contender,
     _ort,
-    _predict,
     _torch,
     contender_table,
-    eligible,
-    interleaved,
     make_signals,
+    measured_rows,
     peer_ort_dynamic,
     peer_ort_static,
     user_export,
@@ -154,18 +152,8 @@ def run_model(key: str, data, epochs: int, rounds: int, log) -> dict:
             failed[peer] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             log(f"{key}: {peer} failed: {failed[peer]}")
 
-    reference = _predict(baseline, data.x_test).argmax(1)
-    base_acc = float((reference == data.y_test).mean())
-    speed = interleaved(contenders, baseline, data.x_test, rounds)
-    rows = {baseline.name: {"accuracy": base_acc, "drop_points": 0.0, "agreement": 1.0, "size_ratio": 1.0,
-                            "b1": {"speedup": 1.0, "iqr": 0.0}, "b256": {"speedup": 1.0, "iqr": 0.0},
-                            "eligible": True, "note": ""}}
-    for c in contenders:
-        pred = _predict(c, data.x_test).argmax(1)
-        acc, agree = float((pred == data.y_test).mean()), float((pred == reference).mean())
-        rows[c.name] = {"accuracy": acc, "drop_points": round(100 * (base_acc - acc), 2), "agreement": agree,
-                        "size_ratio": baseline.size / c.size, **speed[c.name], "note": c.note,
-                        "eligible": eligible(base_acc, acc, pred, reference)}
+    rows = measured_rows(contenders, baseline, data, rounds, with_baseline=True)
+    base_acc = rows[baseline.name]["accuracy"]
     auto = rows[f"auto: {chosen.name}"]
     targets = {"b256 >= 2x": auto["b256"]["speedup"] >= TARGETS["b256"],
                "size >= 3.5x": auto["size_ratio"] >= TARGETS["size"],
