@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .data import MAX_CLASSES
 from .errors import ArtifactError, ToolkitError
 from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, read_json
 from .models import build_model, count_parameters
+from .options import DEVICE_PATTERN
 from .ortsession import first_output, inference_session
 
 FORMAT_VERSION = 1
@@ -315,10 +317,6 @@ def _raw_graph(model: LoadedModel) -> tuple[ModelSpec, bytes | None]:
 def check_device(device) -> str:
     """`device` where a model can serve on this machine: "cpu", or "cuda" / "cuda:N" with that GPU present;
     else one clear ToolkitError."""
-    import re
-
-    from .options import DEVICE_PATTERN
-
     if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
         raise ToolkitError(f"--device must be cpu, cuda or cuda:N (a GPU's index), got {device!r}")
     if device == "cpu":

@@ -31,7 +31,7 @@ def disabled_optimizers(metadata: dict) -> list[str]:
     return sorted({n for n in names if isinstance(n, str) and n in ALLOWED}) if isinstance(names, list) else []
 
 
-def providers_for(device: str, available) -> list[str]:
+def providers_for(device: str, available) -> list:
     """ONNX Runtime's execution providers for a session serving on `device` ("cpu", "cuda" or "cuda:N"), given
     the providers this build of ONNX Runtime has (`available`).
 
@@ -79,9 +79,9 @@ def first_output(session):
     names against the graph's inputs, the feed's OrtValues, graph capture, and lists the output names, each
     through calls into the binding: 1.1-1.5 us of a 10-11 us call at batch 1 (the pruned digits CNN, one thread),
     about 13%. Here the feed is built from the graph's one input name and holds a NumPy array in host memory
-    (ORT copies it to a GPU provider's device and the output back), so
-    every one of those checks holds by construction, and the output names are listed once. Falls back to the
-    public call where the binding is not exposed (another ONNX Runtime build).
+    (ORT copies it to a GPU provider's device, and the output back), so every one of those checks holds by
+    construction, and the output names are listed once. Falls back to the public call where the binding is not
+    exposed (another ONNX Runtime build).
     """
     name = session.get_inputs()[0].name
     outputs = [session.get_outputs()[0].name]
