@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, onnxruntime as o, numpy, shap, captum, typer; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ort', o.__version__, o.get_available_providers(), 'numpy', numpy.__version__, 'cpu threads', torch.get_num_threads())"
 echo "== gpu tests"
-timeout 240 python3 -m pytest -m gpu -q --no-header -p no:randomly -rs tests/test_gpu.py tests/test_explain.py 2>&1 | tee "$out/gpu_tests.log"
+timeout 300 python3 -m pytest -m gpu -q --no-header -p no:randomly -rs tests/test_gpu.py tests/test_explain.py 2>&1 | tee "$out/gpu_tests.log"
 echo "== training loop against a hand loop, CUDA"
 for family in mlp cnn lstm; do
   timeout 80 python3 benchmarks/train_overhead.py cuda --family "$family" --epochs 10 --reps 3 2>&1 | tee -a "$out/train_overhead.log"

@@ -172,3 +172,30 @@ def test_predict_on_the_gpu_gives_the_cpu_predictions(tmp_path):
     assert len(same) == 50 and sum(same) >= 49
     assert load_model(model, device="cuda").module is not None and \
         next(load_model(model, device="cuda").module.parameters()).is_cuda
+
+
+def _method_names() -> list[str]:
+    from compress import list_methods
+
+    return [name for name in list_methods() if name != "auto"]
+
+
+@pytest.mark.parametrize("name", _method_names())
+def test_every_method_s_variants_serve_on_the_gpu_as_on_the_cpu(name):
+    """The registry's table on the device: each method's variants (of a CNN where it takes one) give the CPU's
+    predictions on the GPU, and a PyTorch variant computes there."""
+    from test_compress_contract import FAST
+
+    from compress import get_method
+    from compress.checks import digits, tiny_model
+    from compress.measure import Runner
+
+    method = get_method(name)
+    family = "cnn" if method.supports("cnn") else next(f for f in ("mlp", "lstm") if method.supports(f))
+    data = digits()
+    x = np.ascontiguousarray(data.x_test, dtype=np.float32)
+    for variant in method.func(tiny_model(family), data, **FAST.get(name, {})):
+        on_gpu = Runner(variant, 1, device="cuda")
+        assert on_gpu.runtime != "torch" or on_gpu.device == "cuda", variant.name
+        agree = (on_gpu.predict(x).argmax(1) == Runner(variant, 1).predict(x).argmax(1)).mean()
+        assert agree >= 0.97, (variant.name, agree)
