@@ -201,7 +201,7 @@ class Runner:
             self.device, self.provider = session_device(session), session.get_providers()[0]
             own = raw = first_output(session)
         else:
-            module, self.device = _on_device(variant.model.module.eval(), device)
+            module, self.device = _on_device(variant.model.module.eval(), device, tuple(variant.model.spec.input_shape))
             param = next(iter(module.parameters()), None)  # packed int8 modules may have none
             dtype = param.dtype if param is not None else torch.float32
             if self.device == "cpu":  # no device moves: a no-op `.cpu()` alone is ~1 us of a 10 us batch-1 call
@@ -240,17 +240,23 @@ class Runner:
         return self._raw
 
 
-def _on_device(module: torch.nn.Module, device: str) -> tuple[torch.nn.Module, str]:
+def _on_device(module: torch.nn.Module, device: str, input_shape: tuple) -> tuple[torch.nn.Module, str]:
     """(`module` where it computes, that device's name): a copy on `device` (the variant keeps its CPU module
-    for saving), or `module` itself on the CPU when `device` is the CPU or the module cannot move there."""
+    for saving), or `module` itself on the CPU when `device` is the CPU or the copy cannot compute there: it
+    cannot move (PyTorch's packed int8 modules have CPU kernels only), or a forward pass on two rows of
+    `input_shape` fails there (a kernel the device lacks for the module's dtype). A variant the device cannot run
+    is so timed where it runs, and its row says where, instead of failing the whole search."""
     if device == "cpu":
         return module, "cpu"
     try:
         moved = copy.deepcopy(module).to(device)
-    except (RuntimeError, NotImplementedError):  # PyTorch's packed int8 modules have CPU kernels only
-        return module, "cpu"
-    tensors = [*moved.parameters(), *moved.buffers()]
-    if tensors and any(t.device.type == "cpu" for t in tensors):
+        tensors = [*moved.parameters(), *moved.buffers()]
+        if tensors and any(t.device.type == "cpu" for t in tensors):
+            return module, "cpu"
+        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+        with torch.inference_mode():
+            moved(torch.zeros((2, *input_shape), dtype=dtype, device=device))
+    except (RuntimeError, NotImplementedError):
         return module, "cpu"
     return moved, device
 

@@ -150,14 +150,26 @@ def test_the_fp16_onnx_graph_takes_and_returns_float32_and_keeps_the_predictions
     assert half.measurements["parity"]["top1_agreement"] >= 0.99 and half.measurements["parity"]["max_abs_diff"] < 0.05
 
 
-def test_a_module_that_cannot_move_to_the_gpu_is_timed_where_it_is():
+class _NoKernelThere(torch.nn.Linear):
+    """A module that moves to another device but has no kernel there (as a bf16 recurrent layer may lack one)."""
+
+    def forward(self, x):
+        if x.device.type != "cpu":
+            raise NotImplementedError(f"no kernel for {x.dtype} on {x.device.type}")
+        return super().forward(x)
+
+
+def test_a_module_that_cannot_move_or_compute_on_the_device_is_timed_where_it_is():
+    """PyTorch's meta device stands in for a GPU here: modules move there and compute shapes only."""
     from compress.measure import _on_device
 
-    module = _StaysOnCpu(4, 3)
-    moved, device = _on_device(module, "cuda")
-    assert moved is module and device == "cpu"
+    for module in (_StaysOnCpu(4, 3), _NoKernelThere(4, 3)):
+        moved, device = _on_device(module, "meta", (4,))
+        assert moved is module and device == "cpu"
     plain = torch.nn.Linear(4, 3)
-    assert _on_device(plain, "cpu") == (plain, "cpu")
+    moved, device = _on_device(plain, "meta", (4,))
+    assert device == "meta" and moved is not plain and plain.weight.device.type == "cpu"  # a copy moved
+    assert _on_device(plain, "cpu", (4,)) == (plain, "cpu")
 
 
 def test_version_5_compress_results_are_still_read():
