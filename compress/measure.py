@@ -201,7 +201,8 @@ class Runner:
             self.device, self.provider = session_device(session), session.get_providers()[0]
             own = raw = first_output(session)
         else:
-            module, self.device = _on_device(variant.model.module.eval(), device, tuple(variant.model.spec.input_shape))
+            shape = () if device == "cpu" else tuple(variant.model.spec.input_shape)  # the device's probe input
+            module, self.device = _on_device(variant.model.module.eval(), device, shape)
             param = next(iter(module.parameters()), None)  # packed int8 modules may have none
             dtype = param.dtype if param is not None else torch.float32
             if self.device == "cpu":  # no device moves: a no-op `.cpu()` alone is ~1 us of a 10 us batch-1 call
