@@ -75,7 +75,7 @@ class CompressResult:
 
     def to_frame(self):
         """The variants as a pandas DataFrame: one row per variant, the original first (len(variants) + 1 rows);
-        columns `compress.views.COLUMNS` (name, method, runtime, small_batch, dtype, accuracy, accuracy_drop,
+        columns `compress.views.COLUMNS` (name, method, runtime, device, small_batch, dtype, accuracy, accuracy_drop,
         agreement and its interval, size_bytes, size_ratio, parameters, latency_b1_ms, latency_b256_ms, speedup_b1,
         speedup_b256, noisy, slower_than_fp32, within_budget, pareto, chosen)."""
         from . import views

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trainers import display
 
-COLUMNS = ("name", "method", "runtime", "small_batch", "dtype", "accuracy", "accuracy_drop", "agreement", "agreement_low",
+COLUMNS = ("name", "method", "runtime", "device", "small_batch", "dtype", "accuracy", "accuracy_drop", "agreement", "agreement_low",
            "agreement_high", "agrees", "size_bytes", "size_ratio", "parameters", "latency_b1_ms", "latency_b256_ms",
            "speedup_b1", "speedup_b256", "noisy", "slower_than_fp32", "within_budget", "pareto", "chosen")
 
@@ -19,7 +19,8 @@ def rows(summary: dict) -> list[dict]:
     `agreement` (with its 95% Wilson interval `agreement_low`/`agreement_high`) is the top-1 agreement with the
     fp32 original, `agrees` whether it passes the fidelity rule (None in files before schema version 2);
     `noisy` lists the settings whose speed-up the timing spread makes unreliable; `small_batch`, for a routed
-    variant, the calls its member answers ("< 16 rows: NAME", NAME a row of its own), else None."""
+    variant, the calls its member answers ("< 16 rows: NAME", NAME a row of its own), else None; `device`, where
+    it computed while timed (None in files before schema version 6)."""
     chosen = summary["chosen"]["name"]
     out = []
     for v in summary["variants"]:

@@ -105,6 +105,7 @@ def test_each_row_says_where_it_computed(digits, tmp_path):
     assert onnx.provider == CPU
     assert all(row.provider is None for row in rows.values() if row.runtime == "torch")
     assert result.device == "cpu"
+    assert set(result.to_frame()["device"]) == {"cpu"}
 
 
 def test_a_gpu_timing_on_an_onnx_runtime_build_without_cuda_runs_the_graph_on_the_cpu_and_says_so(digits):
@@ -188,7 +189,7 @@ def test_version_5_compress_results_are_still_read():
         parse_result({**old, "device": "cuda"}, stage="compress")
 
 
-def test_the_report_says_which_device_timed_the_variants(tmp_path):
+def test_the_report_and_model_card_say_which_device_timed_the_variants(tmp_path):
     from fake_runs import compress_result, write_result
     from reports import render_report
 
@@ -202,3 +203,5 @@ def test_the_report_says_which_device_timed_the_variants(tmp_path):
     assert "on this machine's CPU with one thread" in cpu_html and "GPU" not in cpu_html.split("Variants")[1][:400]
     assert "on this machine's GPU (cuda)" in gpu_html
     assert gpu_html.count("; ran on the CPU") == sum(row.runtime == "onnxruntime" for row in result.variants)
+    assert "timed on its GPU (cuda)" in (tmp_path / "gpu" / "MODEL_CARD.md").read_text()
+    assert "timed on its GPU" not in (tmp_path / "cpu" / "MODEL_CARD.md").read_text()
