@@ -30,6 +30,7 @@ def variants_table(summary: dict):
     for header in ("variant", "runtime", "acc", "drop", "agree (95% CI)", "size KB", "smaller", "b256 ms", "faster",
                    "b1 ms", "flags"):
         table.add_column(header, justify="left" if header in ("variant", "runtime", "flags") else "right")
+    gpu = summary.get("device") if summary.get("device", "cpu") != "cpu" else None  # a run timed on a GPU
     for r in rows(summary):
         flags = [f for f, on in (("chosen", r["chosen"]), ("pareto", r["pareto"]), ("SLOWER", r["slower_than_fp32"]),
                                  ("over-budget", r["within_budget"] is False), ("FLIPS", r["agrees"] is False),
@@ -37,7 +38,8 @@ def variants_table(summary: dict):
         agree = "" if r["agreement"] is None else (f"{r['agreement']:.1%} ({r['agreement_low']:.1%}-"
                                                    f"{r['agreement_high']:.1%})")
         faster = "noisy" if "b256_t1" in r["noisy"] else _num(r["speedup_b256"], "{:.2f}x")
-        table.add_row(r["name"], r["runtime"], _num(r["accuracy"], "{:.4f}"), _num(r["accuracy_drop"], "{:+.2f}"),
+        runtime = r["runtime"] if gpu is None else f"{r['runtime']} on {r['device'] or gpu}"
+        table.add_row(r["name"], runtime, _num(r["accuracy"], "{:.4f}"), _num(r["accuracy_drop"], "{:+.2f}"),
                       agree, _num(r["size_bytes"] and r["size_bytes"] / 1024, "{:.1f}"), _num(r["size_ratio"], "{:.2f}x"),
                       _num(r["latency_b256_ms"], "{:.3f}"), faster,
                       _num(r["latency_b1_ms"], "{:.3f}"), " ".join(flags), style="bold" if r["chosen"] else None)

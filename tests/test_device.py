@@ -205,3 +205,22 @@ def test_the_report_and_model_card_say_which_device_timed_the_variants(tmp_path)
     assert gpu_html.count("; ran on the CPU") == sum(row.runtime == "onnxruntime" for row in result.variants)
     assert "timed on its GPU (cuda)" in (tmp_path / "gpu" / "MODEL_CARD.md").read_text()
     assert "timed on its GPU" not in (tmp_path / "cpu" / "MODEL_CARD.md").read_text()
+
+
+def test_the_cli_table_says_where_each_variant_ran_on_a_gpu_run():
+    from rich.console import Console
+
+    from cli.render import variants_table
+    from fake_runs import compress_result
+
+    def printed(summary) -> str:
+        console = Console(width=300, record=True)
+        console.print(variants_table(summary))
+        return console.export_text()
+
+    result = compress_result()
+    assert " on cpu" not in printed(result.dump())
+    on_gpu = result.model_copy(update={"device": "cuda", "variants": [
+        row.model_copy(update={"device": "cpu" if row.runtime == "onnxruntime" else "cuda"}) for row in result.variants]})
+    text = printed(on_gpu.dump())
+    assert "onnxruntime on cpu" in text and "torch on cuda" in text
