@@ -318,8 +318,10 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
               if name not in (*_TRAIN_FLAGS, "model", "amp", "refit") and value != getattr(type(config)(), name)]
     if unsent:
         raise ToolkitError(f"{', '.join(unsent)} cannot be passed to the launched processes: keep the defaults")
-    if config.device.startswith("cuda") and torch.cuda.device_count() == 0:
-        raise ToolkitError("--device cuda was requested but no CUDA GPU is available")
+    if config.device != "auto":
+        from .artifact import check_device
+
+        check_device(config.device)
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
         raise ToolkitError(f"output directory {out} already exists; pass --overwrite to replace it")

@@ -28,7 +28,7 @@ from pydantic import AfterValidator, AliasChoices, Field, Strict
 from torch import nn
 
 from . import display, distributed
-from .artifact import LoadedModel, ModelSpec, write_artifact
+from .artifact import LoadedModel, ModelSpec, check_device, write_artifact
 from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, save_checkpoint
 from .data import DataBundle, absolute_source, load_data
 from .env import environment, package_versions
@@ -206,11 +206,10 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto" (CUDA when present), or a device this machine has (`trainers.artifact.check_device`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ToolkitError("--device cuda was requested but no CUDA GPU is available")
-    return torch.device(name)
+    return torch.device(check_device(name))
 
 
 def seed_everything(seed: int) -> None:
