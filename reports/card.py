@@ -103,8 +103,8 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     caveats = [
         "Measured on one held-out split of one data set; accuracy on other data can be lower.",
         "Latency figures come from the machine that ran the pipeline and change with hardware and threads"
-        + (f"; they were timed on its GPU ({compression['device']}), host arrays in and logits back."
-           if compression and compression.get("device", "cpu") != "cpu" else "."),
+        + (f"; they were timed on its GPU ({compression['gpu']}), host arrays in and logits back."
+           if compression and compression.get("gpu") else "."),
     ]
     if training and training.get("interrupted"):
         caveats.append("Training was interrupted; the best model so far was kept.")

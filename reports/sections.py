@@ -234,7 +234,8 @@ def compression(run: Run) -> dict | None:
         "methods": result.methods,
         "skipped": [{"method": s.method, "reason": s.reason} for s in result.skipped],
         "threads": result.threads.dump(),
-        "device": getattr(result, "device", "cpu"),  # schema 6: where the variants were timed
+        # schema 6: where the variants were timed; `gpu` names it when it is not the CPU, else None
+        "gpu": None if (device := getattr(result, "device", "cpu")) == "cpu" else device,
         "_figures": {
             "accuracy against latency (Pareto)": figures.pareto(pareto_points, chosen.name),
             "nominal against on-disk size": figures.size_bars(rows),
