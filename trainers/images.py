@@ -11,6 +11,7 @@ loop reads batch by batch.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 IMAGE_SIZE_ENV = "TOOLKIT_IMAGE_SIZE"
 IMAGE_SIZE_RANGE = (4, 1024)
+# The most pixels an image may declare. Its header is read before any pixel, so a file of a few hundred KB that
+# declares 13,000 x 13,000 pixels (decoded, 1.4 GB of memory) is refused before it is decoded. 50 megapixels
+# is more than a phone's or most cameras' photos hold; Pillow's own limit (89 million, an error only at twice
+# that) is a guard against decompression bombs, not a memory budget.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 def image_size(given: int | None = None, where: str = "--image-size") -> int | None:
@@ -40,9 +46,46 @@ def image_size(given: int | None = None, where: str = "--image-size") -> int | N
     return int(given)
 
 
+@contextmanager
+def _opened(file: Path):
+    """An image opened by Pillow, its declared size checked before any pixel is decoded; an unreadable,
+    truncated or oversized file is one DataError line."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{file}: {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} an image may "
+                                "have here; shrink it first")
+            yield image
+    except Image.DecompressionBombError:  # Pillow's own check, in `open`, of a size far over ours
+        raise DataError(f"{file}: declares more than {MAX_IMAGE_PIXELS:,} pixels, the most an image may "
+                        "have here; shrink it first") from None
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"{file}: unreadable image ({type(exc).__name__}); remove or replace it") from None
+
+
+def _pixels(image, channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    """An image's pixels scaled to [0, 1], (H, W) for one channel or (H, W, 3), resized to `size` (W, H). A 16-bit
+    or 32-bit grey image (modes I;16, I, F) is scaled by its own range: converted to 8 bits, every value above
+    255 would be white."""
+    from PIL import Image
+
+    if image.mode == "F" or image.mode.startswith("I"):
+        plane = image.convert("F")
+        if size:
+            plane = plane.resize(size, Image.BILINEAR)
+        values = np.clip(np.asarray(plane, dtype=np.float32) / (1.0 if image.mode == "F" else 65535.0), 0.0, 1.0)
+        return values if channels == 1 else np.repeat(values[..., None], 3, axis=2)
+    picture = image.convert("L" if channels == 1 else "RGB")
+    if size:
+        picture = picture.resize(size, Image.BILINEAR)
+    return np.asarray(picture, dtype=np.float32) / 255.0
+
+
 def load_image_folder(path: Path, seed: int, size: int | None = None):
     """A DataBundle from `path/<class>/<image>`: RGB (or grey when every image is grey), resized if `size`."""
-    from PIL import Image, UnidentifiedImageError
 
     from .data import _finish
 
@@ -50,30 +93,33 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"{path}: an image folder needs one sub-folder per class, at least two; found {len(classes)}")
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for k, name in enumerate(classes):
         found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         files += found
         labels += [k] * len(found)
+        if not found:
+            empty.append(name)
     if not files:
         raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the class folders")
+    if empty:  # a class without an image would be an output the model can never learn
+        raise DataError(f"{path}: class folder '{empty[0]}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                        "add images or remove the folder")
     images, modes, first_size = [], set(), None
     for file in files:
-        try:
-            with Image.open(file) as image:
-                image.load()
-                first_size = first_size or image.size
-                if size is None and image.size != first_size:
-                    raise DataError(f"{file}: {image.size[0]}x{image.size[1]} pixels, {files[0].name} has "
-                                    f"{first_size[0]}x{first_size[1]}; resize them all with --image-size N")
-                modes.add("L" if image.mode in ("L", "1", "I;16") else "RGB")
-                rgb = image.convert("RGB")
-                images.append(rgb.resize((size, size), Image.BILINEAR) if size else rgb)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"{file}: unreadable image ({type(exc).__name__}); remove or replace it") from None
-    grey = modes == {"L"}
-    x = np.stack([np.asarray(im.convert("L") if grey else im, dtype=np.float32) / 255.0 for im in images])
-    x = x[:, None] if grey else x.transpose(0, 3, 1, 2)
+        with _opened(file) as image:
+            if size:
+                image.draft(None, (size, size))  # a JPEG decodes at a fraction of its size where that suffices
+            image.load()
+            first_size = first_size or image.size
+            if size is None and image.size != first_size:
+                raise DataError(f"{file}: {image.size[0]}x{image.size[1]} pixels, {files[0].name} has "
+                                f"{first_size[0]}x{first_size[1]}; resize them all with --image-size N")
+            modes.add("L" if image.mode in ("L", "1", "F") or image.mode.startswith("I") else "RGB")
+            images.append(_pixels(image, 3, (size, size) if size else None))
+    grey = modes == {"L"}  # a grey image's three channels are equal: the first is the image
+    x = np.stack(images)
+    x = x[:, None, :, :, 0] if grey else x.transpose(0, 3, 1, 2)
     bundle = _finish(path.name, str(path), np.ascontiguousarray(x), np.asarray(labels), None, None, classes, None, seed)
     return bundle  # the (resized) image size is the input shape
 
@@ -81,7 +127,6 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
 def read_image_files(path: Path, input_shape) -> tuple[np.ndarray, list[str]]:
     """Every image under `path` (sub-folders too, sorted by path) as a model's (C, H, W) inputs: grey for one
     channel, RGB for three, resized to (H, W), scaled to [0, 1] as in training. Returns (x, relative names)."""
-    from PIL import Image, UnidentifiedImageError
 
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
         raise DataError(f"{path}: this model takes inputs of shape {tuple(input_shape)}, not images (C, H, W)")
@@ -91,12 +136,9 @@ def read_image_files(path: Path, input_shape) -> tuple[np.ndarray, list[str]]:
         raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
     images = []
     for file in files:
-        try:
-            with Image.open(file) as image:
-                picture = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"{file}: unreadable image ({type(exc).__name__}); remove or replace it") from None
-        pixels = np.asarray(picture, dtype=np.float32) / 255.0
+        with _opened(file) as image:
+            image.draft(None, (width, height))  # as in training (`load_image_folder`)
+            pixels = _pixels(image, channels, (width, height))
         images.append(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))
     return np.stack(images), [str(f.relative_to(path)) for f in files]
 
