@@ -11,6 +11,8 @@ explanations can be summed back to that column.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -36,9 +38,25 @@ def drop_reasons(frame: pd.DataFrame, labels: np.ndarray) -> dict[str, str]:
             reasons[name] = "equal to the label"
         elif n >= 10 and _is_range(column):
             reasons[name] = "monotonic index (unique per row, increasing)"
-        elif n >= 10 and distinct == n and not _is_float(column):
+        elif n >= 10 and distinct == n and not _is_float(column) and _id_like(str(name), column):
             reasons[name] = "ID-like (unique per row)"
     return reasons
+
+
+_ID_NAME = re.compile(r"(?:^|[^a-z0-9])(?:id|ids|uuid|guid|key|idx|index|no|nr|num|number|code|ref)$|[a-z0-9]I[dD]$")
+
+
+def _id_like(name: str, column: pd.Series) -> bool:
+    """Whether a column with a different value in every row identifies the rows. Text does (names, UUIDs,
+    codes); whole numbers do when the column is named as an identifier (`id`, `customer_no`, `orderId`) or when
+    they are as dense as row numbers (at most two values of their range per row: a shuffled row number, a
+    sequence). Other whole numbers unique per row are measurements (incomes, prices in cents, counts) and stay."""
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return True
+    if _ID_NAME.search(name.lower()) or _ID_NAME.search(name):
+        return True
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    return bool(np.nanmax(values) - np.nanmin(values) + 1 <= 2 * len(values))
 
 
 def _is_float(column: pd.Series) -> bool:
@@ -61,7 +79,86 @@ def _equals_label(column: pd.Series, labels: np.ndarray) -> bool:
     return pairs == len(np.unique(codes)) == len(np.unique(labels))
 
 
-def fit_table(frame: pd.DataFrame, train_rows: np.ndarray, dropped: dict[str, str]) -> dict:
+# Text cells that a number format (`number_format`) may leave unread before a column stays text: at most this
+# share of the cells, and this many distinct values (a stray "n/a" or "-", not a second kind of data).
+STRAY_SHARE, STRAY_VALUES, STRAY_MIN_CELLS = 0.05, 3, 20
+_GROUPED = r"[+-]?\d{1,3}(?:,\d{3})+"  # 1,234 or 12,345,678: a comma every three digits
+
+
+def number_format(column: pd.Series, sep: str | None = None) -> dict | None:
+    """How a text column's cells read as numbers, as spreadsheets write them, or None when they do not.
+
+    Returns {"decimal": "." or ",", "group": "", "," or "." (thousands separator, removed), "percent": bool
+    (every cell ends in %: the number is divided by 100), "missing": [stray text cells read as missing]}.
+    A comma is the decimal mark where it is the last of a dot and a comma in a cell (1.234,5), or the only mark
+    and not every three digits (0,126); a comma every three digits (1,234) groups thousands, unless the file is
+    separated by semicolons, as where the comma is the decimal mark. Stray text (`STRAY_*`) is allowed, and named,
+    only in a column of at least `STRAY_MIN_CELLS` cells.
+    """
+    text = column.dropna().astype(str).str.strip()
+    text = text[text != ""]
+    if not len(text) or pd.api.types.is_numeric_dtype(column):
+        return None
+    percent = bool(text.str.endswith("%").all())
+    body = text.str.removesuffix("%").str.strip() if percent else text
+    comma, dot = body.str.contains(",", regex=False), body.str.contains(".", regex=False)
+    both = body[comma & dot]
+    if len(both):
+        last_comma = (both.str.rfind(",") > both.str.rfind(".")).mean() > 0.5
+        decimal, group = (",", ".") if last_comma else (".", ",")
+    elif comma.any():
+        commas = body[comma]
+        grouped = bool(commas.str.fullmatch(_GROUPED).all())
+        if (commas.str.count(",") > 1).any() or (grouped and sep != ";"):
+            decimal, group = ".", ","
+        else:
+            decimal, group = ",", ""
+    elif (body.str.count(r"\.") > 1).any() and body[dot].str.fullmatch(r"[+-]?\d{1,3}(?:\.\d{3})+").all():
+        decimal, group = ",", "."  # 1.234.567: dots group thousands
+    else:
+        decimal, group = ".", ""
+    fmt = {"decimal": decimal, "group": group, "percent": percent, "missing": []}
+    values, bad = parse_numbers(column, fmt)
+    stray = column[bad].astype(str).str.strip()
+    if not len(stray):
+        return fmt if len(body) > 0 and (percent or decimal != "." or group or values.notna().any()) else None
+    tokens = sorted(stray.unique().tolist())
+    if len(text) < STRAY_MIN_CELLS or len(stray) > STRAY_SHARE * len(text) or len(tokens) > STRAY_VALUES:
+        return None
+    return {**fmt, "missing": tokens}
+
+
+def parse_numbers(column: pd.Series, fmt: dict) -> tuple[pd.Series, np.ndarray]:
+    """A text column read with `number_format`'s format: (float64 values, NaN where missing or unreadable; the
+    mask of cells with text that is not a number and not one of the format's missing cells)."""
+    text = column.astype("string").str.strip()
+    text = text.mask(text.isin(fmt["missing"]) | (text == ""))
+    if fmt["percent"]:
+        text = text.str.removesuffix("%").str.strip()
+    if fmt["group"]:
+        text = text.str.replace(fmt["group"], "", regex=False)
+    if fmt["decimal"] != ".":
+        text = text.str.replace(fmt["decimal"], ".", regex=False)
+    values = pd.to_numeric(text, errors="coerce").astype(np.float64)
+    bad = (values.isna() & text.notna()).to_numpy(dtype=bool)
+    return (values / 100 if fmt["percent"] else values), bad
+
+
+def read_numbers(frame: pd.DataFrame, sep: str | None = None) -> dict[str, dict]:
+    """Text columns of `frame` that are numbers as spreadsheets write them (`number_format`), replaced in place
+    by float32 values; returns each one's format, for `fit_table` to record and `transform` to apply again."""
+    formats = {}
+    for name in frame.columns:
+        if _is_text(frame[name]) and not pd.api.types.is_bool_dtype(frame[name]):
+            fmt = number_format(frame[name], sep)
+            if fmt is not None:
+                formats[str(name)] = fmt
+                frame[name] = parse_numbers(frame[name], fmt)[0].astype(np.float32)
+    return formats
+
+
+def fit_table(frame: pd.DataFrame, train_rows: np.ndarray, dropped: dict[str, str],
+              formats: dict[str, dict] | None = None) -> dict:
     """The preprocessing of `frame`'s columns, with statistics from the rows `train_rows`.
 
     Returns a JSON-ready dict: raw `columns`, `dropped` (name -> reason), `steps`, encoded `outputs`
@@ -82,7 +179,10 @@ def fit_table(frame: pd.DataFrame, train_rows: np.ndarray, dropped: dict[str, st
         else:
             values = column.to_numpy(dtype=np.float64, na_value=np.nan)
             median = float(np.nanmedian(values)) if np.isfinite(values).any() else 0.0
-            steps.append({"column": str(name), "kind": "numeric", "fill": median, "indicator": missing})
+            step = {"column": str(name), "kind": "numeric", "fill": median, "indicator": missing}
+            if formats and str(name) in formats:
+                step["format"] = formats[str(name)]  # the text was numbers (`number_format`)
+            steps.append(step)
     outputs, groups = [], {}
     for step in steps:
         names = [f"{step['column']}={lv}" for lv in step["levels"]] if step["kind"] == "onehot" else [step["column"]]
@@ -158,11 +258,11 @@ def _encode(step: dict, column: pd.Series, absent: np.ndarray, where: str) -> np
     name = step["column"]
     if step["kind"] == "numeric":
         if _is_text(column):
-            values = pd.to_numeric(column, errors="coerce")
-            bad = column[values.isna() & ~column.isna()]
-            if len(bad):
+            fmt = step.get("format", {"decimal": ".", "group": "", "percent": False, "missing": []})
+            values, bad = parse_numbers(column, fmt)
+            if bad.any():
                 raise DataError(f"{where}: column '{name}' was numeric at training but holds text here "
-                                f"({bad.iloc[0]!r}); give numbers or leave the cell empty")
+                                f"({column[bad].iloc[0]!r}); give numbers or leave the cell empty")
             column = values
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         values = np.where(np.isnan(values), step["fill"], values)
@@ -184,12 +284,33 @@ def _encode(step: dict, column: pd.Series, absent: np.ndarray, where: str) -> np
     return block
 
 
+def named_columns(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """`frame` with its column names as text (a DataFrame made from an array has the integers 0, 1, ...; the
+    fitted preprocessing names columns as text), not copied where they are already; a name given twice, or
+    a column of lists or other unhashable cells, is one DataError line."""
+    names = [str(c).strip() for c in frame.columns]
+    twice = pd.Index(names)[pd.Index(names).duplicated()]
+    if len(twice):
+        raise DataError(f"{where}: column name '{twice[0]}' appears twice; rename one")
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype == object and len(column):
+            cell = column.dropna().head(1000).map(type)
+            odd = cell[~cell.isin([str, bool, int, float])]
+            if len(odd):
+                raise DataError(f"{where}: column '{name}' holds {odd.iloc[0].__name__} cells; give one number or "
+                                "text per cell")
+    if names != list(frame.columns):
+        frame = frame.set_axis(names, axis=1, copy=False)
+    return frame
+
+
 def as_frame(table: dict, rows, where: str = "rows") -> pd.DataFrame:
     """Raw rows as a DataFrame: a DataFrame, a list of dicts, or a 2-D array in the raw column order."""
     if isinstance(rows, pd.DataFrame):
-        return rows
+        return named_columns(rows, where)
     if isinstance(rows, (list, tuple)) and rows and isinstance(rows[0], dict):
-        return pd.DataFrame(list(rows))
+        return named_columns(pd.DataFrame(list(rows)), where)
     array = np.asarray(rows)
     columns = [c for c in table["columns"]]
     if array.ndim != 2 or array.shape[1] != len(columns):

@@ -10,6 +10,7 @@ float32, so the frame holds about the data's own size.
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 
 from .buffers import hand_back_freed
 from .errors import DataError
-from .preprocess import drop_reasons, fit_table, transform
+from .preprocess import drop_reasons, fit_table, named_columns, read_numbers, transform
 
 MISSING_TOKENS = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?", ""]
 SEPARATORS = ",;\t|"
@@ -57,16 +58,18 @@ def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
     """Read a `.csv` or `.parquet` file into a DataFrame with typed columns (numbers as float32)."""
     if path.suffix.lower() == ".parquet":
         return _read_parquet(path)
-    sep = sep or _sniff(path)
+    sep = separator(sep) or _sniff(path)
     _check_ragged(path, sep)
     from .csvread import ArrowUnreadable, read_csv_arrow
 
     try:
-        return read_csv_arrow(path, sep, MISSING_TOKENS)
+        frame = read_csv_arrow(path, sep, MISSING_TOKENS)
     except ArrowUnreadable:
         # pyarrow refuses what pandas reads or reports better: bytes that are not UTF-8, a column that is
         # numeric in the first block and text later, an empty file. pandas gives the established messages.
-        return _read_csv_pandas(path, sep)
+        frame = _read_csv_pandas(path, sep)
+    frame.attrs["sep"] = sep  # how its numbers are written depends on it (`preprocess.number_format`)
+    return frame
 
 
 def _read_csv_pandas(path: Path, sep: str) -> pd.DataFrame:
@@ -95,6 +98,17 @@ def _compact(chunk: pd.DataFrame) -> pd.DataFrame:
         elif column.dtype == object:
             chunk[name] = column.str.strip() if hasattr(column, "str") else column
     return chunk
+
+
+def separator(sep: str | None) -> str | None:
+    """A CSV separator as given: one character; `\\t` (as a shell passes a typed backslash-t) and `tab` mean a
+    tab. Anything else is one DataError line."""
+    if sep is None:
+        return None
+    sep = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(sep, sep)
+    if len(sep) != 1 or sep in "\"\r\n":
+        raise DataError(f"--sep must be one character (or \\t for a tab), got {sep!r}")
+    return sep
 
 
 def _sniff(path: Path) -> str:
@@ -151,7 +165,10 @@ def _numeric_labels(labels: pd.Series):
     if not np.isfinite(numbers).all():
         return None
     values, y = np.unique(numbers, return_inverse=True)
-    return y.astype(np.int64), [str(int(v)) if v == int(v) else str(v) for v in values]
+    # A label read as float32 (the CSV reader's numbers) is named by float32's shortest text: -2.3, not
+    # -2.299999952316284 (float64's text of the same value).
+    text = (lambda v: str(np.float32(v))) if labels.dtype == np.float32 else str
+    return y.astype(np.int64), [str(int(v)) if v == int(v) else text(v) for v in values]
 
 
 def _label_text(labels: pd.Series) -> list[str]:
@@ -161,6 +178,15 @@ def _label_text(labels: pd.Series) -> list[str]:
         if np.all(values == np.round(values)):
             return [str(int(v)) for v in values]
     return [str(v).strip() for v in labels.tolist()]
+
+
+def _last_filled(frame: pd.DataFrame) -> str:
+    """The default target: the last column with a value in it. A line ending in a separator adds an empty
+    last column (as a spreadsheet's export often does); it is dropped as constant, never taken for the label."""
+    for name in reversed(frame.columns):
+        if not frame[name].isna().all():
+            return str(name)
+    return str(frame.columns[-1])
 
 
 def load_for_model(data, spec, *, table: TableOptions | None = None, seed: int = 0):
@@ -205,12 +231,13 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     else:
         frame = frame.copy(deep=False)  # the target is popped below; the user's frame stays as it is
     where = source or "table"
+    frame = named_columns(frame, where)
     if len(frame) == 0:
         raise DataError(f"{where}: needs a header row and at least one data row")
     if frame.shape[1] < 2:
         raise DataError(f"{where}: needs a label column and at least one feature column, found "
                         f"{frame.shape[1]} column(s) (wrong separator? force it with --sep)")
-    target = options.target if options.target is not None else str(frame.columns[-1])
+    target = str(options.target) if options.target is not None else _last_filled(frame)
     if target not in frame.columns:
         raise DataError(f"{where}: target column '{target}' not found; columns are {', '.join(map(str, frame.columns))}")
     for col in (*options.keep, *options.drop):
@@ -231,12 +258,17 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     order = np.concatenate(split)
     hand_back_freed()
     if fitted is None:
+        formats = read_numbers(features, features.attrs.get("sep", options.sep))
+        for column, fmt in formats.items():
+            if fmt["missing"]:
+                print(f"warning: {where}: column '{column}' is numbers but for the text "
+                      f"{', '.join(map(repr, fmt['missing']))}, read as missing cells", file=sys.stderr)
         dropped = {k: v for k, v in drop_reasons(features, y).items() if k not in options.keep}
         dropped.update({c: "dropped with --drop" for c in options.drop})
         if len(dropped) == features.shape[1]:
             raise DataError(f"{where}: no feature columns left after dropping {', '.join(map(str, dropped))} "
                             "(ID-like or constant); keep one with --keep COL")
-        table = fit_table(features, split[0], dropped)
+        table = fit_table(features, split[0], dropped, formats)
         table["read"] = {**options.to_dict(), "target": target}
     else:
         table = fitted
