@@ -82,6 +82,8 @@ class ModelSpec:
         features = [] if spec.feature_names is None else spec.feature_names
         if not isinstance(features, list) or not all(isinstance(n, str) for n in [*spec.class_names, *features]):
             raise ArtifactError(f"{where}: 'class_names' and 'feature_names' must be lists of strings")
+        if len(set(spec.class_names)) != len(spec.class_names):
+            raise ArtifactError(f"{where}: 'class_names' names a class twice; each output needs its own name")
         if not isinstance(spec.weights, dict) or not isinstance(spec.preprocessing, dict):
             raise ArtifactError(f"{where}: 'weights' and 'preprocessing' must be objects")
         _check_statistics(spec.preprocessing, where)

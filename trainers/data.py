@@ -280,8 +280,19 @@ def _encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.searchsorted(values, numbers).astype(np.int64), shown
 
 
+def _array(values, what: str, keep_subclass: bool = False) -> np.ndarray:
+    """`values` as a NumPy array: a torch tensor detached and on the CPU, a memory-mapped array kept one
+    (`keep_subclass`); nested lists of unequal lengths are one DataError line."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):  # a torch tensor, gradients and device aside
+        values = values.detach().cpu().numpy()
+    try:
+        return np.asanyarray(values) if keep_subclass else np.asarray(values)
+    except (ValueError, TypeError):
+        raise DataError(f"{what} is not a rectangular array (rows of unequal length, or mixed types)") from None
+
+
 def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
-    y = np.asarray(y)
+    y = _array(y, what)
     if y.ndim != 1:
         raise DataError(f"{what} must be one-dimensional (N,), got shape {tuple(y.shape)}")
     if y.dtype.kind in "iub":
@@ -294,7 +305,7 @@ def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
 
 
 def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asanyarray(x)  # a memory-mapped array stays one
+    x = _array(x, what, keep_subclass=True)  # a memory-mapped array stays one
     if x.dtype.kind not in "biuf":
         raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
     if x.ndim < 2 or x.ndim > 4:
@@ -331,13 +342,25 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     all_labels = y if y_test is None else np.concatenate([y, y_test])
     if all_labels.min() < 0:
         raise DataError("labels must be non-negative class indices")
-    if class_names is None and int(all_labels.max()) >= len(all_labels):
-        # Labels such as 10**9 are values, not indices: a class per value seen, never a class per integer below it.
+    if y_test is not None:
+        unseen = np.setdiff1d(y_test, y)
+        if len(unseen):
+            raise DataError(f"y_test holds label {unseen[0]}, which no training row has: a model cannot learn a "
+                            "class it never sees (merge the splits, or drop those test rows)")
+    if class_names is None and (int(all_labels.max()) >= len(all_labels)
+                                or len(np.unique(all_labels)) != int(all_labels.max()) + 1):
+        # Labels are values, not indices: a class per value seen (labels 1, 2, 3 are three classes named so, and
+        # 0 and 5 two), never a class per integer below the largest, which would add classes no row has.
         values, inverse = np.unique(all_labels, return_inverse=True)
         y, y_test = inverse[:len(y)], (None if y_test is None else inverse[len(y):])
         class_names, all_labels = [str(v) for v in values], inverse
     num_classes = int(all_labels.max()) + 1
     if class_names is not None:
+        seen: set[str] = set()
+        twice = [n for n in map(str, class_names) if n in seen or seen.add(n)]
+        if twice:
+            raise DataError(f"class name '{twice[0]}' is given to two classes; each class needs its own name "
+                            "(predictions name their columns by it)")
         if len(class_names) < num_classes:
             raise DataError(f"label {num_classes - 1} is out of range for {len(class_names)} class names")
         num_classes = len(class_names)
