@@ -1,0 +1,246 @@
+"""Tables and arrays as spreadsheets and notebooks hand them over: numbers written as text (decimal commas,
+thousands separators, percentages, a stray "n/a"), a trailing separator, labels that are values, integer column
+names, tensors, and image folders with an empty class or an oversized image.
+
+Each case asserts what the model sees (the fitted steps, the classes) and that predicting raw rows in the same
+writing gives the predictions of the encoded test split.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainers import TrainConfig, load_data, load_model, predict, train
+from trainers.errors import DataError
+from trainers.preprocess import number_format
+
+N = 120
+
+
+def _frame(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, N)
+    return pd.DataFrame({"a": rng.normal(size=N) + 2.5 * y, "b": rng.normal(size=N)}), y
+
+
+def _steps(bundle) -> dict:
+    return {s["column"]: s for s in bundle.table["steps"]}
+
+
+@pytest.mark.parametrize("case", ["decimal-comma", "thousands", "percent", "dotted-thousands"])
+def test_numbers_written_as_text_are_read_as_numbers(case, tmp_path):
+    frame, y = _frame()
+    a = frame["a"].to_numpy()
+    sep = ","
+    if case == "decimal-comma":
+        sep = ";"
+        text = [f"{v:.3f}".replace(".", ",") for v in a]
+        expected = np.round(a, 3)
+    elif case == "thousands":
+        ints = (np.abs(a) * 400_000).astype(int) + 1000
+        text, expected = [f"{v:,}" for v in ints], ints.astype(float)
+    elif case == "dotted-thousands":
+        sep = ";"
+        ints = (np.abs(a) * 4_000_000).astype(int) + 1_000_000
+        text, expected = [f"{v:,}".replace(",", ".") for v in ints], ints.astype(float)
+    else:
+        text, expected = [f"{v * 10:.1f}%" for v in a], np.round(a * 10, 1) / 100
+    path = tmp_path / f"{case}.csv"
+    pd.DataFrame({"a": text, "b": frame["b"].round(3), "label": y}).to_csv(path, sep=sep, index=False)
+    bundle = load_data(str(path))
+    step = _steps(bundle)["a"]
+    assert step["kind"] == "numeric" and step["format"]["missing"] == []
+    assert bundle.table["outputs"] == ["a", "b"]  # not one-hot, not ordinal codes, not dropped as ID-like
+    # The encoded column holds the numbers (in split order: compared sorted).
+    encoded = np.concatenate([bundle.x_train, bundle.x_val, bundle.x_test])[:, 0]
+    assert sorted(np.round(encoded, 4)) == pytest.approx(sorted(np.round(expected.astype(np.float32), 4)), rel=1e-5)
+    train(bundle, "mlp", TrainConfig(epochs=3, device="cpu"), out=tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run")  # the format is read back from model.json
+    raw = pd.read_csv(path, sep=sep, dtype=str).drop(columns="label")
+    direct = predict(model, raw)  # the rows as written in the file, text and all
+    parsed = predict(model, pd.DataFrame({"a": expected, "b": raw["b"].astype(float)}))
+    np.testing.assert_allclose(direct, parsed, rtol=1e-4, atol=1e-5)
+
+
+def test_a_stray_text_cell_in_a_numeric_column_is_missing_and_named(tmp_path, capsys):
+    frame, y = _frame()
+    text = [f"{v:.3f}" for v in frame["a"]]
+    text[7] = text[40] = "n/a-text"
+    pd.DataFrame({"a": text, "b": frame["b"], "label": y}).to_csv(tmp_path / "t.csv", index=False)
+    bundle = load_data(str(tmp_path / "t.csv"))
+    step = _steps(bundle)["a"]
+    assert step["kind"] == "numeric" and step["format"]["missing"] == ["n/a-text"] and step["indicator"]
+    assert "a_missing" in bundle.table["outputs"]
+    assert "'n/a-text', read as missing cells" in capsys.readouterr().err
+    model = train(bundle, "mlp", TrainConfig(epochs=2, device="cpu"), progress=False).model
+    with pytest.raises(DataError, match="was numeric at training but holds text here \\('oops'\\)"):
+        predict(model, pd.DataFrame({"a": ["1.5", "oops"], "b": [0.1, 0.2]}))
+
+
+def test_text_that_is_mostly_not_numbers_stays_text():
+    many = pd.Series(["1.5", "2.5", "x", "y", "z", "w"] * 10)  # four text values: a second kind of data
+    assert number_format(many) is None
+    few = pd.Series(["1.5", "n/a"] * 3)  # too few cells to call "n/a" stray
+    assert number_format(few) is None
+    assert number_format(pd.Series(["red", "green"] * 20)) is None
+    assert number_format(pd.Series(["1,234", "5,678"] * 20), sep=";")["decimal"] == ","  # a European export
+    assert number_format(pd.Series(["1,234", "5,678"] * 20), sep=",")["group"] == ","
+
+
+def test_a_trailing_separator_does_not_make_an_empty_column_the_label(tmp_path):
+    frame, y = _frame()
+    lines = ["a,b,label,"] + [f"{a:.3f},{b:.3f},{c}," for a, b, c in zip(frame["a"], frame["b"], y)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    bundle = load_data(str(tmp_path / "t.csv"))
+    assert bundle.table["read"]["target"] == "label" and bundle.class_names == ["0", "1"]
+    assert bundle.table["dropped"] == {"Unnamed: 3": "constant"}
+
+
+def test_decimal_labels_are_named_as_written(tmp_path):
+    frame, y = _frame()
+    pd.DataFrame({**frame, "label": np.where(y == 1, -2.3, 0.7)}).to_csv(tmp_path / "t.csv", index=False)
+    assert load_data(str(tmp_path / "t.csv")).class_names == ["-2.3", "0.7"]
+
+
+@pytest.mark.parametrize("sep,ok", [("\\t", True), ("tab", True), ("\t", True), (";;", False), ("", False)])
+def test_separator_as_typed(sep, ok, tmp_path):
+    frame, y = _frame()
+    pd.DataFrame({**frame, "label": y}).to_csv(tmp_path / "t.tsv.csv", sep="\t", index=False)
+    from trainers.tables import TableOptions
+
+    if ok:
+        assert load_data(str(tmp_path / "t.tsv.csv"), table=TableOptions(sep=sep)).input_shape == (2,)
+        return
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "train", str(tmp_path / "t.tsv.csv"), "--model", "mlp",
+                           "--sep", sep, "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --sep must be one character (or \\t for a tab), got {sep!r}"]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_a_dataframe_with_integer_column_names_trains_and_predicts():
+    frame, y = _frame()
+    frame = pd.DataFrame(frame.to_numpy())  # columns 0 and 1, as pd.DataFrame(array) names them
+    frame["label"] = np.where(y == 1, "p", "q")
+    result = train(frame, "mlp", TrainConfig(epochs=2, device="cpu"), progress=False)
+    logits = predict(result.model, frame.drop(columns="label").iloc[:5])
+    assert logits.shape == (5, 2)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("duplicate", "column name 'a' appears twice"),
+    ("lists", "column 'a' holds list cells"),
+])
+def test_dataframes_a_table_cannot_hold_are_one_line(case, message):
+    frame, y = _frame()
+    if case == "duplicate":
+        frame = pd.DataFrame(np.c_[frame.to_numpy(), y], columns=["a", "a", "label"])
+    else:
+        frame = pd.DataFrame({"a": [[1, 2]] * N, "b": frame["b"], "label": y})
+    with pytest.raises(DataError, match=message):
+        load_data(frame)
+
+
+def test_tensors_with_gradients_and_ragged_lists():
+    import torch
+
+    x = torch.randn(60, 4, requires_grad=True)
+    bundle = load_data((x, torch.arange(60) % 2))
+    assert bundle.input_shape == (4,)
+    with pytest.raises(DataError, match="x is not a rectangular array"):
+        load_data(([[1.0, 2.0], [3.0]] * 30, [0, 1] * 30))
+
+
+@pytest.mark.parametrize("labels,names", [((0, 5), ["0", "5"]), ((1, 2, 3), ["1", "2", "3"]),
+                                          ((0, 1, 2), ["0", "1", "2"])])
+def test_labels_are_values_never_a_class_per_integer_below_the_largest(labels, names):
+    x = np.random.default_rng(0).normal(size=(90, 3)).astype(np.float32)
+    y = np.array(labels)[np.arange(90) % len(labels)]
+    bundle = load_data((x, y))
+    assert bundle.class_names == names and bundle.num_classes == len(labels)
+
+
+def test_a_test_label_no_training_row_has_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 3)), y=np.arange(40) % 2, x_test=rng.normal(size=(5, 3)),
+             y_test=np.full(5, 5))
+    with pytest.raises(DataError, match="y_test holds label 5, which no training row has"):
+        load_data(str(tmp_path / "d.npz"))
+
+
+def _images(root, classes=("a", "b"), count=4, size=(12, 12)):
+    from PIL import Image
+
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(np.full((*size, 3), 40 * k + i, np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_an_empty_class_folder_is_refused(tmp_path):
+    _images(tmp_path / "img")
+    (tmp_path / "img" / "c").mkdir()
+    with pytest.raises(DataError, match="class folder 'c' holds no image files"):
+        load_data(str(tmp_path / "img"))
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+    import trainers.images as images
+
+    _images(tmp_path / "img", size=(40, 30))
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)  # 40 x 30 = 1,200 pixels declared
+    decoded = []
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", lambda self: decoded.append(self))
+    with pytest.raises(DataError, match="30x40 pixels, over the 1,000 an image may have"):
+        load_data(str(tmp_path / "img"))
+    assert decoded == []
+
+
+def test_sixteen_bit_grey_images_keep_their_range(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, base in (("lo", 1000), ("hi", 30000)):
+        (tmp_path / "img" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = (base + rng.random((8, 8)) * 20000).astype(np.uint16)
+            Image.fromarray(pixels).save(tmp_path / "img" / name / f"{i}.png")
+    bundle = load_data(str(tmp_path / "img"))
+    x = np.concatenate([bundle.x_train, bundle.x_val, bundle.x_test])
+    assert bundle.input_shape == (1, 8, 8)
+    assert 1000 / 65535 - 1e-6 <= x.min() and x.max() <= 50000 / 65535 + 1e-6  # not clipped to white
+    lo = x[np.concatenate([bundle.y_train, bundle.y_val, bundle.y_test]) == bundle.class_names.index("lo")]
+    assert lo.mean() < 0.35 < x.max()
+
+
+def test_whole_numbers_unique_per_row_are_ids_only_by_name_or_density():
+    from trainers.preprocess import drop_reasons
+
+    rng = np.random.default_rng(0)
+    y = np.arange(100) % 2
+    frame = pd.DataFrame({"income": rng.choice(np.arange(20_000, 200_000), 100, replace=False),
+                          "customer_id": rng.choice(np.arange(10**6), 100, replace=False),
+                          "row": rng.permutation(100) + 7, "name": [f"n{i}" for i in range(100)]})
+    assert drop_reasons(frame, y) == {"customer_id": "ID-like (unique per row)",
+                                      "row": "ID-like (unique per row)", "name": "ID-like (unique per row)"}
+
+
+def test_a_class_name_given_twice_is_refused_in_data_and_in_model_json(tmp_path):
+    import json
+
+    from trainers.errors import ArtifactError
+
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    with pytest.raises(DataError, match="class name 'a' is given to two classes"):
+        load_data((x, np.arange(60) % 3)).__class__.from_arrays(x, np.arange(60) % 3, class_names=["a", "a", "b"])
+    train((x, np.arange(60) % 3), "mlp", TrainConfig(epochs=1, device="cpu"), out=tmp_path / "run", progress=False)
+    spec = json.loads((tmp_path / "run" / "model.json").read_text())
+    spec["class_names"] = ["a", "a", "b"]
+    (tmp_path / "run" / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ArtifactError, match="names a class twice"):
+        load_model(tmp_path / "run")
