@@ -21,15 +21,18 @@ def predict_command(
     device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, or cuda (cuda:N) for a PyTorch "
                                                     "model and, with onnxruntime-gpu, an ONNX one."),
     as_json: bool = typer.Option(False, "--json", help="Print a summary (and the predictions without --out) as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --out file that holds predictions the "
+                                                              "toolkit wrote (never any other file)."),
 ):
     """Predict the class and class probabilities of each row, with a PyTorch or ONNX model.
 
     Example: toolkit predict runs/iris-mlp new_rows.csv --variant int8-dynamic-onnx --out preds.csv
     """
     from trainers.fileio import atomic_write_text, ensure_writable_parent
-    from trainers.inference import predict_file
+    from trainers.inference import check_predictions_out, predict_file
 
     if out is not None:
+        check_predictions_out(out, overwrite)
         ensure_writable_parent(out)
     with console_progress() as progress:
         model, table = predict_file(model_dir, data, variant=variant, batch_size=batch_size, progress=progress,

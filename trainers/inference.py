@@ -18,6 +18,30 @@ from .fileio import read_json
 from .progress import reporter
 
 
+def check_predictions_out(out: str | Path, overwrite: bool) -> None:
+    """Refuse, in one line, an `--out` for predictions that would cost a file: a directory, or an existing file
+    unless `overwrite` is given and the file holds predictions the toolkit wrote (its header starts with
+    `PREDICTIONS_HEADER`). So the input rows, a model's files and any file of the user's are never replaced."""
+    out = Path(out)
+    if out.is_dir():
+        raise ToolkitError(f"--out {out} is a directory; give the name of the CSV file to write")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise ToolkitError(f"{out} exists; --overwrite replaces it if it holds predictions the toolkit wrote")
+    try:
+        with out.open("rb") as handle:
+            head = handle.read(len(PREDICTIONS_HEADER))
+    except OSError as exc:
+        raise ToolkitError(f"cannot read {out}: {exc.strerror}") from None
+    if head != PREDICTIONS_HEADER.encode():
+        raise ToolkitError(f"refusing to overwrite {out}: it does not hold predictions the toolkit wrote; "
+                           "choose another --out")
+
+
+PREDICTIONS_HEADER = "predicted,predicted_index,"  # the first columns of every predictions CSV (`predict_table`)
+
+
 def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
     """The model directory to predict with: `path` itself, one of its variants by name, or its chosen variant.
 
@@ -25,6 +49,8 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
     without `variant`, a run directory gives the variant its compress stage chose.
     """
     path = Path(path)
+    if variant is not None and (variant in ("", ".", "..") or any(c in variant for c in "/\\")):
+        raise ToolkitError(f"--variant takes a variant's name (a folder under variants/), not a path: {variant!r}")
     if (path / "model.json").is_file() and variant is None:
         return path
     runs = [d for d in (path, path / "compress") if (d / "result.json").is_file() or (d / "variants").is_dir()]
@@ -40,8 +66,8 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
             if (run / "result.json").is_file() else None
         if chosen and (run / chosen / "model.json").is_file():
             return run / chosen
-        if chosen and (Path(chosen) / "model.json").is_file():
-            return Path(chosen)
+        if chosen and ((Path(chosen) / "model.json").is_file() or Path(chosen).suffix.lower() == ".onnx"):
+            return Path(chosen)  # the original was kept: the user's artifact or ONNX file
     raise ToolkitError(f"{path} is not a model artifact (no model.json) nor a run with a chosen variant")
 
 
@@ -120,7 +146,7 @@ def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, p
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     names = list(model.spec.class_names)
     index = probabilities.argmax(axis=1)
-    table = pd.DataFrame({"predicted": [names[i] for i in index], "predicted_index": index})
+    table = pd.DataFrame({"predicted": [names[i] for i in index], "predicted_index": index})  # PREDICTIONS_HEADER
     for j, name in enumerate(names):
         table[f"p_{name}"] = probabilities[:, j]
     return table
@@ -131,7 +157,17 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
     """Load the model (see `resolve_artifact`) to serve on `device` (`load_model`), read `data` (see `read_rows`)
     and return (model, predict_table)."""
     if not isinstance(model, LoadedModel):
-        model = load_model(resolve_artifact(model, variant), device=device)
+        where = Path(model) if Path(model).suffix.lower() == ".onnx" and variant is None else \
+            resolve_artifact(model, variant)
+        if where.suffix.lower() == ".onnx" and not where.is_dir():  # a user's ONNX file (`usermodel.as_model`)
+            from .artifact import check_device
+            from .usermodel import as_model
+
+            check_device(device)
+            model = as_model(where)
+            model.device = device
+        else:
+            model = load_model(where, device=device)
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
     return model, predict_table(model, read_rows(data, model), batch_size=batch_size, progress=progress)
