@@ -10,6 +10,7 @@ like every other bad input, instead of click's multi-line block.
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 
@@ -59,6 +60,13 @@ def options(
     """Train, compress, explain and report on small neural network classifiers."""
     common.QUIET["on"] = quiet
     common.PROGRESS["mode"] = progress.value
+    import logging
+
+    if not logging.getLogger().handlers and not os.environ.get("TOOLKIT_DEBUG"):
+        # Libraries that log through the root logger (ONNX Runtime's quantizer warns there about each BatchNorm
+        # axis) would print on stderr through logging's last resort: the command line's stderr holds the
+        # toolkit's own messages and its one error line. TOOLKIT_DEBUG=1 shows them.
+        logging.getLogger().addHandler(logging.NullHandler())
 for command in (train, compress, explain, report, pipeline, predict, env):
     command.register(app)
 

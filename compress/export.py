@@ -284,7 +284,7 @@ def ort_session(onnx_bytes: bytes, threads: int | None = None, spin: bool = Fals
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the caller as exceptions: no ORT log lines on stderr
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     if threads:
@@ -379,7 +379,7 @@ def _optimized_variant(model: LoadedModel, data: DataBundle) -> Variant:
 
     with tempfile.TemporaryDirectory(prefix="toolkit-ort-") as tmp:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors reach the caller as exceptions: no ORT log lines on stderr
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(model.onnx_model_bytes(), options, providers=["CPUExecutionProvider"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,9 +166,9 @@ class LoadedModel:
     @property
     def source(self) -> str:
         """Where the model came from, as lineage and results record it: its directory, the user's file, or
-        `<in-memory FAMILY>`."""
+        `<in-memory FAMILY>`. A path is absolute, so a record read from another directory still finds it."""
         if self.path is not None:
-            return str(self.path)
+            return os.path.abspath(self.path)
         return self.origin or f"<in-memory {self.spec.family}>"
 
     def onnx_session(self, threads: int | None = None):
@@ -179,7 +180,7 @@ class LoadedModel:
             if onnx_bytes is None:
                 raise ArtifactError("this model has no ONNX file")
             options = ort.SessionOptions()
-            options.log_severity_level = 3
+            options.log_severity_level = 4  # errors reach the caller as exceptions: no ORT log lines on stderr
             if threads:
                 options.intra_op_num_threads = threads
             try:

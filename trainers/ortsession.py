@@ -65,6 +65,9 @@ def inference_session(model, options=None, device: str = "cpu"):
     import onnxruntime as ort
 
     providers = providers_for(device, ort.get_available_providers())
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # errors reach the caller as exceptions: no ORT log lines on stderr
     session = ort.InferenceSession(model, options, providers=providers)
     names = disabled_optimizers(session.get_modelmeta().custom_metadata_map)
     if names:

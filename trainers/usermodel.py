@@ -60,10 +60,47 @@ def as_model(model, data=None, *, class_names=None, module: nn.Module | None = N
         if suffix == ".onnx":
             if not path.is_file():
                 raise ToolkitError(f"ONNX file not found: {path}")
-            return from_onnx(path.read_bytes(), data, class_names=class_names, origin=str(path))
+            return from_onnx(onnx_file_bytes(path), data, class_names=class_names, origin=str(path.absolute()))
         return load_model(path, module=module)  # an artifact directory (its own one-line refusals otherwise)
     raise ToolkitError(f"a model is an artifact directory, a torch.nn.Module, or an .onnx file or its bytes; "
                        f"got {type(model).__name__}")
+
+
+def onnx_file_bytes(path: Path) -> bytes:
+    """An `.onnx` file as one self-contained graph: tensors the exporter kept in separate files (external data:
+    `torch.onnx.export` writes `NAME.onnx.data` beside the graph) are read in from the file's own folder, so
+    neither the working directory nor the file's place later matters. A tensor whose data is said to lie
+    outside that folder, or in a file that is not there, is one ToolkitError line."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    raw = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(raw)
+    except Exception:  # not a graph: `from_onnx` says so in its own words
+        return raw
+    tensors = [t for t in _all_tensors(proto) if uses_external_data(t)]
+    if not tensors:
+        return raw
+    base = path.parent.resolve()
+    for tensor in tensors:
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = (base / location).resolve()
+        if not location or Path(location).is_absolute() or base not in target.parents or not target.is_file():
+            raise ToolkitError(f"{path}: tensor '{tensor.name}' keeps its data in {location!r}, which is not a file "
+                               f"in {base}; keep the graph's data files beside it")
+    try:
+        load_external_data_for_model(proto, str(base))
+        return proto.SerializeToString()
+    except Exception as exc:  # a data file shorter than its tensors, a graph over protobuf's 2 GB
+        raise ToolkitError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
+
+
+def _all_tensors(proto):
+    """Every tensor of a graph: initializers and constants, in subgraphs too."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return list(_get_all_tensors(proto))
 
 
 def _bundle(data):
@@ -164,6 +201,7 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ToolkitError(f"{origin} is not an ONNX model ({_first_line(exc)})") from None
     graph = proto.graph
+    _check_tensors(proto, origin)
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -201,6 +239,40 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
     return model
 
 
+# The most elements a tensor that a graph builds from a constant shape may have (256 MiB of float32): a
+# 350-byte file with ConstantOfShape([15000, 15000]) took 2.2 GB to run, one of [200000, 200000] asked for 160 GB.
+MAX_BUILT_ELEMENTS = 2**26
+
+
+def _check_tensors(proto, origin: str) -> None:
+    """Refuse, in one line, weights that are NaN or infinite, and a tensor built from a constant shape too large
+    to allocate (ConstantOfShape, Expand), before ONNX Runtime runs the graph."""
+    from onnx import TensorProto, numpy_helper
+
+    constants = {}
+    for tensor in _all_tensors(proto):
+        if tensor.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            values = numpy_helper.to_array(tensor)
+            if not np.isfinite(values.astype(np.float32, copy=False)).all():
+                raise ToolkitError(f"{origin}: weight '{tensor.name}' contains NaN or infinite values; the model "
+                                   "cannot be measured or compressed")
+        elif tensor.data_type == TensorProto.INT64 and tensor.name:
+            constants[tensor.name] = tensor
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.t.data_type == TensorProto.INT64:
+                    constants[node.output[0]] = attribute.t
+    for node in proto.graph.node:
+        if node.op_type in ("ConstantOfShape", "Expand"):
+            shape = node.input[0] if node.op_type == "ConstantOfShape" else node.input[1]
+            if shape in constants:
+                dims = numpy_helper.to_array(constants[shape]).astype(np.float64).reshape(-1)
+                if np.prod(np.maximum(dims, 1)) > MAX_BUILT_ELEMENTS:
+                    raise ToolkitError(f"{origin}: node '{node.name or node.op_type}' builds a tensor of shape "
+                                       f"{[int(d) for d in dims]}, over {MAX_BUILT_ELEMENTS:,} elements; refused")
+
+
 def _example_from_graph(dims: list, meta: dict, origin: str) -> np.ndarray:
     """Zeros of the graph's input shape (from the toolkit's metadata or the graph's own fixed dims)."""
     import json
@@ -225,7 +297,7 @@ def _session(onnx_bytes: bytes, origin: str):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the caller as exceptions: no ORT log lines on stderr
     try:
         return inference_session(onnx_bytes, options)
     except Exception as exc:  # ORT's own exception types: an op it cannot run, an invalid graph
