@@ -8,6 +8,7 @@ leaves nothing half-written.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +217,29 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         tracker: records the request, each variant's measurements and the chosen variant
             (`trainers.tracking.open_tracker`).
     """
+    from torch import nn
+
+    args = (model, data, methods, max_drop, out, overwrite, options, ratio, target, table, progress, tracker,
+            min_agreement, budget_seconds, device)
+    if isinstance(model, nn.Module):  # the user's own module: its train/eval mode is given back as it was
+        with _mode_kept(model):
+            return _compress_model(*args)
+    return _compress_model(*args)
+
+
+@contextmanager
+def _mode_kept(module):
+    """Every submodule's `training` flag as it was before, whatever the measurement set."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table, progress, tracker,
+                    min_agreement, budget_seconds, device) -> CompressResult:
     start = time.perf_counter()
     methods = list(methods or CompressOptions().methods)
     options = dict(options or {})
