@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trainers.errors import ToolkitError
-from trainers.options import check_value
+from trainers.options import Seed, check_value
 from trainers.progress import reporter
 from trainers.schema import ExplainResultFile
 
@@ -122,6 +122,7 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
 
     start = time.perf_counter()
     check_samples(samples)
+    seed = check_value(Seed, seed, "--seed")
     if _is_user_model(model) and not hasattr(data, "x_test"):
         from trainers.data import load_data
 

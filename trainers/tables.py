@@ -190,17 +190,22 @@ def _last_filled(frame: pd.DataFrame) -> str:
 
 
 def load_for_model(data, spec, *, table: TableOptions | None = None, seed: int = 0):
-    """`load_data` for a trained model: its recorded target, columns and fitted preprocessing reused.
+    """`load_data` for a trained model: its recorded target, columns and fitted preprocessing reused, and the
+    train/validation/test split it was trained with, so its test rows are rows it never trained on.
 
     Args:
         data: what `load_data` takes.
         spec: the model's `ModelSpec`; a model trained on a table recorded how the table was read.
         table: options a user gave now; they override the recorded ones.
+        seed: the split's seed for a model that records none (a user's own model); a recorded one wins.
     """
     from .data import DataBundle, load_data
 
     if isinstance(data, DataBundle):
         return data
+    recorded = ((spec.data or {}).get("split") or {}).get("seed")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        seed = recorded
     from .images import IMAGE_SIZE_RANGE
 
     shape = tuple(spec.input_shape)
