@@ -100,6 +100,8 @@ def train_command(
              f"val accuracy {m['val_accuracy']:.4f}, {result.epochs_run} epochs (best {result.best_epoch}), "
              f"{result.seconds:.1f}s on {result.device}" + (" [interrupted]" if result.interrupted else ""))
         typer.echo(str(result.out))
+    if result.interrupted:
+        raise typer.Exit(130)  # Ctrl-C: the best model so far is kept, and a script stops here, not at the next step
 
 
 def _defaults() -> dict:

@@ -274,7 +274,13 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
                 run.write_json("result.json", result.to_dict())
                 if not result.interrupted:
                     (run.path / "checkpoint.pt").unlink(missing_ok=True)
-                result.out = run.commit()
+                if result.interrupted and run.holds_previous():
+                    # Ctrl-C never costs the previous run in --out: this one stays staged, and --resume continues it.
+                    result.out = run.keep_staged()
+                    print(f"interrupted: this run is kept in {result.out} (--resume --out {run.final} continues "
+                          f"it); the previous run in {run.final} stays as it was", file=sys.stderr)
+                else:
+                    result.out = run.commit()
                 result.model.path = result.out
                 tracker.log_artifact(result.out / "result.json")
     except BaseException:
