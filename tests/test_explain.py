@@ -305,6 +305,8 @@ def test_cli_explain_writes_run_dir_and_json(artifacts, tmp_path, capsys):
     (["--method", "layer_gradcam"], "cannot handle a mlp model"),
     (["--samples", "0"], "greater than or equal to 1"),
     (["--compare", "IRIS"], "input shape"),
+    (["--seed", "-1"], "--seed: input should be greater than or equal to 0"),
+    (["--seed", str(2**32)], "--seed: input should be less than 4294967296"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_nothing_written(artifacts, tmp_path, capsys, args, message):
     out = tmp_path / "bad"
@@ -355,3 +357,19 @@ def test_saliency_switches_gradients_on_itself_so_captum_does_not_warn(models, d
         warnings.simplefilter("error", UserWarning)  # Captum's "did not already require gradients" would raise
         result = explain.attribute(models["mlp"], digits.x_test[:4], method="saliency")
     assert np.isfinite(result.values).all() and result.values.shape == (4, *digits.x_test.shape[1:])
+
+
+def test_explain_and_compress_test_on_the_split_the_model_was_trained_with(tmp_path):
+    """A model trained with --seed 3 is explained and measured on its own test rows, whatever explain's seed
+    (which draws the samples): a split of another seed would put rows it trained on among the test rows."""
+    import compress
+    from explain import explain_model
+    from trainers import TrainConfig, train
+
+    run = tmp_path / "m"
+    train("digits", "mlp", TrainConfig(epochs=1, seed=3, model={"hidden": [16]}), out=run, progress=False)
+    own = load_data("digits", seed=3)
+    result = explain_model(str(run), "digits", methods=["saliency"], samples=4, seed=5)
+    assert result.to_dict()["data"]["split"]["seed"] == 3
+    measured = compress.compress_model(str(run), "digits", methods=["int8-dynamic"])
+    assert measured.data["split"]["seed"] == 3 and measured.data["n_test"] == len(own.y_test)

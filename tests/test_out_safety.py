@@ -147,6 +147,18 @@ CASES: dict[str, tuple[Callable, list, str]] = {
         lambda w, s: _copy(s.interrupted, w / "run"),
         ["train", "iris", "--model", "mlp", "--epochs", "3", "--arch", '{"hidden": [16]}', "--out", "run", "--resume"],
         "--arch"),
+    "--overwrite on a run of the toolkit's holding a file of the user's": (
+        lambda w, s: (_copy(s.model, w / "run"), (w / "run" / "mine.txt").write_text("mine\n")),
+        [*TRAIN, "--out", "run", "--overwrite"], "holds files the toolkit did not write (mine.txt)"),
+    "predict --out a file of the user's": (None, ["predict", "model", "data.npz", "--out", "user/notes.txt"],
+                                           "exists; --overwrite replaces it if it holds predictions"),
+    "predict --out the input rows --overwrite": (
+        None, ["predict", "model", "data.npz", "--out", "data.npz", "--overwrite"], "does not hold predictions"),
+    "predict --out the model's model.json --overwrite": (
+        None, ["predict", "model", "data.npz", "--out", "model/model.json", "--overwrite"], "does not hold predictions"),
+    "predict --out a directory": (None, ["predict", "model", "data.npz", "--out", "user"], "is a directory"),
+    "predict --variant a path": (None, ["predict", "model", "data.npz", "--variant", "../models/mlp"],
+                                 "not a path"),
     "--resume with other data": (
         lambda w, s: _copy(s.interrupted, w / "run"),
         ["train", "data.npz", "--model", "mlp", "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run",
@@ -316,3 +328,40 @@ def test_no_file_outside_the_run_directory_ever_changes(shared, parts, overwrite
             return {k: v for k, v in tree.items() if outside(k) and not (v == "<dir>" and final.is_relative_to(root / k))}
 
         assert kept(after) == kept(before)
+
+
+def test_predict_overwrites_only_predictions_it_wrote(shared, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    iris = load_data("iris")
+    np.savez(tmp_path / "rows.npz", x=iris.x_test)
+    assert main(["predict", str(shared.model), "rows.npz", "--out", "p.csv"]) == 0
+    first = (tmp_path / "p.csv").read_text()
+    assert first.startswith("predicted,predicted_index,")
+    (tmp_path / "p.csv").write_text(first[:200])  # still the toolkit's predictions, cut short
+    assert main(["predict", str(shared.model), "rows.npz", "--out", "p.csv", "--overwrite"]) == 0
+    assert (tmp_path / "p.csv").read_text() == first
+
+
+def test_ctrl_c_in_train_exits_130_and_keeps_the_previous_run(shared, tmp_path, monkeypatch, capsys):
+    import trainers.loop as loop
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(shared.model, tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    original, calls = loop.train_epoch, []
+
+    def stop_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", stop_in_second_epoch)
+    assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--overwrite"]) == 130
+    assert snapshot(tmp_path / "run") == before  # the previous run stays as it was
+    assert (tmp_path / "run.partial" / "checkpoint.pt").is_file()  # the interrupted one, for --resume
+    assert "--resume --out" in capsys.readouterr().err
+    monkeypatch.setattr(loop, "train_epoch", original)
+    assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 3
+    assert not (tmp_path / "run.partial").exists()

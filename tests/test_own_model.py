@@ -303,6 +303,52 @@ def _unknown_op(tmp_path):
     return path
 
 
+def _matmul_graph(tmp_path, name, weight, extra_nodes=(), extra_inits=()):
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), *extra_nodes]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", CLASSES])],
+                              [numpy_helper.from_array(weight, "w"), *extra_inits])
+    path = tmp_path / name
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
+def _nan_weights(tmp_path):
+    weight = np.ones((12, CLASSES), np.float32)
+    weight[3, 1] = np.nan
+    return _matmul_graph(tmp_path, "nan.onnx", weight)
+
+
+def _huge_constant(tmp_path):
+    """350 bytes that would make ONNX Runtime fill a 20,000 x 20,000 tensor (1.6 GB) on every call."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0)]
+    return _matmul_graph(tmp_path, "huge.onnx", np.ones((12, CLASSES), np.float32), nodes,
+                         [numpy_helper.from_array(np.array([20000, 20000], np.int64), "shape")])
+
+
+def _data_outside(tmp_path):
+    """A tensor whose external data is said to lie outside the graph's folder."""
+    import onnx
+
+    path = _matmul_graph(tmp_path, "outside.onnx", np.ones((12, CLASSES), np.float32))
+    model = onnx.load(str(path))
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "144")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    (tmp_path.parent / "secret.bin").write_bytes(b"\0" * 144)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def _wrong_shape_module(tmp_path):
     return nn.Sequential(nn.Flatten(), nn.Linear(7, CLASSES))
 
@@ -321,6 +367,11 @@ BAD = [
     ("shape frozen inside the graph", _frozen_reshape, r"fails at batch 3 .*a shape inside the graph is fixed"),
     ("unsupported op", _unknown_op, r"ONNX Runtime cannot run .*custom_op.onnx"),
     ("pickle", _pickle, r"model.pt is a pickle; the toolkit never loads pickles .* export it to ONNX"),
+    ("NaN weights", _nan_weights, r"weight 'w' contains NaN or infinite values"),
+    ("a huge tensor from a constant shape", _huge_constant,
+     r"node 'ConstantOfShape' builds a tensor of shape \[20000, 20000\], over 67,108,864 elements"),
+    ("external data outside the graph's folder", _data_outside,
+     r"tensor 'w' keeps its data in '../secret.bin', which is not a file in"),
 ]
 
 
@@ -391,3 +442,71 @@ def test_saved_user_weights_need_the_class(tmp_path):
                           nn.Linear(30, CLASSES))
     with pytest.raises(ArtifactError, match="does not match model.json: 1.weight has shape"):
         trainers.load_model(out, module=wider)
+
+
+def test_an_onnx_file_with_external_data_is_read_whole_and_its_variants_stand_alone(tmp_path, monkeypatch, capsys):
+    """`torch.onnx.export` keeps the weights in NAME.onnx.data beside the graph: compress reads them from the
+    file's own folder, whatever the working directory, and the variants it writes carry them inside."""
+    import onnx
+
+    from cli.main import main
+
+    bundle = _bundle((12,))
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, CLASSES))
+    (tmp_path / "model").mkdir()
+    torch.onnx.export(module, (torch.zeros(2, 12),), str(tmp_path / "model" / "net.onnx"), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    proto = onnx.load(str(tmp_path / "model" / "net.onnx"))
+    onnx.save_model(proto, str(tmp_path / "model" / "net.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="net.onnx.data", size_threshold=0)
+    assert (tmp_path / "model" / "net.onnx.data").is_file()
+    np.savez(tmp_path / "data.npz", x=bundle.x_train, y=bundle.y_train)
+    np.save(tmp_path / "rows.npy", bundle.x_test[:7])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert _cli(main, ["compress", "../model/net.onnx", "--data", "../data.npz", "--method", "int8-dynamic",
+                       "--method", "onnx-fp32", "--out", "../run"]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    for variant in ("onnx-fp32", "int8-dynamic-onnx"):
+        graph = onnx.load(str(tmp_path / "run" / "variants" / variant / "model.onnx"), load_external_data=False)
+        assert not any(t.external_data for t in graph.graph.initializer), variant
+        assert _cli(main, ["predict", "run", "rows.npy", "--variant", variant]) == 0
+    expected = trainers.predict(trainers.as_model(str(tmp_path / "model" / "net.onnx")), bundle.x_test[:7])
+    capsys.readouterr()
+    assert _cli(main, ["predict", "model/net.onnx", "rows.npy", "--json"]) == 0  # the CLI takes the file too
+    out = json.loads(capsys.readouterr().out)
+    assert [r["predicted_index"] for r in out["predictions"]] == expected.argmax(1).tolist()
+
+
+def test_a_run_that_keeps_the_original_onnx_file_predicts_with_it(tmp_path, monkeypatch, capsys):
+    from cli.main import main
+
+    bundle = _bundle((12,))
+    path = _matmul_graph(tmp_path, "tiny.onnx", np.random.default_rng(0).normal(size=(12, CLASSES)).astype(np.float32))
+    np.savez(tmp_path / "data.npz", x=bundle.x_train, y=bundle.y_train)
+    np.save(tmp_path / "rows.npy", bundle.x_test[:5])
+    monkeypatch.chdir(tmp_path)
+    assert _cli(main, ["compress", "tiny.onnx", "--data", "data.npz", "--method", "int8-dynamic", "--out", "run",
+                       "--max-drop", "0"]) == 0
+    chosen = json.loads((tmp_path / "run" / "result.json").read_text())["chosen"]
+    if chosen["path"] != "variants/int8-dynamic-onnx":  # the original was kept: its path must work from anywhere
+        assert chosen["path"] == str(path.absolute())
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    capsys.readouterr()
+    assert _cli(main, ["predict", "../run", "../rows.npy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 5
+
+
+def test_compress_gives_the_users_module_back_in_its_mode(zoo):
+    import compress
+
+    module, bundle = zoo["seq_cnn"][:2]  # Dropout and BatchNorm: the mode changes what it computes
+    module.train()
+    compress.compress_model(module, bundle, methods=["int8-dynamic"])
+    assert module.training and all(m.training for m in module.modules())
+    module.eval()
+    compress.compress_model(module, bundle, methods=["int8-dynamic"])
+    assert not any(m.training for m in module.modules())
