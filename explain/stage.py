@@ -216,6 +216,16 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
             attributions[("original", method)] = attribute(original, x, None, method, background=background, seed=seed)
         return attributions[("original", method)]
 
+    routed_quality: dict = {}
+
+    def floors(method, attr):
+        """The quality checks of a method a variant was routed to (an ONNX graph has no gradients), run on the
+        original for its noise floor: without it the drift threshold would assume a deterministic method's."""
+        if method not in routed_quality:
+            routed_quality[method] = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES,
+                                            background=background)
+        return routed_quality[method]
+
     step = 0
     for method in methods:
         step += 1
@@ -251,7 +261,7 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
             if any(r["variant"] == name and r["ran"] == var_attr.method for r in summary["drift"]["rows"]):
                 continue                                # several requests routed to the same method: one row
             base = original_attr(var_attr.method)
-            ref = summary["quality"].get(var_attr.method, {})
+            ref = summary["quality"].get(var_attr.method) or floors(var_attr.method, base)
             row = drift_row(name, base, var_attr, accuracy=acc, original_accuracy=acc_original,
                             noise_floor_topk=ref.get("noise_floor_topk"), random_floor_topk=ref.get("randomization_topk"),
                             seed=seed, feature_names=plots.element_names(spec))

@@ -373,3 +373,23 @@ def test_explain_and_compress_test_on_the_split_the_model_was_trained_with(tmp_p
     assert result.to_dict()["data"]["split"]["seed"] == 3
     measured = compress.compress_model(str(run), "digits", methods=["int8-dynamic"])
     assert measured.data["split"]["seed"] == 3 and measured.data["n_test"] == len(own.y_test)
+
+
+def test_a_routed_method_s_drift_uses_its_own_noise_floor(artifacts, digits, monkeypatch):
+    """saliency on an ONNX int8 graph runs shapley: its drift threshold comes from shapley's checks on the
+    original, not from a deterministic method's floor of 1.0."""
+    import explain.quality as quality_module
+
+    real, assessed = quality_module.assess, []
+
+    def assess(model, x, attr, **kwargs):
+        quality = real(model, x, attr, **kwargs)
+        assessed.append(attr.method)
+        return {**quality, "noise_floor_topk": 0.5} if attr.method == "shapley" else quality
+
+    monkeypatch.setattr(quality_module, "assess", assess)
+    result = explain.explain_model(artifacts["mlp"], digits, methods=["saliency"], compare=[artifacts["mlp-int8"]],
+                                   samples=6)
+    row = result.to_dict()["drift"]["rows"][0]
+    assert row["method"] == "saliency" and row["ran"] == "shapley"
+    assert assessed == ["saliency", "shapley"] and row["noise_floor_topk"] == 0.5 and row["threshold"] == 0.35
