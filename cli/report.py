@@ -23,13 +23,14 @@ def report_command(
     Example: toolkit report runs/digits-cnn --out digits.html
     """
     from reports import render_report
+    from reports.render import report_paths
 
     path = render_report(run_dir, out)  # a ReportError is a ToolkitError: one line, exit code 2
     info(f"report written: {path} ({path.stat().st_size / 1024:.0f} KiB)")
     if as_json:
-        numbers = path.with_name(path.stem + ".json") if path.suffix == ".html" else path.with_name(path.name + ".json")
-        emit_json({"report": str(path), "numbers": str(numbers), "model_card": str(Path(run_dir) / "MODEL_CARD.md"),
-                   "bytes": path.stat().st_size})
+        written = report_paths(run_dir, out)
+        emit_json({"report": written["report"], "numbers": written["numbers"], "model_card": written["model_cards"][0],
+                   "model_cards": written["model_cards"], "bytes": path.stat().st_size})
     else:
         typer.echo(str(path))
 

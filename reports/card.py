@@ -33,7 +33,8 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     name = data.name if data else "?"
     sections = []
 
-    details = [f"A {family.upper()} classifier trained by the toolkit on the '{name}' data set."]
+    article = "An" if family.upper()[:1] in "AEFHILMNORSX" else "A"  # as the letters are spoken: an MLP, a CNN
+    details = [f"{article} {family.upper()} classifier trained by the toolkit on the '{name}' data set."]
     facts = []
     if model.get("config"):
         facts.append(f"architecture: {model['config']}")
@@ -56,7 +57,7 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
 
     sections.append(("Intended use", [
         ("p", f"Classifying inputs shaped like the '{name}' data set "
-              f"({' x '.join(map(str, shape)) or 'see model.json'}) into the classes above. "
+              f"({_shape_text(shape)}) into the classes above. "
               "Trained as an example or baseline model; it has not been validated for decisions about people, "
               "safety-critical uses, or data from a different source than its training data."),
     ]))
@@ -97,7 +98,9 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                         "n/a" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x",
                         "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"] for r in compression["variants"]]))
     if explanation and explanation.get("flags"):
-        quant.append(("ul", ["explanation drift: " + f for f in explanation["flags"]]))
+        drift = set(explanation.get("drift_flags") or ())  # the rest are the explanations' own quality checks
+        quant.append(("ul", [("explanation drift: " if f in drift else "explanation quality: ") + f
+                             for f in explanation["flags"]]))
     sections.append(("Quantitative analyses", quant or [("p", "No evaluation results were recorded.")]))
 
     caveats = [
@@ -178,3 +181,12 @@ def to_markdown(title: str, sections: list, metadata: dict | None = None) -> str
                 lines += ["| " + " | ".join(map(_md_escape, row)) + " |" for row in rows]
                 lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _shape_text(shape) -> str:
+    """A sample's shape in words: 6 features, 1 x 64 (channels x length), 3 x 32 x 32 (channels x height x width)."""
+    shape = [int(d) for d in shape or ()]
+    if len(shape) == 1:
+        return f"{shape[0]} feature{'s' if shape[0] != 1 else ''}"
+    names = {2: "channels x length", 3: "channels x height x width"}.get(len(shape))
+    return " x ".join(map(str, shape)) + (f", {names}" if names else "") if shape else "see model.json"

@@ -203,7 +203,8 @@ def _preflight(cfg: PipelineConfig, family: str | None) -> None:
 
 
 def _command(data, family: str, run_dir: Path) -> str:
-    return shlex.join(["toolkit", "pipeline", str(data), "--model", family, "--config", str(run_dir / "config.yaml")])
+    return shlex.join(["toolkit", "pipeline", str(data), "--model", family, "--config", str(run_dir / "config.yaml"),
+                       "--out", str(run_dir.with_name(run_dir.name + "-rerun"))])
 
 
 def _ahead(status: dict, current: str) -> dict:

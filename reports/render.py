@@ -121,8 +121,9 @@ def build_context(run: Run) -> dict:
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Render the run directory `run_dir` (one stage or a pipeline) into one HTML file.
 
-    Also writes `report.json` (the same numbers, without figures) beside the HTML,
-    and `MODEL_CARD.md` in the run directory and in the trained model's directory.
+    Also writes `report.json` (the same numbers, without figures) beside the HTML, and `MODEL_CARD.md` in the
+    run directory, the trained model's and the chosen variant's; with `out` outside the run, beside the HTML
+    instead (nothing is written into the run). `report_paths` lists them.
 
     Returns:
         The path of the HTML report (default `<run_dir>/report.html`).
@@ -132,12 +133,10 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             schema version, or does not match its schema.
     """
     run = load_run(run_dir)
-    out = Path(out) if out is not None else run.root / "report.html"
+    out, numbers_path, cards = _targets(run, out)
     if out.is_dir():
         raise ReportError(f"--out must be a file path, not a directory: {out}")
     ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
-    numbers_path = out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json")
-    cards = [directory / "MODEL_CARD.md" for directory in _card_dirs(run)]
     for path in (out, numbers_path, *cards):  # all checked before anything is written
         refuse_foreign(path)
     context = build_context(run)
@@ -150,6 +149,22 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for path in cards:
         atomic_write_text(path, f"{markdown.rstrip()}\n\n<!-- {GENERATOR}: rewritten by every report -->\n")
     return out
+
+
+def report_paths(run_dir: str | Path, out: str | Path | None = None) -> dict:
+    """What `render_report(run_dir, out)` writes: {"report", "numbers", "model_cards": [...]} (paths as text)."""
+    report, numbers, cards = _targets(load_run(run_dir), out)
+    return {"report": str(report), "numbers": str(numbers), "model_cards": [str(c) for c in cards]}
+
+
+def _targets(run: Run, out) -> tuple[Path, Path, list[Path]]:
+    """The report, its numbers and the model cards. A report written outside the run (`--out` elsewhere) takes
+    its card beside it and writes nothing into the run; one inside it puts the cards in the run's directories."""
+    out = Path(out) if out is not None else run.root / "report.html"
+    numbers = out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json")
+    if not out.resolve().is_relative_to(run.root.resolve()):
+        return out, numbers, [out.with_name("MODEL_CARD.md")]
+    return out, numbers, sorted(directory / "MODEL_CARD.md" for directory in _card_dirs(run))
 
 
 def _card_dirs(run: Run) -> set[Path]:

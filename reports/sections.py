@@ -35,8 +35,15 @@ def _rerun_dir(run: Run) -> str:
 def reproduce_command(run: Run) -> str | None:
     """The command line that reproduces the run, built from the saved config.json: absolute paths (as the
     stage recorded them) and a new output folder beside this one, so it runs from any directory."""
-    if isinstance(run.pipeline_config.get("command"), str):
-        return run.pipeline_config["command"]
+    config = run.pipeline_config
+    if isinstance(config.get("data"), str) and isinstance(config.get("family"), str):
+        # Built here, not read from the record: the run's config.yaml is where the run is now (in <out>.partial
+        # for an interrupted run), and the command writes a new folder.
+        root = Path(run.root).resolve()
+        return shlex.join(["toolkit", "pipeline", config["data"], "--model", config["family"],
+                           "--config", str(root / "config.yaml"), "--out", _rerun_dir(run)])
+    if isinstance(config.get("command"), str):
+        return config["command"]
     if run.is_pipeline:
         return None
     for stage in ("compress", "explain"):
@@ -317,6 +324,7 @@ def explanation(run: Run) -> dict | None:
         "drift_rows": [_drift_row(r) for r in result.drift.rows],
         "runs": [r.dump() for r in result.runs],
         "flags": result.flags,
+        "drift_flags": list(getattr(result.drift, "flags", None) or []),
         "compared": [name for name in result.runtimes if name != "original"],
         "relations": {name: r.dump() for name, r in (getattr(result, "relations", None) or {}).items()},
         "_figures": {k: v for k, v in drawn.items() if v},

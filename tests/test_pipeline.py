@@ -175,13 +175,20 @@ def train_only(monkeypatch, no_compress):
 def test_existing_run_dir_needs_overwrite_and_is_replaced_whole(tmp_path, train_only):
     out = tmp_path / "run"
     run_pipeline("iris", "mlp", overrides={"train.epochs": 2}, out=out, progress=_quiet)
-    (out / "stale.txt").write_text("from the old run")
     with pytest.raises(ToolkitError, match="--overwrite"):
         run_pipeline("iris", "mlp", overrides={"train.epochs": 2}, out=out, progress=_quiet)
+    (out / "notes.txt").write_text("the user's, put there after the run")
+    with pytest.raises(ToolkitError, match=r"holds files the toolkit did not write \(notes.txt\)"):
+        run_pipeline("iris", "mlp", overrides={"train.epochs": 2}, out=out, overwrite=True, progress=_quiet)
+    (out / "notes.txt").unlink()
+    (out / "train" / "checkpoint-old.pt").write_bytes(b"")  # not the toolkit's either, deeper down
+    with pytest.raises(ToolkitError, match="train/checkpoint-old.pt"):
+        run_pipeline("iris", "mlp", overrides={"train.epochs": 2}, out=out, overwrite=True, progress=_quiet)
+    (out / "train" / "checkpoint-old.pt").unlink()
     result = run_pipeline("iris", "mlp", overrides={"train.epochs": 3}, out=out, overwrite=True, progress=_quiet)
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 3
     assert result.report == out / "report.html" and result.run_dir == out
-    assert not (out / "stale.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_interrupted_pipeline_leaves_the_previous_run_untouched(tmp_path, train_only, monkeypatch):

@@ -181,7 +181,15 @@ def test_report_out_option_and_report_json_beside_it(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "elsewhere" / "r.html")
     assert (tmp_path / "elsewhere" / "r.json").is_file()
-    assert not (tmp_path / "elsewhere" / "MODEL_CARD.md").exists()
+    # A report outside the run takes its card beside it and writes nothing into the run, so a card of the user's
+    # there does not block it.
+    assert (tmp_path / "elsewhere" / "MODEL_CARD.md").read_text().startswith("---")
+    assert not (run / "MODEL_CARD.md").exists() and not (run / "report.html").exists()
+    (run / "MODEL_CARD.md").write_text("my own card\n")
+    again = run_cli("report", run, "--out", tmp_path / "elsewhere" / "r.html", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["model_cards"] == [str(tmp_path / "elsewhere" / "MODEL_CARD.md")]
+    assert (run / "MODEL_CARD.md").read_text() == "my own card\n"
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -250,3 +258,31 @@ def test_variant_that_disagrees_with_the_original_is_marked(tmp_path):
     assert html.count("disagrees with fp32") == 1
     row = html[html.index("<strong>prune-structured-30</strong>"):]
     assert row.index("disagrees with fp32") < row.index("</tr>")
+
+
+def test_a_pipeline_s_reproduce_command_names_its_config_where_it_is_and_a_new_folder(tmp_path):
+    from reports.collect import load_run
+    from reports.sections import reproduce_command
+
+    import shlex
+
+    root = make_run(tmp_path / "p.partial")  # an interrupted pipeline: its config lies in <out>.partial
+    (root / "config.json").write_text(json.dumps({"stage": "pipeline", "data": "/data/toy.csv", "family": "mlp",
+                                                  "command": "toolkit pipeline stale --config /gone/config.yaml"}))
+    parts = shlex.split(reproduce_command(load_run(root)))
+    assert parts[:5] == ["toolkit", "pipeline", "/data/toy.csv", "--model", "mlp"]
+    assert parts[parts.index("--config") + 1] == str(root.resolve() / "config.yaml")
+    assert parts[parts.index("--out") + 1] == str(root.resolve().with_name("p.partial-rerun"))
+
+
+def test_the_model_card_tells_quality_checks_from_drift(tmp_path):
+    run = make_run(tmp_path / "run")
+    record = json.loads((run / "explain" / "result.json").read_text())
+    failed = "integrated_gradients: sanity check FAILED: not separated from a randomised model"
+    record["flags"] = [failed, *record["drift"]["flags"]]
+    (run / "explain" / "result.json").write_text(json.dumps(record))
+    render_report(run)
+    card = (run / "MODEL_CARD.md").read_text()
+    assert f"explanation quality: {failed}" in card
+    assert f"explanation drift: {record['drift']['flags'][0]}" in card
+    assert "An MLP classifier" in card and "(4 features)" in card
