@@ -244,3 +244,42 @@ def test_a_class_name_given_twice_is_refused_in_data_and_in_model_json(tmp_path)
     (tmp_path / "run" / "model.json").write_text(json.dumps(spec))
     with pytest.raises(ArtifactError, match="names a class twice"):
         load_model(tmp_path / "run")
+
+
+def test_a_header_of_numbers_is_named_as_a_missing_header(tmp_path, capsys):
+    frame, y = _frame()
+    pd.DataFrame({**frame, "label": y}).to_csv(tmp_path / "t.csv", index=False, header=False)
+    load_data(str(tmp_path / "t.csv"))
+    assert "if the file has no header row, its first row was read as one" in capsys.readouterr().err
+
+
+def test_table_options_on_data_that_is_no_table_are_refused(tmp_path):
+    from trainers.tables import TableOptions
+
+    with pytest.raises(DataError, match="--target name\\(s\\) the columns of a table .* digits is not one"):
+        load_data("digits", table=TableOptions(target="label"))
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 3)), y=np.arange(20) % 2)
+    with pytest.raises(DataError, match="--keep, --sep"):
+        load_data(str(tmp_path / "d.npz"), table=TableOptions(keep=("a",), sep=";"))
+
+
+def test_an_npy_of_python_objects_is_named_so(tmp_path):
+    np.save(tmp_path / "x.npy", np.array([{"a": 1}] * 20, dtype=object), allow_pickle=True)
+    np.save(tmp_path / "x.labels.npy", np.arange(20) % 2)
+    with pytest.raises(DataError, match="holds Python objects, which only unpickling reads"):
+        load_data(str(tmp_path / "x.npy"))
+
+
+def test_predictions_of_an_image_folder_name_their_files(tmp_path):
+    from trainers.inference import predict_file
+
+    _images(tmp_path / "img", count=5)
+    train(str(tmp_path / "img"), "cnn", TrainConfig(epochs=1, device="cpu"), out=tmp_path / "run", progress=False)
+    (tmp_path / "new" / "deep").mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "new" / "deep" / "z.png")
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "new" / "a.png")
+    _, table = predict_file(tmp_path / "run", tmp_path / "new")
+    assert list(table.columns[:3]) == ["file", "predicted", "predicted_index"]
+    assert table["file"].tolist() == ["a.png", "deep/z.png"]

@@ -132,6 +132,14 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
     if image_size is not None and not isinstance(spec, (str, Path)):
         raise DataError(f"image size {image_size} resizes the images of a folder; "
                         f"{type(spec).__name__} data is not one")
+    table_like = type(spec).__name__ == "DataFrame" or (
+        isinstance(spec, (str, Path)) and Path(str(spec)).suffix.lower() in (".csv", ".parquet"))
+    if not table_like and fitted is None and (options.target is not None or options.keep or options.drop
+                                              or options.sep):
+        given = [flag for flag, value in (("--target", options.target), ("--keep", options.keep),
+                                          ("--drop", options.drop), ("--sep", options.sep)) if value]
+        raise DataError(f"{', '.join(given)} name(s) the columns of a table (.csv, .parquet, a DataFrame); "
+                        f"{spec if isinstance(spec, (str, Path)) else type(spec).__name__} is not one")
     if isinstance(spec, tuple):
         if len(spec) != 2:
             raise DataError(f"data as a tuple must be (x, y), got {len(spec)} items")

@@ -154,7 +154,10 @@ def load_npy_pair(path: Path, seed: int):
         x = np.load(path, mmap_mode="r", allow_pickle=False)
         y = np.load(labels_path, allow_pickle=False)
     except ValueError as exc:
-        raise DataError(f"{path}: cannot read without unpickling or malformed ({exc}); refused") from None
+        if "pickle" in str(exc).lower() or "python objects" in str(exc).lower():
+            raise DataError(f"{path}: holds Python objects, which only unpickling reads (it can run code); "
+                            "refused: save numbers (np.save of a numeric array)") from None
+        raise DataError(f"{path}: not a readable .npy file ({str(exc).splitlines()[0]})") from None
     except OSError as exc:
         raise DataError(f"cannot read {path} as a .npy file: {exc}") from None
     from .data import split_indices

@@ -21,7 +21,7 @@ from .progress import reporter
 def check_predictions_out(out: str | Path, overwrite: bool) -> None:
     """Refuse, in one line, an `--out` for predictions that would cost a file: a directory, or an existing file
     unless `overwrite` is given and the file holds predictions the toolkit wrote (its header starts with
-    `PREDICTIONS_HEADER`). So the input rows, a model's files and any file of the user's are never replaced."""
+    `PREDICTIONS_HEADER`, after a `file` column for images). So the input rows, a model's files and any file of the user's are never replaced."""
     out = Path(out)
     if out.is_dir():
         raise ToolkitError(f"--out {out} is a directory; give the name of the CSV file to write")
@@ -31,10 +31,10 @@ def check_predictions_out(out: str | Path, overwrite: bool) -> None:
         raise ToolkitError(f"{out} exists; --overwrite replaces it if it holds predictions the toolkit wrote")
     try:
         with out.open("rb") as handle:
-            head = handle.read(len(PREDICTIONS_HEADER))
+            head = handle.read(len(PREDICTIONS_HEADER) + 5)
     except OSError as exc:
         raise ToolkitError(f"cannot read {out}: {exc.strerror}") from None
-    if head != PREDICTIONS_HEADER.encode():
+    if not (head.startswith(PREDICTIONS_HEADER.encode()) or head.startswith(b"file," + PREDICTIONS_HEADER.encode())):
         raise ToolkitError(f"refusing to overwrite {out}: it does not hold predictions the toolkit wrote; "
                            "choose another --out")
 
@@ -170,4 +170,11 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
             model = load_model(where, device=device)
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
+    if Path(data).is_dir():  # a folder of images: each row names its file
+        from .images import read_image_files
+
+        x, names = read_image_files(Path(data), tuple(model.spec.input_shape))
+        table = predict_table(model, x, batch_size=batch_size, progress=progress)
+        table.insert(0, "file", names)
+        return model, table
     return model, predict_table(model, read_rows(data, model), batch_size=batch_size, progress=progress)

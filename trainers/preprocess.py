@@ -267,7 +267,8 @@ def _encode(step: dict, column: pd.Series, absent: np.ndarray, where: str) -> np
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         values = np.where(np.isnan(values), step["fill"], values)
         if not np.isfinite(values).all():
-            raise DataError(f"{where}: column '{name}' contains infinite values")
+            raise DataError(f"{where}: column '{name}' contains infinite values, or numbers beyond float32's range "
+                            "(3.4e38) that read as infinite")
         return values.astype(np.float32)[:, None]
     if pd.api.types.is_numeric_dtype(column) and not absent.all():
         raise DataError(f"{where}: column '{name}' was text at training but holds numbers here; "

@@ -180,6 +180,14 @@ def _label_text(labels: pd.Series) -> list[str]:
     return [str(v).strip() for v in labels.tolist()]
 
 
+def _is_number(name) -> bool:
+    try:
+        float(str(name))
+        return True
+    except ValueError:
+        return False
+
+
 def _last_filled(frame: pd.DataFrame) -> str:
     """The default target: the last column with a value in it. A line ending in a separator adds an empty
     last column (as a spreadsheet's export often does); it is dropped as constant, never taken for the label."""
@@ -237,6 +245,9 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
         frame = frame.copy(deep=False)  # the target is popped below; the user's frame stays as it is
     where = source or "table"
     frame = named_columns(frame, where)
+    if fitted is None and len(frame.columns) > 1 and all(_is_number(c) for c in frame.columns):
+        print(f"warning: {where}: every column name is a number ({', '.join(map(str, frame.columns[:3]))}, ...): if "
+              "the file has no header row, its first row was read as one; add a header line", file=sys.stderr)
     if len(frame) == 0:
         raise DataError(f"{where}: needs a header row and at least one data row")
     if frame.shape[1] < 2:
