@@ -143,7 +143,10 @@ def check_source(model, who: str) -> None:
         if model.onnx_model_bytes() is None:
             raise ToolkitError(f"{who} needs the ONNX graph of an onnx model; this one has none")
         return
-    if model.module is None:
+    if model.module is None and model.spec.runtime == "torch" and model.spec.family == CUSTOM_FAMILY:
+        raise ToolkitError(f"{who} needs the module of this artifact's own architecture: from Python, "
+                           "load_model(dir, module=YourNet()) and pass that, or give its ONNX graph")
+    if model.module is None and model.spec.runtime == "torch":
         raise ToolkitError(f"{who} needs a PyTorch model; this artifact has no PyTorch weights")
     if model.spec.runtime != "torch" or model.spec.dtype != "float32":
         raise ToolkitError(f"{who} needs an fp32 PyTorch model (a trained model, not a compressed variant); "

@@ -127,6 +127,14 @@ def _load(model, data, target, table) -> tuple[LoadedModel, DataBundle]:
             data = load_data(data, table=TableOptions(target or table.target, table.keep, table.drop, table.sep))
         model = as_model(model, data)
     model = as_model(model)
+    if (model.spec.family == CUSTOM_FAMILY and model.module is None and model.spec.dtype == "float32"
+            and model.onnx_model_bytes() is not None):
+        # A variant of a user's own module, saved, read without its class: its fp32 ONNX graph is the model, as
+        # if the user had given that file (the ONNX methods apply; the PyTorch ones need the module).
+        from trainers.usermodel import from_onnx
+
+        model = from_onnx(model.onnx_model_bytes(), class_names=model.spec.class_names,
+                          origin=str(Path(model.source) / model.spec.onnx["file"]))
     check_source(model, "compress")
     if not isinstance(data, DataBundle):
         table = table or TableOptions()

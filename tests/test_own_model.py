@@ -510,3 +510,22 @@ def test_compress_gives_the_users_module_back_in_its_mode(zoo):
     module.eval()
     compress.compress_model(module, bundle, methods=["int8-dynamic"])
     assert not any(m.training for m in module.modules())
+
+
+def test_a_saved_variant_of_a_users_module_compresses_again_as_its_onnx_graph(zoo, tmp_path, capsys):
+    """Read back without its class, a pruned variant of a user's module is its fp32 ONNX graph: the ONNX methods
+    take it, as they take the same graph given as a file (a module's methods would need the class)."""
+    import compress
+    from cli.main import main
+
+    module, bundle, _, npz = zoo["mlp_layernorm"]
+    compress.compress_model(module, bundle, methods=["prune-structured"], options={"prune-structured": {
+        "finetune_epochs": 1}}, out=tmp_path / "first")
+    variant = next((tmp_path / "first" / "variants").iterdir())
+    assert _cli(main, ["compress", str(variant), "--data", str(npz), "--method", "int8-dynamic",
+                       "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "result.json").read_text())
+    assert again["family"] == "onnx" and [v["name"] for v in again["variants"]][-1] == "int8-dynamic-onnx"
+    assert _cli(main, ["compress", str(variant), "--data", str(npz), "--method", "prune-structured",
+                       "--out", str(tmp_path / "refused")]) == 2
+    assert "cannot" in capsys.readouterr().err.splitlines()[-1]
