@@ -529,3 +529,13 @@ def test_a_saved_variant_of_a_users_module_compresses_again_as_its_onnx_graph(zo
     assert _cli(main, ["compress", str(variant), "--data", str(npz), "--method", "prune-structured",
                        "--out", str(tmp_path / "refused")]) == 2
     assert "cannot" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_module_that_returns_probabilities_is_warned_about(capsys):
+    bundle = _bundle((12,))
+    torch.manual_seed(0)
+    probabilities = nn.Sequential(nn.Linear(12, CLASSES), nn.Softmax(dim=1))
+    trainers.as_model(probabilities, bundle)
+    assert "returns probabilities (each row sums to 1), not logits" in capsys.readouterr().err
+    trainers.as_model(probabilities[0], bundle)  # its logits: nothing to say
+    assert capsys.readouterr().err == ""

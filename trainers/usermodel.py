@@ -14,6 +14,7 @@ and pass it, or to export it to ONNX.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,17 @@ def _inputs_of(data) -> np.ndarray | None:
     return np.ascontiguousarray(np.asarray(x, np.float32)[:EXAMPLE_SAMPLES])
 
 
+def _warn_if_probabilities(out: np.ndarray, where: str) -> None:
+    """One warning line where a model's outputs on the example rows look like probabilities (each row non-negative
+    and summing to 1): the toolkit takes logits, and a softmax of probabilities flattens them toward uniform (a
+    class at 0.99 reads as 0.58 of three), though the predicted class stays the same."""
+    out = np.asarray(out, dtype=np.float64)
+    if out.ndim == 2 and len(out) and (out >= 0).all() and np.allclose(out.sum(1), 1.0, atol=1e-3):
+        print(f"warning: {where} returns probabilities (each row sums to 1), not logits: predict's probabilities "
+              "would be a softmax of them; return the scores before the softmax (or log-probabilities)",
+              file=sys.stderr)
+
+
 def _names(data, class_names, width: int, where: str) -> list[str]:
     names = list(class_names) if class_names is not None else getattr(data, "class_names", None)
     if names is None:
@@ -180,6 +192,7 @@ def _from_module(module: nn.Module, data, class_names) -> LoadedModel:
         got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
         raise ToolkitError(f"the model returns {got} for inputs of shape {tuple(x.shape)}; the toolkit needs "
                            f"logits of shape (batch, classes), one tensor")
+    _warn_if_probabilities(out.detach().cpu().numpy(), "the module")
     names = _names(data, class_names, shape[1], "the model")
     config = {"class": f"{type(module).__module__}.{type(module).__qualname__}"}
     spec = _spec(CUSTOM_FAMILY, config, x, data if not isinstance(data, np.ndarray) else None, names, "torch",
@@ -227,6 +240,7 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
                            f"{list(x.shape[1:])} per sample")
     session = _session(onnx_bytes, origin)
     out = _run_checked(session, x, origin)
+    _warn_if_probabilities(out, origin)
     names = _names(data, class_names if class_names is not None else _meta_names(meta), out.shape[1], origin)
     spec = _spec(ONNX_FAMILY, {"inputs": inputs[0].name, "opset": max((o.version for o in proto.opset_import
                                                                          if o.domain in ("", "ai.onnx")), default=None)},
