@@ -205,8 +205,11 @@ def export_onnx_raw_rows(model: LoadedModel, data: DataBundle | None = None, *, 
         raise ToolkitError("ONNX export of raw rows needs a model trained on a table (CSV, Parquet, DataFrame)")
     if not numeric_only(table):
         text = [s["column"] for s in table["steps"] if s["kind"] != "numeric"]
-        raise ToolkitError(f"columns {', '.join(text)} are text: their encoding cannot run inside the ONNX graph; "
-                           "export the encoded model (export_onnx) and encode them before it")
+        wide = [s["column"] for s in table["steps"] if "offset" in s]
+        why = (f"columns {', '.join(text)} are text: their encoding cannot run inside the ONNX graph" if text else
+               f"columns {', '.join(wide)} need float64 (float32 rows would lose their digits before the graph "
+               "could centre them)")
+        raise ToolkitError(f"{why}; export the encoded model (export_onnx) and encode the rows before it")
     return prepend_table_steps(export_onnx(model, data, exporter=exporter), table)
 
 

@@ -283,3 +283,36 @@ def test_predictions_of_an_image_folder_name_their_files(tmp_path):
     _, table = predict_file(tmp_path / "run", tmp_path / "new")
     assert list(table.columns[:3]) == ["file", "predicted", "predicted_index"]
     assert table["file"].tolist() == ["a.png", "deep/z.png"]
+
+
+@pytest.mark.parametrize("reader", ["arrow", "pandas"])
+def test_numbers_float32_would_lose_are_kept_and_centred(reader, tmp_path, monkeypatch):
+    """Unix times in seconds (1.6e9) lie 128 apart in float32: a column that tells the classes apart by 20 seconds
+    would read as constant. It is read in float64 and centred on its median before the model's float32."""
+    import trainers.tables as tables
+
+    if reader == "pandas":  # the fallback reader (files pyarrow refuses) keeps such a column too
+        from trainers.csvread import ArrowUnreadable
+
+        def refuse(*args, **kwargs):
+            raise ArrowUnreadable("forced")
+
+        monkeypatch.setattr("trainers.csvread.read_csv_arrow", refuse)
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    frame = pd.DataFrame({"noise": rng.normal(size=200), "t": 1.6e9 + y * 20 + rng.random(200), "label": y})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    assert tables.read_table(tmp_path / "t.csv")["t"].dtype == np.float64
+    bundle = load_data(str(tmp_path / "t.csv"))
+    step = _steps(bundle)["t"]
+    assert "t" not in bundle.table["dropped"] and step["offset"] == pytest.approx(np.median(frame["t"]), abs=30)
+    x = np.concatenate([bundle.x_train, bundle.x_val, bundle.x_test])[:, 1]
+    assert np.ptp(x) > 15  # the 20 seconds between the classes survive
+    train(bundle, "mlp", TrainConfig(epochs=20, device="cpu"), out=tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run")
+    assert (predict(model, frame.drop(columns="label")).argmax(1) == y).mean() > 0.95
+    from compress.export import export_onnx_raw_rows
+    from trainers.errors import ToolkitError
+
+    with pytest.raises(ToolkitError, match="columns t need float64"):
+        export_onnx_raw_rows(model)

@@ -51,7 +51,7 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
         stream = _open(path, sep, nulls, {n: p[1] for (n, _), p in zip(inferred, plan) if p[1] is not None}, ragged)
         with stream:
             frame, wide = _fill(path, stream, names, plan)
-        if wide:  # rare: integers past float32's exact range, read again as exact numbers
+        if wide:  # rare: numbers float32 would lose (`Precision`, integers past 2**24), read again as float64
             exact = _open(path, sep, nulls, {inferred[i][0]: pa.float64() for i in wide}, ragged,
                           include=[inferred[i][0] for i in wide])
             with exact:
@@ -93,15 +93,13 @@ def _open(path: Path, sep: str, nulls: list[str], types: dict, ragged: list, inc
 def _plan(kind) -> tuple[str, object]:
     """(where the column goes, the type to parse it as) from the type inferred on the first block.
 
-    Integers parse as float64 (a later block may hold decimals; the first block fixed the type), floats
-    straight as float32; dates and times stay the text they were, as with pandas, so they are encoded as
-    categories or found ID-like.
+    Numbers parse as float64, a block at a time (a later block may hold decimals; the first block fixed the
+    type), and land in the float32 matrix unless float32 would lose them (`Precision`); dates and times stay the
+    text they were, as with pandas, so they are encoded as categories or found ID-like.
     """
     import pyarrow as pa
 
-    if pa.types.is_floating(kind):
-        return "matrix", pa.float32()
-    if pa.types.is_integer(kind) or pa.types.is_null(kind):
+    if pa.types.is_integer(kind) or pa.types.is_null(kind) or pa.types.is_floating(kind):
         return "matrix", pa.float64()
     if pa.types.is_boolean(kind):
         return "other", None
@@ -136,6 +134,7 @@ def _fill(path: Path, stream, names: list[str], plan) -> tuple[pd.DataFrame, lis
     matrix = column_matrix(_line_bound(path), len(numeric))
     others = {i: [] for i in range(len(plan)) if i not in slot}
     wide, n = set(), 0
+    precision = {i: Precision() for i in numeric}
     for batch in stream:
         rows = batch.num_rows
         for i in range(batch.num_columns):
@@ -144,6 +143,7 @@ def _fill(path: Path, stream, names: list[str], plan) -> tuple[pd.DataFrame, lis
                 values = column.to_numpy(zero_copy_only=False)  # missing cells arrive as NaN
                 if values.dtype == np.float64 and np.nanmax(np.abs(values), initial=0.0) > EXACT_FLOAT32:
                     wide.add(i)
+                precision[i].add(values)
                 matrix[n:n + rows, slot[i]] = values
             else:
                 others[i].append(column)
@@ -151,7 +151,32 @@ def _fill(path: Path, stream, names: list[str], plan) -> tuple[pd.DataFrame, lis
     frame = pd.DataFrame(matrix[:n], columns=[names[i] for i in numeric], copy=False)
     for i, chunks in sorted(others.items()):
         frame.insert(i, names[i], _other_column(chunks, plan[i][1]))
+    wide |= {i for i, p in precision.items() if p.lost()}
     return frame, sorted(wide)
+
+
+class Precision:
+    """Whether float32 keeps a numeric column: its values seen a block at a time, the largest rounding error of
+    float32 against the column's range. Float32 has 24 bits: at 1.6e9 (a Unix time in seconds) its values lie
+    128 apart, so a column of times that differ by seconds would read as constant. A column whose rounding
+    error passes `LOST` of its range is read again as float64 (`preprocess.fit_table` then centres it before
+    the model's float32)."""
+
+    LOST = 1e-4
+
+    def __init__(self):
+        self.low, self.high, self.error = np.inf, -np.inf, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        if values.dtype != np.float64 or not values.size:
+            return
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            self.low, self.high = min(self.low, float(finite.min())), max(self.high, float(finite.max()))
+            self.error = max(self.error, float(np.abs(finite - finite.astype(np.float32)).max()))
+
+    def lost(self) -> bool:
+        return self.high > self.low and self.error > self.LOST * (self.high - self.low)
 
 
 def _other_column(chunks: list, kind) -> pd.Series | np.ndarray:

@@ -180,6 +180,10 @@ def fit_table(frame: pd.DataFrame, train_rows: np.ndarray, dropped: dict[str, st
             values = column.to_numpy(dtype=np.float64, na_value=np.nan)
             median = float(np.nanmedian(values)) if np.isfinite(values).any() else 0.0
             step = {"column": str(name), "kind": "numeric", "fill": median, "indicator": missing}
+            if _float32_loses(frame[name]):
+                # Subtracted in float64 before the model's float32 (`transform`): Unix times in seconds lie 128
+                # apart in float32, their differences from the median are exact. Such a column has no raw-row graph.
+                step["offset"] = median
             if formats and str(name) in formats:
                 step["format"] = formats[str(name)]  # the text was numbers (`number_format`)
             steps.append(step)
@@ -265,7 +269,7 @@ def _encode(step: dict, column: pd.Series, absent: np.ndarray, where: str) -> np
                                 f"({column[bad].iloc[0]!r}); give numbers or leave the cell empty")
             column = values
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-        values = np.where(np.isnan(values), step["fill"], values)
+        values = np.where(np.isnan(values), step["fill"], values) - step.get("offset", 0.0)
         if not np.isfinite(values).all():
             raise DataError(f"{where}: column '{name}' contains infinite values, or numbers beyond float32's range "
                             "(3.4e38) that read as infinite")
@@ -321,5 +325,17 @@ def as_frame(table: dict, rows, where: str = "rows") -> pd.DataFrame:
 
 
 def numeric_only(table: dict) -> bool:
-    """Whether every kept column is numeric, so the steps can run inside an ONNX graph."""
-    return all(step["kind"] == "numeric" for step in table["steps"])
+    """Whether every kept column is numeric and float32 keeps it, so the steps can run inside an ONNX graph
+    (whose input is float32: a column centred in float64, `offset`, would lose what the centring keeps)."""
+    return all(step["kind"] == "numeric" and "offset" not in step for step in table["steps"])
+
+
+def _float32_loses(column: pd.Series) -> bool:
+    """Whether float32 would lose a numeric column's values (`csvread.Precision`): the CSV reader kept it float64."""
+    from .csvread import Precision
+
+    if not isinstance(column.dtype, np.dtype) or column.dtype not in (np.float64, np.int64):
+        return False
+    precision = Precision()
+    precision.add(column.to_numpy(dtype=np.float64))
+    return precision.lost()

@@ -89,11 +89,16 @@ def _read_csv_pandas(path: Path, sep: str) -> pd.DataFrame:
 
 
 def _compact(chunk: pd.DataFrame) -> pd.DataFrame:
-    """Numbers as float32 (half the bytes of pandas' float64), text stripped of surrounding spaces."""
+    """Numbers as float32 (half the bytes of pandas' float64) where float32 keeps them, text stripped of
+    surrounding spaces."""
+    from .csvread import Precision
+
     for name in chunk.columns:
         column = chunk[name]
         if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
-            if not (pd.api.types.is_integer_dtype(column) and column.abs().max() > 2**24):
+            precision = Precision()  # a chunk's column that float32 would lose stays float64 (concat keeps it so)
+            precision.add(column.to_numpy(dtype=np.float64, na_value=np.nan))
+            if not (pd.api.types.is_integer_dtype(column) and column.abs().max() > 2**24) and not precision.lost():
                 chunk[name] = column.astype(np.float32)
         elif column.dtype == object:
             chunk[name] = column.str.strip() if hasattr(column, "str") else column
