@@ -67,6 +67,9 @@ def compress_command(
                                 progress=progress, tracker=track)
     summary = result.to_dict()
     print_table(variants_table(summary))
+    for skipped in summary["skipped"]:
+        if skipped["method"] in summary["methods"] and skipped["method"] != "auto" and not skipped.get("name"):
+            info(f"not made: {skipped['method']}: {skipped['reason']}")  # a named method with nothing to make here
     info(f"chosen: {summary['chosen']['name']}: {summary['chosen']['reason']}")
     finish(summary, result.out, as_json)
 

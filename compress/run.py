@@ -310,8 +310,19 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
             skipped += missed
         else:
             report(step, name)
-            variants += get_method(name, model).func(model, data, **_method_options(name, options, ratio))
+            method_options = _method_options(name, options, ratio)
+            try:
+                variants += get_method(name, model).func(model, data, **method_options)
+            except ToolkitError as exc:
+                if len(methods) == 1:
+                    raise
+                # One of several named methods that finds nothing to make on this model (no layer to factorize,
+                # no weight to store as int8) is listed with its reason; the others' variants are kept.
+                skipped.append({"method": name, "options": method_options or None, "reason": str(exc)})
     variants = _unique(variants)
+    failed = [s for s in skipped if "name" not in s and s["method"] in methods]
+    if not variants and failed:
+        raise ToolkitError(failed[0]["reason"])
     chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
                             config=config, notes=notes, progress=progress,
                             guard=options.get("auto", {}) if "auto" in methods else None,

@@ -539,3 +539,19 @@ def test_a_module_that_returns_probabilities_is_warned_about(capsys):
     assert "returns probabilities (each row sums to 1), not logits" in capsys.readouterr().err
     trainers.as_model(probabilities[0], bundle)  # its logits: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_one_named_method_with_nothing_to_make_does_not_cost_the_others(zoo, tmp_path, capsys):
+    import compress
+    from cli.main import main
+
+    _, bundle, onnx_path, npz = zoo["mlp_layernorm"]
+    tiny = _matmul_graph(tmp_path, "tiny.onnx", np.ones((12, CLASSES), np.float32))  # 36 weights: no int8-weights
+    result = compress.compress_model(str(tiny), bundle, methods=["int8-weights", "onnx-fp32"])
+    assert [v.name for v in result.variants] == ["onnx-fp32"]
+    assert [(s["method"], "no weight matrix" in s["reason"]) for s in result.skipped] == [("int8-weights", True)]
+    with pytest.raises(ToolkitError, match="no weight matrix"):  # named alone, it is refused as before
+        compress.compress_model(str(tiny), bundle, methods=["int8-weights"])
+    assert _cli(main, ["compress", str(tiny), "--data", str(npz), "--method", "int8-weights", "--method",
+                       "onnx-fp32", "--out", str(tmp_path / "run")]) == 0
+    assert "not made: int8-weights: " in capsys.readouterr().err
