@@ -29,11 +29,12 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         debug = bool(os.environ.get("TOOLKIT_DEBUG"))
+        as_json = bool(kwargs.get("as_json"))  # with --json, stdout holds one JSON object on failure too
         with warnings.catch_warnings(record=True) as caught:
             try:
                 result = func(*args, **kwargs)
             except KeyboardInterrupt as exc:  # its message says what was kept (a pipeline's stages)
-                fail(f"interrupted {exc}".strip(), 130)
+                fail(f"interrupted {exc}".strip(), 130, as_json=as_json)
             except (typer.Exit, typer.Abort, typer.TyperException) as exc:
                 _show(caught if debug or getattr(exc, "exit_code", 1) == 0 else [])
                 raise
@@ -42,7 +43,7 @@ def handle_errors(func):
                 message, code = describe(exc)
                 if debug and code == 1:
                     raise
-                fail(message + (" (set TOOLKIT_DEBUG=1 for the traceback)" if code == 1 else ""), code)
+                fail(message + (" (set TOOLKIT_DEBUG=1 for the traceback)" * (code == 1)), code, as_json=as_json)
         _show(caught)
         return result
 
@@ -53,10 +54,12 @@ def _show(caught) -> None:
     [warnings.showwarning(w.message, w.category, w.filename, w.lineno) for w in caught]
 
 
-def fail(message: str, code: int = 2):
-    """Print one line on stderr and exit. In a torchrun job every rank meets the same bad input: rank 0 says it."""
+def fail(message: str, code: int = 2, *, as_json: bool = False):
+    """One line on stderr (with `as_json`, {"error", "exit_code"} on stdout too), then exit. Rank 0 only of a job."""
     if code != 2 or os.environ.get("RANK", "0") == "0":
         typer.echo(f"error: {message}", err=True)
+        if as_json:
+            emit_json({"error": message, "exit_code": code})
     raise typer.Exit(code)
 
 
@@ -86,10 +89,7 @@ def progress_mode() -> str:
 
 def finish(summary: dict, out, as_json: bool) -> None:
     """A command's result on stdout: the whole summary as JSON with --json, else the path it wrote."""
-    if as_json:
-        emit_json(summary)
-    else:
-        typer.echo(str(out))
+    emit_json(summary) if as_json else typer.echo(str(out))
 
 
 def emit_json(obj) -> None:  # the result on stdout as one JSON object (data only; logs go to stderr)

@@ -82,6 +82,8 @@ def pipeline_command(
         typer.echo(f"error: {failed}{where}", err=True)
         if failed.report is not None:  # stdout: the data, as on success
             emit_json(failed.result.to_dict()) if as_json else typer.echo(str(failed.report))
+        elif as_json:
+            emit_json({"error": str(failed), "exit_code": failed.code})
         raise typer.Exit(failed.code)
     _print(result, as_json)
 

@@ -158,3 +158,19 @@ def test_predict_on_a_folder_of_images_agrees_with_trainers_predict(tmp_path):
     assert len(table) == len(files) and (table["predicted_index"].to_numpy() == expected).all()
     refused = run_cli("predict", tmp_path / "model", tmp_path / "photos" / "dark" / "00.png")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "missing.csv", "--model", "mlp"),
+    ("compress", "no-model", "--data", "iris"),
+    ("explain", "no-model", "--data", "iris"),
+    ("report", "no-run"),
+    ("predict", "no-model", "rows.csv"),
+    ("pipeline", "missing.csv", "--model", "mlp"),
+])
+def test_json_on_failure_is_one_error_object_on_stdout(args):
+    result = run_cli(*args, "--json")  # none of these paths exists: each fails before writing anything
+    assert result.returncode == 2
+    error = json.loads(result.stdout)
+    assert set(error) == {"error", "exit_code"} and error["exit_code"] == 2
+    assert result.stderr.strip() == f"error: {error['error']}"
