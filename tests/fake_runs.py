@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from trainers.schema import (AgreementCheck, AgreementStep, AttributionRun, Chosen, ClassScores, CompressResultFile,
@@ -203,12 +204,12 @@ def make_run(root: Path, stages=("train", "compress", "explain"), **names) -> Pa
     return root
 
 
-def interrupted_train(out: Path, epochs: int, model: dict) -> None:
-    """A real `train` on iris stopped by Ctrl-C in its second epoch: `out` keeps its checkpoint.pt."""
+@contextmanager
+def ctrl_c_in_second_epoch():
+    """Within it, training is stopped by Ctrl-C (KeyboardInterrupt) as its second epoch starts."""
     import pytest
 
     import trainers.loop as loop
-    from trainers import TrainConfig, train
 
     original, calls = loop.train_epoch, []
 
@@ -220,5 +221,13 @@ def interrupted_train(out: Path, epochs: int, model: dict) -> None:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "train_epoch", stop_in_second_epoch)
+        yield
+
+
+def interrupted_train(out: Path, epochs: int, model: dict) -> None:
+    """A real `train` on iris stopped by Ctrl-C in its second epoch: `out` keeps its checkpoint.pt."""
+    from trainers import TrainConfig, train
+
+    with ctrl_c_in_second_epoch():
         train("iris", "mlp", TrainConfig(epochs=epochs, model=model), out=out, progress=False)
     assert (out / "checkpoint.pt").is_file()

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import compress.run as compress_run
-from fake_runs import interrupted_train
+from fake_runs import ctrl_c_in_second_epoch, interrupted_train
 import trainers.rundir as rundir
 from cli.main import main
 from compress.measure import LatencyConfig
@@ -343,25 +343,14 @@ def test_predict_overwrites_only_predictions_it_wrote(shared, tmp_path, monkeypa
 
 
 def test_ctrl_c_in_train_exits_130_and_keeps_the_previous_run(shared, tmp_path, monkeypatch, capsys):
-    import trainers.loop as loop
-
     monkeypatch.chdir(tmp_path)
     shutil.copytree(shared.model, tmp_path / "run")
     before = snapshot(tmp_path / "run")
-    original, calls = loop.train_epoch, []
-
-    def stop_in_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_epoch", stop_in_second_epoch)
-    assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--overwrite"]) == 130
+    with ctrl_c_in_second_epoch():
+        assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--overwrite"]) == 130
     assert snapshot(tmp_path / "run") == before  # the previous run stays as it was
     assert (tmp_path / "run.partial" / "checkpoint.pt").is_file()  # the interrupted one, for --resume
     assert "--resume --out" in capsys.readouterr().err
-    monkeypatch.setattr(loop, "train_epoch", original)
     assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 3
     assert not (tmp_path / "run.partial").exists()
