@@ -159,11 +159,13 @@ def report_paths(run_dir: str | Path, out: str | Path | None = None) -> dict:
 
 def _targets(run: Run, out) -> tuple[Path, Path, list[Path]]:
     """The report, its numbers and the model cards. A report written outside the run (`--out` elsewhere) takes
-    its card beside it and writes nothing into the run; one inside it puts the cards in the run's directories."""
+    its card beside it, named after it as its numbers are (`r.html`: `r.json`, `r.md`), and writes nothing into
+    the run; one inside it puts MODEL_CARD.md in the run's directories."""
     out = Path(out) if out is not None else run.root / "report.html"
-    numbers = out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json")
+    stem = out.stem if out.suffix == ".html" else out.name
+    numbers = out.with_name(stem + ".json")
     if not out.resolve().is_relative_to(run.root.resolve()):
-        return out, numbers, [out.with_name("MODEL_CARD.md")]
+        return out, numbers, [out.with_name(stem + ".md")]
     return out, numbers, sorted(directory / "MODEL_CARD.md" for directory in _card_dirs(run))
 
 

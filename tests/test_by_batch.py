@@ -191,7 +191,7 @@ def test_the_cli_writes_a_routed_choice_that_predict_report_and_explain_read(tmp
     assert main(["report", str(tmp_path / "c"), "--out", str(tmp_path / "r.html")]) == 0
     assert f"calls under {row.serve.below_batch} rows: {row.serve.small_runtime} ({row.serve.small})" in \
         (tmp_path / "r.html").read_text()
-    card = (tmp_path / "c" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "r.md").read_text()  # beside the report written outside the run
     front = card.split("---")[1]
     assert ("- onnx" in front) == ("onnxruntime" in (row.runtime, row.serve.small_runtime))
     assert main(["compress", str(tmp_path / "m"), "--data", "digits", "--options", options, "--one-model",

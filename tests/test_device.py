@@ -203,8 +203,8 @@ def test_the_report_and_model_card_say_which_device_timed_the_variants(tmp_path)
     assert "on this machine's CPU with one thread" in cpu_html and "GPU" not in cpu_html.split("Variants")[1][:400]
     assert "on this machine's GPU (cuda)" in gpu_html
     assert gpu_html.count("; ran on the CPU") == sum(row.runtime == "onnxruntime" for row in result.variants)
-    assert "timed on its GPU (cuda)" in (tmp_path / "gpu" / "MODEL_CARD.md").read_text()
-    assert "timed on its GPU" not in (tmp_path / "cpu" / "MODEL_CARD.md").read_text()
+    assert "timed on its GPU (cuda)" in (tmp_path / "gpu.md").read_text()  # the card beside each report
+    assert "timed on its GPU" not in (tmp_path / "cpu.md").read_text()
 
 
 def test_the_cli_table_says_where_each_variant_ran_on_a_gpu_run():

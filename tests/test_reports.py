@@ -183,12 +183,12 @@ def test_report_out_option_and_report_json_beside_it(tmp_path):
     assert (tmp_path / "elsewhere" / "r.json").is_file()
     # A report outside the run takes its card beside it and writes nothing into the run, so a card of the user's
     # there does not block it.
-    assert (tmp_path / "elsewhere" / "MODEL_CARD.md").read_text().startswith("---")
+    assert (tmp_path / "elsewhere" / "r.md").read_text().startswith("---")
     assert not (run / "MODEL_CARD.md").exists() and not (run / "report.html").exists()
     (run / "MODEL_CARD.md").write_text("my own card\n")
     again = run_cli("report", run, "--out", tmp_path / "elsewhere" / "r.html", "--json")
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["model_cards"] == [str(tmp_path / "elsewhere" / "MODEL_CARD.md")]
+    assert json.loads(again.stdout)["model_cards"] == [str(tmp_path / "elsewhere" / "r.md")]
     assert (run / "MODEL_CARD.md").read_text() == "my own card\n"
 
 

@@ -102,7 +102,7 @@ def test_a_killed_pipeline_leaves_a_record_that_the_report_shows_as_unfinished(t
     assert main(["report", str(seen), "--out", str(tmp_path / "r.html")]) == 0
     html = (tmp_path / "r.html").read_text()
     assert "unfinished: stopped during compress" in html and "the run stopped during this stage" in html
-    assert "The pipeline did not finish" in (tmp_path / "MODEL_CARD.md").read_text()  # beside a report elsewhere
+    assert "The pipeline did not finish" in (tmp_path / "r.md").read_text()  # beside a report elsewhere
     assert not (seen / "MODEL_CARD.md").exists()
 
 
