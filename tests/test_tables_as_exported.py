@@ -316,3 +316,10 @@ def test_numbers_float32_would_lose_are_kept_and_centred(reader, tmp_path, monke
 
     with pytest.raises(ToolkitError, match="columns t need float64"):
         export_onnx_raw_rows(model)
+
+
+def test_labels_that_differ_only_in_case_are_two_classes_and_named(tmp_path, capsys):
+    frame, y = _frame()
+    pd.DataFrame({**frame, "label": np.where(y == 1, "Yes", "yes")}).to_csv(tmp_path / "t.csv", index=False)
+    assert load_data(str(tmp_path / "t.csv")).class_names == ["Yes", "yes"]
+    assert "labels 'Yes' and 'yes' in column 'label' are two classes" in capsys.readouterr().err

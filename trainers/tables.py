@@ -185,6 +185,18 @@ def _label_text(labels: pd.Series) -> list[str]:
     return [str(v).strip() for v in labels.tolist()]
 
 
+def _warn_of_case_twins(class_names: list[str], where: str, target: str) -> None:
+    """One warning line where two classes differ only in letter case ('Yes' and 'yes'): two classes they stay
+    (a label is a value), but a typo usually made them."""
+    seen: dict[str, str] = {}
+    for name in class_names:
+        twin = seen.setdefault(name.casefold(), name)
+        if twin != name:
+            print(f"warning: {where}: labels '{twin}' and '{name}' in column '{target}' are two classes; if they "
+                  "are one, write them alike", file=sys.stderr)
+            return
+
+
 def _is_number(name) -> bool:
     try:
         float(str(name))
@@ -269,6 +281,7 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
         line = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 2
         raise DataError(f"{where}: missing label in target column '{target}' (line {line}); drop those rows")
     y, class_names = _numeric_labels(labels) or data._encode_labels(_label_text(labels))
+    _warn_of_case_twins(class_names, where, target)
     if len(class_names) < 2 or len(class_names) > len(y) / 2:
         raise DataError(f"{where}: target column '{target}' has {len(class_names)} classes in {len(y)} rows; "
                         "a classifier needs 2 or more classes and at most rows/2 (wrong --target?)")
