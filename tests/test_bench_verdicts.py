@@ -137,3 +137,23 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert case["failed"] == {"ORT fp32, CUDA provider": "this ONNX Runtime build has no CUDA provider"}
     assert "| digits-mlp |" in (tmp_path / "gpu_compress.md").read_text()
+
+
+def test_waveform_and_its_bayes_classifier_match_the_published_benchmark():
+    """Breiman's waveform-40: three balanced classes, 21 signal and 19 noise columns, and an optimal accuracy of
+    about 86% (the Bayes error of 14% that CART's authors give). The Bayes classifier ignores the noise columns
+    and beats a linear model fitted on plenty of rows."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from train_defaults import make_waveform, waveform_bayes
+
+    x, y = make_waveform(12000, seed=7)
+    assert x.shape == (12000, 40) and x.dtype == np.float32 and abs(np.bincount(y) / 12000 - 1 / 3).max() < 0.02
+    bayes = waveform_bayes(x)
+    assert 0.855 <= (bayes == y).mean() <= 0.88
+    noisy = x.copy()
+    noisy[:, 21:] = np.random.default_rng(0).normal(size=(12000, 19))
+    assert (waveform_bayes(noisy) == bayes).all()
+    linear = LogisticRegression(max_iter=2000).fit(x[:6000], y[:6000])
+    assert (bayes[6000:] == y[6000:]).mean() > linear.score(x[6000:], y[6000:])
