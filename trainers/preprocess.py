@@ -82,6 +82,7 @@ def _equals_label(column: pd.Series, labels: np.ndarray) -> bool:
 # Text cells that a number format (`number_format`) may leave unread before a column stays text: at most this
 # share of the cells, and this many distinct values (a stray "n/a" or "-", not a second kind of data).
 STRAY_SHARE, STRAY_VALUES, STRAY_MIN_CELLS = 0.05, 3, 20
+SAMPLE_CELLS = 10_000
 _GROUPED = r"[+-]?\d{1,3}(?:,\d{3})+"  # 1,234 or 12,345,678: a comma every three digits
 
 
@@ -95,9 +96,12 @@ def number_format(column: pd.Series, sep: str | None = None) -> dict | None:
     separated by semicolons, as where the comma is the decimal mark. Stray text (`STRAY_*`) is allowed, and named,
     only in a column of at least `STRAY_MIN_CELLS` cells.
     """
-    text = column.dropna().astype(str).str.strip()
-    text = text[text != ""]
-    if not len(text) or pd.api.types.is_numeric_dtype(column):
+    if pd.api.types.is_numeric_dtype(column):
+        return None
+    cells = column.dropna()
+    text = cells.head(SAMPLE_CELLS).astype(str).str.strip()  # the format is read off a sample: text columns of
+    text = text[text != ""]                                  # a million rows cost no more than a thousand
+    if not len(text):
         return None
     percent = bool(text.str.endswith("%").all())
     body = text.str.removesuffix("%").str.strip() if percent else text
@@ -118,12 +122,14 @@ def number_format(column: pd.Series, sep: str | None = None) -> dict | None:
     else:
         decimal, group = ".", ""
     fmt = {"decimal": decimal, "group": group, "percent": percent, "missing": []}
+    if parse_numbers(text, fmt)[1].mean() > STRAY_SHARE:
+        return None  # text (names, codes, levels): decided on the sample, before reading the whole column
     values, bad = parse_numbers(column, fmt)
     stray = column[bad].astype(str).str.strip()
     if not len(stray):
-        return fmt if len(body) > 0 and (percent or decimal != "." or group or values.notna().any()) else None
+        return fmt if percent or decimal != "." or group or values.notna().any() else None
     tokens = sorted(stray.unique().tolist())
-    if len(text) < STRAY_MIN_CELLS or len(stray) > STRAY_SHARE * len(text) or len(tokens) > STRAY_VALUES:
+    if len(cells) < STRAY_MIN_CELLS or len(stray) > STRAY_SHARE * len(cells) or len(tokens) > STRAY_VALUES:
         return None
     return {**fmt, "missing": tokens}
 
@@ -146,14 +152,15 @@ def parse_numbers(column: pd.Series, fmt: dict) -> tuple[pd.Series, np.ndarray]:
 
 def read_numbers(frame: pd.DataFrame, sep: str | None = None) -> dict[str, dict]:
     """Text columns of `frame` that are numbers as spreadsheets write them (`number_format`), replaced in place
-    by float32 values; returns each one's format, for `fit_table` to record and `transform` to apply again."""
+    by their values (float32, or float64 where float32 would lose them); returns each one's format, for `fit_table` to record and `transform` to apply again."""
     formats = {}
     for name in frame.columns:
         if _is_text(frame[name]) and not pd.api.types.is_bool_dtype(frame[name]):
             fmt = number_format(frame[name], sep)
             if fmt is not None:
                 formats[str(name)] = fmt
-                frame[name] = parse_numbers(frame[name], fmt)[0].astype(np.float32)
+                values = parse_numbers(frame[name], fmt)[0]
+                frame[name] = values if _float32_loses(values) else values.astype(np.float32)
     return formats
 
 
