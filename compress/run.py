@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trainers.artifact import (CUSTOM_FAMILY, SMALL_BATCH_DIR, LoadedModel, ModelSpec, check_device, write_artifact,
                                write_member)
-from trainers.data import DataBundle, check_inputs
+from trainers.data import DataBundle, align_classes, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError
 from trainers.options import Fraction, PositiveFloat, Ratio, check_value
@@ -141,9 +141,9 @@ def _load(model, data, target, table) -> tuple[LoadedModel, DataBundle]:
         data = load_for_model(data, model.spec, table=TableOptions(target or table.target, table.keep, table.drop,
                                                                    table.sep))
     check_inputs(data.x_test, tuple(model.spec.input_shape), f"data '{data.name}'")
-    if data.num_classes != model.spec.num_classes:
+    if data.num_classes > model.spec.num_classes:
         raise ToolkitError(f"data '{data.name}' has {data.num_classes} classes, the model predicts {model.spec.num_classes}")
-    return model, data
+    return model, align_classes(data, model.spec.class_names)
 
 
 # Options of a method that compress_model sets itself, from its own arguments.

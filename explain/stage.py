@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainers.data import align_classes
 from trainers.errors import ToolkitError
 from trainers.options import Seed, check_value
 from trainers.progress import reporter
@@ -145,9 +146,10 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     if list(bundle.input_shape) != list(original.spec.input_shape):
         raise ToolkitError(f"data inputs {tuple(bundle.input_shape)} do not match the model's "
                            f"{tuple(original.spec.input_shape)}")
-    if bundle.num_classes != original.spec.num_classes:
+    if bundle.num_classes > original.spec.num_classes:
         raise ToolkitError(f"data '{bundle.name}' has {bundle.num_classes} classes, "
                            f"the model predicts {original.spec.num_classes}")
+    bundle = align_classes(bundle, original.spec.class_names)
     inputs = [original.path, original.origin, bundle.source, *(v.path for _, v in variants)]
     run = RunDir(out, kind="explain", overwrite=overwrite, inputs=inputs) if out is not None else None
     try:

@@ -323,3 +323,25 @@ def test_labels_that_differ_only_in_case_are_two_classes_and_named(tmp_path, cap
     pd.DataFrame({**frame, "label": np.where(y == 1, "Yes", "yes")}).to_csv(tmp_path / "t.csv", index=False)
     assert load_data(str(tmp_path / "t.csv")).class_names == ["Yes", "yes"]
     assert "labels 'Yes' and 'yes' in column 'label' are two classes" in capsys.readouterr().err
+
+
+def test_data_is_read_by_the_models_class_names_not_by_position(tmp_path):
+    """compress and explain map the data's classes onto the model's by name: a file without one of the classes
+    keeps the others' indices, and a class the model does not predict is one line."""
+    import compress
+    from explain import explain_model
+
+    rng = np.random.default_rng(0)
+    y = np.array(["cat", "cow", "dog"])[np.arange(240) % 3]
+    x = rng.normal(size=(240, 2)) + np.c_[(y == "cow") * 3.0, (y == "dog") * 3.0]
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "label": y}).to_csv(tmp_path / "all.csv", index=False)
+    train(str(tmp_path / "all.csv"), "mlp", TrainConfig(epochs=30, device="cpu"), out=tmp_path / "m", progress=False)
+    no_cow = pd.read_csv(tmp_path / "all.csv").query("label != 'cow'")
+    no_cow.to_csv(tmp_path / "no_cow.csv", index=False)
+    result = compress.compress_model(str(tmp_path / "m"), str(tmp_path / "no_cow.csv"), methods=["onnx-fp32"])
+    assert result.baseline.measurements["accuracy"] > 0.75  # dog read as the model's index 1 (cow) would give about 0.45
+    assert explain_model(str(tmp_path / "m"), str(tmp_path / "no_cow.csv"), methods=["saliency"], samples=4)
+    other = no_cow.replace({"label": {"dog": "horse"}})
+    other.to_csv(tmp_path / "horse.csv", index=False)
+    with pytest.raises(DataError, match="has class 'horse', which the model does not predict"):
+        compress.compress_model(str(tmp_path / "m"), str(tmp_path / "horse.csv"), methods=["onnx-fp32"])

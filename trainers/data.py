@@ -404,6 +404,28 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     )
 
 
+def align_classes(bundle: DataBundle, class_names: list[str]) -> DataBundle:
+    """`bundle` with its labels as indices of a model's `class_names`, so data and model mean the same class by
+    the same index: names the model also has are mapped to its indices (a file without one of the classes, or
+    one written before labels were values: labels 1-3 once made classes 0-3); data whose classes are the plain
+    indices 0..k-1 of a model of k classes is taken as indices. Anything else is one DataError line naming a
+    class the model does not predict."""
+    import dataclasses
+
+    names, model = [str(n) for n in bundle.class_names], [str(n) for n in class_names]
+    if names == model:
+        return bundle
+    if set(names) <= set(model):
+        index = np.array([model.index(n) for n in names], dtype=np.int64)
+        return dataclasses.replace(bundle, y_train=index[bundle.y_train], y_val=index[bundle.y_val],
+                                   y_test=index[bundle.y_test], class_names=model)
+    if names == [str(i) for i in range(len(model))]:
+        return dataclasses.replace(bundle, class_names=model)
+    unknown = [n for n in names if n not in model]
+    raise DataError(f"data '{bundle.name}' has class '{unknown[0]}', which the model does not predict (its classes: "
+                    f"{', '.join(model[:6])}{', ...' if len(model) > 6 else ''})")
+
+
 def split_indices(y: np.ndarray, seed: int) -> list[np.ndarray]:
     """Row indices of the train, validation and test splits `_finish` makes of labels `y` with this seed."""
     rows = np.arange(len(y)).reshape(-1, 1)
