@@ -345,3 +345,19 @@ def test_data_is_read_by_the_models_class_names_not_by_position(tmp_path):
     other.to_csv(tmp_path / "horse.csv", index=False)
     with pytest.raises(DataError, match="has class 'horse', which the model does not predict"):
         compress.compress_model(str(tmp_path / "m"), str(tmp_path / "horse.csv"), methods=["onnx-fp32"])
+
+
+def test_a_model_whose_table_reads_number_formats_says_so_in_its_format_version(tmp_path):
+    """model.json version 2 where a table step has a number format or a float64 offset (a version-1 reader would
+    skip them and feed other inputs, and refuses version 2); every other model.json stays version 1."""
+    import json
+
+    frame, y = _frame()
+    pd.DataFrame({"a": [f"{v:.3f}".replace(".", ",") for v in frame["a"]], "b": frame["b"], "label": y}).to_csv(
+        tmp_path / "comma.csv", sep=";", index=False)
+    pd.DataFrame({**frame, "label": y}).to_csv(tmp_path / "plain.csv", index=False)
+    for name, version in (("comma", 2), ("plain", 1)):
+        train(str(tmp_path / f"{name}.csv"), "mlp", TrainConfig(epochs=1, device="cpu"), out=tmp_path / name,
+              progress=False)
+        assert json.loads((tmp_path / name / "model.json").read_text())["format_version"] == version
+        assert load_model(tmp_path / name).spec.num_classes == 2

@@ -28,6 +28,10 @@ from .options import DEVICE_PATTERN
 from .ortsession import first_output, inference_session
 
 FORMAT_VERSION = 1
+# Version 2: a table step reads numbers written as text ("format") or centres a column in float64 ("offset").
+# A reader of version 1 would skip both and feed the model other inputs, so such a model.json says 2, which it
+# refuses; every other model.json stays 1, readable by earlier versions of the toolkit.
+FORMAT_VERSIONS = (1, 2)
 CUSTOM_FAMILY, ONNX_FAMILY = "custom", "onnx"  # a user's own torch.nn.Module; a user's own ONNX graph
 MODEL_JSON, WEIGHTS, METRICS = "model.json", "model.safetensors", "metrics.json"
 RAW_ONNX = "model.raw.onnx"  # an ONNX variant that takes raw table rows (numeric preprocessing inside)
@@ -59,7 +63,9 @@ class ModelSpec:
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        table = (self.preprocessing or {}).get("table") or {}
+        newer = any("format" in step or "offset" in step for step in table.get("steps", ()))
+        return {**asdict(self), "format_version": 2 if newer else FORMAT_VERSION}
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "model.json") -> "ModelSpec":
@@ -67,8 +73,9 @@ class ModelSpec:
         missing = [k for k in ("family", "config", "input_shape", "layout", "class_names") if k not in raw]
         if missing:
             raise ArtifactError(f"{where}: missing field(s) {', '.join(missing)}")
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"{where}: unsupported format_version {raw.get('format_version')!r} (expected {FORMAT_VERSION})")
+        if raw.get("format_version") not in FORMAT_VERSIONS:
+            raise ArtifactError(f"{where}: unsupported format_version {raw.get('format_version')!r} (this toolkit "
+                                f"reads {' and '.join(map(str, FORMAT_VERSIONS))})")
         try:
             spec = cls(**{k: v for k, v in raw.items() if k in known})
             spec.input_shape = [int(d) for d in spec.input_shape]
