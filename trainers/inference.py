@@ -21,7 +21,8 @@ from .progress import reporter
 def check_predictions_out(out: str | Path, overwrite: bool) -> None:
     """Refuse, in one line, an `--out` for predictions that would cost a file: a directory, or an existing file
     unless `overwrite` is given and the file holds predictions the toolkit wrote (its header starts with
-    `PREDICTIONS_HEADER`, after a `file` column for images). So the input rows, a model's files and any file of the user's are never replaced."""
+    `PREDICTIONS_HEADER`, after a `file` column for images). So the input rows, a model's files and any file of
+    the user's are never replaced."""
     out = Path(out)
     if out.is_dir():
         raise ToolkitError(f"--out {out} is a directory; give the name of the CSV file to write")
@@ -51,7 +52,7 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
     path = Path(path)
     if variant is not None and (variant in ("", ".", "..") or any(c in variant for c in "/\\")):
         raise ToolkitError(f"--variant takes a variant's name (a folder under variants/), not a path: {variant!r}")
-    if (path / "model.json").is_file() and variant is None:
+    if variant is None and ((path / "model.json").is_file() or (path.suffix.lower() == ".onnx" and path.is_file())):
         return path
     runs = [d for d in (path, path / "compress") if (d / "result.json").is_file() or (d / "variants").is_dir()]
     if variant is not None:
@@ -71,16 +72,16 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
     raise ToolkitError(f"{path} is not a model artifact (no model.json) nor a run with a chosen variant")
 
 
-def read_rows(path: str | Path, model: LoadedModel) -> np.ndarray:
+def read_rows(path: str | Path, model: LoadedModel) -> tuple[np.ndarray, list[str] | None]:
     """Raw inputs for `model` from a CSV (a header; columns picked by the model's feature names, others ignored;
     for a model trained on a table, its raw rows as a DataFrame, from a CSV or Parquet file),
     an `.npz` (array `x`), an `.npy` file or a folder of images (sorted by path, sub-folders too); checked
-    against the model's input shape."""
+    against the model's input shape. Returns (inputs, each row's file for a folder of images, else None)."""
     path = Path(path)
     if path.is_dir():  # a folder of images, read as the model's (C, H, W) inputs
         from .images import read_image_files
 
-        return read_image_files(path, tuple(model.spec.input_shape))[0]
+        return read_image_files(path, tuple(model.spec.input_shape))
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     table = model.spec.preprocessing.get("table")
@@ -88,7 +89,7 @@ def read_rows(path: str | Path, model: LoadedModel) -> np.ndarray:
         # Raw rows of a table, preprocessed by `predict` (in Python, or inside the variant's model.raw.onnx).
         from .tables import read_table
 
-        return read_table(path, (table.get("read") or {}).get("sep"))
+        return read_table(path, (table.get("read") or {}).get("sep")), None
     if path.suffix.lower() == ".csv":
         x = _csv_rows(path, model.spec.feature_names, tuple(model.spec.input_shape))
     elif path.suffix.lower() in (".npz", ".npy"):
@@ -101,7 +102,7 @@ def read_rows(path: str | Path, model: LoadedModel) -> np.ndarray:
             raise DataError(f"cannot read {path}: {exc}") from None
     else:
         raise DataError(f"{path}: predict reads .csv, .npz or .npy files")
-    return check_inputs(x, tuple(model.spec.input_shape), f"rows of {path.name}")
+    return check_inputs(x, tuple(model.spec.input_shape), f"rows of {path.name}"), None
 
 
 def _csv_rows(path: Path, feature_names, input_shape) -> np.ndarray:
@@ -157,24 +158,21 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
     """Load the model (see `resolve_artifact`) to serve on `device` (`load_model`), read `data` (see `read_rows`)
     and return (model, predict_table)."""
     if not isinstance(model, LoadedModel):
-        where = Path(model) if Path(model).suffix.lower() == ".onnx" and variant is None else \
-            resolve_artifact(model, variant)
-        if where.suffix.lower() == ".onnx" and not where.is_dir():  # a user's ONNX file (`usermodel.as_model`)
+        where = resolve_artifact(model, variant)
+        if where.suffix.lower() == ".onnx" and where.is_file():  # a user's ONNX file (`usermodel.as_model`)
+            import dataclasses
+
             from .artifact import check_device
             from .usermodel import as_model
 
-            check_device(device)
-            model = as_model(where)
-            model.device = device
+            check_device(device)  # its session is opened again where it serves
+            model = dataclasses.replace(as_model(where), device=device, _session=None)
         else:
             model = load_model(where, device=device)
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
-    if Path(data).is_dir():  # a folder of images: each row names its file
-        from .images import read_image_files
-
-        x, names = read_image_files(Path(data), tuple(model.spec.input_shape))
-        table = predict_table(model, x, batch_size=batch_size, progress=progress)
-        table.insert(0, "file", names)
-        return model, table
-    return model, predict_table(model, read_rows(data, model), batch_size=batch_size, progress=progress)
+    x, files = read_rows(data, model)
+    table = predict_table(model, x, batch_size=batch_size, progress=progress)
+    if files is not None:  # a folder of images: each row names its file
+        table.insert(0, "file", files)
+    return model, table
