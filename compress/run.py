@@ -293,6 +293,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
               start, device) -> CompressResult:
     variants: list[Variant] = []
     skipped: list[dict] = []
+    not_made: list[dict] = []  # named methods that had nothing to make on this model
     notes: list[str] = []
     report = reporter(progress, "compress", len(methods))
     baseline = baseline_variant(model)
@@ -318,11 +319,11 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
                     raise
                 # One of several named methods that finds nothing to make on this model (no layer to factorize,
                 # no weight to store as int8) is listed with its reason; the others' variants are kept.
-                skipped.append({"method": name, "options": method_options or None, "reason": str(exc)})
+                not_made.append({"method": name, "options": method_options or None, "reason": str(exc)})
+    if not variants and not_made:
+        raise ToolkitError(not_made[0]["reason"])
+    skipped += not_made
     variants = _unique(variants)
-    failed = [s for s in skipped if "name" not in s and s["method"] in methods]
-    if not variants and failed:
-        raise ToolkitError(failed[0]["reason"])
     chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
                             config=config, notes=notes, progress=progress,
                             guard=options.get("auto", {}) if "auto" in methods else None,
