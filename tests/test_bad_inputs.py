@@ -107,6 +107,13 @@ def digits_like(n=60, classes=10, seed=0):
     return rng.normal(size=(n, 1, 8, 8)).astype(np.float32), np.arange(n) % classes
 
 
+def other_classes() -> dict:
+    """Digits-shaped rows labelled 10-12: classes a digits model does not predict (a subset of its own classes
+    is data it reads by name)."""
+    x, y = digits_like(classes=3)
+    return {"x": x, "y": y + 10}
+
+
 class Ctx:
     """What a case builder gets: its own directory, the shared artifacts, and the output path to check."""
 
@@ -366,9 +373,9 @@ CASES: dict[str, dict[str, Case]] = {
             "does not match"),
         "a compressed variant as input": Case(lambda c: [str(c.art.variant), "--data", "digits"], "fp32 PyTorch"),
         "data of another shape": Case(lambda c: [str(c.art.mlp), "--data", "iris", *COMPRESS_ONE], "expects"),
-        "data with other classes": Case(
-            lambda c: [str(c.art.mlp), "--data", npz(c.tmp / "d.npz", **dict(zip("xy", digits_like(classes=3)))),
-                       *COMPRESS_ONE], "classes"),
+        "data with other classes": Case(  # labels 10-12: classes the digits model does not predict
+            lambda c: [str(c.art.mlp), "--data", npz(c.tmp / "d.npz", **other_classes()), *COMPRESS_ONE],
+            "has class '10', which the model does not predict"),
         "data missing": Case(lambda c: [str(c.art.mlp), "--data", str(c.tmp / "d.npz")], "not found"),
         "data with infinity": Case(
             lambda c: [str(c.art.mlp), "--data", npz(c.tmp / "d.npz", x=np.full((60, 1, 8, 8), np.inf), y=np.arange(60) % 10)],
@@ -414,8 +421,8 @@ CASES: dict[str, dict[str, Case]] = {
         "--samples negative": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--samples", "-5"], "--samples"),
         "data of another shape": Case(lambda c: [str(c.art.mlp), "--data", "iris", "--method", "saliency"], "match"),
         "data with other classes": Case(
-            lambda c: [str(c.art.mlp), "--data", npz(c.tmp / "d.npz", **dict(zip("xy", digits_like(classes=3)))),
-                       "--method", "saliency"], "classes"),
+            lambda c: [str(c.art.mlp), "--data", npz(c.tmp / "d.npz", **other_classes()), "--method", "saliency"],
+            "has class '10', which the model does not predict"),
         "compare variant with other classes": Case(
             lambda c: [str(c.art.mlp), "--data", "digits", "--method", "saliency", "--compare", str(c.art.binary)],
             "class"),
