@@ -361,3 +361,19 @@ def test_a_model_whose_table_reads_number_formats_says_so_in_its_format_version(
               progress=False)
         assert json.loads((tmp_path / name / "model.json").read_text())["format_version"] == version
         assert load_model(tmp_path / name).spec.num_classes == 2
+
+
+def test_predict_names_levels_training_never_saw_once_per_file(tmp_path, capsys):
+    from trainers.inference import predict_file
+
+    frame, y = _frame()
+    colour = np.array(["red", "green", "blue"])[np.arange(N) % 3]
+    pd.DataFrame({**frame, "colour": colour, "label": y}).to_csv(tmp_path / "t.csv", index=False)
+    train(str(tmp_path / "t.csv"), "mlp", TrainConfig(epochs=1, device="cpu"), out=tmp_path / "run", progress=False)
+    rows = pd.DataFrame({**frame, "colour": np.where(np.arange(N) % 2, "purple", "red")})
+    pd.concat([rows] * 3).to_csv(tmp_path / "new.csv", index=False)  # 360 rows: six batches of 64
+    capsys.readouterr()
+    _, table = predict_file(tmp_path / "run", tmp_path / "new.csv", batch_size=64)
+    err = capsys.readouterr().err
+    assert len(table) == 3 * N and err.count("warning:") == 1
+    assert "column 'colour' holds levels training never saw ('purple')" in err

@@ -7,6 +7,7 @@ its index and one probability column per class.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,14 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
     x, files = read_rows(data, model)
+    fitted = model.spec.preprocessing.get("table")
+    if fitted is not None and hasattr(x, "columns"):  # raw rows of a table: name unseen levels once per file
+        from .preprocess import unseen_levels
+
+        for column, levels in unseen_levels(fitted, x).items():
+            shown = ", ".join(map(repr, levels[:3])) + (f" and {len(levels) - 3} more" if len(levels) > 3 else "")
+            print(f"warning: column '{column}' holds levels training never saw ({shown}); they are encoded as no "
+                  "known level", file=sys.stderr)
     table = predict_table(model, x, batch_size=batch_size, progress=progress)
     if files is not None:  # a folder of images: each row names its file
         table.insert(0, "file", files)

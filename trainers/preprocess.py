@@ -317,6 +317,19 @@ def named_columns(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     return frame
 
 
+def unseen_levels(table: dict, frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Per text column of the fitted `table`, the levels of `frame` that training never saw (`transform` encodes
+    them as no level, or as the code after the last one): what `toolkit predict` names once per file."""
+    found = {}
+    for step in table["steps"]:
+        if step["kind"] != "numeric" and step["column"] in frame.columns:
+            values = frame[step["column"]].dropna().astype(str).unique()
+            unseen = sorted(set(values) - set(step["levels"]))
+            if unseen:
+                found[step["column"]] = unseen
+    return found
+
+
 def as_frame(table: dict, rows, where: str = "rows") -> pd.DataFrame:
     """Raw rows as a DataFrame: a DataFrame, a list of dicts, or a 2-D array in the raw column order."""
     if isinstance(rows, pd.DataFrame):
