@@ -332,6 +332,18 @@ def _huge_constant(tmp_path):
                          [numpy_helper.from_array(np.array([20000, 20000], np.int64), "shape")])
 
 
+def _huge_range(tmp_path):
+    """A Range over 400 million steps: ONNX's shape inference with data propagation would compute it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Range", ["start", "limit", "delta"], ["steps"]),
+             helper.make_node("Cast", ["steps"], ["big"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0)]
+    constants = [numpy_helper.from_array(np.array(v, np.int64), name)
+                 for name, v in (("start", 0), ("limit", 400_000_000), ("delta", 1))]
+    return _matmul_graph(tmp_path, "range.onnx", np.ones((12, CLASSES), np.float32), nodes, constants)
+
+
 def _data_outside(tmp_path):
     """A tensor whose external data is said to lie outside the graph's folder."""
     import onnx
@@ -369,7 +381,9 @@ BAD = [
     ("pickle", _pickle, r"model.pt is a pickle; the toolkit never loads pickles .* export it to ONNX"),
     ("NaN weights", _nan_weights, r"weight 'w' contains NaN or infinite values"),
     ("a huge tensor from a constant shape", _huge_constant,
-     r"node 'ConstantOfShape' builds a tensor of shape \[20000, 20000\], over 67,108,864 elements"),
+     r"tensor 'big' would have the fixed shape \[20000, 20000\], over 67,108,864 elements"),
+    ("a huge tensor from a constant range", _huge_range,
+     r"tensor 'steps' would have the fixed shape \[400000000\], over 67,108,864 elements"),
     ("external data outside the graph's folder", _data_outside,
      r"tensor 'w' keeps its data in '../secret.bin', which is not a file in"),
 ]

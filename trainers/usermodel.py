@@ -259,32 +259,28 @@ MAX_BUILT_ELEMENTS = 2**26
 
 
 def _check_tensors(proto, origin: str) -> None:
-    """Refuse, in one line, weights that are NaN or infinite, and a tensor built from a constant shape too large
-    to allocate (ConstantOfShape, Expand), before ONNX Runtime runs the graph."""
-    from onnx import TensorProto, numpy_helper
+    """Refuse, in one line, weights that are NaN or infinite, and a tensor the graph would build at a fixed size too
+    large to allocate (from constant shapes: ConstantOfShape, Expand, Tile, Range...), before ONNX Runtime runs
+    it. The sizes are ONNX's own shape inference without data propagation (which would compute such a tensor's
+    values: a Range over 400 million steps exhausted the memory). Tensors with a batch axis grow with the batch
+    and are not bounded here; sizes computed from the input's values cannot be known before a run."""
+    from onnx import TensorProto, numpy_helper, shape_inference
 
-    constants = {}
     for tensor in _all_tensors(proto):
         if tensor.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
             values = numpy_helper.to_array(tensor)
             if not np.isfinite(values.astype(np.float32, copy=False)).all():
                 raise ToolkitError(f"{origin}: weight '{tensor.name}' contains NaN or infinite values; the model "
                                    "cannot be measured or compressed")
-        elif tensor.data_type == TensorProto.INT64 and tensor.name:
-            constants[tensor.name] = tensor
-    for node in proto.graph.node:
-        if node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value" and attribute.t.data_type == TensorProto.INT64:
-                    constants[node.output[0]] = attribute.t
-    for node in proto.graph.node:
-        if node.op_type in ("ConstantOfShape", "Expand"):
-            shape = node.input[0] if node.op_type == "ConstantOfShape" else node.input[1]
-            if shape in constants:
-                dims = numpy_helper.to_array(constants[shape]).astype(np.float64).reshape(-1)
-                if np.prod(np.maximum(dims, 1)) > MAX_BUILT_ELEMENTS:
-                    raise ToolkitError(f"{origin}: node '{node.name or node.op_type}' builds a tensor of shape "
-                                       f"{[int(d) for d in dims]}, over {MAX_BUILT_ELEMENTS:,} elements; refused")
+    try:
+        inferred = shape_inference.infer_shapes(proto).graph
+    except Exception:  # an op ONNX cannot infer (a custom domain): ONNX Runtime's own checks decide
+        return
+    for value in [*inferred.value_info, *inferred.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if dims and None not in dims and np.prod(np.asarray(dims, dtype=np.float64)) > MAX_BUILT_ELEMENTS:
+            raise ToolkitError(f"{origin}: tensor '{value.name}' would have the fixed shape {dims}, over "
+                               f"{MAX_BUILT_ELEMENTS:,} elements; refused")
 
 
 def _example_from_graph(dims: list, meta: dict, origin: str) -> np.ndarray:
