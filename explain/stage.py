@@ -77,7 +77,25 @@ def _pick_samples(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 def _load(item, name: str, data=None):
     from trainers.usermodel import as_model
 
-    return item if hasattr(item, "spec") else as_model(item, data)
+    if hasattr(item, "spec"):
+        return item
+    return as_model(_artifact_of(item) or item, data)
+
+
+def _artifact_of(item):
+    """The artifact directory whose ONNX file `item` is (`variants/NAME/model.onnx`), or None: read as its
+    directory, a variant keeps its lineage, so the comparison knows what it was compressed from."""
+    if not isinstance(item, (str, Path)) or Path(item).suffix.lower() != ".onnx" or not Path(item).is_file():
+        return None
+    from trainers.artifact import MODEL_JSON
+    from trainers.fileio import read_json
+
+    folder = Path(item).parent
+    try:
+        named = (read_json(folder / MODEL_JSON, "model.json").get("onnx") or {}).get("file")
+    except Exception:  # no model.json, or not one of the toolkit's: the file is a user's ONNX graph
+        return None
+    return folder if named == Path(item).name else None
 
 
 def _is_user_model(item) -> bool:
@@ -88,7 +106,8 @@ def _is_user_model(item) -> bool:
 def _name(item, fallback: str) -> str:
     if hasattr(item, "spec"):
         return Path(item.path).name if getattr(item, "path", None) else fallback
-    return Path(str(item)).name or fallback
+    folder = _artifact_of(item)
+    return (folder or Path(str(item))).name or fallback
 
 
 def check_samples(samples) -> int:

@@ -393,3 +393,21 @@ def test_a_routed_method_s_drift_uses_its_own_noise_floor(artifacts, digits, mon
     row = result.to_dict()["drift"]["rows"][0]
     assert row["method"] == "saliency" and row["ran"] == "shapley"
     assert assessed == ["saliency", "shapley"] and row["noise_floor_topk"] == 0.5 and row["threshold"] == 0.35
+
+
+def test_a_variants_own_onnx_file_is_compared_as_its_artifact(artifacts, digits, tmp_path):
+    """`--compare variants/NAME/model.onnx` reads the artifact the file belongs to: named by its folder, and
+    derived from the original by its lineage (a bare ONNX graph carries none). A user's own ONNX file stays one."""
+    import compress
+
+    run = compress.compress_model(artifacts["mlp"], digits, methods=["int8-dynamic"], out=tmp_path / "c")
+    name = run.variants[0].name
+    result = explain.explain_model(artifacts["mlp"], digits, methods=["feature_ablation"], samples=4,
+                                   compare=[tmp_path / "c" / "variants" / name / "model.onnx"]).to_dict()
+    assert result["relations"] == {name: {"relation": "derived", "reason": "compressed from the original "
+                                                                            "(int8-dynamic)"}}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "model.onnx").write_bytes((tmp_path / "c" / "variants" / name / "model.onnx").read_bytes())
+    alone = explain.explain_model(artifacts["mlp"], digits, methods=["feature_ablation"], samples=4,
+                                  compare=[tmp_path / "mine" / "model.onnx"]).to_dict()
+    assert alone["relations"]["model.onnx"]["relation"] == "unrelated"
