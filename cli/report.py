@@ -22,15 +22,13 @@ def report_command(
 
     Example: toolkit report runs/digits-cnn --out digits.html
     """
-    from reports import render_report
-    from reports.render import report_paths
+    from reports.render import write_report
 
-    path = render_report(run_dir, out)  # a ReportError is a ToolkitError: one line, exit code 2
+    written = write_report(run_dir, out)  # a ReportError is a ToolkitError: one line, exit code 2
+    path = Path(written["report"])
     info(f"report written: {path} ({path.stat().st_size / 1024:.0f} KiB)")
     if as_json:
-        written = report_paths(run_dir, out)
-        emit_json({"report": written["report"], "numbers": written["numbers"], "model_card": written["model_cards"][0],
-                   "model_cards": written["model_cards"], "bytes": path.stat().st_size})
+        emit_json({**written, "model_card": written["model_cards"][0], "bytes": path.stat().st_size})
     else:
         typer.echo(str(path))
 

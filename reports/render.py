@@ -123,7 +123,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     Also writes `report.json` (the same numbers, without figures) beside the HTML, and `MODEL_CARD.md` in the
     run directory, the trained model's and the chosen variant's; with `out` outside the run, beside the HTML
-    instead (nothing is written into the run). `report_paths` lists them.
+    instead, named after it (`r.html`: `r.json`, `r.md`; nothing is written into the run). `write_report`
+    returns every path written.
 
     Returns:
         The path of the HTML report (default `<run_dir>/report.html`).
@@ -132,6 +133,11 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ReportError: the directory is missing, holds no results, or a result is unreadable, of an unknown
             schema version, or does not match its schema.
     """
+    return Path(write_report(run_dir, out)["report"])
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
+    """`render_report`, returning what it wrote: {"report", "numbers", "model_cards": [...]} (paths as text)."""
     run = load_run(run_dir)
     out, numbers_path, cards = _targets(run, out)
     if out.is_dir():
@@ -148,13 +154,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"], context["card_metadata"])
     for path in cards:
         atomic_write_text(path, f"{markdown.rstrip()}\n\n<!-- {GENERATOR}: rewritten by every report -->\n")
-    return out
-
-
-def report_paths(run_dir: str | Path, out: str | Path | None = None) -> dict:
-    """What `render_report(run_dir, out)` writes: {"report", "numbers", "model_cards": [...]} (paths as text)."""
-    report, numbers, cards = _targets(load_run(run_dir), out)
-    return {"report": str(report), "numbers": str(numbers), "model_cards": [str(c) for c in cards]}
+    return {"report": str(out), "numbers": str(numbers_path), "model_cards": [str(c) for c in cards]}
 
 
 def _targets(run: Run, out) -> tuple[Path, Path, list[Path]]:
