@@ -61,14 +61,15 @@ def as_model(model, data=None, *, class_names=None, module: nn.Module | None = N
         if suffix == ".onnx":
             if not path.is_file():
                 raise ToolkitError(f"ONNX file not found: {path}")
-            return from_onnx(onnx_file_bytes(path), data, class_names=class_names, origin=str(path.absolute()))
+            onnx_bytes, proto = read_onnx_file(path)
+            return from_onnx(onnx_bytes, data, class_names=class_names, origin=str(path.absolute()), proto=proto)
         return load_model(path, module=module)  # an artifact directory (its own one-line refusals otherwise)
     raise ToolkitError(f"a model is an artifact directory, a torch.nn.Module, or an .onnx file or its bytes; "
                        f"got {type(model).__name__}")
 
 
-def onnx_file_bytes(path: Path) -> bytes:
-    """An `.onnx` file as one self-contained graph: tensors the exporter kept in separate files (external data:
+def read_onnx_file(path: Path):
+    """An `.onnx` file as one self-contained graph, (its bytes, its parsed proto or None where it does not parse): tensors the exporter kept in separate files (external data:
     `torch.onnx.export` writes `NAME.onnx.data` beside the graph) are read in from the file's own folder, so
     neither the working directory nor the file's place later matters. A tensor whose data is said to lie
     outside that folder, or in a file that is not there, is one ToolkitError line."""
@@ -79,10 +80,10 @@ def onnx_file_bytes(path: Path) -> bytes:
     try:
         proto = onnx.load_from_string(raw)
     except Exception:  # not a graph: `from_onnx` says so in its own words
-        return raw
+        return raw, None
     tensors = [t for t in _all_tensors(proto) if uses_external_data(t)]
     if not tensors:
-        return raw
+        return raw, proto
     base = path.parent.resolve()
     for tensor in tensors:
         location = {e.key: e.value for e in tensor.external_data}.get("location", "")
@@ -92,7 +93,7 @@ def onnx_file_bytes(path: Path) -> bytes:
                                f"in {base}; keep the graph's data files beside it")
     try:
         load_external_data_for_model(proto, str(base))
-        return proto.SerializeToString()
+        return proto.SerializeToString(), proto
     except Exception as exc:  # a data file shorter than its tensors, a graph over protobuf's 2 GB
         raise ToolkitError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
 
@@ -205,12 +206,14 @@ def _from_module(module: nn.Module, data, class_names) -> LoadedModel:
 # ---------------------------------------------------------------- an ONNX graph
 
 
-def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "<onnx bytes>") -> LoadedModel:
-    """A LoadedModel for an ONNX graph, run by ONNX Runtime (module None); see `as_model`."""
+def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "<onnx bytes>",
+              proto=None) -> LoadedModel:
+    """A LoadedModel for an ONNX graph, run by ONNX Runtime (module None); see `as_model`. `proto`: the graph
+    already parsed from these bytes (`read_onnx_file`), so it is not parsed twice."""
     import onnx
 
     try:
-        proto = onnx.load_from_string(onnx_bytes)
+        proto = proto if proto is not None else onnx.load_from_string(onnx_bytes)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ToolkitError(f"{origin} is not an ONNX model ({_first_line(exc)})") from None
     graph = proto.graph
