@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import ToolkitError
-from .fileio import atomic_write_json, commit_directory, ensure_writable_parent, interrupts_deferred
+from .fileio import atomic_write_json, commit_directory, ensure_writable_parent, interrupts_deferred, read_json
 
 MARKER = ".toolkit-run.json"
 CHECKPOINT = "checkpoint.pt"
@@ -47,8 +47,6 @@ def foreign_files(run: Path) -> list[str]:
     """Files under the run directory `run` that the toolkit did not write: neither listed in its marker when the
     run was committed nor a report the toolkit wrote there since. A marker without a list (runs committed
     before it was kept) lists nothing to check: []."""
-    from .fileio import read_json
-
     try:
         listed = read_json(run / MARKER, "run marker").get("files")
     except ToolkitError:
@@ -226,8 +224,6 @@ class RunDir:
 
     def commit(self) -> Path:
         """Move the finished run into place (Ctrl-C waits until it is), then release the lock."""
-        from .fileio import read_json
-
         files = sorted(name for p in self.staging.rglob("*") if (p.is_file() or p.is_symlink())
                        and (name := p.relative_to(self.staging).as_posix()) != MARKER)
         try:
