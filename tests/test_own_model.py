@@ -344,6 +344,24 @@ def _huge_range(tmp_path):
     return _matmul_graph(tmp_path, "range.onnx", np.ones((12, CLASSES), np.float32), nodes, constants)
 
 
+def _size_from_values(tmp_path, scale=1e11):
+    """A buffer whose size the graph computes from the input's values (max |x| x `scale` floats): no check of the
+    file can bound it; ONNX Runtime's capped arena refuses it (`trainers.ortsession.memory_cap`)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Abs", ["x"], ["magnitude"]),
+             helper.make_node("ReduceMax", ["magnitude"], ["top"], keepdims=0),
+             helper.make_node("Mul", ["top", "scale"], ["count"]),
+             helper.make_node("Cast", ["count"], ["whole"], to=TensorProto.INT64),
+             helper.make_node("Unsqueeze", ["whole", "axis"], ["shape"]),
+             helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0)]
+    constants = [numpy_helper.from_array(np.array(scale, np.float32), "scale"),
+                 numpy_helper.from_array(np.array([0], np.int64), "axis")]
+    return _matmul_graph(tmp_path, "values.onnx", np.ones((12, CLASSES), np.float32), nodes, constants)
+
+
 def _data_outside(tmp_path):
     """A tensor whose external data is said to lie outside the graph's folder."""
     import onnx
@@ -384,6 +402,8 @@ BAD = [
      r"tensor 'big' would have the fixed shape \[20000, 20000\], over 67,108,864 elements"),
     ("a huge tensor from a constant range", _huge_range,
      r"tensor 'steps' would have the fixed shape \[400000000\], over 67,108,864 elements"),
+    ("a huge buffer sized by the input's values", _size_from_values,
+     r"asked for [0-9.]+ GiB in one buffer at its ConstantOfShape node, more than ONNX Runtime may hold here"),
     ("external data outside the graph's folder", _data_outside,
      r"tensor 'w' keeps its data in '../secret.bin', which is not a file in"),
 ]
@@ -418,6 +438,25 @@ def test_bad_model_cli(name, make, message, command, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert __import__("re").search(message, err[0]), err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_a_buffer_sized_by_one_rows_values(tmp_path, capsys):
+    """The rows checked at load are harmless; one later row makes the graph ask for terabytes: one line, exit 2,
+    no predictions file (before the arena cap, ORT asked the system, which grants up to its RAM and swap lazily)."""
+    from cli.main import main
+
+    from trainers.ortsession import memory_cap
+
+    graph = _size_from_values(tmp_path, scale=1.0)  # as many floats as the largest |x|
+    x = np.random.default_rng(0).normal(0, 1, (40, 12)).astype(np.float32)
+    x[30, 4] = 3e11  # 1.2 TB of floats
+    np.save(tmp_path / "rows.npy", x)
+    out = tmp_path / "preds.csv"
+    code = _cli(main, ["predict", str(graph), str(tmp_path / "rows.npy"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "asked for 1117.6 GiB in one buffer at its ConstantOfShape node" in err[0], err[0]
+    assert not out.exists() and memory_cap() > 0
 
 
 def test_pt2_is_refused_because_torch_export_load_unpickles(tmp_path):

@@ -6,6 +6,12 @@ and exits with code 2. Anything else escaping a command is a bug (exit code 1).
 
 from __future__ import annotations
 
+import re
+
+# ONNX Runtime's words when its capped CPU arena (`trainers.ortsession.memory_cap`) or the system refuses a buffer
+_ORT_REFUSED = re.compile(r"(?:smaller than requested bytes of|requested buffer of size) (\d+)")
+_ORT_NODE = re.compile(r"while running (\w+) node")
+
 
 class ToolkitError(Exception):
     """Bad input or usage: a missing file, a wrong shape, an unknown option."""
@@ -30,11 +36,26 @@ def parse_failure(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def memory_refusal(exc: BaseException) -> str | None:
+    """One line for ONNX Runtime refusing to allocate a buffer (the graph asked for more than the toolkit lets it
+    hold), or None for any other error."""
+    found = _ORT_REFUSED.search(str(exc))
+    if found is None:
+        return None
+    node = _ORT_NODE.search(str(exc))
+    where = f" at its {node.group(1)} node" if node else ""
+    return (f"the ONNX graph asked for {int(found.group(1)) / 2**30:.1f} GiB in one buffer{where}, more than ONNX "
+            f"Runtime may hold here (half the memory available): it computes a tensor's size from the input's values")
+
+
 def describe(exc: BaseException) -> tuple[str, int]:
     """An error as (one line, exit code): 2 for bad input, including inputs too large or too deeply nested
-    (MemoryError, RecursionError, OverflowError), 1 with the error's type for anything else (a bug)."""
+    (MemoryError, RecursionError, OverflowError, a buffer ONNX Runtime refused: `memory_refusal`), 1 with the error's type for anything else (a bug)."""
     if isinstance(exc, ToolkitError):
         return parse_failure(exc), 2
+    refused = memory_refusal(exc)
+    if refused is not None:
+        return refused, 2
     if isinstance(exc, (MemoryError, RecursionError, OverflowError)):
         return f"an input is too large or nested too deeply: {parse_failure(exc)} ({type(exc).__name__})", 2
     return f"unexpected error ({type(exc).__name__}): {parse_failure(exc)}", 1

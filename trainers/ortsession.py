@@ -15,11 +15,14 @@ Only optimizers named in ALLOWED are honoured; a file cannot switch off anything
 from __future__ import annotations
 
 import json
+import os
 
 DISABLED_OPTIMIZERS_KEY = "toolkit.ort.disabled_optimizers"
 ALLOWED = frozenset({"QDQPropagationTransformer"})
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+MEMORY_SHARE = 0.5  # of the memory free for use: the most ONNX Runtime may hold on the CPU, all sessions together
+_memory_cap: int | None = None
 
 
 def disabled_optimizers(metadata: dict) -> list[str]:
@@ -54,13 +57,52 @@ def session_device(session) -> str:
     return "cuda" if session.get_providers()[0] == CUDA else "cpu"
 
 
+def memory_cap() -> int:
+    """Bytes ONNX Runtime may allocate on the CPU in this process (0: no cap), set up on the first call.
+
+    A graph can compute a tensor's size from the input's values (a ConstantOfShape fed by a ReduceMax of the
+    input), which no check of the file can bound: `trainers.usermodel` bounds every size that shape inference
+    fixes, but a 1 KB graph and one input cell of 3e9 asked ORT for 12 GB in one buffer, which Linux grants
+    lazily and then kills a process (or its neighbour) for when the pages are touched. ORT's own arena can
+    refuse it: one CPU arena is registered with ORT's environment with a limit of MEMORY_SHARE of the memory
+    available when the first session is made (Linux's MemAvailable; physical memory elsewhere), and every session here uses it (`session.use_env_allocators`), so the request fails with ORT's
+    "Available memory ... is smaller than requested bytes" and `trainers.errors.describe` makes that one line
+    (exit code 2). The arena is ORT's default CPU allocator; only its limit and its sharing across sessions
+    change (a freed session's blocks are reused by the next instead of returned to the system).
+    """
+    global _memory_cap
+    if _memory_cap is None:
+        import onnxruntime as ort
+
+        try:
+            limit = int(_available_bytes() * MEMORY_SHARE)
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit, -1, -1, -1))
+            _memory_cap = limit
+        except Exception:  # no sysconf (Windows), an ORT without environment allocators: no cap
+            _memory_cap = 0
+    return _memory_cap
+
+
+def _available_bytes() -> int:
+    """Memory available for use now: Linux's MemAvailable (free memory plus caches it can drop), else physical."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def inference_session(model, options=None, device: str = "cpu"):
     """An `InferenceSession` on `model` (bytes or a path) serving on `device` (`providers_for`), with the
     graph's session hint applied.
 
     The hint is read from the session ORT built (no second parse of the file); a graph that carries one is
     loaded a second time with those optimizers disabled. Graphs without it, every user's file among them,
-    load once, as plain ORT does.
+    load once, as plain ORT does. Its CPU allocations share one arena capped at `memory_cap()`.
     """
     import onnxruntime as ort
 
@@ -68,6 +110,8 @@ def inference_session(model, options=None, device: str = "cpu"):
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 4  # errors reach the caller as exceptions: no ORT log lines on stderr
+    if memory_cap():
+        options.add_session_config_entry("session.use_env_allocators", "1")
     session = ort.InferenceSession(model, options, providers=providers)
     names = disabled_optimizers(session.get_modelmeta().custom_metadata_map)
     if names:

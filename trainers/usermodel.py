@@ -21,7 +21,7 @@ import numpy as np
 from torch import nn
 
 from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model
-from .errors import ToolkitError
+from .errors import ToolkitError, memory_refusal
 from .ortsession import inference_session
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".pt2")
@@ -325,6 +325,9 @@ def _run_checked(session, x: np.ndarray, origin: str) -> np.ndarray:
         try:
             out = session.run(None, {name: x[:n]})[0]
         except Exception as exc:  # ORT's own exception types
+            refused = memory_refusal(exc)
+            if refused is not None:
+                raise ToolkitError(f"{origin}: {refused}") from None
             raise ToolkitError(f"{origin} fails at batch {n} on inputs of shape {tuple(x[:n].shape)}: a shape inside "
                                f"the graph is fixed or does not fit ({_first_line(exc)})") from None
         if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
