@@ -179,7 +179,7 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         if run is not None:
             from trainers.data import absolute_source
 
-            run.write_json("config.json", {"stage": "explain", "model": absolute_source(_describe(model)),
+            run.write_json("config.json", {"stage": "explain", "model": absolute_source(_describe(original)),
                                            "data": absolute_source(bundle.source) or bundle.name, "methods": methods,
                                            "compare": [absolute_source(str(v.path)) if v.path is not None else n
                                                        for n, v in variants],

@@ -553,6 +553,17 @@ def test_a_run_that_keeps_the_original_onnx_file_predicts_with_it(tmp_path, monk
     assert json.loads(capsys.readouterr().out)["rows"] == 5
 
 
+def test_explain_records_a_modules_source_not_its_printed_form(zoo, tmp_path):
+    """The module's repr (over 255 bytes: an OSError as a path) is no source: the run records what lineage does."""
+    import explain
+
+    module, bundle, _, _ = zoo["residual_cnn1d"]
+    assert len(str(module)) > 255
+    result = explain.explain_model(module, bundle, methods=["saliency"], samples=3, out=tmp_path / "e")
+    config = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert config["model"] == result.summary["model"] and "\n" not in config["model"]
+
+
 def test_compress_gives_the_users_module_back_in_its_mode(zoo):
     import compress
 

@@ -126,6 +126,37 @@ def test_a_refused_tracking_uri_is_one_line_before_anything_is_written(tmp_path,
     assert not out.exists()
 
 
+def test_a_missing_mlflow_is_one_line(tmp_path, monkeypatch, capsys):
+    """The first record needs the package: the missing-package line, not an ImportError from a later import."""
+    for name in ("mlflow", "mlflow.tracking", "mlflow.entities"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "run"
+    code = main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(out),
+                 "--mlflow", "sqlite:///" + str(tmp_path / "m.db")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: MLflow tracking needs the mlflow package: pip install 'toolkit[tracking]'"]
+    assert not out.exists()
+
+
+def test_the_runs_seconds_are_not_a_point_on_the_epoch_curve(tmp_path, file_store):
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "3", "--out", str(tmp_path / "a"),
+                 "--mlflow", file_store]) == 0
+    [run] = runs(file_store)
+    client = mlflow.tracking.MlflowClient(file_store)
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "seconds")] == [1, 2, 3]
+    assert run.data.metrics["total_seconds"] == pytest.approx(result["seconds"])
+
+
+def test_tensorboard_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    for i in range(3):
+        with open_tracker(TrackingOptions(tensorboard=str(tmp_path / "tb")), "train") as tracker:
+            tracker.log_metrics({"m": float(i)}, step=1)
+    folders = sorted((tmp_path / "tb").iterdir())
+    assert len(folders) == 3
+    assert sorted(scalars(f)["m"][0][1] for f in folders) == [0.0, 1.0, 2.0]
+
+
 def test_no_tracking_asked_for_is_a_no_op(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert isinstance(open_tracker(TrackingOptions(), "train"), NullTracker)

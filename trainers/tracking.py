@@ -100,11 +100,26 @@ def open_tracker(options: TrackingOptions | None, name: str) -> Tracker:
     if uri:
         backends.append(MLflowTracker(uri, options.experiment, name))
     if options.tensorboard:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        backends.append(TensorBoardTracker(Path(options.tensorboard).expanduser() / f"{stamp}-{name}"))
+        backends.append(TensorBoardTracker(_fresh_folder(Path(options.tensorboard).expanduser(), name)))
     if not backends:
         return NullTracker()
     return backends[0] if len(backends) == 1 else _Both(backends)
+
+
+_handed_out: set[Path] = set()
+
+
+def _fresh_folder(root: Path, name: str) -> Path:
+    """`root/<time>-<name>`, with `-2`, `-3`... where that folder exists or this process handed it out already:
+    runs started in the same second (a notebook's loop) would share one folder, which TensorBoard shows as one
+    run. The folder itself is made at the run's first record."""
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    folder, n = root / base, 1
+    while folder in _handed_out or folder.exists():
+        n += 1
+        folder = root / f"{base}-{n}"
+    _handed_out.add(folder)
+    return folder
 
 
 class _Both(_Run):
@@ -191,17 +206,17 @@ class MLflowTracker(_Run):
         return self.run_id
 
     def log_params(self, params: dict) -> None:
+        run_id = self._start()  # first: it says in one line when mlflow is missing
         from mlflow.entities import Param
 
-        run_id = self._start()
         flat = [Param(key, _param_text(value)) for key, value in flatten(params).items()]
         for i in range(0, len(flat), 100):  # MLflow takes at most 100 parameters per batch
             self._client.log_batch(run_id, params=flat[i:i + 100])
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        run_id = self._start()  # first: it says in one line when mlflow is missing
         from mlflow.entities import Metric
 
-        run_id = self._start()
         stamp = int(time.time() * 1000)
         rows = [Metric(key, value, stamp, step or 0) for key, value in numbers(metrics).items()]
         for i in range(0, len(rows), 1000):
@@ -273,10 +288,11 @@ def epoch_metrics(row: dict) -> dict:
 
 def train_metrics(result: dict) -> dict:
     """A train result's final numbers: the kept weights' losses and accuracies per split as `final.<split>_<name>`
-    (apart from the per-epoch curves of the same names), epochs run, best epoch, seconds."""
+    (apart from the per-epoch curves of the same names), epochs run, best epoch, and the run's seconds as
+    `total_seconds` (each epoch's own `seconds` is a curve)."""
     final = {f"final.{key}": value for key, value in result["metrics"].items()}
     return numbers({**final, "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
-                    "seconds": result["seconds"]})
+                    "total_seconds": result["seconds"]})
 
 
 def compress_metrics(result: dict) -> dict:
