@@ -334,12 +334,14 @@ CASES: dict[str, dict[str, Case]] = {
         "labels out of range of class names": Case(
             lambda c: [npz(c.tmp / "d.npz", x=np.zeros((40, 4)), y=np.arange(40) % 3, class_names=np.array(["a", "b"])),
                        "--model", "mlp"], "out of range"),
-        "negative labels": Case(lambda c: [npz(c.tmp / "d.npz", x=np.zeros((40, 4)), y=np.arange(40) % 2 - 1),
-                                           "--model", "mlp"], "non-negative"),
+        "negative labels with class names": Case(
+            lambda c: [npz(c.tmp / "d.npz", x=np.zeros((40, 4)), y=np.arange(40) % 2 - 1,
+                           class_names=np.array(["a", "b"])), "--model", "mlp"], "class indices 0, 1, ... into"),
         "complex x": Case(lambda c: [npz(c.tmp / "d.npz", x=np.zeros((40, 4), complex), y=np.arange(40) % 2),
                                      "--model", "mlp"], "numeric"),
-        "labels of strings": Case(lambda c: [npz(c.tmp / "d.npz", x=np.zeros((40, 4)), y=np.array(["a", "b"] * 20)),
-                                             "--model", "mlp"], "integer class labels"),
+        "text labels and numeric test labels": Case(
+            lambda c: [npz(c.tmp / "d.npz", x=np.zeros((40, 4)), y=np.array(["a", "b"] * 20), x_test=np.zeros((4, 4)),
+                           y_test=np.arange(4) % 2), "--model", "mlp"], "both be text labels or both numbers"),
         "2-d labels": Case(lambda c: [npz(c.tmp / "d.npz", x=np.zeros((40, 4)), y=np.zeros((40, 2), int)),
                                       "--model", "mlp"], "one-dimensional"),
         "x_test shape differs from x": Case(

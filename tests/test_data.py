@@ -148,9 +148,10 @@ X, Y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
     (lambda p: _npz(p, x=np.where(np.eye(30, 4) > 0, np.nan, X), y=Y), "NaN or infinite"),
     (lambda p: _npz(p, x=np.where(np.eye(30, 4) > 0, np.inf, X), y=Y), "NaN or infinite"),
     (lambda p: _npz(p, x=X, y=Y + 0.5), "integer class labels"),
-    (lambda p: _npz(p, x=X, y=np.array(["a"] * 30)), "integer class labels"),
+    (lambda p: _npz(p, x=X, y=np.array([1 + 2j] * 30)), "integer or text class labels"),
     (lambda p: _npz(p, x=X, y=np.zeros(30, int)), "only one class"),
-    (lambda p: _npz(p, x=X, y=Y - 1), "non-negative"),
+    (lambda p: _npz(p, x=X, y=Y - 1, class_names=np.array(["a", "b"])), "class indices 0, 1, ... into class_names"),
+    (lambda p: _npz(p, x=X, y=np.array(["a", "b"] * 15), class_names=np.array(["a", "b"])), "found text labels"),
     (lambda p: _npz(p, x=X, y=Y * 5, class_names=np.array(["a", "b"])), "out of range"),
     (lambda p: _npz(p, x=X[:, 0], y=Y), "must have shape"),
     (lambda p: _npz(p, x=np.array(["s"] * 30), y=Y), "numeric"),
@@ -161,6 +162,19 @@ X, Y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
 def test_bad_npz_and_paths(tmp_path, make, match):
     with pytest.raises(DataError, match=match):
         load_data(make(tmp_path))
+
+
+@pytest.mark.parametrize("labels, names", [
+    (np.where(np.arange(30) % 2, 1, -1), ["-1", "1"]),
+    (np.where(np.arange(30) % 2, "dog", "cat"), ["cat", "dog"]),
+])
+def test_labels_are_values_in_an_npz_as_in_a_table(tmp_path, labels, names):
+    """-1/+1 and text labels are classes by value in an .npz and from Python, as they are in a CSV file."""
+    bundle = load_data(_npz(tmp_path, x=X, y=labels))
+    assert bundle.class_names == names and bundle.num_classes == 2
+    every = np.concatenate([bundle.y_train, bundle.y_val, bundle.y_test])
+    assert sorted(np.bincount(every)) == [15, 15]
+    assert load_data((X, labels)).class_names == names
 
 
 def test_npz_with_pickled_objects_is_refused_without_unpickling(tmp_path):

@@ -309,7 +309,9 @@ def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             raise DataError(f"{what} must be integer class labels, found non-integer values")
         return y.astype(np.int64)
-    raise DataError(f"{what} must be integer class labels, got dtype {y.dtype}")
+    if y.dtype.kind in "US":  # text labels ("cat", "dog"): the classes are their values, as in a table
+        return y.astype(str)
+    raise DataError(f"{what} must be integer or text class labels, got dtype {y.dtype}")
 
 
 def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
@@ -347,18 +349,23 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
             raise DataError(f"x_test has {len(x_test)} samples but y_test has {len(y_test)} labels")
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(f"x_test samples have shape {x_test.shape[1:]}, x samples {x.shape[1:]}")
+    if y_test is not None and (y.dtype.kind == "U") != (y_test.dtype.kind == "U"):
+        raise DataError("y and y_test must both be text labels or both numbers, not one of each")
+    text = y.dtype.kind == "U"
     all_labels = y if y_test is None else np.concatenate([y, y_test])
-    if all_labels.min() < 0:
-        raise DataError("labels must be non-negative class indices")
+    if class_names is not None and (text or all_labels.min() < 0):
+        raise DataError("with class_names given, labels must be class indices 0, 1, ... into class_names "
+                        f"(found {'text labels' if text else 'label ' + str(all_labels.min())})")
     if y_test is not None:
         unseen = np.setdiff1d(y_test, y)
         if len(unseen):
             raise DataError(f"y_test holds label {unseen[0]}, which no training row has: a model cannot learn a "
                             "class it never sees (merge the splits, or drop those test rows)")
-    if class_names is None and (int(all_labels.max()) >= len(all_labels)
+    if class_names is None and (text or int(all_labels.min()) < 0 or int(all_labels.max()) >= len(all_labels)
                                 or len(np.unique(all_labels)) != int(all_labels.max()) + 1):
-        # Labels are values, not indices: a class per value seen (labels 1, 2, 3 are three classes named so, and
-        # 0 and 5 two), never a class per integer below the largest, which would add classes no row has.
+        # Labels are values, not indices: a class per value seen (labels 1, 2, 3 are three classes named so, 0 and
+        # 5 two, -1 and 1 two, "cat" and "dog" two), never a class per integer below the largest, which would add
+        # classes no row has.
         values, inverse = np.unique(all_labels, return_inverse=True)
         y, y_test = inverse[:len(y)], (None if y_test is None else inverse[len(y):])
         class_names, all_labels = [str(v) for v in values], inverse
