@@ -66,3 +66,19 @@ def test_a_name_with_markup_is_escaped_in_the_html():
     from trainers.display import html_block
 
     assert "<script>" not in html_block("<script>x</script>", lines=["<b>flag</b>"])
+
+
+def test_predict_from_python_refuses_rows_of_another_shape_in_one_message(tmp_path):
+    """As `toolkit predict` does: a ToolkitError naming both shapes, not torch's RuntimeError from a matmul."""
+    import numpy as np
+
+    from trainers import ToolkitError, predict
+
+    trained = train(load_data("iris"), "mlp", TrainConfig(epochs=1))
+    assert predict(trained.model, np.zeros((3, 4), np.float32)).shape == (3, 3)
+    for rows, shape in ((np.zeros((3, 9), np.float32), r"\(9,\)"), (np.zeros(4, np.float32), r"\(\)"),
+                        (np.float32(1.0), r"\(\)")):
+        with pytest.raises(ToolkitError, match=f"per-sample shape {shape}, the model expects \\(4,\\)"):
+            predict(trained.model, rows)
+    with pytest.raises(ToolkitError, match="cannot be read as numbers"):
+        predict(trained.model, [[1, 2, 3, 4], [1, 2]])

@@ -550,7 +550,15 @@ def raw_rows_to_inputs(model, x) -> np.ndarray:
         from .preprocess import as_frame, transform
 
         return transform(table, as_frame(table, x), "raw rows")
-    return np.asarray(x, dtype=np.float32)
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:  # text cells, ragged rows
+        raise ToolkitError(f"inputs cannot be read as numbers: {str(exc).splitlines()[0]}") from None
+    if isinstance(model, LoadedModel) and (x.ndim == 0 or (len(x) and x.shape[1:] != tuple(model.spec.input_shape))):
+        raise ToolkitError(f"inputs of shape {x.shape} have per-sample shape {x.shape[1:]}, the model expects "
+                           f"{tuple(model.spec.input_shape)} (a batch of N rows is (N, "
+                           f"{', '.join(map(str, model.spec.input_shape))}))")
+    return x
 
 
 def raw_numeric_rows(model, x) -> np.ndarray | None:
