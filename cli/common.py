@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from trainers.errors import ToolkitError, describe
+from trainers.errors import describe
 
 # Options of every command that reads a table (compress, explain: default to what training recorded).
 TARGET = typer.Option(None, "--target", help="Label column of a table (default: last; after training: recorded).")
@@ -55,9 +55,11 @@ def _show(caught) -> None:
 
 
 def fail(message: str, code: int = 2, *, as_json: bool = False):
-    """One line on stderr (with `as_json`, {"error", "exit_code"} on stdout too), then exit. Rank 0 only of a job."""
-    if code != 2 or os.environ.get("RANK", "0") == "0":
-        typer.echo(f"error: {message}", err=True)
+    """One line on stderr (with `as_json`, {"error", "exit_code"} on stdout too), then exit; once for a job."""
+    from trainers.distributed import rank_label, speaks
+
+    if code != 2 or speaks(message):
+        typer.echo(f"error: {message}{rank_label()}", err=True)
         if as_json:
             emit_json({"error": message, "exit_code": code})
     raise typer.Exit(code)
@@ -87,6 +89,10 @@ def progress_mode() -> str:
     return ("bars" if sys.stderr.isatty() else "none") if mode == "auto" else mode
 
 
+def worker_args() -> tuple[str, ...]:  # `toolkit --quiet`/`--progress` as the processes of a launched job get them
+    return ("--quiet",) if QUIET["on"] else ("--progress", PROGRESS["mode"])
+
+
 def finish(summary: dict, out, as_json: bool) -> None:
     """A command's result on stdout: the whole summary as JSON with --json, else the path it wrote."""
     emit_json(summary) if as_json else typer.echo(str(out))
@@ -94,18 +100,6 @@ def finish(summary: dict, out, as_json: bool) -> None:
 
 def emit_json(obj) -> None:  # the result on stdout as one JSON object (data only; logs go to stderr)
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
-
-
-def parse_json_option(text: str | None, option: str) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ToolkitError(f"{option} must be a JSON object: {exc}") from None
-    if not isinstance(value, dict):
-        raise ToolkitError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [64]}}'")
-    return value
 
 
 def open_model(path: Path):

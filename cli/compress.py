@@ -7,8 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DROP, KEEP, SEP, TARGET, console_progress, fail, finish, handle_errors, info, open_model,
-                     parse_json_option)
+from trainers.options import parse_json_option
+
+from .common import DROP, KEEP, SEP, TARGET, console_progress, fail, finish, handle_errors, info, open_model
 from .help import compression_methods, with_help_from
 from .render import print_table, variants_table
 from .tracking import MLFLOW, TENSORBOARD, tracker

@@ -10,7 +10,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import console_progress, emit_json, handle_errors, info, parse_json_option
+from trainers.options import parse_json_option
+
+from .common import console_progress, emit_json, handle_errors, info
 from .help import compression_methods, explanation_methods, model_families, with_help_from
 from .tracking import MLFLOW, TENSORBOARD
 

@@ -7,8 +7,10 @@ from typing import List, Optional
 
 import typer
 
+from trainers.options import parse_json_option
+
 from .common import (DROP, IMAGE_SIZE, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info,
-                     parse_json_option, progress_mode)
+                     progress_mode, worker_args)
 from .help import model_families, with_help_from
 from .tracking import MLFLOW, TENSORBOARD, tracker, tracking_args
 
@@ -80,7 +82,7 @@ def train_command(
         raise typer.Exit(launch_training(data, model, config, where, out=out, overwrite=overwrite, resume=resume,
                                          json_output=as_json, extra_args=tracking_args(mlflow, tensorboard),
                                          table=TableOptions.of(target, keep, drop, sep), image_size=image_size,
-                                         announce=progress_mode() != "none"))
+                                         announce=progress_mode() != "none", global_args=worker_args()))
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
     with tracker("train", mlflow, tensorboard) as track, console_progress() as progress:

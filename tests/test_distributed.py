@@ -150,8 +150,51 @@ def test_bad_input_in_the_workers_exits_2(tmp_path):
     done = _run(["-m", "cli.main", "train", "no_such_data", "--model", "mlp", "--device", "cpu",
                  "--nproc-per-node", "2", "--out", "run"], tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
-    assert "error: " in done.stderr
+    lines = done.stderr.splitlines()  # once for the job, and no torchrun log line
+    assert len(lines) == 1 and lines[0].startswith("error: unknown data 'no_such_data'"), done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_input_line_of_another_rank_alone_is_printed_by_the_launcher(tmp_path, monkeypatch, capsys):
+    """The data missing on the second machine only: rank 0 is stopped with no error of its own, so the launcher
+    prints rank 1's line, once (a plain torchrun's rank 1 prints it itself, with its rank)."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from cli.common import fail
+    from trainers.distributed import ERROR_DIR_ENV, launch
+
+    def run(_args):
+        monkeypatch.setenv("RANK", "1")
+        with pytest.raises(BaseException):
+            fail("data file not found: d.npz")  # what the worker's `fail` does, in the worker's environment
+        monkeypatch.setenv("RANK", "0")
+        failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file="")
+        raise ChildFailedError("cli.main", {1: failure})
+
+    monkeypatch.setattr(torchrun, "run", run)
+    assert launch(LaunchOptions(2), ["d.npz"], "cpu", announce=False) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: data file not found: d.npz (rank 1)"]
+    assert ERROR_DIR_ENV not in os.environ
+    monkeypatch.setenv("RANK", "1")  # under a plain torchrun (no launcher's folder): rank 1 says it itself
+    with pytest.raises(BaseException):
+        fail("data file not found: d.npz")
+    assert capsys.readouterr().err.splitlines() == ["error: data file not found: d.npz (rank 1)"]
+
+
+def test_ctrl_c_of_the_launcher_exits_130(monkeypatch):
+    import signal
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from trainers.distributed import launch
+
+    def run(_args):
+        raise SignalException("got signal: 2", sigval=signal.SIGINT)
+
+    monkeypatch.setattr(torchrun, "run", run)
+    assert launch(LaunchOptions(2), ["d.npz"], "cpu", announce=False) == 130
 
 
 def test_a_failure_on_rank_0_alone_ends_the_job_without_hanging(tmp_path):
@@ -237,10 +280,11 @@ def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp
     from trainers import distributed
 
     sent = {}
-    monkeypatch.setattr(distributed, "launch", lambda options, argv, device, announce: sent.update(argv=argv) or 0)
-    assert main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "r"), "--device", "cpu", "--amp",
-                 "--nproc-per-node", "2", "--oversubscribe"]) == 0
-    assert "--amp" in sent["argv"]
+    monkeypatch.setattr(distributed, "launch", lambda options, argv, device, announce, global_args:
+                        sent.update(argv=argv, global_args=global_args) or 0)
+    assert main(["--progress", "lines", "train", "iris", "--model", "mlp", "--out", str(tmp_path / "r"), "--device",
+                 "cpu", "--amp", "--nproc-per-node", "2", "--oversubscribe"]) == 0
+    assert "--amp" in sent["argv"] and sent["global_args"] == ("--progress", "lines")  # toolkit's own options too
     assert main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "s"), "--device", "cpu",
                  "--nproc-per-node", "2", "--oversubscribe"]) == 0
     assert "--amp" not in sent["argv"]

@@ -38,6 +38,32 @@ REPLICA_HASH_ENV = "TOOLKIT_REPLICA_HASH_DIR"
 # peer or launcher must end the job, not leave processes waiting forever. TOOLKIT_DIST_TIMEOUT overrides it.
 TIMEOUT_S = 600
 TIMEOUT_ENV = "TOOLKIT_DIST_TIMEOUT"
+# Set by `launch` for its workers: a folder where a rank other than 0 leaves its one error line (`speaks`).
+ERROR_DIR_ENV = "TOOLKIT_ERROR_DIR"
+
+
+def speaks(message: str) -> bool:
+    """Whether this process prints its one bad-input line (`cli.common.fail`), so a job that fails on every rank
+    prints it once.
+
+    Rank 0 prints. Under `launch` another rank leaves its line in the launcher's folder instead, and the
+    launcher prints it when rank 0 left none: the data missing on the second machine only, where rank 0 is
+    stopped without an error of its own. Under a plain torchrun another rank prints it with its rank.
+    """
+    rank = os.environ.get("RANK", "0")
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if folder:
+        try:
+            (Path(folder) / f"rank{int(rank)}.txt").write_text(message)
+        except (OSError, ValueError):
+            return True
+    return rank == "0" or not folder
+
+
+def rank_label() -> str:
+    """" (rank N)" for a rank other than 0 of a job, else ""."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank == "0" else f" (rank {rank})"
 
 
 def timeout_s() -> int:
@@ -266,30 +292,51 @@ class LaunchOptions:
         return args
 
 
-def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", announce: bool = True) -> int:
-    """Run `toolkit train <train_argv>` in `nproc_per_node` processes through torchrun's launcher; `announce`
-    prints the torchrun command line on stderr first.
+def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", announce: bool = True,
+           global_args: tuple[str, ...] = ()) -> int:
+    """Run `toolkit <global_args> train <train_argv>` in `nproc_per_node` processes through torchrun's launcher;
+    `announce` prints the torchrun command line on stderr first.
 
-    Returns the exit code: 0 when every worker succeeded, else the first failed worker's code.
+    Returns the exit code: 0 when every worker succeeded, 128 + the signal when the launcher was stopped by one
+    (130 for Ctrl-C, as a one-process run), else the first failed worker's code. A worker's bad-input line
+    reaches stderr once: rank 0's, or else the first other rank's (`speaks`); torchrun's own log lines do not.
     """
     options.validate(device)
     import logging
+    import tempfile
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    argv = [*options.torchrun_args(), "--module", "cli.main", "train", *train_argv]
+    argv = [*options.torchrun_args(), "--module", "cli.main", *global_args, "train", *train_argv]
     if announce:
         print("launching: torchrun " + " ".join(argv), file=sys.stderr)
     if "OMP_NUM_THREADS" not in os.environ:
         # Split the cores between the local processes (torchrun alone would give each one thread).
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // options.nproc_per_node))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
-    try:
-        run(parse_args(argv))
-    except ChildFailedError as exc:
-        codes = [failure.exitcode for _, failure in sorted(exc.failures.items())]
-        return next((code for code in codes if code and code > 0), 1)
+    # torchrun logs each failed worker at ERROR ("failed (exitcode: 2) local_rank: 1 ...") and a Ctrl-C at
+    # WARNING, several of its loggers at their own level: the worker's own line says why, the exit code that
+    # it failed.
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith(("torch.distributed.elastic",
+                                                                          "torch.distributed.launcher",
+                                                                          "torch.distributed.run"))]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="toolkit-errors-") as folder:
+        os.environ[ERROR_DIR_ENV] = folder
+        try:
+            run(parse_args(argv))
+        except SignalException as exc:  # Ctrl-C or a kill of the launcher: the workers were stopped with it
+            return 128 + int(exc.sigval)
+        except ChildFailedError as exc:
+            codes = [failure.exitcode for _, failure in sorted(exc.failures.items())]
+            lines = sorted(Path(folder).glob("rank*.txt"), key=lambda f: int(f.stem[4:]))
+            if lines and lines[0].stem != "rank0":
+                print(f"error: {lines[0].read_text()} (rank {lines[0].stem[4:]})", file=sys.stderr)
+            return next((code for code in codes if code and code > 0), 1)
+        finally:
+            os.environ.pop(ERROR_DIR_ENV, None)
     return 0
 
 
@@ -301,13 +348,14 @@ _TRAIN_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr"
 def launch_training(data, family: str, config, options: LaunchOptions, *, out: Path, target: str | None = None,
                     overwrite: bool = False, resume: bool = False, json_output: bool = False,
                     extra_args: tuple[str, ...] = (), table=None, image_size: int | None = None,
-                    announce: bool = True) -> int:
+                    announce: bool = True, global_args: tuple[str, ...] = ()) -> int:
     """`train(data, family, config, out=...)` in `options.nproc_per_node` processes per machine, via `launch`.
 
     What would make every process fail (a bad option, too few GPUs, an occupied `out`) is refused here first,
     in one ToolkitError line. `table` (`tables.TableOptions`: target, kept and dropped columns, separator) and
     `image_size` reach every process as the same options; `target` overrides the table's target. `extra_args`
-    go to every process's `toolkit train` as they are (tracking options). Returns the launcher's exit code.
+    go to every process's `toolkit train` as they are (tracking options), `global_args` to its `toolkit`
+    (`--progress`, `--quiet`). Returns the launcher's exit code.
     """
     from .models import get_family
 
@@ -340,7 +388,7 @@ def launch_training(data, family: str, config, options: LaunchOptions, *, out: P
         argv += ["--image-size", str(checked_size(image_size))]
     argv += [flag for flag, on in (("--amp", config.amp), ("--overwrite", overwrite), ("--resume", resume),
                                    ("--json", json_output)) if on]
-    return launch(options, [*argv, *extra_args], config.device, announce)
+    return launch(options, [*argv, *extra_args], config.device, announce, global_args)
 
 
 def _table_args(table, target: str | None) -> list[str]:

@@ -332,7 +332,7 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     finally:
         if console is not None:
             console.close()
-    if state.interrupted:
+    if state.interrupted and ctx.is_main:
         print(f"interrupted: keeping the best model so far (epoch {state.best_epoch})", file=sys.stderr)
     _warn_if_at_chance(state, tensors, ctx)
     refit, interrupted = None, state.interrupted
@@ -390,7 +390,8 @@ def _refit(module: nn.Module, initial: dict, tensors: dict, selection: LoopState
     if state.interrupted:
         module.load_state_dict(selected)
         module.eval()
-        print(f"interrupted: keeping the model of epoch {selection.best_epoch}, not refitted", file=sys.stderr)
+        if ctx.is_main:
+            print(f"interrupted: keeping the model of epoch {selection.best_epoch}, not refitted", file=sys.stderr)
         return None, True
     return {"epochs": state.epoch, "rows": len(joined["y_train"]), "seconds": round(time.perf_counter() - tick, 3),
             "history": state.history}, False

@@ -21,6 +21,7 @@ valid `Float`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import functools
 import inspect
 import typing
@@ -147,3 +148,16 @@ def _arguments_model(func: Callable, skip: int):
               for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
     return create_model(f"{func.__name__}_options", __config__=config, **fields)
+
+
+def parse_json_option(text: str | None, option: str) -> dict:
+    """A command-line option that takes a JSON object (`--arch`, `--options`): {} when not given."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ToolkitError(f"{option} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ToolkitError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [64]}}'")
+    return value
