@@ -44,6 +44,7 @@ import contextlib
 import dataclasses
 import io
 import itertools
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -143,6 +144,24 @@ class _Calibration:
         self.position = 0
 
 
+@contextlib.contextmanager
+def root_logger_kept():
+    """ONNX Runtime's quantizers log through the root logger (`logging.info(...)`), which gives a root logger
+    without handlers a stderr handler at INFO at that moment (`logging.basicConfig`): a notebook's own
+    `basicConfig` afterwards does nothing, and every later INFO record of any library reaches stderr. A
+    NullHandler on the root logger while they run leaves the user's logging as it was. Also a decorator."""
+    root = logging.getLogger()
+    guard = None if root.handlers else logging.NullHandler()
+    if guard is not None:
+        root.addHandler(guard)
+    try:
+        yield
+    finally:
+        if guard is not None:
+            root.removeHandler(guard)
+
+
+@root_logger_kept()
 def _prepared(fp32: Path, optimize: bool, tmp: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -164,6 +183,7 @@ def graph_input_name(onnx_bytes: bytes) -> str:
     return next(i.name for i in graph.input if i.name not in initializers)
 
 
+@root_logger_kept()
 def _quantize(src: Path, config: Int8Config, calibration_x: np.ndarray, exclude: list[str], tmp: Path) -> bytes:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 

@@ -33,7 +33,7 @@ from trainers.options import Bool, Fraction, Int, NonNegativeInt, PositiveInt
 from .base import Variant, default_options, derive_model, register_method
 from .export import (Exporter, ExportInfo, export_with_info, first_layer_fold, input_fold, lift_checked, onnx_parity,
                      onnx_variant_model, run_onnx)
-from .int8_search import FORMATS, Candidate, SearchResult, search_int8
+from .int8_search import FORMATS, Candidate, SearchResult, root_logger_kept, search_int8
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
 QuantFormatName = Literal["qdq", "qoperator"]
@@ -74,6 +74,7 @@ def fake_quant_twin(module: nn.Module, kinds: tuple[type, ...], per_channel: boo
 
 # ---------------------------------------------------------------- ONNX Runtime int8
 
+@root_logger_kept()
 def _preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
     """ORT's recommended pre-processing (shape inference + graph optimisation); skipped if it fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -85,6 +86,7 @@ def _preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
         return src, f"ORT pre-processing skipped ({type(exc).__name__})"
 
 
+@root_logger_kept()
 def _quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude: list[str]) -> bytes:
     """Quantize the (pre-processed) fp32 graph at `src` into `out` (dynamic int8); `exclude`d nodes stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -82,3 +82,22 @@ def test_predict_from_python_refuses_rows_of_another_shape_in_one_message(tmp_pa
             predict(trained.model, rows)
     with pytest.raises(ToolkitError, match="cannot be read as numbers"):
         predict(trained.model, [[1, 2, 3, 4], [1, 2]])
+
+
+def test_quantizing_leaves_the_root_logger_without_a_handler(tmp_path):
+    """ONNX Runtime's quantizers call `logging.info` on the root logger, which would install a stderr handler
+    there (logging.basicConfig) and make a notebook's own basicConfig a no-op."""
+    import logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    for handler in saved:  # a notebook's fresh root logger (pytest adds its capture handlers)
+        root.removeHandler(handler)
+    try:
+        data = load_data("iris")
+        trained = train(data, "mlp", TrainConfig(epochs=2))
+        compress_model(trained.model, data, methods=["int8-dynamic", "int8-static"])
+        assert root.handlers == []
+    finally:
+        for handler in saved:
+            root.addHandler(handler)

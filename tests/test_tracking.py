@@ -138,6 +138,17 @@ def test_a_missing_mlflow_is_one_line(tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
+def test_a_new_sqlite_store_adds_no_lines_to_stderr(tmp_path):
+    """MLflow logs at INFO when it creates a store's tables; the command's stderr keeps its one summary line."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    done = subprocess.run([sys.executable, "-m", "cli.main", "train", "iris", "--model", "mlp", "--epochs", "2",
+                           "--out", str(tmp_path / "r"), "--mlflow", "sqlite:///" + str(tmp_path / "m.db")],
+                          cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        line for line in done.stderr.splitlines() if line.startswith("mlp on iris:")], done.stderr
+
+
 def test_the_runs_seconds_are_not_a_point_on_the_epoch_curve(tmp_path, file_store):
     assert main(["train", "iris", "--model", "mlp", "--epochs", "3", "--out", str(tmp_path / "a"),
                  "--mlflow", file_store]) == 0
