@@ -39,9 +39,9 @@ def predict_command(
                                     device=device)
     routed = (f"; calls under {model.spec.serve['below_batch']} rows: {model.small.runtime} ({model.spec.serve['dir']}/)"
               if model.small is not None else "")
-    info(f"{len(table)} rows predicted with {model.source} ({model.runtime}{routed})")
     if out is not None:
         atomic_write_text(out, table.to_csv(index=False))
+    info(f"{len(table)} rows predicted with {model.source} ({model.runtime}{routed})")
     if as_json:
         summary = {"model": model.source, "runtime": model.runtime, "rows": len(table), "out": str(out) if out else None,
                    "counts": table["predicted"].value_counts().to_dict()}

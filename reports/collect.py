@@ -114,11 +114,37 @@ def load_run(run_dir: str | Path) -> Run:
                               "subdirectories holding one (is this a run directory?)")
     for directory in run.dirs.values():
         if not run.env:
-            run.env = read_json(directory / "env.json", "environment file")
+            run.env = _environment(read_json(directory / "env.json", "environment file"))
     if "train" in run.dirs:
-        run.model_json = read_json(run.dirs["train"] / "model.json", "model file")
+        run.model_json = _model_file(run.dirs["train"] / "model.json")
         run.model_metrics = read_json(run.dirs["train"] / "metrics.json", "model metrics file")
     return run
+
+
+# env.json's fields the report shows, with the type each must have; a field of another type is left out
+_ENV_TYPES = {"versions": dict, "gpus": list, "device": str, "platform": str, "python": str, "cpu_count": int}
+
+
+def _environment(env: dict) -> dict:
+    """env.json's fields of the expected types (`_ENV_TYPES`): the file is informative, so a malformed field is
+    left out of the report rather than refused; versions keep their text entries."""
+    kept = {k: v for k, v in env.items() if k in _ENV_TYPES and isinstance(v, _ENV_TYPES[k])}
+    if "versions" in kept:
+        kept["versions"] = {str(k): v for k, v in kept["versions"].items() if v is None or isinstance(v, (str, int, float))}
+    return kept
+
+
+def _model_file(path: Path) -> dict:
+    """The trained model's model.json, checked as every reader of an artifact checks it (one line if malformed)."""
+    from trainers.artifact import ModelSpec
+
+    raw = read_json(path, "model file")
+    if raw:
+        try:
+            ModelSpec.from_dict(raw, str(path))
+        except ToolkitError as exc:
+            raise ReportError(str(exc)) from None
+    return raw
 
 
 def image_file(directory: Path, name: str) -> bytes | None:

@@ -177,6 +177,13 @@ CASES: dict[str, Case] = {
     "values near float32's limit": Case(
         _train(lambda c: npz_of(c.tmp / "d.npz", {"x": array_npy(np.abs(_x()) * 1e38), "y": array_npy(np.arange(40) % 2)})),
         "too large"),
+    "predict: npz zip bomb (inflates past the budget)": Case(
+        lambda c: ["predict", str(c.model_dir), npz_of(c.tmp / "r.npz", {"x": array_npy(np.zeros((1 << 20, 4), np.float32))},
+                                                       compress=True), "--out", str(c.out)],
+        "inflate to more than", rss=True, env={"TOOLKIT_MAX_DATA_BYTES": str(1 << 22)}),
+    "predict: .npy past the data budget": Case(
+        lambda c: ["predict", str(c.model_dir), c.file("r.npy", array_npy(np.zeros((1 << 18, 4), np.float32))),
+                   "--out", str(c.out)], "more than the data budget", env={"TOOLKIT_MAX_DATA_BYTES": str(1 << 20)}),
     # options
     "seed 2**62": Case(_train(lambda c: "iris", "--seed", str(2**62)), "seed"),
     "lr 1e10": Case(_train(lambda c: "iris", "--lr", "1e10"), "lr"),
@@ -205,6 +212,19 @@ CASES: dict[str, Case] = {
         _compress(lambda m: edit_json(m / "model.json", lambda d: d.update(class_names=[{"a": 1}] * 3))), "strings"),
     "weights field not a dict": Case(
         _compress(lambda m: edit_json(m / "model.json", lambda d: d.update(weights=[1]))), "'weights'"),
+    "model.json 'onnx' a string": Case(
+        _compress(lambda m: edit_json(m / "model.json", lambda d: d.update(onnx="x"))), "'onnx' must be an object"),
+    "model.json 'dtype' a list": Case(
+        _compress(lambda m: edit_json(m / "model.json", lambda d: d.update(dtype=[1]))), "'dtype' must be a string"),
+    "report: model.json 'preprocessing' a string": Case(
+        lambda c: ["report", c.model(lambda m: edit_json(m / "model.json", lambda d: d.update(preprocessing="x"))),
+                   "--out", str(c.out)], "'preprocessing' must be objects"),
+    "report: result.json 'stage' a list": Case(
+        lambda c: ["report", c.model(lambda m: edit_json(m / "result.json", lambda d: d.update(stage=[1]))),
+                   "--out", str(c.out)], "'stage' is [1]"),
+    "report: result.json 'schema_version' an object": Case(
+        lambda c: ["report", c.model(lambda m: edit_json(m / "result.json", lambda d: d.update(schema_version={}))),
+                   "--out", str(c.out)], "schema_version {}"),
     "deeply nested model.json": Case(
         _compress(lambda m: (m / "model.json").write_text("[" * 100_000 + "]" * 100_000)), "nested too deeply"),
     # configuration files
@@ -285,6 +305,17 @@ def test_at_least_20_hostile_inputs():
 # ---------------------------------------------------------------- beyond the table
 
 
+def test_a_malformed_env_json_field_is_left_out_of_the_report(model_dir, tmp_path):
+    """env.json only informs: a field of the wrong type is not shown, and the report is still written."""
+    from reports import render_report
+    from reports.collect import load_run
+
+    run = Path(broken_model(tmp_path, model_dir, lambda m: edit_json(
+        m / "env.json", lambda d: d.update(versions="x", gpus=5, platform=["a"], python="3.11.7"))))
+    assert load_run(run).env == {"python": "3.11.7", "cpu_count": os.cpu_count(), "device": "cpu"}
+    assert "3.11.7" in render_report(run).read_text()
+
+
 def test_labels_are_values_not_indices(tmp_path):
     """A label 10**9 is one class among three, not the last of 10**9 + 1; '1' and '1.0' are one class."""
     from trainers import load_data
@@ -361,3 +392,21 @@ def test_loaded_artifact_files_are_regular_files(model_dir, tmp_path):
     model = Path(broken_model(tmp_path, model_dir, weights_link_outside))
     with pytest.raises(ToolkitError, match="symbolic link"):
         load_model(model)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="sets a file-size limit (RLIMIT_FSIZE) in the child")
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """A write refused by the system (here a 20 KB file-size limit: EFBIG, as ENOSPC for a full disk) is the
+    user's to fix: one line, exit 2, not an "unexpected error"; no run directory or staging directory is left."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "train", "iris", "--model", "mlp", "--epochs", "1",
+                           "--out", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    check_refused(proc.returncode, proc.stderr, "cannot write")
+    assert "File too large" in proc.stderr and "unexpected" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

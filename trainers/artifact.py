@@ -81,6 +81,15 @@ class ModelSpec:
             spec.input_shape = [int(d) for d in spec.input_shape]
         except (TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: malformed field: {exc}") from None
+        for name in ("family", "layout", "runtime", "dtype"):
+            if not isinstance(getattr(spec, name), str):
+                raise ArtifactError(f"{where}: '{name}' must be a string, got {type(getattr(spec, name)).__name__}")
+        for name in ("training", "data", "versions", "lineage", "extra", "onnx"):
+            value = getattr(spec, name)
+            if value is None and name != "onnx":
+                setattr(spec, name, cls.__dataclass_fields__[name].default_factory())
+            elif value is not None and not isinstance(value, dict):
+                raise ArtifactError(f"{where}: '{name}' must be an object, got {type(value).__name__}")
         if spec.dtype not in DTYPES:
             raise ArtifactError(f"{where}: unknown dtype {spec.dtype!r}")
         if not isinstance(spec.config, dict) or not isinstance(spec.class_names, list) or not spec.class_names:

@@ -199,11 +199,17 @@ def _load_builtin(name: str, seed: int) -> DataBundle:
     return _finish(name, f"builtin:{name}", x, raw.target, None, None, class_names, feature_names, seed)
 
 
-def _load_npz(path: Path, seed: int) -> DataBundle:
+def check_npz_file(path: Path) -> None:
+    """Refuse, in one line, a `.npz` that is no zip archive (np.load would try other formats on it, pickle
+    detection included), or whose arrays would inflate past the data budget or are not what their headers say
+    (`_check_npz_sizes`): every reader of a user's `.npz` calls this before `np.load`."""
     if not zipfile.is_zipfile(path):
-        # np.load would try other formats (even pickle detection) on a non-zip file.
         raise DataError(f"cannot read {path} as a .npz file: not a zip archive (truncated or another format)")
     _check_npz_sizes(path)
+
+
+def _load_npz(path: Path, seed: int) -> DataBundle:
+    check_npz_file(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}

@@ -6,6 +6,8 @@ and exits with code 2. Anything else escaping a command is a bug (exit code 1).
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 
 # ONNX Runtime's words when its capped CPU arena (`trainers.ortsession.memory_cap`) or the system refuses a buffer
@@ -36,6 +38,10 @@ def parse_failure(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+# A full disk, a file-size limit (`ulimit -f`), a disk quota: the user's to fix, so exit code 2
+_STORAGE_FULL = frozenset(getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EDQUOT") if hasattr(errno, name))
+
+
 def memory_refusal(exc: BaseException) -> str | None:
     """One line for ONNX Runtime refusing to allocate a buffer (the graph asked for more than the toolkit lets it
     hold), or None for any other error."""
@@ -50,12 +56,16 @@ def memory_refusal(exc: BaseException) -> str | None:
 
 def describe(exc: BaseException) -> tuple[str, int]:
     """An error as (one line, exit code): 2 for bad input, including inputs too large or too deeply nested
-    (MemoryError, RecursionError, OverflowError, a buffer ONNX Runtime refused: `memory_refusal`), 1 with the error's type for anything else (a bug)."""
+    (MemoryError, RecursionError, OverflowError, a buffer ONNX Runtime refused: `memory_refusal`), a full disk,
+    1 with the error's type for anything else (a bug)."""
     if isinstance(exc, ToolkitError):
         return parse_failure(exc), 2
     refused = memory_refusal(exc)
     if refused is not None:
         return refused, 2
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL:  # the disk, not the toolkit: nothing half-written
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot write{where}: {os.strerror(exc.errno)}", 2
     if isinstance(exc, (MemoryError, RecursionError, OverflowError)):
         return f"an input is too large or nested too deeply: {parse_failure(exc)} ({type(exc).__name__})", 2
     return f"unexpected error ({type(exc).__name__}): {parse_failure(exc)}", 1

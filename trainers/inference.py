@@ -94,13 +94,20 @@ def read_rows(path: str | Path, model: LoadedModel) -> tuple[np.ndarray, list[st
     if path.suffix.lower() == ".csv":
         x = _csv_rows(path, model.spec.feature_names, tuple(model.spec.input_shape))
     elif path.suffix.lower() in (".npz", ".npy"):
+        from .data import MAX_DATA_BYTES_ENV, check_npz_file, data_budget
+
+        if path.suffix.lower() == ".npz":
+            check_npz_file(path)  # a zip bomb or a lying header: refused before anything is inflated
+        elif path.stat().st_size > data_budget():
+            raise DataError(f"{path}: {path.stat().st_size:,} bytes, more than the data budget of {data_budget():,} "
+                            f"(set {MAX_DATA_BYTES_ENV} to allow more)")
         try:
             loaded = np.load(path, allow_pickle=False)
             x = loaded if path.suffix.lower() == ".npy" else loaded["x"]
         except KeyError:
             raise DataError(f"{path}: no array 'x' in the .npz file") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     else:
         raise DataError(f"{path}: predict reads .csv, .npz or .npy files")
     return check_inputs(x, tuple(model.spec.input_shape), f"rows of {path.name}"), None

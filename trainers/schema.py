@@ -600,7 +600,7 @@ def parse_result(obj: Any, where: str = "result", stage: str | None = None) -> R
     if not isinstance(obj, dict):
         raise ToolkitError(f"{where} does not hold a JSON object")
     found = obj.get("stage")
-    if found not in VERSIONS:
+    if not isinstance(found, str) or found not in VERSIONS:
         raise ToolkitError(f"{where}: 'stage' is {found!r}; expected one of {', '.join(VERSIONS)}")
     if stage is not None and found != stage:
         raise ToolkitError(f"{where} holds a {found} result, expected {stage}")
@@ -610,7 +610,7 @@ def parse_result(obj: Any, where: str = "result", stage: str | None = None) -> R
     if "schema_version" not in obj:
         raise ToolkitError(f"{where} has no schema_version (written before results were versioned?); "
                            f"this toolkit reads {found} results of version {understood}")
-    if isinstance(version, bool) or version not in known:
+    if isinstance(version, bool) or not isinstance(version, int) or version not in known:
         raise ToolkitError(f"{where} has {found} schema_version {version!r}; this toolkit reads version {understood}")
     try:
         return known[version].model_validate(obj, strict=True)
