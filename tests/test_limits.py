@@ -64,6 +64,26 @@ def array_npy(a: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def wide_csv(path: Path, columns: int) -> str:
+    with path.open("w") as handle:
+        handle.write(",".join(f"c{i}" for i in range(columns)) + "\n")
+        for row in range(4):
+            handle.write(",".join([str(row % 2)] * columns) + "\n")
+    return str(path)
+
+
+def text_parquet(path: Path) -> str:
+    """20 row groups of 1,000 rows of one 1,000-character string: 20 MB decoded from a few KB."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("s", pa.string()), ("y", pa.int64())])
+    with pq.ParquetWriter(path, schema, use_dictionary=True, compression="zstd") as writer:
+        for _ in range(20):
+            writer.write_table(pa.table({"s": ["a" * 1000] * 1000, "y": np.arange(1000) % 2}, schema=schema))
+    return str(path)
+
+
 def edit_json(path: Path, change: Callable[[dict], None]) -> None:
     obj = json.loads(path.read_text())
     change(obj)
@@ -177,6 +197,11 @@ CASES: dict[str, Case] = {
     "values near float32's limit": Case(
         _train(lambda c: npz_of(c.tmp / "d.npz", {"x": array_npy(np.abs(_x()) * 1e38), "y": array_npy(np.arange(40) % 2)})),
         "too large"),
+    "CSV of 100,000 columns and 4 rows (1.5 MB)": Case(_train(lambda c: wide_csv(c.tmp / "w.csv", 100_000)),
+                                                     "100,000 columns, more than the limit", rss=True),
+    "Parquet of one long string a thousand times (dictionary-encoded)": Case(
+        _train(lambda c: text_parquet(c.tmp / "t.parquet")), "decode to more than", rss=True,
+        env={"TOOLKIT_MAX_DATA_BYTES": str(1 << 22)}),
     "predict: npz zip bomb (inflates past the budget)": Case(
         lambda c: ["predict", str(c.model_dir), npz_of(c.tmp / "r.npz", {"x": array_npy(np.zeros((1 << 20, 4), np.float32))},
                                                        compress=True), "--out", str(c.out)],

@@ -24,6 +24,9 @@ from .preprocess import drop_reasons, fit_table, named_columns, read_numbers, tr
 MISSING_TOKENS = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?", ""]
 SEPARATORS = ",;\t|"
 CHUNK_ROWS = 32_768  # the parser holds a chunk as text and float64: keep it small against the frame
+MAX_COLUMNS = 20_000  # a table's columns; TOOLKIT_MAX_COLUMNS raises it
+MAX_COLUMNS_ENV = "TOOLKIT_MAX_COLUMNS"
+HEADER_BYTES = 16 << 20  # the longest header line read to count the columns
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
     if path.suffix.lower() == ".parquet":
         return _read_parquet(path)
     sep = separator(sep) or _sniff(path)
+    _check_width(path, sep)
     _check_ragged(path, sep)
     from .csvread import ArrowUnreadable, read_csv_arrow
 
@@ -145,19 +149,83 @@ def _check_ragged(path: Path, sep: str) -> None:
                                 f"(separator {sep!r}; force another with --sep)")
 
 
+def max_columns() -> int:
+    """The most columns a table may have: MAX_COLUMNS, or TOOLKIT_MAX_COLUMNS when set."""
+    import os
+
+    raw = os.environ.get(MAX_COLUMNS_ENV, "").strip()
+    try:
+        return int(float(raw)) if raw else MAX_COLUMNS
+    except (ValueError, OverflowError):
+        raise DataError(f"{MAX_COLUMNS_ENV} must be a number of columns, got {raw!r}") from None
+
+
+def _refuse_width(path: Path, count: int) -> None:
+    if count > max_columns():
+        raise DataError(f"{path}: {count:,} columns, more than the limit of {max_columns():,} (set {MAX_COLUMNS_ENV} "
+                        "to allow more)")
+
+
+def _check_width(path: Path, sep: str) -> None:
+    """Count the header's columns before parsing: a 1.5 MB CSV of 100,000 columns and 4 rows took 3 minutes
+    and 2.2 GB to be refused for having 4 rows (each column is a parsed, typed, converted object); one of a
+    million columns ran out of time. The header line is read up to HEADER_BYTES."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            line = handle.readline(HEADER_BYTES)
+    except (OSError, UnicodeDecodeError):
+        return  # the readers give their own message for a file they cannot read
+    if len(line) >= HEADER_BYTES and not line.endswith("\n"):
+        raise DataError(f"{path}: the header line is longer than {HEADER_BYTES >> 20} MB")
+    _refuse_width(path, line.count(sep) + 1)  # an upper bound: quoted separators count too
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file, after its decoded size is counted against the data budget (`_decoded_bytes`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .data import MAX_DATA_BYTES_ENV, data_budget
+
     try:
+        schema = pq.read_schema(path)
+        for field in schema:
+            if pa.types.is_nested(field.type):
+                raise DataError(f"{path}: column '{field.name}' has nested type {field.type}; "
+                                "flatten it to plain columns first")
+        if _decoded_bytes(path, schema, data_budget()) > data_budget():
+            raise DataError(f"{path}: its columns decode to more than {data_budget():,} bytes (set "
+                            f"{MAX_DATA_BYTES_ENV} to allow more)")
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"cannot read {path} as Parquet: {exc}") from None
-    for field in table.schema:
-        if pa.types.is_nested(field.type):
-            raise DataError(f"{path}: column '{field.name}' has nested type {field.type}; "
-                            "flatten it to plain columns first")
     return table.to_pandas()
+
+
+def _decoded_bytes(path: Path, schema, stop: int) -> int:
+    """The bytes `path`'s columns take once decoded, counted a batch at a time (stops past `stop`), without
+    decoding its text: a 49 KB file holding one 10,000-character string a million times (dictionary-encoded,
+    which Parquet's metadata does not show) decodes to 10 GB. Text columns are read as dictionaries, and their
+    decoded length is the dictionary's lengths taken by the indices."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    _refuse_width(path, len(schema.names))
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    total = 0
+    with pq.ParquetFile(path, read_dictionary=text) as parquet:
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+            for column in batch.columns:
+                if pa.types.is_dictionary(column.type):
+                    lengths = pc.binary_length(column.dictionary).take(column.indices)
+                    total += int(pc.sum(lengths).as_py() or 0) + 8 * len(column)
+                else:
+                    total += column.nbytes
+            if total > stop:
+                break
+    return total
 
 
 def _numeric_labels(labels: pd.Series):
