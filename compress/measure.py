@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from trainers.artifact import by_size
-from trainers.codecs import CODECS
 from trainers.errors import ToolkitError
 from trainers.models import count_parameters
 from trainers.ortsession import first_output, session_device
@@ -158,11 +157,9 @@ def _file_size(variant: Variant) -> int:
     model = variant.model
     if model.spec.runtime == "onnxruntime" and model.onnx_model_bytes() is not None:
         return len(model.onnx_model_bytes())
-    from safetensors.torch import save as safetensors_save
+    from trainers.artifact import weight_file_bytes
 
-    codec = CODECS[model.spec.weights.get("codec", "dense")]
-    tensors = codec.encode({k: v.detach().cpu() for k, v in model.module.state_dict().items()})
-    return len(safetensors_save(tensors, metadata={"format": "pt"}))
+    return len(weight_file_bytes(model.module, model.spec.weights.get("codec", "dense")))
 
 
 def _onnx_bytes(variant: Variant) -> bytes | None:

@@ -564,6 +564,37 @@ def test_explain_records_a_modules_source_not_its_printed_form(zoo, tmp_path):
     assert config["model"] == result.summary["model"] and "\n" not in config["model"]
 
 
+class Tied(nn.Module):
+    """Two layers sharing one weight matrix (`b.weight = a.weight`), as tied embeddings do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, CLASSES)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x).relu()).relu())
+
+
+def test_a_module_with_tied_weights_is_measured_saved_and_loaded(tmp_path):
+    """safetensors refuses tensors that share memory: the weights file stores a copy per name instead."""
+    import compress
+
+    bundle = _bundle((12,))
+    module = _trained(Tied, bundle)
+    result = compress.compress_model(module, bundle, methods=["fp16", "prune-structured"], out=tmp_path / "c")
+    assert {v.recipe["method"] for v in result.variants} == {"fp16", "prune-structured"}
+    assert result.baseline.measurements["size_bytes"] > 4 * 2 * (12 * 12)  # both names of the tied matrix
+    written = tmp_path / "w"
+    written.mkdir()
+    spec = trainers.as_model(module, bundle).spec
+    trainers.write_artifact(written, module, spec)
+    again = trainers.load_model(written, module=Tied())
+    np.testing.assert_allclose(trainers.predict(again, bundle.x_test), trainers.predict(module, bundle.x_test),
+                               atol=1e-5)
+    assert again.module.b.weight is again.module.a.weight
+
+
 def test_compress_gives_the_users_module_back_in_its_mode(zoo):
     import compress
 

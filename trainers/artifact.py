@@ -222,6 +222,24 @@ class LoadedModel:
         return predict(self, x, batch_size=batch_size)
 
 
+def weight_file_bytes(module: nn.Module, codec: str = "dense") -> bytes:
+    """The safetensors file of `module`'s state dict, encoded by `codec`.
+
+    safetensors refuses tensors that share memory (a module's tied weights: `b.weight = a.weight`), to keep a
+    file from aliasing; each later name of a shared tensor is stored as its own copy here, so the file holds
+    every name `load_state_dict` expects (loading writes the same values into the one tied parameter twice).
+    """
+    from safetensors.torch import save as safetensors_save
+
+    seen, tensors = set(), {}
+    for name, value in module.state_dict().items():
+        value = value.detach().cpu()
+        key = value.untyped_storage().data_ptr() if value.numel() else None
+        tensors[name] = value.clone() if key in seen else value.contiguous()
+        seen.add(key)
+    return safetensors_save(CODECS[codec].encode(tensors), metadata={"format": "pt"})
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -239,14 +257,10 @@ def write_artifact(directory: str | Path, module: nn.Module | None, spec: ModelS
 
     Returns the spec as written (with checksums and sizes filled in).
     """
-    from safetensors.torch import save as safetensors_save
-
     directory = Path(directory)
     spec = ModelSpec.from_dict(spec.to_dict())  # a copy we may fill in
     if module is not None:
-        codec = CODECS[spec.weights.get("codec", "dense")]
-        tensors = codec.encode({k: v.detach().cpu() for k, v in module.state_dict().items()})
-        atomic_write_bytes(directory / WEIGHTS, safetensors_save(tensors, metadata={"format": "pt"}))
+        atomic_write_bytes(directory / WEIGHTS, weight_file_bytes(module, spec.weights.get("codec", "dense")))
         spec.weights = {**spec.weights, "file": WEIGHTS, "sha256": sha256_file(directory / WEIGHTS)}
     else:
         spec.weights = {}
