@@ -67,6 +67,11 @@ OptionalDrift = Annotated[Float, Field(ge=0, le=1)] | None
 NonNegativeFloat = Annotated[Float, Field(ge=0)]
 
 
+def smaller(ratio: float) -> str:
+    """A size ratio (the original's bytes over the variant's) in words: "2.10x smaller", or "1.13x larger"."""
+    return f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
+
+
 def _timed_batch(n: int) -> int:
     if n not in (1, 256):
         raise ValueError("it must be 1 or 256, the batch sizes every variant is timed at")
@@ -814,7 +819,7 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
              f"{m['speedup'][setting]:.2f}x faster at batch {batch} single thread (spread {spread:.2f})")
     agreement = f", {describe_fidelity(m['fidelity'])}" if m.get("fidelity") else ""
     reason = (f"{how} of {len(eligible)} variants passing the fidelity rule and not slower than fp32: {speed}, "
-              f"{m['size_ratio']:.2f}x smaller, accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop)"
+              f"{smaller(m['size_ratio'])}, accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop)"
               f"{agreement}{excluded}{_other_batch_hint(best, eligible, batch)}")
     return best, reason
 
@@ -892,10 +897,10 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
         return None
     routed.notes.append(f"answers calls of fewer than {below} rows with {small.name} and the rest with {large.name}: "
                         f"{gain:.2f}x faster at batch {other} than {chosen.name} alone (a confirming timing), "
-                        f"{m['size_ratio']:.2f}x smaller than the original with both files")
+                        f"{smaller(m['size_ratio'])} than the original with both files")
     return routed, (f"{large.name} for batches of {below} rows and more, {small.name} below: "
                     f"{m['speedup']['b256_t1']:.2f}x faster than fp32 at batch 256 and {m['speedup']['b1_t1']:.2f}x "
-                    f"at batch 1 (single thread), {m['size_ratio']:.2f}x smaller with both files, "
+                    f"at batch 1 (single thread), {smaller(m['size_ratio'])} with both files, "
                     f"{describe_fidelity(m['fidelity'])} as it serves")
 
 

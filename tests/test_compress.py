@@ -450,3 +450,10 @@ def test_every_method_has_a_description_for_the_help():
 def test_import_compress_does_not_import_torch():
     code = "import sys, compress; compress.register_method; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_larger_variant_is_called_larger_in_the_reason():
+    from compress.auto import smaller
+
+    assert smaller(2.1) == "2.10x smaller" and smaller(1.0) == "1.00x smaller"
+    assert smaller(0.886) == "1.13x larger"  # was "0.89x smaller" for a variant bigger than the original
