@@ -233,6 +233,12 @@ def _student(model: LoadedModel, data: DataBundle, student, student_config, widt
                            "student=<your nn.Module> or width_factor")
     device = next(model.module.parameters()).device
     initial, report = depgraph.narrower_copy(model.module, example_rows(data, device), width_factor, seed=seed)
+    if width_factor < 1 and count_parameters(initial) >= count_parameters(model.module):
+        # A student as large as its teacher (an embedding and one linear head: nothing hidden to narrow) would
+        # be a retrained copy sold as a smaller model.
+        why = "; ".join(report.notes()) or "it has no hidden units to narrow"
+        raise ToolkitError(f"distillation found no unit of this module it can narrow for a smaller student ({why}); "
+                           "pass student=<a smaller nn.Module>")
     return initial, "narrower", {"widths": report.widths_after or depgraph.widths(initial)}, report.notes()
 
 

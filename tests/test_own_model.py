@@ -595,6 +595,28 @@ def test_a_module_with_tied_weights_is_measured_saved_and_loaded(tmp_path):
     assert again.module.b.weight is again.module.a.weight
 
 
+class Embedded(nn.Module):
+    """Integer codes (stored as floats) looked up in an embedding, then one linear head: nothing hidden."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(10, 8), nn.Linear(12 * 8, CLASSES)
+
+    def forward(self, x):
+        return self.head(self.embed(x.long().clamp(0, 9)).flatten(1))
+
+
+def test_distill_refuses_a_student_as_large_as_its_teacher():
+    """A 'narrower' student with the teacher's every parameter is no compression: one line, as pruning says."""
+    import compress
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 10, (150, 12)).astype(np.float32)
+    bundle = trainers.load_data((x, (x[:, 0] > 4).astype(int) + (x[:, 1] > 6)))
+    with pytest.raises(ToolkitError, match="distillation found no unit of this module it can narrow"):
+        compress.compress_model(Embedded().eval(), bundle, methods=["distill"])
+
+
 def test_compress_gives_the_users_module_back_in_its_mode(zoo):
     import compress
 
