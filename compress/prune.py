@@ -53,6 +53,12 @@ DEFAULT_CRITERION = "l2"
 DEFAULT_TEACHER = {"mlp": False, "cnn": False, "lstm": False}  # any other model: False
 
 
+def percent(ratio: float) -> str:
+    """A pruning ratio as the percentage in a variant's name: 30 for 0.3, 99.9 for 0.999 (not 100: the variant
+    keeps weights), 12.5 for 0.125."""
+    return f"{ratio * 100:.3g}"
+
+
 def prune_model(model: LoadedModel, data: DataBundle, ratio: float, criterion: str = DEFAULT_CRITERION,
                 allocation: str = "uniform", keep_layers: tuple[str, ...] = (), align: int = depgraph.ALIGN
                 ) -> tuple[nn.Module, depgraph.PruneReport]:
@@ -168,7 +174,7 @@ def structured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.5, f
         recipe["attribution_weight"] = attribution_weight
     notes = [f"validation accuracy {before:.4f} right after pruning, {max(history['val_accuracy']):.4f} after "
              f"fine-tuning" + (" with the unpruned model as teacher" if teacher else ""), *report.notes()]
-    name = f"prune-structured-{round(ratio * 100)}"
+    name = f"prune-structured-{percent(ratio)}"
     if allocation != DEFAULT_ALLOCATION.get(family, "uniform"):
         name += f"-{allocation}"
     if teacher != DEFAULT_TEACHER.get(family, False):
@@ -245,7 +251,7 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9,
     if steps > 1:
         recipe.update(steps=steps)
     pruned = derive_model(model, module.eval(), recipe, weights={**model.spec.weights, "codec": codec})
-    name = f"prune-unstructured-{round(ratio * 100)}" + ("-int8" if int8 else "") + ("-shared" if share_weights else "")
+    name = f"prune-unstructured-{percent(ratio)}" + ("-int8" if int8 else "") + ("-shared" if share_weights else "")
     name += "-teacher" if teacher else ""
     notes = [f"{zeros}/{total} weights are zero; best validation accuracy {max(history['val_accuracy']):.4f}"]
     if share_weights:

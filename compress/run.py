@@ -184,6 +184,9 @@ def check_request(methods, family, max_drop, options: dict | None = None, ratio=
     unknown = sorted(set(options) - set(methods))
     if unknown:
         raise ToolkitError(f"options given for method(s) not requested: {', '.join(unknown)}")
+    twice = [name for i, name in enumerate(methods) if name in methods[:i]]
+    if twice:
+        raise ToolkitError(f"method {twice[0]} is named twice; each method makes its variants once")
     for name in methods:
         get_method(name, family)  # unknown method or unsupported family: one clear line
         if not isinstance(options.get(name, {}), dict):
@@ -192,6 +195,9 @@ def check_request(methods, family, max_drop, options: dict | None = None, ratio=
         if own:
             raise ToolkitError(f"option {own[0]} of {name} is compress's own: give it as {_SET_BY_COMPRESS[own[0]]}")
         check_method_options(name, _method_options(name, options, ratio))
+    if ratio is not None and not any({"ratio", "prune_ratios"} & set(METHODS.options(name)) for name in methods):
+        raise ToolkitError(f"--ratio is an option of the prune methods and auto, which this run does not use "
+                           f"(--method {' '.join(methods)})")
     return max_drop, ratio
 
 

@@ -457,3 +457,22 @@ def test_a_larger_variant_is_called_larger_in_the_reason():
 
     assert smaller(2.1) == "2.10x smaller" and smaller(1.0) == "1.00x smaller"
     assert smaller(0.886) == "1.13x larger"  # was "0.89x smaller" for a variant bigger than the original
+
+
+@pytest.mark.parametrize("methods, ratio, message", [
+    (["onnx-fp32", "onnx-fp32"], None, "method onnx-fp32 is named twice"),
+    (["onnx-fp32"], 0.5, "--ratio is an option of the prune methods and auto, which this run does not use"),
+    (["distill", "int8-dynamic"], 0.3, "--ratio is an option of the prune methods"),
+])
+def test_a_request_that_would_waste_or_ignore_something_is_refused(methods, ratio, message):
+    from compress.run import check_request
+
+    with pytest.raises(ToolkitError, match=message):
+        check_request(methods, "mlp", 0.5, None, ratio)
+    check_request([*dict.fromkeys(methods), "prune-structured"], "mlp", 0.5, None, ratio)  # with a taker: fine
+
+
+def test_a_pruning_variant_is_named_by_its_ratio_without_rounding_to_100():
+    from compress.prune import percent
+
+    assert [percent(r) for r in (0.2, 0.3, 0.5, 0.999, 0.125)] == ["20", "30", "50", "99.9", "12.5"]

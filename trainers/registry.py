@@ -82,7 +82,7 @@ class Entry:
 E = TypeVar("E", bound=Entry)
 
 # How a capability tag reads in a refusal ("it needs a PyTorch module").
-TAG_WORDS = {"torch": "a PyTorch module (gradients)", "onnx": "an ONNX graph", "conv": "a convolutional layer",
+TAG_WORDS = {"torch": "a PyTorch module", "onnx": "an ONNX graph", "conv": "a convolutional layer",
              "recurrent": "recurrent layers (RNN, LSTM, GRU)", "dense": "a dense (linear) layer",
              "norm": "normalisation layers"}
 
