@@ -243,7 +243,10 @@ CASES: dict[str, Case] = {
         _compress(lambda m: edit_json(m / "model.json", lambda d: d.update(dtype=[1]))), "'dtype' must be a string"),
     "report: model.json 'preprocessing' a string": Case(
         lambda c: ["report", c.model(lambda m: edit_json(m / "model.json", lambda d: d.update(preprocessing="x"))),
-                   "--out", str(c.out)], "'preprocessing' must be objects"),
+                   "--out", str(c.out)], "'preprocessing' must be an object"),
+    "report: model.json 'class_names' a number": Case(
+        lambda c: ["report", c.model(lambda m: edit_json(m / "model.json", lambda d: d.update(class_names=5))),
+                   "--out", str(c.out)], "'class_names' must be a list"),
     "report: result.json 'stage' a list": Case(
         lambda c: ["report", c.model(lambda m: edit_json(m / "result.json", lambda d: d.update(stage=[1]))),
                    "--out", str(c.out)], "'stage' is [1]"),
