@@ -6,7 +6,7 @@ each a mean over samples with a bootstrap 95% interval. `drift_row` decides
 from the top-k overlap's interval against a threshold relative to the noise
 floor (the method against itself): drifted, uncertain or kept, and flags a
 variant whose accuracy holds but whose explanations moved. `relation` says
-whether a compared model derives from the original at all.
+whether a compared model derives from the original at all, or is the original itself.
 """
 
 from __future__ import annotations
@@ -75,18 +75,46 @@ def attribution_agreement(a: np.ndarray, b: np.ndarray, *, k: int | None = None,
 
 
 def relation(original, variant) -> tuple[str, str]:
-    """How `variant` relates to `original`: `derived` (its lineage names the original), `same data` (trained
-    separately on data of the same fingerprint) or `unrelated`; with the reason in words."""
+    """How `variant` relates to `original`: `derived` (its lineage names the original, or it is the original
+    itself), `same data` (trained separately on data of the same fingerprint) or `unrelated`; with the reason
+    in words. The original compared with itself is `derived` (the schema has no other kind for it) and its
+    reason says it is the original itself, so nobody reads its agreement as a compression's."""
     parent = (variant.spec.lineage or {}).get("parent")
     if parent and (parent == original.source or (original.path is not None and Path(parent).resolve() == Path(original.path).resolve())):
         recipe = (variant.spec.lineage or {}).get("recipe") or {}
         return "derived", f"compressed from the original ({recipe.get('method', 'recipe unknown')})"
+    same = identical(original, variant)
+    if same:
+        return "derived", f"the original itself ({same})"
     ours, theirs = (original.spec.data or {}).get("fingerprint"), (variant.spec.data or {}).get("fingerprint")
     if ours and ours == theirs:
         return "same data", "not derived from the original, trained on data of the same fingerprint"
     if not ours or not theirs:
         return "unrelated", "not derived from the original, and no data fingerprint to match"
     return "unrelated", f"not derived from the original, and trained on other data (fingerprint {theirs[:12]} vs {ours[:12]})"
+
+
+def identical(original, variant) -> str | None:
+    """Why `variant` is the original itself (the same object or module, the same artifact directory, the same
+    weights and ONNX files by checksum, or the same in-memory ONNX graph), or None when it is not."""
+    if variant is original or (original.module is not None and variant.module is original.module):
+        return "the same model object"
+    if original.path is not None and variant.path is not None \
+            and Path(original.path).resolve() == Path(variant.path).resolve():
+        return "the same artifact directory"
+    files = [((getattr(original.spec, part) or {}).get("sha256"), (getattr(variant.spec, part) or {}).get("sha256"))
+             for part in ("weights", "onnx")]
+    if any(ours for ours, _ in files) and all(ours == theirs for ours, theirs in files):
+        digest = next(ours for ours, _ in files if ours)
+        return f"the same weights file checksum, sha256 {digest[:12]}"
+    graphs = [getattr(m, "onnx_bytes", None) for m in (original, variant)]
+    if all(g is not None for g in graphs):
+        import hashlib
+
+        a, b = (hashlib.sha256(bytes(g)).hexdigest() for g in graphs)
+        if a == b:
+            return f"the same ONNX graph, sha256 {a[:12]}"
+    return None
 
 
 def top_feature_ranks(original_values, variant_values, names: list[str] | None = None, k: int = TOP_FEATURES) -> list[dict]:

@@ -40,7 +40,7 @@ class Attribution:
         values: (N, *input_shape) attributions of the target logit.
         method: the method that actually ran; `requested` the one asked for.
         runtime: torch | fake-quant | onnx.
-        baseline: (*input_shape) reference input (the training mean), or the mean of the background set.
+        baseline: (*input_shape) reference input (see `baseline_name`), or the mean of the background set.
         reference_output: (N,) target logit at the baseline (expected over the background for background methods).
         delta: (N,) convergence delta where the method reports one, else None.
         routed: why another method or runtime ran, or None.
@@ -50,6 +50,8 @@ class Attribution:
             sampled method, the completeness error of adaptive integrated gradients; None when not adaptive.
         steps: (N,) per-sample effort: model rows (shapley) or integration steps (integrated gradients).
         tolerance: the target `converged` refers to.
+        baseline_name: what the baseline is, in words: "training mean", "zeros" (no training mean known),
+            "given baseline", or "mean of N background samples" for background methods.
     """
 
     values: np.ndarray
@@ -67,6 +69,7 @@ class Attribution:
     converged: np.ndarray | None = None
     steps: np.ndarray | None = None
     tolerance: float | None = None
+    baseline_name: str = "training mean"
 
     def summary(self) -> dict:
         n = max(len(self.values), 1)
@@ -214,17 +217,31 @@ def _ort_twin(model, sample: np.ndarray):
     return session if same else None
 
 
+TRAINING_MEAN = "training mean"
+
+
 def default_baseline(spec) -> np.ndarray:
-    """The training-split mean broadcast to one input (what the model's Standardize layer maps to 0)."""
+    """The training-split mean broadcast to one input (what the model's Standardize layer maps to 0), or zeros
+    for a model whose preprocessing records no mean (see `baseline_for`)."""
+    return baseline_for(spec)[0]
+
+
+def baseline_for(spec, x_train=None) -> tuple[np.ndarray, str]:
+    """(baseline, its name): the training mean recorded in the model's preprocessing; else, for a user's model
+    (which records none), the mean of `x_train` in the model's input space; else zeros, named as such so that
+    no result claims a training mean it did not use."""
     mean = spec.preprocessing.get("mean") if spec.preprocessing else None
     shape = tuple(spec.input_shape)
-    if mean is None:
-        return np.zeros(shape, np.float32)
-    return np.broadcast_to(np.asarray(mean, np.float32), shape).copy()
+    if mean is not None:
+        return np.broadcast_to(np.asarray(mean, np.float32), shape).copy(), TRAINING_MEAN
+    if x_train is not None and len(x_train):
+        rows = np.asarray(x_train, np.float32)
+        return rows.mean(0, dtype=np.float64).astype(np.float32).reshape(shape), TRAINING_MEAN
+    return np.zeros(shape, np.float32), "zeros"
 
 
 def attribute(model, inputs, target=None, method: str = "integrated_gradients", *, baseline=None, background=None,
-              seed: int = 0, batch_size: int = 64, **options) -> Attribution:
+              seed: int = 0, batch_size: int = 64, baseline_name: str | None = None, **options) -> Attribution:
     """Attribute the target logit of `model` on `inputs` with a registered method.
 
     Args:
@@ -233,8 +250,11 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
         inputs: raw inputs (N, *input_shape) as the model takes them.
         target: class index, or one per sample; None: the predicted class.
         method: a name from `list_methods()`; routed or refused per `resolve`.
-        baseline: reference input (default: the training mean).
+        baseline: reference input (default: the training mean the model's preprocessing records; zeros for a
+            model that records none, such as a user's module: pass the training rows' mean, as `explain_model`
+            does). `Attribution.baseline_name` says which was used.
         background: reference samples for background methods (default: `baseline` alone).
+        baseline_name: what a given `baseline` is, recorded as `Attribution.baseline_name` (default: "given baseline").
         seed: seed of sampled methods.
         batch_size: samples attributed per call of the underlying explainer.
         **options: options of `method` (e.g. n_steps, n_permutations, nsamples), checked against its
@@ -254,7 +274,11 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
         raise ToolkitError(f"inputs have shape {tuple(x.shape[1:])} per sample, the model takes {tuple(model.spec.input_shape)}")
     if len(x) == 0:
         raise ToolkitError("no inputs to explain")
-    base = default_baseline(model.spec) if baseline is None else np.asarray(baseline, np.float32).reshape(model.spec.input_shape)
+    if baseline is None:
+        base, name = baseline_for(model.spec)
+    else:
+        base = np.asarray(baseline, np.float32).reshape(model.spec.input_shape)
+        name = baseline_name or "given baseline"
     bg = base[None] if background is None else np.asarray(background, np.float32)
     ctx = Context(model, runtime, base, bg, seed, batch_size)
     if target is None:
@@ -278,8 +302,11 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
             extras.append(more[0] if more else {})
     seconds = time.perf_counter() - start
     reference_input = ctx.background_np.mean(0) if entry.needs_background else base
+    if entry.needs_background and background is not None:
+        name = f"mean of {len(bg)} background samples"
     attr = Attribution(np.concatenate(values), ran, method, runtime, reference_input, targets,
-                       np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None, note, seconds)
+                       np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None, note, seconds,
+                       baseline_name=name)
     return _with_estimate(attr, extras)
 
 

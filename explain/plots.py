@@ -1,5 +1,8 @@
 """Views of attributions as `matplotlib.figure.Figure` objects (saved as PNG files by `views`), one kind per layout.
 
+Every sample is explained for the class the model predicts for it (`explain_model`), so the axes say so: an
+attribution to another class (the true one, say) would read differently.
+
 - features: global importance bars and a per-sample beeswarm (colour = feature value);
 - image: heat-map overlays for a few samples per class;
 - signal (and sequences): attribution over time steps.
@@ -56,6 +59,9 @@ def _label(text) -> str:
     return str(text).replace("$", r"\$")
 
 
+TARGET = "each sample's predicted class"
+
+
 def save(fig, path: Path) -> str:
     """Write `fig` as a PNG file; returns the file name. Figures made here belong to no pyplot state."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +74,7 @@ def importance_bars(importance: dict[str, float], title: str, top: int = 20):
     fig = new_figure((6, 0.25 * len(items) + 1.2))
     ax = fig.subplots()
     ax.barh([_label(k) for k, _ in items], [v for _, v in items], color="#4c72b0")
-    ax.set_xlabel("mean |attribution|")
+    ax.set_xlabel(f"mean |attribution| to {TARGET}")
     ax.set_title(title)
     return fig
 
@@ -87,14 +93,15 @@ def beeswarm(spec, x: np.ndarray, values: np.ndarray, title: str, top: int = 15)
         ax.scatter(flat_a[:, j], row + rng.uniform(-0.25, 0.25, len(v)), c=colour, cmap="coolwarm", s=10)
     ax.set_yticks(range(len(order)), [_label(names[j]) for j in order])
     ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("attribution (colour: feature value, blue low, red high)")
+    ax.set_xlabel(f"attribution to {TARGET} (colour: feature value, blue low, red high)")
     ax.set_title(title)
     return fig
 
 
 def image_overlays(x: np.ndarray, values: np.ndarray, labels: np.ndarray, class_names, title: str,
-                   per_class: int = 1, max_classes: int = 10):
-    """Each chosen sample in grey with its attribution (summed over channels) as a red/blue overlay."""
+                   per_class: int = 1, max_classes: int = 10, targets: np.ndarray | None = None):
+    """Each chosen sample in grey with its attribution (summed over channels) as a red/blue overlay, titled with
+    the class it was explained for (`targets`, the predicted class) and, where it differs, its true label."""
     picks = []
     for c in np.unique(labels)[:max_classes]:
         picks += list(np.flatnonzero(labels == c)[:per_class])
@@ -110,7 +117,13 @@ def image_overlays(x: np.ndarray, values: np.ndarray, labels: np.ndarray, class_
         lim = np.abs(heat).max() or 1.0
         ax.imshow(img, cmap="gray_r")
         ax.imshow(heat, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.6)
-        ax.set_title(_label(class_names[labels[i]]), fontsize=9)
+        if targets is None:
+            ax.set_title(_label(class_names[labels[i]]), fontsize=9)
+        else:
+            text = f"predicted {class_names[targets[i]]}"
+            if targets[i] != labels[i]:
+                text += f" (true {class_names[labels[i]]})"
+            ax.set_title(_label(text), fontsize=9)
     fig.suptitle(title)
     return fig
 
@@ -125,7 +138,7 @@ def over_time(values: np.ndarray, title: str, samples: int = 5):
         ax.plot(s, lw=0.8, alpha=0.5)
     ax.plot(np.abs(a).sum(1).mean(0), color="black", lw=2, label="mean |attribution|")
     ax.set_xlabel("time step")
-    ax.set_ylabel("attribution")
+    ax.set_ylabel("attribution to predicted class")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title)
     return fig
@@ -152,15 +165,18 @@ def drift_chart(rows: list[dict]):
     return fig
 
 
-def views(spec, x: np.ndarray, labels: np.ndarray, values: np.ndarray, method: str, directory: Path) -> dict[str, str]:
-    """The figures for one method's attributions, saved in `directory`: {caption: 'figures/<file>.png'}."""
+def views(spec, x: np.ndarray, labels: np.ndarray, values: np.ndarray, method: str, directory: Path,
+          targets: np.ndarray | None = None) -> dict[str, str]:
+    """The figures for one method's attributions, saved in `directory`: {caption: 'figures/<file>.png'}.
+    `labels` are the true classes, `targets` the classes explained (each sample's predicted class)."""
     out = {}
     imp = global_importance(spec, values)
     out[f"global importance ({method})"] = save(importance_bars(imp, f"global importance: {method}"),
                                                 directory / f"importance_{method}.png")
     if spec.layout == "image" and len(spec.input_shape) == 3:
         out[f"attribution overlays ({method})"] = save(
-            image_overlays(x, values, labels, spec.class_names, f"{method} (red: for the class)"),
+            image_overlays(x, values, labels, spec.class_names, f"{method} (red: for the predicted class)",
+                           targets=targets),
             directory / f"overlays_{method}.png")
     elif len(spec.input_shape) == 2 or spec.family == "lstm":
         steps = values.reshape(len(values), *spec.input_shape) if len(spec.input_shape) == 2 else \

@@ -79,11 +79,13 @@ def input_spread(spec, x: np.ndarray) -> np.ndarray:
     return np.where(spread > 1e-12, spread, 1.0)
 
 
-def input_only_map(spec, x: np.ndarray) -> np.ndarray:
-    """|x - mean| / spread: the map of a method that only echoes the input."""
+def input_only_map(spec, x: np.ndarray, baseline=None) -> np.ndarray:
+    """|x - baseline| / spread: the map of a method that only echoes the input; `baseline` is the one the
+    attributions were computed from (default: `methods.default_baseline`)."""
     from .methods import default_baseline
 
-    return np.abs(np.asarray(x, np.float64) - default_baseline(spec)) / input_spread(spec, x)
+    base = default_baseline(spec) if baseline is None else np.asarray(baseline, np.float64)
+    return np.abs(np.asarray(x, np.float64) - base) / input_spread(spec, x)
 
 
 def _cascade_points(n_layers: int) -> list[int]:
@@ -130,7 +132,7 @@ def cascading_randomization(model, x: np.ndarray, attr: Attribution, seed: int =
     out = {"cascade": cascade, "seeds": seeds, "floor": floor, "empty_share": empty_share,
            "spearman": float(np.mean([s for s in seeds if s is not None])) if any(s is not None for s in seeds) else None,
            "topk_overlap": float(topk_overlap_rows(attr.values, full[0], topk(x[0].size)).mean()),
-           "input_only": _spearman(attr.values, input_only_map(model.spec, x), keep),
+           "input_only": _spearman(attr.values, input_only_map(model.spec, x, options.get("baseline")), keep),
            "model_reference": _spearman(attr.values, model_map, keep & ~empty_rows(model_map))}
     out["verdict"], out["reason"] = sanity_verdict(out)
     return out

@@ -215,7 +215,7 @@ def _describe(model) -> str:
 def _run(original, variants, bundle, methods, samples, seed, report, run, accuracy) -> ExplainResult:
     from . import plots
     from .compare import drift_row, relation
-    from .methods import attribute
+    from .methods import attribute, baseline_for
     from .quality import assess
 
     spec = original.spec
@@ -231,10 +231,13 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
                      "runs": [], "global_importance": {}, "global_importance_encoded": None, "quality": {}, "drift": {"rows": [], "flags": []},
                      "flags": [], "figures": {}, "relations": {}}
     attributions: dict = {}
+    # a user's model records no training mean of its own: the data's training rows give it
+    reference, reference_name = baseline_for(spec, bundle.x_train)
 
     def original_attr(method):
         if ("original", method) not in attributions:
-            attributions[("original", method)] = attribute(original, x, None, method, background=background, seed=seed)
+            attributions[("original", method)] = attribute(original, x, None, method, background=background, seed=seed,
+                                                           baseline=reference, baseline_name=reference_name)
         return attributions[("original", method)]
 
     routed_quality: dict = {}
@@ -244,7 +247,7 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         original for its noise floor: without it the drift threshold would assume a deterministic method's."""
         if method not in routed_quality:
             routed_quality[method] = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES,
-                                            background=background)
+                                            background=background, baseline=reference)
         return routed_quality[method]
 
     step = 0
@@ -252,18 +255,19 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         step += 1
         report(step, f"{method} on the original ({len(x)} samples, with quality checks)")
         attr = original_attr(method)
-        summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr.method)})
+        summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr)})
         summary["global_importance"][method] = plots.global_importance(spec, attr.values)
         if spec.preprocessing.get("table"):  # the view of the encoded inputs stays available
             encoded = summary["global_importance_encoded"] or {}
             encoded[method] = plots.global_importance(spec, attr.values, grouped=False)
             summary["global_importance_encoded"] = encoded
-        quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background)
+        quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background,
+                         baseline=reference)
         summary["quality"][method] = quality
         if quality["flagged"]:
             summary["flags"].append(f"{method}: " + "; ".join(v for v in quality["verdicts"] if "FAIL" in v))
         if fig_dir is not None:
-            summary["figures"].update(plots.views(spec, x, y, attr.values, method, fig_dir))
+            summary["figures"].update(plots.views(spec, x, y, attr.values, method, fig_dir, targets=attr.targets))
 
     acc_original = accuracy(original, bundle.x_test, bundle.y_test)
     for name, variant in variants:
@@ -276,9 +280,10 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         for method in methods:
             step += 1
             report(step, f"{method} on {name}")
+            var_base, var_base_name = baseline_for(variant.spec, bundle.x_train)
             var_attr = attribute(variant, x, attributions[("original", method)].targets, method, background=background,
-                                 seed=seed)
-            summary["runs"].append({"model": name, **var_attr.summary(), "baseline": _baseline_name(var_attr.method)})
+                                 seed=seed, baseline=var_base, baseline_name=var_base_name)
+            summary["runs"].append({"model": name, **var_attr.summary(), "baseline": _baseline_name(var_attr)})
             if any(r["variant"] == name and r["ran"] == var_attr.method for r in summary["drift"]["rows"]):
                 continue                                # several requests routed to the same method: one row
             base = original_attr(var_attr.method)
@@ -297,8 +302,9 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
     return ExplainResult(_clean(summary), attributions)
 
 
-def _baseline_name(method: str) -> str:
-    return f"{BACKGROUND_SAMPLES} training samples" if get_method(method).needs_background else "training mean"
+def _baseline_name(attr) -> str:
+    """The baseline as result.json names it: the background of training rows, or what `attribute` used."""
+    return f"{BACKGROUND_SAMPLES} training samples" if get_method(attr.method).needs_background else attr.baseline_name
 
 
 def _clean(obj):

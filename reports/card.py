@@ -7,6 +7,8 @@ A card is a list of sections `(title, blocks)`; a block is `("p", text)`,
 
 from __future__ import annotations
 
+import re
+
 from .collect import number
 
 
@@ -158,22 +160,43 @@ def _yaml_block(metadata: dict) -> list[str]:
     return ["---", yaml.safe_dump(clean, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
 
 
+# Markdown's inline syntax: code spans, emphasis, links and images (`[`), strikethrough. An underscore inside a
+# word emphasises nothing (CommonMark), so `integrated_gradients` keeps its plain spelling; parentheses and `!`
+# make a link or an image only after a `[`, escaped here, so "(chosen)" stays as written.
+_INLINE = re.compile(r"([\\`*\[\]~])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# what makes a line a heading, a list item or a thematic break when it starts a paragraph or a list item
+_LEADING = re.compile(r"^(\s*)(#|[-+]|\d+(?=[.)]))(?=[.)]?(\s|$))")
+
+
 def _md_escape(text) -> str:
-    """Keep user-supplied names as text in Markdown viewers (no raw HTML, no table breaks)."""
-    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-            .replace("\n", " "))
+    """Keep user-supplied names as text in Markdown viewers: no raw HTML, no table breaks, and no live Markdown
+    (a class named `[click](javascript:...)` is no link, `*em*` no emphasis), backslash-escaped so it reads as
+    typed."""
+    text = str(text).replace("\n", " ")
+    text = _INLINE.sub(lambda m: "\\" + m.group(0), text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def _md_line(text) -> str:
+    """`_md_escape` for text that starts a line (a paragraph, a list item): a leading `#`, `-`, `+` or `1.`
+    would otherwise make it a heading, a nested list or a numbered one."""
+    def escape(m):
+        marker = m.group(2)
+        return m.group(1) + (marker + "\\" if marker[0].isdigit() else "\\" + marker)
+
+    return _LEADING.sub(escape, _md_escape(text), count=1)
 
 
 def to_markdown(title: str, sections: list, metadata: dict | None = None) -> str:
     """The card as Markdown; with `metadata`, preceded by it as YAML front matter (see `front_matter`)."""
-    lines = (_yaml_block(metadata) if metadata else []) + [f"# {_md_escape(title)}", ""]
+    lines = (_yaml_block(metadata) if metadata else []) + [f"# {_md_line(title)}", ""]
     for heading, blocks in sections:
         lines += [f"## {heading}", ""]
         for block in blocks:
             if block[0] == "p":
-                lines += [_md_escape(block[1]), ""]
+                lines += [_md_line(block[1]), ""]
             elif block[0] == "ul":
-                lines += [f"- {_md_escape(item)}" for item in block[1]] + [""]
+                lines += [f"- {_md_line(item)}" for item in block[1]] + [""]
             elif block[0] == "table":
                 columns, rows = block[1], block[2]
                 lines.append("| " + " | ".join(map(_md_escape, columns)) + " |")

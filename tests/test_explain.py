@@ -411,3 +411,63 @@ def test_a_variants_own_onnx_file_is_compared_as_its_artifact(artifacts, digits,
     alone = explain.explain_model(artifacts["mlp"], digits, methods=["feature_ablation"], samples=4,
                                   compare=[tmp_path / "mine" / "model.onnx"]).to_dict()
     assert alone["relations"]["model.onnx"]["relation"] == "unrelated"
+
+
+# ---------------------------------------------------------------- a user's own model: baseline and target
+
+
+def _linear_user_model(seed: int = 0, d: int = 5, classes: int = 3):
+    """A user's linear nn.Module (logit_c = W_c . x + b_c) and data x ~ N(2, 1) with labels of no matter: its
+    exact attribution from a baseline b is W_t * (x - b), so a zero baseline is told apart from the mean."""
+    from trainers.data import DataBundle
+
+    torch.manual_seed(seed)
+    module = torch.nn.Linear(d, classes).eval()
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 1.0, size=(240, d)).astype(np.float32)
+    y = rng.integers(0, classes, len(x))
+    return module, DataBundle.from_arrays(x, y, seed=seed)
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "feature_ablation"])
+def test_a_users_module_is_explained_from_its_training_mean(method):
+    from explain.stage import _pick_samples
+
+    module, bundle = _linear_user_model()
+    result = explain.explain_model(module, bundle, methods=[method], samples=6, seed=3)
+    attr = result.attributions[("original", method)]
+    x = bundle.x_test[_pick_samples(bundle.y_test, 6, 3)]
+    weights = module.weight.detach().numpy()
+    mean = bundle.x_train.mean(0)
+    np.testing.assert_allclose(attr.baseline, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(attr.values, weights[attr.targets] * (x - mean), rtol=1e-3, atol=1e-4)
+    assert [r["baseline"] for r in result.summary["runs"]] == ["training mean"]
+
+
+def test_attribute_without_training_rows_says_its_baseline_is_zeros():
+    """The lower-level call has no data to take a user's training mean from: it uses zeros and says so."""
+    module, bundle = _linear_user_model()
+    x = bundle.x_test[:4]
+    attr = explain.attribute(module, x, None, "feature_ablation")
+    weights = module.weight.detach().numpy()
+    assert attr.baseline_name == "zeros" and not attr.baseline.any()
+    np.testing.assert_allclose(attr.values, weights[attr.targets] * x, rtol=1e-3, atol=1e-4)
+    given = explain.attribute(module, x, None, "feature_ablation", baseline=bundle.x_train.mean(0),
+                              baseline_name="training mean")
+    assert given.baseline_name == "training mean"
+
+
+def test_figures_say_each_sample_is_explained_for_its_predicted_class():
+    from explain import plots
+
+    spec = ModelSpec(family="mlp", config={}, input_shape=[3], layout="features", class_names=["cat", "dog"])
+    rng = np.random.default_rng(0)
+    x, values = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    bars = plots.importance_bars(plots.global_importance(spec, values), "m")
+    swarm = plots.beeswarm(spec, x, values, "m")
+    assert "predicted class" in bars.axes[0].get_xlabel() and "predicted class" in swarm.axes[0].get_xlabel()
+    assert "predicted class" in plots.over_time(rng.normal(size=(4, 2, 8)), "m").axes[0].get_ylabel()
+    images = rng.normal(size=(2, 1, 4, 4))
+    overlay = plots.image_overlays(images, images, np.array([0, 1]), ["cat", "dog"], "m", targets=np.array([0, 0]))
+    titles = [ax.get_title() for ax in overlay.axes if ax.get_title()]
+    assert titles == ["predicted cat", "predicted cat (true dog)"]

@@ -340,3 +340,25 @@ def test_explain_results_of_versions_2_and_3_are_read(trained):
     assert isinstance(parse_result(older, "r", "explain"), ExplainResultFileV2)
     with pytest.raises(ToolkitError, match="relations: unknown field"):
         parse_result({**older, "relations": {}}, "r", "explain")
+
+
+def test_the_original_compared_with_itself_is_said_to_be_the_original(tmp_path):
+    """The same artifact directory, a copy of it (same weights checksum), the same LoadedModel or nn.Module: the
+    original itself, not a separately trained model of the same data; another model of that data stays so."""
+    import shutil
+
+    bundle = redundant_data(0)
+    model = fit_mlp(bundle, 0, COPIES, steps=5)
+    path = save_model(model, tmp_path / "original")
+    shutil.copytree(path, tmp_path / "copy")
+    for a, b, why in [(load_model(path), load_model(path), "same artifact directory"),
+                      (load_model(path), load_model(tmp_path / "copy"), "same weights file checksum"),
+                      (model, model, "same model object")]:
+        kind, reason = relation(a, b)
+        assert kind == "derived" and reason.startswith("the original itself") and why in reason
+    other = fit_mlp(bundle, 1, COPIES, steps=5)
+    assert relation(model, other)[0] == "same data" and "not derived" in relation(model, other)[1]
+    result = explain.explain_model(model.module, bundle, methods=["saliency"], compare=[model.module],
+                                   samples=3).to_dict()
+    [compared] = result["relations"].values()
+    assert compared == {"relation": "derived", "reason": "the original itself (the same model object)"}

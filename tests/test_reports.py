@@ -286,3 +286,36 @@ def test_the_model_card_tells_quality_checks_from_drift(tmp_path):
     assert f"explanation quality: {failed}" in card
     assert f"explanation drift: {record['drift']['flags'][0]}" in card
     assert "An MLP classifier" in card and "(4 features)" in card
+
+
+MARKDOWN_NAMES = ("[click](javascript:alert(1))", "`code` *em*", "_under_ ![img](x) ~~gone~~")
+
+
+def test_markdown_in_names_stays_text_in_the_model_card():
+    """A class named like a Markdown link, code span or emphasis is shown as typed: no link, no formatting."""
+    from markdown_it import MarkdownIt
+
+    from reports.card import to_markdown
+
+    card = to_markdown(MARKDOWN_NAMES[0], [("Classes", [("p", f"classes: {', '.join(MARKDOWN_NAMES)}"),
+                                                        ("ul", list(MARKDOWN_NAMES)),
+                                                        ("table", ["class", "recall"], [[n, "90%"] for n in MARKDOWN_NAMES])])])
+    assert "\\[click\\](javascript:alert(1))" in card and "\\`code\\` \\*em\\*" in card
+    html = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(card)
+    assert "<a " not in html and "<img" not in html and "<code>" not in html and "<em>" not in html
+    assert "<strong>" not in html and "<s>" not in html and html.count("<td>") == 6
+    for name in MARKDOWN_NAMES:
+        assert html.count(name) == 4 - (name != MARKDOWN_NAMES[0]), f"{name} is not shown as typed"
+
+
+def test_a_line_that_starts_like_markdown_block_syntax_stays_a_paragraph():
+    from markdown_it import MarkdownIt
+
+    from reports.card import to_markdown
+
+    card = to_markdown("# title", [("Notes", [("p", "# not a heading"), ("p", "1. not a list"),
+                                             ("ul", ["- not nested", "+ plain"]), ("p", "-0.5 stays")])])
+    html = MarkdownIt("commonmark").render(card)
+    assert html.count("<h1>") == 1 and "<h1># title</h1>" in html and "<h2>Notes</h2>" in html
+    assert "<p># not a heading</p>" in html and "<p>1. not a list</p>" in html and "<ol" not in html
+    assert "<li>- not nested</li>" in html and "<li>+ plain</li>" in html and "-0.5 stays" in card
