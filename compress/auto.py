@@ -59,7 +59,7 @@ from trainers.progress import ProgressEvent, reporter
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
 from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, LatencyConfig, Runner, compare_to_baseline,
                       describe_fidelity, evaluate, fidelity, interleaved_rounds, judge, mark_pareto, measure_all, ratio_summary,
-                      torch_threads, _batch)
+                      size_on_disk, torch_threads, _batch)
 from .options import AccuracyPoints
 
 OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
@@ -887,7 +887,7 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     served = [runner.predict(x_test).argmax(1), runner.predict(x_test, batch=1).argmax(1)]
     checks = [(fidelity(c, original, min_agreement), float((c == data.y_test).mean())) for c in served]
     m["fidelity"], m["accuracy"] = min(checks, key=lambda c: (c[0]["agreement"], c[1]))
-    m.update({"runtime": large.measurements["runtime"], "size_bytes": large.measurements["size_bytes"] + small.measurements["size_bytes"],
+    m.update({"runtime": large.measurements["runtime"], "size_bytes": size_on_disk(routed),
               "parameters": large.measurements.get("parameters"), "threads": dict(large.measurements["threads"]),
               "device": large.measurements.get("device"), "provider": large.measurements.get("provider")})
     compare_to_baseline(routed, baseline, max_drop, min_agreement)

@@ -152,8 +152,10 @@ def size_on_disk(variant: Variant) -> int:
 
 
 def _file_size(variant: Variant) -> int:
-    if variant.onnx_bytes is not None:
-        return len(variant.onnx_bytes)
+    if variant.onnx_bytes is not None:  # as saved: with the names, shape and recipe a deployment reads
+        from .export import with_metadata
+
+        return len(with_metadata(variant.onnx_bytes, variant.model.spec))
     model = variant.model
     if model.spec.runtime == "onnxruntime" and model.onnx_model_bytes() is not None:
         return len(model.onnx_model_bytes())
