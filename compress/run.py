@@ -7,6 +7,7 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -161,6 +162,20 @@ def _method_options(name: str, options: dict, ratio: float | None) -> dict:
     elif ratio is not None and "prune_ratios" in takes:
         opts.setdefault("prune_ratios", [ratio])
     return opts
+
+
+def small_test_split(n: int, max_drop: float, min_agreement: float) -> str | None:
+    """A note when the test split is too small for the fidelity rule to mean much (None otherwise): one row
+    is more than the accuracy budget AND the agreement margin lets more than 2 rows in 100 flip. On 6 rows, one
+    flip is 16.7 points against a 0.5-point budget, and 100% agreement has a 95% interval of 61-100%."""
+    from .measure import agreement_margin
+
+    row, margin = 100.0 / n, agreement_margin(min_agreement, n)
+    if row <= max_drop or margin <= 0.02:
+        return None
+    return (f"the test split has {n} rows: one changed prediction is {row:.1f} accuracy points (budget "
+            f"{max_drop:g}) and the agreement rule allows {margin:.0%} less than {min_agreement:.0%}; the choice "
+            "rests on very few rows (give more test rows: x_test/y_test, or more data)")
 
 
 def check_request(methods, family, max_drop, options: dict | None = None, ratio=None,
@@ -335,6 +350,10 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
                             guard=options.get("auto", {}) if "auto" in methods else None,
                             batch=settings["serving_batch"] if "auto" in methods else 256,
                             by_batch="auto" in methods and settings["by_batch"])
+    small = small_test_split(len(data.y_test), max_drop, min_agreement)
+    if small:
+        notes.append(small)
+        print(f"warning: {small}", file=sys.stderr)
     if any("search budget" in s["reason"] for s in skipped):
         reason += f" (search ended at --budget-seconds {budget_seconds:g}: the best of the candidates made)"
     for v in [baseline, *variants]:

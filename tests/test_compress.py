@@ -489,3 +489,21 @@ def test_a_pruning_variant_is_named_by_its_ratio_without_rounding_to_100():
     from compress.prune import percent
 
     assert [percent(r) for r in (0.2, 0.3, 0.5, 0.999, 0.125)] == ["20", "30", "50", "99.9", "12.5"]
+
+
+def test_a_test_split_too_small_for_the_rule_is_noted(tmp_path, capsys):
+    """6 test rows: one flip is 16.7 points against a 0.5-point budget; said in the result and on stderr."""
+    from compress.run import small_test_split
+    from trainers import DataBundle, TrainConfig, train
+
+    assert small_test_split(360, 0.5, 0.97) is None and small_test_split(6, 0.5, 0.97).startswith(
+        "the test split has 6 rows: one changed prediction is 16.7 accuracy points")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    data = DataBundle.from_arrays(x[:34], y[:34], x_test=x[34:], y_test=y[34:])
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    capsys.readouterr()
+    result = compress_model(trained.model, data, methods=["onnx-fp32"])
+    assert any(n.startswith("the test split has 6 rows") for n in result.search_notes)
+    assert "warning: the test split has 6 rows" in capsys.readouterr().err
