@@ -218,6 +218,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def global_rng_kept():
+    """Python's, NumPy's and PyTorch's global random states as they were, after the block: `train` seeds them
+    all (`seed_everything`) for reproducible weights, and a notebook's own random stream after `train(...)`
+    would otherwise restart from the training seed."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+
+
 def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
           overwrite: bool = False, resume: bool = False, progress: ProgressCallback | bool | None = None,
           target: str | None = None, table=None, tracker: Tracker | None = None,
@@ -239,6 +256,12 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
     Under torchrun (WORLD_SIZE > 1) every process calls this; `batch_size` stays the
     global batch per optimizer step, and only rank 0 writes `out`.
     """
+    with global_rng_kept():
+        return _train(data, family, config, out=out, overwrite=overwrite, resume=resume, progress=progress,
+                      target=target, table=table, tracker=tracker, image_size=image_size)
+
+
+def _train(data, family, config, *, out, overwrite, resume, progress, target, table, tracker, image_size) -> TrainResult:
     config = config or TrainConfig()
     config.validate()
     get_family(family)
