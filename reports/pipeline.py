@@ -38,6 +38,25 @@ class PipelineResult:
     def to_dict(self) -> dict:
         return {**self.status, "run_dir": str(self.run_dir), "report": str(self.report) if self.report else None}
 
+    def __repr__(self) -> str:  # one short line, as every stage's result (`trainers.display`)
+        from trainers.display import short_repr
+
+        stages = ", ".join(f"{s.get('name')} {s.get('status')}" for s in self.status.get("stages", []))
+        return short_repr("PipelineResult", run_dir=str(self.run_dir), status=self.status.get("status"),
+                          stages=stages or None, report=str(self.report) if self.report else None)
+
+    def _repr_html_(self) -> str:
+        """The stages' statuses as a table, and a link to the report (a notebook opens it beside the page)."""
+        from html import escape
+
+        from trainers.display import frame, html_block
+
+        table = frame(self.status.get("stages", []), ("name", "status", "seconds", "reason"))
+        html = html_block(repr(self), table, [f"{e.get('stage')}: {e.get('message')}" for e in self.status.get("errors", [])])
+        if self.report is not None:
+            html += f'<p><a href="{escape(self.report.as_uri())}" target="_blank">{escape(str(self.report))}</a></p>'
+        return html
+
 
 class PipelineInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the pipeline; the message says which stages finished and where their record is kept."""

@@ -120,3 +120,15 @@ def test_train_leaves_the_global_random_streams_where_they_were():
     again = train(data, "mlp", TrainConfig(epochs=1))  # and the weights stay reproducible
     assert all(torch.equal(a, b) for a, b in zip(first.model.module.state_dict().values(),
                                                  again.model.module.state_dict().values()))
+
+
+def test_a_pipeline_result_shows_itself_in_one_line_and_as_a_table(tmp_path):
+    from reports import run_pipeline
+
+    result = run_pipeline("iris", "mlp", {"train": {"epochs": 2}, "compress": {"methods": ["int8-dynamic"]},
+                                          "explain": {"methods": ["saliency"], "samples": 4}},
+                          out=tmp_path / "run", progress=lambda _: None)
+    text = repr(result)
+    assert "\n" not in text and len(text) < MAX_REPR and "train done" in text and "status='done'" in text
+    html = result._repr_html_()
+    assert "<table" in html and "explain" in html and result.report.as_uri() in html
