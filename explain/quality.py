@@ -208,11 +208,15 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
     out["randomization_topk"] = check["topk_overlap"] if check else None
     out["empty_share"] = float(empty_rows(attr.values).mean())
     if check is not None:
-        out["sanity"] = {key: check[key] for key in ("verdict", "reason", "cascade", "seeds", "floor", "input_only",
-                                                     "model_reference")}
-        ok = check["verdict"] == "separated"
-        flagged |= not ok
-        verdicts.append(f"sanity check {'passed' if ok else 'FAILED'}: {check['verdict']} ({check['reason']})")
+        out["sanity"] = {key: check.get(key) for key in ("verdict", "reason", "cascade", "seeds", "floor", "input_only",
+                                                         "model_reference", "trained", "trained_lo", "trained_hi",
+                                                         "floor_mean", "difference", "difference_lo", "difference_hi",
+                                                         "reference_difference", "reference_difference_lo",
+                                                         "reference_difference_hi")}
+        # inconclusive: the intervals leave both outcomes open, which is no failure of the method, so no flag
+        outcome = {"separated": "passed", "inconclusive": "inconclusive"}.get(check["verdict"], "FAILED")
+        flagged |= outcome == "FAILED"
+        verdicts.append(f"sanity check {outcome}: {check['verdict']} ({check['reason']})")
     if out["empty_share"] > 0 and (check is None or check["verdict"] != "uninformative"):
         verdicts.append(f"{100 * out['empty_share']:.0f}% of the maps are empty or constant")
     floor = noise_floor(model, x_r, attr_r, seed, **options)

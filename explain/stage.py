@@ -255,7 +255,8 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         step += 1
         report(step, f"{method} on the original ({len(x)} samples, with quality checks)")
         attr = original_attr(method)
-        summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr)})
+        summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr),
+                                "target": "predicted class"})
         summary["global_importance"][method] = plots.global_importance(spec, attr.values)
         if spec.preprocessing.get("table"):  # the view of the encoded inputs stays available
             encoded = summary["global_importance_encoded"] or {}
@@ -283,7 +284,8 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
             var_base, var_base_name = baseline_for(variant.spec, bundle.x_train)
             var_attr = attribute(variant, x, attributions[("original", method)].targets, method, background=background,
                                  seed=seed, baseline=var_base, baseline_name=var_base_name)
-            summary["runs"].append({"model": name, **var_attr.summary(), "baseline": _baseline_name(var_attr)})
+            summary["runs"].append({"model": name, **var_attr.summary(), "baseline": _baseline_name(var_attr),
+                                "target": "predicted class"})
             if any(r["variant"] == name and r["ran"] == var_attr.method for r in summary["drift"]["rows"]):
                 continue                                # several requests routed to the same method: one row
             base = original_attr(var_attr.method)

@@ -256,18 +256,18 @@ def test_lime_attributes_each_interpretable_feature(shape):
 # ---------------------------------------------------------------- schema
 
 
-def test_explain_schema_3_round_trips_and_earlier_versions_are_read(tmp_path):
+def test_explain_schema_4_round_trips_and_earlier_versions_are_read(tmp_path):
     from fake_runs import write_explain
     from trainers.schema import QualityV2
 
     write_explain(tmp_path)
     written = json.loads((tmp_path / "result.json").read_text())
-    assert written["schema_version"] == 3
+    assert written["schema_version"] == 4
     q = next(iter(written["quality"].values()))
     q.update(estimated_error=0.04, estimated_error_max=0.09, standard_error=0.02, unconverged=3, tolerance=0.1,
              completeness_error_max=0.0, completeness_over_tolerance=0.0)
     written["runs"][0]["steps_mean"] = 410.5
-    result = parse_result(written, "v3")
+    result = parse_result(written, "v4")
     assert isinstance(result, ExplainResultFile) and result.dump() == written
     older = json.loads(json.dumps(written))
     older["schema_version"] = 2
@@ -277,6 +277,7 @@ def test_explain_schema_3_round_trips_and_earlier_versions_are_read(tmp_path):
             q.pop(key)
     for run in older["runs"]:
         run.pop("steps_mean")
+        run.pop("target", None)
     assert isinstance(parse_result(older, "v2"), ExplainResultFileV2)
     older["runs"][0]["steps_mean"] = 1.0
     with pytest.raises(ToolkitError, match="steps_mean: unknown field"):
@@ -289,7 +290,7 @@ def test_explain_stage_writes_error_bars_and_convergence(iris_model, iris, tmp_p
     result = explain.explain_model(iris_model, iris, methods=["shapley", "integrated_gradients", "lime"], samples=6,
                                    out=tmp_path / "run")
     written = read_result(tmp_path / "run" / "result.json", "explain")
-    assert isinstance(written, ExplainResultFile) and written.schema_version == 3
+    assert isinstance(written, ExplainResultFile) and written.schema_version == 4
     shapley, ig, lime = (written.quality[m] for m in ("shapley", "integrated_gradients", "lime"))
     assert shapley.estimated_error is not None and shapley.unconverged is not None and shapley.tolerance == 0.1
     assert shapley.verdicts[0].startswith("estimated error")

@@ -10,7 +10,9 @@ top-k overlap interval below the threshold), a lossless ONNX fp32 export of the 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -24,7 +26,15 @@ import explain
 from explain.compare import drift_row, drift_status, relation
 from explain.methods import Attribution
 from explain.quality import infidelity
-from explain.sanity import cascading_randomization, input_only_map, sanity_verdict
+from explain.sanity import (
+    SEEDS,
+    SEPARATION_MARGIN,
+    UNRELATED_SPEARMAN,
+    cascading_randomization,
+    input_only_map,
+    sanity_verdict,
+    spearman_per_sample,
+)
 from trainers import build_model, load_data, load_model, save_model
 from trainers.artifact import LoadedModel, ModelSpec, write_artifact
 
@@ -166,17 +176,159 @@ def test_cascade_floor_and_verdict_of_gradients_of_a_trained_model(trained):
     x = bundle.x_test[:16]
     check = cascading_randomization(model, x, explain.attribute(model, x, None, "saliency"))
     assert [step["layers"].count(",") for step in check["cascade"]] == [0, 1]   # top layer, then both
-    assert len(check["seeds"]) == 3 and len(check["floor"]) == 3
+    assert len(check["seeds"]) == SEEDS and len(check["floor"]) == SEEDS * (SEEDS - 1) // 2
     assert check["model_reference"] > 0.9 and check["verdict"] != "input-only"
-    assert check["verdict"] in ("separated", "not separated") and check["reason"]
+    assert check["verdict"] in ("separated", "inconclusive", "not separated") and check["reason"]
 
 
-def test_sanity_verdict_against_the_noise_floor():
-    base = {"empty_share": 0.0, "input_only": 0.3, "model_reference": 0.6}
-    assert sanity_verdict({**base, "seeds": [0.1, 0.15, 0.12], "floor": [0.1, 0.1, 0.1]})[0] == "separated"
-    assert sanity_verdict({**base, "seeds": [0.4, 0.45, 0.42], "floor": [0.7, 0.75, 0.72]})[0] == "separated"
-    assert sanity_verdict({**base, "seeds": [0.4, 0.45, 0.42], "floor": [0.45, 0.4, 0.5]})[0] == "not separated"
-    assert sanity_verdict({**base, "seeds": [None] * 3, "floor": [None] * 3})[0] == "uninformative"
+def _figures(trained, floor=None, reference=(-0.3, -0.4, -0.2)):
+    """The figures `sanity_verdict` reads: (point, lo, hi) of the trained statistic, of floor - trained and of
+    input-only - model reference."""
+    out = {"empty_share": 0.0, "input_only": 0.3, "model_reference": 0.6, "trained": trained[0],
+           "trained_lo": trained[1], "trained_hi": trained[2], "floor_mean": None, "difference": None,
+           "difference_lo": None, "difference_hi": None, "reference_difference": reference[0],
+           "reference_difference_lo": reference[1], "reference_difference_hi": reference[2]}
+    if floor is not None:
+        out.update(floor_mean=round(trained[0] + floor[0], 3), difference=floor[0], difference_lo=floor[1],
+                   difference_hi=floor[2])
+    return out
+
+
+SYNTHETIC = {   # verdict: figures that must give it
+    "separated": [_figures((0.1, 0.05, 0.15)), _figures((0.4, 0.3, 0.5), (0.3, 0.15, 0.45))],
+    "inconclusive": [_figures((0.4, 0.3, 0.5), (0.1, -0.05, 0.25)), _figures((0.2, 0.1, 0.3), (0.0, -0.1, 0.08)),
+                     _figures((0.3, 0.1, 0.5))],
+    "not separated": [_figures((0.4, 0.3, 0.5), (0.0, -0.1, 0.08)), _figures((0.4, 0.3, 0.5))],
+    "input-only": [_figures((0.4, 0.3, 0.5), (0.0, -0.1, 0.08), reference=(0.2, 0.1, 0.3))],
+}
+
+
+def test_sanity_verdict_reads_intervals_against_the_margin():
+    """Separated only when an interval clears its threshold, not separated only when it surely misses both,
+    inconclusive (never a flip) when an interval straddles one."""
+    for verdict, cases in SYNTHETIC.items():
+        for figures in cases:
+            assert sanity_verdict(figures)[0] == verdict, (verdict, figures, sanity_verdict(figures))
+    assert sanity_verdict({**_figures((0.4, 0.3, 0.5)), "trained": None})[0] == "uninformative"
+
+
+NUMBER = r"(-?\d+\.\d+)"
+
+
+def assert_reason_follows_its_rule(verdict: str, reason: str):
+    """The numbers in a sanity reason satisfy the rule the reason states (and the verdict is that rule's)."""
+    stated = 0
+    floor = re.search(rf"floor between two re-initialisations {NUMBER} minus the {NUMBER} with re-initialised "
+                      rf"models is {NUMBER} \(95% interval {NUMBER} to {NUMBER}\), (above|below|an interval that "
+                      rf"straddles) the margin {NUMBER}", reason)
+    if floor:
+        f, t, d, lo, hi, word, margin = floor.groups()
+        f, t, d, lo, hi, margin = map(float, (f, t, d, lo, hi, margin))
+        assert margin == SEPARATION_MARGIN and d == pytest.approx(f - t, abs=1.5e-3) and lo <= d <= hi
+        assert {"above": lo > margin, "below": hi < margin, "an interval that straddles": lo <= margin <= hi}[word]
+        stated += 1
+    trained = re.search(rf"spearman with re-initialised models {NUMBER} \(95% interval {NUMBER} to {NUMBER}\), "
+                        rf"(below|not below|not surely below|an interval that straddles) {NUMBER}", reason)
+    if trained:
+        t, lo, hi, word, limit = trained.groups()
+        t, lo, hi, limit = map(float, (t, lo, hi, limit))
+        assert limit == UNRELATED_SPEARMAN and lo <= t <= hi
+        assert {"below": hi < limit, "not below": lo >= limit, "not surely below": hi >= limit,
+                "an interval that straddles": lo < limit <= hi}[word]
+        stated += 1
+    if verdict == "separated":
+        assert (floor and floor.group(6) == "above") or (trained and trained.group(4) == "below"), reason
+    if verdict == "not separated":
+        assert (floor is None or floor.group(6) == "below") and trained.group(4) == "not below", reason
+    if verdict == "inconclusive":
+        assert "straddles" in reason, reason
+    if verdict == "input-only":
+        lo = float(re.search(rf"difference {NUMBER} \(95% interval {NUMBER} to", reason).group(2))
+        assert lo > 0, reason
+        stated += 1
+    assert stated or verdict == "uninformative", reason
+
+
+def test_every_sanity_reason_states_numbers_that_satisfy_its_rule(trained):
+    for cases in SYNTHETIC.values():
+        for figures in cases:
+            assert_reason_follows_its_rule(*sanity_verdict(figures))
+    model, bundle = trained
+    x = bundle.x_test[:16]
+    for method in ("saliency", "integrated_gradients"):
+        check = cascading_randomization(model, x, explain.attribute(model, x, None, method))
+        assert_reason_follows_its_rule(check["verdict"], check["reason"])
+
+
+def sparse_input_data(seed: int = 0, n: int = 600, d: int = 8):
+    """d standard normal features; the class is x0 + x1 > 0, the others are noise of the same spread."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return load_data((x, (x[:, 0] + x[:, 1] > 0).astype(int)), seed=seed)
+
+
+def fit_on_two_inputs(bundle, hidden: list[int], steps: int = 200) -> LoadedModel:
+    """An MLP whose first layer is held at zero on every input but x0 and x1: its attributions of the other
+    inputs are exactly 0, so they depend on its weights and not on |x - baseline| alone."""
+    torch.manual_seed(0)
+    config = {"hidden": hidden, "dropout": 0.0}
+    module = build_model("mlp", config, bundle.input_shape, bundle.num_classes, bundle.mean, bundle.std)
+    first = next(m for m in module.modules() if isinstance(m, torch.nn.Linear))
+    mask = torch.zeros(bundle.input_shape[0])
+    mask[:2] = 1.0
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    xt, yt = torch.as_tensor(bundle.x_train), torch.as_tensor(bundle.y_train)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(module(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            first.weight.mul_(mask)
+    spec = ModelSpec(family="mlp", config=config, input_shape=list(bundle.input_shape), layout=bundle.layout,
+                     class_names=bundle.class_names,
+                     preprocessing={"mean": bundle.mean.tolist(), "std": bundle.std.tolist()})
+    return LoadedModel(module=module.eval(), spec=spec)
+
+
+def test_a_model_that_clearly_depends_on_its_weights_is_separated_whatever_the_seed():
+    """The audit saw integrated gradients flip between separated and not separated with the seed of the run."""
+    bundle = sparse_input_data(d=16)   # 14 ignored inputs: with 8 the floor's interval at seed 3 reached the margin
+    model = fit_on_two_inputs(bundle, [16])
+    for seed in range(4):
+        result = explain.explain_model(model, bundle, methods=["integrated_gradients"], samples=16,
+                                       seed=seed).to_dict()
+        sanity = result["quality"]["integrated_gradients"]["sanity"]
+        assert sanity["verdict"] == "separated", (seed, sanity["reason"])
+        assert_reason_follows_its_rule(sanity["verdict"], sanity["reason"])
+
+
+def test_numerical_dust_on_ignored_inputs_ranks_nothing():
+    """1e-9 where the exact attribution is 0 must not order the ignored inputs (ties get average ranks)."""
+    rng = np.random.default_rng(0)
+    exact = np.zeros((6, 12))
+    exact[:, :5] = rng.normal(size=(6, 5))
+    dusty = exact + 1e-9 * rng.normal(size=exact.shape)
+    other = rng.normal(size=exact.shape)
+    keep = np.ones(6, bool)
+    assert np.allclose(spearman_per_sample(dusty, other, keep), spearman_per_sample(exact, other, keep))
+    assert np.allclose(spearman_per_sample(dusty, exact, keep), 1.0)
+
+
+def test_methods_that_agree_on_a_linear_model_get_the_same_sanity_verdict():
+    """On an exactly linear model integrated gradients and shap_kernel agree to ~1e-8; the dust shap_kernel
+    leaves on the seven ignored inputs once turned the verdict of one of them."""
+    bundle = sparse_input_data(d=12)
+    linear = fit_on_two_inputs(bundle, [])
+    x = bundle.x_test[:16]
+    checks = {}
+    for method, options in (("integrated_gradients", {}), ("shap_kernel", {"nsamples": 64})):
+        attr = explain.attribute(linear, x, None, method, **options)
+        checks[method] = cascading_randomization(linear, x, attr, **options)
+    ig, kernel = checks["integrated_gradients"], checks["shap_kernel"]
+    assert ig["verdict"] == kernel["verdict"], (ig["reason"], kernel["reason"])
+    assert kernel["seeds"] == pytest.approx(ig["seeds"], abs=1e-3)
+    assert kernel["floor"] == pytest.approx(ig["floor"], abs=1e-3)
 
 
 # ---------------------------------------------------------------- infidelity
@@ -319,19 +471,39 @@ def test_a_failed_sanity_check_is_a_flag_with_its_reason(trained):
     model, bundle = trained
     result = explain.explain_model(model, bundle, methods=["saliency", "feature_ablation"], samples=8).to_dict()
     for method, q in result["quality"].items():
-        failed = q["sanity"]["verdict"] != "separated"
+        failed = q["sanity"]["verdict"] not in ("separated", "inconclusive")   # inconclusive: said, not flagged
         assert q["flagged"] == failed
         assert any(flag.startswith(f"{method}: sanity check FAILED: {q['sanity']['verdict']}")
                    for flag in result["flags"]) == failed
 
 
-def test_explain_results_of_versions_2_and_3_are_read(trained):
+def test_explain_results_of_versions_2_3_and_4_are_read(trained):
     from trainers.errors import ToolkitError
-    from trainers.schema import AttributionRunV2, ExplainResultFile, ExplainResultFileV2, QualityV2, parse_result
+    from trainers.schema import (
+        AttributionRunV2,
+        AttributionRunV3,
+        ExplainResultFile,
+        ExplainResultFileV2,
+        ExplainResultFileV3,
+        QualityV2,
+        SanityCheckV3,
+        parse_result,
+    )
 
     model, bundle = trained
     current = explain.explain_model(model, bundle, methods=["saliency"], samples=4).to_dict()
-    assert isinstance(parse_result(current, "r", "explain"), ExplainResultFile) and current["schema_version"] == 3
+    assert isinstance(parse_result(current, "r", "explain"), ExplainResultFile) and current["schema_version"] == 4
+    assert {r["target"] for r in current["runs"]} == {"predicted class"}
+    v3 = json.loads(json.dumps(current))
+    v3["schema_version"] = 3
+    v3["runs"] = [{k: v for k, v in r.items() if k in AttributionRunV3.model_fields} for r in current["runs"]]
+    for q in v3["quality"].values():
+        if q.get("sanity"):
+            q["sanity"] = {k: v for k, v in q["sanity"].items() if k in SanityCheckV3.model_fields}
+            q["sanity"]["verdict"] = "separated" if q["sanity"]["verdict"] == "inconclusive" else q["sanity"]["verdict"]
+    assert isinstance(parse_result(v3, "r", "explain"), ExplainResultFileV3)
+    with pytest.raises(ToolkitError, match="target: unknown field"):
+        parse_result({**v3, "runs": current["runs"]}, "r", "explain")
     older = {k: v for k, v in current.items() if k != "relations"}
     older["schema_version"] = 2
     older["quality"] = {m: {k: v for k, v in q.items() if k in QualityV2.model_fields}  # version-3 fields go

@@ -319,3 +319,10 @@ def test_a_line_that_starts_like_markdown_block_syntax_stays_a_paragraph():
     assert html.count("<h1>") == 1 and "<h1># title</h1>" in html and "<h2>Notes</h2>" in html
     assert "<p># not a heading</p>" in html and "<p>1. not a list</p>" in html and "<ol" not in html
     assert "<li>- not nested</li>" in html and "<li>+ plain</li>" in html and "-0.5 stays" in card
+
+
+def test_the_report_says_which_class_each_attribution_is_to(tmp_path):
+    run = make_run(tmp_path / "run", ("train", "explain"))
+    html = render_report(run).read_text(encoding="utf-8")
+    table = html[html.index("How each attribution was computed"):]
+    assert "<th>attributed to</th>" in table and "<td>predicted class</td>" in table

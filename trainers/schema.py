@@ -385,8 +385,9 @@ class CascadeStep(Record):
     spearman: float | None  # median Spearman of |maps| with the trained model's; None: only empty maps
 
 
-class SanityCheck(Record):
-    """Cascading model-parameter randomisation against its noise floor (explain.sanity)."""
+class SanityCheckV3(Record):
+    """Cascading model-parameter randomisation against its noise floor (explain.sanity), in explain results of
+    version 3."""
 
     verdict: Literal["separated", "input-only", "not separated", "uninformative"]
     reason: str
@@ -395,6 +396,25 @@ class SanityCheck(Record):
     floor: list[float | None]  # between two fully re-initialised models, one per pair of seeds
     input_only: float | None  # Spearman with |x - mean| / std
     model_reference: float | None  # Spearman with the trained model's gradients (scaled by std)
+
+
+class SanityCheck(SanityCheckV3):
+    """Version 4: the verdict may be `inconclusive` (the intervals leave both outcomes open, explain.sanity),
+    the Spearman figures are means over samples, and the figures the verdict read are kept: the trained-vs-
+    re-initialised statistic (`trained`, with its 95% interval), the floor's mean, their difference (floor -
+    trained, with its interval), and the input-only minus model-reference difference (with its interval)."""
+
+    verdict: Literal["separated", "inconclusive", "input-only", "not separated", "uninformative"]
+    trained: float | None = None
+    trained_lo: float | None = None
+    trained_hi: float | None = None
+    floor_mean: float | None = None
+    difference: float | None = None
+    difference_lo: float | None = None
+    difference_hi: float | None = None
+    reference_difference: float | None = None
+    reference_difference_lo: float | None = None
+    reference_difference_hi: float | None = None
 
 
 class FeatureRank(Record):
@@ -408,11 +428,18 @@ class Relation(Record):
     reason: str
 
 
-class AttributionRun(AttributionRunV2):
+class AttributionRunV3(AttributionRunV2):
     """Version 3 adds `steps_mean`: the mean per-sample effort of an adaptive method (integration steps of
     integrated gradients, model rows of shapley), None for the others."""
 
     steps_mean: float | None = None
+
+
+class AttributionRun(AttributionRunV3):
+    """Version 4 adds `target`: the class each sample's attributions are to ("predicted class": each sample's
+    own predicted class, the original's for a compared variant)."""
+
+    target: str = "predicted class"
 
 
 class QualityV2(Record):
@@ -431,7 +458,7 @@ class QualityV2(Record):
     flagged: bool
 
 
-class Quality(QualityV2):
+class QualityV3(QualityV2):
     """Version 3 adds the error bars of sampled methods and the convergence of adaptive ones (None where
     they do not apply): `estimated_error` / `estimated_error_max`, the median / largest over samples of the
     relative error bound ||estimate - exact|| / ||estimate|| at 95%; `standard_error`, the mean over samples of
@@ -449,7 +476,13 @@ class Quality(QualityV2):
     completeness_error_max: float | None = None
     completeness_over_tolerance: float | None = None
     empty_share: float | None = None  # share of maps that are all zero or constant
-    sanity: SanityCheck | None = None  # None: not run (no PyTorch module, or sanity off)
+    sanity: SanityCheckV3 | None = None  # None: not run (no PyTorch module, or sanity off)
+
+
+class Quality(QualityV3):
+    """Version 4: the sanity check of version 4 (`SanityCheck`: an inconclusive verdict, its intervals)."""
+
+    sanity: SanityCheck | None = None
 
 
 class DriftRow(Record):
@@ -520,7 +553,7 @@ class ExplainResultFileV2(ExplainResultFileV1):
     global_importance_encoded: dict[str, dict[str, float | None]] | None = None
 
 
-class ExplainResultFile(ExplainResultFileV2):
+class ExplainResultFileV3(ExplainResultFileV2):
     """Version 3: optional error bars and convergence counts in `quality` (`Quality`), the mean per-sample
     effort in `runs` (`AttributionRun.steps_mean`), the sanity check's verdict and figures (`Quality.sanity`,
     `Quality.empty_share`), drift rows with a status read from their interval, a threshold, the top inputs' rank
@@ -528,9 +561,18 @@ class ExplainResultFile(ExplainResultFileV2):
     original)."""
 
     schema_version: Literal[3] = 3
+    runs: list[AttributionRunV3]
+    quality: dict[str, QualityV3]
+    relations: dict[str, Relation] = {}
+
+
+class ExplainResultFile(ExplainResultFileV3):
+    """Version 4: each run names the class it explains (`AttributionRun.target`), and the sanity check may be
+    inconclusive, with the intervals its verdict read (`SanityCheck`)."""
+
+    schema_version: Literal[4] = 4
     runs: list[AttributionRun]
     quality: dict[str, Quality]
-    relations: dict[str, Relation] = {}
 
 
 # ---------------------------------------------------------------- pipeline
@@ -580,13 +622,13 @@ class PipelineFile(Record):
 # ---------------------------------------------------------------- reading
 
 ResultFile = (TrainResultFileV1 | TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFileV5 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
-              | ExplainResultFile | PipelineFileV1 | PipelineFile)
+              | ExplainResultFileV3 | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFileV1, 2: TrainResultFile},
     "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFileV4,
                  5: CompressResultFileV5, 6: CompressResultFile},
-    "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFile},
+    "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFileV3, 4: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
 
