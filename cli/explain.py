@@ -20,8 +20,9 @@ def explain_command(
     method: Optional[List[str]] = typer.Option(None, "--method", "-m",
                                                help="Method (repeatable); default: a fast set for the family."),
     compare: Optional[List[Path]] = typer.Option(None, "--compare", "-c",
-                                                 help="A compressed variant (artifact directory or .onnx file) to "
-                                                      "compare with (repeatable)."),
+                                                 help="A compressed variant (artifact directory or .onnx file), or "
+                                                      "a compress run (its chosen variant), to compare with "
+                                                      "(repeatable)."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Test samples to explain."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sample draw and of sampled methods."),
     target: Optional[str] = TARGET, keep: Optional[List[str]] = KEEP, drop: Optional[List[str]] = DROP,
@@ -34,7 +35,7 @@ def explain_command(
 ):
     """Explain a model's predictions, check the explanations, and compare them with compressed variants.
 
-    Example: toolkit explain runs/cnn --data digits --method integrated_gradients --compare runs/cnn-c/variants/int8-dynamic-onnx --out runs/cnn-explain
+    Example: toolkit explain runs/cnn --data digits --method integrated_gradients --compare runs/cnn-compressed --out runs/cnn-explain
     """
     from explain import explain_model
     from trainers import default_run_dir

@@ -14,7 +14,8 @@ from .help import Command
 @handle_errors
 def predict_command(
     model_dir: Path = typer.Argument(..., help="A model artifact, or a compress/pipeline run (its chosen variant)."),
-    data: Path = typer.Argument(..., help="Rows to predict: a CSV with the feature columns, an .npz (array x) or .npy."),
+    data: Path = typer.Argument(..., help="Rows to predict: a CSV with the feature columns, an .npz (array x), "
+                                          ".npy, or a folder of images."),
     variant: Optional[str] = typer.Option(None, "--variant", help="A variant of the run by name (variants/NAME)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file to write (default: CSV on stdout)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per batch."),
@@ -26,7 +27,7 @@ def predict_command(
 ):
     """Predict the class and class probabilities of each row, with a PyTorch or ONNX model.
 
-    Example: toolkit predict runs/iris-mlp new_rows.csv --variant int8-dynamic-onnx --out preds.csv
+    Example: toolkit predict runs/iris-mlp new_rows.csv --out preds.csv (the chosen variant; --variant NAME: another)
     """
     from trainers.fileio import atomic_write_text, ensure_writable_parent
     from trainers.inference import check_predictions_out, predict_file

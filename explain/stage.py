@@ -79,7 +79,18 @@ def _load(item, name: str, data=None):
 
     if hasattr(item, "spec"):
         return item
-    return as_model(_artifact_of(item) or item, data)
+    return as_model(_artifact_of(item) or _chosen_of(item) or item, data)
+
+
+def _chosen_of(item):
+    """The variant a compress or pipeline run directory chose (as `toolkit predict` reads a run), or None for
+    anything else: `--compare runs/cnn-compressed` compares whatever auto chose, whose name the user cannot
+    know before the run."""
+    if not isinstance(item, (str, Path)) or not Path(item).is_dir() or (Path(item) / "model.json").is_file():
+        return None
+    from trainers.inference import resolve_artifact
+
+    return resolve_artifact(item)
 
 
 def _artifact_of(item):
@@ -106,8 +117,8 @@ def _is_user_model(item) -> bool:
 def _name(item, fallback: str) -> str:
     if hasattr(item, "spec"):
         return Path(item.path).name if getattr(item, "path", None) else fallback
-    folder = _artifact_of(item)
-    return (folder or Path(str(item))).name or fallback
+    folder = _artifact_of(item) or _chosen_of(item)
+    return (Path(folder) if folder else Path(str(item))).name or fallback
 
 
 def check_samples(samples) -> int:

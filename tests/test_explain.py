@@ -474,3 +474,18 @@ def test_figures_say_each_sample_is_explained_for_its_predicted_class():
     overlay = plots.image_overlays(images, images, np.array([0, 1]), ["cat", "dog"], "m", targets=np.array([0, 0]))
     titles = [ax.get_title() for ax in overlay.axes if ax.get_title()]
     assert titles == ["predicted cat", "predicted cat (true dog)"]
+
+
+def test_compare_takes_a_compress_run_and_reads_the_variant_it_chose(tmp_path):
+    """`--compare runs/x-compressed`: the chosen variant, whose name auto picks (as `toolkit predict` reads a run)."""
+    from compress import compress_model
+    from trainers import TrainConfig, load_data, train
+
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=3), out=tmp_path / "m")
+    compressed = compress_model(trained.model, data, methods=["int8-dynamic", "onnx-fp32"], out=tmp_path / "c",
+                                max_drop=100, min_agreement=0)
+    result = explain.explain_model(tmp_path / "m", data, methods=["saliency"], samples=4,
+                                   compare=[tmp_path / "c"]).to_dict()
+    [(name, relation)] = result["relations"].items()
+    assert name == compressed.chosen.name and relation["relation"] == "derived", result["relations"]

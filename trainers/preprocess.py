@@ -90,7 +90,7 @@ def number_format(column: pd.Series, sep: str | None = None) -> dict | None:
     """How a text column's cells read as numbers, as spreadsheets write them, or None when they do not.
 
     Returns {"decimal": "." or ",", "group": "", "," or "." (thousands separator, removed), "percent": bool
-    (every cell ends in %: the number is divided by 100), "missing": [stray text cells read as missing]}.
+    (the cells end in %, but for stray ones: the number is divided by 100), "missing": [stray text cells read as missing]}.
     A comma is the decimal mark where it is the last of a dot and a comma in a cell (1.234,5), or the only mark
     and not every three digits (0,126); a comma every three digits (1,234) groups thousands, unless the file is
     separated by semicolons, as where the comma is the decimal mark. Stray text (`STRAY_*`) is allowed, and named,
@@ -103,7 +103,8 @@ def number_format(column: pd.Series, sep: str | None = None) -> dict | None:
     text = text[text != ""]                                  # a million rows cost no more than a thousand
     if not len(text):
         return None
-    percent = bool(text.str.endswith("%").all())
+    # percent: the cells end in %, but for a few stray ones ("unknown", "-"), which then become missing cells
+    percent = bool(text.str.endswith("%").mean() >= 1 - STRAY_SHARE)
     body = text.str.removesuffix("%").str.strip() if percent else text
     comma, dot = body.str.contains(",", regex=False), body.str.contains(".", regex=False)
     both = body[comma & dot]

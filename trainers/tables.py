@@ -370,6 +370,9 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
         if len(dropped) == features.shape[1]:
             raise DataError(f"{where}: no feature columns left after dropping {', '.join(map(str, dropped))} "
                             "(ID-like or constant); keep one with --keep COL")
+        found = [f"{name} ({reason})" for name, reason in dropped.items() if name not in options.drop]
+        if found:  # the toolkit's own decision: said once, at training (model.json and the report keep it)
+            print(f"note: {where}: dropped column(s) {', '.join(found)}; keep one with --keep COL", file=sys.stderr)
         table = fit_table(features, split[0], dropped, formats)
         table["read"] = {**options.to_dict(), "target": target}
     else:
