@@ -438,3 +438,19 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     check_refused(proc.returncode, proc.stderr, "cannot write")
     assert "File too large" in proc.stderr and "unexpected" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, read", [("TOOLKIT_MAX_DATA_BYTES", "trainers.data:data_budget"),
+                                        ("TOOLKIT_MAX_COLUMNS", "trainers.tables:max_columns"),
+                                        ("TOOLKIT_MAX_PARAMETERS", "trainers.models:parameter_limit")])
+def test_every_limit_raised_by_the_environment_reads_it_the_same_way(name, read, monkeypatch):
+    import importlib
+
+    module, func = read.split(":")
+    limit = getattr(importlib.import_module(module), func)
+    monkeypatch.setenv(name, "2e3")
+    assert limit() == 2000
+    for bad in ("lots", "0", "-5"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ToolkitError, match=name):
+            limit()

@@ -10,7 +10,6 @@ model, whose first layer applies them.
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -237,11 +236,9 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
 
 def data_budget() -> int:
     """Bytes a data file may inflate to: MAX_DATA_BYTES, or TOOLKIT_MAX_DATA_BYTES when set."""
-    raw = os.environ.get(MAX_DATA_BYTES_ENV, "").strip()
-    try:
-        return int(float(raw)) if raw else MAX_DATA_BYTES
-    except (ValueError, OverflowError):
-        raise DataError(f"{MAX_DATA_BYTES_ENV} must be a number of bytes, got {raw!r}") from None
+    from .options import env_limit
+
+    return env_limit(MAX_DATA_BYTES_ENV, MAX_DATA_BYTES, "bytes")
 
 
 def _check_npz_sizes(path: Path) -> None:

@@ -13,7 +13,6 @@ non-linearity.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Literal
 
@@ -187,16 +186,9 @@ def check_model_size(family: str, config, input_shape, num_classes: int) -> int:
 
 def parameter_limit() -> int:
     """The largest model `build_model` builds: MAX_PARAMETERS, or TOOLKIT_MAX_PARAMETERS when set."""
-    raw = os.environ.get(MAX_PARAMETERS_ENV, "").strip()
-    if not raw:
-        return MAX_PARAMETERS
-    try:
-        limit = int(float(raw))
-    except (ValueError, OverflowError):
-        raise ToolkitError(f"{MAX_PARAMETERS_ENV} must be a number of parameters, got {raw!r}") from None
-    if limit < 1:
-        raise ToolkitError(f"{MAX_PARAMETERS_ENV} must be positive, got {raw!r}")
-    return limit
+    from .options import env_limit
+
+    return env_limit(MAX_PARAMETERS_ENV, MAX_PARAMETERS, "parameters")
 
 
 def check_parameter_count(size: int, what: str) -> None:

@@ -161,3 +161,20 @@ def parse_json_option(text: str | None, option: str) -> dict:
     if not isinstance(value, dict):
         raise ToolkitError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [64]}}'")
     return value
+
+
+def env_limit(name: str, default: int, unit: str) -> int:
+    """A size limit: `default`, or the environment variable `name` when set (a positive number of `unit`, e.g.
+    "bytes"); anything else there is one ToolkitError line naming the variable."""
+    import os
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        limit = int(float(raw))
+    except (ValueError, OverflowError):
+        raise ToolkitError(f"{name} must be a number of {unit}, got {raw!r}") from None
+    if limit < 1:
+        raise ToolkitError(f"{name} must be positive, got {raw!r}")
+    return limit

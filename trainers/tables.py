@@ -151,13 +151,9 @@ def _check_ragged(path: Path, sep: str) -> None:
 
 def max_columns() -> int:
     """The most columns a table may have: MAX_COLUMNS, or TOOLKIT_MAX_COLUMNS when set."""
-    import os
+    from .options import env_limit
 
-    raw = os.environ.get(MAX_COLUMNS_ENV, "").strip()
-    try:
-        return int(float(raw)) if raw else MAX_COLUMNS
-    except (ValueError, OverflowError):
-        raise DataError(f"{MAX_COLUMNS_ENV} must be a number of columns, got {raw!r}") from None
+    return env_limit(MAX_COLUMNS_ENV, MAX_COLUMNS, "columns")
 
 
 def _refuse_width(path: Path, count: int) -> None:
