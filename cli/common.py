@@ -56,7 +56,7 @@ def _show(caught) -> None:
 
 def fail(message: str, code: int = 2, *, as_json: bool = False):
     """One line on stderr (with `as_json`, {"error", "exit_code"} on stdout too), then exit; once for a job."""
-    from trainers.distributed import rank_label, speaks
+    from trainers.errors import rank_label, speaks
 
     if code != 2 or speaks(message):
         typer.echo(f"error: {message}{rank_label()}", err=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ToolkitError
+from .errors import ERROR_DIR_ENV, ToolkitError
 
 # Test and diagnostic hook: when set, every rank writes the SHA-256 of its final weights to
 # `<dir>/rank<r>.sha256`, so a test can check that the replicas ended identical.
@@ -38,34 +38,6 @@ REPLICA_HASH_ENV = "TOOLKIT_REPLICA_HASH_DIR"
 # peer or launcher must end the job, not leave processes waiting forever. TOOLKIT_DIST_TIMEOUT overrides it.
 TIMEOUT_S = 600
 TIMEOUT_ENV = "TOOLKIT_DIST_TIMEOUT"
-# Set by `launch` for its workers: a folder where a rank other than 0 leaves its one error line (`speaks`).
-ERROR_DIR_ENV = "TOOLKIT_ERROR_DIR"
-
-
-def speaks(message: str) -> bool:
-    """Whether this process prints its one bad-input line (`cli.common.fail`), so a job that fails on every rank
-    prints it once.
-
-    Rank 0 prints. Under `launch` another rank leaves its line in the launcher's folder instead, and the
-    launcher prints it when rank 0 left none: the data missing on the second machine only, where rank 0 is
-    stopped without an error of its own. Under a plain torchrun another rank prints it with its rank.
-    """
-    rank = os.environ.get("RANK", "0")
-    folder = os.environ.get(ERROR_DIR_ENV)
-    if folder:
-        try:
-            (Path(folder) / f"rank{int(rank)}.txt").write_text(message)
-        except (OSError, ValueError):
-            return True
-    return rank == "0" or not folder
-
-
-def rank_label() -> str:
-    """" (rank N)" for a rank other than 0 of a job, else ""."""
-    rank = os.environ.get("RANK", "0")
-    return "" if rank == "0" else f" (rank {rank})"
-
-
 def timeout_s() -> int:
     """The rendezvous and collective timeout in seconds (TIMEOUT_S, or TOOLKIT_DIST_TIMEOUT)."""
     raw = os.environ.get(TIMEOUT_ENV, "").strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from pathlib import Path
 
 # ONNX Runtime's words when its capped CPU arena (`trainers.ortsession.memory_cap`) or the system refuses a buffer
 _ORT_REFUSED = re.compile(r"(?:smaller than requested bytes of|requested buffer of size) (\d+)")
@@ -36,6 +37,34 @@ def parse_failure(exc: BaseException) -> str:
     if isinstance(exc, OverflowError):
         return "a number too large"
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# Set by `launch` for its workers: a folder where a rank other than 0 leaves its one error line (`speaks`).
+ERROR_DIR_ENV = "TOOLKIT_ERROR_DIR"
+
+
+def speaks(message: str) -> bool:
+    """Whether this process prints its one bad-input line (`cli.common.fail`), so a job that fails on every rank
+    prints it once. Here, not in `distributed`, so a failing command imports no torch to say so.
+
+    Rank 0 prints. Under `launch` another rank leaves its line in the launcher's folder instead, and the
+    launcher prints it when rank 0 left none: the data missing on the second machine only, where rank 0 is
+    stopped without an error of its own. Under a plain torchrun another rank prints it with its rank.
+    """
+    rank = os.environ.get("RANK", "0")
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if folder:
+        try:
+            (Path(folder) / f"rank{int(rank)}.txt").write_text(message)
+        except (OSError, ValueError):
+            return True
+    return rank == "0" or not folder
+
+
+def rank_label() -> str:
+    """" (rank N)" for a rank other than 0 of a job, else ""."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank == "0" else f" (rank {rank})"
 
 
 # A full disk, a file-size limit (`ulimit -f`), a disk quota: the user's to fix, so exit code 2
