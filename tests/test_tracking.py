@@ -143,7 +143,8 @@ def test_a_new_sqlite_store_adds_no_lines_to_stderr(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     done = subprocess.run([sys.executable, "-m", "cli.main", "train", "iris", "--model", "mlp", "--epochs", "2",
                            "--out", str(tmp_path / "r"), "--mlflow", "sqlite:///" + str(tmp_path / "m.db")],
-                          cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)  # MLflow puts artifacts in ./mlruns
     assert done.returncode == 0, done.stderr
     assert [line for line in done.stderr.splitlines() if line.strip()] == [
         line for line in done.stderr.splitlines() if line.startswith("mlp on iris:")], done.stderr
