@@ -95,7 +95,8 @@ def _replicated(run, total: int, min_share: int = 1):
         return mean.astype(np.float32), {}
     se = draws.std(0, ddof=1) / np.sqrt(reps)          # shares differ by at most one sample
     return mean.astype(np.float32), {"standard_error": se.astype(np.float32),
-                                     "error_bound": relative_error_bound(mean, se, variance_dof=reps - 1)}
+                                     "error_bound": relative_error_bound(mean, se, variance_dof=reps - 1),
+                                     "error_dof": np.full(len(mean), reps - 1)}
 
 
 @register_method("saliency", library="captum", needs=("torch",), description="Captum Saliency: |d logit / d input|")
@@ -295,7 +296,8 @@ def shapley(ctx, x, targets, tolerance: Tolerance = 0.1, max_evaluations: Positi
     sample at most (default: those of 128 permutations); `n_permutations`: a fixed count instead."""
     est = shapley_estimate(ctx.forward_numpy, x, targets, ctx.baseline_np, tolerance=tolerance,
                            max_evaluations=max_evaluations, n_permutations=n_permutations, seed=ctx.seed)
-    estimate = {"standard_error": est.standard_error, "error_bound": est.error_bound, "steps": est.evaluations}
+    estimate = {"standard_error": est.standard_error, "error_bound": est.error_bound, "steps": est.evaluations,
+                "error_dof": est.permutations // 2 - 1}      # independent draws: antithetic pairs
     if n_permutations is None:
         estimate.update(converged=est.converged, tolerance=tolerance)
     return est.values, ctx.reference_at_baseline(targets), None, estimate

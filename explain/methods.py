@@ -46,6 +46,8 @@ class Attribution:
         routed: why another method or runtime ran, or None.
         standard_error: (N, *input_shape) standard error of each value, for sampled methods (None otherwise).
         error_bound: (N,) relative error ||values - exact|| / ||values|| at 95% confidence, from `standard_error`.
+        error_dof: (N,) degrees of freedom of each sample's standard errors (independent draws - 1), None when
+            unknown; `interval()` reads its Student-t quantile.
         converged: (N,) the sample reached the method's target (`tolerance`): the error bound of an adaptive
             sampled method, the completeness error of adaptive integrated gradients; None when not adaptive.
         steps: (N,) per-sample effort: model rows (shapley) or integration steps (integrated gradients).
@@ -66,10 +68,31 @@ class Attribution:
     seconds: float = 0.0
     standard_error: np.ndarray | None = None
     error_bound: np.ndarray | None = None
+    error_dof: np.ndarray | None = None
     converged: np.ndarray | None = None
     steps: np.ndarray | None = None
     tolerance: float | None = None
     baseline_name: str = "training mean"
+
+    def interval(self, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Per-value (lo, hi) at `confidence`, for a sampled method: values -/+ a Student-t quantile on the
+        sample's `error_dof` times its standard error. The normal quantile (1.96) would be too narrow for the
+        4-16 draws behind a value: see docs/results.md, "Per-value intervals". ValueError for a method without
+        error bars."""
+        if self.standard_error is None:
+            raise ValueError(f"{self.method} gives no standard errors, so no intervals; a sampled method does "
+                             "(shapley, or a library's estimator run as replicates)")
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
+        from scipy.stats import norm, t
+
+        upper = 0.5 + confidence / 2
+        if self.error_dof is None:
+            quantile = np.full(len(self.values), norm.ppf(upper))
+        else:
+            quantile = t.ppf(upper, np.maximum(np.asarray(self.error_dof, np.float64), 1.0))
+        half = quantile.reshape(-1, *([1] * (self.values.ndim - 1))) * self.standard_error.astype(np.float64)
+        return self.values - half, self.values + half
 
     def summary(self) -> dict:
         n = max(len(self.values), 1)
@@ -310,7 +333,7 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
     return _with_estimate(attr, extras)
 
 
-ESTIMATE_FIELDS = ("standard_error", "error_bound", "converged", "steps")
+ESTIMATE_FIELDS = ("standard_error", "error_bound", "error_dof", "converged", "steps")
 
 
 def _with_estimate(attr: Attribution, extras: list[dict]) -> Attribution:

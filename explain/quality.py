@@ -184,6 +184,7 @@ def head(attr: Attribution, n: int) -> Attribution:
     return dataclasses.replace(attr, values=attr.values[:n], targets=attr.targets[:n],
                                reference_output=attr.reference_output[:n], delta=cut(attr.delta),
                                standard_error=cut(attr.standard_error), error_bound=cut(attr.error_bound),
+                               error_dof=cut(attr.error_dof),
                                converged=cut(attr.converged), steps=cut(attr.steps))
 
 
