@@ -326,3 +326,44 @@ def test_the_report_says_which_class_each_attribution_is_to(tmp_path):
     html = render_report(run).read_text(encoding="utf-8")
     table = html[html.index("How each attribution was computed"):]
     assert "<th>attributed to</th>" in table and "<td>predicted class</td>" in table
+
+
+def test_drift_table_cells_sit_under_their_headings(tmp_path):
+    """One cell per heading in every drift row, each figure under its own heading (a stray cell once shifted
+    every figure one column to the right)."""
+    from html.parser import HTMLParser
+
+    class Table(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.inside, self.rows, self.cell = False, [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table" and ("class", "drift") in attrs:
+                self.inside = True
+            elif self.inside and tag == "tr":
+                self.rows.append([])
+            elif self.inside and tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.inside = False
+            elif self.inside and tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    run = make_run(tmp_path / "run")
+    parser = Table()
+    parser.feed(render_report(run).read_text(encoding="utf-8"))
+    header, *body = parser.rows
+    figures = [row for row in body if len(row) > 1 and row[0].startswith("integrated_gradients")]
+    assert len(figures) == 2 and all(len(row) == len(header) for row in figures)
+    cell = dict(zip(header, figures[0]))
+    assert cell["top-k overlap"].startswith("0.91") and cell["cosine"].startswith("0.97")
+    assert cell["Spearman"].startswith("0.93") and cell["sign agreement"].startswith("0.95")
+    assert cell["noise floor"] == "1.00" and cell["random floor"] == "0.16"
