@@ -153,6 +153,24 @@ def front_matter(run, training: dict | None, compression: dict | None) -> dict:
             "model-index": [{"name": f"{name}-{family}", "results": results}]}
 
 
+def license_set(path) -> str | None:
+    """The license the model's owner set in the front matter of a card the toolkit wrote at `path` (kept when the
+    card is rewritten), or None: no card, no front matter, or the license left "unknown"."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8") if path.stat().st_size < 2**20 else ""
+    except OSError:
+        return None
+    parts = text.split("\n---\n", 1) if text.startswith("---\n") else []
+    try:
+        front = yaml.safe_load(parts[0][4:]) if len(parts) == 2 else None
+    except yaml.YAMLError:
+        return None
+    value = front.get("license") if isinstance(front, dict) else None
+    return str(value) if isinstance(value, (str, int, float)) and str(value).strip() not in ("", "unknown") else None
+
+
 def _yaml_block(metadata: dict) -> list[str]:
     import yaml
 

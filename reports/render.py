@@ -151,8 +151,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     numbers = {"generator": GENERATOR, **{k: _public(v) for k, v in context.items() if k != "model_card"}}
     numbers["model_card"] = [{"title": t, "blocks": [list(b) for b in blocks]} for t, blocks in context["model_card"]]
     atomic_write_text(numbers_path, json.dumps(numbers, indent=2, default=str) + "\n")
-    markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"], context["card_metadata"])
     for path in cards:
+        metadata = {**context["card_metadata"], "license": card.license_set(path) or "unknown"}
+        markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"], metadata)
         atomic_write_text(path, f"{markdown.rstrip()}\n\n<!-- {GENERATOR}: rewritten by every report -->\n")
     return {"report": str(out), "numbers": str(numbers_path), "model_cards": [str(c) for c in cards]}
 

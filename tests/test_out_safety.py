@@ -218,6 +218,17 @@ def test_report_rewrites_its_own_files_but_no_one_elses(shared, tmp_path, capsys
     shutil.copytree(shared.model, run)
     assert main(["report", str(run)]) == 0
     assert main(["report", str(run)]) == 0  # its own report.html, report.json and MODEL_CARD.md: rewritten
+    card = run / "MODEL_CARD.md"
+    card.write_text(card.read_text().replace("license: unknown", "license: apache-2.0"))
+    assert main(["report", str(run)]) == 0  # the license its owner set in the card survives the rewrite
+    assert "license: apache-2.0" in card.read_text() and "license: unknown" not in card.read_text()
+    own = "---\nlicense: mit\n---\n# Model card: my hand-written card\n\nApproved by legal.\n"
+    card.write_text(own)
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 2   # a card of the user's, titled like the toolkit's: refused
+    assert_one_error_line(capsys.readouterr().err, "did not write")
+    assert card.read_text() == own
+    card.unlink()
     (run / "report.html").write_text("<html>the user's page</html>")
     before = snapshot(run)
     capsys.readouterr()
