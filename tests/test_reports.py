@@ -367,3 +367,17 @@ def test_drift_table_cells_sit_under_their_headings(tmp_path):
     assert cell["top-k overlap"].startswith("0.91") and cell["cosine"].startswith("0.97")
     assert cell["Spearman"].startswith("0.93") and cell["sign agreement"].startswith("0.95")
     assert cell["noise floor"] == "1.00" and cell["random floor"] == "0.16"
+
+
+def test_a_report_under_another_name_inside_a_run_is_the_toolkit_s_own(tmp_path):
+    """`--overwrite` must not call a report the toolkit wrote foreign because `--out` named it summary.html."""
+    from trainers.rundir import MARKER, foreign_files
+
+    run = make_run(tmp_path / "run")
+    listed = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    (run / MARKER).write_text(json.dumps({"kind": "pipeline", "files": listed}))
+    render_report(run, out=run / "summary.html")
+    assert (run / "summary.json").is_file() and foreign_files(run) == []
+    (run / "notes.md").write_text("# Model card: mine\n")
+    (run / "page.html").write_text("<html>mine</html>")
+    assert foreign_files(run) == ["notes.md", "page.html"]

@@ -33,7 +33,6 @@ _SIGNS = {".html": (('<meta name="generator" content="toolkit report">',),
           # cards before the mark: their title, two of their headings and a caveat only the toolkit writes
           ".md": ((f"<!-- {GENERATOR}",), ("# Model card: ", "## Model details", "## Caveats and recommendations",
                                             "Latency figures come from the machine that ran the pipeline"))}
-REPORT_FILES = ("report.html", "report.json", "MODEL_CARD.md")
 
 
 def report_wrote(path: Path) -> bool:
@@ -47,7 +46,7 @@ def report_wrote(path: Path) -> bool:
 
 def foreign_files(run: Path) -> list[str]:
     """Files under the run directory `run` that the toolkit did not write: neither listed in its marker when the
-    run was committed nor a report the toolkit wrote there since. A marker without a list (runs committed
+    run was committed nor a report (its page, numbers or card, under any name) the toolkit wrote there since. A marker without a list (runs committed
     before it was kept) lists nothing to check: []."""
     try:
         listed = read_json(run / MARKER, "run marker").get("files")
@@ -60,7 +59,7 @@ def foreign_files(run: Path) -> list[str]:
     for path in sorted(run.rglob("*")):
         name = path.relative_to(run).as_posix()
         if (path.is_file() or path.is_symlink()) and name not in listed and not (
-                path.name in REPORT_FILES and report_wrote(path)):
+                path.suffix in _SIGNS and report_wrote(path)):     # a report, under any name it was given
             found.append(name)
     return found
 
