@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from trainers.fileio import atomic_write_text, ensure_writable_parent
+from trainers.fileio import atomic_write_all, ensure_writable_parent
 from trainers.rundir import GENERATOR, report_wrote
 
 from . import card, sections
@@ -147,15 +147,27 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
         refuse_foreign(path)
     context = build_context(run)
     html = _environment().get_template("report.html.j2").render(**context)
-    atomic_write_text(out, html)
     numbers = {"generator": GENERATOR, **{k: _public(v) for k, v in context.items() if k != "model_card"}}
     numbers["model_card"] = [{"title": t, "blocks": [list(b) for b in blocks]} for t, blocks in context["model_card"]]
-    atomic_write_text(numbers_path, json.dumps(numbers, indent=2, default=str) + "\n")
+    text = json.dumps(_finite(numbers), indent=2, default=str, allow_nan=False)   # strict JSON: no NaN literals
+    files = {out: html.encode("utf-8"), numbers_path: (text + "\n").encode("utf-8")}
     for path in cards:
         metadata = {**context["card_metadata"], "license": card.license_set(path) or "unknown"}
         markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"], metadata)
-        atomic_write_text(path, f"{markdown.rstrip()}\n\n<!-- {GENERATOR}: rewritten by every report -->\n")
+        files[path] = f"{markdown.rstrip()}\n\n<!-- {GENERATOR}: rewritten by every report -->\n".encode("utf-8")
+    atomic_write_all(files)   # all or nothing: a card that cannot be written leaves no new page behind
     return {"report": str(out), "numbers": str(numbers_path), "model_cards": [str(c) for c in cards]}
+
+
+def _finite(obj):
+    """`obj` with every NaN or infinite float as None, as the page shows them (a dash)."""
+    if isinstance(obj, float):
+        return obj if number(obj) is not None else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _targets(run: Run, out) -> tuple[Path, Path, list[Path]]:

@@ -149,8 +149,11 @@ def test_diverged_loss_shows_as_a_dash(tmp_path):
     metrics = train_result().metrics.model_copy(update={"test_loss": float("nan")})
     write_result(tmp_path / "result.json", train_result(seconds=float("nan"), metrics=metrics))
     render_report(tmp_path)
-    numbers = json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda c: c)
-    assert numbers["training"]["scores"][2]["loss"] == "NaN"
+    def strict(constant):
+        raise AssertionError(f"report.json holds {constant}, which strict JSON parsers refuse")
+
+    numbers = json.loads((tmp_path / "report.json").read_text(), parse_constant=strict)
+    assert numbers["training"]["scores"][2]["loss"] is None
     html = (tmp_path / "report.html").read_text()
     assert re.search(r'<td>test</td><td class="num">90.00%</td><td class="num">–</td>', html)
     assert "| test | 90.00% | n/a |" in (tmp_path / "MODEL_CARD.md").read_text()
@@ -381,3 +384,25 @@ def test_a_report_under_another_name_inside_a_run_is_the_toolkit_s_own(tmp_path)
     (run / "notes.md").write_text("# Model card: mine\n")
     (run / "page.html").write_text("<html>mine</html>")
     assert foreign_files(run) == ["notes.md", "page.html"]
+
+
+def test_a_card_that_cannot_be_written_leaves_no_new_report(tmp_path, monkeypatch):
+    """Every file of a report is staged beside its target before any is renamed into place: a folder that refuses
+    the card (read-only, immutable) is one line, and the run keeps its previous report untouched."""
+    import tempfile
+
+    run = make_run(tmp_path / "run")
+    render_report(run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    real = tempfile.mkstemp
+
+    def refuse_in_train(*args, **kwargs):
+        if Path(kwargs.get("dir", "")).name == "train":
+            raise PermissionError(13, "Permission denied", str(Path(kwargs["dir"]) / "x.tmp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse_in_train)
+    (run / "train" / "result.json").write_text((run / "train" / "result.json").read_text())   # same content
+    with pytest.raises(ToolkitError, match="cannot write .*train/MODEL_CARD.md: Permission denied"):
+        render_report(run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

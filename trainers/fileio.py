@@ -38,6 +38,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_all(files: dict[Path, bytes]) -> None:
+    """Write several files as one: each to a temporary file beside it first, and only when every one is on disk
+    rename them all into place (Ctrl-C waits for the renames). A file that cannot be written (a read-only or
+    immutable folder, a full disk) is one line, and none of them is replaced."""
+    staged: list[tuple[str, Path]] = []
+    path = None
+    try:
+        for path, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        with interrupts_deferred():
+            for tmp, path in staged:
+                os.replace(tmp, path)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
