@@ -42,7 +42,8 @@ def explain_command(
     from trainers.tables import TableOptions
 
     model, family = open_model(model_dir)
-    variants = [open_model(p)[0] for p in compare or ()]
+    # a run directory (no model.json) goes to the stage as it is: it compares the variant that run chose
+    variants = [p if p.is_dir() and not (p / "model.json").is_file() else open_model(p)[0] for p in compare or ()]
     out = out or default_run_dir("explain", family)
     given = {"methods": method or None, "samples": samples, "seed": seed}
     with tracker("explain", mlflow, tensorboard) as track, console_progress() as progress:

@@ -489,3 +489,11 @@ def test_compare_takes_a_compress_run_and_reads_the_variant_it_chose(tmp_path):
                                    compare=[tmp_path / "c"]).to_dict()
     [(name, relation)] = result["relations"].items()
     assert name == compressed.chosen.name and relation["relation"] == "derived", result["relations"]
+    from cli.main import main     # the command line as the README writes it: --compare RUN_DIR
+
+    assert main(["explain", str(tmp_path / "m"), "--data", "iris", "--method", "saliency", "--samples", "4",
+                 "--compare", str(tmp_path / "c"), "--out", str(tmp_path / "e")]) == 0
+    saved = json.loads((tmp_path / "e" / "result.json").read_text())
+    assert [r["variant"] for r in saved["drift"]["rows"]] == [compressed.chosen.name]
+    assert main(["explain", str(tmp_path / "m"), "--data", "iris", "--method", "saliency", "--samples", "4",
+                 "--compare", str(tmp_path)]) == 2     # a folder that is no run: one line
