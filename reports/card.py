@@ -181,7 +181,7 @@ def _yaml_block(metadata: dict) -> list[str]:
 # Markdown's inline syntax: code spans, emphasis, links and images (`[`), strikethrough. An underscore inside a
 # word emphasises nothing (CommonMark), so `integrated_gradients` keeps its plain spelling; parentheses and `!`
 # make a link or an image only after a `[`, escaped here, so "(chosen)" stays as written.
-_INLINE = re.compile(r"([\\`*\[\]~])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_INLINE = re.compile(r"([\\`*\[\]~$])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")   # $: maths on GitHub, Hugging Face
 # what makes a line a heading, a list item or a thematic break when it starts a paragraph or a list item
 _LEADING = re.compile(r"^(\s*)(#|[-+]|\d+(?=[.)]))(?=[.)]?(\s|$))")
 

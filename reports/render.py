@@ -139,9 +139,12 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     """`render_report`, returning what it wrote: {"report", "numbers", "model_cards": [...]} (paths as text)."""
     run = load_run(run_dir)
-    out, numbers_path, cards = _targets(run, out)
-    if out.is_dir():
+    if out is not None and (Path(out).is_dir() or not Path(out).name):
         raise ReportError(f"--out must be a file path, not a directory: {out}")
+    out, numbers_path, cards = _targets(run, out)
+    if out in (numbers_path, *cards):
+        raise ReportError(f"--out {out} is where the report's {'numbers' if out == numbers_path else 'model card'} "
+                          "go: name the page with .html")
     ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     for path in (out, numbers_path, *cards):  # all checked before anything is written
         refuse_foreign(path)

@@ -291,7 +291,7 @@ def test_the_model_card_tells_quality_checks_from_drift(tmp_path):
     assert "An MLP classifier" in card and "(4 features)" in card
 
 
-MARKDOWN_NAMES = ("[click](javascript:alert(1))", "`code` *em*", "_under_ ![img](x) ~~gone~~")
+MARKDOWN_NAMES = ("[click](javascript:alert(1))", "`code` *em*", "_under_ ![img](x) ~~gone~~", "$x$ cost")
 
 
 def test_markdown_in_names_stays_text_in_the_model_card():
@@ -304,9 +304,10 @@ def test_markdown_in_names_stays_text_in_the_model_card():
                                                         ("ul", list(MARKDOWN_NAMES)),
                                                         ("table", ["class", "recall"], [[n, "90%"] for n in MARKDOWN_NAMES])])])
     assert "\\[click\\](javascript:alert(1))" in card and "\\`code\\` \\*em\\*" in card
+    assert "\\$x\\$ cost" in card          # no maths on GitHub or Hugging Face
     html = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(card)
     assert "<a " not in html and "<img" not in html and "<code>" not in html and "<em>" not in html
-    assert "<strong>" not in html and "<s>" not in html and html.count("<td>") == 6
+    assert "<strong>" not in html and "<s>" not in html and html.count("<td>") == 2 * len(MARKDOWN_NAMES)
     for name in MARKDOWN_NAMES:
         assert html.count(name) == 4 - (name != MARKDOWN_NAMES[0]), f"{name} is not shown as typed"
 
@@ -406,3 +407,13 @@ def test_a_card_that_cannot_be_written_leaves_no_new_report(tmp_path, monkeypatc
     with pytest.raises(ToolkitError, match="cannot write .*train/MODEL_CARD.md: Permission denied"):
         render_report(run)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("where, message", [("", "a file path, not a directory"),
+                                            ("MODEL_CARD.md", "model card go: name the page with .html")])
+def test_report_out_that_is_no_page_is_refused_before_anything_is_written(tmp_path, where, message):
+    run = make_run(tmp_path / "run")
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    with pytest.raises(ReportError, match=message):
+        render_report(run, out=str(run / where) if where else "")
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
