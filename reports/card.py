@@ -35,8 +35,12 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     name = data.name if data else "?"
     sections = []
 
-    article = "An" if family.upper()[:1] in "AEFHILMNORSX" else "A"  # as the letters are spoken: an MLP, a CNN
-    details = [f"{article} {family.upper()} classifier trained by the toolkit on the '{name}' data set."]
+    own = OWN_KINDS.get(family)      # a user's module or ONNX graph: the toolkit neither trained nor scaled it
+    if own:
+        details = [f"{own} supplied by its owner (not trained by the toolkit), evaluated on the '{name}' data set."]
+    else:
+        article = "An" if family.upper()[:1] in "AEFHILMNORSX" else "A"  # as spoken: an MLP, a CNN
+        details = [f"{article} {family.upper()} classifier trained by the toolkit on the '{name}' data set."]
     facts = []
     if model.get("config"):
         facts.append(f"architecture: {model['config']}")
@@ -59,8 +63,9 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
 
     sections.append(("Intended use", [
         ("p", f"Classifying inputs shaped like the '{name}' data set "
-              f"({_shape_text(shape)}) into the classes above. "
-              "Trained as an example or baseline model; it has not been validated for decisions about people, "
+              f"({_shape_text(shape)}) into {'the classes above' if model.get('class_names') else 'its classes'}. "
+              + ("" if own else "Trained as an example or baseline model; ")
+              + f"{'It' if own else 'it'} has not been validated here for decisions about people, "
               "safety-critical uses, or data from a different source than its training data."),
     ]))
 
@@ -70,7 +75,7 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                 f"{data.n_train} / {data.n_val} / {data.n_test}")
         text += (", held-out test set supplied by the user" if split.test_given
                  else f", split stratified with seed {split.seed}" if split.stratified else "")
-        text += ". Inputs are standardised with statistics of the training split, stored with the model."
+        text += "." if own else ". Inputs are standardised with statistics of the training split, stored with the model."
         if training and training.get("refit"):
             text += (f" After early stopping the model was trained again on the training and validation samples "
                      f"together ({training['refit']['epochs']} epochs); its validation figures are those of the "
@@ -105,12 +110,12 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                              for f in explanation["flags"]]))
     sections.append(("Quantitative analyses", quant or [("p", "No evaluation results were recorded.")]))
 
-    caveats = [
-        "Measured on one held-out split of one data set; accuracy on other data can be lower.",
-        "Latency figures come from the machine that ran the pipeline and change with hardware and threads"
-        + (f"; they were timed on its GPU ({compression['gpu']}), host arrays in and logits back."
-           if compression and compression.get("gpu") else "."),
-    ]
+    caveats = ["Measured on one held-out split of one data set; accuracy on other data can be lower."]
+    if compression:
+        caveats.append("Latency figures come from the machine that ran the pipeline and change with hardware and "
+                       "threads" + (f"; they were timed on its GPU ({compression['gpu']}), host arrays in and logits "
+                                    "back." if compression.get("gpu") else "."))
+        caveats += [str(n) for n in compression.get("notes") or () if "test split" in str(n)]   # fidelity's
     if training and training.get("interrupted"):
         caveats.append("Training was interrupted; the best model so far was kept.")
     if explanation and explanation.get("quality"):
@@ -125,7 +130,36 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     return sections
 
 
+OWN_KINDS = {"custom": "A PyTorch module", "onnx": "An ONNX graph"}
 TASKS = {"features": "tabular-classification", "image": "image-classification"}
+
+
+def for_variant(sections: list, metadata: dict, row: dict, model: dict) -> tuple[list, dict]:
+    """The card of the chosen variant's directory: the run's card with the variant's own model details (its
+    architecture, files and accuracy, the original's beside it) and the variant's accuracy first in the metadata."""
+    (title, blocks), rest = sections[0], sections[1:]
+    facts = [f for f in (blocks[1][1] if len(blocks) > 1 else []) if not f.startswith(
+        ("architecture:", "parameters:", "weights on disk:", "compressed variant chosen"))]
+    ours = [f"variant: {row.get('name')}, compressed by the toolkit from the model described below"]
+    if isinstance(model.get("config"), dict):
+        ours.append(f"architecture: {model['config']}")
+    ours.append(f"files on disk: {_kib(row.get('disk'))}")
+    ours.append(f"test accuracy: {_pct(row.get('accuracy'))} (drop against the original: "
+                + ("n/a" if number(row.get("drop")) is None else f"{row['drop']:+.2f} points") + ")")
+    variant_sections = [(title, [("p", f"The '{row.get('name')}' variant of this model. " + blocks[0][1]),
+                                 ("ul", ours + facts)]), *rest]
+    meta = json_copy(metadata)
+    for entry in meta.get("model-index") or []:
+        for result in entry.get("results") or []:
+            mine = [m for m in result.get("metrics", []) if str(m.get("name", "")).endswith("variant")]
+            result["metrics"] = mine + [m for m in result.get("metrics", []) if m not in mine]
+    return variant_sections, meta
+
+
+def json_copy(obj):
+    import copy
+
+    return copy.deepcopy(obj)
 
 
 def front_matter(run, training: dict | None, compression: dict | None) -> dict:

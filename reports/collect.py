@@ -118,7 +118,23 @@ def load_run(run_dir: str | Path) -> Run:
     if "train" in run.dirs:
         run.model_json = _model_file(run.dirs["train"] / "model.json")
         run.model_metrics = read_json(run.dirs["train"] / "metrics.json", "model metrics file")
+    else:
+        run.model_json = _named_model(run)
     return run
+
+
+def _named_model(run: Run) -> dict:
+    """A compress or explain run's model.json, from the model its result names (its classes and architecture
+    for the card); {} when that model is an ONNX file, gone, or unreadable: the report does not depend on it."""
+    for stage, field_ in (("compress", "parent"), ("explain", "model")):
+        named = getattr(getattr(run, stage), field_, None)
+        if stage in run.dirs and isinstance(named, str) and named:
+            path = Path(named) if Path(named).is_absolute() else run.dirs[stage] / named
+            try:
+                return _model_file(path / "model.json") if (path / "model.json").is_file() else {}
+            except (ReportError, OSError):
+                return {}
+    return {}
 
 
 # env.json's fields the report shows, with the type each must have; a field of another type is left out

@@ -154,9 +154,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     numbers["model_card"] = [{"title": t, "blocks": [list(b) for b in blocks]} for t, blocks in context["model_card"]]
     text = json.dumps(_finite(numbers), indent=2, default=str, allow_nan=False)   # strict JSON: no NaN literals
     files = {out: html.encode("utf-8"), numbers_path: (text + "\n").encode("utf-8")}
+    variant = _chosen_dir(run)
     for path in cards:
-        metadata = {**context["card_metadata"], "license": card.license_set(path) or "unknown"}
-        markdown = card.to_markdown(f"Model card: {context['title']}", context["model_card"], metadata)
+        sections_, metadata = context["model_card"], {**context["card_metadata"],
+                                                      "license": card.license_set(path) or "unknown"}
+        row = next((r for r in (context.get("compression") or {}).get("variants", []) if r.get("chosen")), None)
+        if variant is not None and row is not None and path.parent.resolve() == variant:
+            sections_, metadata = card.for_variant(sections_, metadata, row, _variant_model(variant))
+        markdown = card.to_markdown(f"Model card: {context['title']}", sections_, metadata)
         files[path] = f"{markdown.rstrip()}\n\n<!-- {GENERATOR}: rewritten by every report -->\n".encode("utf-8")
     atomic_write_all(files)   # all or nothing: a card that cannot be written leaves no new page behind
     return {"report": str(out), "numbers": str(numbers_path), "model_cards": [str(c) for c in cards]}
@@ -190,12 +195,30 @@ def _card_dirs(run: Run) -> set[Path]:
     targets = {run.root.resolve()}
     if "train" in run.dirs:
         targets.add(run.dirs["train"].resolve())
+    variant = _chosen_dir(run)
+    if variant is not None:
+        targets.add(variant)  # the artifact to deploy carries its card, which describes it
+    return targets
+
+
+def _chosen_dir(run: Run) -> Path | None:
+    """The chosen variant's directory inside the run, or None (none chosen, the original kept, or elsewhere)."""
     chosen = run.compress.chosen.path if run.compress else None
     if chosen:
         variant = (run.dirs["compress"] / chosen).resolve()
         if variant.is_relative_to(run.root.resolve()) and (variant / "model.json").is_file():
-            targets.add(variant)  # the artifact to deploy carries its card
-    return targets
+            return variant
+    return None
+
+
+def _variant_model(directory: Path) -> dict:
+    """The chosen variant's model.json for its card; {} when it cannot be read (the card then omits its details)."""
+    from .collect import _model_file
+
+    try:
+        return _model_file(directory / "model.json")
+    except ReportError:
+        return {}
 
 
 def refuse_foreign(path: Path) -> None:

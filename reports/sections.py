@@ -225,6 +225,18 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
     }
 
 
+def _threads_timed(result) -> int:
+    """The threads the all-threads settings were timed with: every core, or the cores free when timing began
+    where auto's search notes say fewer were."""
+    import re
+
+    for note in getattr(result, "search_notes", None) or []:
+        found = re.match(r"the all-threads settings timed with (\d+) thread", note)
+        if found:
+            return int(found.group(1))
+    return result.threads.all
+
+
 def compression(run: Run) -> dict | None:
     result = run.compress
     if result is None:
@@ -240,7 +252,8 @@ def compression(run: Run) -> dict | None:
         "min_agreement": getattr(result, "min_agreement", None),
         "methods": result.methods,
         "skipped": [{"method": s.method, "reason": s.reason} for s in result.skipped],
-        "threads": result.threads.dump(),
+        "threads": {**result.threads.dump(), "timed": _threads_timed(result)},
+        "notes": list(getattr(result, "search_notes", None) or []),
         # schema 6: where the variants were timed; `gpu` names it when it is not the CPU, else None
         "gpu": None if (device := getattr(result, "device", "cpu")) == "cpu" else device,
         "_figures": {

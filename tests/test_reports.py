@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from fake_runs import (HOSTILE, make_run, train_result, variant_row, write_compress, write_pipeline, write_result,
-                       write_train)
+from fake_runs import (HOSTILE, compress_result, make_run, train_result, variant_row, write_compress, write_explain, write_pipeline,
+                       write_result, write_train)
 from reports import ReportError, render_report
 from trainers.errors import ToolkitError
 
@@ -242,9 +243,33 @@ def test_single_compress_run_dir_command_and_card_in_chosen_variant(tmp_path):
     run = make_run(tmp_path / "run")
     variant = run / "compress" / "variants" / "int8-static-onnx"
     variant.mkdir(parents=True)
-    (variant / "model.json").write_text("{}")
+    (variant / "model.json").write_text('{"family": "mlp", "config": {"hidden": [8]}}')
     render_report(run)
-    assert "int8-static-onnx (chosen)" in (variant / "MODEL_CARD.md").read_text()
+    mine, runs = (variant / "MODEL_CARD.md").read_text(), (run / "MODEL_CARD.md").read_text()
+    assert "int8-static-onnx (chosen)" in mine
+    # the deployed artifact's card describes it, not the fp32 original it came from
+    assert "- architecture: {'hidden': \\[8\\]}" in mine and "architecture: {'hidden': \\[16\\]}" not in mine
+    assert "variant: int8-static-onnx" in mine and "test accuracy: 89.70% (drop against the original: +0.30" in mine
+    assert "1.2 KiB" in mine and "weights on disk" not in mine and "parameters: 1000" not in mine
+    metrics = yaml.safe_load(mine.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+    assert metrics[0]["value"] == 0.897 and metrics[1]["value"] == 0.9
+    assert "variant: int8-static-onnx" not in runs and "architecture: {'hidden': \\[16\\]}" in runs
+
+
+def test_cards_of_single_stage_runs_and_own_models_say_only_what_holds(tmp_path):
+    write_train(tmp_path / "train")
+    write_compress(tmp_path / "c")                 # its parent ../train holds the model: its classes are known
+    text = (render_report(tmp_path / "c").parent / "MODEL_CARD.md").read_text()
+    assert "classes: a, b, c" in text and "into the classes above" in text and "Latency figures" in text
+    run = tmp_path / "own"
+    write_explain(run)
+    result = json.loads((run / "result.json").read_text())
+    result["family"], result["model"] = "onnx", "mynet.onnx"
+    (run / "result.json").write_text(json.dumps(result))
+    text = (render_report(run).parent / "MODEL_CARD.md").read_text()
+    assert "An ONNX graph supplied by its owner (not trained by the toolkit)" in text
+    assert "trained by the toolkit on" not in text and "standardised" not in text
+    assert "Latency figures" not in text and "into its classes" in text     # no timing, no classes known
 
 
 def test_variant_that_disagrees_with_the_original_is_marked(tmp_path):
@@ -417,3 +442,16 @@ def test_report_out_that_is_no_page_is_refused_before_anything_is_written(tmp_pa
     with pytest.raises(ReportError, match=message):
         render_report(run, out=str(run / where) if where else "")
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
+def test_the_search_notes_reach_the_page_and_the_card_and_the_threads_timed_are_named(tmp_path):
+    write_train(tmp_path / "train")
+    notes = ["the all-threads settings timed with 1 thread(s), the cores free when timing began (2 on this "
+             "machine); with one, they are the one-thread settings, timed once",
+             "the test split has 6 rows: one changed prediction is 16.7 accuracy points"]
+    write_result(tmp_path / "c" / "result.json", compress_result().model_copy(update={"search_notes": notes}))
+    html = render_report(tmp_path / "c").read_text()
+    assert "Notes on the search" in html and all(n in html for n in notes)
+    assert "all-threads settings (1 thread: the cores free when timing began, of 2)" in html
+    card = (tmp_path / "c" / "MODEL_CARD.md").read_text()
+    assert "the test split has 6 rows" in card and "all-threads settings timed" not in card
