@@ -93,6 +93,9 @@ def overview(run: Run) -> dict:
     seconds = {stage: r.seconds for stage, r in run.results.items()}
     stages = [_unfinished(s.dump()) for s in run.pipeline.stages] if run.pipeline else []
     for s in stages:
+        if s["status"] == "done" and s["name"] in ("train", "compress", "explain") and s["name"] not in run.results:
+            s["status"], s["reason"] = "result missing", (f"{s['name']}/result.json is not in the run directory "
+                                                          "(removed or moved since): its section is left out")
         if s["seconds"] is not None:
             seconds.setdefault(s["name"], s["seconds"])
     total = (run.pipeline.seconds if run.pipeline else None) or sum(seconds.values()) or None

@@ -455,3 +455,12 @@ def test_the_search_notes_reach_the_page_and_the_card_and_the_threads_timed_are_
     assert "all-threads settings (1 thread: the cores free when timing began, of 2)" in html
     card = (tmp_path / "c" / "MODEL_CARD.md").read_text()
     assert "the test split has 6 rows" in card and "all-threads settings timed" not in card
+
+
+def test_a_stage_done_whose_result_is_gone_says_so(tmp_path):
+    run = make_run(tmp_path / "run")
+    write_pipeline(run)
+    (run / "compress" / "result.json").unlink()
+    html = render_report(run).read_text()
+    assert 'id="compression"' not in html
+    assert re.search(r"<td>compress</td><td>result missing — compress/result.json is not in the run directory", html)
