@@ -436,9 +436,8 @@ def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drif
     drift = attribution_drift(model, candidate, x[:DRIFT_SAMPLES], max_drift=max_drift)
     variant.measurements["attribution_drift"] = drift
     if drift["status"] == "drifted":
-        variant.notes.append(f"attributions drifted ({drift['method']}, {drift['samples']} held-out samples): top-"
-                             f"{drift['topk']} overlap {drift['topk_overlap']:.2f} [{drift['topk_overlap_lo']:.2f}, "
-                             f"{drift['topk_overlap_hi']:.2f}] below {drift['threshold']:.2f}: not chosen")
+        variant.notes.append(f"attributions drifted ({drift['method']}, {drift['samples']} held-out samples): "
+                             f"{'; '.join(drift['decided_by'])}: not chosen")
     return drift
 
 
@@ -1000,8 +999,10 @@ def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
         explore_seconds: the search's CPU seconds within which it makes steps beyond its core: a smaller
             pruning ratio after a larger one failed, a fallback after an agreement miss of 5-10 points
             (`Exploration`; 0: none).
-        max_drift: the top-k attribution overlap a candidate may lose against the original (0-1); None: a
-            candidate whose overlap interval lies below 0.7 x the noise floor is never chosen.
+        max_drift: the attribution agreement a candidate may lose against the original (0-1): top-k overlap and
+            cosine against their noise floors, and each top input's share of the attribution; None: a candidate
+            whose top-k overlap or cosine interval lies below 0.7 x its noise floor, or that gives one of the
+            original's top inputs under half its share, is never chosen (`explain.compare.decide`).
         drift_guard_on: measure the attribution drift of the variant about to be chosen (`drift_guard`; a drifted
             one is passed over for the next); off: choose on speed alone.
         serving_batch: the batch size the model will be called with, 256 (throughput) or 1 (one request at a

@@ -3,8 +3,9 @@
 `attribution_agreement` compares two attribution sets of the same samples:
 top-k overlap, signed cosine, Spearman rank correlation and sign agreement,
 each a mean over samples with a bootstrap 95% interval. `drift_row` decides
-from the top-k overlap's interval against a threshold relative to the noise
-floor (the method against itself): drifted, uncertain or kept, and flags a
+from three intervals (`decide`: the top-k overlap, the cosine, the original's
+top inputs' shares) against thresholds relative to the method's noise floor
+(the method against itself): drifted, uncertain or kept, and flags a
 variant whose accuracy holds but whose explanations moved. `relation` says
 whether a compared model derives from the original at all, or is the original itself.
 """
@@ -20,8 +21,9 @@ from trainers.errors import ToolkitError
 from .quality import spearman_rows, topk, topk_overlap_rows
 
 MAX_ACCURACY_DROP = 2.0      # points: "accuracy holds"
-DRIFT_FRACTION = 0.7         # drift threshold: this share of the method's noise floor (its top-k overlap with itself)
+DRIFT_FRACTION = 0.7         # drift thresholds: this share of the method's noise floor (its agreement with itself)
 TOP_FEATURES = 3             # the original's top inputs whose rank changes a drift row names
+LOST_SHARE = 0.5             # a top input the variant gives less than this share of its original weight is lost
 
 
 def check_comparable(original, variant, name: str = "variant") -> None:
@@ -36,9 +38,18 @@ def check_comparable(original, variant, name: str = "variant") -> None:
 
 
 def _cosine_rows(a, b):
+    """Signed cosine per sample; two empty maps agree (1), an empty map and another do not (0)."""
     fa, fb = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    den = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
-    return np.where(den > 0, (fa * fb).sum(1) / np.where(den > 0, den, 1), 0.0)
+    na, nb = np.linalg.norm(fa, axis=1), np.linalg.norm(fb, axis=1)
+    den = na * nb
+    return np.where(den > 0, (fa * fb).sum(1) / np.where(den > 0, den, 1), np.where((na == 0) & (nb == 0), 1.0, 0.0))
+
+
+def _spearman_rows(a, b):
+    """`spearman_rows`, with two constant maps agreeing (1) rather than scoring 0."""
+    fa, fb = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    both_flat = (np.ptp(fa, axis=1) == 0) & (np.ptp(fb, axis=1) == 0)
+    return np.where(both_flat, 1.0, spearman_rows(a, b))
 
 
 def _sign_rows(a, b, k):
@@ -66,7 +77,7 @@ def attribution_agreement(a: np.ndarray, b: np.ndarray, *, k: int | None = None,
         raise ToolkitError(f"attributions differ in shape: {a.shape} vs {b.shape}")
     k = k or topk(a[0].size)
     rows = {"topk_overlap": topk_overlap_rows(a, b, k), "cosine": _cosine_rows(a, b),
-            "spearman": spearman_rows(a, b), "sign_agreement": _sign_rows(a, b, k)}
+            "spearman": _spearman_rows(a, b), "sign_agreement": _sign_rows(a, b, k)}
     out: dict = {"topk": k}
     for name, values in rows.items():
         lo, hi = bootstrap_interval(values, seed)
@@ -79,10 +90,12 @@ def relation(original, variant) -> tuple[str, str]:
     itself), `same data` (trained separately on data of the same fingerprint) or `unrelated`; with the reason
     in words. The original compared with itself is `derived` (the schema has no other kind for it) and its
     reason says it is the original itself, so nobody reads its agreement as a compression's."""
-    parent = (variant.spec.lineage or {}).get("parent")
-    if parent and (parent == original.source or (original.path is not None and Path(parent).resolve() == Path(original.path).resolve())):
-        recipe = (variant.spec.lineage or {}).get("recipe") or {}
-        return "derived", f"compressed from the original ({recipe.get('method', 'recipe unknown')})"
+    recipe = ((variant.spec.lineage or {}).get("recipe") or {}).get("method", "recipe unknown")
+    for depth, parent in enumerate(_ancestors(variant)):
+        if parent == original.source or (original.path is not None
+                                         and Path(parent).resolve() == Path(original.path).resolve()):
+            through = "" if depth == 0 else f", through {depth} variant{'s' if depth > 1 else ''} of it"
+            return "derived", f"compressed from the original ({recipe}{through})"
     same = identical(original, variant)
     if same:
         return "derived", f"the original itself ({same})"
@@ -92,6 +105,22 @@ def relation(original, variant) -> tuple[str, str]:
     if not ours or not theirs:
         return "unrelated", "not derived from the original, and no data fingerprint to match"
     return "unrelated", f"not derived from the original, and trained on other data (fingerprint {theirs[:12]} vs {ours[:12]})"
+
+
+def _ancestors(variant, depth: int = 8):
+    """The lineage's parents, nearest first: the variant's parent, then that artifact's parent (a variant of a
+    variant), as far as their model.json files are there to read."""
+    from trainers.fileio import read_json
+
+    parent = (variant.spec.lineage or {}).get("parent")
+    for _ in range(depth):
+        if not isinstance(parent, str) or not parent:
+            return
+        yield parent
+        try:
+            parent = (read_json(Path(parent) / "model.json", "model.json").get("lineage") or {}).get("parent")
+        except (ToolkitError, OSError):
+            return
 
 
 def identical(original, variant) -> str | None:
@@ -117,15 +146,38 @@ def identical(original, variant) -> str | None:
     return None
 
 
-def top_feature_ranks(original_values, variant_values, names: list[str] | None = None, k: int = TOP_FEATURES) -> list[dict]:
-    """Rank (1 = most important by mean |attribution|) of the original's top-k inputs, in the original and the variant."""
-    a = np.abs(np.asarray(original_values, np.float64)).reshape(len(original_values), -1).mean(0)
-    b = np.abs(np.asarray(variant_values, np.float64)).reshape(len(variant_values), -1).mean(0)
+def top_feature_ranks(original_values, variant_values, names: list[str] | None = None, k: int = TOP_FEATURES,
+                      seed: int = 0, rounds: int = 1000) -> list[dict]:
+    """The original's top-k inputs (1 = most important by mean |attribution|): their rank in the original and
+    the variant, their share of the total mean |attribution| in each, and the variant's share over the
+    original's (`share_ratio`) with a bootstrap 95% interval over samples (1: the variant relies on the input as
+    much; 0: not at all)."""
+    fa = np.abs(np.asarray(original_values, np.float64)).reshape(len(original_values), -1)
+    fb = np.abs(np.asarray(variant_values, np.float64)).reshape(len(variant_values), -1)
+    a, b = fa.mean(0), fb.mean(0)
     names = names if names is not None and len(names) == a.size else [f"x{i}" for i in range(a.size)]
     rank_b = np.empty(b.size, int)
     rank_b[np.argsort(-b, kind="stable")] = np.arange(1, b.size + 1)
-    return [{"feature": names[i], "rank": r + 1, "variant_rank": int(rank_b[i])}
-            for r, i in enumerate(np.argsort(-a, kind="stable")[:min(k, a.size)])]
+    top = np.argsort(-a, kind="stable")[:min(k, a.size)]
+    rows = np.random.default_rng(seed).integers(0, len(fa), (rounds, len(fa)))   # the same resamples for both
+    total_a, total_b = fa.sum(1), fb.sum(1)
+
+    def ratio(i, pick=None):
+        ta, tb = (total_a, total_b) if pick is None else (total_a[pick], total_b[pick])
+        ia, ib = (fa[:, i], fb[:, i]) if pick is None else (fa[pick, i], fb[pick, i])
+        share_a = ia.mean(-1) / np.maximum(ta.mean(-1), 1e-300)
+        share_b = ib.mean(-1) / np.maximum(tb.mean(-1), 1e-300)
+        return share_a, share_b, np.where(share_a > 0, share_b / np.where(share_a > 0, share_a, 1), 1.0)
+
+    out = []
+    for r, i in enumerate(top):
+        share_a, share_b, point = ratio(i)
+        lo, hi = np.percentile(ratio(i, rows)[2], [2.5, 97.5]) if len(fa) > 1 else (point, point)
+        out.append({"feature": names[i], "rank": r + 1, "variant_rank": int(rank_b[i]),
+                    "share": round(float(share_a), 6), "variant_share": round(float(share_b), 6),
+                    "share_ratio": round(float(point), 6), "share_ratio_lo": round(float(lo), 6),
+                    "share_ratio_hi": round(float(hi), 6)})
+    return out
 
 
 def drift_status(lo: float, hi: float, threshold: float) -> str:
@@ -133,45 +185,84 @@ def drift_status(lo: float, hi: float, threshold: float) -> str:
     return "drifted" if hi < threshold else "uncertain" if lo < threshold else "kept"
 
 
+def decide(agree: dict, ranks: list[dict], topk_threshold: float, cosine_threshold: float,
+           share_threshold: float = LOST_SHARE) -> tuple[str, list[str]]:
+    """The drift status from three tests, each an interval against its threshold, and the tests that decided:
+    - the top-k overlap (which inputs matter), below `topk_threshold`;
+    - the signed cosine (how the attribution is spread, with its signs), below `cosine_threshold`: two inputs
+      trading roles keep the top-k set but not the cosine;
+    - each of the original's top inputs keeping its share of the attribution: the variant's share over the
+      original's below `share_threshold` (`LOST_SHARE`). One input of ten dropped moves a top-10 overlap by 0.1 at most; it moves
+      its share to 0.
+    drifted when any interval lies wholly below its threshold, uncertain when none does and one straddles its
+    threshold, kept otherwise. Returns (status, the tests that read drifted, or else uncertain)."""
+    tests = {f"top-{agree['topk']} overlap {agree['topk_overlap']:.2f} [{agree['topk_overlap_lo']:.2f}, "
+             f"{agree['topk_overlap_hi']:.2f}] (threshold {topk_threshold:.2f})":
+             drift_status(agree["topk_overlap_lo"], agree["topk_overlap_hi"], topk_threshold),
+             f"cosine {agree['cosine']:.2f} [{agree['cosine_lo']:.2f}, {agree['cosine_hi']:.2f}] (threshold "
+             f"{cosine_threshold:.2f})": drift_status(agree["cosine_lo"], agree["cosine_hi"], cosine_threshold)}
+    for r in ranks:
+        tests[f"{r['feature']}'s share of the attribution {r['share_ratio']:.2f}x the original's "
+              f"[{r['share_ratio_lo']:.2f}, {r['share_ratio_hi']:.2f}] (threshold {share_threshold:.2f})"] = \
+            drift_status(r["share_ratio_lo"], r["share_ratio_hi"], share_threshold)
+    for status in ("drifted", "uncertain"):
+        named = [text for text, s in tests.items() if s == status]
+        if named:
+            return status, named
+    return "kept", []
+
+
 def drift_row(variant_name: str, original_attr, variant_attr, *, accuracy: float, original_accuracy: float,
               noise_floor_topk: float | None, random_floor_topk: float | None, seed: int = 0,
-              feature_names: list[str] | None = None) -> dict:
-    """One row of the drift table (see docs/results.md): agreement with intervals, a status read from the
-    interval against a threshold relative to the noise floor, and the original's top inputs' rank changes.
+              feature_names: list[str] | None = None, noise_floor_cosine: float | None = None,
+              changed_predictions: float | None = None) -> dict:
+    """One row of the drift table (see docs/results.md): agreement with intervals, the original's top inputs'
+    ranks and shares in the variant, and a status from `decide` (thresholds relative to the method's noise
+    floors: its top-k overlap and cosine with itself under another seed, 1.0 for a deterministic method).
 
-    `feature_names` names the inputs as `explain.plots.element_names` does (per element of a flattened input)."""
+    `feature_names` names the inputs as `explain.plots.element_names` does (per element of a flattened input);
+    `changed_predictions`: the share of the explained samples the variant classifies differently (the
+    attributions of both are to the original's predicted class)."""
     from .sanity import EMPTY_SHARE_MAX, empty_rows
 
     agree = attribution_agreement(original_attr.values, variant_attr.values, seed=seed)
     drop = 100.0 * (original_accuracy - accuracy)
     floor = 1.0 if noise_floor_topk is None else noise_floor_topk
+    cosine_floor = 1.0 if noise_floor_cosine is None else noise_floor_cosine
     row = {"variant": variant_name, "method": variant_attr.requested, "ran": variant_attr.method,
            "runtime": variant_attr.runtime, "routed": variant_attr.routed, "accuracy": round(accuracy, 4),
            "accuracy_drop": round(drop, 2), **agree, "noise_floor_topk": floor,
            "random_floor_topk": random_floor_topk}
-    threshold = DRIFT_FRACTION * floor
+    threshold, cosine_threshold = DRIFT_FRACTION * floor, DRIFT_FRACTION * cosine_floor
     empty = max(float(empty_rows(original_attr.values).mean()), float(empty_rows(variant_attr.values).mean()))
-    ranks = top_feature_ranks(original_attr.values, variant_attr.values, feature_names)
+    ranks = top_feature_ranks(original_attr.values, variant_attr.values, feature_names, seed=seed)
     moved = [f"{r['feature']} {r['rank']} -> {r['variant_rank']}" for r in ranks if r["variant_rank"] != r["rank"]]
-    status = "uninformative" if empty > EMPTY_SHARE_MAX else drift_status(agree["topk_overlap_lo"],
-                                                                          agree["topk_overlap_hi"], threshold)
-    row.update(status=status, threshold=round(threshold, 4), empty_share=round(empty, 4), top_features=ranks)
+    status, decided_by = decide(agree, ranks, threshold, cosine_threshold)
+    if empty > EMPTY_SHARE_MAX:
+        status, decided_by = "uninformative", []
+    row.update(status=status, threshold=round(threshold, 4), cosine_threshold=round(cosine_threshold, 4),
+               decided_by=decided_by, empty_share=round(empty, 4), top_features=ranks,
+               changed_predictions=None if changed_predictions is None else round(float(changed_predictions), 4))
     holds = drop <= MAX_ACCURACY_DROP
     row["flag"] = bool(holds and status == "drifted")
-    interval = (f"top-{agree['topk']} overlap {agree['topk_overlap']:.2f} [{agree['topk_overlap_lo']:.2f}, "
-                f"{agree['topk_overlap_hi']:.2f}]")
-    limit = f"threshold {threshold:.2f} = {DRIFT_FRACTION} x noise floor {floor:.2f}"
     ranks_text = f"; top inputs' ranks moved: {', '.join(moved)}" if moved else ""
+    changed = (f"; the variant predicts another class for {100 * changed_predictions:.0f}% of these samples"
+               if changed_predictions else "")
     if status == "uninformative":
         row["verdict"] = (f"uninformative: {100 * empty:.0f}% of the maps are empty or constant "
                           f"(> {100 * EMPTY_SHARE_MAX:.0f}%), so their overlap means nothing")
     elif status == "drifted":
-        cause = f"accuracy holds (drop {drop:.1f} points)" if holds else f"and accuracy dropped {drop:.1f} points"
-        row["verdict"] = f"explanations moved: {cause}; {interval} is below the {limit}{ranks_text}"
+        cause = f"accuracy holds: drop {drop:.1f} points" if holds else f"accuracy dropped {drop:.1f} points"
+        row["verdict"] = (f"explanations moved ({cause}); below the threshold: {'; '.join(decided_by)}"
+                          f"{ranks_text}{changed}")
     elif status == "uncertain":
-        row["verdict"] = f"uncertain: {interval} straddles the {limit}{ranks_text}"
+        row["verdict"] = f"uncertain: straddles the threshold: {'; '.join(decided_by)}{ranks_text}{changed}"
     else:
-        row["verdict"] = f"agrees with the original: {interval} is above the {limit}{ranks_text}"
+        row["verdict"] = (f"agrees with the original: top-{agree['topk']} overlap {agree['topk_overlap']:.2f} "
+                          f"[{agree['topk_overlap_lo']:.2f}, {agree['topk_overlap_hi']:.2f}], cosine "
+                          f"{agree['cosine']:.2f} [{agree['cosine_lo']:.2f}, {agree['cosine_hi']:.2f}] and the top "
+                          f"inputs' shares above their thresholds ({threshold:.2f}, {cosine_threshold:.2f} = "
+                          f"{DRIFT_FRACTION} x the noise floors; {LOST_SHARE}){ranks_text}{changed}")
     return row
 
 
@@ -182,10 +273,12 @@ def attribution_drift(original, variant, x: np.ndarray, *, method: str = GUARD_M
                       seed: int = 0) -> dict:
     """How far `variant`'s attributions of `x` moved from `original`'s: the check compression runs per candidate.
 
-    The top-k overlap with its bootstrap interval is read against a threshold: `DRIFT_FRACTION` of the method's
-    noise floor (1.0 for a deterministic method), or the floor minus `max_drift` when given (the overlap a
-    variant may lose). Returns {method, samples, topk, topk_overlap, topk_overlap_lo, topk_overlap_hi,
-    noise_floor, threshold, status, seconds} with status drifted / uncertain / kept (see `drift_status`).
+    `decide`'s three tests, as the drift table reads them: the top-k overlap and the cosine against
+    `DRIFT_FRACTION` of the method's noise floors (1.0 for a deterministic method), the top inputs' shares against
+    `LOST_SHARE`; or, with `max_drift`, each floor (1 for the shares) minus `max_drift` times the test's range,
+    what a candidate may lose. Returns {method, samples, topk, topk_overlap,
+    topk_overlap_lo, topk_overlap_hi, cosine, noise_floor, threshold, status, decided_by, seconds} with status
+    drifted / uncertain / kept.
     """
     import time
 
@@ -196,13 +289,18 @@ def attribution_drift(original, variant, x: np.ndarray, *, method: str = GUARD_M
     ours = attribute(original, x, None, method, seed=seed)
     theirs = attribute(variant, x, ours.targets, method, seed=seed)
     agree = attribution_agreement(ours.values, theirs.values, seed=seed)
-    floor = 1.0
+    floor = cosine_floor = 1.0
     if get_method(method).sampled:
         again = attribute(original, x, ours.targets, method, seed=seed + 1)
         floor = float(topk_overlap_rows(ours.values, again.values, agree["topk"]).mean())
-    threshold = DRIFT_FRACTION * floor if max_drift is None else floor - max_drift
+        cosine_floor = float(_cosine_rows(ours.values, again.values).mean())
+    if max_drift is None:
+        thresholds = (DRIFT_FRACTION * floor, DRIFT_FRACTION * cosine_floor, LOST_SHARE)
+    else:                       # what a candidate may lose, the same share of each test's range (cosine's is 2)
+        thresholds = (floor - max_drift, cosine_floor - 2 * max_drift, 1.0 - max_drift)
+    threshold = thresholds[0]
+    status, decided_by = decide(agree, top_feature_ranks(ours.values, theirs.values, seed=seed), *thresholds)
     return {"method": method, "samples": int(len(x)), "topk": agree["topk"], "topk_overlap": agree["topk_overlap"],
             "topk_overlap_lo": agree["topk_overlap_lo"], "topk_overlap_hi": agree["topk_overlap_hi"],
-            "noise_floor": floor, "threshold": threshold,
-            "status": drift_status(agree["topk_overlap_lo"], agree["topk_overlap_hi"], threshold),
-            "seconds": time.perf_counter() - start}
+            "cosine": agree["cosine"], "noise_floor": floor, "threshold": threshold, "status": status,
+            "decided_by": decided_by, "seconds": time.perf_counter() - start}

@@ -138,9 +138,12 @@ def noise_floor(model, x: np.ndarray, attr: Attribution, seed: int = 0, **option
     if not get_method(attr.method).sampled:
         return None
     again = attribute(model, x, attr.targets, attr.method, seed=seed + 1, **options)
+    from .compare import _cosine_rows
+
     k = topk(x[0].size)
     return {"topk_overlap": float(topk_overlap_rows(attr.values, again.values, k).mean()),
-            "spearman": float(np.median(spearman_rows(attr.values, again.values)))}
+            "spearman": float(np.median(spearman_rows(attr.values, again.values))),
+            "cosine": float(_cosine_rows(attr.values, again.values).mean())}
 
 
 def _estimate_verdict(out: dict, n: int) -> str:
@@ -239,6 +242,7 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
     floor = noise_floor(model, x_r, attr_r, seed, **options)
     out["noise_floor_topk"] = floor["topk_overlap"] if floor else None
     out["noise_floor_spearman"] = floor["spearman"] if floor else None
+    out["noise_floor_cosine"] = floor["cosine"] if floor else None
     if floor:
         verdicts.append(f"noise floor: top-{topk(x[0].size)} overlap {floor['topk_overlap']:.2f} between two seeds")
     out["verdicts"], out["flagged"] = verdicts, bool(flagged)

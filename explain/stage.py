@@ -115,10 +115,23 @@ def _is_user_model(item) -> bool:
 
 
 def _name(item, fallback: str) -> str:
+    """A compared model's name: its folder's or file's name; a module's class name; else `fallback`."""
     if hasattr(item, "spec"):
         return Path(item.path).name if getattr(item, "path", None) else fallback
+    if not isinstance(item, (str, Path)):
+        return type(item).__name__ if hasattr(item, "forward") else fallback     # a module, never its repr
     folder = _artifact_of(item) or _chosen_of(item)
     return (Path(folder) if folder else Path(str(item))).name or fallback
+
+
+def _unique(name: str, taken) -> str:
+    """`name`, or `name-2`, `name-3`, ... when another compared model has it (two runs' `onnx-fp32`)."""
+    if name not in taken and name != "original":
+        return name
+    k = 2
+    while f"{name}-{k}" in taken:
+        k += 1
+    return f"{name}-{k}"
 
 
 def check_samples(samples) -> int:
@@ -165,7 +178,7 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     variants = []
     for i, item in enumerate(compare or ()):
         variant = _load(item, f"variant{i}", data if _is_user_model(item) else None)
-        name = _name(item, f"variant{i}")
+        name = _unique(_name(item, f"variant{i}"), {n for n, _ in variants})
         from .compare import check_comparable
 
         check_comparable(original, variant, name)
@@ -282,19 +295,26 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
             summary["figures"].update(plots.views(spec, x, y, attr.values, method, fig_dir, targets=attr.targets))
 
     acc_original = accuracy(original, bundle.x_test, bundle.y_test)
+    from trainers.artifact import predict
+
     for name, variant in variants:
         kind, why = relation(original, variant)
         summary["relations"][name] = {"relation": kind, "reason": why}
         if kind == "unrelated":
-            summary["drift"]["flags"].append(f"{name}: an unrelated model ({why}); its drift compares two "
-                                             "separately trained models, not a compression")
+            summary["drift"]["flags"].append(f"{name}: no lineage links it to the original ({why}); its drift may "
+                                             "compare two separately trained models, not a compression")
         acc = accuracy(variant, bundle.x_test, bundle.y_test)
+        changed = None
         for method in methods:
             step += 1
             report(step, f"{method} on {name}")
-            var_base, var_base_name = baseline_for(variant.spec, bundle.x_train)
-            var_attr = attribute(variant, x, attributions[("original", method)].targets, method, background=background,
-                                 seed=seed, baseline=var_base, baseline_name=var_base_name)
+            targets = attributions[("original", method)].targets
+            if changed is None:
+                changed = float((predict(variant, x).argmax(1) != targets).mean())
+            # the original's reference input for both: attributions from two baselines are not comparable
+            var_attr = attribute(variant, x, targets, method, background=background, seed=seed,
+                                 baseline=reference, baseline_name=reference_name)
+            attributions[(name, method)] = var_attr
             summary["runs"].append({"model": name, **var_attr.summary(), "baseline": _baseline_name(var_attr),
                                 "target": "predicted class"})
             if any(r["variant"] == name and r["ran"] == var_attr.method for r in summary["drift"]["rows"]):
@@ -303,6 +323,7 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
             ref = summary["quality"].get(var_attr.method) or floors(var_attr.method, base)
             row = drift_row(name, base, var_attr, accuracy=acc, original_accuracy=acc_original,
                             noise_floor_topk=ref.get("noise_floor_topk"), random_floor_topk=ref.get("randomization_topk"),
+                            noise_floor_cosine=ref.get("noise_floor_cosine"), changed_predictions=changed,
                             seed=seed, feature_names=plots.element_names(spec))
             row["relation"] = summary["relations"][name]["relation"]
             summary["drift"]["rows"].append(row)

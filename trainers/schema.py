@@ -421,6 +421,13 @@ class FeatureRank(Record):
     feature: str
     rank: int  # in the original (1: most important by mean |attribution|)
     variant_rank: int
+    # from version 5 (absent in older files): the input's share of the total mean |attribution| in each model,
+    # and the variant's share over the original's with its bootstrap 95% interval
+    share: float | None = None
+    variant_share: float | None = None
+    share_ratio: float | None = None
+    share_ratio_lo: float | None = None
+    share_ratio_hi: float | None = None
 
 
 class Relation(Record):
@@ -479,10 +486,17 @@ class QualityV3(QualityV2):
     sanity: SanityCheckV3 | None = None  # None: not run (no PyTorch module, or sanity off)
 
 
-class Quality(QualityV3):
+class QualityV4(QualityV3):
     """Version 4: the sanity check of version 4 (`SanityCheck`: an inconclusive verdict, its intervals)."""
 
     sanity: SanityCheck | None = None
+
+
+class Quality(QualityV4):
+    """Version 5: the mean signed cosine of two seeds' attributions (sampled methods; None for deterministic),
+    the noise floor of the drift table's cosine test."""
+
+    noise_floor_cosine: float | None = None
 
 
 class DriftRow(Record):
@@ -516,6 +530,11 @@ class DriftRow(Record):
     empty_share: float | None = None  # the larger share of empty maps of the two models
     top_features: list[FeatureRank] | None = None
     relation: Literal["derived", "same data", "unrelated"] | None = None
+    # from version 5: the cosine test's threshold, the tests that decided the status (drifted, else uncertain),
+    # and the share of the explained samples the variant classifies differently
+    cosine_threshold: float | None = None
+    decided_by: list[str] | None = None
+    changed_predictions: float | None = None
 
 
 class Drift(Record):
@@ -566,12 +585,21 @@ class ExplainResultFileV3(ExplainResultFileV2):
     relations: dict[str, Relation] = {}
 
 
-class ExplainResultFile(ExplainResultFileV3):
+class ExplainResultFileV4(ExplainResultFileV3):
     """Version 4: each run names the class it explains (`AttributionRun.target`), and the sanity check may be
     inconclusive, with the intervals its verdict read (`SanityCheck`)."""
 
     schema_version: Literal[4] = 4
     runs: list[AttributionRun]
+    quality: dict[str, QualityV4]
+
+
+class ExplainResultFile(ExplainResultFileV4):
+    """Version 5: drift decided by three tests (`DriftRow.decided_by`: the top-k overlap, the cosine against its
+    own noise floor `Quality.noise_floor_cosine`, the original's top inputs' shares in `FeatureRank`), and the
+    share of explained samples a variant classifies differently (`DriftRow.changed_predictions`)."""
+
+    schema_version: Literal[5] = 5
     quality: dict[str, Quality]
 
 
@@ -622,13 +650,14 @@ class PipelineFile(Record):
 # ---------------------------------------------------------------- reading
 
 ResultFile = (TrainResultFileV1 | TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFileV5 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
-              | ExplainResultFileV3 | ExplainResultFile | PipelineFileV1 | PipelineFile)
+              | ExplainResultFileV3 | ExplainResultFileV4 | ExplainResultFile | PipelineFileV1 | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFileV1, 2: TrainResultFile},
     "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFileV4,
                  5: CompressResultFileV5, 6: CompressResultFile},
-    "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFileV3, 4: ExplainResultFile},
+    "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFileV3, 4: ExplainResultFileV4,
+                5: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
 
