@@ -125,7 +125,7 @@ def _run(bundle, data, family, cfg: PipelineConfig, out, overwrite: bool, say, t
 
     label = _label(family)
     run = RunDir(out if out is not None else default_run_dir("pipeline", label), kind="pipeline",
-                 overwrite=overwrite, inputs=[data, getattr(family, "origin", None)])
+                 overwrite=overwrite, inputs=[data, getattr(family, "origin", None), getattr(family, "path", None)])
     started = time.perf_counter()
     status = {"stage": "pipeline", "status": "running", "data": _data_label(data), "family": label, "stages": [],
               "errors": [], "seconds": None, "report": cfg.report.out}

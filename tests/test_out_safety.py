@@ -113,6 +113,10 @@ CASES: dict[str, tuple[Callable, list, str]] = {
         None, ["compress", "models/mlp", "--data", "iris", "--out", "models", "--overwrite"], "holds the input"),
     "compress --out inside the input": (
         None, ["compress", "model", "--data", "iris", "--out", "model/compressed"], "inside the input"),
+    "pipeline --model DIR --out that model --overwrite": (
+        None, ["pipeline", "iris", "--model", "model", "--out", "model", "--overwrite"], "is the input"),
+    "pipeline --model DIR --out inside that model": (
+        None, ["pipeline", "iris", "--model", "model", "--out", "model/x"], "inside the input"),
     "explain --out a compared variant --overwrite": (
         None, ["explain", "model", "--data", "iris", "--compare", "models/mlp", "--out", "models/mlp", "--overwrite"],
         "is the input"),
