@@ -50,7 +50,7 @@ from typing import Annotated, Callable
 import numpy as np
 from pydantic import AfterValidator, Field
 
-from trainers.artifact import LoadedModel, ModelSpec, predict
+from trainers.artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, predict
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 from trainers.options import Bool, Float, Fraction, Int, NonNegativeInt, PositiveFloat, Ratio
@@ -337,6 +337,14 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
             return made
         except ToolkitError as exc:
             skipped.append({"method": name, "options": options, "reason": str(exc)})
+            return []
+        except (RuntimeError, TypeError, ValueError) as exc:
+            if source.spec.family not in (CUSTOM_FAMILY, ONNX_FAMILY):
+                raise                      # the toolkit's own models: a failure here is a bug to see
+            # a user's module can fail in a step in ways no check foresees: that candidate is passed over
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            skipped.append({"method": name, "options": options,
+                            "reason": f"failed on this model ({type(exc).__name__}: {first})"})
             return []
 
     def keep(variant: Variant) -> bool:

@@ -185,8 +185,13 @@ def structured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.5, f
 
 
 def _prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
+    # MultiheadAttention reads its out_proj's weight without calling that Linear, so a mask's pre-hook would
+    # never recompute it (the fine-tune's second step fails): left dense, as its in_proj_weight is
+    inside_attention = {id(m.out_proj) for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
     params = []
     for m in module.modules():
+        if id(m) in inside_attention:
+            continue
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             params.append((m, "weight"))
         elif isinstance(m, nn.LSTM):

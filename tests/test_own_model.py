@@ -672,3 +672,64 @@ def test_one_named_method_with_nothing_to_make_does_not_cost_the_others(zoo, tmp
     assert _cli(main, ["compress", str(tiny), "--data", str(npz), "--method", "int8-weights", "--method",
                        "onnx-fp32", "--out", str(tmp_path / "run")]) == 0
     assert "not made: int8-weights: " in capsys.readouterr().err
+
+
+class Attending(nn.Module):
+    """A projection, one multi-head attention block and a mean-pooled head over the steps of (C, L) signals."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 16)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.proj(x.transpose(1, 2))
+        a, _ = self.att(h, h, h)
+        return self.head(a.mean(1))
+
+
+def test_unstructured_pruning_fine_tunes_a_module_with_attention():
+    """MultiheadAttention reads its out_proj's weight without calling it: a mask there was computed once and the
+    fine-tune's second step failed ('backward through the graph a second time'). That layer stays dense."""
+    import compress
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4, 8)).astype(np.float32)
+    bundle = trainers.load_data((x, (x[:, 0].mean(1) > 0).astype(int) + (x[:, 1].mean(1) > 0)))
+    torch.manual_seed(0)
+    module = Attending().eval()
+    result = compress.compress_model(module, bundle, methods=["prune-unstructured"],
+                                     options={"prune-unstructured": {"finetune_epochs": 2, "ratio": 0.5}})
+    [variant] = [v for v in result.variants if v.name.startswith("prune-unstructured")]
+    assert variant.measurements["accuracy"] > 0.3 and variant.measurements["size_bytes"] > 0
+
+
+def test_auto_passes_over_a_step_that_fails_on_a_users_module(zoo, monkeypatch):
+    """A user's module can fail inside one step in ways no check foresees: auto names that step among those not
+    run and chooses from the others, instead of losing minutes of search to one traceback."""
+    import dataclasses
+
+    import compress
+    import compress.auto as auto
+
+    real = auto.get_method
+
+    def failing(*args, **kwargs):
+        entry = real(*args, **kwargs)
+        if entry.name != "int8-dynamic":
+            return entry
+
+        def broken(*a, **k):
+            raise RuntimeError("Trying to backward through the graph a second time\nmore detail")
+        return dataclasses.replace(entry, func=broken)
+
+    monkeypatch.setattr(auto, "get_method", failing)
+    module, bundle = zoo["seq_cnn"][:2]
+    result = compress.compress_model(module, bundle, methods=["auto"],
+                                     options={"auto": {"finetune_epochs": 0, "distill_epochs": 0,
+                                                       "unstructured_ratio": 0, "latency_budget_s": 0.02}})
+    reasons = [s["reason"] for s in result.skipped if s["method"] == "int8-dynamic"]
+    assert reasons and all(r == "failed on this model (RuntimeError: Trying to backward through the graph a second "
+                                 "time)" for r in reasons)
+    assert result.chosen is not None
