@@ -8,6 +8,7 @@ registry checks every call against them.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Annotated
 
@@ -242,7 +243,14 @@ def shap_deep(ctx, x, targets):
     xt = torch.as_tensor(x, device=ctx.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        values = explainer.shap_values(xt, check_additivity=True)
+        try:
+            values = explainer.shap_values(xt, check_additivity=True)
+        except AssertionError as exc:     # shap's additivity check: layers its DeepLIFT rules do not cover
+            gap = re.search(r"Max\. diff: ([0-9.eE+-]+)", str(exc))
+            raise ToolkitError("shap_deep: shap DeepExplainer's attributions do not add up to the model's output on "
+                               f"this model{f' (off by {float(gap.group(1)):.3g})' if gap else ''}: some layer "
+                               "(GELU, LayerNorm, attention, ...) has no DeepLIFT rule in shap; use deeplift, "
+                               "shap_gradient or integrated_gradients") from None
     return _select(values, targets, len(x)), ctx.reference_at_baseline(targets), None
 
 

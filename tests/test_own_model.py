@@ -733,3 +733,22 @@ def test_auto_passes_over_a_step_that_fails_on_a_users_module(zoo, monkeypatch):
     assert reasons and all(r == "failed on this model (RuntimeError: Trying to backward through the graph a second "
                                  "time)" for r in reasons)
     assert result.chosen is not None
+
+
+def test_shap_deep_on_layers_it_has_no_rule_for_is_one_line():
+    """shap's DeepExplainer has no DeepLIFT rule for GELU: its additivity check raised a bare AssertionError."""
+    import explain
+
+    class Gelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.b(nn.functional.gelu(self.a(x)))
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    bundle = trainers.load_data((x, np.random.default_rng(1).integers(0, 3, 200)))
+    with pytest.raises(ToolkitError, match="shap_deep: .* do not add up .* use deeplift"):
+        explain.attribute(Gelu().eval(), bundle.x_test[:4], method="shap_deep", background=bundle.x_train[:16])
