@@ -752,3 +752,41 @@ def test_shap_deep_on_layers_it_has_no_rule_for_is_one_line():
     bundle = trainers.load_data((x, np.random.default_rng(1).integers(0, 3, 200)))
     with pytest.raises(ToolkitError, match="shap_deep: .* do not add up .* use deeplift"):
         explain.attribute(Gelu().eval(), bundle.x_test[:4], method="shap_deep", background=bundle.x_train[:16])
+
+
+def test_frozen_torchscript_and_a_tuple_returning_module_are_one_line_everywhere():
+    import explain
+
+    x = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    bundle = trainers.load_data((x, np.arange(60) % 3))
+    frozen = torch.jit.freeze(torch.jit.script(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()))
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.lin(x), x
+
+    for call, message in [(lambda: trainers.as_model(frozen, bundle), "frozen TorchScript"),
+                          (lambda: trainers.predict(frozen, x[:4]), "frozen TorchScript"),
+                          (lambda: explain.attribute(frozen, x[:4], method="saliency"), "frozen TorchScript"),
+                          (lambda: trainers.predict(Pair(), x[:4]), "returns a tuple .* one tensor")]:
+        with pytest.raises(ToolkitError, match=message):
+            call()
+
+
+def test_attribute_gives_the_module_back_in_its_mode_and_leaves_the_global_random_streams_alone():
+    import explain
+
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)).train()
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    expected = (np.random.rand(), torch.rand(1).item())
+    np.random.seed(123)
+    torch.manual_seed(123)
+    explain.attribute(net, x, method="shapley", n_permutations=4, seed=7)
+    assert (np.random.rand(), torch.rand(1).item()) == expected
+    assert net.training and all(m.training for m in net.modules())

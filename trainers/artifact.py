@@ -518,10 +518,11 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
     A model with a small-batch member (`ModelSpec.serve`) answers each call of fewer than `below_batch` rows with
     the member: `predict(model, one_row)` runs the member, `predict(model, rows, batch_size=1024)` runs the model.
     """
-    if not isinstance(model, (LoadedModel, nn.Module)):  # an artifact directory, an .onnx file or ONNX bytes
+    if not isinstance(model, LoadedModel):   # an artifact directory, an .onnx file or its bytes, a plain module
         from .usermodel import as_model
 
-        model = as_model(model)
+        # a module is checked as every command checks one (its output a (batch, classes) tensor, its state)
+        model = as_model(model, _example_rows(x)) if isinstance(model, nn.Module) else as_model(model)
     small = model.small if isinstance(model, LoadedModel) else None
     # A model with a small-batch member takes its rows through the Python preprocessing: the member has its own
     # raw-row graph, or none (a PyTorch member), so the encoded rows are what both runtimes share.
@@ -533,6 +534,14 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
     if small is not None:
         run = by_size(run, _runner(small, False, device), model.spec.serve["below_batch"])
     return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _example_rows(x) -> np.ndarray:
+    """A few of `x`'s rows as float32, the example input `as_model` checks a plain module on."""
+    try:
+        return np.asarray(x[:8] if hasattr(x, "__getitem__") and not isinstance(x, dict) else x, np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ToolkitError(f"inputs cannot be read as numbers: {str(exc).splitlines()[0]}") from None
 
 
 def by_size(large, small, below: int):
