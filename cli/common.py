@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from trainers.errors import describe
+from trainers.errors import describe, interrupt_code
 
 # Options of every command that reads a table (compress, explain: default to what training recorded).
 TARGET = typer.Option(None, "--target", help="Label column of a table (default: last; after training: recorded).")
@@ -34,7 +34,8 @@ def handle_errors(func):
             try:
                 result = func(*args, **kwargs)
             except KeyboardInterrupt as exc:  # its message says what was kept (a pipeline's stages)
-                fail(f"interrupted {exc}".strip(), 130, as_json=as_json)
+                word, code = interrupt_code()
+                fail(f"{word} {exc}".strip(), code, as_json=as_json)
             except (typer.Exit, typer.Abort, typer.TyperException) as exc:
                 _show(caught if debug or getattr(exc, "exit_code", 1) == 0 else [])
                 raise

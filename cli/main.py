@@ -22,6 +22,7 @@ check_own_packages()  # before the commands import the stages: a same-named fold
 
 from . import common, compress, env, explain, pipeline, predict, report, train  # noqa: E402
 from .help import Group  # noqa: E402
+from trainers.errors import interrupt_code, sigterm_as_interrupt  # noqa: E402
 
 app = typer.Typer(
     name="toolkit",
@@ -74,7 +75,8 @@ for command in (train, compress, explain, report, pipeline, predict, env):
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of `toolkit`."""
     try:
-        code = app(args=argv, prog_name="toolkit", standalone_mode=False)
+        with sigterm_as_interrupt():
+            code = app(args=argv, prog_name="toolkit", standalone_mode=False)
     except typer.TyperException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message(), err=True)
@@ -85,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("error: aborted", err=True)
         return 1
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        return 130
+        word, code = interrupt_code()
+        typer.echo(f"error: {word}", err=True)
+        return code
     return code if isinstance(code, int) else 0
 
 

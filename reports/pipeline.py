@@ -149,6 +149,7 @@ def _run(bundle, data, family, cfg: PipelineConfig, out, overwrite: bool, say, t
         except KeyboardInterrupt:
             raise _interrupted(run, status, started) from None
         say(f"[{len(STAGES)}/{len(STAGES)}] report ...")
+        # rendered once the run is in place (its paths are the final ones); the page shows its own stage as done
         status["stages"].append({"name": "report", "status": "done"})
         status["seconds"] = round(time.perf_counter() - started, 3)
         status["status"] = "failed" if failure else "done"
@@ -345,6 +346,11 @@ def _report(result: PipelineResult, name: str) -> Path:
 
     try:
         return render_report(result.run_dir, result.run_dir / name)
+    except KeyboardInterrupt:
+        result.status["stages"][-1].update(status="interrupted", reason="Ctrl-C")
+        _write_status(result.run_dir, result.status)
+        raise PipelineInterrupted(f"during the report, after every stage finished: the new run is in "
+                                  f"{result.run_dir}; `toolkit report {result.run_dir}` renders it") from None
     except Exception as exc:
         message, code = _described(exc)
         result.status["stages"][-1].update(status="failed", reason=message)

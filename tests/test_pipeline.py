@@ -210,6 +210,23 @@ def test_interrupted_pipeline_leaves_the_previous_run_untouched(tmp_path, train_
         "name": "train", "status": "interrupted", "seconds": None, "reason": "Ctrl-C"}
 
 
+def test_ctrl_c_during_the_report_records_it_and_says_where_the_run_is(tmp_path, train_only, monkeypatch):
+    """The report renders the committed run: Ctrl-C there cannot keep the previous run, so it says where the new
+    one is and how to render it, and pipeline.json no longer claims a report that was never written."""
+    import reports.render
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reports.render, "render_report", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match=f"during the report.*toolkit report {out}"):
+        run_pipeline("iris", "mlp", overrides={"train.epochs": 2}, out=out, progress=_quiet)
+    status = json.loads((out / "pipeline.json").read_text())
+    assert status["stages"][-1] == {"name": "report", "status": "interrupted", "seconds": None, "reason": "Ctrl-C"}
+    assert not (out / "report.html").exists()
+
+
 @pytest.mark.parametrize("error, code", [(ToolkitError("no method handles this model"), 2),
                                          (RuntimeError("segfault-ish"), 1)], ids=["bad-input", "unexpected"])
 def test_stage_failure_still_writes_the_report(tmp_path, monkeypatch, capsys, error, code):

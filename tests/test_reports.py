@@ -407,6 +407,8 @@ def test_a_report_under_another_name_inside_a_run_is_the_toolkit_s_own(tmp_path)
     (run / MARKER).write_text(json.dumps({"kind": "pipeline", "files": listed}))
     render_report(run, out=run / "summary.html")
     assert (run / "summary.json").is_file() and foreign_files(run) == []
+    (run / ".report.html.k3x_9qab.tmp").write_text("<html>half")      # a write killed before its rename
+    assert foreign_files(run) == []
     (run / "notes.md").write_text("# Model card: mine\n")
     (run / "page.html").write_text("<html>mine</html>")
     assert foreign_files(run) == ["notes.md", "page.html"]

@@ -63,6 +63,21 @@ def test_two_compress_runs_into_one_out_one_completes_the_other_is_refused_at_on
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compressed", "model"]  # no .partial, no lock left
 
 
+def test_sigterm_ends_a_command_as_ctrl_c_does_with_exit_143(tmp_path):
+    """`kill`, a service manager or a CI timeout sends SIGTERM: the same cleanup as Ctrl-C (no <out>.partial, no
+    lock, no temporary file left), one line, exit 143. Before, the process died at once and left them."""
+    model = tmp_path / "model"
+    train("digits", "mlp", TrainConfig(epochs=2, model={"hidden": [64]}), out=model, progress=False)
+    out = tmp_path / "compressed"
+    proc = _start("compress", model, "--data", "digits", "--method", "auto", "--out", out)
+    _wait_for(lambda: (tmp_path / ".compressed.lock").exists(), proc, "the run's lock")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "error: terminated"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_ctrl_c_during_the_pipelines_training_stops_the_pipeline_and_records_the_stages(tmp_path):
     (tmp_path / "c.toml").write_text("[train]\npatience = 1000\n")
     out = tmp_path / "run"

@@ -6,6 +6,7 @@ and exits with code 2. Anything else escaping a command is a bug (exit code 1).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -26,6 +27,37 @@ class DataError(ToolkitError):
 
 class ArtifactError(ToolkitError):
     """A model directory is missing, truncated, corrupted or inconsistent."""
+
+
+TERMINATED = {"on": False}   # set when SIGTERM ended the command (`sigterm_as_interrupt`)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a service manager, `kill`, a CI timeout) ends the command as Ctrl-C does: KeyboardInterrupt, so the
+    same cleanup runs (nothing half-written stays, a run's record is kept) and one line, exit 143 (128 + 15)."""
+    import signal
+    import threading
+
+    TERMINATED["on"] = False
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        TERMINATED["on"] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_code() -> tuple[str, int]:
+    """The word and exit code of an interrupt: terminated (SIGTERM, 143) or interrupted (Ctrl-C, 130)."""
+    return ("terminated", 143) if TERMINATED["on"] else ("interrupted", 130)
 
 
 def parse_failure(exc: BaseException) -> str:

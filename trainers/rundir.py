@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import re
 import time
 from pathlib import Path
 from typing import Iterable
@@ -44,6 +45,11 @@ def report_wrote(path: Path) -> bool:
     return False
 
 
+# what `fileio.atomic_write_*` names a file before renaming it into place (mkstemp: 8 random characters): one a
+# killed write left behind is the toolkit's own, not the user's
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
 def foreign_files(run: Path) -> list[str]:
     """Files under the run directory `run` that the toolkit did not write: neither listed in its marker when the
     run was committed nor a report (its page, numbers or card, under any name) the toolkit wrote there since. A marker without a list (runs committed
@@ -59,7 +65,7 @@ def foreign_files(run: Path) -> list[str]:
     for path in sorted(run.rglob("*")):
         name = path.relative_to(run).as_posix()
         if (path.is_file() or path.is_symlink()) and name not in listed and not (
-                path.suffix in _SIGNS and report_wrote(path)):     # a report, under any name it was given
+                path.suffix in _SIGNS and report_wrote(path)) and not _TEMPORARY.match(path.name):
             found.append(name)
     return found
 
