@@ -29,9 +29,10 @@ def predict_command(
 
     Example: toolkit predict runs/iris-mlp new_rows.csv --out preds.csv (the chosen variant; --variant NAME: another)
     """
-    from trainers.fileio import atomic_write_text, ensure_writable_parent
-    from trainers.inference import check_predictions_out, predict_file
+    from trainers.fileio import ensure_writable_parent
+    from trainers.inference import check_predictions_out, predict_file, write_predictions
 
+    existed = out is not None and (out.exists() or out.is_symlink())
     if out is not None:
         check_predictions_out(out, overwrite)
         ensure_writable_parent(out)
@@ -41,7 +42,7 @@ def predict_command(
     routed = (f"; calls under {model.spec.serve['below_batch']} rows: {model.small.runtime} ({model.spec.serve['dir']}/)"
               if model.small is not None else "")
     if out is not None:
-        atomic_write_text(out, table.to_csv(index=False))
+        write_predictions(out, table.to_csv(index=False), overwrite, existed)
     info(f"{len(table)} rows predicted with {model.source} ({model.runtime}{routed})")
     if as_json:
         summary = {"model": model.source, "runtime": model.runtime, "rows": len(table), "out": str(out) if out else None,

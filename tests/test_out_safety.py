@@ -357,6 +357,32 @@ def test_predict_overwrites_only_predictions_it_wrote(shared, tmp_path, monkeypa
     assert (tmp_path / "p.csv").read_text() == first
 
 
+def test_predict_does_not_replace_a_file_that_appears_while_it_predicts(shared, tmp_path, monkeypatch, capsys):
+    """The target is checked again just before the write: a file of the user's (or another run's predictions)
+    written there in the meantime stays. A symlinked --out is written through and stays a link."""
+    import trainers.inference as inference
+
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "rows.npz", x=load_data("iris").x_test)
+    real = inference.predict_file
+
+    def user_writes_meanwhile(*args, **kwargs):
+        result = real(*args, **kwargs)
+        (tmp_path / "p.csv").write_text("MY PRECIOUS DATA")
+        return result
+
+    monkeypatch.setattr(inference, "predict_file", user_writes_meanwhile)
+    capsys.readouterr()
+    assert main(["predict", str(shared.model), "rows.npz", "--out", "p.csv"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "appeared while the rows were predicted")
+    assert (tmp_path / "p.csv").read_text() == "MY PRECIOUS DATA"
+    monkeypatch.setattr(inference, "predict_file", real)
+    (tmp_path / "target.csv").write_text("predicted,predicted_index,old\n")
+    (tmp_path / "link.csv").symlink_to("target.csv")
+    assert main(["predict", str(shared.model), "rows.npz", "--out", "link.csv", "--overwrite"]) == 0
+    assert (tmp_path / "link.csv").is_symlink() and "old" not in (tmp_path / "target.csv").read_text()
+
+
 def test_ctrl_c_in_train_exits_130_and_keeps_the_previous_run(shared, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(shared.model, tmp_path / "run")

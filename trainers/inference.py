@@ -41,6 +41,21 @@ def check_predictions_out(out: str | Path, overwrite: bool) -> None:
                            "choose another --out")
 
 
+def write_predictions(out: str | Path, text: str, overwrite: bool, existed: bool) -> None:
+    """Write the predictions CSV `text` to `out`, checking it again just before: a file that appeared there while
+    the rows were predicted (another run's, or one of the user's) is not replaced, and one that was there is
+    replaced only as `check_predictions_out` allows. A symlink is written through, as run directories are.
+    `existed`: whether `out` existed when the command began."""
+    from .fileio import atomic_write_text
+
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not existed:
+        raise ToolkitError(f"{out} appeared while the rows were predicted (another run, or a file of yours); not "
+                           "replaced: choose another --out")
+    check_predictions_out(out, overwrite)
+    atomic_write_text(out.resolve() if out.is_symlink() else out, text)
+
+
 PREDICTIONS_HEADER = "predicted,predicted_index,"  # the first columns of every predictions CSV (`predict_table`)
 
 
