@@ -122,6 +122,7 @@ def run_pipeline(data, family: str, config: PipelineConfig | str | Path | dict |
 
 def _run(bundle, data, family, cfg: PipelineConfig, out, overwrite: bool, say, tracker) -> PipelineResult:
     from trainers import RunDir, default_run_dir
+    from trainers.data import absolute_source
 
     label = _label(family)
     run = RunDir(out if out is not None else default_run_dir("pipeline", label), kind="pipeline",
@@ -136,7 +137,9 @@ def _run(bundle, data, family, cfg: PipelineConfig, out, overwrite: bool, say, t
              "compress": lambda t: _compress(results["train"], bundle, cfg, run, say, t),
              "explain": lambda t: _explain(results["train"], results["compress"], bundle, cfg, run, say, t)}
     with run:  # a crash outside the stages leaves nothing behind; an interrupt keeps the record in <out>.partial
-        save_config(run.path, cfg, data=_data_label(data), family=label, command=_command(_data_label(data), label, run.final))
+        # the data as a command line takes it again from any directory (a relative path made absolute)
+        source = absolute_source(_data_label(data))
+        save_config(run.path, cfg, data=source, family=label, command=_command(source, label, run.final))
         failure = None
         try:
             for index, (name, step) in enumerate(steps.items(), 1):

@@ -57,11 +57,21 @@ def reproduce_command(run: Run) -> str | None:
         return None
     parts = ["toolkit", "train", data, "--model", str(cfg["family"])]
     for key, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("lr", "--lr"), ("seed", "--seed"),
-                      ("device", "--device"), ("target", "--target")):
+                      ("device", "--device"), ("target", "--target"), ("select", "--select")):
         if cfg.get(key) is not None:
             parts += [flag, str(cfg[key])]
+    if isinstance(cfg.get("refit"), bool):            # as it was settled, so the run does the same
+        parts.append("--refit" if cfg["refit"] else "--no-refit")
+    if cfg.get("amp") is True:
+        parts.append("--amp")
     if cfg.get("model"):
         parts += ["--arch", json.dumps(cfg["model"], separators=(",", ":"))]
+    read = ((run.model_json.get("preprocessing") or {}).get("table") or {}).get("read") or {}
+    for key, flag in (("keep", "--keep"), ("drop", "--drop")):     # the table's columns, as the user named them
+        for column in read.get(key) or () if isinstance(read.get(key), list) else ():
+            parts += [flag, str(column)]
+    if isinstance(read.get("sep"), str):
+        parts += ["--sep", read["sep"]]
     parts += ["--out", _rerun_dir(run)]
     return shlex.join(parts)
 
@@ -75,8 +85,15 @@ def _stage_command(run: Run, stage: str) -> str | None:
     parts = ["toolkit", stage, cfg["model"], "--data", str(data)]
     for method in cfg.get("methods") or []:
         parts += ["--method", str(method)]
-    if stage == "compress" and number(cfg.get("max_drop")) is not None:
-        parts += ["--max-drop", f"{cfg['max_drop']:g}"]
+    if stage == "compress":
+        for key, flag in (("max_drop", "--max-drop"), ("ratio", "--ratio"), ("min_agreement", "--min-agreement"),
+                          ("budget_seconds", "--budget-seconds")):
+            if number(cfg.get(key)) is not None:
+                parts += [flag, f"{cfg[key]:g}"]
+        if isinstance(cfg.get("options"), dict) and cfg["options"]:
+            parts += ["--options", json.dumps(cfg["options"], separators=(",", ":"))]
+        if isinstance(cfg.get("device"), str) and cfg["device"] != "cpu":
+            parts += ["--device", cfg["device"]]
     if stage == "explain":
         for variant in cfg.get("compare") or []:
             parts += ["--compare", str(variant)]

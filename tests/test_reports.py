@@ -466,3 +466,23 @@ def test_a_stage_done_whose_result_is_gone_says_so(tmp_path):
     html = render_report(run).read_text()
     assert 'id="compression"' not in html
     assert re.search(r"<td>compress</td><td>result missing — compress/result.json is not in the run directory", html)
+
+
+def test_reproduce_commands_carry_every_option_the_stage_recorded(tmp_path):
+    """A train run's --select, --refit, --amp and table columns, a compress run's --ratio, --min-agreement,
+    --options and --budget-seconds: the command runs the same stage again, not a default one."""
+    write_train(tmp_path / "t")
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    (tmp_path / "t" / "config.json").write_text(json.dumps({**config, "select": "val_loss", "refit": False,
+                                                            "amp": True}))
+    model = json.loads((tmp_path / "t" / "model.json").read_text())
+    model["preprocessing"] = {"table": {"read": {"target": "y", "keep": ["id"], "drop": ["color"], "sep": ";"}}}
+    (tmp_path / "t" / "model.json").write_text(json.dumps(model))
+    html = render_report(tmp_path / "t").read_text()
+    assert "--select val_loss --no-refit --amp --keep id --drop color --sep" in html
+    write_compress(tmp_path / "c")
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    (tmp_path / "c" / "config.json").write_text(json.dumps({**config, "ratio": 0.3, "min_agreement": 0.97,
+                                                            "budget_seconds": 60, "options": {"auto": {"k": 1}}}))
+    html = render_report(tmp_path / "c").read_text()
+    assert "--max-drop 0.5 --ratio 0.3 --min-agreement 0.97 --budget-seconds 60 --options" in html
