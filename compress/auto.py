@@ -206,14 +206,25 @@ def search_threads():
 
 @dataclass
 class SearchBudget:
-    """`seconds` for the whole search; each candidate made is expected to need `measure_s` more to time."""
+    """`seconds` for the whole search; each candidate made is expected to need `measure_s` more to time, and the
+    next step as long as the median step of its method made so far (of any method before the first of its own):
+    a step is not started when it would end past the budget, rather than found over it once it has run."""
 
     seconds: float | None
     measure_s: float
     start: float = field(default_factory=time.perf_counter)
+    steps: dict = field(default_factory=dict)    # method -> wall seconds of each of its steps made
 
-    def exhausted(self, made: int) -> bool:
-        return self.seconds is not None and time.perf_counter() - self.start + (made + 1) * self.measure_s > self.seconds
+    def record(self, method: str, seconds: float) -> None:
+        self.steps.setdefault(method, []).append(seconds)
+
+    def expected(self, method: str | None) -> float:
+        own = self.steps.get(method) or [t for times in self.steps.values() for t in times]
+        return float(np.median(own)) if own else 0.0
+
+    def exhausted(self, made: int, method: str | None = None) -> bool:
+        return self.seconds is not None and (time.perf_counter() - self.start + (made + 1) * self.measure_s
+                                             + self.expected(method)) > self.seconds
 
 
 @dataclass
@@ -326,14 +337,17 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
             skipped.append({"method": name, "reason": f"'{name}' does not handle this model: {why}"})
             return []
         done[0] += 1
-        if budget is not None and budget.exhausted(len(variants)):
+        if budget is not None and budget.exhausted(len(variants), name):
             skipped.append({"method": name, "options": options or None,
                             "reason": f"not tried: the search budget of {budget.seconds:g} s would be overrun"})
             return []
         report(done[0], f"auto: {name} {options or ''}".rstrip())
+        tick = time.perf_counter()
         try:
             made = method.func(source, data, **options)
             made_any[0] = made_any[0] or bool(made)
+            if budget is not None:
+                budget.record(name, time.perf_counter() - tick)
             return made
         except ToolkitError as exc:
             skipped.append({"method": name, "options": options, "reason": str(exc)})
