@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import logging
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -133,11 +134,14 @@ def _export(model, data, exporter, opset) -> tuple[bytes, ExportInfo]:
             reason = "; ".join(reasons) or None
             return onnx_bytes, ExportInfo(name, time.perf_counter() - start, reason)
         except Exception as exc:  # any exporter failure: the next exporter gets its chance
-            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            text = _ANSI.sub("", str(exc)).strip()       # torch.export colours its messages for a terminal
+            first = text.splitlines()[0][:200] if text else ""
             reasons.append(f"{name}: {type(exc).__name__}: {first}")
     if len(order) == 1:
         raise ToolkitError(f"ONNX export ({order[0]}) failed: {reasons[0].split(': ', 2)[-1] or reasons[0]}")
-    raise ToolkitError(f"ONNX export failed with both exporters: {reasons[-1]}")
+    hint = ("; a module wrapped by torch.compile exports as its original (module._orig_mod)"
+            if hasattr(module, "_orig_mod") else "")
+    raise ToolkitError(f"ONNX export failed with both exporters: {' | '.join(reasons)}{hint}")
 
 
 def _without_zero_states(onnx_bytes: bytes) -> bytes:
@@ -266,14 +270,23 @@ def prepend_table_steps(onnx_bytes: bytes, table: dict) -> bytes:
     return merged.SerializeToString()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _check_batch_axis(onnx_bytes: bytes, sample: torch.Tensor) -> None:
     """Run the graph at batch 1 and batch 3: a frozen batch axis fails here, not later."""
     session = ort_session(onnx_bytes)
     for n in (1, 3):
         x = np.repeat(sample[:1].numpy(), n, axis=0)
-        out = session.run(None, {session.get_inputs()[0].name: x})[0]
-        if out.shape[0] != n:
-            raise RuntimeError(f"exported graph returned batch {out.shape[0]} for batch {n}")
+        try:
+            out = session.run(None, {session.get_inputs()[0].name: x})[0]
+        except Exception:
+            out = None
+        if out is None or out.shape[0] != n:
+            got = "fails" if out is None else f"returns batch {out.shape[0]}"
+            raise RuntimeError(f"the exported graph {got} at batch {n}: it has a fixed batch size (a size the "
+                               "forward read from the input, such as len(x), became a constant; x.shape[0] inside "
+                               "torch operations keeps it)")
 
 
 def ort_session(onnx_bytes: bytes, threads: int | None = None, spin: bool = False, device: str = "cpu"):

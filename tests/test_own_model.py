@@ -790,3 +790,26 @@ def test_attribute_gives_the_module_back_in_its_mode_and_leaves_the_global_rando
     explain.attribute(net, x, method="shapley", n_permutations=4, seed=7)
     assert (np.random.rand(), torch.rand(1).item()) == expected
     assert net.training and all(m.training for m in net.modules())
+
+
+def test_an_export_that_fails_names_both_exporters_and_a_frozen_batch_without_terminal_colours():
+    """A forward that reads the batch size as a Python number (len(x)) freezes it in the graph: the line says so,
+    gives each exporter's reason, and holds none of torch.export's colour codes."""
+    from compress.export import export_onnx
+
+    class FrozenBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 3)
+            self.cls = nn.Parameter(torch.zeros(1, 3))
+
+        def forward(self, x):
+            return self.lin(x) + self.cls.expand(len(x), -1).clone().reshape(len(x), 3)
+
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    model = trainers.as_model(FrozenBatch().eval(), trainers.load_data((x, np.arange(40) % 3)))
+    with pytest.raises(ToolkitError) as info:
+        export_onnx(model, trainers.load_data((x, np.arange(40) % 3)))
+    message = str(info.value)
+    assert "\x1b" not in message and "legacy:" in message and "dynamo:" in message, message
+    assert message.count("fixed batch size") == 2, message
