@@ -152,10 +152,23 @@ def reference_figures(input_only: np.ndarray, model_reference: np.ndarray, seed:
 
 
 def parametrized_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Layers holding learned parameters of their own, in definition order (input side first)."""
-    return [(name, layer) for name, layer in module.named_modules()
-            if layer is not module and hasattr(layer, "reset_parameters")
-            and any(True for _ in layer.parameters(recurse=False))]
+    """Modules holding learned parameters of their own, in definition order (input side first): layers, and a
+    user's module's own parameters (a class token, a positional embedding: named "(own parameters)")."""
+    return [(name or "(own parameters)", layer) for name, layer in module.named_modules()
+            if any(True for _ in layer.parameters(recurse=False))]
+
+
+def _reinitialise(layer: torch.nn.Module) -> None:
+    """A layer's own initialisation (`reset_parameters`; MultiheadAttention's `_reset_parameters`, which covers its
+    query/key/value projections); parameters with none are drawn again at their own scale."""
+    for reset in ("reset_parameters", "_reset_parameters"):
+        if callable(getattr(layer, reset, None)):
+            getattr(layer, reset)()
+            return
+    with torch.no_grad():
+        for p in layer.parameters(recurse=False):
+            scale = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.02
+            p.copy_(torch.randn_like(p) * scale)
 
 
 def randomized_copy(model, seed: int = 0, top: int | None = None):
@@ -168,7 +181,7 @@ def randomized_copy(model, seed: int = 0, top: int | None = None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 12345)
         for _, layer in reversed(chosen):
-            layer.reset_parameters()
+            _reinitialise(layer)
     spec = ModelSpec.from_dict({**model.spec.to_dict(), "runtime": "torch", "dtype": "float32", "onnx": None})
     return LoadedModel(module=module.eval(), spec=spec, path=None)
 

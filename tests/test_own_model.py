@@ -813,3 +813,28 @@ def test_an_export_that_fails_names_both_exporters_and_a_frozen_batch_without_te
     message = str(info.value)
     assert "\x1b" not in message and "legacy:" in message and "dynamo:" in message, message
     assert message.count("fixed batch size") == 2, message
+
+
+def test_the_sanity_check_re_initialises_attention_and_a_modules_own_parameters():
+    """A fully re-initialised copy changes every learned tensor: MultiheadAttention's query/key/value projection
+    (no reset_parameters of its own) and a module's own parameters (a class token) were left trained."""
+    from explain.sanity import parametrized_layers, randomized_copy
+
+    class Tokened(Attending):
+        def __init__(self):
+            super().__init__()
+            self.cls = nn.Parameter(torch.full((1, 1, 16), 3.0))
+
+        def forward(self, x):
+            h = self.proj(x.transpose(1, 2))
+            h = torch.cat([self.cls.expand(x.shape[0], -1, -1), h], 1)
+            return self.head(self.att(h, h, h)[0][:, 0])
+
+    x = np.random.default_rng(0).normal(size=(40, 4, 8)).astype(np.float32)
+    model = trainers.as_model(Tokened().eval(), trainers.load_data((x, np.arange(40) % 3)))
+    names = [name for name, _ in parametrized_layers(model.module)]
+    assert "(own parameters)" in names and "att" in names
+    fresh = randomized_copy(model, seed=0)
+    before, after = dict(model.module.named_parameters()), dict(fresh.module.named_parameters())
+    unchanged = [n for n in before if not n.endswith("bias") and torch.equal(before[n], after[n])]  # biases: 0
+    assert not unchanged, unchanged
