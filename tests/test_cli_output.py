@@ -174,3 +174,18 @@ def test_json_on_failure_is_one_error_object_on_stdout(args):
     error = json.loads(result.stdout)
     assert set(error) == {"error", "exit_code"} and error["exit_code"] == 2
     assert result.stderr.strip() == f"error: {error['error']}"
+
+
+def test_predict_reads_a_npy_memory_mapped_and_agrees_with_trainers_predict(runs, tmp_path):
+    """A .npy is memory-mapped, as train reads it: rows reach the model batch by batch, not loaded whole."""
+    from trainers.inference import read_rows
+
+    root, rows, _ = runs
+    x = pd.read_csv(rows).drop(columns="target").to_numpy(np.float32)
+    np.save(tmp_path / "rows.npy", x)
+    model = load_model(root / "train")
+    read, _ = read_rows(tmp_path / "rows.npy", model)
+    assert isinstance(read, np.memmap) or isinstance(getattr(read, "base", None), np.memmap)
+    result = run_cli("predict", root / "train", tmp_path / "rows.npy", "--json")
+    got = np.array([r["predicted_index"] for r in json.loads(result.stdout)["predictions"]])
+    assert (got == predict(model, x).argmax(1)).all()

@@ -117,7 +117,8 @@ def read_rows(path: str | Path, model: LoadedModel) -> tuple[np.ndarray, list[st
             raise DataError(f"{path}: {path.stat().st_size:,} bytes, more than the data budget of {data_budget():,} "
                             f"(set {MAX_DATA_BYTES_ENV} to allow more)")
         try:
-            loaded = np.load(path, allow_pickle=False)
+            # a .npy is memory-mapped (as train reads it): rows are read batch by batch, not all at once
+            loaded = np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix.lower() == ".npy" else None)
             x = loaded if path.suffix.lower() == ".npy" else loaded["x"]
         except KeyError:
             raise DataError(f"{path}: no array 'x' in the .npz file") from None
