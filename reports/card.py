@@ -92,7 +92,8 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                       [[s["split"], _pct(s["accuracy"]), _fixed(s["loss"])]
                        for s in training["scores"]]))
     if training and training.get("per_class"):
-        worst = sorted((r for r in training["per_class"] if r["recall"] is not None), key=lambda r: r["recall"])[:3]
+        worst = sorted((r for r in training["per_class"] if number(r["recall"]) is not None and r["recall"] < 1),
+                       key=lambda r: r["recall"])[:3]          # classes recalled in full are no one's lowest
         if worst:
             quant.append(("p", "Lowest test recall: " + ", ".join(f"class {r['class']} {_pct(r['recall'])}"
                                                                    for r in worst) + "."))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from pathlib import Path
 
@@ -149,7 +150,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     for path in (out, numbers_path, *cards):  # all checked before anything is written
         refuse_foreign(path)
     context = build_context(run)
-    html = _environment().get_template("report.html.j2").render(**context)
+    card_file = os.path.relpath(cards[0], out.parent) if cards else "MODEL_CARD.md"   # as the page's reader finds it
+    html = _environment().get_template("report.html.j2").render(**context, card_file=card_file)
     numbers = {"generator": GENERATOR, **{k: _public(v) for k, v in context.items() if k != "model_card"}}
     numbers["model_card"] = [{"title": t, "blocks": [list(b) for b in blocks]} for t, blocks in context["model_card"]]
     text = json.dumps(_finite(numbers), indent=2, default=str, allow_nan=False)   # strict JSON: no NaN literals

@@ -7,6 +7,7 @@ reads fields by name; only config.json, env.json and model.json are read as plai
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -268,6 +269,9 @@ def compression(run: Run) -> dict | None:
     return {
         "variants": rows,
         "chosen": chosen.dump(),
+        # where the chosen artifact is from the report's run directory (a pipeline's compress/ included)
+        "artifact": (os.path.relpath(run.dirs["compress"] / chosen.path, run.root)
+                     if chosen.path and not Path(chosen.path).is_absolute() else chosen.path),
         "max_drop": result.max_drop,
         "min_agreement": getattr(result, "min_agreement", None),
         "methods": result.methods,

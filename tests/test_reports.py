@@ -486,3 +486,11 @@ def test_reproduce_commands_carry_every_option_the_stage_recorded(tmp_path):
                                                             "budget_seconds": 60, "options": {"auto": {"k": 1}}}))
     html = render_report(tmp_path / "c").read_text()
     assert "--max-drop 0.5 --ratio 0.3 --min-agreement 0.97 --budget-seconds 60 --options" in html
+
+
+def test_the_page_names_its_card_and_the_chosen_artifact_as_found_from_it(tmp_path):
+    run = make_run(tmp_path / "run")
+    html = render_report(run).read_text()
+    assert "Also saved as MODEL_CARD.md." in html and "<code>compress/variants/int8-static-onnx</code>" in html
+    html = render_report(run, out=tmp_path / "r.html").read_text()
+    assert "Also saved as r.md." in html
