@@ -393,3 +393,28 @@ def iris_model():
                      class_names=bundle.class_names, preprocessing={"mean": bundle.mean.tolist(),
                                                                     "std": bundle.std.tolist()})
     return LoadedModel(module=module.eval(), spec=spec)
+
+
+def test_shapley_attributes_large_images_by_patches_and_keeps_completeness():
+    """On a 20x20 image, 400 pixels as players cost 399 model rows a permutation; 3x3-pixel patches (49 players)
+    cost 48, and the values still add up to f(x) - f(baseline), each patch's spread by |x - baseline|."""
+    from explain.library import image_patches
+
+    assert image_patches((1, 16, 16), None) is None and image_patches((3, 8, 8), 2).max() == 15
+    groups = image_patches((1, 20, 20), None)
+    assert groups.max() + 1 == 49 and (groups[0, :3, :3] == 0).all() and groups[0, 0, 3] == 1
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 400, 3)).eval()
+    x = np.random.default_rng(0).normal(size=(3, 1, 20, 20)).astype(np.float32)
+    spec = ModelSpec(family="custom", config={}, input_shape=[1, 20, 20], layout="image", class_names=["a", "b", "c"],
+                     preprocessing={})
+    model = LoadedModel(module=net, spec=spec)
+    patched = explain.attribute(model, x, None, "shapley", n_permutations=8, baseline=np.zeros((1, 20, 20)))
+    pixels = explain.attribute(model, x, None, "shapley", n_permutations=8, baseline=np.zeros((1, 20, 20)), patch=1)
+    assert patched.steps.max() < pixels.steps.max() / 7
+    with torch.no_grad():
+        out = net(torch.as_tensor(x)).numpy()[np.arange(3), patched.targets]
+        base = net(torch.zeros(1, 1, 20, 20)).numpy()[0, patched.targets]
+    np.testing.assert_allclose(patched.values.reshape(3, -1).sum(1), out - base, rtol=1e-4, atol=1e-4)
+    share = patched.values[0, 0, :3, :3] / np.abs(x[0, 0, :3, :3])
+    np.testing.assert_allclose(share, share.flat[0], rtol=1e-3)     # one patch: in proportion to |x - 0|
