@@ -658,6 +658,22 @@ def test_a_module_that_returns_probabilities_is_warned_about(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_predict_with_a_saved_variant_of_a_probability_model_warns_too(tmp_path, capsys):
+    """The warning came once, when the user's model was loaded: its compressed variants' flattened
+    'probabilities' then passed unremarked in `toolkit predict`."""
+    import compress
+    from trainers.inference import predict_file
+
+    bundle = _bundle((12,))
+    torch.manual_seed(0)
+    probabilities = nn.Sequential(nn.Linear(12, CLASSES), nn.Softmax(dim=1)).eval()
+    compress.compress_model(probabilities, bundle, methods=["onnx-fp32"], out=tmp_path / "c")
+    np.save(tmp_path / "rows.npy", bundle.x_test)
+    capsys.readouterr()
+    predict_file(tmp_path / "c", tmp_path / "rows.npy")
+    assert "returns probabilities (each row sums to 1), not logits" in capsys.readouterr().err
+
+
 def test_one_named_method_with_nothing_to_make_does_not_cost_the_others(zoo, tmp_path, capsys):
     import compress
     from cli.main import main

@@ -152,10 +152,13 @@ def _csv_rows(path: Path, feature_names, input_shape) -> np.ndarray:
     return table.to_numpy(np.float32).reshape(len(table), *input_shape)
 
 
-def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, progress=None):
+def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, progress=None,
+                  check_outputs: bool = False):
     """A DataFrame with one row per input: `predicted` (class name), `predicted_index`, and `p_<class>` per class.
 
     Runs `trainers.predict` in batches, sending a `ProgressEvent` (stage "predict") after each batch.
+    `check_outputs`: warn where the outputs look like probabilities rather than logits (a variant of a user's
+    model that ends in a softmax: its flattened 'probabilities' would pass unremarked).
     """
     import pandas as pd
 
@@ -167,6 +170,10 @@ def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, p
         logits.append(predict(model, rows, batch_size=batch_size))
         report(step, f"{min(start + batch_size, len(x))} rows")
     logits = np.concatenate(logits) if logits else np.zeros((0, model.spec.num_classes), np.float32)
+    if check_outputs:
+        from .usermodel import _warn_if_probabilities
+
+        _warn_if_probabilities(logits[:64], model.source)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     names = list(model.spec.class_names)
@@ -181,6 +188,7 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
                  device: str = "cpu"):
     """Load the model (see `resolve_artifact`) to serve on `device` (`load_model`), read `data` (see `read_rows`)
     and return (model, predict_table)."""
+    checked = False   # whether its outputs are checked for probabilities here (as_model checks a user's file)
     if not isinstance(model, LoadedModel):
         where = resolve_artifact(model, variant)
         if where.suffix.lower() == ".onnx" and where.is_file():  # a user's ONNX file (`usermodel.as_model`)
@@ -190,9 +198,10 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
             from .usermodel import as_model
 
             check_device(device)  # its session is opened again where it serves
-            model = dataclasses.replace(as_model(where), device=device, _session=None)
+            model = dataclasses.replace(as_model(where), device=device, _session=None)   # it warns itself
         else:
             model = load_model(where, device=device)
+            checked = True
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
     x, files = read_rows(data, model)
@@ -204,7 +213,7 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
             shown = ", ".join(map(repr, levels[:3])) + (f" and {len(levels) - 3} more" if len(levels) > 3 else "")
             print(f"warning: column '{column}' holds levels training never saw ({shown}); they are encoded as no "
                   "known level", file=sys.stderr)
-    table = predict_table(model, x, batch_size=batch_size, progress=progress)
+    table = predict_table(model, x, batch_size=batch_size, progress=progress, check_outputs=checked)
     if files is not None:  # a folder of images: each row names its file
         table.insert(0, "file", files)
     return model, table
