@@ -297,8 +297,8 @@ QUALITY_SCORES = ("completeness_error", "estimated_error", "estimated_error_max"
 def _scores(q) -> dict:
     """The quality figures to show: a sampled method's estimated error in place of its completeness."""
     shown = {k: getattr(q, k, None) for k in QUALITY_SCORES}
-    if shown["estimated_error"] is not None:
-        shown.pop("completeness_error")
+    if shown["estimated_error"] is not None or getattr(q, "axiom_holds", True) is False:
+        shown.pop("completeness_error")   # a sampled method's error replaces it; where it is not expected, no figure
     return {k: v for k, v in shown.items() if v is not None}
 
 

@@ -494,3 +494,15 @@ def test_the_page_names_its_card_and_the_chosen_artifact_as_found_from_it(tmp_pa
     assert "Also saved as MODEL_CARD.md." in html and "<code>compress/variants/int8-static-onnx</code>" in html
     html = render_report(run, out=tmp_path / "r.html").read_text()
     assert "Also saved as r.md." in html
+
+
+def test_a_completeness_figure_is_not_shown_where_the_method_does_not_promise_it(tmp_path):
+    """Grad-CAM's completeness error (0.742) beside 'completeness not expected' read as a failure."""
+    run = make_run(tmp_path / "run")
+    path = run / "explain" / "result.json"
+    result = json.loads(path.read_text())
+    result["quality"]["integrated_gradients"].update(axiom_holds=False, completeness_error=0.742)
+    path.write_text(json.dumps(result))
+    numbers = json.loads((render_report(run).parent / "report.json").read_text())
+    shown = json.dumps(numbers["explanation"])
+    assert "0.742" not in shown
