@@ -788,7 +788,7 @@ def test_frozen_torchscript_and_a_tuple_returning_module_are_one_line_everywhere
     for call, message in [(lambda: trainers.as_model(frozen, bundle), "frozen TorchScript"),
                           (lambda: trainers.predict(frozen, x[:4]), "frozen TorchScript"),
                           (lambda: explain.attribute(frozen, x[:4], method="saliency"), "frozen TorchScript"),
-                          (lambda: trainers.predict(Pair(), x[:4]), "returns a tuple .* one tensor")]:
+                          (lambda: trainers.predict(Pair(), x[:4]), "returns a tuple.* one tensor")]:
         with pytest.raises(ToolkitError, match=message):
             call()
 

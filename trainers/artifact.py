@@ -518,11 +518,10 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
     A model with a small-batch member (`ModelSpec.serve`) answers each call of fewer than `below_batch` rows with
     the member: `predict(model, one_row)` runs the member, `predict(model, rows, batch_size=1024)` runs the model.
     """
-    if not isinstance(model, LoadedModel):   # an artifact directory, an .onnx file or its bytes, a plain module
+    if not isinstance(model, (LoadedModel, nn.Module)):  # an artifact directory, an .onnx file or ONNX bytes
         from .usermodel import as_model
 
-        # a module is checked as every command checks one (its output a (batch, classes) tensor, its state)
-        model = as_model(model, _example_rows(x)) if isinstance(model, nn.Module) else as_model(model)
+        model = as_model(model)
     small = model.small if isinstance(model, LoadedModel) else None
     # A model with a small-batch member takes its rows through the Python preprocessing: the member has its own
     # raw-row graph, or none (a PyTorch member), so the encoded rows are what both runtimes share.
@@ -534,14 +533,6 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
     if small is not None:
         run = by_size(run, _runner(small, False, device), model.spec.serve["below_batch"])
     return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def _example_rows(x) -> np.ndarray:
-    """A few of `x`'s rows as float32, the example input `as_model` checks a plain module on."""
-    try:
-        return np.asarray(x[:8] if hasattr(x, "__getitem__") and not isinstance(x, dict) else x, np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ToolkitError(f"inputs cannot be read as numbers: {str(exc).splitlines()[0]}") from None
 
 
 def by_size(large, small, below: int):
@@ -559,19 +550,26 @@ def _runner(model, raw: bool, device: str | None):
             return run
         return lambda chunk: run(chunk).astype(np.float32, copy=False)
     module = model.module if isinstance(model, LoadedModel) else model
-    param = next(iter(module.parameters()), None)
-    if param is None:
-        param = next(iter(module.buffers()))
-    device = device or param.device
+    if not hasattr(module, "training"):      # torch.jit.freeze drops the module state (as `as_model` says)
+        raise ToolkitError("a frozen TorchScript module (torch.jit.freeze) has no parameters or modes the toolkit "
+                           "can work with: pass the module before freezing")
+    tensor = next(iter(module.parameters()), None)
+    tensor = tensor if tensor is not None else next(iter(module.buffers()), None)
+    device = device or (tensor.device if tensor is not None else "cpu")
+    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
 
     def run(chunk):
         was_training = module.training
         module.eval()
         try:
             with torch.inference_mode():
-                return module(torch.from_numpy(chunk).to(device=device, dtype=param.dtype)).float().cpu().numpy()
+                out = module(torch.from_numpy(chunk).to(device=device, dtype=dtype))
         finally:
             module.train(was_training)
+        if not isinstance(out, torch.Tensor):
+            raise ToolkitError(f"the model returns a {type(out).__name__}; the toolkit needs logits of shape "
+                               "(batch, classes), one tensor")
+        return out.float().cpu().numpy()
     return run
 
 
