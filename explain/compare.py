@@ -18,7 +18,7 @@ import numpy as np
 
 from trainers.errors import ToolkitError
 
-from .quality import spearman_rows, topk, topk_overlap_rows
+from .quality import cosine_rows, spearman_rows, topk, topk_overlap_rows
 
 MAX_ACCURACY_DROP = 2.0      # points: "accuracy holds"
 DRIFT_FRACTION = 0.7         # drift thresholds: this share of the method's noise floor (its agreement with itself)
@@ -35,14 +35,6 @@ def check_comparable(original, variant, name: str = "variant") -> None:
     if list(a.class_names) != list(b.class_names):
         raise ToolkitError(f"cannot compare {name}: its classes ({len(b.class_names)}) differ from the original's "
                            f"({len(a.class_names)})")
-
-
-def _cosine_rows(a, b):
-    """Signed cosine per sample; two empty maps agree (1), an empty map and another do not (0)."""
-    fa, fb = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    na, nb = np.linalg.norm(fa, axis=1), np.linalg.norm(fb, axis=1)
-    den = na * nb
-    return np.where(den > 0, (fa * fb).sum(1) / np.where(den > 0, den, 1), np.where((na == 0) & (nb == 0), 1.0, 0.0))
 
 
 def _spearman_rows(a, b):
@@ -76,7 +68,7 @@ def attribution_agreement(a: np.ndarray, b: np.ndarray, *, k: int | None = None,
     if a.shape != b.shape:
         raise ToolkitError(f"attributions differ in shape: {a.shape} vs {b.shape}")
     k = k or topk(a[0].size)
-    rows = {"topk_overlap": topk_overlap_rows(a, b, k), "cosine": _cosine_rows(a, b),
+    rows = {"topk_overlap": topk_overlap_rows(a, b, k), "cosine": cosine_rows(a, b),
             "spearman": _spearman_rows(a, b), "sign_agreement": _sign_rows(a, b, k)}
     out: dict = {"topk": k}
     for name, values in rows.items():
@@ -192,8 +184,8 @@ def decide(agree: dict, ranks: list[dict], topk_threshold: float, cosine_thresho
     - the signed cosine (how the attribution is spread, with its signs), below `cosine_threshold`: two inputs
       trading roles keep the top-k set but not the cosine;
     - each of the original's top inputs keeping its share of the attribution: the variant's share over the
-      original's below `share_threshold` (`LOST_SHARE`). One input of ten dropped moves a top-10 overlap by 0.1 at most; it moves
-      its share to 0.
+      original's below `share_threshold` (`LOST_SHARE`). One input of ten dropped moves a top-10 overlap by 0.1
+      at most; it moves its share to 0.
     drifted when any interval lies wholly below its threshold, uncertain when none does and one straddles its
     threshold, kept otherwise. Returns (status, the tests that read drifted, or else uncertain)."""
     tests = {f"top-{agree['topk']} overlap {agree['topk_overlap']:.2f} [{agree['topk_overlap_lo']:.2f}, "
@@ -293,7 +285,7 @@ def attribution_drift(original, variant, x: np.ndarray, *, method: str = GUARD_M
     if get_method(method).sampled:
         again = attribute(original, x, ours.targets, method, seed=seed + 1)
         floor = float(topk_overlap_rows(ours.values, again.values, agree["topk"]).mean())
-        cosine_floor = float(_cosine_rows(ours.values, again.values).mean())
+        cosine_floor = float(cosine_rows(ours.values, again.values).mean())
     if max_drift is None:
         thresholds = (DRIFT_FRACTION * floor, DRIFT_FRACTION * cosine_floor, LOST_SHARE)
     else:                       # what a candidate may lose, the same share of each test's range (cosine's is 2)
