@@ -156,8 +156,10 @@ def check_source(model, who: str) -> None:
 
 
 def lineage(parent, recipe: dict) -> dict:
-    """The `lineage` of a model made from `parent` (a LoadedModel) by `recipe`."""
-    return {"parent": parent.source, "recipe": recipe}
+    """The `lineage` of a model made from `parent` (a LoadedModel) by `recipe`; with the checksum of the parent's
+    file where it has one (`parent_sha256`), so a model replaced at the same path is not taken for the parent."""
+    digest = (parent.spec.weights or {}).get("sha256") or (parent.spec.onnx or {}).get("sha256")
+    return {"parent": parent.source, "recipe": recipe, **({"parent_sha256": digest} if digest else {})}
 
 
 def derive_model(parent, module, recipe: dict, **spec_changes):

@@ -83,15 +83,24 @@ def relation(original, variant) -> tuple[str, str]:
     in words. The original compared with itself is `derived` (the schema has no other kind for it) and its
     reason says it is the original itself, so nobody reads its agreement as a compression's."""
     recipe = ((variant.spec.lineage or {}).get("recipe") or {}).get("method", "recipe unknown")
+    replaced = None
     for depth, parent in enumerate(_ancestors(variant)):
         if parent == original.source or (original.path is not None
                                          and Path(parent).resolve() == Path(original.path).resolve()):
+            recorded = (variant.spec.lineage or {}).get("parent_sha256") if depth == 0 else None
+            ours = (original.spec.weights or {}).get("sha256") or (original.spec.onnx or {}).get("sha256")
+            if recorded and ours and recorded != ours:
+                replaced = (f"compressed from an earlier model at {parent} (its file's checksum was "
+                            f"{recorded[:12]}, the original's is {ours[:12]})")
+                break
             through = "" if depth == 0 else f", through {depth} variant{'s' if depth > 1 else ''} of it"
             return "derived", f"compressed from the original ({recipe}{through})"
     same = identical(original, variant)
     if same:
         return "derived", f"the original itself ({same})"
     ours, theirs = (original.spec.data or {}).get("fingerprint"), (variant.spec.data or {}).get("fingerprint")
+    if replaced:
+        return ("same data" if ours and ours == theirs else "unrelated"), replaced
     if ours and ours == theirs:
         return "same data", "not derived from the original, trained on data of the same fingerprint"
     if not ours or not theirs:

@@ -624,3 +624,22 @@ def test_a_module_copy_of_a_cnn_is_attributed_from_the_original_s_baseline():
     [row] = result["drift"]["rows"]
     assert row["status"] == "kept" and row["cosine"] == pytest.approx(1.0, abs=1e-3), row["verdict"]
     assert {r["baseline"] for r in result["runs"]} == {"training mean"}
+
+
+def test_a_variant_of_a_model_since_replaced_at_the_same_path_is_not_derived_from_it(tmp_path):
+    """Lineage names its parent by path and by its file's checksum: `train --overwrite` at the parent's path
+    makes another model there, which its old variants were not compressed from."""
+    import shutil
+
+    from compress import compress_model
+
+    bundle = redundant_data(0)
+    first = save_model(fit_mlp(bundle, 0, COPIES, steps=5), tmp_path / "model")
+    compress_model(load_model(first), bundle, methods=["onnx-fp32"], out=tmp_path / "c")
+    variant = load_model(tmp_path / "c" / "variants" / "onnx-fp32")
+    assert variant.spec.lineage["parent_sha256"] == load_model(first).spec.weights["sha256"]
+    assert relation(load_model(first), variant)[0] == "derived"
+    shutil.rmtree(first)
+    save_model(fit_mlp(bundle, 1, COPIES, steps=5), tmp_path / "model")      # another model at the same path
+    kind, why = relation(load_model(tmp_path / "model"), variant)
+    assert kind == "same data" and why.startswith("compressed from an earlier model at"), why
