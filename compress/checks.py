@@ -94,7 +94,7 @@ class _Subject:
         return self._made[family]
 
     def check_variants(self, family: str) -> None:
-        from .base import Variant
+        from .base import Variant, lineage
 
         variants, source, name = self.made(family), tiny_model(family, self.seed), self.method.name
         assert isinstance(variants, list) and variants, f"{name} made no variant of a {family} model"
@@ -105,7 +105,7 @@ class _Subject:
             assert FILE_SAFE.fullmatch(v.name), f"{name}: variant name {v.name!r} is not a safe file name"
             assert v.recipe.get("method") == name, f"{name}: the recipe names {v.recipe.get('method')!r}"
             json.dumps(v.recipe)  # plain data: it is written to model.json
-            assert v.model.spec.lineage == {"parent": source.source, "recipe": v.recipe}, \
+            assert v.model.spec.lineage == lineage(source, v.recipe), \
                 f"{name}: lineage {v.model.spec.lineage} does not name the source {source.source} and the recipe"
 
     def check_round_trip(self, family: str) -> None:
