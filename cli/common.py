@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from trainers.errors import describe, interrupt_code
+from trainers.errors import describe, interrupt_code, interrupted_by
 
 # Options of every command that reads a table (compress, explain: default to what training recorded).
 TARGET = typer.Option(None, "--target", help="Label column of a table (default: last; after training: recorded).")
@@ -40,6 +40,9 @@ def handle_errors(func):
                 _show(caught if debug or getattr(exc, "exit_code", 1) == 0 else [])
                 raise
             except Exception as exc:  # the last line of defence: never a traceback for users
+                if interrupted_by():      # a library turned the interrupt into its own error
+                    word, code = interrupt_code()
+                    fail(word, code, as_json=as_json)
                 _show(caught if debug else [])
                 message, code = describe(exc)
                 if debug and code == 1:

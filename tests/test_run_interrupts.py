@@ -139,3 +139,28 @@ def test_ctrl_c_during_compress_with_overwrite_keeps_the_previous_run_as_it_was(
     assert capsys.readouterr().err == "error: interrupted\n"
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compressed", "model"]  # no .old, .partial or lock
+
+
+def test_ctrl_c_that_a_library_turns_into_another_error_still_ends_as_an_interrupt(tmp_path, monkeypatch, capsys):
+    """matplotlib's layout code caught Ctrl-C and raised ValueError('Invalid bounding box'): `report` exited 1 with
+    'unexpected error'. The signal is recorded, so the command ends as interrupted, 130."""
+    import reports.render
+    from fake_runs import make_run
+
+    run = make_run(tmp_path / "run")
+
+    def layout_swallows_the_interrupt(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise ValueError("Invalid bounding box") from None
+
+    monkeypatch.setattr(reports.render, "build_context", layout_swallows_the_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        capsys.readouterr()
+        assert main(["report", str(run)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err.strip() == "error: interrupted"
+    assert not (run / "report.html").exists()

@@ -29,35 +29,44 @@ class ArtifactError(ToolkitError):
     """A model directory is missing, truncated, corrupted or inconsistent."""
 
 
-TERMINATED = {"on": False}   # set when SIGTERM ended the command (`sigterm_as_interrupt`)
+INTERRUPTED = {"by": None}   # the signal that ended the command: "SIGINT" or "SIGTERM" (`sigterm_as_interrupt`)
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """SIGTERM (a service manager, `kill`, a CI timeout) ends the command as Ctrl-C does: KeyboardInterrupt, so the
-    same cleanup runs (nothing half-written stays, a run's record is kept) and one line, exit 143 (128 + 15)."""
+    same cleanup runs (nothing half-written stays, a run's record is kept) and one line, exit 143 (128 + 15).
+    Both signals are recorded, so an interrupt a library turns into another error (matplotlib's layout code
+    raising ValueError) still ends as an interrupt (`interrupted_by`)."""
     import signal
     import threading
 
-    TERMINATED["on"] = False
+    INTERRUPTED["by"] = None
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def terminated(signum, frame):
-        TERMINATED["on"] = True
+    def stop(signum, frame):
+        INTERRUPTED["by"] = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
+                if sig != signal.SIGINT or signal.getsignal(sig) is signal.default_int_handler}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted_by() -> str | None:
+    """"SIGINT" or "SIGTERM" when a signal has ended the command, else None."""
+    return INTERRUPTED["by"]
 
 
 def interrupt_code() -> tuple[str, int]:
     """The word and exit code of an interrupt: terminated (SIGTERM, 143) or interrupted (Ctrl-C, 130)."""
-    return ("terminated", 143) if TERMINATED["on"] else ("interrupted", 130)
+    return ("terminated", 143) if INTERRUPTED["by"] == "SIGTERM" else ("interrupted", 130)
 
 
 def parse_failure(exc: BaseException) -> str:
