@@ -299,9 +299,17 @@ MAX_PATCHES = 64   # an image's default patches for shapley: at most this many (
 
 
 def image_patches(shape, side: int | None) -> np.ndarray | None:
-    """Group ids (*shape) of square patches of `side` pixels (all channels together) for a (C, H, W) input, or None
-    for one group per element. `side` None: 1 up to MAX_PATCHES * 4 pixels (16 x 16), else the side that leaves at
-    most MAX_PATCHES patches (4 on 28 x 28: 49 patches, 16x fewer model rows per permutation than 784 pixels)."""
+    """Group ids (*shape) of square patches of `side` pixels (all channels together) for a (C, H, W) input, or of
+    segments of `side` time steps for a (C, L) signal, or None for one group per element. `side` None: 1 up to
+    MAX_PATCHES * 4 pixels (16 x 16) or time steps, else the side that leaves at most MAX_PATCHES patches (4 on
+    28 x 28: 49 patches, 16x fewer model rows per permutation than 784 pixels; 8 steps on a length of 500)."""
+    if len(shape) == 2:
+        length = int(shape[1])
+        if side is None:
+            side = 1 if length <= 4 * MAX_PATCHES else int(np.ceil(length / MAX_PATCHES))
+        if side <= 1:
+            return None
+        return np.broadcast_to((np.arange(length) // side)[None], tuple(int(d) for d in shape)).copy()
     if len(shape) != 3:
         return None
     h, w = int(shape[1]), int(shape[2])
@@ -317,14 +325,15 @@ def image_patches(shape, side: int | None) -> np.ndarray | None:
 @register_method(ROUTE_BLACK_BOX, runtimes=RUNTIMES, library="toolkit", sampled=True, axiom=True, default=True,
                  description="antithetic permutation Shapley estimate, batched, with error bars: adds permutations "
                              "per sample until the relative error bound (95%) is within tolerance=0.1; images over "
-                             "16x16 in square patches (at most 64)")
+                             "16x16 in square patches and signals over 256 steps in segments (at most 64)")
 def shapley(ctx, x, targets, tolerance: Tolerance = 0.1, max_evaluations: PositiveInt | None = None,
             n_permutations: PositiveInt | None = None, patch: PositiveInt | None = None):
     """`tolerance`: relative error bound at 95% a sample is done at; `max_evaluations`: model rows per
     sample at most (default: those of 128 permutations); `n_permutations`: a fixed count instead; `patch`: an
-    image's pixels per patch side, each patch attributed as one player and its value spread over its pixels by
-    |x - baseline| (default `image_patches`: 1 up to 16 x 16 images; `patch=1`: every pixel)."""
-    groups = image_patches(tuple(ctx.spec.input_shape), patch) if ctx.spec.layout == "image" else None
+    image's pixels per patch side (a signal's time steps per segment), each patch attributed as one player and its
+    value spread over its elements by |x - baseline| (default `image_patches`: 1 up to 16 x 16 images and 256-step
+    signals; `patch=1`: every element)."""
+    groups = image_patches(tuple(ctx.spec.input_shape), patch) if ctx.spec.layout in ("image", "signal") else None
     est = shapley_estimate(ctx.forward_numpy, x, targets, ctx.baseline_np, tolerance=tolerance,
                            max_evaluations=max_evaluations, n_permutations=n_permutations, seed=ctx.seed,
                            groups=groups)
