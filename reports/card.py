@@ -144,7 +144,8 @@ def for_variant(sections: list, metadata: dict, row: dict, model: dict) -> tuple
     ours = [f"variant: {row.get('name')}, compressed by the toolkit from the model described below"]
     if isinstance(model.get("config"), dict):
         ours.append(f"architecture: {model['config']}")
-    ours.append(f"files on disk: {_kib(row.get('disk'))}")
+    ours.append(f"size of the model file(s) it serves from: {_kib(row.get('disk'))} (its directory may also keep "
+                "PyTorch weights, which serving does not read)")
     ours.append(f"test accuracy: {_pct(row.get('accuracy'))} (drop against the original: "
                 + ("n/a" if number(row.get("drop")) is None else f"{row['drop']:+.2f} points") + ")")
     variant_sections = [(title, [("p", f"The '{row.get('name')}' variant of this model. " + blocks[0][1]),

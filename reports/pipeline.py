@@ -238,11 +238,18 @@ def _ahead(status: dict, current: str) -> dict:
                                  *({"name": n, "status": "pending"} for n in later)]}
 
 
+def _signal_name() -> str:
+    """What stopped the run, as pipeline.json records it: Ctrl-C, or SIGTERM (`kill`, a timeout)."""
+    from trainers.errors import interrupted_by
+
+    return "SIGTERM" if interrupted_by() == "SIGTERM" else "Ctrl-C"
+
+
 def _interrupted(run, status: dict, started: float) -> PipelineInterrupted:
     """Record the interrupt in `<out>.partial/pipeline.json` and keep that directory; the previous run stays."""
     names = [s["name"] for s in status["stages"]]
     current = next(n for n in STAGES if n not in names)
-    status["stages"].append({"name": current, "status": "interrupted", "reason": "Ctrl-C"})
+    status["stages"].append({"name": current, "status": "interrupted", "reason": _signal_name()})
     status["stages"] += [{"name": n, "status": "not run", "reason": f"interrupted during {current}"}
                          for n in STAGES if n not in names and n != current]
     status.update(status="interrupted", seconds=round(time.perf_counter() - started, 3))
@@ -350,7 +357,7 @@ def _report(result: PipelineResult, name: str) -> Path:
     try:
         return render_report(result.run_dir, result.run_dir / name)
     except KeyboardInterrupt:
-        result.status["stages"][-1].update(status="interrupted", reason="Ctrl-C")
+        result.status["stages"][-1].update(status="interrupted", reason=_signal_name())
         _write_status(result.run_dir, result.status)
         raise PipelineInterrupted(f"during the report, after every stage finished: the new run is in "
                                   f"{result.run_dir}; `toolkit report {result.run_dir}` renders it") from None

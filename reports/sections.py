@@ -159,7 +159,8 @@ def _run_status(run: Run) -> str | None:
     if state == "running":
         return f"unfinished: stopped during {', '.join(stopped) or 'a stage'} (killed, or still running)"
     if state == "interrupted":
-        return f"interrupted (Ctrl-C) during {', '.join(stopped) or 'a stage'}"
+        how = next((s.reason for s in run.pipeline.stages if s.status == "interrupted" and s.reason), "Ctrl-C")
+        return f"interrupted ({how}) during {', '.join(stopped) or 'a stage'}"
     return None
 
 

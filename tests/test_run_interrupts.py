@@ -78,6 +78,25 @@ def test_sigterm_ends_a_command_as_ctrl_c_does_with_exit_143(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_a_pipeline_stopped_by_sigterm_records_the_signal(tmp_path, monkeypatch):
+    """pipeline.json said 'Ctrl-C' for a run a timeout had stopped."""
+    from trainers import errors
+
+    def terminated(*args):
+        errors.INTERRUPTED["by"] = "SIGTERM"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline_module, "_train", terminated)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline("iris", "mlp", out=tmp_path / "run", progress=lambda line: None)
+    finally:
+        errors.INTERRUPTED["by"] = None
+    status = json.loads((tmp_path / "run.partial" / "pipeline.json").read_text())
+    assert status["stages"][0]["reason"] == "SIGTERM"
+    assert "interrupted (SIGTERM) during train" in render_report(tmp_path / "run.partial").read_text()
+
+
 def test_ctrl_c_during_the_pipelines_training_stops_the_pipeline_and_records_the_stages(tmp_path):
     (tmp_path / "c.toml").write_text("[train]\npatience = 1000\n")
     out = tmp_path / "run"

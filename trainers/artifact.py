@@ -563,6 +563,8 @@ def _runner(model, raw: bool, device: str | None):
         module.eval()
         try:
             with torch.inference_mode():
+                # a memory-mapped file's rows are read-only: torch warns on those, so they are copied (one batch)
+                chunk = chunk if chunk.flags.writeable else np.array(chunk)
                 out = module(torch.from_numpy(chunk).to(device=device, dtype=dtype))
         finally:
             module.train(was_training)
