@@ -157,10 +157,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     text = json.dumps(_finite(numbers), indent=2, default=str, allow_nan=False)   # strict JSON: no NaN literals
     files = {out: html.encode("utf-8"), numbers_path: (text + "\n").encode("utf-8")}
     variant = _chosen_dir(run)
+    row = next((r for r in (context.get("compression") or {}).get("variants", []) if r.get("chosen")), None)
     for path in cards:
         sections_, metadata = context["model_card"], {**context["card_metadata"],
                                                       "license": card.license_set(path) or "unknown"}
-        row = next((r for r in (context.get("compression") or {}).get("variants", []) if r.get("chosen")), None)
         if variant is not None and row is not None and path.parent.resolve() == variant:
             sections_, metadata = card.for_variant(sections_, metadata, row, _variant_model(variant))
         markdown = card.to_markdown(f"Model card: {context['title']}", sections_, metadata)
