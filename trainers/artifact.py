@@ -541,6 +541,15 @@ def by_size(large, small, below: int):
     return lambda x: small(x) if len(x) < below else large(x)
 
 
+def refuse_frozen(module) -> None:
+    """One line for a frozen TorchScript module: torch.jit.freeze inlines the weights and drops the module state
+    (no parameters, no training mode) that predicting, explaining and compressing use."""
+    if not hasattr(module, "training"):
+        raise ToolkitError("a frozen TorchScript module (torch.jit.freeze) has no parameters or modes the toolkit "
+                           "can work with: pass the module before freezing (torch.jit.script's result, or the "
+                           "nn.Module itself)")
+
+
 def _runner(model, raw: bool, device: str | None):
     """chunk -> float32 logits in the model's runtime (ONNX Runtime or PyTorch, without gradients)."""
     if isinstance(model, LoadedModel) and model.runtime == "onnxruntime":
@@ -550,9 +559,7 @@ def _runner(model, raw: bool, device: str | None):
             return run
         return lambda chunk: run(chunk).astype(np.float32, copy=False)
     module = model.module if isinstance(model, LoadedModel) else model
-    if not hasattr(module, "training"):      # torch.jit.freeze drops the module state (as `as_model` says)
-        raise ToolkitError("a frozen TorchScript module (torch.jit.freeze) has no parameters or modes the toolkit "
-                           "can work with: pass the module before freezing")
+    refuse_frozen(module)
     tensor = next(iter(module.parameters()), None)
     tensor = tensor if tensor is not None else next(iter(module.buffers()), None)
     device = device or (tensor.device if tensor is not None else "cpu")

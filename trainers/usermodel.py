@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model
+from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model, refuse_frozen
 from .errors import ToolkitError, memory_refusal
 from .ortsession import inference_session
 
@@ -173,10 +173,7 @@ def _from_module(module: nn.Module, data, class_names) -> LoadedModel:
     if x is None:
         raise ToolkitError("a torch.nn.Module needs data (a DataBundle, a data spec or an array of inputs): "
                            "the example input, input shape and classes come from it")
-    if not hasattr(module, "training"):      # torch.jit.freeze inlines the weights and drops the module state
-        raise ToolkitError("a frozen TorchScript module (torch.jit.freeze) has no parameters or modes the toolkit "
-                           "can work with: pass the module before freezing (torch.jit.script's result, or the "
-                           "nn.Module itself)")
+    refuse_frozen(module)
     param = next(iter(module.parameters()), None)
     if param is not None and param.dtype != torch.float32:
         raise ToolkitError(f"the module's weights are {str(param.dtype).replace('torch.', '')}; the toolkit "
