@@ -444,9 +444,17 @@ def _chain_source(model: LoadedModel) -> LoadedModel:
 DRIFT_SAMPLES = 32  # held-out (validation) samples on which each candidate's attribution drift is measured
 
 
-def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drift: float | None = None) -> dict:
+def guard_samples(data: DataBundle) -> np.ndarray:
+    """The held-out samples the drift guard attributes: the first DRIFT_SAMPLES of validation (else test)."""
+    return (data.x_val if len(data.x_val) else data.x_test)[:DRIFT_SAMPLES]
+
+
+def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drift: float | None = None,
+                reference=None) -> dict:
     """Measure how far `variant`'s attributions moved from the original's (`explain.attribution_drift`, a fast
-    deterministic method on held-out samples); a drifted candidate gets a note and is never chosen."""
+    deterministic method on held-out samples); a drifted candidate gets a note and is never chosen. `reference`:
+    the original's attribution of `guard_samples(data)` (`explain.compare.original_attribution`), computed once
+    for every candidate by `drift_check`."""
     from explain import attribution_drift
 
     from .export import ort_session
@@ -454,8 +462,7 @@ def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drif
     candidate = variant.model
     if variant.onnx_bytes is not None and candidate.path is None:   # not saved yet: its session from the bytes
         candidate = dataclasses.replace(candidate, _session=ort_session(variant.onnx_bytes))
-    x = data.x_val if len(data.x_val) else data.x_test
-    drift = attribution_drift(model, candidate, x[:DRIFT_SAMPLES], max_drift=max_drift)
+    drift = attribution_drift(model, candidate, guard_samples(data), max_drift=max_drift, reference=reference)
     variant.measurements["attribution_drift"] = drift
     if drift["status"] == "drifted":
         variant.notes.append(f"attributions drifted ({drift['method']}, {drift['samples']} held-out samples): "
@@ -465,14 +472,20 @@ def drift_guard(model: LoadedModel, variant: Variant, data: DataBundle, max_drif
 
 def drift_check(model: LoadedModel, data: DataBundle, settings: dict | None) -> Callable[[Variant], bool] | None:
     """`drift_guard` as a test (True: the variant's attributions drifted), or None when auto's `drift_guard_on`
-    is off (`settings`: auto's options as given). A variant checked once is not checked again."""
+    is off (`settings`: auto's options as given). A variant checked once is not checked again; the original is
+    attributed once, at the first check, for all of them."""
+    from explain.compare import original_attribution
+
     settings = {**METHODS.options("auto"), **(settings or {})}
     if not settings["drift_guard_on"]:
         return None
+    reference = []
 
     def drifted(variant: Variant) -> bool:
         if "attribution_drift" not in variant.measurements:
-            drift_guard(model, variant, data, settings["max_drift"])
+            if not reference:
+                reference.append(original_attribution(model, guard_samples(data)))
+            drift_guard(model, variant, data, settings["max_drift"], reference=reference[0])
         return _drifted(variant)
     return drifted
 

@@ -435,6 +435,44 @@ def test_the_guard_checks_the_pick_and_then_the_next_pick_only():
     assert "attribution_drift" not in off.measurements
 
 
+def test_the_guard_attributes_the_original_once_for_every_candidate(monkeypatch):
+    import explain.compare as compare
+    from compress.auto import drift_check
+
+    bundle = redundant_data(0)
+    original = fit_mlp(bundle, 0, COPIES)
+    calls = []
+    real = compare.original_attribution
+    monkeypatch.setattr(compare, "original_attribution", lambda *a, **k: calls.append(1) or real(*a, **k))
+    check = drift_check(original, bundle, {})
+    moved = _candidate("moved", fit_mlp(bundle, 0, INFORMATIVE), p50=1.0)
+    same = _candidate("same", original, p50=1.5)
+    assert check(moved) and not check(same)
+    assert len(calls) == 1
+    assert moved.measurements["attribution_drift"]["status"] == "drifted"
+
+
+def test_feature_ablation_in_segments_spreads_each_segment_s_effect_over_its_steps():
+    """A long signal ablated in segments (the drift guard's setting): each segment's values sum to the model's
+    change when that whole segment is set to the baseline, shared by |x - baseline|; far fewer model calls."""
+    from explain.methods import attribute
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 300, 3))     # a user's module
+    x = np.random.default_rng(0).normal(size=(3, 2, 300)).astype(np.float32)
+    whole = attribute(model, x, 0, "feature_ablation", baseline=np.zeros((2, 300), np.float32))
+    grouped = attribute(model, x, 0, "feature_ablation", baseline=np.zeros((2, 300), np.float32), patch=None)
+    side = 5                                              # ceil(300 / 64): 60 segments over both channels
+    segment = np.arange(300) // side
+    for s in (0, 17, 59):
+        steps = segment == s
+        exact = whole.values[:, :, steps].sum(axis=(1, 2))  # a linear model: the segment's effect is the sum
+        assert np.allclose(grouped.values[:, :, steps].sum(axis=(1, 2)), exact, rtol=1e-4, atol=1e-5)
+        inside = grouped.values[0][:, steps] / np.abs(x[0][:, steps])
+        assert np.allclose(inside, inside.flat[0], rtol=1e-3)    # shared in proportion to |x - baseline|
+    assert not np.allclose(grouped.values, whole.values)
+
+
 def test_the_quick_timing_measures_how_far_behind_against_a_leader_that_may_be_chosen(monkeypatch):
     """A leader whose attributions drifted is never chosen, so it must not cut the candidates behind it."""
     import compress.auto as auto
