@@ -395,3 +395,40 @@ def _drop_dead(graph) -> None:
     initializers = [i for i in graph.initializer if i.name in wanted]
     del graph.initializer[:]
     graph.initializer.extend(initializers)
+
+
+def pool_before_relu(onnx_bytes: bytes) -> bytes | None:
+    """Each Relu -> MaxPool pair (the Relu read by the MaxPool alone) as MaxPool -> Relu: the same values, as both
+    keep the order of values, on a quarter of the elements for a 2 x 2 pool. None where no pair is found.
+
+    Written for int8 graphs with a layer kept in fp32: there ORT's QDQ propagation moves the next QuantizeLinear
+    above a MaxPool that follows the Relu, and the pool then runs in a slow generic int8 kernel (the pruned digits
+    CNN's graph, plain ONNX Runtime session: 1.04 ms at batch 256 against 0.30 ms with the propagation off). With
+    the Relu after the pool the propagation stops at the Relu, and a plain session runs the graph at 0.30 ms:
+    no session option is needed to serve it at its speed.
+    """
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    consumers = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    nodes = list(graph.node)
+    swapped = False
+    for i, relu in enumerate(nodes):
+        if relu.op_type != "Relu" or relu.output[0] in outputs:
+            continue
+        pool = _only_consumer(consumers, relu.output[0], "MaxPool")
+        if pool is None or len([o for o in pool.output if o]) != 1:
+            continue
+        j = nodes.index(pool)
+        middle = f"{pool.output[0]}_before_relu"
+        pool.input[0], relu.input[0] = relu.input[0], middle
+        relu.output[0], pool.output[0] = pool.output[0], middle
+        nodes[i], nodes[j] = pool, relu
+        swapped = True
+    if not swapped:
+        return None
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString()

@@ -323,6 +323,10 @@ def _static_variant(model: LoadedModel, data: DataBundle, fp32_bytes: bytes, fou
     check = {"samples": settings["check_samples"], "agreement": chosen.agreement, "target": min_agreement,
              "reached": chosen.agreement >= min_agreement, "fp32_nodes": list(chosen.fp32_nodes),
              "fp32_modules": sorted(weights), "steps": _fallback_path(found.rows, config)}
+    if chosen.hint:
+        notes.append(f"timed as the toolkit serves it, with ONNX Runtime's {', '.join(chosen.hint)} off (the graph's "
+                     f"metadata asks for it: trainers.ortsession); a plain onnxruntime.InferenceSession runs it "
+                     f"slower: pass disabled_optimizers={list(chosen.hint)}")
     if not check["reached"]:
         notes.append(f"int8 agrees with fp32 on only {chosen.agreement:.1%} of held-out samples (target "
                      f"{min_agreement:.1%}) in every configuration searched: auto never chooses it")

@@ -72,6 +72,25 @@ def test_a_hinted_graph_keeps_its_pooling_in_fp32(inputs, tmp_path):
     assert not _read(with_hint(hinted, ()))[1] and _read(hinted)[1]
 
 
+def test_a_pool_moved_before_its_relu_needs_no_hint(inputs, tmp_path):
+    """The same graph with each Relu -> MaxPool as MaxPool -> Relu (`pool_before_relu`, what the search
+    quantizes with an fp32 layer): a plain session keeps the pooling in fp32, and the predictions are the same."""
+    from compress.int8_search import _quantize_hinted
+    from compress.layout import pool_before_relu
+
+    fp32, calibration_x, check_x, _ = inputs
+    plain = _first_conv_in_fp32(fp32, calibration_x, tmp_path)
+    swapped = pool_before_relu(plain)
+    assert _pool_input_producer(swapped, tmp_path, False) != "QuantizeLinear"
+    got = [inference_session(g).run(None, {"input": check_x})[0] for g in (with_hint(plain, SESSION_HINT), swapped)]
+    np.testing.assert_array_equal(got[0], got[1])
+    ops = [n.op_type for n in _read(swapped)[0]]
+    assert ops.index("MaxPool") + 1 == ops.index("Relu")
+    first = search.compute_nodes(tmp_path / "fp32.onnx")[0]
+    graph, hint = _quantize_hinted(tmp_path / "fp32.onnx", search.Int8Config(), calibration_x, [first], tmp_path)
+    assert hint == SESSION_HINT and _pool_input_producer(with_hint(graph, ()), tmp_path, False) != "QuantizeLinear"
+
+
 def _read(graph: bytes):
     """(the graph's nodes, whether it carries the session hint)."""
     proto = onnx.load_from_string(graph)
