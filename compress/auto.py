@@ -888,6 +888,11 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     size = lambda v: v.measurements["size_bytes"]  # noqa: E731
     faster = [v for v in sorted(_eligible(variants), key=p50)
               if v is not chosen and p50(chosen) >= p50(v) * BY_BATCH_GAIN]
+    other_weights = [v for v in faster if _weights_made_by(v) != _weights_made_by(chosen)]
+    if other_weights:
+        chosen.notes.append(f"{other_weights[0].name} is faster at batch {other} but holds other weights than this "
+                            f"one: not routed (a row's answer would depend on the size of its call)")
+        faster = [v for v in faster if v not in other_weights]
     if faster:  # among those as fast as the fastest there, the smallest file first
         tie = p50(faster[0]) * (1 + SAME_SPEED)
         faster = sorted((v for v in faster if p50(v) <= tie), key=size) + [v for v in faster if p50(v) > tie]
@@ -936,6 +941,15 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
                     f"{m['speedup']['b256_t1']:.2f}x faster than fp32 at batch 256 and {m['speedup']['b1_t1']:.2f}x "
                     f"at batch 1 (single thread), {smaller(m['size_ratio'])} with both files, "
                     f"{describe_fidelity(m['fidelity'])} as it serves")
+
+
+def _weights_made_by(variant: Variant) -> list[dict]:
+    """The recipes of the steps that changed `variant`'s weights (its transforms: pruning, factorization,
+    distillation), [] for the original's weights in another runtime. Routed partners must share them: an iris
+    MLP routed between two differently pruned models gave row 18 one class alone and another in a call of 256."""
+    recipe = variant.recipe or {}
+    steps = recipe.get("steps", [recipe]) if recipe.get("method") == "chain" else [recipe]
+    return [step for step in steps if step.get("method") in METHODS and get_method(step["method"]).role == "transform"]
 
 
 def confirmed_gain(chosen: Variant, candidate: Variant, data: DataBundle, batch: int, config: LatencyConfig) -> float:

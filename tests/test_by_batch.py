@@ -285,3 +285,29 @@ def test_of_two_partners_as_fast_the_smaller_file_serves(measured, digits):
         found = route_by_batch(model, digits, bf16, [bf16, onnx, twin], baseline, max_drop=5.0, min_agreement=0.9,
                                config=LatencyConfig(budget_s=0.02))
         assert found is not None and found[0].small.name == served
+
+
+def test_partners_hold_the_same_weights(measured, digits):
+    """A much faster partner made from other weights (another pruning) is not routed: a row would get one answer
+    alone and another in a large call. The same pruned model in two runtimes is."""
+    import copy
+
+    model, baseline, bf16, onnx = measured
+    pruned = {"method": "prune-structured", "ratio": 0.5}
+    other = copy.copy(onnx)
+    other.name, other.measurements, other.notes = "prune-structured-50+int8-weights-onnx", copy.deepcopy(
+        onnx.measurements), []
+    other.recipe = {"method": "chain", "steps": [pruned, onnx.recipe]}
+    for v in (bf16, other):
+        v.measurements.update(within_budget=True, slower_than_fp32=False, flips=False)
+    _set_p50(bf16, "b1_t1", 3.0)
+    _set_p50(other, "b1_t1", 1.0)
+    before = len(bf16.notes)
+    assert route_by_batch(model, digits, bf16, [bf16, other], baseline, max_drop=5.0, min_agreement=0.9,
+                          config=LatencyConfig(budget_s=0.02)) is None
+    assert "holds other weights than this one: not routed" in bf16.notes[before]
+    chosen = copy.copy(bf16)
+    chosen.recipe, chosen.notes = {"method": "chain", "steps": [pruned, bf16.recipe]}, []
+    found = route_by_batch(model, digits, chosen, [chosen, other], baseline, max_drop=5.0, min_agreement=0.9,
+                           config=LatencyConfig(budget_s=0.02))
+    assert found is not None and found[0].small.name == other.name
