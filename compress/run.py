@@ -347,7 +347,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
     variants = _unique(variants)
     chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
                             config=config, notes=notes, progress=progress,
-                            guard=options.get("auto", {}) if "auto" in methods else None,
+                            guard=options.get("auto", {}),   # named methods too: a drifted pick is passed over
                             batch=settings["serving_batch"] if "auto" in methods else 256,
                             by_batch="auto" in methods and settings["by_batch"])
     small = small_test_split(len(data.y_test), max_drop, min_agreement)

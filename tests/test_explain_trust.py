@@ -681,3 +681,17 @@ def test_a_variant_of_a_model_since_replaced_at_the_same_path_is_not_derived_fro
     save_model(fit_mlp(bundle, 1, COPIES, steps=5), tmp_path / "model")      # another model at the same path
     kind, why = relation(load_model(tmp_path / "model"), variant)
     assert kind == "same data" and why.startswith("compressed from an earlier model at"), why
+
+
+def test_named_methods_pass_their_pick_through_the_drift_guard(monkeypatch):
+    """The drift guard is not auto's alone: a run of named methods checks its pick too (a distilled LSTM student
+    whose attributions had moved was chosen by `--method ... --method distill`)."""
+    import compress
+    import compress.auto as auto
+
+    bundle = redundant_data(0)
+    original = fit_mlp(bundle, 0, COPIES)
+    seen = []
+    monkeypatch.setattr(auto, "guard_candidates", lambda *a, **k: seen.append(a[3]))
+    compress.compress_model(original, bundle, methods=["onnx-fp32"])
+    assert seen == [{}]                 # auto's guard settings, at their defaults
