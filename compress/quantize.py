@@ -34,6 +34,7 @@ from .base import Variant, default_options, derive_model, register_method
 from .export import (Exporter, ExportInfo, export_with_info, first_layer_fold, input_fold, lift_checked, onnx_parity,
                      onnx_variant_model, run_onnx)
 from .int8_search import FORMATS, Candidate, SearchResult, root_logger_kept, search_int8
+from .layout import CLAMP_MARGIN, clamp_input
 
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
 QuantFormatName = Literal["qdq", "qoperator"]
@@ -182,7 +183,10 @@ def _int8_dynamic_variant(model: LoadedModel, data: DataBundle, exporter: str, m
     reference = predict(model, check_x).argmax(1)
     fp32_bytes, folded = first_layer_fold(fp32_bytes, check_x, uniform_only=True)
     int8_bytes, check, notes = _quantize_to_agreement(fp32_bytes, per_channel, check_x, reference, min_agreement)
-    notes = [*folded, *notes]
+    int8_bytes = clamp_input(int8_bytes, data.x_train)
+    notes = [*folded, *notes, f"inputs clamped to the training range widened by {CLAMP_MARGIN:.0%} of it: the "
+                              f"activation scale is each call's, and one row far outside the data would coarsen it "
+                              f"for every row of its call"]
     twin = None if model.module is None else fake_quant_twin(model.module, (nn.Linear, nn.LSTM, nn.GRU), per_channel,
                                                              skip=set(check["fp32_modules"]))
     recipe = {"method": "int8-dynamic", "runtime": "onnxruntime", "exporter": info.exporter,

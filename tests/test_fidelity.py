@@ -853,3 +853,27 @@ def test_the_quick_timing_times_again_what_it_cannot_tell_apart_at_the_other_bat
     made = [Variant(name, model, {"method": "test"}) for name in speeds[256]]
     auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
     assert asked and all(rounds == 3 for _, rounds, _ in asked)
+
+
+def test_one_row_far_outside_the_data_does_not_change_the_others_in_dynamic_int8(digits):
+    """Dynamic int8 takes each call's activation scale from its largest value; the graph clamps its input to the
+    training range (widened by 10%), so a row multiplied by 1,000 leaves the other rows' answers as they were."""
+    from compress import get_method
+    from compress.export import run_onnx
+    from compress.layout import clamp_input
+    from trainers import TrainConfig, train
+
+    model = train(digits, "mlp", TrainConfig(epochs=2, device="cpu"), progress=False).model
+    [variant] = get_method("int8-dynamic", model).func(model, digits)
+    assert any("clamped to the training range" in note for note in variant.notes)
+    x = np.ascontiguousarray(digits.x_test[:200], np.float32)
+    alone = run_onnx(variant.onnx_bytes, x)
+    spoiled = x.copy()
+    spoiled[0] *= 1000
+    others = run_onnx(variant.onnx_bytes, spoiled)[1:]
+    np.testing.assert_array_equal(others.argmax(1), alone[1:].argmax(1))
+    np.testing.assert_allclose(others, alone[1:], atol=0.25)    # the scale of the training data's own extremes
+    from compress.export import export_onnx
+
+    ranged = clamp_input(export_onnx(model, digits), np.zeros((1, *x.shape[1:]), np.float32))  # range 0: +-0.1
+    assert np.abs(run_onnx(ranged, x) - run_onnx(ranged, np.clip(x, -0.1, 0.1))).max() < 1e-5
