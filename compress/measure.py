@@ -351,6 +351,7 @@ def evaluate(variant: Variant, data, config: LatencyConfig | None = None) -> np.
     m.update({
         "runtime": runner.runtime,
         "accuracy": float((logits.argmax(1) == data.y_test).mean()),
+        "log_loss": log_loss(logits, data.y_test),
         "size_bytes": m.get("size_bytes") or size_on_disk(variant),  # preset for formats we do not write
         "parameters": count_parameters(module) if module is not None else None,
         "threads": {"single": 1, "all": config.all_threads},
@@ -365,6 +366,19 @@ def evaluate(variant: Variant, data, config: LatencyConfig | None = None) -> np.
                              f"samples of its batch: accuracy and agreement are measured at batch {EVAL_BATCH}; "
                              f"{changed} of the first {n} test predictions change at batch 1")
     return logits
+
+
+def log_loss(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean negative log-likelihood (nats) of `labels` under the softmax of `logits`; None for no rows."""
+    if not len(labels):
+        return None
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(1, keepdims=True)
+    picked = z[np.arange(len(z)), np.asarray(labels, np.int64)]
+    return float(np.mean(np.log(np.exp(z).sum(1)) - picked))
+
+
+LOG_LOSS_RISE = 1.5  # a variant whose test log-loss exceeds the original's this many times (and by 0.05) is noted
 
 
 def time_all(variants: list[Variant], data, config: LatencyConfig | None = None) -> None:
@@ -439,6 +453,11 @@ def compare_to_baseline(variant: Variant, baseline: Variant, max_drop: float, mi
     if m["noisy"]:
         variant.notes.append(f"timing too noisy for a speed-up at {', '.join(m['noisy'])} (spread of the per-round "
                              f"ratios over {NOISY_SPREAD:.0%})")
+    loss, base_loss = m.get("log_loss"), b.get("log_loss")
+    if loss is not None and base_loss is not None and loss > max(LOG_LOSS_RISE * base_loss, base_loss + 0.05):
+        variant.notes.append(f"its probabilities fit the test labels worse than the original's (log-loss {loss:.3f} "
+                             f"against {base_loss:.3f}), though its classes may agree: a threshold on the "
+                             f"probabilities would move")
     slower = [s for s in SETTINGS if m["speedup"][s] < 1.0]
     if slower:
         variant.notes.append(f"slower than fp32 PyTorch at {', '.join(slower)}")

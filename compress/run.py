@@ -28,7 +28,7 @@ from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig
 
 ROW_KEYS = ("accuracy", "accuracy_drop", "size_bytes", "size_ratio", "parameters", "latency_ms", "speedup",
-            "slower_than_fp32", "flips", "within_budget", "pareto", "fidelity", "speedup_spread", "noisy", "rounds")
+            "slower_than_fp32", "flips", "within_budget", "pareto", "fidelity", "speedup_spread", "noisy", "rounds", "log_loss")
 
 
 @dataclass(repr=False)

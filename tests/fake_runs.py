@@ -118,8 +118,9 @@ def compress_result(*extra: VariantRow) -> CompressResultFile:
 
 
 def before_version_6(result: dict) -> dict:
-    """A current compress result.json as versions 1-5 wrote it: no `device`, no row's `device` or `provider`."""
-    row = lambda r: {k: v for k, v in r.items() if k not in ("device", "provider")}  # noqa: E731
+    """A current compress result.json as versions 1-5 wrote it: no `device`, no row's `device`, `provider` or
+    `log_loss`."""
+    row = lambda r: {k: v for k, v in r.items() if k not in ("device", "provider", "log_loss")}  # noqa: E731
     return {**{k: v for k, v in result.items() if k != "device"}, "baseline": row(result["baseline"]),
             "variants": [row(r) for r in result["variants"]]}
 

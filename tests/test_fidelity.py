@@ -607,7 +607,7 @@ def test_auto_out_of_budget_keeps_the_original_and_says_why(digits):
     result = compress_model(tiny_model("mlp"), digits, methods=["auto"], budget_seconds=0.01,
                             options={"auto": {"latency_budget_s": 0.01}})
     summary = result.to_dict()
-    assert summary["schema_version"] == 6 and summary["budget_seconds"] == 0.01
+    assert summary["schema_version"] == 7 and summary["budget_seconds"] == 0.01
     assert result.chosen is result.baseline and "--budget-seconds 0.01" in result.reason
     assert summary["skipped"] and all("search budget" in s["reason"] for s in summary["skipped"])
 
@@ -877,3 +877,30 @@ def test_one_row_far_outside_the_data_does_not_change_the_others_in_dynamic_int8
 
     ranged = clamp_input(export_onnx(model, digits), np.zeros((1, *x.shape[1:]), np.float32))  # range 0: +-0.1
     assert np.abs(run_onnx(ranged, x) - run_onnx(ranged, np.clip(x, -0.1, 0.1))).max() < 1e-5
+
+
+def test_log_loss_is_measured_and_flattened_probabilities_are_noted(digits):
+    """Top-1 agreement cannot see probabilities that flattened: each row's test log-loss is measured, and a
+    variant whose log-loss rose 1.5 times the original's says so in its notes."""
+    from sklearn.metrics import log_loss as reference
+
+    from compress.auto import baseline_variant
+    from compress.base import Variant
+    from compress.measure import compare_to_baseline, evaluate, log_loss
+    from trainers import TrainConfig, train
+
+    logits = np.random.default_rng(0).normal(size=(50, 4))
+    labels = np.arange(50) % 4
+    softmax = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert log_loss(logits, labels) == pytest.approx(reference(labels, softmax, labels=range(4)), rel=1e-9)
+    model = train(digits, "mlp", TrainConfig(epochs=2, device="cpu"), progress=False).model
+    baseline = baseline_variant(model)
+    logits = evaluate(baseline, digits)
+    assert baseline.measurements["log_loss"] == pytest.approx(log_loss(logits, digits.y_test))
+    flat = Variant(name="flat", model=model, recipe={"method": "flat"}, measurements=dict(baseline.measurements))
+    flat.measurements["log_loss"] = 2 * baseline.measurements["log_loss"] + 0.1
+    classes = logits.argmax(1)
+    for v in (baseline, flat):
+        v.measurements["latency_ms"] = {s: {"p50": 1.0} for s in ("b1_t1", "b256_t1", "b1_tall", "b256_tall")}
+    compare_to_baseline(flat, baseline, 0.5, 0.97, classes, classes)
+    assert any("probabilities fit the test labels worse" in note for note in flat.notes)
