@@ -14,7 +14,7 @@ from pydantic import Field, Strict
 from trainers.options import FORBID_EXTRA, Device, Fraction, PositiveFloat, Ratio, Str
 
 # Accuracy points below the original (0.5 = half a percentage point).
-AccuracyPoints = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+AccuracyPoints = Annotated[float, Strict(), Field(ge=0, le=100, allow_inf_nan=False)]
 
 
 @dataclass

@@ -399,6 +399,8 @@ CASES: dict[str, dict[str, Case]] = {
                               "--ratio"),
         "negative --max-drop": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--max-drop", "-1"], "--max-drop"),
         "--max-drop nan": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--max-drop", "nan"], "--max-drop"),
+        "--max-drop over 100 points": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--max-drop", "101"],
+                                           "less than or equal to 100"),
         "--options not JSON": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--options", "{oops"], "--options"),
         "--options for a method not requested": Case(
             lambda c: [str(c.art.mlp), "--data", "digits", *COMPRESS_ONE, "--options", '{"distill": {}}'], "not requested"),
