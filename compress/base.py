@@ -149,8 +149,10 @@ def check_source(model, who: str) -> None:
     if model.module is None and model.spec.runtime == "torch":
         raise ToolkitError(f"{who} needs a PyTorch model; this artifact has no PyTorch weights")
     if model.spec.runtime != "torch" or model.spec.dtype != "float32":
+        precision = (model.spec.onnx or {}).get("precision") if model.spec.runtime == "onnxruntime" else None
+        graph = "; to compress its ONNX graph as it is, give its model.onnx file" if precision else ""
         raise ToolkitError(f"{who} needs an fp32 PyTorch model (a trained model, not a compressed variant); "
-                           f"this one is {model.spec.dtype} in {model.spec.runtime}")
+                           f"this one is {precision or model.spec.dtype} in {model.spec.runtime}{graph}")
     if model.spec.family not in list_models() and model.spec.family != CUSTOM_FAMILY:
         raise ToolkitError(f"{who} cannot handle a {model.spec.family} model: no such model family is registered")
 
