@@ -350,6 +350,10 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
                             guard=options.get("auto", {}),   # named methods too: a drifted pick is passed over
                             batch=settings["serving_batch"] if "auto" in methods else 256,
                             by_batch="auto" in methods and settings["by_batch"])
+    made_from = (model.spec.lineage or {}).get("recipe")
+    if made_from:     # the drops and agreements below are against this model, not the one it was made from
+        notes.append(f"the original here is itself a compressed model ({made_from.get('method', 'a recipe')}): "
+                     f"accuracy drops and agreements are against it, and add to those of its own compression")
     small = small_test_split(len(data.y_test), max_drop, min_agreement)
     if small:
         notes.append(small)

@@ -507,3 +507,17 @@ def test_a_test_split_too_small_for_the_rule_is_noted(tmp_path, capsys):
     result = compress_model(trained.model, data, methods=["onnx-fp32"])
     assert any(n.startswith("the test split has 6 rows") for n in result.search_notes)
     assert "warning: the test split has 6 rows" in capsys.readouterr().err
+
+
+def test_a_compressed_model_compressed_again_says_its_figures_are_against_itself(iris, tmp_path):
+    import compress
+    from trainers import TrainConfig, load_model, train
+
+    model = train(iris, "mlp", TrainConfig(epochs=2, device="cpu"), progress=False).model
+    first = compress.compress_model(model, iris, methods=["prune-structured"], out=tmp_path / "c",
+                                    options={"prune-structured": {"finetune_epochs": 0}})
+    pruned = next(v for v in first.variants if v.recipe.get("method") == "prune-structured")
+    variant = load_model(first.out / first.paths[pruned.name])
+    again = compress.compress_model(variant, iris, methods=["onnx-fp32"])
+    assert any("itself a compressed model (prune-structured)" in note for note in again.search_notes)
+    assert not any("itself a compressed model" in note for note in first.search_notes)
