@@ -28,7 +28,7 @@ from trainers.options import Bool, Float, Fraction, Int, PositiveFloat, Positive
 
 from . import depgraph
 from .base import Variant, derive_model, register_method
-from .losses import AttributionWeight, kd_loss, teacher_loss, with_attribution  # noqa: F401  (kd_loss: API)
+from .losses import AttributionWeight, kd_loss, teacher_logits, teacher_loss, with_attribution  # noqa: F401  (kd_loss: API)
 from .resized import example_rows, module_variant
 
 WidthFactor = Annotated[Float, Field(gt=0, le=1)]
@@ -76,7 +76,8 @@ def train_student(module: nn.Module, data: DataBundle, epochs: int, *, teacher: 
     tensors = split_tensors(data, next(module.parameters()).device, splits=("train", "val"))
     options = LoopOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, schedule="cosine",
                           select="val_accuracy")
-    loss = _hard_label_loss if teacher is None else functools.partial(teacher_loss, teacher, temperature, alpha)
+    loss = _hard_label_loss if teacher is None else functools.partial(
+        teacher_loss, teacher, temperature, alpha, cache=teacher_logits(teacher, tensors["x_train"]))
     if teacher is not None and attribution_weight > 0:
         loss = with_attribution(loss, module, teacher, attribution_weight)
     state = training_loop(module, tensors, options, loss=loss, transform=_mixup(mixup) if mixup > 0 else None,
@@ -106,7 +107,7 @@ def _mixup(concentration: float):
         perm = torch.randperm(n, device=batch.x.device)
         weight = lam.view((n,) + (1,) * (batch.x.dim() - 1))
         mixed = weight * batch.x + (1 - weight) * batch.x[perm]
-        return Batch(torch.cat([batch.x, mixed]), batch.y, {"lam": lam, "perm": perm})
+        return Batch(torch.cat([batch.x, mixed]), batch.y, {**batch.extra, "lam": lam, "perm": perm})
 
     return transform
 

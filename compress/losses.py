@@ -24,11 +24,29 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
     return alpha * temperature ** 2 * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def teacher_loss(teacher, temperature: float, alpha: float, logits, batch: Batch):
-    """`kd_loss` on the batch; on mixed inputs (if any), the teacher's soft targets only."""
+def teacher_logits(teacher, x_train, rows_per_call: int = 1024) -> torch.Tensor:
+    """The teacher's logits on every training row, once, for `teacher_loss`'s `cache`: the teacher is in eval
+    mode and its training rows do not change, so the logits of each epoch are the same. Computed per batch, the
+    teacher's forward pass (the large model) was most of a distillation step's cost."""
+    from trainers.loop import rows
+
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    with torch.no_grad():
+        return torch.cat([teacher(rows(x_train, slice(i, i + rows_per_call), device)).float()
+                          for i in range(0, len(x_train), rows_per_call)])
+
+
+def teacher_loss(teacher, temperature: float, alpha: float, logits, batch: Batch, cache: torch.Tensor | None = None):
+    """`kd_loss` on the batch; on mixed inputs (if any), the teacher's soft targets only. `cache`: the teacher's
+    logits of every training row (`teacher_logits`), looked up by the batch's row indices."""
     n = len(batch.y)
     with torch.no_grad():
-        t_logits = teacher(batch.x)
+        if cache is not None and "index" in batch.extra:
+            rest = teacher(batch.x[n:]) if len(batch.x) > n else cache[:0]
+            t_logits = torch.cat([cache[batch.extra["index"]], rest.to(cache.dtype)])
+        else:
+            t_logits = teacher(batch.x)
     loss = kd_loss(logits[:n], t_logits[:n], batch.y, temperature, alpha)
     if "lam" in batch.extra:
         loss = loss + alpha * temperature ** 2 * F.kl_div(

@@ -34,7 +34,7 @@ from trainers.options import Bool, Int, NonNegativeInt, PositiveFloat, PositiveI
 
 from . import depgraph
 from .base import Variant, check_source, derive_model, register_method
-from .losses import AttributionWeight, hard_label_loss, teacher_loss, with_attribution
+from .losses import AttributionWeight, hard_label_loss, teacher_logits, teacher_loss, with_attribution
 from .resized import example_rows, module_variant
 
 Criterion = Literal["l1", "l2"]
@@ -90,7 +90,8 @@ def finetune(module: nn.Module, data: DataBundle, epochs: int, *, lr: float = 1e
     loss = None
     if teacher is not None:
         teacher.eval()
-        loss = functools.partial(teacher_loss, teacher, temperature, alpha)
+        loss = functools.partial(teacher_loss, teacher, temperature, alpha,
+                                 cache=teacher_logits(teacher, tensors["x_train"]))
     if attribution_teacher is not None and attribution_weight > 0:
         loss = with_attribution(loss or hard_label_loss, module, attribution_teacher, attribution_weight)
     state = training_loop(module, tensors, options, loss=loss)

@@ -324,3 +324,28 @@ def test_unregistered_family_is_refused(method, models, digits):
     odd = LoadedModel(module=mlp.module, spec=ModelSpec.from_dict({**mlp.spec.to_dict(), "family": "forest"}))
     with pytest.raises(ToolkitError, match="forest"):
         get_method(method).func(odd, digits)
+
+
+def test_the_teacher_runs_once_per_training_row_not_once_per_epoch(models, digits):
+    """The teacher is in eval mode and the training rows do not change: its logits are computed once and looked up
+    by row, and the distillation loss is the one the teacher's own forward pass gives."""
+    from compress.distill import _student, train_student
+    from compress.losses import teacher_logits, teacher_loss
+    from trainers.loop import Batch
+
+    teacher = models["mlp"].module
+    rows_seen = []
+    hook = teacher.register_forward_hook(lambda module, inputs, output: rows_seen.append(len(inputs[0])))
+    try:
+        student = _student(models["mlp"], digits, None, None, 0.25, 0)[0]
+        rows_seen.clear()                 # (a student's checks may call the teacher)
+        train_student(student, digits, 3, teacher=teacher, seed=0)
+    finally:
+        hook.remove()
+    assert sum(rows_seen) == len(digits.x_train)
+    x = torch.from_numpy(digits.x_train)
+    index = torch.tensor([5, 0, 17])
+    batch = Batch(x[index], torch.from_numpy(digits.y_train)[index], {"index": index})
+    logits = torch.randn(3, 10)
+    cached = teacher_loss(teacher, 4.0, 0.9, logits, batch, cache=teacher_logits(teacher, x))
+    assert torch.allclose(cached, teacher_loss(teacher, 4.0, 0.9, logits, batch), atol=1e-5)

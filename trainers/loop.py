@@ -270,7 +270,7 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
         if not isinstance(x, torch.Tensor):
             index = index.sort().values  # the same batch, read from the file front to back
             order[start:start + len(index)] = index  # ... and its predictions compared in that order
-        batch = Batch(rows(x, index, device), y[index])
+        batch = Batch(rows(x, index, device), y[index], {"index": index})  # rows of the split: a loss may look up
         if transform is not None:
             batch = transform(batch)
         with autocast(device, amp):
