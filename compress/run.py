@@ -19,7 +19,7 @@ from trainers.data import DataBundle, align_classes, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError
 from trainers.options import Fraction, PositiveFloat, Ratio, check_value
-from trainers.progress import reporter
+from trainers.progress import progress_target, reporter
 
 from .auto import baseline_variant, plan, search, settle
 from .export import raw_rows_onnx, with_metadata
@@ -242,7 +242,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
             auto chooses the fastest there; the artifacts themselves are the same files either way.
         target, table: label column and `TableOptions` of a table; by default those recorded at training.
         progress: a callback receiving `trainers.progress.ProgressEvent`s: each method (each auto candidate)
-            and each variant measured.
+            and each variant measured; True renders them on stderr, None or False: quiet (as in `train`).
         tracker: records the request, each variant's measurements and the chosen variant
             (`trainers.tracking.open_tracker`).
     """
@@ -283,7 +283,8 @@ def _compress_model(model, data, methods, max_drop, out, overwrite, options, rat
 
         run = RunDir(out, kind="compress", overwrite=overwrite, inputs=[model.path, model.origin, data.source])
     try:
-        result = _compress(model, data, methods, max_drop, options, ratio, progress, **fidelity)
+        with progress_target(progress) as target:
+            result = _compress(model, data, methods, max_drop, options, ratio, target, **fidelity)
         result.seconds = time.perf_counter() - start
         if run is not None:
             _write(run, result, model, data, methods, max_drop, options, ratio)

@@ -11,7 +11,7 @@ import numpy as np
 from trainers.data import align_classes
 from trainers.errors import ToolkitError
 from trainers.options import Seed, check_value
-from trainers.progress import reporter
+from trainers.progress import progress_target, reporter
 from trainers.schema import ExplainResultFile
 
 from .methods import resolve
@@ -156,7 +156,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
         table: `trainers.tables.TableOptions` for a table; by default the target and columns recorded at training.
         tracker: records the request, each method's quality figures and drift (`trainers.tracking.open_tracker`).
-        progress: a callback receiving a `trainers.progress.ProgressEvent` per method on each model.
+        progress: a callback receiving a `trainers.progress.ProgressEvent` per method on each model; True renders
+            them on stderr, None or False: quiet (as in `train`).
 
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
@@ -196,8 +197,9 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     inputs = [original.path, original.origin, bundle.source, *(v.path for _, v in variants)]
     run = RunDir(out, kind="explain", overwrite=overwrite, inputs=inputs) if out is not None else None
     try:
-        report = reporter(progress, "explain", len(methods) * (1 + len(variants)))
-        result = _run(original, variants, bundle, methods, int(samples), seed, report, run, accuracy)
+        with progress_target(progress) as target:
+            report = reporter(target, "explain", len(methods) * (1 + len(variants)))
+            result = _run(original, variants, bundle, methods, int(samples), seed, report, run, accuracy)
         result.summary = ExplainResultFile.model_validate(
             {**result.summary, "seconds": round(time.perf_counter() - start, 2)}).dump()
         if run is not None:

@@ -132,3 +132,14 @@ def test_a_pipeline_result_shows_itself_in_one_line_and_as_a_table(tmp_path):
     assert "\n" not in text and len(text) < MAX_REPR and "train done" in text and "status='done'" in text
     html = result._repr_html_()
     assert "<table" in html and "explain" in html and result.report.as_uri() in html
+
+
+def test_progress_true_renders_every_stage_on_stderr_as_in_train(capsys):
+    """`progress=True` means the same in all three stages: a `ConsoleProgress` on stderr (plain lines when it is no
+    terminal), not a callable to call."""
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1), progress=True)
+    compress_model(trained.model, data, methods=["onnx-fp32"], progress=True)
+    explain_model(trained.model, data, methods=["saliency"], samples=4, progress=True)
+    err = capsys.readouterr().err
+    assert "train [1/1]" in err and "compress [1/1] onnx-fp32" in err and "explain [1/1] saliency" in err
