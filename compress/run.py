@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,25 +245,11 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         tracker: records the request, each variant's measurements and the chosen variant
             (`trainers.tracking.open_tracker`).
     """
-    from torch import nn
+    from trainers.usermodel import modes_kept
 
-    args = (model, data, methods, max_drop, out, overwrite, options, ratio, target, table, progress, tracker,
-            min_agreement, budget_seconds, device)
-    if isinstance(model, nn.Module):  # the user's own module: its train/eval mode is given back as it was
-        with _mode_kept(model):
-            return _compress_model(*args)
-    return _compress_model(*args)
-
-
-@contextmanager
-def _mode_kept(module):
-    """Every submodule's `training` flag as it was before, whatever the measurement set."""
-    modes = [(m, m.training) for m in module.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
+    with modes_kept(model):  # the user's own module is given back in its train/eval mode
+        return _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table,
+                               progress, tracker, min_agreement, budget_seconds, device)
 
 
 def _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table, progress, tracker,

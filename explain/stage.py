@@ -162,6 +162,13 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
     """
+    from trainers.usermodel import modes_kept
+
+    with modes_kept(model, *(compare or ())):  # a user's modules are given back in their train/eval mode
+        return _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker)
+
+
+def _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker) -> ExplainResult:
     from trainers import RunDir, accuracy, environment
     from trainers.tables import load_for_model
 

@@ -629,6 +629,23 @@ def test_compress_gives_the_users_module_back_in_its_mode(zoo):
     assert not any(m.training for m in module.modules())
 
 
+def test_explain_gives_the_users_modules_back_in_their_modes(zoo):
+    """As compress does: each submodule's flag as it was, the original's and a compared module's, a submodule left
+    in eval mode inside a training module included."""
+    import copy
+
+    import explain
+
+    module, bundle = zoo["seq_cnn"][:2]
+    other = copy.deepcopy(module)
+    module.train(), other.train()
+    last = list(module.modules())[-1].eval()
+    explain.explain_model(module, bundle, samples=4, methods=["saliency"], compare=[other])
+    assert [m.training for m in module.modules()] == [m is not last for m in module.modules()]
+    assert all(m.training for m in other.modules())
+    module.eval()
+
+
 def test_a_saved_variant_of_a_users_module_compresses_again_as_its_onnx_graph(zoo, tmp_path, capsys):
     """Read back without its class, a pruned variant of a user's module is its fp32 ONNX graph: the ONNX methods
     take it, as they take the same graph given as a file (a module's methods would need the class)."""
