@@ -245,9 +245,12 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
         tracker: records the request, each variant's measurements and the chosen variant
             (`trainers.tracking.open_tracker`).
     """
+    from trainers.fit import global_rng_kept
     from trainers.usermodel import modes_kept
 
-    with modes_kept(model):  # the user's own module is given back in its train/eval mode
+    # the user's own module is given back in its train/eval mode, and a notebook's random streams as they were
+    # (fine-tuning seeds them)
+    with modes_kept(model), global_rng_kept():
         return _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table,
                                progress, tracker, min_agreement, budget_seconds, device)
 

@@ -143,3 +143,20 @@ def test_progress_true_renders_every_stage_on_stderr_as_in_train(capsys):
     explain_model(trained.model, data, methods=["saliency"], samples=4, progress=True)
     err = capsys.readouterr().err
     assert "train [1/1]" in err and "compress [1/1] onnx-fp32" in err and "explain [1/1] saliency" in err
+
+
+def test_compress_leaves_the_global_random_streams_where_they_were():
+    """As `train` and `explain_model` do: structured pruning fine-tunes with seeded generators, and a notebook's
+    own draws afterwards continue its stream."""
+    import random
+
+    import numpy as np
+    import torch
+
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    compress_model(trained.model, data, methods=["prune-structured"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
