@@ -334,6 +334,8 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
         raise ToolkitError(not_made[0]["reason"])
     skipped += not_made
     variants = _unique(variants)
+    for v in variants:  # the model says which variant it is, saved or not (explain's comparison names it so)
+        v.model.spec.lineage["name"] = v.name
     chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
                             config=config, notes=notes, progress=progress,
                             guard=options.get("auto", {}) if "auto" in methods else None,

@@ -114,10 +114,20 @@ def _is_user_model(item) -> bool:
     return not hasattr(item, "spec") and not (isinstance(item, (str, Path)) and Path(item).is_dir())
 
 
+def _unwrapped(item) -> tuple:
+    """(model, its name) of a `compress.Variant` from a `compress_model` result; (item, None) for anything else."""
+    from compress.base import Variant
+
+    return (item.model, item.name) if isinstance(item, Variant) else (item, None)
+
+
 def _name(item, fallback: str) -> str:
-    """A compared model's name: its folder's or file's name; a module's class name; else `fallback`."""
+    """A compared model's name: its folder's or file's name; an in-memory variant's name in its lineage (as
+    `compress_model` named it); a module's class name; else `fallback`."""
     if hasattr(item, "spec"):
-        return Path(item.path).name if getattr(item, "path", None) else fallback
+        if getattr(item, "path", None):
+            return Path(item.path).name
+        return (item.spec.lineage or {}).get("name") or fallback
     if not isinstance(item, (str, Path)):
         return type(item).__name__ if hasattr(item, "forward") else fallback     # a module, never its repr
     folder = _artifact_of(item) or _chosen_of(item)
@@ -151,7 +161,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
             (`trainers.as_model`).
         data: a data spec (built-in name or file) or a `DataBundle`.
         methods: registered method names (default: `default_methods(family)`).
-        compare: compressed variants (paths or `LoadedModel`s) to compare with the original.
+        compare: compressed variants (paths, `LoadedModel`s or `compress.Variant`s) to compare with the
+            original, each named as its variant (its folder, or the name `compress_model` gave it).
         samples: number of test samples to explain (at least 1).
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
         table: `trainers.tables.TableOptions` for a table; by default the target and columns recorded at training.
@@ -185,8 +196,9 @@ def _explain(model, data, methods, compare, samples, out, overwrite, seed, progr
         resolve(method, original)                       # unknown or unsupported: refuse before any work
     variants = []
     for i, item in enumerate(compare or ()):
+        item, given = _unwrapped(item)
         variant = _load(item, f"variant{i}", data if _is_user_model(item) else None)
-        name = _unique(_name(item, f"variant{i}"), {n for n, _ in variants})
+        name = _unique(given or _name(item, f"variant{i}"), {n for n, _ in variants})
         from .compare import check_comparable
 
         check_comparable(original, variant, name)

@@ -160,3 +160,15 @@ def test_compress_leaves_the_global_random_streams_where_they_were():
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     compress_model(trained.model, data, methods=["prune-structured"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_compared_in_memory_variants_are_named_as_their_variants():
+    """A variant from a `compress_model` result, or its model, is named in the drift table and the metrics as
+    compress named it, not `variant0`: nothing on disk names it."""
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    compressed = compress_model(trained.model, data, methods=["int8-dynamic", "onnx-fp32"])
+    first, second = compressed.variants
+    explained = explain_model(trained.model, data, methods=["saliency"], samples=4, compare=[first, second.model])
+    assert list(explained.to_frame("drift")["variant"]) == [first.name, second.name]
+    assert set(explained.summary["runtimes"]) == {"original", first.name, second.name}
