@@ -1,8 +1,9 @@
 """One progress interface for every stage: a callback that receives `ProgressEvent`s.
 
 `train`, `compress_model` and `explain_model` take `progress=`: None or False (quiet), True (`ConsoleProgress`),
-or any callable taking an event (stage, step, total, message). `str(event)` is a plain line, so `progress=print` works. `ConsoleProgress`
-renders the events on stderr: rich progress bars with an ETA on a terminal, plain lines when piped.
+or any callable taking an event (stage, step, total, message). `str(event)` is a plain line, so `progress=print`
+works. `ConsoleProgress` renders the events on stderr: rich progress bars with an ETA on a terminal, plain lines
+when piped.
 """
 
 from __future__ import annotations
