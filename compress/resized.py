@@ -72,7 +72,7 @@ def module_variant(model: LoadedModel, module: nn.Module, recipe: dict, name: st
                    data: DataBundle) -> Variant:
     """A variant for a smaller `module` made from `model`: a built-in family's rebuildable artifact, or, for
     any other module (whose own class no longer fits its widths), an ONNX artifact with the module as its
-    PyTorch twin in memory."""
+    PyTorch twin in memory, its model carrying the graph so it predicts before it is saved."""
     config = rebuilt_config(model.spec, module)
     if config is not None:
         return Variant(name=name, model=derive_model(model, module, recipe, config=config), recipe=recipe, notes=notes)
@@ -82,5 +82,6 @@ def module_variant(model: LoadedModel, module: nn.Module, recipe: dict, name: st
     onnx_bytes = export_onnx(module, data)
     notes = [*notes, "saved as ONNX (model.onnx): the layer widths changed, so the original model class "
                      "cannot rebuild these weights"]
-    return Variant(name=name, model=onnx_variant_model(model, module, recipe), recipe=recipe, onnx_bytes=onnx_bytes,
-                   notes=notes)
+    variant_model = onnx_variant_model(model, module, recipe)
+    variant_model.onnx_bytes = onnx_bytes
+    return Variant(name=name, model=variant_model, recipe=recipe, onnx_bytes=onnx_bytes, notes=notes)

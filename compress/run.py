@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from trainers.data import DataBundle, align_classes, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError
 from trainers.options import Fraction, PositiveFloat, Ratio, check_value
-from trainers.progress import reporter
+from trainers.progress import progress_target, reporter
 
 from .auto import baseline_variant, plan, search, settle
 from .export import raw_rows_onnx, with_metadata
@@ -242,29 +241,18 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
             auto chooses the fastest there; the artifacts themselves are the same files either way.
         target, table: label column and `TableOptions` of a table; by default those recorded at training.
         progress: a callback receiving `trainers.progress.ProgressEvent`s: each method (each auto candidate)
-            and each variant measured.
+            and each variant measured; True renders them on stderr, None or False: quiet (as in `train`).
         tracker: records the request, each variant's measurements and the chosen variant
             (`trainers.tracking.open_tracker`).
     """
-    from torch import nn
+    from trainers.fit import global_rng_kept
+    from trainers.usermodel import modes_kept
 
-    args = (model, data, methods, max_drop, out, overwrite, options, ratio, target, table, progress, tracker,
-            min_agreement, budget_seconds, device)
-    if isinstance(model, nn.Module):  # the user's own module: its train/eval mode is given back as it was
-        with _mode_kept(model):
-            return _compress_model(*args)
-    return _compress_model(*args)
-
-
-@contextmanager
-def _mode_kept(module):
-    """Every submodule's `training` flag as it was before, whatever the measurement set."""
-    modes = [(m, m.training) for m in module.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
+    # the user's own module is given back in its train/eval mode, and a notebook's random streams as they were
+    # (fine-tuning seeds them)
+    with modes_kept(model), global_rng_kept():
+        return _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table,
+                               progress, tracker, min_agreement, budget_seconds, device)
 
 
 def _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table, progress, tracker,
@@ -283,7 +271,8 @@ def _compress_model(model, data, methods, max_drop, out, overwrite, options, rat
 
         run = RunDir(out, kind="compress", overwrite=overwrite, inputs=[model.path, model.origin, data.source])
     try:
-        result = _compress(model, data, methods, max_drop, options, ratio, progress, **fidelity)
+        with progress_target(progress) as target:
+            result = _compress(model, data, methods, max_drop, options, ratio, target, **fidelity)
         result.seconds = time.perf_counter() - start
         if run is not None:
             _write(run, result, model, data, methods, max_drop, options, ratio)
@@ -345,6 +334,8 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
         raise ToolkitError(not_made[0]["reason"])
     skipped += not_made
     variants = _unique(variants)
+    for v in variants:  # the model says which variant it is, saved or not (explain's comparison names it so)
+        v.model.spec.lineage["name"] = v.name
     chosen, reason = settle(model, data, variants, baseline, max_drop=max_drop, min_agreement=min_agreement,
                             config=config, notes=notes, progress=progress,
                             guard=options.get("auto", {}),   # named methods too: a drifted pick is passed over

@@ -11,7 +11,7 @@ import numpy as np
 from trainers.data import align_classes
 from trainers.errors import ToolkitError
 from trainers.options import Seed, check_value
-from trainers.progress import reporter
+from trainers.progress import progress_target, reporter
 from trainers.schema import ExplainResultFile
 
 from .methods import resolve
@@ -114,10 +114,20 @@ def _is_user_model(item) -> bool:
     return not hasattr(item, "spec") and not (isinstance(item, (str, Path)) and Path(item).is_dir())
 
 
+def _unwrapped(item) -> tuple:
+    """(model, its name) of a `compress.Variant` from a `compress_model` result; (item, None) for anything else."""
+    from compress.base import Variant
+
+    return (item.model, item.name) if isinstance(item, Variant) else (item, None)
+
+
 def _name(item, fallback: str) -> str:
-    """A compared model's name: its folder's or file's name; a module's class name; else `fallback`."""
+    """A compared model's name: its folder's or file's name; an in-memory variant's name in its lineage (as
+    `compress_model` named it); a module's class name; else `fallback`."""
     if hasattr(item, "spec"):
-        return Path(item.path).name if getattr(item, "path", None) else fallback
+        if getattr(item, "path", None):
+            return Path(item.path).name
+        return (item.spec.lineage or {}).get("name") or fallback
     if not isinstance(item, (str, Path)):
         return type(item).__name__ if hasattr(item, "forward") else fallback     # a module, never its repr
     folder = _artifact_of(item) or _chosen_of(item)
@@ -151,16 +161,25 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
             (`trainers.as_model`).
         data: a data spec (built-in name or file) or a `DataBundle`.
         methods: registered method names (default: `default_methods(family)`).
-        compare: compressed variants (paths or `LoadedModel`s) to compare with the original.
+        compare: compressed variants (paths, `LoadedModel`s or `compress.Variant`s) to compare with the
+            original, each named as its variant (its folder, or the name `compress_model` gave it).
         samples: number of test samples to explain (at least 1).
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
         table: `trainers.tables.TableOptions` for a table; by default the target and columns recorded at training.
         tracker: records the request, each method's quality figures and drift (`trainers.tracking.open_tracker`).
-        progress: a callback receiving a `trainers.progress.ProgressEvent` per method on each model.
+        progress: a callback receiving a `trainers.progress.ProgressEvent` per method on each model; True renders
+            them on stderr, None or False: quiet (as in `train`).
 
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
     """
+    from trainers.usermodel import modes_kept
+
+    with modes_kept(model, *(compare or ())):  # a user's modules are given back in their train/eval mode
+        return _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker)
+
+
+def _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker) -> ExplainResult:
     from trainers import RunDir, accuracy, environment
     from trainers.tables import load_for_model
 
@@ -177,8 +196,9 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         resolve(method, original)                       # unknown or unsupported: refuse before any work
     variants = []
     for i, item in enumerate(compare or ()):
+        item, given = _unwrapped(item)
         variant = _load(item, f"variant{i}", data if _is_user_model(item) else None)
-        name = _unique(_name(item, f"variant{i}"), {n for n, _ in variants})
+        name = _unique(given or _name(item, f"variant{i}"), {n for n, _ in variants})
         from .compare import check_comparable
 
         check_comparable(original, variant, name)
@@ -196,8 +216,9 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     inputs = [original.path, original.origin, bundle.source, *(v.path for _, v in variants)]
     run = RunDir(out, kind="explain", overwrite=overwrite, inputs=inputs) if out is not None else None
     try:
-        report = reporter(progress, "explain", len(methods) * (1 + len(variants)))
-        result = _run(original, variants, bundle, methods, int(samples), seed, report, run, accuracy)
+        with progress_target(progress) as target:
+            report = reporter(target, "explain", len(methods) * (1 + len(variants)))
+            result = _run(original, variants, bundle, methods, int(samples), seed, report, run, accuracy)
         result.summary = ExplainResultFile.model_validate(
             {**result.summary, "seconds": round(time.perf_counter() - start, 2)}).dump()
         if run is not None:

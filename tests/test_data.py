@@ -177,6 +177,42 @@ def test_labels_are_values_in_an_npz_as_in_a_table(tmp_path, labels, names):
     assert load_data((X, labels)).class_names == names
 
 
+def _pandas_labels():
+    import pandas as pd
+
+    text = np.where(np.arange(30) % 2, "dog", "cat")
+    return [pd.Series(text), np.array(text, dtype=object), pd.Series(text, dtype="string"),
+            pd.Series(text, dtype="category"), pd.Series(pd.Categorical(text, categories=["dog", "cat"]))]
+
+
+@pytest.mark.parametrize("labels", _pandas_labels(), ids=["series", "object", "string", "category", "ordered"])
+def test_text_labels_from_pandas_are_classes_by_name_as_a_list_of_str(labels):
+    """A notebook's labels come as pandas columns: their text is the classes, sorted by name as a list of str's
+    (and a table's) are, whatever order a category declares."""
+    bundle = load_data((X, labels))
+    assert bundle.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(bundle.y_train, load_data((X, list(np.asarray(labels, str)))).y_train)
+
+
+@pytest.mark.parametrize("missing", [None, np.nan, "NA"])
+def test_missing_labels_are_refused_in_one_line_counting_them(missing):
+    import pandas as pd
+
+    labels = pd.Series(np.where(np.arange(30) % 2, "dog", "cat"), dtype="string" if missing == "NA" else object)
+    labels[[3, 8]] = pd.NA if missing == "NA" else missing
+    with pytest.raises(DataError, match=r"y has 2 missing label\(s\)"):
+        load_data((X, labels))
+
+
+def test_a_dataframe_keeps_its_column_names_and_bool_labels_are_named_false_and_true():
+    import pandas as pd
+
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    bundle = load_data((frame, np.arange(30) % 2 == 1))
+    assert bundle.feature_names == list(frame.columns) and bundle.class_names == ["False", "True"]
+    assert data_module.DataBundle.from_arrays(X, Y == 1, class_names=["no", "yes"]).class_names == ["no", "yes"]
+
+
 def test_npz_with_pickled_objects_is_refused_without_unpickling(tmp_path):
     path = tmp_path / "obj.npz"
     np.savez(path, x=np.array([object()] * 30, dtype=object), y=Y)

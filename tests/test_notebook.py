@@ -132,3 +132,43 @@ def test_a_pipeline_result_shows_itself_in_one_line_and_as_a_table(tmp_path):
     assert "\n" not in text and len(text) < MAX_REPR and "train done" in text and "status='done'" in text
     html = result._repr_html_()
     assert "<table" in html and "explain" in html and result.report.as_uri() in html
+
+
+def test_progress_true_renders_every_stage_on_stderr_as_in_train(capsys):
+    """`progress=True` means the same in all three stages: a `ConsoleProgress` on stderr (plain lines when it is no
+    terminal), not a callable to call."""
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1), progress=True)
+    compress_model(trained.model, data, methods=["onnx-fp32"], progress=True)
+    explain_model(trained.model, data, methods=["saliency"], samples=4, progress=True)
+    err = capsys.readouterr().err
+    assert "train [1/1]" in err and "compress [1/1] onnx-fp32" in err and "explain [1/1] saliency" in err
+
+
+def test_compress_leaves_the_global_random_streams_where_they_were():
+    """As `train` and `explain_model` do: structured pruning fine-tunes with seeded generators, and a notebook's
+    own draws afterwards continue its stream."""
+    import random
+
+    import numpy as np
+    import torch
+
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    compress_model(trained.model, data, methods=["prune-structured"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_compared_in_memory_variants_are_named_as_their_variants():
+    """A variant from a `compress_model` result, or its model, is named in the drift table and the metrics as
+    compress named it, not `variant0`: nothing on disk names it."""
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    compressed = compress_model(trained.model, data, methods=["int8-dynamic", "onnx-fp32"])
+    first, second = compressed.variants
+    explained = explain_model(trained.model, data, methods=["saliency"], samples=4, compare=[first, second.model])
+    assert list(explained.to_frame("drift")["variant"]) == [first.name, second.name]
+    assert set(explained.summary["runtimes"]) == {"original", first.name, second.name}

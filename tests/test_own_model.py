@@ -629,6 +629,39 @@ def test_compress_gives_the_users_module_back_in_its_mode(zoo):
     assert not any(m.training for m in module.modules())
 
 
+def test_explain_gives_the_users_modules_back_in_their_modes(zoo):
+    """As compress does: each submodule's flag as it was, the original's and a compared module's, a submodule left
+    in eval mode inside a training module included."""
+    import copy
+
+    import explain
+
+    module, bundle = zoo["seq_cnn"][:2]
+    other = copy.deepcopy(module)
+    module.train(), other.train()
+    last = list(module.modules())[-1].eval()
+    explain.explain_model(module, bundle, samples=4, methods=["saliency"], compare=[other])
+    assert [m.training for m in module.modules()] == [m is not last for m in module.modules()]
+    assert all(m.training for m in other.modules())
+    module.eval()
+
+
+def test_in_memory_variants_of_a_users_module_predict_and_are_explained(zoo):
+    """Without `out=`, a pruned user module is an ONNX graph kept in memory (its class cannot take the new widths):
+    the variant's model carries that graph, so it predicts and is compared as a saved variant is."""
+    import compress
+    import explain
+
+    module, bundle = zoo["mlp_layernorm"][:2]
+    result = compress.compress_model(module, bundle, methods=["prune-structured"],
+                                     options={"prune-structured": {"finetune_epochs": 1}})
+    pruned = result.variants[0].model
+    assert pruned.spec.runtime == "onnxruntime" and pruned.path is None
+    assert trainers.predict(pruned, bundle.x_test).shape == (len(bundle.x_test), CLASSES)
+    drift = explain.explain_model(module, bundle, samples=4, methods=["saliency"], compare=[pruned]).to_frame("drift")
+    assert len(drift) == 1
+
+
 def test_a_saved_variant_of_a_users_module_compresses_again_as_its_onnx_graph(zoo, tmp_path, capsys):
     """Read back without its class, a pruned variant of a user's module is its fp32 ONNX graph: the ONNX methods
     take it, as they take the same graph given as a file (a module's methods would need the class)."""

@@ -67,7 +67,10 @@ class DataBundle:
     @classmethod
     def from_arrays(cls, x, y, *, x_test=None, y_test=None, class_names=None, feature_names=None,
                     name: str = "arrays", seed: int = 0) -> "DataBundle":
-        """A bundle from NumPy arrays (or anything `np.asarray` takes): x (N, ...) and integer labels y (N,)."""
+        """A bundle from NumPy arrays (or anything `np.asarray` takes): x (N, ...) and labels y (N,), integers or
+        text. A DataFrame's column names are the feature names unless `feature_names` is given."""
+        if feature_names is None and type(x).__name__ == "DataFrame":
+            feature_names = [str(c) for c in x.columns]
         return _finish(name, f"arrays:{name}", x, y, x_test, y_test, class_names, feature_names, seed)
 
     @property
@@ -302,10 +305,19 @@ def _array(values, what: str, keep_subclass: bool = False) -> np.ndarray:
         raise DataError(f"{what} is not a rectangular array (rows of unequal length, or mixed types)") from None
 
 
-def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
+def _as_labels(y, what: str, by_name: bool = True) -> np.ndarray:
+    """Labels as int64 values, or as text where they are classes by name: text from a list, a NumPy array or a
+    pandas column (object, `string` or `category`; sorted by name later, as a table's labels are) and, `by_name`
+    (no class_names to index), bools, named 'False' and 'True' as a table's bool column is."""
+    given = getattr(y, "dtype", None)  # pandas' dtype, named in a refusal rather than the object array it gives
     y = _array(y, what)
+    _refuse_missing(y, what)
+    if y.dtype.kind == "O":  # typed as a list of the same values is: str, numbers, bools
+        y = _array(y.tolist(), what)
     if y.ndim != 1:
         raise DataError(f"{what} must be one-dimensional (N,), got shape {tuple(y.shape)}")
+    if y.dtype.kind == "b" and by_name:
+        return y.astype(str)
     if y.dtype.kind in "iub":
         return y.astype(np.int64, copy=False)
     if y.dtype.kind == "f":
@@ -314,7 +326,19 @@ def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
         return y.astype(np.int64)
     if y.dtype.kind in "US":  # text labels ("cat", "dog"): the classes are their values, as in a table
         return y.astype(str)
-    raise DataError(f"{what} must be integer or text class labels, got dtype {y.dtype}")
+    raise DataError(f"{what} must be integer or text class labels, got dtype {y.dtype if given is None else given}")
+
+
+def _refuse_missing(y: np.ndarray, what: str) -> None:
+    """One line counting the missing labels (None, NaN, pd.NA): a row without a class cannot be trained on, and
+    as text NaN would become a class 'nan'."""
+    if y.dtype.kind not in "Of":
+        return
+    import pandas as pd
+
+    missing = int(np.count_nonzero(pd.isna(y)))
+    if missing:
+        raise DataError(f"{what} has {missing} missing label(s) (None, NaN or NA): drop those rows")
 
 
 def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
@@ -343,11 +367,11 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     `constant`: what a feature that is constant in the training split gets: "refuse" (arrays: one line naming
     the columns) or "centre" (tables, whose constant columns were dropped before: std 1).
     """
-    x, y = _as_inputs(x, "x"), _as_labels(y, "y")
+    x, y = _as_inputs(x, "x"), _as_labels(y, "y", class_names is None)
     if len(x) != len(y):
         raise DataError(f"x has {len(x)} samples but y has {len(y)} labels")
     if x_test is not None:
-        x_test, y_test = _as_inputs(x_test, "x_test"), _as_labels(y_test, "y_test")
+        x_test, y_test = _as_inputs(x_test, "x_test"), _as_labels(y_test, "y_test", class_names is None)
         if len(x_test) != len(y_test):
             raise DataError(f"x_test has {len(x_test)} samples but y_test has {len(y_test)} labels")
         if x_test.shape[1:] != x.shape[1:]:

@@ -1,13 +1,15 @@
 """One progress interface for every stage: a callback that receives `ProgressEvent`s.
 
-`train`, `compress_model` and `explain_model` take `progress=`: None (quiet), or any callable taking an event
-(stage, step, total, message). `str(event)` is a plain line, so `progress=print` works. `ConsoleProgress`
-renders the events on stderr: rich progress bars with an ETA on a terminal, plain lines when piped.
+`train`, `compress_model` and `explain_model` take `progress=`: None or False (quiet), True (`ConsoleProgress`),
+or any callable taking an event (stage, step, total, message). `str(event)` is a plain line, so `progress=print`
+works. `ConsoleProgress` renders the events on stderr: rich progress bars with an ETA on a terminal, plain lines
+when piped.
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -38,6 +40,17 @@ def reporter(progress: ProgressCallback | Callable | None, stage: str, total: in
             progress(ProgressEvent(stage, step, total, message))
 
     return report
+
+
+@contextmanager
+def progress_target(progress):
+    """The callback a stage's `progress=` names, as `train` reads it: True renders the events on stderr (a
+    `ConsoleProgress`, its bars stopped when the stage returns), None or False nothing, a callable gets them."""
+    if progress is True:
+        with ConsoleProgress() as console:
+            yield console
+    else:
+        yield None if progress is False else progress
 
 
 class ConsoleProgress:

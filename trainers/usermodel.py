@@ -15,6 +15,7 @@ and pass it, or to export it to ONNX.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,18 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".pt2")
 PYTHON_ROUTE = ("build the module in your own Python code and pass it (compress.compress_model(MyNet(), data)), "
                 "or export it to ONNX (torch.onnx.export) and pass the .onnx file")
 EXAMPLE_SAMPLES = 3  # the forward check runs on this many samples (a batch above 1 catches a fixed batch axis)
+
+
+@contextmanager
+def modes_kept(*models):
+    """Every submodule's `training` flag of the user's modules among `models` as it was, after the block: the
+    stages evaluate in eval mode, and a notebook's `net.train()` (or a submodule left in train mode) stands."""
+    modes = [(m, m.training) for model in models if isinstance(model, nn.Module) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def as_model(model, data=None, *, class_names=None, module: nn.Module | None = None) -> LoadedModel:
