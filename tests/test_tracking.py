@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,31 @@ print(code, loaded)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
                           env={**env, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert done.stdout.strip().splitlines()[-1] == "0 []", done.stderr[-2000:]
+
+
+def test_names_mlflow_refuses_are_mapped_the_same_for_both_backends(tmp_path, file_store):
+    """A variant of auto's (`...+int8-dynamic-onnx`) or a compared folder `v(int8)` failed the run in MLflow."""
+    names = {"prune-structured-20-uniform+int8-dynamic-onnx.accuracy": 0.9, "drift.v(int8).saliency.cosine": 0.5,
+             "drift.v_int8_.saliency.cosine": 0.4}
+    options = TrackingOptions(mlflow=file_store, tensorboard=str(tmp_path / "tb"))
+    with open_tracker(options, "compress") as tracker:
+        tracker.log_params({"options": {"a+b": 1}})
+        tracker.log_metrics(names, step=1)
+        tracker.log_metrics(names, step=2)
+    keys = {"prune-structured-20-uniform_plus_int8-dynamic-onnx.accuracy": 0.9, "drift.v_int8_.saliency.cosine": 0.5,
+            "drift.v_int8_.saliency.cosine-2": 0.4}
+    [run] = runs(file_store)
+    assert run.data.metrics == keys and run.data.params == {"options.a_plus_b": "1"}
+    [board] = (tmp_path / "tb").iterdir()
+    assert {tag: [v for _, v in points] for tag, points in scalars(board).items()} == {
+        key: [pytest.approx(value)] * 2 for key, value in keys.items()}
+
+
+def test_explain_compares_a_folder_whose_name_mlflow_refuses(tmp_path, file_store, capsys):
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(tmp_path / "m")]) == 0
+    shutil.copytree(tmp_path / "m", tmp_path / "v(int8)")
+    assert main(["explain", str(tmp_path / "m"), "--data", "iris", "--method", "saliency", "--samples", "4",
+                 "--compare", str(tmp_path / "v(int8)"), "--out", str(tmp_path / "e"), "--mlflow", file_store]) == 0
+    [run] = runs(file_store)
+    assert "drift.v_int8_.saliency.topk_overlap" in run.data.metrics
+

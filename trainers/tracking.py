@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ from .options import FORBID_EXTRA, Str
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 _PARAM_LIMIT = 6000  # MLflow's longest parameter value
+_KEY_LIMIT = 250  # MLflow's longest metric or parameter name
+_OUTSIDE_KEY = re.compile(r"[^\w\-./]")  # what both MLflow (on every OS) and TensorBoard's tags take
 
 
 @dataclass
@@ -169,6 +173,40 @@ def numbers(values: dict) -> dict:
     return out
 
 
+class _Keys:
+    """Metric and parameter names as the backends take them, one instance per run.
+
+    MLflow refuses a name with a character outside letters, digits, `_ - . / : space` (`:` not on Windows), so
+    the `+` of a variant `prune-structured-20-uniform+int8-dynamic-onnx.accuracy` or the brackets of a compared
+    folder `v(int8)` failed the whole run. Here `+` becomes `_plus_` and any other such character (or `:` and
+    space) `_`, a name that would read as another path (`a//b`, `./a`) loses its `/`, and a name that then
+    repeats one already given gets `-2`, `-3`... Each name keeps its key for the run, so a per-epoch curve
+    stays one metric; TensorBoard gets the same keys, so one figure has one name in both.
+    """
+
+    def __init__(self):
+        self._given: dict[str, str] = {}
+        self._taken: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        if name not in self._given:
+            key = _valid_key(name)
+            base, n = key, 1
+            while key in self._taken:
+                n += 1
+                key = f"{base[:_KEY_LIMIT - len(str(n)) - 1]}-{n}"
+            self._given[name] = key
+            self._taken.add(key)
+        return self._given[name]
+
+
+def _valid_key(name: str) -> str:
+    key = _OUTSIDE_KEY.sub("_", name.replace("+", "_plus_"))
+    if posixpath.normpath(key) != key or key.startswith((".", "/")):
+        key = key.replace("/", "_").lstrip(".") or "_"
+    return key[:_KEY_LIMIT]
+
+
 def _param_text(value) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:_PARAM_LIMIT]
@@ -181,6 +219,7 @@ class MLflowTracker(_Run):
         self.uri, self.experiment, self.name, self.parent = uri, experiment, name, parent
         self._client = parent._client if parent else None
         self.run_id: str | None = None
+        self._metric_key, self._param_key = _Keys(), _Keys()
 
     def _start(self) -> str:
         if self.run_id is not None:
@@ -209,7 +248,7 @@ class MLflowTracker(_Run):
         run_id = self._start()  # first: it says in one line when mlflow is missing
         from mlflow.entities import Param
 
-        flat = [Param(key, _param_text(value)) for key, value in flatten(params).items()]
+        flat = [Param(self._param_key(key), _param_text(value)) for key, value in flatten(params).items()]
         for i in range(0, len(flat), 100):  # MLflow takes at most 100 parameters per batch
             self._client.log_batch(run_id, params=flat[i:i + 100])
 
@@ -218,7 +257,7 @@ class MLflowTracker(_Run):
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        rows = [Metric(key, value, stamp, step or 0) for key, value in numbers(metrics).items()]
+        rows = [Metric(self._metric_key(key), value, stamp, step or 0) for key, value in numbers(metrics).items()]
         for i in range(0, len(rows), 1000):
             self._client.log_batch(run_id, metrics=rows[i:i + 1000])
 
@@ -243,6 +282,7 @@ class TensorBoardTracker(_Run):
     def __init__(self, directory: Path):
         self.directory = directory
         self._writer = None
+        self._tag = _Keys()
 
     def _open(self):
         if self._writer is None:
@@ -261,7 +301,7 @@ class TensorBoardTracker(_Run):
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         writer = self._open()
         for key, value in numbers(metrics).items():
-            writer.add_scalar(key, value, step or 0)
+            writer.add_scalar(self._tag(key), value, step or 0)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         pass  # TensorBoard keeps scalars; the files stay in the run directory
