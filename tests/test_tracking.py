@@ -14,7 +14,7 @@ import pytest
 
 from cli.main import main
 from reports import run_pipeline
-from trainers.tracking import NullTracker, TrackingOptions, open_tracker
+from trainers.tracking import NullTracker, TensorBoardTracker, TrackingOptions, _Both, open_tracker
 
 mlflow = pytest.importorskip("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -218,3 +218,19 @@ def test_explain_compares_a_folder_whose_name_mlflow_refuses(tmp_path, file_stor
     [run] = runs(file_store)
     assert "drift.v_int8_.saliency.topk_overlap" in run.data.metrics
 
+
+def test_one_failing_backend_does_not_skip_the_other(tmp_path):
+    class Refusing(NullTracker):
+        def log_metrics(self, metrics, step=None):
+            raise RuntimeError("store gone")
+
+        def finish(self, status="FINISHED"):
+            raise RuntimeError("store gone")
+
+    board = TensorBoardTracker(tmp_path / "tb")
+    both = _Both([Refusing(), board])
+    with pytest.raises(RuntimeError, match="store gone"):
+        both.log_metrics({"m": 1.0}, step=1)
+    with pytest.raises(RuntimeError, match="store gone"):
+        both.finish()
+    assert board._writer is None and scalars(tmp_path / "tb")["m"] == [(1, 1.0)]

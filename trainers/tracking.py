@@ -127,27 +127,36 @@ def _fresh_folder(root: Path, name: str) -> Path:
 
 
 class _Both(_Run):
+    """MLflow and TensorBoard together: every call reaches each backend, then the first error is raised, so a
+    store that fails (a server gone) neither costs the other its record nor leaves its event file open."""
+
     def __init__(self, backends: list):
         self.backends = backends
 
+    def _each(self, call) -> None:
+        first = None
+        for backend in self.backends:
+            try:
+                call(backend)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
     def log_params(self, params: dict) -> None:
-        for b in self.backends:
-            b.log_params(params)
+        self._each(lambda b: b.log_params(params))
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        for b in self.backends:
-            b.log_metrics(metrics, step)
+        self._each(lambda b: b.log_metrics(metrics, step))
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        for b in self.backends:
-            b.log_artifact(path, folder)
+        self._each(lambda b: b.log_artifact(path, folder))
 
     def child(self, name: str) -> "_Both":
         return _Both([b.child(name) for b in self.backends])
 
     def finish(self, status: str = "FINISHED") -> None:
-        for b in self.backends:
-            b.finish(status)
+        self._each(lambda b: b.finish(status))
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
