@@ -8,12 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from cli.main import main
 from reports import run_pipeline
+from trainers.errors import ToolkitError
 from trainers.tracking import NullTracker, TensorBoardTracker, TrackingOptions, _Both, open_tracker
 
 mlflow = pytest.importorskip("mlflow")
@@ -179,6 +181,7 @@ def test_no_tracking_asked_for_is_a_no_op(monkeypatch):
 def test_neither_backend_is_imported_unless_asked_for(tmp_path):
     script = f"""
 import sys
+import time
 from cli.main import main
 code = main(["pipeline", "iris", "--model", "mlp", "--epochs", "2", "--method", "int8-dynamic",
              "--explain-method", "saliency", "--samples", "4", "--out", {str(tmp_path / 'run')!r}])
@@ -234,3 +237,35 @@ def test_one_failing_backend_does_not_skip_the_other(tmp_path):
     with pytest.raises(RuntimeError, match="store gone"):
         both.finish()
     assert board._writer is None and scalars(tmp_path / "tb")["m"] == [(1, 1.0)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "m"
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("stage", [["compress", "--method", "int8-dynamic"],
+                                   ["explain", "--method", "saliency", "--samples", "4"]])
+@pytest.mark.parametrize("flag", ["--mlflow", "--tensorboard"])
+def test_an_unusable_tracking_target_is_one_line_before_the_work(tmp_path, trained, stage, flag, capsys):
+    """compress and explain refused it only after committing --out (a rerun was then refused too); a
+    TensorBoard folder under a file was NotADirectoryError, exit 1."""
+    (tmp_path / "o.txt").write_text("not a folder")
+    under_file = "sqlite:///" + str(tmp_path / "o.txt" / "x.db") if flag == "--mlflow" else str(tmp_path / "o.txt" / "tb")
+    out = tmp_path / "run"
+    code = main([stage[0], str(trained), "--data", "iris", *stage[1:], "--out", str(out), flag, under_file])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {flag[2:]}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_a_server_that_does_not_answer_is_reported_in_seconds(monkeypatch):
+    """MLflow's default retries took 259 s; the check bounds them and gives the caller's environment back."""
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ToolkitError, match="mlflow tracking at http://127.0.0.1:9"):
+        open_tracker(TrackingOptions(mlflow="http://127.0.0.1:9"), "train")
+    assert time.perf_counter() - started < 30
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ

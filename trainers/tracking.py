@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -97,7 +98,14 @@ class NullTracker(_Run):
 
 
 def open_tracker(options: TrackingOptions | None, name: str) -> Tracker:
-    """The tracker `options` ask for (MLflow, TensorBoard, both, or none), for a run called `name`."""
+    """The tracker `options` ask for (MLflow, TensorBoard, both, or none), for a run called `name`.
+
+    Each backend is checked here, before the stage's work, so a store that cannot record (a refused URI, a
+    server that does not answer) is one ToolkitError before a run directory is written or committed. Ranks
+    other than torchrun's 0 skip the check: they never record (`train` gives them a NullTracker).
+    """
+    from .distributed import env_context
+
     options = options or TrackingOptions()
     uri = options.mlflow or os.environ.get(ENV_URI) or None
     backends: list = []
@@ -107,6 +115,9 @@ def open_tracker(options: TrackingOptions | None, name: str) -> Tracker:
         backends.append(TensorBoardTracker(_fresh_folder(Path(options.tensorboard).expanduser(), name)))
     if not backends:
         return NullTracker()
+    if env_context().is_main:
+        for backend in backends:
+            backend.check()
     return backends[0] if len(backends) == 1 else _Both(backends)
 
 
@@ -221,36 +232,72 @@ def _param_text(value) -> str:
     return text[:_PARAM_LIMIT]
 
 
+@contextmanager
+def _mlflow_errors(uri: str):
+    """Any error of MLflow's (a refused URI, a store it cannot open, an unreachable server) as one line."""
+    try:
+        yield
+    except ToolkitError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ToolkitError(f"mlflow tracking at {uri}: {first}") from None
+
+
+# For the up-front check only, where the caller set neither: a server that refuses (http://127.0.0.1:9) took
+# 259 s of MLflow's default retries with back-off before its error, 1.2 s with these (MLflow's import included);
+# the run's own records keep the defaults.
+_CHECK_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextmanager
+def _bounded_requests():
+    unset = [name for name in _CHECK_REQUESTS if name not in os.environ]
+    os.environ.update({name: _CHECK_REQUESTS[name] for name in unset})
+    try:
+        yield
+    finally:
+        for name in unset:
+            os.environ.pop(name, None)
+
+
 class MLflowTracker(_Run):
     """One MLflow run, created at its first record through `MlflowClient` (no global active run is touched)."""
 
     def __init__(self, uri: str, experiment: str, name: str, parent: "MLflowTracker | None" = None):
         self.uri, self.experiment, self.name, self.parent = uri, experiment, name, parent
-        self._client = parent._client if parent else None
-        self.run_id: str | None = None
+        self._client = None  # made by `_connect`, with the experiment's id and the parent run's
+        self.experiment_id = self.parent_id = self.run_id = None
         self._metric_key, self._param_key = _Keys(), _Keys()
 
-    def _start(self) -> str:
-        if self.run_id is not None:
-            return self.run_id
+    def check(self) -> None:
+        """Open the store and find or make the experiment now, before the stage's work (`open_tracker`)."""
+        with _bounded_requests():
+            self._connect()
+
+    def _connect(self) -> None:
+        if self._client is not None:
+            return
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ToolkitError("MLflow tracking needs the mlflow package: pip install 'toolkit[tracking]'") from None
-        tags = {"mlflow.runName": self.name}
-        try:
+        with _mlflow_errors(self.uri):
             if self.parent is not None:
-                tags["mlflow.parentRunId"] = self.parent._start()
-                experiment_id = self.parent.experiment_id
+                self.parent_id, self.experiment_id = self.parent._start(), self.parent.experiment_id
+                self._client = self.parent._client
             else:
-                self._client = MlflowClient(tracking_uri=self.uri)
-                found = self._client.get_experiment_by_name(self.experiment)
-                experiment_id = found.experiment_id if found else self._client.create_experiment(self.experiment)
-            self.experiment_id = experiment_id
-            self.run_id = self._client.create_run(experiment_id, tags=tags, run_name=self.name).info.run_id
-        except Exception as exc:  # MlflowException, a refused URI, an unreachable server
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ToolkitError(f"mlflow tracking at {self.uri}: {first}") from None
+                client = MlflowClient(tracking_uri=self.uri)
+                found = client.get_experiment_by_name(self.experiment)
+                self.experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+                self._client = client
+
+    def _start(self) -> str:
+        if self.run_id is None:
+            self._connect()
+            tags = {"mlflow.runName": self.name, **({"mlflow.parentRunId": self.parent_id} if self.parent_id else {})}
+            with _mlflow_errors(self.uri):
+                self.run_id = self._client.create_run(self.experiment_id, tags=tags, run_name=self.name).info.run_id
         return self.run_id
 
     def log_params(self, params: dict) -> None:
@@ -295,12 +342,7 @@ class TensorBoardTracker(_Run):
 
     def _open(self):
         if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ToolkitError("TensorBoard logging needs the tensorboard package: "
-                                   "pip install 'toolkit[tracking]'") from None
-            self._writer = SummaryWriter(log_dir=str(self.directory))
+            self._writer = _summary_writer()(log_dir=str(self.directory))
         return self._writer
 
     def log_params(self, params: dict) -> None:
@@ -318,10 +360,28 @@ class TensorBoardTracker(_Run):
     def child(self, name: str) -> "TensorBoardTracker":
         return TensorBoardTracker(self.directory / name)
 
+    def check(self) -> None:
+        """The package is there and the folder can be made: the nearest existing one is a writable directory (a
+        path under a regular file failed at the first record, NotADirectoryError, after compress committed)."""
+        _summary_writer()
+        existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            why = "is not a directory" if not existing.is_dir() else "cannot be written"
+            raise ToolkitError(f"tensorboard directory {self.directory.parent}: {existing} {why}")
+
     def finish(self, status: str = "FINISHED") -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ToolkitError("TensorBoard logging needs the tensorboard package: "
+                           "pip install 'toolkit[tracking]'") from None
+    return SummaryWriter
 
 
 # What each stage records, read from its result file's object (trainers.schema), so a stage needs one call.
