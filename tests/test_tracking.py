@@ -269,3 +269,19 @@ def test_a_server_that_does_not_answer_is_reported_in_seconds(monkeypatch):
         open_tracker(TrackingOptions(mlflow="http://127.0.0.1:9"), "train")
     assert time.perf_counter() - started < 30
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_a_new_sqlite_store_is_quiet_from_python_too(tmp_path):
+    """The command line set MLFLOW_LOGGING_LEVEL before MLflow's import; a notebook has MLflow imported already."""
+    script = f"""
+import logging, mlflow
+from trainers.tracking import TrackingOptions, open_tracker
+before = logging.getLogger("mlflow").level
+with open_tracker(TrackingOptions(mlflow="sqlite:///" + {str(tmp_path / 'm.db')!r}), "train") as tracker:
+    tracker.log_metrics({{"m": 1.0}}, step=1)
+print(before == logging.getLogger("mlflow").level)
+"""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "True", "")

@@ -16,6 +16,7 @@ it ends the run as finished, failed (an error) or killed (Ctrl-C).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import posixpath
@@ -261,6 +262,21 @@ def _bounded_requests():
             os.environ.pop(name, None)
 
 
+@contextmanager
+def _quiet():
+    """No INFO lines of MLflow's while it opens a store (a new SQLite file: `Creating initial MLflow database
+    tables...`, `Updating database tables`), from Python as from the command line; the levels are given back."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 class MLflowTracker(_Run):
     """One MLflow run, created at its first record through `MlflowClient` (no global active run is touched)."""
 
@@ -282,7 +298,7 @@ class MLflowTracker(_Run):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ToolkitError("MLflow tracking needs the mlflow package: pip install 'toolkit[tracking]'") from None
-        with _mlflow_errors(self.uri):
+        with _mlflow_errors(self.uri), _quiet():
             if self.parent is not None:
                 self.parent_id, self.experiment_id = self.parent._start(), self.parent.experiment_id
                 self._client = self.parent._client
