@@ -69,7 +69,8 @@ class Tracker(Protocol):
 
 
 class _Run:
-    """Context-manager behaviour shared by the trackers: the run ends with the block's outcome."""
+    """Context-manager behaviour shared by the trackers: the run ends with the block's outcome, unless it was
+    ended already (`train` ends its run as killed when Ctrl-C stopped the loop and it returned normally)."""
 
     def __enter__(self):
         return self
@@ -284,6 +285,7 @@ class MLflowTracker(_Run):
         self.uri, self.experiment, self.name, self.parent = uri, experiment, name, parent
         self._client = None  # made by `_connect`, with the experiment's id and the parent run's
         self.experiment_id = self.parent_id = self.run_id = None
+        self._ended = False
         self._metric_key, self._param_key = _Keys(), _Keys()
 
     def check(self) -> None:
@@ -344,7 +346,8 @@ class MLflowTracker(_Run):
         return MLflowTracker(self.uri, self.experiment, name, parent=self)
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.run_id is not None:
+        if self.run_id is not None and not self._ended:  # the first end stands
+            self._ended = True
             self._client.set_terminated(self.run_id, status)
 
 
