@@ -304,3 +304,18 @@ def test_a_training_stopped_by_ctrl_c_ends_its_run_as_killed(tmp_path, file_stor
                  "--mlflow", file_store]) == 130
     [run] = runs(file_store)
     assert run.info.status == "KILLED" and run.data.metrics["epochs_run"] == 2
+
+
+def test_a_training_stopped_by_sigterm_exits_143(tmp_path, file_store, monkeypatch):
+    """The command said 130 (Ctrl-C's code) for a training that a timeout or a service manager had stopped."""
+    from trainers import errors, loop
+
+    def terminated(*args, **kwargs):
+        errors.INTERRUPTED["by"] = "SIGTERM"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_epoch", terminated)
+    monkeypatch.setitem(errors.INTERRUPTED, "by", None)
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "5", "--out", str(tmp_path / "a"),
+                 "--mlflow", file_store]) == 143
+    assert [run.info.status for run in runs(file_store)] == ["KILLED"]
