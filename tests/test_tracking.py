@@ -319,3 +319,15 @@ def test_a_training_stopped_by_sigterm_exits_143(tmp_path, file_store, monkeypat
     assert main(["train", "iris", "--model", "mlp", "--epochs", "5", "--out", str(tmp_path / "a"),
                  "--mlflow", file_store]) == 143
     assert [run.info.status for run in runs(file_store)] == ["KILLED"]
+
+
+def test_a_callers_active_run_holds_the_toolkits_run(file_store):
+    """In a notebook's `with mlflow.start_run():` the toolkit's run was top-level in experiment `toolkit`."""
+    mlflow.set_tracking_uri(file_store)
+    experiment = mlflow.create_experiment("notebook")
+    with mlflow.start_run(experiment_id=experiment) as outer:
+        with open_tracker(TrackingOptions(mlflow=file_store), "train") as tracker:
+            tracker.log_metrics({"m": 1.0}, step=1)
+    inner = by_name(runs(file_store, "notebook"))["train"]
+    assert inner.data.tags["mlflow.parentRunId"] == outer.info.run_id and inner.info.status == "FINISHED"
+    assert mlflow.get_experiment_by_name("toolkit") is None

@@ -278,8 +278,18 @@ def _quiet():
             logger.setLevel(level)
 
 
+def _callers_run(uri: str):
+    """The caller's active run (a notebook's `with mlflow.start_run():`) where it is in the store at `uri`: the
+    toolkit's run goes under it, in its experiment, instead of top-level in `toolkit` beside it."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return run if run is not None and mlflow.get_tracking_uri() == uri else None
+
+
 class MLflowTracker(_Run):
-    """One MLflow run, created at its first record through `MlflowClient` (no global active run is touched)."""
+    """One MLflow run, created at its first record through `MlflowClient` (no global active run is touched);
+    nested under the pipeline's run (`child`) or the caller's active run (`_callers_run`)."""
 
     def __init__(self, uri: str, experiment: str, name: str, parent: "MLflowTracker | None" = None):
         self.uri, self.experiment, self.name, self.parent = uri, experiment, name, parent
@@ -306,8 +316,12 @@ class MLflowTracker(_Run):
                 self._client = self.parent._client
             else:
                 client = MlflowClient(tracking_uri=self.uri)
-                found = client.get_experiment_by_name(self.experiment)
-                self.experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+                caller = _callers_run(self.uri)
+                if caller is not None:
+                    self.parent_id, self.experiment_id = caller.info.run_id, caller.info.experiment_id
+                else:
+                    found = client.get_experiment_by_name(self.experiment)
+                    self.experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
                 self._client = client
 
     def _start(self) -> str:
