@@ -331,3 +331,11 @@ def test_a_callers_active_run_holds_the_toolkits_run(file_store):
     inner = by_name(runs(file_store, "notebook"))["train"]
     assert inner.data.tags["mlflow.parentRunId"] == outer.info.run_id and inner.info.status == "FINISHED"
     assert mlflow.get_experiment_by_name("toolkit") is None
+
+
+def test_a_bad_tensorboard_folder_is_found_before_mlflow_makes_its_store(tmp_path):
+    (tmp_path / "o.txt").write_text("not a folder")
+    options = TrackingOptions(mlflow="sqlite:///" + str(tmp_path / "m.db"), tensorboard=str(tmp_path / "o.txt" / "tb"))
+    with pytest.raises(ToolkitError, match="tensorboard directory"):
+        open_tracker(options, "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]

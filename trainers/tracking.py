@@ -118,7 +118,7 @@ def open_tracker(options: TrackingOptions | None, name: str) -> Tracker:
     if not backends:
         return NullTracker()
     if env_context().is_main:
-        for backend in backends:
+        for backend in reversed(backends):  # TensorBoard's check first: it makes nothing, MLflow's may make a store
             backend.check()
     return backends[0] if len(backends) == 1 else _Both(backends)
 
