@@ -35,9 +35,11 @@ def file_store(tmp_path, monkeypatch):
 
 
 def runs(uri: str, experiment: str = "toolkit") -> list:
-    mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                              order_by=["attributes.start_time ASC"])
+    """Through a client: `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI, which the later tests' commands
+    (test_cli's subprocesses too) would then track to."""
+    client = mlflow.tracking.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return list(client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])) if found else []
 
 
 def by_name(found) -> dict:
@@ -321,8 +323,9 @@ def test_a_training_stopped_by_sigterm_exits_143(tmp_path, file_store, monkeypat
     assert [run.info.status for run in runs(file_store)] == ["KILLED"]
 
 
-def test_a_callers_active_run_holds_the_toolkits_run(file_store):
+def test_a_callers_active_run_holds_the_toolkits_run(file_store, monkeypatch):
     """In a notebook's `with mlflow.start_run():` the toolkit's run was top-level in experiment `toolkit`."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", file_store)  # what set_tracking_uri sets, given back after the test
     mlflow.set_tracking_uri(file_store)
     experiment = mlflow.create_experiment("notebook")
     with mlflow.start_run(experiment_id=experiment) as outer:
@@ -330,7 +333,7 @@ def test_a_callers_active_run_holds_the_toolkits_run(file_store):
             tracker.log_metrics({"m": 1.0}, step=1)
     inner = by_name(runs(file_store, "notebook"))["train"]
     assert inner.data.tags["mlflow.parentRunId"] == outer.info.run_id and inner.info.status == "FINISHED"
-    assert mlflow.get_experiment_by_name("toolkit") is None
+    assert mlflow.tracking.MlflowClient(file_store).get_experiment_by_name("toolkit") is None
 
 
 def test_a_bad_tensorboard_folder_is_found_before_mlflow_makes_its_store(tmp_path):
