@@ -13,12 +13,8 @@ TENSORBOARD = typer.Option(None, "--tensorboard", metavar="DIR", rich_help_panel
 
 def tracker(stage: str, mlflow: str | None, tensorboard: str | None):
     """The tracker `--mlflow`/`--tensorboard` ask for (a no-op without them or MLFLOW_TRACKING_URI); a context manager."""
-    import os
-
     from trainers.options import parse
     from trainers.tracking import TrackingOptions, open_tracker
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines of MLflow's (a new store's tables)
 
     given = {"mlflow": mlflow, "tensorboard": tensorboard}
     return open_tracker(parse(TrackingOptions, {k: v for k, v in given.items() if v is not None}, "tracking"), stage)

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from trainers.errors import interrupt_code
 from trainers.options import parse_json_option
 
 from .common import (DROP, IMAGE_SIZE, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info,
@@ -103,7 +104,7 @@ def train_command(
              f"{result.seconds:.1f}s on {result.device}" + (" [interrupted]" if result.interrupted else ""))
         typer.echo(str(result.out))
     if result.interrupted:
-        raise typer.Exit(130)  # Ctrl-C: the best model so far is kept, and a script stops here, not at the next step
+        raise typer.Exit(interrupt_code()[1])  # Ctrl-C 130, SIGTERM 143: the best model is kept, a script stops
 
 
 def _defaults() -> dict:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from cli.main import main
 from reports import run_pipeline
-from trainers.tracking import NullTracker, TrackingOptions, open_tracker
+from trainers.errors import ToolkitError
+from trainers.tracking import NullTracker, TensorBoardTracker, TrackingOptions, _Both, open_tracker
 
 mlflow = pytest.importorskip("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -32,9 +35,11 @@ def file_store(tmp_path, monkeypatch):
 
 
 def runs(uri: str, experiment: str = "toolkit") -> list:
-    mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                              order_by=["attributes.start_time ASC"])
+    """Through a client: `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI, which the later tests' commands
+    (test_cli's subprocesses too) would then track to."""
+    client = mlflow.tracking.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return list(client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])) if found else []
 
 
 def by_name(found) -> dict:
@@ -178,6 +183,7 @@ def test_no_tracking_asked_for_is_a_no_op(monkeypatch):
 def test_neither_backend_is_imported_unless_asked_for(tmp_path):
     script = f"""
 import sys
+import time
 from cli.main import main
 code = main(["pipeline", "iris", "--model", "mlp", "--epochs", "2", "--method", "int8-dynamic",
              "--explain-method", "saliency", "--samples", "4", "--out", {str(tmp_path / 'run')!r}])
@@ -189,3 +195,150 @@ print(code, loaded)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
                           env={**env, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert done.stdout.strip().splitlines()[-1] == "0 []", done.stderr[-2000:]
+
+
+def test_names_mlflow_refuses_are_mapped_the_same_for_both_backends(tmp_path, file_store):
+    """A variant of auto's (`...+int8-dynamic-onnx`) or a compared folder `v(int8)` failed the run in MLflow."""
+    names = {"prune-structured-20-uniform+int8-dynamic-onnx.accuracy": 0.9, "drift.v(int8).saliency.cosine": 0.5,
+             "drift.v_int8_.saliency.cosine": 0.4}
+    options = TrackingOptions(mlflow=file_store, tensorboard=str(tmp_path / "tb"))
+    with open_tracker(options, "compress") as tracker:
+        tracker.log_params({"options": {"a+b": 1}})
+        tracker.log_metrics(names, step=1)
+        tracker.log_metrics(names, step=2)
+    keys = {"prune-structured-20-uniform_plus_int8-dynamic-onnx.accuracy": 0.9, "drift.v_int8_.saliency.cosine": 0.5,
+            "drift.v_int8_.saliency.cosine-2": 0.4}
+    [run] = runs(file_store)
+    assert run.data.metrics == keys and run.data.params == {"options.a_plus_b": "1"}
+    [board] = (tmp_path / "tb").iterdir()
+    assert {tag: [v for _, v in points] for tag, points in scalars(board).items()} == {
+        key: [pytest.approx(value)] * 2 for key, value in keys.items()}
+
+
+def test_explain_compares_a_folder_whose_name_mlflow_refuses(tmp_path, file_store, capsys):
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(tmp_path / "m")]) == 0
+    shutil.copytree(tmp_path / "m", tmp_path / "v(int8)")
+    assert main(["explain", str(tmp_path / "m"), "--data", "iris", "--method", "saliency", "--samples", "4",
+                 "--compare", str(tmp_path / "v(int8)"), "--out", str(tmp_path / "e"), "--mlflow", file_store]) == 0
+    [run] = runs(file_store)
+    assert "drift.v_int8_.saliency.topk_overlap" in run.data.metrics
+
+
+def test_one_failing_backend_does_not_skip_the_other(tmp_path):
+    class Refusing(NullTracker):
+        def log_metrics(self, metrics, step=None):
+            raise RuntimeError("store gone")
+
+        def finish(self, status="FINISHED"):
+            raise RuntimeError("store gone")
+
+    board = TensorBoardTracker(tmp_path / "tb")
+    both = _Both([Refusing(), board])
+    with pytest.raises(RuntimeError, match="store gone"):
+        both.log_metrics({"m": 1.0}, step=1)
+    with pytest.raises(RuntimeError, match="store gone"):
+        both.finish()
+    assert board._writer is None and scalars(tmp_path / "tb")["m"] == [(1, 1.0)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "m"
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("stage", [["compress", "--method", "int8-dynamic"],
+                                   ["explain", "--method", "saliency", "--samples", "4"]])
+@pytest.mark.parametrize("flag", ["--mlflow", "--tensorboard"])
+def test_an_unusable_tracking_target_is_one_line_before_the_work(tmp_path, trained, stage, flag, capsys):
+    """compress and explain refused it only after committing --out (a rerun was then refused too); a
+    TensorBoard folder under a file was NotADirectoryError, exit 1."""
+    (tmp_path / "o.txt").write_text("not a folder")
+    under_file = "sqlite:///" + str(tmp_path / "o.txt" / "x.db") if flag == "--mlflow" else str(tmp_path / "o.txt" / "tb")
+    out = tmp_path / "run"
+    code = main([stage[0], str(trained), "--data", "iris", *stage[1:], "--out", str(out), flag, under_file])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {flag[2:]}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_a_server_that_does_not_answer_is_reported_in_seconds(monkeypatch):
+    """MLflow's default retries took 259 s; the check bounds them and gives the caller's environment back."""
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ToolkitError, match="mlflow tracking at http://127.0.0.1:9"):
+        open_tracker(TrackingOptions(mlflow="http://127.0.0.1:9"), "train")
+    assert time.perf_counter() - started < 30
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_a_new_sqlite_store_is_quiet_from_python_too(tmp_path):
+    """The command line set MLFLOW_LOGGING_LEVEL before MLflow's import; a notebook has MLflow imported already."""
+    script = f"""
+import logging, mlflow
+from trainers.tracking import TrackingOptions, open_tracker
+before = logging.getLogger("mlflow").level
+with open_tracker(TrackingOptions(mlflow="sqlite:///" + {str(tmp_path / 'm.db')!r}), "train") as tracker:
+    tracker.log_metrics({{"m": 1.0}}, step=1)
+print(before == logging.getLogger("mlflow").level)
+"""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "True", "")
+
+
+def test_a_training_stopped_by_ctrl_c_ends_its_run_as_killed(tmp_path, file_store, monkeypatch):
+    """train keeps its best model on Ctrl-C and returns; the block then ended normally and MLflow said FINISHED."""
+    from trainers import loop
+
+    original, calls = loop.train_epoch, []
+
+    def interrupt_at_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", interrupt_at_three)
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "20", "--out", str(tmp_path / "a"),
+                 "--mlflow", file_store]) == 130
+    [run] = runs(file_store)
+    assert run.info.status == "KILLED" and run.data.metrics["epochs_run"] == 2
+
+
+def test_a_training_stopped_by_sigterm_exits_143(tmp_path, file_store, monkeypatch):
+    """The command said 130 (Ctrl-C's code) for a training that a timeout or a service manager had stopped."""
+    from trainers import errors, loop
+
+    def terminated(*args, **kwargs):
+        errors.INTERRUPTED["by"] = "SIGTERM"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_epoch", terminated)
+    monkeypatch.setitem(errors.INTERRUPTED, "by", None)
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "5", "--out", str(tmp_path / "a"),
+                 "--mlflow", file_store]) == 143
+    assert [run.info.status for run in runs(file_store)] == ["KILLED"]
+
+
+def test_a_callers_active_run_holds_the_toolkits_run(file_store, monkeypatch):
+    """In a notebook's `with mlflow.start_run():` the toolkit's run was top-level in experiment `toolkit`."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", file_store)  # what set_tracking_uri sets, given back after the test
+    mlflow.set_tracking_uri(file_store)
+    experiment = mlflow.create_experiment("notebook")
+    with mlflow.start_run(experiment_id=experiment) as outer:
+        with open_tracker(TrackingOptions(mlflow=file_store), "train") as tracker:
+            tracker.log_metrics({"m": 1.0}, step=1)
+    inner = by_name(runs(file_store, "notebook"))["train"]
+    assert inner.data.tags["mlflow.parentRunId"] == outer.info.run_id and inner.info.status == "FINISHED"
+    assert mlflow.tracking.MlflowClient(file_store).get_experiment_by_name("toolkit") is None
+
+
+def test_a_bad_tensorboard_folder_is_found_before_mlflow_makes_its_store(tmp_path):
+    (tmp_path / "o.txt").write_text("not a folder")
+    options = TrackingOptions(mlflow="sqlite:///" + str(tmp_path / "m.db"), tensorboard=str(tmp_path / "o.txt" / "tb"))
+    with pytest.raises(ToolkitError, match="tensorboard directory"):
+        open_tracker(options, "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]

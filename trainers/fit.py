@@ -306,6 +306,8 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
                     result.out = run.commit()
                 result.model.path = result.out
                 tracker.log_artifact(result.out / "result.json")
+            if result.interrupted:  # Ctrl-C or SIGTERM ends the loop, not the caller's block: its run was "FINISHED"
+                tracker.finish("KILLED")
     except BaseException:
         distributed.shutdown(ctx, failed=True)
         raise

@@ -16,9 +16,13 @@ it ends the run as finished, failed (an error) or killed (Ctrl-C).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import posixpath
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +32,8 @@ from .options import FORBID_EXTRA, Str
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 _PARAM_LIMIT = 6000  # MLflow's longest parameter value
+_KEY_LIMIT = 250  # MLflow's longest metric or parameter name
+_OUTSIDE_KEY = re.compile(r"[^\w\-./]")  # what both MLflow (on every OS) and TensorBoard's tags take
 
 
 @dataclass
@@ -63,7 +69,8 @@ class Tracker(Protocol):
 
 
 class _Run:
-    """Context-manager behaviour shared by the trackers: the run ends with the block's outcome."""
+    """Context-manager behaviour shared by the trackers: the run ends with the block's outcome, unless it was
+    ended already (`train` ends its run as killed when Ctrl-C stopped the loop and it returned normally)."""
 
     def __enter__(self):
         return self
@@ -93,7 +100,14 @@ class NullTracker(_Run):
 
 
 def open_tracker(options: TrackingOptions | None, name: str) -> Tracker:
-    """The tracker `options` ask for (MLflow, TensorBoard, both, or none), for a run called `name`."""
+    """The tracker `options` ask for (MLflow, TensorBoard, both, or none), for a run called `name`.
+
+    Each backend is checked here, before the stage's work, so a store that cannot record (a refused URI, a
+    server that does not answer) is one ToolkitError before a run directory is written or committed. Ranks
+    other than torchrun's 0 skip the check: they never record (`train` gives them a NullTracker).
+    """
+    from .distributed import env_context
+
     options = options or TrackingOptions()
     uri = options.mlflow or os.environ.get(ENV_URI) or None
     backends: list = []
@@ -103,6 +117,9 @@ def open_tracker(options: TrackingOptions | None, name: str) -> Tracker:
         backends.append(TensorBoardTracker(_fresh_folder(Path(options.tensorboard).expanduser(), name)))
     if not backends:
         return NullTracker()
+    if env_context().is_main:
+        for backend in reversed(backends):  # TensorBoard's check first: it makes nothing, MLflow's may make a store
+            backend.check()
     return backends[0] if len(backends) == 1 else _Both(backends)
 
 
@@ -123,27 +140,36 @@ def _fresh_folder(root: Path, name: str) -> Path:
 
 
 class _Both(_Run):
+    """MLflow and TensorBoard together: every call reaches each backend, then the first error is raised, so a
+    store that fails (a server gone) neither costs the other its record nor leaves its event file open."""
+
     def __init__(self, backends: list):
         self.backends = backends
 
+    def _each(self, call) -> None:
+        first = None
+        for backend in self.backends:
+            try:
+                call(backend)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
     def log_params(self, params: dict) -> None:
-        for b in self.backends:
-            b.log_params(params)
+        self._each(lambda b: b.log_params(params))
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        for b in self.backends:
-            b.log_metrics(metrics, step)
+        self._each(lambda b: b.log_metrics(metrics, step))
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        for b in self.backends:
-            b.log_artifact(path, folder)
+        self._each(lambda b: b.log_artifact(path, folder))
 
     def child(self, name: str) -> "_Both":
         return _Both([b.child(name) for b in self.backends])
 
     def finish(self, status: str = "FINISHED") -> None:
-        for b in self.backends:
-            b.finish(status)
+        self._each(lambda b: b.finish(status))
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
@@ -169,47 +195,148 @@ def numbers(values: dict) -> dict:
     return out
 
 
+class _Keys:
+    """Metric and parameter names as the backends take them, one instance per run.
+
+    MLflow refuses a name with a character outside letters, digits, `_ - . / : space` (`:` not on Windows), so
+    the `+` of a variant `prune-structured-20-uniform+int8-dynamic-onnx.accuracy` or the brackets of a compared
+    folder `v(int8)` failed the whole run. Here `+` becomes `_plus_` and any other such character (or `:` and
+    space) `_`, a name that would read as another path (`a//b`, `./a`) loses its `/`, and a name that then
+    repeats one already given gets `-2`, `-3`... Each name keeps its key for the run, so a per-epoch curve
+    stays one metric; TensorBoard gets the same keys, so one figure has one name in both.
+    """
+
+    def __init__(self):
+        self._given: dict[str, str] = {}
+        self._taken: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        if name not in self._given:
+            key = _valid_key(name)
+            base, n = key, 1
+            while key in self._taken:
+                n += 1
+                key = f"{base[:_KEY_LIMIT - len(str(n)) - 1]}-{n}"
+            self._given[name] = key
+            self._taken.add(key)
+        return self._given[name]
+
+
+def _valid_key(name: str) -> str:
+    key = _OUTSIDE_KEY.sub("_", name.replace("+", "_plus_"))
+    if posixpath.normpath(key) != key or key.startswith((".", "/")):
+        key = key.replace("/", "_").lstrip(".") or "_"
+    return key[:_KEY_LIMIT]
+
+
 def _param_text(value) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:_PARAM_LIMIT]
 
 
+@contextmanager
+def _mlflow_errors(uri: str):
+    """Any error of MLflow's (a refused URI, a store it cannot open, an unreachable server) as one line."""
+    try:
+        yield
+    except ToolkitError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ToolkitError(f"mlflow tracking at {uri}: {first}") from None
+
+
+# For the up-front check only, where the caller set neither: a server that refuses (http://127.0.0.1:9) took
+# 259 s of MLflow's default retries with back-off before its error, 1.2 s with these (MLflow's import included);
+# the run's own records keep the defaults.
+_CHECK_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextmanager
+def _bounded_requests():
+    unset = [name for name in _CHECK_REQUESTS if name not in os.environ]
+    os.environ.update({name: _CHECK_REQUESTS[name] for name in unset})
+    try:
+        yield
+    finally:
+        for name in unset:
+            os.environ.pop(name, None)
+
+
+@contextmanager
+def _quiet():
+    """No INFO lines of MLflow's while it opens a store (a new SQLite file: `Creating initial MLflow database
+    tables...`, `Updating database tables`), from Python as from the command line; the levels are given back."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _callers_run(uri: str):
+    """The caller's active run (a notebook's `with mlflow.start_run():`) where it is in the store at `uri`: the
+    toolkit's run goes under it, in its experiment, instead of top-level in `toolkit` beside it."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return run if run is not None and mlflow.get_tracking_uri() == uri else None
+
+
 class MLflowTracker(_Run):
-    """One MLflow run, created at its first record through `MlflowClient` (no global active run is touched)."""
+    """One MLflow run, created at its first record through `MlflowClient` (no global active run is touched);
+    nested under the pipeline's run (`child`) or the caller's active run (`_callers_run`)."""
 
     def __init__(self, uri: str, experiment: str, name: str, parent: "MLflowTracker | None" = None):
         self.uri, self.experiment, self.name, self.parent = uri, experiment, name, parent
-        self._client = parent._client if parent else None
-        self.run_id: str | None = None
+        self._client = None  # made by `_connect`, with the experiment's id and the parent run's
+        self.experiment_id = self.parent_id = self.run_id = None
+        self._ended = False
+        self._metric_key, self._param_key = _Keys(), _Keys()
 
-    def _start(self) -> str:
-        if self.run_id is not None:
-            return self.run_id
+    def check(self) -> None:
+        """Open the store and find or make the experiment now, before the stage's work (`open_tracker`)."""
+        with _bounded_requests():
+            self._connect()
+
+    def _connect(self) -> None:
+        if self._client is not None:
+            return
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ToolkitError("MLflow tracking needs the mlflow package: pip install 'toolkit[tracking]'") from None
-        tags = {"mlflow.runName": self.name}
-        try:
+        with _mlflow_errors(self.uri), _quiet():
             if self.parent is not None:
-                tags["mlflow.parentRunId"] = self.parent._start()
-                experiment_id = self.parent.experiment_id
+                self.parent_id, self.experiment_id = self.parent._start(), self.parent.experiment_id
+                self._client = self.parent._client
             else:
-                self._client = MlflowClient(tracking_uri=self.uri)
-                found = self._client.get_experiment_by_name(self.experiment)
-                experiment_id = found.experiment_id if found else self._client.create_experiment(self.experiment)
-            self.experiment_id = experiment_id
-            self.run_id = self._client.create_run(experiment_id, tags=tags, run_name=self.name).info.run_id
-        except Exception as exc:  # MlflowException, a refused URI, an unreachable server
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ToolkitError(f"mlflow tracking at {self.uri}: {first}") from None
+                client = MlflowClient(tracking_uri=self.uri)
+                caller = _callers_run(self.uri)
+                if caller is not None:
+                    self.parent_id, self.experiment_id = caller.info.run_id, caller.info.experiment_id
+                else:
+                    found = client.get_experiment_by_name(self.experiment)
+                    self.experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+                self._client = client
+
+    def _start(self) -> str:
+        if self.run_id is None:
+            self._connect()
+            tags = {"mlflow.runName": self.name, **({"mlflow.parentRunId": self.parent_id} if self.parent_id else {})}
+            with _mlflow_errors(self.uri):
+                self.run_id = self._client.create_run(self.experiment_id, tags=tags, run_name=self.name).info.run_id
         return self.run_id
 
     def log_params(self, params: dict) -> None:
         run_id = self._start()  # first: it says in one line when mlflow is missing
         from mlflow.entities import Param
 
-        flat = [Param(key, _param_text(value)) for key, value in flatten(params).items()]
+        flat = [Param(self._param_key(key), _param_text(value)) for key, value in flatten(params).items()]
         for i in range(0, len(flat), 100):  # MLflow takes at most 100 parameters per batch
             self._client.log_batch(run_id, params=flat[i:i + 100])
 
@@ -218,7 +345,7 @@ class MLflowTracker(_Run):
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        rows = [Metric(key, value, stamp, step or 0) for key, value in numbers(metrics).items()]
+        rows = [Metric(self._metric_key(key), value, stamp, step or 0) for key, value in numbers(metrics).items()]
         for i in range(0, len(rows), 1000):
             self._client.log_batch(run_id, metrics=rows[i:i + 1000])
 
@@ -233,7 +360,8 @@ class MLflowTracker(_Run):
         return MLflowTracker(self.uri, self.experiment, name, parent=self)
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.run_id is not None:
+        if self.run_id is not None and not self._ended:  # the first end stands
+            self._ended = True
             self._client.set_terminated(self.run_id, status)
 
 
@@ -243,15 +371,11 @@ class TensorBoardTracker(_Run):
     def __init__(self, directory: Path):
         self.directory = directory
         self._writer = None
+        self._tag = _Keys()
 
     def _open(self):
         if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ToolkitError("TensorBoard logging needs the tensorboard package: "
-                                   "pip install 'toolkit[tracking]'") from None
-            self._writer = SummaryWriter(log_dir=str(self.directory))
+            self._writer = _summary_writer()(log_dir=str(self.directory))
         return self._writer
 
     def log_params(self, params: dict) -> None:
@@ -261,7 +385,7 @@ class TensorBoardTracker(_Run):
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         writer = self._open()
         for key, value in numbers(metrics).items():
-            writer.add_scalar(key, value, step or 0)
+            writer.add_scalar(self._tag(key), value, step or 0)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         pass  # TensorBoard keeps scalars; the files stay in the run directory
@@ -269,10 +393,28 @@ class TensorBoardTracker(_Run):
     def child(self, name: str) -> "TensorBoardTracker":
         return TensorBoardTracker(self.directory / name)
 
+    def check(self) -> None:
+        """The package is there and the folder can be made: the nearest existing one is a writable directory (a
+        path under a regular file failed at the first record, NotADirectoryError, after compress committed)."""
+        _summary_writer()
+        existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            why = "is not a directory" if not existing.is_dir() else "cannot be written"
+            raise ToolkitError(f"tensorboard directory {self.directory.parent}: {existing} {why}")
+
     def finish(self, status: str = "FINISHED") -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ToolkitError("TensorBoard logging needs the tensorboard package: "
+                           "pip install 'toolkit[tracking]'") from None
+    return SummaryWriter
 
 
 # What each stage records, read from its result file's object (trainers.schema), so a stage needs one call.
