@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .fileio import check_regular_file
 
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 LAYOUTS = {1: "features", 2: "signal", 3: "image"}
@@ -167,8 +168,7 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
                 "and not an existing .npz, .npy, .csv or .parquet file or image folder"
             )
         raise DataError(f"unsupported data file '{text}': expected a .npz, .npy, .csv or .parquet file")
-    if not path.exists():
-        raise DataError(f"data file not found: {text}")
+    check_regular_file(path, "data file", DataError)
     if suffix == ".npz":
         return _load_npz(path, seed)
     if suffix == ".npy":

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .fileio import check_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -84,6 +85,15 @@ def _pixels(image, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(picture, dtype=np.float32) / 255.0
 
 
+def _regular(files) -> list[Path]:
+    """`files` sorted, each checked to be a regular file (`fileio.check_regular_file`): a FIFO named like an
+    image blocked the folder's reader forever."""
+    found = sorted(files)
+    for file in found:
+        check_regular_file(file, "image", DataError)
+    return found
+
+
 def load_image_folder(path: Path, seed: int, size: int | None = None):
     """A DataBundle from `path/<class>/<image>`: RGB (or grey when every image is grey), resized if `size`."""
 
@@ -95,7 +105,7 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
         raise DataError(f"{path}: an image folder needs one sub-folder per class, at least two; found {len(classes)}")
     files, labels, empty = [], [], []
     for k, name in enumerate(classes):
-        found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        found = _regular(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         files += found
         labels += [k] * len(found)
         if not found:
@@ -131,7 +141,7 @@ def read_image_files(path: Path, input_shape) -> tuple[np.ndarray, list[str]]:
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
         raise DataError(f"{path}: this model takes inputs of shape {tuple(input_shape)}, not images (C, H, W)")
     channels, height, width = input_shape
-    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files = _regular(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
     if not files:
         raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
     images = []

@@ -22,6 +22,7 @@ from torch import nn
 
 from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model, refuse_frozen
 from .errors import ToolkitError, memory_refusal
+from .fileio import check_regular_file
 from .ortsession import inference_session
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".pt2")
@@ -59,8 +60,7 @@ def as_model(model, data=None, *, class_names=None, module: nn.Module | None = N
             what = "a torch.export program, which torch.export.load unpickles" if suffix == ".pt2" else "a pickle"
             raise ToolkitError(f"{path.name} is {what}; the toolkit never loads pickles (they run code): {PYTHON_ROUTE}")
         if suffix == ".onnx":
-            if not path.is_file():
-                raise ToolkitError(f"ONNX file not found: {path}")
+            check_regular_file(path, "ONNX file")
             onnx_bytes, proto = read_onnx_file(path)
             return from_onnx(onnx_bytes, data, class_names=class_names, origin=str(path.absolute()), proto=proto)
         return load_model(path, module=module)  # an artifact directory (its own one-line refusals otherwise)
