@@ -118,11 +118,12 @@ def _names(path: Path, raw: list[str]) -> list[str]:
 
 
 def _line_bound(path: Path) -> int:
-    """At least the number of data rows: the file's line breaks (quoted line breaks make it larger)."""
+    """At least the number of data rows: the file's line breaks, "\n", "\r\n" or a classic Mac's lone "\r",
+    all of which pyarrow ends a row at (quoted line breaks, and a "\r\n" split between blocks, make it larger)."""
     count = 0
     with path.open("rb") as handle:
         while block := handle.read(16 << 20):
-            count += block.count(b"\n")
+            count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
     return count + 1
 
 
