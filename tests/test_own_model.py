@@ -457,6 +457,8 @@ BAD = [
     ("nested Loops of 10**6 steps in all", _loop(1000, 1000), r"Loop 'v_out' runs 1,000 times inside other loops"),
     ("a weight with no data for its shape", _weight_without_data,
      r"tensor 'big' claims shape \[100000, 100000\] \(FLOAT\) but holds 0 values, not 10,000,000,000"),
+    ("1,001 class scores", lambda tmp_path: _matmul_graph(tmp_path, "wide.onnx", np.ones((12, 1001), np.float32)),
+     r"returns 1,001 class scores, more than the limit of 1,000 classes"),
     ("external data outside the graph's folder", _data_outside,
      r"tensor 'w' keeps its data in '../secret.bin', which is not a file in"),
 ]
@@ -907,3 +909,22 @@ def test_the_sanity_check_re_initialises_attention_and_a_modules_own_parameters(
     before, after = dict(model.module.named_parameters()), dict(fresh.module.named_parameters())
     unchanged = [n for n in before if not n.endswith("bias") and torch.equal(before[n], after[n])]  # biases: 0
     assert not unchanged, unchanged
+
+
+def test_predictions_of_many_classes_are_one_block_not_a_column_at_a_time(tmp_path):
+    """A column inserted per class made 5,000 classes take minutes (pandas warns of the fragmented frame)."""
+    import warnings
+
+    import pandas as pd
+
+    from trainers.inference import predict_table
+
+    weight = np.random.default_rng(0).normal(size=(12, 1000)).astype(np.float32)
+    model = trainers.as_model(_matmul_graph(tmp_path, "wide.onnx", weight), _bundle((12,)).x_test)
+    x = np.random.default_rng(1).normal(size=(5, 12)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        table = predict_table(model, x)
+    assert list(table.columns[:3]) == ["predicted", "predicted_index", "p_0"] and table.shape == (5, 1002)
+    np.testing.assert_allclose(table.iloc[:, 2:].sum(axis=1), 1.0, rtol=1e-5)
+    assert (table["predicted_index"].to_numpy() == (x @ weight).argmax(1)).all()

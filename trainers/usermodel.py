@@ -21,6 +21,7 @@ import numpy as np
 from torch import nn
 
 from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model, refuse_frozen
+from .data import MAX_CLASSES
 from .errors import ToolkitError, memory_refusal
 from .fileio import check_regular_file
 from .ortsession import inference_session
@@ -139,6 +140,8 @@ def _names(data, class_names, width: int, where: str) -> list[str]:
     if names is None:
         names = [str(i) for i in range(width)]
     names = [str(n) for n in names]
+    if width > MAX_CLASSES:  # as for the toolkit's own models: reports and a confusion matrix are k x k
+        raise ToolkitError(f"{where} returns {width:,} class scores, more than the limit of {MAX_CLASSES:,} classes")
     if len(names) != width:
         raise ToolkitError(f"{where} returns {width} class scores, the data has {len(names)} classes")
     return names
