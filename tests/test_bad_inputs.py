@@ -186,6 +186,19 @@ def _nan_weights(model: Path, art: Artifacts | None = None) -> None:
     _drop_sha(model)
 
 
+def _stored_std(value: float):
+    """The weights file's standardisation std set to `value` (model.json's copy untouched), its sha256 dropped."""
+    def breaker(model: Path, art: Artifacts) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(model / "model.safetensors"))
+        tensors["standardize.std"].fill_(value)
+        save_file(tensors, str(model / "model.safetensors"))
+        _drop_sha(model)
+
+    return breaker
+
+
 def _other_weights(model: Path, art: Artifacts) -> None:
     shutil.copy(art.binary / "model.safetensors", model / "model.safetensors")
     _drop_sha(model)
@@ -222,6 +235,8 @@ BROKEN_MODELS: dict[str, tuple[Callable[[Path, Artifacts], None], str]] = {
                              "model.safetensors"),
     "weights of another model": (_other_weights, "does not match"),
     "NaN in weights": (_nan_weights, "NaN"),
+    "zero std in the weights file": (_stored_std(0.0), "standardisation std under"),
+    "denormal std in the weights file": (_stored_std(1e-45), "standardisation std under"),
     "unknown architecture option": (
         lambda m, a: edit_json(m / "model.json", lambda d: d["config"].update(width=3)), "width"),
     "weights file outside the directory": (
