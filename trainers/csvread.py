@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .buffers import column_matrix, hand_back_freed
-from .errors import DataError
+from .errors import DataError, shown
 
 EXACT_FLOAT32 = 2**24  # integers beyond it lose digits in float32 (an ID column would stop being unique)
 BLOCK_BYTES = 1 << 20
@@ -112,7 +112,7 @@ def _names(path: Path, raw: list[str]) -> list[str]:
     seen = set()
     for name in names:
         if name in seen:
-            raise DataError(f"{path}: column name '{name}' appears twice in the header; rename one")
+            raise DataError(f"{path}: column name {shown(name)} appears twice in the header; rename one")
         seen.add(name)
     return names
 

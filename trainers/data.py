@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, shown
 from .fileio import check_regular_file
 
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
@@ -227,7 +227,7 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
             value = arrays[key]
             if value.dtype.kind not in "UST" and value.dtype.kind not in "iu":
                 raise DataError(f"{path}: '{key}' must be an array of strings")
-            names[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in value.reshape(-1)]
+            names[key] = _text(value.reshape(-1), f"{path}: '{key}'").tolist()
     return _finish(
         path.stem, str(path), arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"),
         names.get("class_names"), names.get("feature_names"), seed,
@@ -320,8 +320,20 @@ def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
             raise DataError(f"{what} must be integer class labels, found non-integer values")
         return y.astype(np.int64)
     if y.dtype.kind in "US":  # text labels ("cat", "dog"): the classes are their values, as in a table
-        return y.astype(str)
+        return _text(y, what)
     raise DataError(f"{what} must be integer or text class labels, got dtype {y.dtype}")
+
+
+def _text(values: np.ndarray, what: str) -> np.ndarray:
+    """Strings, bytes decoded as UTF-8 as a CSV is read: bytes that are not UTF-8 are one DataError line, as a CSV
+    of them is, rather than names made up of replacement characters that no other file would match."""
+    if values.dtype.kind != "S":
+        return values.astype(str)
+    try:
+        return np.char.decode(values, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} holds bytes that are not UTF-8 text ({exc.object[:20]!r}); "
+                        "save text labels as strings") from None
 
 
 def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
@@ -369,7 +381,7 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     if y_test is not None:
         unseen = np.setdiff1d(y_test, y)
         if len(unseen):
-            raise DataError(f"y_test holds label {unseen[0]}, which no training row has: a model cannot learn a "
+            raise DataError(f"y_test holds label {shown(unseen[0])}, which no training row has: a model cannot learn a "
                             "class it never sees (merge the splits, or drop those test rows)")
     if class_names is None and (text or int(all_labels.min()) < 0 or int(all_labels.max()) >= len(all_labels)
                                 or len(np.unique(all_labels)) != int(all_labels.max()) + 1):
@@ -384,7 +396,7 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         seen: set[str] = set()
         twice = [n for n in map(str, class_names) if n in seen or seen.add(n)]
         if twice:
-            raise DataError(f"class name '{twice[0]}' is given to two classes; each class needs its own name "
+            raise DataError(f"class name {shown(twice[0])} is given to two classes; each class needs its own name "
                             "(predictions name their columns by it)")
         if len(class_names) < num_classes:
             raise DataError(f"label {num_classes - 1} is out of range for {len(class_names)} class names")
@@ -439,7 +451,7 @@ def align_classes(bundle: DataBundle, class_names: list[str]) -> DataBundle:
     if names == [str(i) for i in range(len(model))]:
         return dataclasses.replace(bundle, class_names=model)
     unknown = [n for n in names if n not in model]
-    raise DataError(f"data '{bundle.name}' has class '{unknown[0]}', which the model does not predict (its classes: "
+    raise DataError(f"data '{bundle.name}' has class {shown(unknown[0])}, which the model does not predict (its classes: "
                     f"{', '.join(model[:6])}{', ...' if len(model) > 6 else ''})")
 
 

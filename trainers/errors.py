@@ -100,6 +100,13 @@ def _native_watchdog(handled):
         os.close(write)
 
 
+def shown(value, limit: int = 80) -> str:
+    """A user's value (a class or column name) quoted for an error line, cut to `limit` characters: a class name
+    of 1 MB given twice made a 1 MB error line."""
+    text = str(value)
+    return f"'{text}'" if len(text) <= limit else f"'{text[:limit]}...' ({len(text):,} characters)"
+
+
 def interrupted_by() -> str | None:
     """"SIGINT" or "SIGTERM" when a signal has ended the command, else None."""
     return INTERRUPTED["by"]
