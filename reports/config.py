@@ -19,11 +19,15 @@ from pydantic import AfterValidator, Field, Strict, TypeAdapter
 from compress.options import CompressOptions
 from explain.options import ExplainOptions
 from trainers.errors import ToolkitError
-from trainers.fileio import atomic_write_json, atomic_write_text
+from trainers.fileio import atomic_write_json, atomic_write_text, check_regular_file
 from trainers.fit import TrainConfig
 from trainers.images import IMAGE_SIZE_RANGE
 from trainers.options import FORBID_EXTRA, Str, parse
 from trainers.tracking import TrackingOptions
+
+# A configuration is a few hundred bytes; the pipeline's own config.yaml about 2 KB. The cap keeps a file that is
+# not one (a log, a data file given by mistake) from being parsed into memory.
+MAX_CONFIG_BYTES = 1 << 20
 
 # Keys of a saved config.json that describe the run rather than configure it; dropped when it is loaded again.
 RUN_KEYS = ("stage", "data", "family", "command")
@@ -89,10 +93,12 @@ def read_config_file(path: str | Path) -> dict:
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml", ".json"):
         raise ToolkitError(f"config file must be .toml, .yaml, .yml or .json, got {path.name}")
+    check_regular_file(path, "config file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ToolkitError(f"config file {path} has {path.stat().st_size:,} bytes, more than the "
+                           f"{MAX_CONFIG_BYTES:,} a configuration may have")
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ToolkitError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ToolkitError(f"cannot read config file {path}: {exc}") from None
     try:

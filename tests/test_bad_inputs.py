@@ -126,6 +126,15 @@ class Ctx:
         path.write_bytes(content.encode() if isinstance(content, str) else content)
         return str(path)
 
+    def fifo(self, name: str) -> str:
+        """A named pipe: a reader blocks until a writer comes, which none here ever does."""
+        os.mkfifo(self.tmp / name)
+        return str(self.tmp / name)
+
+    def link(self, name: str, target: str) -> str:
+        (self.tmp / name).symlink_to(target)
+        return str(self.tmp / name)
+
     def existing_out(self) -> Path:
         """A finished run already in --out (a copy of the trained model's run directory)."""
         copy_model(self.art.mlp, self.out)
@@ -177,6 +186,19 @@ def _nan_weights(model: Path, art: Artifacts | None = None) -> None:
     _drop_sha(model)
 
 
+def _stored_std(value: float):
+    """The weights file's standardisation std set to `value` (model.json's copy untouched), its sha256 dropped."""
+    def breaker(model: Path, art: Artifacts) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(model / "model.safetensors"))
+        tensors["standardize.std"].fill_(value)
+        save_file(tensors, str(model / "model.safetensors"))
+        _drop_sha(model)
+
+    return breaker
+
+
 def _other_weights(model: Path, art: Artifacts) -> None:
     shutil.copy(art.binary / "model.safetensors", model / "model.safetensors")
     _drop_sha(model)
@@ -213,6 +235,8 @@ BROKEN_MODELS: dict[str, tuple[Callable[[Path, Artifacts], None], str]] = {
                              "model.safetensors"),
     "weights of another model": (_other_weights, "does not match"),
     "NaN in weights": (_nan_weights, "NaN"),
+    "zero std in the weights file": (_stored_std(0.0), "standardisation std under"),
+    "denormal std in the weights file": (_stored_std(1e-45), "standardisation std under"),
     "unknown architecture option": (
         lambda m, a: edit_json(m / "model.json", lambda d: d["config"].update(width=3)), "width"),
     "weights file outside the directory": (
@@ -283,7 +307,8 @@ def _nested_parquet(c: Ctx) -> str:
     return str(path)
 
 
-def _images(c: Ctx, broken: bool = False, odd_size: bool = False) -> str:
+def _images(c: Ctx, broken: bool = False, odd_size: bool = False, extra: Callable[[str], str] | None = None) -> str:
+    """Two class folders of six 8x8 images; `extra(name)` adds one more entry, `img/a/x.png`, to class a."""
     from PIL import Image
 
     for k, name in enumerate(("a", "b")):
@@ -294,6 +319,8 @@ def _images(c: Ctx, broken: bool = False, odd_size: bool = False) -> str:
         (c.tmp / "img" / "b" / "b2.png").write_bytes(b"not an image")
     if odd_size:
         Image.new("RGB", (9, 9)).save(c.tmp / "img" / "b" / "b2.png")
+    if extra:
+        extra("img/a/x.png")
     return str(c.tmp / "img")
 
 CASES: dict[str, dict[str, Case]] = {
@@ -320,6 +347,10 @@ CASES: dict[str, dict[str, Case]] = {
             lambda c: [c.file("d.csv", "id,code,t\n" + "".join(f"{i},c{i},{i % 2}\n" for i in range(30))),
                        "--model", "mlp"], "no feature columns left after dropping id, code"),
         "--keep a column that does not exist": Case(lambda c: [_table_csv(c), "--model", "mlp", "--keep", "zz"], "'zz'"),
+        "csv that is a FIFO": Case(lambda c: [c.fifo("d.csv"), "--model", "mlp"], "FIFO"),
+        "image folder with a FIFO": Case(lambda c: [_images(c, extra=c.fifo), "--model", "cnn"], "FIFO"),
+        "image folder with a link to /dev/zero": Case(
+            lambda c: [_images(c, extra=lambda name: c.link(name, "/dev/zero")), "--model", "cnn"], "device"),
         "image folder with an unreadable file": Case(lambda c: [_images(c, broken=True), "--model", "cnn"], "b2.png"),
         "image folder with differently-sized files": Case(lambda c: [_images(c, odd_size=True), "--model", "cnn"],
                                                           "b2.png: 9x9 pixels"),
@@ -366,6 +397,7 @@ CASES: dict[str, dict[str, Case]] = {
     },
     "compress": {
         "model dir missing": Case(lambda c: [str(c.tmp / "nope"), "--data", "digits"], "not found"),
+        "onnx file that is a FIFO": Case(lambda c: [c.fifo("m.onnx"), "--data", "digits"], "FIFO"),
         "model dir is a file": Case(lambda c: [c.file("model"), "--data", "digits"], "not a model directory"),
         "empty directory as model": Case(lambda c: [(c.tmp / "m").mkdir() or str(c.tmp / "m"), "--data", "digits"],
                                          "not a model artifact"),
@@ -480,6 +512,11 @@ CASES: dict[str, dict[str, Case]] = {
         "config missing": Case(lambda c: ["iris", "--model", "mlp", "--config", str(c.tmp / "c.toml")], "not found"),
         "config is a directory": Case(lambda c: ["iris", "--model", "mlp", "--config",
                                                  (c.tmp / "c.toml").mkdir() or str(c.tmp / "c.toml")], "c.toml"),
+        "config linked to /dev/zero": Case(lambda c: ["iris", "--model", "mlp", "--config",
+                                                      c.link("c.yaml", "/dev/zero")], "device"),
+        "config that is a FIFO": Case(lambda c: ["iris", "--model", "mlp", "--config", c.fifo("c.yaml")], "FIFO"),
+        "config over 1 MB": Case(lambda c: ["iris", "--model", "mlp", "--config",
+                                            c.file("c.yaml", "#" * (1 << 20) + "\n")], "1,048,576"),
         "config of another format": Case(lambda c: ["iris", "--model", "mlp", "--config", c.file("c.ini", "[train]\n")],
                                          ".toml"),
         "config not a table": Case(lambda c: ["iris", "--model", "mlp", "--config", c.file("c.yaml", "- 1\n- 2\n")],

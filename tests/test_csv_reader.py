@@ -102,6 +102,20 @@ def test_a_ragged_line_in_a_file_too_large_for_line_numbers_is_named_by_its_text
         csvread.read_csv_arrow(path, ",", tables.MISSING_TOKENS)
 
 
+@pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"])
+def test_every_line_ending_reads_the_same_table(newline, tmp_path):
+    """A classic Mac file ends its lines with a lone "\r": the matrix was sized by "\n" alone, one row."""
+    text = "a,b,t\n" + "".join(f"{i * 0.5},{i % 5},{i % 2}\n" for i in range(30))
+    expected = tables.read_table(_write(tmp_path, text, "unix.csv"))
+    pd.testing.assert_frame_equal(tables.read_table(_write(tmp_path, text.replace("\n", newline))), expected)
+
+
+def test_a_field_over_the_csv_modules_limit_is_one_line_naming_it(tmp_path):
+    path = _write(tmp_path, "a,b,t\n1,2,0\n3," + "x" * 200_000 + ",1\n" + "1.5,2,0\n2.5,3,1\n" * 10)
+    with pytest.raises(DataError, match=r"d.csv: line 3: field larger than field limit"):
+        load_data(str(path))
+
+
 def test_a_column_name_given_twice_is_refused(tmp_path):
     path = _write(tmp_path, "a,b,a,t\n" + "1,2,3,0\n4,5,6,1\n" * 10)
     with pytest.raises(DataError, match="column name 'a' appears twice"):

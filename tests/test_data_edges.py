@@ -336,3 +336,24 @@ def test_the_launcher_names_its_torchrun_command_only_when_progress_is_shown(mon
     assert capsys.readouterr().err == ""
     assert launch(LaunchOptions(1), ["iris"], "cpu") == 0
     assert "launching: torchrun" in capsys.readouterr().err and len(started) == 2
+
+
+@pytest.mark.parametrize("names", [None, np.array([b"\xff", b"a", b"b"])], ids=["labels", "class_names"])
+def test_bytes_that_are_not_utf8_are_one_data_error_line(names, tmp_path):
+    """Bytes labels or class names are decoded as UTF-8, as a CSV is; others ended in UnicodeDecodeError, exit 1."""
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    y = np.array([b"\xff\xfe", b"a", b"b"] * 20) if names is None else np.arange(60) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y, **({} if names is None else {"class_names": names}))
+    with pytest.raises(DataError, match="holds bytes that are not UTF-8 text"):
+        load_data(str(tmp_path / "d.npz"))
+    np.savez(tmp_path / "ok.npz", x=x, y=np.array(["café".encode(), b"a", b"b"] * 20))
+    assert load_data(str(tmp_path / "ok.npz")).class_names == ["a", "b", "café"]
+
+
+def test_a_long_class_name_is_cut_in_the_error_line():
+    """A 1 MB class name given twice made a 1 MB error line."""
+    long = "x" * 1_000_000
+    with pytest.raises(DataError) as info:
+        DataBundle.from_arrays(np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 3,
+                               class_names=[long, long, "b"])
+    assert len(str(info.value)) < 300 and "(1,000,000 characters)" in str(info.value)

@@ -64,6 +64,17 @@ def array_npy(a: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def image_folder(path: Path, side: int) -> str:
+    """Two class folders of six side x side RGB images: 12 x 3 x side**2 float32 values once decoded."""
+    from PIL import Image
+
+    for k, name in enumerate("ab"):
+        (path / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (side, side), (40 * k, 10 * i, 0)).save(path / name / f"{i}.png")
+    return str(path)
+
+
 def wide_csv(path: Path, columns: int) -> str:
     with path.open("w") as handle:
         handle.write(",".join(f"c{i}" for i in range(columns)) + "\n")
@@ -182,6 +193,13 @@ CASES: dict[str, Case] = {
         _train(lambda c: npz_of(c.tmp / "d.npz", {"x": array_npy(np.zeros((1 << 20, 4), np.float32)),
                                                   "y": array_npy(np.arange(1 << 20) % 2)}, compress=True)),
         "inflate to more than", rss=True, env={"TOOLKIT_MAX_DATA_BYTES": str(1 << 22)}),
+    "npz of int8 inputs, 4x their stored bytes as float32": Case(
+        _train(lambda c: npz_of(c.tmp / "i8.npz", {"x": array_npy(np.ones((1 << 18, 4), np.int8)),
+                                                   "y": array_npy(np.arange(1 << 18, dtype=np.uint8) % 2)})),
+        "4,194,304", env={"TOOLKIT_MAX_DATA_BYTES": str(3 << 20)}),
+    "image folder decoding past the data budget": Case(
+        _train(lambda c: image_folder(c.tmp / "img", 64)), "589,824 bytes",
+        env={"TOOLKIT_MAX_DATA_BYTES": str(1 << 19)}),
     "npz header claiming 10**10 rows": Case(
         _train(lambda c: npz_of(c.tmp / "d.npz", {"x": npy_bytes((10**10, 4)), "y": array_npy(np.arange(40) % 2)})),
         "declares shape", rss=True),

@@ -379,6 +379,54 @@ def _data_outside(tmp_path):
     return path
 
 
+def _loop_body(inner_trips=None):
+    """A Loop body that passes its value on, with a Loop of `inner_trips` inside it when given."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Identity", ["c_in"], ["c_out"])]
+    inits = []
+    if inner_trips is None:
+        nodes.append(helper.make_node("Identity", ["v_in"], ["v_out"]))
+    else:
+        inits = [numpy_helper.from_array(np.array(inner_trips, np.int64), "m_inner")]
+        nodes.append(helper.make_node("Loop", ["m_inner", "c_in", "v_in"], ["v_out"], body=_loop_body()))
+    return helper.make_graph(
+        nodes, "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                        helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                        helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)], inits)
+
+
+def _loop(trips, inner_trips=None):
+    """x @ w passed through a Loop of `trips` steps (no trip count when None), one of `inner_trips` inside it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def make(tmp_path):
+        loop = helper.make_node("Loop", ["m" if trips is not None else "", "c", "xw"], ["y"],
+                                body=_loop_body(inner_trips))
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), loop]
+        consts = [numpy_helper.from_array(np.array(True), "c")]
+        consts += [numpy_helper.from_array(np.array(trips, np.int64), "m")] if trips is not None else []
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", CLASSES])],
+                                  [numpy_helper.from_array(np.ones((12, CLASSES), np.float32), "w"), *consts])
+        path = tmp_path / "loop.onnx"
+        path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+        return path
+
+    return make
+
+
+def _weight_without_data(tmp_path):
+    """A FLOAT [100000, 100000] weight with no data: 60 bytes that NumPy failed to reshape."""
+    from onnx import TensorProto
+
+    path = _matmul_graph(tmp_path, "nodata.onnx", np.ones((12, CLASSES), np.float32),
+                         extra_inits=[TensorProto(name="big", data_type=TensorProto.FLOAT, dims=[100000, 100000])])
+    return path
+
+
 def _wrong_shape_module(tmp_path):
     return nn.Sequential(nn.Flatten(), nn.Linear(7, CLASSES))
 
@@ -404,6 +452,13 @@ BAD = [
      r"tensor 'steps' would have the fixed shape \[400000000\], over 67,108,864 elements"),
     ("a huge buffer sized by the input's values", _size_from_values,
      r"asked for [0-9.]+ GiB in one buffer at its ConstantOfShape node, more than ONNX Runtime may hold here"),
+    ("a Loop of 10**15 steps", _loop(10**15), r"Loop 'y' runs 1,000,000,000,000,000 times; .* at most 100,000"),
+    ("a Loop without a trip count", _loop(None), r"Loop 'y' runs without a constant trip count"),
+    ("nested Loops of 10**6 steps in all", _loop(1000, 1000), r"Loop 'v_out' runs 1,000 times inside other loops"),
+    ("a weight with no data for its shape", _weight_without_data,
+     r"tensor 'big' claims shape \[100000, 100000\] \(FLOAT\) but holds 0 values, not 10,000,000,000"),
+    ("1,001 class scores", lambda tmp_path: _matmul_graph(tmp_path, "wide.onnx", np.ones((12, 1001), np.float32)),
+     r"returns 1,001 class scores, more than the limit of 1,000 classes"),
     ("external data outside the graph's folder", _data_outside,
      r"tensor 'w' keeps its data in '../secret.bin', which is not a file in"),
 ]
@@ -887,3 +942,22 @@ def test_the_sanity_check_re_initialises_attention_and_a_modules_own_parameters(
     before, after = dict(model.module.named_parameters()), dict(fresh.module.named_parameters())
     unchanged = [n for n in before if not n.endswith("bias") and torch.equal(before[n], after[n])]  # biases: 0
     assert not unchanged, unchanged
+
+
+def test_predictions_of_many_classes_are_one_block_not_a_column_at_a_time(tmp_path):
+    """A column inserted per class made 5,000 classes take minutes (pandas warns of the fragmented frame)."""
+    import warnings
+
+    import pandas as pd
+
+    from trainers.inference import predict_table
+
+    weight = np.random.default_rng(0).normal(size=(12, 1000)).astype(np.float32)
+    model = trainers.as_model(_matmul_graph(tmp_path, "wide.onnx", weight), _bundle((12,)).x_test)
+    x = np.random.default_rng(1).normal(size=(5, 12)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        table = predict_table(model, x)
+    assert list(table.columns[:3]) == ["predicted", "predicted_index", "p_0"] and table.shape == (5, 1002)
+    np.testing.assert_allclose(table.iloc[:, 2:].sum(axis=1), 1.0, rtol=1e-5)
+    assert (table["predicted_index"].to_numpy() == (x @ weight).argmax(1)).all()

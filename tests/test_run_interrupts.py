@@ -78,6 +78,44 @@ def test_sigterm_ends_a_command_as_ctrl_c_does_with_exit_143(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+NATIVE_CALL = """
+import numpy as np, onnxruntime as ort
+from onnx import TensorProto as T, helper as h, numpy_helper as nh
+from trainers import errors
+errors.NATIVE_GRACE_S = 1.0
+body = h.make_graph([h.make_node("Identity", ["c"], ["c_out"]), h.make_node("Sin", ["v"], ["v_out"])], "body",
+                    [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("c", T.BOOL, []),
+                     h.make_tensor_value_info("v", T.FLOAT, None)],
+                    [h.make_tensor_value_info("c_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, None)])
+graph = h.make_graph([h.make_node("Loop", ["m", "c0", "x"], ["y"], body=body)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [None])], [h.make_tensor_value_info("y", T.FLOAT, None)],
+                     [nh.from_array(np.array(100_000, np.int64), "m"), nh.from_array(np.array(True), "c0")])
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+session = ort.InferenceSession(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]).SerializeToString(),
+                               options, providers=["CPUExecutionProvider"])
+with errors.sigterm_as_interrupt():
+    print("running", flush=True)
+    session.run(None, {"x": np.ones(1 << 20, np.float32)})  # 100,000 sines of a million floats: minutes
+"""
+
+
+def test_sigterm_ends_a_long_native_call_after_the_grace_period(tmp_path):
+    """Inside one ONNX Runtime run the Python handler never runs: the watchdog ends the process, one line, 143."""
+    proc = subprocess.Popen([sys.executable, "-c", NATIVE_CALL], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "running\n", proc.stderr.read()
+    time.sleep(0.5)  # inside the run
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and stderr == "error: terminated\n", stderr[-2000:]
+    assert time.monotonic() - sent < 10
+
+
 def test_a_pipeline_stopped_by_sigterm_records_the_signal(tmp_path, monkeypatch):
     """pipeline.json said 'Ctrl-C' for a run a timeout had stopped."""
     from trainers import errors

@@ -125,8 +125,13 @@ def _check_serve(serve, where: str) -> None:
         raise ArtifactError(f"{where}: serve.sha256 must be a string")
 
 
+# The smallest standardisation std an artifact may hold: training stores 1 for a std under 1e-6
+# (`data._normalisation`), and a zero or denormal std (1e-45) made every prediction NaN with exit 0.
+STD_FLOOR = 1e-7
+
+
 def _check_statistics(pre: dict, where: str) -> None:
-    """Standardisation statistics must be finite, with every std positive: else every prediction is NaN."""
+    """Standardisation statistics must be finite, with every std at least STD_FLOOR: else every prediction is NaN."""
     for key in ("mean", "std"):
         if pre.get(key) is None:
             continue
@@ -134,8 +139,8 @@ def _check_statistics(pre: dict, where: str) -> None:
             values = np.asarray(pre[key], dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
             raise ArtifactError(f"{where}: preprocessing.{key} must be an array of numbers") from None
-        if values.dtype.kind != "f" or not np.isfinite(values).all() or (key == "std" and (values <= 0).any()):
-            rule = "finite and positive" if key == "std" else "finite"
+        if values.dtype.kind != "f" or not np.isfinite(values).all() or (key == "std" and (values < STD_FLOOR).any()):
+            rule = f"finite and at least {STD_FLOOR}" if key == "std" else "finite"
             raise ArtifactError(f"{where}: preprocessing.{key} must be {rule}")
 
 
@@ -491,6 +496,9 @@ def _check_state(module: nn.Module, state: dict, weights: Path) -> None:
     for key, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ArtifactError(f"{weights}: tensor {key} contains NaN or infinite values")
+        if key.endswith("standardize.std") and (tensor.float() < STD_FLOOR).any():  # model.json's copy is checked too
+            raise ArtifactError(f"{weights}: tensor {key} holds a standardisation std under {STD_FLOOR} (zero or "
+                                "denormal): every prediction would be NaN")
 
 
 def _check_dtypes(state: dict, spec: ModelSpec, weights: Path, module: nn.Module) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .buffers import column_matrix, hand_back_freed
-from .errors import DataError
+from .errors import DataError, shown
 
 EXACT_FLOAT32 = 2**24  # integers beyond it lose digits in float32 (an ID column would stop being unique)
 BLOCK_BYTES = 1 << 20
@@ -112,17 +112,18 @@ def _names(path: Path, raw: list[str]) -> list[str]:
     seen = set()
     for name in names:
         if name in seen:
-            raise DataError(f"{path}: column name '{name}' appears twice in the header; rename one")
+            raise DataError(f"{path}: column name {shown(name)} appears twice in the header; rename one")
         seen.add(name)
     return names
 
 
 def _line_bound(path: Path) -> int:
-    """At least the number of data rows: the file's line breaks (quoted line breaks make it larger)."""
+    """At least the number of data rows: the file's line breaks, "\n", "\r\n" or a classic Mac's lone "\r",
+    all of which pyarrow ends a row at (quoted line breaks, and a "\r\n" split between blocks, make it larger)."""
     count = 0
     with path.open("rb") as handle:
         while block := handle.read(16 << 20):
-            count += block.count(b"\n")
+            count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
     return count + 1
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, shown
+from .fileio import check_regular_file
 
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 LAYOUTS = {1: "features", 2: "signal", 3: "image"}
@@ -170,8 +171,7 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
                 "and not an existing .npz, .npy, .csv or .parquet file or image folder"
             )
         raise DataError(f"unsupported data file '{text}': expected a .npz, .npy, .csv or .parquet file")
-    if not path.exists():
-        raise DataError(f"data file not found: {text}")
+    check_regular_file(path, "data file", DataError)
     if suffix == ".npz":
         return _load_npz(path, seed)
     if suffix == ".npy":
@@ -230,7 +230,7 @@ def _load_npz(path: Path, seed: int) -> DataBundle:
             value = arrays[key]
             if value.dtype.kind not in "UST" and value.dtype.kind not in "iu":
                 raise DataError(f"{path}: '{key}' must be an array of strings")
-            names[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in value.reshape(-1)]
+            names[key] = _text(value.reshape(-1), f"{path}: '{key}'").tolist()
     return _finish(
         path.stem, str(path), arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"),
         names.get("class_names"), names.get("feature_names"), seed,
@@ -248,35 +248,42 @@ def _check_npz_sizes(path: Path) -> None:
     """Read every member's size and .npy header from the zip directory, before inflating anything.
 
     A zip bomb, a header that claims more rows than its bytes hold, a truncated member or an object array is
-    refused here with one line, instead of exhausting memory or failing inside `np.load`.
+    refused here with one line, instead of exhausting memory or failing inside `np.load`. An array counts as
+    loading holds it: at least 4 bytes an element, since inputs become float32 (a 0.83 MB file of 244 MiB of
+    int8 inputs peaked at 3.67 GB when its stored bytes were counted).
     """
     budget, total = data_budget(), 0
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.infolist():
-                total += member.file_size
-                if total > budget:
-                    raise DataError(f"{path}: its arrays inflate to more than {budget:,} bytes "
-                                    f"(set {MAX_DATA_BYTES_ENV} to allow more)")
                 if member.filename.endswith(".npy"):
                     with archive.open(member) as handle:
-                        _check_npy_header(path, member, handle)
+                        total += _check_npy_header(path, member, handle)
+                else:
+                    total += member.file_size
+                if total > budget:
+                    raise DataError(f"{path}: its arrays inflate to more than {budget:,} bytes once loaded "
+                                    f"({total:,} counted, 4 bytes an element at least; set {MAX_DATA_BYTES_ENV} "
+                                    "to allow more)")
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as exc:
         raise DataError(f"cannot read {path} as a .npz file (truncated or malformed): {exc}") from None
 
 
-def _check_npy_header(path: Path, member: zipfile.ZipInfo, handle) -> None:
+def _check_npy_header(path: Path, member: zipfile.ZipInfo, handle) -> int:
+    """The bytes the member's array takes once loaded, its header checked against its stored bytes."""
     name = member.filename[:-4]
     version = np.lib.format.read_magic(handle)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _, dtype = read(handle, max_header_size=10_000)
     if dtype.hasobject:  # np.load would need to unpickle it: never for user files
         raise DataError(f"{path}: array '{name}' holds Python objects, which would need unpickling; refused")
-    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    elements = int(np.prod(shape, dtype=np.float64))
+    declared = elements * dtype.itemsize
     available = member.file_size - handle.tell()
     if declared > available:
         raise DataError(f"{path}: array '{name}' declares shape {tuple(shape)} ({declared:,} bytes) but holds "
                         f"{max(available, 0):,} bytes (truncated or malformed)")
+    return elements * max(dtype.itemsize, 4)
 
 
 def _encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -325,7 +332,7 @@ def _as_labels(y, what: str, by_name: bool = True) -> np.ndarray:
             raise DataError(f"{what} must be integer class labels, found non-integer values")
         return y.astype(np.int64)
     if y.dtype.kind in "US":  # text labels ("cat", "dog"): the classes are their values, as in a table
-        return y.astype(str)
+        return _text(y, what)
     raise DataError(f"{what} must be integer or text class labels, got dtype {y.dtype if given is None else given}")
 
 
@@ -339,6 +346,18 @@ def _refuse_missing(y: np.ndarray, what: str) -> None:
     missing = int(np.count_nonzero(pd.isna(y)))
     if missing:
         raise DataError(f"{what} has {missing} missing label(s) (None, NaN or NA): drop those rows")
+
+
+def _text(values: np.ndarray, what: str) -> np.ndarray:
+    """Strings, bytes decoded as UTF-8 as a CSV is read: bytes that are not UTF-8 are one DataError line, as a CSV
+    of them is, rather than names made up of replacement characters that no other file would match."""
+    if values.dtype.kind != "S":
+        return values.astype(str)
+    try:
+        return np.char.decode(values, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} holds bytes that are not UTF-8 text ({exc.object[:20]!r}); "
+                        "save text labels as strings") from None
 
 
 def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
@@ -386,7 +405,7 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     if y_test is not None:
         unseen = np.setdiff1d(y_test, y)
         if len(unseen):
-            raise DataError(f"y_test holds label {unseen[0]}, which no training row has: a model cannot learn a "
+            raise DataError(f"y_test holds label {shown(unseen[0])}, which no training row has: a model cannot learn a "
                             "class it never sees (merge the splits, or drop those test rows)")
     if class_names is None and (text or int(all_labels.min()) < 0 or int(all_labels.max()) >= len(all_labels)
                                 or len(np.unique(all_labels)) != int(all_labels.max()) + 1):
@@ -401,7 +420,7 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         seen: set[str] = set()
         twice = [n for n in map(str, class_names) if n in seen or seen.add(n)]
         if twice:
-            raise DataError(f"class name '{twice[0]}' is given to two classes; each class needs its own name "
+            raise DataError(f"class name {shown(twice[0])} is given to two classes; each class needs its own name "
                             "(predictions name their columns by it)")
         if len(class_names) < num_classes:
             raise DataError(f"label {num_classes - 1} is out of range for {len(class_names)} class names")
@@ -456,7 +475,7 @@ def align_classes(bundle: DataBundle, class_names: list[str]) -> DataBundle:
     if names == [str(i) for i in range(len(model))]:
         return dataclasses.replace(bundle, class_names=model)
     unknown = [n for n in names if n not in model]
-    raise DataError(f"data '{bundle.name}' has class '{unknown[0]}', which the model does not predict (its classes: "
+    raise DataError(f"data '{bundle.name}' has class {shown(unknown[0])}, which the model does not predict (its classes: "
                     f"{', '.join(model[:6])}{', ...' if len(model) > 6 else ''})")
 
 

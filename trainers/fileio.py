@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -107,6 +108,22 @@ def load_json(path: str | Path, what: str = "file", *, constants_as_none: bool =
         raise ToolkitError(f"cannot read {what} {path}: {exc}") from None
     except (RecursionError, MemoryError) as exc:  # nesting or sizes a JSON file has no business with
         raise ToolkitError(f"cannot read {what} {path}: " + parse_failure(exc)) from None
+
+
+def check_regular_file(path: str | Path, what: str = "file", error: type = ToolkitError) -> None:
+    """Refuse, in one `error` line, a path that is missing or is no regular file once links are followed: reading
+    a FIFO blocks until a writer comes (the toolkit hung on `mkfifo data.csv`), and /dev/zero never ends (a
+    config linked to it was read until memory ran out)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise error(f"{what} {path} is {kind}; expected a regular file")
 
 
 def commit_directory(staging: Path, final: Path) -> None:

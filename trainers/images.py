@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .fileio import check_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -84,6 +85,15 @@ def _pixels(image, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(picture, dtype=np.float32) / 255.0
 
 
+def _regular(files) -> list[Path]:
+    """`files` sorted, each checked to be a regular file (`fileio.check_regular_file`): a FIFO named like an
+    image blocked the folder's reader forever."""
+    found = sorted(files)
+    for file in found:
+        check_regular_file(file, "image", DataError)
+    return found
+
+
 def load_image_folder(path: Path, seed: int, size: int | None = None):
     """A DataBundle from `path/<class>/<image>`: RGB (or grey when every image is grey), resized if `size`."""
 
@@ -95,7 +105,7 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
         raise DataError(f"{path}: an image folder needs one sub-folder per class, at least two; found {len(classes)}")
     files, labels, empty = [], [], []
     for k, name in enumerate(classes):
-        found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        found = _regular(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         files += found
         labels += [k] * len(found)
         if not found:
@@ -105,23 +115,40 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
     if empty:  # a class without an image would be an output the model can never learn
         raise DataError(f"{path}: class folder '{empty[0]}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
                         "add images or remove the folder")
-    images, modes, first_size = [], set(), None
-    for file in files:
+    channels, (width, height) = _planned(path, files, size)
+    x = np.empty((len(files), channels, height, width), dtype=np.float32)
+    for i, file in enumerate(files):
         with _opened(file) as image:
             if size:
                 image.draft(None, (size, size))  # a JPEG decodes at a fraction of its size where that suffices
-            image.load()
-            first_size = first_size or image.size
-            if size is None and image.size != first_size:
-                raise DataError(f"{file}: {image.size[0]}x{image.size[1]} pixels, {files[0].name} has "
-                                f"{first_size[0]}x{first_size[1]}; resize them all with --image-size N")
-            modes.add("L" if image.mode in ("L", "1", "F") or image.mode.startswith("I") else "RGB")
-            images.append(_pixels(image, 3, (size, size) if size else None))
-    grey = modes == {"L"}  # a grey image's three channels are equal: the first is the image
-    x = np.stack(images)
-    x = x[:, None, :, :, 0] if grey else x.transpose(0, 3, 1, 2)
-    bundle = _finish(path.name, str(path), np.ascontiguousarray(x), np.asarray(labels), None, None, classes, None, seed)
+            pixels = _pixels(image, channels, (size, size) if size else None)
+        x[i] = pixels if channels == 1 else pixels.transpose(2, 0, 1)
+    bundle = _finish(path.name, str(path), x, np.asarray(labels), None, None, classes, None, seed)
     return bundle  # the (resized) image size is the input shape
+
+
+def _planned(path: Path, files: list[Path], size: int | None) -> tuple[int, tuple[int, int]]:
+    """(channels, (width, height)) of the folder's input array, from the images' headers alone (Pillow reads no
+    pixel before `load`): one channel when every image is grey, else RGB. The array's float32 bytes are held
+    to the data budget before any image is decoded: six one-colour 7000 x 7000 PNGs of 143 KB each decode to
+    3.5 GB, and decoding them into a list, stacking and transposing it held that three times over."""
+    from .data import MAX_DATA_BYTES_ENV, data_budget
+
+    first, grey = None, True
+    for file in files:
+        with _opened(file) as image:
+            first = first or (file, image.size)
+            if size is None and image.size != first[1]:
+                raise DataError(f"{file}: {image.size[0]}x{image.size[1]} pixels, {first[0].name} has "
+                                f"{first[1][0]}x{first[1][1]}; resize them all with --image-size N")
+            grey = grey and (image.mode in ("L", "1", "F") or image.mode.startswith("I"))
+    channels, shape = (1 if grey else 3), ((size, size) if size else first[1])
+    total = len(files) * channels * shape[0] * shape[1] * 4
+    if total > data_budget():
+        raise DataError(f"{path}: its {len(files):,} images decode to {total:,} bytes ({shape[0]}x{shape[1]} "
+                        f"pixels x {channels} channel(s) x 4 bytes each), more than the data budget of "
+                        f"{data_budget():,} (set {MAX_DATA_BYTES_ENV} to allow more, or pass --image-size N)")
+    return channels, shape
 
 
 def read_image_files(path: Path, input_shape) -> tuple[np.ndarray, list[str]]:
@@ -131,7 +158,7 @@ def read_image_files(path: Path, input_shape) -> tuple[np.ndarray, list[str]]:
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
         raise DataError(f"{path}: this model takes inputs of shape {tuple(input_shape)}, not images (C, H, W)")
     channels, height, width = input_shape
-    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files = _regular(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
     if not files:
         raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
     images = []

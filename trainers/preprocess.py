@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .buffers import column_matrix, release
-from .errors import DataError
+from .errors import DataError, shown
 
 ONE_HOT_LIMIT = 10
 UNNAMED_INDEX = ("", "Unnamed: 0", "index")
@@ -304,7 +304,7 @@ def named_columns(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     names = [str(c).strip() for c in frame.columns]
     twice = pd.Index(names)[pd.Index(names).duplicated()]
     if len(twice):
-        raise DataError(f"{where}: column name '{twice[0]}' appears twice; rename one")
+        raise DataError(f"{where}: column name {shown(twice[0])} appears twice; rename one")
     for name in frame.columns:
         column = frame[name]
         if column.dtype == object and len(column):

@@ -139,14 +139,17 @@ def _check_ragged(path: Path, sep: str) -> None:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=sep)
         width = None
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            if width is None:
-                width = len(row)
-            elif len(row) != width:
-                raise DataError(f"{path}: line {reader.line_num} has {len(row)} fields, the header has {width} "
-                                f"(separator {sep!r}; force another with --sep)")
+        try:
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if width is None:
+                    width = len(row)
+                elif len(row) != width:
+                    raise DataError(f"{path}: line {reader.line_num} has {len(row)} fields, the header has {width} "
+                                    f"(separator {sep!r}; force another with --sep)")
+        except csv.Error as exc:  # a field over csv's limit (128 KB), a NUL byte
+            raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
 
 
 def max_columns() -> int:

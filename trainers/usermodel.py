@@ -22,7 +22,9 @@ import numpy as np
 from torch import nn
 
 from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model, refuse_frozen
+from .data import MAX_CLASSES
 from .errors import ToolkitError, memory_refusal
+from .fileio import check_regular_file
 from .ortsession import inference_session
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".pt2")
@@ -72,8 +74,7 @@ def as_model(model, data=None, *, class_names=None, module: nn.Module | None = N
             what = "a torch.export program, which torch.export.load unpickles" if suffix == ".pt2" else "a pickle"
             raise ToolkitError(f"{path.name} is {what}; the toolkit never loads pickles (they run code): {PYTHON_ROUTE}")
         if suffix == ".onnx":
-            if not path.is_file():
-                raise ToolkitError(f"ONNX file not found: {path}")
+            check_regular_file(path, "ONNX file")
             onnx_bytes, proto = read_onnx_file(path)
             return from_onnx(onnx_bytes, data, class_names=class_names, origin=str(path.absolute()), proto=proto)
         return load_model(path, module=module)  # an artifact directory (its own one-line refusals otherwise)
@@ -152,6 +153,8 @@ def _names(data, class_names, width: int, where: str) -> list[str]:
     if names is None:
         names = [str(i) for i in range(width)]
     names = [str(n) for n in names]
+    if width > MAX_CLASSES:  # as for the toolkit's own models: reports and a confusion matrix are k x k
+        raise ToolkitError(f"{where} returns {width:,} class scores, more than the limit of {MAX_CLASSES:,} classes")
     if len(names) != width:
         raise ToolkitError(f"{where} returns {width} class scores, the data has {len(names)} classes")
     return names
@@ -284,11 +287,13 @@ def _check_tensors(proto, origin: str) -> None:
     from onnx import TensorProto, numpy_helper, shape_inference
 
     for tensor in _all_tensors(proto):
+        _check_stored_size(tensor, origin)
         if tensor.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
             values = numpy_helper.to_array(tensor)
             if not np.isfinite(values.astype(np.float32, copy=False)).all():
                 raise ToolkitError(f"{origin}: weight '{tensor.name}' contains NaN or infinite values; the model "
                                    "cannot be measured or compressed")
+    _check_loops(proto.graph, {}, origin)
     try:
         inferred = shape_inference.infer_shapes(proto).graph
     except Exception:  # an op ONNX cannot infer (a custom domain): ONNX Runtime's own checks decide
@@ -298,6 +303,64 @@ def _check_tensors(proto, origin: str) -> None:
         if dims and None not in dims and np.prod(np.asarray(dims, dtype=np.float64)) > MAX_BUILT_ELEMENTS:
             raise ToolkitError(f"{origin}: tensor '{value.name}' would have the fixed shape {dims}, over "
                                f"{MAX_BUILT_ELEMENTS:,} elements; refused")
+
+
+# The most iterations a graph's Loops may run, nested ones multiplied. ONNX Runtime's run is one native call that
+# neither Ctrl-C nor SIGTERM interrupts: a Loop of 10**15 trips in a 1 KB file ran until killed with -9.
+MAX_LOOP_TRIPS = 100_000
+
+
+def _check_loops(graph, constants: dict, origin: str, outer: int = 1) -> None:
+    """Refuse a Loop (in subgraphs of Loop, Scan and If too) whose trip count is not a constant, an initializer
+    or a Constant node in its scope, or which runs, times the Loops around it, more than MAX_LOOP_TRIPS times."""
+    from onnx import numpy_helper
+
+    constants = {**constants, **{t.name: t for t in graph.initializer},
+                 **{n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                    if a.name == "value"}}
+    for node in graph.node:
+        trips = outer
+        if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
+            tensor = constants.get(node.input[0] if node.input else "")
+            count = numpy_helper.to_array(tensor).reshape(-1) if tensor is not None else np.zeros(0)
+            if count.size != 1 or count.dtype.kind not in "iu" or not 0 <= int(count[0]) * outer <= MAX_LOOP_TRIPS:
+                shown = f"{int(count[0]):,} times" if count.size == 1 and count.dtype.kind in "iu" else \
+                    "without a constant trip count"
+                inside = " inside other loops" * (outer > 1)
+                raise ToolkitError(f"{origin}: Loop '{node.name or node.output[0]}' runs {shown}{inside}; the toolkit "
+                                   f"runs graphs whose loops take at most {MAX_LOOP_TRIPS:,} steps, a constant trip "
+                                   "count (ONNX Runtime's run cannot be interrupted)")
+            trips = outer * int(count[0])
+        for attribute in node.attribute:
+            for sub in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+                _check_loops(sub, constants, origin, max(trips, 1))
+
+
+def _check_stored_size(tensor, origin: str) -> None:
+    """Refuse a tensor whose data is not what its dims and type claim, before NumPy reshapes it: a FLOAT
+    [100000, 100000] with no data ended in "cannot reshape array of size 0" as an unexpected error, and so did
+    external data whose location was the graph file itself. Data still kept outside (`read_onnx_file` reads a
+    file's into the graph) is refused too: NumPy would look for it in the working directory."""
+    from onnx import TensorProto, helper
+    from onnx.external_data_helper import uses_external_data
+
+    if uses_external_data(tensor):
+        raise ToolkitError(f"{origin}: tensor '{tensor.name}' keeps its data in an external file; pass the .onnx "
+                           "file (its data files beside it), not its bytes")
+    if tensor.data_type == TensorProto.UNDEFINED:
+        return
+    count = int(np.prod(np.asarray(tensor.dims, dtype=np.float64)))
+    kind = TensorProto.DataType.Name(tensor.data_type)
+    if tensor.HasField("raw_data"):
+        present, per = len(tensor.raw_data), helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    else:
+        present, per = len(getattr(tensor, helper.tensor_dtype_to_field(tensor.data_type))), 1 + kind.startswith("COMPLEX")
+    needed = -(-count // 2) if kind in ("INT4", "UINT4", "FLOAT4E2M1") else count * per  # 4-bit: two a byte
+    if present != needed:
+        raise ToolkitError(f"{origin}: tensor '{tensor.name}' claims shape {list(tensor.dims)} "
+                           f"({kind}) but holds {present:,} "
+                           f"{'bytes' if tensor.HasField('raw_data') else 'values'}, not {needed:,}; the file is "
+                           "truncated or malformed")
 
 
 def _example_from_graph(dims: list, meta: dict, origin: str) -> np.ndarray:
