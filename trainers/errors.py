@@ -33,8 +33,8 @@ INTERRUPTED = {"by": None}   # the signal that ended the command: "SIGINT" or "S
 
 
 # How long a SIGTERM may wait for its Python handler before the watchdog ends the process (`_native_watchdog`).
-# At 10 s a compress run on 2 cores under a load of 5 (one native call of quantization or a session's creation
-# outlasting it) was ended by the watchdog, its staging directory left behind, in 2 of 4 runs of its test.
+# At 10 s its test (a compress run on 2 cores under a load of 5) failed in 2 of 4 runs, exit 143 with the staging
+# directory left behind: most likely one native call outlasted the grace and the watchdog ended the run.
 NATIVE_GRACE_S = 30.0
 
 
