@@ -292,3 +292,33 @@ def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp
     assert main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "t"), "--device", "cpu", "--amp",
                  "--epochs", "2"]) == 0
     assert json.loads((tmp_path / "t" / "config.json").read_text())["amp"] is True
+
+
+def test_ctrl_c_of_a_two_process_run_stops_both_ranks_together_and_keeps_the_model(tmp_path):
+    """Each rank hears the signal at another point of its step: raised where it landed, one rank met the final
+    barrier while the other waited in a gradient all-reduce, and the job hung until torchrun's SIGKILL (31 s) with
+    no model. Random labels never leave chance, so early stopping never ends the run before the signal."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "noise.npz", x=rng.normal(size=(2000, 16)).astype(np.float32), y=rng.integers(0, 3, 2000))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launcher = subprocess.Popen([sys.executable, "-m", "cli.main", "--progress", "lines", "train", "noise.npz",
+                                 "--model", "mlp", "--epochs", "10000", "--device", "cpu", "--nproc-per-node", "2",
+                                 "--out", "run"], cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        for line in launcher.stderr:
+            if line.startswith("train [3/"):
+                break
+        launcher.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 130, stderr[-2000:]
+    assert time.monotonic() - sent < 20, "the job waited for torchrun's SIGKILL"
+    assert "keeping the best model so far" in stderr and "error:" not in stderr, stderr[-2000:]
+    assert load_model(tmp_path / "run").spec.family == "mlp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.npz", "run"]  # no .partial, no lock
