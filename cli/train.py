@@ -65,7 +65,7 @@ def train_command(
     On 4 GPUs: toolkit train digits --model cnn --nproc-per-node 4 (or the plain command under torchrun).
     """
     from trainers import TrainConfig, default_run_dir, train
-    from trainers.errors import ToolkitError
+    from trainers.errors import ToolkitError, interrupt_code
     from trainers.options import parse
     from trainers.tables import TableOptions
 
@@ -103,7 +103,7 @@ def train_command(
              f"{result.seconds:.1f}s on {result.device}" + (" [interrupted]" if result.interrupted else ""))
         typer.echo(str(result.out))
     if result.interrupted:
-        raise typer.Exit(130)  # Ctrl-C: the best model so far is kept, and a script stops here, not at the next step
+        raise typer.Exit(interrupt_code()[1])  # the best model so far is kept, and a script stops here, not later
 
 
 def _defaults() -> dict:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import reports.pipeline as pipeline_module
@@ -183,3 +184,20 @@ def test_ctrl_c_that_a_library_turns_into_another_error_still_ends_as_an_interru
         signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err.strip() == "error: interrupted"
     assert not (run / "report.html").exists()
+
+
+def test_sigterm_during_training_keeps_the_best_model_and_exits_143(tmp_path):
+    """Before, an interrupted training run always exited 130, whichever signal stopped it. Random labels never
+    leave chance, so early stopping never ends the run before the signal."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "noise.npz", x=rng.normal(size=(2000, 16)).astype(np.float32), y=rng.integers(0, 3, 2000))
+    proc = _start("--progress", "lines", "train", tmp_path / "noise.npz", "--model", "mlp", "--epochs", "10000",
+                  "--device", "cpu", "--out", tmp_path / "run")
+    for line in proc.stderr:
+        if line.startswith("train [2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "keeping the best model so far" in stderr
+    assert load_model(tmp_path / "run").spec.family == "mlp"
