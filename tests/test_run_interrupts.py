@@ -201,3 +201,21 @@ def test_sigterm_during_training_keeps_the_best_model_and_exits_143(tmp_path):
     assert proc.returncode == 143, stderr[-2000:]
     assert "keeping the best model so far" in stderr
     assert load_model(tmp_path / "run").spec.family == "mlp"
+
+
+def test_a_signal_during_the_final_evaluation_still_saves_the_trained_model(tmp_path, monkeypatch, capsys):
+    """Before, SIGTERM after the last epoch (the final evaluation, the save) left `<out>.partial` without a model."""
+    import trainers.fit as fit
+
+    evaluate = fit._final_metrics
+
+    def terminated_meanwhile(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_final_metrics", terminated_meanwhile)
+    out = tmp_path / "run"
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", str(out)]) == 143
+    assert "the trained model is saved" in capsys.readouterr().err
+    assert load_model(out).spec.family == "mlp" and json.loads((out / "result.json").read_text())["interrupted"]
+    assert not (tmp_path / "run.partial").exists()
