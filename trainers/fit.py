@@ -29,7 +29,7 @@ from torch import nn
 
 from . import display, distributed
 from .artifact import LoadedModel, ModelSpec, check_device, write_artifact
-from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, restore_metrics, save_checkpoint
 from .data import DataBundle, absolute_source, load_data
 from .env import environment, package_versions
 from .errors import ToolkitError
@@ -354,6 +354,8 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     def restore(state):
         if checkpoint is not None:
             load_checkpoint(checkpoint, module, state)
+            if run is not None:
+                restore_metrics(run, state.history)
             report(state.epoch, "resumed")
 
     try:
