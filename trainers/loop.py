@@ -148,6 +148,8 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
     signal = left_chance(state.history, chance)  # a resumed run's epochs
     try:
         for epoch in range(state.epoch + 1, options.epochs + 1):
+            if options.patience is not None and state.bad_epochs >= options.patience:
+                break  # here, not after the epoch: a checkpoint that had run out of patience trains no more
             tick = time.perf_counter()
             if options.schedule == "replay":
                 for group in state.optimizer.param_groups:
@@ -169,8 +171,6 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
                 state.bad_epochs = 0
             if after_epoch is not None:
                 after_epoch(state, row)
-            if options.patience is not None and state.bad_epochs >= options.patience:
-                break
     except KeyboardInterrupt:
         if not options.interruptible:
             raise
