@@ -322,3 +322,26 @@ def test_ctrl_c_of_a_two_process_run_stops_both_ranks_together_and_keeps_the_mod
     assert "keeping the best model so far" in stderr and "error:" not in stderr, stderr[-2000:]
     assert load_model(tmp_path / "run").spec.family == "mlp"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.npz", "run"]  # no .partial, no lock
+
+
+def test_a_killed_worker_is_named_in_one_line_and_the_job_exits_1(monkeypatch, capsys):
+    """Before: gloo's "Connection reset by peer ... GLHF!" from the survivor, "error: terminated" from the rank the
+    launcher then stopped, and exit code 143 though nobody sent SIGTERM."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from trainers.distributed import ERROR_DIR_ENV, launch, peer_lost
+
+    def run(_args):
+        assert peer_lost(RuntimeError("[pair.cc:537] Read error [127.0.0.1]:14756: Connection reset by peer. GLHF!"))
+        assert not peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+        stopped = ProcessFailure(local_rank=0, pid=1, exitcode=-signal.SIGTERM, error_file="")
+        killed = ProcessFailure(local_rank=1, pid=2, exitcode=-signal.SIGKILL, error_file="")
+        raise ChildFailedError("cli.main", {0: stopped, 1: killed})
+
+    monkeypatch.setattr(torchrun, "run", run)
+    assert launch(LaunchOptions(2), ["d.npz"], "cpu", announce=False) == 1
+    assert capsys.readouterr().err.splitlines() == ["error: worker rank 1 died (signal 9)"]
+    assert not os.environ.get(ERROR_DIR_ENV) and not peer_lost(RuntimeError("Connection reset by peer"))

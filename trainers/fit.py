@@ -311,8 +311,10 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
                     result.out = run.commit()
                 result.model.path = result.out
                 tracker.log_artifact(result.out / "result.json")
-    except BaseException:
+    except BaseException as exc:
         distributed.shutdown(ctx, failed=True)
+        if distributed.peer_lost(exc):
+            raise SystemExit(1) from None  # quietly: the launcher names the worker that died
         raise
     distributed.shutdown(ctx)
     return result
