@@ -309,8 +309,10 @@ def _as_labels(y: np.ndarray, what: str) -> np.ndarray:
     if y.dtype.kind in "iub":
         return y.astype(np.int64, copy=False)
     if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise DataError(f"{what} must be integer class labels, found non-integer values")
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if len(bad):  # the first one named: a NaN is a missing label, not a fraction
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise DataError(f"{what} must be integer class labels, found {y[bad[0]]} in row {bad[0]}{more}")
         return y.astype(np.int64)
     if y.dtype.kind in "US":  # text labels ("cat", "dog"): the classes are their values, as in a table
         return y.astype(str)
