@@ -275,7 +275,7 @@ def test_workers_end_when_their_launcher_is_killed(tmp_path):
         launcher.kill()
 
 
-def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp_path):
+def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp_path, capsys):
     """`--amp` (mixed precision on CUDA, off by default) is a TrainConfig field the launched processes must get too."""
     from trainers import distributed
 
@@ -289,9 +289,11 @@ def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp
                  "--nproc-per-node", "2", "--oversubscribe"]) == 0
     assert "--amp" not in sent["argv"]
     # In one process: recorded in config.json (and ignored off CUDA: the CPU run trains in float32).
+    capsys.readouterr()
     assert main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "t"), "--device", "cpu", "--amp",
                  "--epochs", "2"]) == 0
     assert json.loads((tmp_path / "t" / "config.json").read_text())["amp"] is True
+    assert "note: --amp (mixed precision) works on CUDA only" in capsys.readouterr().err  # said, not silently
 
 
 def test_ctrl_c_of_a_two_process_run_stops_both_ranks_together_and_keeps_the_model(tmp_path):

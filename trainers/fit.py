@@ -268,6 +268,9 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
     get_family(family)
     arch = make_config(family, config.model)
     ctx, device = distributed.context(resolve_device(config.device))
+    if config.amp and device.type != "cuda" and ctx.is_main:
+        print(f"note: --amp (mixed precision) works on CUDA only: this run on {device.type} trains in float32",
+              file=sys.stderr)
     tracker = tracker if tracker is not None and ctx.is_main else NullTracker()  # rank 0 speaks for the job
     try:
         distributed.per_rank_batch(config.batch_size, ctx)
