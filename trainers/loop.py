@@ -271,6 +271,7 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
     # one buffer) and one comparison per epoch: per-batch `==`/`sum`/`+=` tensors were 5% of an MLP epoch on CPU.
     loss_sum = torch.zeros((), device=device)
     predictions = torch.empty(len(order), device=device, dtype=torch.long)
+    real = len(range(ctx.rank, len(y), ctx.world_size))  # the rows after these repeat others (the sampler's padding)
     for start in range(0, len(order), batch_size):
         if interrupts is not None and interrupts.at_step():
             raise KeyboardInterrupt
@@ -295,11 +296,12 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
         if options.schedule == "cosine":
             state.scheduler.step()
         n = len(batch.y)
-        loss_sum.add_(value.detach(), alpha=n)
+        # A batch's mean loss counts for its real rows: the padding is one row of the last batch at most.
+        loss_sum.add_(value.detach(), alpha=max(0, min(n, real - start)))
         torch.argmax(logits[:n].detach(), 1, out=predictions[start:start + n])
-    correct = (predictions == y[order]).sum()
+    correct = (predictions[:real] == y[order[:real]]).sum()
     # One device-to-host sync (and one all-reduce) per epoch, not per batch.
-    figures = [loss_sum.item(), correct.item(), len(order), time.perf_counter() - tick]
+    figures = [loss_sum.item(), correct.item(), real, time.perf_counter() - tick]
     total_loss, total_correct, count, seconds = distributed.all_sum(figures, ctx, device)
     if interrupts is not None:
         interrupts.pace(seconds / ctx.world_size / max(1, -(-len(order) // batch_size)))
