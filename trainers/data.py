@@ -467,6 +467,19 @@ def _split(x, y, x_test, y_test, seed):
     return (x_train, y_train, x_val, y_val, x_test, y_test), _split_info(seed, given)
 
 
+def thin_classes(bundle: DataBundle) -> str | None:
+    """One line naming the classes that a split holds no row of, with their rows in each split, or None: such a
+    class is never learned (no training row), never weighed by early stopping (no validation row) or never judged
+    (no test row), and its figures say nothing of it (a 2-row class got 1, 0 and 1 rows: recall 0.0 on 1 row)."""
+    k = len(bundle.class_names)
+    counts = np.stack([np.bincount(y, minlength=k) for y in (bundle.y_train, bundle.y_val, bundle.y_test)], 1)
+    thin = [f"class '{name}' has {a} training, {b} validation and {c} test row(s)"
+            for name, (a, b, c) in zip(bundle.class_names, counts) if 0 in (a, b, c)]
+    if not thin:
+        return None
+    return f"{'; '.join(thin[:3])}{' (and more)' if len(thin) > 3 else ''}: too few to learn or judge"
+
+
 def _split_info(seed: int, given: bool) -> dict:
     return {"seed": seed, "test_given": given, "test_fraction": None if given else TEST_FRACTION,
             "val_fraction": VAL_FRACTION, "stratified": True}

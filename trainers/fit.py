@@ -30,7 +30,7 @@ from torch import nn
 from . import display, distributed
 from .artifact import LoadedModel, ModelSpec, check_device, write_artifact
 from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, restore_metrics, save_checkpoint
-from .data import DataBundle, absolute_source, load_data
+from .data import DataBundle, absolute_source, load_data, thin_classes
 from .env import environment, package_versions
 from .errors import ToolkitError
 from .interrupts import Interrupts, held_interrupts
@@ -281,6 +281,8 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
                                "its file batch by batch (a .npy file): train without --refit")
         # Unset, refit is off for such data (as for fewer than REFIT_MIN_VAL_ROWS validation rows).
         config = config.for_data(len(data.y_train), len(data.y_val) if in_memory(data) else 0).for_family(family)
+        if ctx.is_main and (thin := thin_classes(data)):
+            print(f"warning: {thin}", file=sys.stderr)
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
