@@ -66,7 +66,7 @@ def train_command(
     On 4 GPUs: toolkit train digits --model cnn --nproc-per-node 4 (or the plain command under torchrun).
     """
     from trainers import TrainConfig, default_run_dir, train
-    from trainers.errors import ToolkitError
+    from trainers.errors import ToolkitError, interrupt_code
     from trainers.options import parse
     from trainers.tables import TableOptions
 

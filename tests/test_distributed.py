@@ -114,6 +114,9 @@ def test_two_processes_end_with_identical_replicas_and_write_one_artifact(tmp_pa
 
     data = load_data("digits")
     accuracy = float(np.mean(predict(model, data.x_test).argmax(1) == data.y_test))
+    rows = len(data.y_train)  # an odd count: the sampler pads one rank with a repeated row, left out of the figures
+    assert rows % 2 and all(abs(row["train_accuracy"] * rows - round(row["train_accuracy"] * rows)) < 1e-6
+                         for row in result["history"])
     assert accuracy == pytest.approx(result["metrics"]["test_accuracy"], abs=1e-6)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
 
@@ -275,7 +278,7 @@ def test_workers_end_when_their_launcher_is_killed(tmp_path):
         launcher.kill()
 
 
-def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp_path):
+def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp_path, capsys):
     """`--amp` (mixed precision on CUDA, off by default) is a TrainConfig field the launched processes must get too."""
     from trainers import distributed
 
@@ -289,6 +292,61 @@ def test_amp_flag_reaches_the_config_and_every_launched_process(monkeypatch, tmp
                  "--nproc-per-node", "2", "--oversubscribe"]) == 0
     assert "--amp" not in sent["argv"]
     # In one process: recorded in config.json (and ignored off CUDA: the CPU run trains in float32).
+    capsys.readouterr()
     assert main(["train", "iris", "--model", "mlp", "--out", str(tmp_path / "t"), "--device", "cpu", "--amp",
                  "--epochs", "2"]) == 0
     assert json.loads((tmp_path / "t" / "config.json").read_text())["amp"] is True
+    assert "note: --amp (mixed precision) works on CUDA only" in capsys.readouterr().err  # said, not silently
+
+
+def test_ctrl_c_of_a_two_process_run_stops_both_ranks_together_and_keeps_the_model(tmp_path):
+    """Each rank hears the signal at another point of its step: raised where it landed, one rank met the final
+    barrier while the other waited in a gradient all-reduce, and the job hung until torchrun's SIGKILL (31 s) with
+    no model. Random labels never leave chance, so early stopping never ends the run before the signal."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "noise.npz", x=rng.normal(size=(2000, 16)).astype(np.float32), y=rng.integers(0, 3, 2000))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launcher = subprocess.Popen([sys.executable, "-m", "cli.main", "--progress", "lines", "train", "noise.npz",
+                                 "--model", "mlp", "--epochs", "10000", "--device", "cpu", "--nproc-per-node", "2",
+                                 "--out", "run"], cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        for line in launcher.stderr:
+            if line.startswith("train [3/"):
+                break
+        launcher.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 130, stderr[-2000:]
+    assert time.monotonic() - sent < 20, "the job waited for torchrun's SIGKILL"
+    assert "keeping the best model so far" in stderr and "error:" not in stderr, stderr[-2000:]
+    assert load_model(tmp_path / "run").spec.family == "mlp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.npz", "run"]  # no .partial, no lock
+
+
+def test_a_killed_worker_is_named_in_one_line_and_the_job_exits_1(monkeypatch, capsys):
+    """Before: gloo's "Connection reset by peer ... GLHF!" from the survivor, "error: terminated" from the rank the
+    launcher then stopped, and exit code 143 though nobody sent SIGTERM."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from trainers.distributed import ERROR_DIR_ENV, launch, peer_lost
+
+    def run(_args):
+        assert peer_lost(RuntimeError("[pair.cc:537] Read error [127.0.0.1]:14756: Connection reset by peer. GLHF!"))
+        assert not peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+        stopped = ProcessFailure(local_rank=0, pid=1, exitcode=-signal.SIGTERM, error_file="")
+        killed = ProcessFailure(local_rank=1, pid=2, exitcode=-signal.SIGKILL, error_file="")
+        raise ChildFailedError("cli.main", {0: stopped, 1: killed})
+
+    monkeypatch.setattr(torchrun, "run", run)
+    assert launch(LaunchOptions(2), ["d.npz"], "cpu", announce=False) == 1
+    assert capsys.readouterr().err.splitlines() == ["error: worker rank 1 died (signal 9)"]
+    assert not os.environ.get(ERROR_DIR_ENV) and not peer_lost(RuntimeError("Connection reset by peer"))

@@ -97,6 +97,31 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, re
     np.testing.assert_array_equal(predict(load_model(tmp_path / "r"), data.x_test), predict(reference.model, data.x_test))
 
 
+def test_a_stop_between_checkpoint_and_metrics_row_leaves_them_consistent_after_resume(tmp_path, monkeypatch):
+    """The row of an epoch is written only after its checkpoint, and a resumed run rewrites `metrics.jsonl` from
+    the checkpoint. Before, a stop while the third checkpoint was written left rows 1-3 beside checkpoint 2, and
+    the resumed run wrote epoch 3 twice."""
+    import trainers.checkpoint as checkpoint
+
+    write, calls = checkpoint.atomic_write_bytes, []
+
+    def stopped_at_the_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write(*args)
+
+    config = TrainConfig(epochs=5, seed=1, patience=100, refit=False)
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", stopped_at_the_third)
+    assert train("iris", "mlp", config, out=tmp_path / "r", progress=False).interrupted
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
+    metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])  # as if stopped before row 2 was added
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", write)
+    assert not train("iris", "mlp", config, out=tmp_path / "r", resume=True, progress=False).interrupted
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
 class _Payload:
     """Unpickling this creates a marker file: proof that a file was (not) unpickled."""
 

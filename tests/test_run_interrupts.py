@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import reports.pipeline as pipeline_module
@@ -221,3 +222,38 @@ def test_ctrl_c_that_a_library_turns_into_another_error_still_ends_as_an_interru
         signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err.strip() == "error: interrupted"
     assert not (run / "report.html").exists()
+
+
+def test_sigterm_during_training_keeps_the_best_model_and_exits_143(tmp_path):
+    """Before, an interrupted training run always exited 130, whichever signal stopped it. Random labels never
+    leave chance, so early stopping never ends the run before the signal."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "noise.npz", x=rng.normal(size=(2000, 16)).astype(np.float32), y=rng.integers(0, 3, 2000))
+    proc = _start("--progress", "lines", "train", tmp_path / "noise.npz", "--model", "mlp", "--epochs", "10000",
+                  "--device", "cpu", "--out", tmp_path / "run")
+    for line in proc.stderr:
+        if line.startswith("train [2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "keeping the best model so far" in stderr
+    assert load_model(tmp_path / "run").spec.family == "mlp"
+
+
+def test_a_signal_during_the_final_evaluation_still_saves_the_trained_model(tmp_path, monkeypatch, capsys):
+    """Before, SIGTERM after the last epoch (the final evaluation, the save) left `<out>.partial` without a model."""
+    import trainers.fit as fit
+
+    evaluate = fit._final_metrics
+
+    def terminated_meanwhile(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_final_metrics", terminated_meanwhile)
+    out = tmp_path / "run"
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", str(out)]) == 143
+    assert "the trained model is saved" in capsys.readouterr().err
+    assert load_model(out).spec.family == "mlp" and json.loads((out / "result.json").read_text())["interrupted"]
+    assert not (tmp_path / "run.partial").exists()

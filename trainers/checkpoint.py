@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import ToolkitError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, atomic_write_text
 
 
 def cpu_state(module: nn.Module) -> dict:
@@ -23,9 +23,12 @@ def cpu_state(module: nn.Module) -> dict:
 
 
 def save_checkpoint(run, row, module, state, spec) -> None:
-    """Append the epoch's `row` to `metrics.jsonl` and replace `checkpoint.pt` with the loop's whole state."""
-    with open(run.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    """Replace `checkpoint.pt` with the loop's whole state, then append the epoch's `row` to `metrics.jsonl`.
+
+    In that order: a stop between the two, the other way round, left a run whose metrics held an epoch that no
+    checkpoint did (`--resume` found nothing to resume, or wrote that epoch's row twice); this way round it lacks
+    the row at most, and a resumed run rewrites the file from the checkpoint (`restore_metrics`).
+    """
     scheduler = state.scheduler.state_dict() if state.scheduler is not None else None
     buffer = io.BytesIO()
     torch.save({**state.bookkeeping(), "model": cpu_state(module), "optimizer": state.optimizer.state_dict(),
@@ -33,6 +36,13 @@ def save_checkpoint(run, row, module, state, spec) -> None:
                 **_identity(spec)}, buffer)
     atomic_write_bytes(run.path / "checkpoint.pt", buffer.getvalue())
     run.keep_on_error = True
+    with open(run.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def restore_metrics(run, history: list[dict]) -> None:
+    """`metrics.jsonl` as a resumed checkpoint's `history` has it: one row per epoch it kept, no more."""
+    atomic_write_text(run.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
 
 def read_checkpoint(directory: Path, spec, bookkeeping) -> dict:

@@ -328,8 +328,10 @@ def _as_labels(y, what: str, by_name: bool = True) -> np.ndarray:
     if y.dtype.kind in "iub":
         return y.astype(np.int64, copy=False)
     if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise DataError(f"{what} must be integer class labels, found non-integer values")
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if len(bad):  # the first one named: a NaN is a missing label, not a fraction
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise DataError(f"{what} must be integer class labels, found {y[bad[0]]} in row {bad[0]}{more}")
         return y.astype(np.int64)
     if y.dtype.kind in "US":  # text labels ("cat", "dog"): the classes are their values, as in a table
         return _text(y, what)
@@ -506,6 +508,19 @@ def _split(x, y, x_test, y_test, seed):
         x_rest, y_rest, given = x, y, True
     x_train, x_val, y_train, y_val = split(x_rest, y_rest, VAL_FRACTION)
     return (x_train, y_train, x_val, y_val, x_test, y_test), _split_info(seed, given)
+
+
+def thin_classes(bundle: DataBundle) -> str | None:
+    """One line naming the classes that a split holds no row of, with their rows in each split, or None: such a
+    class is never learned (no training row), never weighed by early stopping (no validation row) or never judged
+    (no test row), and its figures say nothing of it (a 2-row class got 1, 0 and 1 rows: recall 0.0 on 1 row)."""
+    k = len(bundle.class_names)
+    counts = np.stack([np.bincount(y, minlength=k) for y in (bundle.y_train, bundle.y_val, bundle.y_test)], 1)
+    thin = [f"class '{name}' has {a} training, {b} validation and {c} test row(s)"
+            for name, (a, b, c) in zip(bundle.class_names, counts) if 0 in (a, b, c)]
+    if not thin:
+        return None
+    return f"{'; '.join(thin[:3])}{' (and more)' if len(thin) > 3 else ''}: too few to learn or judge"
 
 
 def _split_info(seed: int, given: bool) -> dict:

@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -270,7 +271,8 @@ def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", 
     `announce` prints the torchrun command line on stderr first.
 
     Returns the exit code: 0 when every worker succeeded, 128 + the signal when the launcher was stopped by one
-    (130 for Ctrl-C, as a one-process run), else the first failed worker's code. A worker's bad-input line
+    (130 for Ctrl-C, as a one-process run), 1 when a worker was killed (named on stderr), else the first failed
+    worker's code. A worker's bad-input line
     reaches stderr once: rank 0's, or else the first other rank's (`speaks`); torchrun's own log lines do not.
     """
     options.validate(device)
@@ -302,6 +304,13 @@ def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", 
         except SignalException as exc:  # Ctrl-C or a kill of the launcher: the workers were stopped with it
             return 128 + int(exc.sigval)
         except ChildFailedError as exc:
+            # A worker killed by a signal other than the SIGTERM with which the launcher stops the rest; they failed
+            # with it, quietly (`peer_lost`): one line, and exit code 1, not the code of a signal nobody sent.
+            died = [(rank, -failure.exitcode) for rank, failure in sorted(exc.failures.items())
+                    if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM]
+            if died:
+                print(f"error: worker rank {died[0][0]} died (signal {died[0][1]})", file=sys.stderr)
+                return 1
             codes = [failure.exitcode for _, failure in sorted(exc.failures.items())]
             lines = sorted(Path(folder).glob("rank*.txt"), key=lambda f: int(f.stem[4:]))
             if lines and lines[0].stem != "rank0":
@@ -310,6 +319,18 @@ def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", 
         finally:
             os.environ.pop(ERROR_DIR_ENV, None)
     return 0
+
+
+# gloo's words when the process at the other end of a collective died
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another worker of a `launch` died: the launcher names that
+    worker, so this one ends with no line of its own (before: gloo's message, and "terminated" from a rank that
+    the launcher stopped)."""
+    return bool(os.environ.get(ERROR_DIR_ENV)) and isinstance(exc, RuntimeError) and any(
+        words in str(exc) for words in _PEER_GONE)
 
 
 # TrainConfig fields that `toolkit train` takes as options, with their flags: what the launched processes receive.

@@ -29,10 +29,11 @@ from torch import nn
 
 from . import display, distributed
 from .artifact import LoadedModel, ModelSpec, check_device, write_artifact
-from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, save_checkpoint
-from .data import DataBundle, absolute_source, load_data
+from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, restore_metrics, save_checkpoint
+from .data import DataBundle, absolute_source, load_data, thin_classes
 from .env import environment, package_versions
 from .errors import ToolkitError
+from .interrupts import Interrupts, held_interrupts
 from .loop import (EVAL_BATCH, SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, autocast, chance_loss, evaluate,
                    in_memory, left_chance, rows, split_tensors, training_loop)
 from .models import build_model, config_dict, get_family, make_config
@@ -267,6 +268,9 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
     get_family(family)
     arch = make_config(family, config.model)
     ctx, device = distributed.context(resolve_device(config.device))
+    if config.amp and device.type != "cuda" and ctx.is_main:
+        print(f"note: --amp (mixed precision) works on CUDA only: this run on {device.type} trains in float32",
+              file=sys.stderr)
     tracker = tracker if tracker is not None and ctx.is_main else NullTracker()  # rank 0 speaks for the job
     try:
         distributed.per_rank_batch(config.batch_size, ctx)
@@ -277,20 +281,26 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
                                "its file batch by batch (a .npy file): train without --refit")
         # Unset, refit is off for such data (as for fewer than REFIT_MIN_VAL_ROWS validation rows).
         config = config.for_data(len(data.y_train), len(data.y_val) if in_memory(data) else 0).for_family(family)
+        if ctx.is_main and (thin := thin_classes(data)):
+            print(f"warning: {thin}", file=sys.stderr)
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
         run = (RunDir(out, kind="train", overwrite=overwrite, resume=resume, inputs=[data.source])
                if out is not None and ctx.is_main else None)
         resume_from = distributed.resume_dir(out, resume, run, ctx)
-        with (run or contextlib.nullcontext()):
+        with (run or contextlib.nullcontext()), held_interrupts(ctx) as interrupts:
             checkpoint = read_checkpoint(resume_from, spec, LoopState.BOOKKEEPING) if resume_from else None
             if run is not None:
                 run.write_json("config.json", {"stage": "train", "family": family, "data": absolute_source(data.source),
                                                "target": data.table["read"]["target"] if data.table else target, "processes": ctx.world_size, **asdict(config)})
                 run.write_json("env.json", environment())
             tracker.log_params({"family": family, "data": data.name, "processes": ctx.world_size, **asdict(config)})
-            result = _fit(module, spec, data, config, device, run, progress, ctx, checkpoint, tracker)
+            result = _fit(module, spec, data, config, device, run, progress, ctx, checkpoint, tracker, interrupts)
+            if interrupts.requested() and not result.interrupted:  # a signal during the final evaluation
+                result.interrupted = True  # the model is whole: saved, and --out's previous run kept as it was
+                if ctx.is_main:
+                    print("interrupted after the last epoch: the trained model is saved", file=sys.stderr)
             tracker.log_metrics(train_metrics(result.to_dict()))
             if run is not None:
                 result.model.spec = write_artifact(run.path, result.model.module, spec, result.metrics)
@@ -308,8 +318,10 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
                 tracker.log_artifact(result.out / "result.json")
             if result.interrupted:  # Ctrl-C or SIGTERM ends the loop, not the caller's block: its run was "FINISHED"
                 tracker.finish("KILLED")
-    except BaseException:
+    except BaseException as exc:
         distributed.shutdown(ctx, failed=True)
+        if distributed.peer_lost(exc):
+            raise SystemExit(1) from None  # quietly: the launcher names the worker that died
         raise
     distributed.shutdown(ctx)
     return result
@@ -328,7 +340,8 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
 
 def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConfig, device: torch.device,
          run: RunDir | None, progress, ctx: distributed.DistContext = distributed.DistContext(),
-         checkpoint: dict | None = None, tracker: Tracker | None = None) -> TrainResult:
+         checkpoint: dict | None = None, tracker: Tracker | None = None,
+         interrupts: Interrupts | None = None) -> TrainResult:
     started = time.perf_counter()
     tensors = split_tensors(data, device)
     initial = cpu_state(module) if config.refit else None  # before a checkpoint is restored into it
@@ -350,10 +363,13 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     def restore(state):
         if checkpoint is not None:
             load_checkpoint(checkpoint, module, state)
+            if run is not None:
+                restore_metrics(run, state.history)
             report(state.epoch, "resumed")
 
     try:
-        state = training_loop(module, tensors, options, ctx=ctx, restore=restore, after_epoch=after_epoch)
+        state = training_loop(module, tensors, options, ctx=ctx, restore=restore, after_epoch=after_epoch,
+                              interrupts=interrupts)
     finally:
         if console is not None:
             console.close()
@@ -364,7 +380,7 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     if config.refit and not interrupted:
         try:
             refit, interrupted = _refit(module, initial, tensors, state, config, ctx,
-                                        reporter(target, "refit", state.best_epoch))
+                                        reporter(target, "refit", state.best_epoch), interrupts)
         finally:
             if console is not None:
                 console.close()  # the refit's bar (the first run's were closed before its messages)
@@ -390,7 +406,7 @@ def _warn_if_at_chance(state: LoopState, tensors: dict, ctx: distributed.DistCon
 
 
 def _refit(module: nn.Module, initial: dict, tensors: dict, selection: LoopState, config: TrainConfig,
-           ctx: distributed.DistContext, report) -> tuple[dict | None, bool]:
+           ctx: distributed.DistContext, report, interrupts: Interrupts | None = None) -> tuple[dict | None, bool]:
     """Train `module` again from its `initial` weights on the training and validation rows together, for the
     `selection` run's best epoch count, each epoch at the learning rate that run used (its plateau schedule
     reacted to validation rows that are now trained on, so it is replayed, not rerun), keeping the last epoch.
@@ -410,7 +426,7 @@ def _refit(module: nn.Module, initial: dict, tensors: dict, selection: LoopState
                           select="last", amp=config.amp, interruptible=True)
     tick = time.perf_counter()
     module.load_state_dict(initial)
-    state = training_loop(module, joined, options, ctx=ctx,
+    state = training_loop(module, joined, options, ctx=ctx, interrupts=interrupts,
                           after_epoch=lambda _, row: report(row["epoch"], f"lr {row['lr']:.2g}"))
     if state.interrupted:
         module.load_state_dict(selected)

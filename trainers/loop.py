@@ -30,6 +30,7 @@ from torch import nn
 from . import distributed
 from .checkpoint import cpu_state
 from .errors import ToolkitError
+from .interrupts import Interrupts
 
 SCHEDULES = ("plateau", "cosine", "none", "replay")
 # `LoopOptions.wait_for_signal`: a validation loss under this fraction of `chance_loss` has left chance.
@@ -114,7 +115,8 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
                   loss: Loss | None = None, transform: Transform | None = None,
                   ctx: distributed.DistContext = distributed.DistContext(),
                   restore: Callable[[LoopState], None] | None = None,
-                  after_epoch: Callable[[LoopState, dict], None] | None = None) -> LoopState:
+                  after_epoch: Callable[[LoopState, dict], None] | None = None,
+                  interrupts: Interrupts | None = None) -> LoopState:
     """Train `module` in place; it ends holding the selected weights, in eval mode.
 
     Args:
@@ -126,6 +128,7 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
         ctx: this process's place in a torchrun job (one process by default).
         restore: called once with the fresh state, to load a checkpoint into it (resume).
         after_epoch: called with the state and the epoch's history row (checkpoint, progress).
+        interrupts: held signals (`interrupts.held_interrupts`), asked once per step: the ranks stop together.
 
     Returns the final state: history rows, best epoch, whether Ctrl-C ended the loop.
     """
@@ -145,12 +148,14 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
     signal = left_chance(state.history, chance)  # a resumed run's epochs
     try:
         for epoch in range(state.epoch + 1, options.epochs + 1):
+            if options.patience is not None and state.bad_epochs >= options.patience:
+                break  # here, not after the epoch: a checkpoint that had run out of patience trains no more
             tick = time.perf_counter()
             if options.schedule == "replay":
                 for group in state.optimizer.param_groups:
                     group["lr"] = options.lrs[epoch - 1]
             train_loss, train_acc = train_epoch(model, state, tensors, options, epoch, loss or _cross_entropy,
-                                                transform, amp, ctx)
+                                                transform, amp, ctx, interrupts)
             val_loss, val_acc = evaluate_ranks(module, tensors["x_val"], tensors["y_val"], amp, ctx)
             signal = signal or val_loss < chance
             if options.schedule == "plateau" and signal:
@@ -166,8 +171,6 @@ def training_loop(module: nn.Module, tensors: dict[str, torch.Tensor], options: 
                 state.bad_epochs = 0
             if after_epoch is not None:
                 after_epoch(state, row)
-            if options.patience is not None and state.bad_epochs >= options.patience:
-                break
     except KeyboardInterrupt:
         if not options.interruptible:
             raise
@@ -251,9 +254,12 @@ def _select(state: LoopState, module: nn.Module, options: LoopOptions, row: dict
 
 
 def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: int, loss: Loss,
-                transform: Transform | None, amp, ctx: distributed.DistContext) -> tuple[float, float]:
-    """One pass over this rank's shard of the training split; the mean loss and accuracy over all ranks."""
+                transform: Transform | None, amp, ctx: distributed.DistContext,
+                interrupts: Interrupts | None = None) -> tuple[float, float]:
+    """One pass over this rank's shard of the training split; the mean loss and accuracy over all ranks.
+    A held signal (`interrupts`) ends it before the next step, on every rank at the same step."""
     model.train()
+    tick = time.perf_counter()
     x, y = tensors["x_train"], tensors["y_train"]
     device = y.device
     # Seeded per epoch, so a resumed run shuffles and drops out exactly as an uninterrupted one; the
@@ -265,7 +271,10 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
     # one buffer) and one comparison per epoch: per-batch `==`/`sum`/`+=` tensors were 5% of an MLP epoch on CPU.
     loss_sum = torch.zeros((), device=device)
     predictions = torch.empty(len(order), device=device, dtype=torch.long)
+    real = len(range(ctx.rank, len(y), ctx.world_size))  # the rows after these repeat others (the sampler's padding)
     for start in range(0, len(order), batch_size):
+        if interrupts is not None and interrupts.at_step():
+            raise KeyboardInterrupt
         index = order[start:start + batch_size]
         if not isinstance(x, torch.Tensor):
             index = index.sort().values  # the same batch, read from the file front to back
@@ -287,11 +296,15 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
         if options.schedule == "cosine":
             state.scheduler.step()
         n = len(batch.y)
-        loss_sum.add_(value.detach(), alpha=n)
+        # A batch's mean loss counts for its real rows: the padding is one row of the last batch at most.
+        loss_sum.add_(value.detach(), alpha=max(0, min(n, real - start)))
         torch.argmax(logits[:n].detach(), 1, out=predictions[start:start + n])
-    correct = (predictions == y[order]).sum()
+    correct = (predictions[:real] == y[order[:real]]).sum()
     # One device-to-host sync (and one all-reduce) per epoch, not per batch.
-    total_loss, total_correct, count = distributed.all_sum([loss_sum.item(), correct.item(), len(order)], ctx, device)
+    figures = [loss_sum.item(), correct.item(), real, time.perf_counter() - tick]
+    total_loss, total_correct, count, seconds = distributed.all_sum(figures, ctx, device)
+    if interrupts is not None:
+        interrupts.pace(seconds / ctx.world_size / max(1, -(-len(order) // batch_size)))
     return total_loss / count, total_correct / count
 
 
