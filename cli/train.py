@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 
-from trainers.errors import interrupt_code
 from trainers.options import parse_json_option
 
 from .common import (DROP, IMAGE_SIZE, KEEP, SEP, TARGET, console_progress, emit_json, handle_errors, info,
