@@ -148,7 +148,7 @@ X, Y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
     (lambda p: _npz(p, x=np.where(np.eye(30, 4) > 0, np.nan, X), y=Y), "NaN or infinite"),
     (lambda p: _npz(p, x=np.where(np.eye(30, 4) > 0, np.inf, X), y=Y), "NaN or infinite"),
     (lambda p: _npz(p, x=X, y=Y + 0.5), "integer class labels"),
-    (lambda p: _npz(p, x=X, y=np.where(np.arange(30) == 3, np.nan, Y)), "integer class labels, found nan in row 3$"),
+    (lambda p: _npz(p, x=X, y=np.where(np.arange(30) == 3, np.nan, Y)), "1 missing label.*the first in row 3: drop"),
     (lambda p: _npz(p, x=X, y=np.array([1 + 2j] * 30)), "integer or text class labels"),
     (lambda p: _npz(p, x=X, y=np.zeros(30, int)), "only one class"),
     (lambda p: _npz(p, x=X, y=Y - 1, class_names=np.array(["a", "b"])), "class indices 0, 1, ... into class_names"),

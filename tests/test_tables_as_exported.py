@@ -194,7 +194,7 @@ def test_a_test_label_no_training_row_has_is_refused(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 3)), y=np.arange(40) % 2, x_test=rng.normal(size=(5, 3)),
              y_test=np.full(5, 5))
-    with pytest.raises(DataError, match="y_test holds label 5, which no training row has"):
+    with pytest.raises(DataError, match="y_test holds label '5', which no training row has"):
         load_data(str(tmp_path / "d.npz"))
 
 

@@ -345,9 +345,10 @@ def _refuse_missing(y: np.ndarray, what: str) -> None:
         return
     import pandas as pd
 
-    missing = int(np.count_nonzero(pd.isna(y)))
-    if missing:
-        raise DataError(f"{what} has {missing} missing label(s) (None, NaN or NA): drop those rows")
+    gaps = np.flatnonzero(pd.isna(y))
+    if len(gaps):
+        raise DataError(f"{what} has {len(gaps)} missing label(s) (None, NaN or NA), the first in row {gaps[0]}: "
+                        f"drop those rows")
 
 
 def _text(values: np.ndarray, what: str) -> np.ndarray:
