@@ -273,11 +273,15 @@ GUARD_METHOD = "feature_ablation"   # deterministic (noise floor 1.0) and runs o
 GUARD_OPTIONS = {"patch": None}
 
 
+def _guard_options(method: str) -> dict:
+    return GUARD_OPTIONS if method == GUARD_METHOD else {}
+
+
 def original_attribution(original, x: np.ndarray, *, method: str = GUARD_METHOD, seed: int = 0):
     """The original's attribution `attribution_drift` compares a candidate's with (its `reference`)."""
     from .methods import attribute
 
-    return attribute(original, x, None, method, seed=seed, **(GUARD_OPTIONS if method == GUARD_METHOD else {}))
+    return attribute(original, x, None, method, seed=seed, **_guard_options(method))
 
 
 def attribution_drift(original, variant, x: np.ndarray, *, method: str = GUARD_METHOD, max_drift: float | None = None,
@@ -298,7 +302,7 @@ def attribution_drift(original, variant, x: np.ndarray, *, method: str = GUARD_M
     from .registry import get_method
 
     start = time.perf_counter()
-    options = GUARD_OPTIONS if method == GUARD_METHOD else {}
+    options = _guard_options(method)
     ours = reference if reference is not None else original_attribution(original, x, method=method, seed=seed)
     theirs = attribute(variant, x, ours.targets, method, seed=seed, **options)
     agree = attribution_agreement(ours.values, theirs.values, seed=seed)

@@ -22,7 +22,7 @@ from trainers.options import Bool, Float, PositiveInt, Str
 
 from .methods import ROUTE_BLACK_BOX
 from .registry import RUNTIMES, register_method
-from .shapley import relative_error_bound, shapley_estimate
+from .shapley import group_members, group_shares, relative_error_bound, shapley_estimate
 
 NonNegativeFloat = Annotated[Float, Field(ge=0)]
 Tolerance = Annotated[Float, Field(gt=0, le=1)]
@@ -217,9 +217,9 @@ def spread_over_groups(values: np.ndarray, x: np.ndarray, baseline: np.ndarray, 
     """A group's value (held by each of its elements, as Captum's feature masks give it) spread over its elements in
     proportion to |x - baseline|: the elements' values sum to the group's."""
     n, ids = len(values), np.asarray(groups).reshape(-1)
-    delta = np.abs(np.asarray(x, np.float64).reshape(n, -1) - np.asarray(baseline, np.float64).reshape(1, -1)) + 1e-12
-    totals = delta @ np.eye(int(ids.max()) + 1)[ids]
-    return (values.reshape(n, -1) * (delta / totals[:, ids])).reshape(values.shape).astype(np.float32)
+    share = group_shares(np.asarray(x, np.float32).reshape(n, -1), np.asarray(baseline, np.float32).reshape(-1),
+                         group_members(ids), ids)
+    return (values.reshape(n, -1) * share).reshape(values.shape).astype(np.float32)
 
 
 @register_method("shapley_sampling", runtimes=RUNTIMES, library="captum", sampled=True, axiom=True,

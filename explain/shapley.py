@@ -132,9 +132,8 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
     d = flat_x.shape[1]
     targets = np.asarray(targets, np.int64)
     group_of = np.arange(d) if groups is None else np.asarray(groups).reshape(-1)
-    g = int(group_of.max()) + 1
-    members = np.zeros((g, d), np.float32)
-    members[group_of, np.arange(d)] = 1.0
+    members = group_members(group_of)
+    g = len(members)
     rows_per_pair = 2 * max(g - 1, 0)           # interior steps of two walks: both ends are f(baseline), f(x)
     if n_permutations is not None:
         first_pairs, cap_pairs, tolerance = max(1, (n_permutations + 1) // 2), max(1, (n_permutations + 1) // 2), None
@@ -210,13 +209,25 @@ def _walk(forward_numpy, xs, flat_b, ts, f_base, f_x, n_pairs, members, g, shape
     return out
 
 
+def group_members(group_of: np.ndarray) -> np.ndarray:
+    """(G, D) indicator matrix of a flat group map (values 0..G-1): row g marks group g's elements."""
+    members = np.zeros((int(group_of.max()) + 1, len(group_of)), np.float32)
+    members[group_of, np.arange(len(group_of))] = 1.0
+    return members
+
+
+def group_shares(flat_x, flat_b, members, group_of) -> np.ndarray:
+    """(N, D): each element's share of its group, in proportion to |x - baseline| (a group's shares sum to 1)."""
+    delta = np.abs(flat_x - flat_b) + 1e-12
+    return delta / (delta @ members.T)[:, group_of]
+
+
 def _spread(values, se, flat_x, flat_b, members, group_of, grouped: bool):
     """Spread each group's value (and error) over its members in proportion to |x - baseline|; also the weight
     per group (N, G), sqrt of the sum of its members' squared shares, that maps a group's error to its members'."""
     if not grouped:
         return values, se, np.ones_like(values)
-    delta = np.abs(flat_x - flat_b) + 1e-12
-    share = delta / (delta @ members.T)[:, group_of]
+    share = group_shares(flat_x, flat_b, members, group_of)
     weight = np.sqrt((share ** 2) @ members.T)
     return values[:, group_of] * share, se[:, group_of] * share, weight
 
