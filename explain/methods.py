@@ -284,17 +284,14 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
             signature; not passed on when the request is routed to another method.
     """
     from trainers.fit import global_rng_kept
+    from trainers.usermodel import modes_kept
 
-    module = model.module if hasattr(model, "spec") else model if isinstance(model, torch.nn.Module) else None
-    modes = [(m, m.training) for m in module.modules()
-             if isinstance(getattr(m, "training", None), bool)] if isinstance(module, torch.nn.Module) else []
-    try:
-        with global_rng_kept():    # the seeds below are the method's; a notebook's own streams go on as they were
-            return _attribute(model, inputs, target, method, baseline=baseline, background=background, seed=seed,
-                              batch_size=batch_size, baseline_name=baseline_name, **options)
-    finally:
-        for m, training in modes:  # evaluated in eval mode, given back in the mode it came in
-            m.training = training
+    module = model.module if hasattr(model, "spec") else model
+    # evaluated in eval mode, given back in the mode it came in; the seeds below are the method's, and a
+    # notebook's own random streams go on as they were
+    with modes_kept(module), global_rng_kept():
+        return _attribute(model, inputs, target, method, baseline=baseline, background=background, seed=seed,
+                          batch_size=batch_size, baseline_name=baseline_name, **options)
 
 
 def _attribute(model, inputs, target, method, *, baseline, background, seed, batch_size, baseline_name,

@@ -37,7 +37,8 @@ EXAMPLE_SAMPLES = 3  # the forward check runs on this many samples (a batch abov
 def modes_kept(*models):
     """Every submodule's `training` flag of the user's modules among `models` as it was, after the block: the
     stages evaluate in eval mode, and a notebook's `net.train()` (or a submodule left in train mode) stands."""
-    modes = [(m, m.training) for model in models if isinstance(model, nn.Module) for m in model.modules()]
+    modes = [(m, m.training) for model in models if isinstance(model, nn.Module) for m in model.modules()
+             if isinstance(getattr(m, "training", None), bool)]   # a frozen TorchScript module has no flag
     try:
         yield
     finally:
