@@ -64,7 +64,7 @@ def train_command(
 
     On 4 GPUs: toolkit train digits --model cnn --nproc-per-node 4 (or the plain command under torchrun).
     """
-    from trainers import TrainConfig, default_run_dir, train
+    from trainers import TrainConfig, TrainingInterrupted, default_run_dir, train
     from trainers.errors import ToolkitError, interrupt_code
     from trainers.options import parse
     from trainers.tables import TableOptions
@@ -86,9 +86,11 @@ def train_command(
     if nnodes != 1 or node_rank or master_addr or master_port is not None:
         raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
     with tracker("train", mlflow, tensorboard) as track, console_progress() as progress:
-        result = train(data, model, config, out=out, overwrite=overwrite, resume=resume,
-                       table=TableOptions.of(target, keep, drop, sep), tracker=track, progress=progress,
-                       image_size=image_size)
+        try:
+            result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, image_size=image_size,
+                           table=TableOptions.of(target, keep, drop, sep), tracker=track, progress=progress)
+        except TrainingInterrupted as stop:  # the best model so far is kept: say where, then exit 130/143
+            result = stop.result
     if result.processes > 1:
         from trainers.distributed import env_context
 

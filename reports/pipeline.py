@@ -292,9 +292,8 @@ def _described(exc: Exception) -> tuple[str, int]:
 def _train(bundle, family: str, cfg: PipelineConfig, run, say, tracker):
     from trainers import load_model, train
 
+    # On Ctrl-C train keeps its best model and raises TrainingInterrupted, a KeyboardInterrupt: the pipeline stops
     result = train(bundle, family, cfg.train, out=run.path / "train", progress=_indented(say), tracker=tracker)
-    if result.interrupted:  # train keeps its best model on Ctrl-C; the pipeline stops there
-        raise KeyboardInterrupt
     # Later stages take the saved artifact (CPU, as a user would load it). The paths they record (lineage,
     # result.json) name where it lives once the run directory is committed.
     result.model = load_model(result.out)

@@ -227,8 +227,10 @@ def ctrl_c_in_second_epoch():
 
 def interrupted_train(out: Path, epochs: int, model: dict) -> None:
     """A real `train` on iris stopped by Ctrl-C in its second epoch: `out` keeps its checkpoint.pt."""
-    from trainers import TrainConfig, train
+    import pytest
 
-    with ctrl_c_in_second_epoch():
+    from trainers import TrainConfig, TrainingInterrupted, train
+
+    with ctrl_c_in_second_epoch(), pytest.raises(TrainingInterrupted):
         train("iris", "mlp", TrainConfig(epochs=epochs, model=model), out=out, progress=False)
     assert (out / "checkpoint.pt").is_file()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cli.main import main
-from trainers import TrainConfig, load_model, predict, train
+from trainers import TrainConfig, TrainingInterrupted, load_model, predict, train
 from trainers.distributed import (REPLICA_HASH_ENV, DistContext, LaunchOptions, all_sum, epoch_indices,
                                   per_rank_batch, shard)
 from trainers.errors import ToolkitError
@@ -135,8 +135,9 @@ def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_pa
         return original(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_epoch", interrupt_at_epoch_3)
-    first = train("iris", "mlp", TrainConfig(epochs=4, device="cpu"), out=tmp_path / "run", progress=False)
-    assert first.interrupted and (tmp_path / "run" / "checkpoint.pt").is_file()
+    with pytest.raises(TrainingInterrupted) as stop:
+        train("iris", "mlp", TrainConfig(epochs=4, device="cpu"), out=tmp_path / "run", progress=False)
+    assert stop.value.result.interrupted and (tmp_path / "run" / "checkpoint.pt").is_file()
     done = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "train",
                  "iris", "--model", "mlp", "--epochs", "4", "--device", "cpu", "--out", "run", "--resume", "--json"],
                 tmp_path)

@@ -172,3 +172,21 @@ def test_compared_in_memory_variants_are_named_as_their_variants():
     explained = explain_model(trained.model, data, methods=["saliency"], samples=4, compare=[first, second.model])
     assert list(explained.to_frame("drift")["variant"]) == [first.name, second.name]
     assert set(explained.summary["runtimes"]) == {"original", first.name, second.name}
+
+
+def test_ctrl_c_in_train_stops_the_cell_and_hands_over_the_best_model(tmp_path):
+    """Interrupting the kernel during `train` returned normally before: the cell went on to its next line (a
+    compression of the half-trained model). Now it raises a KeyboardInterrupt that holds the model and says so."""
+    from fake_runs import ctrl_c_in_second_epoch
+
+    from trainers import TrainingInterrupted, load_model, predict
+
+    data, reached = load_data("iris"), []
+    with ctrl_c_in_second_epoch(), pytest.raises(KeyboardInterrupt) as stop:
+        train(data, "mlp", TrainConfig(epochs=5), out=tmp_path / "r")
+        reached.append("the next line")
+    assert not reached and isinstance(stop.value, TrainingInterrupted)
+    assert ".result" in str(stop.value) and str(tmp_path / "r") in str(stop.value)
+    result = stop.value.result
+    assert result.interrupted and result.epochs_run == 1
+    assert (predict(result.model, data.x_test) == predict(load_model(tmp_path / "r"), data.x_test)).all()

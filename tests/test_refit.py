@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import trainers.loop as loop
-from trainers import TrainConfig, load_data, predict, train
+from trainers import TrainConfig, TrainingInterrupted, load_data, predict, train
 from trainers.errors import ToolkitError
 from trainers.fit import REFIT_FAMILIES, REFIT_MAX_TRAIN_ROWS, REFIT_MIN_VAL_ROWS
 from trainers.schema import read_result
@@ -79,7 +79,9 @@ def test_a_refit_interrupted_keeps_the_selection_runs_model(digits, runs, monkey
         return real(model, state, tensors, *args, **kwargs)
 
     monkeypatch.setattr(loop, "train_epoch", stopping)
-    result = train(digits, "mlp", TrainConfig(epochs=EPOCHS, device="cpu"), progress=False)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(digits, "mlp", TrainConfig(epochs=EPOCHS, device="cpu"), progress=False)
+    result = stop.value.result
     assert result.interrupted and result.refit is None
     assert "not refitted" in capsys.readouterr().err
     x = digits.x_test[:64]
@@ -144,7 +146,9 @@ def test_a_run_stopped_in_its_refit_resumes_to_the_epochs_of_an_uninterrupted_on
         if event.stage == "refit":
             raise KeyboardInterrupt
 
-    stopped = train(digits, "mlp", config, out=tmp_path / "r", progress=stop_in_the_refit)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(digits, "mlp", config, out=tmp_path / "r", progress=stop_in_the_refit)
+    stopped = stop.value.result
     assert stopped.interrupted and stopped.refit is None
     resumed = train(digits, "mlp", config, out=tmp_path / "r", resume=True, progress=False)
     assert (resumed.epochs_run, resumed.best_epoch) == (reference.epochs_run, reference.best_epoch)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import trainers.loop as loop
-from trainers import ArtifactError, DataError, TrainConfig, load_data, load_model, predict, train
+from trainers import ArtifactError, DataError, TrainConfig, TrainingInterrupted, load_data, load_model, predict, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("trainers", "compress", "explain", "reports", "cli")
@@ -86,7 +86,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, re
         return original(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_epoch", interrupt_at_four)
-    stopped = train(data, "mlp", TrainConfig(**config), out=tmp_path / "r", progress=False)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(data, "mlp", TrainConfig(**config), out=tmp_path / "r", progress=False)
+    stopped = stop.value.result
     assert stopped.interrupted and stopped.epochs_run == 3
     assert load_model(tmp_path / "r").spec.family == "mlp"  # the best-so-far model was saved
     monkeypatch.setattr(loop, "train_epoch", original)
@@ -113,7 +115,8 @@ def test_a_stop_between_checkpoint_and_metrics_row_leaves_them_consistent_after_
 
     config = TrainConfig(epochs=5, seed=1, patience=100, refit=False)
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", stopped_at_the_third)
-    assert train("iris", "mlp", config, out=tmp_path / "r", progress=False).interrupted
+    with pytest.raises(TrainingInterrupted):
+        train("iris", "mlp", config, out=tmp_path / "r", progress=False)
     metrics = tmp_path / "r" / "metrics.jsonl"
     assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
     metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])  # as if stopped before row 2 was added

@@ -22,6 +22,7 @@ _EXPORTS = {
     "data": ("BUILTIN_DATASETS", "DataBundle", "check_inputs", "load_data"),
     "fit": ("TrainConfig", "TrainResult", "resolve_device", "seed_everything", "train"),
     "loop": ("evaluate",),
+    "interrupts": ("TrainingInterrupted",),
     "models": ("build_model", "capabilities", "count_parameters", "get_family", "list_models", "make_config", "register_family"),
     "rundir": ("RunDir", "default_run_dir"),
     "env": ("environment", "package_versions"),

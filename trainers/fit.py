@@ -33,7 +33,7 @@ from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, restore_met
 from .data import DataBundle, absolute_source, load_data, thin_classes
 from .env import environment, package_versions
 from .errors import ToolkitError
-from .interrupts import Interrupts, held_interrupts
+from .interrupts import Interrupts, TrainingInterrupted, held_interrupts
 from .loop import (EVAL_BATCH, SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, autocast, chance_loss, evaluate,
                    in_memory, left_chance, rows, split_tensors, training_loop)
 from .models import build_model, config_dict, get_family, make_config
@@ -256,6 +256,9 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; `batch_size` stays the
     global batch per optimizer step, and only rank 0 writes `out`.
+
+    Raises:
+        TrainingInterrupted: Ctrl-C stopped the run; the best model so far is its `.result` (and saved in `out`).
     """
     with global_rng_kept():
         return _train(data, family, config, out=out, overwrite=overwrite, resume=resume, progress=progress,
@@ -324,6 +327,8 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
             raise SystemExit(1) from None  # quietly: the launcher names the worker that died
         raise
     distributed.shutdown(ctx)
+    if result.interrupted:
+        raise TrainingInterrupted(result)
     return result
 
 

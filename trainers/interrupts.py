@@ -27,6 +27,21 @@ from . import distributed
 CHECK_S = 0.1
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or the CLI's SIGTERM) stopped `train`: the best model so far is whole, in `.result`.
+
+    A KeyboardInterrupt, so a notebook cell or a script stops as it does for any Ctrl-C, instead of going on to
+    its next line (a compression of a half-trained model); `except TrainingInterrupted as stop: stop.result`
+    keeps the model, which `out` holds too where given (`--resume` continues it).
+    """
+
+    def __init__(self, result):
+        where = f"; saved in {result.out} (train(..., resume=True) continues it)" if result.out else ""
+        super().__init__(f"training interrupted after {result.epochs_run} epochs: the best model so far (epoch "
+                         f"{result.best_epoch}) is this exception's .result{where}")
+        self.result = result
+
+
 class Interrupts:
     """What the held signals asked: `heard` by this process, `requested` by any rank (the same on every rank)."""
 
