@@ -249,7 +249,8 @@ def _interrupted(run, status: dict, started: float) -> PipelineInterrupted:
     """Record the interrupt in `<out>.partial/pipeline.json` and keep that directory; the previous run stays."""
     names = [s["name"] for s in status["stages"]]
     current = next(n for n in STAGES if n not in names)
-    status["stages"].append({"name": current, "status": "interrupted", "reason": _signal_name()})
+    seconds = status.pop("_stopped_after", None)  # None: stopped between stages
+    status["stages"].append({"name": current, "status": "interrupted", "seconds": seconds, "reason": _signal_name()})
     status["stages"] += [{"name": n, "status": "not run", "reason": f"interrupted during {current}"}
                          for n in STAGES if n not in names and n != current]
     status.update(status="interrupted", seconds=round(time.perf_counter() - started, 3))
@@ -269,6 +270,7 @@ def _run_stage(index: int, name: str, step, results: dict, status: dict, say, tr
         with tracker.child(name) as stage_tracker:  # one run per stage, nested under the pipeline's
             results[name], reason = step(stage_tracker)
     except KeyboardInterrupt:
+        status["_stopped_after"] = round(time.perf_counter() - tick, 3)  # the interrupted stage's time (`_interrupted`)
         raise
     except Exception as exc:  # recorded and reported; run_pipeline raises StageFailed at the end
         message, code = _described(exc)
@@ -353,16 +355,19 @@ def _report(result: PipelineResult, name: str) -> Path:
     """Render the committed run directory; a failure is recorded in pipeline.json and raised as StageFailed."""
     from .render import render_report
 
+    tick = time.perf_counter()
     try:
         return render_report(result.run_dir, result.run_dir / name)
     except KeyboardInterrupt:
-        result.status["stages"][-1].update(status="interrupted", reason=_signal_name())
+        result.status["stages"][-1].update(status="interrupted", reason=_signal_name(),
+                                           seconds=round(time.perf_counter() - tick, 3))
         _write_status(result.run_dir, result.status)
         raise PipelineInterrupted(f"during the report, after every stage finished: the new run is in "
                                   f"{result.run_dir}; `toolkit report {result.run_dir}` renders it") from None
     except Exception as exc:
         message, code = _described(exc)
-        result.status["stages"][-1].update(status="failed", reason=message)
+        result.status["stages"][-1].update(status="failed", reason=message,
+                                           seconds=round(time.perf_counter() - tick, 3))
         result.status["status"] = "failed"
         result.status["errors"].append({"stage": "report", "message": message, "code": code})
         _write_status(result.run_dir, result.status)
