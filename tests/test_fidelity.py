@@ -745,7 +745,7 @@ def test_the_pace_passes_over_a_leader_slower_than_the_original_at_batch_1(digit
     made = [Variant(name, model, {"method": "test"}) for name in ("steady", "behind")]
     cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
     assert [v.name for v in made] == ["steady"]
-    assert "behind the fastest candidate that may be chosen (2.00x)" in cut[0]["reason"]
+    assert f"{2.0 * auto.OUTPACED / 1.3:.2f}x behind the fastest candidate that may be chosen" in cut[0]["reason"]
 
 
 def test_the_quick_timing_keeps_the_fastest_at_the_other_batch_size(digits, monkeypatch):
@@ -763,8 +763,8 @@ def test_the_quick_timing_keeps_the_fastest_at_the_other_batch_size(digits, monk
     made = [Variant(name, model, {"method": "test"}) for name in ("bf16", "int8", "fp32-onnx")]
     cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
     assert [v.name for v in made] == ["bf16", "int8"] and [c["name"] for c in cut] == ["fp32-onnx"]
-    # the cut one's reading at batch 1 is in its reason: why it did not stay for that side
-    assert "1.70x at batch 1, not kept for that side" in cut[0]["reason"]
+    # the cut one's place at batch 1 is in its reason (against the fastest there): why it did not stay
+    assert f"at batch 1 {4.0 / 1.7:.2f}x behind the fastest there, not kept for that side" in cut[0]["reason"]
     speeds[1]["int8"] = 1.7   # under 1.5 x bf16's 1.2 at batch 1
     made = [Variant(name, model, {"method": "test"}) for name in ("bf16", "int8", "fp32-onnx")]
     auto.quick_latency(made, baseline, digits, auto.LatencyConfig())
