@@ -7,7 +7,6 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from trainers.artifact import (CUSTOM_FAMILY, SMALL_BATCH_DIR, LoadedModel, Mode
                                write_member)
 from trainers.data import DataBundle, align_classes, check_inputs
 from trainers.tables import TableOptions, load_for_model
-from trainers.errors import ToolkitError
+from trainers.errors import ToolkitError, warn
 from trainers.options import Fraction, PositiveFloat, Ratio, check_value
 from trainers.progress import progress_target, reporter
 
@@ -348,7 +347,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
     small = small_test_split(len(data.y_test), max_drop, min_agreement)
     if small:
         notes.append(small)
-        print(f"warning: {small}", file=sys.stderr)
+        warn(small)
     if any("search budget" in s["reason"] for s in skipped):
         reason += f" (search ended at --budget-seconds {budget_seconds:g}: the best of the candidates made)"
     for v in [baseline, *variants]:

@@ -234,3 +234,18 @@ def interrupted_train(out: Path, epochs: int, model: dict) -> None:
     with ctrl_c_in_second_epoch(), pytest.raises(TrainingInterrupted):
         train("iris", "mlp", TrainConfig(epochs=epochs, model=model), out=out, progress=False)
     assert (out / "checkpoint.pt").is_file()
+
+
+@contextmanager
+def toolkit_warnings():
+    """The `ToolkitWarning` messages raised in the block (every one: the 'always' filter), in the list it yields,
+    filled when the block ends. From Python the toolkit warns with `warnings`; the CLI prints `warning:` lines."""
+    import warnings
+
+    from trainers.errors import ToolkitWarning
+
+    said: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ToolkitWarning)
+        yield said
+    said += [str(w.message) for w in caught if issubclass(w.category, ToolkitWarning)]

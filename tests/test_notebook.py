@@ -190,3 +190,25 @@ def test_ctrl_c_in_train_stops_the_cell_and_hands_over_the_best_model(tmp_path):
     result = stop.value.result
     assert result.interrupted and result.epochs_run == 1
     assert (predict(result.model, data.x_test) == predict(load_model(tmp_path / "r"), data.x_test)).all()
+
+
+def test_warnings_are_python_warnings_from_python_and_lines_from_the_command_line(tmp_path, capsys):
+    """Before, every warning was printed on stderr: a notebook could neither silence nor catch one."""
+    import warnings
+
+    import numpy as np
+
+    from cli.main import main
+    from trainers.errors import ToolkitWarning
+
+    rng = np.random.default_rng(0)
+    rows = [f"{a:.3f},{b:.3f},{int(a > 0)}" for a, b in rng.normal(size=(120, 2))]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")  # no header: its first row is read as one
+    assert main(["train", str(tmp_path / "t.csv"), "--model", "mlp", "--epochs", "2", "--out", str(tmp_path / "r")]) == 0
+    assert "warning: " in capsys.readouterr().err  # the command line: one line, as it happens
+    with pytest.warns(ToolkitWarning, match="its first row was read as one"):
+        load_data(str(tmp_path / "t.csv"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ToolkitWarning)
+        load_data(str(tmp_path / "t.csv"))
+    assert "first row" not in capsys.readouterr().err

@@ -10,6 +10,8 @@ import contextlib
 import errno
 import os
 import re
+import sys
+import warnings
 from pathlib import Path
 
 # ONNX Runtime's words when its capped CPU arena (`trainers.ortsession.memory_cap`) or the system refuses a buffer
@@ -27,6 +29,23 @@ class DataError(ToolkitError):
 
 class ArtifactError(ToolkitError):
     """A model directory is missing, truncated, corrupted or inconsistent."""
+
+
+class ToolkitWarning(UserWarning):
+    """A result the user should look at (a class with no row in a split, a model that learned nothing, levels
+    training never saw): from Python a `warnings` warning, which `warnings.filterwarnings` silences and
+    `warnings.catch_warnings` catches; the command line prints it as one `warning:` line when it happens."""
+
+
+AS_LINES = {"on": False}  # set by the CLI for a command (`cli.common.handle_errors`): warnings as `warning:` lines
+
+
+def warn(message: str) -> None:
+    """Warn the user: one `warning: ...` line on stderr from the command line, else a `ToolkitWarning`."""
+    if AS_LINES["on"]:
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        warnings.warn(message, ToolkitWarning, stacklevel=3)
 
 
 INTERRUPTED = {"by": None}   # the signal that ended the command: "SIGINT" or "SIGTERM" (`sigterm_as_interrupt`)

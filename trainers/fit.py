@@ -32,7 +32,7 @@ from .artifact import LoadedModel, ModelSpec, check_device, write_artifact
 from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, restore_metrics, save_checkpoint
 from .data import DataBundle, absolute_source, load_data, thin_classes
 from .env import environment, package_versions
-from .errors import ToolkitError
+from .errors import ToolkitError, warn
 from .interrupts import Interrupts, TrainingInterrupted, held_interrupts
 from .loop import (EVAL_BATCH, SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, autocast, chance_loss, evaluate,
                    in_memory, left_chance, rows, split_tensors, training_loop)
@@ -285,7 +285,7 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
         # Unset, refit is off for such data (as for fewer than REFIT_MIN_VAL_ROWS validation rows).
         config = config.for_data(len(data.y_train), len(data.y_val) if in_memory(data) else 0).for_family(family)
         if ctx.is_main and (thin := thin_classes(data)):
-            print(f"warning: {thin}", file=sys.stderr)
+            warn(thin)
         seed_everything(config.seed)  # the same initial weights on every rank
         module = build_model(family, arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
         spec = _spec(family, arch, data, config)
@@ -405,9 +405,9 @@ def _warn_if_at_chance(state: LoopState, tensors: dict, ctx: distributed.DistCon
     chance = chance_loss(tensors["y_train"])
     if ctx.is_main and state.history and not left_chance(state.history, chance * SIGNAL_MARGIN):
         best = min(row.get("val_loss", math.inf) for row in state.history)
-        print(f"warning: in {state.epoch} epochs the validation loss never fell clearly under {chance:.4f}, the loss "
-              f"of predicting the class frequencies (best {best:.4f}): the model has learned little or nothing; try "
-              f"more --epochs, another --lr or another --model", file=sys.stderr)
+        warn(f"in {state.epoch} epochs the validation loss never fell clearly under {chance:.4f}, the loss of "
+             f"predicting the class frequencies (best {best:.4f}): the model has learned little or nothing; try more "
+             f"--epochs, another --lr or another --model")
 
 
 def _refit(module: nn.Module, initial: dict, tensors: dict, selection: LoopState, config: TrainConfig,

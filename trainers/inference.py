@@ -7,14 +7,13 @@ its index and one probability column per class.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from .artifact import LoadedModel, load_model, predict
 from .data import check_inputs
-from .errors import DataError, ToolkitError
+from .errors import DataError, ToolkitError, warn
 from .fileio import check_regular_file, read_json
 from .progress import reporter
 
@@ -212,8 +211,7 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
 
         for column, levels in unseen_levels(fitted, x).items():
             shown = ", ".join(map(repr, levels[:3])) + (f" and {len(levels) - 3} more" if len(levels) > 3 else "")
-            print(f"warning: column '{column}' holds levels training never saw ({shown}); they are encoded as no "
-                  "known level", file=sys.stderr)
+            warn(f"column '{column}' holds levels training never saw ({shown}); they are encoded as no known level")
     table = predict_table(model, x, batch_size=batch_size, progress=progress, check_outputs=checked)
     if files is not None:  # a folder of images: each row names its file
         table.insert(0, "file", files)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .buffers import hand_back_freed
-from .errors import DataError
+from .errors import DataError, warn
 from .preprocess import drop_reasons, fit_table, named_columns, read_numbers, transform
 
 MISSING_TOKENS = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?", ""]
@@ -259,8 +259,8 @@ def _warn_of_case_twins(class_names: list[str], where: str, target: str) -> None
     for name in class_names:
         twin = seen.setdefault(name.casefold(), name)
         if twin != name:
-            print(f"warning: {where}: labels '{twin}' and '{name}' in column '{target}' are two classes; if they "
-                  "are one, write them alike", file=sys.stderr)
+            warn(f"{where}: labels '{twin}' and '{name}' in column '{target}' are two classes; if they are one, "
+                 "write them alike")
             return
 
 
@@ -330,8 +330,8 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
     where = source or "table"
     frame = named_columns(frame, where)
     if fitted is None and len(frame.columns) > 1 and all(_is_number(c) for c in frame.columns):
-        print(f"warning: {where}: every column name is a number ({', '.join(map(str, frame.columns[:3]))}, ...): if "
-              "the file has no header row, its first row was read as one; add a header line", file=sys.stderr)
+        warn(f"{where}: every column name is a number ({', '.join(map(str, frame.columns[:3]))}, ...): if the file "
+             "has no header row, its first row was read as one; add a header line")
     if len(frame) == 0:
         raise DataError(f"{where}: needs a header row and at least one data row")
     if frame.shape[1] < 2:
@@ -362,8 +362,8 @@ def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: 
         formats = read_numbers(features, features.attrs.get("sep", options.sep))
         for column, fmt in formats.items():
             if fmt["missing"]:
-                print(f"warning: {where}: column '{column}' is numbers but for the text "
-                      f"{', '.join(map(repr, fmt['missing']))}, read as missing cells", file=sys.stderr)
+                warn(f"{where}: column '{column}' is numbers but for the text "
+                     f"{', '.join(map(repr, fmt['missing']))}, read as missing cells")
         dropped = {k: v for k, v in drop_reasons(features, y).items() if k not in options.keep}
         dropped.update({c: "dropped with --drop" for c in options.drop})
         if len(dropped) == features.shape[1]:

@@ -14,7 +14,6 @@ and pass it, or to export it to ONNX.
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from torch import nn
 
 from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model, refuse_frozen
 from .data import MAX_CLASSES
-from .errors import ToolkitError, memory_refusal
+from .errors import ToolkitError, memory_refusal, warn
 from .fileio import check_regular_file
 from .ortsession import inference_session
 
@@ -144,9 +143,8 @@ def _warn_if_probabilities(out: np.ndarray, where: str) -> None:
     class at 0.99 reads as 0.58 of three), though the predicted class stays the same."""
     out = np.asarray(out, dtype=np.float64)
     if out.ndim == 2 and len(out) and (out >= 0).all() and np.allclose(out.sum(1), 1.0, atol=1e-3):
-        print(f"warning: {where} returns probabilities (each row sums to 1), not logits: predict's probabilities "
-              "would be a softmax of them; return the scores before the softmax (or log-probabilities)",
-              file=sys.stderr)
+        warn(f"{where} returns probabilities (each row sums to 1), not logits: predict's probabilities would be a "
+             "softmax of them; return the scores before the softmax (or log-probabilities)")
 
 
 def _names(data, class_names, width: int, where: str) -> list[str]:
