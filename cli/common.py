@@ -11,8 +11,7 @@ from pathlib import Path
 
 import typer
 
-from trainers import errors
-from trainers.errors import describe, interrupt_code, interrupted_by
+from trainers.errors import describe, interrupt_code, interrupted_by, warnings_as_lines
 
 # Options of every command that reads a table (compress, explain: default to what training recorded).
 TARGET = typer.Option(None, "--target", help="Label column of a table (default: last; after training: recorded).")
@@ -31,8 +30,8 @@ def handle_errors(func):
     def wrapper(*args, **kwargs):
         debug = bool(os.environ.get("TOOLKIT_DEBUG"))
         as_json = bool(kwargs.get("as_json"))  # with --json, stdout holds one JSON object on failure too
-        lines, errors.AS_LINES["on"] = errors.AS_LINES["on"], True  # the toolkit's warnings: a line as they happen
-        with warnings.catch_warnings(record=True) as caught:
+        # the toolkit's own warnings as a line each when they happen; others' shown on success only
+        with warnings.catch_warnings(record=True) as caught, warnings_as_lines():
             try:
                 result = func(*args, **kwargs)
             except KeyboardInterrupt as exc:  # its message says what was kept (a pipeline's stages)
@@ -50,8 +49,6 @@ def handle_errors(func):
                 if debug and code == 1:
                     raise
                 fail(message + (" (set TOOLKIT_DEBUG=1 for the traceback)" * (code == 1)), code, as_json=as_json)
-            finally:
-                errors.AS_LINES["on"] = lines
         _show(caught)
         return result
 

@@ -40,6 +40,16 @@ class ToolkitWarning(UserWarning):
 AS_LINES = {"on": False}  # set by the CLI for a command (`cli.common.handle_errors`): warnings as `warning:` lines
 
 
+@contextlib.contextmanager
+def warnings_as_lines():
+    """Within it `warn` prints `warning:` lines (a command of the CLI); the setting is given back after."""
+    before, AS_LINES["on"] = AS_LINES["on"], True
+    try:
+        yield
+    finally:
+        AS_LINES["on"] = before
+
+
 def warn(message: str) -> None:
     """Warn the user: one `warning: ...` line on stderr from the command line, else a `ToolkitWarning`."""
     if AS_LINES["on"]:
