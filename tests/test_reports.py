@@ -437,13 +437,38 @@ def test_a_card_that_cannot_be_written_leaves_no_new_report(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("where, message", [("", "a file path, not a directory"),
-                                            ("MODEL_CARD.md", "model card go: name the page with .html")])
+                                            ("MODEL_CARD.md", "model card goes: name the page with .html")])
 def test_report_out_that_is_no_page_is_refused_before_anything_is_written(tmp_path, where, message):
     run = make_run(tmp_path / "run")
     before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
     with pytest.raises(ReportError, match=message):
         render_report(run, out=str(run / where) if where else "")
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("spelling", ["relative", "absolute", "through .."])
+@pytest.mark.parametrize("target, what", [("MODEL_CARD.md", "model card goes"), ("train/MODEL_CARD.md", "model card goes"),
+                                          ("report.json", "numbers go")])
+def test_report_out_naming_the_run_s_own_card_or_numbers_is_refused_however_spelled(tmp_path, monkeypatch, spelling,
+                                                                                    target, what):
+    """Compared unresolved, `run/MODEL_CARD.md` got the page and the card under two names (the card won, no page
+    was left) and `run/report.json` got the page over the run's numbers, which the toolkit then called foreign."""
+    run = make_run(tmp_path / "run")
+    render_report(run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    out = {"relative": f"run/{target}", "absolute": str(run / target), "through ..": f"run/train/../{target}"}[spelling]
+    with pytest.raises(ReportError, match=f"is where the report's {what}: name the page with .html"):
+        render_report("run", out=out)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_report_out_over_an_earlier_report_s_numbers_outside_the_run_is_refused(tmp_path):
+    run = make_run(tmp_path / "run")
+    render_report(run, out=tmp_path / "r.html")
+    for name in ("r.json", "r.md"):
+        with pytest.raises(ReportError, match="is where the report's"):
+            render_report(run, out=tmp_path / name)
 
 
 def test_the_search_notes_reach_the_page_and_the_card_and_the_threads_timed_are_named(tmp_path):
