@@ -160,6 +160,17 @@ def test_diverged_loss_shows_as_a_dash(tmp_path):
     assert "| test | 90.00% | n/a |" in (tmp_path / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.parametrize("epochs, expected", [
+    (0, "<p>No epoch finished, 1.5 s; 1000 parameters, 4.0 KiB of weights."),
+    (5, "<p>5 epochs run, best weights from epoch 4, 1.5 s; 1000 parameters, 4.0 KiB of weights."),
+])
+def test_the_training_paragraph_reads_as_a_sentence_when_stopped_in_the_first_epoch(tmp_path, epochs, expected):
+    write_train(tmp_path)
+    write_result(tmp_path / "result.json", train_result(epochs_run=epochs, best_epoch=min(epochs, 4),
+                                                        interrupted=epochs == 0))
+    assert expected in render_report(tmp_path).read_text()
+
+
 def test_a_refitted_model_is_reported_as_such_and_a_version_1_result_still_renders(tmp_path):
     from trainers.schema import Refit, TrainResultFileV1
 
