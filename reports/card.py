@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from .collect import number
+from .sections import stage_errors
 
 
 def _pct(value) -> str:
@@ -125,7 +126,7 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     if getattr(run.pipeline, "status", None) in ("running", "interrupted"):
         caveats.append("The pipeline did not finish: stages marked unfinished, interrupted or not run have no "
                        "results here.")
-    for e in run.pipeline.errors if run.pipeline else []:
+    for e in stage_errors(run):
         caveats.append(f"the {e.stage} stage failed: {e.message}")
     sections.append(("Caveats and recommendations", [("ul", caveats)]))
     return sections

@@ -105,7 +105,7 @@ def build_context(run: Run) -> dict:
     model_card = card.build(run, ov, tr, co, ex)
     for section in (tr, co, ex):
         _figures(section)
-    errors = [e.dump() for e in run.pipeline.errors] if run.pipeline else []
+    errors = [e.dump() for e in sections.stage_errors(run)]
     toc = [("overview", "Overview")]
     toc += [(k, t) for k, t, s in (("training", "Training", tr), ("compression", "Compression", co),
                                    ("explanation", "Explanation", ex)) if s]

@@ -109,7 +109,7 @@ def _stage_command(run: Run, stage: str) -> str | None:
 def overview(run: Run) -> dict:
     data = run.data
     seconds = {stage: r.seconds for stage, r in run.results.items()}
-    stages = [_unfinished(s.dump()) for s in run.pipeline.stages] if run.pipeline else []
+    stages = [_rendered(_unfinished(s.dump())) for s in run.pipeline.stages] if run.pipeline else []
     for s in stages:
         if s["status"] == "done" and s["name"] in ("train", "compress", "explain") and s["name"] not in run.results:
             s["status"], s["reason"] = "result missing", (f"{s['name']}/result.json is not in the run directory "
@@ -150,6 +150,24 @@ def _unfinished(stage: dict) -> dict:
     if stage["status"] == "pending":
         return {**stage, "status": "not run", "reason": "the run stopped before this stage"}
     return stage
+
+
+# What pipeline.json says of a report stage that started and did not finish (a Ctrl-C or an error while rendering)
+REPORT_UNFINISHED = ("unfinished", "interrupted", "failed")
+
+
+def _rendered(stage: dict) -> dict:
+    """The report stage as this page shows it: done, whatever pipeline.json says of an earlier try, since the page
+    being read is the report (rendered again by `toolkit report`)."""
+    if stage["name"] == "report" and stage["status"] in REPORT_UNFINISHED:
+        return {**stage, "status": "done", "seconds": None,
+                "reason": f"rendered by `toolkit report`; the pipeline's own rendering was {stage['status']}"}
+    return stage
+
+
+def stage_errors(run: Run) -> list:
+    """The pipeline's stage errors, without the report's: a page rendered since shows that error is past."""
+    return [e for e in (run.pipeline.errors if run.pipeline else []) if e.stage != "report"]
 
 
 def _run_status(run: Run) -> str | None:

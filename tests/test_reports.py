@@ -235,6 +235,24 @@ def test_failed_pipeline_stage_is_shown(tmp_path):
     assert "the compress stage failed: boom" in (run / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.parametrize("status", ["interrupted", "failed"])
+def test_a_report_rendered_after_the_pipeline_s_report_stopped_shows_the_report_done(tmp_path, status):
+    """`toolkit report RUN` after a Ctrl-C (or an error) in the pipeline's report stage: the page is the report,
+    so it does not say its own rendering was interrupted or failed."""
+    from trainers.schema import StageError
+
+    run = make_run(tmp_path / "run")
+    record = write_pipeline(run)
+    record.stages[-1] = record.stages[-1].model_copy(update={"status": status, "reason": "Ctrl-C", "seconds": 0.4})
+    errors = [StageError(stage="report", message="disk <full>", code=2)] if status == "failed" else []
+    write_result(run / "pipeline.json", record.model_copy(update={"errors": errors}))
+    html = render_report(run).read_text()
+    row = re.search(r'<tr class="status-(\w+)"><td>report</td><td>([^<]*)</td>', html)
+    assert row.group(1) == "done" and f"own rendering was {status}" in row.group(2)
+    assert "Stages that failed" not in html and "disk &lt;full&gt;" not in html
+    assert "report stage failed" not in (run / "MODEL_CARD.md").read_text()
+
+
 def test_pipeline_dir_with_only_a_failure_still_renders(tmp_path):
     write_pipeline(tmp_path, failed="train", message="bad data")
     html = render_report(tmp_path).read_text()
