@@ -101,9 +101,10 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     if compression and compression.get("variants"):
         quant.append(("p", "Compression deltas against the fp32 model (accuracy drop in percentage points; "
                            "a negative drop is a gain):"))
-        quant.append(("table", ["variant", "test accuracy", "drop (points)", "size", "size ratio", "speedup (batch 1)"],
+        quant.append(("table", ["variant", "test accuracy", "drop (points)", "top-1 agreement with fp32", "size",
+                                "size ratio", "speedup (batch 1)"],
                       [[r["name"] + (" (chosen)" if r.get("chosen") else ""), _pct(r["accuracy"]),
-                        "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", _kib(r["disk"]),
+                        "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", r.get("agreement") or "n/a", _kib(r["disk"]),
                         "n/a" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x",
                         "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"] for r in compression["variants"]]))
     if explanation and explanation.get("flags"):
@@ -149,12 +150,14 @@ def for_variant(sections: list, metadata: dict, row: dict, model: dict) -> tuple
                 "PyTorch weights, which serving does not read)")
     ours.append(f"test accuracy: {_pct(row.get('accuracy'))} (drop against the original: "
                 + ("n/a" if number(row.get("drop")) is None else f"{row['drop']:+.2f} points") + ")")
+    if row.get("agreement"):   # the fidelity rule the variant was chosen by
+        ours.append(f"top-1 agreement with the original on the test split: {row['agreement']}")
     variant_sections = [(title, [("p", f"The '{row.get('name')}' variant of this model. " + blocks[0][1]),
                                  ("ul", ours + facts)]), *rest]
     meta = json_copy(metadata)
     for entry in meta.get("model-index") or []:
         for result in entry.get("results") or []:
-            mine = [m for m in result.get("metrics", []) if str(m.get("name", "")).endswith("variant")]
+            mine = [m for m in result.get("metrics", []) if f"the {row.get('name')} variant" in str(m.get("name"))]
             result["metrics"] = mine + [m for m in result.get("metrics", []) if m not in mine]
     return variant_sections, meta
 
@@ -181,6 +184,11 @@ def front_matter(run, training: dict | None, compression: dict | None) -> dict:
     if chosen and number(chosen.get("accuracy")) is not None:
         metrics.append({"type": "accuracy", "value": round(float(chosen["accuracy"]), 6),
                         "name": f"test accuracy of the {chosen['name']} variant"})
+    fidelity = (chosen or {}).get("fidelity")
+    if fidelity and number(fidelity.get("agreement")) is not None:
+        metrics.append({"type": "agreement", "value": round(float(fidelity["agreement"]), 6),
+                        "name": f"test top-1 agreement of the {chosen['name']} variant with the original "
+                                f"(95% CI {fidelity['low']:.4f}-{fidelity['high']:.4f}, n={fidelity['n']})"})
     if metrics:
         results.append({"task": {"type": task}, "dataset": {"name": name, "type": name, "split": "test"},
                         "metrics": metrics})

@@ -255,6 +255,9 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "nominal": v.parameters * bits / 8 if v.parameters is not None and bits else None,
         "parameters": v.parameters, "speedup": v.speedup.b1_t1, "speedup256": v.speedup.b256_t1,
         "size_ratio": v.size_ratio, "parity": _parity(v), "passes": v.within_budget, "agreement": _agreement(v),
+        # the same figure as numbers, for the model card's metadata
+        "fidelity": (None if (f := v.fidelity) is None else
+                     {"agreement": f.agreement, "low": f.wilson_low, "high": f.wilson_high, "n": f.n}),
         "noisy": "b256_t1" in v.noisy or "b1_t1" in v.noisy,
         "slower": v.slower_than_fp32, "flips": v.flips, "pareto": v.pareto, "chosen": v.name == chosen,
         "path": v.path, "notes": v.notes,

@@ -285,6 +285,33 @@ def test_single_compress_run_dir_command_and_card_in_chosen_variant(tmp_path):
     assert "variant: int8-static-onnx" not in runs and "architecture: {'hidden': \\[16\\]}" in runs
 
 
+def test_the_cards_give_the_chosen_variant_s_agreement_with_the_original(tmp_path):
+    """Agreement is the fidelity rule the variant was chosen by; the card that ships with it must state it."""
+    from trainers.schema import Fidelity
+
+    run = make_run(tmp_path / "run", ("train",))
+    fidelity = Fidelity(agreement=0.9667, n=30, agreeing=29, margin=0.05, wilson_low=0.8333, wilson_high=0.9941,
+                        min_agreement=0.97, passes=True)
+    result = compress_result()
+    rows = [r.model_copy(update={"fidelity": fidelity}) if r.name == "int8-static-onnx" else r for r in result.variants]
+    write_result(run / "compress" / "result.json", result.model_copy(update={"variants": rows}))
+    variant = run / "compress" / "variants" / "int8-static-onnx"
+    variant.mkdir(parents=True)
+    (variant / "model.json").write_text('{"family": "mlp", "config": {"hidden": [8]}}')
+    render_report(run)
+    shown = "96.7% (95% CI 83.3-99.4%, n=30)"
+    for card in (run / "MODEL_CARD.md", variant / "MODEL_CARD.md"):
+        text = card.read_text()
+        assert "| top-1 agreement with fp32 |" in text and f"| int8-static-onnx (chosen) | 89.70% | +0.30 | {shown} |" in text
+        metrics = yaml.safe_load(text.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+        agreement = next(m for m in metrics if m["type"] == "agreement")
+        assert agreement["value"] == 0.9667 and "n=30" in agreement["name"] and "0.8333-0.9941" in agreement["name"]
+    mine = (variant / "MODEL_CARD.md").read_text()
+    assert f"- top-1 agreement with the original on the test split: {shown}" in mine
+    metrics = yaml.safe_load(mine.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+    assert [m["type"] for m in metrics] == ["accuracy", "agreement", "accuracy"]   # the variant's own first
+
+
 def test_cards_of_single_stage_runs_and_own_models_say_only_what_holds(tmp_path):
     write_train(tmp_path / "train")
     write_compress(tmp_path / "c")                 # its parent ../train holds the model: its classes are known
