@@ -28,6 +28,11 @@ def _kib(value) -> str:
     return "n/a" if value is None else f"{value / 1024:.1f} KiB"
 
 
+def _speedup(value, noisy: bool) -> str:
+    value = number(value)
+    return "n/a" if value is None else f"{value:.2f}x" + (" (noisy)" if noisy else "")
+
+
 def build(run, overview: dict, training: dict | None, compression: dict | None, explanation: dict | None) -> list:
     model = run.model_json
     data = run.data
@@ -100,13 +105,15 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                                                                    for r in worst) + "."))
     if compression and compression.get("variants"):
         quant.append(("p", "Compression deltas against the fp32 model (accuracy drop in percentage points; "
-                           "a negative drop is a gain):"))
+                           "a negative drop is a gain). The speed-up is the median, over interleaved timing rounds, "
+                           "of the fp32 model's time divided by the variant's in the same round; \"noisy\" marks one "
+                           "whose per-round ratios spread by more than a quarter of their median, not to be relied on:"))
         quant.append(("table", ["variant", "test accuracy", "drop (points)", "top-1 agreement with fp32", "size",
-                                "size ratio", "speedup (batch 1)"],
+                                "size ratio", "speed-up (batch 1)"],
                       [[r["name"] + (" (chosen)" if r.get("chosen") else ""), _pct(r["accuracy"]),
                         "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", r.get("agreement") or "n/a", _kib(r["disk"]),
                         "n/a" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x",
-                        "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"] for r in compression["variants"]]))
+                        _speedup(r["speedup"], r.get("noisy1"))] for r in compression["variants"]]))
     if explanation and explanation.get("flags"):
         drift = set(explanation.get("drift_flags") or ())  # the rest are the explanations' own quality checks
         quant.append(("ul", [("explanation drift: " if f in drift else "explanation quality: ") + f

@@ -259,6 +259,8 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "fidelity": (None if (f := v.fidelity) is None else
                      {"agreement": f.agreement, "low": f.wilson_low, "high": f.wilson_high, "n": f.n}),
         "noisy": "b256_t1" in v.noisy or "b1_t1" in v.noisy,
+        # per batch size: a speed-up whose per-round ratios spread too widely is marked where it is shown
+        "noisy1": "b1_t1" in v.noisy, "noisy256": "b256_t1" in v.noisy,
         "slower": v.slower_than_fp32, "flips": v.flips, "pareto": v.pareto, "chosen": v.name == chosen,
         "path": v.path, "notes": v.notes,
         "device": getattr(v, "device", "cpu"),  # schema 6: where it computed while timed

@@ -312,6 +312,25 @@ def test_the_cards_give_the_chosen_variant_s_agreement_with_the_original(tmp_pat
     assert [m["type"] for m in metrics] == ["accuracy", "agreement", "accuracy"]   # the variant's own first
 
 
+def test_a_noisy_speed_up_is_marked_at_its_batch_size_and_the_figure_says_what_it_is(tmp_path):
+    """One badge per row did not say which batch size was noisy, and the card marked none; "Speedup (p50)" read as
+    the ratio of the p50 columns, which the median of per-round ratios need not equal."""
+    run = tmp_path / "c"
+    write_compress(run, variant_row("noisy-at-1", "prune-structured", 0.9, 0.0, 2000, 0.04, 1.0, noisy=["b1_t1"]),
+                   variant_row("noisy-at-256", "prune-structured", 0.9, 0.0, 2000, 0.04, 1.0, noisy=["b256_t1"]))
+    html = render_report(run).read_text()
+    assert "median, over interleaved timing rounds" in html and "Speedup (p50)" not in html
+    cells = {name: re.findall(r'<td class="num">([^<]*×)( <span class="badge warn">noisy</span>)?</td>', row)
+             for name, row in re.findall(r"<strong>([\w-]+)</strong>(.*?)</tr>", html, re.S)}
+    assert [bool(noisy) for _, noisy in cells["noisy-at-1"][:2]] == [True, False]
+    assert [bool(noisy) for _, noisy in cells["noisy-at-256"][:2]] == [False, True]
+    assert not any(noisy for _, noisy in cells["int8-static-onnx"])
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "| 1.25x (noisy) |" in re.search(r"\| noisy-at-1 \|.*", card).group(0)
+    assert "noisy" not in re.search(r"\| noisy-at-256 \|(.*)", card).group(1)
+    assert "median, over interleaved timing rounds" in card
+
+
 def test_cards_of_single_stage_runs_and_own_models_say_only_what_holds(tmp_path):
     write_train(tmp_path / "train")
     write_compress(tmp_path / "c")                 # its parent ../train holds the model: its classes are known
