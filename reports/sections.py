@@ -355,7 +355,19 @@ def _drift_row(r: DriftRow) -> dict:
             "spearman": _interval(r, "spearman"), "sign": _interval(r, "sign_agreement"),
             "noise_floor": r.noise_floor_topk, "random_floor": r.random_floor_topk, "flag": r.flag,
             "verdict": r.verdict, "status": r.status, "threshold": r.threshold, "relation": r.relation,
-            "top_features": [f.dump() for f in r.top_features or []]}
+            "cosine_threshold": getattr(r, "cosine_threshold", None),   # schema 5
+            "weakest_share": _weakest_share(r), "top_features": [f.dump() for f in r.top_features or []]}
+
+
+def _weakest_share(r: DriftRow) -> dict | None:
+    """The original's top input whose share of the attribution the variant keeps least (the share ratio the
+    third drift test reads, with its interval); None before schema 5 or without top inputs."""
+    shares = [f for f in r.top_features or [] if number(f.share_ratio) is not None]
+    if not shares:
+        return None
+    f = min(shares, key=lambda f: (f.share_ratio_hi if number(f.share_ratio_hi) is not None else f.share_ratio,
+                                   f.share_ratio))
+    return {"feature": f.feature, "value": f.share_ratio, "lo": f.share_ratio_lo, "hi": f.share_ratio_hi}
 
 
 def explanation(run: Run) -> dict | None:

@@ -471,6 +471,22 @@ def test_drift_table_cells_sit_under_their_headings(tmp_path):
     assert cell["top-k overlap"].startswith("0.91") and cell["cosine"].startswith("0.97")
     assert cell["Spearman"].startswith("0.93") and cell["sign agreement"].startswith("0.95")
     assert cell["noise floor"] == "1.00" and cell["random floor"] == "0.16"
+    # the thresholds of the other two tests the status reads, and the top input that keeps least of its share
+    assert cell["top-k threshold"] == "0.70" and cell["cosine threshold"] == "0.63"
+    assert cell["least share kept"] == "0.80 [0.70, 0.90]f1"          # the figure, its interval, the input
+    assert dict(zip(header, figures[1]))["least share kept"] == "0.42 [0.32, 0.52]f1"
+
+
+def test_the_drift_legend_names_the_three_tests_with_the_thresholds_explain_uses(tmp_path):
+    """The legend once described only the top-k test; a row drifted by its cosine or a lost input's share then
+    showed an overlap above its threshold beside a legend that said this could not happen."""
+    from explain.compare import DRIFT_FRACTION, LOST_SHARE
+
+    html = render_report(make_run(tmp_path / "run")).read_text(encoding="utf-8")
+    legend = re.search(r"Original against each compressed variant.*?</p>", html, re.S).group(0)
+    assert "three tests" in legend and "top-k overlap" in legend and "signed cosine" in legend
+    assert f"{DRIFT_FRACTION} × its noise floor" in legend and f"lost below {LOST_SHARE}" in legend
+    assert "Drifted when any interval lies wholly below its threshold" in legend
 
 
 def test_a_report_under_another_name_inside_a_run_is_the_toolkit_s_own(tmp_path):
