@@ -331,6 +331,26 @@ def test_a_noisy_speed_up_is_marked_at_its_batch_size_and_the_figure_says_what_i
     assert "median, over interleaved timing rounds" in card
 
 
+def test_figures_keep_many_classes_and_long_variant_names_legible():
+    """100 classes drew 100 overlapping tick labels; names cut at 40 characters made
+    prune-structured-20-uniform+int8-static-onnx and its -lean- twin read the same in legend and axis."""
+    from trainers import figures
+
+    fig = figures.confusion_matrix([[1] * 100 for _ in range(100)], [f"class {i}" for i in range(100)])
+    for ticks in (fig.axes[0].get_xticklabels(), fig.axes[0].get_yticklabels()):
+        assert 10 <= len(ticks) <= figures.MAX_TICK_LABELS and ticks[0].get_text() == "class 0"
+    names = ["prune-structured-20-uniform+int8-static-onnx", "prune-structured-20-uniform+int8-static-lean-onnx",
+             "prune-structured-20-uniform+int8-static-lean-onnx-with-a-middle-x-and-more-of-the-same-tail",
+             "prune-structured-20-uniform+int8-static-lean-onnx-with-a-middle-y-and-more-of-the-same-tail"]
+    points = [{"name": n, "accuracy": 0.9, "size": 1000, "lat1": 0.1 + i, "lat256": 1.0 + i} for i, n in enumerate(names)]
+    legend = [t.get_text() for t in figures.pareto(points).legends[0].get_texts()]
+    bars = [t.get_text() for t in figures.size_bars([{"name": n, "disk": 1000, "nominal": 900} for n in names])
+            .axes[0].get_yticklabels()]
+    for labels in (legend, bars):
+        assert len(set(labels)) == len(names), labels
+        assert all("\n" not in label for label in labels) and all(len(label) <= 40 for label in labels[:2])
+
+
 def test_cards_of_single_stage_runs_and_own_models_say_only_what_holds(tmp_path):
     write_train(tmp_path / "train")
     write_compress(tmp_path / "c")                 # its parent ../train holds the model: its classes are known
