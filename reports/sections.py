@@ -244,7 +244,6 @@ def _agreement(v: VariantRow) -> str | None:
 
 
 def _variant_row(v: VariantRow, chosen: str) -> dict:
-    bits = BITS.get(v.dtype)
     lat = v.latency_ms
     return {
         "name": v.name, "method": v.method, "runtime": v.runtime, "dtype": v.dtype,
@@ -252,7 +251,7 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "small_runtime": serve.small_runtime if (serve := getattr(v, "serve", None)) else None,
         "small_batch": f"calls under {serve.below_batch} rows: {serve.small_runtime} ({serve.small})" if serve else None,
         "accuracy": v.accuracy, "drop": v.accuracy_drop, "disk": v.size_bytes,
-        "nominal": v.parameters * bits / 8 if v.parameters is not None and bits else None,
+        "nominal": None,   # filled by `compression`: a routed variant's `_nominal` reads its member's row
         "parameters": v.parameters, "speedup": v.speedup.b1_t1, "speedup256": v.speedup.b256_t1,
         "size_ratio": v.size_ratio, "parity": _parity(v), "passes": v.within_budget, "agreement": _agreement(v),
         # the same figure as numbers, for the model card's metadata
@@ -268,6 +267,32 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "lat256_p95": lat.b256_t1.p95, "lat1_p50_all": lat.b1_tall.p50, "lat1_p95_all": lat.b1_tall.p95,
         "lat256_p50_all": lat.b256_tall.p50, "lat256_p95_all": lat.b256_tall.p95,
     }
+
+
+def _weight_bits(recipe: dict, dtype: str) -> int | None:
+    """The bit width the weights are stored with: the last step's `weight_type` (int8-weights computes in
+    float32, its `dtype`, from int8 weights), else the variant's dtype."""
+    steps = recipe.get("steps") if isinstance(recipe.get("steps"), list) else [recipe]
+    for step in reversed(steps):
+        if isinstance(step, dict) and step.get("weight_type") in BITS:
+            return BITS[step["weight_type"]]
+    return BITS.get(dtype)
+
+
+def _nominal(v: VariantRow, rows: dict[str, dict]) -> float | None:
+    """Parameters x the stored weights' bit width, in bytes; a routed variant (schema 3) adds the nominal of
+    its small-batch member (a row of its own). None where it cannot be known: no parameter count, an unknown
+    width, a member not among the rows."""
+    recipe = v.recipe.model_dump()
+    serve = getattr(v, "serve", None)
+    bits = _weight_bits(recipe.get("large") if serve and isinstance(recipe.get("large"), dict) else recipe, v.dtype)
+    if v.parameters is None or bits is None:
+        return None
+    own = v.parameters * bits / 8
+    if serve is None:
+        return own
+    small = (rows.get(serve.small) or {}).get("nominal")
+    return None if small is None else own + small
 
 
 def _threads_timed(result) -> int:
@@ -288,6 +313,13 @@ def compression(run: Run) -> dict | None:
         return None
     chosen = result.chosen
     rows = [_variant_row(v, chosen.name) for v in result.variants]
+    by_name = {r["name"]: r for r in rows}
+    for v, r in zip(result.variants, rows):     # plain members first: a routed variant adds its member's
+        if getattr(v, "serve", None) is None:
+            r["nominal"] = _nominal(v, by_name)
+    for v, r in zip(result.variants, rows):
+        if getattr(v, "serve", None) is not None:
+            r["nominal"] = _nominal(v, by_name)
     pareto_points = [{"name": r["name"], "lat1": r["lat1_p50"], "lat256": r["lat256_p50"], "accuracy": r["accuracy"],
                       "size": r["disk"]} for r in rows]
     return {

@@ -351,6 +351,28 @@ def test_figures_keep_many_classes_and_long_variant_names_legible():
         assert all("\n" not in label for label in labels) and all(len(label) <= 40 for label in labels[:2])
 
 
+def test_the_nominal_size_counts_stored_int8_weights_and_both_models_of_a_routed_variant(tmp_path):
+    """int8-weights computes in float32 (its dtype) from int8 weights: its nominal size was 4 bytes a parameter,
+    larger than its file; a routed variant counted only its large member."""
+    from trainers.schema import Recipe, Serve
+
+    weights = variant_row("int8-weights-onnx", "int8-weights", 0.9, 0.0, 1500, 0.04, 1.0, runtime="onnxruntime",
+                          recipe=Recipe(method="int8-weights", weight_type="int8", compute="float32"))
+    routed = variant_row("int8-static-onnx+below-b128-fp32-torch", "by-batch", 0.897, 0.3, 5300, 0.04, 0.8,
+                         dtype="int8", serve=Serve(below_batch=128, small="fp32-torch", small_runtime="torch"),
+                         recipe=Recipe(method="by-batch", large={"method": "int8-static", "weight_type": "int8"},
+                                       small={"method": "baseline"}))
+    lost = routed.model_copy(update={"name": "routed-to-a-member-not-listed",
+                                     "serve": Serve(below_batch=128, small="gone", small_runtime="torch")})
+    write_compress(tmp_path / "c", weights, routed, lost)
+    render_report(tmp_path / "c")
+    rows = {r["name"]: r for r in json.loads((tmp_path / "c" / "report.json").read_text())["compression"]["variants"]}
+    assert rows["int8-weights-onnx"]["nominal"] == 1000              # 1000 parameters at 8 bits
+    assert rows["int8-static-onnx+below-b128-fp32-torch"]["nominal"] == 1000 + 4000   # int8 member + fp32 member
+    assert rows["routed-to-a-member-not-listed"]["nominal"] is None   # not known: no bar rather than half of one
+    assert rows["fp32-torch"]["nominal"] == 4000 and rows["prune-structured-50"]["nominal"] == 4000
+
+
 def test_cards_of_single_stage_runs_and_own_models_say_only_what_holds(tmp_path):
     write_train(tmp_path / "train")
     write_compress(tmp_path / "c")                 # its parent ../train holds the model: its classes are known

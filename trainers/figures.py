@@ -225,15 +225,17 @@ def pareto(points: list[dict], chosen: str | None = None) -> "Figure | None":
 
 @styled
 def size_bars(rows: list[dict]) -> "Figure | None":
-    """Nominal size (parameters x bits) against bytes on disk, per variant."""
+    """Nominal size (parameters x bits) against bytes on disk, per variant; a variant whose nominal size is not
+    known (None) has no nominal bar."""
     rows = [r for r in rows if number(r.get("nominal")) is not None or number(r.get("disk")) is not None]
     if not rows:
         return None
     fig = new_figure((7.6, 0.9 + 0.42 * len(rows)))
     ax = fig.subplots()
     ys = range(len(rows))
-    ax.barh([y + 0.2 for y in ys], [(number(r.get("nominal")) or 0) / 1024 for r in rows], height=0.4,
-            color=PALETTE[0], label="nominal (parameters x bit width)")
+    known = [(y, number(r.get("nominal"))) for y, r in zip(ys, rows) if number(r.get("nominal")) is not None]
+    ax.barh([y + 0.2 for y, _ in known], [v / 1024 for _, v in known], height=0.4,
+            color=PALETTE[0], label="nominal (parameters x stored weights' bit width; a routed variant: both models)")
     ax.barh([y - 0.2 for y in ys], [(number(r.get("disk")) or 0) / 1024 for r in rows], height=0.4,
             color=PALETTE[1], label="on disk")
     ax.set_yticks(list(ys), short_names([r.get("name", "?") for r in rows], 40))
