@@ -88,9 +88,7 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                      "first run, on samples held out from it.")
         sections.append(("Training and evaluation data", [("p", text)]))
 
-    metric_blocks = [("p", "Accuracy and cross-entropy loss on each split; per-class precision and recall on the "
-                           "test split; for compressed variants, test accuracy, file size and CPU latency.")]
-    sections.append(("Metrics", metric_blocks))
+    sections.append(("Metrics", [("p", _metrics_text(training, compression, explanation))]))
 
     quant = []
     if training and training.get("scores"):
@@ -114,6 +112,14 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                         "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", r.get("agreement") or "n/a", _kib(r["disk"]),
                         "n/a" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x",
                         _speedup(r["speedup"], r.get("noisy1"))] for r in compression["variants"]]))
+    if explanation and explanation.get("drift_rows"):
+        quant.append(("p", "Explanation drift after compression: each compared variant's test accuracy and drop "
+                           "against the original, as the explain stage measured them, and whether its attributions "
+                           "moved away from the original's:"))
+        quant.append(("table", ["variant", "method", "test accuracy", "drop (points)", "drift", "verdict"],
+                      [[r["variant"], r["method"], _pct(r["accuracy"]),
+                        "n/a" if number(r["drop"]) is None else f"{r['drop']:+.2f}", r.get("status") or "n/a",
+                        r.get("verdict") or ""] for r in explanation["drift_rows"]]))
     if explanation and explanation.get("flags"):
         drift = set(explanation.get("drift_flags") or ())  # the rest are the explanations' own quality checks
         quant.append(("ul", [("explanation drift: " if f in drift else "explanation quality: ") + f
@@ -138,6 +144,31 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
         caveats.append(f"the {e.stage} stage failed: {e.message}")
     sections.append(("Caveats and recommendations", [("ul", caveats)]))
     return sections
+
+
+def _metrics_text(training: dict | None, compression: dict | None, explanation: dict | None) -> str:
+    """What the card's figures are, named from the sections present (a compress-only card has no per-split loss,
+    an explain-only one the drift of the variants it compared)."""
+    said = []
+    if training and training.get("scores"):
+        said.append("accuracy and cross-entropy loss on the training, validation and test splits")
+    if training and training.get("per_class"):
+        said.append("per-class precision and recall on the test split")
+    if compression and compression.get("variants"):
+        where = f"its GPU ({compression['gpu']})" if compression.get("gpu") else "the CPU"
+        agreement = ", top-1 agreement with it" if any(r.get("agreement") for r in compression["variants"]) else ""
+        said.append(f"for each compressed variant: test accuracy and its drop against the fp32 model{agreement}, file "
+                    f"size and size ratio, and the speed-up at batch 1 (median of per-round latency ratios, timed on "
+                    f"{where})")
+    if explanation and explanation.get("drift_rows"):
+        said.append("for each variant compared by the explain stage: test accuracy, its drop against the original and "
+                    "whether its attributions drifted (top-k overlap, cosine, top inputs' shares)")
+    if explanation and explanation.get("quality"):
+        said.append("quality checks of each attribution method")
+    if not said:
+        return "No metrics were recorded."
+    text = "; ".join(said)
+    return text[0].upper() + text[1:] + "."
 
 
 OWN_KINDS = {"custom": "A PyTorch module", "onnx": "An ONNX graph"}
@@ -175,7 +206,7 @@ def json_copy(obj):
     return copy.deepcopy(obj)
 
 
-def front_matter(run, training: dict | None, compression: dict | None) -> dict:
+def front_matter(run, training: dict | None, compression: dict | None, explanation: dict | None = None) -> dict:
     """The Hugging Face model-card metadata (YAML front matter): license, datasets, metrics and a model-index
     entry per measured accuracy. The license is "unknown" until the model's owner sets one."""
     model, data = run.model_json, run.data
@@ -185,9 +216,19 @@ def front_matter(run, training: dict | None, compression: dict | None) -> dict:
     results = []
     scores = {s["split"]: s["accuracy"] for s in (training or {}).get("scores", [])
               if number(s.get("accuracy")) is not None}
+    baseline = next((v for v in (compression or {}).get("variants", []) if v.get("method") == "baseline"), None)
+    if "test" not in scores and baseline and number(baseline.get("accuracy")) is not None:
+        scores["test"] = baseline["accuracy"]    # a compress-only run: the original, as compress measured it
     metrics = [{"type": "accuracy", "value": round(float(scores[split]), 6), "name": f"{split} accuracy"}
                for split in ("test",) if split in scores]
     chosen = next((v for v in (compression or {}).get("variants", []) if v.get("chosen")), None)
+    if compression is None:     # an explain-only run: the variants it compared, as it measured them
+        seen = {}
+        for r in (explanation or {}).get("drift_rows") or []:
+            if number(r.get("accuracy")) is not None:
+                seen.setdefault(r["variant"], r["accuracy"])
+        metrics += [{"type": "accuracy", "value": round(float(a), 6), "name": f"test accuracy of the {v} variant"}
+                    for v, a in seen.items()]
     if chosen and number(chosen.get("accuracy")) is not None:
         metrics.append({"type": "accuracy", "value": round(float(chosen["accuracy"]), 6),
                         "name": f"test accuracy of the {chosen['name']} variant"})

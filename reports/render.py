@@ -116,7 +116,7 @@ def build_context(run: Run) -> dict:
     return {"title": title, "run_name": run.root.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "kind": "pipeline" if run.is_pipeline else next(iter(run.results), "run"),
             "toc": toc, "errors": errors, "overview": ov, "training": tr, "compression": co, "explanation": ex,
-            "model_card": model_card, "card_metadata": card.front_matter(run, tr, co)}
+            "model_card": model_card, "card_metadata": card.front_matter(run, tr, co, ex)}
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -373,6 +373,39 @@ def test_the_nominal_size_counts_stored_int8_weights_and_both_models_of_a_routed
     assert rows["fp32-torch"]["nominal"] == 4000 and rows["prune-structured-50"]["nominal"] == 4000
 
 
+def _card_metrics(card: str) -> tuple[str, list]:
+    """The card's Metrics paragraph and its model-index metrics."""
+    text = card.split("## Metrics\n\n", 1)[1].split("\n\n", 1)[0]
+    return text, yaml.safe_load(card.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+
+
+def test_a_card_s_metrics_say_what_it_holds_and_an_explain_only_card_gives_explain_s_results(tmp_path):
+    """Every card said "accuracy and cross-entropy loss on each split ... CPU latency", which a compress-only card
+    (no loss) or an explain-only one (no table at all) did not hold; the explain-only card said no results were
+    recorded though explain measured each variant's accuracy, drop and drift."""
+    full = (render_report(make_run(tmp_path / "run")).parent / "MODEL_CARD.md").read_text()
+    text, _ = _card_metrics(full)
+    assert "cross-entropy loss on the training, validation and test splits" in text and "latency ratios" in text
+    assert "drifted" in text and "CPU latency" not in text
+
+    write_compress(tmp_path / "c")
+    card = (render_report(tmp_path / "c").parent / "MODEL_CARD.md").read_text()
+    text, metrics = _card_metrics(card)
+    assert "cross-entropy" not in text and "precision" not in text and text.startswith("For each compressed variant")
+    assert {m["name"]: m["value"] for m in metrics} == {"test accuracy": 0.9,     # the baseline row's, the original
+                                                        "test accuracy of the int8-static-onnx variant": 0.897}
+
+    write_explain(tmp_path / "e")
+    card = (render_report(tmp_path / "e").parent / "MODEL_CARD.md").read_text()
+    text, metrics = _card_metrics(card)
+    assert text.startswith("For each variant compared by the explain stage") and "compressed variant:" not in text
+    assert "No evaluation results were recorded" not in card
+    assert "| int8-static-onnx | integrated_gradients | 89.70% | +0.30 | kept | agrees with the original" in card
+    assert "| prune-structured-50 | integrated_gradients | 89.70% | +0.30 | drifted | relies on other inputs |" in card
+    assert {m["name"]: m["value"] for m in metrics} == {"test accuracy of the int8-static-onnx variant": 0.897,
+                                                        "test accuracy of the prune-structured-50 variant": 0.897}
+
+
 def test_cards_of_single_stage_runs_and_own_models_say_only_what_holds(tmp_path):
     write_train(tmp_path / "train")
     write_compress(tmp_path / "c")                 # its parent ../train holds the model: its classes are known
