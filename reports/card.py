@@ -104,12 +104,14 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     if compression and compression.get("variants"):
         quant.append(("p", "Compression deltas against the fp32 model (accuracy drop in percentage points; "
                            "a negative drop is a gain). The speed-up is the median, over interleaved timing rounds, "
-                           "of the fp32 model's time divided by the variant's in the same round; \"noisy\" marks one "
-                           "whose per-round ratios spread by more than a quarter of their median, not to be relied on:"))
+                           "of the fp32 model's time divided by the variant's in the same round; \"noisy\" marks "
+                           "one whose per-round ratios spread by more than a quarter of their median, not to be "
+                           "relied on:"))
         quant.append(("table", ["variant", "test accuracy", "drop (points)", "top-1 agreement with fp32", "size",
                                 "size ratio", "speed-up (batch 1)"],
                       [[r["name"] + (" (chosen)" if r.get("chosen") else ""), _pct(r["accuracy"]),
-                        "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", r.get("agreement") or "n/a", _kib(r["disk"]),
+                        "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", r.get("agreement") or "n/a",
+                        _kib(r["disk"]),
                         "n/a" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x",
                         _speedup(r["speedup"], r.get("noisy1"))] for r in compression["variants"]]))
     if explanation and explanation.get("drift_rows"):

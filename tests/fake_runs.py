@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from trainers.schema import (AgreementCheck, AgreementStep, AttributionRun, Chosen, ClassScores, CompressResultFile,
-                             DataSummary, Drift, DriftRow, Epoch, ExplainResultFile, FeatureRank, Parity, PipelineFile, Quality,
-                             Skipped, Split, StageError, StageStatus, Threads, TrainMetrics, TrainResultFile,
+                             DataSummary, Drift, DriftRow, Epoch, ExplainResultFile, FeatureRank, Parity, PipelineFile,
+                             Quality, Skipped, Split, StageError, StageStatus, Threads, TrainMetrics, TrainResultFile,
                              VariantRow)
 
 HOSTILE = "<script>alert(1)</script>"

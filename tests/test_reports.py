@@ -302,7 +302,8 @@ def test_the_cards_give_the_chosen_variant_s_agreement_with_the_original(tmp_pat
     shown = "96.7% (95% CI 83.3-99.4%, n=30)"
     for card in (run / "MODEL_CARD.md", variant / "MODEL_CARD.md"):
         text = card.read_text()
-        assert "| top-1 agreement with fp32 |" in text and f"| int8-static-onnx (chosen) | 89.70% | +0.30 | {shown} |" in text
+        assert "| top-1 agreement with fp32 |" in text
+        assert f"| int8-static-onnx (chosen) | 89.70% | +0.30 | {shown} |" in text
         metrics = yaml.safe_load(text.split("---")[1])["model-index"][0]["results"][0]["metrics"]
         agreement = next(m for m in metrics if m["type"] == "agreement")
         assert agreement["value"] == 0.9667 and "n=30" in agreement["name"] and "0.8333-0.9941" in agreement["name"]
@@ -342,7 +343,8 @@ def test_figures_keep_many_classes_and_long_variant_names_legible():
     names = ["prune-structured-20-uniform+int8-static-onnx", "prune-structured-20-uniform+int8-static-lean-onnx",
              "prune-structured-20-uniform+int8-static-lean-onnx-with-a-middle-x-and-more-of-the-same-tail",
              "prune-structured-20-uniform+int8-static-lean-onnx-with-a-middle-y-and-more-of-the-same-tail"]
-    points = [{"name": n, "accuracy": 0.9, "size": 1000, "lat1": 0.1 + i, "lat256": 1.0 + i} for i, n in enumerate(names)]
+    points = [{"name": n, "accuracy": 0.9, "size": 1000, "lat1": 0.1 + i, "lat256": 1.0 + i}
+              for i, n in enumerate(names)]
     legend = [t.get_text() for t in figures.pareto(points).legends[0].get_texts()]
     bars = [t.get_text() for t in figures.size_bars([{"name": n, "disk": 1000, "nominal": 900} for n in names])
             .axes[0].get_yticklabels()]
@@ -613,8 +615,8 @@ def test_report_out_that_is_no_page_is_refused_before_anything_is_written(tmp_pa
 
 
 @pytest.mark.parametrize("spelling", ["relative", "absolute", "through .."])
-@pytest.mark.parametrize("target, what", [("MODEL_CARD.md", "model card goes"), ("train/MODEL_CARD.md", "model card goes"),
-                                          ("report.json", "numbers go")])
+@pytest.mark.parametrize("target, what", [("MODEL_CARD.md", "model card goes"),
+                                          ("train/MODEL_CARD.md", "model card goes"), ("report.json", "numbers go")])
 def test_report_out_naming_the_run_s_own_card_or_numbers_is_refused_however_spelled(tmp_path, monkeypatch, spelling,
                                                                                     target, what):
     """Compared unresolved, `run/MODEL_CARD.md` got the page and the card under two names (the card won, no page
