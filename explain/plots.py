@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers.figures import new_figure
+from trainers.figures import new_figure, short_names
 
 
 def element_names(spec) -> list[str]:
@@ -54,9 +54,18 @@ def _grouped(groups: dict[str, str], names: list[str], values: np.ndarray) -> di
     return out
 
 
+# The longest name drawn on an axis: a 500-character feature name once made a figure 3945 px wide, its bars a tenth.
+LABEL_CHARS = 30
+
+
 def _label(text) -> str:
     """Plain text for matplotlib: a `$` in a user's feature or class name must not start mathtext."""
     return str(text).replace("$", r"\$")
+
+
+def _labels(names, limit: int = LABEL_CHARS) -> list[str]:
+    """Names for an axis: one line each, shortened (told apart where two would read the same), `$` escaped."""
+    return [_label(n) for n in short_names(names, limit)]
 
 
 TARGET = "each sample's predicted class"
@@ -73,7 +82,8 @@ def importance_bars(importance: dict[str, float], title: str, top: int = 20):
     items = sorted(importance.items(), key=lambda kv: -kv[1])[:top][::-1]
     fig = new_figure((6, 0.25 * len(items) + 1.2))
     ax = fig.subplots()
-    ax.barh([_label(k) for k, _ in items], [v for _, v in items], color="#4c72b0")
+    ax.barh(range(len(items)), [v for _, v in items], color="#4c72b0")   # by position: labels may repeat
+    ax.set_yticks(range(len(items)), _labels([k for k, _ in items]))
     ax.set_xlabel(f"mean |attribution| to {TARGET}")
     ax.set_title(title)
     return fig
@@ -91,7 +101,7 @@ def beeswarm(spec, x: np.ndarray, values: np.ndarray, title: str, top: int = 15)
         v = flat_x[:, j]
         colour = (v - v.min()) / (np.ptp(v) or 1.0)
         ax.scatter(flat_a[:, j], row + rng.uniform(-0.25, 0.25, len(v)), c=colour, cmap="coolwarm", s=10)
-    ax.set_yticks(range(len(order)), [_label(names[j]) for j in order])
+    ax.set_yticks(range(len(order)), _labels([names[j] for j in order]))
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel(f"attribution to {TARGET} (colour: feature value, blue low, red high)")
     ax.set_title(title)
@@ -118,12 +128,12 @@ def image_overlays(x: np.ndarray, values: np.ndarray, labels: np.ndarray, class_
         ax.imshow(img, cmap="gray_r")
         ax.imshow(heat, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.6)
         if targets is None:
-            ax.set_title(_label(class_names[labels[i]]), fontsize=9)
+            ax.set_title(_labels([class_names[labels[i]]])[0], fontsize=9)
         else:
             text = f"predicted {class_names[targets[i]]}"
             if targets[i] != labels[i]:
                 text += f" (true {class_names[labels[i]]})"
-            ax.set_title(_label(text), fontsize=9)
+            ax.set_title(_labels([text], 2 * LABEL_CHARS)[0], fontsize=9)
     fig.suptitle(title)
     return fig
 
@@ -148,7 +158,7 @@ def drift_chart(rows: list[dict]):
     """Top-k overlap of each variant (95% interval) against the noise and randomisation floors."""
     fig = new_figure((6, 0.5 * len(rows) + 1.5))
     ax = fig.subplots()
-    labels = [_label(f"{r['variant']} / {r['ran']}") for r in rows]
+    labels = _labels([f"{r['variant']} / {r['ran']}" for r in rows], 60)
     y = np.arange(len(rows))
     mid = np.array([r["topk_overlap"] for r in rows])
     err = np.array([[m - r["topk_overlap_lo"], r["topk_overlap_hi"] - m] for m, r in zip(mid, rows)]).T

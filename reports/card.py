@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from .collect import number
+from .sections import stage_errors
 
 
 def _pct(value) -> str:
@@ -25,6 +26,11 @@ def _fixed(value, digits: int = 4) -> str:
 def _kib(value) -> str:
     value = number(value)
     return "n/a" if value is None else f"{value / 1024:.1f} KiB"
+
+
+def _speedup(value, noisy: bool) -> str:
+    value = number(value)
+    return "n/a" if value is None else f"{value:.2f}x" + (" (noisy)" if noisy else "")
 
 
 def build(run, overview: dict, training: dict | None, compression: dict | None, explanation: dict | None) -> list:
@@ -82,9 +88,7 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                      "first run, on samples held out from it.")
         sections.append(("Training and evaluation data", [("p", text)]))
 
-    metric_blocks = [("p", "Accuracy and cross-entropy loss on each split; per-class precision and recall on the "
-                           "test split; for compressed variants, test accuracy, file size and CPU latency.")]
-    sections.append(("Metrics", metric_blocks))
+    sections.append(("Metrics", [("p", _metrics_text(training, compression, explanation))]))
 
     quant = []
     if training and training.get("scores"):
@@ -99,12 +103,25 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
                                                                    for r in worst) + "."))
     if compression and compression.get("variants"):
         quant.append(("p", "Compression deltas against the fp32 model (accuracy drop in percentage points; "
-                           "a negative drop is a gain):"))
-        quant.append(("table", ["variant", "test accuracy", "drop (points)", "size", "size ratio", "speedup (batch 1)"],
+                           "a negative drop is a gain). The speed-up is the median, over interleaved timing rounds, "
+                           "of the fp32 model's time divided by the variant's in the same round; \"noisy\" marks "
+                           "one whose per-round ratios spread by more than a quarter of their median, not to be "
+                           "relied on:"))
+        quant.append(("table", ["variant", "test accuracy", "drop (points)", "top-1 agreement with fp32", "size",
+                                "size ratio", "speed-up (batch 1)"],
                       [[r["name"] + (" (chosen)" if r.get("chosen") else ""), _pct(r["accuracy"]),
-                        "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", _kib(r["disk"]),
+                        "n/a" if r["drop"] is None else f"{r['drop']:+.2f}", r.get("agreement") or "n/a",
+                        _kib(r["disk"]),
                         "n/a" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x",
-                        "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"] for r in compression["variants"]]))
+                        _speedup(r["speedup"], r.get("noisy1"))] for r in compression["variants"]]))
+    if explanation and explanation.get("drift_rows"):
+        quant.append(("p", "Explanation drift after compression: each compared variant's test accuracy and drop "
+                           "against the original, as the explain stage measured them, and whether its attributions "
+                           "moved away from the original's:"))
+        quant.append(("table", ["variant", "method", "test accuracy", "drop (points)", "drift", "verdict"],
+                      [[r["variant"], r["method"], _pct(r["accuracy"]),
+                        "n/a" if number(r["drop"]) is None else f"{r['drop']:+.2f}", r.get("status") or "n/a",
+                        r.get("verdict") or ""] for r in explanation["drift_rows"]]))
     if explanation and explanation.get("flags"):
         drift = set(explanation.get("drift_flags") or ())  # the rest are the explanations' own quality checks
         quant.append(("ul", [("explanation drift: " if f in drift else "explanation quality: ") + f
@@ -125,10 +142,35 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     if getattr(run.pipeline, "status", None) in ("running", "interrupted"):
         caveats.append("The pipeline did not finish: stages marked unfinished, interrupted or not run have no "
                        "results here.")
-    for e in run.pipeline.errors if run.pipeline else []:
+    for e in stage_errors(run):
         caveats.append(f"the {e.stage} stage failed: {e.message}")
     sections.append(("Caveats and recommendations", [("ul", caveats)]))
     return sections
+
+
+def _metrics_text(training: dict | None, compression: dict | None, explanation: dict | None) -> str:
+    """What the card's figures are, named from the sections present (a compress-only card has no per-split loss,
+    an explain-only one the drift of the variants it compared)."""
+    said = []
+    if training and training.get("scores"):
+        said.append("accuracy and cross-entropy loss on the training, validation and test splits")
+    if training and training.get("per_class"):
+        said.append("per-class precision and recall on the test split")
+    if compression and compression.get("variants"):
+        where = f"its GPU ({compression['gpu']})" if compression.get("gpu") else "the CPU"
+        agreement = ", top-1 agreement with it" if any(r.get("agreement") for r in compression["variants"]) else ""
+        said.append(f"for each compressed variant: test accuracy and its drop against the fp32 model{agreement}, file "
+                    f"size and size ratio, and the speed-up at batch 1 (median of per-round latency ratios, timed on "
+                    f"{where})")
+    if explanation and explanation.get("drift_rows"):
+        said.append("for each variant compared by the explain stage: test accuracy, its drop against the original and "
+                    "whether its attributions drifted (top-k overlap, cosine, top inputs' shares)")
+    if explanation and explanation.get("quality"):
+        said.append("quality checks of each attribution method")
+    if not said:
+        return "No metrics were recorded."
+    text = "; ".join(said)
+    return text[0].upper() + text[1:] + "."
 
 
 OWN_KINDS = {"custom": "A PyTorch module", "onnx": "An ONNX graph"}
@@ -148,12 +190,14 @@ def for_variant(sections: list, metadata: dict, row: dict, model: dict) -> tuple
                 "PyTorch weights, which serving does not read)")
     ours.append(f"test accuracy: {_pct(row.get('accuracy'))} (drop against the original: "
                 + ("n/a" if number(row.get("drop")) is None else f"{row['drop']:+.2f} points") + ")")
+    if row.get("agreement"):   # the fidelity rule the variant was chosen by
+        ours.append(f"top-1 agreement with the original on the test split: {row['agreement']}")
     variant_sections = [(title, [("p", f"The '{row.get('name')}' variant of this model. " + blocks[0][1]),
                                  ("ul", ours + facts)]), *rest]
     meta = json_copy(metadata)
     for entry in meta.get("model-index") or []:
         for result in entry.get("results") or []:
-            mine = [m for m in result.get("metrics", []) if str(m.get("name", "")).endswith("variant")]
+            mine = [m for m in result.get("metrics", []) if f"the {row.get('name')} variant" in str(m.get("name"))]
             result["metrics"] = mine + [m for m in result.get("metrics", []) if m not in mine]
     return variant_sections, meta
 
@@ -164,7 +208,7 @@ def json_copy(obj):
     return copy.deepcopy(obj)
 
 
-def front_matter(run, training: dict | None, compression: dict | None) -> dict:
+def front_matter(run, training: dict | None, compression: dict | None, explanation: dict | None = None) -> dict:
     """The Hugging Face model-card metadata (YAML front matter): license, datasets, metrics and a model-index
     entry per measured accuracy. The license is "unknown" until the model's owner sets one."""
     model, data = run.model_json, run.data
@@ -174,12 +218,27 @@ def front_matter(run, training: dict | None, compression: dict | None) -> dict:
     results = []
     scores = {s["split"]: s["accuracy"] for s in (training or {}).get("scores", [])
               if number(s.get("accuracy")) is not None}
+    baseline = next((v for v in (compression or {}).get("variants", []) if v.get("method") == "baseline"), None)
+    if "test" not in scores and baseline and number(baseline.get("accuracy")) is not None:
+        scores["test"] = baseline["accuracy"]    # a compress-only run: the original, as compress measured it
     metrics = [{"type": "accuracy", "value": round(float(scores[split]), 6), "name": f"{split} accuracy"}
                for split in ("test",) if split in scores]
     chosen = next((v for v in (compression or {}).get("variants", []) if v.get("chosen")), None)
+    if compression is None:     # an explain-only run: the variants it compared, as it measured them
+        seen = {}
+        for r in (explanation or {}).get("drift_rows") or []:
+            if number(r.get("accuracy")) is not None:
+                seen.setdefault(r["variant"], r["accuracy"])
+        metrics += [{"type": "accuracy", "value": round(float(a), 6), "name": f"test accuracy of the {v} variant"}
+                    for v, a in seen.items()]
     if chosen and number(chosen.get("accuracy")) is not None:
         metrics.append({"type": "accuracy", "value": round(float(chosen["accuracy"]), 6),
                         "name": f"test accuracy of the {chosen['name']} variant"})
+    fidelity = (chosen or {}).get("fidelity")
+    if fidelity and number(fidelity.get("agreement")) is not None:
+        metrics.append({"type": "agreement", "value": round(float(fidelity["agreement"]), 6),
+                        "name": f"test top-1 agreement of the {chosen['name']} variant with the original "
+                                f"(95% CI {fidelity['low']:.4f}-{fidelity['high']:.4f}, n={fidelity['n']})"})
     if metrics:
         results.append({"task": {"type": task}, "dataset": {"name": name, "type": name, "split": "test"},
                         "metrics": metrics})

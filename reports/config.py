@@ -37,6 +37,10 @@ RUN_KEYS = ("stage", "data", "family", "command")
 PIPELINE_FILES = ("train", "compress", "explain", "pipeline.json", "config.json", "config.yaml", "env.json",
                   "MODEL_CARD.md", ".toolkit-run.json")
 
+# The numbers `toolkit report RUN` writes beside its default page: a page named so would take their place, and the
+# toolkit would then call the file foreign. (report.html itself is fine: its numbers are this file.)
+REPORT_NUMBERS = ("report.json",)
+
 
 def _inside_run_dir(path: str) -> str:
     parts = PurePath(path).parts
@@ -44,7 +48,7 @@ def _inside_run_dir(path: str) -> str:
         raise ValueError("must be a relative path inside the run directory")
     numbers = PurePath(path).with_suffix(".json").name if path.endswith(".html") else PurePath(path).name + ".json"
     taken = parts[0] if parts[0] in PIPELINE_FILES else numbers if len(parts) == 1 and numbers in PIPELINE_FILES \
-        else None
+        else path if path in REPORT_NUMBERS else None
     if taken is not None:
         raise ValueError(f"must not name a file the pipeline writes ({taken}): choose e.g. report.html")
     return path

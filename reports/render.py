@@ -105,7 +105,7 @@ def build_context(run: Run) -> dict:
     model_card = card.build(run, ov, tr, co, ex)
     for section in (tr, co, ex):
         _figures(section)
-    errors = [e.dump() for e in run.pipeline.errors] if run.pipeline else []
+    errors = [e.dump() for e in sections.stage_errors(run)]
     toc = [("overview", "Overview")]
     toc += [(k, t) for k, t, s in (("training", "Training", tr), ("compression", "Compression", co),
                                    ("explanation", "Explanation", ex)) if s]
@@ -116,7 +116,7 @@ def build_context(run: Run) -> dict:
     return {"title": title, "run_name": run.root.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "kind": "pipeline" if run.is_pipeline else next(iter(run.results), "run"),
             "toc": toc, "errors": errors, "overview": ov, "training": tr, "compression": co, "explanation": ex,
-            "model_card": model_card, "card_metadata": card.front_matter(run, tr, co)}
+            "model_card": model_card, "card_metadata": card.front_matter(run, tr, co, ex)}
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -143,9 +143,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     if out is not None and (Path(out).is_dir() or not Path(out).name):
         raise ReportError(f"--out must be a file path, not a directory: {out}")
     out, numbers_path, cards = _targets(run, out)
-    if out in (numbers_path, *cards):
-        raise ReportError(f"--out {out} is where the report's {'numbers' if out == numbers_path else 'model card'} "
-                          "go: name the page with .html")
+    _refuse_own_files(run, out, numbers_path, cards)
     ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     for path in (out, numbers_path, *cards):  # all checked before anything is written
         refuse_foreign(path)
@@ -169,6 +167,23 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     return {"report": str(out), "numbers": str(numbers_path), "model_cards": [str(c) for c in cards]}
 
 
+def _refuse_own_files(run: Run, out: Path, numbers_path: Path, cards: list[Path]) -> None:
+    """Refuse an `out` that is one of the report's own numbers or cards, however it is spelled (relative,
+    absolute, through `..`): written under two names, the page would be lost to the card or the numbers. The
+    run's report.json (and the numbers of the page pipeline.json names) counts too, whatever this report's name:
+    the page over it would leave the toolkit calling its own file foreign."""
+    target = out.resolve()
+    pages = [run.root / "report.html", *([run.root / run.pipeline.report] if run.pipeline else [])]
+    numbers = {numbers_path, *map(_numbers_of, pages)}
+    owned = {**{p.resolve(): "numbers" for p in numbers},
+             **{p.resolve(): "model card" for p in (*cards, *(d / "MODEL_CARD.md" for d in _card_dirs(run)))}}
+    if target not in owned and out.suffix in (".json", ".md") and report_wrote(out):
+        owned[target] = "numbers" if out.suffix == ".json" else "model card"   # an earlier report's, elsewhere
+    if target in owned:
+        verb = "goes" if owned[target] == "model card" else "go"
+        raise ReportError(f"--out {out} is where the report's {owned[target]} {verb}: name the page with .html")
+
+
 def _finite(obj):
     """`obj` with every NaN or infinite float as None, as the page shows them (a dash)."""
     if isinstance(obj, float):
@@ -185,11 +200,15 @@ def _targets(run: Run, out) -> tuple[Path, Path, list[Path]]:
     its card beside it, named after it as its numbers are (`r.html`: `r.json`, `r.md`), and writes nothing into
     the run; one inside it puts MODEL_CARD.md in the run's directories."""
     out = Path(out) if out is not None else run.root / "report.html"
-    stem = out.stem if out.suffix == ".html" else out.name
-    numbers = out.with_name(stem + ".json")
+    numbers = _numbers_of(out)
     if not out.resolve().is_relative_to(run.root.resolve()):
-        return out, numbers, [out.with_name(stem + ".md")]
+        return out, numbers, [numbers.with_suffix(".md")]
     return out, numbers, sorted(directory / "MODEL_CARD.md" for directory in _card_dirs(run))
+
+
+def _numbers_of(page: Path) -> Path:
+    """The numbers file written beside the page `page`: `r.html` gives `r.json`, any other name `name.json`."""
+    return page.with_name((page.stem if page.suffix == ".html" else page.name) + ".json")
 
 
 def _card_dirs(run: Run) -> set[Path]:

@@ -109,7 +109,7 @@ def _stage_command(run: Run, stage: str) -> str | None:
 def overview(run: Run) -> dict:
     data = run.data
     seconds = {stage: r.seconds for stage, r in run.results.items()}
-    stages = [_unfinished(s.dump()) for s in run.pipeline.stages] if run.pipeline else []
+    stages = [_rendered(_unfinished(s.dump())) for s in run.pipeline.stages] if run.pipeline else []
     for s in stages:
         if s["status"] == "done" and s["name"] in ("train", "compress", "explain") and s["name"] not in run.results:
             s["status"], s["reason"] = "result missing", (f"{s['name']}/result.json is not in the run directory "
@@ -150,6 +150,24 @@ def _unfinished(stage: dict) -> dict:
     if stage["status"] == "pending":
         return {**stage, "status": "not run", "reason": "the run stopped before this stage"}
     return stage
+
+
+# What pipeline.json says of a report stage that started and did not finish (a Ctrl-C or an error while rendering)
+REPORT_UNFINISHED = ("unfinished", "interrupted", "failed")
+
+
+def _rendered(stage: dict) -> dict:
+    """The report stage as this page shows it: done, whatever pipeline.json says of an earlier try, since the page
+    being read is the report (rendered again by `toolkit report`)."""
+    if stage["name"] == "report" and stage["status"] in REPORT_UNFINISHED:
+        return {**stage, "status": "done", "seconds": None,
+                "reason": f"rendered by `toolkit report`; the pipeline's own rendering was {stage['status']}"}
+    return stage
+
+
+def stage_errors(run: Run) -> list:
+    """The pipeline's stage errors, without the report's: a page rendered since shows that error is past."""
+    return [e for e in (run.pipeline.errors if run.pipeline else []) if e.stage != "report"]
 
 
 def _run_status(run: Run) -> str | None:
@@ -226,7 +244,6 @@ def _agreement(v: VariantRow) -> str | None:
 
 
 def _variant_row(v: VariantRow, chosen: str) -> dict:
-    bits = BITS.get(v.dtype)
     lat = v.latency_ms
     return {
         "name": v.name, "method": v.method, "runtime": v.runtime, "dtype": v.dtype,
@@ -234,10 +251,15 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "small_runtime": serve.small_runtime if (serve := getattr(v, "serve", None)) else None,
         "small_batch": f"calls under {serve.below_batch} rows: {serve.small_runtime} ({serve.small})" if serve else None,
         "accuracy": v.accuracy, "drop": v.accuracy_drop, "disk": v.size_bytes,
-        "nominal": v.parameters * bits / 8 if v.parameters is not None and bits else None,
+        "nominal": None,   # filled by `compression`: a routed variant's `_nominal` reads its member's row
         "parameters": v.parameters, "speedup": v.speedup.b1_t1, "speedup256": v.speedup.b256_t1,
         "size_ratio": v.size_ratio, "parity": _parity(v), "passes": v.within_budget, "agreement": _agreement(v),
+        # the same figure as numbers, for the model card's metadata
+        "fidelity": (None if (f := v.fidelity) is None else
+                     {"agreement": f.agreement, "low": f.wilson_low, "high": f.wilson_high, "n": f.n}),
         "noisy": "b256_t1" in v.noisy or "b1_t1" in v.noisy,
+        # per batch size: a speed-up whose per-round ratios spread too widely is marked where it is shown
+        "noisy1": "b1_t1" in v.noisy, "noisy256": "b256_t1" in v.noisy,
         "slower": v.slower_than_fp32, "flips": v.flips, "pareto": v.pareto, "chosen": v.name == chosen,
         "path": v.path, "notes": v.notes,
         "device": getattr(v, "device", "cpu"),  # schema 6: where it computed while timed
@@ -245,6 +267,32 @@ def _variant_row(v: VariantRow, chosen: str) -> dict:
         "lat256_p95": lat.b256_t1.p95, "lat1_p50_all": lat.b1_tall.p50, "lat1_p95_all": lat.b1_tall.p95,
         "lat256_p50_all": lat.b256_tall.p50, "lat256_p95_all": lat.b256_tall.p95,
     }
+
+
+def _weight_bits(recipe: dict, dtype: str) -> int | None:
+    """The bit width the weights are stored with: the last step's `weight_type` (int8-weights computes in
+    float32, its `dtype`, from int8 weights), else the variant's dtype."""
+    steps = recipe.get("steps") if isinstance(recipe.get("steps"), list) else [recipe]
+    for step in reversed(steps):
+        if isinstance(step, dict) and step.get("weight_type") in BITS:
+            return BITS[step["weight_type"]]
+    return BITS.get(dtype)
+
+
+def _nominal(v: VariantRow, rows: dict[str, dict]) -> float | None:
+    """Parameters x the stored weights' bit width, in bytes; a routed variant (schema 3) adds the nominal of
+    its small-batch member (a row of its own). None where it cannot be known: no parameter count, an unknown
+    width, a member not among the rows."""
+    recipe = v.recipe.model_dump()
+    serve = getattr(v, "serve", None)
+    bits = _weight_bits(recipe.get("large") if serve and isinstance(recipe.get("large"), dict) else recipe, v.dtype)
+    if v.parameters is None or bits is None:
+        return None
+    own = v.parameters * bits / 8
+    if serve is None:
+        return own
+    small = (rows.get(serve.small) or {}).get("nominal")
+    return None if small is None else own + small
 
 
 def _threads_timed(result) -> int:
@@ -265,6 +313,13 @@ def compression(run: Run) -> dict | None:
         return None
     chosen = result.chosen
     rows = [_variant_row(v, chosen.name) for v in result.variants]
+    by_name = {r["name"]: r for r in rows}
+    for v, r in zip(result.variants, rows):     # plain members first: a routed variant adds its member's
+        if getattr(v, "serve", None) is None:
+            r["nominal"] = _nominal(v, by_name)
+    for v, r in zip(result.variants, rows):
+        if getattr(v, "serve", None) is not None:
+            r["nominal"] = _nominal(v, by_name)
     pareto_points = [{"name": r["name"], "lat1": r["lat1_p50"], "lat256": r["lat256_p50"], "accuracy": r["accuracy"],
                       "size": r["disk"]} for r in rows]
     return {
@@ -332,7 +387,19 @@ def _drift_row(r: DriftRow) -> dict:
             "spearman": _interval(r, "spearman"), "sign": _interval(r, "sign_agreement"),
             "noise_floor": r.noise_floor_topk, "random_floor": r.random_floor_topk, "flag": r.flag,
             "verdict": r.verdict, "status": r.status, "threshold": r.threshold, "relation": r.relation,
-            "top_features": [f.dump() for f in r.top_features or []]}
+            "cosine_threshold": getattr(r, "cosine_threshold", None),   # schema 5
+            "weakest_share": _weakest_share(r), "top_features": [f.dump() for f in r.top_features or []]}
+
+
+def _weakest_share(r: DriftRow) -> dict | None:
+    """The original's top input whose share of the attribution the variant keeps least (the share ratio the
+    third drift test reads, with its interval); None before schema 5 or without top inputs."""
+    shares = [f for f in r.top_features or [] if number(f.share_ratio) is not None]
+    if not shares:
+        return None
+    f = min(shares, key=lambda f: (f.share_ratio_hi if number(f.share_ratio_hi) is not None else f.share_ratio,
+                                   f.share_ratio))
+    return {"feature": f.feature, "value": f.share_ratio, "lo": f.share_ratio_lo, "hi": f.share_ratio_hi}
 
 
 def explanation(run: Run) -> dict | None:

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from trainers.schema import (AgreementCheck, AgreementStep, AttributionRun, Chosen, ClassScores, CompressResultFile,
-                             DataSummary, Drift, DriftRow, Epoch, ExplainResultFile, Parity, PipelineFile, Quality,
-                             Skipped, Split, StageError, StageStatus, Threads, TrainMetrics, TrainResultFile,
+                             DataSummary, Drift, DriftRow, Epoch, ExplainResultFile, FeatureRank, Parity, PipelineFile,
+                             Quality, Skipped, Split, StageError, StageStatus, Threads, TrainMetrics, TrainResultFile,
                              VariantRow)
 
 HOSTILE = "<script>alert(1)</script>"
@@ -139,7 +139,12 @@ def _drift_row(variant: str, overlap: float, flag: bool, verdict: str) -> DriftR
                     topk_overlap_lo=overlap - 0.03, topk_overlap_hi=overlap + 0.03, cosine=0.97, cosine_lo=0.95,
                     cosine_hi=0.99, spearman=0.93, spearman_lo=0.9, spearman_hi=0.95, sign_agreement=0.95,
                     sign_agreement_lo=0.93, sign_agreement_hi=0.97, noise_floor_topk=1.0, random_floor_topk=0.16,
-                    flag=flag, verdict=verdict)
+                    flag=flag, verdict=verdict, status="drifted" if flag else "kept", threshold=0.7,
+                    cosine_threshold=0.63,
+                    top_features=[FeatureRank(feature=f"f{i}", rank=i + 1, variant_rank=i + 1, share=0.3,
+                                              variant_share=0.3 * ratio, share_ratio=ratio, share_ratio_lo=ratio - 0.1,
+                                              share_ratio_hi=ratio + 0.1)
+                                  for i, ratio in enumerate((0.9, 0.42 if flag else 0.8))])
 
 
 def write_explain(d: Path, feature_names=("f0", "f1", "f2", "f3")) -> ExplainResultFile:

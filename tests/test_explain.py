@@ -320,6 +320,25 @@ def test_cli_bad_input_exits_2_with_one_line_and_nothing_written(artifacts, tmp_
     assert not out.exists() and not out.with_name("bad.partial").exists()
 
 
+def test_long_and_multi_line_feature_names_are_drawn_short_on_one_line(tmp_path):
+    """A 500-character name once made the importance figure 3945 px wide (its bars a tenth of it), and a name
+    holding newlines was drawn on three lines over its neighbours' labels."""
+    from explain import plots
+
+    names = ["f" * 500, "a: b\n---\n| c |", "g" * 200 + "1", "g" * 200 + "2"]
+    spec = ModelSpec(family="mlp", config={}, input_shape=[4], layout="features", class_names=["a", "b"],
+                     feature_names=names)
+    values = np.random.default_rng(0).normal(size=(10, 4))
+    for fig in (plots.importance_bars(plots.global_importance(spec, values), "t"),
+                plots.beeswarm(spec, values, values, "t")):
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert len(labels) == 4 and len(set(labels)) == 4       # two names that share 200 characters stay apart
+        assert all("\n" not in label and len(label) <= plots.LABEL_CHARS for label in labels), labels
+        assert "a: b --- | c |" in labels
+        fig.savefig(tmp_path / "f.png", dpi=90, bbox_inches="tight")
+        assert fig.get_size_inches()[0] * 90 < 1000          # about the figure's own width, not the name's
+
+
 def test_views_for_tabular_and_signal_layouts(tmp_path):
     from explain import plots
 

@@ -97,6 +97,7 @@ def test_resolved_config_round_trips_and_arch_is_the_models_options():
     ({"report": {"out": "../escape.html"}}, "report.out"),
     ({"report": {"out": "/tmp/abs.html"}}, "report.out"),
     ({"report": {"out": "a/../../b.html"}}, "report.out"),
+    ({"report": {"out": "report.json"}}, "report.out"),     # the numbers `toolkit report RUN` writes
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_config_names_the_key(config, named):
     with pytest.raises(ToolkitError, match=rf"^config {named}: "):

@@ -160,6 +160,17 @@ def test_diverged_loss_shows_as_a_dash(tmp_path):
     assert "| test | 90.00% | n/a |" in (tmp_path / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.parametrize("epochs, expected", [
+    (0, "<p>No epoch finished, 1.5 s; 1000 parameters, 4.0 KiB of weights."),
+    (5, "<p>5 epochs run, best weights from epoch 4, 1.5 s; 1000 parameters, 4.0 KiB of weights."),
+])
+def test_the_training_paragraph_reads_as_a_sentence_when_stopped_in_the_first_epoch(tmp_path, epochs, expected):
+    write_train(tmp_path)
+    write_result(tmp_path / "result.json", train_result(epochs_run=epochs, best_epoch=min(epochs, 4),
+                                                        interrupted=epochs == 0))
+    assert expected in render_report(tmp_path).read_text()
+
+
 def test_a_refitted_model_is_reported_as_such_and_a_version_1_result_still_renders(tmp_path):
     from trainers.schema import Refit, TrainResultFileV1
 
@@ -224,6 +235,24 @@ def test_failed_pipeline_stage_is_shown(tmp_path):
     assert "the compress stage failed: boom" in (run / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.parametrize("status", ["interrupted", "failed"])
+def test_a_report_rendered_after_the_pipeline_s_report_stopped_shows_the_report_done(tmp_path, status):
+    """`toolkit report RUN` after a Ctrl-C (or an error) in the pipeline's report stage: the page is the report,
+    so it does not say its own rendering was interrupted or failed."""
+    from trainers.schema import StageError
+
+    run = make_run(tmp_path / "run")
+    record = write_pipeline(run)
+    record.stages[-1] = record.stages[-1].model_copy(update={"status": status, "reason": "Ctrl-C", "seconds": 0.4})
+    errors = [StageError(stage="report", message="disk <full>", code=2)] if status == "failed" else []
+    write_result(run / "pipeline.json", record.model_copy(update={"errors": errors}))
+    html = render_report(run).read_text()
+    row = re.search(r'<tr class="status-(\w+)"><td>report</td><td>([^<]*)</td>', html)
+    assert row.group(1) == "done" and f"own rendering was {status}" in row.group(2)
+    assert "Stages that failed" not in html and "disk &lt;full&gt;" not in html
+    assert "report stage failed" not in (run / "MODEL_CARD.md").read_text()
+
+
 def test_pipeline_dir_with_only_a_failure_still_renders(tmp_path):
     write_pipeline(tmp_path, failed="train", message="bad data")
     html = render_report(tmp_path).read_text()
@@ -254,6 +283,129 @@ def test_single_compress_run_dir_command_and_card_in_chosen_variant(tmp_path):
     metrics = yaml.safe_load(mine.split("---")[1])["model-index"][0]["results"][0]["metrics"]
     assert metrics[0]["value"] == 0.897 and metrics[1]["value"] == 0.9
     assert "variant: int8-static-onnx" not in runs and "architecture: {'hidden': \\[16\\]}" in runs
+
+
+def test_the_cards_give_the_chosen_variant_s_agreement_with_the_original(tmp_path):
+    """Agreement is the fidelity rule the variant was chosen by; the card that ships with it must state it."""
+    from trainers.schema import Fidelity
+
+    run = make_run(tmp_path / "run", ("train",))
+    fidelity = Fidelity(agreement=0.9667, n=30, agreeing=29, margin=0.05, wilson_low=0.8333, wilson_high=0.9941,
+                        min_agreement=0.97, passes=True)
+    result = compress_result()
+    rows = [r.model_copy(update={"fidelity": fidelity}) if r.name == "int8-static-onnx" else r for r in result.variants]
+    write_result(run / "compress" / "result.json", result.model_copy(update={"variants": rows}))
+    variant = run / "compress" / "variants" / "int8-static-onnx"
+    variant.mkdir(parents=True)
+    (variant / "model.json").write_text('{"family": "mlp", "config": {"hidden": [8]}}')
+    render_report(run)
+    shown = "96.7% (95% CI 83.3-99.4%, n=30)"
+    for card in (run / "MODEL_CARD.md", variant / "MODEL_CARD.md"):
+        text = card.read_text()
+        assert "| top-1 agreement with fp32 |" in text
+        assert f"| int8-static-onnx (chosen) | 89.70% | +0.30 | {shown} |" in text
+        metrics = yaml.safe_load(text.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+        agreement = next(m for m in metrics if m["type"] == "agreement")
+        assert agreement["value"] == 0.9667 and "n=30" in agreement["name"] and "0.8333-0.9941" in agreement["name"]
+    mine = (variant / "MODEL_CARD.md").read_text()
+    assert f"- top-1 agreement with the original on the test split: {shown}" in mine
+    metrics = yaml.safe_load(mine.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+    assert [m["type"] for m in metrics] == ["accuracy", "agreement", "accuracy"]   # the variant's own first
+
+
+def test_a_noisy_speed_up_is_marked_at_its_batch_size_and_the_figure_says_what_it_is(tmp_path):
+    """One badge per row did not say which batch size was noisy, and the card marked none; "Speedup (p50)" read as
+    the ratio of the p50 columns, which the median of per-round ratios need not equal."""
+    run = tmp_path / "c"
+    write_compress(run, variant_row("noisy-at-1", "prune-structured", 0.9, 0.0, 2000, 0.04, 1.0, noisy=["b1_t1"]),
+                   variant_row("noisy-at-256", "prune-structured", 0.9, 0.0, 2000, 0.04, 1.0, noisy=["b256_t1"]))
+    html = render_report(run).read_text()
+    assert "median, over interleaved timing rounds" in html and "Speedup (p50)" not in html
+    cells = {name: re.findall(r'<td class="num">([^<]*×)( <span class="badge warn">noisy</span>)?</td>', row)
+             for name, row in re.findall(r"<strong>([\w-]+)</strong>(.*?)</tr>", html, re.S)}
+    assert [bool(noisy) for _, noisy in cells["noisy-at-1"][:2]] == [True, False]
+    assert [bool(noisy) for _, noisy in cells["noisy-at-256"][:2]] == [False, True]
+    assert not any(noisy for _, noisy in cells["int8-static-onnx"])
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "| 1.25x (noisy) |" in re.search(r"\| noisy-at-1 \|.*", card).group(0)
+    assert "noisy" not in re.search(r"\| noisy-at-256 \|(.*)", card).group(1)
+    assert "median, over interleaved timing rounds" in card
+
+
+def test_figures_keep_many_classes_and_long_variant_names_legible():
+    """100 classes drew 100 overlapping tick labels; names cut at 40 characters made
+    prune-structured-20-uniform+int8-static-onnx and its -lean- twin read the same in legend and axis."""
+    from trainers import figures
+
+    fig = figures.confusion_matrix([[1] * 100 for _ in range(100)], [f"class {i}" for i in range(100)])
+    for ticks in (fig.axes[0].get_xticklabels(), fig.axes[0].get_yticklabels()):
+        assert 10 <= len(ticks) <= figures.MAX_TICK_LABELS and ticks[0].get_text() == "class 0"
+    names = ["prune-structured-20-uniform+int8-static-onnx", "prune-structured-20-uniform+int8-static-lean-onnx",
+             "prune-structured-20-uniform+int8-static-lean-onnx-with-a-middle-x-and-more-of-the-same-tail",
+             "prune-structured-20-uniform+int8-static-lean-onnx-with-a-middle-y-and-more-of-the-same-tail"]
+    points = [{"name": n, "accuracy": 0.9, "size": 1000, "lat1": 0.1 + i, "lat256": 1.0 + i}
+              for i, n in enumerate(names)]
+    legend = [t.get_text() for t in figures.pareto(points).legends[0].get_texts()]
+    bars = [t.get_text() for t in figures.size_bars([{"name": n, "disk": 1000, "nominal": 900} for n in names])
+            .axes[0].get_yticklabels()]
+    for labels in (legend, bars):
+        assert len(set(labels)) == len(names), labels
+        assert all("\n" not in label for label in labels) and all(len(label) <= 40 for label in labels[:2])
+
+
+def test_the_nominal_size_counts_stored_int8_weights_and_both_models_of_a_routed_variant(tmp_path):
+    """int8-weights computes in float32 (its dtype) from int8 weights: its nominal size was 4 bytes a parameter,
+    larger than its file; a routed variant counted only its large member."""
+    from trainers.schema import Recipe, Serve
+
+    weights = variant_row("int8-weights-onnx", "int8-weights", 0.9, 0.0, 1500, 0.04, 1.0, runtime="onnxruntime",
+                          recipe=Recipe(method="int8-weights", weight_type="int8", compute="float32"))
+    routed = variant_row("int8-static-onnx+below-b128-fp32-torch", "by-batch", 0.897, 0.3, 5300, 0.04, 0.8,
+                         dtype="int8", serve=Serve(below_batch=128, small="fp32-torch", small_runtime="torch"),
+                         recipe=Recipe(method="by-batch", large={"method": "int8-static", "weight_type": "int8"},
+                                       small={"method": "baseline"}))
+    lost = routed.model_copy(update={"name": "routed-to-a-member-not-listed",
+                                     "serve": Serve(below_batch=128, small="gone", small_runtime="torch")})
+    write_compress(tmp_path / "c", weights, routed, lost)
+    render_report(tmp_path / "c")
+    rows = {r["name"]: r for r in json.loads((tmp_path / "c" / "report.json").read_text())["compression"]["variants"]}
+    assert rows["int8-weights-onnx"]["nominal"] == 1000              # 1000 parameters at 8 bits
+    assert rows["int8-static-onnx+below-b128-fp32-torch"]["nominal"] == 1000 + 4000   # int8 member + fp32 member
+    assert rows["routed-to-a-member-not-listed"]["nominal"] is None   # not known: no bar rather than half of one
+    assert rows["fp32-torch"]["nominal"] == 4000 and rows["prune-structured-50"]["nominal"] == 4000
+
+
+def _card_metrics(card: str) -> tuple[str, list]:
+    """The card's Metrics paragraph and its model-index metrics."""
+    text = card.split("## Metrics\n\n", 1)[1].split("\n\n", 1)[0]
+    return text, yaml.safe_load(card.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+
+
+def test_a_card_s_metrics_say_what_it_holds_and_an_explain_only_card_gives_explain_s_results(tmp_path):
+    """Every card said "accuracy and cross-entropy loss on each split ... CPU latency", which a compress-only card
+    (no loss) or an explain-only one (no table at all) did not hold; the explain-only card said no results were
+    recorded though explain measured each variant's accuracy, drop and drift."""
+    full = (render_report(make_run(tmp_path / "run")).parent / "MODEL_CARD.md").read_text()
+    text, _ = _card_metrics(full)
+    assert "cross-entropy loss on the training, validation and test splits" in text and "latency ratios" in text
+    assert "drifted" in text and "CPU latency" not in text
+
+    write_compress(tmp_path / "c")
+    card = (render_report(tmp_path / "c").parent / "MODEL_CARD.md").read_text()
+    text, metrics = _card_metrics(card)
+    assert "cross-entropy" not in text and "precision" not in text and text.startswith("For each compressed variant")
+    assert {m["name"]: m["value"] for m in metrics} == {"test accuracy": 0.9,     # the baseline row's, the original
+                                                        "test accuracy of the int8-static-onnx variant": 0.897}
+
+    write_explain(tmp_path / "e")
+    card = (render_report(tmp_path / "e").parent / "MODEL_CARD.md").read_text()
+    text, metrics = _card_metrics(card)
+    assert text.startswith("For each variant compared by the explain stage") and "compressed variant:" not in text
+    assert "No evaluation results were recorded" not in card
+    assert "| int8-static-onnx | integrated_gradients | 89.70% | +0.30 | kept | agrees with the original" in card
+    assert "| prune-structured-50 | integrated_gradients | 89.70% | +0.30 | drifted | relies on other inputs |" in card
+    assert {m["name"]: m["value"] for m in metrics} == {"test accuracy of the int8-static-onnx variant": 0.897,
+                                                        "test accuracy of the prune-structured-50 variant": 0.897}
 
 
 def test_cards_of_single_stage_runs_and_own_models_say_only_what_holds(tmp_path):
@@ -396,6 +548,22 @@ def test_drift_table_cells_sit_under_their_headings(tmp_path):
     assert cell["top-k overlap"].startswith("0.91") and cell["cosine"].startswith("0.97")
     assert cell["Spearman"].startswith("0.93") and cell["sign agreement"].startswith("0.95")
     assert cell["noise floor"] == "1.00" and cell["random floor"] == "0.16"
+    # the thresholds of the other two tests the status reads, and the top input that keeps least of its share
+    assert cell["top-k threshold"] == "0.70" and cell["cosine threshold"] == "0.63"
+    assert cell["least share kept"] == "0.80 [0.70, 0.90]f1"          # the figure, its interval, the input
+    assert dict(zip(header, figures[1]))["least share kept"] == "0.42 [0.32, 0.52]f1"
+
+
+def test_the_drift_legend_names_the_three_tests_with_the_thresholds_explain_uses(tmp_path):
+    """The legend once described only the top-k test; a row drifted by its cosine or a lost input's share then
+    showed an overlap above its threshold beside a legend that said this could not happen."""
+    from explain.compare import DRIFT_FRACTION, LOST_SHARE
+
+    html = render_report(make_run(tmp_path / "run")).read_text(encoding="utf-8")
+    legend = re.search(r"Original against each compressed variant.*?</p>", html, re.S).group(0)
+    assert "three tests" in legend and "top-k overlap" in legend and "signed cosine" in legend
+    assert f"{DRIFT_FRACTION} × its noise floor" in legend and f"lost below {LOST_SHARE}" in legend
+    assert "Drifted when any interval lies wholly below its threshold" in legend
 
 
 def test_a_report_under_another_name_inside_a_run_is_the_toolkit_s_own(tmp_path):
@@ -437,13 +605,38 @@ def test_a_card_that_cannot_be_written_leaves_no_new_report(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("where, message", [("", "a file path, not a directory"),
-                                            ("MODEL_CARD.md", "model card go: name the page with .html")])
+                                            ("MODEL_CARD.md", "model card goes: name the page with .html")])
 def test_report_out_that_is_no_page_is_refused_before_anything_is_written(tmp_path, where, message):
     run = make_run(tmp_path / "run")
     before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
     with pytest.raises(ReportError, match=message):
         render_report(run, out=str(run / where) if where else "")
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("spelling", ["relative", "absolute", "through .."])
+@pytest.mark.parametrize("target, what", [("MODEL_CARD.md", "model card goes"),
+                                          ("train/MODEL_CARD.md", "model card goes"), ("report.json", "numbers go")])
+def test_report_out_naming_the_run_s_own_card_or_numbers_is_refused_however_spelled(tmp_path, monkeypatch, spelling,
+                                                                                    target, what):
+    """Compared unresolved, `run/MODEL_CARD.md` got the page and the card under two names (the card won, no page
+    was left) and `run/report.json` got the page over the run's numbers, which the toolkit then called foreign."""
+    run = make_run(tmp_path / "run")
+    render_report(run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    out = {"relative": f"run/{target}", "absolute": str(run / target), "through ..": f"run/train/../{target}"}[spelling]
+    with pytest.raises(ReportError, match=f"is where the report's {what}: name the page with .html"):
+        render_report("run", out=out)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_report_out_over_an_earlier_report_s_numbers_outside_the_run_is_refused(tmp_path):
+    run = make_run(tmp_path / "run")
+    render_report(run, out=tmp_path / "r.html")
+    for name in ("r.json", "r.md"):
+        with pytest.raises(ReportError, match="is where the report's"):
+            render_report(run, out=tmp_path / name)
 
 
 def test_the_search_notes_reach_the_page_and_the_card_and_the_threads_timed_are_named(tmp_path):

@@ -75,8 +75,40 @@ def _colors(n: int) -> list:
 
 
 def _short(text, limit: int = 18) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """`text` on one line (a newline in a user's name would overlap the next label) and at most `limit`
+    characters, cut in the middle: variant names share their start (`prune-structured-20-uniform+...`) and
+    differ at the end, so a cut end would make two of them read the same."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) // 2
+    return text[: limit - 1 - tail] + "…" + text[len(text) - tail:]
+
+
+def short_names(names, limit: int = 18) -> list[str]:
+    """`_short` of each name, widened where two different names would still read the same (up to the whole
+    name), so a legend or an axis never shows two entries under one label."""
+    names = [str(n) for n in names]
+    out = [_short(n, limit) for n in names]
+    width = limit
+    while width < max(map(len, names), default=0):
+        clash = {s for s in out if len({n for n, o in zip(names, out) if o == s}) > 1}
+        if not clash:
+            break
+        width += 8
+        out = [_short(n, width) if o in clash else o for n, o in zip(names, out)]
+    return out
+
+
+# Above this many classes the confusion matrix labels every k-th one only: 100 labels overlap into a band.
+MAX_TICK_LABELS = 30
+
+
+def _ticks(names: list[str]) -> tuple[list[int], list[str]]:
+    """Tick positions and labels, thinned to at most `MAX_TICK_LABELS`."""
+    step = math.ceil(len(names) / MAX_TICK_LABELS) or 1
+    positions = list(range(0, len(names), step))
+    return positions, [names[i] for i in positions]
 
 
 @styled
@@ -111,14 +143,15 @@ def confusion_matrix(matrix: list[list], class_names: list[str]) -> "Figure | No
         return None
     n = len(matrix)
     values = [[number(v) or 0.0 for v in row] for row in matrix]
-    names = [_short(c, 12) for c in (class_names if class_names and len(class_names) == n else range(n))]
+    names = short_names(class_names if class_names and len(class_names) == n else range(n), 12)
     side = min(2.0 + 0.3 * n, 7.0)
     fig = new_figure((side + 0.8, side))
     ax = fig.subplots()
     image = ax.imshow(values, cmap="Blues")
     ax.grid(False)
-    ax.set_xticks(range(n), names, rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center")
-    ax.set_yticks(range(n), names)
+    positions, labels = _ticks(names)
+    ax.set_xticks(positions, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
+    ax.set_yticks(positions, labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if n <= 25:
@@ -149,6 +182,7 @@ def pareto(points: list[dict], chosen: str | None = None) -> "Figure | None":
     sizes = [number(p.get("size")) or 0.0 for p in points]
     biggest = max(sizes) or 1.0
     colors = _colors(len(points))
+    names = short_names([p.get("name", "?") for p in points], 40)
     for ax, (key, label) in zip(axes[0], panels):
         pts = [(i, p) for i, p in enumerate(points) if number(p.get(key)) is not None and number(p.get("accuracy"))
                is not None]
@@ -156,7 +190,7 @@ def pareto(points: list[dict], chosen: str | None = None) -> "Figure | None":
             is_chosen = p.get("name") == chosen
             ax.scatter(p[key], p["accuracy"], s=40 + 560 * (sizes[i] / biggest), alpha=0.6,
                        color=colors[i], edgecolors="black" if is_chosen else "none",
-                       linewidths=2 if is_chosen else 0, label=_short(p.get("name", "?"), 40))
+                       linewidths=2 if is_chosen else 0, label=names[i])
         front, best = [], -1.0
         for _, p in sorted(pts, key=lambda ip: (ip[1][key], -ip[1]["accuracy"])):
             if p["accuracy"] > best:
@@ -191,18 +225,20 @@ def pareto(points: list[dict], chosen: str | None = None) -> "Figure | None":
 
 @styled
 def size_bars(rows: list[dict]) -> "Figure | None":
-    """Nominal size (parameters x bits) against bytes on disk, per variant."""
+    """Nominal size (parameters x bits) against bytes on disk, per variant; a variant whose nominal size is not
+    known (None) has no nominal bar."""
     rows = [r for r in rows if number(r.get("nominal")) is not None or number(r.get("disk")) is not None]
     if not rows:
         return None
     fig = new_figure((7.6, 0.9 + 0.42 * len(rows)))
     ax = fig.subplots()
     ys = range(len(rows))
-    ax.barh([y + 0.2 for y in ys], [(number(r.get("nominal")) or 0) / 1024 for r in rows], height=0.4,
-            color=PALETTE[0], label="nominal (parameters x bit width)")
+    known = [(y, number(r.get("nominal"))) for y, r in zip(ys, rows) if number(r.get("nominal")) is not None]
+    ax.barh([y + 0.2 for y, _ in known], [v / 1024 for _, v in known], height=0.4,
+            color=PALETTE[0], label="nominal (parameters x stored weights' bit width; a routed variant: both models)")
     ax.barh([y - 0.2 for y in ys], [(number(r.get("disk")) or 0) / 1024 for r in rows], height=0.4,
             color=PALETTE[1], label="on disk")
-    ax.set_yticks(list(ys), [_short(r.get("name", "?"), 40) for r in rows])
+    ax.set_yticks(list(ys), short_names([r.get("name", "?") for r in rows], 40))
     ax.invert_yaxis()
     ax.set_xlabel("KiB")
     ax.legend(frameon=False, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
@@ -219,7 +255,7 @@ def importance_bars(items: list[tuple[str, float]], title: str = "global importa
     fig = new_figure((7.0, 0.8 + 0.3 * len(items)))
     ax = fig.subplots()
     ax.barh(range(len(items)), [v for _, v in items], color=PALETTE[0])
-    ax.set_yticks(range(len(items)), [_short(n, 30) for n, _ in items])
+    ax.set_yticks(range(len(items)), short_names([n for n, _ in items], 30))
     ax.invert_yaxis()
     ax.set_title(title)
     fig.tight_layout()
