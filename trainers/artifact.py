@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import inputrange
 from .codecs import CODECS
 from .data import MAX_CLASSES
 from .errors import ArtifactError, ToolkitError
@@ -537,6 +538,7 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
     x = raw if raw is not None else raw_rows_to_inputs(model, x)
     if len(x) == 0:
         return np.zeros((0, model.spec.num_classes) if isinstance(model, LoadedModel) else (0,), np.float32)
+    inputrange.check(model, x)  # rows at another scale than training's (0..255 pixels for [0, 1]): one warning
     run = _runner(model, raw is not None, device)
     if small is not None:
         run = by_size(run, _runner(small, False, device), model.spec.serve["below_batch"])

@@ -15,6 +15,7 @@ from .artifact import LoadedModel, load_model, predict
 from .data import check_inputs
 from .errors import DataError, ToolkitError, warn
 from .fileio import check_regular_file, read_json
+from .inputrange import checked_once
 from .progress import reporter
 
 
@@ -246,7 +247,8 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
         for column, levels in unseen_levels(fitted, x).items():
             shown = ", ".join(map(repr, levels[:3])) + (f" and {len(levels) - 3} more" if len(levels) > 3 else "")
             warn(f"column '{column}' holds levels training never saw ({shown}); they are encoded as no known level")
-    table = predict_table(model, x, batch_size=batch_size, progress=progress, check_outputs=checked)
+    with checked_once(model, x, images=files is not None):  # off the training scale: one warning, not one a batch
+        table = predict_table(model, x, batch_size=batch_size, progress=progress, check_outputs=checked)
     if files is not None:  # a folder of images: each row names its file
         table.insert(0, "file", files)
     return model, table
