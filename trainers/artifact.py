@@ -353,6 +353,20 @@ def _raw_graph(model: LoadedModel) -> tuple[ModelSpec, bytes | None]:
     return dataclasses.replace(model.spec, onnx=kept), None
 
 
+def artifact_of_onnx(path: str | Path) -> Path | None:
+    """The artifact directory whose own ONNX file `path` is (`variants/NAME/model.onnx` or its `model.raw.onnx`),
+    or None for any other file: served as its directory, a variant keeps its preprocessing, lineage and classes
+    (read alone, a variant's model.onnx wanted encoded rows, and model.raw.onnx was a stranger's graph)."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    try:
+        onnx = read_json(path.parent / MODEL_JSON, "model.json").get("onnx")
+    except Exception:  # no model.json, or not one of the toolkit's: the file is a user's ONNX graph
+        return None
+    return path.parent if isinstance(onnx, dict) and path.name in (onnx.get("file"), onnx.get("raw_file")) else None
+
+
 def check_device(device) -> str:
     """`device` where a model can serve on this machine: "cpu", or "cuda" / "cuda:N" with that GPU present;
     else one clear ToolkitError."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import LoadedModel, load_model, predict
+from .artifact import LoadedModel, artifact_of_onnx, load_model, predict
 from .data import check_inputs
 from .errors import DataError, ToolkitError, warn
 from .fileio import check_regular_file, read_json
@@ -104,7 +104,7 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
         raise ToolkitError(f"--variant takes a variant's name (a folder under variants/), not a path: {variant!r}")
     if variant is None and path.suffix.lower() == ".onnx" and path.exists() and not path.is_dir():
         check_regular_file(path, "ONNX file")  # a FIFO would block its reader
-        return path
+        return artifact_of_onnx(path) or path  # a variant's own model.onnx (or .raw.onnx): served as its artifact
     if variant is None and (path / "model.json").is_file():
         return path
     runs = [d for d in (path, path / "compress") if (d / "result.json").is_file() or (d / "variants").is_dir()]
