@@ -102,7 +102,9 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
     path = Path(path)
     if variant is not None and (variant in ("", ".", "..") or any(c in variant for c in "/\\")):
         raise ToolkitError(f"--variant takes a variant's name (a folder under variants/), not a path: {variant!r}")
-    if variant is None and path.suffix.lower() == ".onnx" and path.exists() and not path.is_dir():
+    if not (path.exists() or path.is_symlink()):
+        raise ToolkitError(f"{path}: not found (a model artifact, a compress or pipeline run, or an .onnx file)")
+    if variant is None and path.suffix.lower() == ".onnx" and not path.is_dir():
         check_regular_file(path, "ONNX file")  # a FIFO would block its reader
         return artifact_of_onnx(path) or path  # a variant's own model.onnx (or .raw.onnx): served as its artifact
     if variant is None and (path / "model.json").is_file():
