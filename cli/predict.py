@@ -34,7 +34,7 @@ def predict_command(
 
     existed = out is not None and (out.exists() or out.is_symlink())
     if out is not None:
-        check_predictions_out(out, overwrite)
+        check_predictions_out(out, overwrite, data)
         ensure_writable_parent(out)
     with console_progress() as progress:
         model, table = predict_file(model_dir, data, variant=variant, batch_size=batch_size, progress=progress,

@@ -475,7 +475,8 @@ def _checked_rewrite(onnx_bytes: bytes, rewritten: bytes | None, x: np.ndarray, 
 
 def with_metadata(onnx_bytes: bytes, spec, takes: str = "encoded inputs") -> bytes:
     """The ONNX model with `metadata_props` a deployment needs: class and feature names, input shape and layout,
-    preprocessing (JSON), the recipe that made it and the toolkit version. Values are strings (the ONNX rule)."""
+    preprocessing (JSON), the recipe that made it and the toolkit version. Values are strings (the ONNX rule).
+    `takes`: "raw rows" for `model.raw.onnx`, whose feature names and input shape are the table's raw columns."""
     import json
 
     import onnx
@@ -483,8 +484,12 @@ def with_metadata(onnx_bytes: bytes, spec, takes: str = "encoded inputs") -> byt
     from trainers.env import toolkit_version
 
     proto = onnx.load_from_string(onnx_bytes)
+    names, shape = spec.feature_names, list(spec.input_shape)
+    if takes == "raw rows":  # the raw graph's input: the table's columns (dropped ones too), not the encoded ones
+        names = list(spec.preprocessing["table"]["columns"])
+        shape = [len(names)]
     props = {"toolkit.version": toolkit_version(), "family": spec.family, "class_names": json.dumps(spec.class_names),
-             "feature_names": json.dumps(spec.feature_names), "input_shape": json.dumps(list(spec.input_shape)),
+             "feature_names": json.dumps(names), "input_shape": json.dumps(shape),
              "layout": spec.layout, "preprocessing": json.dumps(spec.preprocessing),
              "recipe": json.dumps((spec.lineage or {}).get("recipe")), "input": takes}
     kept = [p for p in proto.metadata_props if p.key not in props]

@@ -96,17 +96,11 @@ def _chosen_of(item):
 def _artifact_of(item):
     """The artifact directory whose ONNX file `item` is (`variants/NAME/model.onnx`), or None: read as its
     directory, a variant keeps its lineage, so the comparison knows what it was compressed from."""
-    if not isinstance(item, (str, Path)) or Path(item).suffix.lower() != ".onnx" or not Path(item).is_file():
+    if not isinstance(item, (str, Path)):
         return None
-    from trainers.artifact import MODEL_JSON
-    from trainers.fileio import read_json
+    from trainers.artifact import artifact_of_onnx
 
-    folder = Path(item).parent
-    try:
-        named = (read_json(folder / MODEL_JSON, "model.json").get("onnx") or {}).get("file")
-    except Exception:  # no model.json, or not one of the toolkit's: the file is a user's ONNX graph
-        return None
-    return folder if named == Path(item).name else None
+    return artifact_of_onnx(item)
 
 
 def _is_user_model(item) -> bool:

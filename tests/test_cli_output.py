@@ -176,6 +176,18 @@ def test_json_on_failure_is_one_error_object_on_stdout(args):
     assert result.stderr.strip() == f"error: {error['error']}"
 
 
+@pytest.mark.parametrize("name", ["missing.onnx", "no-model", "runs/no-run"])
+def test_predict_says_a_mistyped_model_path_is_not_found(name, tmp_path, capsys):
+    """It said "is not a model artifact (no model.json) nor a run with a chosen variant" of a path that is not there."""
+    from cli.main import main
+
+    np.save(tmp_path / "rows.npy", np.zeros((2, 4), np.float32))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / name), str(tmp_path / "rows.npy")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / name}: not found (a model artifact, a compress or pipeline " \
+                                      "run, or an .onnx file)\n"
+
+
 def test_predict_reads_a_npy_memory_mapped_and_agrees_with_trainers_predict(runs, tmp_path):
     """A .npy is memory-mapped, as train reads it: rows reach the model batch by batch, not loaded whole."""
     from trainers.inference import read_rows

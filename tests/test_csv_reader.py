@@ -130,6 +130,16 @@ def test_large_integer_ids_are_read_exactly_and_dropped_as_ids(tmp_path):
     assert load_data(str(path)).table["dropped"] == {"id": "ID-like (unique per row)"}
 
 
+@pytest.mark.parametrize("big", ["20000000000000000000", "1e30", "-9300000000000000000", "inf"])
+def test_whole_numbers_beyond_int64_stay_float64_and_never_wrap(big, tmp_path, recwarn):
+    """A whole number past int64 (2e19) wrapped to -9.2e18 when the column was cast to int64: its sign flipped."""
+    rows = "".join(f"{0.5 * k},{big if k == 3 else 9 * 10**18 + k},{k % 2}\n" for k in range(12))
+    frame = tables.read_table(_write(tmp_path, "a,b,t\n" + rows))
+    assert frame["b"].dtype == np.float64 and frame["b"].iloc[3] == float(big)
+    assert frame["b"].iloc[4] == float(9 * 10**18 + 4)  # its neighbours, read as float64 too
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_bytes_that_are_not_utf8_get_one_line_from_the_pandas_reader(tmp_path):
     path = _write(tmp_path, b"a,t\n" + b"caf\xe9,1\n" + b"1,0\n" * 20)
     with pytest.raises(DataError, match="d.csv"):

@@ -93,6 +93,18 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
 
 
+def _scored(work: Path, name: str, features: bool) -> None:
+    """A file of the user's whose header starts as the toolkit's predictions do: the predictions of the model's
+    classes joined to the rows they came from (`features`), or with a column of the user's notes added."""
+    from trainers import load_model
+
+    spec = load_model(work / "model").spec
+    columns = ["predicted", "predicted_index", *(f"p_{c}" for c in spec.class_names)]
+    extra = list(spec.feature_names) if features else ["my_note"]
+    row = [spec.class_names[0], "0", *(["0.5"] * len(spec.class_names))] + ["1.0" if features else "checked"] * len(extra)
+    (work / name).write_text(",".join(columns + extra) + "\n" + ",".join(row) + "\n")
+
+
 # case name -> (setup(work, shared), argv, the part of the error line that says why)
 CASES: dict[str, tuple[Callable, list, str]] = {
     "--overwrite on a directory of the user's": (
@@ -157,7 +169,16 @@ CASES: dict[str, tuple[Callable, list, str]] = {
     "predict --out a file of the user's": (None, ["predict", "model", "data.npz", "--out", "user/notes.txt"],
                                            "exists; --overwrite replaces it if it holds predictions"),
     "predict --out the input rows --overwrite": (
-        None, ["predict", "model", "data.npz", "--out", "data.npz", "--overwrite"], "does not hold predictions"),
+        None, ["predict", "model", "data.npz", "--out", "data.npz", "--overwrite"], "is the data file being predicted"),
+    "predict --out the input rows, predictions joined to the features, --overwrite": (
+        lambda w, s: _scored(w, "scored.csv", features=True),
+        ["predict", "model", "scored.csv", "--out", "scored.csv", "--overwrite"], "is the data file being predicted"),
+    "predict --out a hard link to the input rows --overwrite": (
+        lambda w, s: os.link(w / "data.npz", w / "user" / "rows.npz"),
+        ["predict", "model", "data.npz", "--out", "user/rows.npz", "--overwrite"], "is the data file being predicted"),
+    "predict --out predictions the user annotated --overwrite": (
+        lambda w, s: _scored(w, "user/preds.csv", features=False),
+        ["predict", "model", "data.npz", "--out", "user/preds.csv", "--overwrite"], "does not hold predictions"),
     "predict --out the model's model.json --overwrite": (
         None, ["predict", "model", "data.npz", "--out", "model/model.json", "--overwrite"], "does not hold predictions"),
     "predict --out a directory": (None, ["predict", "model", "data.npz", "--out", "user"], "is a directory"),
@@ -377,7 +398,9 @@ def test_predict_does_not_replace_a_file_that_appears_while_it_predicts(shared, 
     assert_one_error_line(capsys.readouterr().err, "appeared while the rows were predicted")
     assert (tmp_path / "p.csv").read_text() == "MY PRECIOUS DATA"
     monkeypatch.setattr(inference, "predict_file", real)
-    (tmp_path / "target.csv").write_text("predicted,predicted_index,old\n")
+    assert main(["predict", str(shared.model), "rows.npz", "--out", "target.csv"]) == 0
+    header = (tmp_path / "target.csv").read_text().splitlines()[0]
+    (tmp_path / "target.csv").write_text(header + "\nold,0\n")  # the toolkit's predictions, from an older run
     (tmp_path / "link.csv").symlink_to("target.csv")
     assert main(["predict", str(shared.model), "rows.npz", "--out", "link.csv", "--overwrite"]) == 0
     assert (tmp_path / "link.csv").is_symlink() and "old" not in (tmp_path / "target.csv").read_text()

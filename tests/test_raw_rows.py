@@ -154,3 +154,51 @@ def test_save_model_of_a_loaded_onnx_variant_keeps_its_raw_row_graph(run, tmp_pa
     copy = load_model(save_model(variant, tmp_path / "copy", onnx_bytes=variant.onnx_model_bytes()))
     assert (tmp_path / "copy" / "model.raw.onnx").is_file()
     np.testing.assert_allclose(predict(copy, rows), predict(variant, rows), atol=1e-6)
+
+
+def test_the_raw_row_graph_names_the_raw_columns_in_its_metadata(run):
+    """model.raw.onnx takes the table's columns (the dropped ID too): its metadata said the encoded graph's input
+    (a column per missing indicator), so a deployment reading it fed the wrong columns."""
+    import onnx
+
+    root, model, result, rows = run
+    folder = root / "c" / "variants" / "onnx-fp32"
+    raw = {p.key: p.value for p in onnx.load(folder / "model.raw.onnx").metadata_props}
+    assert json.loads(raw["feature_names"]) == list(rows.columns) and json.loads(raw["input_shape"]) == [4]
+    assert raw["input"] == "raw rows"
+    encoded = {p.key: p.value for p in onnx.load(folder / "model.onnx").metadata_props}
+    assert json.loads(encoded["feature_names"]) == model.spec.feature_names != list(rows.columns)
+
+
+@pytest.mark.parametrize("name", ["model.raw.onnx", "model.onnx"])
+def test_toolkit_predict_serves_a_variants_own_onnx_file_as_its_artifact(name, run, tmp_path, capsys):
+    """`toolkit predict variants/NAME/model.onnx rows.csv` (or its model.raw.onnx) reads raw rows as the
+    variant's directory does, as `--compare` does; read as a stranger's graph, the raw CSV was refused."""
+    from io import StringIO
+
+    from cli.main import main
+
+    root, model, result, rows = run
+    capsys.readouterr()
+    assert main(["predict", str(root / "c" / "variants" / "onnx-fp32" / name), str(root / "rows.csv")]) == 0
+    out = capsys.readouterr()
+    got = pd.read_csv(StringIO(out.out))["predicted_index"].to_numpy()
+    assert (got == predict(model, rows).argmax(1)).all() and "variants/onnx-fp32 (onnxruntime)" in out.err
+
+
+def test_a_raw_row_graph_copied_alone_reads_the_raw_columns_by_name(run, tmp_path, capsys):
+    """Without its model.json, model.raw.onnx is a user's graph; its metadata's raw column names pick the CSV's
+    columns (the target ignored), where before its input shape said the encoded graph's."""
+    import shutil
+    from io import StringIO
+
+    from cli.main import main
+
+    root, model, result, rows = run
+    shutil.copy(root / "c" / "variants" / "onnx-fp32" / "model.raw.onnx", tmp_path / "alone.onnx")
+    full = rows.dropna().head(20)
+    full.assign(label="x").to_csv(tmp_path / "full.csv", index=False)
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "alone.onnx"), str(tmp_path / "full.csv")]) == 0
+    got = pd.read_csv(StringIO(capsys.readouterr().out))["predicted_index"].to_numpy()
+    assert (got == predict(model, full).argmax(1)).all()

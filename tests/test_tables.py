@@ -158,6 +158,23 @@ def test_unseen_level_and_missing_cell_at_inference(tmp_path):
     assert encoded[1, 0] == result.model.spec.preprocessing["table"]["steps"][0]["fill"]
 
 
+def test_one_row_alone_is_one_row_and_a_column_too_many_is_named():
+    """A Series (`frame.iloc[0]`) or a dict is one row, as a one-row DataFrame; an array with the target still
+    in it says its column count, where it said its text cells "cannot be read as numbers"."""
+    from trainers import ToolkitError
+
+    frame = base_frame()
+    model = train(frame, "mlp", TrainConfig(epochs=1, model={"hidden": [8]}), target="label", progress=False).model
+    rows = frame.drop(columns=["label"])
+    expected = predict(model, rows.head(1))
+    for one in (frame.iloc[0], rows.iloc[0], rows.iloc[0].to_dict()):
+        np.testing.assert_allclose(predict(model, one), expected, atol=1e-6)
+    for with_target in (frame.to_numpy(), frame.to_numpy().tolist()):
+        with pytest.raises(ToolkitError, match=r"rows of 4 columns: the model takes raw rows of 3 columns \(a, b, "
+                                               r"colour\) or encoded rows of 5"):
+            predict(model, with_target)
+
+
 def test_many_levels_are_ordinal_and_the_target_is_recorded(tmp_path):
     frame = base_frame()
     frame["city"] = [f"c{i % 15}" for i in range(N)]

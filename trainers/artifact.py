@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import inputrange
 from .codecs import CODECS
 from .data import MAX_CLASSES
 from .errors import ArtifactError, ToolkitError
@@ -352,6 +353,20 @@ def _raw_graph(model: LoadedModel) -> tuple[ModelSpec, bytes | None]:
     return dataclasses.replace(model.spec, onnx=kept), None
 
 
+def artifact_of_onnx(path: str | Path) -> Path | None:
+    """The artifact directory whose own ONNX file `path` is (`variants/NAME/model.onnx` or its `model.raw.onnx`),
+    or None for any other file: served as its directory, a variant keeps its preprocessing, lineage and classes
+    (read alone, a variant's model.onnx wanted encoded rows, and model.raw.onnx was a stranger's graph)."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    try:
+        onnx = read_json(path.parent / MODEL_JSON, "model.json").get("onnx")
+    except Exception:  # no model.json, or not one of the toolkit's: the file is a user's ONNX graph
+        return None
+    return path.parent if isinstance(onnx, dict) and path.name in (onnx.get("file"), onnx.get("raw_file")) else None
+
+
 def check_device(device) -> str:
     """`device` where a model can serve on this machine: "cpu", or "cuda" / "cuda:N" with that GPU present;
     else one clear ToolkitError."""
@@ -521,7 +536,8 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
         model: a `LoadedModel` (PyTorch or ONNX Runtime), a plain `nn.Module`, an artifact directory, or an
             `.onnx` file or its bytes (`trainers.as_model`).
         x: array of shape (N, *input_shape); for a model trained on a table also raw rows (a DataFrame,
-            a list of dicts, or an array in the table's column order), preprocessed as at training.
+            a list of dicts, or an array in the table's column order; one row alone as a Series or a dict),
+            preprocessed as at training.
 
     A model with a small-batch member (`ModelSpec.serve`) answers each call of fewer than `below_batch` rows with
     the member: `predict(model, one_row)` runs the member, `predict(model, rows, batch_size=1024)` runs the model.
@@ -530,6 +546,7 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
         from .usermodel import as_model
 
         model = as_model(model)
+    x = _one_row_as_rows(x)
     small = model.small if isinstance(model, LoadedModel) else None
     # A model with a small-batch member takes its rows through the Python preprocessing: the member has its own
     # raw-row graph, or none (a PyTorch member), so the encoded rows are what both runtimes share.
@@ -537,10 +554,30 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
     x = raw if raw is not None else raw_rows_to_inputs(model, x)
     if len(x) == 0:
         return np.zeros((0, model.spec.num_classes) if isinstance(model, LoadedModel) else (0,), np.float32)
+    inputrange.check(model, x)  # rows at another scale than training's (0..255 pixels for [0, 1]): one warning
     run = _runner(model, raw is not None, device)
     if small is not None:
         run = by_size(run, _runner(small, False, device), model.spec.serve["below_batch"])
     return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _width(x) -> int | None:
+    """The number of columns of a 2-D array (or list of rows), else None (ragged rows included)."""
+    try:
+        shape = np.shape(x)
+    except ValueError:  # ragged rows: said where they are read as numbers
+        return None
+    return shape[1] if len(shape) == 2 else None
+
+
+def _one_row_as_rows(x):
+    """One row given alone (a pandas Series such as `frame.iloc[0]`, or a dict of column: value) as a batch of
+    one row; read as an array, a Series of text and numbers said "cannot be read as numbers"."""
+    if type(x).__name__ == "Series":
+        import pandas as pd
+
+        return pd.DataFrame([x.to_dict()])
+    return [x] if isinstance(x, dict) else x
 
 
 def by_size(large, small, below: int):
@@ -597,6 +634,12 @@ def raw_rows_to_inputs(model, x) -> np.ndarray:
         from .preprocess import as_frame, transform
 
         return transform(table, as_frame(table, x), "raw rows")
+    if table is not None and _width(x) not in (None, len(table["columns"]), len(table["outputs"])):
+        # an array with the target still in it: the column count is the problem, not its text cells
+        raise ToolkitError(f"rows of {_width(x)} columns: the model takes raw rows of {len(table['columns'])} "
+                           f"columns ({', '.join(table['columns'][:8])}{', ...' if len(table['columns']) > 8 else ''})"
+                           f" or encoded rows of {len(table['outputs'])}; drop the other columns (the target?) or "
+                           "pass a DataFrame, whose columns are picked by name")
     try:
         x = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as exc:  # text cells, ragged rows

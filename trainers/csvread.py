@@ -22,6 +22,7 @@ from .errors import DataError, shown
 
 EXACT_FLOAT32 = 2**24  # integers beyond it lose digits in float32 (an ID column would stop being unique)
 BLOCK_BYTES = 1 << 20
+INT64_LIMIT = 2.0**63  # whole numbers at or beyond it (in magnitude) stay float64: int64 cannot hold them
 
 
 class ArrowUnreadable(Exception):
@@ -58,7 +59,9 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
                 table = exact.read_all()
             for i in wide:
                 values = table.column(inferred[i][0]).to_numpy()
-                integral = not np.isnan(values).any() and bool(np.all(values == np.round(values)))
+                # int64 only where every value fits it: 2e19 cast to int64 wrapped to -9.2e18 (a sign flip)
+                integral = not np.isnan(values).any() and bool(np.all(values == np.round(values))) and bool(
+                    np.all(np.abs(values) < INT64_LIMIT))
                 frame[names[i]] = values.astype(np.int64) if integral else values
     except pa.ArrowInvalid as exc:
         if ragged:

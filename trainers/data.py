@@ -64,6 +64,7 @@ class DataBundle:
     source: str = ""
     split: dict = field(default_factory=dict)
     table: dict | None = None  # the fitted preprocessing of a table (preprocess.py), None for arrays
+    from_images: bool = False  # read from a folder of images (pixels scaled to [0, 1]), recorded with the model
 
     @classmethod
     def from_arrays(cls, x, y, *, x_test=None, y_test=None, class_names=None, feature_names=None,

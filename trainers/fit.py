@@ -27,7 +27,7 @@ import torch
 from pydantic import AfterValidator, AliasChoices, Field, Strict
 from torch import nn
 
-from . import display, distributed
+from . import display, distributed, inputrange
 from .artifact import LoadedModel, ModelSpec, check_device, write_artifact
 from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, restore_metrics, save_checkpoint
 from .data import DataBundle, absolute_source, load_data, thin_classes
@@ -338,7 +338,8 @@ def _spec(family, arch, data: DataBundle, config: TrainConfig) -> ModelSpec:
         class_names=data.class_names, feature_names=data.feature_names,
         preprocessing={"kind": "standardize", "axis": "feature" if data.layout == "features" else "channel",
                        "mean": data.mean.tolist(), "std": data.std.tolist(),
-                       **({"table": data.table} if data.table else {})},
+                       **({"table": data.table} if data.table else
+                          {"input_range": inputrange.record(data.x_train, data.from_images)})},
         training=asdict(config), data=data.summary(), versions=_package_versions(),
     )
 

@@ -124,6 +124,7 @@ def load_image_folder(path: Path, seed: int, size: int | None = None):
             pixels = _pixels(image, channels, (size, size) if size else None)
         x[i] = pixels if channels == 1 else pixels.transpose(2, 0, 1)
     bundle = _finish(path.name, str(path), x, np.asarray(labels), None, None, classes, None, seed)
+    bundle.from_images = True  # predict warns where a model trained on another scale is given a folder
     return bundle  # the (resized) image size is the input shape
 
 

@@ -11,33 +11,68 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import LoadedModel, load_model, predict
+from .artifact import LoadedModel, artifact_of_onnx, load_model, predict
 from .data import check_inputs
 from .errors import DataError, ToolkitError, warn
 from .fileio import check_regular_file, read_json
+from .inputrange import checked_once
 from .progress import reporter
 
 
-def check_predictions_out(out: str | Path, overwrite: bool) -> None:
-    """Refuse, in one line, an `--out` for predictions that would cost a file: a directory, or an existing file
-    unless `overwrite` is given and the file holds predictions the toolkit wrote (its header starts with
-    `PREDICTIONS_HEADER`, after a `file` column for images). So the input rows, a model's files and any file of
-    the user's are never replaced."""
+def check_predictions_out(out: str | Path, overwrite: bool, data: str | Path | None = None,
+                          header: str | None = None) -> None:
+    """Refuse, in one line, an `--out` for predictions that would cost a file: the `data` file being predicted
+    (by any path to it), a directory, or an existing file unless `overwrite` is given and the file holds
+    predictions the toolkit wrote: its first line is `PREDICTIONS_HEADER` (after a `file` column for images) and
+    then only `p_<class>` columns, or exactly `header` where the header of the predictions to write is known. So
+    the input rows, a model's files and any file of the user's (predictions with a column of their own added)
+    are never replaced."""
     out = Path(out)
+    if data is not None and _same_file(out, Path(data)):
+        raise ToolkitError(f"--out {out} is the data file being predicted; choose another --out")
     if out.is_dir():
         raise ToolkitError(f"--out {out} is a directory; give the name of the CSV file to write")
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
         raise ToolkitError(f"{out} exists; --overwrite replaces it if it holds predictions the toolkit wrote")
+    first = _first_line(out)
+    if not (first == header if header is not None else _toolkit_header(first)):
+        raise ToolkitError(f"refusing to overwrite {out}: it does not hold predictions the toolkit wrote (its header "
+                           "is not that of this model's predictions); choose another --out")
+
+
+def _same_file(out: Path, data: Path) -> bool:
+    """Whether `out` is `data`: the same path once resolved, or another name (a hard link) of the same file."""
     try:
-        with out.open("rb") as handle:
-            head = handle.read(len(PREDICTIONS_HEADER) + 5)
+        return data.exists() and (out.resolve() == data.resolve() or (out.exists() and out.samefile(data)))
+    except OSError:
+        return False
+
+
+def _first_line(path: Path, limit: int = 1 << 22) -> str | None:
+    """The first line of `path` (its header), or None when it has none within `limit` bytes or is not text."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(limit)
     except OSError as exc:
-        raise ToolkitError(f"cannot read {out}: {exc.strerror}") from None
-    if not (head.startswith(PREDICTIONS_HEADER.encode()) or head.startswith(b"file," + PREDICTIONS_HEADER.encode())):
-        raise ToolkitError(f"refusing to overwrite {out}: it does not hold predictions the toolkit wrote; "
-                           "choose another --out")
+        raise ToolkitError(f"cannot read {path}: {exc.strerror}") from None
+    if b"\n" not in head and len(head) == limit:
+        return None
+    try:
+        return head.split(b"\n", 1)[0].rstrip(b"\r").decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _toolkit_header(line: str | None) -> bool:
+    """Whether `line` is a header `predict_table` writes: `[file,]predicted,predicted_index,p_<class>,...`."""
+    import csv
+
+    if line is None or not line.removeprefix("file,").startswith(PREDICTIONS_HEADER):
+        return False
+    columns = next(csv.reader([line.removeprefix("file,")]))
+    return len(columns) > 2 and all(name.startswith("p_") for name in columns[2:])
 
 
 def write_predictions(out: str | Path, text: str, overwrite: bool, existed: bool) -> None:
@@ -51,7 +86,7 @@ def write_predictions(out: str | Path, text: str, overwrite: bool, existed: bool
     if (out.exists() or out.is_symlink()) and not existed:
         raise ToolkitError(f"{out} appeared while the rows were predicted (another run, or a file of yours); not "
                            "replaced: choose another --out")
-    check_predictions_out(out, overwrite)
+    check_predictions_out(out, overwrite, header=text.split("\n", 1)[0].rstrip("\r"))
     atomic_write_text(out.resolve() if out.is_symlink() else out, text)
 
 
@@ -67,9 +102,11 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
     path = Path(path)
     if variant is not None and (variant in ("", ".", "..") or any(c in variant for c in "/\\")):
         raise ToolkitError(f"--variant takes a variant's name (a folder under variants/), not a path: {variant!r}")
-    if variant is None and path.suffix.lower() == ".onnx" and path.exists() and not path.is_dir():
+    if not (path.exists() or path.is_symlink()):
+        raise ToolkitError(f"{path}: not found (a model artifact, a compress or pipeline run, or an .onnx file)")
+    if variant is None and path.suffix.lower() == ".onnx" and not path.is_dir():
         check_regular_file(path, "ONNX file")  # a FIFO would block its reader
-        return path
+        return artifact_of_onnx(path) or path  # a variant's own model.onnx (or .raw.onnx): served as its artifact
     if variant is None and (path / "model.json").is_file():
         return path
     runs = [d for d in (path, path / "compress") if (d / "result.json").is_file() or (d / "variants").is_dir()]
@@ -212,7 +249,8 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
         for column, levels in unseen_levels(fitted, x).items():
             shown = ", ".join(map(repr, levels[:3])) + (f" and {len(levels) - 3} more" if len(levels) > 3 else "")
             warn(f"column '{column}' holds levels training never saw ({shown}); they are encoded as no known level")
-    table = predict_table(model, x, batch_size=batch_size, progress=progress, check_outputs=checked)
+    with checked_once(model, x, images=files is not None):  # off the training scale: one warning, not one a batch
+        table = predict_table(model, x, batch_size=batch_size, progress=progress, check_outputs=checked)
     if files is not None:  # a folder of images: each row names its file
         table.insert(0, "file", files)
     return model, table

@@ -265,6 +265,8 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
                                                                          if o.domain in ("", "ai.onnx")), default=None)},
                  x, data if not isinstance(data, np.ndarray) else None, names, "onnxruntime", origin="onnx")
     spec.onnx = {"file": "model.onnx", "precision": "float32", "opset": spec.config["opset"]}
+    if spec.feature_names is None:  # a toolkit export's own names (model.raw.onnx: the table's raw columns)
+        spec.feature_names = _meta_features(meta, spec.input_shape)
     spec.weights = {}
     model = LoadedModel(module=None, spec=spec, origin=origin, onnx_bytes=onnx_bytes,
                         notes=["an ONNX graph: gradient methods and PyTorch transforms need a PyTorch module"])
@@ -370,6 +372,18 @@ def _example_from_graph(dims: list, meta: dict, origin: str) -> np.ndarray:
     if any(d is None or d < 1 for d in shape):
         raise ToolkitError(f"{origin} does not fix its input shape ({['batch', *dims[1:]]}): pass the data")
     return np.zeros((EXAMPLE_SAMPLES, *shape), np.float32)
+
+
+def _meta_features(meta: dict, input_shape) -> list[str] | None:
+    """The feature names a toolkit export records (`compress.export.with_metadata`), where they fit the input."""
+    import json
+
+    try:
+        names = json.loads(meta["feature_names"]) if "feature_names" in meta else None
+    except ValueError:
+        return None
+    fits = isinstance(names, list) and len(input_shape) == 1 and len(names) == input_shape[0]
+    return [str(n) for n in names] if fits and all(isinstance(n, str) for n in names) else None
 
 
 def _meta_names(meta: dict):
