@@ -364,19 +364,22 @@ def test_predict_does_not_replace_a_file_that_appears_while_it_predicts(shared, 
 
     monkeypatch.chdir(tmp_path)
     np.savez(tmp_path / "rows.npz", x=load_data("iris").x_test)
-    real = inference.predict_file
+    real = inference.stream_file
 
     def user_writes_meanwhile(*args, **kwargs):
-        result = real(*args, **kwargs)
-        (tmp_path / "p.csv").write_text("MY PRECIOUS DATA")
-        return result
+        model, tables = real(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "predict_file", user_writes_meanwhile)
+        def then_the_user_writes():  # once the last rows are predicted, before the file is renamed into place
+            yield from tables
+            (tmp_path / "p.csv").write_text("MY PRECIOUS DATA")
+        return model, then_the_user_writes()
+
+    monkeypatch.setattr(inference, "stream_file", user_writes_meanwhile)
     capsys.readouterr()
     assert main(["predict", str(shared.model), "rows.npz", "--out", "p.csv"]) == 2
     assert_one_error_line(capsys.readouterr().err, "appeared while the rows were predicted")
     assert (tmp_path / "p.csv").read_text() == "MY PRECIOUS DATA"
-    monkeypatch.setattr(inference, "predict_file", real)
+    monkeypatch.setattr(inference, "stream_file", real)
     (tmp_path / "target.csv").write_text("predicted,predicted_index,old\n")
     (tmp_path / "link.csv").symlink_to("target.csv")
     assert main(["predict", str(shared.model), "rows.npz", "--out", "link.csv", "--overwrite"]) == 0

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import LoadedModel, load_model, predict
+from .artifact import PREDICT_BATCH, LoadedModel, load_model, predict
 from .data import check_inputs
-from .errors import DataError, ToolkitError, warn
+from .errors import DataError, ToolkitError
 from .fileio import check_regular_file, read_json
 from .progress import reporter
+from .streaming import written_parquet
 
 
 def check_predictions_out(out: str | Path, overwrite: bool) -> None:
@@ -35,24 +36,33 @@ def check_predictions_out(out: str | Path, overwrite: bool) -> None:
             head = handle.read(len(PREDICTIONS_HEADER) + 5)
     except OSError as exc:
         raise ToolkitError(f"cannot read {out}: {exc.strerror}") from None
-    if not (head.startswith(PREDICTIONS_HEADER.encode()) or head.startswith(b"file," + PREDICTIONS_HEADER.encode())):
+    if not (_csv_of_predictions(head) or (head.startswith(b"PAR1") and written_parquet(out))):
         raise ToolkitError(f"refusing to overwrite {out}: it does not hold predictions the toolkit wrote; "
                            "choose another --out")
 
 
-def write_predictions(out: str | Path, text: str, overwrite: bool, existed: bool) -> None:
-    """Write the predictions CSV `text` to `out`, checking it again just before: a file that appeared there while
-    the rows were predicted (another run's, or one of the user's) is not replaced, and one that was there is
-    replaced only as `check_predictions_out` allows. A symlink is written through, as run directories are.
-    `existed`: whether `out` existed when the command began."""
-    from .fileio import atomic_write_text
+def _csv_of_predictions(head: bytes) -> bool:
+    """Whether a file's first bytes are the header of predictions the toolkit wrote as CSV or TSV."""
+    return any(head.startswith(start + PREDICTIONS_HEADER.replace(",", sep).encode())
+               for sep in (",", "\t") for start in (b"", f"file{sep}".encode()))
+
+
+def write_predictions(out: str | Path, content, overwrite: bool, existed: bool) -> None:
+    """Write the predictions to `out`: `content` is the CSV text, or a function that streams them into a binary
+    handle (`streaming.write_table_file`), written into a temporary file beside `out` and renamed over it once
+    complete (never a half-written file there). `out` is checked again just before the rename: a file that
+    appeared there while the rows were predicted (another run's, or one of the user's) is not replaced, and one
+    that was there is replaced only as `check_predictions_out` allows. A symlink is written through, as run
+    directories are. `existed`: whether `out` existed when the command began."""
+    from .fileio import atomic_file
 
     out = Path(out)
-    if (out.exists() or out.is_symlink()) and not existed:
-        raise ToolkitError(f"{out} appeared while the rows were predicted (another run, or a file of yours); not "
-                           "replaced: choose another --out")
-    check_predictions_out(out, overwrite)
-    atomic_write_text(out.resolve() if out.is_symlink() else out, text)
+    with atomic_file(out.resolve() if out.is_symlink() else out) as handle:
+        content(handle) if callable(content) else handle.write(content.encode("utf-8"))
+        if (out.exists() or out.is_symlink()) and not existed:
+            raise ToolkitError(f"{out} appeared while the rows were predicted (another run, or a file of yours); "
+                               "not replaced: choose another --out")
+        check_predictions_out(out, overwrite)
 
 
 PREDICTIONS_HEADER = "predicted,predicted_index,"  # the first columns of every predictions CSV (`predict_table`)
@@ -153,41 +163,87 @@ def _csv_rows(path: Path, feature_names, input_shape) -> np.ndarray:
     return table.to_numpy(np.float32).reshape(len(table), *input_shape)
 
 
-def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, progress=None,
+def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = PREDICT_BATCH, progress=None,
                   check_outputs: bool = False):
     """A DataFrame with one row per input: `predicted` (class name), `predicted_index`, and `p_<class>` per class.
 
-    Runs `trainers.predict` in batches, sending a `ProgressEvent` (stage "predict") after each batch.
+    Runs `trainers.predict` in calls of `batch_size` rows (`prediction_tables`), sending a `ProgressEvent`
+    (stage "predict") after each chunk of rows.
     `check_outputs`: warn where the outputs look like probabilities rather than logits (a variant of a user's
     model that ends in a softmax: its flattened 'probabilities' would pass unremarked).
     """
     import pandas as pd
 
-    total = max(1, -(-len(x) // batch_size))
-    report = reporter(progress, "predict", total)
-    logits = []
-    for step, start in enumerate(range(0, len(x), batch_size), 1):
-        rows = x.iloc[start:start + batch_size] if hasattr(x, "iloc") else x[start:start + batch_size]
-        logits.append(predict(model, rows, batch_size=batch_size))
-        report(step, f"{min(start + batch_size, len(x))} rows")
-    logits = np.concatenate(logits) if logits else np.zeros((0, model.spec.num_classes), np.float32)
-    if check_outputs:
-        from .usermodel import _warn_if_probabilities
+    from .streaming import chunk_rows, sliced
 
-        _warn_if_probabilities(logits[:64], model.source)
+    tables = prediction_tables(model, sliced(x, chunk_rows(batch_size)), batch_size=batch_size, progress=progress,
+                               check_outputs=check_outputs, total=-(-len(x) // chunk_rows(batch_size)))
+    return pd.concat(list(tables), ignore_index=True)
+
+
+def prediction_tables(model: LoadedModel, chunks, *, batch_size: int = PREDICT_BATCH, progress=None,
+                      check_outputs: bool = False, files: list[str] | None = None, total: int | None = None):
+    """One predictions table (`tabulate`) per chunk of raw rows; a table of no rows where there are none.
+
+    Each chunk is preprocessed as one block and run in calls of `batch_size` rows; a routed model serves every
+    call with the member for `batch_size` (`trainers.predict`'s `call_rows`), the last, shorter one too, so a
+    row's answer does not depend on the file's length. `files`: each row's file (a folder of images), as the
+    first column.
+    """
+    report = reporter(progress, "predict", total)
+    done = step = 0
+    for step, chunk in enumerate(chunks, 1):
+        logits = predict(model, chunk, batch_size=batch_size, call_rows=batch_size)
+        if check_outputs and done == 0:
+            from .usermodel import _warn_if_probabilities
+
+            _warn_if_probabilities(logits[:64], model.source)
+        yield _with_files(tabulate(model, logits), files, done)
+        done += len(logits)
+        report(step, f"{done} rows")
+    if step == 0:
+        yield _with_files(tabulate(model, np.zeros((0, model.spec.num_classes), np.float32)), files, 0)
+
+
+def _with_files(table, files: list[str] | None, start: int):
+    if files is not None:  # a folder of images: each row names its file
+        table.insert(0, "file", files[start:start + len(table)])
+    return table
+
+
+def tabulate(model: LoadedModel, logits: np.ndarray):
+    """Logits -> the predictions table: `predicted`, `predicted_index` and a `p_<class>` column per class."""
+    import pandas as pd
+
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     names = list(model.spec.class_names)
     index = probabilities.argmax(axis=1)
-    table = pd.DataFrame({"predicted": [names[i] for i in index], "predicted_index": index})  # PREDICTIONS_HEADER
+    table = pd.DataFrame({"predicted": np.array(names, dtype=object)[index], "predicted_index": index})
     # One block for all the classes: a column at a time took minutes for 5,000 classes (each insert copies).
     return pd.concat([table, pd.DataFrame(probabilities, columns=[f"p_{name}" for name in names])], axis=1)
 
 
-def predict_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = 256, progress=None,
-                 device: str = "cpu"):
+def predict_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = PREDICT_BATCH,
+                 progress=None, device: str = "cpu"):
     """Load the model (see `resolve_artifact`) to serve on `device` (`load_model`), read `data` (see `read_rows`)
     and return (model, predict_table)."""
+    import pandas as pd
+
+    model, tables = stream_file(model, data, variant=variant, batch_size=batch_size, progress=progress,
+                                device=device)
+    return model, pd.concat(list(tables), ignore_index=True)
+
+
+def stream_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = PREDICT_BATCH,
+                progress=None, device: str = "cpu"):
+    """`predict_file` a chunk at a time: (model, an iterator of predictions tables, one per chunk of rows).
+
+    A CSV of a table's raw rows is read a chunk at a time (`streaming.table_chunks`), so memory is bounded by
+    the chunk, not the file; levels training never saw are named once per file, when the last chunk is done.
+    """
+    from .streaming import UnseenLevels, chunk_rows, sliced, table_chunks
+
     checked = False   # whether its outputs are checked for probabilities here (as_model checks a user's file)
     if not isinstance(model, LoadedModel):
         where = resolve_artifact(model, variant)
@@ -204,15 +260,23 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
             checked = True
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
-    x, files = read_rows(data, model)
-    fitted = model.spec.preprocessing.get("table")
-    if fitted is not None and hasattr(x, "columns"):  # raw rows of a table: name unseen levels once per file
-        from .preprocess import unseen_levels
+    rows, fitted, path = chunk_rows(batch_size), model.spec.preprocessing.get("table"), Path(data)
+    if fitted is not None and path.suffix.lower() in (".csv", ".parquet") and not path.is_dir():
+        check_regular_file(path, "data file", DataError)
+        chunks, files, total = table_chunks(path, fitted, rows), None, None
+    else:
+        x, files = read_rows(data, model)
+        chunks, total = sliced(x, rows), -(-len(x) // rows)
+    unseen = UnseenLevels(fitted)
 
-        for column, levels in unseen_levels(fitted, x).items():
-            shown = ", ".join(map(repr, levels[:3])) + (f" and {len(levels) - 3} more" if len(levels) > 3 else "")
-            warn(f"column '{column}' holds levels training never saw ({shown}); they are encoded as no known level")
-    table = predict_table(model, x, batch_size=batch_size, progress=progress, check_outputs=checked)
-    if files is not None:  # a folder of images: each row names its file
-        table.insert(0, "file", files)
-    return model, table
+    def tables():
+        yield from prediction_tables(model, _noting(chunks, unseen), batch_size=batch_size, progress=progress,
+                                     check_outputs=checked, files=files, total=total)
+        unseen.warn()
+    return model, tables()
+
+
+def _noting(chunks, unseen):
+    for chunk in chunks:
+        unseen.add(chunk)
+        yield chunk
