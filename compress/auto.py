@@ -943,10 +943,25 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     routed.notes.append(f"answers calls of fewer than {below} rows with {small.name} and the rest with {large.name}: "
                         f"{gain:.2f}x faster at batch {other} than {chosen.name} alone (a confirming timing), "
                         f"{smaller(m['size_ratio'])} than the original with both files")
+    routed.notes.append(member_agreement(small, large, data, config, below))
     return routed, (f"{large.name} for batches of {below} rows and more, {small.name} below: "
                     f"{m['speedup']['b256_t1']:.2f}x faster than fp32 at batch 256 and {m['speedup']['b1_t1']:.2f}x "
                     f"at batch 1 (single thread), {smaller(m['size_ratio'])} with both files, "
                     f"{describe_fidelity(m['fidelity'])} as it serves")
+
+
+def member_agreement(small: Variant, large: Variant, data: DataBundle, config: LatencyConfig, below: int) -> str:
+    """A note: how often a routed variant's two members give a test row different classes. They hold the same
+    weights, but their arithmetic may differ (int8 activations against fp32), so a row served in a call under
+    `below` rows may get the other member's answer (`toolkit predict` serves a whole file by its --batch-size)."""
+    x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
+    classes = [v.measurements.get("_classes") for v in (small, large)]  # each one's test classes, where measured
+    classes = [c if c is not None else Runner(v, config.all_threads, device=config.device).predict(x_test).argmax(1)
+               for c, v in zip(classes, (small, large))]
+    differ, n = int((classes[0] != classes[1]).sum()), len(classes[0])
+    return (f"its two members give the same class on {100 * (n - differ) / max(n, 1):.1f}% of the {n} test rows "
+            f"({differ} differ): a row served in a call under {below} rows may get {small.name}'s answer where "
+            f"a larger call gives {large.name}'s")
 
 
 def _weights_made_by(variant: Variant) -> list[dict]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainers.artifact import by_size
+from trainers.artifact import PREDICT_BATCH, by_size
 from trainers.errors import ToolkitError
 from trainers.models import count_parameters
 from trainers.ortsession import first_output, session_device
@@ -42,7 +42,9 @@ MIN_AGREEMENT = CompressOptions.min_agreement  # share of the original's test pr
 Z_ONE_SIDED = 1.645  # one-sided 95%: the margin of the agreement rule
 WILSON_CONFIDENCE = 0.95
 NOISY_SPREAD = 0.25  # IQR / median of the per-round speed-ups above which a speed-up is not reported
-EVAL_BATCH = 256  # accuracy and agreement are computed at this batch size (dynamic int8 depends on the batch)
+# Accuracy and agreement are computed at this batch size (dynamic int8 depends on the batch): the one predict
+# serves at by default, so a variant's measured accuracy is the one `toolkit predict` and `trainers.predict` give.
+EVAL_BATCH = PREDICT_BATCH
 BATCH_CHECK = 256  # test samples predicted one at a time too, to count how many change with the batch size
 
 
@@ -222,17 +224,22 @@ class Runner:
                 def raw(x):  # the copy back to the host waits for the GPU's work
                     with torch.inference_mode():
                         return module(torch.from_numpy(x).to(target, dtype)).cpu()
-        self.call, self._raw = own, raw
+        self.call, self._raw, self._small = own, raw, None
         if variant.small is not None:  # the member answers calls of fewer than `below_batch` rows
             small, below = Runner(variant.small, threads, spin, device), variant.model.spec.serve["below_batch"]
             self.call, self._raw = by_size(own, small.call, below), by_size(raw, small.raw_call(), below)
+            self._small = (own, small.call, below)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.call(x)
 
     def predict(self, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-        """Logits for `x` in batches of `batch` (the last one shorter)."""
+        """Logits for `x` in batches of `batch` (the last one shorter). A routed variant runs one member for all of
+        them, picked by min(batch, len(x)), as `trainers.predict` serves it: the last, shorter call too."""
         call = self.call
+        if self._small is not None:
+            own, small, below = self._small
+            call = small if min(batch, len(x)) < below else own
         return np.concatenate([call(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])
 
     def raw_call(self):

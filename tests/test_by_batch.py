@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -311,3 +312,21 @@ def test_partners_hold_the_same_weights(measured, digits):
     found = route_by_batch(model, digits, chosen, [chosen, other], baseline, max_drop=5.0, min_agreement=0.9,
                            config=LatencyConfig(budget_s=0.02))
     assert found is not None and found[0].small.name == other.name
+
+
+def test_a_file_is_served_by_the_member_for_its_batch_size_whatever_its_length(measured, digits, tmp_path):
+    """The last, short call of a file runs the same member as the others: row 256 of a file of 257 rows gets
+    the answer it gets in a file of 300 (it went to the small-batch member alone). Auto's note says how often
+    the two members disagree on the test rows."""
+    from trainers.inference import predict_table
+
+    model, baseline, bf16, onnx = measured
+    routed = _route(measured, digits, b1_gain=3.0)
+    assert any(n.startswith("its two members give the same class on") and "test rows" in n for n in routed.notes)
+    loaded = load_model(save_model(routed.model, tmp_path / "routed", onnx_bytes=routed.onnx_bytes))
+    x = np.ascontiguousarray(digits.x_test[:300], dtype=np.float32)
+    short, full = predict_table(loaded, x[:257], batch_size=256), predict_table(loaded, x, batch_size=256)
+    pd.testing.assert_frame_equal(short, full.iloc[:257])
+    np.testing.assert_array_equal(predict(loaded, x[:257], batch_size=256), predict(bf16.model, x[:257]))
+    # a call size under the cut runs the member for every row
+    np.testing.assert_allclose(predict(loaded, x[:3], batch_size=1), Runner(onnx, 1)(x[:3]), rtol=1e-6)

@@ -385,19 +385,22 @@ def test_predict_does_not_replace_a_file_that_appears_while_it_predicts(shared, 
 
     monkeypatch.chdir(tmp_path)
     np.savez(tmp_path / "rows.npz", x=load_data("iris").x_test)
-    real = inference.predict_file
+    real = inference.stream_file
 
     def user_writes_meanwhile(*args, **kwargs):
-        result = real(*args, **kwargs)
-        (tmp_path / "p.csv").write_text("MY PRECIOUS DATA")
-        return result
+        model, tables = real(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "predict_file", user_writes_meanwhile)
+        def then_the_user_writes():  # once the last rows are predicted, before the file is renamed into place
+            yield from tables
+            (tmp_path / "p.csv").write_text("MY PRECIOUS DATA")
+        return model, then_the_user_writes()
+
+    monkeypatch.setattr(inference, "stream_file", user_writes_meanwhile)
     capsys.readouterr()
     assert main(["predict", str(shared.model), "rows.npz", "--out", "p.csv"]) == 2
     assert_one_error_line(capsys.readouterr().err, "appeared while the rows were predicted")
     assert (tmp_path / "p.csv").read_text() == "MY PRECIOUS DATA"
-    monkeypatch.setattr(inference, "predict_file", real)
+    monkeypatch.setattr(inference, "stream_file", real)
     assert main(["predict", str(shared.model), "rows.npz", "--out", "target.csv"]) == 0
     header = (tmp_path / "target.csv").read_text().splitlines()[0]
     (tmp_path / "target.csv").write_text(header + "\nold,0\n")  # the toolkit's predictions, from an older run

@@ -27,6 +27,7 @@ from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, rea
 from .models import build_model, count_parameters
 from .options import DEVICE_PATTERN
 from .ortsession import first_output, inference_session
+from .streaming import PREDICT_BATCH
 
 FORMAT_VERSION = 1
 # Version 2: a table step reads numbers written as text ("format") or centres a column in float64 ("offset").
@@ -224,7 +225,7 @@ class LoadedModel:
                 raise ArtifactError(f"cannot load ONNX model {raw_path}: {exc}") from None
         return self._raw_session
 
-    def predict(self, x, batch_size: int = 1024) -> np.ndarray:
+    def predict(self, x, batch_size: int = PREDICT_BATCH) -> np.ndarray:
         return predict(self, x, batch_size=batch_size)
 
 
@@ -529,7 +530,8 @@ def _check_dtypes(state: dict, spec: ModelSpec, weights: Path, module: nn.Module
             raise ArtifactError(f"{weights}: tensor {key} is stored as {stored}, model.json says {spec.dtype}")
 
 
-def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.ndarray:
+def predict(model, x, batch_size: int = PREDICT_BATCH, device: str | None = None, *,
+            call_rows: int | None = None) -> np.ndarray:
     """Logits for a batch of raw inputs, computed in batches without gradients.
 
     Args:
@@ -538,9 +540,16 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
         x: array of shape (N, *input_shape); for a model trained on a table also raw rows (a DataFrame,
             a list of dicts, or an array in the table's column order; one row alone as a Series or a dict),
             preprocessed as at training.
+        batch_size: rows per call (`PREDICT_BATCH`, as `toolkit predict`).
+        call_rows: the call size that picks a routed model's member (below).
 
-    A model with a small-batch member (`ModelSpec.serve`) answers each call of fewer than `below_batch` rows with
-    the member: `predict(model, one_row)` runs the member, `predict(model, rows, batch_size=1024)` runs the model.
+    A model with a small-batch member (`ModelSpec.serve`) picks one of its two models for the whole of `x`, by the
+    size of the calls it makes, `call_rows` (default: `batch_size`, or len(x) when shorter): under `below_batch`
+    rows the member. So `predict(model, one_row)` runs the member and `predict(model, rows, batch_size=256)` the
+    model for every row, the last, shorter call too: a row's answer does not depend on where a call ends, and
+    `toolkit predict` (which passes its --batch-size as `call_rows` for every chunk of a file) gives a file's
+    rows the same answers whatever the file's length. The two members may disagree on a few rows
+    (auto's note on the routed variant says how many of the test rows).
     """
     if not isinstance(model, (LoadedModel, nn.Module)):  # an artifact directory, an .onnx file or ONNX bytes
         from .usermodel import as_model
@@ -555,9 +564,9 @@ def predict(model, x, batch_size: int = 1024, device: str | None = None) -> np.n
     if len(x) == 0:
         return np.zeros((0, model.spec.num_classes) if isinstance(model, LoadedModel) else (0,), np.float32)
     inputrange.check(model, x)  # rows at another scale than training's (0..255 pixels for [0, 1]): one warning
+    if small is not None and _call_size(batch_size, len(x), call_rows) < model.spec.serve["below_batch"]:
+        model = small
     run = _runner(model, raw is not None, device)
-    if small is not None:
-        run = by_size(run, _runner(small, False, device), model.spec.serve["below_batch"])
     return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
@@ -578,6 +587,22 @@ def _one_row_as_rows(x):
 
         return pd.DataFrame([x.to_dict()])
     return [x] if isinstance(x, dict) else x
+
+
+def batch_dependent(spec: ModelSpec) -> bool:
+    """Whether a model's answers depend on the rows that share a call: an int8-dynamic graph (or one made from
+    it, or a routed model with one as a member) quantizes each call's activations with that call's own scale."""
+    def dynamic(recipe) -> bool:
+        if not isinstance(recipe, dict):
+            return False
+        parts = [*recipe.get("steps", []), recipe.get("large"), recipe.get("small")]
+        return recipe.get("method") == "int8-dynamic" or any(dynamic(part) for part in parts)
+    return dynamic((spec.lineage or {}).get("recipe"))
+
+
+def _call_size(batch_size: int, rows: int, call_rows: int | None) -> int:
+    """The call size that routes a whole `predict` (see there): one member for every call it makes."""
+    return min(batch_size, rows) if call_rows is None else call_rows
 
 
 def by_size(large, small, below: int):
@@ -689,7 +714,7 @@ def _is_raw(table: dict, x) -> bool:
         shape[1] != len(table["outputs"]) or np.asarray(x).dtype.kind not in "biuf")
 
 
-def accuracy(model, x, y, batch_size: int = 1024) -> float:
+def accuracy(model, x, y, batch_size: int = PREDICT_BATCH) -> float:
     """Top-1 accuracy in [0, 1]."""
     if len(y) == 0:
         return float("nan")

@@ -66,6 +66,25 @@ def atomic_write_all(files: dict[Path, bytes]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | Path):
+    """A binary handle on a temporary file beside `path`, fsynced and renamed over `path` when the block ends
+    without an error, removed otherwise: a file written as it is computed (predictions streamed a chunk at a
+    time) appears complete or not at all."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs follow the umask
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -7,39 +7,39 @@ its index and one probability column per class.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import LoadedModel, artifact_of_onnx, load_model, predict
+from .artifact import PREDICT_BATCH, LoadedModel, artifact_of_onnx, load_model, predict
 from .data import check_inputs
-from .errors import DataError, ToolkitError, warn
+from .errors import DataError, ToolkitError
 from .fileio import check_regular_file, read_json
 from .inputrange import checked_once
 from .progress import reporter
+from .streaming import written_parquet
 
 
-def check_predictions_out(out: str | Path, overwrite: bool, data: str | Path | None = None,
-                          header: str | None = None) -> None:
+def check_predictions_out(out: str | Path, overwrite: bool, data: str | Path | None = None) -> None:
     """Refuse, in one line, an `--out` for predictions that would cost a file: the `data` file being predicted
     (by any path to it), a directory, or an existing file unless `overwrite` is given and the file holds
-    predictions the toolkit wrote: its first line is `PREDICTIONS_HEADER` (after a `file` column for images) and
-    then only `p_<class>` columns, or exactly `header` where the header of the predictions to write is known. So
-    the input rows, a model's files and any file of the user's (predictions with a column of their own added)
-    are never replaced."""
+    predictions the toolkit wrote: a Parquet file it marked as such, or a CSV/TSV whose first line is
+    `PREDICTIONS_HEADER` (after a `file` column for images) and then only `p_<class>` columns. So the input rows,
+    a model's files and any file of the user's (predictions with a column of their own added) are never
+    replaced."""
     out = Path(out)
     if data is not None and _same_file(out, Path(data)):
         raise ToolkitError(f"--out {out} is the data file being predicted; choose another --out")
     if out.is_dir():
-        raise ToolkitError(f"--out {out} is a directory; give the name of the CSV file to write")
+        raise ToolkitError(f"--out {out} is a directory; give the name of the file to write")
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
         raise ToolkitError(f"{out} exists; --overwrite replaces it if it holds predictions the toolkit wrote")
-    first = _first_line(out)
-    if not (first == header if header is not None else _toolkit_header(first)):
+    if not _toolkit_predictions(out):
         raise ToolkitError(f"refusing to overwrite {out}: it does not hold predictions the toolkit wrote (its header "
-                           "is not that of this model's predictions); choose another --out")
+                           "is not that of predictions); choose another --out")
 
 
 def _same_file(out: Path, data: Path) -> bool:
@@ -50,44 +50,53 @@ def _same_file(out: Path, data: Path) -> bool:
         return False
 
 
-def _first_line(path: Path, limit: int = 1 << 22) -> str | None:
-    """The first line of `path` (its header), or None when it has none within `limit` bytes or is not text."""
+def _toolkit_predictions(path: Path, limit: int = 1 << 22) -> bool:
+    """Whether `path` holds predictions the toolkit wrote: its marked Parquet file, or a CSV/TSV of them (whose
+    header `_toolkit_header` checks; None where there is no first line within `limit` bytes or it is not text)."""
     try:
         with path.open("rb") as handle:
             head = handle.read(limit)
     except OSError as exc:
         raise ToolkitError(f"cannot read {path}: {exc.strerror}") from None
+    if head.startswith(b"PAR1"):
+        return written_parquet(path)
     if b"\n" not in head and len(head) == limit:
-        return None
+        return False
     try:
-        return head.split(b"\n", 1)[0].rstrip(b"\r").decode()
+        return _toolkit_header(head.split(b"\n", 1)[0].rstrip(b"\r").decode())
     except UnicodeDecodeError:
-        return None
+        return False
 
 
-def _toolkit_header(line: str | None) -> bool:
-    """Whether `line` is a header `predict_table` writes: `[file,]predicted,predicted_index,p_<class>,...`."""
+def _toolkit_header(line: str) -> bool:
+    """Whether `line` is a header `predict_table` writes, comma or tab separated:
+    `[file,]predicted,predicted_index,p_<class>,...`."""
     import csv
 
-    if line is None or not line.removeprefix("file,").startswith(PREDICTIONS_HEADER):
+    sep = "\t" if line.removeprefix("file\t").startswith("predicted\t") else ","
+    line = line.removeprefix(f"file{sep}")
+    if not line.startswith(PREDICTIONS_HEADER.replace(",", sep)):
         return False
-    columns = next(csv.reader([line.removeprefix("file,")]))
+    columns = next(csv.reader([line], delimiter=sep))
     return len(columns) > 2 and all(name.startswith("p_") for name in columns[2:])
 
 
-def write_predictions(out: str | Path, text: str, overwrite: bool, existed: bool) -> None:
-    """Write the predictions CSV `text` to `out`, checking it again just before: a file that appeared there while
-    the rows were predicted (another run's, or one of the user's) is not replaced, and one that was there is
-    replaced only as `check_predictions_out` allows. A symlink is written through, as run directories are.
-    `existed`: whether `out` existed when the command began."""
-    from .fileio import atomic_write_text
+def write_predictions(out: str | Path, content, overwrite: bool, existed: bool) -> None:
+    """Write the predictions to `out`: `content` is the CSV text, or a function that streams them into a binary
+    handle (`streaming.write_table_file`), written into a temporary file beside `out` and renamed over it once
+    complete (never a half-written file there). `out` is checked again just before the rename: a file that
+    appeared there while the rows were predicted (another run's, or one of the user's) is not replaced, and one
+    that was there is replaced only as `check_predictions_out` allows. A symlink is written through, as run
+    directories are. `existed`: whether `out` existed when the command began."""
+    from .fileio import atomic_file
 
     out = Path(out)
-    if (out.exists() or out.is_symlink()) and not existed:
-        raise ToolkitError(f"{out} appeared while the rows were predicted (another run, or a file of yours); not "
-                           "replaced: choose another --out")
-    check_predictions_out(out, overwrite, header=text.split("\n", 1)[0].rstrip("\r"))
-    atomic_write_text(out.resolve() if out.is_symlink() else out, text)
+    with atomic_file(out.resolve() if out.is_symlink() else out) as handle:
+        content(handle) if callable(content) else handle.write(content.encode("utf-8"))
+        if (out.exists() or out.is_symlink()) and not existed:
+            raise ToolkitError(f"{out} appeared while the rows were predicted (another run, or a file of yours); "
+                               "not replaced: choose another --out")
+        check_predictions_out(out, overwrite)
 
 
 PREDICTIONS_HEADER = "predicted,predicted_index,"  # the first columns of every predictions CSV (`predict_table`)
@@ -190,41 +199,87 @@ def _csv_rows(path: Path, feature_names, input_shape) -> np.ndarray:
     return table.to_numpy(np.float32).reshape(len(table), *input_shape)
 
 
-def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = 256, progress=None,
+def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = PREDICT_BATCH, progress=None,
                   check_outputs: bool = False):
     """A DataFrame with one row per input: `predicted` (class name), `predicted_index`, and `p_<class>` per class.
 
-    Runs `trainers.predict` in batches, sending a `ProgressEvent` (stage "predict") after each batch.
+    Runs `trainers.predict` in calls of `batch_size` rows (`prediction_tables`), sending a `ProgressEvent`
+    (stage "predict") after each chunk of rows.
     `check_outputs`: warn where the outputs look like probabilities rather than logits (a variant of a user's
     model that ends in a softmax: its flattened 'probabilities' would pass unremarked).
     """
     import pandas as pd
 
-    total = max(1, -(-len(x) // batch_size))
-    report = reporter(progress, "predict", total)
-    logits = []
-    for step, start in enumerate(range(0, len(x), batch_size), 1):
-        rows = x.iloc[start:start + batch_size] if hasattr(x, "iloc") else x[start:start + batch_size]
-        logits.append(predict(model, rows, batch_size=batch_size))
-        report(step, f"{min(start + batch_size, len(x))} rows")
-    logits = np.concatenate(logits) if logits else np.zeros((0, model.spec.num_classes), np.float32)
-    if check_outputs:
-        from .usermodel import _warn_if_probabilities
+    from .streaming import chunk_rows, sliced
 
-        _warn_if_probabilities(logits[:64], model.source)
+    tables = prediction_tables(model, sliced(x, chunk_rows(batch_size)), batch_size=batch_size, progress=progress,
+                               check_outputs=check_outputs, total=-(-len(x) // chunk_rows(batch_size)))
+    return pd.concat(list(tables), ignore_index=True)
+
+
+def prediction_tables(model: LoadedModel, chunks, *, batch_size: int = PREDICT_BATCH, progress=None,
+                      check_outputs: bool = False, files: list[str] | None = None, total: int | None = None):
+    """One predictions table (`tabulate`) per chunk of raw rows; a table of no rows where there are none.
+
+    Each chunk is preprocessed as one block and run in calls of `batch_size` rows; a routed model serves every
+    call with the member for `batch_size` (`trainers.predict`'s `call_rows`), the last, shorter one too, so a
+    row's answer does not depend on the file's length. `files`: each row's file (a folder of images), as the
+    first column.
+    """
+    report = reporter(progress, "predict", total)
+    done = step = 0
+    for step, chunk in enumerate(chunks, 1):
+        logits = predict(model, chunk, batch_size=batch_size, call_rows=batch_size)
+        if check_outputs and done == 0:
+            from .usermodel import _warn_if_probabilities
+
+            _warn_if_probabilities(logits[:64], model.source)
+        yield _with_files(tabulate(model, logits), files, done)
+        done += len(logits)
+        report(step, f"{done} rows")
+    if step == 0:
+        yield _with_files(tabulate(model, np.zeros((0, model.spec.num_classes), np.float32)), files, 0)
+
+
+def _with_files(table, files: list[str] | None, start: int):
+    if files is not None:  # a folder of images: each row names its file
+        table.insert(0, "file", files[start:start + len(table)])
+    return table
+
+
+def tabulate(model: LoadedModel, logits: np.ndarray):
+    """Logits -> the predictions table: `predicted`, `predicted_index` and a `p_<class>` column per class."""
+    import pandas as pd
+
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     names = list(model.spec.class_names)
     index = probabilities.argmax(axis=1)
-    table = pd.DataFrame({"predicted": [names[i] for i in index], "predicted_index": index})  # PREDICTIONS_HEADER
+    table = pd.DataFrame({"predicted": np.array(names, dtype=object)[index], "predicted_index": index})
     # One block for all the classes: a column at a time took minutes for 5,000 classes (each insert copies).
     return pd.concat([table, pd.DataFrame(probabilities, columns=[f"p_{name}" for name in names])], axis=1)
 
 
-def predict_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = 256, progress=None,
-                 device: str = "cpu"):
+def predict_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = PREDICT_BATCH,
+                 progress=None, device: str = "cpu"):
     """Load the model (see `resolve_artifact`) to serve on `device` (`load_model`), read `data` (see `read_rows`)
     and return (model, predict_table)."""
+    import pandas as pd
+
+    model, tables = stream_file(model, data, variant=variant, batch_size=batch_size, progress=progress,
+                                device=device)
+    return model, pd.concat(list(tables), ignore_index=True)
+
+
+def stream_file(model, data: str | Path, *, variant: str | None = None, batch_size: int = PREDICT_BATCH,
+                progress=None, device: str = "cpu"):
+    """`predict_file` a chunk at a time: (model, an iterator of predictions tables, one per chunk of rows).
+
+    A CSV of a table's raw rows is read a chunk at a time (`streaming.table_chunks`), so memory is bounded by
+    the chunk, not the file; levels training never saw are named once per file, when the last chunk is done.
+    """
+    from .streaming import UnseenLevels, chunk_rows, sliced, table_chunks
+
     checked = False   # whether its outputs are checked for probabilities here (as_model checks a user's file)
     if not isinstance(model, LoadedModel):
         where = resolve_artifact(model, variant)
@@ -241,16 +296,26 @@ def predict_file(model, data: str | Path, *, variant: str | None = None, batch_s
             checked = True
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
-    x, files = read_rows(data, model)
-    fitted = model.spec.preprocessing.get("table")
-    if fitted is not None and hasattr(x, "columns"):  # raw rows of a table: name unseen levels once per file
-        from .preprocess import unseen_levels
+    rows, fitted, path = chunk_rows(batch_size), model.spec.preprocessing.get("table"), Path(data)
+    x = files = None
+    if fitted is not None and path.suffix.lower() in (".csv", ".parquet") and not path.is_dir():
+        check_regular_file(path, "data file", DataError)
+        chunks, total = table_chunks(path, fitted, rows), None
+    else:
+        x, files = read_rows(data, model)
+        chunks, total = sliced(x, rows), -(-len(x) // rows)
+    unseen = UnseenLevels(fitted)
 
-        for column, levels in unseen_levels(fitted, x).items():
-            shown = ", ".join(map(repr, levels[:3])) + (f" and {len(levels) - 3} more" if len(levels) > 3 else "")
-            warn(f"column '{column}' holds levels training never saw ({shown}); they are encoded as no known level")
-    with checked_once(model, x, images=files is not None):  # off the training scale: one warning, not one a batch
-        table = predict_table(model, x, batch_size=batch_size, progress=progress, check_outputs=checked)
-    if files is not None:  # a folder of images: each row names its file
-        table.insert(0, "file", files)
-    return model, table
+    def tables():
+        # rows off the training scale: one warning for the file, not one per chunk (a table's raw rows: no record)
+        with checked_once(model, x, images=files is not None) if x is not None else contextlib.nullcontext():
+            yield from prediction_tables(model, _noting(chunks, unseen), batch_size=batch_size, progress=progress,
+                                         check_outputs=checked, files=files, total=total)
+        unseen.warn()
+    return model, tables()
+
+
+def _noting(chunks, unseen):
+    for chunk in chunks:
+        unseen.add(chunk)
+        yield chunk

@@ -1,0 +1,125 @@
+"""`toolkit predict` streams a file: rows read, preprocessed and predicted a chunk at a time, the predictions
+written as they come into a file that appears only when complete. Chunked or not, the answers, their order, the
+warnings and the errors are the same; `--out` writes the format its suffix names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import trainers.artifact as artifact
+import trainers.csvread as csvread
+import trainers.streaming as streaming
+from cli.main import main
+from trainers import TrainConfig, load_model, predict, train
+from trainers.inference import predict_file, tabulate
+from trainers.tables import read_table
+
+
+def _frame(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"a": rng.normal(size=n).round(3), "b": rng.normal(size=n).round(3),
+                          "color": rng.choice(["red", "green", "blue"], size=n)})
+    frame.loc[rng.choice(n, n // 10, replace=False), "a"] = np.nan
+    return frame
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream")
+    frame = _frame(200)
+    frame["label"] = np.where(frame.a.fillna(0) + frame.b > 0, "yes", "no")
+    frame.to_csv(root / "train.csv", index=False)
+    train(str(root / "train.csv"), "mlp", TrainConfig(epochs=2, model={"hidden": [8]}), target="label",
+          out=root / "model", progress=False)
+    return root / "model"
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 64 rows and pyarrow blocks of 512 bytes, so a small file is read in many pieces."""
+    monkeypatch.setattr(streaming, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", 512)
+
+
+def _whole(model_dir, path, batch_size=16):
+    """The predictions of the file read at once, in calls of `batch_size` (what predict did before streaming)."""
+    loaded = load_model(model_dir)
+    return tabulate(loaded, predict(loaded, read_table(path), batch_size=batch_size))
+
+
+def test_chunked_predictions_equal_the_whole_file_in_order(model, tmp_path, small_chunks, monkeypatch):
+    rows = _frame(300, seed=1)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    calls = []
+    real = artifact.raw_rows_to_inputs
+    monkeypatch.setattr(artifact, "raw_rows_to_inputs", lambda m, x: calls.append(len(x)) or real(m, x))
+    _, table = predict_file(model, tmp_path / "rows.csv", batch_size=16)
+    # the rows are preprocessed a chunk at a time (64 rows, 4 calls of 16), not once per call of 16 rows
+    assert calls == [64, 64, 64, 64, 44]
+    pd.testing.assert_frame_equal(table, _whole(model, tmp_path / "rows.csv"))
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--batch-size", "16", "--out",
+                 str(tmp_path / "p.csv")]) == 0
+    written = pd.read_csv(tmp_path / "p.csv")
+    assert written["predicted"].tolist() == table["predicted"].tolist()
+    np.testing.assert_array_equal(written.filter(like="p_").to_numpy(np.float32), table.filter(like="p_").to_numpy())
+
+
+def test_a_file_the_streaming_reader_gives_up_on_midway_is_read_whole(model, tmp_path, small_chunks, capsys):
+    """Text in a numeric column after the first block: the whole-file reader's message, and no --out file."""
+    rows = _frame(300, seed=2).astype({"b": object})
+    rows.loc[250, "b"] = "hello"
+    rows.to_csv(tmp_path / "bad.csv", index=False)
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "bad.csv"), "--out", str(tmp_path / "p.csv")]) == 2
+    out, err = capsys.readouterr()
+    assert "column 'b' was numeric at training but holds text here ('hello')" in err and out == ""
+    assert list(tmp_path.iterdir()) == [tmp_path / "bad.csv"]  # no half-written file, no temporary one
+    assert main(["predict", str(model), str(tmp_path / "bad.csv")]) == 2
+    assert capsys.readouterr().out == ""  # nothing on stdout: the CSV is printed only once every row is predicted
+
+
+def test_unseen_levels_are_named_once_per_file_across_chunks(model, tmp_path, small_chunks, capsys):
+    rows = _frame(300, seed=3)
+    rows.loc[5, "color"], rows.loc[280, "color"] = "purple", "teal"
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "never saw" in line]
+    assert warnings == ["warning: column 'color' holds levels training never saw ('purple', 'teal'); they are "
+                        "encoded as no known level"]
+
+
+def test_out_writes_the_format_its_suffix_names(model, tmp_path, capsys):
+    _frame(50, seed=4).to_csv(tmp_path / "rows.csv", index=False)
+    expected = _whole(model, tmp_path / "rows.csv", batch_size=256)
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--out", str(tmp_path / "p.parquet")]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "p.parquet"), expected, check_dtype=False)
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--out", str(tmp_path / "p.parquet"),
+                 "--overwrite"]) == 0  # its own Parquet predictions may be replaced
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--out", str(tmp_path / "p.tsv")]) == 0
+    assert pd.read_csv(tmp_path / "p.tsv", sep="\t")["predicted"].tolist() == expected["predicted"].tolist()
+    capsys.readouterr()
+    for name in ("p.json", "p.npz", "p.xlsx"):
+        assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "written as .csv, .tsv or .parquet" in err
+        assert not (tmp_path / name).exists()
+
+
+def test_the_cli_and_trainers_predict_share_one_default_batch(model, tmp_path, monkeypatch):
+    """An int8-dynamic graph's answers depend on its calls: both entry points make the same calls by default."""
+    sizes = []
+    real = artifact._runner
+
+    def recording(m, raw, device):
+        run = real(m, raw, device)
+        return lambda chunk: sizes.append(len(chunk)) or run(chunk)
+
+    monkeypatch.setattr(artifact, "_runner", recording)
+    _frame(600, seed=5).to_csv(tmp_path / "rows.csv", index=False)
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    cli, sizes[:] = list(sizes), []
+    predict(load_model(model), read_table(tmp_path / "rows.csv"))
+    assert cli == sizes == [256, 256, 88]
