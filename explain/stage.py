@@ -19,6 +19,7 @@ from .options import ExplainOptions, Samples
 from .registry import default_methods, get_method
 
 QUALITY_SAMPLES = 16      # sanity check and noise floor re-run the method on this many samples
+NEAR_CHANCE_SKILL = 0.1   # accuracy less than this share of the way from chance to 1: the model learned ~nothing
 BACKGROUND_SAMPLES = 32   # training samples for the methods that declare needs_background
 
 
@@ -295,6 +296,10 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
                                             background=background, baseline=reference)
         return routed_quality[method]
 
+    acc_original = accuracy(original, bundle.x_test, bundle.y_test)
+    chance = chance_note(acc_original, bundle.y_test)
+    if chance:
+        summary["flags"].append(chance)
     step = 0
     for method in methods:
         step += 1
@@ -309,13 +314,14 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
             summary["global_importance_encoded"] = encoded
         quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background,
                          baseline=reference)
+        if chance:   # no check above reads the accuracy: a map of a model that learned nothing can pass them all
+            quality["verdicts"].append(chance)
         summary["quality"][method] = quality
         if quality["flagged"]:
             summary["flags"].append(f"{method}: " + "; ".join(v for v in quality["verdicts"] if "FAIL" in v))
         if fig_dir is not None:
             summary["figures"].update(plots.views(spec, x, y, attr.values, method, fig_dir, targets=attr.targets))
 
-    acc_original = accuracy(original, bundle.x_test, bundle.y_test)
     from trainers.artifact import predict
 
     for name, variant in variants:
@@ -355,6 +361,21 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         summary["figures"]["drift: top-k overlap vs floors"] = "figures/" + plots.save(
             plots.drift_chart(summary["drift"]["rows"]), fig_dir / "drift.png")
     return ExplainResult(_clean(summary), attributions)
+
+
+def chance_note(acc: float, y_test) -> str | None:
+    """A sentence when the test accuracy is near chance (the share of the most frequent test class): less than
+    `NEAR_CHANCE_SKILL` of the way from there to 1. Its explanations describe a model that learned nothing, and
+    the sanity check cannot say so (a CNN trained on shuffled digit labels, accuracy 0.100, looks like a
+    re-initialised one, as any model may); None otherwise."""
+    y = np.asarray(y_test)
+    if not len(y) or not np.isfinite(acc):
+        return None
+    chance = float(np.bincount(y.astype(np.int64)).max() / len(y))
+    if chance >= 1 or (acc - chance) / (1 - chance) >= NEAR_CHANCE_SKILL:
+        return None
+    return (f"the model's test accuracy {acc:.3f} is near chance ({chance:.3f}, always the most frequent class): "
+            "its explanations describe a model that learned nothing")
 
 
 def _baseline_name(attr) -> str:
