@@ -310,7 +310,8 @@ def sanity_verdict(check: dict) -> tuple[str, str]:
         surely = check["trained_lo"] >= UNRELATED_SPEARMAN
         return ("not separated" if surely else "inconclusive"), (
             f"{trained}, {_against_unrelated(check)} {UNRELATED_SPEARMAN}, and no noise floor (fewer than two "
-            "re-initialisations with maps)" + ("" if surely else ": a low statistic without a floor to read it against separates nothing"))
+            "re-initialisations with maps)"
+            + ("" if surely else ": a low statistic without a floor to read it against separates nothing"))
     floor = (f"the floor between two re-initialisations {check['floor_mean']:.{DIGITS}f} minus the "
              f"{check['trained']:.{DIGITS}f} with re-initialised models is {_interval(check, 'difference')}")
     if check["difference_lo"] > SEPARATION_MARGIN:
