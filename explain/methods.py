@@ -104,11 +104,38 @@ class Attribution:
 # ---------------------------------------------------------------- runtime and forward
 
 
+# Op types only a quantized ONNX graph holds (ONNX Runtime's static, dynamic and weight-only quantization)
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                           "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulNBits"})
+
+
+def quantized_graph(model) -> bool:
+    """The model's ONNX graph is quantized: it holds a quantization op (`QUANTIZED_OPS`, or a QLinear* op)."""
+    from trainers.models import onnx_op_types
+
+    data = model.onnx_model_bytes() if hasattr(model, "onnx_model_bytes") else None
+    ops = onnx_op_types(data) if data is not None else frozenset()
+    return bool(ops & QUANTIZED_OPS) or any(op.startswith("QLinear") for op in ops)
+
+
 def model_runtime(model) -> str:
-    """The runtime gradient methods would use: torch, fake-quant (ONNX with a twin) or onnx (black box only)."""
+    """The runtime gradient methods would use: torch (a PyTorch model, or the twin of an ONNX graph that is not
+    quantized: an onnx-fp32 variant's twin is the fp32 module), fake-quant (the twin of a quantized graph) or
+    onnx (no twin: black box only)."""
     if model.spec.runtime == "onnxruntime":
-        return "fake-quant" if model.module is not None else "onnx"
+        if model.module is None:
+            return "onnx"
+        return "fake-quant" if quantized_graph(model) else "torch"
     return "torch"
+
+
+def _twin_note(method: str, model, runtime: str) -> str | None:
+    """Why a gradient method on an ONNX artifact ran on its PyTorch twin (None for a PyTorch model)."""
+    if model.spec.runtime != "onnxruntime":
+        return None
+    if runtime == "fake-quant":
+        return f"{method} needs gradients; ran on the artifact's fake-quant PyTorch twin"
+    return f"{method} needs gradients; ran on the artifact's PyTorch twin (its ONNX graph is not quantized)"
 
 
 def resolve(method: str, model) -> tuple[str, str, str | None]:
@@ -118,12 +145,17 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
     gradient method on a model without a PyTorch module (a user's ONNX graph, an int8 artifact without a twin)
     is routed to the black-box estimator; any other mismatch is refused in one line.
     """
-    from trainers.models import capabilities
+
+    from trainers.registry import describe_target
 
     m = get_method(method)
     if m.why_not(model) is not None:
-        if ("torch" in m.needs and "torch" not in capabilities(model)
-                and get_method(ROUTE_BLACK_BOX).why_not(model) is None):
+        family, tags = describe_target(model)
+        if "torch" not in tags:
+            # the refusal a PyTorch module of this graph would get comes first (Grad-CAM of a graph without a
+            # convolution is refused as for the module, not routed): only the missing gradients are routed
+            get_method(method, (family, tags | {"torch"}))
+        if "torch" in m.needs and "torch" not in tags and get_method(ROUTE_BLACK_BOX).why_not(model) is None:
             return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this ONNX model has no PyTorch module "
                                              f"(no fake-quant twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
         get_method(method, model)  # raises the one-line refusal
@@ -132,8 +164,7 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
         return method, "onnx", None
     runtime = model_runtime(model)
     if runtime in m.runtimes:
-        note = f"{method} needs gradients; ran on the artifact's fake-quant PyTorch twin" if runtime == "fake-quant" else None
-        return method, runtime, note
+        return method, runtime, _twin_note(method, model, runtime)
     if runtime == "onnx" and ROUTE_BLACK_BOX in METHODS.names(model):
         return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this int8 ONNX model has none (no fake-quant "
                                          f"twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")

@@ -48,6 +48,13 @@ def quick_fit(bundle, family: str, arch: dict, steps: int = 100, seed: int = 0) 
     return LoadedModel(module=module, spec=spec)
 
 
+def onnx_bytes_of(module: torch.nn.Module, input_shape) -> bytes:
+    buf = io.BytesIO()
+    torch.onnx.export(module, torch.zeros(2, *input_shape), buf, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    return buf.getvalue()
+
+
 def make_int8_onnx(model: LoadedModel, out: Path, twin: bool = False) -> Path:
     """An int8 ONNX artifact (ONNX Runtime dynamic quantization), optionally carrying a PyTorch twin."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -204,6 +211,28 @@ def test_int8_onnx_gradient_methods_route_to_black_box(artifacts, digits):
     on_twin = explain.attribute(twin, x, None, "integrated_gradients")
     assert on_twin.method == "integrated_gradients" and on_twin.runtime == "fake-quant" and "twin" in on_twin.routed
     assert explain.attribute(twin, x, None, "shapley").runtime == "onnx"
+
+
+def test_an_fp32_onnx_variant_s_gradients_run_on_its_twin_as_torch_not_fake_quant(models, digits, tmp_path):
+    """Nothing of an onnx-fp32 variant is quantized: its twin is the fp32 module, and its runs say "torch"."""
+    mlp = models["mlp"]
+    spec = ModelSpec.from_dict({**mlp.spec.to_dict(), "runtime": "onnxruntime", "onnx": {"file": "model.onnx"}})
+    (tmp_path / "fp32").mkdir()
+    write_artifact(tmp_path / "fp32", mlp.module, spec, onnx_bytes=onnx_bytes_of(mlp.module, mlp.spec.input_shape))
+    attr = explain.attribute(load_model(tmp_path / "fp32"), digits.x_test[:2], None, "integrated_gradients")
+    assert attr.method == "integrated_gradients" and attr.runtime == "torch"
+    assert "fake-quant" not in attr.routed and "not quantized" in attr.routed
+
+
+def test_gradcam_of_a_graph_without_convolutions_is_refused_as_for_its_module(models, digits):
+    """Routing to shapley stands in for missing gradients only; Grad-CAM has no convolution to read either way."""
+    mlp = models["mlp"]
+    graph = onnx_bytes_of(mlp.module, mlp.spec.input_shape)
+    x = digits.x_test[:2]
+    for model in (mlp.module, graph):
+        with pytest.raises(ToolkitError, match="Grad-CAM needs a convolutional layer"):
+            explain.attribute(model, x, None, "layer_gradcam")
+    assert explain.attribute(graph, x, None, "integrated_gradients").method == "shapley"
 
 
 def test_explain_model_reports_drift_of_an_int8_variant(artifacts, digits, tmp_path):
