@@ -145,7 +145,6 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
     gradient method on a model without a PyTorch module (a user's ONNX graph, an int8 artifact without a twin)
     is routed to the black-box estimator; any other mismatch is refused in one line.
     """
-
     from trainers.registry import describe_target
 
     m = get_method(method)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,10 +281,19 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
     # a user's model records no training mean of its own: the data's training rows give it
     reference, reference_name = baseline_for(spec, bundle.x_train)
 
+    ran_before: dict = {}    # method that ran -> its attribution of the original
+
     def original_attr(method):
+        """The original's attribution for `method`; requests routed to a method that already ran (three gradient
+        methods on an ONNX graph all run shapley, with no options passed on) share its one run."""
         if ("original", method) not in attributions:
-            attributions[("original", method)] = attribute(original, x, None, method, background=background, seed=seed,
-                                                           baseline=reference, baseline_name=reference_name)
+            ran, _, note = resolve(method, original)
+            if ran in ran_before:
+                attr = dataclasses.replace(ran_before[ran], requested=method, routed=note)
+            else:
+                attr = attribute(original, x, None, method, background=background, seed=seed, baseline=reference,
+                                 baseline_name=reference_name)
+            attributions[("original", method)] = ran_before[ran] = attr
         return attributions[("original", method)]
 
     routed_quality: dict = {}
@@ -307,20 +317,25 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         attr = original_attr(method)
         summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr),
                                 "target": "predicted class"})
-        summary["global_importance"][method] = plots.global_importance(spec, attr.values)
+        # importance, quality and figures are the method's that ran (a routed request's under its replacement),
+        # once however many requests it answers; `runs` says which request ran what
+        ran = attr.method
+        if ran in summary["quality"]:
+            continue
+        summary["global_importance"][ran] = plots.global_importance(spec, attr.values)
         if spec.preprocessing.get("table"):  # the view of the encoded inputs stays available
             encoded = summary["global_importance_encoded"] or {}
-            encoded[method] = plots.global_importance(spec, attr.values, grouped=False)
+            encoded[ran] = plots.global_importance(spec, attr.values, grouped=False)
             summary["global_importance_encoded"] = encoded
         quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background,
                          baseline=reference)
         if chance:   # no check above reads the accuracy: a map of a model that learned nothing can pass them all
             quality["verdicts"].append(chance)
-        summary["quality"][method] = quality
+        summary["quality"][ran] = quality
         if quality["flagged"]:
-            summary["flags"].append(f"{method}: " + "; ".join(v for v in quality["verdicts"] if "FAIL" in v))
+            summary["flags"].append(f"{ran}: " + "; ".join(v for v in quality["verdicts"] if "FAIL" in v))
         if fig_dir is not None:
-            summary["figures"].update(plots.views(spec, x, y, attr.values, method, fig_dir, targets=attr.targets))
+            summary["figures"].update(plots.views(spec, x, y, attr.values, ran, fig_dir, targets=attr.targets))
 
     from trainers.artifact import predict
 

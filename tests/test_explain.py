@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -330,6 +331,28 @@ def test_cli_explain_writes_run_dir_and_json(artifacts, tmp_path, capsys):
     assert summary["methods"] == ["shapley", "deeplift"] and summary["samples"] == 8
     assert json.loads((out / "result.json").read_text())["drift"]["rows"][0]["variant"] == "mlp-int8"
     assert "drift mlp-int8" in captured.err
+
+
+def test_cli_says_which_requests_ran_another_method_and_checks_that_run_once(artifacts, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Two gradient methods on an int8 graph without a twin both run shapley: the terminal says so for each, and
+    shapley's figures appear (and its checks run) once, under its own name, not under the names requested."""
+    import explain.quality as quality_module
+
+    real, assessed = quality_module.assess, []
+    monkeypatch.setattr(quality_module, "assess", lambda model, x, attr, **kw: assessed.append(attr.method)
+                        or real(model, x, attr, **kw))
+    code = run_cli("explain", artifacts["mlp-int8"], "--data", "digits", "--method", "integrated_gradients",
+                   "--method", "saliency", "--samples", "4", "--out", tmp_path / "e", "--json")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    for method in ("integrated_gradients", "saliency"):
+        assert re.search(rf"^{method}: ran shapley instead \(.*no PyTorch module", captured.err, re.M), captured.err
+        assert not re.search(rf"^{method}: estimated error", captured.err, re.M)
+    assert assessed == ["shapley"] and set(summary["quality"]) == set(summary["global_importance"]) == {"shapley"}
+    assert [(r["method"], r["ran"]) for r in summary["runs"]] == [("integrated_gradients", "shapley"),
+                                                                  ("saliency", "shapley")]
 
 
 @pytest.mark.parametrize("args, message", [
