@@ -312,6 +312,23 @@ def test_refusals_and_bad_input(artifacts, digits, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_variant_with_other_class_names_is_refused_naming_them(models):
+    """Ten names against ten: the refusal names the ones that differ (shortened), not two equal counts."""
+    model = models["mlp"]
+
+    def named(names):
+        return LoadedModel(model.module, ModelSpec.from_dict({**model.spec.to_dict(), "class_names": names}))
+
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    with pytest.raises(ToolkitError) as refused:
+        check_comparable(named([str(i) for i in range(10)]), named(words), "dgn")
+    message = str(refused.value)
+    assert "'zero'" in message and "'0'" in message and "in 10 of 10 names" in message
+    assert "and 6 more" in message and "'nine'" not in message                      # shortened
+    with pytest.raises(ToolkitError, match=r"its 10 classes .* the original's 3 \('a', 'b', 'c'\)"):
+        check_comparable(named(["a", "b", "c"]), named(words))
+
+
 # ---------------------------------------------------------------- CLI
 
 
