@@ -340,17 +340,19 @@ def _attribute(model, inputs, target, method, *, baseline, background, seed, bat
         raise ToolkitError(f"inputs have shape {tuple(x.shape[1:])} per sample, the model takes {tuple(model.spec.input_shape)}")
     if len(x) == 0:
         raise ToolkitError("no inputs to explain")
+    shape = tuple(model.spec.input_shape)
     if baseline is None:
         base, name = baseline_for(model.spec)
     else:
-        base = np.asarray(baseline, np.float32).reshape(model.spec.input_shape)
-        name = baseline_name or "given baseline"
-    bg = base[None] if background is None else np.asarray(background, np.float32)
+        base = _numbers(baseline, "baseline", f"one input {shape}")
+        if base.size != int(np.prod(shape)):
+            raise ToolkitError(f"baseline has shape {base.shape}; expected one input {shape}")
+        base, name = base.reshape(shape), baseline_name or "given baseline"
+    bg = base[None] if background is None else _numbers(background, "background", f"(samples, *{shape})")
+    if bg.ndim != len(shape) + 1 or tuple(bg.shape[1:]) != shape or not len(bg):
+        raise ToolkitError(f"background has shape {bg.shape}; expected (samples, *{shape}), at least one sample")
     ctx = Context(model, runtime, base, bg, seed, batch_size)
-    if target is None:
-        targets = ctx.forward_numpy(x).argmax(1)
-    else:
-        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
+    targets = ctx.forward_numpy(x).argmax(1) if target is None else _targets(target, len(x))
     if targets.min() < 0 or targets.max() >= model.spec.num_classes:
         raise ToolkitError(f"target out of range: the model has {model.spec.num_classes} classes")
     entry = get_method(ran)
@@ -374,6 +376,26 @@ def _attribute(model, inputs, target, method, *, baseline, background, seed, bat
                        np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None, note, seconds,
                        baseline_name=name)
     return _with_estimate(attr, extras)
+
+
+def _numbers(value, name: str, expected: str) -> np.ndarray:
+    """`value` as float32, or one ToolkitError naming the argument (a string, a ragged list)."""
+    try:
+        return np.asarray(value, np.float32)
+    except (TypeError, ValueError):
+        raise ToolkitError(f"{name} must be numbers shaped {expected}") from None
+
+
+def _targets(target, n: int) -> np.ndarray:
+    """One class index, or one per sample, as (n,) int64; a ToolkitError for another length or a value that is
+    not a whole number (1.7 was explained as class 1 without a word)."""
+    values = np.asarray(target)
+    if values.ndim > 1 or (values.ndim == 1 and len(values) != n):
+        raise ToolkitError(f"target has shape {values.shape}; expected one class index or one per sample ({n},)")
+    if values.dtype.kind not in "iu" and not (values.dtype.kind == "f" and np.all(np.isfinite(values))
+                                              and np.all(values == np.round(values))):
+        raise ToolkitError(f"target must be whole class indices, not {target!r}")
+    return np.broadcast_to(values.astype(np.int64), (n,)).copy()
 
 
 ESTIMATE_FIELDS = ("standard_error", "error_bound", "error_dof", "converged", "steps")

@@ -312,6 +312,24 @@ def test_refusals_and_bad_input(artifacts, digits, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": [0, 1]}, r"target has shape \(2,\); expected one class index or one per sample \(6,\)"),
+    ({"target": 1.7}, "target must be whole class indices"),
+    ({"target": "1"}, "target must be whole class indices"),
+    ({"baseline": np.zeros(5)}, r"baseline has shape \(5,\); expected one input \(1, 8, 8\)"),
+    ({"method": "gradient_shap", "background": np.zeros((4, 5))},
+     r"background has shape \(4, 5\); expected \(samples, \*\(1, 8, 8\)\)"),
+    ({"method": "gradient_shap", "background": np.zeros((0, 1, 8, 8))}, "at least one sample"),
+])
+def test_attribute_refuses_a_bad_target_baseline_or_background_naming_it(models, digits, kwargs, message):
+    """From Python these were a numpy broadcast error, a reshape error, Captum's AssertionError, or (1.7) class 1
+    explained without a word."""
+    kwargs = {"method": "saliency", **kwargs}
+    with pytest.raises(ToolkitError, match=message):
+        explain.attribute(models["mlp"], digits.x_test[:6], kwargs.pop("target", None), **kwargs)
+    explain.attribute(models["mlp"], digits.x_test[:6], 1.0, "saliency")       # a whole number is a class index
+
+
 def test_a_variant_with_other_class_names_is_refused_naming_them(models):
     """Ten names against ten: the refusal names the ones that differ (shortened), not two equal counts."""
     model = models["mlp"]
