@@ -25,7 +25,7 @@ import torch
 from trainers.options import PositiveInt
 
 from .library import REPLICATES, _replicated   # also registers the library's methods first (table order)
-from .registry import RUNTIMES, register_method
+from .registry import METHODS, RUNTIMES, register_method
 
 SEGMENTS = 16        # time segments of a signal
 GRID = 8             # patches per image side
@@ -81,3 +81,7 @@ def lime(ctx, x, targets, n_samples: PositiveInt | None = None):
 
     values, estimate = _replicated(run, n_samples or REPLICATES * max(64, 2 * g + 2), min_share=g + 2)
     return values, ctx.reference_at_baseline(targets), None, estimate
+
+
+# a column's weight is spread evenly over its encoded inputs: no importance per one-hot level
+METHODS.get("lime").whole_columns = True

@@ -325,7 +325,8 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         summary["global_importance"][ran] = plots.global_importance(spec, attr.values)
         if spec.preprocessing.get("table"):  # the view of the encoded inputs stays available
             encoded = summary["global_importance_encoded"] or {}
-            encoded[ran] = plots.global_importance(spec, attr.values, grouped=False)
+            encoded[ran] = plots.global_importance(spec, attr.values, grouped=False,
+                                                   whole_columns=get_method(ran).whole_columns)
             summary["global_importance_encoded"] = encoded
         quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background,
                          baseline=reference)
