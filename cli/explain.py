@@ -51,7 +51,11 @@ def explain_command(
                                compare=variants, out=out, overwrite=overwrite, progress=progress, tracker=track,
                                table=TableOptions.of(target, keep, drop, sep))
     summary = result.to_dict()
-    for name, q in summary["quality"].items():
+    for run in summary["runs"]:   # a request answered by another method or runtime says so, with the reason
+        if run["model"] == "original" and run["routed"]:
+            info(f"{run['method']}: ran {run['ran']} instead ({run['routed']})" if run["ran"] != run["method"]
+                 else run["routed"])
+    for name, q in summary["quality"].items():   # keyed by the method that ran: one entry per attribution
         info(f"{name}: " + "; ".join(q["verdicts"]))
     for name, rel in summary.get("relations", {}).items():
         info(f"compared {name}: {rel['relation']} ({rel['reason']})")

@@ -33,8 +33,24 @@ def check_comparable(original, variant, name: str = "variant") -> None:
         raise ToolkitError(f"cannot compare {name}: its input shape {tuple(b.input_shape)} differs from the "
                            f"original's {tuple(a.input_shape)}")
     if list(a.class_names) != list(b.class_names):
-        raise ToolkitError(f"cannot compare {name}: its classes ({len(b.class_names)}) differ from the original's "
-                           f"({len(a.class_names)})")
+        raise ToolkitError(f"cannot compare {name}: {_class_difference(list(a.class_names), list(b.class_names))}")
+
+
+def _names(names: list, most: int = 4) -> str:
+    """At most `most` names, quoted, then how many more."""
+    shown = ", ".join(repr(str(n)) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _class_difference(original: list, variant: list) -> str:
+    """How the variant's class names differ from the original's, shortened: the counts when they differ, else
+    the names at the positions that differ (two counts of 10 said nothing)."""
+    if len(original) != len(variant):
+        return (f"its {len(variant)} classes ({_names(variant)}) differ from the original's {len(original)} "
+                f"({_names(original)})")
+    at = [i for i, (o, v) in enumerate(zip(original, variant)) if o != v]
+    return (f"its classes differ from the original's in {len(at)} of {len(variant)} names: "
+            f"{_names([variant[i] for i in at])} where the original has {_names([original[i] for i in at])}")
 
 
 def _spearman_rows(a, b):

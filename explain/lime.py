@@ -10,9 +10,22 @@ Captum's `Lime` is used rather than the `lime` package: it takes a feature mask
 for any input shape (the `lime` package segments RGB images only, and perturbs
 tables by sampling training statistics rather than with a reference input), runs
 on the model's own tensors in batches, and is already a dependency. The surrogate
-is a ridge regression with alpha 1, the `lime` package's default (Captum's own
-default, a lasso, zeroes most features of a small sample). A feature's weight is
-spread evenly over its elements, so a patch's pixels sum to the patch's weight.
+is a ridge regression (Captum's own default, a lasso, zeroes most features of a
+small sample) whose penalty grows with the perturbations it is fitted on: alpha 1
+per 5,000 of them, the `lime` package's default (alpha 1 at its default 5,000
+samples). A fixed alpha 1 shrank every replicate of 64 perturbations toward zero
+alike, a bias the spread between replicates cannot see: on a wine MLP the default
+estimate's norm was 0.93x a 24,000-sample one's and its stated 95% error bound
+held on 4-6% of samples (per-value intervals covered 0.76). A penalty in
+proportion to the samples shrinks by the same share at any sample count, so
+the default estimate and a high-sample one estimate the same thing. Measured
+against a 24,000-sample run (audit calib2.py, 24 samples x 8 seeds; lime_bias.py,
+16 samples), before -> after: wine MLP (13 features) per-value 95% interval
+coverage 0.763 -> 0.956, error-bound coverage 0.036 -> 0.984, norm ratio 0.931
+-> 0.999; breast_cancer MLP (30 features, not tuned on) 0.798 -> 0.952, 0.010
+-> 0.964, 0.909 -> 1.000.
+A feature's weight is spread evenly over its elements, so a patch's pixels sum to
+the patch's weight.
 """
 
 from __future__ import annotations
@@ -25,10 +38,11 @@ import torch
 from trainers.options import PositiveInt
 
 from .library import REPLICATES, _replicated   # also registers the library's methods first (table order)
-from .registry import RUNTIMES, register_method
+from .registry import METHODS, RUNTIMES, register_method
 
 SEGMENTS = 16        # time segments of a signal
 GRID = 8             # patches per image side
+RIDGE_ALPHA_PER_SAMPLE = 1 / 5000   # the `lime` package's alpha 1 at its default 5,000 samples, kept per sample
 
 
 def interpretable_features(spec) -> np.ndarray:
@@ -72,7 +86,7 @@ def lime(ctx, x, targets, n_samples: PositiveInt | None = None):
 
     def run(replicate, k):
         torch.manual_seed(ctx.seed + 1000 * replicate)
-        explainer = Lime(ctx.forward, interpretable_model=SkLearnRidge(alpha=1.0))
+        explainer = Lime(ctx.forward, interpretable_model=SkLearnRidge(alpha=k * RIDGE_ALPHA_PER_SAMPLE))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")     # Captum notes that a batch fits one surrogate per sample: intended
             attr = explainer.attribute(xt, target=tt, baselines=ctx.baseline, feature_mask=feature_mask,
@@ -81,3 +95,7 @@ def lime(ctx, x, targets, n_samples: PositiveInt | None = None):
 
     values, estimate = _replicated(run, n_samples or REPLICATES * max(64, 2 * g + 2), min_share=g + 2)
     return values, ctx.reference_at_baseline(targets), None, estimate
+
+
+# a column's weight is spread evenly over its encoded inputs: no importance per one-hot level
+METHODS.get("lime").whole_columns = True

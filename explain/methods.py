@@ -104,11 +104,38 @@ class Attribution:
 # ---------------------------------------------------------------- runtime and forward
 
 
+# Op types only a quantized ONNX graph holds (ONNX Runtime's static, dynamic and weight-only quantization)
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                           "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulNBits"})
+
+
+def quantized_graph(model) -> bool:
+    """The model's ONNX graph is quantized: it holds a quantization op (`QUANTIZED_OPS`, or a QLinear* op)."""
+    from trainers.models import onnx_op_types
+
+    data = model.onnx_model_bytes() if hasattr(model, "onnx_model_bytes") else None
+    ops = onnx_op_types(data) if data is not None else frozenset()
+    return bool(ops & QUANTIZED_OPS) or any(op.startswith("QLinear") for op in ops)
+
+
 def model_runtime(model) -> str:
-    """The runtime gradient methods would use: torch, fake-quant (ONNX with a twin) or onnx (black box only)."""
+    """The runtime gradient methods would use: torch (a PyTorch model, or the twin of an ONNX graph that is not
+    quantized: an onnx-fp32 variant's twin is the fp32 module), fake-quant (the twin of a quantized graph) or
+    onnx (no twin: black box only)."""
     if model.spec.runtime == "onnxruntime":
-        return "fake-quant" if model.module is not None else "onnx"
+        if model.module is None:
+            return "onnx"
+        return "fake-quant" if quantized_graph(model) else "torch"
     return "torch"
+
+
+def _twin_note(method: str, model, runtime: str) -> str | None:
+    """Why a gradient method on an ONNX artifact ran on its PyTorch twin (None for a PyTorch model)."""
+    if model.spec.runtime != "onnxruntime":
+        return None
+    if runtime == "fake-quant":
+        return f"{method} needs gradients; ran on the artifact's fake-quant PyTorch twin"
+    return f"{method} needs gradients; ran on the artifact's PyTorch twin (its ONNX graph is not quantized)"
 
 
 def resolve(method: str, model) -> tuple[str, str, str | None]:
@@ -118,12 +145,16 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
     gradient method on a model without a PyTorch module (a user's ONNX graph, an int8 artifact without a twin)
     is routed to the black-box estimator; any other mismatch is refused in one line.
     """
-    from trainers.models import capabilities
+    from trainers.registry import describe_target
 
     m = get_method(method)
     if m.why_not(model) is not None:
-        if ("torch" in m.needs and "torch" not in capabilities(model)
-                and get_method(ROUTE_BLACK_BOX).why_not(model) is None):
+        family, tags = describe_target(model)
+        if "torch" not in tags:
+            # the refusal a PyTorch module of this graph would get comes first (Grad-CAM of a graph without a
+            # convolution is refused as for the module, not routed): only the missing gradients are routed
+            get_method(method, (family, tags | {"torch"}))
+        if "torch" in m.needs and "torch" not in tags and get_method(ROUTE_BLACK_BOX).why_not(model) is None:
             return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this ONNX model has no PyTorch module "
                                              f"(no fake-quant twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
         get_method(method, model)  # raises the one-line refusal
@@ -132,8 +163,7 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
         return method, "onnx", None
     runtime = model_runtime(model)
     if runtime in m.runtimes:
-        note = f"{method} needs gradients; ran on the artifact's fake-quant PyTorch twin" if runtime == "fake-quant" else None
-        return method, runtime, note
+        return method, runtime, _twin_note(method, model, runtime)
     if runtime == "onnx" and ROUTE_BLACK_BOX in METHODS.names(model):
         return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this int8 ONNX model has none (no fake-quant "
                                          f"twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
@@ -310,17 +340,19 @@ def _attribute(model, inputs, target, method, *, baseline, background, seed, bat
         raise ToolkitError(f"inputs have shape {tuple(x.shape[1:])} per sample, the model takes {tuple(model.spec.input_shape)}")
     if len(x) == 0:
         raise ToolkitError("no inputs to explain")
+    shape = tuple(model.spec.input_shape)
     if baseline is None:
         base, name = baseline_for(model.spec)
     else:
-        base = np.asarray(baseline, np.float32).reshape(model.spec.input_shape)
-        name = baseline_name or "given baseline"
-    bg = base[None] if background is None else np.asarray(background, np.float32)
+        base = _numbers(baseline, "baseline", f"one input {shape}")
+        if base.size != int(np.prod(shape)):
+            raise ToolkitError(f"baseline has shape {base.shape}; expected one input {shape}")
+        base, name = base.reshape(shape), baseline_name or "given baseline"
+    bg = base[None] if background is None else _numbers(background, "background", f"(samples, *{shape})")
+    if bg.ndim != len(shape) + 1 or tuple(bg.shape[1:]) != shape or not len(bg):
+        raise ToolkitError(f"background has shape {bg.shape}; expected (samples, *{shape}), at least one sample")
     ctx = Context(model, runtime, base, bg, seed, batch_size)
-    if target is None:
-        targets = ctx.forward_numpy(x).argmax(1)
-    else:
-        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
+    targets = ctx.forward_numpy(x).argmax(1) if target is None else _targets(target, len(x))
     if targets.min() < 0 or targets.max() >= model.spec.num_classes:
         raise ToolkitError(f"target out of range: the model has {model.spec.num_classes} classes")
     entry = get_method(ran)
@@ -344,6 +376,26 @@ def _attribute(model, inputs, target, method, *, baseline, background, seed, bat
                        np.asarray(reference, np.float64), np.concatenate(deltas) if deltas else None, note, seconds,
                        baseline_name=name)
     return _with_estimate(attr, extras)
+
+
+def _numbers(value, name: str, expected: str) -> np.ndarray:
+    """`value` as float32, or one ToolkitError naming the argument (a string, a ragged list)."""
+    try:
+        return np.asarray(value, np.float32)
+    except (TypeError, ValueError):
+        raise ToolkitError(f"{name} must be numbers shaped {expected}") from None
+
+
+def _targets(target, n: int) -> np.ndarray:
+    """One class index, or one per sample, as (n,) int64; a ToolkitError for another length or a value that is
+    not a whole number (1.7 was explained as class 1 without a word)."""
+    values = np.asarray(target)
+    if values.ndim > 1 or (values.ndim == 1 and len(values) != n):
+        raise ToolkitError(f"target has shape {values.shape}; expected one class index or one per sample ({n},)")
+    if values.dtype.kind not in "iu" and not (values.dtype.kind == "f" and np.all(np.isfinite(values))
+                                              and np.all(values == np.round(values))):
+        raise ToolkitError(f"target must be whole class indices, not {target!r}")
+    return np.broadcast_to(values.astype(np.int64), (n,)).copy()
 
 
 ESTIMATE_FIELDS = ("standard_error", "error_bound", "error_dof", "converged", "steps")

@@ -28,15 +28,24 @@ def element_names(spec) -> list[str]:
     return [f"r{r}c{c}" for r in range(shape[1]) for c in range(shape[2])]
 
 
-def global_importance(spec, values: np.ndarray, grouped: bool = True) -> dict[str, float]:
+def global_importance(spec, values: np.ndarray, grouped: bool = True,
+                      whole_columns: bool = False) -> dict[str, float | None]:
     """Mean |attribution| per feature (tabular), per time step (signals) or per pixel (images), over channels.
 
     For a model trained on a table, `grouped` gives the user's columns: the attributions of a column's
     encoded inputs (one-hot levels, missing indicator) are summed per sample first, then averaged in size.
+    `whole_columns`: the method weighs a column as a whole and spreads the weight evenly over its encoded
+    inputs (lime), so in the ungrouped view those inputs get None: an even share is no per-level importance.
     """
     table = (getattr(spec, "preprocessing", None) or {}).get("table")
     if grouped and table and spec.layout == "features":
         return _grouped(table["groups"], element_names(spec), values.reshape(len(values), -1))
+    if whole_columns and table and spec.layout == "features":
+        names = element_names(spec)
+        columns = [table["groups"].get(n, n) for n in names]
+        shared = {c for c in columns if columns.count(c) > 1}
+        plain = global_importance(spec, values, grouped=False)
+        return {n: None if c in shared else plain[n] for n, c in zip(names, columns)}
     a = np.abs(values)
     if a.ndim == 3:          # (N, C, L): sum over channels
         a = a.sum(1)

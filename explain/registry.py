@@ -10,6 +10,7 @@ and every call is checked against them. This module imports no method module: me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from trainers.registry import Entry, Registry
 
@@ -31,6 +32,10 @@ class Explainer(Entry):
             explains, or a tuple of families.
         needs_background: its reference is a background set of training samples, not the training mean.
         default: in `default_methods(model)`: True for every model it explains, or a tuple of families.
+        whole_columns: weighs a table's column as a whole, its weight spread evenly over the column's encoded
+            inputs, so it gives no importance per one-hot level (None in `global_importance_encoded`). Set on
+            the entry by its module (`lime`), not a registration field, so the docs' capability table keeps
+            its columns.
     """
 
     runtimes: tuple[str, ...] = ("torch", "fake-quant")
@@ -39,6 +44,7 @@ class Explainer(Entry):
     axiom: bool | tuple[str, ...] = False
     needs_background: bool = False
     default: bool | tuple[str, ...] = False
+    whole_columns: ClassVar[bool] = False
 
     def holds_axiom(self, target) -> bool:
         """Completeness should hold on `target` (a family name or a model)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from .options import ExplainOptions, Samples
 from .registry import default_methods, get_method
 
 QUALITY_SAMPLES = 16      # sanity check and noise floor re-run the method on this many samples
+NEAR_CHANCE_SKILL = 0.1   # accuracy less than this share of the way from chance to 1: the model learned ~nothing
 BACKGROUND_SAMPLES = 32   # training samples for the methods that declare needs_background
 
 
@@ -273,10 +275,19 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
     # a user's model records no training mean of its own: the data's training rows give it
     reference, reference_name = baseline_for(spec, bundle.x_train)
 
+    ran_before: dict = {}    # method that ran -> its attribution of the original
+
     def original_attr(method):
+        """The original's attribution for `method`; requests routed to a method that already ran (three gradient
+        methods on an ONNX graph all run shapley, with no options passed on) share its one run."""
         if ("original", method) not in attributions:
-            attributions[("original", method)] = attribute(original, x, None, method, background=background, seed=seed,
-                                                           baseline=reference, baseline_name=reference_name)
+            ran, _, note = resolve(method, original)
+            if ran in ran_before:
+                attr = dataclasses.replace(ran_before[ran], requested=method, routed=note)
+            else:
+                attr = attribute(original, x, None, method, background=background, seed=seed, baseline=reference,
+                                 baseline_name=reference_name)
+            attributions[("original", method)] = ran_before[ran] = attr
         return attributions[("original", method)]
 
     routed_quality: dict = {}
@@ -289,6 +300,10 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
                                             background=background, baseline=reference)
         return routed_quality[method]
 
+    acc_original = accuracy(original, bundle.x_test, bundle.y_test)
+    chance = chance_note(acc_original, bundle.y_test)
+    if chance:
+        summary["flags"].append(chance)
     step = 0
     for method in methods:
         step += 1
@@ -296,20 +311,27 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         attr = original_attr(method)
         summary["runs"].append({"model": "original", **attr.summary(), "baseline": _baseline_name(attr),
                                 "target": "predicted class"})
-        summary["global_importance"][method] = plots.global_importance(spec, attr.values)
+        # importance, quality and figures are the method's that ran (a routed request's under its replacement),
+        # once however many requests it answers; `runs` says which request ran what
+        ran = attr.method
+        if ran in summary["quality"]:
+            continue
+        summary["global_importance"][ran] = plots.global_importance(spec, attr.values)
         if spec.preprocessing.get("table"):  # the view of the encoded inputs stays available
             encoded = summary["global_importance_encoded"] or {}
-            encoded[method] = plots.global_importance(spec, attr.values, grouped=False)
+            encoded[ran] = plots.global_importance(spec, attr.values, grouped=False,
+                                                   whole_columns=get_method(ran).whole_columns)
             summary["global_importance_encoded"] = encoded
         quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background,
                          baseline=reference)
-        summary["quality"][method] = quality
+        if chance:   # no check above reads the accuracy: a map of a model that learned nothing can pass them all
+            quality["verdicts"].append(chance)
+        summary["quality"][ran] = quality
         if quality["flagged"]:
-            summary["flags"].append(f"{method}: " + "; ".join(v for v in quality["verdicts"] if "FAIL" in v))
+            summary["flags"].append(f"{ran}: " + "; ".join(v for v in quality["verdicts"] if "FAIL" in v))
         if fig_dir is not None:
-            summary["figures"].update(plots.views(spec, x, y, attr.values, method, fig_dir, targets=attr.targets))
+            summary["figures"].update(plots.views(spec, x, y, attr.values, ran, fig_dir, targets=attr.targets))
 
-    acc_original = accuracy(original, bundle.x_test, bundle.y_test)
     from trainers.artifact import predict
 
     for name, variant in variants:
@@ -349,6 +371,21 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         summary["figures"]["drift: top-k overlap vs floors"] = "figures/" + plots.save(
             plots.drift_chart(summary["drift"]["rows"]), fig_dir / "drift.png")
     return ExplainResult(_clean(summary), attributions)
+
+
+def chance_note(acc: float, y_test) -> str | None:
+    """A sentence when the test accuracy is near chance (the share of the most frequent test class): less than
+    `NEAR_CHANCE_SKILL` of the way from there to 1. Its explanations describe a model that learned nothing, and
+    the sanity check cannot say so (a CNN trained on shuffled digit labels, accuracy 0.100, looks like a
+    re-initialised one, as any model may); None otherwise."""
+    y = np.asarray(y_test)
+    if not len(y) or not np.isfinite(acc):
+        return None
+    chance = float(np.bincount(y.astype(np.int64)).max() / len(y))
+    if chance >= 1 or (acc - chance) / (1 - chance) >= NEAR_CHANCE_SKILL:
+        return None
+    return (f"the model's test accuracy {acc:.3f} is near chance ({chance:.3f}, always the most frequent class): "
+            "its explanations describe a model that learned nothing")
 
 
 def _baseline_name(attr) -> str:

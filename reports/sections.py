@@ -418,7 +418,8 @@ def explanation(run: Run) -> dict | None:
                 "scores": _scores(q),
                 "sanity": q.sanity.verdict if getattr(q, "sanity", None) else None}
                for method, q in result.quality.items()]
-    encoded = [{"method": m, "top": _top_inputs(v)[:10]}
+    # None: a method that weighs a column as a whole (lime) gives its one-hot levels no importance of their own
+    encoded = [{"method": m, "top": _top_inputs(v)[:10], "whole_columns": sorted(n for n, x in v.items() if x is None)}
                for m, v in (getattr(result, "global_importance_encoded", None) or {}).items()]
     return {
         "methods": result.methods,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def quick_fit(bundle, family: str, arch: dict, steps: int = 100, seed: int = 0) 
                      class_names=bundle.class_names, feature_names=bundle.feature_names,
                      preprocessing={"mean": bundle.mean.tolist(), "std": bundle.std.tolist()})
     return LoadedModel(module=module, spec=spec)
+
+
+def onnx_bytes_of(module: torch.nn.Module, input_shape) -> bytes:
+    buf = io.BytesIO()
+    torch.onnx.export(module, torch.zeros(2, *input_shape), buf, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    return buf.getvalue()
 
 
 def make_int8_onnx(model: LoadedModel, out: Path, twin: bool = False) -> Path:
@@ -206,6 +214,28 @@ def test_int8_onnx_gradient_methods_route_to_black_box(artifacts, digits):
     assert explain.attribute(twin, x, None, "shapley").runtime == "onnx"
 
 
+def test_an_fp32_onnx_variant_s_gradients_run_on_its_twin_as_torch_not_fake_quant(models, digits, tmp_path):
+    """Nothing of an onnx-fp32 variant is quantized: its twin is the fp32 module, and its runs say "torch"."""
+    mlp = models["mlp"]
+    spec = ModelSpec.from_dict({**mlp.spec.to_dict(), "runtime": "onnxruntime", "onnx": {"file": "model.onnx"}})
+    (tmp_path / "fp32").mkdir()
+    write_artifact(tmp_path / "fp32", mlp.module, spec, onnx_bytes=onnx_bytes_of(mlp.module, mlp.spec.input_shape))
+    attr = explain.attribute(load_model(tmp_path / "fp32"), digits.x_test[:2], None, "integrated_gradients")
+    assert attr.method == "integrated_gradients" and attr.runtime == "torch"
+    assert "fake-quant" not in attr.routed and "not quantized" in attr.routed
+
+
+def test_gradcam_of_a_graph_without_convolutions_is_refused_as_for_its_module(models, digits):
+    """Routing to shapley stands in for missing gradients only; Grad-CAM has no convolution to read either way."""
+    mlp = models["mlp"]
+    graph = onnx_bytes_of(mlp.module, mlp.spec.input_shape)
+    x = digits.x_test[:2]
+    for model in (mlp.module, graph):
+        with pytest.raises(ToolkitError, match="Grad-CAM needs a convolutional layer"):
+            explain.attribute(model, x, None, "layer_gradcam")
+    assert explain.attribute(graph, x, None, "integrated_gradients").method == "shapley"
+
+
 def test_explain_model_reports_drift_of_an_int8_variant(artifacts, digits, tmp_path):
     out = tmp_path / "run"
     result = explain.explain_model(artifacts["mlp"], digits, methods=["shapley", "integrated_gradients"],
@@ -282,6 +312,41 @@ def test_refusals_and_bad_input(artifacts, digits, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": [0, 1]}, r"target has shape \(2,\); expected one class index or one per sample \(6,\)"),
+    ({"target": 1.7}, "target must be whole class indices"),
+    ({"target": "1"}, "target must be whole class indices"),
+    ({"baseline": np.zeros(5)}, r"baseline has shape \(5,\); expected one input \(1, 8, 8\)"),
+    ({"method": "gradient_shap", "background": np.zeros((4, 5))},
+     r"background has shape \(4, 5\); expected \(samples, \*\(1, 8, 8\)\)"),
+    ({"method": "gradient_shap", "background": np.zeros((0, 1, 8, 8))}, "at least one sample"),
+])
+def test_attribute_refuses_a_bad_target_baseline_or_background_naming_it(models, digits, kwargs, message):
+    """From Python these were a numpy broadcast error, a reshape error, Captum's AssertionError, or (1.7) class 1
+    explained without a word."""
+    kwargs = {"method": "saliency", **kwargs}
+    with pytest.raises(ToolkitError, match=message):
+        explain.attribute(models["mlp"], digits.x_test[:6], kwargs.pop("target", None), **kwargs)
+    explain.attribute(models["mlp"], digits.x_test[:6], 1.0, "saliency")       # a whole number is a class index
+
+
+def test_a_variant_with_other_class_names_is_refused_naming_them(models):
+    """Ten names against ten: the refusal names the ones that differ (shortened), not two equal counts."""
+    model = models["mlp"]
+
+    def named(names):
+        return LoadedModel(model.module, ModelSpec.from_dict({**model.spec.to_dict(), "class_names": names}))
+
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    with pytest.raises(ToolkitError) as refused:
+        check_comparable(named([str(i) for i in range(10)]), named(words), "dgn")
+    message = str(refused.value)
+    assert "'zero'" in message and "'0'" in message and "in 10 of 10 names" in message
+    assert "and 6 more" in message and "'nine'" not in message                      # shortened
+    with pytest.raises(ToolkitError, match=r"its 10 classes .* the original's 3 \('a', 'b', 'c'\)"):
+        check_comparable(named(["a", "b", "c"]), named(words))
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -301,6 +366,28 @@ def test_cli_explain_writes_run_dir_and_json(artifacts, tmp_path, capsys):
     assert summary["methods"] == ["shapley", "deeplift"] and summary["samples"] == 8
     assert json.loads((out / "result.json").read_text())["drift"]["rows"][0]["variant"] == "mlp-int8"
     assert "drift mlp-int8" in captured.err
+
+
+def test_cli_says_which_requests_ran_another_method_and_checks_that_run_once(artifacts, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Two gradient methods on an int8 graph without a twin both run shapley: the terminal says so for each, and
+    shapley's figures appear (and its checks run) once, under its own name, not under the names requested."""
+    import explain.quality as quality_module
+
+    real, assessed = quality_module.assess, []
+    monkeypatch.setattr(quality_module, "assess", lambda model, x, attr, **kw: assessed.append(attr.method)
+                        or real(model, x, attr, **kw))
+    code = run_cli("explain", artifacts["mlp-int8"], "--data", "digits", "--method", "integrated_gradients",
+                   "--method", "saliency", "--samples", "4", "--out", tmp_path / "e", "--json")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    for method in ("integrated_gradients", "saliency"):
+        assert re.search(rf"^{method}: ran shapley instead \(.*no PyTorch module", captured.err, re.M), captured.err
+        assert not re.search(rf"^{method}: estimated error", captured.err, re.M)
+    assert assessed == ["shapley"] and set(summary["quality"]) == set(summary["global_importance"]) == {"shapley"}
+    assert [(r["method"], r["ran"]) for r in summary["runs"]] == [("integrated_gradients", "shapley"),
+                                                                  ("saliency", "shapley")]
 
 
 @pytest.mark.parametrize("args, message", [

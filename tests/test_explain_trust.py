@@ -196,9 +196,12 @@ def _figures(trained, floor=None, reference=(-0.3, -0.4, -0.2)):
 
 
 SYNTHETIC = {   # verdict: figures that must give it
-    "separated": [_figures((0.1, 0.05, 0.15)), _figures((0.4, 0.3, 0.5), (0.3, 0.15, 0.45))],
+    "separated": [_figures((0.4, 0.3, 0.5), (0.3, 0.15, 0.45)), _figures((0.1, 0.05, 0.15), (0.3, 0.15, 0.45))],
+    # a low statistic separates nothing when the floor is as low (the audit's CNN trained on shuffled labels:
+    # -0.014 against a floor of -0.013), nor without a floor to read it against
     "inconclusive": [_figures((0.4, 0.3, 0.5), (0.1, -0.05, 0.25)), _figures((0.2, 0.1, 0.3), (0.0, -0.1, 0.08)),
-                     _figures((0.3, 0.1, 0.5))],
+                     _figures((0.3, 0.1, 0.5)), _figures((-0.014, -0.172, 0.171), (0.001, -0.178, 0.192)),
+                     _figures((0.02, -0.03, 0.07), (0.0, -0.05, 0.05)), _figures((0.1, 0.05, 0.15))],
     "not separated": [_figures((0.4, 0.3, 0.5), (0.0, -0.1, 0.08)), _figures((0.4, 0.3, 0.5))],
     "input-only": [_figures((0.4, 0.3, 0.5), (0.0, -0.1, 0.08), reference=(0.2, 0.1, 0.3))],
 }
@@ -237,12 +240,12 @@ def assert_reason_follows_its_rule(verdict: str, reason: str):
         assert {"below": hi < limit, "not below": lo >= limit, "not surely below": hi >= limit,
                 "an interval that straddles": lo < limit <= hi}[word]
         stated += 1
-    if verdict == "separated":
-        assert (floor and floor.group(6) == "above") or (trained and trained.group(4) == "below"), reason
+    if verdict == "separated":      # only a floor surely above the trained statistic separates
+        assert floor and floor.group(6) == "above", reason
     if verdict == "not separated":
         assert (floor is None or floor.group(6) == "below") and trained.group(4) == "not below", reason
     if verdict == "inconclusive":
-        assert "straddles" in reason, reason
+        assert "straddles" in reason or trained.group(4) == "below", reason
     if verdict == "input-only":
         lo = float(re.search(rf"difference {NUMBER} \(95% interval {NUMBER} to", reason).group(2))
         assert lo > 0, reason
@@ -259,6 +262,21 @@ def test_every_sanity_reason_states_numbers_that_satisfy_its_rule(trained):
     for method in ("saliency", "integrated_gradients"):
         check = cascading_randomization(model, x, explain.attribute(model, x, None, method))
         assert_reason_follows_its_rule(check["verdict"], check["reason"])
+
+
+def test_a_model_at_chance_accuracy_is_said_to_have_learned_nothing(trained):
+    """The sanity check cannot tell a model trained on shuffled labels from a re-initialised one (nor, where the
+    floor is ~0, a well-trained one): the verdicts say when the accuracy is near chance, the trained model's not."""
+    model, bundle = trained
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 12)).astype(np.float32)
+    noise = load_data((x, rng.integers(0, 3, 600)), seed=0)          # labels unrelated to the inputs
+    at_chance = fit_mlp(noise, 0, [], steps=60)
+    result = explain.explain_model(at_chance, noise, methods=["saliency"], samples=4).to_dict()
+    assert any("near chance" in v and "learned nothing" in v for v in result["quality"]["saliency"]["verdicts"])
+    assert any("near chance" in flag for flag in result["flags"])
+    result = explain.explain_model(model, bundle, methods=["saliency"], samples=4).to_dict()
+    assert not any("near chance" in v for v in result["quality"]["saliency"]["verdicts"] + result["flags"])
 
 
 def sparse_input_data(seed: int = 0, n: int = 600, d: int = 8):
@@ -330,6 +348,18 @@ def test_methods_that_agree_on_a_linear_model_get_the_same_sanity_verdict():
     assert ig["verdict"] == kernel["verdict"], (ig["reason"], kernel["reason"])
     assert kernel["seeds"] == pytest.approx(ig["seeds"], abs=1e-3)
     assert kernel["floor"] == pytest.approx(ig["floor"], abs=1e-3)
+
+
+def test_lime_s_default_estimate_is_not_shrunk_against_a_high_sample_one(trained):
+    """A fixed ridge alpha of 1 shrank each replicate of 64 perturbations alike (norm 0.93x a 16,000-sample
+    estimate's on this model, the stated 95% bound covering none of 8 samples); the spread of the replicates
+    cannot see a bias they share. A penalty in proportion to the samples keeps the default estimate unbiased."""
+    model, bundle = trained
+    x = bundle.x_test[:4]
+    reference = explain.attribute(model, x, None, "lime", n_samples=2048, seed=99).values.reshape(4, -1)
+    default = explain.attribute(model, x, None, "lime", seed=0).values.reshape(4, -1)
+    ratio = np.linalg.norm(default, axis=1) / np.linalg.norm(reference, axis=1)
+    assert 0.97 < np.median(ratio) < 1.03, ratio
 
 
 # ---------------------------------------------------------------- infidelity

@@ -224,13 +224,19 @@ def test_explanations_group_a_text_column_back_to_the_users_column(tmp_path):
     train(frame, "mlp", TrainConfig(epochs=2, model={"hidden": [16]}), target="label", out=tmp_path / "train",
           progress=False)
     model = load_model(tmp_path / "train")
-    explain_model(model, frame, methods=["saliency"], samples=8, out=tmp_path / "explain")
+    explain_model(model, frame, methods=["saliency", "lime"], samples=8, out=tmp_path / "explain")
     result = read_result(tmp_path / "explain" / "result.json", "explain")
     assert result.schema_version >= 2  # grouped importance came with version 2
     assert list(result.global_importance["saliency"]) == ["a", "b", "colour"]
     encoded = result.global_importance_encoded["saliency"]
     assert list(encoded) == model.spec.feature_names == ["a", "a_missing", "b", "colour=blue", "colour=green",
                                                          "colour=red"]
+    assert all(isinstance(v, float) for v in encoded.values())
+    # lime weighs a column as a whole and spreads it evenly over its inputs: no per-level figure, one for b
+    lime = result.global_importance_encoded["lime"]
+    assert list(lime) == list(encoded) and lime["b"] is not None
+    assert all(v is None for name, v in lime.items() if name != "b")
+    assert set(result.global_importance["lime"]) == {"a", "b", "colour"}
     # The grouped value is the size of the per-sample sum of the column's encoded attributions.
     values = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
     grouped = global_importance(model.spec, values)
@@ -240,6 +246,7 @@ def test_explanations_group_a_text_column_back_to_the_users_column(tmp_path):
     assert np.isclose(grouped["b"], np.abs(values[:, 2]).mean())
     html = render_report(tmp_path / "explain").read_text(encoding="utf-8")
     assert "colour=red" in html and "encoded inputs" in html
+    assert "5 inputs of multi-input columns left out: lime weighs a column as a whole" in html
     html = render_report(tmp_path / "train").read_text(encoding="utf-8")
     assert "<h3>Columns</h3>" in html and "one-hot" in html and "median/mode + indicator" in html
 
