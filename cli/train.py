@@ -65,6 +65,7 @@ def train_command(
     On 4 GPUs: toolkit train digits --model cnn --nproc-per-node 4 (or the plain command under torchrun).
     """
     from trainers import TrainConfig, TrainingInterrupted, default_run_dir, train
+    from trainers.distributed import env_context
     from trainers.errors import ToolkitError, interrupt_code
     from trainers.options import parse
     from trainers.tables import TableOptions
@@ -91,11 +92,8 @@ def train_command(
                            table=TableOptions.of(target, keep, drop, sep), tracker=track, progress=progress)
         except TrainingInterrupted as stop:  # the best model so far is kept: say where, then exit 130/143
             result = stop.result
-    if result.processes > 1:
-        from trainers.distributed import env_context
-
-        if not env_context().is_main:
-            return  # rank 0 reports for the whole job
+    if result.processes > 1 and not env_context().is_main:
+        return  # rank 0 reports for the whole job
     m = result.metrics
     if as_json:
         emit_json(result.to_dict())
