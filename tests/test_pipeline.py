@@ -255,6 +255,22 @@ def test_stage_failure_still_writes_the_report(tmp_path, monkeypatch, capsys, er
     assert captured.out.strip() == str(out / "report.html")
 
 
+@pytest.mark.parametrize("config", ['[train]\ndevice = "cuda"\n', '[compress]\ndevice = "cuda"\n'])
+def test_a_gpu_that_is_not_here_is_refused_before_any_work(tmp_path, monkeypatch, capsys, config):
+    """As `toolkit train --device cuda` and `toolkit compress --device cuda` refuse it: one line, exit 2, before
+    the training (a compress device must not wait for it) and before the run directory exists."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(pipeline_module, "_train", lambda *args: pytest.fail("trained before the device check"))
+    (tmp_path / "c.toml").write_text(config)
+    out = tmp_path / "run"
+    assert main(["pipeline", "iris", "--model", "mlp", "--config", str(tmp_path / "c.toml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda: no CUDA GPU is available here" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
 def test_report_path_from_config_stays_inside_run_dir(tmp_path, train_only):
     config = tmp_path / "c.toml"
     config.write_text('[report]\nout = "html/summary.html"\n[train]\nepochs = 2\n')
