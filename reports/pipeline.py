@@ -365,6 +365,7 @@ def _report(result: PipelineResult, name: str) -> Path:
     except KeyboardInterrupt:
         result.status["stages"][-1].update(status="interrupted", reason=_signal_name(),
                                            seconds=round(time.perf_counter() - tick, 3))
+        result.status["status"] = "interrupted"  # not "done": the run has no report (its errors list keeps a failure)
         _write_status(result.run_dir, result.status)
         raise PipelineInterrupted(f"during the report, after every stage finished: the new run is in "
                                   f"{result.run_dir}; `toolkit report {result.run_dir}` renders it") from None

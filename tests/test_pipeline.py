@@ -227,6 +227,7 @@ def test_ctrl_c_during_the_report_records_it_and_says_where_the_run_is(tmp_path,
     status = json.loads((out / "pipeline.json").read_text())
     stage = status["stages"][-1]
     assert stage.pop("seconds") >= 0 and stage == {"name": "report", "status": "interrupted", "reason": "Ctrl-C"}
+    assert status["status"] == "interrupted"  # not "done": the run has no report
     assert not (out / "report.html").exists()
 
 
