@@ -254,6 +254,12 @@ def test_stage_failure_still_writes_the_report(tmp_path, monkeypatch, capsys, er
     captured = capsys.readouterr()
     assert "error: compress stage failed: " in captured.err and str(error) in captured.err
     assert captured.out.strip() == str(out / "report.html")
+    # --json: pipeline.json's keys, and the error and exit code every command's failure prints
+    assert main(["pipeline", "iris", "--model", "mlp", "--epochs", "2", "--out", str(out), "--overwrite",
+                 "--json"]) == code
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["exit_code"] == code and printed["error"].startswith("compress stage failed: ")
+    assert printed["status"] == "failed" and printed["report"] == str(out / "report.html")
 
 
 @pytest.mark.parametrize("config", ['[train]\ndevice = "cuda"\n', '[compress]\ndevice = "cuda"\n'])
