@@ -176,6 +176,25 @@ def test_json_on_failure_is_one_error_object_on_stdout(args):
     assert result.stderr.strip() == f"error: {error['error']}"
 
 
+@pytest.mark.parametrize("args", [
+    ("train", "iris", "--model", "mlp", "--json", "--nope"),       # an unknown option
+    ("train", "iris", "--model", "mlp", "--json", "--epochs", "x"),  # a value of the wrong type
+    ("train", "iris", "--json"),                                     # a missing required option
+    ("--progress", "bogus", "train", "iris", "--model", "mlp", "--json"),  # a bad global option
+    ("env", "--json", "--bad"),
+])
+def test_json_on_a_usage_error_is_one_error_object_on_stdout(args, capsys):
+    """The errors click finds while parsing keep --json's promise too, as those found after it."""
+    from cli.main import main
+
+    assert main(list(args)) == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)
+    assert set(error) == {"error", "exit_code"} and error["exit_code"] == 2
+    assert captured.err == f"error: {error['error']}\n"
+    assert main([a for a in args if a != "--json"]) == 2 and capsys.readouterr().out == ""  # no --json: stderr only
+
+
 def test_predict_reads_a_npy_memory_mapped_and_agrees_with_trainers_predict(runs, tmp_path):
     """A .npy is memory-mapped, as train reads it: rows reach the model batch by batch, not loaded whole."""
     from trainers.inference import read_rows
