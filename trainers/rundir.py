@@ -2,7 +2,7 @@
 
 A run killed half-way leaves only the `.partial` directory (which `--resume`
 picks up); the previous contents of `<out>`, if any, stay intact until the new
-run is complete.
+run is complete. An existing empty `<out>` is filled in place instead of replaced (`fileio.fill_directory`).
 
 The toolkit deletes or replaces only what it can prove it wrote: every run directory carries a marker
 file (`.toolkit-run.json`, with the run's kind), and a directory without one is never replaced, whatever
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import ToolkitError
-from .fileio import atomic_write_json, commit_directory, ensure_writable_parent, interrupts_deferred, read_json
+from .fileio import (atomic_write_json, commit_directory, ensure_writable_parent, fill_directory, interrupts_deferred,
+                     read_json)
 
 MARKER = ".toolkit-run.json"
 CHECKPOINT = "checkpoint.pt"
@@ -135,6 +136,7 @@ class RunDir:
         self._acquire()
         try:
             self._restore_hidden_previous()
+            self._finish_filling()
             self._check_final(overwrite, resume)
             self._prepare_resume() if resume else self._prepare_staging(overwrite)
         except BaseException:
@@ -169,6 +171,20 @@ class RunDir:
         for leftover in hidden:
             shutil.rmtree(leftover, ignore_errors=True)
 
+    def _finish_filling(self) -> None:
+        """Finish a commit into an existing empty directory that a SIGKILL cut short (`fileio.fill_directory`):
+        `final` holds part of the run and no marker, the staging directory the rest, with the marker that lists
+        every file of the run (written just before the commit)."""
+        if not self.staging.is_dir() or not self.final.is_dir() or (self.final / MARKER).exists():
+            return
+        try:
+            listed = read_json(self.staging / MARKER, "run marker").get("files")
+        except ToolkitError:
+            return
+        present = {p.relative_to(self.final).as_posix() for p in self.final.rglob("*") if p.is_file() or p.is_symlink()}
+        if isinstance(listed, list) and present and present <= {*map(str, listed), f".{MARKER}.moving"}:
+            fill_directory(self.staging, self.final, MARKER)
+
     def _check_final(self, overwrite: bool, resume: bool) -> None:
         if not (self.final.is_dir() and any(self.final.iterdir())):
             return
@@ -176,6 +192,9 @@ class RunDir:
             raise ToolkitError(f"output directory {self.final} already exists and was not written by the toolkit "
                                f"(no {MARKER}): it is never replaced; choose another --out")
         if resume or overwrite:
+            if os.path.ismount(self.final):  # its previous run cannot be renamed aside: refused before any work
+                raise ToolkitError(f"output directory {self.final} is a mount point holding a previous run, which "
+                                   "cannot be replaced in one step: empty it, or give a directory inside it")
             foreign = foreign_files(self.final) if overwrite and not resume else []
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -240,7 +259,11 @@ class RunDir:
         atomic_write_json(self.staging / MARKER, {**marker, "files": files})  # what --overwrite may replace later
         try:
             with interrupts_deferred():
-                commit_directory(self.staging, self.final)
+                commit_directory(self.staging, self.final, last=MARKER)
+        except OSError as exc:  # the run itself is whole: kept where it was made, and said so in one line
+            self.keep_on_error = True
+            raise ToolkitError(f"cannot move the finished run into {self.final}: {exc.strerror or exc}; it is kept "
+                               f"in {self.staging}") from None
         finally:
             self._release()
         return self.final
