@@ -236,7 +236,7 @@ def memory_refusal(exc: BaseException) -> str | None:
 def describe(exc: BaseException) -> tuple[str, int]:
     """An error as (one line, exit code): 2 for bad input, including inputs too large or too deeply nested
     (MemoryError, RecursionError, OverflowError, a buffer ONNX Runtime refused: `memory_refusal`), a full disk,
-    1 with the error's type for anything else (a bug)."""
+    a path whose name is too long, 1 with the error's type for anything else (a bug)."""
     if isinstance(exc, ToolkitError):
         return parse_failure(exc), 2
     refused = memory_refusal(exc)
@@ -245,6 +245,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL:  # the disk, not the toolkit: nothing half-written
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot write{where}: {os.strerror(exc.errno)}", 2
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # pathlib raises it from exists() (Python 3.11)
+        return f"path too long: {shown(exc.filename or '', 120)} (a file or folder name longer than the file system allows, 255 bytes on most)", 2
     if isinstance(exc, (MemoryError, RecursionError, OverflowError)):
         return f"an input is too large or nested too deeply: {parse_failure(exc)} ({type(exc).__name__})", 2
     return f"unexpected error ({type(exc).__name__}): {parse_failure(exc)}", 1
