@@ -13,6 +13,7 @@ per run directory (`.<name>.lock` beside it, `filelock`) refuses a second run in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import re
@@ -110,6 +111,37 @@ def refuse_inputs(final: Path, inputs: Iterable) -> None:
             raise ToolkitError(f"output directory {final} is inside the input {item}: choose another --out")
 
 
+def lock_path(final: Path) -> Path:
+    """The lock of the run directory `final`: `.<name>.lock` beside it (`RunDir`, `reading_run`)."""
+    return final.with_name(f".{final.name}.lock")
+
+
+@contextlib.contextmanager
+def reading_run(run_dir: str | Path):
+    """Hold the lock a run writing `run_dir` holds (`RunDir`) while `toolkit report` reads and writes there: a
+    report rendered during a commit read a directory being renamed aside ("No such file"). Refused in one line
+    while a run holds it; `X.partial` counts as its run `X`. Where the lock cannot be made (a read-only place,
+    which no run is writing either) the block runs without it."""
+    from filelock import FileLock, Timeout
+
+    final = Path(run_dir).resolve()
+    if final.name.endswith(".partial"):
+        final = final.with_name(final.name[:-len(".partial")])
+    lock = FileLock(lock_path(final), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ToolkitError(f"another toolkit run is writing {final} right now: wait for it to finish") from None
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        Path(lock.lock_file).unlink(missing_ok=True)  # as RunDir._release: a waiter sees an unlinked file, retries
+        lock.release()
+
+
 class RunDir:
     """One stage's output directory, written in a staging copy until `commit()`.
 
@@ -146,7 +178,7 @@ class RunDir:
     def _acquire(self) -> None:
         from filelock import FileLock, Timeout
 
-        lock = FileLock(self.final.with_name(f".{self.final.name}.lock"), timeout=0)
+        lock = FileLock(lock_path(self.final), timeout=0)
         try:
             lock.acquire()
         except Timeout:
