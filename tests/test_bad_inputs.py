@@ -386,6 +386,8 @@ CASES: dict[str, dict[str, Case]] = {
         "--lr nan": Case(lambda c: ["iris", "--model", "mlp", "--lr", "nan"], "lr: input should be a finite number"),
         "--arch not an object": Case(lambda c: ["iris", "--model", "mlp", "--arch", "[64]"], "--arch"),
         "--epochs not a number": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "many"], "--epochs"),
+        "--epochs beyond a million": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "9" * 23],
+                                          "epochs: input should be less than or equal to 1000000"),
         "out exists": Case(lambda c: (c.existing_out(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "--overwrite"),
         "out is a file": Case(lambda c: (c.out_is_file(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "not a directory"),
         "out under a file": Case(lambda c: (c.out_under_file(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "out"),
