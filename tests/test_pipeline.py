@@ -69,6 +69,15 @@ def test_config_file_then_command_line(tmp_path, name, text):
     assert cfg.train.lr == 0.5 and cfg.train.epochs == 7 and cfg.compress.methods == ["fp16"] and cfg.target == "label"
 
 
+@pytest.mark.parametrize("name, text", [("c.toml", "[train]\nepochs = 7\n"), ("c.yaml", "train:\n  epochs: 7\n"),
+                                        ("c.json", '{"train": {"epochs": 7}}')])
+def test_a_config_file_saved_with_a_utf8_bom_is_read(tmp_path, name, text):
+    """Windows Notepad saves UTF-8 with a byte-order mark; TOML and JSON refused it at line 1, column 1."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert resolve_config(path).train.epochs == 7
+
+
 def test_resolved_config_round_trips_and_arch_is_the_models_options():
     cfg = resolve_config({"train": {"arch": {"hidden": [8]}, "epochs": 2}})
     assert cfg.train.model == {"hidden": [8]}
