@@ -15,18 +15,44 @@ def _flags_without_type(params: list) -> list:
     return params
 
 
+def _once_each(parser, ctx):
+    """`parser` refusing an option of one value given twice: click keeps the last (`--model mlp --model cnn`
+    trained a cnn without a word), where a slip is the likelier reading. Repeatable options are `multiple`."""
+    parse = parser.parse_args
+
+    def parse_args(args):
+        opts, rest, order = parse(args)
+        seen = set()
+        for param in order:  # each option in the order given, once per time it was given
+            if getattr(param, "multiple", True) or getattr(param, "is_flag", False) or getattr(param, "count", False):
+                continue
+            if param.name in seen:
+                ctx.fail(f"option {param.opts[0]} is given more than once; it takes one value")
+            seen.add(param.name)
+        return opts, rest, order
+
+    parser.parse_args = parse_args
+    return parser
+
+
 class Command(TyperCommand):
-    """Every command's class: help without a type after its flags."""
+    """Every command's class: help without a type after its flags; an option of one value given once."""
 
     def get_params(self, ctx):
         return _flags_without_type(super().get_params(ctx))
+
+    def make_parser(self, ctx):
+        return _once_each(super().make_parser(ctx), ctx)
 
 
 class Group(TyperGroup):
-    """The app's class: help without a type after its flags."""
+    """The app's class: help without a type after its flags; a global option of one value given once."""
 
     def get_params(self, ctx):
         return _flags_without_type(super().get_params(ctx))
+
+    def make_parser(self, ctx):
+        return _once_each(super().make_parser(ctx), ctx)
 
 
 def with_help_from(choices: dict[str, Callable[[], list]] | None = None,

@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message(), err=True)
             return 2
-        typer.echo(f"error: {exc.format_message()}", err=True)
-        return exc.exit_code
+        return _usage_error(exc, argv if argv is not None else sys.argv[1:])
     except typer.Abort:
         typer.echo("error: aborted", err=True)
         return 1
@@ -91,6 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {word}", err=True)
         return code
     return code if isinstance(code, int) else 0
+
+
+def _usage_error(exc: typer.TyperException, argv: list[str]) -> int:
+    """A usage error click found (an unknown option, a wrong type, a missing option) as every bad input: one line
+    on stderr, `{"error", "exit_code"}` on stdout with `--json`, once for a job under torchrun (`common.fail`)."""
+    try:
+        common.fail(exc.format_message(), exc.exit_code, as_json="--json" in argv)
+    except typer.Exit as done:
+        return done.exit_code
+    return exc.exit_code
 
 
 def run() -> None:

@@ -82,8 +82,9 @@ def pipeline_command(
             traceback.print_exception(failed.__cause__)
         where = f" (report of what finished: {failed.report})" if failed.report is not None else ""
         typer.echo(f"error: {failed}{where}", err=True)
-        if failed.report is not None:  # stdout: the data, as on success
-            emit_json(failed.result.to_dict()) if as_json else typer.echo(str(failed.report))
+        if failed.report is not None:  # stdout: the data, as on success, with --json's error keys
+            emit_json({**failed.result.to_dict(), "error": str(failed), "exit_code": failed.code}) if as_json \
+                else typer.echo(str(failed.report))
         elif as_json:
             emit_json({"error": str(failed), "exit_code": failed.code})
         raise typer.Exit(failed.code)

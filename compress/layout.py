@@ -459,14 +459,33 @@ def clamp_input(onnx_bytes: bytes, x_train: np.ndarray, margin: float = CLAMP_MA
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
     source = graph.input[0].name
-    clamped = f"{source}__clamped"
+    fresh = _fresh_names(graph)  # a graph clamped before (the toolkit's int8 model.onnx compressed again) holds these
+    clamped, floor, lowest, highest = (fresh(f"{source}__{part}") for part in ("clamped", "floor", "low", "high"))
     for node in graph.node:
         node.input[:] = [clamped if name == source else name for name in node.input]
-    graph.initializer.extend([numpy_helper.from_array((low - margin * span).astype(np.float32), f"{source}__low"),
-                              numpy_helper.from_array((high + margin * span).astype(np.float32), f"{source}__high")])
-    nodes = [helper.make_node("Max", [source, f"{source}__low"], [f"{source}__floor"], name="clamp_input_low"),
-             helper.make_node("Min", [f"{source}__floor", f"{source}__high"], [clamped], name="clamp_input_high"),
+    graph.initializer.extend([numpy_helper.from_array((low - margin * span).astype(np.float32), lowest),
+                              numpy_helper.from_array((high + margin * span).astype(np.float32), highest)])
+    nodes = [helper.make_node("Max", [source, lowest], [floor], name=fresh("clamp_input_low")),
+             helper.make_node("Min", [floor, highest], [clamped], name=fresh("clamp_input_high")),
              *graph.node]
     del graph.node[:]
     graph.node.extend(nodes)
     return model.SerializeToString()
+
+
+def _fresh_names(graph):
+    """A function giving `name`, or `name_1`, `name_2`...: one no node or tensor of `graph` has, nor one given
+    before (ONNX Runtime refuses a graph with two nodes or two tensors of one name)."""
+    taken = {node.name for node in graph.node}
+    taken |= {name for node in graph.node for name in (*node.input, *node.output)}
+    taken |= {item.name for group in (graph.input, graph.output, graph.initializer, graph.value_info) for item in group}
+
+    def fresh(name: str) -> str:
+        candidate, count = name, 0
+        while candidate in taken:
+            count += 1
+            candidate = f"{name}_{count}"
+        taken.add(candidate)
+        return candidate
+
+    return fresh

@@ -102,7 +102,7 @@ def read_config_file(path: str | Path) -> dict:
         raise ToolkitError(f"config file {path} has {path.stat().st_size:,} bytes, more than the "
                            f"{MAX_CONFIG_BYTES:,} a configuration may have")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows Notepad saves one) is dropped, as for a CSV
     except (OSError, UnicodeDecodeError) as exc:
         raise ToolkitError(f"cannot read config file {path}: {exc}") from None
     try:

@@ -204,23 +204,27 @@ def _label(family) -> str:
 
 
 def _preflight(cfg: PipelineConfig, family: str | None) -> None:
-    """Check the family and the later stages' methods first: a typo must not cost a training run.
-    `family` None (the user's own model) checks only what needs no model."""
+    """Check the family, the devices and the later stages' methods first: a typo, or a GPU this machine does not
+    have, must not cost a training run nor leave a failed run directory. `family` None (the user's own model)
+    checks only what needs no model (and no training device: it is not trained)."""
     from compress import check_request
     from explain import get_method
     from trainers import get_family
+    from trainers.fit import resolve_device
     from trainers.models import make_config
 
+    options = cfg.compress
     if family is None:
-        check_request(cfg.compress.methods, None, cfg.compress.max_drop, cfg.compress.options, cfg.compress.ratio)
+        check_request(options.methods, None, options.max_drop, options.options, options.ratio,
+                      options.min_agreement, options.budget_seconds, options.device)
         for method in cfg.explain.methods or ():
             get_method(method)
         return
     get_family(family)
     make_config(family, cfg.train.model)  # a typo in [train.arch] must not wait for the data
-    options = cfg.compress
+    resolve_device(cfg.train.device)  # as `toolkit train --device cuda` without a GPU: refused before any work
     check_request(options.methods, family, options.max_drop, options.options, options.ratio, options.min_agreement,
-                  options.budget_seconds)
+                  options.budget_seconds, options.device)
     for method in cfg.explain.methods or ():
         get_method(method, family)  # unknown, or refused for the family: one line
 
@@ -361,6 +365,7 @@ def _report(result: PipelineResult, name: str) -> Path:
     except KeyboardInterrupt:
         result.status["stages"][-1].update(status="interrupted", reason=_signal_name(),
                                            seconds=round(time.perf_counter() - tick, 3))
+        result.status["status"] = "interrupted"  # not "done": the run has no report (its errors list keeps a failure)
         _write_status(result.run_dir, result.status)
         raise PipelineInterrupted(f"during the report, after every stage finished: the new run is in "
                                   f"{result.run_dir}; `toolkit report {result.run_dir}` renders it") from None

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from trainers.fileio import atomic_write_all, ensure_writable_parent
-from trainers.rundir import GENERATOR, report_wrote
+from trainers.rundir import GENERATOR, reading_run, report_wrote
 
 from . import card, sections
 from .collect import ReportError, Run, load_run, number
@@ -138,7 +138,13 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
-    """`render_report`, returning what it wrote: {"report", "numbers", "model_cards": [...]} (paths as text)."""
+    """`render_report`, returning what it wrote: {"report", "numbers", "model_cards": [...]} (paths as text).
+    The run's lock is held meanwhile (`trainers.rundir.reading_run`): a run committing there is not read half-moved."""
+    with reading_run(run_dir):
+        return _write_report(run_dir, out)
+
+
+def _write_report(run_dir: str | Path, out: str | Path | None) -> dict:
     run = load_run(run_dir)
     if out is not None and (Path(out).is_dir() or not Path(out).name):
         raise ReportError(f"--out must be a file path, not a directory: {out}")

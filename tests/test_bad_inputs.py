@@ -386,6 +386,8 @@ CASES: dict[str, dict[str, Case]] = {
         "--lr nan": Case(lambda c: ["iris", "--model", "mlp", "--lr", "nan"], "lr: input should be a finite number"),
         "--arch not an object": Case(lambda c: ["iris", "--model", "mlp", "--arch", "[64]"], "--arch"),
         "--epochs not a number": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "many"], "--epochs"),
+        "--epochs beyond a million": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "9" * 23],
+                                          "epochs: input should be less than or equal to 1000000"),
         "out exists": Case(lambda c: (c.existing_out(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "--overwrite"),
         "out is a file": Case(lambda c: (c.out_is_file(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "not a directory"),
         "out under a file": Case(lambda c: (c.out_under_file(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "out"),
@@ -394,9 +396,15 @@ CASES: dict[str, dict[str, Case]] = {
                                       "toolkit-bad-inputs"),
         "a file in the way of out.partial": Case(
             lambda c: (c.stale_partial_file(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "out.partial"),
+        "a data file name over 255 bytes": Case(lambda c: [str(c.tmp / ("a" * 256 + ".csv")), "--model", "mlp"],
+                                                "path too long: "),
+        "an out name over 255 bytes": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "1", "--out",
+                                                      str(c.tmp / ("a" * 256))], "path too long: "),
     },
     "compress": {
         "model dir missing": Case(lambda c: [str(c.tmp / "nope"), "--data", "digits"], "not found"),
+        "a model dir name over 255 bytes": Case(lambda c: [str(c.tmp / ("m" * 256)), "--data", "digits"],
+                                                "path too long: "),
         "onnx file that is a FIFO": Case(lambda c: [c.fifo("m.onnx"), "--data", "digits"], "FIFO"),
         "model dir is a file": Case(lambda c: [c.file("model"), "--data", "digits"], "not a model directory"),
         "empty directory as model": Case(lambda c: [(c.tmp / "m").mkdir() or str(c.tmp / "m"), "--data", "digits"],
@@ -450,6 +458,8 @@ CASES: dict[str, dict[str, Case]] = {
     },
     "explain": {
         "model dir missing": Case(lambda c: [str(c.tmp / "nope"), "--data", "digits"], "not found"),
+        "a model dir name over 255 bytes": Case(lambda c: [str(c.tmp / ("m" * 256)), "--data", "digits"],
+                                                "path too long: "),
         "NaN weights": Case(_bad_model(_nan_weights), "NaN"),
         "unknown method": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "lime_v9"], "lime_v9"),
         "method not for this family": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "layer_gradcam"],

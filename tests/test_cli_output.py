@@ -188,6 +188,47 @@ def test_predict_says_a_mistyped_model_path_is_not_found(name, tmp_path, capsys)
                                       "run, or an .onnx file)\n"
 
 
+@pytest.mark.parametrize("args", [
+    ("train", "iris", "--model", "mlp", "--json", "--nope"),       # an unknown option
+    ("train", "iris", "--model", "mlp", "--json", "--epochs", "x"),  # a value of the wrong type
+    ("train", "iris", "--json"),                                     # a missing required option
+    ("--progress", "bogus", "train", "iris", "--model", "mlp", "--json"),  # a bad global option
+    ("env", "--json", "--bad"),
+])
+def test_json_on_a_usage_error_is_one_error_object_on_stdout(args, capsys):
+    """The errors click finds while parsing keep --json's promise too, as those found after it."""
+    from cli.main import main
+
+    assert main(list(args)) == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)
+    assert set(error) == {"error", "exit_code"} and error["exit_code"] == 2
+    assert captured.err == f"error: {error['error']}\n"
+    assert main([a for a in args if a != "--json"]) == 2 and capsys.readouterr().out == ""  # no --json: stderr only
+
+
+@pytest.mark.parametrize("args, option", [
+    (("train", "iris", "--model", "mlp", "--model", "cnn", "--epochs", "1"), "--model"),  # trained a cnn, no word
+    (("train", "iris", "-m", "mlp", "--epochs", "1", "--epochs", "2"), "--epochs"),
+    (("--progress", "lines", "--progress", "none", "env"), "--progress"),              # a global option
+])
+def test_an_option_of_one_value_given_twice_is_refused_in_one_line(args, option, capsys, tmp_path):
+    from cli.main import main
+
+    assert main([*args, "--out", str(tmp_path / "run")] if args[0] == "train" else list(args)) == 2
+    assert capsys.readouterr().err == f"error: option {option} is given more than once; it takes one value\n"
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_repeatable_option_may_be_given_twice(capsys):
+    from cli.main import main
+
+    # reaches the check of --epochs 0: the two --explain-method and two -q were taken
+    assert main(["-q", "-q", "pipeline", "iris", "--model", "mlp", "--explain-method", "saliency",
+                 "--explain-method", "occlusion", "--epochs", "0"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+
+
 def test_predict_reads_a_npy_memory_mapped_and_agrees_with_trainers_predict(runs, tmp_path):
     """A .npy is memory-mapped, as train reads it: rows reach the model batch by batch, not loaded whole."""
     from trainers.inference import read_rows

@@ -180,10 +180,39 @@ def test_a_bad_input_line_of_another_rank_alone_is_printed_by_the_launcher(tmp_p
     assert launch(LaunchOptions(2), ["d.npz"], "cpu", announce=False) == 2
     assert capsys.readouterr().err.splitlines() == ["error: data file not found: d.npz (rank 1)"]
     assert ERROR_DIR_ENV not in os.environ
-    monkeypatch.setenv("RANK", "1")  # under a plain torchrun (no launcher's folder): rank 1 says it itself
+    # under a plain torchrun (no launcher's folder) rank 1 says it itself once it has outlived rank 0's turn
+    monkeypatch.setattr("trainers.errors.RANK_0_GRACE_S", 0)
+    monkeypatch.setenv("RANK", "1")
     with pytest.raises(BaseException):
         fail("data file not found: d.npz")
     assert capsys.readouterr().err.splitlines() == ["error: data file not found: d.npz (rank 1)"]
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--epochs", "0"]], ids=["usage-error", "bad-value"])
+def test_under_a_plain_torchrun_another_rank_waits_silently_for_rank_0(monkeypatch, capsys, args):
+    """Every rank finds the same bad input: rank 0 prints it and torchrun's SIGTERM then ends the others during
+    their wait, without a line of their own (SIGTERM at its default, not the toolkit's interrupt)."""
+    import signal
+    import time
+
+    from trainers import errors
+
+    seen = []
+
+    def wait(seconds):
+        seen.append((seconds, signal.getsignal(signal.SIGTERM), capsys.readouterr()))
+
+    monkeypatch.setattr(time, "sleep", wait)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv(errors.ERROR_DIR_ENV, raising=False)
+    assert main(["train", "digits", "--model", "mlp", "--json", *args]) == 2
+    [(seconds, handler, before)] = seen
+    assert seconds == errors.RANK_0_GRACE_S and handler is signal.SIG_DFL
+    assert before.out == before.err == ""  # nothing printed before rank 0's turn
+    after = capsys.readouterr()  # this rank alone found it: its line, with its rank, and --json's object
+    assert after.err.count("\n") == 1 and after.err.rstrip().endswith("(rank 1)")
+    assert json.loads(after.out)["exit_code"] == 2
 
 
 def test_ctrl_c_of_the_launcher_exits_130(monkeypatch):

@@ -284,3 +284,21 @@ def test_a_state_that_is_not_zero_stays():
     assert "shape" not in {i.name for i in dropped.graph.initializer}
     x = np.random.default_rng(1).normal(size=(4, 1, 3)).astype(np.float32)
     np.testing.assert_allclose(run_onnx(dropped.SerializeToString(), x), run_onnx(graph(0.0), x), rtol=1e-6)
+
+
+def test_an_input_clamped_twice_keeps_every_node_and_tensor_name_unique():
+    """The toolkit's own int8-dynamic model.onnx compressed again with int8-dynamic is clamped a second time: the
+    second clamp takes fresh names (ONNX Runtime refused two nodes named clamp_input_low) and the range of both."""
+    from compress.layout import clamp_input
+
+    graph = _export(nn.Sequential(nn.Linear(4, 3)), (4,))
+    once = clamp_input(graph, np.full((2, 4), [[0.0], [1.0]], np.float32))  # range [0, 1]: clamped to [-0.1, 1.1]
+    twice = clamp_input(once, np.full((2, 4), [[0.5], [2.0]], np.float32))  # range [0.5, 2]: to [0.35, 2.15]
+    model = onnx.load_from_string(twice)
+    names = [node.name for node in model.graph.node]
+    outputs = [name for node in model.graph.node for name in node.output]
+    assert len(set(names)) == len(names) == 4 + len(onnx.load_from_string(graph).graph.node)  # two clamps
+    assert len(set(outputs)) == len(outputs)
+    onnx.checker.check_model(model)
+    x = np.array([[-5.0, 0.2, 0.5, 9.0]], np.float32)
+    np.testing.assert_allclose(run_onnx(twice, x), run_onnx(graph, np.clip(x, 0.35, 1.1)), atol=1e-6)

@@ -280,11 +280,11 @@ def test_ctrl_c_during_the_commit_waits_until_the_new_run_is_in_place(tmp_path, 
         first.commit()
     real = rundir.commit_directory
 
-    def interrupted_commit(staging, final):
+    def interrupted_commit(staging, final, **kwargs):
         # arrives between the renames: deferred until the commit is done. raise_signal delivers it to this thread
         # at once; os.kill may hand it to another of the process's threads, to reach Python at some later point
         signal.raise_signal(signal.SIGINT)
-        real(staging, final)
+        real(staging, final, **kwargs)
 
     monkeypatch.setattr(rundir, "commit_directory", interrupted_commit)
     second = RunDir(out, kind="test", overwrite=True)
@@ -314,6 +314,88 @@ def test_a_commit_killed_between_its_renames_is_undone_by_the_next_run(tmp_path)
         RunDir(out, kind="test")
     assert (out / "a.txt").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _busy_when_renamed(monkeypatch, busy: Path) -> None:
+    """os.replace as on a mount point (a container's volume): `busy` itself cannot be renamed (EBUSY)."""
+    import errno
+
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(src) == busy:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src), None, str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_an_existing_empty_out_is_filled_in_place_so_a_mount_point_works_and_keeps_its_owner_and_mode(
+        tmp_path, monkeypatch):
+    out = tmp_path / "volume"
+    out.mkdir()
+    out.chmod(0o2770)  # the user's mode and setgid group: a new directory in its place would lose them
+    before = out.stat()
+    _busy_when_renamed(monkeypatch, out)
+    with RunDir(out, kind="test") as run:
+        (run.path / "sub").mkdir()
+        (run.path / "sub" / "a.txt").write_text("run")
+        run.commit()
+    after = out.stat()
+    assert (after.st_ino, after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_ino, before.st_mode, before.st_uid, before.st_gid)
+    assert (out / "sub" / "a.txt").read_text() == "run" and is_run_dir(out)
+    assert json.loads((out / MARKER).read_text())["files"] == ["sub/a.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"]  # no .partial, no lock left
+
+
+class _Killed(BaseException):
+    """A SIGKILL: no cleanup runs."""
+
+
+def test_a_fill_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    from trainers import fileio
+
+    out = tmp_path / "run"
+    out.mkdir()
+    run = RunDir(out, kind="test")
+    for name in ("a.txt", "b.txt"):
+        (run.path / name).write_text(name)
+    real_move = shutil.move
+    moved = []
+
+    def move(src, dst):
+        if moved:
+            raise _Killed
+        moved.append(real_move(src, dst))
+
+    monkeypatch.setattr(fileio.shutil, "move", move)
+    with pytest.raises(_Killed):
+        run.commit()
+    monkeypatch.setattr(fileio.shutil, "move", real_move)
+    assert not is_run_dir(out) and (out / "a.txt").exists()  # half moved in: no marker, so no finished run
+    with pytest.raises(ToolkitError, match="--overwrite"):  # the next run finishes the move, then finds a run
+        RunDir(out, kind="test")
+    assert is_run_dir(out) and sorted(p.name for p in out.iterdir()) == [MARKER, "a.txt", "b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_previous_run_that_cannot_be_renamed_aside_is_one_line_and_the_new_run_is_kept(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with RunDir(out, kind="test") as first:
+        (first.path / "a.txt").write_text("previous")
+        first.commit()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == out)
+    with pytest.raises(ToolkitError, match="is a mount point holding a previous run"):  # before any work
+        RunDir(out, kind="test", overwrite=True)
+    monkeypatch.setattr(os.path, "ismount", lambda path: False)  # a bind mount ismount does not see
+    _busy_when_renamed(monkeypatch, out)
+    with pytest.raises(ToolkitError, match=r"cannot move the finished run into .*: Device or resource busy; "
+                                           r"it is kept in .*run\.partial"):
+        with RunDir(out, kind="test", overwrite=True) as second:
+            (second.path / "a.txt").write_text("new")
+            second.commit()
+    assert (out / "a.txt").read_text() == "previous" and (tmp_path / "run.partial" / "a.txt").read_text() == "new"
 
 
 # ---------------------------------------------------------------- property: nothing outside the run changes

@@ -69,6 +69,15 @@ def test_config_file_then_command_line(tmp_path, name, text):
     assert cfg.train.lr == 0.5 and cfg.train.epochs == 7 and cfg.compress.methods == ["fp16"] and cfg.target == "label"
 
 
+@pytest.mark.parametrize("name, text", [("c.toml", "[train]\nepochs = 7\n"), ("c.yaml", "train:\n  epochs: 7\n"),
+                                        ("c.json", '{"train": {"epochs": 7}}')])
+def test_a_config_file_saved_with_a_utf8_bom_is_read(tmp_path, name, text):
+    """Windows Notepad saves UTF-8 with a byte-order mark; TOML and JSON refused it at line 1, column 1."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert resolve_config(path).train.epochs == 7
+
+
 def test_resolved_config_round_trips_and_arch_is_the_models_options():
     cfg = resolve_config({"train": {"arch": {"hidden": [8]}, "epochs": 2}})
     assert cfg.train.model == {"hidden": [8]}
@@ -227,6 +236,7 @@ def test_ctrl_c_during_the_report_records_it_and_says_where_the_run_is(tmp_path,
     status = json.loads((out / "pipeline.json").read_text())
     stage = status["stages"][-1]
     assert stage.pop("seconds") >= 0 and stage == {"name": "report", "status": "interrupted", "reason": "Ctrl-C"}
+    assert status["status"] == "interrupted"  # not "done": the run has no report
     assert not (out / "report.html").exists()
 
 
@@ -253,6 +263,28 @@ def test_stage_failure_still_writes_the_report(tmp_path, monkeypatch, capsys, er
     captured = capsys.readouterr()
     assert "error: compress stage failed: " in captured.err and str(error) in captured.err
     assert captured.out.strip() == str(out / "report.html")
+    # --json: pipeline.json's keys, and the error and exit code every command's failure prints
+    assert main(["pipeline", "iris", "--model", "mlp", "--epochs", "2", "--out", str(out), "--overwrite",
+                 "--json"]) == code
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["exit_code"] == code and printed["error"].startswith("compress stage failed: ")
+    assert printed["status"] == "failed" and printed["report"] == str(out / "report.html")
+
+
+@pytest.mark.parametrize("config", ['[train]\ndevice = "cuda"\n', '[compress]\ndevice = "cuda"\n'])
+def test_a_gpu_that_is_not_here_is_refused_before_any_work(tmp_path, monkeypatch, capsys, config):
+    """As `toolkit train --device cuda` and `toolkit compress --device cuda` refuse it: one line, exit 2, before
+    the training (a compress device must not wait for it) and before the run directory exists."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(pipeline_module, "_train", lambda *args: pytest.fail("trained before the device check"))
+    (tmp_path / "c.toml").write_text(config)
+    out = tmp_path / "run"
+    assert main(["pipeline", "iris", "--model", "mlp", "--config", str(tmp_path / "c.toml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda: no CUDA GPU is available here" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
 
 
 def test_report_path_from_config_stays_inside_run_dir(tmp_path, train_only):

@@ -699,3 +699,28 @@ def test_a_completeness_figure_is_not_shown_where_the_method_does_not_promise_it
     numbers = json.loads((render_report(run).parent / "report.json").read_text())
     shown = json.dumps(numbers["explanation"])
     assert "0.742" not in shown
+
+
+def test_report_takes_the_runs_lock_and_is_refused_while_a_run_writes_there(tmp_path, capsys):
+    """A report rendered while a pipeline --overwrite committed read a directory being renamed aside ("No such
+    file", exit 2) and could write into the old run: it takes the lock a run holds while it writes."""
+    from filelock import FileLock
+
+    from cli.main import main
+    from trainers.rundir import lock_path
+
+    run = make_run(tmp_path / "run")
+    writer = FileLock(lock_path(run), timeout=0)  # what RunDir holds while a run writes there
+    writer.acquire()
+    try:
+        for target in (run, tmp_path / "run.partial"):  # the staging directory counts as its run
+            target.mkdir(exist_ok=True)
+            assert main(["report", str(target)]) == 2
+            err = capsys.readouterr().err
+            assert err == f"error: another toolkit run is writing {run} right now: wait for it to finish\n", err
+        assert not (run / "report.html").exists()
+    finally:
+        writer.release()
+    (tmp_path / "run.partial").rmdir()
+    assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the lock is not left behind

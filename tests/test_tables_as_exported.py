@@ -291,6 +291,8 @@ def test_table_options_on_data_that_is_no_table_are_refused(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((20, 3)), y=np.arange(20) % 2)
     with pytest.raises(DataError, match="--keep, --sep"):
         load_data(str(tmp_path / "d.npz"), table=TableOptions(keep=("a",), sep=";"))
+    with pytest.raises(DataError, match="--sep name\\(s\\) the columns of a table .* iris is not one"):
+        load_data("iris", table=TableOptions(sep=""))  # an empty separator is given too, as --target is
 
 
 def test_an_npy_of_python_objects_is_named_so(tmp_path):

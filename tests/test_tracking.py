@@ -342,3 +342,17 @@ def test_a_bad_tensorboard_folder_is_found_before_mlflow_makes_its_store(tmp_pat
     with pytest.raises(ToolkitError, match="tensorboard directory"):
         open_tracker(options, "train")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_a_tensorboard_folder_that_cannot_be_made_is_refused_though_os_access_says_writable(tmp_path, monkeypatch):
+    """os.access called /proc writable (as root) and the first record failed there: exit 1. The check makes the
+    folder, and removes again what it made."""
+    from trainers import tracking
+    from trainers.tracking import TensorBoardTracker
+
+    fine = TensorBoardTracker(tmp_path / "a" / "b" / "tb")
+    fine.check()
+    assert not list(tmp_path.iterdir())  # made and removed again
+    monkeypatch.setattr(tracking.os, "access", lambda *args, **kwargs: True)  # as for root under /proc
+    with pytest.raises(ToolkitError, match=r"tensorboard directory /proc/toolkit-no-such/.*train: cannot be made in /proc "):
+        open_tracker(TrackingOptions(tensorboard="/proc/toolkit-no-such"), "train")

@@ -333,7 +333,7 @@ def save_model(model: LoadedModel, out: str | Path, *, metrics: dict | None = No
                                     onnx_bytes=small_bytes, raw_onnx_bytes=small_raw)
             spec = ModelSpec.from_dict({**spec.to_dict(), "serve": serve})
         write_artifact(staging, model.module, spec, metrics, onnx_bytes=onnx_bytes, raw_onnx_bytes=raw)
-        commit_directory(staging, out)
+        commit_directory(staging, out, last=MODEL_JSON)
     except BaseException:
         import shutil
 

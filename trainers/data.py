@@ -139,9 +139,10 @@ def load_data(spec, *, target: str | None = None, seed: int = 0, table=None, fit
     table_like = type(spec).__name__ == "DataFrame" or (
         isinstance(spec, (str, Path)) and Path(str(spec)).suffix.lower() in (".csv", ".parquet"))
     if not table_like and fitted is None and (options.target is not None or options.keep or options.drop
-                                              or options.sep):
+                                              or options.sep is not None):  # `--sep ''` is given too
         given = [flag for flag, value in (("--target", options.target), ("--keep", options.keep),
-                                          ("--drop", options.drop), ("--sep", options.sep)) if value]
+                                          ("--drop", options.drop), ("--sep", options.sep))
+                 if value or (flag == "--sep" and value is not None)]
         raise DataError(f"{', '.join(given)} name(s) the columns of a table (.csv, .parquet, a DataFrame); "
                         f"{spec if isinstance(spec, (str, Path)) else type(spec).__name__} is not one")
     if isinstance(spec, tuple):

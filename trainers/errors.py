@@ -163,13 +163,21 @@ def parse_failure(exc: BaseException) -> str:
 ERROR_DIR_ENV = "TOOLKIT_ERROR_DIR"
 
 
+# Under a plain torchrun, how long a rank other than 0 holds its bad-input line back for rank 0 (`speaks`). Every
+# rank parses the same command line and reads the same files, so rank 0 finds the same mistake within a second or
+# two of it (the imports on a loaded machine); torchrun then stops the waiting ranks.
+RANK_0_GRACE_S = 5.0
+
+
 def speaks(message: str) -> bool:
-    """Whether this process prints its one bad-input line (`cli.common.fail`), so a job that fails on every rank
-    prints it once. Here, not in `distributed`, so a failing command imports no torch to say so.
+    """Whether this process prints its one bad-input line (`cli.common.fail`, `cli.main`'s usage errors), so a
+    job that fails on every rank prints it once. Here, not in `distributed`, so a failing command imports no torch
+    to say so.
 
     Rank 0 prints. Under `launch` another rank leaves its line in the launcher's folder instead, and the
     launcher prints it when rank 0 left none: the data missing on the second machine only, where rank 0 is
-    stopped without an error of its own. Under a plain torchrun another rank prints it with its rank.
+    stopped without an error of its own. Under a plain torchrun another rank first waits for rank 0
+    (`_wait_for_rank_0`) and prints its line, with its rank, only if it outlives that wait.
     """
     rank = os.environ.get("RANK", "0")
     folder = os.environ.get(ERROR_DIR_ENV)
@@ -178,7 +186,29 @@ def speaks(message: str) -> bool:
             (Path(folder) / f"rank{int(rank)}.txt").write_text(message)
         except (OSError, ValueError):
             return True
-    return rank == "0" or not folder
+    if rank == "0" or folder:
+        return rank == "0"
+    _wait_for_rank_0()
+    return True
+
+
+def _wait_for_rank_0() -> None:
+    """Wait RANK_0_GRACE_S with SIGTERM at its default: when rank 0 fails on the same input, torchrun stops this
+    process with SIGTERM, which then ends it without a word (not as an interrupt with its own line), so the job's
+    one line is rank 0's. A rank that alone found the problem (a file missing on its machine only) outlives the
+    wait and prints. torchrun itself still reports the failed process and exits 1 (README, Several GPUs)."""
+    import signal
+    import time
+
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread: the wait still gives rank 0 its turn
+        previous = None
+    try:
+        time.sleep(RANK_0_GRACE_S)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def rank_label() -> str:
@@ -206,7 +236,7 @@ def memory_refusal(exc: BaseException) -> str | None:
 def describe(exc: BaseException) -> tuple[str, int]:
     """An error as (one line, exit code): 2 for bad input, including inputs too large or too deeply nested
     (MemoryError, RecursionError, OverflowError, a buffer ONNX Runtime refused: `memory_refusal`), a full disk,
-    1 with the error's type for anything else (a bug)."""
+    a path whose name is too long, 1 with the error's type for anything else (a bug)."""
     if isinstance(exc, ToolkitError):
         return parse_failure(exc), 2
     refused = memory_refusal(exc)
@@ -215,6 +245,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL:  # the disk, not the toolkit: nothing half-written
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot write{where}: {os.strerror(exc.errno)}", 2
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # pathlib raises it from exists() (Python 3.11)
+        return f"path too long: {shown(exc.filename or '', 120)} (a file or folder name longer than the file system allows, 255 bytes on most)", 2
     if isinstance(exc, (MemoryError, RecursionError, OverflowError)):
         return f"an input is too large or nested too deeply: {parse_failure(exc)} ({type(exc).__name__})", 2
     return f"unexpected error ({type(exc).__name__}): {parse_failure(exc)}", 1

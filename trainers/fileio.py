@@ -145,14 +145,21 @@ def check_regular_file(path: str | Path, what: str = "file", error: type = Toolk
         raise error(f"{what} {path} is {kind}; expected a regular file")
 
 
-def commit_directory(staging: Path, final: Path) -> None:
+def commit_directory(staging: Path, final: Path, *, last: str | None = None) -> None:
     """Move a finished staging directory to `final`, replacing what was there.
 
     The old directory is renamed aside first and removed only after the new one
     is in place, so at every instant one complete version exists on disk; if the
     second rename fails, the old one is put back.
+
+    An existing empty `final` is kept and filled instead (`fill_directory`): renaming it aside would replace the
+    user's directory (its owner, mode, ACLs, setgid group) by a new one, and a mount point (a container's volume)
+    cannot be renamed at all (EBUSY, after the whole run). `last` names the entry whose arrival completes it.
     """
     staging, final = Path(staging), Path(final)
+    if final.is_dir() and not final.is_symlink() and not any(final.iterdir()):
+        fill_directory(staging, final, last)
+        return
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -167,6 +174,31 @@ def commit_directory(staging: Path, final: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def fill_directory(staging: Path, final: Path, last: str | None = None) -> None:
+    """Move every entry of `staging` into the directory `final` (a rename each; a copy where `final` is another
+    filesystem, as a mount point is), `last` after all the others, then remove `staging`.
+
+    Never a half-written artifact: `last` is the directory's commit point (a run's marker, which
+    `rundir.is_run_dir` looks for; an artifact's model.json) and arrives in one rename, so until then `final` is
+    no finished run. An entry already there (a move a SIGKILL cut short, finished again by
+    `rundir.RunDir`) is replaced.
+    """
+    staging, final = Path(staging), Path(final)
+    for entry in sorted(staging.iterdir(), key=lambda p: (p.name == last, p.name)):
+        target = final / entry.name
+        if entry.name == last:  # onto final's filesystem under a temporary name first, then one rename
+            moving = final / f".{entry.name}.moving"
+            shutil.move(str(entry), str(moving))
+            os.replace(moving, target)
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        shutil.move(str(entry), str(target))
+    staging.rmdir()
 
 
 @contextlib.contextmanager

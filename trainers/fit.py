@@ -37,7 +37,7 @@ from .interrupts import Interrupts, TrainingInterrupted, held_interrupts
 from .loop import (EVAL_BATCH, SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, autocast, chance_loss, evaluate,
                    in_memory, left_chance, rows, split_tensors, training_loop)
 from .models import build_model, config_dict, get_family, make_config
-from .options import FORBID_EXTRA, Bool, PositiveInt, Seed, check
+from .options import FORBID_EXTRA, Bool, Epochs, PositiveInt, Seed, check
 from .progress import ConsoleProgress, ProgressCallback, reporter
 from .rundir import RunDir
 from .tracking import NullTracker, Tracker, epoch_metrics, train_metrics
@@ -75,7 +75,7 @@ class TrainConfig:
 
     __pydantic_config__ = FORBID_EXTRA
 
-    epochs: PositiveInt | None = None  # None: EPOCHS, or MIN_STEPS optimizer steps on small data (`for_data`)
+    epochs: Epochs | None = None  # None: EPOCHS, or MIN_STEPS optimizer steps on small data (`for_data`)
     batch_size: PositiveInt = 64
     lr: Annotated[float, Strict(), Field(gt=0, le=10, allow_inf_nan=False)] = 3e-3  # above 10 AdamW only diverges
     weight_decay: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] = 1e-4

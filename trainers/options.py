@@ -37,6 +37,10 @@ Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+# A number of epochs: beyond a million it is a slip of the keyboard (a run of 10**23 epochs was accepted and
+# recorded as is), not a schedule anyone means.
+MAX_EPOCHS = 1_000_000
+Epochs = Annotated[int, Strict(), Field(ge=1, le=MAX_EPOCHS)]
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]  # numpy and scikit-learn take 32-bit seeds
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]   # [0, 1]

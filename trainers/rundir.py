@@ -2,7 +2,7 @@
 
 A run killed half-way leaves only the `.partial` directory (which `--resume`
 picks up); the previous contents of `<out>`, if any, stay intact until the new
-run is complete.
+run is complete. An existing empty `<out>` is filled in place instead of replaced (`fileio.fill_directory`).
 
 The toolkit deletes or replaces only what it can prove it wrote: every run directory carries a marker
 file (`.toolkit-run.json`, with the run's kind), and a directory without one is never replaced, whatever
@@ -13,6 +13,7 @@ per run directory (`.<name>.lock` beside it, `filelock`) refuses a second run in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import re
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import ToolkitError
-from .fileio import atomic_write_json, commit_directory, ensure_writable_parent, interrupts_deferred, read_json
+from .fileio import (atomic_write_json, commit_directory, ensure_writable_parent, fill_directory, interrupts_deferred,
+                     read_json)
 
 MARKER = ".toolkit-run.json"
 CHECKPOINT = "checkpoint.pt"
@@ -109,6 +111,37 @@ def refuse_inputs(final: Path, inputs: Iterable) -> None:
             raise ToolkitError(f"output directory {final} is inside the input {item}: choose another --out")
 
 
+def lock_path(final: Path) -> Path:
+    """The lock of the run directory `final`: `.<name>.lock` beside it (`RunDir`, `reading_run`)."""
+    return final.with_name(f".{final.name}.lock")
+
+
+@contextlib.contextmanager
+def reading_run(run_dir: str | Path):
+    """Hold the lock a run writing `run_dir` holds (`RunDir`) while `toolkit report` reads and writes there: a
+    report rendered during a commit read a directory being renamed aside ("No such file"). Refused in one line
+    while a run holds it; `X.partial` counts as its run `X`. Where the lock cannot be made (a read-only place,
+    which no run is writing either) the block runs without it."""
+    from filelock import FileLock, Timeout
+
+    final = Path(run_dir).resolve()
+    if final.name.endswith(".partial"):
+        final = final.with_name(final.name[:-len(".partial")])
+    lock = FileLock(lock_path(final), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ToolkitError(f"another toolkit run is writing {final} right now: wait for it to finish") from None
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        Path(lock.lock_file).unlink(missing_ok=True)  # as RunDir._release: a waiter sees an unlinked file, retries
+        lock.release()
+
+
 class RunDir:
     """One stage's output directory, written in a staging copy until `commit()`.
 
@@ -135,6 +168,7 @@ class RunDir:
         self._acquire()
         try:
             self._restore_hidden_previous()
+            self._finish_filling()
             self._check_final(overwrite, resume)
             self._prepare_resume() if resume else self._prepare_staging(overwrite)
         except BaseException:
@@ -144,7 +178,7 @@ class RunDir:
     def _acquire(self) -> None:
         from filelock import FileLock, Timeout
 
-        lock = FileLock(self.final.with_name(f".{self.final.name}.lock"), timeout=0)
+        lock = FileLock(lock_path(self.final), timeout=0)
         try:
             lock.acquire()
         except Timeout:
@@ -169,6 +203,20 @@ class RunDir:
         for leftover in hidden:
             shutil.rmtree(leftover, ignore_errors=True)
 
+    def _finish_filling(self) -> None:
+        """Finish a commit into an existing empty directory that a SIGKILL cut short (`fileio.fill_directory`):
+        `final` holds part of the run and no marker, the staging directory the rest, with the marker that lists
+        every file of the run (written just before the commit)."""
+        if not self.staging.is_dir() or not self.final.is_dir() or (self.final / MARKER).exists():
+            return
+        try:
+            listed = read_json(self.staging / MARKER, "run marker").get("files")
+        except ToolkitError:
+            return
+        present = {p.relative_to(self.final).as_posix() for p in self.final.rglob("*") if p.is_file() or p.is_symlink()}
+        if isinstance(listed, list) and present and present <= {*map(str, listed), f".{MARKER}.moving"}:
+            fill_directory(self.staging, self.final, MARKER)
+
     def _check_final(self, overwrite: bool, resume: bool) -> None:
         if not (self.final.is_dir() and any(self.final.iterdir())):
             return
@@ -176,6 +224,9 @@ class RunDir:
             raise ToolkitError(f"output directory {self.final} already exists and was not written by the toolkit "
                                f"(no {MARKER}): it is never replaced; choose another --out")
         if resume or overwrite:
+            if os.path.ismount(self.final):  # its previous run cannot be renamed aside: refused before any work
+                raise ToolkitError(f"output directory {self.final} is a mount point holding a previous run, which "
+                                   "cannot be replaced in one step: empty it, or give a directory inside it")
             foreign = foreign_files(self.final) if overwrite and not resume else []
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -240,7 +291,11 @@ class RunDir:
         atomic_write_json(self.staging / MARKER, {**marker, "files": files})  # what --overwrite may replace later
         try:
             with interrupts_deferred():
-                commit_directory(self.staging, self.final)
+                commit_directory(self.staging, self.final, last=MARKER)
+        except OSError as exc:  # the run itself is whole: kept where it was made, and said so in one line
+            self.keep_on_error = True
+            raise ToolkitError(f"cannot move the finished run into {self.final}: {exc.strerror or exc}; it is kept "
+                               f"in {self.staging}") from None
         finally:
             self._release()
         return self.final

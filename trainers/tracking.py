@@ -15,6 +15,7 @@ it ends the run as finished, failed (an error) or killed (Ctrl-C).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -264,12 +265,24 @@ class TensorBoardTracker(_Run):
 
     def check(self) -> None:
         """The package is there and the folder can be made: the nearest existing one is a writable directory (a
-        path under a regular file failed at the first record, NotADirectoryError, after compress committed)."""
+        path under a regular file failed at the first record, NotADirectoryError, after compress committed), and
+        making the folder works: it is made and removed again, since os.access called /proc writable (for root)
+        and the first record then failed there, FileNotFoundError, exit 1."""
         _summary_writer()
         existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK):
             why = "is not a directory" if not existing.is_dir() else "cannot be written"
             raise ToolkitError(f"tensorboard directory {self.directory.parent}: {existing} {why}")
+        missing = [p for p in (self.directory, *self.directory.parents) if p.is_relative_to(existing) and p != existing]
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ToolkitError(f"tensorboard directory {self.directory}: cannot be made in {existing} "
+                               f"({exc.strerror or exc})") from None
+        finally:
+            for folder in missing:  # the deepest first: only what this check made
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._writer is not None:
