@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainers.artifact import PREDICT_BATCH, by_size
+from trainers.artifact import PREDICT_BATCH, by_size, dynamic_recipe
 from trainers.errors import ToolkitError
 from trainers.models import count_parameters
 from trainers.ortsession import first_output, session_device
@@ -341,11 +341,6 @@ def is_noisy(spread: float) -> bool:
     return not spread <= NOISY_SPREAD
 
 
-def _dynamic_int8(recipe: dict) -> bool:
-    parts = [*recipe.get("steps", []), *(recipe[k] for k in ("large", "small") if isinstance(recipe.get(k), dict))]
-    return recipe.get("method") == "int8-dynamic" or any(_dynamic_int8(s) for s in parts)
-
-
 def evaluate(variant: Variant, data, config: LatencyConfig | None = None) -> np.ndarray:
     """Accuracy, size, parameters and runtime of one variant (into `variant.measurements`); returns its test
     logits, computed at batch EVAL_BATCH with every thread, its worker threads not spinning."""
@@ -365,7 +360,7 @@ def evaluate(variant: Variant, data, config: LatencyConfig | None = None) -> np.
         "device": runner.device,
         "provider": runner.provider,
     })
-    if _dynamic_int8(variant.recipe):
+    if dynamic_recipe(variant.recipe):
         n = min(BATCH_CHECK, len(x_test))
         one = runner.predict(x_test[:n], batch=1).argmax(1)
         changed = int((one != logits[:n].argmax(1)).sum())

@@ -590,14 +590,17 @@ def _one_row_as_rows(x):
 
 
 def batch_dependent(spec: ModelSpec) -> bool:
-    """Whether a model's answers depend on the rows that share a call: an int8-dynamic graph (or one made from
-    it, or a routed model with one as a member) quantizes each call's activations with that call's own scale."""
-    def dynamic(recipe) -> bool:
-        if not isinstance(recipe, dict):
-            return False
-        parts = [*recipe.get("steps", []), recipe.get("large"), recipe.get("small")]
-        return recipe.get("method") == "int8-dynamic" or any(dynamic(part) for part in parts)
-    return dynamic((spec.lineage or {}).get("recipe"))
+    """Whether a model's answers depend on the rows that share a call (`dynamic_recipe` of its lineage)."""
+    return dynamic_recipe((spec.lineage or {}).get("recipe"))
+
+
+def dynamic_recipe(recipe) -> bool:
+    """Whether a compression recipe makes an int8-dynamic graph (itself, a step of a chain, or a member of a routed
+    model): one that quantizes each call's activations with that call's own scale."""
+    if not isinstance(recipe, dict):
+        return False
+    parts = [*recipe.get("steps", []), recipe.get("large"), recipe.get("small")]
+    return recipe.get("method") == "int8-dynamic" or any(dynamic_recipe(part) for part in parts)
 
 
 def _call_size(batch_size: int, rows: int, call_rows: int | None) -> int:
