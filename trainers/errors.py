@@ -246,7 +246,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot write{where}: {os.strerror(exc.errno)}", 2
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # pathlib raises it from exists() (Python 3.11)
-        return f"path too long: {shown(exc.filename or '', 120)} (a file or folder name longer than the file system allows, 255 bytes on most)", 2
+        return (f"path too long: {shown(exc.filename or '', 120)} (a file or folder name longer than the file system "
+                "allows, 255 bytes on most)"), 2
     if isinstance(exc, (MemoryError, RecursionError, OverflowError)):
         return f"an input is too large or nested too deeply: {parse_failure(exc)} ({type(exc).__name__})", 2
     return f"unexpected error ({type(exc).__name__}): {parse_failure(exc)}", 1
