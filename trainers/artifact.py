@@ -11,23 +11,29 @@ import dataclasses
 import hashlib
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
 
 from . import inputrange
-from .codecs import CODECS
 from .data import MAX_CLASSES
 from .errors import ArtifactError, ToolkitError
 from .fileio import atomic_write_bytes, atomic_write_json, commit_directory, read_json
-from .models import build_model, count_parameters
 from .options import DEVICE_PATTERN
 from .ortsession import first_output, inference_session
 from .streaming import PREDICT_BATCH
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# PyTorch is imported where a module is built or run, not with this module: `toolkit predict` on an ONNX graph
+# loads no PyTorch (its import was 1.0-1.3 s of a 2.4 s call on 10,000 rows, where a 20-line ONNX Runtime script
+# took 0.56 s).
 
 FORMAT_VERSION = 1
 # Version 2: a table step reads numbers written as text ("format") or centres a column in float64 ("offset").
@@ -38,7 +44,7 @@ CUSTOM_FAMILY, ONNX_FAMILY = "custom", "onnx"  # a user's own torch.nn.Module; a
 MODEL_JSON, WEIGHTS, METRICS = "model.json", "model.safetensors", "metrics.json"
 RAW_ONNX = "model.raw.onnx"  # an ONNX variant that takes raw table rows (numeric preprocessing inside)
 SMALL_BATCH_DIR = "small-batch"  # the member artifact that serves small batches (`ModelSpec.serve`)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # the dtypes a module's weights may have (`torch.<name>`)
 
 
 @dataclass
@@ -162,7 +168,7 @@ class LoadedModel:
     one, the model that serves the large batches.
     """
 
-    module: nn.Module | None
+    module: Any  # a torch.nn.Module, or None (typed Any: PyTorch is imported only where a module is built or run)
     spec: ModelSpec
     path: Path | None = None
     metrics: dict = field(default_factory=dict)
@@ -238,6 +244,8 @@ def weight_file_bytes(module: nn.Module, codec: str = "dense") -> bytes:
     """
     from safetensors.torch import save as safetensors_save
 
+    from .codecs import CODECS
+
     seen, tensors = set(), {}
     for name, value in module.state_dict().items():
         value = value.detach().cpu()
@@ -280,6 +288,8 @@ def write_artifact(directory: str | Path, module: nn.Module | None, spec: ModelS
     metrics = dict(metrics or {})
     metrics["size_bytes"] = artifact_size(directory, spec)
     if module is not None:
+        from .models import count_parameters
+
         metrics["parameters"] = count_parameters(module)
     atomic_write_json(directory / METRICS, metrics)
     atomic_write_json(directory / MODEL_JSON, spec.to_dict())
@@ -375,6 +385,8 @@ def check_device(device) -> str:
         raise ToolkitError(f"--device must be cpu, cuda or cuda:N (a GPU's index), got {device!r}")
     if device == "cpu":
         return device
+    import torch
+
     if not torch.cuda.is_available():
         raise ToolkitError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False)")
     if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
@@ -382,7 +394,8 @@ def check_device(device) -> str:
     return device
 
 
-def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | None = None) -> LoadedModel:
+def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | None = None,
+               twin: bool = True) -> LoadedModel:
     """Rebuild a model from an artifact directory, checking every file first.
 
     Args:
@@ -393,6 +406,8 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
         module: for an artifact of a user's own architecture (family "custom"), a fresh instance of its class
             (`load_model(dir, module=MyNet())`): the saved weights are loaded into it, names and shapes checked.
             Without it such an artifact loads as its ONNX graph, run by ONNX Runtime (no PyTorch module).
+        twin: False skips the PyTorch twin of an artifact that ONNX Runtime runs (`module` is then None, and
+            PyTorch is not imported): enough to predict (`toolkit predict`), not to explain or compress.
 
     Raises:
         ArtifactError: the directory is not an artifact, or a file is missing,
@@ -428,22 +443,22 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
     if module is not None and spec.family != CUSTOM_FAMILY:
         raise ArtifactError(f"{path} is a {spec.family} model: the toolkit rebuilds it itself, pass no module")
     loaded = None
-    if spec.weights.get("file"):
+    if spec.weights.get("file") and (twin or spec.runtime != "onnxruntime"):
         loaded = _load_module(path, spec, device, module)
     elif spec.runtime != "onnxruntime":
         raise ArtifactError(f"{path / MODEL_JSON}: no weights file listed")
-    small = _load_member(path, spec, device) if spec.serve else None
+    small = _load_member(path, spec, device, twin) if spec.serve else None
     return LoadedModel(module=loaded, spec=spec, path=path, metrics=metrics, small=small, device=device)
 
 
-def _load_member(path: Path, spec: ModelSpec, device: str) -> LoadedModel:
+def _load_member(path: Path, spec: ModelSpec, device: str, twin: bool = True) -> LoadedModel:
     """The small-batch member named by `spec.serve`, checked: its `model.json` as recorded, its files, and the same
     classes and input shape as the model it stands in for."""
     member = _member(path, spec.serve["dir"])
     if member.is_symlink() or not member.is_dir():
         raise ArtifactError(f"{path / MODEL_JSON}: serve.dir {spec.serve['dir']!r} is not a directory inside the model")
     _check_file(member / MODEL_JSON, spec.serve["sha256"])
-    small = load_model(member, device=device)
+    small = load_model(member, device=device, twin=twin)
     if small.spec.serve:
         raise ArtifactError(f"{member / MODEL_JSON}: a small-batch member cannot route calls itself")
     if small.spec.class_names != spec.class_names or small.spec.input_shape != spec.input_shape:
@@ -468,8 +483,12 @@ def _check_file(file: Path, expected_sha: str | None) -> None:
 
 
 def _load_module(path: Path, spec: ModelSpec, device: str, given: nn.Module | None = None) -> nn.Module:
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from .codecs import CODECS
+    from .models import build_model
 
     weights = _member(path, spec.weights["file"])
     _check_file(weights, spec.weights.get("sha256"))
@@ -496,10 +515,12 @@ def _load_module(path: Path, spec: ModelSpec, device: str, given: nn.Module | No
     _check_state(module, state, weights)
     _check_dtypes(state, spec, weights, module)
     module.load_state_dict(state, strict=True)
-    return module.to(device=device, dtype=DTYPES[spec.dtype]).eval()
+    return module.to(device=device, dtype=getattr(torch, spec.dtype)).eval()
 
 
 def _check_state(module: nn.Module, state: dict, weights: Path) -> None:
+    import torch
+
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -525,8 +546,8 @@ def _check_dtypes(state: dict, spec: ModelSpec, weights: Path, module: nn.Module
     for key, tensor in state.items():
         if key in integers and not tensor.is_floating_point():
             continue
-        if not tensor.is_floating_point() or (spec.runtime == "torch" and tensor.dtype != DTYPES[spec.dtype]):
-            stored = str(tensor.dtype).replace("torch.", "")
+        stored = str(tensor.dtype).replace("torch.", "")
+        if not tensor.is_floating_point() or (spec.runtime == "torch" and stored != spec.dtype):
             raise ArtifactError(f"{weights}: tensor {key} is stored as {stored}, model.json says {spec.dtype}")
 
 
@@ -551,7 +572,7 @@ def predict(model, x, batch_size: int = PREDICT_BATCH, device: str | None = None
     rows the same answers whatever the file's length. The two members may disagree on a few rows
     (auto's note on the routed variant says how many of the test rows).
     """
-    if not isinstance(model, (LoadedModel, nn.Module)):  # an artifact directory, an .onnx file or ONNX bytes
+    if not isinstance(model, LoadedModel) and not is_module(model):  # an artifact directory, an .onnx file or ONNX bytes
         from .usermodel import as_model
 
         model = as_model(model)
@@ -614,6 +635,12 @@ def by_size(large, small, below: int):
     return lambda x: small(x) if len(x) < below else large(x)
 
 
+def is_module(x) -> bool:
+    """Whether `x` is a `torch.nn.Module`, without importing PyTorch: nothing is one before PyTorch is imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.nn.Module)
+
+
 def refuse_frozen(module) -> None:
     """One line for a frozen TorchScript module: torch.jit.freeze inlines the weights and drops the module state
     (no parameters, no training mode) that predicting, explaining and compressing use."""
@@ -631,6 +658,8 @@ def _runner(model, raw: bool, device: str | None):
         if session.get_outputs()[0].type == "tensor(float)":  # already float32: no conversion call
             return run
         return lambda chunk: run(chunk).astype(np.float32, copy=False)
+    import torch
+
     module = model.module if isinstance(model, LoadedModel) else model
     refuse_frozen(module)
     tensor = next(iter(module.parameters()), None)

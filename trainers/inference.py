@@ -292,7 +292,7 @@ def stream_file(model, data: str | Path, *, variant: str | None = None, batch_si
             check_device(device)  # its session is opened again where it serves
             model = dataclasses.replace(as_model(where), device=device, _session=None)   # it warns itself
         else:
-            model = load_model(where, device=device)
+            model = load_model(where, device=device, twin=False)  # predicting needs no PyTorch twin
             checked = True
     if batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")

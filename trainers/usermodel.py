@@ -17,14 +17,18 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from torch import nn
+from typing import TYPE_CHECKING
 
-from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, load_model, refuse_frozen
+import numpy as np
+
+from .artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, is_module, load_model, refuse_frozen
 from .data import MAX_CLASSES
 from .errors import ToolkitError, memory_refusal, warn
 from .fileio import check_regular_file
 from .ortsession import inference_session
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".pt2")
 PYTHON_ROUTE = ("build the module in your own Python code and pass it (compress.compress_model(MyNet(), data)), "
@@ -36,7 +40,7 @@ EXAMPLE_SAMPLES = 3  # the forward check runs on this many samples (a batch abov
 def modes_kept(*models):
     """Every submodule's `training` flag of the user's modules among `models` as it was, after the block: the
     stages evaluate in eval mode, and a notebook's `net.train()` (or a submodule left in train mode) stands."""
-    modes = [(m, m.training) for model in models if isinstance(model, nn.Module) for m in model.modules()
+    modes = [(m, m.training) for model in models if is_module(model) for m in model.modules()
              if isinstance(getattr(m, "training", None), bool)]   # a frozen TorchScript module has no flag
     try:
         yield
@@ -63,7 +67,7 @@ def as_model(model, data=None, *, class_names=None, module: nn.Module | None = N
     """
     if isinstance(model, LoadedModel):
         return model
-    if isinstance(model, nn.Module):
+    if is_module(model):
         return _from_module(model, _bundle(data), class_names)
     if isinstance(model, (bytes, bytearray, memoryview)):
         return from_onnx(bytes(model), data, class_names=class_names, origin="<onnx bytes>")
