@@ -211,23 +211,29 @@ def make_run(root: Path, stages=("train", "compress", "explain"), **names) -> Pa
 
 
 @contextmanager
-def ctrl_c_in_second_epoch():
-    """Within it, training is stopped by Ctrl-C (KeyboardInterrupt) as its second epoch starts."""
+def ctrl_c_in_epoch(epoch: int):
+    """Within it, training is stopped by Ctrl-C (KeyboardInterrupt) as its `epoch`-th epoch starts (counting
+    every call of the epoch loop in the block)."""
     import pytest
 
     import trainers.loop as loop
 
     original, calls = loop.train_epoch, []
 
-    def stop_in_second_epoch(*args, **kwargs):
+    def stop_in_that_epoch(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == epoch:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "train_epoch", stop_in_second_epoch)
+        patch.setattr(loop, "train_epoch", stop_in_that_epoch)
         yield
+
+
+def ctrl_c_in_second_epoch():
+    """Within it, training is stopped by Ctrl-C (KeyboardInterrupt) as its second epoch starts."""
+    return ctrl_c_in_epoch(2)
 
 
 def interrupted_train(out: Path, epochs: int, model: dict) -> None:

@@ -121,21 +121,11 @@ def test_two_processes_end_with_identical_replicas_and_write_one_artifact(tmp_pa
     assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
 
 
-def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_path, monkeypatch):
+def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_path):
     """An interrupted one-process run, continued by the plain `toolkit train --resume` under torchrun."""
-    from trainers import loop
+    from fake_runs import ctrl_c_in_epoch
 
-    original = loop.train_epoch
-    calls = []
-
-    def interrupt_at_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_epoch", interrupt_at_epoch_3)
-    with pytest.raises(TrainingInterrupted) as stop:
+    with ctrl_c_in_epoch(3), pytest.raises(TrainingInterrupted) as stop:
         train("iris", "mlp", TrainConfig(epochs=4, device="cpu"), out=tmp_path / "run", progress=False)
     assert stop.value.result.interrupted and (tmp_path / "run" / "checkpoint.pt").is_file()
     done = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "train",

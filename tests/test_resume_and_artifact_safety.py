@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import trainers.loop as loop
+from fake_runs import ctrl_c_in_epoch
+
 from trainers import ArtifactError, DataError, TrainConfig, TrainingInterrupted, load_data, load_model, predict, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,27 +72,16 @@ def test_sigkill_keeps_previous_artifact_and_resume_finishes(tmp_path):
 
 
 @pytest.mark.parametrize("refit", [False, True])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, refit):
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, refit):
     """Also with the refit: the resumed run refits from the same initial weights as an uninterrupted one."""
     data = load_data("iris")
     config = dict(epochs=6, seed=1, patience=100, refit=refit)
     reference = train(data, "mlp", TrainConfig(**config), progress=False)
-    original = loop.train_epoch
-    calls = []
-
-    def interrupt_at_four(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:  # Ctrl-C during the fourth epoch
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_epoch", interrupt_at_four)
-    with pytest.raises(TrainingInterrupted) as stop:
+    with ctrl_c_in_epoch(4), pytest.raises(TrainingInterrupted) as stop:  # Ctrl-C during the fourth epoch
         train(data, "mlp", TrainConfig(**config), out=tmp_path / "r", progress=False)
     stopped = stop.value.result
     assert stopped.interrupted and stopped.epochs_run == 3
     assert load_model(tmp_path / "r").spec.family == "mlp"  # the best-so-far model was saved
-    monkeypatch.setattr(loop, "train_epoch", original)
     resumed = train(data, "mlp", TrainConfig(**config), out=tmp_path / "r", resume=True, progress=False)
     assert not resumed.interrupted and resumed.epochs_run == 6
     assert (resumed.refit is not None) is refit and (reference.refit is not None) is refit

@@ -289,21 +289,13 @@ print(before == logging.getLogger("mlflow").level)
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "True", "")
 
 
-def test_a_training_stopped_by_ctrl_c_ends_its_run_as_killed(tmp_path, file_store, monkeypatch):
-    """train keeps its best model on Ctrl-C and returns; the block then ended normally and MLflow said FINISHED."""
-    from trainers import loop
+def test_a_training_stopped_by_ctrl_c_ends_its_run_as_killed(tmp_path, file_store):
+    """train keeps its best model on Ctrl-C, and the command's block then ended normally: MLflow said FINISHED."""
+    from fake_runs import ctrl_c_in_epoch
 
-    original, calls = loop.train_epoch, []
-
-    def interrupt_at_three(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_epoch", interrupt_at_three)
-    assert main(["train", "iris", "--model", "mlp", "--epochs", "20", "--out", str(tmp_path / "a"),
-                 "--mlflow", file_store]) == 130
+    with ctrl_c_in_epoch(3):
+        assert main(["train", "iris", "--model", "mlp", "--epochs", "20", "--out", str(tmp_path / "a"),
+                     "--mlflow", file_store]) == 130
     [run] = runs(file_store)
     assert run.info.status == "KILLED" and run.data.metrics["epochs_run"] == 2
 
