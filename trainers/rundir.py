@@ -122,23 +122,36 @@ def reading_run(run_dir: str | Path):
     report rendered during a commit read a directory being renamed aside ("No such file"). Refused in one line
     while a run holds it; `X.partial` counts as its run `X`. Where the lock cannot be made (a read-only place,
     which no run is writing either) the block runs without it."""
-    from filelock import FileLock, Timeout
-
     final = Path(run_dir).resolve()
     if final.name.endswith(".partial"):
         final = final.with_name(final.name[:-len(".partial")])
-    lock = FileLock(lock_path(final), timeout=0)
     try:
-        lock.acquire()
-    except Timeout:
-        raise ToolkitError(f"another toolkit run is writing {final} right now: wait for it to finish") from None
+        lock = _take_lock(final)
     except OSError:
         yield
         return
     try:
         yield
     finally:
-        Path(lock.lock_file).unlink(missing_ok=True)  # as RunDir._release: a waiter sees an unlinked file, retries
+        _release_lock(lock)
+
+
+def _take_lock(final: Path, advice: str = ""):
+    """The lock of the run directory `final`, taken at once, or one line saying another run holds it (`advice`
+    appended). An OSError (a place where no lock file can be made) passes to the caller."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(lock_path(final), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ToolkitError(f"another toolkit run is writing {final} right now: wait for it to finish{advice}") from None
+    return lock
+
+
+def _release_lock(lock) -> None:
+    if lock is not None and lock.is_locked:
+        Path(lock.lock_file).unlink(missing_ok=True)  # while held: a waiter sees an unlinked file, retries
         lock.release()
 
 
@@ -176,22 +189,13 @@ class RunDir:
             raise
 
     def _acquire(self) -> None:
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(lock_path(self.final), timeout=0)
         try:
-            lock.acquire()
-        except Timeout:
-            raise ToolkitError(f"another toolkit run is writing {self.final} right now: wait for it to finish "
-                               "or choose another --out") from None
+            self._lock = _take_lock(self.final, " or choose another --out")
         except OSError as exc:
             raise ToolkitError(f"cannot lock output directory {self.final}: {exc.strerror}") from None
-        self._lock = lock
 
     def _release(self) -> None:
-        if self._lock is not None and self._lock.is_locked:
-            Path(self._lock.lock_file).unlink(missing_ok=True)  # while held: a waiter sees an unlinked file, retries
-            self._lock.release()
+        _release_lock(self._lock)
         self._lock = None
 
     def _restore_hidden_previous(self) -> None:
