@@ -53,7 +53,7 @@ from pydantic import AfterValidator, Field
 from trainers.artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, predict
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
-from trainers.options import Bool, Float, Fraction, Int, NonNegativeInt, PositiveFloat, Ratio
+from trainers.options import Bool, Float, Fraction, Int, EpochsOrNone, PositiveFloat, Ratio
 from trainers.progress import ProgressEvent, reporter
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
@@ -1046,8 +1046,8 @@ def baseline_variant(model: LoadedModel) -> Variant:
 
 @register_method("auto", role="search")
 def auto(model: LoadedModel, data: DataBundle, max_drop: AccuracyPoints = 0.5,
-         prune_ratios: tuple[Ratio, ...] = (0.3, 0.5, 0.2), finetune_epochs: NonNegativeInt = 10,
-         distill_epochs: NonNegativeInt = 30, unstructured_ratio: OptionalRatio = 0.9,
+         prune_ratios: tuple[Ratio, ...] = (0.3, 0.5, 0.2), finetune_epochs: EpochsOrNone = 10,
+         distill_epochs: EpochsOrNone = 30, unstructured_ratio: OptionalRatio = 0.9,
          latency_budget_s: PositiveFloat = 0.25, min_agreement: Fraction = MIN_AGREEMENT,
          budget_seconds: PositiveFloat | None = None, explore_seconds: NonNegativeFloat = EXPLORE_SECONDS,
          max_drift: OptionalDrift = None, drift_guard_on: Bool = True, serving_batch: ServingBatch = 256,

@@ -24,7 +24,7 @@ from trainers.data import DataBundle
 from trainers.loop import Batch, LoopOptions, split_tensors, training_loop
 from trainers.errors import ToolkitError
 from trainers.models import build_model, config_dict, count_parameters, get_family, list_models, make_config
-from trainers.options import Bool, Float, Fraction, Int, PositiveFloat, PositiveInt, Str
+from trainers.options import Bool, Epochs, Float, Fraction, Int, PositiveFloat, PositiveInt, Str
 
 from . import depgraph
 from .base import Variant, derive_model, register_method
@@ -136,7 +136,7 @@ def _auto_distill(family: str, settings: dict) -> list[dict]:
 
 @register_method("distill", role="transform", auto=_auto_distill, chain=True, needs=("torch",))
 def distill(model: LoadedModel, data: DataBundle, student: Str | nn.Module | None = None,
-            student_config: dict | None = None, width_factor: WidthFactor = 0.25, epochs: PositiveInt = 150,
+            student_config: dict | None = None, width_factor: WidthFactor = 0.25, epochs: Epochs = 150,
             temperature: Temperature = 2.0, alpha: Fraction = 0.7, lr: PositiveFloat = 3e-3,
             batch_size: PositiveInt = 64, mixup: Mixup = 1.0, seed: Int = 0,
             attribution_weight: AttributionWeight = 0.0, alone: Bool = True, give_up: PositiveFloat | None = None) -> list[Variant]:

@@ -30,7 +30,7 @@ from trainers.codecs import CODEBOOK_SIZE, quantize_int8
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 from trainers.loop import LoopOptions, split_tensors, training_loop
-from trainers.options import Bool, Int, NonNegativeInt, PositiveFloat, PositiveInt, Ratio, validated
+from trainers.options import Bool, EpochsOrNone, Int, PositiveFloat, PositiveInt, Ratio, validated
 
 from . import depgraph
 from .base import Variant, check_source, derive_model, register_method
@@ -135,7 +135,7 @@ def _auto_unstructured(family: str, settings: dict) -> list[dict]:
 
 @register_method("prune-structured", role="transform", auto=_auto_structured, chain=True, needs=("torch",),
                  fallback=("teacher", "align"))
-def structured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.5, finetune_epochs: NonNegativeInt = 10,
+def structured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.5, finetune_epochs: EpochsOrNone = 10,
                      criterion: Criterion = DEFAULT_CRITERION, allocation: Allocation | None = None,
                      teacher: Bool | None = None, lr: PositiveFloat = 1e-3, seed: Int = 0,
                      attribution_weight: AttributionWeight = 0.0, align: PositiveInt = depgraph.ALIGN) -> list[Variant]:
@@ -201,7 +201,7 @@ def _prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 @register_method("prune-unstructured", role="transform", auto=_auto_unstructured, needs=("torch",), keeps_speed=True)
-def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9, finetune_epochs: NonNegativeInt = 10,
+def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9, finetune_epochs: EpochsOrNone = 10,
                        int8: Bool = False, share_weights: Bool = False, steps: Annotated[int, Strict(), Field(ge=1, le=10)] = 1,
                        clusters: Annotated[int, Strict(), Field(ge=2, le=CODEBOOK_SIZE)] = CODEBOOK_SIZE,
                        teacher: Bool = False, lr: PositiveFloat = 1e-3, seed: Int = 0) -> list[Variant]:

@@ -302,6 +302,7 @@ def test_failure_mid_run_leaves_nothing(models, digits, tmp_path, monkeypatch):
      "compression method 'onnx-fp32': exporter: input should be 'auto', 'dynamo' or 'legacy', got 'bogus'"),
     (["auto"], {"auto": {"prune_ratio": 0.5}}, None, "unknown option(s) for compression method 'auto': prune_ratio"),
     (["auto"], {"auto": {"prune_ratios": [0.5, 1.5]}}, None, "auto': prune_ratios.1: input should be less than 1"),
+    (["auto"], {"auto": {"distill_epochs": 10 ** 12}}, None, "auto': distill_epochs: input should be less than or equal"),
     (["auto"], {"auto": {"max_drop": 1.0}}, None, "option max_drop of auto is compress's own: give it as max_drop"),
     (["fp16"], {"fp16": {"ratio": 0.5}}, None, "unknown option(s) for compression method 'fp16': ratio"),
     (["fp16"], {"fp16": [1]}, None, "options for fp16 must be a table"),

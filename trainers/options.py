@@ -41,6 +41,7 @@ NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 # recorded as is), not a schedule anyone means.
 MAX_EPOCHS = 1_000_000
 Epochs = Annotated[int, Strict(), Field(ge=1, le=MAX_EPOCHS)]
+EpochsOrNone = Annotated[int, Strict(), Field(ge=0, le=MAX_EPOCHS)]  # 0: that step is skipped
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]  # numpy and scikit-learn take 32-bit seeds
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]   # [0, 1]
