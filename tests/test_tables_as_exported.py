@@ -409,3 +409,16 @@ def test_predict_names_levels_training_never_saw_once_per_file(tmp_path, capsys)
         _, table = predict_file(tmp_path / "run", tmp_path / "new.csv", batch_size=64)
     assert len(table) == 3 * N and len(said) == 1  # once for the file, not once per batch
     assert "column 'colour' holds levels training never saw ('purple')" in said[0]
+
+
+def test_an_empty_separator_given_over_a_recorded_one_is_refused_not_ignored(tmp_path):
+    """compress and explain merge the options given with those training recorded: `--sep ''` is given (and wrong),
+    not absent, so it must not fall back to the recorded separator."""
+    recorded = TableOptions(target="label", sep=";")
+    assert recorded.merged(TableOptions.of(sep="")).sep == ""
+    assert recorded.merged(TableOptions.of(target="")).target == ""
+    assert recorded.merged(TableOptions.of()) == recorded
+    frame, y = _frame()
+    pd.DataFrame({**frame, "label": y}).to_csv(tmp_path / "t.csv", sep=";", index=False)
+    with pytest.raises(DataError, match="--sep must be one character"):
+        load_data(str(tmp_path / "t.csv"), table=recorded.merged(TableOptions.of(sep="")))

@@ -52,9 +52,10 @@ class TableOptions:
         return cls(raw.get("target"), tuple(raw.get("keep") or ()), tuple(raw.get("drop") or ()), raw.get("sep"))
 
     def merged(self, given: "TableOptions") -> "TableOptions":
-        """These (recorded) options, overridden by what a user gave now."""
-        return TableOptions(given.target or self.target, given.keep or self.keep, given.drop or self.drop,
-                            given.sep or self.sep)
+        """These (recorded) options, overridden by what a user gave now. A target or separator given empty is
+        given (and refused where it is read), not taken for absent."""
+        return TableOptions(self.target if given.target is None else given.target, given.keep or self.keep,
+                            given.drop or self.drop, self.sep if given.sep is None else given.sep)
 
 
 def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
