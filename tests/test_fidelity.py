@@ -904,3 +904,27 @@ def test_log_loss_is_measured_and_flattened_probabilities_are_noted(digits):
         v.measurements["latency_ms"] = {s: {"p50": 1.0} for s in ("b1_t1", "b256_t1", "b1_tall", "b256_tall")}
     compare_to_baseline(flat, baseline, 0.5, 0.97, classes, classes)
     assert any("probabilities fit the test labels worse" in note for note in flat.notes)
+
+
+def test_the_quick_timing_compares_speeds_at_the_other_batch_size_from_one_timing(digits, monkeypatch):
+    """Each quick speed-up is a ratio to the original in its own timing. A leader timed alone at batch 1 (to see it
+    is not slower than the original there) on a busy moment may read 1.5-2x high, and an fp32 graph really faster than
+    it at batch 1 then read "behind the fastest there" and left: the readings compared must come from one timing."""
+    import compress.auto as auto
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    baseline = auto.baseline_variant(model)
+    speeds = {256: {"leader": 3.0, "fp32-onnx": 1.0}, 1: {"leader": 5.0, "fp32-onnx": 6.0}}
+    timings = []
+
+    def quick(variants, base, data, config, batch=256, **kw):
+        timings.append(batch)
+        scale = 2.0 if timings.count(1) == 1 and batch == 1 else 1.0   # the original slow in the first timing there
+        return {id(v): speeds[batch][v.name] * scale for v in variants}
+
+    monkeypatch.setattr(auto, "quick_ratios", quick)
+    made = [Variant(name, model, {"method": "test"}) for name in ("leader", "fp32-onnx")]
+    cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert [v.name for v in made] == ["leader", "fp32-onnx"] and cut == []
+    assert made[0].measurements["_quick_b1"] == 5.0   # read again with the others
