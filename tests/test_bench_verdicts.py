@@ -1,4 +1,5 @@
-"""The peer benchmark's verdict column: "met", or why auto's choice is not ahead, read from the measurements."""
+"""The peer benchmark: its verdict column ("met", or why auto's choice is not ahead, read from the measurements), and
+its peers at their best settings, built and run on a tiny model."""
 
 from __future__ import annotations
 
@@ -157,3 +158,75 @@ def test_waveform_and_its_bayes_classifier_match_the_published_benchmark():
     assert (waveform_bayes(noisy) == bayes).all()
     linear = LogisticRegression(max_iter=2000).fit(x[:6000], y[:6000])
     assert (bayes[6000:] == y[6000:]).mean() > linear.score(x[6000:], y[6000:])
+
+
+def test_the_best_settings_static_peers_build_run_and_calibrate_on_every_row(iris, monkeypatch):
+    """The peers at their best settings on a 2-epoch iris MLP: the whole-graph static peer and the Torch-Pruning
+    chain build and answer every test row, in QOperator graphs (QGemm, no fp32 Gemm left); every calibration row
+    given reaches ORT, for the defaults peer too (iris has 102 training rows, of which 64-row batches cut to one
+    size would keep 64; 200 rows, the defaults peer's number, all kept); the pruned module is made once for both
+    Torch-Pruning rows."""
+    import numpy as np
+    import onnx
+    import onnxruntime.quantization as ortq
+
+    import compress_vs_peers as bench
+    from trainers import TrainConfig, train
+
+    fed, real = [], ortq.quantize_static
+
+    def spy(model_input, model_output, reader, **kwargs):
+        fed.append(sum(len(batch["input"]) for batch in reader.batches))
+        return real(model_input, model_output, reader, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_static", spy)
+    model = train(iris, "mlp", TrainConfig(epochs=2, device="cpu"), progress=False).model
+    fp32_bytes = bench.user_export(model, iris)
+    made = []
+    pruned = bench.once(lambda: made.append(1) or bench.torch_pruned(model, iris, 1))
+    peers = [bench.peer_ort_static_best(fp32_bytes, iris), bench.peer_torch_pruning(pruned(), iris, 1),
+             bench.peer_torch_pruning_static(pruned(), iris, 1)]
+    bench.peer_ort_static(fp32_bytes, iris)
+    assert made == [1] and fed == [len(iris.x_train)] * 3 == [102] * 3
+    assert [p.name for p in peers] == [bench.STATIC_BEST, bench.TP, bench.TP_STATIC]
+    for peer in peers:
+        out = peer.call(np.ascontiguousarray(iris.x_test, np.float32))
+        assert out.shape == (len(iris.x_test), 3) and np.isfinite(out).all()
+    ops = {n.op_type for n in onnx.load_from_string(
+        bench.quantize_static_best(fp32_bytes, iris, reduce_range=True)).graph.node}
+    assert "QGemm" in ops and "Gemm" not in ops
+    assert peers[2].size < peers[1].size  # int8 weights: the chain's graph is smaller than the pruned fp32 one
+    x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    assert sum(len(b["input"]) for b in bench.calibration_reader(x).batches) == 200
+
+
+def test_a_failed_pruning_fails_both_torch_pruning_rows_without_pruning_again():
+    import pytest
+
+    from compress_vs_peers import once
+
+    calls = []
+
+    def prune():
+        calls.append(1)
+        raise RuntimeError("this graph cannot be pruned")
+
+    pruned = once(prune)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="cannot be pruned"):
+            pruned()
+    assert calls == [1]
+
+
+def test_the_pruned_and_quantized_chain_as_best_peer_names_both_shared_steps():
+    """Against Torch-Pruning chained into ORT quantize_static, a pruned int8-static choice shares both steps with
+    the peer: the verdict names the int8 kernels and the pruned widths; the whole-graph best-settings peer only
+    the kernels."""
+    from compress_vs_peers import STATIC_BEST, TP_STATIC
+
+    chosen = "prune-structured-50+int8-static-lean-onnx+below-b16-prune-structured-50+int8-weights-onnx"
+    why = why_short(_case(chosen, (8.5, 7.8), TP_STATIC, (11.4, 6.9)), "b256")
+    assert why.startswith(f"ahead, under 1.2x ({TP_STATIC} 6.90x, auto 7.80x)")
+    assert why.endswith("the same ONNX Runtime int8 kernels; the peer's pruned widths run as fast")
+    why = why_short(_case(chosen, (8.5, 7.8), STATIC_BEST, (11.4, 7.5)), "b256")
+    assert "the same ONNX Runtime int8 kernels" in why and "pruned widths" not in why
