@@ -145,3 +145,50 @@ def test_predicting_with_an_onnx_variant_imports_no_pytorch(model, tmp_path):
     assert done.stdout.split()[-2:] == ["0", "False"], done.stderr[-2000:]  # after the path of the file written
     expected = tabulate(load_model(variant), predict(load_model(variant), read_table(tmp_path / "rows.csv")))
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.csv"), expected, check_dtype=False)
+
+
+def test_a_parquet_file_streams_in_chunks_with_the_whole_files_answers(model, tmp_path, small_chunks, monkeypatch):
+    """Parquet is read a chunk at a time too (a row group per 100 rows here, regrouped into chunks of 64): the same
+    answers as the file read whole, a category column and an index pandas stored included."""
+    rows = _frame(300, seed=5)
+    rows["color"] = rows["color"].astype("category")
+    rows.index = rows.index * 7 + 3
+    rows.to_parquet(tmp_path / "rows.parquet", row_group_size=100)
+    expected = _whole(model, tmp_path / "rows.parquet")
+    calls = []
+    real = artifact.raw_rows_to_inputs
+    monkeypatch.setattr(artifact, "raw_rows_to_inputs", lambda m, x: calls.append(len(x)) or real(m, x))
+    import trainers.tables as tables
+
+    monkeypatch.setattr(tables, "_read_parquet", lambda path: pytest.fail("the whole file was read"))
+    _, table = predict_file(model, tmp_path / "rows.parquet", batch_size=16)
+    assert calls == [64, 64, 64, 64, 44]
+    pd.testing.assert_frame_equal(table, expected)
+
+
+def test_a_parquet_chunk_past_the_data_budget_is_one_line_and_no_file(model, tmp_path, small_chunks, capsys,
+                                                                     monkeypatch):
+    """Each chunk is counted before it is decoded: a file whose chunks fit streams (the whole file read at once
+    would be over the budget); a chunk of text that decodes past it is refused with one line and no --out."""
+    rows = _frame(300, seed=6)
+    rows.to_parquet(tmp_path / "rows.parquet")
+    monkeypatch.setenv("TOOLKIT_MAX_DATA_BYTES", str(6_000))   # 64 rows fit; the file's 300 rows do not
+    assert main(["predict", str(model), str(tmp_path / "rows.parquet"), "--batch-size", "16", "--out",
+                 str(tmp_path / "p.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 300
+    rows["color"] = "x" * 1_000   # 64 rows of it: 64,000 bytes decoded
+    rows.to_parquet(tmp_path / "long.parquet")
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "long.parquet"), "--batch-size", "16", "--out",
+                 str(tmp_path / "q.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "64 of its rows decode to more than 6,000 bytes" in err
+    assert not (tmp_path / "q.csv").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "long.parquet", "p.csv", "rows.parquet"]
+
+
+def test_a_parquet_file_without_a_column_the_model_needs_gets_the_whole_readers_message(model, tmp_path, capsys):
+    _frame(50, seed=7).drop(columns="color").to_parquet(tmp_path / "rows.parquet")
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "rows.parquet")]) == 2
+    assert "color" in capsys.readouterr().err

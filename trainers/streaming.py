@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
-from .errors import warn
+from .errors import DataError, warn
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,24 +50,78 @@ def sliced(x, rows: int) -> Iterator:
 def table_chunks(path: Path, table: dict, rows: int) -> Iterator[pd.DataFrame]:
     """A table file's raw rows, `rows` at a time, with the columns the fitted `table` encodes.
 
-    A CSV is streamed (`csv_chunks`); where that reader gives up (a ragged line, text in a column its first
-    block read as numbers, bytes that are not UTF-8, an empty file), even midway, the file is read whole by
+    A CSV (`csv_chunks`) or Parquet file (`parquet_chunks`) is streamed; where that reader gives up (for a CSV
+    a ragged line, text in a column its first block read as numbers, bytes that are not UTF-8, an empty file;
+    for either a column the model needs that the file lacks), even midway, the file is read whole by
     `tables.read_table`, so the established messages and fallbacks apply, and the rows not yet given follow
-    from there. A Parquet file is read whole (its decoded size is checked against the data budget there).
+    from there.
     """
     from .tables import read_table
 
     sep = (table.get("read") or {}).get("sep")
     given = 0
-    if path.suffix.lower() == ".csv":
+    reader = {".csv": lambda: csv_chunks(path, table, sep, rows),
+              ".parquet": lambda: parquet_chunks(path, table, rows)}.get(path.suffix.lower())
+    if reader is not None:
         try:
-            for chunk in csv_chunks(path, table, sep, rows):
+            for chunk in reader():
                 yield chunk
                 given += len(chunk)
             return
         except Unstreamable:
             pass
     yield from sliced(read_table(path, sep).iloc[given:], rows)
+
+
+def parquet_chunks(path: Path, table: dict, rows: int) -> Iterator[pd.DataFrame]:
+    """A Parquet file's rows `rows` at a time, only the columns `table` encodes, typed as the whole-file reader
+    types them (`tables._read_parquet`: pyarrow's own conversion). The whole-file reader holds the file and
+    counts its decoded size against the data budget first; here each block is counted before it is decoded
+    (`tables.decoded_bytes`: text read as dictionaries, so a cell repeated a million times is counted, not
+    made), so a file of any length streams in the memory of one chunk. Raises Unstreamable where a column is
+    missing (the whole-file reader's message names it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .data import MAX_DATA_BYTES_ENV, data_budget
+    from .tables import decoded_bytes, parquet_schema, text_columns
+
+    schema = parquet_schema(path)
+    used = [name for name in schema.names if name in {step["column"] for step in table["steps"]}]
+    if len(used) < len({step["column"] for step in table["steps"]}):
+        raise Unstreamable()
+    text = [name for name in text_columns(schema) if name in used]
+
+    def frame(block: "pa.Table") -> pd.DataFrame:
+        if decoded_bytes(block) > data_budget():
+            raise DataError(f"{path}: {block.num_rows:,} of its rows decode to more than {data_budget():,} bytes "
+                            f"(set {MAX_DATA_BYTES_ENV} to allow more)")
+        plain = [pc.cast(column, column.type.value_type) if pa.types.is_dictionary(column.type) else column
+                 for column in block.columns]
+        return pa.table(plain, names=block.column_names).to_pandas()
+
+    try:
+        with pq.ParquetFile(path, read_dictionary=text) as parquet:
+            yield from regrouped(parquet.iter_batches(batch_size=rows, columns=used), rows, frame)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read {path} as Parquet: {exc}") from None
+
+
+def regrouped(batches: Iterable, rows: int, frame) -> Iterator[pd.DataFrame]:
+    """pyarrow record batches (of any lengths) as `frame`s of exactly `rows` rows, but for the last."""
+    import pyarrow as pa
+
+    pending, count = [], 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            block = pa.Table.from_batches(pending)
+            yield frame(block.slice(0, rows))
+            pending, count = block.slice(rows).to_batches(), count - rows
+    if count:
+        yield frame(pa.Table.from_batches(pending))
 
 
 def csv_chunks(path: Path, table: dict, sep: str | None, rows: int) -> Iterator[pd.DataFrame]:
@@ -117,23 +171,17 @@ def csv_chunks(path: Path, table: dict, sep: str | None, rows: int) -> Iterator[
                 columns[name] = column.to_pandas()
         return pd.DataFrame(columns, copy=False)
 
-    pending, count = [], 0
-    with stream:
-        while True:
-            try:
-                batch = stream.read_next_batch()
-            except StopIteration:
-                break
-            except (pa.ArrowException, OSError):
-                raise Unstreamable() from None
-            pending.append(batch)
-            count += batch.num_rows
-            while count >= rows:
-                block = pa.Table.from_batches(pending)
-                yield frame(block.slice(0, rows))
-                pending, count = block.slice(rows).to_batches(), count - rows
-    if count:
-        yield frame(pa.Table.from_batches(pending))
+    def batches():
+        with stream:
+            while True:
+                try:
+                    yield stream.read_next_batch()
+                except StopIteration:
+                    return
+                except (pa.ArrowException, OSError):
+                    raise Unstreamable() from None
+
+    yield from regrouped(batches(), rows, frame)
 
 
 class UnseenLevels:

@@ -188,11 +188,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     from .data import MAX_DATA_BYTES_ENV, data_budget
 
     try:
-        schema = pq.read_schema(path)
-        for field in schema:
-            if pa.types.is_nested(field.type):
-                raise DataError(f"{path}: column '{field.name}' has nested type {field.type}; "
-                                "flatten it to plain columns first")
+        schema = parquet_schema(path)
         if _decoded_bytes(path, schema, data_budget()) > data_budget():
             raise DataError(f"{path}: its columns decode to more than {data_budget():,} bytes (set "
                             f"{MAX_DATA_BYTES_ENV} to allow more)")
@@ -202,27 +198,59 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
+def parquet_schema(path: Path):
+    """A Parquet file's schema; a nested column is one DataError line (its cells are no feature values)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read {path} as Parquet: {exc}") from None
+    for field in schema:
+        if pa.types.is_nested(field.type):
+            raise DataError(f"{path}: column '{field.name}' has nested type {field.type}; "
+                            "flatten it to plain columns first")
+    return schema
+
+
+def text_columns(schema) -> list[str]:
+    """The columns of a Parquet schema holding text or bytes (read as dictionaries to count them undecoded)."""
+    import pyarrow as pa
+
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+
+
+def decoded_bytes(batch) -> int:
+    """The bytes a pyarrow batch takes once decoded; a dictionary column counted as the dictionary's lengths
+    taken by the indices, without decoding it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = 0
+    for column in batch.columns:
+        for chunk in getattr(column, "chunks", [column]):   # a table's columns are chunked, a batch's are not
+            if pa.types.is_dictionary(chunk.type):
+                lengths = pc.binary_length(chunk.dictionary).take(chunk.indices)
+                total += int(pc.sum(lengths).as_py() or 0) + 8 * len(chunk)
+            else:
+                total += chunk.nbytes
+    return total
+
+
 def _decoded_bytes(path: Path, schema, stop: int) -> int:
     """The bytes `path`'s columns take once decoded, counted a batch at a time (stops past `stop`), without
     decoding its text: a 49 KB file holding one 10,000-character string a million times (dictionary-encoded,
     which Parquet's metadata does not show) decodes to 10 GB. Text columns are read as dictionaries, and their
     decoded length is the dictionary's lengths taken by the indices."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     _refuse_width(path, len(schema.names))
-    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-            or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
     total = 0
-    with pq.ParquetFile(path, read_dictionary=text) as parquet:
+    with pq.ParquetFile(path, read_dictionary=text_columns(schema)) as parquet:
         for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
-            for column in batch.columns:
-                if pa.types.is_dictionary(column.type):
-                    lengths = pc.binary_length(column.dictionary).take(column.indices)
-                    total += int(pc.sum(lengths).as_py() or 0) + 8 * len(column)
-                else:
-                    total += column.nbytes
+            total += decoded_bytes(batch)
             if total > stop:
                 break
     return total
