@@ -20,7 +20,7 @@ from .base import METHODS, Method, Variant, check_source, derive_model, register
 
 _EXPORTS = {
     "run": ("CompressResult", "check_request", "compress_model"),
-    "export": ("export_onnx", "export_onnx_raw_rows", "onnx_parity"),
+    "export": ("export_onnx", "export_onnx_raw_rows", "onnx_parity", "runtime_twin"),
     "measure": ("measure_variant", "measure_all", "pareto_front", "fidelity", "agreement_margin", "wilson_interval",
                 "judge"),
     "auto": ("choose", "plan"),

@@ -474,7 +474,7 @@ def drift_check(model: LoadedModel, data: DataBundle, settings: dict | None) -> 
     """`drift_guard` as a test (True: the variant's attributions drifted), or None when auto's `drift_guard_on`
     is off (`settings`: auto's options as given). A variant checked once is not checked again; the original is
     attributed once, at the first check, for all of them."""
-    from explain.compare import original_attribution
+    from explain import original_attribution
 
     settings = {**METHODS.options("auto"), **(settings or {})}
     if not settings["drift_guard_on"]:

@@ -178,6 +178,22 @@ def same_logits(got: np.ndarray, want: np.ndarray) -> bool:
     return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-3, atol=1e-4))
 
 
+def runtime_twin(model, sample: np.ndarray, threads: int = 1):
+    """An ONNX Runtime session on the TorchScript export of `model`, its 1-D convolutions run as 2-D ones
+    (`compress.layout`), or None when the export fails or its logits differ from PyTorch's on `sample` beyond
+    float32 rounding. For callers that run many forward passes (explain's black-box estimators): the session
+    is faster than eager PyTorch, and None leaves them on PyTorch."""
+    from .layout import lift_1d
+
+    try:
+        graph = export_onnx(model, exporter="legacy")
+        session = ort_session(lift_1d(graph) or graph, threads=threads)
+        same, _ = graph_matches(session, model.module, sample)
+    except Exception:  # noqa: BLE001 - any export or runtime failure: the caller keeps PyTorch
+        return None
+    return session if same else None
+
+
 def export_onnx(model, data: DataBundle | None = None, *, exporter: str = "auto", opset: int | None = None) -> bytes:
     """Export a model (LoadedModel or nn.Module, any family) to ONNX with a dynamic batch axis.
 

@@ -18,7 +18,7 @@ _EXPORTS = {
     "registry": ("Explainer", "default_methods", "get_method", "list_methods", "register_method"),
     "methods": ("Attribution", "attribute", "resolve"),
     "stage": ("ExplainResult", "check_samples", "explain_model"),
-    "compare": ("attribution_agreement", "attribution_drift", "check_comparable"),
+    "compare": ("attribution_agreement", "attribution_drift", "check_comparable", "original_attribution"),
     "quality": ("assess", "completeness_error"),
     "shapley": ("ShapleyEstimate", "shapley_estimate", "shapley_permutation"),
 }

@@ -255,19 +255,11 @@ COMPILE_ROWS = 256
 
 
 def _ort_twin(model, sample: np.ndarray):
-    """An ONNX Runtime session on the TorchScript export of `model` (as many threads as torch uses), its 1-D
-    convolutions run as 2-D ones (`compress.layout`), or None when the export fails or its logits differ from
-    PyTorch's on `sample` beyond float32 rounding."""
-    from compress.export import export_onnx, graph_matches, ort_session
-    from compress.layout import lift_1d
+    """An ONNX Runtime session that answers as `model` does on `sample`, as many threads as torch uses, or None
+    (`compress.runtime_twin`)."""
+    from compress import runtime_twin
 
-    try:
-        graph = export_onnx(model, exporter="legacy")
-        session = ort_session(lift_1d(graph) or graph, threads=torch.get_num_threads())
-        same, _ = graph_matches(session, model.module, sample)
-    except Exception:  # any export or runtime failure: PyTorch keeps running the passes
-        return None
-    return session if same else None
+    return runtime_twin(model, sample, threads=torch.get_num_threads())
 
 
 TRAINING_MEAN = "training mean"

@@ -112,7 +112,7 @@ def _is_user_model(item) -> bool:
 
 def _unwrapped(item) -> tuple:
     """(model, its name) of a `compress.Variant` from a `compress_model` result; (item, None) for anything else."""
-    from compress.base import Variant
+    from compress import Variant
 
     return (item.model, item.name) if isinstance(item, Variant) else (item, None)
 

@@ -92,6 +92,25 @@ def test_imports_flow_one_way(package):
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.parametrize("package, other", [("compress", "explain"), ("explain", "compress")])
+def test_compress_and_explain_use_each_other_through_public_names_only(package, other):
+    """DESIGN: compress/ and explain/ use each other only through their public functions, the names their
+    `__init__` exports (`__all__`): never a submodule of the other."""
+    import importlib
+
+    public = set(importlib.import_module(other).__all__)
+    wrong = []
+    for name, path in MODULES.items():
+        if name.split(".")[0] != package:
+            continue
+        wrong += [f"{name} imports {dep}" for dep in _imports(name, path, top_level_only=False)
+                  if dep.startswith(other + ".")]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == other and not node.level:
+                wrong += [f"{name} imports {other}.{a.name}, not public" for a in node.names if a.name not in public]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_report_renderer_reads_files_only():
     """Rendering imports no stage: it reads what the stages wrote (the pipeline and its config run them)."""
     for name, path in MODULES.items():

@@ -466,6 +466,7 @@ def test_the_guard_checks_the_pick_and_then_the_next_pick_only():
 
 
 def test_the_guard_attributes_the_original_once_for_every_candidate(monkeypatch):
+    import explain
     import explain.compare as compare
     from compress.auto import drift_check
 
@@ -473,7 +474,9 @@ def test_the_guard_attributes_the_original_once_for_every_candidate(monkeypatch)
     original = fit_mlp(bundle, 0, COPIES)
     calls = []
     real = compare.original_attribution
-    monkeypatch.setattr(compare, "original_attribution", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spy = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(compare, "original_attribution", spy)
+    monkeypatch.setattr(explain, "original_attribution", spy, raising=False)   # the public name auto imports
     check = drift_check(original, bundle, {})
     moved = _candidate("moved", fit_mlp(bundle, 0, INFORMATIVE), p50=1.0)
     same = _candidate("same", original, p50=1.5)
