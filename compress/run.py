@@ -176,6 +176,32 @@ def small_test_split(n: int, max_drop: float, min_agreement: float) -> str | Non
             "rests on very few rows (give more test rows: x_test/y_test, or more data)")
 
 
+# DESIGN's command line names kinds of compression (`--method quantize|prune|distill|auto`); the registry names
+# each way of doing one. A kind stands for its registered methods that the model can take, in registry order:
+# ONNX Runtime's int8 quantizations, and the structured pruning that really shrinks the model.
+KINDS = {"quantize": ("int8-dynamic", "int8-static", "int8-weights"), "prune": ("prune-structured",)}
+
+
+def expand_kinds(methods: list[str], options: dict | None = None, model=None) -> list[str]:
+    """`methods` with each kind (`KINDS`) replaced by its methods (those `model` can take, when given), each
+    method once. Options are per method: a kind's name in `options` is one ToolkitError line naming them."""
+    given = sorted(set(options or {}) & set(KINDS))
+    if given:
+        raise ToolkitError(f"options are given per method, not for the kind {given[0]!r}: name its methods "
+                           f"({', '.join(KINDS[given[0]])})")
+    from . import list_methods
+
+    takes = set(list_methods(model)) if model is not None else None
+    out = []
+    for name in methods:
+        members = [m for m in KINDS.get(name, (name,)) if name not in KINDS or takes is None or m in takes]
+        if name in KINDS and not members:
+            raise ToolkitError(f"none of the methods of {name!r} ({', '.join(KINDS[name])}) can take this model")
+        # a method named and also in a kind runs once; one named twice stays twice (check_request refuses that)
+        out += members if name not in KINDS else [m for m in members if m not in out and m not in methods]
+    return out
+
+
 def check_request(methods, family, max_drop, options: dict | None = None, ratio=None,
                   min_agreement=CompressOptions.min_agreement, budget_seconds=None, device=CompressOptions.device):
     """Refuse a bad request before any work: a bad budget, agreement, ratio or device (a GPU this machine does
@@ -228,7 +254,8 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
     Args:
         model: an artifact directory or a LoadedModel (fp32 PyTorch).
         data: a data spec (`digits`, a .npz/.csv path) or a DataBundle; its test split is used for measuring.
-        methods: registered method names (`compress.list_methods()`); "auto" tries the candidates for the family.
+        methods: registered method names (`compress.list_methods()`); "auto" tries the candidates for the family;
+            a kind of compression ("quantize", "prune": `KINDS`) stands for its methods that the model can take.
         max_drop: accuracy budget, in percentage points below the original.
         out: run directory; with it, variants/<name>/ artifacts, config.json, env.json and result.json are written.
         options: per-method options, e.g. {"prune-structured": {"finetune_epochs": 5}, "auto": {"distill_epochs": 0}}.
@@ -259,8 +286,10 @@ def _compress_model(model, data, methods, max_drop, out, overwrite, options, rat
     start = time.perf_counter()
     methods = list(methods or CompressOptions().methods)
     options = dict(options or {})
-    max_drop, ratio = check_request(methods, None, max_drop, options, ratio, min_agreement, budget_seconds, device)
+    max_drop, ratio = check_request(expand_kinds(methods, options), None, max_drop, options, ratio, min_agreement,
+                                    budget_seconds, device)
     model, data = _load(model, data, target, table)
+    methods = expand_kinds(methods, options, model)
     check_request(methods, model, max_drop, options, ratio, min_agreement, budget_seconds, device)
     fidelity = {"min_agreement": min_agreement, "budget_seconds": budget_seconds, "start": start, "device": device}
 

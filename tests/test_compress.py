@@ -524,3 +524,17 @@ def test_a_compressed_model_compressed_again_says_its_figures_are_against_itself
     again = compress.compress_model(variant, iris, methods=["onnx-fp32"])
     assert any("itself a compressed model (prune-structured)" in note for note in again.search_notes)
     assert not any("itself a compressed model" in note for note in first.search_notes)
+
+
+def test_the_kinds_designs_command_line_names_stand_for_their_methods(models, digits, tmp_path):
+    """`--method quantize|prune` (DESIGN's command line) run the registered methods of that kind the model can take;
+    options stay per method."""
+    from compress.run import KINDS, expand_kinds
+
+    assert expand_kinds(["quantize", "prune"]) == [*KINDS["quantize"], "prune-structured"]
+    assert expand_kinds(["quantize", "int8-static"]) == ["int8-dynamic", "int8-weights", "int8-static"]
+    assert expand_kinds(["auto"]) == ["auto"]
+    with pytest.raises(ToolkitError, match="options are given per method, not for the kind 'quantize'"):
+        expand_kinds(["quantize"], {"quantize": {}})
+    result = compress_model(models["mlp"], digits, methods=["quantize"], max_drop=5.0)
+    assert {v.recipe["method"] for v in result.variants} == {"int8-dynamic", "int8-static", "int8-weights"}
