@@ -237,14 +237,14 @@ def ctrl_c_in_second_epoch():
 
 
 def interrupted_train(out: Path, epochs: int, model: dict) -> None:
-    """A real `train` on iris stopped by Ctrl-C in its second epoch: `out` keeps its checkpoint.pt."""
+    """A real `train` on iris stopped by Ctrl-C in its second epoch: `out` keeps its checkpoint.json."""
     import pytest
 
     from trainers import TrainConfig, TrainingInterrupted, train
 
     with ctrl_c_in_second_epoch(), pytest.raises(TrainingInterrupted):
         train("iris", "mlp", TrainConfig(epochs=epochs, model=model), out=out, progress=False)
-    assert (out / "checkpoint.pt").is_file()
+    assert (out / "checkpoint.json").is_file()
 
 
 @contextmanager

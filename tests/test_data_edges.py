@@ -139,7 +139,7 @@ def test_a_pipeline_on_a_corrupt_data_file_prints_one_line_and_writes_nothing(tm
 # Resuming through a symlinked --out while another process wants the same directory.
 
 def _interrupted_run(out: Path) -> None:
-    """A train run stopped by Ctrl-C in its second epoch: it keeps checkpoint.pt."""
+    """A train run stopped by Ctrl-C in its second epoch: it keeps its checkpoint."""
     from fake_runs import interrupted_train
 
     interrupted_train(out, 40, {"hidden": [8]})

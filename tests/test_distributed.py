@@ -127,7 +127,7 @@ def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_pa
 
     with ctrl_c_in_epoch(3), pytest.raises(TrainingInterrupted) as stop:
         train("iris", "mlp", TrainConfig(epochs=4, device="cpu"), out=tmp_path / "run", progress=False)
-    assert stop.value.result.interrupted and (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert stop.value.result.interrupted and (tmp_path / "run" / "checkpoint.json").is_file()
     done = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "train",
                  "iris", "--model", "mlp", "--epochs", "4", "--device", "cpu", "--out", "run", "--resume", "--json"],
                 tmp_path)
@@ -136,7 +136,7 @@ def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_pa
     assert result["processes"] == 2 and not result["interrupted"]
     assert [row["epoch"] for row in result["history"]] == [1, 2, 3, 4]  # epochs 1-2 from the checkpoint
     assert _artifacts(tmp_path) == [tmp_path / "run"]
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "checkpoint.json").exists()
     assert load_model(tmp_path / "run").spec.family == "mlp"
 
 

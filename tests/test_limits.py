@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import shutil
 import struct
 import subprocess
@@ -405,16 +406,17 @@ def test_divergence_is_a_failure_not_an_untrained_model(tmp_path, monkeypatch, c
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("content", ["list", "pickled object"])
+@pytest.mark.parametrize("content", ["list", "pickled object", "another format"])
 def test_checkpoint_that_is_not_the_toolkits_is_refused(content, tmp_path):
     from trainers.checkpoint import read_checkpoint
 
-    payload = [1, 2, 3] if content == "list" else {"model": Path("x")}  # a Path needs unpickling code
-    torch.save(payload, tmp_path / "checkpoint.pt")
+    payload = {"list": b"[1, 2, 3]", "pickled object": pickle.dumps({"model": Path("x")}),
+               "another format": json.dumps({"format": "other", "state": {}}).encode()}[content]
+    (tmp_path / "checkpoint.json").write_bytes(payload)
     with pytest.raises(ToolkitError) as info:
         read_checkpoint(tmp_path, None, ())  # refused before the run's own spec is looked at
     message = str(info.value)
-    assert "weights_only" not in message and "\n" not in message and "checkpoint.pt" in message
+    assert "weights_only" not in message and "\n" not in message and "checkpoint.json" in message
 
 
 def test_warnings_are_not_printed_before_the_error_line(tmp_path, capsys, monkeypatch):

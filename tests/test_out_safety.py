@@ -39,7 +39,7 @@ TINY = {"hidden": [8]}
 @dataclass
 class Shared:
     model: Path        # a finished train run (iris, mlp)
-    interrupted: Path  # a train run stopped by Ctrl-C after epoch 1: it keeps checkpoint.pt
+    interrupted: Path  # a train run stopped by Ctrl-C after epoch 1: it keeps its checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -498,7 +498,7 @@ def test_ctrl_c_in_train_exits_130_and_keeps_the_previous_run(shared, tmp_path, 
     with ctrl_c_in_second_epoch():
         assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--overwrite"]) == 130
     assert snapshot(tmp_path / "run") == before  # the previous run stays as it was
-    assert (tmp_path / "run.partial" / "checkpoint.pt").is_file()  # the interrupted one, for --resume
+    assert (tmp_path / "run.partial" / "checkpoint.json").is_file()  # the interrupted one, for --resume
     assert "--resume --out" in capsys.readouterr().err
     assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 3

@@ -29,7 +29,8 @@ from torch import nn
 
 from . import display, distributed, inputrange
 from .artifact import LoadedModel, ModelSpec, check_device, write_artifact
-from .checkpoint import cpu_state, load_checkpoint, read_checkpoint, restore_metrics, save_checkpoint
+from .checkpoint import (cpu_state, discard_checkpoint, load_checkpoint, read_checkpoint, restore_metrics,
+                         save_checkpoint)
 from .data import DataBundle, absolute_source, load_data, thin_classes
 from .env import environment, package_versions
 from .errors import ToolkitError, warn
@@ -309,7 +310,7 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
                 result.model.spec = write_artifact(run.path, result.model.module, spec, result.metrics)
                 run.write_json("result.json", result.to_dict())
                 if not result.interrupted:
-                    (run.path / "checkpoint.pt").unlink(missing_ok=True)
+                    discard_checkpoint(run.path)
                 if result.interrupted and run.holds_previous():
                     # Ctrl-C never costs the previous run in --out: this one stays staged, and --resume continues it.
                     result.out = run.keep_staged()
