@@ -982,3 +982,40 @@ def test_predictions_of_many_classes_are_one_block_not_a_column_at_a_time(tmp_pa
     assert list(table.columns[:3]) == ["predicted", "predicted_index", "p_0"] and table.shape == (5, 1002)
     np.testing.assert_allclose(table.iloc[:, 2:].sum(axis=1), 1.0, rtol=1e-5)
     assert (table["predicted_index"].to_numpy() == (x @ weight).argmax(1)).all()
+
+
+class SqueezeCNN(nn.Module):
+    """A conv (per-channel int8 scales) and a Squeeze (its axes an attribute before opset 13, an input from 13)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4, CLASSES)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean(3, keepdim=True).mean(2, keepdim=True)
+        return self.head(h.squeeze(3).squeeze(2))
+
+
+def test_int8_static_converts_an_opset_11_graph_first(tmp_path, capsys):
+    """ORT's static quantizer writes per-axis DequantizeLinear (opset 13) into the graph's opset: an opset-11 file
+    (a common export setting) crashed at its first run. It is converted to opset 13 first, with the same logits."""
+    import onnx
+
+    import compress
+
+    bundle = _bundle((1, 8, 8))
+    module = _trained(SqueezeCNN, bundle)
+    path = tmp_path / "op11.onnx"
+    torch.onnx.export(module, (torch.zeros(2, 1, 8, 8),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=11, dynamo=False)
+    options = {"int8-static": {"calibrations": ("minmax",), "per_channel": (True,), "latency_rounds": 0,
+                               "calibration_samples": 32, "lean": False, "fast": False}}
+    result = compress.compress_model(str(path), bundle, methods=["int8-static"], options=options)
+    variant = result.variants[-1]
+    assert variant.name == "int8-static-onnx" and variant.recipe["per_channel"] is True
+    assert "converted from opset 11 to 13" in variant.recipe["exporter"]
+    graph = onnx.load_from_string(variant.onnx_bytes)
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert trainers.predict(variant.model, bundle.x_test).shape == (len(bundle.x_test), CLASSES)
+
