@@ -57,9 +57,9 @@ from trainers.options import Bool, Float, Fraction, Int, EpochsOrNone, PositiveF
 from trainers.progress import ProgressEvent, reporter
 
 from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
-from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, LatencyConfig, Runner, compare_to_baseline,
-                      describe_fidelity, evaluate, fidelity, interleaved_rounds, judge, mark_pareto, measure_all, ratio_summary,
-                      size_on_disk, torch_threads, _batch)
+from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, SERVED_THREADS, LatencyConfig, Runner,
+                      compare_to_baseline, describe_fidelity, evaluate, fidelity, interleaved_rounds, judge, mark_pareto,
+                      measure_all, ratio_summary, size_on_disk, torch_threads, _batch)
 from .options import AccuracyPoints
 
 OptionalRatio = Annotated[Float, Field(ge=0, lt=1)]  # 0: off
@@ -929,7 +929,7 @@ def route_by_batch(model: LoadedModel, data: DataBundle, chosen: Variant, varian
     m = routed.measurements
     for key in ("latency_ms", "rounds_ms"):
         m[key] = {s: (small if s.startswith("b1_") else large).measurements[key][s] for s in large.measurements[key]}
-    runner = Runner(routed, config.all_threads, device=config.device)
+    runner = Runner(routed, SERVED_THREADS, device=config.device)
     x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
     original = baseline.measurements.get("_classes")
     if original is None:
@@ -961,7 +961,7 @@ def member_agreement(small: Variant, large: Variant, data: DataBundle, config: L
     `below` rows may get the other member's answer (`toolkit predict` serves a whole file by its --batch-size)."""
     x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
     classes = [v.measurements.get("_classes") for v in (small, large)]  # each one's test classes, where measured
-    classes = [c if c is not None else Runner(v, config.all_threads, device=config.device).predict(x_test).argmax(1)
+    classes = [c if c is not None else Runner(v, SERVED_THREADS, device=config.device).predict(x_test).argmax(1)
                for c, v in zip(classes, (small, large))]
     differ, n = int((classes[0] != classes[1]).sum()), len(classes[0])
     return (f"its two members give the same class on {100 * (n - differ) / max(n, 1):.1f}% of the {n} test rows "

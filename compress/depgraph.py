@@ -91,6 +91,7 @@ def prune_module(module: nn.Module, example: torch.Tensor, ratio: float, *, impo
         raise ToolkitError(f"ratio must be in (0, 1), got {ratio}")
     was_training = module.training
     module.eval()
+    frozen = _traced_frozen(module)
     try:
         report = PruneReport(widths_before=widths(module), parameters_before=count_parameters(module))
         try:
@@ -123,6 +124,24 @@ def prune_module(module: nn.Module, example: torch.Tensor, ratio: float, *, impo
         return report
     finally:
         module.train(was_training)
+        for name, param in module.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+
+
+def _traced_frozen(module: nn.Module) -> set[str]:
+    """Let every parameter require gradients while pruning, and return the names of those that did not (frozen).
+
+    Torch-Pruning traces the graph through autograd: a frozen layer that only the input feeds (a frozen first
+    layer, a frozen backbone) has no gradient path, so it was missing from the graph and left unpruned, and
+    was said to be unprunable "without breaking a dependent layer", while a frozen layer further in (fed by a
+    trainable one) was pruned, and came back trainable (pruning makes new Parameters). Frozen layers are
+    pruned like any other, and frozen again after (`prune_module`'s `finally`).
+    """
+    frozen = {name for name, param in module.named_parameters() if not param.requires_grad}
+    for param in module.parameters():
+        param.requires_grad_(True)
+    return frozen
 
 
 def _execution_order(module: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
@@ -276,7 +295,8 @@ def narrower_copy(module: nn.Module, example: torch.Tensor, width_factor: float,
                   ) -> tuple[nn.Module, PruneReport]:
     """The same architecture with `width_factor` of its hidden units, freshly initialised (a distillation
     student): pruned on the dependency graph (uniform, so every layer keeps the same share), then every
-    layer's own `reset_parameters` re-draws its weights with `seed`."""
+    layer's own `reset_parameters` re-draws its weights with `seed`; a fresh student learns every layer, those
+    frozen in the teacher too."""
     student = copy.deepcopy(module)
     report = prune_module(student, example, 1.0 - width_factor, allocation="uniform") if width_factor < 1 else \
         PruneReport(widths_before=widths(student), widths_after=widths(student))
@@ -284,4 +304,5 @@ def narrower_copy(module: nn.Module, example: torch.Tensor, width_factor: float,
     for m in student.modules():
         if hasattr(m, "reset_parameters") and m is not student:
             m.reset_parameters()
+    student.requires_grad_(True)
     return student, report

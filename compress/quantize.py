@@ -278,9 +278,11 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
         raise ToolkitError("int8-static: formats, calibrations, per_channel and optimize each need at least one value")
     if model.module is not None:
         fp32_bytes, info = export_with_info(model, data, exporter=exporter)
-    else:  # a user's ONNX graph: quantized as it is
+    else:  # a user's ONNX graph: quantized as it is, at an opset that has per-axis scales
         fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
     calibration_x, check_x = _split_for_check(data, calibration_samples, seed, True)
+    fp32_bytes, converted = static_opset(fp32_bytes, check_x)
+    info = ExportInfo(info.exporter + converted, info.seconds) if converted else info
     reference = predict(model, check_x).argmax(1)
     fp32_bytes, folded = first_layer_fold(fp32_bytes, check_x, uniform_only=True)
     lifted, _ = lift_checked(fp32_bytes, check_x)
@@ -289,6 +291,8 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
                         fallback_configs=fallback_configs, rounds=latency_rounds,
                         lifted=None if lifted is fp32_bytes else lifted)
     found.notes.extend(folded)
+    if converted:
+        found.notes.append(f"the graph was{converted} first: ORT's per-channel int8 needs it")
     settings = {"exporter": info.exporter, "min_agreement": min_agreement, "calibration_samples": calibration_samples,
                 "seed": seed, "samples": len(calibration_x), "check_samples": len(check_x)}
     variants = [_static_variant(model, data, fp32_bytes, found, found.best, settings)]
@@ -297,6 +301,38 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
     if fast and found.fastest is not None:
         variants.append(_static_variant(model, data, fp32_bytes, found, found.fastest, settings, "fast"))
     return variants
+
+
+STATIC_OPSET = 13  # DequantizeLinear's `axis` (per-channel scales), which ORT's static quantizer writes, is opset 13's
+
+
+def static_opset(onnx_bytes: bytes, check_x: np.ndarray) -> tuple[bytes, str]:
+    """The graph at opset STATIC_OPSET or above, and a note where it was converted ("" where it already was).
+
+    ORT's static quantizer writes per-channel `DequantizeLinear` nodes into the graph's own opset, and an opset-11
+    graph (a common `torch.onnx.export` setting) then fails to load ("Unrecognized attribute: axis"). ONNX's
+    version converter rewrites the ops whose signature changed (Squeeze's axes as an input, ...); its result must
+    give the same logits on `check_x`, or int8-static is refused in one line rather than quantizing another model.
+    """
+    import onnx
+    from onnx import version_converter
+
+    proto = onnx.load_from_string(onnx_bytes)
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=STATIC_OPSET)
+    if opset >= STATIC_OPSET:
+        return onnx_bytes, ""
+    advice = f"re-export it at opset {STATIC_OPSET} or above (opset_version={STATIC_OPSET}), or use int8-dynamic"
+    try:
+        converted = version_converter.convert_version(proto, STATIC_OPSET).SerializeToString()
+        same = np.allclose(run_onnx(converted, check_x), run_onnx(onnx_bytes, check_x), rtol=1e-4, atol=1e-5)
+    except Exception as exc:  # the converter's and ORT's own exception types
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ToolkitError(f"int8-static needs an ONNX graph at opset {STATIC_OPSET} or above; this one is at opset "
+                           f"{opset} and converting it failed ({type(exc).__name__}: {first}): {advice}") from None
+    if not same:
+        raise ToolkitError(f"int8-static needs an ONNX graph at opset {STATIC_OPSET} or above; this one is at opset "
+                           f"{opset} and its conversion changes its outputs: {advice}")
+    return converted, f", converted from opset {opset} to {STATIC_OPSET}"
 
 
 def _fallback_path(rows: list[dict], config) -> list[dict]:

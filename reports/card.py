@@ -243,7 +243,10 @@ def front_matter(run, training: dict | None, compression: dict | None, explanati
         results.append({"task": {"type": task}, "dataset": {"name": name, "type": name, "split": "test"},
                         "metrics": metrics})
     onnx = ["onnx"] if chosen and "onnxruntime" in (chosen.get("runtime"), chosen.get("small_runtime")) else []
-    return {"license": "unknown", "library_name": "pytorch", "tags": ["toolkit", family, task, *onnx],
+    # a user's ONNX graph (family "onnx") has no PyTorch weights anywhere in its runs; its family is the onnx tag
+    library = "onnx" if family == "onnx" else "pytorch"
+    tags = list(dict.fromkeys(["toolkit", family, task, *onnx]))
+    return {"license": "unknown", "library_name": library, "tags": tags,
             "datasets": [name], "metrics": ["accuracy"], "pipeline_tag": task if task != "other" else None,
             "model-index": [{"name": f"{name}-{family}", "results": results}]}
 

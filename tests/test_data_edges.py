@@ -46,24 +46,43 @@ def _features(n: int = 60, width: int = 5, seed: int = 0) -> tuple[np.ndarray, n
 # Constant columns and statistics of array data.
 
 @pytest.mark.parametrize("source", ["npz", "tuple", "from_arrays"])
-def test_constant_columns_of_arrays_are_refused_naming_their_indices(source, tmp_path):
+def test_constant_columns_of_arrays_are_refused_for_training_naming_their_indices(source, tmp_path):
+    """Loaded (a user's own model takes them as they are), named in the bundle, and refused by training."""
     x, y = _features()
     x[:, 1] = 0.0
     x[:, 3] = 12345.678  # far from zero: its one-pass std is rounding noise, not 0
+    if source == "npz":
+        np.savez(tmp_path / "d.npz", x=x, y=y)
+        bundle = load_data(tmp_path / "d.npz")
+    elif source == "tuple":
+        bundle = load_data((x, y))
+    else:
+        bundle = DataBundle.from_arrays(x, y, feature_names=list("abcde"))
+    assert bundle.constant_columns == (1, 3) and bundle.std.reshape(-1)[[1, 3]].tolist() == [1.0, 1.0]
     with pytest.raises(DataError) as refused:
-        if source == "npz":
-            np.savez(tmp_path / "d.npz", x=x, y=y)
-            load_data(tmp_path / "d.npz")
-        elif source == "tuple":
-            load_data((x, y))
-        else:
-            DataBundle.from_arrays(x, y, feature_names=list("abcde"))
+        train(bundle, "mlp", TrainConfig(epochs=1))
     message = str(refused.value)
     assert "\n" not in message and "constant in the training split" in message
     assert "np.delete(x, [1, 3], axis=1)" in message
     assert ("1 ('b'), 3 ('d')" if source == "from_arrays" else "columns 1, 3 of x") in message
     x[:, 1], x[:, 3] = np.random.default_rng(1).normal(size=(2, len(x)))
-    assert np.all(DataBundle.from_arrays(x, y).std > 0)  # the same data without them trains
+    assert DataBundle.from_arrays(x, y).constant_columns == ()  # the same data without them trains
+
+
+def test_a_users_own_model_is_not_refused_an_arrays_constant_column(tmp_path):
+    """The refusal is about training (nothing to learn from a constant column); a user's model takes every column
+    as it is, and the advice (delete the column) would break it: 8x8 digits flattened have constant border pixels."""
+    import torch
+
+    import compress
+
+    x, y = _features(n=90)
+    x[:, 0] = 0.0
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    bundle = DataBundle.from_arrays(x, y)
+    result = compress.compress_model(net, bundle, methods=["onnx-fp32"])
+    assert [v.name for v in result.variants][-1] == "onnx-fp32"
 
 
 def test_training_on_an_npz_with_a_constant_column_is_one_line_and_writes_nothing(tmp_path, capsys):

@@ -320,3 +320,19 @@ def test_kept_widths_are_multiples_of_the_alignment_and_small_layers_stay_exact(
         assert list(report.widths_after.values()) == expected
         with torch.no_grad():
             assert module(x).shape == (8, 4)
+
+
+@pytest.mark.parametrize("frozen", ["0", "2"])
+def test_a_frozen_layer_is_pruned_like_the_others_and_stays_frozen(frozen):
+    """Torch-Pruning traces through autograd: a frozen first layer had no gradient path, was left unpruned "without
+    breaking a dependent layer" (not the reason), while a frozen layer further in was pruned and came back
+    trainable. Both are pruned now, and keep requires_grad=False."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    module.get_submodule(frozen).requires_grad_(False)
+    report = depgraph.prune_module(module, torch.randn(8, 12), 0.5, align=1)
+    assert report.unpruned == {"4": "output layer: the class count stays"}
+    assert report.widths_after == {"0": 8, "2": 8, "4": 3}
+    assert {n for n, p in module.named_parameters() if not p.requires_grad} == {f"{frozen}.weight", f"{frozen}.bias"}
+    student, _ = depgraph.narrower_copy(module, torch.randn(8, 12), 0.5)
+    assert all(p.requires_grad for p in student.parameters())  # a fresh student learns every layer

@@ -982,3 +982,85 @@ def test_predictions_of_many_classes_are_one_block_not_a_column_at_a_time(tmp_pa
     assert list(table.columns[:3]) == ["predicted", "predicted_index", "p_0"] and table.shape == (5, 1002)
     np.testing.assert_allclose(table.iloc[:, 2:].sum(axis=1), 1.0, rtol=1e-5)
     assert (table["predicted_index"].to_numpy() == (x @ weight).argmax(1)).all()
+
+
+class SqueezeCNN(nn.Module):
+    """A conv (per-channel int8 scales) and a Squeeze (its axes an attribute before opset 13, an input from 13)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4, CLASSES)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean(3, keepdim=True).mean(2, keepdim=True)
+        return self.head(h.squeeze(3).squeeze(2))
+
+
+def test_int8_static_converts_an_opset_11_graph_first(tmp_path, capsys):
+    """ORT's static quantizer writes per-axis DequantizeLinear (opset 13) into the graph's opset: an opset-11 file
+    (a common export setting) crashed at its first run. It is converted to opset 13 first, with the same logits."""
+    import onnx
+
+    import compress
+
+    bundle = _bundle((1, 8, 8))
+    module = _trained(SqueezeCNN, bundle)
+    path = tmp_path / "op11.onnx"
+    torch.onnx.export(module, (torch.zeros(2, 1, 8, 8),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=11, dynamo=False)
+    options = {"int8-static": {"calibrations": ("minmax",), "per_channel": (True,), "latency_rounds": 0,
+                               "calibration_samples": 32, "lean": False, "fast": False}}
+    result = compress.compress_model(str(path), bundle, methods=["int8-static"], options=options)
+    variant = result.variants[-1]
+    assert variant.name == "int8-static-onnx" and variant.recipe["per_channel"] is True
+    assert "converted from opset 11 to 13" in variant.recipe["exporter"]
+    graph = onnx.load_from_string(variant.onnx_bytes)
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert trainers.predict(variant.model, bundle.x_test).shape == (len(bundle.x_test), CLASSES)
+
+
+class TwoHeads(nn.Module):
+    """A features input, a hidden embedding of 6 and logits of CLASSES, returned in the order given."""
+
+    def __init__(self, order: str):
+        super().__init__()
+        self.order = order
+        self.body = nn.Sequential(nn.Linear(12, 6), nn.ReLU())
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x):
+        h = self.body(x)
+        logits = self.head(h)
+        return {"emb_logits": (h, logits), "logits_probs": (logits, torch.softmax(logits, 1)),
+                "probs_logits": (torch.softmax(logits, 1), logits)}[self.order]
+
+
+def _two_outputs(tmp_path, order):
+    torch.manual_seed(0)
+    module = TwoHeads(order).eval()
+    path = tmp_path / f"{order}.onnx"
+    names = order.split("_")
+    torch.onnx.export(module, (torch.zeros(2, 12),), str(path), input_names=["x"], output_names=names,
+                      dynamic_axes={n: {0: "n"} for n in ["x", *names]}, opset_version=17, dynamo=False)
+    with torch.no_grad():
+        return path, module.head(module.body(torch.from_numpy(_bundle((12,)).x_test))).numpy()
+
+
+def test_a_graph_of_several_outputs_is_read_by_its_logits_or_refused(tmp_path, recwarn):
+    """The logits are the output of the class count's width, not the first output: an embedding first was read
+    as 32 classes by predict. Without a class count, outputs of different widths are refused, naming them."""
+    import compress
+
+    bundle = _bundle((12,))
+    path, logits = _two_outputs(tmp_path, "emb_logits")
+    with pytest.raises(ToolkitError, match=r"2 outputs \('emb' \['batch', 6\], 'logits' \['batch', 3\]\)"):
+        trainers.predict(str(path), bundle.x_test)
+    model = trainers.as_model(str(path), bundle)
+    assert np.allclose(trainers.predict(model, bundle.x_test), logits, atol=1e-5)
+    assert any("reads 'logits' as the logits" in str(w.message) for w in recwarn)
+    result = compress.compress_model(str(path), bundle, methods=["onnx-fp32"])
+    assert np.allclose(trainers.predict(result.variants[-1].model, bundle.x_test), logits, atol=1e-5)
+    for order in ("logits_probs", "probs_logits"):  # logits and their softmax: the logits, in either order
+        path, logits = _two_outputs(tmp_path, order)
+        assert np.allclose(trainers.predict(str(path), bundle.x_test), logits, atol=1e-5)

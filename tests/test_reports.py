@@ -724,3 +724,20 @@ def test_report_takes_the_runs_lock_and_is_refused_while_a_run_writes_there(tmp_
     (tmp_path / "run.partial").rmdir()
     assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the lock is not left behind
+
+
+@pytest.mark.parametrize("family, library, tags", [("onnx", "onnx", ["toolkit", "onnx", "image-classification"]),
+                                                   ("cnn", "pytorch", ["toolkit", "cnn", "image-classification", "onnx"])])
+def test_card_front_matter_names_the_library_of_the_model_and_each_tag_once(family, library, tags):
+    """A user's ONNX graph served by ONNX Runtime was carded `library_name: pytorch` with the onnx tag twice (its
+    family and its runtime)."""
+    from types import SimpleNamespace
+
+    from reports.card import front_matter
+
+    run = SimpleNamespace(model_json={"family": family}, data=SimpleNamespace(name="digits", layout="image"),
+                          family=family)
+    chosen = {"name": "int8-weights-onnx", "method": "int8-weights", "chosen": True, "runtime": "onnxruntime",
+              "accuracy": 0.97}
+    meta = front_matter(run, None, {"variants": [chosen]})
+    assert (meta["library_name"], meta["tags"]) == (library, tags)

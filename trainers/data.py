@@ -44,6 +44,8 @@ class DataBundle:
         layout: "features" (F,), "signal" (C, L) or "image" (C, H, W).
         mean, std: per-feature (layout features) or per-channel statistics of
             the training split, shaped to broadcast against one sample.
+        constant_columns: features of an array that are constant in the training split (std 1 here): training
+            refuses them (`refuse_constant_columns`); a model of the user's own takes its inputs as they are.
         fingerprint: sha256 of the raw arrays, recorded with every model.
     """
 
@@ -65,6 +67,7 @@ class DataBundle:
     split: dict = field(default_factory=dict)
     table: dict | None = None  # the fitted preprocessing of a table (preprocess.py), None for arrays
     from_images: bool = False  # read from a folder of images (pixels scaled to [0, 1]), recorded with the model
+    constant_columns: tuple[int, ...] = ()
 
     @classmethod
     def from_arrays(cls, x, y, *, x_test=None, y_test=None, class_names=None, feature_names=None,
@@ -388,8 +391,9 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     """Validate, split (or slice rows already in train/val/test order, `presplit` = their counts, or take the
     rows `rows` = three index arrays of a memory-mapped `x`), normalise.
 
-    `constant`: what a feature that is constant in the training split gets: "refuse" (arrays: one line naming
-    the columns) or "centre" (tables, whose constant columns were dropped before: std 1).
+    `constant`: what a feature that is constant in the training split gets: "refuse" (arrays: centred, and
+    named in `constant_columns`, which training refuses in one line) or "centre" (tables, whose constant columns
+    were dropped before: std 1).
     """
     x, y = _as_inputs(x, "x"), _as_labels(y, "y", class_names is None)
     if len(x) != len(y):
@@ -451,7 +455,7 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         split_info = _split_info(seed, False)
     else:
         splits, split_info = _split(x, y, x_test, y_test, seed)
-    mean, std = _normalisation(splits[0], len(input_shape), feature_names, refuse_constant=constant == "refuse")
+    mean, std, constant_columns = _normalisation(splits[0], len(input_shape))
     return DataBundle(
         name=name, source=source,
         x_train=splits[0], y_train=splits[1], x_val=splits[2], y_val=splits[3],
@@ -459,6 +463,7 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         class_names=list(class_names), feature_names=feature_names,
         input_shape=input_shape, layout=LAYOUTS[len(input_shape)],
         mean=mean, std=std, fingerprint=_fingerprint(x, y, x_test, y_test), split=split_info,
+        constant_columns=constant_columns if constant == "refuse" else (),
     )
 
 
@@ -531,13 +536,14 @@ def _split_info(seed: int, given: bool) -> dict:
             "val_fraction": VAL_FRACTION, "stratified": True}
 
 
-def _normalisation(x_train, rank: int, feature_names=None, refuse_constant: bool = True):
-    """Per-feature statistics for feature vectors, per-channel for signals and images.
+def _normalisation(x_train, rank: int):
+    """Per-feature statistics for feature vectors, per-channel for signals and images, and the indices of the
+    features constant in the training split.
 
     Computed in float64; statistics that do not fit float32 (values near its limit) are refused, since the
-    model would compute NaN or a constant. A feature that is constant in the training split carries no
-    information and would be divided by a std of 0: refused with the column indices (`refuse_constant`), or
-    else centred and not scaled (std 1), as a constant channel of an image always is.
+    model would compute NaN or a constant. A constant feature would be divided by a std of 0: it is centred and
+    not scaled (std 1), as a constant channel of an image always is, and named, so that training refuses it
+    (`refuse_constant_columns`) while a user's own model, which takes the data as it is, is not refused it.
     """
     if rank == 1 or not isinstance(x_train, np.ndarray):  # a row view is read a block at a time
         mean, std, constant = _feature_stats(x_train)
@@ -552,10 +558,15 @@ def _normalisation(x_train, rank: int, feature_names=None, refuse_constant: bool
     limit = float(np.finfo(np.float32).max) / 16  # headroom for (x - mean) / std inside the model
     if not (np.isfinite(mean).all() and np.isfinite(std).all()) or max(np.abs(mean).max(), std.max()) > limit:
         raise DataError(f"the inputs hold values too large for float32 statistics (above {limit:.1e}); rescale them")
-    if rank == 1 and refuse_constant and len(constant):
-        raise DataError(_constant_message(constant, feature_names))
     std = np.where(std < 1e-6, 1.0, std)
-    return mean.astype(np.float32), std.astype(np.float32)
+    return mean.astype(np.float32), std.astype(np.float32), tuple(int(i) for i in constant) if rank == 1 else ()
+
+
+def refuse_constant_columns(bundle: DataBundle) -> None:
+    """One DataError line naming the array's features constant in the training split, where there are any: a
+    model trained here would learn nothing from them (and its standardisation divide by a std of 0)."""
+    if bundle.constant_columns:
+        raise DataError(_constant_message(np.asarray(bundle.constant_columns), bundle.feature_names))
 
 
 def _constant_message(constant: np.ndarray, feature_names) -> str:

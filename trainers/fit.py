@@ -31,7 +31,7 @@ from . import display, distributed, inputrange
 from .artifact import LoadedModel, ModelSpec, check_device, write_artifact
 from .checkpoint import (cpu_state, discard_checkpoint, load_checkpoint, read_checkpoint, restore_metrics,
                          save_checkpoint)
-from .data import DataBundle, absolute_source, load_data, thin_classes
+from .data import DataBundle, absolute_source, load_data, refuse_constant_columns, thin_classes
 from .env import environment, package_versions
 from .errors import ToolkitError, warn
 from .interrupts import Interrupts, TrainingInterrupted, held_interrupts
@@ -280,6 +280,7 @@ def _train(data, family, config, *, out, overwrite, resume, progress, target, ta
         distributed.per_rank_batch(config.batch_size, ctx)
         if not isinstance(data, DataBundle):
             data = load_data(data, target=target, seed=config.seed, table=table, image_size=image_size)
+        refuse_constant_columns(data)
         if config.refit and not in_memory(data):
             raise ToolkitError("--refit joins the training and validation rows in memory; this data is read from "
                                "its file batch by batch (a .npy file): train without --refit")

@@ -145,8 +145,7 @@ def _warn_if_probabilities(out: np.ndarray, where: str) -> None:
     """One warning line where a model's outputs on the example rows look like probabilities (each row non-negative
     and summing to 1): the toolkit takes logits, and a softmax of probabilities flattens them toward uniform (a
     class at 0.99 reads as 0.58 of three), though the predicted class stays the same."""
-    out = np.asarray(out, dtype=np.float64)
-    if out.ndim == 2 and len(out) and (out >= 0).all() and np.allclose(out.sum(1), 1.0, atol=1e-3):
+    if np.ndim(out) == 2 and _looks_like_probabilities(out):
         warn(f"{where} returns probabilities (each row sums to 1), not logits: predict's probabilities would be a "
              "softmax of them; return the scores before the softmax (or log-probabilities)")
 
@@ -262,9 +261,16 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
         raise ToolkitError(f"{origin} takes inputs of shape {['batch', *dims[1:]]}, the data's are "
                            f"{list(x.shape[1:])} per sample")
     session = _session(onnx_bytes, origin)
+    class_names = class_names if class_names is not None else _meta_names(meta)
+    if len(session.get_outputs()) > 1:
+        known = class_names if class_names is not None else getattr(data, "class_names", None)
+        chosen = _logits_output(session, x, None if known is None else len(known), origin)
+        proto = _only_output(proto, chosen)
+        onnx_bytes = proto.SerializeToString()
+        session = _session(onnx_bytes, origin)
     out = _run_checked(session, x, origin)
     _warn_if_probabilities(out, origin)
-    names = _names(data, class_names if class_names is not None else _meta_names(meta), out.shape[1], origin)
+    names = _names(data, class_names, out.shape[1], origin)
     spec = _spec(ONNX_FAMILY, {"inputs": inputs[0].name, "opset": max((o.version for o in proto.opset_import
                                                                          if o.domain in ("", "ai.onnx")), default=None)},
                  x, data if not isinstance(data, np.ndarray) else None, names, "onnxruntime", origin="onnx")
@@ -276,6 +282,80 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
                         notes=["an ONNX graph: gradient methods and PyTorch transforms need a PyTorch module"])
     model._session = session
     return model
+
+
+def _logits_output(session, x: np.ndarray, classes: int | None, origin: str) -> str:
+    """The name of the output of a graph of several that holds the logits; one ToolkitError line where none can be
+    told apart.
+
+    The toolkit reads one (batch, classes) tensor. Candidates are the 2-D outputs of at least two columns; with
+    the class count known (the data's classes, the class names given or the toolkit's metadata), those of that
+    width. Outputs that look like probabilities give way to others (a graph returning logits and their softmax,
+    in either order, is read by its logits); then the first candidate is taken. Without a class count the
+    candidates must all be of one width: an embedding of 32 beside logits of 10 was read as 32 classes.
+    """
+    outputs = [o.name for o in session.get_outputs()]
+    values = session.run(outputs, {session.get_inputs()[0].name: x})
+    shapes = {name: tuple(np.shape(v)) for name, v in zip(outputs, values)}
+    listed = ", ".join(f"'{n}' {list(('batch', *shapes[n][1:]))}" for n in outputs)
+    candidates = [(n, v) for n, v in zip(outputs, values) if np.ndim(v) == 2 and len(v) == len(x) and v.shape[1] >= 2]
+    fits = [(n, v) for n, v in candidates if classes is None or v.shape[1] == classes]
+    remedy = "export the graph with the logits as its only output (onnx.utils.extract_model names the outputs kept)"
+    if not fits:
+        need = f"(batch, {classes}) for the data's {classes} classes" if classes is not None else "(batch, classes)"
+        raise ToolkitError(f"{origin} has {len(outputs)} outputs ({listed}) and none is {need}: {remedy}")
+    if classes is None and len({v.shape[1] for _, v in fits}) > 1:
+        raise ToolkitError(f"{origin} has {len(outputs)} outputs ({listed}): which one holds the logits cannot be told "
+                           f"without the class count (compress and explain take it from the data, predict has "
+                           f"none): {remedy}")
+    logits = [(n, v) for n, v in fits if not _looks_like_probabilities(v)] or fits
+    chosen = logits[0][0]
+    if chosen != outputs[0] or len(logits) > 1:
+        warn(f"{origin} has {len(outputs)} outputs ({listed}): the toolkit reads '{chosen}' as the logits"
+             + (f"; {len(logits)} of them fit, the first is taken ({remedy})" if len(logits) > 1 else ""))
+    return chosen
+
+
+def _looks_like_probabilities(out: np.ndarray) -> bool:
+    """Each row non-negative and summing to 1."""
+    out = np.asarray(out, dtype=np.float64)
+    return bool(len(out)) and bool((out >= 0).all()) and bool(np.allclose(out.sum(1), 1.0, atol=1e-3))
+
+
+def _only_output(proto, name: str):
+    """A copy of the graph with `name` its only output: the nodes and initializers only other outputs need are
+    dropped, so every reader downstream (int8 quantizers, the layout passes, `first_output`) sees one graph
+    output and the same one."""
+    import onnx
+
+    trimmed = onnx.ModelProto()
+    trimmed.CopyFrom(proto)
+    graph = trimmed.graph
+    needed, kept = {name}, []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_inputs(node))
+    for field, items in (("node", kept[::-1]), ("output", [o for o in graph.output if o.name == name]),
+                         ("initializer", [t for t in graph.initializer if t.name in needed])):
+        copies = [type(i)() for i in items]
+        for copy, item in zip(copies, items):
+            copy.CopyFrom(item)
+        del getattr(graph, field)[:]
+        getattr(graph, field).extend(copies)
+    return trimmed
+
+
+def _subgraph_inputs(node) -> set[str]:
+    """Every name a node's subgraphs (If, Loop, Scan) read, which may come from the graph around them."""
+    names = set()
+    for attribute in node.attribute:
+        for sub in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+            for inner in sub.node:
+                names.update(inner.input)
+                names.update(_subgraph_inputs(inner))
+    return names
 
 
 # The most elements a tensor that a graph builds from a constant shape may have (256 MiB of float32): a
