@@ -21,7 +21,8 @@ from trainers.errors import ToolkitError
 from trainers.options import Bool, Float, PositiveInt, Str
 
 from .methods import ROUTE_BLACK_BOX
-from .registry import RUNTIMES, register_method
+from .probe import GRADCAM_CONVS, input_spatial
+from .registry import METHODS, RUNTIMES, register_method
 from .shapley import group_members, group_shares, relative_error_bound, shapley_estimate
 
 NonNegativeFloat = Annotated[Float, Field(ge=0)]
@@ -149,17 +150,26 @@ def layer_gradcam(ctx, x, targets, layer: Str | None = None):
     conv = _conv_layer(ctx.module, layer)
     xt, tt = _tensors(ctx, x, targets)
     cam = LayerGradCam(ctx.forward, conv).attribute(xt, target=tt, relu_attributions=True)
-    spatial = tuple(ctx.spec.input_shape[1:]) if len(ctx.spec.input_shape) > 1 else tuple(ctx.spec.input_shape)
+    spatial = input_spatial(ctx.spec.input_shape)
+    if cam.dim() - 2 != len(spatial):   # a named layer after a reshape: the probe checked only the default one
+        raise ToolkitError(f"layer_gradcam: the convolution's map has {cam.dim() - 2} spatial axes, the input "
+                           f"{len(spatial)} ({tuple(ctx.spec.input_shape)}): it cannot be placed on the input")
     up = LayerAttribution.interpolate(cam, spatial, interpolate_mode="bilinear" if len(spatial) == 2 else "linear")
     up = up.reshape(len(x), *([1] * (len(ctx.spec.input_shape) - len(spatial))), *spatial)
     return _np(up.expand(len(x), *ctx.spec.input_shape)), ctx.reference_at_baseline(targets), None
 
 
+METHODS.get("layer_gradcam").input_gradients = False   # it differentiates a layer: the input may be tokens
+METHODS.get("layer_gradcam").grid = True
+
+
 def _conv_layer(module: nn.Module, name: str | None) -> nn.Module:
     """The convolution named `name`, or the last one in the module; one ToolkitError line when there is none."""
-    convs = {n: m for n, m in module.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))}
-    if name is None:
+    convs = {n: m for n, m in module.named_modules() if isinstance(m, GRADCAM_CONVS)}
+    if name is None and convs:
         return list(convs.values())[-1]
+    if name is None:
+        raise ToolkitError("layer_gradcam: the module has no Conv1d or Conv2d layer (Grad-CAM here maps one of those)")
     if name not in convs:
         raise ToolkitError(f"layer_gradcam: no convolution named '{name}' in the module; its convolutions are "
                            f"{', '.join(convs) or 'none'}")
