@@ -142,3 +142,30 @@ def test_gradcam_stays_where_the_grid_is_the_inputs_axes():
     assert probe_tags(model) == frozenset() and "layer_gradcam" in explain.default_methods(model)
     values = explain.attribute(net, bundle.x_test[:2], method="layer_gradcam").values
     assert values.shape == (2, 1, 8, 6) and np.abs(values).sum() > 0
+
+
+# ---------------------------------------------------------------- D6: DeepLIFT's summation-to-delta
+
+
+def test_deeplift_is_refused_where_its_attributions_do_not_add_up():
+    bundle = _bundle((8,))
+    torch.manual_seed(0)
+    functional = FunctionalReLU().eval()
+    with pytest.raises(ToolkitError, match=r"deeplift: the attributions miss f\(x\) - f\(baseline\) by up to .*"
+                                           r"torch.relu"):
+        explain.attribute(functional, bundle.x_test[:4], method="deeplift", baseline=bundle.x_train.mean(0))
+    with pytest.raises(ToolkitError, match="shap_deep: .* do not add up") as refused:
+        explain.attribute(functional, bundle.x_test[:4], method="shap_deep", baseline=bundle.x_train.mean(0))
+    assert "deeplift" not in str(refused.value)     # it recommended a method that fails the same way
+
+
+def test_deeplift_still_runs_and_adds_up_with_relu_modules():
+    bundle = _bundle((8,))
+    torch.manual_seed(0)
+    modules = FunctionalReLU(functional=False).eval()
+    x = bundle.x_test[:4]
+    attr = explain.attribute(modules, x, method="deeplift", baseline=bundle.x_train.mean(0))
+    with torch.no_grad():
+        fx = modules(torch.as_tensor(x))[np.arange(len(x)), attr.targets].numpy()
+    np.testing.assert_allclose(attr.values.reshape(len(x), -1).sum(1), fx - attr.reference_output, rtol=1e-4,
+                               atol=1e-5)
