@@ -21,7 +21,8 @@ from trainers.errors import ToolkitError
 from trainers.options import Bool, Float, PositiveInt, Str
 
 from .methods import ROUTE_BLACK_BOX
-from .registry import RUNTIMES, register_method
+from .probe import GRADCAM_CONVS, input_spatial
+from .registry import METHODS, RUNTIMES, register_method
 from .shapley import group_members, group_shares, relative_error_bound, shapley_estimate
 
 NonNegativeFloat = Annotated[Float, Field(ge=0)]
@@ -30,6 +31,11 @@ REPLICATES = 4            # independent replicates of a library's sampled estima
 IG_FIRST_STEPS = 32
 GAP_FLOOR = 1e-6         # |f(x) - f(baseline)| below this: completeness is not measured (as in quality)
 LSTM_HOOKS = "LSTM gates (sigmoid/tanh inside nn.LSTM) are invisible to its rescale hooks, so completeness fails"
+DEEPLIFT_TOLERANCE = 0.01   # DeepLIFT's attributions add up to f(x) - f(baseline) within this share, or are refused
+ROUNDING = 1e-4             # a gap under this share of the logits' size is float rounding: not checked
+APPROXIMATE_RULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Softmax)   # Captum's rules that do not conserve
+UNSEEN_NONLINEARITY = ("some non-linearity is not seen by Captum's hooks (torch.relu or F.gelu called in forward, GELU, "
+                       "LayerNorm, attention)")
 RECURRENT_HOOKS = ("the gates of recurrent layers (sigmoid/tanh inside nn.LSTM, nn.GRU) are invisible to its rescale "
                    "hooks, so completeness fails")
 
@@ -113,6 +119,17 @@ def saliency(ctx, x, targets):
 @register_method("deeplift", needs=("torch",), excludes=("recurrent",), library="captum", axiom=("mlp",),
                  default=("mlp",), refusal={"lstm": LSTM_HOOKS, "recurrent": RECURRENT_HOOKS}, description="Captum DeepLift (rescale) from the training mean")
 def deeplift(ctx, x, targets):
+    """Refused in one line where the attributions miss f(x) - f(baseline) (`deeplift_miss`)."""
+    attr, delta = _deeplift(ctx, x, targets)
+    miss = deeplift_miss(ctx, x, targets, delta)
+    if miss > DEEPLIFT_TOLERANCE:
+        raise ToolkitError(f"deeplift: the attributions miss f(x) - f(baseline) by up to {100 * miss:.0f}% on this "
+                           f"model (DeepLIFT's rules add up to it exactly): {UNSEEN_NONLINEARITY}; use "
+                           "integrated_gradients or shap_gradient, or write the non-linearities as nn.ReLU modules")
+    return attr, ctx.reference_at_baseline(targets), delta
+
+
+def _deeplift(ctx, x, targets) -> tuple[np.ndarray, np.ndarray]:
     from captum.attr import DeepLift
 
     xt, tt = _tensors(ctx, x, targets)
@@ -120,7 +137,24 @@ def deeplift(ctx, x, targets):
         warnings.simplefilter("ignore")
         attr, delta = DeepLift(ctx.module).attribute(xt, baselines=ctx.baseline, target=tt,
                                                      return_convergence_delta=True)
-    return _np(attr), ctx.reference_at_baseline(targets), _np(delta)
+    return _np(attr), _np(delta).astype(np.float64)
+
+
+def deeplift_miss(ctx, x, targets, delta: np.ndarray | None = None) -> float:
+    """The largest |sum of DeepLIFT's attributions - (f(x) - f(baseline))| / |f(x) - f(baseline)| over the samples
+    (Captum's convergence delta), where Captum's rules are exact: 0 on a module with a rule Captum makes only
+    approximately (max-pool, softmax: up to 20% on the toolkit's CNNs). A module whose non-linearities are all
+    modules Captum hooks (nn.ReLU) misses by float rounding (3e-7); the user's models with torch.relu in
+    forward, GELU, LayerNorm or attention missed by 48-356%, which the method's output did not show.
+    Samples whose gap is within float rounding of the logits are not counted."""
+    if any(isinstance(m, APPROXIMATE_RULES) for m in ctx.module.modules()):
+        return 0.0
+    if delta is None:
+        delta = _deeplift(ctx, x, targets)[1]
+    fx, fb = ctx.target_at(x, targets).astype(np.float64), ctx.reference_at_baseline(targets).astype(np.float64)
+    gap = np.abs(fx - fb)
+    keep = gap > ROUNDING * (1 + np.abs(fx) + np.abs(fb))
+    return float((np.abs(delta)[keep] / gap[keep]).max()) if keep.any() else 0.0
 
 
 @register_method("gradient_shap", library="captum", needs=("torch",), sampled=True, needs_background=True,
@@ -149,17 +183,26 @@ def layer_gradcam(ctx, x, targets, layer: Str | None = None):
     conv = _conv_layer(ctx.module, layer)
     xt, tt = _tensors(ctx, x, targets)
     cam = LayerGradCam(ctx.forward, conv).attribute(xt, target=tt, relu_attributions=True)
-    spatial = tuple(ctx.spec.input_shape[1:]) if len(ctx.spec.input_shape) > 1 else tuple(ctx.spec.input_shape)
+    spatial = input_spatial(ctx.spec.input_shape)
+    if cam.dim() - 2 != len(spatial):   # a named layer after a reshape: the probe checked only the default one
+        raise ToolkitError(f"layer_gradcam: the convolution's map has {cam.dim() - 2} spatial axes, the input "
+                           f"{len(spatial)} ({tuple(ctx.spec.input_shape)}): it cannot be placed on the input")
     up = LayerAttribution.interpolate(cam, spatial, interpolate_mode="bilinear" if len(spatial) == 2 else "linear")
     up = up.reshape(len(x), *([1] * (len(ctx.spec.input_shape) - len(spatial))), *spatial)
     return _np(up.expand(len(x), *ctx.spec.input_shape)), ctx.reference_at_baseline(targets), None
 
 
+METHODS.get("layer_gradcam").input_gradients = False   # it differentiates a layer: the input may be tokens
+METHODS.get("layer_gradcam").grid = True
+
+
 def _conv_layer(module: nn.Module, name: str | None) -> nn.Module:
     """The convolution named `name`, or the last one in the module; one ToolkitError line when there is none."""
-    convs = {n: m for n, m in module.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))}
-    if name is None:
+    convs = {n: m for n, m in module.named_modules() if isinstance(m, GRADCAM_CONVS)}
+    if name is None and convs:
         return list(convs.values())[-1]
+    if name is None:
+        raise ToolkitError("layer_gradcam: the module has no Conv1d or Conv2d layer (Grad-CAM here maps one of those)")
     if name not in convs:
         raise ToolkitError(f"layer_gradcam: no convolution named '{name}' in the module; its convolutions are "
                            f"{', '.join(convs) or 'none'}")
@@ -267,10 +310,14 @@ def shap_deep(ctx, x, targets):
             values = explainer.shap_values(xt, check_additivity=True)
         except AssertionError as exc:     # shap's additivity check: layers its DeepLIFT rules do not cover
             gap = re.search(r"Max\. diff: ([0-9.eE+-]+)", str(exc))
+            # deeplift is offered only where its own attributions add up on these samples: the layers shap has
+            # no rule for (functional ReLUs, attention) mostly have none in Captum either
+            instead = "shap_gradient or integrated_gradients"
+            if deeplift_miss(ctx, x, targets) <= DEEPLIFT_TOLERANCE:
+                instead = "deeplift, " + instead
             raise ToolkitError("shap_deep: shap DeepExplainer's attributions do not add up to the model's output on "
                                f"this model{f' (off by {float(gap.group(1)):.3g})' if gap else ''}: some layer "
-                               "(GELU, LayerNorm, attention, ...) has no DeepLIFT rule in shap; use deeplift, "
-                               "shap_gradient or integrated_gradients") from None
+                               f"(GELU, LayerNorm, attention, ...) has no DeepLIFT rule in shap; use {instead}") from None
     return _select(values, targets, len(x)), ctx.reference_at_baseline(targets), None
 
 

@@ -143,21 +143,22 @@ def resolve(method: str, model) -> tuple[str, str, str | None]:
 
     What a method needs is read from the model (`trainers.models.capabilities`), not from its family name: a
     gradient method on a model without a PyTorch module (a user's ONNX graph, an int8 artifact without a twin)
-    is routed to the black-box estimator; any other mismatch is refused in one line.
+    is routed to the black-box estimator; any other mismatch is refused in one line, as is a gradient method
+    where one forward pass of the module shows it cannot run (`explain.probe`).
     """
-    from trainers.registry import describe_target
+    from .probe import describe
 
     m = get_method(method)
-    if m.why_not(model) is not None:
-        family, tags = describe_target(model)
+    family, tags = described = describe(model)      # the model is probed once (`explain.probe`)
+    if m.why_not(described) is not None:
         if "torch" not in tags:
             # the refusal a PyTorch module of this graph would get comes first (Grad-CAM of a graph without a
             # convolution is refused as for the module, not routed): only the missing gradients are routed
             get_method(method, (family, tags | {"torch"}))
-        if "torch" in m.needs and "torch" not in tags and get_method(ROUTE_BLACK_BOX).why_not(model) is None:
+        if "torch" in m.needs and "torch" not in tags and get_method(ROUTE_BLACK_BOX).why_not(described) is None:
             return ROUTE_BLACK_BOX, "onnx", (f"{method} needs gradients and this ONNX model has no PyTorch module "
                                              f"(no fake-quant twin): routed to the black-box {ROUTE_BLACK_BOX} estimator")
-        get_method(method, model)  # raises the one-line refusal
+        get_method(method, described)  # raises the one-line refusal
     is_onnx = model.spec.runtime == "onnxruntime"
     if is_onnx and "onnx" in m.runtimes:
         return method, "onnx", None

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .methods import Attribution, Context, attribute
+from .probe import NO_INPUT_GRADIENT, probe_tags
 from .registry import get_method
 from .sanity import empty_rows
 
@@ -225,7 +226,11 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
         verdicts.append("completeness not expected for this method")
     if fidelity:
         out["deletion_auc"], out["insertion_auc"] = deletion_insertion_auc(model, x, attr)
-        out["infidelity"] = infidelity(model, x, attr, seed=seed)
+        # Gaussian perturbations of an index (integer tokens) are no inputs of the model: out of range, they crashed
+        indices = NO_INPUT_GRADIENT in probe_tags(model)
+        out["infidelity"] = None if indices else infidelity(model, x, attr, seed=seed)
+        if indices:
+            verdicts.append("infidelity not measured: the input is an index (no gradient), not a quantity to perturb")
     n = len(x) if repeat_samples is None else min(len(x), repeat_samples)
     x_r, attr_r = x[:n], head(attr, n)
     options = {**effort_cap(attr_r, options), **options}

@@ -36,6 +36,11 @@ class Explainer(Entry):
             inputs, so it gives no importance per one-hot level (None in `global_importance_encoded`). Set on
             the entry by its module (`lime`), not a registration field, so the docs' capability table keeps
             its columns.
+        input_gradients: a method needing "torch" differentiates the output with respect to the input, so it is
+            refused where `explain.probe` finds no such gradient (an nn.Embedding of integer tokens); False for
+            `layer_gradcam`, which differentiates a layer. Set on the entry by its module, as `whole_columns`.
+        grid: places a convolution's map on the input's trailing axes, so it is refused where `explain.probe`
+            finds that convolution's grid is not those axes. Set on the entry by its module.
     """
 
     runtimes: tuple[str, ...] = ("torch", "fake-quant")
@@ -45,6 +50,23 @@ class Explainer(Entry):
     needs_background: bool = False
     default: bool | tuple[str, ...] = False
     whole_columns: ClassVar[bool] = False
+    input_gradients: ClassVar[bool] = True
+    grid: ClassVar[bool] = False
+
+    def why_not(self, target=None) -> str | None:
+        """`Entry.why_not`, and the refusals read from a forward pass of the model (`explain.probe`: the tags
+        are there when `target` was described by `probe.describe`)."""
+        from trainers.registry import describe_target
+
+        from .probe import GRID_UNALIGNED, INDEX_INPUT, NO_INPUT_GRADIENT, UNALIGNED_GRID
+
+        why = super().why_not(target)
+        tags = describe_target(target)[1] if why is None and "torch" in self.needs else None
+        if tags and NO_INPUT_GRADIENT in tags and self.input_gradients:
+            return INDEX_INPUT
+        if tags and UNALIGNED_GRID in tags and self.grid:
+            return GRID_UNALIGNED
+        return why
 
     def holds_axiom(self, target) -> bool:
         """Completeness should hold on `target` (a family name or a model)."""
@@ -75,19 +97,23 @@ def loaded() -> Registry[Explainer]:
 def list_methods(target=None) -> list[str]:
     """Registered method names, in registration order; only those that explain `target` (a family name, a model
     or a set of capability tags) when given."""
-    return loaded().names(target)
+    from .probe import describe
+
+    return loaded().names(None if target is None else describe(target))
 
 
 def get_method(name: str, target=None) -> Explainer:
     """The method `name`; one ToolkitError line when unknown or when it cannot explain `target` (a family name,
     a model or a set of capability tags)."""
-    return loaded().get(name, target)
+    from .probe import describe
+
+    return loaded().get(name, None if target is None else describe(target))
 
 
 def default_methods(target) -> tuple[str, ...]:
     """The methods run when none are asked for: those declaring `default` for `target` (a family name or a
     model), in registration order."""
-    from trainers.registry import describe_target
+    from .probe import describe
 
-    described = target if isinstance(target, str) else describe_target(target)
+    described = target if isinstance(target, str) else describe(target)
     return tuple(e.name for e in loaded().entries(described) if e.is_default(target))

@@ -258,17 +258,27 @@ def cascading_randomization(model, x: np.ndarray, attr: Attribution, seed: int =
         cascade.append({"layers": ", ".join(reversed(names[len(names) - top:])), "spearman": _mean(rho)})
     seeds = [_mean(row) for row in trained]
     floor = [_mean(between[i, j]) for i in range(SEEDS) for j in range(i + 1, SEEDS)]
-    model_map = attribute(model, x, attr.targets, "saliency").values * input_spread(model.spec, x)
     from .quality import topk, topk_overlap_rows
 
     input_rho = spearman_per_sample(attr.values, input_only_map(model.spec, x, options.get("baseline")), keep)
-    model_rho = spearman_per_sample(attr.values, model_map, keep & ~empty_rows(model_map))
+    model_rho = _model_reference_rho(model, x, attr, keep)
     out = {"cascade": cascade, "seeds": seeds, "floor": floor, "empty_share": empty_share,
            "spearman": _mean(seeds),
            "topk_overlap": float(topk_overlap_rows(attr.values, full[0], topk(x[0].size)).mean()),
            **reference_figures(input_rho, model_rho, seed), **separation_figures(trained, between, seed)}
     out["verdict"], out["reason"] = sanity_verdict(out)
     return out
+
+
+def _model_reference_rho(model, x: np.ndarray, attr, keep: np.ndarray) -> np.ndarray:
+    """Per-sample Spearman of the maps with the model's gradients times each input's spread; NaN (no model
+    reference) where the input has no gradient (integer tokens: `explain.probe`, saliency is refused there)."""
+    from .probe import NO_INPUT_GRADIENT, probe_tags
+
+    if NO_INPUT_GRADIENT in probe_tags(model):
+        return np.full(len(x), np.nan)
+    model_map = attribute(model, x, attr.targets, "saliency").values * input_spread(model.spec, x)
+    return spearman_per_sample(attr.values, model_map, keep & ~empty_rows(model_map))
 
 
 def _interval(check: dict, name: str) -> str:

@@ -875,7 +875,8 @@ def test_shap_deep_on_layers_it_has_no_rule_for_is_one_line():
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
     bundle = trainers.load_data((x, np.random.default_rng(1).integers(0, 3, 200)))
-    with pytest.raises(ToolkitError, match="shap_deep: .* do not add up .* use deeplift"):
+    # Captum's DeepLift does not see a functional GELU either: deeplift is not offered in its place
+    with pytest.raises(ToolkitError, match="shap_deep: .* do not add up .* use shap_gradient or integrated_gradients$"):
         explain.attribute(Gelu().eval(), bundle.x_test[:4], method="shap_deep", background=bundle.x_train[:16])
 
 
