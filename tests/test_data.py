@@ -39,6 +39,50 @@ def test_split_is_stratified_seeded_and_disjoint():
     assert sum(r.tobytes() in train_rows for r in a.x_test) < 5  # digits has a few exact duplicates
 
 
+def test_a_class_of_one_row_leaves_the_other_classes_stratified():
+    """Before, one stray row of a third label made the whole split unstratified: the 5% class got 4 to 10
+    validation and 5 to 10 test rows by seed, and the split still said stratified."""
+    x = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
+    y = (np.arange(1000) % 20 == 0).astype(int)  # 50 rows of class 1
+    stray = y.copy()
+    stray[1] = 2
+    for seed in range(4):
+        data = load_data((x, stray), seed=seed)
+        assert [int((data.y_val == 1).sum()), int((data.y_test == 1).sum())] == [6, 10]
+        assert list(np.bincount(data.y_train, minlength=3)) == [645, 34, 1]  # the stray row is kept for training
+        assert data.split["stratified"]
+    again = load_data((x, stray), seed=1)
+    np.testing.assert_array_equal(again.x_test, load_data((x, stray), seed=1).x_test)
+
+
+def test_a_split_smaller_than_the_class_count_takes_at_most_one_row_of_a_class():
+    """100 classes of 3 rows: 60 test rows cannot hold every class; before, the split fell back to an unstratified
+    one and two classes had no training row."""
+    x = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    y = np.repeat(np.arange(100), 3)
+    data = load_data((x, y), seed=0)
+    counts = [np.bincount(part, minlength=100) for part in (data.y_train, data.y_val, data.y_test)]
+    assert counts[0].min() >= 1 and counts[1].max() == 1 and counts[2].max() == 1
+    assert [len(data.y_train), len(data.y_val), len(data.y_test)] == [204, 36, 60]
+    first, again = data_module.split_indices(y, 0), data_module.split_indices(y, 0)
+    assert [p.tolist() for p in first] == [p.tolist() for p in again]
+    assert data_module.split_indices(y, 0)[2].tolist() != data_module.split_indices(y, 1)[2].tolist()
+
+
+@pytest.mark.parametrize("labels", [np.arange(300) % 3, (np.arange(1000) % 20 == 0).astype(int),
+                                    np.random.default_rng(1).integers(0, 7, 3000)])
+def test_a_split_scikit_learn_stratifies_is_the_one_it_always_was(labels):
+    """Every earlier run's split (and the results of every test) came from scikit-learn's stratified split; data
+    it can stratify must keep those very rows."""
+    from sklearn.model_selection import train_test_split
+
+    for seed in range(3):
+        rest, test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=labels)
+        train, val = train_test_split(rest, test_size=0.15, random_state=seed, stratify=labels[rest])
+        got = data_module.split_indices(labels, seed)
+        assert [p.tolist() for p in got] == [train.tolist(), val.tolist(), test.tolist()]
+
+
 def test_normalisation_from_training_split_only():
     data = load_data("wine")
     np.testing.assert_allclose(data.mean, data.x_train.mean(axis=0), rtol=1e-5)

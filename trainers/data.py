@@ -10,6 +10,7 @@ model, whose first layer applies them.
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -492,38 +493,66 @@ def split_indices(y: np.ndarray, seed: int) -> list[np.ndarray]:
 
 
 def _split(x, y, x_test, y_test, seed):
-    from sklearn.model_selection import train_test_split
-
-    def split(xs, ys, fraction):
-        counts = np.bincount(ys)
-        stratify = ys if counts[counts > 0].min() >= 2 else None
-        try:
-            return train_test_split(xs, ys, test_size=fraction, random_state=seed, stratify=stratify)
-        except ValueError:
-            return train_test_split(xs, ys, test_size=fraction, random_state=seed, stratify=None)
-
     if len(y) < 10:
         raise DataError(f"only {len(y)} samples; at least 10 are needed to train and validate")
-    if x_test is None:
-        x_rest, x_test, y_rest, y_test = split(x, y, TEST_FRACTION)
-        given = False
-    else:
-        x_rest, y_rest, given = x, y, True
-    x_train, x_val, y_train, y_val = split(x_rest, y_rest, VAL_FRACTION)
-    return (x_train, y_train, x_val, y_val, x_test, y_test), _split_info(seed, given)
+    given = x_test is not None
+    if not given:
+        rest, test = _draw(y, TEST_FRACTION, seed)
+        x, y, x_test, y_test = x[rest], y[rest], x[test], y[test]
+    train, val = _draw(y, VAL_FRACTION, seed)
+    return (x[train], y[train], x[val], y[val], x_test, y_test), _split_info(seed, given)
+
+
+def _draw(ys: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices kept and drawn for a split of `fraction` of the rows, stratified by class.
+
+    scikit-learn's stratified split where it takes the labels (every class of 2 rows or more, and a row of each
+    class on both sides), so the splits of such data stay those every earlier run made; else `_share_draw`.
+    Before, one class of a single row (or a split smaller than the class count) turned stratification off for
+    every class, and a 5% class's test rows varied from 5 to 10 by seed.
+    """
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(ys)
+    if counts[counts > 0].min() >= 2:
+        try:
+            return train_test_split(np.arange(len(ys)), test_size=fraction, random_state=seed, stratify=ys)
+        except ValueError:  # fewer rows on a side than classes
+            pass
+    return _share_draw(ys, math.ceil(fraction * len(ys)), seed)  # scikit-learn's count of drawn rows
+
+
+def _share_draw(ys: np.ndarray, n_draw: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows kept and drawn (shuffled, seeded), each class giving the drawn side its share of `n_draw` rows rounded
+    down or up: the rows left over by rounding down go one each to classes with a fraction of a row to spare,
+    first those that still keep a row on the kept side, then the larger fractions, ties at random. So a class of
+    one row stays for training, and a draw smaller than the class count takes at most one row of a class."""
+    rng = np.random.RandomState(seed)
+    _, inverse, counts = np.unique(ys, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    take, spare = np.divmod(counts * n_draw, len(ys))  # exact shares, in rows and a remainder of rows
+    order = np.lexsort((rng.random_sample(len(counts)), -spare, take + 1 >= counts))
+    take[order[spare[order] > 0][:n_draw - int(take.sum())]] += 1
+    by_class = np.lexsort((rng.random_sample(len(ys)), inverse))  # rows grouped by class, shuffled within each
+    first = np.cumsum(counts) - counts
+    drawn = np.arange(len(ys)) - first[inverse[by_class]] < take[inverse[by_class]]
+    return rng.permutation(by_class[~drawn]), rng.permutation(by_class[drawn])
 
 
 def thin_classes(bundle: DataBundle) -> str | None:
     """One line naming the classes that a split holds no row of, with their rows in each split, or None: such a
     class is never learned (no training row), never weighed by early stopping (no validation row) or never judged
-    (no test row), and its figures say nothing of it (a 2-row class got 1, 0 and 1 rows: recall 0.0 on 1 row)."""
+    (no test row), and its figures say nothing of it (a 2-row class got 1, 0 and 1 rows: recall 0.0 on 1 row). The
+    line says how such a class was split, since `data.split.stratified` says only that the split was stratified."""
     k = len(bundle.class_names)
     counts = np.stack([np.bincount(y, minlength=k) for y in (bundle.y_train, bundle.y_val, bundle.y_test)], 1)
     thin = [f"class '{name}' has {a} training, {b} validation and {c} test row(s)"
             for name, (a, b, c) in zip(bundle.class_names, counts) if 0 in (a, b, c)]
     if not thin:
         return None
-    return f"{'; '.join(thin[:3])}{' (and more)' if len(thin) > 3 else ''}: too few to learn or judge"
+    return (f"{'; '.join(thin[:3])}{' (and more)' if len(thin) > 3 else ''}: too few to learn or judge (the split is "
+            "stratified: each split takes its share of every class, rounded, and a class too small for all three "
+            "keeps its rows for training first)")
 
 
 def _split_info(seed: int, given: bool) -> dict:
