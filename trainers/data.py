@@ -329,16 +329,36 @@ def _as_labels(y, what: str, by_name: bool = True) -> np.ndarray:
     if y.dtype.kind == "b" and by_name:
         return y.astype(str)
     if y.dtype.kind in "iub":
+        if y.dtype.kind == "u" and len(y) and y.max() > np.iinfo(np.int64).max:
+            return _exact_values(y, what)  # a uint64 ID past int64 would wrap to a negative name
         return y.astype(np.int64, copy=False)
     if y.dtype.kind == "f":
-        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
-        if len(bad):  # the first one named: a NaN is a missing label, not a fraction
+        bad = np.flatnonzero(~np.isfinite(y))
+        if len(bad):  # NaN was refused as a missing label above
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            raise DataError(f"{what} must be integer class labels, found {y[bad[0]]} in row {bad[0]}{more}")
-        return y.astype(np.int64)
+            raise DataError(f"{what} holds {y[bad[0]]} in row {bad[0]}{more}: a label must be a finite number or text")
+        if np.all(y == np.round(y)) and np.all(np.abs(y) < 2.0**63):
+            return y.astype(np.int64)
+        return _exact_values(y, what)
     if y.dtype.kind in "US":  # text labels ("cat", "dog"): the classes are their values, as in a table
         return _text(y, what)
     raise DataError(f"{what} must be integer or text class labels, got dtype {y.dtype if given is None else given}")
+
+
+def _exact_values(y: np.ndarray, what: str) -> np.ndarray:
+    """Numeric labels that int64 cannot hold (fractions such as 0.5, integers past 2**63) as exact Python numbers in
+    an object array: whole numbers as ints (1.0 and 1 are one class, named '1', as in a CSV), the rest as floats; a
+    float32 label by its shortest text, as a table's float32 column is named (0.1, not 0.10000000149011612).
+
+    Before, a cast to int64 merged 1e19 and 2e19 into one class, named a uint64 label 2**63 + 5 as a negative
+    number, and refused the fractions a CSV takes as classes."""
+    if y.dtype.kind == "f" and y.dtype.itemsize > 8 and np.any(y.astype(np.float64) != y):
+        raise DataError(f"{what} holds labels that float64 cannot hold exactly ({y.dtype}); store them as float64")
+    if y.dtype.kind == "f" and y.dtype.itemsize < 8:
+        y = y.astype(str).astype(np.float64)
+    values = np.empty(len(y), dtype=object)
+    values[:] = [v if isinstance(v, int) or v != int(v) else int(v) for v in y.tolist()]
+    return values
 
 
 def _refuse_missing(y: np.ndarray, what: str) -> None:
@@ -404,16 +424,19 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     if y_test is not None and (y.dtype.kind == "U") != (y_test.dtype.kind == "U"):
         raise DataError("y and y_test must both be text labels or both numbers, not one of each")
     text = y.dtype.kind == "U"
+    exact = object in (y.dtype, getattr(y_test, "dtype", None))  # numbers int64 cannot hold (`_exact_values`)
+    if exact:  # both as Python numbers: int64 beside float64 would be cast to float64, merging large labels
+        y, y_test = y.astype(object), (None if y_test is None else y_test.astype(object))
     all_labels = y if y_test is None else np.concatenate([y, y_test])
-    if class_names is not None and (text or all_labels.min() < 0):
+    if class_names is not None and (text or exact or all_labels.min() < 0):
         raise DataError("with class_names given, labels must be class indices 0, 1, ... into class_names "
-                        f"(found {'text labels' if text else 'label ' + str(all_labels.min())})")
+                        f"(found {'text labels' if text else 'label ' + str(_not_an_index(all_labels))})")
     if y_test is not None:
         unseen = np.setdiff1d(y_test, y)
         if len(unseen):
             raise DataError(f"y_test holds label {shown(unseen[0])}, which no training row has: a model cannot learn a "
                             "class it never sees (merge the splits, or drop those test rows)")
-    if class_names is None and (text or int(all_labels.min()) < 0 or int(all_labels.max()) >= len(all_labels)
+    if class_names is None and (text or exact or int(all_labels.min()) < 0 or int(all_labels.max()) >= len(all_labels)
                                 or len(np.unique(all_labels)) != int(all_labels.max()) + 1):
         # Labels are values, not indices: a class per value seen (labels 1, 2, 3 are three classes named so, 0 and
         # 5 two, -1 and 1 two, "cat" and "dog" two), never a class per integer below the largest, which would add
@@ -461,6 +484,14 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
         input_shape=input_shape, layout=LAYOUTS[len(input_shape)],
         mean=mean, std=std, fingerprint=_fingerprint(x, y, x_test, y_test), split=split_info,
     )
+
+
+def _not_an_index(labels: np.ndarray):
+    """The first label that cannot index class names: the smallest of int64 labels, else a fraction or an integer
+    past int64 among exact ones."""
+    if labels.dtype != object:
+        return labels.min()
+    return next(v for v in labels.tolist() if not isinstance(v, int) or not 0 <= v < 2**63)
 
 
 def align_classes(bundle: DataBundle, class_names: list[str]) -> DataBundle:
