@@ -127,7 +127,7 @@ BAD_INPUTS = {
     "x/y lengths": (lambda p: [_npz(p, x=X, y=Y[:10]), "--model", "mlp"], "samples but y has"),
     "nan in x": (lambda p: [_npz(p, x=np.full_like(X, np.nan), y=Y), "--model", "mlp"], "NaN"),
     "inf in x": (lambda p: [_npz(p, x=np.full_like(X, np.inf), y=Y), "--model", "mlp"], "infinite"),
-    "float labels": (lambda p: [_npz(p, x=X, y=Y * 0.3), "--model", "mlp"], "integer class labels"),
+    "infinite labels": (lambda p: [_npz(p, x=X, y=np.where(Y, np.inf, 0.3)), "--model", "mlp"], "a finite number"),
     "one class": (lambda p: [_npz(p, x=X, y=np.ones(30, int)), "--model", "mlp"], "only one class"),
     "csv target": (lambda p: [_csv(p, GOOD_CSV), "--model", "mlp", "--target", "zz"], "target column 'zz'"),
     "csv one class": (lambda p: [_csv(p, "a,b,t\n" + "x,1,0\n" * 20), "--model", "mlp"], "has 1 classes in 20 rows"),

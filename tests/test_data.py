@@ -39,6 +39,50 @@ def test_split_is_stratified_seeded_and_disjoint():
     assert sum(r.tobytes() in train_rows for r in a.x_test) < 5  # digits has a few exact duplicates
 
 
+def test_a_class_of_one_row_leaves_the_other_classes_stratified():
+    """Before, one stray row of a third label made the whole split unstratified: the 5% class got 4 to 10
+    validation and 5 to 10 test rows by seed, and the split still said stratified."""
+    x = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
+    y = (np.arange(1000) % 20 == 0).astype(int)  # 50 rows of class 1
+    stray = y.copy()
+    stray[1] = 2
+    for seed in range(4):
+        data = load_data((x, stray), seed=seed)
+        assert [int((data.y_val == 1).sum()), int((data.y_test == 1).sum())] == [6, 10]
+        assert list(np.bincount(data.y_train, minlength=3)) == [645, 34, 1]  # the stray row is kept for training
+        assert data.split["stratified"]
+    again = load_data((x, stray), seed=1)
+    np.testing.assert_array_equal(again.x_test, load_data((x, stray), seed=1).x_test)
+
+
+def test_a_split_smaller_than_the_class_count_takes_at_most_one_row_of_a_class():
+    """100 classes of 3 rows: 60 test rows cannot hold every class; before, the split fell back to an unstratified
+    one and two classes had no training row."""
+    x = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    y = np.repeat(np.arange(100), 3)
+    data = load_data((x, y), seed=0)
+    counts = [np.bincount(part, minlength=100) for part in (data.y_train, data.y_val, data.y_test)]
+    assert counts[0].min() >= 1 and counts[1].max() == 1 and counts[2].max() == 1
+    assert [len(data.y_train), len(data.y_val), len(data.y_test)] == [204, 36, 60]
+    first, again = data_module.split_indices(y, 0), data_module.split_indices(y, 0)
+    assert [p.tolist() for p in first] == [p.tolist() for p in again]
+    assert data_module.split_indices(y, 0)[2].tolist() != data_module.split_indices(y, 1)[2].tolist()
+
+
+@pytest.mark.parametrize("labels", [np.arange(300) % 3, (np.arange(1000) % 20 == 0).astype(int),
+                                    np.random.default_rng(1).integers(0, 7, 3000)])
+def test_a_split_scikit_learn_stratifies_is_the_one_it_always_was(labels):
+    """Every earlier run's split (and the results of every test) came from scikit-learn's stratified split; data
+    it can stratify must keep those very rows."""
+    from sklearn.model_selection import train_test_split
+
+    for seed in range(3):
+        rest, test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=labels)
+        train, val = train_test_split(rest, test_size=0.15, random_state=seed, stratify=labels[rest])
+        got = data_module.split_indices(labels, seed)
+        assert [p.tolist() for p in got] == [train.tolist(), val.tolist(), test.tolist()]
+
+
 def test_normalisation_from_training_split_only():
     data = load_data("wine")
     np.testing.assert_allclose(data.mean, data.x_train.mean(axis=0), rtol=1e-5)
@@ -147,7 +191,7 @@ X, Y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
     (lambda p: _npz(p, x=X, y=Y[:-1]), "30 samples but y has 29"),
     (lambda p: _npz(p, x=np.where(np.eye(30, 4) > 0, np.nan, X), y=Y), "NaN or infinite"),
     (lambda p: _npz(p, x=np.where(np.eye(30, 4) > 0, np.inf, X), y=Y), "NaN or infinite"),
-    (lambda p: _npz(p, x=X, y=Y + 0.5), "integer class labels"),
+    (lambda p: _npz(p, x=X, y=np.where(Y, np.inf, 0.5)), "holds inf in row 1 and 14 more: a label must be a finite"),
     (lambda p: _npz(p, x=X, y=np.where(np.arange(30) == 3, np.nan, Y)), "1 missing label.*the first in row 3: drop"),
     (lambda p: _npz(p, x=X, y=np.array([1 + 2j] * 30)), "integer or text class labels"),
     (lambda p: _npz(p, x=X, y=np.zeros(30, int)), "only one class"),
@@ -168,6 +212,9 @@ def test_bad_npz_and_paths(tmp_path, make, match):
 @pytest.mark.parametrize("labels, names", [
     (np.where(np.arange(30) % 2, 1, -1), ["-1", "1"]),
     (np.where(np.arange(30) % 2, "dog", "cat"), ["cat", "dog"]),
+    (np.where(np.arange(30) % 2, 0.5, 1.5), ["0.5", "1.5"]),  # refused before, though a CSV took them
+    (np.where(np.arange(30) % 2, 0.1, 2.0).astype(np.float32), ["0.1", "2"]),  # float32 by its shortest text
+    (np.where(np.arange(30) % 2, 2**63 + 5, 1).astype(np.uint64), ["1", "9223372036854775813"]),  # was negative
 ])
 def test_labels_are_values_in_an_npz_as_in_a_table(tmp_path, labels, names):
     """-1/+1 and text labels are classes by value in an .npz and from Python, as they are in a CSV file."""
@@ -176,6 +223,37 @@ def test_labels_are_values_in_an_npz_as_in_a_table(tmp_path, labels, names):
     every = np.concatenate([bundle.y_train, bundle.y_val, bundle.y_test])
     assert sorted(np.bincount(every)) == [15, 15]
     assert load_data((X, labels)).class_names == names
+
+
+def test_labels_int64_cannot_hold_stay_distinct_values():
+    """A cast to int64 merged 1e19 and 2e19 into one class (two thirds of the rows trained as one)."""
+    bundle = load_data((X, np.array([0.0, 1e19, 2e19])[np.arange(30) % 3]))
+    assert bundle.class_names == ["0", "10000000000000000000", "20000000000000000000"]
+    assert sorted(np.bincount(np.concatenate([bundle.y_train, bundle.y_val, bundle.y_test]))) == [10, 10, 10]
+    # Float labels beside int64 test labels are compared exactly, not both cast to float64 (2**60 + 1 -> 2**60).
+    halves = np.where(Y, 2.0**60, 0.5)
+    with pytest.raises(DataError, match="y_test holds label '1152921504606846977', which no training row has"):
+        data_module.DataBundle.from_arrays(X, halves, x_test=X[:3], y_test=np.full(3, 2**60 + 1))
+    given = data_module.DataBundle.from_arrays(X, halves, x_test=X[:3], y_test=np.full(3, 2**60))
+    assert given.class_names == ["0.5", "1152921504606846976"] and given.y_test.tolist() == [1, 1, 1]
+    with pytest.raises(DataError, match=r"class indices 0, 1, ... into class_names \(found label 0.5\)"):
+        data_module.DataBundle.from_arrays(X, np.where(Y, 0.5, 1.0), class_names=["a", "b"])
+    big = np.array([2**63, 2**63 + 1], dtype=np.uint64)
+    given = data_module.DataBundle.from_arrays(X, big[Y], x_test=X[:4], y_test=big[[1, 1, 0, 1]])
+    assert given.class_names == ["9223372036854775808", "9223372036854775809"] and given.y_test.tolist() == [1, 1, 0, 1]
+
+
+def test_fractional_labels_are_the_same_classes_in_an_npz_and_a_csv(tmp_path):
+    import pandas as pd
+
+    labels = np.where(X[:, 0] > 0, 0.5, 1.5)
+    frame = pd.DataFrame(X, columns=list("abcd")).assign(t=labels)
+    frame.to_csv(tmp_path / "halfs.csv", index=False)
+    table, arrays = load_data(str(tmp_path / "halfs.csv")), load_data(_npz(tmp_path, x=X, y=labels))
+    assert table.class_names == arrays.class_names == ["0.5", "1.5"]
+    assert table.y_test.tolist() == arrays.y_test.tolist()  # the same rows of the same classes
+    wide = frame.assign(t=np.where(X[:, 0] > 0, 2**53, 2**53 + 1))  # a DataFrame's int64 labels, not via float64
+    assert load_data(wide).class_names == ["9007199254740992", "9007199254740993"]
 
 
 def _pandas_labels():

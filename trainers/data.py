@@ -10,6 +10,7 @@ model, whose first layer applies them.
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -331,16 +332,36 @@ def _as_labels(y, what: str, by_name: bool = True) -> np.ndarray:
     if y.dtype.kind == "b" and by_name:
         return y.astype(str)
     if y.dtype.kind in "iub":
+        if y.dtype.kind == "u" and len(y) and y.max() > np.iinfo(np.int64).max:
+            return _exact_values(y, what)  # a uint64 ID past int64 would wrap to a negative name
         return y.astype(np.int64, copy=False)
     if y.dtype.kind == "f":
-        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
-        if len(bad):  # the first one named: a NaN is a missing label, not a fraction
+        bad = np.flatnonzero(~np.isfinite(y))
+        if len(bad):  # NaN was refused as a missing label above
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            raise DataError(f"{what} must be integer class labels, found {y[bad[0]]} in row {bad[0]}{more}")
-        return y.astype(np.int64)
+            raise DataError(f"{what} holds {y[bad[0]]} in row {bad[0]}{more}: a label must be a finite number or text")
+        if np.all(y == np.round(y)) and np.all(np.abs(y) < 2.0**63):
+            return y.astype(np.int64)
+        return _exact_values(y, what)
     if y.dtype.kind in "US":  # text labels ("cat", "dog"): the classes are their values, as in a table
         return _text(y, what)
     raise DataError(f"{what} must be integer or text class labels, got dtype {y.dtype if given is None else given}")
+
+
+def _exact_values(y: np.ndarray, what: str) -> np.ndarray:
+    """Numeric labels that int64 cannot hold (fractions such as 0.5, integers past 2**63) as exact Python numbers in
+    an object array: whole numbers as ints (1.0 and 1 are one class, named '1', as in a CSV), the rest as floats; a
+    float32 label by its shortest text, as a table's float32 column is named (0.1, not 0.10000000149011612).
+
+    Before, a cast to int64 merged 1e19 and 2e19 into one class, named a uint64 label 2**63 + 5 as a negative
+    number, and refused the fractions a CSV takes as classes."""
+    if y.dtype.kind == "f" and y.dtype.itemsize > 8 and np.any(y.astype(np.float64) != y):
+        raise DataError(f"{what} holds labels that float64 cannot hold exactly ({y.dtype}); store them as float64")
+    if y.dtype.kind == "f" and y.dtype.itemsize < 8:
+        y = y.astype(str).astype(np.float64)
+    values = np.empty(len(y), dtype=object)
+    values[:] = [v if isinstance(v, int) or v != int(v) else int(v) for v in y.tolist()]
+    return values
 
 
 def _refuse_missing(y: np.ndarray, what: str) -> None:
@@ -407,16 +428,19 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     if y_test is not None and (y.dtype.kind == "U") != (y_test.dtype.kind == "U"):
         raise DataError("y and y_test must both be text labels or both numbers, not one of each")
     text = y.dtype.kind == "U"
+    exact = object in (y.dtype, getattr(y_test, "dtype", None))  # numbers int64 cannot hold (`_exact_values`)
+    if exact:  # both as Python numbers: int64 beside float64 would be cast to float64, merging large labels
+        y, y_test = y.astype(object), (None if y_test is None else y_test.astype(object))
     all_labels = y if y_test is None else np.concatenate([y, y_test])
-    if class_names is not None and (text or all_labels.min() < 0):
+    if class_names is not None and (text or exact or all_labels.min() < 0):
         raise DataError("with class_names given, labels must be class indices 0, 1, ... into class_names "
-                        f"(found {'text labels' if text else 'label ' + str(all_labels.min())})")
+                        f"(found {'text labels' if text else 'label ' + str(_not_an_index(all_labels))})")
     if y_test is not None:
         unseen = np.setdiff1d(y_test, y)
         if len(unseen):
             raise DataError(f"y_test holds label {shown(unseen[0])}, which no training row has: a model cannot learn a "
                             "class it never sees (merge the splits, or drop those test rows)")
-    if class_names is None and (text or int(all_labels.min()) < 0 or int(all_labels.max()) >= len(all_labels)
+    if class_names is None and (text or exact or int(all_labels.min()) < 0 or int(all_labels.max()) >= len(all_labels)
                                 or len(np.unique(all_labels)) != int(all_labels.max()) + 1):
         # Labels are values, not indices: a class per value seen (labels 1, 2, 3 are three classes named so, 0 and
         # 5 two, -1 and 1 two, "cat" and "dog" two), never a class per integer below the largest, which would add
@@ -467,6 +491,14 @@ def _finish(name, source, x, y, x_test, y_test, class_names, feature_names, seed
     )
 
 
+def _not_an_index(labels: np.ndarray):
+    """The first label that cannot index class names: the smallest of int64 labels, else a fraction or an integer
+    past int64 among exact ones."""
+    if labels.dtype != object:
+        return labels.min()
+    return next(v for v in labels.tolist() if not isinstance(v, int) or not 0 <= v < 2**63)
+
+
 def align_classes(bundle: DataBundle, class_names: list[str]) -> DataBundle:
     """`bundle` with its labels as indices of a model's `class_names`, so data and model mean the same class by
     the same index: names the model also has are mapped to its indices (a file without one of the classes, or
@@ -497,38 +529,66 @@ def split_indices(y: np.ndarray, seed: int) -> list[np.ndarray]:
 
 
 def _split(x, y, x_test, y_test, seed):
-    from sklearn.model_selection import train_test_split
-
-    def split(xs, ys, fraction):
-        counts = np.bincount(ys)
-        stratify = ys if counts[counts > 0].min() >= 2 else None
-        try:
-            return train_test_split(xs, ys, test_size=fraction, random_state=seed, stratify=stratify)
-        except ValueError:
-            return train_test_split(xs, ys, test_size=fraction, random_state=seed, stratify=None)
-
     if len(y) < 10:
         raise DataError(f"only {len(y)} samples; at least 10 are needed to train and validate")
-    if x_test is None:
-        x_rest, x_test, y_rest, y_test = split(x, y, TEST_FRACTION)
-        given = False
-    else:
-        x_rest, y_rest, given = x, y, True
-    x_train, x_val, y_train, y_val = split(x_rest, y_rest, VAL_FRACTION)
-    return (x_train, y_train, x_val, y_val, x_test, y_test), _split_info(seed, given)
+    given = x_test is not None
+    if not given:
+        rest, test = _draw(y, TEST_FRACTION, seed)
+        x, y, x_test, y_test = x[rest], y[rest], x[test], y[test]
+    train, val = _draw(y, VAL_FRACTION, seed)
+    return (x[train], y[train], x[val], y[val], x_test, y_test), _split_info(seed, given)
+
+
+def _draw(ys: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices kept and drawn for a split of `fraction` of the rows, stratified by class.
+
+    scikit-learn's stratified split where it takes the labels (every class of 2 rows or more, and a row of each
+    class on both sides), so the splits of such data stay those every earlier run made; else `_share_draw`.
+    Before, one class of a single row (or a split smaller than the class count) turned stratification off for
+    every class, and a 5% class's test rows varied from 5 to 10 by seed.
+    """
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(ys)
+    if counts[counts > 0].min() >= 2:
+        try:
+            return train_test_split(np.arange(len(ys)), test_size=fraction, random_state=seed, stratify=ys)
+        except ValueError:  # fewer rows on a side than classes
+            pass
+    return _share_draw(ys, math.ceil(fraction * len(ys)), seed)  # scikit-learn's count of drawn rows
+
+
+def _share_draw(ys: np.ndarray, n_draw: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows kept and drawn (shuffled, seeded), each class giving the drawn side its share of `n_draw` rows rounded
+    down or up: the rows left over by rounding down go one each to classes with a fraction of a row to spare,
+    first those that still keep a row on the kept side, then the larger fractions, ties at random. So a class of
+    one row stays for training, and a draw smaller than the class count takes at most one row of a class."""
+    rng = np.random.RandomState(seed)
+    _, inverse, counts = np.unique(ys, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    take, spare = np.divmod(counts * n_draw, len(ys))  # exact shares, in rows and a remainder of rows
+    order = np.lexsort((rng.random_sample(len(counts)), -spare, take + 1 >= counts))
+    take[order[spare[order] > 0][:n_draw - int(take.sum())]] += 1
+    by_class = np.lexsort((rng.random_sample(len(ys)), inverse))  # rows grouped by class, shuffled within each
+    first = np.cumsum(counts) - counts
+    drawn = np.arange(len(ys)) - first[inverse[by_class]] < take[inverse[by_class]]
+    return rng.permutation(by_class[~drawn]), rng.permutation(by_class[drawn])
 
 
 def thin_classes(bundle: DataBundle) -> str | None:
     """One line naming the classes that a split holds no row of, with their rows in each split, or None: such a
     class is never learned (no training row), never weighed by early stopping (no validation row) or never judged
-    (no test row), and its figures say nothing of it (a 2-row class got 1, 0 and 1 rows: recall 0.0 on 1 row)."""
+    (no test row), and its figures say nothing of it (a 2-row class got 1, 0 and 1 rows: recall 0.0 on 1 row). The
+    line says how such a class was split, since `data.split.stratified` says only that the split was stratified."""
     k = len(bundle.class_names)
     counts = np.stack([np.bincount(y, minlength=k) for y in (bundle.y_train, bundle.y_val, bundle.y_test)], 1)
     thin = [f"class '{name}' has {a} training, {b} validation and {c} test row(s)"
             for name, (a, b, c) in zip(bundle.class_names, counts) if 0 in (a, b, c)]
     if not thin:
         return None
-    return f"{'; '.join(thin[:3])}{' (and more)' if len(thin) > 3 else ''}: too few to learn or judge"
+    return (f"{'; '.join(thin[:3])}{' (and more)' if len(thin) > 3 else ''}: too few to learn or judge (the split is "
+            "stratified: each split takes its share of every class, rounded, and a class too small for all three "
+            "keeps its rows for training first)")
 
 
 def _split_info(seed: int, given: bool) -> dict:

@@ -262,6 +262,10 @@ def _numeric_labels(labels: pd.Series):
     The same classes as `data._encode_labels` on the text ('1' and '1.0' are one class, numeric order)."""
     if not pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
         return None
+    if pd.api.types.is_integer_dtype(labels):  # as integers: float64 merged 2**53 and 2**53 + 1 into one class
+        values, y = np.unique(labels.to_numpy(dtype=np.uint64 if labels.dtype.kind == "u" else np.int64),
+                              return_inverse=True)
+        return y.reshape(-1).astype(np.int64), [str(v) for v in values.tolist()]
     numbers = labels.to_numpy(dtype=np.float64)
     if not np.isfinite(numbers).all():
         return None
