@@ -150,9 +150,12 @@ def _write_report(run_dir: str | Path, out: str | Path | None) -> dict:
         raise ReportError(f"--out must be a file path, not a directory: {out}")
     out, numbers_path, cards = _targets(run, out)
     _refuse_own_files(run, out, numbers_path, cards)
-    ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     for path in (out, numbers_path, *cards):  # all checked before anything is written
         refuse_foreign(path)
+    if out.suffix != ".html":  # an HTML page in x.json, beside x.json.json and x.json.md, is no one's intent
+        raise ReportError(f"--out {out}: the report is an HTML page; name it with .html (its numbers and card "
+                          f"go beside it: r.html, r.json, r.md)")
+    ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     context = build_context(run)
     card_file = os.path.relpath(cards[0], out.parent) if cards else "MODEL_CARD.md"   # as the page's reader finds it
     html = _environment().get_template("report.html.j2").render(**context, card_file=card_file)
@@ -213,7 +216,8 @@ def _targets(run: Run, out) -> tuple[Path, Path, list[Path]]:
 
 
 def _numbers_of(page: Path) -> Path:
-    """The numbers file written beside the page `page`: `r.html` gives `r.json`, any other name `name.json`."""
+    """The numbers file written beside the page `page`: `r.html` gives `r.json`, any other name `name.json` (a
+    page is always .html; another name is only looked at, to refuse it)."""
     return page.with_name((page.stem if page.suffix == ".html" else page.name) + ".json")
 
 

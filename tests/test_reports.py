@@ -724,3 +724,19 @@ def test_report_takes_the_runs_lock_and_is_refused_while_a_run_writes_there(tmp_
     (tmp_path / "run.partial").rmdir()
     assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the lock is not left behind
+
+
+@pytest.mark.parametrize("name", ["d.json", "c.md", "page.txt", "page"])
+def test_report_out_not_ending_in_html_is_refused_before_anything_is_written(tmp_path, name):
+    """The page is HTML: `--out d.json` wrote it there, beside d.json.json and d.json.md; a pipeline's report.out
+    is held to the same."""
+    from reports.config import resolve_config
+
+    run = make_run(tmp_path / "run")
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    with pytest.raises(ReportError, match=rf"^--out .*{name}: the report is an HTML page; name it with \.html"):
+        render_report(run, out=tmp_path / "rep" / name)
+    assert not (tmp_path / "rep").exists()
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+    with pytest.raises(ToolkitError, match=r"^config report\.out: value error, must name an HTML page ending in \.html"):
+        resolve_config({"report": {"out": name}})
