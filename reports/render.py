@@ -138,7 +138,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
-    """`render_report`, returning what it wrote: {"report", "numbers", "model_cards": [...]} (paths as text).
+    """`render_report`, returning what it wrote: {"report", "numbers", "model_cards": [...]} (paths as text, all
+    spelled from `run_dir` and `out` as given).
     The run's lock is held meanwhile (`trainers.rundir.reading_run`): a run committing there is not read half-moved."""
     with reading_run(run_dir):
         return _write_report(run_dir, out)
@@ -212,7 +213,16 @@ def _targets(run: Run, out) -> tuple[Path, Path, list[Path]]:
     numbers = _numbers_of(out)
     if not out.resolve().is_relative_to(run.root.resolve()):
         return out, numbers, [numbers.with_suffix(".md")]
-    return out, numbers, sorted(directory / "MODEL_CARD.md" for directory in _card_dirs(run))
+    return out, numbers, sorted(_as_given(run, directory) / "MODEL_CARD.md" for directory in _card_dirs(run))
+
+
+def _as_given(run: Run, directory: Path) -> Path:
+    """A directory of the run spelled from the run directory as the user gave it (relative stays relative), as
+    the page and its numbers are: `report --json` gives one kind of path, not absolute cards beside them."""
+    try:
+        return run.root / directory.relative_to(run.root.resolve())
+    except ValueError:
+        return directory
 
 
 def _numbers_of(page: Path) -> Path:
