@@ -154,8 +154,9 @@ def _write_report(run_dir: str | Path, out: str | Path | None) -> dict:
     for path in (out, numbers_path, *cards):  # all checked before anything is written
         refuse_foreign(path)
     if out.suffix != ".html":  # an HTML page in x.json, beside x.json.json and x.json.md, is no one's intent
-        raise ReportError(f"--out {out}: the report is an HTML page; name it with .html (its numbers and card "
-                          f"go beside it: r.html, r.json, r.md)")
+        page = out.with_suffix(".html")
+        raise ReportError(f"--out {out}: the report is an HTML page; name it with .html, e.g. {page} (its numbers "
+                          f"and card go beside it: {page.with_suffix('.json').name}, {page.with_suffix('.md').name})")
     ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     context = build_context(run)
     card_file = os.path.relpath(cards[0], out.parent) if cards else "MODEL_CARD.md"   # as the page's reader finds it
