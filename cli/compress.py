@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from trainers.options import parse_json_option
+from trainers.options import check_value, parse_json_option
 
 from .common import DROP, KEEP, SEP, TARGET, console_progress, fail, finish, handle_errors, info, open_model
 from .help import compression_methods, with_help_from
@@ -80,6 +80,10 @@ def _with_auto_option(options: dict, name: str, value, methods) -> dict:
     --options JSON sets it too."""
     if methods and "auto" not in methods:
         fail(f"{_flag(name, value)} is an option of auto, which this run does not use (--method {methods[0]})")
+    if name == "serving_batch":  # checked here to be named as typed; --options' auto.serving_batch by auto
+        from compress.auto import ServingBatch
+
+        check_value(ServingBatch, value, "--serving-batch", typed=True)
     own = options.get("auto", {})
     if isinstance(own, dict) and name in own and own[name] != value:
         fail(f"{_flag(name, value)} and --options' auto.{name} {own[name]} disagree; give one")

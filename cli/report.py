@@ -14,7 +14,7 @@ from .help import Command
 @handle_errors
 def report_command(
     run_dir: Path = typer.Argument(..., help="A run directory: one stage's output, or a pipeline's (train/, compress/, explain/)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN_DIR/report.html)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write, ending in .html (default RUN_DIR/report.html)."),
     as_json: bool = typer.Option(False, "--json", help="Print the paths written (report, its numbers, model card) "
                                                        "as JSON on stdout."),
 ):

@@ -65,27 +65,27 @@ def train_command(
     On 4 GPUs: toolkit train digits --model cnn --nproc-per-node 4 (or the plain command under torchrun).
     """
     from trainers import TrainConfig, TrainingInterrupted, default_run_dir, train
-    from trainers.distributed import env_context
+    from trainers.distributed import LaunchOptions, env_context, refuse_unlaunched
     from trainers.errors import ToolkitError, interrupt_code
-    from trainers.options import parse
+    from trainers.options import option_flags, parse
     from trainers.tables import TableOptions
 
     if resume and out is None:
         raise ToolkitError("--resume needs --out, the directory of the interrupted run")
     given = {"epochs": epochs, "select": select, "refit": refit, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
              "amp": amp or None, "model": parse_json_option(arch, "--arch") if arch is not None else None}
-    config = parse(TrainConfig, {key: value for key, value in given.items() if value is not None})
+    config = parse(TrainConfig, {key: value for key, value in given.items() if value is not None},
+                   flags=option_flags(given, model="--arch"))  # a bad value named as typed: `--epochs: ...`
     out = out or default_run_dir("train", model)
     if nproc_per_node is not None:
-        from trainers.distributed import LaunchOptions, launch_training
+        from trainers.distributed import launch_training
 
         where = LaunchOptions(nproc_per_node, nnodes, node_rank, master_addr, master_port, oversubscribe)
         raise typer.Exit(launch_training(data, model, config, where, out=out, overwrite=overwrite, resume=resume,
                                          json_output=as_json, extra_args=tracking_args(mlflow, tensorboard),
                                          table=TableOptions.of(target, keep, drop, sep), image_size=image_size,
                                          announce=progress_mode() != "none", global_args=worker_args()))
-    if nnodes != 1 or node_rank or master_addr or master_port is not None:
-        raise ToolkitError("--nnodes, --node-rank, --master-addr and --master-port need --nproc-per-node")
+    refuse_unlaunched(LaunchOptions(0, nnodes, node_rank, master_addr, master_port, oversubscribe))
     with tracker("train", mlflow, tensorboard) as track, console_progress() as progress:
         try:
             result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, image_size=image_size,

@@ -74,7 +74,7 @@ def smaller(ratio: float) -> str:
 
 def _timed_batch(n: int) -> int:
     if n not in (1, 256):
-        raise ValueError("it must be 1 or 256, the batch sizes every variant is timed at")
+        raise ValueError("must be 1 or 256, the batch sizes every variant is timed at")
     return n
 
 

@@ -237,6 +237,9 @@ def check_request(methods, family, max_drop, options: dict | None = None, ratio=
     if ratio is not None and not any({"ratio", "prune_ratios"} & set(METHODS.options(name)) for name in methods):
         raise ToolkitError(f"--ratio is an option of the prune methods and auto, which this run does not use "
                            f"(--method {' '.join(methods)})")
+    if budget_seconds is not None and "auto" not in methods:  # only auto's search has candidates to stop making
+        raise ToolkitError(f"--budget-seconds is an option of auto, which this run does not use "
+                           f"(--method {' '.join(methods)})")
     return max_drop, ratio
 
 

@@ -51,6 +51,8 @@ def _inside_run_dir(path: str) -> str:
         else path if path in REPORT_NUMBERS else None
     if taken is not None:
         raise ValueError(f"must not name a file the pipeline writes ({taken}): choose e.g. report.html")
+    if not path.endswith(".html"):  # the page is HTML, as `toolkit report --out` requires
+        raise ValueError("must name an HTML page ending in .html, e.g. report.html")
     return path
 
 

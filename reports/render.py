@@ -138,7 +138,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
-    """`render_report`, returning what it wrote: {"report", "numbers", "model_cards": [...]} (paths as text).
+    """`render_report`, returning what it wrote: {"report", "numbers", "model_cards": [...]} (paths as text, all
+    spelled from `run_dir` and `out` as given).
     The run's lock is held meanwhile (`trainers.rundir.reading_run`): a run committing there is not read half-moved."""
     with reading_run(run_dir):
         return _write_report(run_dir, out)
@@ -150,9 +151,13 @@ def _write_report(run_dir: str | Path, out: str | Path | None) -> dict:
         raise ReportError(f"--out must be a file path, not a directory: {out}")
     out, numbers_path, cards = _targets(run, out)
     _refuse_own_files(run, out, numbers_path, cards)
-    ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     for path in (out, numbers_path, *cards):  # all checked before anything is written
         refuse_foreign(path)
+    if out.suffix != ".html":  # an HTML page in x.json, beside x.json.json and x.json.md, is no one's intent
+        page = out.with_suffix(".html")
+        raise ReportError(f"--out {out}: the report is an HTML page; name it with .html, e.g. {page} (its numbers "
+                          f"and card go beside it: {page.with_suffix('.json').name}, {page.with_suffix('.md').name})")
+    ensure_writable_parent(out)  # one clear line for a parent that is a file or cannot be created
     context = build_context(run)
     card_file = os.path.relpath(cards[0], out.parent) if cards else "MODEL_CARD.md"   # as the page's reader finds it
     html = _environment().get_template("report.html.j2").render(**context, card_file=card_file)
@@ -209,11 +214,21 @@ def _targets(run: Run, out) -> tuple[Path, Path, list[Path]]:
     numbers = _numbers_of(out)
     if not out.resolve().is_relative_to(run.root.resolve()):
         return out, numbers, [numbers.with_suffix(".md")]
-    return out, numbers, sorted(directory / "MODEL_CARD.md" for directory in _card_dirs(run))
+    return out, numbers, sorted(_as_given(run, directory) / "MODEL_CARD.md" for directory in _card_dirs(run))
+
+
+def _as_given(run: Run, directory: Path) -> Path:
+    """A directory of the run spelled from the run directory as the user gave it (relative stays relative), as
+    the page and its numbers are: `report --json` gives one kind of path, not absolute cards beside them."""
+    try:
+        return run.root / directory.relative_to(run.root.resolve())
+    except ValueError:
+        return directory
 
 
 def _numbers_of(page: Path) -> Path:
-    """The numbers file written beside the page `page`: `r.html` gives `r.json`, any other name `name.json`."""
+    """The numbers file written beside the page `page`: `r.html` gives `r.json`, any other name `name.json` (a
+    page is always .html; another name is only looked at, to refuse it)."""
     return page.with_name((page.stem if page.suffix == ".html" else page.name) + ".json")
 
 

@@ -382,12 +382,13 @@ CASES: dict[str, dict[str, Case]] = {
                                 "samples"),
         "csv with a missing label": Case(lambda c: [c.file("d.csv", "a,b,t\n" + "1.5,2,0\n2.5,3,1\n" * 10 + "1,2,\n"),
                                                    "--model", "mlp"], "missing label in target column 't' (line 22)"),
-        "--batch-size 0": Case(lambda c: ["iris", "--model", "mlp", "--batch-size", "0"], "batch_size: "),
-        "--lr nan": Case(lambda c: ["iris", "--model", "mlp", "--lr", "nan"], "lr: input should be a finite number"),
+        "--batch-size 0": Case(lambda c: ["iris", "--model", "mlp", "--batch-size", "0"], "error: --batch-size: "),
+        "--lr nan": Case(lambda c: ["iris", "--model", "mlp", "--lr", "nan"],
+                         "error: --lr: input should be a finite number"),
         "--arch not an object": Case(lambda c: ["iris", "--model", "mlp", "--arch", "[64]"], "--arch"),
         "--epochs not a number": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "many"], "--epochs"),
         "--epochs beyond a million": Case(lambda c: ["iris", "--model", "mlp", "--epochs", "9" * 23],
-                                          "epochs: input should be less than or equal to 1000000"),
+                                          "error: --epochs: input should be less than or equal to 1000000"),
         "out exists": Case(lambda c: (c.existing_out(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "--overwrite"),
         "out is a file": Case(lambda c: (c.out_is_file(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "not a directory"),
         "out under a file": Case(lambda c: (c.out_under_file(), ["iris", "--model", "mlp", "--epochs", "1"])[1], "out"),
@@ -425,7 +426,11 @@ CASES: dict[str, dict[str, Case]] = {
             "infinite"),
         "unknown method": Case(lambda c: [str(c.art.mlp), "--data", "digits", "--method", "zip"], "unknown compression method"),
         "a serving batch size auto does not time": Case(
-            lambda c: [str(c.art.mlp), "--data", "digits", "--serving-batch", "64"], "serving_batch: value error, it must be 1 or 256"),
+            lambda c: [str(c.art.mlp), "--data", "digits", "--serving-batch", "64"],
+            "--serving-batch must be 1 or 256, the batch sizes every variant is timed at, got 64"),
+        "a search budget without auto": Case(
+            lambda c: [str(c.art.mlp), "--data", "digits", *COMPRESS_ONE, "--budget-seconds", "5"],
+            "--budget-seconds is an option of auto, which this run does not use (--method int8-dynamic)"),
         "a serving batch size without auto": Case(
             lambda c: [str(c.art.mlp), "--data", "digits", *COMPRESS_ONE, "--serving-batch", "1"], "an option of auto"),
         "a serving batch size twice, disagreeing": Case(

@@ -132,9 +132,12 @@ BAD_INPUTS = {
     "csv target": (lambda p: [_csv(p, GOOD_CSV), "--model", "mlp", "--target", "zz"], "target column 'zz'"),
     "csv one class": (lambda p: [_csv(p, "a,b,t\n" + "x,1,0\n" * 20), "--model", "mlp"], "has 1 classes in 20 rows"),
     "unknown model": (lambda p: ["iris", "--model", "transformer"], "unknown model family 'transformer'"),
-    "epochs 0": (lambda p: ["iris", "--model", "mlp", "--epochs", "0"], "epochs: input should be greater than"),
-    "negative lr": (lambda p: ["iris", "--model", "mlp", "--lr", "-0.1"], "lr: input should be greater than 0"),
-    "bad device": (lambda p: ["iris", "--model", "mlp", "--device", "tpu"], "device: value error, must be auto"),
+    "epochs 0": (lambda p: ["iris", "--model", "mlp", "--epochs", "0"], "--epochs: input should be greater than"),
+    "negative lr": (lambda p: ["iris", "--model", "mlp", "--lr", "-0.1"], "--lr: input should be greater than 0"),
+    "bad device": (lambda p: ["iris", "--model", "mlp", "--device", "tpu"],
+                   "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    "oversubscribe without a launch": (lambda p: ["iris", "--model", "mlp", "--oversubscribe"],
+                                       "--oversubscribe need --nproc-per-node"),
     "bad arch json": (lambda p: ["iris", "--model", "mlp", "--arch", "{oops"], "--arch"),
     "unknown arch key": (lambda p: ["iris", "--model", "mlp", "--arch", '{"width": 3}'], "mlp config width: unknown option"),
     "unknown option": (lambda p: ["iris", "--model", "mlp", "--frobnicate"], "No such option"),
@@ -189,3 +192,18 @@ def test_compress_serving_batch_flag_reaches_auto(tmp_path, monkeypatch):
     assert batches and set(batches) == {1}
     recorded = json.loads((tmp_path / "c" / "config.json").read_text())["options"]["auto"]
     assert recorded["serving_batch"] == 1 and recorded["prune_ratios"] == [0.5]
+
+
+def test_a_bad_value_is_named_as_typed_on_the_command_line_and_by_field_from_python():
+    """`--epochs 0` is told about --epochs; `TrainConfig`/`parse` from Python keep the field names they were given."""
+    from compress.base import check_method_options
+    from trainers import TrainConfig
+    from trainers.errors import ToolkitError
+    from trainers.options import option_flags, parse
+
+    with pytest.raises(ToolkitError, match=r"^epochs: input should be greater than or equal to 1, got 0$"):
+        parse(TrainConfig, {"epochs": 0})
+    with pytest.raises(ToolkitError, match=r"^--batch-size: input should be greater than or equal to 1, got 0$"):
+        parse(TrainConfig, {"batch_size": 0}, flags=option_flags(["batch_size"]))
+    with pytest.raises(ToolkitError, match=r"^compression method 'auto': serving_batch: value error, must be 1 or 256"):
+        check_method_options("auto", {"serving_batch": 8})

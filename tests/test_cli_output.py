@@ -188,6 +188,38 @@ def test_predict_says_a_mistyped_model_path_is_not_found(name, tmp_path, capsys)
                                       "run, or an .onnx file)\n"
 
 
+def test_every_command_that_takes_a_model_gives_the_same_advice_on_a_pickle(tmp_path, capsys):
+    """`predict model.pt` said only "not a model artifact"; compress and explain say what to do instead."""
+    from cli.main import main
+
+    (tmp_path / "model.pt").write_bytes(b"never read")
+    np.save(tmp_path / "rows.npy", np.zeros((2, 4), np.float32))
+    said = {}
+    for command, rest in (("predict", [str(tmp_path / "rows.npy")]), ("compress", ["--data", "iris"]),
+                          ("explain", ["--data", "iris"])):
+        capsys.readouterr()
+        out = [] if command == "predict" else ["--out", str(tmp_path / command)]
+        assert main([command, str(tmp_path / "model.pt"), *rest, *out]) == 2
+        said[command] = capsys.readouterr().err
+    assert said["predict"].startswith("error: model.pt is a pickle; the toolkit never loads pickles") and \
+        "export it to ONNX" in said["predict"]
+    assert said["predict"] == said["compress"] == said["explain"]
+
+
+@pytest.mark.parametrize("command", ["explain", "compress"])
+def test_a_pipeline_run_given_as_the_model_points_to_its_trained_model(command, tmp_path, capsys):
+    """`predict` takes a pipeline run (its chosen variant); the stages that start from the trained model say where
+    it is instead of "no model.json"."""
+    from cli.main import main
+
+    (tmp_path / "run" / "train").mkdir(parents=True)
+    (tmp_path / "run" / "train" / "model.json").write_text("{}")
+    capsys.readouterr()
+    assert main([command, str(tmp_path / "run"), "--data", "iris", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'run'} is a pipeline run, not a model artifact: its "
+                                       f"trained model is {tmp_path / 'run' / 'train'}\n")
+
+
 @pytest.mark.parametrize("args", [
     ("train", "iris", "--model", "mlp", "--json", "--nope"),       # an unknown option
     ("train", "iris", "--model", "mlp", "--json", "--epochs", "x"),  # a value of the wrong type

@@ -486,6 +486,16 @@ def test_a_request_that_would_waste_or_ignore_something_is_refused(methods, rati
     check_request([*dict.fromkeys(methods), "prune-structured"], "mlp", 0.5, None, ratio)  # with a taker: fine
 
 
+def test_a_search_budget_without_auto_is_refused():
+    """--budget-seconds limits auto's search only: with other methods it would be accepted and do nothing."""
+    from compress.run import check_request
+
+    with pytest.raises(ToolkitError, match=r"--budget-seconds is an option of auto, which this run does not use "
+                                           r"\(--method onnx-fp32 int8-dynamic\)"):
+        check_request(["onnx-fp32", "int8-dynamic"], "mlp", 0.5, budget_seconds=5)
+    check_request(["onnx-fp32", "auto"], "mlp", 0.5, budget_seconds=5)
+
+
 def test_a_pruning_variant_is_named_by_its_ratio_without_rounding_to_100():
     from compress.prune import percent
 

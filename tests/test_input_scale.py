@@ -95,3 +95,15 @@ def test_an_artifact_without_the_record_is_not_checked(models, tmp_path):
     with toolkit_warnings() as said:
         predict(load_model(tmp_path / "old"), models.pixels)
     assert said == []
+
+
+def test_the_scale_warnings_hint_fits_the_recorded_range():
+    """The 0..255-pixels guess only for a model trained on [0, 1]; a digits model (0..16) given 0..256 is told the
+    factor, not asked about pixels it never saw."""
+    from trainers.inputrange import mismatch
+
+    rows = np.linspace(0, 256, 1000, dtype=np.float32)[:, None]
+    digits = mismatch({"min": 0.0, "max": 16.0, "images": False}, rows)
+    assert SCALE_WARNING in digits and "pixels 0..255" not in digits and "about 15.9 times as large" in digits
+    pixels = mismatch({"min": 0.0, "max": 1.0, "images": True}, rows[:-4])
+    assert SCALE_WARNING in pixels and "(pixels 0..255 where it saw [0, 1]?)" in pixels

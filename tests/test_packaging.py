@@ -47,3 +47,15 @@ def test_project_metadata():
     extras = project["optional-dependencies"]
     assert {name.split(">")[0] for name in extras["tracking"]} == {"mlflow", "tensorboard"}
     assert set(extras["tracking"]) <= set(extras["dev"])
+
+
+def test_the_tracking_install_hint_installs_the_tracking_extra():
+    """The missing-package messages give a pip command for the extra's own requirements: `toolkit[tracking]` would
+    fetch the unrelated `toolkit` of the public index (README's install line says the same)."""
+    from trainers.tracking import install_hint
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tracking"]
+    hints = [install_hint(name) for name in ("mlflow", "tensorboard")]
+    assert hints == [f"pip install '{requirement}'" for requirement in extra]
+    readme = (ROOT / "README.md").read_text()
+    assert "toolkit[" not in readme and "pip install " + " ".join(f"'{r}'" for r in extra) in readme

@@ -741,3 +741,34 @@ def test_card_front_matter_names_the_library_of_the_model_and_each_tag_once(fami
               "accuracy": 0.97}
     meta = front_matter(run, None, {"variants": [chosen]})
     assert (meta["library_name"], meta["tags"]) == (library, tags)
+
+
+@pytest.mark.parametrize("name", ["d.json", "c.md", "page.txt", "page"])
+def test_report_out_not_ending_in_html_is_refused_before_anything_is_written(tmp_path, name):
+    """The page is HTML: `--out d.json` wrote it there, beside d.json.json and d.json.md; a pipeline's report.out
+    is held to the same."""
+    from reports.config import resolve_config
+
+    run = make_run(tmp_path / "run")
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    with pytest.raises(ReportError, match=rf"^--out .*{name}: the report is an HTML page; name it with \.html"):
+        render_report(run, out=tmp_path / "rep" / name)
+    assert not (tmp_path / "rep").exists()
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+    with pytest.raises(ToolkitError, match=r"^config report\.out: value error, must name an HTML page ending in \.html"):
+        resolve_config({"report": {"out": name}})
+
+
+def test_report_json_gives_every_path_as_the_run_was_given(tmp_path, monkeypatch, capsys):
+    """`report runs/X --json` gave the page and numbers relative and the cards absolute, in one object."""
+    from cli.main import main
+
+    make_run(tmp_path / "runs" / "x")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["report", "runs/x", "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    paths = [written["report"], written["numbers"], written["model_card"], *written["model_cards"]]
+    assert written["report"] == "runs/x/report.html" and written["model_card"] == "runs/x/MODEL_CARD.md"
+    assert len(written["model_cards"]) > 1 and all(p.startswith("runs/x/") for p in paths), paths
+    assert all((tmp_path / p).is_file() for p in paths)

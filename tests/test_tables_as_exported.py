@@ -422,3 +422,31 @@ def test_an_empty_separator_given_over_a_recorded_one_is_refused_not_ignored(tmp
     pd.DataFrame({**frame, "label": y}).to_csv(tmp_path / "t.csv", sep=";", index=False)
     with pytest.raises(DataError, match="--sep must be one character"):
         load_data(str(tmp_path / "t.csv"), table=recorded.merged(TableOptions.of(sep="")))
+
+
+def test_table_options_other_than_trainings_are_refused_by_compress_and_explain(tmp_path, capsys):
+    """The model's columns and encoding are fixed at training: another --drop, --keep or --target cannot take
+    effect (a drop was ignored, a target read as a missing column), so it is one line naming the difference;
+    the recorded options given again still read the table."""
+    from cli.main import main
+    from trainers.tables import load_for_model
+
+    frame, y = _frame()
+    frame["c"] = np.random.default_rng(1).normal(size=N)
+    frame.assign(label=y).to_csv(tmp_path / "t.csv", index=False)
+    train(str(tmp_path / "t.csv"), "mlp", TrainConfig(epochs=1, device="cpu"), out=tmp_path / "run",
+          table=TableOptions(drop=("c",)), progress=False)
+    spec = load_model(tmp_path / "run").spec
+    data = str(tmp_path / "t.csv")
+    assert load_for_model(data, spec, table=TableOptions("label", (), ("c",))).feature_names == ["a", "b"]
+    refused = {TableOptions(drop=("b",)): "--drop 'b' differs from the model's training (--drop 'c')",
+               TableOptions(keep=("c",)): "--keep 'c' differs from the model's training (--keep none)",
+               TableOptions(target="a"): "--target 'a' differs from the model's recorded target 'label'"}
+    for given, message in refused.items():
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_for_model(data, spec, table=given)
+    for command in ("explain", "compress"):
+        code = main([command, str(tmp_path / "run"), "--data", data, "--drop", "b", "--out", str(tmp_path / command)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: --drop 'b' differs"), err
+        assert not (tmp_path / command).exists()

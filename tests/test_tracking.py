@@ -139,7 +139,7 @@ def test_a_missing_mlflow_is_one_line(tmp_path, monkeypatch, capsys):
     code = main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(out),
                  "--mlflow", "sqlite:///" + str(tmp_path / "m.db")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["error: MLflow tracking needs the mlflow package: pip install 'toolkit[tracking]'"]
+    assert code == 2 and err == ["error: MLflow tracking needs the mlflow package: pip install 'mlflow>=2.16'"]
     assert not out.exists()
 
 

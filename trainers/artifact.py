@@ -417,6 +417,8 @@ def load_model(path: str | Path, *, device: str = "cpu", module: nn.Module | Non
     check_device(device)
     if not path.is_dir():
         raise ArtifactError(f"not a model directory: {path}" if path.exists() else f"model directory not found: {path}")
+    if (path / "train" / MODEL_JSON).is_file() and not (path / MODEL_JSON).is_file():  # `predict` takes the run
+        raise ArtifactError(f"{path} is a pipeline run, not a model artifact: its trained model is {path / 'train'}")
     if not (path / MODEL_JSON).is_file():
         raise ArtifactError(f"{path} is not a model artifact: no {MODEL_JSON}")
     try:

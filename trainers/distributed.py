@@ -265,6 +265,15 @@ class LaunchOptions:
         return args
 
 
+def refuse_unlaunched(given: LaunchOptions) -> None:
+    """Without --nproc-per-node nothing is launched: the options of a launch would be accepted and do nothing,
+    so any one given is refused (`nproc_per_node` is not read)."""
+    if (given.nnodes != 1 or given.node_rank or given.master_addr or given.master_port is not None
+            or given.oversubscribe):
+        raise ToolkitError("--nnodes, --node-rank, --master-addr, --master-port and --oversubscribe need "
+                           "--nproc-per-node")
+
+
 def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", announce: bool = True,
            global_args: tuple[str, ...] = ()) -> int:
     """Run `toolkit <global_args> train <train_argv>` in `nproc_per_node` processes through torchrun's launcher;

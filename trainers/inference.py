@@ -113,6 +113,9 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
         raise ToolkitError(f"--variant takes a variant's name (a folder under variants/), not a path: {variant!r}")
     if not (path.exists() or path.is_symlink()):
         raise ToolkitError(f"{path}: not found (a model artifact, a compress or pipeline run, or an .onnx file)")
+    from .usermodel import refuse_pickle
+
+    refuse_pickle(path)  # with what to do instead, as compress and explain say it
     if variant is None and path.suffix.lower() == ".onnx" and not path.is_dir():
         check_regular_file(path, "ONNX file")  # a FIFO would block its reader
         return artifact_of_onnx(path) or path  # a variant's own model.onnx (or .raw.onnx): served as its artifact

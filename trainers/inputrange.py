@@ -57,9 +57,26 @@ def mismatch(recorded: dict | None, x, images: bool = False) -> str | None:
     width = max(high - low, 1e-6)
     if last > high + width or first < low - width:
         return (f"the rows' values lie in [{first:.4g}, {last:.4g}] (1st to 99th percentile), far outside the range "
-                f"of the training inputs, {trained}: they are at another scale than the model was trained on "
-                "(pixels 0..255 where it saw [0, 1]?), so its predictions mean little; rescale them as at training")
+                f"of the training inputs, {trained}: they are at another scale than the model was trained on"
+                f"{_scale_hint(low, high, first, last)}, so its predictions mean little; rescale them as at training")
     return None
+
+
+def _scale_hint(low: float, high: float, first: float, last: float) -> str:
+    """A guess at the cause that fits these ranges (training's `low..high`, the rows' `first..last`): 0..255
+    pixels only where training saw [0, 1] (a digits model, 0..16, given 0..256 is 16 times its scale, no pixel
+    question), else the factor between the two scales where one is plain, else nothing."""
+    if -0.01 <= low and high <= 1.01 and first >= -0.5 and 1.5 < last <= 255.5:
+        return " (pixels 0..255 where it saw [0, 1]?)"
+    trained, given = max(abs(low), abs(high)), max(abs(first), abs(last))
+    if trained <= 0 or given <= 0:
+        return ""
+    factor = given / trained
+    if factor >= 2:
+        return f" (values about {factor:.3g} times as large as training's: another unit or scaling?)"
+    if factor <= 0.5:
+        return f" (values about 1/{1 / factor:.3g} of training's: another unit or scaling?)"
+    return ""
 
 
 def check(model, x, images: bool = False) -> None:

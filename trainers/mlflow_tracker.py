@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ToolkitError
-from .tracking import _Keys, _param_text, _Run, flatten, numbers
+from .tracking import _Keys, _param_text, _Run, flatten, install_hint, numbers
 
 
 @contextmanager
@@ -91,7 +91,7 @@ class MLflowTracker(_Run):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise ToolkitError("MLflow tracking needs the mlflow package: pip install 'toolkit[tracking]'") from None
+            raise ToolkitError(f"MLflow tracking needs the mlflow package: {install_hint('mlflow')}") from None
         with _mlflow_errors(self.uri), _quiet():
             if self.parent is not None:
                 self.parent_id, self.experiment_id = self.parent._start(), self.parent.experiment_id

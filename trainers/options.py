@@ -57,20 +57,40 @@ _CALL_CONFIG = ConfigDict(arbitrary_types_allowed=True)
 T = TypeVar("T")
 
 
-def one_line(exc: ValidationError, where: str = "") -> str:
-    """pydantic's first error as one line: `where option: rule, got value`."""
+def one_line(exc: ValidationError, where: str = "", flags: dict[str, str] | None = None) -> str:
+    """pydantic's first error as one line: `where option: rule, got value`.
+
+    `flags` maps a field (`""` for a bare value) to the command-line option that set it: a user who typed
+    `--epochs 0` is told about `--epochs`, not the field `epochs` (`--device must be ...`, as `check_device`
+    says it). The Python API passes none and keeps the field names it was called with."""
     error = exc.errors(include_url=False)[0]
-    loc = ".".join(str(part) for part in error.get("loc", ()))
+    parts = [str(part) for part in error.get("loc", ())]
     message = error.get("msg", "invalid value")
     if error.get("type") in ("extra_forbidden", "unexpected_keyword_argument"):
         message = "unknown option"
     elif message:
         message = message[0].lower() + message[1:]
-    prefix = " ".join(part for part in (where, loc) if part)
     value = error.get("input")
     quiet = error.get("type") in ("missing", "missing_argument", "extra_forbidden", "unexpected_keyword_argument")
     shown = "" if quiet or isinstance(value, dict) else f", got {_short(value)}"
+    head = parts[0] if parts else ""
+    if flags and head in flags:
+        return _as_typed(" ".join([flags[head], *parts[1:]]), message, shown)
+    prefix = " ".join(part for part in (where, ".".join(parts)) if part)
     return f"{prefix}: {message}{shown}" if prefix else f"{message}{shown}"
+
+
+def _as_typed(option: str, message: str, shown: str) -> str:
+    """`--option must be ..., got x` for a validator's rule (pydantic's "value error, " left out), else
+    `--option: rule, got x`."""
+    message = message.removeprefix("value error, ")
+    return f"{option} {message}{shown}" if message.startswith("must ") else f"{option}: {message}{shown}"
+
+
+def option_flags(names, **renamed: str) -> dict[str, str]:
+    """The command-line option of each field name: `batch_size` is `--batch-size`, unless `renamed` says
+    otherwise (`model="--arch"`)."""
+    return {name: renamed.get(name, "--" + name.replace("_", "-")) for name in names}
 
 
 def _short(value: Any) -> str:
@@ -83,14 +103,15 @@ def _adapter(cls: type) -> TypeAdapter:
     return TypeAdapter(cls)
 
 
-def parse(cls: type[T], values: dict | None = None, where: str = "") -> T:
-    """Build dataclass `cls` from `values`; unknown keys, wrong types and out-of-range values are refused."""
+def parse(cls: type[T], values: dict | None = None, where: str = "", flags: dict[str, str] | None = None) -> T:
+    """Build dataclass `cls` from `values`; unknown keys, wrong types and out-of-range values are refused (named
+    by their command-line option where `flags` gives one: `one_line`)."""
     if values is not None and not isinstance(values, dict):
         raise ToolkitError(f"{where or cls.__name__} must be a table of options, got {_short(values)}")
     try:
         return _adapter(cls).validate_python(dict(values or {}))
     except ValidationError as exc:
-        raise ToolkitError(one_line(exc, where)) from None
+        raise ToolkitError(one_line(exc, where, flags)) from None
 
 
 def check(obj: T, where: str = "") -> T:
@@ -124,12 +145,13 @@ def validated(func: Callable, where: str) -> Callable:
     return wrapper
 
 
-def check_value(annotation, value, where: str):
-    """`value` checked against a type such as `Ratio` (the converted value); else one ToolkitError line."""
+def check_value(annotation, value, where: str, *, typed: bool = False):
+    """`value` checked against a type such as `Ratio` (the converted value); else one ToolkitError line.
+    `typed`: `where` is the option as typed (`--serving-batch must be 1 or 256, got 8`)."""
     try:
         return _adapter(annotation).validate_python(value)
     except ValidationError as exc:
-        raise ToolkitError(one_line(exc, where)) from None
+        raise ToolkitError(one_line(exc, "" if typed else where, {"": where} if typed else None)) from None
 
 
 def check_arguments(func: Callable, values: dict, where: str, skip: int = 0) -> dict:

@@ -341,8 +341,24 @@ def load_for_model(data, spec, *, table: TableOptions | None = None, seed: int =
     given = table or TableOptions()
     if fitted is None:
         return load_data(data, seed=seed, table=given)
-    options = TableOptions.from_dict(fitted.get("read")).merged(given)
-    return load_data(data, seed=seed, table=options, fitted=fitted)
+    recorded = TableOptions.from_dict(fitted.get("read"))
+    _refuse_another_reading(recorded, given)
+    return load_data(data, seed=seed, table=recorded.merged(given), fitted=fitted)
+
+
+def _refuse_another_reading(recorded: TableOptions, given: TableOptions) -> None:
+    """A trained model's columns and encoding are fixed by its training: a target, --keep or --drop other than
+    the recorded one cannot take effect (a drop was ignored, a target read as a missing column), so it is one
+    line naming the difference, as a --keep of no column is. The recorded ones given again are welcome."""
+    if given.target not in (None, "") and given.target != recorded.target:  # an empty one: refused where read
+        raise DataError(f"--target '{given.target}' differs from the model's recorded target '{recorded.target}'; "
+                        "compress and explain read the table as training did: leave --target out")
+    for flag, now, then in (("--keep", given.keep, recorded.keep), ("--drop", given.drop, recorded.drop)):
+        if now and set(now) != set(then):
+            at_training = ", ".join(map(repr, then)) if then else "none"
+            raise DataError(f"{flag} {', '.join(map(repr, now))} differs from the model's training ({flag} "
+                            f"{at_training}): compress and explain read the table as training did; leave {flag} "
+                            "out, or train again with it")
 
 
 def table_bundle(frame, options: TableOptions, *, name: str, source: str, seed: int, fitted: dict | None = None):

@@ -290,12 +290,21 @@ class TensorBoardTracker(_Run):
             self._writer = None
 
 
+# The `tracking` extra of pyproject.toml, one package at a time: the name `toolkit` is taken on the public index,
+# so `pip install 'toolkit[tracking]'` would install an unrelated package and neither of these.
+TRACKING_REQUIREMENTS = {"mlflow": "mlflow>=2.16", "tensorboard": "tensorboard>=2.14"}
+
+
+def install_hint(package: str) -> str:
+    """A pip command that installs `package` as the tracking extra pins it, wherever the toolkit came from."""
+    return f"pip install '{TRACKING_REQUIREMENTS[package]}'"
+
+
 def _summary_writer():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ToolkitError("TensorBoard logging needs the tensorboard package: "
-                           "pip install 'toolkit[tracking]'") from None
+        raise ToolkitError(f"TensorBoard logging needs the tensorboard package: {install_hint('tensorboard')}") from None
     return SummaryWriter
 
 

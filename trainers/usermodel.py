@@ -36,6 +36,16 @@ PYTHON_ROUTE = ("build the module in your own Python code and pass it (compress.
 EXAMPLE_SAMPLES = 3  # the forward check runs on this many samples (a batch above 1 catches a fixed batch axis)
 
 
+def refuse_pickle(path: Path) -> None:
+    """One line with what to do instead where `path` names a pickle (or a torch.export program): every command
+    that takes a model (compress, explain, predict) gives this same advice."""
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not path.is_dir():
+        what = "a torch.export program, which torch.export.load unpickles" if suffix == ".pt2" else "a pickle"
+        raise ToolkitError(f"{path.name} is {what}; the toolkit never loads pickles (they run code): "
+                           f"{PYTHON_ROUTE}")
+
+
 @contextmanager
 def modes_kept(*models):
     """Every submodule's `training` flag of the user's modules among `models` as it was, after the block: the
@@ -74,9 +84,7 @@ def as_model(model, data=None, *, class_names=None, module: nn.Module | None = N
     if isinstance(model, (str, Path)):
         path = Path(model)
         suffix = path.suffix.lower()
-        if suffix in PICKLE_SUFFIXES and not path.is_dir():
-            what = "a torch.export program, which torch.export.load unpickles" if suffix == ".pt2" else "a pickle"
-            raise ToolkitError(f"{path.name} is {what}; the toolkit never loads pickles (they run code): {PYTHON_ROUTE}")
+        refuse_pickle(path)
         if suffix == ".onnx":
             check_regular_file(path, "ONNX file")
             onnx_bytes, proto = read_onnx_file(path)
