@@ -121,6 +121,25 @@ def test_two_processes_end_with_identical_replicas_and_write_one_artifact(tmp_pa
     assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
 
 
+def test_two_processes_train_a_memory_mapped_npy_file(tmp_path):
+    """A `.npy` file's splits stay memory-mapped (read batch by batch): the ranks' validation pass summed its figures
+    on `x.device`, which such a split lacks, and the job crashed after its first epoch (AttributeError, exit 1)."""
+    from trainers import load_data
+
+    digits = load_data("digits")
+    x = np.concatenate([digits.x_train, digits.x_val, digits.x_test])
+    np.save(tmp_path / "dg.npy", x.astype(np.float32))
+    np.save(tmp_path / "dg.labels.npy", np.concatenate([digits.y_train, digits.y_val, digits.y_test]))
+    done = _run(["-m", "cli.main", "train", "dg.npy", "--model", "mlp", "--epochs", "2", "--device", "cpu",
+                 "--nproc-per-node", "2", "--out", "run", "--json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["processes"] == 2 and [row["epoch"] for row in result["history"]] == [1, 2]
+    data = load_data(str(tmp_path / "dg.npy"))
+    accuracy = float(np.mean(predict(load_model(tmp_path / "run"), np.asarray(data.x_test)).argmax(1) == data.y_test))
+    assert accuracy == pytest.approx(result["metrics"]["test_accuracy"], abs=1e-6) and accuracy > 0.5
+
+
 def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_path):
     """An interrupted one-process run, continued by the plain `toolkit train --resume` under torchrun."""
     from fake_runs import ctrl_c_in_epoch
