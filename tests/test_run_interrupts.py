@@ -257,3 +257,42 @@ def test_a_signal_during_the_final_evaluation_still_saves_the_trained_model(tmp_
     assert "the trained model is saved" in capsys.readouterr().err
     assert load_model(out).spec.family == "mlp" and json.loads((out / "result.json").read_text())["interrupted"]
     assert not (tmp_path / "run.partial").exists()
+
+
+NOTHING_SAVED = "before the first epoch ended: there is no model to keep, nothing was saved"
+
+
+def test_a_signal_before_the_first_epoch_ends_saves_nothing_and_keeps_the_previous_run(tmp_path, monkeypatch, capsys):
+    """Before, the random initial weights were committed as the run ("keeping the best model so far (epoch 0)"):
+    a finished-looking model at chance, with no checkpoint, so `--resume` refused it."""
+    import trainers.loop as loop
+
+    epoch = loop.train_epoch
+
+    def terminated_in_it(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # held until the next step, as a real one landing in the epoch
+        return epoch(*args, **kwargs)
+
+    out = tmp_path / "run"
+    args = ["train", "iris", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    monkeypatch.setattr(loop, "train_epoch", terminated_in_it)
+    assert main([*args, "--overwrite", "--json"]) == 143
+    said = capsys.readouterr()
+    assert said.err.splitlines() == [f"error: terminated {NOTHING_SAVED}"]
+    assert json.loads(said.out) == {"error": f"terminated {NOTHING_SAVED}", "exit_code": 143}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous run, as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no .partial, no lock
+
+
+def test_train_interrupted_before_the_first_epoch_ends_raises_with_no_result(tmp_path):
+    from fake_runs import ctrl_c_in_epoch
+
+    from trainers import TrainingInterrupted
+
+    with ctrl_c_in_epoch(1), pytest.raises(TrainingInterrupted) as stop:
+        train("iris", "mlp", TrainConfig(epochs=3, device="cpu"), out=tmp_path / "run", progress=False)
+    assert stop.value.result is None and str(stop.value) == NOTHING_SAVED
+    assert list(tmp_path.iterdir()) == []  # no run, no staging directory
