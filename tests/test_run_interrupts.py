@@ -296,3 +296,47 @@ def test_train_interrupted_before_the_first_epoch_ends_raises_with_no_result(tmp
         train("iris", "mlp", TrainConfig(epochs=3, device="cpu"), out=tmp_path / "run", progress=False)
     assert stop.value.result is None and str(stop.value) == NOTHING_SAVED
     assert list(tmp_path.iterdir()) == []  # no run, no staging directory
+
+
+def test_an_interrupt_outside_a_commands_handling_is_one_line_and_one_json_object(monkeypatch, capsys):
+    """Ctrl-C before a command's own handling (parsing its options) printed a line but no --json object; a second
+    signal while the command said its failure line (a launcher passing on the Ctrl-C) printed a second line."""
+    import cli.main as entry
+    from cli.common import fail
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "app", interrupted)
+    assert entry.main(["train", "iris", "--json"]) == 130
+    said = capsys.readouterr()
+    assert said.err == "error: interrupted\n" and json.loads(said.out) == {"error": "interrupted", "exit_code": 130}
+
+    def interrupted_while_failing(**kwargs):
+        try:
+            fail("data file not found: d.npz", 2, as_json=True)
+        finally:
+            raise KeyboardInterrupt  # noqa: B012 (the second signal, landing during the exit)
+
+    monkeypatch.setattr(entry, "app", interrupted_while_failing)
+    assert entry.main(["train", "d.npz", "--json"]) == 130
+    said = capsys.readouterr()
+    assert said.err == "error: data file not found: d.npz\n"
+    assert json.loads(said.out) == {"error": "data file not found: d.npz", "exit_code": 2}
+
+
+def test_after_an_interrupt_the_process_exits_ignoring_a_second_signal(monkeypatch):
+    """A worker that had said its line got the launcher's copy of the signal during the interpreter's exit: a
+    KeyboardInterrupt traceback from an atexit callback, a second message for one Ctrl-C."""
+    from trainers import errors
+
+    handlers = {}
+    monkeypatch.setattr(signal, "signal", lambda number, handler: handlers.update({number: handler}))
+    monkeypatch.setitem(errors.INTERRUPTED, "by", "SIGINT")
+    with pytest.raises(SystemExit) as done:
+        errors.exit_with(130)
+    assert done.value.code == 130 and handlers == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+    monkeypatch.setitem(errors.INTERRUPTED, "by", None)
+    with pytest.raises(SystemExit):
+        errors.exit_with(2)
+    assert len(handlers) == 2  # no interrupt: the handlers stay as they were
