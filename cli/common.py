@@ -63,7 +63,7 @@ def fail(message: str, code: int = 2, *, as_json: bool = False):
     """One line on stderr (with `as_json`, {"error", "exit_code"} on stdout too), then exit; once for a job."""
     from trainers.errors import rank_label, speaks
 
-    if code != 2 or speaks(message):
+    if speaks(message, code):
         typer.echo(f"error: {message}{rank_label()}", err=True)
         if as_json:
             emit_json({"error": message, "exit_code": code})

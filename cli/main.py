@@ -22,7 +22,7 @@ check_own_packages()  # before the commands import the stages: a same-named fold
 
 from . import common, compress, env, explain, pipeline, predict, report, train  # noqa: E402
 from .help import Group  # noqa: E402
-from trainers.errors import interrupt_code, sigterm_as_interrupt  # noqa: E402
+from trainers.errors import FAILED, exit_with, failure_said, interrupt_code, sigterm_as_interrupt  # noqa: E402
 
 app = typer.Typer(
     name="toolkit",
@@ -74,6 +74,7 @@ for command in (train, compress, explain, report, pipeline, predict, env):
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of `toolkit`."""
+    FAILED["said"] = False
     try:
         with sigterm_as_interrupt():
             code = app(args=argv, prog_name="toolkit", standalone_mode=False)
@@ -85,26 +86,29 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("error: aborted", err=True)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command's handling, or a second signal while it said its line
         word, code = interrupt_code()
-        typer.echo(f"error: {word}", err=True)
-        return code
+        return code if failure_said() else _failed(word, code, argv if argv is not None else sys.argv[1:])
     return code if isinstance(code, int) else 0
 
 
 def _usage_error(exc: typer.TyperException, argv: list[str]) -> int:
     """A usage error click found (an unknown option, a wrong type, a missing option) as every bad input: one line
     on stderr, `{"error", "exit_code"}` on stdout with `--json`, once for a job under torchrun (`common.fail`)."""
+    return _failed(exc.format_message(), exc.exit_code, argv)
+
+
+def _failed(message: str, code: int, argv: list[str]) -> int:
     try:
-        common.fail(exc.format_message(), exc.exit_code, as_json="--json" in argv)
+        common.fail(message, code, as_json="--json" in argv)
     except typer.Exit as done:
         return done.exit_code
-    return exc.exit_code
+    return code
 
 
 def run() -> None:
-    """Console-script wrapper: exit with main()'s code."""
-    sys.exit(main())
+    """Console-script wrapper: exit with main()'s code (`trainers.errors.exit_with`)."""
+    exit_with(main())
 
 
 if __name__ == "__main__":

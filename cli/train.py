@@ -91,6 +91,8 @@ def train_command(
             result = train(data, model, config, out=out, overwrite=overwrite, resume=resume, image_size=image_size,
                            table=TableOptions.of(target, keep, drop, sep), tracker=track, progress=progress)
         except TrainingInterrupted as stop:  # the best model so far is kept: say where, then exit 130/143
+            if stop.result is None:  # no epoch ended, nothing kept: one line (`handle_errors`)
+                raise
             result = stop.result
     if result.processes > 1 and not env_context().is_main:
         return  # rank 0 reports for the whole job
@@ -107,12 +109,10 @@ def train_command(
 
 
 def _defaults() -> dict:
-    from trainers import TrainConfig
-    from trainers.options import defaults
+    from trainers import TrainConfig, options
 
-    return defaults(TrainConfig)
+    return options.defaults(TrainConfig)
 
 
 def register(app: typer.Typer) -> None:
-    cls = with_help_from({"model": model_families}, _defaults)
-    app.command("train", cls=cls)(train_command)
+    app.command("train", cls=with_help_from({"model": model_families}, _defaults))(train_command)

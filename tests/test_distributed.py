@@ -121,6 +121,25 @@ def test_two_processes_end_with_identical_replicas_and_write_one_artifact(tmp_pa
     assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
 
 
+def test_two_processes_train_a_memory_mapped_npy_file(tmp_path):
+    """A `.npy` file's splits stay memory-mapped (read batch by batch): the ranks' validation pass summed its figures
+    on `x.device`, which such a split lacks, and the job crashed after its first epoch (AttributeError, exit 1)."""
+    from trainers import load_data
+
+    digits = load_data("digits")
+    x = np.concatenate([digits.x_train, digits.x_val, digits.x_test])
+    np.save(tmp_path / "dg.npy", x.astype(np.float32))
+    np.save(tmp_path / "dg.labels.npy", np.concatenate([digits.y_train, digits.y_val, digits.y_test]))
+    done = _run(["-m", "cli.main", "train", "dg.npy", "--model", "mlp", "--epochs", "2", "--device", "cpu",
+                 "--nproc-per-node", "2", "--out", "run", "--json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["processes"] == 2 and [row["epoch"] for row in result["history"]] == [1, 2]
+    data = load_data(str(tmp_path / "dg.npy"))
+    accuracy = float(np.mean(predict(load_model(tmp_path / "run"), np.asarray(data.x_test)).argmax(1) == data.y_test))
+    assert accuracy == pytest.approx(result["metrics"]["test_accuracy"], abs=1e-6) and accuracy > 0.5
+
+
 def test_plain_command_under_external_torchrun_resumes_an_interrupted_run(tmp_path):
     """An interrupted one-process run, continued by the plain `toolkit train --resume` under torchrun."""
     from fake_runs import ctrl_c_in_epoch
@@ -205,6 +224,101 @@ def test_under_a_plain_torchrun_another_rank_waits_silently_for_rank_0(monkeypat
     assert json.loads(after.out)["exit_code"] == 2
 
 
+def test_an_unexpected_error_on_every_rank_is_one_line_and_one_json_object(tmp_path, monkeypatch, capsys):
+    """Only bad input (exit 2) went through `speaks`: an unexpected error (exit 1) or an interrupt (130, 143) was
+    printed by every rank, with a JSON object each on stdout."""
+    import trainers.fit as fit
+    from trainers.errors import ERROR_DIR_ENV
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fit, "_train", broken)
+    monkeypatch.setenv(ERROR_DIR_ENV, str(tmp_path))  # a worker of `launch`
+    args = ["train", "iris", "--model", "mlp", "--device", "cpu", "--out", str(tmp_path / "r"), "--json"]
+    monkeypatch.setenv("RANK", "1")
+    assert main(args) == 1
+    assert capsys.readouterr() == ("", "")  # left for the launcher, which prints it only if rank 0 says nothing
+    monkeypatch.setenv("RANK", "0")
+    assert main(args) == 1
+    said = capsys.readouterr()
+    message = "unexpected error (RuntimeError): boom (set TOOLKIT_DEBUG=1 for the traceback)"
+    assert said.err.splitlines() == [f"error: {message}"]
+    assert json.loads(said.out) == {"error": message, "exit_code": 1}
+    assert sorted(p.name for p in tmp_path.glob("rank*.txt")) == ["rank0.txt", "rank1.txt"]  # the launcher's folder
+
+
+def test_a_rank_stopped_because_another_failed_leaves_that_ranks_line_and_code(tmp_path, monkeypatch, capsys):
+    """Rank 1 fails alone (an error, exit 1); the launcher then stops rank 0 with SIGTERM. Rank 0's "terminated"
+    would hide the cause and give the job exit code 143: the launcher says rank 1's line, code and JSON object."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from cli.common import fail
+    from trainers.distributed import launch
+
+    def run(_args):
+        monkeypatch.setenv("RANK", "1")
+        with pytest.raises(BaseException):
+            fail("unexpected error (RuntimeError): CUDA out of memory", 1, as_json=True)
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(BaseException):
+            fail("terminated", 143, as_json=True)  # the launcher's SIGTERM, heard by rank 0
+        failures = {0: ProcessFailure(local_rank=0, pid=1, exitcode=143, error_file=""),
+                    1: ProcessFailure(local_rank=1, pid=2, exitcode=1, error_file="")}
+        raise ChildFailedError("cli.main", failures)
+
+    monkeypatch.setattr(torchrun, "run", run)
+    assert launch(LaunchOptions(2), ["d.npz", "--json"], "cpu", announce=False) == 1
+    said = capsys.readouterr()
+    assert said.err.splitlines() == ["error: unexpected error (RuntimeError): CUDA out of memory (rank 1)"]
+    assert json.loads(said.out) == {"error": "unexpected error (RuntimeError): CUDA out of memory", "exit_code": 1}
+
+
+def test_the_first_signal_decides_the_word_and_the_exit_code():
+    """A worker that heard Ctrl-C, then the launcher's SIGTERM, said "terminated" (143) in a job that exited 130."""
+    import signal
+
+    from trainers.errors import interrupt_code, sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(number)
+        assert interrupt_code() == ("interrupted", 130)
+
+
+def test_a_signal_before_the_first_epoch_of_two_processes_saves_nothing_and_says_it_once(tmp_path):
+    """Ctrl-C to the launcher while both ranks are in their first epoch: no model to keep, so nothing is saved;
+    one line and one JSON object for the job (every rank printed its own), exit code 130."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "noise.npz", x=rng.normal(size=(20000, 16)).astype(np.float32), y=rng.integers(0, 3, 20000))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # two rows a step per rank: the first epoch lasts far longer than the few seconds the test waits
+    launcher = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "noise.npz", "--model", "mlp",
+                                 "--epochs", "3", "--batch-size", "4", "--device", "cpu", "--nproc-per-node", "2",
+                                 "--out", "run", "--json"], cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run.partial" / "env.json").exists():  # written just before the training loop
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-2000:]
+            time.sleep(0.1)
+        time.sleep(1)
+        launcher.send_signal(signal.SIGINT)
+        stdout, stderr = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    message = "interrupted before the first epoch ended: there is no model to keep, nothing was saved"
+    assert launcher.returncode == 130, stderr[-2000:]
+    assert stderr.splitlines() == [f"error: {message}"]
+    assert json.loads(stdout) == {"error": message, "exit_code": 130}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.npz"]  # no run, no .partial, no lock
+
+
 def test_ctrl_c_of_the_launcher_exits_130(monkeypatch):
     import signal
 
@@ -218,6 +332,36 @@ def test_ctrl_c_of_the_launcher_exits_130(monkeypatch):
 
     monkeypatch.setattr(torchrun, "run", run)
     assert launch(LaunchOptions(2), ["d.npz"], "cpu", announce=False) == 130
+
+
+def test_ctrl_c_of_the_launcher_waits_for_its_workers_and_says_the_line_rank_0_did_not(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """A second signal cut torchrun's wait for the workers short: the launcher exited before rank 0 said the job's
+    line (the shell read an empty stdout); and where rank 0 had left quietly (a peer gone), no line at all."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from cli.common import fail
+    from trainers.distributed import launch
+
+    said = tmp_path / "said"
+
+    def run(_args):
+        subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(1); open({str(said)!r}, 'w').write('x')"])
+        monkeypatch.setenv("RANK", "1")
+        with pytest.raises(BaseException):
+            fail("interrupted", 130, as_json=True)
+        monkeypatch.setenv("RANK", "0")
+        raise SignalException("got signal: 2", sigval=signal.SIGINT)
+
+    monkeypatch.setattr(torchrun, "run", run)
+    assert launch(LaunchOptions(2), ["d.npz", "--json"], "cpu", announce=False) == 130
+    assert said.exists()  # the worker had ended before the launcher returned
+    out = capsys.readouterr()
+    assert out.err.splitlines() == ["error: interrupted (rank 1)"]
+    assert json.loads(out.out) == {"error": "interrupted", "exit_code": 130}
 
 
 def test_a_failure_on_rank_0_alone_ends_the_job_without_hanging(tmp_path):

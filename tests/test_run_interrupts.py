@@ -257,3 +257,86 @@ def test_a_signal_during_the_final_evaluation_still_saves_the_trained_model(tmp_
     assert "the trained model is saved" in capsys.readouterr().err
     assert load_model(out).spec.family == "mlp" and json.loads((out / "result.json").read_text())["interrupted"]
     assert not (tmp_path / "run.partial").exists()
+
+
+NOTHING_SAVED = "before the first epoch ended: there is no model to keep, nothing was saved"
+
+
+def test_a_signal_before_the_first_epoch_ends_saves_nothing_and_keeps_the_previous_run(tmp_path, monkeypatch, capsys):
+    """Before, the random initial weights were committed as the run ("keeping the best model so far (epoch 0)"):
+    a finished-looking model at chance, with no checkpoint, so `--resume` refused it."""
+    import trainers.loop as loop
+
+    epoch = loop.train_epoch
+
+    def terminated_in_it(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # held until the next step, as a real one landing in the epoch
+        return epoch(*args, **kwargs)
+
+    out = tmp_path / "run"
+    args = ["train", "iris", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    monkeypatch.setattr(loop, "train_epoch", terminated_in_it)
+    assert main([*args, "--overwrite", "--json"]) == 143
+    said = capsys.readouterr()
+    assert said.err.splitlines() == [f"error: terminated {NOTHING_SAVED}"]
+    assert json.loads(said.out) == {"error": f"terminated {NOTHING_SAVED}", "exit_code": 143}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous run, as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no .partial, no lock
+
+
+def test_train_interrupted_before_the_first_epoch_ends_raises_with_no_result(tmp_path):
+    from fake_runs import ctrl_c_in_epoch
+
+    from trainers import TrainingInterrupted
+
+    with ctrl_c_in_epoch(1), pytest.raises(TrainingInterrupted) as stop:
+        train("iris", "mlp", TrainConfig(epochs=3, device="cpu"), out=tmp_path / "run", progress=False)
+    assert stop.value.result is None and str(stop.value) == NOTHING_SAVED
+    assert list(tmp_path.iterdir()) == []  # no run, no staging directory
+
+
+def test_an_interrupt_outside_a_commands_handling_is_one_line_and_one_json_object(monkeypatch, capsys):
+    """Ctrl-C before a command's own handling (parsing its options) printed a line but no --json object; a second
+    signal while the command said its failure line (a launcher passing on the Ctrl-C) printed a second line."""
+    import cli.main as entry
+    from cli.common import fail
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "app", interrupted)
+    assert entry.main(["train", "iris", "--json"]) == 130
+    said = capsys.readouterr()
+    assert said.err == "error: interrupted\n" and json.loads(said.out) == {"error": "interrupted", "exit_code": 130}
+
+    def interrupted_while_failing(**kwargs):
+        try:
+            fail("data file not found: d.npz", 2, as_json=True)
+        finally:
+            raise KeyboardInterrupt  # noqa: B012 (the second signal, landing during the exit)
+
+    monkeypatch.setattr(entry, "app", interrupted_while_failing)
+    assert entry.main(["train", "d.npz", "--json"]) == 130
+    said = capsys.readouterr()
+    assert said.err == "error: data file not found: d.npz\n"
+    assert json.loads(said.out) == {"error": "data file not found: d.npz", "exit_code": 2}
+
+
+def test_after_an_interrupt_the_process_exits_ignoring_a_second_signal(monkeypatch):
+    """A worker that had said its line got the launcher's copy of the signal during the interpreter's exit: a
+    KeyboardInterrupt traceback from an atexit callback, a second message for one Ctrl-C."""
+    from trainers import errors
+
+    handlers = {}
+    monkeypatch.setattr(signal, "signal", lambda number, handler: handlers.update({number: handler}))
+    monkeypatch.setitem(errors.INTERRUPTED, "by", "SIGINT")
+    with pytest.raises(SystemExit) as done:
+        errors.exit_with(130)
+    assert done.value.code == 130 and handlers == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+    monkeypatch.setitem(errors.INTERRUPTED, "by", None)
+    with pytest.raises(SystemExit):
+        errors.exit_with(2)
+    assert len(handlers) == 2  # no interrupt: the handlers stay as they were

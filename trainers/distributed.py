@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ERROR_DIR_ENV, ToolkitError
+from .errors import ERROR_DIR_ENV, ToolkitError, failures_left
 
 # Test and diagnostic hook: when set, every rank writes the SHA-256 of its final weights to
 # `<dir>/rank<r>.sha256`, so a test can check that the replicas ended identical.
@@ -281,8 +281,9 @@ def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", 
 
     Returns the exit code: 0 when every worker succeeded, 128 + the signal when the launcher was stopped by one
     (130 for Ctrl-C, as a one-process run), 1 when a worker was killed (named on stderr), else the first failed
-    worker's code. A worker's bad-input line
-    reaches stderr once: rank 0's, or else the first other rank's (`speaks`); torchrun's own log lines do not.
+    worker's code. A worker's failure line (and with `--json` its object)
+    reaches stderr once: rank 0's, or else the first other rank's, with its code (`speaks`); torchrun's own log
+    lines do not.
     """
     options.validate(device)
     import logging
@@ -311,6 +312,8 @@ def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", 
         try:
             run(parse_args(argv))
         except SignalException as exc:  # Ctrl-C or a kill of the launcher: the workers were stopped with it
+            _wait_for_workers()
+            _say_for_rank_0(Path(folder), "--json" in train_argv)  # rank 0 may have left quietly (`peer_lost`)
             return 128 + int(exc.sigval)
         except ChildFailedError as exc:
             # A worker killed by a signal other than the SIGTERM with which the launcher stops the rest; they failed
@@ -321,13 +324,42 @@ def launch(options: LaunchOptions, train_argv: list[str], device: str = "auto", 
                 print(f"error: worker rank {died[0][0]} died (signal {died[0][1]})", file=sys.stderr)
                 return 1
             codes = [failure.exitcode for _, failure in sorted(exc.failures.items())]
-            lines = sorted(Path(folder).glob("rank*.txt"), key=lambda f: int(f.stem[4:]))
-            if lines and lines[0].stem != "rank0":
-                print(f"error: {lines[0].read_text()} (rank {lines[0].stem[4:]})", file=sys.stderr)
-            return next((code for code in codes if code and code > 0), 1)
+            said = _say_for_rank_0(Path(folder), "--json" in train_argv)
+            return said if said is not None else next((code for code in codes if code and code > 0), 1)
         finally:
             os.environ.pop(ERROR_DIR_ENV, None)
     return 0
+
+
+def _say_for_rank_0(folder: Path, as_json: bool) -> int | None:
+    """Where rank 0 left no failure line (`speaks`) and another rank did: that line, with its rank, on stderr (its
+    JSON object on stdout with `as_json`), and its exit code; else None."""
+    said = failures_left(folder)
+    if not said or 0 in said:
+        return None
+    rank = min(said)
+    print(f"error: {said[rank]['error']} (rank {rank})", file=sys.stderr)
+    if as_json:
+        print(json.dumps(said[rank]))
+    return said[rank]["exit_code"]
+
+
+def _wait_for_workers(timeout_s: float = 30.0) -> None:
+    """Wait until the launcher's child processes (the workers) have exited, at most `timeout_s` (torchrun's own
+    shutdown wait) or until another signal. A second signal (Ctrl-C twice, or `timeout` passing on the one its
+    group got) cut torchrun's wait short: the launcher exited, the prompt came back, and only then did rank 0 say
+    the job's one line (its --json object after the caller had read stdout)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:  # workers left, none exited since
+                time.sleep(0.05)
+    except ChildProcessError:  # none left
+        pass
+    except (KeyboardInterrupt, SignalException):  # another signal: stop waiting, as a second Ctrl-C stops a run
+        pass
 
 
 # gloo's words when the process at the other end of a collective died

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import sys
@@ -59,6 +60,7 @@ def warn(message: str) -> None:
 
 
 INTERRUPTED = {"by": None}   # the signal that ended the command: "SIGINT" or "SIGTERM" (`sigterm_as_interrupt`)
+INTERRUPT_CODES = (130, 143)
 
 
 # How long a SIGTERM may wait for its Python handler before the watchdog ends the process (`_native_watchdog`).
@@ -72,8 +74,10 @@ def sigterm_as_interrupt():
     """SIGTERM (a service manager, `kill`, a CI timeout) ends the command as Ctrl-C does: KeyboardInterrupt, so the
     same cleanup runs (nothing half-written stays, a run's record is kept) and one line, exit 143 (128 + 15).
     Both signals are recorded, so an interrupt a library turns into another error (matplotlib's layout code
-    raising ValueError) still ends as an interrupt (`interrupted_by`). A SIGTERM whose handler cannot run, the
-    main thread being inside one long native call, ends the process after NATIVE_GRACE_S (`_native_watchdog`)."""
+    raising ValueError) still ends as an interrupt (`interrupted_by`), the first one heard: a worker of a job that
+    heard Ctrl-C and then the launcher's SIGTERM said "terminated", 143, of a job that exited 130. A SIGTERM whose
+    handler cannot run, the main thread being inside one long native call, ends the process after NATIVE_GRACE_S
+    (`_native_watchdog`)."""
     import signal
     import threading
 
@@ -85,7 +89,7 @@ def sigterm_as_interrupt():
 
     def stop(signum, frame):
         handled.set()
-        INTERRUPTED["by"] = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        INTERRUPTED["by"] = INTERRUPTED["by"] or ("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -143,6 +147,17 @@ def interrupted_by() -> str | None:
     return INTERRUPTED["by"]
 
 
+def exit_with(code: int):
+    """End the process with `code`. After an interrupt its line is said: a second signal (the launcher passing on
+    the Ctrl-C a worker heard too) is then ignored, not a KeyboardInterrupt traceback from the interpreter's exit."""
+    if INTERRUPTED["by"]:
+        import signal
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def interrupt_code() -> tuple[str, int]:
     """The word and exit code of an interrupt: terminated (SIGTERM, 143) or interrupted (Ctrl-C, 130)."""
     return ("terminated", 143) if INTERRUPTED["by"] == "SIGTERM" else ("interrupted", 130)
@@ -169,27 +184,57 @@ ERROR_DIR_ENV = "TOOLKIT_ERROR_DIR"
 RANK_0_GRACE_S = 5.0
 
 
-def speaks(message: str) -> bool:
-    """Whether this process prints its one bad-input line (`cli.common.fail`, `cli.main`'s usage errors), so a
-    job that fails on every rank prints it once. Here, not in `distributed`, so a failing command imports no torch
-    to say so.
+FAILED = {"said": False}  # `speaks` was asked: the command's failure line is dealt with (`failure_said`)
 
-    Rank 0 prints. Under `launch` another rank leaves its line in the launcher's folder instead, and the
+
+def failure_said() -> bool:
+    """Whether this command's one failure line was said (or left to another rank): a second signal during its exit
+    must not say another (`cli.main`)."""
+    return FAILED["said"]
+
+
+def speaks(message: str, code: int = 2) -> bool:
+    """Whether this process prints its one failure line with exit `code` (`cli.common.fail`, `cli.main`'s usage
+    errors and interrupts), so a job that fails on every rank prints it once, whatever the failure: bad input, an
+    unexpected error, Ctrl-C. Here, not in `distributed`, so a failing command imports no torch to say so.
+
+    Rank 0 prints. Under `launch` another rank leaves its line and code in the launcher's folder instead, and the
     launcher prints it when rank 0 left none: the data missing on the second machine only, where rank 0 is
-    stopped without an error of its own. Under a plain torchrun another rank first waits for rank 0
+    stopped without an error of its own, or rank 0 stopped by the launcher (an interrupt) because another rank
+    failed, whose line says why. Under a plain torchrun another rank first waits for rank 0
     (`_wait_for_rank_0`) and prints its line, with its rank, only if it outlives that wait.
     """
+    FAILED["said"] = True
     rank = os.environ.get("RANK", "0")
     folder = os.environ.get(ERROR_DIR_ENV)
     if folder:
+        if rank == "0" and code in INTERRUPT_CODES and _peer_failed(Path(folder)):
+            return False
         try:
-            (Path(folder) / f"rank{int(rank)}.txt").write_text(message)
+            (Path(folder) / f"rank{int(rank)}.txt").write_text(json.dumps({"error": message, "exit_code": code}))
         except (OSError, ValueError):
             return True
     if rank == "0" or folder:
         return rank == "0"
     _wait_for_rank_0()
     return True
+
+
+def failures_left(folder: Path) -> dict[int, dict]:
+    """{rank: {"error", "exit_code"}}: the lines the ranks of a `launch` left in its `folder` (`speaks`)."""
+    found = {}
+    for file in folder.glob("rank*.txt"):
+        try:
+            found[int(file.stem[4:])] = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _peer_failed(folder: Path) -> bool:
+    """Whether another rank left a failure that is not an interrupt: the launcher then stops the others with
+    SIGTERM, and their "terminated" would hide the cause."""
+    return any(said.get("exit_code") not in INTERRUPT_CODES for rank, said in failures_left(folder).items() if rank)
 
 
 def _wait_for_rank_0() -> None:

@@ -260,6 +260,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
 
     Raises:
         TrainingInterrupted: Ctrl-C stopped the run; the best model so far is its `.result` (and saved in `out`).
+            Before the first epoch ended there is none: `.result` is None and nothing is saved.
     """
     with global_rng_kept():
         return _train(data, family, config, out=out, overwrite=overwrite, resume=resume, progress=progress,
@@ -381,6 +382,8 @@ def _fit(module: nn.Module, spec: ModelSpec, data: DataBundle, config: TrainConf
     finally:
         if console is not None:
             console.close()
+    if state.interrupted and state.epoch == 0:  # no epoch ended (nor was resumed): only the random start to keep
+        raise TrainingInterrupted()  # through the run directory, which drops its staging copy: nothing is saved
     if state.interrupted and ctx.is_main:
         print(f"interrupted: keeping the best model so far (epoch {state.best_epoch})", file=sys.stderr)
     _warn_if_at_chance(state, tensors, ctx)

@@ -33,12 +33,19 @@ class TrainingInterrupted(KeyboardInterrupt):
     A KeyboardInterrupt, so a notebook cell or a script stops as it does for any Ctrl-C, instead of going on to
     its next line (a compression of a half-trained model); `except TrainingInterrupted as stop: stop.result`
     keeps the model, which `out` holds too where given (`--resume` continues it).
+
+    Before the first epoch ended there is no best model: `.result` is None and nothing was saved (`out` stays as
+    it was). Its random initial weights, once kept, read as a finished run that predicted at chance, and left no
+    checkpoint for `--resume`. The message then starts with "before", to follow "interrupted" in the CLI's line.
     """
 
-    def __init__(self, result):
-        where = f"; saved in {result.out} (train(..., resume=True) continues it)" if result.out else ""
-        super().__init__(f"training interrupted after {result.epochs_run} epochs: the best model so far (epoch "
-                         f"{result.best_epoch}) is this exception's .result{where}")
+    def __init__(self, result=None):
+        if result is None:
+            super().__init__("before the first epoch ended: there is no model to keep, nothing was saved")
+        else:
+            where = f"; saved in {result.out} (train(..., resume=True) continues it)" if result.out else ""
+            super().__init__(f"training interrupted after {result.epochs_run} epochs: the best model so far (epoch "
+                             f"{result.best_epoch}) is this exception's .result{where}")
         self.result = result
 
 

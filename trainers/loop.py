@@ -327,12 +327,13 @@ def _steps_per_epoch(samples: int, batch_size: int, ctx: distributed.DistContext
 
 
 def evaluate_ranks(module, x, y, amp, ctx: distributed.DistContext) -> tuple[float, float]:
-    """`evaluate` on this rank's share of the split, summed over ranks: the same figures on every rank."""
+    """`evaluate` on this rank's share of the split, summed over ranks: the same figures on every rank. The labels
+    name the device: `x` may be a memory-mapped array (a `.npy` file's split), which has none."""
     if not ctx.enabled:
         return evaluate(module, x, y, amp)
     x, y = distributed.shard(x, ctx), distributed.shard(y, ctx)
     loss, acc = evaluate(module, x, y, amp)
-    loss_sum, correct, count = distributed.all_sum([loss * len(y), acc * len(y), len(y)], ctx, x.device)
+    loss_sum, correct, count = distributed.all_sum([loss * len(y), acc * len(y), len(y)], ctx, y.device)
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
