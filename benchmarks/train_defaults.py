@@ -160,7 +160,7 @@ def published(root: Path | None) -> dict[str, float]:
 
 def main(argv=None) -> dict:
     from trainers import TrainConfig, load_data, train
-    from trainers.fit import EPOCHS, LR_PATIENCE, PATIENCE
+    from trainers.trainconfig import EPOCHS, LR_PATIENCE, PATIENCE
 
     fixed = {"epochs": EPOCHS, "patience": PATIENCE, "lr_patience": LR_PATIENCE}  # in epochs, whatever the data
 

@@ -83,19 +83,24 @@ def with_help_from(choices: dict[str, Callable[[], list]] | None = None,
     return HelpFromLibrary
 
 
-def model_families() -> list[str]:
-    from trainers import list_models
+# The built-in names, as the registries hold them once their modules are imported. Those modules import PyTorch
+# (2-3 s), which a help page does not need: `--help` lists these, and tests/test_cli.py checks they are the
+# registries' names, in order. (A name registered from Python is not known to the command line in any case.)
+FAMILIES = ("mlp", "cnn", "lstm")
+COMPRESSION_METHODS = ("onnx-fp32", "onnx-fp16", "int8-dynamic", "int8-static", "fp16", "bf16", "int8-weights",
+                       "prune-structured", "prune-unstructured", "lowrank", "distill", "auto")
+EXPLANATION_METHODS = ("integrated_gradients", "saliency", "deeplift", "gradient_shap", "layer_gradcam", "occlusion",
+                       "feature_ablation", "shapley_sampling", "shap_deep", "shap_gradient", "shap_kernel", "shapley",
+                       "lime")
 
-    return list_models()
+
+def model_families() -> list[str]:
+    return list(FAMILIES)
 
 
 def compression_methods() -> list[str]:
-    from compress import list_methods
-
-    return list_methods()
+    return list(COMPRESSION_METHODS)
 
 
 def explanation_methods() -> list[str]:
-    from explain import list_methods
-
-    return list_methods()
+    return list(EXPLANATION_METHODS)

@@ -20,7 +20,7 @@ from compress.options import CompressOptions
 from explain.options import ExplainOptions
 from trainers.errors import ToolkitError
 from trainers.fileio import atomic_write_json, atomic_write_text, check_regular_file
-from trainers.fit import TrainConfig
+from trainers.trainconfig import TrainConfig
 from trainers.images import IMAGE_SIZE_RANGE
 from trainers.options import FORBID_EXTRA, Str, parse
 from trainers.tracking import TrackingOptions

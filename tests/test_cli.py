@@ -51,6 +51,25 @@ REGISTRY_CHOICES = {
 }
 
 
+def test_the_names_help_lists_are_the_registries_in_order():
+    """Help lists built-in names without importing the registries (PyTorch): they must be the registries' own."""
+    from cli import help as cli_help
+
+    assert list(cli_help.FAMILIES) == list_models()
+    assert list(cli_help.COMPRESSION_METHODS) == compress.list_methods()
+    assert list(cli_help.EXPLANATION_METHODS) == explain.list_methods()
+
+
+@pytest.mark.parametrize("command", list(REGISTRY_CHOICES))
+def test_a_commands_help_does_not_import_torch(command):
+    """`toolkit train --help` took 3 s, most of it PyTorch's import for the list of families and the defaults."""
+    code = (f"import sys; from cli.main import main; code = main(['{command}', '--help']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok', code)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.stdout.strip().endswith("ok 0"), out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("command", list(REGISTRY_CHOICES))
 def test_command_help_lists_every_registered_name(command):
     result = subprocess.run([*TOOLKIT, command, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120,

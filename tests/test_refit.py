@@ -11,7 +11,7 @@ import torch
 import trainers.loop as loop
 from trainers import TrainConfig, TrainingInterrupted, load_data, predict, train
 from trainers.errors import ToolkitError
-from trainers.fit import REFIT_FAMILIES, REFIT_MAX_TRAIN_ROWS, REFIT_MIN_VAL_ROWS
+from trainers.trainconfig import REFIT_FAMILIES, REFIT_MAX_TRAIN_ROWS, REFIT_MIN_VAL_ROWS
 from trainers.schema import read_result
 
 EPOCHS = 8
