@@ -52,7 +52,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_arrow_reader_gives_the_pandas_readers_table(name, tmp_path, monkeypatch):
     path = _write(tmp_path, CASES[name](_frame()))
-    sep = tables._sniff(path)
+    sep = tables.sniff(path)
     fallback = []
     monkeypatch.setattr(tables, "_read_csv_pandas", lambda *a: fallback.append(a) or pd.DataFrame())
     got = tables.read_table(path)

@@ -44,16 +44,16 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
     ragged = []
     nulls = sorted(set(missing) | set(STR_NA_VALUES))
     try:
-        first = _open(path, sep, nulls, {}, ragged)
+        first = open_stream(path, sep, nulls, {}, ragged)
         inferred = list(zip(first.schema.names, first.schema.types))
         first.close()
-        plan = [_plan(kind) for _, kind in inferred]
-        names = _names(path, [name for name, _ in inferred])
-        stream = _open(path, sep, nulls, {n: p[1] for (n, _), p in zip(inferred, plan) if p[1] is not None}, ragged)
+        plan = [column_plan(kind) for _, kind in inferred]
+        names = column_names(path, [name for name, _ in inferred])
+        stream = open_stream(path, sep, nulls, {n: p[1] for (n, _), p in zip(inferred, plan) if p[1] is not None}, ragged)
         with stream:
             frame, wide = _fill(path, stream, names, plan)
         if wide:  # rare: numbers float32 would lose (`Precision`, integers past 2**24), read again as float64
-            exact = _open(path, sep, nulls, {inferred[i][0]: pa.float64() for i in wide}, ragged,
+            exact = open_stream(path, sep, nulls, {inferred[i][0]: pa.float64() for i in wide}, ragged,
                           include=[inferred[i][0] for i in wide])
             with exact:
                 table = exact.read_all()
@@ -76,7 +76,10 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _open(path: Path, sep: str, nulls: list[str], types: dict, ragged: list, include=None):
+def open_stream(path: Path, sep: str, nulls: list[str], types: dict, ragged: list, include=None):
+    """pyarrow's streaming CSV reader on `path`, BLOCK_BYTES a block: `nulls` are missing cells, `types` the
+    columns' types (others inferred from the first block), `include` the columns read (None: all). A ragged
+    line is appended to `ragged` and stops the read (the caller names it)."""
     import pyarrow as pa
     from pyarrow import csv
 
@@ -93,7 +96,7 @@ def _open(path: Path, sep: str, nulls: list[str], types: dict, ragged: list, inc
         memory_pool=pa.system_memory_pool())  # malloc hands large freed buffers back to the system at once
 
 
-def _plan(kind) -> tuple[str, object]:
+def column_plan(kind) -> tuple[str, object]:
     """(where the column goes, the type to parse it as) from the type inferred on the first block.
 
     Numbers parse as float64, a block at a time (a later block may hold decimals; the first block fixed the
@@ -109,7 +112,7 @@ def _plan(kind) -> tuple[str, object]:
     return "other", pa.string()
 
 
-def _names(path: Path, raw: list[str]) -> list[str]:
+def column_names(path: Path, raw: list[str]) -> list[str]:
     """Header names stripped; an empty one named as pandas does ("Unnamed: 0"); a name given twice refused."""
     names = [str(n).strip() or f"Unnamed: {i}" for i, n in enumerate(raw)]
     seen = set()

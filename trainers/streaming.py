@@ -135,26 +135,26 @@ def csv_chunks(path: Path, table: dict, sep: str | None, rows: int) -> Iterator[
     import pyarrow as pa
     from pandas._libs.parsers import STR_NA_VALUES
 
-    from .csvread import _names, _open, _plan
-    from .tables import MISSING_TOKENS, _check_width, _sniff, separator
+    from .csvread import column_names, column_plan, open_stream
+    from .tables import MISSING_TOKENS, check_width, separator, sniff
 
-    sep = separator(sep) or _sniff(path)
-    _check_width(path, sep)
+    sep = separator(sep) or sniff(path)
+    check_width(path, sep)
     nulls, ragged = sorted(set(MISSING_TOKENS) | set(STR_NA_VALUES)), []
     try:
-        first = _open(path, sep, nulls, {}, ragged)
+        first = open_stream(path, sep, nulls, {}, ragged)
         inferred = list(zip(first.schema.names, first.schema.types))
         first.close()
     except (pa.ArrowException, OSError):
         raise Unstreamable() from None
     used = {step["column"] for step in table["steps"]}
     wide = {step["column"] for step in table["steps"] if "offset" in step}
-    keep = [(raw, name, _plan(kind)[1]) for (raw, kind), name in zip(inferred, _names(path, [n for n, _ in inferred]))
+    keep = [(raw, name, column_plan(kind)[1]) for (raw, kind), name in zip(inferred, column_names(path, [n for n, _ in inferred]))
             if name in used]
     if not keep:
         raise Unstreamable()
     try:
-        stream = _open(path, sep, nulls, {raw: kind for raw, _, kind in keep if kind is not None}, ragged,
+        stream = open_stream(path, sep, nulls, {raw: kind for raw, _, kind in keep if kind is not None}, ragged,
                        include=[raw for raw, _, _ in keep])
     except (pa.ArrowException, OSError):
         raise Unstreamable() from None

@@ -62,8 +62,8 @@ def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
     """Read a `.csv` or `.parquet` file into a DataFrame with typed columns (numbers as float32)."""
     if path.suffix.lower() == ".parquet":
         return _read_parquet(path)
-    sep = separator(sep) or _sniff(path)
-    _check_width(path, sep)
+    sep = separator(sep) or sniff(path)
+    check_width(path, sep)
     _check_ragged(path, sep)
     from .csvread import ArrowUnreadable, read_csv_arrow
 
@@ -121,7 +121,7 @@ def separator(sep: str | None) -> str | None:
     return sep
 
 
-def _sniff(path: Path) -> str:
+def sniff(path: Path) -> str:
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             sample = handle.read(1 << 16)
@@ -166,7 +166,7 @@ def _refuse_width(path: Path, count: int) -> None:
                         "to allow more)")
 
 
-def _check_width(path: Path, sep: str) -> None:
+def check_width(path: Path, sep: str) -> None:
     """Count the header's columns before parsing: a 1.5 MB CSV of 100,000 columns and 4 rows took 3 minutes
     and 2.2 GB to be refused for having 4 rows (each column is a parsed, typed, converted object); one of a
     million columns ran out of time. The header line is read up to HEADER_BYTES."""
