@@ -254,8 +254,8 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9,
               "codec": codec, "lr": lr, "seed": seed, "sparsity": round(zeros / total, 4), "teacher": teacher}
     if share_weights:
         recipe.update(share_weights=True, clusters=clusters)
-    if steps > 1:
-        recipe.update(steps=steps)
+    if steps > 1:  # `rounds`, not `steps`: a chain's recipe holds its list of step recipes under `steps`
+        recipe.update(rounds=steps)
     pruned = derive_model(model, module.eval(), recipe, weights={**model.spec.weights, "codec": codec})
     name = f"prune-unstructured-{percent(ratio)}" + ("-int8" if int8 else "") + ("-shared" if share_weights else "")
     name += "-teacher" if teacher else ""

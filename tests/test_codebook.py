@@ -186,3 +186,21 @@ def test_digits_mlp_is_fifty_times_smaller_within_half_a_point(digits, tmp_path)
                   - (predict(loaded.module, digits.x_test).argmax(1) == digits.y_test).mean())
     # one seed on a 360-sample test split (0.28 points a sample): docs/results.md has the three-seed figures
     assert dense / size >= 50 and drop <= 1.0
+
+
+def test_rounds_of_pruning_go_through_compress_and_predict(shared, digits, tmp_path):
+    """The round count is recorded as `rounds`: under `steps`, a chain's list of step recipes, it crashed every
+    reader of the recipe (measuring the variant, `predict` on its artifact). Old recipes with an int `steps` load."""
+    from compress import compress_model
+    from trainers.artifact import batch_dependent, dynamic_recipe
+
+    model = shared[0]
+    result = compress_model(model, digits, methods=["prune-unstructured"], max_drop=100, out=tmp_path / "run",
+                            options={"prune-unstructured": {"steps": 2, "finetune_epochs": 1}})
+    [variant] = [v for v in result.variants if v.name.startswith("prune-unstructured")]
+    assert variant.recipe["rounds"] == 2 and "steps" not in variant.recipe
+    loaded = load_model(tmp_path / "run" / "variants" / variant.name)
+    assert not batch_dependent(loaded.spec) and predict(loaded, digits.x_test[:4]).shape == (4, 10)
+    assert not dynamic_recipe({"method": "prune-unstructured", "ratio": 0.9, "steps": 3})
+    assert dynamic_recipe({"method": "chain", "steps": [{"method": "prune-unstructured", "steps": 3},
+                                                        {"method": "int8-dynamic"}]})
