@@ -204,3 +204,24 @@ def test_rounds_of_pruning_go_through_compress_and_predict(shared, digits, tmp_p
     assert not dynamic_recipe({"method": "prune-unstructured", "ratio": 0.9, "steps": 3})
     assert dynamic_recipe({"method": "chain", "steps": [{"method": "prune-unstructured", "steps": 3},
                                                         {"method": "int8-dynamic"}]})
+
+
+@pytest.mark.parametrize("store", [{"share_weights": True}, {"int8": True}])
+def test_a_lightly_pruned_layer_is_stored_as_its_codec_says(shared, digits, store, tmp_path):
+    """Under 50% zeros a layer is coded dense: its shared values then count the zero among the 16 codes (else 17
+    values went to plain fp32), and its int8 values are stored as int8 (else fp32): the file was 1.00x."""
+    model = shared[0]
+    [variant] = unstructured_prune(model, digits, ratio=0.3, finetune_epochs=0, seed=0, **store)
+    state = variant.model.module.state_dict()
+    stored = CODECS[variant.recipe["codec"]].encode(state)
+    matrices = [k for k, t in state.items() if k.endswith(".weight") and t.dim() >= 2]
+    assert not set(matrices) & set(stored), "a pruned matrix was stored as plain fp32"
+    decoded = CODECS[variant.recipe["codec"]].decode(stored, _shapes(state))
+    assert all(torch.equal(decoded[k], t) for k, t in state.items())
+    for sub, m in (("dense", model), ("pruned", variant.model)):
+        (tmp_path / sub).mkdir()
+        write_artifact(tmp_path / sub, m.module, m.spec)
+    dense, size = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("dense", "pruned"))
+    assert dense / size > 3
+    loaded = load_model(tmp_path / "pruned")
+    np.testing.assert_array_equal(predict(loaded, digits.x_test), predict(variant.model.module, digits.x_test))
