@@ -225,3 +225,16 @@ def test_a_lightly_pruned_layer_is_stored_as_its_codec_says(shared, digits, stor
     assert dense / size > 3
     loaded = load_model(tmp_path / "pruned")
     np.testing.assert_array_equal(predict(loaded, digits.x_test), predict(variant.model.module, digits.x_test))
+
+
+def test_an_lstms_shared_weights_say_the_centroids_were_not_fine_tuned(digits):
+    """An LSTM's fused weights cannot be parametrized, so its centroids keep their k-means values: the notes say
+    so and quote the accuracy after sharing, not the best one from before it."""
+    from trainers.artifact import accuracy
+
+    lstm = train(digits, "lstm", TrainConfig(epochs=1, model={"hidden": [16]}, device="cpu"), progress=False).model
+    [variant] = unstructured_prune(lstm, digits, ratio=0.9, finetune_epochs=1, share_weights=True, clusters=2)
+    after = accuracy(variant.model.module, digits.x_val, digits.y_val)
+    assert "before sharing" in variant.notes[0]
+    assert f"centroids not fine-tuned (an LSTM's fused weights cannot be parametrized): validation accuracy " \
+           f"{after:.4f} after sharing" in variant.notes
