@@ -114,7 +114,7 @@ def bench_deep_compression(model, data, structured=0.5, sparsity=0.9, epochs=30,
     dense = file_size(model)
     return {"structured_ratio": structured, "structured_widths": small.recipe["widths_after"],
             "sparsity": variant.recipe["sparsity"], "codec": variant.recipe["codec"], "seed": seed,
-            "steps": variant.recipe.get("steps", 1), "teacher": teacher,
+            "steps": variant.recipe.get("rounds", 1), "teacher": teacher,
             "bytes": [dense, size], "size_ratio": round(dense / size, 1), "accuracy": [base_acc, acc, reloaded],
             "accuracy_drop_points": round(100 * (base_acc - reloaded), 2)}
 

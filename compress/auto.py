@@ -794,12 +794,25 @@ def search(model: LoadedModel, data: DataBundle, steps, baseline: Variant, *, ma
                                              Pace(baseline, data, config, drifted, batch))
     skipped += quick_latency(variants, baseline, data, config, drifted, batch,
                              BY_BATCH_GAIN if by_batch else OTHER_BATCH_HINT)
+    skipped = [*already_quantized(model), *skipped]
     notes = [f"candidates made with {threads} PyTorch thread(s), the cores free when the search began"]
     over = [s for s in skipped if "search budget" in s["reason"]]
     if over:
         notes.append(f"the search budget of {budget_seconds:g} s ran out: {len(over)} candidate step(s) not tried; "
                      f"the choice is the best of those made")
     return variants, skipped, notes
+
+
+def already_quantized(model: LoadedModel) -> list[dict]:
+    """Skipped entries for the methods auto would try that refuse an already quantized graph (`plan` leaves out
+    every method the model's tags exclude): saying why keeps an int8 graph's search from looking as if int8
+    had been forgotten."""
+    from trainers.models import capabilities
+
+    if "quantized" not in capabilities(model):
+        return []
+    return [{"method": m.name, "reason": f"'{m.name}' does not handle this model: {m.why_not(model)}"}
+            for m in METHODS.entries() if m.auto is not None and "quantized" in m.excludes]
 
 
 def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseline: Variant, *, max_drop: float,

@@ -91,6 +91,12 @@ class Method(Entry):
 METHODS: Registry[Method] = Registry("compression method", Method, positional=2)
 
 
+# Why the int8 methods exclude the `quantized` tag: ORT's quantizers fail on QDQ/QOperator nodes (duplicate node
+# names, missing scales), and rounding int8 weights again only adds error to a graph that is no faster.
+ALREADY_QUANTIZED = ("the graph is already quantized (int8): give the fp32 model or graph it was made from, or "
+                     "measure this one as it is with -m onnx-fp32")
+
+
 def register_method(name: str, **capabilities):
     """Decorator: register a compression method `name` with its capability fields (see `Method`).
 

@@ -213,8 +213,9 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9,
         int8: also quantize the surviving weights to int8 (per-tensor scale) and store them
             with the `sparse-int8` codec (Deep Compression style); default: `sparse` (fp32 values).
         share_weights: instead of int8, cluster each layer's surviving weights and its biases onto `clusters`
-            k-means centroids (Deep Compression's weight sharing, `compress.share`), fine-tune the centroids,
-            and store 4-bit indices with the `sparse-codebook` codec.
+            k-means centroids (Deep Compression's weight sharing, `compress.share`), fine-tune the centroids
+            (not an LSTM's: its fused weights cannot be parametrized; the notes say so), and store 4-bit indices
+            with the `sparse-codebook` codec.
         clusters: centroids per tensor with share_weights (at most 16: the indices are 4-bit).
         steps: reach `ratio` in this many prune + fine-tune rounds, the surviving share shrinking by the same
             factor each round (0.9 in 3: 0.54, 0.78, 0.9), as Deep Compression's iterative pruning. On the digits
@@ -254,14 +255,19 @@ def unstructured_prune(model: LoadedModel, data: DataBundle, ratio: Ratio = 0.9,
               "codec": codec, "lr": lr, "seed": seed, "sparsity": round(zeros / total, 4), "teacher": teacher}
     if share_weights:
         recipe.update(share_weights=True, clusters=clusters)
-    if steps > 1:
-        recipe.update(steps=steps)
+    if steps > 1:  # `rounds`, not `steps`: a chain's recipe holds its list of step recipes under `steps`
+        recipe.update(rounds=steps)
     pruned = derive_model(model, module.eval(), recipe, weights={**model.spec.weights, "codec": codec})
     name = f"prune-unstructured-{percent(ratio)}" + ("-int8" if int8 else "") + ("-shared" if share_weights else "")
     name += "-teacher" if teacher else ""
     notes = [f"{zeros}/{total} weights are zero; best validation accuracy {max(history['val_accuracy']):.4f}"]
+    if share_weights and not shared_history:  # an LSTM: that best is from before sharing, which the notes must say
+        notes[0] += " before sharing"
+        notes.append(f"centroids not fine-tuned (an LSTM's fused weights cannot be parametrized): validation "
+                     f"accuracy {accuracy(module, data.x_val, data.y_val):.4f} after sharing")
     if share_weights:
-        notes.append(f"weights and biases share at most {clusters} values per tensor (4-bit indices)")
+        notes.append(f"weights and biases share at most {clusters} values per tensor (4-bit indices; in a tensor "
+                     f"under half zeros, stored dense, the zero is one of its 16 codes)")
     return [Variant(name=name, model=pruned, recipe=recipe, notes=notes)]
 
 

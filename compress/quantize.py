@@ -30,7 +30,7 @@ from trainers.errors import ToolkitError
 from trainers.models import capabilities
 from trainers.options import Bool, Fraction, Int, NonNegativeInt, PositiveInt
 
-from .base import Variant, default_options, derive_model, register_method
+from .base import ALREADY_QUANTIZED, Variant, default_options, derive_model, register_method
 from .export import (Exporter, ExportInfo, export_with_info, first_layer_fold, input_fold, lift_checked, onnx_parity,
                      onnx_variant_model, run_onnx)
 from .int8_search import FORMATS, Candidate, SearchResult, root_logger_kept, search_int8
@@ -232,7 +232,8 @@ def _auto_int8(family: str, settings: dict) -> list[dict]:
     return [{"min_agreement": settings["min_agreement"]}, {}]
 
 
-@register_method("int8-dynamic", role="runtime", auto=_auto_int8, chain=True, fallback=("min_agreement",))
+@register_method("int8-dynamic", role="runtime", auto=_auto_int8, chain=True, fallback=("min_agreement",),
+                 excludes=("quantized",), refusal={"quantized": ALREADY_QUANTIZED})
 def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: Exporter = "auto",
                  min_agreement: Fraction = MIN_AGREEMENT) -> list[Variant]:
     """int8 weights, activations quantized on the fly, ONNX Runtime (MatMul/Gemm/LSTM; Conv stays fp32).
@@ -243,10 +244,10 @@ def int8_dynamic(model: LoadedModel, data: DataBundle, exporter: Exporter = "aut
     return [_int8_dynamic_variant(model, data, exporter, min_agreement)]
 
 
-@register_method("int8-static", role="runtime", auto=_auto_int8, chain=True, excludes=("recurrent",),
+@register_method("int8-static", role="runtime", auto=_auto_int8, chain=True, excludes=("recurrent", "quantized"),
                  fallback=("min_agreement",),
                  refusal={"recurrent": "ONNX Runtime's static QDQ leaves recurrent layers (LSTM, GRU) in fp32 "
-                                       "(use int8-dynamic)"})
+                                       "(use int8-dynamic)", "quantized": ALREADY_QUANTIZED})
 def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: PositiveInt = 512, seed: Int = 0,
                 exporter: Exporter = "auto", min_agreement: Fraction = MIN_AGREEMENT,
                 formats: tuple[QuantFormatName, ...] = FORMATS, calibrations: tuple[CalibrationName, ...] = ("minmax", "percentile"),

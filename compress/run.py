@@ -145,7 +145,8 @@ def _load(model, data, target, table) -> tuple[LoadedModel, DataBundle]:
     return model, align_classes(data, model.spec.class_names)
 
 
-# Options of a method that compress_model sets itself, from its own arguments.
+# Options of auto that compress_model sets itself, from its own arguments. Only auto's: the int8 methods'
+# `min_agreement` is their own layer-fallback target (99.5% by default), not the fidelity rule's --min-agreement.
 _SET_BY_COMPRESS = {"max_drop": "max_drop (--max-drop)", "progress": "progress",
                     "min_agreement": "min_agreement (--min-agreement)",
                     "budget_seconds": "budget_seconds (--budget-seconds)"}
@@ -230,7 +231,7 @@ def check_request(methods, family, max_drop, options: dict | None = None, ratio=
         get_method(name, family)  # unknown method or unsupported family: one clear line
         if not isinstance(options.get(name, {}), dict):
             raise ToolkitError(f"options for {name} must be a table of option values, got {options[name]!r}")
-        own = sorted(set(options.get(name, {})) & set(_SET_BY_COMPRESS))
+        own = sorted(set(options.get(name, {})) & set(_SET_BY_COMPRESS)) if name == "auto" else []
         if own:
             raise ToolkitError(f"option {own[0]} of {name} is compress's own: give it as {_SET_BY_COMPRESS[own[0]]}")
         check_method_options(name, _method_options(name, options, ratio))

@@ -21,7 +21,7 @@ from trainers.artifact import LoadedModel
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 
-from .base import Variant, default_options, register_method
+from .base import ALREADY_QUANTIZED, Variant, default_options, register_method
 from .export import Exporter, ExportInfo, export_with_info, fast_graph, onnx_parity, onnx_variant_model, run_onnx
 
 MIN_ELEMENTS = 64  # smaller tensors stay fp32: their scales would cost about what int8 saves
@@ -117,7 +117,8 @@ def rounded_twin(module: nn.Module) -> nn.Module:
     return twin
 
 
-@register_method("int8-weights", role="runtime", auto=default_options, chain=True)
+@register_method("int8-weights", role="runtime", auto=default_options, chain=True, excludes=("quantized",),
+                 refusal={"quantized": ALREADY_QUANTIZED})
 def int8_weights(model: LoadedModel, data: DataBundle, exporter: Exporter = "auto") -> list[Variant]:
     """The fp32 ONNX Runtime graph with its weight matrices stored as int8: a file up to 4x smaller, fp32 speed.
 

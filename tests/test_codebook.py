@@ -186,3 +186,55 @@ def test_digits_mlp_is_fifty_times_smaller_within_half_a_point(digits, tmp_path)
                   - (predict(loaded.module, digits.x_test).argmax(1) == digits.y_test).mean())
     # one seed on a 360-sample test split (0.28 points a sample): docs/results.md has the three-seed figures
     assert dense / size >= 50 and drop <= 1.0
+
+
+def test_rounds_of_pruning_go_through_compress_and_predict(shared, digits, tmp_path):
+    """The round count is recorded as `rounds`: under `steps`, a chain's list of step recipes, it crashed every
+    reader of the recipe (measuring the variant, `predict` on its artifact). Old recipes with an int `steps` load."""
+    from compress import compress_model
+    from trainers.artifact import batch_dependent, dynamic_recipe
+
+    model = shared[0]
+    result = compress_model(model, digits, methods=["prune-unstructured"], max_drop=100, out=tmp_path / "run",
+                            options={"prune-unstructured": {"steps": 2, "finetune_epochs": 1}})
+    [variant] = [v for v in result.variants if v.name.startswith("prune-unstructured")]
+    assert variant.recipe["rounds"] == 2 and "steps" not in variant.recipe
+    loaded = load_model(tmp_path / "run" / "variants" / variant.name)
+    assert not batch_dependent(loaded.spec) and predict(loaded, digits.x_test[:4]).shape == (4, 10)
+    assert not dynamic_recipe({"method": "prune-unstructured", "ratio": 0.9, "steps": 3})
+    assert dynamic_recipe({"method": "chain", "steps": [{"method": "prune-unstructured", "steps": 3},
+                                                        {"method": "int8-dynamic"}]})
+
+
+@pytest.mark.parametrize("store", [{"share_weights": True}, {"int8": True}])
+def test_a_lightly_pruned_layer_is_stored_as_its_codec_says(shared, digits, store, tmp_path):
+    """Under 50% zeros a layer is coded dense: its shared values then count the zero among the 16 codes (else 17
+    values went to plain fp32), and its int8 values are stored as int8 (else fp32): the file was 1.00x."""
+    model = shared[0]
+    [variant] = unstructured_prune(model, digits, ratio=0.3, finetune_epochs=0, seed=0, **store)
+    state = variant.model.module.state_dict()
+    stored = CODECS[variant.recipe["codec"]].encode(state)
+    matrices = [k for k, t in state.items() if k.endswith(".weight") and t.dim() >= 2]
+    assert not set(matrices) & set(stored), "a pruned matrix was stored as plain fp32"
+    decoded = CODECS[variant.recipe["codec"]].decode(stored, _shapes(state))
+    assert all(torch.equal(decoded[k], t) for k, t in state.items())
+    for sub, m in (("dense", model), ("pruned", variant.model)):
+        (tmp_path / sub).mkdir()
+        write_artifact(tmp_path / sub, m.module, m.spec)
+    dense, size = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("dense", "pruned"))
+    assert dense / size > 3
+    loaded = load_model(tmp_path / "pruned")
+    np.testing.assert_array_equal(predict(loaded, digits.x_test), predict(variant.model.module, digits.x_test))
+
+
+def test_an_lstms_shared_weights_say_the_centroids_were_not_fine_tuned(digits):
+    """An LSTM's fused weights cannot be parametrized, so its centroids keep their k-means values: the notes say
+    so and quote the accuracy after sharing, not the best one from before it."""
+    from trainers.artifact import accuracy
+
+    lstm = train(digits, "lstm", TrainConfig(epochs=1, model={"hidden": [16]}, device="cpu"), progress=False).model
+    [variant] = unstructured_prune(lstm, digits, ratio=0.9, finetune_epochs=1, share_weights=True, clusters=2)
+    after = accuracy(variant.model.module, digits.x_val, digits.y_val)
+    assert "before sharing" in variant.notes[0]
+    assert f"centroids not fine-tuned (an LSTM's fused weights cannot be parametrized): validation accuracy " \
+           f"{after:.4f} after sharing" in variant.notes

@@ -320,6 +320,17 @@ def test_request_is_checked_against_every_signature_before_any_work(methods, opt
     assert not out.exists()
 
 
+def test_an_int8_methods_own_agreement_target_is_its_option_not_the_fidelity_rule(models, digits):
+    """README's example passes `min_agreement` to int8-static: the int8 layer-fallback target (99.5% by default),
+    which is not the fidelity rule's --min-agreement, so it is an option of the method, not compress's own."""
+    readme = {"distill": {"epochs": 60}, "int8-static": {"min_agreement": 0.995}}
+    check_request(["int8-static", "distill"], "mlp", 0.5, readme)
+    result = compress_model(models["mlp"], digits, methods=["int8-dynamic"], max_drop=100, min_agreement=0.5,
+                            options={"int8-dynamic": {"min_agreement": 0.8}})
+    [variant] = result.variants
+    assert variant.recipe["min_agreement"] == 0.8 and result.min_agreement == 0.5
+
+
 def test_ratio_reaches_the_methods_that_take_one():
     from compress.run import _method_options
 

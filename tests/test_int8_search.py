@@ -296,3 +296,40 @@ def test_the_speed_step_moves_a_layer_to_fp32_when_two_races_find_the_graph_fast
     monkeypatch.setattr(search, "interleaved_latency", lambda graphs, *a: next(races, [1.0] * len(graphs)))
     end, steps = search._speed_fallback(start, lambda config: "graph", None, None, None, 0.98, b"fp32", None, 5, None)
     assert (end is trial) is moves and steps == [trial]
+
+
+def _digits_graph(int8_weight: bool) -> bytes:
+    """A one-layer digits graph (8x8 -> 64 -> 10); with `int8_weight` its weight is stored as int8 and dequantized, as
+    every int8 variant's graph stores it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if int8_weight:
+        nodes = [helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["w"]),
+                 helper.make_node("MatMul", ["flat", "w"], ["y"])]
+        weights = [numpy_helper.from_array(rng.integers(-127, 128, (64, 10)).astype(np.int8), "wq"),
+                   numpy_helper.from_array(np.array(0.01, np.float32), "scale"),
+                   numpy_helper.from_array(np.array(0, np.int8), "zero")]
+    else:
+        nodes = [helper.make_node("MatMul", ["flat", "w"], ["y"])]
+        weights = [numpy_helper.from_array(rng.normal(size=(64, 10)).astype(np.float32), "w")]
+    nodes.insert(0, helper.make_node("Flatten", ["x"], ["flat"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize("method", ["int8-static", "int8-dynamic", "int8-weights"])
+def test_an_already_quantized_graph_is_refused_in_one_line(digits, method):
+    """ORT's quantizers crashed on a graph with QDQ nodes (duplicate node names, missing scales): quantizing an
+    int8 graph again is refused, and auto lists those methods as skipped with the reason."""
+    from compress import compress_model
+    from compress.auto import already_quantized
+    from trainers.usermodel import from_onnx
+
+    quantized, fp32 = from_onnx(_digits_graph(True), digits), from_onnx(_digits_graph(False), digits)
+    with pytest.raises(ToolkitError, match="already quantized") as error:
+        compress_model(quantized, digits, methods=[method])
+    assert "\n" not in str(error.value)
+    assert method in {s["method"] for s in already_quantized(quantized)} and not already_quantized(fp32)
+    assert get_method(method).supports(fp32)

@@ -352,3 +352,13 @@ def test_the_teacher_runs_once_per_training_row_not_once_per_epoch(models, digit
     logits = torch.randn(3, 10)
     cached = teacher_loss(teacher, 4.0, 0.9, logits, batch, cache=teacher_logits(teacher, x))
     assert torch.allclose(cached, teacher_loss(teacher, 4.0, 0.9, logits, batch), atol=1e-5)
+
+
+def test_a_student_config_larger_than_its_teacher_is_named_larger(models, digits):
+    """Distillation is sold as a smaller model: a `student_config` wider than the teacher says how much larger."""
+    teacher = models["mlp"]
+    [small] = distill(teacher, digits, epochs=1, alone=False)
+    [large] = distill(teacher, digits, student_config={"hidden": [256, 256]}, epochs=1, alone=False)
+    times = count_parameters(large.model.module) / count_parameters(teacher.module)
+    assert not any("larger" in note for note in small.notes)
+    assert any(note.startswith(f"the student is {times:.1f}x larger than its teacher") for note in large.notes)

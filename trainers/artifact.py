@@ -622,7 +622,8 @@ def dynamic_recipe(recipe) -> bool:
     model): one that quantizes each call's activations with that call's own scale."""
     if not isinstance(recipe, dict):
         return False
-    parts = [*recipe.get("steps", []), recipe.get("large"), recipe.get("small")]
+    steps = recipe.get("steps")  # a chain's step recipes; an int in prune-unstructured recipes saved before `rounds`
+    parts = [*(steps if isinstance(steps, list) else []), recipe.get("large"), recipe.get("small")]
     return recipe.get("method") == "int8-dynamic" or any(dynamic_recipe(part) for part in parts)
 
 

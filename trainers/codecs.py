@@ -50,7 +50,9 @@ register_codec("dense", _identity, _identity)
 # All sparse tensors share three entries: `__sparse__.index` (JSON, as uint8
 # bytes: name, shape, dtype, count, scale), `__sparse__.values` and
 # `__sparse__.gaps`, which keeps the safetensors header small. Other tensors
-# (biases, normalisation buffers, dense matrices) are stored as they are.
+# (biases, normalisation buffers, dense matrices) are stored as they are, except that `sparse-int8` stores a
+# matrix denser than _MAX_DENSITY whose values are already int8-rounded as every value, without gaps
+# (its index entry says `"dense": true`): 1 byte a value where fp32 would take 4.
 
 SPARSE_PREFIX = "__sparse__."
 MAX_GAP = 256
@@ -92,19 +94,31 @@ def _is_sparse_candidate(tensor: torch.Tensor) -> bool:
             and float((tensor != 0).float().mean()) <= _MAX_DENSITY)
 
 
+def _on_int8_grid(tensor: torch.Tensor) -> bool:
+    """Whether a matrix holds exactly the values its per-tensor int8 rounding decodes to (a pruned layer whose
+    survivors were rounded): only such a tensor is stored dense as int8, so the codec stays exact."""
+    if not (tensor.is_floating_point() and tensor.dim() >= 2 and tensor.numel() > 0):
+        return False
+    q, scale = quantize_int8(tensor)
+    return torch.equal(q.float() * scale, tensor.detach().float())
+
+
 def _encode_sparse(tensors: StateDict, int8: bool) -> StateDict:
     out: StateDict = {}
     index, values, gaps = [], [], []
     for name, tensor in tensors.items():
         if name.startswith(SPARSE_PREFIX):
             raise ValueError(f"tensor name {name!r} is reserved by the sparse codec")
-        if not _is_sparse_candidate(tensor):
+        # an int8 matrix denser than _MAX_DENSITY: every value, no positions (`dense`), 1 byte a value, not 4
+        dense = int8 and not _is_sparse_candidate(tensor) and _on_int8_grid(tensor)
+        if not _is_sparse_candidate(tensor) and not dense:
             out[name] = tensor.contiguous()
             continue
         flat = tensor.detach().flatten()
-        positions, tensor_gaps = _sparse_streams(flat)
+        positions, tensor_gaps = ((torch.arange(len(flat)), np.zeros(0, np.uint8)) if dense
+                                  else _sparse_streams(flat))
         entry = {"name": name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", ""),
-                 "count": int(len(positions))}
+                 "count": int(len(positions)), **({"dense": True} if dense else {})}
         picked = flat[positions]
         if int8:
             q, scale = quantize_int8(picked)
@@ -135,9 +149,11 @@ def _decode_sparse(tensors: StateDict, int8: bool, shapes: dict | None = None) -
     index = json.loads(bytes(index_raw.numpy().tobytes()).decode("utf-8"))
     if not isinstance(index, list):
         raise ValueError("sparse index is not a list")
-    if sum(_entry_count(e) for e in index) != len(values) or len(values) != len(gaps):
+    total = sum(_entry_count(e) for e in index)
+    placed = sum(e["count"] for e in index if not e.get("dense"))  # a dense entry stores no gaps
+    if total != len(values) or placed != len(gaps):
         raise ValueError(f"sparse streams disagree: index counts, {len(values)} values, {len(gaps)} gaps")
-    offset = 0
+    offset = gap_offset = 0
     all_positions = np.cumsum(gaps.numpy().astype(np.int64) + 1)
     for entry in index:
         name, shape, dtype, count = _entry_fields(entry, int8)
@@ -149,9 +165,15 @@ def _decode_sparse(tensors: StateDict, int8: bool, shapes: dict | None = None) -
         numel = int(np.prod(shape, dtype=np.float64)) if shape else 1
         if numel > MAX_SPARSE_ELEMENTS or count > numel:
             raise ValueError(f"sparse tensor {name!r}: shape {shape} with {count} stored values is implausible")
+        if entry.get("dense") and count != numel:
+            raise ValueError(f"sparse tensor {name!r}: stored dense with {count} of its {numel} values")
         chunk = slice(offset, offset + count)
-        base = all_positions[offset - 1] if offset else 0
-        positions = all_positions[chunk] - base - 1
+        if entry.get("dense"):
+            positions = np.arange(count)
+        else:
+            base = all_positions[gap_offset - 1] if gap_offset else 0
+            positions = all_positions[gap_offset:gap_offset + count] - base - 1
+            gap_offset += count
         if count and (positions[-1] >= numel):
             raise ValueError(f"sparse tensor {name!r}: positions run past its {numel} elements")
         dense = torch.zeros(numel, dtype=torch.float32)
@@ -233,12 +255,18 @@ def _positions_from_gaps(symbols: np.ndarray) -> np.ndarray:
     return np.cumsum(advance)[~escape] - 1
 
 
+def codebook_sparse(zeros: float) -> bool:
+    """Whether the codebook codec stores a tensor with this share of zeros sparse (its non-zeros and their gaps)
+    rather than dense (every value, zero then one of its at most CODEBOOK_SIZE codes)."""
+    return zeros >= 0.5
+
+
 def _codebook_candidate(tensor: torch.Tensor) -> tuple[np.ndarray, bool] | None:
     """(the distinct stored values, sparse?) when `tensor` fits a codebook, else None."""
     if not tensor.is_floating_point() or tensor.numel() < _MIN_CODEBOOK_ELEMENTS:
         return None
     flat = tensor.detach().float().flatten()
-    sparse = float((flat == 0).float().mean()) >= 0.5
+    sparse = codebook_sparse(float((flat == 0).float().mean()))
     stored = flat[flat != 0] if sparse else flat
     book = torch.unique(stored).numpy()
     return (book, sparse) if 0 < len(book) <= CODEBOOK_SIZE else None

@@ -92,7 +92,8 @@ _TAG_OPS = {"conv": {"Conv", "ConvInteger", "QLinearConv"}, "recurrent": {"LSTM"
 def capabilities(model) -> set[str]:
     """What a model can do, read from the model itself, as tags: `torch` (a PyTorch module, so gradients),
     `onnx` (an ONNX graph), `conv`, `recurrent`, `dense`, `norm` (the layer types it contains: module types
-    for a PyTorch module, op types for a graph without one).
+    for a PyTorch module, op types for a graph without one), `quantized` (a graph without a module that is
+    already int8: quantize ops, or 8-bit weights).
 
     `model` is a `LoadedModel` or an `nn.Module`. Methods declare the tags they need or exclude
     (`trainers.registry.Entry`), and registries check models against them.
@@ -110,7 +111,30 @@ def capabilities(model) -> set[str]:
         if module is None:
             ops = onnx_op_types(onnx_bytes)
             tags.update(tag for tag, names in _TAG_OPS.items() if ops & names)
+            if ops & _QUANTIZED_OPS or _int8_initializers(onnx_bytes):
+                tags.add("quantized")
     return tags
+
+
+# Ops that only a quantized graph holds (ORT's QDQ, QOperator and dynamic formats). A graph whose weights are
+# stored as int8 and cast back (int8-weights) holds none of them: its 8-bit initializers tell instead.
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                  "QLinearConv", "QLinearMatMul", "QGemm", "QAttention", "DynamicQuantizeMatMul",
+                  "DynamicQuantizeLSTM", "MatMulIntegerToFloat"}
+_INT8_CACHE: dict = {}
+
+
+def _int8_initializers(onnx_bytes: bytes) -> bool:
+    """Whether a graph stores any initializer as 8-bit integers (its weights rounded already), cached by digest."""
+    import hashlib
+
+    key = hashlib.sha1(onnx_bytes).hexdigest()
+    if key not in _INT8_CACHE:
+        import onnx
+
+        eight_bit = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+        _INT8_CACHE[key] = any(t.data_type in eight_bit for t in onnx.load_from_string(onnx_bytes).graph.initializer)
+    return _INT8_CACHE[key]
 
 
 _OPS_CACHE: dict = {}

@@ -84,7 +84,7 @@ E = TypeVar("E", bound=Entry)
 # How a capability tag reads in a refusal ("it needs a PyTorch module").
 TAG_WORDS = {"torch": "a PyTorch module", "onnx": "an ONNX graph", "conv": "a convolutional layer",
              "recurrent": "recurrent layers (RNN, LSTM, GRU)", "dense": "a dense (linear) layer",
-             "norm": "normalisation layers"}
+             "norm": "normalisation layers", "quantized": "an already quantized (int8) graph"}
 
 
 def describe_target(target) -> tuple[str | None, frozenset | None]:
