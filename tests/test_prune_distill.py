@@ -362,3 +362,12 @@ def test_a_student_config_larger_than_its_teacher_is_named_larger(models, digits
     times = count_parameters(large.model.module) / count_parameters(teacher.module)
     assert not any("larger" in note for note in small.notes)
     assert any(note.startswith(f"the student is {times:.1f}x larger than its teacher") for note in large.notes)
+
+
+def test_structured_pruning_of_a_factorized_model_is_refused_in_one_line(models, digits):
+    """Pruning a lowrank variant took its rank bottlenecks for hidden units (ranks 16 and 8 cut to 4 and 2, 35
+    points lost): refused, naming the factorized layers."""
+    [factorized] = get_method("lowrank").func(models["mlp"], digits)
+    with pytest.raises(ToolkitError, match="structured pruning of a factorized model would cut its rank bottlenecks"
+                                           r" \(.*rank \d+"):
+        get_method("prune-structured").func(factorized.model, digits, ratio=0.5)
