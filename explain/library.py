@@ -347,12 +347,21 @@ def shap_kernel(ctx, x, targets, nsamples: PositiveInt | None = None, l1_reg: Bo
     def f(flat):
         return ctx.forward_numpy(np.asarray(flat, np.float32).reshape(-1, *shape))
 
-    explainer = shap.KernelExplainer(f, ctx.baseline_np.reshape(1, -1))
+    # one explainer per target class, on that class's output alone: KernelExplainer solves one regression per
+    # output, and each solve formats its arrays for debug logs whether or not they are shown, so explaining all
+    # the classes took about twice the time of the one asked for (digits MLP, 10 classes: 66 vs 39 ms a sample).
+    # The estimate is the same regression on the same kind of coalitions.
+    flat, targets = x.reshape(len(x), -1), np.asarray(targets)
+    groups = {int(c): np.flatnonzero(targets == c) for c in np.unique(targets)}
+    explainers = {c: shap.KernelExplainer(lambda rows, c=c: f(rows)[:, c], ctx.baseline_np.reshape(1, -1))
+                  for c in groups}
 
     def run(replicate, k):
         np.random.seed(ctx.seed + 1000 * replicate)
-        values = explainer.shap_values(x.reshape(len(x), -1), nsamples=k, l1_reg=l1_reg, silent=True)
-        return _select(values, targets, len(x)).reshape(len(x), *shape)
+        values = np.zeros(flat.shape, np.float64)
+        for c, rows in groups.items():
+            values[rows] = np.asarray(explainers[c].shap_values(flat[rows], nsamples=k, l1_reg=l1_reg, silent=True))
+        return values.reshape(len(x), *shape)
 
     # a kernel regression needs more coalitions than features: replicates only when each gets 2D + 2
     values, estimate = _replicated(run, nsamples or 2 * d + 2048, min_share=2 * d + 2)
