@@ -1054,10 +1054,13 @@ def _balance(variant: Variant, reach: dict[str, float] | None = None) -> float:
 
 
 def baseline_variant(model: LoadedModel) -> Variant:
-    if model is not None and model.module is None:  # a user's ONNX graph
-        return Variant(name="fp32-onnx", model=model, recipe={"method": "baseline"},
+    if model is not None and model.module is None:  # a user's ONNX graph: fp32, or an int8 graph given as it is
+        from trainers.models import capabilities
+
+        kind = "int8" if "quantized" in capabilities(model) else "fp32"
+        return Variant(name=f"{kind}-onnx", model=model, recipe={"method": "baseline"},
                        onnx_bytes=model.onnx_model_bytes(),
-                       notes=["the fp32 ONNX original (ONNX Runtime) every ratio is taken against"])
+                       notes=[f"the {kind} ONNX original (ONNX Runtime) every ratio is taken against"])
     return Variant(name="fp32-torch", model=model, recipe={"method": "baseline"},
                    notes=["the fp32 PyTorch original every ratio is taken against"])
 

@@ -751,6 +751,10 @@ def test_the_toolkits_int8_dynamic_model_onnx_is_not_quantized_again(zoo, tmp_pa
     assert len(err) == 1 and "already quantized" in err[0] and not (tmp_path / "again").exists()
     assert _cli(main, ["compress", str(graph), "--data", str(npz), "--method", "onnx-fp32",
                        "--out", str(tmp_path / "as_is")]) == 0, capsys.readouterr().err
+    import json
+
+    rows = json.loads((tmp_path / "as_is" / "result.json").read_text())["variants"]
+    assert rows[0]["name"] == "int8-onnx"   # the original named for what it is, not "fp32-onnx"
 
 
 def test_a_module_that_returns_probabilities_is_warned_about(capsys):
