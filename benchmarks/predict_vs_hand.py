@@ -1,4 +1,4 @@
-"""`toolkit predict` on a large CSV against a 20-line pandas + ONNX Runtime script: time, peak memory, outputs.
+"""`toolkit predict` on a large CSV against 20-line ONNX Runtime scripts (pandas, pyarrow): time, memory, outputs.
 
     python benchmarks/predict_vs_hand.py [--rows 20000 100000] [--rounds 3] [--work /tmp/predict_bench]
     python benchmarks/predict_vs_hand.py --rows 250000 1000000 --rounds 5 --before-tree /path/to/older/checkout
@@ -7,10 +7,12 @@ Makes (once, in --work) a numeric table (6 float columns, one with 5% missing ce
 on 800 of its rows and exports its onnx-fp32 variant, whose `model.raw.onnx` takes raw rows (the preprocessing
 inside). Then, for each --rows, writes a CSV of that many rows and runs, in interleaved rounds, each in a fresh
 process: `toolkit predict VARIANT rows.csv --out p.csv` (this tree; `--before-tree` adds an older one), and
-`HAND` below (pandas' chunked reader, one session on model.raw.onnx, the same CSV written chunk by chunk). Both
-sessions use ONNX Runtime's default thread count. Prints, per size and program, the median seconds and peak
-resident memory (the child's own ru_maxrss, from wait4), the median of the per-round ratios toolkit / hand, and
-whether the two outputs agree (same classes, largest difference of a probability).
+two peers, each one session on model.raw.onnx called once per chunk, the same CSV written chunk by chunk: `HAND`
+(pandas' chunked reader and `to_csv`) and `HAND_ARROW` (pyarrow's streaming CSV reader and writer, 4 MiB blocks;
+the competent script the sixth audit wrote, which the pandas one flattered). Every session uses ONNX Runtime's
+default thread count. Prints, per size and program, the median seconds and peak resident memory (the child's own
+ru_maxrss, from wait4), the median of the per-round ratios to each peer, and whether each peer's output agrees
+with the toolkit's (same classes, largest difference of a probability).
 """
 
 from __future__ import annotations
@@ -43,6 +45,29 @@ with open(out, "w") as handle:
         table.to_csv(handle, index=False, header=first)
         first = False
 """
+
+HAND_ARROW = """
+import json, sys, numpy as np, pyarrow as pa, pyarrow.csv as pc, onnxruntime as ort
+model, rows, out = sys.argv[1:4]
+spec = json.load(open(model + "/model.json"))
+names, columns = np.array(spec["class_names"]), spec["preprocessing"]["table"]["columns"]
+session = ort.InferenceSession(model + "/model.raw.onnx", providers=["CPUExecutionProvider"])
+name = session.get_inputs()[0].name
+reader = pc.open_csv(rows, read_options=pc.ReadOptions(block_size=4 << 20), convert_options=pc.ConvertOptions(
+    include_columns=columns, column_types={c: pa.float32() for c in columns}))
+schema = pa.schema([("predicted", pa.string()), ("predicted_index", pa.int64())]
+                   + [(f"p_{n}", pa.float32()) for n in names])
+with pc.CSVWriter(out, schema, write_options=pc.WriteOptions(quoting_style="needed")) as writer:
+    for batch in reader:
+        x = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in columns]).astype(np.float32)
+        logits = session.run(None, {name: x})[0]
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        k = p.argmax(1)
+        writer.write_table(pa.table({"predicted": names[k], "predicted_index": k,
+                                     **{f"p_{n}": p[:, i] for i, n in enumerate(names)}}))
+"""
+PEERS = {"hand": HAND, "arrow": HAND_ARROW}  # program name: its script
 
 
 def make_rows(path: Path, n: int, seed: int) -> None:
@@ -110,7 +135,8 @@ def main() -> None:
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     variant = make_model(args.work)
-    (args.work / "hand.py").write_text(HAND)
+    for peer, script in PEERS.items():
+        (args.work / f"{peer}.py").write_text(script)
     trees = {"toolkit": ROOT, **({"before": args.before_tree.resolve()} if args.before_tree else {})}
     for n in args.rows:
         rows = args.work / f"rows_{n}.csv"
@@ -118,18 +144,21 @@ def main() -> None:
             make_rows(rows, n, seed=2)
         programs = {name: toolkit(tree, "--quiet", "predict", str(variant), str(rows), "--out",
                                   str(args.work / f"{name}_{n}.csv"), "--overwrite") for name, tree in trees.items()}
-        programs["hand"] = [sys.executable, str(args.work / "hand.py"), str(variant), str(rows),
-                            str(args.work / f"hand_{n}.csv")]
+        for peer in PEERS:
+            programs[peer] = [sys.executable, str(args.work / f"{peer}.py"), str(variant), str(rows),
+                              str(args.work / f"{peer}_{n}.csv")]
         runs = {name: [] for name in programs}
         for _ in range(args.rounds):
             for name, command in programs.items():
                 runs[name].append(timed(command))
-        print(f"{n:,} rows ({rows.stat().st_size / 1e6:.0f} MB), {args.rounds} interleaved rounds; "
-              f"{compare(args.work / f'toolkit_{n}.csv', args.work / f'hand_{n}.csv')}")
+        print(f"{n:,} rows ({rows.stat().st_size / 1e6:.0f} MB), {args.rounds} interleaved rounds")
+        for peer in PEERS:
+            print(f"  toolkit against {peer}: {compare(args.work / f'toolkit_{n}.csv', args.work / f'{peer}_{n}.csv')}")
         for name, measured in runs.items():
-            ratio = statistics.median(s / h for (s, _), (h, _) in zip(measured, runs["hand"]))
+            ratios = "  ".join(f"{statistics.median(s / h for (s, _), (h, _) in zip(measured, runs[peer])):.2f}x "
+                               f"{peer}" for peer in PEERS)
             print(f"  {name:8s} {statistics.median(s for s, _ in measured):7.2f} s  "
-                  f"peak {max(m for _, m in measured) / 2**20:6.0f} MiB  {ratio:.2f}x hand (median of ratios)")
+                  f"peak {max(m for _, m in measured) / 2**20:6.0f} MiB  {ratios} (medians of per-round ratios)")
 
 
 if __name__ == "__main__":

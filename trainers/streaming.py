@@ -251,20 +251,40 @@ def write_table_file(tables: Iterable[pd.DataFrame], handle, kind: str) -> None:
     """The prediction tables as one file of `kind` (`output_format`) on the binary `handle`."""
     if kind == "parquet":
         return write_parquet(tables, handle)
-    import io
-
-    text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=False)
-    try:
-        write_csv(tables, text, "\t" if kind == "tsv" else ",")
-        text.flush()
-    finally:
-        text.detach()  # the caller owns `handle`
+    write_csv(tables, handle, "\t" if kind == "tsv" else ",")
 
 
 def write_csv(tables: Iterable[pd.DataFrame], handle, sep: str = ",") -> None:
-    """The prediction tables as one CSV on the text `handle`: the header once, then each table's rows."""
+    """The prediction tables as one CSV on the binary `handle`: the header once, then each table's rows.
+
+    Why Arrow's writer: pandas' `to_csv` was half the time of `toolkit predict` on a 1M-row CSV (3.7 of 7.4 s),
+    and a 20-line pyarrow script beat the toolkit 1.4-2.6x. The text is pandas' own but for numbers, Arrow's
+    shortest text of the same float32 (`6.1125434e-7` and `1`, where pandas wrote `6.1125434e-07` and `1.0`):
+    the header comes from pandas, missing probabilities are empty cells, and a chunk with a text cell that needs
+    quotes (a class or file name holding the separator, a quote or a line break) is written by pandas, which
+    quotes only that cell (Arrow quotes every text cell, or with "none" refuses the chunk).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    options = pacsv.WriteOptions(include_header=False, delimiter=sep, quoting_style="none")
     for i, table in enumerate(tables):
-        table.to_csv(handle, index=False, header=i == 0, sep=sep)
+        if i == 0:
+            handle.write(table.iloc[:0].to_csv(index=False, sep=sep).encode("utf-8"))
+        try:
+            arrow = pa.Table.from_pandas(table, preserve_index=False)  # NaN -> null: an empty cell, as pandas
+        except (pa.ArrowException, TypeError, ValueError):  # a column Arrow cannot type (mixed objects)
+            arrow = None
+        if arrow is not None and len(arrow):
+            sink = pa.BufferOutputStream()
+            try:
+                pacsv.write_csv(arrow, sink, options)
+            except pa.ArrowInvalid:  # a cell that needs quotes ("none" refuses, rather than quote them all)
+                arrow = None
+            else:
+                handle.write(sink.getvalue())
+        if arrow is None:
+            handle.write(table.to_csv(index=False, header=False, sep=sep).encode("utf-8"))
 
 
 def write_parquet(tables: Iterable[pd.DataFrame], handle) -> None:
