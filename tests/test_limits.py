@@ -377,13 +377,15 @@ def test_labels_are_values_not_indices(tmp_path):
 
 
 def test_constant_feature_of_arrays_is_refused_not_divided_by_zero(tmp_path):
-    from trainers import load_data
+    from trainers import TrainConfig, load_data, train
 
     x = _x()
     x[:, 1] = 5.0
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
-    with pytest.raises(ToolkitError, match=r"feature column 1 of x is constant"):
-        load_data(tmp_path / "d.npz")
+    bundle = load_data(tmp_path / "d.npz")   # a user's own model takes the column as it is
+    assert list(bundle.constant_columns) == [1] and np.isfinite(bundle.x_train).all()
+    with pytest.raises(ToolkitError, match=r"feature column 1 of x is constant"):   # training refuses it
+        train(bundle, "mlp", TrainConfig(epochs=1), progress=False)
 
 
 def test_parameter_limit_can_be_raised(monkeypatch):
