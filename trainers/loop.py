@@ -298,7 +298,8 @@ def train_epoch(model, state: LoopState, tensors, options: LoopOptions, epoch: i
         n = len(batch.y)
         # A batch's mean loss counts for its real rows: the padding is one row of the last batch at most.
         loss_sum.add_(value.detach(), alpha=max(0, min(n, real - start)))
-        torch.argmax(logits[:n].detach(), 1, out=predictions[start:start + n])
+        scored = logits.detach() if len(logits) == n else logits[:n].detach()  # a view less when no rows were added
+        torch.argmax(scored, 1, out=predictions[start:start + n])
     correct = (predictions[:real] == y[order[:real]]).sum()
     # One device-to-host sync (and one all-reduce) per epoch, not per batch.
     figures = [loss_sum.item(), correct.item(), real, time.perf_counter() - tick]
