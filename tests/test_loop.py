@@ -181,3 +181,17 @@ def test_train_warns_when_the_model_never_left_chance(tmp_path):
     with toolkit_warnings() as said:
         train("iris", "mlp", TrainConfig(epochs=30, device="cpu"), progress=False)  # learns: no warning
     assert not any("never fell" in line for line in said)
+
+
+def test_training_accuracy_is_the_same_however_often_the_logits_are_argmaxed(iris, monkeypatch):
+    """`train_epoch` argmaxes the stashed logits every STASH_VALUES values: after every batch, every few batches or
+    once an epoch, the predictions (and the weights) are the same."""
+    data, tensors = iris
+    runs = []
+    for values in (1 << 18, 1, 100):
+        monkeypatch.setattr("trainers.loop.STASH_VALUES", values)
+        module = _model(data)
+        state = training_loop(module, tensors, LoopOptions(epochs=2, lr=3e-2, batch_size=16))
+        runs.append(([row["train_accuracy"] for row in state.history], module))
+    assert runs[0][0] == runs[1][0] == runs[2][0]
+    assert _same_weights(runs[0][1], runs[1][1]) and _same_weights(runs[0][1], runs[2][1])

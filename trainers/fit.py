@@ -32,8 +32,8 @@ from .data import DataBundle, absolute_source, load_data, refuse_constant_column
 from .env import environment, package_versions
 from .errors import ToolkitError, warn
 from .interrupts import Interrupts, TrainingInterrupted, held_interrupts
-from .loop import (EVAL_BATCH, SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, autocast, chance_loss, evaluate,
-                   in_memory, left_chance, rows, split_tensors, training_loop)
+from .loop import (SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, chance_loss, evaluate,
+                   in_memory, left_chance, split_tensors, training_loop)
 from .models import build_model, config_dict, get_family, make_config
 from .progress import ConsoleProgress, ProgressCallback, reporter
 from .rundir import RunDir
@@ -352,14 +352,12 @@ def _package_versions() -> dict:
 
 
 def _final_metrics(module, tensors, amp_dtype, class_names) -> dict:
-    metrics = {}
-    for split in ("train", "val", "test"):
-        loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype)
+    metrics, batches = {}, []
+    for split in ("train", "val", "test"):  # the test pass also gives the confusion matrix's predictions
+        loss, acc = evaluate(module, tensors[f"x_{split}"], tensors[f"y_{split}"], amp_dtype,
+                             predictions=batches if split == "test" else None)
         metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = round(loss, 6), round(acc, 6)
-    device, x_test = tensors["y_test"].device, tensors["x_test"]
-    with torch.inference_mode(), autocast(device, amp_dtype):  # in batches: the activations of a large split add up
-        predicted = np.concatenate([module(rows(x_test, slice(i, i + EVAL_BATCH), device)).argmax(1).cpu().numpy()
-                                    for i in range(0, max(len(x_test), 1), EVAL_BATCH)])
+    predicted = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
     truth = tensors["y_test"].cpu().numpy()
     k = len(class_names)
     # scikit-learn's confusion_matrix and precision_recall_fscore_support(zero_division=0), without their overhead.
