@@ -149,13 +149,13 @@ def csv_chunks(path: Path, table: dict, sep: str | None, rows: int) -> Iterator[
         raise Unstreamable() from None
     used = {step["column"] for step in table["steps"]}
     wide = {step["column"] for step in table["steps"] if "offset" in step}
-    keep = [(raw, name, column_plan(kind)[1]) for (raw, kind), name in zip(inferred, column_names(path, [n for n, _ in inferred]))
-            if name in used]
+    names = column_names(path, [n for n, _ in inferred])
+    keep = [(raw, name, column_plan(kind)[1]) for (raw, kind), name in zip(inferred, names) if name in used]
     if not keep:
         raise Unstreamable()
     try:
         stream = open_stream(path, sep, nulls, {raw: kind for raw, _, kind in keep if kind is not None}, ragged,
-                       include=[raw for raw, _, _ in keep])
+                             include=[raw for raw, _, _ in keep])
     except (pa.ArrowException, OSError):
         raise Unstreamable() from None
 
