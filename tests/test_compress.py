@@ -130,8 +130,11 @@ def test_int8_keeps_layers_fp32_until_it_agrees(method, models, digits):
     torch.manual_seed(0)
     fragile = _fragile(models["mlp"])
     func = get_method(method, "mlp").func
-    # one configuration (the search over configurations has its own tests): the fallback alone is compared
-    grid = {"formats": ("qdq",), "calibrations": ("minmax",), "per_channel": (True,)} if method == "int8-static" else {}
+    # one configuration (the search over configurations has its own tests): the fallback alone is compared; no
+    # lean or fast twin (the fast one is offered where a timing puts the choice 5% behind: on a busy machine, by
+    # chance)
+    grid = ({"formats": ("qdq",), "calibrations": ("minmax",), "per_channel": (True,), "lean": False, "fast": False}
+            if method == "int8-static" else {})
     (plain,) = func(fragile, digits, min_agreement=0.0, **grid)
     (tuned,) = func(fragile, digits, min_agreement=0.99, **grid)
     first = plain.measurements["agreement_check"]
