@@ -415,6 +415,8 @@ def shapley(ctx, x, targets, tolerance: Tolerance = 0.1, max_evaluations: Positi
                            groups=groups)
     estimate = {"standard_error": est.standard_error, "error_bound": est.error_bound, "steps": est.evaluations,
                 "error_dof": est.permutations // 2 - 1}      # independent draws: antithetic pairs
+    if est.permutations.min() < 4:   # one pair: no variance to estimate, so no error bar (as `_replicated`)
+        estimate = {"steps": est.evaluations}
     if n_permutations is None:
         estimate.update(converged=est.converged, tolerance=tolerance)
     return est.values, ctx.reference_at_baseline(targets), None, estimate

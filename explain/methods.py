@@ -80,8 +80,9 @@ class Attribution:
         4-16 draws behind a value: see docs/results.md, "Per-value intervals". ValueError for a method without
         error bars."""
         if self.standard_error is None:
-            raise ValueError(f"{self.method} gives no standard errors, so no intervals; a sampled method does "
-                             "(shapley, or a library's estimator run as replicates)")
+            raise ValueError(f"{self.method} gives no standard errors here, so no intervals; a sampled method does "
+                             "where it has two independent draws or more (shapley from 3 permutations, or a "
+                             "library's estimator run as replicates)")
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
         from scipy.stats import norm, t

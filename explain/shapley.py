@@ -49,8 +49,9 @@ class ShapleyEstimate:
 
     Attributes:
         values: (N, *shape) estimates; each sample sums to f(x)[t] - f(baseline)[t].
-        standard_error: (N, *shape) standard error of each value.
-        error_bound: (N,) relative error ||estimate - exact|| / ||estimate|| at 95% confidence.
+        standard_error: (N, *shape) standard error of each value; NaN with one antithetic pair (n_permutations
+            1 or 2): one draw estimates no variance.
+        error_bound: (N,) relative error ||estimate - exact|| / ||estimate|| at 95% confidence; inf with one pair.
         evaluations: (N,) model rows spent on each sample.
         permutations: (N,) permutations walked for each sample.
         converged: (N,) error_bound <= tolerance (all True for a fixed permutation count).
@@ -155,10 +156,11 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
             draws[i] = np.concatenate([draws[i], pair_means[j]])
         pairs = np.array([len(d) for d in draws])
         values = np.stack([d.mean(0) for d in draws])
-        se = np.stack([d.std(0, ddof=1) if len(d) > 1 else np.zeros(g) for d in draws]) / np.sqrt(pairs)[:, None]
+        # one pair is one draw: its spread is unknown, not zero (a zero error claimed exact values, 1-7% off)
+        se = np.stack([d.std(0, ddof=1) if len(d) > 1 else np.full(g, np.nan) for d in draws]) / np.sqrt(pairs)[:, None]
         values, se, weight = _spread(values, se, flat_x, flat_b, members, group_of, groups is not None)
         bound = draws_error_bound([d * w for d, w in zip(draws, weight)], values) if pairs.min() > 1 \
-            else relative_error_bound(values, se)
+            else np.full(n, np.inf)
         if tolerance is None:
             still = pairs[active] < cap_pairs
         else:
