@@ -118,6 +118,22 @@ def test_error_bound_from_correlated_draws_keeps_its_confidence_where_the_diagon
     assert (error <= diagonal).mean() < 0.85
 
 
+def test_replicates_error_bound_reads_their_full_covariance_and_keeps_its_confidence():
+    """A library's estimator run as 4 replicates whose values share one strong common factor (a sample's values
+    sum to one total): the relative error bound covers the true error at about 95%, where the per-value
+    (diagonal) form covered 0.74 here and 0.89-0.93 on shapley_sampling against exact values."""
+    from explain.library import _replicated
+
+    rng = np.random.default_rng(0)
+    g, n = 20, 1000
+    truth = rng.normal(size=(n, g)) * 3.0
+    chol = np.linalg.cholesky(0.05 * np.eye(g) + 0.95 * np.ones((g, g)))
+    values, estimate = _replicated(lambda r, k: truth + rng.normal(size=(n, g)) @ chol.T / np.sqrt(k), 16)
+    error = np.linalg.norm(values - truth, axis=1) / np.linalg.norm(values, axis=1)
+    assert (estimate["error_dof"] == 3).all()
+    assert 0.92 <= (error <= estimate["error_bound"]).mean() <= 0.99
+
+
 def test_black_box_passes_run_in_an_onnx_runtime_twin_that_matches_pytorch(iris_model):
     from explain.methods import COMPILE_ROWS, Context, default_baseline
 
