@@ -141,6 +141,32 @@ def test_drift_status_reads_the_interval_and_names_a_swapped_top_feature():
     assert empty["status"] == "uninformative" and not empty["flag"]
 
 
+def test_drift_on_too_few_samples_is_uncertain_with_its_reason_and_no_flag():
+    """One sample gave zero-width intervals, and 2-4 a percentile bootstrap far narrower than 95%: "drifted" and a
+    flag came from one sample. Below `MIN_DRIFT_SAMPLES` the row is uncertain and says why; from it, the same
+    swap of the top input reads drifted."""
+    from explain.compare import MIN_DRIFT_SAMPLES
+
+    rng = np.random.default_rng(0)
+    a = np.abs(rng.normal(size=(MIN_DRIFT_SAMPLES, 20))) * 0.1
+    a[:, 0] += 5.0
+    b = a.copy()
+    b[:, [0, 7]] = b[:, [7, 0]]
+
+    def attr(values):
+        n = len(values)
+        return Attribution(values, "saliency", "saliency", "torch", np.zeros(20), np.zeros(n, int), np.zeros(n))
+
+    for n in (1, 4, MIN_DRIFT_SAMPLES - 1):
+        row = drift_row("v", attr(a[:n]), attr(b[:n]), accuracy=0.9, original_accuracy=0.9, noise_floor_topk=None,
+                        random_floor_topk=None)
+        assert row["status"] == "uncertain" and not row["flag"], (n, row["verdict"])
+        assert f"only {n} sample" in row["verdict"] and "too few" in row["verdict"]
+    enough = drift_row("v", attr(a), attr(b), accuracy=0.9, original_accuracy=0.9, noise_floor_topk=None,
+                       random_floor_topk=None)
+    assert enough["status"] == "drifted" and enough["flag"]
+
+
 # ---------------------------------------------------------------- sanity check
 
 
