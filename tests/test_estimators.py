@@ -353,13 +353,13 @@ def test_lime_attributes_each_interpretable_feature(shape):
 # ---------------------------------------------------------------- schema
 
 
-def test_explain_schema_5_round_trips_and_earlier_versions_are_read(tmp_path):
+def test_explain_schema_6_round_trips_and_earlier_versions_are_read(tmp_path):
     from fake_runs import write_explain
     from trainers.schema import QualityV2
 
     write_explain(tmp_path)
     written = json.loads((tmp_path / "result.json").read_text())
-    assert written["schema_version"] == 5
+    assert written["schema_version"] == 6
     q = next(iter(written["quality"].values()))
     q.update(estimated_error=0.04, estimated_error_max=0.09, standard_error=0.02, unconverged=3, tolerance=0.1,
              completeness_error_max=0.0, completeness_over_tolerance=0.0)
@@ -387,7 +387,7 @@ def test_explain_stage_writes_error_bars_and_convergence(iris_model, iris, tmp_p
     result = explain.explain_model(iris_model, iris, methods=["shapley", "integrated_gradients", "lime"], samples=6,
                                    out=tmp_path / "run")
     written = read_result(tmp_path / "run" / "result.json", "explain")
-    assert isinstance(written, ExplainResultFile) and written.schema_version == 5
+    assert isinstance(written, ExplainResultFile) and written.schema_version == 6
     shapley, ig, lime = (written.quality[m] for m in ("shapley", "integrated_gradients", "lime"))
     assert shapley.estimated_error is not None and shapley.unconverged is not None and shapley.tolerance == 0.1
     assert shapley.verdicts[0].startswith("estimated error")

@@ -585,21 +585,31 @@ def test_explain_results_of_versions_2_to_5_are_read(trained):
         ExplainResultFileV3,
         ExplainResultFileV4,
         QualityV2,
+        ExplainResultFileV5,
         QualityV4,
+        QualityV5,
         SanityCheckV3,
         parse_result,
     )
 
     model, bundle = trained
     current = explain.explain_model(model, bundle, methods=["saliency"], samples=4).to_dict()
-    assert isinstance(parse_result(current, "r", "explain"), ExplainResultFile) and current["schema_version"] == 5
+    assert isinstance(parse_result(current, "r", "explain"), ExplainResultFile) and current["schema_version"] == 6
     assert {r["target"] for r in current["runs"]} == {"predicted class"}
-    v4 = json.loads(json.dumps(current))
+    assert all(q["faithfulness"]["verdict"] in ("better", "inconclusive", "no better")
+               for q in current["quality"].values())
+    v5 = json.loads(json.dumps(current))
+    v5["schema_version"] = 5
+    v5["quality"] = {m: {k: v for k, v in q.items() if k in QualityV5.model_fields} for m, q in v5["quality"].items()}
+    assert isinstance(parse_result(v5, "r", "explain"), ExplainResultFileV5)
+    with pytest.raises(ToolkitError, match="faithfulness: unknown field"):
+        parse_result({**v5, "quality": current["quality"]}, "r", "explain")
+    v4 = json.loads(json.dumps(v5))
     v4["schema_version"] = 4
     v4["quality"] = {m: {k: v for k, v in q.items() if k in QualityV4.model_fields} for m, q in v4["quality"].items()}
     assert isinstance(parse_result(v4, "r", "explain"), ExplainResultFileV4)
     with pytest.raises(ToolkitError, match="noise_floor_cosine: unknown field"):
-        parse_result({**v4, "quality": current["quality"]}, "r", "explain")
+        parse_result({**v4, "quality": v5["quality"]}, "r", "explain")
     v3 = json.loads(json.dumps(v4))
     v3["schema_version"] = 3
     v3["runs"] = [{k: v for k, v in r.items() if k in AttributionRunV3.model_fields} for r in current["runs"]]

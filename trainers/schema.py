@@ -507,11 +507,34 @@ class QualityV4(QualityV3):
     sanity: SanityCheck | None = None
 
 
-class Quality(QualityV4):
+class QualityV5(QualityV4):
     """Version 5: the mean signed cosine of two seeds' attributions (sampled methods; None for deterministic),
     the noise floor of the drift table's cosine test."""
 
     noise_floor_cosine: float | None = None
+
+
+class Faithfulness(Record):
+    """`explain.quality.faithfulness`: the map's insertion minus deletion AUC (`gap`, mean over samples) against
+    the stronger `reference` of a random order (`random_gap`) and the input-only order (`input_only_gap`), the
+    mean per-sample `difference` with its 95% interval, and the `verdict` against `margin`."""
+
+    verdict: Literal["better", "inconclusive", "no better"]
+    reason: str
+    reference: str
+    gap: float
+    random_gap: float
+    input_only_gap: float
+    difference: float
+    difference_lo: float | None
+    difference_hi: float | None
+    margin: float
+
+
+class Quality(QualityV5):
+    """Version 6: the faithfulness verdict (`Faithfulness`; None where deletion/insertion was not measured)."""
+
+    faithfulness: Faithfulness | None = None
 
 
 class DriftRow(Record):
@@ -609,12 +632,20 @@ class ExplainResultFileV4(ExplainResultFileV3):
     quality: dict[str, QualityV4]
 
 
-class ExplainResultFile(ExplainResultFileV4):
+class ExplainResultFileV5(ExplainResultFileV4):
     """Version 5: drift decided by three tests (`DriftRow.decided_by`: the top-k overlap, the cosine against its
     own noise floor `Quality.noise_floor_cosine`, the original's top inputs' shares in `FeatureRank`), and the
     share of explained samples a variant classifies differently (`DriftRow.changed_predictions`)."""
 
     schema_version: Literal[5] = 5
+    quality: dict[str, QualityV5]
+
+
+class ExplainResultFile(ExplainResultFileV5):
+    """Version 6: each method's faithfulness verdict (`Quality.faithfulness`): its deletion/insertion curves read
+    against random and input-only orders, so a map on the wrong inputs fails."""
+
+    schema_version: Literal[6] = 6
     quality: dict[str, Quality]
 
 
@@ -665,14 +696,15 @@ class PipelineFile(Record):
 # ---------------------------------------------------------------- reading
 
 ResultFile = (TrainResultFileV1 | TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFileV5 | CompressResultFileV6 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
-              | ExplainResultFileV3 | ExplainResultFileV4 | ExplainResultFile | PipelineFileV1 | PipelineFile)
+              | ExplainResultFileV3 | ExplainResultFileV4 | ExplainResultFileV5 | ExplainResultFile | PipelineFileV1
+              | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFileV1, 2: TrainResultFile},
     "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFileV4,
                  5: CompressResultFileV5, 6: CompressResultFileV6, 7: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFileV3, 4: ExplainResultFileV4,
-                5: ExplainResultFile},
+                5: ExplainResultFileV5, 6: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},
 }
 
