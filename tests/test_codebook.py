@@ -187,6 +187,27 @@ def test_hostile_deflated_streams_are_refused_within_a_bounded_allocation(case):
     assert "\n" not in str(error.value) and peak < 4 << 20
 
 
+def test_a_stream_of_no_symbols_cannot_carry_a_bomb():
+    """A file whose tensors are all dense stores no gap symbols: a deflated gap stream there is bounded to none
+    (zlib reads a bound of 0 as no bound at all)."""
+    state = {"b.weight": _state()["b.weight"]}
+    stored = CODEC.encode(state)
+    index, header = _index(stored)
+    bomb = _deflate(bytes(64 << 20))
+    header["streams"]["gaps"] = {"coding": "deflate", "bytes": len(bomb)}
+    stored[CODEBOOK_PREFIX + "streams"] = torch.frombuffer(bytearray(bytes(stored[CODEBOOK_PREFIX + "streams"].numpy())
+                                                                     + bomb), dtype=torch.uint8)
+    _write_index(stored, index, header)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="inflates past the 0 bytes"):
+            CODEC.decode(stored, _shapes(state))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
 @pytest.mark.parametrize("index, match", [
     (bytes([CODEBOOK_FORMAT]) + _deflate(b" " * (64 << 20)), "inflates past"),
     (bytes([CODEBOOK_FORMAT]) + _deflate(json.dumps({"tensors": []}).encode())[:-2], "truncated|not a valid"),

@@ -357,12 +357,12 @@ def _inflate(data: bytes, size: int, what: str, exact: bool = True) -> bytes:
     """Raw-deflated `data`, never inflated past `size` bytes (a few bytes of a crafted file could otherwise ask
     for gigabytes); refused unless it ends there (`exact`) or before, with nothing after its end."""
     unpacker = zlib.decompressobj(wbits=-15)
-    try:
-        out = unpacker.decompress(data, size)
-        if not unpacker.eof and len(out) == size and unpacker.decompress(unpacker.unconsumed_tail, 1):
-            raise ValueError(f"codebook {what} inflates past the {size} bytes the index allows")
+    try:  # one byte over the bound tells a longer stream from one that ends there (and 0 would mean no bound)
+        out = unpacker.decompress(data, size + 1)
     except zlib.error as exc:
         raise ValueError(f"codebook {what} is not a valid deflate stream ({exc})") from None
+    if len(out) > size:
+        raise ValueError(f"codebook {what} inflates past the {size} bytes the index allows")
     if not unpacker.eof:
         raise ValueError(f"codebook {what} is truncated: its deflate stream does not end")
     if unpacker.unused_data or (exact and len(out) != size):
