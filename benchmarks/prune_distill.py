@@ -14,8 +14,10 @@ storage, size ratio against the fp32 dense file (target >= 20x, <= 0.5 points).
 centroids (`sparse-codebook`, target >= 50x at <= 0.5 points; `--storage-epochs`, default 100, fine-tune
 epochs a round), the shared ones fine-tuned on the labels and,
 side by side, distilling from the model they start from (the structured-pruned one: `teacher=True`), at
-`--storage-sparsity` (default 0.87: 51.9x with shared weights, where 0.9 gives 58.6x and lost more accuracy:
-mean drop 0.0 against 0.5 points over 16 seeds, docs/results.md). The summary gives each recipe's mean,
+`--storage-sparsity` (default 0.87: 59.0-59.4x with shared weights since the codec entropy-codes its streams,
+51.6-52.0x before; 0.9 lost more accuracy, and the headroom spent on 0.84 (52.9-53.6x) or 0.85 (54.5-55.2x) did
+not buy it back: mean drops 0.38 (5 of 8 seeds within 0.5) and 0.67 (seeds 0-6, 4 of 7) against 0.17 (5 of 8) at
+0.87 on seeds 0-7; docs/results.md). The summary gives each recipe's mean,
 median and worst drop, the seeds within 0.5 points, and the teachers' own seed-to-seed spread of accuracy.
 """
 

@@ -10,6 +10,7 @@ so `trainers.load_model` can read every artifact without importing `compress`.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -214,15 +215,32 @@ register_codec("sparse-int8", lambda t: _encode_sparse(t, int8=True),
 # values (a compression method clusters them, e.g. k-means) is stored as its codebook (float32) plus one
 # 4-bit index per stored value. A mostly-zero tensor stores only its non-zeros; their positions are 4-bit
 # gaps (g in 0..14: the next value is g + 1 elements on; 15: move 15 on, no value), as Deep Compression's
-# relative indices. Nibbles are packed two to a byte, low nibble first. The codec is exact: it stores the
-# values it is given and refuses nothing (other tensors are stored as they are). Four entries hold every
-# encoded tensor: `__codebook__.index` (JSON as uint8: name, shape, dtype, count, gaps, k), `.codebooks`,
-# `.indices` and `.gaps`. No library packs nibbles or writes this layout into safetensors, hence by hand.
+# relative indices. The codec is exact: it stores the values it is given and refuses nothing (other tensors
+# are stored as they are). No library writes this layout into safetensors, hence by hand.
+#
+# Format 1 (files written before entropy coding; still read): `__codebook__.index` is the JSON list of entries
+# (name, shape, dtype, count, gaps, k), `.codebooks`, and `.indices` and `.gaps` with the symbols packed two
+# nibbles to a byte, low nibble first.
+# Format 2 (written now), Deep Compression's third stage: `__codebook__.index` is one byte, the format (2; a
+# format-1 index is JSON and starts with `[`), then the raw-deflated JSON {"tensors": [entries], "streams":
+# {"indices": {"coding", "bytes"}, "gaps": {...}}}; `.streams` holds the index then the gap symbols, each coded
+# as the index says: "deflate" (one symbol a byte, raw deflate with Huffman coding only) or "nibbles" (packed, as
+# format 1, where deflate would not be smaller). Measured on the digits MLP at 87% sparsity (seed 0): deflating
+# the JSON index saves 354 of its 512 bytes; the symbols' zeroth-order entropy is only 6% (indices: k-means with
+# linear initialisation uses the 16 codes nearly evenly) and 9% (gaps) under 4 bits, and Huffman-only deflate of
+# one symbol a byte (1164 / 1213 bytes for 1203 / 1300 packed) came within 3% of it: as small as raw LZMA2 of
+# the packed nibbles (1167 / 1213), smaller than deflate with string matching (1298 / 1371), bz2 (1251 / 1352)
+# or deflating the packed bytes (1195 / 1252); a hand-written Huffman coder could save at most the 3% more, so
+# zlib it is. One `.streams` tensor, not two, saves a safetensors header entry. The whole file: 3951 -> 3434
+# bytes (51.6x -> 59.4x). Every decompression is bounded by the size the index gives.
 
 CODEBOOK_PREFIX = "__codebook__."
 CODEBOOK_SIZE = 16
 _NIBBLE_ESCAPE = 15
 _MIN_CODEBOOK_ELEMENTS = 2 * CODEBOOK_SIZE  # smaller tensors: the codebook would not pay for itself
+CODEBOOK_FORMAT = 2  # the format written; 1 is still read
+_MAX_CODEBOOK_INDEX_BYTES = 1 << 22  # a deflated format-2 index may not inflate past this (about 30,000 tensors)
+_STREAMS = ("indices", "gaps")
 
 
 def _pack_nibbles(values: np.ndarray) -> np.ndarray:
@@ -272,7 +290,8 @@ def _codebook_candidate(tensor: torch.Tensor) -> tuple[np.ndarray, bool] | None:
     return (book, sparse) if 0 < len(book) <= CODEBOOK_SIZE else None
 
 
-def _encode_codebook(tensors: StateDict) -> StateDict:
+def _codebook_symbols(tensors: StateDict) -> tuple[StateDict, list[dict], list[np.ndarray], dict[str, np.ndarray]]:
+    """(tensors stored as they are, index entries, codebooks, the "indices" and "gaps" symbol streams)."""
     out: StateDict = {}
     index, books, indices, gaps = [], [], [], []
     for name, tensor in tensors.items():
@@ -291,12 +310,79 @@ def _encode_codebook(tensors: StateDict) -> StateDict:
         gaps.append(symbols)
         index.append({"name": name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", ""),
                       "count": int(len(positions)), "gaps": int(len(symbols)), "k": int(len(book))})
-    if index:
-        out[CODEBOOK_PREFIX + "index"] = torch.frombuffer(bytearray(json.dumps(index).encode()), dtype=torch.uint8)
-        out[CODEBOOK_PREFIX + "codebooks"] = torch.from_numpy(np.concatenate(books))
-        out[CODEBOOK_PREFIX + "indices"] = torch.from_numpy(_pack_nibbles(np.concatenate(indices)))
-        out[CODEBOOK_PREFIX + "gaps"] = torch.from_numpy(_pack_nibbles(np.concatenate(gaps)))
+    streams = {"indices": np.concatenate(indices) if index else None, "gaps": np.concatenate(gaps) if index else None}
+    return out, index, books, streams
+
+
+def _uint8(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+
+
+def _deflate(data: bytes, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> bytes:
+    """Raw deflate (no zlib header or checksum: the file's sha256 in model.json guards the bytes)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, strategy)
+    return packer.compress(data) + packer.flush()
+
+
+def _code_stream(symbols: np.ndarray) -> tuple[str, bytes]:
+    """The smaller of the stream's two codings: Huffman-only deflate of one symbol a byte, or packed nibbles
+    (a short or evenly spread stream, where deflate's code table does not pay for itself)."""
+    deflated, packed = _deflate(symbols.astype(np.uint8).tobytes(), zlib.Z_HUFFMAN_ONLY), _pack_nibbles(symbols)
+    return ("deflate", deflated) if len(deflated) < len(packed) else ("nibbles", packed.tobytes())
+
+
+def _encode_codebook(tensors: StateDict, version: int = CODEBOOK_FORMAT) -> StateDict:
+    """Encode in format `version` (2, entropy coded; 1, the earlier packed nibbles, kept to test that such files
+    still load)."""
+    out, index, books, streams = _codebook_symbols(tensors)
+    if not index:
+        return out
+    out[CODEBOOK_PREFIX + "codebooks"] = torch.from_numpy(np.concatenate(books))
+    if version == 1:
+        out[CODEBOOK_PREFIX + "index"] = _uint8(json.dumps(index).encode())
+        for name in _STREAMS:
+            out[CODEBOOK_PREFIX + name] = torch.from_numpy(_pack_nibbles(streams[name]))
+        return out
+    if version != CODEBOOK_FORMAT:
+        raise ValueError(f"codebook format {version} is not one this codec writes (1 or {CODEBOOK_FORMAT})")
+    coded = {name: _code_stream(streams[name]) for name in _STREAMS}
+    header = {"tensors": index, "streams": {name: {"coding": c, "bytes": len(b)} for name, (c, b) in coded.items()}}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    out[CODEBOOK_PREFIX + "index"] = _uint8(bytes([CODEBOOK_FORMAT]) + _deflate(text))
+    out[CODEBOOK_PREFIX + "streams"] = _uint8(b"".join(b for _, b in coded.values()))
     return out
+
+
+def _inflate(data: bytes, size: int, what: str, exact: bool = True) -> bytes:
+    """Raw-deflated `data`, never inflated past `size` bytes (a few bytes of a crafted file could otherwise ask
+    for gigabytes); refused unless it ends there (`exact`) or before, with nothing after its end."""
+    unpacker = zlib.decompressobj(wbits=-15)
+    try:  # one byte over the bound tells a longer stream from one that ends there (and 0 would mean no bound)
+        out = unpacker.decompress(data, size + 1)
+    except zlib.error as exc:
+        raise ValueError(f"codebook {what} is not a valid deflate stream ({exc})") from None
+    if len(out) > size:
+        raise ValueError(f"codebook {what} inflates past the {size} bytes the index allows")
+    if not unpacker.eof:
+        raise ValueError(f"codebook {what} is truncated: its deflate stream does not end")
+    if unpacker.unused_data or (exact and len(out) != size):
+        raise ValueError(f"codebook {what} holds {len(out)} bytes and {len(unpacker.unused_data)} after its end, "
+                         f"where the index says {size}")
+    return out
+
+
+def _decode_stream(name: str, coding, data: bytes, count: int) -> np.ndarray:
+    """`count` symbols from one format-2 stream."""
+    if coding == "nibbles":
+        if len(data) != (count + 1) // 2:
+            raise ValueError(f"codebook {name} stream: {len(data)} bytes of nibbles for {count} symbols")
+        return _unpack_nibbles(np.frombuffer(data, np.uint8), count)
+    if coding == "deflate":
+        symbols = np.frombuffer(_inflate(data, count, f"{name} stream"), np.uint8)
+        if count and int(symbols.max()) > _NIBBLE_ESCAPE:
+            raise ValueError(f"codebook {name} stream holds a symbol past 4 bits ({int(symbols.max())})")
+        return symbols
+    raise ValueError(f"codebook {name} stream: unknown coding {str(coding)[:40]!r}")
 
 
 def _codebook_entry(entry, shapes: dict | None) -> tuple[str, list, str, int, int, int]:
@@ -321,36 +407,78 @@ def _codebook_entry(entry, shapes: dict | None) -> tuple[str, list, str, int, in
     return name, shape, dtype, count, n_gaps, k
 
 
+def _codebook_streams_v1(index, tensors: StateDict, shapes: dict | None):
+    """Format 1: (checked entries, index symbols, gap symbols) from the JSON list and the packed nibbles."""
+    if not isinstance(index, list):
+        raise ValueError("codebook index is not a list")
+    packed_indices, packed_gaps = (tensors[CODEBOOK_PREFIX + k] for k in _STREAMS)  # KeyError if missing
+    if any(t.dtype != torch.uint8 or t.dim() != 1 for t in (packed_indices, packed_gaps)):
+        raise ValueError("codebook index, indices and gaps must be 1-D uint8 tensors")
+    entries = [_codebook_entry(e, shapes) for e in index]
+    n_values, n_gaps = sum(e[3] for e in entries), sum(e[4] for e in entries)
+    if len(packed_indices) != (n_values + 1) // 2 or len(packed_gaps) != (n_gaps + 1) // 2:
+        raise ValueError(f"codebook streams disagree with the index: {len(packed_indices)} index bytes for "
+                         f"{n_values} values, {len(packed_gaps)} gap bytes for {n_gaps} symbols")
+    return (entries, _unpack_nibbles(packed_indices.numpy(), n_values), _unpack_nibbles(packed_gaps.numpy(), n_gaps))
+
+
+def _codebook_streams_v2(header, tensors: StateDict, shapes: dict | None):
+    """Format 2: (checked entries, index symbols, gap symbols) from the inflated header and `.streams`."""
+    streams = header.get("streams") if isinstance(header, dict) else None
+    if not isinstance(header, dict) or not isinstance(header.get("tensors"), list) or not isinstance(streams, dict) \
+            or not all(isinstance(streams.get(k), dict) and isinstance(streams[k].get("bytes"), int)
+                       and streams[k]["bytes"] >= 0 for k in _STREAMS):
+        raise ValueError("malformed codebook index: it needs a list of tensors and the bytes of each stream")
+    data = tensors[CODEBOOK_PREFIX + "streams"]  # KeyError if missing
+    if data.dtype != torch.uint8 or data.dim() != 1:
+        raise ValueError("codebook streams must be a 1-D uint8 tensor")
+    entries = [_codebook_entry(e, shapes) for e in header["tensors"]]
+    sizes = [streams[k]["bytes"] for k in _STREAMS]
+    if sum(sizes) != len(data):
+        raise ValueError(f"codebook streams disagree with the index: {len(data)} bytes where it says {sum(sizes)}")
+    raw = data.numpy().tobytes()
+    counts = (sum(e[3] for e in entries), sum(e[4] for e in entries))
+    codes = _decode_stream("indices", streams["indices"].get("coding"), raw[:sizes[0]], counts[0])
+    symbols = _decode_stream("gaps", streams["gaps"].get("coding"), raw[sizes[0]:], counts[1])
+    return entries, codes, symbols
+
+
 def _decode_codebook(tensors: StateDict, shapes: dict | None = None) -> StateDict:
     out = {k: v for k, v in tensors.items() if not k.startswith(CODEBOOK_PREFIX)}
     if not any(k.startswith(CODEBOOK_PREFIX) for k in tensors):
         return out
-    index_raw, books, packed_indices, packed_gaps = (tensors[CODEBOOK_PREFIX + k]  # KeyError if missing
-                                                     for k in ("index", "codebooks", "indices", "gaps"))
-    if any(t.dtype != torch.uint8 or t.dim() != 1 for t in (index_raw, packed_indices, packed_gaps)):
-        raise ValueError("codebook index, indices and gaps must be 1-D uint8 tensors")
+    index_raw, books = (tensors[CODEBOOK_PREFIX + k] for k in ("index", "codebooks"))  # KeyError if missing
+    if index_raw.dtype != torch.uint8 or index_raw.dim() != 1:
+        raise ValueError("codebook index must be a 1-D uint8 tensor")
     if books.dtype != torch.float32 or books.dim() != 1:
         raise ValueError(f"codebooks must be a 1-D float32 tensor, found {books.dtype} {tuple(books.shape)}")
-    index = json.loads(bytes(index_raw.numpy().tobytes()).decode("utf-8"))
-    if not isinstance(index, list):
-        raise ValueError("codebook index is not a list")
-    entries = [_codebook_entry(e, shapes) for e in index]
-    n_values, n_gaps = sum(e[3] for e in entries), sum(e[4] for e in entries)
-    if (sum(e[5] for e in entries) != len(books) or len(packed_indices) != (n_values + 1) // 2
-            or len(packed_gaps) != (n_gaps + 1) // 2):
-        raise ValueError(f"codebook streams disagree with the index: {len(books)} codes, {len(packed_indices)} index "
-                         f"bytes for {n_values} values, {len(packed_gaps)} gap bytes for {n_gaps} symbols")
-    codes = _unpack_nibbles(packed_indices.numpy(), n_values)
-    symbols = _unpack_nibbles(packed_gaps.numpy(), n_gaps)
+    raw = index_raw.numpy().tobytes()
+    if raw[:1] == bytes([CODEBOOK_FORMAT]):
+        header = json.loads(_inflate(raw[1:], _MAX_CODEBOOK_INDEX_BYTES, "index", exact=False).decode("utf-8"))
+        entries, codes, symbols = _codebook_streams_v2(header, tensors, shapes)
+    elif raw.lstrip()[:1] == b"[":
+        entries, codes, symbols = _codebook_streams_v1(json.loads(raw.decode("utf-8")), tensors, shapes)
+    else:
+        raise ValueError(f"codebook index of an unknown format (first byte {raw[:1]!r}; this codec reads 1 and "
+                         f"{CODEBOOK_FORMAT})")
+    if sum(e[5] for e in entries) != len(books):
+        raise ValueError(f"codebook streams disagree with the index: {len(books)} codes where it says "
+                         f"{sum(e[5] for e in entries)}")
+    return {**out, **_rebuild(entries, books.numpy(), codes, symbols, out)}
+
+
+def _rebuild(entries, books: np.ndarray, codes: np.ndarray, symbols: np.ndarray, stored: StateDict) -> StateDict:
+    """The tensors the checked entries describe, from their codebooks and the decoded symbol streams."""
+    out: StateDict = {}
     book_at = value_at = gap_at = 0
     for name, shape, dtype, count, gaps, k in entries:
-        if name in out:
+        if name in out or name in stored:
             raise ValueError(f"codebook tensor {name!r} is stored twice")
         numel = int(np.prod(shape, dtype=np.float64)) if shape else 1
         chunk = codes[value_at:value_at + count]
         if count and int(chunk.max()) >= k:
             raise ValueError(f"codebook tensor {name!r}: an index points past its {k} codes")
-        values = books[book_at:book_at + k].numpy()[chunk]
+        values = books[book_at:book_at + k][chunk]
         dense = np.zeros(numel, np.float32)
         if gaps:
             positions = _positions_from_gaps(symbols[gap_at:gap_at + gaps])
