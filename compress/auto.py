@@ -865,7 +865,8 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
                         f"its speed at batch {batch}, within the {LATENCY_TIE:.0%} tie" for v in resaved)
     if not eligible:
         return baseline, (f"no variant is within {max_drop} accuracy points, agrees with the original as required and "
-                          f"is faster than the original at batch 256 and batch 1, single thread: the original is kept{excluded}")
+                          f"is faster than the original at batch 256 and batch 1, single thread: the original is "
+                          f"kept{excluded}")
     p50 = {id(v): v.measurements["latency_ms"][setting]["p50"] for v in eligible}
     leader = min(eligible, key=lambda v: p50[id(v)])
     tied = [v for v in eligible if p50[id(v)] <= p50[id(leader)] * (1 + LATENCY_TIE)]
