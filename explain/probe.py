@@ -53,9 +53,9 @@ def describe(target) -> tuple[str | None, frozenset | None]:
 
 
 def probe_tags(model) -> frozenset:
-    """NO_INPUT_GRADIENT, UNALIGNED_GRID and/or REUSED_NONLINEARITY for a model with a PyTorch module and a spec (a `LoadedModel`); none
-    where the probe cannot run (no module, a forward pass that fails or returns no tensor): the method then meets
-    the model as before."""
+    """NO_INPUT_GRADIENT, UNALIGNED_GRID and/or REUSED_NONLINEARITY for a model with a PyTorch module and a spec
+    (a `LoadedModel`); none where the probe cannot run (no module, a forward pass that fails or returns no
+    tensor): the method then meets the model as before."""
     module, spec = getattr(model, "module", None), getattr(model, "spec", None)
     if not isinstance(module, nn.Module) or spec is None:
         return frozenset()
