@@ -78,8 +78,10 @@ def compress_command(
 def _with_auto_option(options: dict, name: str, value, methods) -> dict:
     """`options` with auto's option `name` set to `value` (from a flag); refused when auto is not run or the
     --options JSON sets it too."""
+    from compress.run import unused_option
+
     if methods and "auto" not in methods:
-        fail(f"{_flag(name, value)} is an option of auto, which this run does not use (--method {methods[0]})")
+        raise unused_option(_flag(name, value), "auto", methods)
     if name == "serving_batch":  # checked here to be named as typed; --options' auto.serving_batch by auto
         from compress.auto import ServingBatch
 

@@ -64,7 +64,7 @@ def train_command(
 
     On 4 GPUs: toolkit train digits --model cnn --nproc-per-node 4 (or the plain command under torchrun).
     """
-    from trainers import TrainConfig, TrainingInterrupted, default_run_dir, train
+    from trainers import TrainConfig, TrainingInterrupted, default_run_dir, make_config, train
     from trainers.distributed import LaunchOptions, env_context, refuse_unlaunched
     from trainers.errors import ToolkitError, interrupt_code
     from trainers.options import option_flags, parse
@@ -76,6 +76,7 @@ def train_command(
              "amp": amp or None, "model": parse_json_option(arch, "--arch") if arch is not None else None}
     config = parse(TrainConfig, {key: value for key, value in given.items() if value is not None},
                    flags=option_flags(given, model="--arch"))  # a bad value named as typed: `--epochs: ...`
+    make_config(model, config.model, "--arch")  # and a bad architecture: `--arch hidden.0: ...`
     out = out or default_run_dir("train", model)
     if nproc_per_node is not None:
         from trainers.distributed import launch_training

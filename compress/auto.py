@@ -843,7 +843,8 @@ def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseli
 def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: int = 256,
            by_batch: bool = False) -> tuple[Variant, str]:
     """The fastest variant at `batch` (one thread) passing the fidelity rule (`measure.judge`) that is not
-    slower than fp32; else the baseline.
+    slower than fp32; else the baseline. A user's ONNX graph re-saved is chosen only when it is LATENCY_TIE
+    faster than the graph as given (`_resaved_without_gain`).
 
     Among the variants whose single-thread p50 at `batch` is within `LATENCY_TIE` of the fastest, the best
     balance of speed at batch 256 and batch 1 and size wins (`_balance`): a difference that small at batch 256
@@ -858,9 +859,14 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
     drifted = [v for v in eligible if _drifted(v)]
     eligible = [v for v in eligible if not _drifted(v)]
     excluded = f"; {len(drifted)} excluded: attributions drifted ({', '.join(v.name for v in drifted)})" if drifted else ""
+    resaved = [v for v in eligible if _resaved_without_gain(v, baseline, setting)]
+    eligible = [v for v in eligible if all(v is not r for r in resaved)]
+    excluded += "".join(f"; {v.name} excluded: the given graph re-saved, {v.measurements['speedup'][setting]:.2f}x "
+                        f"its speed at batch {batch}, within the {LATENCY_TIE:.0%} tie" for v in resaved)
     if not eligible:
         return baseline, (f"no variant is within {max_drop} accuracy points, agrees with the original as required and "
-                          f"is faster than the fp32 original at batch 256 and batch 1, single thread: the original is kept{excluded}")
+                          f"is faster than the original at batch 256 and batch 1, single thread: the original is "
+                          f"kept{excluded}")
     p50 = {id(v): v.measurements["latency_ms"][setting]["p50"] for v in eligible}
     leader = min(eligible, key=lambda v: p50[id(v)])
     tied = [v for v in eligible if p50[id(v)] <= p50[id(leader)] * (1 + LATENCY_TIE)]
@@ -881,6 +887,16 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
               f"{agreement}{excluded}{_other_batch_hint(best, eligible, batch)}")
     return best, reason
 
+
+
+def _resaved_without_gain(variant: Variant, baseline: Variant, setting: str) -> bool:
+    """Whether `variant` is a user's ONNX graph re-saved (`onnx-fp32` on a graph given as it is: ONNX Runtime's
+    basic optimisations, which a session applies at load anyway, and the toolkit's rewrites) and not faster than
+    the graph as given by more than LATENCY_TIE at `setting`. Its file is the user's graph again: within the band
+    the choice reads as a tie it adds nothing, and an int8 graph's re-save was chosen at 1.00x."""
+    given_graph = baseline.model is not None and baseline.model.module is None
+    return (given_graph and variant.recipe.get("method") == "onnx-fp32"
+            and variant.measurements["speedup"][setting] < 1 + LATENCY_TIE)
 
 
 def _eligible(variants: list[Variant]) -> list[Variant]:

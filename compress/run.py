@@ -236,12 +236,16 @@ def check_request(methods, family, max_drop, options: dict | None = None, ratio=
             raise ToolkitError(f"option {own[0]} of {name} is compress's own: give it as {_SET_BY_COMPRESS[own[0]]}")
         check_method_options(name, _method_options(name, options, ratio))
     if ratio is not None and not any({"ratio", "prune_ratios"} & set(METHODS.options(name)) for name in methods):
-        raise ToolkitError(f"--ratio is an option of the prune methods and auto, which this run does not use "
-                           f"(--method {' '.join(methods)})")
+        raise unused_option("--ratio", "the prune methods and auto", methods)
     if budget_seconds is not None and "auto" not in methods:  # only auto's search has candidates to stop making
-        raise ToolkitError(f"--budget-seconds is an option of auto, which this run does not use "
-                           f"(--method {' '.join(methods)})")
+        raise unused_option("--budget-seconds", "auto", methods)
     return max_drop, ratio
+
+
+def unused_option(flag: str, takers: str, methods) -> ToolkitError:
+    """The refusal of `flag` where none of `methods` takes it (`takers` names those that do): accepted, it would
+    do nothing. One wording for every such flag (--ratio, --budget-seconds, --serving-batch, --one-model)."""
+    return ToolkitError(f"{flag} is an option of {takers}, which this run does not use (--method {' '.join(methods)})")
 
 
 def compress_model(model, data, *, methods=None, max_drop: float = CompressOptions.max_drop, out=None,

@@ -197,6 +197,7 @@ def layer_gradcam(ctx, x, targets, layer: Str | None = None):
 
 METHODS.get("layer_gradcam").input_gradients = False   # it differentiates a layer: the input may be tokens
 METHODS.get("layer_gradcam").grid = True
+METHODS.get("deeplift").module_rules = True   # its hooks keep one input and output per non-linearity module
 
 
 def _conv_layer(module: nn.Module, name: str | None) -> nn.Module:
@@ -322,6 +323,9 @@ def shap_deep(ctx, x, targets):
                                f"this model{f' (off by {float(gap.group(1)):.3g})' if gap else ''}: some layer "
                                f"(GELU, LayerNorm, attention, ...) has no DeepLIFT rule in shap; use {instead}") from None
     return _select(values, targets, len(x)), ctx.reference_at_baseline(targets), None
+
+
+METHODS.get("shap_deep").module_rules = True   # as deeplift: a reused ReLU failed its additivity, then Captum's
 
 
 @register_method("shap_gradient", library="shap", needs=("torch",), sampled=True, needs_background=True,

@@ -4,8 +4,10 @@ The capability tags of `trainers.models.capabilities` are read from the layer ty
 that decide whether a gradient method can run are not: whether the input reaches the output differentiably
 (integer tokens looked up in an nn.Embedding do not: Captum stopped with a raw RuntimeError), and whether the
 convolution Grad-CAM attributes works on the input's own trailing axes (a (64,) input reshaped to 8 x 8 inside,
-or a channels-last image permuted inside: the map was interpolated onto the wrong axes, or crashed). Both are
-read here by running the module once on two rows of its baseline, with hooks on its convolutions.
+or a channels-last image permuted inside: the map was interpolated onto the wrong axes, or crashed). Nor is
+whether one non-linearity module is called twice in forward, which DeepLIFT's per-module hooks cannot follow
+(Captum stopped with a RuntimeError). All three are read here by running the module once on two rows of its
+baseline, with hooks on its convolutions and non-linearities.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ GRID_UNALIGNED = ("the convolution's grid is not the input's own trailing axes (
                   "before it, e.g. a (F,) vector viewed as an image or a channels-last image), so its map cannot be "
                   "placed on the input; use integrated_gradients or a black-box method (shapley, occlusion)")
 GRADCAM_CONVS = (nn.Conv1d, nn.Conv2d)
+REUSED_NONLINEARITY = "reused-nonlinearity"
+# The modules DeepLIFT has a rule for (Captum's `deep_lift.SUPPORTED_NON_LINEAR`; shap's DeepExplainer hooks the
+# same): each hook keeps one input and one output per module, so a module called twice in forward breaks them.
+DEEPLIFT_RULES = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.MaxPool1d, nn.MaxPool2d,
+                  nn.MaxPool3d, nn.Softmax)
+NONLINEARITY_REUSED = ("one non-linearity module (e.g. a single nn.ReLU) is called more than once in forward, and "
+                       "DeepLIFT keeps one input and output per module (Captum stopped with a RuntimeError); give "
+                       "each use its own module, or use integrated_gradients or shap_gradient")
 
 
 def input_spatial(shape) -> tuple[int, ...]:
@@ -43,9 +53,9 @@ def describe(target) -> tuple[str | None, frozenset | None]:
 
 
 def probe_tags(model) -> frozenset:
-    """NO_INPUT_GRADIENT and/or UNALIGNED_GRID for a model with a PyTorch module and a spec (a `LoadedModel`); none
-    where the probe cannot run (no module, a forward pass that fails or returns no tensor): the method then meets
-    the model as before."""
+    """NO_INPUT_GRADIENT, UNALIGNED_GRID and/or REUSED_NONLINEARITY for a model with a PyTorch module and a spec
+    (a `LoadedModel`); none where the probe cannot run (no module, a forward pass that fails or returns no
+    tensor): the method then meets the model as before."""
     module, spec = getattr(model, "module", None), getattr(model, "spec", None)
     if not isinstance(module, nn.Module) or spec is None:
         return frozenset()
@@ -57,6 +67,9 @@ def probe_tags(model) -> frozenset:
     seen: list[tuple[nn.Module, tuple, tuple]] = []       # (conv, input shape, output shape) in the order run
     hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, tuple(i[0].shape), tuple(o.shape))))
              for m in module.modules() if isinstance(m, GRADCAM_CONVS)]
+    calls: list[int] = []                                 # id() of each DeepLIFT non-linearity, once per call
+    hooks += [m.register_forward_hook(lambda m, i, o: calls.append(id(m)))
+              for m in module.modules() if isinstance(m, DEEPLIFT_RULES)]
     try:
         with modes_kept(module), global_rng_kept(), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             module.eval()
@@ -77,6 +90,8 @@ def probe_tags(model) -> frozenset:
     tags = set() if grad is not None else {NO_INPUT_GRADIENT}
     if not _grid_aligned(module, seen, tuple(spec.input_shape)):
         tags.add(UNALIGNED_GRID)
+    if len(set(calls)) < len(calls):
+        tags.add(REUSED_NONLINEARITY)
     return frozenset(tags)
 
 

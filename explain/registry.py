@@ -41,6 +41,8 @@ class Explainer(Entry):
             `layer_gradcam`, which differentiates a layer. Set on the entry by its module, as `whole_columns`.
         grid: places a convolution's map on the input's trailing axes, so it is refused where `explain.probe`
             finds that convolution's grid is not those axes. Set on the entry by its module.
+        module_rules: applies DeepLIFT's rules through hooks on each non-linearity module (deeplift, shap_deep),
+            so it is refused where `explain.probe` sees one such module called twice. Set on the entry by its module.
     """
 
     runtimes: tuple[str, ...] = ("torch", "fake-quant")
@@ -52,13 +54,15 @@ class Explainer(Entry):
     whole_columns: ClassVar[bool] = False
     input_gradients: ClassVar[bool] = True
     grid: ClassVar[bool] = False
+    module_rules: ClassVar[bool] = False
 
     def why_not(self, target=None) -> str | None:
         """`Entry.why_not`, and the refusals read from a forward pass of the model (`explain.probe`: the tags
         are there when `target` was described by `probe.describe`)."""
         from trainers.registry import describe_target
 
-        from .probe import GRID_UNALIGNED, INDEX_INPUT, NO_INPUT_GRADIENT, UNALIGNED_GRID
+        from .probe import (GRID_UNALIGNED, INDEX_INPUT, NO_INPUT_GRADIENT, NONLINEARITY_REUSED, REUSED_NONLINEARITY,
+                            UNALIGNED_GRID)
 
         why = super().why_not(target)
         tags = describe_target(target)[1] if why is None and "torch" in self.needs else None
@@ -66,6 +70,8 @@ class Explainer(Entry):
             return INDEX_INPUT
         if tags and UNALIGNED_GRID in tags and self.grid:
             return GRID_UNALIGNED
+        if tags and REUSED_NONLINEARITY in tags and self.module_rules:
+            return NONLINEARITY_REUSED
         return why
 
     def holds_axiom(self, target) -> bool:

@@ -221,7 +221,8 @@ def _preflight(cfg: PipelineConfig, family: str | None) -> None:
             get_method(method)
         return
     get_family(family)
-    make_config(family, cfg.train.model)  # a typo in [train.arch] must not wait for the data
+    make_config(family, cfg.train.model, "config train.arch")  # a typo must not wait for the data; named as
+    # the pipeline names its other keys, --arch or the file's [train.arch] alike
     resolve_device(cfg.train.device)  # as `toolkit train --device cuda` without a GPU: refused before any work
     check_request(options.methods, family, options.max_drop, options.options, options.ratio, options.min_agreement,
                   options.budget_seconds, options.device)

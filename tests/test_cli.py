@@ -158,7 +158,17 @@ BAD_INPUTS = {
     "oversubscribe without a launch": (lambda p: ["iris", "--model", "mlp", "--oversubscribe"],
                                        "--oversubscribe need --nproc-per-node"),
     "bad arch json": (lambda p: ["iris", "--model", "mlp", "--arch", "{oops"], "--arch"),
-    "unknown arch key": (lambda p: ["iris", "--model", "mlp", "--arch", '{"width": 3}'], "mlp config width: unknown option"),
+    # --arch and its key as typed, not the family config's name for them ("mlp config width")
+    "unknown arch key": (lambda p: ["iris", "--model", "mlp", "--arch", '{"width": 3}'], "--arch width: unknown option"),
+    "negative width": (lambda p: ["iris", "--model", "mlp", "--arch", '{"hidden": -1}'],
+                       "--arch hidden: input should be a valid list, got -1"),
+    "zero channels": (lambda p: ["digits", "--model", "cnn", "--arch", '{"channels": [8, 0]}'],
+                      "--arch channels.1: input should be greater than or equal to 1, got 0"),
+    "even kernel": (lambda p: ["digits", "--model", "cnn", "--arch", '{"kernel_size": 2}'], "--arch kernel_size: "),
+    "lstm flag": (lambda p: ["digits", "--model", "lstm", "--arch", '{"bidirectional": 1}'],
+                  "--arch bidirectional: input should be a valid boolean, got 1"),
+    "too many layers": (lambda p: ["iris", "--model", "mlp", "--arch", json.dumps({"hidden": [1] * 300})],
+                        "--arch hidden: 300 layers, more than the limit of 256"),
     "unknown option": (lambda p: ["iris", "--model", "mlp", "--frobnicate"], "No such option"),
     "resume nothing": (lambda p: ["iris", "--model", "mlp", "--resume", "--out", str(p / "fresh")], "nothing to resume"),
 }

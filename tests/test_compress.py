@@ -592,3 +592,23 @@ def test_int8_lstm_figures_are_measured_with_the_thread_count_predict_serves_wit
     assert variant.measurements["accuracy"] == float((served.argmax(1) == data.y_test).mean())
     for threads in (1, 4):  # one of them, at least, is not ORT's default here
         assert np.array_equal(evaluate(variant, data, LatencyConfig(threads_all=threads)), served)
+
+
+@pytest.mark.parametrize("args, flag, takers", [
+    (["--ratio", "0.3"], "--ratio", "the prune methods and auto"),
+    (["--budget-seconds", "5"], "--budget-seconds", "auto"),
+    (["--serving-batch", "1"], "--serving-batch 1", "auto"),
+    (["--one-model"], "--one-model", "auto"),
+])
+def test_a_flag_no_requested_method_takes_is_refused_in_one_wording(args, flag, takers, tmp_path, capsys):
+    """Three near-twin messages said it; the flags' one named only the first method asked for (`--method fp16`
+    for `--method fp16 --method int8-dynamic`). One helper says it for all, naming every method asked for."""
+    from cli.main import main
+    from compress.checks import tiny_model
+
+    code = main(["compress", str(tiny_model("mlp").path), "--data", "digits", "--method", "fp16", "--method",
+                 "int8-dynamic", *args, "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not (tmp_path / "c").exists()
+    assert err == [f"error: {flag} is an option of {takers}, which this run does not use "
+                   f"(--method fp16 int8-dynamic)"]

@@ -180,3 +180,34 @@ def test_reading_a_csv_grows_by_about_one_float32_copy_per_row(tmp_path):
     grown = peak(write(large)) - peak(write(small))
     data_grown = (large - small) * (cols + 1) * 4
     assert grown < 1.5 * data_grown, f"{grown / data_grown:.2f} copies per added row"
+
+
+@pytest.mark.parametrize("odd", [None, "1.0"])
+def test_integer_labels_past_2_53_stay_distinct_classes_in_training_compress_and_predict(odd, tmp_path):
+    """pyarrow's float64 reading rounded 2**53 + 1 to 2**53: a label column of the two was one class, refused
+    as such. The labels are read as int64 (where a "1.0" is among them, from their text, exactly); the model
+    trained on them, the table compress and explain read again, and predict's labels keep both classes."""
+    from decimal import Decimal
+
+    from trainers import TrainConfig, train
+    from trainers.data import _encode_labels
+    from trainers.inference import predict_file
+    from trainers.tables import load_for_model
+
+    rng = np.random.default_rng(0)
+    labels = [str(2**53 + k % 2) for k in range(60)]
+    if odd:
+        labels[7] = odd
+    rows = "".join(f"{rng.normal() + 3 * (k % 2):.3f},{label}\n" for k, label in enumerate(labels))
+    path = _write(tmp_path, "a,t\n" + rows)
+    frame = tables.read_table(path)
+    assert frame["t"].dtype == np.int64 and frame["t"].tolist() == [int(Decimal(v)) for v in labels]
+    names = ["9007199254740992", "9007199254740993"] if odd is None else ["1", "9007199254740992", "9007199254740993"]
+    assert _encode_labels(labels)[1] == names  # the same classes from the labels' text
+    model = train(str(path), "mlp", TrainConfig(epochs=10, model={"hidden": [4]}), out=tmp_path / "m",
+                  progress=False).model
+    assert model.spec.class_names == names
+    assert load_for_model(str(path), model.spec).class_names == names  # as compress and explain read it
+    _, predicted = predict_file(tmp_path / "m", path)
+    assert set(predicted["predicted"]) <= set(names) and [c for c in predicted.columns if c.startswith("p_")] == [
+        f"p_{name}" for name in names]

@@ -169,3 +169,50 @@ def test_deeplift_still_runs_and_adds_up_with_relu_modules():
         fx = modules(torch.as_tensor(x))[np.arange(len(x)), attr.targets].numpy()
     np.testing.assert_allclose(attr.values.reshape(len(x), -1).sum(1), fx - attr.reference_output, rtol=1e-4,
                                atol=1e-5)
+
+
+# ---------------------------------------------------------------- one ReLU module called twice
+
+
+class OneReLUTwice(FunctionalReLU):
+    """The MLP above with one nn.ReLU object used for both layers: Captum's DeepLift stopped with a RuntimeError
+    ("A Module ReLU() was detected that does not contain some of the input/output attributes"), and shap_deep's
+    refusal, which checks deeplift, stopped with it too."""
+
+    def __init__(self):
+        super().__init__(functional=False)
+        self.acts = nn.ModuleList([nn.ReLU()])
+
+    def forward(self, x):
+        return self.head(self.acts[0](self.b(self.acts[0](self.a(x)))))
+
+
+def test_deeplift_is_refused_in_one_line_where_one_relu_module_is_called_twice():
+    import dataclasses
+
+    from explain.probe import REUSED_NONLINEARITY
+
+    bundle = _bundle((8,))
+    torch.manual_seed(0)
+    net = OneReLUTwice().eval()
+    model = trainers.as_model(net, bundle)
+    assert probe_tags(model) == {REUSED_NONLINEARITY}
+    assert probe_tags(_model(FunctionalReLU(functional=False), bundle)) == frozenset()   # one use each: runs
+    for method in ("deeplift", "shap_deep"):
+        with pytest.raises(ToolkitError, match=f"'{method}' cannot handle .* called more than once in forward") as no:
+            explain.attribute(net, bundle.x_test[:4], method=method, baseline=bundle.x_train.mean(0))
+        assert "\n" not in str(no.value)
+    # an MLP, whose defaults hold deeplift, leaves it out: the defaults run
+    as_mlp = dataclasses.replace(model, spec=dataclasses.replace(model.spec, family="mlp"))
+    assert "deeplift" not in explain.default_methods(as_mlp)
+    assert "deeplift" in explain.default_methods(dataclasses.replace(as_mlp, module=FunctionalReLU(False).eval()))
+    attr = explain.attribute(net, bundle.x_test[:4], method="integrated_gradients")
+    assert np.abs(attr.values).sum() > 0
+
+
+def test_the_probes_deeplift_modules_are_captums():
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+    from explain.probe import DEEPLIFT_RULES
+
+    assert set(SUPPORTED_NON_LINEAR) <= set(DEEPLIFT_RULES)

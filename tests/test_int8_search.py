@@ -333,3 +333,28 @@ def test_an_already_quantized_graph_is_refused_in_one_line(digits, method):
     assert "\n" not in str(error.value)
     assert method in {s["method"] for s in already_quantized(quantized)} and not already_quantized(fp32)
     assert get_method(method).supports(fp32)
+
+
+@pytest.mark.parametrize("int8_weight", [True, False])
+def test_auto_keeps_a_given_graph_over_its_resave_at_a_tie(digits, int8_weight):
+    """`onnx-fp32` on a user's graph re-saves that graph: at 1.02x it is the graph as given again, within the tie
+    band, and auto keeps the user's own (an int8 graph's re-save was chosen at 1.00x); clearly faster, it is
+    chosen. A variant that is not the re-save, at the same speed, still is."""
+    from compress.auto import LATENCY_TIE, baseline_variant, choose
+    from compress.base import Variant
+    from trainers.usermodel import from_onnx
+
+    baseline = baseline_variant(from_onnx(_digits_graph(int8_weight), digits))
+
+    def variant(method, speedup):
+        return Variant(method, None, {"method": method}, measurements={
+            "within_budget": True, "slower_than_fp32": False, "flips": False, "size_bytes": 100, "accuracy": 0.9,
+            "accuracy_drop": 0.0, "size_ratio": 1.0, "speedup": {"b256_t1": speedup, "b1_t1": speedup},
+            "latency_ms": {"b256_t1": {"p50": 1 / speedup}}})
+
+    chosen, reason = choose(baseline, [variant("onnx-fp32", 1.02)], 0.5)
+    assert chosen is baseline and "onnx-fp32 excluded: the given graph re-saved, 1.02x" in reason
+    faster = variant("onnx-fp32", 1.05 + LATENCY_TIE)
+    assert choose(baseline, [faster], 0.5)[0] is faster
+    other = variant("int8-dynamic", 1.02)
+    assert choose(baseline, [variant("onnx-fp32", 1.02), other], 0.5)[0] is other

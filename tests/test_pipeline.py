@@ -142,6 +142,7 @@ def test_bad_config_file_exits_2_with_one_line_and_writes_nothing(tmp_path, name
     (["--epochs", "0"], "config train.epochs: "),
     (["--ratio", "2"], "config compress.ratio: "),
     (["--arch", "[8]"], "--arch must be a JSON object"),
+    (["--arch", '{"hidden": [0]}'], "config train.arch hidden.0: "),   # not the family's "mlp config hidden.0"
 ])
 def test_bad_option_names_its_config_key_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
     assert main(["pipeline", "iris", "--model", "mlp", "--out", str(tmp_path / "run"), *args]) == 2

@@ -21,6 +21,7 @@ from .buffers import column_matrix, hand_back_freed
 from .errors import DataError, shown
 
 EXACT_FLOAT32 = 2**24  # integers beyond it lose digits in float32 (an ID column would stop being unique)
+EXACT_FLOAT64 = 2.0**53  # and beyond this in float64: such integer columns are read again as int64
 BLOCK_BYTES = 1 << 20
 INT64_LIMIT = 2.0**63  # whole numbers at or beyond it (in magnitude) stay float64: int64 cannot hold them
 
@@ -57,12 +58,16 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
                           include=[inferred[i][0] for i in wide])
             with exact:
                 table = exact.read_all()
+            past = []
             for i in wide:
                 values = table.column(inferred[i][0]).to_numpy()
                 # int64 only where every value fits it: 2e19 cast to int64 wrapped to -9.2e18 (a sign flip)
                 integral = not np.isnan(values).any() and bool(np.all(values == np.round(values))) and bool(
                     np.all(np.abs(values) < INT64_LIMIT))
                 frame[names[i]] = values.astype(np.int64) if integral else values
+                if integral and np.abs(values).max(initial=0.0) >= EXACT_FLOAT64:
+                    past.append(i)
+            _exact_integers(path, sep, nulls, ragged, frame, [(inferred[i][0], names[i]) for i in past])
     except pa.ArrowInvalid as exc:
         if ragged:
             row = ragged[0]
@@ -74,6 +79,40 @@ def read_csv_arrow(path: Path, sep: str, missing: list[str]) -> pd.DataFrame:
     finally:
         hand_back_freed()
     return frame
+
+
+def _exact_integers(path: Path, sep: str, nulls: list[str], ragged: list, frame: pd.DataFrame,
+                    columns: list[tuple[str, str]]) -> None:
+    """Integer columns with values past 2**53, read again exactly into `frame` (raw name, name): the float64
+    reading rounded them, and a label column's 2**53 and 2**53 + 1 were one class. pyarrow's int64 parser reads
+    them; where it refuses one (a "1.0" or "1e17" among the integers) its text is read as decimals."""
+    import pyarrow as pa
+
+    for raw, name in columns:
+        try:
+            with open_stream(path, sep, nulls, {raw: pa.int64()}, ragged, include=[raw]) as exact:
+                frame[name] = exact.read_all().column(raw).to_numpy()
+            continue
+        except pa.ArrowInvalid:
+            pass
+        with open_stream(path, sep, nulls, {raw: pa.string()}, ragged, include=[raw]) as text:
+            whole = _whole_numbers(text.read_all().column(raw).to_pylist())
+        if whole is not None:
+            frame[name] = whole
+
+
+def _whole_numbers(cells: list[str]) -> np.ndarray | None:
+    """The cells as int64, exactly, where each is a whole number in int64's range written in any notation
+    ("1.0", "1e17"); None otherwise (the float64 reading stays)."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        numbers = [Decimal(cell) for cell in cells]
+        if not all(n.is_finite() and n == n.to_integral_value() and abs(n) < INT64_LIMIT for n in numbers):
+            return None
+    except (InvalidOperation, TypeError):
+        return None
+    return np.array([int(n) for n in numbers], dtype=np.int64)
 
 
 def open_stream(path: Path, sep: str, nulls: list[str], types: dict, ragged: list, include=None):

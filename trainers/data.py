@@ -293,18 +293,22 @@ def _check_npy_header(path: Path, member: zipfile.ZipInfo, handle) -> int:
 
 
 def _encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    """CSV labels: numbers keep their numeric order ('1' and '1.0' are one class), anything else is sorted by name."""
+    """CSV labels: numbers keep their numeric order ('1' and '1.0' are one class), anything else is sorted by name.
+    Numbers are read as decimals, exactly: as float64, '9007199254740993' was the class of '9007199254740992'."""
+    from decimal import Decimal, InvalidOperation
+
     try:
-        numbers = np.array([float(v) for v in labels], dtype=np.float64)
-    except (ValueError, OverflowError):
+        numbers = [Decimal(v) for v in labels]
+    except (InvalidOperation, TypeError):
         numbers = None
-    if numbers is None or not np.isfinite(numbers).all():
+    if numbers is None or not all(np.isfinite(float(n)) for n in numbers):  # 1e999 is no class number: text
         names = sorted(set(labels))
         index = {n: i for i, n in enumerate(names)}
         return np.array([index[v] for v in labels], dtype=np.int64), names
-    values = np.unique(numbers)
-    shown = [str(int(v)) if v == int(v) else str(v) for v in values]
-    return np.searchsorted(values, numbers).astype(np.int64), shown
+    values = sorted(set(numbers))
+    index = {v: i for i, v in enumerate(values)}
+    shown = [str(int(v)) if v == v.to_integral_value() else str(float(v)) for v in values]
+    return np.array([index[n] for n in numbers], dtype=np.int64), shown
 
 
 def _array(values, what: str, keep_subclass: bool = False) -> np.ndarray:

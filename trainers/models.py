@@ -168,9 +168,20 @@ def get_family(name: str) -> Family:
     return FAMILIES.get(name)
 
 
-def make_config(family: str, values: dict | None = None):
-    """Build a family's config from a dict: unknown keys, wrong types and out-of-range values are refused."""
-    return parse(get_family(family).config, values, f"{family} config")
+def make_config(family: str, values: dict | None = None, where: str | None = None):
+    """Build a family's config from a dict: unknown keys, wrong types and out-of-range values are refused, and
+    lists of more than MAX_LAYERS widths. `where` names the values in the message (default "<family> config"):
+    a user who typed `--arch '{"hidden": [-1]}'` is told `--arch hidden.0: ...`, not of the family's config."""
+    where = where or f"{family} config"
+    config = parse(get_family(family).config, values, where)
+    _check_layers(config, where)
+    return config
+
+
+def _check_layers(config, where: str) -> None:
+    for key, value in asdict(config).items():
+        if isinstance(value, list) and len(value) > MAX_LAYERS:
+            raise ToolkitError(f"{where} {key}: {len(value):,} layers, more than the limit of {MAX_LAYERS}")
 
 
 def build_model(family: str, config, input_shape, num_classes: int, mean=None, std=None) -> nn.Module:
@@ -195,9 +206,7 @@ def check_model_size(family: str, config, input_shape, num_classes: int) -> int:
     values = float(np.prod(input_shape, dtype=np.float64))
     if values > parameter_limit() or min(input_shape, default=1) < 1:
         raise ToolkitError(f"a {family} model cannot take inputs of shape {input_shape} ({values:.3g} values each)")
-    for key, value in asdict(config).items():
-        if isinstance(value, list) and len(value) > MAX_LAYERS:
-            raise ToolkitError(f"{family} config {key}: {len(value):,} layers, more than the limit of {MAX_LAYERS}")
+    _check_layers(config, f"{family} config")
     try:
         with torch.device("meta"):
             mean, std = _unit_stats(input_shape)
