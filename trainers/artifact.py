@@ -670,16 +670,15 @@ def _runner(model, raw: bool, device: str | None):
     device = device or (tensor.device if tensor is not None else "cpu")
     dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
 
+    from .usermodel import modes_kept
+
     def run(chunk):
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.inference_mode():
-                # a memory-mapped file's rows are read-only: torch warns on those, so they are copied (one batch)
-                chunk = chunk if chunk.flags.writeable else np.array(chunk)
-                out = module(torch.from_numpy(chunk).to(device=device, dtype=dtype))
-        finally:
-            module.train(was_training)
+        # each submodule's own flag comes back, not the root's: a BatchNorm frozen in eval mid fine-tuning stays so
+        with modes_kept(module), torch.inference_mode():
+            module.eval()
+            # a memory-mapped file's rows are read-only: torch warns on those, so they are copied (one batch)
+            chunk = chunk if chunk.flags.writeable else np.array(chunk)
+            out = module(torch.from_numpy(chunk).to(device=device, dtype=dtype))
         if not isinstance(out, torch.Tensor):
             raise ToolkitError(f"the model returns a {type(out).__name__}; the toolkit needs logits of shape "
                                "(batch, classes), one tensor")
