@@ -169,9 +169,12 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
     """
+    from trainers.fit import global_rng_kept
     from trainers.usermodel import modes_kept
 
-    with modes_kept(model, *(compare or ())):  # a user's modules are given back in their train/eval mode
+    # a user's modules are given back in their train/eval mode, and a notebook's random streams as they were (as
+    # compress_model does: no draw a method or check makes reaches them)
+    with modes_kept(model, *(compare or ())), global_rng_kept():
         return _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker)
 
 

@@ -162,6 +162,24 @@ def test_compress_leaves_the_global_random_streams_where_they_were():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
+def test_loading_a_saved_model_leaves_the_torch_random_stream_where_it_was(tmp_path):
+    """Rebuilding a saved architecture initialises its layers before the stored weights replace them; that must not
+    move a notebook's `torch.manual_seed` stream (load_model, predict and explain_model on a directory)."""
+    import torch
+
+    from trainers import load_model, predict
+
+    data = load_data("iris")
+    train(data, "mlp", TrainConfig(epochs=1), out=tmp_path / "m")
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    for call in (lambda: load_model(tmp_path / "m"), lambda: predict(tmp_path / "m", data.x_test),
+                 lambda: explain_model(tmp_path / "m", data, methods=["saliency"], samples=4)):
+        torch.manual_seed(7)
+        call()
+        assert torch.equal(torch.rand(3), expected)
+
+
 def test_compared_in_memory_variants_are_named_as_their_variants():
     """A variant from a `compress_model` result, or its model, is named in the drift table and the metrics as
     compress named it, not `variant0`: nothing on disk names it."""

@@ -499,8 +499,11 @@ def _load_module(path: Path, spec: ModelSpec, device: str, given: nn.Module | No
         raise ArtifactError(f"{weights}: unknown weight codec {codec_name!r}")
     pre = spec.preprocessing
     try:  # built first (its size checked before allocating), so the weights are read against its shapes
-        module = given if given is not None else build_model(
-            spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"), pre.get("std"))
+        # on the CPU generator of its own: the layers' initial weights, drawn and then replaced by the stored ones,
+        # would otherwise move a notebook's torch.manual_seed stream on every load (explain, predict, pipeline)
+        with torch.random.fork_rng(devices=[]):
+            module = given if given is not None else build_model(
+                spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"), pre.get("std"))
     except ToolkitError as exc:  # unknown family, architecture option or size: the artifact is at fault
         raise ArtifactError(f"{path / MODEL_JSON}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
