@@ -32,7 +32,7 @@ from .registry import METHODS, get_method
 ROUTE_BLACK_BOX = "shapley"
 
 
-@dataclass
+@dataclass(repr=False)
 class Attribution:
     """Attributions shaped like the inputs, and what produced them.
 
@@ -73,6 +73,13 @@ class Attribution:
     steps: np.ndarray | None = None
     tolerance: float | None = None
     baseline_name: str = "training mean"
+
+    def __repr__(self) -> str:
+        """One short line: the arrays (one value per input element and sample) would fill a notebook cell."""
+        from trainers.display import short_repr
+
+        return short_repr("Attribution", method=self.method, requested=self.requested, runtime=self.runtime,
+                          routed=self.routed, seconds=round(self.seconds, 3), baseline_name=self.baseline_name)
 
     def interval(self, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Per-value (lo, hi) at `confidence`, for a sampled method: values -/+ a Student-t quantile on the

@@ -180,6 +180,21 @@ def test_loading_a_saved_model_leaves_the_torch_random_stream_where_it_was(tmp_p
         assert torch.equal(torch.rand(3), expected)
 
 
+def test_an_in_memory_variant_and_an_attribution_show_themselves_in_one_short_line():
+    """`result.chosen` or `result.variants` at the end of a cell: the ONNX file a variant holds in memory (megabytes
+    for a real model) and an attribution's arrays stay out of the repr."""
+    from explain import attribute
+
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    result = compress_model(trained.model, data, methods=["onnx-fp32"])
+    assert result.chosen.onnx_bytes and result.chosen.name in repr(result.chosen)
+    assert len(repr(result.chosen)) <= MAX_REPR and "\n" not in repr(result.chosen)
+    assert len(repr(result.variants)) <= (MAX_REPR + 2) * len(result.variants)
+    values = attribute(trained.model, data.x_test, method="saliency")
+    assert len(repr(values)) <= MAX_REPR and "saliency" in repr(values)
+
+
 def test_compared_in_memory_variants_are_named_as_their_variants():
     """A variant from a `compress_model` result, or its model, is named in the drift table and the metrics as
     compress named it, not `variant0`: nothing on disk names it."""
