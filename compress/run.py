@@ -67,11 +67,21 @@ class CompressResult:
             serve=None if v.small is None else {"below_batch": v.model.spec.serve["below_batch"], "small": v.small.name,
                                                  "small_runtime": v.small.measurements["runtime"]})
 
+    # the repr's names are attributes (`result.chosen_name`), as a notebook reads them
+    @property
+    def n_variants(self) -> int:
+        return len(self.variants)
+
+    @property
+    def chosen_name(self) -> str:
+        return self.chosen.name
+
     def __repr__(self) -> str:
         from trainers.display import short_repr
 
-        return short_repr("CompressResult", family=self.family, methods=self.methods, variants=len(self.variants),
-                          chosen=self.chosen.name, max_drop=self.max_drop, out=str(self.out) if self.out else None)
+        return short_repr("CompressResult", family=self.family, methods=self.methods, n_variants=self.n_variants,
+                          chosen_name=self.chosen_name, max_drop=self.max_drop,
+                          out=str(self.out) if self.out else None)
 
     def to_frame(self):
         """The variants as a pandas DataFrame: one row per variant, the original first (len(variants) + 1 rows);

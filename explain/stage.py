@@ -32,12 +32,33 @@ class ExplainResult:
     attributions: dict = field(default_factory=dict)   # {(model name, method): Attribution}
     out: Path | None = None
 
+    # the repr's names are attributes (`result.n_flags`), read from the summary that result.json records
+    @property
+    def family(self) -> str | None:
+        return self.summary.get("family")
+
+    @property
+    def methods(self) -> list[str] | None:
+        return self.summary.get("methods")
+
+    @property
+    def samples(self) -> int | None:
+        return self.summary.get("samples")
+
+    @property
+    def n_compared(self) -> int:
+        """How many variants were compared with the original."""
+        return len(self.summary.get("runtimes", {})) - 1
+
+    @property
+    def n_flags(self) -> int:
+        return len(self.summary.get("flags", []))
+
     def __repr__(self) -> str:
         from trainers.display import short_repr
 
-        s = self.summary
-        return short_repr("ExplainResult", family=s.get("family"), methods=s.get("methods"), samples=s.get("samples"),
-                          compared=len(s.get("runtimes", {})) - 1, flags=len(s.get("flags", [])),
+        return short_repr("ExplainResult", family=self.family, methods=self.methods, samples=self.samples,
+                          n_compared=self.n_compared, n_flags=self.n_flags,
                           out=str(self.out) if self.out else None)
 
     def to_frame(self, table: str = "importance"):

@@ -195,6 +195,24 @@ def test_an_in_memory_variant_and_an_attribution_show_themselves_in_one_short_li
     assert len(repr(values)) <= MAX_REPR and "saliency" in repr(values)
 
 
+def test_every_name_a_results_repr_shows_is_an_attribute_holding_that_value(tmp_path):
+    """A constructor-style repr reads as attributes: after `TrainResult(..., test_accuracy=0.9, ...)` a notebook
+    types `r.test_accuracy`, so each name shown must be one, with the value shown (a path as its text)."""
+    import re
+
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1), out=tmp_path / "t")
+    compressed = compress_model(trained.model, data, methods=["onnx-fp32"])
+    explained = explain_model(trained.model, data, methods=["saliency"], samples=4)
+    for result in (trained, compressed, explained):
+        names = re.findall(r"(?:\(|, )(\w+)=", repr(result))
+        assert len(names) >= 4, repr(result)
+        for name in names:
+            value = getattr(result, name)
+            shown = str(value) if name == "out" else value
+            assert f"{name}={shown!r}" in repr(result), (name, repr(result))
+
+
 def test_compared_in_memory_variants_are_named_as_their_variants():
     """A variant from a `compress_model` result, or its model, is named in the drift table and the metrics as
     compress named it, not `variant0`: nothing on disk names it."""

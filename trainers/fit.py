@@ -57,9 +57,22 @@ class TrainResult:
     processes: int = 1
     refit: dict | None = None  # {"epochs", "rows", "seconds", "history"} where the model was refitted (`_refit`)
 
+    # the repr's names are attributes: `r.test_accuracy` is what a notebook types after reading the repr
+    @property
+    def family(self) -> str:
+        return self.model.spec.family
+
+    @property
+    def data_name(self) -> str | None:
+        return self.model.spec.data.get("name")
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("test_accuracy")
+
     def __repr__(self) -> str:
-        return display.short_repr("TrainResult", family=self.model.spec.family, data=self.model.spec.data.get("name"),
-                                  test_accuracy=self.metrics.get("test_accuracy"), epochs_run=self.epochs_run,
+        return display.short_repr("TrainResult", family=self.family, data_name=self.data_name,
+                                  test_accuracy=self.test_accuracy, epochs_run=self.epochs_run,
                                   best_epoch=self.best_epoch, device=self.device,
                                   out=str(self.out) if self.out else None)
 
