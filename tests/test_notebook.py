@@ -84,6 +84,26 @@ def test_predict_from_python_refuses_rows_of_another_shape_in_one_message(tmp_pa
         predict(trained.model, [[1, 2, 3, 4], [1, 2]])
 
 
+def test_predict_and_train_refuse_bad_arguments_in_one_line_and_train_takes_a_dict_config():
+    """A batch size of 0, -1 or 2.5 is one ToolkitError, not range()'s ValueError; `train` takes its options as a
+    dict (as `run_pipeline` does) and refuses anything else by name."""
+    import numpy as np
+
+    from trainers import ToolkitError, predict
+
+    data = load_data("iris")
+    trained = train(data, "mlp", {"epochs": 1, "seed": 3})
+    assert trained.epochs_run == 1 and trained.model.spec.training["seed"] == 3
+    assert predict(trained.model, data.x_test, batch_size=np.int64(7)).shape == (len(data.x_test), 3)
+    for size in (0, -1, 2.5, True):
+        with pytest.raises(ToolkitError, match="batch_size must be a whole number of rows, at least 1"):
+            predict(trained.model, data.x_test, batch_size=size)
+    with pytest.raises(ToolkitError, match="config.epochs"):
+        train(data, "mlp", {"epochs": 0})
+    with pytest.raises(ToolkitError, match="config must be a TrainConfig or a dict of its options, got str"):
+        train(data, "mlp", "epochs=2")
+
+
 def test_quantizing_leaves_the_root_logger_without_a_handler(tmp_path):
     """ONNX Runtime's quantizers call `logging.info` on the root logger, which would install a stderr handler
     there (logging.basicConfig) and make a notebook's own basicConfig a no-op."""

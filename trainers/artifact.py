@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import numbers
 import os
 import re
 import sys
@@ -577,6 +578,9 @@ def predict(model, x, batch_size: int = PREDICT_BATCH, device: str | None = None
     rows the same answers whatever the file's length. The two members may disagree on a few rows
     (auto's note on the routed variant says how many of the test rows).
     """
+    _check_rows(batch_size, "batch_size")
+    if call_rows is not None:
+        _check_rows(call_rows, "call_rows")
     if not isinstance(model, LoadedModel) and not is_module(model):  # an artifact directory, an .onnx file or ONNX bytes
         from .usermodel import as_model
 
@@ -594,6 +598,13 @@ def predict(model, x, batch_size: int = PREDICT_BATCH, device: str | None = None
         model = small
     run = _runner(model, raw is not None, device)
     return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _check_rows(value, name: str) -> None:
+    """One line before any work for a row count that is no whole number above 0: 0, -1 or 2.5 would otherwise
+    fail deep in the batching (a numpy integer is one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ToolkitError(f"{name} must be a whole number of rows, at least 1, got {value!r}")
 
 
 def _width(x) -> int | None:

@@ -35,6 +35,7 @@ from .interrupts import Interrupts, TrainingInterrupted, held_interrupts
 from .loop import (SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, chance_loss, evaluate,
                    in_memory, left_chance, split_tensors, training_loop)
 from .models import build_model, config_dict, get_family, make_config
+from .options import parse
 from .progress import ConsoleProgress, ProgressCallback, reporter
 from .rundir import RunDir
 from .trainconfig import TrainConfig
@@ -146,16 +147,17 @@ def global_rng_kept():
             torch.cuda.set_rng_state_all(states[3])
 
 
-def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
-          overwrite: bool = False, resume: bool = False, progress: ProgressCallback | bool | None = None,
-          target: str | None = None, table=None, tracker: Tracker | None = None,
+def train(data: DataBundle | str, family: str, config: TrainConfig | dict | None = None, *,
+          out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+          progress: ProgressCallback | bool | None = None, target: str | None = None, table=None,
+          tracker: Tracker | None = None,
           image_size: int | None = None) -> TrainResult:
     """Train a classifier of `family` on `data`; write an artifact to `out` if given.
 
     Args:
         data: a DataBundle, or a data spec for `load_data` (built-in name or path).
         family: a registered model family (`list_models()`).
-        config: training options (defaults are tuned to give a good model).
+        config: training options, a TrainConfig or a dict of its fields (defaults are tuned to give a good model).
         out: run directory; the artifact and `result.json` are committed there at the end.
         resume: continue an interrupted run in `out` from its last checkpoint.
         progress: a callback receiving a `ProgressEvent` per epoch (`trainers.progress`); True renders them on
@@ -176,9 +178,19 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
                       target=target, table=table, tracker=tracker, image_size=image_size)
 
 
-def _train(data, family, config, *, out, overwrite, resume, progress, target, table, tracker, image_size) -> TrainResult:
-    config = config or TrainConfig()
+def _as_config(config) -> TrainConfig:
+    """A checked TrainConfig from one or from a dict of its options (as `run_pipeline` takes its sections)."""
+    if isinstance(config, dict):
+        return parse(TrainConfig, config, "config")
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ToolkitError(f"config must be a TrainConfig or a dict of its options, got {type(config).__name__}")
     config.validate()
+    return config
+
+
+def _train(data, family, config, *, out, overwrite, resume, progress, target, table, tracker, image_size) -> TrainResult:
+    config = _as_config(config)
     get_family(family)
     arch = make_config(family, config.model)
     ctx, device = distributed.context(resolve_device(config.device))
