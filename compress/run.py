@@ -16,7 +16,7 @@ from trainers.artifact import (CUSTOM_FAMILY, SMALL_BATCH_DIR, LoadedModel, Mode
 from trainers.data import DataBundle, align_classes, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError, warn
-from trainers.options import Fraction, PositiveFloat, Ratio, check_value
+from trainers.options import Fraction, PositiveFloat, Ratio, as_items, check_value
 from trainers.progress import progress_target, reporter
 
 from .auto import baseline_variant, plan, search, settle
@@ -268,8 +268,9 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
     Args:
         model: an artifact directory or a LoadedModel (fp32 PyTorch).
         data: a data spec (`digits`, a .npz/.csv path) or a DataBundle; its test split is used for measuring.
-        methods: registered method names (`compress.list_methods()`); "auto" tries the candidates for the family;
-            a kind of compression ("quantize", "prune": `KINDS`) stands for its methods that the model can take.
+        methods: registered method names (`compress.list_methods()`), or one; "auto" tries the candidates for
+            the family; a kind of compression ("quantize", "prune": `KINDS`) stands for its methods that the model
+            can take.
         max_drop: accuracy budget, in percentage points below the original.
         out: run directory; with it, variants/<name>/ artifacts, config.json, env.json and result.json are written.
         options: per-method options, e.g. {"prune-structured": {"finetune_epochs": 5}, "auto": {"distill_epochs": 0}}.
@@ -298,7 +299,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
 def _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table, progress, tracker,
                     min_agreement, budget_seconds, device) -> CompressResult:
     start = time.perf_counter()
-    methods = list(methods or CompressOptions().methods)
+    methods = as_items(methods) or list(CompressOptions().methods)  # one name is a list of one, not its letters
     options = dict(options or {})
     max_drop, ratio = check_request(expand_kinds(methods, options), None, max_drop, options, ratio, min_agreement,
                                     budget_seconds, device)

@@ -11,7 +11,7 @@ import numpy as np
 
 from trainers.data import align_classes
 from trainers.errors import ToolkitError
-from trainers.options import Seed, check_value
+from trainers.options import Seed, as_items, check_value
 from trainers.progress import progress_target, reporter
 from trainers.schema import ExplainResultFile
 
@@ -177,8 +177,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         model: an artifact path, a `LoadedModel`, a `torch.nn.Module` or an `.onnx` file or its bytes
             (`trainers.as_model`).
         data: a data spec (built-in name or file) or a `DataBundle`.
-        methods: registered method names (default: `default_methods(family)`).
-        compare: compressed variants (paths, `LoadedModel`s or `compress.Variant`s) to compare with the
+        methods: registered method names, or one name (default: `default_methods(family)`).
+        compare: compressed variants (paths, `LoadedModel`s or `compress.Variant`s), or one, to compare with the
             original, each named as its variant (its folder, or the name `compress_model` gave it).
         samples: number of test samples to explain (at least 1).
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
@@ -195,7 +195,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
 
     # a user's modules are given back in their train/eval mode, and a notebook's random streams as they were (as
     # compress_model does: no draw a method or check makes reaches them)
-    with modes_kept(model, *(compare or ())), global_rng_kept():
+    compare = as_items(compare)  # one variant, a path among them, is a list of one (not of its characters)
+    with modes_kept(model, *compare), global_rng_kept():
         return _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker)
 
 
@@ -211,7 +212,7 @@ def _explain(model, data, methods, compare, samples, out, overwrite, seed, progr
 
         data = load_data(data, seed=seed, **({"table": table} if table is not None else {}))
     original = _load(model, "original", data if _is_user_model(model) else None)
-    methods = list(methods or default_methods(original))
+    methods = as_items(methods) or default_methods(original)
     for method in methods:
         resolve(method, original)                       # unknown or unsupported: refuse before any work
     variants = []

@@ -233,6 +233,18 @@ def test_every_name_a_results_repr_shows_is_an_attribute_holding_that_value(tmp_
             assert f"{name}={shown!r}" in repr(result), (name, repr(result))
 
 
+def test_one_name_or_variant_where_a_list_is_expected_is_a_list_of_one(tmp_path):
+    """`methods="onnx-fp32"`, `methods="saliency"` and `compare="runs/x/variants/onnx-fp32"` (or one Variant) are
+    read as one item each, not one per character ('method n is named twice', 'model directory not found: r')."""
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    compressed = compress_model(trained.model, data, methods="onnx-fp32", out=tmp_path / "c")
+    assert compressed.methods == ["onnx-fp32"] and compressed.chosen_name == "onnx-fp32"
+    for compare in (str(tmp_path / "c" / "variants" / "onnx-fp32"), compressed.chosen):
+        explained = explain_model(trained.model, data, methods="saliency", compare=compare, samples=4)
+        assert explained.methods == ["saliency"] and explained.n_compared == 1
+
+
 def test_compared_in_memory_variants_are_named_as_their_variants():
     """A variant from a `compress_model` result, or its model, is named in the drift table and the metrics as
     compress named it, not `variant0`: nothing on disk names it."""
