@@ -59,6 +59,25 @@ def modes_kept(*models):
             m.training = training
 
 
+@contextmanager
+def grads_kept(*models):
+    """Each parameter's `.grad` of the user's modules among `models` as it was, after the block: shap's explainers
+    call `model.zero_grad()`, and a notebook mid fine-tuning may hold gradients it has not stepped on yet. The
+    values are copied (zero_grad may zero them in place) and written back into the same tensors."""
+    import torch
+
+    kept = [(p, p.grad, None if p.grad is None else p.grad.detach().clone())
+            for model in models if is_module(model) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, grad, values in kept:
+                if grad is not None:
+                    grad.copy_(values)
+                param.grad = grad
+
+
 def as_model(model, data=None, *, class_names=None, module: nn.Module | None = None) -> LoadedModel:
     """The model a stage works on, from what the user has.
 
