@@ -287,11 +287,12 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
             (`trainers.tracking.open_tracker`).
     """
     from trainers.fit import global_rng_kept
+    from trainers.torchstate import standard_torch_mode
     from trainers.usermodel import modes_kept
 
     # the user's own module is given back in its train/eval mode, and a notebook's random streams as they were
-    # (fine-tuning seeds them)
-    with modes_kept(model), global_rng_kept():
+    # (fine-tuning seeds them); fine-tuning and tracing run with gradients on, whatever the notebook set
+    with modes_kept(model), global_rng_kept(), standard_torch_mode():
         return _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table,
                                progress, tracker, min_agreement, budget_seconds, device)
 

@@ -315,12 +315,13 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
             signature; not passed on when the request is routed to another method.
     """
     from trainers.fit import global_rng_kept
+    from trainers.torchstate import standard_torch_mode
     from trainers.usermodel import grads_kept, modes_kept
 
     module = model.module if hasattr(model, "spec") else model
     # evaluated in eval mode, given back in the mode it came in with its gradients; the seeds below are the
     # method's, and a notebook's own random streams go on as they were
-    with modes_kept(module), grads_kept(module), global_rng_kept():
+    with modes_kept(module), grads_kept(module), global_rng_kept(), standard_torch_mode():
         return _attribute(model, inputs, target, method, baseline=baseline, background=background, seed=seed,
                           batch_size=batch_size, baseline_name=baseline_name, **options)
 

@@ -191,12 +191,13 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
     """
     from trainers.fit import global_rng_kept
+    from trainers.torchstate import standard_torch_mode
     from trainers.usermodel import grads_kept, modes_kept
 
     # a user's modules are given back in their train/eval mode with their gradients, and a notebook's random
     # streams as they were (as compress_model does: no draw a method or check makes reaches them)
     compare = as_items(compare)  # one variant, a path among them, is a list of one (not of its characters)
-    with modes_kept(model, *compare), grads_kept(model, *compare), global_rng_kept():
+    with modes_kept(model, *compare), grads_kept(model, *compare), global_rng_kept(), standard_torch_mode():
         return _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker)
 
 

@@ -245,6 +245,37 @@ def test_one_name_or_variant_where_a_list_is_expected_is_a_list_of_one(tmp_path)
         assert explained.methods == ["saliency"] and explained.n_compared == 1
 
 
+@pytest.fixture
+def float64_default():
+    """A scientific notebook's `torch.set_default_dtype(torch.float64)`, put back afterwards."""
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def test_stages_run_under_a_notebooks_no_grad_inference_mode_and_float64_default(float64_default):
+    """Gradients switched off by an inference cell, an enclosing `torch.inference_mode()` and a float64 default
+    dtype are the notebook's: training, pruning and gradient attributions run as without them, and leave them
+    as they were."""
+    import torch
+
+    from explain import attribute
+
+    data = load_data("iris")
+    with torch.no_grad():
+        trained = train(data, "mlp", TrainConfig(epochs=1))
+        assert not torch.is_grad_enabled() and torch.get_default_dtype() == torch.float64
+        assert compress_model(trained.model, data, methods=["prune-structured"]).chosen_name != "original"
+        explained = explain_model(trained.model, data, methods=["integrated_gradients"], samples=4)
+        assert explained.methods == ["integrated_gradients"]
+    with torch.inference_mode():
+        values = attribute(trained.model, data.x_test[:3], method="integrated_gradients")
+        assert values.method == "integrated_gradients" and torch.is_inference_mode_enabled()
+    assert trained.model.module.head.weight.dtype == torch.float32
+
+
 def test_compared_in_memory_variants_are_named_as_their_variants():
     """A variant from a `compress_model` result, or its model, is named in the drift table and the metrics as
     compress named it, not `variant0`: nothing on disk names it."""

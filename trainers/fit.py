@@ -39,6 +39,7 @@ from .options import parse
 from .progress import ConsoleProgress, ProgressCallback, reporter
 from .rundir import RunDir
 from .trainconfig import TrainConfig
+from .torchstate import standard_torch_mode
 from .tracking import NullTracker, Tracker, epoch_metrics, train_metrics
 
 
@@ -173,7 +174,7 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | dict | None
         TrainingInterrupted: Ctrl-C stopped the run; the best model so far is its `.result` (and saved in `out`).
             Before the first epoch ended there is none: `.result` is None and nothing is saved.
     """
-    with global_rng_kept():
+    with global_rng_kept(), standard_torch_mode():  # a notebook's no_grad or float64 default does not reach in
         return _train(data, family, config, out=out, overwrite=overwrite, resume=resume, progress=progress,
                       target=target, table=table, tracker=tracker, image_size=image_size)
 
