@@ -29,7 +29,7 @@ from trainers.registry import Entry, Registry
 ROLES = ("runtime", "transform", "search")
 
 
-@dataclass
+@dataclass(repr=False)
 class Variant:
     """One compressed model, ready to measure and save as an artifact.
 
@@ -51,6 +51,13 @@ class Variant:
     measurements: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     small: "Variant | None" = None
+
+    def __repr__(self) -> str:
+        """One short line, as the results' reprs: `onnx_bytes` alone would print the whole file (megabytes of
+        escaped bytes at the end of a notebook cell), and `model` its full spec."""
+        from trainers.display import short_repr
+
+        return short_repr("Variant", name=self.name, recipe=self.recipe, measurements=self.measurements or None)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from trainers.artifact import (CUSTOM_FAMILY, SMALL_BATCH_DIR, LoadedModel, Mode
 from trainers.data import DataBundle, align_classes, check_inputs
 from trainers.tables import TableOptions, load_for_model
 from trainers.errors import ToolkitError, warn
-from trainers.options import Fraction, PositiveFloat, Ratio, check_value
+from trainers.options import Fraction, PositiveFloat, Ratio, as_items, check_value
 from trainers.progress import progress_target, reporter
 
 from .auto import baseline_variant, plan, search, settle
@@ -67,11 +67,21 @@ class CompressResult:
             serve=None if v.small is None else {"below_batch": v.model.spec.serve["below_batch"], "small": v.small.name,
                                                  "small_runtime": v.small.measurements["runtime"]})
 
+    # the repr's names are attributes (`result.chosen_name`), as a notebook reads them
+    @property
+    def n_variants(self) -> int:
+        return len(self.variants)
+
+    @property
+    def chosen_name(self) -> str:
+        return self.chosen.name
+
     def __repr__(self) -> str:
         from trainers.display import short_repr
 
-        return short_repr("CompressResult", family=self.family, methods=self.methods, variants=len(self.variants),
-                          chosen=self.chosen.name, max_drop=self.max_drop, out=str(self.out) if self.out else None)
+        return short_repr("CompressResult", family=self.family, methods=self.methods, n_variants=self.n_variants,
+                          chosen_name=self.chosen_name, max_drop=self.max_drop,
+                          out=str(self.out) if self.out else None)
 
     def to_frame(self):
         """The variants as a pandas DataFrame: one row per variant, the original first (len(variants) + 1 rows);
@@ -262,8 +272,9 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
     Args:
         model: an artifact directory or a LoadedModel (fp32 PyTorch).
         data: a data spec (`digits`, a .npz/.csv path) or a DataBundle; its test split is used for measuring.
-        methods: registered method names (`compress.list_methods()`); "auto" tries the candidates for the family;
-            a kind of compression ("quantize", "prune": `KINDS`) stands for its methods that the model can take.
+        methods: registered method names (`compress.list_methods()`), or one; "auto" tries the candidates for
+            the family; a kind of compression ("quantize", "prune": `KINDS`) stands for its methods that the model
+            can take.
         max_drop: accuracy budget, in percentage points below the original.
         out: run directory; with it, variants/<name>/ artifacts, config.json, env.json and result.json are written.
         options: per-method options, e.g. {"prune-structured": {"finetune_epochs": 5}, "auto": {"distill_epochs": 0}}.
@@ -280,11 +291,12 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
             (`trainers.tracking.open_tracker`).
     """
     from trainers.fit import global_rng_kept
+    from trainers.torchstate import standard_torch_mode
     from trainers.usermodel import modes_kept
 
     # the user's own module is given back in its train/eval mode, and a notebook's random streams as they were
-    # (fine-tuning seeds them)
-    with modes_kept(model), global_rng_kept():
+    # (fine-tuning seeds them); fine-tuning and tracing run with gradients on, whatever the notebook set
+    with modes_kept(model), global_rng_kept(), standard_torch_mode():
         return _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table,
                                progress, tracker, min_agreement, budget_seconds, device)
 
@@ -292,7 +304,7 @@ def compress_model(model, data, *, methods=None, max_drop: float = CompressOptio
 def _compress_model(model, data, methods, max_drop, out, overwrite, options, ratio, target, table, progress, tracker,
                     min_agreement, budget_seconds, device) -> CompressResult:
     start = time.perf_counter()
-    methods = list(methods or CompressOptions().methods)
+    methods = as_items(methods) or list(CompressOptions().methods)  # one name is a list of one, not its letters
     options = dict(options or {})
     max_drop, ratio = check_request(expand_kinds(methods, options), None, max_drop, options, ratio, min_agreement,
                                     budget_seconds, device)

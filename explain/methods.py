@@ -32,7 +32,7 @@ from .registry import METHODS, get_method
 ROUTE_BLACK_BOX = "shapley"
 
 
-@dataclass
+@dataclass(repr=False)
 class Attribution:
     """Attributions shaped like the inputs, and what produced them.
 
@@ -73,6 +73,13 @@ class Attribution:
     steps: np.ndarray | None = None
     tolerance: float | None = None
     baseline_name: str = "training mean"
+
+    def __repr__(self) -> str:
+        """One short line: the arrays (one value per input element and sample) would fill a notebook cell."""
+        from trainers.display import short_repr
+
+        return short_repr("Attribution", method=self.method, requested=self.requested, runtime=self.runtime,
+                          routed=self.routed, seconds=round(self.seconds, 3), baseline_name=self.baseline_name)
 
     def interval(self, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Per-value (lo, hi) at `confidence`, for a sampled method: values -/+ a Student-t quantile on the
@@ -308,12 +315,13 @@ def attribute(model, inputs, target=None, method: str = "integrated_gradients", 
             signature; not passed on when the request is routed to another method.
     """
     from trainers.fit import global_rng_kept
-    from trainers.usermodel import modes_kept
+    from trainers.torchstate import standard_torch_mode
+    from trainers.usermodel import grads_kept, modes_kept
 
     module = model.module if hasattr(model, "spec") else model
-    # evaluated in eval mode, given back in the mode it came in; the seeds below are the method's, and a
-    # notebook's own random streams go on as they were
-    with modes_kept(module), global_rng_kept():
+    # evaluated in eval mode, given back in the mode it came in with its gradients; the seeds below are the
+    # method's, and a notebook's own random streams go on as they were
+    with modes_kept(module), grads_kept(module), global_rng_kept(), standard_torch_mode():
         return _attribute(model, inputs, target, method, baseline=baseline, background=background, seed=seed,
                           batch_size=batch_size, baseline_name=baseline_name, **options)
 

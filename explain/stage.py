@@ -11,7 +11,7 @@ import numpy as np
 
 from trainers.data import align_classes
 from trainers.errors import ToolkitError
-from trainers.options import Seed, check_value
+from trainers.options import Seed, as_items, check_value
 from trainers.progress import progress_target, reporter
 from trainers.schema import ExplainResultFile
 
@@ -32,12 +32,33 @@ class ExplainResult:
     attributions: dict = field(default_factory=dict)   # {(model name, method): Attribution}
     out: Path | None = None
 
+    # the repr's names are attributes (`result.n_flags`), read from the summary that result.json records
+    @property
+    def family(self) -> str | None:
+        return self.summary.get("family")
+
+    @property
+    def methods(self) -> list[str] | None:
+        return self.summary.get("methods")
+
+    @property
+    def samples(self) -> int | None:
+        return self.summary.get("samples")
+
+    @property
+    def n_compared(self) -> int:
+        """How many variants were compared with the original."""
+        return len(self.summary.get("runtimes", {})) - 1
+
+    @property
+    def n_flags(self) -> int:
+        return len(self.summary.get("flags", []))
+
     def __repr__(self) -> str:
         from trainers.display import short_repr
 
-        s = self.summary
-        return short_repr("ExplainResult", family=s.get("family"), methods=s.get("methods"), samples=s.get("samples"),
-                          compared=len(s.get("runtimes", {})) - 1, flags=len(s.get("flags", [])),
+        return short_repr("ExplainResult", family=self.family, methods=self.methods, samples=self.samples,
+                          n_compared=self.n_compared, n_flags=self.n_flags,
                           out=str(self.out) if self.out else None)
 
     def to_frame(self, table: str = "importance"):
@@ -156,8 +177,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         model: an artifact path, a `LoadedModel`, a `torch.nn.Module` or an `.onnx` file or its bytes
             (`trainers.as_model`).
         data: a data spec (built-in name or file) or a `DataBundle`.
-        methods: registered method names (default: `default_methods(family)`).
-        compare: compressed variants (paths, `LoadedModel`s or `compress.Variant`s) to compare with the
+        methods: registered method names, or one name (default: `default_methods(family)`).
+        compare: compressed variants (paths, `LoadedModel`s or `compress.Variant`s), or one, to compare with the
             original, each named as its variant (its folder, or the name `compress_model` gave it).
         samples: number of test samples to explain (at least 1).
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
@@ -169,9 +190,14 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     Raises:
         ToolkitError: unknown or unsupported method, samples < 1, a variant with other inputs or classes.
     """
-    from trainers.usermodel import modes_kept
+    from trainers.fit import global_rng_kept
+    from trainers.torchstate import standard_torch_mode
+    from trainers.usermodel import grads_kept, modes_kept
 
-    with modes_kept(model, *(compare or ())):  # a user's modules are given back in their train/eval mode
+    # a user's modules are given back in their train/eval mode with their gradients, and a notebook's random
+    # streams as they were (as compress_model does: no draw a method or check makes reaches them)
+    compare = as_items(compare)  # one variant, a path among them, is a list of one (not of its characters)
+    with modes_kept(model, *compare), grads_kept(model, *compare), global_rng_kept(), standard_torch_mode():
         return _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker)
 
 
@@ -187,7 +213,7 @@ def _explain(model, data, methods, compare, samples, out, overwrite, seed, progr
 
         data = load_data(data, seed=seed, **({"table": table} if table is not None else {}))
     original = _load(model, "original", data if _is_user_model(model) else None)
-    methods = list(methods or default_methods(original))
+    methods = as_items(methods) or default_methods(original)
     for method in methods:
         resolve(method, original)                       # unknown or unsupported: refuse before any work
     variants = []

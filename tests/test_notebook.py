@@ -84,6 +84,26 @@ def test_predict_from_python_refuses_rows_of_another_shape_in_one_message(tmp_pa
         predict(trained.model, [[1, 2, 3, 4], [1, 2]])
 
 
+def test_predict_and_train_refuse_bad_arguments_in_one_line_and_train_takes_a_dict_config():
+    """A batch size of 0, -1 or 2.5 is one ToolkitError, not range()'s ValueError; `train` takes its options as a
+    dict (as `run_pipeline` does) and refuses anything else by name."""
+    import numpy as np
+
+    from trainers import ToolkitError, predict
+
+    data = load_data("iris")
+    trained = train(data, "mlp", {"epochs": 1, "seed": 3})
+    assert trained.epochs_run == 1 and trained.model.spec.training["seed"] == 3
+    assert predict(trained.model, data.x_test, batch_size=np.int64(7)).shape == (len(data.x_test), 3)
+    for size in (0, -1, 2.5, True):
+        with pytest.raises(ToolkitError, match="batch_size must be a whole number of rows, at least 1"):
+            predict(trained.model, data.x_test, batch_size=size)
+    with pytest.raises(ToolkitError, match="config.epochs"):
+        train(data, "mlp", {"epochs": 0})
+    with pytest.raises(ToolkitError, match="config must be a TrainConfig or a dict of its options, got str"):
+        train(data, "mlp", "epochs=2")
+
+
 def test_quantizing_leaves_the_root_logger_without_a_handler(tmp_path):
     """ONNX Runtime's quantizers call `logging.info` on the root logger, which would install a stderr handler
     there (logging.basicConfig) and make a notebook's own basicConfig a no-op."""
@@ -160,6 +180,100 @@ def test_compress_leaves_the_global_random_streams_where_they_were():
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     compress_model(trained.model, data, methods=["prune-structured"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_loading_a_saved_model_leaves_the_torch_random_stream_where_it_was(tmp_path):
+    """Rebuilding a saved architecture initialises its layers before the stored weights replace them; that must not
+    move a notebook's `torch.manual_seed` stream (load_model, predict and explain_model on a directory)."""
+    import torch
+
+    from trainers import load_model, predict
+
+    data = load_data("iris")
+    train(data, "mlp", TrainConfig(epochs=1), out=tmp_path / "m")
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    for call in (lambda: load_model(tmp_path / "m"), lambda: predict(tmp_path / "m", data.x_test),
+                 lambda: explain_model(tmp_path / "m", data, methods=["saliency"], samples=4)):
+        torch.manual_seed(7)
+        call()
+        assert torch.equal(torch.rand(3), expected)
+
+
+def test_an_in_memory_variant_and_an_attribution_show_themselves_in_one_short_line():
+    """`result.chosen` or `result.variants` at the end of a cell: the ONNX file a variant holds in memory (megabytes
+    for a real model) and an attribution's arrays stay out of the repr."""
+    from explain import attribute
+
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    result = compress_model(trained.model, data, methods=["onnx-fp32"])
+    assert result.chosen.onnx_bytes and result.chosen.name in repr(result.chosen)
+    assert len(repr(result.chosen)) <= MAX_REPR and "\n" not in repr(result.chosen)
+    assert len(repr(result.variants)) <= (MAX_REPR + 2) * len(result.variants)
+    values = attribute(trained.model, data.x_test, method="saliency")
+    assert len(repr(values)) <= MAX_REPR and "saliency" in repr(values)
+
+
+def test_every_name_a_results_repr_shows_is_an_attribute_holding_that_value(tmp_path):
+    """A constructor-style repr reads as attributes: after `TrainResult(..., test_accuracy=0.9, ...)` a notebook
+    types `r.test_accuracy`, so each name shown must be one, with the value shown (a path as its text)."""
+    import re
+
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1), out=tmp_path / "t")
+    compressed = compress_model(trained.model, data, methods=["onnx-fp32"])
+    explained = explain_model(trained.model, data, methods=["saliency"], samples=4)
+    for result in (trained, compressed, explained):
+        names = re.findall(r"(?:\(|, )(\w+)=", repr(result))
+        assert len(names) >= 4, repr(result)
+        for name in names:
+            value = getattr(result, name)
+            shown = str(value) if name == "out" else value
+            assert f"{name}={shown!r}" in repr(result), (name, repr(result))
+
+
+def test_one_name_or_variant_where_a_list_is_expected_is_a_list_of_one(tmp_path):
+    """`methods="onnx-fp32"`, `methods="saliency"` and `compare="runs/x/variants/onnx-fp32"` (or one Variant) are
+    read as one item each, not one per character ('method n is named twice', 'model directory not found: r')."""
+    data = load_data("iris")
+    trained = train(data, "mlp", TrainConfig(epochs=1))
+    compressed = compress_model(trained.model, data, methods="onnx-fp32", out=tmp_path / "c")
+    assert compressed.methods == ["onnx-fp32"] and compressed.chosen_name == "onnx-fp32"
+    for compare in (str(tmp_path / "c" / "variants" / "onnx-fp32"), compressed.chosen):
+        explained = explain_model(trained.model, data, methods="saliency", compare=compare, samples=4)
+        assert explained.methods == ["saliency"] and explained.n_compared == 1
+
+
+@pytest.fixture
+def float64_default():
+    """A scientific notebook's `torch.set_default_dtype(torch.float64)`, put back afterwards."""
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def test_stages_run_under_a_notebooks_no_grad_inference_mode_and_float64_default(float64_default):
+    """Gradients switched off by an inference cell, an enclosing `torch.inference_mode()` and a float64 default
+    dtype are the notebook's: training, pruning and gradient attributions run as without them, and leave them
+    as they were."""
+    import torch
+
+    from explain import attribute
+
+    data = load_data("iris")
+    with torch.no_grad():
+        trained = train(data, "mlp", TrainConfig(epochs=1))
+        assert not torch.is_grad_enabled() and torch.get_default_dtype() == torch.float64
+        assert compress_model(trained.model, data, methods=["prune-structured"]).chosen_name != "original"
+        explained = explain_model(trained.model, data, methods=["integrated_gradients"], samples=4)
+        assert explained.methods == ["integrated_gradients"]
+    with torch.inference_mode():
+        values = attribute(trained.model, data.x_test[:3], method="integrated_gradients")
+        assert values.method == "integrated_gradients" and torch.is_inference_mode_enabled()
+    assert trained.model.module.head.weight.dtype == torch.float32
 
 
 def test_compared_in_memory_variants_are_named_as_their_variants():

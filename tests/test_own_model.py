@@ -701,6 +701,43 @@ def test_explain_gives_the_users_modules_back_in_their_modes(zoo):
     module.eval()
 
 
+def test_predict_and_as_model_give_each_submodule_its_own_mode_back():
+    """Fine-tuning with a frozen BatchNorm (the module in train mode, the BatchNorm in eval): validating with
+    `predict` or wrapping with `as_model` leaves the BatchNorm frozen, so the next training step keeps its
+    statistics."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    net.train(), net[1].eval()
+    modes = [m.training for m in net.modules()]
+    trainers.predict(net, x)
+    assert [m.training for m in net.modules()] == modes
+    trainers.as_model(net, x)
+    assert [m.training for m in net.modules()] == modes
+    mean = net[1].running_mean.clone()
+    net(torch.from_numpy(x))
+    assert torch.equal(mean, net[1].running_mean)
+
+
+def test_shap_methods_leave_the_users_gradients_as_they_were():
+    """shap's explainers call `zero_grad()`: a notebook's gradients, computed and not yet stepped on, come back with
+    their values in the same tensors, and a parameter without one stays without."""
+    import explain
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    for method in ("shap_deep", "shap_gradient"):
+        net.zero_grad(set_to_none=True)
+        net(torch.from_numpy(x)).sum().backward()
+        net[2].bias.grad = None
+        grad = net[0].weight.grad
+        values = grad.clone()
+        explain.attribute(net, x[:2], method=method)
+        assert net[0].weight.grad is grad and torch.equal(grad, values), method
+        assert net[2].bias.grad is None, method
+
+
 def test_in_memory_variants_of_a_users_module_predict_and_are_explained(zoo):
     """Without `out=`, a pruned user module is an ONNX graph kept in memory (its class cannot take the new widths):
     the variant's model carries that graph, so it predicts and is compared as a saved variant is."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import numbers
 import os
 import re
 import sys
@@ -499,8 +500,11 @@ def _load_module(path: Path, spec: ModelSpec, device: str, given: nn.Module | No
         raise ArtifactError(f"{weights}: unknown weight codec {codec_name!r}")
     pre = spec.preprocessing
     try:  # built first (its size checked before allocating), so the weights are read against its shapes
-        module = given if given is not None else build_model(
-            spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"), pre.get("std"))
+        # on the CPU generator of its own: the layers' initial weights, drawn and then replaced by the stored ones,
+        # would otherwise move a notebook's torch.manual_seed stream on every load (explain, predict, pipeline)
+        with torch.random.fork_rng(devices=[]):
+            module = given if given is not None else build_model(
+                spec.family, spec.config, spec.input_shape, spec.num_classes, pre.get("mean"), pre.get("std"))
     except ToolkitError as exc:  # unknown family, architecture option or size: the artifact is at fault
         raise ArtifactError(f"{path / MODEL_JSON}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
@@ -574,6 +578,9 @@ def predict(model, x, batch_size: int = PREDICT_BATCH, device: str | None = None
     rows the same answers whatever the file's length. The two members may disagree on a few rows
     (auto's note on the routed variant says how many of the test rows).
     """
+    _check_rows(batch_size, "batch_size")
+    if call_rows is not None:
+        _check_rows(call_rows, "call_rows")
     if not isinstance(model, LoadedModel) and not is_module(model):  # an artifact directory, an .onnx file or ONNX bytes
         from .usermodel import as_model
 
@@ -591,6 +598,13 @@ def predict(model, x, batch_size: int = PREDICT_BATCH, device: str | None = None
         model = small
     run = _runner(model, raw is not None, device)
     return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _check_rows(value, name: str) -> None:
+    """One line before any work for a row count that is no whole number above 0: 0, -1 or 2.5 would otherwise
+    fail deep in the batching (a numpy integer is one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ToolkitError(f"{name} must be a whole number of rows, at least 1, got {value!r}")
 
 
 def _width(x) -> int | None:
@@ -670,16 +684,15 @@ def _runner(model, raw: bool, device: str | None):
     device = device or (tensor.device if tensor is not None else "cpu")
     dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
 
+    from .usermodel import modes_kept
+
     def run(chunk):
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.inference_mode():
-                # a memory-mapped file's rows are read-only: torch warns on those, so they are copied (one batch)
-                chunk = chunk if chunk.flags.writeable else np.array(chunk)
-                out = module(torch.from_numpy(chunk).to(device=device, dtype=dtype))
-        finally:
-            module.train(was_training)
+        # each submodule's own flag comes back, not the root's: a BatchNorm frozen in eval mid fine-tuning stays so
+        with modes_kept(module), torch.inference_mode():
+            module.eval()
+            # a memory-mapped file's rows are read-only: torch warns on those, so they are copied (one batch)
+            chunk = chunk if chunk.flags.writeable else np.array(chunk)
+            out = module(torch.from_numpy(chunk).to(device=device, dtype=dtype))
         if not isinstance(out, torch.Tensor):
             raise ToolkitError(f"the model returns a {type(out).__name__}; the toolkit needs logits of shape "
                                "(batch, classes), one tensor")

@@ -35,9 +35,11 @@ from .interrupts import Interrupts, TrainingInterrupted, held_interrupts
 from .loop import (SIGNAL_MARGIN, LoopOptions, LoopState, amp_dtype, chance_loss, evaluate,
                    in_memory, left_chance, split_tensors, training_loop)
 from .models import build_model, config_dict, get_family, make_config
+from .options import parse
 from .progress import ConsoleProgress, ProgressCallback, reporter
 from .rundir import RunDir
 from .trainconfig import TrainConfig
+from .torchstate import standard_torch_mode
 from .tracking import NullTracker, Tracker, epoch_metrics, train_metrics
 
 
@@ -57,9 +59,22 @@ class TrainResult:
     processes: int = 1
     refit: dict | None = None  # {"epochs", "rows", "seconds", "history"} where the model was refitted (`_refit`)
 
+    # the repr's names are attributes: `r.test_accuracy` is what a notebook types after reading the repr
+    @property
+    def family(self) -> str:
+        return self.model.spec.family
+
+    @property
+    def data_name(self) -> str | None:
+        return self.model.spec.data.get("name")
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("test_accuracy")
+
     def __repr__(self) -> str:
-        return display.short_repr("TrainResult", family=self.model.spec.family, data=self.model.spec.data.get("name"),
-                                  test_accuracy=self.metrics.get("test_accuracy"), epochs_run=self.epochs_run,
+        return display.short_repr("TrainResult", family=self.family, data_name=self.data_name,
+                                  test_accuracy=self.test_accuracy, epochs_run=self.epochs_run,
                                   best_epoch=self.best_epoch, device=self.device,
                                   out=str(self.out) if self.out else None)
 
@@ -133,16 +148,17 @@ def global_rng_kept():
             torch.cuda.set_rng_state_all(states[3])
 
 
-def train(data: DataBundle | str, family: str, config: TrainConfig | None = None, *, out: str | Path | None = None,
-          overwrite: bool = False, resume: bool = False, progress: ProgressCallback | bool | None = None,
-          target: str | None = None, table=None, tracker: Tracker | None = None,
+def train(data: DataBundle | str, family: str, config: TrainConfig | dict | None = None, *,
+          out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+          progress: ProgressCallback | bool | None = None, target: str | None = None, table=None,
+          tracker: Tracker | None = None,
           image_size: int | None = None) -> TrainResult:
     """Train a classifier of `family` on `data`; write an artifact to `out` if given.
 
     Args:
         data: a DataBundle, or a data spec for `load_data` (built-in name or path).
         family: a registered model family (`list_models()`).
-        config: training options (defaults are tuned to give a good model).
+        config: training options, a TrainConfig or a dict of its fields (defaults are tuned to give a good model).
         out: run directory; the artifact and `result.json` are committed there at the end.
         resume: continue an interrupted run in `out` from its last checkpoint.
         progress: a callback receiving a `ProgressEvent` per epoch (`trainers.progress`); True renders them on
@@ -158,14 +174,24 @@ def train(data: DataBundle | str, family: str, config: TrainConfig | None = None
         TrainingInterrupted: Ctrl-C stopped the run; the best model so far is its `.result` (and saved in `out`).
             Before the first epoch ended there is none: `.result` is None and nothing is saved.
     """
-    with global_rng_kept():
+    with global_rng_kept(), standard_torch_mode():  # a notebook's no_grad or float64 default does not reach in
         return _train(data, family, config, out=out, overwrite=overwrite, resume=resume, progress=progress,
                       target=target, table=table, tracker=tracker, image_size=image_size)
 
 
-def _train(data, family, config, *, out, overwrite, resume, progress, target, table, tracker, image_size) -> TrainResult:
-    config = config or TrainConfig()
+def _as_config(config) -> TrainConfig:
+    """A checked TrainConfig from one or from a dict of its options (as `run_pipeline` takes its sections)."""
+    if isinstance(config, dict):
+        return parse(TrainConfig, config, "config")
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ToolkitError(f"config must be a TrainConfig or a dict of its options, got {type(config).__name__}")
     config.validate()
+    return config
+
+
+def _train(data, family, config, *, out, overwrite, resume, progress, target, table, tracker, image_size) -> TrainResult:
+    config = _as_config(config)
     get_family(family)
     arch = make_config(family, config.model)
     ctx, device = distributed.context(resolve_device(config.device))

@@ -24,6 +24,8 @@ import dataclasses
 import json
 import functools
 import inspect
+import os
+import sys
 import typing
 from typing import Annotated, Any, Callable, TypeVar
 
@@ -143,6 +145,21 @@ def validated(func: Callable, where: str) -> Callable:
             raise ToolkitError(one_line(exc, where)) from None
 
     return wrapper
+
+
+def as_items(value) -> list:
+    """`value` as a list: one name, path, ONNX bytes or model (a str, bytes, a Path, a module, anything that
+    is no collection) is a list of one, not its characters (`methods="shapley"`, `compare="runs/x"`)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, os.PathLike)) or not hasattr(value, "__iter__") or _is_module(value):
+        return [value]
+    return list(value)
+
+
+def _is_module(value) -> bool:
+    torch = sys.modules.get("torch")  # nothing is a module before PyTorch is imported
+    return torch is not None and isinstance(value, torch.nn.Module)
 
 
 def check_value(annotation, value, where: str, *, typed: bool = False):

@@ -59,6 +59,25 @@ def modes_kept(*models):
             m.training = training
 
 
+@contextmanager
+def grads_kept(*models):
+    """Each parameter's `.grad` of the user's modules among `models` as it was, after the block: shap's explainers
+    call `model.zero_grad()`, and a notebook mid fine-tuning may hold gradients it has not stepped on yet. The
+    values are copied (zero_grad may zero them in place) and written back into the same tensors."""
+    import torch
+
+    kept = [(p, p.grad, None if p.grad is None else p.grad.detach().clone())
+            for model in models if is_module(model) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, grad, values in kept:
+                if grad is not None:
+                    grad.copy_(values)
+                param.grad = grad
+
+
 def as_model(model, data=None, *, class_names=None, module: nn.Module | None = None) -> LoadedModel:
     """The model a stage works on, from what the user has.
 
@@ -205,16 +224,13 @@ def _from_module(module: nn.Module, data, class_names) -> LoadedModel:
         raise ToolkitError(f"the module's weights are {str(param.dtype).replace('torch.', '')}; the toolkit "
                            "starts from an fp32 model (module.float())")
     device = param.device if param is not None else torch.device("cpu")
-    was_training = module.training
-    module.eval()
     try:
-        with torch.no_grad():
+        with modes_kept(module), torch.no_grad():  # each submodule's train/eval flag comes back as it was
+            module.eval()
             out = module(torch.from_numpy(x).to(device))
     except Exception as exc:  # the user's forward may raise anything: one line saying the shapes
         raise ToolkitError(f"the model's forward fails on the data's inputs of shape {tuple(x.shape)} "
                            f"({_first_line(exc)})") from None
-    finally:
-        module.train(was_training)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     if shape is None or len(shape) != 2 or shape[0] != len(x) or shape[1] < 2:
         got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
