@@ -38,12 +38,21 @@ class PipelineResult:
     def to_dict(self) -> dict:
         return {**self.status, "run_dir": str(self.run_dir), "report": str(self.report) if self.report else None}
 
-    def __repr__(self) -> str:  # one short line, as every stage's result (`trainers.display`)
+    @property
+    def state(self) -> str | None:
+        """The run's status: "done", "failed", "interrupted", ... (`status` is the whole pipeline.json)."""
+        return self.status.get("status")
+
+    @property
+    def stages(self) -> dict:
+        """Each stage's status by name, in order: {"train": "done", "compress": "failed", ...}."""
+        return {s.get("name"): s.get("status") for s in self.status.get("stages", [])}
+
+    def __repr__(self) -> str:  # one short line, as every stage's result (`trainers.display`); each name an attribute
         from trainers.display import short_repr
 
-        stages = ", ".join(f"{s.get('name')} {s.get('status')}" for s in self.status.get("stages", []))
-        return short_repr("PipelineResult", run_dir=str(self.run_dir), status=self.status.get("status"),
-                          stages=stages or None, report=str(self.report) if self.report else None)
+        return short_repr("PipelineResult", run_dir=str(self.run_dir), state=self.state, stages=self.stages or None,
+                          report=str(self.report) if self.report else None)
 
     def _repr_html_(self) -> str:
         """The stages' statuses as a table, and a link to the report (a notebook opens it beside the page)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 import pytest
 from matplotlib.figure import Figure
@@ -224,12 +226,17 @@ def test_every_name_a_results_repr_shows_is_an_attribute_holding_that_value(tmp_
     trained = train(data, "mlp", TrainConfig(epochs=1), out=tmp_path / "t")
     compressed = compress_model(trained.model, data, methods=["onnx-fp32"])
     explained = explain_model(trained.model, data, methods=["saliency"], samples=4)
-    for result in (trained, compressed, explained):
+    from reports.pipeline import PipelineResult
+
+    piped = PipelineResult(tmp_path / "p", tmp_path / "p" / "report.html",
+                           {"status": "failed", "stages": [{"name": "train", "status": "done"},
+                                                           {"name": "compress", "status": "failed"}]})
+    for result in (trained, compressed, explained, data, piped):
         names = re.findall(r"(?:\(|, )(\w+)=", repr(result))
         assert len(names) >= 4, repr(result)
         for name in names:
             value = getattr(result, name)
-            shown = str(value) if name == "out" else value
+            shown = str(value) if isinstance(value, Path) or name == "out" else value
             assert f"{name}={shown!r}" in repr(result), (name, repr(result))
 
 

@@ -83,12 +83,23 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def __repr__(self) -> str:
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.y_val)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.y_test)
+
+    def __repr__(self) -> str:  # each name shown is an attribute holding that value
         from .display import short_repr
 
         return short_repr("DataBundle", name=self.name, input_shape=tuple(self.input_shape), layout=self.layout,
-                          num_classes=self.num_classes, n_train=len(self.y_train), n_val=len(self.y_val),
-                          n_test=len(self.y_test))
+                          num_classes=self.num_classes, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
 
     def summary(self) -> dict:
         """Plain-data description, as recorded in model.json and result.json."""
