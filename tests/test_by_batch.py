@@ -172,7 +172,7 @@ def test_the_cli_writes_a_routed_choice_that_predict_report_and_explain_read(tmp
     assert main(["compress", str(tmp_path / "m"), "--data", "digits", "--options", options,
                  "--out", str(tmp_path / "c")]) == 0
     result = read_result(tmp_path / "c" / "result.json", "compress")
-    assert result.schema_version == 7
+    assert result.schema_version == 8
     row = next(v for v in result.variants if v.name == result.chosen.name)
     assert row.serve is not None and row.serve.small in {v.name for v in result.variants}
     from compress.views import rows
@@ -226,7 +226,7 @@ def test_version_2_compress_results_are_still_read():
     from trainers.schema import CompressResultFileV2, parse_result
 
     current = compress_result().dump()
-    assert current["schema_version"] == 7
+    assert current["schema_version"] == 8
     current = before_version_6(current)
     old = {**current, "schema_version": 2,
            "variants": [{k: v for k, v in row.items() if k != "serve"} for row in current["variants"]],

@@ -130,12 +130,16 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
         listed = f"; variants: {', '.join(names)}" if names else ""
         raise ToolkitError(f"no variant '{variant}' under {path}{listed}")
     for run in runs:
-        chosen = (read_json(run / "result.json", "result.json").get("chosen") or {}).get("path") \
-            if (run / "result.json").is_file() else None
-        if chosen and (run / chosen / "model.json").is_file():
-            return run / chosen
-        if chosen and ((Path(chosen) / "model.json").is_file() or Path(chosen).suffix.lower() == ".onnx"):
-            return Path(chosen)  # the original was kept: the user's artifact or ONNX file
+        record = read_json(run / "result.json", "result.json") if (run / "result.json").is_file() else {}
+        chosen = record.get("chosen") or {}
+        if not isinstance(chosen.get("path"), str):
+            continue
+        if chosen.get("checksum") or Path(chosen["path"]).is_absolute():  # the original was kept: the user's model
+            from .kept import find
+
+            return find(run, chosen, record.get("parent"))
+        if (run / chosen["path"] / "model.json").is_file():
+            return run / chosen["path"]
     raise ToolkitError(f"{path} is not a model artifact (no model.json) nor a run with a chosen variant")
 
 
