@@ -72,6 +72,11 @@ def smaller(ratio: float) -> str:
     return f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
 
 
+def accuracy_change(drop: float) -> str:
+    """An accuracy drop (points below the original) in words; a negative drop is a gain, said as one."""
+    return f"{-drop:.2f} points more accurate" if drop < 0 else f"{drop:.2f} points drop"
+
+
 def _timed_batch(n: int) -> int:
     if n not in (1, 256):
         raise ValueError("must be 1 or 256, the batch sizes every variant is timed at")
@@ -837,6 +842,8 @@ def settle(model: LoadedModel, data: DataBundle, variants: list[Variant], baseli
     routed, why = found
     variants.append(routed)
     mark_pareto([baseline, *variants])
+    # what ships is both files, whose size `why` gives: the large member's alone would read as the artifact's
+    reason = reason.replace(f", {smaller(chosen.measurements['size_ratio'])},", ",", 1)
     return routed, f"{why}; {reason}"
 
 
@@ -883,7 +890,7 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
              f"{m['speedup'][setting]:.2f}x faster at batch {batch} single thread (spread {spread:.2f})")
     agreement = f", {describe_fidelity(m['fidelity'])}" if m.get("fidelity") else ""
     reason = (f"{how} of {len(eligible)} variants passing the fidelity rule and not slower than fp32: {speed}, "
-              f"{smaller(m['size_ratio'])}, accuracy {m['accuracy']:.4f} ({m['accuracy_drop']:+.2f} points drop)"
+              f"{smaller(m['size_ratio'])}, accuracy {m['accuracy']:.4f} ({accuracy_change(m['accuracy_drop'])})"
               f"{agreement}{excluded}{_other_batch_hint(best, eligible, batch)}")
     return best, reason
 

@@ -106,14 +106,16 @@ class CompressResult:
 
     def to_dict(self) -> dict:
         """The `result.json` object, built through its schema (trainers.schema.CompressResultFile)."""
+        from trainers.kept import record
         from trainers.schema import Chosen, CompressResultFile
 
-        chosen_path = self.parent if self.chosen is self.baseline else self.paths.get(self.chosen.name)
+        chosen_path, digest = (record(self.baseline.model, self.out) if self.chosen is self.baseline
+                               else (self.paths.get(self.chosen.name), None))
         return CompressResultFile(
             parent=self.parent, family=self.family, data=self.data, methods=self.methods, max_drop=self.max_drop,
             threads=self.threads, baseline=self.row(self.baseline),
             variants=[self.row(v) for v in [self.baseline, *self.variants]],
-            chosen=Chosen(name=self.chosen.name, path=chosen_path, reason=self.reason),
+            chosen=Chosen(name=self.chosen.name, path=chosen_path, reason=self.reason, checksum=digest),
             skipped=self.skipped, seconds=round(self.seconds, 2), min_agreement=self.min_agreement,
             budget_seconds=self.budget_seconds, search_notes=self.search_notes, device=self.device,
         ).dump()
@@ -470,6 +472,7 @@ def _write(run, result: CompressResult, model, data, methods, max_drop, options,
         v.model.spec = write_artifact(directory, v.model.module, v.model.spec, metrics, onnx_bytes=onnx_bytes,
                                       raw_onnx_bytes=raw)
         result.paths[v.name] = rel
+    result.out = run.final  # where the run goes: a kept original is recorded relative to it (`trainers.kept`)
     run.write_json("result.json", result.to_dict())
     result.out = run.commit()
     for v in result.variants:

@@ -130,9 +130,12 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
 
     caveats = ["Measured on one held-out split of one data set; accuracy on other data can be lower."]
     if compression:
-        caveats.append("Latency figures come from the machine that ran the pipeline and change with hardware and "
-                       "threads" + (f"; they were timed on its GPU ({compression['gpu']}), host arrays in and logits "
-                                    "back." if compression.get("gpu") else "."))
+        threads = compression.get("threads") or {}
+        caveats.append("Latency figures are medians per call of 1 and of 256 rows, timed on one thread and on "
+                       f"{threads.get('timed', threads.get('all', '?'))} threads (the cores free then); speed-ups are "
+                       "single-thread. They come from the machine that ran the pipeline and change with hardware "
+                       "and threads" + (f"; they were timed on its GPU ({compression['gpu']}), host arrays in "
+                                        "and logits back." if compression.get("gpu") else "."))
         caveats += [str(n) for n in compression.get("notes") or () if "test split" in str(n)]   # fidelity's
     if training and training.get("interrupted"):
         caveats.append("Training was interrupted; the best model so far was kept.")
@@ -188,6 +191,9 @@ def for_variant(sections: list, metadata: dict, row: dict, model: dict) -> tuple
         ours.append(f"architecture: {model['config']}")
     ours.append(f"size of the model file(s) it serves from: {_kib(row.get('disk'))} (its directory may also keep "
                 "PyTorch weights, which serving does not read)")
+    ours += _routed_facts(row)
+    ours.append(f"speed-up against the original, single thread: {_speedup(row.get('speedup256'), row.get('noisy256'))}"
+                f" at batch 256, {_speedup(row.get('speedup'), row.get('noisy1'))} at batch 1")
     ours.append(f"test accuracy: {_pct(row.get('accuracy'))} (drop against the original: "
                 + ("n/a" if number(row.get("drop")) is None else f"{row['drop']:+.2f} points") + ")")
     if row.get("agreement"):   # the fidelity rule the variant was chosen by
@@ -200,6 +206,16 @@ def for_variant(sections: list, metadata: dict, row: dict, model: dict) -> tuple
             mine = [m for m in result.get("metrics", []) if f"the {row.get('name')} variant" in str(m.get("name"))]
             result["metrics"] = mine + [m for m in result.get("metrics", []) if m not in mine]
     return variant_sections, meta
+
+
+def _routed_facts(row: dict) -> list[str]:
+    """What a routed variant ships (schema 3): two graphs, which calls each answers, and on how many test rows
+    their classes differ (auto's note). Its name alone said none of it."""
+    if not row.get("small_batch"):
+        return []
+    differ = [str(n) for n in row.get("notes") or () if str(n).startswith("its two members")]
+    return [f"two graphs in one artifact, routed by the size of each call: {row['small_batch']} (in small-batch/); "
+            f"the rest: {row.get('runtime')} (its model.onnx); the size above counts both files", *differ]
 
 
 def json_copy(obj):

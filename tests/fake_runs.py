@@ -117,11 +117,16 @@ def compress_result(*extra: VariantRow) -> CompressResultFile:
         skipped=[Skipped(method="distill", reason="not registered")], seconds=12.0, min_agreement=0.97)
 
 
+def before_version_8(result: dict) -> dict:
+    """A current compress result.json as versions 1-7 wrote it: no `chosen.checksum`."""
+    return {**result, "chosen": {k: v for k, v in result["chosen"].items() if k != "checksum"}}
+
+
 def before_version_6(result: dict) -> dict:
     """A current compress result.json as versions 1-5 wrote it: no `device`, no row's `device`, `provider` or
-    `log_loss`."""
+    `log_loss` (nor `chosen.checksum`)."""
     row = lambda r: {k: v for k, v in r.items() if k not in ("device", "provider", "log_loss")}  # noqa: E731
-    return {**{k: v for k, v in result.items() if k != "device"}, "baseline": row(result["baseline"]),
+    return {**{k: v for k, v in before_version_8(result).items() if k != "device"}, "baseline": row(result["baseline"]),
             "variants": [row(r) for r in result["variants"]]}
 
 

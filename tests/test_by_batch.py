@@ -172,7 +172,7 @@ def test_the_cli_writes_a_routed_choice_that_predict_report_and_explain_read(tmp
     assert main(["compress", str(tmp_path / "m"), "--data", "digits", "--options", options,
                  "--out", str(tmp_path / "c")]) == 0
     result = read_result(tmp_path / "c" / "result.json", "compress")
-    assert result.schema_version == 7
+    assert result.schema_version == 8
     row = next(v for v in result.variants if v.name == result.chosen.name)
     assert row.serve is not None and row.serve.small in {v.name for v in result.variants}
     from compress.views import rows
@@ -207,6 +207,24 @@ def _digits_rows() -> np.ndarray:
     return load_data("digits").x_test[:5].astype(np.float32)
 
 
+def test_the_routed_reason_quotes_the_shipped_size_and_says_a_gain_as_one(measured, digits, monkeypatch):
+    """What ships is both files: the reason gives their size only, not the large member's alone beside it; and an
+    accuracy above the original's reads as "more accurate", not as a negative drop."""
+    import compress.auto as auto
+
+    model, baseline, bf16, onnx = measured
+    _route(measured, digits, b1_gain=3.0)
+    monkeypatch.setattr(auto, "measure_all", lambda *a, **k: None)
+    monkeypatch.setitem(bf16.measurements, "accuracy_drop", -0.83)
+    real = auto.choose
+    monkeypatch.setattr(auto, "choose", lambda baseline, variants, *a, **k: real(baseline, [bf16], *a, **k))
+    chosen, reason = auto.settle(model, digits, [bf16, onnx], baseline, max_drop=5.0, min_agreement=0.9,
+                                 config=LatencyConfig(budget_s=0.02), notes=[], by_batch=True)
+    assert chosen.small is not None and "0.83 points more accurate" in reason and "drop" not in reason
+    sizes = [part for part in reason.split(", ") if part.endswith(("smaller", "larger", "with both files"))]
+    assert sizes == [f"{auto.smaller(chosen.measurements['size_ratio'])} with both files"], reason
+
+
 def test_by_batch_flags_are_auto_options(tmp_path, capsys):
     from cli.main import main
     from compress.checks import tiny_model
@@ -226,7 +244,7 @@ def test_version_2_compress_results_are_still_read():
     from trainers.schema import CompressResultFileV2, parse_result
 
     current = compress_result().dump()
-    assert current["schema_version"] == 7
+    assert current["schema_version"] == 8
     current = before_version_6(current)
     old = {**current, "schema_version": 2,
            "variants": [{k: v for k, v in row.items() if k != "serve"} for row in current["variants"]],

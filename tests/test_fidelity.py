@@ -607,7 +607,7 @@ def test_auto_out_of_budget_keeps_the_original_and_says_why(digits):
     result = compress_model(tiny_model("mlp"), digits, methods=["auto"], budget_seconds=0.01,
                             options={"auto": {"latency_budget_s": 0.01}})
     summary = result.to_dict()
-    assert summary["schema_version"] == 7 and summary["budget_seconds"] == 0.01
+    assert summary["schema_version"] == 8 and summary["budget_seconds"] == 0.01
     assert result.chosen is result.baseline and "--budget-seconds 0.01" in result.reason
     assert summary["skipped"] and all("search budget" in s["reason"] for s in summary["skipped"])
 

@@ -113,6 +113,7 @@ def test_int8_static_offers_the_lean_graph_as_a_second_variant(mlp, digits, monk
     """Where the search has an equally fast, smaller graph, int8-static returns it as well, named and recorded
     as such; `lean=False` returns the choice alone."""
     import compress.quantize as quantize
+    from compress.measure import size_on_disk
 
     real = quantize.search_int8
 
@@ -128,7 +129,9 @@ def test_int8_static_offers_the_lean_graph_as_a_second_variant(mlp, digits, monk
     assert first.recipe["fp32_nodes"] and not second.recipe["fp32_nodes"] and second.recipe["lean"] is True
     assert second.onnx_bytes != first.onnx_bytes and second.measurements["agreement_check"]["agreement"] < 1.0
     assert second.measurements["agreement_check"]["fp32_nodes"] == []
-    assert any("lean choice" in note for note in second.notes)
+    # the sizes quoted are the files as they ship (with their metadata), as each row's size_bytes
+    sizes = f"lean choice, {size_on_disk(second):,} bytes and 0 layer(s) in fp32, against {size_on_disk(first):,} and"
+    assert any(sizes in note for note in second.notes), second.notes
     assert [v.name for v in get_method("int8-static", "mlp").func(fragile, digits, latency_rounds=1, lean=False,
                                                                   fast=False, **ONE)] == ["int8-static-onnx"]
 

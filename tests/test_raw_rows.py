@@ -202,3 +202,24 @@ def test_a_raw_row_graph_copied_alone_reads_the_raw_columns_by_name(run, tmp_pat
     assert main(["predict", str(tmp_path / "alone.onnx"), str(tmp_path / "full.csv")]) == 0
     got = pd.read_csv(StringIO(capsys.readouterr().out))["predicted_index"].to_numpy()
     assert (got == predict(model, full).argmax(1)).all()
+
+
+def test_a_raw_row_graph_alone_takes_missing_cells_and_no_dropped_column_as_its_directory_does(run, tmp_path, capsys):
+    """The graph imputes NaN cells itself and reads no node of the id column training dropped: served alone, it
+    takes the rows its directory takes (missing cells, no `id`), where predict demanded both."""
+    import shutil
+    from io import StringIO
+
+    from cli.main import main
+
+    root, model, result, rows = run
+    shutil.copy(root / "c" / "variants" / "onnx-fp32" / "model.raw.onnx", tmp_path / "alone.onnx")
+    assert rows["a"].isna().any()
+    rows.drop(columns=["id"]).to_csv(tmp_path / "gaps.csv", index=False, na_rep="NA")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "alone.onnx"), str(tmp_path / "gaps.csv")]) == 0
+    got = pd.read_csv(StringIO(capsys.readouterr().out))["predicted_index"].to_numpy()
+    assert (got == predict(model, rows).argmax(1)).all()
+    rows.drop(columns=["id", "b"]).to_csv(tmp_path / "no_b.csv", index=False)
+    assert main(["predict", str(tmp_path / "alone.onnx"), str(tmp_path / "no_b.csv")]) == 2
+    assert "missing feature column(s) b" in capsys.readouterr().err

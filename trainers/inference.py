@@ -130,12 +130,16 @@ def resolve_artifact(path: str | Path, variant: str | None = None) -> Path:
         listed = f"; variants: {', '.join(names)}" if names else ""
         raise ToolkitError(f"no variant '{variant}' under {path}{listed}")
     for run in runs:
-        chosen = (read_json(run / "result.json", "result.json").get("chosen") or {}).get("path") \
-            if (run / "result.json").is_file() else None
-        if chosen and (run / chosen / "model.json").is_file():
-            return run / chosen
-        if chosen and ((Path(chosen) / "model.json").is_file() or Path(chosen).suffix.lower() == ".onnx"):
-            return Path(chosen)  # the original was kept: the user's artifact or ONNX file
+        record = read_json(run / "result.json", "result.json") if (run / "result.json").is_file() else {}
+        chosen = record.get("chosen") or {}
+        if not isinstance(chosen.get("path"), str):
+            continue
+        if chosen.get("checksum") or Path(chosen["path"]).is_absolute():  # the original was kept: the user's model
+            from .kept import find
+
+            return find(run, chosen, record.get("parent"))
+        if (run / chosen["path"] / "model.json").is_file():
+            return run / chosen["path"]
     raise ToolkitError(f"{path} is not a model artifact (no model.json) nor a run with a chosen variant")
 
 
@@ -156,6 +160,9 @@ def read_rows(path: str | Path, model: LoadedModel) -> tuple[np.ndarray, list[st
         from .tables import read_table
 
         return read_table(path, (table.get("read") or {}).get("sep")), None
+    raw = (model.spec.extra or {}).get("raw_rows")
+    if raw is not None and path.suffix.lower() == ".csv":  # a model.raw.onnx on its own: NaN cells are its to fill
+        return _raw_graph_rows(path, model.spec.feature_names, raw["reads"]), None
     if path.suffix.lower() == ".csv":
         x = _csv_rows(path, model.spec.feature_names, tuple(model.spec.input_shape))
     elif path.suffix.lower() in (".npz", ".npy"):
@@ -200,6 +207,32 @@ def _csv_rows(path: Path, feature_names, input_shape) -> np.ndarray:
     if table.isna().any().any():
         raise DataError(f"{path}: missing value in column '{table.columns[table.isna().any()][0]}'")
     return table.to_numpy(np.float32).reshape(len(table), *input_shape)
+
+
+def _raw_graph_rows(path: Path, columns: list[str], reads: list[str]) -> np.ndarray:
+    """Rows for a toolkit's raw-row graph served alone (`usermodel._raw_columns`), as the graph takes them: its
+    input holds every column of the training table, but it reads only `reads`, where missing cells (NaN) are
+    imputed inside it. So only those are required and checked; the others (a dropped id) are passed as NaN."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path} as CSV: {str(exc).splitlines()[0]}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [name for name in reads if name not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing feature column(s) {', '.join(missing[:5])}")
+    bad = [c for c in reads if not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise DataError(f"{path}: column '{bad[0]}' is not numeric")
+    x = np.full((len(table), len(columns)), np.nan, np.float32)
+    for i, name in enumerate(columns):
+        if name in reads:
+            x[:, i] = table[name].to_numpy(np.float32)
+    if np.isinf(x).any():
+        raise DataError(f"{path}: an infinite value in column '{columns[int(np.isinf(x).any(axis=0).argmax())]}'")
+    return x
 
 
 def predict_table(model: LoadedModel, x: np.ndarray, *, batch_size: int = PREDICT_BATCH, progress=None,

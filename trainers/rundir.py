@@ -90,6 +90,17 @@ def is_run_dir(path: str | Path) -> bool:
     return Path(path).is_dir() and marker.is_file() and not marker.is_symlink()
 
 
+def committed(path: Path) -> Path:
+    """Where `path` will be once the runs it is written in are committed: each ancestor `X.partial` that is a
+    run's staging directory (it holds the run marker) becomes `X`. A pipeline's compress stage writes in
+    `<out>.partial/compress`, and names its model by where that lands, `<out>/train`."""
+    parts = list(path.parts)
+    for i in range(1, len(parts) - 1):
+        if parts[i].endswith(".partial") and is_run_dir(Path(*parts[:i + 1])):
+            parts[i] = parts[i][:-len(".partial")]
+    return Path(*parts)
+
+
 def resolve_out(out: str | Path) -> Path:
     """The absolute output directory, its symlinks resolved once; one ToolkitError line for a place never to use."""
     given = Path(out)

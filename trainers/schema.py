@@ -291,10 +291,17 @@ class Threads(Record):
     all: int
 
 
-class Chosen(Record):
+class ChosenV1(Record):
     name: str
     path: str | None
     reason: str
+
+
+class Chosen(ChosenV1):
+    """The chosen variant from schema version 8: a kept original is named relative to the run (`path`: `../train`
+    in a pipeline run) and by its checksum, so a copied or moved run serves its own model, never another."""
+
+    checksum: str | None = None  # the kept original's (`trainers.kept.record`); None for a variant
 
 
 class Skipped(Record):
@@ -318,7 +325,7 @@ class CompressResultFileV1(Record):
     threads: Threads
     baseline: VariantRowV2
     variants: list[VariantRowV2]  # the baseline first
-    chosen: Chosen
+    chosen: ChosenV1
     skipped: list[Skipped]
     seconds: float
 
@@ -370,13 +377,21 @@ class CompressResultFileV6(CompressResultFileV5):
     variants: list[VariantRowV6]  # the baseline first
 
 
-class CompressResultFile(CompressResultFileV6):
+class CompressResultFileV7(CompressResultFileV6):
     """Version 7: each row's test log-loss (`log_loss`): top-1 agreement cannot see probabilities that flattened
     (a 90%-pruned digits CNN kept its accuracy while its mean top probability fell from 0.98 to 0.62)."""
 
     schema_version: Literal[7] = 7
     baseline: VariantRow
     variants: list[VariantRow]  # the baseline first
+
+
+class CompressResultFile(CompressResultFileV7):
+    """Version 8: a kept original is recorded relative to the run with its checksum (`Chosen.checksum`); version 7
+    named it by its absolute path, which a copy of the run followed to the source run's model."""
+
+    schema_version: Literal[8] = 8
+    chosen: Chosen
 
 
 # ---------------------------------------------------------------- explain
@@ -695,14 +710,17 @@ class PipelineFile(Record):
 
 # ---------------------------------------------------------------- reading
 
-ResultFile = (TrainResultFileV1 | TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3 | CompressResultFileV4 | CompressResultFileV5 | CompressResultFileV6 | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
+ResultFile = (TrainResultFileV1 | TrainResultFile | CompressResultFileV1 | CompressResultFileV2 | CompressResultFileV3
+              | CompressResultFileV4 | CompressResultFileV5 | CompressResultFileV6 | CompressResultFileV7
+              | CompressResultFile | ExplainResultFileV1 | ExplainResultFileV2
               | ExplainResultFileV3 | ExplainResultFileV4 | ExplainResultFileV5 | ExplainResultFile | PipelineFileV1
               | PipelineFile)
 # stage -> schema_version -> the model that reads it
 VERSIONS: dict[str, dict[int, type[ResultFile]]] = {
     "train": {1: TrainResultFileV1, 2: TrainResultFile},
     "compress": {1: CompressResultFileV1, 2: CompressResultFileV2, 3: CompressResultFileV3, 4: CompressResultFileV4,
-                 5: CompressResultFileV5, 6: CompressResultFileV6, 7: CompressResultFile},
+                 5: CompressResultFileV5, 6: CompressResultFileV6, 7: CompressResultFileV7,
+                 8: CompressResultFile},
     "explain": {1: ExplainResultFileV1, 2: ExplainResultFileV2, 3: ExplainResultFileV3, 4: ExplainResultFileV4,
                 5: ExplainResultFileV5, 6: ExplainResultFile},
     "pipeline": {1: PipelineFileV1, 2: PipelineFile},

@@ -301,6 +301,9 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
     spec.onnx = {"file": "model.onnx", "precision": "float32", "opset": spec.config["opset"]}
     if spec.feature_names is None:  # a toolkit export's own names (model.raw.onnx: the table's raw columns)
         spec.feature_names = _meta_features(meta, spec.input_shape)
+    reads = _raw_columns(meta, spec.feature_names)
+    if reads is not None:  # a toolkit's model.raw.onnx: predict gives it what it takes (`inference.read_rows`)
+        spec.extra["raw_rows"] = {"reads": reads}
     spec.weights = {}
     model = LoadedModel(module=None, spec=spec, origin=origin, onnx_bytes=onnx_bytes,
                         notes=["an ONNX graph: gradient methods and PyTorch transforms need a PyTorch module"])
@@ -492,6 +495,22 @@ def _meta_features(meta: dict, input_shape) -> list[str] | None:
         return None
     fits = isinstance(names, list) and len(input_shape) == 1 and len(names) == input_shape[0]
     return [str(n) for n in names] if fits and all(isinstance(n, str) for n in names) else None
+
+
+def _raw_columns(meta: dict, names: list[str] | None) -> list[str] | None:
+    """The columns a toolkit's raw-row graph (`compress.export.raw_rows_onnx`) reads of its input: those its
+    table steps take. The others (an id column training dropped) are gathered by no node, and the steps impute
+    missing (NaN) cells inside the graph. None for any other graph."""
+    import json
+
+    if meta.get("input") != "raw rows" or names is None:
+        return None
+    try:
+        steps = json.loads(meta.get("preprocessing", "{}")).get("table", {}).get("steps", [])
+        reads = [step["column"] for step in steps]
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return None
+    return reads if reads and set(reads) <= set(names) else None
 
 
 def _meta_names(meta: dict):
