@@ -398,6 +398,88 @@ def test_a_previous_run_that_cannot_be_renamed_aside_is_one_line_and_the_new_run
     assert (out / "a.txt").read_text() == "previous" and (tmp_path / "run.partial" / "a.txt").read_text() == "new"
 
 
+# ---------------------------------------------------------------- --out changed while the run was made
+
+
+def _user_notes(folder: Path) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "notes.txt").write_text("my precious notes")
+
+
+def _refused_commit(run: RunDir) -> None:
+    (run.path / "a.txt").write_text("new")
+    with pytest.raises(ToolkitError, match=r"changed while the run was made .*nothing there was replaced: the "
+                                           r"finished run is kept in .*\.partial"):
+        with run:
+            run.commit()
+    assert (run.staging / "a.txt").read_text() == "new" and is_run_dir(run.staging)
+
+
+def test_a_folder_that_appears_at_out_during_the_run_is_never_deleted(tmp_path):
+    out = tmp_path / "run"
+    run = RunDir(out, kind="test")
+    _user_notes(out)  # the user (or another tool) makes --out while the run trains
+    _refused_commit(run)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_an_empty_out_the_user_fills_during_the_run_is_kept_with_its_mode(tmp_path):
+    out = tmp_path / "volume"
+    out.mkdir()
+    out.chmod(0o2770)
+    before = out.stat()
+    run = RunDir(out, kind="test")
+    _user_notes(out)
+    _refused_commit(run)
+    after = out.stat()
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_refuses_at_the_commit_files_added_to_the_previous_run_during_the_run(tmp_path):
+    out = tmp_path / "run"
+    with RunDir(out, kind="test") as first:
+        (first.path / "a.txt").write_text("previous")
+        first.commit()
+    run = RunDir(out, kind="test", overwrite=True)
+    _user_notes(out)
+    _refused_commit(run)
+    assert (out / "notes.txt").exists() and (out / "a.txt").read_text() == "previous" and is_run_dir(out)
+
+
+def test_a_file_added_after_the_commit_checked_out_is_caught_once_the_previous_run_is_aside(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with RunDir(out, kind="test") as first:
+        (first.path / "a.txt").write_text("previous")
+        first.commit()
+    real = rundir.commit_directory
+
+    def late_user(staging, final, **kwargs):  # the user's file arrives between the check and the renames
+        _user_notes(final)
+        real(staging, final, **kwargs)
+
+    monkeypatch.setattr(rundir, "commit_directory", late_user)
+    _refused_commit(RunDir(out, kind="test", overwrite=True))
+    assert (out / "notes.txt").exists() and (out / "a.txt").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.partial"]  # nothing left aside
+
+
+def test_the_cli_refuses_the_commit_in_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m"
+    real = rundir.commit_directory
+
+    def user_made_out(staging, final, **kwargs):
+        _user_notes(final)
+        real(staging, final, **kwargs)
+
+    monkeypatch.setattr(rundir, "commit_directory", user_made_out)
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "1", "--arch", json.dumps(TINY),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err  # after the run's own warnings: one error line
+    assert err.count("error: ") == 1 and "kept in" in err.splitlines()[-1] and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and is_run_dir(tmp_path / "m.partial")
+
+
 # ---------------------------------------------------------------- property: nothing outside the run changes
 
 

@@ -16,6 +16,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
+from typing import Callable
 
 from .errors import ToolkitError, parse_failure
 
@@ -145,7 +146,12 @@ def check_regular_file(path: str | Path, what: str = "file", error: type = Toolk
         raise error(f"{what} {path} is {kind}; expected a regular file")
 
 
-def commit_directory(staging: Path, final: Path, *, last: str | None = None) -> None:
+class ReplaceRefused(Exception):
+    """The directory found at a commit's `final` is not the one its run may replace (`commit_directory`)."""
+
+
+def commit_directory(staging: Path, final: Path, *, last: str | None = None,
+                     replaceable: Callable[[Path], str | None] | None = None) -> None:
     """Move a finished staging directory to `final`, replacing what was there.
 
     The old directory is renamed aside first and removed only after the new one
@@ -155,17 +161,25 @@ def commit_directory(staging: Path, final: Path, *, last: str | None = None) -> 
     An existing empty `final` is kept and filled instead (`fill_directory`): renaming it aside would replace the
     user's directory (its owner, mode, ACLs, setgid group) by a new one, and a mount point (a container's volume)
     cannot be renamed at all (EBUSY, after the whole run). `last` names the entry whose arrival completes it.
+
+    `replaceable` says why the old directory, once renamed aside (where no one adds to it by its name any more),
+    may not be deleted, or None: given a reason, it is put back and ReplaceRefused raised. A user's folder that
+    appeared at `final` while the run was made was deleted with the user's files.
     """
     staging, final = Path(staging), Path(final)
     if final.is_dir() and not final.is_symlink() and not any(final.iterdir()):
         fill_directory(staging, final, last)
         return
     old = None
-    if final.exists():
+    if os.path.lexists(final):
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
+        why = replaceable(old) if replaceable is not None else None
+        if why is not None:
+            os.replace(old, final)
+            raise ReplaceRefused(why)
     try:
         os.replace(staging, final)
     except BaseException:

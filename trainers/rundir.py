@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import ToolkitError
-from .fileio import (atomic_write_json, commit_directory, ensure_writable_parent, fill_directory, interrupts_deferred,
-                     read_json)
+from .fileio import (ReplaceRefused, atomic_write_json, commit_directory, ensure_writable_parent, fill_directory,
+                     interrupts_deferred, read_json)
 
 MARKER = ".toolkit-run.json"
 CHECKPOINT = "checkpoint.json"  # names its tensors file (trainers.checkpoint)
@@ -77,6 +77,11 @@ def foreign_files(run: Path) -> list[str]:
                 path.suffix in _SIGNS and report_wrote(path)) and not _TEMPORARY.match(path.name):
             found.append(name)
     return found
+
+
+def _listed(names: list[str]) -> str:
+    """The first three of `names`, and how many more, for a one-line message."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def default_run_dir(stage: str, family: str | None = None, root: str | Path = "runs") -> Path:
@@ -181,6 +186,8 @@ class RunDir:
         self.resumed = False
         self.keep_on_error = False
         self._lock = None
+        self._may_replace = overwrite or resume  # a previous run at `final`, as the start found it (`_changed`)
+        self._foreign_before: set[str] = set()
         refuse_inputs(self.final, inputs)
         if self.final.exists() and not self.final.is_dir():
             raise ToolkitError(f"output path exists and is not a directory: {self.final}")
@@ -238,11 +245,12 @@ class RunDir:
             if os.path.ismount(self.final):  # its previous run cannot be renamed aside: refused before any work
                 raise ToolkitError(f"output directory {self.final} is a mount point holding a previous run, which "
                                    "cannot be replaced in one step: empty it, or give a directory inside it")
-            foreign = foreign_files(self.final) if overwrite and not resume else []
-            if foreign:
-                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-                raise ToolkitError(f"output directory {self.final} holds files the toolkit did not write ({shown}): "
-                                   "--overwrite replaces only the toolkit's own; move them out or choose another --out")
+            foreign = foreign_files(self.final)
+            if foreign and not resume:
+                raise ToolkitError(f"output directory {self.final} holds files the toolkit did not write "
+                                   f"({_listed(foreign)}): --overwrite replaces only the toolkit's own; move them out "
+                                   "or choose another --out")
+            self._foreign_before = set(foreign)
             return
         if holds_checkpoint(self.final):
             raise ToolkitError(f"output directory {self.final} holds an interrupted run with a checkpoint: "
@@ -291,8 +299,26 @@ class RunDir:
         atomic_write_json(target, obj)
         return target
 
+    def _changed(self, found: Path) -> str | None:
+        """Why the directory `found` at `final` when the run commits (or renamed aside by the commit) may not be
+        replaced, or None: it must be what the start's check let through (`_check_final`), as the user may have
+        made, filled or added to it while the run was made. An empty directory is filled in place (`fill_directory`)
+        and a toolkit run may be replaced under --overwrite or --resume, with no file the toolkit did not write beyond
+        those the start found."""
+        if found.is_symlink() or not found.is_dir():
+            return "something that is not a directory appeared there"
+        if not any(found.iterdir()):
+            return None
+        if not is_run_dir(found):
+            return "a directory the toolkit did not write appeared there, or files were put into it"
+        if not self._may_replace:
+            return "another run appeared there"
+        added = sorted(set(foreign_files(found)) - self._foreign_before)
+        return f"files the toolkit did not write were added to it ({_listed(added)})" if added else None
+
     def commit(self) -> Path:
-        """Move the finished run into place (Ctrl-C waits until it is), then release the lock."""
+        """Move the finished run into place (Ctrl-C waits until it is), then release the lock. Refused in one line,
+        the run kept in its staging directory, where `final` is no longer what the start found (`_changed`)."""
         files = sorted(name for p in self.staging.rglob("*") if (p.is_file() or p.is_symlink())
                        and (name := p.relative_to(self.staging).as_posix()) != MARKER)
         try:
@@ -301,8 +327,15 @@ class RunDir:
             marker = {"kind": self.kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.staging / MARKER, {**marker, "files": files})  # what --overwrite may replace later
         try:
+            why = self._changed(self.final) if os.path.lexists(self.final) else None
+            if why is not None:
+                raise ReplaceRefused(why)
             with interrupts_deferred():
-                commit_directory(self.staging, self.final, last=MARKER)
+                commit_directory(self.staging, self.final, last=MARKER, replaceable=self._changed)
+        except ReplaceRefused as exc:  # nothing at `final` is touched; the new run stays whole where it was made
+            self.keep_on_error = True
+            raise ToolkitError(f"output directory {self.final} changed while the run was made ({exc}), so nothing "
+                               f"there was replaced: the finished run is kept in {self.staging}") from None
         except OSError as exc:  # the run itself is whole: kept where it was made, and said so in one line
             self.keep_on_error = True
             raise ToolkitError(f"cannot move the finished run into {self.final}: {exc.strerror or exc}; it is kept "
