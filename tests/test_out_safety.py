@@ -353,7 +353,89 @@ class _Killed(BaseException):
     """A SIGKILL: no cleanup runs."""
 
 
-def test_a_fill_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch):
+def _other_filesystem(monkeypatch, full: str | None = None) -> None:
+    """`fileio`'s renames as into a mount point (EXDEV: each entry is copied), the disk full once `full` is copied."""
+    import errno
+
+    from trainers import fileio
+
+    def rename(src, dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+
+    real_copy = shutil.copy2
+
+    def copy2(src, dst, **kwargs):
+        if Path(src).name == full:
+            Path(dst).write_bytes(b"half")  # what a full disk leaves of it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(fileio.os, "rename", rename)
+    monkeypatch.setattr(fileio.shutil, "copy2", copy2)
+
+
+@pytest.mark.parametrize("full", ["b.txt", MARKER])
+def test_a_fill_of_another_filesystem_that_runs_out_of_space_leaves_out_empty_and_the_run_whole(
+        tmp_path, monkeypatch, full):
+    out = tmp_path / "volume"
+    out.mkdir()
+    run = RunDir(out, kind="test")
+    for name in ("a.txt", "b.txt"):
+        (run.path / name).write_text(name)
+    (run.path / "sub").mkdir()
+    (run.path / "sub" / "c.txt").write_text("c")
+    _other_filesystem(monkeypatch, full)
+    with pytest.raises(ToolkitError, match=r"No space left on device; it is kept in .*volume\.partial"):
+        with run:
+            run.commit()
+    assert list(out.iterdir()) == []  # nothing half-written in --out, and all of the run where the line says
+    assert sorted(p.relative_to(run.staging).as_posix() for p in run.staging.rglob("*")) == [
+        MARKER, "a.txt", "b.txt", "sub", "sub/c.txt"]
+    assert is_run_dir(run.staging)
+
+
+def test_a_fill_of_another_filesystem_moves_every_entry_and_removes_the_staging(tmp_path, monkeypatch):
+    out = tmp_path / "volume"
+    out.mkdir()
+    _other_filesystem(monkeypatch)
+    with RunDir(out, kind="test") as run:
+        (run.path / "sub").mkdir()
+        (run.path / "sub" / "c.txt").write_text("c")
+        run.commit()
+    assert (out / "sub" / "c.txt").read_text() == "c" and is_run_dir(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"]
+
+
+def test_a_fill_that_fails_on_its_filesystem_puts_back_what_it_renamed(tmp_path, monkeypatch):
+    import errno
+
+    from trainers import fileio
+
+    out = tmp_path / "volume"
+    out.mkdir()
+    run = RunDir(out, kind="test")
+    for name in ("a.txt", "b.txt"):
+        (run.path / name).write_text(name)
+    real = os.rename
+
+    def rename(src, dst):
+        if Path(src).name == "b.txt":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "rename", rename)
+    with pytest.raises(ToolkitError, match="Input/output error; it is kept in"):
+        with run:
+            run.commit()
+    assert list(out.iterdir()) == [] and (run.staging / "a.txt").read_text() == "a.txt"
+
+
+class _Killed(BaseException):
+    """A SIGKILL: no cleanup runs."""
+
+
+@pytest.mark.parametrize("copied", [False, True])
+def test_a_fill_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch, copied):
     from trainers import fileio
 
     out = tmp_path / "run"
@@ -361,18 +443,22 @@ def test_a_fill_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch)
     run = RunDir(out, kind="test")
     for name in ("a.txt", "b.txt"):
         (run.path / name).write_text(name)
-    real_move = shutil.move
-    moved = []
+    if copied:
+        _other_filesystem(monkeypatch)
+    real_place = fileio._place
 
-    def move(src, dst):
-        if moved:
+    def place(entry, target):
+        if entry.name == "b.txt":
+            if copied:
+                (target.parent / ".b.txt.moving").write_text("b.t")  # a copy cut short
             raise _Killed
-        moved.append(real_move(src, dst))
+        return real_place(entry, target)
 
-    monkeypatch.setattr(fileio.shutil, "move", move)
+    monkeypatch.setattr(fileio, "_place", place)
+    monkeypatch.setattr(fileio, "_take_back", lambda placed: None)  # a kill runs no cleanup
     with pytest.raises(_Killed):
         run.commit()
-    monkeypatch.setattr(fileio.shutil, "move", real_move)
+    monkeypatch.undo()
     assert not is_run_dir(out) and (out / "a.txt").exists()  # half moved in: no marker, so no finished run
     with pytest.raises(ToolkitError, match="--overwrite"):  # the next run finishes the move, then finds a run
         RunDir(out, kind="test")

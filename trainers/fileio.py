@@ -8,6 +8,7 @@ is expected.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -191,28 +192,71 @@ def commit_directory(staging: Path, final: Path, *, last: str | None = None,
 
 
 def fill_directory(staging: Path, final: Path, last: str | None = None) -> None:
-    """Move every entry of `staging` into the directory `final` (a rename each; a copy where `final` is another
-    filesystem, as a mount point is), `last` after all the others, then remove `staging`.
+    """Move every entry of `staging` into the directory `final`, `last` after all the others, then remove `staging`:
+    all or nothing.
 
-    Never a half-written artifact: `last` is the directory's commit point (a run's marker, which
-    `rundir.is_run_dir` looks for; an artifact's model.json) and arrives in one rename, so until then `final` is
-    no finished run. An entry already there (a move a SIGKILL cut short, finished again by
-    `rundir.RunDir`) is replaced.
+    Each entry is renamed in, or where `final` is another filesystem (a mount point) copied in under a temporary name
+    and renamed into place, its source kept until every entry has arrived. A failure (a full disk) takes back what
+    was placed, so `final` is as it was and the whole run is still in `staging`: a full volume once kept half a
+    model in `--out` and the other half in `.partial`. `last` is the directory's commit point (a run's marker, which
+    `rundir.is_run_dir` looks for; an artifact's model.json), so until it arrives `final` is no finished run. An entry
+    already there (a fill a SIGKILL cut short, finished again by `rundir.RunDir`) is replaced.
     """
     staging, final = Path(staging), Path(final)
-    for entry in sorted(staging.iterdir(), key=lambda p: (p.name == last, p.name)):
-        target = final / entry.name
-        if entry.name == last:  # onto final's filesystem under a temporary name first, then one rename
-            moving = final / f".{entry.name}.moving"
-            shutil.move(str(entry), str(moving))
-            os.replace(moving, target)
-            continue
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        shutil.move(str(entry), str(target))
+    placed: list[tuple[Path, Path, bool]] = []  # (source, target, renamed rather than copied)
+    try:
+        for entry in sorted(staging.iterdir(), key=lambda p: (p.name == last, p.name)):
+            placed.append((entry, final / entry.name, _place(entry, final / entry.name)))
+    except BaseException:
+        _take_back(placed)
+        raise
+    copied = [source for source, _, renamed in placed if not renamed]
+    for source in sorted(copied, key=lambda p: p.name == last):  # the marker last: a staging still marked as a run
+        _remove(source)
     staging.rmdir()
+
+
+def _take_back(placed: list[tuple[Path, Path, bool]]) -> None:
+    """Undo `fill_directory`'s placing: a renamed entry goes back to its source, a copy is removed."""
+    for source, target, renamed in reversed(placed):
+        os.replace(target, source) if renamed else _remove(target)
+
+
+def _place(entry: Path, target: Path) -> bool:
+    """`entry` at `target`, replacing what is there: renamed (True), or copied under a temporary name beside `target`
+    and renamed into place (False) where the two are on different filesystems."""
+    moving = target.with_name(f".{target.name}.moving")
+    _remove(moving)  # what a fill killed while copying left
+    if os.path.lexists(target) and (_is_tree(target) or _is_tree(entry)):
+        _remove(target)  # a rename replaces a file by a file only
+    try:
+        os.rename(entry, target)
+        return True
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    try:
+        if _is_tree(entry):
+            shutil.copytree(entry, moving, symlinks=True)
+        else:
+            shutil.copy2(entry, moving, follow_symlinks=False)
+        os.replace(moving, target)
+    except BaseException:
+        _remove(moving)
+        raise
+    return False
+
+
+def _is_tree(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory tree the toolkit placed, if it is there."""
+    if _is_tree(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 @contextlib.contextmanager

@@ -231,8 +231,12 @@ class RunDir:
             listed = read_json(self.staging / MARKER, "run marker").get("files")
         except ToolkitError:
             return
-        present = {p.relative_to(self.final).as_posix() for p in self.final.rglob("*") if p.is_file() or p.is_symlink()}
-        if isinstance(listed, list) and present and present <= {*map(str, listed), f".{MARKER}.moving"}:
+        if not isinstance(listed, list):
+            return
+        listed = {*map(str, listed), MARKER}
+        moving = {f".{name.split('/')[0]}.moving" for name in listed}  # an entry being copied in (another filesystem)
+        present = [p.relative_to(self.final) for p in self.final.rglob("*") if p.is_file() or p.is_symlink()]
+        if present and all(p.as_posix() in listed or p.parts[0] in moving for p in present):
             fill_directory(self.staging, self.final, MARKER)
 
     def _check_final(self, overwrite: bool, resume: bool) -> None:
