@@ -484,6 +484,22 @@ def test_a_previous_run_that_cannot_be_renamed_aside_is_one_line_and_the_new_run
     assert (out / "a.txt").read_text() == "previous" and (tmp_path / "run.partial" / "a.txt").read_text() == "new"
 
 
+def test_a_write_that_hits_the_file_size_limit_names_its_file(tmp_path, monkeypatch):
+    import errno
+
+    from trainers.errors import describe
+    from trainers.fileio import atomic_write_bytes
+
+    def fsync(fd):  # what `ulimit -f` or a full disk gives: an OSError naming no file
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as caught:
+        atomic_write_bytes(tmp_path / "model.safetensors", b"weights")
+    assert describe(caught.value) == (f"cannot write {tmp_path / 'model.safetensors'}: File too large", 2)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- --out changed while the run was made
 
 

@@ -228,3 +228,28 @@ def test_the_written_predictions_are_pandas_cells_and_quotes_with_arrows_numbers
     assert lines[1:5] == [sep.join(r) for r in (["x", "0", "5e-8", "0.99999994"], ["y", "1", "", ""],
                                                 ["z", "2", "0.33333334", "0.6666666"], ["w", "3", "0", "1"])]
     assert text.endswith(tables[1].to_csv(index=False, header=False, sep=sep))  # a chunk to quote: pandas' text
+
+
+def _file_too_large(monkeypatch):
+    """The predictions' writer as under `ulimit -f`: some bytes out, then EFBIG from a write() (no file named)."""
+    import errno
+    import os
+
+    def write_table_file(tables, handle, kind):
+        handle.write(b"predicted,")
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(streaming, "write_table_file", write_table_file)
+
+
+@pytest.mark.parametrize("to_stdout", [False, True])
+def test_a_failed_write_names_the_file_or_the_spool_that_holds_stdouts_csv(model, tmp_path, monkeypatch, capsys,
+                                                                          to_stdout):
+    _frame(20).to_csv(tmp_path / "rows.csv", index=False)
+    _file_too_large(monkeypatch)
+    out = [] if to_stdout else ["--out", str(tmp_path / "p.csv")]
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), *out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    named = "the spool file in " if to_stdout else f"cannot write {tmp_path / 'p.csv'}: "
+    assert named in err and "File too large" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]

@@ -25,13 +25,25 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """An OSError in the block names `path` where it names no file: a failed write() or fsync() names none, and a
+    full disk or a file-size limit read "cannot write: File too large", which file unsaid."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def _staged(path: Path, data: bytes, staged: list) -> None:
     """Write `data` to a temporary file beside `path` and fsync it; (temporary name, path) goes into `staged`
     before anything is written, so the caller removes it whatever happens."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     staged.append((tmp, path))
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts follow the umask
-    with os.fdopen(fd, "wb") as handle:
+    with naming(path), os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -77,7 +89,7 @@ def atomic_file(path: str | Path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs follow the umask
-        with os.fdopen(fd, "wb") as handle:
+        with naming(path), os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
