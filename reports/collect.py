@@ -9,12 +9,11 @@ a result of an unknown schema version, or one that does not match its schema, is
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers import fileio
-from trainers.errors import ToolkitError, ToolkitWarning
+from trainers.errors import ToolkitError, warn
 from trainers.schema import (CompressResultFile, CompressResultFileV1, CompressResultFileV2, CompressResultFileV3, CompressResultFileV4, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
                              TrainResultFile, TrainResultFileV1, read_result)
 
@@ -123,7 +122,7 @@ def load_run(run_dir: str | Path) -> Run:
     else:
         run.model_json = _named_model(run)
         if run.replaced:  # the page and card say it too (the overview, the caveats)
-            warnings.warn(run.replaced, ToolkitWarning, stacklevel=2)
+            warn(run.replaced)
     return run
 
 
