@@ -687,3 +687,16 @@ def test_ctrl_c_in_train_exits_130_and_keeps_the_previous_run(shared, tmp_path, 
     assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 3
     assert not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "iris", "--model", "mlp", "--epochs", "1"],
+                                     ["report", "RUN"]])
+def test_an_out_name_that_is_not_utf8_is_refused_before_any_work(command, shared, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = os.fsdecode(b"bad\xff")  # as Python receives `--out $'bad\xff'`: a lone surrogate
+    suffix = ".html" if command[0] == "report" else ""
+    args = [str(shared.model) if a == "RUN" else a for a in command]
+    before = snapshot(shared.model)
+    assert main([*args, "--out", bad + suffix]) == 2
+    assert_one_error_line(capsys.readouterr().err, "is not valid UTF-8")
+    assert list(tmp_path.iterdir()) == [] and snapshot(shared.model) == before

@@ -294,7 +294,15 @@ def interrupts_deferred():
 
 
 def ensure_writable_parent(path: Path) -> None:
-    """Create the parent of an output path, or fail with one clear line."""
+    """Create the parent of an output path, or fail with one clear line; a path that is not UTF-8 is refused, as
+    nothing could read it back: `train --out $'bad\\xff'` made a run that predict ("not valid UTF-8") and report
+    (UnicodeEncodeError) could not open."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(path)).decode("utf-8", "replace")
+        raise ToolkitError(f"output path {shown} is not valid UTF-8 (\ufffd marks the bytes that are not): choose a "
+                           "name of UTF-8 characters") from None
     parent = Path(path).resolve().parent
     blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
