@@ -700,3 +700,18 @@ def test_an_out_name_that_is_not_utf8_is_refused_before_any_work(command, shared
     assert main([*args, "--out", bad + suffix]) == 2
     assert_one_error_line(capsys.readouterr().err, "is not valid UTF-8")
     assert list(tmp_path.iterdir()) == [] and snapshot(shared.model) == before
+
+
+@pytest.mark.parametrize("length, refused", [(255 - 13, False), (255 - 12, True), (245, True)])
+def test_an_out_name_too_long_for_the_names_derived_from_it_is_refused_before_any_work(tmp_path, length, refused):
+    out = tmp_path / ("n" * length)
+    if not refused:
+        with RunDir(out, kind="test", overwrite=True) as run:
+            run.commit()
+        with RunDir(out, kind="test", overwrite=True) as run:  # the previous run swapped out as .NAME.old-PID
+            run.commit()
+        assert is_run_dir(out)
+        return
+    with pytest.raises(ToolkitError, match=r"is \d+ bytes: the toolkit stages and swaps .* at most 242 bytes"):
+        RunDir(out, kind="test")
+    assert list(tmp_path.iterdir()) == []

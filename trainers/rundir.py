@@ -123,6 +123,26 @@ def refuse_inputs(final: Path, inputs: Iterable) -> None:
             raise ToolkitError(f"output directory {final} is inside the input {item}: choose another --out")
 
 
+# the longest name derived from a run directory's: `.NAME.old-PID` while a commit replaces a previous run (a PID
+# has at most 7 digits: Linux's pid_max is at most 2**22), beside `NAME.partial` and `.NAME.lock`
+_DERIVED_EXTRA = len(".") + len(".old-") + 7
+
+
+def check_name_length(final: Path) -> None:
+    """Refuse, before any work, a run directory name the names derived from it would not fit: a 245-byte name
+    trained in full and then failed its commit with --overwrite ("File name too long"), every time."""
+    size = len(os.fsencode(final.name))
+    existing = next((p for p in (final.parent, *final.parent.parents) if p.is_dir()), Path("/"))
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return
+    if size + _DERIVED_EXTRA > limit:
+        raise ToolkitError(f"output directory name {final.name[:40]}... is {size} bytes: the toolkit stages and swaps "
+                           f"a run under names up to {_DERIVED_EXTRA} bytes longer, and this file system allows "
+                           f"{limit}; choose a name of at most {limit - _DERIVED_EXTRA} bytes")
+
+
 def lock_path(final: Path) -> Path:
     """The lock of the run directory `final`: `.<name>.lock` beside it (`RunDir`, `reading_run`)."""
     return final.with_name(f".{final.name}.lock")
@@ -191,6 +211,7 @@ class RunDir:
         refuse_inputs(self.final, inputs)
         if self.final.exists() and not self.final.is_dir():
             raise ToolkitError(f"output path exists and is not a directory: {self.final}")
+        check_name_length(self.final)
         ensure_writable_parent(self.final)
         self._acquire()
         try:
