@@ -4,6 +4,8 @@ warnings and the errors are the same; `--out` writes the format its suffix names
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -253,3 +255,22 @@ def test_a_failed_write_names_the_file_or_the_spool_that_holds_stdouts_csv(model
     named = "the spool file in " if to_stdout else f"cannot write {tmp_path / 'p.csv'}: "
     assert named in err and "File too large" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+
+
+def test_a_later_predict_removes_the_temporary_file_a_killed_one_left_and_no_other(model, tmp_path):
+    import subprocess
+    import sys
+
+    _frame(20).to_csv(tmp_path / "rows.csv", index=False)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a PID no process has now: what `kill -9` of a predict leaves in the name of its temporary file
+    stale = tmp_path / f".p.csv.{gone.pid}.abcd_123.tmp"
+    stale.write_bytes(b"predicted,predicted_index,p_no\n" * 1000)
+    alive = tmp_path / f".p.csv.{os.getppid()}.abcd_123.tmp"  # a running process's: perhaps writing p.csv now
+    keep = [tmp_path / ".p.csv.abcd_123.tmp", tmp_path / f".q.csv.{gone.pid}.abcd_123.tmp", alive,
+            tmp_path / f".p.csv.{gone.pid}.notes.tmp"]  # the old form, another file's, the user's
+    for path in keep:
+        path.write_text("keep")
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert not stale.exists() and all(p.read_text() == "keep" for p in keep)
+    assert (tmp_path / "p.csv").is_file()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -37,10 +39,39 @@ def naming(path: str | Path):
         raise
 
 
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path` (mkstemp), named `.NAME.PID.XXXXXXXX.tmp` after this process, once the
+    ones of that name that a process no longer running left are removed: a `predict --out F` killed by SIGKILL
+    left its hidden, partly written `.F.*.tmp`, which no later run removed. A name too long for the PID keeps
+    the form `.NAME.XXXXXXXX.tmp`, which is never taken for a stale one."""
+    _remove_stale_temporaries(path)
+    pid = f"{os.getpid()}." if len(os.fsencode(path.name)) + 30 <= 255 else ""
+    return tempfile.mkstemp(prefix=f".{path.name}.{pid}", suffix=".tmp", dir=path.parent)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp$")
+    with contextlib.suppress(OSError):
+        for found in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            owner = pattern.match(found.name)
+            if owner and int(owner.group(1)) != os.getpid() and not _running(int(owner.group(1))):
+                found.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no PID at all: left alone
+        return True
+    return True
+
+
 def _staged(path: Path, data: bytes, staged: list) -> None:
     """Write `data` to a temporary file beside `path` and fsync it; (temporary name, path) goes into `staged`
     before anything is written, so the caller removes it whatever happens."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     staged.append((tmp, path))
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts follow the umask
     with naming(path), os.fdopen(fd, "wb") as handle:
@@ -86,7 +117,7 @@ def atomic_file(path: str | Path):
     without an error, removed otherwise: a file written as it is computed (predictions streamed a chunk at a
     time) appears complete or not at all."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs follow the umask
         with naming(path), os.fdopen(fd, "wb") as handle:
