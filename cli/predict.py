@@ -70,10 +70,12 @@ def _to_stdout(tables) -> None:
     import sys
     import tempfile
 
+    from trainers.fileio import naming
     from trainers.streaming import write_table_file
 
     with tempfile.TemporaryFile() as spool:
-        write_table_file(tables, spool, "csv")
+        with naming(f"the spool file in {tempfile.gettempdir()} ($TMPDIR) holding the CSV until every row is done"):
+            write_table_file(tables, spool, "csv")
         spool.seek(0)
         sys.stdout.flush()
         shutil.copyfileobj(spool, sys.stdout.buffer, 1 << 20)

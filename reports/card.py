@@ -129,6 +129,8 @@ def build(run, overview: dict, training: dict | None, compression: dict | None, 
     sections.append(("Quantitative analyses", quant or [("p", "No evaluation results were recorded.")]))
 
     caveats = ["Measured on one held-out split of one data set; accuracy on other data can be lower."]
+    if getattr(run, "replaced", None):
+        caveats.append(run.replaced[0].upper() + run.replaced[1:] + ".")
     if compression:
         threads = compression.get("threads") or {}
         caveats.append("Latency figures are medians per call of 1 and of 256 rows, timed on one thread and on "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers import fileio
-from trainers.errors import ToolkitError
+from trainers.errors import ToolkitError, warn
 from trainers.schema import (CompressResultFile, CompressResultFileV1, CompressResultFileV2, CompressResultFileV3, CompressResultFileV4, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
                              TrainResultFile, TrainResultFileV1, read_result)
 
@@ -40,6 +40,7 @@ class Run:
     model_json: dict = field(default_factory=dict)  # the trained model's model.json
     model_metrics: dict = field(default_factory=dict)  # the trained model's metrics.json
     pipeline_config: dict = field(default_factory=dict)  # the pipeline's resolved config.json
+    replaced: str | None = None  # why the model a compress run names is no longer the one it compressed
 
     @property
     def results(self) -> dict[str, ResultFile]:
@@ -120,21 +121,54 @@ def load_run(run_dir: str | Path) -> Run:
         run.model_metrics = read_json(run.dirs["train"] / "metrics.json", "model metrics file")
     else:
         run.model_json = _named_model(run)
+        if run.replaced:  # the page and card say it too (the overview, the caveats)
+            warn(run.replaced)
     return run
 
 
 def _named_model(run: Run) -> dict:
     """A compress or explain run's model.json, from the model its result names (its classes and architecture
-    for the card); {} when that model is an ONNX file, gone, or unreadable: the report does not depend on it."""
+    for the card); {} when that model is an ONNX file, gone, or unreadable: the report does not depend on it.
+    Also {} when it is no longer the model the compress run compressed (`_replaced_parent`): its architecture and
+    training beside the variants' numbers described two models as one."""
     for stage, field_ in (("compress", "parent"), ("explain", "model")):
         named = getattr(getattr(run, stage), field_, None)
         if stage in run.dirs and isinstance(named, str) and named:
             path = Path(named) if Path(named).is_absolute() else run.dirs[stage] / named
             try:
-                return _model_file(path / "model.json") if (path / "model.json").is_file() else {}
+                model = _model_file(path / "model.json") if (path / "model.json").is_file() else {}
             except (ReportError, OSError):
                 return {}
+            if stage == "compress" and model:
+                run.replaced = _replaced_parent(run, named, model)
+            return {} if run.replaced else model
     return {}
+
+
+def _replaced_parent(run: Run, named: str, model: dict) -> str | None:
+    """Why the model now at `named` is not the one the compress run compressed, or None: each variant records the
+    checksum of its parent's weights (`parent_sha256`, as `explain --compare` checks), and a `train --overwrite`
+    there since gives another."""
+    ours = (model.get("weights") or {}).get("sha256") or (model.get("onnx") or {}).get("sha256")
+    for row in run.compress.variants:
+        lineage = _variant_lineage(run.dirs["compress"], row.path)
+        recorded = lineage.get("parent_sha256")
+        if isinstance(recorded, str) and isinstance(ours, str) and recorded != ours:
+            return (f"the model at {named} has been replaced since this run: its variants were compressed from "
+                    f"weights of checksum {recorded[:12]}, the model there now has {ours[:12]}; that model's "
+                    "architecture and training are left out of this report")
+    return None
+
+
+def _variant_lineage(directory: Path, path: str | None) -> dict:
+    """The `lineage` a variant's model.json records, or {} where there is none to read."""
+    if not path:
+        return {}
+    try:
+        lineage = read_json((directory / path) / "model.json", "variant model file").get("lineage")
+    except (ReportError, OSError):
+        return {}
+    return lineage if isinstance(lineage, dict) else {}
 
 
 # env.json's fields the report shows, with the type each must have; a field of another type is left out

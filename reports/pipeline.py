@@ -13,6 +13,7 @@ rendering a report) stays free of torch.
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -157,6 +158,8 @@ def _run(bundle, data, family, cfg: PipelineConfig, out, overwrite: bool, say, t
                     continue
                 _write_status(run.path, _ahead(status, name))  # what a killed run leaves: this stage running
                 failure = _run_stage(index, name, step, results, status, say, tracker)
+                if failure is not None:
+                    _drop_staging(run.path / name)
                 _write_status(run.path, status)
         except KeyboardInterrupt:
             raise _interrupted(run, status, started) from None
@@ -296,6 +299,16 @@ def _run_stage(index: int, name: str, step, results: dict, status: dict, say, tr
     status["stages"].append({"name": name, "status": "done", "seconds": seconds, "reason": reason})
     say(f"[{index}/{len(STAGES)}] {name} done in {seconds:.1f}s: {reason}")
     return None
+
+
+def _drop_staging(stage_dir: Path) -> None:
+    """Remove a failed stage's staging directory: train keeps it, with its checkpoint, for `train --resume`, which
+    a pipeline has not; committed inside the finished pipeline run it was dead weight listed in the marker."""
+    from trainers.rundir import is_run_dir
+
+    staging = stage_dir.with_name(stage_dir.name + ".partial")
+    if is_run_dir(staging):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _described(exc: Exception) -> tuple[str, int]:

@@ -125,6 +125,7 @@ def overview(run: Run) -> dict:
         ("classes", data.num_classes if data else None),
         ("samples (train / validation / test)", f"{data.n_train} / {data.n_val} / {data.n_test}" if data else None),
         ("model family", run.family or run.model_json.get("family") or run.pipeline_config.get("family")),
+        ("warning", run.replaced),
         ("device", run.train.device if run.train else run.env.get("device")),
         ("platform", run.env.get("platform")),
         ("python", run.env.get("python")),

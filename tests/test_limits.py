@@ -476,3 +476,20 @@ def test_every_limit_raised_by_the_environment_reads_it_the_same_way(name, read,
         monkeypatch.setenv(name, bad)
         with pytest.raises(ToolkitError, match=name):
             limit()
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 104857600 bytes. Error code 12 (Cannot allocate memory)"), "allocating (asked for 100.0"),
+    (ImportError("libquadmath-96973f99.so.0.0.0: failed to map segment from shared object"), "loading a library"),
+    (MemoryError(), "running")])
+def test_running_out_of_memory_is_one_line_exit_2_not_an_unexpected_error(error, said, tmp_path, capsys, monkeypatch):
+    from trainers import loop
+
+    def no_memory(*args, **kwargs):  # what `ulimit -v` made of a train
+        raise error
+
+    monkeypatch.setattr(loop, "train_epoch", no_memory)
+    code = main(["train", "iris", "--model", "mlp", "--epochs", "2", "--out", str(tmp_path / "run")])
+    check_refused(code, capsys.readouterr().err, f"out of memory while {said}")
+    assert not (tmp_path / "run").exists()

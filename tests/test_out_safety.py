@@ -353,7 +353,89 @@ class _Killed(BaseException):
     """A SIGKILL: no cleanup runs."""
 
 
-def test_a_fill_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch):
+def _other_filesystem(monkeypatch, full: str | None = None) -> None:
+    """`fileio`'s renames as into a mount point (EXDEV: each entry is copied), the disk full once `full` is copied."""
+    import errno
+
+    from trainers import fileio
+
+    def rename(src, dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+
+    real_copy = shutil.copy2
+
+    def copy2(src, dst, **kwargs):
+        if Path(src).name == full:
+            Path(dst).write_bytes(b"half")  # what a full disk leaves of it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(fileio.os, "rename", rename)
+    monkeypatch.setattr(fileio.shutil, "copy2", copy2)
+
+
+@pytest.mark.parametrize("full", ["b.txt", MARKER])
+def test_a_fill_of_another_filesystem_that_runs_out_of_space_leaves_out_empty_and_the_run_whole(
+        tmp_path, monkeypatch, full):
+    out = tmp_path / "volume"
+    out.mkdir()
+    run = RunDir(out, kind="test")
+    for name in ("a.txt", "b.txt"):
+        (run.path / name).write_text(name)
+    (run.path / "sub").mkdir()
+    (run.path / "sub" / "c.txt").write_text("c")
+    _other_filesystem(monkeypatch, full)
+    with pytest.raises(ToolkitError, match=r"No space left on device; it is kept in .*volume\.partial"):
+        with run:
+            run.commit()
+    assert list(out.iterdir()) == []  # nothing half-written in --out, and all of the run where the line says
+    assert sorted(p.relative_to(run.staging).as_posix() for p in run.staging.rglob("*")) == [
+        MARKER, "a.txt", "b.txt", "sub", "sub/c.txt"]
+    assert is_run_dir(run.staging)
+
+
+def test_a_fill_of_another_filesystem_moves_every_entry_and_removes_the_staging(tmp_path, monkeypatch):
+    out = tmp_path / "volume"
+    out.mkdir()
+    _other_filesystem(monkeypatch)
+    with RunDir(out, kind="test") as run:
+        (run.path / "sub").mkdir()
+        (run.path / "sub" / "c.txt").write_text("c")
+        run.commit()
+    assert (out / "sub" / "c.txt").read_text() == "c" and is_run_dir(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"]
+
+
+def test_a_fill_that_fails_on_its_filesystem_puts_back_what_it_renamed(tmp_path, monkeypatch):
+    import errno
+
+    from trainers import fileio
+
+    out = tmp_path / "volume"
+    out.mkdir()
+    run = RunDir(out, kind="test")
+    for name in ("a.txt", "b.txt"):
+        (run.path / name).write_text(name)
+    real = os.rename
+
+    def rename(src, dst):
+        if Path(src).name == "b.txt":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "rename", rename)
+    with pytest.raises(ToolkitError, match="Input/output error; it is kept in"):
+        with run:
+            run.commit()
+    assert list(out.iterdir()) == [] and (run.staging / "a.txt").read_text() == "a.txt"
+
+
+class _Killed(BaseException):
+    """A SIGKILL: no cleanup runs."""
+
+
+@pytest.mark.parametrize("copied", [False, True])
+def test_a_fill_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch, copied):
     from trainers import fileio
 
     out = tmp_path / "run"
@@ -361,18 +443,22 @@ def test_a_fill_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch)
     run = RunDir(out, kind="test")
     for name in ("a.txt", "b.txt"):
         (run.path / name).write_text(name)
-    real_move = shutil.move
-    moved = []
+    if copied:
+        _other_filesystem(monkeypatch)
+    real_place = fileio._place
 
-    def move(src, dst):
-        if moved:
+    def place(entry, target):
+        if entry.name == "b.txt":
+            if copied:
+                (target.parent / ".b.txt.moving").write_text("b.t")  # a copy cut short
             raise _Killed
-        moved.append(real_move(src, dst))
+        return real_place(entry, target)
 
-    monkeypatch.setattr(fileio.shutil, "move", move)
+    monkeypatch.setattr(fileio, "_place", place)
+    monkeypatch.setattr(fileio, "_take_back", lambda placed: None)  # a kill runs no cleanup
     with pytest.raises(_Killed):
         run.commit()
-    monkeypatch.setattr(fileio.shutil, "move", real_move)
+    monkeypatch.undo()
     assert not is_run_dir(out) and (out / "a.txt").exists()  # half moved in: no marker, so no finished run
     with pytest.raises(ToolkitError, match="--overwrite"):  # the next run finishes the move, then finds a run
         RunDir(out, kind="test")
@@ -396,6 +482,104 @@ def test_a_previous_run_that_cannot_be_renamed_aside_is_one_line_and_the_new_run
             (second.path / "a.txt").write_text("new")
             second.commit()
     assert (out / "a.txt").read_text() == "previous" and (tmp_path / "run.partial" / "a.txt").read_text() == "new"
+
+
+def test_a_write_that_hits_the_file_size_limit_names_its_file(tmp_path, monkeypatch):
+    import errno
+
+    from trainers.errors import describe
+    from trainers.fileio import atomic_write_bytes
+
+    def fsync(fd):  # what `ulimit -f` or a full disk gives: an OSError naming no file
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as caught:
+        atomic_write_bytes(tmp_path / "model.safetensors", b"weights")
+    assert describe(caught.value) == (f"cannot write {tmp_path / 'model.safetensors'}: File too large", 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- --out changed while the run was made
+
+
+def _user_notes(folder: Path) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "notes.txt").write_text("my precious notes")
+
+
+def _refused_commit(run: RunDir) -> None:
+    (run.path / "a.txt").write_text("new")
+    with pytest.raises(ToolkitError, match=r"changed while the run was made .*nothing there was replaced: the "
+                                           r"finished run is kept in .*\.partial"):
+        with run:
+            run.commit()
+    assert (run.staging / "a.txt").read_text() == "new" and is_run_dir(run.staging)
+
+
+def test_a_folder_that_appears_at_out_during_the_run_is_never_deleted(tmp_path):
+    out = tmp_path / "run"
+    run = RunDir(out, kind="test")
+    _user_notes(out)  # the user (or another tool) makes --out while the run trains
+    _refused_commit(run)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_an_empty_out_the_user_fills_during_the_run_is_kept_with_its_mode(tmp_path):
+    out = tmp_path / "volume"
+    out.mkdir()
+    out.chmod(0o2770)
+    before = out.stat()
+    run = RunDir(out, kind="test")
+    _user_notes(out)
+    _refused_commit(run)
+    after = out.stat()
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_refuses_at_the_commit_files_added_to_the_previous_run_during_the_run(tmp_path):
+    out = tmp_path / "run"
+    with RunDir(out, kind="test") as first:
+        (first.path / "a.txt").write_text("previous")
+        first.commit()
+    run = RunDir(out, kind="test", overwrite=True)
+    _user_notes(out)
+    _refused_commit(run)
+    assert (out / "notes.txt").exists() and (out / "a.txt").read_text() == "previous" and is_run_dir(out)
+
+
+def test_a_file_added_after_the_commit_checked_out_is_caught_once_the_previous_run_is_aside(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with RunDir(out, kind="test") as first:
+        (first.path / "a.txt").write_text("previous")
+        first.commit()
+    real = rundir.commit_directory
+
+    def late_user(staging, final, **kwargs):  # the user's file arrives between the check and the renames
+        _user_notes(final)
+        real(staging, final, **kwargs)
+
+    monkeypatch.setattr(rundir, "commit_directory", late_user)
+    _refused_commit(RunDir(out, kind="test", overwrite=True))
+    assert (out / "notes.txt").exists() and (out / "a.txt").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.partial"]  # nothing left aside
+
+
+def test_the_cli_refuses_the_commit_in_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m"
+    real = rundir.commit_directory
+
+    def user_made_out(staging, final, **kwargs):
+        _user_notes(final)
+        real(staging, final, **kwargs)
+
+    monkeypatch.setattr(rundir, "commit_directory", user_made_out)
+    assert main(["train", "iris", "--model", "mlp", "--epochs", "1", "--arch", json.dumps(TINY),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err  # after the run's own warnings: one error line
+    assert err.count("error: ") == 1 and "kept in" in err.splitlines()[-1] and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and is_run_dir(tmp_path / "m.partial")
 
 
 # ---------------------------------------------------------------- property: nothing outside the run changes
@@ -503,3 +687,31 @@ def test_ctrl_c_in_train_exits_130_and_keeps_the_previous_run(shared, tmp_path, 
     assert main([*TRAIN[:-4], "--epochs", "3", "--arch", json.dumps(TINY), "--out", "run", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 3
     assert not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "iris", "--model", "mlp", "--epochs", "1"],
+                                     ["report", "RUN"]])
+def test_an_out_name_that_is_not_utf8_is_refused_before_any_work(command, shared, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = os.fsdecode(b"bad\xff")  # as Python receives `--out $'bad\xff'`: a lone surrogate
+    suffix = ".html" if command[0] == "report" else ""
+    args = [str(shared.model) if a == "RUN" else a for a in command]
+    before = snapshot(shared.model)
+    assert main([*args, "--out", bad + suffix]) == 2
+    assert_one_error_line(capsys.readouterr().err, "is not valid UTF-8")
+    assert list(tmp_path.iterdir()) == [] and snapshot(shared.model) == before
+
+
+@pytest.mark.parametrize("length, refused", [(255 - 13, False), (255 - 12, True), (245, True)])
+def test_an_out_name_too_long_for_the_names_derived_from_it_is_refused_before_any_work(tmp_path, length, refused):
+    out = tmp_path / ("n" * length)
+    if not refused:
+        with RunDir(out, kind="test", overwrite=True) as run:
+            run.commit()
+        with RunDir(out, kind="test", overwrite=True) as run:  # the previous run swapped out as .NAME.old-PID
+            run.commit()
+        assert is_run_dir(out)
+        return
+    with pytest.raises(ToolkitError, match=r"is \d+ bytes: the toolkit stages and swaps .* at most 242 bytes"):
+        RunDir(out, kind="test")
+    assert list(tmp_path.iterdir()) == []

@@ -367,3 +367,27 @@ def test_readme_config_example_resolves(tmp_path):
     assert cfg.train.epochs == 3 and cfg.train.model == {"channels": [16, 32]}
     assert cfg.compress.max_drop == 1.0 and cfg.explain.samples == 32
     assert cfg.explain.methods == ["integrated_gradients", "shapley"]
+
+
+def test_a_train_stage_that_fails_after_its_first_checkpoint_leaves_no_staging_in_the_pipeline_run(
+        tmp_path, monkeypatch):
+    import errno
+
+    from trainers import loop
+    from trainers.rundir import MARKER
+
+    real, calls = loop.train_epoch, []
+
+    def full_disk_in_epoch_2(*args, **kwargs):  # epoch 1 wrote its checkpoint into train.partial
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", full_disk_in_epoch_2)
+    out = tmp_path / "pl"
+    with pytest.raises(StageFailed):
+        run_pipeline("iris", "mlp", overrides={"train.epochs": 3}, out=out, progress=_quiet)
+    assert len(calls) == 2 and not (out / "train.partial").exists()
+    listed = json.loads((out / MARKER).read_text())["files"]
+    assert not [name for name in listed if name.startswith("train.partial/")]

@@ -4,6 +4,8 @@ warnings and the errors are the same; `--out` writes the format its suffix names
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -228,3 +230,47 @@ def test_the_written_predictions_are_pandas_cells_and_quotes_with_arrows_numbers
     assert lines[1:5] == [sep.join(r) for r in (["x", "0", "5e-8", "0.99999994"], ["y", "1", "", ""],
                                                 ["z", "2", "0.33333334", "0.6666666"], ["w", "3", "0", "1"])]
     assert text.endswith(tables[1].to_csv(index=False, header=False, sep=sep))  # a chunk to quote: pandas' text
+
+
+def _file_too_large(monkeypatch):
+    """The predictions' writer as under `ulimit -f`: some bytes out, then EFBIG from a write() (no file named)."""
+    import errno
+    import os
+
+    def write_table_file(tables, handle, kind):
+        handle.write(b"predicted,")
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(streaming, "write_table_file", write_table_file)
+
+
+@pytest.mark.parametrize("to_stdout", [False, True])
+def test_a_failed_write_names_the_file_or_the_spool_that_holds_stdouts_csv(model, tmp_path, monkeypatch, capsys,
+                                                                          to_stdout):
+    _frame(20).to_csv(tmp_path / "rows.csv", index=False)
+    _file_too_large(monkeypatch)
+    out = [] if to_stdout else ["--out", str(tmp_path / "p.csv")]
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), *out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    named = "the spool file in " if to_stdout else f"cannot write {tmp_path / 'p.csv'}: "
+    assert named in err and "File too large" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+
+
+def test_a_later_predict_removes_the_temporary_file_a_killed_one_left_and_no_other(model, tmp_path):
+    import subprocess
+    import sys
+
+    _frame(20).to_csv(tmp_path / "rows.csv", index=False)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a PID no process has now: what `kill -9` of a predict leaves in the name of its temporary file
+    stale = tmp_path / f".p.csv.{gone.pid}.abcd_123.tmp"
+    stale.write_bytes(b"predicted,predicted_index,p_no\n" * 1000)
+    alive = tmp_path / f".p.csv.{os.getppid()}.abcd_123.tmp"  # a running process's: perhaps writing p.csv now
+    keep = [tmp_path / ".p.csv.abcd_123.tmp", tmp_path / f".q.csv.{gone.pid}.abcd_123.tmp", alive,
+            tmp_path / f".p.csv.{gone.pid}.notes.tmp"]  # the old form, another file's, the user's
+    for path in keep:
+        path.write_text("keep")
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert not stale.exists() and all(p.read_text() == "keep" for p in keep)
+    assert (tmp_path / "p.csv").is_file()

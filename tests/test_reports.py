@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -796,3 +797,33 @@ def test_report_json_gives_every_path_as_the_run_was_given(tmp_path, monkeypatch
     assert written["report"] == "runs/x/report.html" and written["model_card"] == "runs/x/MODEL_CARD.md"
     assert len(written["model_cards"]) > 1 and all(p.startswith("runs/x/") for p in paths), paths
     assert all((tmp_path / p).is_file() for p in paths)
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_compress_report_says_when_the_model_it_names_was_replaced_and_leaves_that_models_fields_out(
+        tmp_path, replaced):
+    from trainers.errors import ToolkitWarning
+
+    run = tmp_path / "c1"
+    write_compress(run)  # its parent: ../train, beside it
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "model.json").write_text(json.dumps(
+        {"family": "mlp", "config": {"hidden": [16]}, "class_names": ["a", "b", "c"],
+         "training": {"seed": 7}, "weights": {"sha256": ("b" if replaced else "a") * 64}}))
+    variant = run / "variants" / "int8-static-onnx"
+    variant.mkdir(parents=True)
+    (variant / "model.json").write_text(json.dumps({"lineage": {"parent": "../train", "parent_sha256": "a" * 64}}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        render_report(run)
+    said = [str(w.message) for w in caught if issubclass(w.category, ToolkitWarning)]
+    numbers = json.loads((run / "report.json").read_text())
+    card = (run / "MODEL_CARD.md").read_text()
+    overview = dict(map(tuple, numbers["overview"]["rows"]))
+    if replaced:
+        assert len(said) == 1 and "has been replaced since this run" in said[0]
+        assert "has been replaced since this run" in overview["warning"] and "has been replaced since" in card
+        assert "16" not in json.dumps(numbers["model_card"])  # the new model's architecture is not shown as this one's
+    else:
+        assert said == [] and "warning" not in overview and "replaced" not in card
+        assert "16" in json.dumps(numbers["model_card"])

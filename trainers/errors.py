@@ -18,6 +18,10 @@ from pathlib import Path
 # ONNX Runtime's words when its capped CPU arena (`trainers.ortsession.memory_cap`) or the system refuses a buffer
 _ORT_REFUSED = re.compile(r"(?:smaller than requested bytes of|requested buffer of size) (\d+)")
 _ORT_NODE = re.compile(r"while running (\w+) node")
+# Memory running out as torch's allocators and the dynamic loader say it (a RuntimeError, an ImportError): under
+# `ulimit -v` a train read "unexpected error (RuntimeError) ... set TOOLKIT_DEBUG=1", exit 1, as if a bug
+_NO_MEMORY = re.compile(r"can't allocate memory|cannot allocate memory|out of memory|failed to map segment", re.I)
+_TRIED = re.compile(r"tried to allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]iB)")
 
 
 class ToolkitError(Exception):
@@ -278,13 +282,27 @@ def memory_refusal(exc: BaseException) -> str | None:
             f"Runtime may hold here (half the memory available): it computes a tensor's size from the input's values")
 
 
+def out_of_memory(exc: BaseException) -> str | None:
+    """One line for memory running out (MemoryError, torch's CPU or CUDA allocator, a library that could not be
+    mapped in), or None for any other error."""
+    if not isinstance(exc, MemoryError) and not (
+            isinstance(exc, (RuntimeError, ImportError, OSError)) and _NO_MEMORY.search(str(exc))):
+        return None
+    tried = _TRIED.search(str(exc))
+    size = "" if tried is None else f" (asked for {tried.group(2) or f'{int(tried.group(1)) / 2**20:,.1f} MiB'})"
+    what = "loading a library" if isinstance(exc, ImportError) else "allocating" if tried else "running"
+    return (f"out of memory while {what}{size}: free memory, lower --batch-size or a model's size, or raise the "
+            f"limit (ulimit -v) [{type(exc).__name__}]")
+
+
 def describe(exc: BaseException) -> tuple[str, int]:
     """An error as (one line, exit code): 2 for bad input, including inputs too large or too deeply nested
-    (MemoryError, RecursionError, OverflowError, a buffer ONNX Runtime refused: `memory_refusal`), a full disk,
+    (RecursionError, OverflowError, a buffer ONNX Runtime refused: `memory_refusal`), memory running out
+    (`out_of_memory`), a full disk,
     a path whose name is too long, 1 with the error's type for anything else (a bug)."""
     if isinstance(exc, ToolkitError):
         return parse_failure(exc), 2
-    refused = memory_refusal(exc)
+    refused = memory_refusal(exc) or out_of_memory(exc)
     if refused is not None:
         return refused, 2
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL:  # the disk, not the toolkit: nothing half-written
@@ -293,6 +311,6 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # pathlib raises it from exists() (Python 3.11)
         return (f"path too long: {shown(exc.filename or '', 120)} (a file or folder name longer than the file system "
                 "allows, 255 bytes on most)"), 2
-    if isinstance(exc, (MemoryError, RecursionError, OverflowError)):
+    if isinstance(exc, (RecursionError, OverflowError)):
         return f"an input is too large or nested too deeply: {parse_failure(exc)} ({type(exc).__name__})", 2
     return f"unexpected error ({type(exc).__name__}): {parse_failure(exc)}", 1

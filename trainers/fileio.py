@@ -8,14 +8,18 @@ is expected.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import re
 import shutil
 import signal
 import stat
 import tempfile
 import threading
 from pathlib import Path
+from typing import Callable
 
 from .errors import ToolkitError, parse_failure
 
@@ -23,13 +27,54 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """An OSError in the block names `path` where it names no file: a failed write() or fsync() names none, and a
+    full disk or a file-size limit read "cannot write: File too large", which file unsaid."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path` (mkstemp), named `.NAME.PID.XXXXXXXX.tmp` after this process, once the
+    ones of that name that a process no longer running left are removed: a `predict --out F` killed by SIGKILL
+    left its hidden, partly written `.F.*.tmp`, which no later run removed. A name too long for the PID keeps
+    the form `.NAME.XXXXXXXX.tmp`, which is never taken for a stale one."""
+    _remove_stale_temporaries(path)
+    pid = f"{os.getpid()}." if len(os.fsencode(path.name)) + 30 <= 255 else ""
+    return tempfile.mkstemp(prefix=f".{path.name}.{pid}", suffix=".tmp", dir=path.parent)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp$")
+    with contextlib.suppress(OSError):
+        for found in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            owner = pattern.match(found.name)
+            if owner and int(owner.group(1)) != os.getpid() and not _running(int(owner.group(1))):
+                found.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no PID at all: left alone
+        return True
+    return True
+
+
 def _staged(path: Path, data: bytes, staged: list) -> None:
     """Write `data` to a temporary file beside `path` and fsync it; (temporary name, path) goes into `staged`
     before anything is written, so the caller removes it whatever happens."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     staged.append((tmp, path))
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts follow the umask
-    with os.fdopen(fd, "wb") as handle:
+    with naming(path), os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -72,10 +117,10 @@ def atomic_file(path: str | Path):
     without an error, removed otherwise: a file written as it is computed (predictions streamed a chunk at a
     time) appears complete or not at all."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs follow the umask
-        with os.fdopen(fd, "wb") as handle:
+        with naming(path), os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -145,7 +190,12 @@ def check_regular_file(path: str | Path, what: str = "file", error: type = Toolk
         raise error(f"{what} {path} is {kind}; expected a regular file")
 
 
-def commit_directory(staging: Path, final: Path, *, last: str | None = None) -> None:
+class ReplaceRefused(Exception):
+    """The directory found at a commit's `final` is not the one its run may replace (`commit_directory`)."""
+
+
+def commit_directory(staging: Path, final: Path, *, last: str | None = None,
+                     replaceable: Callable[[Path], str | None] | None = None) -> None:
     """Move a finished staging directory to `final`, replacing what was there.
 
     The old directory is renamed aside first and removed only after the new one
@@ -155,17 +205,25 @@ def commit_directory(staging: Path, final: Path, *, last: str | None = None) -> 
     An existing empty `final` is kept and filled instead (`fill_directory`): renaming it aside would replace the
     user's directory (its owner, mode, ACLs, setgid group) by a new one, and a mount point (a container's volume)
     cannot be renamed at all (EBUSY, after the whole run). `last` names the entry whose arrival completes it.
+
+    `replaceable` says why the old directory, once renamed aside (where no one adds to it by its name any more),
+    may not be deleted, or None: given a reason, it is put back and ReplaceRefused raised. A user's folder that
+    appeared at `final` while the run was made was deleted with the user's files.
     """
     staging, final = Path(staging), Path(final)
     if final.is_dir() and not final.is_symlink() and not any(final.iterdir()):
         fill_directory(staging, final, last)
         return
     old = None
-    if final.exists():
+    if os.path.lexists(final):
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
+        why = replaceable(old) if replaceable is not None else None
+        if why is not None:
+            os.replace(old, final)
+            raise ReplaceRefused(why)
     try:
         os.replace(staging, final)
     except BaseException:
@@ -177,28 +235,71 @@ def commit_directory(staging: Path, final: Path, *, last: str | None = None) -> 
 
 
 def fill_directory(staging: Path, final: Path, last: str | None = None) -> None:
-    """Move every entry of `staging` into the directory `final` (a rename each; a copy where `final` is another
-    filesystem, as a mount point is), `last` after all the others, then remove `staging`.
+    """Move every entry of `staging` into the directory `final`, `last` after all the others, then remove `staging`:
+    all or nothing.
 
-    Never a half-written artifact: `last` is the directory's commit point (a run's marker, which
-    `rundir.is_run_dir` looks for; an artifact's model.json) and arrives in one rename, so until then `final` is
-    no finished run. An entry already there (a move a SIGKILL cut short, finished again by
-    `rundir.RunDir`) is replaced.
+    Each entry is renamed in, or where `final` is another filesystem (a mount point) copied in under a temporary name
+    and renamed into place, its source kept until every entry has arrived. A failure (a full disk) takes back what
+    was placed, so `final` is as it was and the whole run is still in `staging`: a full volume once kept half a
+    model in `--out` and the other half in `.partial`. `last` is the directory's commit point (a run's marker, which
+    `rundir.is_run_dir` looks for; an artifact's model.json), so until it arrives `final` is no finished run. An entry
+    already there (a fill a SIGKILL cut short, finished again by `rundir.RunDir`) is replaced.
     """
     staging, final = Path(staging), Path(final)
-    for entry in sorted(staging.iterdir(), key=lambda p: (p.name == last, p.name)):
-        target = final / entry.name
-        if entry.name == last:  # onto final's filesystem under a temporary name first, then one rename
-            moving = final / f".{entry.name}.moving"
-            shutil.move(str(entry), str(moving))
-            os.replace(moving, target)
-            continue
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        shutil.move(str(entry), str(target))
+    placed: list[tuple[Path, Path, bool]] = []  # (source, target, renamed rather than copied)
+    try:
+        for entry in sorted(staging.iterdir(), key=lambda p: (p.name == last, p.name)):
+            placed.append((entry, final / entry.name, _place(entry, final / entry.name)))
+    except BaseException:
+        _take_back(placed)
+        raise
+    copied = [source for source, _, renamed in placed if not renamed]
+    for source in sorted(copied, key=lambda p: p.name == last):  # the marker last: a staging still marked as a run
+        _remove(source)
     staging.rmdir()
+
+
+def _take_back(placed: list[tuple[Path, Path, bool]]) -> None:
+    """Undo `fill_directory`'s placing: a renamed entry goes back to its source, a copy is removed."""
+    for source, target, renamed in reversed(placed):
+        os.replace(target, source) if renamed else _remove(target)
+
+
+def _place(entry: Path, target: Path) -> bool:
+    """`entry` at `target`, replacing what is there: renamed (True), or copied under a temporary name beside `target`
+    and renamed into place (False) where the two are on different filesystems."""
+    moving = target.with_name(f".{target.name}.moving")
+    _remove(moving)  # what a fill killed while copying left
+    if os.path.lexists(target) and (_is_tree(target) or _is_tree(entry)):
+        _remove(target)  # a rename replaces a file by a file only
+    try:
+        os.rename(entry, target)
+        return True
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    try:
+        if _is_tree(entry):
+            shutil.copytree(entry, moving, symlinks=True)
+        else:
+            shutil.copy2(entry, moving, follow_symlinks=False)
+        os.replace(moving, target)
+    except BaseException:
+        _remove(moving)
+        raise
+    return False
+
+
+def _is_tree(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory tree the toolkit placed, if it is there."""
+    if _is_tree(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 @contextlib.contextmanager
@@ -224,7 +325,15 @@ def interrupts_deferred():
 
 
 def ensure_writable_parent(path: Path) -> None:
-    """Create the parent of an output path, or fail with one clear line."""
+    """Create the parent of an output path, or fail with one clear line; a path that is not UTF-8 is refused, as
+    nothing could read it back: `train --out $'bad\\xff'` made a run that predict ("not valid UTF-8") and report
+    (UnicodeEncodeError) could not open."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(path)).decode("utf-8", "replace")
+        raise ToolkitError(f"output path {shown} is not valid UTF-8 (\ufffd marks the bytes that are not): choose a "
+                           "name of UTF-8 characters") from None
     parent = Path(path).resolve().parent
     blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import ToolkitError
-from .fileio import (atomic_write_json, commit_directory, ensure_writable_parent, fill_directory, interrupts_deferred,
-                     read_json)
+from .fileio import (ReplaceRefused, atomic_write_json, commit_directory, ensure_writable_parent, fill_directory,
+                     interrupts_deferred, read_json)
 
 MARKER = ".toolkit-run.json"
 CHECKPOINT = "checkpoint.json"  # names its tensors file (trainers.checkpoint)
@@ -79,6 +79,11 @@ def foreign_files(run: Path) -> list[str]:
     return found
 
 
+def _listed(names: list[str]) -> str:
+    """The first three of `names`, and how many more, for a one-line message."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def default_run_dir(stage: str, family: str | None = None, root: str | Path = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(root) / "-".join(p for p in (stamp, stage, family) if p)
@@ -127,6 +132,26 @@ def refuse_inputs(final: Path, inputs: Iterable) -> None:
             raise ToolkitError(f"output directory {final} holds the input {item}: choose another --out")
         if final.is_relative_to(source):
             raise ToolkitError(f"output directory {final} is inside the input {item}: choose another --out")
+
+
+# the longest name derived from a run directory's: `.NAME.old-PID` while a commit replaces a previous run (a PID
+# has at most 7 digits: Linux's pid_max is at most 2**22), beside `NAME.partial` and `.NAME.lock`
+_DERIVED_EXTRA = len(".") + len(".old-") + 7
+
+
+def check_name_length(final: Path) -> None:
+    """Refuse, before any work, a run directory name the names derived from it would not fit: a 245-byte name
+    trained in full and then failed its commit with --overwrite ("File name too long"), every time."""
+    size = len(os.fsencode(final.name))
+    existing = next((p for p in (final.parent, *final.parent.parents) if p.is_dir()), Path("/"))
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return
+    if size + _DERIVED_EXTRA > limit:
+        raise ToolkitError(f"output directory name {final.name[:40]}... is {size} bytes: the toolkit stages and swaps "
+                           f"a run under names up to {_DERIVED_EXTRA} bytes longer, and this file system allows "
+                           f"{limit}; choose a name of at most {limit - _DERIVED_EXTRA} bytes")
 
 
 def lock_path(final: Path) -> Path:
@@ -192,9 +217,12 @@ class RunDir:
         self.resumed = False
         self.keep_on_error = False
         self._lock = None
+        self._may_replace = overwrite or resume  # a previous run at `final`, as the start found it (`_changed`)
+        self._foreign_before: set[str] = set()
         refuse_inputs(self.final, inputs)
         if self.final.exists() and not self.final.is_dir():
             raise ToolkitError(f"output path exists and is not a directory: {self.final}")
+        check_name_length(self.final)
         ensure_writable_parent(self.final)
         self._acquire()
         try:
@@ -235,8 +263,12 @@ class RunDir:
             listed = read_json(self.staging / MARKER, "run marker").get("files")
         except ToolkitError:
             return
-        present = {p.relative_to(self.final).as_posix() for p in self.final.rglob("*") if p.is_file() or p.is_symlink()}
-        if isinstance(listed, list) and present and present <= {*map(str, listed), f".{MARKER}.moving"}:
+        if not isinstance(listed, list):
+            return
+        listed = {*map(str, listed), MARKER}
+        moving = {f".{name.split('/')[0]}.moving" for name in listed}  # an entry being copied in (another filesystem)
+        present = [p.relative_to(self.final) for p in self.final.rglob("*") if p.is_file() or p.is_symlink()]
+        if present and all(p.as_posix() in listed or p.parts[0] in moving for p in present):
             fill_directory(self.staging, self.final, MARKER)
 
     def _check_final(self, overwrite: bool, resume: bool) -> None:
@@ -249,11 +281,12 @@ class RunDir:
             if os.path.ismount(self.final):  # its previous run cannot be renamed aside: refused before any work
                 raise ToolkitError(f"output directory {self.final} is a mount point holding a previous run, which "
                                    "cannot be replaced in one step: empty it, or give a directory inside it")
-            foreign = foreign_files(self.final) if overwrite and not resume else []
-            if foreign:
-                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-                raise ToolkitError(f"output directory {self.final} holds files the toolkit did not write ({shown}): "
-                                   "--overwrite replaces only the toolkit's own; move them out or choose another --out")
+            foreign = foreign_files(self.final)
+            if foreign and not resume:
+                raise ToolkitError(f"output directory {self.final} holds files the toolkit did not write "
+                                   f"({_listed(foreign)}): --overwrite replaces only the toolkit's own; move them out "
+                                   "or choose another --out")
+            self._foreign_before = set(foreign)
             return
         if holds_checkpoint(self.final):
             raise ToolkitError(f"output directory {self.final} holds an interrupted run with a checkpoint: "
@@ -302,8 +335,26 @@ class RunDir:
         atomic_write_json(target, obj)
         return target
 
+    def _changed(self, found: Path) -> str | None:
+        """Why the directory `found` at `final` when the run commits (or renamed aside by the commit) may not be
+        replaced, or None: it must be what the start's check let through (`_check_final`), as the user may have
+        made, filled or added to it while the run was made. An empty directory is filled in place (`fill_directory`)
+        and a toolkit run may be replaced under --overwrite or --resume, with no file the toolkit did not write beyond
+        those the start found."""
+        if found.is_symlink() or not found.is_dir():
+            return "something that is not a directory appeared there"
+        if not any(found.iterdir()):
+            return None
+        if not is_run_dir(found):
+            return "a directory the toolkit did not write appeared there, or files were put into it"
+        if not self._may_replace:
+            return "another run appeared there"
+        added = sorted(set(foreign_files(found)) - self._foreign_before)
+        return f"files the toolkit did not write were added to it ({_listed(added)})" if added else None
+
     def commit(self) -> Path:
-        """Move the finished run into place (Ctrl-C waits until it is), then release the lock."""
+        """Move the finished run into place (Ctrl-C waits until it is), then release the lock. Refused in one line,
+        the run kept in its staging directory, where `final` is no longer what the start found (`_changed`)."""
         files = sorted(name for p in self.staging.rglob("*") if (p.is_file() or p.is_symlink())
                        and (name := p.relative_to(self.staging).as_posix()) != MARKER)
         try:
@@ -312,8 +363,15 @@ class RunDir:
             marker = {"kind": self.kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.staging / MARKER, {**marker, "files": files})  # what --overwrite may replace later
         try:
+            why = self._changed(self.final) if os.path.lexists(self.final) else None
+            if why is not None:
+                raise ReplaceRefused(why)
             with interrupts_deferred():
-                commit_directory(self.staging, self.final, last=MARKER)
+                commit_directory(self.staging, self.final, last=MARKER, replaceable=self._changed)
+        except ReplaceRefused as exc:  # nothing at `final` is touched; the new run stays whole where it was made
+            self.keep_on_error = True
+            raise ToolkitError(f"output directory {self.final} changed while the run was made ({exc}), so nothing "
+                               f"there was replaced: the finished run is kept in {self.staging}") from None
         except OSError as exc:  # the run itself is whole: kept where it was made, and said so in one line
             self.keep_on_error = True
             raise ToolkitError(f"cannot move the finished run into {self.final}: {exc.strerror or exc}; it is kept "
