@@ -151,7 +151,7 @@ def test_a_pipeline_result_shows_itself_in_one_line_and_as_a_table(tmp_path):
                                           "explain": {"methods": ["saliency"], "samples": 4}},
                           out=tmp_path / "run", progress=lambda _: None)
     text = repr(result)
-    assert "\n" not in text and len(text) < MAX_REPR and "train done" in text and "status='done'" in text
+    assert "\n" not in text and len(text) < MAX_REPR and "'train': 'done'" in text and "state='done'" in text
     html = result._repr_html_()
     assert "<table" in html and "explain" in html and result.report.as_uri() in html
 
