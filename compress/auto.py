@@ -869,7 +869,9 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
     resaved = [v for v in eligible if _resaved_without_gain(v, baseline, setting)]
     eligible = [v for v in eligible if all(v is not r for r in resaved)]
     excluded += "".join(f"; {v.name} excluded: the given graph re-saved, {v.measurements['speedup'][setting]:.2f}x "
-                        f"its speed at batch {batch}, within the {LATENCY_TIE:.0%} tie" for v in resaved)
+                        f"its speed at batch {batch}, "
+                        + ("a timing too noisy to count as a gain" if _noisy(v, setting) else
+                           f"within the {LATENCY_TIE:.0%} tie") for v in resaved)
     if not eligible:
         return baseline, (f"no variant is within {max_drop} accuracy points, agrees with the original as required and "
                           f"is faster than the original at batch 256 and batch 1, single thread: the original is "
@@ -900,10 +902,17 @@ def _resaved_without_gain(variant: Variant, baseline: Variant, setting: str) -> 
     """Whether `variant` is a user's ONNX graph re-saved (`onnx-fp32` on a graph given as it is: ONNX Runtime's
     basic optimisations, which a session applies at load anyway, and the toolkit's rewrites) and not faster than
     the graph as given by more than LATENCY_TIE at `setting`. Its file is the user's graph again: within the band
-    the choice reads as a tie it adds nothing, and an int8 graph's re-save was chosen at 1.00x."""
+    the choice reads as a tie it adds nothing, and an int8 graph's re-save was chosen at 1.00x. A timing flagged
+    noisy at `setting` is no gain either: a random forest's re-save shipped on 1.10x whose reason called it
+    "too noisy for a speed-up" (0.099 ms against 0.098 ms)."""
     given_graph = baseline.model is not None and baseline.model.module is None
     return (given_graph and variant.recipe.get("method") == "onnx-fp32"
-            and variant.measurements["speedup"][setting] < 1 + LATENCY_TIE)
+            and (variant.measurements["speedup"][setting] < 1 + LATENCY_TIE or _noisy(variant, setting)))
+
+
+def _noisy(variant: Variant, setting: str) -> bool:
+    """Whether `variant`'s timing at `setting` is flagged too noisy for its speed-up to be read."""
+    return setting in (variant.measurements.get("noisy") or [])
 
 
 def _eligible(variants: list[Variant]) -> list[Variant]:

@@ -361,3 +361,22 @@ def test_auto_keeps_a_given_graph_over_its_resave_at_a_tie(digits, int8_weight):
     assert choose(baseline, [faster], 0.5)[0] is faster
     other = variant("int8-dynamic", 1.02)
     assert choose(baseline, [variant("onnx-fp32", 1.02), other], 0.5)[0] is other
+
+
+def test_auto_keeps_a_given_graph_over_its_resave_on_a_noisy_timing(digits):
+    """A re-save's speed-up over the tie band on a timing flagged too noisy is no gain: a random forest's re-save
+    was chosen at "1.10x" while the reason called the timing "too noisy for a speed-up"."""
+    from compress.auto import LATENCY_TIE, baseline_variant, choose
+    from compress.base import Variant
+    from trainers.usermodel import from_onnx
+
+    baseline = baseline_variant(from_onnx(_digits_graph(False), digits))
+    speedup = 1.05 + LATENCY_TIE
+    noisy = Variant("onnx-fp32", None, {"method": "onnx-fp32"}, measurements={
+        "within_budget": True, "slower_than_fp32": False, "flips": False, "size_bytes": 100, "accuracy": 0.9,
+        "accuracy_drop": 0.0, "size_ratio": 1.0, "speedup": {"b256_t1": speedup, "b1_t1": speedup},
+        "speedup_spread": {"b256_t1": 0.29}, "noisy": ["b256_t1"], "latency_ms": {"b256_t1": {"p50": 1 / speedup}}})
+    chosen, reason = choose(baseline, [noisy], 0.5)
+    assert chosen is baseline and "onnx-fp32 excluded: the given graph re-saved" in reason and "noisy" in reason
+    noisy.measurements["noisy"] = ["b1_t1"]   # noisy at the other batch size only: the gain at 256 stands
+    assert choose(baseline, [noisy], 0.5)[0] is noisy
