@@ -378,8 +378,11 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
     outcome: dict[int, float | None] = {}  # made steps: None passed, else how far it missed the agreement rule
     passed: list[tuple[str, dict]] = []  # steps whose variant passed the rule
     cost: dict[int, float] = {}  # made steps: the CPU seconds making them took
+    errored: set[int] = set()  # steps that made nothing and were listed as skipped with the reason
     explore = explore or Exploration()
     for i, (name, options, children) in enumerate(steps):
+        if any(j in errored for j in _fallback_sources(steps, i)):
+            continue  # a fallback of a step that failed fails the same way: listed once, not made again
         weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
         if weaker is not None:
             skipped.append({"method": name, "options": options or None,
@@ -412,9 +415,11 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                                       f"thread); only a candidate within {LATENCY_TIE:.0%} of the fastest can be "
                                       f"chosen"})
             continue
-        began = time.process_time()
+        began, listed = time.process_time(), len(skipped)
         made_now = run(name, model, options)
         cost[i] = time.process_time() - began
+        if not made_now and len(skipped) > listed and not skipped[-1]["reason"].startswith("not tried"):
+            errored.add(i)  # refused or failed: not the search budget
         for made in made_now:
             if not keep(made) and screen is not None:
                 if outcome.get(i, 1.0) is not None:  # a step passed when any of its variants did (int8's lean twin)
