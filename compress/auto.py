@@ -50,13 +50,13 @@ from typing import Annotated, Callable
 import numpy as np
 from pydantic import AfterValidator, Field
 
-from trainers.artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, predict
+from trainers.artifact import LoadedModel, ModelSpec, predict
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 from trainers.options import Bool, Float, Fraction, Int, EpochsOrNone, PositiveFloat, Ratio
 from trainers.progress import ProgressEvent, reporter
 
-from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
+from .base import METHODS, Variant, check_method_options, failed_on_user_model, get_method, lineage, register_method
 from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, SERVED_THREADS, LatencyConfig, Runner,
                       compare_to_baseline, describe_fidelity, evaluate, fidelity, interleaved_rounds, judge, mark_pareto,
                       measure_all, ratio_summary, size_on_disk, torch_threads, _batch)
@@ -358,12 +358,10 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
             skipped.append({"method": name, "options": options, "reason": str(exc)})
             return []
         except (RuntimeError, TypeError, ValueError) as exc:
-            if source.spec.family not in (CUSTOM_FAMILY, ONNX_FAMILY):
+            reason = failed_on_user_model(source, exc)
+            if reason is None:
                 raise                      # the toolkit's own models: a failure here is a bug to see
-            # a user's module can fail in a step in ways no check foresees: that candidate is passed over
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            skipped.append({"method": name, "options": options,
-                            "reason": f"failed on this model ({type(exc).__name__}: {first})"})
+            skipped.append({"method": name, "options": options, "reason": reason})  # that candidate is passed over
             return []
 
     def keep(variant: Variant) -> bool:
