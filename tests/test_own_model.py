@@ -588,6 +588,32 @@ def test_an_onnx_file_with_external_data_is_read_whole_and_its_variants_stand_al
     assert [r["predicted_index"] for r in out["predictions"]] == expected.argmax(1).tolist()
 
 
+def test_external_data_in_a_symbolic_link_beside_the_graph_is_read(tmp_path):
+    """The Hugging Face hub cache lays a snapshot out as links into ../../blobs/: the data file named beside the
+    graph is a link the user's download put there, and is followed (it was refused as "not a file in" the folder,
+    and ONNX's own reader refuses links). A location string that climbs out of the folder stays refused."""
+    import onnx
+
+    graph = _matmul_graph(tmp_path, "net.onnx", np.random.default_rng(0).normal(size=(12, CLASSES)).astype(np.float32))
+    expected = trainers.predict(trainers.as_model(graph), _bundle((12,)).x_test[:5])
+    blobs, snapshot = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    onnx.save_model(onnx.load(str(graph)), str(blobs / "net.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="net.onnx.data", size_threshold=0)
+    (blobs / "net.onnx").rename(blobs / "1111")
+    (blobs / "net.onnx.data").rename(blobs / "2222")
+    (snapshot / "net.onnx").symlink_to("../../blobs/1111")
+    (snapshot / "net.onnx.data").symlink_to("../../blobs/2222")
+    got = trainers.predict(trainers.as_model(str(snapshot / "net.onnx")), _bundle((12,)).x_test[:5])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    proto = onnx.load(str(snapshot / "net.onnx"), load_external_data=False)
+    next(e for e in proto.graph.initializer[0].external_data if e.key == "location").value = "../../blobs/2222"
+    (snapshot / "climbs.onnx").write_bytes(proto.SerializeToString())
+    with pytest.raises(ToolkitError, match="keeps its data in '../../blobs/2222', which is not a file in"):
+        trainers.as_model(str(snapshot / "climbs.onnx"))
+
+
 def test_a_run_that_keeps_the_original_onnx_file_predicts_with_it(tmp_path, monkeypatch, capsys):
     from cli.main import main
 

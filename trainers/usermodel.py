@@ -117,9 +117,10 @@ def read_onnx_file(path: Path):
     """An `.onnx` file as one self-contained graph, (its bytes, its parsed proto or None where it does not parse): tensors the exporter kept in separate files (external data:
     `torch.onnx.export` writes `NAME.onnx.data` beside the graph) are read in from the file's own folder, so
     neither the working directory nor the file's place later matters. A tensor whose data is said to lie
-    outside that folder, or in a file that is not there, is one ToolkitError line."""
+    outside that folder, or in a file that is not there, is one ToolkitError line; a file in the folder that is a
+    symbolic link is followed (`_names_a_file_in`)."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
     raw = path.read_bytes()
     try:
@@ -132,15 +133,28 @@ def read_onnx_file(path: Path):
     base = path.parent.resolve()
     for tensor in tensors:
         location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-        target = (base / location).resolve()
-        if not location or Path(location).is_absolute() or base not in target.parents or not target.is_file():
+        if not _names_a_file_in(base, location):
             raise ToolkitError(f"{path}: tensor '{tensor.name}' keeps its data in {location!r}, which is not a file "
                                f"in {base}; keep the graph's data files beside it")
     try:
-        load_external_data_for_model(proto, str(base))
+        for tensor in tensors:  # from the file a link in the folder leads to: ONNX's reader refuses links
+            entry = next(e for e in tensor.external_data if e.key == "location")
+            target = (base / entry.value).resolve()
+            entry.value = target.name
+            load_external_data_for_tensor(tensor, str(target.parent))
         return proto.SerializeToString(), proto
     except Exception as exc:  # a data file shorter than its tensors, a graph over protobuf's 2 GB
         raise ToolkitError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
+
+
+def _names_a_file_in(base: Path, location: str) -> bool:
+    """Whether an external-data `location` names a file inside the folder `base`.
+
+    The location string is what a crafted graph controls: empty, absolute or climbing out with '..' is refused,
+    whatever lies there. A name inside the folder may be a symbolic link, and is followed: the user put it there
+    (the Hugging Face hub cache links each file of a snapshot into ../../blobs/, and ONNX Runtime loads it so)."""
+    parts = Path(location).parts
+    return bool(location) and not Path(location).is_absolute() and ".." not in parts and (base / location).is_file()
 
 
 def _all_tensors(proto):
