@@ -124,6 +124,29 @@ def zoo(tmp_path_factory):
 # ---------------------------------------------------------------- the model as it is
 
 
+def test_a_graph_optimised_by_onnx_runtime_keeps_its_layer_tags(digits):
+    """ORT's offline optimiser saves a Conv with its activation as com.microsoft FusedConv (a Gemm as FusedGemm):
+    layer_gradcam refused such a CNN as having no convolutional layer, while the graph before optimisation was
+    routed to shapley."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from explain.methods import resolve
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+               for n, s in (("k", (2, 1, 3, 3)), ("w", (128, 10)), ("b", (10,)))]
+    nodes = [helper.make_node("FusedConv", ["x", "k"], ["c"], domain="com.microsoft", activation="Relu",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("Gemm", ["f", "w", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, 17 if d == "" else 1)
+                                                    for d in ("", "com.microsoft")])
+    model = trainers.as_model(proto.SerializeToString(), digits)
+    assert {"conv", "dense"} <= trainers.capabilities(model)
+    assert resolve("layer_gradcam", model)[0] == "shapley"
+
+
 @pytest.mark.parametrize("name", ZOO)
 def test_capabilities_are_read_from_the_model(zoo, name):
     module, bundle, onnx_path, _ = zoo[name]
