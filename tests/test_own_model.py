@@ -1157,3 +1157,27 @@ def test_a_graph_of_several_outputs_is_read_by_its_logits_or_refused(tmp_path, r
     for order in ("logits_probs", "probs_logits"):  # logits and their softmax: the logits, in either order
         path, logits = _two_outputs(tmp_path, order)
         assert np.allclose(trainers.predict(str(path), bundle.x_test), logits, atol=1e-5)
+
+
+def test_a_zipmap_graph_is_refused_with_the_export_option_that_removes_it(tmp_path):
+    """skl2onnx's default classifier graph returns its probabilities as a ZipMap, a list of {class: probability}
+    maps: the refusal said its shape was ['batch'] and advised onnx.utils.extract_model, which cannot help (the
+    probabilities exist only after the ZipMap). It names the export option that leaves the ZipMap out."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(12, CLASSES)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("Softmax", ["s"], ["p"]),
+             helper.make_node("ArgMax", ["p"], ["label"], axis=1, keepdims=0),
+             helper.make_node("ZipMap", ["p"], ["probability"], domain="ai.onnx.ml",
+                              classlabels_int64s=list(range(CLASSES)))]
+    scalar = helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+    maps = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, scalar))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]),
+                               helper.make_value_info("probability", maps)], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    proto.ir_version = 8
+    with pytest.raises(ToolkitError, match=r"'probability' a list of \{class: probability\} maps \(ZipMap\)\) .*"
+                                           r"options=\{id\(model\): \{'zipmap': False\}\}") as error:
+        trainers.predict(proto.SerializeToString(), _bundle((12,)).x_test)
+    assert "extract_model" not in str(error.value)

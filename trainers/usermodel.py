@@ -336,12 +336,18 @@ def _logits_output(session, x: np.ndarray, classes: int | None, origin: str) -> 
     candidates must all be of one width: an embedding of 32 beside logits of 10 was read as 32 classes.
     """
     outputs = [o.name for o in session.get_outputs()]
+    maps = {o.name for o in session.get_outputs() if o.type.startswith("seq(map")}  # skl2onnx's ZipMap
     values = session.run(outputs, {session.get_inputs()[0].name: x})
     shapes = {name: tuple(np.shape(v)) for name, v in zip(outputs, values)}
-    listed = ", ".join(f"'{n}' {list(('batch', *shapes[n][1:]))}" for n in outputs)
-    candidates = [(n, v) for n, v in zip(outputs, values) if np.ndim(v) == 2 and len(v) == len(x) and v.shape[1] >= 2]
+    listed = ", ".join(f"'{n}' " + ("a list of {class: probability} maps (ZipMap)" if n in maps else
+                                    str(list(('batch', *shapes[n][1:])))) for n in outputs)
+    candidates = [(n, v) for n, v in zip(outputs, values)
+                  if n not in maps and np.ndim(v) == 2 and len(v) == len(x) and v.shape[1] >= 2]
     fits = [(n, v) for n, v in candidates if classes is None or v.shape[1] == classes]
     remedy = "export the graph with the logits as its only output (onnx.utils.extract_model names the outputs kept)"
+    if maps and not fits:  # the probabilities exist only after ZipMap: no output to extract, the export decides
+        remedy = ("export a scikit-learn model without ZipMap, skl2onnx's to_onnx(model, X, options={id(model): "
+                  "{'zipmap': False}}), for a (batch, classes) tensor of probabilities")
     if not fits:
         need = f"(batch, {classes}) for the data's {classes} classes" if classes is not None else "(batch, classes)"
         raise ToolkitError(f"{origin} has {len(outputs)} outputs ({listed}) and none is {need}: {remedy}")
