@@ -857,6 +857,37 @@ def test_a_module_that_returns_probabilities_is_warned_about(capsys):
     assert said == [] and capsys.readouterr().err == ""
 
 
+def test_a_graph_that_returns_probabilities_is_read_by_them_as_they_are():
+    """A graph ending in Softmax (every skl2onnx classifier) returns probabilities; the toolkit took them for
+    logits and predict wrote their softmax (a forest's 1.0 came out 0.576). Its logarithm is read as the logits
+    instead, so predict's columns and compress's log loss are the graph's own probabilities."""
+    import onnxruntime
+    from fake_runs import toolkit_warnings
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.measure import log_loss
+    from trainers.inference import predict_table
+
+    bundle = _bundle((12,))
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 3, (12, CLASSES)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("Softmax", ["s"], ["p"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", CLASSES])], [w])
+    graph = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    probabilities = session.run(None, {"x": bundle.x_test})[0]
+    assert probabilities.max() > 0.999   # rows of one sure class, as a forest gives, are among them
+    with toolkit_warnings() as said:
+        model = trainers.as_model(graph, bundle)
+    assert any("reads their logarithm" in line for line in said)
+    table = predict_table(model, bundle.x_test)
+    np.testing.assert_allclose(table[[c for c in table.columns if c.startswith("p_")]].to_numpy(), probabilities,
+                               rtol=1e-5, atol=1e-6)
+    picked = probabilities[np.arange(len(probabilities)), bundle.y_test]
+    assert log_loss(trainers.predict(model, bundle.x_test), bundle.y_test) == pytest.approx(-np.log(picked).mean(),
+                                                                                          rel=1e-4)
+
+
 def test_predict_with_a_saved_variant_of_a_probability_model_warns_too(tmp_path, capsys):
     """The warning came once, when the user's model was loaded: its compressed variants' flattened
     'probabilities' then passed unremarked in `toolkit predict`."""

@@ -307,10 +307,19 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
         onnx_bytes = proto.SerializeToString()
         session = _session(onnx_bytes, origin)
     out = _run_checked(session, x, origin)
-    _warn_if_probabilities(out, origin)
+    notes = ["an ONNX graph: gradient methods and PyTorch transforms need a PyTorch module"]
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if _looks_like_probabilities(out) and opset < 8:  # Max broadcasts its tiny floor from opset 8
+        _warn_if_probabilities(out, origin)
+    elif _looks_like_probabilities(out):
+        proto, note = _log_of_probabilities(proto, out.dtype)
+        onnx_bytes = proto.SerializeToString()
+        session = _session(onnx_bytes, origin)
+        notes.append(note)
+        warn(f"{origin}: {note}")
+        out = _run_checked(session, x, origin)
     names = _names(data, class_names, out.shape[1], origin)
-    spec = _spec(ONNX_FAMILY, {"inputs": inputs[0].name, "opset": max((o.version for o in proto.opset_import
-                                                                         if o.domain in ("", "ai.onnx")), default=None)},
+    spec = _spec(ONNX_FAMILY, {"inputs": inputs[0].name, "opset": opset or None},
                  x, data if not isinstance(data, np.ndarray) else None, names, "onnxruntime", origin="onnx")
     spec.onnx = {"file": "model.onnx", "precision": "float32", "opset": spec.config["opset"]}
     if spec.feature_names is None:  # a toolkit export's own names (model.raw.onnx: the table's raw columns)
@@ -319,10 +328,37 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
     if reads is not None:  # a toolkit's model.raw.onnx: predict gives it what it takes (`inference.read_rows`)
         spec.extra["raw_rows"] = {"reads": reads}
     spec.weights = {}
-    model = LoadedModel(module=None, spec=spec, origin=origin, onnx_bytes=onnx_bytes,
-                        notes=["an ONNX graph: gradient methods and PyTorch transforms need a PyTorch module"])
+    model = LoadedModel(module=None, spec=spec, origin=origin, onnx_bytes=onnx_bytes, notes=notes)
     model._session = session
     return model
+
+
+def _log_of_probabilities(proto, dtype: np.dtype):
+    """(the graph returning the logarithm of its probabilities, a note saying so), for a graph whose output is
+    probabilities (every scikit-learn classifier skl2onnx exports, a network ending in Softmax).
+
+    The toolkit reads logits and takes their softmax wherever it needs probabilities (predict's columns, log loss,
+    the black-box explainers' probability space); the softmax of probabilities flattened them (a forest's 1.0
+    was written 0.576). The softmax of their logarithm is the probabilities again, so every reader gets them as
+    the graph gives them, and the predicted class is unchanged. Zeros are read as the dtype's smallest positive
+    number first: log(0) is minus infinity."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    name = graph.output[0].name
+    logged = f"{name}_log"
+    tiny = numpy_helper.from_array(np.array(np.finfo(dtype).tiny, dtype), f"{name}_tiny")
+    changed = onnx.ModelProto()
+    changed.CopyFrom(proto)
+    changed.graph.initializer.append(tiny)
+    changed.graph.node.extend([helper.make_node("Max", [name, tiny.name], [f"{name}_positive"]),
+                               helper.make_node("Log", [f"{name}_positive"], [logged])])
+    output = changed.graph.output[0]
+    output.name = logged
+    return changed, (f"the graph returns probabilities (each row sums to 1): the toolkit reads their logarithm "
+                     f"('{logged}') as its logits, so predict writes the probabilities as they are; its variants' "
+                     f"graphs return log-probabilities")
 
 
 def _logits_output(session, x: np.ndarray, classes: int | None, origin: str) -> str:
