@@ -50,13 +50,13 @@ from typing import Annotated, Callable
 import numpy as np
 from pydantic import AfterValidator, Field
 
-from trainers.artifact import CUSTOM_FAMILY, ONNX_FAMILY, LoadedModel, ModelSpec, predict
+from trainers.artifact import LoadedModel, ModelSpec, predict
 from trainers.data import DataBundle
 from trainers.errors import ToolkitError
 from trainers.options import Bool, Float, Fraction, Int, EpochsOrNone, PositiveFloat, Ratio
 from trainers.progress import ProgressEvent, reporter
 
-from .base import METHODS, Variant, check_method_options, get_method, lineage, register_method
+from .base import METHODS, Variant, check_method_options, failed_on_user_model, get_method, lineage, register_method
 from .measure import (DECISIVE, MIN_AGREEMENT, NOISY_SPREAD, SERVED_THREADS, LatencyConfig, Runner,
                       compare_to_baseline, describe_fidelity, evaluate, fidelity, interleaved_rounds, judge, mark_pareto,
                       measure_all, ratio_summary, size_on_disk, torch_threads, _batch)
@@ -358,12 +358,10 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
             skipped.append({"method": name, "options": options, "reason": str(exc)})
             return []
         except (RuntimeError, TypeError, ValueError) as exc:
-            if source.spec.family not in (CUSTOM_FAMILY, ONNX_FAMILY):
+            reason = failed_on_user_model(source, exc)
+            if reason is None:
                 raise                      # the toolkit's own models: a failure here is a bug to see
-            # a user's module can fail in a step in ways no check foresees: that candidate is passed over
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            skipped.append({"method": name, "options": options,
-                            "reason": f"failed on this model ({type(exc).__name__}: {first})"})
+            skipped.append({"method": name, "options": options, "reason": reason})  # that candidate is passed over
             return []
 
     def keep(variant: Variant) -> bool:
@@ -378,8 +376,11 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
     outcome: dict[int, float | None] = {}  # made steps: None passed, else how far it missed the agreement rule
     passed: list[tuple[str, dict]] = []  # steps whose variant passed the rule
     cost: dict[int, float] = {}  # made steps: the CPU seconds making them took
+    errored: set[int] = set()  # steps that made nothing and were listed as skipped with the reason
     explore = explore or Exploration()
     for i, (name, options, children) in enumerate(steps):
+        if any(j in errored for j in _fallback_sources(steps, i)):
+            continue  # a fallback of a step that failed fails the same way: listed once, not made again
         weaker = next((f for f in failed if _removes_more(name, options, *f)), None)
         if weaker is not None:
             skipped.append({"method": name, "options": options or None,
@@ -412,9 +413,11 @@ def build_candidates(model: LoadedModel, data: DataBundle, steps, progress=None,
                                       f"thread); only a candidate within {LATENCY_TIE:.0%} of the fastest can be "
                                       f"chosen"})
             continue
-        began = time.process_time()
+        began, listed = time.process_time(), len(skipped)
         made_now = run(name, model, options)
         cost[i] = time.process_time() - began
+        if not made_now and len(skipped) > listed and not skipped[-1]["reason"].startswith("not tried"):
+            errored.add(i)  # refused or failed: not the search budget
         for made in made_now:
             if not keep(made) and screen is not None:
                 if outcome.get(i, 1.0) is not None:  # a step passed when any of its variants did (int8's lean twin)
@@ -869,7 +872,9 @@ def choose(baseline: Variant, variants: list[Variant], max_drop: float, batch: i
     resaved = [v for v in eligible if _resaved_without_gain(v, baseline, setting)]
     eligible = [v for v in eligible if all(v is not r for r in resaved)]
     excluded += "".join(f"; {v.name} excluded: the given graph re-saved, {v.measurements['speedup'][setting]:.2f}x "
-                        f"its speed at batch {batch}, within the {LATENCY_TIE:.0%} tie" for v in resaved)
+                        f"its speed at batch {batch}, "
+                        + ("a timing too noisy to count as a gain" if _noisy(v, setting) else
+                           f"within the {LATENCY_TIE:.0%} tie") for v in resaved)
     if not eligible:
         return baseline, (f"no variant is within {max_drop} accuracy points, agrees with the original as required and "
                           f"is faster than the original at batch 256 and batch 1, single thread: the original is "
@@ -900,10 +905,17 @@ def _resaved_without_gain(variant: Variant, baseline: Variant, setting: str) -> 
     """Whether `variant` is a user's ONNX graph re-saved (`onnx-fp32` on a graph given as it is: ONNX Runtime's
     basic optimisations, which a session applies at load anyway, and the toolkit's rewrites) and not faster than
     the graph as given by more than LATENCY_TIE at `setting`. Its file is the user's graph again: within the band
-    the choice reads as a tie it adds nothing, and an int8 graph's re-save was chosen at 1.00x."""
+    the choice reads as a tie it adds nothing, and an int8 graph's re-save was chosen at 1.00x. A timing flagged
+    noisy at `setting` is no gain either: a random forest's re-save shipped on 1.10x whose reason called it
+    "too noisy for a speed-up" (0.099 ms against 0.098 ms)."""
     given_graph = baseline.model is not None and baseline.model.module is None
     return (given_graph and variant.recipe.get("method") == "onnx-fp32"
-            and variant.measurements["speedup"][setting] < 1 + LATENCY_TIE)
+            and (variant.measurements["speedup"][setting] < 1 + LATENCY_TIE or _noisy(variant, setting)))
+
+
+def _noisy(variant: Variant, setting: str) -> bool:
+    """Whether `variant`'s timing at `setting` is flagged too noisy for its speed-up to be read."""
+    return setting in (variant.measurements.get("noisy") or [])
 
 
 def _eligible(variants: list[Variant]) -> list[Variant]:

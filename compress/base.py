@@ -170,6 +170,19 @@ def check_source(model, who: str) -> None:
         raise ToolkitError(f"{who} cannot handle a {model.spec.family} model: no such model family is registered")
 
 
+def failed_on_user_model(model, exc: BaseException) -> str | None:
+    """The reason line for a method that raised `exc` on a user's own module or ONNX graph, or None where the
+    failure is a bug to see: a user's model can fail in ways no check foresees (ORT's quantizer on a graph it
+    cannot read), and that is one line about the model, never an "unexpected error"."""
+    from trainers.artifact import CUSTOM_FAMILY, ONNX_FAMILY
+
+    if not isinstance(exc, (RuntimeError, TypeError, ValueError)) or model.spec.family not in (CUSTOM_FAMILY,
+                                                                                               ONNX_FAMILY):
+        return None
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"failed on this model ({type(exc).__name__}: {first})"
+
+
 def lineage(parent, recipe: dict) -> dict:
     """The `lineage` of a model made from `parent` (a LoadedModel) by `recipe`; with the checksum of the parent's
     file where it has one (`parent_sha256`), so a model replaced at the same path is not taken for the parent."""

@@ -98,6 +98,55 @@ def _quantize_dynamic(src: Path, out: Path, per_channel: bool, exclude: list[str
     return out.read_bytes()
 
 
+# The ops whose weights each int8 method quantizes: a user's graph with none of them has nothing to make int8
+STATIC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def quantizable_graph(onnx_bytes: bytes, method: str, ops: tuple[str, ...]) -> bytes:
+    """A user's graph as ORT's quantizer can read it, or one ToolkitError line where it cannot quantize it.
+
+    skl2onnx lists the default domain twice in `opset_import` (`('', 17)` twice), which ONNX Runtime runs but its
+    quantizer rejects ("Failed to find proper ai.onnx domain"): the copy quantized keeps one entry per domain (the
+    highest version). A graph saved by ORT's offline optimiser holds its com.microsoft fused ops (FusedGemm,
+    FusedConv), on which both quantizers crash; a graph without any of `ops` (a scikit-learn linear model or
+    forest: ai.onnx.ml ops) has nothing to quantize. Both are refused, as int8-weights refuses them.
+    """
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    nodes = _all_nodes(proto.graph)
+    fused = sorted({n.op_type for n in nodes if n.domain == "com.microsoft" and n.op_type.startswith("Fused")})
+    if fused:
+        raise ToolkitError(f"compression method '{method}': the graph holds ONNX Runtime's fused ops "
+                           f"(com.microsoft {', '.join(fused)}), written by its offline optimiser, which ORT's int8 "
+                           "quantizer cannot quantize: pass the graph as exported, before that optimisation, or "
+                           "use int8-weights")
+    if not any(n.op_type in ops and n.domain in ("", "ai.onnx") for n in nodes):
+        found = ", ".join(sorted({f"{n.domain + ' ' if n.domain else ''}{n.op_type}" for n in nodes})[:8])
+        raise ToolkitError(f"compression method '{method}': nothing to quantize, the graph has no "
+                           f"{', '.join(ops[:-1])} or {ops[-1]} (its ops: {found or 'none'})")
+    versions: dict[str, int] = {}
+    for entry in proto.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        versions[domain] = max(versions.get(domain, 0), entry.version)
+    if len(versions) == len(proto.opset_import):
+        return onnx_bytes
+    del proto.opset_import[:]
+    proto.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
+    return proto.SerializeToString()
+
+
+def _all_nodes(graph) -> list:
+    """Every node of a graph, those of its subgraphs (If, Loop, Scan) too."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            for sub in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+                nodes += _all_nodes(sub)
+    return nodes
+
+
 def _compute_nodes(path: Path) -> list:
     """The graph's weight-carrying nodes, input to output: the ones whose precision matters."""
     import onnx
@@ -178,7 +227,8 @@ def _int8_dynamic_variant(model: LoadedModel, data: DataBundle, exporter: str, m
     if model.module is not None:
         fp32_bytes, info = export_with_info(model, data, exporter=exporter)
     else:  # a user's ONNX graph: quantized as it is
-        fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
+        fp32_bytes = quantizable_graph(model.onnx_model_bytes(), "int8-dynamic", DYNAMIC_OPS)
+        info = ExportInfo("none (the user's ONNX graph)", 0.0)
     _, check_x = _split_for_check(data, 0, 0, static=False)
     reference = predict(model, check_x).argmax(1)
     fp32_bytes, folded = first_layer_fold(fp32_bytes, check_x, uniform_only=True)
@@ -280,7 +330,8 @@ def int8_static(model: LoadedModel, data: DataBundle, calibration_samples: Posit
     if model.module is not None:
         fp32_bytes, info = export_with_info(model, data, exporter=exporter)
     else:  # a user's ONNX graph: quantized as it is, at an opset that has per-axis scales
-        fp32_bytes, info = model.onnx_model_bytes(), ExportInfo("none (the user's ONNX graph)", 0.0)
+        fp32_bytes = quantizable_graph(model.onnx_model_bytes(), "int8-static", STATIC_OPS)
+        info = ExportInfo("none (the user's ONNX graph)", 0.0)
     calibration_x, check_x = _split_for_check(data, calibration_samples, seed, True)
     fp32_bytes, converted = static_opset(fp32_bytes, check_x)
     info = ExportInfo(info.exporter + converted, info.seconds) if converted else info

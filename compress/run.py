@@ -21,7 +21,7 @@ from trainers.progress import progress_target, reporter
 
 from .auto import baseline_variant, plan, search, settle
 from .export import raw_rows_onnx, with_metadata
-from .base import METHODS, Variant, check_method_options, check_source, get_method
+from .base import METHODS, Variant, check_method_options, check_source, failed_on_user_model, get_method
 from .options import AccuracyPoints, CompressOptions
 from .measure import LatencyConfig
 
@@ -373,7 +373,7 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
             report(step, name)
             method_options = _method_options(name, options, ratio)
             try:
-                variants += get_method(name, model).func(model, data, **method_options)
+                variants += _named(name, model, data, method_options)
             except ToolkitError as exc:
                 if len(methods) == 1:
                     raise
@@ -408,6 +408,18 @@ def _compress(model, data, methods, max_drop, options, ratio, progress, *, min_a
                           baseline=baseline, variants=variants, chosen=chosen, reason=reason, skipped=skipped,
                           threads=baseline.measurements["threads"], device=device, min_agreement=min_agreement,
                           budget_seconds=budget_seconds, search_notes=notes)
+
+
+def _named(name: str, model: LoadedModel, data: DataBundle, options: dict) -> list[Variant]:
+    """A named method's variants. On a user's model a failure no check foresaw is one ToolkitError line, as auto
+    lists it (`failed_on_user_model`): ORT's quantizer on a graph ORT itself runs was an "unexpected error"."""
+    try:
+        return get_method(name, model).func(model, data, **options)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        reason = failed_on_user_model(model, exc)
+        if reason is None:
+            raise
+        raise ToolkitError(f"compression method '{name}' {reason}") from None
 
 
 def _unique(variants: list[Variant]) -> list[Variant]:

@@ -382,6 +382,29 @@ def test_a_step_differing_only_in_fallback_options_is_made_only_when_the_earlier
     assert len(calls) == 3
 
 
+def test_a_failing_step_is_listed_once_and_its_fallback_not_made(digits, stand_in):
+    """A step that fails (a ToolkitError, or a user's graph ORT's quantizer rejects) fails the same way with its
+    fallback options: result.json listed each failing int8 method twice, with the same reason."""
+    from compress.checks import tiny_model
+
+    calls = []
+
+    def method(model, data, strict: bool = False):
+        """A stand-in method that cannot handle the model."""
+        calls.append(strict)
+        raise ToolkitError("cannot handle this model")
+
+    stand_in("test-failing", role="runtime", fallback=("strict",), func=method)
+    steps = [("test-failing", {}, []), ("test-failing", {"strict": True}, [])]
+    with pytest.raises(ToolkitError, match="no compression method"):
+        build_candidates(tiny_model("mlp"), digits, steps, screen=lambda v: None)
+    assert calls == [False]
+    stand_in("test-other", role="runtime", func=lambda model, data: [Variant("other", model, {"method": "o"})])
+    variants, skipped = build_candidates(tiny_model("mlp"), digits, [*steps, ("test-other", {}, [])],
+                                         screen=lambda v: None)
+    assert [s["method"] for s in skipped] == ["test-failing"] and "cannot handle" in skipped[0]["reason"]
+
+
 def test_a_step_passes_when_any_of_its_variants_passes(digits, stand_in):
     """int8-static can offer two graphs (its choice and a lean twin): the step's fallback is made only when
     neither passes, whatever order they come in."""

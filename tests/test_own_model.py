@@ -124,6 +124,29 @@ def zoo(tmp_path_factory):
 # ---------------------------------------------------------------- the model as it is
 
 
+def test_a_graph_optimised_by_onnx_runtime_keeps_its_layer_tags(digits):
+    """ORT's offline optimiser saves a Conv with its activation as com.microsoft FusedConv (a Gemm as FusedGemm):
+    layer_gradcam refused such a CNN as having no convolutional layer, while the graph before optimisation was
+    routed to shapley."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from explain.methods import resolve
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+               for n, s in (("k", (2, 1, 3, 3)), ("w", (128, 10)), ("b", (10,)))]
+    nodes = [helper.make_node("FusedConv", ["x", "k"], ["c"], domain="com.microsoft", activation="Relu",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("Gemm", ["f", "w", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, 17 if d == "" else 1)
+                                                    for d in ("", "com.microsoft")])
+    model = trainers.as_model(proto.SerializeToString(), digits)
+    assert {"conv", "dense"} <= trainers.capabilities(model)
+    assert resolve("layer_gradcam", model)[0] == "shapley"
+
+
 @pytest.mark.parametrize("name", ZOO)
 def test_capabilities_are_read_from_the_model(zoo, name):
     module, bundle, onnx_path, _ = zoo[name]
@@ -588,6 +611,32 @@ def test_an_onnx_file_with_external_data_is_read_whole_and_its_variants_stand_al
     assert [r["predicted_index"] for r in out["predictions"]] == expected.argmax(1).tolist()
 
 
+def test_external_data_in_a_symbolic_link_beside_the_graph_is_read(tmp_path):
+    """The Hugging Face hub cache lays a snapshot out as links into ../../blobs/: the data file named beside the
+    graph is a link the user's download put there, and is followed (it was refused as "not a file in" the folder,
+    and ONNX's own reader refuses links). A location string that climbs out of the folder stays refused."""
+    import onnx
+
+    graph = _matmul_graph(tmp_path, "net.onnx", np.random.default_rng(0).normal(size=(12, CLASSES)).astype(np.float32))
+    expected = trainers.predict(trainers.as_model(graph), _bundle((12,)).x_test[:5])
+    blobs, snapshot = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    onnx.save_model(onnx.load(str(graph)), str(blobs / "net.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="net.onnx.data", size_threshold=0)
+    (blobs / "net.onnx").rename(blobs / "1111")
+    (blobs / "net.onnx.data").rename(blobs / "2222")
+    (snapshot / "net.onnx").symlink_to("../../blobs/1111")
+    (snapshot / "net.onnx.data").symlink_to("../../blobs/2222")
+    got = trainers.predict(trainers.as_model(str(snapshot / "net.onnx")), _bundle((12,)).x_test[:5])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    proto = onnx.load(str(snapshot / "net.onnx"), load_external_data=False)
+    next(e for e in proto.graph.initializer[0].external_data if e.key == "location").value = "../../blobs/2222"
+    (snapshot / "climbs.onnx").write_bytes(proto.SerializeToString())
+    with pytest.raises(ToolkitError, match="keeps its data in '../../blobs/2222', which is not a file in"):
+        trainers.as_model(str(snapshot / "climbs.onnx"))
+
+
 def test_a_run_that_keeps_the_original_onnx_file_predicts_with_it(tmp_path, monkeypatch, capsys):
     from cli.main import main
 
@@ -806,6 +855,37 @@ def test_a_module_that_returns_probabilities_is_warned_about(capsys):
     with toolkit_warnings() as said:
         trainers.as_model(probabilities[0], bundle)  # its logits: nothing to say
     assert said == [] and capsys.readouterr().err == ""
+
+
+def test_a_graph_that_returns_probabilities_is_read_by_them_as_they_are():
+    """A graph ending in Softmax (every skl2onnx classifier) returns probabilities; the toolkit took them for
+    logits and predict wrote their softmax (a forest's 1.0 came out 0.576). Its logarithm is read as the logits
+    instead, so predict's columns and compress's log loss are the graph's own probabilities."""
+    import onnxruntime
+    from fake_runs import toolkit_warnings
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.measure import log_loss
+    from trainers.inference import predict_table
+
+    bundle = _bundle((12,))
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 3, (12, CLASSES)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("Softmax", ["s"], ["p"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", CLASSES])], [w])
+    graph = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    probabilities = session.run(None, {"x": bundle.x_test})[0]
+    assert probabilities.max() > 0.999   # rows of one sure class, as a forest gives, are among them
+    with toolkit_warnings() as said:
+        model = trainers.as_model(graph, bundle)
+    assert any("reads their logarithm" in line for line in said)
+    table = predict_table(model, bundle.x_test)
+    np.testing.assert_allclose(table[[c for c in table.columns if c.startswith("p_")]].to_numpy(), probabilities,
+                               rtol=1e-5, atol=1e-6)
+    picked = probabilities[np.arange(len(probabilities)), bundle.y_test]
+    assert log_loss(trainers.predict(model, bundle.x_test), bundle.y_test) == pytest.approx(-np.log(picked).mean(),
+                                                                                          rel=1e-4)
 
 
 def test_predict_with_a_saved_variant_of_a_probability_model_warns_too(tmp_path, capsys):
@@ -1108,3 +1188,27 @@ def test_a_graph_of_several_outputs_is_read_by_its_logits_or_refused(tmp_path, r
     for order in ("logits_probs", "probs_logits"):  # logits and their softmax: the logits, in either order
         path, logits = _two_outputs(tmp_path, order)
         assert np.allclose(trainers.predict(str(path), bundle.x_test), logits, atol=1e-5)
+
+
+def test_a_zipmap_graph_is_refused_with_the_export_option_that_removes_it(tmp_path):
+    """skl2onnx's default classifier graph returns its probabilities as a ZipMap, a list of {class: probability}
+    maps: the refusal said its shape was ['batch'] and advised onnx.utils.extract_model, which cannot help (the
+    probabilities exist only after the ZipMap). It names the export option that leaves the ZipMap out."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(12, CLASSES)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("Softmax", ["s"], ["p"]),
+             helper.make_node("ArgMax", ["p"], ["label"], axis=1, keepdims=0),
+             helper.make_node("ZipMap", ["p"], ["probability"], domain="ai.onnx.ml",
+                              classlabels_int64s=list(range(CLASSES)))]
+    scalar = helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+    maps = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, scalar))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]),
+                               helper.make_value_info("probability", maps)], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    proto.ir_version = 8
+    with pytest.raises(ToolkitError, match=r"'probability' a list of \{class: probability\} maps \(ZipMap\)\) .*"
+                                           r"options=\{id\(model\): \{'zipmap': False\}\}") as error:
+        trainers.predict(proto.SerializeToString(), _bundle((12,)).x_test)
+    assert "extract_model" not in str(error.value)

@@ -84,8 +84,11 @@ def family_tags(name: str) -> frozenset:
 # Layer types behind each capability tag. Captured by type, so a user's subclass of nn.Conv2d counts too.
 _TAG_LAYERS = {"conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d), "recurrent": (nn.RNNBase,), "dense": (nn.Linear,),
                "norm": (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)}
-_TAG_OPS = {"conv": {"Conv", "ConvInteger", "QLinearConv"}, "recurrent": {"LSTM", "GRU", "RNN", "Scan", "Loop"},
-            "dense": {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"},
+# ONNX Runtime's offline optimiser saves convolutions and dense layers as its com.microsoft fused ops (FusedConv:
+# a Conv with its activation); an optimised CNN is still a CNN.
+_TAG_OPS = {"conv": {"Conv", "ConvInteger", "QLinearConv", "FusedConv"},
+            "recurrent": {"LSTM", "GRU", "RNN", "Scan", "Loop"},
+            "dense": {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul"},
             "norm": {"BatchNormalization", "LayerNormalization", "GroupNormalization", "InstanceNormalization"}}
 
 

@@ -117,9 +117,10 @@ def read_onnx_file(path: Path):
     """An `.onnx` file as one self-contained graph, (its bytes, its parsed proto or None where it does not parse): tensors the exporter kept in separate files (external data:
     `torch.onnx.export` writes `NAME.onnx.data` beside the graph) are read in from the file's own folder, so
     neither the working directory nor the file's place later matters. A tensor whose data is said to lie
-    outside that folder, or in a file that is not there, is one ToolkitError line."""
+    outside that folder, or in a file that is not there, is one ToolkitError line; a file in the folder that is a
+    symbolic link is followed (`_names_a_file_in`)."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
     raw = path.read_bytes()
     try:
@@ -132,15 +133,28 @@ def read_onnx_file(path: Path):
     base = path.parent.resolve()
     for tensor in tensors:
         location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-        target = (base / location).resolve()
-        if not location or Path(location).is_absolute() or base not in target.parents or not target.is_file():
+        if not _names_a_file_in(base, location):
             raise ToolkitError(f"{path}: tensor '{tensor.name}' keeps its data in {location!r}, which is not a file "
                                f"in {base}; keep the graph's data files beside it")
     try:
-        load_external_data_for_model(proto, str(base))
+        for tensor in tensors:  # from the file a link in the folder leads to: ONNX's reader refuses links
+            entry = next(e for e in tensor.external_data if e.key == "location")
+            target = (base / entry.value).resolve()
+            entry.value = target.name
+            load_external_data_for_tensor(tensor, str(target.parent))
         return proto.SerializeToString(), proto
     except Exception as exc:  # a data file shorter than its tensors, a graph over protobuf's 2 GB
         raise ToolkitError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
+
+
+def _names_a_file_in(base: Path, location: str) -> bool:
+    """Whether an external-data `location` names a file inside the folder `base`.
+
+    The location string is what a crafted graph controls: empty, absolute or climbing out with '..' is refused,
+    whatever lies there. A name inside the folder may be a symbolic link, and is followed: the user put it there
+    (the Hugging Face hub cache links each file of a snapshot into ../../blobs/, and ONNX Runtime loads it so)."""
+    parts = Path(location).parts
+    return bool(location) and not Path(location).is_absolute() and ".." not in parts and (base / location).is_file()
 
 
 def _all_tensors(proto):
@@ -293,10 +307,19 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
         onnx_bytes = proto.SerializeToString()
         session = _session(onnx_bytes, origin)
     out = _run_checked(session, x, origin)
-    _warn_if_probabilities(out, origin)
+    notes = ["an ONNX graph: gradient methods and PyTorch transforms need a PyTorch module"]
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if _looks_like_probabilities(out) and opset < 8:  # Max broadcasts its tiny floor from opset 8
+        _warn_if_probabilities(out, origin)
+    elif _looks_like_probabilities(out):
+        proto, note = _log_of_probabilities(proto, out.dtype)
+        onnx_bytes = proto.SerializeToString()
+        session = _session(onnx_bytes, origin)
+        notes.append(note)
+        warn(f"{origin}: {note}")
+        out = _run_checked(session, x, origin)
     names = _names(data, class_names, out.shape[1], origin)
-    spec = _spec(ONNX_FAMILY, {"inputs": inputs[0].name, "opset": max((o.version for o in proto.opset_import
-                                                                         if o.domain in ("", "ai.onnx")), default=None)},
+    spec = _spec(ONNX_FAMILY, {"inputs": inputs[0].name, "opset": opset or None},
                  x, data if not isinstance(data, np.ndarray) else None, names, "onnxruntime", origin="onnx")
     spec.onnx = {"file": "model.onnx", "precision": "float32", "opset": spec.config["opset"]}
     if spec.feature_names is None:  # a toolkit export's own names (model.raw.onnx: the table's raw columns)
@@ -305,10 +328,37 @@ def from_onnx(onnx_bytes: bytes, data=None, *, class_names=None, origin: str = "
     if reads is not None:  # a toolkit's model.raw.onnx: predict gives it what it takes (`inference.read_rows`)
         spec.extra["raw_rows"] = {"reads": reads}
     spec.weights = {}
-    model = LoadedModel(module=None, spec=spec, origin=origin, onnx_bytes=onnx_bytes,
-                        notes=["an ONNX graph: gradient methods and PyTorch transforms need a PyTorch module"])
+    model = LoadedModel(module=None, spec=spec, origin=origin, onnx_bytes=onnx_bytes, notes=notes)
     model._session = session
     return model
+
+
+def _log_of_probabilities(proto, dtype: np.dtype):
+    """(the graph returning the logarithm of its probabilities, a note saying so), for a graph whose output is
+    probabilities (every scikit-learn classifier skl2onnx exports, a network ending in Softmax).
+
+    The toolkit reads logits and takes their softmax wherever it needs probabilities (predict's columns, log loss,
+    the black-box explainers' probability space); the softmax of probabilities flattened them (a forest's 1.0
+    was written 0.576). The softmax of their logarithm is the probabilities again, so every reader gets them as
+    the graph gives them, and the predicted class is unchanged. Zeros are read as the dtype's smallest positive
+    number first: log(0) is minus infinity."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    name = graph.output[0].name
+    logged = f"{name}_log"
+    tiny = numpy_helper.from_array(np.array(np.finfo(dtype).tiny, dtype), f"{name}_tiny")
+    changed = onnx.ModelProto()
+    changed.CopyFrom(proto)
+    changed.graph.initializer.append(tiny)
+    changed.graph.node.extend([helper.make_node("Max", [name, tiny.name], [f"{name}_positive"]),
+                               helper.make_node("Log", [f"{name}_positive"], [logged])])
+    output = changed.graph.output[0]
+    output.name = logged
+    return changed, (f"the graph returns probabilities (each row sums to 1): the toolkit reads their logarithm "
+                     f"('{logged}') as its logits, so predict writes the probabilities as they are; its variants' "
+                     f"graphs return log-probabilities")
 
 
 def _logits_output(session, x: np.ndarray, classes: int | None, origin: str) -> str:
@@ -322,12 +372,18 @@ def _logits_output(session, x: np.ndarray, classes: int | None, origin: str) -> 
     candidates must all be of one width: an embedding of 32 beside logits of 10 was read as 32 classes.
     """
     outputs = [o.name for o in session.get_outputs()]
+    maps = {o.name for o in session.get_outputs() if o.type.startswith("seq(map")}  # skl2onnx's ZipMap
     values = session.run(outputs, {session.get_inputs()[0].name: x})
     shapes = {name: tuple(np.shape(v)) for name, v in zip(outputs, values)}
-    listed = ", ".join(f"'{n}' {list(('batch', *shapes[n][1:]))}" for n in outputs)
-    candidates = [(n, v) for n, v in zip(outputs, values) if np.ndim(v) == 2 and len(v) == len(x) and v.shape[1] >= 2]
+    listed = ", ".join(f"'{n}' " + ("a list of {class: probability} maps (ZipMap)" if n in maps else
+                                    str(list(('batch', *shapes[n][1:])))) for n in outputs)
+    candidates = [(n, v) for n, v in zip(outputs, values)
+                  if n not in maps and np.ndim(v) == 2 and len(v) == len(x) and v.shape[1] >= 2]
     fits = [(n, v) for n, v in candidates if classes is None or v.shape[1] == classes]
     remedy = "export the graph with the logits as its only output (onnx.utils.extract_model names the outputs kept)"
+    if maps and not fits:  # the probabilities exist only after ZipMap: no output to extract, the export decides
+        remedy = ("export a scikit-learn model without ZipMap, skl2onnx's to_onnx(model, X, options={id(model): "
+                  "{'zipmap': False}}), for a (batch, classes) tensor of probabilities")
     if not fits:
         need = f"(batch, {classes}) for the data's {classes} classes" if classes is not None else "(batch, classes)"
         raise ToolkitError(f"{origin} has {len(outputs)} outputs ({listed}) and none is {need}: {remedy}")
