@@ -579,6 +579,7 @@ def test_the_cli_refuses_the_commit_in_one_line_with_exit_2(tmp_path, monkeypatc
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err  # after the run's own warnings: one error line
     assert err.count("error: ") == 1 and "kept in" in err.splitlines()[-1] and "Traceback" not in err
+    assert "before running again with this --out" in err.splitlines()[-1]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and is_run_dir(tmp_path / "m.partial")
 
 

@@ -134,6 +134,10 @@ def refuse_inputs(final: Path, inputs: Iterable) -> None:
             raise ToolkitError(f"output directory {final} is inside the input {item}: choose another --out")
 
 
+# a finished run kept in its staging folder after a refused commit has no checkpoint, so the next run with the same
+# --out starts that folder over: the line says so, or the user would lose it by running the command again
+_MOVE_IT = " (move it elsewhere before running again with this --out, which starts that folder over)"
+
 # the longest name derived from a run directory's: `.NAME.old-PID` while a commit replaces a previous run (a PID
 # has at most 7 digits: Linux's pid_max is at most 2**22), beside `NAME.partial` and `.NAME.lock`
 _DERIVED_EXTRA = len(".") + len(".old-") + 7
@@ -371,11 +375,11 @@ class RunDir:
         except ReplaceRefused as exc:  # nothing at `final` is touched; the new run stays whole where it was made
             self.keep_on_error = True
             raise ToolkitError(f"output directory {self.final} changed while the run was made ({exc}), so nothing "
-                               f"there was replaced: the finished run is kept in {self.staging}") from None
+                               f"there was replaced: the finished run is kept in {self.staging}{_MOVE_IT}") from None
         except OSError as exc:  # the run itself is whole: kept where it was made, and said so in one line
             self.keep_on_error = True
             raise ToolkitError(f"cannot move the finished run into {self.final}: {exc.strerror or exc}; it is kept "
-                               f"in {self.staging}") from None
+                               f"in {self.staging}{_MOVE_IT}") from None
         finally:
             self._release()
         return self.final
