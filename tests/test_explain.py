@@ -297,6 +297,8 @@ def test_refusals_and_bad_input(artifacts, digits, tmp_path):
         explain.attribute(model, digits.x_test[:2], None, "nope")
     with pytest.raises(ToolkitError, match="cannot handle a mlp model"):
         explain.explain_model(model, digits, methods=["layer_gradcam"], out=tmp_path / "a")
+    with pytest.raises(ToolkitError, match="^an explain method must be named by a string, got dict"):
+        explain.explain_model(model, digits, methods=[{"shapley": {"n_permutations": 16}}], out=tmp_path / "d")
     with pytest.raises(ToolkitError, match="--samples: input should be greater than or equal to 1"):
         explain.explain_model(model, digits, samples=0, out=tmp_path / "b")
     with pytest.raises(ToolkitError, match="input shape"):
