@@ -289,12 +289,31 @@ def shapley_sampling(ctx, x, targets, n_samples: PositiveInt = 16):
 # ---------------------------------------------------------------- SHAP
 
 
-def _select(values, targets, n):
-    """shap returns (N, *shape, classes) or a list per class: pick each sample's target."""
-    if isinstance(values, list):
-        values = np.stack(values, axis=-1)
-    values = np.asarray(values)
-    return np.stack([values[i, ..., targets[i]] for i in range(n)])
+class _TargetColumn(nn.Module):
+    """The module's output for one class alone, as a (N, 1) column. shap's Deep and Gradient explainers explain
+    every output the model has; the toolkit keeps one per sample, so explaining all of them was the class count
+    times the work (digits, 10 classes: shap_deep 916 vs 83 ms, shap_gradient 2,236 vs 158 ms for 64 rows). The
+    column's gradients are the same as the full output's for that class, so the values are too."""
+
+    def __init__(self, module: nn.Module, target: int):
+        super().__init__()
+        self.module, self.target = module, target
+
+    def forward(self, *inputs):
+        return self.module(*inputs)[:, self.target:self.target + 1]
+
+
+def _per_target_class(explain_rows, x, targets) -> np.ndarray:
+    """`explain_rows(c, rows)` (shap's (n, *shape, 1) or list of one) for the rows whose target is c, put back in
+    the rows' order: each row is explained for its own target class only."""
+    targets = np.asarray(targets)
+    values = np.zeros(x.shape, np.float64)
+    for c in np.unique(targets):
+        rows = np.flatnonzero(targets == c)
+        part = explain_rows(int(c), torch.as_tensor(rows))
+        part = np.asarray(part[0] if isinstance(part, list) else part)
+        values[rows] = part.reshape(len(rows), *x.shape[1:])
+    return values
 
 
 @register_method("shap_deep", needs=("torch",), excludes=("recurrent",), library="shap", axiom=True,
@@ -306,12 +325,19 @@ def _select(values, targets, n):
 def shap_deep(ctx, x, targets):
     import shap
 
-    explainer = shap.DeepExplainer(ctx.module, ctx.baseline)
     xt = torch.as_tensor(x, device=ctx.device)
+
+    def explain_class(c, rows):
+        explainer = shap.DeepExplainer(_TargetColumn(ctx.module, c), ctx.baseline)
+        try:
+            return explainer.shap_values(xt[rows], check_additivity=True)
+        finally:   # shap clears the values its hooks keep only on the wrapper's direct children
+            explainer.explainer.remove_attributes(ctx.module)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            values = explainer.shap_values(xt, check_additivity=True)
+            values = _per_target_class(explain_class, x, targets)
         except AssertionError as exc:     # shap's additivity check: layers its DeepLIFT rules do not cover
             gap = re.search(r"Max\. diff: ([0-9.eE+-]+)", str(exc))
             # deeplift is offered only where its own attributions add up on these samples: the layers shap has
@@ -322,7 +348,7 @@ def shap_deep(ctx, x, targets):
             raise ToolkitError("shap_deep: shap DeepExplainer's attributions do not add up to the model's output on "
                                f"this model{f' (off by {float(gap.group(1)):.3g})' if gap else ''}: some layer "
                                f"(GELU, LayerNorm, attention, ...) has no DeepLIFT rule in shap; use {instead}") from None
-    return _select(values, targets, len(x)), ctx.reference_at_baseline(targets), None
+    return values, ctx.reference_at_baseline(targets), None
 
 
 METHODS.get("shap_deep").module_rules = True   # as deeplift: a reused ReLU failed its additivity, then Captum's
@@ -333,11 +359,13 @@ METHODS.get("shap_deep").module_rules = True   # as deeplift: a reused ReLU fail
 def shap_gradient(ctx, x, targets, nsamples: PositiveInt = 32):
     import shap
 
-    explainer = shap.GradientExplainer(ctx.module, ctx.background)
     xt = torch.as_tensor(x, device=ctx.device)
+    explainers = {int(c): shap.GradientExplainer(_TargetColumn(ctx.module, int(c)), ctx.background)
+                  for c in np.unique(targets)}
 
     def run(replicate, k):
-        return _select(explainer.shap_values(xt, nsamples=k, rseed=ctx.seed + 1000 * replicate), targets, len(x))
+        return _per_target_class(lambda c, rows: explainers[c].shap_values(
+            xt[rows], nsamples=k, rseed=ctx.seed + 1000 * replicate), x, targets)
 
     values, estimate = _replicated(run, nsamples)
     return values, ctx.reference_over_background(targets), None, estimate

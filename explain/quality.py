@@ -268,7 +268,7 @@ def assess(model, x: np.ndarray, attr: Attribution, *, seed: int = 0, sanity: bo
         out["completeness_over_tolerance"] = float((errors > COMPLETENESS_TOLERANCE).mean()) if len(errors) else 0.0
     verdicts = []
     flagged = False
-    out["faithfulness"] = None
+    out["faithfulness"] = out["deletion_auc"] = out["insertion_auc"] = out["infidelity"] = None   # null: not run
     ok = out["completeness_error"] <= COMPLETENESS_TOLERANCE
     if out["estimated_error"] is not None:   # sampled: its estimated error says more than completeness
         verdicts.append(_estimate_verdict(out, len(x)))

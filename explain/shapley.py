@@ -41,6 +41,16 @@ CONFIDENCE = 0.95
 STEP_SHARE = 4
 GROWTH = 1.1            # pairs granted over the 1/sqrt(pairs) estimate of what a sample still needs
 ROWS_PER_PASS = 1024     # rows per forward pass: small batches stay in cache (a 1-D CNN is 2-3x slower per row at 8k)
+# input elements per forward pass at most (5 MB of float32): 1,024 rows of up to 1,280 elements (digits, 28 x 28,
+# tables), 320 rows of a 64 x 64 image (5 walks of 63 patches: over COMPILE_ROWS, so the ONNX twin still serves
+# them). A model's activations grow with the input, so rows alone did not bound memory: 1,024 rows of 1x64x64
+# through a 32-channel CNN peaked at 2.24 GB for 4 samples.
+ELEMENTS_PER_PASS = 5 * 2 ** 18
+
+
+def rows_per_pass(elements: int) -> int:
+    """Rows per forward pass for inputs of `elements` elements each: ROWS_PER_PASS, fewer for large inputs."""
+    return int(max(1, min(ROWS_PER_PASS, ELEMENTS_PER_PASS // max(int(elements), 1))))
 
 
 @dataclass
@@ -110,7 +120,7 @@ def draws_error_bound(draws: list[np.ndarray], values: np.ndarray, confidence: f
 def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline: np.ndarray, *,
                      tolerance: float | None = 0.1, max_evaluations: int | None = None,
                      n_permutations: int | None = None, seed: int = 0, groups: np.ndarray | None = None,
-                     max_rows: int = ROWS_PER_PASS, antithetic: bool = True) -> ShapleyEstimate:
+                     max_rows: int | None = None, antithetic: bool = True) -> ShapleyEstimate:
     """Shapley values of the target output for each sample of `x` (N, *shape) against one baseline, with error bars.
 
     Args:
@@ -122,7 +132,8 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
             round of 16 permutations always runs.
         n_permutations: a fixed number of permutations instead (rounded up to pairs); tolerance is then ignored.
         groups: optional (*shape) integer map of feature groups (values 0..G-1) attributed together.
-        max_rows: rows per forward pass.
+        max_rows: rows per forward pass (a walk's interior steps at least); None: `rows_per_pass` of the input's
+            size, which bounds the memory of a pass.
         antithetic: pair each permutation with its reverse; False pairs two independent permutations
             (plain Monte Carlo, for comparison).
     """
@@ -133,6 +144,7 @@ def shapley_estimate(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline
     d = flat_x.shape[1]
     targets = np.asarray(targets, np.int64)
     group_of = np.arange(d) if groups is None else np.asarray(groups).reshape(-1)
+    max_rows = rows_per_pass(d) if max_rows is None else max_rows
     members = group_members(group_of)
     g = len(members)
     rows_per_pair = 2 * max(g - 1, 0)           # interior steps of two walks: both ends are f(baseline), f(x)
@@ -195,7 +207,9 @@ def _walk(forward_numpy, xs, flat_b, ts, f_base, f_x, n_pairs, members, g, shape
             # masks[j, k] = features switched on after k+1 steps of walk j (interior steps only): (m, G-1, D)
             masks = np.minimum(np.cumsum(members[perms[:, :steps]], axis=1), 1.0)
             rows = flat_b + masks * (xs[idx] - flat_b)[:, None, :]
-            out = forward_numpy(rows.reshape(-1, *shape)).reshape(len(chunk), steps, -1)
+            rows = rows.reshape(-1, *shape)    # one walk may hold more rows than a pass: passes of max_rows
+            out = np.concatenate([forward_numpy(rows[r:r + max_rows]) for r in range(0, len(rows), max_rows)])
+            out = out.reshape(len(chunk), steps, -1)
             inner = out[np.arange(len(chunk)), :, ts[idx]].astype(np.float64)  # (m, G-1)
         else:
             inner = np.zeros((len(chunk), 0))
@@ -235,7 +249,7 @@ def _spread(values, se, flat_x, flat_b, members, group_of, grouped: bool):
 
 
 def shapley_permutation(forward_numpy, x: np.ndarray, targets: np.ndarray, baseline: np.ndarray, *,
-                        n_permutations: int = 32, seed: int = 0, max_rows: int = ROWS_PER_PASS,
+                        n_permutations: int = 32, seed: int = 0, max_rows: int | None = None,
                         groups: np.ndarray | None = None) -> np.ndarray:
     """Shapley values (N, *shape) from a fixed number of permutations (rounded up to antithetic pairs).
 

@@ -16,7 +16,7 @@ from trainers.progress import progress_target, reporter
 from trainers.schema import ExplainResultFile
 
 from .methods import resolve
-from .options import ExplainOptions, Samples
+from .options import Checks, ExplainOptions, Samples
 from .registry import default_methods, get_method
 
 QUALITY_SAMPLES = 16      # sanity check and noise floor re-run the method on this many samples
@@ -166,12 +166,22 @@ def check_samples(samples) -> int:
     return check_value(Samples, samples, "--samples")
 
 
+def checked(assess, checks: str, *args, **kwargs) -> dict:
+    """`assess` with the checks `checks` asks for; each one skipped says so in the verdicts (its figures are null)."""
+    quality = assess(*args, sanity=checks == "all", fidelity=checks != "none", **kwargs)
+    if checks != "all":
+        quality["verdicts"].append(f"sanity check not run (checks={checks})")
+    if checks == "none":
+        quality["verdicts"].append("deletion/insertion, infidelity and faithfulness not run (checks=none)")
+    return quality
+
+
 def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), samples: int = ExplainOptions.samples,
                   out=None, overwrite: bool = False, seed: int = ExplainOptions.seed, progress=None,
-                  table=None, tracker=None) -> ExplainResult:
+                  table=None, tracker=None, checks: str = ExplainOptions.checks) -> ExplainResult:
     """Explain `model` on `samples` test samples with `methods`, assess the explanations, and compare variants.
 
-    `methods`, `samples` and `seed` are the fields of `ExplainOptions`, whose defaults apply.
+    `methods`, `samples`, `seed` and `checks` are the fields of `ExplainOptions`, whose defaults apply.
 
     Args:
         model: an artifact path, a `LoadedModel`, a `torch.nn.Module` or an `.onnx` file or its bytes
@@ -181,6 +191,8 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
         compare: compressed variants (paths, `LoadedModel`s or `compress.Variant`s), or one, to compare with the
             original, each named as its variant (its folder, or the name `compress_model` gave it).
         samples: number of test samples to explain (at least 1).
+        checks: "all" quality checks, "fast" (no sanity check) or "none" (nor deletion/insertion, infidelity,
+            faithfulness); what did not run is null in the result, with a "not run" verdict.
         out: run directory to write (config.json, env.json, result.json, figures/); None writes nothing.
         table: `trainers.tables.TableOptions` for a table; by default the target and columns recorded at training.
         tracker: records the request, each method's quality figures and drift (`trainers.tracking.open_tracker`).
@@ -198,16 +210,18 @@ def explain_model(model, data, *, methods=ExplainOptions.methods, compare=(), sa
     # streams as they were (as compress_model does: no draw a method or check makes reaches them)
     compare = as_items(compare)  # one variant, a path among them, is a list of one (not of its characters)
     with modes_kept(model, *compare), grads_kept(model, *compare), global_rng_kept(), standard_torch_mode():
-        return _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker)
+        return _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker, checks)
 
 
-def _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker) -> ExplainResult:
+def _explain(model, data, methods, compare, samples, out, overwrite, seed, progress, table, tracker,
+             checks) -> ExplainResult:
     from trainers import RunDir, accuracy, environment
     from trainers.tables import load_for_model
 
     start = time.perf_counter()
     check_samples(samples)
     seed = check_value(Seed, seed, "--seed")
+    checks = check_value(Checks, checks, "--checks")
     if _is_user_model(model) and not hasattr(data, "x_test"):
         from trainers.data import load_data
 
@@ -240,7 +254,7 @@ def _explain(model, data, methods, compare, samples, out, overwrite, seed, progr
     try:
         with progress_target(progress) as target:
             report = reporter(target, "explain", len(methods) * (1 + len(variants)))
-            result = _run(original, variants, bundle, methods, int(samples), seed, report, run, accuracy)
+            result = _run(original, variants, bundle, methods, int(samples), seed, report, run, accuracy, checks)
         result.summary = ExplainResultFile.model_validate(
             {**result.summary, "seconds": round(time.perf_counter() - start, 2)}).dump()
         if run is not None:
@@ -250,7 +264,7 @@ def _explain(model, data, methods, compare, samples, out, overwrite, seed, progr
                                            "data": absolute_source(bundle.source) or bundle.name, "methods": methods,
                                            "compare": [absolute_source(str(v.path)) if v.path is not None else n
                                                        for n, v in variants],
-                                           "samples": int(samples), "seed": seed})
+                                           "samples": int(samples), "seed": seed, "checks": checks})
             run.write_json("env.json", environment())
             run.write_json("result.json", result.summary)
             result.out = run.commit()
@@ -260,7 +274,7 @@ def _explain(model, data, methods, compare, samples, out, overwrite, seed, progr
         raise
     if tracker is not None:
         _track(tracker, result, {"methods": methods, "compare": [n for n, _ in variants], "samples": int(samples),
-                                 "seed": seed})
+                                 "seed": seed, "checks": checks})
     return result
 
 
@@ -279,7 +293,7 @@ def _describe(model) -> str:
     return model.source if hasattr(model, "source") else str(model)
 
 
-def _run(original, variants, bundle, methods, samples, seed, report, run, accuracy) -> ExplainResult:
+def _run(original, variants, bundle, methods, samples, seed, report, run, accuracy, checks="all") -> ExplainResult:
     from . import plots
     from .compare import drift_row, relation
     from .methods import attribute, baseline_for
@@ -322,8 +336,8 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
         """The quality checks of a method a variant was routed to (an ONNX graph has no gradients), run on the
         original for its noise floor: without it the drift threshold would assume a deterministic method's."""
         if method not in routed_quality:
-            routed_quality[method] = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES,
-                                            background=background, baseline=reference)
+            routed_quality[method] = checked(assess, checks, original, x, attr, seed=seed,
+                                             repeat_samples=QUALITY_SAMPLES, background=background, baseline=reference)
         return routed_quality[method]
 
     acc_original = accuracy(original, bundle.x_test, bundle.y_test)
@@ -348,8 +362,8 @@ def _run(original, variants, bundle, methods, samples, seed, report, run, accura
             encoded[ran] = plots.global_importance(spec, attr.values, grouped=False,
                                                    whole_columns=get_method(ran).whole_columns)
             summary["global_importance_encoded"] = encoded
-        quality = assess(original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES, background=background,
-                         baseline=reference)
+        quality = checked(assess, checks, original, x, attr, seed=seed, repeat_samples=QUALITY_SAMPLES,
+                          background=background, baseline=reference)
         if chance:   # no check above reads the accuracy: a map of a model that learned nothing can pass them all
             quality["verdicts"].append(chance)
         summary["quality"][ran] = quality

@@ -102,6 +102,8 @@ def _stage_command(run: Run, stage: str) -> str | None:
             parts += ["--samples", str(cfg["samples"])]
         if cfg.get("seed") is not None:
             parts += ["--seed", str(cfg["seed"])]
+        if cfg.get("checks") not in (None, "all"):    # the checks it ran, so a rerun costs what the run did
+            parts += ["--checks", str(cfg["checks"])]
     parts += ["--out", _rerun_dir(run)]
     return shlex.join(parts)
 

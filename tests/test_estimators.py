@@ -473,3 +473,82 @@ def test_shapley_attributes_long_signals_by_segments():
         gap = net(torch.as_tensor(x)).numpy()[np.arange(2), attr.targets] - net(torch.zeros(1, 3, 500)).numpy()[0,
                                                                                                        attr.targets]
     np.testing.assert_allclose(attr.values.reshape(2, -1).sum(1), gap, rtol=1e-4, atol=1e-4)
+
+
+def _counted(monkeypatch, cls):
+    """Count the calls of a shap explainer's `gradient` (one per sample and explained output and batch)."""
+    calls = []
+    original = cls.gradient
+
+    def spy(self, idx, inputs):
+        calls.append(int(idx))
+        return original(self, idx, inputs)
+    monkeypatch.setattr(cls, "gradient", spy)
+    return calls
+
+
+def test_shap_deep_explains_each_samples_target_class_alone(monkeypatch):
+    """shap explained all the classes and the toolkit kept one (10x the work on digits): now one output per sample
+    is explained, and the values are those of shap's all-class call at each sample's target."""
+    import shap
+    from shap.explainers._deep.deep_pytorch import PyTorchDeep
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
+    baseline = x.mean(0)
+    targets = np.array([0, 1, 2, 3, 4, 0, 1, 2])
+    calls = _counted(monkeypatch, PyTorchDeep)
+    attr = explain.attribute(net, x, targets, "shap_deep", baseline=baseline)
+    assert len(calls) == len(x) and set(calls) == {0}
+    full = shap.DeepExplainer(net, torch.as_tensor(baseline[None])).shap_values(torch.as_tensor(x))
+    expected = np.stack([full[i, :, t] for i, t in enumerate(targets)])
+    np.testing.assert_allclose(attr.values, expected, rtol=1e-6, atol=1e-7)
+    assert not any(hasattr(m, "x") or hasattr(m, "y") for m in net.modules())
+
+
+def test_shap_gradient_explains_each_samples_target_class_alone(monkeypatch):
+    """As shap_deep: one output per sample and batch; on a linear model with one background row the expected
+    gradients are exact, w_t * (x - b), whichever draws the explainer makes."""
+    from shap.explainers._gradient import _PyTorchGradient
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5)).eval()
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
+    background = x[:1]
+    targets = np.array([0, 1, 2, 3, 4, 0, 1, 2])
+    calls = _counted(monkeypatch, _PyTorchGradient)
+    attr = explain.attribute(net, x, targets, "shap_gradient", background=background, nsamples=8)
+    assert len(calls) == 4 * len(x) and set(calls) == {0}     # 4 replicates of 2 samples, one batch each
+    w = net[0].weight.detach().numpy()
+    np.testing.assert_allclose(attr.values, w[targets] * (x - background), rtol=1e-5, atol=1e-6)
+
+
+def test_shapley_passes_are_sized_by_the_inputs_elements():
+    """The estimator ran 1,024 rows a pass whatever the input (2.24 GB for 4 samples of 1x64x64 through a CNN):
+    a 64x64 image now gets passes of at most `rows_per_pass(4096)` rows with the same values, a small input 1,024."""
+    from explain.library import image_patches
+    from explain.shapley import ROWS_PER_PASS, rows_per_pass
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4096, 3)).astype(np.float32)
+    sizes = []
+
+    def forward(rows):
+        sizes.append(len(rows))
+        return np.tanh(rows.reshape(len(rows), -1) @ w / 64)
+
+    x = rng.normal(size=(4, 1, 64, 64)).astype(np.float32)
+    groups = image_patches((1, 64, 64), None)
+    small = shapley_estimate(forward, x, np.zeros(4, int), np.zeros((1, 64, 64)), n_permutations=16, groups=groups)
+    assert 256 <= max(sizes[1:]) <= rows_per_pass(4096) < ROWS_PER_PASS
+    sizes.clear()
+    as_before = shapley_estimate(forward, x, np.zeros(4, int), np.zeros((1, 64, 64)), n_permutations=16,
+                                 groups=groups, max_rows=ROWS_PER_PASS)
+    assert max(sizes[1:]) > rows_per_pass(4096)
+    np.testing.assert_allclose(small.values, as_before.values, rtol=1e-5, atol=1e-7)
+    sizes.clear()
+    shapley_estimate(forward, x.reshape(4, -1), np.zeros(4, int), np.zeros(4096), n_permutations=2,
+                     groups=np.arange(4096) % 300, max_rows=100)
+    assert max(sizes[1:]) == 100      # one walk of 299 steps is cut into passes of max_rows
+    assert rows_per_pass(64) == ROWS_PER_PASS

@@ -297,6 +297,8 @@ def test_refusals_and_bad_input(artifacts, digits, tmp_path):
         explain.attribute(model, digits.x_test[:2], None, "nope")
     with pytest.raises(ToolkitError, match="cannot handle a mlp model"):
         explain.explain_model(model, digits, methods=["layer_gradcam"], out=tmp_path / "a")
+    with pytest.raises(ToolkitError, match="^an explain method must be named by a string, got dict"):
+        explain.explain_model(model, digits, methods=[{"shapley": {"n_permutations": 16}}], out=tmp_path / "d")
     with pytest.raises(ToolkitError, match="--samples: input should be greater than or equal to 1"):
         explain.explain_model(model, digits, samples=0, out=tmp_path / "b")
     with pytest.raises(ToolkitError, match="input shape"):
@@ -390,6 +392,35 @@ def test_cli_says_which_requests_ran_another_method_and_checks_that_run_once(art
                                                                   ("saliency", "shapley")]
 
 
+def test_cli_checks_skip_the_sanity_check_and_fidelity_and_say_so(artifacts, tmp_path, capsys, monkeypatch):
+    """The sanity check re-runs the method 8 times (5-7x the attribution on a 64x64 CNN) and nothing turned it off:
+    --checks fast skips it, none also deletion/insertion, infidelity and faithfulness; null figures, verdicts say so."""
+    import explain.quality as quality_module
+
+    called = []
+    for name in ("sanity_check", "deletion_insertion_auc", "infidelity", "faithfulness"):
+        real = getattr(quality_module, name)
+        monkeypatch.setattr(quality_module, name, lambda *a, name=name, real=real, **kw: called.append(name)
+                            or real(*a, **kw))
+    for checks, skipped in (("fast", {"sanity_check"}), ("none", {"sanity_check", "deletion_insertion_auc",
+                                                                   "infidelity", "faithfulness"})):
+        called.clear()
+        code = run_cli("explain", artifacts["mlp"], "--data", "digits", "--method", "saliency", "--samples", "4",
+                       "--checks", checks, "--out", tmp_path / checks, "--json")
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        quality = json.loads(captured.out)["quality"]["saliency"]
+        assert set(called) == {"sanity_check", "deletion_insertion_auc", "infidelity", "faithfulness"} - skipped
+        assert quality["sanity"] is None and quality["randomization_topk"] is None
+        assert f"sanity check not run (checks={checks})" in quality["verdicts"]
+        assert (quality["deletion_auc"] is None and quality["faithfulness"] is None) == (checks == "none")
+        assert json.loads((tmp_path / checks / "config.json").read_text())["checks"] == checks
+        from reports.collect import load_run
+        from reports.sections import reproduce_command
+
+        assert f"--checks {checks}" in reproduce_command(load_run(tmp_path / checks))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "nope"], "unknown explain method"),
     (["--method", "layer_gradcam"], "cannot handle a mlp model"),
@@ -397,6 +428,7 @@ def test_cli_says_which_requests_ran_another_method_and_checks_that_run_once(art
     (["--compare", "IRIS"], "input shape"),
     (["--seed", "-1"], "--seed: input should be greater than or equal to 0"),
     (["--seed", str(2**32)], "--seed: input should be less than 4294967296"),
+    (["--checks", "some"], "--checks: input should be 'all', 'fast' or 'none'"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_nothing_written(artifacts, tmp_path, capsys, args, message):
     out = tmp_path / "bad"

@@ -163,6 +163,9 @@ class Registry(Generic[E]):
     def get(self, name: str, target=None) -> E:
         """The entry `name`; one clear ToolkitError when unknown or when it cannot handle `target` (a family
         name, a model or a set of capability tags)."""
+        if not isinstance(name, str):   # a dict of options in a list of names was a raw TypeError (unhashable)
+            raise ToolkitError(f"a{'n' if self.kind[0] in 'aeiou' else ''} {self.kind} must be named by a string, "
+                               f"got {type(name).__name__} {str(name)[:60]}")
         entry = self._entries.get(name)
         if entry is None:
             raise ToolkitError(f"unknown {self.kind} '{name}'; choose from {', '.join(self._entries) or 'none'}")
