@@ -598,15 +598,18 @@ def test_explain_results_of_versions_2_to_5_are_read(trained):
     assert {r["target"] for r in current["runs"]} == {"predicted class"}
     assert all(q["faithfulness"]["verdict"] in ("better", "inconclusive", "no better")
                for q in current["quality"].values())
-    v5 = json.loads(json.dumps(current))
-    v5["schema_version"] = 5
-    v5["quality"] = {m: {k: v for k, v in q.items() if k in QualityV5.model_fields} for m, q in v5["quality"].items()}
+
+    def older(newer: dict, version: int, fields) -> dict:
+        """`newer` as a file of `version`, its quality records holding only that version's fields."""
+        old = {**json.loads(json.dumps(newer)), "schema_version": version}
+        old["quality"] = {m: {k: v for k, v in q.items() if k in fields} for m, q in old["quality"].items()}
+        return old
+
+    v5 = older(current, 5, QualityV5.model_fields)
     assert isinstance(parse_result(v5, "r", "explain"), ExplainResultFileV5)
     with pytest.raises(ToolkitError, match="faithfulness: unknown field"):
         parse_result({**v5, "quality": current["quality"]}, "r", "explain")
-    v4 = json.loads(json.dumps(v5))
-    v4["schema_version"] = 4
-    v4["quality"] = {m: {k: v for k, v in q.items() if k in QualityV4.model_fields} for m, q in v4["quality"].items()}
+    v4 = older(v5, 4, QualityV4.model_fields)
     assert isinstance(parse_result(v4, "r", "explain"), ExplainResultFileV4)
     with pytest.raises(ToolkitError, match="noise_floor_cosine: unknown field"):
         parse_result({**v4, "quality": v5["quality"]}, "r", "explain")

@@ -110,9 +110,9 @@ class DataBundle:
             "input_shape": list(self.input_shape),
             "layout": self.layout,
             "num_classes": self.num_classes,
-            "n_train": int(len(self.y_train)),
-            "n_val": int(len(self.y_val)),
-            "n_test": int(len(self.y_test)),
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "n_test": self.n_test,
             "split": self.split,
         }
 
