@@ -186,7 +186,9 @@ def failed_on_user_model(model, exc: BaseException) -> str | None:
 def lineage(parent, recipe: dict) -> dict:
     """The `lineage` of a model made from `parent` (a LoadedModel) by `recipe`; with the checksum of the parent's
     file where it has one (`parent_sha256`), so a model replaced at the same path is not taken for the parent."""
-    digest = (parent.spec.weights or {}).get("sha256") or (parent.spec.onnx or {}).get("sha256")
+    from trainers.artifact import parent_checksum
+
+    digest = parent_checksum(parent.spec.weights, parent.spec.onnx)
     return {"parent": parent.source, "recipe": recipe, **({"parent_sha256": digest} if digest else {})}
 
 

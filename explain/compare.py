@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainers.artifact import parent_checksum
 from trainers.errors import ToolkitError
 
 from .quality import cosine_rows, spearman_rows, topk, topk_overlap_rows
@@ -108,7 +109,7 @@ def relation(original, variant) -> tuple[str, str]:
         if parent == original.source or (original.path is not None
                                          and Path(parent).resolve() == Path(original.path).resolve()):
             recorded = (variant.spec.lineage or {}).get("parent_sha256") if depth == 0 else None
-            ours = (original.spec.weights or {}).get("sha256") or (original.spec.onnx or {}).get("sha256")
+            ours = parent_checksum(original.spec.weights, original.spec.onnx)
             if recorded and ours and recorded != ours:
                 replaced = (f"compressed from an earlier model at {parent} (its file's checksum was "
                             f"{recorded[:12]}, the original's is {ours[:12]})")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers import fileio
+from trainers.artifact import parent_checksum
 from trainers.errors import ToolkitError, warn
 from trainers.schema import (CompressResultFile, CompressResultFileV1, CompressResultFileV2, CompressResultFileV3, CompressResultFileV4, DataSummary, ExplainResultFile, PipelineFile, ResultFile,
                              TrainResultFile, TrainResultFileV1, read_result)
@@ -149,7 +150,7 @@ def _replaced_parent(run: Run, named: str, model: dict) -> str | None:
     """Why the model now at `named` is not the one the compress run compressed, or None: each variant records the
     checksum of its parent's weights (`parent_sha256`, as `explain --compare` checks), and a `train --overwrite`
     there since gives another."""
-    ours = (model.get("weights") or {}).get("sha256") or (model.get("onnx") or {}).get("sha256")
+    ours = parent_checksum(model.get("weights"), model.get("onnx"))
     for row in run.compress.variants:
         lineage = _variant_lineage(run.dirs["compress"], row.path)
         recorded = lineage.get("parent_sha256")

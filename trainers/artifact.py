@@ -264,6 +264,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def parent_checksum(weights: dict | None, onnx: dict | None) -> str | None:
+    """The checksum a variant's lineage records of its parent (`parent_sha256`): of the parent's weights file,
+    else of its ONNX graph; from a model.json's `weights` and `onnx` entries. Compress writes it; explain's
+    comparison and the report read it against the model at the parent's path now."""
+    return (weights or {}).get("sha256") or (onnx or {}).get("sha256")
+
+
 def write_artifact(directory: str | Path, module: nn.Module | None, spec: ModelSpec, metrics: dict | None = None,
                    *, onnx_bytes: bytes | None = None, raw_onnx_bytes: bytes | None = None) -> ModelSpec:
     """Write the artifact files into an existing directory, each atomically, `model.json` last.
