@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import statistics
@@ -717,7 +718,8 @@ class Pace:
                        ) -> list[Variant]:
         """The fastest of `variants` at the other batch size by a quick timing, when it is `gain` times the
         speed there of the slowest of `racing` (those that may still be chosen) and not slower than the original,
-        and with it the smallest file of those within LATENCY_TIE of it there; else [].
+        and with it the smallest file of those within LATENCY_TIE of it there; and the same for each set of
+        weights in the race, among the graphs holding those weights (the partners a route may pair).
 
         Measured against the leader alone, a 40-feature CNN's factorized int8-weights graph (1.09x the leader's
         speed at batch 1) left, and the near-tie then chose a graph 1.17x slower than it there. With the fastest
@@ -725,6 +727,19 @@ class Pace:
         turns by noise, and the routed artifact was 2.78x smaller instead of 5.3-5.7x."""
         self._time_other(variants, together=True)
         self._confirm_close(variants, racing)
+        kept = self._fastest_there(variants, racing, gain)
+        # a route pairs graphs of the same weights only (`route_by_batch`), so each set of weights still in the
+        # race keeps its own fastest graph there too: kept against the fastest of all, a 40-feature MLP's and
+        # CNN's factorized fp32 and int8-weights graphs (1.01-1.12x behind an unfactorized or pruned graph at
+        # batch 1) left, no route could be made for the factorized choice, and it read 0.90-0.95x a peer there
+        for weights in {_weights_key(v) for v in racing}:
+            kept += self._fastest_there([v for v in variants if _weights_key(v) == weights],
+                                        [v for v in racing if _weights_key(v) == weights], gain)
+        return list({id(v): v for v in kept}.values())
+
+    def _fastest_there(self, variants: list[Variant], racing: list[Variant], gain: float) -> list[Variant]:
+        """The fastest of `variants` at the other batch size when it is `gain` times the slowest of `racing`
+        there and not slower than the original, with the smallest file within LATENCY_TIE of it; else []."""
         speed = lambda v: v.measurements[f"_quick_b{self.other}"]  # noqa: E731
         fastest = max(variants, key=speed)
         if speed(fastest) < max(1.0, gain * min(map(speed, racing))):
@@ -1024,6 +1039,11 @@ def _weights_made_by(variant: Variant) -> list[dict]:
     recipe = variant.recipe or {}
     steps = recipe.get("steps", [recipe]) if recipe.get("method") == "chain" else [recipe]
     return [step for step in steps if step.get("method") in METHODS and get_method(step["method"]).role == "transform"]
+
+
+def _weights_key(variant: Variant) -> str:
+    """`_weights_made_by` as a key: variants with equal keys hold the same weights and may be routed together."""
+    return json.dumps(_weights_made_by(variant), sort_keys=True, default=str)
 
 
 def confirmed_gain(chosen: Variant, candidate: Variant, data: DataBundle, batch: int, config: LatencyConfig) -> float:

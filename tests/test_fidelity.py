@@ -951,3 +951,29 @@ def test_the_quick_timing_compares_speeds_at_the_other_batch_size_from_one_timin
     cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
     assert [v.name for v in made] == ["leader", "fp32-onnx"] and cut == []
     assert made[0].measurements["_quick_b1"] == 5.0   # read again with the others
+
+
+def test_the_quick_timing_keeps_each_raced_weights_own_fastest_graph_at_batch_1(digits, monkeypatch):
+    """A route pairs graphs holding the same weights: a factorized choice can serve batch 1 only through a
+    factorized graph. Measured against the fastest graph of all at batch 1 (an unfactorized int8 graph), the
+    factorized fp32 graph left, and a 40-feature CNN's factorized choice read 0.94x a peer at batch 1."""
+    import compress.auto as auto
+    from compress.checks import tiny_model
+
+    model = tiny_model("mlp")
+    baseline = auto.baseline_variant(model)
+    speeds = {256: {"lowrank-int8": 2.0, "int8": 1.9, "lowrank-fp32": 1.0},
+              1: {"lowrank-int8": 1.0, "int8": 2.0, "lowrank-fp32": 1.9}}
+    monkeypatch.setattr(auto, "quick_ratios", lambda variants, base, data, config, batch=256, **kw:
+                        {id(v): speeds[batch][v.name] for v in variants})
+    chain = lambda last: {"method": "chain", "steps": [{"method": "lowrank"}, {"method": last}]}  # noqa: E731
+    made = [Variant("lowrank-int8", model, chain("int8-static")), Variant("int8", model, {"method": "int8-static"}),
+            Variant("lowrank-fp32", model, chain("onnx-fp32"))]
+    cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert [v.name for v in made] == ["lowrank-int8", "int8", "lowrank-fp32"] and cut == []
+    # a graph of weights no longer in the race is no partner: it leaves as before
+    speeds[256]["lowrank-int8"] = 1.0
+    made = [Variant("lowrank-int8", model, chain("int8-static")), Variant("int8", model, {"method": "int8-static"}),
+            Variant("lowrank-fp32", model, chain("onnx-fp32"))]
+    cut = auto.quick_latency(made, baseline, digits, auto.LatencyConfig(), gain=auto.BY_BATCH_GAIN)
+    assert [v.name for v in made] == ["int8"] and {c["name"] for c in cut} == {"lowrank-int8", "lowrank-fp32"}
